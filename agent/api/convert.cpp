@@ -1,0 +1,144 @@
+#include "agent/api/convert.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/version.h"
+
+namespace hvagent::api {
+namespace {
+
+v1::DomainState StateToProto(hv::DomainState s) {
+  switch (s) {
+    case hv::DomainState::kRunning: return v1::DOMAIN_STATE_RUNNING;
+    case hv::DomainState::kBlocked: return v1::DOMAIN_STATE_BLOCKED;
+    case hv::DomainState::kPaused: return v1::DOMAIN_STATE_PAUSED;
+    case hv::DomainState::kShuttingDown: return v1::DOMAIN_STATE_SHUTTING_DOWN;
+    case hv::DomainState::kShutoff: return v1::DOMAIN_STATE_SHUTOFF;
+    case hv::DomainState::kCrashed: return v1::DOMAIN_STATE_CRASHED;
+    case hv::DomainState::kPmSuspended: return v1::DOMAIN_STATE_SUSPENDED;
+    case hv::DomainState::kUnknown: break;
+  }
+  return v1::DOMAIN_STATE_UNSPECIFIED;
+}
+
+v1::DomainEventType EventTypeToProto(hv::DomainEventType t) {
+  switch (t) {
+    case hv::DomainEventType::kDefined: return v1::DOMAIN_EVENT_TYPE_DEFINED;
+    case hv::DomainEventType::kUndefined: return v1::DOMAIN_EVENT_TYPE_UNDEFINED;
+    case hv::DomainEventType::kStarted: return v1::DOMAIN_EVENT_TYPE_STARTED;
+    case hv::DomainEventType::kSuspended: return v1::DOMAIN_EVENT_TYPE_SUSPENDED;
+    case hv::DomainEventType::kResumed: return v1::DOMAIN_EVENT_TYPE_RESUMED;
+    case hv::DomainEventType::kStopped: return v1::DOMAIN_EVENT_TYPE_STOPPED;
+    case hv::DomainEventType::kShutdown: return v1::DOMAIN_EVENT_TYPE_SHUTDOWN;
+    case hv::DomainEventType::kPmSuspended: return v1::DOMAIN_EVENT_TYPE_PMSUSPENDED;
+    case hv::DomainEventType::kCrashed: return v1::DOMAIN_EVENT_TYPE_CRASHED;
+    case hv::DomainEventType::kUnknown: break;
+  }
+  return v1::DOMAIN_EVENT_TYPE_UNSPECIFIED;
+}
+
+}  // namespace
+
+absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
+  hv::DomainSpec s;
+  s.name = p.name();
+  s.uuid = p.uuid();
+  s.vcpus = p.vcpus();
+  s.memory_mib = p.memory_mib();
+  s.arch = p.arch();
+  s.machine = p.machine();
+  s.serial_console = p.serial_console();
+  switch (p.boot_case()) {
+    case v1::DomainSpec::kKernel:
+      s.boot = hv::DirectKernelBoot{p.kernel().kernel_path(), p.kernel().initrd_path(), p.kernel().cmdline()};
+      break;
+    case v1::DomainSpec::kFirmware: {
+      hv::FirmwareBoot fw;
+      switch (p.firmware().type()) {
+        case v1::FirmwareBoot::TYPE_UNSPECIFIED: fw.type = hv::FirmwareType::kDefault; break;
+        case v1::FirmwareBoot::TYPE_BIOS: fw.type = hv::FirmwareType::kBios; break;
+        case v1::FirmwareBoot::TYPE_UEFI: fw.type = hv::FirmwareType::kUefi; break;
+        default: return absl::InvalidArgumentError("spec.firmware.type: unknown value");
+      }
+      fw.loader_path = p.firmware().loader_path();
+      s.boot = fw;
+      break;
+    }
+    case v1::DomainSpec::BOOT_NOT_SET:
+      break;
+  }
+  for (int i = 0; i < p.disks_size(); ++i) {
+    const auto& d = p.disks(i);
+    hv::DiskSpec disk{d.source_path(), hv::DiskType::kFile, d.target(), d.bus(), d.readonly(), d.format()};
+    switch (d.type()) {
+      case v1::Disk::TYPE_UNSPECIFIED:
+      case v1::Disk::TYPE_FILE: disk.type = hv::DiskType::kFile; break;
+      case v1::Disk::TYPE_BLOCK: disk.type = hv::DiskType::kBlock; break;
+      default: return absl::InvalidArgumentError(absl::StrCat("spec.disks[", i, "].type: unknown value"));
+    }
+    s.disks.push_back(std::move(disk));
+  }
+  for (const auto& n : p.nics()) {
+    s.nics.push_back(hv::NicSpec{n.mac(), n.network(), n.bridge(), n.model()});
+  }
+  return s;
+}
+
+v1::Domain ToProto(const hv::DomainInfo& info) {
+  v1::Domain d;
+  d.set_name(info.name);
+  d.set_uuid(info.uuid);
+  d.set_state(StateToProto(info.state));
+  d.set_vcpus(info.vcpus);
+  d.set_memory_mib(info.memory_mib);
+  d.set_persistent(info.persistent);
+  if (info.uptime) d.mutable_uptime()->set_seconds(info.uptime->count());
+  return d;
+}
+
+v1::Host ToProto(const hv::HostInfo& h, bool connected) {
+  v1::Host p;
+  p.set_hostname(h.hostname);
+  p.set_arch(h.arch);
+  p.set_cpu_model(h.cpu_model);
+  p.set_cpus(h.cpus);
+  p.set_cpu_mhz(h.cpu_mhz);
+  p.mutable_topology()->set_sockets(h.sockets);
+  p.mutable_topology()->set_cores_per_socket(h.cores_per_socket);
+  p.mutable_topology()->set_threads_per_core(h.threads_per_core);
+  p.set_memory_bytes(h.memory_bytes);
+  p.set_hypervisor_type(h.hypervisor_type);
+  p.set_hypervisor_version(h.hypervisor_version);
+  p.set_libvirt_version(h.libvirt_version);
+  p.set_uri(h.uri);
+  p.set_agent_version(kAgentVersion);
+  p.set_connected(connected);
+  return p;
+}
+
+v1::Capacity ToProto(const service::Capacity& c) {
+  v1::Capacity p;
+  p.set_cpus(c.cpus);
+  p.set_memory_total_bytes(c.memory_total_bytes);
+  p.set_memory_free_bytes(c.memory_free_bytes);
+  p.set_allocated_vcpus(c.allocated_vcpus);
+  p.set_allocated_memory_bytes(c.allocated_memory_bytes);
+  p.set_domains_total(c.domains_total);
+  p.set_domains_running(c.domains_running);
+  return p;
+}
+
+v1::DomainEvent ToProto(const service::SequencedEvent& e) {
+  v1::DomainEvent p;
+  auto nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(e.event.time.time_since_epoch()).count();
+  *p.mutable_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(nanos);
+  p.set_domain_name(e.event.domain_name);
+  p.set_domain_uuid(e.event.domain_uuid);
+  p.set_type(EventTypeToProto(e.event.type));
+  p.set_detail(e.event.detail);
+  p.set_sequence(e.sequence);
+  return p;
+}
+
+}  // namespace hvagent::api

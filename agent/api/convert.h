@@ -1,0 +1,23 @@
+#pragma once
+// Conversions between the public contract (proto, shared by gRPC and REST) and the model
+// types of the service layer. The only place that knows both.
+
+#include "absl/status/statusor.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/event_hub.h"
+#include "agent/service/host_service.h"
+#include "hvagent/v1/domain.pb.h"
+#include "hvagent/v1/event.pb.h"
+#include "hvagent/v1/host.pb.h"
+
+namespace hvagent::api {
+
+// InvalidArgument naming the field for enum values the proto does not define.
+absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& spec);
+
+v1::Domain ToProto(const hv::DomainInfo& info);
+v1::Host ToProto(const hv::HostInfo& info, bool connected);
+v1::Capacity ToProto(const service::Capacity& c);
+v1::DomainEvent ToProto(const service::SequencedEvent& e);
+
+}  // namespace hvagent::api

@@ -1,0 +1,57 @@
+#pragma once
+// gRPC front end: each RPC parses its request, calls agent/service, renders the reply.
+// Never calls libvirt or storage directly. Every call runs under a request id (the client's
+// "x-request-id" metadata when given) that appears on every log line it causes.
+
+#include <atomic>
+#include <memory>
+
+#include "agent/service/domain_service.h"
+#include "agent/service/event_hub.h"
+#include "agent/service/host_service.h"
+#include "hvagent/v1/domain.grpc.pb.h"
+#include "hvagent/v1/event.grpc.pb.h"
+#include "hvagent/v1/host.grpc.pb.h"
+
+namespace hvagent::api {
+
+class HostGrpcService final : public v1::HostService::Service {
+ public:
+  explicit HostGrpcService(service::HostService& host) : host_(host) {}
+  grpc::Status GetHost(grpc::ServerContext*, const v1::GetHostRequest*, v1::Host*) override;
+  grpc::Status GetCapacity(grpc::ServerContext*, const v1::GetCapacityRequest*, v1::Capacity*) override;
+
+ private:
+  service::HostService& host_;
+};
+
+class DomainGrpcService final : public v1::DomainService::Service {
+ public:
+  explicit DomainGrpcService(service::DomainService& domains) : domains_(domains) {}
+  grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
+  grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
+  grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
+  grpc::Status StartDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status ShutdownDomain(grpc::ServerContext*, const v1::ShutdownDomainRequest*,
+                              v1::ShutdownDomainResponse*) override;
+  grpc::Status DestroyDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status RebootDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status SuspendDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
+
+ private:
+  service::DomainService& domains_;
+};
+
+class EventGrpcService final : public v1::EventService::Service {
+ public:
+  explicit EventGrpcService(service::EventHub& hub) : hub_(hub) {}
+  grpc::Status Watch(grpc::ServerContext*, const v1::WatchEventsRequest*,
+                     grpc::ServerWriter<v1::DomainEvent>*) override;
+
+ private:
+  service::EventHub& hub_;
+};
+
+}  // namespace hvagent::api

@@ -1,0 +1,22 @@
+#pragma once
+// Transport-neutral HTTP request/response, so REST resources are plain functions that unit
+// tests call directly; RestServer adapts cpprestsdk to these.
+
+#include <map>
+#include <string>
+
+namespace hvagent::api {
+
+struct HttpRequest {
+  std::string method;  // "GET", "POST", "DELETE"
+  std::string path;    // decoded, without query, e.g. "/v1/domains/web1:start"
+  std::map<std::string, std::string> query;
+  std::string body;
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string body;  // JSON, or empty (204)
+};
+
+}  // namespace hvagent::api

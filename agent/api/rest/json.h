@@ -1,0 +1,20 @@
+#pragma once
+// Protobuf's JSON mapping as REST uses it: proto field names, default values printed,
+// unknown fields rejected. One schema for gRPC and REST.
+
+#include <string>
+
+#include <google/protobuf/message.h>
+
+#include "absl/status/status.h"
+#include "agent/api/rest/http_types.h"
+
+namespace hvagent::api {
+
+std::string ToJson(const google::protobuf::Message& m);
+// InvalidArgument ("request body: ...") when the body is not valid JSON for the message.
+absl::Status FromJson(const std::string& body, google::protobuf::Message* m);
+HttpResponse JsonResponse(int status, const google::protobuf::Message& m);
+HttpResponse ErrorResponse(const absl::Status& s);
+
+}  // namespace hvagent::api

@@ -1,0 +1,29 @@
+#pragma once
+// RestRouter: maps an HttpRequest to the resource that serves it (/healthz, /v1/host...,
+// /v1/domains...). Pure: no sockets, so the whole REST surface is unit-testable.
+
+#include "agent/api/rest/http_types.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/host_service.h"
+
+namespace hvagent::api {
+
+class RestRouter {
+ public:
+  RestRouter(service::HostService& host, service::DomainService& domains) : host_(host), domains_(domains) {}
+  HttpResponse Handle(const HttpRequest& request);
+
+ private:
+  service::HostService& host_;
+  service::DomainService& domains_;
+};
+
+// Resources, one file each.
+HttpResponse HandleHealth(service::HostService& host, const HttpRequest& req);
+HttpResponse HandleHost(service::HostService& host, const HttpRequest& req, bool capacity);
+// `rest` is the path after "/v1/domains" ("", "/web1", "/web1:start").
+HttpResponse HandleDomains(service::DomainService& domains, const HttpRequest& req, absl::string_view rest);
+
+HttpResponse MethodNotAllowed(const HttpRequest& req);
+
+}  // namespace hvagent::api

@@ -1,0 +1,181 @@
+#include "agent/config/config.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace hvagent::config {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+// Only the keys we know; a typo in a config file must not be silently ignored.
+const std::map<std::string, std::set<std::string>>& KnownKeys() {
+  static const std::map<std::string, std::set<std::string>> keys = {
+      {"hypervisor", {"uri"}},
+      {"grpc", {"listen"}},
+      {"rest", {"listen", "max_body_bytes"}},
+      {"log", {"level", "format"}},
+      {"domain", {"shutdown_timeout_seconds"}},
+  };
+  return keys;
+}
+
+absl::Status CheckKeys(const toml::table& root) {
+  for (const auto& [section, node] : root) {
+    std::string s(section.str());
+    auto known = KnownKeys().find(s);
+    if (known == KnownKeys().end()) return Invalid(s, "unknown section");
+    const toml::table* t = node.as_table();
+    if (t == nullptr) return Invalid(s, "must be a table");
+    for (const auto& [key, value] : *t) {
+      if (!known->second.contains(std::string(key.str()))) {
+        return Invalid(absl::StrCat(s, ".", std::string(key.str())), "unknown key");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status Read(const toml::table& root, absl::string_view section, absl::string_view key, T& out) {
+  const toml::node* n = root.at_path(absl::StrCat(section, ".", key)).node();
+  if (n == nullptr) return absl::OkStatus();
+  auto v = n->value<T>();
+  if (!v) return Invalid(absl::StrCat(section, ".", key), "has the wrong type");
+  out = *v;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateListen(absl::string_view field, const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return Invalid(field, "must be HOST:PORT");
+  std::string host = listen.substr(0, colon);
+  int port = 0;
+  if (!absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return Invalid(field, "port must be 1-65535");
+  }
+  bool loopback = host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  if (!loopback) {
+    return Invalid(field, absl::StrCat("'", host, "' is not a loopback address; the agent has no TLS yet and ",
+                                       "serves only on 127.0.0.0/8, localhost or [::1]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string Usage() {
+  return "usage: hvagentd [--config FILE] [--hypervisor-uri URI] [--grpc-listen HOST:PORT]\n"
+         "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--version] [--help]\n"
+         "Defaults: test:///default, gRPC 127.0.0.1:50051, REST 127.0.0.1:8780.\n";
+}
+
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
+  CommandLine cli;
+  const std::map<std::string, std::optional<std::string> CommandLine::*> with_value = {
+      {"--config", &CommandLine::config_path},     {"--hypervisor-uri", &CommandLine::hypervisor_uri},
+      {"--grpc-listen", &CommandLine::grpc_listen}, {"--rest-listen", &CommandLine::rest_listen},
+      {"--log-level", &CommandLine::log_level},
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--version") {
+      cli.version = true;
+      continue;
+    }
+    if (arg == "--help" || arg == "-h") {
+      cli.help = true;
+      continue;
+    }
+    std::string name = arg, value;
+    bool inline_value = false;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      inline_value = true;
+    }
+    auto it = with_value.find(name);
+    if (it == with_value.end()) return Invalid(arg, "unknown option");
+    if (!inline_value) {
+      if (i + 1 >= args.size()) return Invalid(name, "needs a value");
+      value = args[++i];
+    }
+    cli.*(it->second) = value;
+  }
+  return cli;
+}
+
+absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(text.data(), text.size()));
+  } catch (const toml::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: line ", static_cast<uint64_t>(e.source().begin.line), ": ", std::string(e.description())));
+  }
+  if (auto s = CheckKeys(root); !s.ok()) return s;
+  if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
+  if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
+  if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;
+  int64_t max_body = static_cast<int64_t>(c.rest_max_body_bytes);
+  if (auto s = Read(root, "rest", "max_body_bytes", max_body); !s.ok()) return s;
+  if (max_body < 1024 || max_body > (64 << 20)) return Invalid("rest.max_body_bytes", "must be 1 KiB to 64 MiB");
+  c.rest_max_body_bytes = static_cast<size_t>(max_body);
+  if (auto s = Read(root, "log", "level", c.log_level); !s.ok()) return s;
+  std::string format = c.log_format == log::Format::kJson ? "json" : "text";
+  if (auto s = Read(root, "log", "format", format); !s.ok()) return s;
+  if (format != "text" && format != "json") return Invalid("log.format", "must be text or json");
+  c.log_format = format == "json" ? log::Format::kJson : log::Format::kText;
+  int64_t timeout = c.shutdown_timeout.count();
+  if (auto s = Read(root, "domain", "shutdown_timeout_seconds", timeout); !s.ok()) return s;
+  if (timeout < 1 || timeout > 3600) return Invalid("domain.shutdown_timeout_seconds", "must be 1-3600");
+  c.shutdown_timeout = std::chrono::seconds(timeout);
+  return c;
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("config: cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto c = ParseConfigToml(ss.str(), std::move(base));
+  if (!c.ok()) return absl::Status(c.status().code(), absl::StrCat(path, ": ", c.status().message()));
+  return c;
+}
+
+absl::Status Validate(const Config& c) {
+  if (c.hypervisor_uri.empty()) return Invalid("hypervisor.uri", "is required");
+  if (auto s = ValidateListen("grpc.listen", c.grpc_listen); !s.ok()) return s;
+  if (auto s = ValidateListen("rest.listen", c.rest_listen); !s.ok()) return s;
+  if (c.grpc_listen == c.rest_listen) return Invalid("rest.listen", "must differ from grpc.listen");
+  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error"};
+  if (!levels.contains(c.log_level)) {
+    return Invalid("log.level", absl::StrCat("must be one of ", absl::StrJoin(levels, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Config> Resolve(const CommandLine& cli) {
+  Config c;
+  if (cli.config_path) {
+    auto loaded = LoadConfigFile(*cli.config_path, c);
+    if (!loaded.ok()) return loaded.status();
+    c = *loaded;
+  }
+  if (cli.hypervisor_uri) c.hypervisor_uri = *cli.hypervisor_uri;
+  if (cli.grpc_listen) c.grpc_listen = *cli.grpc_listen;
+  if (cli.rest_listen) c.rest_listen = *cli.rest_listen;
+  if (cli.log_level) c.log_level = *cli.log_level;
+  if (auto s = Validate(c); !s.ok()) return s;
+  return c;
+}
+
+}  // namespace hvagent::config

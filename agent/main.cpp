@@ -1,0 +1,139 @@
+// hvagentd: wires configuration, the libvirt hypervisor, the service layer and the gRPC and
+// REST front ends together, then waits for SIGINT/SIGTERM.
+
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_builder.h>
+
+#include "agent/api/grpc/grpc_services.h"
+#include "agent/api/rest/rest_server.h"
+#include "agent/config/config.h"
+#include "agent/version.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "hypervisor/libvirt/libvirt_hypervisor.h"
+
+namespace {
+
+using namespace hvagent;
+
+// Keeps the standard gRPC health service in step with the hypervisor connection.
+class HealthReporter {
+ public:
+  HealthReporter(grpc::HealthCheckServiceInterface* health, const hv::Hypervisor& hv) : health_(health), hv_(hv) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~HealthReporter() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      bool serving = hv_.Connected();
+      for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService",
+                                  "hvagent.v1.EventService"}) {
+        health_->SetServingStatus(service, serving);
+      }
+      cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
+    }
+  }
+  grpc::HealthCheckServiceInterface* health_;
+  const hv::Hypervisor& hv_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+int Run(const config::Config& cfg) {
+  auto logger = log::ComponentLogger("main");
+  // Signals are taken synchronously by sigwait below; no thread may receive them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
+  SystemClock clock;
+  service::EventHub events;
+  hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
+  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout});
+  service::HostService host(hypervisor);
+
+  api::HostGrpcService host_grpc(host);
+  api::DomainGrpcService domain_grpc(domains);
+  api::EventGrpcService event_grpc(events);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(cfg.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (!grpc_server || grpc_port == 0) {
+    logger->critical("grpc.listen {}: cannot listen (address in use?)", cfg.grpc_listen);
+    return 1;
+  }
+  auto health = std::make_unique<HealthReporter>(grpc_server->GetHealthCheckService(), hypervisor);
+
+  api::RestRouter router(host, domains);
+  api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes);
+  if (auto s = rest.Start(); !s.ok()) {
+    logger->critical("{}", s.message());
+    grpc_server->Shutdown();
+    return 1;
+  }
+  logger->info("hvagentd {} serving: gRPC {} | REST http://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
+               cfg.rest_listen, cfg.hypervisor_uri);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  logger->info("signal {} received, shutting down", sig);
+  rest.Stop();
+  events.Close();  // ends Watch streams so the gRPC server can drain
+  health.reset();
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  logger->info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto cli = config::ParseCommandLine(std::vector<std::string>(argv + 1, argv + argc));
+  if (!cli.ok()) {
+    std::cerr << "hvagentd: " << cli.status().message() << "\n" << config::Usage();
+    return 2;
+  }
+  if (cli->help) {
+    std::cout << config::Usage();
+    return 0;
+  }
+  if (cli->version) {
+    std::cout << "hvagentd " << kAgentVersion << "\n";
+    return 0;
+  }
+  auto cfg = config::Resolve(*cli);
+  if (!cfg.ok()) {
+    std::cerr << "hvagentd: " << cfg.status().message() << "\n";
+    return 2;
+  }
+  log::Configure(spdlog::level::from_str(cfg->log_level), cfg->log_format);
+  return Run(*cfg);
+}

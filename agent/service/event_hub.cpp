@@ -1,0 +1,87 @@
+#include "agent/service/event_hub.h"
+
+#include <algorithm>
+
+namespace hvagent::service {
+
+std::optional<SequencedEvent> EventHub::Subscription::Next(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return closed_ || !queue_.empty(); });
+  if (queue_.empty()) return std::nullopt;
+  SequencedEvent e = std::move(queue_.front());
+  queue_.pop_front();
+  return e;
+}
+
+uint64_t EventHub::Subscription::dropped() const {
+  std::lock_guard lock(mu_);
+  return dropped_;
+}
+
+bool EventHub::Subscription::closed() const {
+  std::lock_guard lock(mu_);
+  return closed_;
+}
+
+void EventHub::Subscription::Push(const SequencedEvent& e) {
+  if (!names_.empty() && !names_.contains(e.event.domain_name)) return;
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.size() >= capacity_) {
+      queue_.pop_front();
+      ++dropped_;
+    }
+    queue_.push_back(e);
+  }
+  cv_.notify_one();
+}
+
+void EventHub::Subscription::Close() {
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
+std::shared_ptr<EventHub::Subscription> EventHub::Subscribe(std::vector<std::string> domain_names) {
+  std::shared_ptr<Subscription> sub(
+      new Subscription(std::set<std::string>(domain_names.begin(), domain_names.end()), capacity_));
+  std::lock_guard lock(mu_);
+  if (closed_) sub->Close();
+  subscribers_.push_back(sub);
+  return sub;
+}
+
+void EventHub::Publish(const hv::DomainEvent& event) {
+  std::vector<std::shared_ptr<Subscription>> live;
+  SequencedEvent e{event, 0};
+  {
+    std::lock_guard lock(mu_);
+    e.sequence = next_sequence_++;
+    std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
+    for (const auto& w : subscribers_) {
+      if (auto s = w.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (const auto& s : live) s->Push(e);
+}
+
+void EventHub::Close() {
+  std::vector<std::shared_ptr<Subscription>> live;
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    for (const auto& w : subscribers_) {
+      if (auto s = w.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (const auto& s : live) s->Close();
+}
+
+size_t EventHub::subscriber_count() const {
+  std::lock_guard lock(mu_);
+  return std::count_if(subscribers_.begin(), subscribers_.end(), [](const auto& w) { return !w.expired(); });
+}
+
+}  // namespace hvagent::service

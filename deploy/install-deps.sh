@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one place that lists hvagent's system packages (Debian 12 "bookworm").
+# Idempotent: installs only what is missing; safe to run again and again.
+#   deploy/install-deps.sh            build + run dependencies
+#   deploy/install-deps.sh --test     also what the test suite needs (libvirtd, QEMU, Python gRPC)
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
+  libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev
+  libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  libgtest-dev libgmock-dev
+  curl ca-certificates
+)
+test_pkgs=(
+  libvirt-daemon-system qemu-system-x86 qemu-utils
+  python3-grpcio python3-protobuf
+  lvm2 parted util-linux
+  clang-14 libclang-rt-14-dev
+)
+
+want=("${build_pkgs[@]}")
+if [[ "${1:-}" == "--test" ]]; then want+=("${test_pkgs[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#want[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# libvirt-daemon-system's postinst starts daemons; policy-rc.d keeps the package from
+# starting services on machines without systemd (CI containers). Tests start what they need.
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,189 @@
+#include "hypervisor/domain_spec_validator.h"
+
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace hvagent::hv {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+bool IsNameChar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+}
+
+// Letters/digits first, then [A-Za-z0-9._-], at most max_len.
+bool IsSimpleName(absl::string_view s, size_t max_len) {
+  if (s.empty() || s.size() > max_len) return false;
+  if (!absl::ascii_isalnum(static_cast<unsigned char>(s[0]))) return false;
+  for (char c : s) {
+    if (!IsNameChar(c)) return false;
+  }
+  return true;
+}
+
+bool IsHex(char c) { return absl::ascii_isxdigit(static_cast<unsigned char>(c)); }
+
+bool IsCanonicalUuid(absl::string_view s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    bool dash = (i == 8 || i == 13 || i == 18 || i == 23);
+    if (dash ? s[i] != '-' : !IsHex(s[i])) return false;
+  }
+  return true;
+}
+
+bool IsMac(absl::string_view s) {
+  if (s.size() != 17) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i % 3 == 2 ? s[i] != ':' : !IsHex(s[i])) return false;
+  }
+  // A multicast address (low bit of the first octet) can't be a NIC's address.
+  int first = std::stoi(std::string(s.substr(0, 2)), nullptr, 16);
+  return (first & 1) == 0;
+}
+
+absl::Status ValidatePath(absl::string_view field, absl::string_view path, bool required) {
+  if (path.empty()) {
+    return required ? Invalid(field, "is required") : absl::OkStatus();
+  }
+  if (path.size() > 4096) return Invalid(field, "is longer than 4096 characters");
+  if (path[0] != '/') return Invalid(field, "must be an absolute path");
+  for (unsigned char c : path) {
+    if (c < 0x20 || c == 0x7f) return Invalid(field, "must not contain control characters");
+  }
+  // ',' and ':' carry meaning in Xen disk specs and QEMU options.
+  if (path.find_first_of(",:") != absl::string_view::npos) {
+    return Invalid(field, "must not contain ',' or ':'");
+  }
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part == "..") return Invalid(field, "must not contain '..'");
+  }
+  return absl::OkStatus();
+}
+
+bool IsDiskTarget(absl::string_view t) {
+  absl::string_view rest;
+  for (absl::string_view prefix : {"xvd", "vd", "sd", "hd"}) {
+    if (t.substr(0, prefix.size()) == prefix) {
+      rest = t.substr(prefix.size());
+      break;
+    }
+  }
+  if (rest.empty() || rest.size() > 2) return false;
+  for (char c : rest) {
+    if (c < 'a' || c > 'z') return false;
+  }
+  return true;
+}
+
+bool OneOf(absl::string_view v, std::initializer_list<absl::string_view> allowed) {
+  for (auto a : allowed) {
+    if (v == a) return true;
+  }
+  return false;
+}
+
+absl::Status ValidateBoot(const DomainSpec& spec) {
+  if (const auto* kernel = std::get_if<DirectKernelBoot>(&spec.boot)) {
+    if (auto s = ValidatePath("spec.kernel.kernel_path", kernel->kernel_path, true); !s.ok()) return s;
+    if (auto s = ValidatePath("spec.kernel.initrd_path", kernel->initrd_path, false); !s.ok()) return s;
+    if (kernel->cmdline.size() > 4096) return Invalid("spec.kernel.cmdline", "is longer than 4096 characters");
+    for (unsigned char c : kernel->cmdline) {
+      if (c < 0x20 || c >= 0x7f) return Invalid("spec.kernel.cmdline", "must be printable ASCII");
+    }
+  } else if (const auto* fw = std::get_if<FirmwareBoot>(&spec.boot)) {
+    if (auto s = ValidatePath("spec.firmware.loader_path", fw->loader_path, false); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDisks(const DomainSpec& spec) {
+  if (spec.disks.size() > kMaxDisks) return Invalid("spec.disks", absl::StrCat("at most ", kMaxDisks, " disks"));
+  std::set<absl::string_view> targets;
+  for (size_t i = 0; i < spec.disks.size(); ++i) {
+    const DiskSpec& d = spec.disks[i];
+    std::string field = absl::StrCat("spec.disks[", i, "]");
+    if (auto s = ValidatePath(field + ".source_path", d.source_path, true); !s.ok()) return s;
+    if (!IsDiskTarget(d.target)) {
+      return Invalid(field + ".target", "must look like vda, sdb, hdc or xvda");
+    }
+    if (!targets.insert(d.target).second) return Invalid(field + ".target", "is used twice");
+    if (!d.bus.empty() && !OneOf(d.bus, {"virtio", "xen", "scsi", "sata", "ide", "usb"})) {
+      return Invalid(field + ".bus", "must be one of virtio, xen, scsi, sata, ide, usb");
+    }
+    if (!d.format.empty() && !OneOf(d.format, {"raw", "qcow2"})) {
+      return Invalid(field + ".format", "must be raw or qcow2");
+    }
+    if (d.type == DiskType::kBlock && d.format == "qcow2") {
+      return Invalid(field + ".format", "block devices are raw");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateNics(const DomainSpec& spec) {
+  if (spec.nics.size() > kMaxNics) return Invalid("spec.nics", absl::StrCat("at most ", kMaxNics, " NICs"));
+  std::set<std::string> macs;
+  for (size_t i = 0; i < spec.nics.size(); ++i) {
+    const NicSpec& n = spec.nics[i];
+    std::string field = absl::StrCat("spec.nics[", i, "]");
+    if (!n.mac.empty()) {
+      if (!IsMac(n.mac)) return Invalid(field + ".mac", "must be a unicast MAC like 52:54:00:12:34:56");
+      if (!macs.insert(absl::AsciiStrToLower(n.mac)).second) return Invalid(field + ".mac", "is used twice");
+    }
+    if (n.network.empty() == n.bridge.empty()) {
+      return Invalid(field, "exactly one of network or bridge is required");
+    }
+    if (!n.network.empty() && !IsSimpleName(n.network, 64)) {
+      return Invalid(field + ".network", "must be 1-64 of [A-Za-z0-9._-]");
+    }
+    if (!n.bridge.empty() && !IsSimpleName(n.bridge, 15)) {
+      return Invalid(field + ".bridge", "must be 1-15 of [A-Za-z0-9._-] (a Linux interface name)");
+    }
+    if (!n.model.empty() && !OneOf(n.model, {"virtio", "e1000", "e1000e", "rtl8139", "netfront"})) {
+      return Invalid(field + ".model", "must be one of virtio, e1000, e1000e, rtl8139, netfront");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateDomainName(absl::string_view field, absl::string_view name) {
+  if (name.empty()) return Invalid(field, "is required");
+  if (!IsSimpleName(name, 64)) {
+    return Invalid(field, "must be 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDomainSpec(const DomainSpec& spec) {
+  if (auto s = ValidateDomainName("spec.name", spec.name); !s.ok()) return s;
+  if (!spec.uuid.empty() && !IsCanonicalUuid(spec.uuid)) {
+    return Invalid("spec.uuid", "must be a canonical UUID (8-4-4-4-12 hex digits)");
+  }
+  if (spec.vcpus < 1 || spec.vcpus > kMaxVcpus) {
+    return Invalid("spec.vcpus", absl::StrCat("must be between 1 and ", kMaxVcpus, ", got ", spec.vcpus));
+  }
+  if (spec.memory_mib < kMinMemoryMib || spec.memory_mib > kMaxMemoryMib) {
+    return Invalid("spec.memory_mib", absl::StrCat("must be between ", kMinMemoryMib, " and ", kMaxMemoryMib,
+                                                   ", got ", spec.memory_mib));
+  }
+  if (!spec.arch.empty() && !OneOf(spec.arch, {"aarch64", "x86_64", "i686", "armv7l"})) {
+    return Invalid("spec.arch", "must be one of aarch64, x86_64, i686, armv7l");
+  }
+  if (!spec.machine.empty() && !IsSimpleName(spec.machine, 64)) {
+    return Invalid("spec.machine", "must be 1-64 of [A-Za-z0-9._-]");
+  }
+  if (auto s = ValidateBoot(spec); !s.ok()) return s;
+  if (auto s = ValidateDisks(spec); !s.ok()) return s;
+  return ValidateNics(spec);
+}
+
+}  // namespace hvagent::hv

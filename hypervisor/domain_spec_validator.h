@@ -1,0 +1,24 @@
+#pragma once
+// ValidateDomainSpec: the single gate every DomainSpec passes before any hypervisor sees it.
+// Returns InvalidArgument naming the offending field ("spec.disks[1].target: ...") or Ok.
+// Rules are deliberately strict: names and paths end up in libvirt XML, lvm and Xen scripts.
+
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "hypervisor/model.h"
+
+namespace hvagent::hv {
+
+inline constexpr uint32_t kMaxVcpus = 4096;
+inline constexpr uint64_t kMinMemoryMib = 16;
+inline constexpr uint64_t kMaxMemoryMib = 16ULL * 1024 * 1024;  // 16 TiB
+inline constexpr size_t kMaxDisks = 64;
+inline constexpr size_t kMaxNics = 32;
+
+absl::Status ValidateDomainSpec(const DomainSpec& spec);
+
+// A domain name: 1-64 of [A-Za-z0-9._-], starting with a letter or digit.
+absl::Status ValidateDomainName(absl::string_view field, absl::string_view name);
+
+}  // namespace hvagent::hv

@@ -1,0 +1,22 @@
+#pragma once
+// DomainXmlBuilder: turns a validated DomainSpec into libvirt domain XML for one hypervisor
+// target (domain type, os type, arch). The only producer of domain XML in hvagent: every value
+// goes through ValidateDomainSpec and XmlWriter's escaping, never string pasting.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "hypervisor/model.h"
+
+namespace hvagent::hv {
+
+class DomainXmlBuilder {
+ public:
+  // InvalidArgument (naming the field) if the spec is invalid or cannot run on `target`.
+  static absl::StatusOr<std::string> Build(const DomainSpec& spec, const GuestTarget& target);
+
+  // The bus implied by a disk target's prefix: xvd -> xen, vd -> virtio, sd -> scsi, hd -> ide.
+  static std::string DefaultBus(const std::string& target);
+};
+
+}  // namespace hvagent::hv

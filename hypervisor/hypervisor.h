@@ -1,0 +1,52 @@
+#pragma once
+// Hypervisor: the contract between the agent's service layer and a virtualization host.
+// Called by agent/service only. Implementations validate every DomainSpec before it reaches
+// the hypervisor and report errors as absl::Status with gRPC-compatible codes:
+// NotFound (no such domain), AlreadyExists, InvalidArgument (naming the field),
+// FailedPrecondition (wrong state), Unimplemented (driver lacks the operation),
+// Unavailable (connection down). They never run a shell.
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "hypervisor/model.h"
+
+namespace hvagent::hv {
+
+class Hypervisor {
+ public:
+  using EventSink = std::function<void(const DomainEvent&)>;
+
+  virtual ~Hypervisor() = default;
+
+  virtual absl::StatusOr<HostInfo> GetHostInfo() = 0;
+  virtual absl::StatusOr<std::vector<DomainInfo>> ListDomains() = 0;
+  virtual absl::StatusOr<DomainInfo> GetDomain(const std::string& name) = 0;
+  virtual absl::StatusOr<DomainInfo> GetDomainByUuid(const std::string& uuid) = 0;
+
+  // Defines (does not start) a persistent domain. AlreadyExists if the name or uuid is taken.
+  virtual absl::Status DefineDomain(const DomainSpec& spec) = 0;
+  virtual absl::Status UndefineDomain(const std::string& name) = 0;
+
+  virtual absl::Status StartDomain(const std::string& name) = 0;
+  // Asks the guest to power off (ACPI / PV shutdown) and returns without waiting.
+  virtual absl::Status RequestShutdown(const std::string& name) = 0;
+  // Powers the guest off at once.
+  virtual absl::Status DestroyDomain(const std::string& name) = 0;
+  virtual absl::Status RebootDomain(const std::string& name) = 0;
+  virtual absl::Status SuspendDomain(const std::string& name) = 0;
+  virtual absl::Status ResumeDomain(const std::string& name) = 0;
+
+  // Lifecycle events, including changes made behind the agent's back. The sink is called from
+  // the hypervisor's event thread and must not block. Set once, before events matter.
+  virtual void SetEventSink(EventSink sink) = 0;
+
+  // False while the connection is down and being re-opened.
+  virtual bool Connected() const = 0;
+};
+
+}  // namespace hvagent::hv

@@ -1,0 +1,32 @@
+#pragma once
+// Capabilities: the parts of libvirt's capabilities XML the agent needs (host arch, which
+// guest os types / archs / domain types the hypervisor offers), and the choice of GuestTarget.
+
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hypervisor/model.h"
+
+namespace hvagent::hv {
+
+struct Capabilities {
+  struct Guest {
+    std::string os_type;                    // "hvm", "xen"
+    std::string arch;                       // "x86_64", "aarch64"
+    std::vector<std::string> domain_types;  // "kvm", "qemu", "xen", "test"
+  };
+  std::string host_arch;
+  std::string host_cpu_model;  // may be empty (e.g. the test driver)
+  std::vector<Guest> guests;
+};
+
+// InvalidArgument if the XML cannot be parsed.
+absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view xml);
+
+// Picks os type and domain type for `arch` (the host arch when empty): HVM before Xen PV,
+// and kvm > xen > qemu > test. InvalidArgument naming spec.arch if nothing offers it.
+absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::string_view arch);
+
+}  // namespace hvagent::hv

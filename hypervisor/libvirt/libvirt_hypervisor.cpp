@@ -1,0 +1,449 @@
+#include "hypervisor/libvirt/libvirt_hypervisor.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "hypervisor/domain_spec_validator.h"
+#include "hypervisor/domain_xml_builder.h"
+#include "hypervisor/libvirt/backoff.h"
+#include "hypervisor/libvirt/event_loop.h"
+#include "hypervisor/libvirt/libvirt_error.h"
+
+namespace hvagent::hv {
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = log::ComponentLogger("hypervisor");
+  return logger;
+}
+
+std::string VersionString(unsigned long v) {
+  return absl::StrCat(v / 1000000, ".", (v / 1000) % 1000, ".", v % 1000);
+}
+
+DomainState StateFrom(int s) {
+  switch (s) {
+    case VIR_DOMAIN_RUNNING: return DomainState::kRunning;
+    case VIR_DOMAIN_BLOCKED: return DomainState::kBlocked;
+    case VIR_DOMAIN_PAUSED: return DomainState::kPaused;
+    case VIR_DOMAIN_SHUTDOWN: return DomainState::kShuttingDown;
+    case VIR_DOMAIN_SHUTOFF: return DomainState::kShutoff;
+    case VIR_DOMAIN_CRASHED: return DomainState::kCrashed;
+    case VIR_DOMAIN_PMSUSPENDED: return DomainState::kPmSuspended;
+    default: return DomainState::kUnknown;
+  }
+}
+
+// libvirt's (event, detail) pair as our type and a short reason word.
+std::pair<DomainEventType, std::string> EventFrom(int event, int detail) {
+  auto pick = [detail](std::initializer_list<const char*> words) {
+    int i = 0;
+    for (const char* w : words) {
+      if (i++ == detail) return std::string(w);
+    }
+    return absl::StrCat("detail-", detail);
+  };
+  switch (event) {
+    case VIR_DOMAIN_EVENT_DEFINED:
+      return {DomainEventType::kDefined, pick({"added", "updated", "renamed", "from_snapshot"})};
+    case VIR_DOMAIN_EVENT_UNDEFINED:
+      return {DomainEventType::kUndefined, pick({"removed", "renamed"})};
+    case VIR_DOMAIN_EVENT_STARTED:
+      return {DomainEventType::kStarted, pick({"booted", "migrated", "restored", "from_snapshot", "wakeup"})};
+    case VIR_DOMAIN_EVENT_SUSPENDED:
+      return {DomainEventType::kSuspended,
+              pick({"paused", "migrated", "ioerror", "watchdog", "restored", "from_snapshot", "api_error",
+                    "postcopy", "postcopy_failed"})};
+    case VIR_DOMAIN_EVENT_RESUMED:
+      return {DomainEventType::kResumed, pick({"unpaused", "migrated", "from_snapshot", "postcopy"})};
+    case VIR_DOMAIN_EVENT_STOPPED:
+      return {DomainEventType::kStopped,
+              pick({"shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot"})};
+    case VIR_DOMAIN_EVENT_SHUTDOWN:
+      return {DomainEventType::kShutdown, pick({"finished", "guest", "host"})};
+    case VIR_DOMAIN_EVENT_PMSUSPENDED:
+      return {DomainEventType::kPmSuspended, pick({"memory", "disk"})};
+    case VIR_DOMAIN_EVENT_CRASHED:
+      return {DomainEventType::kCrashed, pick({"panicked", "crashloaded"})};
+    default:
+      return {DomainEventType::kUnknown, absl::StrCat("event-", event)};
+  }
+}
+
+}  // namespace
+
+// A counted reference to the connection, released on scope exit.
+class LibvirtHypervisor::ConnRef {
+ public:
+  explicit ConnRef(virConnectPtr c) : c_(c) { virConnectRef(c_); }
+  ConnRef(ConnRef&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+  ConnRef(const ConnRef&) = delete;
+  ~ConnRef() {
+    if (c_) virConnectClose(c_);
+  }
+  virConnectPtr get() const { return c_; }
+
+ private:
+  virConnectPtr c_;
+};
+
+// An owned domain handle.
+class LibvirtHypervisor::DomRef {
+ public:
+  explicit DomRef(virDomainPtr d) : d_(d) {}
+  DomRef(DomRef&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+  DomRef(const DomRef&) = delete;
+  ~DomRef() {
+    if (d_) virDomainFree(d_);
+  }
+  virDomainPtr get() const { return d_; }
+
+ private:
+  virDomainPtr d_;
+};
+
+LibvirtHypervisor::LibvirtHypervisor(Options options) : options_(std::move(options)) {
+  SilenceLibvirtErrorPrinting();
+  loop_ = LibvirtEventLoop::Acquire();
+  if (auto s = OpenConnection(); !s.ok()) {
+    Log()->warn("cannot connect to {} yet, will keep trying: {}", options_.uri, s.message());
+    std::lock_guard lock(mu_);
+    need_reconnect_ = true;
+  }
+  reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+}
+
+LibvirtHypervisor::~LibvirtHypervisor() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  reconnect_thread_.join();
+  DropConnection();
+}
+
+absl::Status LibvirtHypervisor::OpenConnection() {
+  virConnectPtr c = virConnectOpen(options_.uri.c_str());
+  if (c == nullptr) return LastLibvirtError(absl::StrCat("connect to ", options_.uri));
+  char* caps_xml = virConnectGetCapabilities(c);
+  if (caps_xml == nullptr) {
+    auto s = LastLibvirtError("read capabilities");
+    virConnectClose(c);
+    return s;
+  }
+  auto caps = ParseCapabilities(caps_xml);
+  free(caps_xml);
+  if (!caps.ok()) {
+    virConnectClose(c);
+    return caps.status();
+  }
+  int cb_id = virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                               VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), this, nullptr);
+  if (cb_id < 0) Log()->warn("{}", LastLibvirtError("register lifecycle events").message());
+  if (virConnectRegisterCloseCallback(c, CloseCallback, this, nullptr) < 0) {
+    Log()->warn("{}", LastLibvirtError("register close callback").message());
+  }
+  std::lock_guard lock(mu_);
+  conn_ = c;
+  lifecycle_callback_id_ = cb_id;
+  caps_ = std::move(*caps);
+  Log()->info("connected to {} (host arch {})", options_.uri, caps_.host_arch);
+  return absl::OkStatus();
+}
+
+void LibvirtHypervisor::DropConnection() {
+  virConnectPtr c;
+  int cb_id;
+  {
+    std::lock_guard lock(mu_);
+    c = std::exchange(conn_, nullptr);
+    cb_id = std::exchange(lifecycle_callback_id_, -1);
+  }
+  if (c == nullptr) return;
+  // Failures here are expected when the peer is already gone.
+  if (cb_id >= 0) virConnectDomainEventDeregisterAny(c, cb_id);
+  virConnectUnregisterCloseCallback(c, CloseCallback);
+  virResetLastError();
+  virConnectClose(c);
+}
+
+void LibvirtHypervisor::ReconnectLoop() {
+  Backoff backoff(options_.min_backoff, options_.max_backoff);
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stopping_ || need_reconnect_; });
+    if (stopping_) return;
+    lock.unlock();
+    DropConnection();
+    absl::Status s = OpenConnection();
+    lock.lock();
+    if (s.ok()) {
+      need_reconnect_ = false;
+      backoff.Reset();
+      continue;
+    }
+    auto delay = backoff.Next();
+    Log()->warn("reconnect to {} failed, retrying in {} ms: {}", options_.uri, delay.count(), s.message());
+    cv_.wait_for(lock, delay, [this] { return stopping_; });
+  }
+}
+
+void LibvirtHypervisor::CloseCallback(virConnectPtr, int reason, void* opaque) {
+  static_cast<LibvirtHypervisor*>(opaque)->OnConnectionClosed(reason);
+}
+
+void LibvirtHypervisor::OnConnectionClosed(int reason) {
+  Log()->error("connection to {} closed (reason {}); reconnecting", options_.uri, reason);
+  {
+    std::lock_guard lock(mu_);
+    need_reconnect_ = true;
+  }
+  cv_.notify_all();
+}
+
+void LibvirtHypervisor::SimulateConnectionLoss() { OnConnectionClosed(VIR_CONNECT_CLOSE_REASON_ERROR); }
+
+bool LibvirtHypervisor::Connected() const {
+  std::lock_guard lock(mu_);
+  return conn_ != nullptr && !need_reconnect_;
+}
+
+absl::StatusOr<LibvirtHypervisor::ConnRef> LibvirtHypervisor::Connection() const {
+  std::lock_guard lock(mu_);
+  if (conn_ == nullptr || need_reconnect_) {
+    return absl::UnavailableError(absl::StrCat("hypervisor connection to ", options_.uri, " is down; reconnecting"));
+  }
+  return ConnRef(conn_);
+}
+
+absl::StatusOr<LibvirtHypervisor::DomRef> LibvirtHypervisor::Lookup(const std::string& name) {
+  if (auto s = ValidateDomainName("name", name); !s.ok()) return s;
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  virDomainPtr d = virDomainLookupByName(conn->get(), std::string(name).c_str());
+  if (d == nullptr) {
+    absl::Status s = LastLibvirtError(absl::StrCat("look up domain ", name));
+    if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat("domain '", name, "' not found"));
+    return s;
+  }
+  return DomRef(d);
+}
+
+DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
+  DomainInfo info;
+  if (const char* n = virDomainGetName(dom)) info.name = n;
+  char uuid[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(dom, uuid) == 0) info.uuid = uuid;
+  virDomainInfo vi{};
+  if (virDomainGetInfo(dom, &vi) == 0) {
+    info.state = StateFrom(vi.state);
+    info.vcpus = vi.nrVirtCpu;
+    info.memory_mib = vi.maxMem / 1024;
+  } else {
+    virResetLastError();  // e.g. the domain vanished meanwhile; report what we have
+  }
+  info.persistent = virDomainIsPersistent(dom) == 1;
+  if (info.state == DomainState::kRunning || info.state == DomainState::kPaused ||
+      info.state == DomainState::kBlocked) {
+    std::lock_guard lock(events_mu_);
+    if (auto it = started_at_.find(info.uuid); it != started_at_.end()) {
+      info.uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - it->second);
+    }
+  }
+  return info;
+}
+
+absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  virConnectPtr c = conn->get();
+  HostInfo h;
+  virNodeInfo ni{};
+  if (virNodeGetInfo(c, &ni) < 0) return LastLibvirtError("read node info");
+  h.cpu_model = ni.model;
+  h.cpus = ni.cpus;
+  h.cpu_mhz = ni.mhz;
+  h.sockets = ni.sockets * ni.nodes;
+  h.cores_per_socket = ni.cores;
+  h.threads_per_core = ni.threads;
+  h.memory_bytes = static_cast<uint64_t>(ni.memory) * 1024;
+  unsigned long long free_mem = virNodeGetFreeMemory(c);
+  if (free_mem == 0) virResetLastError();
+  h.free_memory_bytes = free_mem;
+  if (const char* type = virConnectGetType(c)) h.hypervisor_type = type;
+  unsigned long v = 0;
+  if (virConnectGetVersion(c, &v) == 0) h.hypervisor_version = VersionString(v);
+  if (virConnectGetLibVersion(c, &v) == 0) h.libvirt_version = VersionString(v);
+  if (char* hn = virConnectGetHostname(c)) {
+    h.hostname = hn;
+    free(hn);
+  }
+  virResetLastError();
+  {
+    std::lock_guard lock(mu_);
+    h.arch = caps_.host_arch;
+    if (!caps_.host_cpu_model.empty()) h.cpu_model = caps_.host_cpu_model;
+  }
+  h.uri = options_.uri;
+  return h;
+}
+
+absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  virDomainPtr* doms = nullptr;
+  int n = virConnectListAllDomains(conn->get(), &doms, 0);
+  if (n < 0) return LastLibvirtError("list domains");
+  std::vector<DomainInfo> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    DomRef d(doms[i]);
+    out.push_back(Describe(d.get()));
+  }
+  free(doms);
+  return out;
+}
+
+absl::StatusOr<DomainInfo> LibvirtHypervisor::GetDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  return Describe(d->get());
+}
+
+absl::StatusOr<DomainInfo> LibvirtHypervisor::GetDomainByUuid(const std::string& uuid) {
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  virDomainPtr d = virDomainLookupByUUIDString(conn->get(), std::string(uuid).c_str());
+  if (d == nullptr) {
+    absl::Status s = LastLibvirtError(absl::StrCat("look up domain by uuid ", uuid));
+    if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat("no domain with uuid ", uuid));
+    return s;
+  }
+  DomRef ref(d);
+  return Describe(d);
+}
+
+absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
+  if (auto s = ValidateDomainSpec(spec); !s.ok()) return s;
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  if (auto existing = GetDomain(spec.name); existing.ok()) {
+    return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
+  } else if (!absl::IsNotFound(existing.status())) {
+    return existing.status();
+  }
+  if (!spec.uuid.empty()) {
+    if (auto existing = GetDomainByUuid(spec.uuid); existing.ok()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("spec.uuid: ", spec.uuid, " is already used by domain '", existing->name, "'"));
+    } else if (!absl::IsNotFound(existing.status())) {
+      return existing.status();
+    }
+  }
+  absl::StatusOr<GuestTarget> target;
+  {
+    std::lock_guard lock(mu_);
+    target = SelectGuestTarget(caps_, spec.arch);
+  }
+  if (!target.ok()) return target.status();
+  auto xml = DomainXmlBuilder::Build(spec, *target);
+  if (!xml.ok()) return xml.status();
+  Log()->debug("defining domain {}:\n{}", spec.name, *xml);
+  virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());
+  if (d == nullptr) return LastLibvirtError(absl::StrCat("define domain ", spec.name));
+  virDomainFree(d);
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::UndefineDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  const unsigned flags = VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                         VIR_DOMAIN_UNDEFINE_NVRAM;
+  if (virDomainUndefineFlags(d->get(), flags) == 0) return absl::OkStatus();
+  absl::Status s = LastLibvirtError(absl::StrCat("undefine domain ", name));
+  // Some drivers (e.g. test) reject flags they have nothing to clean up for.
+  if (absl::IsInvalidArgument(s) || absl::IsUnimplemented(s)) {
+    if (virDomainUndefine(d->get()) == 0) return absl::OkStatus();
+    return LastLibvirtError(absl::StrCat("undefine domain ", name));
+  }
+  return s;
+}
+
+absl::Status LibvirtHypervisor::StartDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainCreate(d->get()) < 0) return LastLibvirtError(absl::StrCat("start domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::RequestShutdown(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainShutdown(d->get()) < 0) return LastLibvirtError(absl::StrCat("shut down domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::DestroyDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainDestroy(d->get()) < 0) return LastLibvirtError(absl::StrCat("destroy domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::RebootDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainReboot(d->get(), 0) < 0) return LastLibvirtError(absl::StrCat("reboot domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::SuspendDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainSuspend(d->get()) < 0) return LastLibvirtError(absl::StrCat("suspend domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::ResumeDomain(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainResume(d->get()) < 0) return LastLibvirtError(absl::StrCat("resume domain ", name));
+  return absl::OkStatus();
+}
+
+void LibvirtHypervisor::SetEventSink(EventSink sink) {
+  std::lock_guard lock(events_mu_);
+  sink_ = std::move(sink);
+}
+
+int LibvirtHypervisor::LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
+  static_cast<LibvirtHypervisor*>(opaque)->OnLifecycleEvent(dom, event, detail);
+  return 0;
+}
+
+void LibvirtHypervisor::OnLifecycleEvent(virDomainPtr dom, int event, int detail) {
+  DomainEvent ev;
+  ev.time = std::chrono::system_clock::now();
+  if (const char* n = virDomainGetName(dom)) ev.domain_name = n;
+  char uuid[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(dom, uuid) == 0) ev.domain_uuid = uuid;
+  std::tie(ev.type, ev.detail) = EventFrom(event, detail);
+  Log()->debug("event {} {} ({})", ev.domain_name, event, ev.detail);
+  EventSink sink;
+  {
+    std::lock_guard lock(events_mu_);
+    if (ev.type == DomainEventType::kStarted) {
+      started_at_[ev.domain_uuid] = std::chrono::steady_clock::now();
+    } else if (ev.type == DomainEventType::kStopped || ev.type == DomainEventType::kUndefined) {
+      started_at_.erase(ev.domain_uuid);
+    }
+    sink = sink_;
+  }
+  if (sink) sink(ev);
+}
+
+}  // namespace hvagent::hv

@@ -1,0 +1,89 @@
+#pragma once
+// LibvirtHypervisor: the Hypervisor over any libvirt URI (test:///default, qemu:///system,
+// xen:///system). Owns one connection, re-opened with backoff when libvirt reports it closed;
+// meanwhile Connected() is false and calls return Unavailable. Lifecycle events arrive on the
+// shared libvirt event loop thread and are passed to the sink.
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "hypervisor/hypervisor.h"
+#include "hypervisor/libvirt/capabilities.h"
+
+typedef struct _virConnect* virConnectPtr;
+typedef struct _virDomain* virDomainPtr;
+
+namespace hvagent::hv {
+
+class LibvirtEventLoop;
+
+class LibvirtHypervisor final : public Hypervisor {
+ public:
+  struct Options {
+    std::string uri = "test:///default";
+    std::chrono::milliseconds min_backoff{500};
+    std::chrono::milliseconds max_backoff{30000};
+  };
+
+  // Tries to connect once; if that fails the agent still starts and keeps retrying.
+  explicit LibvirtHypervisor(Options options);
+  ~LibvirtHypervisor() override;
+
+  absl::StatusOr<HostInfo> GetHostInfo() override;
+  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override;
+  absl::StatusOr<DomainInfo> GetDomain(const std::string& name) override;
+  absl::StatusOr<DomainInfo> GetDomainByUuid(const std::string& uuid) override;
+  absl::Status DefineDomain(const DomainSpec& spec) override;
+  absl::Status UndefineDomain(const std::string& name) override;
+  absl::Status StartDomain(const std::string& name) override;
+  absl::Status RequestShutdown(const std::string& name) override;
+  absl::Status DestroyDomain(const std::string& name) override;
+  absl::Status RebootDomain(const std::string& name) override;
+  absl::Status SuspendDomain(const std::string& name) override;
+  absl::Status ResumeDomain(const std::string& name) override;
+  void SetEventSink(EventSink sink) override;
+  bool Connected() const override;
+
+  // Test hook: behaves as if libvirt reported the connection closed.
+  void SimulateConnectionLoss();
+
+ private:
+  class ConnRef;
+  class DomRef;
+
+  absl::StatusOr<ConnRef> Connection() const;
+  absl::StatusOr<DomRef> Lookup(const std::string& name);
+  DomainInfo Describe(virDomainPtr dom);
+  absl::Status OpenConnection();  // called with mu_ not held
+  void DropConnection();          // called with mu_ not held
+  void ReconnectLoop();
+  void OnLifecycleEvent(virDomainPtr dom, int event, int detail);
+  void OnConnectionClosed(int reason);
+
+  static int LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
+  static void CloseCallback(virConnectPtr, int reason, void* opaque);
+
+  const Options options_;
+  std::shared_ptr<LibvirtEventLoop> loop_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  virConnectPtr conn_ = nullptr;
+  int lifecycle_callback_id_ = -1;
+  Capabilities caps_;
+  bool need_reconnect_ = false;
+  bool stopping_ = false;
+  std::thread reconnect_thread_;
+
+  std::mutex events_mu_;
+  EventSink sink_;
+  std::map<std::string, std::chrono::steady_clock::time_point> started_at_;  // by uuid
+};
+
+}  // namespace hvagent::hv
