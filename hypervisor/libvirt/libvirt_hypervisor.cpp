@@ -3,6 +3,8 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
@@ -34,6 +36,20 @@ DomainState StateFrom(int s) {
     case VIR_DOMAIN_PMSUSPENDED: return DomainState::kPmSuspended;
     default: return DomainState::kUnknown;
   }
+}
+
+const char* StateName(DomainState s) {
+  switch (s) {
+    case DomainState::kRunning: return "running";
+    case DomainState::kBlocked: return "blocked";
+    case DomainState::kPaused: return "paused";
+    case DomainState::kShuttingDown: return "shutting down";
+    case DomainState::kShutoff: return "shut off";
+    case DomainState::kCrashed: return "crashed";
+    case DomainState::kPmSuspended: return "suspended by the guest";
+    case DomainState::kUnknown: break;
+  }
+  return "in an unknown state";
 }
 
 // libvirt's (event, detail) pair as our type and a short reason word.
@@ -148,6 +164,7 @@ absl::Status LibvirtHypervisor::OpenConnection() {
   }
   std::lock_guard lock(mu_);
   conn_ = c;
+  ++connection_generation_;
   lifecycle_callback_id_ = cb_id;
   caps_ = std::move(*caps);
   Log()->info("connected to {} (host arch {})", options_.uri, caps_.host_arch);
@@ -202,6 +219,11 @@ void LibvirtHypervisor::OnConnectionClosed(int reason) {
     need_reconnect_ = true;
   }
   cv_.notify_all();
+}
+
+uint64_t LibvirtHypervisor::connection_generation() const {
+  std::lock_guard lock(mu_);
+  return connection_generation_;
 }
 
 void LibvirtHypervisor::SimulateConnectionLoss() { OnConnectionClosed(VIR_CONNECT_CLOSE_REASON_ERROR); }
@@ -373,46 +395,55 @@ absl::Status LibvirtHypervisor::UndefineDomain(const std::string& name) {
   return s;
 }
 
-absl::Status LibvirtHypervisor::StartDomain(const std::string& name) {
+// Drivers disagree on how they report "wrong state" (qemu: OPERATION_INVALID, test: INTERNAL),
+// so the state is checked first and reported the same way everywhere. libvirt's own check
+// still guards the race where the state changes in between.
+absl::Status LibvirtHypervisor::Transition(const std::string& name, const char* verb,
+                                           std::initializer_list<DomainState> allowed,
+                                           int (*op)(virDomainPtr)) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
-  if (virDomainCreate(d->get()) < 0) return LastLibvirtError(absl::StrCat("start domain ", name));
+  int state = 0, reason = 0;
+  if (virDomainGetState(d->get(), &state, &reason, 0) == 0) {
+    DomainState current = StateFrom(state);
+    if (std::find(allowed.begin(), allowed.end(), current) == allowed.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot ", verb, " domain '", name, "': it is ", StateName(current)));
+    }
+  } else {
+    virResetLastError();
+  }
+  if (op(d->get()) < 0) return LastLibvirtError(absl::StrCat(verb, " domain ", name));
   return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::StartDomain(const std::string& name) {
+  return Transition(name, "start", {DomainState::kShutoff, DomainState::kCrashed}, virDomainCreate);
 }
 
 absl::Status LibvirtHypervisor::RequestShutdown(const std::string& name) {
-  auto d = Lookup(name);
-  if (!d.ok()) return d.status();
-  if (virDomainShutdown(d->get()) < 0) return LastLibvirtError(absl::StrCat("shut down domain ", name));
-  return absl::OkStatus();
+  return Transition(name, "shut down", {DomainState::kRunning, DomainState::kBlocked, DomainState::kPaused},
+                    virDomainShutdown);
 }
 
 absl::Status LibvirtHypervisor::DestroyDomain(const std::string& name) {
-  auto d = Lookup(name);
-  if (!d.ok()) return d.status();
-  if (virDomainDestroy(d->get()) < 0) return LastLibvirtError(absl::StrCat("destroy domain ", name));
-  return absl::OkStatus();
+  return Transition(name, "destroy",
+                    {DomainState::kRunning, DomainState::kBlocked, DomainState::kPaused,
+                     DomainState::kShuttingDown, DomainState::kPmSuspended, DomainState::kCrashed},
+                    virDomainDestroy);
 }
 
 absl::Status LibvirtHypervisor::RebootDomain(const std::string& name) {
-  auto d = Lookup(name);
-  if (!d.ok()) return d.status();
-  if (virDomainReboot(d->get(), 0) < 0) return LastLibvirtError(absl::StrCat("reboot domain ", name));
-  return absl::OkStatus();
+  return Transition(name, "reboot", {DomainState::kRunning, DomainState::kBlocked},
+                    [](virDomainPtr d) { return virDomainReboot(d, 0); });
 }
 
 absl::Status LibvirtHypervisor::SuspendDomain(const std::string& name) {
-  auto d = Lookup(name);
-  if (!d.ok()) return d.status();
-  if (virDomainSuspend(d->get()) < 0) return LastLibvirtError(absl::StrCat("suspend domain ", name));
-  return absl::OkStatus();
+  return Transition(name, "suspend", {DomainState::kRunning, DomainState::kBlocked}, virDomainSuspend);
 }
 
 absl::Status LibvirtHypervisor::ResumeDomain(const std::string& name) {
-  auto d = Lookup(name);
-  if (!d.ok()) return d.status();
-  if (virDomainResume(d->get()) < 0) return LastLibvirtError(absl::StrCat("resume domain ", name));
-  return absl::OkStatus();
+  return Transition(name, "resume", {DomainState::kPaused}, virDomainResume);
 }
 
 void LibvirtHypervisor::SetEventSink(EventSink sink) {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,8 @@ class LibvirtHypervisor final : public Hypervisor {
 
   // Test hook: behaves as if libvirt reported the connection closed.
   void SimulateConnectionLoss();
+  // How many times a connection was opened (1 after a clean start).
+  uint64_t connection_generation() const;
 
  private:
   class ConnRef;
@@ -59,6 +62,8 @@ class LibvirtHypervisor final : public Hypervisor {
 
   absl::StatusOr<ConnRef> Connection() const;
   absl::StatusOr<DomRef> Lookup(const std::string& name);
+  absl::Status Transition(const std::string& name, const char* verb, std::initializer_list<DomainState> allowed,
+                          int (*op)(virDomainPtr));
   DomainInfo Describe(virDomainPtr dom);
   absl::Status OpenConnection();  // called with mu_ not held
   void DropConnection();          // called with mu_ not held
@@ -77,6 +82,7 @@ class LibvirtHypervisor final : public Hypervisor {
   virConnectPtr conn_ = nullptr;
   int lifecycle_callback_id_ = -1;
   Capabilities caps_;
+  uint64_t connection_generation_ = 0;
   bool need_reconnect_ = false;
   bool stopping_ = false;
   std::thread reconnect_thread_;

@@ -1,0 +1,175 @@
+#pragma once
+// FakeHypervisor: an in-memory Hypervisor for service- and API-level unit tests. It follows
+// the Hypervisor contract (validation, NotFound, AlreadyExists, FailedPrecondition) and lets a
+// test inject failures and decide whether guests honour a graceful shutdown.
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "hypervisor/domain_spec_validator.h"
+#include "hypervisor/hypervisor.h"
+
+namespace hvagent::testing {
+
+class FakeHypervisor final : public hv::Hypervisor {
+ public:
+  // Knobs a test sets.
+  bool guests_honour_shutdown = true;  // RequestShutdown stops the guest after `shutdown_polls` reads
+  int shutdown_polls = 2;
+  absl::Status fail_start;             // returned by StartDomain when not ok
+  absl::Status fail_define;
+  absl::Status fail_undefine;
+  bool connected = true;
+
+  std::vector<std::string> calls;  // "define web1", "start web1", ...
+
+  absl::StatusOr<hv::HostInfo> GetHostInfo() override {
+    if (auto s = Up(); !s.ok()) return s;
+    hv::HostInfo h;
+    h.hostname = "fake";
+    h.arch = "aarch64";
+    h.cpu_model = "cortex-a57";
+    h.cpus = 8;
+    h.memory_bytes = 16ULL << 30;
+    h.free_memory_bytes = 12ULL << 30;
+    h.hypervisor_type = "Fake";
+    h.uri = "fake:///";
+    return h;
+  }
+
+  absl::StatusOr<std::vector<hv::DomainInfo>> ListDomains() override {
+    std::lock_guard lock(mu_);
+    if (auto s = Up(); !s.ok()) return s;
+    std::vector<hv::DomainInfo> out;
+    for (auto& [name, d] : domains_) out.push_back(d.info);
+    return out;
+  }
+
+  absl::StatusOr<hv::DomainInfo> GetDomain(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if ((*d)->shutdown_countdown > 0 && --(*d)->shutdown_countdown == 0) {
+      (*d)->info.state = hv::DomainState::kShutoff;
+    }
+    return (*d)->info;
+  }
+
+  absl::StatusOr<hv::DomainInfo> GetDomainByUuid(const std::string& uuid) override {
+    std::lock_guard lock(mu_);
+    for (auto& [name, d] : domains_) {
+      if (d.info.uuid == uuid) return d.info;
+    }
+    return absl::NotFoundError(absl::StrCat("no domain with uuid ", uuid));
+  }
+
+  absl::Status DefineDomain(const hv::DomainSpec& spec) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("define " + spec.name);
+    if (auto s = Up(); !s.ok()) return s;
+    if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
+    if (!fail_define.ok()) return fail_define;
+    if (domains_.contains(spec.name)) return absl::AlreadyExistsError("spec.name: exists");
+    Domain d;
+    d.info.name = spec.name;
+    d.info.uuid = spec.uuid.empty() ? absl::StrCat("00000000-0000-0000-0000-", 100000000000 + domains_.size())
+                                    : spec.uuid;
+    d.info.state = hv::DomainState::kShutoff;
+    d.info.vcpus = spec.vcpus;
+    d.info.memory_mib = spec.memory_mib;
+    d.info.persistent = true;
+    domains_[spec.name] = d;
+    return absl::OkStatus();
+  }
+
+  absl::Status UndefineDomain(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("undefine " + name);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (!fail_undefine.ok()) return fail_undefine;
+    domains_.erase(name);
+    return absl::OkStatus();
+  }
+
+  absl::Status StartDomain(const std::string& name) override {
+    return Transition(name, "start", hv::DomainState::kShutoff, hv::DomainState::kRunning, fail_start);
+  }
+  absl::Status RequestShutdown(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("shutdown " + name);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if ((*d)->info.state != hv::DomainState::kRunning) return absl::FailedPreconditionError("domain is not running");
+    if (guests_honour_shutdown) (*d)->shutdown_countdown = shutdown_polls;
+    return absl::OkStatus();
+  }
+  absl::Status DestroyDomain(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("destroy " + name);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if ((*d)->info.state == hv::DomainState::kShutoff) return absl::FailedPreconditionError("domain is not running");
+    (*d)->info.state = hv::DomainState::kShutoff;
+    (*d)->shutdown_countdown = 0;
+    return absl::OkStatus();
+  }
+  absl::Status RebootDomain(const std::string& name) override {
+    return Transition(name, "reboot", hv::DomainState::kRunning, hv::DomainState::kRunning, absl::OkStatus());
+  }
+  absl::Status SuspendDomain(const std::string& name) override {
+    return Transition(name, "suspend", hv::DomainState::kRunning, hv::DomainState::kPaused, absl::OkStatus());
+  }
+  absl::Status ResumeDomain(const std::string& name) override {
+    return Transition(name, "resume", hv::DomainState::kPaused, hv::DomainState::kRunning, absl::OkStatus());
+  }
+
+  void SetEventSink(EventSink sink) override { sink_ = std::move(sink); }
+  bool Connected() const override { return connected; }
+
+  void Emit(const hv::DomainEvent& e) {
+    if (sink_) sink_(e);
+  }
+  size_t domain_count() {
+    std::lock_guard lock(mu_);
+    return domains_.size();
+  }
+
+ private:
+  struct Domain {
+    hv::DomainInfo info;
+    int shutdown_countdown = 0;
+  };
+
+  absl::Status Up() const {
+    return connected ? absl::OkStatus() : absl::UnavailableError("hypervisor connection is down");
+  }
+
+  absl::StatusOr<Domain*> Find(const std::string& name) {
+    if (auto s = Up(); !s.ok()) return s;
+    if (auto s = hv::ValidateDomainName("name", name); !s.ok()) return s;
+    auto it = domains_.find(name);
+    if (it == domains_.end()) return absl::NotFoundError(absl::StrCat("domain '", name, "' not found"));
+    return &it->second;
+  }
+
+  absl::Status Transition(const std::string& name, const char* op, hv::DomainState from, hv::DomainState to,
+                          const absl::Status& injected) {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat(op, " ", name));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (!injected.ok()) return injected;
+    if ((*d)->info.state != from) return absl::FailedPreconditionError(absl::StrCat("cannot ", op, " in this state"));
+    (*d)->info.state = to;
+    return absl::OkStatus();
+  }
+
+  std::mutex mu_;
+  std::map<std::string, Domain> domains_;
+  EventSink sink_;
+};
+
+}  // namespace hvagent::testing

@@ -1,0 +1,65 @@
+#include "hypervisor/libvirt/capabilities.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace hvagent::hv {
+namespace {
+
+// Shapes taken from what libvirt reports for a Xen ARM64 dom0 and a KVM x86 host.
+constexpr char kXenArm[] = R"(<capabilities>
+  <host><cpu><arch>aarch64</arch></cpu></host>
+  <guest><os_type>xen</os_type><arch name='aarch64'><machine>xenpv</machine><domain type='xen'/></arch></guest>
+</capabilities>)";
+
+constexpr char kKvmX86[] = R"(<capabilities>
+  <host><cpu><arch>x86_64</arch><model>Skylake-Client-IBRS</model></cpu></host>
+  <guest><os_type>hvm</os_type><arch name='i686'><domain type='qemu'/><domain type='kvm'/></arch></guest>
+  <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest>
+  <guest><os_type>hvm</os_type><arch name='aarch64'><domain type='qemu'/></arch></guest>
+</capabilities>)";
+
+TEST(CapabilitiesTest, ParsesHostAndGuests) {
+  auto caps = ParseCapabilities(kKvmX86);
+  ASSERT_TRUE(caps.ok()) << caps.status();
+  EXPECT_EQ(caps->host_arch, "x86_64");
+  EXPECT_EQ(caps->host_cpu_model, "Skylake-Client-IBRS");
+  ASSERT_EQ(caps->guests.size(), 3u);
+  EXPECT_EQ(caps->guests[1].arch, "x86_64");
+  EXPECT_THAT(caps->guests[1].domain_types, ::testing::ElementsAre("qemu", "kvm"));
+}
+
+TEST(CapabilitiesTest, PrefersKvmForHostArchAndQemuForForeignArch) {
+  auto caps = *ParseCapabilities(kKvmX86);
+  auto host = SelectGuestTarget(caps, "");
+  ASSERT_TRUE(host.ok());
+  EXPECT_EQ(host->domain_type, "kvm");
+  EXPECT_EQ(host->arch, "x86_64");
+  auto arm = SelectGuestTarget(caps, "aarch64");
+  ASSERT_TRUE(arm.ok());
+  EXPECT_EQ(arm->domain_type, "qemu");
+}
+
+TEST(CapabilitiesTest, XenArmGuestsArePvWithXenDomainType) {
+  auto caps = *ParseCapabilities(kXenArm);
+  auto t = SelectGuestTarget(caps, "");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->domain_type, "xen");
+  EXPECT_EQ(t->os_type, "xen");
+  EXPECT_EQ(t->arch, "aarch64");
+}
+
+TEST(CapabilitiesTest, ArchNotOfferedIsInvalidArgumentNamingSpecArch) {
+  auto caps = *ParseCapabilities(kXenArm);
+  auto t = SelectGuestTarget(caps, "x86_64");
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(t.status().message()), ::testing::HasSubstr("spec.arch"));
+}
+
+TEST(CapabilitiesTest, MalformedXmlIsRejected) {
+  EXPECT_FALSE(ParseCapabilities("<capabilities><host>").ok());
+  EXPECT_FALSE(ParseCapabilities("<domain/>").ok());
+}
+
+}  // namespace
+}  // namespace hvagent::hv

@@ -1,0 +1,150 @@
+#include "hypervisor/domain_spec_validator.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace hvagent::hv {
+namespace {
+
+using ::testing::HasSubstr;
+
+DomainSpec Valid() {
+  DomainSpec s;
+  s.name = "web-1.example_A";
+  s.vcpus = 2;
+  s.memory_mib = 512;
+  return s;
+}
+
+// Expects InvalidArgument whose message names `field`.
+void ExpectRejected(const DomainSpec& s, const std::string& field) {
+  absl::Status st = ValidateDomainSpec(s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr(field));
+}
+
+TEST(DomainSpecValidatorTest, AcceptsMinimalSpec) { EXPECT_TRUE(ValidateDomainSpec(Valid()).ok()); }
+
+TEST(DomainSpecValidatorTest, AcceptsFullSpec) {
+  DomainSpec s = Valid();
+  s.uuid = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+  s.arch = "aarch64";
+  s.machine = "virt-7.2";
+  s.boot = DirectKernelBoot{"/var/lib/hvagent/vmlinuz", "/var/lib/hvagent/initrd.img", "console=hvc0 root=/dev/xvda"};
+  s.disks.push_back({"/dev/vg0/web1-root", DiskType::kBlock, "xvda", "", false, ""});
+  s.disks.push_back({"/var/lib/images/seed.img", DiskType::kFile, "xvdb", "xen", true, "raw"});
+  s.nics.push_back({"52:54:00:12:34:56", "", "br0", "netfront"});
+  s.nics.push_back({"", "default", "", ""});
+  EXPECT_TRUE(ValidateDomainSpec(s).ok()) << ValidateDomainSpec(s);
+}
+
+TEST(DomainSpecValidatorTest, RejectsBadNames) {
+  for (std::string name : std::vector<std::string>{"", "bad name", "-leading", ".hidden", "a'/><devices>", "x/y", "ünicode",
+                           std::string(65, 'a'), std::string("nul\0byte", 8)}) {
+    DomainSpec s = Valid();
+    s.name = name;
+    ExpectRejected(s, "spec.name");
+  }
+  DomainSpec s = Valid();
+  s.name = std::string(64, 'a');
+  EXPECT_TRUE(ValidateDomainSpec(s).ok());
+}
+
+TEST(DomainSpecValidatorTest, RejectsVcpusOutOfRange) {
+  for (uint32_t v : {0u, kMaxVcpus + 1, 100000u}) {
+    DomainSpec s = Valid();
+    s.vcpus = v;
+    ExpectRejected(s, "spec.vcpus");
+  }
+}
+
+TEST(DomainSpecValidatorTest, RejectsMemoryOutOfRange) {
+  for (uint64_t m : {uint64_t{0}, kMinMemoryMib - 1, kMaxMemoryMib + 1, uint64_t{1} << 40}) {
+    DomainSpec s = Valid();
+    s.memory_mib = m;
+    ExpectRejected(s, "spec.memory_mib");
+  }
+}
+
+TEST(DomainSpecValidatorTest, RejectsMalformedUuid) {
+  for (std::string u : std::vector<std::string>{"123", "6695eb01f6a4830479aa97f2502e193f", "6695eb01-f6a4-8304-79aa-97f2502e193g"}) {
+    DomainSpec s = Valid();
+    s.uuid = u;
+    ExpectRejected(s, "spec.uuid");
+  }
+}
+
+TEST(DomainSpecValidatorTest, RejectsUnknownArchAndMachine) {
+  DomainSpec s = Valid();
+  s.arch = "sparc";
+  ExpectRejected(s, "spec.arch");
+  s = Valid();
+  s.machine = "pc'><x";
+  ExpectRejected(s, "spec.machine");
+}
+
+TEST(DomainSpecValidatorTest, RejectsUnsafePaths) {
+  for (std::string p : std::vector<std::string>{"relative/vmlinuz", "/boot/../etc/shadow", "/dev/vg0/a,b", "/x:y", "/a\nb", ""}) {
+    DomainSpec s = Valid();
+    s.boot = DirectKernelBoot{p, "", ""};
+    ExpectRejected(s, "spec.kernel.kernel_path");
+    s = Valid();
+    s.disks.push_back({p, DiskType::kFile, "vda", "", false, ""});
+    ExpectRejected(s, "spec.disks[0].source_path");
+  }
+}
+
+TEST(DomainSpecValidatorTest, RejectsNonPrintableKernelCmdline) {
+  DomainSpec s = Valid();
+  s.boot = DirectKernelBoot{"/boot/vmlinuz", "", "console=hvc0\n"};
+  ExpectRejected(s, "spec.kernel.cmdline");
+}
+
+TEST(DomainSpecValidatorTest, RejectsBadDiskTargetsBusesFormats) {
+  DomainSpec s = Valid();
+  s.disks.push_back({"/img/a", DiskType::kFile, "vda", "", false, ""});
+  s.disks.push_back({"/img/b", DiskType::kFile, "vda", "", false, ""});
+  ExpectRejected(s, "spec.disks[1].target");
+  for (std::string t : std::vector<std::string>{"", "da", "vd", "vdabc", "nvme0n1", "vdA"}) {
+    s = Valid();
+    s.disks.push_back({"/img/a", DiskType::kFile, t, "", false, ""});
+    ExpectRejected(s, "spec.disks[0].target");
+  }
+  s = Valid();
+  s.disks.push_back({"/img/a", DiskType::kFile, "vda", "floppy", false, ""});
+  ExpectRejected(s, "spec.disks[0].bus");
+  s = Valid();
+  s.disks.push_back({"/img/a", DiskType::kFile, "vda", "", false, "vmdk"});
+  ExpectRejected(s, "spec.disks[0].format");
+  s = Valid();
+  s.disks.push_back({"/dev/vg0/lv", DiskType::kBlock, "vda", "", false, "qcow2"});
+  ExpectRejected(s, "spec.disks[0].format");
+}
+
+TEST(DomainSpecValidatorTest, RejectsBadNics) {
+  DomainSpec s = Valid();
+  s.nics.push_back({"01:00:5e:00:00:01", "default", "", ""});  // multicast
+  ExpectRejected(s, "spec.nics[0].mac");
+  s = Valid();
+  s.nics.push_back({"52:54:00:12:34", "default", "", ""});
+  ExpectRejected(s, "spec.nics[0].mac");
+  s = Valid();
+  s.nics.push_back({"", "", "", ""});
+  ExpectRejected(s, "spec.nics[0]");
+  s = Valid();
+  s.nics.push_back({"", "default", "br0", ""});
+  ExpectRejected(s, "spec.nics[0]");
+  s = Valid();
+  s.nics.push_back({"", "", "bridge-name-too-long", ""});
+  ExpectRejected(s, "spec.nics[0].bridge");
+  s = Valid();
+  s.nics.push_back({"", "", "br0", "pcnet'"});
+  ExpectRejected(s, "spec.nics[0].model");
+  s = Valid();
+  s.nics.push_back({"52:54:00:12:34:56", "default", "", ""});
+  s.nics.push_back({"52:54:00:12:34:56", "default", "", ""});
+  ExpectRejected(s, "spec.nics[1].mac");
+}
+
+}  // namespace
+}  // namespace hvagent::hv

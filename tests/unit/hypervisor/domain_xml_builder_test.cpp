@@ -1,0 +1,173 @@
+#include "hypervisor/domain_xml_builder.h"
+
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace hvagent::hv {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Parses the builder's output for real, so tests check structure and escaping, not strings.
+class Xml {
+ public:
+  explicit Xml(const std::string& text)
+      : doc_(xmlReadMemory(text.data(), static_cast<int>(text.size()), "d.xml", nullptr, XML_PARSE_NONET)) {}
+  ~Xml() {
+    if (doc_) xmlFreeDoc(doc_);
+  }
+  bool ok() const { return doc_ != nullptr; }
+  // The string value of an XPath expression ("" when it selects nothing).
+  std::string Get(const std::string& xpath) const {
+    xmlXPathContextPtr ctx = xmlXPathNewContext(doc_);
+    xmlXPathObjectPtr obj =
+        xmlXPathEvalExpression(reinterpret_cast<const xmlChar*>(("string(" + xpath + ")").c_str()), ctx);
+    std::string out = obj && obj->stringval ? reinterpret_cast<const char*>(obj->stringval) : "";
+    xmlXPathFreeObject(obj);
+    xmlXPathFreeContext(ctx);
+    return out;
+  }
+  int Count(const std::string& xpath) const { return std::stoi(Get("count(" + xpath + ")")); }
+
+ private:
+  xmlDocPtr doc_;
+};
+
+const GuestTarget kQemuX86{"qemu", "hvm", "x86_64"};
+const GuestTarget kXenArm{"xen", "xen", "aarch64"};
+const GuestTarget kKvmArm{"kvm", "hvm", "aarch64"};
+
+DomainSpec Base(const std::string& name = "web1") {
+  DomainSpec s;
+  s.name = name;
+  s.vcpus = 2;
+  s.memory_mib = 512;
+  return s;
+}
+
+TEST(DomainXmlBuilderTest, QemuGuestWithFirmwareDiskNicAndConsole) {
+  DomainSpec s = Base();
+  s.uuid = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+  s.boot = FirmwareBoot{FirmwareType::kBios, ""};
+  s.disks.push_back({"/var/lib/img/web1.raw", DiskType::kFile, "vda", "", false, ""});
+  s.nics.push_back({"52:54:00:aa:bb:cc", "default", "", "virtio"});
+  s.serial_console = true;
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  ASSERT_TRUE(x.ok()) << *xml;
+  EXPECT_EQ(x.Get("/domain/@type"), "qemu");
+  EXPECT_EQ(x.Get("/domain/name"), "web1");
+  EXPECT_EQ(x.Get("/domain/uuid"), "6695eb01-f6a4-8304-79aa-97f2502e193f");
+  EXPECT_EQ(x.Get("/domain/memory"), "512");
+  EXPECT_EQ(x.Get("/domain/memory/@unit"), "MiB");
+  EXPECT_EQ(x.Get("/domain/vcpu"), "2");
+  EXPECT_EQ(x.Get("/domain/os/type"), "hvm");
+  EXPECT_EQ(x.Get("/domain/os/type/@arch"), "x86_64");
+  EXPECT_EQ(x.Get("/domain/os/boot/@dev"), "hd");
+  EXPECT_EQ(x.Count("/domain/features/acpi"), 1);
+  EXPECT_EQ(x.Get("/domain/devices/disk/@type"), "file");
+  EXPECT_EQ(x.Get("/domain/devices/disk/driver/@type"), "raw");
+  EXPECT_EQ(x.Get("/domain/devices/disk/source/@file"), "/var/lib/img/web1.raw");
+  EXPECT_EQ(x.Get("/domain/devices/disk/target/@bus"), "virtio");
+  EXPECT_EQ(x.Get("/domain/devices/interface/@type"), "network");
+  EXPECT_EQ(x.Get("/domain/devices/interface/source/@network"), "default");
+  EXPECT_EQ(x.Get("/domain/devices/interface/mac/@address"), "52:54:00:aa:bb:cc");
+  EXPECT_EQ(x.Get("/domain/devices/console/target/@type"), "serial");
+  EXPECT_EQ(x.Count("/domain/devices/serial"), 1);
+}
+
+TEST(DomainXmlBuilderTest, XenArmGuestBootsKernelWithPhyDiskAndXenConsole) {
+  DomainSpec s = Base();
+  s.boot = DirectKernelBoot{"/var/lib/hvagent/Image", "/var/lib/hvagent/initrd", "console=hvc0 root=/dev/xvda"};
+  s.disks.push_back({"/dev/vg0/web1", DiskType::kBlock, "xvda", "", false, ""});
+  s.nics.push_back({"", "", "xenbr0", ""});
+  s.serial_console = true;
+  auto xml = DomainXmlBuilder::Build(s, kXenArm);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  EXPECT_EQ(x.Get("/domain/@type"), "xen");
+  EXPECT_EQ(x.Get("/domain/os/type"), "xen");
+  EXPECT_EQ(x.Get("/domain/os/type/@arch"), "aarch64");
+  EXPECT_EQ(x.Get("/domain/os/kernel"), "/var/lib/hvagent/Image");
+  EXPECT_EQ(x.Get("/domain/os/initrd"), "/var/lib/hvagent/initrd");
+  EXPECT_EQ(x.Get("/domain/os/cmdline"), "console=hvc0 root=/dev/xvda");
+  EXPECT_EQ(x.Count("/domain/features"), 0);
+  EXPECT_EQ(x.Get("/domain/devices/disk/@type"), "block");
+  EXPECT_EQ(x.Get("/domain/devices/disk/driver/@name"), "phy");
+  EXPECT_EQ(x.Get("/domain/devices/disk/source/@dev"), "/dev/vg0/web1");
+  EXPECT_EQ(x.Get("/domain/devices/disk/target/@bus"), "xen");
+  EXPECT_EQ(x.Get("/domain/devices/interface/source/@bridge"), "xenbr0");
+  EXPECT_EQ(x.Get("/domain/devices/console/target/@type"), "xen");
+  EXPECT_EQ(x.Count("/domain/devices/serial"), 0);
+}
+
+TEST(DomainXmlBuilderTest, KernelCmdlineIsEscapedAndRoundTrips) {
+  DomainSpec s = Base();
+  const std::string cmdline = "init=/bin/sh x='<devices>' y=\"a&b\"";
+  s.boot = DirectKernelBoot{"/boot/vmlinuz", "", cmdline};
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  EXPECT_THAT(*xml, ::testing::Not(HasSubstr("<devices>'")));
+  Xml x(*xml);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(x.Get("/domain/os/cmdline"), cmdline);
+  EXPECT_EQ(x.Count("/domain/devices/*"), 0);
+}
+
+TEST(DomainXmlBuilderTest, XenPvGuestWithoutKernelIsRejected) {
+  DomainSpec s = Base();
+  auto xml = DomainXmlBuilder::Build(s, kXenArm);
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(xml.status().message(), HasSubstr("spec.kernel"));
+}
+
+TEST(DomainXmlBuilderTest, BiosOnArmIsRejected) {
+  DomainSpec s = Base();
+  s.boot = FirmwareBoot{FirmwareType::kBios, ""};
+  auto xml = DomainXmlBuilder::Build(s, kKvmArm);
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(xml.status().message(), HasSubstr("spec.firmware.type"));
+}
+
+TEST(DomainXmlBuilderTest, UefiAutoSelectOrExplicitLoader) {
+  DomainSpec s = Base();
+  s.boot = FirmwareBoot{FirmwareType::kUefi, ""};
+  Xml automatic(*DomainXmlBuilder::Build(s, kKvmArm));
+  EXPECT_EQ(automatic.Get("/domain/os/@firmware"), "efi");
+  EXPECT_EQ(automatic.Count("/domain/os/loader"), 0);
+
+  s.boot = FirmwareBoot{FirmwareType::kUefi, "/usr/share/AAVMF/AAVMF_CODE.fd"};
+  Xml explicit_loader(*DomainXmlBuilder::Build(s, kKvmArm));
+  EXPECT_EQ(explicit_loader.Get("/domain/os/@firmware"), "");
+  EXPECT_EQ(explicit_loader.Get("/domain/os/loader"), "/usr/share/AAVMF/AAVMF_CODE.fd");
+  EXPECT_EQ(explicit_loader.Get("/domain/os/loader/@readonly"), "yes");
+}
+
+TEST(DomainXmlBuilderTest, ArchNotOfferedIsRejected) {
+  DomainSpec s = Base();
+  s.arch = "aarch64";
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(xml.status().message(), HasSubstr("spec.arch"));
+}
+
+TEST(DomainXmlBuilderTest, InvalidSpecNeverProducesXml) {
+  DomainSpec s = Base("a'/><devices><disk>");
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(xml.status().message(), HasSubstr("spec.name"));
+}
+
+TEST(DomainXmlBuilderTest, DefaultBusFollowsTargetPrefix) {
+  EXPECT_EQ(DomainXmlBuilder::DefaultBus("xvda"), "xen");
+  EXPECT_EQ(DomainXmlBuilder::DefaultBus("vdb"), "virtio");
+  EXPECT_EQ(DomainXmlBuilder::DefaultBus("sdc"), "scsi");
+  EXPECT_EQ(DomainXmlBuilder::DefaultBus("hdd"), "ide");
+}
+
+}  // namespace
+}  // namespace hvagent::hv

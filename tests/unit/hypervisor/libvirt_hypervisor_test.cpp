@@ -1,0 +1,222 @@
+// LibvirtHypervisor against libvirt's in-process test driver (test:///default). All
+// connections in one process share that driver's state, so every test uses its own names.
+#include "hypervisor/libvirt/libvirt_hypervisor.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace hvagent::hv {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Unique(const std::string& base) {
+  static std::atomic<int> n{0};
+  return base + "-" + std::to_string(getpid()) + "-" + std::to_string(n++);
+}
+
+DomainSpec Spec(const std::string& name) {
+  DomainSpec s;
+  s.name = name;
+  s.vcpus = 1;
+  s.memory_mib = 64;
+  s.serial_console = true;
+  return s;
+}
+
+// Collects events from the hypervisor's event thread.
+class EventRecorder {
+ public:
+  Hypervisor::EventSink Sink() {
+    return [this](const DomainEvent& e) {
+      std::lock_guard lock(mu_);
+      events_.push_back(e);
+      cv_.notify_all();
+    };
+  }
+  // True once an event of `type` for `name` arrived (within 10 s).
+  bool WaitFor(const std::string& name, DomainEventType type) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] {
+      for (const auto& e : events_) {
+        if (e.domain_name == name && e.type == type) return true;
+      }
+      return false;
+    });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<DomainEvent> events_;
+};
+
+class LibvirtHypervisorTest : public ::testing::Test {
+ protected:
+  LibvirtHypervisor hv_{{.uri = "test:///default"}};
+};
+
+TEST_F(LibvirtHypervisorTest, HostInfoComesFromTheDriver) {
+  ASSERT_TRUE(hv_.Connected());
+  auto h = hv_.GetHostInfo();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->arch, "i686");
+  EXPECT_EQ(h->cpus, 16u);
+  EXPECT_EQ(h->sockets * h->cores_per_socket * h->threads_per_core, h->cpus);
+  EXPECT_EQ(h->memory_bytes, 3ULL << 30);
+  EXPECT_EQ(h->hypervisor_type, "TEST");
+  EXPECT_FALSE(h->libvirt_version.empty());
+  EXPECT_EQ(h->uri, "test:///default");
+}
+
+TEST_F(LibvirtHypervisorTest, FullLifecycle) {
+  const std::string name = Unique("life");
+  ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());
+  auto d = hv_.GetDomain(name);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->state, DomainState::kShutoff);
+  EXPECT_EQ(d->vcpus, 1u);
+  EXPECT_EQ(d->memory_mib, 64u);
+  EXPECT_TRUE(d->persistent);
+  EXPECT_FALSE(d->uptime.has_value());
+
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kRunning);
+  ASSERT_TRUE(hv_.SuspendDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kPaused);
+  ASSERT_TRUE(hv_.ResumeDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kRunning);
+  ASSERT_TRUE(hv_.RebootDomain(name).ok());
+  ASSERT_TRUE(hv_.RequestShutdown(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kShutoff);  // the test driver obeys at once
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kShutoff);
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LibvirtHypervisorTest, ListIncludesDefinedDomains) {
+  const std::string name = Unique("list");
+  ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());
+  auto list = hv_.ListDomains();
+  ASSERT_TRUE(list.ok());
+  bool found = false;
+  for (const auto& d : *list) found |= d.name == name;
+  EXPECT_TRUE(found);
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+TEST_F(LibvirtHypervisorTest, DuplicateNameOrUuidIsAlreadyExists) {
+  const std::string name = Unique("dup");
+  DomainSpec s = Spec(name);
+  s.uuid = "11111111-2222-3333-4444-" + std::to_string(100000000000 + getpid());
+  ASSERT_TRUE(hv_.DefineDomain(s).ok());
+  DomainSpec same_name = Spec(name);
+  same_name.vcpus = 3;
+  absl::Status st = hv_.DefineDomain(same_name);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("spec.name"));
+  EXPECT_EQ(hv_.GetDomain(name)->vcpus, 1u) << "the original definition must be untouched";
+  DomainSpec same_uuid = Spec(Unique("dup-other"));
+  same_uuid.uuid = s.uuid;
+  st = hv_.DefineDomain(same_uuid);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("spec.uuid"));
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+TEST_F(LibvirtHypervisorTest, UnknownDomainIsNotFoundForEveryOperation) {
+  const std::string ghost = Unique("ghost");
+  EXPECT_EQ(hv_.GetDomain(ghost).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.StartDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.RequestShutdown(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.DestroyDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.RebootDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.SuspendDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.ResumeDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.UndefineDomain(ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.GetDomainByUuid("99999999-9999-9999-9999-999999999999").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(LibvirtHypervisorTest, InvalidNameIsRejectedBeforeLibvirt) {
+  absl::Status st = hv_.StartDomain("a'/><devices>");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("name"));
+}
+
+TEST_F(LibvirtHypervisorTest, WrongStateIsFailedPrecondition) {
+  const std::string name = Unique("state");
+  ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());
+  absl::Status st = hv_.DestroyDomain(name);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("shut off"));
+  EXPECT_EQ(hv_.ResumeDomain(name).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(hv_.SuspendDomain(name).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(hv_.RebootDomain(name).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(hv_.RequestShutdown(name).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  EXPECT_EQ(hv_.StartDomain(name).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+TEST_F(LibvirtHypervisorTest, ArchTheDriverLacksIsInvalidArgument) {
+  DomainSpec s = Spec(Unique("arch"));
+  s.arch = "aarch64";
+  absl::Status st = hv_.DefineDomain(s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("spec.arch"));
+  EXPECT_EQ(hv_.GetDomain(s.name).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LibvirtHypervisorTest, LifecycleEventsReachTheSinkAndUptimeIsTracked) {
+  EventRecorder rec;
+  hv_.SetEventSink(rec.Sink());
+  const std::string name = Unique("events");
+  ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());
+  EXPECT_TRUE(rec.WaitFor(name, DomainEventType::kDefined));
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  EXPECT_TRUE(rec.WaitFor(name, DomainEventType::kStarted));
+  EXPECT_TRUE(hv_.GetDomain(name)->uptime.has_value());
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  EXPECT_TRUE(rec.WaitFor(name, DomainEventType::kStopped));
+  EXPECT_FALSE(hv_.GetDomain(name)->uptime.has_value());
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+  EXPECT_TRUE(rec.WaitFor(name, DomainEventType::kUndefined));
+  hv_.SetEventSink(nullptr);
+}
+
+TEST(LibvirtHypervisorConnectionTest, UnreachableUriStartsDisconnectedAndCallsAreUnavailable) {
+  LibvirtHypervisor hv({.uri = "test:///nonexistent/hvagent-missing.xml",
+                        .min_backoff = std::chrono::milliseconds(50),
+                        .max_backoff = std::chrono::milliseconds(100)});
+  EXPECT_FALSE(hv.Connected());
+  EXPECT_EQ(hv.ListDomains().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(hv.GetHostInfo().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(hv.DefineDomain(Spec("x")).code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(LibvirtHypervisorConnectionTest, ReconnectsAfterConnectionLoss) {
+  LibvirtHypervisor hv({.uri = "test:///default",
+                        .min_backoff = std::chrono::milliseconds(50),
+                        .max_backoff = std::chrono::milliseconds(100)});
+  ASSERT_TRUE(hv.Connected());
+  EXPECT_EQ(hv.connection_generation(), 1u);
+  hv.SimulateConnectionLoss();
+  for (int i = 0; i < 100 && !(hv.Connected() && hv.connection_generation() == 2); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(hv.connection_generation(), 2u);
+  EXPECT_TRUE(hv.Connected());
+  EXPECT_TRUE(hv.ListDomains().ok());
+}
+
+}  // namespace
+}  // namespace hvagent::hv
