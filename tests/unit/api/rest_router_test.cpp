@@ -1,0 +1,182 @@
+// The REST surface, request by request, over the real service layer and a fake hypervisor.
+#include "agent/api/rest/rest_router.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+
+namespace hvagent::api {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kCreateWeb1[] =
+    R"({"spec":{"name":"web1","vcpus":2,"memory_mib":256,"firmware":{"type":"TYPE_BIOS"}},"start":true})";
+
+class RestRouterTest : public ::testing::Test {
+ protected:
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& body = "",
+                    std::map<std::string, std::string> query = {}) {
+    return router_.Handle({method, path, std::move(query), body});
+  }
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  service::DomainService domains_{hv_, clock_, {}};
+  service::HostService host_{hv_};
+  RestRouter router_{host_, domains_};
+};
+
+TEST_F(RestRouterTest, Healthz_ReflectsHypervisorConnection) {
+  auto r = Call("GET", "/healthz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("hypervisor_connected":true)"));
+  hv_.connected = false;
+  r = Call("GET", "/healthz");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_THAT(r.body, HasSubstr("NOT_SERVING"));
+}
+
+TEST_F(RestRouterTest, GetHost_UsesProtoFieldNames) {
+  auto r = Call("GET", "/v1/host");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("arch":"aarch64")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("memory_bytes":"17179869184")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("agent_version":)"));
+}
+
+TEST_F(RestRouterTest, GetCapacity) {
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("GET", "/v1/host/capacity");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("domains_running":1)"));
+  EXPECT_THAT(r.body, HasSubstr(R"("allocated_vcpus":2)"));
+}
+
+TEST_F(RestRouterTest, CreateGetListDelete) {
+  auto r = Call("POST", "/v1/domains", kCreateWeb1);
+  ASSERT_EQ(r.status, 201) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("state":"DOMAIN_STATE_RUNNING")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("memory_mib":"256")"));
+  r = Call("GET", "/v1/domains/web1");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("name":"web1")"));
+  r = Call("GET", "/v1/domains");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("domains":[{"name":"web1")"));
+  r = Call("DELETE", "/v1/domains/web1", "", {{"force", "true"}});
+  EXPECT_EQ(r.status, 204);
+  EXPECT_TRUE(r.body.empty());
+  EXPECT_EQ(Call("GET", "/v1/domains/web1").status, 404);
+}
+
+TEST_F(RestRouterTest, Actions) {
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("POST", "/v1/domains/web1:suspend");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr("DOMAIN_STATE_PAUSED"));
+  EXPECT_THAT(Call("POST", "/v1/domains/web1:resume", "{}").body, HasSubstr("DOMAIN_STATE_RUNNING"));
+  EXPECT_EQ(Call("POST", "/v1/domains/web1:reboot").status, 200);
+  r = Call("POST", "/v1/domains/web1:shutdown", R"({"timeout_seconds": 5})");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("forced":false)"));
+  EXPECT_THAT(r.body, HasSubstr("DOMAIN_STATE_SHUTOFF"));
+  EXPECT_THAT(Call("POST", "/v1/domains/web1:start").body, HasSubstr("DOMAIN_STATE_RUNNING"));
+  EXPECT_THAT(Call("POST", "/v1/domains/web1:destroy").body, HasSubstr("DOMAIN_STATE_SHUTOFF"));
+}
+
+TEST_F(RestRouterTest, Shutdown_ReportsForcedWhenGuestIgnoresIt) {
+  hv_.guests_honour_shutdown = false;
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("POST", "/v1/domains/web1:shutdown", R"({"timeout_seconds": 2})");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr(R"("forced":true)"));
+}
+
+TEST_F(RestRouterTest, Errors_UnknownDomainIs404WithCode) {
+  for (auto [method, path] : std::vector<std::pair<std::string, std::string>>{
+           {"GET", "/v1/domains/ghost"}, {"DELETE", "/v1/domains/ghost"}, {"POST", "/v1/domains/ghost:start"}}) {
+    auto r = Call(method, path);
+    EXPECT_EQ(r.status, 404) << method << " " << path;
+    EXPECT_THAT(r.body, HasSubstr(R"("code":"NOT_FOUND")"));
+  }
+}
+
+TEST_F(RestRouterTest, Errors_DuplicateIs409AndOriginalUnchanged) {
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("POST", "/v1/domains", R"({"spec":{"name":"web1","vcpus":4,"memory_mib":64}})");
+  EXPECT_EQ(r.status, 409);
+  EXPECT_THAT(r.body, HasSubstr("ALREADY_EXISTS"));
+  EXPECT_THAT(Call("GET", "/v1/domains/web1").body, HasSubstr(R"("vcpus":2)"));
+}
+
+TEST_F(RestRouterTest, Errors_InvalidSpecIs400NamingTheField) {
+  struct Case {
+    std::string body, field;
+  };
+  for (const auto& c : std::vector<Case>{
+           {R"({"spec":{"name":"bad name","vcpus":1,"memory_mib":64}})", "spec.name"},
+           {R"({"spec":{"name":"a'/><devices>","vcpus":1,"memory_mib":64}})", "spec.name"},
+           {R"({"spec":{"name":"x","vcpus":0,"memory_mib":64}})", "spec.vcpus"},
+           {R"({"spec":{"name":"x","vcpus":100000,"memory_mib":64}})", "spec.vcpus"},
+           {R"({"spec":{"name":"x","vcpus":1,"memory_mib":0}})", "spec.memory_mib"},
+           {R"({"spec":{"name":"x","vcpus":1,"memory_mib":"1000000000000"}})", "spec.memory_mib"},
+           {R"({"spec":{"name":"x","vcpus":1,"memory_mib":64,"disks":[{"source_path":"/a","target":"vda","type":7}]}})",
+            "spec.disks[0].type"},
+           {R"({"start":true})", "spec"},
+       }) {
+    auto r = Call("POST", "/v1/domains", c.body);
+    EXPECT_EQ(r.status, 400) << c.body;
+    EXPECT_THAT(r.body, HasSubstr(R"("code":"INVALID_ARGUMENT")")) << c.body;
+    EXPECT_THAT(r.body, HasSubstr(c.field)) << c.body;
+  }
+  EXPECT_EQ(hv_.domain_count(), 0u);
+  EXPECT_TRUE(hv_.calls.empty()) << "invalid input must not reach the hypervisor";
+}
+
+TEST_F(RestRouterTest, Errors_MalformedOrUnknownJsonIs400) {
+  for (std::string body : {"{", "not json", R"({"spec":{"name":"x","vcpus":"many"}})", R"({"spec":{"nmae":"x"}})"}) {
+    auto r = Call("POST", "/v1/domains", body);
+    EXPECT_EQ(r.status, 400) << body;
+    EXPECT_THAT(r.body, HasSubstr("request body")) << body;
+  }
+  EXPECT_EQ(hv_.domain_count(), 0u);
+}
+
+TEST_F(RestRouterTest, Errors_DeleteRunningWithoutForceIs409) {
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("DELETE", "/v1/domains/web1");
+  EXPECT_EQ(r.status, 409);
+  EXPECT_THAT(r.body, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_EQ(Call("DELETE", "/v1/domains/web1", "", {{"force", "perhaps"}}).status, 400);
+  EXPECT_EQ(Call("GET", "/v1/domains/web1").status, 200);
+}
+
+TEST_F(RestRouterTest, Errors_RoutingProblems) {
+  EXPECT_EQ(Call("GET", "/v2/everything").status, 404);
+  EXPECT_EQ(Call("GET", "/v1/domains/web1/disks").status, 404);
+  EXPECT_EQ(Call("PUT", "/v1/domains").status, 405);
+  EXPECT_EQ(Call("POST", "/v1/host").status, 405);
+  EXPECT_EQ(Call("GET", "/v1/domains/web1:start").status, 405);
+  ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
+  auto r = Call("POST", "/v1/domains/web1:explode");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_THAT(r.body, HasSubstr("unknown action"));
+}
+
+TEST_F(RestRouterTest, Errors_NameCarryingXmlInPathIs400) {
+  auto r = Call("GET", "/v1/domains/a'><devices>");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("INVALID_ARGUMENT"));
+}
+
+TEST_F(RestRouterTest, Errors_HypervisorDownIs503) {
+  hv_.connected = false;
+  auto r = Call("GET", "/v1/domains");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_THAT(r.body, HasSubstr("UNAVAILABLE"));
+}
+
+}  // namespace
+}  // namespace hvagent::api
