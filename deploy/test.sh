@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, builds once, and runs every tier, fast ones first:
+#   1. unit tests (warnings as errors)
+#   2. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   3. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
+# Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "install dependencies"
+deploy/install-deps.sh --test
+
+step "build (warnings as errors)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHVAGENT_WERROR=ON >/dev/null
+ninja -C build
+
+step "unit tests"
+ctest --test-dir build -L unit --output-on-failure -j "$jobs"
+
+step "unit tests under ASan + UBSan"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHVAGENT_WERROR=ON -DHVAGENT_SANITIZE=ON >/dev/null
+ninja -C build-asan unit_tests
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
+
+step "integration tests (real libvirtd + QEMU)"
+ctest --test-dir build -L integration --output-on-failure
+
+step "all tiers passed"
