@@ -2,7 +2,8 @@
 # Installs everything the test suite needs, builds once, and runs every tier, fast ones first:
 #   1. unit tests (warnings as errors)
 #   2. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
-#   3. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
+#   3. fuzz targets for a bounded number of runs (clang + libFuzzer)
+#   4. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
 # Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
+
+step "fuzz tests (clang + libFuzzer, bounded runs)"
+CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DHVAGENT_FUZZ=ON -DHVAGENT_WERROR=ON >/dev/null
+ninja -C build-fuzz
+ctest --test-dir build-fuzz -L fuzz --output-on-failure
 
 step "integration tests (real libvirtd + QEMU)"
 ctest --test-dir build -L integration --output-on-failure
