@@ -32,7 +32,7 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 step "fuzz tests (clang + libFuzzer, bounded runs)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DHVAGENT_FUZZ=ON -DHVAGENT_WERROR=ON >/dev/null
-ninja -C build-fuzz
+ninja -C build-fuzz fuzzers
 ctest --test-dir build-fuzz -L fuzz --output-on-failure
 
 step "integration tests (real libvirtd + QEMU)"
