@@ -1,5 +1,7 @@
 #include "agent/config/config.h"
 
+#include <arpa/inet.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -59,11 +61,17 @@ absl::Status ValidateListen(absl::string_view field, const std::string& listen) 
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return Invalid(field, "must be HOST:PORT");
   std::string host = listen.substr(0, colon);
+  std::string port_text = listen.substr(colon + 1);
   int port = 0;
-  if (!absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 1 || port > 65535) {
+  if (port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != std::string::npos || !absl::SimpleAtoi(port_text, &port) ||
+      port < 1 || port > 65535) {
     return Invalid(field, "port must be 1-65535");
   }
-  bool loopback = host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  // An IPv4 literal in 127.0.0.0/8, or the two loopback names; never a resolvable name.
+  in_addr v4{};
+  bool loopback = host == "localhost" || host == "[::1]" ||
+                  (inet_pton(AF_INET, host.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
   if (!loopback) {
     return Invalid(field, absl::StrCat("'", host, "' is not a loopback address; the agent has no TLS yet and ",
                                        "serves only on 127.0.0.0/8, localhost or [::1]"));

@@ -58,6 +58,7 @@ void EventHub::Publish(const hv::DomainEvent& event) {
   SequencedEvent e{event, 0};
   {
     std::lock_guard lock(mu_);
+    if (closed_) return;
     e.sequence = next_sequence_++;
     std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
     for (const auto& w : subscribers_) {

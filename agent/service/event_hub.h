@@ -48,7 +48,7 @@ class EventHub {
     bool closed_ = false;
   };
 
-  explicit EventHub(size_t queue_capacity = 1024) : capacity_(queue_capacity) {}
+  explicit EventHub(size_t queue_capacity = 1024) : capacity_(queue_capacity == 0 ? 1 : queue_capacity) {}
 
   // Subscribes to events of the named domains (all domains when empty). Unsubscribes when the
   // returned pointer is released.

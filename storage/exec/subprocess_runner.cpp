@@ -76,6 +76,7 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timed_out = true;
+      kill(-pid, SIGKILL);
       break;
     }
     int n = poll(fds, 2, static_cast<int>(left.count()));
@@ -92,9 +93,19 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
       }
     }
   }
-  if (timed_out) kill(-pid, SIGKILL);
+  // The program may close its output and keep running: the deadline still applies.
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (true) {
+    pid_t done = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+    if (done == pid) break;
+    if (done < 0 && errno != EINTR) break;
+    if (timed_out) continue;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      timed_out = true;
+      kill(-pid, SIGKILL);
+      continue;
+    }
+    usleep(5000);
   }
   if (timed_out) {
     return absl::DeadlineExceededError(

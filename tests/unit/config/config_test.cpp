@@ -1,0 +1,562 @@
+// Specification of agent/config: defaults <- TOML file <- command line, then validation.
+
+#include "agent/config/config.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/status/status.h"
+
+namespace hvagent::config {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string Msg(const absl::Status& s) { return std::string(s.message()); }
+
+// A config file under the test's temp dir, removed afterwards.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& contents) {
+    static int counter = 0;
+    path_ = ::testing::TempDir() + "hvagent_config_test_" + std::to_string(getpid()) + "_" +
+            std::to_string(counter++) + ".toml";
+    std::ofstream out(path_);
+    out << contents;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Defaults
+
+TEST(ConfigDefaults, ServeTestDriverOnLoopbackWithOneMebibyteBodies) {
+  Config c;
+  EXPECT_EQ(c.hypervisor_uri, "test:///default");
+  EXPECT_EQ(c.grpc_listen, "127.0.0.1:50051");
+  EXPECT_EQ(c.rest_listen, "127.0.0.1:8780");
+  EXPECT_EQ(c.rest_max_body_bytes, 1024u * 1024u);
+  EXPECT_EQ(c.log_level, "info");
+  EXPECT_EQ(c.log_format, log::Format::kText);
+  EXPECT_EQ(c.shutdown_timeout, std::chrono::seconds(60));
+}
+
+TEST(ConfigDefaults, AreValid) { EXPECT_TRUE(Validate(Config{}).ok()); }
+
+TEST(Resolve, WithNoFlagsGivesTheDefaults) {
+  auto c = Resolve(CommandLine{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_uri, "test:///default");
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");
+  EXPECT_EQ(c->rest_listen, "127.0.0.1:8780");
+  EXPECT_EQ(c->rest_max_body_bytes, 1u << 20);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ParseConfigToml
+
+TEST(ParseConfigToml, ReadsEveryKey) {
+  auto c = ParseConfigToml(R"(
+[hypervisor]
+uri = "xen:///system"
+
+[grpc]
+listen = "127.0.0.1:6000"
+
+[rest]
+listen = "localhost:6001"
+max_body_bytes = 4096
+
+[log]
+level = "debug"
+format = "json"
+
+[domain]
+shutdown_timeout_seconds = 15
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_uri, "xen:///system");
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:6000");
+  EXPECT_EQ(c->rest_listen, "localhost:6001");
+  EXPECT_EQ(c->rest_max_body_bytes, 4096u);
+  EXPECT_EQ(c->log_level, "debug");
+  EXPECT_EQ(c->log_format, log::Format::kJson);
+  EXPECT_EQ(c->shutdown_timeout, std::chrono::seconds(15));
+}
+
+TEST(ParseConfigToml, EmptyTextKeepsTheBase) {
+  Config base;
+  base.hypervisor_uri = "qemu:///system";
+  base.log_level = "warn";
+  auto c = ParseConfigToml("", base);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_uri, "qemu:///system");
+  EXPECT_EQ(c->log_level, "warn");
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");
+}
+
+TEST(ParseConfigToml, KeysAbsentFromTheFileKeepTheBaseValues) {
+  Config base;
+  base.rest_listen = "127.0.0.1:9999";
+  base.log_format = log::Format::kJson;
+  auto c = ParseConfigToml("[grpc]\nlisten = \"127.0.0.1:7000\"\n", base);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:7000");
+  EXPECT_EQ(c->rest_listen, "127.0.0.1:9999");
+  EXPECT_EQ(c->log_format, log::Format::kJson);
+}
+
+TEST(ParseConfigToml, FormatTextOverridesAJsonBase) {
+  Config base;
+  base.log_format = log::Format::kJson;
+  auto c = ParseConfigToml("[log]\nformat = \"text\"\n", base);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->log_format, log::Format::kText);
+}
+
+TEST(ParseConfigToml, RejectsUnknownSectionNamingIt) {
+  auto c = ParseConfigToml("[tls]\ncert = \"/etc/x.pem\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("tls"));
+}
+
+TEST(ParseConfigToml, RejectsUnknownKeyNamingIt) {
+  auto c = ParseConfigToml("[grpc]\nlisten = \"127.0.0.1:1\"\nlistne = \"127.0.0.1:2\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.listne"));
+}
+
+TEST(ParseConfigToml, RejectsKeyOfAnotherSectionNamingIt) {
+  // max_body_bytes exists, but under [rest], not [grpc].
+  auto c = ParseConfigToml("[grpc]\nmax_body_bytes = 4096\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.max_body_bytes"));
+}
+
+TEST(ParseConfigToml, RejectsTopLevelKeyNamingIt) {
+  auto c = ParseConfigToml("verbose = true\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("verbose"));
+}
+
+TEST(ParseConfigToml, RejectsSectionGivenAsAValueNamingIt) {
+  auto c = ParseConfigToml("hypervisor = \"xen:///system\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("hypervisor"));
+}
+
+TEST(ParseConfigToml, RejectsStringKeyGivenANumberNamingIt) {
+  auto c = ParseConfigToml("[grpc]\nlisten = 50051\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.listen"));
+}
+
+TEST(ParseConfigToml, RejectsUriGivenABooleanNamingIt) {
+  auto c = ParseConfigToml("[hypervisor]\nuri = true\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("hypervisor.uri"));
+}
+
+TEST(ParseConfigToml, RejectsNumberKeyGivenAStringNamingIt) {
+  auto c = ParseConfigToml("[rest]\nmax_body_bytes = \"1MiB\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("rest.max_body_bytes"));
+}
+
+TEST(ParseConfigToml, RejectsLogLevelGivenANumberNamingIt) {
+  auto c = ParseConfigToml("[log]\nlevel = 3\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("log.level"));
+}
+
+TEST(ParseConfigToml, RejectsShutdownTimeoutGivenAStringNamingIt) {
+  auto c = ParseConfigToml("[domain]\nshutdown_timeout_seconds = \"60\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("domain.shutdown_timeout_seconds"));
+}
+
+TEST(ParseConfigToml, RejectsSyntaxErrorWithItsLineNumber) {
+  auto c = ParseConfigToml("[grpc]\nlisten = \"127.0.0.1:1\"\nthis is not toml\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("line 3"));
+}
+
+TEST(ParseConfigToml, RejectsUnterminatedStringWithItsLineNumber) {
+  auto c = ParseConfigToml("\n\n\n\n[hypervisor]\nuri = \"xen:///system\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("line 6"));
+}
+
+TEST(ParseConfigToml, RejectsUnknownLogFormatNamingTheKey) {
+  auto c = ParseConfigToml("[log]\nformat = \"xml\"\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("log.format"));
+}
+
+TEST(ParseConfigToml, RejectsBodyLimitBelowOneKibibyte) {
+  auto c = ParseConfigToml("[rest]\nmax_body_bytes = 1023\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("rest.max_body_bytes"));
+}
+
+TEST(ParseConfigToml, RejectsBodyLimitAboveSixtyFourMebibytes) {
+  auto c = ParseConfigToml("[rest]\nmax_body_bytes = 67108865\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("rest.max_body_bytes"));
+}
+
+TEST(ParseConfigToml, AcceptsBodyLimitsAtTheBounds) {
+  auto low = ParseConfigToml("[rest]\nmax_body_bytes = 1024\n");
+  ASSERT_TRUE(low.ok()) << low.status();
+  EXPECT_EQ(low->rest_max_body_bytes, 1024u);
+  auto high = ParseConfigToml("[rest]\nmax_body_bytes = 67108864\n");
+  ASSERT_TRUE(high.ok()) << high.status();
+  EXPECT_EQ(high->rest_max_body_bytes, 64u << 20);
+}
+
+TEST(ParseConfigToml, RejectsNegativeBodyLimit) {
+  auto c = ParseConfigToml("[rest]\nmax_body_bytes = -1\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("rest.max_body_bytes"));
+}
+
+TEST(ParseConfigToml, RejectsShutdownTimeoutOutsideOneToThreeThousandSixHundredSeconds) {
+  for (const char* v : {"0", "-5", "3601"}) {
+    auto c = ParseConfigToml(std::string("[domain]\nshutdown_timeout_seconds = ") + v + "\n");
+    ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << v;
+    EXPECT_THAT(Msg(c.status()), HasSubstr("domain.shutdown_timeout_seconds")) << v;
+  }
+  auto ok = ParseConfigToml("[domain]\nshutdown_timeout_seconds = 3600\n");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->shutdown_timeout, std::chrono::seconds(3600));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validate
+
+Config WithGrpc(const std::string& listen) {
+  Config c;
+  c.grpc_listen = listen;
+  return c;
+}
+
+TEST(Validate, RefusesListeningOnAllInterfacesNamingTheKey) {
+  absl::Status s = Validate(WithGrpc("0.0.0.0:50051"));
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("grpc.listen"));
+  EXPECT_THAT(Msg(s), HasSubstr("0.0.0.0"));
+}
+
+TEST(Validate, RefusesNonLoopbackAddress) {
+  Config c;
+  c.rest_listen = "10.1.2.3:8780";
+  absl::Status s = Validate(c);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("rest.listen"));
+}
+
+TEST(Validate, RefusesIpv6AnyAddress) {
+  EXPECT_EQ(Validate(WithGrpc("[::]:50051")).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Validate, RefusesHostnameThatMerelyStartsWith127) {
+  // "127.example.com" is a DNS name that can resolve anywhere; only 127.0.0.0/8 addresses are
+  // loopback.
+  absl::Status s = Validate(WithGrpc("127.example.com:50051"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+TEST(Validate, AcceptsLoopbackForms) {
+  for (const char* listen : {"127.0.0.1:50051", "localhost:50051", "[::1]:50051", "127.0.0.2:50051"}) {
+    EXPECT_TRUE(Validate(WithGrpc(listen)).ok()) << listen << ": " << Validate(WithGrpc(listen));
+  }
+}
+
+TEST(Validate, RefusesBadPortsNamingTheKey) {
+  for (const char* listen :
+       {"127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:http",
+        "127.0.0.1:+80", "127.0.0.1: 80", "127.0.0.1:80 ", "127.0.0.1:0080000"}) {
+    absl::Status s = Validate(WithGrpc(listen));
+    ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << listen;
+    EXPECT_THAT(Msg(s), HasSubstr("grpc.listen")) << listen;
+  }
+}
+
+TEST(Validate, AcceptsPortsAtTheBounds) {
+  Config c;
+  c.grpc_listen = "127.0.0.1:1";
+  c.rest_listen = "127.0.0.1:65535";
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+}
+
+TEST(Validate, RefusesTheSameListenAddressForGrpcAndRest) {
+  Config c;
+  c.rest_listen = c.grpc_listen;
+  absl::Status s = Validate(c);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("rest.listen"));
+}
+
+TEST(Validate, RefusesUnknownLogLevelNamingTheKey) {
+  Config c;
+  c.log_level = "verbose";
+  absl::Status s = Validate(c);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("log.level"));
+}
+
+TEST(Validate, AcceptsEveryDocumentedLogLevel) {
+  for (const char* level : {"trace", "debug", "info", "warn", "error"}) {
+    Config c;
+    c.log_level = level;
+    EXPECT_TRUE(Validate(c).ok()) << level;
+  }
+}
+
+TEST(Validate, RefusesEmptyHypervisorUri) {
+  Config c;
+  c.hypervisor_uri = "";
+  absl::Status s = Validate(c);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("hypervisor.uri"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ParseCommandLine
+
+TEST(ParseCommandLine, NoArgumentsSetsNothing) {
+  auto cli = ParseCommandLine({});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_FALSE(cli->config_path);
+  EXPECT_FALSE(cli->hypervisor_uri);
+  EXPECT_FALSE(cli->grpc_listen);
+  EXPECT_FALSE(cli->rest_listen);
+  EXPECT_FALSE(cli->log_level);
+  EXPECT_FALSE(cli->version);
+  EXPECT_FALSE(cli->help);
+}
+
+TEST(ParseCommandLine, ReadsEveryFlagWithSeparateValues) {
+  auto cli = ParseCommandLine({"--config", "/etc/hvagent.toml", "--hypervisor-uri", "xen:///system",
+                               "--grpc-listen", "127.0.0.1:1", "--rest-listen", "127.0.0.1:2", "--log-level",
+                               "debug"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config_path, "/etc/hvagent.toml");
+  EXPECT_EQ(cli->hypervisor_uri, "xen:///system");
+  EXPECT_EQ(cli->grpc_listen, "127.0.0.1:1");
+  EXPECT_EQ(cli->rest_listen, "127.0.0.1:2");
+  EXPECT_EQ(cli->log_level, "debug");
+  EXPECT_FALSE(cli->version);
+  EXPECT_FALSE(cli->help);
+}
+
+TEST(ParseCommandLine, ReadsEveryFlagWithEqualsValues) {
+  auto cli = ParseCommandLine({"--config=/etc/hvagent.toml", "--hypervisor-uri=xen:///system",
+                               "--grpc-listen=127.0.0.1:1", "--rest-listen=127.0.0.1:2", "--log-level=warn"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config_path, "/etc/hvagent.toml");
+  EXPECT_EQ(cli->hypervisor_uri, "xen:///system");
+  EXPECT_EQ(cli->grpc_listen, "127.0.0.1:1");
+  EXPECT_EQ(cli->rest_listen, "127.0.0.1:2");
+  EXPECT_EQ(cli->log_level, "warn");
+}
+
+TEST(ParseCommandLine, EqualsValueKeepsLaterEqualsSigns) {
+  auto cli = ParseCommandLine({"--hypervisor-uri=test:///default?a=b"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->hypervisor_uri, "test:///default?a=b");
+}
+
+TEST(ParseCommandLine, LaterFlagWins) {
+  auto cli = ParseCommandLine({"--log-level", "debug", "--log-level=error"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->log_level, "error");
+}
+
+TEST(ParseCommandLine, RecognisesVersion) {
+  auto cli = ParseCommandLine({"--version"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_TRUE(cli->version);
+  EXPECT_FALSE(cli->help);
+}
+
+TEST(ParseCommandLine, RecognisesHelpLongAndShort) {
+  for (const char* flag : {"--help", "-h"}) {
+    auto cli = ParseCommandLine({flag});
+    ASSERT_TRUE(cli.ok()) << flag << ": " << cli.status();
+    EXPECT_TRUE(cli->help) << flag;
+    EXPECT_FALSE(cli->version) << flag;
+  }
+}
+
+TEST(ParseCommandLine, RejectsUnknownFlagNamingIt) {
+  auto cli = ParseCommandLine({"--grpc-listen", "127.0.0.1:1", "--frobnicate"});
+  ASSERT_EQ(cli.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(cli.status()), HasSubstr("--frobnicate"));
+}
+
+TEST(ParseCommandLine, RejectsUnknownFlagWithEqualsValueNamingIt) {
+  auto cli = ParseCommandLine({"--log-format=json"});
+  ASSERT_EQ(cli.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(cli.status()), HasSubstr("--log-format"));
+}
+
+TEST(ParseCommandLine, RejectsStrayPositionalArgument) {
+  auto cli = ParseCommandLine({"hvagent.toml"});
+  ASSERT_EQ(cli.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(cli.status()), HasSubstr("hvagent.toml"));
+}
+
+TEST(ParseCommandLine, RejectsMissingValueNamingTheFlag) {
+  for (const char* flag : {"--config", "--hypervisor-uri", "--grpc-listen", "--rest-listen", "--log-level"}) {
+    auto cli = ParseCommandLine({"--version", flag});
+    ASSERT_EQ(cli.status().code(), absl::StatusCode::kInvalidArgument) << flag;
+    EXPECT_THAT(Msg(cli.status()), HasSubstr(flag));
+  }
+}
+
+TEST(Usage, MentionsEveryFlag) {
+  std::string usage = Usage();
+  for (const char* flag :
+       {"--config", "--hypervisor-uri", "--grpc-listen", "--rest-listen", "--log-level", "--version", "--help"}) {
+    EXPECT_THAT(usage, HasSubstr(flag));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoadConfigFile and Resolve
+
+TEST(LoadConfigFile, MissingFileIsNotFound) {
+  auto c = LoadConfigFile(::testing::TempDir() + "no-such-hvagent-config.toml");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(LoadConfigFile, ParseErrorsNameTheFile) {
+  TempFile file("[grpc]\nlistne = \"127.0.0.1:1\"\n");
+  auto c = LoadConfigFile(file.path());
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr(file.path()));
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.listne"));
+}
+
+TEST(Resolve, MissingConfigFileIsNotFound) {
+  CommandLine cli;
+  cli.config_path = ::testing::TempDir() + "no-such-hvagent-config.toml";
+  EXPECT_EQ(Resolve(cli).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Resolve, FileOverridesDefaults) {
+  TempFile file(R"(
+[hypervisor]
+uri = "xen:///system"
+[rest]
+listen = "127.0.0.1:9000"
+max_body_bytes = 2048
+[log]
+level = "debug"
+format = "json"
+)");
+  CommandLine cli;
+  cli.config_path = file.path();
+  auto c = Resolve(cli);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_uri, "xen:///system");
+  EXPECT_EQ(c->rest_listen, "127.0.0.1:9000");
+  EXPECT_EQ(c->rest_max_body_bytes, 2048u);
+  EXPECT_EQ(c->log_level, "debug");
+  EXPECT_EQ(c->log_format, log::Format::kJson);
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");  // not in the file: default
+}
+
+TEST(Resolve, FlagsOverrideFileWhichOverridesDefaults) {
+  TempFile file(R"(
+[hypervisor]
+uri = "xen:///system"
+[grpc]
+listen = "127.0.0.1:7001"
+[rest]
+listen = "127.0.0.1:7002"
+[log]
+level = "debug"
+)");
+  auto cli = ParseCommandLine({"--config", file.path(), "--grpc-listen=127.0.0.1:7101", "--log-level", "error"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  auto c = Resolve(*cli);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:7101");    // flag over file
+  EXPECT_EQ(c->log_level, "error");               // flag over file
+  EXPECT_EQ(c->hypervisor_uri, "xen:///system");  // file over default
+  EXPECT_EQ(c->rest_listen, "127.0.0.1:7002");    // file over default
+  EXPECT_EQ(c->rest_max_body_bytes, 1u << 20);    // default
+}
+
+TEST(Resolve, FlagsOverrideDefaultsWithoutAFile) {
+  CommandLine cli;
+  cli.hypervisor_uri = "qemu:///system";
+  cli.rest_listen = "localhost:8000";
+  auto c = Resolve(cli);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_uri, "qemu:///system");
+  EXPECT_EQ(c->rest_listen, "localhost:8000");
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");
+}
+
+TEST(Resolve, ValidatesTheMergedResult) {
+  TempFile file("[grpc]\nlisten = \"0.0.0.0:50051\"\n");
+  CommandLine cli;
+  cli.config_path = file.path();
+  auto c = Resolve(cli);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.listen"));
+}
+
+TEST(Resolve, FlagCanRepairAnInvalidFileValue) {
+  TempFile file("[grpc]\nlisten = \"0.0.0.0:50051\"\n");
+  CommandLine cli;
+  cli.config_path = file.path();
+  cli.grpc_listen = "127.0.0.1:50051";
+  auto c = Resolve(cli);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");
+}
+
+TEST(Resolve, RejectsInvalidFlagValue) {
+  CommandLine cli;
+  cli.log_level = "loud";
+  auto c = Resolve(cli);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("log.level"));
+  EXPECT_THAT(Msg(c.status()), Not(HasSubstr("grpc")));
+}
+
+TEST(Resolve, FileErrorIsReturnedNotIgnored) {
+  TempFile file("[grpc]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n");
+  CommandLine cli;
+  cli.config_path = file.path();
+  auto c = Resolve(cli);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.bogus"));
+}
+
+TEST(LoadConfigFile, TheShippedExampleIsValid) {
+  auto c = LoadConfigFile(std::string(HVAGENT_SOURCE_DIR) + "/deploy/hvagent.toml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(Validate(*c).ok()) << Validate(*c);
+  EXPECT_EQ(c->hypervisor_uri, "qemu:///system");
+  EXPECT_EQ(c->log_format, hvagent::log::Format::kJson);
+}
+
+}  // namespace
+}  // namespace hvagent::config
