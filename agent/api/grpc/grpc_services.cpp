@@ -133,6 +133,8 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
   log::ScopedRequestId rid(RequestIdOf(ctx));
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
   Log()->info("Watch opened ({} domain filter(s))", req->domain_names_size());
+  // Headers go out only now, so a client that waits for them knows it will see every later event.
+  writer->SendInitialMetadata();
   while (!ctx->IsCancelled() && !sub->closed()) {
     auto e = sub->Next(std::chrono::milliseconds(250));
     if (!e) continue;

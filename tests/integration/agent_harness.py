@@ -1,0 +1,163 @@
+"""Shared pieces of the integration tier: start hvagentd against the real libvirtd that
+libvirtd_fixture.sh runs, talk to it over gRPC (Debian's grpcio, stubs generated at build
+time) and REST, and look at libvirt directly with virsh. Every external program runs from an
+argv list, never through a shell."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+import uuid
+
+import grpc
+
+from hvagent.v1 import domain_pb2, domain_pb2_grpc, event_pb2_grpc, host_pb2_grpc
+
+URI = "qemu:///system"
+PREFIX = "hvit-"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def virsh(*args, check=True):
+    r = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {r.stderr.strip()}")
+    return r
+
+
+def domstate(name):
+    return virsh("domstate", name).stdout.strip()
+
+
+def all_domain_names():
+    out = virsh("list", "--all", "--name").stdout
+    return sorted(n for n in out.split() if n)
+
+
+def unique_name(tag):
+    return f"{PREFIX}{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def small_spec(name, with_disk_dir=None):
+    """A guest that boots SeaBIOS under TCG and finds no OS: it runs, but ignores ACPI."""
+    spec = domain_pb2.DomainSpec(name=name, vcpus=1, memory_mib=64, serial_console=True)
+    spec.firmware.type = domain_pb2.FirmwareBoot.TYPE_BIOS
+    if with_disk_dir:
+        path = os.path.join(with_disk_dir, name + ".raw")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", path, "16M"], check=True)
+        spec.disks.add(source_path=path, type=domain_pb2.Disk.TYPE_FILE, target="vda")
+    return spec
+
+
+def small_spec_json(name):
+    return {"name": name, "vcpus": 1, "memory_mib": 64, "serial_console": True,
+            "firmware": {"type": "TYPE_BIOS"}}
+
+
+class Agent:
+    """One hvagentd process on free loopback ports."""
+
+    def __init__(self):
+        self.binary = os.environ["HVAGENTD"]
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
+        self.rest_addr = f"127.0.0.1:{free_port()}"
+        self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [self.binary, "--hypervisor-uri", URI, "--grpc-listen", self.grpc_addr,
+             "--rest-listen", self.rest_addr, "--log-level", "debug"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hvagentd exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                status, _ = self.rest("GET", "/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"hvagentd not healthy within 20 s:\n{self.log_text()}")
+        self.channel = grpc.insecure_channel(self.grpc_addr)
+        self.host = host_pb2_grpc.HostServiceStub(self.channel)
+        self.domains = domain_pb2_grpc.DomainServiceStub(self.channel)
+        self.events = event_pb2_grpc.EventServiceStub(self.channel)
+
+    def rest(self, method, path, body=None, raw=None):
+        """(status, parsed JSON or None). `raw` sends bytes as they are."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(f"http://{self.rest_addr}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                text = r.read().decode()
+                return r.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            text = e.read().decode()
+            return e.code, (json.loads(text) if text else None)
+
+    def curl(self, method, path, body=None):
+        """The same call through curl: (status, parsed JSON or None)."""
+        argv = ["curl", "-sS", "-X", method, "-w", "\n%{http_code}", f"http://{self.rest_addr}{path}"]
+        if body is not None:
+            argv += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+        text, _, code = r.stdout.rpartition("\n")
+        return int(code), (json.loads(text) if text.strip() else None)
+
+    def log_text(self):
+        self.log.flush()
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if hasattr(self, "channel"):
+            self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class AgentTestCase(unittest.TestCase):
+    """Starts one agent per test class; removes every hvit- domain a test left behind and
+    prints the agent's log when a test failed."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.agent = Agent()
+        cls.workdir = tempfile.mkdtemp(prefix="hvit-")
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.agent.stop()
+        if code not in (0, None):
+            print(cls.agent.log_text())
+            raise AssertionError(f"hvagentd exited with {code} on SIGTERM")
+
+    def tearDown(self):
+        for name in all_domain_names():
+            if name.startswith(PREFIX):
+                virsh("destroy", name, check=False)
+                virsh("undefine", name, check=False)
+        outcome = getattr(self, "_outcome", None)
+        errors = getattr(getattr(outcome, "result", None), "failures", []) + \
+            getattr(getattr(outcome, "result", None), "errors", [])
+        if any(test is self for test, _ in errors):
+            print("---- hvagentd log ----\n" + self.agent.log_text()[-20000:])

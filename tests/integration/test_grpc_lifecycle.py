@@ -1,0 +1,98 @@
+"""A guest's whole life through the gRPC API (Python grpcio client), checked with virsh."""
+
+import unittest
+
+import grpc
+
+from agent_harness import AgentTestCase, domstate, small_spec, unique_name, virsh
+from hvagent.v1 import domain_pb2, host_pb2
+
+
+class GrpcLifecycleTest(AgentTestCase):
+    def test_host_and_capacity(self):
+        host = self.agent.host.GetHost(host_pb2.GetHostRequest())
+        self.assertEqual(host.hypervisor_type, "QEMU")
+        self.assertEqual(host.arch, "x86_64")
+        self.assertGreater(host.memory_bytes, 0)
+        self.assertGreater(host.cpus, 0)
+        self.assertTrue(host.connected)
+        self.assertEqual(host.uri, "qemu:///system")
+
+        name = unique_name("cap")
+        before = self.agent.host.GetCapacity(host_pb2.GetCapacityRequest())
+        self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=small_spec(name), start=True))
+        after = self.agent.host.GetCapacity(host_pb2.GetCapacityRequest())
+        self.assertEqual(after.domains_running, before.domains_running + 1)
+        self.assertEqual(after.allocated_vcpus, before.allocated_vcpus + 1)
+        self.assertEqual(after.allocated_memory_bytes, before.allocated_memory_bytes + 64 * 2**20)
+
+    def test_round_trip(self):
+        d = self.agent.domains
+        name = unique_name("grpc")
+        created = d.CreateDomain(domain_pb2.CreateDomainRequest(
+            spec=small_spec(name, with_disk_dir=self.workdir), start=True))
+        self.assertEqual(created.name, name)
+        self.assertEqual(created.state, domain_pb2.DOMAIN_STATE_RUNNING)
+        self.assertEqual(domstate(name), "running")
+        self.assertIn(name, virsh("domblklist", name).stdout)
+
+        got = d.GetDomain(domain_pb2.GetDomainRequest(name=name))
+        self.assertEqual(got.uuid, created.uuid)
+        self.assertEqual(got.vcpus, 1)
+        self.assertEqual(got.memory_mib, 64)
+        self.assertTrue(got.persistent)
+        names = [x.name for x in d.ListDomains(domain_pb2.ListDomainsRequest()).domains]
+        self.assertIn(name, names)
+
+        ref = domain_pb2.DomainRef(name=name)
+        self.assertEqual(d.SuspendDomain(ref).state, domain_pb2.DOMAIN_STATE_PAUSED)
+        self.assertEqual(domstate(name), "paused")
+        self.assertEqual(d.ResumeDomain(ref).state, domain_pb2.DOMAIN_STATE_RUNNING)
+        self.assertEqual(domstate(name), "running")
+
+        # SeaBIOS without an OS ignores ACPI: the deadline passes and the agent forces it off.
+        r = d.ShutdownDomain(domain_pb2.ShutdownDomainRequest(name=name, timeout_seconds=2))
+        self.assertTrue(r.forced)
+        self.assertEqual(r.domain.state, domain_pb2.DOMAIN_STATE_SHUTOFF)
+        self.assertEqual(domstate(name), "shut off")
+
+        self.assertEqual(d.StartDomain(ref).state, domain_pb2.DOMAIN_STATE_RUNNING)
+        self.assertEqual(domstate(name), "running")
+        self.assertEqual(d.DestroyDomain(ref).state, domain_pb2.DOMAIN_STATE_SHUTOFF)
+        self.assertEqual(domstate(name), "shut off")
+
+        d.DeleteDomain(domain_pb2.DeleteDomainRequest(name=name))
+        self.assertNotEqual(virsh("dominfo", name, check=False).returncode, 0)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            d.GetDomain(domain_pb2.GetDomainRequest(name=name))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_delete_running_needs_force(self):
+        d = self.agent.domains
+        name = unique_name("force")
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=small_spec(name), start=True))
+        with self.assertRaises(grpc.RpcError) as ctx:
+            d.DeleteDomain(domain_pb2.DeleteDomainRequest(name=name))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertEqual(domstate(name), "running")
+        d.DeleteDomain(domain_pb2.DeleteDomainRequest(name=name, force=True))
+        self.assertNotEqual(virsh("dominfo", name, check=False).returncode, 0)
+
+    def test_health_service_and_reflection(self):
+        # grpc.health.v1 and reflection by hand: Debian's grpcio ships neither helper module.
+        check = self.agent.channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        self.assertEqual(check(b""), b"\x08\x01")  # status: SERVING
+        self.assertEqual(check(b"\x0a\x18hvagent.v1.DomainService"), b"\x08\x01")
+
+        reflect = self.agent.channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        reply = next(reflect(iter([b"\x3a\x00"])))  # list_services: ""
+        for service in (b"hvagent.v1.HostService", b"hvagent.v1.DomainService", b"hvagent.v1.EventService"):
+            self.assertIn(service, reply)
+
+
+if __name__ == "__main__":
+    unittest.main()
