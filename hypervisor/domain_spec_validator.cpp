@@ -48,6 +48,28 @@ bool IsMac(absl::string_view s) {
   return (first & 1) == 0;
 }
 
+// XML (and so libvirt) takes UTF-8 only; a path with stray bytes would make the document invalid.
+bool IsValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = s[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t k = 1; k < len; ++k) {
+      unsigned char cc = s[i + k];
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    // U+FFFE and U+FFFF are not XML characters either.
+    if (cp == 0xfffe || cp == 0xffff) return false;
+    i += len;
+  }
+  return true;
+}
+
 absl::Status ValidatePath(absl::string_view field, absl::string_view path, bool required) {
   if (path.empty()) {
     return required ? Invalid(field, "is required") : absl::OkStatus();
@@ -57,6 +79,7 @@ absl::Status ValidatePath(absl::string_view field, absl::string_view path, bool 
   for (unsigned char c : path) {
     if (c < 0x20 || c == 0x7f) return Invalid(field, "must not contain control characters");
   }
+  if (!IsValidUtf8(path)) return Invalid(field, "must be valid UTF-8");
   // ',' and ':' carry meaning in Xen disk specs and QEMU options.
   if (path.find_first_of(",:") != absl::string_view::npos) {
     return Invalid(field, "must not contain ',' or ':'");

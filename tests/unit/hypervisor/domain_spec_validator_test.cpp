@@ -94,6 +94,20 @@ TEST(DomainSpecValidatorTest, RejectsUnsafePaths) {
   }
 }
 
+// Found by the fuzzer: bytes that are not UTF-8 made the builder emit a document XML parsers
+// (libvirt's included) refuse.
+TEST(DomainSpecValidatorTest, RejectsPathsThatAreNotUtf8) {
+  for (std::string p : std::vector<std::string>{"/img/\xff", "/img/\xc3", "/img/\xc0\xaf", "/img/\xed\xa0\x80",
+                                                "/img/\xef\xbf\xbf"}) {
+    DomainSpec s = Valid();
+    s.disks.push_back({p, DiskType::kFile, "vda", "", false, ""});
+    ExpectRejected(s, "spec.disks[0].source_path");
+  }
+  DomainSpec s = Valid();
+  s.disks.push_back({"/img/caf\xc3\xa9-\xe2\x82\xac.raw", DiskType::kFile, "vda", "", false, ""});
+  EXPECT_TRUE(ValidateDomainSpec(s).ok()) << "real UTF-8 paths are fine";
+}
+
 TEST(DomainSpecValidatorTest, RejectsNonPrintableKernelCmdline) {
   DomainSpec s = Valid();
   s.boot = DirectKernelBoot{"/boot/vmlinuz", "", "console=hvc0\n"};
