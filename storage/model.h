@@ -1,0 +1,57 @@
+#pragma once
+// Plain model types of the storage layer. No proto, no libvirt: agent/api converts.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hvagent::storage {
+
+enum class PoolType { kLvm, kPartition };
+
+// How a volume's blocks are cleared before the volume is removed.
+enum class WipeMode { kZero, kDiscard, kNone };
+
+// One pool the operator allows the agent to manage (from the config file). Nothing outside
+// the configured pools is ever touched.
+struct PoolConfig {
+  std::string name;  // API name of the pool, [A-Za-z0-9._-]{1,64}
+  PoolType type = PoolType::kLvm;
+  // LVM: the volume group, created on `physical_volumes` if it does not exist yet.
+  std::string volume_group;
+  std::vector<std::string> physical_volumes;
+  std::string thin_pool;  // LVM: thin pool LV inside the VG; empty = thick LVs
+  // Partition: a whole disk (e.g. /dev/sdb) on which the agent creates GPT partitions.
+  std::string disk;
+  WipeMode wipe = WipeMode::kZero;
+};
+
+struct PoolInfo {
+  std::string name;
+  PoolType type = PoolType::kLvm;
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint32_t volume_count = 0;
+  WipeMode wipe = WipeMode::kZero;
+};
+
+struct VolumeSpec {
+  std::string name;  // [A-Za-z0-9][A-Za-z0-9._-]{0,62}; unique within the pool
+  uint64_t size_bytes = 0;
+};
+
+struct VolumeInfo {
+  std::string pool;
+  std::string name;
+  std::string path;  // block device path handed to the hypervisor (/dev/vg/lv, /dev/sdb3)
+  uint64_t size_bytes = 0;
+  std::string attached_to;  // domain name; empty when free
+};
+
+// Progress of a long wipe, reported as it goes (bytes done of total).
+struct WipeProgress {
+  uint64_t done_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+
+}  // namespace hvagent::storage

@@ -1,0 +1,41 @@
+#pragma once
+// StorageBackend: one configured pool of block devices for VM disks (an LVM volume group or a
+// GPT disk). Called by agent/service only, which serializes calls per pool. Implementations run
+// external tools only through CommandRunner, validate every name before any call, never touch
+// anything outside their pool, and leave nothing half-created when a step fails.
+// Errors: NotFound (volume), AlreadyExists, InvalidArgument (naming the field),
+// ResourceExhausted (pool full), FailedPrecondition (volume attached), Unavailable/Internal
+// (the tool failed; the message quotes the tool's own words).
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "storage/model.h"
+
+namespace hvagent::storage {
+
+class StorageBackend {
+ public:
+  using ProgressFn = std::function<void(const WipeProgress&)>;
+
+  virtual ~StorageBackend() = default;
+
+  virtual const PoolConfig& config() const = 0;
+  // Creates the VG (LVM) or checks the disk (partition) if needed. Idempotent.
+  virtual absl::Status Prepare() = 0;
+  virtual absl::StatusOr<PoolInfo> GetPool() = 0;
+  virtual absl::StatusOr<std::vector<VolumeInfo>> ListVolumes() = 0;
+  virtual absl::StatusOr<VolumeInfo> GetVolume(const std::string& name) = 0;
+  virtual absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) = 0;
+  // Grows a volume; shrinking is refused (InvalidArgument), it would cut a guest's filesystem.
+  virtual absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) = 0;
+  // Wipes per the pool's WipeMode, then removes. FailedPrecondition while attached.
+  virtual absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) = 0;
+  // Records (domain non-empty) or clears the domain that uses the volume.
+  virtual absl::Status SetAttachment(const std::string& name, const std::string& domain) = 0;
+};
+
+}  // namespace hvagent::storage
