@@ -11,12 +11,12 @@ build_pkgs=(
   libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev
   libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libgtest-dev libgmock-dev
+  lvm2 fdisk util-linux
   curl ca-certificates
 )
 test_pkgs=(
   libvirt-daemon-system qemu-system-x86 qemu-utils
   python3-grpcio python3-protobuf
-  lvm2 parted util-linux
   clang-14 libclang-rt-14-dev
 )
 

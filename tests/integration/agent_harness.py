@@ -5,6 +5,7 @@ argv list, never through a shell."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from hvagent.v1 import domain_pb2, domain_pb2_grpc, event_pb2_grpc, host_pb2_grp
 
 URI = "qemu:///system"
 PREFIX = "hvit-"
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libvirtd_fixture.sh")
 
 
 def free_port():
@@ -146,18 +148,25 @@ class AgentTestCase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        shutil.rmtree(cls.workdir, ignore_errors=True)
         code = cls.agent.stop()
         if code not in (0, None):
             print(cls.agent.log_text())
             raise AssertionError(f"hvagentd exited with {code} on SIGTERM")
 
     def tearDown(self):
-        for name in all_domain_names():
+        try:
+            names = all_domain_names()
+        except Exception:  # libvirtd down (a failed reconnect test): nothing to clean
+            names = []
+        for name in names:
             if name.startswith(PREFIX):
                 virsh("destroy", name, check=False)
                 virsh("undefine", name, check=False)
-        outcome = getattr(self, "_outcome", None)
-        errors = getattr(getattr(outcome, "result", None), "failures", []) + \
-            getattr(getattr(outcome, "result", None), "errors", [])
-        if any(test is self for test, _ in errors):
-            print("---- hvagentd log ----\n" + self.agent.log_text()[-20000:])
+        # Python 3.11 records a failure in the result as soon as it happens, so it is visible
+        # here; a failed subTest is recorded under a _SubTest that points at this test.
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        failed = getattr(result, "failures", []) + getattr(result, "errors", [])
+        if any(getattr(test, "test_case", test) is self for test, _ in failed):
+            print(f"---- hvagentd log ({self.agent.log.name}), last 20000 characters ----\n"
+                  + self.agent.log_text()[-20000:], flush=True)

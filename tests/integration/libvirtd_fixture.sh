@@ -2,15 +2,24 @@
 # Starts (or stops) a real libvirtd with the QEMU driver for the integration tier.
 #   libvirtd_fixture.sh start   idempotent; prepares users, groups and qemu.conf, starts
 #                               virtlogd + libvirtd unless already running, waits until
-#                               qemu:///system answers
-#   libvirtd_fixture.sh stop    stops only the daemons this fixture started
-# Runs as root. No systemd needed (CI machines have none running).
+#                               qemu:///system answers (30 s)
+#   libvirtd_fixture.sh stop    removes leftover hvit-* guests, then stops only the daemons
+#                               this fixture started
+#   libvirtd_fixture.sh pid     prints the pid of the libvirtd this fixture started (exit 1
+#                               when the running libvirtd is not ours); used by test_reconnect
+# Runs as root. No systemd needed (CI machines have none running). Daemons are stopped by the
+# pid they wrote, never by name.
 set -euo pipefail
 
 STATE=/run/hvagent-tests
 QEMU_CONF=/etc/libvirt/qemu.conf
 LOG=$STATE/libvirtd.log
+OUR_LIBVIRTD_PID=$STATE/libvirtd.pid   # exists only for a libvirtd this fixture started
+OUR_VIRTLOGD_PID=$STATE/virtlogd.pid   # likewise for virtlogd
+URI=qemu:///system
 mkdir -p "$STATE"
+
+say() { echo "libvirtd_fixture: $*" >&2; }
 
 ensure_accounts() {
   # libvirt's QEMU driver resolves these at start-up even when it runs guests as root.
@@ -18,13 +27,16 @@ ensure_accounts() {
   getent group libvirt >/dev/null || groupadd --system libvirt
   getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
   getent passwd libvirt-qemu >/dev/null ||
-    useradd --system --gid kvm --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+    useradd --system --gid kvm --no-create-home \
+      --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 }
 
 # Guests run as root without a security driver: there is no /dev/kvm and no AppArmor/SELinux
-# policy to rely on in CI. The block is marked so it can be found and replaced.
+# policy to rely on in CI. stdio_handler "file" keeps QEMU's output out of virtlogd, so a
+# virtlogd hiccup cannot fail a guest start. The block is marked so it can be found and replaced.
+# Returns 0 when the file was changed, 1 when it already held this block.
 ensure_qemu_conf() {
-  local block
+  local block current
   block=$(cat <<'CONF'
 # BEGIN hvagent-tests
 user = "root"
@@ -35,75 +47,126 @@ stdio_handler = "file"
 # END hvagent-tests
 CONF
 )
-  mkdir -p /etc/libvirt
+  mkdir -p "$(dirname "$QEMU_CONF")"
   touch "$QEMU_CONF"
-  if grep -q "BEGIN hvagent-tests" "$QEMU_CONF"; then
-    local current
-    current=$(sed -n '/# BEGIN hvagent-tests/,/# END hvagent-tests/p' "$QEMU_CONF")
+  if grep -q '^# BEGIN hvagent-tests$' "$QEMU_CONF"; then
+    current=$(sed -n '/^# BEGIN hvagent-tests$/,/^# END hvagent-tests$/p' "$QEMU_CONF")
     [[ "$current" == "$block" ]] && return 1
-    sed -i '/# BEGIN hvagent-tests/,/# END hvagent-tests/d' "$QEMU_CONF"
+    sed -i '/^# BEGIN hvagent-tests$/,/^# END hvagent-tests$/d' "$QEMU_CONF"
   fi
+  # The file may lack a final newline; never glue the marker onto its last line.
+  [[ -s "$QEMU_CONF" && -n "$(tail -c1 "$QEMU_CONF")" ]] && echo >>"$QEMU_CONF"
   printf '%s\n' "$block" >>"$QEMU_CONF"
   return 0
 }
 
-answers() { timeout 10 virsh -c qemu:///system version >/dev/null 2>&1; }
+# Prints the pid in pidfile $1 if that process is alive and is program $2.
+live_pid() {
+  local pid
+  [[ -s $1 ]] || return 1
+  pid=$(tr -dc '0-9' <"$1")
+  [[ -n $pid && -r /proc/$pid/comm && "$(cat "/proc/$pid/comm")" == "$2" ]] || return 1
+  echo "$pid"
+}
+
+# The running libvirtd / virtlogd, whoever started it: ours first, then the distribution's
+# pidfile, then (for a daemon started some other way) the process table.
+running_pid() {
+  live_pid "$STATE/$1.pid" "$1" || live_pid "/run/$1.pid" "$1" || pgrep -x -o "$1"
+}
+
+# Sends SIGTERM to pid $1 and waits up to 20 s for it to go (SIGKILL after that).
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 200); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  say "pid $pid ignored SIGTERM for 20 s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  sleep 0.2
+}
+
+answers() { timeout 5 virsh -c "$URI" version >/dev/null 2>&1; }
+
+start_libvirtd() {
+  # Logs (warnings and errors) go to a file the fixture prints on failure; the environment
+  # overrides libvirtd.conf's log_outputs.
+  echo "---- libvirtd start $(date -Is) ----" >>"$LOG"
+  LIBVIRT_LOG_OUTPUTS="3:file:$LOG" libvirtd -d -p "$1" 2>>"$LOG"
+}
 
 start() {
   ensure_accounts
-  local changed=0
+  local changed=0 pid
   ensure_qemu_conf && changed=1
-  if pgrep -x libvirtd >/dev/null; then
-    if [[ $changed == 1 ]] && [[ -f $STATE/started-libvirtd ]]; then
-      pkill -x libvirtd; sleep 1
-    elif [[ $changed == 1 ]]; then
-      echo "libvirtd_fixture: qemu.conf changed but libvirtd was not started by us; restarting it" >&2
-      pkill -x libvirtd; sleep 1
-      touch "$STATE/started-libvirtd"
-    fi
-  fi
   mkdir -p /var/lib/libvirt/images /var/log/libvirt/qemu /run/libvirt
-  if ! pgrep -x virtlogd >/dev/null; then
-    virtlogd -d && touch "$STATE/started-virtlogd"
+
+  if pid=$(running_pid virtlogd); then
+    :
+  else
+    rm -f "$OUR_VIRTLOGD_PID"
+    virtlogd -d -p "$OUR_VIRTLOGD_PID"
   fi
-  if ! pgrep -x libvirtd >/dev/null; then
-    libvirtd -d 2>>"$LOG"
-    touch "$STATE/started-libvirtd"
+
+  if pid=$(running_pid libvirtd); then
+    if [[ $changed == 1 ]]; then
+      if live_pid "$OUR_LIBVIRTD_PID" libvirtd >/dev/null; then
+        say "qemu.conf changed; restarting our libvirtd (pid $pid)"
+        stop_pid "$pid"
+        start_libvirtd "$OUR_LIBVIRTD_PID"
+      else
+        # Someone else's libvirtd must see the new qemu.conf. It comes back under the
+        # distribution's pidfile and is left running by `stop`, as it was found.
+        say "qemu.conf changed; restarting the already running libvirtd (pid $pid, not ours)"
+        stop_pid "$pid"
+        start_libvirtd /run/libvirtd.pid
+      fi
+    fi
+  else
+    rm -f "$OUR_LIBVIRTD_PID"
+    start_libvirtd "$OUR_LIBVIRTD_PID"
   fi
-  for _ in $(seq 60); do
+
+  local deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
     if answers; then
-      echo "libvirtd_fixture: qemu:///system is up ($(virsh -c qemu:///system version --daemon | grep -i 'running hypervisor' || true))"
+      say "qemu:///system is up: $(virsh -c "$URI" version --daemon | grep -i 'running hypervisor' || true)"
       return 0
     fi
-    sleep 0.5
+    sleep 0.3
   done
-  echo "libvirtd_fixture: libvirtd did not answer within 30 s" >&2
-  tail -50 "$LOG" >&2 || true
+  say "libvirtd did not answer on $URI within 30 s; its log ($LOG):"
+  tail -n 80 "$LOG" >&2 || true
   return 1
 }
 
 stop() {
-  # Leave no guests behind from the tests.
+  # Leave no guests behind from the tests (names start with hvit-).
   if answers; then
-    for d in $(virsh -c qemu:///system list --all --name | grep '^hvit-' || true); do
-      virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
-      virsh -c qemu:///system undefine "$d" --nvram >/dev/null 2>&1 ||
-        virsh -c qemu:///system undefine "$d" >/dev/null 2>&1 || true
+    local d
+    for d in $(virsh -c "$URI" list --all --name | grep '^hvit-' || true); do
+      virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
+      virsh -c "$URI" undefine "$d" --nvram >/dev/null 2>&1 ||
+        virsh -c "$URI" undefine "$d" >/dev/null 2>&1 || true
     done
   fi
-  if [[ -f $STATE/started-libvirtd ]]; then
-    pkill -x libvirtd || true
-    rm -f "$STATE/started-libvirtd"
+  local pid
+  if pid=$(live_pid "$OUR_LIBVIRTD_PID" libvirtd); then
+    stop_pid "$pid"
   fi
-  if [[ -f $STATE/started-virtlogd ]]; then
-    pkill -x virtlogd || true
-    rm -f "$STATE/started-virtlogd"
+  rm -f "$OUR_LIBVIRTD_PID"
+  if pid=$(live_pid "$OUR_VIRTLOGD_PID" virtlogd); then
+    stop_pid "$pid"
   fi
+  rm -f "$OUR_VIRTLOGD_PID"
   return 0
 }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  pid) live_pid "$OUR_LIBVIRTD_PID" libvirtd ;;
+  *) echo "usage: $0 start|stop|pid" >&2; exit 2 ;;
 esac

@@ -17,14 +17,14 @@ def invalid_specs():
     """(description, spec JSON, field the message must name)."""
     good = small_spec_json("hvit-bad")
     cases = [
-        ("name with a space", {**good, "name": "bad name"}, "spec.name"),
-        ("empty name", {**good, "name": ""}, "spec.name"),
-        ("65-character name", {**good, "name": "h" * 65}, "spec.name"),
-        ("name carrying XML", {**good, "name": XML_NAME}, "spec.name"),
-        ("zero vcpus", {**good, "vcpus": 0}, "spec.vcpus"),
-        ("absurd vcpus", {**good, "vcpus": 100000}, "spec.vcpus"),
-        ("zero memory", {**good, "memory_mib": 0}, "spec.memory_mib"),
-        ("absurd memory", {**good, "memory_mib": 10**12}, "spec.memory_mib"),
+        ("name with a space", {**good, "name": "bad name"}, "name"),
+        ("empty name", {**good, "name": ""}, "name"),
+        ("65-character name", {**good, "name": "h" * 65}, "name"),
+        ("name carrying XML", {**good, "name": XML_NAME}, "name"),
+        ("zero vcpus", {**good, "vcpus": 0}, "vcpus"),
+        ("absurd vcpus", {**good, "vcpus": 100000}, "vcpus"),
+        ("zero memory", {**good, "memory_mib": 0}, "memory_mib"),
+        ("absurd memory", {**good, "memory_mib": 10**12}, "memory_mib"),
     ]
     return cases
 
@@ -75,10 +75,22 @@ class BadInputTest(AgentTestCase):
         code, details = self.grpc_code(self.agent.domains.CreateDomain,
                                        domain_pb2.CreateDomainRequest(spec=spec, start=False))
         self.assertEqual(code, grpc.StatusCode.ALREADY_EXISTS)
-        self.assertIn("spec.name", details)
+        self.assertIn("name", details)
         self.assertNothingChanged()
         self.assertEqual(virsh("dumpxml", "--inactive", name).stdout, xml_before)
         self.assertEqual(virsh("domstate", name).stdout.strip(), "running")
+
+    def test_grpc_xml_in_name_never_reaches_libvirt(self):
+        spec = small_spec("x")
+        spec.name = XML_NAME
+        code, details = self.grpc_code(self.agent.domains.CreateDomain,
+                                       domain_pb2.CreateDomainRequest(spec=spec, start=True))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("name", details)
+        listing = virsh("list", "--all").stdout
+        self.assertNotIn("<devices>", listing)
+        self.assertNotIn("a'", listing)
+        self.assertNothingChanged()
 
     # ---- REST ----
 

@@ -12,10 +12,23 @@ class RestLifecycleTest(AgentTestCase):
         status, host = self.agent.curl("GET", "/v1/host")
         self.assertEqual(status, 200)
         self.assertEqual(host["hypervisor_type"], "QEMU")
+        self.assertEqual(host["arch"], "x86_64")
+        self.assertEqual(host["uri"], "qemu:///system")
+        self.assertTrue(host["connected"])
+        self.assertIsInstance(host["memory_bytes"], str)  # uint64 is a JSON string
         self.assertGreater(int(host["memory_bytes"]), 0)
-        status, cap = self.agent.curl("GET", "/v1/host/capacity")
+
+        status, before = self.agent.curl("GET", "/v1/host/capacity")
         self.assertEqual(status, 200)
-        self.assertIn("domains_running", cap)
+        name = unique_name("cap")
+        status, d = self.agent.curl("POST", "/v1/domains", {"spec": small_spec_json(name), "start": True})
+        self.assertEqual(status, 201, d)
+        status, after = self.agent.curl("GET", "/v1/host/capacity")
+        self.assertEqual(status, 200)
+        self.assertEqual(after["domains_running"], before["domains_running"] + 1)
+        self.assertEqual(after["domains_total"], before["domains_total"] + 1)
+        self.assertEqual(int(after["allocated_memory_bytes"]),
+                         int(before["allocated_memory_bytes"]) + 64 * 2**20)
 
     def test_round_trip(self):
         name = unique_name("rest")
@@ -25,8 +38,13 @@ class RestLifecycleTest(AgentTestCase):
         self.assertEqual(d["memory_mib"], "64")
         self.assertEqual(domstate(name), "running")
 
+        uuid = d["uuid"]
+        self.assertEqual(virsh("domuuid", name).stdout.strip(), uuid)
+
         status, d = self.agent.curl("GET", f"/v1/domains/{name}")
-        self.assertEqual((status, d["name"]), (200, name))
+        self.assertEqual((status, d["name"], d["uuid"]), (200, name, uuid))
+        self.assertEqual((d["vcpus"], d["memory_mib"], d["persistent"]), (1, "64", True))
+        self.assertEqual(d["state"], "DOMAIN_STATE_RUNNING")
         status, listing = self.agent.curl("GET", "/v1/domains")
         self.assertIn(name, [x["name"] for x in listing["domains"]])
 
@@ -35,10 +53,12 @@ class RestLifecycleTest(AgentTestCase):
         self.assertEqual(domstate(name), "paused")
         status, d = self.agent.curl("POST", f"/v1/domains/{name}:resume", {})
         self.assertEqual((status, d["state"]), (200, "DOMAIN_STATE_RUNNING"))
+        self.assertEqual(domstate(name), "running")
 
         status, r = self.agent.curl("POST", f"/v1/domains/{name}:shutdown", {"timeout_seconds": 2})
         self.assertEqual(status, 200, r)
         self.assertTrue(r["forced"])
+        self.assertEqual(r["domain"]["state"], "DOMAIN_STATE_SHUTOFF")
         self.assertEqual(domstate(name), "shut off")
 
         status, d = self.agent.curl("POST", f"/v1/domains/{name}:start")
@@ -46,6 +66,7 @@ class RestLifecycleTest(AgentTestCase):
         self.assertEqual(domstate(name), "running")
         status, d = self.agent.curl("POST", f"/v1/domains/{name}:reboot")
         self.assertEqual(status, 200, d)
+        self.assertEqual(domstate(name), "running")
         status, d = self.agent.curl("POST", f"/v1/domains/{name}:destroy")
         self.assertEqual((status, d["state"]), (200, "DOMAIN_STATE_SHUTOFF"))
         self.assertEqual(domstate(name), "shut off")
