@@ -3,6 +3,7 @@ libvirtd_fixture.sh runs, talk to it over gRPC (Debian's grpcio, stubs generated
 time) and REST, and look at libvirt directly with virsh. Every external program runs from an
 argv list, never through a shell."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,6 +24,25 @@ from hvagent.v1 import domain_pb2, domain_pb2_grpc, event_pb2_grpc, host_pb2_grp
 URI = "qemu:///system"
 PREFIX = "hvit-"
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libvirtd_fixture.sh")
+# Shared with libvirtd_fixture.sh: one test class at a time on this machine's libvirtd, so
+# concurrent runs (another build tree, a CI clone) never clean up each other's guests.
+TESTS_LOCK = "/run/hvagent-tests/tests.lock"
+
+
+def lock_libvirtd(timeout=240):
+    """Holds TESTS_LOCK until the returned file is closed."""
+    os.makedirs(os.path.dirname(TESTS_LOCK), exist_ok=True)
+    f = open(TESTS_LOCK, "w")
+    deadline = time.time() + timeout
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.time() > deadline:
+                f.close()
+                raise AssertionError(f"{TESTS_LOCK} held by another test run for {timeout} s")
+            time.sleep(0.2)
 
 
 def free_port():
@@ -143,13 +163,21 @@ class AgentTestCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.agent = Agent()
+        cls.lock = lock_libvirtd()
+        try:
+            cls.agent = Agent()
+        except BaseException:
+            cls.lock.close()
+            raise
         cls.workdir = tempfile.mkdtemp(prefix="hvit-")
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.workdir, ignore_errors=True)
-        code = cls.agent.stop()
+        try:
+            code = cls.agent.stop()
+        finally:
+            cls.lock.close()
         if code not in (0, None):
             print(cls.agent.log_text())
             raise AssertionError(f"hvagentd exited with {code} on SIGTERM")

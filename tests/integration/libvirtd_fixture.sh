@@ -9,6 +9,12 @@
 #                               when the running libvirtd is not ours); used by test_reconnect
 # Runs as root. No systemd needed (CI machines have none running). Daemons are stopped by the
 # pid they wrote, never by name.
+#
+# Several test runs (two build trees, a CI clone) may share this machine's libvirtd at once.
+# `start` records a lease for the process that called it (ctest), `stop` drops it and only
+# cleans up and stops the daemons when no other live run holds a lease. The Python tests
+# serialize on $STATE/tests.lock (agent_harness.py), so one run's cleanup never removes
+# another run's guests mid-test.
 set -euo pipefail
 
 STATE=/run/hvagent-tests
@@ -16,8 +22,10 @@ QEMU_CONF=/etc/libvirt/qemu.conf
 LOG=$STATE/libvirtd.log
 OUR_LIBVIRTD_PID=$STATE/libvirtd.pid   # exists only for a libvirtd this fixture started
 OUR_VIRTLOGD_PID=$STATE/virtlogd.pid   # likewise for virtlogd
+LEASES=$STATE/leases                   # one file per test run using the daemons: <pid>
+TESTS_LOCK=$STATE/tests.lock           # held by each Python test class while it runs
 URI=qemu:///system
-mkdir -p "$STATE"
+mkdir -p "$STATE" "$LEASES"
 
 say() { echo "libvirtd_fixture: $*" >&2; }
 
@@ -60,32 +68,75 @@ CONF
   return 0
 }
 
+# True if pid $1 runs program $2. A zombie does not count: the daemons are orphans here and
+# whatever PID 1 is may take a second or two to reap them.
+is_running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ "$(cat "/proc/$1/comm" 2>/dev/null)" == "$2" ]] || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
 # Prints the pid in pidfile $1 if that process is alive and is program $2.
 live_pid() {
   local pid
   [[ -s $1 ]] || return 1
   pid=$(tr -dc '0-9' <"$1")
-  [[ -n $pid && -r /proc/$pid/comm && "$(cat "/proc/$pid/comm")" == "$2" ]] || return 1
+  [[ -n $pid ]] && is_running "$pid" "$2" || return 1
   echo "$pid"
 }
 
 # The running libvirtd / virtlogd, whoever started it: ours first, then the distribution's
 # pidfile, then (for a daemon started some other way) the process table.
 running_pid() {
-  live_pid "$STATE/$1.pid" "$1" || live_pid "/run/$1.pid" "$1" || pgrep -x -o "$1"
+  local pid
+  live_pid "$STATE/$1.pid" "$1" && return 0
+  live_pid "/run/$1.pid" "$1" && return 0
+  for pid in $(pgrep -x "$1" || true); do
+    is_running "$pid" "$1" && { echo "$pid"; return 0; }
+  done
+  return 1
 }
 
-# Sends SIGTERM to pid $1 and waits up to 20 s for it to go (SIGKILL after that).
+# Sends SIGTERM to pid $1 (program $2) and waits up to 20 s for it to go (SIGKILL after that).
 stop_pid() {
   local pid=$1
   kill -TERM "$pid" 2>/dev/null || return 0
   for _ in $(seq 200); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    is_running "$pid" "$2" || return 0
     sleep 0.1
   done
   say "pid $pid ignored SIGTERM for 20 s; killing it"
   kill -KILL "$pid" 2>/dev/null || true
   sleep 0.2
+}
+
+# A process's start time (clock ticks since boot): a pid plus this names a process uniquely.
+starttime() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  echo "$stat" | cut -d' ' -f20
+}
+
+take_lease() {
+  starttime "$PPID" >"$LEASES/$PPID" 2>/dev/null || rm -f "$LEASES/$PPID"
+}
+
+# Drops the caller's lease and those of runs that are gone; prints the pids still holding one.
+other_leases() {
+  local f pid
+  rm -f "$LEASES/$PPID"
+  for f in "$LEASES"/*; do
+    [[ -e $f ]] || continue
+    pid=${f##*/}
+    if [[ "$(starttime "$pid" || true)" == "$(cat "$f")" ]]; then
+      echo "$pid"
+    else
+      rm -f "$f"
+    fi
+  done
 }
 
 answers() { timeout 5 virsh -c "$URI" version >/dev/null 2>&1; }
@@ -94,7 +145,8 @@ start_libvirtd() {
   # Logs (warnings and errors) go to a file the fixture prints on failure; the environment
   # overrides libvirtd.conf's log_outputs.
   echo "---- libvirtd start $(date -Is) ----" >>"$LOG"
-  LIBVIRT_LOG_OUTPUTS="3:file:$LOG" libvirtd -d -p "$1" 2>>"$LOG"
+  # 9>&-: the daemon must not inherit (and so hold forever) the fixture's lock.
+  LIBVIRT_LOG_OUTPUTS="3:file:$LOG" libvirtd -d -p "$1" 2>>"$LOG" 9>&-
 }
 
 start() {
@@ -107,20 +159,20 @@ start() {
     :
   else
     rm -f "$OUR_VIRTLOGD_PID"
-    virtlogd -d -p "$OUR_VIRTLOGD_PID"
+    virtlogd -d -p "$OUR_VIRTLOGD_PID" 9>&-
   fi
 
   if pid=$(running_pid libvirtd); then
     if [[ $changed == 1 ]]; then
       if live_pid "$OUR_LIBVIRTD_PID" libvirtd >/dev/null; then
         say "qemu.conf changed; restarting our libvirtd (pid $pid)"
-        stop_pid "$pid"
+        stop_pid "$pid" libvirtd
         start_libvirtd "$OUR_LIBVIRTD_PID"
       else
         # Someone else's libvirtd must see the new qemu.conf. It comes back under the
         # distribution's pidfile and is left running by `stop`, as it was found.
         say "qemu.conf changed; restarting the already running libvirtd (pid $pid, not ours)"
-        stop_pid "$pid"
+        stop_pid "$pid" libvirtd
         start_libvirtd /run/libvirtd.pid
       fi
     fi
@@ -133,6 +185,7 @@ start() {
   while ((SECONDS < deadline)); do
     if answers; then
       say "qemu:///system is up: $(virsh -c "$URI" version --daemon | grep -i 'running hypervisor' || true)"
+      take_lease
       return 0
     fi
     sleep 0.3
@@ -143,7 +196,16 @@ start() {
 }
 
 stop() {
-  # Leave no guests behind from the tests (names start with hvit-).
+  local others
+  others=$(other_leases)
+  if [[ -n $others ]]; then
+    say "other test runs still use libvirtd (pids: ${others//$'\n'/ }); leaving it running"
+    return 0
+  fi
+  # Leave no guests behind from the tests (names start with hvit-); wait for a test class
+  # of a run without a lease (a Python file run by hand) to finish first.
+  exec 8>"$TESTS_LOCK"
+  flock -w 120 8 || say "$TESTS_LOCK still held after 120 s; cleaning up anyway"
   if answers; then
     local d
     for d in $(virsh -c "$URI" list --all --name | grep '^hvit-' || true); do
@@ -154,19 +216,25 @@ stop() {
   fi
   local pid
   if pid=$(live_pid "$OUR_LIBVIRTD_PID" libvirtd); then
-    stop_pid "$pid"
+    stop_pid "$pid" libvirtd
   fi
   rm -f "$OUR_LIBVIRTD_PID"
   if pid=$(live_pid "$OUR_VIRTLOGD_PID" virtlogd); then
-    stop_pid "$pid"
+    stop_pid "$pid" virtlogd
   fi
   rm -f "$OUR_VIRTLOGD_PID"
   return 0
 }
 
+# One start or stop at a time on this machine.
+lock_fixture() {
+  exec 9>"$STATE/fixture.lock"
+  flock -w 120 9 || { say "another libvirtd_fixture.sh held $STATE/fixture.lock for 120 s"; exit 1; }
+}
+
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start) lock_fixture; start ;;
+  stop) lock_fixture; stop ;;
   pid) live_pid "$OUR_LIBVIRTD_PID" libvirtd ;;
   *) echo "usage: $0 start|stop|pid" >&2; exit 2 ;;
 esac

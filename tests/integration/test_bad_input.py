@@ -100,6 +100,7 @@ class BadInputTest(AgentTestCase):
                              ("DELETE", f"/v1/domains/{ghost}")]:
             status, err = self.agent.rest(method, path)
             self.assertEqual(status, 404, (method, path))
+            self.assertEqual(set(err), {"code", "message", "details"}, err)
             self.assertEqual(err["code"], "NOT_FOUND")
             self.assertIn(ghost, err["message"])
         self.assertNothingChanged()
@@ -112,6 +113,13 @@ class BadInputTest(AgentTestCase):
                 self.assertEqual(err["code"], "INVALID_ARGUMENT")
                 self.assertIn(field, err["message"])
         self.assertNothingChanged()
+
+    def test_rest_name_of_64_characters_is_accepted(self):
+        name = unique_name("max")
+        name += "x" * (64 - len(name))
+        status, d = self.agent.rest("POST", "/v1/domains", {"spec": small_spec_json(name)})
+        self.assertEqual(status, 201, d)
+        self.assertEqual(virsh("domstate", name).stdout.strip(), "shut off")
 
     def test_rest_duplicate_is_409(self):
         name = unique_name("dup")
