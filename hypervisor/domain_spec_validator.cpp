@@ -130,22 +130,9 @@ absl::Status ValidateDisks(const DomainSpec& spec) {
   if (spec.disks.size() > kMaxDisks) return Invalid("spec.disks", absl::StrCat("at most ", kMaxDisks, " disks"));
   std::set<absl::string_view> targets;
   for (size_t i = 0; i < spec.disks.size(); ++i) {
-    const DiskSpec& d = spec.disks[i];
     std::string field = absl::StrCat("spec.disks[", i, "]");
-    if (auto s = ValidatePath(field + ".source_path", d.source_path, true); !s.ok()) return s;
-    if (!IsDiskTarget(d.target)) {
-      return Invalid(field + ".target", "must look like vda, sdb, hdc or xvda");
-    }
-    if (!targets.insert(d.target).second) return Invalid(field + ".target", "is used twice");
-    if (!d.bus.empty() && !OneOf(d.bus, {"virtio", "xen", "scsi", "sata", "ide", "usb"})) {
-      return Invalid(field + ".bus", "must be one of virtio, xen, scsi, sata, ide, usb");
-    }
-    if (!d.format.empty() && !OneOf(d.format, {"raw", "qcow2"})) {
-      return Invalid(field + ".format", "must be raw or qcow2");
-    }
-    if (d.type == DiskType::kBlock && d.format == "qcow2") {
-      return Invalid(field + ".format", "block devices are raw");
-    }
+    if (auto s = ValidateDiskSpec(field, spec.disks[i]); !s.ok()) return s;
+    if (!targets.insert(spec.disks[i].target).second) return Invalid(field + ".target", "is used twice");
   }
   return absl::OkStatus();
 }
@@ -177,6 +164,24 @@ absl::Status ValidateNics(const DomainSpec& spec) {
 }
 
 }  // namespace
+
+absl::Status ValidateDiskSpec(absl::string_view field_prefix, const DiskSpec& d) {
+  std::string field(field_prefix);
+  if (auto s = ValidatePath(field + ".source_path", d.source_path, true); !s.ok()) return s;
+  if (!IsDiskTarget(d.target)) {
+    return Invalid(field + ".target", "must look like vda, sdb, hdc or xvda");
+  }
+  if (!d.bus.empty() && !OneOf(d.bus, {"virtio", "xen", "scsi", "sata", "ide", "usb"})) {
+    return Invalid(field + ".bus", "must be one of virtio, xen, scsi, sata, ide, usb");
+  }
+  if (!d.format.empty() && !OneOf(d.format, {"raw", "qcow2"})) {
+    return Invalid(field + ".format", "must be raw or qcow2");
+  }
+  if (d.type == DiskType::kBlock && d.format == "qcow2") {
+    return Invalid(field + ".format", "block devices are raw");
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateDomainName(absl::string_view field, absl::string_view name) {
   if (name.empty()) return Invalid(field, "is required");

@@ -18,6 +18,9 @@ inline constexpr size_t kMaxNics = 32;
 
 absl::Status ValidateDomainSpec(const DomainSpec& spec);
 
+// One disk on its own (hot-plug); `field` prefixes error messages ("disk").
+absl::Status ValidateDiskSpec(absl::string_view field, const DiskSpec& disk);
+
 // A domain name: 1-64 of [A-Za-z0-9._-], starting with a letter or digit.
 absl::Status ValidateDomainName(absl::string_view field, absl::string_view name);
 

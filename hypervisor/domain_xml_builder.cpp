@@ -89,6 +89,13 @@ std::string DomainXmlBuilder::DefaultBus(const std::string& target) {
   return "ide";
 }
 
+absl::StatusOr<std::string> DomainXmlBuilder::BuildDisk(const DiskSpec& disk, const GuestTarget& target) {
+  if (auto s = ValidateDiskSpec("disk", disk); !s.ok()) return s;
+  XmlWriter w;
+  WriteDisk(w, disk, target);
+  return w.Finish();
+}
+
 absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, const GuestTarget& target) {
   if (auto s = ValidateDomainSpec(spec); !s.ok()) return s;
   if (!spec.arch.empty() && spec.arch != target.arch) {

@@ -15,6 +15,9 @@ class DomainXmlBuilder {
   // InvalidArgument (naming the field) if the spec is invalid or cannot run on `target`.
   static absl::StatusOr<std::string> Build(const DomainSpec& spec, const GuestTarget& target);
 
+  // A single <disk> element for hot-plug (virDomainAttachDeviceFlags).
+  static absl::StatusOr<std::string> BuildDisk(const DiskSpec& disk, const GuestTarget& target);
+
   // The bus implied by a disk target's prefix: xvd -> xen, vd -> virtio, sd -> scsi, hd -> ide.
   static std::string DefaultBus(const std::string& target);
 };

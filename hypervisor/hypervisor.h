@@ -41,6 +41,14 @@ class Hypervisor {
   virtual absl::Status SuspendDomain(const std::string& name) = 0;
   virtual absl::Status ResumeDomain(const std::string& name) = 0;
 
+  // The disks of the domain's persistent definition (source, target, bus, type).
+  virtual absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) = 0;
+  // Adds a disk to the persistent definition and, when the domain runs, hot-plugs it.
+  // InvalidArgument for a bad disk, AlreadyExists if the target is taken.
+  virtual absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) = 0;
+  // Removes the disk with this target from the definition and, when running, from the guest.
+  virtual absl::Status DetachDisk(const std::string& name, const std::string& target) = 0;
+
   // Lifecycle events, including changes made behind the agent's back. The sink is called from
   // the hypervisor's event thread and must not block. Set once, before events matter.
   virtual void SetEventSink(EventSink sink) = 0;

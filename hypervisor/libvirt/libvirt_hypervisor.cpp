@@ -10,6 +10,7 @@
 #include "hypervisor/domain_spec_validator.h"
 #include "hypervisor/domain_xml_builder.h"
 #include "hypervisor/libvirt/backoff.h"
+#include "hypervisor/libvirt/domain_xml_reader.h"
 #include "hypervisor/libvirt/event_loop.h"
 #include "hypervisor/libvirt/libvirt_error.h"
 
@@ -444,6 +445,75 @@ absl::Status LibvirtHypervisor::SuspendDomain(const std::string& name) {
 
 absl::Status LibvirtHypervisor::ResumeDomain(const std::string& name) {
   return Transition(name, "resume", {DomainState::kPaused}, virDomainResume);
+}
+
+absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::GetDomainDisks(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read definition of domain ", name));
+  auto disks = ParseDomainDisks(xml);
+  free(xml);
+  return disks;
+}
+
+// The disk XML must match the domain's own type (driver names differ between Xen and QEMU).
+absl::StatusOr<GuestTarget> LibvirtHypervisor::TargetFor(virDomainPtr dom) {
+  char* os_type = virDomainGetOSType(dom);
+  if (os_type == nullptr) return LastLibvirtError("read domain os type");
+  std::string os(os_type);
+  free(os_type);
+  std::lock_guard lock(mu_);
+  auto target = SelectGuestTarget(caps_, "");
+  if (!target.ok()) return target.status();
+  if (os == "xen" || os == "linux") target->os_type = "xen";
+  return target;
+}
+
+absl::Status LibvirtHypervisor::ChangeDevice(const std::string& name, const std::string& xml, bool attach) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  unsigned flags = VIR_DOMAIN_AFFECT_CONFIG;
+  if (virDomainIsActive(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_LIVE;
+  int rc = attach ? virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags)
+                  : virDomainDetachDeviceFlags(d->get(), xml.c_str(), flags);
+  if (rc < 0) return LastLibvirtError(absl::StrCat(attach ? "attach disk to " : "detach disk from ", "domain ", name));
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::AttachDisk(const std::string& name, const DiskSpec& disk) {
+  if (auto s = ValidateDiskSpec("disk", disk); !s.ok()) return s;
+  auto disks = GetDomainDisks(name);
+  if (!disks.ok()) return disks.status();
+  for (const auto& existing : *disks) {
+    if (existing.target == disk.target) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("disk.target: ", disk.target, " is already used by domain '", name, "'"));
+    }
+  }
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto target = TargetFor(d->get());
+  if (!target.ok()) return target.status();
+  auto xml = DomainXmlBuilder::BuildDisk(disk, *target);
+  if (!xml.ok()) return xml.status();
+  return ChangeDevice(name, *xml, true);
+}
+
+absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const std::string& target) {
+  auto disks = GetDomainDisks(name);
+  if (!disks.ok()) return disks.status();
+  for (const auto& existing : *disks) {
+    if (existing.target != target) continue;
+    auto d = Lookup(name);
+    if (!d.ok()) return d.status();
+    auto guest = TargetFor(d->get());
+    if (!guest.ok()) return guest.status();
+    auto xml = DomainXmlBuilder::BuildDisk(existing, *guest);
+    if (!xml.ok()) return xml.status();
+    return ChangeDevice(name, *xml, false);
+  }
+  return absl::NotFoundError(absl::StrCat("domain '", name, "' has no disk ", target));
 }
 
 void LibvirtHypervisor::SetEventSink(EventSink sink) {

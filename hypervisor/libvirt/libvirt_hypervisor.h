@@ -48,6 +48,9 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status RebootDomain(const std::string& name) override;
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
+  absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
+  absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) override;
+  absl::Status DetachDisk(const std::string& name, const std::string& target) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
 
@@ -62,6 +65,9 @@ class LibvirtHypervisor final : public Hypervisor {
 
   absl::StatusOr<ConnRef> Connection() const;
   absl::StatusOr<DomRef> Lookup(const std::string& name);
+  absl::StatusOr<GuestTarget> TargetFor(virDomainPtr dom);
+  // Applies a device change to the definition and, when the domain is active, to the guest.
+  absl::Status ChangeDevice(const std::string& name, const std::string& xml, bool attach);
   absl::Status Transition(const std::string& name, const char* verb, std::initializer_list<DomainState> allowed,
                           int (*op)(virDomainPtr));
   DomainInfo Describe(virDomainPtr dom);

@@ -3,6 +3,7 @@
 // the Hypervisor contract (validation, NotFound, AlreadyExists, FailedPrecondition) and lets a
 // test inject failures and decide whether guests honour a graceful shutdown.
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -21,6 +22,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::Status fail_start;             // returned by StartDomain when not ok
   absl::Status fail_define;
   absl::Status fail_undefine;
+  absl::Status fail_attach;
   bool connected = true;
 
   std::vector<std::string> calls;  // "define web1", "start web1", ...
@@ -80,6 +82,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.info.vcpus = spec.vcpus;
     d.info.memory_mib = spec.memory_mib;
     d.info.persistent = true;
+    d.disks = spec.disks;
     domains_[spec.name] = d;
     return absl::OkStatus();
   }
@@ -126,6 +129,37 @@ class FakeHypervisor final : public hv::Hypervisor {
     return Transition(name, "resume", hv::DomainState::kPaused, hv::DomainState::kRunning, absl::OkStatus());
   }
 
+  absl::StatusOr<std::vector<hv::DiskSpec>> GetDomainDisks(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    return (*d)->disks;
+  }
+  absl::Status AttachDisk(const std::string& name, const hv::DiskSpec& disk) override {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat("attach ", name, " ", disk.target, " ", disk.source_path));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (auto s = hv::ValidateDiskSpec("disk", disk); !s.ok()) return s;
+    if (!fail_attach.ok()) return fail_attach;
+    for (const auto& existing : (*d)->disks) {
+      if (existing.target == disk.target) return absl::AlreadyExistsError("disk.target: in use");
+    }
+    (*d)->disks.push_back(disk);
+    return absl::OkStatus();
+  }
+  absl::Status DetachDisk(const std::string& name, const std::string& target) override {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat("detach ", name, " ", target));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    auto& disks = (*d)->disks;
+    auto it = std::find_if(disks.begin(), disks.end(), [&](const auto& x) { return x.target == target; });
+    if (it == disks.end()) return absl::NotFoundError("no such disk");
+    disks.erase(it);
+    return absl::OkStatus();
+  }
+
   void SetEventSink(EventSink sink) override { sink_ = std::move(sink); }
   bool Connected() const override { return connected; }
 
@@ -140,6 +174,7 @@ class FakeHypervisor final : public hv::Hypervisor {
  private:
   struct Domain {
     hv::DomainInfo info;
+    std::vector<hv::DiskSpec> disks;
     int shutdown_countdown = 0;
   };
 

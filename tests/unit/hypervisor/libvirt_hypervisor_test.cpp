@@ -193,6 +193,35 @@ TEST_F(LibvirtHypervisorTest, LifecycleEventsReachTheSinkAndUptimeIsTracked) {
   hv_.SetEventSink(nullptr);
 }
 
+// libvirt's test driver has no device hot-plug: attach answers UNIMPLEMENTED and changes
+// nothing. Our own checks (validation, target in use) come first on every driver; the real
+// attach is exercised against QEMU in the integration tier.
+TEST_F(LibvirtHypervisorTest, DisksAreReadBackAndAttachChecksComeFirst) {
+  const std::string name = Unique("disks");
+  DomainSpec s = Spec(name);
+  s.disks.push_back({"/var/lib/hvagent/root.raw", DiskType::kFile, "vda", "", false, ""});
+  s.disks.push_back({"/dev/hvit_vg/data", DiskType::kBlock, "vdb", "", true, ""});
+  ASSERT_TRUE(hv_.DefineDomain(s).ok());
+  auto disks = hv_.GetDomainDisks(name);
+  ASSERT_TRUE(disks.ok()) << disks.status();
+  ASSERT_EQ(disks->size(), 2u);
+  EXPECT_EQ((*disks)[0].source_path, "/var/lib/hvagent/root.raw");
+  EXPECT_EQ((*disks)[0].target, "vda");
+  EXPECT_EQ((*disks)[1].type, DiskType::kBlock);
+  EXPECT_EQ((*disks)[1].source_path, "/dev/hvit_vg/data");
+  EXPECT_TRUE((*disks)[1].readonly);
+
+  DiskSpec taken{"/dev/hvit_vg/other", DiskType::kBlock, "vdb", "", false, ""};
+  EXPECT_EQ(hv_.AttachDisk(name, taken).code(), absl::StatusCode::kAlreadyExists);
+  DiskSpec hostile{"../../etc/passwd", DiskType::kBlock, "vdc", "", false, ""};
+  EXPECT_EQ(hv_.AttachDisk(name, hostile).code(), absl::StatusCode::kInvalidArgument);
+  DiskSpec fine{"/dev/hvit_vg/more", DiskType::kBlock, "vdc", "", false, ""};
+  EXPECT_EQ(hv_.AttachDisk(name, fine).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(hv_.DetachDisk(name, "vdz").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.GetDomainDisks(name)->size(), 2u);
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
 TEST(LibvirtHypervisorConnectionTest, UnreachableUriStartsDisconnectedAndCallsAreUnavailable) {
   LibvirtHypervisor hv({.uri = "test:///nonexistent/hvagent-missing.xml",
                         .min_backoff = std::chrono::milliseconds(50),
