@@ -1,0 +1,236 @@
+#include "agent/service/storage_service.h"
+
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace hvagent::service {
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = log::ComponentLogger("storage");
+  return logger;
+}
+
+// The first free target with the prefix the domain already uses (xvd on Xen, vd on QEMU).
+absl::StatusOr<std::string> FreeTarget(const std::vector<hv::DiskSpec>& disks) {
+  std::string prefix = "vd";
+  for (const auto& d : disks) {
+    if (absl::StartsWith(d.target, "xvd")) prefix = "xvd";
+  }
+  std::set<std::string> used;
+  for (const auto& d : disks) used.insert(d.target);
+  for (char c = 'a'; c <= 'z'; ++c) {
+    std::string t = prefix + c;
+    if (!used.contains(t)) return t;
+  }
+  return absl::ResourceExhaustedError("target: the domain has no free disk target left");
+}
+
+}  // namespace
+
+StorageService::StorageService(hv::Hypervisor& hypervisor,
+                               std::vector<std::unique_ptr<storage::StorageBackend>> backends)
+    : hv_(hypervisor) {
+  for (auto& b : backends) {
+    auto pool = std::make_unique<Pool>();
+    std::string name = b->config().name;
+    pool->backend = std::move(b);
+    pools_[name] = std::move(pool);
+  }
+}
+
+StorageService::~StorageService() { WaitForDeletes(); }
+
+void StorageService::WaitForDeletes() {
+  std::vector<std::thread> workers;
+  {
+    std::lock_guard lock(deleting_mu_);
+    workers.swap(workers_);
+  }
+  for (auto& t : workers) t.join();
+}
+
+absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& pool) {
+  auto it = pools_.find(pool);
+  if (it == pools_.end()) return absl::NotFoundError(absl::StrCat("pool: '", pool, "' is not a configured pool"));
+  return it->second.get();
+}
+
+VolumeStatus StorageService::StatusOf(const storage::VolumeInfo& v) const {
+  VolumeStatus s{v, v.attached_to.empty() ? VolumeState::kAvailable : VolumeState::kAttached, {}};
+  std::lock_guard lock(deleting_mu_);
+  if (auto it = deleting_.find(Key(v.pool, v.name)); it != deleting_.end()) {
+    s.state = VolumeState::kDeleting;
+    s.wipe = it->second.progress;
+  }
+  return s;
+}
+
+absl::StatusOr<std::vector<storage::PoolInfo>> StorageService::ListPools() {
+  std::vector<storage::PoolInfo> out;
+  for (auto& [name, pool] : pools_) {
+    std::lock_guard lock(pool->mu);
+    auto info = pool->backend->GetPool();
+    if (!info.ok()) return info.status();
+    out.push_back(*info);
+  }
+  return out;
+}
+
+absl::StatusOr<storage::PoolInfo> StorageService::GetPool(const std::string& name) {
+  auto pool = Find(name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  return (*pool)->backend->GetPool();
+}
+
+absl::StatusOr<std::vector<VolumeStatus>> StorageService::ListVolumes(const std::string& name) {
+  auto pool = Find(name);
+  if (!pool.ok()) return pool.status();
+  std::vector<storage::VolumeInfo> volumes;
+  {
+    std::lock_guard lock((*pool)->mu);
+    auto listed = (*pool)->backend->ListVolumes();
+    if (!listed.ok()) return listed.status();
+    volumes = std::move(*listed);
+  }
+  std::vector<VolumeStatus> out;
+  for (const auto& v : volumes) out.push_back(StatusOf(v));
+  return out;
+}
+
+absl::StatusOr<VolumeStatus> StorageService::GetVolume(const std::string& pool_name, const std::string& name) {
+  {
+    std::lock_guard lock(deleting_mu_);
+    if (auto it = deleting_.find(Key(pool_name, name)); it != deleting_.end()) {
+      return VolumeStatus{it->second.volume, VolumeState::kDeleting, it->second.progress};
+    }
+  }
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->GetVolume(name);
+  if (!v.ok()) return v.status();
+  return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& pool_name,
+                                                          const storage::VolumeSpec& spec) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->CreateVolume(spec);
+  if (!v.ok()) return v.status();
+  Log()->info("created volume {}/{} ({} bytes)", pool_name, v->name, v->size_bytes);
+  return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& pool_name, const std::string& name,
+                                                          uint64_t size) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->ResizeVolume(name, size);
+  if (!v.ok()) return v.status();
+  return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& pool_name, const std::string& name) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  storage::VolumeInfo volume;
+  {
+    std::lock_guard lock((*pool)->mu);
+    auto v = (*pool)->backend->GetVolume(name);
+    if (!v.ok()) return v.status();
+    if (!v->attached_to.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume '", name, "' is attached to domain '", v->attached_to, "'; detach it first"));
+    }
+    volume = *v;
+  }
+  const std::string key = Key(pool_name, name);
+  std::lock_guard dl(deleting_mu_);
+  if (deleting_.contains(key)) return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
+  deleting_[key] = {volume, {0, volume.size_bytes}};
+  Pool* p = *pool;
+  workers_.emplace_back([this, p, key, name] {
+    absl::Status s;
+    {
+      std::lock_guard lock(p->mu);
+      s = p->backend->DeleteVolume(name, [this, &key](const storage::WipeProgress& progress) {
+        std::lock_guard l(deleting_mu_);
+        if (auto it = deleting_.find(key); it != deleting_.end()) it->second.progress = progress;
+      });
+    }
+    if (s.ok()) {
+      Log()->info("deleted volume {}", key);
+    } else {
+      Log()->error("delete of volume {} failed, it stays: {}", key, s.message());
+    }
+    std::lock_guard l(deleting_mu_);
+    deleting_.erase(key);
+  });
+  return VolumeStatus{volume, VolumeState::kDeleting, {0, volume.size_bytes}};
+}
+
+absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& pool_name, const std::string& name,
+                                                          const std::string& domain, std::string target,
+                                                          bool readonly) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->GetVolume(name);
+  if (!v.ok()) return v.status();
+  if (!v->attached_to.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume '", name, "' is already attached to domain '", v->attached_to, "'"));
+  }
+  auto disks = hv_.GetDomainDisks(domain);
+  if (!disks.ok()) return disks.status();
+  if (target.empty()) {
+    auto free_target = FreeTarget(*disks);
+    if (!free_target.ok()) return free_target.status();
+    target = *free_target;
+  }
+  hv::DiskSpec disk{v->path, hv::DiskType::kBlock, target, "", readonly, "raw"};
+  if (auto s = hv_.AttachDisk(domain, disk); !s.ok()) return s;
+  if (auto s = (*pool)->backend->SetAttachment(name, domain); !s.ok()) {
+    // The volume's owner record is the source of truth: without it, undo the attach.
+    if (auto undo = hv_.DetachDisk(domain, target); !undo.ok()) {
+      Log()->error("rollback: detaching {} from {} failed: {}", target, domain, undo.message());
+    }
+    return s;
+  }
+  Log()->info("attached volume {}/{} to {} as {}", pool_name, name, domain, target);
+  v->attached_to = domain;
+  return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& pool_name, const std::string& name) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->GetVolume(name);
+  if (!v.ok()) return v.status();
+  if (v->attached_to.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is not attached"));
+  }
+  auto disks = hv_.GetDomainDisks(v->attached_to);
+  if (disks.ok()) {
+    for (const auto& d : *disks) {
+      if (d.source_path != v->path) continue;
+      if (auto s = hv_.DetachDisk(v->attached_to, d.target); !s.ok()) return s;
+    }
+  } else if (!absl::IsNotFound(disks.status())) {
+    return disks.status();  // a vanished domain just releases the volume
+  }
+  if (auto s = (*pool)->backend->SetAttachment(name, ""); !s.ok()) return s;
+  v->attached_to.clear();
+  return StatusOf(*v);
+}
+
+}  // namespace hvagent::service

@@ -1,0 +1,72 @@
+#pragma once
+// StorageService: the configured storage pools as the APIs offer them. Adds what a backend
+// alone does not give: one lock per pool, deletes that wipe in the background with progress
+// visible until the volume is gone, and attach/detach that keep the domain definition and the
+// volume's recorded owner in step (undoing the first when the second fails).
+// A wipe holds its pool: other calls on that pool wait for it (GetVolume of the volume being
+// deleted answers at once from the progress record).
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hypervisor/hypervisor.h"
+#include "storage/storage_backend.h"
+
+namespace hvagent::service {
+
+enum class VolumeState { kAvailable, kAttached, kDeleting };
+
+struct VolumeStatus {
+  storage::VolumeInfo volume;
+  VolumeState state = VolumeState::kAvailable;
+  storage::WipeProgress wipe;  // while deleting
+};
+
+class StorageService {
+ public:
+  StorageService(hv::Hypervisor& hypervisor, std::vector<std::unique_ptr<storage::StorageBackend>> backends);
+  ~StorageService();  // waits for deletes in progress
+
+  absl::StatusOr<std::vector<storage::PoolInfo>> ListPools();
+  absl::StatusOr<storage::PoolInfo> GetPool(const std::string& pool);
+  absl::StatusOr<std::vector<VolumeStatus>> ListVolumes(const std::string& pool);
+  absl::StatusOr<VolumeStatus> GetVolume(const std::string& pool, const std::string& name);
+  absl::StatusOr<VolumeStatus> CreateVolume(const std::string& pool, const storage::VolumeSpec& spec);
+  absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
+  // Returns at once with state kDeleting; the wipe and removal run in the background.
+  absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);
+  // target empty: the first free target with the prefix of the domain's first disk (vd/xvd).
+  absl::StatusOr<VolumeStatus> AttachVolume(const std::string& pool, const std::string& name,
+                                            const std::string& domain, std::string target, bool readonly);
+  absl::StatusOr<VolumeStatus> DetachVolume(const std::string& pool, const std::string& name);
+
+  // Blocks until background deletes finished (tests, shutdown).
+  void WaitForDeletes();
+
+ private:
+  struct Pool {
+    std::unique_ptr<storage::StorageBackend> backend;
+    std::mutex mu;  // one operation per pool at a time
+  };
+  struct Deleting {
+    storage::VolumeInfo volume;
+    storage::WipeProgress progress;
+  };
+
+  absl::StatusOr<Pool*> Find(const std::string& pool);
+  VolumeStatus StatusOf(const storage::VolumeInfo& v) const;
+  std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
+
+  hv::Hypervisor& hv_;
+  std::map<std::string, std::unique_ptr<Pool>> pools_;
+  mutable std::mutex deleting_mu_;
+  std::map<std::string, Deleting> deleting_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace hvagent::service

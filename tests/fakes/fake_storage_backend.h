@@ -1,0 +1,77 @@
+#pragma once
+// FakeStorageBackend: an in-memory pool for service-level tests, with failure injection.
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "storage/storage_backend.h"
+
+namespace hvagent::testing {
+
+class FakeStorageBackend final : public storage::StorageBackend {
+ public:
+  explicit FakeStorageBackend(storage::PoolConfig config, uint64_t capacity = 1ULL << 30)
+      : config_(std::move(config)), capacity_(capacity) {}
+
+  absl::Status fail_set_attachment;
+  std::vector<std::string> calls;
+
+  const storage::PoolConfig& config() const override { return config_; }
+  absl::Status Prepare() override { return absl::OkStatus(); }
+  absl::StatusOr<storage::PoolInfo> GetPool() override {
+    uint64_t used = 0;
+    for (auto& [n, v] : volumes_) used += v.size_bytes;
+    return storage::PoolInfo{config_.name, config_.type, capacity_, capacity_ - used,
+                             static_cast<uint32_t>(volumes_.size()), config_.wipe};
+  }
+  absl::StatusOr<std::vector<storage::VolumeInfo>> ListVolumes() override {
+    std::vector<storage::VolumeInfo> out;
+    for (auto& [n, v] : volumes_) out.push_back(v);
+    return out;
+  }
+  absl::StatusOr<storage::VolumeInfo> GetVolume(const std::string& name) override {
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) return absl::NotFoundError(absl::StrCat("volume '", name, "' not found"));
+    return it->second;
+  }
+  absl::StatusOr<storage::VolumeInfo> CreateVolume(const storage::VolumeSpec& spec) override {
+    calls.push_back("create " + spec.name);
+    if (volumes_.contains(spec.name)) return absl::AlreadyExistsError("volume.name: exists");
+    if (spec.size_bytes > GetPool()->free_bytes) return absl::ResourceExhaustedError("pool full");
+    storage::VolumeInfo v{config_.name, spec.name, "/dev/fake/" + spec.name, spec.size_bytes, ""};
+    volumes_[spec.name] = v;
+    return v;
+  }
+  absl::StatusOr<storage::VolumeInfo> ResizeVolume(const std::string& name, uint64_t size) override {
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) return absl::NotFoundError("volume not found");
+    if (size <= it->second.size_bytes) return absl::InvalidArgumentError("volume.size_bytes: must grow");
+    it->second.size_bytes = size;
+    return it->second;
+  }
+  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override {
+    calls.push_back("delete " + name);
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) return absl::NotFoundError("volume not found");
+    if (!it->second.attached_to.empty()) return absl::FailedPreconditionError("attached");
+    progress({it->second.size_bytes / 2, it->second.size_bytes});
+    progress({it->second.size_bytes, it->second.size_bytes});
+    volumes_.erase(it);
+    return absl::OkStatus();
+  }
+  absl::Status SetAttachment(const std::string& name, const std::string& domain) override {
+    calls.push_back(absl::StrCat("attach-tag ", name, " ", domain));
+    if (!fail_set_attachment.ok()) return fail_set_attachment;
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) return absl::NotFoundError("volume not found");
+    it->second.attached_to = domain;
+    return absl::OkStatus();
+  }
+
+ private:
+  storage::PoolConfig config_;
+  uint64_t capacity_;
+  std::map<std::string, storage::VolumeInfo> volumes_;
+};
+
+}  // namespace hvagent::testing

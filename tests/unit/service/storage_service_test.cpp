@@ -1,0 +1,109 @@
+#include "agent/service/storage_service.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/fakes/fake_hypervisor.h"
+#include "tests/fakes/fake_storage_backend.h"
+
+namespace hvagent::service {
+namespace {
+
+using ::testing::HasSubstr;
+
+class StorageServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"});
+    backend_ = b.get();
+    std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+    backends.push_back(std::move(b));
+    svc_ = std::make_unique<StorageService>(hv_, std::move(backends));
+    hv::DomainSpec spec{.name = "web1", .vcpus = 1, .memory_mib = 64};
+    spec.disks.push_back({"/dev/vg0/root", hv::DiskType::kBlock, "xvda", "", false, ""});
+    ASSERT_TRUE(hv_.DefineDomain(spec).ok());
+  }
+  testing::FakeHypervisor hv_;
+  testing::FakeStorageBackend* backend_ = nullptr;
+  std::unique_ptr<StorageService> svc_;
+};
+
+TEST_F(StorageServiceTest, UnknownPoolIsNotFoundNamingIt) {
+  auto r = svc_->CreateVolume("nope", {"v", 1 << 20});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("'nope' is not a configured pool"));
+  EXPECT_TRUE(backend_->calls.empty());
+}
+
+TEST_F(StorageServiceTest, CreateListAndCapacity) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 256 << 20}).ok());
+  auto list = svc_->ListVolumes("vg0");
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].state, VolumeState::kAvailable);
+  auto pools = svc_->ListPools();
+  ASSERT_TRUE(pools.ok());
+  EXPECT_EQ((*pools)[0].free_bytes, (1ULL << 30) - (256 << 20));
+}
+
+TEST_F(StorageServiceTest, AttachPicksNextTargetOfTheDomainsPrefixAndRecordsOwner) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  auto v = svc_->AttachVolume("vg0", "data", "web1", "", false);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->state, VolumeState::kAttached);
+  EXPECT_EQ(v->volume.attached_to, "web1");
+  auto disks = hv_.GetDomainDisks("web1");
+  ASSERT_EQ(disks->size(), 2u);
+  EXPECT_EQ((*disks)[1].target, "xvdb");
+  EXPECT_EQ((*disks)[1].source_path, "/dev/fake/data");
+  EXPECT_EQ((*disks)[1].type, hv::DiskType::kBlock);
+  EXPECT_EQ(svc_->AttachVolume("vg0", "data", "web1", "", false).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(StorageServiceTest, AttachRolledBackWhenOwnerCannotBeRecorded) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  backend_->fail_set_attachment = absl::InternalError("lvchange: failed");
+  EXPECT_EQ(svc_->AttachVolume("vg0", "data", "web1", "", false).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), 1u) << "the disk must be detached again";
+}
+
+TEST_F(StorageServiceTest, AttachToUnknownDomainChangesNothing) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  EXPECT_EQ(svc_->AttachVolume("vg0", "data", "ghost", "", false).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(svc_->GetVolume("vg0", "data")->state, VolumeState::kAvailable);
+}
+
+TEST_F(StorageServiceTest, DeleteAttachedIsRefused) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "xvdc", false).ok());
+  auto r = svc_->DeleteVolume("vg0", "data");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("web1"));
+  ASSERT_TRUE(svc_->DetachVolume("vg0", "data").ok());
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), 1u);
+  EXPECT_EQ(svc_->GetVolume("vg0", "data")->state, VolumeState::kAvailable);
+}
+
+TEST_F(StorageServiceTest, DeleteRunsInBackgroundThenVolumeIsGone) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  auto r = svc_->DeleteVolume("vg0", "data");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->state, VolumeState::kDeleting);
+  EXPECT_EQ(r->wipe.total_bytes, 1u << 20);
+  svc_->WaitForDeletes();
+  EXPECT_EQ(svc_->GetVolume("vg0", "data").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(backend_->calls, ::testing::Contains("delete data"));
+}
+
+TEST_F(StorageServiceTest, DetachOfVolumeWhoseDomainVanishedReleasesIt) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
+  ASSERT_TRUE(hv_.UndefineDomain("web1").ok());
+  auto v = svc_->DetachVolume("vg0", "data");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->volume.attached_to.empty());
+}
+
+}  // namespace
+}  // namespace hvagent::service
