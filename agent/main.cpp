@@ -46,7 +46,7 @@ class HealthReporter {
     while (!stop_) {
       bool serving = hv_.Connected();
       for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService",
-                                  "hvagent.v1.EventService"}) {
+                                  "hvagent.v1.EventService", "hvagent.v1.StorageService"}) {
         health_->SetServingStatus(service, serving);
       }
       cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
@@ -75,16 +75,21 @@ int Run(const config::Config& cfg) {
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
   service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout});
   service::HostService host(hypervisor);
+  // Storage pools come from the config once the LVM and partition backends land (issue 3);
+  // until then the storage API answers with no pools.
+  service::StorageService storage(hypervisor, {});
 
   api::HostGrpcService host_grpc(host);
   api::DomainGrpcService domain_grpc(domains);
   api::EventGrpcService event_grpc(events);
+  api::StorageGrpcService storage_grpc(storage);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   builder.AddListeningPort(cfg.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
+  builder.RegisterService(&storage_grpc);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || grpc_port == 0) {
     logger->critical("grpc.listen {}: cannot listen (address in use?)", cfg.grpc_listen);
@@ -92,7 +97,7 @@ int Run(const config::Config& cfg) {
   }
   auto health = std::make_unique<HealthReporter>(grpc_server->GetHealthCheckService(), hypervisor);
 
-  api::RestRouter router(host, domains);
+  api::RestRouter router(host, domains, &storage);
   api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes);
   if (auto s = rest.Start(); !s.ok()) {
     logger->critical("{}", s.message());

@@ -141,4 +141,36 @@ v1::DomainEvent ToProto(const service::SequencedEvent& e) {
   return p;
 }
 
+v1::Pool ToProto(const storage::PoolInfo& p) {
+  v1::Pool out;
+  out.set_name(p.name);
+  out.set_type(p.type == storage::PoolType::kLvm ? v1::POOL_TYPE_LVM : v1::POOL_TYPE_PARTITION);
+  out.set_capacity_bytes(p.capacity_bytes);
+  out.set_free_bytes(p.free_bytes);
+  out.set_volume_count(p.volume_count);
+  switch (p.wipe) {
+    case storage::WipeMode::kZero: out.set_wipe(v1::WIPE_MODE_ZERO); break;
+    case storage::WipeMode::kDiscard: out.set_wipe(v1::WIPE_MODE_DISCARD); break;
+    case storage::WipeMode::kNone: out.set_wipe(v1::WIPE_MODE_NONE); break;
+  }
+  return out;
+}
+
+v1::Volume ToProto(const service::VolumeStatus& s) {
+  v1::Volume out;
+  out.set_pool(s.volume.pool);
+  out.set_name(s.volume.name);
+  out.set_path(s.volume.path);
+  out.set_size_bytes(s.volume.size_bytes);
+  out.set_attached_to(s.volume.attached_to);
+  switch (s.state) {
+    case service::VolumeState::kAvailable: out.set_state(v1::VOLUME_STATE_AVAILABLE); break;
+    case service::VolumeState::kAttached: out.set_state(v1::VOLUME_STATE_ATTACHED); break;
+    case service::VolumeState::kDeleting: out.set_state(v1::VOLUME_STATE_DELETING); break;
+  }
+  out.set_wipe_done_bytes(s.wipe.done_bytes);
+  out.set_wipe_total_bytes(s.wipe.total_bytes);
+  return out;
+}
+
 }  // namespace hvagent::api

@@ -6,9 +6,11 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
+#include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
+#include "hvagent/v1/storage.pb.h"
 
 namespace hvagent::api {
 
@@ -19,5 +21,7 @@ v1::Domain ToProto(const hv::DomainInfo& info);
 v1::Host ToProto(const hv::HostInfo& info, bool connected);
 v1::Capacity ToProto(const service::Capacity& c);
 v1::DomainEvent ToProto(const service::SequencedEvent& e);
+v1::Pool ToProto(const storage::PoolInfo& p);
+v1::Volume ToProto(const service::VolumeStatus& v);
 
 }  // namespace hvagent::api

@@ -24,7 +24,8 @@ int HttpStatusFor(absl::StatusCode code) {
     case absl::StatusCode::kAborted: return 409;
     case absl::StatusCode::kPermissionDenied: return 403;
     case absl::StatusCode::kUnauthenticated: return 401;
-    case absl::StatusCode::kResourceExhausted: return 429;
+    // The agent only runs out of capacity (a full pool), never rate-limits: 507 Insufficient Storage.
+    case absl::StatusCode::kResourceExhausted: return 507;
     case absl::StatusCode::kUnimplemented: return 501;
     case absl::StatusCode::kUnavailable: return 503;
     case absl::StatusCode::kUnknown:

@@ -128,6 +128,84 @@ grpc::Status DomainGrpcService::DeleteDomain(grpc::ServerContext* ctx, const v1:
   return Handle(ctx, "DeleteDomain", [&] { return domains_.Delete(req->name(), req->force()); });
 }
 
+namespace {
+template <typename F>
+absl::Status IntoVolume(v1::Volume* out, F&& call) {
+  auto r = call();
+  if (!r.ok()) return r.status();
+  *out = ToProto(*r);
+  return absl::OkStatus();
+}
+}  // namespace
+
+grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::ListPoolsRequest*,
+                                           v1::ListPoolsResponse* out) {
+  return Handle(ctx, "ListPools", [&]() -> absl::Status {
+    auto pools = storage_.ListPools();
+    if (!pools.ok()) return pools.status();
+    for (const auto& p : *pools) *out->add_pools() = ToProto(p);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status StorageGrpcService::GetPool(grpc::ServerContext* ctx, const v1::GetPoolRequest* req, v1::Pool* out) {
+  return Handle(ctx, "GetPool", [&]() -> absl::Status {
+    auto p = storage_.GetPool(req->name());
+    if (!p.ok()) return p.status();
+    *out = ToProto(*p);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status StorageGrpcService::ListVolumes(grpc::ServerContext* ctx, const v1::ListVolumesRequest* req,
+                                             v1::ListVolumesResponse* out) {
+  return Handle(ctx, "ListVolumes", [&]() -> absl::Status {
+    auto list = storage_.ListVolumes(req->pool());
+    if (!list.ok()) return list.status();
+    for (const auto& v : *list) *out->add_volumes() = ToProto(v);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status StorageGrpcService::GetVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
+  return Handle(ctx, "GetVolume",
+                [&] { return IntoVolume(out, [&] { return storage_.GetVolume(req->pool(), req->name()); }); });
+}
+
+grpc::Status StorageGrpcService::CreateVolume(grpc::ServerContext* ctx, const v1::CreateVolumeRequest* req,
+                                              v1::Volume* out) {
+  return Handle(ctx, "CreateVolume", [&] {
+    return IntoVolume(out, [&] { return storage_.CreateVolume(req->pool(), {req->name(), req->size_bytes()}); });
+  });
+}
+
+grpc::Status StorageGrpcService::ResizeVolume(grpc::ServerContext* ctx, const v1::ResizeVolumeRequest* req,
+                                              v1::Volume* out) {
+  return Handle(ctx, "ResizeVolume", [&] {
+    return IntoVolume(out, [&] { return storage_.ResizeVolume(req->pool(), req->name(), req->size_bytes()); });
+  });
+}
+
+grpc::Status StorageGrpcService::DeleteVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
+  return Handle(ctx, "DeleteVolume",
+                [&] { return IntoVolume(out, [&] { return storage_.DeleteVolume(req->pool(), req->name()); }); });
+}
+
+grpc::Status StorageGrpcService::AttachVolume(grpc::ServerContext* ctx, const v1::AttachVolumeRequest* req,
+                                              v1::Volume* out) {
+  return Handle(ctx, "AttachVolume", [&] {
+    return IntoVolume(out, [&] {
+      return storage_.AttachVolume(req->pool(), req->name(), req->domain(), req->target(), req->readonly());
+    });
+  });
+}
+
+grpc::Status StorageGrpcService::DetachVolume(grpc::ServerContext* ctx, const v1::DetachVolumeRequest* req,
+                                              v1::Volume* out) {
+  return Handle(ctx, "DetachVolume",
+                [&] { return IntoVolume(out, [&] { return storage_.DetachVolume(req->pool(), req->name()); }); });
+}
+
 grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                                      grpc::ServerWriter<v1::DomainEvent>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));

@@ -9,9 +9,11 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
+#include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/storage.grpc.pb.h"
 
 namespace hvagent::api {
 
@@ -52,6 +54,23 @@ class EventGrpcService final : public v1::EventService::Service {
 
  private:
   service::EventHub& hub_;
+};
+
+class StorageGrpcService final : public v1::StorageService::Service {
+ public:
+  explicit StorageGrpcService(service::StorageService& storage) : storage_(storage) {}
+  grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
+  grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
+  grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
+  grpc::Status GetVolume(grpc::ServerContext*, const v1::VolumeRef*, v1::Volume*) override;
+  grpc::Status CreateVolume(grpc::ServerContext*, const v1::CreateVolumeRequest*, v1::Volume*) override;
+  grpc::Status ResizeVolume(grpc::ServerContext*, const v1::ResizeVolumeRequest*, v1::Volume*) override;
+  grpc::Status DeleteVolume(grpc::ServerContext*, const v1::VolumeRef*, v1::Volume*) override;
+  grpc::Status AttachVolume(grpc::ServerContext*, const v1::AttachVolumeRequest*, v1::Volume*) override;
+  grpc::Status DetachVolume(grpc::ServerContext*, const v1::DetachVolumeRequest*, v1::Volume*) override;
+
+ private:
+  service::StorageService& storage_;
 };
 
 }  // namespace hvagent::api

@@ -19,6 +19,9 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) {
   if (path == "/v1/domains" || absl::StartsWith(path, "/v1/domains/")) {
     return HandleDomains(domains_, req, path.substr(absl::string_view("/v1/domains").size()));
   }
+  if (storage_ != nullptr && (path == "/v1/pools" || absl::StartsWith(path, "/v1/pools/"))) {
+    return HandleStorage(*storage_, req, path.substr(std::string_view("/v1/pools").size()));
+  }
   return {404, ErrorBody("NOT_FOUND", absl::StrCat("no resource at ", req.path))};
 }
 

@@ -5,17 +5,20 @@
 #include "agent/api/rest/http_types.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
+#include "agent/service/storage_service.h"
 
 namespace hvagent::api {
 
 class RestRouter {
  public:
-  RestRouter(service::HostService& host, service::DomainService& domains) : host_(host), domains_(domains) {}
+  RestRouter(service::HostService& host, service::DomainService& domains, service::StorageService* storage = nullptr)
+      : host_(host), domains_(domains), storage_(storage) {}
   HttpResponse Handle(const HttpRequest& request);
 
  private:
   service::HostService& host_;
   service::DomainService& domains_;
+  service::StorageService* storage_;  // null: no storage configured
 };
 
 // Resources, one file each.
@@ -23,6 +26,9 @@ HttpResponse HandleHealth(service::HostService& host, const HttpRequest& req);
 HttpResponse HandleHost(service::HostService& host, const HttpRequest& req, bool capacity);
 // `rest` is the path after "/v1/domains" ("", "/web1", "/web1:start").
 HttpResponse HandleDomains(service::DomainService& domains, const HttpRequest& req, absl::string_view rest);
+
+// `rest` is the path after "/v1/pools".
+HttpResponse HandleStorage(service::StorageService& storage, const HttpRequest& req, absl::string_view rest);
 
 HttpResponse MethodNotAllowed(const HttpRequest& req);
 

@@ -24,6 +24,7 @@ TEST(StatusMappingTest, HttpStatuses) {
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kUnavailable), 503);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kDeadlineExceeded), 504);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kInternal), 500);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kResourceExhausted), 507);
 }
 
 TEST(StatusMappingTest, ErrorBodyIsEscapedJson) {
