@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -27,6 +28,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"rest", {"listen", "max_body_bytes"}},
       {"log", {"level", "format"}},
       {"domain", {"shutdown_timeout_seconds"}},
+      {"storage", {"pools"}},
   };
   return keys;
 }
@@ -54,6 +56,78 @@ absl::Status Read(const toml::table& root, absl::string_view section, absl::stri
   auto v = n->value<T>();
   if (!v) return Invalid(absl::StrCat(section, ".", key), "has the wrong type");
   out = *v;
+  return absl::OkStatus();
+}
+
+bool IsPoolName(const std::string& s) {
+  if (s.empty() || s.size() > 64 || !std::isalnum(static_cast<unsigned char>(s[0]))) return false;
+  return s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") ==
+         std::string::npos;
+}
+
+// A device the operator names: absolute, under /dev/, no "..", nothing odd.
+bool IsDevicePath(const std::string& p) {
+  if (p.rfind("/dev/", 0) != 0 || p.size() > 255 || p.find("/../") != std::string::npos ||
+      (p.size() >= 3 && p.compare(p.size() - 3, 3, "/..") == 0)) {
+    return false;
+  }
+  return p.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+/:") ==
+         std::string::npos;
+}
+
+absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig>& out) {
+  const toml::node* node = root.at_path("storage.pools").node();
+  if (node == nullptr) return absl::OkStatus();
+  const toml::array* pools = node->as_array();
+  if (pools == nullptr) return Invalid("storage.pools", "must be an array of tables ([[storage.pools]])");
+  static const std::set<std::string> keys = {"name", "type", "volume_group", "physical_volumes",
+                                             "thin_pool", "disk", "wipe"};
+  std::set<std::string> names, devices;
+  for (size_t i = 0; i < pools->size(); ++i) {
+    std::string field = absl::StrCat("storage.pools[", i, "]");
+    const toml::table* t = (*pools)[i].as_table();
+    if (t == nullptr) return Invalid(field, "must be a table");
+    for (const auto& [key, value] : *t) {
+      if (!keys.contains(std::string(key.str()))) return Invalid(absl::StrCat(field, ".", std::string(key.str())), "unknown key");
+    }
+    storage::PoolConfig pool;
+    pool.name = t->get_as<std::string>("name") ? t->get_as<std::string>("name")->get() : "";
+    if (!IsPoolName(pool.name)) return Invalid(field + ".name", "must be 1-64 of [A-Za-z0-9._-], starting with a letter or digit");
+    if (!names.insert(pool.name).second) return Invalid(field + ".name", "is used twice");
+    std::string type = t->get_as<std::string>("type") ? t->get_as<std::string>("type")->get() : "";
+    std::string wipe = t->get_as<std::string>("wipe") ? t->get_as<std::string>("wipe")->get() : "zero";
+    if (wipe == "zero") pool.wipe = storage::WipeMode::kZero;
+    else if (wipe == "discard") pool.wipe = storage::WipeMode::kDiscard;
+    else if (wipe == "none") pool.wipe = storage::WipeMode::kNone;
+    else return Invalid(field + ".wipe", "must be zero, discard or none");
+    if (type == "lvm") {
+      pool.type = storage::PoolType::kLvm;
+      pool.volume_group = t->get_as<std::string>("volume_group") ? t->get_as<std::string>("volume_group")->get() : "";
+      if (pool.volume_group.empty() || pool.volume_group.size() > 127 || pool.volume_group[0] == '-' ||
+          pool.volume_group.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-") !=
+              std::string::npos) {
+        return Invalid(field + ".volume_group", "must be an LVM name ([A-Za-z0-9+_.-], not starting with '-')");
+      }
+      if (!devices.insert("vg:" + pool.volume_group).second) return Invalid(field + ".volume_group", "is used twice");
+      if (auto* tp = t->get_as<std::string>("thin_pool")) pool.thin_pool = tp->get();
+      if (const toml::array* pvs = t->get_as<toml::array>("physical_volumes")) {
+        for (const auto& pv : *pvs) {
+          auto v = pv.value<std::string>();
+          if (!v || !IsDevicePath(*v)) return Invalid(field + ".physical_volumes", "entries must be device paths under /dev/");
+          if (!devices.insert(*v).second) return Invalid(field + ".physical_volumes", absl::StrCat(*v, " is used twice"));
+          pool.physical_volumes.push_back(*v);
+        }
+      }
+    } else if (type == "partition") {
+      pool.type = storage::PoolType::kPartition;
+      pool.disk = t->get_as<std::string>("disk") ? t->get_as<std::string>("disk")->get() : "";
+      if (!IsDevicePath(pool.disk)) return Invalid(field + ".disk", "must be a device path under /dev/");
+      if (!devices.insert(pool.disk).second) return Invalid(field + ".disk", "is used twice");
+    } else {
+      return Invalid(field + ".type", "must be lvm or partition");
+    }
+    out.push_back(std::move(pool));
+  }
   return absl::OkStatus();
 }
 
@@ -130,6 +204,8 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
     return absl::InvalidArgumentError(absl::StrCat("config: line ", static_cast<uint64_t>(e.source().begin.line), ": ", std::string(e.description())));
   }
   if (auto s = CheckKeys(root); !s.ok()) return s;
+  c.storage_pools.clear();
+  if (auto s = ParsePools(root, c.storage_pools); !s.ok()) return s;
   if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
   if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
   if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/log.h"
+#include "storage/model.h"
 
 namespace hvagent::config {
 
@@ -21,6 +22,8 @@ struct Config {
   std::string log_level = "info";  // trace, debug, info, warn, error
   log::Format log_format = log::Format::kText;
   std::chrono::seconds shutdown_timeout{60};
+  // [[storage.pools]]: the only block storage the agent may touch.
+  std::vector<storage::PoolConfig> storage_pools;
 };
 
 struct CommandLine {

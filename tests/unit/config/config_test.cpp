@@ -558,5 +558,63 @@ TEST(LoadConfigFile, TheShippedExampleIsValid) {
   EXPECT_EQ(c->log_format, hvagent::log::Format::kJson);
 }
 
+TEST(StoragePools, ParsesLvmAndPartitionPools) {
+  auto c = ParseConfigToml(R"(
+[[storage.pools]]
+name = "vg0"
+type = "lvm"
+volume_group = "hvagent_vg"
+physical_volumes = ["/dev/sdb", "/dev/sdc"]
+thin_pool = "thin"
+wipe = "discard"
+
+[[storage.pools]]
+name = "disk1"
+type = "partition"
+disk = "/dev/nvme1n1"
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->storage_pools.size(), 2u);
+  const auto& lvm = c->storage_pools[0];
+  EXPECT_EQ(lvm.type, storage::PoolType::kLvm);
+  EXPECT_EQ(lvm.volume_group, "hvagent_vg");
+  EXPECT_EQ(lvm.physical_volumes, (std::vector<std::string>{"/dev/sdb", "/dev/sdc"}));
+  EXPECT_EQ(lvm.thin_pool, "thin");
+  EXPECT_EQ(lvm.wipe, storage::WipeMode::kDiscard);
+  const auto& part = c->storage_pools[1];
+  EXPECT_EQ(part.type, storage::PoolType::kPartition);
+  EXPECT_EQ(part.disk, "/dev/nvme1n1");
+  EXPECT_EQ(part.wipe, storage::WipeMode::kZero) << "wiping is the default";
+}
+
+TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
+  struct Case {
+    const char* toml;
+    const char* field;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"../../etc/passwd\"\n", "storage.pools[0].disk"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"/dev/../etc/passwd\"\n", "storage.pools[0].disk"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"/dev/sdb;rm -rf /\"\n", "storage.pools[0].disk"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg 0\"\n", "storage.pools[0].volume_group"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"-vg\"\n", "storage.pools[0].volume_group"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nphysical_volumes = [\"/tmp/x\"]\n", "storage.pools[0].physical_volumes"},
+           {"[[storage.pools]]\nname = \"bad name\"\ntype = \"lvm\"\nvolume_group = \"vg\"\n", "storage.pools[0].name"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"zfs\"\n", "storage.pools[0].type"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nwipe = \"maybe\"\n", "storage.pools[0].wipe"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nsize = 3\n", "storage.pools[0].size"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\n"
+            "[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg2\"\n", "storage.pools[1].name"},
+           {"[[storage.pools]]\nname = \"a\"\ntype = \"partition\"\ndisk = \"/dev/sdb\"\n"
+            "[[storage.pools]]\nname = \"b\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nphysical_volumes = [\"/dev/sdb\"]\n",
+            "storage.pools[1].physical_volumes"},
+           {"[storage]\npools = 3\n", "storage.pools"},
+       }) {
+    auto r = ParseConfigToml(c.toml);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.toml;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.field)) << c.toml;
+  }
+}
+
 }  // namespace
 }  // namespace hvagent::config
