@@ -181,6 +181,8 @@ class AgentTestCase(unittest.TestCase):
         if code not in (0, None):
             print(cls.agent.log_text())
             raise AssertionError(f"hvagentd exited with {code} on SIGTERM")
+        # Failed tests printed the log already; don't leave one file per run in /tmp.
+        os.unlink(cls.agent.log.name)
 
     def tearDown(self):
         try:
