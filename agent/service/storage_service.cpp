@@ -45,12 +45,12 @@ StorageService::StorageService(hv::Hypervisor& hypervisor,
 StorageService::~StorageService() { WaitForDeletes(); }
 
 void StorageService::WaitForDeletes() {
-  std::vector<std::thread> workers;
+  std::vector<Worker> workers;
   {
     std::lock_guard lock(deleting_mu_);
     workers.swap(workers_);
   }
-  for (auto& t : workers) t.join();
+  for (auto& w : workers) w.thread.join();
 }
 
 absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& pool) {
@@ -156,8 +156,14 @@ absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& poo
   std::lock_guard dl(deleting_mu_);
   if (deleting_.contains(key)) return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
   deleting_[key] = {volume, {0, volume.size_bytes}};
+  std::erase_if(workers_, [](Worker& w) {
+    if (!w.done->load()) return false;
+    w.thread.join();
+    return true;
+  });
   Pool* p = *pool;
-  workers_.emplace_back([this, p, key, name] {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread worker([this, p, key, name, done] {
     absl::Status s;
     {
       std::lock_guard lock(p->mu);
@@ -171,9 +177,13 @@ absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& poo
     } else {
       Log()->error("delete of volume {} failed, it stays: {}", key, s.message());
     }
-    std::lock_guard l(deleting_mu_);
-    deleting_.erase(key);
+    {
+      std::lock_guard l(deleting_mu_);
+      deleting_.erase(key);
+    }
+    done->store(true);
   });
+  workers_.push_back({std::move(worker), done});
   return VolumeStatus{volume, VolumeState::kDeleting, {0, volume.size_bytes}};
 }
 

@@ -6,6 +6,7 @@
 // A wipe holds its pool: other calls on that pool wait for it (GetVolume of the volume being
 // deleted answers at once from the progress record).
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,7 +67,11 @@ class StorageService {
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex deleting_mu_;
   std::map<std::string, Deleting> deleting_;
-  std::vector<std::thread> workers_;
+  struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Worker> workers_;  // guarded by deleting_mu_; finished ones are joined on the next delete
 };
 
 }  // namespace hvagent::service

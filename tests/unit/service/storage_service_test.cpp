@@ -96,6 +96,17 @@ TEST_F(StorageServiceTest, DeleteRunsInBackgroundThenVolumeIsGone) {
   EXPECT_THAT(backend_->calls, ::testing::Contains("delete data"));
 }
 
+TEST_F(StorageServiceTest, ManyDeletesReuseNoStaleState) {
+  for (int i = 0; i < 20; ++i) {
+    const std::string name = "v" + std::to_string(i);
+    ASSERT_TRUE(svc_->CreateVolume("vg0", {name, 1 << 20}).ok());
+    ASSERT_TRUE(svc_->DeleteVolume("vg0", name).ok());
+  }
+  svc_->WaitForDeletes();
+  EXPECT_TRUE(svc_->ListVolumes("vg0")->empty());
+  EXPECT_EQ(svc_->DeleteVolume("vg0", "v0").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(StorageServiceTest, DetachOfVolumeWhoseDomainVanishedReleasesIt) {
   ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
   ASSERT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
