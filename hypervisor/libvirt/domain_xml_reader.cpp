@@ -1,35 +1,18 @@
 #include "hypervisor/libvirt/domain_xml_reader.h"
 
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 
 #include <memory>
+
+#include "hypervisor/libvirt/xml_read.h"
 
 namespace hvagent::hv {
 namespace {
 
-struct DocDeleter {
-  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
-};
-
-bool Is(const xmlNode* n, const char* name) {
-  return n->type == XML_ELEMENT_NODE && xmlStrcmp(n->name, reinterpret_cast<const xmlChar*>(name)) == 0;
-}
-
-const xmlNode* Child(const xmlNode* parent, const char* name) {
-  for (const xmlNode* c = parent ? parent->children : nullptr; c != nullptr; c = c->next) {
-    if (Is(c, name)) return c;
-  }
-  return nullptr;
-}
-
-std::string Attr(const xmlNode* n, const char* name) {
-  if (n == nullptr) return {};
-  xmlChar* v = xmlGetProp(n, reinterpret_cast<const xmlChar*>(name));
-  std::string out = v ? reinterpret_cast<const char*>(v) : "";
-  xmlFree(v);
-  return out;
-}
+using xml::Attr;
+using xml::Child;
+using xml::DocDeleter;
+using xml::Is;
+using xml::Text;
 
 }  // namespace
 
