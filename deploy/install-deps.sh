@@ -11,7 +11,7 @@ build_pkgs=(
   libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev
   libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libgtest-dev libgmock-dev
-  lvm2 fdisk util-linux
+  lvm2 fdisk parted util-linux
   curl ca-certificates
 )
 test_pkgs=(

@@ -1,0 +1,429 @@
+#include "storage/partition/partition_backend.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <limits>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+
+namespace hvagent::storage {
+namespace {
+
+constexpr char kNoTable[] = "does not contain a recognized partition table";
+
+std::shared_ptr<spdlog::logger> Log() { return log::ComponentLogger("storage.partition"); }
+
+std::string Basename(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The tool's own words: its stderr (else stdout), minus parted's noise about a missing udevadm.
+std::string ToolWords(const CommandResult& r) {
+  for (const std::string* text : {&r.stderr_text, &r.stdout_text}) {
+    std::vector<std::string> lines;
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (line.empty() || absl::StrContains(line, "udevadm")) continue;
+      lines.emplace_back(line);
+    }
+    std::string words = absl::StrJoin(lines, " ");
+    if (words.size() > 1000) words = absl::StrCat(words.substr(0, 1000), "...");
+    if (!words.empty()) return words;
+  }
+  return "(no output)";
+}
+
+std::string Describe(const std::vector<std::string>& argv) {
+  std::vector<std::string> shown = argv;
+  if (!shown.empty()) shown[0] = Basename(shown[0]);
+  return absl::StrJoin(shown, " ");
+}
+
+absl::Status ToolFailed(const std::vector<std::string>& argv, const CommandResult& r) {
+  return absl::InternalError(absl::StrCat(Describe(argv), " failed (exit ", r.exit_code, "): ", ToolWords(r)));
+}
+
+bool DefaultNodeReady(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+constexpr uint64_t kMaxSize = std::numeric_limits<uint64_t>::max() - (gpt::kAlign - 1);
+uint64_t RoundUp(uint64_t v) { return (v + gpt::kAlign - 1) / gpt::kAlign * gpt::kAlign; }
+
+absl::Status CheckSize(const char* field, uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": must be greater than 0"));
+  if (size > kMaxSize) return absl::InvalidArgumentError(absl::StrCat(field, ": ", size, " bytes is too large"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckName(const std::string& name) {
+  if (gpt::IsVolumeName(name)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("name: '", absl::CHexEscape(name), "' must be 1-", gpt::kMaxVolumeName,
+                                                 " of [A-Za-z0-9._-], starting with a letter or digit ",
+                                                 "(GPT partition names are short)"));
+}
+
+std::string Sectors(uint64_t s) { return absl::StrCat(s, "s"); }
+
+}  // namespace
+
+PartitionBackend::PartitionBackend(PoolConfig config, CommandRunner& runner, BlockWiper& wiper, Options options)
+    : config_(std::move(config)), runner_(runner), wiper_(wiper), options_(std::move(options)) {
+  if (!options_.node_ready) options_.node_ready = DefaultNodeReady;
+}
+
+absl::Status PartitionBackend::CheckConfig() const {
+  if (config_.type != PoolType::kPartition) {
+    return absl::InvalidArgumentError(absl::StrCat("pool '", config_.name, "' is not a partition pool"));
+  }
+  if (!gpt::IsDiskPath(config_.disk)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("disk: '", absl::CHexEscape(config_.disk), "' is not a plain device path under /dev/"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CommandResult> PartitionBackend::RunTool(std::vector<std::string> argv) const {
+  Command cmd{.argv = std::move(argv), .timeout = options_.timeout};
+  auto r = runner_.Run(cmd);
+  if (!r.ok()) {
+    return absl::Status(r.status().code(), absl::StrCat(Describe(cmd.argv), ": ", r.status().message()));
+  }
+  return r;
+}
+
+absl::Status PartitionBackend::RunChecked(std::vector<std::string> argv) const {
+  auto r = RunTool(argv);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return ToolFailed(argv, *r);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<gpt::Table> PartitionBackend::ReadTable() const {
+  std::vector<std::string> argv = {options_.sfdisk, "--json", config_.disk};
+  auto r = RunTool(argv);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    if (absl::StrContains(r->stderr_text, kNoTable)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("pool '", config_.name, "': disk ", config_.disk, " has no partition table (not prepared)"));
+    }
+    return ToolFailed(argv, *r);
+  }
+  auto table = gpt::ParseSfdiskJson(r->stdout_text, config_.disk);
+  if (!table.ok()) return table.status();
+  if (table->label != "gpt") {
+    return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': disk ", config_.disk, " has a '",
+                                                      table->label, "' partition table, not GPT"));
+  }
+  if (gpt::kAlign % table->sector_size != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("disk ", config_.disk, ": sector size ", table->sector_size,
+                                                      " does not divide 1 MiB"));
+  }
+  return table;
+}
+
+absl::StatusOr<PartitionBackend::Found> PartitionBackend::FindVolume(const std::string& name) const {
+  auto table = ReadTable();
+  if (!table.ok()) return table.status();
+  Found found;
+  int matches = 0;
+  for (const auto& p : table->partitions) {
+    auto label = gpt::ParseLabel(p.name);
+    if (!label || label->volume != name) continue;
+    ++matches;
+    found.partition = p;
+    found.label = *label;
+  }
+  if (matches == 0) {
+    return absl::NotFoundError(absl::StrCat("volume '", name, "' not found in pool '", config_.name, "'"));
+  }
+  if (matches > 1) {
+    return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': ", matches,
+                                                      " partitions claim volume '", name, "'; resolve by hand"));
+  }
+  found.table = *std::move(table);
+  return found;
+}
+
+VolumeInfo PartitionBackend::Info(const gpt::Table& table, const gpt::Partition& p,
+                                  const gpt::VolumeLabel& label) const {
+  return VolumeInfo{.pool = config_.name,
+                    .name = label.volume,
+                    .path = gpt::PartitionPath(config_.disk, p.number),
+                    .size_bytes = p.size * table.sector_size,
+                    .attached_to = label.domain};
+}
+
+bool PartitionBackend::WaitForNode(const std::string& path) const {
+  const auto deadline = std::chrono::steady_clock::now() + options_.node_wait;
+  while (true) {
+    if (options_.node_ready(path)) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+absl::Status PartitionBackend::Prepare() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto table = ReadTable();
+  if (table.ok() || !absl::IsFailedPrecondition(table.status()) ||
+      !absl::StrContains(table.status().message(), "no partition table")) {
+    return table.status();  // already GPT (idempotent), another label, or a tool failure
+  }
+  // No partition table: label the disk only if nothing at all is on it.
+  std::vector<std::string> probe = {options_.blkid, "-p", "-o", "export", config_.disk};
+  auto r = RunTool(probe);
+  if (!r.ok()) return r.status();
+  if (r->exit_code == 0) {
+    std::vector<std::string> found;
+    for (absl::string_view line : absl::StrSplit(r->stdout_text, '\n')) {
+      if (absl::StartsWith(line, "TYPE=") || absl::StartsWith(line, "PTTYPE=") || absl::StartsWith(line, "USAGE=")) {
+        found.emplace_back(line);
+      }
+    }
+    return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': disk ", config_.disk,
+                                                      " is not empty (blkid: ", absl::StrJoin(found, " "),
+                                                      "); refusing to label it"));
+  }
+  if (r->exit_code != 2) return ToolFailed(probe, *r);  // 2: nothing identifiable on the disk
+  if (auto s = RunChecked({options_.parted, "-s", config_.disk, "mklabel", "gpt"}); !s.ok()) return s;
+  Log()->info("pool {}: created an empty GPT on {}", config_.name, config_.disk);
+  return ReadTable().status();
+}
+
+absl::StatusOr<PoolInfo> PartitionBackend::GetPool() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto table = ReadTable();
+  if (!table.ok()) return table.status();
+  PoolInfo info{.name = config_.name, .type = PoolType::kPartition, .wipe = config_.wipe};
+  info.capacity_bytes = table->UsableEnd() - table->UsableBegin();
+  for (const auto& r : gpt::FreeRegions(*table)) info.free_bytes += r.size();
+  for (const auto& p : table->partitions) {
+    if (gpt::ParseLabel(p.name)) ++info.volume_count;
+  }
+  return info;
+}
+
+absl::StatusOr<std::vector<VolumeInfo>> PartitionBackend::ListVolumes() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto table = ReadTable();
+  if (!table.ok()) return table.status();
+  std::vector<VolumeInfo> out;
+  for (const auto& p : table->partitions) {
+    if (auto label = gpt::ParseLabel(p.name)) out.push_back(Info(*table, p, *label));
+  }
+  std::sort(out.begin(), out.end(), [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
+  return out;
+}
+
+absl::StatusOr<VolumeInfo> PartitionBackend::GetVolume(const std::string& name) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = CheckName(name); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto found = FindVolume(name);
+  if (!found.ok()) return found.status();
+  return Info(found->table, found->partition, found->label);
+}
+
+void PartitionBackend::RollBackCreate(const std::string& label) {
+  auto table = ReadTable();
+  if (!table.ok()) {
+    Log()->error("pool {}: rollback of '{}': {}", config_.name, label, table.status().message());
+    return;
+  }
+  for (const auto& p : table->partitions) {
+    if (p.name != label) continue;
+    std::string nr = absl::StrCat(p.number);
+    if (auto s = RunChecked({options_.partx, "-d", "--nr", nr, config_.disk}); !s.ok()) {
+      Log()->warn("pool {}: rollback: {}", config_.name, s.message());
+    }
+    if (auto s = RunChecked({options_.parted, "-s", config_.disk, "rm", nr}); !s.ok()) {
+      Log()->error("pool {}: rollback of partition {} ('{}') failed: {}", config_.name, nr, label, s.message());
+    }
+  }
+}
+
+absl::StatusOr<VolumeInfo> PartitionBackend::CreateVolume(const VolumeSpec& spec) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = CheckName(spec.name); !s.ok()) return s;
+  if (auto s = CheckSize("size_bytes", spec.size_bytes); !s.ok()) return s;
+  const uint64_t size = RoundUp(spec.size_bytes);
+  std::lock_guard lock(mu_);
+  auto table = ReadTable();
+  if (!table.ok()) return table.status();
+  for (const auto& p : table->partitions) {
+    auto label = gpt::ParseLabel(p.name);
+    if (label && label->volume == spec.name) {
+      return absl::AlreadyExistsError(absl::StrCat("volume '", spec.name, "' already exists in pool '", config_.name, "'"));
+    }
+  }
+  std::optional<gpt::Region> region;
+  uint64_t total_free = 0, largest = 0;
+  for (const auto& r : gpt::FreeRegions(*table)) {
+    total_free += r.size();
+    largest = std::max(largest, r.size());
+    if (!region && r.size() >= size) region = r;
+  }
+  if (!region) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "pool '", config_.name, "' is full: requested ", size, " bytes (", spec.size_bytes,
+        " rounded up to 1 MiB), largest contiguous free region ", largest, " bytes, total free ", total_free, " bytes"));
+  }
+  const uint64_t ss = table->sector_size;
+  const uint64_t first = region->begin / ss;
+  const uint64_t last = (region->begin + size) / ss - 1;
+  const std::string label = gpt::MakeLabel(spec.name, "");
+  std::vector<std::string> argv = {options_.parted, "-s", "-a", "none", config_.disk, "unit", "s",
+                                   "mkpart",        label, Sectors(first), Sectors(last)};
+  if (auto s = RunChecked(argv); !s.ok()) {
+    RollBackCreate(label);  // parted may have written the table before failing to tell the kernel
+    return s;
+  }
+  auto after = ReadTable();
+  if (!after.ok()) {
+    RollBackCreate(label);
+    return after.status();
+  }
+  const gpt::Partition* created = nullptr;
+  for (const auto& p : after->partitions) {
+    if (p.name == label && p.start == first && p.size == last - first + 1) created = &p;
+  }
+  if (created == nullptr) {
+    RollBackCreate(label);
+    return absl::InternalError(absl::StrCat(Describe(argv), " reported success but the table shows no partition '",
+                                            label, "' at sectors ", first, "-", last));
+  }
+  const std::string path = gpt::PartitionPath(config_.disk, created->number);
+  if (!WaitForNode(path)) {
+    // The kernel may have missed the change: ask once more, then give up.
+    (void)RunTool({options_.partx, "-a", "--nr", absl::StrCat(created->number), config_.disk});
+    if (!WaitForNode(path)) {
+      RollBackCreate(label);
+      return absl::UnavailableError(absl::StrCat("partition ", path, " was created but its device node did not appear within ",
+                                                 options_.node_wait.count(), " ms; rolled back"));
+    }
+  }
+  Log()->info("pool {}: created volume {} as {} ({} bytes)", config_.name, spec.name, path, size);
+  return Info(*after, *created, gpt::VolumeLabel{spec.name, ""});
+}
+
+absl::StatusOr<VolumeInfo> PartitionBackend::ResizeVolume(const std::string& name, uint64_t new_size_bytes) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = CheckName(name); !s.ok()) return s;
+  if (auto s = CheckSize("new_size_bytes", new_size_bytes); !s.ok()) return s;
+  const uint64_t size = RoundUp(new_size_bytes);
+  std::lock_guard lock(mu_);
+  auto found = FindVolume(name);
+  if (!found.ok()) return found.status();
+  const gpt::Table& table = found->table;
+  const gpt::Partition& p = found->partition;
+  const uint64_t current = p.size * table.sector_size;
+  if (new_size_bytes < current) {
+    return absl::InvalidArgumentError(absl::StrCat("new_size_bytes: ", new_size_bytes, " is smaller than volume '",
+                                                   name, "' (", current, " bytes); shrinking is refused"));
+  }
+  if (size <= current) return Info(table, p, found->label);
+  const uint64_t start = table.StartBytes(p);
+  uint64_t limit = table.UsableEnd();
+  std::string limited_by = "the end of the disk";
+  for (const auto& other : table.partitions) {
+    if (other.start > p.start && table.StartBytes(other) < limit) {
+      limit = table.StartBytes(other);
+      limited_by = absl::StrCat("partition ", other.number);
+    }
+  }
+  if (limit < start || size > limit - start) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot grow volume '", name, "' in place to ", size,
+                                                     " bytes: ", limit > start ? limit - start : 0, " bytes up to ",
+                                                     limited_by));
+  }
+  const uint64_t last = (start + size) / table.sector_size - 1;
+  std::vector<std::string> argv = {options_.parted, "-s",        "-a", "none", config_.disk, "unit", "s",
+                                   "resizepart",    absl::StrCat(p.number), Sectors(last)};
+  if (auto s = RunChecked(argv); !s.ok()) return s;
+  auto after = FindVolume(name);
+  if (!after.ok()) return after.status();
+  if (after->partition.size * after->table.sector_size != size) {
+    return absl::InternalError(absl::StrCat(Describe(argv), " reported success but volume '", name, "' has ",
+                                            after->partition.size * after->table.sector_size, " bytes"));
+  }
+  Log()->info("pool {}: grew volume {} to {} bytes", config_.name, name, size);
+  return Info(after->table, after->partition, after->label);
+}
+
+absl::Status PartitionBackend::DeleteVolume(const std::string& name, const ProgressFn& progress) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = CheckName(name); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto found = FindVolume(name);
+  if (!found.ok()) return found.status();
+  if (!found->label.domain.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume '", name, "' is attached to domain '", found->label.domain, "'; detach it first"));
+  }
+  const std::string nr = absl::StrCat(found->partition.number);
+  const std::string path = gpt::PartitionPath(config_.disk, found->partition.number);
+  // Wipe first: once the partition leaves the table its blocks are free for the next tenant.
+  if (auto s = wiper_.Wipe(path, config_.wipe, progress); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("wiping volume '", name, "' (", path, "): ", s.message()));
+  }
+  // Drop it from the kernel first: this fails while the partition is open, leaving the table as is.
+  std::vector<std::string> drop = {options_.partx, "-d", "--nr", nr, config_.disk};
+  auto r = RunTool(drop);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' (", path,
+                                                      ") is wiped but still in use, not removed: ", ToolWords(*r)));
+  }
+  if (auto s = RunChecked({options_.parted, "-s", config_.disk, "rm", nr}); !s.ok()) {
+    if (auto undo = RunChecked({options_.partx, "-a", "--nr", nr, config_.disk}); !undo.ok()) {
+      Log()->error("pool {}: re-adding partition {} after a failed rm: {}", config_.name, nr, undo.message());
+    }
+    return s;
+  }
+  Log()->info("pool {}: deleted volume {} ({}, wiped)", config_.name, name, path);
+  return absl::OkStatus();
+}
+
+absl::Status PartitionBackend::SetAttachment(const std::string& name, const std::string& domain) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = CheckName(name); !s.ok()) return s;
+  if (!domain.empty()) {
+    if (!gpt::IsDomainName(domain)) {
+      return absl::InvalidArgumentError(absl::StrCat("domain: '", absl::CHexEscape(domain),
+                                                     "' must be [A-Za-z0-9][A-Za-z0-9._+-]* to be recorded in a GPT ",
+                                                     "partition name"));
+    }
+    if (name.size() + domain.size() > gpt::kMaxVolumeAndDomain) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "domain: '", domain, "' (", domain.size(), " characters) does not fit beside volume '", name, "' (",
+          name.size(), ") in a GPT partition name: at most ", gpt::kMaxVolumeAndDomain, " together"));
+    }
+  }
+  std::lock_guard lock(mu_);
+  auto found = FindVolume(name);
+  if (!found.ok()) return found.status();
+  if (found->label.domain == domain) return absl::OkStatus();
+  if (!domain.empty() && !found->label.domain.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume '", name, "' is already attached to domain '", found->label.domain, "'"));
+  }
+  return RunChecked({options_.parted, "-s", config_.disk, "name", absl::StrCat(found->partition.number),
+                     gpt::MakeLabel(name, domain)});
+}
+
+}  // namespace hvagent::storage
