@@ -1,0 +1,522 @@
+#include "storage/lvm/lvm_backend.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+#include "storage/lvm/lvm_names.h"
+
+namespace hvagent::storage {
+namespace {
+
+constexpr char kNoActivation[] = "global{activation=0}";
+
+std::shared_ptr<spdlog::logger> Log() { return log::ComponentLogger("storage.lvm"); }
+
+// lvm2's own words: stderr (else stdout) without the noise every call prints when activation
+// is disabled or a descriptor leaks into it.
+std::string LvmWords(const CommandResult& r) {
+  for (const std::string* text : {&r.stderr_text, &r.stdout_text}) {
+    std::vector<std::string> lines;
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (line.empty() || absl::StrContains(line, "Activation disabled") ||
+          absl::StrContains(line, "leaked on lvm invocation")) {
+        continue;
+      }
+      lines.emplace_back(line);
+    }
+    std::string words = absl::StrJoin(lines, " ");
+    if (words.size() > 1000) words = absl::StrCat(words.substr(0, 1000), "...");
+    if (!words.empty()) return words;
+  }
+  return "(no output)";
+}
+
+// A failed lvm2 run as a status whose code follows lvm2's message.
+absl::Status LvmFailed(const std::string& subcommand, const CommandResult& r) {
+  std::string words = LvmWords(r);
+  std::string message = absl::StrCat("lvm2 ", subcommand, " failed (exit ", r.exit_code, "): ", words);
+  std::string lower = absl::AsciiStrToLower(words);
+  if (absl::StrContains(lower, "insufficient free") || absl::StrContains(lower, "insufficient suitable")) {
+    return absl::ResourceExhaustedError(message);
+  }
+  if (absl::StrContains(lower, "already exists")) return absl::AlreadyExistsError(message);
+  if (absl::StrContains(lower, "in use") || absl::StrContains(lower, "open logical volume") ||
+      absl::StrContains(lower, "aborted wiping") || absl::StrContains(lower, "signature left") ||
+      absl::StrContains(lower, "can't initialize physical volume")) {
+    return absl::FailedPreconditionError(message);
+  }
+  if (absl::StrContains(lower, "not found") || absl::StrContains(lower, "failed to find")) {
+    return absl::NotFoundError(message);
+  }
+  return absl::InternalError(message);
+}
+
+std::string Seconds(std::chrono::milliseconds ms) {
+  if (ms.count() % 1000 == 0) return absl::StrCat(ms.count() / 1000);
+  return absl::StrCat(static_cast<double>(ms.count()) / 1000.0);
+}
+
+std::string Bytes(uint64_t n) { return absl::StrCat(n, "b"); }
+
+bool IsActive(const lvm::LvRow& lv) { return lv.attr.size() > 4 && lv.attr[4] == 'a'; }
+
+std::vector<std::string> VmTags(const lvm::LvRow& lv) {
+  std::vector<std::string> out;
+  for (const std::string& t : lv.tags) {
+    if (absl::StartsWith(t, LvmBackend::kVmTagPrefix) && t.size() > sizeof(LvmBackend::kVmTagPrefix) - 1) {
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
+absl::Status CheckSize(uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("volume.size_bytes: must be greater than 0");
+  if (size > LvmBackend::kMaxVolumeBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("volume.size_bytes: ", size, " bytes is too large (at most ", LvmBackend::kMaxVolumeBytes, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool LvmBackend::ProbeDeviceMapper() {
+  int fd = ::open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
+LvmBackend::LvmBackend(PoolConfig config, CommandRunner& runner, BlockWiper& wiper, Options options)
+    : config_(std::move(config)), runner_(runner), wiper_(wiper), options_(std::move(options)) {
+  if (options_.clock == nullptr) {
+    own_clock_ = std::make_unique<SystemClock>();
+    clock_ = own_clock_.get();
+  } else {
+    clock_ = options_.clock;
+  }
+  dm_available_ = options_.device_mapper_available ? options_.device_mapper_available() : ProbeDeviceMapper();
+  if (!dm_available_) {
+    Log()->info("pool '{}': device-mapper unavailable, lvm2 runs with activation disabled", config_.name);
+  }
+}
+
+absl::Status LvmBackend::CheckConfig() const {
+  if (config_.type != PoolType::kLvm) {
+    return absl::InvalidArgumentError(absl::StrCat("pool '", config_.name, "' is not an LVM pool"));
+  }
+  if (!lvm::IsLvmVgName(config_.volume_group)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("volume_group: '", config_.volume_group, "' is not a valid LVM volume group name"));
+  }
+  if (!config_.thin_pool.empty() && !lvm::IsLvmLvName(config_.thin_pool)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thin_pool: '", config_.thin_pool, "' is not a valid LVM logical volume name"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> LvmBackend::Argv(const std::string& subcommand, std::vector<std::string> args) const {
+  std::vector<std::string> argv = {options_.lvm, subcommand};
+  if (!dm_available_) {
+    argv.push_back("--config");
+    argv.push_back(kNoActivation);
+  }
+  argv.insert(argv.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
+  return argv;
+}
+
+absl::StatusOr<CommandResult> LvmBackend::RunLvm(const std::string& subcommand, std::vector<std::string> args) const {
+  Command cmd{.argv = Argv(subcommand, std::move(args)),
+              .timeout = options_.timeout,
+              .env = {{"LVM_SUPPRESS_FD_WARNINGS", "1"}}};
+  Log()->debug("pool '{}': {}", config_.name, absl::StrJoin(cmd.argv, " "));
+  auto r = runner_.Run(cmd);
+  if (!r.ok()) {
+    if (absl::IsDeadlineExceeded(r.status())) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("lvm2 ", subcommand, " hung for ", Seconds(options_.timeout), " s and was killed"));
+    }
+    return absl::Status(r.status().code(), absl::StrCat("lvm2 ", subcommand, ": ", r.status().message()));
+  }
+  return r;
+}
+
+absl::Status LvmBackend::RunLvmChecked(const std::string& subcommand, std::vector<std::string> args) {
+  auto r = RunLvm(subcommand, std::move(args));
+  Invalidate();
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return LvmFailed(subcommand, *r);
+  return absl::OkStatus();
+}
+
+absl::Status LvmBackend::VgMissing() const {
+  return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': volume group '", config_.volume_group,
+                                                    "' does not exist (the pool is not prepared)"));
+}
+
+absl::StatusOr<std::optional<lvm::Report>> LvmBackend::FetchReport() const {
+  auto r = RunLvm("fullreport", {"--reportformat", "json", "--units", "b", "--nosuffix",
+                                 "--configreport", "vg", "-o", lvm::kVgFields,
+                                 "--configreport", "lv", "-o", lvm::kLvFields,
+                                 "--configreport", "pv", "-o", "pv_name",
+                                 "--configreport", "pvseg", "-o", "pvseg_start", "-S", "pvseg_start<0",
+                                 "--configreport", "seg", "-o", "seg_start", "-S", "seg_start<0",
+                                 config_.volume_group});
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    if (absl::StrContains(r->stderr_text, absl::StrCat("Volume group \"", config_.volume_group, "\" not found"))) {
+      return std::optional<lvm::Report>();
+    }
+    return LvmFailed("fullreport", *r);
+  }
+  auto report = lvm::ParseFullReport(r->stdout_text, config_.volume_group);
+  if (absl::IsNotFound(report.status())) return std::optional<lvm::Report>();
+  if (!report.ok()) return report.status();
+  return std::optional<lvm::Report>(std::move(*report));
+}
+
+absl::StatusOr<const lvm::Report*> LvmBackend::Report(bool fresh) {
+  if (!fresh && cache_ && clock_->Now() - cache_->fetched_at < options_.cache_ttl) return &cache_->report;
+  Invalidate();
+  auto report = FetchReport();
+  if (!report.ok()) return report.status();
+  if (!report->has_value()) return VgMissing();
+  cache_ = Cached{std::move(**report), clock_->Now()};
+  return &cache_->report;
+}
+
+absl::StatusOr<lvm::LvRow> LvmBackend::FindOurs(const std::string& name) {
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  for (const lvm::LvRow& lv : (*report)->lvs) {
+    if (lv.name == name && lv.HasTag(kOwnerTag)) return lv;
+  }
+  return absl::NotFoundError(absl::StrCat("volume '", name, "' not found in pool '", config_.name, "'"));
+}
+
+VolumeInfo LvmBackend::ToVolume(const lvm::LvRow& lv) const {
+  VolumeInfo v{.pool = config_.name,
+               .name = lv.name,
+               .path = lv.path.empty() ? LvPath(lv.name) : lv.path,
+               .size_bytes = lv.size_bytes};
+  auto vm = VmTags(lv);
+  if (!vm.empty()) v.attached_to = vm.front().substr(sizeof(kVmTagPrefix) - 1);
+  return v;
+}
+
+const lvm::LvRow* LvmBackend::ThinPool(const lvm::Report& report) const {
+  for (const lvm::LvRow& lv : report.lvs) {
+    if (lv.name == config_.thin_pool && !lv.attr.empty() && lv.attr[0] == 't') return &lv;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<uint64_t> LvmBackend::RoundSize(uint64_t size, uint64_t extent) const {
+  if (extent == 0) return absl::InternalError("lvm2 reported an extent size of 0");
+  // size <= 2^62 and lvm2's extent sizes are far below 2^62: no overflow.
+  uint64_t rounded = (size + extent - 1) / extent * extent;
+  if (rounded > kMaxVolumeBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("volume.size_bytes: ", size, " bytes rounded up to the ", extent,
+                                                   "-byte extent size is too large"));
+  }
+  return rounded;
+}
+
+absl::Status LvmBackend::Prepare() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  for (const std::string& pv : config_.physical_volumes) {
+    if (auto s = lvm::CheckPvPath(pv); !s.ok()) return s;
+  }
+  std::lock_guard lock(mu_);
+  Invalidate();
+  auto fetched = FetchReport();
+  if (!fetched.ok()) return fetched.status();
+  if (!fetched->has_value()) {
+    if (config_.physical_volumes.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': volume group '",
+                                                        config_.volume_group,
+                                                        "' does not exist and no physical_volumes are configured"));
+    }
+    // vgcreate initializes the PVs itself (no separate pvcreate to undo when it fails) and
+    // refuses a device that holds a filesystem signature or belongs to another VG.
+    std::vector<std::string> args = {config_.volume_group};
+    args.insert(args.end(), config_.physical_volumes.begin(), config_.physical_volumes.end());
+    if (auto s = RunLvmChecked("vgcreate", std::move(args)); !s.ok()) return s;
+    Log()->info("pool '{}': created volume group {} on {}", config_.name, config_.volume_group,
+                absl::StrJoin(config_.physical_volumes, ", "));
+    if (config_.thin_pool.empty()) return absl::OkStatus();
+  } else {
+    cache_ = Cached{std::move(**fetched), clock_->Now()};
+  }
+  auto report = Report();
+  if (config_.thin_pool.empty() || ThinPool(**report) != nullptr) return absl::OkStatus();
+  for (const lvm::LvRow& lv : (*report)->lvs) {
+    if (lv.name == config_.thin_pool) {
+      return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': LV ", LvId(lv.name),
+                                                        " exists but is not a thin pool (lv_attr ", lv.attr, ")"));
+    }
+  }
+  if (!dm_available_) {
+    return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': cannot create thin pool ",
+                                                      LvId(config_.thin_pool),
+                                                      ": device-mapper unavailable on this host"));
+  }
+  if (auto s = RunLvmChecked("lvcreate", {"--yes", "--type", "thin-pool", "-l", "90%FREE", "-n", config_.thin_pool,
+                                          config_.volume_group});
+      !s.ok()) {
+    return s;
+  }
+  Log()->info("pool '{}': created thin pool {}", config_.name, LvId(config_.thin_pool));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PoolInfo> LvmBackend::GetPool() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  const lvm::Report& r = **report;
+  PoolInfo info{.name = config_.name, .type = PoolType::kLvm, .wipe = config_.wipe};
+  if (config_.thin_pool.empty()) {
+    info.capacity_bytes = r.vg.size_bytes;
+    info.free_bytes = r.vg.free_bytes;
+  } else {
+    const lvm::LvRow* tp = ThinPool(r);
+    if (tp == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': thin pool ",
+                                                        LvId(config_.thin_pool), " does not exist (not prepared)"));
+    }
+    info.capacity_bytes = tp->size_bytes;
+    double used = static_cast<double>(tp->size_bytes) * tp->data_percent.value_or(0.0) / 100.0;
+    info.free_bytes = tp->size_bytes - std::min(tp->size_bytes, static_cast<uint64_t>(used));
+  }
+  for (const lvm::LvRow& lv : r.lvs) {
+    if (lv.HasTag(kOwnerTag)) ++info.volume_count;
+  }
+  return info;
+}
+
+absl::StatusOr<std::vector<VolumeInfo>> LvmBackend::ListVolumes() {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  std::vector<VolumeInfo> out;
+  for (const lvm::LvRow& lv : (*report)->lvs) {
+    if (lv.HasTag(kOwnerTag)) out.push_back(ToVolume(lv));
+  }
+  std::sort(out.begin(), out.end(), [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
+  return out;
+}
+
+absl::StatusOr<VolumeInfo> LvmBackend::GetVolume(const std::string& name) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto lv = FindOurs(name);
+  if (!lv.ok()) return lv.status();
+  return ToVolume(*lv);
+}
+
+absl::StatusOr<VolumeInfo> LvmBackend::CreateVolume(const VolumeSpec& spec) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(spec.name); !s.ok()) return s;
+  if (auto s = CheckSize(spec.size_bytes); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  const lvm::Report& r = **report;
+  for (const lvm::LvRow& lv : r.lvs) {
+    if (lv.name != spec.name) continue;
+    if (lv.HasTag(kOwnerTag)) {
+      return absl::AlreadyExistsError(absl::StrCat("volume '", spec.name, "' already exists in pool '", config_.name, "'"));
+    }
+    return absl::AlreadyExistsError(absl::StrCat("pool '", config_.name, "': the name '", spec.name,
+                                                 "' is taken by a logical volume the agent does not manage"));
+  }
+  auto size = RoundSize(spec.size_bytes, r.vg.extent_size);
+  if (!size.ok()) return size.status();
+
+  std::vector<std::string> args;
+  if (!dm_available_) args.push_back("-an");
+  if (config_.thin_pool.empty()) {
+    if (*size > r.vg.free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "pool '", config_.name, "' is full: volume '", spec.name, "' needs ", *size, " bytes (", spec.size_bytes,
+          " rounded up to the ", r.vg.extent_size, "-byte extent size), volume group '", config_.volume_group,
+          "' has ", r.vg.free_bytes, " bytes free"));
+    }
+    if (!dm_available_) args.push_back("-Zn");
+    for (const char* a : {"--yes", "-n"}) args.emplace_back(a);
+    args.push_back(spec.name);
+    for (std::string a : {std::string("-L"), Bytes(*size), std::string("--addtag"), std::string(kOwnerTag),
+                          config_.volume_group}) {
+      args.push_back(std::move(a));
+    }
+  } else {
+    if (ThinPool(r) == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': thin pool ",
+                                                        LvId(config_.thin_pool), " does not exist (not prepared)"));
+    }
+    for (std::string a : {std::string("--yes"), std::string("-n"), spec.name, std::string("-V"), Bytes(*size),
+                          std::string("--addtag"), std::string(kOwnerTag), std::string("--thin"),
+                          LvId(config_.thin_pool)}) {
+      args.push_back(std::move(a));
+    }
+  }
+
+  auto run = RunLvm("lvcreate", std::move(args));
+  Invalidate();
+  absl::Status status = !run.ok() ? run.status() : run->exit_code != 0 ? LvmFailed("lvcreate", *run) : absl::OkStatus();
+  if (status.ok()) {
+    Log()->info("pool '{}': created volume {} ({} bytes)", config_.name, spec.name, *size);
+    return VolumeInfo{.pool = config_.name, .name = spec.name, .path = LvPath(spec.name), .size_bytes = *size};
+  }
+  // lvm2 refuses these before it writes any metadata: nothing to undo (and an LV of that name
+  // that appeared meanwhile is not ours to remove).
+  if (absl::IsResourceExhausted(status) || absl::IsAlreadyExists(status) || absl::IsInvalidArgument(status)) {
+    return status;
+  }
+  // Killed or failed midway: lvm2 commits metadata atomically, so the LV exists fully or not at
+  // all. Look, and remove it if it is there.
+  auto fresh = Report(/*fresh=*/true);
+  if (!fresh.ok()) {
+    return absl::Status(status.code(), absl::StrCat(status.message(), "; could not check for a partly created LV: ",
+                                                    fresh.status().message()));
+  }
+  bool left = std::any_of((*fresh)->lvs.begin(), (*fresh)->lvs.end(), [&](const lvm::LvRow& lv) {
+    return lv.name == spec.name && lv.HasTag(kOwnerTag);
+  });
+  if (!left) return status;
+  absl::Status cleanup = RunLvmChecked("lvremove", {"--yes", LvId(spec.name)});
+  if (!cleanup.ok()) {
+    Log()->error("pool '{}': could not remove partly created {}: {}", config_.name, LvId(spec.name),
+                 cleanup.message());
+    return absl::Status(status.code(), absl::StrCat(status.message(), "; removing the partly created LV ",
+                                                    LvId(spec.name), " failed too: ", cleanup.message()));
+  }
+  return absl::Status(status.code(), absl::StrCat(status.message(), "; the partly created LV was removed"));
+}
+
+absl::StatusOr<VolumeInfo> LvmBackend::ResizeVolume(const std::string& name, uint64_t new_size_bytes) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
+  if (auto s = CheckSize(new_size_bytes); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  auto lv = FindOurs(name);
+  if (!lv.ok()) return lv.status();
+  if (deleting_.count(name) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
+  }
+  const lvm::Report& r = cache_->report;  // FindOurs just filled the cache
+  auto size = RoundSize(new_size_bytes, r.vg.extent_size);
+  if (!size.ok()) return size.status();
+  if (*size < lv->size_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("volume.size_bytes: volume '", name, "' is ", lv->size_bytes,
+                                                   " bytes; shrinking it to ", *size,
+                                                   " is refused (it would cut the guest's filesystem)"));
+  }
+  if (*size == lv->size_bytes) return ToVolume(*lv);
+  if (config_.thin_pool.empty() && *size - lv->size_bytes > r.vg.free_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("pool '", config_.name, "' is full: growing volume '", name,
+                                                     "' to ", *size, " bytes needs ", *size - lv->size_bytes,
+                                                     " more, volume group '", config_.volume_group, "' has ",
+                                                     r.vg.free_bytes, " bytes free"));
+  }
+  VolumeInfo grown = ToVolume(*lv);
+  if (auto s = RunLvmChecked("lvextend", {"-L", Bytes(*size), LvId(name)}); !s.ok()) return s;
+  Log()->info("pool '{}': grew volume {} from {} to {} bytes", config_.name, name, lv->size_bytes, *size);
+  grown.size_bytes = *size;
+  return grown;
+}
+
+absl::Status LvmBackend::DeleteVolume(const std::string& name, const ProgressFn& progress) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
+  std::unique_lock lock(mu_);
+  auto lv = FindOurs(name);
+  if (!lv.ok()) return lv.status();
+  if (deleting_.count(name) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is already being deleted"));
+  }
+  VolumeInfo volume = ToVolume(*lv);
+  if (!volume.attached_to.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is attached to domain '",
+                                                      volume.attached_to, "'; detach it first"));
+  }
+  if (config_.wipe != WipeMode::kNone) {
+    if (!dm_available_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot wipe volume '", name, "' in pool '", config_.name,
+          "': device-mapper unavailable, so the LV cannot be activated; the volume was kept (a pool with wipe "
+          "'none' deletes without wiping)"));
+    }
+    if (!IsActive(*lv)) {
+      if (auto s = RunLvmChecked("lvchange", {"-ay", LvId(name)}); !s.ok()) return s;
+    }
+    // The wipe can take minutes: other volumes of the pool stay usable meanwhile, this one is
+    // fenced off by deleting_.
+    deleting_.insert(name);
+    lock.unlock();
+    absl::Status wiped = wiper_.Wipe(volume.path, config_.wipe, progress);
+    lock.lock();
+    deleting_.erase(name);
+    if (!wiped.ok()) {
+      return absl::Status(wiped.code(),
+                          absl::StrCat("wiping volume '", name, "' failed, the volume was kept: ", wiped.message()));
+    }
+  }
+  if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(name)}); !s.ok()) return s;
+  Log()->info("pool '{}': deleted volume {}", config_.name, name);
+  return absl::OkStatus();
+}
+
+absl::Status LvmBackend::SetAttachment(const std::string& name, const std::string& domain) {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
+  if (!domain.empty()) {
+    if (auto s = lvm::CheckDomainName(domain); !s.ok()) return s;
+  }
+  std::lock_guard lock(mu_);
+  auto lv = FindOurs(name);
+  if (!lv.ok()) return lv.status();
+  if (deleting_.count(name) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
+  }
+  std::vector<std::string> current = VmTags(*lv);
+  std::vector<std::string> args;
+  if (domain.empty()) {
+    if (current.empty()) return absl::OkStatus();
+    for (const std::string& t : current) {
+      args.push_back("--deltag");
+      args.push_back(t);
+    }
+  } else {
+    std::string tag = absl::StrCat(kVmTagPrefix, domain);
+    if (current.size() == 1 && current.front() == tag) return absl::OkStatus();
+    if (!current.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is attached to domain '",
+                                                        ToVolume(*lv).attached_to, "'; detach it first"));
+    }
+    args = {"--addtag", tag};
+  }
+  args.push_back(LvId(name));
+  if (auto s = RunLvmChecked("lvchange", std::move(args)); !s.ok()) return s;
+  Log()->info("pool '{}': volume {} {}", config_.name, name,
+              domain.empty() ? std::string("detached") : absl::StrCat("attached to ", domain));
+  return absl::OkStatus();
+}
+
+}  // namespace hvagent::storage

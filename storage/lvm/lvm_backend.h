@@ -1,0 +1,125 @@
+#pragma once
+// LvmBackend: a pool that is one LVM volume group (PoolConfig::volume_group); volumes are LVs
+// carrying the tag "hvagent" (LVs without it are not ours: never listed, changed or removed).
+// The VM a volume is attached to is the tag "hvagent_vm_<domain>". Tags are the only record,
+// so restarts need no database. With PoolConfig::thin_pool set, volumes are thin LVs in that
+// thin pool, and capacity/free are the thin pool's.
+//
+// Tools: every call is `<lvm> <subcommand> ...` through CommandRunner (one binary path to
+// configure, and `fullreport` has no per-command link), with LVM_SUPPRESS_FD_WARNINGS=1.
+// Device-mapper is probed once, at construction, by opening /dev/mapper/control: when that
+// fails (kernels without dm-mod), every call gets `--config global{activation=0}`, lvcreate
+// gets `-an` (and `-Zn` for thick LVs), LVs are never activated, and wiping is impossible, so
+// deleting is refused (FailedPrecondition) unless the pool's WipeMode is kNone; a thin pool
+// cannot be created.
+//
+// Reads come from one `lvm fullreport` of the VG (VG size/free/extent size and every LV),
+// cached for Options::cache_ttl and dropped after every change. lvm2 invocations per call
+// (cold cache / warm cache), asserted in the unit tests and measured against real lvm2 in the
+// integration test: create 2 / 1, list 1 / 0, get 1 / 0, pool 1 / 0, delete 2 / 1 (plus one
+// `lvchange -ay` when device-mapper is present and the LV is inactive), resize 2 / 1, attach or
+// detach 2 / 1 (the report alone when the tags already say so).
+//
+// Sizes are rounded up to the VG's extent size. Creating or growing beyond the VG's free
+// space (thick) is ResourceExhausted before lvm2 runs; when lvm2 itself says the space is
+// gone (the VG filled up meanwhile) it is ResourceExhausted quoting lvm2. Tags are set by the
+// lvcreate itself, so a create never leaves an untagged LV; a create that fails otherwise (or
+// hangs) is checked with a fresh report and a tagged LV it left is removed.
+// One mutex serializes all operations of the pool (one backend per VG); it is released during
+// a wipe (which can take minutes), while the volume being deleted is fenced off.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "storage/block_wiper.h"
+#include "storage/exec/command_runner.h"
+#include "storage/lvm/lvm_report.h"
+#include "storage/storage_backend.h"
+
+namespace hvagent::storage {
+
+class LvmBackend final : public StorageBackend {
+ public:
+  static constexpr char kOwnerTag[] = "hvagent";
+  static constexpr char kVmTagPrefix[] = "hvagent_vm_";
+  // Largest size accepted from the API (lvm2's own limit is 8 EiB).
+  static constexpr uint64_t kMaxVolumeBytes = uint64_t{1} << 62;
+
+  struct Options {
+    std::string lvm = "/sbin/lvm";
+    std::chrono::milliseconds timeout{60000};
+    std::chrono::milliseconds cache_ttl{5000};
+    // Reads time for the cache; nullptr = the system clock. Not owned.
+    Clock* clock = nullptr;
+    // Whether device-mapper can be used; the default opens /dev/mapper/control. Unit tests
+    // replace it. Called once, in the constructor.
+    std::function<bool()> device_mapper_available;
+  };
+
+  LvmBackend(PoolConfig config, CommandRunner& runner, BlockWiper& wiper)
+      : LvmBackend(std::move(config), runner, wiper, Options{}) {}
+  LvmBackend(PoolConfig config, CommandRunner& runner, BlockWiper& wiper, Options options);
+
+  const PoolConfig& config() const override { return config_; }
+  // Creates the VG on PoolConfig::physical_volumes when it does not exist (one `vgcreate`,
+  // which initializes the PVs itself and refuses devices holding other data or another VG),
+  // and the thin pool (90% of the VG's free space) when configured and missing.
+  absl::Status Prepare() override;
+  absl::StatusOr<PoolInfo> GetPool() override;
+  absl::StatusOr<std::vector<VolumeInfo>> ListVolumes() override;
+  absl::StatusOr<VolumeInfo> GetVolume(const std::string& name) override;
+  absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) override;
+  absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) override;
+  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override;
+  // FailedPrecondition when attached to another domain (detach first).
+  absl::Status SetAttachment(const std::string& name, const std::string& domain) override;
+
+  bool device_mapper_available() const { return dm_available_; }
+  // True when the open of /dev/mapper/control succeeds.
+  static bool ProbeDeviceMapper();
+
+ private:
+  absl::Status CheckConfig() const;
+  std::vector<std::string> Argv(const std::string& subcommand, std::vector<std::string> args) const;
+  // Runs lvm2; non-zero exit and runner errors become statuses quoting lvm2.
+  absl::StatusOr<CommandResult> RunLvm(const std::string& subcommand, std::vector<std::string> args) const;
+  absl::Status RunLvmChecked(const std::string& subcommand, std::vector<std::string> args);
+  // The cached report, refreshed when stale. FailedPrecondition when the VG does not exist.
+  absl::StatusOr<const lvm::Report*> Report(bool fresh = false);
+  // One `lvm fullreport` of the VG; nullopt when the VG does not exist.
+  absl::StatusOr<std::optional<lvm::Report>> FetchReport() const;
+  absl::Status VgMissing() const;
+  void Invalidate() { cache_.reset(); }
+  absl::StatusOr<lvm::LvRow> FindOurs(const std::string& name);
+  VolumeInfo ToVolume(const lvm::LvRow& lv) const;
+  const lvm::LvRow* ThinPool(const lvm::Report& report) const;
+  absl::StatusOr<uint64_t> RoundSize(uint64_t size, uint64_t extent) const;
+  std::string LvPath(const std::string& lv) const { return "/dev/" + config_.volume_group + "/" + lv; }
+  std::string LvId(const std::string& lv) const { return config_.volume_group + "/" + lv; }
+
+  PoolConfig config_;
+  CommandRunner& runner_;
+  BlockWiper& wiper_;
+  Options options_;
+  std::unique_ptr<Clock> own_clock_;
+  Clock* clock_;
+  bool dm_available_ = false;
+
+  std::mutex mu_;
+  struct Cached {
+    lvm::Report report;
+    Clock::TimePoint fetched_at;
+  };
+  std::optional<Cached> cache_;
+  // Volumes being wiped: the lock is not held during a wipe, so other volumes stay usable.
+  std::set<std::string> deleting_;
+};
+
+}  // namespace hvagent::storage
