@@ -85,6 +85,16 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
   return s;
 }
 
+std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& p) {
+  std::vector<service::DiskVolume> out;
+  for (int i = 0; i < p.disks_size(); ++i) {
+    if (!p.disks(i).has_volume()) continue;
+    const auto& v = p.disks(i).volume();
+    out.push_back({static_cast<size_t>(i), {v.pool(), v.name(), v.create_size_bytes()}});
+  }
+  return out;
+}
+
 v1::Domain ToProto(const hv::DomainInfo& info) {
   v1::Domain d;
   d.set_name(info.name);

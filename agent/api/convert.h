@@ -15,7 +15,9 @@
 namespace hvagent::api {
 
 // InvalidArgument naming the field for enum values the proto does not define.
+// Disks given as `volume` keep an empty source_path; VolumesFromProto lists their volumes.
 absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& spec);
+std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& spec);
 
 v1::Domain ToProto(const hv::DomainInfo& info);
 v1::Host ToProto(const hv::HostInfo& info, bool connected);

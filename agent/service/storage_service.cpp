@@ -243,4 +243,61 @@ absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& poo
   return StatusOf(*v);
 }
 
+absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClaim& claim, const std::string& domain) {
+  auto pool = Find(claim.pool);
+  if (!pool.ok()) return pool.status();
+  absl::Status failed;
+  {
+    std::lock_guard lock((*pool)->mu);
+    absl::StatusOr<storage::VolumeInfo> v =
+        claim.create_size_bytes > 0
+            ? (*pool)->backend->CreateVolume({.name = claim.name, .size_bytes = claim.create_size_bytes})
+            : (*pool)->backend->GetVolume(claim.name);
+    if (!v.ok()) return v.status();
+    if (claim.create_size_bytes == 0 && !v->attached_to.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume '", claim.name, "' is already attached to domain '", v->attached_to, "'"));
+    }
+    failed = (*pool)->backend->SetAttachment(claim.name, domain);
+    if (failed.ok()) {
+      Log()->info("{} volume {}/{} for domain {}", claim.create_size_bytes > 0 ? "created" : "claimed", claim.pool,
+                  claim.name, domain);
+      v->attached_to = domain;
+      return *v;
+    }
+  }
+  if (claim.create_size_bytes > 0) {
+    // The pool lock is free again: DeleteVolume takes it in its worker.
+    if (auto undo = DeleteVolume(claim.pool, claim.name); !undo.ok()) {
+      Log()->error("rollback: deleting new volume {}/{} failed: {}", claim.pool, claim.name, undo.status().message());
+    }
+  }
+  return failed;
+}
+
+absl::Status StorageService::ReleaseVolume(const std::string& pool_name, const std::string& name, bool remove) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  {
+    std::lock_guard lock((*pool)->mu);
+    if (auto s = (*pool)->backend->SetAttachment(name, ""); !s.ok()) return s;
+  }
+  Log()->info("released volume {}/{}", pool_name, name);
+  if (!remove) return absl::OkStatus();
+  return DeleteVolume(pool_name, name).status();
+}
+
+absl::StatusOr<std::vector<storage::VolumeInfo>> StorageService::VolumesOf(const std::string& domain) {
+  std::vector<storage::VolumeInfo> out;
+  for (auto& [name, pool] : pools_) {
+    std::lock_guard lock(pool->mu);
+    auto volumes = pool->backend->ListVolumes();
+    if (!volumes.ok()) return volumes.status();
+    for (auto& v : *volumes) {
+      if (v.attached_to == domain) out.push_back(std::move(v));
+    }
+  }
+  return out;
+}
+
 }  // namespace hvagent::service

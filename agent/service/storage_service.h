@@ -28,6 +28,13 @@ struct VolumeStatus {
   storage::WipeProgress wipe;  // while deleting
 };
 
+// A volume wanted for a disk of a domain being created (DomainService::Create).
+struct VolumeClaim {
+  std::string pool;
+  std::string name;
+  uint64_t create_size_bytes = 0;  // > 0: create the volume; 0: an existing, free volume
+};
+
 class StorageService {
  public:
   StorageService(hv::Hypervisor& hypervisor, std::vector<std::unique_ptr<storage::StorageBackend>> backends);
@@ -45,6 +52,16 @@ class StorageService {
   absl::StatusOr<VolumeStatus> AttachVolume(const std::string& pool, const std::string& name,
                                             const std::string& domain, std::string target, bool readonly);
   absl::StatusOr<VolumeStatus> DetachVolume(const std::string& pool, const std::string& name);
+
+  // For DomainService, which defines the domain itself (no hypervisor call here):
+  // Reserves a volume for `domain`: creates it when the claim asks so, then records it as
+  // attached to `domain`. Fails with nothing changed (a volume it created is deleted again).
+  absl::StatusOr<storage::VolumeInfo> ClaimVolume(const VolumeClaim& claim, const std::string& domain);
+  // Undoes a claim, or frees a deleted domain's volume: clears the attachment record and, with
+  // `remove`, deletes the volume in the background like DeleteVolume.
+  absl::Status ReleaseVolume(const std::string& pool, const std::string& name, bool remove);
+  // Volumes recorded as attached to `domain`, over all pools (sorted by pool, then name).
+  absl::StatusOr<std::vector<storage::VolumeInfo>> VolumesOf(const std::string& domain);
 
   // Blocks until background deletes finished (tests, shutdown).
   void WaitForDeletes();

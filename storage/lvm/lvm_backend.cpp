@@ -81,10 +81,10 @@ std::vector<std::string> VmTags(const lvm::LvRow& lv) {
 }
 
 absl::Status CheckSize(uint64_t size) {
-  if (size == 0) return absl::InvalidArgumentError("volume.size_bytes: must be greater than 0");
+  if (size == 0) return absl::InvalidArgumentError("size_bytes: must be greater than 0");
   if (size > LvmBackend::kMaxVolumeBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("volume.size_bytes: ", size, " bytes is too large (at most ", LvmBackend::kMaxVolumeBytes, ")"));
+        absl::StrCat("size_bytes: ", size, " bytes is too large (at most ", LvmBackend::kMaxVolumeBytes, ")"));
   }
   return absl::OkStatus();
 }
@@ -228,7 +228,7 @@ absl::StatusOr<uint64_t> LvmBackend::RoundSize(uint64_t size, uint64_t extent) c
   // size <= 2^62 and lvm2's extent sizes are far below 2^62: no overflow.
   uint64_t rounded = (size + extent - 1) / extent * extent;
   if (rounded > kMaxVolumeBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("volume.size_bytes: ", size, " bytes rounded up to the ", extent,
+    return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size, " bytes rounded up to the ", extent,
                                                    "-byte extent size is too large"));
   }
   return rounded;
@@ -424,7 +424,7 @@ absl::StatusOr<VolumeInfo> LvmBackend::ResizeVolume(const std::string& name, uin
   auto size = RoundSize(new_size_bytes, r.vg.extent_size);
   if (!size.ok()) return size.status();
   if (*size < lv->size_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("volume.size_bytes: volume '", name, "' is ", lv->size_bytes,
+    return absl::InvalidArgumentError(absl::StrCat("size_bytes: volume '", name, "' is ", lv->size_bytes,
                                                    " bytes; shrinking it to ", *size,
                                                    " is refused (it would cut the guest's filesystem)"));
   }

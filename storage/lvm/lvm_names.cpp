@@ -58,12 +58,12 @@ absl::Status CheckVolumeName(const std::string& name) {
     if (!IsAlnum(c) && c != '.' && c != '_' && c != '-') api_ok = false;
   }
   if (!api_ok) {
-    return absl::InvalidArgumentError(absl::StrCat("volume.name: ", Quoted(name), " must be 1-", kMaxVolumeName,
+    return absl::InvalidArgumentError(absl::StrCat("name: ", Quoted(name), " must be 1-", kMaxVolumeName,
                                                    " of [A-Za-z0-9._-], starting with a letter or digit"));
   }
   if (!IsLvmLvName(name)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "volume.name: ", Quoted(name),
+        "name: ", Quoted(name),
         " is reserved by LVM (it starts with 'snapshot' or 'pvmove' or contains a reserved part such as '_tmeta')"));
   }
   return absl::OkStatus();

@@ -22,7 +22,7 @@ bool IsLvmVgName(const std::string& name);
 // True when `tag` is a valid LVM tag.
 bool IsLvmTag(const std::string& tag);
 
-// Volume names: lvm2's LV rules and the API rule. InvalidArgument naming `volume.name`.
+// Volume names: lvm2's LV rules and the API rule. InvalidArgument naming `name`.
 absl::Status CheckVolumeName(const std::string& name);
 // Domain names recorded in tags: [A-Za-z0-9._-]{1,255}, starting with a letter or digit.
 // InvalidArgument naming `domain`.

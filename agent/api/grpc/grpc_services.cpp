@@ -71,7 +71,7 @@ grpc::Status DomainGrpcService::CreateDomain(grpc::ServerContext* ctx, const v1:
     if (!req->has_spec()) return absl::InvalidArgumentError("spec: is required");
     auto spec = FromProto(req->spec());
     if (!spec.ok()) return spec.status();
-    return IntoDomain(out, [&] { return domains_.Create(*spec, req->start()); });
+    return IntoDomain(out, [&] { return domains_.Create(*spec, req->start(), VolumesFromProto(req->spec())); });
   });
 }
 
@@ -125,7 +125,7 @@ grpc::Status DomainGrpcService::ResumeDomain(grpc::ServerContext* ctx, const v1:
 
 grpc::Status DomainGrpcService::DeleteDomain(grpc::ServerContext* ctx, const v1::DeleteDomainRequest* req,
                                              v1::DeleteDomainResponse*) {
-  return Handle(ctx, "DeleteDomain", [&] { return domains_.Delete(req->name(), req->force()); });
+  return Handle(ctx, "DeleteDomain", [&] { return domains_.Delete(req->name(), req->force(), req->delete_volumes()); });
 }
 
 namespace {

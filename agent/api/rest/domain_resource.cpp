@@ -27,25 +27,27 @@ HttpResponse Collection(service::DomainService& domains, const HttpRequest& req)
     if (!create.has_spec()) return ErrorResponse(absl::InvalidArgumentError("spec: is required"));
     auto spec = FromProto(create.spec());
     if (!spec.ok()) return ErrorResponse(spec.status());
-    return Render(domains.Create(*spec, create.start()), 201);
+    return Render(domains.Create(*spec, create.start(), VolumesFromProto(create.spec())), 201);
   }
   return MethodNotAllowed(req);
 }
 
-absl::StatusOr<bool> ParseForce(const HttpRequest& req) {
-  auto it = req.query.find("force");
+absl::StatusOr<bool> QueryBool(const HttpRequest& req, const std::string& key) {
+  auto it = req.query.find(key);
   if (it == req.query.end()) return false;
   if (it->second == "true" || it->second == "1") return true;
   if (it->second == "false" || it->second == "0") return false;
-  return absl::InvalidArgumentError("force: must be true or false");
+  return absl::InvalidArgumentError(absl::StrCat(key, ": must be true or false"));
 }
 
 HttpResponse Item(service::DomainService& domains, const HttpRequest& req, const std::string& name) {
   if (req.method == "GET") return Render(domains.Get(name));
   if (req.method == "DELETE") {
-    auto force = ParseForce(req);
+    auto force = QueryBool(req, "force");
     if (!force.ok()) return ErrorResponse(force.status());
-    if (auto s = domains.Delete(name, *force); !s.ok()) return ErrorResponse(s);
+    auto delete_volumes = QueryBool(req, "delete_volumes");
+    if (!delete_volumes.ok()) return ErrorResponse(delete_volumes.status());
+    if (auto s = domains.Delete(name, *force, *delete_volumes); !s.ok()) return ErrorResponse(s);
     return {204, ""};
   }
   return MethodNotAllowed(req);

@@ -1,0 +1,170 @@
+// DomainService creating and deleting domains whose disks are pool volumes: every failure
+// leaves the pools and the hypervisor as they were.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "agent/service/domain_service.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+#include "tests/fakes/fake_storage_backend.h"
+
+namespace hvagent::service {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+class DomainVolumesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+    for (const char* name : {"vg0", "disk1"}) {
+      auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = name}, 1ULL << 30);
+      pools_[name] = b.get();
+      backends.push_back(std::move(b));
+    }
+    storage_ = std::make_unique<StorageService>(hv_, std::move(backends));
+    domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{}, storage_.get());
+  }
+
+  // A domain with one disk per volume, targets vda, vdb, ...
+  static hv::DomainSpec Spec(const std::string& name, size_t disks) {
+    hv::DomainSpec s{.name = name, .vcpus = 1, .memory_mib = 128};
+    for (size_t i = 0; i < disks; ++i) {
+      s.disks.push_back({.source_path = "", .target = std::string("vd") + static_cast<char>('a' + i)});
+    }
+    return s;
+  }
+  std::vector<storage::VolumeInfo> Volumes(const std::string& pool) {
+    auto v = storage_->ListVolumes(pool);
+    std::vector<storage::VolumeInfo> out;
+    for (const auto& s : *v) out.push_back(s.volume);
+    return out;
+  }
+
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  std::map<std::string, testing::FakeStorageBackend*> pools_;
+  std::unique_ptr<StorageService> storage_;
+  std::unique_ptr<DomainService> domains_;
+};
+
+TEST_F(DomainVolumesTest, NewAndExistingVolumesBecomeBlockDisksRecordedAsAttached) {
+  ASSERT_TRUE(storage_->CreateVolume("disk1", {"data", 64 << 20}).ok());
+  auto d = domains_->Create(Spec("web1", 2), /*start=*/true,
+                            {{0, {"vg0", "root", 128 << 20}}, {1, {"disk1", "data", 0}}});
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto disks = hv_.GetDomainDisks("web1");
+  ASSERT_EQ(disks->size(), 2u);
+  EXPECT_EQ((*disks)[0].source_path, "/dev/fake/root");
+  EXPECT_EQ((*disks)[0].type, hv::DiskType::kBlock);
+  EXPECT_EQ((*disks)[0].format, "raw");
+  EXPECT_EQ((*disks)[1].source_path, "/dev/fake/data");
+  EXPECT_EQ(Volumes("vg0")[0].attached_to, "web1");
+  EXPECT_EQ(Volumes("vg0")[0].size_bytes, 128u << 20);
+  EXPECT_EQ(Volumes("disk1")[0].attached_to, "web1");
+}
+
+TEST_F(DomainVolumesTest, PoolFullUndoesTheVolumesAlreadyMade) {
+  auto d = domains_->Create(Spec("web1", 2), false, {{0, {"vg0", "root", 128 << 20}}, {1, {"vg0", "big", 2ULL << 30}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("spec.disks[1].volume"));
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Volumes("vg0"), IsEmpty());  // root was created, then deleted again
+  EXPECT_THAT(pools_["vg0"]->calls, ElementsAre("create root", "attach-tag root web1", "create big", "attach-tag root ",
+                                                "delete root"));
+  EXPECT_THAT(hv_.calls, IsEmpty());
+}
+
+TEST_F(DomainVolumesTest, DefineFailureReleasesExistingAndDeletesNewVolumes) {
+  ASSERT_TRUE(storage_->CreateVolume("disk1", {"data", 64 << 20}).ok());
+  hv_.fail_define = absl::InternalError("libvirt says no");
+  auto d = domains_->Create(Spec("web1", 2), false, {{0, {"vg0", "root", 1 << 20}}, {1, {"disk1", "data", 0}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInternal);
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Volumes("vg0"), IsEmpty());
+  ASSERT_EQ(Volumes("disk1").size(), 1u);  // the existing volume stays, free again
+  EXPECT_EQ(Volumes("disk1")[0].attached_to, "");
+}
+
+TEST_F(DomainVolumesTest, StartFailureUndefinesAndReleases) {
+  hv_.fail_start = absl::FailedPreconditionError("no such kernel");
+  auto d = domains_->Create(Spec("web1", 1), true, {{0, {"vg0", "root", 1 << 20}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Volumes("vg0"), IsEmpty());
+  EXPECT_EQ(hv_.GetDomain("web1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DomainVolumesTest, VolumeAttachedElsewhereIsRefusedWithNothingChanged) {
+  ASSERT_TRUE(storage_->CreateVolume("disk1", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(domains_->Create(Spec("web1", 1), false, {{0, {"disk1", "data", 0}}}).ok());
+  auto d = domains_->Create(Spec("web2", 2), false, {{0, {"vg0", "root", 1 << 20}}, {1, {"disk1", "data", 0}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("already attached to domain 'web1'"));
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Volumes("vg0"), IsEmpty());
+  EXPECT_EQ(Volumes("disk1")[0].attached_to, "web1");
+  EXPECT_EQ(hv_.GetDomain("web2").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DomainVolumesTest, BadClaimsAreRefusedBeforeAnyPoolIsTouched) {
+  struct Case {
+    hv::DomainSpec spec;
+    std::vector<DiskVolume> volumes;
+    absl::StatusCode code;
+    std::string field;
+  };
+  hv::DomainSpec with_path = Spec("web1", 1);
+  with_path.disks[0].source_path = "/dev/sdb";
+  hv::DomainSpec qcow = Spec("web1", 1);
+  qcow.disks[0].format = "qcow2";
+  std::vector<Case> cases = {
+      {Spec("web1", 1), {{0, {"nope", "root", 1 << 20}}}, absl::StatusCode::kNotFound, "spec.disks[0].volume"},
+      {Spec("web1", 1), {{0, {"", "root", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.disks[0].volume.pool"},
+      {Spec("web1", 1), {{0, {"vg0", "", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.disks[0].volume.name"},
+      {Spec("web1", 2), {{0, {"vg0", "a", 1 << 20}}, {1, {"vg0", "a", 1 << 20}}}, absl::StatusCode::kInvalidArgument,
+       "spec.disks[1].volume"},
+      {with_path, {{0, {"vg0", "a", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.disks[0]"},
+      {qcow, {{0, {"vg0", "a", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.disks[0].format"},
+      {Spec("", 1), {{0, {"vg0", "a", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.name"},
+      {Spec("web1", 1), {{3, {"vg0", "a", 1 << 20}}}, absl::StatusCode::kInvalidArgument, "spec.disks[3].volume"},
+  };
+  for (const auto& c : cases) {
+    auto d = domains_->Create(c.spec, false, c.volumes);
+    EXPECT_EQ(d.status().code(), c.code) << d.status();
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr(c.field));
+  }
+  EXPECT_THAT(pools_["vg0"]->calls, IsEmpty());
+  EXPECT_THAT(hv_.calls, IsEmpty());
+}
+
+TEST_F(DomainVolumesTest, ExistingDomainNameIsRefusedBeforeVolumesAreMade) {
+  ASSERT_TRUE(domains_->Create(Spec("web1", 0), false).ok());
+  auto d = domains_->Create(Spec("web1", 1), false, {{0, {"vg0", "root", 1 << 20}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(pools_["vg0"]->calls, IsEmpty());
+}
+
+TEST_F(DomainVolumesTest, DeleteReleasesOrDeletesTheDomainsVolumes) {
+  ASSERT_TRUE(domains_->Create(Spec("web1", 1), false, {{0, {"vg0", "root1", 1 << 20}}}).ok());
+  ASSERT_TRUE(domains_->Create(Spec("web2", 1), false, {{0, {"vg0", "root2", 1 << 20}}}).ok());
+  ASSERT_TRUE(domains_->Delete("web1", false, /*delete_volumes=*/false).ok());
+  ASSERT_TRUE(domains_->Delete("web2", false, /*delete_volumes=*/true).ok());
+  storage_->WaitForDeletes();
+  auto left = Volumes("vg0");
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].name, "root1");
+  EXPECT_EQ(left[0].attached_to, "");
+}
+
+TEST_F(DomainVolumesTest, WithoutStorageVolumeDisksAreRefused) {
+  DomainService plain(hv_, clock_, {});
+  auto d = plain.Create(Spec("web1", 1), false, {{0, {"vg0", "root", 1 << 20}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("no storage pools"));
+}
+
+}  // namespace
+}  // namespace hvagent::service
