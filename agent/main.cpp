@@ -20,6 +20,10 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
+#include "storage/exec/command_runner.h"
+#include "storage/lvm/lvm_backend.h"
+#include "storage/partition/device_wiper.h"
+#include "storage/partition/partition_backend.h"
 
 namespace {
 
@@ -60,6 +64,31 @@ class HealthReporter {
   std::thread thread_;
 };
 
+// One backend per configured pool, prepared (VG or GPT created when missing). A pool that
+// cannot be prepared is still served: its calls answer with the reason (FailedPrecondition),
+// and the error is logged here, once, at start.
+std::vector<std::unique_ptr<storage::StorageBackend>> MakeBackends(const config::Config& cfg,
+                                                                   storage::CommandRunner& runner,
+                                                                   storage::BlockWiper& wiper) {
+  auto logger = log::ComponentLogger("main");
+  std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+  for (const storage::PoolConfig& pool : cfg.storage_pools) {
+    std::unique_ptr<storage::StorageBackend> b;
+    if (pool.type == storage::PoolType::kLvm) {
+      b = std::make_unique<storage::LvmBackend>(pool, runner, wiper);
+    } else {
+      b = std::make_unique<storage::PartitionBackend>(pool, runner, wiper);
+    }
+    if (auto s = b->Prepare(); !s.ok()) {
+      logger->error("storage pool '{}' could not be prepared: {}", pool.name, s.message());
+    } else {
+      logger->info("storage pool '{}' ready", pool.name);
+    }
+    backends.push_back(std::move(b));
+  }
+  return backends;
+}
+
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   // Signals are taken synchronously by sigwait below; no thread may receive them.
@@ -73,11 +102,11 @@ int Run(const config::Config& cfg) {
   SystemClock clock;
   service::EventHub events;
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
-  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout});
+  storage::SubprocessRunner runner;
+  storage::DeviceWiper wiper;
+  service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper));
+  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage);
   service::HostService host(hypervisor);
-  // Storage pools come from the config once the LVM and partition backends land (issue 3);
-  // until then the storage API answers with no pools.
-  service::StorageService storage(hypervisor, {});
 
   api::HostGrpcService host_grpc(host);
   api::DomainGrpcService domain_grpc(domains);

@@ -19,7 +19,7 @@ import uuid
 
 import grpc
 
-from hvagent.v1 import domain_pb2, domain_pb2_grpc, event_pb2_grpc, host_pb2_grpc
+from hvagent.v1 import domain_pb2, domain_pb2_grpc, event_pb2_grpc, host_pb2_grpc, storage_pb2_grpc
 
 URI = "qemu:///system"
 PREFIX = "hvit-"
@@ -90,15 +90,21 @@ def small_spec_json(name):
 class Agent:
     """One hvagentd process on free loopback ports."""
 
-    def __init__(self):
+    def __init__(self, config_toml=None):
+        """`config_toml`: text of a config file (e.g. storage pools); flags set the rest."""
         self.binary = os.environ["HVAGENTD"]
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.rest_addr = f"127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [self.binary, "--hypervisor-uri", URI, "--grpc-listen", self.grpc_addr,
-             "--rest-listen", self.rest_addr, "--log-level", "debug"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        argv = [self.binary, "--hypervisor-uri", URI, "--grpc-listen", self.grpc_addr,
+                "--rest-listen", self.rest_addr, "--log-level", "debug"]
+        self.config = None
+        if config_toml is not None:
+            self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-", suffix=".toml", delete=False)
+            self.config.write(config_toml)
+            self.config.close()
+            argv += ["--config", self.config.name]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -116,6 +122,7 @@ class Agent:
         self.host = host_pb2_grpc.HostServiceStub(self.channel)
         self.domains = domain_pb2_grpc.DomainServiceStub(self.channel)
         self.events = event_pb2_grpc.EventServiceStub(self.channel)
+        self.storage = storage_pb2_grpc.StorageServiceStub(self.channel)
 
     def rest(self, method, path, body=None, raw=None):
         """(status, parsed JSON or None). `raw` sends bytes as they are."""
@@ -154,6 +161,9 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.config is not None:
+            os.unlink(self.config.name)
+            self.config = None
         return self.proc.returncode
 
 
@@ -161,11 +171,16 @@ class AgentTestCase(unittest.TestCase):
     """Starts one agent per test class; removes every hvit- domain a test left behind and
     prints the agent's log when a test failed."""
 
+    # Subclasses may return the text of a config file for their agent.
+    @classmethod
+    def agent_config(cls):
+        return None
+
     @classmethod
     def setUpClass(cls):
         cls.lock = lock_libvirtd()
         try:
-            cls.agent = Agent()
+            cls.agent = Agent(cls.agent_config())
         except BaseException:
             cls.lock.close()
             raise
