@@ -49,6 +49,9 @@ class Hypervisor {
   // Removes the disk with this target from the definition and, when running, from the guest.
   virtual absl::Status DetachDisk(const std::string& name, const std::string& target) = 0;
 
+  // Statistics of every domain from one bulk call (never a loop of per-domain calls).
+  virtual absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() = 0;
+
   // Lifecycle events, including changes made behind the agent's back. The sink is called from
   // the hypervisor's event thread and must not block. Set once, before events matter.
   virtual void SetEventSink(EventSink sink) = 0;

@@ -88,6 +88,30 @@ struct HostInfo {
   std::string uri;
 };
 
+// One domain's counters from the bulk statistics call (virConnectGetAllDomainStats). Counters
+// are cumulative since the domain started; absent fields stay nullopt (a driver that does not
+// report them, or a stopped domain), never a zero that looks measured.
+struct DiskStats {
+  std::string target;  // "vda", "xvda"
+  std::optional<uint64_t> read_bytes, write_bytes, read_requests, write_requests;
+};
+struct NicStats {
+  std::string name;  // host-side interface, "vnet0", "vif3.0"
+  std::optional<uint64_t> rx_bytes, tx_bytes, rx_packets, tx_packets;
+};
+struct DomainStats {
+  std::string name;
+  std::string uuid;
+  DomainState state = DomainState::kUnknown;
+  std::optional<uint64_t> cpu_time_ns;
+  std::optional<uint32_t> vcpus;                 // vcpu.current
+  std::optional<uint64_t> balloon_current_kib;   // memory the guest has now
+  std::optional<uint64_t> balloon_maximum_kib;
+  std::optional<uint64_t> rss_kib;               // host memory the guest's process uses (QEMU)
+  std::vector<DiskStats> disks;
+  std::vector<NicStats> nics;
+};
+
 enum class DomainEventType {
   kUnknown, kDefined, kUndefined, kStarted, kSuspended, kResumed, kStopped, kShutdown,
   kPmSuspended, kCrashed

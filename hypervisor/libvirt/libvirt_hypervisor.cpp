@@ -10,6 +10,7 @@
 #include "hypervisor/domain_spec_validator.h"
 #include "hypervisor/domain_xml_builder.h"
 #include "hypervisor/libvirt/backoff.h"
+#include "hypervisor/libvirt/domain_stats.h"
 #include "hypervisor/libvirt/domain_xml_reader.h"
 #include "hypervisor/libvirt/event_loop.h"
 #include "hypervisor/libvirt/libvirt_error.h"
@@ -26,18 +27,7 @@ std::string VersionString(unsigned long v) {
   return absl::StrCat(v / 1000000, ".", (v / 1000) % 1000, ".", v % 1000);
 }
 
-DomainState StateFrom(int s) {
-  switch (s) {
-    case VIR_DOMAIN_RUNNING: return DomainState::kRunning;
-    case VIR_DOMAIN_BLOCKED: return DomainState::kBlocked;
-    case VIR_DOMAIN_PAUSED: return DomainState::kPaused;
-    case VIR_DOMAIN_SHUTDOWN: return DomainState::kShuttingDown;
-    case VIR_DOMAIN_SHUTOFF: return DomainState::kShutoff;
-    case VIR_DOMAIN_CRASHED: return DomainState::kCrashed;
-    case VIR_DOMAIN_PMSUSPENDED: return DomainState::kPmSuspended;
-    default: return DomainState::kUnknown;
-  }
-}
+DomainState StateFrom(int s) { return DomainStateFromLibvirt(s); }
 
 const char* StateName(DomainState s) {
   switch (s) {
@@ -327,6 +317,25 @@ absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
     out.push_back(Describe(d.get()));
   }
   free(doms);
+  return out;
+}
+
+absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() {
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  virDomainStatsRecordPtr* records = nullptr;
+  int n = virConnectGetAllDomainStats(conn->get(), kDomainStatsGroups, &records, 0);
+  if (n < 0) return LastLibvirtError("get all domain stats");
+  std::vector<DomainStats> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    virDomainPtr d = records[i]->dom;
+    const char* name = virDomainGetName(d);
+    char uuid[VIR_UUID_STRING_BUFLEN] = {};
+    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
+    out.push_back(ParseDomainStats(name ? name : "", uuid, records[i]->params, records[i]->nparams));
+  }
+  virDomainStatsRecordListFree(records);
   return out;
 }
 

@@ -49,6 +49,8 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
+  // One virConnectGetAllDomainStats over all domains (kDomainStatsGroups).
+  absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() override;
   absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) override;
   absl::Status DetachDisk(const std::string& name, const std::string& target) override;
   void SetEventSink(EventSink sink) override;

@@ -59,6 +59,25 @@ class FakeHypervisor final : public hv::Hypervisor {
     return (*d)->info;
   }
 
+  // Stats: each domain's state plus what a test put in `stats` (by name); counts calls.
+  std::map<std::string, hv::DomainStats> stats;
+  int stats_calls = 0;
+  absl::StatusOr<std::vector<hv::DomainStats>> GetAllDomainStats() override {
+    std::lock_guard lock(mu_);
+    ++stats_calls;
+    if (auto s = Up(); !s.ok()) return s;
+    std::vector<hv::DomainStats> out;
+    for (auto& [name, d] : domains_) {
+      hv::DomainStats st;
+      if (auto it = stats.find(name); it != stats.end()) st = it->second;
+      st.name = name;
+      st.uuid = d.info.uuid;
+      st.state = d.info.state;
+      out.push_back(st);
+    }
+    return out;
+  }
+
   absl::StatusOr<hv::DomainInfo> GetDomainByUuid(const std::string& uuid) override {
     std::lock_guard lock(mu_);
     for (auto& [name, d] : domains_) {
