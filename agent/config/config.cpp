@@ -29,6 +29,8 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"log", {"level", "format"}},
       {"domain", {"shutdown_timeout_seconds"}},
       {"storage", {"pools"}},
+      {"capacity", {"cpu_allocation_ratio", "memory_allocation_ratio", "reserved_cpus", "reserved_memory_mib"}},
+      {"metrics", {"max_age_ms"}},
   };
   return keys;
 }
@@ -222,6 +224,28 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = Read(root, "domain", "shutdown_timeout_seconds", timeout); !s.ok()) return s;
   if (timeout < 1 || timeout > 3600) return Invalid("domain.shutdown_timeout_seconds", "must be 1-3600");
   c.shutdown_timeout = std::chrono::seconds(timeout);
+  if (auto s = Read(root, "capacity", "cpu_allocation_ratio", c.cpu_allocation_ratio); !s.ok()) return s;
+  if (!(c.cpu_allocation_ratio > 0 && c.cpu_allocation_ratio <= 64)) {
+    return Invalid("capacity.cpu_allocation_ratio", "must be greater than 0 and at most 64");
+  }
+  if (auto s = Read(root, "capacity", "memory_allocation_ratio", c.memory_allocation_ratio); !s.ok()) return s;
+  if (!(c.memory_allocation_ratio > 0 && c.memory_allocation_ratio <= 16)) {
+    return Invalid("capacity.memory_allocation_ratio", "must be greater than 0 and at most 16");
+  }
+  int64_t reserved_cpus = c.reserved_cpus;
+  if (auto s = Read(root, "capacity", "reserved_cpus", reserved_cpus); !s.ok()) return s;
+  if (reserved_cpus < 0 || reserved_cpus > 4096) return Invalid("capacity.reserved_cpus", "must be 0-4096");
+  c.reserved_cpus = static_cast<uint32_t>(reserved_cpus);
+  int64_t reserved_mib = static_cast<int64_t>(c.reserved_memory_mib);
+  if (auto s = Read(root, "capacity", "reserved_memory_mib", reserved_mib); !s.ok()) return s;
+  if (reserved_mib < 0 || reserved_mib > (int64_t{1} << 32)) {
+    return Invalid("capacity.reserved_memory_mib", "must be 0-4294967296");
+  }
+  c.reserved_memory_mib = static_cast<uint64_t>(reserved_mib);
+  int64_t max_age = c.metrics_max_age.count();
+  if (auto s = Read(root, "metrics", "max_age_ms", max_age); !s.ok()) return s;
+  if (max_age < 100 || max_age > 60000) return Invalid("metrics.max_age_ms", "must be 100-60000");
+  c.metrics_max_age = std::chrono::milliseconds(max_age);
   return c;
 }
 

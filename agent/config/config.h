@@ -22,6 +22,13 @@ struct Config {
   std::string log_level = "info";  // trace, debug, info, warn, error
   log::Format log_format = log::Format::kText;
   std::chrono::seconds shutdown_timeout{60};
+  // [capacity]: what the agent reports as schedulable (see service::CapacityPolicy).
+  double cpu_allocation_ratio = 4.0;
+  double memory_allocation_ratio = 1.0;
+  uint32_t reserved_cpus = 0;
+  uint64_t reserved_memory_mib = 512;
+  // [metrics]: one sample serves every reader for this long.
+  std::chrono::milliseconds metrics_max_age{1000};
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 };

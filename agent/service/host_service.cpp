@@ -1,25 +1,78 @@
 #include "agent/service/host_service.h"
 
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "agent/service/storage_service.h"
+
 namespace hvagent::service {
+namespace {
+
+bool IsRunning(hv::DomainState s) {
+  return s != hv::DomainState::kShutoff && s != hv::DomainState::kCrashed && s != hv::DomainState::kUnknown;
+}
+
+// floor(x * ratio), clamped to [0, max]; x and ratio are non-negative.
+template <typename T>
+T Scaled(uint64_t x, double ratio, T max) {
+  long double v = std::floor(static_cast<long double>(x) * static_cast<long double>(ratio));
+  if (v <= 0) return 0;
+  if (v >= static_cast<long double>(max)) return max;
+  return static_cast<T>(v);
+}
+
+}  // namespace
+
+Capacity ComputeCapacity(const hv::HostInfo& host, const std::vector<hv::DomainInfo>& domains,
+                         const CapacityPolicy& policy) {
+  Capacity c;
+  c.arch = host.arch;
+  c.hypervisor_type = host.hypervisor_type;
+  c.hypervisor_version = host.hypervisor_version;
+  c.cpus = host.cpus;
+  c.sockets = host.sockets;
+  c.cores_per_socket = host.cores_per_socket;
+  c.threads_per_core = host.threads_per_core;
+  c.memory_total_bytes = host.memory_bytes;
+  c.memory_free_bytes = host.free_memory_bytes;
+  c.policy = policy;
+
+  uint32_t cpus = host.cpus > policy.reserved_cpus ? host.cpus - policy.reserved_cpus : 0;
+  uint64_t memory = host.memory_bytes > policy.reserved_memory_bytes ? host.memory_bytes - policy.reserved_memory_bytes : 0;
+  c.vcpus_schedulable = Scaled<uint32_t>(cpus, policy.cpu_allocation_ratio, UINT32_MAX);
+  c.memory_schedulable_bytes = Scaled<uint64_t>(memory, policy.memory_allocation_ratio, UINT64_MAX);
+
+  c.domains_total = static_cast<uint32_t>(domains.size());
+  for (const auto& d : domains) {
+    uint64_t bytes = d.memory_mib * 1024 * 1024;
+    c.defined_vcpus += d.vcpus;
+    c.defined_memory_bytes += bytes;
+    if (!IsRunning(d.state)) continue;
+    ++c.domains_running;
+    c.allocated_vcpus += d.vcpus;
+    c.allocated_memory_bytes += bytes;
+  }
+  c.vcpus_available = c.vcpus_schedulable > c.defined_vcpus ? c.vcpus_schedulable - c.defined_vcpus : 0;
+  c.memory_available_bytes =
+      c.memory_schedulable_bytes > c.defined_memory_bytes ? c.memory_schedulable_bytes - c.defined_memory_bytes : 0;
+  return c;
+}
 
 absl::StatusOr<Capacity> HostService::GetCapacity() {
   auto host = hv_.GetHostInfo();
   if (!host.ok()) return host.status();
   auto domains = hv_.ListDomains();
   if (!domains.ok()) return domains.status();
-  Capacity c;
-  c.cpus = host->cpus;
-  c.memory_total_bytes = host->memory_bytes;
-  c.memory_free_bytes = host->free_memory_bytes;
-  c.domains_total = static_cast<uint32_t>(domains->size());
-  for (const auto& d : *domains) {
-    if (d.state == hv::DomainState::kShutoff || d.state == hv::DomainState::kCrashed ||
-        d.state == hv::DomainState::kUnknown) {
-      continue;
+  Capacity c = ComputeCapacity(*host, *domains, policy_);
+  if (storage_ != nullptr) {
+    auto pools = storage_->ListPoolsEach();
+    for (auto& [name, pool] : pools) {
+      if (pool.ok()) {
+        c.pools.push_back(std::move(*pool));
+      } else {
+        c.pool_errors.push_back(absl::StrCat(name, ": ", pool.status().message()));
+      }
     }
-    ++c.domains_running;
-    c.allocated_vcpus += d.vcpus;
-    c.allocated_memory_bytes += d.memory_mib * 1024 * 1024;
   }
   return c;
 }

@@ -80,6 +80,29 @@ absl::StatusOr<std::vector<storage::PoolInfo>> StorageService::ListPools() {
   return out;
 }
 
+std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> StorageService::ListPoolsEach() {
+  std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> out;
+  for (auto& [name, pool] : pools_) {
+    std::unique_lock lock(pool->mu, std::try_to_lock);
+    if (lock.owns_lock()) {
+      auto info = pool->backend->GetPool();
+      if (info.ok()) {
+        std::lock_guard l(pool->last_mu);
+        pool->last = *info;
+      }
+      out.emplace_back(name, std::move(info));
+      continue;
+    }
+    std::lock_guard l(pool->last_mu);
+    if (pool->last) {
+      out.emplace_back(name, *pool->last);
+    } else {
+      out.emplace_back(name, absl::UnavailableError(absl::StrCat("pool '", name, "' is busy (a wipe is running)")));
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<storage::PoolInfo> StorageService::GetPool(const std::string& name) {
   auto pool = Find(name);
   if (!pool.ok()) return pool.status();

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,6 +43,10 @@ class StorageService {
 
   absl::StatusOr<std::vector<storage::PoolInfo>> ListPools();
   absl::StatusOr<storage::PoolInfo> GetPool(const std::string& pool);
+  // Every pool on its own (one failing pool does not hide the others), for capacity and
+  // metrics. Never waits for a pool busy with a long operation (a wipe): that pool answers with
+  // the figures of its last successful read, or Unavailable when there is none yet.
+  std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> ListPoolsEach();
   absl::StatusOr<std::vector<VolumeStatus>> ListVolumes(const std::string& pool);
   absl::StatusOr<VolumeStatus> GetVolume(const std::string& pool, const std::string& name);
   absl::StatusOr<VolumeStatus> CreateVolume(const std::string& pool, const storage::VolumeSpec& spec);
@@ -70,6 +75,8 @@ class StorageService {
   struct Pool {
     std::unique_ptr<storage::StorageBackend> backend;
     std::mutex mu;  // one operation per pool at a time
+    std::mutex last_mu;
+    std::optional<storage::PoolInfo> last;  // the last successful GetPool, for ListPoolsEach
   };
   struct Deleting {
     storage::VolumeInfo volume;

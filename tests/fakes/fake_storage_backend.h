@@ -14,11 +14,13 @@ class FakeStorageBackend final : public storage::StorageBackend {
       : config_(std::move(config)), capacity_(capacity) {}
 
   absl::Status fail_set_attachment;
+  absl::Status fail_get_pool;
   std::vector<std::string> calls;
 
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
   absl::StatusOr<storage::PoolInfo> GetPool() override {
+    if (!fail_get_pool.ok()) return fail_get_pool;
     uint64_t used = 0;
     for (auto& [n, v] : volumes_) used += v.size_bytes;
     return storage::PoolInfo{config_.name, config_.type, capacity_, capacity_ - used,

@@ -618,3 +618,42 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
 
 }  // namespace
 }  // namespace hvagent::config
+
+namespace hvagent::config {
+namespace {
+
+TEST(ParseConfigToml, CapacityAndMetrics) {
+  auto c = ParseConfigToml(R"(
+[capacity]
+cpu_allocation_ratio = 16.0
+memory_allocation_ratio = 1
+reserved_cpus = 2
+reserved_memory_mib = 4096
+[metrics]
+max_age_ms = 5000
+)", Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->cpu_allocation_ratio, 16.0);
+  EXPECT_DOUBLE_EQ(c->memory_allocation_ratio, 1.0);  // an integer is accepted as a ratio
+  EXPECT_EQ(c->reserved_cpus, 2u);
+  EXPECT_EQ(c->reserved_memory_mib, 4096u);
+  EXPECT_EQ(c->metrics_max_age, std::chrono::milliseconds(5000));
+}
+
+TEST(ParseConfigToml, BadCapacityValuesNameTheKey) {
+  for (const auto& [text, key] : std::vector<std::pair<std::string, std::string>>{
+           {"[capacity]\ncpu_allocation_ratio = 0.0", "capacity.cpu_allocation_ratio"},
+           {"[capacity]\ncpu_allocation_ratio = -1.0", "capacity.cpu_allocation_ratio"},
+           {"[capacity]\nmemory_allocation_ratio = nan", "capacity.memory_allocation_ratio"},
+           {"[capacity]\nreserved_cpus = -1", "capacity.reserved_cpus"},
+           {"[capacity]\nreserved_memory_mib = \"lots\"", "capacity.reserved_memory_mib"},
+           {"[capacity]\ncpu_ratio = 2.0", "capacity.cpu_ratio"},
+           {"[metrics]\nmax_age_ms = 10", "metrics.max_age_ms"}}) {
+    auto c = ParseConfigToml(text, Config{});
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(c.status().message()), ::testing::HasSubstr(key)) << text;
+  }
+}
+
+}  // namespace
+}  // namespace hvagent::config
