@@ -50,7 +50,8 @@ class HealthReporter {
     while (!stop_) {
       bool serving = hv_.Connected();
       for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService",
-                                  "hvagent.v1.EventService", "hvagent.v1.StorageService"}) {
+                                  "hvagent.v1.EventService", "hvagent.v1.StorageService",
+                                  "hvagent.v1.MetricsService"}) {
         health_->SetServingStatus(service, serving);
       }
       cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
@@ -106,19 +107,26 @@ int Run(const config::Config& cfg) {
   storage::DeviceWiper wiper;
   service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper));
   service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage);
-  service::HostService host(hypervisor);
+  service::HostService host(hypervisor,
+                           {.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
+                            .memory_allocation_ratio = cfg.memory_allocation_ratio,
+                            .reserved_cpus = cfg.reserved_cpus,
+                            .reserved_memory_bytes = cfg.reserved_memory_mib << 20},
+                           &storage);
+  service::MetricsCollector metrics(hypervisor, host, clock, {.max_age = cfg.metrics_max_age});
 
   api::HostGrpcService host_grpc(host);
   api::DomainGrpcService domain_grpc(domains);
   api::EventGrpcService event_grpc(events);
   api::StorageGrpcService storage_grpc(storage);
+  api::MetricsGrpcService metrics_grpc(metrics);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   builder.AddListeningPort(cfg.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
-  builder.RegisterService(&storage_grpc);
+  builder.RegisterService(&storage_grpc).RegisterService(&metrics_grpc);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || grpc_port == 0) {
     logger->critical("grpc.listen {}: cannot listen (address in use?)", cfg.grpc_listen);
@@ -126,7 +134,7 @@ int Run(const config::Config& cfg) {
   }
   auto health = std::make_unique<HealthReporter>(grpc_server->GetHealthCheckService(), hypervisor);
 
-  api::RestRouter router(host, domains, &storage);
+  api::RestRouter router(host, domains, &storage, &metrics);
   api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes);
   if (auto s = rest.Start(); !s.ok()) {
     logger->critical("{}", s.message());
@@ -141,6 +149,7 @@ int Run(const config::Config& cfg) {
   logger->info("signal {} received, shutting down", sig);
   rest.Stop();
   events.Close();  // ends Watch streams so the gRPC server can drain
+  metrics_grpc.Close();
   health.reset();
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   logger->info("stopped");

@@ -136,6 +136,24 @@ v1::Capacity ToProto(const service::Capacity& c) {
   p.set_allocated_memory_bytes(c.allocated_memory_bytes);
   p.set_domains_total(c.domains_total);
   p.set_domains_running(c.domains_running);
+  p.set_arch(c.arch);
+  p.set_hypervisor_type(c.hypervisor_type);
+  p.set_hypervisor_version(c.hypervisor_version);
+  p.mutable_topology()->set_sockets(c.sockets);
+  p.mutable_topology()->set_cores_per_socket(c.cores_per_socket);
+  p.mutable_topology()->set_threads_per_core(c.threads_per_core);
+  p.mutable_policy()->set_cpu_allocation_ratio(c.policy.cpu_allocation_ratio);
+  p.mutable_policy()->set_memory_allocation_ratio(c.policy.memory_allocation_ratio);
+  p.mutable_policy()->set_reserved_cpus(c.policy.reserved_cpus);
+  p.mutable_policy()->set_reserved_memory_bytes(c.policy.reserved_memory_bytes);
+  p.set_vcpus_schedulable(c.vcpus_schedulable);
+  p.set_memory_schedulable_bytes(c.memory_schedulable_bytes);
+  p.set_defined_vcpus(c.defined_vcpus);
+  p.set_defined_memory_bytes(c.defined_memory_bytes);
+  p.set_vcpus_available(c.vcpus_available);
+  p.set_memory_available_bytes(c.memory_available_bytes);
+  for (const auto& pool : c.pools) *p.add_pools() = ToProto(pool);
+  for (const auto& e : c.pool_errors) p.add_pool_errors(e);
   return p;
 }
 
@@ -181,6 +199,89 @@ v1::Volume ToProto(const service::VolumeStatus& s) {
   out.set_wipe_done_bytes(s.wipe.done_bytes);
   out.set_wipe_total_bytes(s.wipe.total_bytes);
   return out;
+}
+
+namespace {
+
+google::protobuf::Timestamp WallTime(std::chrono::system_clock::time_point t) {
+  auto nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(nanos);
+}
+
+}  // namespace
+
+v1::DomainStats ToProto(const hv::DomainStats& d, const service::DomainRates* rates) {
+  v1::DomainStats p;
+  p.set_name(d.name);
+  p.set_uuid(d.uuid);
+  p.set_state(StateToProto(d.state));
+  if (d.cpu_time_ns) p.set_cpu_time_ns(*d.cpu_time_ns);
+  if (d.vcpus) p.set_vcpus(*d.vcpus);
+  if (d.balloon_current_kib) p.set_memory_bytes(*d.balloon_current_kib * 1024);
+  if (d.balloon_maximum_kib) p.set_memory_max_bytes(*d.balloon_maximum_kib * 1024);
+  if (d.rss_kib) p.set_rss_bytes(*d.rss_kib * 1024);
+  if (rates != nullptr && rates->cpu_usage) p.set_cpu_usage(*rates->cpu_usage);
+  for (size_t i = 0; i < d.disks.size(); ++i) {
+    const hv::DiskStats& disk = d.disks[i];
+    v1::DiskStats* o = p.add_disks();
+    o->set_target(disk.target);
+    if (disk.read_bytes) o->set_read_bytes(*disk.read_bytes);
+    if (disk.write_bytes) o->set_write_bytes(*disk.write_bytes);
+    if (disk.read_requests) o->set_read_requests(*disk.read_requests);
+    if (disk.write_requests) o->set_write_requests(*disk.write_requests);
+    if (rates != nullptr && i < rates->disks.size()) {
+      const service::DiskRates& r = rates->disks[i];
+      if (r.read_bytes) o->set_read_bytes_per_second(*r.read_bytes);
+      if (r.write_bytes) o->set_write_bytes_per_second(*r.write_bytes);
+      if (r.read_requests) o->set_read_requests_per_second(*r.read_requests);
+      if (r.write_requests) o->set_write_requests_per_second(*r.write_requests);
+    }
+  }
+  for (size_t i = 0; i < d.nics.size(); ++i) {
+    const hv::NicStats& nic = d.nics[i];
+    v1::NicStats* o = p.add_nics();
+    o->set_name(nic.name);
+    if (nic.rx_bytes) o->set_rx_bytes(*nic.rx_bytes);
+    if (nic.tx_bytes) o->set_tx_bytes(*nic.tx_bytes);
+    if (nic.rx_packets) o->set_rx_packets(*nic.rx_packets);
+    if (nic.tx_packets) o->set_tx_packets(*nic.tx_packets);
+    if (rates != nullptr && i < rates->nics.size()) {
+      const service::NicRates& r = rates->nics[i];
+      if (r.rx_bytes) o->set_rx_bytes_per_second(*r.rx_bytes);
+      if (r.tx_bytes) o->set_tx_bytes_per_second(*r.tx_bytes);
+      if (r.rx_packets) o->set_rx_packets_per_second(*r.rx_packets);
+      if (r.tx_packets) o->set_tx_packets_per_second(*r.tx_packets);
+    }
+  }
+  return p;
+}
+
+v1::GetDomainStatsResponse ToDomainStatsProto(const service::MetricsSample& s, const std::string& only_domain) {
+  v1::GetDomainStatsResponse p;
+  *p.mutable_time() = WallTime(s.time);
+  p.set_interval_seconds(s.interval_seconds);
+  if (!s.domains.ok()) return p;
+  for (size_t i = 0; i < s.domains->size(); ++i) {
+    const hv::DomainStats& d = (*s.domains)[i];
+    if (!only_domain.empty() && d.name != only_domain) continue;
+    *p.add_domains() = ToProto(d, i < s.rates.size() ? &s.rates[i] : nullptr);
+  }
+  return p;
+}
+
+v1::MetricsSample ToProto(const service::MetricsSample& s) {
+  v1::MetricsSample p;
+  v1::GetDomainStatsResponse stats = ToDomainStatsProto(s, "");
+  *p.mutable_time() = stats.time();
+  p.set_interval_seconds(s.interval_seconds);
+  p.mutable_domains()->Swap(stats.mutable_domains());
+  if (s.capacity.ok()) {
+    *p.mutable_capacity() = ToProto(*s.capacity);
+  } else {
+    p.add_errors(absl::StrCat("capacity: ", s.capacity.status().message()));
+  }
+  if (!s.domains.ok()) p.add_errors(absl::StrCat("domains: ", s.domains.status().message()));
+  return p;
 }
 
 }  // namespace hvagent::api

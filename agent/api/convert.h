@@ -6,10 +6,12 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
+#include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
+#include "hvagent/v1/metrics.pb.h"
 #include "hvagent/v1/storage.pb.h"
 
 namespace hvagent::api {
@@ -25,5 +27,10 @@ v1::Capacity ToProto(const service::Capacity& c);
 v1::DomainEvent ToProto(const service::SequencedEvent& e);
 v1::Pool ToProto(const storage::PoolInfo& p);
 v1::Volume ToProto(const service::VolumeStatus& v);
+// `rates` may be null (no previous sample of this domain).
+v1::DomainStats ToProto(const hv::DomainStats& d, const service::DomainRates* rates);
+// The sample's domains (only `only_domain` when not empty); errors are left to the caller.
+v1::GetDomainStatsResponse ToDomainStatsProto(const service::MetricsSample& s, const std::string& only_domain);
+v1::MetricsSample ToProto(const service::MetricsSample& s);
 
 }  // namespace hvagent::api

@@ -1,5 +1,7 @@
 #include "agent/api/grpc/grpc_services.h"
 
+#include <thread>
+
 #include "agent/api/convert.h"
 #include "agent/api/status_mapping.h"
 #include "common/log.h"
@@ -219,6 +221,40 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
     if (!writer->Write(ToProto(*e))) break;  // client went away
   }
   Log()->info("Watch closed");
+  return grpc::Status::OK;
+}
+
+grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const v1::GetDomainStatsRequest* req,
+                                               v1::GetDomainStatsResponse* out) {
+  return Handle(ctx, "GetDomainStats", [&]() -> absl::Status {
+    auto sample = metrics_.Latest();
+    if (!sample->domains.ok()) return sample->domains.status();
+    *out = ToDomainStatsProto(*sample, req->name());
+    if (!req->name().empty() && out->domains_size() == 0) {
+      return absl::NotFoundError(absl::StrCat("name: domain '", req->name(), "' not found"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchMetricsRequest* req,
+                                      grpc::ServerWriter<v1::MetricsSample>* writer) {
+  log::ScopedRequestId rid(RequestIdOf(ctx));
+  uint32_t interval = req->interval_seconds() == 0 ? 10 : req->interval_seconds();
+  if (interval > 3600) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("interval_seconds: at most 3600, got ", req->interval_seconds())));
+  }
+  Log()->info("metrics Watch opened (every {} s)", interval);
+  auto next = std::chrono::steady_clock::now();
+  while (!ctx->IsCancelled() && !closed_) {
+    if (std::chrono::steady_clock::now() >= next) {
+      if (!writer->Write(ToProto(*metrics_.Latest()))) break;  // client went away
+      next += std::chrono::seconds(interval);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Log()->info("metrics Watch closed");
   return grpc::Status::OK;
 }
 

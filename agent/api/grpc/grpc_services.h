@@ -9,10 +9,12 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
+#include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/metrics.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
 namespace hvagent::api {
@@ -71,6 +73,21 @@ class StorageGrpcService final : public v1::StorageService::Service {
 
  private:
   service::StorageService& storage_;
+};
+
+class MetricsGrpcService final : public v1::MetricsService::Service {
+ public:
+  explicit MetricsGrpcService(service::MetricsCollector& metrics) : metrics_(metrics) {}
+  grpc::Status GetDomainStats(grpc::ServerContext*, const v1::GetDomainStatsRequest*,
+                              v1::GetDomainStatsResponse*) override;
+  grpc::Status Watch(grpc::ServerContext*, const v1::WatchMetricsRequest*,
+                     grpc::ServerWriter<v1::MetricsSample>*) override;
+  // Ends every Watch stream (shutdown).
+  void Close() { closed_ = true; }
+
+ private:
+  service::MetricsCollector& metrics_;
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace hvagent::api

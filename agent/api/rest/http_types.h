@@ -17,6 +17,7 @@ struct HttpRequest {
 struct HttpResponse {
   int status = 200;
   std::string body;  // JSON, or empty (204)
+  std::string content_type = "application/json";
 };
 
 }  // namespace hvagent::api

@@ -22,6 +22,10 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) {
   if (storage_ != nullptr && (path == "/v1/pools" || absl::StartsWith(path, "/v1/pools/"))) {
     return HandleStorage(*storage_, req, path.substr(std::string_view("/v1/pools").size()));
   }
+  if (metrics_ != nullptr && path == "/metrics") return HandlePrometheus(*metrics_, req);
+  if (metrics_ != nullptr && (path == "/v1/stats/domains" || absl::StartsWith(path, "/v1/stats/domains/"))) {
+    return HandleDomainStats(*metrics_, req, path.substr(absl::string_view("/v1/stats/domains").size()));
+  }
   return {404, ErrorBody("NOT_FOUND", absl::StrCat("no resource at ", req.path))};
 }
 

@@ -5,20 +5,23 @@
 #include "agent/api/rest/http_types.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
+#include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
 
 namespace hvagent::api {
 
 class RestRouter {
  public:
-  RestRouter(service::HostService& host, service::DomainService& domains, service::StorageService* storage = nullptr)
-      : host_(host), domains_(domains), storage_(storage) {}
+  RestRouter(service::HostService& host, service::DomainService& domains, service::StorageService* storage = nullptr,
+             service::MetricsCollector* metrics = nullptr)
+      : host_(host), domains_(domains), storage_(storage), metrics_(metrics) {}
   HttpResponse Handle(const HttpRequest& request);
 
  private:
   service::HostService& host_;
   service::DomainService& domains_;
   service::StorageService* storage_;  // null: no storage configured
+  service::MetricsCollector* metrics_;  // null: no /metrics, no /v1/stats
 };
 
 // Resources, one file each.
@@ -29,6 +32,10 @@ HttpResponse HandleDomains(service::DomainService& domains, const HttpRequest& r
 
 // `rest` is the path after "/v1/pools".
 HttpResponse HandleStorage(service::StorageService& storage, const HttpRequest& req, absl::string_view rest);
+
+// GET /metrics; GET /v1/stats/domains[/{name}] (`rest` is the path after "/v1/stats/domains").
+HttpResponse HandlePrometheus(service::MetricsCollector& metrics, const HttpRequest& req);
+HttpResponse HandleDomainStats(service::MetricsCollector& metrics, const HttpRequest& req, absl::string_view rest);
 
 HttpResponse MethodNotAllowed(const HttpRequest& req);
 

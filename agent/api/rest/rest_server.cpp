@@ -78,7 +78,7 @@ void RestServer::Impl::Serve(http::http_request request) {
   Log()->info("{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
   http::http_response out(static_cast<http::status_code>(resp.status));
   out.headers().add("X-Request-Id", rid);
-  if (!resp.body.empty()) out.set_body(resp.body, "application/json");
+  if (!resp.body.empty()) out.set_body(resp.body, resp.content_type);
   try {
     request.reply(out).wait();
   } catch (const std::exception& e) {

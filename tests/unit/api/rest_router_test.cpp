@@ -180,3 +180,46 @@ TEST_F(RestRouterTest, Errors_HypervisorDownIs503) {
 
 }  // namespace
 }  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+class RestMetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(domains_.Create({.name = "web1", .vcpus = 1, .memory_mib = 64}, true).ok()); }
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  service::DomainService domains_{hv_, clock_, {}};
+  service::HostService host_{hv_};
+  service::MetricsCollector metrics_{hv_, host_, clock_, {}};
+  RestRouter router_{host_, domains_, nullptr, &metrics_};
+};
+
+TEST_F(RestMetricsTest, MetricsIsPrometheusText) {
+  auto r = router_.Handle({"GET", "/metrics", {}, ""});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_THAT(r.body, HasSubstr("hvagent_domain_info{domain=\"web1\""));
+  EXPECT_EQ(router_.Handle({"POST", "/metrics", {}, ""}).status, 405);
+}
+
+TEST_F(RestMetricsTest, DomainStatsAllAndOne) {
+  auto all = router_.Handle({"GET", "/v1/stats/domains", {}, ""});
+  EXPECT_EQ(all.status, 200);
+  EXPECT_EQ(all.content_type, "application/json");
+  EXPECT_THAT(all.body, HasSubstr(R"("name":"web1")"));
+  EXPECT_EQ(router_.Handle({"GET", "/v1/stats/domains/web1", {}, ""}).status, 200);
+  auto missing = router_.Handle({"GET", "/v1/stats/domains/nope", {}, ""});
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_THAT(missing.body, HasSubstr("'nope' not found"));
+  EXPECT_EQ(router_.Handle({"GET", "/v1/stats/domains/a/b", {}, ""}).status, 404);
+  EXPECT_EQ(hv_.stats_calls, 1);  // one shared sample served all of these
+}
+
+TEST_F(RestMetricsTest, WithoutACollectorThereIsNoMetricsPath) {
+  RestRouter plain(host_, domains_);
+  EXPECT_EQ(plain.Handle({"GET", "/metrics", {}, ""}).status, 404);
+}
+
+}  // namespace
+}  // namespace hvagent::api
