@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, builds once, and runs every tier, fast ones first:
 #   1. unit tests (warnings as errors)
-#   2. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
-#   3. fuzz targets for a bounded number of runs (clang + libFuzzer)
-#   4. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
+#   2. benchmarks once in smoke mode, so they cannot rot
+#   3. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   4. fuzz targets for a bounded number of runs (clang + libFuzzer)
+#   5. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
 # Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ ninja -C build
 
 step "unit tests"
 ctest --test-dir build -L unit --output-on-failure -j "$jobs"
+
+step "benchmarks, smoke mode (small counts; figures only, no timing assertions)"
+ctest --test-dir build -L bench --output-on-failure
 
 step "unit tests under ASan + UBSan"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHVAGENT_WERROR=ON -DHVAGENT_SANITIZE=ON >/dev/null
