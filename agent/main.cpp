@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
+#include "hypervisor/xen/xenctrl_probe.h"
 #include "storage/exec/command_runner.h"
 #include "storage/lvm/lvm_backend.h"
 #include "storage/partition/device_wiper.h"
@@ -90,6 +91,31 @@ std::vector<std::unique_ptr<storage::StorageBackend>> MakeBackends(const config:
   return backends;
 }
 
+// A Xen host whose event channels cannot be read (not dom0, XSM policy): every read answers why.
+class FailedEventChannelProbe final : public hv::EventChannelProbe {
+ public:
+  explicit FailedEventChannelProbe(absl::Status why) : why_(std::move(why)) {}
+  bool Supported() const override { return true; }
+  absl::StatusOr<hv::EventChannelReport> Read() override { return why_; }
+
+ private:
+  absl::Status why_;
+};
+
+// libxenctrl on Xen URIs; everywhere else the explicit "unsupported" probe.
+std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Config& cfg) {
+  const std::string& uri = cfg.hypervisor_uri;
+  std::string scheme = uri.substr(0, uri.find(':'));
+  if (scheme != "xen" && scheme.rfind("xen+", 0) != 0) return std::make_unique<hv::UnsupportedEventChannelProbe>(scheme);
+  auto calls = hv::OpenRealXenCtrlCalls();
+  if (!calls.ok()) {
+    log::ComponentLogger("main")->error("event channels cannot be read: {}", calls.status().message());
+    return std::make_unique<FailedEventChannelProbe>(calls.status());
+  }
+  return std::make_unique<hv::XenEventChannelProbe>(
+      std::move(*calls), hv::XenEventChannelProbe::Options{.default_max_evtchn_port = cfg.evtchn_default_max_port});
+}
+
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   // Signals are taken synchronously by sigwait below; no thread may receive them.
@@ -113,7 +139,13 @@ int Run(const config::Config& cfg) {
                             .reserved_cpus = cfg.reserved_cpus,
                             .reserved_memory_bytes = cfg.reserved_memory_mib << 20},
                            &storage);
-  service::MetricsCollector metrics(hypervisor, host, clock, {.max_age = cfg.metrics_max_age});
+  auto evtchn = MakeEventChannelProbe(cfg);
+  service::MetricsCollector metrics(hypervisor, host, clock,
+                                    {.max_age = cfg.metrics_max_age,
+                                     .evtchn_alert = {.share = cfg.evtchn_alert_share},
+                                     .evtchn_max_age = cfg.evtchn_interval},
+                                    evtchn.get(), [&events](const hv::DomainEvent& e) { events.Publish(e); });
+  if (evtchn->Supported()) metrics.StartBackground(cfg.evtchn_interval);
 
   api::HostGrpcService host_grpc(host);
   api::DomainGrpcService domain_grpc(domains);
@@ -150,6 +182,7 @@ int Run(const config::Config& cfg) {
   rest.Stop();
   events.Close();  // ends Watch streams so the gRPC server can drain
   metrics_grpc.Close();
+  metrics.Stop();
   health.reset();
   grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   logger->info("stopped");

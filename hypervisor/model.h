@@ -102,6 +102,7 @@ struct NicStats {
 struct DomainStats {
   std::string name;
   std::string uuid;
+  std::optional<uint32_t> id;  // the hypervisor's domain id (Xen domid) while running
   DomainState state = DomainState::kUnknown;
   std::optional<uint64_t> cpu_time_ns;
   std::optional<uint32_t> vcpus;                 // vcpu.current
@@ -114,7 +115,9 @@ struct DomainStats {
 
 enum class DomainEventType {
   kUnknown, kDefined, kUndefined, kStarted, kSuspended, kResumed, kStopped, kShutdown,
-  kPmSuspended, kCrashed
+  kPmSuspended, kCrashed,
+  // Not from libvirt: the agent's event-channel watch (Xen), detail says the figures.
+  kEventChannelsHigh, kEventChannelsCleared
 };
 
 struct DomainEvent {

@@ -33,6 +33,8 @@ v1::DomainEventType EventTypeToProto(hv::DomainEventType t) {
     case hv::DomainEventType::kShutdown: return v1::DOMAIN_EVENT_TYPE_SHUTDOWN;
     case hv::DomainEventType::kPmSuspended: return v1::DOMAIN_EVENT_TYPE_PMSUSPENDED;
     case hv::DomainEventType::kCrashed: return v1::DOMAIN_EVENT_TYPE_CRASHED;
+    case hv::DomainEventType::kEventChannelsHigh: return v1::DOMAIN_EVENT_TYPE_EVENT_CHANNELS_HIGH;
+    case hv::DomainEventType::kEventChannelsCleared: return v1::DOMAIN_EVENT_TYPE_EVENT_CHANNELS_CLEARED;
     case hv::DomainEventType::kUnknown: break;
   }
   return v1::DOMAIN_EVENT_TYPE_UNSPECIFIED;
@@ -281,6 +283,42 @@ v1::MetricsSample ToProto(const service::MetricsSample& s) {
     p.add_errors(absl::StrCat("capacity: ", s.capacity.status().message()));
   }
   if (!s.domains.ok()) p.add_errors(absl::StrCat("domains: ", s.domains.status().message()));
+  if (s.event_channels.ok()) {
+    *p.mutable_event_channels() = ToProto(*s.event_channels, s.time);
+  } else if (absl::IsUnimplemented(s.event_channels.status())) {
+    p.set_event_channels_unsupported(std::string(s.event_channels.status().message()));
+  } else {
+    p.add_errors(absl::StrCat("event_channels: ", s.event_channels.status().message()));
+  }
+  return p;
+}
+
+v1::EventChannels ToProto(const hv::EventChannelReport& r, std::chrono::system_clock::time_point time) {
+  v1::EventChannels p;
+  *p.mutable_time() = WallTime(time);
+  for (const hv::DomainEventChannels& d : r.domains) {
+    v1::DomainEventChannels* o = p.add_domains();
+    o->set_domid(d.domid);
+    o->set_name(d.name);
+    switch (d.abi) {
+      case hv::EvtchnAbi::kTwoLevel: o->set_abi(v1::EVTCHN_ABI_TWO_LEVEL); break;
+      case hv::EvtchnAbi::kFifo: o->set_abi(v1::EVTCHN_ABI_FIFO); break;
+      case hv::EvtchnAbi::kUnknown: o->set_abi(v1::EVTCHN_ABI_UNKNOWN); break;
+    }
+    o->set_abi_limit(d.abi_limit);
+    if (d.max_evtchn_port) o->set_max_evtchn_port(*d.max_evtchn_port);
+    o->set_port_limit(d.port_limit);
+    o->set_limit_exact(d.limit_exact);
+    o->set_ports_bound(d.ports_bound);
+    o->set_headroom(d.headroom());
+    o->set_used_share(d.used_share());
+    o->set_highest_bound_port(d.highest_bound_port);
+    o->set_walk_truncated(d.walk_truncated);
+    o->set_cap_exceeded(d.cap_exceeded);
+  }
+  p.set_host_ports_bound(r.host_ports_bound);
+  p.set_host_port_limit(r.host_port_limit);
+  p.set_truncated(r.truncated);
   return p;
 }
 

@@ -32,5 +32,6 @@ v1::DomainStats ToProto(const hv::DomainStats& d, const service::DomainRates* ra
 // The sample's domains (only `only_domain` when not empty); errors are left to the caller.
 v1::GetDomainStatsResponse ToDomainStatsProto(const service::MetricsSample& s, const std::string& only_domain);
 v1::MetricsSample ToProto(const service::MetricsSample& s);
+v1::EventChannels ToProto(const hv::EventChannelReport& r, std::chrono::system_clock::time_point time);
 
 }  // namespace hvagent::api

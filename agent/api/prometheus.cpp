@@ -193,6 +193,31 @@ void Domains(Exposition& e, const service::MetricsSample& s) {
   }
 }
 
+void EventChannels(Exposition& e, const service::MetricsSample& s) {
+  e.Family("hvagent_evtchn_supported", "gauge",
+           "1 when the host's event channels can be read (Xen); 0 elsewhere, and then no evtchn figures.");
+  e.Add("hvagent_evtchn_supported", {}, absl::IsUnimplemented(s.event_channels.status()) ? 0 : 1);
+  e.Add("hvagent_collect_errors", {{"part", "event_channels"}},
+        s.event_channels.ok() || absl::IsUnimplemented(s.event_channels.status()) ? 0 : 1);
+  if (!s.event_channels.ok()) return;
+  const hv::EventChannelReport& r = *s.event_channels;
+  e.Family("hvagent_evtchn_host_ports_bound", "gauge", "Event-channel ports bound over all domains.");
+  e.Add("hvagent_evtchn_host_ports_bound", {}, static_cast<double>(r.host_ports_bound));
+  e.Family("hvagent_evtchn_ports_bound", "gauge", "Event-channel ports a domain has bound.");
+  e.Family("hvagent_evtchn_port_limit", "gauge",
+           "Ports a domain may bind: min(ABI limit, max_evtchn_port); exact=false when the ABI is unknown.");
+  e.Family("hvagent_evtchn_headroom_ports", "gauge", "Ports a domain can still bind.");
+  for (const hv::DomainEventChannels& d : r.domains) {
+    Labels l = {{"domid", absl::StrCat(d.domid)}, {"domain", d.name}};
+    e.Add("hvagent_evtchn_ports_bound", l, d.ports_bound);
+    Labels limit = l;
+    limit.push_back({"abi", hv::EvtchnAbiName(d.abi)});
+    limit.push_back({"exact", d.limit_exact ? "true" : "false"});
+    e.Add("hvagent_evtchn_port_limit", limit, d.port_limit);
+    e.Add("hvagent_evtchn_headroom_ports", l, d.headroom());
+  }
+}
+
 }  // namespace
 
 std::string RenderPrometheus(const service::MetricsSample& s) {
@@ -209,6 +234,7 @@ std::string RenderPrometheus(const service::MetricsSample& s) {
   if (s.capacity.ok()) e.Add("hvagent_collect_errors", {{"part", "pools"}}, s.capacity->pool_errors.size());
   Host(e, s);
   Domains(e, s);
+  EventChannels(e, s);
   return e.Text();
 }
 

@@ -31,6 +31,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"storage", {"pools"}},
       {"capacity", {"cpu_allocation_ratio", "memory_allocation_ratio", "reserved_cpus", "reserved_memory_mib"}},
       {"metrics", {"max_age_ms"}},
+      {"event_channels", {"alert_share", "default_max_port", "interval_seconds"}},
   };
   return keys;
 }
@@ -246,6 +247,18 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = Read(root, "metrics", "max_age_ms", max_age); !s.ok()) return s;
   if (max_age < 100 || max_age > 60000) return Invalid("metrics.max_age_ms", "must be 100-60000");
   c.metrics_max_age = std::chrono::milliseconds(max_age);
+  if (auto s = Read(root, "event_channels", "alert_share", c.evtchn_alert_share); !s.ok()) return s;
+  if (!(c.evtchn_alert_share > 0 && c.evtchn_alert_share <= 1)) {
+    return Invalid("event_channels.alert_share", "must be greater than 0 and at most 1");
+  }
+  int64_t max_port = c.evtchn_default_max_port;
+  if (auto s = Read(root, "event_channels", "default_max_port", max_port); !s.ok()) return s;
+  if (max_port < 1 || max_port > 131071) return Invalid("event_channels.default_max_port", "must be 1-131071");
+  c.evtchn_default_max_port = static_cast<uint32_t>(max_port);
+  int64_t interval = c.evtchn_interval.count();
+  if (auto s = Read(root, "event_channels", "interval_seconds", interval); !s.ok()) return s;
+  if (interval < 1 || interval > 3600) return Invalid("event_channels.interval_seconds", "must be 1-3600");
+  c.evtchn_interval = std::chrono::seconds(interval);
   return c;
 }
 

@@ -29,6 +29,11 @@ struct Config {
   uint64_t reserved_memory_mib = 512;
   // [metrics]: one sample serves every reader for this long.
   std::chrono::milliseconds metrics_max_age{1000};
+  // [event_channels] (Xen): alert share, the toolstack's max_evtchn_port for domUs, and how
+  // often the ports are walked (also in the background, so alerts fire with no reader).
+  double evtchn_alert_share = 0.8;
+  uint32_t evtchn_default_max_port = 1023;
+  std::chrono::seconds evtchn_interval{10};
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 };

@@ -1,5 +1,6 @@
 #include "agent/service/metrics_collector.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 
 namespace hvagent::service {
@@ -37,8 +38,68 @@ DomainRates ComputeRates(const hv::DomainStats& before, const hv::DomainStats& n
   return r;
 }
 
-MetricsCollector::MetricsCollector(hv::Hypervisor& hypervisor, HostService& host, Clock& clock, Options options)
-    : hv_(hypervisor), host_(host), clock_(clock), options_(options) {}
+MetricsCollector::MetricsCollector(hv::Hypervisor& hypervisor, HostService& host, Clock& clock, Options options,
+                                   hv::EventChannelProbe* evtchn, hv::Hypervisor::EventSink events)
+    : hv_(hypervisor), host_(host), clock_(clock), options_(options), evtchn_(evtchn), events_(std::move(events)) {
+  auto watch = hv::EventChannelWatch::Create(options_.evtchn_alert);
+  if (watch.ok()) {
+    watch_ = std::move(*watch);
+  } else {
+    log::ComponentLogger("metrics")->error("event-channel alerts off: {}", watch.status().message());
+  }
+}
+
+MetricsCollector::~MetricsCollector() { Stop(); }
+
+void MetricsCollector::StartBackground(std::chrono::milliseconds interval) {
+  std::lock_guard lock(bg_mu_);
+  if (bg_.joinable()) return;
+  bg_stop_ = false;
+  bg_ = std::thread([this, interval] {
+    std::unique_lock l(bg_mu_);
+    while (!bg_stop_) {
+      l.unlock();
+      Latest();
+      l.lock();
+      bg_cv_.wait_for(l, interval, [this] { return bg_stop_; });
+    }
+  });
+}
+
+void MetricsCollector::Stop() {
+  std::thread t;
+  {
+    std::lock_guard lock(bg_mu_);
+    bg_stop_ = true;
+    t = std::move(bg_);
+  }
+  bg_cv_.notify_all();
+  if (t.joinable()) t.join();
+}
+
+void MetricsCollector::WatchEventChannels(const MetricsSample& s) {
+  if (!s.event_channels.ok() || !watch_) return;
+  for (const auto& c : watch_->Observe(*s.event_channels)) {
+    bool high = c.direction == hv::EventChannelWatch::Direction::kAbove;
+    std::string detail = absl::StrCat("domid ", c.domid, ": ", c.ports_bound, " of ", c.port_limit,
+                                      " event-channel ports bound (", static_cast<int>(c.used_share * 100 + 0.5),
+                                      "%), ", high ? "at or above" : "back below", " the alert share of ",
+                                      static_cast<int>(watch_->options().share * 100 + 0.5), "%");
+    log::ComponentLogger("metrics")->warn("domain {}: {}", c.name, detail);
+    if (!events_) continue;
+    hv::DomainEvent e;
+    e.time = s.time;
+    e.domain_name = c.name;
+    e.type = high ? hv::DomainEventType::kEventChannelsHigh : hv::DomainEventType::kEventChannelsCleared;
+    e.detail = detail;
+    if (s.domains.ok()) {
+      for (const auto& d : *s.domains) {
+        if (d.id && *d.id == c.domid) e.domain_uuid = d.uuid;
+      }
+    }
+    events_(e);
+  }
+}
 
 std::shared_ptr<const MetricsSample> MetricsCollector::Latest() {
   auto fresh = [this](const std::shared_ptr<const MetricsSample>& s) {
@@ -68,6 +129,26 @@ std::shared_ptr<const MetricsSample> MetricsCollector::Collect(const std::shared
   s->hypervisor_connected = hv_.Connected();
   s->capacity = host_.GetCapacity();
   s->domains = hv_.GetAllDomainStats();
+  bool evtchn_fresh = false;
+  if (evtchn_ == nullptr) {
+    s->event_channels = absl::UnimplementedError("event channels: only on Xen hosts");
+  } else if (evtchn_last_ && start - evtchn_at_ < options_.evtchn_max_age) {
+    s->event_channels = *evtchn_last_;
+  } else {
+    s->event_channels = evtchn_->Read();
+    evtchn_last_ = s->event_channels;
+    evtchn_at_ = start;
+    evtchn_fresh = true;
+  }
+  if (s->event_channels.ok() && s->domains.ok()) {
+    std::map<uint32_t, std::string> names;
+    for (const auto& d : *s->domains) {
+      if (d.id) names[*d.id] = d.name;
+    }
+    for (auto& d : s->event_channels->domains) {
+      if (auto it = names.find(d.domid); it != names.end() && d.name.empty()) d.name = it->second;
+    }
+  }
   s->taken_at = clock_.Now();
   s->collect_duration = std::chrono::duration_cast<std::chrono::nanoseconds>(s->taken_at - start);
   if (previous != nullptr) {
@@ -88,6 +169,7 @@ std::shared_ptr<const MetricsSample> MetricsCollector::Collect(const std::shared
   } else {
     log::ComponentLogger("metrics")->warn("domain stats: {}", s->domains.status().message());
   }
+  if (evtchn_fresh) WatchEventChannels(*s);
   return s;
 }
 

@@ -334,6 +334,7 @@ absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() 
     char uuid[VIR_UUID_STRING_BUFLEN] = {};
     if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
     out.push_back(ParseDomainStats(name ? name : "", uuid, records[i]->params, records[i]->nparams));
+    if (unsigned int id = virDomainGetID(d); id != static_cast<unsigned int>(-1)) out.back().id = id;
   }
   virDomainStatsRecordListFree(records);
   return out;

@@ -59,12 +59,26 @@ class MetricsTest(AgentTestCase):
         t0, t1 = (s.time.ToNanoseconds() for s in samples)
         self.assertGreaterEqual(t1 - t0, 900_000_000)
         for s in samples:
+            self.assertIn("only on Xen hosts", s.event_channels_unsupported)
+            self.assertFalse(s.HasField("event_channels"))
             self.assertIn(self.guest, [d.name for d in s.domains])
             self.assertGreater(s.capacity.cpus, 0)
             self.assertEqual(list(s.errors), [])
         with self.assertRaises(grpc.RpcError) as cm:
             next(self.metrics.Watch(metrics_pb2.WatchMetricsRequest(interval_seconds=3601), timeout=10))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_event_channels_are_explicitly_unsupported_off_xen(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.metrics.GetEventChannels(metrics_pb2.GetEventChannelsRequest())
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertIn("only on Xen hosts (hypervisor is qemu)", cm.exception.details())
+        status, body = self.agent.rest("GET", "/v1/host/event-channels")
+        self.assertEqual(status, 501)
+        self.assertIn("only on Xen hosts", body["message"])
+        text = self.fetch_metrics()
+        self.assertIn("hvagent_evtchn_supported 0\n", text)
+        self.assertNotIn("hvagent_evtchn_ports_bound", text)
 
     def test_promtool_finds_no_problem_in_real_metrics(self):
         text = self.fetch_metrics()

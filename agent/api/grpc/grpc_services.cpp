@@ -237,6 +237,16 @@ grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const 
   });
 }
 
+grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, const v1::GetEventChannelsRequest*,
+                                                 v1::EventChannels* out) {
+  return Handle(ctx, "GetEventChannels", [&]() -> absl::Status {
+    auto sample = metrics_.Latest();
+    if (!sample->event_channels.ok()) return sample->event_channels.status();
+    *out = ToProto(*sample->event_channels, sample->time);
+    return absl::OkStatus();
+  });
+}
+
 grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchMetricsRequest* req,
                                       grpc::ServerWriter<v1::MetricsSample>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));

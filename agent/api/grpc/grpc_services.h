@@ -82,6 +82,8 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
                               v1::GetDomainStatsResponse*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchMetricsRequest*,
                      grpc::ServerWriter<v1::MetricsSample>*) override;
+  grpc::Status GetEventChannels(grpc::ServerContext*, const v1::GetEventChannelsRequest*,
+                                v1::EventChannels*) override;
   // Ends every Watch stream (shutdown).
   void Close() { closed_ = true; }
 

@@ -34,4 +34,11 @@ HttpResponse HandleDomainStats(service::MetricsCollector& metrics, const HttpReq
   return JsonResponse(200, resp);
 }
 
+HttpResponse HandleEventChannels(service::MetricsCollector& metrics, const HttpRequest& req) {
+  if (req.method != "GET") return MethodNotAllowed(req);
+  auto sample = metrics.Latest();
+  if (!sample->event_channels.ok()) return ErrorResponse(sample->event_channels.status());
+  return JsonResponse(200, ToProto(*sample->event_channels, sample->time));
+}
+
 }  // namespace hvagent::api

@@ -23,6 +23,7 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) {
     return HandleStorage(*storage_, req, path.substr(std::string_view("/v1/pools").size()));
   }
   if (metrics_ != nullptr && path == "/metrics") return HandlePrometheus(*metrics_, req);
+  if (metrics_ != nullptr && path == "/v1/host/event-channels") return HandleEventChannels(*metrics_, req);
   if (metrics_ != nullptr && (path == "/v1/stats/domains" || absl::StartsWith(path, "/v1/stats/domains/"))) {
     return HandleDomainStats(*metrics_, req, path.substr(absl::string_view("/v1/stats/domains").size()));
   }

@@ -35,6 +35,8 @@ HttpResponse HandleStorage(service::StorageService& storage, const HttpRequest& 
 
 // GET /metrics; GET /v1/stats/domains[/{name}] (`rest` is the path after "/v1/stats/domains").
 HttpResponse HandlePrometheus(service::MetricsCollector& metrics, const HttpRequest& req);
+// GET /v1/host/event-channels (501 off Xen).
+HttpResponse HandleEventChannels(service::MetricsCollector& metrics, const HttpRequest& req);
 HttpResponse HandleDomainStats(service::MetricsCollector& metrics, const HttpRequest& req, absl::string_view rest);
 
 HttpResponse MethodNotAllowed(const HttpRequest& req);

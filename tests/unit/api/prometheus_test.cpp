@@ -130,3 +130,39 @@ TEST(PrometheusTest, EachFamilyOnceWithHelpAndTypeAndItsSamplesTogether) {
 
 }  // namespace
 }  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+TEST(PrometheusTest, EventChannelsOnXenAndAnExplicitZeroSupportedElsewhere) {
+  service::MetricsSample s = Sample();
+  hv::EventChannelReport r;
+  hv::DomainEventChannels d;
+  d.domid = 3;
+  d.name = "web1";
+  d.abi = hv::EvtchnAbi::kFifo;
+  d.ports_bound = 40;
+  d.port_limit = 1023;
+  d.limit_exact = true;
+  r.domains.push_back(d);
+  r.host_ports_bound = 40;
+  s.event_channels = r;
+  Parsed p = Parse(RenderPrometheus(s));
+  EXPECT_EQ(p.samples["hvagent_evtchn_supported"], "1");
+  EXPECT_EQ(p.samples[R"(hvagent_evtchn_ports_bound{domid="3",domain="web1"})"], "40");
+  EXPECT_EQ(p.samples[R"(hvagent_evtchn_port_limit{domid="3",domain="web1",abi="fifo",exact="true"})"], "1023");
+  EXPECT_EQ(p.samples[R"(hvagent_evtchn_headroom_ports{domid="3",domain="web1"})"], "983");
+  EXPECT_EQ(p.samples["hvagent_evtchn_host_ports_bound"], "40");
+
+  s.event_channels = absl::UnimplementedError("event channels: only on Xen hosts (hypervisor is qemu)");
+  std::string text = RenderPrometheus(s);
+  EXPECT_THAT(text, HasSubstr("hvagent_evtchn_supported 0\n"));
+  EXPECT_THAT(text, Not(HasSubstr("hvagent_evtchn_ports_bound")));
+  EXPECT_THAT(text, HasSubstr("hvagent_collect_errors{part=\"event_channels\"} 0\n"));
+
+  s.event_channels = absl::PermissionDeniedError("xc_evtchn_status: EPERM");
+  EXPECT_THAT(RenderPrometheus(s), HasSubstr("hvagent_collect_errors{part=\"event_channels\"} 1\n"));
+}
+
+}  // namespace
+}  // namespace hvagent::api

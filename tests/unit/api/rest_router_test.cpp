@@ -223,3 +223,15 @@ TEST_F(RestMetricsTest, WithoutACollectorThereIsNoMetricsPath) {
 
 }  // namespace
 }  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+TEST_F(RestMetricsTest, EventChannelsOffXenAre501NamingWhy) {
+  auto r = router_.Handle({"GET", "/v1/host/event-channels", {}, ""});
+  EXPECT_EQ(r.status, 501);
+  EXPECT_THAT(r.body, HasSubstr("only on Xen hosts"));
+}
+
+}  // namespace
+}  // namespace hvagent::api

@@ -1,5 +1,6 @@
 #include "agent/service/metrics_collector.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -99,6 +100,106 @@ TEST(ComputeRatesTest, DisksAreMatchedByTargetNotPosition) {
   DomainRates r = ComputeRates(before, now, 1.0);
   ASSERT_EQ(r.disks.size(), 1u);
   EXPECT_DOUBLE_EQ(*r.disks[0].read_bytes, 2000.0);
+}
+
+}  // namespace
+}  // namespace hvagent::service
+
+namespace hvagent::service {
+namespace {
+
+// Returns whatever report the test sets; counts reads.
+class ScriptedProbe final : public hv::EventChannelProbe {
+ public:
+  absl::StatusOr<hv::EventChannelReport> next = hv::EventChannelReport{};
+  int reads = 0;
+  bool Supported() const override { return true; }
+  absl::StatusOr<hv::EventChannelReport> Read() override {
+    ++reads;
+    return next;
+  }
+};
+
+hv::EventChannelReport Report(uint32_t domid, uint32_t bound, uint32_t limit) {
+  hv::EventChannelReport r;
+  hv::DomainEventChannels d;
+  d.domid = domid;
+  d.ports_bound = bound;
+  d.port_limit = limit;
+  r.domains.push_back(d);
+  r.host_ports_bound = bound;
+  return r;
+}
+
+class EvtchnCollectorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(domains_.Create({.name = "web1", .vcpus = 1, .memory_mib = 64}, true).ok());
+    auto stats = hv_.GetAllDomainStats();
+    hv::DomainStats s;
+    s.id = 7;
+    hv_.stats["web1"] = s;
+    uuid_ = (*stats)[0].uuid;
+  }
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  DomainService domains_{hv_, clock_, {}};
+  HostService host_{hv_};
+  ScriptedProbe probe_;
+  std::vector<hv::DomainEvent> events_;
+  std::string uuid_;
+  MetricsCollector metrics_{hv_,
+                            host_,
+                            clock_,
+                            {.max_age = std::chrono::milliseconds(1000),
+                             .evtchn_alert = {.share = 0.8},
+                             .evtchn_max_age = std::chrono::milliseconds(10000)},
+                            &probe_,
+                            [this](const hv::DomainEvent& e) { events_.push_back(e); }};
+};
+
+TEST_F(EvtchnCollectorTest, NamesComeFromTheDomainIdAndCrossingsBecomeEventsOnce) {
+  probe_.next = Report(7, 100, 1023);
+  auto s = metrics_.Latest();
+  ASSERT_TRUE(s->event_channels.ok());
+  EXPECT_EQ(s->event_channels->domains[0].name, "web1");
+  EXPECT_TRUE(events_.empty());
+
+  probe_.next = Report(7, 900, 1023);  // 88%
+  clock_.SleepFor(std::chrono::seconds(10));
+  metrics_.Latest();
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0].type, hv::DomainEventType::kEventChannelsHigh);
+  EXPECT_EQ(events_[0].domain_name, "web1");
+  EXPECT_EQ(events_[0].domain_uuid, uuid_);
+  EXPECT_THAT(events_[0].detail, ::testing::HasSubstr("900 of 1023"));
+
+  clock_.SleepFor(std::chrono::seconds(10));
+  metrics_.Latest();  // still above: no second event
+  EXPECT_EQ(events_.size(), 1u);
+
+  probe_.next = Report(7, 10, 1023);
+  clock_.SleepFor(std::chrono::seconds(10));
+  metrics_.Latest();
+  ASSERT_EQ(events_.size(), 2u);
+  EXPECT_EQ(events_[1].type, hv::DomainEventType::kEventChannelsCleared);
+}
+
+TEST_F(EvtchnCollectorTest, PortsAreWalkedAtTheirOwnSlowerInterval) {
+  const int stats_before = hv_.stats_calls;
+  metrics_.Latest();
+  clock_.SleepFor(std::chrono::seconds(2));
+  metrics_.Latest();  // a new sample, but the event channels are reused
+  EXPECT_EQ(hv_.stats_calls - stats_before, 2);
+  EXPECT_EQ(probe_.reads, 1);
+  clock_.SleepFor(std::chrono::seconds(9));
+  metrics_.Latest();
+  EXPECT_EQ(probe_.reads, 2);
+}
+
+TEST_F(EvtchnCollectorTest, WithoutAProbeTheSampleSaysUnsupported) {
+  MetricsCollector plain(hv_, host_, clock_, {});
+  EXPECT_EQ(plain.Latest()->event_channels.status().code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace
