@@ -206,6 +206,12 @@ absl::Status ValidateDomainSpec(const DomainSpec& spec) {
   if (!spec.arch.empty() && !OneOf(spec.arch, {"aarch64", "x86_64", "i686", "armv7l"})) {
     return Invalid("spec.arch", "must be one of aarch64, x86_64, i686, armv7l");
   }
+  if (!spec.cpu_model.empty() && !IsSimpleName(spec.cpu_model, 64)) {
+    return Invalid("spec.cpu_model", "must be 1-64 of [A-Za-z0-9._-]");
+  }
+  if (!spec.gic_version.empty() && !OneOf(spec.gic_version, {"2", "3", "host"})) {
+    return Invalid("spec.gic_version", "must be 2, 3 or host");
+  }
   if (!spec.machine.empty() && !IsSimpleName(spec.machine, 64)) {
     return Invalid("spec.machine", "must be 1-64 of [A-Za-z0-9._-]");
   }

@@ -54,6 +54,10 @@ struct DomainSpec {
   std::vector<DiskSpec> disks;
   std::vector<NicSpec> nics;
   bool serial_console = false;
+  // QEMU/KVM only (rejected on Xen). Empty: "host" passthrough on KVM, "max" under TCG.
+  std::string cpu_model;
+  // aarch64 QEMU/KVM only: "2", "3" or "host". Empty: "host" on KVM, "3" under TCG.
+  std::string gic_version;
 };
 
 enum class DomainState {

@@ -50,6 +50,8 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
   s.memory_mib = p.memory_mib();
   s.arch = p.arch();
   s.machine = p.machine();
+  s.cpu_model = p.cpu_model();
+  s.gic_version = p.gic_version();
   s.serial_console = p.serial_console();
   switch (p.boot_case()) {
     case v1::DomainSpec::kKernel:
