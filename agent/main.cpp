@@ -11,8 +11,12 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_builder.h>
 
+#include "agent/api/auth/authorizer.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
@@ -116,6 +120,27 @@ std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Confi
       std::move(*calls), hv::XenEventChannelProbe::Options{.default_max_evtchn_port = cfg.evtchn_default_max_port});
 }
 
+api::auth::Authorizer MakeAuthorizer(const config::Config& cfg, const api::auth::CertVerifier* verifier) {
+  api::auth::Authorizer::Options o{.everyone_is_controller = cfg.plaintext_loopback, .verifier = verifier};
+  for (const auto& i : cfg.auth_identities) o.identities[i.name] = *api::auth::ParseRole(i.role);
+  for (const auto& t : cfg.auth_tokens) o.tokens.push_back({t.name, t.sha256, *api::auth::ParseRole(t.role)});
+  return api::auth::Authorizer(std::move(o));
+}
+
+// mTLS with the files re-read every tls.reload_seconds (rotation without a restart), or, in
+// the development mode, plain text (the config allows that on loopback only).
+std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const config::Config& cfg) {
+  if (cfg.plaintext_loopback) return grpc::InsecureServerCredentials();
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      cfg.tls_key_file, cfg.tls_cert_file, cfg.tls_client_ca_file, cfg.tls_reload_seconds);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  // The handshake asks for a certificate and checks the key behind it; the chain is verified by
+  // the agent (CertVerifier), so refusals are UNAUTHENTICATED with a reason, not a dead socket.
+  options.set_cert_request_type(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   // Signals are taken synchronously by sigwait below; no thread may receive them.
@@ -123,6 +148,7 @@ int Run(const config::Config& cfg) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
@@ -147,16 +173,43 @@ int Run(const config::Config& cfg) {
                                     evtchn.get(), [&events](const hv::DomainEvent& e) { events.Publish(e); });
   if (evtchn->Supported()) metrics.StartBackground(cfg.evtchn_interval);
 
-  api::HostGrpcService host_grpc(host);
-  api::DomainGrpcService domain_grpc(domains);
-  api::EventGrpcService event_grpc(events);
-  api::StorageGrpcService storage_grpc(storage);
-  api::MetricsGrpcService metrics_grpc(metrics);
+  std::unique_ptr<api::auth::CertVerifier> verifier;
+  if (!cfg.plaintext_loopback) {
+    auto v = api::auth::CertVerifier::Load(cfg.tls_client_ca_file);
+    if (!v.ok()) {
+      logger->critical("{}", v.status().message());
+      return 1;
+    }
+    verifier = std::move(*v);
+  }
+  const api::auth::Authorizer authz = MakeAuthorizer(cfg, verifier.get());
+  if (cfg.plaintext_loopback) {
+    logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
+  }
+  // REST first: it loads (and so checks) the TLS files that both servers use.
+  api::RestRouter router(host, domains, &storage, &metrics, &authz);
+  std::optional<api::RestTls> rest_tls;
+  if (!cfg.plaintext_loopback) {
+    rest_tls = api::RestTls{cfg.tls_cert_file, cfg.tls_key_file,
+                            cfg.rest_require_client_cert ? cfg.tls_client_ca_file : std::string()};
+  }
+  api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes, rest_tls);
+  if (auto s = rest.Start(); !s.ok()) {
+    logger->critical("{}", s.message());
+    return 1;
+  }
+
+  api::HostGrpcService host_grpc(host, &authz);
+  api::DomainGrpcService domain_grpc(domains, &authz);
+  api::EventGrpcService event_grpc(events, &authz);
+  api::StorageGrpcService storage_grpc(storage, &authz);
+  api::MetricsGrpcService metrics_grpc(metrics, &authz);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(cfg.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.AddListeningPort(cfg.grpc_listen, GrpcCredentials(cfg), &grpc_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
   builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
   builder.RegisterService(&storage_grpc).RegisterService(&metrics_grpc);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
@@ -165,19 +218,18 @@ int Run(const config::Config& cfg) {
     return 1;
   }
   auto health = std::make_unique<HealthReporter>(grpc_server->GetHealthCheckService(), hypervisor);
-
-  api::RestRouter router(host, domains, &storage, &metrics);
-  api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes);
-  if (auto s = rest.Start(); !s.ok()) {
-    logger->critical("{}", s.message());
-    grpc_server->Shutdown();
-    return 1;
-  }
-  logger->info("hvagentd {} serving: gRPC {} | REST http://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
+  logger->info("hvagentd {} serving: gRPC {} ({}) | REST {}://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
+               cfg.plaintext_loopback ? "plain text" : "mTLS", cfg.plaintext_loopback ? "http" : "https",
                cfg.rest_listen, cfg.hypervisor_uri);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    // New certificates without dropping a listener: REST now, gRPC within tls.reload_seconds.
+    if (auto s = rest.ReloadTls(); !s.ok()) logger->error("SIGHUP: TLS files not reloaded: {}", s.message());
+    if (verifier) {
+      if (auto s = verifier->Reload(); !s.ok()) logger->error("SIGHUP: client CA not reloaded: {}", s.message());
+    }
+  }
   logger->info("signal {} received, shutting down", sig);
   rest.Stop();
   events.Close();  // ends Watch streams so the gRPC server can drain

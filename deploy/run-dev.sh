@@ -2,6 +2,8 @@
 # Installs what hvagent needs (Debian packages), builds it, and runs hvagentd in the
 # foreground on libvirt's built-in test driver (test:///default): no hypervisor needed.
 # Ctrl-C stops it. Extra arguments go to hvagentd (e.g. --hypervisor-uri qemu:///system).
+# It serves plain text on loopback without authentication (--plaintext-loopback), for
+# development only; docs/security.md shows a TLS setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,9 @@ GRPC=127.0.0.1:50051
 REST=127.0.0.1:8780
 cat <<MSG
 
-hvagentd is starting on test:///default
+hvagentd is starting on test:///default in DEVELOPMENT MODE (--plaintext-loopback):
+plain text, loopback only, no authentication. For TLS, roles and tokens see docs/security.md
+(deploy/dev-certs.sh makes a development CA and certificates).
   gRPC  $GRPC   (health service and reflection on)
   REST  http://$REST
 
@@ -22,4 +26,4 @@ Try, from another terminal:
   build/agent/hvctl --server $GRPC list
 
 MSG
-exec build/agent/hvagentd --grpc-listen "$GRPC" --rest-listen "$REST" "$@"
+exec build/agent/hvagentd --plaintext-loopback --grpc-listen "$GRPC" --rest-listen "$REST" "$@"

@@ -1,9 +1,13 @@
 // hvctl: a small gRPC client for operators and for the README's example call. It talks to
 // hvagentd only through the public API, like any third-party client.
-//   hvctl [--server HOST:PORT] host | capacity | list | get NAME | start NAME | destroy NAME |
-//         delete NAME [--force] | watch [NAME...]
+//   hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] host | capacity | list |
+//         get NAME | start NAME | destroy NAME | delete NAME [--force] | watch [NAME...]
+// Without --ca it speaks plain text (an agent in --plaintext-loopback development mode).
 
+#include <fstream>
 #include <iostream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,7 +23,7 @@ namespace {
 using namespace hvagent;
 
 int Usage() {
-  std::cerr << "usage: hvctl [--server HOST:PORT] COMMAND\n"
+  std::cerr << "usage: hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] COMMAND\n"
                "commands: host | capacity | list | get NAME | start NAME | destroy NAME |\n"
                "          delete NAME [--force] | watch [NAME...]\n"
                "default server: 127.0.0.1:50051\n";
@@ -41,17 +45,39 @@ int Print(const grpc::Status& s, const google::protobuf::Message& m) {
   return 0;
 }
 
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server = "127.0.0.1:50051";
-  if (args.size() >= 2 && args[0] == "--server") {
-    server = args[1];
+  std::map<std::string, std::string> opts = {{"--server", "127.0.0.1:50051"}};
+  while (args.size() >= 2 && (args[0] == "--server" || args[0] == "--ca" || args[0] == "--cert" || args[0] == "--key")) {
+    opts[args[0]] = args[1];
     args.erase(args.begin(), args.begin() + 2);
   }
   if (args.empty()) return Usage();
-  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (opts.contains("--ca")) {
+    grpc::SslCredentialsOptions ssl;
+    for (const auto& [flag, field] : {std::pair<std::string, std::string*>{"--ca", &ssl.pem_root_certs},
+                                      {"--cert", &ssl.pem_cert_chain}, {"--key", &ssl.pem_private_key}}) {
+      if (opts.contains(flag) && !ReadFile(opts[flag], field)) {
+        std::cerr << "hvctl: " << flag << ": cannot read " << opts[flag] << "\n";
+        return 2;
+      }
+    }
+    creds = grpc::SslCredentials(ssl);
+  }
+  const std::string server = opts["--server"];
+  auto channel = grpc::CreateChannel(server, creds);
   auto host = v1::HostService::NewStub(channel);
   auto domains = v1::DomainService::NewStub(channel);
   grpc::ClientContext ctx;

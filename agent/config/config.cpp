@@ -25,13 +25,16 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
   static const std::map<std::string, std::set<std::string>> keys = {
       {"hypervisor", {"uri"}},
       {"grpc", {"listen"}},
-      {"rest", {"listen", "max_body_bytes"}},
+      {"rest", {"listen", "max_body_bytes", "require_client_cert"}},
       {"log", {"level", "format"}},
       {"domain", {"shutdown_timeout_seconds"}},
       {"storage", {"pools"}},
       {"capacity", {"cpu_allocation_ratio", "memory_allocation_ratio", "reserved_cpus", "reserved_memory_mib"}},
       {"metrics", {"max_age_ms"}},
       {"event_channels", {"alert_share", "default_max_port", "interval_seconds"}},
+      {"tls", {"cert_file", "key_file", "client_ca_file", "reload_seconds"}},
+      {"security", {"plaintext_loopback"}},
+      {"auth", {"identities", "tokens"}},
   };
   return keys;
 }
@@ -76,6 +79,55 @@ bool IsDevicePath(const std::string& p) {
   }
   return p.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+/:") ==
          std::string::npos;
+}
+
+bool IsSha256Hex(const std::string& s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+std::string GetString(const toml::table& t, const char* key) {
+  auto* v = t.get_as<std::string>(key);
+  return v != nullptr ? v->get() : "";
+}
+
+// [[auth.identities]] {name, role} and [[auth.tokens]] {name, sha256, role}.
+absl::Status ParseAuth(const toml::table& root, Config& c) {
+  static const std::set<std::string> roles = {"monitor", "operator", "controller"};
+  struct Kind {
+    const char* path;
+    std::set<std::string> keys;
+  };
+  for (const Kind& kind : {Kind{"auth.identities", {"name", "role"}}, Kind{"auth.tokens", {"name", "sha256", "role"}}}) {
+    const toml::node* node = root.at_path(kind.path).node();
+    if (node == nullptr) continue;
+    const toml::array* list = node->as_array();
+    if (list == nullptr) return Invalid(kind.path, absl::StrCat("must be an array of tables ([[", kind.path, "]])"));
+    std::set<std::string> seen;
+    for (size_t i = 0; i < list->size(); ++i) {
+      std::string field = absl::StrCat(kind.path, "[", i, "]");
+      const toml::table* t = (*list)[i].as_table();
+      if (t == nullptr) return Invalid(field, "must be a table");
+      for (const auto& [key, value] : *t) {
+        if (!kind.keys.contains(std::string(key.str()))) {
+          return Invalid(absl::StrCat(field, ".", std::string(key.str())), "unknown key");
+        }
+      }
+      std::string name = GetString(*t, "name"), role = GetString(*t, "role");
+      if (name.empty() || name.size() > 255) return Invalid(field + ".name", "must be 1-255 characters");
+      if (!seen.insert(name).second) return Invalid(field + ".name", "is used twice");
+      if (!roles.contains(role)) return Invalid(field + ".role", "must be monitor, operator or controller");
+      if (std::string(kind.path) == "auth.identities") {
+        c.auth_identities.push_back({name, role});
+      } else {
+        std::string hash = GetString(*t, "sha256");
+        if (!IsSha256Hex(hash)) {
+          return Invalid(field + ".sha256", "must be the 64 lowercase hex digits of the token's SHA-256 (never the token)");
+        }
+        c.auth_tokens.push_back({name, hash, role});
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig>& out) {
@@ -134,7 +186,7 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
   return absl::OkStatus();
 }
 
-absl::Status ValidateListen(absl::string_view field, const std::string& listen) {
+absl::Status ValidateListen(absl::string_view field, const std::string& listen, bool loopback_only) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return Invalid(field, "must be HOST:PORT");
   std::string host = listen.substr(0, colon);
@@ -149,9 +201,17 @@ absl::Status ValidateListen(absl::string_view field, const std::string& listen) 
   in_addr v4{};
   bool loopback = host == "localhost" || host == "[::1]" ||
                   (inet_pton(AF_INET, host.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
-  if (!loopback) {
-    return Invalid(field, absl::StrCat("'", host, "' is not a loopback address; the agent has no TLS yet and ",
-                                       "serves only on 127.0.0.0/8, localhost or [::1]"));
+  if (loopback_only && !loopback) {
+    return Invalid(field, absl::StrCat("'", host, "' is not a loopback address: plain text (plaintext_loopback) is "
+                                       "served only on 127.0.0.0/8, localhost or [::1]; configure [tls] to listen "
+                                       "elsewhere"));
+  }
+  if (!loopback && host != "0.0.0.0" && host != "[::]" && inet_pton(AF_INET, host.c_str(), &v4) != 1) {
+    in6_addr v6{};
+    std::string bare = host.size() > 2 && host.front() == '[' && host.back() == ']' ? host.substr(1, host.size() - 2) : "";
+    if (bare.empty() || inet_pton(AF_INET6, bare.c_str(), &v6) != 1) {
+      return Invalid(field, absl::StrCat("'", host, "' must be an IP address literal (v6 in brackets) or localhost"));
+    }
   }
   return absl::OkStatus();
 }
@@ -160,7 +220,8 @@ absl::Status ValidateListen(absl::string_view field, const std::string& listen) 
 
 std::string Usage() {
   return "usage: hvagentd [--config FILE] [--hypervisor-uri URI] [--grpc-listen HOST:PORT]\n"
-         "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--version] [--help]\n"
+         "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--plaintext-loopback]\n"
+         "                [--version] [--help]\n"
          "Defaults: test:///default, gRPC 127.0.0.1:50051, REST 127.0.0.1:8780.\n";
 }
 
@@ -179,6 +240,10 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
     }
     if (arg == "--help" || arg == "-h") {
       cli.help = true;
+      continue;
+    }
+    if (arg == "--plaintext-loopback") {
+      cli.plaintext_loopback = true;
       continue;
     }
     std::string name = arg, value;
@@ -209,6 +274,18 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = CheckKeys(root); !s.ok()) return s;
   c.storage_pools.clear();
   if (auto s = ParsePools(root, c.storage_pools); !s.ok()) return s;
+  c.auth_identities.clear();
+  c.auth_tokens.clear();
+  if (auto s = ParseAuth(root, c); !s.ok()) return s;
+  if (auto s = Read(root, "tls", "cert_file", c.tls_cert_file); !s.ok()) return s;
+  if (auto s = Read(root, "tls", "key_file", c.tls_key_file); !s.ok()) return s;
+  if (auto s = Read(root, "tls", "client_ca_file", c.tls_client_ca_file); !s.ok()) return s;
+  int64_t reload = c.tls_reload_seconds;
+  if (auto s = Read(root, "tls", "reload_seconds", reload); !s.ok()) return s;
+  if (reload < 1 || reload > 86400) return Invalid("tls.reload_seconds", "must be 1-86400");
+  c.tls_reload_seconds = static_cast<int>(reload);
+  if (auto s = Read(root, "rest", "require_client_cert", c.rest_require_client_cert); !s.ok()) return s;
+  if (auto s = Read(root, "security", "plaintext_loopback", c.plaintext_loopback); !s.ok()) return s;
   if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
   if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
   if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;
@@ -274,8 +351,23 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
 
 absl::Status Validate(const Config& c) {
   if (c.hypervisor_uri.empty()) return Invalid("hypervisor.uri", "is required");
-  if (auto s = ValidateListen("grpc.listen", c.grpc_listen); !s.ok()) return s;
-  if (auto s = ValidateListen("rest.listen", c.rest_listen); !s.ok()) return s;
+  const bool tls = !c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_client_ca_file.empty();
+  if (tls && c.plaintext_loopback) {
+    return Invalid("security.plaintext_loopback", "cannot be combined with [tls]; choose one");
+  }
+  if (tls) {
+    if (c.tls_cert_file.empty()) return Invalid("tls.cert_file", "is required with [tls]");
+    if (c.tls_key_file.empty()) return Invalid("tls.key_file", "is required with [tls]");
+    if (c.tls_client_ca_file.empty()) {
+      return Invalid("tls.client_ca_file", "is required with [tls]: gRPC callers are identified by client certificates");
+    }
+  } else if (!c.plaintext_loopback) {
+    return Invalid("tls", "no TLS is configured: set [tls] cert_file, key_file and client_ca_file (see "
+                          "docs/security.md), or, for development on this machine only, --plaintext-loopback");
+  }
+  if (c.rest_require_client_cert && !tls) return Invalid("rest.require_client_cert", "needs [tls]");
+  if (auto s = ValidateListen("grpc.listen", c.grpc_listen, !tls); !s.ok()) return s;
+  if (auto s = ValidateListen("rest.listen", c.rest_listen, !tls); !s.ok()) return s;
   if (c.grpc_listen == c.rest_listen) return Invalid("rest.listen", "must differ from grpc.listen");
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error"};
   if (!levels.contains(c.log_level)) {
@@ -295,6 +387,7 @@ absl::StatusOr<Config> Resolve(const CommandLine& cli) {
   if (cli.grpc_listen) c.grpc_listen = *cli.grpc_listen;
   if (cli.rest_listen) c.rest_listen = *cli.rest_listen;
   if (cli.log_level) c.log_level = *cli.log_level;
+  if (cli.plaintext_loopback) c.plaintext_loopback = true;
   if (auto s = Validate(c); !s.ok()) return s;
   return c;
 }

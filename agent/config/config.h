@@ -34,6 +34,27 @@ struct Config {
   double evtchn_alert_share = 0.8;
   uint32_t evtchn_default_max_port = 1023;
   std::chrono::seconds evtchn_interval{10};
+  // [tls]: both servers use it. Without it the agent starts only with plaintext_loopback.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;  // required with TLS: gRPC callers are their certificates
+  int tls_reload_seconds = 60;     // gRPC re-reads the files this often (REST: on SIGHUP too)
+  bool rest_require_client_cert = false;  // REST also demands a client certificate (same CA)
+  // [security] plaintext_loopback / --plaintext-loopback: development only; no TLS, loopback
+  // listeners only, every caller is the controller "local".
+  bool plaintext_loopback = false;
+  // [[auth.identities]] and [[auth.tokens]]: roles (docs/security.md).
+  struct Identity {
+    std::string name;  // a client certificate's SAN DNS/URI name or CN
+    std::string role;  // monitor, operator, controller
+  };
+  struct Token {
+    std::string name;
+    std::string sha256;  // lowercase hex SHA-256 of the bearer token
+    std::string role;
+  };
+  std::vector<Identity> auth_identities;
+  std::vector<Token> auth_tokens;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 };
@@ -44,6 +65,7 @@ struct CommandLine {
   std::optional<std::string> grpc_listen;
   std::optional<std::string> rest_listen;
   std::optional<std::string> log_level;
+  bool plaintext_loopback = false;
   bool version = false;
   bool help = false;
 };
@@ -60,7 +82,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base = {})
 // Defaults <- file <- flags, then validated.
 absl::StatusOr<Config> Resolve(const CommandLine& cli);
 
-// Listen addresses must be HOST:PORT on loopback (no TLS yet), levels and sizes sane.
+// Listen addresses must be HOST:PORT; without TLS, only with plaintext_loopback and on loopback.
 absl::Status Validate(const Config& config);
 
 }  // namespace hvagent::config

@@ -90,14 +90,22 @@ def small_spec_json(name):
 class Agent:
     """One hvagentd process on free loopback ports."""
 
-    def __init__(self, config_toml=None):
-        """`config_toml`: text of a config file (e.g. storage pools); flags set the rest."""
+    def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None):
+        """`config_toml`: text of a config file (e.g. storage pools); flags set the rest.
+        `plaintext`: the development mode (--plaintext-loopback); False for TLS configs, with
+        `client_tls` = (ca_file, cert_file or None, key_file or None) for this harness's own
+        channel and REST calls, and `token` the REST bearer token they send."""
+        self.plaintext = plaintext
+        self.client_tls = client_tls
+        self.token = token
         self.binary = os.environ["HVAGENTD"]
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.rest_addr = f"127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-", suffix=".log", delete=False)
         argv = [self.binary, "--hypervisor-uri", URI, "--grpc-listen", self.grpc_addr,
                 "--rest-listen", self.rest_addr, "--log-level", "debug"]
+        if plaintext:
+            argv.append("--plaintext-loopback")
         self.config = None
         if config_toml is not None:
             self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-", suffix=".toml", delete=False)
@@ -118,20 +126,43 @@ class Agent:
             time.sleep(0.1)
         else:
             raise AssertionError(f"hvagentd not healthy within 20 s:\n{self.log_text()}")
-        self.channel = grpc.insecure_channel(self.grpc_addr)
+        self.channel = self.grpc_channel(client_tls) if not plaintext else grpc.insecure_channel(self.grpc_addr)
         self.host = host_pb2_grpc.HostServiceStub(self.channel)
         self.domains = domain_pb2_grpc.DomainServiceStub(self.channel)
         self.events = event_pb2_grpc.EventServiceStub(self.channel)
         self.storage = storage_pb2_grpc.StorageServiceStub(self.channel)
 
-    def rest(self, method, path, body=None, raw=None):
-        """(status, parsed JSON or None). `raw` sends bytes as they are."""
+    def grpc_channel(self, client_tls):
+        """A TLS channel to the agent with (ca_file, cert_file, key_file); cert/key may be None."""
+        ca, cert, key = client_tls
+        read = lambda p: open(p, "rb").read() if p else None
+        creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+        return grpc.secure_channel(self.grpc_addr, creds)
+
+    def ssl_context(self, client_tls=None):
+        import ssl
+        ca, cert, key = client_tls or self.client_tls
+        ctx = ssl.create_default_context(cafile=ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def rest(self, method, path, body=None, raw=None, token=None, client_tls=None, headers=None):
+        """(status, parsed JSON or None). `raw` sends bytes as they are. Over TLS, `token` (or
+        the harness's) goes in Authorization; `client_tls` replaces the harness's TLS files."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://{self.rest_addr}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        token = token if token is not None else self.token
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        scheme = "http" if self.plaintext else "https"
+        req = urllib.request.Request(f"{scheme}://{self.rest_addr}{path}", data=data, method=method, headers=hdrs)
+        context = None if self.plaintext else self.ssl_context(client_tls)
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with urllib.request.urlopen(req, timeout=60, context=context) as r:
                 text = r.read().decode()
+                if not r.headers.get("Content-Type", "").startswith("application/json"):
+                    return r.status, text  # /metrics: the Prometheus text format
                 return r.status, (json.loads(text) if text else None)
         except urllib.error.HTTPError as e:
             text = e.read().decode()
@@ -171,16 +202,20 @@ class AgentTestCase(unittest.TestCase):
     """Starts one agent per test class; removes every hvit- domain a test left behind and
     prints the agent's log when a test failed."""
 
-    # Subclasses may return the text of a config file for their agent.
+    # Subclasses may return the text of a config file for their agent, and Agent() options.
     @classmethod
     def agent_config(cls):
         return None
 
     @classmethod
+    def agent_options(cls):
+        return {}
+
+    @classmethod
     def setUpClass(cls):
         cls.lock = lock_libvirtd()
         try:
-            cls.agent = Agent(cls.agent_config())
+            cls.agent = Agent(cls.agent_config(), **cls.agent_options())
         except BaseException:
             cls.lock.close()
             raise

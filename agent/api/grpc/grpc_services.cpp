@@ -2,6 +2,9 @@
 
 #include <thread>
 
+#include <google/protobuf/util/json_util.h>
+
+#include "agent/api/auth/audit.h"
 #include "agent/api/convert.h"
 #include "agent/api/status_mapping.h"
 #include "common/log.h"
@@ -23,16 +26,58 @@ std::string RequestIdOf(const grpc::ServerContext* ctx) {
   return log::NewRequestId();
 }
 
-// Runs one RPC under a request id, logs its outcome and turns the Status into a gRPC one.
+}  // namespace
+
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth::Authorizer& authz) {
+  std::string leaf, chain;
+  std::shared_ptr<const grpc::AuthContext> ac = ctx->auth_context();
+  if (ac != nullptr) {
+    for (const grpc::string_ref& v : ac->FindPropertyValues("x509_pem_cert")) leaf.assign(v.data(), v.size());
+    for (const grpc::string_ref& v : ac->FindPropertyValues("x509_pem_cert_chain")) chain.assign(v.data(), v.size());
+  }
+  return authz.FromPeerCertificate(leaf, chain);
+}
+
+absl::Status Authorize(const grpc::ServerContext* ctx, const auth::Authorizer* authz, const char* operation) {
+  if (authz == nullptr) return absl::OkStatus();
+  auto caller = CallerOf(ctx, *authz);
+  absl::Status s = caller.ok() ? authz->Check(*caller, operation) : caller.status();
+  if (!s.ok()) auth::Audit(caller.value_or(auth::Caller{}), operation, "", s, {});
+  return s;
+}
+
+namespace {
+
+std::string ArgumentsOf(const google::protobuf::Message* request) {
+  if (request == nullptr) return "";
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(*request, &json, opts).ok()) return "?";
+  return json;
+}
+
+// Runs one RPC under a request id: checks the caller's role, logs the outcome (and, for what
+// changes something, an audit line), and turns the Status into a gRPC one.
 template <typename F>
-grpc::Status Handle(grpc::ServerContext* ctx, const char* method, F&& body) {
+grpc::Status Handle(grpc::ServerContext* ctx, const auth::Authorizer* authz, const char* operation,
+                    const google::protobuf::Message* request, F&& body) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
   ctx->AddInitialMetadata("x-request-id", std::string(log::CurrentRequestId()));
-  absl::Status s = body();
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<auth::Caller> who =
+      authz != nullptr ? CallerOf(ctx, *authz) : absl::StatusOr<auth::Caller>(auth::Caller{"-", auth::Role::kController});
+  auth::Caller caller = who.value_or(auth::Caller{});
+  absl::Status s = !who.ok() ? who.status() : authz != nullptr ? authz->Check(caller, operation) : absl::OkStatus();
+  const bool allowed = s.ok();
+  if (allowed) s = body();
   if (s.ok()) {
-    Log()->info("{} ok", method);
+    Log()->info("{} ok", operation);
   } else {
-    Log()->info("{} failed: {} {}", method, absl::StatusCodeToString(s.code()), s.message());
+    Log()->info("{} failed: {} {}", operation, absl::StatusCodeToString(s.code()), s.message());
+  }
+  if (!allowed || auth::IsMutating(operation)) {
+    auth::Audit(caller, operation, ArgumentsOf(request), s, std::chrono::steady_clock::now() - start);
   }
   return ToGrpcStatus(s);
 }
@@ -48,8 +93,8 @@ absl::Status IntoDomain(v1::Domain* out, F&& call) {
 
 }  // namespace
 
-grpc::Status HostGrpcService::GetHost(grpc::ServerContext* ctx, const v1::GetHostRequest*, v1::Host* out) {
-  return Handle(ctx, "GetHost", [&]() -> absl::Status {
+grpc::Status HostGrpcService::GetHost(grpc::ServerContext* ctx, const v1::GetHostRequest* req, v1::Host* out) {
+  return Handle(ctx, auth_, "hvagent.v1.HostService/GetHost", req, [&]() -> absl::Status {
     auto h = host_.GetHost();
     if (!h.ok()) return h.status();
     *out = ToProto(*h, host_.HypervisorConnected());
@@ -57,9 +102,9 @@ grpc::Status HostGrpcService::GetHost(grpc::ServerContext* ctx, const v1::GetHos
   });
 }
 
-grpc::Status HostGrpcService::GetCapacity(grpc::ServerContext* ctx, const v1::GetCapacityRequest*,
+grpc::Status HostGrpcService::GetCapacity(grpc::ServerContext* ctx, const v1::GetCapacityRequest* req,
                                           v1::Capacity* out) {
-  return Handle(ctx, "GetCapacity", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.HostService/GetCapacity", req, [&]() -> absl::Status {
     auto c = host_.GetCapacity();
     if (!c.ok()) return c.status();
     *out = ToProto(*c);
@@ -69,7 +114,7 @@ grpc::Status HostGrpcService::GetCapacity(grpc::ServerContext* ctx, const v1::Ge
 
 grpc::Status DomainGrpcService::CreateDomain(grpc::ServerContext* ctx, const v1::CreateDomainRequest* req,
                                              v1::Domain* out) {
-  return Handle(ctx, "CreateDomain", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/CreateDomain", req, [&]() -> absl::Status {
     if (!req->has_spec()) return absl::InvalidArgumentError("spec: is required");
     auto spec = FromProto(req->spec());
     if (!spec.ok()) return spec.status();
@@ -79,12 +124,12 @@ grpc::Status DomainGrpcService::CreateDomain(grpc::ServerContext* ctx, const v1:
 
 grpc::Status DomainGrpcService::GetDomain(grpc::ServerContext* ctx, const v1::GetDomainRequest* req,
                                           v1::Domain* out) {
-  return Handle(ctx, "GetDomain", [&] { return IntoDomain(out, [&] { return domains_.Get(req->name()); }); });
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/GetDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Get(req->name()); }); });
 }
 
-grpc::Status DomainGrpcService::ListDomains(grpc::ServerContext* ctx, const v1::ListDomainsRequest*,
+grpc::Status DomainGrpcService::ListDomains(grpc::ServerContext* ctx, const v1::ListDomainsRequest* req,
                                             v1::ListDomainsResponse* out) {
-  return Handle(ctx, "ListDomains", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/ListDomains", req, [&]() -> absl::Status {
     auto list = domains_.List();
     if (!list.ok()) return list.status();
     for (const auto& d : *list) *out->add_domains() = ToProto(d);
@@ -93,12 +138,12 @@ grpc::Status DomainGrpcService::ListDomains(grpc::ServerContext* ctx, const v1::
 }
 
 grpc::Status DomainGrpcService::StartDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, "StartDomain", [&] { return IntoDomain(out, [&] { return domains_.Start(req->name()); }); });
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/StartDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Start(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::ShutdownDomain(grpc::ServerContext* ctx, const v1::ShutdownDomainRequest* req,
                                                v1::ShutdownDomainResponse* out) {
-  return Handle(ctx, "ShutdownDomain", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/ShutdownDomain", req, [&]() -> absl::Status {
     auto r = domains_.Shutdown(req->name(), std::chrono::seconds(req->timeout_seconds()));
     if (!r.ok()) return r.status();
     *out->mutable_domain() = ToProto(r->domain);
@@ -108,26 +153,26 @@ grpc::Status DomainGrpcService::ShutdownDomain(grpc::ServerContext* ctx, const v
 }
 
 grpc::Status DomainGrpcService::DestroyDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, "DestroyDomain",
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/DestroyDomain", req,
                 [&] { return IntoDomain(out, [&] { return domains_.Destroy(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::RebootDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, "RebootDomain", [&] { return IntoDomain(out, [&] { return domains_.Reboot(req->name()); }); });
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/RebootDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Reboot(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::SuspendDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, "SuspendDomain",
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/SuspendDomain", req,
                 [&] { return IntoDomain(out, [&] { return domains_.Suspend(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::ResumeDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, "ResumeDomain", [&] { return IntoDomain(out, [&] { return domains_.Resume(req->name()); }); });
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/ResumeDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Resume(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::DeleteDomain(grpc::ServerContext* ctx, const v1::DeleteDomainRequest* req,
                                              v1::DeleteDomainResponse*) {
-  return Handle(ctx, "DeleteDomain", [&] { return domains_.Delete(req->name(), req->force(), req->delete_volumes()); });
+  return Handle(ctx, auth_, "hvagent.v1.DomainService/DeleteDomain", req, [&] { return domains_.Delete(req->name(), req->force(), req->delete_volumes()); });
 }
 
 namespace {
@@ -140,9 +185,9 @@ absl::Status IntoVolume(v1::Volume* out, F&& call) {
 }
 }  // namespace
 
-grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::ListPoolsRequest*,
+grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::ListPoolsRequest* req,
                                            v1::ListPoolsResponse* out) {
-  return Handle(ctx, "ListPools", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/ListPools", req, [&]() -> absl::Status {
     auto pools = storage_.ListPools();
     if (!pools.ok()) return pools.status();
     for (const auto& p : *pools) *out->add_pools() = ToProto(p);
@@ -151,7 +196,7 @@ grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::L
 }
 
 grpc::Status StorageGrpcService::GetPool(grpc::ServerContext* ctx, const v1::GetPoolRequest* req, v1::Pool* out) {
-  return Handle(ctx, "GetPool", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/GetPool", req, [&]() -> absl::Status {
     auto p = storage_.GetPool(req->name());
     if (!p.ok()) return p.status();
     *out = ToProto(*p);
@@ -161,7 +206,7 @@ grpc::Status StorageGrpcService::GetPool(grpc::ServerContext* ctx, const v1::Get
 
 grpc::Status StorageGrpcService::ListVolumes(grpc::ServerContext* ctx, const v1::ListVolumesRequest* req,
                                              v1::ListVolumesResponse* out) {
-  return Handle(ctx, "ListVolumes", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/ListVolumes", req, [&]() -> absl::Status {
     auto list = storage_.ListVolumes(req->pool());
     if (!list.ok()) return list.status();
     for (const auto& v : *list) *out->add_volumes() = ToProto(v);
@@ -170,32 +215,32 @@ grpc::Status StorageGrpcService::ListVolumes(grpc::ServerContext* ctx, const v1:
 }
 
 grpc::Status StorageGrpcService::GetVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
-  return Handle(ctx, "GetVolume",
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/GetVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.GetVolume(req->pool(), req->name()); }); });
 }
 
 grpc::Status StorageGrpcService::CreateVolume(grpc::ServerContext* ctx, const v1::CreateVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, "CreateVolume", [&] {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/CreateVolume", req, [&] {
     return IntoVolume(out, [&] { return storage_.CreateVolume(req->pool(), {req->name(), req->size_bytes()}); });
   });
 }
 
 grpc::Status StorageGrpcService::ResizeVolume(grpc::ServerContext* ctx, const v1::ResizeVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, "ResizeVolume", [&] {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/ResizeVolume", req, [&] {
     return IntoVolume(out, [&] { return storage_.ResizeVolume(req->pool(), req->name(), req->size_bytes()); });
   });
 }
 
 grpc::Status StorageGrpcService::DeleteVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
-  return Handle(ctx, "DeleteVolume",
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/DeleteVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.DeleteVolume(req->pool(), req->name()); }); });
 }
 
 grpc::Status StorageGrpcService::AttachVolume(grpc::ServerContext* ctx, const v1::AttachVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, "AttachVolume", [&] {
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/AttachVolume", req, [&] {
     return IntoVolume(out, [&] {
       return storage_.AttachVolume(req->pool(), req->name(), req->domain(), req->target(), req->readonly());
     });
@@ -204,13 +249,14 @@ grpc::Status StorageGrpcService::AttachVolume(grpc::ServerContext* ctx, const v1
 
 grpc::Status StorageGrpcService::DetachVolume(grpc::ServerContext* ctx, const v1::DetachVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, "DetachVolume",
+  return Handle(ctx, auth_, "hvagent.v1.StorageService/DetachVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.DetachVolume(req->pool(), req->name()); }); });
 }
 
 grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                                      grpc::ServerWriter<v1::DomainEvent>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
+  if (auto s = Authorize(ctx, auth_, "hvagent.v1.EventService/Watch"); !s.ok()) return ToGrpcStatus(s);
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
   Log()->info("Watch opened ({} domain filter(s))", req->domain_names_size());
   // Headers go out only now, so a client that waits for them knows it will see every later event.
@@ -226,7 +272,7 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
 
 grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const v1::GetDomainStatsRequest* req,
                                                v1::GetDomainStatsResponse* out) {
-  return Handle(ctx, "GetDomainStats", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.MetricsService/GetDomainStats", req, [&]() -> absl::Status {
     auto sample = metrics_.Latest();
     if (!sample->domains.ok()) return sample->domains.status();
     *out = ToDomainStatsProto(*sample, req->name());
@@ -237,9 +283,9 @@ grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const 
   });
 }
 
-grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, const v1::GetEventChannelsRequest*,
+grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, const v1::GetEventChannelsRequest* req,
                                                  v1::EventChannels* out) {
-  return Handle(ctx, "GetEventChannels", [&]() -> absl::Status {
+  return Handle(ctx, auth_, "hvagent.v1.MetricsService/GetEventChannels", req, [&]() -> absl::Status {
     auto sample = metrics_.Latest();
     if (!sample->event_channels.ok()) return sample->event_channels.status();
     *out = ToProto(*sample->event_channels, sample->time);
@@ -250,6 +296,7 @@ grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, cons
 grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchMetricsRequest* req,
                                       grpc::ServerWriter<v1::MetricsSample>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
+  if (auto s = Authorize(ctx, auth_, "hvagent.v1.MetricsService/Watch"); !s.ok()) return ToGrpcStatus(s);
   uint32_t interval = req->interval_seconds() == 0 ? 10 : req->interval_seconds();
   if (interval > 3600) {
     return ToGrpcStatus(absl::InvalidArgumentError(

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 
+#include "agent/api/auth/authorizer.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
@@ -21,17 +22,22 @@ namespace hvagent::api {
 
 class HostGrpcService final : public v1::HostService::Service {
  public:
-  explicit HostGrpcService(service::HostService& host) : host_(host) {}
+  // `authz` null: no checks (unit tests of the translation only).
+  explicit HostGrpcService(service::HostService& host, const auth::Authorizer* authz = nullptr)
+      : host_(host), auth_(authz) {}
   grpc::Status GetHost(grpc::ServerContext*, const v1::GetHostRequest*, v1::Host*) override;
   grpc::Status GetCapacity(grpc::ServerContext*, const v1::GetCapacityRequest*, v1::Capacity*) override;
 
  private:
   service::HostService& host_;
+  const auth::Authorizer* auth_;
 };
 
 class DomainGrpcService final : public v1::DomainService::Service {
  public:
-  explicit DomainGrpcService(service::DomainService& domains) : domains_(domains) {}
+  // `authz` null: no checks (unit tests of the translation only).
+  explicit DomainGrpcService(service::DomainService& domains, const auth::Authorizer* authz = nullptr)
+      : domains_(domains), auth_(authz) {}
   grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
   grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
   grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
@@ -46,21 +52,27 @@ class DomainGrpcService final : public v1::DomainService::Service {
 
  private:
   service::DomainService& domains_;
+  const auth::Authorizer* auth_;
 };
 
 class EventGrpcService final : public v1::EventService::Service {
  public:
-  explicit EventGrpcService(service::EventHub& hub) : hub_(hub) {}
+  // `authz` null: no checks (unit tests of the translation only).
+  explicit EventGrpcService(service::EventHub& hub, const auth::Authorizer* authz = nullptr)
+      : hub_(hub), auth_(authz) {}
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchEventsRequest*,
                      grpc::ServerWriter<v1::DomainEvent>*) override;
 
  private:
   service::EventHub& hub_;
+  const auth::Authorizer* auth_;
 };
 
 class StorageGrpcService final : public v1::StorageService::Service {
  public:
-  explicit StorageGrpcService(service::StorageService& storage) : storage_(storage) {}
+  // `authz` null: no checks (unit tests of the translation only).
+  explicit StorageGrpcService(service::StorageService& storage, const auth::Authorizer* authz = nullptr)
+      : storage_(storage), auth_(authz) {}
   grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
   grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
   grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
@@ -73,11 +85,14 @@ class StorageGrpcService final : public v1::StorageService::Service {
 
  private:
   service::StorageService& storage_;
+  const auth::Authorizer* auth_;
 };
 
 class MetricsGrpcService final : public v1::MetricsService::Service {
  public:
-  explicit MetricsGrpcService(service::MetricsCollector& metrics) : metrics_(metrics) {}
+  // `authz` null: no checks (unit tests of the translation only).
+  explicit MetricsGrpcService(service::MetricsCollector& metrics, const auth::Authorizer* authz = nullptr)
+      : metrics_(metrics), auth_(authz) {}
   grpc::Status GetDomainStats(grpc::ServerContext*, const v1::GetDomainStatsRequest*,
                               v1::GetDomainStatsResponse*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchMetricsRequest*,
@@ -89,7 +104,13 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
 
  private:
   service::MetricsCollector& metrics_;
+  const auth::Authorizer* auth_;
   std::atomic<bool> closed_{false};
 };
+
+// The caller of a gRPC call (its client certificate names, resolved by `authz`), and the check
+// of one operation for it: OK, UNAUTHENTICATED or PERMISSION_DENIED (refusals are audited).
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth::Authorizer& authz);
+absl::Status Authorize(const grpc::ServerContext* ctx, const auth::Authorizer* authz, const char* operation);
 
 }  // namespace hvagent::api

@@ -12,6 +12,7 @@ struct HttpRequest {
   std::string path;    // decoded, without query, e.g. "/v1/domains/web1:start"
   std::map<std::string, std::string> query;
   std::string body;
+  std::string authorization;  // the Authorization header, "" when absent
 };
 
 struct HttpResponse {

@@ -2,6 +2,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "agent/api/auth/audit.h"
 #include "agent/api/rest/json.h"
 #include "agent/api/status_mapping.h"
 
@@ -11,7 +13,118 @@ HttpResponse MethodNotAllowed(const HttpRequest& req) {
   return {405, ErrorBody("UNIMPLEMENTED", absl::StrCat("method ", req.method, " is not allowed on ", req.path))};
 }
 
+namespace {
+
+std::string Op(absl::string_view service, absl::string_view method) {
+  return absl::StrCat("hvagent.v1.", service, "/", method);
+}
+
+// "/web1:start" -> {"web1", "start"}; "/web1" -> {"web1", ""}; nullopt for more segments.
+std::optional<std::pair<std::string, std::string>> ItemAction(absl::string_view rest) {
+  if (rest.size() < 2 || rest[0] != '/' || rest.find('/', 1) != absl::string_view::npos) return std::nullopt;
+  rest.remove_prefix(1);
+  size_t colon = rest.rfind(':');
+  if (colon == absl::string_view::npos) return std::make_pair(std::string(rest), std::string());
+  return std::make_pair(std::string(rest.substr(0, colon)), std::string(rest.substr(colon + 1)));
+}
+
+std::optional<std::string> DomainOperation(const std::string& m, absl::string_view rest) {
+  if (rest.empty()) {
+    if (m == "GET") return Op("DomainService", "ListDomains");
+    if (m == "POST") return Op("DomainService", "CreateDomain");
+    return std::nullopt;
+  }
+  auto item = ItemAction(rest);
+  if (!item) return std::nullopt;
+  const std::string& action = item->second;
+  if (action.empty()) {
+    if (m == "GET") return Op("DomainService", "GetDomain");
+    if (m == "DELETE") return Op("DomainService", "DeleteDomain");
+    return std::nullopt;
+  }
+  if (m != "POST") return std::nullopt;
+  for (const char* a : {"start", "shutdown", "destroy", "reboot", "suspend", "resume"}) {
+    if (action == a) {
+      std::string name = a;
+      name[0] = static_cast<char>(name[0] - 'a' + 'A');
+      return Op("DomainService", absl::StrCat(name, "Domain"));
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> StorageOperation(const std::string& m, absl::string_view rest) {
+  std::vector<absl::string_view> parts = absl::StrSplit(rest, '/');  // "", pool, "volumes", item
+  if (rest.empty()) return m == "GET" ? std::optional(Op("StorageService", "ListPools")) : std::nullopt;
+  if (parts.size() == 2) return m == "GET" ? std::optional(Op("StorageService", "GetPool")) : std::nullopt;
+  if (parts.size() == 3 && parts[2] == "volumes") {
+    if (m == "GET") return Op("StorageService", "ListVolumes");
+    if (m == "POST") return Op("StorageService", "CreateVolume");
+    return std::nullopt;
+  }
+  if (parts.size() != 4 || parts[2] != "volumes") return std::nullopt;
+  auto item = ItemAction(absl::StrCat("/", parts[3]));
+  if (!item) return std::nullopt;
+  if (item->second.empty()) {
+    if (m == "GET") return Op("StorageService", "GetVolume");
+    if (m == "DELETE") return Op("StorageService", "DeleteVolume");
+    return std::nullopt;
+  }
+  if (m != "POST") return std::nullopt;
+  if (item->second == "resize") return Op("StorageService", "ResizeVolume");
+  if (item->second == "attach") return Op("StorageService", "AttachVolume");
+  if (item->second == "detach") return Op("StorageService", "DetachVolume");
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> RestOperation(const HttpRequest& req) {
+  absl::string_view path = req.path;
+  const std::string& m = req.method;
+  if (path == "/v1/host") return m == "GET" ? std::optional(Op("HostService", "GetHost")) : std::nullopt;
+  if (path == "/v1/host/capacity") return m == "GET" ? std::optional(Op("HostService", "GetCapacity")) : std::nullopt;
+  if (path == "/v1/host/event-channels") {
+    return m == "GET" ? std::optional(Op("MetricsService", "GetEventChannels")) : std::nullopt;
+  }
+  if (path == "/metrics") return m == "GET" ? std::optional(Op("MetricsService", "Prometheus")) : std::nullopt;
+  if (path == "/v1/stats/domains" || absl::StartsWith(path, "/v1/stats/domains/")) {
+    return m == "GET" ? std::optional(Op("MetricsService", "GetDomainStats")) : std::nullopt;
+  }
+  if (path == "/v1/domains" || absl::StartsWith(path, "/v1/domains/")) {
+    return DomainOperation(m, path.substr(absl::string_view("/v1/domains").size()));
+  }
+  if (path == "/v1/pools" || absl::StartsWith(path, "/v1/pools/")) {
+    return StorageOperation(m, path.substr(absl::string_view("/v1/pools").size()));
+  }
+  return std::nullopt;
+}
+
 HttpResponse RestRouter::Handle(const HttpRequest& req) {
+  // /healthz answers everybody (load balancers and probes carry no credentials); it tells only
+  // whether the agent serves.
+  if (req.path == "/healthz" || authz_ == nullptr) return Route(req);
+  const auto start = std::chrono::steady_clock::now();
+  auth::Caller caller = authz_->FromBearerToken(req.authorization);
+  std::optional<std::string> op = RestOperation(req);
+  absl::Status allowed;
+  if (op) {
+    allowed = authz_->Check(caller, *op);
+  } else if (caller.identity.empty()) {
+    // Unknown routes answer 404/405 only to authenticated callers.
+    allowed = absl::UnauthenticatedError(absl::StrCat(req.method, " ", req.path,
+                                                      ": no valid client certificate or bearer token was presented"));
+  }
+  HttpResponse resp = allowed.ok() ? Route(req) : ErrorResponse(allowed);
+  if (!allowed.ok() || (op && auth::IsMutating(*op))) {
+    auth::Audit(caller, op.value_or(absl::StrCat(req.method, " ", req.path)), req.body,
+                absl::StrCat("HTTP ", resp.status), allowed.ok() ? "" : allowed.message(),
+                std::chrono::steady_clock::now() - start);
+  }
+  return resp;
+}
+
+HttpResponse RestRouter::Route(const HttpRequest& req) {
   absl::string_view path = req.path;
   if (path == "/healthz") return HandleHealth(host_, req);
   if (path == "/v1/host") return HandleHost(host_, req, false);

@@ -2,6 +2,9 @@
 // RestRouter: maps an HttpRequest to the resource that serves it (/healthz, /v1/host...,
 // /v1/domains...). Pure: no sockets, so the whole REST surface is unit-testable.
 
+#include <optional>
+
+#include "agent/api/auth/authorizer.h"
 #include "agent/api/rest/http_types.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
@@ -13,8 +16,10 @@ namespace hvagent::api {
 class RestRouter {
  public:
   RestRouter(service::HostService& host, service::DomainService& domains, service::StorageService* storage = nullptr,
-             service::MetricsCollector* metrics = nullptr)
-      : host_(host), domains_(domains), storage_(storage), metrics_(metrics) {}
+             service::MetricsCollector* metrics = nullptr, const auth::Authorizer* authz = nullptr)
+      : host_(host), domains_(domains), storage_(storage), metrics_(metrics), authz_(authz) {}
+  // Checks the caller (bearer token) for the route's operation first: 401 / 403 before any
+  // resource runs. Mutating requests and refusals are written to the audit log.
   HttpResponse Handle(const HttpRequest& request);
 
  private:
@@ -22,7 +27,13 @@ class RestRouter {
   service::DomainService& domains_;
   service::StorageService* storage_;  // null: no storage configured
   service::MetricsCollector* metrics_;  // null: no /metrics, no /v1/stats
+  const auth::Authorizer* authz_;       // null: no checks (unit tests of the resources)
+  HttpResponse Route(const HttpRequest& request);
 };
+
+// The operation a REST request performs, named like the gRPC method that does the same
+// ("hvagent.v1.DomainService/StartDomain"); nullopt for paths and methods that do not exist.
+std::optional<std::string> RestOperation(const HttpRequest& request);
 
 // Resources, one file each.
 HttpResponse HandleHealth(service::HostService& host, const HttpRequest& req);

@@ -4,7 +4,15 @@
 #include "agent/api/status_mapping.h"
 #include "common/log.h"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <mutex>
+
 // After spdlog/fmt: cpprestsdk's U() macro must not leak into them.
+#include <boost/asio/ssl.hpp>
 #include <cpprest/http_listener.h>
 #include <cpprest/uri.h>
 
@@ -26,13 +34,80 @@ bool ValidRequestId(const std::string& id) {
   return true;
 }
 
+std::string OpenSslError() {
+  unsigned long e = ERR_get_error();
+  if (e == 0) return "unknown error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof(buf));
+  ERR_clear_error();
+  return buf;
+}
+
+struct X509Deleter {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyDeleter {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct StoreDeleter {
+  void operator()(X509_STORE* s) const { X509_STORE_free(s); }
+};
+struct BioDeleter {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+
+// One consistent set of TLS material, swapped whole on reload.
+struct TlsMaterial {
+  std::unique_ptr<X509, X509Deleter> cert;
+  std::vector<std::unique_ptr<X509, X509Deleter>> chain;
+  std::unique_ptr<EVP_PKEY, KeyDeleter> key;
+  std::unique_ptr<X509_STORE, StoreDeleter> client_ca;  // null: no client certificates asked
+};
+
+absl::StatusOr<std::shared_ptr<const TlsMaterial>> LoadTls(const RestTls& files) {
+  auto m = std::make_shared<TlsMaterial>();
+  std::unique_ptr<BIO, BioDeleter> cert_bio(BIO_new_file(files.cert_file.c_str(), "r"));
+  if (!cert_bio) return absl::FailedPreconditionError(absl::StrCat("tls.cert_file: cannot read ", files.cert_file));
+  m->cert.reset(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+  if (!m->cert) return absl::InvalidArgumentError(absl::StrCat("tls.cert_file: no PEM certificate in ", files.cert_file));
+  while (X509* extra = PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr)) m->chain.emplace_back(extra);
+  ERR_clear_error();  // the loop ends on "no start line"
+  std::unique_ptr<BIO, BioDeleter> key_bio(BIO_new_file(files.key_file.c_str(), "r"));
+  if (!key_bio) return absl::FailedPreconditionError(absl::StrCat("tls.key_file: cannot read ", files.key_file));
+  m->key.reset(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+  if (!m->key) return absl::InvalidArgumentError(absl::StrCat("tls.key_file: no PEM private key in ", files.key_file));
+  if (X509_check_private_key(m->cert.get(), m->key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("tls.key_file: the key does not belong to tls.cert_file");
+  }
+  if (!files.client_ca_file.empty()) {
+    m->client_ca.reset(X509_STORE_new());
+    if (X509_STORE_load_locations(m->client_ca.get(), files.client_ca_file.c_str(), nullptr) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tls.client_ca_file: cannot load ", files.client_ca_file, ": ", OpenSslError()));
+    }
+  }
+  return std::shared_ptr<const TlsMaterial>(std::move(m));
+}
+
 }  // namespace
 
 struct RestServer::Impl {
   std::string listen;
   RestRouter& router;
   size_t max_body;
+  std::optional<RestTls> tls;
   std::unique_ptr<http::experimental::listener::http_listener> listener;
+  std::mutex material_mu;
+  std::shared_ptr<const TlsMaterial> material;
+
+  std::shared_ptr<const TlsMaterial> Material() {
+    std::lock_guard lock(material_mu);
+    return material;
+  }
+  void ConfigureSsl(boost::asio::ssl::context& ctx);
+  // SSL_CTX_set_cert_cb: hands each handshake the current material.
+  static int OnHandshake(SSL* ssl, void* arg);
 
   void Serve(http::http_request request);
   HttpResponse Dispatch(http::http_request& request);
@@ -61,6 +136,7 @@ HttpResponse RestServer::Impl::Dispatch(http::http_request& request) {
                            absl::StrCat("request body: over the limit of ", max_body, " bytes"))};
   }
   req.body = std::move(body);
+  if (headers.has(http::header_names::authorization)) req.authorization = headers.find(http::header_names::authorization)->second;
   return router.Handle(req);
 }
 
@@ -86,22 +162,61 @@ void RestServer::Impl::Serve(http::http_request request) {
   }
 }
 
-RestServer::RestServer(std::string listen, RestRouter& router, size_t max_body_bytes)
-    : impl_(new Impl{std::move(listen), router, max_body_bytes, nullptr}) {}
+int RestServer::Impl::OnHandshake(SSL* ssl, void* arg) {
+  auto m = static_cast<Impl*>(arg)->Material();
+  if (!m || SSL_use_certificate(ssl, m->cert.get()) != 1 || SSL_use_PrivateKey(ssl, m->key.get()) != 1) return 0;
+  SSL_clear_chain_certs(ssl);
+  for (const auto& c : m->chain) SSL_add1_chain_cert(ssl, c.get());
+  if (m->client_ca) {
+    SSL_set1_verify_cert_store(ssl, m->client_ca.get());
+    SSL_set_verify(ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  return 1;
+}
+
+void RestServer::Impl::ConfigureSsl(boost::asio::ssl::context& ctx) {
+  SSL_CTX* c = ctx.native_handle();
+  SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20");
+  SSL_CTX_set_cert_cb(c, &Impl::OnHandshake, this);
+}
+
+RestServer::RestServer(std::string listen, RestRouter& router, size_t max_body_bytes, std::optional<RestTls> tls)
+    : impl_(new Impl{std::move(listen), router, max_body_bytes, std::move(tls), nullptr, {}, nullptr}) {}
+
+absl::Status RestServer::ReloadTls() {
+  if (!impl_->tls) return absl::OkStatus();
+  auto m = LoadTls(*impl_->tls);
+  if (!m.ok()) return m.status();
+  std::lock_guard lock(impl_->material_mu);
+  impl_->material = *m;
+  Log()->info("REST TLS material reloaded from {}", impl_->tls->cert_file);
+  return absl::OkStatus();
+}
 
 RestServer::~RestServer() { Stop(); }
 
 absl::Status RestServer::Start() {
+  http::experimental::listener::http_listener_config config;
+  if (impl_->tls) {
+    auto m = LoadTls(*impl_->tls);
+    if (!m.ok()) return m.status();
+    impl_->material = *m;
+    config.set_ssl_context_callback([impl = impl_.get()](boost::asio::ssl::context& ctx) { impl->ConfigureSsl(ctx); });
+  }
+  const char* scheme = impl_->tls ? "https" : "http";
   try {
     impl_->listener = std::make_unique<http::experimental::listener::http_listener>(
-        web::uri(absl::StrCat("http://", impl_->listen)));
+        web::uri(absl::StrCat(scheme, "://", impl_->listen)), config);
     impl_->listener->support([this](http::http_request r) { impl_->Serve(std::move(r)); });
     impl_->listener->open().wait();
   } catch (const std::exception& e) {
     impl_->listener.reset();
     return absl::UnavailableError(absl::StrCat("rest.listen ", impl_->listen, ": ", e.what()));
   }
-  Log()->info("REST listening on http://{}", impl_->listen);
+  Log()->info("REST listening on {}://{}{}", scheme, impl_->listen,
+              impl_->tls && !impl_->tls->client_ca_file.empty() ? " (client certificates required)" : "");
   return absl::OkStatus();
 }
 

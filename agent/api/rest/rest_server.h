@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -12,13 +13,25 @@
 
 namespace hvagent::api {
 
+// HTTPS: the server's certificate and key (PEM), and, when `client_ca_file` is set, client
+// certificates required and verified against it. TLS 1.2 at least; ECDHE with AES-GCM or
+// ChaCha20 for TLS 1.2. Files are re-read by ReloadTls() (SIGHUP) without closing the listener:
+// each new handshake takes the current certificate, key and CA.
+struct RestTls {
+  std::string cert_file;
+  std::string key_file;
+  std::string client_ca_file;
+};
+
 class RestServer {
  public:
-  // listen: "HOST:PORT" (IPv4 literal or "localhost").
-  RestServer(std::string listen, RestRouter& router, size_t max_body_bytes);
+  // listen: "HOST:PORT" (IPv4 literal or "localhost"). Without `tls`: plain HTTP.
+  RestServer(std::string listen, RestRouter& router, size_t max_body_bytes, std::optional<RestTls> tls = {});
   ~RestServer();
   absl::Status Start();
   void Stop();
+  // Re-reads the TLS files; on an error the current ones stay in use.
+  absl::Status ReloadTls();
 
  private:
   struct Impl;

@@ -53,10 +53,25 @@ TEST(ConfigDefaults, ServeTestDriverOnLoopbackWithOneMebibyteBodies) {
   EXPECT_EQ(c.shutdown_timeout, std::chrono::seconds(60));
 }
 
-TEST(ConfigDefaults, AreValid) { EXPECT_TRUE(Validate(Config{}).ok()); }
+// The development mode: plain text on loopback, explicitly asked for.
+Config Dev() {
+  Config c;
+  c.plaintext_loopback = true;
+  return c;
+}
+
+TEST(ConfigDefaults, NeedTlsOrTheExplicitDevelopmentMode) {
+  absl::Status s = Validate(Config{});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("no TLS is configured"));
+  EXPECT_THAT(Msg(s), HasSubstr("--plaintext-loopback"));
+  EXPECT_TRUE(Validate(Dev()).ok());
+}
 
 TEST(Resolve, WithNoFlagsGivesTheDefaults) {
-  auto c = Resolve(CommandLine{});
+  CommandLine dev;
+  dev.plaintext_loopback = true;
+  auto c = Resolve(dev);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->hypervisor_uri, "test:///default");
   EXPECT_EQ(c->grpc_listen, "127.0.0.1:50051");
@@ -247,7 +262,7 @@ TEST(ParseConfigToml, RejectsShutdownTimeoutOutsideOneToThreeThousandSixHundredS
 // Validate
 
 Config WithGrpc(const std::string& listen) {
-  Config c;
+  Config c = Dev();
   c.grpc_listen = listen;
   return c;
 }
@@ -260,7 +275,7 @@ TEST(Validate, RefusesListeningOnAllInterfacesNamingTheKey) {
 }
 
 TEST(Validate, RefusesNonLoopbackAddress) {
-  Config c;
+  Config c = Dev();
   c.rest_listen = "10.1.2.3:8780";
   absl::Status s = Validate(c);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -295,14 +310,14 @@ TEST(Validate, RefusesBadPortsNamingTheKey) {
 }
 
 TEST(Validate, AcceptsPortsAtTheBounds) {
-  Config c;
+  Config c = Dev();
   c.grpc_listen = "127.0.0.1:1";
   c.rest_listen = "127.0.0.1:65535";
   EXPECT_TRUE(Validate(c).ok()) << Validate(c);
 }
 
 TEST(Validate, RefusesTheSameListenAddressForGrpcAndRest) {
-  Config c;
+  Config c = Dev();
   c.rest_listen = c.grpc_listen;
   absl::Status s = Validate(c);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -310,7 +325,7 @@ TEST(Validate, RefusesTheSameListenAddressForGrpcAndRest) {
 }
 
 TEST(Validate, RefusesUnknownLogLevelNamingTheKey) {
-  Config c;
+  Config c = Dev();
   c.log_level = "verbose";
   absl::Status s = Validate(c);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -319,7 +334,7 @@ TEST(Validate, RefusesUnknownLogLevelNamingTheKey) {
 
 TEST(Validate, AcceptsEveryDocumentedLogLevel) {
   for (const char* level : {"trace", "debug", "info", "warn", "error"}) {
-    Config c;
+    Config c = Dev();
     c.log_level = level;
     EXPECT_TRUE(Validate(c).ok()) << level;
   }
@@ -470,6 +485,7 @@ format = "json"
 )");
   CommandLine cli;
   cli.config_path = file.path();
+  cli.plaintext_loopback = true;
   auto c = Resolve(cli);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->hypervisor_uri, "xen:///system");
@@ -491,7 +507,8 @@ listen = "127.0.0.1:7002"
 [log]
 level = "debug"
 )");
-  auto cli = ParseCommandLine({"--config", file.path(), "--grpc-listen=127.0.0.1:7101", "--log-level", "error"});
+  auto cli = ParseCommandLine(
+      {"--config", file.path(), "--grpc-listen=127.0.0.1:7101", "--log-level", "error", "--plaintext-loopback"});
   ASSERT_TRUE(cli.ok()) << cli.status();
   auto c = Resolve(*cli);
   ASSERT_TRUE(c.ok()) << c.status();
@@ -504,6 +521,7 @@ level = "debug"
 
 TEST(Resolve, FlagsOverrideDefaultsWithoutAFile) {
   CommandLine cli;
+  cli.plaintext_loopback = true;
   cli.hypervisor_uri = "qemu:///system";
   cli.rest_listen = "localhost:8000";
   auto c = Resolve(cli);
@@ -517,6 +535,7 @@ TEST(Resolve, ValidatesTheMergedResult) {
   TempFile file("[grpc]\nlisten = \"0.0.0.0:50051\"\n");
   CommandLine cli;
   cli.config_path = file.path();
+  cli.plaintext_loopback = true;
   auto c = Resolve(cli);
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.listen"));
@@ -526,6 +545,7 @@ TEST(Resolve, FlagCanRepairAnInvalidFileValue) {
   TempFile file("[grpc]\nlisten = \"0.0.0.0:50051\"\n");
   CommandLine cli;
   cli.config_path = file.path();
+  cli.plaintext_loopback = true;
   cli.grpc_listen = "127.0.0.1:50051";
   auto c = Resolve(cli);
   ASSERT_TRUE(c.ok()) << c.status();
@@ -534,6 +554,7 @@ TEST(Resolve, FlagCanRepairAnInvalidFileValue) {
 
 TEST(Resolve, RejectsInvalidFlagValue) {
   CommandLine cli;
+  cli.plaintext_loopback = true;
   cli.log_level = "loud";
   auto c = Resolve(cli);
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
@@ -545,6 +566,7 @@ TEST(Resolve, FileErrorIsReturnedNotIgnored) {
   TempFile file("[grpc]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n");
   CommandLine cli;
   cli.config_path = file.path();
+  cli.plaintext_loopback = true;
   auto c = Resolve(cli);
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Msg(c.status()), HasSubstr("grpc.bogus"));
@@ -653,6 +675,89 @@ TEST(ParseConfigToml, BadCapacityValuesNameTheKey) {
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << text;
     EXPECT_THAT(std::string(c.status().message()), ::testing::HasSubstr(key)) << text;
   }
+}
+
+}  // namespace
+}  // namespace hvagent::config
+
+namespace hvagent::config {
+namespace {
+
+Config Tls() {
+  Config c;
+  c.tls_cert_file = "/etc/hvagent/tls/server.crt";
+  c.tls_key_file = "/etc/hvagent/tls/server.key";
+  c.tls_client_ca_file = "/etc/hvagent/tls/ca.crt";
+  return c;
+}
+
+TEST(Security, TlsAllowsAnyAddressPlainTextOnlyLoopback) {
+  Config c = Tls();
+  c.grpc_listen = "0.0.0.0:50051";
+  c.rest_listen = "[::]:8780";
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  c.grpc_listen = "agent.example.com:50051";  // names could resolve anywhere: literals only
+  EXPECT_THAT(std::string(Validate(c).message()), HasSubstr("grpc.listen"));
+
+  Config dev;
+  dev.plaintext_loopback = true;
+  dev.rest_listen = "0.0.0.0:8780";
+  absl::Status s = Validate(dev);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rest.listen"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("plain text"));
+}
+
+TEST(Security, IncompleteOrContradictoryTlsIsRefusedNamingTheKey) {
+  Config c = Tls();
+  c.tls_client_ca_file.clear();
+  EXPECT_THAT(std::string(Validate(c).message()), HasSubstr("tls.client_ca_file"));
+  c = Tls();
+  c.tls_key_file.clear();
+  EXPECT_THAT(std::string(Validate(c).message()), HasSubstr("tls.key_file"));
+  c = Tls();
+  c.plaintext_loopback = true;
+  EXPECT_THAT(std::string(Validate(c).message()), HasSubstr("security.plaintext_loopback"));
+  Config dev;
+  dev.plaintext_loopback = true;
+  dev.rest_require_client_cert = true;
+  EXPECT_THAT(std::string(Validate(dev).message()), HasSubstr("rest.require_client_cert"));
+}
+
+TEST(Security, RolesAndHashedTokens) {
+  auto c = ParseConfigToml(R"(
+[[auth.identities]]
+name = "nova-compute"
+role = "controller"
+[[auth.tokens]]
+name = "grafana"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+role = "monitor"
+)", Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->auth_identities.size(), 1u);
+  EXPECT_EQ(c->auth_identities[0].role, "controller");
+  ASSERT_EQ(c->auth_tokens.size(), 1u);
+  EXPECT_EQ(c->auth_tokens[0].name, "grafana");
+
+  for (const auto& [text, key] : std::vector<std::pair<std::string, std::string>>{
+           {"[[auth.identities]]\nname = \"a\"\nrole = \"root\"", "auth.identities[0].role"},
+           {"[[auth.identities]]\nname = \"\"\nrole = \"monitor\"", "auth.identities[0].name"},
+           {"[[auth.identities]]\nname = \"a\"\nrole = \"monitor\"\n[[auth.identities]]\nname = \"a\"\nrole = \"monitor\"",
+            "auth.identities[1].name"},
+           {"[[auth.tokens]]\nname = \"t\"\nsha256 = \"secret-token\"\nrole = \"monitor\"", "auth.tokens[0].sha256"},
+           {"[[auth.tokens]]\nname = \"t\"\ntoken = \"x\"\nrole = \"monitor\"", "auth.tokens[0].token"}}) {
+    auto bad = ParseConfigToml(text, Config{});
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(key)) << text;
+  }
+}
+
+TEST(Security, PlaintextFlag) {
+  auto cli = ParseCommandLine({"--plaintext-loopback"});
+  ASSERT_TRUE(cli.ok());
+  EXPECT_TRUE(cli->plaintext_loopback);
+  EXPECT_TRUE(Resolve(*cli).ok());
+  EXPECT_FALSE(Resolve(CommandLine{}).ok());
 }
 
 }  // namespace

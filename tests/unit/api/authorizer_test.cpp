@@ -1,0 +1,144 @@
+#include "agent/api/auth/authorizer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "agent/api/rest/rest_router.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+
+namespace hvagent::api::auth {
+namespace {
+
+using ::testing::HasSubstr;
+
+Authorizer Make() {
+  Authorizer::Options o;
+  o.identities = {{"nova-1", Role::kController}, {"ops-desk", Role::kOperator}, {"prom", Role::kMonitor}};
+  o.tokens = {{"grafana", Sha256Hex("s3cret-monitor"), Role::kMonitor},
+              {"cloudstack", Sha256Hex("s3cret-controller"), Role::kController}};
+  return Authorizer(o);
+}
+
+TEST(AuthorizerTest, Sha256IsTheStandardOne) {
+  EXPECT_EQ(Sha256Hex("test"), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+}
+
+TEST(AuthorizerTest, RolesNest) {
+  Authorizer a = Make();
+  const Caller monitor = a.FromCertificate({"prom"});
+  const Caller op = a.FromCertificate({"ops-desk"});
+  const Caller ctl = a.FromCertificate({"nova-1"});
+  struct Case {
+    const char* operation;
+    bool monitor, op, ctl;
+  };
+  for (const Case& c : {Case{"hvagent.v1.HostService/GetCapacity", true, true, true},
+                        Case{"hvagent.v1.MetricsService/Prometheus", true, true, true},
+                        Case{"hvagent.v1.DomainService/ListDomains", false, true, true},
+                        Case{"hvagent.v1.DomainService/RebootDomain", false, true, true},
+                        Case{"hvagent.v1.DomainService/CreateDomain", false, false, true},
+                        Case{"hvagent.v1.StorageService/DeleteVolume", false, false, true}}) {
+    EXPECT_EQ(a.Check(monitor, c.operation).ok(), c.monitor) << c.operation;
+    EXPECT_EQ(a.Check(op, c.operation).ok(), c.op) << c.operation;
+    EXPECT_EQ(a.Check(ctl, c.operation).ok(), c.ctl) << c.operation;
+  }
+  absl::Status s = a.Check(op, "hvagent.v1.DomainService/CreateDomain");
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'ops-desk' is operator, this needs controller"));
+}
+
+TEST(AuthorizerTest, DefaultDeny) {
+  Authorizer a = Make();
+  EXPECT_EQ(a.Check(a.FromCertificate({"nova-1"}), "hvagent.v1.DomainService/Frobnicate").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(RequiredRole("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").has_value());
+}
+
+TEST(AuthorizerTest, UnknownOrMissingIdentity) {
+  Authorizer a = Make();
+  EXPECT_EQ(a.Check(a.FromCertificate({}), "hvagent.v1.HostService/GetHost").code(),
+            absl::StatusCode::kUnauthenticated);
+  Caller stranger = a.FromCertificate({"hvagent-nobody"});
+  EXPECT_EQ(stranger.identity, "hvagent-nobody");
+  absl::Status s = a.Check(stranger, "hvagent.v1.HostService/GetHost");
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("has no role"));
+  // A SAN name that has a role wins over a CN that has none, whatever the order.
+  EXPECT_EQ(a.FromCertificate({"cn-without-role", "nova-1"}).role, Role::kController);
+}
+
+TEST(AuthorizerTest, BearerTokens) {
+  Authorizer a = Make();
+  EXPECT_EQ(a.FromBearerToken("Bearer s3cret-monitor").role, Role::kMonitor);
+  EXPECT_EQ(a.FromBearerToken("Bearer s3cret-monitor").identity, "token:grafana");
+  EXPECT_TRUE(a.FromBearerToken("Bearer s3cret-monitorX").identity.empty());
+  EXPECT_TRUE(a.FromBearerToken("Basic s3cret-monitor").identity.empty());
+  EXPECT_TRUE(a.FromBearerToken("Bearer ").identity.empty());
+  EXPECT_TRUE(a.FromBearerToken("").identity.empty());
+  // The config holds hashes: the hash itself is not a token.
+  EXPECT_TRUE(a.FromBearerToken("Bearer " + Sha256Hex("s3cret-monitor")).identity.empty());
+}
+
+TEST(AuthorizerTest, DevelopmentModeMakesEveryoneTheLocalController) {
+  Authorizer a(Authorizer::Options{.everyone_is_controller = true});
+  EXPECT_TRUE(a.Check(a.FromBearerToken(""), "hvagent.v1.DomainService/CreateDomain").ok());
+  EXPECT_EQ(a.FromCertificate({}).identity, "local");
+}
+
+TEST(RestOperationTest, RoutesMapToTheGrpcOperations) {
+  auto op = [](const std::string& m, const std::string& p) {
+    return RestOperation({m, p, {}, "", ""}).value_or("none");
+  };
+  EXPECT_EQ(op("GET", "/v1/domains"), "hvagent.v1.DomainService/ListDomains");
+  EXPECT_EQ(op("POST", "/v1/domains"), "hvagent.v1.DomainService/CreateDomain");
+  EXPECT_EQ(op("GET", "/v1/domains/web1"), "hvagent.v1.DomainService/GetDomain");
+  EXPECT_EQ(op("DELETE", "/v1/domains/web1"), "hvagent.v1.DomainService/DeleteDomain");
+  EXPECT_EQ(op("POST", "/v1/domains/web1:reboot"), "hvagent.v1.DomainService/RebootDomain");
+  EXPECT_EQ(op("POST", "/v1/domains/web1:frobnicate"), "none");
+  EXPECT_EQ(op("GET", "/v1/pools/vg0/volumes/data"), "hvagent.v1.StorageService/GetVolume");
+  EXPECT_EQ(op("POST", "/v1/pools/vg0/volumes/data:attach"), "hvagent.v1.StorageService/AttachVolume");
+  EXPECT_EQ(op("POST", "/v1/pools/vg0/volumes"), "hvagent.v1.StorageService/CreateVolume");
+  EXPECT_EQ(op("GET", "/metrics"), "hvagent.v1.MetricsService/Prometheus");
+  EXPECT_EQ(op("GET", "/v1/stats/domains/web1"), "hvagent.v1.MetricsService/GetDomainStats");
+  EXPECT_EQ(op("PUT", "/v1/host"), "none");
+}
+
+class RestAuthTest : public ::testing::Test {
+ protected:
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& token,
+                    const std::string& body = "") {
+    return router_.Handle({method, path, {}, body, token.empty() ? "" : "Bearer " + token});
+  }
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  service::DomainService domains_{hv_, clock_, {}};
+  service::HostService host_{hv_};
+  Authorizer authz_ = Make();
+  RestRouter router_{host_, domains_, nullptr, nullptr, &authz_};
+};
+
+TEST_F(RestAuthTest, NoTokenIs401WrongRoleIs403AndNothingRuns) {
+  constexpr char kCreate[] = R"({"spec":{"name":"web1","vcpus":1,"memory_mib":64,"firmware":{"type":"TYPE_BIOS"}}})";
+  auto r = Call("POST", "/v1/domains", "", kCreate);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_THAT(r.body, HasSubstr("UNAUTHENTICATED"));
+  r = Call("POST", "/v1/domains", "wrong", kCreate);
+  EXPECT_EQ(r.status, 401);
+  r = Call("POST", "/v1/domains", "s3cret-monitor", kCreate);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_THAT(r.body, HasSubstr("PERMISSION_DENIED"));
+  EXPECT_TRUE(hv_.calls.empty());
+  r = Call("POST", "/v1/domains", "s3cret-controller", kCreate);
+  EXPECT_EQ(r.status, 201) << r.body;
+}
+
+TEST_F(RestAuthTest, HealthIsPublicUnknownRoutesNeedAnIdentity) {
+  EXPECT_EQ(Call("GET", "/healthz", "").status, 200);
+  EXPECT_EQ(Call("GET", "/v1/nothing", "").status, 401);
+  EXPECT_EQ(Call("GET", "/v1/nothing", "s3cret-monitor").status, 404);
+  EXPECT_EQ(Call("GET", "/v1/host", "s3cret-monitor").status, 200);
+}
+
+}  // namespace
+}  // namespace hvagent::api::auth
