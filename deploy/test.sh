@@ -12,6 +12,17 @@ jobs=$(nproc)
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
+step "no shell from the sources"
+# The agent runs tools from argv vectors only; a shell anywhere is a bug (docs/security.md).
+hits=$(grep -rnE '\b(system|popen)[[:space:]]*\(|/bin/sh -c|shell=True' \
+         --include='*.cpp' --include='*.h' --include='*.py' --include='*.sh' \
+         agent hypervisor storage common bench drivers tests deploy | grep -v '^deploy/test.sh:' || true)
+if [[ -n $hits ]]; then
+  printf '%s\n' "$hits" >&2
+  echo "test.sh: the lines above start a shell; use an argv runner instead" >&2
+  exit 1
+fi
+
 step "install dependencies"
 deploy/install-deps.sh --test
 
