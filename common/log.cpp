@@ -80,10 +80,41 @@ ScopedRequestId::ScopedRequestId(std::string id) : previous_(std::move(t_request
 }
 ScopedRequestId::~ScopedRequestId() { t_request_id = std::move(previous_); }
 
+namespace {
+
+// Length of the valid UTF-8 sequence at s[i], or 0 when the bytes there are not one.
+size_t Utf8SequenceAt(absl::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  size_t len = 0;
+  unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    len = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0) lo = 0xa0;  // no overlong forms
+    if (c == 0xed) hi = 0x9f;  // no surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;  // nothing past U+10FFFF
+  } else {
+    return 0;
+  }
+  if (i + len > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (size_t k = 2; k < len; ++k) {
+    if (b(i + k) < 0x80 || b(i + k) > 0xbf) return 0;
+  }
+  return len;
+}
+
+}  // namespace
+
 std::string JsonEscape(absl::string_view s) {
   std::string out;
   out.reserve(s.size() + 8);
-  for (unsigned char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -91,13 +122,18 @@ std::string JsonEscape(absl::string_view s) {
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
       default:
-        if (c < 0x20) {
+        if (c < 0x20 || c == 0x7f) {
           static constexpr char kHex[] = "0123456789abcdef";
           out += "\\u00";
           out += kHex[c >> 4];
           out += kHex[c & 0xf];
-        } else {
+        } else if (c < 0x80) {
           out += static_cast<char>(c);
+        } else if (size_t n = Utf8SequenceAt(s, i); n > 0) {
+          out.append(s.data() + i, n);
+          i += n - 1;
+        } else {
+          out += "\\ufffd";  // JSON must be UTF-8: a stray byte becomes U+FFFD
         }
     }
   }

@@ -80,9 +80,14 @@ absl::Status ValidatePath(absl::string_view field, absl::string_view path, bool 
     if (c < 0x20 || c == 0x7f) return Invalid(field, "must not contain control characters");
   }
   if (!IsValidUtf8(path)) return Invalid(field, "must be valid UTF-8");
-  // ',' and ':' carry meaning in Xen disk specs and QEMU options.
+  // ',' and ':' carry meaning in Xen disk specs and QEMU options; the rest are shell, glob
+  // and markup characters that no disk, kernel or firmware path needs (XML escaping would make
+  // them harmless in libvirt's XML, but Xen's hotplug scripts and operators' tools meet them too).
   if (path.find_first_of(",:") != absl::string_view::npos) {
     return Invalid(field, "must not contain ',' or ':'");
+  }
+  if (path.find_first_of("'\"<>&;|$`\\*?") != absl::string_view::npos) {
+    return Invalid(field, "must not contain quotes or any of < > & ; | $ ` \\ * ?");
   }
   for (absl::string_view part : absl::StrSplit(path, '/')) {
     if (part == "..") return Invalid(field, "must not contain '..'");

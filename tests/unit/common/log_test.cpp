@@ -28,6 +28,15 @@ using ::testing::Not;
 
 TEST(JsonEscape, LeavesPlainTextAlone) { EXPECT_EQ(JsonEscape("domain vm-1 started"), "domain vm-1 started"); }
 
+TEST(JsonEscape, KeepsValidUtf8AndReplacesStrayBytes) {
+  EXPECT_EQ(JsonEscape("h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), "h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  EXPECT_EQ(JsonEscape("a\xff\xfe" "b"), "a\\ufffd\\ufffdb");
+  EXPECT_EQ(JsonEscape("\xc0\xaf"), "\\ufffd\\ufffd");          // overlong '/'
+  EXPECT_EQ(JsonEscape("\xed\xa0\x80"), "\\ufffd\\ufffd\\ufffd");  // a surrogate
+  EXPECT_EQ(JsonEscape("\xe2\x82"), "\\ufffd\\ufffd");          // cut short
+  EXPECT_EQ(JsonEscape("\x7f"), "\\u007f");
+}
+
 TEST(JsonEscape, EscapesQuotes) { EXPECT_EQ(JsonEscape(R"(name "vm")"), R"(name \"vm\")"); }
 
 TEST(JsonEscape, EscapesBackslashes) { EXPECT_EQ(JsonEscape(R"(C:\dir\)"), R"(C:\\dir\\)"); }

@@ -38,6 +38,20 @@ TEST(DomainSpecValidatorTest, AcceptsFullSpec) {
   EXPECT_TRUE(ValidateDomainSpec(s).ok()) << ValidateDomainSpec(s);
 }
 
+TEST(DomainSpecValidatorTest, RejectsShellAndMarkupCharactersInPaths) {
+  for (const char* path : {"/tmp/a'b", "/tmp/a\"b", "/tmp/<disk>", "/tmp/a&b", "/tmp/a;reboot", "/tmp/a|b",
+                           "/tmp/$(id)", "/tmp/`id`", "/tmp/a\\b", "/tmp/*", "/tmp/a?"}) {
+    DomainSpec s = Valid();
+    s.disks.push_back({.source_path = path, .target = "vda"});
+    absl::Status st = ValidateDomainSpec(s);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << path;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("spec.disks[0].source_path")) << path;
+  }
+  DomainSpec ok = Valid();
+  ok.disks.push_back({.source_path = "/var/lib/hvagent/images/web 1+2@v=3.raw", .target = "vda"});
+  EXPECT_TRUE(ValidateDomainSpec(ok).ok()) << ValidateDomainSpec(ok);
+}
+
 TEST(DomainSpecValidatorTest, RejectsBadNames) {
   for (std::string name : std::vector<std::string>{"", "bad name", "-leading", ".hidden", "a'/><devices>", "x/y", "ünicode",
                            std::string(65, 'a'), std::string("nul\0byte", 8)}) {
