@@ -120,8 +120,10 @@ std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Confi
       std::move(*calls), hv::XenEventChannelProbe::Options{.default_max_evtchn_port = cfg.evtchn_default_max_port});
 }
 
-api::auth::Authorizer MakeAuthorizer(const config::Config& cfg, const api::auth::CertVerifier* verifier) {
-  api::auth::Authorizer::Options o{.everyone_is_controller = cfg.plaintext_loopback, .verifier = verifier};
+api::auth::Authorizer MakeAuthorizer(const config::Config& cfg, const api::auth::CertVerifier* verifier,
+                                     api::auth::RateLimiter* limiter) {
+  api::auth::Authorizer::Options o{
+      .everyone_is_controller = cfg.plaintext_loopback, .verifier = verifier, .limiter = limiter};
   for (const auto& i : cfg.auth_identities) o.identities[i.name] = *api::auth::ParseRole(i.role);
   for (const auto& t : cfg.auth_tokens) o.tokens.push_back({t.name, t.sha256, *api::auth::ParseRole(t.role)});
   return api::auth::Authorizer(std::move(o));
@@ -182,7 +184,12 @@ int Run(const config::Config& cfg) {
     }
     verifier = std::move(*v);
   }
-  const api::auth::Authorizer authz = MakeAuthorizer(cfg, verifier.get());
+  api::auth::RateLimiter limiter({.requests_per_second = cfg.requests_per_second,
+                                  .burst = cfg.request_burst,
+                                  .max_streams_per_caller = cfg.max_streams_per_caller},
+                                 clock);
+  // The development mode has one caller ("local") and no limits.
+  const api::auth::Authorizer authz = MakeAuthorizer(cfg, verifier.get(), cfg.plaintext_loopback ? nullptr : &limiter);
   if (cfg.plaintext_loopback) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }

@@ -35,6 +35,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"tls", {"cert_file", "key_file", "client_ca_file", "reload_seconds"}},
       {"security", {"plaintext_loopback"}},
       {"auth", {"identities", "tokens"}},
+      {"limits", {"requests_per_second", "burst", "max_streams_per_caller"}},
   };
   return keys;
 }
@@ -286,6 +287,16 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   c.tls_reload_seconds = static_cast<int>(reload);
   if (auto s = Read(root, "rest", "require_client_cert", c.rest_require_client_cert); !s.ok()) return s;
   if (auto s = Read(root, "security", "plaintext_loopback", c.plaintext_loopback); !s.ok()) return s;
+  if (auto s = Read(root, "limits", "requests_per_second", c.requests_per_second); !s.ok()) return s;
+  if (!(c.requests_per_second > 0 && c.requests_per_second <= 1e6)) {
+    return Invalid("limits.requests_per_second", "must be greater than 0 and at most 1000000");
+  }
+  if (auto s = Read(root, "limits", "burst", c.request_burst); !s.ok()) return s;
+  if (!(c.request_burst >= 1 && c.request_burst <= 1e6)) return Invalid("limits.burst", "must be 1-1000000");
+  int64_t streams = c.max_streams_per_caller;
+  if (auto s = Read(root, "limits", "max_streams_per_caller", streams); !s.ok()) return s;
+  if (streams < 1 || streams > 100000) return Invalid("limits.max_streams_per_caller", "must be 1-100000");
+  c.max_streams_per_caller = static_cast<int>(streams);
   if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
   if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
   if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;

@@ -54,6 +54,10 @@ struct Config {
     std::string role;
   };
   std::vector<Identity> auth_identities;
+  // [limits]: per caller.
+  double requests_per_second = 50;
+  double request_burst = 100;
+  int max_streams_per_caller = 8;
   std::vector<Token> auth_tokens;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;

@@ -4,6 +4,7 @@ and each role may do only what docs/security.md says. Refusals are UNAUTHENTICAT
 PERMISSION_DENIED (401 / 403) and change nothing; plain text is refused unless asked for, and
 then only on loopback."""
 
+import hashlib
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ class SecurityTest(AgentTestCase):
     def setUpClass(cls):
         cls.pki = tempfile.mkdtemp(prefix="hvit-pki-")
         subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), cls.pki], check=True, capture_output=True)
+        cls.bulk_token = "bulk-" + os.urandom(16).hex()
+        cls.bulk_sha = hashlib.sha256(cls.bulk_token.encode()).hexdigest()
         cls.tokens = {}
         with open(os.path.join(cls.pki, "tokens.txt")) as f:
             for line in f:
@@ -50,8 +53,10 @@ class SecurityTest(AgentTestCase):
                              for r in ("controller", "operator", "monitor"))
         tokens = "".join(f'[[auth.tokens]]\nname = "{r}-token"\nsha256 = "{sha}"\nrole = "{r}"\n'
                          for r, (_, sha) in cls.tokens.items())
+        bulk = (f'[[auth.tokens]]\nname = "bulk"\nsha256 = "{cls.bulk_sha}"\nrole = "monitor"\n')
         return (f'[tls]\ncert_file = "{cls.pem("server.crt")}"\nkey_file = "{cls.pem("server.key")}"\n'
-                f'client_ca_file = "{cls.pem("ca.crt")}"\n{identities}{tokens}')
+                f'client_ca_file = "{cls.pem("ca.crt")}"\n[limits]\nrequests_per_second = 5\nburst = 30\n'
+                f'max_streams_per_caller = 2\n{identities}{tokens}{bulk}')
 
     @classmethod
     def agent_options(cls):
@@ -187,6 +192,43 @@ class SecurityTest(AgentTestCase):
         self.assertIsNone(self.agent.proc.poll())
         status, _ = self.agent.rest("GET", "/v1/host")
         self.assertEqual(status, 200)
+
+    # ---- limits ----
+
+    def test_a_caller_over_its_rate_limit_gets_429_and_others_do_not(self):
+        statuses = [self.agent.rest("GET", "/v1/host", token=self.bulk_token)[0] for _ in range(60)]
+        self.assertIn(429, statuses)
+        self.assertEqual(statuses[0], 200)
+        status, body = self.agent.rest("GET", "/v1/host", token=self.bulk_token)
+        self.assertEqual(status, 429)
+        self.assertIn("rate limit: 'token:bulk'", body["message"])
+        self.assertEqual(self.agent.rest("GET", "/v1/host", token=self.tokens["monitor"][0])[0], 200)
+
+    def test_a_caller_may_hold_only_so_many_streams(self):
+        channel = self.agent.grpc_channel(self.client("monitor"))
+        self.addCleanup(channel.close)
+        from hvagent.v1 import metrics_pb2, metrics_pb2_grpc
+        stub = metrics_pb2_grpc.MetricsServiceStub(channel)
+        streams = [stub.Watch(metrics_pb2.WatchMetricsRequest(interval_seconds=60), timeout=30) for _ in range(2)]
+        for s in streams:
+            next(s)  # both are open
+        with self.assertRaises(grpc.RpcError) as cm:
+            next(stub.Watch(metrics_pb2.WatchMetricsRequest(interval_seconds=60), timeout=30))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("stream limit", cm.exception.details())
+        for s in streams:
+            s.cancel()
+        deadline = time.time() + 10
+        while True:  # the slots come back once the server sees the cancellations
+            try:
+                third = stub.Watch(metrics_pb2.WatchMetricsRequest(interval_seconds=60), timeout=30)
+                next(third)
+                third.cancel()
+                break
+            except grpc.RpcError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
 
     # ---- plain text only when asked for, and only on loopback ----
 

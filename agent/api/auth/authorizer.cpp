@@ -137,6 +137,17 @@ Caller Authorizer::FromBearerToken(absl::string_view authorization) const {
   return {};
 }
 
+absl::Status Authorizer::Admit(const Caller& caller, absl::string_view operation) const {
+  if (auto s = Check(caller, operation); !s.ok()) return s;
+  if (options_.limiter == nullptr) return absl::OkStatus();
+  return options_.limiter->Allow(caller.identity);
+}
+
+RateLimiter::StreamSlot Authorizer::OpenStream(const Caller& caller) const {
+  if (options_.limiter == nullptr) return RateLimiter::StreamSlot(nullptr, caller.identity, absl::OkStatus());
+  return options_.limiter->OpenStream(caller.identity);
+}
+
 absl::Status Authorizer::Check(const Caller& caller, absl::string_view operation) const {
   if (caller.identity.empty()) {
     return absl::UnauthenticatedError(

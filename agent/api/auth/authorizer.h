@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/api/auth/cert_verifier.h"
+#include "agent/api/auth/rate_limiter.h"
 
 namespace hvagent::api::auth {
 
@@ -58,6 +59,8 @@ class Authorizer {
     std::vector<Token> tokens;
     // Checks client certificates against the client CA (not owned; null = no TLS).
     const CertVerifier* verifier = nullptr;
+    // Per-caller request and stream limits (not owned; null = none).
+    RateLimiter* limiter = nullptr;
   };
   explicit Authorizer(Options options) : options_(std::move(options)) {}
 
@@ -74,6 +77,11 @@ class Authorizer {
   // UNAUTHENTICATED (no identity), PERMISSION_DENIED (no role, or not enough), naming both the
   // caller and the operation.
   absl::Status Check(const Caller& caller, absl::string_view operation) const;
+
+  // Check, then the caller's rate limit (RESOURCE_EXHAUSTED when over it).
+  absl::Status Admit(const Caller& caller, absl::string_view operation) const;
+  // A stream slot for the caller (always granted without a limiter).
+  RateLimiter::StreamSlot OpenStream(const Caller& caller) const;
 
   bool everyone_is_controller() const { return options_.everyone_is_controller; }
 

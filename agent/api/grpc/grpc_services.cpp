@@ -38,11 +38,17 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth
   return authz.FromPeerCertificate(leaf, chain);
 }
 
-absl::Status Authorize(const grpc::ServerContext* ctx, const auth::Authorizer* authz, const char* operation) {
-  if (authz == nullptr) return absl::OkStatus();
+absl::StatusOr<auth::RateLimiter::StreamSlot> AdmitStream(const grpc::ServerContext* ctx,
+                                                           const auth::Authorizer* authz, const char* operation) {
+  if (authz == nullptr) return auth::RateLimiter::StreamSlot(nullptr, "", absl::OkStatus());
   auto caller = CallerOf(ctx, *authz);
-  absl::Status s = caller.ok() ? authz->Check(*caller, operation) : caller.status();
-  if (!s.ok()) auth::Audit(caller.value_or(auth::Caller{}), operation, "", s, {});
+  absl::Status s = caller.ok() ? authz->Admit(*caller, operation) : caller.status();
+  if (s.ok()) {
+    auto slot = authz->OpenStream(*caller);
+    if (slot.status().ok()) return slot;
+    s = slot.status();
+  }
+  auth::Audit(caller.value_or(auth::Caller{}), operation, "", s, {});
   return s;
 }
 
@@ -68,7 +74,7 @@ grpc::Status Handle(grpc::ServerContext* ctx, const auth::Authorizer* authz, con
   absl::StatusOr<auth::Caller> who =
       authz != nullptr ? CallerOf(ctx, *authz) : absl::StatusOr<auth::Caller>(auth::Caller{"-", auth::Role::kController});
   auth::Caller caller = who.value_or(auth::Caller{});
-  absl::Status s = !who.ok() ? who.status() : authz != nullptr ? authz->Check(caller, operation) : absl::OkStatus();
+  absl::Status s = !who.ok() ? who.status() : authz != nullptr ? authz->Admit(caller, operation) : absl::OkStatus();
   const bool allowed = s.ok();
   if (allowed) s = body();
   if (s.ok()) {
@@ -256,7 +262,8 @@ grpc::Status StorageGrpcService::DetachVolume(grpc::ServerContext* ctx, const v1
 grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
                                      grpc::ServerWriter<v1::DomainEvent>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
-  if (auto s = Authorize(ctx, auth_, "hvagent.v1.EventService/Watch"); !s.ok()) return ToGrpcStatus(s);
+  auto slot = AdmitStream(ctx, auth_, "hvagent.v1.EventService/Watch");
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
   Log()->info("Watch opened ({} domain filter(s))", req->domain_names_size());
   // Headers go out only now, so a client that waits for them knows it will see every later event.
@@ -296,7 +303,8 @@ grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, cons
 grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchMetricsRequest* req,
                                       grpc::ServerWriter<v1::MetricsSample>* writer) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
-  if (auto s = Authorize(ctx, auth_, "hvagent.v1.MetricsService/Watch"); !s.ok()) return ToGrpcStatus(s);
+  auto slot = AdmitStream(ctx, auth_, "hvagent.v1.MetricsService/Watch");
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
   uint32_t interval = req->interval_seconds() == 0 ? 10 : req->interval_seconds();
   if (interval > 3600) {
     return ToGrpcStatus(absl::InvalidArgumentError(

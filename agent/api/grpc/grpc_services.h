@@ -108,9 +108,10 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
   std::atomic<bool> closed_{false};
 };
 
-// The caller of a gRPC call (its client certificate names, resolved by `authz`), and the check
-// of one operation for it: OK, UNAUTHENTICATED or PERMISSION_DENIED (refusals are audited).
+// The caller of a gRPC call (its client certificate, verified and resolved by `authz`).
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth::Authorizer& authz);
-absl::Status Authorize(const grpc::ServerContext* ctx, const auth::Authorizer* authz, const char* operation);
+// For streams: the check, the rate limit, and a stream slot held for the stream's life.
+absl::StatusOr<auth::RateLimiter::StreamSlot> AdmitStream(const grpc::ServerContext* ctx,
+                                                           const auth::Authorizer* authz, const char* operation);
 
 }  // namespace hvagent::api

@@ -109,13 +109,14 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) {
   std::optional<std::string> op = RestOperation(req);
   absl::Status allowed;
   if (op) {
-    allowed = authz_->Check(caller, *op);
+    allowed = authz_->Admit(caller, *op);
   } else if (caller.identity.empty()) {
     // Unknown routes answer 404/405 only to authenticated callers.
     allowed = absl::UnauthenticatedError(absl::StrCat(req.method, " ", req.path,
                                                       ": no valid client certificate or bearer token was presented"));
   }
   HttpResponse resp = allowed.ok() ? Route(req) : ErrorResponse(allowed);
+  if (absl::IsResourceExhausted(allowed)) resp.status = 429;  // the caller's rate limit
   if (!allowed.ok() || (op && auth::IsMutating(*op))) {
     auth::Audit(caller, op.value_or(absl::StrCat(req.method, " ", req.path)), req.body,
                 absl::StrCat("HTTP ", resp.status), allowed.ok() ? "" : allowed.message(),

@@ -142,3 +142,51 @@ TEST_F(RestAuthTest, HealthIsPublicUnknownRoutesNeedAnIdentity) {
 
 }  // namespace
 }  // namespace hvagent::api::auth
+
+namespace hvagent::api::auth {
+namespace {
+
+TEST(RateLimiterTest, BucketRefillsPerCallerAndStreamsAreCapped) {
+  testing::FakeClock clock;
+  RateLimiter limiter({.requests_per_second = 2, .burst = 3, .max_streams_per_caller = 1}, clock);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(limiter.Allow("a").ok()) << i;
+  absl::Status s = limiter.Allow("a");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rate limit: 'a'"));
+  EXPECT_TRUE(limiter.Allow("b").ok());  // another caller has its own bucket
+  clock.SleepFor(std::chrono::milliseconds(500));  // one token back
+  EXPECT_TRUE(limiter.Allow("a").ok());
+  EXPECT_FALSE(limiter.Allow("a").ok());
+  clock.SleepFor(std::chrono::seconds(60));  // refills to the burst, not beyond
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(limiter.Allow("a").ok()) << i;
+  EXPECT_FALSE(limiter.Allow("a").ok());
+
+  {
+    auto first = limiter.OpenStream("a");
+    EXPECT_TRUE(first.status().ok());
+    auto second = limiter.OpenStream("a");
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_TRUE(limiter.OpenStream("b").status().ok());
+  }
+  EXPECT_TRUE(limiter.OpenStream("a").status().ok());  // released with the slot
+}
+
+TEST(RateLimiterTest, RestAnswers429WhenTheCallerIsOverItsLimit) {
+  testing::FakeHypervisor hv;
+  testing::FakeClock clock;
+  service::DomainService domains(hv, clock, {});
+  service::HostService host(hv);
+  RateLimiter limiter({.requests_per_second = 1, .burst = 1}, clock);
+  Authorizer::Options o;
+  o.tokens = {{"t", Sha256Hex("tok"), Role::kMonitor}};
+  o.limiter = &limiter;
+  Authorizer authz(o);
+  RestRouter router(host, domains, nullptr, nullptr, &authz);
+  EXPECT_EQ(router.Handle({"GET", "/v1/host", {}, "", "Bearer tok"}).status, 200);
+  auto r = router.Handle({"GET", "/v1/host", {}, "", "Bearer tok"});
+  EXPECT_EQ(r.status, 429);
+  EXPECT_THAT(r.body, HasSubstr("RESOURCE_EXHAUSTED"));
+}
+
+}  // namespace
+}  // namespace hvagent::api::auth
