@@ -72,10 +72,11 @@ bool IsPoolName(const std::string& s) {
          std::string::npos;
 }
 
-// A device the operator names: absolute, under /dev/, no "..", nothing odd.
+// A device the operator names: absolute, under /dev/, no ".." anywhere and no "//" (no
+// traversal and nothing that merely looks like it), nothing odd.
 bool IsDevicePath(const std::string& p) {
-  if (p.rfind("/dev/", 0) != 0 || p.size() > 255 || p.find("/../") != std::string::npos ||
-      (p.size() >= 3 && p.compare(p.size() - 3, 3, "/..") == 0)) {
+  if (p.rfind("/dev/", 0) != 0 || p.size() > 255 || p.find("..") != std::string::npos ||
+      p.find("//") != std::string::npos) {
     return false;
   }
   return p.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+/:") ==

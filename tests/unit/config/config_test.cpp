@@ -618,6 +618,10 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
            {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"../../etc/passwd\"\n", "storage.pools[0].disk"},
            {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"/dev/../etc/passwd\"\n", "storage.pools[0].disk"},
            {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"/dev/sdb;rm -rf /\"\n", "storage.pools[0].disk"},
+           // Found by the config fuzzer: not traversal, but nothing a real device is called.
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nphysical_volumes = [\"/dev//..sdb\"]\n",
+            "storage.pools[0].physical_volumes"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"partition\"\ndisk = \"/dev//sdb\"\n", "storage.pools[0].disk"},
            {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg 0\"\n", "storage.pools[0].volume_group"},
            {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"-vg\"\n", "storage.pools[0].volume_group"},
            {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nphysical_volumes = [\"/tmp/x\"]\n", "storage.pools[0].physical_volumes"},
