@@ -147,6 +147,11 @@ absl::Status LibvirtHypervisor::OpenConnection() {
     virConnectClose(c);
     return caps.status();
   }
+  if (int k = virConnectSetKeepAlive(c, options_.keepalive_interval_seconds, options_.keepalive_count); k != 0) {
+    // -1: not a remote connection (test:///); 1: the peer has no keepalive support.
+    virResetLastError();
+    Log()->debug("no keepalive on {} ({})", options_.uri, k);
+  }
   int cb_id = virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), this, nullptr);
   if (cb_id < 0) Log()->warn("{}", LastLibvirtError("register lifecycle events").message());

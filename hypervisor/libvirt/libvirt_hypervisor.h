@@ -30,6 +30,12 @@ class LibvirtHypervisor final : public Hypervisor {
     std::string uri = "test:///default";
     std::chrono::milliseconds min_backoff{500};
     std::chrono::milliseconds max_backoff{30000};
+    // The deadline on every call into libvirtd: keepalive probes every `keepalive_interval`,
+    // and after `keepalive_count` unanswered ones the connection is closed, so a call to a
+    // libvirtd that stopped answering fails within about interval * (count + 1) (20 s) and the
+    // agent reconnects. (In-process drivers such as test:/// need none.)
+    int keepalive_interval_seconds = 5;
+    unsigned int keepalive_count = 3;
   };
 
   // Tries to connect once; if that fails the agent still starts and keeps retrying.
