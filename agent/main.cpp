@@ -2,6 +2,8 @@
 // REST front ends together, then waits for SIGINT/SIGTERM.
 
 #include <signal.h>
+#include <unistd.h>
+#include <systemd/sd-daemon.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -229,15 +231,21 @@ int Run(const config::Config& cfg) {
                cfg.plaintext_loopback ? "plain text" : "mTLS", cfg.plaintext_loopback ? "http" : "https",
                cfg.rest_listen, cfg.hypervisor_uri);
 
+  // systemd (Type=notify): ready once both servers listen. Without NOTIFY_SOCKET this does nothing.
+  sd_notifyf(0, "READY=1\nSTATUS=serving gRPC %s, REST %s, hypervisor %s\nMAINPID=%d", cfg.grpc_listen.c_str(),
+             cfg.rest_listen.c_str(), cfg.hypervisor_uri.c_str(), static_cast<int>(getpid()));
   int sig = 0;
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    sd_notify(0, "RELOADING=1");
     // New certificates without dropping a listener: REST now, gRPC within tls.reload_seconds.
     if (auto s = rest.ReloadTls(); !s.ok()) logger->error("SIGHUP: TLS files not reloaded: {}", s.message());
     if (verifier) {
       if (auto s = verifier->Reload(); !s.ok()) logger->error("SIGHUP: client CA not reloaded: {}", s.message());
     }
+    sd_notify(0, "READY=1");
   }
   logger->info("signal {} received, shutting down", sig);
+  sd_notify(0, "STOPPING=1");
   rest.Stop();
   events.Close();  // ends Watch streams so the gRPC server can drain
   metrics_grpc.Close();

@@ -12,14 +12,14 @@ build_pkgs=(
   libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libgtest-dev libgmock-dev
   lvm2 fdisk parted util-linux
-  libxen-dev
+  libxen-dev libsystemd-dev
   curl ca-certificates
 )
 test_pkgs=(
   libvirt-daemon-system qemu-system-x86 qemu-utils
   python3-grpcio python3-protobuf
   clang-14 libclang-rt-14-dev
-  prometheus
+  prometheus systemd
 )
 
 want=("${build_pkgs[@]}")
