@@ -33,6 +33,9 @@ ninja -C build
 step "unit tests"
 ctest --test-dir build -L unit --output-on-failure -j "$jobs"
 
+step "CloudStack extension: every action against a real agent on test:///default"
+ctest --test-dir build -L cloudstack --output-on-failure
+
 step "benchmarks, smoke mode (small counts; figures only, no timing assertions)"
 ctest --test-dir build -L bench --output-on-failure
 

@@ -1,0 +1,421 @@
+// hvagent-cloudstack: an Apache CloudStack "Orchestrator extension" executable that drives one
+// host's hvagentd over gRPC.
+//
+//   hvagent-cloudstack <action> <payload.json> [timeout-seconds]
+//
+// CloudStack writes the payload file and reads one JSON document from stdout (stderr is merged
+// into it, so nothing else may be printed): {"status":"success",...} with exit code 0, or
+// {"status":"error","error":"...","message":"..."} with exit code 1. README.md has the contract,
+// the host details and the actions. No shell is ever run; every name is validated before it is
+// sent to the agent.
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpc/support/log.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include "hvagent/v1/domain.grpc.pb.h"
+#include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/storage.grpc.pb.h"
+#include "payload.h"
+
+namespace {
+
+using namespace hvagent;
+using namespace hvagent::cloudstack;
+using web::json::value;
+
+constexpr int kDefaultTimeoutSeconds = 60;
+constexpr uint64_t kGiB = 1024ULL * 1024 * 1024;
+
+// ---- output ------------------------------------------------------------------------------
+
+int Emit(const value& v, int code) {
+  std::cout << v.serialize() << std::endl;
+  return code;
+}
+
+value Success(const std::string& message) {
+  value v = value::object();
+  v["status"] = value::string("success");
+  v["message"] = value::string(message);
+  return v;
+}
+
+int Fail(const std::string& message, const std::string& code = "") {
+  value v = value::object();
+  v["status"] = value::string("error");
+  v["error"] = value::string(message);
+  v["message"] = value::string(message);
+  if (!code.empty()) v["code"] = value::string(code);
+  return Emit(v, 1);
+}
+
+value ProtoToJson(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  std::error_code ec;
+  value v = value::parse(out, ec);
+  return ec ? value::string(out) : v;
+}
+
+const char* CodeName(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+// ---- the agent ---------------------------------------------------------------------------
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return !out->empty();
+}
+
+class Agent {
+ public:
+  Agent(const AgentTarget& t, int timeout_seconds) : address_(t.address), timeout_(timeout_seconds) {
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    grpc::ChannelArguments args;
+    if (t.plaintext) {
+      creds = grpc::InsecureChannelCredentials();
+    } else {
+      grpc::SslCredentialsOptions ssl;
+      for (const auto& [path, field] : {std::pair<const std::string*, std::string*>{&t.ca_file, &ssl.pem_root_certs},
+                                        {&t.cert_file, &ssl.pem_cert_chain}, {&t.key_file, &ssl.pem_private_key}}) {
+        if (!ReadFile(*path, field)) throw PayloadError("cannot read TLS file " + *path);
+      }
+      creds = grpc::SslCredentials(ssl);
+      if (!t.server_name.empty()) args.SetSslTargetNameOverride(t.server_name);
+    }
+    // One attempt, no transparent retries across a dead agent: CloudStack retries itself.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    auto channel = grpc::CreateCustomChannel(t.address, creds, args);
+    domains = v1::DomainService::NewStub(channel);
+    host = v1::HostService::NewStub(channel);
+    metrics = v1::MetricsService::NewStub(channel);
+    storage = v1::StorageService::NewStub(channel);
+  }
+
+  // A fresh context with the call's deadline.
+  std::unique_ptr<grpc::ClientContext> Context(int extra_seconds = 0) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_ + extra_seconds));
+    return ctx;
+  }
+
+  int timeout() const { return timeout_; }
+
+  int Error(const grpc::Status& s, const std::string& what) const {
+    return Fail("hvagent at " + address_ + ": " + what + ": " + CodeName(s.error_code()) + ": " + s.error_message(),
+                CodeName(s.error_code()));
+  }
+
+  std::unique_ptr<v1::DomainService::Stub> domains;
+  std::unique_ptr<v1::HostService::Stub> host;
+  std::unique_ptr<v1::MetricsService::Stub> metrics;
+  std::unique_ptr<v1::StorageService::Stub> storage;
+
+ private:
+  std::string address_;
+  int timeout_;
+};
+
+grpc::Status GetDomain(const Agent& a, const std::string& name, v1::Domain* d) {
+  v1::GetDomainRequest req;
+  req.set_name(name);
+  return a.domains->GetDomain(a.Context().get(), req, d);
+}
+
+value DomainJson(const v1::Domain& d) {
+  value v = value::object();
+  v["name"] = value::string(d.name());
+  v["uuid"] = value::string(d.uuid());
+  v["state"] = value::string(v1::DomainState_Name(d.state()));
+  return v;
+}
+
+bool IsFalse(const std::string& s) { return s == "false" || s == "0" || s == "no" || s == "off"; }
+
+// ---- actions -----------------------------------------------------------------------------
+
+int Prepare(const Payload& p, const Agent& a) {
+  auto spec = BuildDomainSpec(p);  // everything create will send, validated now
+  v1::Domain d;
+  auto s = GetDomain(a, spec.name(), &d);
+  if (s.ok()) return Fail("a domain named '" + spec.name() + "' already exists on this host", "ALREADY_EXISTS");
+  if (s.error_code() != grpc::StatusCode::NOT_FOUND) return a.Error(s, "checking domain " + spec.name());
+  return Emit(Success("Instance " + spec.name() + " can be created"), 0);
+}
+
+int Create(const Payload& p, const Agent& a) {
+  auto spec = BuildDomainSpec(p);
+  v1::CreateDomainRequest req;
+  *req.mutable_spec() = spec;
+  req.set_start(true);
+  v1::Domain d;
+  auto s = a.domains->CreateDomain(a.Context().get(), req, &d);
+  if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS && !spec.uuid().empty()) {
+    // A retried create of the same instance (same CloudStack uuid): make sure it runs.
+    v1::Domain existing;
+    if (GetDomain(a, spec.name(), &existing).ok() && existing.uuid() == spec.uuid()) {
+      if (PowerState(existing.state()) != "poweron") {
+        v1::DomainRef ref;
+        ref.set_name(spec.name());
+        auto st = a.domains->StartDomain(a.Context().get(), ref, &existing);
+        if (!st.ok()) return a.Error(st, "starting existing domain " + spec.name());
+      }
+      value out = Success("Instance already created");
+      out["domain"] = DomainJson(existing);
+      return Emit(out, 0);
+    }
+  }
+  if (!s.ok()) return a.Error(s, "creating domain " + spec.name());
+  value out = Success("Instance created");
+  out["domain"] = DomainJson(d);
+  return Emit(out, 0);
+}
+
+int Start(const Payload& p, const Agent& a) {
+  v1::DomainRef ref;
+  ref.set_name(VmName(p));
+  v1::Domain d;
+  auto s = a.domains->StartDomain(a.Context().get(), ref, &d);
+  if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && GetDomain(a, ref.name(), &d).ok() &&
+      PowerState(d.state()) == "poweron") {
+    return Emit(Success("Instance already running"), 0);
+  }
+  if (!s.ok()) return a.Error(s, "starting domain " + ref.name());
+  return Emit(Success("Instance started"), 0);
+}
+
+int Stop(const Payload& p, const Agent& a) {
+  v1::ShutdownDomainRequest req;
+  req.set_name(VmName(p));
+  // Graceful for most of CloudStack's wait, then the agent forces it off.
+  int graceful = std::clamp(a.timeout() - 10, 1, 300);
+  if (auto t = Setting(p, "stop_timeout", "vdhe"); !t.empty())
+    graceful = static_cast<int>(std::clamp<uint64_t>(ParseUnsigned(t, "stop_timeout"), 1, 3600));
+  req.set_timeout_seconds(static_cast<uint32_t>(graceful));
+  v1::ShutdownDomainResponse r;
+  auto s = a.domains->ShutdownDomain(a.Context(graceful).get(), req, &r);
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) return Emit(Success("Instance stopped (not present on host)"), 0);
+  v1::Domain d;
+  if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && GetDomain(a, req.name(), &d).ok() &&
+      PowerState(d.state()) == "poweroff") {
+    return Emit(Success("Instance stopped (was not running)"), 0);
+  }
+  if (!s.ok()) return a.Error(s, "stopping domain " + req.name());
+  value out = Success(r.forced() ? "Instance stopped (forced off after " + std::to_string(graceful) + " s)" : "Instance stopped");
+  out["forced"] = value::boolean(r.forced());
+  return Emit(out, 0);
+}
+
+int Reboot(const Payload& p, const Agent& a) {
+  v1::DomainRef ref;
+  ref.set_name(VmName(p));
+  v1::Domain d;
+  auto s = a.domains->RebootDomain(a.Context().get(), ref, &d);
+  if (!s.ok()) return a.Error(s, "rebooting domain " + ref.name());
+  return Emit(Success("Instance rebooted"), 0);
+}
+
+int Delete(const Payload& p, const Agent& a) {
+  v1::DeleteDomainRequest req;
+  req.set_name(VmName(p));
+  req.set_force(true);
+  req.set_delete_volumes(!IsFalse(Setting(p, "delete_volumes", "vdhe")));
+  v1::DeleteDomainResponse r;
+  auto s = a.domains->DeleteDomain(a.Context().get(), req, &r);
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) return Emit(Success("Instance deleted (not present on host)"), 0);
+  if (!s.ok()) return a.Error(s, "deleting domain " + req.name());
+  return Emit(Success("Instance deleted"), 0);
+}
+
+int Status(const Payload& p, const Agent& a) {
+  const std::string name = VmName(p);
+  v1::Domain d;
+  auto s = GetDomain(a, name, &d);
+  value out = value::object();
+  out["status"] = value::string("success");
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+    out["power_state"] = value::string("poweroff");
+    out["message"] = value::string("Instance " + name + " is not defined on this host");
+    return Emit(out, 0);
+  }
+  if (!s.ok()) return a.Error(s, "reading domain " + name);
+  out["power_state"] = value::string(PowerState(d.state()));
+  return Emit(out, 0);
+}
+
+int Statuses(const Agent& a) {
+  v1::ListDomainsResponse r;
+  auto s = a.domains->ListDomains(a.Context().get(), {}, &r);
+  if (!s.ok()) return a.Error(s, "listing domains");
+  value states = value::object();
+  for (const auto& d : r.domains()) states[d.name()] = value::string(PowerState(d.state()));
+  value out = value::object();
+  out["status"] = value::string("success");
+  out["power_state"] = states;
+  return Emit(out, 0);
+}
+
+int PrintMessage(const value& message) {
+  value out = value::object();
+  out["status"] = value::string("success");
+  out["printmessage"] = value::string("true");
+  out["message"] = message;
+  return Emit(out, 0);
+}
+
+int HostCapacity(const Agent& a) {
+  v1::Capacity c;
+  auto s = a.host->GetCapacity(a.Context().get(), {}, &c);
+  if (!s.ok()) return a.Error(s, "reading host capacity");
+  return PrintMessage(ProtoToJson(c));
+}
+
+int EventChannels(const Agent& a) {
+  v1::EventChannels e;
+  auto s = a.metrics->GetEventChannels(a.Context().get(), {}, &e);
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    value m = value::object();
+    m["supported"] = value::boolean(false);
+    m["unsupported"] = value::string(s.error_message());
+    return PrintMessage(m);
+  }
+  if (!s.ok()) return a.Error(s, "reading event channels");
+  value m = ProtoToJson(e);
+  m["supported"] = value::boolean(true);
+  return PrintMessage(m);
+}
+
+std::string Parameter(const Payload& p, const std::string& key) {
+  if (!p.parameters.has_field(key)) return "";
+  const auto& v = p.parameters.at(key);
+  if (v.is_string()) return v.as_string();
+  if (v.is_number()) return v.serialize();
+  return "";
+}
+
+int ResizeVolume(const Payload& p, const Agent& a) {
+  v1::ResizeVolumeRequest req;
+  std::string pool = Parameter(p, "pool");
+  if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
+  if (pool.empty()) return Fail("resizevolume: parameter pool is missing (and no storage_pool detail)");
+  std::string volume = Parameter(p, "volume");
+  if (volume.empty() && (p.vm.has_field("name") || p.ext_vm.has_field("vm_name"))) volume = VmName(p) + "-root";
+  if (volume.empty()) return Fail("resizevolume: parameter volume is missing");
+  if (!ValidDomainName(pool)) return Fail("resizevolume: pool '" + pool + "' is not a valid name");
+  if (!ValidDomainName(volume)) return Fail("resizevolume: volume '" + volume + "' is not a valid name");
+  uint64_t size = 0;
+  if (auto b = Parameter(p, "size_bytes"); !b.empty()) {
+    size = ParseUnsigned(b, "resizevolume: size_bytes");
+  } else if (auto g = Parameter(p, "size_gb"); !g.empty()) {
+    uint64_t gb = ParseUnsigned(g, "resizevolume: size_gb");
+    if (gb > UINT64_MAX / kGiB) return Fail("resizevolume: size_gb is too large");
+    size = gb * kGiB;
+  }
+  if (size == 0) return Fail("resizevolume: parameter size_gb (or size_bytes) is missing or 0");
+  req.set_pool(pool);
+  req.set_name(volume);
+  req.set_size_bytes(size);
+  v1::Volume v;
+  auto s = a.storage->ResizeVolume(a.Context().get(), req, &v);
+  if (!s.ok()) return a.Error(s, "resizing volume " + pool + "/" + volume);
+  return PrintMessage(ProtoToJson(v));
+}
+
+void DropGrpcLog(gpr_log_func_args*) {}
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+int Run(int argc, char** argv) {
+  if (argc < 3) return Fail("usage: hvagent-cloudstack <action> <payload.json> [timeout-seconds]");
+  const std::string action = Lower(argv[1]);
+  static const char* const kActions[] = {"prepare", "create", "start", "stop", "reboot", "delete", "status",
+                                         "statuses", "getconsole", "hostcapacity", "eventchannels", "resizevolume"};
+  if (std::find(std::begin(kActions), std::end(kActions), action) == std::end(kActions))
+    return Fail("unknown action '" + std::string(argv[1]).substr(0, 64) + "'");
+  int timeout = kDefaultTimeoutSeconds;
+  if (argc > 3) {
+    try {
+      timeout = std::stoi(argv[3]);
+    } catch (...) {
+      timeout = kDefaultTimeoutSeconds;
+    }
+  }
+  // Leave CloudStack a few seconds to read our answer before its own deadline.
+  timeout = std::clamp(timeout - 5, 5, 3600);
+
+  Payload p = LoadPayload(argv[2]);
+  const bool host_action = action == "statuses" || action == "hostcapacity" || action == "eventchannels" ||
+                           action == "resizevolume";
+  if (!host_action) (void)VmName(p);  // validated before anything reaches the agent
+  if (action == "getconsole")
+    return Fail("getconsole: hvagent exposes no console endpoint (VNC/URL) yet; use the serial console on the host", "UNIMPLEMENTED");
+  Agent agent(AgentTargetFrom(p), timeout);
+
+  if (action == "prepare") return Prepare(p, agent);
+  if (action == "create") return Create(p, agent);
+  if (action == "start") return Start(p, agent);
+  if (action == "stop") return Stop(p, agent);
+  if (action == "reboot") return Reboot(p, agent);
+  if (action == "delete") return Delete(p, agent);
+  if (action == "status") return Status(p, agent);
+  if (action == "statuses") return Statuses(agent);
+  if (action == "hostcapacity") return HostCapacity(agent);
+  if (action == "eventchannels") return EventChannels(agent);
+  return ResizeVolume(p, agent);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // CloudStack reads stdout and stderr as one stream: gRPC must not write to either.
+  gpr_set_log_function(DropGrpcLog);
+  try {
+    return Run(argc, argv);
+  } catch (const PayloadError& e) {
+    return Fail(e.what(), "INVALID_ARGUMENT");
+  } catch (const std::exception& e) {
+    return Fail(std::string("internal error: ") + e.what());
+  }
+}

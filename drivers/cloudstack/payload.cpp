@@ -1,0 +1,406 @@
+#include "payload.h"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+#include <vector>
+
+namespace hvagent::cloudstack {
+namespace {
+
+constexpr std::streamsize kMaxPayloadBytes = 8 << 20;  // CloudStack's payloads are a few KiB
+constexpr uint64_t kMiB = 1024 * 1024;
+constexpr uint64_t kGiB = 1024 * kMiB;
+
+web::json::value ObjectAt(const web::json::value& parent, const std::string& key) {
+  if (parent.is_object() && parent.has_field(key) && parent.at(key).is_object()) return parent.at(key);
+  return web::json::value::object();
+}
+
+std::string Text(const web::json::value& v) {
+  if (v.is_string()) return v.as_string();
+  if (v.is_boolean()) return v.as_bool() ? "true" : "false";
+  if (v.is_number()) return v.serialize();
+  return "";
+}
+
+std::string Field(const web::json::value& obj, const std::string& key) {
+  if (!obj.is_object() || !obj.has_field(key)) return "";
+  return Text(obj.at(key));
+}
+
+bool AllOf(const std::string& s, bool (*ok)(char)) {
+  return std::all_of(s.begin(), s.end(), [ok](char c) { return ok(c); });
+}
+
+bool IsTrue(const std::string& s) {
+  std::string l = s;
+  std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return std::tolower(c); });
+  return l == "true" || l == "1" || l == "yes" || l == "on";
+}
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+// "100=br100,200=br200" -> {100: "br100", 200: "br200"}
+std::map<int, std::string> ParseVlanMap(const std::string& text) {
+  std::map<int, std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item.erase(std::remove_if(item.begin(), item.end(), [](unsigned char c) { return std::isspace(c); }), item.end());
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    if (eq == std::string::npos) throw PayloadError("vlan_bridge_map: '" + item + "' is not VLAN=BRIDGE");
+    int vlan = static_cast<int>(ParseUnsigned(item.substr(0, eq), "vlan_bridge_map"));
+    std::string bridge = item.substr(eq + 1);
+    if (vlan < 1 || vlan > 4094) throw PayloadError("vlan_bridge_map: VLAN " + std::to_string(vlan) + " is not in 1..4094");
+    if (!ValidBridgeName(bridge)) throw PayloadError("vlan_bridge_map: '" + bridge + "' is not a valid bridge name");
+    out[vlan] = bridge;
+  }
+  return out;
+}
+
+std::string BridgeForVlan(const Payload& p, int vlan) {
+  const std::string map_text = Setting(p, "vlan_bridge_map", "he");
+  if (!map_text.empty()) {
+    auto m = ParseVlanMap(map_text);
+    if (auto it = m.find(vlan); it != m.end()) return it->second;
+  }
+  std::string format = Setting(p, "vlan_bridge_format", "he");
+  if (!format.empty()) {
+    auto pos = format.find("{vlan}");
+    if (pos == std::string::npos) throw PayloadError("vlan_bridge_format: must contain {vlan}, e.g. br{vlan}");
+    format.replace(pos, 6, std::to_string(vlan));
+    if (!ValidBridgeName(format)) throw PayloadError("vlan_bridge_format: gives '" + format + "', not a valid bridge name");
+    return format;
+  }
+  throw PayloadError("no bridge for VLAN " + std::to_string(vlan) +
+                     ": set the host detail vlan_bridge_format (e.g. br{vlan}) or vlan_bridge_map");
+}
+
+uint64_t RootDiskSize(const Payload& p) {
+  if (auto b = Setting(p, "root_disk_size_bytes", "vd"); !b.empty()) return ParseUnsigned(b, "root_disk_size_bytes");
+  if (auto g = Setting(p, "root_disk_size_gb", "vd"); !g.empty()) {
+    uint64_t gb = ParseUnsigned(g, "root_disk_size_gb");
+    if (gb > (UINT64_MAX / kGiB)) throw PayloadError("root_disk_size_gb: too large");
+    return gb * kGiB;
+  }
+  // The ROOT volume of VirtualMachineTO.disks, when the management server sent one.
+  if (p.vm.has_field("disks") && p.vm.at("disks").is_array()) {
+    for (const auto& d : p.vm.at("disks").as_array()) {
+      if (Field(d, "type") != "ROOT") continue;
+      auto data = ObjectAt(d, "data");
+      if (auto size = Field(data, "size"); !size.empty()) return ParseUnsigned(size, "cloudstack.vm.details.disks[ROOT].data.size");
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+Payload LoadPayload(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw PayloadError("payload file not found or unreadable: " + path);
+  std::string text;
+  text.resize(static_cast<size_t>(kMaxPayloadBytes) + 1);
+  in.read(text.data(), kMaxPayloadBytes + 1);
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (static_cast<std::streamsize>(text.size()) > kMaxPayloadBytes) throw PayloadError("payload file is larger than 8 MiB");
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw PayloadError("payload file is empty");
+  std::error_code ec;
+  Payload p;
+  p.root = web::json::value::parse(text, ec);
+  if (ec) throw PayloadError("invalid JSON in payload file: " + ec.message());
+  if (!p.root.is_object()) throw PayloadError("invalid payload: the document is not a JSON object");
+  auto ext = ObjectAt(p.root, "externaldetails");
+  p.ext_host = ObjectAt(ext, "host");
+  p.ext_extension = ObjectAt(ext, "extension");
+  p.ext_vm = ObjectAt(ext, "virtualmachine");
+  p.vm = ObjectAt(p.root, "cloudstack.vm.details");
+  // VirtualMachineTO's detail map is serialized as "details" (4.21; what the bundled
+  // extensions read) or, in older trees, under its field name "params".
+  p.vm_params = p.vm.has_field("details") ? ObjectAt(p.vm, "details") : ObjectAt(p.vm, "params");
+  p.parameters = ObjectAt(p.root, "parameters");
+  return p;
+}
+
+std::string Setting(const Payload& p, const std::string& key, const std::string& where) {
+  for (char w : where) {
+    const web::json::value* src = w == 'v' ? &p.ext_vm : w == 'd' ? &p.vm_params : w == 'h' ? &p.ext_host : &p.ext_extension;
+    if (auto v = Field(*src, key); !v.empty()) return v;
+  }
+  return "";
+}
+
+AgentTarget AgentTargetFrom(const Payload& p) {
+  AgentTarget t;
+  t.address = Setting(p, "agent_address", "he");
+  if (t.address.empty()) {
+    // CloudStack's addHost url, e.g. "grpc://10.0.0.5:50051" or "10.0.0.5:50051".
+    std::string url = Setting(p, "url", "he");
+    if (auto s = url.find("://"); s != std::string::npos) url = url.substr(s + 3);
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    t.address = url;
+  }
+  if (t.address.empty()) throw PayloadError("host detail agent_address (HOST:PORT of hvagentd's gRPC listener) is missing");
+  if (!ValidAddress(t.address)) throw PayloadError("agent_address: '" + t.address + "' is not HOST:PORT");
+  t.plaintext = IsTrue(Setting(p, "plaintext", "he"));
+  t.ca_file = Setting(p, "ca_file", "he");
+  t.cert_file = Setting(p, "cert_file", "he");
+  t.key_file = Setting(p, "key_file", "he");
+  t.server_name = Setting(p, "tls_server_name", "he");
+  if (t.plaintext) {
+    if (!IsLoopbackAddress(t.address))
+      throw PayloadError("plaintext=true is only for an agent on this machine's loopback (--plaintext-loopback); "
+                         "configure ca_file, cert_file and key_file for " + t.address);
+  } else {
+    if (t.ca_file.empty() || t.cert_file.empty() || t.key_file.empty())
+      throw PayloadError("host details ca_file, cert_file and key_file are required for TLS to the agent "
+                         "(or plaintext=true for a development agent on loopback)");
+    for (const auto* f : {&t.ca_file, &t.cert_file, &t.key_file})
+      if (!ValidAbsolutePath(*f)) throw PayloadError("TLS file '" + *f + "' is not an absolute path");
+  }
+  if (!t.server_name.empty() &&
+      (t.server_name.size() > 253 ||
+       !AllOf(t.server_name, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-'; })))
+    throw PayloadError("tls_server_name: invalid name");
+  return t;
+}
+
+std::string VmName(const Payload& p) {
+  std::string name = Field(p.ext_vm, "vm_name");
+  if (name.empty()) name = Field(p.vm, "name");
+  if (name.empty()) name = Field(p.root, "virtualmachinename");
+  if (name.empty()) throw PayloadError("payload names no instance (cloudstack.vm.details.name)");
+  if (!ValidDomainName(name))
+    throw PayloadError("instance name '" + name + "' is not allowed: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+  return name;
+}
+
+v1::DomainSpec BuildDomainSpec(const Payload& p) {
+  v1::DomainSpec spec;
+  spec.set_name(VmName(p));
+  if (auto uuid = Field(p.vm, "uuid"); !uuid.empty()) {
+    if (!ValidUuid(uuid)) throw PayloadError("cloudstack.vm.details.uuid: '" + uuid + "' is not a UUID");
+    spec.set_uuid(uuid);
+  }
+  uint64_t cpus = ParseUnsigned(Field(p.vm, "cpus"), "cloudstack.vm.details.cpus");
+  if (cpus < 1 || cpus > 4096) throw PayloadError("cloudstack.vm.details.cpus: must be 1..4096");
+  spec.set_vcpus(static_cast<uint32_t>(cpus));
+  // maxRam is the offering's memory; minRam is lower only under memory overcommit.
+  uint64_t ram = 0;
+  if (auto max = Field(p.vm, "maxRam"); !max.empty()) ram = ParseUnsigned(max, "cloudstack.vm.details.maxRam");
+  if (ram == 0) ram = ParseUnsigned(Field(p.vm, "minRam"), "cloudstack.vm.details.minRam");
+  if (ram < kMiB) throw PayloadError("cloudstack.vm.details.maxRam/minRam: must be at least 1 MiB (bytes)");
+  spec.set_memory_mib((ram + kMiB - 1) / kMiB);
+  spec.set_serial_console(true);
+
+  for (const auto& [key, setter] : std::initializer_list<std::pair<const char*, void (v1::DomainSpec::*)(const std::string&)>>{
+           {"arch", &v1::DomainSpec::set_arch}, {"machine", &v1::DomainSpec::set_machine},
+           {"cpu_model", &v1::DomainSpec::set_cpu_model}, {"gic_version", &v1::DomainSpec::set_gic_version}}) {
+    std::string v = Setting(p, key, "vdh");
+    if (v.empty()) continue;
+    if (v.size() > 64 || !AllOf(v, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; }))
+      throw PayloadError(std::string(key) + ": '" + v + "' is not allowed");
+    (spec.*setter)(v);
+  }
+
+  // Boot: direct kernel boot when a kernel is named, else firmware.
+  if (auto kernel = Setting(p, "kernel_path", "vdh"); !kernel.empty()) {
+    if (!ValidAbsolutePath(kernel)) throw PayloadError("kernel_path: must be an absolute path");
+    auto* k = spec.mutable_kernel();
+    k->set_kernel_path(kernel);
+    if (auto initrd = Setting(p, "initrd_path", "vdh"); !initrd.empty()) {
+      if (!ValidAbsolutePath(initrd)) throw PayloadError("initrd_path: must be an absolute path");
+      k->set_initrd_path(initrd);
+    }
+    auto cmdline = Setting(p, "cmdline", "vdh");
+    if (cmdline.size() > 2048 || std::any_of(cmdline.begin(), cmdline.end(), [](unsigned char c) { return c < 0x20; }))
+      throw PayloadError("cmdline: too long or has control characters");
+    k->set_cmdline(cmdline);
+  } else {
+    auto* f = spec.mutable_firmware();
+    std::string fw = Lower(Setting(p, "firmware", "vdh"));
+    if (!fw.empty() && fw != "uefi" && fw != "bios") throw PayloadError("firmware: '" + fw + "' is neither bios nor uefi");
+    if (fw.empty()) {
+      // CloudStack's own boot type (VirtualMachineTO.bootType "Uefi"/"Bios"), when set.
+      fw = Lower(Field(p.vm, "bootType"));
+    }
+    if (fw == "uefi") f->set_type(v1::FirmwareBoot::TYPE_UEFI);
+    else if (fw == "bios") f->set_type(v1::FirmwareBoot::TYPE_BIOS);
+    if (auto loader = Setting(p, "loader_path", "vdh"); !loader.empty()) {
+      if (!ValidAbsolutePath(loader)) throw PayloadError("loader_path: must be an absolute path");
+      f->set_loader_path(loader);
+    }
+  }
+
+  // Root disk: a new volume in an agent storage pool, or an existing image/device path.
+  std::string target = Setting(p, "disk_target", "vdh");
+  if (target.empty()) target = "vda";
+  if (target.size() > 8 || !AllOf(target, [](char c) { return std::islower(static_cast<unsigned char>(c)) != 0; }))
+    throw PayloadError("disk_target: '" + target + "' is not a disk name like vda or xvda");
+  if (auto pool = Setting(p, "storage_pool", "vdh"); !pool.empty()) {
+    if (!ValidDomainName(pool)) throw PayloadError("storage_pool: '" + pool + "' is not a valid pool name");
+    uint64_t size = RootDiskSize(p);
+    if (size == 0) throw PayloadError("storage_pool is set but the root disk size is not: set root_disk_size_gb");
+    auto* d = spec.add_disks();
+    d->set_target(target);
+    auto* vol = d->mutable_volume();
+    vol->set_pool(pool);
+    vol->set_name(spec.name() + "-root");
+    vol->set_create_size_bytes(size);
+  } else if (auto path = Setting(p, "disk_path", "vdh"); !path.empty()) {
+    if (!ValidAbsolutePath(path)) throw PayloadError("disk_path: must be an absolute path");
+    auto* d = spec.add_disks();
+    d->set_target(target);
+    d->set_source_path(path);
+    d->set_type(path.rfind("/dev/", 0) == 0 ? v1::Disk::TYPE_BLOCK : v1::Disk::TYPE_FILE);
+    std::string format = Lower(Setting(p, "disk_format", "vdh"));
+    if (!format.empty() && format != "raw" && format != "qcow2") throw PayloadError("disk_format: raw or qcow2");
+    d->set_format(format);
+  }
+
+  // NICs: MAC from CloudStack; VLAN N -> the host's bridge for VLAN N; untagged -> network_bridge
+  // or the libvirt network `network`.
+  std::string nic_model = Setting(p, "nic_model", "vdh");
+  if (!nic_model.empty() && !ValidBridgeName(nic_model)) throw PayloadError("nic_model: invalid");
+  if (p.vm.has_field("nics") && !p.vm.at("nics").is_null()) {
+    if (!p.vm.at("nics").is_array()) throw PayloadError("cloudstack.vm.details.nics: not an array");
+    const auto& nics = p.vm.at("nics").as_array();
+    // Ordered by deviceId when present, as CloudStack numbers them.
+    std::vector<std::pair<uint64_t, const web::json::value*>> ordered;
+    size_t i = 0;
+    for (const auto& n : nics) {
+      auto dev = Field(n, "deviceId");
+      ordered.emplace_back(dev.empty() ? i : ParseUnsigned(dev, "nics[].deviceId"), &n);
+      ++i;
+    }
+    std::stable_sort(ordered.begin(), ordered.end(), [](auto& a, auto& b) { return a.first < b.first; });
+    for (size_t idx = 0; idx < ordered.size(); ++idx) {
+      const auto& n = *ordered[idx].second;
+      const std::string where = "nics[" + std::to_string(idx) + "]";
+      if (!n.is_object()) throw PayloadError(where + ": not an object");
+      auto* nic = spec.add_nics();
+      std::string mac = Lower(Field(n, "mac"));
+      if (!mac.empty()) {
+        if (!ValidMac(mac)) throw PayloadError(where + ".mac: '" + mac + "' is not a MAC address");
+        nic->set_mac(mac);
+      }
+      if (!nic_model.empty()) nic->set_model(nic_model);
+      auto vlan = VlanFromBroadcastUri(Field(n, "broadcastUri"));
+      if (vlan) {
+        nic->set_bridge(BridgeForVlan(p, *vlan));
+      } else if (auto br = Setting(p, "network_bridge", "he"); !br.empty()) {
+        if (!ValidBridgeName(br)) throw PayloadError("network_bridge: '" + br + "' is not a valid bridge name");
+        nic->set_bridge(br);
+      } else if (auto net = Setting(p, "network", "he"); !net.empty()) {
+        if (!ValidDomainName(net)) throw PayloadError("network: '" + net + "' is not a valid network name");
+        nic->set_network(net);
+      } else {
+        throw PayloadError(where + ": untagged NIC but the host has neither network_bridge nor network");
+      }
+    }
+  }
+  return spec;
+}
+
+bool ValidDomainName(const std::string& s) {
+  if (s.empty() || s.size() > 64 || !std::isalnum(static_cast<unsigned char>(s[0]))) return false;
+  return AllOf(s, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
+}
+
+bool ValidBridgeName(const std::string& s) {
+  // Linux interface names: at most 15 bytes, no '/', no whitespace; kept to a safe set.
+  if (s.empty() || s.size() > 15) return false;
+  return AllOf(s, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
+}
+
+bool ValidMac(const std::string& s) {
+  if (s.size() != 17) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i % 3 == 2) {
+      if (s[i] != ':') return false;
+    } else if (!std::isxdigit(static_cast<unsigned char>(s[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool ValidUuid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? s[i] != '-' : !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
+
+bool ValidAbsolutePath(const std::string& s) {
+  if (s.empty() || s[0] != '/' || s.size() > 1024) return false;
+  if (s.find("/../") != std::string::npos || s.ends_with("/..")) return false;
+  return std::none_of(s.begin(), s.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; });
+}
+
+bool ValidAddress(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= s.size() || s.size() > 260) return false;
+  std::string host = s.substr(0, colon), port = s.substr(colon + 1);
+  if (!AllOf(port, [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }) || port.size() > 5) return false;
+  int p = std::stoi(port);
+  if (p < 1 || p > 65535) return false;
+  if (host.front() == '[') {
+    return host.back() == ']' && host.size() > 2 &&
+           AllOf(host.substr(1, host.size() - 2), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.'; });
+  }
+  return AllOf(host, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-'; });
+}
+
+bool IsLoopbackAddress(const std::string& address) {
+  std::string host = address.substr(0, address.rfind(':'));
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "[::1]";
+}
+
+std::optional<int> VlanFromBroadcastUri(const std::string& uri) {
+  const std::string prefix = "vlan://";
+  if (uri.rfind(prefix, 0) != 0) return std::nullopt;
+  std::string rest = uri.substr(prefix.size());
+  if (rest.empty() || Lower(rest) == "untagged") return std::nullopt;
+  int vlan = 0;
+  auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), vlan);
+  if (ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
+    throw PayloadError("broadcastUri '" + uri + "': VLAN must be 1..4094");
+  return vlan;
+}
+
+uint64_t ParseUnsigned(const std::string& text, const std::string& field) {
+  if (text.empty()) throw PayloadError(field + ": missing");
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || ptr != text.data() + text.size()) throw PayloadError(field + ": '" + text + "' is not a whole number");
+  return v;
+}
+
+std::string PowerState(v1::DomainState state) {
+  switch (state) {
+    case v1::DOMAIN_STATE_RUNNING:
+    case v1::DOMAIN_STATE_BLOCKED:
+    case v1::DOMAIN_STATE_PAUSED:
+    case v1::DOMAIN_STATE_SHUTTING_DOWN:
+    case v1::DOMAIN_STATE_SUSPENDED:
+      return "poweron";
+    case v1::DOMAIN_STATE_SHUTOFF:
+    case v1::DOMAIN_STATE_CRASHED:
+      return "poweroff";
+    default:
+      return "unknown";
+  }
+}
+
+}  // namespace hvagent::cloudstack

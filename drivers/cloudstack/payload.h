@@ -1,0 +1,79 @@
+// Reading the payload file Apache CloudStack's extensions framework writes for an Orchestrator
+// extension, and turning it into hvagent requests. Pure functions (no I/O besides reading the
+// payload file), so they can be checked without an agent. See README.md for the contract.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <cpprest/json.h>
+
+#include "hvagent/v1/domain.pb.h"
+
+namespace hvagent::cloudstack {
+
+// A problem with the payload or with what the operator configured. The message is shown to the
+// CloudStack user as it is, so it names the field.
+struct PayloadError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Where and how to reach the agent: the host's details, falling back to the extension's.
+struct AgentTarget {
+  std::string address;  // "host:port"
+  bool plaintext = false;
+  std::string ca_file, cert_file, key_file;
+  std::string server_name;  // optional TLS name override
+};
+
+struct Payload {
+  web::json::value root;      // the whole document (an object)
+  web::json::value ext_host;  // externaldetails.host (object, maybe empty)
+  web::json::value ext_extension;
+  web::json::value ext_vm;     // externaldetails.virtualmachine
+  web::json::value vm;         // cloudstack.vm.details (VirtualMachineTO)
+  web::json::value vm_params;  // cloudstack.vm.details.details (or .params)
+  web::json::value parameters; // custom action parameters
+};
+
+// Reads and parses the file; throws PayloadError on a missing, oversized, truncated or non-object
+// document.
+Payload LoadPayload(const std::string& path);
+
+// A setting looked up in this order: the VM's external details, the VM's details, the host's,
+// the extension's (only the sources named in `where`: 'v' VM external, 'd' VM details, 'h' host,
+// 'e' extension). Numbers and booleans are returned as text. Empty when absent.
+std::string Setting(const Payload& p, const std::string& key, const std::string& where = "vdhe");
+
+AgentTarget AgentTargetFrom(const Payload& p);
+
+// The domain name CloudStack knows the VM by: externaldetails.virtualmachine.vm_name if the
+// operator set it, else cloudstack.vm.details.name, else virtualmachinename. Validated.
+std::string VmName(const Payload& p);
+
+// The whole DomainSpec for `create` (validated here as far as the extension can: names, MACs,
+// VLANs, sizes, paths). Throws PayloadError.
+v1::DomainSpec BuildDomainSpec(const Payload& p);
+
+// Validators (true when acceptable).
+bool ValidDomainName(const std::string& s);
+bool ValidBridgeName(const std::string& s);
+bool ValidMac(const std::string& s);
+bool ValidUuid(const std::string& s);
+bool ValidAbsolutePath(const std::string& s);
+bool ValidAddress(const std::string& s);
+bool IsLoopbackAddress(const std::string& address);
+
+// "vlan://100" -> 100; "vlan://untagged", "" or another scheme -> nullopt. Throws on junk.
+std::optional<int> VlanFromBroadcastUri(const std::string& uri);
+
+// Parses an unsigned decimal (string or JSON number text); throws PayloadError naming `field`.
+uint64_t ParseUnsigned(const std::string& text, const std::string& field);
+
+// CloudStack's power-state words for an agent domain state.
+std::string PowerState(v1::DomainState state);
+
+}  // namespace hvagent::cloudstack

@@ -1,0 +1,226 @@
+"""hvagent-cloudstack against a real hvagentd on libvirt's test:///default driver: every action
+CloudStack calls, with payloads shaped as the management server writes them (fixtures/), and the
+error paths (bad payloads, unknown action, unreachable agent, TLS failure). ctest -L cloudstack"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+from extension_harness import Agent, Extension
+
+VM = "i-2-100-VM"
+VM_UUID = "3b7e2f0e-8d6a-4a51-9c3e-5a7d1c2b9e40"
+
+
+def make_tls_dir():
+    """A throwaway CA and client certificate (openssl argv, no shell)."""
+    d = tempfile.mkdtemp(prefix="hvagent-cs-tls-")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=hvagent-cs-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+        "-subj", "/CN=hvagent-controller")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "client.crt", "-days", "1")
+    return d
+
+
+class ExtensionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.agent = Agent("test:///default")
+        cls.ext = Extension(cls.agent.grpc_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ext.cleanup()
+        code = cls.agent.stop()
+        if code not in (0, None):
+            raise AssertionError(f"hvagentd exited with {code} on SIGTERM")
+
+    def tearDown(self):
+        if VM in self.agent.domains():
+            self.agent.rest("DELETE", f"/v1/domains/{VM}?force=true")
+
+    def ok(self, action, fixture, **kw):
+        code, out = self.ext.run(action, fixture, **kw)
+        self.assertEqual(code, 0, out)
+        self.assertEqual(out.get("status"), "success", out)
+        return out
+
+    def fails(self, action, fixture, expect, code_name=None, **kw):
+        before = self.agent.domains()
+        code, out = self.ext.run(action, fixture, **kw)
+        self.assertNotEqual(code, 0, out)
+        self.assertEqual(out.get("status"), "error", out)
+        self.assertIn(expect, out["error"])
+        self.assertEqual(out["error"], out["message"])
+        if code_name:
+            self.assertEqual(out.get("code"), code_name, out)
+        self.assertEqual(self.agent.domains(), before, "a failed call changed the host")
+        return out
+
+    def power(self, fixture="status.json"):
+        return self.ok("status", fixture)["power_state"]
+
+    # ---- the VM lifecycle, in CloudStack's order -------------------------------------------
+
+    def test_lifecycle(self):
+        out = self.ok("prepare", "prepare.json")
+        self.assertNotIn(VM, self.agent.domains(), "prepare must not create anything")
+        self.assertEqual(out["message"], f"Instance {VM} can be created")
+
+        out = self.ok("create", "create.json")
+        self.assertEqual(out["message"], "Instance created")
+        d = self.agent.domains()[VM]
+        self.assertEqual(d["state"], "DOMAIN_STATE_RUNNING")
+        self.assertEqual(d["uuid"], VM_UUID)
+        self.assertEqual(d["vcpus"], 2)
+        self.assertEqual(int(d["memory_mib"]), 512)  # maxRam 536870912 bytes
+        self.assertEqual(self.power(), "poweron")
+
+        # A second deploy of the same instance (same uuid) is a retry: success, nothing new.
+        self.assertEqual(self.ok("create", "create.json")["message"], "Instance already created")
+        # prepare refuses a name that is taken.
+        self.fails("prepare", "prepare.json", "already exists", "ALREADY_EXISTS")
+
+        out = self.ok("stop", "stop.json")
+        self.assertEqual(out["message"], "Instance stopped")
+        self.assertFalse(out["forced"])
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_SHUTOFF")
+        self.assertEqual(self.power(), "poweroff")
+        self.assertIn("was not running", self.ok("stop", "stop.json")["message"])
+
+        self.assertEqual(self.ok("start", "start.json")["message"], "Instance started")
+        self.assertEqual(self.power(), "poweron")
+        self.assertEqual(self.ok("start", "start.json")["message"], "Instance already running")
+
+        self.assertEqual(self.ok("reboot", "reboot.json")["message"], "Instance rebooted")
+        self.assertEqual(self.power(), "poweron")
+
+        self.assertEqual(self.ok("delete", "delete.json")["message"], "Instance deleted")
+        self.assertNotIn(VM, self.agent.domains())
+
+    def test_missing_vm_is_idempotent(self):
+        self.assertNotIn(VM, self.agent.domains())
+        self.assertIn("not present", self.ok("stop", "stop.json")["message"])
+        self.assertIn("not present", self.ok("delete", "delete.json")["message"])
+        out = self.ok("status", "status.json")
+        self.assertEqual(out["power_state"], "poweroff")
+        self.fails("start", "start.json", "not found", "NOT_FOUND")
+        self.fails("reboot", "reboot.json", "not found", "NOT_FOUND")
+
+    def test_statuses_is_one_map(self):
+        self.ok("create", "create.json")
+        self.ok("stop", "stop.json")
+        out = self.ok("statuses", "statuses.json")
+        # test:///default always has its running "test" domain.
+        self.assertEqual(out["power_state"], {"test": "poweron", VM: "poweroff"})
+
+    def test_action_name_case(self):
+        self.assertEqual(self.ext.run("STATUSES", "statuses.json")[0], 0)
+
+    def test_getconsole_unsupported(self):
+        self.ok("create", "create.json")
+        self.fails("getconsole", "getconsole.json", "no console", "UNIMPLEMENTED")
+
+    # ---- custom actions ------------------------------------------------------------------
+
+    def test_hostcapacity(self):
+        out = self.ok("hostcapacity", "hostcapacity.json")
+        self.assertEqual(out["printmessage"], "true")
+        m = out["message"]
+        self.assertEqual(m["hypervisor_type"], "TEST")
+        self.assertGreater(m["cpus"], 0)
+        self.assertIn("memory_available_bytes", m)
+
+    def test_eventchannels_unsupported_off_xen(self):
+        out = self.ok("eventchannels", "eventchannels.json")
+        self.assertEqual(out["printmessage"], "true")
+        self.assertFalse(out["message"]["supported"])
+        self.assertIn("only on Xen hosts", out["message"]["unsupported"])
+
+    def test_resizevolume(self):
+        # test:///default has no storage pools configured: the agent's refusal is passed on.
+        self.fails("resizevolume", "resizevolume.json", "'vg0' is not a configured pool", "NOT_FOUND")
+        self.fails("resizevolume", "resizevolume.json", "size_gb", "INVALID_ARGUMENT",
+                   edit=lambda d: d["parameters"].update(size_gb="x"))
+        self.fails("resizevolume", "resizevolume.json", "not a valid name",
+                   edit=lambda d: d["parameters"].update(volume="../etc"))
+        self.fails("resizevolume", "resizevolume.json", "size_gb (or size_bytes) is missing",
+                   edit=lambda d: d["parameters"].pop("size_gb"))
+
+    # ---- errors: nothing changes, a JSON error, a non-zero exit --------------------------
+
+    def test_bad_payloads(self):
+        cases = [
+            ("truncated.json", "invalid JSON"),
+            ("not-object.json", "not a JSON object"),
+            ("empty.json", "payload file is empty"),
+            ("bad-name.json", "instance name 'i-2-100-VM;reboot' is not allowed"),
+            ("bad-mac.json", "nics[0].mac"),
+            ("bad-vlan.json", "VLAN must be 1..4094"),
+            ("no-vlan-bridge.json", "no bridge for VLAN 100"),
+            ("bad-ram.json", "minRam: 'lots' is not a whole number"),
+            ("no-credentials.json", "ca_file, cert_file and key_file are required"),
+            ("plaintext-remote.json", "plaintext=true is only for an agent on this machine's loopback"),
+        ]
+        for fixture, expect in cases:
+            for action in ("prepare", "create"):
+                with self.subTest(fixture=fixture, action=action):
+                    self.fails(action, fixture, expect)
+
+    def test_bad_name_never_reaches_agent(self):
+        for action in ("start", "stop", "delete", "status", "reboot"):
+            with self.subTest(action=action):
+                self.fails(action, "bad-name.json", "is not allowed", "INVALID_ARGUMENT")
+
+    def test_pool_error_leaves_nothing(self):
+        self.fails("create", "create-pool-missing.json", "'vg0' is not a configured pool", "NOT_FOUND")
+
+    def test_unknown_action_and_arguments(self):
+        before = self.agent.domains()
+        code, out = self.ext.run("migrate", "start.json")
+        self.assertEqual((code, out["status"]), (1, "error"))
+        self.assertIn("unknown action 'migrate'", out["error"])
+        code, out = self.ext.run_raw(["start"])
+        self.assertEqual((code, out["status"]), (1, "error"))
+        self.assertIn("usage", out["error"])
+        code, out = self.ext.run_raw(["start", "/nonexistent/payload.json", "60"])
+        self.assertEqual((code, out["status"]), (1, "error"))
+        self.assertIn("not found or unreadable", out["error"])
+        self.assertEqual(self.agent.domains(), before)
+
+    def test_unreachable_agent(self):
+        t0 = time.time()
+        out = self.fails("status", "unreachable.json", "UNAVAILABLE", "UNAVAILABLE")
+        self.assertLess(time.time() - t0, 30)
+        self.assertIn("hvagent at 127.0.0.1:", out["error"])
+        self.fails("create", "unreachable.json", "UNAVAILABLE", "UNAVAILABLE")
+
+    def test_tls_failure(self):
+        if not shutil.which("openssl"):
+            self.skipTest("openssl not installed")
+        tls = make_tls_dir()
+        try:
+            ext = Extension(self.agent.grpc_port, tls)
+            before = self.agent.domains()
+            # TLS to an agent that speaks plain text: the handshake fails.
+            code, out = ext.run("stop", "tls-to-plaintext.json")
+            self.assertEqual((code, out["status"], out.get("code")), (1, "error", "UNAVAILABLE"), out)
+            # Unreadable TLS material.
+            code, out = ext.run("stop", "tls-to-plaintext.json",
+                                edit=lambda d: d["externaldetails"]["host"].update(ca_file="/nonexistent/ca.crt"))
+            self.assertEqual((code, out["status"]), (1, "error"), out)
+            self.assertIn("cannot read TLS file /nonexistent/ca.crt", out["error"])
+            self.assertEqual(self.agent.domains(), before)
+            ext.cleanup()
+        finally:
+            shutil.rmtree(tls, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
