@@ -20,6 +20,7 @@ test_pkgs=(
   python3-grpcio python3-protobuf
   clang-14 libclang-rt-14-dev
   prometheus systemd
+  crossbuild-essential-arm64 qemu-user
 )
 
 want=("${build_pkgs[@]}")

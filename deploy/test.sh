@@ -5,6 +5,7 @@
 #   3. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   4. fuzz targets for a bounded number of runs (clang + libFuzzer)
 #   5. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
+#   6. the arm64 cross build, its unit tests under qemu-aarch64
 # Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,5 +56,8 @@ ctest --test-dir build-fuzz -L fuzz --output-on-failure
 
 step "integration tests (real libvirtd + QEMU)"
 ctest --test-dir build -L integration --output-on-failure
+
+step "arm64: cross build (sysroot from Debian's arm64 packages), unit tests under qemu-aarch64"
+deploy/cross/build-arm64.sh
 
 step "all tiers passed"
