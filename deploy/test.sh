@@ -5,7 +5,8 @@
 #   3. the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   4. fuzz targets for a bounded number of runs (clang + libFuzzer)
 #   5. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
-#   6. the arm64 cross build, its unit tests under qemu-aarch64
+#   6. the Debian package: built, installed, started and purged
+#   7. the arm64 cross build, its unit tests under qemu-aarch64
 # Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,9 @@ ctest --test-dir build-fuzz -L fuzz --output-on-failure
 
 step "integration tests (real libvirtd + QEMU)"
 ctest --test-dir build -L integration --output-on-failure
+
+step "Debian package: built by CPack, installed with apt, started, purged"
+ctest --test-dir build -L package --output-on-failure
 
 step "arm64: cross build (sysroot from Debian's arm64 packages), unit tests under qemu-aarch64"
 deploy/cross/build-arm64.sh
