@@ -1,14 +1,23 @@
-// hvctl: a small gRPC client for operators and for the README's example call. It talks to
-// hvagentd only through the public API, like any third-party client.
-//   hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] host | capacity | list |
-//         get NAME | start NAME | destroy NAME | delete NAME [--force] | watch [NAME...]
+// hvctl: the operator's command line for hvagentd, over the public gRPC API only (like any
+// third-party client). Human tables by default, `--json` for scripts.
+//
+//   hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] [--json] COMMAND ...
+//
+// Exit codes scripts can rely on:
+//   0  done
+//   1  the agent refused or failed the request (the gRPC code and message are printed)
+//   2  usage error (unknown command, missing argument, unreadable TLS file)
+//   3  the agent could not be reached (UNAVAILABLE, DEADLINE_EXCEEDED)
 // Without --ca it speaks plain text (an agent in --plaintext-loopback development mode).
 
+#include <chrono>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <google/protobuf/util/json_util.h>
@@ -17,32 +26,27 @@
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/storage.grpc.pb.h"
 
 namespace {
 
 using namespace hvagent;
 
-int Usage() {
-  std::cerr << "usage: hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] COMMAND\n"
-               "commands: host | capacity | list | get NAME | start NAME | destroy NAME |\n"
-               "          delete NAME [--force] | watch [NAME...]\n"
-               "default server: 127.0.0.1:50051\n";
-  return 2;
-}
+constexpr int kOk = 0, kRefused = 1, kUsage = 2, kUnreachable = 3;
 
-int Print(const grpc::Status& s, const google::protobuf::Message& m) {
-  if (!s.ok()) {
-    std::cerr << "hvctl: " << s.error_code() << " " << s.error_message() << "\n";
-    return 1;
-  }
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.preserve_proto_field_names = true;
-  opts.always_print_primitive_fields = true;
-  std::string out;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
-  std::cout << out;
-  return 0;
+int Usage() {
+  std::cerr << "usage: hvctl [--server HOST:PORT] [--ca FILE --cert FILE --key FILE] [--json] COMMAND\n"
+               "commands:\n"
+               "  host | capacity | stats | pools | volumes POOL\n"
+               "  list | get NAME\n"
+               "  start | shutdown | destroy | reboot | suspend | resume NAME\n"
+               "  delete NAME [--force] [--volumes]\n"
+               "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
+               "  watch [NAME...]                      (follows the event stream)\n"
+               "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
+               "default server: 127.0.0.1:50051\n";
+  return kUsage;
 }
 
 bool ReadFile(const std::string& path, std::string* out) {
@@ -54,12 +58,124 @@ bool ReadFile(const std::string& path, std::string* out) {
   return true;
 }
 
+std::string Json(const google::protobuf::Message& m, bool pretty = true) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = pretty;
+  opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+const char* CodeName(grpc::StatusCode c) {
+  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  int i = static_cast<int>(c);
+  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
+}
+
+int Failed(const grpc::Status& s) {
+  std::cerr << "hvctl: " << CodeName(s.error_code()) << ": " << s.error_message() << "\n";
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return kUnreachable;
+  }
+  return kRefused;
+}
+
+// A plain table: columns as wide as their widest cell.
+void Table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size());
+  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size() && i < width.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    for (size_t i = 0; i < cells.size(); ++i) {
+      if (i + 1 < cells.size()) {
+        std::cout << std::left << std::setw(static_cast<int>(width[i]) + 2) << cells[i];
+      } else {
+        std::cout << cells[i];  // no trailing blanks
+      }
+    }
+    std::cout << "\n";
+  };
+  line(header);
+  for (const auto& r : rows) line(r);
+}
+
+std::string State(int state) {
+  std::string s = v1::DomainState_Name(static_cast<v1::DomainState>(state));
+  const std::string prefix = "DOMAIN_STATE_";
+  if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string Bytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(u == 0 ? 0 : 1) << v << " " << units[u];
+  return out.str();
+}
+
+// Key/value lines for a message's fields; nested messages as compact JSON, lists as a count.
+void KeyValues(const google::protobuf::Message& m) {
+  using FD = google::protobuf::FieldDescriptor;
+  const auto* d = m.GetDescriptor();
+  const auto* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FD* f = d->field(i);
+    std::string value;
+    if (f->is_repeated()) {
+      value = std::to_string(r->FieldSize(m, f)) + " (--json lists them)";
+    } else if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+      if (!r->HasField(m, f)) continue;
+      value = Json(r->GetMessage(m, f), false);
+    } else {
+      switch (f->cpp_type()) {
+        case FD::CPPTYPE_STRING: value = r->GetString(m, f); break;
+        case FD::CPPTYPE_UINT32: value = std::to_string(r->GetUInt32(m, f)); break;
+        case FD::CPPTYPE_UINT64:
+          value = std::to_string(r->GetUInt64(m, f));
+          if (f->name().find("bytes") != std::string::npos) value += " (" + Bytes(r->GetUInt64(m, f)) + ")";
+          break;
+        case FD::CPPTYPE_INT32: value = std::to_string(r->GetInt32(m, f)); break;
+        case FD::CPPTYPE_INT64: value = std::to_string(r->GetInt64(m, f)); break;
+        case FD::CPPTYPE_BOOL: value = r->GetBool(m, f) ? "yes" : "no"; break;
+        case FD::CPPTYPE_DOUBLE: value = std::to_string(r->GetDouble(m, f)); break;
+        case FD::CPPTYPE_FLOAT: value = std::to_string(r->GetFloat(m, f)); break;
+        case FD::CPPTYPE_ENUM: value = r->GetEnum(m, f)->name(); break;
+        default: value = "?";
+      }
+    }
+    std::cout << std::left << std::setw(26) << f->name() << value << "\n";
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::map<std::string, std::string> opts = {{"--server", "127.0.0.1:50051"}};
-  while (args.size() >= 2 && (args[0] == "--server" || args[0] == "--ca" || args[0] == "--cert" || args[0] == "--key")) {
+  bool json = false;
+  while (!args.empty() && args[0].rfind("--", 0) == 0) {
+    if (args[0] == "--json") {
+      json = true;
+      args.erase(args.begin());
+      continue;
+    }
+    if (args.size() < 2 || (args[0] != "--server" && args[0] != "--ca" && args[0] != "--cert" && args[0] != "--key")) {
+      return Usage();
+    }
     opts[args[0]] = args[1];
     args.erase(args.begin(), args.begin() + 2);
   }
@@ -71,50 +187,204 @@ int main(int argc, char** argv) {
                                       {"--cert", &ssl.pem_cert_chain}, {"--key", &ssl.pem_private_key}}) {
       if (opts.contains(flag) && !ReadFile(opts[flag], field)) {
         std::cerr << "hvctl: " << flag << ": cannot read " << opts[flag] << "\n";
-        return 2;
+        return kUsage;
       }
     }
     creds = grpc::SslCredentials(ssl);
   }
-  const std::string server = opts["--server"];
-  auto channel = grpc::CreateChannel(server, creds);
+  auto channel = grpc::CreateChannel(opts["--server"], creds);
   auto host = v1::HostService::NewStub(channel);
   auto domains = v1::DomainService::NewStub(channel);
-  grpc::ClientContext ctx;
+  auto storage = v1::StorageService::NewStub(channel);
+  auto metrics = v1::MetricsService::NewStub(channel);
   const std::string& cmd = args[0];
-  const std::string name = args.size() > 1 ? args[1] : "";
+  const std::string arg1 = args.size() > 1 ? args[1] : "";
+  auto has_flag = [&](const char* flag) {
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == flag) return true;
+    }
+    return false;
+  };
+  auto deadline = [](grpc::ClientContext& ctx, int seconds) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  };
+  // Prints a single message: JSON, or key/value lines.
+  auto show = [&](const grpc::Status& s, const google::protobuf::Message& m) {
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(m) << "\n";
+    } else {
+      KeyValues(m);
+    }
+    return kOk;
+  };
+  grpc::ClientContext ctx;
 
-  if (cmd == "host") {
-    v1::Host h;
-    return Print(host->GetHost(&ctx, {}, &h), h);
-  }
-  if (cmd == "capacity") {
+  if (cmd == "host" || cmd == "capacity") {
+    deadline(ctx, 30);
+    if (cmd == "host") {
+      v1::Host h;
+      return show(host->GetHost(&ctx, {}, &h), h);
+    }
     v1::Capacity c;
-    return Print(host->GetCapacity(&ctx, {}, &c), c);
+    return show(host->GetCapacity(&ctx, {}, &c), c);
   }
-  if (cmd == "list") {
+  if (cmd == "list" || cmd == "domains") {
+    deadline(ctx, 30);
     v1::ListDomainsResponse r;
-    return Print(domains->ListDomains(&ctx, {}, &r), r);
+    grpc::Status s = domains->ListDomains(&ctx, {}, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(r) << "\n";
+      return kOk;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& d : r.domains()) {
+      rows.push_back({d.name(), State(d.state()), std::to_string(d.vcpus()), std::to_string(d.memory_mib()) + " MiB",
+                      d.uuid()});
+    }
+    Table({"NAME", "STATE", "VCPUS", "MEMORY", "UUID"}, rows);
+    return kOk;
   }
-  if (cmd == "get" && !name.empty()) {
+  if (cmd == "get" && !arg1.empty()) {
+    deadline(ctx, 30);
     v1::GetDomainRequest req;
-    req.set_name(name);
+    req.set_name(arg1);
     v1::Domain d;
-    return Print(domains->GetDomain(&ctx, req, &d), d);
+    return show(domains->GetDomain(&ctx, req, &d), d);
   }
-  if ((cmd == "start" || cmd == "destroy") && !name.empty()) {
+  if (!arg1.empty() && (cmd == "start" || cmd == "destroy" || cmd == "reboot" || cmd == "suspend" ||
+                        cmd == "resume")) {
+    deadline(ctx, 120);
     v1::DomainRef ref;
-    ref.set_name(name);
+    ref.set_name(arg1);
     v1::Domain d;
-    auto s = cmd == "start" ? domains->StartDomain(&ctx, ref, &d) : domains->DestroyDomain(&ctx, ref, &d);
-    return Print(s, d);
+    grpc::Status s = cmd == "start"     ? domains->StartDomain(&ctx, ref, &d)
+                     : cmd == "destroy" ? domains->DestroyDomain(&ctx, ref, &d)
+                     : cmd == "reboot"  ? domains->RebootDomain(&ctx, ref, &d)
+                     : cmd == "suspend" ? domains->SuspendDomain(&ctx, ref, &d)
+                                        : domains->ResumeDomain(&ctx, ref, &d);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(d) << "\n";
+    } else {
+      std::cout << d.name() << ": " << State(d.state()) << "\n";
+    }
+    return kOk;
   }
-  if (cmd == "delete" && !name.empty()) {
+  if (cmd == "shutdown" && !arg1.empty()) {
+    deadline(ctx, 3700);
+    v1::ShutdownDomainRequest req;
+    req.set_name(arg1);
+    v1::ShutdownDomainResponse r;
+    grpc::Status s = domains->ShutdownDomain(&ctx, req, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(r) << "\n";
+    } else {
+      std::cout << r.domain().name() << ": " << State(r.domain().state()) << (r.forced() ? " (forced off)" : "") << "\n";
+    }
+    return kOk;
+  }
+  if (cmd == "delete" && !arg1.empty()) {
+    deadline(ctx, 120);
     v1::DeleteDomainRequest req;
-    req.set_name(name);
-    req.set_force(args.size() > 2 && args[2] == "--force");
+    req.set_name(arg1);
+    req.set_force(has_flag("--force"));
+    req.set_delete_volumes(has_flag("--volumes"));
     v1::DeleteDomainResponse r;
-    return Print(domains->DeleteDomain(&ctx, req, &r), r);
+    grpc::Status s = domains->DeleteDomain(&ctx, req, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << "{}\n";
+    } else {
+      std::cout << arg1 << ": deleted\n";
+    }
+    return kOk;
+  }
+  if (cmd == "pools") {
+    deadline(ctx, 60);
+    v1::ListPoolsResponse r;
+    grpc::Status s = storage->ListPools(&ctx, {}, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(r) << "\n";
+      return kOk;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& p : r.pools()) {
+      rows.push_back({p.name(), v1::PoolType_Name(p.type()), Bytes(p.capacity_bytes()), Bytes(p.free_bytes()),
+                      std::to_string(p.volume_count())});
+    }
+    Table({"POOL", "TYPE", "SIZE", "FREE", "VOLUMES"}, rows);
+    return kOk;
+  }
+  if (cmd == "volumes" && !arg1.empty()) {
+    deadline(ctx, 60);
+    v1::ListVolumesRequest req;
+    req.set_pool(arg1);
+    v1::ListVolumesResponse r;
+    grpc::Status s = storage->ListVolumes(&ctx, req, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(r) << "\n";
+      return kOk;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& v : r.volumes()) {
+      rows.push_back({v.name(), Bytes(v.size_bytes()), v.attached_to().empty() ? "-" : v.attached_to(),
+                      v1::VolumeState_Name(v.state()), v.path()});
+    }
+    Table({"VOLUME", "SIZE", "ATTACHED TO", "STATE", "PATH"}, rows);
+    return kOk;
+  }
+  if (cmd == "volume-delete" && args.size() >= 3) {
+    deadline(ctx, 60);
+    v1::VolumeRef ref;
+    ref.set_pool(arg1);
+    ref.set_name(args[2]);
+    v1::Volume v;
+    grpc::Status s = storage->DeleteVolume(&ctx, ref, &v);
+    if (!s.ok()) return Failed(s);
+    if (!has_flag("--wait")) {
+      std::cout << (json ? Json(v) : ref.name() + ": deleting (the wipe runs in the agent)") << "\n";
+      return kOk;
+    }
+    // Follow the wipe until the volume is gone.
+    while (true) {
+      grpc::ClientContext poll;
+      deadline(poll, 30);
+      s = storage->GetVolume(&poll, ref, &v);
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) break;
+      if (!s.ok()) return Failed(s);
+      if (!json && v.wipe_total_bytes() > 0) {
+        std::cerr << "\rwiping " << ref.name() << ": " << (100 * v.wipe_done_bytes() / v.wipe_total_bytes()) << "% of "
+                  << Bytes(v.wipe_total_bytes()) << std::flush;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    std::cout << (json ? std::string("{}") : "\n" + ref.name() + ": deleted") << "\n";
+    return kOk;
+  }
+  if (cmd == "stats") {
+    deadline(ctx, 60);
+    v1::GetDomainStatsResponse r;
+    grpc::Status s = metrics->GetDomainStats(&ctx, {}, &r);
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      std::cout << Json(r) << "\n";
+      return kOk;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& d : r.domains()) {
+      std::ostringstream cpu;
+      if (d.has_cpu_usage()) cpu << std::fixed << std::setprecision(1) << d.cpu_usage() * 100 << "%";
+      rows.push_back({d.name(), State(d.state()), d.has_cpu_usage() ? cpu.str() : "-",
+                      d.has_memory_bytes() ? Bytes(d.memory_bytes()) : "-", std::to_string(d.disks_size()),
+                      std::to_string(d.nics_size())});
+    }
+    Table({"NAME", "STATE", "CPU", "MEMORY", "DISKS", "NICS"}, rows);
+    return kOk;
   }
   if (cmd == "watch") {
     auto events = v1::EventService::NewStub(channel);
@@ -123,11 +393,14 @@ int main(int argc, char** argv) {
     auto reader = events->Watch(&ctx, req);
     v1::DomainEvent e;
     while (reader->Read(&e)) {
-      std::string line;
-      (void)google::protobuf::util::MessageToJsonString(e, &line);
-      std::cout << line << std::endl;
+      if (json) {
+        std::cout << Json(e, false) << std::endl;
+      } else {
+        std::cout << e.domain_name() << "  " << v1::DomainEventType_Name(e.type()) << "  " << e.detail() << std::endl;
+      }
     }
-    return Print(reader->Finish(), e);
+    grpc::Status s = reader->Finish();
+    return s.ok() ? kOk : Failed(s);
   }
   return Usage();
 }
