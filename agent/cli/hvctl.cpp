@@ -11,6 +11,7 @@
 // Without --ca it speaks plain text (an agent in --plaintext-loopback development mode).
 
 #include <chrono>
+#include <functional>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -161,6 +162,18 @@ void KeyValues(const google::protobuf::Message& m) {
   }
 }
 
+// The one shape of every answer: an error (exit 1 or 3), or the reply as JSON (--json) or as
+// the human form `human` prints.
+int Render(bool json, const grpc::Status& s, const google::protobuf::Message& reply, const std::function<void()>& human) {
+  if (!s.ok()) return Failed(s);
+  if (json) {
+    std::cout << Json(reply) << "\n";
+  } else {
+    human();
+  }
+  return kOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,13 +223,7 @@ int main(int argc, char** argv) {
   };
   // Prints a single message: JSON, or key/value lines.
   auto show = [&](const grpc::Status& s, const google::protobuf::Message& m) {
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(m) << "\n";
-    } else {
-      KeyValues(m);
-    }
-    return kOk;
+    return Render(json, s, m, [&] { KeyValues(m); });
   };
   grpc::ClientContext ctx;
 
@@ -232,19 +239,14 @@ int main(int argc, char** argv) {
   if (cmd == "list" || cmd == "domains") {
     deadline(ctx, 30);
     v1::ListDomainsResponse r;
-    grpc::Status s = domains->ListDomains(&ctx, {}, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(r) << "\n";
-      return kOk;
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (const auto& d : r.domains()) {
-      rows.push_back({d.name(), State(d.state()), std::to_string(d.vcpus()), std::to_string(d.memory_mib()) + " MiB",
-                      d.uuid()});
-    }
-    Table({"NAME", "STATE", "VCPUS", "MEMORY", "UUID"}, rows);
-    return kOk;
+    return Render(json, domains->ListDomains(&ctx, {}, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& d : r.domains()) {
+        rows.push_back({d.name(), State(d.state()), std::to_string(d.vcpus()),
+                        std::to_string(d.memory_mib()) + " MiB", d.uuid()});
+      }
+      Table({"NAME", "STATE", "VCPUS", "MEMORY", "UUID"}, rows);
+    });
   }
   if (cmd == "get" && !arg1.empty()) {
     deadline(ctx, 30);
@@ -264,27 +266,16 @@ int main(int argc, char** argv) {
                      : cmd == "reboot"  ? domains->RebootDomain(&ctx, ref, &d)
                      : cmd == "suspend" ? domains->SuspendDomain(&ctx, ref, &d)
                                         : domains->ResumeDomain(&ctx, ref, &d);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(d) << "\n";
-    } else {
-      std::cout << d.name() << ": " << State(d.state()) << "\n";
-    }
-    return kOk;
+    return Render(json, s, d, [&] { std::cout << d.name() << ": " << State(d.state()) << "\n"; });
   }
   if (cmd == "shutdown" && !arg1.empty()) {
     deadline(ctx, 3700);
     v1::ShutdownDomainRequest req;
     req.set_name(arg1);
     v1::ShutdownDomainResponse r;
-    grpc::Status s = domains->ShutdownDomain(&ctx, req, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(r) << "\n";
-    } else {
+    return Render(json, domains->ShutdownDomain(&ctx, req, &r), r, [&] {
       std::cout << r.domain().name() << ": " << State(r.domain().state()) << (r.forced() ? " (forced off)" : "") << "\n";
-    }
-    return kOk;
+    });
   }
   if (cmd == "delete" && !arg1.empty()) {
     deadline(ctx, 120);
@@ -293,50 +284,33 @@ int main(int argc, char** argv) {
     req.set_force(has_flag("--force"));
     req.set_delete_volumes(has_flag("--volumes"));
     v1::DeleteDomainResponse r;
-    grpc::Status s = domains->DeleteDomain(&ctx, req, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << "{}\n";
-    } else {
-      std::cout << arg1 << ": deleted\n";
-    }
-    return kOk;
+    return Render(json, domains->DeleteDomain(&ctx, req, &r), r, [&] { std::cout << arg1 << ": deleted\n"; });
   }
   if (cmd == "pools") {
     deadline(ctx, 60);
     v1::ListPoolsResponse r;
-    grpc::Status s = storage->ListPools(&ctx, {}, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(r) << "\n";
-      return kOk;
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (const auto& p : r.pools()) {
-      rows.push_back({p.name(), v1::PoolType_Name(p.type()), Bytes(p.capacity_bytes()), Bytes(p.free_bytes()),
-                      std::to_string(p.volume_count())});
-    }
-    Table({"POOL", "TYPE", "SIZE", "FREE", "VOLUMES"}, rows);
-    return kOk;
+    return Render(json, storage->ListPools(&ctx, {}, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& p : r.pools()) {
+        rows.push_back({p.name(), v1::PoolType_Name(p.type()), Bytes(p.capacity_bytes()), Bytes(p.free_bytes()),
+                        std::to_string(p.volume_count())});
+      }
+      Table({"POOL", "TYPE", "SIZE", "FREE", "VOLUMES"}, rows);
+    });
   }
   if (cmd == "volumes" && !arg1.empty()) {
     deadline(ctx, 60);
     v1::ListVolumesRequest req;
     req.set_pool(arg1);
     v1::ListVolumesResponse r;
-    grpc::Status s = storage->ListVolumes(&ctx, req, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(r) << "\n";
-      return kOk;
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (const auto& v : r.volumes()) {
-      rows.push_back({v.name(), Bytes(v.size_bytes()), v.attached_to().empty() ? "-" : v.attached_to(),
-                      v1::VolumeState_Name(v.state()), v.path()});
-    }
-    Table({"VOLUME", "SIZE", "ATTACHED TO", "STATE", "PATH"}, rows);
-    return kOk;
+    return Render(json, storage->ListVolumes(&ctx, req, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& v : r.volumes()) {
+        rows.push_back({v.name(), Bytes(v.size_bytes()), v.attached_to().empty() ? "-" : v.attached_to(),
+                        v1::VolumeState_Name(v.state()), v.path()});
+      }
+      Table({"VOLUME", "SIZE", "ATTACHED TO", "STATE", "PATH"}, rows);
+    });
   }
   if (cmd == "volume-delete" && args.size() >= 3) {
     deadline(ctx, 60);
@@ -369,22 +343,17 @@ int main(int argc, char** argv) {
   if (cmd == "stats") {
     deadline(ctx, 60);
     v1::GetDomainStatsResponse r;
-    grpc::Status s = metrics->GetDomainStats(&ctx, {}, &r);
-    if (!s.ok()) return Failed(s);
-    if (json) {
-      std::cout << Json(r) << "\n";
-      return kOk;
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (const auto& d : r.domains()) {
-      std::ostringstream cpu;
-      if (d.has_cpu_usage()) cpu << std::fixed << std::setprecision(1) << d.cpu_usage() * 100 << "%";
-      rows.push_back({d.name(), State(d.state()), d.has_cpu_usage() ? cpu.str() : "-",
-                      d.has_memory_bytes() ? Bytes(d.memory_bytes()) : "-", std::to_string(d.disks_size()),
-                      std::to_string(d.nics_size())});
-    }
-    Table({"NAME", "STATE", "CPU", "MEMORY", "DISKS", "NICS"}, rows);
-    return kOk;
+    return Render(json, metrics->GetDomainStats(&ctx, {}, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& d : r.domains()) {
+        std::ostringstream cpu;
+        if (d.has_cpu_usage()) cpu << std::fixed << std::setprecision(1) << d.cpu_usage() * 100 << "%";
+        rows.push_back({d.name(), State(d.state()), d.has_cpu_usage() ? cpu.str() : "-",
+                        d.has_memory_bytes() ? Bytes(d.memory_bytes()) : "-", std::to_string(d.disks_size()),
+                        std::to_string(d.nics_size())});
+      }
+      Table({"NAME", "STATE", "CPU", "MEMORY", "DISKS", "NICS"}, rows);
+    });
   }
   if (cmd == "watch") {
     auto events = v1::EventService::NewStub(channel);
