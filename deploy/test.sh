@@ -38,6 +38,9 @@ ctest --test-dir build -L unit --output-on-failure -j "$jobs"
 step "CloudStack extension: every action against a real agent on test:///default"
 ctest --test-dir build -L cloudstack --output-on-failure
 
+step "Nova compute driver: its tests and Nova's conformance suite against a real agent"
+ctest --test-dir build -L nova --output-on-failure
+
 step "benchmarks, smoke mode (small counts; figures only, no timing assertions)"
 ctest --test-dir build -L bench --output-on-failure
 

@@ -1,0 +1,44 @@
+"""The [hvagent] group of nova.conf."""
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup(
+    "hvagent", title="hvagent options",
+    help="How nova-compute reaches the hvagent of its host (gRPC, mutual TLS).")
+
+OPTS = [
+    cfg.StrOpt("address", default="127.0.0.1:50051",
+               help="host:port of the agent's gRPC listener."),
+    cfg.StrOpt("ca_file",
+               help="CA certificate that signed the agent's server certificate (PEM)."),
+    cfg.StrOpt("cert_file",
+               help="Client certificate (PEM) whose name the agent maps to the 'controller' "
+                    "role ([[auth.identities]])."),
+    cfg.StrOpt("key_file", help="Private key of cert_file (PEM)."),
+    cfg.StrOpt("tls_server_name",
+               help="Name to verify in the agent's certificate when it differs from the host "
+                    "part of address."),
+    cfg.BoolOpt("plaintext", default=False,
+                help="Talk plain text, without TLS. Only for an agent started with "
+                     "--plaintext-loopback (development), which listens on loopback only."),
+    cfg.StrOpt("storage_pool",
+               help="Agent storage pool (a [[storage.pools]] name) that holds instances' root, "
+                    "ephemeral and swap disks as volumes. Unset: only instances without local "
+                    "disks (root_gb = 0, boot from an agent volume) can be spawned."),
+    cfg.IntOpt("rpc_timeout", default=120, min=1,
+               help="Deadline in seconds for each call to the agent (shutdown calls add their "
+                    "own timeout)."),
+    cfg.StrOpt("disk_prefix",
+               help="Disk target prefix ('vd', 'xvd', 'sd'). Default: 'xvd' on Xen hosts, "
+                    "'vd' elsewhere."),
+]
+
+
+def register_opts(conf):
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    """oslo-config-generator entry point (oslo.config.opts = hvagent)."""
+    return {GROUP: OPTS}

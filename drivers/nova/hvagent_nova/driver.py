@@ -1,0 +1,546 @@
+"""nova.virt.driver.ComputeDriver for a host run by hvagent (gRPC).
+
+Domains are named after nova's ``instance.name`` and carry the instance UUID as their libvirt
+UUID, so list_instances() and list_instance_uuids() agree. Domains whose names do not match
+``[DEFAULT] instance_name_template`` belong to somebody else (an operator, CloudStack) and are
+neither listed nor touched.
+
+Local disks (root, ephemeral, swap) are volumes of ``[hvagent] storage_pool``, created with the
+domain in one CreateDomain call (the agent undoes everything when a step fails) and deleted with
+it (DeleteDomain delete_volumes). Volumes are named ``<instance uuid>-root`` / ``-eph<N>`` /
+``-swap``.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import os_resource_classes as orc
+import os_traits
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_serialization import jsonutils
+from oslo_utils import excutils
+from oslo_utils import units
+from oslo_utils import versionutils
+
+from nova.compute import power_state
+from nova import conf as nova_conf
+from nova import exception
+from nova.image import glance
+from nova.network import model as network_model
+from nova.objects import fields
+from nova.virt import driver
+from nova.virt import hardware
+
+from hvagent.v1 import (domain_pb2, host_pb2, storage_pb2)
+
+from hvagent_nova import client
+from hvagent_nova import conf as hv_conf
+
+LOG = logging.getLogger(__name__)
+CONF = nova_conf.CONF
+hv_conf.register_opts(CONF)
+
+DS = domain_pb2
+POWER_STATE = {
+    DS.DOMAIN_STATE_UNSPECIFIED: power_state.NOSTATE,
+    DS.DOMAIN_STATE_RUNNING: power_state.RUNNING,
+    DS.DOMAIN_STATE_BLOCKED: power_state.RUNNING,
+    DS.DOMAIN_STATE_PAUSED: power_state.PAUSED,
+    DS.DOMAIN_STATE_SHUTTING_DOWN: power_state.RUNNING,
+    DS.DOMAIN_STATE_SHUTOFF: power_state.SHUTDOWN,
+    DS.DOMAIN_STATE_CRASHED: power_state.CRASHED,
+    DS.DOMAIN_STATE_SUSPENDED: power_state.SUSPENDED,
+}
+ARCH_TRAIT = {
+    "aarch64": os_traits.HW_ARCH_AARCH64,
+    "x86_64": os_traits.HW_ARCH_X86_64,
+    "i686": os_traits.HW_ARCH_I686,
+    "armv7l": os_traits.HW_ARCH_ARMV7,
+    "ppc64le": os_traits.HW_ARCH_PPC64LE,
+    "s390x": os_traits.HW_ARCH_S390X,
+}
+# Guest disk images the driver can put on a raw volume (qcow2 needs qemu-img on the host).
+RAW_FORMATS = ("raw", "ami")
+NO_IMAGE = (None, "", "nokernel")
+
+
+def name_pattern(template):
+    """A regex for the names instance_name_template produces ('instance-%08x')."""
+    parts = re.split(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]", template)
+    return re.compile("^" + ".+".join(re.escape(p) for p in parts) + "$")
+
+
+class HvagentDriver(driver.ComputeDriver):
+    """Runs instances as hvagent domains."""
+
+    capabilities = dict(
+        driver.ComputeDriver.capabilities,
+        has_imagecache=False,
+        supports_evacuate=False,
+        supports_attach_interface=False,
+        supports_device_tagging=False,
+        supports_extend_volume=False,
+        supports_multiattach=False,
+        supports_image_type_raw=True,
+        supports_image_type_ami=True,
+        # qcow2 is converted onto the raw volume; set per host in __init__.
+        supports_image_type_qcow2=False,
+    )
+
+    def __init__(self, virtapi, read_only=False):
+        super(HvagentDriver, self).__init__(virtapi)
+        self.capabilities = dict(self.capabilities)
+        self.capabilities["supports_image_type_qcow2"] = bool(shutil.which("qemu-img"))
+        self._agent = None
+        self._host = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def agent(self):
+        if self._agent is None:
+            group = CONF.hvagent
+            self._agent = client.Agent(client.make_channel(group), group.address,
+                                       group.rpc_timeout)
+        return self._agent
+
+    def _host_info(self, refresh=False):
+        if self._host is None or refresh:
+            self._host = self.agent.call(self.agent.host.GetHost, host_pb2.GetHostRequest())
+        return self._host
+
+    def _capacity(self):
+        return self.agent.call(self.agent.host.GetCapacity, host_pb2.GetCapacityRequest())
+
+    def _is_nova_domain(self, name):
+        return bool(name_pattern(CONF.instance_name_template).match(name))
+
+    def _domains(self):
+        resp = self.agent.call(self.agent.domains.ListDomains, DS.ListDomainsRequest())
+        return [d for d in resp.domains if self._is_nova_domain(d.name)]
+
+    def _get_domain(self, instance):
+        return self.agent.call(self.agent.domains.GetDomain,
+                               DS.GetDomainRequest(name=instance.name), instance)
+
+    def _ref(self, instance):
+        return DS.DomainRef(name=instance.name)
+
+    def _act(self, method, instance):
+        return self.agent.call(method, self._ref(instance), instance)
+
+    def _disk_prefix(self):
+        if CONF.hvagent.disk_prefix:
+            return CONF.hvagent.disk_prefix
+        return "xvd" if self._host_info().hypervisor_type.lower() == "xen" else "vd"
+
+    def _instance_dir(self, instance):
+        return os.path.join(CONF.instances_path, instance.uuid)
+
+    # -- host -------------------------------------------------------------------------------
+
+    def init_host(self, host):
+        """Checks the agent answers and is connected to its hypervisor; checks the pool."""
+        info = self._host_info(refresh=True)
+        if not info.connected:
+            LOG.warning("hvagent at %s is not connected to its hypervisor (%s) yet",
+                        CONF.hvagent.address, info.uri)
+        pool = CONF.hvagent.storage_pool
+        if pool:
+            try:
+                self.agent.call(self.agent.storage.GetPool, storage_pb2.GetPoolRequest(name=pool))
+            except exception.NotFound:
+                raise exception.InvalidConfiguration(
+                    "[hvagent] storage_pool = %s: the agent at %s has no such pool"
+                    % (pool, CONF.hvagent.address))
+        LOG.info("hvagent %s at %s: %s %s on %s (%s)", info.agent_version,
+                 CONF.hvagent.address, info.hypervisor_type, info.hypervisor_version,
+                 info.hostname, info.arch)
+
+    def get_available_nodes(self, refresh=False):
+        return [self._host_info(refresh).hostname]
+
+    def get_host_ip_addr(self):
+        return CONF.my_ip
+
+    def _pool_gb(self, capacity):
+        """(total GiB, free GiB) of the configured pool, (0, 0) without one."""
+        pool = CONF.hvagent.storage_pool
+        for p in capacity.pools:
+            if p.name == pool:
+                return p.capacity_bytes // units.Gi, p.free_bytes // units.Gi
+        return 0, 0
+
+    def get_available_resource(self, nodename):
+        cap = self._capacity()
+        host = self._host_info()
+        total_gb, free_gb = self._pool_gb(cap)
+        arch = fields.Architecture.canonicalize(cap.arch or host.arch)
+        hv_type = (cap.hypervisor_type or host.hypervisor_type).lower()
+        try:
+            hv_version = versionutils.convert_version_to_int(
+                cap.hypervisor_version or host.hypervisor_version)
+        except Exception:
+            hv_version = 0
+        topo = cap.topology
+        cpu_info = {
+            "arch": arch, "model": host.cpu_model, "vendor": "",
+            "topology": {"sockets": topo.sockets, "cores": topo.cores_per_socket,
+                         "threads": topo.threads_per_core},
+            "features": [],
+        }
+        return {
+            "vcpus": cap.cpus,
+            "memory_mb": cap.memory_total_bytes // units.Mi,
+            "local_gb": total_gb,
+            "vcpus_used": cap.defined_vcpus,
+            "memory_mb_used": cap.defined_memory_bytes // units.Mi,
+            "local_gb_used": total_gb - free_gb,
+            "hypervisor_type": hv_type,
+            "hypervisor_version": hv_version,
+            "hypervisor_hostname": nodename,
+            "cpu_info": jsonutils.dumps(cpu_info),
+            "disk_available_least": free_gb,
+            "supported_instances": [(arch, hv_type, fields.VMMode.HVM)],
+            "numa_topology": None,
+            "pci_passthrough_devices": None,
+        }
+
+    def update_provider_tree(self, provider_tree, nodename, allocations=None):
+        """Inventory exactly as the agent computes capacity: its totals, its reservations and
+        its allocation ratios (Capacity.policy), so placement and the agent agree."""
+        cap = self._capacity()
+        pol = cap.policy
+        cpus = cap.cpus
+        mem_mb = cap.memory_total_bytes // units.Mi
+        inv = {
+            orc.VCPU: {
+                "total": cpus, "min_unit": 1, "max_unit": max(cpus - pol.reserved_cpus, 1),
+                "step_size": 1, "reserved": min(pol.reserved_cpus, cpus),
+                "allocation_ratio": pol.cpu_allocation_ratio or 1.0,
+            },
+            orc.MEMORY_MB: {
+                "total": mem_mb, "min_unit": 1,
+                "max_unit": max(mem_mb - pol.reserved_memory_bytes // units.Mi, 1),
+                "step_size": 1, "reserved": min(pol.reserved_memory_bytes // units.Mi, mem_mb),
+                "allocation_ratio": pol.memory_allocation_ratio or 1.0,
+            },
+        }
+        total_gb, _ = self._pool_gb(cap)
+        if total_gb > 0:
+            # Thick volumes: no overcommit; the agent reserves nothing in a pool.
+            inv[orc.DISK_GB] = {
+                "total": total_gb, "min_unit": 1, "max_unit": total_gb, "step_size": 1,
+                "reserved": 0, "allocation_ratio": 1.0,
+            }
+        provider_tree.update_inventory(nodename, inv)
+        traits = set()
+        arch = fields.Architecture.canonicalize(cap.arch or self._host_info().arch)
+        if arch in ARCH_TRAIT:
+            traits.add(ARCH_TRAIT[arch])
+        provider_tree.add_traits(nodename, *traits)
+
+    # -- instances --------------------------------------------------------------------------
+
+    def list_instances(self):
+        return [d.name for d in self._domains()]
+
+    def list_instance_uuids(self):
+        return [d.uuid for d in self._domains()]
+
+    def instance_exists(self, instance):
+        try:
+            self._get_domain(instance)
+            return True
+        except exception.InstanceNotFound:
+            return False
+
+    def get_info(self, instance, use_cache=True):
+        dom = self._get_domain(instance)
+        return hardware.InstanceInfo(state=POWER_STATE.get(dom.state, power_state.NOSTATE),
+                                     internal_id=dom.uuid)
+
+    def _nics(self, network_info):
+        """Agent NICs for nova's VIFs: Linux bridges only (the agent's API has no Open vSwitch
+        virtualport), i.e. VIF type 'bridge', and 'ovs' with hybrid plugging (qbr bridge)."""
+        nics = []
+        for vif in network_info or []:
+            vtype = vif.get("type")
+            if vtype == network_model.VIF_TYPE_BRIDGE:
+                bridge = vif["network"]["bridge"]
+            elif vtype == network_model.VIF_TYPE_OVS and vif.is_hybrid_plug_enabled():
+                bridge = ("qbr" + vif["id"])[:14]
+            else:
+                bridge = None
+            if not bridge:
+                raise exception.VirtualInterfaceCreateException(
+                    "hvagent: VIF %s of type %s cannot be wired: the agent attaches guests to "
+                    "Linux bridges only (VIF type 'bridge', or 'ovs' with hybrid plugging)"
+                    % (vif.get("id"), vtype))
+            model = "netfront" if self._disk_prefix() == "xvd" else "virtio"
+            nics.append(DS.Nic(mac=vif["address"], bridge=bridge, model=model))
+        return nics
+
+    def _local_disks(self, instance, block_device_info):
+        """[(suffix, size_bytes)] of the local disks: root, ephemerals, swap."""
+        flavor = instance.flavor
+        disks = []
+        root_in_bdm = bool(driver.block_device_info_get_mapping(block_device_info)) and any(
+            bdm.get("boot_index") == 0 for bdm in
+            driver.block_device_info_get_mapping(block_device_info))
+        if not root_in_bdm and flavor.root_gb:
+            disks.append(("root", flavor.root_gb * units.Gi))
+        ephemerals = driver.block_device_info_get_ephemerals(block_device_info)
+        if ephemerals:
+            for i, eph in enumerate(ephemerals):
+                disks.append(("eph%d" % i, eph["size"] * units.Gi))
+        elif flavor.ephemeral_gb:
+            disks.append(("eph0", flavor.ephemeral_gb * units.Gi))
+        swap = driver.block_device_info_get_swap(block_device_info)
+        swap_mb = swap.get("swap_size") if swap else flavor.swap
+        if swap_mb:
+            disks.append(("swap", swap_mb * units.Mi))
+        return disks
+
+    @staticmethod
+    def _volume_name(instance, suffix):
+        return "%s-%s" % (instance.uuid, suffix)
+
+    def _download(self, context, image_id, path):
+        glance.API().download(context, image_id, dest_path=path)
+        return path
+
+    def spawn(self, context, instance, image_meta, injected_files, admin_password,
+              allocations, network_info=None, block_device_info=None, power_on=True,
+              accel_info=None):
+        pool = CONF.hvagent.storage_pool
+        local = self._local_disks(instance, block_device_info)
+        if local and not pool:
+            raise exception.InstanceDeployFailure(
+                reason="hvagent: the flavor needs local disks (%s) but [hvagent] "
+                       "storage_pool is not set in nova.conf" % ", ".join(s for s, _ in local))
+        if accel_info:
+            raise exception.InstanceDeployFailure(reason="hvagent: accelerators unsupported")
+        props = image_meta.properties
+        prefix = self._disk_prefix()
+        spec = DS.DomainSpec(name=instance.name, uuid=instance.uuid,
+                             vcpus=instance.flavor.vcpus,
+                             memory_mib=instance.flavor.memory_mb, serial_console=True)
+        if props.get("hw_architecture"):
+            spec.arch = props.hw_architecture
+        letters = iter("abcdefghijklmnopqrstuvwxyz")
+        root_target = None
+        for suffix, size in local:
+            target = prefix + next(letters)
+            if suffix == "root":
+                root_target = target
+            spec.disks.add(target=target, volume=DS.DiskVolume(
+                pool=pool, name=self._volume_name(instance, suffix), create_size_bytes=size))
+        for bdm in driver.block_device_info_get_mapping(block_device_info):
+            data = self._agent_volume(bdm["connection_info"])
+            spec.disks.add(target=prefix + next(letters),
+                           volume=DS.DiskVolume(pool=data["pool"], name=data["name"]))
+        spec.nics.extend(self._nics(network_info))
+
+        # Image: a kernel (+ initrd) image pair boots directly; otherwise firmware (UEFI on
+        # aarch64). Kernel files live in instances_path on this host, so nova-compute has to
+        # run on the agent's host to use them.
+        kernel_id = instance.kernel_id if instance.obj_attr_is_set("kernel_id") else None
+        ramdisk_id = instance.ramdisk_id if instance.obj_attr_is_set("ramdisk_id") else None
+        idir = self._instance_dir(instance)
+        if kernel_id not in NO_IMAGE:
+            os.makedirs(idir, exist_ok=True)
+            spec.kernel.kernel_path = self._download(context, kernel_id,
+                                                     os.path.join(idir, "kernel"))
+            if ramdisk_id not in NO_IMAGE:
+                spec.kernel.initrd_path = self._download(context, ramdisk_id,
+                                                         os.path.join(idir, "ramdisk"))
+            spec.kernel.cmdline = props.get("os_command_line") or (
+                "root=/dev/%s ro console=%s" % (root_target or prefix + "a",
+                                                "hvc0" if prefix == "xvd" else "ttyAMA0"))
+        else:
+            spec.firmware.type = DS.FirmwareBoot.TYPE_UNSPECIFIED
+
+        self.agent.call(self.agent.domains.CreateDomain,
+                        DS.CreateDomainRequest(spec=spec, start=False), instance)
+        try:
+            if root_target and instance.image_ref:
+                self._write_image(context, instance, image_meta)
+            if power_on:
+                self._act(self.agent.domains.StartDomain, instance)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._delete(instance, destroy_disks=True)
+
+    def _write_image(self, context, instance, image_meta):
+        """Copies the image onto the root volume's block device (raw; qcow2 converted)."""
+        fmt = image_meta.disk_format if image_meta.obj_attr_is_set("disk_format") else "raw"
+        if fmt in ("aki", "ari"):
+            return
+        vol = self.agent.call(self.agent.storage.GetVolume, storage_pb2.VolumeRef(
+            pool=CONF.hvagent.storage_pool, name=self._volume_name(instance, "root")))
+        os.makedirs(CONF.instances_path, exist_ok=True)
+        # An anonymous file (O_TMPFILE): nothing to unlink afterwards.
+        with tempfile.TemporaryFile(dir=CONF.instances_path) as data:
+            glance.API().download(context, image_meta.id, data=data)
+            data.flush()
+            if data.tell() == 0:
+                LOG.info("image %s has no data: root volume %s left empty", image_meta.id,
+                         vol.name, instance=instance)
+                return
+            if not os.path.exists(vol.path):
+                raise exception.InstanceDeployFailure(
+                    reason="hvagent: root volume %s is not a device on this host; nova-compute "
+                           "must run on the agent's host to write images" % vol.path)
+            if fmt in RAW_FORMATS:
+                src_fmt = "raw"
+            elif fmt == "qcow2" and self.capabilities["supports_image_type_qcow2"]:
+                src_fmt = "qcow2"
+            else:
+                raise exception.ImageUnacceptable(image_id=image_meta.id,
+                                                  reason="disk format %s unsupported" % fmt)
+            path = "/proc/self/fd/%d" % data.fileno()
+            processutils.execute("qemu-img", "convert", "-f", src_fmt, "-O", "raw", "-n",
+                                 path, vol.path)
+
+    def _agent_volume(self, connection_info):
+        """pool/name of a volume the agent hands out; anything else is refused."""
+        vtype = (connection_info or {}).get("driver_volume_type")
+        data = (connection_info or {}).get("data") or {}
+        if vtype != "hvagent" or not data.get("pool") or not data.get("name"):
+            raise exception.VolumeDriverNotFound(driver_type=vtype)
+        return data
+
+    def _delete(self, instance, destroy_disks=True):
+        try:
+            self.agent.call(self.agent.domains.DeleteDomain, DS.DeleteDomainRequest(
+                name=instance.name, force=True, delete_volumes=destroy_disks), instance)
+        except exception.InstanceNotFound:
+            pass
+        shutil.rmtree(self._instance_dir(instance), ignore_errors=True)
+
+    def destroy(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        # Attached Cinder-style volumes are detached first so that delete_volumes only takes
+        # the instance's own local disks.
+        for bdm in driver.block_device_info_get_mapping(block_device_info):
+            try:
+                self._detach(bdm.get("connection_info"))
+            except (exception.NotFound, exception.VolumeDriverNotFound, exception.Invalid):
+                pass
+        self._delete(instance, destroy_disks)
+
+    def cleanup(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, migrate_data=None, destroy_vifs=True,
+                destroy_secrets=True):
+        self._delete(instance, destroy_disks)
+
+    def reboot(self, context, instance, network_info, reboot_type,
+               block_device_info=None, bad_volumes_callback=None, accel_info=None):
+        if reboot_type == "SOFT":
+            try:
+                self._act(self.agent.domains.RebootDomain, instance)
+                return
+            except exception.InstanceInvalidState:
+                LOG.info("soft reboot refused (not running): hard reboot", instance=instance)
+        self._hard_reboot(instance)
+
+    def _hard_reboot(self, instance):
+        dom = self._get_domain(instance)
+        if dom.state not in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
+            self._act(self.agent.domains.DestroyDomain, instance)
+        self._act(self.agent.domains.StartDomain, instance)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        dom = self._get_domain(instance)
+        if dom.state == DS.DOMAIN_STATE_SHUTOFF:
+            return
+        if timeout:
+            self.agent.call(self.agent.domains.ShutdownDomain,
+                            DS.ShutdownDomainRequest(name=instance.name, timeout_seconds=timeout),
+                            instance, extra_timeout=timeout)
+        else:
+            self._act(self.agent.domains.DestroyDomain, instance)
+
+    def power_on(self, context, instance, network_info, block_device_info=None,
+                 accel_info=None):
+        state = self._get_domain(instance).state
+        if state in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
+            self._act(self.agent.domains.StartDomain, instance)
+        elif state == DS.DOMAIN_STATE_PAUSED:
+            self._act(self.agent.domains.ResumeDomain, instance)
+
+    def resume_state_on_host_boot(self, context, instance, network_info,
+                                  block_device_info=None):
+        self.power_on(context, instance, network_info, block_device_info)
+
+    def pause(self, instance):
+        self._act(self.agent.domains.SuspendDomain, instance)
+
+    def unpause(self, instance):
+        if self._get_domain(instance).state == DS.DOMAIN_STATE_PAUSED:
+            self._act(self.agent.domains.ResumeDomain, instance)
+
+    def suspend(self, context, instance):
+        # The agent has no managed save: a suspended guest stays paused in host memory.
+        self._act(self.agent.domains.SuspendDomain, instance)
+
+    def resume(self, context, instance, network_info, block_device_info=None):
+        if self._get_domain(instance).state == DS.DOMAIN_STATE_PAUSED:
+            self._act(self.agent.domains.ResumeDomain, instance)
+
+    def poll_rebooting_instances(self, timeout, instances):
+        # Reboots are synchronous agent calls: nothing is left pending to poll.
+        pass
+
+    # -- volumes ----------------------------------------------------------------------------
+
+    def get_volume_connector(self, instance):
+        initiator = None
+        try:
+            with open("/etc/iscsi/initiatorname.iscsi") as f:
+                for line in f:
+                    if line.startswith("InitiatorName="):
+                        initiator = line.split("=", 1)[1].strip()
+        except OSError:
+            pass
+        return {
+            "ip": CONF.my_block_storage_ip,
+            "host": CONF.host,
+            "initiator": initiator,
+            "multipath": False,
+            "platform": fields.Architecture.canonicalize(self._host_info().arch),
+            "os_type": "linux",
+            "hvagent_address": CONF.hvagent.address,
+        }
+
+    def attach_volume(self, context, connection_info, instance, mountpoint,
+                      disk_bus=None, device_type=None, encryption=None):
+        """Attaches an agent pool volume: connection_info {'driver_volume_type': 'hvagent',
+        'data': {'pool': ..., 'name': ...}}. Other volume types (iSCSI, RBD, ...) are refused
+        with VolumeDriverNotFound: the agent only hands out its own pools' volumes."""
+        data = self._agent_volume(connection_info)
+        if encryption:
+            raise exception.VolumeEncryptionNotSupported(
+                volume_type="hvagent", volume_id=data["name"])
+        target = os.path.basename(mountpoint) if mountpoint else ""
+        self.agent.call(self.agent.storage.AttachVolume, storage_pb2.AttachVolumeRequest(
+            pool=data["pool"], name=data["name"], domain=instance.name, target=target,
+            readonly=(connection_info.get("data", {}).get("access_mode") == "ro")))
+
+    def _detach(self, connection_info):
+        data = self._agent_volume(connection_info)
+        self.agent.call(self.agent.storage.DetachVolume, storage_pb2.DetachVolumeRequest(
+            pool=data["pool"], name=data["name"]))
+
+    def detach_volume(self, context, connection_info, instance, mountpoint,
+                      encryption=None):
+        try:
+            self._detach(connection_info)
+        except exception.Invalid:
+            # FAILED_PRECONDITION: not attached (any more); detach is idempotent for nova.
+            LOG.info("volume already detached", instance=instance)
+

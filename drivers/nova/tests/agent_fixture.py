@@ -1,0 +1,109 @@
+"""A real hvagentd (libvirt's test:///default driver) for the driver's tests, started the way
+tests/integration/agent_harness.py does: free loopback ports, --plaintext-loopback, wait for
+/healthz. With root, it also gets an LVM storage pool on a sparse loop device (lvm2 metadata
+only: wipe = none, so nothing is ever written to the volumes)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+POOL = "nova"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pool_possible():
+    """Why a loop-device LVM pool cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (losetup, lvm2)"
+    for tool in ("losetup", "vgremove", "pvremove"):
+        if not shutil.which(tool) and not os.path.exists("/sbin/" + tool):
+            return "needs %s" % tool
+    return None
+
+
+class AgentProcess(object):
+    def __init__(self, with_pool=True):
+        self.binary = os.environ["HVAGENTD"]
+        self.grpc_addr = "127.0.0.1:%d" % free_port()
+        self.rest_addr = "127.0.0.1:%d" % free_port()
+        self.tmp = tempfile.mkdtemp(prefix="hvnova-")
+        self.loop = None
+        self.vg = None
+        self.pool = None
+        argv = [self.binary, "--plaintext-loopback", "--hypervisor-uri", "test:///default",
+                "--grpc-listen", self.grpc_addr, "--rest-listen", self.rest_addr,
+                "--log-level", "debug"]
+        try:
+            if with_pool:
+                argv += ["--config", self._make_pool()]
+            self.log = open(os.path.join(self.tmp, "hvagentd.log"), "w+")
+            self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _make_pool(self):
+        image = os.path.join(self.tmp, "pool.img")
+        with open(image, "wb") as f:
+            f.truncate(512 * 1024 ** 3)  # sparse: lvm2 writes metadata only
+        self.loop = subprocess.run(["losetup", "--find", "--show", image], check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        self.vg = "hvnova%d_%s" % (os.getpid(), os.path.basename(self.tmp)[-6:].replace("-", ""))
+        self.pool = POOL
+        config = os.path.join(self.tmp, "hvagentd.toml")
+        with open(config, "w") as f:
+            f.write('[[storage.pools]]\nname = "%s"\ntype = "lvm"\nvolume_group = "%s"\n'
+                    'physical_volumes = ["%s"]\nwipe = "none"\n' % (POOL, self.vg, self.loop))
+        return config
+
+    def _wait_healthy(self):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("hvagentd exited with %s:\n%s"
+                                     % (self.proc.returncode, self.log_text()))
+            try:
+                with urllib.request.urlopen("http://%s/healthz" % self.rest_addr,
+                                            timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("hvagentd not healthy within 30 s:\n" + self.log_text())
+
+    def log_text(self):
+        try:
+            with open(os.path.join(self.tmp, "hvagentd.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.vg:
+            subprocess.run(["vgremove", "-f", "--config", "global{activation=0}", self.vg],
+                           capture_output=True)
+        if self.loop:
+            subprocess.run(["pvremove", "-ff", "-y", self.loop], capture_output=True)
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return proc.returncode if proc is not None else None
