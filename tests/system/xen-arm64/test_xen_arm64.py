@@ -1,0 +1,352 @@
+#!/usr/bin/python3
+"""System tier on real Xen 4.17 ARM64 (QEMU TCG): boots once per class, checks the bring-up of
+Xen and dom0, then, when the image carries an arm64 hvagentd, drives a guest's whole life
+through the agent's REST API (and a gRPC health call) from the host. dom0 is only looked at
+over the control channel (run_xen.py), never changed, except by powering it off at the end.
+
+Environment: HVAGENT_XEN_IMAGE (build-dom0.sh's --out), HVAGENT_XEN_WORKDIR,
+HVAGENT_XEN_ARTIFACTS (console log and dom0 logs are copied there when a test failed),
+HVAGENT_XEN_BOOT_TIMEOUT (seconds to dom0 ready, default 300).
+
+Run as root: /usr/bin/python3 -m unittest -v test_xen_arm64
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_xen import DEFAULT_IMAGE, XenMachine  # noqa: E402
+
+IMAGE = os.environ.get("HVAGENT_XEN_IMAGE", DEFAULT_IMAGE)
+WORKDIR = os.environ.get("HVAGENT_XEN_WORKDIR", "/tmp/hvagent-xen-arm64")
+ARTIFACTS = os.environ.get("HVAGENT_XEN_ARTIFACTS", os.path.join(WORKDIR, "artifacts"))
+BOOT_TIMEOUT = int(os.environ.get("HVAGENT_XEN_BOOT_TIMEOUT", "300"))
+POOL = "vg0"          # build-dom0.sh --pool
+VG = "hvagent_sys"    # build-dom0.sh --vg
+GUEST = "sysguest1"
+VOLUME = "sysguest1-root"
+VOLUME_BYTES = 64 << 20
+MARKER = "HVAGENT-GUEST-UP"
+# API checks whose failure does not stop the guest's life cycle from going on.
+NON_BLOCKING = {"test_24b_event_channels_name_domains"}
+DOM0_LOGS = ["/var/log/hvagentd.log", "/var/log/libvirt/libxl/libxl-driver.log",
+             f"/var/log/libvirt/libxl/{GUEST}.log", f"/var/log/xen/console/guest-{GUEST}.log",
+             "/var/log/socat-rest.log", "/run/hvagent-steps"]
+
+
+def rest(port, method, path, body=None, timeout=120):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read().decode()
+            return r.status, (json.loads(text) if text else None)
+    except urllib.error.HTTPError as e:
+        text = e.read().decode()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, text
+
+
+def grpc_health(port, timeout=30):
+    """grpc.health.v1.Health/Check with an empty request, without generated stubs: the answer's
+    bytes are HealthCheckResponse{status: SERVING} = 08 01."""
+    import grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        grpc.channel_ready_future(ch).result(timeout=timeout)
+        check = ch.unary_unary("/grpc.health.v1.Health/Check")
+        return check(b"", timeout=timeout)
+
+
+class XenArm64(unittest.TestCase):
+    machine = None
+    boot_error = None
+    agent_missing = None     # why the API steps cannot run, or None
+    broken = None            # the first failed API step: later ones are skipped, naming it
+    timings = {}
+    event_channels = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.t0 = time.monotonic()
+        cls.failed = False
+        cls.machine = XenMachine(IMAGE, WORKDIR, hard_timeout=BOOT_TIMEOUT + 480)
+        try:
+            cls.timings["boot_to_dom0_ready_s"] = round(cls.machine.boot(BOOT_TIMEOUT), 1)
+            cls.machine.wait_ctl()
+        except Exception as e:  # reported by every test that needs dom0
+            cls.boot_error = f"{type(e).__name__}: {e}"
+            return
+        rc, out, _ = cls.machine.run(["cat", "/etc/hvagent/ABSENT"])
+        if rc == 0:
+            cls.agent_missing = f"agent step skipped: no arm64 hvagentd at {out.strip()}"
+        else:
+            rc, out, _ = cls.machine.run(["cat", "/etc/hvagent/MISSING-LIBS"])
+            if rc == 0:
+                cls.agent_missing = f"agent step skipped: {out.strip()}"
+
+    @classmethod
+    def tearDownClass(cls):
+        m = cls.machine
+        if m is None:
+            return
+        if cls.failed:
+            cls.collect_dom0_logs()
+        m.poweroff()
+        if cls.failed:
+            os.makedirs(ARTIFACTS, exist_ok=True)
+            shutil.copy(m.console_log, os.path.join(ARTIFACTS, "dom0-console.log"))
+            print(f"\nartifacts: {ARTIFACTS} (dom0-console.log and dom0 logs)", file=sys.stderr)
+        cls.timings["class_wall_s"] = round(time.monotonic() - cls.t0, 1)
+        print(f"\ntimings: {json.dumps(cls.timings)}", file=sys.stderr)
+
+    @classmethod
+    def collect_dom0_logs(cls):
+        m = cls.machine
+        if m.proc is None or m.proc.poll() is not None:
+            return
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        for path in DOM0_LOGS:
+            try:
+                rc, out, _ = m.run(["cat", path], timeout=20)
+            except Exception:
+                return
+            if rc == 0:
+                with open(os.path.join(ARTIFACTS, "dom0" + path.replace("/", "_")), "w") as f:
+                    f.write(out)
+
+    def setUp(self):
+        if self.boot_error:
+            self.fail(f"dom0 did not come up: {self.boot_error}")
+
+    def tearDown(self):
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        failed = getattr(result, "failures", []) + getattr(result, "errors", [])
+        if any(getattr(t, "test_case", t) is self for t, _ in failed):
+            type(self).failed = True
+            if self.id().split(".")[-1].startswith("test_2") and self.id().split(".")[-1] not in NON_BLOCKING:
+                type(self).broken = type(self).broken or self.id().split(".")[-1]
+
+    def dom0(self, *argv, timeout=60):
+        rc, out, err = self.machine.run(list(argv), timeout=timeout)
+        self.assertEqual(rc, 0, f"dom0 {list(argv)} exited {rc}: {err.strip() or out.strip()}")
+        return out
+
+    def step_ok(self, name):
+        got = self.machine.steps().get(name)
+        self.assertIsNotNone(got, f"dom0 init never reported step '{name}'")
+        self.assertTrue(got.startswith("ok"), f"dom0 step {name}: {got}")
+
+    # --- bring-up ------------------------------------------------------------------------------
+    def test_01_xen_boots(self):
+        console = self.machine.console()
+        self.assertRegex(console, r"Xen version 4\.17", "Xen's banner is not on the console")
+        self.assertIn("HVAGENT-DOM0-READY", console)
+        print(f"\n  boot to dom0 ready: {self.timings['boot_to_dom0_ready_s']} s", file=sys.stderr)
+
+    def test_02_dom0_daemons(self):
+        for name in ("init", "modules", "xenfs", "xenstored", "xen-init-dom0", "xenconsoled",
+                     "control-channel", "network"):
+            with self.subTest(step=name):
+                self.step_ok(name)
+
+    def test_03_xl_info(self):
+        out = self.dom0("xl", "info")
+        self.assertRegex(out, r"xen_major\s*:\s*4")
+        self.assertRegex(out, r"xen_minor\s*:\s*17")
+        self.assertRegex(self.dom0("xl", "list"), r"Domain-0\s+0\s")
+
+    def test_04_libvirt_libxl(self):
+        self.step_ok("libvirtd")
+        caps = self.dom0("virsh", "-c", "xen:///system", "capabilities")
+        self.assertIn("<os_type>xen</os_type>", caps)
+        self.assertIn("<arch name='aarch64'>", caps)
+        self.assertRegex(caps, r"<machine>xenpv</machine>")
+
+    def test_05_device_mapper(self):
+        self.dom0("test", "-c", "/dev/mapper/control")
+        self.dom0("test", "-b", "/dev/vda")
+
+    # --- through the agent's API ------------------------------------------------------------------
+    def need_agent(self):
+        if self.agent_missing:
+            print(f"\n  {self.agent_missing}", file=sys.stderr)
+            self.skipTest(self.agent_missing)
+        if self.broken:
+            self.skipTest(f"an earlier API step failed: {self.broken}")
+
+    def api(self, method, path, body=None, expect=200):
+        status, obj = rest(self.machine.rest_port, method, path, body)
+        self.assertEqual(status, expect, f"{method} {path}: {status} {obj}")
+        return obj
+
+    def test_20_agent_serves_rest_and_grpc(self):
+        self.need_agent()
+        self.step_ok("hvagentd")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, obj = rest(self.machine.rest_port, "GET", "/healthz", timeout=10)
+                if status == 200:
+                    break
+            except OSError as e:
+                status, obj = None, str(e)
+            if time.monotonic() > deadline:
+                self.fail(f"GET /healthz through the forwarded port: {status} {obj}")
+            time.sleep(1)
+        self.assertTrue(obj["hypervisor_connected"], obj)
+        host = self.api("GET", "/v1/host")
+        self.assertIn("xen", json.dumps(host).lower(), host)
+        self.assertEqual(grpc_health(self.machine.grpc_port), b"\x08\x01")
+
+    def test_21_pool_vg_on_virtio_disk(self):
+        self.need_agent()
+        pool = self.api("GET", f"/v1/pools/{POOL}")
+        self.assertEqual(pool["type"], "POOL_TYPE_LVM", pool)
+        self.assertGreater(int(pool["capacity_bytes"]), 3 << 30, pool)
+        out = self.dom0("pvs", "--noheadings", "-o", "pv_name,vg_name")
+        self.assertRegex(out, rf"/dev/vda\s+{VG}")
+
+    def test_22_create_and_boot_guest_on_lv(self):
+        self.need_agent()
+        spec = {"name": GUEST, "vcpus": 1, "memory_mib": 256, "serial_console": True,
+                "kernel": {"kernel_path": "/srv/guest/vmlinuz", "initrd_path": "/srv/guest/initrd.gz",
+                           "cmdline": "console=hvc0 rdinit=/init"},
+                "disks": [{"target": "xvda", "volume": {"pool": POOL, "name": VOLUME,
+                                                       "create_size_bytes": str(VOLUME_BYTES)}}]}
+        t = time.monotonic()
+        dom = self.api("POST", "/v1/domains", {"spec": spec, "start": True}, expect=201)
+        self.timings["create_start_s"] = round(time.monotonic() - t, 1)
+        self.assertEqual(dom["name"], GUEST)
+        xml = self.dom0("virsh", "-c", "xen:///system", "dumpxml", GUEST)
+        self.assertRegex(xml, r"<disk type='block'")
+        self.assertIn(f"/dev/{VG}/{VOLUME}", xml)
+
+    def test_23_guest_running(self):
+        self.need_agent()
+        dom = self.api("GET", f"/v1/domains/{GUEST}")
+        self.assertIn(dom["state"], ("DOMAIN_STATE_RUNNING", "DOMAIN_STATE_BLOCKED"), dom)
+        listed = [d["name"] for d in self.api("GET", "/v1/domains").get("domains", [])]
+        self.assertIn(GUEST, listed)
+        self.assertRegex(self.dom0("xl", "list"), rf"(?m)^{GUEST}\s+\d+\s")
+        self.assertIn(VOLUME, self.dom0("xl", "block-list", GUEST) + self.dom0("lvs", "--noheadings", "-o", "lv_name,lv_attr"))
+        log = f"/var/log/xen/console/guest-{GUEST}.log"
+        deadline = time.monotonic() + 120
+        while True:
+            rc, out, _ = self.machine.run(["cat", log])
+            if MARKER in out:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"'{MARKER}' not in the guest's console ({log}) within 120 s: {out[-500:]!r}")
+            time.sleep(2)
+        self.timings["guest_marker_s"] = round(time.monotonic() - self.t0, 1)
+
+    def test_24_event_channels(self):
+        self.need_agent()
+        ev = self.api("GET", "/v1/host/event-channels")
+        type(self).event_channels = ev
+        domid = int(self.dom0("xl", "domid", GUEST).strip())
+        by_id = {int(d.get("domid", 0)): d for d in ev.get("domains", [])}
+        self.assertIn(0, by_id, ev)
+        self.assertIn(domid, by_id, f"guest domid {domid} not reported: {ev}")
+        g = by_id[domid]
+        print(f"\n  event channels of {GUEST} (domid {domid}): {json.dumps(g)}", file=sys.stderr)
+        self.assertGreater(int(g["ports_bound"]), 0, g)     # console + xenstore at least
+        self.assertGreater(int(g["port_limit"]), int(g["ports_bound"]), g)
+        self.assertEqual(int(g["headroom"]), int(g["port_limit"]) - int(g["ports_bound"]), g)
+        self.assertIn(int(g["abi_limit"]), (4095, 131071), g)
+        self.assertEqual(int(g.get("max_evtchn_port", 1023)), 1023, g)  # xl's default cap
+        self.assertGreater(int(ev["host_ports_bound"]), 0, ev)
+
+    def test_24b_event_channels_name_domains(self):
+        """Separate from the figures above so that a missing name does not stop the flow."""
+        self.need_agent()
+        ev = getattr(self, "event_channels", None) or self.api("GET", "/v1/host/event-channels")
+        names = {int(d.get("domid", 0)): d.get("name", "") for d in ev.get("domains", [])}
+        domid = int(self.dom0("xl", "domid", GUEST).strip())
+        if names.get(domid) != GUEST:
+            # The agent names entries from its per-domain statistics (ids -> names).
+            status, stats = rest(self.machine.rest_port, "GET", "/v1/stats/domains")
+            ids = [(d.get("name"), d.get("id", d.get("domid"))) for d in stats.get("domains", [])] \
+                if isinstance(stats, dict) else stats
+            self.fail(f"event-channel entry of domid {domid} has no/other name: {names}; "
+                      f"GET /v1/stats/domains -> {status}, (name, id) pairs: {ids}")
+        self.assertEqual(names.get(0), "Domain-0", f"dom0's entry: {names}")
+
+    def test_25_stop_guest(self):
+        self.need_agent()
+        r = self.api("POST", f"/v1/domains/{GUEST}:shutdown", {"timeout_seconds": 60})
+        print(f"\n  shutdown: {r}", file=sys.stderr)
+        dom = self.api("GET", f"/v1/domains/{GUEST}")
+        self.assertEqual(dom["state"], "DOMAIN_STATE_SHUTOFF", dom)
+        self.assertFalse(r.get("forced"), f"the guest ignored the graceful shutdown: {r}")
+        # libvirt reports SHUTOFF as soon as the guest has shut down; libxl then still tears
+        # down its devices (the block script) for a moment, with the domain listed as --ps--.
+        deadline = time.monotonic() + 40
+        while re.search(rf"(?m)^{GUEST}\s", listing := self.dom0("xl", "list")):
+            if time.monotonic() > deadline:
+                self.fail(f"{GUEST} still in xl list 40 s after its shutdown:\n{listing}")
+            time.sleep(1)
+
+    def test_26_delete_guest_and_wipe_volume(self):
+        self.need_agent()
+        # Where the LV lies on /dev/vda (= the host's disk.raw), and something to wipe there.
+        lv = f"/dev/{VG}/{VOLUME}"
+        self.dom0("lvchange", "-ay", lv)
+        self.dom0("dd", "if=/dev/urandom", f"of={lv}", "bs=1M", "count=4", "oflag=direct", "status=none")
+        pe_start = int(self.dom0("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start", "/dev/vda").split()[0])
+        extent = int(self.dom0("vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_extent_size", VG).split()[0])
+        ranges = self.dom0("lvs", "--noheadings", "-o", "seg_pe_ranges", lv).split()
+        first = int(re.match(r"/dev/vda:(\d+)-", ranges[0]).group(1))
+        offset = pe_start + first * extent
+        self.assertNotEqual(self.read_disk(offset, 4 << 20), bytes(4 << 20), "the pattern did not land")
+
+        t = time.monotonic()
+        self.api("DELETE", f"/v1/domains/{GUEST}?force=true&delete_volumes=true", expect=204)
+        self.api("GET", f"/v1/domains/{GUEST}", expect=404)
+        deadline = time.monotonic() + 180
+        while True:
+            status, obj = rest(self.machine.rest_port, "GET", f"/v1/pools/{POOL}/volumes/{VOLUME}")
+            if status == 404:
+                break
+            self.assertEqual(status, 200, obj)
+            self.assertEqual(obj["state"], "VOLUME_STATE_DELETING", obj)
+            if time.monotonic() > deadline:
+                self.fail(f"volume still there after 180 s: {obj}")
+            time.sleep(1)
+        self.timings["delete_and_wipe_s"] = round(time.monotonic() - t, 1)
+        self.assertNotIn(VOLUME, self.dom0("lvs", "--noheadings", "-o", "lv_name"))
+        self.assertNotRegex(self.dom0("xl", "list"), rf"(?m)^{GUEST}\s")
+        self.assertEqual(self.read_disk(offset, VOLUME_BYTES), bytes(VOLUME_BYTES),
+                         "the deleted volume's extents on the disk are not all zeros")
+
+    def read_disk(self, offset, length):
+        """The disk's bytes as the host sees them (QEMU writes through to the raw file)."""
+        with open(self.machine.disk, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    # --- the end ----------------------------------------------------------------------------------
+    def test_99_dom0_poweroff(self):
+        m = self.machine
+        if self.failed:
+            self.collect_dom0_logs()
+        t = time.monotonic()
+        clean = m.poweroff()
+        self.timings["dom0_poweroff_s"] = round(time.monotonic() - t, 1)
+        self.assertTrue(clean, "dom0 did not power the machine off within 90 s (QEMU killed)")
+        self.assertIn("HVAGENT-DOM0-POWEROFF", m.console())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
