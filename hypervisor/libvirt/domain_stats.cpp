@@ -115,4 +115,48 @@ DomainStats ParseDomainStats(const std::string& name, const std::string& uuid, c
   return out;
 }
 
+namespace {
+
+std::optional<uint64_t> Counter(long long v) {
+  if (v < 0) return std::nullopt;  // libvirt's "not supported by this driver"
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+DomainStats StatsFromPerDomainCalls(const std::string& name, const std::string& uuid, const PerDomainCalls& calls) {
+  DomainStats out{.name = name, .uuid = uuid, .id = calls.id};
+  if (calls.info) {
+    const virDomainInfo& i = *calls.info;
+    out.state = DomainStateFromLibvirt(i.state);
+    out.vcpus = i.nrVirtCpu;
+    out.balloon_maximum_kib = i.maxMem;
+    // A domain that is not running has used no CPU and holds no memory: report neither rather
+    // than zeros that look measured (the bulk call leaves them out too).
+    bool active = out.state != DomainState::kShutoff && out.state != DomainState::kCrashed &&
+                  out.state != DomainState::kUnknown;
+    if (active) {
+      out.cpu_time_ns = i.cpuTime;
+      out.balloon_current_kib = i.memory;
+    }
+  }
+  for (const auto& [target, st] : calls.disks) {
+    DiskStats& d = out.disks.emplace_back(DiskStats{.target = target});
+    if (!st) continue;
+    d.read_bytes = Counter(st->rd_bytes);
+    d.write_bytes = Counter(st->wr_bytes);
+    d.read_requests = Counter(st->rd_req);
+    d.write_requests = Counter(st->wr_req);
+  }
+  for (const auto& [dev, st] : calls.nics) {
+    NicStats& n = out.nics.emplace_back(NicStats{.name = dev});
+    if (!st) continue;
+    n.rx_bytes = Counter(st->rx_bytes);
+    n.tx_bytes = Counter(st->tx_bytes);
+    n.rx_packets = Counter(st->rx_packets);
+    n.tx_packets = Counter(st->tx_packets);
+  }
+  return out;
+}
+
 }  // namespace hvagent::hv

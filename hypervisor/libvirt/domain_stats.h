@@ -5,6 +5,11 @@
 
 #include <libvirt/libvirt.h>
 
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "hypervisor/model.h"
 
 namespace hvagent::hv {
@@ -22,5 +27,17 @@ inline constexpr unsigned int kDomainStatsGroups = VIR_DOMAIN_STATS_STATE | VIR_
 // whole sample). Disks and NICs keep libvirt's index order.
 DomainStats ParseDomainStats(const std::string& name, const std::string& uuid, const virTypedParameter* params,
                              int nparams);
+
+// The per-domain fallback for drivers without the bulk call (libvirt 9.0's libxl driver answers
+// VIR_ERR_NO_SUPPORT): what virDomainGetInfo, virDomainBlockStats and virDomainInterfaceStats
+// returned for one domain. A device whose call failed has no struct; libvirt's -1 ("this driver
+// does not report that field") becomes nullopt, never zero.
+struct PerDomainCalls {
+  std::optional<virDomainInfo> info;  // nullopt when virDomainGetInfo failed
+  std::optional<unsigned int> id;     // virDomainGetID while the domain runs
+  std::vector<std::pair<std::string, std::optional<virDomainBlockStatsStruct>>> disks;       // by target
+  std::vector<std::pair<std::string, std::optional<virDomainInterfaceStatsStruct>>> nics;    // by host dev
+};
+DomainStats StatsFromPerDomainCalls(const std::string& name, const std::string& uuid, const PerDomainCalls& calls);
 
 }  // namespace hvagent::hv

@@ -14,13 +14,20 @@ using xml::DocDeleter;
 using xml::Is;
 using xml::Text;
 
-}  // namespace
-
-absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view xml) {
+absl::StatusOr<std::unique_ptr<xmlDoc, DocDeleter>> Parse(absl::string_view xml) {
   std::unique_ptr<xmlDoc, DocDeleter> doc(xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "domain.xml",
                                                         nullptr, XML_PARSE_NONET | XML_PARSE_NOERROR |
                                                                      XML_PARSE_NOWARNING));
   if (!doc) return absl::InternalError("domain XML from libvirt is not well-formed");
+  return doc;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const auto& doc = *parsed;
   const xmlNode* devices = Child(xmlDocGetRootElement(doc.get()), "devices");
   std::vector<DiskSpec> disks;
   for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
@@ -36,6 +43,19 @@ absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view xml) {
     disks.push_back(std::move(disk));
   }
   return disks;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const xmlNode* devices = Child(xmlDocGetRootElement(parsed->get()), "devices");
+  std::vector<std::string> out;
+  for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
+    if (!Is(d, "interface")) continue;
+    std::string dev = Attr(Child(d, "target"), "dev");
+    if (!dev.empty()) out.push_back(std::move(dev));
+  }
+  return out;
 }
 
 }  // namespace hvagent::hv

@@ -1,6 +1,7 @@
 #pragma once
 // Reads back what the agent needs from a domain's XML as libvirt stores it (disks today).
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -11,5 +12,9 @@ namespace hvagent::hv {
 
 // The <disk device='disk'> elements: source (file or dev), target, bus, type, readonly, format.
 absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view domain_xml);
+
+// The host-side device of each <interface> (<target dev='vif3.0'/>, 'vnet0'), in document order;
+// interfaces without a target (a domain that is not running) are left out.
+absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view domain_xml);
 
 }  // namespace hvagent::hv

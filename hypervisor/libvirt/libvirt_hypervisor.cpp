@@ -161,6 +161,7 @@ absl::Status LibvirtHypervisor::OpenConnection() {
   std::lock_guard lock(mu_);
   conn_ = c;
   ++connection_generation_;
+  bulk_stats_unsupported_ = false;  // a restarted libvirtd may be a newer one
   lifecycle_callback_id_ = cb_id;
   caps_ = std::move(*caps);
   Log()->info("connected to {} (host arch {})", options_.uri, caps_.host_arch);
@@ -328,9 +329,18 @@ absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
 absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() {
   auto conn = Connection();
   if (!conn.ok()) return conn.status();
+  if (options_.force_per_domain_stats || bulk_stats_unsupported_.load()) return PerDomainStats(conn->get());
   virDomainStatsRecordPtr* records = nullptr;
   int n = virConnectGetAllDomainStats(conn->get(), kDomainStatsGroups, &records, 0);
-  if (n < 0) return LastLibvirtError("get all domain stats");
+  if (n < 0) {
+    if (virErrorPtr e = virGetLastError(); e != nullptr && e->code == VIR_ERR_NO_SUPPORT) {
+      virResetLastError();
+      Log()->info("{} has no bulk domain statistics; using per-domain calls", options_.uri);
+      bulk_stats_unsupported_ = true;
+      return PerDomainStats(conn->get());
+    }
+    return LastLibvirtError("get all domain stats");
+  }
   std::vector<DomainStats> out;
   out.reserve(n);
   for (int i = 0; i < n; ++i) {
@@ -342,6 +352,59 @@ absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() 
     if (unsigned int id = virDomainGetID(d); id != static_cast<unsigned int>(-1)) out.back().id = id;
   }
   virDomainStatsRecordListFree(records);
+  return out;
+}
+
+// One virDomainGetInfo per domain, and for a running one its live XML (device names) and one
+// virDomainBlockStats / virDomainInterfaceStats per device. A domain that vanishes meanwhile is
+// left out; a device whose call fails keeps its name with no figures.
+absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::PerDomainStats(virConnectPtr conn) {
+  virDomainPtr* doms = nullptr;
+  int n = virConnectListAllDomains(conn, &doms, 0);
+  if (n < 0) return LastLibvirtError("list domains for statistics");
+  std::vector<DomRef> refs;
+  refs.reserve(n);
+  for (int i = 0; i < n; ++i) refs.emplace_back(doms[i]);
+  free(doms);
+
+  std::vector<DomainStats> out;
+  out.reserve(n);
+  for (const DomRef& ref : refs) {
+    virDomainPtr d = ref.get();
+    const char* name = virDomainGetName(d);
+    char uuid[VIR_UUID_STRING_BUFLEN] = {};
+    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
+    PerDomainCalls calls;
+    virDomainInfo info{};
+    if (virDomainGetInfo(d, &info) < 0) {
+      virResetLastError();
+      continue;  // gone between the listing and now
+    }
+    calls.info = info;
+    if (virDomainIsActive(d) == 1) {
+      if (unsigned int id = virDomainGetID(d); id != static_cast<unsigned int>(-1)) calls.id = id;
+      if (char* xml = virDomainGetXMLDesc(d, 0); xml != nullptr) {
+        std::string doc(xml);
+        free(xml);
+        if (auto disks = ParseDomainDisks(doc); disks.ok()) {
+          for (const DiskSpec& disk : *disks) {
+            virDomainBlockStatsStruct st{};
+            auto& slot = calls.disks.emplace_back(disk.target, std::nullopt);
+            if (virDomainBlockStats(d, disk.target.c_str(), &st, sizeof st) == 0) slot.second = st;
+          }
+        }
+        if (auto nics = ParseInterfaceDevices(doc); nics.ok()) {
+          for (const std::string& dev : *nics) {
+            virDomainInterfaceStatsStruct st{};
+            auto& slot = calls.nics.emplace_back(dev, std::nullopt);
+            if (virDomainInterfaceStats(d, dev.c_str(), &st, sizeof st) == 0) slot.second = st;
+          }
+        }
+      }
+      virResetLastError();  // failed device calls are reported as missing figures, not errors
+    }
+    out.push_back(StatsFromPerDomainCalls(name ? name : "", uuid, calls));
+  }
   return out;
 }
 

@@ -4,6 +4,7 @@
 // meanwhile Connected() is false and calls return Unavailable. Lifecycle events arrive on the
 // shared libvirt event loop thread and are passed to the sink.
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <initializer_list>
@@ -36,6 +37,9 @@ class LibvirtHypervisor final : public Hypervisor {
     // agent reconnects. (In-process drivers such as test:/// need none.)
     int keepalive_interval_seconds = 5;
     unsigned int keepalive_count = 3;
+    // Statistics through per-domain calls even where the driver has the bulk call. Off in
+    // production; tests turn it on to compare the two paths on one driver.
+    bool force_per_domain_stats = false;
   };
 
   // Tries to connect once; if that fails the agent still starts and keeps retrying.
@@ -55,7 +59,9 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
-  // One virConnectGetAllDomainStats over all domains (kDomainStatsGroups).
+  // One virConnectGetAllDomainStats over all domains (kDomainStatsGroups). Drivers without it
+  // (libvirt 9.0's libxl) get the per-domain fallback, PerDomainStats; which path served the
+  // last call is per_domain_stats().
   absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() override;
   absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) override;
   absl::Status DetachDisk(const std::string& name, const std::string& target) override;
@@ -66,6 +72,8 @@ class LibvirtHypervisor final : public Hypervisor {
   void SimulateConnectionLoss();
   // How many times a connection was opened (1 after a clean start).
   uint64_t connection_generation() const;
+  // True once the driver has answered the bulk call with VIR_ERR_NO_SUPPORT (until reconnect).
+  bool per_domain_stats() const { return bulk_stats_unsupported_.load(); }
 
  private:
   class ConnRef;
@@ -79,6 +87,7 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status Transition(const std::string& name, const char* verb, std::initializer_list<DomainState> allowed,
                           int (*op)(virDomainPtr));
   DomainInfo Describe(virDomainPtr dom);
+  absl::StatusOr<std::vector<DomainStats>> PerDomainStats(virConnectPtr conn);
   absl::Status OpenConnection();  // called with mu_ not held
   void DropConnection();          // called with mu_ not held
   void ReconnectLoop();
@@ -97,6 +106,7 @@ class LibvirtHypervisor final : public Hypervisor {
   int lifecycle_callback_id_ = -1;
   Capabilities caps_;
   uint64_t connection_generation_ = 0;
+  std::atomic<bool> bulk_stats_unsupported_{false};
   bool need_reconnect_ = false;
   bool stopping_ = false;
   std::thread reconnect_thread_;

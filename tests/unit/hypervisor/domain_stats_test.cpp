@@ -142,5 +142,65 @@ TEST(DomainStatsTest, EveryLibvirtStateMaps) {
   EXPECT_EQ(DomainStateFromLibvirt(99), DomainState::kUnknown);
 }
 
+// The per-domain fallback (drivers without virConnectGetAllDomainStats, such as libxl).
+TEST(PerDomainStatsTest, InfoAndDeviceCountersMapAndMinusOneMeansAbsent) {
+  PerDomainCalls calls;
+  calls.info = virDomainInfo{.state = VIR_DOMAIN_RUNNING, .maxMem = 1048576, .memory = 524288,
+                             .nrVirtCpu = 2, .cpuTime = 123456789};
+  calls.id = 7;
+  virDomainBlockStatsStruct disk{.rd_req = 10, .rd_bytes = 4096, .wr_req = -1, .wr_bytes = 8192, .errs = -1};
+  calls.disks.emplace_back("xvda", disk);
+  calls.disks.emplace_back("xvdb", std::nullopt);  // the call failed
+  virDomainInterfaceStatsStruct nic{.rx_bytes = 100, .rx_packets = 2, .rx_errs = 0, .rx_drop = 0,
+                                    .tx_bytes = -1, .tx_packets = 3, .tx_errs = 0, .tx_drop = 0};
+  calls.nics.emplace_back("vif7.0", nic);
+
+  DomainStats s = StatsFromPerDomainCalls("g1", "u-1", calls);
+  EXPECT_EQ(s.name, "g1");
+  EXPECT_EQ(s.uuid, "u-1");
+  EXPECT_EQ(s.id, 7u);
+  EXPECT_EQ(s.state, DomainState::kRunning);
+  EXPECT_EQ(s.vcpus, 2u);
+  EXPECT_EQ(s.cpu_time_ns, 123456789u);
+  EXPECT_EQ(s.balloon_current_kib, 524288u);
+  EXPECT_EQ(s.balloon_maximum_kib, 1048576u);
+  EXPECT_FALSE(s.rss_kib.has_value());  // no per-domain call reports it
+  ASSERT_EQ(s.disks.size(), 2u);
+  EXPECT_EQ(s.disks[0].target, "xvda");
+  EXPECT_EQ(s.disks[0].read_bytes, 4096u);
+  EXPECT_EQ(s.disks[0].read_requests, 10u);
+  EXPECT_EQ(s.disks[0].write_bytes, 8192u);
+  EXPECT_FALSE(s.disks[0].write_requests.has_value());
+  EXPECT_EQ(s.disks[1].target, "xvdb");
+  EXPECT_FALSE(s.disks[1].read_bytes.has_value());
+  ASSERT_EQ(s.nics.size(), 1u);
+  EXPECT_EQ(s.nics[0].name, "vif7.0");
+  EXPECT_EQ(s.nics[0].rx_bytes, 100u);
+  EXPECT_EQ(s.nics[0].rx_packets, 2u);
+  EXPECT_FALSE(s.nics[0].tx_bytes.has_value());
+  EXPECT_EQ(s.nics[0].tx_packets, 3u);
+}
+
+TEST(PerDomainStatsTest, StoppedDomainReportsNoCpuTimeOrMemoryInUse) {
+  PerDomainCalls calls;
+  calls.info = virDomainInfo{.state = VIR_DOMAIN_SHUTOFF, .maxMem = 65536, .memory = 65536, .nrVirtCpu = 1,
+                             .cpuTime = 0};
+  DomainStats s = StatsFromPerDomainCalls("off", "u-2", calls);
+  EXPECT_EQ(s.state, DomainState::kShutoff);
+  EXPECT_FALSE(s.id.has_value());
+  EXPECT_FALSE(s.cpu_time_ns.has_value());
+  EXPECT_FALSE(s.balloon_current_kib.has_value());
+  EXPECT_EQ(s.balloon_maximum_kib, 65536u);
+  EXPECT_EQ(s.vcpus, 1u);
+}
+
+TEST(PerDomainStatsTest, NoInfoMeansUnknownStateAndNoFigures) {
+  DomainStats s = StatsFromPerDomainCalls("x", "u-3", PerDomainCalls{});
+  EXPECT_EQ(s.state, DomainState::kUnknown);
+  EXPECT_FALSE(s.vcpus.has_value());
+  EXPECT_FALSE(s.cpu_time_ns.has_value());
+  EXPECT_FALSE(s.balloon_maximum_kib.has_value());
+}
+
 }  // namespace
 }  // namespace hvagent::hv

@@ -222,6 +222,66 @@ TEST_F(LibvirtHypervisorTest, DisksAreReadBackAndAttachChecksComeFirst) {
   ASSERT_TRUE(hv_.UndefineDomain(name).ok());
 }
 
+// The per-domain fallback exists for libxl, which has no bulk call; the test driver has both,
+// so the two paths can be compared on the same domains.
+TEST(LibvirtHypervisorStatsTest, PerDomainFallbackAgreesWithTheBulkCall) {
+  LibvirtHypervisor bulk({.uri = "test:///default"});
+  LibvirtHypervisor per_domain({.uri = "test:///default", .force_per_domain_stats = true});
+  const std::string name = Unique("stats");
+  DomainSpec s = Spec(name);
+  s.vcpus = 2;
+  s.disks.push_back({"/var/lib/hvagent/root.raw", DiskType::kFile, "vda", "", false, ""});
+  s.disks.push_back({"/dev/hvit_vg/data", DiskType::kBlock, "vdb", "", false, ""});
+  s.nics.push_back({.mac = "", .network = "default", .bridge = "", .model = ""});
+  ASSERT_TRUE(per_domain.DefineDomain(s).ok());
+  const std::string stopped = Unique("stats-off");
+  ASSERT_TRUE(per_domain.DefineDomain(Spec(stopped)).ok());
+  ASSERT_TRUE(per_domain.StartDomain(name).ok());
+
+  auto a = bulk.GetAllDomainStats();
+  auto b = per_domain.GetAllDomainStats();
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(bulk.per_domain_stats());
+  auto find = [](const std::vector<DomainStats>& all, const std::string& n) -> const DomainStats* {
+    for (const auto& d : all) {
+      if (d.name == n) return &d;
+    }
+    return nullptr;
+  };
+  const DomainStats* ra = find(*a, name);
+  const DomainStats* rb = find(*b, name);
+  ASSERT_NE(ra, nullptr);
+  ASSERT_NE(rb, nullptr);
+  EXPECT_EQ(rb->uuid, ra->uuid);
+  EXPECT_EQ(rb->id, ra->id);
+  EXPECT_TRUE(rb->id.has_value());
+  EXPECT_EQ(rb->state, DomainState::kRunning);
+  EXPECT_EQ(rb->vcpus, 2u);
+  EXPECT_TRUE(rb->cpu_time_ns.has_value());
+  // The test driver's bulk call leaves out the block and interface groups, but it answers
+  // virDomainBlockStats and virDomainInterfaceStats: the fallback must find the devices itself.
+  ASSERT_EQ(rb->disks.size(), 2u);
+  EXPECT_EQ(rb->disks[0].target, "vda");
+  EXPECT_EQ(rb->disks[1].target, "vdb");
+  EXPECT_TRUE(rb->disks[0].read_bytes.has_value());
+  EXPECT_TRUE(rb->disks[1].write_requests.has_value());
+  ASSERT_EQ(rb->nics.size(), 1u);
+  EXPECT_FALSE(rb->nics[0].name.empty());
+  EXPECT_TRUE(rb->nics[0].rx_bytes.has_value()) << rb->nics[0].name;
+
+  const DomainStats* off = find(*b, stopped);
+  ASSERT_NE(off, nullptr);
+  EXPECT_EQ(off->state, DomainState::kShutoff);
+  EXPECT_FALSE(off->cpu_time_ns.has_value());
+  EXPECT_TRUE(off->disks.empty());
+  EXPECT_EQ(b->size(), a->size());
+
+  ASSERT_TRUE(per_domain.DestroyDomain(name).ok());
+  ASSERT_TRUE(per_domain.UndefineDomain(name).ok());
+  ASSERT_TRUE(per_domain.UndefineDomain(stopped).ok());
+}
+
 TEST(LibvirtHypervisorConnectionTest, UnreachableUriStartsDisconnectedAndCallsAreUnavailable) {
   LibvirtHypervisor hv({.uri = "test:///nonexistent/hvagent-missing.xml",
                         .min_backoff = std::chrono::milliseconds(50),
