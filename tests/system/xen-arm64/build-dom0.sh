@@ -215,11 +215,20 @@ install -m 0755 "$HERE/dom0-init.sh" "$ROOT/init"
 G=$WORK/guest
 mkdir -p "$G/bin" "$G/dev" "$G/proc" "$G/sys"
 cp "$BB" "$G/bin/busybox"
-for a in sh mount sleep echo cat; do ln -s busybox "$G/bin/$a"; done
+for a in sh mount sleep echo cat insmod dd; do ln -s busybox "$G/bin/$a"; done
+# xen-blkfront is a module in Debian's kernel (no dependencies): with it the guest reads 1 MiB
+# of its LV, which the agent's statistics must then show (blkback counts it in dom0).
+BLKFRONT=${MODPATH[xen_blkfront]:-}
+[ -n "$BLKFRONT" ] || { log "xen-blkfront.ko not found in $KVER"; exit 1; }
+cp "$MDIR/$BLKFRONT" "$G/xen-blkfront.ko"
 cat > "$G/init" <<'EOF'
 #!/bin/sh
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
+insmod /xen-blkfront.ko
+n=0
+while [ ! -b /dev/xvda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+dd if=/dev/xvda of=/dev/null bs=64k count=16 2>/dev/null && echo "HVAGENT-GUEST-READ 1048576" > /dev/hvc0
 echo "HVAGENT-GUEST-UP $(cat /proc/sys/kernel/osrelease)" > /dev/hvc0
 while :; do sleep 3600; done
 EOF
