@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -22,8 +23,11 @@
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
+#include "agent/service/idempotency.h"
+#include "agent/service/journal.h"
 #include "agent/version.h"
 #include "common/clock.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 #include "hypervisor/xen/xenctrl_probe.h"
@@ -145,6 +149,39 @@ std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const config::Config& c
   return grpc::experimental::TlsServerCredentials(options);
 }
 
+// The journal and the idempotency store, in [reliability] state_dir (made 0700 if missing),
+// or in memory without one.
+struct State {
+  std::unique_ptr<service::Journal> journal;
+  std::unique_ptr<service::IdempotencyStore> requests;
+};
+absl::StatusOr<State> OpenState(const config::Config& cfg) {
+  auto logger = log::ComponentLogger("main");
+  std::string journal_path, requests_path;
+  if (cfg.state_dir.empty()) {
+    logger->warn("no [reliability] state_dir: no crash recovery, idempotency keys kept in memory only");
+  } else {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.state_dir, ec);
+    if (ec) return absl::FailedPreconditionError(absl::StrCat("reliability.state_dir ", cfg.state_dir, ": ", ec.message()));
+    std::filesystem::permissions(cfg.state_dir, std::filesystem::perms::owner_all, ec);
+    journal_path = cfg.state_dir + "/journal";
+    requests_path = cfg.state_dir + "/requests";
+  }
+  State st;
+  auto journal = service::Journal::Open(journal_path);
+  if (!journal.ok()) return absl::FailedPreconditionError(absl::StrCat("reliability.state_dir: ", journal.status().message()));
+  st.journal = std::move(*journal);
+  if (st.journal->skipped_on_open() > 0) {
+    logger->warn("journal: {} unreadable line(s) skipped (a write cut short by a crash)", st.journal->skipped_on_open());
+  }
+  auto requests = service::IdempotencyStore::Open(
+      requests_path, {.window = cfg.idempotency_window, .max_entries = cfg.idempotency_max_entries});
+  if (!requests.ok()) return absl::FailedPreconditionError(absl::StrCat("reliability.state_dir: ", requests.status().message()));
+  st.requests = std::move(*requests);
+  return st;
+}
+
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   // Signals are taken synchronously by sigwait below; no thread may receive them.
@@ -162,7 +199,23 @@ int Run(const config::Config& cfg) {
   storage::SubprocessRunner runner;
   storage::DeviceWiper wiper;
   service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper));
-  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage);
+  auto state = OpenState(cfg);
+  if (!state.ok()) {
+    logger->critical("{}", state.status().message());
+    return 1;
+  }
+  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage,
+                                 state->journal.get());
+  // Before anything is served: what a crash left half-done is finished or undone first.
+  if (!state->journal->Unfinished().empty()) {
+    if (!hypervisor.Connected()) {
+      logger->warn("recovery postponed until the hypervisor connection is up");
+      for (int i = 0; i < 300 && !hypervisor.Connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (const auto& r : domains.Recover()) {
+      logger->warn("recovered interrupted {} of domain {}: {}", r.kind, r.domain, r.outcome);
+    }
+  }
   service::HostService host(hypervisor,
                            {.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
                             .memory_allocation_ratio = cfg.memory_allocation_ratio,
@@ -196,7 +249,7 @@ int Run(const config::Config& cfg) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }
   // REST first: it loads (and so checks) the TLS files that both servers use.
-  api::RestRouter router(host, domains, &storage, &metrics, &authz);
+  api::RestRouter router(host, domains, &storage, &metrics, &authz, state->requests.get());
   std::optional<api::RestTls> rest_tls;
   if (!cfg.plaintext_loopback) {
     rest_tls = api::RestTls{cfg.tls_cert_file, cfg.tls_key_file,
@@ -209,9 +262,9 @@ int Run(const config::Config& cfg) {
   }
 
   api::HostGrpcService host_grpc(host, &authz);
-  api::DomainGrpcService domain_grpc(domains, &authz);
+  api::DomainGrpcService domain_grpc(domains, &authz, state->requests.get());
   api::EventGrpcService event_grpc(events, &authz);
-  api::StorageGrpcService storage_grpc(storage, &authz);
+  api::StorageGrpcService storage_grpc(storage, &authz, state->requests.get());
   api::MetricsGrpcService metrics_grpc(metrics, &authz);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -269,7 +322,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cli->version) {
-    std::cout << "hvagentd " << kAgentVersion << "\n";
+    std::cout << "hvagentd " << kAgentVersion << (failpoint::CompiledIn() ? " (test build: failpoints compiled in)" : "")
+              << "\n";
     return 0;
   }
   auto cfg = config::Resolve(*cli);

@@ -30,7 +30,8 @@ step "install dependencies"
 deploy/install-deps.sh --test
 
 step "build (warnings as errors)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHVAGENT_WERROR=ON >/dev/null
+# Failpoints compiled in: the reliability tests kill the agent between steps (docs/reliability.md).
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHVAGENT_WERROR=ON -DHVAGENT_FAILPOINTS=ON >/dev/null
 ninja -C build
 
 step "unit tests"

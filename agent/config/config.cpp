@@ -36,6 +36,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"security", {"plaintext_loopback"}},
       {"auth", {"identities", "tokens"}},
       {"limits", {"requests_per_second", "burst", "max_streams_per_caller"}},
+      {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries"}},
   };
   return keys;
 }
@@ -222,7 +223,8 @@ absl::Status ValidateListen(absl::string_view field, const std::string& listen, 
 
 std::string Usage() {
   return "usage: hvagentd [--config FILE] [--hypervisor-uri URI] [--grpc-listen HOST:PORT]\n"
-         "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--plaintext-loopback]\n"
+         "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--state-dir DIR]\n"
+         "                [--plaintext-loopback]\n"
          "                [--version] [--help]\n"
          "Defaults: test:///default, gRPC 127.0.0.1:50051, REST 127.0.0.1:8780.\n";
 }
@@ -232,7 +234,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
   const std::map<std::string, std::optional<std::string> CommandLine::*> with_value = {
       {"--config", &CommandLine::config_path},     {"--hypervisor-uri", &CommandLine::hypervisor_uri},
       {"--grpc-listen", &CommandLine::grpc_listen}, {"--rest-listen", &CommandLine::rest_listen},
-      {"--log-level", &CommandLine::log_level},
+      {"--log-level", &CommandLine::log_level},     {"--state-dir", &CommandLine::state_dir},
   };
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -298,6 +300,18 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = Read(root, "limits", "max_streams_per_caller", streams); !s.ok()) return s;
   if (streams < 1 || streams > 100000) return Invalid("limits.max_streams_per_caller", "must be 1-100000");
   c.max_streams_per_caller = static_cast<int>(streams);
+  if (auto s = Read(root, "reliability", "state_dir", c.state_dir); !s.ok()) return s;
+  if (!c.state_dir.empty() && c.state_dir[0] != '/') return Invalid("reliability.state_dir", "must be an absolute path");
+  int64_t window = c.idempotency_window.count();
+  if (auto s = Read(root, "reliability", "idempotency_window_seconds", window); !s.ok()) return s;
+  if (window < 60 || window > 30 * 86400) {
+    return Invalid("reliability.idempotency_window_seconds", "must be 60 to 2592000 (30 days)");
+  }
+  c.idempotency_window = std::chrono::seconds(window);
+  int64_t entries = static_cast<int64_t>(c.idempotency_max_entries);
+  if (auto s = Read(root, "reliability", "idempotency_max_entries", entries); !s.ok()) return s;
+  if (entries < 1 || entries > 1000000) return Invalid("reliability.idempotency_max_entries", "must be 1-1000000");
+  c.idempotency_max_entries = static_cast<size_t>(entries);
   if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
   if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
   if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;
@@ -399,6 +413,10 @@ absl::StatusOr<Config> Resolve(const CommandLine& cli) {
   if (cli.grpc_listen) c.grpc_listen = *cli.grpc_listen;
   if (cli.rest_listen) c.rest_listen = *cli.rest_listen;
   if (cli.log_level) c.log_level = *cli.log_level;
+  if (cli.state_dir) {
+    if (cli.state_dir->empty() || (*cli.state_dir)[0] != '/') return Invalid("--state-dir", "must be an absolute path");
+    c.state_dir = *cli.state_dir;
+  }
   if (cli.plaintext_loopback) c.plaintext_loopback = true;
   if (auto s = Validate(c); !s.ok()) return s;
   return c;

@@ -61,6 +61,12 @@ struct Config {
   std::vector<Token> auth_tokens;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
+
+  // [reliability] (docs/reliability.md). state_dir empty: the journal and the idempotency
+  // store live in memory only (no crash recovery, no replay across restarts).
+  std::string state_dir;
+  std::chrono::seconds idempotency_window{24 * 3600};
+  size_t idempotency_max_entries = 10000;
 };
 
 struct CommandLine {
@@ -69,6 +75,7 @@ struct CommandLine {
   std::optional<std::string> grpc_listen;
   std::optional<std::string> rest_listen;
   std::optional<std::string> log_level;
+  std::optional<std::string> state_dir;
   bool plaintext_loopback = false;
   bool version = false;
   bool help = false;

@@ -1,9 +1,14 @@
 #include "agent/service/domain_service.h"
 
+#include <cstdio>
+#include <random>
 #include <set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
 
@@ -23,10 +28,62 @@ bool IsActive(hv::DomainState s) {
          s == hv::DomainState::kShuttingDown || s == hv::DomainState::kPmSuspended;
 }
 
+// A random (version 4) UUID, so that the journal names the domain before libvirt defines it.
+std::string NewUuid() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  uint64_t hi, lo;
+  {
+    std::lock_guard lock(mu);
+    hi = rng();
+    lo = rng();
+  }
+  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // RFC 4122 variant
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx", static_cast<unsigned>(hi >> 32),
+                static_cast<unsigned>((hi >> 16) & 0xffff), static_cast<unsigned>(hi & 0xffff),
+                static_cast<unsigned>(lo >> 48), static_cast<unsigned long long>(lo & 0xffffffffffffULL));
+  return buf;
+}
+
+internal::JournalVolume JournalVolumeOf(const std::string& pool, const std::string& name, bool created) {
+  internal::JournalVolume v;
+  v.set_pool(pool);
+  v.set_name(name);
+  v.set_created(created);
+  return v;
+}
+
+internal::JournalStep StepOf(const char* name) {
+  internal::JournalStep s;
+  s.set_name(name);
+  return s;
+}
+
+internal::JournalStep StepOf(const char* name, internal::JournalVolume v) {
+  internal::JournalStep s = StepOf(name);
+  *s.mutable_volume() = std::move(v);
+  return s;
+}
+
 }  // namespace
 
-DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage)
-    : hv_(hypervisor), clock_(clock), options_(options), storage_(storage) {}
+DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage,
+                             Journal* journal)
+    : hv_(hypervisor), clock_(clock), options_(options), storage_(storage), journal_(journal) {
+  if (journal_ == nullptr) {
+    own_journal_ = std::move(*Journal::Open(""));  // in memory: cannot fail
+    journal_ = own_journal_.get();
+  }
+}
+
+void DomainService::EndOp(uint64_t op, const std::string& outcome) {
+  if (auto s = journal_->End(op, outcome); !s.ok()) {
+    // The operation itself is over; a restart would re-check it against the real state.
+    Log()->error("journal: cannot end operation {}: {}", op, s.message());
+  }
+}
 
 absl::Status DomainService::CheckVolumes(hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) const {
   if (volumes.empty()) return absl::OkStatus();
@@ -83,25 +140,52 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
       return existing.status();
     }
   }
+  if (spec.uuid.empty()) spec.uuid = NewUuid();
+  internal::JournalBegin begin;
+  begin.set_kind("create");
+  begin.set_domain(spec.name);
+  begin.set_uuid(spec.uuid);
+  begin.set_start(start);
+  auto op = journal_->Begin(std::move(begin));
+  if (!op.ok()) return op.status();  // nothing done yet
+  auto r = CreateJournalled(*op, std::move(spec), start, volumes);
+  EndOp(*op, r.ok() ? "ok" : absl::StrCat("failed: ", r.status().message()));
+  return r;
+}
+
+absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
+                                                               const std::vector<DiskVolume>& volumes) {
   std::vector<DiskVolume> claimed;
   for (const DiskVolume& v : volumes) {
+    auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name,
+                                                                          v.claim.create_size_bytes > 0)));
+    if (!step.ok()) {
+      ReleaseClaims(claimed);
+      return step;
+    }
     auto volume = storage_->ClaimVolume(v.claim, spec.name);
     if (!volume.ok()) {
       ReleaseClaims(claimed);
       return absl::Status(volume.status().code(),
                           absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
     }
+    HVAGENT_FAILPOINT("create.after_claim");
     spec.disks[v.disk].source_path = volume->path;
     claimed.push_back(v);
   }
-  if (auto s = hv_.DefineDomain(spec); !s.ok()) {
+  absl::Status s = journal_->Step(op, StepOf("define"));
+  if (s.ok()) s = hv_.DefineDomain(spec);
+  if (!s.ok()) {
     ReleaseClaims(claimed);
     return s;
   }
+  HVAGENT_FAILPOINT("create.after_define");
   Log()->info("defined domain {} ({} vCPU, {} MiB, {} pool volume(s))", spec.name, spec.vcpus, spec.memory_mib,
               claimed.size());
   if (start) {
-    if (auto s = hv_.StartDomain(spec.name); !s.ok()) {
+    s = journal_->Step(op, StepOf("start"));
+    if (s.ok()) s = hv_.StartDomain(spec.name);
+    if (!s.ok()) {
       // Leave nothing behind: a create that cannot start is undone.
       if (auto u = hv_.UndefineDomain(spec.name); !u.ok()) {
         Log()->error("rollback of {} failed: {}", spec.name, u.message());
@@ -110,6 +194,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
       }
       return s;
     }
+    HVAGENT_FAILPOINT("create.after_start");
     Log()->info("started domain {}", spec.name);
   }
   return hv_.GetDomain(spec.name);
@@ -181,24 +266,160 @@ absl::Status DomainService::Delete(const std::string& name, bool force, bool del
     }
     volumes = std::move(*v);
   }
-  if (IsActive(info->state)) {
-    if (!force) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("domain '", name, "' is running; stop it first or set force"));
-    }
-    if (auto s = hv_.DestroyDomain(name); !s.ok()) return s;
+  if (IsActive(info->state) && !force) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is running; stop it first or set force"));
   }
+  internal::JournalBegin begin;
+  begin.set_kind("delete");
+  begin.set_domain(name);
+  begin.set_uuid(info->uuid);
+  begin.set_delete_volumes(delete_volumes);
+  for (const auto& v : volumes) *begin.add_volumes() = JournalVolumeOf(v.pool, v.name, false);
+  auto op = journal_->Begin(std::move(begin));
+  if (!op.ok()) return op.status();
+  absl::Status s = DeleteJournalled(*op, *info, force, delete_volumes, volumes);
+  EndOp(*op, s.ok() ? "ok" : absl::StrCat("failed: ", s.message()));
+  return s;
+}
+
+absl::Status DomainService::DeleteJournalled(uint64_t op, const hv::DomainInfo& info, bool force,
+                                             bool delete_volumes, const std::vector<storage::VolumeInfo>& volumes) {
+  const std::string& name = info.name;
+  if (IsActive(info.state) && force) {
+    if (auto s = journal_->Step(op, StepOf("destroy")); !s.ok()) return s;
+    if (auto s = hv_.DestroyDomain(name); !s.ok()) return s;
+    HVAGENT_FAILPOINT("delete.after_destroy");
+  }
+  if (auto s = journal_->Step(op, StepOf("undefine")); !s.ok()) return s;
   if (auto s = hv_.UndefineDomain(name); !s.ok()) return s;
+  HVAGENT_FAILPOINT("delete.after_undefine");
   Log()->info("deleted domain {}", name);
   for (const storage::VolumeInfo& v : volumes) {
+    if (auto s = journal_->Step(op, StepOf("release-volume", JournalVolumeOf(v.pool, v.name, false))); !s.ok()) {
+      Log()->error("{}", s.message());  // the domain is gone; recovery finishes the volumes
+      continue;
+    }
     // The domain is gone: a volume that cannot be released stays recorded as attached to it,
     // where the API shows it (and reconciliation finds it).
     if (auto s = storage_->ReleaseVolume(v.pool, v.name, delete_volumes); !s.ok()) {
       Log()->error("domain {} deleted, but volume {}/{} could not be {}: {}", name, v.pool, v.name,
                    delete_volumes ? "deleted" : "released", s.message());
     }
+    HVAGENT_FAILPOINT("delete.after_release");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<hv::DomainInfo>> DomainService::Ours(const std::string& name, const std::string& uuid) {
+  auto d = hv_.GetDomain(name);
+  if (absl::IsNotFound(d.status())) return std::nullopt;
+  if (!d.ok()) return d.status();
+  if (absl::AsciiStrToLower(d->uuid) != absl::AsciiStrToLower(uuid)) {
+    Log()->warn("recovery: domain {} has uuid {}, not the journalled {}; leaving it alone", name, d->uuid, uuid);
+    return std::nullopt;
+  }
+  return *d;
+}
+
+std::vector<DomainService::Recovery> DomainService::Recover() {
+  std::lock_guard lock(define_mu_);
+  std::vector<Recovery> out;
+  for (const Journal::Operation& op : journal_->Unfinished()) {
+    Recovery r = op.begin.kind() == "delete" ? RecoverDelete(op) : RecoverCreate(op);
+    Log()->warn("recovery: interrupted {} of domain {} (operation {}): {}", r.kind, r.domain, op.id, r.outcome);
+    // A failed recovery stays open in the journal: the next start tries again.
+    if (!absl::StartsWith(r.outcome, "failed")) EndOp(op.id, absl::StrCat("recovered: ", r.outcome));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+DomainService::Recovery DomainService::RecoverCreate(const Journal::Operation& op) {
+  const internal::JournalBegin& b = op.begin;
+  Recovery r{b.domain(), "create", ""};
+  auto dom = Ours(b.domain(), b.uuid());
+  if (!dom.ok()) {
+    r.outcome = absl::StrCat("failed: ", dom.status().message());
+    return r;
+  }
+  if (dom->has_value() && (!b.start() || IsActive((*dom)->state))) {
+    r.outcome = "completed";  // every step ran; only the journal's end was missing
+    return r;
+  }
+  if (dom->has_value()) {
+    if (IsActive((*dom)->state)) (void)hv_.DestroyDomain(b.domain());
+    if (auto s = hv_.UndefineDomain(b.domain()); !s.ok()) {
+      r.outcome = absl::StrCat("failed: undefine: ", s.message());
+      return r;
+    }
+  }
+  // Another domain by this name (another uuid) owns whatever is attached to the name.
+  const bool name_is_another_domains = !dom->has_value() && hv_.GetDomain(b.domain()).ok();
+  for (auto it = op.steps.rbegin(); it != op.steps.rend(); ++it) {
+    if (it->name() != "claim-volume") continue;
+    const internal::JournalVolume& v = it->volume();
+    if (storage_ == nullptr) {
+      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), " but no storage pools are configured");
+      return r;
+    }
+    auto st = storage_->GetVolume(v.pool(), v.name());
+    if (absl::IsNotFound(st.status())) continue;  // never created
+    if (!st.ok()) {
+      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), ": ", st.status().message());
+      return r;
+    }
+    const std::string& owner = st->volume.attached_to;
+    // Only what this operation did is undone: its own claim, or the volume it created.
+    const bool claimed_by_us = owner == b.domain() && !name_is_another_domains;
+    if (!claimed_by_us && !(owner.empty() && v.created())) continue;
+    if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), /*remove=*/v.created()); !s.ok()) {
+      r.outcome = absl::StrCat("failed: release ", v.pool(), "/", v.name(), ": ", s.message());
+      return r;
+    }
+  }
+  r.outcome = "rolled back";
+  return r;
+}
+
+DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& op) {
+  const internal::JournalBegin& b = op.begin;
+  Recovery r{b.domain(), "delete", ""};
+  auto dom = Ours(b.domain(), b.uuid());
+  if (!dom.ok()) {
+    r.outcome = absl::StrCat("failed: ", dom.status().message());
+    return r;
+  }
+  if (dom->has_value()) {
+    if (IsActive((*dom)->state)) {
+      if (auto s = hv_.DestroyDomain(b.domain()); !s.ok()) {
+        r.outcome = absl::StrCat("failed: destroy: ", s.message());
+        return r;
+      }
+    }
+    if (auto s = hv_.UndefineDomain(b.domain()); !s.ok()) {
+      r.outcome = absl::StrCat("failed: undefine: ", s.message());
+      return r;
+    }
+  }
+  for (const internal::JournalVolume& v : b.volumes()) {
+    if (storage_ == nullptr) break;
+    auto st = storage_->GetVolume(v.pool(), v.name());
+    if (absl::IsNotFound(st.status())) continue;  // already deleted
+    if (!st.ok()) {
+      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), ": ", st.status().message());
+      return r;
+    }
+    const std::string& owner = st->volume.attached_to;
+    bool ours = owner == b.domain();
+    bool released_not_removed = owner.empty() && b.delete_volumes() && st->state != VolumeState::kDeleting;
+    if (!ours && !released_not_removed) continue;
+    if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), b.delete_volumes()); !s.ok()) {
+      r.outcome = absl::StrCat("failed: release ", v.pool(), "/", v.name(), ": ", s.message());
+      return r;
+    }
+  }
+  r.outcome = "completed";
+  return r;
 }
 
 }  // namespace hvagent::service

@@ -3,13 +3,18 @@
 // Adds what a single hypervisor call does not give: validation before anything is touched,
 // a create that either fully happens or leaves nothing behind, shutdown with a deadline that
 // falls back to a forced power-off, and refusing to delete a running domain unless forced.
+// Create and Delete are journalled step by step (journal.h); after a crash, Recover() leaves
+// each interrupted one either complete or fully undone (docs/reliability.md).
 
 #include <chrono>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/service/journal.h"
 #include "agent/service/storage_service.h"
 #include "common/clock.h"
 #include "hypervisor/hypervisor.h"
@@ -35,8 +40,22 @@ class DomainService {
     std::chrono::milliseconds shutdown_poll_interval{250};
   };
 
-  // `storage` may be null (no pools): then disks cannot name volumes.
-  DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage = nullptr);
+  // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
+  // then an in-memory one is used (no crash recovery).
+  DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage = nullptr,
+                Journal* journal = nullptr);
+
+  struct Recovery {
+    std::string domain;
+    std::string kind;     // "create" / "delete"
+    std::string outcome;  // "completed", "rolled back", "failed: ..."
+  };
+  // Finishes or undoes every operation a crash left in the journal: an interrupted create is
+  // kept only when it got through its last step (the domain exists with the journalled uuid,
+  // running if it was to start), otherwise it is undone (domain removed, volumes it created
+  // deleted, volumes it claimed released); an interrupted delete is carried through. Run at
+  // start, before the APIs serve.
+  std::vector<Recovery> Recover();
 
   // With `volumes`, the named disks get pool volumes (created when the claim asks so) that are
   // recorded as attached to the new domain; when any step fails, every step before it is
@@ -63,11 +82,23 @@ class DomainService {
   absl::Status CheckVolumes(hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) const;
   // Undoes claimed volumes in reverse order (best effort, logged).
   void ReleaseClaims(const std::vector<DiskVolume>& claimed);
+  absl::StatusOr<hv::DomainInfo> CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
+                                                  const std::vector<DiskVolume>& volumes);
+  absl::Status DeleteJournalled(uint64_t op, const hv::DomainInfo& info, bool force, bool delete_volumes,
+                                const std::vector<storage::VolumeInfo>& volumes);
+  Recovery RecoverCreate(const Journal::Operation& op);
+  Recovery RecoverDelete(const Journal::Operation& op);
+  // The domain `name` if it exists and carries `uuid`; nullopt when it does not exist or is
+  // another domain by that name.
+  absl::StatusOr<std::optional<hv::DomainInfo>> Ours(const std::string& name, const std::string& uuid);
+  void EndOp(uint64_t op, const std::string& outcome);
 
   hv::Hypervisor& hv_;
   Clock& clock_;
   const Options options_;
   StorageService* storage_;
+  std::unique_ptr<Journal> own_journal_;
+  Journal* journal_;
   // Serializes create/delete so "exists?" and "define" cannot interleave between requests.
   std::mutex define_mu_;
 };

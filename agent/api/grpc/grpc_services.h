@@ -9,6 +9,7 @@
 #include "agent/api/auth/authorizer.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
+#include "agent/service/idempotency.h"
 #include "agent/service/host_service.h"
 #include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
@@ -31,13 +32,16 @@ class HostGrpcService final : public v1::HostService::Service {
  private:
   service::HostService& host_;
   const auth::Authorizer* auth_;
+  service::IdempotencyStore* const idem_ = nullptr;  // reads only
 };
 
 class DomainGrpcService final : public v1::DomainService::Service {
  public:
   // `authz` null: no checks (unit tests of the translation only).
-  explicit DomainGrpcService(service::DomainService& domains, const auth::Authorizer* authz = nullptr)
-      : domains_(domains), auth_(authz) {}
+  // `idem` null: idempotency keys are ignored.
+  explicit DomainGrpcService(service::DomainService& domains, const auth::Authorizer* authz = nullptr,
+                             service::IdempotencyStore* idem = nullptr)
+      : domains_(domains), auth_(authz), idem_(idem) {}
   grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
   grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
   grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
@@ -53,6 +57,7 @@ class DomainGrpcService final : public v1::DomainService::Service {
  private:
   service::DomainService& domains_;
   const auth::Authorizer* auth_;
+  service::IdempotencyStore* idem_;
 };
 
 class EventGrpcService final : public v1::EventService::Service {
@@ -71,8 +76,9 @@ class EventGrpcService final : public v1::EventService::Service {
 class StorageGrpcService final : public v1::StorageService::Service {
  public:
   // `authz` null: no checks (unit tests of the translation only).
-  explicit StorageGrpcService(service::StorageService& storage, const auth::Authorizer* authz = nullptr)
-      : storage_(storage), auth_(authz) {}
+  explicit StorageGrpcService(service::StorageService& storage, const auth::Authorizer* authz = nullptr,
+                              service::IdempotencyStore* idem = nullptr)
+      : storage_(storage), auth_(authz), idem_(idem) {}
   grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
   grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
   grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
@@ -86,6 +92,7 @@ class StorageGrpcService final : public v1::StorageService::Service {
  private:
   service::StorageService& storage_;
   const auth::Authorizer* auth_;
+  service::IdempotencyStore* idem_;
 };
 
 class MetricsGrpcService final : public v1::MetricsService::Service {
@@ -105,6 +112,7 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
  private:
   service::MetricsCollector& metrics_;
   const auth::Authorizer* auth_;
+  service::IdempotencyStore* const idem_ = nullptr;  // reads only
   std::atomic<bool> closed_{false};
 };
 

@@ -3,6 +3,7 @@
 // tests call directly; RestServer adapts cpprestsdk to these.
 
 #include <map>
+#include <optional>
 #include <string>
 
 namespace hvagent::api {
@@ -13,12 +14,14 @@ struct HttpRequest {
   std::map<std::string, std::string> query;
   std::string body;
   std::string authorization;  // the Authorization header, "" when absent
+  std::optional<std::string> idempotency_key;  // the Idempotency-Key header
 };
 
 struct HttpResponse {
   int status = 200;
   std::string body;  // JSON, or empty (204)
   std::string content_type = "application/json";
+  std::map<std::string, std::string> headers;  // extra response headers
 };
 
 }  // namespace hvagent::api

@@ -1,6 +1,7 @@
 #include "agent/api/rest/rest_router.h"
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "agent/api/auth/audit.h"
@@ -56,6 +57,9 @@ std::optional<std::string> DomainOperation(const std::string& m, absl::string_vi
 std::optional<std::string> StorageOperation(const std::string& m, absl::string_view rest) {
   std::vector<absl::string_view> parts = absl::StrSplit(rest, '/');  // "", pool, "volumes", item
   if (rest.empty()) return m == "GET" ? std::optional(Op("StorageService", "ListPools")) : std::nullopt;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (parts[i].empty()) return std::nullopt;  // a trailing or doubled slash names no resource
+  }
   if (parts.size() == 2) return m == "GET" ? std::optional(Op("StorageService", "GetPool")) : std::nullopt;
   if (parts.size() == 3 && parts[2] == "volumes") {
     if (m == "GET") return Op("StorageService", "ListVolumes");
@@ -100,10 +104,68 @@ std::optional<std::string> RestOperation(const HttpRequest& req) {
   return std::nullopt;
 }
 
+namespace {
+
+// Only decides whether an error reply is kept for replay (retryable ones are not); the reply
+// itself is replayed byte for byte.
+absl::Status StatusFromHttp(const HttpResponse& r) {
+  switch (r.status) {
+    case 429: return absl::ResourceExhaustedError(r.body);
+    case 500: return absl::InternalError(r.body);
+    case 503: return absl::UnavailableError(r.body);
+    case 504: return absl::DeadlineExceededError(r.body);
+    default: return absl::FailedPreconditionError(r.body);
+  }
+}
+
+// 405 when another method on the same path is an operation, else 404.
+HttpResponse NoOperation(const HttpRequest& req) {
+  for (const char* m : {"GET", "POST", "DELETE"}) {
+    HttpRequest other = req;
+    other.method = m;
+    if (RestOperation(other)) return MethodNotAllowed(req);
+  }
+  return {404, ErrorBody("NOT_FOUND", absl::StrCat("no resource at ", req.path))};
+}
+
+}  // namespace
+
+HttpResponse RestRouter::RouteOnce(const HttpRequest& req, const std::optional<std::string>& op) {
+  if (!req.idempotency_key || idem_ == nullptr || !op || !auth::IsMutating(*op)) return Route(req);
+  if (auto s = service::IdempotencyStore::ValidateKey(*req.idempotency_key); !s.ok()) return ErrorResponse(s);
+  std::string request = absl::StrCat(req.method, "\n", req.path, "\n");
+  for (const auto& [k, v] : req.query) absl::StrAppend(&request, k, "=", v, "&");  // std::map: sorted
+  absl::StrAppend(&request, "\n", req.body);
+  HttpResponse fresh;
+  auto outcome = idem_->Run(*req.idempotency_key, *op, auth::Sha256Hex(request), [&] {
+    fresh = Route(req);
+    service::IdempotencyStore::Outcome o;
+    // The HTTP status carries the outcome: 2xx is success; errors keep their gRPC code so that
+    // retryable ones (503, 429, 500) are not stored.
+    o.status = fresh.status < 400 ? absl::OkStatus() : StatusFromHttp(fresh);
+    o.response = absl::StrCat(fresh.status, "\n", fresh.content_type, "\n", fresh.body);
+    return o;
+  });
+  if (!outcome.replayed) {
+    if (outcome.response.empty()) return ErrorResponse(outcome.status);  // refused by the store itself
+    return fresh;
+  }
+  std::vector<std::string> parts = absl::StrSplit(outcome.response, absl::MaxSplits('\n', 2));
+  HttpResponse replay;
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &replay.status)) {
+    return ErrorResponse(absl::InternalError("idempotency store: the stored reply does not parse"));
+  }
+  replay.content_type = parts[1];
+  replay.body = parts[2];
+  replay.headers["Idempotent-Replay"] = "true";
+  return replay;
+}
+
 HttpResponse RestRouter::Handle(const HttpRequest& req) {
   // /healthz answers everybody (load balancers and probes carry no credentials); it tells only
   // whether the agent serves.
-  if (req.path == "/healthz" || authz_ == nullptr) return Route(req);
+  if (req.path == "/healthz") return Route(req);
+  if (authz_ == nullptr) return RouteOnce(req, RestOperation(req));
   const auto start = std::chrono::steady_clock::now();
   auth::Caller caller = authz_->FromBearerToken(req.authorization);
   std::optional<std::string> op = RestOperation(req);
@@ -115,7 +177,17 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) {
     allowed = absl::UnauthenticatedError(absl::StrCat(req.method, " ", req.path,
                                                       ": no valid client certificate or bearer token was presented"));
   }
-  HttpResponse resp = allowed.ok() ? Route(req) : ErrorResponse(allowed);
+  HttpResponse resp;
+  if (!allowed.ok()) {
+    resp = ErrorResponse(allowed);
+  } else if (!op) {
+    // Only a request that names an operation reaches a resource: every route is checked
+    // against the caller's role, with no path spelling (a trailing slash, an empty segment)
+    // that a resource would accept but the check would not recognise.
+    resp = NoOperation(req);
+  } else {
+    resp = RouteOnce(req, op);
+  }
   if (absl::IsResourceExhausted(allowed)) resp.status = 429;  // the caller's rate limit
   if (!allowed.ok() || (op && auth::IsMutating(*op))) {
     auth::Audit(caller, op.value_or(absl::StrCat(req.method, " ", req.path)), req.body,

@@ -137,6 +137,7 @@ HttpResponse RestServer::Impl::Dispatch(http::http_request& request) {
   }
   req.body = std::move(body);
   if (headers.has(http::header_names::authorization)) req.authorization = headers.find(http::header_names::authorization)->second;
+  if (auto it = headers.find("Idempotency-Key"); it != headers.end()) req.idempotency_key = it->second;
   return router.Handle(req);
 }
 
@@ -154,6 +155,7 @@ void RestServer::Impl::Serve(http::http_request request) {
   Log()->info("{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
   http::http_response out(static_cast<http::status_code>(resp.status));
   out.headers().add("X-Request-Id", rid);
+  for (const auto& [name, value] : resp.headers) out.headers().add(name, value);
   if (!resp.body.empty()) out.set_body(resp.body, resp.content_type);
   try {
     request.reply(out).wait();
@@ -210,6 +212,12 @@ absl::Status RestServer::Start() {
     impl_->listener = std::make_unique<http::experimental::listener::http_listener>(
         web::uri(absl::StrCat(scheme, "://", impl_->listen)), config);
     impl_->listener->support([this](http::http_request r) { impl_->Serve(std::move(r)); });
+    // cpprestsdk answers OPTIONS and TRACE itself unless they have handlers of their own (TRACE
+    // would echo the request, Authorization header included): route them like any method, so
+    // they get the same checks and a 405.
+    for (const auto& method : {http::methods::OPTIONS, http::methods::TRCE}) {
+      impl_->listener->support(method, [this](http::http_request r) { impl_->Serve(std::move(r)); });
+    }
     impl_->listener->open().wait();
   } catch (const std::exception& e) {
     impl_->listener.reset();

@@ -102,6 +102,10 @@ TEST(RestOperationTest, RoutesMapToTheGrpcOperations) {
   EXPECT_EQ(op("GET", "/metrics"), "hvagent.v1.MetricsService/Prometheus");
   EXPECT_EQ(op("GET", "/v1/stats/domains/web1"), "hvagent.v1.MetricsService/GetDomainStats");
   EXPECT_EQ(op("PUT", "/v1/host"), "none");
+  for (const char* alias : {"/v1/pools/", "/v1/pools//volumes", "/v1/pools/vg0/", "/v1/pools/vg0/volumes/",
+                            "/v1/pools/vg0/volumes/data/", "/v1/domains/", "/v1/domains/web1/"}) {
+    EXPECT_EQ(op("GET", alias), "none") << alias;
+  }
 }
 
 class RestAuthTest : public ::testing::Test {
@@ -131,6 +135,21 @@ TEST_F(RestAuthTest, NoTokenIs401WrongRoleIs403AndNothingRuns) {
   EXPECT_TRUE(hv_.calls.empty());
   r = Call("POST", "/v1/domains", "s3cret-controller", kCreate);
   EXPECT_EQ(r.status, 201) << r.body;
+}
+
+// A path spelling the roles check does not know (a trailing slash, an empty segment) must not
+// reach a resource that would accept it: it was a way to create domains with a monitor token.
+TEST_F(RestAuthTest, PathsWithoutAnOperationNeverReachAResource) {
+  constexpr char kCreate[] = R"({"spec":{"name":"web1","vcpus":1,"memory_mib":64,"firmware":{"type":"TYPE_BIOS"}}})";
+  for (const char* path : {"/v1/domains/", "/v1//domains", "/v1/domains//"}) {
+    auto r = Call("POST", path, "s3cret-monitor", kCreate);
+    EXPECT_EQ(r.status, 404) << path << " " << r.body;
+  }
+  EXPECT_TRUE(hv_.calls.empty());
+  EXPECT_FALSE(hv_.GetDomain("web1").ok());
+  EXPECT_EQ(Call("GET", "/v1/domains/web1:frob", "s3cret-monitor").status, 404);  // no such action
+  EXPECT_EQ(Call("PUT", "/v1/domains", "s3cret-controller").status, 405);        // the path exists
+  EXPECT_EQ(Call("OPTIONS", "/v1/host", "s3cret-monitor").status, 405);
 }
 
 TEST_F(RestAuthTest, HealthIsPublicUnknownRoutesNeedAnIdentity) {

@@ -1,0 +1,62 @@
+#pragma once
+// Journal: multi-step operations (create a domain with volumes, delete one) are recorded
+// before each step, so that after a crash the agent can tell what was under way and finish or
+// undo it (DomainService::Recover). In memory only when no state directory is configured.
+//
+//   op 7 begin {kind: create, domain: web1, uuid: ...}
+//   op 7 step claim-volume vg0/web1-root (created)
+//   op 7 step define
+//   op 7 step start
+//   op 7 end ok
+//
+// A step is journalled *before* it is attempted, so recovery treats every journalled step as
+// possibly done and checks the real state (libvirt, the pools) before acting on it.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/service/record_file.h"
+#include "hvagent/internal/state.pb.h"
+
+namespace hvagent::service {
+
+class Journal {
+ public:
+  struct Operation {
+    uint64_t id = 0;
+    internal::JournalBegin begin;
+    std::vector<internal::JournalStep> steps;
+  };
+
+  // `path` empty: in memory (nothing survives a restart). Otherwise the file is read: its
+  // unfinished operations are what a crash left (Unfinished()).
+  static absl::StatusOr<std::unique_ptr<Journal>> Open(const std::string& path);
+
+  // Operations begun and never ended, oldest first.
+  std::vector<Operation> Unfinished() const;
+  absl::StatusOr<uint64_t> Begin(internal::JournalBegin begin);
+  absl::Status Step(uint64_t op, internal::JournalStep step);
+  // Ends `op`. When no operation is left open, the file is emptied (the log never grows
+  // beyond the operations in flight).
+  absl::Status End(uint64_t op, const std::string& outcome);
+  // Lines skipped as unreadable when the file was opened (a torn last write).
+  size_t skipped_on_open() const { return skipped_; }
+  bool persistent() const { return file_ != nullptr; }
+
+ private:
+  Journal() = default;
+  absl::Status Write(const internal::JournalRecord& r);
+
+  mutable std::mutex mu_;
+  std::unique_ptr<RecordFile> file_;
+  uint64_t next_id_ = 1;
+  std::map<uint64_t, Operation> open_;
+  size_t skipped_ = 0;
+};
+
+}  // namespace hvagent::service

@@ -1,0 +1,32 @@
+#include "common/failpoint.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace hvagent::failpoint {
+
+bool CompiledIn() {
+#ifdef HVAGENT_FAILPOINTS_ENABLED
+  return true;
+#else
+  return false;
+#endif
+}
+
+void Hit(const char* name) {
+  const char* armed = std::getenv("HVAGENT_FAILPOINTS");
+  if (armed == nullptr || *armed == '\0') return;
+  std::string list = std::string(",") + armed + ",";
+  if (list.find(std::string(",") + name + ",") == std::string::npos) return;
+  // Straight to stderr with write(2): no logger buffers, nothing that could run after this.
+  std::string line = std::string("hvagentd: failpoint ") + name + " reached: SIGKILL\n";
+  ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+  kill(getpid(), SIGKILL);
+}
+
+}  // namespace hvagent::failpoint

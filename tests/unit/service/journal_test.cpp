@@ -1,0 +1,276 @@
+// The operation journal (RecordFile, Journal) and DomainService::Recover: a crash is simulated by
+// doing some of an operation's steps by hand, journalling them and never ending the operation,
+// then opening the journal again from its file as a restarted agent would.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "agent/service/domain_service.h"
+#include "agent/service/journal.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+#include "tests/fakes/fake_storage_backend.h"
+
+namespace hvagent::service {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+std::string TempPath(const std::string& name) {
+  static int n = 0;
+  auto dir = std::filesystem::temp_directory_path() /
+             ("hvagent-journal-" + std::to_string(getpid()) + "-" + std::to_string(n++));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+internal::JournalStep Step(const std::string& name, const std::string& pool = "", const std::string& volume = "",
+                           bool created = false) {
+  internal::JournalStep s;
+  s.set_name(name);
+  if (!pool.empty()) {
+    s.mutable_volume()->set_pool(pool);
+    s.mutable_volume()->set_name(volume);
+    s.mutable_volume()->set_created(created);
+  }
+  return s;
+}
+
+TEST(RecordFileTest, AppendsDurablyAndSkipsATornLastLine) {
+  const std::string path = TempPath("records");
+  {
+    auto f = RecordFile::Open(path);
+    ASSERT_TRUE(f.ok()) << f.status();
+    internal::JournalRecord r;
+    r.set_op(1);
+    r.mutable_end()->set_outcome("ok");
+    ASSERT_TRUE((*f)->Append(r).ok());
+    r.set_op(2);
+    ASSERT_TRUE((*f)->Append(r).ok());
+  }
+  EXPECT_EQ(Slurp(path), "{\"op\":\"1\",\"end\":{\"outcome\":\"ok\"}}\n{\"op\":\"2\",\"end\":{\"outcome\":\"ok\"}}\n");
+  std::ofstream(path, std::ios::app) << "{\"op\":\"3\",\"end\":{\"outc";  // a crash mid-write
+  auto f = RecordFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  std::vector<uint64_t> ops;
+  auto skipped = (*f)->Load(internal::JournalRecord(), [&](const google::protobuf::Message& m) {
+    ops.push_back(static_cast<const internal::JournalRecord&>(m).op());
+  });
+  ASSERT_TRUE(skipped.ok());
+  EXPECT_EQ(*skipped, 1u);
+  EXPECT_THAT(ops, ElementsAre(1, 2));
+  ASSERT_TRUE((*f)->Rewrite({}).ok());
+  EXPECT_EQ(Slurp(path), "");
+  EXPECT_FALSE(std::filesystem::exists(path + ".new"));
+}
+
+TEST(RecordFileTest, UnwritableDirectoryIsAnError) {
+  auto f = RecordFile::Open("/nonexistent-hvagent-dir/journal");
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("/nonexistent-hvagent-dir/journal"));
+}
+
+TEST(JournalTest, UnfinishedOperationsSurviveAReopenAndEndedOnesDoNot) {
+  const std::string path = TempPath("journal");
+  {
+    auto j = Journal::Open(path);
+    ASSERT_TRUE(j.ok());
+    internal::JournalBegin a, b;
+    a.set_kind("create");
+    a.set_domain("a");
+    b.set_kind("delete");
+    b.set_domain("b");
+    auto op_a = (*j)->Begin(a);
+    auto op_b = (*j)->Begin(b);
+    ASSERT_TRUE(op_a.ok() && op_b.ok());
+    ASSERT_TRUE((*j)->Step(*op_a, Step("claim-volume", "vg0", "a-root", true)).ok());
+    ASSERT_TRUE((*j)->Step(*op_a, Step("define")).ok());
+    ASSERT_TRUE((*j)->End(*op_b, "ok").ok());
+  }
+  auto j = Journal::Open(path);
+  ASSERT_TRUE(j.ok());
+  EXPECT_TRUE((*j)->persistent());
+  auto open = (*j)->Unfinished();
+  ASSERT_EQ(open.size(), 1u);
+  EXPECT_EQ(open[0].begin.domain(), "a");
+  ASSERT_EQ(open[0].steps.size(), 2u);
+  EXPECT_EQ(open[0].steps[0].volume().name(), "a-root");
+  EXPECT_EQ(open[0].steps[1].name(), "define");
+  // New operations never reuse an id a crash left behind.
+  auto next = (*j)->Begin(internal::JournalBegin());
+  ASSERT_TRUE(next.ok());
+  EXPECT_GT(*next, open[0].id);
+  ASSERT_TRUE((*j)->End(open[0].id, "recovered").ok());
+  ASSERT_TRUE((*j)->End(*next, "ok").ok());
+  EXPECT_EQ(Slurp(path), "");  // nothing in flight: the file is emptied
+}
+
+// A restarted agent: a fresh journal read from the crashed one's file, fresh services over
+// the same (fake) hypervisor and pools.
+class RecoveryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = TempPath("journal");
+    std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+    auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"}, 1ULL << 30);
+    pool_ = b.get();
+    backends.push_back(std::move(b));
+    storage_ = std::make_unique<StorageService>(hv_, std::move(backends));
+    crashed_ = std::move(*Journal::Open(path_));
+  }
+  // Begins an operation in the "crashed" agent's journal and journals `steps`.
+  uint64_t Crashed(const std::string& kind, const std::string& domain, const std::string& uuid, bool start,
+                   const std::vector<internal::JournalStep>& steps, bool delete_volumes = false,
+                   const std::vector<std::string>& volumes = {}) {
+    internal::JournalBegin b;
+    b.set_kind(kind);
+    b.set_domain(domain);
+    b.set_uuid(uuid);
+    b.set_start(start);
+    b.set_delete_volumes(delete_volumes);
+    for (const auto& v : volumes) {
+      auto* jv = b.add_volumes();
+      jv->set_pool("vg0");
+      jv->set_name(v);
+    }
+    uint64_t op = *crashed_->Begin(b);
+    for (const auto& s : steps) EXPECT_TRUE(crashed_->Step(op, s).ok());
+    return op;
+  }
+  std::vector<DomainService::Recovery> Restart() {
+    crashed_.reset();
+    journal_ = std::move(*Journal::Open(path_));
+    domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{}, storage_.get(), journal_.get());
+    auto r = domains_->Recover();
+    storage_->WaitForDeletes();
+    return r;
+  }
+  void Define(const std::string& name, const std::string& uuid, const std::string& volume = "") {
+    hv::DomainSpec s{.name = name, .uuid = uuid, .vcpus = 1, .memory_mib = 64};
+    if (!volume.empty()) s.disks.push_back({.source_path = "/dev/fake/" + volume, .type = hv::DiskType::kBlock, .target = "vda"});
+    ASSERT_TRUE(hv_.DefineDomain(s).ok());
+  }
+  std::vector<std::string> VolumeNames() {
+    std::vector<std::string> out;
+    auto list = storage_->ListVolumes("vg0");
+    if (!list.ok()) return {list.status().ToString()};
+    for (const auto& v : list.value()) out.push_back(v.volume.name + "@" + v.volume.attached_to);
+    return out;
+  }
+
+  std::string path_;
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  testing::FakeStorageBackend* pool_ = nullptr;
+  std::unique_ptr<StorageService> storage_;
+  std::unique_ptr<Journal> crashed_, journal_;
+  std::unique_ptr<DomainService> domains_;
+};
+
+constexpr char kUuid[] = "7d5c2f4e-1b0a-4c3d-9e8f-0a1b2c3d4e5f";
+
+TEST_F(RecoveryTest, CreateKilledAfterItsVolumeIsUndone) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  Crashed("create", "web1", kUuid, true, {Step("claim-volume", "vg0", "web1-root", true)});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "rolled back");
+  EXPECT_THAT(VolumeNames(), IsEmpty());
+  EXPECT_TRUE(journal_->Unfinished().empty());
+  EXPECT_TRUE(Restart().empty());  // nothing left for the next start
+}
+
+TEST_F(RecoveryTest, CreateKilledBeforeStartRemovesTheDomainAndItsNewVolumeButReleasesAnOldOne) {
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"data", 32 << 20}).ok());
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "data", 0}, "web1").ok());
+  Define("web1", kUuid, "web1-root");
+  Crashed("create", "web1", kUuid, /*start=*/true,
+          {Step("claim-volume", "vg0", "web1-root", true), Step("claim-volume", "vg0", "data", false), Step("define"),
+           Step("start")});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "rolled back");
+  EXPECT_FALSE(hv_.GetDomain("web1").ok());
+  EXPECT_THAT(VolumeNames(), ElementsAre("data@"));  // existed before: released, not deleted
+}
+
+TEST_F(RecoveryTest, CreateThatReachedItsLastStepIsKept) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  Define("web1", kUuid, "web1-root");
+  ASSERT_TRUE(hv_.StartDomain("web1").ok());
+  Crashed("create", "web1", kUuid, true,
+          {Step("claim-volume", "vg0", "web1-root", true), Step("define"), Step("start")});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "completed");
+  EXPECT_EQ(hv_.GetDomain("web1")->state, hv::DomainState::kRunning);
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@web1"));
+}
+
+TEST_F(RecoveryTest, ADomainOfTheSameNameButAnotherUuidIsNotTouched) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "other", 16 << 20}, "web1").ok());  // the other web1's volume
+  Define("web1", "11111111-2222-4333-8444-555555555555", "other");
+  // The crashed create got only as far as journalling a claim of a volume that is not its own.
+  Crashed("create", "web1", kUuid, false, {Step("claim-volume", "vg0", "other", false)});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "rolled back");
+  EXPECT_TRUE(hv_.GetDomain("web1").ok());
+  EXPECT_THAT(VolumeNames(), ElementsAre("other@web1"));  // still the other web1's
+}
+
+TEST_F(RecoveryTest, DeleteKilledAfterUndefineFinishesTheVolumes) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-data", 64 << 20}, "web1").ok());
+  // The crashed delete undefined the domain and released (but did not remove) the first volume.
+  ASSERT_TRUE(storage_->ReleaseVolume("vg0", "web1-data", false).ok());
+  Crashed("delete", "web1", kUuid, false, {Step("undefine"), Step("release-volume", "vg0", "web1-data")},
+          /*delete_volumes=*/true, {"web1-data", "web1-root"});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "completed");
+  EXPECT_THAT(VolumeNames(), IsEmpty());
+}
+
+TEST_F(RecoveryTest, DeleteKilledBeforeAnyStepIsCarriedThrough) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  Define("web1", kUuid, "web1-root");
+  ASSERT_TRUE(hv_.StartDomain("web1").ok());
+  Crashed("delete", "web1", kUuid, false, {}, /*delete_volumes=*/false, {"web1-root"});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "completed");
+  EXPECT_FALSE(hv_.GetDomain("web1").ok());
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));  // kept, as the request asked
+}
+
+TEST_F(RecoveryTest, JournalledCreateAndDeleteLeaveNothingOpen) {
+  domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{}, storage_.get(), crashed_.get());
+  hv::DomainSpec s{.name = "web2", .vcpus = 1, .memory_mib = 64};
+  s.disks.push_back({.source_path = "", .target = "vda"});
+  auto d = domains_->Create(s, true, {{0, {"vg0", "web2-root", 16 << 20}}});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_FALSE(d->uuid.empty());
+  EXPECT_TRUE(crashed_->Unfinished().empty());
+  EXPECT_EQ(Slurp(path_), "");
+  ASSERT_TRUE(domains_->Delete("web2", true, true).ok());
+  EXPECT_TRUE(crashed_->Unfinished().empty());
+  // A create refused by validation journals nothing at all.
+  hv::DomainSpec bad{.name = "", .vcpus = 1, .memory_mib = 64};
+  EXPECT_FALSE(domains_->Create(bad, false).ok());
+  EXPECT_EQ(Slurp(path_), "");
+}
+
+}  // namespace
+}  // namespace hvagent::service
