@@ -1,0 +1,536 @@
+"""docs/openapi.yaml against the real agent: the document is valid OpenAPI 3, every documented
+operation answers with the documented status and shape, and the agent serves no path the
+document leaves out.
+
+Validators: Debian's packages only. The document is checked against the OpenAPI Initiative's
+3.0 meta-schema as Debian ships it (package openapi-specification) with python3-jsonschema;
+answers are checked with python3-jsonschema against the schema the document gives for that
+status and media type (OpenAPI 3.0 schemas are JSON Schema draft 4 with annotations).
+Bookworm packages no OpenAPI-aware validator (openapi-core, openapi-spec-validator): the
+matching of an answer to its documented response is done here, in `Conformance.check`, and is
+deliberately strict:
+- the status must be listed for the operation, or fall under its `default`;
+- the Content-Type must be one the response lists (no body where it lists none);
+- the body must validate with every object schema closed (a property the document does not
+  name fails), 64-bit integers as decimal strings in range, timestamps as RFC 3339;
+- the request bodies and query flags sent for a success must validate against the document too;
+- every status the document lists explicitly must have been seen, except those in UNREACHABLE.
+
+The agent runs on the fixture's libvirtd (QEMU) with a partition pool and an LVM pool on loop
+devices, as test_storage_vms does, so the storage paths are exercised, not only described.
+
+"No undocumented path" is checked twice, because the agent has no machine-readable route table:
+- statically: path literals, the operations of the authorization table (RestOperation), action
+  names, query flags and methods are read out of agent/api/rest/*.cpp and must match the
+  document (a route written in another style would escape this, hence the second check);
+- on the wire: every undocumented method on every documented path, and paths next to the
+  documented ones, must answer 404 or 405 with the Error body."""
+
+import copy
+import glob
+import json
+import os
+import re
+import time
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import jsonschema
+import yaml
+
+from agent_harness import AgentTestCase, small_spec_json, unique_name
+from test_storage_vms import attach_loop, lvm_argv, run
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC_PATH = os.path.join(REPO, "docs", "openapi.yaml")
+REST_SRC = os.path.join(REPO, "agent", "api", "rest")
+# Debian package openapi-specification.
+META_SCHEMA = "/usr/share/openapi-specification/schemas/v3.0/schema.json"
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+MiB = 1 << 20
+
+# Documented statuses this test cannot provoke on this machine, and why.
+UNREACHABLE = {
+    ("/healthz", "GET", "503"): "needs the hypervisor connection down (test_reconnect covers that state)",
+    ("/v1/host/event-channels", "GET", "200"): "Xen hosts only; this tier runs QEMU (501 is checked)",
+}
+
+
+def load_doc():
+    with open(DOC_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def walk(node):
+    """Every dict inside node (node included)."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def closed(doc):
+    """A copy of doc where every object schema that names its properties allows no others."""
+    doc = copy.deepcopy(doc)
+    for node in walk(doc):
+        if node.get("type") == "object" and isinstance(node.get("properties"), dict):
+            node.setdefault("additionalProperties", False)
+    return doc
+
+
+def format_checker():
+    checker = jsonschema.FormatChecker(formats=())
+
+    @checker.checks("uint64", raises=ValueError)
+    def uint64(value):
+        if not isinstance(value, str):
+            return True
+        return value.isdigit() and int(value) < 1 << 64
+
+    @checker.checks("date-time")
+    def date_time(value):
+        return not isinstance(value, str) or re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value) is not None
+
+    @checker.checks("uuid")
+    def uuid_format(value):
+        return not isinstance(value, str) or re.fullmatch(
+            r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", value) is not None
+
+    return checker
+
+
+class DocumentTest(unittest.TestCase):
+    """The document itself; no agent needed."""
+
+    def setUp(self):
+        self.doc = load_doc()
+        self.assertTrue(os.path.exists(META_SCHEMA),
+                        f"{META_SCHEMA} is missing: install Debian's openapi-specification package")
+        with open(META_SCHEMA, encoding="utf-8") as f:
+            self.meta = json.load(f)
+
+    def meta_errors(self, doc):
+        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+                for e in jsonschema.Draft4Validator(self.meta).iter_errors(doc)]
+
+    def test_document_is_valid_openapi_3(self):
+        self.assertEqual(self.meta_errors(self.doc), [])
+        resolver = jsonschema.RefResolver("", self.doc)
+        refs = [n["$ref"] for n in walk(self.doc) if isinstance(n.get("$ref"), str)]
+        self.assertGreater(len(refs), 50)
+        for ref in refs:
+            self.assertTrue(ref.startswith("#/"), f"{ref}: only references inside the document")
+            resolver.resolve(ref)  # raises when the target is missing
+        for name, schema in self.doc["components"]["schemas"].items():
+            with self.subTest(schema=name):
+                jsonschema.Draft4Validator.check_schema(schema)
+        op_ids = []
+        for path, item in self.doc["paths"].items():
+            templated = set(re.findall(r"\{(\w+)\}", path))
+            for method in METHODS:
+                if method not in item:
+                    continue
+                op = item[method]
+                op_ids.append(op["operationId"])
+                declared = set()
+                for p in item.get("parameters", []) + op.get("parameters", []):
+                    p = resolver.resolve(p["$ref"])[1] if "$ref" in p else p
+                    if p["in"] == "path":
+                        self.assertTrue(p["required"], f"{path}: path parameter {p['name']} must be required")
+                        declared.add(p["name"])
+                self.assertEqual(declared, templated, f"{method.upper()} {path}: path parameters")
+        self.assertEqual(len(op_ids), len(set(op_ids)), "operationIds must be unique")
+
+    def test_the_validator_rejects_broken_documents(self):
+        """The check above is only worth something if this validator refuses bad documents."""
+        broken = copy.deepcopy(self.doc)
+        broken["openapi"] = "3.1.0"
+        self.assertNotEqual(self.meta_errors(broken), [])
+        broken = copy.deepcopy(self.doc)
+        del broken["paths"]["/v1/host"]["get"]["responses"]["200"]["description"]
+        self.assertNotEqual(self.meta_errors(broken), [])
+        broken = copy.deepcopy(self.doc)
+        broken["paths"]["/v1/host"]["get"]["parameters"] = [{"name": "x", "in": "body"}]
+        self.assertNotEqual(self.meta_errors(broken), [])
+
+    def test_every_route_in_the_source_is_documented(self):
+        src = {}
+        for path in sorted(glob.glob(os.path.join(REST_SRC, "*.cpp"))):
+            with open(path, encoding="utf-8") as f:
+                src[os.path.basename(path)] = f.read()
+        everything = "\n".join(src.values())
+        router = src["rest_router.cpp"]
+        paths = self.doc["paths"]
+
+        # Path literals the router and resources compare request paths with.
+        literals = set(re.findall(r'"(/(?:healthz|metrics|v\d+)[^"]*)"', everything))
+        self.assertGreaterEqual(len(literals), 8, literals)
+        for lit in sorted(literals):
+            with self.subTest(literal=lit):
+                if lit.endswith("/"):
+                    self.assertTrue(any(p.startswith(lit) and len(p) > len(lit) for p in paths),
+                                    f"{lit}: nothing under it is documented")
+                else:
+                    self.assertIn(lit, paths)
+
+        # The authorization table: every operation it names is documented, and nothing else.
+        code_ops = {f"hvagent.v1.{s}/{m}" for s, m in re.findall(r'Op\("(\w+)", "(\w+)"\)', router)}
+        loop = re.search(r'for \(const char\* a : \{([^}]*)\}\)', router)
+        self.assertIsNotNone(loop, "RestOperation's list of domain actions moved: update this scan")
+        router_domain_actions = set(re.findall(r'"(\w+)"', loop.group(1)))
+        code_ops |= {f"hvagent.v1.DomainService/{a.capitalize()}Domain" for a in router_domain_actions}
+        doc_ops = {item[m]["x-hvagent-operation"] for item in paths.values() for m in METHODS
+                   if m in item and "x-hvagent-operation" in item[m]}
+        self.assertEqual(code_ops, doc_ops)
+        self.assertEqual(len(code_ops), 24)  # GetDomainStats serves two paths
+
+        # Actions after the colon.
+        domain_actions = router_domain_actions | set(re.findall(r'action == "(\w+)"', src["domain_resource.cpp"]))
+        volume_actions = (set(re.findall(r'action == "(\w+)"', src["storage_resource.cpp"]))
+                          | set(re.findall(r'item->second == "(\w+)"', router)))
+        self.assertEqual(domain_actions, {p.split(":", 1)[1] for p in paths if p.startswith("/v1/domains/{name}:")})
+        self.assertEqual(volume_actions,
+                         {p.split(":", 1)[1] for p in paths if p.startswith("/v1/pools/{pool}/volumes/{name}:")})
+
+        # Query flags and methods.
+        code_query = set(re.findall(r'QueryBool\(req, "(\w+)"\)', everything))
+        doc_query = {p["name"] for item in paths.values() for m in METHODS if m in item
+                     for p in item[m].get("parameters", []) if p.get("in") == "query"}
+        self.assertEqual(code_query, doc_query)
+        code_methods = set(re.findall(r'(?:req\.method|\bm) (?:==|!=) "([A-Z]+)"', everything))
+        doc_methods = {m.upper() for item in paths.values() for m in METHODS if m in item}
+        self.assertEqual(code_methods, doc_methods)
+
+
+class Conformance(AgentTestCase):
+    """The agent's answers, operation by operation."""
+
+    vg = f"hvit_oa_{os.urandom(4).hex()}"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.doc = load_doc()
+        cls.strict = closed(cls.doc)
+        cls.resolver = jsonschema.RefResolver("", cls.strict)
+        cls.formats = format_checker()
+        cls.seen = set()
+        cls.loopdir = os.path.join("/tmp", f"hvit-oa-{os.urandom(4).hex()}")
+        os.makedirs(cls.loopdir)
+        cls.loops = []
+        try:
+            for name in ("disk.img", "pv.img"):
+                path = os.path.join(cls.loopdir, name)
+                with open(path, "wb") as f:
+                    f.truncate(128 * MiB)
+                cls.loops.append(attach_loop(path))
+            cls.disk, cls.pv = cls.loops
+            super().setUpClass()
+        except BaseException:
+            cls._remove_loops()
+            raise
+
+    @classmethod
+    def agent_config(cls):
+        return (f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{cls.disk}"\nwipe = "zero"\n\n'
+                f'[[storage.pools]]\nname = "vg"\ntype = "lvm"\nvolume_group = "{cls.vg}"\n'
+                f'physical_volumes = ["{cls.pv}"]\nwipe = "none"\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls._remove_loops()
+
+    @classmethod
+    def _remove_loops(cls):
+        run(lvm_argv("vgremove", "-ff", "-y", cls.vg), check=False)
+        for loop in cls.loops:
+            run(lvm_argv("pvremove", "-ff", "-y", loop), check=False)
+            run(["losetup", "-d", loop], check=False)
+        for name in ("disk.img", "pv.img"):
+            path = os.path.join(cls.loopdir, name)
+            if os.path.exists(path):
+                os.unlink(path)
+        os.rmdir(cls.loopdir)
+
+    # ---- the wire ----
+
+    def send(self, method, path, body=None, raw=None):
+        """(status, headers, body bytes), whatever the status."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        req = urllib.request.Request(f"http://{self.agent.rest_addr}{path}", data=data, method=method,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def validate(self, instance, schema, what):
+        try:
+            jsonschema.Draft4Validator(schema, resolver=self.resolver, format_checker=self.formats).validate(instance)
+        except jsonschema.ValidationError as e:
+            self.fail(f"{what}: {e.message}\n  at {'/'.join(map(str, e.absolute_path)) or '(root)'}"
+                      f"\n  schema path {'/'.join(map(str, e.absolute_schema_path))}"
+                      f"\n  instance: {json.dumps(instance)[:1500]}")
+
+    def deref(self, node):
+        while isinstance(node, dict) and "$ref" in node:
+            node = self.resolver.resolve(node["$ref"])[1]
+        return node
+
+    def check(self, template, method, params=None, query=None, body=None, raw=None, expect=None):
+        """Calls a documented operation and checks the answer against the document; returns the
+        parsed JSON body (or the text for non-JSON media types, None when empty)."""
+        item = self.strict["paths"].get(template)
+        self.assertIsNotNone(item, f"{template} is not documented")
+        op = item.get(method.lower())
+        self.assertIsNotNone(op, f"{method} {template} is not documented")
+        path = template
+        for k, v in (params or {}).items():
+            path = path.replace("{" + k + "}", urllib.parse.quote(v, safe=""))
+        self.assertNotIn("{", path, f"{template}: a path parameter was not given")
+        what = f"{method} {path}"
+        success = expect is not None and expect < 300
+        if query:
+            documented = {p["name"]: p for p in op.get("parameters", []) if p.get("in") == "query"}
+            for k, v in query.items():
+                self.assertIn(k, documented, f"{what}: query parameter {k} is not documented")
+                if success:
+                    self.validate(v, documented[k]["schema"], f"{what}: query {k}")
+            path += "?" + urllib.parse.urlencode(query)
+        if success and body is not None:
+            rb = self.deref(op.get("requestBody"))
+            self.assertIsNotNone(rb, f"{what}: sends a body the document does not describe")
+            self.validate(body, rb["content"]["application/json"]["schema"], f"{what}: request body")
+
+        status, headers, data = self.send(method, path, body, raw)
+        text = data.decode("utf-8")
+        if expect is not None:
+            self.assertEqual(status, expect, f"{what}: {text[:1000]}")
+        self.assertTrue(headers.get("X-Request-Id"), f"{what}: no X-Request-Id")
+        key = str(status) if str(status) in op["responses"] else "default"
+        response = self.deref(op["responses"].get(key))
+        self.assertIsNotNone(response, f"{what} answered {status}, which the document does not list")
+        self.seen.add((template, method, key))
+        content = response.get("content")
+        if not content:
+            self.assertEqual(text, "", f"{what} answered {status} with a body the document does not describe")
+            return None
+        media = (headers.get("Content-Type") or "").split(";")[0].strip()
+        self.assertIn(media, content, f"{what} answered {status} as {media!r}; documented: {list(content)}")
+        schema = content[media]["schema"]
+        parsed = json.loads(text) if media == "application/json" else text
+        self.validate(parsed, schema, f"{what} -> {status}")
+        return parsed
+
+    def wait_volume_gone(self, pool, name, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            vol = self.check("/v1/pools/{pool}/volumes/{name}", "GET", {"pool": pool, "name": name})
+            if vol.get("code") == "NOT_FOUND":
+                return
+            self.assertEqual(vol["state"], "VOLUME_STATE_DELETING")
+            time.sleep(0.2)
+        self.fail(f"volume {pool}/{name} still there after {timeout} s")
+
+    # ---- the operations ----
+
+    def test_every_documented_operation_answers_as_documented(self):
+        dom, ghost = unique_name("oa"), unique_name("ghost")
+        d, g = {"name": dom}, {"name": ghost}
+        disk_file = os.path.join(self.workdir, dom + ".raw")
+        run(["qemu-img", "create", "-q", "-f", "raw", disk_file, "16M"])
+        # A file disk, so that the statistics carry a DiskStats entry (no NIC: this tier has no
+        # active libvirt network or bridge, so NicStats is checked by its schema only).
+        spec = {**small_spec_json(dom), "disks": [{"source_path": disk_file, "type": "TYPE_FILE", "target": "vda"}]}
+
+        # Host.
+        self.check("/healthz", "GET", expect=200)
+        self.check("/v1/host", "GET", expect=200)
+        cap = self.check("/v1/host/capacity", "GET", expect=200)
+        self.assertEqual(sorted(p["name"] for p in cap["pools"]), ["disk1", "vg"], cap)
+        self.check("/v1/host/event-channels", "GET", expect=501)
+        self.assertIn("hvagent_hypervisor_connected 1", self.check("/metrics", "GET", expect=200))
+
+        # Domains: create and its refusals.
+        created = self.check("/v1/domains", "POST", body={"spec": spec, "start": True}, expect=201)
+        self.assertEqual(created["state"], "DOMAIN_STATE_RUNNING")
+        self.check("/v1/domains", "POST", body={"spec": spec}, expect=409)
+        self.check("/v1/domains", "POST", body={"spec": {**spec, "name": ghost, "vcpus": 0}}, expect=400)
+        self.check("/v1/domains", "POST", raw=b'{"spec": ', expect=400)
+        self.check("/v1/domains", "POST", body={"spec": {**spec, "name": ghost}, "colour": "red"}, expect=400)
+        self.check("/v1/domains", "POST", raw=b" " * (2 * MiB), expect=413)
+        for pool, size, code in (("nope", MiB, 404), ("disk1", 1 << 40, 507)):
+            disk = {"target": "vda", "volume": {"pool": pool, "name": "oa-root", "create_size_bytes": str(size)}}
+            self.check("/v1/domains", "POST", body={"spec": {**spec, "name": ghost, "disks": [disk]}}, expect=code)
+
+        listed = self.check("/v1/domains", "GET", expect=200)
+        self.assertIn(dom, [x["name"] for x in listed["domains"]])
+        self.check("/v1/domains/{name}", "GET", d, expect=200)
+        self.check("/v1/domains/{name}", "GET", g, expect=404)
+
+        # Statistics: the domain's second sample (samples live metrics.max_age, 1 s) carries rates.
+        deadline = time.time() + 15
+        while True:
+            stats = self.check("/v1/stats/domains", "GET", expect=200)
+            mine = next((x for x in stats["domains"] if x["name"] == dom), {})
+            if "cpu_usage" in mine or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertIn("cpu_usage", mine, "no rates within 15 s")  # so the rate fields were validated
+        self.assertEqual([(x["target"], "read_bytes_per_second" in x) for x in mine["disks"]], [("vda", True)])
+        one = self.check("/v1/stats/domains/{name}", "GET", d, expect=200)
+        self.assertEqual([x["name"] for x in one["domains"]], [dom])
+        self.check("/v1/stats/domains/{name}", "GET", g, expect=404)
+
+        # Lifecycle actions, each with its documented refusals.
+        self.assertEqual(self.check("/v1/domains/{name}:suspend", "POST", d, expect=200)["state"],
+                         "DOMAIN_STATE_PAUSED")
+        self.assertEqual(self.check("/v1/domains/{name}:resume", "POST", d, body={}, expect=200)["state"],
+                         "DOMAIN_STATE_RUNNING")
+        self.check("/v1/domains/{name}:shutdown", "POST", d, body={"timeout_seconds": 3601}, expect=400)
+        r = self.check("/v1/domains/{name}:shutdown", "POST", d, body={"timeout_seconds": 1}, expect=200)
+        self.assertEqual((r["forced"], r["domain"]["state"]), (True, "DOMAIN_STATE_SHUTOFF"))
+        self.check("/v1/domains/{name}:start", "POST", d, body={"colour": "red"}, expect=400)
+        self.check("/v1/domains/{name}:start", "POST", d, expect=200)
+        self.check("/v1/domains/{name}:start", "POST", d, expect=409)
+        self.check("/v1/domains/{name}:reboot", "POST", d, expect=200)
+        self.check("/v1/domains/{name}:destroy", "POST", d, body={"name": dom}, expect=200)
+        for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
+            self.check(f"/v1/domains/{{name}}:{action}", "POST", g, expect=404)
+
+        # Pools and volumes (the domain is shut off now: volumes attach to its definition).
+        pools = self.check("/v1/pools", "GET", expect=200)
+        self.assertEqual(sorted(p["name"] for p in pools["pools"]), ["disk1", "vg"])
+        for pool in ("disk1", "vg"):
+            self.check("/v1/pools/{pool}", "GET", {"pool": pool}, expect=200)
+            self.check("/v1/pools/{pool}/volumes", "GET", {"pool": pool}, expect=200)
+        self.check("/v1/pools/{pool}", "GET", {"pool": "nope"}, expect=404)
+        self.check("/v1/pools/{pool}/volumes", "GET", {"pool": "nope"}, expect=404)
+
+        p1, vols = {"pool": "disk1"}, "/v1/pools/{pool}/volumes"
+        vol = self.check(vols, "POST", p1, body={"name": "oa-data", "size_bytes": str(16 * MiB)}, expect=201)
+        self.assertEqual((vol["size_bytes"], vol["state"]), (str(16 * MiB), "VOLUME_STATE_AVAILABLE"))
+        self.check(vols, "POST", p1, body={"name": "oa-data", "size_bytes": str(16 * MiB)}, expect=409)
+        self.check(vols, "POST", p1, body={"name": "a;b", "size_bytes": str(MiB)}, expect=400)
+        self.check(vols, "POST", {"pool": "nope"}, body={"name": "oa-x", "size_bytes": str(MiB)}, expect=404)
+        self.check(vols, "POST", p1, body={"name": "oa-huge", "size_bytes": str(1 << 40)}, expect=507)
+        # A JSON number is accepted for a 64-bit integer on input.
+        lv = self.check(vols, "POST", {"pool": "vg"}, body={"name": "oa-lv", "size_bytes": 8 * MiB}, expect=201)
+        self.assertEqual(lv["size_bytes"], str(8 * MiB))
+
+        v, gv = {"pool": "disk1", "name": "oa-data"}, {"pool": "disk1", "name": "oa-ghost"}
+        item = "/v1/pools/{pool}/volumes/{name}"
+        self.check(item, "GET", v, expect=200)
+        self.check(item, "GET", gv, expect=404)
+        self.assertEqual(self.check(item + ":resize", "POST", v, body={"size_bytes": str(32 * MiB)},
+                                    expect=200)["size_bytes"], str(32 * MiB))
+        self.check(item + ":resize", "POST", v, body={"size_bytes": str(8 * MiB)}, expect=400)
+        self.check(item + ":resize", "POST", gv, body={"size_bytes": str(32 * MiB)}, expect=404)
+        attached = self.check(item + ":attach", "POST", v, body={"domain": dom}, expect=200)
+        self.assertEqual((attached["state"], attached["attached_to"]), ("VOLUME_STATE_ATTACHED", dom))
+        self.check(item + ":attach", "POST", v, body={"domain": dom}, expect=409)
+        self.check(item + ":attach", "POST", gv, body={"domain": dom}, expect=404)
+        self.check(item, "DELETE", v, expect=409)
+        self.assertEqual(self.check(item + ":detach", "POST", v, expect=200)["state"], "VOLUME_STATE_AVAILABLE")
+        self.check(item + ":detach", "POST", v, expect=409)
+        self.check(item + ":detach", "POST", gv, expect=404)
+        self.assertEqual(self.check(item, "DELETE", v, expect=202)["state"], "VOLUME_STATE_DELETING")
+        self.check(item, "DELETE", gv, expect=404)
+        self.wait_volume_gone("disk1", "oa-data")
+        self.check(item, "DELETE", {"pool": "vg", "name": "oa-lv"}, expect=202)
+        self.wait_volume_gone("vg", "oa-lv")
+
+        # Delete: refused while running without force; flags are true/false/1/0.
+        self.check("/v1/domains/{name}:start", "POST", d, expect=200)
+        self.check("/v1/domains/{name}", "DELETE", d, expect=409)
+        self.check("/v1/domains/{name}", "DELETE", d, query={"force": "maybe"}, expect=400)
+        self.check("/v1/domains/{name}", "DELETE", d, query={"force": "true", "delete_volumes": "false"},
+                   expect=204)
+        self.check("/v1/domains/{name}", "DELETE", d, expect=404)
+
+        # Every operation, and every status the document lists explicitly, was seen.
+        documented = set()
+        for path, it in self.doc["paths"].items():
+            for m in METHODS:
+                if m in it:
+                    documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
+        operations = {(p, m) for p, m, _ in documented}
+        self.assertEqual(len(operations), 26)
+        self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
+        missing = documented - self.seen - set(UNREACHABLE)
+        self.assertEqual(missing, set(), "documented statuses this test never saw")
+        print(f"\nOpenAPI conformance: {len(self.doc['paths'])} paths, {len(operations)} operations, "
+              f"{len(documented)} documented statuses ({len(documented & self.seen)} seen, "
+              f"{len(UNREACHABLE)} unreachable here), {len(self.seen)} (operation, status) pairs answered",
+              flush=True)
+
+    # ---- what is not documented ----
+
+    def expect_not_served(self, method, path):
+        status, headers, data = self.send(method, path)
+        what = f"{method} {path}"
+        self.assertIn(status, (404, 405), f"{what} answered {status}: {data[:300]!r}")
+        if method != "HEAD":
+            self.validate(json.loads(data), {"$ref": "#/components/schemas/Error"}, what)
+
+    def test_no_undocumented_path_or_method_answers(self):
+        samples = {"name": unique_name("ghost"), "pool": "disk1"}
+        probed = 0
+        for template, item in self.doc["paths"].items():
+            path = template
+            for k, v in samples.items():
+                path = path.replace("{" + k + "}", v)
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+                if method.lower() not in item:
+                    with self.subTest(method=method, path=path):
+                        self.expect_not_served(method, path)
+                        probed += 1
+        neighbours = ["/", "/v1", "/v2/domains", "/v1/hosts", "/v1/host/", "/v1/host/x", "/v1/host/capacity/x",
+                      "/v1/stats", "/v1/stats/domains/x/y", "/v1/domains/x/y", "/v1/domains//x", "/v1/domains/x/",
+                      "/v1/pools/disk1/x", "/v1/pools/disk1/volumes/x/y", "/v1/events", "/v1/metrics",
+                      "/metrics/", "/metrics/x", "/healthz/", "/healthz/x", "/openapi.yaml", "/v1/openapi.yaml"]
+        for path in neighbours:
+            with self.subTest(path=path):
+                self.expect_not_served("GET", path)
+        for path in ("/v1/domains/x:frobnicate", "/v1/pools/disk1/volumes/x:frobnicate", "/v1/domains/x:"):
+            with self.subTest(path=path):
+                self.expect_not_served("POST", path)
+        self.assertGreater(probed, 60)
+
+    def expect_none_served(self, requests):
+        """Like expect_not_served for each, without subTest (which does not mix with
+        expectedFailure): fails once, naming every request that was served."""
+        served = []
+        for method, path in requests:
+            status, _, data = self.send(method, path)
+            if status not in (404, 405):
+                served.append(f"{method} {path} -> {status} {data[:80]!r}")
+        self.assertEqual(served, [])
+
+    # Both were served once: a trailing slash reached the resource without a role check (a
+    # monitor token could create domains), and cpprestsdk answered OPTIONS/TRACE itself.
+
+    def test_trailing_slash_aliases_are_not_served(self):
+        """Only paths the role check knows reach a resource: no trailing-slash or empty-segment
+        aliases of documented paths."""
+        self.expect_none_served([("GET", p) for p in ("/v1/domains/", "/v1/pools/", "/v1/pools/disk1/",
+                                                     "/v1/pools/disk1/volumes/", "/v1/pools//disk1/volumes")])
+
+    def test_options_and_trace_are_not_served(self):
+        """OPTIONS and TRACE go through the router like any method (405), instead of cpprestsdk
+        answering them itself (TRACE would echo the Authorization header)."""
+        self.expect_none_served([("OPTIONS", "/v1/domains"), ("TRACE", "/v1/domains")])
+
+
+if __name__ == "__main__":
+    unittest.main()
