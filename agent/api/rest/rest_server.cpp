@@ -110,10 +110,21 @@ struct RestServer::Impl {
   static int OnHandshake(SSL* ssl, void* arg);
 
   void Serve(http::http_request request);
-  HttpResponse Dispatch(http::http_request& request);
+  std::optional<HttpResponse> TooLarge(const http::http_request& request) const;
+  HttpResponse Dispatch(const http::http_request& request, std::string body);
+  void Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp);
 };
 
-HttpResponse RestServer::Impl::Dispatch(http::http_request& request) {
+std::optional<HttpResponse> RestServer::Impl::TooLarge(const http::http_request& request) const {
+  const auto& headers = request.headers();
+  if (headers.has(http::header_names::content_length) && headers.content_length() > max_body) {
+    return HttpResponse{413, ErrorBody("RESOURCE_EXHAUSTED", absl::StrCat("request body: ", headers.content_length(),
+                                                                          " bytes is over the limit of ", max_body))};
+  }
+  return std::nullopt;
+}
+
+HttpResponse RestServer::Impl::Dispatch(const http::http_request& request, std::string body) {
   HttpRequest req;
   req.method = request.method();
   const web::uri& uri = request.relative_uri();
@@ -121,47 +132,56 @@ HttpResponse RestServer::Impl::Dispatch(http::http_request& request) {
   for (const auto& [k, v] : web::uri::split_query(uri.query())) {
     req.query[web::uri::decode(k)] = web::uri::decode(v);
   }
-  const auto& headers = request.headers();
-  if (headers.has(http::header_names::content_length) && request.body()) {
-    uint64_t length = headers.content_length();
-    if (length > max_body) {
-      return {413, ErrorBody("RESOURCE_EXHAUSTED",
-                             absl::StrCat("request body: ", length, " bytes is over the limit of ", max_body))};
-    }
-  }
   // Chunked bodies have no length up front: read, then check.
-  std::string body = request.extract_utf8string(true).get();
   if (body.size() > max_body) {
     return {413, ErrorBody("RESOURCE_EXHAUSTED",
                            absl::StrCat("request body: over the limit of ", max_body, " bytes"))};
   }
   req.body = std::move(body);
+  const auto& headers = request.headers();
   if (headers.has(http::header_names::authorization)) req.authorization = headers.find(http::header_names::authorization)->second;
   if (auto it = headers.find("Idempotency-Key"); it != headers.end()) req.idempotency_key = it->second;
   return router.Handle(req);
 }
 
+// Never blocks a cpprestsdk thread on cpprestsdk: reading the body and writing the reply need
+// threads of the same pool, so a handler that waited for them could, with every pool thread
+// waiting (40 concurrent requests did it), wedge the server for good. The body is handled in a
+// continuation and the reply is not waited for.
 void RestServer::Impl::Serve(http::http_request request) {
   std::string rid = request.headers().has("X-Request-Id") ? request.headers()["X-Request-Id"] : "";
   if (!ValidRequestId(rid)) rid = log::NewRequestId();
-  log::ScopedRequestId scoped(rid);
-  HttpResponse resp;
-  try {
-    resp = Dispatch(request);
-  } catch (const std::exception& e) {
-    // Malformed requests surface as exceptions from cpprestsdk (bad URI encoding, body decoding).
-    resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
+  if (auto too_large = TooLarge(request)) {
+    Reply(request, rid, *too_large);
+    return;
   }
+  request.extract_utf8string(true).then([this, request, rid](pplx::task<std::string> body) mutable {
+    log::ScopedRequestId scoped(rid);
+    HttpResponse resp;
+    try {
+      resp = Dispatch(request, body.get());  // complete: get() does not wait
+    } catch (const std::exception& e) {
+      // Malformed requests surface as exceptions from cpprestsdk (bad URI encoding, body decoding).
+      resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
+    }
+    Reply(request, rid, resp);
+  });
+}
+
+void RestServer::Impl::Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp) {
+  log::ScopedRequestId scoped(rid);
   Log()->info("{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
   http::http_response out(static_cast<http::status_code>(resp.status));
   out.headers().add("X-Request-Id", rid);
   for (const auto& [name, value] : resp.headers) out.headers().add(name, value);
   if (!resp.body.empty()) out.set_body(resp.body, resp.content_type);
-  try {
-    request.reply(out).wait();
-  } catch (const std::exception& e) {
-    Log()->warn("reply failed: {}", e.what());
-  }
+  request.reply(out).then([](pplx::task<void> sent) {
+    try {
+      sent.get();
+    } catch (const std::exception& e) {
+      Log()->warn("reply failed: {}", e.what());
+    }
+  });
 }
 
 int RestServer::Impl::OnHandshake(SSL* ssl, void* arg) {
