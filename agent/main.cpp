@@ -87,9 +87,13 @@ std::vector<std::unique_ptr<storage::StorageBackend>> MakeBackends(const config:
   for (const storage::PoolConfig& pool : cfg.storage_pools) {
     std::unique_ptr<storage::StorageBackend> b;
     if (pool.type == storage::PoolType::kLvm) {
-      b = std::make_unique<storage::LvmBackend>(pool, runner, wiper);
+      storage::LvmBackend::Options o;
+      if (pool.tool_timeout.count() > 0) o.timeout = pool.tool_timeout;
+      b = std::make_unique<storage::LvmBackend>(pool, runner, wiper, std::move(o));
     } else {
-      b = std::make_unique<storage::PartitionBackend>(pool, runner, wiper);
+      storage::PartitionBackend::Options o;
+      if (pool.tool_timeout.count() > 0) o.timeout = pool.tool_timeout;
+      b = std::make_unique<storage::PartitionBackend>(pool, runner, wiper, std::move(o));
     }
     if (auto s = b->Prepare(); !s.ok()) {
       logger->error("storage pool '{}' could not be prepared: {}", pool.name, s.message());

@@ -2,6 +2,7 @@
 // Plain model types of the storage layer. No proto, no libvirt: agent/api converts.
 
 #include <cstdint>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct PoolConfig {
   // Partition: a whole disk (e.g. /dev/sdb) on which the agent creates GPT partitions.
   std::string disk;
   WipeMode wipe = WipeMode::kZero;
+  // Deadline of each lvm2 / partition tool call (a sick disk can hang them); 0: the backend's
+  // default (lvm2 60 s, partition tools 30 s). Past it the tool is killed.
+  std::chrono::seconds tool_timeout{0};
 };
 
 struct PoolInfo {

@@ -139,7 +139,7 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
   const toml::array* pools = node->as_array();
   if (pools == nullptr) return Invalid("storage.pools", "must be an array of tables ([[storage.pools]])");
   static const std::set<std::string> keys = {"name", "type", "volume_group", "physical_volumes",
-                                             "thin_pool", "disk", "wipe"};
+                                             "thin_pool", "disk", "wipe", "tool_timeout_seconds"};
   std::set<std::string> names, devices;
   for (size_t i = 0; i < pools->size(); ++i) {
     std::string field = absl::StrCat("storage.pools[", i, "]");
@@ -158,6 +158,11 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
     else if (wipe == "discard") pool.wipe = storage::WipeMode::kDiscard;
     else if (wipe == "none") pool.wipe = storage::WipeMode::kNone;
     else return Invalid(field + ".wipe", "must be zero, discard or none");
+    if (const toml::node* tt = t->get("tool_timeout_seconds")) {
+      auto v = tt->value<int64_t>();
+      if (!v || !tt->is_integer() || *v < 1 || *v > 3600) return Invalid(field + ".tool_timeout_seconds", "must be 1-3600");
+      pool.tool_timeout = std::chrono::seconds(*v);
+    }
     if (type == "lvm") {
       pool.type = storage::PoolType::kLvm;
       pool.volume_group = t->get_as<std::string>("volume_group") ? t->get_as<std::string>("volume_group")->get() : "";

@@ -589,6 +589,7 @@ volume_group = "hvagent_vg"
 physical_volumes = ["/dev/sdb", "/dev/sdc"]
 thin_pool = "thin"
 wipe = "discard"
+tool_timeout_seconds = 5
 
 [[storage.pools]]
 name = "disk1"
@@ -603,10 +604,12 @@ disk = "/dev/nvme1n1"
   EXPECT_EQ(lvm.physical_volumes, (std::vector<std::string>{"/dev/sdb", "/dev/sdc"}));
   EXPECT_EQ(lvm.thin_pool, "thin");
   EXPECT_EQ(lvm.wipe, storage::WipeMode::kDiscard);
+  EXPECT_EQ(lvm.tool_timeout, std::chrono::seconds(5));
   const auto& part = c->storage_pools[1];
   EXPECT_EQ(part.type, storage::PoolType::kPartition);
   EXPECT_EQ(part.disk, "/dev/nvme1n1");
   EXPECT_EQ(part.wipe, storage::WipeMode::kZero) << "wiping is the default";
+  EXPECT_EQ(part.tool_timeout, std::chrono::seconds(0)) << "0: the backend's own default";
 }
 
 TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
@@ -635,6 +638,10 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
             "[[storage.pools]]\nname = \"b\"\ntype = \"lvm\"\nvolume_group = \"vg\"\nphysical_volumes = [\"/dev/sdb\"]\n",
             "storage.pools[1].physical_volumes"},
            {"[storage]\npools = 3\n", "storage.pools"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\ntool_timeout_seconds = 0\n",
+            "storage.pools[0].tool_timeout_seconds"},
+           {"[[storage.pools]]\nname = \"p\"\ntype = \"lvm\"\nvolume_group = \"vg\"\ntool_timeout_seconds = \"5\"\n",
+            "storage.pools[0].tool_timeout_seconds"},
        }) {
     auto r = ParseConfigToml(c.toml);
     ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.toml;
@@ -647,6 +654,26 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
 
 namespace hvagent::config {
 namespace {
+
+TEST(ParseConfigToml, Reliability) {
+  auto c = ParseConfigToml("[reliability]\nstate_dir = \"/var/lib/hvagent\"\nidempotency_window_seconds = 600\n"
+                           "idempotency_max_entries = 50\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->state_dir, "/var/lib/hvagent");
+  EXPECT_EQ(c->idempotency_window, std::chrono::seconds(600));
+  EXPECT_EQ(c->idempotency_max_entries, 50u);
+  EXPECT_TRUE(ParseConfigToml("").value().state_dir.empty()) << "in memory unless configured";
+  for (const auto& [toml, field] : std::vector<std::pair<std::string, std::string>>{
+           {"[reliability]\nstate_dir = \"relative/dir\"\n", "reliability.state_dir"},
+           {"[reliability]\nidempotency_window_seconds = 1\n", "reliability.idempotency_window_seconds"},
+           {"[reliability]\nidempotency_max_entries = 0\n", "reliability.idempotency_max_entries"},
+           {"[reliability]\njournal = true\n", "reliability.journal"},
+       }) {
+    auto r = ParseConfigToml(toml);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << toml;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(field)) << toml;
+  }
+}
 
 TEST(ParseConfigToml, CapacityAndMetrics) {
   auto c = ParseConfigToml(R"(
