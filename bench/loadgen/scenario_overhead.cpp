@@ -1,0 +1,211 @@
+// Scenario 1: what a read costs through the agent (gRPC and REST) against the same libvirt
+// calls made directly, interleaved in one run.
+
+#include <functional>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "bench/loadgen/grpc_load.h"
+#include "bench/loadgen/http_client.h"
+#include "bench/loadgen/processes.h"
+#include "bench/loadgen/scenarios.h"
+#include "hvagent/v1/domain.grpc.pb.h"
+#include "hvagent/v1/host.grpc.pb.h"
+
+namespace hvagent::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// --- the direct baseline: the libvirt calls the agent makes for the same answer -------------
+
+// GetDomain: lookup, then what Describe reads (name and UUID are local to the handle).
+bool DirectGetDomain(virConnectPtr c, const char* name) {
+  virDomainPtr d = virDomainLookupByName(c, name);
+  if (d == nullptr) return false;
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  virDomainInfo info;
+  bool ok = virDomainGetName(d) != nullptr && virDomainGetUUIDString(d, uuid) == 0 && virDomainGetInfo(d, &info) == 0;
+  ok = ok && virDomainIsPersistent(d) >= 0;
+  virDomainFree(d);
+  return ok;
+}
+
+bool DirectListDomains(virConnectPtr c) {
+  virDomainPtr* doms = nullptr;
+  int n = virConnectListAllDomains(c, &doms, 0);
+  if (n < 0) return false;
+  for (int i = 0; i < n; ++i) {
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    virDomainInfo info;
+    (void)virDomainGetName(doms[i]);
+    (void)virDomainGetUUIDString(doms[i], uuid);
+    (void)virDomainGetInfo(doms[i], &info);
+    (void)virDomainIsPersistent(doms[i]);
+    virDomainFree(doms[i]);
+  }
+  free(doms);
+  return true;
+}
+
+// GetCapacity: the host facts (GetHostInfo) plus every domain (ListDomains).
+bool DirectGetCapacity(virConnectPtr c) {
+  virNodeInfo ni;
+  if (virNodeGetInfo(c, &ni) < 0) return false;
+  (void)virNodeGetFreeMemory(c);
+  (void)virConnectGetType(c);
+  unsigned long v = 0;
+  (void)virConnectGetVersion(c, &v);
+  (void)virConnectGetLibVersion(c, &v);
+  free(virConnectGetHostname(c));
+  return DirectListDomains(c);
+}
+
+struct Way {
+  std::string name;
+  std::function<bool()> call;
+  Latencies lat;
+};
+
+// One gRPC call, made through the async API and waited for.
+template <typename Response>
+std::function<bool()> GrpcWay(grpc::CompletionQueue& cq, PrepareFn<Response> prepare) {
+  return [&cq, prepare] {
+    Response out;
+    return AsyncUnary<Response>(cq, prepare, &out).ok();
+  };
+}
+
+struct Operation {
+  std::string name;
+  std::vector<Way> ways;  // direct first: the others are compared with it
+};
+
+}  // namespace
+
+absl::Status DefineTestDomains(virConnectPtr conn, const std::string& prefix, int count) {
+  for (int i = 0; i < count; ++i) {
+    std::string xml = absl::StrCat("<domain type='test'><name>", prefix, i,
+                                   "</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+                                   "<os><type>hvm</type></os></domain>");
+    virDomainPtr d = virDomainDefineXML(conn, xml.c_str());
+    if (d == nullptr) return absl::InternalError(absl::StrCat("define ", prefix, i, ": ", virGetLastErrorMessage()));
+    int rc = virDomainCreate(d);
+    virDomainFree(d);
+    if (rc < 0) return absl::InternalError(absl::StrCat("start ", prefix, i, ": ", virGetLastErrorMessage()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunOverhead(const Settings& s, Report& report) {
+  report.Section("overhead", "1. Overhead: one read through the agent vs the same libvirt calls made directly",
+                 {"operation", "path", "p50 us", "p99 us", "p50 / direct", "p99 / direct", "samples"});
+  // Our own libvirtd with the test driver, unless we were pointed at an agent.
+  std::optional<PrivateLibvirtd> daemon;
+  std::optional<AgentProcess> agent;
+  std::string uri = s.direct_uri, grpc_address = s.grpc_address;
+  int rest_port = s.rest_port;
+  if (grpc_address.empty()) {
+    auto d = PrivateLibvirtd::Start();
+    if (!d.ok()) return d.status();
+    daemon = std::move(*d);
+    uri = daemon->uri();
+    auto a = AgentProcess::Start({.binary = s.hvagentd, .hypervisor_uri = uri, .log_level = s.agent_log_level});
+    if (!a.ok()) return a.status();
+    agent = std::move(*a);
+    grpc_address = agent->grpc_address();
+    rest_port = agent->rest_port();
+  }
+  virConnectPtr conn = virConnectOpen(uri.c_str());
+  if (conn == nullptr) {
+    return absl::UnavailableError(absl::StrCat("virConnectOpen ", uri, ": ", virGetLastErrorMessage()));
+  }
+  const int extra_domains = 9;  // with the test driver's own "test": ten domains to list
+  if (daemon) {
+    if (auto st = DefineTestDomains(conn, "bench-ovh-", extra_domains); !st.ok()) {
+      virConnectClose(conn);
+      return st;
+    }
+  }
+
+  auto channel = MakeChannels(grpc_address, 1)[0];
+  auto domains = v1::DomainService::NewStub(channel);
+  auto host = v1::HostService::NewStub(channel);
+  auto http = HttpConnection::Connect(rest_port);
+  if (!http.ok()) {
+    virConnectClose(conn);
+    return http.status();
+  }
+  grpc::CompletionQueue cq;
+  v1::GetDomainRequest get_req;
+  get_req.set_name("test");
+  v1::ListDomainsRequest list_req;
+  v1::GetCapacityRequest cap_req;
+  auto rest = [&](const char* path) {
+    return [&http, path] {
+      auto r = http->Get(path);
+      return r.ok() && r->status == 200;
+    };
+  };
+  std::vector<Operation> ops;
+  ops.push_back({"GetDomain",
+                 {{"direct libvirt", [&] { return DirectGetDomain(conn, "test"); }, {}},
+                  {"gRPC",
+                   GrpcWay<v1::Domain>(
+                       cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncGetDomain(ctx, get_req, q); }),
+                   {}},
+                  {"REST", rest("/v1/domains/test"), {}}}});
+  ops.push_back(
+      {"ListDomains",
+       {{"direct libvirt", [&] { return DirectListDomains(conn); }, {}},
+        {"gRPC",
+         GrpcWay<v1::ListDomainsResponse>(
+             cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncListDomains(ctx, list_req, q); }),
+         {}},
+        {"REST", rest("/v1/domains"), {}}}});
+  ops.push_back({"GetCapacity",
+                 {{"direct libvirt", [&] { return DirectGetCapacity(conn); }, {}},
+                  {"gRPC",
+                   GrpcWay<v1::Capacity>(
+                       cq, [&](auto* ctx, auto* q, size_t) { return host->PrepareAsyncGetCapacity(ctx, cap_req, q); }),
+                   {}},
+                  {"REST", rest("/v1/host/capacity"), {}}}});
+
+  // Interleaved: every iteration makes each call once, in an order that rotates, so drift in
+  // the machine's load lands on all paths alike.
+  const int warmup = s.smoke ? 3 : 100;
+  const int iterations = s.smoke ? 20 : 3000;
+  int failures = 0;
+  for (int it = -warmup; it < iterations; ++it) {
+    for (Operation& op : ops) {
+      for (size_t k = 0; k < op.ways.size(); ++k) {
+        Way& w = op.ways[(k + static_cast<size_t>(it + warmup)) % op.ways.size()];
+        auto t0 = Clock::now();
+        bool ok = w.call();
+        auto t = Clock::now() - t0;
+        if (!ok) ++failures;
+        if (it >= 0 && ok) w.lat.Add(t);
+      }
+    }
+  }
+  for (Operation& op : ops) {
+    Way& direct = op.ways[0];
+    for (Way& w : op.ways) {
+      bool base = &w == &direct;
+      report.Row({op.name, w.name, Cell(w.lat.p50(), 0), Cell(w.lat.p99(), 0),
+                  base ? Cell("") : Cell(w.lat.p50() / direct.lat.p50(), 2),
+                  base ? Cell("") : Cell(w.lat.p99() / direct.lat.p99(), 2), static_cast<uint64_t>(w.lat.count())});
+    }
+  }
+  report.Note(absl::StrCat("libvirt: ",
+                           daemon ? "a private libvirtd (test driver, test+unix:///default) that the "
+                                    "agent and the direct calls both reach over its unix socket"
+                                  : uri,
+                           "; ", extra_domains + 1, " running domains; one call at a time, ", iterations,
+                           " interleaved iterations after ", warmup, " warm-up; failed calls: ", failures));
+  report.Note("direct = the libvirt calls the agent itself makes for that answer, from the benchmark process");
+  report.Note("targets: gRPC p50 <= 1.2x direct, REST p50 <= 1.5x direct");
+  virConnectClose(conn);
+  return absl::OkStatus();
+}
+}  // namespace hvagent::bench
