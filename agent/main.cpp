@@ -153,6 +153,46 @@ std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const config::Config& c
   return grpc::experimental::TlsServerCredentials(options);
 }
 
+// Reconciles volume owners with the hypervisor's domains now and then every `interval` (0:
+// only now) until destroyed.
+class Reconciler {
+ public:
+  Reconciler(service::DomainService& domains, std::chrono::seconds interval, bool release)
+      : domains_(domains), interval_(interval), release_(release) {
+    RunOnce();
+    if (interval_.count() > 0) thread_ = std::thread([this] { Loop(); });
+  }
+  ~Reconciler() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void RunOnce() {
+    auto orphans = domains_.Reconcile(release_);
+    if (!orphans.ok()) log::ComponentLogger("main")->warn("reconcile skipped: {}", orphans.status().message());
+  }
+  void Loop() {
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, interval_, [this] { return stop_; })) {
+      lock.unlock();
+      RunOnce();
+      lock.lock();
+    }
+  }
+  service::DomainService& domains_;
+  const std::chrono::seconds interval_;
+  const bool release_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 // The journal and the idempotency store, in [reliability] state_dir (made 0700 if missing),
 // or in memory without one.
 struct State {
@@ -220,6 +260,7 @@ int Run(const config::Config& cfg) {
       logger->warn("recovered interrupted {} of domain {}: {}", r.kind, r.domain, r.outcome);
     }
   }
+  Reconciler reconciler(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor,
                            {.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
                             .memory_allocation_ratio = cfg.memory_allocation_ratio,

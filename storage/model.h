@@ -37,6 +37,7 @@ struct PoolInfo {
   uint64_t free_bytes = 0;
   uint32_t volume_count = 0;
   WipeMode wipe = WipeMode::kZero;
+  uint32_t orphaned_volume_count = 0;  // set by StorageService from the last reconciliation
 };
 
 struct VolumeSpec {

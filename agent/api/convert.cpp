@@ -180,6 +180,7 @@ v1::Pool ToProto(const storage::PoolInfo& p) {
   out.set_capacity_bytes(p.capacity_bytes);
   out.set_free_bytes(p.free_bytes);
   out.set_volume_count(p.volume_count);
+  out.set_orphaned_volume_count(p.orphaned_volume_count);
   switch (p.wipe) {
     case storage::WipeMode::kZero: out.set_wipe(v1::WIPE_MODE_ZERO); break;
     case storage::WipeMode::kDiscard: out.set_wipe(v1::WIPE_MODE_DISCARD); break;
@@ -197,6 +198,7 @@ v1::Volume ToProto(const service::VolumeStatus& s) {
   out.set_attached_to(s.volume.attached_to);
   switch (s.state) {
     case service::VolumeState::kAvailable: out.set_state(v1::VOLUME_STATE_AVAILABLE); break;
+    case service::VolumeState::kOrphaned: out.set_state(v1::VOLUME_STATE_ORPHANED); break;
     case service::VolumeState::kAttached: out.set_state(v1::VOLUME_STATE_ATTACHED); break;
     case service::VolumeState::kDeleting: out.set_state(v1::VOLUME_STATE_DELETING); break;
   }

@@ -134,11 +134,14 @@ void Host(Exposition& e, const service::MetricsSample& s) {
   e.Family("hvagent_pool_size_bytes", "gauge", "Size of a storage pool (the VG, the thin pool, or the disk).");
   e.Family("hvagent_pool_free_bytes", "gauge", "Free space of a storage pool.");
   e.Family("hvagent_pool_volumes", "gauge", "Volumes the agent manages in a storage pool.");
+  e.Family("hvagent_pool_orphaned_volumes", "gauge",
+           "Volumes recorded as attached to a domain that does not exist (last reconciliation).");
   for (const storage::PoolInfo& p : c.pools) {
     Labels l = {{"pool", p.name}, {"type", p.type == storage::PoolType::kLvm ? "lvm" : "partition"}};
     e.Add("hvagent_pool_size_bytes", l, static_cast<double>(p.capacity_bytes));
     e.Add("hvagent_pool_free_bytes", l, static_cast<double>(p.free_bytes));
     e.Add("hvagent_pool_volumes", l, p.volume_count);
+    e.Add("hvagent_pool_orphaned_volumes", l, p.orphaned_volume_count);
   }
 }
 

@@ -36,7 +36,8 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"security", {"plaintext_loopback"}},
       {"auth", {"identities", "tokens"}},
       {"limits", {"requests_per_second", "burst", "max_streams_per_caller"}},
-      {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries"}},
+      {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries",
+                       "reconcile_interval_seconds", "release_orphans"}},
   };
   return keys;
 }
@@ -317,6 +318,13 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = Read(root, "reliability", "idempotency_max_entries", entries); !s.ok()) return s;
   if (entries < 1 || entries > 1000000) return Invalid("reliability.idempotency_max_entries", "must be 1-1000000");
   c.idempotency_max_entries = static_cast<size_t>(entries);
+  int64_t reconcile = c.reconcile_interval.count();
+  if (auto s = Read(root, "reliability", "reconcile_interval_seconds", reconcile); !s.ok()) return s;
+  if (reconcile != 0 && (reconcile < 10 || reconcile > 86400)) {
+    return Invalid("reliability.reconcile_interval_seconds", "must be 0 (only at start) or 10-86400");
+  }
+  c.reconcile_interval = std::chrono::seconds(reconcile);
+  if (auto s = Read(root, "reliability", "release_orphans", c.release_orphans); !s.ok()) return s;
   if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
   if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
   if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;

@@ -67,6 +67,10 @@ struct Config {
   std::string state_dir;
   std::chrono::seconds idempotency_window{24 * 3600};
   size_t idempotency_max_entries = 10000;
+  // Reconciliation of volume owners against the hypervisor's domains: at start, then this often
+  // (0: only at start). release_orphans clears a stale owner record (never deletes data).
+  std::chrono::seconds reconcile_interval{300};
+  bool release_orphans = false;
 };
 
 struct CommandLine {

@@ -321,6 +321,35 @@ absl::StatusOr<std::optional<hv::DomainInfo>> DomainService::Ours(const std::str
   return *d;
 }
 
+absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphans) {
+  if (storage_ == nullptr) return std::vector<Orphan>{};
+  std::lock_guard lock(define_mu_);
+  auto domains = hv_.ListDomains();
+  if (!domains.ok()) return domains.status();  // never judge volumes without the domain list
+  std::set<std::string> names;
+  for (const auto& d : *domains) names.insert(d.name);
+  auto orphans = storage_->FindOrphans(names);
+  if (!orphans.ok()) return orphans.status();
+  std::vector<Orphan> still;
+  for (const Orphan& o : *orphans) {
+    if (release_orphans) {
+      if (auto s = storage_->ReleaseVolume(o.pool, o.volume, /*remove=*/false); s.ok()) {
+        Log()->warn("reconcile: volume {}/{} was recorded as attached to domain {}, which does not exist; released",
+                    o.pool, o.volume, o.domain);
+        continue;
+      } else {
+        Log()->error("reconcile: releasing orphaned volume {}/{}: {}", o.pool, o.volume, s.message());
+      }
+    } else {
+      Log()->warn("reconcile: volume {}/{} is recorded as attached to domain {}, which does not exist (orphaned)",
+                  o.pool, o.volume, o.domain);
+    }
+    still.push_back(o);
+  }
+  storage_->SetOrphans(still);
+  return *orphans;
+}
+
 std::vector<DomainService::Recovery> DomainService::Recover() {
   std::lock_guard lock(define_mu_);
   std::vector<Recovery> out;

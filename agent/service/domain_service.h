@@ -57,6 +57,14 @@ class DomainService {
   // start, before the APIs serve.
   std::vector<Recovery> Recover();
 
+  // Reconciliation: volumes recorded as attached to a domain the hypervisor does not have
+  // (left by a crash before the journal existed, an `virsh undefine` behind the agent's back,
+  // a restored backup). They are shown as orphaned in the API and metrics; with
+  // `release_orphans` their stale owner record is cleared (the data is never deleted here).
+  // Holds off creates and deletes while it looks, so a volume claimed by a create in flight is
+  // never taken for an orphan.
+  absl::StatusOr<std::vector<Orphan>> Reconcile(bool release_orphans);
+
   // With `volumes`, the named disks get pool volumes (created when the claim asks so) that are
   // recorded as attached to the new domain; when any step fails, every step before it is
   // undone (volumes created here are deleted, claimed ones released, the domain undefined).

@@ -61,6 +61,10 @@ absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& po
 
 VolumeStatus StorageService::StatusOf(const storage::VolumeInfo& v) const {
   VolumeStatus s{v, v.attached_to.empty() ? VolumeState::kAvailable : VolumeState::kAttached, {}};
+  if (!v.attached_to.empty()) {
+    std::lock_guard lock(orphans_mu_);
+    if (orphans_.contains(Orphan{v.pool, v.name, v.attached_to})) s.state = VolumeState::kOrphaned;
+  }
   std::lock_guard lock(deleting_mu_);
   if (auto it = deleting_.find(Key(v.pool, v.name)); it != deleting_.end()) {
     s.state = VolumeState::kDeleting;
@@ -80,8 +84,32 @@ absl::StatusOr<std::vector<storage::PoolInfo>> StorageService::ListPools() {
   return out;
 }
 
+absl::StatusOr<std::vector<Orphan>> StorageService::FindOrphans(const std::set<std::string>& domains) {
+  std::vector<Orphan> out;
+  for (auto& [name, pool] : pools_) {
+    std::lock_guard lock(pool->mu);
+    auto volumes = pool->backend->ListVolumes();
+    if (!volumes.ok()) return volumes.status();
+    for (const auto& v : *volumes) {
+      if (!v.attached_to.empty() && !domains.contains(v.attached_to)) out.push_back({name, v.name, v.attached_to});
+    }
+  }
+  return out;
+}
+
+void StorageService::SetOrphans(std::vector<Orphan> orphans) {
+  std::lock_guard lock(orphans_mu_);
+  orphans_ = std::set<Orphan>(orphans.begin(), orphans.end());
+}
+
 std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> StorageService::ListPoolsEach() {
   std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> out;
+  auto count = [this](const std::string& pool) {
+    std::lock_guard lock(orphans_mu_);
+    uint32_t n = 0;
+    for (const Orphan& o : orphans_) n += o.pool == pool;
+    return n;
+  };
   for (auto& [name, pool] : pools_) {
     std::unique_lock lock(pool->mu, std::try_to_lock);
     if (lock.owns_lock()) {
@@ -90,12 +118,14 @@ std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> StorageSe
         std::lock_guard l(pool->last_mu);
         pool->last = *info;
       }
+      if (info.ok()) info->orphaned_volume_count = count(name);
       out.emplace_back(name, std::move(info));
       continue;
     }
     std::lock_guard l(pool->last_mu);
     if (pool->last) {
       out.emplace_back(name, *pool->last);
+      out.back().second->orphaned_volume_count = count(name);
     } else {
       out.emplace_back(name, absl::UnavailableError(absl::StrCat("pool '", name, "' is busy (a wipe is running)")));
     }
@@ -107,7 +137,12 @@ absl::StatusOr<storage::PoolInfo> StorageService::GetPool(const std::string& nam
   auto pool = Find(name);
   if (!pool.ok()) return pool.status();
   std::lock_guard lock((*pool)->mu);
-  return (*pool)->backend->GetPool();
+  auto info = (*pool)->backend->GetPool();
+  if (info.ok()) {
+    std::lock_guard l(orphans_mu_);
+    for (const Orphan& o : orphans_) info->orphaned_volume_count += o.pool == name;
+  }
+  return info;
 }
 
 absl::StatusOr<std::vector<VolumeStatus>> StorageService::ListVolumes(const std::string& name) {

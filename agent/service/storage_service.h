@@ -11,8 +11,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,7 +23,15 @@
 
 namespace hvagent::service {
 
-enum class VolumeState { kAvailable, kAttached, kDeleting };
+enum class VolumeState { kAvailable, kAttached, kDeleting, kOrphaned };
+
+// A volume recorded as attached to a domain the hypervisor does not have.
+struct Orphan {
+  std::string pool;
+  std::string volume;
+  std::string domain;
+  bool operator<(const Orphan& o) const { return std::tie(pool, volume, domain) < std::tie(o.pool, o.volume, o.domain); }
+};
 
 struct VolumeStatus {
   storage::VolumeInfo volume;
@@ -68,6 +78,12 @@ class StorageService {
   // Volumes recorded as attached to `domain`, over all pools (sorted by pool, then name).
   absl::StatusOr<std::vector<storage::VolumeInfo>> VolumesOf(const std::string& domain);
 
+  // Volumes whose recorded owner is not among `domains` (every domain the hypervisor has).
+  // Callers hold off creates and deletes meanwhile (DomainService::Reconcile).
+  absl::StatusOr<std::vector<Orphan>> FindOrphans(const std::set<std::string>& domains);
+  // What the last reconciliation found: shown as kOrphaned and counted per pool.
+  void SetOrphans(std::vector<Orphan> orphans);
+
   // Blocks until background deletes finished (tests, shutdown).
   void WaitForDeletes();
 
@@ -95,7 +111,9 @@ class StorageService {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;
   };
-  std::vector<Worker> workers_;  // guarded by deleting_mu_; finished ones are joined on the next delete
+  std::vector<Worker> workers_;
+  mutable std::mutex orphans_mu_;
+  std::set<Orphan> orphans_;  // guarded by deleting_mu_; finished ones are joined on the next delete
 };
 
 }  // namespace hvagent::service

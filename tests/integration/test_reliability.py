@@ -276,6 +276,34 @@ wipe = "none"
         self.assertEqual(status, 400, reply)
         self.assertIn("idempotency-key", reply["message"])
 
+    # ---- reconciliation ----
+
+    def test_a_volume_whose_domain_vanished_is_reported_then_released_on_request(self):
+        name, volume = unique_name("o"), f"o{uuid.uuid4().hex[:5]}"
+        status, body, _ = self.post("/v1/domains", self.spec(name, "disk1", volume))
+        self.assertEqual(status, 201, body)
+        virsh("destroy", name)
+        virsh("undefine", name)  # behind the agent's back
+        self.restart()  # reconciliation runs at start
+        status, vol = self.agent.rest("GET", f"/v1/pools/disk1/volumes/{volume}")
+        self.assertEqual((status, vol["state"], vol["attached_to"]), (200, "VOLUME_STATE_ORPHANED", name))
+        status, pool = self.agent.rest("GET", "/v1/pools/disk1")
+        self.assertEqual(pool["orphaned_volume_count"], 1, pool)
+        _, metrics = self.agent.rest("GET", "/metrics")
+        self.assertIn('hvagent_pool_orphaned_volumes{pool="disk1",type="partition"} 1', metrics)
+        self.assertIn(volume, self.partition_names(), "reported only: nothing was removed")
+
+        # With release_orphans the stale owner record goes (the data stays); then it can be deleted.
+        old = type(self).agent
+        old.stop()
+        type(self).agent = Agent(self.agent_config().replace("[reliability]\n", "[reliability]\nrelease_orphans = true\n"))
+        status, vol = self.agent.rest("GET", f"/v1/pools/disk1/volumes/{volume}")
+        self.assertEqual((status, vol["state"], vol.get("attached_to", "")), (200, "VOLUME_STATE_AVAILABLE", ""))
+        self.assertIn(volume, self.partition_names())
+        self.assertEqual(self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{volume}")[0], 202)
+        self.wait_volume_gone("disk1", volume)
+        self.restart()
+
     def test_sigterm_leaves_nothing_in_flight(self):
         self.restart()
         with open(os.path.join(self.state_dir, "journal")) as f:

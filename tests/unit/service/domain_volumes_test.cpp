@@ -166,5 +166,38 @@ TEST_F(DomainVolumesTest, WithoutStorageVolumeDisksAreRefused) {
   EXPECT_THAT(std::string(d.status().message()), HasSubstr("no storage pools"));
 }
 
+// Reconciliation: a volume whose recorded owner the hypervisor does not have.
+TEST_F(DomainVolumesTest, ReconcileShowsOrphansAndReleasesThemOnlyWhenAsked) {
+  ASSERT_TRUE(domains_->Create(Spec("web1", 1), false, {{0, {"vg0", "root1", 64 << 20}}}).ok());
+  ASSERT_TRUE(domains_->Create(Spec("web2", 1), false, {{0, {"vg0", "root2", 64 << 20}}}).ok());
+  ASSERT_TRUE(hv_.UndefineDomain("web2").ok());  // behind the agent's back (virsh undefine)
+
+  auto found = domains_->Reconcile(/*release_orphans=*/false);
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_EQ(found->size(), 1u);
+  EXPECT_EQ((*found)[0].volume, "root2");
+  EXPECT_EQ((*found)[0].domain, "web2");
+  EXPECT_EQ(storage_->GetVolume("vg0", "root2")->state, VolumeState::kOrphaned);
+  EXPECT_EQ(storage_->GetVolume("vg0", "root1")->state, VolumeState::kAttached);
+  EXPECT_EQ(storage_->GetPool("vg0")->orphaned_volume_count, 1u);
+  EXPECT_EQ(storage_->ListPoolsEach()[1].second->orphaned_volume_count, 1u);  // vg0 after disk1
+  EXPECT_EQ(Volumes("vg0")[1].attached_to, "web2") << "reported, not changed";
+
+  ASSERT_TRUE(domains_->Reconcile(/*release_orphans=*/true).ok());
+  EXPECT_EQ(storage_->GetVolume("vg0", "root2")->state, VolumeState::kAvailable);
+  EXPECT_EQ(storage_->GetVolume("vg0", "root2")->volume.size_bytes, 64u << 20) << "data is never deleted";
+  EXPECT_EQ(storage_->GetPool("vg0")->orphaned_volume_count, 0u);
+  EXPECT_EQ(storage_->GetVolume("vg0", "root1")->state, VolumeState::kAttached);
+}
+
+TEST_F(DomainVolumesTest, ReconcileWithoutTheDomainListJudgesNothing) {
+  ASSERT_TRUE(domains_->Create(Spec("web1", 1), false, {{0, {"vg0", "root1", 64 << 20}}}).ok());
+  hv_.connected = false;  // libvirtd down: no domain list
+  auto found = domains_->Reconcile(true);
+  EXPECT_EQ(found.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Volumes("vg0")[0].attached_to, "web1");
+  EXPECT_EQ(storage_->GetVolume("vg0", "root1")->state, VolumeState::kAttached);
+}
+
 }  // namespace
 }  // namespace hvagent::service
