@@ -90,12 +90,13 @@ def small_spec_json(name):
 class Agent:
     """One hvagentd process on free loopback ports."""
 
-    def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None):
+    def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None, wrapper=None):
         """`config_toml`: text of a config file (e.g. storage pools); flags set the rest.
         `plaintext`: the development mode (--plaintext-loopback); False for TLS configs, with
         `client_tls` = (ca_file, cert_file or None, key_file or None) for this harness's own
         channel and REST calls, and `token` the REST bearer token they send. `env`: extra
-        environment variables (HVAGENT_FAILPOINTS)."""
+        environment variables (HVAGENT_FAILPOINTS). `wrapper`: an argv that runs hvagentd's argv
+        appended to it (e.g. in a private mount namespace)."""
         self.plaintext = plaintext
         self.client_tls = client_tls
         self.token = token
@@ -113,7 +114,7 @@ class Agent:
             self.config.write(config_toml)
             self.config.close()
             argv += ["--config", self.config.name]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(list(wrapper or []) + argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         deadline = time.time() + 20
         while time.time() < deadline:

@@ -11,6 +11,7 @@ and real lvm2 / GPT pools on loop devices.
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -303,6 +304,40 @@ wipe = "none"
         self.assertEqual(self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{volume}")[0], 202)
         self.wait_volume_gone("disk1", volume)
         self.restart()
+
+    # ---- a stuck tool ----
+
+    def test_a_hung_lvm2_is_killed_at_its_deadline_and_the_next_call_works(self):
+        """lvm2 that hangs (as on a sick disk), in the agent's own mount namespace only: a double
+        bind-mounted over /usr/sbin/lvm, which the agent runs by absolute path."""
+        real = os.path.join(self.loopdir, "lvm-real")
+        shutil.copy2("/usr/sbin/lvm", real)
+        marker = os.path.join(self.loopdir, "lvm-hangs")
+        here = os.path.dirname(os.path.abspath(__file__))
+        wrapper = ["unshare", "--mount", "--propagation", "private", "/usr/bin/python3",
+                   os.path.join(here, "stuck_lvm.py"), "launch", real, marker, "--"]
+        config = self.agent_config().replace('wipe = "none"', 'wipe = "none"\ntool_timeout_seconds = 2')
+        self.agent.stop()
+        type(self).agent = Agent(config, wrapper=wrapper)
+        try:
+            open(marker, "w").close()
+            t = time.monotonic()
+            status, body = self.agent.rest("POST", "/v1/pools/vg/volumes", {"name": "stuck", "size_bytes": str(8 * MiB)})
+            took = time.monotonic() - t
+            self.assertEqual(status, 504, body)
+            self.assertIn("2", body["message"])  # names its deadline
+            self.assertLess(took, 30, "the deadline did not cut the call short")
+            hung = subprocess.run(["pgrep", "-f", "lvm-double"], capture_output=True, text=True).stdout.split()
+            self.assertEqual(hung, [], "the hung lvm2 was left running")
+            os.unlink(marker)
+            status, body = self.agent.rest("POST", "/v1/pools/vg/volumes", {"name": "after", "size_bytes": str(8 * MiB)})
+            self.assertEqual(status, 201, body)  # no lock left held
+            self.assertEqual(self.agent.rest("DELETE", "/v1/pools/vg/volumes/after")[0], 202)
+            self.wait_volume_gone("vg", "after")
+        finally:
+            if os.path.exists(marker):
+                os.unlink(marker)
+            self.restart()
 
     def test_sigterm_leaves_nothing_in_flight(self):
         self.restart()
