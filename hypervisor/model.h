@@ -121,7 +121,9 @@ enum class DomainEventType {
   kUnknown, kDefined, kUndefined, kStarted, kSuspended, kResumed, kStopped, kShutdown,
   kPmSuspended, kCrashed,
   // Not from libvirt: the agent's event-channel watch (Xen), detail says the figures.
-  kEventChannelsHigh, kEventChannelsCleared
+  kEventChannelsHigh, kEventChannelsCleared,
+  // Not from libvirt: after a reconnect, "events may have been missed", then each domain's state.
+  kResync, kState
 };
 
 struct DomainEvent {

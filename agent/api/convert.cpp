@@ -35,6 +35,8 @@ v1::DomainEventType EventTypeToProto(hv::DomainEventType t) {
     case hv::DomainEventType::kCrashed: return v1::DOMAIN_EVENT_TYPE_CRASHED;
     case hv::DomainEventType::kEventChannelsHigh: return v1::DOMAIN_EVENT_TYPE_EVENT_CHANNELS_HIGH;
     case hv::DomainEventType::kEventChannelsCleared: return v1::DOMAIN_EVENT_TYPE_EVENT_CHANNELS_CLEARED;
+    case hv::DomainEventType::kResync: return v1::DOMAIN_EVENT_TYPE_RESYNC;
+    case hv::DomainEventType::kState: return v1::DOMAIN_EVENT_TYPE_STATE;
     case hv::DomainEventType::kUnknown: break;
   }
   return v1::DOMAIN_EVENT_TYPE_UNSPECIFIED;

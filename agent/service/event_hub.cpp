@@ -24,7 +24,8 @@ bool EventHub::Subscription::closed() const {
 }
 
 void EventHub::Subscription::Push(const SequencedEvent& e) {
-  if (!names_.empty() && !names_.contains(e.event.domain_name)) return;
+  // The resync marker concerns every stream (it names no domain).
+  if (!names_.empty() && e.event.type != hv::DomainEventType::kResync && !names_.contains(e.event.domain_name)) return;
   {
     std::lock_guard lock(mu_);
     if (queue_.size() >= capacity_) {

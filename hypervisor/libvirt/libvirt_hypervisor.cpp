@@ -197,11 +197,34 @@ void LibvirtHypervisor::ReconnectLoop() {
     if (s.ok()) {
       need_reconnect_ = false;
       backoff.Reset();
+      lock.unlock();
+      AnnounceResync();
+      lock.lock();
       continue;
     }
     auto delay = backoff.Next();
     Log()->warn("reconnect to {} failed, retrying in {} ms: {}", options_.uri, delay.count(), s.message());
     cv_.wait_for(lock, delay, [this] { return stopping_; });
+  }
+}
+
+// Events that happened while the connection was down are lost: say so, then give every
+// domain's current state, so that a subscriber can correct what it believes.
+void LibvirtHypervisor::AnnounceResync() {
+  EventSink sink;
+  {
+    std::lock_guard lock(events_mu_);
+    sink = sink_;
+  }
+  if (!sink) return;
+  const auto now = std::chrono::system_clock::now();
+  sink(DomainEvent{.time = now, .type = DomainEventType::kResync,
+                   .detail = "hypervisor connection re-established; events may have been missed"});
+  auto domains = ListDomains();
+  if (!domains.ok()) return;  // a new drop: the next reconnect announces again
+  for (const DomainInfo& d : *domains) {
+    sink(DomainEvent{.time = now, .domain_name = d.name, .domain_uuid = d.uuid, .type = DomainEventType::kState,
+                     .detail = StateName(d.state)});
   }
 }
 

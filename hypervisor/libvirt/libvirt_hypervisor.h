@@ -91,6 +91,7 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status OpenConnection();  // called with mu_ not held
   void DropConnection();          // called with mu_ not held
   void ReconnectLoop();
+  void AnnounceResync();
   void OnLifecycleEvent(virDomainPtr dom, int event, int detail);
   void OnConnectionClosed(int reason);
 

@@ -307,5 +307,18 @@ TEST(LibvirtHypervisorConnectionTest, ReconnectsAfterConnectionLoss) {
   EXPECT_TRUE(hv.ListDomains().ok());
 }
 
+// After a reconnect, subscribers learn that events may have been missed, then every domain's
+// state (the test driver's built-in "test" domain runs).
+TEST(LibvirtHypervisorConnectionTest, AReconnectAnnouncesAResyncThenEachDomainsState) {
+  LibvirtHypervisor hv({.uri = "test:///default",
+                        .min_backoff = std::chrono::milliseconds(50),
+                        .max_backoff = std::chrono::milliseconds(100)});
+  EventRecorder events;
+  hv.SetEventSink(events.Sink());
+  hv.SimulateConnectionLoss();
+  EXPECT_TRUE(events.WaitFor("", DomainEventType::kResync));
+  EXPECT_TRUE(events.WaitFor("test", DomainEventType::kState));
+}
+
 }  // namespace
 }  // namespace hvagent::hv

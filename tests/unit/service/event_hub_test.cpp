@@ -102,6 +102,21 @@ TEST(EventHub, NameFilterDeliversOnlyTheNamedDomains) {
   EXPECT_FALSE(sub->Next(20ms));
 }
 
+TEST(EventHub, TheResyncMarkerReachesFilteredStreamsToo) {
+  EventHub hub;
+  auto sub = hub.Subscribe({"web"});
+  hub.Publish(Event("", hv::DomainEventType::kResync));
+  hub.Publish(Event("db", hv::DomainEventType::kState, "running"));
+  hub.Publish(Event("web", hv::DomainEventType::kState, "shut off"));
+  auto a = sub->Next(1s);
+  auto b = sub->Next(1s);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->event.type, hv::DomainEventType::kResync);
+  EXPECT_EQ(b->event.domain_name, "web");
+  EXPECT_EQ(b->event.detail, "shut off");
+  EXPECT_FALSE(sub->Next(20ms));
+}
+
 TEST(EventHub, EmptyFilterGetsEveryDomain) {
   EventHub hub;
   auto all = hub.Subscribe({});
