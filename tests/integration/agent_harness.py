@@ -90,7 +90,8 @@ def small_spec_json(name):
 class Agent:
     """One hvagentd process on free loopback ports."""
 
-    def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None, wrapper=None):
+    def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None, wrapper=None,
+                 uri=URI):
         """`config_toml`: text of a config file (e.g. storage pools); flags set the rest.
         `plaintext`: the development mode (--plaintext-loopback); False for TLS configs, with
         `client_tls` = (ca_file, cert_file or None, key_file or None) for this harness's own
@@ -104,7 +105,7 @@ class Agent:
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.rest_addr = f"127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-", suffix=".log", delete=False)
-        argv = [self.binary, "--hypervisor-uri", URI, "--grpc-listen", self.grpc_addr,
+        argv = [self.binary, "--hypervisor-uri", uri, "--grpc-listen", self.grpc_addr,
                 "--rest-listen", self.rest_addr, "--log-level", "debug"]
         if plaintext:
             argv.append("--plaintext-loopback")
