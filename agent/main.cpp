@@ -294,7 +294,8 @@ int Run(const config::Config& cfg) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }
   // REST first: it loads (and so checks) the TLS files that both servers use.
-  api::RestRouter router(host, domains, &storage, &metrics, &authz, state->requests.get());
+  service::OperationGate gate(cfg.max_operations_in_flight);
+  api::RestRouter router(host, domains, &storage, &metrics, &authz, state->requests.get(), &gate);
   std::optional<api::RestTls> rest_tls;
   if (!cfg.plaintext_loopback) {
     rest_tls = api::RestTls{cfg.tls_cert_file, cfg.tls_key_file,
@@ -307,9 +308,9 @@ int Run(const config::Config& cfg) {
   }
 
   api::HostGrpcService host_grpc(host, &authz);
-  api::DomainGrpcService domain_grpc(domains, &authz, state->requests.get());
+  api::DomainGrpcService domain_grpc(domains, &authz, state->requests.get(), &gate);
   api::EventGrpcService event_grpc(events, &authz);
-  api::StorageGrpcService storage_grpc(storage, &authz, state->requests.get());
+  api::StorageGrpcService storage_grpc(storage, &authz, state->requests.get(), &gate);
   api::MetricsGrpcService metrics_grpc(metrics, &authz);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -35,7 +35,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"tls", {"cert_file", "key_file", "client_ca_file", "reload_seconds"}},
       {"security", {"plaintext_loopback"}},
       {"auth", {"identities", "tokens"}},
-      {"limits", {"requests_per_second", "burst", "max_streams_per_caller"}},
+      {"limits", {"requests_per_second", "burst", "max_streams_per_caller", "max_operations_in_flight"}},
       {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries",
                        "reconcile_interval_seconds", "release_orphans"}},
   };
@@ -306,6 +306,10 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   if (auto s = Read(root, "limits", "max_streams_per_caller", streams); !s.ok()) return s;
   if (streams < 1 || streams > 100000) return Invalid("limits.max_streams_per_caller", "must be 1-100000");
   c.max_streams_per_caller = static_cast<int>(streams);
+  int64_t in_flight = c.max_operations_in_flight;
+  if (auto s = Read(root, "limits", "max_operations_in_flight", in_flight); !s.ok()) return s;
+  if (in_flight < 1 || in_flight > 10000) return Invalid("limits.max_operations_in_flight", "must be 1-10000");
+  c.max_operations_in_flight = static_cast<int>(in_flight);
   if (auto s = Read(root, "reliability", "state_dir", c.state_dir); !s.ok()) return s;
   if (!c.state_dir.empty() && c.state_dir[0] != '/') return Invalid("reliability.state_dir", "must be an absolute path");
   int64_t window = c.idempotency_window.count();

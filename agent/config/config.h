@@ -58,6 +58,7 @@ struct Config {
   double requests_per_second = 50;
   double request_burst = 100;
   int max_streams_per_caller = 8;
+  int max_operations_in_flight = 64;  // changing operations at once; past it UNAVAILABLE / 503
   std::vector<Token> auth_tokens;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;

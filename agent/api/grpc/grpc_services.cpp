@@ -100,7 +100,7 @@ absl::Status RunOnce(grpc::ServerContext* ctx, service::IdempotencyStore* idem, 
 // changes something, an audit line), and turns the Status into a gRPC one.
 template <typename F>
 grpc::Status Handle(grpc::ServerContext* ctx, const auth::Authorizer* authz, service::IdempotencyStore* idem,
-                    google::protobuf::Message* response, const char* operation,
+                    service::OperationGate* gate, google::protobuf::Message* response, const char* operation,
                     const google::protobuf::Message* request, F&& body) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
   ctx->AddInitialMetadata("x-request-id", std::string(log::CurrentRequestId()));
@@ -110,7 +110,16 @@ grpc::Status Handle(grpc::ServerContext* ctx, const auth::Authorizer* authz, ser
   auth::Caller caller = who.value_or(auth::Caller{});
   absl::Status s = !who.ok() ? who.status() : authz != nullptr ? authz->Admit(caller, operation) : absl::OkStatus();
   const bool allowed = s.ok();
-  if (allowed) s = RunOnce(ctx, idem, operation, request, response, body);
+  if (allowed) {
+    std::optional<absl::StatusOr<service::OperationGate::Slot>> slot;
+    if (gate != nullptr && auth::IsMutating(operation)) slot.emplace(gate->Enter());
+    if (slot && !slot->ok()) {
+      s = slot->status();
+      ctx->AddTrailingMetadata("retry-after", std::to_string(gate->retry_after().count()));
+    } else {
+      s = RunOnce(ctx, idem, operation, request, response, body);
+    }
+  }
   if (s.ok()) {
     Log()->info("{} ok", operation);
   } else {
@@ -134,7 +143,7 @@ absl::Status IntoDomain(v1::Domain* out, F&& call) {
 }  // namespace
 
 grpc::Status HostGrpcService::GetHost(grpc::ServerContext* ctx, const v1::GetHostRequest* req, v1::Host* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.HostService/GetHost", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.HostService/GetHost", req, [&]() -> absl::Status {
     auto h = host_.GetHost();
     if (!h.ok()) return h.status();
     *out = ToProto(*h, host_.HypervisorConnected());
@@ -144,7 +153,7 @@ grpc::Status HostGrpcService::GetHost(grpc::ServerContext* ctx, const v1::GetHos
 
 grpc::Status HostGrpcService::GetCapacity(grpc::ServerContext* ctx, const v1::GetCapacityRequest* req,
                                           v1::Capacity* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.HostService/GetCapacity", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.HostService/GetCapacity", req, [&]() -> absl::Status {
     auto c = host_.GetCapacity();
     if (!c.ok()) return c.status();
     *out = ToProto(*c);
@@ -154,7 +163,7 @@ grpc::Status HostGrpcService::GetCapacity(grpc::ServerContext* ctx, const v1::Ge
 
 grpc::Status DomainGrpcService::CreateDomain(grpc::ServerContext* ctx, const v1::CreateDomainRequest* req,
                                              v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/CreateDomain", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/CreateDomain", req, [&]() -> absl::Status {
     if (!req->has_spec()) return absl::InvalidArgumentError("spec: is required");
     auto spec = FromProto(req->spec());
     if (!spec.ok()) return spec.status();
@@ -164,12 +173,12 @@ grpc::Status DomainGrpcService::CreateDomain(grpc::ServerContext* ctx, const v1:
 
 grpc::Status DomainGrpcService::GetDomain(grpc::ServerContext* ctx, const v1::GetDomainRequest* req,
                                           v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/GetDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Get(req->name()); }); });
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/GetDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Get(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::ListDomains(grpc::ServerContext* ctx, const v1::ListDomainsRequest* req,
                                             v1::ListDomainsResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/ListDomains", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/ListDomains", req, [&]() -> absl::Status {
     auto list = domains_.List();
     if (!list.ok()) return list.status();
     for (const auto& d : *list) *out->add_domains() = ToProto(d);
@@ -178,12 +187,12 @@ grpc::Status DomainGrpcService::ListDomains(grpc::ServerContext* ctx, const v1::
 }
 
 grpc::Status DomainGrpcService::StartDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/StartDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Start(req->name()); }); });
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/StartDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Start(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::ShutdownDomain(grpc::ServerContext* ctx, const v1::ShutdownDomainRequest* req,
                                                v1::ShutdownDomainResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/ShutdownDomain", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/ShutdownDomain", req, [&]() -> absl::Status {
     auto r = domains_.Shutdown(req->name(), std::chrono::seconds(req->timeout_seconds()));
     if (!r.ok()) return r.status();
     *out->mutable_domain() = ToProto(r->domain);
@@ -193,26 +202,26 @@ grpc::Status DomainGrpcService::ShutdownDomain(grpc::ServerContext* ctx, const v
 }
 
 grpc::Status DomainGrpcService::DestroyDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/DestroyDomain", req,
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/DestroyDomain", req,
                 [&] { return IntoDomain(out, [&] { return domains_.Destroy(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::RebootDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/RebootDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Reboot(req->name()); }); });
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/RebootDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Reboot(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::SuspendDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/SuspendDomain", req,
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/SuspendDomain", req,
                 [&] { return IntoDomain(out, [&] { return domains_.Suspend(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::ResumeDomain(grpc::ServerContext* ctx, const v1::DomainRef* req, v1::Domain* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/ResumeDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Resume(req->name()); }); });
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/ResumeDomain", req, [&] { return IntoDomain(out, [&] { return domains_.Resume(req->name()); }); });
 }
 
 grpc::Status DomainGrpcService::DeleteDomain(grpc::ServerContext* ctx, const v1::DeleteDomainRequest* req,
                                              v1::DeleteDomainResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.DomainService/DeleteDomain", req, [&] { return domains_.Delete(req->name(), req->force(), req->delete_volumes()); });
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.DomainService/DeleteDomain", req, [&] { return domains_.Delete(req->name(), req->force(), req->delete_volumes()); });
 }
 
 namespace {
@@ -227,7 +236,7 @@ absl::Status IntoVolume(v1::Volume* out, F&& call) {
 
 grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::ListPoolsRequest* req,
                                            v1::ListPoolsResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/ListPools", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/ListPools", req, [&]() -> absl::Status {
     auto pools = storage_.ListPools();
     if (!pools.ok()) return pools.status();
     for (const auto& p : *pools) *out->add_pools() = ToProto(p);
@@ -236,7 +245,7 @@ grpc::Status StorageGrpcService::ListPools(grpc::ServerContext* ctx, const v1::L
 }
 
 grpc::Status StorageGrpcService::GetPool(grpc::ServerContext* ctx, const v1::GetPoolRequest* req, v1::Pool* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/GetPool", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/GetPool", req, [&]() -> absl::Status {
     auto p = storage_.GetPool(req->name());
     if (!p.ok()) return p.status();
     *out = ToProto(*p);
@@ -246,7 +255,7 @@ grpc::Status StorageGrpcService::GetPool(grpc::ServerContext* ctx, const v1::Get
 
 grpc::Status StorageGrpcService::ListVolumes(grpc::ServerContext* ctx, const v1::ListVolumesRequest* req,
                                              v1::ListVolumesResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/ListVolumes", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/ListVolumes", req, [&]() -> absl::Status {
     auto list = storage_.ListVolumes(req->pool());
     if (!list.ok()) return list.status();
     for (const auto& v : *list) *out->add_volumes() = ToProto(v);
@@ -255,32 +264,32 @@ grpc::Status StorageGrpcService::ListVolumes(grpc::ServerContext* ctx, const v1:
 }
 
 grpc::Status StorageGrpcService::GetVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/GetVolume", req,
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/GetVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.GetVolume(req->pool(), req->name()); }); });
 }
 
 grpc::Status StorageGrpcService::CreateVolume(grpc::ServerContext* ctx, const v1::CreateVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/CreateVolume", req, [&] {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/CreateVolume", req, [&] {
     return IntoVolume(out, [&] { return storage_.CreateVolume(req->pool(), {req->name(), req->size_bytes()}); });
   });
 }
 
 grpc::Status StorageGrpcService::ResizeVolume(grpc::ServerContext* ctx, const v1::ResizeVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/ResizeVolume", req, [&] {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/ResizeVolume", req, [&] {
     return IntoVolume(out, [&] { return storage_.ResizeVolume(req->pool(), req->name(), req->size_bytes()); });
   });
 }
 
 grpc::Status StorageGrpcService::DeleteVolume(grpc::ServerContext* ctx, const v1::VolumeRef* req, v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/DeleteVolume", req,
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/DeleteVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.DeleteVolume(req->pool(), req->name()); }); });
 }
 
 grpc::Status StorageGrpcService::AttachVolume(grpc::ServerContext* ctx, const v1::AttachVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/AttachVolume", req, [&] {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/AttachVolume", req, [&] {
     return IntoVolume(out, [&] {
       return storage_.AttachVolume(req->pool(), req->name(), req->domain(), req->target(), req->readonly());
     });
@@ -289,7 +298,7 @@ grpc::Status StorageGrpcService::AttachVolume(grpc::ServerContext* ctx, const v1
 
 grpc::Status StorageGrpcService::DetachVolume(grpc::ServerContext* ctx, const v1::DetachVolumeRequest* req,
                                               v1::Volume* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.StorageService/DetachVolume", req,
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.StorageService/DetachVolume", req,
                 [&] { return IntoVolume(out, [&] { return storage_.DetachVolume(req->pool(), req->name()); }); });
 }
 
@@ -313,7 +322,7 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
 
 grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const v1::GetDomainStatsRequest* req,
                                                v1::GetDomainStatsResponse* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.MetricsService/GetDomainStats", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.MetricsService/GetDomainStats", req, [&]() -> absl::Status {
     auto sample = metrics_.Latest();
     if (!sample->domains.ok()) return sample->domains.status();
     *out = ToDomainStatsProto(*sample, req->name());
@@ -326,7 +335,7 @@ grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const 
 
 grpc::Status MetricsGrpcService::GetEventChannels(grpc::ServerContext* ctx, const v1::GetEventChannelsRequest* req,
                                                  v1::EventChannels* out) {
-  return Handle(ctx, auth_, idem_, out, "hvagent.v1.MetricsService/GetEventChannels", req, [&]() -> absl::Status {
+  return Handle(ctx, auth_, idem_, gate_, out, "hvagent.v1.MetricsService/GetEventChannels", req, [&]() -> absl::Status {
     auto sample = metrics_.Latest();
     if (!sample->event_channels.ok()) return sample->event_channels.status();
     *out = ToProto(*sample->event_channels, sample->time);

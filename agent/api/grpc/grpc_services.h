@@ -10,6 +10,7 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/idempotency.h"
+#include "agent/service/operation_gate.h"
 #include "agent/service/host_service.h"
 #include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
@@ -33,6 +34,7 @@ class HostGrpcService final : public v1::HostService::Service {
   service::HostService& host_;
   const auth::Authorizer* auth_;
   service::IdempotencyStore* const idem_ = nullptr;  // reads only
+  service::OperationGate* const gate_ = nullptr;
 };
 
 class DomainGrpcService final : public v1::DomainService::Service {
@@ -40,8 +42,8 @@ class DomainGrpcService final : public v1::DomainService::Service {
   // `authz` null: no checks (unit tests of the translation only).
   // `idem` null: idempotency keys are ignored.
   explicit DomainGrpcService(service::DomainService& domains, const auth::Authorizer* authz = nullptr,
-                             service::IdempotencyStore* idem = nullptr)
-      : domains_(domains), auth_(authz), idem_(idem) {}
+                             service::IdempotencyStore* idem = nullptr, service::OperationGate* gate = nullptr)
+      : domains_(domains), auth_(authz), idem_(idem), gate_(gate) {}
   grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
   grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
   grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
@@ -58,6 +60,7 @@ class DomainGrpcService final : public v1::DomainService::Service {
   service::DomainService& domains_;
   const auth::Authorizer* auth_;
   service::IdempotencyStore* idem_;
+  service::OperationGate* gate_;
 };
 
 class EventGrpcService final : public v1::EventService::Service {
@@ -77,8 +80,8 @@ class StorageGrpcService final : public v1::StorageService::Service {
  public:
   // `authz` null: no checks (unit tests of the translation only).
   explicit StorageGrpcService(service::StorageService& storage, const auth::Authorizer* authz = nullptr,
-                              service::IdempotencyStore* idem = nullptr)
-      : storage_(storage), auth_(authz), idem_(idem) {}
+                              service::IdempotencyStore* idem = nullptr, service::OperationGate* gate = nullptr)
+      : storage_(storage), auth_(authz), idem_(idem), gate_(gate) {}
   grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
   grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
   grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
@@ -93,6 +96,7 @@ class StorageGrpcService final : public v1::StorageService::Service {
   service::StorageService& storage_;
   const auth::Authorizer* auth_;
   service::IdempotencyStore* idem_;
+  service::OperationGate* gate_;
 };
 
 class MetricsGrpcService final : public v1::MetricsService::Service {
@@ -113,6 +117,7 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
   service::MetricsCollector& metrics_;
   const auth::Authorizer* auth_;
   service::IdempotencyStore* const idem_ = nullptr;  // reads only
+  service::OperationGate* const gate_ = nullptr;
   std::atomic<bool> closed_{false};
 };
 

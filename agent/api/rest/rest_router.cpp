@@ -131,6 +131,15 @@ HttpResponse NoOperation(const HttpRequest& req) {
 }  // namespace
 
 HttpResponse RestRouter::RouteOnce(const HttpRequest& req, const std::optional<std::string>& op) {
+  std::optional<absl::StatusOr<service::OperationGate::Slot>> slot;
+  if (gate_ != nullptr && op && auth::IsMutating(*op)) {
+    slot.emplace(gate_->Enter());
+    if (!slot->ok()) {
+      HttpResponse busy = ErrorResponse(slot->status());  // 503
+      busy.headers["Retry-After"] = std::to_string(gate_->retry_after().count());
+      return busy;
+    }
+  }
   if (!req.idempotency_key || idem_ == nullptr || !op || !auth::IsMutating(*op)) return Route(req);
   if (auto s = service::IdempotencyStore::ValidateKey(*req.idempotency_key); !s.ok()) return ErrorResponse(s);
   std::string request = absl::StrCat(req.method, "\n", req.path, "\n");

@@ -9,6 +9,7 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
 #include "agent/service/idempotency.h"
+#include "agent/service/operation_gate.h"
 #include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
 
@@ -18,8 +19,9 @@ class RestRouter {
  public:
   RestRouter(service::HostService& host, service::DomainService& domains, service::StorageService* storage = nullptr,
              service::MetricsCollector* metrics = nullptr, const auth::Authorizer* authz = nullptr,
-             service::IdempotencyStore* idem = nullptr)
-      : host_(host), domains_(domains), storage_(storage), metrics_(metrics), authz_(authz), idem_(idem) {}
+             service::IdempotencyStore* idem = nullptr, service::OperationGate* gate = nullptr)
+      : host_(host), domains_(domains), storage_(storage), metrics_(metrics), authz_(authz), idem_(idem),
+        gate_(gate) {}
   // Checks the caller (bearer token) for the route's operation first: 401 / 403 before any
   // resource runs. Mutating requests and refusals are written to the audit log.
   HttpResponse Handle(const HttpRequest& request);
@@ -31,6 +33,7 @@ class RestRouter {
   service::MetricsCollector* metrics_;  // null: no /metrics, no /v1/stats
   const auth::Authorizer* authz_;       // null: no checks (unit tests of the resources)
   service::IdempotencyStore* idem_;     // null: Idempotency-Key is ignored
+  service::OperationGate* gate_;        // null: no bound on operations in flight
   HttpResponse Route(const HttpRequest& request);
   // Route, at most once per Idempotency-Key for mutating operations (service/idempotency.h).
   HttpResponse RouteOnce(const HttpRequest& request, const std::optional<std::string>& operation);

@@ -233,5 +233,29 @@ TEST_F(RestMetricsTest, EventChannelsOffXenAre501NamingWhy) {
   EXPECT_THAT(r.body, HasSubstr("only on Xen hosts"));
 }
 
+// Past limits.max_operations_in_flight a changing request gets 503 with Retry-After and
+// changes nothing; reads are not counted.
+TEST(RestRouterGateTest, ChangingRequestsPastTheBoundAre503WithRetryAfter) {
+  testing::FakeHypervisor hv;
+  testing::FakeClock clock;
+  service::DomainService domains(hv, clock, {});
+  service::HostService host(hv);
+  service::OperationGate gate(1);
+  RestRouter router(host, domains, nullptr, nullptr, nullptr, nullptr, &gate);
+  const std::string create = R"({"spec":{"name":"web1","vcpus":1,"memory_mib":64}})";
+  {
+    auto busy = gate.Enter();  // an operation in flight
+    ASSERT_TRUE(busy.ok());
+    HttpResponse r = router.Handle({"POST", "/v1/domains", {}, create, ""});
+    EXPECT_EQ(r.status, 503);
+    EXPECT_THAT(r.body, ::testing::HasSubstr("max_operations_in_flight"));
+    EXPECT_EQ(r.headers["Retry-After"], "1");
+    EXPECT_EQ(hv.domain_count(), 0u);
+    EXPECT_EQ(router.Handle({"GET", "/v1/domains", {}, "", ""}).status, 200);  // reads pass
+  }
+  EXPECT_EQ(router.Handle({"POST", "/v1/domains", {}, create, ""}).status, 201);
+  EXPECT_EQ(gate.in_flight(), 0);
+}
+
 }  // namespace
 }  // namespace hvagent::api
