@@ -28,6 +28,10 @@ OPTS = [
     cfg.IntOpt("rpc_timeout", default=120, min=1,
                help="Deadline in seconds for each call to the agent (shutdown calls add their "
                     "own timeout)."),
+    cfg.FloatOpt("lifecycle_event_delay", default=15.0, min=0,
+                 help="Seconds a STOPPED lifecycle event from the agent is held back before "
+                      "it reaches Nova; dropped when another event for the instance follows "
+                      "(a reboot on Xen is a destroy and a re-create). 0: no delay."),
     cfg.StrOpt("disk_prefix",
                help="Disk target prefix ('vd', 'xvd', 'sd'). Default: 'xvd' on Xen hosts, "
                     "'vd' elsewhere."),
@@ -40,5 +44,5 @@ def register_opts(conf):
 
 
 def list_opts():
-    """oslo-config-generator entry point (oslo.config.opts = hvagent)."""
-    return {GROUP: OPTS}
+    """oslo-config-generator entry point (oslo.config.opts = hvagent): [(group, opts)]."""
+    return [(GROUP, OPTS)]

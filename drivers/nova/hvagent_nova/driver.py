@@ -8,7 +8,10 @@ neither listed nor touched.
 Local disks (root, ephemeral, swap) are volumes of ``[hvagent] storage_pool``, created with the
 domain in one CreateDomain call (the agent undoes everything when a step fails) and deleted with
 it (DeleteDomain delete_volumes). Volumes are named ``<instance uuid>-root`` / ``-eph<N>`` /
-``-swap``.
+``-swap`` (shorter on partition pools: see _volume_name).
+
+Lifecycle events: while Nova listens (register_event_listener), the agent's EventService.Watch
+stream is followed and turned into nova.virt.event.LifecycleEvent (events.py).
 """
 
 import os
@@ -16,6 +19,7 @@ import re
 import shutil
 import tempfile
 
+from grpc import experimental as grpc_experimental
 import os_resource_classes as orc
 import os_traits
 from oslo_concurrency import processutils
@@ -38,6 +42,7 @@ from hvagent.v1 import (domain_pb2, host_pb2, storage_pb2)
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
+from hvagent_nova import events
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
@@ -64,6 +69,10 @@ ARCH_TRAIT = {
 }
 # Guest disk images the driver can put on a raw volume (qcow2 needs qemu-img on the host).
 RAW_FORMATS = ("raw", "ami")
+# Partition pools name volumes in the GPT partition name "hvagent:<volume>@<domain>" (36
+# characters): at most 20 for the volume, 27 for volume and domain together.
+PARTITION_VOLUME_MAX = 20
+PARTITION_NAME_ROOM = 27
 NO_IMAGE = (None, "", "nokernel")
 
 
@@ -96,6 +105,8 @@ class HvagentDriver(driver.ComputeDriver):
         self.capabilities["supports_image_type_qcow2"] = bool(shutil.which("qemu-img"))
         self._agent = None
         self._host = None
+        self._watcher = None
+        self._pool_types = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -159,6 +170,37 @@ class HvagentDriver(driver.ComputeDriver):
         LOG.info("hvagent %s at %s: %s %s on %s (%s)", info.agent_version,
                  CONF.hvagent.address, info.hypervisor_type, info.hypervisor_version,
                  info.hostname, info.arch)
+
+    def cleanup_host(self, host):
+        self._stop_watcher()
+
+    # -- lifecycle events -------------------------------------------------------------------
+
+    def register_event_listener(self, callback):
+        """Nova registers its handler after init_host and unregisters it (None) on shutdown:
+        the agent's event stream is followed exactly while somebody listens."""
+        super(HvagentDriver, self).register_event_listener(callback)
+        if callback is None:
+            self._stop_watcher()
+        elif self._watcher is None:
+            self._watcher = events.LifecycleWatcher(
+                make_channel=self._event_channel, is_instance=self._is_nova_domain,
+                list_states=self._domain_states, emit=self.emit_event,
+                delay=CONF.hvagent.lifecycle_event_delay)
+            self._watcher.start()
+
+    def _event_channel(self):
+        # Its own channel, read on one native thread (events.py says why).
+        return client.make_channel(
+            CONF.hvagent, [(grpc_experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
+
+    def _domain_states(self):
+        return {d.uuid: d.state for d in self._domains()}
+
+    def _stop_watcher(self):
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
 
     def get_available_nodes(self, refresh=False):
         return [self._host_info(refresh).hostname]
@@ -305,9 +347,28 @@ class HvagentDriver(driver.ComputeDriver):
             disks.append(("swap", swap_mb * units.Mi))
         return disks
 
-    @staticmethod
-    def _volume_name(instance, suffix):
-        return "%s-%s" % (instance.uuid, suffix)
+    def _pool_type(self, pool):
+        if pool not in self._pool_types:
+            self._pool_types[pool] = self.agent.call(
+                self.agent.storage.GetPool, storage_pb2.GetPoolRequest(name=pool)).type
+        return self._pool_types[pool]
+
+    def _volume_name(self, instance, suffix):
+        """`<uuid>-<suffix>`; on partition pools, whose GPT partition names hold at most 20
+        characters of volume name and 27 of volume plus domain name, as many hex digits of
+        the UUID as fit, then r (root), e<N> (ephemeral) or s (swap)."""
+        pool = CONF.hvagent.storage_pool
+        if self._pool_type(pool) != storage_pb2.POOL_TYPE_PARTITION:
+            return "%s-%s" % (instance.uuid, suffix)
+        code = {"root": "r", "swap": "s"}.get(suffix) or "e" + suffix[len("eph"):]
+        digits = min(PARTITION_VOLUME_MAX, PARTITION_NAME_ROOM - len(instance.name)) - len(code)
+        if digits < 6:
+            raise exception.InstanceDeployFailure(
+                reason="hvagent: storage_pool %s is a partition pool, whose volume and domain "
+                       "names together hold %d characters: instance name %s leaves too little "
+                       "(shorten instance_name_template)" % (pool, PARTITION_NAME_ROOM,
+                                                             instance.name))
+        return instance.uuid.replace("-", "")[:digits] + code
 
     def _download(self, context, image_id, path):
         glance.API().download(context, image_id, dest_path=path)
@@ -402,7 +463,9 @@ class HvagentDriver(driver.ComputeDriver):
             else:
                 raise exception.ImageUnacceptable(image_id=image_meta.id,
                                                   reason="disk format %s unsupported" % fmt)
-            path = "/proc/self/fd/%d" % data.fileno()
+            # Our descriptor, named through our pid: qemu-img does not inherit it, and its
+            # own /proc/self would be the wrong process.
+            path = "/proc/%d/fd/%d" % (os.getpid(), data.fileno())
             processutils.execute("qemu-img", "convert", "-f", src_fmt, "-O", "raw", "-n",
                                  path, vol.path)
 

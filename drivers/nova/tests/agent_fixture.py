@@ -3,6 +3,7 @@ tests/integration/agent_harness.py does: free loopback ports, --plaintext-loopba
 /healthz. With root, it also gets an LVM storage pool on a sparse loop device (lvm2 metadata
 only: wipe = none, so nothing is ever written to the volumes)."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 POOL = "nova"
@@ -32,10 +34,12 @@ def pool_possible():
 
 
 class AgentProcess(object):
-    def __init__(self, with_pool=True):
+    def __init__(self, with_pool=True, grpc_addr=None, rest_addr=None):
+        """`grpc_addr`/`rest_addr`: listen there (an agent restarted on the same ports)
+        instead of on free ports."""
         self.binary = os.environ["HVAGENTD"]
-        self.grpc_addr = "127.0.0.1:%d" % free_port()
-        self.rest_addr = "127.0.0.1:%d" % free_port()
+        self.grpc_addr = grpc_addr or "127.0.0.1:%d" % free_port()
+        self.rest_addr = rest_addr or "127.0.0.1:%d" % free_port()
         self.tmp = tempfile.mkdtemp(prefix="hvnova-")
         self.loop = None
         self.vg = None
@@ -83,6 +87,18 @@ class AgentProcess(object):
             time.sleep(0.1)
         raise AssertionError("hvagentd not healthy within 30 s:\n" + self.log_text())
 
+    def rest(self, method, path, body=None):
+        """(status, body text) of a REST call to the agent."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request("http://%s%s" % (self.rest_addr, path), data=data,
+                                     method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def log_text(self):
         try:
             with open(os.path.join(self.tmp, "hvagentd.log"), errors="replace") as f:
@@ -99,6 +115,9 @@ class AgentProcess(object):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
         if self.vg:
             subprocess.run(["vgremove", "-f", "--config", "global{activation=0}", self.vg],
                            capture_output=True)
