@@ -4,6 +4,7 @@
 #include <libvirt/virterror.h>
 
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -288,6 +289,11 @@ DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
     virResetLastError();  // e.g. the domain vanished meanwhile; report what we have
   }
   info.persistent = virDomainIsPersistent(dom) == 1;
+  FillUptime(info);
+  return info;
+}
+
+void LibvirtHypervisor::FillUptime(DomainInfo& info) {
   if (info.state == DomainState::kRunning || info.state == DomainState::kPaused ||
       info.state == DomainState::kBlocked) {
     std::lock_guard lock(events_mu_);
@@ -295,7 +301,59 @@ DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
       info.uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - it->second);
     }
   }
-  return info;
+}
+
+// Two round trips whatever the number of domains: one bulk call for state, vCPUs and memory,
+// one listing of the transient domains. A record the driver leaves incomplete (libvirt's test
+// driver reports only the state) is completed with per-domain calls; nullopt when the driver
+// has no bulk call (libxl) or the transient listing fails: then the caller goes per domain.
+std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virConnectPtr conn) {
+  if (options_.force_per_domain_stats || bulk_stats_unsupported_.load()) return std::nullopt;
+  virDomainPtr* transient = nullptr;
+  int t = virConnectListAllDomains(conn, &transient, VIR_CONNECT_LIST_DOMAINS_TRANSIENT);
+  if (t < 0) {
+    virResetLastError();
+    return std::nullopt;
+  }
+  std::set<std::string> transient_uuids;
+  for (int i = 0; i < t; ++i) {
+    char uuid[VIR_UUID_STRING_BUFLEN] = {};
+    if (virDomainGetUUIDString(transient[i], uuid) == 0) transient_uuids.insert(uuid);
+    virDomainFree(transient[i]);
+  }
+  free(transient);
+  virDomainStatsRecordPtr* records = nullptr;
+  int n = virConnectGetAllDomainStats(
+      conn, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_VCPU | VIR_DOMAIN_STATS_BALLOON, &records, 0);
+  if (n < 0) {
+    if (virErrorPtr e = virGetLastError(); e != nullptr && e->code == VIR_ERR_NO_SUPPORT) bulk_stats_unsupported_ = true;
+    virResetLastError();
+    return std::nullopt;
+  }
+  std::vector<DomainInfo> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    virDomainPtr d = records[i]->dom;
+    const char* name = virDomainGetName(d);
+    char uuid[VIR_UUID_STRING_BUFLEN] = {};
+    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
+    DomainStats st = ParseDomainStats(name ? name : "", uuid, records[i]->params, records[i]->nparams);
+    if (!st.vcpus || !st.balloon_maximum_kib || st.state == DomainState::kUnknown) {
+      out.push_back(Describe(d));
+      continue;
+    }
+    DomainInfo info;
+    info.name = st.name;
+    info.uuid = st.uuid;
+    info.state = st.state;
+    info.vcpus = *st.vcpus;
+    info.memory_mib = *st.balloon_maximum_kib / 1024;
+    info.persistent = !transient_uuids.contains(st.uuid);
+    FillUptime(info);
+    out.push_back(std::move(info));
+  }
+  virDomainStatsRecordListFree(records);
+  return out;
 }
 
 absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
@@ -336,6 +394,7 @@ absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
 absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
   auto conn = Connection();
   if (!conn.ok()) return conn.status();
+  if (auto bulk = ListDomainsBulk(conn->get())) return std::move(*bulk);
   virDomainPtr* doms = nullptr;
   int n = virConnectListAllDomains(conn->get(), &doms, 0);
   if (n < 0) return LastLibvirtError("list domains");

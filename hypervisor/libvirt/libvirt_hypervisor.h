@@ -37,8 +37,8 @@ class LibvirtHypervisor final : public Hypervisor {
     // agent reconnects. (In-process drivers such as test:/// need none.)
     int keepalive_interval_seconds = 5;
     unsigned int keepalive_count = 3;
-    // Statistics through per-domain calls even where the driver has the bulk call. Off in
-    // production; tests turn it on to compare the two paths on one driver.
+    // Statistics and listings through per-domain calls even where the driver has the bulk
+    // call. Off in production; tests turn it on to compare the two paths on one driver.
     bool force_per_domain_stats = false;
   };
 
@@ -87,6 +87,8 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status Transition(const std::string& name, const char* verb, std::initializer_list<DomainState> allowed,
                           int (*op)(virDomainPtr));
   DomainInfo Describe(virDomainPtr dom);
+  void FillUptime(DomainInfo& info);
+  std::optional<std::vector<DomainInfo>> ListDomainsBulk(virConnectPtr conn);
   absl::StatusOr<std::vector<DomainStats>> PerDomainStats(virConnectPtr conn);
   absl::Status OpenConnection();  // called with mu_ not held
   void DropConnection();          // called with mu_ not held

@@ -1,5 +1,6 @@
 """A guest's whole life through the gRPC API (Python grpcio client), checked with virsh."""
 
+import os
 import unittest
 
 import grpc
@@ -66,6 +67,34 @@ class GrpcLifecycleTest(AgentTestCase):
         with self.assertRaises(grpc.RpcError) as ctx:
             d.GetDomain(domain_pb2.GetDomainRequest(name=name))
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_listing_matches_libvirt_for_defined_running_and_transient_domains(self):
+        """ListDomains reads state, vCPUs and memory from one bulk call on QEMU: every field must
+        still be what virsh says, including persistence (a transient domain made with virsh)."""
+        d = self.agent.domains
+        stopped, running, transient = unique_name("ls"), unique_name("ls"), unique_name("ls")
+        spec = small_spec(stopped)
+        spec.vcpus, spec.memory_mib = 2, 96
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec))
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=small_spec(running), start=True))
+        xml = virsh("dumpxml", running).stdout.replace(f"<name>{running}</name>", f"<name>{transient}</name>")
+        xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+        path = os.path.join(self.workdir, "transient.xml")
+        with open(path, "w") as f:
+            f.write(xml)
+        virsh("create", path)  # running, never defined: transient
+        listed = {x.name: x for x in d.ListDomains(domain_pb2.ListDomainsRequest()).domains}
+        for name in (stopped, running, transient):
+            self.assertIn(name, listed)
+            info = dict(line.split(":", 1) for line in virsh("dominfo", name).stdout.splitlines() if ":" in line)
+            got = listed[name]
+            self.assertEqual(got.vcpus, int(info["CPU(s)"].strip()), name)
+            self.assertEqual(got.memory_mib, int(info["Max memory"].split()[0]) // 1024, name)
+            self.assertEqual(got.persistent, info["Persistent"].strip() == "yes", name)
+            self.assertEqual(domstate(name), {domain_pb2.DOMAIN_STATE_RUNNING: "running",
+                                              domain_pb2.DOMAIN_STATE_SHUTOFF: "shut off"}[got.state], name)
+        self.assertFalse(listed[transient].persistent)
+        self.assertEqual((listed[stopped].vcpus, listed[stopped].memory_mib), (2, 96))
 
     def test_delete_running_needs_force(self):
         d = self.agent.domains

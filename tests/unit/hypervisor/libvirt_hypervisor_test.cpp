@@ -2,6 +2,7 @@
 // connections in one process share that driver's state, so every test uses its own names.
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -280,6 +281,42 @@ TEST(LibvirtHypervisorStatsTest, PerDomainFallbackAgreesWithTheBulkCall) {
   ASSERT_TRUE(per_domain.DestroyDomain(name).ok());
   ASSERT_TRUE(per_domain.UndefineDomain(name).ok());
   ASSERT_TRUE(per_domain.UndefineDomain(stopped).ok());
+}
+
+// ListDomains takes state, vCPUs and memory from one bulk call where the driver gives them, and
+// completes with per-domain calls where it does not (the test driver reports only the state):
+// either way the answer is the per-domain one.
+TEST(LibvirtHypervisorStatsTest, BulkListingAgreesWithPerDomainCalls) {
+  LibvirtHypervisor bulk({.uri = "test:///default"});
+  LibvirtHypervisor per_domain({.uri = "test:///default", .force_per_domain_stats = true});
+  const std::string name = Unique("listing");
+  DomainSpec s = Spec(name);
+  s.vcpus = 3;
+  s.memory_mib = 96;
+  ASSERT_TRUE(bulk.DefineDomain(s).ok());
+  ASSERT_TRUE(bulk.StartDomain(name).ok());
+  auto a = bulk.ListDomains();
+  auto b = per_domain.ListDomains();
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  for (size_t i = 0; i < a->size(); ++i) {
+    const DomainInfo& x = (*a)[i];
+    auto y = std::find_if(b->begin(), b->end(), [&](const DomainInfo& d) { return d.uuid == x.uuid; });
+    ASSERT_NE(y, b->end()) << x.name;
+    EXPECT_EQ(x.name, y->name);
+    EXPECT_EQ(x.state, y->state) << x.name;
+    EXPECT_EQ(x.vcpus, y->vcpus) << x.name;
+    EXPECT_EQ(x.memory_mib, y->memory_mib) << x.name;
+    EXPECT_EQ(x.persistent, y->persistent) << x.name;
+  }
+  auto mine = std::find_if(a->begin(), a->end(), [&](const DomainInfo& d) { return d.name == name; });
+  ASSERT_NE(mine, a->end());
+  EXPECT_EQ(mine->vcpus, 3u);
+  EXPECT_EQ(mine->memory_mib, 96u);
+  EXPECT_TRUE(mine->persistent);
+  EXPECT_EQ(mine->state, DomainState::kRunning);
+  ASSERT_TRUE(bulk.DestroyDomain(name).ok());
+  ASSERT_TRUE(bulk.UndefineDomain(name).ok());
 }
 
 TEST(LibvirtHypervisorConnectionTest, UnreachableUriStartsDisconnectedAndCallsAreUnavailable) {
