@@ -173,6 +173,9 @@ class Reconciler {
 
  private:
   void RunOnce() {
+    for (const auto& r : domains_.Recover()) {
+      log::ComponentLogger("main")->warn("recovered {} of domain {}: {}", r.kind, r.domain, r.outcome);
+    }
     auto orphans = domains_.Reconcile(release_);
     if (!orphans.ok()) log::ComponentLogger("main")->warn("reconcile skipped: {}", orphans.status().message());
   }

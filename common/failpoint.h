@@ -5,15 +5,16 @@
 //
 // Compiled in only with -DHVAGENT_FAILPOINTS=ON (deploy/test.sh); in any other build
 // HVAGENT_FAILPOINT(name) is an empty statement. Armed through the environment:
-//   HVAGENT_FAILPOINTS=create.after_define,delete.after_undefine
-// Each armed point fires the first time it is reached.
+//   HVAGENT_FAILPOINTS=create.after_define,delete.after_undefine   (SIGKILL there)
+//   HVAGENT_FAILPOINTS=create.after_define=sleep:4000              (pause there 4 s, e.g. to stop
+//                                                                   libvirtd mid-operation)
 
 namespace hvagent::failpoint {
 
 // True when this binary was built with failpoints (hvagentd --version says so).
 bool CompiledIn();
 
-// Kills the process with SIGKILL if `name` is armed. Only called through the macro.
+// Kills the process with SIGKILL (or sleeps) if `name` is armed. Only called through the macro.
 void Hit(const char* name);
 
 }  // namespace hvagent::failpoint

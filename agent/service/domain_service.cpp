@@ -148,13 +148,21 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   begin.set_start(start);
   auto op = journal_->Begin(std::move(begin));
   if (!op.ok()) return op.status();  // nothing done yet
-  auto r = CreateJournalled(*op, std::move(spec), start, volumes);
-  EndOp(*op, r.ok() ? "ok" : absl::StrCat("failed: ", r.status().message()));
+  bool settled = true;
+  auto r = CreateJournalled(*op, std::move(spec), start, volumes, &settled);
+  if (settled) {
+    EndOp(*op, r.ok() ? "ok" : absl::StrCat("failed: ", r.status().message()));
+  } else {
+    // The hypervisor went away mid-create and the undo could not be done: the operation stays
+    // in the journal, and Recover (at start and with every reconciliation) finishes the undo.
+    Log()->error("create of {} failed and could not be undone now; left to recovery: {}", request.name,
+                 r.status().message());
+  }
   return r;
 }
 
 absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
-                                                               const std::vector<DiskVolume>& volumes) {
+                                                               const std::vector<DiskVolume>& volumes, bool* settled) {
   std::vector<DiskVolume> claimed;
   for (const DiskVolume& v : volumes) {
     auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name,
@@ -175,6 +183,11 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
   }
   absl::Status s = journal_->Step(op, StepOf("define"));
   if (s.ok()) s = hv_.DefineDomain(spec);
+  if (absl::IsUnavailable(s)) {
+    // The connection dropped during the call: the domain may or may not be defined now.
+    *settled = false;
+    return s;
+  }
   if (!s.ok()) {
     ReleaseClaims(claimed);
     return s;
@@ -189,6 +202,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
       // Leave nothing behind: a create that cannot start is undone.
       if (auto u = hv_.UndefineDomain(spec.name); !u.ok()) {
         Log()->error("rollback of {} failed: {}", spec.name, u.message());
+        *settled = false;
       } else {
         ReleaseClaims(claimed);
       }

@@ -54,7 +54,9 @@ class DomainService {
   // kept only when it got through its last step (the domain exists with the journalled uuid,
   // running if it was to start), otherwise it is undone (domain removed, volumes it created
   // deleted, volumes it claimed released); an interrupted delete is carried through. Run at
-  // start, before the APIs serve.
+  // start, before the APIs serve, and with every reconciliation (creates and deletes hold the
+  // same lock, so only abandoned operations are seen: a create whose undo failed because the
+  // hypervisor went away, or one that failed to recover before).
   std::vector<Recovery> Recover();
 
   // Reconciliation: volumes recorded as attached to a domain the hypervisor does not have
@@ -90,8 +92,10 @@ class DomainService {
   absl::Status CheckVolumes(hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) const;
   // Undoes claimed volumes in reverse order (best effort, logged).
   void ReleaseClaims(const std::vector<DiskVolume>& claimed);
+  // `settled` false: it failed and its undo could not be done (the hypervisor went away); the
+  // operation is left open in the journal for Recover.
   absl::StatusOr<hv::DomainInfo> CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
-                                                  const std::vector<DiskVolume>& volumes);
+                                                  const std::vector<DiskVolume>& volumes, bool* settled);
   absl::Status DeleteJournalled(uint64_t op, const hv::DomainInfo& info, bool force, bool delete_volumes,
                                 const std::vector<storage::VolumeInfo>& volumes);
   Recovery RecoverCreate(const Journal::Operation& op);

@@ -12,6 +12,7 @@ and real lvm2 / GPT pools on loop devices.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -21,8 +22,9 @@ import urllib.error
 import urllib.request
 import uuid
 
-from agent_harness import Agent, AgentTestCase, all_domain_names, domstate, unique_name, virsh
+from agent_harness import FIXTURE, Agent, AgentTestCase, all_domain_names, domstate, unique_name, virsh
 from hvagent.v1 import domain_pb2
+from test_reconnect import alive, wait_for
 from test_storage_vms import attach_loop, lvm_argv, run
 
 MiB = 1 << 20
@@ -231,6 +233,43 @@ wipe = "none"
 
     def test_delete_killed_after_releasing_the_volume(self):
         self.crash_delete("delete.after_release")
+
+    def test_libvirtd_stopping_mid_create_leaves_nothing_once_it_is_back(self):
+        """The create pauses after define (a failpoint that sleeps); libvirtd is stopped then, so
+        the start fails and so does the undo. The operation stays in the journal; once libvirtd
+        is back, the next reconciliation finishes the undo: no domain, no partition."""
+        if not failpoints_compiled_in():
+            self.skipTest("hvagentd built without -DHVAGENT_FAILPOINTS=ON")
+        r = subprocess.run([FIXTURE, "pid"], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("the running libvirtd was not started by libvirtd_fixture.sh")
+        pid = int(r.stdout)
+        name, volume = unique_name("m"), f"m{uuid.uuid4().hex[:5]}"
+        config = self.agent_config().replace("[reliability]\n", "[reliability]\nreconcile_interval_seconds = 10\n")
+        self.agent.stop()
+        type(self).agent = Agent(config, env={"HVAGENT_FAILPOINTS": "create.after_define=sleep:4000"})
+        result = {}
+        create = threading.Thread(target=lambda: result.update(
+            reply=self.post("/v1/domains", self.spec(name, "disk1", volume))))
+        create.start()
+        try:
+            self.assertTrue(wait_for(lambda: "create.after_define reached" in self.agent.log_text(), 30),
+                            "the create never reached its pause")
+            os.kill(pid, signal.SIGTERM)
+            self.assertTrue(wait_for(lambda: not alive(pid), 30), "libvirtd did not exit")
+            create.join(60)
+            status, body, _ = result["reply"]
+            self.assertEqual(status, 503, body)  # the start could not reach libvirtd
+        finally:
+            subprocess.run([FIXTURE, "start"], check=True)
+        self.assertIn("left to recovery", self.agent.log_text())
+        # Reconnect (backoff) and the next reconciliation (10 s) undo it.
+        self.assertTrue(wait_for(lambda: name not in all_domain_names(), 60),
+                        f"{name} still defined:\n{self.agent.log_text()[-3000:]}")
+        self.wait_volume_gone("disk1", volume)
+        self.assertNotIn(volume, self.partition_names())
+        self.assertIn("recovered create of domain", self.agent.log_text())
+        self.restart()
 
     # ---- retries ----
 

@@ -255,6 +255,31 @@ TEST_F(RecoveryTest, DeleteKilledBeforeAnyStepIsCarriedThrough) {
   EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));  // kept, as the request asked
 }
 
+// The hypervisor goes away between define and start: the start fails, and so does the undo.
+// The create stays open in the journal; the next Recover (a reconciliation) finishes the undo.
+TEST_F(RecoveryTest, ACreateWhoseUndoFailedStaysOpenUntilRecovered) {
+  domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{}, storage_.get(), crashed_.get());
+  hv::DomainSpec s{.name = "web3", .vcpus = 1, .memory_mib = 64};
+  s.disks.push_back({.source_path = "", .target = "vda"});
+  hv_.fail_start = absl::UnavailableError("connection to libvirtd lost");
+  hv_.fail_undefine = absl::UnavailableError("connection to libvirtd lost");
+  auto d = domains_->Create(s, true, {{0, {"vg0", "web3-root", 16 << 20}}});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_EQ(crashed_->Unfinished().size(), 1u) << "left for recovery";
+  EXPECT_TRUE(hv_.GetDomain("web3").ok());
+  EXPECT_TRUE(domains_->Recover()[0].outcome.starts_with("failed"));  // still unreachable
+  EXPECT_EQ(crashed_->Unfinished().size(), 1u);
+
+  hv_.fail_undefine = absl::OkStatus();  // libvirtd is back
+  auto r = domains_->Recover();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "rolled back");
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(hv_.GetDomain("web3").ok());
+  EXPECT_THAT(VolumeNames(), IsEmpty());
+  EXPECT_TRUE(crashed_->Unfinished().empty());
+}
+
 TEST_F(RecoveryTest, JournalledCreateAndDeleteLeaveNothingOpen) {
   domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{}, storage_.get(), crashed_.get());
   hv::DomainSpec s{.name = "web2", .vcpus = 1, .memory_mib = 64};
