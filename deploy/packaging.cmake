@@ -29,4 +29,14 @@ set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "libvirt-daemon-system")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/deploy/debian/conffiles
                                        ${PROJECT_SOURCE_DIR}/deploy/debian/postrm)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
+if(CMAKE_CROSSCOMPILING)
+  # The arm64 package (deploy/cross/build-arm64.sh). dpkg-shlibdeps cannot look into a sysroot
+  # (it asks dpkg, and the arm64 libraries are unpacked, not installed):
+  # deploy/cross/arm64-depends.py computes the same Depends from the arm64 .debs' own shlibs
+  # files, and cpack reads them through cpack-depends.cmake.
+  set(CPACK_DEBIAN_PACKAGE_ARCHITECTURE arm64)
+  set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS OFF)
+  set(CPACK_HVAGENT_DEPENDS_FILE ${CMAKE_BINARY_DIR}/arm64-depends.txt)
+  set(CPACK_PROJECT_CONFIG_FILE ${PROJECT_SOURCE_DIR}/deploy/cross/cpack-depends.cmake)
+endif()
 include(CPack)

@@ -6,7 +6,7 @@
 #   4. fuzz targets for a bounded number of runs (clang + libFuzzer)
 #   5. integration tests against a real libvirtd + QEMU (the fixture starts and stops it)
 #   6. the Debian package: built, installed, started and purged
-#   7. the arm64 cross build, its unit tests under qemu-aarch64
+#   7. the arm64 cross build and its .deb, its unit tests under qemu-aarch64
 #   8. the system tier: real Xen 4.17 ARM64 under qemu-system-aarch64, the arm64 agent in dom0
 # Needs root (apt-get, libvirtd). Exits non-zero on the first failing tier.
 set -euo pipefail
@@ -66,10 +66,12 @@ ctest --test-dir build -L integration --output-on-failure
 step "Debian package: built by CPack, installed with apt, started, purged"
 ctest --test-dir build -L package --output-on-failure
 
-step "arm64: cross build (sysroot from Debian's arm64 packages), unit tests under qemu-aarch64"
+step "arm64: cross build (sysroot from Debian's arm64 packages), .deb, unit tests under qemu-aarch64"
 deploy/cross/build-arm64.sh
 
 step "system: real Xen ARM64 (qemu-system-aarch64), a guest on an LV through the agent's API"
-tests/system/xen-arm64/run.sh --agent build-arm64/agent/hvagentd
+# dom0 gets the agent from the arm64 .deb the previous tier built (its Depends checked against
+# dom0's own Debian packages).
+tests/system/xen-arm64/run.sh --agent-deb "$(ls build-arm64/hvagent_*_arm64.deb)"
 
 step "all tiers passed"

@@ -45,6 +45,28 @@ fi
 echo "hvagentd: AArch64; needs $(readelf -d "$build/agent/hvagentd" |
   sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 
+step "Debian package (arm64)"
+# Depends as dpkg-shlibdeps would compute them natively (see arm64-depends.py for why it cannot).
+bins=("$build/agent/hvagentd" "$build/agent/hvctl" "$build/drivers/cloudstack/hvagent-cloudstack")
+/usr/bin/python3 deploy/cross/arm64-depends.py --cache "$(dirname "$sysroot")" "${bins[@]}" > "$build/arm64-depends.txt"
+rm -f "$build"/hvagent_*_arm64.deb
+(cd "$build" && cpack -G DEB >/dev/null)
+deb=$(ls "$build"/hvagent_*_arm64.deb)
+[[ $(dpkg-deb -f "$deb" Architecture) == arm64 ]] || { echo "build-arm64: $deb is not arm64" >&2; exit 1; }
+depends=$(dpkg-deb -f "$deb" Depends)
+check=$(mktemp -d)
+dpkg-deb -x "$deb" "$check"
+for b in usr/sbin/hvagentd usr/bin/hvctl usr/share/hvagent/cloudstack/hvagent-cloudstack; do
+  [[ $(readelf -h "$check/$b" | sed -n 's/^ *Machine: *//p') == AArch64 ]] ||
+    { echo "build-arm64: $b in $deb is not AArch64" >&2; exit 1; }
+done
+rm -rf "$check"
+names=$(tr ',' '\n' <<<"$depends" | awk '{print $1}')
+for lib in $(tr ',' '\n' < "$build/arm64-depends.txt" | awk '{print $1}'); do
+  grep -qxF "$lib" <<<"$names" || { echo "build-arm64: Depends lacks $lib: $depends" >&2; exit 1; }
+done
+echo "$(basename "$deb"): $(du -k "$deb" | cut -f1) KiB; Depends: $depends"
+
 [[ "${1:-}" == "--no-test" ]] && exit 0
 
 step "unit tests under qemu-aarch64"

@@ -7,11 +7,14 @@
 #   OUT/dom0.cpio.gz   dom0's root file system as an initramfs (/init: dom0-init.sh)
 #   OUT/guest.cpio.gz  the guest's initramfs (busybox; prints HVAGENT-GUEST-UP on hvc0)
 #
-#   build-dom0.sh [--cache DIR] [--out DIR] [--agent PATH] [--agent-libs DIR]
+#   build-dom0.sh [--cache DIR] [--out DIR] [--agent PATH | --agent-deb DEB] [--agent-libs DIR]
 #                 [--pv /dev/vda] [--vg hvagent_sys] [--pool vg0]
 #
 # --agent: an arm64 hvagentd; when the file is absent dom0 is built without it and the image
 # says so in /etc/hvagent/ABSENT (the test then skips the API steps, naming the path).
+# --agent-deb: the arm64 Debian package (deploy/cross/build-arm64.sh makes it): dom0 gets the
+# hvagentd it ships, and every library package its Depends names must be among dom0's own
+# Debian arm64 packages (the manifest), i.e. the package would install on that system.
 # --agent-libs: a directory whose *.so* files are copied to /usr/local/lib (libraries the
 # agent needs that no Debian package in the manifest provides, e.g. a locally built one).
 set -euo pipefail
@@ -21,6 +24,7 @@ CACHE=/var/cache/hvagent-xen-arm64/debs
 OUT=/var/cache/hvagent-xen-arm64/image
 AGENT=""
 AGENT_LIBS=""
+AGENT_DEB=""
 PV=/dev/vda
 VG=hvagent_sys
 POOL=vg0
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --agent) AGENT=$2; shift 2 ;;
     --agent-libs) AGENT_LIBS=$2; shift 2 ;;
+    --agent-deb) AGENT_DEB=$2; shift 2 ;;
     --pv) PV=$2; shift 2 ;;
     --vg) VG=$2; shift 2 ;;
     --pool) POOL=$2; shift 2 ;;
@@ -152,6 +157,26 @@ mkdir -p "$ROOT/etc/libvirt"
 echo 'autoballoon = 0' > "$ROOT/etc/libvirt/libxl.conf"
 
 # --- the agent -----------------------------------------------------------------------------
+if [ -n "$AGENT_DEB" ]; then
+  [ -f "$AGENT_DEB" ] || { log "--agent-deb $AGENT_DEB: no such file"; exit 1; }
+  [ "$(dpkg-deb -f "$AGENT_DEB" Architecture)" = arm64 ] || { log "$AGENT_DEB is not an arm64 package"; exit 1; }
+  # What dom0's packages are and provide (libspdlog1.10 provides libspdlog1.10-fmt9, say).
+  : > "$WORK/provided"
+  while read -r deb; do
+    dpkg-deb -f "$CACHE/$deb" Package Provides | sed 's/^[A-Za-z]*: //' | tr ',' '\n' |
+      awk 'NF {print $1}' >> "$WORK/provided"
+  done < "$CACHE/manifest"
+  unsatisfied=""
+  for dep in $(dpkg-deb -f "$AGENT_DEB" Depends | tr ',' '\n' | awk '{print $1}'); do
+    case "$dep" in lvm2|parted|fdisk|util-linux) continue ;; esac  # tools; lvm2 is unpacked anyway
+    grep -qxF "$dep" "$WORK/provided" || unsatisfied="$unsatisfied $dep"
+  done
+  [ -z "$unsatisfied" ] || { log "$AGENT_DEB depends on packages dom0 does not have:$unsatisfied"; exit 1; }
+  mkdir -p "$WORK/agent-deb"
+  dpkg-deb -x "$AGENT_DEB" "$WORK/agent-deb"
+  AGENT=$WORK/agent-deb/usr/sbin/hvagentd
+  log "agent from $(basename "$AGENT_DEB"); its Depends are all among dom0's packages"
+fi
 if [ -n "$AGENT" ] && [ -f "$AGENT" ]; then
   install -D -m 0755 "$AGENT" "$ROOT/usr/local/bin/hvagentd"
   mkdir -p "$ROOT/usr/local/lib"

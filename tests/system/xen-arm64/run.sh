@@ -2,7 +2,7 @@
 # CI entry point of the Xen ARM64 system tier: fetch (cached), build dom0, boot and test.
 # Every stage has its own time limit; the whole tier stays well under 15 minutes.
 #
-#   run.sh [--agent PATH] [--agent-libs DIR] [--artifacts DIR]
+#   run.sh [--agent PATH | --agent-deb DEB] [--agent-libs DIR] [--artifacts DIR]
 #
 # Defaults: --agent <repo>/build-arm64/agent/hvagentd (or $HVAGENTD_ARM64); without that file
 # the API steps are skipped, saying so, and the Xen/dom0 bring-up is still tested.
@@ -13,12 +13,14 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 AGENT=${HVAGENTD_ARM64:-$REPO/build-arm64/agent/hvagentd}
 AGENT_LIBS=""
+AGENT_DEB=""
 ARTIFACTS=${HVAGENT_XEN_ARTIFACTS:-$REPO/build/system-xen-arm64-artifacts}
 CACHE=${HVAGENT_XEN_CACHE:-/var/cache/hvagent-xen-arm64}
 while [ $# -gt 0 ]; do
   case "$1" in
     --agent) AGENT=$2; shift 2 ;;
     --agent-libs) AGENT_LIBS=$2; shift 2 ;;
+    --agent-deb) AGENT_DEB=$2; shift 2 ;;
     --artifacts) ARTIFACTS=$2; shift 2 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -40,10 +42,11 @@ fail() {
 timeout 600 "$HERE/fetch.sh" "$CACHE/debs" || fail "fetch.sh (exit $?)"
 T1=$(date +%s)
 BUILD_ARGS=(--cache "$CACHE/debs" --out "$IMAGE" --agent "$AGENT")
+[ -n "$AGENT_DEB" ] && BUILD_ARGS=(--cache "$CACHE/debs" --out "$IMAGE" --agent-deb "$AGENT_DEB")
 [ -n "$AGENT_LIBS" ] && BUILD_ARGS+=(--agent-libs "$AGENT_LIBS")
 timeout 300 "$HERE/build-dom0.sh" "${BUILD_ARGS[@]}" || fail "build-dom0.sh (exit $?)"
 T2=$(date +%s)
-[ -f "$AGENT" ] || echo "run.sh: agent step skipped: no arm64 hvagentd at $AGENT"
+[ -n "$AGENT_DEB" ] || [ -f "$AGENT" ] || echo "run.sh: agent step skipped: no arm64 hvagentd at $AGENT"
 
 # The test bounds each boot itself (run_xen.py kills QEMU on its hard timeout); this outer
 # limit only catches a hung test process.
