@@ -40,8 +40,8 @@ import urllib.request
 import jsonschema
 import yaml
 
-from agent_harness import AgentTestCase, small_spec_json, unique_name
-from test_storage_vms import attach_loop, lvm_argv, run
+from agent_harness import small_spec_json, unique_name
+from loop_pools import LoopPoolsTestCase, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC_PATH = os.path.join(REPO, "docs", "openapi.yaml")
@@ -208,10 +208,10 @@ class DocumentTest(unittest.TestCase):
         self.assertEqual(code_methods, doc_methods)
 
 
-class Conformance(AgentTestCase):
+class Conformance(LoopPoolsTestCase):
     """The agent's answers, operation by operation."""
 
-    vg = f"hvit_oa_{os.urandom(4).hex()}"
+    pool_image_bytes = 128 * MiB
 
     @classmethod
     def setUpClass(cls):
@@ -220,45 +220,7 @@ class Conformance(AgentTestCase):
         cls.resolver = jsonschema.RefResolver("", cls.strict)
         cls.formats = format_checker()
         cls.seen = set()
-        cls.loopdir = os.path.join("/tmp", f"hvit-oa-{os.urandom(4).hex()}")
-        os.makedirs(cls.loopdir)
-        cls.loops = []
-        try:
-            for name in ("disk.img", "pv.img"):
-                path = os.path.join(cls.loopdir, name)
-                with open(path, "wb") as f:
-                    f.truncate(128 * MiB)
-                cls.loops.append(attach_loop(path))
-            cls.disk, cls.pv = cls.loops
-            super().setUpClass()
-        except BaseException:
-            cls._remove_loops()
-            raise
-
-    @classmethod
-    def agent_config(cls):
-        return (f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{cls.disk}"\nwipe = "zero"\n\n'
-                f'[[storage.pools]]\nname = "vg"\ntype = "lvm"\nvolume_group = "{cls.vg}"\n'
-                f'physical_volumes = ["{cls.pv}"]\nwipe = "none"\n')
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls._remove_loops()
-
-    @classmethod
-    def _remove_loops(cls):
-        run(lvm_argv("vgremove", "-ff", "-y", cls.vg), check=False)
-        for loop in cls.loops:
-            run(lvm_argv("pvremove", "-ff", "-y", loop), check=False)
-            run(["losetup", "-d", loop], check=False)
-        for name in ("disk.img", "pv.img"):
-            path = os.path.join(cls.loopdir, name)
-            if os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(cls.loopdir)
+        super().setUpClass()
 
     # ---- the wire ----
 

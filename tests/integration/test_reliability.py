@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -22,10 +21,10 @@ import urllib.error
 import urllib.request
 import uuid
 
-from agent_harness import FIXTURE, Agent, AgentTestCase, all_domain_names, domstate, unique_name, virsh
+from agent_harness import FIXTURE, Agent, all_domain_names, domstate, unique_name, virsh
+from loop_pools import LoopPoolsTestCase, lvm_argv, run
 from hvagent.v1 import domain_pb2
 from test_reconnect import alive, wait_for
-from test_storage_vms import attach_loop, lvm_argv, run
 
 MiB = 1 << 20
 
@@ -35,60 +34,16 @@ def failpoints_compiled_in():
     return "failpoints" in out
 
 
-class ReliabilityTest(AgentTestCase):
-    vg = f"hvit_rel_{uuid.uuid4().hex[:8]}"
-
+class ReliabilityTest(LoopPoolsTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.loopdir = tempfile.mkdtemp(prefix="hvit-rel-")
+        super().setUpClass()
         cls.state_dir = os.path.join(cls.loopdir, "state")
-        cls.loops = []
-        try:
-            for name in ("disk.img", "pv.img"):
-                path = os.path.join(cls.loopdir, name)
-                with open(path, "wb") as f:
-                    f.truncate(256 * MiB)
-                cls.loops.append(attach_loop(path))
-            cls.disk, cls.pv = cls.loops
-            super().setUpClass()
-        except BaseException:
-            cls._remove_loops()
-            raise
 
     @classmethod
-    def agent_config(cls):
-        return f"""
-[reliability]
-state_dir = "{cls.state_dir}"
-
-[[storage.pools]]
-name = "disk1"
-type = "partition"
-disk = "{cls.disk}"
-wipe = "zero"
-
-[[storage.pools]]
-name = "vg"
-type = "lvm"
-volume_group = "{cls.vg}"
-physical_volumes = ["{cls.pv}"]
-wipe = "none"
-"""
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls._remove_loops()
-
-    @classmethod
-    def _remove_loops(cls):
-        run(lvm_argv("vgremove", "-ff", "-y", cls.vg), check=False)
-        for loop in cls.loops:
-            run(lvm_argv("pvremove", "-ff", "-y", loop), check=False)
-            run(["losetup", "-d", loop], check=False)
-        subprocess.run(["rm", "-rf", cls.loopdir], check=False)
+    def extra_config(cls):
+        # Read at each (re)start; the first start (in setUpClass) comes before state_dir is set.
+        return f'[reliability]\nstate_dir = "{os.path.join(cls.loopdir, "state")}"\n'
 
     # ---- helpers ----
 

@@ -13,100 +13,18 @@ import os
 import subprocess
 import tempfile
 import time
-import uuid
 import xml.etree.ElementTree as ET
 
 import grpc
 
-from agent_harness import AgentTestCase, unique_name, virsh
+from agent_harness import unique_name, virsh
+from loop_pools import LoopPoolsTestCase, lvm_argv, run
 from hvagent.v1 import domain_pb2, storage_pb2
 
-LVM = "/sbin/lvm"
 MiB = 1 << 20
 
 
-def run(argv, check=True):
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{argv} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-def lvm_argv(sub, *args):
-    argv = [LVM, sub]
-    if not os.path.exists("/dev/mapper/control") or not _dm_usable():
-        argv += ["--config", "global{activation=0}"]
-    return argv + list(args)
-
-
-def _dm_usable():
-    try:
-        fd = os.open("/dev/mapper/control", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
-def attach_loop(path):
-    return run(["losetup", "--find", "--show", "--partscan", path]).stdout.strip()
-
-
-class StorageVmTest(AgentTestCase):
-    vg = f"hvit_vg_{uuid.uuid4().hex[:8]}"
-
-    @classmethod
-    def setUpClass(cls):
-        cls.loopdir = tempfile.mkdtemp(prefix="hvit-storage-")
-        cls.loops = []
-        try:
-            for name in ("disk.img", "pv.img"):
-                path = os.path.join(cls.loopdir, name)
-                with open(path, "wb") as f:
-                    f.truncate(256 * MiB)
-                cls.loops.append(attach_loop(path))
-            cls.disk, cls.pv = cls.loops
-            super().setUpClass()
-        except BaseException:
-            cls._remove_loops()
-            raise
-
-    @classmethod
-    def agent_config(cls):
-        return f"""
-[[storage.pools]]
-name = "disk1"
-type = "partition"
-disk = "{cls.disk}"
-wipe = "zero"
-
-[[storage.pools]]
-name = "vg"
-type = "lvm"
-volume_group = "{cls.vg}"
-physical_volumes = ["{cls.pv}"]
-wipe = "none"
-"""
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls._remove_loops()
-
-    @classmethod
-    def _remove_loops(cls):
-        run(lvm_argv("vgremove", "-ff", "-y", cls.vg), check=False)
-        for loop in cls.loops:
-            run(lvm_argv("pvremove", "-ff", "-y", loop), check=False)
-            run(["losetup", "-d", loop], check=False)
-        for name in ("disk.img", "pv.img"):
-            path = os.path.join(cls.loopdir, name)
-            if os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(cls.loopdir)
-
+class StorageVmTest(LoopPoolsTestCase):
     # ---- helpers ----
 
     def spec_with_volume(self, name, pool, volume, size, target="vda"):
