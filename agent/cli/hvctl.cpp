@@ -141,6 +141,8 @@ void KeyValues(const google::protobuf::Message& m) {
     } else if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
       if (!r->HasField(m, f)) continue;
       value = Json(r->GetMessage(m, f), false);
+      // Durations and timestamps are JSON strings ("2s"): show them without the quotes.
+      if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
     } else {
       switch (f->cpp_type()) {
         case FD::CPPTYPE_STRING: value = r->GetString(m, f); break;

@@ -308,7 +308,7 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
   auto slot = AdmitStream(ctx, auth_, "hvagent.v1.EventService/Watch");
   if (!slot.ok()) return ToGrpcStatus(slot.status());
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
-  Log()->info("Watch opened ({} domain filter(s))", req->domain_names_size());
+  Log()->debug("Watch opened ({} domain filter(s))", req->domain_names_size());
   // Headers go out only now, so a client that waits for them knows it will see every later event.
   writer->SendInitialMetadata();
   while (!ctx->IsCancelled() && !sub->closed()) {
@@ -316,7 +316,7 @@ grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEv
     if (!e) continue;
     if (!writer->Write(ToProto(*e))) break;  // client went away
   }
-  Log()->info("Watch closed");
+  Log()->debug("Watch closed");
   return grpc::Status::OK;
 }
 
