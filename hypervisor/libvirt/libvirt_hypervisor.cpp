@@ -80,6 +80,28 @@ std::pair<DomainEventType, std::string> EventFrom(int event, int detail) {
   }
 }
 
+std::string NameOf(virDomainPtr d) {
+  const char* n = virDomainGetName(d);
+  return n ? n : "";
+}
+
+// "" when libvirt cannot say (the domain vanished meanwhile).
+std::string UuidOf(virDomainPtr d) {
+  char uuid[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(d, uuid) < 0) {
+    virResetLastError();
+    return "";
+  }
+  return uuid;
+}
+
+// One record of virConnectGetAllDomainStats, with the domain's id while it runs.
+DomainStats StatsOfRecord(const virDomainStatsRecord& r) {
+  DomainStats st = ParseDomainStats(NameOf(r.dom), UuidOf(r.dom), r.params, r.nparams);
+  if (unsigned int id = virDomainGetID(r.dom); id != static_cast<unsigned int>(-1)) st.id = id;
+  return st;
+}
+
 }  // namespace
 
 // A counted reference to the connection, released on scope exit.
@@ -277,9 +299,8 @@ absl::StatusOr<LibvirtHypervisor::DomRef> LibvirtHypervisor::Lookup(const std::s
 
 DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
   DomainInfo info;
-  if (const char* n = virDomainGetName(dom)) info.name = n;
-  char uuid[VIR_UUID_STRING_BUFLEN] = {};
-  if (virDomainGetUUIDString(dom, uuid) == 0) info.uuid = uuid;
+  info.name = NameOf(dom);
+  info.uuid = UuidOf(dom);
   virDomainInfo vi{};
   if (virDomainGetInfo(dom, &vi) == 0) {
     info.state = StateFrom(vi.state);
@@ -309,37 +330,24 @@ void LibvirtHypervisor::FillUptime(DomainInfo& info) {
 // has no bulk call (libxl) or the transient listing fails: then the caller goes per domain.
 std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virConnectPtr conn) {
   if (options_.force_per_domain_stats || bulk_stats_unsupported_.load()) return std::nullopt;
-  virDomainPtr* transient = nullptr;
-  int t = virConnectListAllDomains(conn, &transient, VIR_CONNECT_LIST_DOMAINS_TRANSIENT);
-  if (t < 0) {
-    virResetLastError();
-    return std::nullopt;
-  }
+  auto transient = AllDomains(conn, VIR_CONNECT_LIST_DOMAINS_TRANSIENT, "list transient domains");
+  if (!transient.ok()) return std::nullopt;
   std::set<std::string> transient_uuids;
-  for (int i = 0; i < t; ++i) {
-    char uuid[VIR_UUID_STRING_BUFLEN] = {};
-    if (virDomainGetUUIDString(transient[i], uuid) == 0) transient_uuids.insert(uuid);
-    virDomainFree(transient[i]);
-  }
-  free(transient);
+  for (const DomRef& d : *transient) transient_uuids.insert(UuidOf(d.get()));
   virDomainStatsRecordPtr* records = nullptr;
   int n = virConnectGetAllDomainStats(
       conn, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_VCPU | VIR_DOMAIN_STATS_BALLOON, &records, 0);
   if (n < 0) {
-    if (virErrorPtr e = virGetLastError(); e != nullptr && e->code == VIR_ERR_NO_SUPPORT) bulk_stats_unsupported_ = true;
+    BulkCallUnsupported();  // remembered, so the next listing goes per domain at once
     virResetLastError();
     return std::nullopt;
   }
   std::vector<DomainInfo> out;
   out.reserve(n);
   for (int i = 0; i < n; ++i) {
-    virDomainPtr d = records[i]->dom;
-    const char* name = virDomainGetName(d);
-    char uuid[VIR_UUID_STRING_BUFLEN] = {};
-    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
-    DomainStats st = ParseDomainStats(name ? name : "", uuid, records[i]->params, records[i]->nparams);
+    DomainStats st = StatsOfRecord(*records[i]);
     if (!st.vcpus || !st.balloon_maximum_kib || st.state == DomainState::kUnknown) {
-      out.push_back(Describe(d));
+      out.push_back(Describe(records[i]->dom));
       continue;
     }
     DomainInfo info;
@@ -395,17 +403,35 @@ absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
   auto conn = Connection();
   if (!conn.ok()) return conn.status();
   if (auto bulk = ListDomainsBulk(conn->get())) return std::move(*bulk);
-  virDomainPtr* doms = nullptr;
-  int n = virConnectListAllDomains(conn->get(), &doms, 0);
-  if (n < 0) return LastLibvirtError("list domains");
+  auto doms = AllDomains(conn->get(), 0, "list domains");
+  if (!doms.ok()) return doms.status();
   std::vector<DomainInfo> out;
+  out.reserve(doms->size());
+  for (const DomRef& d : *doms) out.push_back(Describe(d.get()));
+  return out;
+}
+
+absl::StatusOr<std::vector<LibvirtHypervisor::DomRef>> LibvirtHypervisor::AllDomains(virConnectPtr conn,
+                                                                                    unsigned int flags,
+                                                                                    const char* what) {
+  virDomainPtr* doms = nullptr;
+  int n = virConnectListAllDomains(conn, &doms, flags);
+  if (n < 0) return LastLibvirtError(what);
+  std::vector<DomRef> out;
   out.reserve(n);
-  for (int i = 0; i < n; ++i) {
-    DomRef d(doms[i]);
-    out.push_back(Describe(d.get()));
-  }
+  for (int i = 0; i < n; ++i) out.emplace_back(doms[i]);
   free(doms);
   return out;
+}
+
+bool LibvirtHypervisor::BulkCallUnsupported() {
+  virErrorPtr e = virGetLastError();
+  if (e == nullptr || e->code != VIR_ERR_NO_SUPPORT) return false;
+  virResetLastError();
+  if (!bulk_stats_unsupported_.exchange(true)) {
+    Log()->info("{} has no bulk domain statistics; using per-domain calls", options_.uri);
+  }
+  return true;
 }
 
 absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() {
@@ -415,24 +441,12 @@ absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() 
   virDomainStatsRecordPtr* records = nullptr;
   int n = virConnectGetAllDomainStats(conn->get(), kDomainStatsGroups, &records, 0);
   if (n < 0) {
-    if (virErrorPtr e = virGetLastError(); e != nullptr && e->code == VIR_ERR_NO_SUPPORT) {
-      virResetLastError();
-      Log()->info("{} has no bulk domain statistics; using per-domain calls", options_.uri);
-      bulk_stats_unsupported_ = true;
-      return PerDomainStats(conn->get());
-    }
+    if (BulkCallUnsupported()) return PerDomainStats(conn->get());
     return LastLibvirtError("get all domain stats");
   }
   std::vector<DomainStats> out;
   out.reserve(n);
-  for (int i = 0; i < n; ++i) {
-    virDomainPtr d = records[i]->dom;
-    const char* name = virDomainGetName(d);
-    char uuid[VIR_UUID_STRING_BUFLEN] = {};
-    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
-    out.push_back(ParseDomainStats(name ? name : "", uuid, records[i]->params, records[i]->nparams));
-    if (unsigned int id = virDomainGetID(d); id != static_cast<unsigned int>(-1)) out.back().id = id;
-  }
+  for (int i = 0; i < n; ++i) out.push_back(StatsOfRecord(*records[i]));
   virDomainStatsRecordListFree(records);
   return out;
 }
@@ -441,21 +455,12 @@ absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::GetAllDomainStats() 
 // virDomainBlockStats / virDomainInterfaceStats per device. A domain that vanishes meanwhile is
 // left out; a device whose call fails keeps its name with no figures.
 absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::PerDomainStats(virConnectPtr conn) {
-  virDomainPtr* doms = nullptr;
-  int n = virConnectListAllDomains(conn, &doms, 0);
-  if (n < 0) return LastLibvirtError("list domains for statistics");
-  std::vector<DomRef> refs;
-  refs.reserve(n);
-  for (int i = 0; i < n; ++i) refs.emplace_back(doms[i]);
-  free(doms);
-
+  auto refs = AllDomains(conn, 0, "list domains for statistics");
+  if (!refs.ok()) return refs.status();
   std::vector<DomainStats> out;
-  out.reserve(n);
-  for (const DomRef& ref : refs) {
+  out.reserve(refs->size());
+  for (const DomRef& ref : *refs) {
     virDomainPtr d = ref.get();
-    const char* name = virDomainGetName(d);
-    char uuid[VIR_UUID_STRING_BUFLEN] = {};
-    if (virDomainGetUUIDString(d, uuid) < 0) uuid[0] = '\0';
     PerDomainCalls calls;
     virDomainInfo info{};
     if (virDomainGetInfo(d, &info) < 0) {
@@ -485,7 +490,7 @@ absl::StatusOr<std::vector<DomainStats>> LibvirtHypervisor::PerDomainStats(virCo
       }
       virResetLastError();  // failed device calls are reported as missing figures, not errors
     }
-    out.push_back(StatsFromPerDomainCalls(name ? name : "", uuid, calls));
+    out.push_back(StatsFromPerDomainCalls(NameOf(d), UuidOf(d), calls));
   }
   return out;
 }
@@ -689,9 +694,8 @@ int LibvirtHypervisor::LifecycleCallback(virConnectPtr, virDomainPtr dom, int ev
 void LibvirtHypervisor::OnLifecycleEvent(virDomainPtr dom, int event, int detail) {
   DomainEvent ev;
   ev.time = std::chrono::system_clock::now();
-  if (const char* n = virDomainGetName(dom)) ev.domain_name = n;
-  char uuid[VIR_UUID_STRING_BUFLEN] = {};
-  if (virDomainGetUUIDString(dom, uuid) == 0) ev.domain_uuid = uuid;
+  ev.domain_name = NameOf(dom);
+  ev.domain_uuid = UuidOf(dom);
   std::tie(ev.type, ev.detail) = EventFrom(event, detail);
   Log()->debug("event {} {} ({})", ev.domain_name, event, ev.detail);
   EventSink sink;

@@ -89,6 +89,12 @@ class LibvirtHypervisor final : public Hypervisor {
   DomainInfo Describe(virDomainPtr dom);
   void FillUptime(DomainInfo& info);
   std::optional<std::vector<DomainInfo>> ListDomainsBulk(virConnectPtr conn);
+  // Every domain virConnectListAllDomains returns with `flags`, owned; `what` names the call in
+  // the error.
+  static absl::StatusOr<std::vector<DomRef>> AllDomains(virConnectPtr conn, unsigned int flags, const char* what);
+  // After a failed virConnectGetAllDomainStats: true when the driver has no such call (libxl),
+  // remembered (and logged once) until the next reconnect; the error is then cleared.
+  bool BulkCallUnsupported();
   absl::StatusOr<std::vector<DomainStats>> PerDomainStats(virConnectPtr conn);
   absl::Status OpenConnection();  // called with mu_ not held
   void DropConnection();          // called with mu_ not held
