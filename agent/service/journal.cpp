@@ -68,15 +68,18 @@ absl::Status Journal::Step(uint64_t op, internal::JournalStep step) {
 
 absl::Status Journal::End(uint64_t op, const std::string& outcome) {
   std::lock_guard lock(mu_);
-  internal::JournalRecord r;
-  r.set_op(op);
-  r.mutable_end()->set_outcome(outcome);
-  if (auto s = Write(r); !s.ok()) return s;
-  open_.erase(op);
-  if (open_.empty() && file_ != nullptr) {
-    // Nothing in flight: what the file holds is history nobody needs.
+  const bool last = open_.size() == 1 && open_.contains(op);
+  if (last && file_ != nullptr) {
+    // Nothing else in flight: the file is emptied (an atomic replace), which ends this
+    // operation as durably as an end record would; what it held is history nobody needs.
     if (auto s = file_->Rewrite({}); !s.ok()) return absl::InternalError(absl::StrCat("operation journal: ", s.message()));
+  } else {
+    internal::JournalRecord r;
+    r.set_op(op);
+    r.mutable_end()->set_outcome(outcome);
+    if (auto s = Write(r); !s.ok()) return s;
   }
+  open_.erase(op);
   return absl::OkStatus();
 }
 

@@ -41,8 +41,8 @@ class Journal {
   std::vector<Operation> Unfinished() const;
   absl::StatusOr<uint64_t> Begin(internal::JournalBegin begin);
   absl::Status Step(uint64_t op, internal::JournalStep step);
-  // Ends `op`. When no operation is left open, the file is emptied (the log never grows
-  // beyond the operations in flight).
+  // Ends `op`: an end record, or, when it was the last one open, the file emptied instead
+  // (the log never grows beyond the operations in flight).
   absl::Status End(uint64_t op, const std::string& outcome);
   // Lines skipped as unreadable when the file was opened (a torn last write).
   size_t skipped_on_open() const { return skipped_; }
