@@ -80,18 +80,9 @@ ProcFacts ReadProcFacts(pid_t pid) {
   std::string line;
   while (std::getline(status, line)) {
     if (auto v = KibField(line, "RssAnon:")) f.anon_rss_kib = *v;
-    auto value = [&](absl::string_view key) -> std::optional<uint64_t> {
-      absl::string_view l = line;
-      if (!absl::ConsumePrefix(&l, key)) return std::nullopt;
-      l = absl::StripAsciiWhitespace(l);
-      absl::ConsumeSuffix(&l, " kB");
-      uint64_t v = 0;
-      if (!absl::SimpleAtoi(l, &v)) return std::nullopt;
-      return v;
-    };
-    if (auto v = value("VmRSS:")) f.rss_kib = *v;
-    if (auto v = value("VmHWM:")) f.peak_rss_kib = *v;
-    if (auto v = value("Threads:")) f.threads = static_cast<int>(*v);
+    if (auto v = KibField(line, "VmRSS:")) f.rss_kib = *v;
+    if (auto v = KibField(line, "VmHWM:")) f.peak_rss_kib = *v;
+    if (auto v = KibField(line, "Threads:")) f.threads = static_cast<int>(*v);
   }
   std::ifstream rollup(absl::StrCat("/proc/", pid, "/smaps_rollup"));
   while (std::getline(rollup, line)) {

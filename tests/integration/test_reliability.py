@@ -9,6 +9,7 @@ and real lvm2 / GPT pools on loop devices.
   same key with another body is refused.
 - SIGTERM leaves an empty journal: nothing in flight."""
 
+import functools
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from test_reconnect import alive, wait_for
 MiB = 1 << 20
 
 
+@functools.lru_cache(maxsize=None)
 def failpoints_compiled_in():
     out = subprocess.run([os.environ["HVAGENTD"], "--version"], capture_output=True, text=True, timeout=10).stdout
     return "failpoints" in out
