@@ -1,13 +1,17 @@
 """A real hvagentd (libvirt's test:///default driver) for the driver's tests, started the way
 tests/integration/agent_harness.py does: free loopback ports, --plaintext-loopback, wait for
 /healthz. With root, it also gets an LVM storage pool on a sparse loop device (lvm2 metadata
-only: wipe = none, so nothing is ever written to the volumes)."""
+only: wipe = none, so nothing is ever written to the volumes). With `pki` (a directory made by
+deploy/dev-certs.sh) it runs with mutual TLS instead: no --plaintext-loopback, the dev PKI's
+server certificate, its CA for clients, and the identities hvagent-controller, -operator and
+-monitor mapped to those roles."""
 
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -15,6 +19,14 @@ import urllib.error
 import urllib.request
 
 POOL = "nova"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def make_pki(directory):
+    """The development PKI of deploy/dev-certs.sh (openssl) in `directory`."""
+    subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), directory], check=True,
+                   capture_output=True)
+    return directory
 
 
 def free_port():
@@ -34,22 +46,31 @@ def pool_possible():
 
 
 class AgentProcess(object):
-    def __init__(self, with_pool=True, grpc_addr=None, rest_addr=None):
+    def __init__(self, with_pool=True, grpc_addr=None, rest_addr=None, pki=None):
         """`grpc_addr`/`rest_addr`: listen there (an agent restarted on the same ports)
-        instead of on free ports."""
+        instead of on free ports. `pki`: mutual TLS with that dev-certs.sh directory."""
         self.binary = os.environ["HVAGENTD"]
+        self.pki = pki
         self.grpc_addr = grpc_addr or "127.0.0.1:%d" % free_port()
         self.rest_addr = rest_addr or "127.0.0.1:%d" % free_port()
         self.tmp = tempfile.mkdtemp(prefix="hvnova-")
         self.loop = None
         self.vg = None
         self.pool = None
-        argv = [self.binary, "--plaintext-loopback", "--hypervisor-uri", "test:///default",
+        argv = [self.binary, "--hypervisor-uri", "test:///default",
                 "--grpc-listen", self.grpc_addr, "--rest-listen", self.rest_addr,
                 "--log-level", "debug"]
+        if not pki:
+            argv.append("--plaintext-loopback")
         try:
-            if with_pool:
-                argv += ["--config", self._make_pool()]
+            config = self._make_pool() if with_pool else ""
+            if pki:
+                config += self._tls_config()
+            if config:
+                path = os.path.join(self.tmp, "hvagentd.toml")
+                with open(path, "w") as f:
+                    f.write(config)
+                argv += ["--config", path]
             self.log = open(os.path.join(self.tmp, "hvagentd.log"), "w+")
             self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
             self._wait_healthy()
@@ -65,21 +86,31 @@ class AgentProcess(object):
                                    capture_output=True, text=True).stdout.strip()
         self.vg = "hvnova%d_%s" % (os.getpid(), os.path.basename(self.tmp)[-6:].replace("-", ""))
         self.pool = POOL
-        config = os.path.join(self.tmp, "hvagentd.toml")
-        with open(config, "w") as f:
-            f.write('[[storage.pools]]\nname = "%s"\ntype = "lvm"\nvolume_group = "%s"\n'
-                    'physical_volumes = ["%s"]\nwipe = "none"\n' % (POOL, self.vg, self.loop))
+        return ('[[storage.pools]]\nname = "%s"\ntype = "lvm"\nvolume_group = "%s"\n'
+                'physical_volumes = ["%s"]\nwipe = "none"\n' % (POOL, self.vg, self.loop))
+
+    def pem(self, name):
+        return os.path.join(self.pki, name)
+
+    def _tls_config(self):
+        config = ('[tls]\ncert_file = "%s"\nkey_file = "%s"\nclient_ca_file = "%s"\n'
+                  % (self.pem("server.crt"), self.pem("server.key"), self.pem("ca.crt")))
+        for role in ("controller", "operator", "monitor"):
+            config += '[[auth.identities]]\nname = "hvagent-%s"\nrole = "%s"\n' % (role, role)
         return config
 
     def _wait_healthy(self):
         deadline = time.time() + 30
+        scheme, context = "http", None
+        if self.pki:  # /healthz needs no token; the server must still prove itself
+            scheme, context = "https", ssl.create_default_context(cafile=self.pem("ca.crt"))
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError("hvagentd exited with %s:\n%s"
                                      % (self.proc.returncode, self.log_text()))
             try:
-                with urllib.request.urlopen("http://%s/healthz" % self.rest_addr,
-                                            timeout=5) as r:
+                with urllib.request.urlopen("%s://%s/healthz" % (scheme, self.rest_addr),
+                                            timeout=5, context=context) as r:
                     if r.status == 200:
                         return
             except OSError:
