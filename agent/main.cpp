@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <mutex>
@@ -39,6 +40,10 @@
 namespace {
 
 using namespace hvagent;
+
+// How long SIGTERM waits for changing operations in flight: inside the systemd unit's
+// TimeoutStopSec (30 s), after which systemd would SIGKILL.
+constexpr std::chrono::seconds kShutdownGrace{20};
 
 // Keeps the standard gRPC health service in step with the hypervisor connection.
 class HealthReporter {
@@ -348,12 +353,25 @@ int Run(const config::Config& cfg) {
   }
   logger->info("signal {} received, shutting down", sig);
   sd_notify(0, "STOPPING=1");
-  rest.Stop();
-  events.Close();  // ends Watch streams so the gRPC server can drain
+  // Take no new work on either API, let the changing operations in flight finish (a create or
+  // delete runs to its end, journalled throughout), then exit (docs/reliability.md, "Stopping is
+  // graceful").
+  gate.Close();       // new creates, deletes, actions: UNAVAILABLE / 503 with Retry-After
+  rest.BeginDrain();  // every new REST request: 503 with Retry-After
+  events.Close();     // ends Watch streams so the gRPC server can drain
   metrics_grpc.Close();
-  metrics.Stop();
   health.reset();
-  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (!gate.WaitIdle(kShutdownGrace)) {
+    // Cut off like a crash, which recovery handles (every step is journalled before it runs);
+    // returning would destroy the services under the handlers still running.
+    logger->warn("{} changing operation(s) still running after {} s; exiting now, the journal keeps them for "
+                 "recovery at the next start", gate.in_flight(), kShutdownGrace.count());
+    spdlog::shutdown();
+    std::_Exit(1);
+  }
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  rest.Stop();  // waits for the REST reads still being answered
+  metrics.Stop();
   logger->info("stopped");
   return 0;
 }

@@ -33,15 +33,22 @@ class OperationGate {
     OperationGate* gate_;
   };
 
-  // A slot, or UNAVAILABLE saying how many operations run and when to retry.
+  // A slot, or UNAVAILABLE saying how many operations run (or that the agent is shutting
+  // down) and when to retry.
   absl::StatusOr<Slot> Enter();
   std::chrono::seconds retry_after() const { return retry_after_; }
   int in_flight() const { return in_flight_.load(); }
+
+  // Shutdown (SIGTERM): after Close() every Enter() is refused; WaitIdle() then answers true
+  // once the operations already admitted have all ended, false if `timeout` passed first.
+  void Close() { closed_.store(true); }
+  bool WaitIdle(std::chrono::milliseconds timeout) const;
 
  private:
   const int max_;
   const std::chrono::seconds retry_after_;
   std::atomic<int> in_flight_{0};
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace hvagent::service

@@ -4,6 +4,7 @@
 // test inject failures and decide whether guests honour a graceful shutdown.
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -24,6 +25,8 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::Status fail_undefine;
   absl::Status fail_attach;
   bool connected = true;
+  // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
+  std::function<void(const std::string& name)> before_define;
 
   std::vector<std::string> calls;  // "define web1", "start web1", ...
 
@@ -87,6 +90,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   }
 
   absl::Status DefineDomain(const hv::DomainSpec& spec) override {
+    if (before_define) before_define(spec.name);
     std::lock_guard lock(mu_);
     calls.push_back("define " + spec.name);
     if (auto s = Up(); !s.ok()) return s;

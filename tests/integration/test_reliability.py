@@ -7,7 +7,8 @@ and real lvm2 / GPT pools on loop devices.
   in the partition table and in lvm2's own metadata, not only through the API.
 - The same idempotency key sent concurrently, and again after a restart, creates one VM; the
   same key with another body is refused.
-- SIGTERM leaves an empty journal: nothing in flight."""
+- SIGTERM finishes the creates in flight (REST and gRPC), refuses new ones, and leaves an
+  empty journal."""
 
 import functools
 import json
@@ -21,6 +22,9 @@ import unittest
 import urllib.error
 import urllib.request
 import uuid
+
+import grpc
+from google.protobuf import json_format
 
 from agent_harness import FIXTURE, Agent, all_domain_names, domstate, unique_name, virsh
 from loop_pools import LoopPoolsTestCase, lvm_argv, run
@@ -339,6 +343,62 @@ class ReliabilityTest(LoopPoolsTestCase):
         self.restart()
         with open(os.path.join(self.state_dir, "journal")) as f:
             self.assertEqual(f.read(), "")
+
+    def test_sigterm_finishes_the_creates_in_flight_and_takes_no_new_work(self):
+        """Creates paused mid-way (a sleeping failpoint after define), one over REST and one over
+        gRPC, when SIGTERM arrives: both complete and are answered, requests after the signal
+        are refused, the agent exits 0 with an empty journal, and both VMs are whole."""
+        if not failpoints_compiled_in():
+            self.skipTest("hvagentd built without -DHVAGENT_FAILPOINTS=ON")
+        self.restart(env={"HVAGENT_FAILPOINTS": "create.after_define=sleep:2500"})
+        agent = self.agent
+        (rest_name, rest_vol), (grpc_name, grpc_vol) = [(unique_name("t"), f"t{uuid.uuid4().hex[:5]}")
+                                                        for _ in range(2)]
+        replies = {}
+
+        def grpc_create():
+            spec = self.spec(grpc_name, "disk1", grpc_vol)
+            req = domain_pb2.CreateDomainRequest()
+            json_format.ParseDict(spec, req)
+            try:
+                replies["grpc"] = ("OK", agent.domains.CreateDomain(req, timeout=120).uuid)
+            except grpc.RpcError as e:
+                replies["grpc"] = (e.code().name, e.details())
+
+        threads = [threading.Thread(target=lambda: replies.update(
+                       rest=self.post("/v1/domains", self.spec(rest_name, "disk1", rest_vol)))),
+                   threading.Thread(target=grpc_create)]
+        for t in threads:
+            t.start()
+        try:
+            # Creates are serialized: the first is paused after define, the second waits for it.
+            self.assertTrue(wait_for(lambda: "create.after_define reached" in agent.log_text(), 30),
+                            "no create reached its pause")
+            agent.proc.send_signal(signal.SIGTERM)
+            self.assertTrue(wait_for(lambda: "shutting down" in agent.log_text(), 10))
+            # New work after the signal is refused (503 while draining, or no listener at all).
+            late = unique_name("t")
+            try:
+                status, body, _ = self.post("/v1/domains", self.spec(late, "disk1", "tlate"))
+                self.assertEqual(status, 503, body)
+            except urllib.error.URLError:
+                pass
+            self.assertEqual(agent.proc.wait(timeout=60), 0, agent.log_text()[-3000:])
+        finally:
+            for t in threads:
+                t.join(60)
+        status, body, _ = replies["rest"]
+        self.assertEqual(status, 201, body)
+        self.assertEqual(replies["grpc"][0], "OK", replies["grpc"])
+        self.assertNotIn(late, all_domain_names())
+        with open(os.path.join(self.state_dir, "journal")) as f:
+            self.assertEqual(f.read(), "", "an operation was left in the journal")
+        self.restart()
+        self.assertNotIn("recovered interrupted create", self.agent.log_text())
+        for name, volume in ((rest_name, rest_vol), (grpc_name, grpc_vol)):
+            self.assert_all_or_nothing(name, "disk1", volume, "created")
+            self.assertEqual(self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")[0], 204)
+            self.wait_volume_gone("disk1", volume)
 
 
 if __name__ == "__main__":

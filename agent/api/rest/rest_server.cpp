@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 
 // After spdlog/fmt: cpprestsdk's U() macro must not leak into them.
@@ -101,6 +102,20 @@ struct RestServer::Impl {
   std::mutex material_mu;
   std::shared_ptr<const TlsMaterial> material;
 
+  // Shutdown bookkeeping: requests whose handler runs, and replies not yet written. Shared with
+  // the reply continuations, which may outlive this object when a reply is never written.
+  struct Drain {
+    std::mutex mu;
+    std::condition_variable changed;
+    bool draining = false;
+    int handlers = 0;
+    int replies = 0;
+  };
+  std::shared_ptr<Drain> drain = std::make_shared<Drain>();
+  // False (and the request answered 503) once draining; otherwise counts a handler in.
+  bool Admit(http::http_request& request, const std::string& rid);
+  void HandlerDone();
+
   std::shared_ptr<const TlsMaterial> Material() {
     std::lock_guard lock(material_mu);
     return material;
@@ -151,8 +166,10 @@ HttpResponse RestServer::Impl::Dispatch(const http::http_request& request, std::
 void RestServer::Impl::Serve(http::http_request request) {
   std::string rid = request.headers().has("X-Request-Id") ? request.headers()["X-Request-Id"] : "";
   if (!ValidRequestId(rid)) rid = log::NewRequestId();
+  if (!Admit(request, rid)) return;
   if (auto too_large = TooLarge(request)) {
     Reply(request, rid, *too_large);
+    HandlerDone();
     return;
   }
   request.extract_utf8string(true).then([this, request, rid](pplx::task<std::string> body) mutable {
@@ -165,7 +182,28 @@ void RestServer::Impl::Serve(http::http_request request) {
       resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
     }
     Reply(request, rid, resp);
+    HandlerDone();
   });
+}
+
+bool RestServer::Impl::Admit(http::http_request& request, const std::string& rid) {
+  {
+    std::lock_guard lock(drain->mu);
+    if (!drain->draining) {
+      ++drain->handlers;
+      return true;
+    }
+  }
+  HttpResponse resp{503, ErrorBody("UNAVAILABLE", "the agent is shutting down; retry against its successor")};
+  resp.headers["Retry-After"] = "1";
+  Reply(request, rid, resp);
+  return false;
+}
+
+void RestServer::Impl::HandlerDone() {
+  std::lock_guard lock(drain->mu);
+  --drain->handlers;
+  drain->changed.notify_all();
 }
 
 void RestServer::Impl::Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp) {
@@ -175,12 +213,19 @@ void RestServer::Impl::Reply(http::http_request& request, const std::string& rid
   out.headers().add("X-Request-Id", rid);
   for (const auto& [name, value] : resp.headers) out.headers().add(name, value);
   if (!resp.body.empty()) out.set_body(resp.body, resp.content_type);
-  request.reply(out).then([](pplx::task<void> sent) {
+  {
+    std::lock_guard lock(drain->mu);
+    ++drain->replies;
+  }
+  request.reply(out).then([drain = drain](pplx::task<void> sent) {
     try {
       sent.get();
     } catch (const std::exception& e) {
       Log()->warn("reply failed: {}", e.what());
     }
+    std::lock_guard lock(drain->mu);
+    --drain->replies;
+    drain->changed.notify_all();
   });
 }
 
@@ -248,8 +293,27 @@ absl::Status RestServer::Start() {
   return absl::OkStatus();
 }
 
-void RestServer::Stop() {
+void RestServer::BeginDrain() {
+  std::lock_guard lock(impl_->drain->mu);
+  impl_->drain->draining = true;
+}
+
+void RestServer::Stop(std::chrono::milliseconds reply_grace) {
   if (!impl_->listener) return;
+  BeginDrain();
+  {
+    // Handlers first, without a bound of our own: a create or delete that is half-way must run
+    // to its end (every step has its deadline), never be cut off by the process exiting.
+    auto& d = *impl_->drain;
+    std::unique_lock lock(d.mu);
+    while (!d.changed.wait_for(lock, std::chrono::seconds(5), [&] { return d.handlers == 0; })) {
+      Log()->info("shutting down: waiting for {} REST request(s) still being handled", d.handlers);
+    }
+    // Then their replies, for a while: a client that does not read must not hold the exit.
+    if (!d.changed.wait_for(lock, reply_grace, [&] { return d.replies == 0; })) {
+      Log()->warn("shutting down: {} REST repl(ies) not written within {} ms", d.replies, reply_grace.count());
+    }
+  }
   try {
     impl_->listener->close().wait();
   } catch (const std::exception& e) {

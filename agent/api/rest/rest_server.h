@@ -3,6 +3,7 @@
 // size limit (413), tags each request with an id (X-Request-Id in and out) and catches every
 // exception cpprestsdk throws at this edge.
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -29,7 +30,13 @@ class RestServer {
   RestServer(std::string listen, RestRouter& router, size_t max_body_bytes, std::optional<RestTls> tls = {});
   ~RestServer();
   absl::Status Start();
-  void Stop();
+  // Shutdown, in two steps. BeginDrain(): from now on every new request is answered 503
+  // UNAVAILABLE with Retry-After (the agent is going away); requests already being handled go
+  // on. Stop(): waits until no handler runs any more (each is bounded by its own tool and
+  // libvirt deadlines), then up to `reply_grace` for their replies to be written, then closes
+  // the listener. Stop() alone drains too.
+  void BeginDrain();
+  void Stop(std::chrono::milliseconds reply_grace = std::chrono::seconds(5));
   // Re-reads the TLS files; on an error the current ones stay in use.
   absl::Status ReloadTls();
 

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <future>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -170,6 +172,41 @@ TEST_F(RestServerTest, ManyConcurrentRequestsWithBodiesAreAllAnswered) {
   EXPECT_EQ(answered.load(), kClients * kRequests);
   EXPECT_EQ(hv_.domain_count(), static_cast<size_t>(kClients * kRequests));
   EXPECT_EQ(Send(http::methods::GET, "/healthz").status_code(), 200);
+}
+
+// SIGTERM: a create half-way through runs to its end and is answered; a request that arrives
+// after the drain began gets 503 with Retry-After; Stop() returns only once the create is done.
+TEST_F(RestServerTest, DrainFinishesTheRequestInFlightAndRefusesNewOnes) {
+  std::promise<void> entered, release;
+  std::shared_future<void> released = release.get_future().share();
+  hv_.before_define = [&](const std::string&) {
+    entered.set_value();
+    released.wait();
+  };
+  std::atomic<int> create_status{0};
+  std::thread create([&] {
+    create_status = Send(http::methods::POST, "/v1/domains", R"({"spec":{"name":"slow","vcpus":1,"memory_mib":64}})")
+                        .status_code();
+  });
+  entered.get_future().wait();
+  server_->BeginDrain();
+  auto refused = Send(http::methods::GET, "/v1/host");
+  EXPECT_EQ(refused.status_code(), 503);
+  EXPECT_EQ(refused.headers()["Retry-After"], "1");
+  EXPECT_THAT(refused.extract_utf8string().get(), HasSubstr("UNAVAILABLE"));
+
+  std::atomic<bool> stopped{false};
+  std::thread stop([&] {
+    server_->Stop();
+    stopped = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(stopped.load()) << "Stop() returned while a request was still being handled";
+  release.set_value();
+  create.join();
+  stop.join();
+  EXPECT_EQ(create_status.load(), 201);
+  EXPECT_EQ(hv_.domain_count(), 1u);
 }
 
 TEST(RestServerStartTest, PortInUseIsReportedNotThrown) {
