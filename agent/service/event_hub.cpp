@@ -13,6 +13,24 @@ std::optional<SequencedEvent> EventHub::Subscription::Next(std::chrono::millisec
   return e;
 }
 
+std::optional<SequencedEvent> EventHub::Subscription::TryNext() {
+  std::lock_guard lock(mu_);
+  if (queue_.empty()) return std::nullopt;
+  SequencedEvent e = std::move(queue_.front());
+  queue_.pop_front();
+  return e;
+}
+
+void EventHub::Subscription::SetListener(std::function<void()> listener) {
+  std::lock_guard lock(listener_mu_);
+  listener_ = std::move(listener);
+}
+
+void EventHub::Subscription::Notify() {
+  std::lock_guard lock(listener_mu_);
+  if (listener_) listener_();
+}
+
 uint64_t EventHub::Subscription::dropped() const {
   std::lock_guard lock(mu_);
   return dropped_;
@@ -35,6 +53,7 @@ void EventHub::Subscription::Push(const SequencedEvent& e) {
     queue_.push_back(e);
   }
   cv_.notify_one();
+  Notify();
 }
 
 void EventHub::Subscription::Close() {
@@ -43,6 +62,7 @@ void EventHub::Subscription::Close() {
     closed_ = true;
   }
   cv_.notify_all();
+  Notify();
 }
 
 std::shared_ptr<EventHub::Subscription> EventHub::Subscribe(std::vector<std::string> domain_names) {

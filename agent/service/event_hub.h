@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -30,8 +31,17 @@ class EventHub {
    public:
     // The next event, or nullopt after `timeout` or once the hub is closed.
     std::optional<SequencedEvent> Next(std::chrono::milliseconds timeout);
+    // The next event if one is queued; never waits.
+    std::optional<SequencedEvent> TryNext();
     uint64_t dropped() const;
     bool closed() const;
+
+    // For consumers that are told rather than wait (the callback-API Watch stream, which holds
+    // no thread): `listener` runs after each event queued and once when the subscription
+    // closes, on the publishing thread, outside the queue's lock; it must not block. Once
+    // SetListener() returns, the previous listener is not running and will not run again, so
+    // its owner may then be destroyed.
+    void SetListener(std::function<void()> listener);
 
    private:
     friend class EventHub;
@@ -39,8 +49,12 @@ class EventHub {
     void Push(const SequencedEvent& e);
     void Close();
 
+    void Notify();
+
     const std::set<std::string> names_;  // empty: every domain
     const size_t capacity_;
+    std::mutex listener_mu_;  // held while the listener runs: SetListener() waits for it
+    std::function<void()> listener_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::deque<SequencedEvent> queue_;

@@ -1,5 +1,6 @@
 #include "agent/api/grpc/grpc_services.h"
 
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -18,7 +19,7 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-std::string RequestIdOf(const grpc::ServerContext* ctx) {
+std::string RequestIdOf(const grpc::ServerContextBase* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find("x-request-id");
   if (it != md.end() && !it->second.empty() && it->second.size() <= 64) {
@@ -29,7 +30,7 @@ std::string RequestIdOf(const grpc::ServerContext* ctx) {
 
 }  // namespace
 
-absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth::Authorizer& authz) {
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer& authz) {
   std::string leaf, chain;
   std::shared_ptr<const grpc::AuthContext> ac = ctx->auth_context();
   if (ac != nullptr) {
@@ -39,7 +40,7 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContext* ctx, const auth
   return authz.FromPeerCertificate(leaf, chain);
 }
 
-absl::StatusOr<auth::RateLimiter::StreamSlot> AdmitStream(const grpc::ServerContext* ctx,
+absl::StatusOr<auth::RateLimiter::StreamSlot> AdmitStream(const grpc::ServerContextBase* ctx,
                                                            const auth::Authorizer* authz, const char* operation) {
   if (authz == nullptr) return auth::RateLimiter::StreamSlot(nullptr, "", absl::OkStatus());
   auto caller = CallerOf(ctx, *authz);
@@ -302,22 +303,114 @@ grpc::Status StorageGrpcService::DetachVolume(grpc::ServerContext* ctx, const v1
                 [&] { return IntoVolume(out, [&] { return storage_.DetachVolume(req->pool(), req->name()); }); });
 }
 
-grpc::Status EventGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchEventsRequest* req,
-                                     grpc::ServerWriter<v1::DomainEvent>* writer) {
-  log::ScopedRequestId rid(RequestIdOf(ctx));
+namespace {
+
+// A stream refused before it began (authorization, the per-caller stream cap).
+class RefusedStream final : public grpc::ServerWriteReactor<v1::DomainEvent> {
+ public:
+  explicit RefusedStream(grpc::Status s) { Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+
+// One Watch stream. At most one write is outstanding: Pump() starts the next when the last
+// is done, taking events from the subscription, which wakes it (listener) when one arrives.
+// Lock order: the subscription's listener lock, then mu_, then the subscription's queue lock.
+// gRPC calls (StartWrite, Finish) are made outside mu_.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::DomainEvent> {
+ public:
+  WatchReactor(std::shared_ptr<service::EventHub::Subscription> sub, auth::RateLimiter::StreamSlot slot,
+               std::string rid)
+      : sub_(std::move(sub)), slot_(std::move(slot)), rid_(std::move(rid)) {
+    // Headers go out first, so a client that waits for them knows it will see every later event.
+    StartSendInitialMetadata();
+    sub_->SetListener([this] { Pump(); });
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::optional<grpc::Status> finish;
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      if (!ok && !finish_pending_) finish_pending_ = grpc::Status::OK;  // the client went away
+      if (finish_pending_ && !finished_) {
+        finished_ = true;
+        finish = std::move(*finish_pending_);
+      }
+    }
+    if (finish) {
+      Finish(std::move(*finish));
+    } else {
+      Pump();
+    }
+  }
+
+  void OnCancel() override { FinishWhenIdle(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    sub_->SetListener(nullptr);  // returns once no listener call runs: safe to delete
+    log::ScopedRequestId rid(rid_);
+    Log()->debug("Watch closed");
+    delete this;
+  }
+
+ private:
+  void Pump() {
+    bool finish = false;
+    {
+      std::lock_guard lock(mu_);
+      if (writing_ || finished_) return;
+      if (auto e = sub_->TryNext()) {
+        current_ = ToProto(*e);
+        writing_ = true;
+      } else if (sub_->closed()) {
+        finished_ = finish = true;  // the hub closed (agent shutdown): end the stream
+      } else {
+        return;
+      }
+    }
+    if (finish) {
+      Finish(grpc::Status::OK);
+    } else {
+      StartWrite(&current_);
+    }
+  }
+
+  // Finish now, or after the write in flight (Finish is not started under an outstanding write).
+  void FinishWhenIdle(grpc::Status s) {
+    {
+      std::lock_guard lock(mu_);
+      if (finished_) return;
+      if (writing_) {
+        if (!finish_pending_) finish_pending_ = std::move(s);
+        return;
+      }
+      finished_ = true;
+    }
+    Finish(std::move(s));
+  }
+
+  const std::shared_ptr<service::EventHub::Subscription> sub_;
+  const auth::RateLimiter::StreamSlot slot_;  // the caller's stream count, held while open
+  const std::string rid_;
+  std::mutex mu_;
+  bool writing_ = false;
+  bool finished_ = false;
+  std::optional<grpc::Status> finish_pending_;
+  v1::DomainEvent current_;  // the write in flight
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::DomainEvent>* EventGrpcService::Watch(grpc::CallbackServerContext* ctx,
+                                                                   const v1::WatchEventsRequest* req) {
+  std::string request_id = RequestIdOf(ctx);
+  log::ScopedRequestId rid(request_id);
   auto slot = AdmitStream(ctx, auth_, "hvagent.v1.EventService/Watch");
-  if (!slot.ok()) return ToGrpcStatus(slot.status());
+  if (!slot.ok()) return new RefusedStream(ToGrpcStatus(slot.status()));
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
   Log()->debug("Watch opened ({} domain filter(s))", req->domain_names_size());
-  // Headers go out only now, so a client that waits for them knows it will see every later event.
-  writer->SendInitialMetadata();
-  while (!ctx->IsCancelled() && !sub->closed()) {
-    auto e = sub->Next(std::chrono::milliseconds(250));
-    if (!e) continue;
-    if (!writer->Write(ToProto(*e))) break;  // client went away
-  }
-  Log()->debug("Watch closed");
-  return grpc::Status::OK;
+  return new WatchReactor(std::move(sub), std::move(*slot), std::move(request_id));
 }
 
 grpc::Status MetricsGrpcService::GetDomainStats(grpc::ServerContext* ctx, const v1::GetDomainStatsRequest* req,

@@ -227,6 +227,47 @@ TEST(EventHub, CloseWakesABlockedNext) {
   EXPECT_TRUE(sub->closed());
 }
 
+TEST(EventHub, ListenerIsToldOfEachQueuedEventAndOfClose) {
+  EventHub hub;
+  auto sub = hub.Subscribe({"web1"});
+  std::atomic<int> told{0};
+  sub->SetListener([&] { ++told; });
+  EXPECT_FALSE(sub->TryNext());  // nothing queued: no wait
+  hub.Publish(Event("other"));   // filtered out: not told
+  hub.Publish(Event("web1"));
+  EXPECT_EQ(told.load(), 1);
+  auto e = sub->TryNext();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->event.domain_name, "web1");
+  EXPECT_FALSE(sub->TryNext());
+  hub.Close();
+  EXPECT_EQ(told.load(), 2);
+  EXPECT_TRUE(sub->closed());
+}
+
+TEST(EventHub, ClearingTheListenerWaitsForARunningCallAndStopsLaterOnes) {
+  EventHub hub;
+  auto sub = hub.Subscribe({});
+  std::promise<void> inside, leave;
+  std::shared_future<void> left = leave.get_future().share();
+  std::atomic<int> calls{0};
+  sub->SetListener([&] {
+    if (++calls == 1) {
+      inside.set_value();
+      left.wait();
+    }
+  });
+  auto publisher = std::async(std::launch::async, [&] { hub.Publish(Event("a")); });
+  inside.get_future().wait();
+  auto clearer = std::async(std::launch::async, [&] { sub->SetListener(nullptr); });
+  EXPECT_EQ(clearer.wait_for(100ms), std::future_status::timeout) << "cleared while the listener still ran";
+  leave.set_value();
+  ASSERT_EQ(clearer.wait_for(10s), std::future_status::ready);
+  publisher.get();
+  hub.Publish(Event("b"));
+  EXPECT_EQ(calls.load(), 1);
+}
+
 TEST(EventHub, SubscribeAfterCloseGetsAClosedSubscription) {
   EventHub hub;
   hub.Close();
