@@ -9,12 +9,13 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
 import urllib.request
+
+from test_package import free_port, run  # the same helpers as the agent's package test
 
 BUILD = os.environ["HVAGENT_BUILD_DIR"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,16 +41,6 @@ import hvagent_nova
 print(type(drv).__module__ + "." + type(drv).__name__, hvagent_nova.__file__,
       drv.get_available_nodes()[0], len(drv.list_instances()))
 '''
-
-
-def run(argv, **kw):
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fresh_python_env(home):

@@ -19,6 +19,7 @@ from nova.virt import fake
 from hvagent.v1 import domain_pb2
 
 import agent_fixture
+import diskless
 from hvagent_nova import driver as hv_driver
 
 STARTED = virtevent.EVENT_LIFECYCLE_STARTED
@@ -28,7 +29,7 @@ RESUMED = virtevent.EVENT_LIFECYCLE_RESUMED
 native_threading = patcher.original("threading")
 
 
-class EventsTestCase(test.TestCase):
+class EventsTestCase(diskless.DisklessInstances, test.TestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -81,15 +82,6 @@ class EventsTestCase(test.TestCase):
                 self.agent.rest("POST", "/v1/domains/test:start")
         except Exception:
             pass  # the agent of the restart test is gone already
-
-    def instance(self):
-        flavor = test_utils.get_test_flavor(options={
-            "root_gb": 0, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 128})
-        return test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
-
-    def spawn(self, drv, inst):
-        drv.spawn(self.ctxt, inst, test_utils.get_test_image_object(None, inst), [], None, {},
-                  network_info=[])
 
     def rest(self, name, action, agent=None):
         status, body = (agent or self.agent).rest("POST", "/v1/domains/%s:%s" % (name, action))

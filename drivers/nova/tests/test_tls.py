@@ -21,10 +21,11 @@ from nova.virt import fake
 from hvagent.v1 import domain_pb2
 
 import agent_fixture
+import diskless
 from hvagent_nova import driver as hv_driver
 
 
-class TlsTestCase(test.TestCase):
+class TlsTestCase(diskless.DisklessInstances, test.TestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -60,15 +61,6 @@ class TlsTestCase(test.TestCase):
         options.update(extra)
         self.flags(group="hvagent", **options)
         return hv_driver.HvagentDriver(fake.FakeVirtAPI())
-
-    def instance(self):
-        flavor = test_utils.get_test_flavor(options={
-            "root_gb": 0, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 128})
-        return test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
-
-    def spawn(self, drv, inst):
-        drv.spawn(self.ctxt, inst, test_utils.get_test_image_object(None, inst), [], None, {},
-                  network_info=[])
 
     def test_controller_runs_an_instance_and_gets_its_events(self):
         drv = self.configure("controller")
