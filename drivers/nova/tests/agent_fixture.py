@@ -35,6 +35,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def assert_clean_exit(code):
+    """Each test class requires its hvagentd to have exited 0 on SIGTERM (None: never started)."""
+    if code not in (0, None):
+        raise AssertionError("hvagentd exited with %s on SIGTERM" % code)
+
+
 def pool_possible():
     """Why a loop-device LVM pool cannot be made here, or None."""
     if os.geteuid() != 0:

@@ -58,8 +58,7 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
     def tearDownClass(cls):
         code = cls.agent.stop()
         super().tearDownClass()
-        if code not in (0, None):
-            raise AssertionError("hvagentd exited with %s on SIGTERM" % code)
+        agent_fixture.assert_clean_exit(code)
 
     def setUp(self):
         self.driver_module = "hvagent_nova.driver.HvagentDriver"

@@ -40,8 +40,7 @@ class EventsTestCase(diskless.DisklessInstances, test.TestCase):
     def tearDownClass(cls):
         code = cls.agent.stop()
         super().tearDownClass()
-        if code not in (0, None):
-            raise AssertionError("hvagentd exited with %s on SIGTERM" % code)
+        agent_fixture.assert_clean_exit(code)
 
     def setUp(self):
         super().setUp()

@@ -24,6 +24,7 @@ from nova.virt import fake
 
 from hvagent.v1 import storage_pb2
 
+import agent_fixture
 import agent_harness
 from agent_harness import virsh
 from hvagent_nova import driver as hv_driver
@@ -93,8 +94,7 @@ class RoundTripTestCase(test.TestCase):
         finally:
             cls._release()
         super().tearDownClass()
-        if code not in (0, None):
-            raise AssertionError("hvagentd exited with %s on SIGTERM" % code)
+        agent_fixture.assert_clean_exit(code)
 
     def setUp(self):
         super().setUp()

@@ -42,8 +42,7 @@ class TlsTestCase(diskless.DisklessInstances, test.TestCase):
         code = cls.agent.stop()
         shutil.rmtree(cls.pki, ignore_errors=True)
         super().tearDownClass()
-        if code not in (0, None):
-            raise AssertionError("hvagentd exited with %s on SIGTERM" % code)
+        agent_fixture.assert_clean_exit(code)
 
     def setUp(self):
         super().setUp()
