@@ -67,7 +67,7 @@ class HealthReporter {
       bool serving = hv_.Connected();
       for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService",
                                   "hvagent.v1.EventService", "hvagent.v1.StorageService",
-                                  "hvagent.v1.MetricsService"}) {
+                                  "hvagent.v1.MetricsService", "hvagent.v1.OperationService"}) {
         health_->SetServingStatus(service, serving);
       }
       cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
@@ -303,7 +303,11 @@ int Run(const config::Config& cfg) {
   }
   // REST first: it loads (and so checks) the TLS files that both servers use.
   service::OperationGate gate(cfg.max_operations_in_flight);
-  api::RestRouter router(host, domains, &storage, &metrics, &authz, state->requests.get(), &gate);
+  // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
+  const api::ops::Pipeline pipeline(
+      {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get()},
+      {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
+  api::RestRouter router(pipeline);
   std::optional<api::RestTls> rest_tls;
   if (!cfg.plaintext_loopback) {
     rest_tls = api::RestTls{cfg.tls_cert_file, cfg.tls_key_file,
@@ -315,11 +319,12 @@ int Run(const config::Config& cfg) {
     return 1;
   }
 
-  api::HostGrpcService host_grpc(host, &authz);
-  api::DomainGrpcService domain_grpc(domains, &authz, state->requests.get(), &gate);
-  api::EventGrpcService event_grpc(events, &authz);
-  api::StorageGrpcService storage_grpc(storage, &authz, state->requests.get(), &gate);
-  api::MetricsGrpcService metrics_grpc(metrics, &authz);
+  api::HostGrpcService host_grpc(pipeline);
+  api::DomainGrpcService domain_grpc(pipeline);
+  api::EventGrpcService event_grpc(events, pipeline);
+  api::StorageGrpcService storage_grpc(pipeline);
+  api::MetricsGrpcService metrics_grpc(pipeline);
+  api::OperationGrpcService operation_grpc(pipeline);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -327,7 +332,7 @@ int Run(const config::Config& cfg) {
   builder.AddListeningPort(cfg.grpc_listen, GrpcCredentials(cfg), &grpc_port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
   builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
-  builder.RegisterService(&storage_grpc).RegisterService(&metrics_grpc);
+  builder.RegisterService(&storage_grpc).RegisterService(&metrics_grpc).RegisterService(&operation_grpc);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || grpc_port == 0) {
     logger->critical("grpc.listen {}: cannot listen (address in use?)", cfg.grpc_listen);

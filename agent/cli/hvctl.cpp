@@ -22,12 +22,14 @@
 #include <vector>
 
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/create_channel.h>
 
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
 namespace {
@@ -45,6 +47,7 @@ int Usage() {
                "  delete NAME [--force] [--volumes]\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
+               "  operations [--running]               (creates and deletes: running, then recent)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
   return kUsage;
@@ -312,6 +315,26 @@ int main(int argc, char** argv) {
                         v1::VolumeState_Name(v.state()), v.path()});
       }
       Table({"VOLUME", "SIZE", "ATTACHED TO", "STATE", "PATH"}, rows);
+    });
+  }
+  if (cmd == "operations") {
+    deadline(ctx, 30);
+    auto operations = v1::OperationService::NewStub(channel);
+    v1::ListOperationsRequest req;
+    req.set_running_only(has_flag("--running"));
+    v1::ListOperationsResponse r;
+    return Render(json, operations->ListOperations(&ctx, req, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& o : r.operations()) {
+        std::string kind = o.kind() == v1::OPERATION_KIND_CREATE_DOMAIN   ? "create"
+                           : o.kind() == v1::OPERATION_KIND_DELETE_DOMAIN ? "delete"
+                                                                          : "?";
+        std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
+        rows.push_back({std::to_string(o.id()), kind, o.domain(), state,
+                        google::protobuf::util::TimeUtil::ToString(o.start_time()),
+                        o.message().empty() ? "-" : o.message()});
+      }
+      Table({"ID", "KIND", "DOMAIN", "STATE", "STARTED", "MESSAGE"}, rows);
     });
   }
   if (cmd == "volume-delete" && args.size() >= 3) {

@@ -78,8 +78,8 @@ DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options o
   }
 }
 
-void DomainService::EndOp(uint64_t op, const std::string& outcome) {
-  if (auto s = journal_->End(op, outcome); !s.ok()) {
+void DomainService::EndOp(uint64_t op, v1::OperationState state, const std::string& message) {
+  if (auto s = journal_->End(op, state, message); !s.ok()) {
     // The operation itself is over; a restart would re-check it against the real state.
     Log()->error("journal: cannot end operation {}: {}", op, s.message());
   }
@@ -142,7 +142,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   }
   if (spec.uuid.empty()) spec.uuid = NewUuid();
   internal::JournalBegin begin;
-  begin.set_kind("create");
+  begin.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
   begin.set_domain(spec.name);
   begin.set_uuid(spec.uuid);
   begin.set_start(start);
@@ -151,7 +151,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   bool settled = true;
   auto r = CreateJournalled(*op, std::move(spec), start, volumes, &settled);
   if (settled) {
-    EndOp(*op, r.ok() ? "ok" : absl::StrCat("failed: ", r.status().message()));
+    EndOp(*op, r.ok() ? v1::OPERATION_STATE_SUCCEEDED : v1::OPERATION_STATE_FAILED, std::string(r.status().message()));
   } else {
     // The hypervisor went away mid-create and the undo could not be done: the operation stays
     // in the journal, and Recover (at start and with every reconciliation) finishes the undo.
@@ -284,7 +284,7 @@ absl::Status DomainService::Delete(const std::string& name, bool force, bool del
     return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is running; stop it first or set force"));
   }
   internal::JournalBegin begin;
-  begin.set_kind("delete");
+  begin.set_type(v1::OPERATION_KIND_DELETE_DOMAIN);
   begin.set_domain(name);
   begin.set_uuid(info->uuid);
   begin.set_delete_volumes(delete_volumes);
@@ -292,7 +292,7 @@ absl::Status DomainService::Delete(const std::string& name, bool force, bool del
   auto op = journal_->Begin(std::move(begin));
   if (!op.ok()) return op.status();
   absl::Status s = DeleteJournalled(*op, *info, force, delete_volumes, volumes);
-  EndOp(*op, s.ok() ? "ok" : absl::StrCat("failed: ", s.message()));
+  EndOp(*op, s.ok() ? v1::OPERATION_STATE_SUCCEEDED : v1::OPERATION_STATE_FAILED, std::string(s.message()));
   return s;
 }
 
@@ -364,14 +364,23 @@ absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphan
   return *orphans;
 }
 
+namespace {
+// A recovery that could not be done now: it stays open in the journal and is tried again.
+DomainService::Recovery Failed(DomainService::Recovery r, std::string why) {
+  r.state = v1::OPERATION_STATE_FAILED;
+  r.outcome = absl::StrCat("failed: ", why);
+  return r;
+}
+}  // namespace
+
 std::vector<DomainService::Recovery> DomainService::Recover() {
   std::lock_guard lock(define_mu_);
   std::vector<Recovery> out;
   for (const Journal::Operation& op : journal_->Unfinished()) {
-    Recovery r = op.begin.kind() == "delete" ? RecoverDelete(op) : RecoverCreate(op);
+    Recovery r = op.begin.type() == v1::OPERATION_KIND_DELETE_DOMAIN ? RecoverDelete(op) : RecoverCreate(op);
     Log()->warn("recovery: interrupted {} of domain {} (operation {}): {}", r.kind, r.domain, op.id, r.outcome);
     // A failed recovery stays open in the journal: the next start tries again.
-    if (!absl::StartsWith(r.outcome, "failed")) EndOp(op.id, absl::StrCat("recovered: ", r.outcome));
+    if (r.state != v1::OPERATION_STATE_FAILED) EndOp(op.id, r.state, absl::StrCat("recovery: ", r.outcome));
     out.push_back(std::move(r));
   }
   return out;
@@ -379,21 +388,20 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
 
 DomainService::Recovery DomainService::RecoverCreate(const Journal::Operation& op) {
   const internal::JournalBegin& b = op.begin;
-  Recovery r{b.domain(), "create", ""};
+  Recovery r{b.domain(), "create"};
   auto dom = Ours(b.domain(), b.uuid());
   if (!dom.ok()) {
-    r.outcome = absl::StrCat("failed: ", dom.status().message());
-    return r;
+    return Failed(std::move(r), std::string(dom.status().message()));
   }
   if (dom->has_value() && (!b.start() || IsActive((*dom)->state))) {
+    r.state = v1::OPERATION_STATE_RECOVERED;
     r.outcome = "completed";  // every step ran; only the journal's end was missing
     return r;
   }
   if (dom->has_value()) {
     if (IsActive((*dom)->state)) (void)hv_.DestroyDomain(b.domain());
     if (auto s = hv_.UndefineDomain(b.domain()); !s.ok()) {
-      r.outcome = absl::StrCat("failed: undefine: ", s.message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("undefine: ", s.message()));
     }
   }
   // Another domain by this name (another uuid) owns whatever is attached to the name.
@@ -402,46 +410,41 @@ DomainService::Recovery DomainService::RecoverCreate(const Journal::Operation& o
     if (it->name() != "claim-volume") continue;
     const internal::JournalVolume& v = it->volume();
     if (storage_ == nullptr) {
-      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), " but no storage pools are configured");
-      return r;
+      return Failed(std::move(r), absl::StrCat("volume ", v.pool(), "/", v.name(), " but no storage pools are configured"));
     }
     auto st = storage_->GetVolume(v.pool(), v.name());
     if (absl::IsNotFound(st.status())) continue;  // never created
     if (!st.ok()) {
-      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), ": ", st.status().message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("volume ", v.pool(), "/", v.name(), ": ", st.status().message()));
     }
     const std::string& owner = st->volume.attached_to;
     // Only what this operation did is undone: its own claim, or the volume it created.
     const bool claimed_by_us = owner == b.domain() && !name_is_another_domains;
     if (!claimed_by_us && !(owner.empty() && v.created())) continue;
     if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), /*remove=*/v.created()); !s.ok()) {
-      r.outcome = absl::StrCat("failed: release ", v.pool(), "/", v.name(), ": ", s.message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("release ", v.pool(), "/", v.name(), ": ", s.message()));
     }
   }
+  r.state = v1::OPERATION_STATE_ROLLED_BACK;
   r.outcome = "rolled back";
   return r;
 }
 
 DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& op) {
   const internal::JournalBegin& b = op.begin;
-  Recovery r{b.domain(), "delete", ""};
+  Recovery r{b.domain(), "delete"};
   auto dom = Ours(b.domain(), b.uuid());
   if (!dom.ok()) {
-    r.outcome = absl::StrCat("failed: ", dom.status().message());
-    return r;
+    return Failed(std::move(r), std::string(dom.status().message()));
   }
   if (dom->has_value()) {
     if (IsActive((*dom)->state)) {
       if (auto s = hv_.DestroyDomain(b.domain()); !s.ok()) {
-        r.outcome = absl::StrCat("failed: destroy: ", s.message());
-        return r;
+        return Failed(std::move(r), absl::StrCat("destroy: ", s.message()));
       }
     }
     if (auto s = hv_.UndefineDomain(b.domain()); !s.ok()) {
-      r.outcome = absl::StrCat("failed: undefine: ", s.message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("undefine: ", s.message()));
     }
   }
   for (const internal::JournalVolume& v : b.volumes()) {
@@ -449,18 +452,17 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
     auto st = storage_->GetVolume(v.pool(), v.name());
     if (absl::IsNotFound(st.status())) continue;  // already deleted
     if (!st.ok()) {
-      r.outcome = absl::StrCat("failed: volume ", v.pool(), "/", v.name(), ": ", st.status().message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("volume ", v.pool(), "/", v.name(), ": ", st.status().message()));
     }
     const std::string& owner = st->volume.attached_to;
     bool ours = owner == b.domain();
     bool released_not_removed = owner.empty() && b.delete_volumes() && st->state != VolumeState::kDeleting;
     if (!ours && !released_not_removed) continue;
     if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), b.delete_volumes()); !s.ok()) {
-      r.outcome = absl::StrCat("failed: release ", v.pool(), "/", v.name(), ": ", s.message());
-      return r;
+      return Failed(std::move(r), absl::StrCat("release ", v.pool(), "/", v.name(), ": ", s.message()));
     }
   }
+  r.state = v1::OPERATION_STATE_RECOVERED;
   r.outcome = "completed";
   return r;
 }

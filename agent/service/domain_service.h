@@ -48,7 +48,9 @@ class DomainService {
   struct Recovery {
     std::string domain;
     std::string kind;     // "create" / "delete"
-    std::string outcome;  // "completed", "rolled back", "failed: ..."
+    std::string outcome;  // "completed", "rolled back", "failed: ..." (for people)
+    // RECOVERED (completed), ROLLED_BACK, or FAILED (left in the journal to try again).
+    v1::OperationState state = v1::OPERATION_STATE_UNSPECIFIED;
   };
   // Finishes or undoes every operation a crash left in the journal: an interrupted create is
   // kept only when it got through its last step (the domain exists with the journalled uuid,
@@ -103,7 +105,7 @@ class DomainService {
   // The domain `name` if it exists and carries `uuid`; nullopt when it does not exist or is
   // another domain by that name.
   absl::StatusOr<std::optional<hv::DomainInfo>> Ours(const std::string& name, const std::string& uuid);
-  void EndOp(uint64_t op, const std::string& outcome);
+  void EndOp(uint64_t op, v1::OperationState state, const std::string& message);
 
   hv::Hypervisor& hv_;
   Clock& clock_;

@@ -5,6 +5,21 @@
 #include "absl/strings/str_cat.h"
 
 namespace hvagent::service {
+namespace {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Journals written before the kind was an enum said "create" or "delete".
+void UpgradeLegacyKind(internal::JournalBegin& b) {
+  if (b.type() != v1::OPERATION_KIND_UNSPECIFIED) return;
+  if (b.kind() == "create") b.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
+  if (b.kind() == "delete") b.set_type(v1::OPERATION_KIND_DELETE_DOMAIN);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const std::string& path) {
   std::unique_ptr<Journal> j(new Journal());
@@ -15,7 +30,12 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const std::string& path) 
     const auto& r = static_cast<const internal::JournalRecord&>(m);
     if (r.op() >= j->next_id_) j->next_id_ = r.op() + 1;
     switch (r.record_case()) {
-      case internal::JournalRecord::kBegin: j->open_[r.op()] = Operation{r.op(), r.begin(), {}}; break;
+      case internal::JournalRecord::kBegin: {
+        Operation op{r.op(), r.begin(), {}};
+        UpgradeLegacyKind(op.begin);
+        j->open_[r.op()] = std::move(op);
+        break;
+      }
       case internal::JournalRecord::kStep:
         if (auto it = j->open_.find(r.op()); it != j->open_.end()) it->second.steps.push_back(r.step());
         break;
@@ -45,9 +65,7 @@ absl::Status Journal::Write(const internal::JournalRecord& r) {
 
 absl::StatusOr<uint64_t> Journal::Begin(internal::JournalBegin begin) {
   std::lock_guard lock(mu_);
-  begin.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count());
+  begin.set_unix_ms(NowUnixMs());
   internal::JournalRecord r;
   r.set_op(next_id_);
   *r.mutable_begin() = begin;
@@ -66,7 +84,12 @@ absl::Status Journal::Step(uint64_t op, internal::JournalStep step) {
   return absl::OkStatus();
 }
 
-absl::Status Journal::End(uint64_t op, const std::string& outcome) {
+std::vector<Journal::Ended> Journal::Recent() const {
+  std::lock_guard lock(mu_);
+  return {recent_.begin(), recent_.end()};
+}
+
+absl::Status Journal::End(uint64_t op, v1::OperationState state, const std::string& message) {
   std::lock_guard lock(mu_);
   const bool last = open_.size() == 1 && open_.contains(op);
   if (last && file_ != nullptr) {
@@ -76,10 +99,15 @@ absl::Status Journal::End(uint64_t op, const std::string& outcome) {
   } else {
     internal::JournalRecord r;
     r.set_op(op);
-    r.mutable_end()->set_outcome(outcome);
+    r.mutable_end()->set_state(state);
+    r.mutable_end()->set_message(message);
     if (auto s = Write(r); !s.ok()) return s;
   }
-  open_.erase(op);
+  if (auto it = open_.find(op); it != open_.end()) {
+    recent_.push_front(Ended{std::move(it->second), state, message, NowUnixMs()});
+    if (recent_.size() > kHistory) recent_.pop_back();
+    open_.erase(it);
+  }
   return absl::OkStatus();
 }
 

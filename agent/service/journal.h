@@ -7,12 +7,13 @@
 //   op 7 step claim-volume vg0/web1-root (created)
 //   op 7 step define
 //   op 7 step start
-//   op 7 end ok
+//   op 7 end SUCCEEDED
 //
 // A step is journalled *before* it is attempted, so recovery treats every journalled step as
 // possibly done and checks the real state (libvirt, the pools) before acting on it.
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,15 @@ class Journal {
     internal::JournalBegin begin;
     std::vector<internal::JournalStep> steps;
   };
+  // An operation that has ended, as ListOperations shows it.
+  struct Ended {
+    Operation op;
+    v1::OperationState state = v1::OPERATION_STATE_UNSPECIFIED;
+    std::string message;
+    int64_t end_unix_ms = 0;
+  };
+  // How many ended operations Recent() keeps (in memory only).
+  static constexpr size_t kHistory = 100;
 
   // `path` empty: in memory (nothing survives a restart). Otherwise the file is read: its
   // unfinished operations are what a crash left (Unfinished()).
@@ -39,11 +49,14 @@ class Journal {
 
   // Operations begun and never ended, oldest first.
   std::vector<Operation> Unfinished() const;
+  // Ended operations, newest first (at most kHistory; none survive a restart).
+  std::vector<Ended> Recent() const;
   absl::StatusOr<uint64_t> Begin(internal::JournalBegin begin);
   absl::Status Step(uint64_t op, internal::JournalStep step);
   // Ends `op`: an end record, or, when it was the last one open, the file emptied instead
   // (the log never grows beyond the operations in flight).
-  absl::Status End(uint64_t op, const std::string& outcome);
+  // `state` is how it ended (not RUNNING); `message` says why it failed or what recovery did.
+  absl::Status End(uint64_t op, v1::OperationState state, const std::string& message = "");
   // Lines skipped as unreadable when the file was opened (a torn last write).
   size_t skipped_on_open() const { return skipped_; }
   bool persistent() const { return file_ != nullptr; }
@@ -56,6 +69,7 @@ class Journal {
   std::unique_ptr<RecordFile> file_;
   uint64_t next_id_ = 1;
   std::map<uint64_t, Operation> open_;
+  std::deque<Ended> recent_;  // newest first
   size_t skipped_ = 0;
 };
 

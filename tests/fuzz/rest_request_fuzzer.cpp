@@ -27,7 +27,7 @@ struct World {
   api::auth::Authorizer authz{api::auth::Authorizer::Options{
       .tokens = {{"ctl", api::auth::Sha256Hex("controller-token"), api::auth::Role::kController},
                  {"mon", api::auth::Sha256Hex("monitor-token"), api::auth::Role::kMonitor}}}};
-  api::RestRouter router{host, domains, nullptr, nullptr, &authz};
+  api::RestRouter router{api::ops::Pipeline({.host = &host, .domains = &domains}, {.authz = &authz})};
 };
 
 void Check(bool ok, const char* what) {

@@ -39,6 +39,15 @@ class HvctlTest(AgentTestCase):
         self.assertEqual(code, 1)
         code, out, _ = self.hvctl("delete", name, "--force")
         self.assertEqual((code, out.strip()), (0, f"{name}: deleted"))
+        # The create and the delete, newest first, as ListOperations reports them.
+        code, out, _ = self.hvctl("operations")
+        self.assertEqual(code, 0)
+        header, *rows = out.splitlines()
+        self.assertEqual(header.split(), ["ID", "KIND", "DOMAIN", "STATE", "STARTED", "MESSAGE"])
+        mine = [r.split()[1:4] for r in rows if r.split()[2] == name]
+        self.assertEqual(mine, [["delete", name, "SUCCEEDED"], ["create", name, "SUCCEEDED"]])
+        code, out, _ = self.hvctl("--json", "operations", "--running")
+        self.assertEqual((code, json.loads(out)), (0, {"operations": []}))
 
     def test_exit_codes(self):
         code, _, err = self.hvctl("get", unique_name("ghost"))

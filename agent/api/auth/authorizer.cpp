@@ -6,58 +6,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "agent/api/operations/operation.h"
 
 namespace hvagent::api::auth {
-namespace {
-
-struct Entry {
-  const char* operation;
-  Role role;
-  bool mutating;
-};
-
-// The whole table. Anything missing is refused.
-constexpr Entry kOperations[] = {
-    // Health and metrics.
-    {"hvagent.v1.HostService/GetHost", Role::kMonitor, false},
-    {"hvagent.v1.HostService/GetCapacity", Role::kMonitor, false},
-    {"hvagent.v1.MetricsService/GetDomainStats", Role::kMonitor, false},
-    {"hvagent.v1.MetricsService/Watch", Role::kMonitor, false},
-    {"hvagent.v1.MetricsService/GetEventChannels", Role::kMonitor, false},
-    {"hvagent.v1.MetricsService/Prometheus", Role::kMonitor, false},  // GET /metrics
-    // Reads.
-    {"hvagent.v1.DomainService/GetDomain", Role::kOperator, false},
-    {"hvagent.v1.DomainService/ListDomains", Role::kOperator, false},
-    {"hvagent.v1.EventService/Watch", Role::kOperator, false},
-    {"hvagent.v1.StorageService/ListPools", Role::kOperator, false},
-    {"hvagent.v1.StorageService/GetPool", Role::kOperator, false},
-    {"hvagent.v1.StorageService/ListVolumes", Role::kOperator, false},
-    {"hvagent.v1.StorageService/GetVolume", Role::kOperator, false},
-    // Lifecycle an operator runs by hand.
-    {"hvagent.v1.DomainService/StartDomain", Role::kOperator, true},
-    {"hvagent.v1.DomainService/ShutdownDomain", Role::kOperator, true},
-    {"hvagent.v1.DomainService/DestroyDomain", Role::kOperator, true},
-    {"hvagent.v1.DomainService/RebootDomain", Role::kOperator, true},
-    {"hvagent.v1.DomainService/SuspendDomain", Role::kOperator, true},
-    {"hvagent.v1.DomainService/ResumeDomain", Role::kOperator, true},
-    // What only a controller does.
-    {"hvagent.v1.DomainService/CreateDomain", Role::kController, true},
-    {"hvagent.v1.DomainService/DeleteDomain", Role::kController, true},
-    {"hvagent.v1.StorageService/CreateVolume", Role::kController, true},
-    {"hvagent.v1.StorageService/ResizeVolume", Role::kController, true},
-    {"hvagent.v1.StorageService/DeleteVolume", Role::kController, true},
-    {"hvagent.v1.StorageService/AttachVolume", Role::kController, true},
-    {"hvagent.v1.StorageService/DetachVolume", Role::kController, true},
-};
-
-const Entry* Find(absl::string_view operation) {
-  for (const Entry& e : kOperations) {
-    if (operation == e.operation) return &e;
-  }
-  return nullptr;
-}
-
-}  // namespace
 
 const char* RoleName(Role r) {
   switch (r) {
@@ -76,14 +27,14 @@ std::optional<Role> ParseRole(absl::string_view name) {
 }
 
 std::optional<Role> RequiredRole(absl::string_view operation) {
-  const Entry* e = Find(operation);
-  if (e == nullptr) return std::nullopt;
-  return e->role;
+  const ops::Operation* op = ops::Find(operation);
+  if (op == nullptr) return std::nullopt;
+  return op->role;
 }
 
 bool IsMutating(absl::string_view operation) {
-  const Entry* e = Find(operation);
-  return e == nullptr || e->mutating;  // unknown: treat as mutating (it is refused anyway)
+  const ops::Operation* op = ops::Find(operation);
+  return op == nullptr || op->mutating;  // unknown: treat as mutating (it is refused anyway)
 }
 
 std::string Sha256Hex(absl::string_view text) {

@@ -7,8 +7,9 @@
 //   operator    monitor + reading domains, pools, volumes and events + the lifecycle actions an
 //               operator runs by hand (start, shutdown, destroy, reboot, suspend, resume)
 //   controller  everything, including creating and deleting domains and volumes
-// Operations are named like gRPC methods ("hvagent.v1.DomainService/CreateDomain"); REST
-// routes map onto the same names (RestOperation in agent/api/rest).
+// Operations are named like gRPC methods ("hvagent.v1.DomainService/CreateDomain"); the role
+// each needs is a column of the one operation table (agent/api/operations/operation_table.cpp),
+// which REST routes and gRPC methods both point into.
 //
 // Who the caller is: on gRPC the client certificate (its SAN DNS/URI names, then its CN) when
 // TLS is on; on REST a bearer token, stored in the config as its SHA-256 only. In the
@@ -37,7 +38,8 @@ struct Caller {
   std::optional<Role> role;   // nullopt: authenticated, but the config gives it no role
 };
 
-// The role an operation needs; nullopt = not in the table (refused to everybody).
+// The role an operation needs (from the operation table); nullopt = not an operation (refused
+// to everybody).
 std::optional<Role> RequiredRole(absl::string_view operation);
 // Operations that change something (for the audit log).
 bool IsMutating(absl::string_view operation);

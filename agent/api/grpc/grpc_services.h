@@ -1,49 +1,38 @@
 #pragma once
-// gRPC front end: each RPC parses its request, calls agent/service, renders the reply.
-// Never calls libvirt or storage directly. Every call runs under a request id (the client's
-// "x-request-id" metadata when given) that appears on every log line it causes.
+// gRPC front end: each RPC hands its request to the operations pipeline and returns what it
+// answers; it never calls agent/service, libvirt or storage itself. Every call runs under a
+// request id (the client's "x-request-id" metadata when given) that appears on every log line
+// it causes.
 
 #include <atomic>
 #include <memory>
 
-#include "agent/api/auth/authorizer.h"
-#include "agent/service/domain_service.h"
+#include "agent/api/operations/pipeline.h"
 #include "agent/service/event_hub.h"
-#include "agent/service/idempotency.h"
-#include "agent/service/operation_gate.h"
-#include "agent/service/host_service.h"
-#include "agent/service/metrics_collector.h"
-#include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
 namespace hvagent::api {
 
+// Every unary RPC is one line: find its operation, run it through the pipeline
+// (operations/pipeline.h), which authorizes, limits, deduplicates and audits it.
 class HostGrpcService final : public v1::HostService::Service {
  public:
-  // `authz` null: no checks (unit tests of the translation only).
-  explicit HostGrpcService(service::HostService& host, const auth::Authorizer* authz = nullptr)
-      : host_(host), auth_(authz) {}
+  explicit HostGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status GetHost(grpc::ServerContext*, const v1::GetHostRequest*, v1::Host*) override;
   grpc::Status GetCapacity(grpc::ServerContext*, const v1::GetCapacityRequest*, v1::Capacity*) override;
 
  private:
-  service::HostService& host_;
-  const auth::Authorizer* auth_;
-  service::IdempotencyStore* const idem_ = nullptr;  // reads only
-  service::OperationGate* const gate_ = nullptr;
+  ops::Pipeline pipeline_;
 };
 
 class DomainGrpcService final : public v1::DomainService::Service {
  public:
-  // `authz` null: no checks (unit tests of the translation only).
-  // `idem` null: idempotency keys are ignored.
-  explicit DomainGrpcService(service::DomainService& domains, const auth::Authorizer* authz = nullptr,
-                             service::IdempotencyStore* idem = nullptr, service::OperationGate* gate = nullptr)
-      : domains_(domains), auth_(authz), idem_(idem), gate_(gate) {}
+  explicit DomainGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
   grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
   grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
@@ -57,10 +46,17 @@ class DomainGrpcService final : public v1::DomainService::Service {
   grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
 
  private:
-  service::DomainService& domains_;
-  const auth::Authorizer* auth_;
-  service::IdempotencyStore* idem_;
-  service::OperationGate* gate_;
+  ops::Pipeline pipeline_;
+};
+
+class OperationGrpcService final : public v1::OperationService::Service {
+ public:
+  explicit OperationGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
+  grpc::Status ListOperations(grpc::ServerContext*, const v1::ListOperationsRequest*,
+                              v1::ListOperationsResponse*) override;
+
+ private:
+  ops::Pipeline pipeline_;
 };
 
 // Watch streams use gRPC's callback API: an open stream holds no thread, it is a reactor that
@@ -68,23 +64,18 @@ class DomainGrpcService final : public v1::DomainService::Service {
 // 1000 streams, docs/performance.md).
 class EventGrpcService final : public v1::EventService::CallbackService {
  public:
-  // `authz` null: no checks (unit tests of the translation only).
-  explicit EventGrpcService(service::EventHub& hub, const auth::Authorizer* authz = nullptr)
-      : hub_(hub), auth_(authz) {}
+  EventGrpcService(service::EventHub& hub, const ops::Pipeline& pipeline) : hub_(hub), pipeline_(pipeline) {}
   grpc::ServerWriteReactor<v1::DomainEvent>* Watch(grpc::CallbackServerContext*,
                                                    const v1::WatchEventsRequest*) override;
 
  private:
   service::EventHub& hub_;
-  const auth::Authorizer* auth_;
+  ops::Pipeline pipeline_;
 };
 
 class StorageGrpcService final : public v1::StorageService::Service {
  public:
-  // `authz` null: no checks (unit tests of the translation only).
-  explicit StorageGrpcService(service::StorageService& storage, const auth::Authorizer* authz = nullptr,
-                              service::IdempotencyStore* idem = nullptr, service::OperationGate* gate = nullptr)
-      : storage_(storage), auth_(authz), idem_(idem), gate_(gate) {}
+  explicit StorageGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
   grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
   grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
@@ -96,17 +87,12 @@ class StorageGrpcService final : public v1::StorageService::Service {
   grpc::Status DetachVolume(grpc::ServerContext*, const v1::DetachVolumeRequest*, v1::Volume*) override;
 
  private:
-  service::StorageService& storage_;
-  const auth::Authorizer* auth_;
-  service::IdempotencyStore* idem_;
-  service::OperationGate* gate_;
+  ops::Pipeline pipeline_;
 };
 
 class MetricsGrpcService final : public v1::MetricsService::Service {
  public:
-  // `authz` null: no checks (unit tests of the translation only).
-  explicit MetricsGrpcService(service::MetricsCollector& metrics, const auth::Authorizer* authz = nullptr)
-      : metrics_(metrics), auth_(authz) {}
+  explicit MetricsGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status GetDomainStats(grpc::ServerContext*, const v1::GetDomainStatsRequest*,
                               v1::GetDomainStatsResponse*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchMetricsRequest*,
@@ -117,17 +103,12 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
   void Close() { closed_ = true; }
 
  private:
-  service::MetricsCollector& metrics_;
-  const auth::Authorizer* auth_;
-  service::IdempotencyStore* const idem_ = nullptr;  // reads only
-  service::OperationGate* const gate_ = nullptr;
+  ops::Pipeline pipeline_;
   std::atomic<bool> closed_{false};
 };
 
-// The caller of a gRPC call (its client certificate, verified and resolved by `authz`).
-absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer& authz);
-// For streams: the check, the rate limit, and a stream slot held for the stream's life.
-absl::StatusOr<auth::RateLimiter::StreamSlot> AdmitStream(const grpc::ServerContextBase* ctx,
-                                                           const auth::Authorizer* authz, const char* operation);
+// The caller of a gRPC call (its client certificate, verified and resolved by `authz`; the
+// controller "-" without an authorizer).
+absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer* authz);
 
 }  // namespace hvagent::api

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "agent/api/rest/rest_router.h"
+#include "agent/api/rest/route_table.h"
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
 
@@ -88,7 +89,8 @@ TEST(AuthorizerTest, DevelopmentModeMakesEveryoneTheLocalController) {
 
 TEST(RestOperationTest, RoutesMapToTheGrpcOperations) {
   auto op = [](const std::string& m, const std::string& p) {
-    return RestOperation({m, p, {}, "", ""}).value_or("none");
+    RouteMatch match = MatchRoute(m, p);
+    return match.route == nullptr ? std::string("none") : std::string(match.route->operation);
   };
   EXPECT_EQ(op("GET", "/v1/domains"), "hvagent.v1.DomainService/ListDomains");
   EXPECT_EQ(op("POST", "/v1/domains"), "hvagent.v1.DomainService/CreateDomain");
@@ -119,7 +121,7 @@ class RestAuthTest : public ::testing::Test {
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService host_{hv_};
   Authorizer authz_ = Make();
-  RestRouter router_{host_, domains_, nullptr, nullptr, &authz_};
+  RestRouter router_{ops::Pipeline({.host = &host_, .domains = &domains_}, {.authz = &authz_})};
 };
 
 TEST_F(RestAuthTest, NoTokenIs401WrongRoleIs403AndNothingRuns) {
@@ -200,7 +202,7 @@ TEST(RateLimiterTest, RestAnswers429WhenTheCallerIsOverItsLimit) {
   o.tokens = {{"t", Sha256Hex("tok"), Role::kMonitor}};
   o.limiter = &limiter;
   Authorizer authz(o);
-  RestRouter router(host, domains, nullptr, nullptr, &authz);
+  RestRouter router(ops::Pipeline({.host = &host, .domains = &domains}, {.authz = &authz}));
   EXPECT_EQ(router.Handle({"GET", "/v1/host", {}, "", "Bearer tok"}).status, 200);
   auto r = router.Handle({"GET", "/v1/host", {}, "", "Bearer tok"});
   EXPECT_EQ(r.status, 429);

@@ -50,9 +50,10 @@ class GrpcServicesTest : public ::testing::Test {
   service::EventHub hub_;
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService hostsvc_{hv_};
-  HostGrpcService host_svc_{hostsvc_};
-  DomainGrpcService domain_svc_{domains_};
-  EventGrpcService event_svc_{hub_};
+  ops::Pipeline pipeline_{{.host = &hostsvc_, .domains = &domains_}, {}};
+  HostGrpcService host_svc_{pipeline_};
+  DomainGrpcService domain_svc_{pipeline_};
+  EventGrpcService event_svc_{hub_, pipeline_};
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::HostService::Stub> host_;
   std::unique_ptr<v1::DomainService::Stub> domains_stub_;

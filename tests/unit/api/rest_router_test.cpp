@@ -25,7 +25,7 @@ class RestRouterTest : public ::testing::Test {
   testing::FakeClock clock_;
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService host_{hv_};
-  RestRouter router_{host_, domains_};
+  RestRouter router_{ops::Pipeline({.host = &host_, .domains = &domains_}, {})};
 };
 
 TEST_F(RestRouterTest, Healthz_ReflectsHypervisorConnection) {
@@ -192,7 +192,7 @@ class RestMetricsTest : public ::testing::Test {
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService host_{hv_};
   service::MetricsCollector metrics_{hv_, host_, clock_, {}};
-  RestRouter router_{host_, domains_, nullptr, &metrics_};
+  RestRouter router_{ops::Pipeline({.host = &host_, .domains = &domains_, .metrics = &metrics_}, {})};
 };
 
 TEST_F(RestMetricsTest, MetricsIsPrometheusText) {
@@ -217,7 +217,7 @@ TEST_F(RestMetricsTest, DomainStatsAllAndOne) {
 }
 
 TEST_F(RestMetricsTest, WithoutACollectorThereIsNoMetricsPath) {
-  RestRouter plain(host_, domains_);
+  RestRouter plain(ops::Pipeline({.host = &host_, .domains = &domains_}, {}));
   EXPECT_EQ(plain.Handle({"GET", "/metrics", {}, ""}).status, 404);
 }
 
@@ -241,7 +241,7 @@ TEST(RestRouterGateTest, ChangingRequestsPastTheBoundAre503WithRetryAfter) {
   service::DomainService domains(hv, clock, {});
   service::HostService host(hv);
   service::OperationGate gate(1);
-  RestRouter router(host, domains, nullptr, nullptr, nullptr, nullptr, &gate);
+  RestRouter router(ops::Pipeline({.host = &host, .domains = &domains}, {.gate = &gate}));
   const std::string create = R"({"spec":{"name":"web1","vcpus":1,"memory_mib":64}})";
   {
     auto busy = gate.Enter();  // an operation in flight

@@ -58,7 +58,7 @@ class RestServerTest : public ::testing::Test {
   testing::FakeClock clock_;
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService host_{hv_};
-  RestRouter router_{host_, domains_};
+  RestRouter router_{ops::Pipeline({.host = &host_, .domains = &domains_}, {})};
   std::string listen_;
   std::unique_ptr<RestServer> server_;
   std::unique_ptr<http::client::http_client> client_;
@@ -214,7 +214,7 @@ TEST(RestServerStartTest, PortInUseIsReportedNotThrown) {
   testing::FakeClock clock;
   service::DomainService domains(hv, clock, {});
   service::HostService host(hv);
-  RestRouter router(host, domains);
+  RestRouter router(ops::Pipeline({.host = &host, .domains = &domains}, {}));
   std::string listen = "127.0.0.1:" + std::to_string(FreePort());
   RestServer first(listen, router, 1024);
   ASSERT_TRUE(first.Start().ok());

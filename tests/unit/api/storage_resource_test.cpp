@@ -18,7 +18,8 @@ class StorageResourceTest : public ::testing::Test {
     std::vector<std::unique_ptr<storage::StorageBackend>> backends;
     backends.push_back(std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"}));
     storage_ = std::make_unique<service::StorageService>(hv_, std::move(backends));
-    router_ = std::make_unique<RestRouter>(host_, domains_, storage_.get());
+    router_ = std::make_unique<RestRouter>(
+        ops::Pipeline({.host = &host_, .domains = &domains_, .storage = storage_.get()}, {}));
     hv::DomainSpec spec{.name = "web1", .vcpus = 1, .memory_mib = 64};
     ASSERT_TRUE(hv_.DefineDomain(spec).ok());
   }
@@ -68,6 +69,28 @@ TEST_F(StorageResourceTest, Errors) {
   EXPECT_EQ(Call("POST", "/v1/pools/vg0/volumes/x:explode").status, 404);
   EXPECT_EQ(Call("PUT", "/v1/pools").status, 405);
   EXPECT_EQ(Call("GET", "/v1/pools/vg0/snapshots").status, 404);
+}
+
+}  // namespace
+}  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+// The route binds pool and name from the path; a body that names others is refused, naming
+// the field, and nothing is attached (issue 17: `:attach` used to ignore them).
+TEST_F(StorageResourceTest, BodyThatContradictsThePathIs400AndChangesNothing) {
+  ASSERT_EQ(Call("POST", "/v1/pools/vg0/volumes", R"({"name":"data","size_bytes":"1048576"})").status, 201);
+  auto r = Call("POST", "/v1/pools/vg0/volumes/data:attach", R"({"pool":"vg1","domain":"web1"})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("pool: 'vg1' in the body differs from 'vg0' in the path"));
+  r = Call("POST", "/v1/pools/vg0/volumes/data:attach", R"({"name":"other","domain":"web1"})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("name: 'other'"));
+  EXPECT_THAT(Call("GET", "/v1/pools/vg0/volumes/data").body, HasSubstr(R"("attached_to":"")"));
+  // Naming the same pool and volume in the body is fine.
+  r = Call("POST", "/v1/pools/vg0/volumes/data:attach", R"({"pool":"vg0","name":"data","domain":"web1"})");
+  EXPECT_EQ(r.status, 200) << r.body;
 }
 
 }  // namespace

@@ -95,7 +95,7 @@ TEST(JournalTest, UnfinishedOperationsSurviveAReopenAndEndedOnesDoNot) {
     ASSERT_TRUE(op_a.ok() && op_b.ok());
     ASSERT_TRUE((*j)->Step(*op_a, Step("claim-volume", "vg0", "a-root", true)).ok());
     ASSERT_TRUE((*j)->Step(*op_a, Step("define")).ok());
-    ASSERT_TRUE((*j)->End(*op_b, "ok").ok());
+    ASSERT_TRUE((*j)->End(*op_b, v1::OPERATION_STATE_SUCCEEDED).ok());
   }
   auto j = Journal::Open(path);
   ASSERT_TRUE(j.ok());
@@ -110,9 +110,45 @@ TEST(JournalTest, UnfinishedOperationsSurviveAReopenAndEndedOnesDoNot) {
   auto next = (*j)->Begin(internal::JournalBegin());
   ASSERT_TRUE(next.ok());
   EXPECT_GT(*next, open[0].id);
-  ASSERT_TRUE((*j)->End(open[0].id, "recovered").ok());
-  ASSERT_TRUE((*j)->End(*next, "ok").ok());
+  ASSERT_TRUE((*j)->End(open[0].id, v1::OPERATION_STATE_RECOVERED, "completed").ok());
+  ASSERT_TRUE((*j)->End(*next, v1::OPERATION_STATE_SUCCEEDED).ok());
   EXPECT_EQ(Slurp(path), "");  // nothing in flight: the file is emptied
+}
+
+// ListOperations' source: ended operations, newest first, bounded, with their typed outcome.
+TEST(JournalTest, RecentKeepsEndedOperationsNewestFirstAndBounded) {
+  auto j = std::move(*Journal::Open(""));
+  internal::JournalBegin create;
+  create.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
+  create.set_domain("web1");
+  auto first = j->Begin(create);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(j->Step(*first, Step("define")).ok());
+  ASSERT_TRUE(j->End(*first, v1::OPERATION_STATE_FAILED, "define: no memory").ok());
+  auto second = j->Begin(create);
+  ASSERT_TRUE(j->End(*second, v1::OPERATION_STATE_SUCCEEDED).ok());
+  auto recent = j->Recent();
+  ASSERT_EQ(recent.size(), 2u);
+  EXPECT_EQ(recent[0].op.id, *second);
+  EXPECT_EQ(recent[1].state, v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(recent[1].message, "define: no memory");
+  ASSERT_EQ(recent[1].op.steps.size(), 1u);
+  EXPECT_EQ(recent[1].op.begin.type(), v1::OPERATION_KIND_CREATE_DOMAIN);
+  EXPECT_GT(recent[1].end_unix_ms, 0);
+  for (size_t i = 0; i < Journal::kHistory + 5; ++i) ASSERT_TRUE(j->End(*j->Begin(create), v1::OPERATION_STATE_SUCCEEDED).ok());
+  EXPECT_EQ(j->Recent().size(), Journal::kHistory);
+  EXPECT_TRUE(j->Unfinished().empty());
+}
+
+// Journals written before kinds were an enum (kind: "create"/"delete") are still recovered.
+TEST(JournalTest, LegacyStringKindsAreReadAsTypes) {
+  const std::string path = TempPath("journal-legacy");
+  std::ofstream(path) << "{\"op\":\"4\",\"begin\":{\"kind\":\"delete\",\"domain\":\"old\"}}\n";
+  auto j = Journal::Open(path);
+  ASSERT_TRUE(j.ok()) << j.status();
+  auto open = (*j)->Unfinished();
+  ASSERT_EQ(open.size(), 1u);
+  EXPECT_EQ(open[0].begin.type(), v1::OPERATION_KIND_DELETE_DOMAIN);
 }
 
 // A restarted agent: a fresh journal read from the crashed one's file, fresh services over

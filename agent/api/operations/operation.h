@@ -1,0 +1,67 @@
+#pragma once
+// Operations: every call the agent serves, whichever API it arrives by, is one row of one table
+// (operation_table.cpp): its name (the gRPC method, "hvagent.v1.DomainService/StartDomain"), the
+// role it needs, whether it changes anything, its request and response messages and the handler
+// that turns the request into agent/service calls. gRPC services and REST routes only find the
+// row and hand it a request; Pipeline (pipeline.h) does everything else the same way for both.
+//
+// Streams (EventService/Watch, MetricsService/Watch) and the Prometheus page are rows too, so
+// that authorization reads one table, but they have no unary handler: their transport serves them.
+
+#include "absl/strings/string_view.h"
+
+#include <google/protobuf/message.h>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "agent/api/auth/authorizer.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/host_service.h"
+#include "agent/service/journal.h"
+#include "agent/service/metrics_collector.h"
+#include "agent/service/storage_service.h"
+
+namespace hvagent::api::ops {
+
+using Message = google::protobuf::Message;
+
+// What handlers call. A null member is a subsystem this agent runs without (no pools, no
+// metrics collector in some unit tests): its operations are then absent (gRPC UNIMPLEMENTED,
+// REST 404), never a crash.
+struct Services {
+  service::HostService* host = nullptr;
+  service::DomainService* domains = nullptr;
+  service::StorageService* storage = nullptr;
+  service::MetricsCollector* metrics = nullptr;
+  const service::Journal* journal = nullptr;
+};
+
+enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal };
+
+using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
+
+enum class Kind {
+  kUnary,   // request in, response out: Pipeline::Run
+  kStream,  // served by the transport after Pipeline::AdmitStream
+  kPage,    // REST only, not a proto message (GET /metrics): Pipeline::Admit, then the route renders
+};
+
+struct Operation {
+  absl::string_view name;  // the gRPC full method name
+  auth::Role role;        // the least role that may call it
+  bool mutating;          // changes something: gated, idempotent under a key, audited
+  Kind kind;
+  Needs needs;
+  const Message* request = nullptr;   // prototype (default instance); null for pages
+  const Message* response = nullptr;  // prototype; null for streams and pages
+  Handler handler = nullptr;          // kUnary only
+};
+
+// Every operation, in the order of proto/hvagent/v1/*.proto.
+absl::Span<const Operation> All();
+// nullptr when `name` is no operation (which authorization refuses to everybody).
+const Operation* Find(absl::string_view name);
+// Whether `services` has what `op` needs.
+bool Available(const Operation& op, const Services& services);
+
+}  // namespace hvagent::api::ops

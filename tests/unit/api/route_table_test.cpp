@@ -1,0 +1,201 @@
+// The one API edge holds together: every proto RPC is an operation of the right types, every
+// REST route points at an operation whose request has the fields the route binds, and
+// docs/openapi.yaml documents exactly the routes the table has (paths, methods, operations,
+// query flags).
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include <google/protobuf/descriptor.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "agent/api/operations/operation.h"
+#include "agent/api/rest/route_table.h"
+#include "hvagent/v1/domain.pb.h"
+#include "hvagent/v1/event.pb.h"
+#include "hvagent/v1/host.pb.h"
+#include "hvagent/v1/metrics.pb.h"
+#include "hvagent/v1/operation.pb.h"
+#include "hvagent/v1/storage.pb.h"
+
+namespace hvagent::api {
+namespace {
+
+using google::protobuf::DescriptorPool;
+
+constexpr const char* kServices[] = {"hvagent.v1.HostService", "hvagent.v1.DomainService",
+                                     "hvagent.v1.EventService", "hvagent.v1.StorageService",
+                                     "hvagent.v1.MetricsService", "hvagent.v1.OperationService"};
+
+TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
+  // Linking the messages in makes their files known to the generated pool.
+  (void)v1::Host::default_instance();
+  (void)v1::Domain::default_instance();
+  (void)v1::DomainEvent::default_instance();
+  (void)v1::Volume::default_instance();
+  (void)v1::MetricsSample::default_instance();
+  (void)v1::Operation::default_instance();
+  size_t methods = 0;
+  for (const char* name : kServices) {
+    const auto* service = DescriptorPool::generated_pool()->FindServiceByName(name);
+    ASSERT_NE(service, nullptr) << name;
+    for (int i = 0; i < service->method_count(); ++i) {
+      const auto* m = service->method(i);
+      const std::string full = std::string(name) + "/" + m->name();
+      SCOPED_TRACE(full);
+      const ops::Operation* op = ops::Find(full);
+      ASSERT_NE(op, nullptr) << "no row in operation_table.cpp";
+      ASSERT_NE(op->request, nullptr);
+      EXPECT_EQ(op->request->GetDescriptor(), m->input_type());
+      if (m->server_streaming()) {
+        EXPECT_EQ(op->kind, ops::Kind::kStream);
+      } else {
+        EXPECT_EQ(op->kind, ops::Kind::kUnary);
+        ASSERT_NE(op->response, nullptr);
+        EXPECT_EQ(op->response->GetDescriptor(), m->output_type());
+        EXPECT_NE(op->handler, nullptr);
+      }
+      ++methods;
+    }
+  }
+  // Every row is a proto method, but for the Prometheus page.
+  EXPECT_EQ(ops::All().size(), methods + 1);
+}
+
+TEST(OperationTableTest, ReadsAreNeverMutatingAndControllersOwnCreation) {
+  for (const ops::Operation& op : ops::All()) {
+    SCOPED_TRACE(std::string(op.name));
+    const std::string method(op.name.substr(op.name.find('/') + 1));
+    if (method.rfind("Get", 0) == 0 || method.rfind("List", 0) == 0 || method == "Watch") {
+      EXPECT_FALSE(op.mutating);
+    } else if (op.kind == ops::Kind::kUnary) {
+      EXPECT_TRUE(op.mutating);
+    }
+    if (method.rfind("Create", 0) == 0 || method.rfind("Delete", 0) == 0) {
+      EXPECT_EQ(op.role, auth::Role::kController);
+    }
+  }
+}
+
+TEST(RouteTableTest, EveryRouteBindsFieldsOfItsOperationsRequest) {
+  std::set<std::string> served;
+  for (const Route& r : Routes()) {
+    SCOPED_TRACE(std::string(r.method) + " " + std::string(r.pattern));
+    if (r.operation.empty()) {
+      EXPECT_EQ(r.pattern, "/healthz");
+      continue;
+    }
+    const ops::Operation* op = ops::Find(r.operation);
+    ASSERT_NE(op, nullptr);
+    EXPECT_NE(op->kind, ops::Kind::kStream) << "streams are gRPC only";
+    served.insert(std::string(op->name));
+    if (op->request == nullptr) continue;
+    const auto* desc = op->request->GetDescriptor();
+    std::string pattern(r.pattern);
+    std::regex param(R"(\{(\w+)(=(\w+))?\})");
+    for (auto it = std::sregex_iterator(pattern.begin(), pattern.end(), param); it != std::sregex_iterator(); ++it) {
+      std::string field = (*it)[3].matched ? (*it)[3].str() : (*it)[1].str();
+      EXPECT_NE(desc->FindFieldByName(field), nullptr) << field;
+    }
+    for (absl::string_view q : r.query) EXPECT_NE(desc->FindFieldByName(std::string(q)), nullptr) << q;
+  }
+  // REST serves every operation but the streams.
+  for (const ops::Operation& op : ops::All()) {
+    if (op.kind != ops::Kind::kStream) {
+      EXPECT_TRUE(served.contains(std::string(op.name))) << op.name;
+    }
+  }
+}
+
+TEST(RouteTableTest, MatchingBindsParametersAndKnowsMethodsAndVerbs) {
+  RouteMatch m = MatchRoute("POST", "/v1/pools/vg0/volumes/data:attach");
+  ASSERT_NE(m.route, nullptr);
+  EXPECT_EQ(m.route->operation, "hvagent.v1.StorageService/AttachVolume");
+  EXPECT_EQ(m.params, (std::map<std::string, std::string>{{"pool", "vg0"}, {"name", "data"}}));
+  m = MatchRoute("GET", "/v1/pools/vg0");
+  ASSERT_NE(m.route, nullptr);
+  EXPECT_EQ(m.params, (std::map<std::string, std::string>{{"name", "vg0"}}));
+  m = MatchRoute("PUT", "/v1/domains/web1");
+  EXPECT_EQ(m.route, nullptr);
+  EXPECT_THAT(m.allowed, ::testing::ElementsAre("GET", "DELETE"));
+  m = MatchRoute("POST", "/v1/domains/web1:explode");
+  EXPECT_EQ(m.route, nullptr);
+  EXPECT_TRUE(m.allowed.empty());
+  EXPECT_THAT(m.verbs, ::testing::Contains("start"));
+  for (const char* path : {"/v1/domains/", "/v1/pools//volumes", "/v1/domains/a/b", "v1/domains", ""}) {
+    SCOPED_TRACE(path);
+    m = MatchRoute("GET", path);
+    EXPECT_EQ(m.route, nullptr);
+    EXPECT_TRUE(m.allowed.empty());
+  }
+}
+
+// docs/openapi.yaml, read line by line (it is this project's own file, in one layout):
+// "  /path:" opens a path, "    get:" a method, "x-hvagent-operation: X" names its operation,
+// "{name: flag, in: query" a query flag.
+struct DocRoute {
+  std::string method, path, operation;
+  std::set<std::string> query;
+  auto operator<=>(const DocRoute&) const = default;
+};
+
+std::vector<DocRoute> ReadOpenApi() {
+  std::ifstream in(HVAGENT_SOURCE_DIR "/docs/openapi.yaml");
+  EXPECT_TRUE(in.good());
+  std::vector<DocRoute> out;
+  std::string line, path;
+  bool in_paths = false;
+  const std::regex path_re(R"(^  (/\S*):\s*$)"), method_re(R"(^    (get|put|post|delete|patch|head|options):\s*$)"),
+      op_re(R"(^\s+x-hvagent-operation:\s*(\S+))"), query_re(R"(\{name:\s*(\w+),\s*in:\s*query)");
+  while (std::getline(in, line)) {
+    if (line == "paths:") in_paths = true;
+    if (!line.empty() && line[0] != ' ' && line != "paths:") in_paths = false;
+    if (!in_paths) continue;
+    std::smatch m;
+    if (std::regex_match(line, m, path_re)) {
+      path = m[1];
+    } else if (std::regex_match(line, m, method_re)) {
+      std::string method = m[1];
+      for (char& c : method) c = static_cast<char>(std::toupper(c));
+      out.push_back({method, path, "", {}});
+    } else if (std::regex_search(line, m, op_re) && !out.empty()) {
+      out.back().operation = m[1];
+    } else if (std::regex_search(line, m, query_re) && !out.empty()) {
+      out.back().query.insert(m[1]);
+    }
+  }
+  return out;
+}
+
+TEST(RouteTableTest, OpenApiDocumentsExactlyTheRouteTable) {
+  std::vector<DocRoute> table;
+  for (const Route& r : Routes()) {
+    std::string path = std::regex_replace(std::string(r.pattern), std::regex(R"(\{(\w+)=\w+\})"), "{$1}");
+    table.push_back({std::string(r.method), path, std::string(r.operation),
+                     std::set<std::string>(r.query.begin(), r.query.end())});
+  }
+  std::vector<DocRoute> doc = ReadOpenApi();
+  ASSERT_GE(doc.size(), 20u) << "the reader found too little in docs/openapi.yaml";
+  std::sort(table.begin(), table.end());
+  std::sort(doc.begin(), doc.end());
+  auto show = [](const std::vector<DocRoute>& v) {
+    std::ostringstream os;
+    for (const auto& r : v) {
+      os << "\n  " << r.method << " " << r.path << " -> " << r.operation;
+      for (const auto& q : r.query) os << " ?" << q;
+    }
+    return os.str();
+  };
+  std::vector<DocRoute> only_table, only_doc;
+  std::set_difference(table.begin(), table.end(), doc.begin(), doc.end(), std::back_inserter(only_table));
+  std::set_difference(doc.begin(), doc.end(), table.begin(), table.end(), std::back_inserter(only_doc));
+  EXPECT_TRUE(only_table.empty()) << "routes docs/openapi.yaml lacks:" << show(only_table);
+  EXPECT_TRUE(only_doc.empty()) << "documented routes the table lacks:" << show(only_doc);
+}
+
+}  // namespace
+}  // namespace hvagent::api
