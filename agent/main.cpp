@@ -29,6 +29,7 @@
 #include "agent/version.h"
 #include "common/clock.h"
 #include "common/failpoint.h"
+#include "common/periodic_thread.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 #include "hypervisor/xen/xenctrl_probe.h"
@@ -45,41 +46,19 @@ using namespace hvagent;
 // TimeoutStopSec (30 s), after which systemd would SIGKILL.
 constexpr std::chrono::seconds kShutdownGrace{20};
 
-// Keeps the standard gRPC health service in step with the hypervisor connection.
-class HealthReporter {
- public:
-  HealthReporter(grpc::HealthCheckServiceInterface* health, const hv::Hypervisor& hv) : health_(health), hv_(hv) {
-    thread_ = std::thread([this] { Run(); });
-  }
-  ~HealthReporter() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
+// Keeps the standard gRPC health service in step with the hypervisor connection, every second.
+std::unique_ptr<PeriodicThread> ReportHealth(grpc::HealthCheckServiceInterface* health, const hv::Hypervisor& hv) {
+  auto report = [health, &hv] {
+    bool serving = hv.Connected();
+    for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService", "hvagent.v1.EventService",
+                                "hvagent.v1.StorageService", "hvagent.v1.MetricsService",
+                                "hvagent.v1.OperationService"}) {
+      health->SetServingStatus(service, serving);
     }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  void Run() {
-    std::unique_lock lock(mu_);
-    while (!stop_) {
-      bool serving = hv_.Connected();
-      for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService",
-                                  "hvagent.v1.EventService", "hvagent.v1.StorageService",
-                                  "hvagent.v1.MetricsService", "hvagent.v1.OperationService"}) {
-        health_->SetServingStatus(service, serving);
-      }
-      cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
-    }
-  }
-  grpc::HealthCheckServiceInterface* health_;
-  const hv::Hypervisor& hv_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
+  };
+  report();
+  return std::make_unique<PeriodicThread>(std::chrono::seconds(1), report);
+}
 
 // One backend per configured pool, prepared (VG or GPT created when missing). A pool that
 // cannot be prepared is still served: its calls answer with the reason (FailedPrecondition),
@@ -110,17 +89,6 @@ std::vector<std::unique_ptr<storage::StorageBackend>> MakeBackends(const config:
   return backends;
 }
 
-// A Xen host whose event channels cannot be read (not dom0, XSM policy): every read answers why.
-class FailedEventChannelProbe final : public hv::EventChannelProbe {
- public:
-  explicit FailedEventChannelProbe(absl::Status why) : why_(std::move(why)) {}
-  bool Supported() const override { return true; }
-  absl::StatusOr<hv::EventChannelReport> Read() override { return why_; }
-
- private:
-  absl::Status why_;
-};
-
 // libxenctrl on Xen URIs; everywhere else the explicit "unsupported" probe.
 std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Config& cfg) {
   const std::string& uri = cfg.hypervisor_uri;
@@ -129,7 +97,7 @@ std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Confi
   auto calls = hv::OpenRealXenCtrlCalls();
   if (!calls.ok()) {
     log::ComponentLogger("main")->error("event channels cannot be read: {}", calls.status().message());
-    return std::make_unique<FailedEventChannelProbe>(calls.status());
+    return std::make_unique<hv::FailedEventChannelProbe>(calls.status());
   }
   return std::make_unique<hv::XenEventChannelProbe>(
       std::move(*calls), hv::XenEventChannelProbe::Options{.default_max_evtchn_port = cfg.evtchn_default_max_port});
@@ -158,48 +126,40 @@ std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const config::Config& c
   return grpc::experimental::TlsServerCredentials(options);
 }
 
-// Reconciles volume owners with the hypervisor's domains now and then every `interval` (0:
-// only now) until destroyed.
-class Reconciler {
- public:
-  Reconciler(service::DomainService& domains, std::chrono::seconds interval, bool release)
-      : domains_(domains), interval_(interval), release_(release) {
-    RunOnce();
-    if (interval_.count() > 0) thread_ = std::thread([this] { Loop(); });
+// What a crash left half-done is finished or undone before anything is served. Recovery needs
+// the hypervisor; a libvirtd that is still starting gets up to 30 s (the agent's own reconnect
+// loop brings the connection up; there is no event for it to wait on).
+void RecoverBeforeServing(service::DomainService& domains, const service::Journal& journal,
+                          const hv::Hypervisor& hypervisor) {
+  auto logger = log::ComponentLogger("main");
+  if (journal.Unfinished().empty()) return;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  if (!hypervisor.Connected()) logger->warn("recovery waits for the hypervisor connection (up to 30 s)");
+  while (!hypervisor.Connected() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  ~Reconciler() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
+  for (const auto& r : domains.Recover()) {
+    logger->warn("recovered interrupted {} of domain {}: {}", r.kind, r.domain, r.outcome);
   }
+}
 
- private:
-  void RunOnce() {
-    for (const auto& r : domains_.Recover()) {
+// Reconciliation, now and then every [reliability] reconcile_interval_seconds: volume owners
+// against the hypervisor's domains, and any operation recovery could not finish before (its
+// undo needed a hypervisor that had gone away).
+std::unique_ptr<PeriodicThread> Reconcile(service::DomainService& domains, std::chrono::seconds interval,
+                                          bool release_orphans) {
+  auto orphans = [&domains, release_orphans] {
+    auto found = domains.Reconcile(release_orphans);
+    if (!found.ok()) log::ComponentLogger("main")->warn("reconcile skipped: {}", found.status().message());
+  };
+  orphans();  // at start; recovery has just run (RecoverBeforeServing)
+  return std::make_unique<PeriodicThread>(interval, [&domains, orphans] {
+    for (const auto& r : domains.Recover()) {
       log::ComponentLogger("main")->warn("recovered {} of domain {}: {}", r.kind, r.domain, r.outcome);
     }
-    auto orphans = domains_.Reconcile(release_);
-    if (!orphans.ok()) log::ComponentLogger("main")->warn("reconcile skipped: {}", orphans.status().message());
-  }
-  void Loop() {
-    std::unique_lock lock(mu_);
-    while (!cv_.wait_for(lock, interval_, [this] { return stop_; })) {
-      lock.unlock();
-      RunOnce();
-      lock.lock();
-    }
-  }
-  service::DomainService& domains_;
-  const std::chrono::seconds interval_;
-  const bool release_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
+    orphans();
+  });
+}
 
 // The journal and the idempotency store, in [reliability] state_dir (made 0700 if missing),
 // or in memory without one.
@@ -234,16 +194,70 @@ absl::StatusOr<State> OpenState(const config::Config& cfg) {
   return st;
 }
 
-int Run(const config::Config& cfg) {
-  auto logger = log::ComponentLogger("main");
-  // Signals are taken synchronously by sigwait below; no thread may receive them.
+// Signals are taken synchronously by sigwait (WaitForStop); no thread may receive them.
+sigset_t BlockStopSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
 
+// The gRPC server: one thin service per proto service, all over the same pipeline.
+struct GrpcFront {
+  GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events)
+      : host(pipeline), domains(pipeline), events(events, pipeline), storage(pipeline), metrics(pipeline),
+        operations(pipeline) {}
+  api::HostGrpcService host;
+  api::DomainGrpcService domains;
+  api::EventGrpcService events;
+  api::StorageGrpcService storage;
+  api::MetricsGrpcService metrics;
+  api::OperationGrpcService operations;
+  std::unique_ptr<grpc::Server> server;
+};
+
+absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, const api::ops::Pipeline& pipeline,
+                                                     service::EventHub& events) {
+  auto front = std::make_unique<GrpcFront>(pipeline, events);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg.grpc_listen, GrpcCredentials(cfg), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
+  builder.RegisterService(&front->host).RegisterService(&front->domains).RegisterService(&front->events);
+  builder.RegisterService(&front->storage).RegisterService(&front->metrics).RegisterService(&front->operations);
+  front->server = builder.BuildAndStart();
+  if (!front->server || port == 0) {
+    return absl::UnavailableError(absl::StrCat("grpc.listen ", cfg.grpc_listen, ": cannot listen (address in use?)"));
+  }
+  return front;
+}
+
+// Serves until SIGINT or SIGTERM (returned); SIGHUP reloads the TLS files without dropping a
+// listener: REST at once, gRPC within tls.reload_seconds.
+int WaitForStop(const sigset_t& signals, api::RestServer& rest, api::auth::CertVerifier* verifier) {
+  auto logger = log::ComponentLogger("main");
+  int sig = 0;
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    sd_notify(0, "RELOADING=1");
+    if (auto s = rest.ReloadTls(); !s.ok()) logger->error("SIGHUP: TLS files not reloaded: {}", s.message());
+    if (verifier) {
+      if (auto s = verifier->Reload(); !s.ok()) logger->error("SIGHUP: client CA not reloaded: {}", s.message());
+    }
+    sd_notify(0, "READY=1");
+  }
+  return sig;
+}
+
+int Run(const config::Config& cfg) {
+  auto logger = log::ComponentLogger("main");
+  const sigset_t signals = BlockStopSignals();
+
+  // The service layer.
   hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
   SystemClock clock;
   service::EventHub events;
@@ -258,17 +272,8 @@ int Run(const config::Config& cfg) {
   }
   service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage,
                                  state->journal.get());
-  // Before anything is served: what a crash left half-done is finished or undone first.
-  if (!state->journal->Unfinished().empty()) {
-    if (!hypervisor.Connected()) {
-      logger->warn("recovery postponed until the hypervisor connection is up");
-      for (int i = 0; i < 300 && !hypervisor.Connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    for (const auto& r : domains.Recover()) {
-      logger->warn("recovered interrupted {} of domain {}: {}", r.kind, r.domain, r.outcome);
-    }
-  }
-  Reconciler reconciler(domains, cfg.reconcile_interval, cfg.release_orphans);
+  RecoverBeforeServing(domains, *state->journal, hypervisor);
+  auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor,
                            {.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
                             .memory_allocation_ratio = cfg.memory_allocation_ratio,
@@ -283,6 +288,7 @@ int Run(const config::Config& cfg) {
                                     evtchn.get(), [&events](const hv::DomainEvent& e) { events.Publish(e); });
   if (evtchn->Supported()) metrics.StartBackground(cfg.evtchn_interval);
 
+  // Who may call what, how often.
   std::unique_ptr<api::auth::CertVerifier> verifier;
   if (!cfg.plaintext_loopback) {
     auto v = api::auth::CertVerifier::Load(cfg.tls_client_ca_file);
@@ -301,12 +307,13 @@ int Run(const config::Config& cfg) {
   if (cfg.plaintext_loopback) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }
-  // REST first: it loads (and so checks) the TLS files that both servers use.
   service::OperationGate gate(cfg.max_operations_in_flight);
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
       {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get()},
       {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
+
+  // The two fronts. REST first: it loads (and so checks) the TLS files that both servers use.
   api::RestRouter router(pipeline);
   std::optional<api::RestTls> rest_tls;
   if (!cfg.plaintext_loopback) {
@@ -318,44 +325,20 @@ int Run(const config::Config& cfg) {
     logger->critical("{}", s.message());
     return 1;
   }
-
-  api::HostGrpcService host_grpc(pipeline);
-  api::DomainGrpcService domain_grpc(pipeline);
-  api::EventGrpcService event_grpc(events, pipeline);
-  api::StorageGrpcService storage_grpc(pipeline);
-  api::MetricsGrpcService metrics_grpc(pipeline);
-  api::OperationGrpcService operation_grpc(pipeline);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int grpc_port = 0;
-  builder.AddListeningPort(cfg.grpc_listen, GrpcCredentials(cfg), &grpc_port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
-  builder.RegisterService(&host_grpc).RegisterService(&domain_grpc).RegisterService(&event_grpc);
-  builder.RegisterService(&storage_grpc).RegisterService(&metrics_grpc).RegisterService(&operation_grpc);
-  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
-  if (!grpc_server || grpc_port == 0) {
-    logger->critical("grpc.listen {}: cannot listen (address in use?)", cfg.grpc_listen);
+  auto grpc_front = StartGrpc(cfg, pipeline, events);
+  if (!grpc_front.ok()) {
+    logger->critical("{}", grpc_front.status().message());
     return 1;
   }
-  auto health = std::make_unique<HealthReporter>(grpc_server->GetHealthCheckService(), hypervisor);
+  auto health = ReportHealth((*grpc_front)->server->GetHealthCheckService(), hypervisor);
   logger->info("hvagentd {} serving: gRPC {} ({}) | REST {}://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
                cfg.plaintext_loopback ? "plain text" : "mTLS", cfg.plaintext_loopback ? "http" : "https",
                cfg.rest_listen, cfg.hypervisor_uri);
-
   // systemd (Type=notify): ready once both servers listen. Without NOTIFY_SOCKET this does nothing.
   sd_notifyf(0, "READY=1\nSTATUS=serving gRPC %s, REST %s, hypervisor %s\nMAINPID=%d", cfg.grpc_listen.c_str(),
              cfg.rest_listen.c_str(), cfg.hypervisor_uri.c_str(), static_cast<int>(getpid()));
-  int sig = 0;
-  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
-    sd_notify(0, "RELOADING=1");
-    // New certificates without dropping a listener: REST now, gRPC within tls.reload_seconds.
-    if (auto s = rest.ReloadTls(); !s.ok()) logger->error("SIGHUP: TLS files not reloaded: {}", s.message());
-    if (verifier) {
-      if (auto s = verifier->Reload(); !s.ok()) logger->error("SIGHUP: client CA not reloaded: {}", s.message());
-    }
-    sd_notify(0, "READY=1");
-  }
+
+  const int sig = WaitForStop(signals, rest, verifier.get());
   logger->info("signal {} received, shutting down", sig);
   sd_notify(0, "STOPPING=1");
   // Take no new work on either API, let the changing operations in flight finish (a create or
@@ -364,7 +347,7 @@ int Run(const config::Config& cfg) {
   gate.Close();       // new creates, deletes, actions: UNAVAILABLE / 503 with Retry-After
   rest.BeginDrain();  // every new REST request: 503 with Retry-After
   events.Close();     // ends Watch streams so the gRPC server can drain
-  metrics_grpc.Close();
+  (*grpc_front)->metrics.Close();
   health.reset();
   if (!gate.WaitIdle(kShutdownGrace)) {
     // Cut off like a crash, which recovery handles (every step is journalled before it runs);
@@ -374,7 +357,7 @@ int Run(const config::Config& cfg) {
     spdlog::shutdown();
     std::_Exit(1);
   }
-  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  (*grpc_front)->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   rest.Stop();  // waits for the REST reads still being answered
   metrics.Stop();
   logger->info("stopped");

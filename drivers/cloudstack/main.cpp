@@ -367,13 +367,39 @@ std::string Lower(std::string s) {
   return s;
 }
 
+int GetConsole(const Payload&, const Agent&) {
+  return Fail("getconsole: hvagent exposes no console endpoint (VNC/URL) yet; use the serial console on the host",
+              "UNIMPLEMENTED");
+}
+
+// Every action this extension answers, and how. An action missing here is refused by name; no
+// action can fall through to another's handler.
+struct Action {
+  const char* name;
+  bool per_vm;  // needs the payload's VM name (validated before anything reaches the agent)
+  int (*run)(const Payload&, const Agent&);
+};
+constexpr Action kActions[] = {
+    {"prepare", true, Prepare},
+    {"create", true, Create},
+    {"start", true, Start},
+    {"stop", true, Stop},
+    {"reboot", true, Reboot},
+    {"delete", true, Delete},
+    {"status", true, Status},
+    {"getconsole", true, GetConsole},
+    {"statuses", false, [](const Payload&, const Agent& a) { return Statuses(a); }},
+    {"hostcapacity", false, [](const Payload&, const Agent& a) { return HostCapacity(a); }},
+    {"eventchannels", false, [](const Payload&, const Agent& a) { return EventChannels(a); }},
+    {"resizevolume", false, ResizeVolume},
+};
+
 int Run(int argc, char** argv) {
   if (argc < 3) return Fail("usage: hvagent-cloudstack <action> <payload.json> [timeout-seconds]");
-  const std::string action = Lower(argv[1]);
-  static const char* const kActions[] = {"prepare", "create", "start", "stop", "reboot", "delete", "status",
-                                         "statuses", "getconsole", "hostcapacity", "eventchannels", "resizevolume"};
-  if (std::find(std::begin(kActions), std::end(kActions), action) == std::end(kActions))
-    return Fail("unknown action '" + std::string(argv[1]).substr(0, 64) + "'");
+  const std::string name = Lower(argv[1]);
+  const Action* action = std::find_if(std::begin(kActions), std::end(kActions),
+                                      [&](const Action& a) { return name == a.name; });
+  if (action == std::end(kActions)) return Fail("unknown action '" + std::string(argv[1]).substr(0, 64) + "'");
   int timeout = kDefaultTimeoutSeconds;
   if (argc > 3) {
     try {
@@ -386,24 +412,9 @@ int Run(int argc, char** argv) {
   timeout = std::clamp(timeout - 5, 5, 3600);
 
   Payload p = LoadPayload(argv[2]);
-  const bool host_action = action == "statuses" || action == "hostcapacity" || action == "eventchannels" ||
-                           action == "resizevolume";
-  if (!host_action) (void)VmName(p);  // validated before anything reaches the agent
-  if (action == "getconsole")
-    return Fail("getconsole: hvagent exposes no console endpoint (VNC/URL) yet; use the serial console on the host", "UNIMPLEMENTED");
+  if (action->per_vm) (void)VmName(p);  // validated before anything reaches the agent
   Agent agent(AgentTargetFrom(p), timeout);
-
-  if (action == "prepare") return Prepare(p, agent);
-  if (action == "create") return Create(p, agent);
-  if (action == "start") return Start(p, agent);
-  if (action == "stop") return Stop(p, agent);
-  if (action == "reboot") return Reboot(p, agent);
-  if (action == "delete") return Delete(p, agent);
-  if (action == "status") return Status(p, agent);
-  if (action == "statuses") return Statuses(agent);
-  if (action == "hostcapacity") return HostCapacity(agent);
-  if (action == "eventchannels") return EventChannels(agent);
-  return ResizeVolume(p, agent);
+  return action->run(p, agent);
 }
 
 }  // namespace

@@ -88,6 +88,18 @@ class UnsupportedEventChannelProbe final : public EventChannelProbe {
   std::string hypervisor_;
 };
 
+// A Xen host whose event channels cannot be read (not dom0, an XSM policy, no libxenctrl):
+// every read answers why.
+class FailedEventChannelProbe final : public EventChannelProbe {
+ public:
+  explicit FailedEventChannelProbe(absl::Status why) : why_(std::move(why)) {}
+  bool Supported() const override { return true; }
+  absl::StatusOr<EventChannelReport> Read() override { return why_; }
+
+ private:
+  absl::Status why_;
+};
+
 class EventChannelWatch {
  public:
   struct Options {

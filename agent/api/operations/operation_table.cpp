@@ -27,6 +27,14 @@ absl::Status Into(P* out, absl::StatusOr<T> r) {
   return absl::OkStatus();
 }
 
+// Handlers that list model values, each with one proto form.
+template <typename T, typename Add>
+absl::Status AddAll(absl::StatusOr<std::vector<T>> r, Add add) {
+  if (!r.ok()) return r.status();
+  for (const auto& item : *r) *add() = ToProto(item);
+  return absl::OkStatus();
+}
+
 // ---- HostService ----
 
 absl::Status GetHost(const Services& s, const v1::GetHostRequest&, v1::Host* out) {
@@ -54,10 +62,7 @@ absl::Status GetDomain(const Services& s, const v1::GetDomainRequest& req, v1::D
 }
 
 absl::Status ListDomains(const Services& s, const v1::ListDomainsRequest&, v1::ListDomainsResponse* out) {
-  auto list = s.domains->List();
-  if (!list.ok()) return list.status();
-  for (const auto& d : *list) *out->add_domains() = ToProto(d);
-  return absl::OkStatus();
+  return AddAll(s.domains->List(), [out] { return out->add_domains(); });
 }
 
 absl::Status StartDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
@@ -96,10 +101,7 @@ absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req,
 // ---- StorageService ----
 
 absl::Status ListPools(const Services& s, const v1::ListPoolsRequest&, v1::ListPoolsResponse* out) {
-  auto pools = s.storage->ListPools();
-  if (!pools.ok()) return pools.status();
-  for (const auto& p : *pools) *out->add_pools() = ToProto(p);
-  return absl::OkStatus();
+  return AddAll(s.storage->ListPools(), [out] { return out->add_pools(); });
 }
 
 absl::Status GetPool(const Services& s, const v1::GetPoolRequest& req, v1::Pool* out) {
@@ -107,10 +109,7 @@ absl::Status GetPool(const Services& s, const v1::GetPoolRequest& req, v1::Pool*
 }
 
 absl::Status ListVolumes(const Services& s, const v1::ListVolumesRequest& req, v1::ListVolumesResponse* out) {
-  auto list = s.storage->ListVolumes(req.pool());
-  if (!list.ok()) return list.status();
-  for (const auto& v : *list) *out->add_volumes() = ToProto(v);
-  return absl::OkStatus();
+  return AddAll(s.storage->ListVolumes(req.pool()), [out] { return out->add_volumes(); });
 }
 
 absl::Status GetVolume(const Services& s, const v1::VolumeRef& req, v1::Volume* out) {
