@@ -2,6 +2,8 @@
 # Installs everything the test suite needs, builds, and runs every tier, fast ones first:
 #   static       no shell started from the sources
 #   unit         unit tests (warnings as errors)
+#   scripts      README's two commands in README's order: deploy/run-dev.sh until the agent
+#                serves, then this script's unit tier on the same checkout
 #   cloudstack   the CloudStack extension against a real agent on test:///default
 #   nova         the Nova compute driver's tests and Nova's conformance suite
 #   bench        benchmarks once in smoke mode, so they cannot rot
@@ -33,16 +35,17 @@ jobs=$(nproc)
 # longer lists its tests, a cache with BUILD_TESTING=OFF, tests that started skipping.
 # Raise a floor in the commit that adds tests; lower it only in the commit that removes some.
 # arm64 is unit less the two tests build-arm64.sh excludes under qemu-user. A tier not listed
-# (static) is one check: it must pass.
+# (static, scripts) is one check: it must pass.
 declare -A floor=(
   [unit]=493 [cloudstack]=1 [nova]=5 [bench]=2 [asan]=493 [fuzz]=5 [integration]=20
   [package]=2 [arm64]=491 [system]=15
 )
 
-tiers=(static unit cloudstack nova bench asan fuzz integration package arm64 system)
+tiers=(static unit scripts cloudstack nova bench asan fuzz integration package arm64 system)
 declare -A title=(
   [static]="no shell from the sources"
   [unit]="unit tests"
+  [scripts]="README's commands in README's order: deploy/run-dev.sh, then deploy/test.sh --tier unit"
   [cloudstack]="CloudStack extension: every action against a real agent on test:///default"
   [nova]="Nova compute driver: its tests and Nova's conformance suite against a real agent"
   [bench]="benchmarks, smoke mode (small counts; figures only, no timing assertions)"
@@ -54,7 +57,7 @@ declare -A title=(
   [system]="system: real Xen ARM64 (qemu-system-aarch64), a guest on an LV through the agent's API"
 )
 # Tiers that test build-test/.
-declare -A needs_build=([unit]=1 [cloudstack]=1 [nova]=1 [bench]=1 [integration]=1 [package]=1)
+declare -A needs_build=([unit]=1 [scripts]=1 [cloudstack]=1 [nova]=1 [bench]=1 [integration]=1 [package]=1)
 
 usage() {
   echo "usage: deploy/test.sh [--tier NAME]... | --list    (tiers: ${tiers[*]})" >&2
@@ -80,6 +83,7 @@ step() { printf '\n=== %s ===\n' "$*"; }
 # Totals over every tier so far, and the tier running now.
 passed=0 failed=0 skipped=0
 current="" tier_t0=0 tier_passed=0 tier_failed=0 tier_skipped=0
+dev_pid=""  # run-dev.sh, while the scripts tier runs it
 
 count() {  # count PASSED FAILED SKIPPED: add to the tier and the totals
   tier_passed=$((tier_passed + $1)) tier_failed=$((tier_failed + $2)) tier_skipped=$((tier_skipped + $3))
@@ -93,6 +97,9 @@ tier_line() {  # tier_line VERDICT
 
 on_exit() {
   local rc=$?
+  if [[ -n $dev_pid ]] && kill -0 "$dev_pid" 2>/dev/null; then
+    kill -KILL -- "-$dev_pid" 2>/dev/null || true  # run-dev.sh's process group (setsid below)
+  fi
   if ((rc != 0)) && [[ -n $current ]]; then
     # A tier that failed outside its tests (a build, a script) counts as one failed test.
     ((tier_failed > 0)) || count 0 1 0
@@ -154,6 +161,10 @@ ctest_tier() {  # ctest_tier BUILD_DIR CTEST_ARGS...: CTest on one build folder,
   tally_junit "$xml" "$rc"
 }
 
+free_port() {
+  /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 tier_static() {
   # The agent runs tools from argv vectors only; a shell anywhere is a bug (docs/security.md).
   local hits
@@ -168,6 +179,52 @@ tier_static() {
 }
 
 tier_unit() { ctest_tier build-test -L unit -j "$jobs"; }
+
+tier_scripts() {
+  # A new user's order: run-dev.sh configures build/ with the tests off; test.sh must still test.
+  [[ -z ${HVAGENT_SCRIPTS_TIER:-} ]] || fail "runs deploy/test.sh, so it cannot run inside it"
+  local grpc rest log=build-test/scripts-run-dev.log inner=build-test/scripts-unit.log rc=0 last ran
+  grpc=127.0.0.1:$(free_port) rest=127.0.0.1:$(free_port)
+  # run-dev.sh appends its arguments to hvagentd's command line after its own listen addresses,
+  # and a later flag wins: free ports, so a developer's agent on the default ones is no obstacle.
+  # setsid: its own process group (its build included), to stop it by its id alone.
+  setsid deploy/run-dev.sh --grpc-listen "$grpc" --rest-listen "$rest" >"$log" 2>&1 &
+  dev_pid=$!
+  local deadline=$((SECONDS + 3600))  # it installs and builds first
+  until curl -sf -o /dev/null "http://$rest/healthz"; do
+    if ! kill -0 "$dev_pid" 2>/dev/null; then
+      tail -n 30 "$log" >&2
+      fail "run-dev.sh exited before its agent served (whole output: $log)"
+    fi
+    if ((SECONDS > deadline)); then
+      tail -n 30 "$log" >&2
+      fail "no /healthz from run-dev.sh's agent within an hour (whole output: $log)"
+    fi
+    sleep 2
+  done
+  echo "run-dev.sh: its agent serves REST on $rest, gRPC on $grpc after $((SECONDS - tier_t0)) s"
+  # README's two example calls.
+  curl -sf "http://$rest/v1/host" >/dev/null || fail "GET /v1/host failed"
+  build/agent/hvctl --server "$grpc" list >/dev/null || fail "build/agent/hvctl list exited $?"
+  kill -INT "$dev_pid"  # README: Ctrl-C stops it (run-dev.sh exec'd hvagentd: same pid)
+  for _ in $(seq 60); do kill -0 "$dev_pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$dev_pid" 2>/dev/null; then fail "hvagentd still running 30 s after SIGINT"; fi
+  wait "$dev_pid" || rc=$?
+  dev_pid=""
+  ((rc == 0)) || { tail -n 30 "$log" >&2; fail "run-dev.sh's agent exited $rc on SIGINT"; }
+  grep -qx 'BUILD_TESTING:BOOL=OFF' build/CMakeCache.txt ||
+    fail "build/ is not as run-dev.sh configures it (BUILD_TESTING not OFF)"
+
+  # The unit tier by the very code path CI uses, on the same checkout.
+  HVAGENT_SCRIPTS_TIER=1 deploy/test.sh --tier unit 2>&1 | tee "$inner" || rc=${PIPESTATUS[0]}
+  ((rc == 0)) || fail "deploy/test.sh --tier unit exited $rc after run-dev.sh"
+  last=$(tail -n 1 "$inner")
+  [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed ]] || fail "no summary line from the unit tier: $last"
+  ran=$((BASH_REMATCH[1] + BASH_REMATCH[2]))
+  ((ran >= floor[unit])) || fail "the unit tier after run-dev.sh ran $ran tests, floor ${floor[unit]}"
+  grep -qx 'BUILD_TESTING:BOOL=OFF' build/CMakeCache.txt || fail "test.sh changed run-dev.sh's build/"
+  count 1 0 0
+}
 
 tier_cloudstack() { ctest_tier build-test -L cloudstack; }
 
