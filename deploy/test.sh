@@ -2,8 +2,6 @@
 # Installs everything the test suite needs, builds, and runs every tier, fast ones first:
 #   static       no shell started from the sources
 #   unit         unit tests (warnings as errors)
-#   scripts      README's two commands in README's order: deploy/run-dev.sh until the agent
-#                serves, then this script's unit tier on the same checkout
 #   cloudstack   the CloudStack extension against a real agent on test:///default
 #   nova         the Nova compute driver's tests and Nova's conformance suite
 #   bench        benchmarks once in smoke mode, so they cannot rot
@@ -11,6 +9,9 @@
 #   fuzz         fuzz targets for a bounded number of runs (clang + libFuzzer)
 #   integration  against a real libvirtd + QEMU (the fixture starts and stops it)
 #   package      the Debian package: built, installed, started and purged
+#   scripts      README's two commands in README's order: deploy/run-dev.sh until the agent
+#                serves, then this script's unit tier on the same checkout (late: it builds
+#                build/ again, without tests and failpoints, as a user's first command does)
 #   arm64        the arm64 cross build and its .deb, its unit tests under qemu-aarch64
 #   system       real Xen 4.17 ARM64 under qemu-system-aarch64, the arm64 agent in dom0
 #
@@ -41,7 +42,7 @@ declare -A floor=(
   [package]=2 [arm64]=491 [system]=15
 )
 
-tiers=(static unit scripts cloudstack nova bench asan fuzz integration package arm64 system)
+tiers=(static unit cloudstack nova bench asan fuzz integration package scripts arm64 system)
 declare -A title=(
   [static]="no shell from the sources"
   [unit]="unit tests"
