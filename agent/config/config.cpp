@@ -2,8 +2,10 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -20,51 +22,143 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 
-// Only the keys we know; a typo in a config file must not be silently ignored.
-const std::map<std::string, std::set<std::string>>& KnownKeys() {
-  static const std::map<std::string, std::set<std::string>> keys = {
-      {"hypervisor", {"uri"}},
-      {"grpc", {"listen"}},
-      {"rest", {"listen", "max_body_bytes", "require_client_cert"}},
-      {"log", {"level", "format"}},
-      {"domain", {"shutdown_timeout_seconds"}},
-      {"storage", {"pools"}},
-      {"capacity", {"cpu_allocation_ratio", "memory_allocation_ratio", "reserved_cpus", "reserved_memory_mib"}},
-      {"metrics", {"max_age_ms"}},
-      {"event_channels", {"alert_share", "default_max_port", "interval_seconds"}},
-      {"tls", {"cert_file", "key_file", "client_ca_file", "reload_seconds"}},
-      {"security", {"plaintext_loopback"}},
-      {"auth", {"identities", "tokens"}},
-      {"limits", {"requests_per_second", "burst", "max_streams_per_caller", "max_operations_in_flight"}},
-      {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries",
-                       "reconcile_interval_seconds", "release_orphans"}},
+// ---- the key table ------------------------------------------------------------------------
+// Every key of the file is one row: where it lives, how it is read and range-checked into which
+// member. Rows drive parsing and the unknown-key errors (a typo must not be silently ignored),
+// and ConfigKeys() hands them to the test that holds docs/configuration.md to them.
+
+using KeyReader = std::function<absl::Status(const toml::node& value, const std::string& field, Config& c)>;
+
+struct Key {
+  const char* section;
+  const char* name;
+  KeyReader read;  // null: an array of tables, read by its own function (ParsePools, ParseAuth)
+};
+
+absl::Status WrongType(const std::string& field) { return Invalid(field, "has the wrong type"); }
+
+template <typename T>
+Key Plain(const char* section, const char* name, T Config::*member) {
+  return {section, name, [member](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<T>();
+            if (!v) return WrongType(field);
+            c.*member = *v;
+            return absl::OkStatus();
+          }};
+}
+
+// An integer in [lo, hi] (or 0 when `zero_too`), into an integer or std::chrono member.
+template <typename M>
+Key Integer(const char* section, const char* name, M Config::*member, int64_t lo, int64_t hi,
+            const char* rule = nullptr, bool zero_too = false) {
+  std::string why = rule != nullptr ? rule : absl::StrCat("must be ", lo, "-", hi);
+  return {section, name, [=](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<int64_t>();
+            if (!v) return WrongType(field);
+            if ((*v < lo || *v > hi) && !(zero_too && *v == 0)) return Invalid(field, why);
+            c.*member = static_cast<M>(*v);
+            return absl::OkStatus();
+          }};
+}
+
+// A number greater than 0 (or at least `lo` when `lo` > 0) and at most `hi`.
+Key Real(const char* section, const char* name, double Config::*member, double lo, double hi, const char* rule) {
+  return {section, name, [=](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<double>();
+            if (!v) return WrongType(field);
+            if (!(lo > 0 ? *v >= lo : *v > 0) || !(*v <= hi)) return Invalid(field, rule);
+            c.*member = *v;
+            return absl::OkStatus();
+          }};
+}
+
+Key Array(const char* section, const char* name) { return {section, name, nullptr}; }
+
+const std::vector<Key>& Keys() {
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  static const std::vector<Key> keys = {
+      Plain("hypervisor", "uri", &Config::hypervisor_uri),
+      Plain("grpc", "listen", &Config::grpc_listen),
+      Plain("rest", "listen", &Config::rest_listen),
+      Integer("rest", "max_body_bytes", &Config::rest_max_body_bytes, 1024, 64 << 20, "must be 1 KiB to 64 MiB"),
+      Plain("rest", "require_client_cert", &Config::rest_require_client_cert),
+      Plain("log", "level", &Config::log_level),
+      {"log", "format",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         if (*v != "text" && *v != "json") return Invalid(field, "must be text or json");
+         c.log_format = *v == "json" ? log::Format::kJson : log::Format::kText;
+         return absl::OkStatus();
+       }},
+      Integer("domain", "shutdown_timeout_seconds", &Config::shutdown_timeout, 1, 3600),
+      Array("storage", "pools"),
+      Real("capacity", "cpu_allocation_ratio", &Config::cpu_allocation_ratio, 0, 64,
+           "must be greater than 0 and at most 64"),
+      Real("capacity", "memory_allocation_ratio", &Config::memory_allocation_ratio, 0, 16,
+           "must be greater than 0 and at most 16"),
+      Integer("capacity", "reserved_cpus", &Config::reserved_cpus, 0, 4096),
+      Integer("capacity", "reserved_memory_mib", &Config::reserved_memory_mib, 0, int64_t{1} << 32),
+      Integer("metrics", "max_age_ms", &Config::metrics_max_age, 100, 60000),
+      Real("event_channels", "alert_share", &Config::evtchn_alert_share, 0, 1, "must be greater than 0 and at most 1"),
+      Integer("event_channels", "default_max_port", &Config::evtchn_default_max_port, 1, 131071),
+      Integer("event_channels", "interval_seconds", &Config::evtchn_interval, 1, 3600),
+      Plain("tls", "cert_file", &Config::tls_cert_file),
+      Plain("tls", "key_file", &Config::tls_key_file),
+      Plain("tls", "client_ca_file", &Config::tls_client_ca_file),
+      Integer("tls", "reload_seconds", &Config::tls_reload_seconds, 1, 86400),
+      Plain("security", "plaintext_loopback", &Config::plaintext_loopback),
+      Array("auth", "identities"),
+      Array("auth", "tokens"),
+      Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,
+           "must be greater than 0 and at most 1000000"),
+      Real("limits", "burst", &Config::request_burst, 1, 1e6, "must be 1-1000000"),
+      Integer("limits", "max_streams_per_caller", &Config::max_streams_per_caller, 1, 100000),
+      Integer("limits", "max_operations_in_flight", &Config::max_operations_in_flight, 1, 10000),
+      {"reliability", "state_dir",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         if (!v->empty() && (*v)[0] != '/') return Invalid(field, "must be an absolute path");
+         c.state_dir = *v;
+         return absl::OkStatus();
+       }},
+      Integer("reliability", "idempotency_window_seconds", &Config::idempotency_window, 60, 30 * 86400,
+              "must be 60 to 2592000 (30 days)"),
+      Integer("reliability", "idempotency_max_entries", &Config::idempotency_max_entries, 1, 1000000),
+      Integer("reliability", "reconcile_interval_seconds", &Config::reconcile_interval, 10, 86400,
+              "must be 0 (only at start) or 10-86400", /*zero_too=*/true),
+      Plain("reliability", "release_orphans", &Config::release_orphans),
   };
   return keys;
 }
 
-absl::Status CheckKeys(const toml::table& root) {
-  for (const auto& [section, node] : root) {
-    std::string s(section.str());
-    auto known = KnownKeys().find(s);
-    if (known == KnownKeys().end()) return Invalid(s, "unknown section");
+const Key* FindKey(const std::string& section, const std::string& name) {
+  for (const Key& k : Keys()) {
+    if (section == k.section && name == k.name) return &k;
+  }
+  return nullptr;
+}
+
+// Every key present is known, and read by its row.
+absl::Status ReadKeys(const toml::table& root, Config& c) {
+  for (const auto& [section_key, node] : root) {
+    const std::string section(section_key.str());
+    const bool known_section = std::any_of(Keys().begin(), Keys().end(),
+                                           [&](const Key& k) { return section == k.section; });
+    if (!known_section) return Invalid(section, "unknown section");
     const toml::table* t = node.as_table();
-    if (t == nullptr) return Invalid(s, "must be a table");
-    for (const auto& [key, value] : *t) {
-      if (!known->second.contains(std::string(key.str()))) {
-        return Invalid(absl::StrCat(s, ".", std::string(key.str())), "unknown key");
+    if (t == nullptr) return Invalid(section, "must be a table");
+    for (const auto& [name_key, value] : *t) {
+      const std::string field = absl::StrCat(section, ".", std::string(name_key.str()));
+      const Key* key = FindKey(section, std::string(name_key.str()));
+      if (key == nullptr) return Invalid(field, "unknown key");
+      if (key->read) {
+        if (auto s = key->read(value, field, c); !s.ok()) return s;
       }
     }
   }
-  return absl::OkStatus();
-}
-
-template <typename T>
-absl::Status Read(const toml::table& root, absl::string_view section, absl::string_view key, T& out) {
-  const toml::node* n = root.at_path(absl::StrCat(section, ".", key)).node();
-  if (n == nullptr) return absl::OkStatus();
-  auto v = n->value<T>();
-  if (!v) return Invalid(absl::StrCat(section, ".", key), "has the wrong type");
-  out = *v;
   return absl::OkStatus();
 }
 
@@ -227,6 +321,12 @@ absl::Status ValidateListen(absl::string_view field, const std::string& listen, 
 
 }  // namespace
 
+std::vector<std::string> ConfigKeys() {
+  std::vector<std::string> out;
+  for (const Key& k : Keys()) out.push_back(absl::StrCat(k.section, ".", k.name));
+  return out;
+}
+
 std::string Usage() {
   return "usage: hvagentd [--config FILE] [--hypervisor-uri URI] [--grpc-listen HOST:PORT]\n"
          "                [--rest-listen HOST:PORT] [--log-level LEVEL] [--state-dir DIR]\n"
@@ -281,104 +381,12 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   } catch (const toml::parse_error& e) {
     return absl::InvalidArgumentError(absl::StrCat("config: line ", static_cast<uint64_t>(e.source().begin.line), ": ", std::string(e.description())));
   }
-  if (auto s = CheckKeys(root); !s.ok()) return s;
+  if (auto s = ReadKeys(root, c); !s.ok()) return s;
   c.storage_pools.clear();
   if (auto s = ParsePools(root, c.storage_pools); !s.ok()) return s;
   c.auth_identities.clear();
   c.auth_tokens.clear();
   if (auto s = ParseAuth(root, c); !s.ok()) return s;
-  if (auto s = Read(root, "tls", "cert_file", c.tls_cert_file); !s.ok()) return s;
-  if (auto s = Read(root, "tls", "key_file", c.tls_key_file); !s.ok()) return s;
-  if (auto s = Read(root, "tls", "client_ca_file", c.tls_client_ca_file); !s.ok()) return s;
-  int64_t reload = c.tls_reload_seconds;
-  if (auto s = Read(root, "tls", "reload_seconds", reload); !s.ok()) return s;
-  if (reload < 1 || reload > 86400) return Invalid("tls.reload_seconds", "must be 1-86400");
-  c.tls_reload_seconds = static_cast<int>(reload);
-  if (auto s = Read(root, "rest", "require_client_cert", c.rest_require_client_cert); !s.ok()) return s;
-  if (auto s = Read(root, "security", "plaintext_loopback", c.plaintext_loopback); !s.ok()) return s;
-  if (auto s = Read(root, "limits", "requests_per_second", c.requests_per_second); !s.ok()) return s;
-  if (!(c.requests_per_second > 0 && c.requests_per_second <= 1e6)) {
-    return Invalid("limits.requests_per_second", "must be greater than 0 and at most 1000000");
-  }
-  if (auto s = Read(root, "limits", "burst", c.request_burst); !s.ok()) return s;
-  if (!(c.request_burst >= 1 && c.request_burst <= 1e6)) return Invalid("limits.burst", "must be 1-1000000");
-  int64_t streams = c.max_streams_per_caller;
-  if (auto s = Read(root, "limits", "max_streams_per_caller", streams); !s.ok()) return s;
-  if (streams < 1 || streams > 100000) return Invalid("limits.max_streams_per_caller", "must be 1-100000");
-  c.max_streams_per_caller = static_cast<int>(streams);
-  int64_t in_flight = c.max_operations_in_flight;
-  if (auto s = Read(root, "limits", "max_operations_in_flight", in_flight); !s.ok()) return s;
-  if (in_flight < 1 || in_flight > 10000) return Invalid("limits.max_operations_in_flight", "must be 1-10000");
-  c.max_operations_in_flight = static_cast<int>(in_flight);
-  if (auto s = Read(root, "reliability", "state_dir", c.state_dir); !s.ok()) return s;
-  if (!c.state_dir.empty() && c.state_dir[0] != '/') return Invalid("reliability.state_dir", "must be an absolute path");
-  int64_t window = c.idempotency_window.count();
-  if (auto s = Read(root, "reliability", "idempotency_window_seconds", window); !s.ok()) return s;
-  if (window < 60 || window > 30 * 86400) {
-    return Invalid("reliability.idempotency_window_seconds", "must be 60 to 2592000 (30 days)");
-  }
-  c.idempotency_window = std::chrono::seconds(window);
-  int64_t entries = static_cast<int64_t>(c.idempotency_max_entries);
-  if (auto s = Read(root, "reliability", "idempotency_max_entries", entries); !s.ok()) return s;
-  if (entries < 1 || entries > 1000000) return Invalid("reliability.idempotency_max_entries", "must be 1-1000000");
-  c.idempotency_max_entries = static_cast<size_t>(entries);
-  int64_t reconcile = c.reconcile_interval.count();
-  if (auto s = Read(root, "reliability", "reconcile_interval_seconds", reconcile); !s.ok()) return s;
-  if (reconcile != 0 && (reconcile < 10 || reconcile > 86400)) {
-    return Invalid("reliability.reconcile_interval_seconds", "must be 0 (only at start) or 10-86400");
-  }
-  c.reconcile_interval = std::chrono::seconds(reconcile);
-  if (auto s = Read(root, "reliability", "release_orphans", c.release_orphans); !s.ok()) return s;
-  if (auto s = Read(root, "hypervisor", "uri", c.hypervisor_uri); !s.ok()) return s;
-  if (auto s = Read(root, "grpc", "listen", c.grpc_listen); !s.ok()) return s;
-  if (auto s = Read(root, "rest", "listen", c.rest_listen); !s.ok()) return s;
-  int64_t max_body = static_cast<int64_t>(c.rest_max_body_bytes);
-  if (auto s = Read(root, "rest", "max_body_bytes", max_body); !s.ok()) return s;
-  if (max_body < 1024 || max_body > (64 << 20)) return Invalid("rest.max_body_bytes", "must be 1 KiB to 64 MiB");
-  c.rest_max_body_bytes = static_cast<size_t>(max_body);
-  if (auto s = Read(root, "log", "level", c.log_level); !s.ok()) return s;
-  std::string format = c.log_format == log::Format::kJson ? "json" : "text";
-  if (auto s = Read(root, "log", "format", format); !s.ok()) return s;
-  if (format != "text" && format != "json") return Invalid("log.format", "must be text or json");
-  c.log_format = format == "json" ? log::Format::kJson : log::Format::kText;
-  int64_t timeout = c.shutdown_timeout.count();
-  if (auto s = Read(root, "domain", "shutdown_timeout_seconds", timeout); !s.ok()) return s;
-  if (timeout < 1 || timeout > 3600) return Invalid("domain.shutdown_timeout_seconds", "must be 1-3600");
-  c.shutdown_timeout = std::chrono::seconds(timeout);
-  if (auto s = Read(root, "capacity", "cpu_allocation_ratio", c.cpu_allocation_ratio); !s.ok()) return s;
-  if (!(c.cpu_allocation_ratio > 0 && c.cpu_allocation_ratio <= 64)) {
-    return Invalid("capacity.cpu_allocation_ratio", "must be greater than 0 and at most 64");
-  }
-  if (auto s = Read(root, "capacity", "memory_allocation_ratio", c.memory_allocation_ratio); !s.ok()) return s;
-  if (!(c.memory_allocation_ratio > 0 && c.memory_allocation_ratio <= 16)) {
-    return Invalid("capacity.memory_allocation_ratio", "must be greater than 0 and at most 16");
-  }
-  int64_t reserved_cpus = c.reserved_cpus;
-  if (auto s = Read(root, "capacity", "reserved_cpus", reserved_cpus); !s.ok()) return s;
-  if (reserved_cpus < 0 || reserved_cpus > 4096) return Invalid("capacity.reserved_cpus", "must be 0-4096");
-  c.reserved_cpus = static_cast<uint32_t>(reserved_cpus);
-  int64_t reserved_mib = static_cast<int64_t>(c.reserved_memory_mib);
-  if (auto s = Read(root, "capacity", "reserved_memory_mib", reserved_mib); !s.ok()) return s;
-  if (reserved_mib < 0 || reserved_mib > (int64_t{1} << 32)) {
-    return Invalid("capacity.reserved_memory_mib", "must be 0-4294967296");
-  }
-  c.reserved_memory_mib = static_cast<uint64_t>(reserved_mib);
-  int64_t max_age = c.metrics_max_age.count();
-  if (auto s = Read(root, "metrics", "max_age_ms", max_age); !s.ok()) return s;
-  if (max_age < 100 || max_age > 60000) return Invalid("metrics.max_age_ms", "must be 100-60000");
-  c.metrics_max_age = std::chrono::milliseconds(max_age);
-  if (auto s = Read(root, "event_channels", "alert_share", c.evtchn_alert_share); !s.ok()) return s;
-  if (!(c.evtchn_alert_share > 0 && c.evtchn_alert_share <= 1)) {
-    return Invalid("event_channels.alert_share", "must be greater than 0 and at most 1");
-  }
-  int64_t max_port = c.evtchn_default_max_port;
-  if (auto s = Read(root, "event_channels", "default_max_port", max_port); !s.ok()) return s;
-  if (max_port < 1 || max_port > 131071) return Invalid("event_channels.default_max_port", "must be 1-131071");
-  c.evtchn_default_max_port = static_cast<uint32_t>(max_port);
-  int64_t interval = c.evtchn_interval.count();
-  if (auto s = Read(root, "event_channels", "interval_seconds", interval); !s.ok()) return s;
-  if (interval < 1 || interval > 3600) return Invalid("event_channels.interval_seconds", "must be 1-3600");
-  c.evtchn_interval = std::chrono::seconds(interval);
   return c;
 }
 

@@ -92,6 +92,8 @@ std::string Usage();
 
 // Reads TOML text onto `base`. InvalidArgument naming the key ("grpc.listen") for unknown keys,
 // wrong types or syntax errors (with line numbers).
+// Every key the file may hold, "section.key" (arrays of tables included), in the table's order.
+std::vector<std::string> ConfigKeys();
 absl::StatusOr<Config> ParseConfigToml(absl::string_view toml_text, Config base = {});
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base = {});
 

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -789,6 +790,44 @@ TEST(Security, PlaintextFlag) {
   EXPECT_TRUE(cli->plaintext_loopback);
   EXPECT_TRUE(Resolve(*cli).ok());
   EXPECT_FALSE(Resolve(CommandLine{}).ok());
+}
+
+}  // namespace
+}  // namespace hvagent::config
+
+namespace hvagent::config {
+namespace {
+
+// docs/configuration.md's TOML example names every key of the key table, and no other: the
+// table drives parsing and unknown-key errors, and this holds the document to it.
+TEST(ConfigKeysTest, TheDocumentedExampleListsExactlyTheKeyTable) {
+  std::ifstream in(HVAGENT_SOURCE_DIR "/docs/configuration.md");
+  ASSERT_TRUE(in.good());
+  std::set<std::string> documented;
+  std::string line, section;
+  bool in_block = false, in_array = false;
+  while (std::getline(in, line)) {
+    if (line == "```toml") {
+      in_block = true;
+      continue;
+    }
+    if (in_block && line == "```") break;
+    if (!in_block || line.empty() || line[0] == '#') continue;
+    if (line.rfind("[[", 0) == 0) {
+      std::string path = line.substr(2, line.find("]]") - 2);
+      documented.insert(path);
+      in_array = true;
+    } else if (line[0] == '[') {
+      section = line.substr(1, line.find(']') - 1);
+      in_array = false;
+    } else if (!in_array && line.find('=') != std::string::npos) {
+      std::string key = line.substr(0, line.find_first_of(" ="));
+      documented.insert(section + "." + key);
+    }
+  }
+  std::vector<std::string> keys = ConfigKeys();
+  EXPECT_EQ(documented, std::set<std::string>(keys.begin(), keys.end()));
+  EXPECT_GE(keys.size(), 30u);
 }
 
 }  // namespace
