@@ -253,6 +253,9 @@ int WaitForStop(const sigset_t& signals, api::RestServer& rest, api::auth::CertV
   return sig;
 }
 
+// Longer than most functions on purpose: every object of the running agent lives in this one
+// scope, constructed in dependency order, so that the shutdown below (and C++'s reverse
+// destruction) tears them down in exactly the opposite order. The steps it calls are named.
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   const sigset_t signals = BlockStopSignals();

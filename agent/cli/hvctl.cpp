@@ -181,6 +181,9 @@ int Render(bool json, const grpc::Status& s, const google::protobuf::Message& re
 
 }  // namespace
 
+// Long on purpose: one branch per command, each a single RPC and how its answer is printed, read
+// top to bottom like the usage text above; the helpers (Render, Table, KeyValues) hold what
+// the branches share.
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::map<std::string, std::string> opts = {{"--server", "127.0.0.1:50051"}};

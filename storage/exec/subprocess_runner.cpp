@@ -25,6 +25,9 @@ struct Pipe {
 
 }  // namespace
 
+// One function on purpose: the pipes, the spawn attributes, the poll loop and the kill on timeout
+// share their file descriptors and process group, and every early return must close and reap
+// them; split up, that ownership would cross function boundaries.
 absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
   if (command.argv.empty() || command.argv[0].empty() || command.argv[0][0] != '/') {
     return absl::InvalidArgumentError("argv[0] must be an absolute path");
