@@ -29,6 +29,7 @@
 #include "agent/version.h"
 #include "common/clock.h"
 #include "common/failpoint.h"
+#include "common/host_path_policy.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 #include "hypervisor/xen/xenctrl_probe.h"
@@ -244,6 +245,14 @@ int Run(const config::Config& cfg) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // Before anything else: the directories host files may come from must be root's alone.
+  auto host_paths = HostPathPolicy::Open(
+      {.image_dirs = cfg.image_dirs, .kernel_dirs = cfg.kernel_dirs, .firmware_dirs = cfg.firmware_dirs});
+  if (!host_paths.ok()) {
+    logger->critical("{}", host_paths.status().message());
+    return 1;
+  }
+
   hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
   SystemClock clock;
   service::EventHub events;
@@ -256,8 +265,9 @@ int Run(const config::Config& cfg) {
     logger->critical("{}", state.status().message());
     return 1;
   }
-  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage,
-                                 state->journal.get());
+  service::DomainService domains(hypervisor, clock,
+                                 {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get()},
+                                 &storage, state->journal.get());
   // Before anything is served: what a crash left half-done is finished or undone first.
   if (!state->journal->Unfinished().empty()) {
     if (!hypervisor.Connected()) {

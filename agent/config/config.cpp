@@ -33,7 +33,7 @@ const std::map<std::string, std::set<std::string>>& KnownKeys() {
       {"metrics", {"max_age_ms"}},
       {"event_channels", {"alert_share", "default_max_port", "interval_seconds"}},
       {"tls", {"cert_file", "key_file", "client_ca_file", "reload_seconds"}},
-      {"security", {"plaintext_loopback"}},
+      {"security", {"plaintext_loopback", "image_dirs", "kernel_dirs", "firmware_dirs"}},
       {"auth", {"identities", "tokens"}},
       {"limits", {"requests_per_second", "burst", "max_streams_per_caller", "max_operations_in_flight"}},
       {"reliability", {"state_dir", "idempotency_window_seconds", "idempotency_max_entries",
@@ -195,6 +195,32 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
   return absl::OkStatus();
 }
 
+// [security] image_dirs / kernel_dirs / firmware_dirs: absolute directories written canonically.
+// Whether they are safe to trust (owner, mode, no symbolic links) is checked at start, on the
+// directories themselves (HostPathPolicy::Open).
+absl::Status ReadDirectories(const toml::table& root, const char* key, std::vector<std::string>& out) {
+  const std::string field = absl::StrCat("security.", key);
+  const toml::node* node = root.at_path(field).node();
+  if (node == nullptr) return absl::OkStatus();
+  const toml::array* list = node->as_array();
+  if (list == nullptr) return Invalid(field, "must be an array of directories");
+  out.clear();
+  for (size_t i = 0; i < list->size(); ++i) {
+    const std::string item = absl::StrCat(field, "[", i, "]");
+    auto dir = (*list)[i].value<std::string>();
+    if (!dir || !(*list)[i].is_string()) return Invalid(item, "must be a string");
+    if (dir->size() < 2 || dir->size() > 1024 || (*dir)[0] != '/' || dir->back() == '/' ||
+        dir->find("//") != std::string::npos || dir->find("/./") != std::string::npos ||
+        dir->find("/../") != std::string::npos || dir->ends_with("/..") || dir->ends_with("/.") ||
+        dir->find('\0') != std::string::npos) {
+      return Invalid(item, "must be an absolute directory other than /, written canonically (no '//', '.', '..' "
+                           "or trailing '/')");
+    }
+    out.push_back(*dir);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateListen(absl::string_view field, const std::string& listen, bool loopback_only) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return Invalid(field, "must be HOST:PORT");
@@ -296,6 +322,9 @@ absl::StatusOr<Config> ParseConfigToml(absl::string_view text, Config c) {
   c.tls_reload_seconds = static_cast<int>(reload);
   if (auto s = Read(root, "rest", "require_client_cert", c.rest_require_client_cert); !s.ok()) return s;
   if (auto s = Read(root, "security", "plaintext_loopback", c.plaintext_loopback); !s.ok()) return s;
+  if (auto s = ReadDirectories(root, "image_dirs", c.image_dirs); !s.ok()) return s;
+  if (auto s = ReadDirectories(root, "kernel_dirs", c.kernel_dirs); !s.ok()) return s;
+  if (auto s = ReadDirectories(root, "firmware_dirs", c.firmware_dirs); !s.ok()) return s;
   if (auto s = Read(root, "limits", "requests_per_second", c.requests_per_second); !s.ok()) return s;
   if (!(c.requests_per_second > 0 && c.requests_per_second <= 1e6)) {
     return Invalid("limits.requests_per_second", "must be greater than 0 and at most 1000000");
