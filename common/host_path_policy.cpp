@@ -149,7 +149,8 @@ absl::StatusOr<UniqueFd> OpenTrustedDirectory(const std::string& dir, uid_t trus
   if (!SplitCanonical(dir, &parts, &why)) return absl::FailedPreconditionError(why);
   if (parts.empty()) return absl::FailedPreconditionError("/ would allow every file on the host");
   if (UnderKernelTree(parts)) {
-    return absl::FailedPreconditionError("/dev, /proc and /sys are never handed to a guest (block devices only as pool volumes)");
+    return absl::FailedPreconditionError(
+        "/dev, /proc and /sys are never handed to a guest (block devices only as pool volumes)");
   }
   UniqueFd cur(open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (cur.get() < 0) return absl::FailedPreconditionError(absl::StrCat("/: ", std::strerror(errno)));
@@ -164,10 +165,13 @@ absl::StatusOr<UniqueFd> OpenTrustedDirectory(const std::string& dir, uid_t trus
       cur = std::move(next);
     }
     struct stat st {};
-    if (fstat(cur.get(), &st) != 0) return absl::FailedPreconditionError(absl::StrCat(Prefix(parts, i), ": ", std::strerror(errno)));
+    if (fstat(cur.get(), &st) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(Prefix(parts, i), ": ", std::strerror(errno)));
+    }
     const bool above = i < parts.size();
     if (std::string unsafe = UnsafeDirectory(st, trusted_owner, above); !unsafe.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(above ? "the directory above it, " : "", Prefix(parts, i), " ", unsafe));
+      return absl::FailedPreconditionError(
+          absl::StrCat(above ? "the directory above it, " : "", Prefix(parts, i), " ", unsafe));
     }
   }
   if (OnKernelFileSystem(cur.get())) return absl::FailedPreconditionError("is on proc or sysfs");
@@ -179,7 +183,8 @@ absl::StatusOr<UniqueFd> OpenTrustedDirectory(const std::string& dir, uid_t trus
 absl::StatusOr<std::unique_ptr<HostPathPolicy>> HostPathPolicy::Open(const Options& options) {
   std::unique_ptr<HostPathPolicy> policy(new HostPathPolicy);
   policy->trusted_owner_ = options.trusted_owner;
-  const std::vector<std::string>* lists[kKindCount] = {&options.image_dirs, &options.kernel_dirs, &options.firmware_dirs};
+  const std::vector<std::string>* lists[kKindCount] = {&options.image_dirs, &options.kernel_dirs,
+                                                       &options.firmware_dirs};
   for (int k = 0; k < kKindCount; ++k) {
     for (const std::string& dir : *lists[k]) {
       auto fd = OpenTrustedDirectory(dir, options.trusted_owner);
@@ -200,7 +205,9 @@ absl::StatusOr<std::unique_ptr<HostPathPolicy>> HostPathPolicy::Open(const Optio
   return policy;
 }
 
-std::unique_ptr<HostPathPolicy> HostPathPolicy::AllowNothing() { return std::unique_ptr<HostPathPolicy>(new HostPathPolicy); }
+std::unique_ptr<HostPathPolicy> HostPathPolicy::AllowNothing() {
+  return std::unique_ptr<HostPathPolicy>(new HostPathPolicy);
+}
 
 HostPathPolicy::~HostPathPolicy() {
   for (auto& list : dirs_) {
@@ -218,17 +225,23 @@ absl::Status HostPathPolicy::Check(absl::string_view field, absl::string_view pa
   const KindInfo& info = Info(kind);
   const std::vector<std::string> allowed = Directories(kind);
   const std::string where =
-      allowed.empty() ? absl::StrCat("no directory is allowed for ", info.what, " (", info.key, " is empty)")
-                      : absl::StrCat("allowed for ", info.what, ": ", absl::StrJoin(allowed, ", "), " (", info.key, ")");
+      allowed.empty()
+          ? absl::StrCat("no directory is allowed for ", info.what, " (", info.key, " is empty)")
+          : absl::StrCat("allowed for ", info.what, ": ", absl::StrJoin(allowed, ", "), " (", info.key, ")");
   auto deny = [&](absl::string_view why) {
     return absl::PermissionDeniedError(absl::StrCat(field, ": ", why, "; ", where));
+  };
+  auto outside = [&] {
+    return absl::PermissionDeniedError(
+        absl::StrCat(field, ": ", path, allowed.empty() ? ": " : " is outside the directories ", where));
   };
   std::vector<std::string> parts;
   std::string why;
   if (!SplitCanonical(path, &parts, &why)) return deny(why);
   if (UnderKernelTree(parts)) {
-    return deny(absl::StrCat(path, ": nothing under /dev, /proc or /sys is handed to a guest",
-                             kind == HostPathKind::kImage ? " (block devices only as pool volumes: give the disk a volume)" : ""));
+    return deny(absl::StrCat(
+        path, ": nothing under /dev, /proc or /sys is handed to a guest",
+        kind == HostPathKind::kImage ? " (block devices only as pool volumes: give the disk a volume)" : ""));
   }
   for (const Directory& dir : dirs_[static_cast<int>(kind)]) {
     std::vector<std::string> dir_parts;
@@ -238,7 +251,7 @@ absl::Status HostPathPolicy::Check(absl::string_view field, absl::string_view pa
     if (auto s = CheckInside(path, rest, dir); !s.ok()) return deny(s.message());
     return absl::OkStatus();
   }
-  return deny(absl::StrCat(path, " is not inside a directory allowed for ", info.what));
+  return outside();
 }
 
 // `rest`: the path's components below `dir`. The reason (as the status message) when refused.

@@ -74,7 +74,8 @@ TEST(FromJsonTest, OtherMessagesAreHeldToTheirTypesToo) {
   EXPECT_EQ(FromJson(R"({"name": "web1", "force": "yes"})", &del).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(del.force()) << "a refused body leaves nothing half-parsed";
   v1::ShutdownDomainRequest shutdown;
-  EXPECT_THAT(Msg(FromJson(R"({"timeout_seconds": "30"})", &shutdown)), HasSubstr("timeout_seconds: must be a JSON number"));
+  EXPECT_THAT(Msg(FromJson(R"({"timeout_seconds": "30"})", &shutdown)),
+              HasSubstr("timeout_seconds: must be a JSON number"));
   EXPECT_TRUE(FromJson(R"({"timeout_seconds": 30})", &shutdown).ok());
 }
 

@@ -81,10 +81,10 @@ TEST_F(HostPathPolicyTest, RegularFileInsideAnAllowedDirectoryIsAccepted) {
 
 TEST_F(HostPathPolicyTest, HostFilesOutsideAreRefused) {
   auto p = Policy();
-  ExpectRefused(*p, "/etc/shadow", "/etc/shadow is not inside a directory allowed for disk images");
-  ExpectRefused(*p, base_ + "/outside.raw", "is not inside a directory allowed for disk images");
-  ExpectRefused(*p, images_, "is not inside a directory allowed");  // the directory itself
-  ExpectRefused(*p, images_ + "x/web1.raw", "is not inside a directory allowed");  // a prefix is not a parent
+  ExpectRefused(*p, "/etc/shadow", "/etc/shadow is outside the directories allowed for disk images: ");
+  ExpectRefused(*p, base_ + "/outside.raw", "outside.raw is outside the directories allowed");
+  ExpectRefused(*p, images_, "is outside the directories allowed");  // the directory itself
+  ExpectRefused(*p, images_ + "x/web1.raw", "is outside the directories allowed");  // a prefix is not a parent
 }
 
 TEST_F(HostPathPolicyTest, DevProcAndSysAreRefusedWhateverIsAllowed) {
@@ -148,7 +148,7 @@ TEST_F(HostPathPolicyTest, EachKindHasItsOwnDirectories) {
   s = p->Check("spec.firmware.loader_path", kernels_ + "/vmlinuz", HostPathKind::kFirmware);
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(Msg(s), HasSubstr("no directory is allowed for firmware images (security.firmware_dirs is empty)"));
-  ExpectRefused(*p, kernels_ + "/vmlinuz", "is not inside");
+  ExpectRefused(*p, kernels_ + "/vmlinuz", "is outside the directories allowed for disk images");
 }
 
 TEST_F(HostPathPolicyTest, AllowNothingRefusesEveryPath) {
