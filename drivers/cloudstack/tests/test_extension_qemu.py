@@ -104,7 +104,7 @@ class QemuRoundTripTest(unittest.TestCase):
         self.assertIn("<mac address='02:00:4c:5e:00:01'/>", xml)
         self.assertIn(self.disk, xml)
         # The image is the host's file: libvirt is told never to chown it.
-        self.assertRegex(xml, rf"<source file='{self.disk}'>\s*<seclabel model='dac' relabel='no'/>")
+        self.assertRegex(xml, rf"<source file='{self.disk}'( index='\d+')?>\s*<seclabel model='dac' relabel='no'/>")
         self.assertEqual(self.run_ok("status", "status.json")["power_state"], "poweron")
         self.assertEqual(self.run_ok("statuses", "statuses.json")["power_state"].get(self.name), "poweron")
 
