@@ -29,6 +29,7 @@
 #include "agent/version.h"
 #include "common/clock.h"
 #include "common/failpoint.h"
+#include "common/host_path_policy.h"
 #include "common/periodic_thread.h"
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
@@ -259,6 +260,13 @@ int WaitForStop(const sigset_t& signals, api::RestServer& rest, api::auth::CertV
 int Run(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
   const sigset_t signals = BlockStopSignals();
+  // Before anything else: the directories host files may come from must be root's alone.
+  auto host_paths = HostPathPolicy::Open(
+      {.image_dirs = cfg.image_dirs, .kernel_dirs = cfg.kernel_dirs, .firmware_dirs = cfg.firmware_dirs});
+  if (!host_paths.ok()) {
+    logger->critical("{}", host_paths.status().message());
+    return 1;
+  }
 
   // The service layer.
   hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
@@ -273,8 +281,9 @@ int Run(const config::Config& cfg) {
     logger->critical("{}", state.status().message());
     return 1;
   }
-  service::DomainService domains(hypervisor, clock, {.default_shutdown_timeout = cfg.shutdown_timeout}, &storage,
-                                 state->journal.get());
+  service::DomainService domains(hypervisor, clock,
+                                 {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get()},
+                                 &storage, state->journal.get());
   RecoverBeforeServing(domains, *state->journal, hypervisor);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor,

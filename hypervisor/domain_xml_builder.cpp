@@ -124,7 +124,16 @@ void WriteDisk(XmlWriter& w, const DiskSpec& d, const GuestTarget& target) {
   } else if (target.domain_type == "xen") {
     w.Leaf("driver", {}, {{"name", block ? "phy" : "qemu"}, {"type", format}});
   }
-  w.Leaf("source", {}, {{block ? "dev" : "file", d.source_path}});
+  if (block) {
+    // Block devices are pool volumes: libvirt gives them to the guest's user as usual.
+    w.Leaf("source", {}, {{"dev", d.source_path}});
+  } else {
+    // A host file the agent did not create: libvirt must never chown it (DAC relabelling
+    // hands it to the QEMU user while the guest runs). Nor may QEMU open a backing file that
+    // the image's header names: the chain ends here.
+    w.Open("source", {{"file", d.source_path}}).Leaf("seclabel", {}, {{"model", "dac"}, {"relabel", "no"}}).Close();
+    w.Leaf("backingStore");
+  }
   const std::string bus = d.bus.empty() ? DomainXmlBuilder::DefaultBus(d.target) : d.bus;
   w.Leaf("target", {}, {{"dev", d.target}, {"bus", bus}});
   if (d.readonly) w.Leaf("readonly");

@@ -74,6 +74,32 @@ Key Real(const char* section, const char* name, double Config::*member, double l
 
 Key Array(const char* section, const char* name) { return {section, name, nullptr}; }
 
+// [security] image_dirs / kernel_dirs / firmware_dirs: absolute directories written canonically.
+// Whether they are safe to trust (owner, mode, no symbolic links) is checked at start, on the
+// directories themselves (HostPathPolicy::Open).
+Key Directories(const char* section, const char* name, std::vector<std::string> Config::*member) {
+  return {section, name, [member](const toml::node& n, const std::string& field, Config& c) {
+            const toml::array* list = n.as_array();
+            if (list == nullptr) return Invalid(field, "must be an array of directories");
+            std::vector<std::string> dirs;
+            for (size_t i = 0; i < list->size(); ++i) {
+              const std::string item = absl::StrCat(field, "[", i, "]");
+              auto dir = (*list)[i].value<std::string>();
+              if (!dir || !(*list)[i].is_string()) return Invalid(item, "must be a string");
+              if (dir->size() < 2 || dir->size() > 1024 || (*dir)[0] != '/' || dir->back() == '/' ||
+                  dir->find("//") != std::string::npos || dir->find("/./") != std::string::npos ||
+                  dir->find("/../") != std::string::npos || dir->ends_with("/..") || dir->ends_with("/.") ||
+                  dir->find('\0') != std::string::npos) {
+                return Invalid(item, "must be an absolute directory other than /, written canonically (no '//', "
+                                     "'.', '..' or trailing '/')");
+              }
+              dirs.push_back(*dir);
+            }
+            c.*member = std::move(dirs);
+            return absl::OkStatus();
+          }};
+}
+
 const std::vector<Key>& Keys() {
   using std::chrono::milliseconds;
   using std::chrono::seconds;
@@ -109,6 +135,9 @@ const std::vector<Key>& Keys() {
       Plain("tls", "client_ca_file", &Config::tls_client_ca_file),
       Integer("tls", "reload_seconds", &Config::tls_reload_seconds, 1, 86400),
       Plain("security", "plaintext_loopback", &Config::plaintext_loopback),
+      Directories("security", "image_dirs", &Config::image_dirs),
+      Directories("security", "kernel_dirs", &Config::kernel_dirs),
+      Directories("security", "firmware_dirs", &Config::firmware_dirs),
       Array("auth", "identities"),
       Array("auth", "tokens"),
       Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,

@@ -43,6 +43,12 @@ struct Config {
   // [security] plaintext_loopback / --plaintext-loopback: development only; no TLS, loopback
   // listeners only, every caller is the controller "local".
   bool plaintext_loopback = false;
+  // [security] image_dirs, kernel_dirs, firmware_dirs: the only host directories whose files a
+  // guest may be given by path (disk images; kernels and initrds; firmware), each owned and
+  // writable by root alone (common/host_path_policy.h). Block devices only as pool volumes.
+  std::vector<std::string> image_dirs;
+  std::vector<std::string> kernel_dirs;
+  std::vector<std::string> firmware_dirs = {"/usr/share/OVMF", "/usr/share/AAVMF", "/usr/share/qemu-efi-aarch64"};
   // [[auth.identities]] and [[auth.tokens]]: roles (docs/security.md).
   struct Identity {
     std::string name;  // a client certificate's SAN DNS/URI name or CN

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "agent/service/host_paths.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
@@ -65,6 +66,12 @@ internal::JournalStep StepOf(const char* name, internal::JournalVolume v) {
   internal::JournalStep s = StepOf(name);
   *s.mutable_volume() = std::move(v);
   return s;
+}
+
+std::set<size_t> VolumeDisks(const std::vector<DiskVolume>& volumes) {
+  std::set<size_t> out;
+  for (const DiskVolume& v : volumes) out.insert(v.disk);
+  return out;
 }
 
 }  // namespace
@@ -131,6 +138,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   hv::DomainSpec spec = request;
   if (auto s = CheckVolumes(spec, volumes); !s.ok()) return s;
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
+  if (auto s = CheckHostPaths(options_.host_paths, request, VolumeDisks(volumes)); !s.ok()) return s;
   std::lock_guard lock(define_mu_);
   if (!volumes.empty()) {
     // Volumes come first, so a name that is taken must be refused before any is created.

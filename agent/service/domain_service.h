@@ -17,6 +17,7 @@
 #include "agent/service/journal.h"
 #include "agent/service/storage_service.h"
 #include "common/clock.h"
+#include "common/host_path_policy.h"
 #include "hypervisor/hypervisor.h"
 
 namespace hvagent::service {
@@ -38,6 +39,9 @@ class DomainService {
     std::chrono::seconds default_shutdown_timeout{60};
     std::chrono::seconds max_shutdown_timeout{3600};
     std::chrono::milliseconds shutdown_poll_interval{250};
+    // Where host files given by path may come from (agent/service/host_paths.h). Null: nowhere,
+    // only pool volumes.
+    const HostPathPolicy* host_paths = nullptr;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:

@@ -102,6 +102,26 @@ uint64_t RootDiskSize(const Payload& p) {
   return 0;
 }
 
+// Settings that name a file on the agent's host, or say how one is read (a raw image read as
+// qcow2 could name a backing file). They come only from what administrators set: the
+// template's external details (externaldetails.virtualmachine), the host's and the
+// extension's; never from the instance's own details, which its user can set with
+// deployVirtualMachine / updateVirtualMachine.
+constexpr const char* kHostFileKeys[] = {"disk_path", "disk_format", "kernel_path", "initrd_path", "loader_path"};
+
+std::string HostFileSetting(const Payload& p, const std::string& key) { return Setting(p, key, "vhe"); }
+
+// One in the instance's details is refused, whether or not it would have been used, so the
+// attempt is seen rather than silently ignored.
+void RefuseHostFilesFromUserDetails(const Payload& p) {
+  for (const char* key : kHostFileKeys) {
+    if (Field(p.vm_params, key).empty()) continue;
+    throw PayloadError(std::string(key) + ": not taken from the instance's details (cloudstack.vm.details.details), "
+                       "which its user can set; host files are named only in the template's, host's or extension's "
+                       "external details");
+  }
+}
+
 }  // namespace
 
 Payload LoadPayload(const std::string& path) {
@@ -184,6 +204,7 @@ std::string VmName(const Payload& p) {
 }
 
 v1::DomainSpec BuildDomainSpec(const Payload& p) {
+  RefuseHostFilesFromUserDetails(p);
   v1::DomainSpec spec;
   spec.set_name(VmName(p));
   if (auto uuid = Field(p.vm, "uuid"); !uuid.empty()) {
@@ -212,11 +233,11 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
   }
 
   // Boot: direct kernel boot when a kernel is named, else firmware.
-  if (auto kernel = Setting(p, "kernel_path", "vdh"); !kernel.empty()) {
+  if (auto kernel = HostFileSetting(p, "kernel_path"); !kernel.empty()) {
     if (!ValidAbsolutePath(kernel)) throw PayloadError("kernel_path: must be an absolute path");
     auto* k = spec.mutable_kernel();
     k->set_kernel_path(kernel);
-    if (auto initrd = Setting(p, "initrd_path", "vdh"); !initrd.empty()) {
+    if (auto initrd = HostFileSetting(p, "initrd_path"); !initrd.empty()) {
       if (!ValidAbsolutePath(initrd)) throw PayloadError("initrd_path: must be an absolute path");
       k->set_initrd_path(initrd);
     }
@@ -234,7 +255,7 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
     }
     if (fw == "uefi") f->set_type(v1::FirmwareBoot::TYPE_UEFI);
     else if (fw == "bios") f->set_type(v1::FirmwareBoot::TYPE_BIOS);
-    if (auto loader = Setting(p, "loader_path", "vdh"); !loader.empty()) {
+    if (auto loader = HostFileSetting(p, "loader_path"); !loader.empty()) {
       if (!ValidAbsolutePath(loader)) throw PayloadError("loader_path: must be an absolute path");
       f->set_loader_path(loader);
     }
@@ -255,13 +276,13 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
     vol->set_pool(pool);
     vol->set_name(spec.name() + "-root");
     vol->set_create_size_bytes(size);
-  } else if (auto path = Setting(p, "disk_path", "vdh"); !path.empty()) {
+  } else if (auto path = HostFileSetting(p, "disk_path"); !path.empty()) {
     if (!ValidAbsolutePath(path)) throw PayloadError("disk_path: must be an absolute path");
     auto* d = spec.add_disks();
     d->set_target(target);
     d->set_source_path(path);
     d->set_type(path.rfind("/dev/", 0) == 0 ? v1::Disk::TYPE_BLOCK : v1::Disk::TYPE_FILE);
-    std::string format = Lower(Setting(p, "disk_format", "vdh"));
+    std::string format = Lower(HostFileSetting(p, "disk_format"));
     if (!format.empty() && format != "raw" && format != "qcow2") throw PayloadError("disk_format: raw or qcow2");
     d->set_format(format);
   }

@@ -87,17 +87,32 @@ def small_spec_json(name):
             "firmware": {"type": "TYPE_BIOS"}}
 
 
+def toml_list(items):
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def with_security(config_toml, **dirs):
+    """`config_toml` with [security] keys (image_dirs=[...], kernel_dirs=[...]) added, into its
+    own [security] table when it has one."""
+    lines = "".join(f"{key} = {toml_list(value)}\n" for key, value in dirs.items())
+    config_toml = config_toml or ""
+    if "[security]\n" in config_toml:
+        return config_toml.replace("[security]\n", "[security]\n" + lines, 1)
+    return f"[security]\n{lines}" + config_toml
+
+
 class Agent:
     """One hvagentd process on free loopback ports."""
 
     def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None, wrapper=None,
-                 uri=URI):
+                 uri=URI, image_dirs=()):
         """`config_toml`: text of a config file (e.g. storage pools); flags set the rest.
         `plaintext`: the development mode (--plaintext-loopback); False for TLS configs, with
         `client_tls` = (ca_file, cert_file or None, key_file or None) for this harness's own
         channel and REST calls, and `token` the REST bearer token they send. `env`: extra
         environment variables (HVAGENT_FAILPOINTS). `wrapper`: an argv that runs hvagentd's argv
-        appended to it (e.g. in a private mount namespace)."""
+        appended to it (e.g. in a private mount namespace). `image_dirs`: the directories disk
+        images may come from ([security] image_dirs, added to `config_toml`)."""
         self.plaintext = plaintext
         self.client_tls = client_tls
         self.token = token
@@ -110,6 +125,8 @@ class Agent:
         if plaintext:
             argv.append("--plaintext-loopback")
         self.config = None
+        if image_dirs:
+            config_toml = with_security(config_toml, image_dirs=image_dirs)
         if config_toml is not None:
             self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-", suffix=".toml", delete=False)
             self.config.write(config_toml)
@@ -120,7 +137,10 @@ class Agent:
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"hvagentd exited with {self.proc.returncode}:\n{self.log_text()}")
+                text = self.log_text()
+                self.stop()  # removes the config file; the log's text goes with the error
+                os.unlink(self.log.name)
+                raise AssertionError(f"hvagentd exited with {self.proc.returncode}:\n{text}")
             try:
                 status, _ = self.rest("GET", "/healthz")
                 if status == 200:
@@ -218,12 +238,15 @@ class AgentTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.lock = lock_libvirtd()
+        # The tests' disk images live here: the agent takes images only from directories it
+        # is configured with, and only when root alone can write them (mkdtemp: 0700, ours).
+        cls.workdir = tempfile.mkdtemp(prefix="hvit-")
         try:
-            cls.agent = Agent(cls.agent_config(), **cls.agent_options())
+            cls.agent = Agent(cls.agent_config(), **{"image_dirs": [cls.workdir], **cls.agent_options()})
         except BaseException:
+            shutil.rmtree(cls.workdir, ignore_errors=True)
             cls.lock.close()
             raise
-        cls.workdir = tempfile.mkdtemp(prefix="hvit-")
 
     @classmethod
     def tearDownClass(cls):

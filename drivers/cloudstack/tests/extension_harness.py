@@ -23,12 +23,19 @@ def free_port():
 
 
 class Agent:
-    def __init__(self, uri):
+    def __init__(self, uri, image_dirs=()):
+        """`image_dirs`: the directories the agent may take disk images from ([security])."""
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-cs-", suffix=".log", delete=False)
         argv = [os.environ["HVAGENTD"], "--plaintext-loopback", "--hypervisor-uri", uri,
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--rest-listen", f"127.0.0.1:{self.rest_port}"]
+        self.config = None
+        if image_dirs:
+            self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-cs-", suffix=".toml", delete=False)
+            self.config.write("[security]\nimage_dirs = [%s]\n" % ", ".join(json.dumps(d) for d in image_dirs))
+            self.config.close()
+            argv += ["--config", self.config.name]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -73,6 +80,8 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
         os.unlink(self.log.name)
+        if self.config is not None:
+            os.unlink(self.config.name)
         return self.proc.returncode
 
 

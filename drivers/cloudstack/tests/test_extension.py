@@ -173,6 +173,22 @@ class ExtensionTest(unittest.TestCase):
                 with self.subTest(fixture=fixture, action=action):
                     self.fails(action, fixture, expect)
 
+    def test_host_files_never_come_from_the_instance_details(self):
+        """A tenant sets `details` on its own VM (deployVirtualMachine / updateVirtualMachine):
+        a host path there would hand the guest the host's disk or files. Refused before the agent
+        is called, whatever action builds the domain."""
+        cases = [("create-user-disk-path.json", "disk_path: not taken from the instance's details"),
+                 ("create-user-kernel-path.json", "kernel_path: not taken from the instance's details")]
+        for fixture, expect in cases:
+            for action in ("prepare", "create"):
+                with self.subTest(fixture=fixture, action=action):
+                    self.fails(action, fixture, expect, "INVALID_ARGUMENT")
+        # The same key where an administrator puts it (the template's external details) is sent
+        # on, and the agent confines it: /dev/vda is never a guest's disk.
+        def from_template(doc):
+            doc["externaldetails"]["virtualmachine"]["disk_path"] = "/dev/vda"
+        self.fails("create", "create.json", "spec.disks[0].source_path", "PERMISSION_DENIED", edit=from_template)
+
     def test_bad_name_never_reaches_agent(self):
         for action in ("start", "stop", "delete", "status", "reboot"):
             with self.subTest(action=action):

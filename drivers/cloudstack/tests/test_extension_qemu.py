@@ -54,7 +54,7 @@ class QemuRoundTripTest(unittest.TestCase):
             ip("link", "set", br, "up")
         cls.workdir = tempfile.mkdtemp(prefix="hvit-cs-")
         os.chmod(cls.workdir, 0o755)
-        cls.agent = Agent(URI)
+        cls.agent = Agent(URI, image_dirs=[cls.workdir])
         cls.ext = Extension(cls.agent.grpc_port)
 
     @classmethod
@@ -103,6 +103,8 @@ class QemuRoundTripTest(unittest.TestCase):
         self.assertIn(f"<source bridge='{BRIDGE_UNTAGGED}'/>", xml)
         self.assertIn("<mac address='02:00:4c:5e:00:01'/>", xml)
         self.assertIn(self.disk, xml)
+        # The image is the host's file: libvirt is told never to chown it.
+        self.assertRegex(xml, rf"<source file='{self.disk}'( index='\d+')?>\s*<seclabel model='dac' relabel='no'/>")
         self.assertEqual(self.run_ok("status", "status.json")["power_state"], "poweron")
         self.assertEqual(self.run_ok("statuses", "statuses.json")["power_state"].get(self.name), "poweron")
 

@@ -216,6 +216,7 @@ listen = "127.0.0.1:8780"
 
 [security]
 plaintext_loopback = true
+kernel_dirs = ["/srv/guest"]
 
 [log]
 level = "debug"
@@ -267,7 +268,9 @@ cp "$OUT/vmlinuz" "$ROOT/srv/guest/vmlinuz"
 cp "$OUT/guest.cpio.gz" "$ROOT/srv/guest/initrd.gz"
 
 # --- pack ---------------------------------------------------------------------------------
-(cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/dom0.cpio.gz.new"
+# Owned by root inside dom0 whoever builds it: the agent trusts kernel_dirs (and everything
+# above them) only when root alone can change them.
+(cd "$ROOT" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) > "$OUT/dom0.cpio.gz.new"
 mv "$OUT/dom0.cpio.gz.new" "$OUT/dom0.cpio.gz"
 echo "$KVER" > "$OUT/kernel-version"
 log "dom0 image $(du -m "$OUT/dom0.cpio.gz" | cut -f1) MiB compressed, $(du -sm "$ROOT" | cut -f1) MiB unpacked; kernel $KVER; agent: $( [ -f "$ROOT/usr/local/bin/hvagentd" ] && echo included || echo absent)"

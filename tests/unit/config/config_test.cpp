@@ -112,6 +112,39 @@ shutdown_timeout_seconds = 15
   EXPECT_EQ(c->shutdown_timeout, std::chrono::seconds(15));
 }
 
+TEST(ConfigDefaults, HostFilesOnlyFromDebiansFirmwareDirectories) {
+  Config c;
+  EXPECT_TRUE(c.image_dirs.empty());
+  EXPECT_TRUE(c.kernel_dirs.empty());
+  EXPECT_EQ(c.firmware_dirs,
+            (std::vector<std::string>{"/usr/share/OVMF", "/usr/share/AAVMF", "/usr/share/qemu-efi-aarch64"}));
+}
+
+TEST(ParseConfigToml, ReadsHostFileDirectories) {
+  auto c = ParseConfigToml(R"(
+[security]
+image_dirs = ["/srv/images", "/var/lib/hvagent/images"]
+kernel_dirs = ["/srv/kernels"]
+firmware_dirs = []
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->image_dirs, (std::vector<std::string>{"/srv/images", "/var/lib/hvagent/images"}));
+  EXPECT_EQ(c->kernel_dirs, std::vector<std::string>{"/srv/kernels"});
+  EXPECT_TRUE(c->firmware_dirs.empty());
+}
+
+TEST(ParseConfigToml, RejectsHostFileDirectoriesThatAreNotCanonicalNamingTheEntry) {
+  for (const char* dir : {"srv/images", "/", "/srv/images/", "/srv//images", "/srv/./images", "/srv/../etc", "/srv/.."}) {
+    auto c = ParseConfigToml(std::string("[security]\nimage_dirs = [\"/ok\", \"") + dir + "\"]\n");
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << dir;
+    EXPECT_THAT(Msg(c.status()), HasSubstr("security.image_dirs[1]: must be an absolute directory")) << dir;
+  }
+  EXPECT_THAT(Msg(ParseConfigToml("[security]\nkernel_dirs = \"/srv\"\n").status()),
+              HasSubstr("security.kernel_dirs: must be an array"));
+  EXPECT_THAT(Msg(ParseConfigToml("[security]\nfirmware_dirs = [1]\n").status()),
+              HasSubstr("security.firmware_dirs[0]: must be a string"));
+}
+
 TEST(ParseConfigToml, EmptyTextKeepsTheBase) {
   Config base;
   base.hypervisor_uri = "qemu:///system";

@@ -136,6 +136,37 @@ TEST(DomainXmlBuilderTest, InvalidSpecNeverProducesXml) {
   EXPECT_THAT(xml.status().message(), HasSubstr("spec.name"));
 }
 
+// libvirt's DAC driver chowns a guest's files to the QEMU user while it runs (dynamic
+// ownership). A host file the agent did not create must never be relabelled: each file
+// disk's source says so, and the image's own header cannot pull in a backing file.
+TEST(DomainXmlBuilderTest, FileDisksAreNeverRelabelledNorFollowBackingFiles) {
+  DomainSpec s = Base();
+  s.boot = FirmwareBoot{FirmwareType::kBios, ""};
+  s.disks.push_back({"/srv/images/web1.qcow2", DiskType::kFile, "vda", "", false, "qcow2"});
+  s.disks.push_back({"/dev/vg0/web1-data", DiskType::kBlock, "vdb", "", false, ""});
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  const std::string file = "/domain/devices/disk[target/@dev='vda']";
+  EXPECT_EQ(x.Get(file + "/source/@file"), "/srv/images/web1.qcow2");
+  EXPECT_EQ(x.Count(file + "/source/seclabel"), 1);
+  EXPECT_EQ(x.Get(file + "/source/seclabel/@model"), "dac");
+  EXPECT_EQ(x.Get(file + "/source/seclabel/@relabel"), "no");
+  EXPECT_EQ(x.Count(file + "/backingStore"), 1);
+  EXPECT_EQ(x.Count(file + "/backingStore/*"), 0);  // empty: no backing chain at all
+  // A pool volume (block) is the agent's own: libvirt hands it to the guest's user as usual.
+  const std::string block = "/domain/devices/disk[target/@dev='vdb']";
+  EXPECT_EQ(x.Get(block + "/source/@dev"), "/dev/vg0/web1-data");
+  EXPECT_EQ(x.Count(block + "/source/seclabel"), 0);
+  EXPECT_EQ(x.Count(block + "/backingStore"), 0);
+  EXPECT_TRUE(ValidateWithLibvirtSchema(*xml).ok()) << ValidateWithLibvirtSchema(*xml);
+  // The same for a hot-plugged file disk.
+  auto disk = DomainXmlBuilder::BuildDisk(s.disks[0], kQemuX86);
+  ASSERT_TRUE(disk.ok()) << disk.status();
+  Xml d(*disk);
+  EXPECT_EQ(d.Get("/disk/source/seclabel/@relabel"), "no");
+}
+
 TEST(DomainXmlBuilderTest, DefaultBusFollowsTargetPrefix) {
   EXPECT_EQ(DomainXmlBuilder::DefaultBus("xvda"), "xen");
   EXPECT_EQ(DomainXmlBuilder::DefaultBus("vdb"), "virtio");
