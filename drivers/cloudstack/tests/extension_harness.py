@@ -23,12 +23,19 @@ def free_port():
 
 
 class Agent:
-    def __init__(self, uri):
+    def __init__(self, uri, config_toml=None):
+        """`config_toml`: text of a config file (storage pools) for the agent."""
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-cs-", suffix=".log", delete=False)
         argv = [os.environ["HVAGENTD"], "--plaintext-loopback", "--hypervisor-uri", uri,
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--rest-listen", f"127.0.0.1:{self.rest_port}"]
+        self.config = None
+        if config_toml is not None:
+            with tempfile.NamedTemporaryFile("w", prefix="hvagentd-cs-", suffix=".toml", delete=False) as f:
+                f.write(config_toml)
+            self.config = f.name
+            argv += ["--config", self.config]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -73,6 +80,8 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
         os.unlink(self.log.name)
+        if self.config is not None:
+            os.unlink(self.config)
         return self.proc.returncode
 
 
