@@ -120,13 +120,20 @@ class VolumeSafetyTestCase(test.TestCase):
         self.drv.init_host("myhostname")
 
     def restart(self, env=None):
-        """A new agent on the same pool and journal (after a SIGKILL: recovery runs first)."""
+        """A new agent on the same pool and journal (after a SIGKILL: recovery runs first). Its
+        config and log live in the class's directory: nova's TestCase gives each test its own
+        TMPDIR and removes it when the test ends."""
         old = type(self).agent
         if old.proc.poll() is None:
             self.assertEqual(0, old.stop(), old.log_text()[-3000:])
         else:
             old.stop()
-        type(self).agent = agent_harness.Agent(self.config(), env=env)
+        os.unlink(old.log.name)
+        saved, tempfile.tempdir = tempfile.tempdir, self.tmp
+        try:
+            type(self).agent = agent_harness.Agent(self.config(), env=env)
+        finally:
+            tempfile.tempdir = saved
         self.connect()
 
     def remove_everything(self):
