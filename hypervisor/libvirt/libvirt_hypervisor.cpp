@@ -741,7 +741,8 @@ absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSp
   }
   if (in_guest == nullptr) return absl::OkStatus();
   absl::Status s = DetachDevice(d->get(), name, *in_guest, VIR_DOMAIN_AFFECT_LIVE, &code);
-  if (absl::IsNotFound(s) || absl::IsUnavailable(s)) return s;  // gone; or libvirtd is, and a retry will tell
+  if (absl::IsNotFound(s)) return absl::OkStatus();  // the guest let go meanwhile, or the domain went
+  if (absl::IsUnavailable(s)) return s;              // libvirtd went: a retry will tell
   // Whatever libvirt answered, the running guest's XML says whether the device is gone (a guest
   // that stopped meanwhile reads as its definition, which no longer has it).
   auto after = DisksOf(d->get(), /*live=*/true, name);
