@@ -40,4 +40,15 @@ void Hit(const char* name) {
   kill(getpid(), SIGKILL);
 }
 
+bool Fails(const char* name) {
+  const char* armed = std::getenv("HVAGENT_FAILPOINTS");
+  if (armed == nullptr || *armed == '\0') return false;
+  std::string list = std::string(",") + armed + ",";
+  if (list.find(std::string(",") + name + "=fail,") == std::string::npos) return false;
+  std::string line = std::string("hvagentd: failpoint ") + name + " reached: failing\n";
+  ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+  return true;
+}
+
 }  // namespace hvagent::failpoint

@@ -8,6 +8,10 @@
 //   HVAGENT_FAILPOINTS=create.after_define,delete.after_undefine   (SIGKILL there)
 //   HVAGENT_FAILPOINTS=create.after_define=sleep:4000              (pause there 4 s, e.g. to stop
 //                                                                   libvirtd mid-operation)
+//   HVAGENT_FAILPOINTS=detach.guest_keeps_disk=fail                (HVAGENT_FAILPOINT_FAILS(name)
+//                                                                   is true there: the code takes
+//                                                                   its failure path, as when the
+//                                                                   outside world says no)
 
 namespace hvagent::failpoint {
 
@@ -17,12 +21,17 @@ bool CompiledIn();
 // Kills the process with SIGKILL (or sleeps) if `name` is armed. Only called through the macro.
 void Hit(const char* name);
 
+// True if `name` is armed as `name=fail`. Only called through HVAGENT_FAILPOINT_FAILS.
+bool Fails(const char* name);
+
 }  // namespace hvagent::failpoint
 
 #ifdef HVAGENT_FAILPOINTS_ENABLED
 #define HVAGENT_FAILPOINT(name) ::hvagent::failpoint::Hit(name)
+#define HVAGENT_FAILPOINT_FAILS(name) ::hvagent::failpoint::Fails(name)
 #else
 #define HVAGENT_FAILPOINT(name) \
   do {                          \
   } while (0)
+#define HVAGENT_FAILPOINT_FAILS(name) false
 #endif

@@ -41,13 +41,18 @@ class Hypervisor {
   virtual absl::Status SuspendDomain(const std::string& name) = 0;
   virtual absl::Status ResumeDomain(const std::string& name) = 0;
 
-  // The disks of the domain's persistent definition (source, target, bus, type).
+  // The disks of the domain's persistent definition (source, target, bus, type), followed by
+  // any disk only the running guest still has (a detach the guest has not completed).
   virtual absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) = 0;
   // Adds a disk to the persistent definition and, when the domain runs, hot-plugs it.
   // InvalidArgument for a bad disk, AlreadyExists if the target is taken.
   virtual absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) = 0;
-  // Removes the disk with this target from the definition and, when running, from the guest.
-  virtual absl::Status DetachDisk(const std::string& name, const std::string& target) = 0;
+  // Removes the disk with this target and source from the definition and, when running, from
+  // the guest. NotFound when neither has it (or no such domain). Aborted when the running guest
+  // did not release it: the hot-unplug was refused, or did not finish within the hypervisor's
+  // wait (the message carries the hypervisor's reason); the definition may already be without
+  // the disk while the guest keeps it, and a later call retries the guest side only.
+  virtual absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) = 0;
 
   // Statistics of every domain from one bulk call (never a loop of per-domain calls).
   virtual absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() = 0;

@@ -40,6 +40,17 @@ struct PoolInfo {
   uint32_t orphaned_volume_count = 0;  // set by StorageService from the last reconciliation
 };
 
+// What a volume attached to a domain is to it. kOwned: created as part of the domain (a root
+// disk); deleting the domain with its volumes deletes it. kBorrowed: attached to the domain
+// afterwards, or an existing volume named when the domain was created (a data volume of Nova or
+// an operator); deleting the domain only ever releases it. A free volume is kNone. Recorded in
+// the volume's own metadata beside the attachment (LVM tags, the GPT partition name).
+enum class Ownership { kNone, kOwned, kBorrowed };
+
+inline const char* OwnershipName(Ownership o) {
+  return o == Ownership::kOwned ? "owned" : o == Ownership::kBorrowed ? "borrowed" : "none";
+}
+
 struct VolumeSpec {
   std::string name;  // [A-Za-z0-9][A-Za-z0-9._-]{0,62}; unique within the pool
   uint64_t size_bytes = 0;
@@ -51,6 +62,7 @@ struct VolumeInfo {
   std::string path;  // block device path handed to the hypervisor (/dev/vg/lv, /dev/sdb3)
   uint64_t size_bytes = 0;
   std::string attached_to;  // domain name; empty when free
+  Ownership ownership = Ownership::kNone;  // kNone exactly when attached_to is empty
 };
 
 // Progress of a long wipe, reported as it goes (bytes done of total).

@@ -34,8 +34,12 @@ class StorageBackend {
   virtual absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) = 0;
   // Wipes per the pool's WipeMode, then removes. FailedPrecondition while attached.
   virtual absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) = 0;
-  // Records (domain non-empty) or clears the domain that uses the volume.
-  virtual absl::Status SetAttachment(const std::string& name, const std::string& domain) = 0;
+  // Records (domain non-empty) or clears (domain empty, ownership kNone) the domain that uses the
+  // volume and what the volume is to it, in one metadata change, so a crash never leaves an
+  // attachment without its ownership. The same domain again changes only the ownership (how an
+  // owned volume is handed over to be kept). InvalidArgument when ownership and domain
+  // disagree; FailedPrecondition when attached to another domain.
+  virtual absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) = 0;
 };
 
 }  // namespace hvagent::storage

@@ -206,6 +206,11 @@ v1::Volume ToProto(const service::VolumeStatus& s) {
   }
   out.set_wipe_done_bytes(s.wipe.done_bytes);
   out.set_wipe_total_bytes(s.wipe.total_bytes);
+  switch (s.volume.ownership) {
+    case storage::Ownership::kNone: out.set_ownership(v1::VOLUME_OWNERSHIP_UNSPECIFIED); break;
+    case storage::Ownership::kOwned: out.set_ownership(v1::VOLUME_OWNERSHIP_OWNED); break;
+    case storage::Ownership::kBorrowed: out.set_ownership(v1::VOLUME_OWNERSHIP_BORROWED); break;
+  }
   return out;
 }
 

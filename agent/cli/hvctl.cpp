@@ -44,7 +44,7 @@ int Usage() {
                "  host | capacity | stats | pools | volumes POOL\n"
                "  list | get NAME\n"
                "  start | shutdown | destroy | reboot | suspend | resume NAME\n"
-               "  delete NAME [--force] [--volumes]\n"
+               "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
@@ -116,6 +116,15 @@ std::string State(int state) {
   if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
+}
+
+// "owned" (deleted with its domain by delete --volumes), "borrowed" (only ever released), "-".
+std::string Ownership(v1::VolumeOwnership o) {
+  switch (o) {
+    case v1::VOLUME_OWNERSHIP_OWNED: return "owned";
+    case v1::VOLUME_OWNERSHIP_BORROWED: return "borrowed";
+    default: return "-";
+  }
 }
 
 std::string Bytes(uint64_t b) {
@@ -315,9 +324,9 @@ int main(int argc, char** argv) {
       std::vector<std::vector<std::string>> rows;
       for (const auto& v : r.volumes()) {
         rows.push_back({v.name(), Bytes(v.size_bytes()), v.attached_to().empty() ? "-" : v.attached_to(),
-                        v1::VolumeState_Name(v.state()), v.path()});
+                        Ownership(v.ownership()), v1::VolumeState_Name(v.state()), v.path()});
       }
-      Table({"VOLUME", "SIZE", "ATTACHED TO", "STATE", "PATH"}, rows);
+      Table({"VOLUME", "SIZE", "ATTACHED TO", "OWNERSHIP", "STATE", "PATH"}, rows);
     });
   }
   if (cmd == "operations") {

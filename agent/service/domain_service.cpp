@@ -1,5 +1,6 @@
 #include "agent/service/domain_service.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <set>
@@ -48,12 +49,21 @@ std::string NewUuid() {
   return buf;
 }
 
-internal::JournalVolume JournalVolumeOf(const std::string& pool, const std::string& name, bool created) {
+internal::JournalVolume JournalVolumeOf(const std::string& pool, const std::string& name, bool created,
+                                        bool owned = false) {
   internal::JournalVolume v;
   v.set_pool(pool);
   v.set_name(name);
   v.set_created(created);
+  v.set_owned(owned);
   return v;
+}
+
+// Whether the operation journalled a release of this volume (so it was ours to release).
+bool Released(const Journal::Operation& op, const internal::JournalVolume& v) {
+  return std::any_of(op.steps.begin(), op.steps.end(), [&](const internal::JournalStep& s) {
+    return s.name() == "release-volume" && s.volume().pool() == v.pool() && s.volume().name() == v.name();
+  });
 }
 
 internal::JournalStep StepOf(const char* name) {
@@ -124,10 +134,12 @@ absl::Status DomainService::CheckVolumes(hv::DomainSpec& spec, const std::vector
   return absl::OkStatus();
 }
 
-void DomainService::ReleaseClaims(const std::vector<DiskVolume>& claimed) {
+void DomainService::ReleaseClaims(const std::vector<DiskVolume>& claimed, const std::string& domain) {
   for (auto it = claimed.rbegin(); it != claimed.rend(); ++it) {
     const VolumeClaim& c = it->claim;
-    if (auto s = storage_->ReleaseVolume(c.pool, c.name, /*remove=*/c.create_size_bytes > 0); !s.ok()) {
+    // A volume this create made is owned by the domain: deleted again. One it was given is kept.
+    if (auto s = storage_->ReleaseVolume(c.pool, c.name, domain, /*delete_if_owned=*/c.create_size_bytes > 0);
+        !s.ok()) {
       Log()->error("rollback: releasing volume {}/{} failed: {}", c.pool, c.name, s.message());
     }
   }
@@ -176,12 +188,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name,
                                                                           v.claim.create_size_bytes > 0)));
     if (!step.ok()) {
-      ReleaseClaims(claimed);
+      ReleaseClaims(claimed, spec.name);
       return step;
     }
     auto volume = storage_->ClaimVolume(v.claim, spec.name);
     if (!volume.ok()) {
-      ReleaseClaims(claimed);
+      ReleaseClaims(claimed, spec.name);
       return absl::Status(volume.status().code(),
                           absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
     }
@@ -197,7 +209,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     return s;
   }
   if (!s.ok()) {
-    ReleaseClaims(claimed);
+    ReleaseClaims(claimed, spec.name);
     return s;
   }
   HVAGENT_FAILPOINT("create.after_define");
@@ -212,7 +224,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
         Log()->error("rollback of {} failed: {}", spec.name, u.message());
         *settled = false;
       } else {
-        ReleaseClaims(claimed);
+        ReleaseClaims(claimed, spec.name);
       }
       return s;
     }
@@ -296,7 +308,10 @@ absl::Status DomainService::Delete(const std::string& name, bool force, bool del
   begin.set_domain(name);
   begin.set_uuid(info->uuid);
   begin.set_delete_volumes(delete_volumes);
-  for (const auto& v : volumes) *begin.add_volumes() = JournalVolumeOf(v.pool, v.name, false);
+  // Ownership as the volumes' records show it now: recovery deletes only what was owned.
+  for (const auto& v : volumes) {
+    *begin.add_volumes() = JournalVolumeOf(v.pool, v.name, false, v.ownership == storage::Ownership::kOwned);
+  }
   auto op = journal_->Begin(std::move(begin));
   if (!op.ok()) return op.status();
   absl::Status s = DeleteJournalled(*op, *info, force, delete_volumes, volumes);
@@ -317,15 +332,18 @@ absl::Status DomainService::DeleteJournalled(uint64_t op, const hv::DomainInfo& 
   HVAGENT_FAILPOINT("delete.after_undefine");
   Log()->info("deleted domain {}", name);
   for (const storage::VolumeInfo& v : volumes) {
-    if (auto s = journal_->Step(op, StepOf("release-volume", JournalVolumeOf(v.pool, v.name, false))); !s.ok()) {
+    const bool owned = v.ownership == storage::Ownership::kOwned;
+    if (auto s = journal_->Step(op, StepOf("release-volume", JournalVolumeOf(v.pool, v.name, false, owned)));
+        !s.ok()) {
       Log()->error("{}", s.message());  // the domain is gone; recovery finishes the volumes
       continue;
     }
     // The domain is gone: a volume that cannot be released stays recorded as attached to it,
-    // where the API shows it (and reconciliation finds it).
-    if (auto s = storage_->ReleaseVolume(v.pool, v.name, delete_volumes); !s.ok()) {
+    // where the API shows it (and reconciliation finds it). Only what the domain owned is
+    // deleted; a borrowed volume (a data volume attached to it) is released whatever the request.
+    if (auto s = storage_->ReleaseVolume(v.pool, v.name, name, delete_volumes && owned); !s.ok()) {
       Log()->error("domain {} deleted, but volume {}/{} could not be {}: {}", name, v.pool, v.name,
-                   delete_volumes ? "deleted" : "released", s.message());
+                   delete_volumes && owned ? "deleted" : "released", s.message());
     }
     HVAGENT_FAILPOINT("delete.after_release");
   }
@@ -355,7 +373,7 @@ absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphan
   std::vector<Orphan> still;
   for (const Orphan& o : *orphans) {
     if (release_orphans) {
-      if (auto s = storage_->ReleaseVolume(o.pool, o.volume, /*remove=*/false); s.ok()) {
+      if (auto s = storage_->ReleaseVolume(o.pool, o.volume, o.domain, /*delete_if_owned=*/false); s.ok()) {
         Log()->warn("reconcile: volume {}/{} was recorded as attached to domain {}, which does not exist; released",
                     o.pool, o.volume, o.domain);
         continue;
@@ -426,10 +444,18 @@ DomainService::Recovery DomainService::RecoverCreate(const Journal::Operation& o
       return Failed(std::move(r), absl::StrCat("volume ", v.pool(), "/", v.name(), ": ", st.status().message()));
     }
     const std::string& owner = st->volume.attached_to;
-    // Only what this operation did is undone: its own claim, or the volume it created.
+    // Only what this operation did is undone: its own claim (a volume it created and so owns is
+    // deleted, one it was given released), or a volume it created before recording the claim.
     const bool claimed_by_us = owner == b.domain() && !name_is_another_domains;
-    if (!claimed_by_us && !(owner.empty() && v.created())) continue;
-    if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), /*remove=*/v.created()); !s.ok()) {
+    absl::Status s;
+    if (claimed_by_us) {
+      s = storage_->ReleaseVolume(v.pool(), v.name(), b.domain(), /*delete_if_owned=*/v.created());
+    } else if (owner.empty() && v.created() && st->state != VolumeState::kDeleting) {
+      s = storage_->DeleteVolume(v.pool(), v.name()).status();
+    } else {
+      continue;
+    }
+    if (!s.ok()) {
       return Failed(std::move(r), absl::StrCat("release ", v.pool(), "/", v.name(), ": ", s.message()));
     }
   }
@@ -455,6 +481,8 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
       return Failed(std::move(r), absl::StrCat("undefine: ", s.message()));
     }
   }
+  // Another domain by this name (another uuid) has whatever is attached to the name now.
+  const bool name_is_another_domains = !dom->has_value() && hv_.GetDomain(b.domain()).ok();
   for (const internal::JournalVolume& v : b.volumes()) {
     if (storage_ == nullptr) break;
     auto st = storage_->GetVolume(v.pool(), v.name());
@@ -462,11 +490,20 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
     if (!st.ok()) {
       return Failed(std::move(r), absl::StrCat("volume ", v.pool(), "/", v.name(), ": ", st.status().message()));
     }
+    // Deleted only when the journal recorded it as owned when the delete began (a journal from an
+    // agent that predates ownership never says so: its volumes are kept) and, while still
+    // attached, its own record agrees (ReleaseVolume checks).
+    const bool delete_it = b.delete_volumes() && v.owned();
     const std::string& owner = st->volume.attached_to;
-    bool ours = owner == b.domain();
-    bool released_not_removed = owner.empty() && b.delete_volumes() && st->state != VolumeState::kDeleting;
-    if (!ours && !released_not_removed) continue;
-    if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), b.delete_volumes()); !s.ok()) {
+    absl::Status s;
+    if (owner == b.domain() && !name_is_another_domains) {
+      s = storage_->ReleaseVolume(v.pool(), v.name(), b.domain(), delete_it);
+    } else if (owner.empty() && delete_it && Released(op, v) && st->state != VolumeState::kDeleting) {
+      s = storage_->DeleteVolume(v.pool(), v.name()).status();  // released, then the crash came
+    } else {
+      continue;
+    }
+    if (!s.ok()) {
       return Failed(std::move(r), absl::StrCat("release ", v.pool(), "/", v.name(), ": ", s.message()));
     }
   }

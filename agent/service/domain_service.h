@@ -59,7 +59,8 @@ class DomainService {
   // Finishes or undoes every operation a crash left in the journal: an interrupted create is
   // kept only when it got through its last step (the domain exists with the journalled uuid,
   // running if it was to start), otherwise it is undone (domain removed, volumes it created
-  // deleted, volumes it claimed released); an interrupted delete is carried through. Run at
+  // deleted, volumes it claimed released); an interrupted delete is carried through, deleting
+  // (with delete_volumes) only the volumes the journal recorded as owned by the domain. Run at
   // start, before the APIs serve, and with every reconciliation (creates and deletes hold the
   // same lock, so only abandoned operations are seen: a create whose undo failed because the
   // hypervisor went away, or one that failed to recover before).
@@ -73,9 +74,10 @@ class DomainService {
   // never taken for an orphan.
   absl::StatusOr<std::vector<Orphan>> Reconcile(bool release_orphans);
 
-  // With `volumes`, the named disks get pool volumes (created when the claim asks so) that are
-  // recorded as attached to the new domain; when any step fails, every step before it is
-  // undone (volumes created here are deleted, claimed ones released, the domain undefined).
+  // With `volumes`, the named disks get pool volumes recorded as attached to the new domain:
+  // created when the claim asks so (owned by the domain), or existing free ones (borrowed). When
+  // any step fails, every step before it is undone (volumes created here are deleted, claimed
+  // ones released, the domain undefined).
   absl::StatusOr<hv::DomainInfo> Create(const hv::DomainSpec& spec, bool start,
                                         const std::vector<DiskVolume>& volumes = {});
   absl::StatusOr<hv::DomainInfo> Get(const std::string& name);
@@ -87,7 +89,8 @@ class DomainService {
   absl::StatusOr<hv::DomainInfo> Reboot(const std::string& name);
   absl::StatusOr<hv::DomainInfo> Suspend(const std::string& name);
   absl::StatusOr<hv::DomainInfo> Resume(const std::string& name);
-  // Volumes attached to the domain are released afterwards, or deleted with `delete_volumes`.
+  // Volumes attached to the domain are released afterwards; with `delete_volumes`, the ones it
+  // owns (created with it) are deleted instead. A borrowed volume is never deleted here.
   absl::Status Delete(const std::string& name, bool force, bool delete_volumes = false);
 
  private:
@@ -96,8 +99,9 @@ class DomainService {
   // Checks the claims against the spec and fills their disks with a placeholder block path so
   // that the spec can be validated before any volume exists.
   absl::Status CheckVolumes(hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) const;
-  // Undoes claimed volumes in reverse order (best effort, logged).
-  void ReleaseClaims(const std::vector<DiskVolume>& claimed);
+  // Undoes claimed volumes of `domain` in reverse order (best effort, logged): the ones the
+  // create made are deleted, the ones it was given released.
+  void ReleaseClaims(const std::vector<DiskVolume>& claimed, const std::string& domain);
   // `settled` false: it failed and its undo could not be done (the hypervisor went away); the
   // operation is left open in the journal for Recover.
   absl::StatusOr<hv::DomainInfo> CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,

@@ -266,15 +266,16 @@ absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& poo
   }
   hv::DiskSpec disk{v->path, hv::DiskType::kBlock, target, "", readonly, "raw"};
   if (auto s = hv_.AttachDisk(domain, disk); !s.ok()) return s;
-  if (auto s = (*pool)->backend->SetAttachment(name, domain); !s.ok()) {
+  if (auto s = (*pool)->backend->SetAttachment(name, domain, storage::Ownership::kBorrowed); !s.ok()) {
     // The volume's owner record is the source of truth: without it, undo the attach.
-    if (auto undo = hv_.DetachDisk(domain, target); !undo.ok()) {
+    if (auto undo = hv_.DetachDisk(domain, disk); !undo.ok()) {
       Log()->error("rollback: detaching {} from {} failed: {}", target, domain, undo.message());
     }
     return s;
   }
-  Log()->info("attached volume {}/{} to {} as {}", pool_name, name, domain, target);
+  Log()->info("attached volume {}/{} to {} as {} (borrowed)", pool_name, name, domain, target);
   v->attached_to = domain;
+  v->ownership = storage::Ownership::kBorrowed;
   return StatusOf(*v);
 }
 
@@ -285,19 +286,51 @@ absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& poo
   auto v = (*pool)->backend->GetVolume(name);
   if (!v.ok()) return v.status();
   if (v->attached_to.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is not attached"));
+    return absl::NotFoundError(absl::StrCat("volume '", name, "' is not attached to any domain"));
   }
-  auto disks = hv_.GetDomainDisks(v->attached_to);
+  const std::string domain = v->attached_to;
+  // The definition and the running guest both: an earlier detach the guest did not finish
+  // leaves the disk in the guest only.
+  auto disks = hv_.GetDomainDisks(domain);
   if (disks.ok()) {
     for (const auto& d : *disks) {
       if (d.source_path != v->path) continue;
-      if (auto s = hv_.DetachDisk(v->attached_to, d.target); !s.ok()) return s;
+      absl::Status s = hv_.DetachDisk(domain, d);
+      if (absl::IsNotFound(s)) continue;  // the guest let go of it meanwhile, or the domain went
+      if (!s.ok()) {
+        Log()->warn("volume {}/{} stays attached to {}: {}", pool_name, name, domain, s.message());
+        return absl::Status(s.code(), absl::StrCat("volume '", name, "' is still attached to domain '", domain,
+                                                   "': ", s.message()));
+      }
     }
   } else if (!absl::IsNotFound(disks.status())) {
     return disks.status();  // a vanished domain just releases the volume
   }
-  if (auto s = (*pool)->backend->SetAttachment(name, ""); !s.ok()) return s;
+  if (auto s = (*pool)->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
+  Log()->info("detached volume {}/{} from {}", pool_name, name, domain);
   v->attached_to.clear();
+  v->ownership = storage::Ownership::kNone;
+  return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::ReleaseOwnership(const std::string& pool_name, const std::string& name) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  auto v = (*pool)->backend->GetVolume(name);
+  if (!v.ok()) return v.status();
+  if (v->attached_to.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume '", name, "' is attached to no domain, so no domain owns it"));
+  }
+  if (v->ownership == storage::Ownership::kOwned) {
+    if (auto s = (*pool)->backend->SetAttachment(name, v->attached_to, storage::Ownership::kBorrowed); !s.ok()) {
+      return s;
+    }
+    Log()->info("volume {}/{} is no longer owned by {}: deleting {} will keep it", pool_name, name, v->attached_to,
+                v->attached_to);
+    v->ownership = storage::Ownership::kBorrowed;
+  }
   return StatusOf(*v);
 }
 
@@ -316,11 +349,15 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
       return absl::FailedPreconditionError(
           absl::StrCat("volume '", claim.name, "' is already attached to domain '", v->attached_to, "'"));
     }
-    failed = (*pool)->backend->SetAttachment(claim.name, domain);
+    // What the domain makes is its own; what it is given is lent.
+    const storage::Ownership ownership =
+        claim.create_size_bytes > 0 ? storage::Ownership::kOwned : storage::Ownership::kBorrowed;
+    failed = (*pool)->backend->SetAttachment(claim.name, domain, ownership);
     if (failed.ok()) {
-      Log()->info("{} volume {}/{} for domain {}", claim.create_size_bytes > 0 ? "created" : "claimed", claim.pool,
-                  claim.name, domain);
+      Log()->info("{} volume {}/{} for domain {} ({})", claim.create_size_bytes > 0 ? "created" : "claimed",
+                  claim.pool, claim.name, domain, storage::OwnershipName(ownership));
       v->attached_to = domain;
+      v->ownership = ownership;
       return *v;
     }
   }
@@ -333,15 +370,31 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
   return failed;
 }
 
-absl::Status StorageService::ReleaseVolume(const std::string& pool_name, const std::string& name, bool remove) {
+absl::Status StorageService::ReleaseVolume(const std::string& pool_name, const std::string& name,
+                                           const std::string& domain, bool delete_if_owned) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
+  bool owned = false;
   {
     std::lock_guard lock((*pool)->mu);
-    if (auto s = (*pool)->backend->SetAttachment(name, ""); !s.ok()) return s;
+    // The record read under the pool lock decides: a volume handed over meanwhile
+    // (ReleaseOwnership) is kept.
+    auto v = (*pool)->backend->GetVolume(name);
+    if (!v.ok()) return v.status();
+    if (v->attached_to != domain) {
+      Log()->warn("volume {}/{} is not attached to {} (it is {}); left as it is", pool_name, name, domain,
+                  v->attached_to.empty() ? "free" : absl::StrCat("attached to ", v->attached_to));
+      return absl::OkStatus();
+    }
+    owned = v->ownership == storage::Ownership::kOwned;
+    if (auto s = (*pool)->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
   }
-  Log()->info("released volume {}/{}", pool_name, name);
-  if (!remove) return absl::OkStatus();
+  if (!delete_if_owned || !owned) {
+    Log()->info("released volume {}/{} from {} ({}): kept", pool_name, name, domain,
+                owned ? "owned" : "borrowed");
+    return absl::OkStatus();
+  }
+  Log()->info("released volume {}/{} from {} (owned): deleting it", pool_name, name, domain);
   return DeleteVolume(pool_name, name).status();
 }
 

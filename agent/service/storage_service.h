@@ -3,6 +3,9 @@
 // alone does not give: one lock per pool, deletes that wipe in the background with progress
 // visible until the volume is gone, and attach/detach that keep the domain definition and the
 // volume's recorded owner in step (undoing the first when the second fails).
+// Ownership (storage::Ownership): a volume created for a domain (ClaimVolume with a size) is
+// owned by it, every other attachment is borrowed; only ReleaseVolume deletes with a domain, and
+// only what the volume's own record shows as owned by that domain.
 // A wipe holds its pool: other calls on that pool wait for it (GetVolume of the volume being
 // deleted answers at once from the progress record).
 
@@ -63,19 +66,35 @@ class StorageService {
   absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
   // Returns at once with state kDeleting; the wipe and removal run in the background.
   absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);
-  // target empty: the first free target with the prefix of the domain's first disk (vd/xvd).
+  // The volume is borrowed by the domain. target empty: the first free target with the prefix
+  // of the domain's first disk (vd/xvd).
   absl::StatusOr<VolumeStatus> AttachVolume(const std::string& pool, const std::string& name,
                                             const std::string& domain, std::string target, bool readonly);
+  // Takes the volume's disk out of its domain (definition and running guest), then clears the
+  // record. NotFound: no such pool or volume, or the volume is attached to no domain (nothing to
+  // detach: done). Aborted: the guest did not release the device (the hot-unplug was refused or
+  // did not finish in the hypervisor's wait; its reason in the message); the volume stays
+  // attached, the unplug request may still complete, so retrying is right. A domain that no
+  // longer exists just releases the volume.
   absl::StatusOr<VolumeStatus> DetachVolume(const std::string& pool, const std::string& name);
+  // For an operator keeping a disk its domain created (a root disk): the owned volume becomes
+  // borrowed, so deleting the domain releases it instead of deleting it. A borrowed volume is
+  // answered as it is; FailedPrecondition when the volume is attached to no domain.
+  absl::StatusOr<VolumeStatus> ReleaseOwnership(const std::string& pool, const std::string& name);
 
   // For DomainService, which defines the domain itself (no hypervisor call here):
-  // Reserves a volume for `domain`: creates it when the claim asks so, then records it as
-  // attached to `domain`. Fails with nothing changed (a volume it created is deleted again).
+  // Reserves a volume for `domain`: creates it when the claim asks so and records it as owned by
+  // `domain`, or records an existing free one as borrowed. Fails with nothing changed (a volume it
+  // created is deleted again).
   absl::StatusOr<storage::VolumeInfo> ClaimVolume(const VolumeClaim& claim, const std::string& domain);
-  // Undoes a claim, or frees a deleted domain's volume: clears the attachment record and, with
-  // `remove`, deletes the volume in the background like DeleteVolume.
-  absl::Status ReleaseVolume(const std::string& pool, const std::string& name, bool remove);
-  // Volumes recorded as attached to `domain`, over all pools (sorted by pool, then name).
+  // Undoes a claim, or frees a deleted domain's volume: clears the record of a volume attached to
+  // `domain` and, with `delete_if_owned`, deletes it in the background like DeleteVolume when
+  // that record shows it owned by `domain`. A borrowed volume is only ever released here, and a
+  // volume attached to another domain or to none is left as it is.
+  absl::Status ReleaseVolume(const std::string& pool, const std::string& name, const std::string& domain,
+                             bool delete_if_owned);
+  // Volumes recorded as attached to `domain`, over all pools (sorted by pool, then name), with
+  // their ownership.
   absl::StatusOr<std::vector<storage::VolumeInfo>> VolumesOf(const std::string& domain);
 
   // Volumes whose recorded owner is not among `domains` (every domain the hypervisor has).

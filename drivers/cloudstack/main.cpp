@@ -258,6 +258,8 @@ int Delete(const Payload& p, const Agent& a) {
   v1::DeleteDomainRequest req;
   req.set_name(VmName(p));
   req.set_force(true);
+  // The agent deletes only the volumes the VM owns (its root volume, created with it); volumes an
+  // operator attached are borrowed and only released (docs/cloudstack.md, "What delete removes").
   req.set_delete_volumes(!IsFalse(Setting(p, "delete_volumes", "vdhe")));
   v1::DeleteDomainResponse r;
   auto s = a.domains->DeleteDomain(a.Context().get(), req, &r);

@@ -14,6 +14,7 @@ absl::StatusCode CodeFor(int vir_code) {
     case VIR_ERR_NO_NETWORK:
     case VIR_ERR_NO_STORAGE_POOL:
     case VIR_ERR_NO_STORAGE_VOL:
+    case VIR_ERR_DEVICE_MISSING:
       return absl::StatusCode::kNotFound;
     case VIR_ERR_OPERATION_INVALID:
       return absl::StatusCode::kFailedPrecondition;
@@ -46,8 +47,15 @@ void IgnoreError(void*, virErrorPtr) {}
 }  // namespace
 
 absl::Status LastLibvirtError(absl::string_view what) {
+  int ignored = 0;
+  return LastLibvirtError(what, &ignored);
+}
+
+absl::Status LastLibvirtError(absl::string_view what, int* vir_code) {
   virErrorPtr err = virGetLastError();
+  *vir_code = 0;
   if (err == nullptr) return absl::InternalError(absl::StrCat(what, ": libvirt failed without an error"));
+  *vir_code = err->code;
   absl::Status status(CodeFor(err->code), absl::StrCat(what, ": ", err->message ? err->message : "unknown error"));
   virResetLastError();
   return status;

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
 #include "hypervisor/domain_xml_builder.h"
@@ -612,13 +614,37 @@ absl::Status LibvirtHypervisor::ResumeDomain(const std::string& name) {
   return Transition(name, "resume", {DomainState::kPaused}, virDomainResume);
 }
 
+absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::DisksOf(virDomainPtr dom, bool live, const std::string& name) {
+  char* xml = virDomainGetXMLDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE);
+  if (xml == nullptr) {
+    return LastLibvirtError(absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
+  }
+  auto disks = ParseDomainDisks(xml);
+  free(xml);
+  return disks;
+}
+
+namespace {
+
+bool SameDisk(const DiskSpec& a, const DiskSpec& b) { return a.target == b.target && a.source_path == b.source_path; }
+
+const DiskSpec* FindDisk(const std::vector<DiskSpec>& disks, const DiskSpec& disk) {
+  auto it = std::find_if(disks.begin(), disks.end(), [&](const DiskSpec& d) { return SameDisk(d, disk); });
+  return it == disks.end() ? nullptr : &*it;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::GetDomainDisks(const std::string& name) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
-  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
-  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read definition of domain ", name));
-  auto disks = ParseDomainDisks(xml);
-  free(xml);
+  auto disks = DisksOf(d->get(), /*live=*/false, name);
+  if (!disks.ok() || virDomainIsActive(d->get()) != 1) return disks;
+  auto live = DisksOf(d->get(), /*live=*/true, name);
+  if (!live.ok()) return live.status();
+  for (const DiskSpec& l : *live) {
+    if (FindDisk(*disks, l) == nullptr) disks->push_back(l);
+  }
   return disks;
 }
 
@@ -635,14 +661,14 @@ absl::StatusOr<GuestTarget> LibvirtHypervisor::TargetFor(virDomainPtr dom) {
   return target;
 }
 
-absl::Status LibvirtHypervisor::ChangeDevice(const std::string& name, const std::string& xml, bool attach) {
+absl::Status LibvirtHypervisor::AttachDevice(const std::string& name, const std::string& xml) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
   unsigned flags = VIR_DOMAIN_AFFECT_CONFIG;
   if (virDomainIsActive(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_LIVE;
-  int rc = attach ? virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags)
-                  : virDomainDetachDeviceFlags(d->get(), xml.c_str(), flags);
-  if (rc < 0) return LastLibvirtError(absl::StrCat(attach ? "attach disk to " : "detach disk from ", "domain ", name));
+  if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags) < 0) {
+    return LastLibvirtError(absl::StrCat("attach disk to domain ", name));
+  }
   return absl::OkStatus();
 }
 
@@ -662,23 +688,78 @@ absl::Status LibvirtHypervisor::AttachDisk(const std::string& name, const DiskSp
   if (!target.ok()) return target.status();
   auto xml = DomainXmlBuilder::BuildDisk(disk, *target);
   if (!xml.ok()) return xml.status();
-  return ChangeDevice(name, *xml, true);
+  return AttachDevice(name, *xml);
 }
 
-absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const std::string& target) {
-  auto disks = GetDomainDisks(name);
-  if (!disks.ok()) return disks.status();
-  for (const auto& existing : *disks) {
-    if (existing.target != target) continue;
-    auto d = Lookup(name);
-    if (!d.ok()) return d.status();
-    auto guest = TargetFor(d->get());
-    if (!guest.ok()) return guest.status();
-    auto xml = DomainXmlBuilder::BuildDisk(existing, *guest);
-    if (!xml.ok()) return xml.status();
-    return ChangeDevice(name, *xml, false);
+absl::Status LibvirtHypervisor::DetachDevice(virDomainPtr dom, const std::string& name, const DiskSpec& disk,
+                                             unsigned flags, int* vir_code) {
+  *vir_code = 0;
+  auto guest = TargetFor(dom);
+  if (!guest.ok()) return guest.status();
+  auto xml = DomainXmlBuilder::BuildDisk(disk, *guest);
+  if (!xml.ok()) return xml.status();
+  if (virDomainDetachDeviceFlags(dom, xml->c_str(), flags) == 0) return absl::OkStatus();
+  absl::Status s = LastLibvirtError(
+      absl::StrCat("detach disk ", disk.target, " from ", (flags & VIR_DOMAIN_AFFECT_LIVE) ? "running " : "",
+                   "domain ", name),
+      vir_code);
+  // libvirt before 4.1 (and one path of QEMU's since) says "not found" with OPERATION_FAILED.
+  if (*vir_code == VIR_ERR_OPERATION_FAILED && absl::StrContains(s.message(), "not found")) {
+    return absl::NotFoundError(s.message());
   }
-  return absl::NotFoundError(absl::StrCat("domain '", name, "' has no disk ", target));
+  return s;
+}
+
+absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSpec& disk) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto persistent = DisksOf(d->get(), /*live=*/false, name);
+  if (!persistent.ok()) return persistent.status();
+  const bool running = virDomainIsActive(d->get()) == 1;
+  std::vector<DiskSpec> live;
+  if (running) {
+    auto l = DisksOf(d->get(), /*live=*/true, name);
+    if (!l.ok()) return l.status();
+    live = std::move(*l);
+  }
+  const DiskSpec* in_definition = FindDisk(*persistent, disk);
+  const DiskSpec* in_guest = FindDisk(live, disk);
+  if (in_definition == nullptr && in_guest == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("domain '", name, "' has no disk ", disk.target, " backed by ", disk.source_path));
+  }
+  const std::string what = absl::StrCat("domain '", name, "': the guest did not release disk ", disk.target, " (",
+                                        disk.source_path, ")");
+  if (HVAGENT_FAILPOINT_FAILS("detach.guest_keeps_disk")) {
+    return absl::AbortedError(absl::StrCat(what, ": failpoint detach.guest_keeps_disk"));
+  }
+  int code = 0;
+  // The definition first: synchronous, and the guest side is then retried on its own.
+  if (in_definition != nullptr) {
+    absl::Status s = DetachDevice(d->get(), name, *in_definition, VIR_DOMAIN_AFFECT_CONFIG, &code);
+    if (!s.ok() && !absl::IsNotFound(s)) return s;
+  }
+  if (in_guest == nullptr) return absl::OkStatus();
+  absl::Status s = DetachDevice(d->get(), name, *in_guest, VIR_DOMAIN_AFFECT_LIVE, &code);
+  if (absl::IsNotFound(s)) return absl::OkStatus();  // the guest let go meanwhile, or the domain went
+  if (absl::IsUnavailable(s)) return s;              // libvirtd went: a retry will tell
+  // Whatever libvirt answered, the running guest's XML says whether the device is gone (a guest
+  // that stopped meanwhile reads as its definition, which no longer has it).
+  auto after = DisksOf(d->get(), /*live=*/true, name);
+  if (!after.ok()) return absl::IsNotFound(after.status()) ? absl::OkStatus() : (s.ok() ? after.status() : s);
+  if (FindDisk(*after, disk) == nullptr) return absl::OkStatus();
+  // Errors of the unplug itself: QEMU's "already in the process of unplug" (an earlier request
+  // is still pending), libxl's failed or timed-out backend handshake. Others are not about the
+  // guest (bad XML, a bus that cannot hot-unplug) and are returned as they are.
+  const bool guest_side = code == VIR_ERR_INTERNAL_ERROR || code == VIR_ERR_OPERATION_FAILED ||
+                          code == VIR_ERR_OPERATION_TIMEOUT || code == VIR_ERR_AGENT_UNRESPONSIVE;
+  if (!s.ok() && !guest_side) return s;
+  const std::string reason =
+      s.ok() ? "the hot-unplug request was sent but the guest has not completed it within libvirt's wait (it may "
+               "still do so)"
+             : std::string(s.message());
+  Log()->warn("{}: {}", what, reason);
+  return absl::AbortedError(absl::StrCat(what, ": ", reason));
 }
 
 void LibvirtHypervisor::SetEventSink(EventSink sink) {

@@ -64,7 +64,11 @@ class LibvirtHypervisor final : public Hypervisor {
   // last call is per_domain_stats().
   absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() override;
   absl::Status AttachDisk(const std::string& name, const DiskSpec& disk) override;
-  absl::Status DetachDisk(const std::string& name, const std::string& target) override;
+  // The definition first, then the guest (as Nova's libvirt driver does it): libvirt asks the
+  // guest to let go and waits for it (QEMU: 5 s for DEVICE_DELETED, then it answers success with
+  // the request still pending; libxl: an error). Whether the guest still has the disk is read
+  // back from the live XML, never taken from the call's answer.
+  absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
 
@@ -82,8 +86,15 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::StatusOr<ConnRef> Connection() const;
   absl::StatusOr<DomRef> Lookup(const std::string& name);
   absl::StatusOr<GuestTarget> TargetFor(virDomainPtr dom);
-  // Applies a device change to the definition and, when the domain is active, to the guest.
-  absl::Status ChangeDevice(const std::string& name, const std::string& xml, bool attach);
+  // Adds a device to the definition and, when the domain is active, to the guest.
+  absl::Status AttachDevice(const std::string& name, const std::string& xml);
+  // The disks of `dom`: its persistent definition (live false) or the running guest's.
+  absl::StatusOr<std::vector<DiskSpec>> DisksOf(virDomainPtr dom, bool live, const std::string& name);
+  // One virDomainDetachDeviceFlags of `disk` with `flags` (AFFECT_CONFIG or AFFECT_LIVE).
+  // NotFound when libvirt says the device is missing; otherwise libvirt's error, its number in
+  // `*vir_code`.
+  absl::Status DetachDevice(virDomainPtr dom, const std::string& name, const DiskSpec& disk, unsigned flags,
+                            int* vir_code);
   absl::Status Transition(const std::string& name, const char* verb, std::initializer_list<DomainState> allowed,
                           int (*op)(virDomainPtr));
   DomainInfo Describe(virDomainPtr dom);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -70,15 +71,16 @@ std::string Bytes(uint64_t n) { return absl::StrCat(n, "b"); }
 
 bool IsActive(const lvm::LvRow& lv) { return lv.attr.size() > 4 && lv.attr[4] == 'a'; }
 
-std::vector<std::string> VmTags(const lvm::LvRow& lv) {
+// Tags of `lv` that start with `prefix` and name something after it.
+std::vector<std::string> TagsWith(const lvm::LvRow& lv, const char* prefix) {
   std::vector<std::string> out;
   for (const std::string& t : lv.tags) {
-    if (absl::StartsWith(t, LvmBackend::kVmTagPrefix) && t.size() > sizeof(LvmBackend::kVmTagPrefix) - 1) {
-      out.push_back(t);
-    }
+    if (absl::StartsWith(t, prefix) && t.size() > strlen(prefix)) out.push_back(t);
   }
   return out;
 }
+
+std::vector<std::string> VmTags(const lvm::LvRow& lv) { return TagsWith(lv, LvmBackend::kVmTagPrefix); }
 
 absl::Status CheckSize(uint64_t size) {
   if (size == 0) return absl::InvalidArgumentError("size_bytes: must be greater than 0");
@@ -212,7 +214,10 @@ VolumeInfo LvmBackend::ToVolume(const lvm::LvRow& lv) const {
                .path = lv.path.empty() ? LvPath(lv.name) : lv.path,
                .size_bytes = lv.size_bytes};
   auto vm = VmTags(lv);
-  if (!vm.empty()) v.attached_to = vm.front().substr(sizeof(kVmTagPrefix) - 1);
+  if (!vm.empty()) {
+    v.attached_to = vm.front().substr(sizeof(kVmTagPrefix) - 1);
+    v.ownership = lv.HasTag(absl::StrCat(kOwnedByTagPrefix, v.attached_to)) ? Ownership::kOwned : Ownership::kBorrowed;
+  }
   return v;
 }
 
@@ -483,9 +488,13 @@ absl::Status LvmBackend::DeleteVolume(const std::string& name, const ProgressFn&
   return absl::OkStatus();
 }
 
-absl::Status LvmBackend::SetAttachment(const std::string& name, const std::string& domain) {
+absl::Status LvmBackend::SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
+  if (domain.empty() != (ownership == Ownership::kNone)) {
+    return absl::InvalidArgumentError(absl::StrCat("ownership: '", OwnershipName(ownership), "' does not go with ",
+                                                   domain.empty() ? "no domain" : "a domain"));
+  }
   if (!domain.empty()) {
     if (auto s = lvm::CheckDomainName(domain); !s.ok()) return s;
   }
@@ -496,26 +505,32 @@ absl::Status LvmBackend::SetAttachment(const std::string& name, const std::strin
     return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
   }
   std::vector<std::string> current = VmTags(*lv);
-  std::vector<std::string> args;
-  if (domain.empty()) {
-    if (current.empty()) return absl::OkStatus();
-    for (const std::string& t : current) {
-      args.push_back("--deltag");
-      args.push_back(t);
+  for (std::string& t : TagsWith(*lv, kOwnedByTagPrefix)) current.push_back(std::move(t));
+  std::vector<std::string> wanted;
+  if (!domain.empty()) {
+    const std::string vm_tag = absl::StrCat(kVmTagPrefix, domain);
+    for (const std::string& t : VmTags(*lv)) {
+      if (t != vm_tag) {
+        return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is attached to domain '",
+                                                          ToVolume(*lv).attached_to, "'; detach it first"));
+      }
     }
-  } else {
-    std::string tag = absl::StrCat(kVmTagPrefix, domain);
-    if (current.size() == 1 && current.front() == tag) return absl::OkStatus();
-    if (!current.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is attached to domain '",
-                                                        ToVolume(*lv).attached_to, "'; detach it first"));
-    }
-    args = {"--addtag", tag};
+    wanted.push_back(vm_tag);
+    if (ownership == Ownership::kOwned) wanted.push_back(absl::StrCat(kOwnedByTagPrefix, domain));
   }
+  std::vector<std::string> args;
+  for (const std::string& t : current) {
+    if (std::find(wanted.begin(), wanted.end(), t) == wanted.end()) args.insert(args.end(), {"--deltag", t});
+  }
+  for (const std::string& t : wanted) {
+    if (!lv->HasTag(t)) args.insert(args.end(), {"--addtag", t});
+  }
+  if (args.empty()) return absl::OkStatus();  // the tags already say so
   args.push_back(LvId(name));
   if (auto s = RunLvmChecked("lvchange", std::move(args)); !s.ok()) return s;
   Log()->info("pool '{}': volume {} {}", config_.name, name,
-              domain.empty() ? std::string("detached") : absl::StrCat("attached to ", domain));
+              domain.empty() ? std::string("detached")
+                             : absl::StrCat("attached to ", domain, " (", OwnershipName(ownership), ")"));
   return absl::OkStatus();
 }
 

@@ -1,8 +1,12 @@
 #pragma once
 // LvmBackend: a pool that is one LVM volume group (PoolConfig::volume_group); volumes are LVs
 // carrying the tag "hvagent" (LVs without it are not ours: never listed, changed or removed).
-// The VM a volume is attached to is the tag "hvagent_vm_<domain>". Tags are the only record,
-// so restarts need no database. With PoolConfig::thin_pool set, volumes are thin LVs in that
+// The VM a volume is attached to is the tag "hvagent_vm_<domain>"; a volume that domain owns
+// (Ownership::kOwned) also carries "hvagent_owned_by_<domain>", set and cleared in the same
+// lvchange as the attachment. An attached volume without it is borrowed, which is also how a
+// volume attached by an agent that predates ownership reads: never deleted with its domain. A
+// stale owned_by tag naming another domain than the vm tag counts for nothing. Tags are the only
+// record, so restarts need no database. With PoolConfig::thin_pool set, volumes are thin LVs in that
 // thin pool, and capacity/free are the thin pool's.
 //
 // Tools: every call is `<lvm> <subcommand> ...` through CommandRunner (one binary path to
@@ -49,6 +53,7 @@ class LvmBackend final : public StorageBackend {
  public:
   static constexpr char kOwnerTag[] = "hvagent";
   static constexpr char kVmTagPrefix[] = "hvagent_vm_";
+  static constexpr char kOwnedByTagPrefix[] = "hvagent_owned_by_";
   // Largest size accepted from the API (lvm2's own limit is 8 EiB).
   static constexpr uint64_t kMaxVolumeBytes = uint64_t{1} << 62;
 
@@ -78,8 +83,9 @@ class LvmBackend final : public StorageBackend {
   absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) override;
   absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) override;
   absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override;
-  // FailedPrecondition when attached to another domain (detach first).
-  absl::Status SetAttachment(const std::string& name, const std::string& domain) override;
+  // FailedPrecondition when attached to another domain (detach first). One lvchange adding and
+  // deleting the vm and owned_by tags together; none when the tags already say so.
+  absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
 
   bool device_mapper_available() const { return dm_available_; }
   // True when the open of /dev/mapper/control succeeds.

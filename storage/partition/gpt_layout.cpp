@@ -173,9 +173,10 @@ std::optional<VolumeLabel> ParseLabel(const std::string& partition_name) {
   if (!absl::StartsWith(partition_name, kNamePrefix) || partition_name.size() > kMaxGptName) return std::nullopt;
   std::string rest = partition_name.substr(kPrefixLength);
   VolumeLabel label;
-  size_t at = rest.find('@');
+  size_t at = rest.find_first_of("@=");
   label.volume = rest.substr(0, at);
   if (at != std::string::npos) {
+    label.owned = rest[at] == '=';
     label.domain = rest.substr(at + 1);
     if (!IsDomainName(label.domain)) return std::nullopt;
   }
@@ -183,8 +184,9 @@ std::optional<VolumeLabel> ParseLabel(const std::string& partition_name) {
   return label;
 }
 
-std::string MakeLabel(const std::string& volume, const std::string& domain) {
-  return domain.empty() ? absl::StrCat(kNamePrefix, volume) : absl::StrCat(kNamePrefix, volume, "@", domain);
+std::string MakeLabel(const std::string& volume, const std::string& domain, bool owned) {
+  if (domain.empty()) return absl::StrCat(kNamePrefix, volume);
+  return absl::StrCat(kNamePrefix, volume, owned ? "=" : "@", domain);
 }
 
 }  // namespace hvagent::storage::gpt

@@ -5,7 +5,12 @@
 //
 // Partition name encoding (GPT names hold at most 36 UTF-16 code units; only ASCII is used):
 //   "hvagent:<volume>"            a free volume
-//   "hvagent:<volume>@<domain>"   a volume attached to <domain>
+//   "hvagent:<volume>@<domain>"   a volume attached to <domain>, borrowed by it
+//   "hvagent:<volume>=<domain>"   a volume attached to <domain> and owned by it (created with
+//                                 it; see Ownership in storage/model.h)
+// One `parted name` changes attachment and ownership together. Labels written before ownership
+// existed use '@' and so read as borrowed (never deleted with their domain); an agent that
+// predates ownership does not parse '=' and leaves owned partitions alone entirely.
 // <volume> is [A-Za-z0-9][A-Za-z0-9._-]{0,19} (at most 20 characters in partition pools), and
 // <domain> is [A-Za-z0-9][A-Za-z0-9._+-]*; together they must fit the 27 characters left after
 // the prefix and the '@' (e.g. a 10-character volume leaves 17 for Nova's "instance-0000001a").
@@ -26,7 +31,7 @@ inline constexpr size_t kMaxGptName = 36;
 inline constexpr char kNamePrefix[] = "hvagent:";
 inline constexpr size_t kPrefixLength = sizeof(kNamePrefix) - 1;
 inline constexpr size_t kMaxVolumeName = 20;
-// Room for "<volume>@<domain>" after the prefix.
+// Room for "<volume>@<domain>" (or '=') after the prefix.
 inline constexpr size_t kMaxVolumeAndDomain = kMaxGptName - kPrefixLength - 1;
 
 struct Partition {
@@ -79,10 +84,11 @@ bool IsDiskPath(const std::string& path);
 struct VolumeLabel {
   std::string volume;
   std::string domain;  // empty when free
+  bool owned = false;  // '=' rather than '@'
 };
 // nullopt when the partition name is not an hvagent volume label.
 std::optional<VolumeLabel> ParseLabel(const std::string& partition_name);
-// Caller validates volume and domain (and their combined length) first.
-std::string MakeLabel(const std::string& volume, const std::string& domain);
+// Caller validates volume and domain (and their combined length) first. `owned` needs a domain.
+std::string MakeLabel(const std::string& volume, const std::string& domain, bool owned = false);
 
 }  // namespace hvagent::storage::gpt

@@ -162,7 +162,10 @@ VolumeInfo PartitionBackend::Info(const gpt::Table& table, const gpt::Partition&
                     .name = label.volume,
                     .path = gpt::PartitionPath(config_.disk, p.number),
                     .size_bytes = p.size * table.sector_size,
-                    .attached_to = label.domain};
+                    .attached_to = label.domain,
+                    .ownership = label.domain.empty() ? Ownership::kNone
+                                 : label.owned        ? Ownership::kOwned
+                                                      : Ownership::kBorrowed};
 }
 
 bool PartitionBackend::WaitForNode(const std::string& path) const {
@@ -399,9 +402,15 @@ absl::Status PartitionBackend::DeleteVolume(const std::string& name, const Progr
   return absl::OkStatus();
 }
 
-absl::Status PartitionBackend::SetAttachment(const std::string& name, const std::string& domain) {
+absl::Status PartitionBackend::SetAttachment(const std::string& name, const std::string& domain,
+                                             Ownership ownership) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = CheckName(name); !s.ok()) return s;
+  if (domain.empty() != (ownership == Ownership::kNone)) {
+    return absl::InvalidArgumentError(absl::StrCat("ownership: '", OwnershipName(ownership), "' does not go with ",
+                                                   domain.empty() ? "no domain" : "a domain"));
+  }
+  const bool owned = ownership == Ownership::kOwned;
   if (!domain.empty()) {
     if (!gpt::IsDomainName(domain)) {
       return absl::InvalidArgumentError(absl::StrCat("domain: '", absl::CHexEscape(domain),
@@ -417,13 +426,13 @@ absl::Status PartitionBackend::SetAttachment(const std::string& name, const std:
   std::lock_guard lock(mu_);
   auto found = FindVolume(name);
   if (!found.ok()) return found.status();
-  if (found->label.domain == domain) return absl::OkStatus();
-  if (!domain.empty() && !found->label.domain.empty()) {
+  if (found->label.domain == domain && (domain.empty() || found->label.owned == owned)) return absl::OkStatus();
+  if (!domain.empty() && !found->label.domain.empty() && found->label.domain != domain) {
     return absl::FailedPreconditionError(
         absl::StrCat("volume '", name, "' is already attached to domain '", found->label.domain, "'"));
   }
   return RunChecked({options_.parted, "-s", config_.disk, "name", absl::StrCat(found->partition.number),
-                     gpt::MakeLabel(name, domain)});
+                     gpt::MakeLabel(name, domain, owned)});
 }
 
 }  // namespace hvagent::storage

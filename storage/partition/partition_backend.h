@@ -1,8 +1,8 @@
 #pragma once
 // PartitionBackend: a pool that is one whole disk (PoolConfig::disk) with a GPT label; volumes
-// are GPT partitions named "hvagent:<volume>" ("hvagent:<volume>@<domain>" while attached, see
-// gpt_layout.h for the exact rule: volume names are at most 20 characters here, and volume plus
-// domain at most 27). The partition table is the only record, so restarts need no database.
+// are GPT partitions named "hvagent:<volume>" ("hvagent:<volume>@<domain>" while attached,
+// '=' instead of '@' when the domain owns the volume; see gpt_layout.h for the exact rule: volume
+// names are at most 20 characters here, and volume plus domain at most 27). The partition table is the only record, so restarts need no database.
 // Partitions without that label are not ours: never listed, changed or removed, and their
 // space is never handed out.
 //
@@ -72,7 +72,8 @@ class PartitionBackend final : public StorageBackend {
   absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override;
   // FailedPrecondition when attached to another domain (detach first); InvalidArgument when the
   // domain name is not [A-Za-z0-9][A-Za-z0-9._+-]* or does not fit beside the volume's name.
-  absl::Status SetAttachment(const std::string& name, const std::string& domain) override;
+  // One `parted name` records domain and ownership together.
+  absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
 
  private:
   struct Found {

@@ -24,6 +24,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::Status fail_define;
   absl::Status fail_undefine;
   absl::Status fail_attach;
+  absl::Status fail_detach;            // DetachDisk answers this and the disk stays (a guest that keeps it)
   bool connected = true;
   // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
   std::function<void(const std::string& name)> before_define;
@@ -171,14 +172,16 @@ class FakeHypervisor final : public hv::Hypervisor {
     (*d)->disks.push_back(disk);
     return absl::OkStatus();
   }
-  absl::Status DetachDisk(const std::string& name, const std::string& target) override {
+  absl::Status DetachDisk(const std::string& name, const hv::DiskSpec& disk) override {
     std::lock_guard lock(mu_);
-    calls.push_back(absl::StrCat("detach ", name, " ", target));
+    calls.push_back(absl::StrCat("detach ", name, " ", disk.target));
     auto d = Find(name);
     if (!d.ok()) return d.status();
     auto& disks = (*d)->disks;
-    auto it = std::find_if(disks.begin(), disks.end(), [&](const auto& x) { return x.target == target; });
+    auto it = std::find_if(disks.begin(), disks.end(),
+                           [&](const auto& x) { return x.target == disk.target && x.source_path == disk.source_path; });
     if (it == disks.end()) return absl::NotFoundError("no such disk");
+    if (!fail_detach.ok()) return fail_detach;  // the guest keeps it
     disks.erase(it);
     return absl::OkStatus();
   }

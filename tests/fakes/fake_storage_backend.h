@@ -61,12 +61,22 @@ class FakeStorageBackend final : public storage::StorageBackend {
     volumes_.erase(it);
     return absl::OkStatus();
   }
-  absl::Status SetAttachment(const std::string& name, const std::string& domain) override {
-    calls.push_back(absl::StrCat("attach-tag ", name, " ", domain));
+  // Follows the contract: one record of domain and ownership, another domain refused.
+  absl::Status SetAttachment(const std::string& name, const std::string& domain,
+                             storage::Ownership ownership) override {
+    calls.push_back(absl::StrCat("attach-tag ", name, " ", domain,
+                                 domain.empty() ? "" : absl::StrCat(" ", storage::OwnershipName(ownership))));
     if (!fail_set_attachment.ok()) return fail_set_attachment;
+    if (domain.empty() != (ownership == storage::Ownership::kNone)) {
+      return absl::InvalidArgumentError("ownership: does not go with the domain");
+    }
     auto it = volumes_.find(name);
     if (it == volumes_.end()) return absl::NotFoundError("volume not found");
+    if (!domain.empty() && !it->second.attached_to.empty() && it->second.attached_to != domain) {
+      return absl::FailedPreconditionError(absl::StrCat("attached to domain '", it->second.attached_to, "'"));
+    }
     it->second.attached_to = domain;
+    it->second.ownership = ownership;
     return absl::OkStatus();
   }
 

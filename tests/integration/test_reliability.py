@@ -98,9 +98,10 @@ class ReliabilityTest(LoopPoolsTestCase):
         out = run(["sfdisk", "--json", self.disk], check=False).stdout
         if not out.strip():
             return []
-        # GPT names are "hvagent:<volume>" or "hvagent:<volume>@<domain>" (storage/partition).
+        # GPT names are "hvagent:<volume>", "hvagent:<volume>@<domain>" (borrowed) or
+        # "hvagent:<volume>=<domain>" (owned) (storage/partition).
         names = [p.get("name", "") for p in json.loads(out)["partitiontable"].get("partitions", [])]
-        return [n.split(":", 1)[-1].split("@", 1)[0] for n in names]
+        return [n.split(":", 1)[-1].replace("=", "@").split("@", 1)[0] for n in names]
 
     def lv_tags(self):
         out = run(lvm_argv("lvs", "--noheadings", "--separator", "|", "-o", "lv_name,lv_tags", self.vg)).stdout
@@ -169,7 +170,8 @@ class ReliabilityTest(LoopPoolsTestCase):
         self.killed_by_failpoint(lambda: self.post("/v1/domains", self.spec(name, "vg", volume, start=False)))
         self.restart()
         self.assertIn(name, all_domain_names())
-        self.assertEqual(self.lv_tags().get(volume, ""), f"hvagent,hvagent_vm_{name}")
+        self.assertEqual(set(self.lv_tags().get(volume, "").split(",")),
+                         {"hvagent", f"hvagent_vm_{name}", f"hvagent_owned_by_{name}"})  # created with it: owned
         self.assertEqual(self.agent.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true")[0], 204)
         self.wait_volume_gone("vg", volume)
 

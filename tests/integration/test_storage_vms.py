@@ -118,8 +118,8 @@ class StorageVmTest(LoopPoolsTestCase):
         self.assertEqual(disks[0].find("source").get("dev"), f"/dev/{self.vg}/root")
         self.assertEqual(disks[0].find("target").get("dev"), "vda")
         self.assertEqual(disks[0].find("target").get("bus"), "virtio")
-        # lvm2's own record: ours, and attached to this VM.
-        self.assertEqual(self.lvs()["root"], {"hvagent", f"hvagent_vm_{name}"})
+        # lvm2's own record: ours, attached to this VM, and owned by it (created with it).
+        self.assertEqual(self.lvs()["root"], {"hvagent", f"hvagent_vm_{name}", f"hvagent_owned_by_{name}"})
 
         # Deleting the VM without its volumes frees the LV and keeps it.
         status, _ = self.agent.rest("DELETE", f"/v1/domains/{name}")
@@ -131,6 +131,49 @@ class StorageVmTest(LoopPoolsTestCase):
         self.assertEqual(status, 202)
         self.wait_volume_gone("vg", "root")
         self.assertNotIn("root", self.lvs())
+
+    def test_delete_with_volumes_deletes_only_what_the_domain_created(self):
+        """Issue 22 as reported: a volume holding data, named as an existing volume in
+        CreateDomain next to a new root volume, survived `DELETE ?delete_volumes=true` with its
+        bytes; the root volume the domain created is deleted. Ownership shows in the API, in
+        hvctl, and in the GPT partition names themselves."""
+        name = unique_name("own")[:13]  # partition names: volume and domain fit 27 characters
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "data17", "size_bytes": str(4 * MiB)})
+        self.assertEqual(status, 201, vol)
+        payload = os.urandom(4 * MiB)
+        with open(vol["path"], "r+b") as f:
+            f.write(payload)
+        body = {"spec": {"name": name, "vcpus": 1, "memory_mib": 64, "firmware": {"type": "TYPE_BIOS"},
+                         "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "root17",
+                                                                 "create_size_bytes": str(8 * MiB)}},
+                                   {"target": "vdb", "volume": {"pool": "disk1", "name": "data17"}}]},
+                "start": True}
+        status, dom = self.agent.rest("POST", "/v1/domains", body)
+        self.assertEqual(status, 201, dom)
+        vols = self.volumes("disk1")
+        self.assertEqual((vols["root17"].attached_to, vols["root17"].ownership), (name, storage_pb2.VOLUME_OWNERSHIP_OWNED))
+        self.assertEqual((vols["data17"].attached_to, vols["data17"].ownership),
+                         (name, storage_pb2.VOLUME_OWNERSHIP_BORROWED))
+        labels = self.partitions()
+        self.assertIn(f"hvagent:root17={name}", labels)
+        self.assertIn(f"hvagent:data17@{name}", labels)
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        table = run([hvctl, "--server", self.agent.grpc_addr, "volumes", "disk1"]).stdout.splitlines()
+        self.assertEqual(table[0].split()[:5], ["VOLUME", "SIZE", "ATTACHED", "TO", "OWNERSHIP"])
+        rows = {line.split()[0]: line.split() for line in table[1:]}
+        self.assertEqual(rows["root17"][4], "owned")
+        self.assertEqual(rows["data17"][4], "borrowed")
+
+        status, _ = self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
+        self.assertEqual(status, 204)
+        self.wait_volume_gone("disk1", "root17")
+        status, vol = self.agent.rest("GET", "/v1/pools/disk1/volumes/data17")
+        self.assertEqual((status, vol["attached_to"], vol["ownership"], vol["state"]),
+                         (200, "", "VOLUME_OWNERSHIP_UNSPECIFIED", "VOLUME_STATE_AVAILABLE"))
+        with open(vol["path"], "rb") as f:
+            self.assertEqual(f.read(len(payload)), payload)
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/data17")[0], 202)
+        self.wait_volume_gone("disk1", "data17")
 
     def test_hostile_input_is_refused_with_nothing_changed(self):
         name = unique_name("bad")

@@ -23,8 +23,9 @@ def free_port():
 
 
 class Agent:
-    def __init__(self, uri, image_dirs=()):
-        """`image_dirs`: the directories the agent may take disk images from ([security])."""
+    def __init__(self, uri, config_toml=None, image_dirs=()):
+        """`config_toml`: text of a config file (storage pools) for the agent; `image_dirs`: the
+        directories the agent may take disk images from ([security])."""
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-cs-", suffix=".log", delete=False)
@@ -32,10 +33,13 @@ class Agent:
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--rest-listen", f"127.0.0.1:{self.rest_port}"]
         self.config = None
         if image_dirs:
-            self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-cs-", suffix=".toml", delete=False)
-            self.config.write("[security]\nimage_dirs = [%s]\n" % ", ".join(json.dumps(d) for d in image_dirs))
-            self.config.close()
-            argv += ["--config", self.config.name]
+            config_toml = (config_toml or "") + "\n[security]\nimage_dirs = [%s]\n" % ", ".join(
+                json.dumps(d) for d in image_dirs)
+        if config_toml is not None:
+            with tempfile.NamedTemporaryFile("w", prefix="hvagentd-cs-", suffix=".toml", delete=False) as f:
+                f.write(config_toml)
+            self.config = f.name
+            argv += ["--config", self.config]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -81,7 +85,7 @@ class Agent:
                 self.proc.wait()
         os.unlink(self.log.name)
         if self.config is not None:
-            os.unlink(self.config.name)
+            os.unlink(self.config)
         return self.proc.returncode
 
 

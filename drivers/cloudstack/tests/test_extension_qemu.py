@@ -2,9 +2,14 @@
 fixture (tests/integration/libvirtd_fixture.sh, CTest fixture `libvirtd`) runs the daemon; this
 test starts hvagentd on qemu:///system and drives one guest through CloudStack payloads:
 create (NICs on the VLAN's bridge and the untagged bridge, root disk file), status, statuses,
-stop, start, reboot, delete, checked with virsh. Root only. ctest -L integration"""
+stop, start, reboot, delete, checked with virsh. And `delete` removes only what the VM created:
+with its root disk on the agent's partition pool (a loop device, wipe = zero) and a data volume
+an operator attached, delete wipes and removes the root volume and leaves the data volume free
+with the same bytes. Root only. ctest -L integration"""
 
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -54,7 +59,13 @@ class QemuRoundTripTest(unittest.TestCase):
             ip("link", "set", br, "up")
         cls.workdir = tempfile.mkdtemp(prefix="hvit-cs-")
         os.chmod(cls.workdir, 0o755)
-        cls.agent = Agent(URI, image_dirs=[cls.workdir])
+        cls.image = os.path.join(cls.workdir, "pool.img")
+        with open(cls.image, "wb") as f:
+            f.truncate(256 << 20)
+        cls.loop = subprocess.run(["losetup", "--find", "--show", "--partscan", cls.image], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        cls.agent = Agent(URI, f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{cls.loop}"\n'
+                               'wipe = "zero"\n', image_dirs=[cls.workdir])
         cls.ext = Extension(cls.agent.grpc_port)
 
     @classmethod
@@ -65,6 +76,7 @@ class QemuRoundTripTest(unittest.TestCase):
         finally:
             for br in (BRIDGE_VLAN, BRIDGE_UNTAGGED):
                 ip("link", "del", br, check=False)
+            subprocess.run(["losetup", "-d", cls.loop], capture_output=True)
             shutil.rmtree(cls.workdir, ignore_errors=True)
             cls.lock.close()
 
@@ -121,6 +133,59 @@ class QemuRoundTripTest(unittest.TestCase):
         self.run_ok("delete", "delete.json")
         self.assertNotIn(self.name, virsh("list", "--all", "--name").split())
         self.assertIn("not present", self.run_ok("delete", "delete.json")["message"])
+
+    def volume(self, name):
+        return self.agent.rest("GET", f"/v1/pools/disk1/volumes/{name}")
+
+    def test_delete_removes_only_what_the_vm_created(self):
+        # GPT partition names hold volume and domain name in 27 characters: "<vm>-root" + "<vm>".
+        self.name = f"hvit{uuid.uuid4().hex[:7]}"
+        root = self.name + "-root"
+        status, data = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "csdata", "size_bytes": str(8 << 20)})
+        self.assertEqual(status, 201, data)
+        payload = os.urandom(8 << 20)
+        with open(data["path"], "r+b") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+        def on_pool(doc):
+            self.edit(doc)
+            vm = doc["externaldetails"].get("virtualmachine")
+            if vm is not None:
+                vm.pop("disk_path", None)
+                vm.update(storage_pool="disk1", root_disk_size_bytes=str(16 << 20))
+
+        code, out = self.ext.run("create", "create.json", wait="120", edit=on_pool)
+        self.assertEqual((code, out.get("status")), (0, "success"), f"{out}\n{self.agent.log_text()[-4000:]}")
+        status, rootvol = self.volume(root)
+        self.assertEqual((status, rootvol["attached_to"], rootvol["ownership"]),
+                         (200, self.name, "VOLUME_OWNERSHIP_OWNED"), rootvol)
+        with open(rootvol["path"], "r+b") as f:
+            f.write(b"root disk of " + self.name.encode())
+        table = json.loads(subprocess.run(["sfdisk", "--json", self.loop], check=True, capture_output=True,
+                                          text=True).stdout)["partitiontable"]
+        start = next(p["start"] * 512 for p in table["partitions"] if p.get("name", "").startswith(f"hvagent:{root}="))
+        # An operator attaches a data volume to the running guest (hot-plug).
+        status, attached = self.agent.rest("POST", "/v1/pools/disk1/volumes/csdata:attach", {"domain": self.name})
+        self.assertEqual((status, attached["ownership"]), (200, "VOLUME_OWNERSHIP_BORROWED"), attached)
+        self.assertIn(data["path"], virsh("dumpxml", self.name))
+
+        self.run_ok("delete", "delete.json")  # delete_volumes defaults to true
+        self.assertNotIn(self.name, virsh("list", "--all", "--name").split())
+        deadline = time.time() + 60
+        while self.volume(root)[0] != 404:
+            self.assertLess(time.time(), deadline, "root volume still there")
+            time.sleep(0.1)
+        with open(self.image, "rb") as f:
+            f.seek(start)
+            self.assertEqual(bytes(1 << 20), f.read(1 << 20), "the root volume was not wiped")
+        status, kept = self.volume("csdata")
+        self.assertEqual((status, kept["attached_to"], kept["ownership"], kept["state"]),
+                         (200, "", "VOLUME_OWNERSHIP_UNSPECIFIED", "VOLUME_STATE_AVAILABLE"), kept)
+        with open(kept["path"], "rb") as f:
+            self.assertEqual(hashlib.sha256(payload).hexdigest(), hashlib.sha256(f.read(len(payload))).hexdigest())
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/csdata")[0], 202)
 
 
 if __name__ == "__main__":

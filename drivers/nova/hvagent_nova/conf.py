@@ -32,6 +32,17 @@ OPTS = [
                  help="Seconds a STOPPED lifecycle event from the agent is held back before "
                       "it reaches Nova; dropped when another event for the instance follows "
                       "(a reboot on Xen is a destroy and a re-create). 0: no delay."),
+    cfg.IntOpt("device_detach_attempts", default=8, min=1,
+               help="Attempts to detach a volume whose device the guest has not released (as "
+                    "[libvirt] device_detach_attempts): each attempt is one DetachVolume call, in "
+                    "which the agent asks the guest to release the device and waits as libvirt "
+                    "does; when the agent answers that the guest still holds it, the driver tries "
+                    "again, and after the last attempt raises DeviceDetachFailed. A volume that is "
+                    "not attached counts as detached."),
+    cfg.IntOpt("device_detach_timeout", default=20, min=1,
+               help="Seconds each detach attempt lasts at least before the next one is triggered "
+                    "(as [libvirt] device_detach_timeout): time for a guest that is slow to release "
+                    "the device."),
     cfg.StrOpt("disk_prefix",
                help="Disk target prefix ('vd', 'xvd', 'sd'). Default: 'xvd' on Xen hosts, "
                     "'vd' elsewhere."),

@@ -6,9 +6,12 @@ UUID, so list_instances() and list_instance_uuids() agree. Domains whose names d
 neither listed nor touched.
 
 Local disks (root, ephemeral, swap) are volumes of ``[hvagent] storage_pool``, created with the
-domain in one CreateDomain call (the agent undoes everything when a step fails) and deleted with
-it (DeleteDomain delete_volumes). Volumes are named ``<instance uuid>-root`` / ``-eph<N>`` /
-``-swap`` (shorter on partition pools: see _volume_name).
+domain in one CreateDomain call (the agent undoes everything when a step fails), so the domain
+owns them and they are deleted with it (DeleteDomain delete_volumes). Volumes are named
+``<instance uuid>-root`` / ``-eph<N>`` / ``-swap`` (shorter on partition pools: see
+_volume_name). Nova's volumes (connection_info type ``hvagent``) are borrowed: destroy and cleanup
+detach them first and raise when that fails, and the agent itself never deletes a borrowed
+volume with a domain, so a data volume survives every path that removes an instance.
 
 Lifecycle events: while Nova listens (register_event_listener), the agent's EventService.Watch
 stream is followed and turned into nova.virt.event.LifecycleEvent (events.py).
@@ -18,7 +21,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
+import grpc
 from grpc import experimental as grpc_experimental
 import os_resource_classes as orc
 import os_traits
@@ -478,6 +483,8 @@ class HvagentDriver(driver.ComputeDriver):
         return data
 
     def _delete(self, instance, destroy_disks=True):
+        """DeleteDomain: with destroy_disks the agent deletes the volumes the domain owns (its
+        local disks) and releases the borrowed ones; it never deletes a borrowed volume."""
         try:
             self.agent.call(self.agent.domains.DeleteDomain, DS.DeleteDomainRequest(
                 name=instance.name, force=True, delete_volumes=destroy_disks), instance)
@@ -485,21 +492,44 @@ class HvagentDriver(driver.ComputeDriver):
             pass
         shutil.rmtree(self._instance_dir(instance), ignore_errors=True)
 
-    def destroy(self, context, instance, network_info, block_device_info=None,
-                destroy_disks=True, destroy_secrets=True):
-        # Attached Cinder-style volumes are detached first so that delete_volumes only takes
-        # the instance's own local disks.
+    def _agent_volumes(self, instance, block_device_info):
+        """connection_info['data'] of the instance's agent volumes; other types (which attach
+        refuses) are not the agent's to detach."""
+        out = []
         for bdm in driver.block_device_info_get_mapping(block_device_info):
             try:
-                self._detach(bdm.get("connection_info"))
-            except (exception.NotFound, exception.VolumeDriverNotFound, exception.Invalid):
-                pass
+                out.append(self._agent_volume(bdm.get("connection_info")))
+            except exception.VolumeDriverNotFound:
+                LOG.debug("volume %s is not an hvagent volume: nothing to detach",
+                          bdm.get("mount_device"), instance=instance)
+        return out
+
+    def _teardown(self, instance, block_device_info, destroy_disks):
+        """destroy and cleanup: power the guest off (so that detaching needs no guest), detach
+        every agent volume Nova attached (a failure is raised, the domain then stays), then
+        delete the domain."""
+        volumes = self._agent_volumes(instance, block_device_info)
+        if volumes:
+            try:
+                if self._get_domain(instance).state not in (DS.DOMAIN_STATE_SHUTOFF,
+                                                            DS.DOMAIN_STATE_CRASHED):
+                    self._act(self.agent.domains.DestroyDomain, instance)
+            except exception.InstanceNotFound:
+                pass  # the agent still releases volumes recorded for a vanished domain
+            for data in volumes:
+                self._detach(instance, data)
         self._delete(instance, destroy_disks)
+
+    def destroy(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        self._teardown(instance, block_device_info, destroy_disks)
 
     def cleanup(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, migrate_data=None, destroy_vifs=True,
                 destroy_secrets=True):
-        self._delete(instance, destroy_disks)
+        # A failed spawn, a migration's rollback, an evacuated instance: Nova's volumes may
+        # still be attached, and they are detached exactly as on destroy.
+        self._teardown(instance, block_device_info, destroy_disks)
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):
@@ -594,16 +624,57 @@ class HvagentDriver(driver.ComputeDriver):
             pool=data["pool"], name=data["name"], domain=instance.name, target=target,
             readonly=(connection_info.get("data", {}).get("access_mode") == "ro")))
 
-    def _detach(self, connection_info):
-        data = self._agent_volume(connection_info)
-        self.agent.call(self.agent.storage.DetachVolume, storage_pb2.DetachVolumeRequest(
-            pool=data["pool"], name=data["name"]))
+    def _detach_once(self, data):
+        """One DetachVolume: None once the volume is detached (NOT_FOUND: it was not attached,
+        or does not exist), else the agent's reason why the guest still holds the device
+        (ABORTED). Other errors are raised as Nova exceptions."""
+        try:
+            self.agent.storage.DetachVolume(storage_pb2.DetachVolumeRequest(
+                pool=data["pool"], name=data["name"]), timeout=self.agent.timeout)
+            return None
+        except grpc.RpcError as e:
+            code = client.code_of(e)
+            if code == grpc.StatusCode.NOT_FOUND:
+                return None
+            if code == grpc.StatusCode.ABORTED:
+                return e.details() or code.name
+            raise client.to_nova(e, self.agent.address) from None
+
+    def _detach(self, instance, data):
+        """Detaches an agent volume from this instance, retrying like Nova's libvirt driver
+        while the guest keeps the device ([hvagent] device_detach_attempts, each attempt lasting
+        at least device_detach_timeout seconds); then raises DeviceDetachFailed. A volume that
+        is not attached to this instance (free, gone, or another instance's) is left alone."""
+        device = "%s/%s" % (data["pool"], data["name"])
+        try:
+            vol = self.agent.call(self.agent.storage.GetVolume, storage_pb2.VolumeRef(
+                pool=data["pool"], name=data["name"]))
+        except exception.NotFound:
+            return
+        if vol.attached_to != instance.name:
+            if vol.attached_to:
+                LOG.warning("volume %s is attached to %s, not to this instance: left alone",
+                            device, vol.attached_to, instance=instance)
+            return
+        attempts = CONF.hvagent.device_detach_attempts
+        for attempt in range(1, attempts + 1):
+            started = time.monotonic()
+            reason = self._detach_once(data)
+            if reason is None:
+                LOG.info("detached volume %s", device, instance=instance)
+                return
+            LOG.warning("(%d/%d) the guest has not released volume %s: %s", attempt, attempts,
+                        device, reason, instance=instance)
+            if attempt < attempts:
+                time.sleep(max(0.0, CONF.hvagent.device_detach_timeout
+                               - (time.monotonic() - started)))
+        raise exception.DeviceDetachFailed(
+            device=device, reason="the guest still holds it after %d attempts: %s"
+            % (attempts, reason))
 
     def detach_volume(self, context, connection_info, instance, mountpoint,
                       encryption=None):
-        try:
-            self._detach(connection_info)
-        except exception.Invalid:
-            # FAILED_PRECONDITION: not attached (any more); detach is idempotent for nova.
-            LOG.info("volume already detached", instance=instance)
+        """A volume that is not attached (any more) is detached; a guest that does not release
+        the device raises DeviceDetachFailed after the retries, and the volume stays attached."""
+        self._detach(instance, self._agent_volume(connection_info))
 

@@ -3,6 +3,7 @@ on the agent, error mapping, placement inventory, configuration errors."""
 
 import time
 import unittest
+import unittest.mock
 
 import grpc
 import os_resource_classes as orc
@@ -212,6 +213,125 @@ class DriverTestCase(test.TestCase):
                    group="hvagent")
         drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
         self.assertRaises(exception.HypervisorUnavailable, drv.init_host, "h")
+
+
+class RpcError(grpc.RpcError):
+    def __init__(self, code, details="why"):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class FakeAgent(object):
+    """The driver's view of the agent for detach: GetVolume answers `attached_to`, each
+    DetachVolume takes the next of `answers` (an RpcError to raise, or None for success), and
+    every other call is recorded."""
+
+    timeout = 5
+    address = "agent:1"
+
+    def __init__(self, attached_to, answers):
+        self.attached_to = attached_to
+        self.answers = list(answers)
+        self.calls = []
+        stub = lambda name: (lambda request, timeout=None: self._call(name, request))
+        self.storage = type("S", (), {"GetVolume": staticmethod(stub("GetVolume")),
+                                      "DetachVolume": staticmethod(stub("DetachVolume"))})
+        self.domains = type("D", (), {n: staticmethod(stub(n)) for n in
+                                      ("GetDomain", "DestroyDomain", "DeleteDomain")})
+
+    def _call(self, name, request):
+        self.calls.append(name)
+        if name == "GetVolume":
+            return storage_pb2.Volume(pool=request.pool, name=request.name, attached_to=self.attached_to)
+        if name == "GetDomain":
+            return domain_pb2.Domain(name=request.name, state=domain_pb2.DOMAIN_STATE_RUNNING)
+        if name == "DetachVolume":
+            answer = self.answers.pop(0)
+            if answer is not None:
+                raise answer
+        return None
+
+    def call(self, method, request, instance=None, extra_timeout=0):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise client.to_nova(e, self.address, instance) from None
+
+
+class DetachTestCase(test.NoDBTestCase):
+    """Detach tells the truth: what the driver does with each answer of DetachVolume, against
+    a scripted agent (libvirt's test driver cannot attach, so tests/integration and
+    test_volume_safety cover the real thing)."""
+
+    INFO = {"driver_volume_type": "hvagent", "data": {"pool": "p", "name": "vol1"}}
+
+    def setUp(self):
+        super().setUp()
+        self.flags(device_detach_attempts=3, device_detach_timeout=7, group="hvagent")
+        self.drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        self.inst = type("I", (), {"name": "instance-1", "uuid": "u-1"})()
+        self.sleeps = []
+        sleep = unittest.mock.patch.object(hv_driver.time, "sleep", side_effect=self.sleeps.append)
+        sleep.start()
+        self.addCleanup(sleep.stop)
+
+    def agent(self, attached_to, answers):
+        self.drv._agent = FakeAgent(attached_to, answers)
+        return self.drv._agent
+
+    def detach(self):
+        self.drv.detach_volume(None, self.INFO, self.inst, "/dev/vdb")
+
+    def test_a_guest_that_lets_go_on_the_third_attempt(self):
+        busy = RpcError(grpc.StatusCode.ABORTED, "the guest did not release disk vdb")
+        a = self.agent("instance-1", [busy, busy, None])
+        self.detach()
+        self.assertEqual(["GetVolume"] + ["DetachVolume"] * 3, a.calls)
+        self.assertEqual(2, len(self.sleeps))
+        self.assertTrue(all(6 < t <= 7 for t in self.sleeps), self.sleeps)  # the rest of each attempt
+
+    def test_a_guest_that_never_lets_go_fails_the_detach(self):
+        busy = RpcError(grpc.StatusCode.ABORTED, "the guest did not release disk vdb")
+        a = self.agent("instance-1", [busy] * 3)
+        e = self.assertRaises(exception.DeviceDetachFailed, self.detach)
+        self.assertIn("p/vol1", str(e))
+        self.assertIn("did not release disk vdb", str(e))
+        self.assertEqual(3, a.calls.count("DetachVolume"))
+
+    def test_not_attached_is_done(self):
+        a = self.agent("instance-1", [RpcError(grpc.StatusCode.NOT_FOUND, "not attached to any domain")])
+        self.detach()
+        self.assertEqual(["GetVolume", "DetachVolume"], a.calls)
+        a = self.agent("", [])
+        self.detach()
+        self.assertEqual(["GetVolume"], a.calls)
+
+    def test_another_instances_volume_is_left_alone(self):
+        a = self.agent("instance-2", [])
+        self.detach()
+        self.assertEqual(["GetVolume"], a.calls)
+
+    def test_other_errors_are_raised_not_taken_for_detached(self):
+        for code, cls in ((grpc.StatusCode.FAILED_PRECONDITION, exception.Invalid),
+                          (grpc.StatusCode.UNAVAILABLE, exception.HypervisorUnavailable)):
+            a = self.agent("instance-1", [RpcError(code)])
+            self.assertRaises(cls, self.detach)
+            self.assertEqual(1, a.calls.count("DetachVolume"), code)
+
+    def test_destroy_and_cleanup_never_delete_after_a_failed_detach(self):
+        bdi = {"block_device_mapping": [{"connection_info": self.INFO, "mount_device": "/dev/vdb"}]}
+        busy = RpcError(grpc.StatusCode.ABORTED, "the guest did not release disk vdb")
+        for teardown in (lambda: self.drv.destroy(None, self.inst, [], block_device_info=bdi),
+                         lambda: self.drv.cleanup(None, self.inst, [], block_device_info=bdi)):
+            a = self.agent("instance-1", [busy] * 3)
+            self.assertRaises(exception.DeviceDetachFailed, teardown)
+            self.assertEqual(["GetDomain", "DestroyDomain", "GetVolume"] + ["DetachVolume"] * 3, a.calls)
+            self.assertNotIn("DeleteDomain", a.calls)
 
 
 class ErrorMappingTestCase(unittest.TestCase):

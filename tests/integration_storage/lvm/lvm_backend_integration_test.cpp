@@ -227,15 +227,15 @@ TEST_F(LvmIntegrationTest, CreateListResizeTagDeleteAgainstRealMetadata) {
   EXPECT_EQ(backend_->ResizeVolume("disk-1.a_b", 8 * kMiB).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Lvs()["disk-1.a_b"].size, 20 * kMiB);
 
-  ASSERT_TRUE(backend_->SetAttachment("disk-1.a_b", "dom-1").ok());
+  ASSERT_TRUE(backend_->SetAttachment("disk-1.a_b", "dom-1", Ownership::kBorrowed).ok());
   EXPECT_EQ(Lvs()["disk-1.a_b"].tags, "hvagent,hvagent_vm_dom-1");
   auto got = backend_->GetVolume("disk-1.a_b");
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->attached_to, "dom-1");
-  EXPECT_EQ(backend_->SetAttachment("disk-1.a_b", "dom-2").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend_->SetAttachment("disk-1.a_b", "dom-2", Ownership::kBorrowed).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(backend_->DeleteVolume("disk-1.a_b", nullptr).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Lvs().count("disk-1.a_b"), 1u);
-  ASSERT_TRUE(backend_->SetAttachment("disk-1.a_b", "").ok());
+  ASSERT_TRUE(backend_->SetAttachment("disk-1.a_b", "", Ownership::kNone).ok());
   EXPECT_EQ(Lvs()["disk-1.a_b"].tags, "hvagent");
 
   ASSERT_TRUE(backend_->DeleteVolume("disk-1.a_b", nullptr).ok());
@@ -288,7 +288,7 @@ TEST_F(LvmIntegrationTest, UntaggedLvIsInvisibleAndUntouchable) {
   EXPECT_EQ(backend_->GetPool()->volume_count, 0u);
   EXPECT_EQ(backend_->GetVolume("manual").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(backend_->ResizeVolume("manual", 16 * kMiB).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(backend_->SetAttachment("manual", "dom1").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(backend_->SetAttachment("manual", "dom1", Ownership::kBorrowed).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(backend_->DeleteVolume("manual", nullptr).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(backend_->CreateVolume({.name = "manual", .size_bytes = kMiB}).status().code(),
             absl::StatusCode::kAlreadyExists);
@@ -341,8 +341,8 @@ TEST_F(LvmIntegrationTest, InvocationCountsColdAndWarm) {
   measure("list cold", [&] { return b.ListVolumes().ok(); });
   measure("list warm", [&] { return b.ListVolumes().ok(); });
   measure("create warm", [&] { return b.CreateVolume({.name = "c2", .size_bytes = 4 * kMiB}).ok(); });
-  measure("attach cold", [&] { return b.SetAttachment("c2", "dom1").ok(); });
-  measure("detach cold", [&] { return b.SetAttachment("c2", "").ok(); });
+  measure("attach cold", [&] { return b.SetAttachment("c2", "dom1", Ownership::kBorrowed).ok(); });
+  measure("detach cold", [&] { return b.SetAttachment("c2", "", Ownership::kNone).ok(); });
   measure("resize cold", [&] { return b.ResizeVolume("c2", 8 * kMiB).ok(); });
   measure("delete cold", [&] { return b.DeleteVolume("c1", nullptr).ok(); });
   ASSERT_TRUE(b.GetPool().ok());

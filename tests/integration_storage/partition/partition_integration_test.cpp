@@ -239,7 +239,7 @@ TEST_F(PartitionIntegration, PoolFullCreatesNothing) {
 TEST_F(PartitionIntegration, AttachResizeAndDeleteRules) {
   ASSERT_TRUE(backend_->Prepare().ok());
   ASSERT_TRUE(backend_->CreateVolume({"disk0", 8 * MiB}).ok());
-  ASSERT_TRUE(backend_->SetAttachment("disk0", "instance-0000001a").ok());
+  ASSERT_TRUE(backend_->SetAttachment("disk0", "instance-0000001a", Ownership::kBorrowed).ok());
   auto v = backend_->GetVolume("disk0");
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->attached_to, "instance-0000001a");
@@ -254,7 +254,7 @@ TEST_F(PartitionIntegration, AttachResizeAndDeleteRules) {
   ASSERT_TRUE(backend_->CreateVolume({"next", MiB}).ok());
   EXPECT_EQ(backend_->ResizeVolume("disk0", 13 * MiB).status().code(), absl::StatusCode::kResourceExhausted);
 
-  ASSERT_TRUE(backend_->SetAttachment("disk0", "").ok());
+  ASSERT_TRUE(backend_->SetAttachment("disk0", "", Ownership::kNone).ok());
   EXPECT_TRUE(backend_->DeleteVolume("disk0", nullptr).ok());
 }
 

@@ -218,7 +218,13 @@ TEST_F(LibvirtHypervisorTest, DisksAreReadBackAndAttachChecksComeFirst) {
   EXPECT_EQ(hv_.AttachDisk(name, hostile).code(), absl::StatusCode::kInvalidArgument);
   DiskSpec fine{"/dev/hvit_vg/more", DiskType::kBlock, "vdc", "", false, ""};
   EXPECT_EQ(hv_.AttachDisk(name, fine).code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(hv_.DetachDisk(name, "vdz").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.DetachDisk(name, {"/dev/hvit_vg/data", DiskType::kBlock, "vdz", "", false, ""}).code(),
+            absl::StatusCode::kNotFound);
+  // A disk is named by target and source together: the right target with another source is not it.
+  EXPECT_EQ(hv_.DetachDisk(name, {"/dev/hvit_vg/other", DiskType::kBlock, "vdb", "", false, ""}).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.DetachDisk(name, {"/dev/hvit_vg/data", DiskType::kBlock, "vdb", "", true, ""}).code(),
+            absl::StatusCode::kUnimplemented);  // the test driver has no device detach either
   EXPECT_EQ(hv_.GetDomainDisks(name)->size(), 2u);
   ASSERT_TRUE(hv_.UndefineDomain(name).ok());
 }

@@ -63,7 +63,9 @@ TEST_F(DomainVolumesTest, NewAndExistingVolumesBecomeBlockDisksRecordedAsAttache
   EXPECT_EQ((*disks)[1].source_path, "/dev/fake/data");
   EXPECT_EQ(Volumes("vg0")[0].attached_to, "web1");
   EXPECT_EQ(Volumes("vg0")[0].size_bytes, 128u << 20);
+  EXPECT_EQ(Volumes("vg0")[0].ownership, storage::Ownership::kOwned) << "created with the domain";
   EXPECT_EQ(Volumes("disk1")[0].attached_to, "web1");
+  EXPECT_EQ(Volumes("disk1")[0].ownership, storage::Ownership::kBorrowed) << "it existed before";
 }
 
 TEST_F(DomainVolumesTest, PoolFullUndoesTheVolumesAlreadyMade) {
@@ -72,8 +74,8 @@ TEST_F(DomainVolumesTest, PoolFullUndoesTheVolumesAlreadyMade) {
   EXPECT_THAT(std::string(d.status().message()), HasSubstr("spec.disks[1].volume"));
   storage_->WaitForDeletes();
   EXPECT_THAT(Volumes("vg0"), IsEmpty());  // root was created, then deleted again
-  EXPECT_THAT(pools_["vg0"]->calls, ElementsAre("create root", "attach-tag root web1", "create big", "attach-tag root ",
-                                                "delete root"));
+  EXPECT_THAT(pools_["vg0"]->calls, ElementsAre("create root", "attach-tag root web1 owned", "create big",
+                                                "attach-tag root ", "delete root"));
   EXPECT_THAT(hv_.calls, IsEmpty());
 }
 
@@ -157,6 +159,40 @@ TEST_F(DomainVolumesTest, DeleteReleasesOrDeletesTheDomainsVolumes) {
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].name, "root1");
   EXPECT_EQ(left[0].attached_to, "");
+}
+
+// The rule of issue 22: a volume the domain did not create is never deleted with it.
+TEST_F(DomainVolumesTest, DeleteWithVolumesDeletesOwnedAndOnlyReleasesBorrowed) {
+  ASSERT_TRUE(storage_->CreateVolume("disk1", {"data", 64 << 20}).ok());
+  ASSERT_TRUE(storage_->CreateVolume("disk1", {"extra", 64 << 20}).ok());
+  ASSERT_TRUE(domains_->Create(Spec("web1", 2), true, {{0, {"vg0", "root", 64 << 20}}, {1, {"disk1", "data", 0}}}).ok());
+  auto attached = storage_->AttachVolume("disk1", "extra", "web1", "", false);
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  EXPECT_EQ(attached->volume.ownership, storage::Ownership::kBorrowed);
+
+  ASSERT_TRUE(domains_->Delete("web1", /*force=*/true, /*delete_volumes=*/true).ok());
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Volumes("vg0"), IsEmpty());  // root: created with the domain, deleted with it
+  auto left = Volumes("disk1");
+  ASSERT_EQ(left.size(), 2u);
+  for (const auto& v : left) {
+    EXPECT_EQ(v.attached_to, "") << v.name;
+    EXPECT_EQ(v.ownership, storage::Ownership::kNone) << v.name;
+    EXPECT_EQ(v.size_bytes, 64u << 20) << v.name;
+  }
+  EXPECT_THAT(pools_["disk1"]->calls, ::testing::Not(::testing::Contains(::testing::StartsWith("delete"))));
+}
+
+TEST_F(DomainVolumesTest, ReleasedOwnershipKeepsARootDiskThroughADeleteWithVolumes) {
+  ASSERT_TRUE(domains_->Create(Spec("web1", 1), false, {{0, {"vg0", "root", 64 << 20}}}).ok());
+  auto v = storage_->ReleaseOwnership("vg0", "root");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->volume.ownership, storage::Ownership::kBorrowed);
+  EXPECT_EQ(v->volume.attached_to, "web1");
+  ASSERT_TRUE(domains_->Delete("web1", false, /*delete_volumes=*/true).ok());
+  storage_->WaitForDeletes();
+  ASSERT_EQ(Volumes("vg0").size(), 1u);
+  EXPECT_EQ(Volumes("vg0")[0].attached_to, "");
 }
 
 TEST_F(DomainVolumesTest, WithoutStorageVolumeDisksAreRefused) {

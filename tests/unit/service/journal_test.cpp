@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -35,16 +36,23 @@ std::string Slurp(const std::string& path) {
 }
 
 internal::JournalStep Step(const std::string& name, const std::string& pool = "", const std::string& volume = "",
-                           bool created = false) {
+                           bool created = false, bool owned = false) {
   internal::JournalStep s;
   s.set_name(name);
   if (!pool.empty()) {
     s.mutable_volume()->set_pool(pool);
     s.mutable_volume()->set_name(volume);
     s.mutable_volume()->set_created(created);
+    s.mutable_volume()->set_owned(owned);
   }
   return s;
 }
+
+// A volume a delete listed when it began, as its record showed it.
+struct Listed {
+  std::string name;
+  bool owned = false;
+};
 
 TEST(RecordFileTest, AppendsDurablyAndSkipsATornLastLine) {
   const std::string path = TempPath("records");
@@ -167,7 +175,7 @@ class RecoveryTest : public ::testing::Test {
   // Begins an operation in the "crashed" agent's journal and journals `steps`.
   uint64_t Crashed(const std::string& kind, const std::string& domain, const std::string& uuid, bool start,
                    const std::vector<internal::JournalStep>& steps, bool delete_volumes = false,
-                   const std::vector<std::string>& volumes = {}) {
+                   const std::vector<Listed>& volumes = {}) {
     internal::JournalBegin b;
     b.set_kind(kind);
     b.set_domain(domain);
@@ -177,7 +185,8 @@ class RecoveryTest : public ::testing::Test {
     for (const auto& v : volumes) {
       auto* jv = b.add_volumes();
       jv->set_pool("vg0");
-      jv->set_name(v);
+      jv->set_name(v.name);
+      jv->set_owned(v.owned);
     }
     uint64_t op = *crashed_->Begin(b);
     for (const auto& s : steps) EXPECT_TRUE(crashed_->Step(op, s).ok());
@@ -201,6 +210,7 @@ class RecoveryTest : public ::testing::Test {
     auto list = storage_->ListVolumes("vg0");
     if (!list.ok()) return {list.status().ToString()};
     for (const auto& v : list.value()) out.push_back(v.volume.name + "@" + v.volume.attached_to);
+    std::sort(out.begin(), out.end());
     return out;
   }
 
@@ -270,9 +280,10 @@ TEST_F(RecoveryTest, DeleteKilledAfterUndefineFinishesTheVolumes) {
   ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
   ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-data", 64 << 20}, "web1").ok());
   // The crashed delete undefined the domain and released (but did not remove) the first volume.
-  ASSERT_TRUE(storage_->ReleaseVolume("vg0", "web1-data", false).ok());
-  Crashed("delete", "web1", kUuid, false, {Step("undefine"), Step("release-volume", "vg0", "web1-data")},
-          /*delete_volumes=*/true, {"web1-data", "web1-root"});
+  ASSERT_TRUE(storage_->ReleaseVolume("vg0", "web1-data", "web1", false).ok());
+  Crashed("delete", "web1", kUuid, false,
+          {Step("undefine"), Step("release-volume", "vg0", "web1-data", false, /*owned=*/true)},
+          /*delete_volumes=*/true, {{"web1-data", true}, {"web1-root", true}});
   auto r = Restart();
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].outcome, "completed");
@@ -283,12 +294,68 @@ TEST_F(RecoveryTest, DeleteKilledBeforeAnyStepIsCarriedThrough) {
   ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
   Define("web1", kUuid, "web1-root");
   ASSERT_TRUE(hv_.StartDomain("web1").ok());
-  Crashed("delete", "web1", kUuid, false, {}, /*delete_volumes=*/false, {"web1-root"});
+  Crashed("delete", "web1", kUuid, false, {}, /*delete_volumes=*/false, {{"web1-root", true}});
   auto r = Restart();
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].outcome, "completed");
   EXPECT_FALSE(hv_.GetDomain("web1").ok());
   EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));  // kept, as the request asked
+}
+
+// A delete with delete_volumes killed after undefine: the owned root goes, the borrowed data
+// volume (attached, or already released) is kept, free.
+TEST_F(RecoveryTest, DeleteKilledAfterUndefineDeletesOwnedAndKeepsBorrowedVolumes) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"data", 32 << 20}).ok());
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "data", 0}, "web1").ok());
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"data2", 32 << 20}).ok());
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "data2", 0}, "web1").ok());
+  ASSERT_TRUE(storage_->ReleaseVolume("vg0", "data2", "web1", /*delete_if_owned=*/true).ok());  // released: kept
+  Crashed("delete", "web1", kUuid, false, {Step("undefine"), Step("release-volume", "vg0", "data2")},
+          /*delete_volumes=*/true, {{"data", false}, {"data2", false}, {"web1-root", true}});
+  auto r = Restart();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].outcome, "completed");
+  EXPECT_THAT(VolumeNames(), ElementsAre("data2@", "data@"));
+}
+
+// A journal written before ownership existed says nothing is owned: recovery deletes nothing,
+// even a volume its record shows as owned.
+TEST_F(RecoveryTest, DeleteFromAJournalWithoutOwnershipDeletesNoVolume) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  Crashed("delete", "web1", kUuid, false, {Step("undefine")}, /*delete_volumes=*/true, {{"web1-root", false}});
+  auto r = Restart();
+  ASSERT_EQ(r[0].outcome, "completed");
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));
+}
+
+// The journal says owned, but the volume is free and this delete never released it (an operator
+// detached it before the crash): it is not this delete's to remove.
+TEST_F(RecoveryTest, DeleteLeavesAFreeVolumeItNeverReleased) {
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"web1-root", 64 << 20}).ok());
+  Crashed("delete", "web1", kUuid, false, {Step("undefine")}, /*delete_volumes=*/true, {{"web1-root", true}});
+  Restart();
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));
+}
+
+// The journal says owned, but by now the volume's own record says borrowed (ownership was
+// released while the delete ran): the record wins, the volume is kept.
+TEST_F(RecoveryTest, DeleteKeepsAVolumeWhoseRecordSaysBorrowed) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  ASSERT_TRUE(storage_->ReleaseOwnership("vg0", "web1-root").ok());
+  Crashed("delete", "web1", kUuid, false, {Step("undefine")}, /*delete_volumes=*/true, {{"web1-root", true}});
+  Restart();
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@"));
+}
+
+// A domain of the same name but another uuid now has the volume: not the crashed delete's.
+TEST_F(RecoveryTest, DeleteLeavesTheVolumesOfAnotherDomainOfTheSameName) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "web1-root", 64 << 20}, "web1").ok());
+  Define("web1", "11111111-2222-4333-8444-555555555555", "web1-root");
+  Crashed("delete", "web1", kUuid, false, {Step("undefine")}, /*delete_volumes=*/true, {{"web1-root", true}});
+  Restart();
+  EXPECT_TRUE(hv_.GetDomain("web1").ok());
+  EXPECT_THAT(VolumeNames(), ElementsAre("web1-root@web1"));
 }
 
 // The hypervisor goes away between define and start: the start fails, and so does the undo.

@@ -116,5 +116,62 @@ TEST_F(StorageServiceTest, DetachOfVolumeWhoseDomainVanishedReleasesIt) {
   EXPECT_TRUE(v->volume.attached_to.empty());
 }
 
+TEST_F(StorageServiceTest, DetachOfAVolumeThatIsNotAttachedIsNotFound) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  auto v = svc_->DetachVolume("vg0", "data");
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("not attached to any domain"));
+  EXPECT_EQ(svc_->DetachVolume("vg0", "ghost").status().code(), absl::StatusCode::kNotFound);
+}
+
+// The guest keeps the device: the detach says so (the hypervisor's reason included) and the
+// volume stays attached, so nothing may take it for free.
+TEST_F(StorageServiceTest, DetachTheGuestRefusesIsAbortedAndTheVolumeStaysAttached) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
+  hv_.fail_detach = absl::AbortedError("domain 'web1': the guest did not release disk xvdb: device_del timed out");
+  auto v = svc_->DetachVolume("vg0", "data");
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("still attached to domain 'web1'"));
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("device_del timed out"));
+  auto now = svc_->GetVolume("vg0", "data");
+  EXPECT_EQ(now->state, VolumeState::kAttached);
+  EXPECT_EQ(now->volume.ownership, storage::Ownership::kBorrowed);
+  EXPECT_EQ(svc_->DeleteVolume("vg0", "data").status().code(), absl::StatusCode::kFailedPrecondition);
+
+  hv_.fail_detach = absl::OkStatus();  // the guest lets go: the retry succeeds
+  auto retried = svc_->DetachVolume("vg0", "data");
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->state, VolumeState::kAvailable);
+  EXPECT_EQ(retried->volume.ownership, storage::Ownership::kNone);
+}
+
+TEST_F(StorageServiceTest, ReleaseOwnershipTurnsOwnedIntoBorrowedOnly) {
+  ASSERT_TRUE(svc_->ClaimVolume({"vg0", "root", 1 << 20}, "web1").ok());
+  EXPECT_EQ(svc_->GetVolume("vg0", "root")->volume.ownership, storage::Ownership::kOwned);
+  auto v = svc_->ReleaseOwnership("vg0", "root");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->volume.ownership, storage::Ownership::kBorrowed);
+  EXPECT_EQ(svc_->GetVolume("vg0", "root")->volume.ownership, storage::Ownership::kBorrowed);
+  EXPECT_TRUE(svc_->ReleaseOwnership("vg0", "root").ok());  // borrowed already: as it is
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"free", 1 << 20}).ok());
+  EXPECT_EQ(svc_->ReleaseOwnership("vg0", "free").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(svc_->ReleaseOwnership("vg0", "ghost").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StorageServiceTest, ReleaseDeletesOnlyWhatTheDomainOwnsAndTouchesNoOtherDomainsVolume) {
+  ASSERT_TRUE(svc_->ClaimVolume({"vg0", "root", 1 << 20}, "web1").ok());
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(svc_->ClaimVolume({"vg0", "data", 0}, "web1").ok());
+  ASSERT_TRUE(svc_->ClaimVolume({"vg0", "other", 1 << 20}, "web2").ok());
+  ASSERT_TRUE(svc_->ReleaseVolume("vg0", "data", "web1", /*delete_if_owned=*/true).ok());
+  ASSERT_TRUE(svc_->ReleaseVolume("vg0", "other", "web1", /*delete_if_owned=*/true).ok());
+  ASSERT_TRUE(svc_->ReleaseVolume("vg0", "root", "web1", /*delete_if_owned=*/true).ok());
+  svc_->WaitForDeletes();
+  EXPECT_EQ(svc_->GetVolume("vg0", "root").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(svc_->GetVolume("vg0", "data")->state, VolumeState::kAvailable) << "borrowed: released, kept";
+  EXPECT_EQ(svc_->GetVolume("vg0", "other")->volume.attached_to, "web2") << "another domain's: untouched";
+}
+
 }  // namespace
 }  // namespace hvagent::service

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -426,7 +428,7 @@ TEST_F(LvmBackendTest, HostileNamesAreRejectedBeforeAnyCommand) {
     EXPECT_EQ(b.GetVolume(name).status().code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_EQ(b.ResizeVolume(name, kMiB).status().code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_EQ(b.DeleteVolume(name, nullptr).code(), absl::StatusCode::kInvalidArgument) << name;
-    EXPECT_EQ(b.SetAttachment(name, "dom1").code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_EQ(b.SetAttachment(name, "dom1", Ownership::kBorrowed).code(), absl::StatusCode::kInvalidArgument) << name;
   }
   EXPECT_TRUE(runner_.calls().empty());
 }
@@ -461,7 +463,7 @@ TEST_F(LvmBackendTest, HugeSizeThatOverflowsAfterRoundingIsRejected) {
 TEST_F(LvmBackendTest, HostileDomainNamesAreRejectedBeforeAnyCommand) {
   LvmBackend& b = Backend();
   for (const std::string& domain : std::vector<std::string>{"../x", "a,b", "a b", "-x", "$(x)", "a;b", std::string(256, 'd')}) {
-    auto s = b.SetAttachment("a1", domain);
+    auto s = b.SetAttachment("a1", domain, Ownership::kBorrowed);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << domain;
     EXPECT_THAT(s.message(), HasSubstr("domain")) << domain;
   }
@@ -489,8 +491,8 @@ TEST_F(LvmBackendTest, UntaggedLvIsInvisibleAndUntouchable) {
     EXPECT_EQ(b.GetVolume(name).status().code(), absl::StatusCode::kNotFound) << name;
     EXPECT_EQ(b.ResizeVolume(name, 100 * kMiB).status().code(), absl::StatusCode::kNotFound) << name;
     EXPECT_EQ(b.DeleteVolume(name, nullptr).code(), absl::StatusCode::kNotFound) << name;
-    EXPECT_EQ(b.SetAttachment(name, "dom1").code(), absl::StatusCode::kNotFound) << name;
-    EXPECT_EQ(b.SetAttachment(name, "").code(), absl::StatusCode::kNotFound) << name;
+    EXPECT_EQ(b.SetAttachment(name, "dom1", Ownership::kBorrowed).code(), absl::StatusCode::kNotFound) << name;
+    EXPECT_EQ(b.SetAttachment(name, "", Ownership::kNone).code(), absl::StatusCode::kNotFound) << name;
   }
   EXPECT_EQ(Sub("fullreport"), Lvm());  // nothing but reports ran
 }
@@ -545,7 +547,7 @@ TEST_F(LvmBackendTest, LvextendFailureQuotesLvm) {
 TEST_F(LvmBackendTest, AttachAddsTheVmTagInOneLvchange) {
   ServeReports();
   runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Ok());
-  ASSERT_TRUE(Backend().SetAttachment("b2", "dom-2.x_y").ok());
+  ASSERT_TRUE(Backend().SetAttachment("b2", "dom-2.x_y", Ownership::kBorrowed).ok());
   EXPECT_THAT(runner_.calls(),
               ElementsAre(ReportArgv(), WithLvm("lvchange", {"--addtag", "hvagent_vm_dom-2.x_y", "vg0/b2"})));
 }
@@ -554,10 +556,10 @@ TEST_F(LvmBackendTest, DetachDeletesTheVmTag) {
   ServeReports();
   runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Ok());
   LvmBackend& b = Backend();
-  ASSERT_TRUE(b.SetAttachment("a1", "").ok());
+  ASSERT_TRUE(b.SetAttachment("a1", "", Ownership::kNone).ok());
   EXPECT_EQ(Last(), WithLvm("lvchange", {"--deltag", "hvagent_vm_dom1", "vg0/a1"}));
   EXPECT_EQ(Lvm(), 2);  // cold
-  ASSERT_TRUE(b.SetAttachment("b2", "").ok());  // nothing to clear: report only (cache dropped)
+  ASSERT_TRUE(b.SetAttachment("b2", "", Ownership::kNone).ok());  // nothing to clear: report only (cache dropped)
   EXPECT_EQ(Lvm(), 3);
   EXPECT_EQ(Sub("lvchange"), 1);
 }
@@ -565,18 +567,72 @@ TEST_F(LvmBackendTest, DetachDeletesTheVmTag) {
 TEST_F(LvmBackendTest, AttachToTheSameDomainIsANoOpAndToAnotherIsRefused) {
   ServeReports();
   LvmBackend& b = Backend();
-  EXPECT_TRUE(b.SetAttachment("a1", "dom1").ok());
-  auto other = b.SetAttachment("a1", "dom2");
+  EXPECT_TRUE(b.SetAttachment("a1", "dom1", Ownership::kBorrowed).ok());
+  auto other = b.SetAttachment("a1", "dom2", Ownership::kBorrowed);
   EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(other.message(), HasSubstr("attached to domain 'dom1'"));
   EXPECT_EQ(Sub("lvchange"), 0);
   EXPECT_EQ(Lvm(), 1);
 }
 
+// --- ownership ---------------------------------------------------------------------------
+
+TEST_F(LvmBackendTest, OwnershipIsReadFromTheOwnedByTagOfTheAttachedDomainOnly) {
+  report_ = ReportJson(256 * kMiB, 200 * kMiB,
+                       {{.name = "root", .tags = "hvagent,hvagent_owned_by_web1,hvagent_vm_web1"},
+                        {.name = "data", .tags = "hvagent,hvagent_vm_web1"},
+                        {.name = "stale", .tags = "hvagent,hvagent_owned_by_old,hvagent_vm_web1"},
+                        {.name = "free", .tags = "hvagent,hvagent_owned_by_old"}});
+  ServeReports();
+  auto list = Backend().ListVolumes();
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::map<std::string, Ownership> got;
+  for (const auto& v : *list) got[v.name] = v.ownership;
+  EXPECT_EQ(got["root"], Ownership::kOwned);
+  EXPECT_EQ(got["data"], Ownership::kBorrowed);  // also what an agent before ownership recorded
+  EXPECT_EQ(got["stale"], Ownership::kBorrowed) << "an owned_by tag of another domain counts for nothing";
+  EXPECT_EQ(got["free"], Ownership::kNone);
+}
+
+TEST_F(LvmBackendTest, AttachOwnedAddsBothTagsInOneLvchange) {
+  ServeReports();
+  runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Backend().SetAttachment("b2", "web1", Ownership::kOwned).ok());
+  EXPECT_THAT(runner_.calls(), ElementsAre(ReportArgv(), WithLvm("lvchange", {"--addtag", "hvagent_vm_web1", "--addtag",
+                                                                             "hvagent_owned_by_web1", "vg0/b2"})));
+}
+
+TEST_F(LvmBackendTest, HandingOverAndDetachingChangeTheTagsTogether) {
+  report_ = ReportJson(256 * kMiB, 200 * kMiB,
+                       {{.name = "root", .tags = "hvagent,hvagent_owned_by_web1,hvagent_vm_web1"},
+                        {.name = "free", .tags = "hvagent,hvagent_owned_by_old"}});
+  ServeReports();
+  runner_.Always({kLvm, "lvchange"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  LvmBackend& b = Backend();
+  ASSERT_TRUE(b.SetAttachment("root", "web1", Ownership::kOwned).ok());  // already so: report only
+  EXPECT_EQ(Sub("lvchange"), 0);
+  ASSERT_TRUE(b.SetAttachment("root", "web1", Ownership::kBorrowed).ok());
+  EXPECT_EQ(Last(), WithLvm("lvchange", {"--deltag", "hvagent_owned_by_web1", "vg0/root"}));
+  ASSERT_TRUE(b.SetAttachment("root", "", Ownership::kNone).ok());
+  EXPECT_EQ(Last(), WithLvm("lvchange", {"--deltag", "hvagent_vm_web1", "--deltag", "hvagent_owned_by_web1",
+                                         "vg0/root"}));
+  // A stale owned_by tag goes in the same lvchange that attaches the volume as borrowed.
+  ASSERT_TRUE(b.SetAttachment("free", "web2", Ownership::kBorrowed).ok());
+  EXPECT_EQ(Last(), WithLvm("lvchange", {"--deltag", "hvagent_owned_by_old", "--addtag", "hvagent_vm_web2",
+                                         "vg0/free"}));
+}
+
+TEST_F(LvmBackendTest, OwnershipWithoutADomainOrADomainWithoutOneIsRefused) {
+  LvmBackend& b = Backend();
+  EXPECT_EQ(b.SetAttachment("b2", "", Ownership::kOwned).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b.SetAttachment("b2", "web1", Ownership::kNone).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(runner_.calls().empty());
+}
+
 TEST_F(LvmBackendTest, LvchangeFailureQuotesLvm) {
   ServeReports();
   runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Fail(5, "  Failed to find logical volume \"vg0/b2\"\n"));
-  auto s = Backend().SetAttachment("b2", "dom1");
+  auto s = Backend().SetAttachment("b2", "dom1", Ownership::kBorrowed);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(s.message(), HasSubstr("Failed to find logical volume"));
 }

@@ -131,11 +131,18 @@ TEST(PartitionGptLayout, Labels) {
   ASSERT_TRUE(attached);
   EXPECT_EQ(attached->volume, "web");
   EXPECT_EQ(attached->domain, "i-2-10-VM");
+  EXPECT_FALSE(attached->owned);
+  auto owned = ParseLabel("hvagent:root=i-2-10-VM");
+  ASSERT_TRUE(owned);
+  EXPECT_EQ(owned->volume, "root");
+  EXPECT_EQ(owned->domain, "i-2-10-VM");
+  EXPECT_TRUE(owned->owned);
   EXPECT_EQ(MakeLabel("web", "i-2-10-VM"), "hvagent:web@i-2-10-VM");
+  EXPECT_EQ(MakeLabel("root", "i-2-10-VM", /*owned=*/true), "hvagent:root=i-2-10-VM");
   EXPECT_EQ(MakeLabel("db1", ""), "hvagent:db1");
   // Names that merely look like ours are not ours.
   for (const char* name : {"", "foreign", "HVAGENT:x", "hvagent:", "hvagent:@d", "hvagent:x@", "hvagent:../../x",
-                           "hvagent:a b", "hvagent:x@y@z", "hvagent:-x", "hvagent:x@d;rm", " hvagent:x",
+                           "hvagent:a b", "hvagent:x@y@z", "hvagent:-x", "hvagent:x@d;rm", " hvagent:x", "hvagent:x=", "hvagent:=d", "hvagent:x=d@e", "hvagent:x@d=e",
                            "hvagent:abcdefghijklmnopqrstu"}) {
     EXPECT_FALSE(ParseLabel(name)) << name;
   }

@@ -218,7 +218,7 @@ TEST_F(PartitionBackendTest, HostileVolumeNamesAreRejectedBeforeAnyCall) {
     EXPECT_EQ(backend->GetVolume(name).status().code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_EQ(backend->ResizeVolume(name, 2 * MiB).status().code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_EQ(backend->DeleteVolume(name, nullptr).code(), absl::StatusCode::kInvalidArgument) << name;
-    EXPECT_EQ(backend->SetAttachment(name, "dom").code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_EQ(backend->SetAttachment(name, "dom", Ownership::kBorrowed).code(), absl::StatusCode::kInvalidArgument) << name;
   }
   EXPECT_TRUE(runner.calls().empty());
   EXPECT_TRUE(wiper.wipes.empty());
@@ -422,7 +422,7 @@ TEST_F(PartitionBackendTest, ForeignPartitionsAreUntouchable) {
     ExpectList(samples::kMixed);
     EXPECT_EQ(backend->DeleteVolume(name, nullptr).code(), absl::StatusCode::kNotFound) << name;
     ExpectList(samples::kMixed);
-    EXPECT_EQ(backend->SetAttachment(name, "vm").code(), absl::StatusCode::kNotFound) << name;
+    EXPECT_EQ(backend->SetAttachment(name, "vm", Ownership::kBorrowed).code(), absl::StatusCode::kNotFound) << name;
     ExpectList(samples::kMixed);
     EXPECT_EQ(backend->ResizeVolume(name, 100 * MiB).status().code(), absl::StatusCode::kNotFound) << name;
   }
@@ -521,10 +521,10 @@ TEST_F(PartitionBackendTest, AttachAndDetachRenameThePartition) {
   auto backend = Make();
   ExpectList(samples::kMixed);
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
-  ASSERT_TRUE(backend->SetAttachment("db1", "instance-0000001a").ok());
+  ASSERT_TRUE(backend->SetAttachment("db1", "instance-0000001a", Ownership::kBorrowed).ok());
   ExpectList(samples::kMixed);
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
-  ASSERT_TRUE(backend->SetAttachment("web", "").ok());
+  ASSERT_TRUE(backend->SetAttachment("web", "", Ownership::kNone).ok());
   EXPECT_THAT(runner.calls(),
               ElementsAre(kList, Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvagent:db1@instance-0000001a"},
                           kList, Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "3", "hvagent:web"}));
@@ -533,11 +533,11 @@ TEST_F(PartitionBackendTest, AttachAndDetachRenameThePartition) {
 TEST_F(PartitionBackendTest, AttachToSameDomainIsANoOpAndToAnotherIsRefused) {
   auto backend = Make();
   ExpectList(samples::kMixed);
-  EXPECT_TRUE(backend->SetAttachment("web", "i-2-10-VM").ok());
+  EXPECT_TRUE(backend->SetAttachment("web", "i-2-10-VM", Ownership::kBorrowed).ok());
   ExpectList(samples::kMixed);
-  EXPECT_EQ(backend->SetAttachment("web", "i-2-11-VM").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend->SetAttachment("web", "i-2-11-VM", Ownership::kBorrowed).code(), absl::StatusCode::kFailedPrecondition);
   ExpectList(samples::kMixed);
-  EXPECT_TRUE(backend->SetAttachment("db1", "").ok());  // already free
+  EXPECT_TRUE(backend->SetAttachment("db1", "", Ownership::kNone).ok());  // already free
   EXPECT_EQ(runner.CountOf("parted"), 0);
 }
 
@@ -546,20 +546,54 @@ TEST_F(PartitionBackendTest, DomainNamesMustFitAndBeSafe) {
   // "db1" (3) + 24 = 27 fits; + 25 does not.
   ExpectList(samples::kMixed);
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
-  EXPECT_TRUE(backend->SetAttachment("db1", std::string(24, 'd')).ok());
-  auto s = backend->SetAttachment("db1", std::string(25, 'd'));
+  EXPECT_TRUE(backend->SetAttachment("db1", std::string(24, 'd'), Ownership::kBorrowed).ok());
+  auto s = backend->SetAttachment("db1", std::string(25, 'd'), Ownership::kBorrowed);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("does not fit"));
   for (const char* bad : {"a b", "vm@x", "vm:x", "-vm", "vm;reboot", "vm'x", "../../etc/passwd"}) {
-    EXPECT_EQ(backend->SetAttachment("db1", bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(backend->SetAttachment("db1", bad, Ownership::kBorrowed).code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_EQ(runner.calls().size(), 2u);
+}
+
+TEST_F(PartitionBackendTest, OwnedVolumesAreNamedWithEqualsAndHandedOverInOneRename) {
+  auto backend = Make();
+  ExpectList(samples::kMixed);
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(backend->SetAttachment("db1", "instance-0000001a", Ownership::kOwned).ok());
+  ExpectList(samples::SfdiskJson({{1, 2048, 2048, "hvagent:db1=instance-0000001a"}}));
+  auto v = backend->GetVolume("db1");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->attached_to, "instance-0000001a");
+  EXPECT_EQ(v->ownership, Ownership::kOwned);
+  ExpectList(samples::SfdiskJson({{1, 2048, 2048, "hvagent:db1=instance-0000001a"}}));
+  EXPECT_TRUE(backend->SetAttachment("db1", "instance-0000001a", Ownership::kOwned).ok());  // as it is
+  ExpectList(samples::SfdiskJson({{1, 2048, 2048, "hvagent:db1=instance-0000001a"}}));
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(backend->SetAttachment("db1", "instance-0000001a", Ownership::kBorrowed).ok());
+  ExpectList(samples::SfdiskJson({{1, 2048, 2048, "hvagent:db1=instance-0000001a"}}));
+  EXPECT_EQ(backend->SetAttachment("db1", "other", Ownership::kOwned).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend->SetAttachment("db1", "", Ownership::kOwned).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<Argv> renames;
+  for (const auto& c : runner.calls()) {
+    if (c[0] == "/usr/sbin/parted") renames.push_back(c);
+  }
+  EXPECT_THAT(renames, ElementsAre(Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvagent:db1=instance-0000001a"},
+                                   Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvagent:db1@instance-0000001a"}));
+}
+
+TEST_F(PartitionBackendTest, AttachedVolumesFromBeforeOwnershipAreBorrowed) {
+  ExpectList(samples::kMixed);
+  auto v = Make()->GetVolume("web");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->attached_to, "i-2-10-VM");
+  EXPECT_EQ(v->ownership, Ownership::kBorrowed);
 }
 
 TEST_F(PartitionBackendTest, AttachQuotesPartedFailure) {
   ExpectList(samples::kMixed);
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Fail(1, "Error: Partition doesn't exist."));
-  auto s = Make()->SetAttachment("db1", "vm");
+  auto s = Make()->SetAttachment("db1", "vm", Ownership::kBorrowed);
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(s.message(), HasSubstr("Partition doesn't exist."));
 }
