@@ -46,6 +46,7 @@ int Usage() {
                "  start | shutdown | destroy | reboot | suspend | resume NAME\n"
                "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
+               "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
@@ -347,6 +348,17 @@ int main(int argc, char** argv) {
                         o.message().empty() ? "-" : o.message()});
       }
       Table({"ID", "KIND", "DOMAIN", "STATE", "STARTED", "MESSAGE"}, rows);
+    });
+  }
+  if (cmd == "volume-keep" && args.size() >= 3) {
+    deadline(ctx, 60);
+    v1::ReleaseVolumeOwnershipRequest req;
+    req.set_pool(arg1);
+    req.set_name(args[2]);
+    v1::ReleaseVolumeOwnershipResponse r;
+    return Render(json, storage->ReleaseVolumeOwnership(&ctx, req, &r), r, [&] {
+      std::cout << req.pool() << "/" << req.name() << ": borrowed by " << r.volume().attached_to()
+                << " (deleting it keeps this volume)\n";
     });
   }
   if (cmd == "volume-delete" && args.size() >= 3) {

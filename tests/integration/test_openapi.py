@@ -357,10 +357,15 @@ class Conformance(LoopPoolsTestCase):
                          ("VOLUME_STATE_ATTACHED", dom, "VOLUME_OWNERSHIP_BORROWED"))
         self.check(item + ":attach", "POST", v, body={"domain": dom}, expect=409)
         self.check(item + ":attach", "POST", gv, body={"domain": dom}, expect=404)
+        # Releasing ownership of a borrowed volume answers it as it is.
+        kept = self.check(item + ":release-ownership", "POST", v, expect=200)["volume"]
+        self.assertEqual((kept["attached_to"], kept["ownership"]), (dom, "VOLUME_OWNERSHIP_BORROWED"))
+        self.check(item + ":release-ownership", "POST", gv, expect=404)
         self.check(item, "DELETE", v, expect=409)
         detached = self.check(item + ":detach", "POST", v, expect=200)
         self.assertEqual((detached["state"], detached["ownership"]), ("VOLUME_STATE_AVAILABLE", "VOLUME_OWNERSHIP_UNSPECIFIED"))
         self.check(item + ":detach", "POST", v, expect=404)  # not attached: nothing to detach
+        self.check(item + ":release-ownership", "POST", v, expect=409)  # attached to no domain
         self.check(item + ":detach", "POST", gv, expect=404)
         # A running guest that does not release the device (SeaBIOS without an OS ignores the
         # ACPI eject; libvirt waits 5 s and the request stays pending): 409 ABORTED, still attached.
@@ -403,7 +408,7 @@ class Conformance(LoopPoolsTestCase):
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 27)
+        self.assertEqual(len(operations), 28)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

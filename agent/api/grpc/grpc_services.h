@@ -85,6 +85,8 @@ class StorageGrpcService final : public v1::StorageService::Service {
   grpc::Status DeleteVolume(grpc::ServerContext*, const v1::VolumeRef*, v1::Volume*) override;
   grpc::Status AttachVolume(grpc::ServerContext*, const v1::AttachVolumeRequest*, v1::Volume*) override;
   grpc::Status DetachVolume(grpc::ServerContext*, const v1::DetachVolumeRequest*, v1::Volume*) override;
+  grpc::Status ReleaseVolumeOwnership(grpc::ServerContext*, const v1::ReleaseVolumeOwnershipRequest*,
+                                      v1::ReleaseVolumeOwnershipResponse*) override;
 
  private:
   ops::Pipeline pipeline_;

@@ -136,6 +136,11 @@ absl::Status DetachVolume(const Services& s, const v1::DetachVolumeRequest& req,
   return Into(out, s.storage->DetachVolume(req.pool(), req.name()));
 }
 
+absl::Status ReleaseVolumeOwnership(const Services& s, const v1::ReleaseVolumeOwnershipRequest& req,
+                                    v1::ReleaseVolumeOwnershipResponse* out) {
+  return Into(out->mutable_volume(), s.storage->ReleaseOwnership(req.pool(), req.name()));
+}
+
 // ---- MetricsService ----
 
 absl::Status GetDomainStats(const Services& s, const v1::GetDomainStatsRequest& req,
@@ -271,6 +276,8 @@ const std::vector<Operation>& Table() {
                                                                Role::kController, kChanges, Needs::kStorage),
       Unary<v1::DetachVolumeRequest, v1::Volume, DetachVolume>("hvagent.v1.StorageService/DetachVolume",
                                                                Role::kController, kChanges, Needs::kStorage),
+      Unary<v1::ReleaseVolumeOwnershipRequest, v1::ReleaseVolumeOwnershipResponse, ReleaseVolumeOwnership>(
+          "hvagent.v1.StorageService/ReleaseVolumeOwnership", Role::kController, kChanges, Needs::kStorage),
   };
   return table;
 }

@@ -40,6 +40,7 @@ const std::vector<Route>& Table() {
       {"POST", "/v1/pools/{pool}/volumes/{name}:resize", "hvagent.v1.StorageService/ResizeVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:attach", "hvagent.v1.StorageService/AttachVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:detach", "hvagent.v1.StorageService/DetachVolume"},
+      {"POST", "/v1/pools/{pool}/volumes/{name}:release-ownership", "hvagent.v1.StorageService/ReleaseVolumeOwnership"},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
   };
   return table;

@@ -95,3 +95,21 @@ TEST_F(StorageResourceTest, BodyThatContradictsThePathIs400AndChangesNothing) {
 
 }  // namespace
 }  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+// The first endpoint added on the one edge after it was made: a route row, an operation row.
+TEST_F(StorageResourceTest, ReleaseOwnershipKeepsARootDiskAsBorrowed) {
+  ASSERT_TRUE(storage_->ClaimVolume({"vg0", "root", 1 << 20}, "web1").ok());
+  EXPECT_THAT(Call("GET", "/v1/pools/vg0/volumes/root").body, HasSubstr(R"("ownership":"VOLUME_OWNERSHIP_OWNED")"));
+  auto r = Call("POST", "/v1/pools/vg0/volumes/root:release-ownership");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("ownership":"VOLUME_OWNERSHIP_BORROWED")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("attached_to":"web1")"));
+  EXPECT_EQ(Call("POST", "/v1/pools/vg0/volumes/ghost:release-ownership").status, 404);
+  EXPECT_EQ(Call("GET", "/v1/pools/vg0/volumes/root:release-ownership").status, 405);
+}
+
+}  // namespace
+}  // namespace hvagent::api
