@@ -149,7 +149,7 @@ tally_junit() {  # tally_junit XML CTEST_EXIT: count the tier's tests, then fail
   local p=0 f=0 s=0
   read -r p f s < <(junit_counts "$1") || true  # an unreadable file counts nothing: the floor fails
   count "${p:-0}" "${f:-0}" "${s:-0}"
-  (($2 == 0)) || fail "ctest exited $2 (failed tests, or none found)"
+  (($2 == 0)) || fail "the test run exited $2 (failed tests, or none found: every ctest here has --no-tests=error)"
   check_floor $((${p:-0} + ${f:-0}))
 }
 

@@ -65,14 +65,15 @@ absl::StatusOr<auth::RateLimiter::StreamSlot> Pipeline::AdmitStream(
 }
 
 absl::Status Pipeline::Run(const Operation& op, Call& call, const Message& request, Message* response) const {
-  return Run(op, call, Binder([&](Message* into) {
-               into->CopyFrom(request);
-               return absl::OkStatus();
-             }),
-             response);
+  return RunOne(op, call, &request, nullptr, response);
 }
 
 absl::Status Pipeline::Run(const Operation& op, Call& call, const Binder& bind, Message* response) const {
+  return RunOne(op, call, nullptr, &bind, response);
+}
+
+absl::Status Pipeline::RunOne(const Operation& op, Call& call, const Message* parsed, const Binder* bind,
+                              Message* response) const {
   const auto start = std::chrono::steady_clock::now();
   auth::Caller caller = options_.authz == nullptr ? auth::Caller{"-", auth::Role::kController}
                                                   : call.caller.value_or(auth::Caller{});
@@ -80,12 +81,16 @@ absl::Status Pipeline::Run(const Operation& op, Call& call, const Binder& bind, 
   if (options_.authz != nullptr) s = call.caller.ok() ? options_.authz->Admit(caller, op.name) : call.caller.status();
   const bool admitted = s.ok();
   call.admitted = admitted;
-  std::unique_ptr<Message> request;
+  std::unique_ptr<Message> bound;  // REST's request, built only for an admitted caller
+  const Message* request = parsed;  // gRPC's, as it arrived: no copy
   if (admitted && (op.kind != Kind::kUnary || !Available(op, services_))) {
     s = absl::UnimplementedError(absl::StrCat(op.name, ": not served by this agent"));
   } else if (admitted) {
-    request.reset(op.request->New());
-    s = bind(request.get());
+    if (request == nullptr) {
+      bound.reset(op.request->New());
+      s = (*bind)(bound.get());
+      request = bound.get();
+    }
     if (s.ok()) s = Execute(op, call, *request, response);
   }
   if (s.ok()) {
@@ -94,7 +99,7 @@ absl::Status Pipeline::Run(const Operation& op, Call& call, const Binder& bind, 
     Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
   }
   if (!admitted || op.mutating) {
-    auth::Audit(caller, op.name, ArgumentsOf(request.get()), s, std::chrono::steady_clock::now() - start);
+    auth::Audit(caller, op.name, ArgumentsOf(request), s, std::chrono::steady_clock::now() - start);
   }
   return s;
 }

@@ -61,6 +61,9 @@ class Pipeline {
   const auth::Authorizer* authorizer() const { return options_.authz; }
 
  private:
+  // Run, with the request either `parsed` (gRPC) or built by `bind` (REST) once admitted.
+  absl::Status RunOne(const Operation& op, Call& call, const Message* parsed, const Binder* bind,
+                      Message* response) const;
   absl::Status Execute(const Operation& op, Call& call, const Message& request, Message* response) const;
   absl::Status Once(const Operation& op, Call& call, const Message& request, Message* response) const;
 

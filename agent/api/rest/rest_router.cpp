@@ -24,10 +24,12 @@ HttpResponse Refused(const absl::Status& s, bool rate_limited) {
 
 }  // namespace
 
-bool RestRouter::Served(const Route& r) const {
-  if (r.operation.empty()) return pipeline_.services().host != nullptr;  // /healthz
-  const ops::Operation* op = ops::Find(r.operation);
-  return op != nullptr && ops::Available(*op, pipeline_.services());
+RestRouter::RestRouter(const ops::Pipeline& pipeline) : pipeline_(pipeline) {
+  for (const Route& r : Routes()) {
+    const ops::Operation* op = ops::Find(r.operation);
+    served_.push_back(r.operation.empty() ? pipeline_.services().host != nullptr  // /healthz
+                                          : op != nullptr && ops::Available(*op, pipeline_.services()));
+  }
 }
 
 HttpResponse RestRouter::NoRoute(const HttpRequest& req, const auth::Caller& caller) const {

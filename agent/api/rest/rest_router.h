@@ -12,7 +12,7 @@ namespace hvagent::api {
 
 class RestRouter {
  public:
-  explicit RestRouter(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
+  explicit RestRouter(const ops::Pipeline& pipeline);
   // The caller (bearer token) is checked for the route's operation before anything else:
   // 401 / 403 before a body is parsed. Unknown paths answer 404/405 to authenticated callers
   // only. Changes and refusals are audited (by the pipeline).
@@ -21,8 +21,9 @@ class RestRouter {
  private:
   HttpResponse NoRoute(const HttpRequest& request, const auth::Caller& caller) const;
   // Whether this agent serves the route (its operation's subsystem exists).
-  bool Served(const Route& route) const;
+  bool Served(const Route& route) const { return served_[&route - Routes().data()]; }
   const ops::Pipeline pipeline_;
+  std::vector<bool> served_;  // per row of Routes(), fixed by the services this agent runs
 };
 
 // The pages that are not proto messages, one file each.

@@ -66,6 +66,16 @@ SplitPath Split(absl::string_view path) {
   return out;
 }
 
+// The table's patterns, split once (they point into the table's string literals).
+const std::vector<SplitPath>& Patterns() {
+  static const std::vector<SplitPath> patterns = [] {
+    std::vector<SplitPath> out;
+    for (const Route& r : Table()) out.push_back(Split(r.pattern));
+    return out;
+  }();
+  return patterns;
+}
+
 // "{pool=name}" -> the field "name"; "{name}" -> "name".
 absl::string_view FieldOf(absl::string_view pattern_segment) {
   absl::string_view inner = pattern_segment.substr(1, pattern_segment.size() - 2);
@@ -127,9 +137,11 @@ RouteMatch MatchRoute(absl::string_view method, absl::string_view path,
   RouteMatch m;
   const SplitPath got = Split(path);
   if (got.segments.empty()) return m;
-  for (const Route& r : Table()) {
+  const std::vector<SplitPath>& patterns = Patterns();
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    const Route& r = Table()[i];
     if (served && !served(r)) continue;
-    const SplitPath want = Split(r.pattern);
+    const SplitPath& want = patterns[i];
     if (!SegmentsMatch(want, got, nullptr)) continue;
     if (want.verb != got.verb) {
       if (!want.verb.empty()) m.verbs.push_back(want.verb);
