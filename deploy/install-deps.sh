@@ -16,7 +16,7 @@ build_pkgs=(
   curl ca-certificates
 )
 test_pkgs=(
-  libvirt-daemon-system qemu-system-x86 qemu-utils
+  libvirt-daemon-system qemu-system-x86 qemu-utils cpio xz-utils
   python3-grpcio python3-protobuf
   clang-14 libclang-rt-14-dev
   prometheus systemd

@@ -45,6 +45,25 @@ def lock_libvirtd(timeout=240):
             time.sleep(0.2)
 
 
+GUEST_BUILDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "guest", "build-guest.sh")
+
+
+def test_guest():
+    """(kernel, initrd) of the shared busybox test guest (tests/guest/build-guest.sh), built
+    once per machine and cached; a flock keeps concurrent test runs from building it twice.
+    Boot it with kernel_args "console=ttyS0 hv.ip=ADDR/PREFIX"; it prints hv-guest-ready, then
+    runs a shell on the console."""
+    os.makedirs(os.path.dirname(TESTS_LOCK), exist_ok=True)
+    with open(os.path.join(os.path.dirname(TESTS_LOCK), "guest.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        r = subprocess.run([GUEST_BUILDER], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise AssertionError(f"build-guest.sh failed: {r.stderr.strip()}")
+    out = r.stdout.strip().splitlines()[-1]
+    return os.path.join(out, "vmlinuz"), os.path.join(out, "initrd.img")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
