@@ -34,9 +34,9 @@
 #include "common/log.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 #include "hypervisor/xen/xenctrl_probe.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 #include "storage/lvm/lvm_backend.h"
-#include "storage/partition/device_wiper.h"
+#include "storage/device_wiper.h"
 #include "storage/partition/partition_backend.h"
 
 namespace {

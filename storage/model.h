@@ -71,4 +71,10 @@ struct WipeProgress {
   uint64_t total_bytes = 0;
 };
 
+// A volume on its way out (StorageBackend::BeginDelete): what the later steps act on.
+struct DeletePlan {
+  VolumeInfo volume;  // volume.path is the device the wipe clears
+  uint32_t partition_number = 0;  // partition pools: the table entry FinishDelete removes
+};
+
 }  // namespace hvagent::storage

@@ -1,8 +1,9 @@
 #pragma once
 // StorageBackend: one configured pool of block devices for VM disks (an LVM volume group or a
-// GPT disk). Called by agent/service only, which serializes calls per pool. Implementations run
-// external tools only through CommandRunner, validate every name before any call, never touch
-// anything outside their pool, and leave nothing half-created when a step fails.
+// GPT disk). Single-threaded: its caller (agent/service/StorageService) makes one call at a time
+// per pool, the single exception being WipeForDelete (below). Implementations run external tools
+// only through CommandRunner (storage/exec/run_checked.h), validate every name before any call,
+// never touch anything outside their pool, and leave nothing half-created when a step fails.
 // Errors: NotFound (volume), AlreadyExists, InvalidArgument (naming the field),
 // ResourceExhausted (pool full), FailedPrecondition (volume attached), Unavailable/Internal
 // (the tool failed; the message quotes the tool's own words).
@@ -32,8 +33,25 @@ class StorageBackend {
   virtual absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) = 0;
   // Grows a volume; shrinking is refused (InvalidArgument), it would cut a guest's filesystem.
   virtual absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) = 0;
-  // Wipes per the pool's WipeMode, then removes. FailedPrecondition while attached.
-  virtual absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) = 0;
+
+  // Deleting is three steps so that a wipe, which can take minutes, does not hold the pool:
+  //   BeginDelete   checks the volume may go (FailedPrecondition while attached, or when it
+  //                 must be wiped and cannot be) and readies its device (activates an LV);
+  //   WipeForDelete clears the plan's device per the pool's WipeMode. It touches that device
+  //                 only, so it may run beside the backend's other calls; the caller keeps
+  //                 every other call away from this volume meanwhile;
+  //   FinishDelete  removes the volume. Not called when the wipe failed: the volume is kept.
+  virtual absl::StatusOr<DeletePlan> BeginDelete(const std::string& name) = 0;
+  virtual absl::Status WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) = 0;
+  virtual absl::Status FinishDelete(const DeletePlan& plan) = 0;
+  // The three in a row, for callers that have the pool to themselves (tools, tests).
+  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) {
+    auto plan = BeginDelete(name);
+    if (!plan.ok()) return plan.status();
+    if (auto s = WipeForDelete(*plan, progress); !s.ok()) return s;
+    return FinishDelete(*plan);
+  }
+
   // Records (domain non-empty) or clears (domain empty, ownership kNone) the domain that uses the
   // volume and what the volume is to it, in one metadata change, so a crash never leaves an
   // attachment without its ownership. The same domain again changes only the ownership (how an

@@ -59,6 +59,26 @@ absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& po
   return it->second.get();
 }
 
+absl::Status StorageService::RefuseDeleting(const std::string& pool, const std::string& name) const {
+  std::lock_guard lock(deleting_mu_);
+  if (!deleting_.contains(Key(pool, name))) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
+}
+
+absl::StatusOr<StorageService::Held> StorageService::Hold(const std::string& pool_name, const std::string& name,
+                                                          Fence fence) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  Held held{*pool, std::unique_lock((*pool)->mu), {}};
+  if (fence == Fence::kRefuseDeleting) {
+    if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
+  }
+  auto v = held.pool->backend->GetVolume(name);
+  if (!v.ok()) return v.status();
+  held.volume = std::move(*v);
+  return held;
+}
+
 VolumeStatus StorageService::StatusOf(const storage::VolumeInfo& v) const {
   VolumeStatus s{v, v.attached_to.empty() ? VolumeState::kAvailable : VolumeState::kAttached, {}};
   if (!v.attached_to.empty()) {
@@ -127,7 +147,7 @@ std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> StorageSe
       out.emplace_back(name, *pool->last);
       out.back().second->orphaned_volume_count = count(name);
     } else {
-      out.emplace_back(name, absl::UnavailableError(absl::StrCat("pool '", name, "' is busy (a wipe is running)")));
+      out.emplace_back(name, absl::UnavailableError(absl::StrCat("pool '", name, "' is busy (a storage tool is still running)")));
     }
   }
   return out;
@@ -191,6 +211,7 @@ absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& poo
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
   std::lock_guard lock((*pool)->mu);
+  if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
   auto v = (*pool)->backend->ResizeVolume(name, size);
   if (!v.ok()) return v.status();
   return StatusOf(*v);
@@ -199,45 +220,39 @@ absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& poo
 absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& pool_name, const std::string& name) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
-  storage::VolumeInfo volume;
-  {
-    std::lock_guard lock((*pool)->mu);
-    auto v = (*pool)->backend->GetVolume(name);
-    if (!v.ok()) return v.status();
-    if (!v->attached_to.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("volume '", name, "' is attached to domain '", v->attached_to, "'; detach it first"));
-    }
-    volume = *v;
-  }
+  Pool* p = *pool;
   const std::string key = Key(pool_name, name);
+  std::unique_lock lock(p->mu);
+  if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
+  auto plan = p->backend->BeginDelete(name);
+  if (!plan.ok()) return plan.status();
+  const storage::VolumeInfo volume = plan->volume;
   std::lock_guard dl(deleting_mu_);
-  if (deleting_.contains(key)) return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
+  // From here every other call on this volume is refused (RefuseDeleting), so the wipe can run
+  // without the pool's lock: the pool's other volumes, and reads of this one, go on meanwhile.
   deleting_[key] = {volume, {0, volume.size_bytes}};
+  lock.unlock();
   std::erase_if(workers_, [](Worker& w) {
     if (!w.done->load()) return false;
     w.thread.join();
     return true;
   });
-  Pool* p = *pool;
   auto done = std::make_shared<std::atomic<bool>>(false);
-  std::thread worker([this, p, key, name, done] {
-    absl::Status s;
+  std::thread worker([this, p, key, plan = *std::move(plan), done] {
+    absl::Status s = p->backend->WipeForDelete(plan, [this, &key](const storage::WipeProgress& progress) {
+      std::lock_guard l(deleting_mu_);
+      if (auto it = deleting_.find(key); it != deleting_.end()) it->second.progress = progress;
+    });
     {
-      std::lock_guard lock(p->mu);
-      s = p->backend->DeleteVolume(name, [this, &key](const storage::WipeProgress& progress) {
-        std::lock_guard l(deleting_mu_);
-        if (auto it = deleting_.find(key); it != deleting_.end()) it->second.progress = progress;
-      });
+      std::lock_guard pool_lock(p->mu);
+      if (s.ok()) s = p->backend->FinishDelete(plan);
+      std::lock_guard l(deleting_mu_);
+      deleting_.erase(key);
     }
     if (s.ok()) {
       Log()->info("deleted volume {}", key);
     } else {
       Log()->error("delete of volume {} failed, it stays: {}", key, s.message());
-    }
-    {
-      std::lock_guard l(deleting_mu_);
-      deleting_.erase(key);
     }
     done->store(true);
   });
@@ -248,11 +263,9 @@ absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& poo
 absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& pool_name, const std::string& name,
                                                           const std::string& domain, std::string target,
                                                           bool readonly) {
-  auto pool = Find(pool_name);
-  if (!pool.ok()) return pool.status();
-  std::lock_guard lock((*pool)->mu);
-  auto v = (*pool)->backend->GetVolume(name);
-  if (!v.ok()) return v.status();
+  auto held = Hold(pool_name, name, Fence::kRefuseDeleting);
+  if (!held.ok()) return held.status();
+  storage::VolumeInfo* v = &held->volume;
   if (!v->attached_to.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("volume '", name, "' is already attached to domain '", v->attached_to, "'"));
@@ -266,7 +279,7 @@ absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& poo
   }
   hv::DiskSpec disk{v->path, hv::DiskType::kBlock, target, "", readonly, "raw"};
   if (auto s = hv_.AttachDisk(domain, disk); !s.ok()) return s;
-  if (auto s = (*pool)->backend->SetAttachment(name, domain, storage::Ownership::kBorrowed); !s.ok()) {
+  if (auto s = held->pool->backend->SetAttachment(name, domain, storage::Ownership::kBorrowed); !s.ok()) {
     // The volume's owner record is the source of truth: without it, undo the attach.
     if (auto undo = hv_.DetachDisk(domain, disk); !undo.ok()) {
       Log()->error("rollback: detaching {} from {} failed: {}", target, domain, undo.message());
@@ -280,11 +293,10 @@ absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& poo
 }
 
 absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& pool_name, const std::string& name) {
-  auto pool = Find(pool_name);
-  if (!pool.ok()) return pool.status();
-  std::lock_guard lock((*pool)->mu);
-  auto v = (*pool)->backend->GetVolume(name);
-  if (!v.ok()) return v.status();
+  // A volume being deleted is attached to nothing: the answer below (NotFound) fits it.
+  auto held = Hold(pool_name, name, Fence::kAny);
+  if (!held.ok()) return held.status();
+  storage::VolumeInfo* v = &held->volume;
   if (v->attached_to.empty()) {
     return absl::NotFoundError(absl::StrCat("volume '", name, "' is not attached to any domain"));
   }
@@ -306,7 +318,7 @@ absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& poo
   } else if (!absl::IsNotFound(disks.status())) {
     return disks.status();  // a vanished domain just releases the volume
   }
-  if (auto s = (*pool)->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
+  if (auto s = held->pool->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
   Log()->info("detached volume {}/{} from {}", pool_name, name, domain);
   v->attached_to.clear();
   v->ownership = storage::Ownership::kNone;
@@ -314,17 +326,15 @@ absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& poo
 }
 
 absl::StatusOr<VolumeStatus> StorageService::ReleaseOwnership(const std::string& pool_name, const std::string& name) {
-  auto pool = Find(pool_name);
-  if (!pool.ok()) return pool.status();
-  std::lock_guard lock((*pool)->mu);
-  auto v = (*pool)->backend->GetVolume(name);
-  if (!v.ok()) return v.status();
+  auto held = Hold(pool_name, name, Fence::kAny);  // a volume being deleted is attached to nothing
+  if (!held.ok()) return held.status();
+  storage::VolumeInfo* v = &held->volume;
   if (v->attached_to.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("volume '", name, "' is attached to no domain, so no domain owns it"));
   }
   if (v->ownership == storage::Ownership::kOwned) {
-    if (auto s = (*pool)->backend->SetAttachment(name, v->attached_to, storage::Ownership::kBorrowed); !s.ok()) {
+    if (auto s = held->pool->backend->SetAttachment(name, v->attached_to, storage::Ownership::kBorrowed); !s.ok()) {
       return s;
     }
     Log()->info("volume {}/{} is no longer owned by {}: deleting {} will keep it", pool_name, name, v->attached_to,
@@ -340,6 +350,7 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
   absl::Status failed;
   {
     std::lock_guard lock((*pool)->mu);
+    if (auto s = RefuseDeleting(claim.pool, claim.name); !s.ok()) return s;
     absl::StatusOr<storage::VolumeInfo> v =
         claim.create_size_bytes > 0
             ? (*pool)->backend->CreateVolume({.name = claim.name, .size_bytes = claim.create_size_bytes})
@@ -372,22 +383,20 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
 
 absl::Status StorageService::ReleaseVolume(const std::string& pool_name, const std::string& name,
                                            const std::string& domain, bool delete_if_owned) {
-  auto pool = Find(pool_name);
-  if (!pool.ok()) return pool.status();
   bool owned = false;
   {
-    std::lock_guard lock((*pool)->mu);
     // The record read under the pool lock decides: a volume handed over meanwhile
     // (ReleaseOwnership) is kept.
-    auto v = (*pool)->backend->GetVolume(name);
-    if (!v.ok()) return v.status();
+    auto held = Hold(pool_name, name, Fence::kAny);  // a volume being deleted is attached to nothing
+    if (!held.ok()) return held.status();
+    const storage::VolumeInfo* v = &held->volume;
     if (v->attached_to != domain) {
       Log()->warn("volume {}/{} is not attached to {} (it is {}); left as it is", pool_name, name, domain,
                   v->attached_to.empty() ? "free" : absl::StrCat("attached to ", v->attached_to));
       return absl::OkStatus();
     }
     owned = v->ownership == storage::Ownership::kOwned;
-    if (auto s = (*pool)->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
+    if (auto s = held->pool->backend->SetAttachment(name, "", storage::Ownership::kNone); !s.ok()) return s;
   }
   if (!delete_if_owned || !owned) {
     Log()->info("released volume {}/{} from {} ({}): kept", pool_name, name, domain,

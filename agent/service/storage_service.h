@@ -6,8 +6,10 @@
 // Ownership (storage::Ownership): a volume created for a domain (ClaimVolume with a size) is
 // owned by it, every other attachment is borrowed; only ReleaseVolume deletes with a domain, and
 // only what the volume's own record shows as owned by that domain.
-// A wipe holds its pool: other calls on that pool wait for it (GetVolume of the volume being
-// deleted answers at once from the progress record).
+// Locking lives here, not in the backends (which are single-threaded): one mutex per pool, held
+// for each backend call. A delete's wipe, which can take minutes, runs without it: the pool's
+// other volumes and every read go on, and calls that would change or use the volume being
+// deleted are refused (FailedPrecondition) until it is gone or its wipe failed.
 
 #include <atomic>
 #include <map>
@@ -57,8 +59,9 @@ class StorageService {
   absl::StatusOr<std::vector<storage::PoolInfo>> ListPools();
   absl::StatusOr<storage::PoolInfo> GetPool(const std::string& pool);
   // Every pool on its own (one failing pool does not hide the others), for capacity and
-  // metrics. Never waits for a pool busy with a long operation (a wipe): that pool answers with
-  // the figures of its last successful read, or Unavailable when there is none yet.
+  // metrics. Never waits for a busy pool (a tool hung on a sick disk holds it until its
+  // deadline): that pool answers with the figures of its last successful read, or Unavailable
+  // when there is none yet.
   std::vector<std::pair<std::string, absl::StatusOr<storage::PoolInfo>>> ListPoolsEach();
   absl::StatusOr<std::vector<VolumeStatus>> ListVolumes(const std::string& pool);
   absl::StatusOr<VolumeStatus> GetVolume(const std::string& pool, const std::string& name);
@@ -109,7 +112,7 @@ class StorageService {
  private:
   struct Pool {
     std::unique_ptr<storage::StorageBackend> backend;
-    std::mutex mu;  // one operation per pool at a time
+    std::mutex mu;  // one backend call per pool at a time (but for WipeForDelete)
     std::mutex last_mu;
     std::optional<storage::PoolInfo> last;  // the last successful GetPool, for ListPoolsEach
   };
@@ -118,7 +121,19 @@ class StorageService {
     storage::WipeProgress progress;
   };
 
+  // A volume read under its pool's lock, which the holder keeps: the way in for calls that act
+  // on one volume. kRefuseDeleting for calls that would change or use it.
+  enum class Fence { kRefuseDeleting, kAny };
+  struct Held {
+    Pool* pool;
+    std::unique_lock<std::mutex> lock;
+    storage::VolumeInfo volume;
+  };
+
   absl::StatusOr<Pool*> Find(const std::string& pool);
+  absl::StatusOr<Held> Hold(const std::string& pool, const std::string& name, Fence fence);
+  // FailedPrecondition while the volume is being deleted.
+  absl::Status RefuseDeleting(const std::string& pool, const std::string& name) const;
   VolumeStatus StatusOf(const storage::VolumeInfo& v) const;
   std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
 

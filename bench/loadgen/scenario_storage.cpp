@@ -12,7 +12,7 @@
 #include "absl/strings/strip.h"
 #include "bench/loadgen/report.h"
 #include "bench/loadgen/scenarios.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 #include "storage/lvm/lvm_backend.h"
 
 namespace hvagent::bench {

@@ -2,7 +2,8 @@
 // CommandRunner: the one way hvagent runs external programs (lvm, parted, wipefs...).
 // An argv vector goes straight to execve: no shell, so no quoting or injection. Every run has
 // a timeout after which the child is killed, and its output is captured (bounded).
-// Storage backends take a CommandRunner&; unit tests pass a fake.
+// Storage backends take a CommandRunner&; unit tests pass a fake; SubprocessRunner
+// (subprocess_runner.h) is the real one. run_checked.h turns a run into a status.
 
 #include <chrono>
 #include <map>
@@ -32,12 +33,6 @@ class CommandRunner {
   // DeadlineExceeded when it was killed for the timeout; InvalidArgument for a bad argv;
   // Internal when it could not be started.
   virtual absl::StatusOr<CommandResult> Run(const Command& command) = 0;
-};
-
-class SubprocessRunner final : public CommandRunner {
- public:
-  static constexpr size_t kMaxCapture = 4 << 20;  // per stream
-  absl::StatusOr<CommandResult> Run(const Command& command) override;
 };
 
 }  // namespace hvagent::storage

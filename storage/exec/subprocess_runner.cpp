@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 
 namespace hvagent::storage {
 namespace {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/log.h"
+#include "storage/exec/run_checked.h"
 #include "storage/lvm/lvm_names.h"
 
 namespace hvagent::storage {
@@ -22,50 +23,27 @@ constexpr char kNoActivation[] = "global{activation=0}";
 
 std::shared_ptr<spdlog::logger> Log() { return log::ComponentLogger("storage.lvm"); }
 
-// lvm2's own words: stderr (else stdout) without the noise every call prints when activation
-// is disabled or a descriptor leaks into it.
-std::string LvmWords(const CommandResult& r) {
-  for (const std::string* text : {&r.stderr_text, &r.stdout_text}) {
-    std::vector<std::string> lines;
-    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-      line = absl::StripAsciiWhitespace(line);
-      if (line.empty() || absl::StrContains(line, "Activation disabled") ||
-          absl::StrContains(line, "leaked on lvm invocation")) {
-        continue;
-      }
-      lines.emplace_back(line);
-    }
-    std::string words = absl::StrJoin(lines, " ");
-    if (words.size() > 1000) words = absl::StrCat(words.substr(0, 1000), "...");
-    if (!words.empty()) return words;
-  }
-  return "(no output)";
-}
-
-// A failed lvm2 run as a status whose code follows lvm2's message.
-absl::Status LvmFailed(const std::string& subcommand, const CommandResult& r) {
-  std::string words = LvmWords(r);
-  std::string message = absl::StrCat("lvm2 ", subcommand, " failed (exit ", r.exit_code, "): ", words);
-  std::string lower = absl::AsciiStrToLower(words);
+absl::StatusCode LvmCode(absl::string_view lower) {
   if (absl::StrContains(lower, "insufficient free") || absl::StrContains(lower, "insufficient suitable")) {
-    return absl::ResourceExhaustedError(message);
+    return absl::StatusCode::kResourceExhausted;
   }
-  if (absl::StrContains(lower, "already exists")) return absl::AlreadyExistsError(message);
+  if (absl::StrContains(lower, "already exists")) return absl::StatusCode::kAlreadyExists;
   if (absl::StrContains(lower, "in use") || absl::StrContains(lower, "open logical volume") ||
       absl::StrContains(lower, "aborted wiping") || absl::StrContains(lower, "signature left") ||
       absl::StrContains(lower, "can't initialize physical volume")) {
-    return absl::FailedPreconditionError(message);
+    return absl::StatusCode::kFailedPrecondition;
   }
   if (absl::StrContains(lower, "not found") || absl::StrContains(lower, "failed to find")) {
-    return absl::NotFoundError(message);
+    return absl::StatusCode::kNotFound;
   }
-  return absl::InternalError(message);
+  return absl::StatusCode::kInternal;
 }
 
-std::string Seconds(std::chrono::milliseconds ms) {
-  if (ms.count() % 1000 == 0) return absl::StrCat(ms.count() / 1000);
-  return absl::StrCat(static_cast<double>(ms.count()) / 1000.0);
-}
+// lvm2's own words, without the noise every call prints when activation is disabled or a
+// descriptor leaks into it; the status code follows what lvm2 said.
+const ToolErrors kLvmErrors{.noise = {"Activation disabled", "leaked on lvm invocation"}, .classify = LvmCode};
+
+std::string Label(const std::string& subcommand) { return absl::StrCat("lvm2 ", subcommand); }
 
 std::string Bytes(uint64_t n) { return absl::StrCat(n, "b"); }
 
@@ -139,28 +117,18 @@ std::vector<std::string> LvmBackend::Argv(const std::string& subcommand, std::ve
   return argv;
 }
 
-absl::StatusOr<CommandResult> LvmBackend::RunLvm(const std::string& subcommand, std::vector<std::string> args) const {
+Command LvmBackend::LvmCommand(const std::string& subcommand, std::vector<std::string> args) const {
   Command cmd{.argv = Argv(subcommand, std::move(args)),
               .timeout = options_.timeout,
               .env = {{"LVM_SUPPRESS_FD_WARNINGS", "1"}}};
   Log()->debug("pool '{}': {}", config_.name, absl::StrJoin(cmd.argv, " "));
-  auto r = runner_.Run(cmd);
-  if (!r.ok()) {
-    if (absl::IsDeadlineExceeded(r.status())) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("lvm2 ", subcommand, " hung for ", Seconds(options_.timeout), " s and was killed"));
-    }
-    return absl::Status(r.status().code(), absl::StrCat("lvm2 ", subcommand, ": ", r.status().message()));
-  }
-  return r;
+  return cmd;
 }
 
 absl::Status LvmBackend::RunLvmChecked(const std::string& subcommand, std::vector<std::string> args) {
-  auto r = RunLvm(subcommand, std::move(args));
+  absl::Status s = RunChecked(runner_, LvmCommand(subcommand, std::move(args)), Label(subcommand), kLvmErrors);
   Invalidate();
-  if (!r.ok()) return r.status();
-  if (r->exit_code != 0) return LvmFailed(subcommand, *r);
-  return absl::OkStatus();
+  return s;
 }
 
 absl::Status LvmBackend::VgMissing() const {
@@ -169,19 +137,19 @@ absl::Status LvmBackend::VgMissing() const {
 }
 
 absl::StatusOr<std::optional<lvm::Report>> LvmBackend::FetchReport() const {
-  auto r = RunLvm("fullreport", {"--reportformat", "json", "--units", "b", "--nosuffix",
+  auto r = RunTool(runner_, LvmCommand("fullreport", {"--reportformat", "json", "--units", "b", "--nosuffix",
                                  "--configreport", "vg", "-o", lvm::kVgFields,
                                  "--configreport", "lv", "-o", lvm::kLvFields,
                                  "--configreport", "pv", "-o", "pv_name",
                                  "--configreport", "pvseg", "-o", "pvseg_start", "-S", "pvseg_start<0",
                                  "--configreport", "seg", "-o", "seg_start", "-S", "seg_start<0",
-                                 config_.volume_group});
+                                 config_.volume_group}), Label("fullreport"));
   if (!r.ok()) return r.status();
   if (r->exit_code != 0) {
     if (absl::StrContains(r->stderr_text, absl::StrCat("Volume group \"", config_.volume_group, "\" not found"))) {
       return std::optional<lvm::Report>();
     }
-    return LvmFailed("fullreport", *r);
+    return ToolFailed(Label("fullreport"), *r, kLvmErrors);
   }
   auto report = lvm::ParseFullReport(r->stdout_text, config_.volume_group);
   if (absl::IsNotFound(report.status())) return std::optional<lvm::Report>();
@@ -244,7 +212,6 @@ absl::Status LvmBackend::Prepare() {
   for (const std::string& pv : config_.physical_volumes) {
     if (auto s = lvm::CheckPvPath(pv); !s.ok()) return s;
   }
-  std::lock_guard lock(mu_);
   Invalidate();
   auto fetched = FetchReport();
   if (!fetched.ok()) return fetched.status();
@@ -289,7 +256,6 @@ absl::Status LvmBackend::Prepare() {
 
 absl::StatusOr<PoolInfo> LvmBackend::GetPool() {
   if (auto s = CheckConfig(); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto report = Report();
   if (!report.ok()) return report.status();
   const lvm::Report& r = **report;
@@ -315,7 +281,6 @@ absl::StatusOr<PoolInfo> LvmBackend::GetPool() {
 
 absl::StatusOr<std::vector<VolumeInfo>> LvmBackend::ListVolumes() {
   if (auto s = CheckConfig(); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto report = Report();
   if (!report.ok()) return report.status();
   std::vector<VolumeInfo> out;
@@ -329,7 +294,6 @@ absl::StatusOr<std::vector<VolumeInfo>> LvmBackend::ListVolumes() {
 absl::StatusOr<VolumeInfo> LvmBackend::GetVolume(const std::string& name) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto lv = FindOurs(name);
   if (!lv.ok()) return lv.status();
   return ToVolume(*lv);
@@ -339,7 +303,6 @@ absl::StatusOr<VolumeInfo> LvmBackend::CreateVolume(const VolumeSpec& spec) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = lvm::CheckVolumeName(spec.name); !s.ok()) return s;
   if (auto s = CheckSize(spec.size_bytes); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto report = Report();
   if (!report.ok()) return report.status();
   const lvm::Report& r = **report;
@@ -382,9 +345,7 @@ absl::StatusOr<VolumeInfo> LvmBackend::CreateVolume(const VolumeSpec& spec) {
     }
   }
 
-  auto run = RunLvm("lvcreate", std::move(args));
-  Invalidate();
-  absl::Status status = !run.ok() ? run.status() : run->exit_code != 0 ? LvmFailed("lvcreate", *run) : absl::OkStatus();
+  absl::Status status = RunLvmChecked("lvcreate", std::move(args));
   if (status.ok()) {
     Log()->info("pool '{}': created volume {} ({} bytes)", config_.name, spec.name, *size);
     return VolumeInfo{.pool = config_.name, .name = spec.name, .path = LvPath(spec.name), .size_bytes = *size};
@@ -419,12 +380,8 @@ absl::StatusOr<VolumeInfo> LvmBackend::ResizeVolume(const std::string& name, uin
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
   if (auto s = CheckSize(new_size_bytes); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto lv = FindOurs(name);
   if (!lv.ok()) return lv.status();
-  if (deleting_.count(name) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
-  }
   const lvm::Report& r = cache_->report;  // FindOurs just filled the cache
   auto size = RoundSize(new_size_bytes, r.vg.extent_size);
   if (!size.ok()) return size.status();
@@ -447,15 +404,11 @@ absl::StatusOr<VolumeInfo> LvmBackend::ResizeVolume(const std::string& name, uin
   return grown;
 }
 
-absl::Status LvmBackend::DeleteVolume(const std::string& name, const ProgressFn& progress) {
+absl::StatusOr<DeletePlan> LvmBackend::BeginDelete(const std::string& name) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = lvm::CheckVolumeName(name); !s.ok()) return s;
-  std::unique_lock lock(mu_);
   auto lv = FindOurs(name);
   if (!lv.ok()) return lv.status();
-  if (deleting_.count(name) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is already being deleted"));
-  }
   VolumeInfo volume = ToVolume(*lv);
   if (!volume.attached_to.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is attached to domain '",
@@ -471,20 +424,21 @@ absl::Status LvmBackend::DeleteVolume(const std::string& name, const ProgressFn&
     if (!IsActive(*lv)) {
       if (auto s = RunLvmChecked("lvchange", {"-ay", LvId(name)}); !s.ok()) return s;
     }
-    // The wipe can take minutes: other volumes of the pool stay usable meanwhile, this one is
-    // fenced off by deleting_.
-    deleting_.insert(name);
-    lock.unlock();
-    absl::Status wiped = wiper_.Wipe(volume.path, config_.wipe, progress);
-    lock.lock();
-    deleting_.erase(name);
-    if (!wiped.ok()) {
-      return absl::Status(wiped.code(),
-                          absl::StrCat("wiping volume '", name, "' failed, the volume was kept: ", wiped.message()));
-    }
   }
-  if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(name)}); !s.ok()) return s;
-  Log()->info("pool '{}': deleted volume {}", config_.name, name);
+  return DeletePlan{.volume = std::move(volume)};
+}
+
+absl::Status LvmBackend::WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) {
+  if (config_.wipe == WipeMode::kNone) return absl::OkStatus();
+  absl::Status wiped = wiper_.Wipe(plan.volume.path, config_.wipe, progress);
+  if (wiped.ok()) return wiped;
+  return absl::Status(wiped.code(), absl::StrCat("wiping volume '", plan.volume.name,
+                                                 "' failed, the volume was kept: ", wiped.message()));
+}
+
+absl::Status LvmBackend::FinishDelete(const DeletePlan& plan) {
+  if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(plan.volume.name)}); !s.ok()) return s;
+  Log()->info("pool '{}': deleted volume {}", config_.name, plan.volume.name);
   return absl::OkStatus();
 }
 
@@ -498,12 +452,8 @@ absl::Status LvmBackend::SetAttachment(const std::string& name, const std::strin
   if (!domain.empty()) {
     if (auto s = lvm::CheckDomainName(domain); !s.ok()) return s;
   }
-  std::lock_guard lock(mu_);
   auto lv = FindOurs(name);
   if (!lv.ok()) return lv.status();
-  if (deleting_.count(name) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
-  }
   std::vector<std::string> current = VmTags(*lv);
   for (std::string& t : TagsWith(*lv, kOwnedByTagPrefix)) current.push_back(std::move(t));
   std::vector<std::string> wanted;

@@ -29,15 +29,12 @@
 // gone (the VG filled up meanwhile) it is ResourceExhausted quoting lvm2. Tags are set by the
 // lvcreate itself, so a create never leaves an untagged LV; a create that fails otherwise (or
 // hangs) is checked with a fresh report and a tagged LV it left is removed.
-// One mutex serializes all operations of the pool (one backend per VG); it is released during
-// a wipe (which can take minutes), while the volume being deleted is fenced off.
+// Single-threaded (storage_backend.h): the report cache has no lock of its own.
 
 #include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -82,7 +79,9 @@ class LvmBackend final : public StorageBackend {
   absl::StatusOr<VolumeInfo> GetVolume(const std::string& name) override;
   absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) override;
   absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) override;
-  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override;
+  absl::StatusOr<DeletePlan> BeginDelete(const std::string& name) override;
+  absl::Status WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) override;
+  absl::Status FinishDelete(const DeletePlan& plan) override;
   // FailedPrecondition when attached to another domain (detach first). One lvchange adding and
   // deleting the vm and owned_by tags together; none when the tags already say so.
   absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
@@ -94,8 +93,8 @@ class LvmBackend final : public StorageBackend {
  private:
   absl::Status CheckConfig() const;
   std::vector<std::string> Argv(const std::string& subcommand, std::vector<std::string> args) const;
-  // Runs lvm2; non-zero exit and runner errors become statuses quoting lvm2.
-  absl::StatusOr<CommandResult> RunLvm(const std::string& subcommand, std::vector<std::string> args) const;
+  Command LvmCommand(const std::string& subcommand, std::vector<std::string> args) const;
+  // Runs lvm2 (storage/exec/run_checked.h, statuses quoting lvm2) and drops the cached report.
   absl::Status RunLvmChecked(const std::string& subcommand, std::vector<std::string> args);
   // The cached report, refreshed when stale. FailedPrecondition when the VG does not exist.
   absl::StatusOr<const lvm::Report*> Report(bool fresh = false);
@@ -118,14 +117,11 @@ class LvmBackend final : public StorageBackend {
   Clock* clock_;
   bool dm_available_ = false;
 
-  std::mutex mu_;
   struct Cached {
     lvm::Report report;
     Clock::TimePoint fetched_at;
   };
   std::optional<Cached> cache_;
-  // Volumes being wiped: the lock is not held during a wipe, so other volumes stay usable.
-  std::set<std::string> deleting_;
 };
 
 }  // namespace hvagent::storage

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/log.h"
+#include "storage/exec/run_checked.h"
 
 namespace hvagent::storage {
 namespace {
@@ -26,21 +27,8 @@ std::string Basename(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// The tool's own words: its stderr (else stdout), minus parted's noise about a missing udevadm.
-std::string ToolWords(const CommandResult& r) {
-  for (const std::string* text : {&r.stderr_text, &r.stdout_text}) {
-    std::vector<std::string> lines;
-    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-      line = absl::StripAsciiWhitespace(line);
-      if (line.empty() || absl::StrContains(line, "udevadm")) continue;
-      lines.emplace_back(line);
-    }
-    std::string words = absl::StrJoin(lines, " ");
-    if (words.size() > 1000) words = absl::StrCat(words.substr(0, 1000), "...");
-    if (!words.empty()) return words;
-  }
-  return "(no output)";
-}
+// parted complains on every run where udevadm is missing (containers); not the tool's words.
+const ToolErrors kToolErrors{.noise = {"udevadm"}};
 
 std::string Describe(const std::vector<std::string>& argv) {
   std::vector<std::string> shown = argv;
@@ -49,7 +37,7 @@ std::string Describe(const std::vector<std::string>& argv) {
 }
 
 absl::Status ToolFailed(const std::vector<std::string>& argv, const CommandResult& r) {
-  return absl::InternalError(absl::StrCat(Describe(argv), " failed (exit ", r.exit_code, "): ", ToolWords(r)));
+  return storage::ToolFailed(Describe(argv), r, kToolErrors);
 }
 
 bool DefaultNodeReady(const std::string& path) {
@@ -94,19 +82,14 @@ absl::Status PartitionBackend::CheckConfig() const {
 }
 
 absl::StatusOr<CommandResult> PartitionBackend::RunTool(std::vector<std::string> argv) const {
-  Command cmd{.argv = std::move(argv), .timeout = options_.timeout};
-  auto r = runner_.Run(cmd);
-  if (!r.ok()) {
-    return absl::Status(r.status().code(), absl::StrCat(Describe(cmd.argv), ": ", r.status().message()));
-  }
-  return r;
+  const std::string label = Describe(argv);
+  return storage::RunTool(runner_, Command{.argv = std::move(argv), .timeout = options_.timeout}, label);
 }
 
 absl::Status PartitionBackend::RunChecked(std::vector<std::string> argv) const {
-  auto r = RunTool(argv);
-  if (!r.ok()) return r.status();
-  if (r->exit_code != 0) return ToolFailed(argv, *r);
-  return absl::OkStatus();
+  const std::string label = Describe(argv);
+  return storage::RunChecked(runner_, Command{.argv = std::move(argv), .timeout = options_.timeout}, label,
+                             kToolErrors);
 }
 
 absl::StatusOr<gpt::Table> PartitionBackend::ReadTable() const {
@@ -179,7 +162,6 @@ bool PartitionBackend::WaitForNode(const std::string& path) const {
 
 absl::Status PartitionBackend::Prepare() {
   if (auto s = CheckConfig(); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto table = ReadTable();
   if (table.ok() || !absl::IsFailedPrecondition(table.status()) ||
       !absl::StrContains(table.status().message(), "no partition table")) {
@@ -208,7 +190,6 @@ absl::Status PartitionBackend::Prepare() {
 
 absl::StatusOr<PoolInfo> PartitionBackend::GetPool() {
   if (auto s = CheckConfig(); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto table = ReadTable();
   if (!table.ok()) return table.status();
   PoolInfo info{.name = config_.name, .type = PoolType::kPartition, .wipe = config_.wipe};
@@ -222,7 +203,6 @@ absl::StatusOr<PoolInfo> PartitionBackend::GetPool() {
 
 absl::StatusOr<std::vector<VolumeInfo>> PartitionBackend::ListVolumes() {
   if (auto s = CheckConfig(); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto table = ReadTable();
   if (!table.ok()) return table.status();
   std::vector<VolumeInfo> out;
@@ -236,7 +216,6 @@ absl::StatusOr<std::vector<VolumeInfo>> PartitionBackend::ListVolumes() {
 absl::StatusOr<VolumeInfo> PartitionBackend::GetVolume(const std::string& name) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = CheckName(name); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto found = FindVolume(name);
   if (!found.ok()) return found.status();
   return Info(found->table, found->partition, found->label);
@@ -265,7 +244,6 @@ absl::StatusOr<VolumeInfo> PartitionBackend::CreateVolume(const VolumeSpec& spec
   if (auto s = CheckName(spec.name); !s.ok()) return s;
   if (auto s = CheckSize("size_bytes", spec.size_bytes); !s.ok()) return s;
   const uint64_t size = RoundUp(spec.size_bytes);
-  std::lock_guard lock(mu_);
   auto table = ReadTable();
   if (!table.ok()) return table.status();
   for (const auto& p : table->partitions) {
@@ -329,7 +307,6 @@ absl::StatusOr<VolumeInfo> PartitionBackend::ResizeVolume(const std::string& nam
   if (auto s = CheckName(name); !s.ok()) return s;
   if (auto s = CheckSize("new_size_bytes", new_size_bytes); !s.ok()) return s;
   const uint64_t size = RoundUp(new_size_bytes);
-  std::lock_guard lock(mu_);
   auto found = FindVolume(name);
   if (!found.ok()) return found.status();
   const gpt::Table& table = found->table;
@@ -368,29 +345,40 @@ absl::StatusOr<VolumeInfo> PartitionBackend::ResizeVolume(const std::string& nam
   return Info(after->table, after->partition, after->label);
 }
 
-absl::Status PartitionBackend::DeleteVolume(const std::string& name, const ProgressFn& progress) {
+absl::StatusOr<DeletePlan> PartitionBackend::BeginDelete(const std::string& name) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = CheckName(name); !s.ok()) return s;
-  std::lock_guard lock(mu_);
   auto found = FindVolume(name);
   if (!found.ok()) return found.status();
   if (!found->label.domain.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("volume '", name, "' is attached to domain '", found->label.domain, "'; detach it first"));
   }
-  const std::string nr = absl::StrCat(found->partition.number);
-  const std::string path = gpt::PartitionPath(config_.disk, found->partition.number);
-  // Wipe first: once the partition leaves the table its blocks are free for the next tenant.
-  if (auto s = wiper_.Wipe(path, config_.wipe, progress); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("wiping volume '", name, "' (", path, "): ", s.message()));
-  }
+  return DeletePlan{.volume = Info(found->table, found->partition, found->label),
+                    .partition_number = found->partition.number};
+}
+
+// Every pool wipes, whatever its mode: once the partition leaves the table its blocks are free
+// for the next tenant (kNone returns at once).
+absl::Status PartitionBackend::WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) {
+  absl::Status s = wiper_.Wipe(plan.volume.path, config_.wipe, progress);
+  if (s.ok()) return s;
+  return absl::Status(s.code(),
+                      absl::StrCat("wiping volume '", plan.volume.name, "' (", plan.volume.path, "): ", s.message()));
+}
+
+absl::Status PartitionBackend::FinishDelete(const DeletePlan& plan) {
+  const std::string& name = plan.volume.name;
+  const std::string& path = plan.volume.path;
+  const std::string nr = absl::StrCat(plan.partition_number);
   // Drop it from the kernel first: this fails while the partition is open, leaving the table as is.
   std::vector<std::string> drop = {options_.partx, "-d", "--nr", nr, config_.disk};
   auto r = RunTool(drop);
   if (!r.ok()) return r.status();
   if (r->exit_code != 0) {
     return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' (", path,
-                                                      ") is wiped but still in use, not removed: ", ToolWords(*r)));
+                                                      ") is wiped but still in use, not removed: ",
+                                                      ToolWords(*r, kToolErrors)));
   }
   if (auto s = RunChecked({options_.parted, "-s", config_.disk, "rm", nr}); !s.ok()) {
     if (auto undo = RunChecked({options_.partx, "-a", "--nr", nr, config_.disk}); !undo.ok()) {
@@ -423,7 +411,6 @@ absl::Status PartitionBackend::SetAttachment(const std::string& name, const std:
           name.size(), ") in a GPT partition name: at most ", gpt::kMaxVolumeAndDomain, " together"));
     }
   }
-  std::lock_guard lock(mu_);
   auto found = FindVolume(name);
   if (!found.ok()) return found.status();
   if (found->label.domain == domain && (domain.empty() || found->label.owned == owned)) return absl::OkStatus();

@@ -26,13 +26,12 @@
 // wiping a disk in use: the wiper's O_EXCL open refuses mounted or claimed partitions, but a
 // plain open (e.g. a QEMU not recorded as attached) is only noticed after the wipe, when
 // `partx -d` fails and the partition stays (FailedPrecondition).
-// Every call holds the backend's mutex, a delete for the whole wipe.
+// Single-threaded (storage_backend.h); FinishDelete removes the partition BeginDelete found.
 // Costs (tool invocations): create 3, list / get / pool 1, delete 3 (+ the wipe), resize 3,
 // attach/detach 2, Prepare 1 (4 when it labels the disk). A failed create adds a rollback.
 
 #include <chrono>
 #include <functional>
-#include <mutex>
 #include <string>
 
 #include "storage/block_wiper.h"
@@ -69,7 +68,9 @@ class PartitionBackend final : public StorageBackend {
   absl::StatusOr<VolumeInfo> GetVolume(const std::string& name) override;
   absl::StatusOr<VolumeInfo> CreateVolume(const VolumeSpec& spec) override;
   absl::StatusOr<VolumeInfo> ResizeVolume(const std::string& name, uint64_t new_size_bytes) override;
-  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override;
+  absl::StatusOr<DeletePlan> BeginDelete(const std::string& name) override;
+  absl::Status WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) override;
+  absl::Status FinishDelete(const DeletePlan& plan) override;
   // FailedPrecondition when attached to another domain (detach first); InvalidArgument when the
   // domain name is not [A-Za-z0-9][A-Za-z0-9._+-]* or does not fit beside the volume's name.
   // One `parted name` records domain and ownership together.
@@ -95,7 +96,6 @@ class PartitionBackend final : public StorageBackend {
   CommandRunner& runner_;
   BlockWiper& wiper_;
   Options options_;
-  std::mutex mu_;
 };
 
 }  // namespace hvagent::storage

@@ -1,6 +1,7 @@
 #pragma once
 // FakeStorageBackend: an in-memory pool for service-level tests, with failure injection.
 
+#include <functional>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,8 @@ class FakeStorageBackend final : public storage::StorageBackend {
 
   absl::Status fail_set_attachment;
   absl::Status fail_get_pool;
+  absl::Status fail_wipe;
+  std::function<void()> during_wipe;
   std::vector<std::string> calls;
 
   const storage::PoolConfig& config() const override { return config_; }
@@ -51,14 +54,26 @@ class FakeStorageBackend final : public storage::StorageBackend {
     it->second.size_bytes = size;
     return it->second;
   }
-  absl::Status DeleteVolume(const std::string& name, const ProgressFn& progress) override {
+  absl::StatusOr<storage::DeletePlan> BeginDelete(const std::string& name) override {
     calls.push_back("delete " + name);
     auto it = volumes_.find(name);
     if (it == volumes_.end()) return absl::NotFoundError("volume not found");
-    if (!it->second.attached_to.empty()) return absl::FailedPreconditionError("attached");
-    progress({it->second.size_bytes / 2, it->second.size_bytes});
-    progress({it->second.size_bytes, it->second.size_bytes});
-    volumes_.erase(it);
+    if (!it->second.attached_to.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume '", name, "' is attached to domain '", it->second.attached_to, "'; detach it first"));
+    }
+    return storage::DeletePlan{.volume = it->second};
+  }
+  // Runs on the service's delete worker, beside other calls: touches nothing of the fake's but
+  // `during_wipe`, which a test sets before the delete starts.
+  absl::Status WipeForDelete(const storage::DeletePlan& plan, const ProgressFn& progress) override {
+    progress({plan.volume.size_bytes / 2, plan.volume.size_bytes});
+    if (during_wipe) during_wipe();
+    progress({plan.volume.size_bytes, plan.volume.size_bytes});
+    return fail_wipe;
+  }
+  absl::Status FinishDelete(const storage::DeletePlan& plan) override {
+    volumes_.erase(plan.volume.name);
     return absl::OkStatus();
   }
   // Follows the contract: one record of domain and ownership, another domain refused.

@@ -22,7 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 #include "storage/lvm/lvm_backend.h"
 
 namespace hvagent::storage {

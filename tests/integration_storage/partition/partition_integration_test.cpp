@@ -17,8 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "storage/exec/command_runner.h"
-#include "storage/partition/device_wiper.h"
+#include "storage/exec/subprocess_runner.h"
+#include "storage/device_wiper.h"
 #include "storage/partition/partition_backend.h"
 
 namespace hvagent::storage {

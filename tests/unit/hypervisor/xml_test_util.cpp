@@ -6,7 +6,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 
 namespace hvagent::hv {
 

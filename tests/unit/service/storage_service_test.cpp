@@ -1,5 +1,7 @@
 #include "agent/service/storage_service.h"
 
+#include <future>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -94,6 +96,54 @@ TEST_F(StorageServiceTest, DeleteRunsInBackgroundThenVolumeIsGone) {
   svc_->WaitForDeletes();
   EXPECT_EQ(svc_->GetVolume("vg0", "data").status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(backend_->calls, ::testing::Contains("delete data"));
+}
+
+// A wipe can take minutes: it runs without the pool's lock, so the pool's other volumes and
+// every read go on, while calls that would change or use the volume being wiped are refused.
+TEST_F(StorageServiceTest, DuringAWipeThePoolServesAndTheVolumeIsFenced) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  std::promise<void> wiping, finish;
+  std::shared_future<void> finish_f = finish.get_future().share();
+  backend_->during_wipe = [&wiping, finish_f] {
+    wiping.set_value();
+    finish_f.wait();
+  };
+  ASSERT_TRUE(svc_->DeleteVolume("vg0", "data").ok());
+  wiping.get_future().wait();  // the worker is inside the wipe now
+
+  auto listed = svc_->ListVolumes("vg0");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].state, VolumeState::kDeleting);
+  EXPECT_EQ((*listed)[0].wipe.done_bytes, (1u << 20) / 2);
+  EXPECT_TRUE(svc_->GetPool("vg0").ok());
+  EXPECT_TRUE(svc_->CreateVolume("vg0", {"other", 1 << 20}).ok());
+  EXPECT_TRUE(svc_->ResizeVolume("vg0", "other", 2 << 20).ok());
+  for (auto code : {svc_->AttachVolume("vg0", "data", "web1", "", false).status().code(),
+                    svc_->ResizeVolume("vg0", "data", 4 << 20).status().code(),
+                    svc_->DeleteVolume("vg0", "data").status().code(),
+                    svc_->ClaimVolume({"vg0", "data", 0}, "web1").status().code()}) {
+    EXPECT_EQ(code, absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_THAT(std::string(svc_->AttachVolume("vg0", "data", "web1", "", false).status().message()),
+              HasSubstr("'data' is being deleted"));
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), 1u);
+
+  finish.set_value();
+  svc_->WaitForDeletes();
+  EXPECT_EQ(svc_->GetVolume("vg0", "data").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(svc_->GetVolume("vg0", "other")->volume.size_bytes, 2u << 20);
+}
+
+TEST_F(StorageServiceTest, AFailedWipeKeepsTheVolumeAndLiftsTheFence) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  backend_->fail_wipe = absl::InternalError("write: Input/output error");
+  ASSERT_TRUE(svc_->DeleteVolume("vg0", "data").ok());
+  svc_->WaitForDeletes();
+  auto v = svc_->GetVolume("vg0", "data");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->state, VolumeState::kAvailable);
+  EXPECT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
 }
 
 TEST_F(StorageServiceTest, ManyDeletesReuseNoStaleState) {

@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
-#include "storage/exec/command_runner.h"
+#include "storage/exec/subprocess_runner.h"
 
 namespace hvagent::storage {
 namespace {

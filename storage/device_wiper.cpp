@@ -1,4 +1,4 @@
-#include "storage/partition/device_wiper.h"
+#include "storage/device_wiper.h"
 
 #include <fcntl.h>
 #include <linux/fs.h>

@@ -1,4 +1,4 @@
-#include "storage/partition/device_wiper.h"
+#include "storage/device_wiper.h"
 
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 namespace hvagent::storage {
 namespace {
 
-TEST(PartitionDeviceWiperUnit, RefusesPathsOutsideDev) {
+TEST(DeviceWiperUnit, RefusesPathsOutsideDev) {
   DeviceWiper wiper;
   int calls = 0;
   auto count = [&](const WipeProgress&) { ++calls; };
@@ -20,7 +20,7 @@ TEST(PartitionDeviceWiperUnit, RefusesPathsOutsideDev) {
   EXPECT_EQ(calls, 0);
 }
 
-TEST(PartitionDeviceWiperUnit, RefusesWhatIsNotABlockDevice) {
+TEST(DeviceWiperUnit, RefusesWhatIsNotABlockDevice) {
   DeviceWiper wiper;
   for (const char* path : {"/dev/null", "/dev/zero", "/dev/does-not-exist-hvagent", "/dev/shm"}) {
     EXPECT_EQ(wiper.Wipe(path, WipeMode::kZero, nullptr).code(), absl::StatusCode::kFailedPrecondition) << path;
@@ -28,7 +28,7 @@ TEST(PartitionDeviceWiperUnit, RefusesWhatIsNotABlockDevice) {
   }
 }
 
-TEST(PartitionDeviceWiperUnit, RefusesARegularFileUnderDev) {
+TEST(DeviceWiperUnit, RefusesARegularFileUnderDev) {
   const std::string path = "/dev/shm/hvagent-device-wiper-unit";
   {
     std::ofstream f(path);
@@ -44,7 +44,7 @@ TEST(PartitionDeviceWiperUnit, RefusesARegularFileUnderDev) {
   std::remove(path.c_str());
 }
 
-TEST(PartitionDeviceWiperUnit, NoneDoesNothing) {
+TEST(DeviceWiperUnit, NoneDoesNothing) {
   DeviceWiper wiper;
   int calls = 0;
   EXPECT_TRUE(wiper.Wipe("/dev/null", WipeMode::kNone, [&](const WipeProgress&) { ++calls; }).ok());
