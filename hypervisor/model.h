@@ -64,6 +64,12 @@ enum class DomainState {
   kUnknown, kRunning, kBlocked, kPaused, kShuttingDown, kShutoff, kCrashed, kPmSuspended
 };
 
+// Whether the domain has a guest in memory (it holds the host's resources and its disks).
+inline bool IsActive(DomainState s) {
+  return s == DomainState::kRunning || s == DomainState::kBlocked || s == DomainState::kPaused ||
+         s == DomainState::kShuttingDown || s == DomainState::kPmSuspended;
+}
+
 struct DomainInfo {
   std::string name;
   std::string uuid;
