@@ -89,6 +89,7 @@ std::set<size_t> VolumeDisks(const std::vector<DiskVolume>& volumes) {
 DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage,
                              Journal* journal)
     : hv_(hypervisor), clock_(clock), options_(options), storage_(storage), journal_(journal) {
+  if (options_.admission.has_value()) admission_ = std::make_unique<ComputeAdmission>(hv_, *options_.admission);
   if (journal_ == nullptr) {
     own_journal_ = std::move(*Journal::Open(""));  // in memory: cannot fail
     journal_ = own_journal_.get();
@@ -152,13 +153,23 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
   if (auto s = CheckHostPaths(options_.host_paths, request, VolumeDisks(volumes)); !s.ok()) return s;
   std::lock_guard lock(define_mu_);
-  if (!volumes.empty()) {
-    // Volumes come first, so a name that is taken must be refused before any is created.
+  // A taken name is refused before admission, so that a retried create of a domain that fills
+  // the host still hears AlreadyExists (what CloudStack's and Nova's retries look for), and
+  // before volumes, so that none is created for it.
+  if (!volumes.empty() || admission_ != nullptr) {
     if (auto existing = hv_.GetDomain(spec.name); existing.ok()) {
       return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
     } else if (!absl::IsNotFound(existing.status())) {
       return existing.status();
     }
+  }
+  // Held until the create is over: by then the domain is listed (or undone), and a concurrent
+  // admission counts this hold meanwhile.
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr) {
+    auto h = admission_->AdmitCreate(spec.vcpus, spec.memory_mib, start);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
   }
   if (spec.uuid.empty()) spec.uuid = NewUuid();
   internal::JournalBegin begin;
@@ -194,8 +205,11 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     auto volume = storage_->ClaimVolume(v.claim, spec.name);
     if (!volume.ok()) {
       ReleaseClaims(claimed, spec.name);
-      return absl::Status(volume.status().code(),
-                          absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
+      absl::Status s(volume.status().code(),
+                     absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
+      // Keeps what the payloads say (a capacity refusal's kind: 507 on REST).
+      volume.status().ForEachPayload([&](absl::string_view url, const absl::Cord& p) { s.SetPayload(url, p); });
+      return s;
     }
     HVAGENT_FAILPOINT("create.after_claim");
     spec.disks[v.disk].source_path = volume->path;
@@ -244,6 +258,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::Apply(const std::string& name, Op 
 }
 
 absl::StatusOr<hv::DomainInfo> DomainService::Start(const std::string& name) {
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr) {
+    auto h = admission_->AdmitStart(name);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
+  }
   return Apply(name, &hv::Hypervisor::StartDomain);
 }
 absl::StatusOr<hv::DomainInfo> DomainService::Destroy(const std::string& name) {
