@@ -75,7 +75,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, uint32_t vcpus, uint64_t
     uint64_t available = c.vcpus_schedulable > used_vcpus ? c.vcpus_schedulable - used_vcpus : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
+        absl::StrCat(what == "spec" ? "spec.vcpus" : what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
                      c.vcpus_schedulable, " (", used_vcpus, " ", taken, "; ", c.cpus, " CPUs, ",
                      policy_.reserved_cpus, " reserved, cpu_allocation_ratio ", Ratio(policy_.cpu_allocation_ratio),
                      ")"));
@@ -84,7 +84,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, uint32_t vcpus, uint64_t
     uint64_t available = c.memory_schedulable_bytes > used_memory ? c.memory_schedulable_bytes - used_memory : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
+        absl::StrCat(what == "spec" ? "spec.memory_mib" : what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
                      available / kMiB, " MiB of a limit of ", c.memory_schedulable_bytes / kMiB, " MiB (",
                      used_memory / kMiB, " MiB ", taken, "; ", c.memory_total_bytes / kMiB, " MiB total, ",
                      policy_.reserved_memory_bytes / kMiB, " MiB reserved, memory_allocation_ratio ",
