@@ -389,14 +389,25 @@ bool IsLoopbackAddress(const std::string& address) {
 }
 
 std::optional<int> VlanFromBroadcastUri(const std::string& uri) {
+  // No URI at all: a NIC of an untagged network (basic zones send none).
+  if (uri.empty()) return std::nullopt;
+  // Anything hvagent cannot honour exactly is refused: an isolated network (vxlan://, pvlan://,
+  // lswitch:, ...) put on the untagged bridge would join the tenant to the shared network.
   const std::string prefix = "vlan://";
-  if (uri.rfind(prefix, 0) != 0) return std::nullopt;
+  if (Lower(uri.substr(0, prefix.size())) != prefix) {
+    auto colon = uri.find(':');
+    std::string scheme = colon == std::string::npos ? uri : uri.substr(0, colon);
+    if (scheme.size() > 32) scheme = scheme.substr(0, 32) + "...";
+    throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': the '" + scheme +
+                       "' isolation is not supported by hvagent (only vlan://N and vlan://untagged); refused rather "
+                       "than put the NIC on the untagged bridge");
+  }
   std::string rest = uri.substr(prefix.size());
-  if (rest.empty() || Lower(rest) == "untagged") return std::nullopt;
+  if (Lower(rest) == "untagged") return std::nullopt;
   int vlan = 0;
   auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), vlan);
-  if (ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
-    throw PayloadError("broadcastUri '" + uri + "': VLAN must be 1..4094");
+  if (rest.empty() || ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
+    throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': VLAN must be 1..4094 or untagged");
   return vlan;
 }
 

@@ -67,7 +67,9 @@ bool ValidAbsolutePath(const std::string& s);
 bool ValidAddress(const std::string& s);
 bool IsLoopbackAddress(const std::string& address);
 
-// "vlan://100" -> 100; "vlan://untagged", "" or another scheme -> nullopt. Throws on junk.
+// "vlan://100" -> 100; "vlan://untagged" or "" -> nullopt (untagged). Throws PayloadError for
+// any other scheme (vxlan://, pvlan://, lswitch:, ...) and for a VLAN outside 1..4094: a network
+// the extension cannot isolate exactly must never fall back to the untagged bridge.
 std::optional<int> VlanFromBroadcastUri(const std::string& uri);
 
 // Parses an unsigned decimal (string or JSON number text); throws PayloadError naming `field`.

@@ -162,7 +162,7 @@ class ExtensionTest(unittest.TestCase):
             ("empty.json", "payload file is empty"),
             ("bad-name.json", "instance name 'i-2-100-VM;reboot' is not allowed"),
             ("bad-mac.json", "nics[0].mac"),
-            ("bad-vlan.json", "VLAN must be 1..4094"),
+            ("bad-vlan.json", "VLAN must be 1..4094 or untagged"),
             ("no-vlan-bridge.json", "no bridge for VLAN 100"),
             ("bad-ram.json", "minRam: 'lots' is not a whole number"),
             ("no-credentials.json", "ca_file, cert_file and key_file are required"),
@@ -172,6 +172,27 @@ class ExtensionTest(unittest.TestCase):
             for action in ("prepare", "create"):
                 with self.subTest(fixture=fixture, action=action):
                     self.fails(action, fixture, expect)
+
+    def test_broadcast_uris_that_cannot_be_honoured_are_refused(self):
+        """Issue 21 item 6: every scheme but vlan:// used to land on the untagged bridge, joining
+        an isolated network to the shared one. Each is refused now, before the agent is called."""
+        def nic0(uri):
+            def edit(doc):
+                doc["cloudstack.vm.details"]["nics"][0]["broadcastUri"] = uri
+            return edit
+        for uri in ("vxlan://5000", "pvlan://100-i200", "lswitch:3f2a", "ovs://42", "vlan://", "vlan://0",
+                    "vlan://4095", "vlan://100-i200", "vlan:// 100", "http://x"):
+            for action in ("prepare", "create"):
+                with self.subTest(uri=uri, action=action):
+                    out = self.fails(action, "create.json", f"broadcastUri '{uri}'", "INVALID_ARGUMENT", edit=nic0(uri))
+                    if not uri.startswith("vlan:"):
+                        self.assertIn("not supported by hvagent", out["error"])
+        # What it can honour: vlan://N (to its bridge), vlan://untagged and no URI (untagged).
+        for uri in ("vlan://200", "VLAN://untagged", ""):
+            with self.subTest(uri=uri):
+                self.ok("create", "create.json", edit=nic0(uri))
+                self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+                self.ok("delete", "delete.json")
 
     def test_host_files_never_come_from_the_instance_details(self):
         """A tenant sets `details` on its own VM (deployVirtualMachine / updateVirtualMachine):
