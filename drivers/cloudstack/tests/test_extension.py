@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -261,3 +262,81 @@ class ExtensionTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdmissionTest(unittest.TestCase):
+    """The agent's admission control seen through CloudStack: concurrent creates on a host with
+    room for ten. deploy/test-driver.toml's policy on the fake host: 16 CPUs x 4 = 64 vCPUs, 2
+    taken by the driver's own "test" domain; 6 vCPUs per instance: 10 fit (60), an 11th does not."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.agent = Agent("test:///default")
+        cls.ext = Extension(cls.agent.grpc_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ext.cleanup()
+        cls.agent.stop()
+
+    @staticmethod
+    def instance(i):
+        def edit(doc):
+            vm = doc["cloudstack.vm.details"]
+            vm["name"] = doc["virtualmachinename"] = f"i-2-{200 + i}-VM"
+            vm["uuid"] = doc["virtualmachineid"] = "3b7e2f0e-8d6a-4a51-9c3e-%012d" % (200 + i)
+            vm["cpus"] = 6
+            for n, nic in enumerate(vm["nics"]):
+                nic["mac"] = "02:00:4c:5f:%02x:%02x" % (i, n)
+        return edit
+
+    def test_twenty_concurrent_creates_on_room_for_ten(self):
+        before = set(self.agent.domains())
+        results = [None] * 20
+        payloads = [self.ext.payload("create.json", self.instance(i)) for i in range(20)]
+
+        def create(i):
+            results[i] = self.ext.run_raw(["create", payloads[i], "60"])
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        created = [i for i, (code, out) in enumerate(results) if code == 0]
+        refused = [(i, out) for i, (code, out) in enumerate(results) if code != 0]
+        self.assertEqual(len(created), 10, results)
+        self.assertEqual(len(refused), 10, results)
+        for i, out in refused:
+            self.assertEqual(out["status"], "error", out)
+            self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+            self.assertIn("spec.vcpus: not enough vCPUs on this host: asked 6, available", out["error"])
+            self.assertIn("of a limit of 64", out["error"])
+        # Nothing half-made: exactly the ten admitted instances were added, all running.
+        domains = self.agent.domains()
+        self.assertEqual(set(domains) - before, {f"i-2-{200 + i}-VM" for i in created})
+        for i in created:
+            self.assertEqual(domains[f"i-2-{200 + i}-VM"]["state"], "DOMAIN_STATE_RUNNING")
+        status, cap = self.agent.rest("GET", "/v1/host/capacity")
+        self.assertEqual(status, 200, cap)
+        self.assertEqual(cap["vcpus_available"], 2)
+        # REST tells the kind of refusal apart: 409 for the host's CPU/memory.
+        status, body = self.agent.rest("POST", "/v1/domains", {
+            "spec": {"name": "one-more", "vcpus": 6, "memory_mib": 128, "firmware": {"type": "TYPE_BIOS"}}})
+        self.assertEqual(status, 409, body)
+        self.assertEqual(body["details"], "capacity: compute")
+        # A refused instance can be created once room is made.
+        self.assertEqual(self.ext.run("delete", "delete.json", edit=self.instance(created[0]))[0], 0)
+        self.assertEqual(self.ext.run("create", "create.json", edit=self.instance(refused[0][0]))[0], 0)
+
+    def test_a_100_gib_instance_is_refused_on_test_default(self):
+        def huge(doc):
+            self.instance(30)(doc)
+            doc["cloudstack.vm.details"]["cpus"] = 8
+            doc["cloudstack.vm.details"]["maxRam"] = 100 * 1024 ** 3
+        before = self.agent.domains()
+        code, out = self.ext.run("create", "create.json", edit=huge)
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+        self.assertIn("spec.memory_mib: not enough memory on this host: asked 102400 MiB", out["error"])
+        self.assertEqual(self.agent.domains(), before)
