@@ -193,24 +193,54 @@ AgentTarget AgentTargetFrom(const Payload& p) {
   return t;
 }
 
-std::string VmName(const Payload& p) {
-  std::string name = Field(p.ext_vm, "vm_name");
-  if (name.empty()) name = Field(p.vm, "name");
-  if (name.empty()) name = Field(p.root, "virtualmachinename");
-  if (name.empty()) throw PayloadError("payload names no instance (cloudstack.vm.details.name)");
+namespace {
+std::string CheckedName(const std::string& name, const std::string& what) {
   if (!ValidDomainName(name))
-    throw PayloadError("instance name '" + name + "' is not allowed: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+    throw PayloadError(what + " '" + name.substr(0, 80) +
+                       "' is not allowed: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
   return name;
+}
+}  // namespace
+
+std::string InstanceName(const Payload& p) {
+  std::string name = Field(p.vm, "name");
+  if (name.empty()) name = Field(p.root, "virtualmachinename");
+  return name.empty() ? name : CheckedName(name, "instance name");
+}
+
+std::string VmName(const Payload& p) {
+  if (auto name = Field(p.ext_vm, "vm_name"); !name.empty()) return CheckedName(name, "vm_name");
+  std::string name = InstanceName(p);
+  if (name.empty()) throw PayloadError("payload names no instance (cloudstack.vm.details.name)");
+  return name;
+}
+
+std::string InstanceUuid(const Payload& p) {
+  std::string uuid = Field(p.vm, "uuid");
+  if (uuid.empty()) uuid = Field(p.root, "virtualmachineid");
+  if (!uuid.empty() && !ValidUuid(uuid))
+    throw PayloadError("cloudstack.vm.details.uuid: '" + uuid.substr(0, 80) + "' is not a UUID");
+  return uuid;
+}
+
+std::vector<std::string> DomainCandidates(const Payload& p) {
+  std::vector<std::string> out;
+  auto add = [&](const std::string& n) {
+    if (!n.empty() && std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+  };
+  if (auto persisted = Field(p.vm_params, kDomainDetail); !persisted.empty()) {
+    add(CheckedName(persisted, std::string("cloudstack.vm.details.details.") + kDomainDetail));
+  }
+  add(VmName(p));
+  add(InstanceName(p));
+  return out;
 }
 
 v1::DomainSpec BuildDomainSpec(const Payload& p) {
   RefuseHostFilesFromUserDetails(p);
   v1::DomainSpec spec;
   spec.set_name(VmName(p));
-  if (auto uuid = Field(p.vm, "uuid"); !uuid.empty()) {
-    if (!ValidUuid(uuid)) throw PayloadError("cloudstack.vm.details.uuid: '" + uuid + "' is not a UUID");
-    spec.set_uuid(uuid);
-  }
+  if (auto uuid = InstanceUuid(p); !uuid.empty()) spec.set_uuid(uuid);
   uint64_t cpus = ParseUnsigned(Field(p.vm, "cpus"), "cloudstack.vm.details.cpus");
   if (cpus < 1 || cpus > 4096) throw PayloadError("cloudstack.vm.details.cpus: must be 1..4096");
   spec.set_vcpus(static_cast<uint32_t>(cpus));

@@ -52,8 +52,12 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(out.get("status"), "success", out)
         return out
 
+    def host_state(self):
+        """Domains as a failed call must leave them (uptime ticks on by itself)."""
+        return {n: {k: v for k, v in d.items() if k != "uptime"} for n, d in self.agent.domains().items()}
+
     def fails(self, action, fixture, expect, code_name=None, **kw):
-        before = self.agent.domains()
+        before = self.host_state()
         code, out = self.ext.run(action, fixture, **kw)
         self.assertNotEqual(code, 0, out)
         self.assertEqual(out.get("status"), "error", out)
@@ -61,7 +65,7 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(out["error"], out["message"])
         if code_name:
             self.assertEqual(out.get("code"), code_name, out)
-        self.assertEqual(self.agent.domains(), before, "a failed call changed the host")
+        self.assertEqual(self.host_state(), before, "a failed call changed the host")
         return out
 
     def power(self, fixture="status.json"):
@@ -153,6 +157,81 @@ class ExtensionTest(unittest.TestCase):
                    edit=lambda d: d["parameters"].update(volume="../etc"))
         self.fails("resizevolume", "resizevolume.json", "size_gb (or size_bytes) is missing",
                    edit=lambda d: d["parameters"].pop("size_gb"))
+
+    def test_suspend_and_resume(self):
+        self.ok("create", "create.json")
+        out = self.ok("suspend", "create.json")
+        self.assertEqual(out["printmessage"], "true")
+        self.assertEqual(out["message"]["state"], "DOMAIN_STATE_PAUSED")
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_PAUSED")
+        self.assertEqual(self.power(), "poweron")  # paused keeps its resources: CloudStack's Running
+        out = self.ok("resume", "create.json")
+        self.assertEqual(out["message"]["state"], "DOMAIN_STATE_RUNNING")
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+        self.fails("resume", "create.json", "", "FAILED_PRECONDITION")  # not paused
+        self.ok("delete", "delete.json")
+        self.fails("suspend", "create.json", "is not defined on this host", "NOT_FOUND")
+
+    def test_reinstall_is_refused_until_images_exist(self):
+        self.ok("create", "create.json")
+        out = self.fails("reinstall", "create.json", "reinstall: not available yet", "UNIMPLEMENTED")
+        self.assertIn("nothing was changed", out["error"])  # fails() checked the host is unchanged
+
+    # ---- names: CloudStack's instance name vs the agent's domain --------------------------
+
+    def test_vm_name_override_every_action_finds_the_domain(self):
+        """An administrator names the domain (vm_name in the template's external details):
+        prepare hands the name back as a detail CloudStack persists, and every later action
+        finds the domain through it, even after the template's vm_name changed."""
+        def override(name, persisted=None):
+            def edit(doc):
+                doc["externaldetails"]["virtualmachine"]["vm_name"] = name
+                vm = doc.setdefault("cloudstack.vm.details", {})
+                vm.setdefault("name", VM)
+                vm.setdefault("uuid", VM_UUID)
+                if persisted:
+                    vm.setdefault("details", {})["hvagent_domain"] = persisted
+            return edit
+
+        out = self.ok("prepare", "prepare.json", edit=override("web-eu-1"))
+        self.assertEqual(out["details"]["hvagent_domain"], "web-eu-1")
+        self.assertEqual(out["details"]["hvagent_agent_address"], f"127.0.0.1:{self.agent.grpc_port}")
+        self.ok("create", "create.json", edit=override("web-eu-1"))
+        self.assertIn("web-eu-1", self.agent.domains())
+        self.assertNotIn(VM, self.agent.domains())
+        try:
+            # The template's vm_name changed since: the persisted detail still leads to the domain.
+            later = override("renamed", persisted="web-eu-1")
+            out = self.ok("status", "status.json", edit=later)
+            self.assertEqual((out["power_state"], out["domain"]), ("poweron", "web-eu-1"))
+            out = self.ok("stop", "stop.json", edit=later)
+            self.assertEqual(out["message"], "Instance stopped")
+            self.assertEqual(self.agent.domains()["web-eu-1"]["state"], "DOMAIN_STATE_SHUTOFF")
+            self.assertEqual(self.ok("statuses", "statuses.json")["power_state"]["web-eu-1"], "poweroff")
+            self.assertEqual(self.ok("start", "start.json", edit=later)["message"], "Instance started")
+            self.assertEqual(self.ok("reboot", "reboot.json", edit=later)["message"], "Instance rebooted")
+            # Without the persisted detail, the current vm_name is tried, then the instance name.
+            self.assertEqual(self.ok("status", "status.json", edit=override("web-eu-1"))["domain"], "web-eu-1")
+            self.assertEqual(self.ok("delete", "delete.json", edit=later)["message"], "Instance deleted")
+            self.assertNotIn("web-eu-1", self.agent.domains())
+        finally:
+            self.agent.rest("DELETE", "/v1/domains/web-eu-1?force=true")
+
+    def test_persisted_name_of_another_instance_is_refused(self):
+        """hvagent_domain sits among the VM's details, which its user can edit: pointing it at
+        another instance's domain must not stop or delete that domain."""
+        self.ok("create", "create.json")
+        def intruder(doc):
+            vm = doc.setdefault("cloudstack.vm.details", {})
+            vm["name"] = doc["virtualmachinename"] = "i-3-300-VM"
+            vm["uuid"] = doc["virtualmachineid"] = "00000000-0000-4000-8000-000000000300"
+            vm.setdefault("details", {})["hvagent_domain"] = VM
+        for action, fixture in (("stop", "stop.json"), ("delete", "delete.json"), ("start", "start.json"),
+                                ("reboot", "reboot.json"), ("status", "status.json"), ("suspend", "create.json")):
+            with self.subTest(action=action):
+                out = self.fails(action, fixture, "not this instance's", "FAILED_PRECONDITION", edit=intruder)
+                self.assertIn("refusing to act on another VM", out["error"])
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
 
     # ---- errors: nothing changes, a JSON error, a non-zero exit --------------------------
 
