@@ -374,15 +374,44 @@ int Reinstall(const Payload& p, const Agent& a) {
               "UNIMPLEMENTED");
 }
 
+// CloudStack's instance names: i-<account>-<id>-VM for guests, r-/s-/v-<id>-VM for its system
+// VMs. Only these can be keys of `statuses`: CloudStack looks its VMs up there by that name.
+bool IsInstanceName(const std::string& n) {
+  if (n.size() < 5 || n.find_first_of("irsv") != 0 || n[1] != '-' || !n.ends_with("-VM")) return false;
+  const std::string mid = n.substr(2, n.size() - 5);  // "2-100" or "5"
+  int dashes = 0;
+  for (size_t i = 0; i < mid.size(); ++i) {
+    if (mid[i] == '-') {
+      if (i == 0 || i + 1 == mid.size() || mid[i - 1] == '-') return false;
+      ++dashes;
+    } else if (!std::isdigit(static_cast<unsigned char>(mid[i]))) {
+      return false;
+    }
+  }
+  return !mid.empty() && dashes <= 1 && (n[0] != 'i' || dashes == 1);
+}
+
 int Statuses(const Agent& a) {
   v1::ListDomainsResponse r;
   auto s = a.domains->ListDomains(a.Context().get(), {}, &r);
   if (!s.ok()) return a.Error(s, "listing domains");
+  // Keys are CloudStack's instance names. A domain named otherwise (a vm_name override, or a
+  // domain of another controller) cannot be mapped back from this payload, which names no VM:
+  // it is listed apart, and CloudStack's per-VM `status` resolves it (Resolve).
   value states = value::object();
-  for (const auto& d : r.domains()) states[d.name()] = value::string(PowerState(d.state()));
+  value others = value::array();
+  size_t n = 0;
+  for (const auto& d : r.domains()) {
+    if (IsInstanceName(d.name())) {
+      states[d.name()] = value::string(PowerState(d.state()));
+    } else {
+      others[n++] = value::string(d.name());
+    }
+  }
   value out = value::object();
   out["status"] = value::string("success");
   out["power_state"] = states;
+  out["other_domains"] = others;
   return Emit(out, 0);
 }
 
