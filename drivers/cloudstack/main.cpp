@@ -222,6 +222,21 @@ int Prepare(const Payload& p, const Agent& a) {
   auto s = GetDomain(a, spec.name(), &d);
   if (s.ok()) return Fail("a domain named '" + spec.name() + "' already exists on this host", "ALREADY_EXISTS");
   if (s.error_code() != grpc::StatusCode::NOT_FOUND) return a.Error(s, "checking domain " + spec.name());
+  // An early answer from the agent's capacity: CloudStack registers External hosts with no CPU
+  // or memory and leaves capacity to the extension. create is admitted again by the agent, under
+  // its lock, so a race between two prepares cannot overfill the host.
+  v1::Capacity c;
+  if (auto cs = a.host->GetCapacity(a.Context().get(), {}, &c); !cs.ok()) return a.Error(cs, "reading host capacity");
+  const uint64_t memory = spec.memory_mib() * 1024 * 1024;
+  if (spec.vcpus() > c.vcpus_available() || memory > c.memory_available_bytes()) {
+    return Fail("the host has no room for instance " + spec.name() + ": asked " + std::to_string(spec.vcpus()) +
+                    " vCPUs and " + std::to_string(spec.memory_mib()) + " MiB, available " +
+                    std::to_string(c.vcpus_available()) + " vCPUs and " +
+                    std::to_string(c.memory_available_bytes() >> 20) + " MiB of a limit of " +
+                    std::to_string(c.vcpus_schedulable()) + " vCPUs and " +
+                    std::to_string(c.memory_schedulable_bytes() >> 20) + " MiB",
+                "RESOURCE_EXHAUSTED");
+  }
   value out = Success("Instance " + spec.name() + " can be created");
   // CloudStack merges `details` into the VM's details and keeps them: later actions find the
   // domain by the name chosen now, even if the template's vm_name changes (Resolve checks the

@@ -421,6 +421,11 @@ class AdmissionTest(unittest.TestCase):
             doc["cloudstack.vm.details"]["cpus"] = 8
             doc["cloudstack.vm.details"]["maxRam"] = 100 * 1024 ** 3
         before = self.agent.domains()
+        # prepare already says so, from the agent's capacity.
+        code, out = self.ext.run("prepare", "prepare.json", edit=huge)
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+        self.assertIn("asked 8 vCPUs and 102400 MiB, available", out["error"])
         code, out = self.ext.run("create", "create.json", edit=huge)
         self.assertEqual(code, 1, out)
         self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
