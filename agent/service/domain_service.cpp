@@ -153,10 +153,8 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
   if (auto s = CheckHostPaths(options_.host_paths, request, VolumeDisks(volumes)); !s.ok()) return s;
   std::lock_guard lock(define_mu_);
-  // A taken name is refused before admission, so that a retried create of a domain that fills
-  // the host still hears AlreadyExists (what CloudStack's and Nova's retries look for), and
-  // before volumes, so that none is created for it.
-  if (!volumes.empty() || admission_ != nullptr) {
+  if (!volumes.empty()) {
+    // Volumes come first, so a name that is taken must be refused before any is created.
     if (auto existing = hv_.GetDomain(spec.name); existing.ok()) {
       return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
     } else if (!absl::IsNotFound(existing.status())) {
@@ -168,7 +166,14 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   ComputeAdmission::Hold hold;
   if (admission_ != nullptr) {
     auto h = admission_->AdmitCreate(spec.vcpus, spec.memory_mib, start);
-    if (!h.ok()) return h.status();
+    if (!h.ok()) {
+      // A retried create of a domain that fills the host hears AlreadyExists, which is what
+      // CloudStack's and Nova's retries look for, not a capacity refusal.
+      if (hv_.GetDomain(spec.name).ok()) {
+        return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
+      }
+      return h.status();
+    }
     hold = std::move(*h);
   }
   if (spec.uuid.empty()) spec.uuid = NewUuid();

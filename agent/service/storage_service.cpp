@@ -182,7 +182,12 @@ absl::Status StorageService::AdmitSpace(Pool& pool, const std::string& pool_name
   auto info = pool.backend->GetPool();
   if (!info.ok()) return info.status();
   const bool thin = !pool.backend->config().thin_pool.empty();
-  return CheckPoolFloor(pool_name, info->free_bytes, thin ? 0 : asked_bytes, pool_free_floor_bytes_, field);
+  const uint64_t asked = thin ? 0 : asked_bytes;
+  // More than the pool has free, or a size the backend cannot hold at all: the backend's own
+  // answer (full: RESOURCE_EXHAUSTED, 507; impossible: INVALID_ARGUMENT, 400) says it better.
+  // This check adds what the backend does not know: the floor.
+  if (asked > info->free_bytes) return absl::OkStatus();
+  return CheckPoolFloor(pool_name, info->free_bytes, asked, pool_free_floor_bytes_, field);
 }
 
 absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& pool_name,

@@ -159,6 +159,15 @@ TEST_F(AdmissionTest, Storage_CreateBelowTheFloorIsRefusedWithNothingMade) {
   EXPECT_TRUE(storage_->CreateVolume("vg0", {"fits", 768ULL << 20}).ok());
 }
 
+TEST_F(AdmissionTest, Storage_MoreThanFreeIsTheBackendsOwnAnswer) {
+  // Past the free space the backend answers (full, or a size it cannot hold: 400): the floor
+  // check only adds what the backend does not know.
+  auto v = storage_->CreateVolume("vg0", {"huge", 2ULL << 30});
+  ASSERT_EQ(v.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(CapacityKindOf(v.status()), std::nullopt);
+  EXPECT_THAT(pool_->calls, ElementsAre("create huge"));
+}
+
 TEST_F(AdmissionTest, Storage_GrowBelowTheFloorIsRefused) {
   ASSERT_TRUE(storage_->CreateVolume("vg0", {"v", 512ULL << 20}).ok());
   auto r = storage_->ResizeVolume("vg0", "v", 900ULL << 20);
