@@ -275,23 +275,25 @@ int Run(const config::Config& cfg) {
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
   storage::SubprocessRunner runner;
   storage::DeviceWiper wiper;
-  service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper));
+  service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper), cfg.pool_free_floor_mib << 20);
   auto state = OpenState(cfg);
   if (!state.ok()) {
     logger->critical("{}", state.status().message());
     return 1;
   }
-  service::DomainService domains(hypervisor, clock,
-                                 {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get()},
-                                 &storage, state->journal.get());
+  // One policy, reported by HostService and enforced by DomainService's admission, whatever
+  // the hypervisor URI (test:///default included).
+  const service::CapacityPolicy policy{.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
+                                       .memory_allocation_ratio = cfg.memory_allocation_ratio,
+                                       .reserved_cpus = cfg.reserved_cpus,
+                                       .reserved_memory_bytes = cfg.reserved_memory_mib << 20};
+  service::DomainService domains(
+      hypervisor, clock,
+      {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get(), .admission = policy},
+      &storage, state->journal.get());
   RecoverBeforeServing(domains, *state->journal, hypervisor);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
-  service::HostService host(hypervisor,
-                           {.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
-                            .memory_allocation_ratio = cfg.memory_allocation_ratio,
-                            .reserved_cpus = cfg.reserved_cpus,
-                            .reserved_memory_bytes = cfg.reserved_memory_mib << 20},
-                           &storage);
+  service::HostService host(hypervisor, policy, &storage);
   auto evtchn = MakeEventChannelProbe(cfg);
   service::MetricsCollector metrics(hypervisor, host, clock,
                                     {.max_age = cfg.metrics_max_age,

@@ -24,7 +24,8 @@ int HttpStatusFor(absl::StatusCode code) {
     case absl::StatusCode::kAborted: return 409;
     case absl::StatusCode::kPermissionDenied: return 403;
     case absl::StatusCode::kUnauthenticated: return 401;
-    // The agent only runs out of capacity (a full pool), never rate-limits: 507 Insufficient Storage.
+    // A full pool: 507 Insufficient Storage. Capacity refusals carry their kind (409 for CPU and
+    // memory, ErrorResponse in rest/json.cpp); the rate limiter answers 429 (rest_router.cpp).
     case absl::StatusCode::kResourceExhausted: return 507;
     case absl::StatusCode::kUnimplemented: return 501;
     case absl::StatusCode::kUnavailable: return 503;

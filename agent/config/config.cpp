@@ -126,6 +126,7 @@ const std::vector<Key>& Keys() {
            "must be greater than 0 and at most 16"),
       Integer("capacity", "reserved_cpus", &Config::reserved_cpus, 0, 4096),
       Integer("capacity", "reserved_memory_mib", &Config::reserved_memory_mib, 0, int64_t{1} << 32),
+      Integer("capacity", "pool_free_floor_mib", &Config::pool_free_floor_mib, 0, int64_t{1} << 40),
       Integer("metrics", "max_age_ms", &Config::metrics_max_age, 100, 60000),
       Real("event_channels", "alert_share", &Config::evtchn_alert_share, 0, 1, "must be greater than 0 and at most 1"),
       Integer("event_channels", "default_max_port", &Config::evtchn_default_max_port, 1, 131071),

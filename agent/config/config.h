@@ -27,6 +27,7 @@ struct Config {
   double memory_allocation_ratio = 1.0;
   uint32_t reserved_cpus = 0;
   uint64_t reserved_memory_mib = 512;
+  uint64_t pool_free_floor_mib = 0;  // every pool keeps this much free (admission.h)
   // [metrics]: one sample serves every reader for this long.
   std::chrono::milliseconds metrics_max_age{1000};
   // [event_channels] (Xen): alert share, the toolstack's max_evtchn_port for domUs, and how

@@ -77,6 +77,7 @@ std::set<size_t> VolumeDisks(const std::vector<DiskVolume>& volumes) {
 DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage,
                              Journal* journal)
     : hv_(hypervisor), clock_(clock), options_(options), storage_(storage), journal_(journal) {
+  if (options_.admission.has_value()) admission_ = std::make_unique<ComputeAdmission>(hv_, *options_.admission);
   if (journal_ == nullptr) {
     own_journal_ = std::move(*Journal::Open(""));  // in memory: cannot fail
     journal_ = own_journal_.get();
@@ -148,6 +149,21 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
       return existing.status();
     }
   }
+  // Held until the create is over: by then the domain is listed (or undone), and a concurrent
+  // admission counts this hold meanwhile.
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr) {
+    auto h = admission_->AdmitCreate(spec.vcpus, spec.memory_mib, start);
+    if (!h.ok()) {
+      // A retried create of a domain that fills the host hears AlreadyExists, which is what
+      // CloudStack's and Nova's retries look for, not a capacity refusal.
+      if (hv_.GetDomain(spec.name).ok()) {
+        return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
+      }
+      return h.status();
+    }
+    hold = std::move(*h);
+  }
   if (spec.uuid.empty()) spec.uuid = NewUuid();
   internal::JournalBegin begin;
   begin.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
@@ -182,8 +198,11 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     auto volume = storage_->ClaimVolume(v.claim, spec.name);
     if (!volume.ok()) {
       ReleaseClaims(claimed, spec.name);
-      return absl::Status(volume.status().code(),
-                          absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
+      absl::Status s(volume.status().code(),
+                     absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
+      // Keeps what the payloads say (a capacity refusal's kind: 507 on REST).
+      volume.status().ForEachPayload([&](absl::string_view url, const absl::Cord& p) { s.SetPayload(url, p); });
+      return s;
     }
     HVAGENT_FAILPOINT("create.after_claim");
     spec.disks[v.disk].source_path = volume->path;
@@ -232,6 +251,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::Apply(const std::string& name, Op 
 }
 
 absl::StatusOr<hv::DomainInfo> DomainService::Start(const std::string& name) {
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr) {
+    auto h = admission_->AdmitStart(name);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
+  }
   return Apply(name, &hv::Hypervisor::StartDomain);
 }
 absl::StatusOr<hv::DomainInfo> DomainService::Destroy(const std::string& name) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/service/admission.h"
 #include "agent/service/journal.h"
 #include "agent/service/storage_service.h"
 #include "common/clock.h"
@@ -42,6 +43,9 @@ class DomainService {
     // Where host files given by path may come from (agent/service/host_paths.h). Null: nowhere,
     // only pool volumes.
     const HostPathPolicy* host_paths = nullptr;
+    // The capacity policy creates and starts are admitted by (admission.h). The agent always
+    // sets it; unset only in unit tests of other behaviour.
+    std::optional<CapacityPolicy> admission;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
@@ -74,6 +78,8 @@ class DomainService {
   // never taken for an orphan.
   absl::StatusOr<std::vector<Orphan>> Reconcile(bool release_orphans);
 
+  // Refused with RESOURCE_EXHAUSTED (CapacityKindOf: compute) when the domain does not fit the
+  // capacity policy, before anything is touched (no volume is created or claimed).
   // With `volumes`, the named disks get pool volumes recorded as attached to the new domain:
   // created when the claim asks so (owned by the domain), or existing free ones (borrowed). When
   // any step fails, every step before it is undone (volumes created here are deleted, claimed
@@ -82,6 +88,7 @@ class DomainService {
                                         const std::vector<DiskVolume>& volumes = {});
   absl::StatusOr<hv::DomainInfo> Get(const std::string& name);
   absl::StatusOr<std::vector<hv::DomainInfo>> List();
+  // Refused with RESOURCE_EXHAUSTED (compute) when the running domains leave no room for it.
   absl::StatusOr<hv::DomainInfo> Start(const std::string& name);
   // timeout 0: the configured default.
   absl::StatusOr<ShutdownResult> Shutdown(const std::string& name, std::chrono::seconds timeout);
@@ -121,6 +128,7 @@ class DomainService {
   StorageService* storage_;
   std::unique_ptr<Journal> own_journal_;
   Journal* journal_;
+  std::unique_ptr<ComputeAdmission> admission_;  // null: not admitted (unit tests only)
   // Serializes create/delete so "exists?" and "define" cannot interleave between requests.
   std::mutex define_mu_;
 };

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "agent/service/admission.h"
 #include "common/log.h"
 
 namespace hvagent::service {
@@ -32,8 +33,9 @@ absl::StatusOr<std::string> FreeTarget(const std::vector<hv::DiskSpec>& disks) {
 }  // namespace
 
 StorageService::StorageService(hv::Hypervisor& hypervisor,
-                               std::vector<std::unique_ptr<storage::StorageBackend>> backends)
-    : hv_(hypervisor) {
+                               std::vector<std::unique_ptr<storage::StorageBackend>> backends,
+                               uint64_t pool_free_floor_bytes)
+    : hv_(hypervisor), pool_free_floor_bytes_(pool_free_floor_bytes) {
   for (auto& b : backends) {
     auto pool = std::make_unique<Pool>();
     std::string name = b->config().name;
@@ -195,11 +197,25 @@ absl::StatusOr<VolumeStatus> StorageService::GetVolume(const std::string& pool_n
   return StatusOf(*v);
 }
 
+absl::Status StorageService::AdmitSpace(Pool& pool, const std::string& pool_name, uint64_t asked_bytes,
+                                        absl::string_view field) {
+  auto info = pool.backend->GetPool();
+  if (!info.ok()) return info.status();
+  const bool thin = !pool.backend->config().thin_pool.empty();
+  const uint64_t asked = thin ? 0 : asked_bytes;
+  // More than the pool has free, or a size the backend cannot hold at all: the backend's own
+  // answer (full: RESOURCE_EXHAUSTED, 507; impossible: INVALID_ARGUMENT, 400) says it better.
+  // This check adds what the backend does not know: the floor.
+  if (asked > info->free_bytes) return absl::OkStatus();
+  return CheckPoolFloor(pool_name, info->free_bytes, asked, pool_free_floor_bytes_, field);
+}
+
 absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& pool_name,
                                                           const storage::VolumeSpec& spec) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
   std::lock_guard lock((*pool)->mu);
+  if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, "size_bytes"); !s.ok()) return s;
   auto v = (*pool)->backend->CreateVolume(spec);
   if (!v.ok()) return v.status();
   Log()->info("created volume {}/{} ({} bytes)", pool_name, v->name, v->size_bytes);
@@ -212,6 +228,9 @@ absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& poo
   if (!pool.ok()) return pool.status();
   std::lock_guard lock((*pool)->mu);
   if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
+  if (auto current = (*pool)->backend->GetVolume(name); current.ok() && size > current->size_bytes) {
+    if (auto s = AdmitSpace(**pool, pool_name, size - current->size_bytes, "size_bytes"); !s.ok()) return s;
+  }  // a missing volume or a shrink: the backend's own answer (NotFound, InvalidArgument)
   auto v = (*pool)->backend->ResizeVolume(name, size);
   if (!v.ok()) return v.status();
   return StatusOf(*v);
@@ -351,6 +370,9 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
   {
     std::lock_guard lock((*pool)->mu);
     if (auto s = RefuseDeleting(claim.pool, claim.name); !s.ok()) return s;
+    if (claim.create_size_bytes > 0) {
+      if (auto s = AdmitSpace(**pool, claim.pool, claim.create_size_bytes, "create_size_bytes"); !s.ok()) return s;
+    }
     absl::StatusOr<storage::VolumeInfo> v =
         claim.create_size_bytes > 0
             ? (*pool)->backend->CreateVolume({.name = claim.name, .size_bytes = claim.create_size_bytes})

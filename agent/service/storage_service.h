@@ -53,7 +53,10 @@ struct VolumeClaim {
 
 class StorageService {
  public:
-  StorageService(hv::Hypervisor& hypervisor, std::vector<std::unique_ptr<storage::StorageBackend>> backends);
+  // `pool_free_floor_bytes`: the free space every pool keeps (capacity.pool_free_floor_mib);
+  // creating or growing a volume that would go below it is refused (admission.h, 507).
+  StorageService(hv::Hypervisor& hypervisor, std::vector<std::unique_ptr<storage::StorageBackend>> backends,
+                 uint64_t pool_free_floor_bytes = 0);
   ~StorageService();  // waits for deletes in progress
 
   absl::StatusOr<std::vector<storage::PoolInfo>> ListPools();
@@ -134,10 +137,15 @@ class StorageService {
   absl::StatusOr<Held> Hold(const std::string& pool, const std::string& name, Fence fence);
   // FailedPrecondition while the volume is being deleted.
   absl::Status RefuseDeleting(const std::string& pool, const std::string& name) const;
+  // Admission (admission.h): whether `asked_bytes` more fit the pool above its floor. Called
+  // with the pool's lock held, which serialises every change to it. A thin pool's volumes take
+  // blocks only when written: there only the floor itself is checked.
+  absl::Status AdmitSpace(Pool& pool, const std::string& pool_name, uint64_t asked_bytes, absl::string_view field);
   VolumeStatus StatusOf(const storage::VolumeInfo& v) const;
   std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
 
   hv::Hypervisor& hv_;
+  const uint64_t pool_free_floor_bytes_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex deleting_mu_;
   std::map<std::string, Deleting> deleting_;

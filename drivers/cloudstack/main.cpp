@@ -139,6 +139,7 @@ class Agent {
   }
 
   int timeout() const { return timeout_; }
+  const std::string& address() const { return address_; }
 
   int Error(const grpc::Status& s, const std::string& what) const {
     return Fail("hvagent at " + address_ + ": " + what + ": " + CodeName(s.error_code()) + ": " + s.error_message(),
@@ -169,9 +170,51 @@ value DomainJson(const v1::Domain& d) {
   return v;
 }
 
+// The agent's domain of this payload's instance. CloudStack names the VM by its instance name;
+// the domain may be named otherwise (vm_name), and `prepare` had CloudStack persist the name it
+// chose (hvagent_domain). A candidate counts only when its domain carries the instance's uuid:
+// the persisted detail is among details the VM's user can edit, and a name alone could point
+// at another tenant's domain.
+struct Resolved {
+  std::string name;     // the domain to act on (VmName when none exists)
+  bool exists = false;  // found, and it is this instance's
+  v1::Domain domain;
+};
+
+std::string LowerAscii(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+grpc::Status Resolve(const Payload& p, const Agent& a, Resolved* r) {
+  const std::string uuid = LowerAscii(InstanceUuid(p));
+  std::string other;  // a candidate that exists but is another instance's
+  for (const std::string& name : DomainCandidates(p)) {
+    v1::Domain d;
+    auto s = GetDomain(a, name, &d);
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+    if (!s.ok()) return s;
+    if (uuid.empty() || LowerAscii(d.uuid()) == uuid) {
+      r->name = name;
+      r->exists = true;
+      r->domain = d;
+      return grpc::Status::OK;
+    }
+    if (other.empty()) other = name + "' has uuid " + d.uuid();
+  }
+  if (!other.empty()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "domain '" + other + ", not this instance's " + uuid + "; refusing to act on another VM");
+  }
+  r->name = VmName(p);
+  return grpc::Status::OK;
+}
+
 bool IsFalse(const std::string& s) { return s == "false" || s == "0" || s == "no" || s == "off"; }
 
 // ---- actions -----------------------------------------------------------------------------
+
+int PrintMessage(const value& message);
 
 int Prepare(const Payload& p, const Agent& a) {
   auto spec = BuildDomainSpec(p);  // everything create will send, validated now
@@ -179,7 +222,36 @@ int Prepare(const Payload& p, const Agent& a) {
   auto s = GetDomain(a, spec.name(), &d);
   if (s.ok()) return Fail("a domain named '" + spec.name() + "' already exists on this host", "ALREADY_EXISTS");
   if (s.error_code() != grpc::StatusCode::NOT_FOUND) return a.Error(s, "checking domain " + spec.name());
-  return Emit(Success("Instance " + spec.name() + " can be created"), 0);
+  // An early answer from the agent's capacity: CloudStack registers External hosts with no CPU
+  // or memory and leaves capacity to the extension. create is admitted again by the agent, under
+  // its lock, so a race between two prepares cannot overfill the host.
+  v1::Capacity c;
+  if (auto cs = a.host->GetCapacity(a.Context().get(), {}, &c); !cs.ok()) return a.Error(cs, "reading host capacity");
+  const uint64_t memory = spec.memory_mib() * 1024 * 1024;
+  if (spec.vcpus() > c.vcpus_available() || memory > c.memory_available_bytes()) {
+    return Fail("the host has no room for instance " + spec.name() + ": asked " + std::to_string(spec.vcpus()) +
+                    " vCPUs and " + std::to_string(spec.memory_mib()) + " MiB, available " +
+                    std::to_string(c.vcpus_available()) + " vCPUs and " +
+                    std::to_string(c.memory_available_bytes() >> 20) + " MiB of a limit of " +
+                    std::to_string(c.vcpus_schedulable()) + " vCPUs and " +
+                    std::to_string(c.memory_schedulable_bytes() >> 20) + " MiB",
+                "RESOURCE_EXHAUSTED");
+  }
+  value out = Success("Instance " + spec.name() + " can be created");
+  // CloudStack merges `details` into the VM's details and keeps them: later actions find the
+  // domain by the name chosen now, even if the template's vm_name changes (Resolve checks the
+  // uuid). The root volume and the agent address are recorded for operators.
+  value details = value::object();
+  details[kDomainDetail] = value::string(spec.name());
+  for (const auto& disk : spec.disks()) {
+    if (disk.has_volume()) {
+      details[kRootVolumeDetail] = value::string(disk.volume().pool() + "/" + disk.volume().name());
+      break;
+    }
+  }
+  details[kAgentDetail] = value::string(a.address());
+  out["details"] = details;
+  return Emit(out, 0);
 }
 
 int Create(const Payload& p, const Agent& a) {
@@ -211,8 +283,10 @@ int Create(const Payload& p, const Agent& a) {
 }
 
 int Start(const Payload& p, const Agent& a) {
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
   v1::DomainRef ref;
-  ref.set_name(VmName(p));
+  ref.set_name(r.name);
   v1::Domain d;
   auto s = a.domains->StartDomain(a.Context().get(), ref, &d);
   if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && GetDomain(a, ref.name(), &d).ok() &&
@@ -224,8 +298,10 @@ int Start(const Payload& p, const Agent& a) {
 }
 
 int Stop(const Payload& p, const Agent& a) {
+  Resolved found;
+  if (auto s = Resolve(p, a, &found); !s.ok()) return a.Error(s, "finding the instance's domain");
   v1::ShutdownDomainRequest req;
-  req.set_name(VmName(p));
+  req.set_name(found.name);
   // Graceful for most of CloudStack's wait, then the agent forces it off.
   int graceful = std::clamp(a.timeout() - 10, 1, 300);
   if (auto t = Setting(p, "stop_timeout", "vdhe"); !t.empty())
@@ -246,8 +322,10 @@ int Stop(const Payload& p, const Agent& a) {
 }
 
 int Reboot(const Payload& p, const Agent& a) {
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
   v1::DomainRef ref;
-  ref.set_name(VmName(p));
+  ref.set_name(r.name);
   v1::Domain d;
   auto s = a.domains->RebootDomain(a.Context().get(), ref, &d);
   if (!s.ok()) return a.Error(s, "rebooting domain " + ref.name());
@@ -255,8 +333,10 @@ int Reboot(const Payload& p, const Agent& a) {
 }
 
 int Delete(const Payload& p, const Agent& a) {
+  Resolved found;
+  if (auto s = Resolve(p, a, &found); !s.ok()) return a.Error(s, "finding the instance's domain");
   v1::DeleteDomainRequest req;
-  req.set_name(VmName(p));
+  req.set_name(found.name);
   req.set_force(true);
   // The agent deletes only the volumes the VM owns (its root volume, created with it); volumes an
   // operator attached are borrowed and only released (docs/cloudstack.md, "What delete removes").
@@ -269,30 +349,84 @@ int Delete(const Payload& p, const Agent& a) {
 }
 
 int Status(const Payload& p, const Agent& a) {
-  const std::string name = VmName(p);
-  v1::Domain d;
-  auto s = GetDomain(a, name, &d);
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
   value out = value::object();
   out["status"] = value::string("success");
-  if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+  if (!r.exists) {
     out["power_state"] = value::string("poweroff");
-    out["message"] = value::string("Instance " + name + " is not defined on this host");
+    out["message"] = value::string("Instance " + r.name + " is not defined on this host");
     return Emit(out, 0);
   }
-  if (!s.ok()) return a.Error(s, "reading domain " + name);
-  out["power_state"] = value::string(PowerState(d.state()));
+  out["power_state"] = value::string(PowerState(r.domain.state()));
+  out["domain"] = value::string(r.name);
   return Emit(out, 0);
+}
+
+// suspend / resume (custom actions on VirtualMachine): the guest paused in memory, and back.
+int PauseOrResume(const Payload& p, const Agent& a, bool suspend) {
+  const char* action = suspend ? "suspend" : "resume";
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+  if (!r.exists) return Fail(std::string(action) + ": instance " + r.name + " is not defined on this host", "NOT_FOUND");
+  v1::DomainRef ref;
+  ref.set_name(r.name);
+  v1::Domain d;
+  auto s = suspend ? a.domains->SuspendDomain(a.Context().get(), ref, &d)
+                   : a.domains->ResumeDomain(a.Context().get(), ref, &d);
+  if (!s.ok()) return a.Error(s, std::string(action) + " of domain " + r.name);
+  value m = DomainJson(d);
+  return PrintMessage(m);
+}
+
+// reinstall (custom action): re-clone the root volume from the template's image. The agent has
+// no images yet, so this is refused before anything is touched.
+int Reinstall(const Payload& p, const Agent& a) {
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+  return Fail("reinstall: not available yet: the agent keeps no template images to re-clone instance " + r.name +
+                  "'s root volume from; nothing was changed",
+              "UNIMPLEMENTED");
+}
+
+// CloudStack's instance names: i-<account>-<id>-VM for guests, r-/s-/v-<id>-VM for its system
+// VMs. Only these can be keys of `statuses`: CloudStack looks its VMs up there by that name.
+bool IsInstanceName(const std::string& n) {
+  if (n.size() < 5 || n.find_first_of("irsv") != 0 || n[1] != '-' || !n.ends_with("-VM")) return false;
+  const std::string mid = n.substr(2, n.size() - 5);  // "2-100" or "5"
+  int dashes = 0;
+  for (size_t i = 0; i < mid.size(); ++i) {
+    if (mid[i] == '-') {
+      if (i == 0 || i + 1 == mid.size() || mid[i - 1] == '-') return false;
+      ++dashes;
+    } else if (!std::isdigit(static_cast<unsigned char>(mid[i]))) {
+      return false;
+    }
+  }
+  return !mid.empty() && dashes <= 1 && (n[0] != 'i' || dashes == 1);
 }
 
 int Statuses(const Agent& a) {
   v1::ListDomainsResponse r;
   auto s = a.domains->ListDomains(a.Context().get(), {}, &r);
   if (!s.ok()) return a.Error(s, "listing domains");
+  // Keys are CloudStack's instance names. A domain named otherwise (a vm_name override, or a
+  // domain of another controller) cannot be mapped back from this payload, which names no VM:
+  // it is listed apart, and CloudStack's per-VM `status` resolves it (Resolve).
   value states = value::object();
-  for (const auto& d : r.domains()) states[d.name()] = value::string(PowerState(d.state()));
+  value others = value::array();
+  size_t n = 0;
+  for (const auto& d : r.domains()) {
+    if (IsInstanceName(d.name())) {
+      states[d.name()] = value::string(PowerState(d.state()));
+    } else {
+      others[n++] = value::string(d.name());
+    }
+  }
   value out = value::object();
   out["status"] = value::string("success");
   out["power_state"] = states;
+  out["other_domains"] = others;
   return Emit(out, 0);
 }
 
@@ -340,7 +474,11 @@ int ResizeVolume(const Payload& p, const Agent& a) {
   if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
   if (pool.empty()) return Fail("resizevolume: parameter pool is missing (and no storage_pool detail)");
   std::string volume = Parameter(p, "volume");
-  if (volume.empty() && (p.vm.has_field("name") || p.ext_vm.has_field("vm_name"))) volume = VmName(p) + "-root";
+  if (volume.empty() && (p.vm.has_field("name") || p.ext_vm.has_field("vm_name"))) {
+    Resolved r;
+    if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+    volume = r.name + "-root";
+  }
   if (volume.empty()) return Fail("resizevolume: parameter volume is missing");
   if (!ValidDomainName(pool)) return Fail("resizevolume: pool '" + pool + "' is not a valid name");
   if (!ValidDomainName(volume)) return Fail("resizevolume: volume '" + volume + "' is not a valid name");
@@ -390,6 +528,9 @@ constexpr Action kActions[] = {
     {"delete", true, Delete},
     {"status", true, Status},
     {"getconsole", true, GetConsole},
+    {"suspend", true, [](const Payload& p, const Agent& a) { return PauseOrResume(p, a, true); }},
+    {"resume", true, [](const Payload& p, const Agent& a) { return PauseOrResume(p, a, false); }},
+    {"reinstall", true, Reinstall},
     {"statuses", false, [](const Payload&, const Agent& a) { return Statuses(a); }},
     {"hostcapacity", false, [](const Payload&, const Agent& a) { return HostCapacity(a); }},
     {"eventchannels", false, [](const Payload&, const Agent& a) { return EventChannels(a); }},

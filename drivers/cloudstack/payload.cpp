@@ -193,24 +193,54 @@ AgentTarget AgentTargetFrom(const Payload& p) {
   return t;
 }
 
-std::string VmName(const Payload& p) {
-  std::string name = Field(p.ext_vm, "vm_name");
-  if (name.empty()) name = Field(p.vm, "name");
-  if (name.empty()) name = Field(p.root, "virtualmachinename");
-  if (name.empty()) throw PayloadError("payload names no instance (cloudstack.vm.details.name)");
+namespace {
+std::string CheckedName(const std::string& name, const std::string& what) {
   if (!ValidDomainName(name))
-    throw PayloadError("instance name '" + name + "' is not allowed: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
+    throw PayloadError(what + " '" + name.substr(0, 80) +
+                       "' is not allowed: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit");
   return name;
+}
+}  // namespace
+
+std::string InstanceName(const Payload& p) {
+  std::string name = Field(p.vm, "name");
+  if (name.empty()) name = Field(p.root, "virtualmachinename");
+  return name.empty() ? name : CheckedName(name, "instance name");
+}
+
+std::string VmName(const Payload& p) {
+  if (auto name = Field(p.ext_vm, "vm_name"); !name.empty()) return CheckedName(name, "vm_name");
+  std::string name = InstanceName(p);
+  if (name.empty()) throw PayloadError("payload names no instance (cloudstack.vm.details.name)");
+  return name;
+}
+
+std::string InstanceUuid(const Payload& p) {
+  std::string uuid = Field(p.vm, "uuid");
+  if (uuid.empty()) uuid = Field(p.root, "virtualmachineid");
+  if (!uuid.empty() && !ValidUuid(uuid))
+    throw PayloadError("cloudstack.vm.details.uuid: '" + uuid.substr(0, 80) + "' is not a UUID");
+  return uuid;
+}
+
+std::vector<std::string> DomainCandidates(const Payload& p) {
+  std::vector<std::string> out;
+  auto add = [&](const std::string& n) {
+    if (!n.empty() && std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+  };
+  if (auto persisted = Field(p.vm_params, kDomainDetail); !persisted.empty()) {
+    add(CheckedName(persisted, std::string("cloudstack.vm.details.details.") + kDomainDetail));
+  }
+  add(VmName(p));
+  add(InstanceName(p));
+  return out;
 }
 
 v1::DomainSpec BuildDomainSpec(const Payload& p) {
   RefuseHostFilesFromUserDetails(p);
   v1::DomainSpec spec;
   spec.set_name(VmName(p));
-  if (auto uuid = Field(p.vm, "uuid"); !uuid.empty()) {
-    if (!ValidUuid(uuid)) throw PayloadError("cloudstack.vm.details.uuid: '" + uuid + "' is not a UUID");
-    spec.set_uuid(uuid);
-  }
+  if (auto uuid = InstanceUuid(p); !uuid.empty()) spec.set_uuid(uuid);
   uint64_t cpus = ParseUnsigned(Field(p.vm, "cpus"), "cloudstack.vm.details.cpus");
   if (cpus < 1 || cpus > 4096) throw PayloadError("cloudstack.vm.details.cpus: must be 1..4096");
   spec.set_vcpus(static_cast<uint32_t>(cpus));
@@ -389,14 +419,25 @@ bool IsLoopbackAddress(const std::string& address) {
 }
 
 std::optional<int> VlanFromBroadcastUri(const std::string& uri) {
+  // No URI at all: a NIC of an untagged network (basic zones send none).
+  if (uri.empty()) return std::nullopt;
+  // Anything hvagent cannot honour exactly is refused: an isolated network (vxlan://, pvlan://,
+  // lswitch:, ...) put on the untagged bridge would join the tenant to the shared network.
   const std::string prefix = "vlan://";
-  if (uri.rfind(prefix, 0) != 0) return std::nullopt;
+  if (Lower(uri.substr(0, prefix.size())) != prefix) {
+    auto colon = uri.find(':');
+    std::string scheme = colon == std::string::npos ? uri : uri.substr(0, colon);
+    if (scheme.size() > 32) scheme = scheme.substr(0, 32) + "...";
+    throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': the '" + scheme +
+                       "' isolation is not supported by hvagent (only vlan://N and vlan://untagged); refused rather "
+                       "than put the NIC on the untagged bridge");
+  }
   std::string rest = uri.substr(prefix.size());
-  if (rest.empty() || Lower(rest) == "untagged") return std::nullopt;
+  if (Lower(rest) == "untagged") return std::nullopt;
   int vlan = 0;
   auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), vlan);
-  if (ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
-    throw PayloadError("broadcastUri '" + uri + "': VLAN must be 1..4094");
+  if (rest.empty() || ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
+    throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': VLAN must be 1..4094 or untagged");
   return vlan;
 }
 

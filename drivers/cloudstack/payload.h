@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <cpprest/json.h>
 
@@ -50,9 +51,29 @@ std::string Setting(const Payload& p, const std::string& key, const std::string&
 
 AgentTarget AgentTargetFrom(const Payload& p);
 
-// The domain name CloudStack knows the VM by: externaldetails.virtualmachine.vm_name if the
-// operator set it, else cloudstack.vm.details.name, else virtualmachinename. Validated.
+// The domain name a new VM gets on the agent: externaldetails.virtualmachine.vm_name if an
+// administrator set it (template / offering), else the instance name. Validated.
 std::string VmName(const Payload& p);
+
+// CloudStack's own name for the instance (cloudstack.vm.details.name, else
+// virtualmachinename; "i-2-100-VM"), validated; empty when the payload names none.
+std::string InstanceName(const Payload& p);
+
+// CloudStack's uuid of the instance (cloudstack.vm.details.uuid, else virtualmachineid),
+// validated; empty when absent. The agent's domain carries it (create sets it).
+std::string InstanceUuid(const Payload& p);
+
+// The domain names that may be this instance's on the agent, most specific first: the
+// `hvagent_domain` detail `prepare` had CloudStack persist, then VmName, then InstanceName
+// (deduplicated, each validated). The persisted detail sits among the instance's details,
+// which its user can edit: a caller must accept a candidate only when the agent's domain of
+// that name carries InstanceUuid.
+std::vector<std::string> DomainCandidates(const Payload& p);
+
+// The details `prepare` hands back for CloudStack to persist with the VM.
+inline constexpr char kDomainDetail[] = "hvagent_domain";
+inline constexpr char kRootVolumeDetail[] = "hvagent_root_volume";
+inline constexpr char kAgentDetail[] = "hvagent_agent_address";
 
 // The whole DomainSpec for `create` (validated here as far as the extension can: names, MACs,
 // VLANs, sizes, paths). Throws PayloadError.
@@ -67,7 +88,9 @@ bool ValidAbsolutePath(const std::string& s);
 bool ValidAddress(const std::string& s);
 bool IsLoopbackAddress(const std::string& address);
 
-// "vlan://100" -> 100; "vlan://untagged", "" or another scheme -> nullopt. Throws on junk.
+// "vlan://100" -> 100; "vlan://untagged" or "" -> nullopt (untagged). Throws PayloadError for
+// any other scheme (vxlan://, pvlan://, lswitch:, ...) and for a VLAN outside 1..4094: a network
+// the extension cannot isolate exactly must never fall back to the untagged bridge.
 std::optional<int> VlanFromBroadcastUri(const std::string& uri);
 
 // Parses an unsigned decimal (string or JSON number text); throws PayloadError naming `field`.

@@ -28,6 +28,8 @@ class FakeHypervisor final : public hv::Hypervisor {
   bool connected = true;
   // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
   std::function<void(const std::string& name)> before_define;
+  // Runs at the start of StartDomain, outside the fake's lock (admission races).
+  std::function<void(const std::string& name)> before_start;
 
   std::vector<std::string> calls;  // "define web1", "start web1", ...
 
@@ -122,6 +124,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   }
 
   absl::Status StartDomain(const std::string& name) override {
+    if (before_start) before_start(name);
     return Transition(name, "start", hv::DomainState::kShutoff, hv::DomainState::kRunning, fail_start);
   }
   absl::Status RequestShutdown(const std::string& name) override {

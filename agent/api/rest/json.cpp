@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/api/status_mapping.h"
+#include "agent/service/admission.h"
 
 namespace hvagent::api {
 namespace {
@@ -146,6 +147,14 @@ absl::Status FromJson(const std::string& body, google::protobuf::Message* m) {
 
 HttpResponse JsonResponse(int status, const google::protobuf::Message& m) { return {status, ToJson(m)}; }
 
-HttpResponse ErrorResponse(const absl::Status& s) { return {HttpStatusFor(s.code()), ErrorBody(s)}; }
+HttpResponse ErrorResponse(const absl::Status& s) {
+  // Capacity refusals are told apart by their payload, not their message: the host is full
+  // (409, CPU/memory) or a pool is (507); `details` names which.
+  if (auto kind = service::CapacityKindOf(s)) {
+    return {*kind == service::CapacityKind::kCompute ? 409 : 507,
+            ErrorBody(absl::StatusCodeToString(s.code()), s.message(), service::CapacityKindName(*kind))};
+  }
+  return {HttpStatusFor(s.code()), ErrorBody(s)};
+}
 
 }  // namespace hvagent::api

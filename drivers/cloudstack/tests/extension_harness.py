@@ -14,6 +14,15 @@ import urllib.error
 import urllib.request
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+# The test driver's fake host is full before anything is created; the agent admits by capacity
+# on every driver, so agents on it load this (its comments say why).
+TEST_DRIVER_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "deploy",
+                                  "test-driver.toml")
+
+
+def test_driver_capacity():
+    with open(TEST_DRIVER_CONFIG, encoding="utf-8") as f:
+        return f.read()
 
 
 def free_port():
@@ -32,6 +41,8 @@ class Agent:
         argv = [os.environ["HVAGENTD"], "--plaintext-loopback", "--hypervisor-uri", uri,
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--rest-listen", f"127.0.0.1:{self.rest_port}"]
         self.config = None
+        if uri.startswith("test:///") and (config_toml is None or "[capacity]" not in config_toml):
+            config_toml = test_driver_capacity() + "\n" + (config_toml or "")
         if image_dirs:
             config_toml = (config_toml or "") + "\n[security]\nimage_dirs = [%s]\n" % ", ".join(
                 json.dumps(d) for d in image_dirs)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -51,8 +52,12 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(out.get("status"), "success", out)
         return out
 
+    def host_state(self):
+        """Domains as a failed call must leave them (uptime ticks on by itself)."""
+        return {n: {k: v for k, v in d.items() if k != "uptime"} for n, d in self.agent.domains().items()}
+
     def fails(self, action, fixture, expect, code_name=None, **kw):
-        before = self.agent.domains()
+        before = self.host_state()
         code, out = self.ext.run(action, fixture, **kw)
         self.assertNotEqual(code, 0, out)
         self.assertEqual(out.get("status"), "error", out)
@@ -60,7 +65,7 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(out["error"], out["message"])
         if code_name:
             self.assertEqual(out.get("code"), code_name, out)
-        self.assertEqual(self.agent.domains(), before, "a failed call changed the host")
+        self.assertEqual(self.host_state(), before, "a failed call changed the host")
         return out
 
     def power(self, fixture="status.json"):
@@ -117,8 +122,10 @@ class ExtensionTest(unittest.TestCase):
         self.ok("create", "create.json")
         self.ok("stop", "stop.json")
         out = self.ok("statuses", "statuses.json")
-        # test:///default always has its running "test" domain.
-        self.assertEqual(out["power_state"], {"test": "poweron", VM: "poweroff"})
+        # Keyed by CloudStack's instance names only; test:///default's own "test" domain is no
+        # CloudStack VM and is listed apart.
+        self.assertEqual(out["power_state"], {VM: "poweroff"})
+        self.assertEqual(out["other_domains"], ["test"])
 
     def test_action_name_case(self):
         self.assertEqual(self.ext.run("STATUSES", "statuses.json")[0], 0)
@@ -153,6 +160,86 @@ class ExtensionTest(unittest.TestCase):
         self.fails("resizevolume", "resizevolume.json", "size_gb (or size_bytes) is missing",
                    edit=lambda d: d["parameters"].pop("size_gb"))
 
+    def test_suspend_and_resume(self):
+        self.ok("create", "create.json")
+        out = self.ok("suspend", "create.json")
+        self.assertEqual(out["printmessage"], "true")
+        self.assertEqual(out["message"]["state"], "DOMAIN_STATE_PAUSED")
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_PAUSED")
+        self.assertEqual(self.power(), "poweron")  # paused keeps its resources: CloudStack's Running
+        out = self.ok("resume", "create.json")
+        self.assertEqual(out["message"]["state"], "DOMAIN_STATE_RUNNING")
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+        self.fails("resume", "create.json", "", "FAILED_PRECONDITION")  # not paused
+        self.ok("delete", "delete.json")
+        self.fails("suspend", "create.json", "is not defined on this host", "NOT_FOUND")
+
+    def test_reinstall_is_refused_until_images_exist(self):
+        self.ok("create", "create.json")
+        out = self.fails("reinstall", "create.json", "reinstall: not available yet", "UNIMPLEMENTED")
+        self.assertIn("nothing was changed", out["error"])  # fails() checked the host is unchanged
+
+    # ---- names: CloudStack's instance name vs the agent's domain --------------------------
+
+    def test_vm_name_override_every_action_finds_the_domain(self):
+        """An administrator names the domain (vm_name in the template's external details):
+        prepare hands the name back as a detail CloudStack persists, and every later action
+        finds the domain through it, even after the template's vm_name changed."""
+        def override(name, persisted=None):
+            def edit(doc):
+                doc["externaldetails"]["virtualmachine"]["vm_name"] = name
+                vm = doc.setdefault("cloudstack.vm.details", {})
+                vm.setdefault("name", VM)
+                vm.setdefault("uuid", VM_UUID)
+                if persisted:
+                    vm.setdefault("details", {})["hvagent_domain"] = persisted
+            return edit
+
+        out = self.ok("prepare", "prepare.json", edit=override("web-eu-1"))
+        self.assertEqual(out["details"]["hvagent_domain"], "web-eu-1")
+        self.assertEqual(out["details"]["hvagent_agent_address"], f"127.0.0.1:{self.agent.grpc_port}")
+        self.ok("create", "create.json", edit=override("web-eu-1"))
+        self.assertIn("web-eu-1", self.agent.domains())
+        self.assertNotIn(VM, self.agent.domains())
+        try:
+            # The template's vm_name changed since: the persisted detail still leads to the domain.
+            later = override("renamed", persisted="web-eu-1")
+            out = self.ok("status", "status.json", edit=later)
+            self.assertEqual((out["power_state"], out["domain"]), ("poweron", "web-eu-1"))
+            out = self.ok("stop", "stop.json", edit=later)
+            self.assertEqual(out["message"], "Instance stopped")
+            self.assertEqual(self.agent.domains()["web-eu-1"]["state"], "DOMAIN_STATE_SHUTOFF")
+            # statuses names no VM: a renamed domain cannot be keyed by the instance's name, so it
+            # is listed apart (never under a name CloudStack would take for another VM).
+            out = self.ok("statuses", "statuses.json")
+            self.assertNotIn("web-eu-1", out["power_state"])
+            self.assertIn("web-eu-1", out["other_domains"])
+            self.assertEqual(self.ok("status", "status.json", edit=later)["power_state"], "poweroff")
+            self.assertEqual(self.ok("start", "start.json", edit=later)["message"], "Instance started")
+            self.assertEqual(self.ok("reboot", "reboot.json", edit=later)["message"], "Instance rebooted")
+            # Without the persisted detail, the current vm_name is tried, then the instance name.
+            self.assertEqual(self.ok("status", "status.json", edit=override("web-eu-1"))["domain"], "web-eu-1")
+            self.assertEqual(self.ok("delete", "delete.json", edit=later)["message"], "Instance deleted")
+            self.assertNotIn("web-eu-1", self.agent.domains())
+        finally:
+            self.agent.rest("DELETE", "/v1/domains/web-eu-1?force=true")
+
+    def test_persisted_name_of_another_instance_is_refused(self):
+        """hvagent_domain sits among the VM's details, which its user can edit: pointing it at
+        another instance's domain must not stop or delete that domain."""
+        self.ok("create", "create.json")
+        def intruder(doc):
+            vm = doc.setdefault("cloudstack.vm.details", {})
+            vm["name"] = doc["virtualmachinename"] = "i-3-300-VM"
+            vm["uuid"] = doc["virtualmachineid"] = "00000000-0000-4000-8000-000000000300"
+            vm.setdefault("details", {})["hvagent_domain"] = VM
+        for action, fixture in (("stop", "stop.json"), ("delete", "delete.json"), ("start", "start.json"),
+                                ("reboot", "reboot.json"), ("status", "status.json"), ("suspend", "create.json")):
+            with self.subTest(action=action):
+                out = self.fails(action, fixture, "not this instance's", "FAILED_PRECONDITION", edit=intruder)
+                self.assertIn("refusing to act on another VM", out["error"])
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+
     # ---- errors: nothing changes, a JSON error, a non-zero exit --------------------------
 
     def test_bad_payloads(self):
@@ -162,7 +249,7 @@ class ExtensionTest(unittest.TestCase):
             ("empty.json", "payload file is empty"),
             ("bad-name.json", "instance name 'i-2-100-VM;reboot' is not allowed"),
             ("bad-mac.json", "nics[0].mac"),
-            ("bad-vlan.json", "VLAN must be 1..4094"),
+            ("bad-vlan.json", "VLAN must be 1..4094 or untagged"),
             ("no-vlan-bridge.json", "no bridge for VLAN 100"),
             ("bad-ram.json", "minRam: 'lots' is not a whole number"),
             ("no-credentials.json", "ca_file, cert_file and key_file are required"),
@@ -172,6 +259,27 @@ class ExtensionTest(unittest.TestCase):
             for action in ("prepare", "create"):
                 with self.subTest(fixture=fixture, action=action):
                     self.fails(action, fixture, expect)
+
+    def test_broadcast_uris_that_cannot_be_honoured_are_refused(self):
+        """Issue 21 item 6: every scheme but vlan:// used to land on the untagged bridge, joining
+        an isolated network to the shared one. Each is refused now, before the agent is called."""
+        def nic0(uri):
+            def edit(doc):
+                doc["cloudstack.vm.details"]["nics"][0]["broadcastUri"] = uri
+            return edit
+        for uri in ("vxlan://5000", "pvlan://100-i200", "lswitch:3f2a", "ovs://42", "vlan://", "vlan://0",
+                    "vlan://4095", "vlan://100-i200", "vlan:// 100", "http://x"):
+            for action in ("prepare", "create"):
+                with self.subTest(uri=uri, action=action):
+                    out = self.fails(action, "create.json", f"broadcastUri '{uri}'", "INVALID_ARGUMENT", edit=nic0(uri))
+                    if not uri.startswith("vlan:"):
+                        self.assertIn("not supported by hvagent", out["error"])
+        # What it can honour: vlan://N (to its bridge), vlan://untagged and no URI (untagged).
+        for uri in ("vlan://200", "VLAN://untagged", ""):
+            with self.subTest(uri=uri):
+                self.ok("create", "create.json", edit=nic0(uri))
+                self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+                self.ok("delete", "delete.json")
 
     def test_host_files_never_come_from_the_instance_details(self):
         """A tenant sets `details` on its own VM (deployVirtualMachine / updateVirtualMachine):
@@ -240,3 +348,86 @@ class ExtensionTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdmissionTest(unittest.TestCase):
+    """The agent's admission control seen through CloudStack: concurrent creates on a host with
+    room for ten. deploy/test-driver.toml's policy on the fake host: 16 CPUs x 4 = 64 vCPUs, 2
+    taken by the driver's own "test" domain; 6 vCPUs per instance: 10 fit (60), an 11th does not."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.agent = Agent("test:///default")
+        cls.ext = Extension(cls.agent.grpc_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ext.cleanup()
+        cls.agent.stop()
+
+    @staticmethod
+    def instance(i):
+        def edit(doc):
+            vm = doc["cloudstack.vm.details"]
+            vm["name"] = doc["virtualmachinename"] = f"i-2-{200 + i}-VM"
+            vm["uuid"] = doc["virtualmachineid"] = "3b7e2f0e-8d6a-4a51-9c3e-%012d" % (200 + i)
+            vm["cpus"] = 6
+            for n, nic in enumerate(vm["nics"]):
+                nic["mac"] = "02:00:4c:5f:%02x:%02x" % (i, n)
+        return edit
+
+    def test_twenty_concurrent_creates_on_room_for_ten(self):
+        before = set(self.agent.domains())
+        results = [None] * 20
+        payloads = [self.ext.payload("create.json", self.instance(i)) for i in range(20)]
+
+        def create(i):
+            results[i] = self.ext.run_raw(["create", payloads[i], "60"])
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        created = [i for i, (code, out) in enumerate(results) if code == 0]
+        refused = [(i, out) for i, (code, out) in enumerate(results) if code != 0]
+        self.assertEqual(len(created), 10, results)
+        self.assertEqual(len(refused), 10, results)
+        for i, out in refused:
+            self.assertEqual(out["status"], "error", out)
+            self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+            self.assertIn("spec.vcpus: not enough vCPUs on this host: asked 6, available", out["error"])
+            self.assertIn("of a limit of 64", out["error"])
+        # Nothing half-made: exactly the ten admitted instances were added, all running.
+        domains = self.agent.domains()
+        self.assertEqual(set(domains) - before, {f"i-2-{200 + i}-VM" for i in created})
+        for i in created:
+            self.assertEqual(domains[f"i-2-{200 + i}-VM"]["state"], "DOMAIN_STATE_RUNNING")
+        status, cap = self.agent.rest("GET", "/v1/host/capacity")
+        self.assertEqual(status, 200, cap)
+        self.assertEqual(cap["vcpus_available"], 2)
+        # REST tells the kind of refusal apart: 409 for the host's CPU/memory.
+        status, body = self.agent.rest("POST", "/v1/domains", {
+            "spec": {"name": "one-more", "vcpus": 6, "memory_mib": 128, "firmware": {"type": "TYPE_BIOS"}}})
+        self.assertEqual(status, 409, body)
+        self.assertEqual(body["details"], "capacity: compute")
+        # A refused instance can be created once room is made.
+        self.assertEqual(self.ext.run("delete", "delete.json", edit=self.instance(created[0]))[0], 0)
+        self.assertEqual(self.ext.run("create", "create.json", edit=self.instance(refused[0][0]))[0], 0)
+
+    def test_a_100_gib_instance_is_refused_on_test_default(self):
+        def huge(doc):
+            self.instance(30)(doc)
+            doc["cloudstack.vm.details"]["cpus"] = 8
+            doc["cloudstack.vm.details"]["maxRam"] = 100 * 1024 ** 3
+        before = self.agent.domains()
+        # prepare already says so, from the agent's capacity.
+        code, out = self.ext.run("prepare", "prepare.json", edit=huge)
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+        self.assertIn("asked 8 vCPUs and 102400 MiB, available", out["error"])
+        code, out = self.ext.run("create", "create.json", edit=huge)
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+        self.assertIn("spec.memory_mib: not enough memory on this host: asked 102400 MiB", out["error"])
+        self.assertEqual(self.agent.domains(), before)

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "hvagent/v1/domain.pb.h"
+#include "agent/service/admission.h"
 
 namespace hvagent::api {
 namespace {
@@ -86,6 +87,25 @@ TEST(FromJsonTest, ProtobufStillRefusesWhatItRefused) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << body;
     EXPECT_THAT(Msg(s), HasSubstr("request body")) << body;
   }
+}
+
+}  // namespace
+}  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+// Capacity refusals are told apart by their payload: the host's CPU/memory (409) or a pool
+// (507); a plain RESOURCE_EXHAUSTED stays 507 and the rate limiter's 429 is the router's.
+TEST(ErrorResponseTest, CapacityKindPicksTheHttpStatus) {
+  HttpResponse compute = ErrorResponse(service::CapacityExhausted(service::CapacityKind::kCompute, "spec: full"));
+  EXPECT_EQ(compute.status, 409);
+  EXPECT_THAT(compute.body, ::testing::HasSubstr(R"("code":"RESOURCE_EXHAUSTED")"));
+  EXPECT_THAT(compute.body, ::testing::HasSubstr(R"("details":"capacity: compute")"));
+  HttpResponse storage = ErrorResponse(service::CapacityExhausted(service::CapacityKind::kStorage, "pool: full"));
+  EXPECT_EQ(storage.status, 507);
+  EXPECT_THAT(storage.body, ::testing::HasSubstr(R"("details":"capacity: storage")"));
+  EXPECT_EQ(ErrorResponse(absl::ResourceExhaustedError("pool full")).status, 507);
 }
 
 }  // namespace
