@@ -12,10 +12,6 @@ namespace {
 constexpr char kCapacityPayload[] = "type.hvagent.dev/capacity";
 constexpr uint64_t kMiB = 1024 * 1024;
 
-bool IsActive(hv::DomainState s) {
-  return s != hv::DomainState::kShutoff && s != hv::DomainState::kCrashed && s != hv::DomainState::kUnknown;
-}
-
 std::string Ratio(double r) {
   std::string s = absl::StrCat(r);
   return s;
@@ -115,7 +111,7 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitStart(const std::s
   auto domains = hv_.ListDomains();
   if (!domains.ok()) return domains.status();
   auto it = std::find_if(domains->begin(), domains->end(), [&](const hv::DomainInfo& d) { return d.name == name; });
-  if (it == domains->end() || IsActive(it->state)) return Hold();
+  if (it == domains->end() || hv::IsActive(it->state)) return Hold();
   const Capacity c = ComputeCapacity(*host, *domains, policy_);
   const uint64_t memory_bytes = it->memory_mib * kMiB;
   if (auto s = Check(c, it->vcpus, memory_bytes, /*running=*/true, absl::StrCat("domain '", name, "'")); !s.ok()) {
