@@ -59,6 +59,18 @@ absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& po
   return it->second.get();
 }
 
+absl::StatusOr<storage::StorageBackend*> StorageService::Backend(const std::string& pool) {
+  auto p = Find(pool);
+  if (!p.ok()) return p.status();
+  return (*p)->backend.get();
+}
+
+std::vector<std::string> StorageService::PoolNames() const {
+  std::vector<std::string> names;
+  for (const auto& [name, pool] : pools_) names.push_back(name);
+  return names;
+}
+
 VolumeStatus StorageService::StatusOf(const storage::VolumeInfo& v) const {
   VolumeStatus s{v, v.attached_to.empty() ? VolumeState::kAvailable : VolumeState::kAttached, {}};
   if (!v.attached_to.empty()) {

@@ -106,6 +106,11 @@ class StorageService {
   // Blocks until background deletes finished (tests, shutdown).
   void WaitForDeletes();
 
+  // For ImageService, whose image slots are the backend's own objects (each backend call is
+  // atomic on its own; an import's long writes hold no pool lock). NotFound naming `pool`.
+  absl::StatusOr<storage::StorageBackend*> Backend(const std::string& pool);
+  std::vector<std::string> PoolNames() const;
+
  private:
   struct Pool {
     std::unique_ptr<storage::StorageBackend> backend;

@@ -75,6 +75,12 @@ class PartitionBackend final : public StorageBackend {
   // One `parted name` records domain and ownership together.
   absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
 
+  // Images are partitions named "hvimage~<name>" while imported, "hvimage:<name>" once sealed.
+  absl::StatusOr<std::vector<ImageSlot>> ListImageSlots() override;
+  absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes) override;
+  absl::Status SealImageSlot(const std::string& name) override;
+  absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) override;
+
  private:
   struct Found {
     gpt::Table table;
@@ -90,6 +96,10 @@ class PartitionBackend final : public StorageBackend {
   VolumeInfo Info(const gpt::Table& table, const gpt::Partition& p, const gpt::VolumeLabel& label) const;
   bool WaitForNode(const std::string& path) const;
   void RollBackCreate(const std::string& label);
+  absl::StatusOr<std::pair<gpt::Table, gpt::Partition>> CreatePartition(const gpt::Table& table,
+                                                                         const std::string& label, uint64_t requested);
+  absl::StatusOr<std::pair<gpt::Table, gpt::Partition>> FindImage(const std::string& name) const;
+  ImageSlot Slot(const gpt::Table& table, const gpt::Partition& p, const gpt::ImageLabel& label) const;
 
   PoolConfig config_;
   CommandRunner& runner_;
