@@ -5,6 +5,8 @@ every way an import can go wrong, each a clear error with nothing left behind (t
 table, lsblk, the pool's listings, the scratch directory, no operation left running)."""
 
 import hashlib
+import re
+import select
 import http.server
 import json
 import os
@@ -15,6 +17,7 @@ import threading
 import time
 
 from hvagent.v1 import image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
+from agent_harness import test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
 MiB = 1 << 20
@@ -89,6 +92,7 @@ class ImagesTest(LoopPoolsTestCase):
         # Files the agent may import: root's alone (mkdtemp: 0700).
         cls.importdir = tempfile.mkdtemp(prefix="hvit-import-")
         cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        cls.kernel, cls.initrd = test_guest()
         try:
             super().setUpClass()
         except BaseException:
@@ -109,6 +113,9 @@ class ImagesTest(LoopPoolsTestCase):
     @classmethod
     def extra_config(cls):
         return f"""
+[security]
+kernel_dirs = ["{os.path.dirname(cls.kernel)}"]
+
 [images]
 allowed_sources = ["{cls.base}"]
 import_dirs = ["{cls.importdir}"]
@@ -248,6 +255,75 @@ max_virtual_size_mib = 512
         self.assertEqual([i.name for i in listed.images], ["q"])
         self.images.DeleteImage(image_pb2.ImageRef(pool="disk1", name="q"), timeout=60)
         self.assertEqual(self.state(), before)
+
+    def test_hvctl_imports_with_a_progress_bar_and_lists_and_deletes(self):
+        before = self.state()
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        raw = self.random_file(self.importdir, "cli.raw", 3 * MiB)
+
+        def cli(*args):
+            return subprocess.run([hvctl, "--server", self.agent.grpc_addr, *args], capture_output=True, text=True,
+                                  timeout=120)
+
+        r = cli("image-import", "disk1", "cli", "raw", raw, "--sha256", sha256_file(raw), "--wait")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("disk1/cli: SUCCEEDED", r.stdout)
+        self.assertIn("] 3.0 MiB of 3.0 MiB", r.stderr)  # the bar, full
+        r = cli("images", "disk1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(sha256_file(raw), r.stdout)
+        r = cli("image-import", "disk1", "bad", "raw", raw, "--sha256", "0" * 64, "--wait")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("FAILED: sha256: the source's bytes hash to", r.stdout)
+        self.assertEqual(cli("image-delete", "disk1", "cli").returncode, 0)
+        self.assertEqual(self.state(), before)
+
+    def test_a_guest_boots_with_a_volume_copied_from_an_image_and_reads_its_bytes(self):
+        """QEMU (TCG) boots the shared busybox guest with a volume made from an image as /dev/vda;
+        the guest's own sha256sum of /dev/vda, on its serial console, is the image's."""
+        raw = self.random_file(self.served, "boot.raw", 8 * MiB)  # whole MiB: the volume is exactly it
+        digest = sha256_file(raw)
+        op = self.import_grpc("boot", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "boot.raw", sha256=digest)
+        self.assertEqual(self.wait_operation(op.id)["state"], "OPERATION_STATE_SUCCEEDED")
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "boot-root", "image": "boot"})
+        self.assertEqual(status, 201, vol)
+        self.assertEqual(vol["size_bytes"], str(8 * MiB))
+        name = unique_name("img")
+        spec = {"name": name, "vcpus": 1, "memory_mib": 256, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "boot-root"}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
+        self.assertEqual(status, 201, dom)
+        try:
+            tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
+            fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+            try:
+                out = self.console_until(fd, b"hv-guest-ready", 180)
+                os.write(fd, b"\nsha256sum /dev/vda\n")
+                out = self.console_until(fd, b"  /dev/vda", 60)
+            finally:
+                os.close(fd)
+            found = re.findall(rb"([0-9a-f]{64})  /dev/vda", out)
+            self.assertEqual([f.decode() for f in found][-1:], [digest], out[-2000:])
+        finally:
+            self.agent.rest("DELETE", f"/v1/domains/{name}?force=true")
+            self.agent.rest("DELETE", "/v1/pools/disk1/volumes/boot-root")
+            deadline = time.time() + 60
+            while self.agent.rest("GET", "/v1/pools/disk1/volumes/boot-root")[0] != 404 and time.time() < deadline:
+                time.sleep(0.2)
+            self.agent.rest("DELETE", "/v1/pools/disk1/images/boot")
+
+    def console_until(self, fd, marker, timeout):
+        out = b""
+        deadline = time.time() + timeout
+        while marker not in out:
+            left = deadline - time.time()
+            if left <= 0:
+                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                out += os.read(fd, 65536)
+        return out
 
     # ---- imports that fail, leaving nothing ----
 
