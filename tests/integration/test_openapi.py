@@ -481,7 +481,7 @@ scratch_dir = "{cls.scratch}"
             self.validate(json.loads(data), {"$ref": "#/components/schemas/Error"}, what)
 
     def test_no_undocumented_path_or_method_answers(self):
-        samples = {"name": unique_name("ghost"), "pool": "disk1"}
+        samples = {"name": unique_name("ghost"), "pool": "disk1", "id": "7"}
         probed = 0
         for template, item in self.doc["paths"].items():
             path = template
