@@ -17,7 +17,7 @@ import threading
 import time
 
 from hvagent.v1 import image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
-from agent_harness import test_guest, unique_name
+from agent_harness import Agent, test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
 MiB = 1 << 20
@@ -379,6 +379,31 @@ max_virtual_size_mib = 512
         self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/images/slow")[0], 200)
         done = self.wait_operation(op.id)
         self.assertEqual(done["state"], "OPERATION_STATE_CANCELLED", done)
+        self.assertEqual(self.state(), before)
+
+    def test_a_crash_mid_import_leaves_nothing_after_the_restart(self):
+        before = self.state()
+        self.random_file(self.served, "crash.raw", 16 * MiB)
+        op = self.import_grpc("crash", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "slow/crash.raw", sha256="0" * 64)
+        deadline = time.time() + 30
+        while int(self.agent.rest("GET", f"/v1/operations/{op.id}")[1]["bytes_done"]) == 0:
+            self.assertLess(time.time(), deadline, "the import never started writing")
+            time.sleep(0.05)
+        names = [p.get("name") for p in
+                 json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
+        self.assertIn("hvimage~crash", names)
+        old = self.agent
+        old.proc.kill()  # SIGKILL: no clean-up of its own
+        old.proc.wait()
+        old.channel.close()
+        os.unlink(old.log.name)
+        if old.config is not None:
+            os.unlink(old.config.name)
+        cls = type(self)
+        cls.agent = Agent(cls.agent_config(), image_dirs=[cls.workdir])
+        cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
+        cls.operations = operation_pb2_grpc.OperationServiceStub(cls.agent.channel)
+        self.assertIn("unfinished image disk1/crash: wiped and removed", self.agent.log_text())
         self.assertEqual(self.state(), before)
 
     # ---- refused before anything starts ----
