@@ -8,7 +8,7 @@ random raw file of MiB is imported (raw, from a host file) and as qcow2, then co
 volume; the baselines write the same bytes onto a volume of the same size with
 `dd bs=4M oflag=direct` and `qemu-img convert -n -t none` directly. Each figure is the best of 3.
 Prints figures only; docs/performance.md has a run."""
-import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 MiB = 1 << 20
 
@@ -97,6 +97,15 @@ def main():
                 time.sleep(0.05)
 
         rows = []
+        rows.append(("  (create + delete an empty volume: parted, sfdisk)", best(
+            lambda: volume("empty"), lambda: drop_volume("empty"))))
+
+        def hash_raw():
+            h = hashlib.sha256()
+            with open(raw, "rb") as f:
+                for chunk in iter(lambda: f.read(4 * MiB), b""):
+                    h.update(chunk)
+        rows.append(("  (sha256 of the bytes, hashlib: what every import adds)", best(hash_raw, lambda: None)))
         rows.append(("import raw (host file)", best(lambda: import_image("IMAGE_FORMAT_RAW", raw), drop_image)))
         target = volume("dd")
         rows.append(("dd bs=4M oflag=direct, same bytes", best(

@@ -238,7 +238,9 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
   if (r.format == ImageFormat::kRaw) {
     // Raw bytes go straight onto the slot, sized by the announced length.
     std::unique_ptr<img::DeviceWriter> writer;
-    auto sha256 = *img::Digest::Create("sha256");
+    // The record's sha256 is the source's: hashed once more only when the caller gave none.
+    std::unique_ptr<img::Digest> sha256;
+    if (r.sha256.empty()) sha256 = *img::Digest::Create("sha256");
     int64_t length = -1;
     auto sink = [&](absl::string_view chunk, int64_t content_length) -> absl::Status {
       if (!writer) {
@@ -253,7 +255,7 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
         writer = std::move(*w);
       }
       digests.Update(chunk);
-      sha256->Update(chunk);
+      if (sha256) sha256->Update(chunk);
       if (auto s = writer->Write(chunk); !s.ok()) return s;
       job.done = writer->written();
       return absl::OkStatus();
@@ -267,7 +269,7 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
     if (auto s = writer->Finish(); !s.ok()) return s;
     if (auto s = digests.Verify(); !s.ok()) return s;
     record.virtual_size = static_cast<uint64_t>(length);
-    return sha256->HexFinal();
+    return sha256 ? sha256->HexFinal() : r.sha256;
   }
 
   // qcow2: land it in the scratch directory (qemu-img seeks), check it, convert onto the slot.
