@@ -103,13 +103,13 @@ ImageService::~ImageService() {
 }
 
 void ImageService::WaitForImports() {
-  std::vector<std::thread> threads;
+  std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads;
   {
     std::unique_lock lock(mu_);
     idle_.wait(lock, [this] { return running_.empty(); });
     threads.swap(threads_);
   }
-  for (auto& t : threads) t.join();
+  for (auto& [job, t] : threads) t.join();
 }
 
 absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
@@ -174,7 +174,13 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
   job->pool = req.pool;
   job->name = req.name;
   running_[Key(req.pool, req.name)] = job;
-  threads_.emplace_back([this, job, req, b = *backend] { Run(job, req, b); });
+  // Threads of ended imports are past their last use of mu_: joining them here cannot block.
+  std::erase_if(threads_, [](auto& entry) {
+    if (!entry.first->finished) return false;
+    entry.second.join();
+    return true;
+  });
+  threads_.emplace_back(job, std::thread([this, job, req, b = *backend] { Run(job, req, b); }));
   Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, *id, FormatName(req.format),
               req.url.empty() ? req.host_file : req.url);
   return *id;
@@ -360,7 +366,9 @@ void ImageService::Run(std::shared_ptr<Running> job, ImportRequest r, storage::S
   (void)journal_.End(job->id, state, message);
   std::lock_guard lock(mu_);
   transfers_[job->id] = Transfer{job->done, job->total};
+  while (transfers_.size() > Journal::kHistory) transfers_.erase(transfers_.begin());  // as ListOperations
   running_.erase(Key(r.pool, r.name));
+  job->finished = true;
   idle_.notify_all();
 }
 

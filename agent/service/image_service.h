@@ -120,9 +120,10 @@ class ImageService {
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Running>> running_;   // by pool/name
-  std::map<uint64_t, Transfer> transfers_;                    // ended ones, by operation id
+  std::map<uint64_t, Transfer> transfers_;                    // the last Journal::kHistory ended ones
   std::map<std::string, int> copying_;                        // copies from pool/image under way
-  std::vector<std::thread> threads_;
+  // Import threads; an ended one is joined by the next Import (or WaitForImports).
+  std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads_;
   std::condition_variable idle_;
 };
 
