@@ -25,6 +25,7 @@
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
 #include "agent/service/idempotency.h"
+#include "agent/service/image_service.h"
 #include "agent/service/journal.h"
 #include "agent/version.h"
 #include "common/clock.h"
@@ -53,7 +54,7 @@ std::unique_ptr<PeriodicThread> ReportHealth(grpc::HealthCheckServiceInterface* 
     bool serving = hv.Connected();
     for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService", "hvagent.v1.EventService",
                                 "hvagent.v1.StorageService", "hvagent.v1.MetricsService",
-                                "hvagent.v1.OperationService"}) {
+                                "hvagent.v1.OperationService", "hvagent.v1.ImageService"}) {
       health->SetServingStatus(service, serving);
     }
   };
@@ -210,13 +211,14 @@ sigset_t BlockStopSignals() {
 struct GrpcFront {
   GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events)
       : host(pipeline), domains(pipeline), events(events, pipeline), storage(pipeline), metrics(pipeline),
-        operations(pipeline) {}
+        operations(pipeline), images(pipeline) {}
   api::HostGrpcService host;
   api::DomainGrpcService domains;
   api::EventGrpcService events;
   api::StorageGrpcService storage;
   api::MetricsGrpcService metrics;
   api::OperationGrpcService operations;
+  api::ImageGrpcService images;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -231,6 +233,7 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, 
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
   builder.RegisterService(&front->host).RegisterService(&front->domains).RegisterService(&front->events);
   builder.RegisterService(&front->storage).RegisterService(&front->metrics).RegisterService(&front->operations);
+  builder.RegisterService(&front->images);
   front->server = builder.BuildAndStart();
   if (!front->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("grpc.listen ", cfg.grpc_listen, ": cannot listen (address in use?)"));
@@ -291,6 +294,18 @@ int Run(const config::Config& cfg) {
       hypervisor, clock,
       {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get(), .admission = policy},
       &storage, state->journal.get());
+  // Imports: files only from [images] import_dirs, under the same rules as [security] image_dirs.
+  auto import_dirs = HostPathPolicy::Open({.image_dirs = cfg.image_import_dirs});
+  if (!import_dirs.ok()) {
+    logger->critical("images.import_dirs: {}", import_dirs.status().message());
+    return 1;
+  }
+  service::ImageService images(storage, *state->journal, runner,
+                               {.allowed_sources = cfg.image_allowed_sources,
+                                .import_dirs = import_dirs->get(),
+                                .scratch_dir = cfg.image_scratch_dir,
+                                .max_virtual_size = cfg.image_max_virtual_size_mib << 20});
+  for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
   RecoverBeforeServing(domains, *state->journal, hypervisor);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor, policy, &storage);
@@ -324,7 +339,8 @@ int Run(const config::Config& cfg) {
   service::OperationGate gate(cfg.max_operations_in_flight);
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
-      {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get()},
+      {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get(),
+       .images = &images},
       {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
 
   // The two fronts. REST first: it loads (and so checks) the TLS files that both servers use.

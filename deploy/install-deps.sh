@@ -8,7 +8,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
-  libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev
+  libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev libcurl4-openssl-dev
   libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libgtest-dev libgmock-dev
   lvm2 fdisk parted util-linux

@@ -65,6 +65,18 @@ struct VolumeInfo {
   Ownership ownership = Ownership::kNone;  // kNone exactly when attached_to is empty
 };
 
+// A golden image's place in a pool (storage/image): a volume-like area marked as an image, not a
+// volume, so it is never listed, attached or handed out as one. `ready` is false while its
+// import runs (a crash leaves it so, and recovery removes it). The image's record (format,
+// size, checksum) is kept by storage/image in the area's last kImageRecordBytes.
+struct ImageSlot {
+  std::string pool;
+  std::string name;
+  std::string path;  // block device
+  uint64_t size_bytes = 0;  // the whole area, record included
+  bool ready = false;
+};
+
 // Progress of a long wipe, reported as it goes (bytes done of total).
 struct WipeProgress {
   uint64_t done_bytes = 0;

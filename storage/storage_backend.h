@@ -58,6 +58,18 @@ class StorageBackend {
   // owned volume is handed over to be kept). InvalidArgument when ownership and domain
   // disagree; FailedPrecondition when attached to another domain.
   virtual absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) = 0;
+
+  // Golden images (agent/service/image_service.h). A backend without image support answers
+  // FailedPrecondition; names follow the volume name rule, in a namespace of their own.
+  // Slots, importing ones included, sorted by name.
+  virtual absl::StatusOr<std::vector<ImageSlot>> ListImageSlots();
+  // A new slot, not ready, of at least size_bytes (rounded up as volumes are). AlreadyExists
+  // when an image of that name exists; ResourceExhausted when the pool lacks room.
+  virtual absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes);
+  // Marks the slot ready: one metadata change, after its bytes and record are on disk.
+  virtual absl::Status SealImageSlot(const std::string& name);
+  // Wipes (per WipeMode) and removes the slot, ready or not.
+  virtual absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress);
 };
 
 }  // namespace hvagent::storage

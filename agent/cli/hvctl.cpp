@@ -28,6 +28,7 @@
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
 #include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
@@ -49,6 +50,9 @@ int Usage() {
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
+               "  images POOL | image-delete POOL NAME (a delete of an importing image cancels it)\n"
+               "  image-import POOL NAME raw|qcow2 URL|FILE [--sha256 HEX] [--sha512 HEX] [--wait]\n"
+               "                                       (--wait draws the import's progress until it ends)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
   return kUsage;
@@ -388,6 +392,84 @@ int main(int argc, char** argv) {
     }
     std::cout << (json ? std::string("{}") : "\n" + ref.name() + ": deleted") << "\n";
     return kOk;
+  }
+  if (cmd == "images" && !arg1.empty()) {
+    auto images = v1::ImageService::NewStub(channel);
+    deadline(ctx, 30);
+    v1::ListImagesRequest req;
+    req.set_pool(arg1);
+    v1::ListImagesResponse r;
+    return Render(json, images->ListImages(&ctx, req, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& i : r.images()) {
+        rows.push_back({i.name(), i.state() == v1::IMAGE_STATE_READY ? "ready" : "importing",
+                        i.virtual_size_bytes() ? Bytes(i.virtual_size_bytes()) : "-", i.sha256(), i.source()});
+      }
+      Table({"NAME", "STATE", "SIZE", "SHA256", "SOURCE"}, rows);
+    });
+  }
+  if (cmd == "image-delete" && args.size() >= 3) {
+    auto images = v1::ImageService::NewStub(channel);
+    deadline(ctx, 3600);
+    v1::ImageRef ref;
+    ref.set_pool(arg1);
+    ref.set_name(args[2]);
+    v1::Image i;
+    return Render(json, images->DeleteImage(&ctx, ref, &i), i, [&] {
+      std::cout << ref.pool() << "/" << ref.name()
+                << (i.state() == v1::IMAGE_STATE_READY ? ": deleted" : ": import cancelled") << "\n";
+    });
+  }
+  if (cmd == "image-import" && args.size() >= 5) {
+    auto images = v1::ImageService::NewStub(channel);
+    auto operations = v1::OperationService::NewStub(channel);
+    deadline(ctx, 60);
+    v1::ImportImageRequest req;
+    req.set_pool(arg1);
+    req.set_name(args[2]);
+    if (args[3] != "raw" && args[3] != "qcow2") return Usage();
+    req.set_format(args[3] == "raw" ? v1::IMAGE_FORMAT_RAW : v1::IMAGE_FORMAT_QCOW2);
+    if (args[4].rfind("http://", 0) == 0 || args[4].rfind("https://", 0) == 0) {
+      req.set_url(args[4]);
+    } else {
+      req.set_host_file(args[4]);
+    }
+    for (size_t i = 5; i + 1 < args.size(); ++i) {
+      if (args[i] == "--sha256") req.set_sha256(args[i + 1]);
+      if (args[i] == "--sha512") req.set_sha512(args[i + 1]);
+    }
+    v1::Operation op;
+    grpc::Status s = images->ImportImage(&ctx, req, &op);
+    if (!s.ok()) return Failed(s);
+    if (!has_flag("--wait")) {
+      std::cout << (json ? Json(op) : "operation " + std::to_string(op.id()) + ": importing") << "\n";
+      return kOk;
+    }
+    v1::GetOperationRequest get;
+    get.set_id(std::to_string(op.id()));
+    while (op.state() == v1::OPERATION_STATE_RUNNING) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      grpc::ClientContext poll;
+      deadline(poll, 30);
+      s = operations->GetOperation(&poll, get, &op);
+      if (!s.ok()) return Failed(s);
+      if (!json) {
+        const int width = 40;
+        const uint64_t total = op.bytes_total();
+        const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
+        std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
+                  << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
+      }
+    }
+    if (json) {
+      std::cout << Json(op) << "\n";
+    } else {
+      std::cerr << "\n";
+      std::cout << req.pool() << "/" << req.name() << ": "
+                << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
+                << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+    }
+    return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
   }
   if (cmd == "stats") {
     deadline(ctx, 60);

@@ -139,6 +139,36 @@ const std::vector<Key>& Keys() {
       Directories("security", "image_dirs", &Config::image_dirs),
       Directories("security", "kernel_dirs", &Config::kernel_dirs),
       Directories("security", "firmware_dirs", &Config::firmware_dirs),
+      {"images", "allowed_sources",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         const toml::array* list = n.as_array();
+         if (list == nullptr) return Invalid(field, "must be an array of URL prefixes");
+         std::vector<std::string> prefixes;
+         for (size_t i = 0; i < list->size(); ++i) {
+           auto v = (*list)[i].value<std::string>();
+           const std::string item = absl::StrCat(field, "[", i, "]");
+           if (!v || !(*list)[i].is_string()) return Invalid(item, "must be a string");
+           // A prefix ends in '/' past the host, so "http://mirror" cannot also allow "http://mirror.evil".
+           const size_t scheme = v->starts_with("https://") ? 8 : v->starts_with("http://") ? 7 : 0;
+           if (scheme == 0 || v->find('/', scheme) == std::string::npos || v->find('/', scheme) == scheme ||
+               v->back() != '/' || v->find_first_of(" @#\\") != std::string::npos) {
+             return Invalid(item, "must be an http:// or https:// URL with a host, ending in '/'");
+           }
+           prefixes.push_back(*v);
+         }
+         c.image_allowed_sources = std::move(prefixes);
+         return absl::OkStatus();
+       }},
+      Directories("images", "import_dirs", &Config::image_import_dirs),
+      {"images", "scratch_dir",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         if (v->empty() || (*v)[0] != '/') return Invalid(field, "must be an absolute path");
+         c.image_scratch_dir = *v;
+         return absl::OkStatus();
+       }},
+      Integer("images", "max_virtual_size_mib", &Config::image_max_virtual_size_mib, 1, int64_t{1} << 24),
       Array("auth", "identities"),
       Array("auth", "tokens"),
       Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,

@@ -67,6 +67,13 @@ struct Config {
   int max_streams_per_caller = 8;
   int max_operations_in_flight = 64;  // changing operations at once; past it UNAVAILABLE / 503
   std::vector<Token> auth_tokens;
+  // [images] (agent/service/image_service.h): URL prefixes an image may be fetched from
+  // (nothing by default), directories whose files may be imported (host path policy rules),
+  // where a qcow2 lands before conversion, and the largest virtual size accepted.
+  std::vector<std::string> image_allowed_sources;
+  std::vector<std::string> image_import_dirs;
+  std::string image_scratch_dir = "/var/lib/hvagent/image-scratch";
+  uint64_t image_max_virtual_size_mib = 64 << 10;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 

@@ -81,6 +81,12 @@ absl::StatusOr<StorageService::Held> StorageService::Hold(const std::string& poo
   return held;
 }
 
+std::vector<std::string> StorageService::PoolNames() const {
+  std::vector<std::string> names;
+  for (const auto& [name, pool] : pools_) names.push_back(name);
+  return names;
+}
+
 VolumeStatus StorageService::StatusOf(const storage::VolumeInfo& v) const {
   VolumeStatus s{v, v.attached_to.empty() ? VolumeState::kAvailable : VolumeState::kAttached, {}};
   if (!v.attached_to.empty()) {

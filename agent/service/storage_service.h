@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -111,6 +112,18 @@ class StorageService {
 
   // Blocks until background deletes finished (tests, shutdown).
   void WaitForDeletes();
+
+  // For ImageService, whose image slots are the backend's own objects: runs fn(backend) under
+  // the pool's lock, as every backend call runs (backends are single-threaded). An import's long
+  // writes go to the slot's device between such calls, holding no lock. NotFound naming `pool`.
+  template <typename Fn>
+  auto WithBackend(const std::string& pool, Fn&& fn) -> decltype(fn(std::declval<storage::StorageBackend&>())) {
+    auto p = Find(pool);
+    if (!p.ok()) return p.status();
+    std::lock_guard lock((*p)->mu);
+    return fn(*(*p)->backend);
+  }
+  std::vector<std::string> PoolNames() const;
 
  private:
   struct Pool {

@@ -189,4 +189,21 @@ std::string MakeLabel(const std::string& volume, const std::string& domain, bool
   return absl::StrCat(kNamePrefix, volume, owned ? "=" : "@", domain);
 }
 
+std::optional<ImageLabel> ParseImageLabel(const std::string& partition_name) {
+  const size_t prefix = sizeof(kImagePrefix) - 1;
+  ImageLabel label;
+  if (absl::StartsWith(partition_name, kImagePrefix)) {
+    label.ready = true;
+  } else if (!absl::StartsWith(partition_name, kImportingPrefix)) {
+    return std::nullopt;
+  }
+  label.image = partition_name.substr(prefix);
+  if (!IsVolumeName(label.image)) return std::nullopt;
+  return label;
+}
+
+std::string MakeImageLabel(const std::string& image, bool ready) {
+  return absl::StrCat(ready ? kImagePrefix : kImportingPrefix, image);
+}
+
 }  // namespace hvagent::storage::gpt

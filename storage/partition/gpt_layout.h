@@ -91,4 +91,17 @@ std::optional<VolumeLabel> ParseLabel(const std::string& partition_name);
 // Caller validates volume and domain (and their combined length) first. `owned` needs a domain.
 std::string MakeLabel(const std::string& volume, const std::string& domain, bool owned = false);
 
+// Golden images (storage/image) are partitions named "hvimage:<image>" once ready and
+// "hvimage~<image>" while their import runs; <image> follows the volume name rule. They are no
+// volumes (ParseLabel refuses them): never listed, attached or handed out as volumes.
+inline constexpr char kImagePrefix[] = "hvimage:";
+inline constexpr char kImportingPrefix[] = "hvimage~";
+struct ImageLabel {
+  std::string image;
+  bool ready = false;
+};
+std::optional<ImageLabel> ParseImageLabel(const std::string& partition_name);
+// Caller validates the name (IsVolumeName) first.
+std::string MakeImageLabel(const std::string& image, bool ready);
+
 }  // namespace hvagent::storage::gpt

@@ -76,6 +76,12 @@ class PartitionBackend final : public StorageBackend {
   // One `parted name` records domain and ownership together.
   absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
 
+  // Images are partitions named "hvimage~<name>" while imported, "hvimage:<name>" once sealed.
+  absl::StatusOr<std::vector<ImageSlot>> ListImageSlots() override;
+  absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes) override;
+  absl::Status SealImageSlot(const std::string& name) override;
+  absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) override;
+
  private:
   struct Found {
     gpt::Table table;
@@ -91,6 +97,13 @@ class PartitionBackend final : public StorageBackend {
   VolumeInfo Info(const gpt::Table& table, const gpt::Partition& p, const gpt::VolumeLabel& label) const;
   bool WaitForNode(const std::string& path) const;
   void RollBackCreate(const std::string& label);
+  // Takes a wiped partition out of the kernel, then the table (partx -d, parted rm); `what`
+  // names it in messages. FailedPrecondition while it is open.
+  absl::Status RemovePartition(const std::string& what, const std::string& path, uint32_t number);
+  absl::StatusOr<std::pair<gpt::Table, gpt::Partition>> CreatePartition(const gpt::Table& table,
+                                                                         const std::string& label, uint64_t requested);
+  absl::StatusOr<std::pair<gpt::Table, gpt::Partition>> FindImage(const std::string& name) const;
+  ImageSlot Slot(const gpt::Table& table, const gpt::Partition& p, const gpt::ImageLabel& label) const;
 
   PoolConfig config_;
   CommandRunner& runner_;

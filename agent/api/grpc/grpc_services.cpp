@@ -94,6 +94,11 @@ HVAGENT_UNARY(Storage, ReleaseVolumeOwnership, v1::ReleaseVolumeOwnershipRequest
 HVAGENT_UNARY(Metrics, GetDomainStats, v1::GetDomainStatsRequest, v1::GetDomainStatsResponse)
 HVAGENT_UNARY(Metrics, GetEventChannels, v1::GetEventChannelsRequest, v1::EventChannels)
 HVAGENT_UNARY(Operation, ListOperations, v1::ListOperationsRequest, v1::ListOperationsResponse)
+HVAGENT_UNARY(Operation, GetOperation, v1::GetOperationRequest, v1::Operation)
+HVAGENT_UNARY(Image, ImportImage, v1::ImportImageRequest, v1::Operation)
+HVAGENT_UNARY(Image, GetImage, v1::ImageRef, v1::Image)
+HVAGENT_UNARY(Image, ListImages, v1::ListImagesRequest, v1::ListImagesResponse)
+HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
 #undef HVAGENT_UNARY
 
 namespace {

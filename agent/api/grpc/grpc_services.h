@@ -12,6 +12,7 @@
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
 #include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
@@ -54,6 +55,19 @@ class OperationGrpcService final : public v1::OperationService::Service {
   explicit OperationGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status ListOperations(grpc::ServerContext*, const v1::ListOperationsRequest*,
                               v1::ListOperationsResponse*) override;
+  grpc::Status GetOperation(grpc::ServerContext*, const v1::GetOperationRequest*, v1::Operation*) override;
+
+ private:
+  ops::Pipeline pipeline_;
+};
+
+class ImageGrpcService final : public v1::ImageService::Service {
+ public:
+  explicit ImageGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
+  grpc::Status ImportImage(grpc::ServerContext*, const v1::ImportImageRequest*, v1::Operation*) override;
+  grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
+  grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*, v1::ListImagesResponse*) override;
+  grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
 
  private:
   ops::Pipeline pipeline_;

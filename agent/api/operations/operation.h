@@ -17,6 +17,7 @@
 #include "agent/api/auth/authorizer.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
+#include "agent/service/image_service.h"
 #include "agent/service/journal.h"
 #include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
@@ -34,9 +35,10 @@ struct Services {
   service::StorageService* storage = nullptr;
   service::MetricsCollector* metrics = nullptr;
   const service::Journal* journal = nullptr;
+  service::ImageService* images = nullptr;
 };
 
-enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal };
+enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kImages };
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
 

@@ -4,12 +4,14 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "agent/api/convert.h"
 #include "agent/api/operations/operation.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
+#include "hvagent/v1/image.pb.h"
 #include "hvagent/v1/metrics.pb.h"
 #include "hvagent/v1/operation.pb.h"
 #include "hvagent/v1/storage.pb.h"
@@ -117,6 +119,10 @@ absl::Status GetVolume(const Services& s, const v1::VolumeRef& req, v1::Volume* 
 }
 
 absl::Status CreateVolume(const Services& s, const v1::CreateVolumeRequest& req, v1::Volume* out) {
+  if (!req.image().empty()) {
+    if (s.images == nullptr) return absl::FailedPreconditionError("image: this agent keeps no images");
+    return Into(out, s.images->CreateVolumeFromImage(req.pool(), req.name(), req.size_bytes(), req.image()));
+  }
   return Into(out, s.storage->CreateVolume(req.pool(), {req.name(), req.size_bytes()}));
 }
 
@@ -161,6 +167,63 @@ absl::Status GetEventChannels(const Services& s, const v1::GetEventChannelsReque
   return absl::OkStatus();
 }
 
+// ---- ImageService ----
+
+v1::Image ToImage(const service::ImageStatus& st) {
+  v1::Image i;
+  i.set_pool(st.pool);
+  i.set_name(st.name);
+  i.set_state(st.ready ? v1::IMAGE_STATE_READY : v1::IMAGE_STATE_IMPORTING);
+  i.set_path(st.path);
+  i.set_operation_id(st.operation_id);
+  if (st.record) {
+    i.set_source_format(st.record->source_format == "qcow2" ? v1::IMAGE_FORMAT_QCOW2 : v1::IMAGE_FORMAT_RAW);
+    i.set_virtual_size_bytes(st.record->virtual_size);
+    i.set_sha256(st.record->sha256);
+    i.set_source(st.record->source);
+  }
+  return i;
+}
+
+absl::Status OperationById(const Services& s, uint64_t id, v1::Operation* out);
+void AddTransfer(const Services& s, v1::Operation* o);
+
+absl::Status ImportImage(const Services& s, const v1::ImportImageRequest& req, v1::Operation* out) {
+  service::ImportRequest r{.pool = req.pool(),
+                           .name = req.name(),
+                           .format = req.format() == v1::IMAGE_FORMAT_RAW     ? service::ImageFormat::kRaw
+                                     : req.format() == v1::IMAGE_FORMAT_QCOW2 ? service::ImageFormat::kQcow2
+                                                                              : service::ImageFormat::kUnspecified,
+                           .url = req.url(),
+                           .host_file = req.host_file(),
+                           .sha256 = req.sha256(),
+                           .sha512 = req.sha512()};
+  auto id = s.images->Import(r);
+  if (!id.ok()) return id.status();
+  return OperationById(s, *id, out);
+}
+
+absl::Status GetImage(const Services& s, const v1::ImageRef& req, v1::Image* out) {
+  auto st = s.images->Get(req.pool(), req.name());
+  if (!st.ok()) return st.status();
+  *out = ToImage(*st);
+  return absl::OkStatus();
+}
+
+absl::Status ListImages(const Services& s, const v1::ListImagesRequest& req, v1::ListImagesResponse* out) {
+  auto all = s.images->List(req.pool());
+  if (!all.ok()) return all.status();
+  for (const auto& st : *all) *out->add_images() = ToImage(st);
+  return absl::OkStatus();
+}
+
+absl::Status DeleteImage(const Services& s, const v1::ImageRef& req, v1::Image* out) {
+  auto st = s.images->Delete(req.pool(), req.name());
+  if (!st.ok()) return st.status();
+  *out = ToImage(*st);
+  return absl::OkStatus();
+}
+
 // ---- OperationService ----
 
 google::protobuf::Timestamp FromUnixMs(int64_t ms) {
@@ -172,6 +235,8 @@ v1::Operation ToOperation(const service::Journal::Operation& op) {
   o.set_id(op.id);
   o.set_kind(op.begin.type());
   o.set_domain(op.begin.domain());
+  o.set_pool(op.begin.pool());
+  o.set_image(op.begin.image());
   o.set_state(v1::OPERATION_STATE_RUNNING);
   *o.mutable_start_time() = FromUnixMs(op.begin.unix_ms());
   for (const auto& step : op.steps) {
@@ -185,16 +250,56 @@ v1::Operation ToOperation(const service::Journal::Operation& op) {
 absl::Status ListOperations(const Services& s, const v1::ListOperationsRequest& req,
                             v1::ListOperationsResponse* out) {
   auto running = s.journal->Unfinished();
-  for (auto it = running.rbegin(); it != running.rend(); ++it) *out->add_operations() = ToOperation(*it);
+  for (auto it = running.rbegin(); it != running.rend(); ++it) {
+    v1::Operation* o = out->add_operations();
+    *o = ToOperation(*it);
+    AddTransfer(s, o);
+  }
   if (req.running_only()) return absl::OkStatus();
   for (const auto& ended : s.journal->Recent()) {
     v1::Operation o = ToOperation(ended.op);
     o.set_state(ended.state);
     o.set_message(ended.message);
     *o.mutable_end_time() = FromUnixMs(ended.end_unix_ms);
+    AddTransfer(s, &o);
     *out->add_operations() = std::move(o);
   }
   return absl::OkStatus();
+}
+
+void AddTransfer(const Services& s, v1::Operation* o) {
+  if (s.images == nullptr) return;
+  if (auto t = s.images->TransferOf(o->id())) {
+    o->set_bytes_done(t->done);
+    o->set_bytes_total(t->total);
+  }
+}
+
+absl::Status OperationById(const Services& s, uint64_t id, v1::Operation* out) {
+  for (const auto& op : s.journal->Unfinished()) {
+    if (op.id != id) continue;
+    *out = ToOperation(op);
+    AddTransfer(s, out);
+    return absl::OkStatus();
+  }
+  for (const auto& ended : s.journal->Recent()) {
+    if (ended.op.id != id) continue;
+    *out = ToOperation(ended.op);
+    out->set_state(ended.state);
+    out->set_message(ended.message);
+    *out->mutable_end_time() = FromUnixMs(ended.end_unix_ms);
+    AddTransfer(s, out);
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("id: operation ", id, " is neither running nor among the recent ones"));
+}
+
+absl::Status GetOperation(const Services& s, const v1::GetOperationRequest& req, v1::Operation* out) {
+  uint64_t id = 0;
+  if (!absl::SimpleAtoi(req.id(), &id) || id == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("id: '", req.id(), "' is not an operation id (a positive number)"));
+  }
+  return OperationById(s, id, out);
 }
 
 // ---- the table ----
@@ -248,6 +353,12 @@ const std::vector<Operation>& Table() {
                                                   Needs::kStorage),
       Unary<v1::ListOperationsRequest, v1::ListOperationsResponse, ListOperations>(
           "hvagent.v1.OperationService/ListOperations", Role::kOperator, kReads, Needs::kJournal),
+      Unary<v1::GetOperationRequest, v1::Operation, GetOperation>("hvagent.v1.OperationService/GetOperation",
+                                                                  Role::kOperator, kReads, Needs::kJournal),
+      Unary<v1::ImageRef, v1::Image, GetImage>("hvagent.v1.ImageService/GetImage", Role::kOperator, kReads,
+                                               Needs::kImages),
+      Unary<v1::ListImagesRequest, v1::ListImagesResponse, ListImages>("hvagent.v1.ImageService/ListImages",
+                                                                       Role::kOperator, kReads, Needs::kImages),
       // The lifecycle an operator runs by hand.
       Unary<v1::DomainRef, v1::Domain, StartDomain>("hvagent.v1.DomainService/StartDomain", Role::kOperator,
                                                     kChanges, Needs::kDomains),
@@ -278,6 +389,11 @@ const std::vector<Operation>& Table() {
                                                                Role::kController, kChanges, Needs::kStorage),
       Unary<v1::ReleaseVolumeOwnershipRequest, v1::ReleaseVolumeOwnershipResponse, ReleaseVolumeOwnership>(
           "hvagent.v1.StorageService/ReleaseVolumeOwnership", Role::kController, kChanges, Needs::kStorage),
+      // An import fetches from the network or reads a host file: a controller's call.
+      Unary<v1::ImportImageRequest, v1::Operation, ImportImage>("hvagent.v1.ImageService/ImportImage",
+                                                                Role::kController, kChanges, Needs::kImages),
+      Unary<v1::ImageRef, v1::Image, DeleteImage>("hvagent.v1.ImageService/DeleteImage", Role::kController, kChanges,
+                                                  Needs::kImages),
   };
   return table;
 }
@@ -303,6 +419,7 @@ bool Available(const Operation& op, const Services& s) {
     case Needs::kStorage: return s.storage != nullptr;
     case Needs::kMetrics: return s.metrics != nullptr;
     case Needs::kJournal: return s.journal != nullptr;
+    case Needs::kImages: return s.images != nullptr && s.journal != nullptr;
   }
   return false;
 }

@@ -41,7 +41,13 @@ const std::vector<Route>& Table() {
       {"POST", "/v1/pools/{pool}/volumes/{name}:attach", "hvagent.v1.StorageService/AttachVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:detach", "hvagent.v1.StorageService/DetachVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:release-ownership", "hvagent.v1.StorageService/ReleaseVolumeOwnership"},
+      // 202: the import runs on; the answer is its operation (GET /v1/operations/{id}).
+      {"POST", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ImportImage", 202},
+      {"GET", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ListImages"},
+      {"GET", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/GetImage"},
+      {"DELETE", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/DeleteImage"},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
+      {"GET", "/v1/operations/{id}", "hvagent.v1.OperationService/GetOperation"},
   };
   return table;
 }

@@ -18,6 +18,7 @@
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
+#include "hvagent/v1/image.pb.h"
 #include "hvagent/v1/metrics.pb.h"
 #include "hvagent/v1/operation.pb.h"
 #include "hvagent/v1/storage.pb.h"
@@ -29,7 +30,8 @@ using google::protobuf::DescriptorPool;
 
 constexpr const char* kServices[] = {"hvagent.v1.HostService", "hvagent.v1.DomainService",
                                      "hvagent.v1.EventService", "hvagent.v1.StorageService",
-                                     "hvagent.v1.MetricsService", "hvagent.v1.OperationService"};
+                                     "hvagent.v1.MetricsService", "hvagent.v1.OperationService",
+                                     "hvagent.v1.ImageService"};
 
 TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   // Linking the messages in makes their files known to the generated pool.
@@ -39,6 +41,7 @@ TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   (void)v1::Volume::default_instance();
   (void)v1::MetricsSample::default_instance();
   (void)v1::Operation::default_instance();
+  (void)v1::Image::default_instance();
   size_t methods = 0;
   for (const char* name : kServices) {
     const auto* service = DescriptorPool::generated_pool()->FindServiceByName(name);

@@ -145,6 +145,31 @@ TEST(ParseConfigToml, RejectsHostFileDirectoriesThatAreNotCanonicalNamingTheEntr
               HasSubstr("security.firmware_dirs[0]: must be a string"));
 }
 
+TEST(ParseConfigToml, ImagesAllowNoSourceByDefaultAndOnlyWholeHostPrefixes) {
+  Config d;
+  EXPECT_TRUE(d.image_allowed_sources.empty());
+  EXPECT_TRUE(d.image_import_dirs.empty());
+  auto c = ParseConfigToml(R"(
+[images]
+allowed_sources = ["https://images.example.org/cloud/", "http://127.0.0.1:8000/"]
+import_dirs = ["/var/lib/hvagent/import"]
+scratch_dir = "/var/tmp/hvagent-scratch"
+max_virtual_size_mib = 1024
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->image_allowed_sources.size(), 2u);
+  EXPECT_EQ(c->image_import_dirs, std::vector<std::string>{"/var/lib/hvagent/import"});
+  EXPECT_EQ(c->image_scratch_dir, "/var/tmp/hvagent-scratch");
+  EXPECT_EQ(c->image_max_virtual_size_mib, 1024u);
+  // "https://images.example.org" would also allow https://images.example.org.evil.example/.
+  for (const char* bad : {"https://images.example.org", "ftp://x/", "https:///x/", "https://u@x/", "x/"}) {
+    auto r = ParseConfigToml(std::string("[images]\nallowed_sources = [\"") + bad + "\"]\n");
+    EXPECT_THAT(Msg(r.status()), HasSubstr("images.allowed_sources[0]: must be an http:// or https:// URL")) << bad;
+  }
+  EXPECT_THAT(Msg(ParseConfigToml("[images]\nscratch_dir = \"tmp\"\n").status()),
+              HasSubstr("images.scratch_dir: must be an absolute path"));
+}
+
 TEST(ParseConfigToml, EmptyTextKeepsTheBase) {
   Config base;
   base.hypervisor_uri = "qemu:///system";

@@ -175,3 +175,26 @@ TEST(PartitionGptLayout, NameAndPathValidation) {
 
 }  // namespace
 }  // namespace hvagent::storage::gpt
+
+namespace hvagent::storage::gpt {
+namespace {
+
+TEST(GptLayoutTest, ImageLabelsAreNoVolumeLabels) {
+  EXPECT_EQ(MakeImageLabel("deb12", false), "hvimage~deb12");
+  EXPECT_EQ(MakeImageLabel("deb12", true), "hvimage:deb12");
+  auto ready = ParseImageLabel("hvimage:deb12");
+  ASSERT_TRUE(ready.has_value());
+  EXPECT_EQ(ready->image, "deb12");
+  EXPECT_TRUE(ready->ready);
+  auto importing = ParseImageLabel("hvimage~deb12");
+  ASSERT_TRUE(importing.has_value());
+  EXPECT_FALSE(importing->ready);
+  EXPECT_FALSE(ParseLabel("hvimage:deb12").has_value());
+  EXPECT_FALSE(ParseImageLabel("hvagent:deb12").has_value());
+  EXPECT_FALSE(ParseImageLabel("hvimage:").has_value());
+  EXPECT_FALSE(ParseImageLabel("hvimage:a/b").has_value());
+  EXPECT_FALSE(ParseImageLabel("hvimage:abcdefghijklmnopqrstu").has_value());  // 21 characters
+}
+
+}  // namespace
+}  // namespace hvagent::storage::gpt

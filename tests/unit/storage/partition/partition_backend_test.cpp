@@ -600,3 +600,55 @@ TEST_F(PartitionBackendTest, AttachQuotesPartedFailure) {
 
 }  // namespace
 }  // namespace hvagent::storage
+
+// ---- golden image slots ----
+
+namespace hvagent::storage {
+namespace {
+
+TEST_F(PartitionBackendTest, ImageSlotIsAnUnsealedPartitionThatNoVolumeListingShows) {
+  ExpectList(samples::kEmptyGpt);
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage~deb12"}}));
+  auto slot = Make()->CreateImageSlot("deb12", 2 * MiB - 100);
+  ASSERT_TRUE(slot.ok()) << slot.status();
+  EXPECT_FALSE(slot->ready);
+  EXPECT_EQ(slot->path, "/dev/loop0p1");
+  EXPECT_EQ(slot->size_bytes, 2 * MiB);
+  EXPECT_EQ(runner.calls()[1][8], "hvimage~deb12");
+  // An image is no volume: not listed, not counted, and its name is free for a volume.
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage:deb12"}}));
+  auto volumes = Make()->ListVolumes();
+  ASSERT_TRUE(volumes.ok());
+  EXPECT_TRUE(volumes->empty());
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage:deb12"}}));
+  auto images = Make()->ListImageSlots();
+  ASSERT_TRUE(images.ok());
+  ASSERT_EQ(images->size(), 1u);
+  EXPECT_TRUE((*images)[0].ready);
+}
+
+TEST_F(PartitionBackendTest, ImageSlotOfAnExistingNameIsAlreadyExistsAndChangesNothing) {
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage:deb12"}}));
+  auto slot = Make()->CreateImageSlot("deb12", MiB);
+  EXPECT_EQ(slot.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(runner.calls().size(), 1u);
+}
+
+TEST_F(PartitionBackendTest, SealRenamesTheSlotOnceAndDeleteWipesBeforeRemoving) {
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage~deb12"}}));
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Make()->SealImageSlot("deb12").ok());
+  EXPECT_EQ(runner.calls()[1], (Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvimage:deb12"}));
+  ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage:deb12"}}));
+  runner.Expect({"/usr/bin/partx"}, FakeCommandRunner::Ok());
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Make()->DeleteImageSlot("deb12", nullptr).ok());
+  ASSERT_EQ(wiper.wipes.size(), 1u);
+  EXPECT_EQ(wiper.wipes[0].device, "/dev/loop0p1");
+  EXPECT_EQ(wiper.wipes[0].commands_before, 3u);  // list, name, list: wiped before partx and rm
+  EXPECT_EQ(runner.calls().back(), (Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "rm", "1"}));
+}
+
+}  // namespace
+}  // namespace hvagent::storage

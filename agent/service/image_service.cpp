@@ -1,0 +1,524 @@
+#include "agent/service/image_service.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "storage/image/image_sources.h"
+#include "storage/partition/gpt_layout.h"
+
+namespace hvagent::service {
+namespace {
+
+namespace img = storage::image;
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = log::ComponentLogger("images");
+  return logger;
+}
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* FormatName(ImageFormat f) { return f == ImageFormat::kQcow2 ? "qcow2" : "raw"; }
+
+// The checksums the caller gave, computed over the source's bytes as they arrive.
+class SourceDigests {
+ public:
+  absl::Status Init(const ImportRequest& r) {
+    using Wanted = std::pair<const char*, const std::string*>;
+    for (auto [algo, want] : {Wanted{"sha256", &r.sha256}, Wanted{"sha512", &r.sha512}}) {
+      if (want->empty()) continue;
+      auto d = img::Digest::Create(algo);
+      if (!d.ok()) return d.status();
+      checks_.push_back({algo, *want, std::move(*d)});
+    }
+    return absl::OkStatus();
+  }
+  void Update(absl::string_view bytes) {
+    for (auto& c : checks_) c.digest->Update(bytes);
+  }
+  // FailedPrecondition naming the field when a digest differs.
+  absl::Status Verify() {
+    for (auto& c : checks_) {
+      const std::string got = c.digest->HexFinal();
+      if (got != c.want) {
+        return absl::FailedPreconditionError(absl::StrCat(c.algo, ": the source's bytes hash to ", got, ", not ",
+                                                          c.want, " (checksum mismatch; nothing was kept)"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Check {
+    std::string algo;
+    std::string want;
+    std::unique_ptr<img::Digest> digest;
+  };
+  std::vector<Check> checks_;
+};
+
+// A scratch file removed when it goes out of scope, whatever happened.
+struct ScratchFile {
+  std::string path;
+  int fd = -1;
+  ~ScratchFile() {
+    if (fd >= 0) close(fd);
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
+
+absl::Status WriteFd(int fd, absl::string_view bytes) {
+  while (!bytes.empty()) {
+    ssize_t w = write(fd, bytes.data(), bytes.size());
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return absl::ResourceExhaustedError(absl::StrCat("scratch_dir: writing: ", std::strerror(errno)));
+    bytes.remove_prefix(static_cast<size_t>(w));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+ImageService::ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options)
+    : storage_(storage), journal_(journal), runner_(runner), options_(std::move(options)) {}
+
+ImageService::~ImageService() {
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [key, job] : running_) job->cancel = true;
+  }
+  WaitForImports();
+}
+
+void ImageService::WaitForImports() {
+  std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads;
+  {
+    std::unique_lock lock(mu_);
+    idle_.wait(lock, [this] { return running_.empty(); });
+    threads.swap(threads_);
+  }
+  for (auto& [job, t] : threads) t.join();
+}
+
+absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
+  if (!storage::gpt::IsVolumeName(r.name)) {
+    return absl::InvalidArgumentError(absl::StrCat("name: '", r.name, "' must be 1-", storage::gpt::kMaxVolumeName,
+                                                   " of [A-Za-z0-9._-], starting with a letter or digit"));
+  }
+  if (r.format == ImageFormat::kUnspecified) {
+    return absl::InvalidArgumentError("format: is required (IMAGE_FORMAT_RAW or IMAGE_FORMAT_QCOW2)");
+  }
+  ImportRequest req = r;
+  if (!req.sha256.empty()) {
+    auto h = img::NormalizeHex("sha256", req.sha256, 32);
+    if (!h.ok()) return h.status();
+    req.sha256 = *h;
+  }
+  if (!req.sha512.empty()) {
+    auto h = img::NormalizeHex("sha512", req.sha512, 64);
+    if (!h.ok()) return h.status();
+    req.sha512 = *h;
+  }
+  if (req.url.empty() == req.host_file.empty()) {
+    return absl::InvalidArgumentError("source: give exactly one of url and host_file");
+  }
+  if (!req.url.empty()) {
+    if (auto s = img::CheckUrl("url", req.url, options_.allowed_sources); !s.ok()) return s;
+    if (req.sha256.empty() && req.sha512.empty()) {
+      return absl::InvalidArgumentError("sha256: a URL source needs its sha256 or sha512");
+    }
+  } else {
+    if (options_.import_dirs == nullptr) {
+      return absl::PermissionDeniedError("host_file: no [images] import_dirs are configured");
+    }
+    if (auto s = options_.import_dirs->Check("host_file", req.host_file, HostPathKind::kImage); !s.ok()) return s;
+  }
+  if (req.format == ImageFormat::kQcow2 && options_.scratch_dir.empty()) {
+    return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
+  }
+  // Refused here rather than by the operation: an image of this name exists or is on its way.
+  auto slots = storage_.WithBackend(req.pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
+  if (!slots.ok()) return slots.status();
+  for (const auto& s : *slots) {
+    if (s.name == req.name) {
+      return absl::AlreadyExistsError(absl::StrCat("image '", req.name, "' already exists in pool '", req.pool, "'"));
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (running_.contains(Key(req.pool, req.name))) {
+    return absl::AlreadyExistsError(absl::StrCat("image '", req.name, "' is being imported into pool '", req.pool, "'"));
+  }
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_IMPORT_IMAGE);
+  begin.set_pool(req.pool);
+  begin.set_image(req.name);
+  begin.set_unix_ms(NowUnixMs());
+  auto id = journal_.Begin(begin);
+  if (!id.ok()) return id.status();
+  auto job = std::make_shared<Running>();
+  job->id = *id;
+  job->pool = req.pool;
+  job->name = req.name;
+  running_[Key(req.pool, req.name)] = job;
+  // Threads of ended imports are past their last use of mu_: joining them here cannot block.
+  std::erase_if(threads_, [](auto& entry) {
+    if (!entry.first->finished) return false;
+    entry.second.join();
+    return true;
+  });
+  threads_.emplace_back(job, std::thread([this, job, req] { Run(job, req); }));
+  Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, *id, FormatName(req.format),
+              req.url.empty() ? req.host_file : req.url);
+  return *id;
+}
+
+absl::Status ImageService::StreamSource(Running& job, const ImportRequest& r,
+                                        const std::function<absl::Status(absl::string_view, int64_t)>& sink) {
+  if (!r.url.empty()) return img::FetchUrl(r.url, sink, &job.cancel);
+  // O_NOFOLLOW: the policy checked a path without links; a link put there since is refused.
+  int fd = open(r.host_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat("host_file: ", r.host_file, ": ", std::strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::PermissionDeniedError(absl::StrCat("host_file: ", r.host_file, " is not a regular file"));
+  }
+  std::unique_ptr<char[]> buf(new char[img::kBlockBytes]);
+  absl::Status status;
+  uint64_t left = static_cast<uint64_t>(st.st_size);
+  while (status.ok() && left > 0) {
+    if (job.cancel) {
+      status = absl::CancelledError("cancelled");
+      break;
+    }
+    ssize_t n = read(fd, buf.get(), img::kBlockBytes);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      status = absl::DataLossError(absl::StrCat("host_file: ", r.host_file, " ended early or failed: ",
+                                                n < 0 ? std::strerror(errno) : "end of file"));
+      break;
+    }
+    left -= std::min<uint64_t>(left, static_cast<uint64_t>(n));
+    status = sink(absl::string_view(buf.get(), static_cast<size_t>(n)), st.st_size);
+  }
+  close(fd);
+  return status;
+}
+
+absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportRequest& r,
+                                                   std::optional<storage::ImageSlot>& slot, img::ImageRecord& record) {
+  SourceDigests digests;
+  if (auto s = digests.Init(r); !s.ok()) return s;
+  auto new_slot = [&](uint64_t data_bytes) -> absl::Status {
+    if (data_bytes > options_.max_virtual_size) {
+      return absl::InvalidArgumentError(absl::StrCat("the image's virtual size, ", data_bytes,
+                                                     " bytes, is over [images] max_virtual_size_mib (",
+                                                     options_.max_virtual_size, " bytes)"));
+    }
+    internal::JournalStep step;
+    step.set_name("create-slot");
+    step.mutable_volume()->set_pool(r.pool);
+    step.mutable_volume()->set_name(r.name);
+    if (auto s = journal_.Step(job.id, step); !s.ok()) return s;
+    auto made = storage_.WithBackend(r.pool, [&](storage::StorageBackend& b) {
+      return b.CreateImageSlot(r.name, data_bytes + img::kRecordBytes);
+    });
+    if (!made.ok()) return made.status();
+    slot = *made;
+    return absl::OkStatus();
+  };
+
+  if (r.format == ImageFormat::kRaw) {
+    // Raw bytes go straight onto the slot, sized by the announced length.
+    std::unique_ptr<img::DeviceWriter> writer;
+    // The record's sha256 is the source's: hashed once more only when the caller gave none.
+    std::unique_ptr<img::Digest> sha256;
+    if (r.sha256.empty()) sha256 = *img::Digest::Create("sha256");
+    int64_t length = -1;
+    auto sink = [&](absl::string_view chunk, int64_t content_length) -> absl::Status {
+      if (!writer) {
+        if (content_length <= 0) {
+          return absl::FailedPreconditionError("url: the server announced no Content-Length; a raw image needs one");
+        }
+        length = content_length;
+        job.total = static_cast<uint64_t>(length);
+        if (auto s = new_slot(static_cast<uint64_t>(length)); !s.ok()) return s;
+        auto w = img::DeviceWriter::Open(slot->path, static_cast<uint64_t>(length));
+        if (!w.ok()) return w.status();
+        writer = std::move(*w);
+      }
+      digests.Update(chunk);
+      if (sha256) sha256->Update(chunk);
+      if (auto s = writer->Write(chunk); !s.ok()) return s;
+      job.done = writer->written();
+      return absl::OkStatus();
+    };
+    if (auto s = StreamSource(job, r, sink); !s.ok()) return s;
+    if (!writer) return absl::InvalidArgumentError("source: the image is empty");
+    if (writer->written() != static_cast<uint64_t>(length)) {
+      return absl::DataLossError(absl::StrCat("source: ", writer->written(), " bytes arrived of the ", length,
+                                              " announced (truncated)"));
+    }
+    if (auto s = writer->Finish(); !s.ok()) return s;
+    if (auto s = digests.Verify(); !s.ok()) return s;
+    record.virtual_size = static_cast<uint64_t>(length);
+    return sha256 ? sha256->HexFinal() : r.sha256;
+  }
+
+  // qcow2: land it in the scratch directory (qemu-img seeks), check it, convert onto the slot.
+  std::error_code ec;
+  std::filesystem::create_directories(options_.scratch_dir, ec);
+  std::filesystem::permissions(options_.scratch_dir, std::filesystem::perms::owner_all, ec);
+  ScratchFile scratch;
+  scratch.path = absl::StrCat(options_.scratch_dir, "/import-", job.id, ".qcow2");
+  scratch.fd = open(scratch.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (scratch.fd < 0) {
+    std::string why = std::strerror(errno);
+    scratch.path.clear();  // not ours to remove
+    return absl::FailedPreconditionError(absl::StrCat("scratch_dir: cannot create a file in ", options_.scratch_dir,
+                                                      ": ", why));
+  }
+  uint64_t landed = 0;
+  auto sink = [&](absl::string_view chunk, int64_t content_length) -> absl::Status {
+    if (content_length > 0) job.total = static_cast<uint64_t>(content_length);
+    if (chunk.size() > options_.max_virtual_size - landed) {
+      return absl::InvalidArgumentError(absl::StrCat("source: larger than [images] max_virtual_size_mib (",
+                                                     options_.max_virtual_size, " bytes) allows a qcow2 file"));
+    }
+    digests.Update(chunk);
+    landed += chunk.size();
+    job.done = landed;
+    return WriteFd(scratch.fd, chunk);
+  };
+  if (auto s = StreamSource(job, r, sink); !s.ok()) return s;
+  if (fsync(scratch.fd) != 0) return absl::InternalError(absl::StrCat("fsync of ", scratch.path, " failed"));
+  if (auto s = digests.Verify(); !s.ok()) return s;
+  img::QemuImg qemu(runner_, options_.qemu_img);
+  auto info = qemu.Info(scratch.path);
+  if (!info.ok()) return info.status();
+  if (info->format != "qcow2") {
+    return absl::InvalidArgumentError(absl::StrCat("format: the file is ", info->format, ", not qcow2"));
+  }
+  if (!info->backing_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("source: the qcow2 names a backing file ('", info->backing_file,
+                                                   "'); only self-contained images are imported"));
+  }
+  if (!info->data_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("source: the qcow2 names an external data file ('",
+                                                   info->data_file, "'); only self-contained images are imported"));
+  }
+  if (info->virtual_size == 0) return absl::InvalidArgumentError("source: the qcow2's virtual size is 0");
+  if (auto s = new_slot(info->virtual_size); !s.ok()) return s;
+  if (job.cancel) return absl::CancelledError("cancelled");
+  if (auto s = qemu.ConvertToRaw(scratch.path, slot->path); !s.ok()) return s;
+  record.virtual_size = info->virtual_size;
+  job.total = job.done = info->virtual_size;
+  return img::HashFile(slot->path, info->virtual_size, &job.cancel);
+}
+
+void ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
+  std::optional<storage::ImageSlot> slot;
+  img::ImageRecord record{.source_format = FormatName(r.format),
+                          .source = r.url.empty() ? r.host_file : r.url,
+                          .created_unix_ms = NowUnixMs()};
+  auto sha = RunSteps(*job, r, slot, record);
+  absl::Status status = sha.status();
+  if (status.ok() && job->cancel) status = absl::CancelledError("cancelled");
+  if (status.ok()) {
+    record.sha256 = *sha;
+    status = img::WriteRecord(slot->path, slot->size_bytes - img::kRecordBytes, record);
+  }
+  if (status.ok()) {
+    internal::JournalStep step;
+    step.set_name("seal");
+    (void)journal_.Step(job->id, step);
+    status = storage_.WithBackend(r.pool, [&](storage::StorageBackend& b) { return b.SealImageSlot(r.name); });
+  }
+  v1::OperationState state = v1::OPERATION_STATE_SUCCEEDED;
+  std::string message;
+  if (!status.ok()) {
+    state = absl::IsCancelled(status) ? v1::OPERATION_STATE_CANCELLED : v1::OPERATION_STATE_FAILED;
+    message = std::string(status.message());
+    if (slot) {
+      if (auto s = DeleteSlot(r.pool, r.name); !s.ok()) {
+        // The slot stays unsealed: Recover() removes it at the next start.
+        message = absl::StrCat(message, "; removing the partial image failed: ", s.message());
+      }
+    }
+    Log()->warn("import of {}/{} (operation {}) {}: {}", r.pool, r.name, job->id,
+                state == v1::OPERATION_STATE_CANCELLED ? "cancelled" : "failed", message);
+  } else {
+    Log()->info("imported {}/{} ({} bytes, sha256 {})", r.pool, r.name, record.virtual_size, record.sha256);
+  }
+  (void)journal_.End(job->id, state, message);
+  std::lock_guard lock(mu_);
+  transfers_[job->id] = Transfer{job->done, job->total};
+  while (transfers_.size() > Journal::kHistory) transfers_.erase(transfers_.begin());  // as ListOperations
+  running_.erase(Key(r.pool, r.name));
+  job->finished = true;
+  idle_.notify_all();
+}
+
+ImageStatus ImageService::StatusOf(const storage::ImageSlot& slot) {
+  ImageStatus st{.pool = slot.pool, .name = slot.name, .ready = slot.ready, .path = slot.path};
+  if (slot.ready) {
+    auto rec = img::ReadRecord(slot.path, slot.size_bytes - img::kRecordBytes);
+    if (rec.ok()) {
+      st.record = *rec;
+    } else {
+      Log()->warn("image {}/{}: record unreadable: {}", slot.pool, slot.name, rec.status().message());
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (auto it = running_.find(Key(slot.pool, slot.name)); it != running_.end()) st.operation_id = it->second->id;
+  return st;
+}
+
+absl::Status ImageService::DeleteSlot(const std::string& pool, const std::string& name) {
+  return storage_.WithBackend(pool, [&](storage::StorageBackend& b) { return b.DeleteImageSlot(name, nullptr); });
+}
+
+absl::StatusOr<std::vector<ImageStatus>> ImageService::List(const std::string& pool) {
+  auto slots = storage_.WithBackend(pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
+  if (!slots.ok()) return slots.status();
+  std::vector<ImageStatus> out;
+  for (const auto& s : *slots) out.push_back(StatusOf(s));
+  return out;
+}
+
+absl::StatusOr<ImageStatus> ImageService::Get(const std::string& pool, const std::string& name) {
+  auto all = List(pool);
+  if (!all.ok()) return all.status();
+  for (auto& s : *all) {
+    if (s.name == name) return s;
+  }
+  return absl::NotFoundError(absl::StrCat("image '", name, "' not found in pool '", pool, "'"));
+}
+
+absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const std::string& name) {
+  auto image = Get(pool, name);
+  if (!image.ok()) return image.status();
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = running_.find(Key(pool, name)); it != running_.end()) {
+      it->second->cancel = true;  // the import's thread removes the slot
+      Log()->info("import of {}/{} (operation {}) cancelled", pool, name, it->second->id);
+      return *image;
+    }
+    if (copying_[Key(pool, name)] > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("image '", name, "' is being copied onto a new volume; delete it afterwards"));
+    }
+    copying_.erase(Key(pool, name));
+  }
+  if (auto s = DeleteSlot(pool, name); !s.ok()) return s;
+  Log()->info("deleted image {}/{}", pool, name);
+  return *image;
+}
+
+absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::string& pool, const std::string& name,
+                                                                 uint64_t size_bytes, const std::string& image) {
+  {
+    std::lock_guard lock(mu_);
+    ++copying_[Key(pool, image)];  // before the image is read: a delete now waits for the copy
+  }
+  struct Release {
+    ImageService* self;
+    std::string key;
+    ~Release() {
+      std::lock_guard lock(self->mu_);
+      --self->copying_[key];
+    }
+  } release{this, Key(pool, image)};
+  auto src = Get(pool, image);
+  if (!src.ok()) {
+    if (absl::IsNotFound(src.status())) {
+      return absl::NotFoundError(absl::StrCat("image: '", image, "' is no image of pool '", pool, "'"));
+    }
+    return src.status();
+  }
+  if (!src->ready || !src->record) {
+    return absl::FailedPreconditionError(absl::StrCat("image: '", image, "' is not ready (its import is under way)"));
+  }
+  const uint64_t virtual_size = src->record->virtual_size;
+  if (size_bytes == 0) size_bytes = virtual_size;
+  if (size_bytes < virtual_size) {
+    return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size_bytes, " is smaller than image '", image,
+                                                   "' (", virtual_size, " bytes)"));
+  }
+  auto volume = storage_.CreateVolume(pool, {name, size_bytes});
+  if (!volume.ok()) return volume.status();
+  auto copied = img::CopyDevice(src->path, volume->volume.path, virtual_size, nullptr, nullptr, false);
+  if (!copied.ok()) {
+    (void)storage_.DeleteVolume(pool, name);  // wiped and removed in the background
+    return absl::Status(copied.status().code(),
+                        absl::StrCat("copying image '", image, "' onto volume '", name, "': ", copied.status().message(),
+                                     " (the volume is deleted again)"));
+  }
+  Log()->info("volume {}/{} created from image {} ({} bytes copied)", pool, name, image, virtual_size);
+  return storage_.GetVolume(pool, name);
+}
+
+std::optional<Transfer> ImageService::TransferOf(uint64_t id) const {
+  std::lock_guard lock(mu_);
+  for (const auto& [key, job] : running_) {
+    if (job->id == id) return Transfer{job->done, job->total};
+  }
+  if (auto it = transfers_.find(id); it != transfers_.end()) return it->second;
+  return std::nullopt;
+}
+
+std::vector<std::string> ImageService::Recover() {
+  std::vector<std::string> done;
+  for (const Journal::Operation& op : journal_.Unfinished()) {
+    if (op.begin.type() != v1::OPERATION_KIND_IMPORT_IMAGE) continue;
+    const std::string& pool = op.begin.pool();
+    const std::string& name = op.begin.image();
+    std::string outcome = "nothing had been written";
+    v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
+    {
+      auto slots = storage_.WithBackend(pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
+      for (const auto& s : slots.ok() ? *slots : std::vector<storage::ImageSlot>{}) {
+        if (s.name != name) continue;
+        if (s.ready) {
+          state = v1::OPERATION_STATE_RECOVERED;
+          outcome = "the image had been sealed";
+        } else if (auto d = DeleteSlot(pool, name); d.ok()) {
+          outcome = "the partial image was wiped and removed";
+        } else {
+          outcome = absl::StrCat("removing the partial image failed: ", d.message());
+          state = v1::OPERATION_STATE_FAILED;
+        }
+      }
+    }
+    (void)journal_.End(op.id, state, absl::StrCat("recovery: ", outcome));
+    done.push_back(absl::StrCat("import of ", pool, "/", name, " (operation ", op.id, "): ", outcome));
+  }
+  // Unsealed slots no journal names (a crash with no state_dir): no import runs yet, so none
+  // of them can be finished.
+  for (const std::string& pool : storage_.PoolNames()) {
+    auto slots = storage_.WithBackend(pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
+    if (!slots.ok()) continue;
+    for (const auto& s : *slots) {
+      if (s.ready) continue;
+      auto d = DeleteSlot(pool, s.name);
+      done.push_back(absl::StrCat("unfinished image ", pool, "/", s.name, ": ",
+                                  d.ok() ? "wiped and removed" : std::string(d.message())));
+    }
+  }
+  return done;
+}
+
+}  // namespace hvagent::service

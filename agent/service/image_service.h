@@ -1,0 +1,132 @@
+#pragma once
+// ImageService: golden images in the storage pools, and volumes made from them.
+//
+// An import is an operation (Journal, kind IMPORT_IMAGE) that returns its id at once and runs
+// on a thread of its own: the bytes stream from the source (an allowed URL, or a file under
+// [images] import_dirs) into a new image slot of the pool, its checksum computed as they flow;
+// a qcow2 first lands in [images] scratch_dir (qemu-img needs to seek), is checked by
+// `qemu-img info` (no backing file, no external data file, a capped virtual size) and is
+// converted onto the slot. Only once the checksum matched is the image's record written and
+// the slot sealed (ready, read-only from then on). Any failure or a cancel (DeleteImage while
+// importing) wipes and removes the slot and the scratch file: nothing is left. A crash leaves an
+// unfinished journal entry and an unsealed slot, which Recover() removes at the next start.
+//
+// CreateVolumeFromImage copies a ready image onto a new volume (O_DIRECT, 4 MiB blocks, every
+// block written); an image is not deleted while a copy from it runs.
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/service/journal.h"
+#include "agent/service/storage_service.h"
+#include "common/host_path_policy.h"
+#include "storage/exec/command_runner.h"
+#include "storage/image/image_io.h"
+
+namespace hvagent::service {
+
+enum class ImageFormat { kUnspecified, kRaw, kQcow2 };
+
+struct ImportRequest {
+  std::string pool;
+  std::string name;
+  ImageFormat format = ImageFormat::kUnspecified;
+  std::string url;        // one of url and host_file
+  std::string host_file;
+  std::string sha256;     // of the source's bytes; one of them required for a URL
+  std::string sha512;
+};
+
+struct ImageStatus {
+  std::string pool;
+  std::string name;
+  bool ready = false;
+  std::string path;
+  std::optional<storage::image::ImageRecord> record;  // when ready
+  uint64_t operation_id = 0;                          // the import, while importing
+};
+
+// How far an import is (for OperationService).
+struct Transfer {
+  uint64_t done = 0;
+  uint64_t total = 0;
+};
+
+class ImageService {
+ public:
+  struct Options {
+    std::vector<std::string> allowed_sources;        // URL prefixes
+    const HostPathPolicy* import_dirs = nullptr;     // null: no host file may be imported
+    std::string scratch_dir;                         // qcow2 landing place; made 0700
+    uint64_t max_virtual_size = 64ull << 30;         // bytes; also bounds a scratch file
+    std::string qemu_img = "/usr/bin/qemu-img";
+  };
+
+  ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options);
+  ~ImageService();  // cancels imports under way and waits for them (each cleans up after itself)
+
+  // Validates everything it can before anything starts (InvalidArgument / PermissionDenied
+  // naming the field, NotFound for the pool, AlreadyExists), then returns the operation's id.
+  absl::StatusOr<uint64_t> Import(const ImportRequest& request);
+  absl::StatusOr<ImageStatus> Get(const std::string& pool, const std::string& name);
+  absl::StatusOr<std::vector<ImageStatus>> List(const std::string& pool);
+  // A ready image is wiped and removed (FailedPrecondition while a copy from it runs); an
+  // import under way is cancelled (answered as it was; it cleans up on its own thread).
+  absl::StatusOr<ImageStatus> Delete(const std::string& pool, const std::string& name);
+  // A new volume holding the image's bytes: size_bytes 0 takes the image's size; smaller than
+  // the image is InvalidArgument. Fails with nothing left (the volume is deleted again).
+  absl::StatusOr<VolumeStatus> CreateVolumeFromImage(const std::string& pool, const std::string& name,
+                                                     uint64_t size_bytes, const std::string& image);
+
+  // Bytes done of total for operation `id`, while this agent runs it or ran it.
+  std::optional<Transfer> TransferOf(uint64_t id) const;
+  // At start, before serving: imports a crash cut short are rolled back (their slots removed).
+  // Returns one line per thing done, for the log.
+  std::vector<std::string> Recover();
+  // Blocks until every import has ended (tests).
+  void WaitForImports();
+
+ private:
+  struct Running {
+    uint64_t id = 0;
+    std::string pool;
+    std::string name;
+    storage::image::CancelFlag cancel{false};
+    std::atomic<uint64_t> done{0};
+    std::atomic<uint64_t> total{0};
+    std::atomic<bool> finished{false};
+  };
+
+  void Run(std::shared_ptr<Running> job, ImportRequest request);
+  // Wipes and removes an image slot (under the pool's lock, StorageService::WithBackend).
+  absl::Status DeleteSlot(const std::string& pool, const std::string& name);
+  absl::StatusOr<std::string> RunSteps(Running& job, const ImportRequest& request,
+                                       std::optional<storage::ImageSlot>& slot, storage::image::ImageRecord& record);
+  absl::Status StreamSource(Running& job, const ImportRequest& request,
+                            const std::function<absl::Status(absl::string_view, int64_t)>& sink);
+  ImageStatus StatusOf(const storage::ImageSlot& slot);
+  std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
+
+  StorageService& storage_;
+  Journal& journal_;
+  storage::CommandRunner& runner_;
+  const Options options_;
+
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Running>> running_;   // by pool/name
+  std::map<uint64_t, Transfer> transfers_;                    // the last Journal::kHistory ended ones
+  std::map<std::string, int> copying_;                        // copies from pool/image under way
+  // Import threads; an ended one is joined by the next Import (or WaitForImports).
+  std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads_;
+  std::condition_variable idle_;
+};
+
+}  // namespace hvagent::service

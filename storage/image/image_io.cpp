@@ -1,0 +1,286 @@
+#include "storage/image/image_io.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace hvagent::storage::image {
+namespace {
+
+constexpr char kMagic[] = "hvagent-image 1";
+constexpr size_t kAlign = 4096;  // O_DIRECT: buffer, offset and length
+
+absl::Status Errno(const std::string& what) { return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno))); }
+
+// An aligned block buffer, freed with the scope.
+struct AlignedBuffer {
+  char* p = nullptr;
+  explicit AlignedBuffer(size_t n) {
+    void* v = nullptr;
+    if (posix_memalign(&v, kAlign, n) == 0) p = static_cast<char*>(v);
+  }
+  ~AlignedBuffer() { std::free(p); }
+};
+
+uint64_t AlignUp(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+absl::Status WriteAll(int fd, const char* p, size_t n, uint64_t offset, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Errno(absl::StrCat("writing ", what, " at ", offset));
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> ReadFull(int fd, char* p, size_t n, uint64_t offset, const std::string& what) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = pread(fd, p + got, n - got, static_cast<off_t>(offset + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Errno(absl::StrCat("reading ", what, " at ", offset + got));
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return got;
+}
+
+bool Cancelled(const CancelFlag* c) { return c != nullptr && c->load(); }
+
+}  // namespace
+
+// ---- record ----
+
+absl::StatusOr<std::string> EncodeRecord(const ImageRecord& r) {
+  for (const std::string* v : {&r.source_format, &r.sha256, &r.source}) {
+    if (v->find_first_of(std::string("\n\0", 2)) != std::string::npos) {
+      return absl::InvalidArgumentError("image record: a value holds a newline or NUL");
+    }
+  }
+  std::string text = absl::StrCat(kMagic, "\nformat=", r.source_format, "\nvirtual_size=", r.virtual_size,
+                                  "\nsha256=", r.sha256, "\ncreated_unix_ms=", r.created_unix_ms,
+                                  "\nsource=", r.source, "\n");
+  if (text.size() >= kRecordBytes) return absl::InvalidArgumentError("image record: source too long");
+  text.resize(kRecordBytes, '\0');
+  return text;
+}
+
+absl::StatusOr<ImageRecord> DecodeRecord(absl::string_view block) {
+  block = block.substr(0, block.find('\0'));
+  std::vector<absl::string_view> lines = absl::StrSplit(block, '\n');
+  if (lines.empty() || lines[0] != kMagic) return absl::NotFoundError("no image record");
+  ImageRecord r;
+  bool have_size = false;
+  for (size_t i = 1; i < lines.size(); ++i) {
+    if (lines[i].empty()) continue;
+    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(lines[i], absl::MaxSplits('=', 1));
+    if (kv.first == "format") r.source_format = std::string(kv.second);
+    if (kv.first == "sha256") r.sha256 = std::string(kv.second);
+    if (kv.first == "source") r.source = std::string(kv.second);
+    if (kv.first == "virtual_size") have_size = absl::SimpleAtoi(kv.second, &r.virtual_size);
+    if (kv.first == "created_unix_ms") (void)absl::SimpleAtoi(kv.second, &r.created_unix_ms);
+  }
+  if (!have_size || r.sha256.size() != 64) return absl::DataLossError("image record: virtual_size or sha256 unreadable");
+  return r;
+}
+
+// ---- digest ----
+
+absl::StatusOr<std::unique_ptr<Digest>> Digest::Create(const std::string& algorithm) {
+  const EVP_MD* md = algorithm == "sha256" ? EVP_sha256() : algorithm == "sha512" ? EVP_sha512() : nullptr;
+  if (md == nullptr) return absl::InvalidArgumentError(absl::StrCat("digest: unknown algorithm ", algorithm));
+  std::unique_ptr<Digest> d(new Digest());
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx, md, nullptr) != 1) {
+    EVP_MD_CTX_free(ctx);
+    return absl::InternalError("digest: EVP_DigestInit_ex failed");
+  }
+  d->ctx_ = ctx;
+  return d;
+}
+
+Digest::~Digest() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+
+void Digest::Update(absl::string_view bytes) { EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), bytes.data(), bytes.size()); }
+
+std::string Digest::HexFinal() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), md, &n);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> NormalizeHex(absl::string_view field, absl::string_view hex, size_t digest_bytes) {
+  std::string out = absl::AsciiStrToLower(hex);
+  if (out.size() != digest_bytes * 2 || out.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": must be ", digest_bytes * 2, " hex digits, got ", hex.size(), " characters"));
+  }
+  return out;
+}
+
+// ---- device writer ----
+
+absl::StatusOr<std::unique_ptr<DeviceWriter>> DeviceWriter::Open(const std::string& device, uint64_t limit) {
+  std::unique_ptr<DeviceWriter> w(new DeviceWriter());
+  w->fd_ = open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_EXCL);
+  if (w->fd_ < 0) return Errno(absl::StrCat("opening ", device));
+  void* v = nullptr;
+  if (posix_memalign(&v, kAlign, kBlockBytes) != 0) return absl::ResourceExhaustedError("no memory for a block buffer");
+  w->buf_ = static_cast<char*>(v);
+  w->limit_ = limit;
+  return w;
+}
+
+DeviceWriter::~DeviceWriter() {
+  if (fd_ >= 0) close(fd_);
+  std::free(buf_);
+}
+
+absl::Status DeviceWriter::Flush(size_t bytes) {
+  if (auto s = WriteAll(fd_, buf_, bytes, offset_, "image"); !s.ok()) return s;
+  offset_ += bytes;
+  fill_ = 0;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceWriter::Write(absl::string_view bytes) {
+  if (bytes.size() > limit_ - written_) {
+    return absl::ResourceExhaustedError(absl::StrCat("image: more than the ", limit_, " bytes its slot holds"));
+  }
+  written_ += bytes.size();
+  while (!bytes.empty()) {
+    size_t n = std::min(bytes.size(), kBlockBytes - fill_);
+    std::memcpy(buf_ + fill_, bytes.data(), n);
+    fill_ += n;
+    bytes.remove_prefix(n);
+    if (fill_ == kBlockBytes) {
+      if (auto s = Flush(kBlockBytes); !s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceWriter::Finish() {
+  if (fill_ > 0) {
+    size_t padded = AlignUp(fill_);
+    std::memset(buf_ + fill_, 0, padded - fill_);
+    if (auto s = Flush(padded); !s.ok()) return s;
+  }
+  if (fsync(fd_) != 0) return Errno("fsync of the image");
+  return absl::OkStatus();
+}
+
+// ---- copy and hash ----
+
+absl::StatusOr<std::string> CopyDevice(const std::string& from, const std::string& to, uint64_t bytes,
+                                       const ProgressFn& progress, const CancelFlag* cancel, bool hash) {
+  int in = open(from.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (in < 0) return Errno(absl::StrCat("opening ", from));
+  int out = open(to.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_EXCL);
+  if (out < 0) {
+    close(in);
+    return Errno(absl::StrCat("opening ", to));
+  }
+  AlignedBuffer buf(kBlockBytes);
+  std::unique_ptr<Digest> digest;
+  if (hash) digest = *Digest::Create("sha256");
+  absl::Status status = buf.p == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer") : absl::OkStatus();
+  uint64_t done = 0;
+  while (status.ok() && done < bytes) {
+    if (Cancelled(cancel)) {
+      status = absl::CancelledError("cancelled");
+      break;
+    }
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - done)));
+    auto got = ReadFull(in, buf.p, want, done, from);
+    if (!got.ok()) {
+      status = got.status();
+      break;
+    }
+    if (*got < want) {
+      status = absl::DataLossError(absl::StrCat(from, " ends at ", done + *got, " bytes, before ", bytes));
+      break;
+    }
+    const uint64_t useful = std::min<uint64_t>(want, bytes - done);
+    if (digest) digest->Update(absl::string_view(buf.p, useful));
+    status = WriteAll(out, buf.p, want, done, to);
+    done += useful;
+    if (progress) progress(done);
+  }
+  if (status.ok() && fsync(out) != 0) status = Errno(absl::StrCat("fsync of ", to));
+  close(in);
+  close(out);
+  if (!status.ok()) return status;
+  return digest ? digest->HexFinal() : std::string();
+}
+
+absl::StatusOr<std::string> HashFile(const std::string& path, uint64_t bytes, const CancelFlag* cancel) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno(absl::StrCat("opening ", path));
+  AlignedBuffer buf(kBlockBytes);
+  auto digest = *Digest::Create("sha256");
+  absl::Status status;
+  uint64_t done = 0;
+  while (done < bytes) {
+    if (Cancelled(cancel)) {
+      status = absl::CancelledError("cancelled");
+      break;
+    }
+    size_t want = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, bytes - done));
+    auto got = ReadFull(fd, buf.p, want, done, path);
+    if (!got.ok() || *got < want) {
+      status = got.ok() ? absl::DataLossError(absl::StrCat(path, " is shorter than ", bytes, " bytes")) : got.status();
+      break;
+    }
+    digest->Update(absl::string_view(buf.p, want));
+    done += want;
+  }
+  close(fd);
+  if (!status.ok()) return status;
+  return digest->HexFinal();
+}
+
+absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r) {
+  auto text = EncodeRecord(r);
+  if (!text.ok()) return text.status();
+  int fd = open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return Errno(absl::StrCat("opening ", device));
+  AlignedBuffer buf(kRecordBytes);
+  std::memcpy(buf.p, text->data(), kRecordBytes);
+  absl::Status s = WriteAll(fd, buf.p, kRecordBytes, offset, "the image record");
+  if (s.ok() && fsync(fd) != 0) s = Errno("fsync of the image record");
+  close(fd);
+  return s;
+}
+
+absl::StatusOr<ImageRecord> ReadRecord(const std::string& device, uint64_t offset) {
+  int fd = open(device.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return Errno(absl::StrCat("opening ", device));
+  AlignedBuffer buf(kRecordBytes);
+  auto got = ReadFull(fd, buf.p, kRecordBytes, offset, "the image record");
+  close(fd);
+  if (!got.ok()) return got.status();
+  return DecodeRecord(absl::string_view(buf.p, *got));
+}
+
+}  // namespace hvagent::storage::image

@@ -1,0 +1,91 @@
+#pragma once
+// Image I/O for golden images (agent/service/image_service.h), free of proto and of the pools:
+// checksums computed while bytes flow (OpenSSL EVP), the image record kept in a slot's last
+// 4 KiB, and block-device writes and copies with O_DIRECT in large aligned blocks. Nothing here
+// holds a whole image in memory: every path moves at most one 4 MiB block at a time.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace hvagent::storage::image {
+
+// The record of a ready image, written in the last kRecordBytes of its slot. Text, one
+// "key=value" a line after a magic first line, so that `tail -c 4096 /dev/...` shows it.
+inline constexpr uint64_t kRecordBytes = 4096;
+inline constexpr size_t kBlockBytes = 4 << 20;  // the unit of every read and write
+
+struct ImageRecord {
+  std::string source_format;  // "raw" or "qcow2"
+  uint64_t virtual_size = 0;  // bytes of raw disk at the slot's start
+  std::string sha256;         // of those bytes, lowercase hex
+  std::string source;         // URL or host file
+  int64_t created_unix_ms = 0;
+};
+// kRecordBytes of text, zero padded. InvalidArgument when a value holds a newline or the
+// record does not fit.
+absl::StatusOr<std::string> EncodeRecord(const ImageRecord& r);
+// NotFound when the block holds no record (an image whose import never finished).
+absl::StatusOr<ImageRecord> DecodeRecord(absl::string_view block);
+
+// A running digest: "sha256" or "sha512".
+class Digest {
+ public:
+  static absl::StatusOr<std::unique_ptr<Digest>> Create(const std::string& algorithm);
+  ~Digest();
+  void Update(absl::string_view bytes);
+  std::string HexFinal();  // lowercase hex; once
+ private:
+  Digest() = default;
+  void* ctx_ = nullptr;  // EVP_MD_CTX
+};
+
+// A whole hex digest of `algorithm`'s length, case-insensitively; lowercased. InvalidArgument
+// naming `field` otherwise.
+absl::StatusOr<std::string> NormalizeHex(absl::string_view field, absl::string_view hex, size_t digest_bytes);
+
+using CancelFlag = std::atomic<bool>;
+using ProgressFn = std::function<void(uint64_t done)>;
+
+// Writes a stream onto a block device from offset 0 with O_DIRECT, in kBlockBytes blocks
+// (the last one padded with zeros up to the 4 KiB boundary). Writes past `limit` bytes fail.
+class DeviceWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<DeviceWriter>> Open(const std::string& device, uint64_t limit);
+  ~DeviceWriter();
+  absl::Status Write(absl::string_view bytes);
+  // Flushes the partial block and fsyncs.
+  absl::Status Finish();
+  uint64_t written() const { return written_; }
+
+ private:
+  DeviceWriter() = default;
+  absl::Status Flush(size_t bytes);
+  int fd_ = -1;
+  uint64_t limit_ = 0;
+  uint64_t written_ = 0;   // bytes accepted
+  uint64_t offset_ = 0;    // bytes on the device
+  char* buf_ = nullptr;    // aligned, kBlockBytes
+  size_t fill_ = 0;
+};
+
+// Copies the first `bytes` of `from` onto `to` (offset 0) with O_DIRECT reads and writes in
+// kBlockBytes blocks, every block written (zero blocks too: the target is never assumed zero),
+// then fsyncs. Cancelled when *cancel turns true. Returns the sha256 of the bytes copied when
+// `hash` is set.
+absl::StatusOr<std::string> CopyDevice(const std::string& from, const std::string& to, uint64_t bytes,
+                                       const ProgressFn& progress, const CancelFlag* cancel, bool hash);
+// sha256 of the first `bytes` of a file or device (read in kBlockBytes blocks).
+absl::StatusOr<std::string> HashFile(const std::string& path, uint64_t bytes, const CancelFlag* cancel);
+// Writes / reads the record block at `offset` (the slot's size minus kRecordBytes).
+absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r);
+absl::StatusOr<ImageRecord> ReadRecord(const std::string& device, uint64_t offset);
+
+}  // namespace hvagent::storage::image

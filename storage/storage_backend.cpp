@@ -1,0 +1,18 @@
+#include "storage/storage_backend.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace hvagent::storage {
+namespace {
+absl::Status NoImages(const PoolConfig& c) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("pool: '", c.name, "' cannot hold images (images are kept on partition pools)"));
+}
+}  // namespace
+
+absl::StatusOr<std::vector<ImageSlot>> StorageBackend::ListImageSlots() { return NoImages(config()); }
+absl::StatusOr<ImageSlot> StorageBackend::CreateImageSlot(const std::string&, uint64_t) { return NoImages(config()); }
+absl::Status StorageBackend::SealImageSlot(const std::string&) { return NoImages(config()); }
+absl::Status StorageBackend::DeleteImageSlot(const std::string&, const ProgressFn&) { return NoImages(config()); }
+
+}  // namespace hvagent::storage

@@ -1,0 +1,441 @@
+"""Golden images on a real partition pool (a GPT disk on a loop device): imports from an HTTP
+server this test runs on loopback and from a host file, raw and qcow2 (made by qemu-img from
+random data), each checked byte for byte on the partition; volumes copied from an image; and
+every way an import can go wrong, each a clear error with nothing left behind (the partition
+table, lsblk, the pool's listings, the scratch directory, no operation left running)."""
+
+import hashlib
+import re
+import select
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+from hvagent.v1 import image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
+from agent_harness import Agent, test_guest, unique_name
+from loop_pools import LoopPoolsTestCase, run
+
+MiB = 1 << 20
+QEMU_IMG = "/usr/bin/qemu-img"
+
+
+def sha256_file(path, length=None):
+    h = hashlib.sha256()
+    left = length
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(4 * MiB if left is None else min(4 * MiB, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    if left:
+        raise AssertionError(f"{path} is shorter than {length} bytes")
+    return h.hexdigest()
+
+
+class ImageServer(http.server.ThreadingHTTPServer):
+    """Serves files of `root` under /images/; /images/truncated/NAME announces 1 MiB more than
+    it sends; /images/slow/NAME trickles (64 KiB every 50 ms) so an import can be cancelled."""
+    daemon_threads = True
+
+    def __init__(self, root):
+        self.root = root
+        super().__init__(("127.0.0.1", 0), ImageHandler)
+
+
+class ImageHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        parts = self.path.split("/")
+        if len(parts) < 3 or parts[1] != "images":
+            self.send_error(404)
+            return
+        mode, name = ("plain", parts[2]) if len(parts) == 3 else (parts[2], parts[3])
+        path = os.path.join(self.server.root, os.path.basename(name))
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        size = os.path.getsize(path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size + (MiB if mode == "truncated" else 0)))
+        self.end_headers()
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(64 * 1024 if mode == "slow" else MiB)
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    if mode == "slow":
+                        time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+
+class ImagesTest(LoopPoolsTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.served = tempfile.mkdtemp(prefix="hvit-served-")
+        cls.server = ImageServer(cls.served)
+        threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+        cls.base = f"http://127.0.0.1:{cls.server.server_address[1]}/images/"
+        # Files the agent may import: root's alone (mkdtemp: 0700).
+        cls.importdir = tempfile.mkdtemp(prefix="hvit-import-")
+        cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        cls.kernel, cls.initrd = test_guest()
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.server.shutdown()
+            raise
+        cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
+        cls.operations = operation_pb2_grpc.OperationServiceStub(cls.agent.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.server.shutdown()
+            for d in (cls.served, cls.importdir, cls.scratch):
+                shutil.rmtree(d, ignore_errors=True)
+
+    @classmethod
+    def extra_config(cls):
+        return f"""
+[security]
+kernel_dirs = ["{os.path.dirname(cls.kernel)}"]
+
+[images]
+allowed_sources = ["{cls.base}"]
+import_dirs = ["{cls.importdir}"]
+scratch_dir = "{cls.scratch}"
+max_virtual_size_mib = 512
+"""
+
+    # ---- helpers ----
+
+    def random_file(self, directory, name, size):
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        return path
+
+    def qcow2_of(self, raw, directory, name):
+        path = os.path.join(directory, name)
+        run([QEMU_IMG, "convert", "-f", "raw", "-O", "qcow2", raw, path])
+        return path
+
+    def state(self):
+        """What must be as it was after a failed import: the pool's partitions, the kernel's
+        block devices of the disk, the pool's images and volumes, the scratch directory, and no
+        operation still running."""
+        table = json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"].get("partitions", [])
+        lsblk = run(["lsblk", "-rno", "NAME", self.disk]).stdout.split()
+        status, images = self.agent.rest("GET", "/v1/pools/disk1/images")
+        self.assertEqual(status, 200, images)
+        status, volumes = self.agent.rest("GET", "/v1/pools/disk1/volumes")
+        self.assertEqual(status, 200, volumes)
+        status, running = self.agent.rest("GET", "/v1/operations?running_only=true")
+        return {"table": [(p["node"], p.get("name")) for p in table], "lsblk": lsblk, "images": images["images"],
+                "volumes": volumes["volumes"], "scratch": os.listdir(self.scratch), "running": running["operations"]}
+
+    def wait_operation(self, op_id, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, op = self.agent.rest("GET", f"/v1/operations/{op_id}")
+            self.assertEqual(status, 200, op)
+            if op["state"] != "OPERATION_STATE_RUNNING":
+                return op
+            time.sleep(0.1)
+        self.fail(f"operation {op_id} still running after {timeout} s")
+
+    def import_grpc(self, name, fmt, **source):
+        req = image_pb2.ImportImageRequest(pool="disk1", name=name, format=fmt, **source)
+        return self.images.ImportImage(req, timeout=60)
+
+    def import_fails(self, name, fmt, message, **source):
+        before = self.state()
+        op = self.import_grpc(name, fmt, **source)
+        self.assertEqual(op.kind, operation_pb2.OPERATION_KIND_IMPORT_IMAGE)
+        self.assertEqual((op.pool, op.image), ("disk1", name))
+        done = self.wait_operation(op.id)
+        self.assertEqual(done["state"], "OPERATION_STATE_FAILED", done)
+        self.assertIn(message, done["message"])
+        self.assertEqual(self.state(), before, "a failed import left something behind")
+        return done
+
+    def image_bytes_hash(self, image):
+        return sha256_file(image["path"], int(image["virtual_size_bytes"]))
+
+    # ---- imports that work ----
+
+    def test_raw_over_http_lands_byte_for_byte_and_a_volume_copies_it(self):
+        before = self.state()
+        raw = self.random_file(self.served, "rnd.raw", 8 * MiB + 12345)  # not a whole block
+        digest = sha256_file(raw)
+        status, op = self.agent.rest("POST", "/v1/pools/disk1/images",
+                                     {"name": "rnd", "format": "IMAGE_FORMAT_RAW", "url": self.base + "rnd.raw",
+                                      "sha256": digest.upper()})
+        self.assertEqual(status, 202, op)
+        self.assertEqual(op["state"], "OPERATION_STATE_RUNNING")
+        done = self.wait_operation(op["id"])
+        self.assertEqual(done["state"], "OPERATION_STATE_SUCCEEDED", done)
+        self.assertEqual((done["bytes_done"], done["bytes_total"]), (str(8 * MiB + 12345),) * 2)
+        status, image = self.agent.rest("GET", "/v1/pools/disk1/images/rnd")
+        self.assertEqual(status, 200, image)
+        self.assertEqual((image["state"], image["sha256"], image["virtual_size_bytes"], image["source_format"]),
+                         ("IMAGE_STATE_READY", digest, str(8 * MiB + 12345), "IMAGE_FORMAT_RAW"))
+        # The partition's own bytes, read back from the kernel's device.
+        self.assertEqual(self.image_bytes_hash(image), digest)
+        label = [p for p in json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]
+                 if p["node"] == image["path"]]
+        self.assertEqual(label[0]["name"], "hvimage:rnd")
+        # An image is no volume, and a second import of its name is refused.
+        self.assertEqual(self.agent.rest("GET", "/v1/pools/disk1/volumes")[1]["volumes"], before["volumes"])
+        status, err = self.agent.rest("POST", "/v1/pools/disk1/images",
+                                      {"name": "rnd", "format": "IMAGE_FORMAT_RAW", "url": self.base + "rnd.raw",
+                                       "sha256": digest})
+        self.assertEqual(status, 409, err)
+
+        # A volume from it: larger than the image, its first bytes the image's.
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "from-rnd", "size_bytes": str(16 * MiB),
+                                                                          "image": "rnd"})
+        self.assertEqual(status, 201, vol)
+        self.assertEqual(vol["size_bytes"], str(16 * MiB))
+        self.assertEqual(sha256_file(vol["path"], 8 * MiB + 12345), digest)
+        status, err = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "small", "size_bytes": str(MiB),
+                                                                          "image": "rnd"})
+        self.assertEqual(status, 400, err)
+        self.assertIn("size_bytes", err["message"])
+        status, err = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "ghost", "image": "nope"})
+        self.assertEqual(status, 404, err)
+        self.assertIn("image: 'nope'", err["message"])
+
+        # Deleting the image leaves the volume; deleting both restores the pool.
+        status, gone = self.agent.rest("DELETE", "/v1/pools/disk1/images/rnd")
+        self.assertEqual(status, 200, gone)
+        self.assertEqual(self.agent.rest("GET", "/v1/pools/disk1/images/rnd")[0], 404)
+        self.assertEqual(sha256_file(vol["path"], 8 * MiB + 12345), digest)
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/from-rnd")[0], 202)
+        deadline = time.time() + 60
+        while self.agent.rest("GET", "/v1/pools/disk1/volumes/from-rnd")[0] != 404 and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.state(), before)
+
+    def test_qcow2_host_file_is_converted_and_its_raw_bytes_recorded(self):
+        before = self.state()
+        raw = self.random_file(tempfile.gettempdir(), f"hvit-{os.getpid()}.raw", 6 * MiB)
+        try:
+            raw_digest = sha256_file(raw)
+            qcow2 = self.qcow2_of(raw, self.importdir, "rnd.qcow2")
+        finally:
+            os.unlink(raw)
+        op = self.import_grpc("q", image_pb2.IMAGE_FORMAT_QCOW2, host_file=qcow2, sha256=sha256_file(qcow2))
+        done = self.wait_operation(op.id)
+        self.assertEqual(done["state"], "OPERATION_STATE_SUCCEEDED", done)
+        image = self.images.GetImage(image_pb2.ImageRef(pool="disk1", name="q"), timeout=30)
+        self.assertEqual(image.state, image_pb2.IMAGE_STATE_READY)
+        self.assertEqual(image.source_format, image_pb2.IMAGE_FORMAT_QCOW2)
+        self.assertEqual(image.virtual_size_bytes, 6 * MiB)
+        self.assertEqual(image.sha256, raw_digest)
+        self.assertEqual(sha256_file(image.path, 6 * MiB), raw_digest)
+        self.assertEqual(os.listdir(self.scratch), [], "the scratch file was not removed")
+        listed = self.images.ListImages(image_pb2.ListImagesRequest(pool="disk1"), timeout=30)
+        self.assertEqual([i.name for i in listed.images], ["q"])
+        self.images.DeleteImage(image_pb2.ImageRef(pool="disk1", name="q"), timeout=60)
+        self.assertEqual(self.state(), before)
+
+    def test_hvctl_imports_with_a_progress_bar_and_lists_and_deletes(self):
+        before = self.state()
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        raw = self.random_file(self.importdir, "cli.raw", 3 * MiB)
+
+        def cli(*args):
+            return subprocess.run([hvctl, "--server", self.agent.grpc_addr, *args], capture_output=True, text=True,
+                                  timeout=120)
+
+        r = cli("image-import", "disk1", "cli", "raw", raw, "--sha256", sha256_file(raw), "--wait")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("disk1/cli: SUCCEEDED", r.stdout)
+        self.assertIn("] 3.0 MiB of 3.0 MiB", r.stderr)  # the bar, full
+        r = cli("images", "disk1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(sha256_file(raw), r.stdout)
+        r = cli("image-import", "disk1", "bad", "raw", raw, "--sha256", "0" * 64, "--wait")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("FAILED: sha256: the source's bytes hash to", r.stdout)
+        self.assertEqual(cli("image-delete", "disk1", "cli").returncode, 0)
+        self.assertEqual(self.state(), before)
+
+    def test_a_guest_boots_with_a_volume_copied_from_an_image_and_reads_its_bytes(self):
+        """QEMU (TCG) boots the shared busybox guest with a volume made from an image as /dev/vda;
+        the guest's own sha256sum of /dev/vda, on its serial console, is the image's."""
+        raw = self.random_file(self.served, "boot.raw", 8 * MiB)  # whole MiB: the volume is exactly it
+        digest = sha256_file(raw)
+        op = self.import_grpc("boot", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "boot.raw", sha256=digest)
+        self.assertEqual(self.wait_operation(op.id)["state"], "OPERATION_STATE_SUCCEEDED")
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "boot-root", "image": "boot"})
+        self.assertEqual(status, 201, vol)
+        self.assertEqual(vol["size_bytes"], str(8 * MiB))
+        name = unique_name("img")
+        spec = {"name": name, "vcpus": 1, "memory_mib": 256, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "boot-root"}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
+        self.assertEqual(status, 201, dom)
+        try:
+            tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
+            fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+            try:
+                out = self.console_until(fd, b"hv-guest-ready", 180)
+                os.write(fd, b"\nsha256sum /dev/vda\n")
+                out = self.console_until(fd, b"  /dev/vda", 60)
+            finally:
+                os.close(fd)
+            found = re.findall(rb"([0-9a-f]{64})  /dev/vda", out)
+            self.assertEqual([f.decode() for f in found][-1:], [digest], out[-2000:])
+        finally:
+            self.agent.rest("DELETE", f"/v1/domains/{name}?force=true")
+            self.agent.rest("DELETE", "/v1/pools/disk1/volumes/boot-root")
+            deadline = time.time() + 60
+            while self.agent.rest("GET", "/v1/pools/disk1/volumes/boot-root")[0] != 404 and time.time() < deadline:
+                time.sleep(0.2)
+            self.agent.rest("DELETE", "/v1/pools/disk1/images/boot")
+
+    def console_until(self, fd, marker, timeout):
+        out = b""
+        deadline = time.time() + timeout
+        while marker not in out:
+            left = deadline - time.time()
+            if left <= 0:
+                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                out += os.read(fd, 65536)
+        return out
+
+    # ---- imports that fail, leaving nothing ----
+
+    def test_checksum_mismatch_fails_and_leaves_nothing(self):
+        self.random_file(self.served, "bad.raw", 3 * MiB)
+        done = self.import_fails("bad", image_pb2.IMAGE_FORMAT_RAW, "checksum mismatch", url=self.base + "bad.raw",
+                                 sha256="0" * 64)
+        self.assertIn("sha256: the source's bytes hash to", done["message"])
+
+    def test_qcow2_checksum_mismatch_removes_the_scratch_file(self):
+        raw = self.random_file(self.served, "q.raw", 2 * MiB)
+        self.qcow2_of(raw, self.served, "q.qcow2")
+        self.import_fails("badq", image_pb2.IMAGE_FORMAT_QCOW2, "checksum mismatch", url=self.base + "q.qcow2",
+                          sha512="0" * 128)
+
+    def test_truncated_body_fails_and_leaves_nothing(self):
+        self.random_file(self.served, "cut.raw", 2 * MiB)
+        self.import_fails("cut", image_pb2.IMAGE_FORMAT_RAW, "fetching", url=self.base + "truncated/cut.raw",
+                          sha256="0" * 64)
+
+    def test_qcow2_with_a_backing_file_is_refused_without_opening_it(self):
+        evil = os.path.join(self.importdir, "evil.qcow2")
+        # -u: qemu-img itself does not open the backing file to make this one.
+        run([QEMU_IMG, "create", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", "-u", evil, "1M"])
+        done = self.import_fails("evil", image_pb2.IMAGE_FORMAT_QCOW2, "backing file", host_file=evil)
+        self.assertIn("/etc/shadow", done["message"])
+
+    def test_qcow2_over_the_virtual_size_cap_is_refused(self):
+        big = os.path.join(self.importdir, "big.qcow2")
+        run([QEMU_IMG, "create", "-f", "qcow2", big, "1G"])  # a few KiB of file, 1 GiB of disk
+        self.import_fails("big", image_pb2.IMAGE_FORMAT_QCOW2, "max_virtual_size_mib", host_file=big)
+
+    def test_image_larger_than_the_pool_fails_and_leaves_nothing(self):
+        sparse = os.path.join(self.importdir, "huge.raw")
+        with open(sparse, "wb") as f:
+            f.truncate(300 * MiB)  # the pool's disk is 256 MiB
+        self.import_fails("huge", image_pb2.IMAGE_FORMAT_RAW, "is full", host_file=sparse)
+
+    def test_cancel_by_delete_removes_the_partial_image(self):
+        before = self.state()
+        self.random_file(self.served, "slow.raw", 16 * MiB)
+        op = self.import_grpc("slow", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "slow/slow.raw", sha256="0" * 64)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            status, seen = self.agent.rest("GET", f"/v1/operations/{op.id}")
+            if int(seen["bytes_done"]) > 0:
+                break
+            time.sleep(0.05)
+        self.assertGreater(int(seen["bytes_done"]), 0, seen)
+        self.assertEqual(int(seen["bytes_total"]), 16 * MiB)
+        status, image = self.agent.rest("GET", "/v1/pools/disk1/images/slow")
+        self.assertEqual((status, image["state"], image["operation_id"]), (200, "IMAGE_STATE_IMPORTING", str(op.id)))
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/images/slow")[0], 200)
+        done = self.wait_operation(op.id)
+        self.assertEqual(done["state"], "OPERATION_STATE_CANCELLED", done)
+        self.assertEqual(self.state(), before)
+
+    def test_a_crash_mid_import_leaves_nothing_after_the_restart(self):
+        before = self.state()
+        self.random_file(self.served, "crash.raw", 16 * MiB)
+        op = self.import_grpc("crash", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "slow/crash.raw", sha256="0" * 64)
+        deadline = time.time() + 30
+        while int(self.agent.rest("GET", f"/v1/operations/{op.id}")[1]["bytes_done"]) == 0:
+            self.assertLess(time.time(), deadline, "the import never started writing")
+            time.sleep(0.05)
+        names = [p.get("name") for p in
+                 json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
+        self.assertIn("hvimage~crash", names)
+        old = self.agent
+        old.proc.kill()  # SIGKILL: no clean-up of its own
+        old.proc.wait()
+        old.channel.close()
+        os.unlink(old.log.name)
+        if old.config is not None:
+            os.unlink(old.config.name)
+        cls = type(self)
+        cls.agent = Agent(cls.agent_config(), image_dirs=[cls.workdir])
+        cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
+        cls.operations = operation_pb2_grpc.OperationServiceStub(cls.agent.channel)
+        self.assertIn("unfinished image disk1/crash: wiped and removed", self.agent.log_text())
+        self.assertEqual(self.state(), before)
+
+    # ---- refused before anything starts ----
+
+    def test_refusals_name_the_field_and_start_nothing(self):
+        before = self.state()
+        status, ops_before = self.agent.rest("GET", "/v1/operations")
+        cases = [
+            ({"name": "x", "format": "IMAGE_FORMAT_RAW", "url": "http://127.0.0.1:1/elsewhere/x.raw",
+              "sha256": "0" * 64}, 403, "url: "),
+            ({"name": "x", "format": "IMAGE_FORMAT_RAW", "url": self.base + "x.raw"}, 400, "sha256: "),
+            ({"name": "x", "format": "IMAGE_FORMAT_RAW", "host_file": "/etc/shadow"}, 403, "host_file: "),
+            ({"name": "x", "url": self.base + "x.raw", "sha256": "0" * 64}, 400, "format: "),
+            ({"name": "a/b", "format": "IMAGE_FORMAT_RAW", "url": self.base + "x.raw", "sha256": "0" * 64}, 400,
+             "name: "),
+        ]
+        for body, want, field in cases:
+            with self.subTest(body=body):
+                status, err = self.agent.rest("POST", "/v1/pools/disk1/images", body)
+                self.assertEqual(status, want, err)
+                self.assertTrue(err["message"].startswith(field), err)
+        # An LVM pool holds no images.
+        status, err = self.agent.rest("POST", "/v1/pools/vg/images", {"name": "x", "format": "IMAGE_FORMAT_RAW",
+                                                                      "url": self.base + "x.raw", "sha256": "0" * 64})
+        self.assertEqual(status, 409, err)
+        self.assertIn("cannot hold images", err["message"])
+        self.assertEqual(self.agent.rest("GET", "/v1/operations")[1], ops_before)
+        self.assertEqual(self.agent.rest("GET", "/v1/operations/999999")[0], 404)
+        self.assertEqual(self.agent.rest("GET", "/v1/operations/seven")[0], 400)
+        self.assertEqual(self.state(), before)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
