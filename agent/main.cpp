@@ -21,6 +21,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "agent/api/auth/authorizer.h"
+#include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
@@ -210,13 +211,14 @@ sigset_t BlockStopSignals() {
 struct GrpcFront {
   GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events)
       : host(pipeline), domains(pipeline), events(events, pipeline), storage(pipeline), metrics(pipeline),
-        operations(pipeline) {}
+        operations(pipeline), consoles(pipeline) {}
   api::HostGrpcService host;
   api::DomainGrpcService domains;
   api::EventGrpcService events;
   api::StorageGrpcService storage;
   api::MetricsGrpcService metrics;
   api::OperationGrpcService operations;
+  api::ConsoleGrpcService consoles;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -231,6 +233,7 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, 
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.rest_max_body_bytes));
   builder.RegisterService(&front->host).RegisterService(&front->domains).RegisterService(&front->events);
   builder.RegisterService(&front->storage).RegisterService(&front->metrics).RegisterService(&front->operations);
+  builder.RegisterService(&front->consoles);
   front->server = builder.BuildAndStart();
   if (!front->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("grpc.listen ", cfg.grpc_listen, ": cannot listen (address in use?)"));
@@ -320,9 +323,12 @@ int Run(const config::Config& cfg) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }
   service::OperationGate gate(cfg.max_operations_in_flight);
+  // Guests' consoles, shared among the callers attached to each (closed with the last one).
+  service::ConsoleSessions consoles(hypervisor, {});
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
-      {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get()},
+      {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get(),
+       .consoles = &consoles},
       {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
 
   // The two fronts. REST first: it loads (and so checks) the TLS files that both servers use.

@@ -16,6 +16,7 @@
 #include "hypervisor/libvirt/domain_stats.h"
 #include "hypervisor/libvirt/domain_xml_reader.h"
 #include "hypervisor/libvirt/event_loop.h"
+#include "hypervisor/libvirt/libvirt_console.h"
 #include "hypervisor/libvirt/libvirt_error.h"
 
 namespace hvagent::hv {
@@ -760,6 +761,22 @@ absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSp
              : std::string(s.message());
   Log()->warn("{}: {}", what, reason);
   return absl::AbortedError(absl::StrCat(what, ": ", reason));
+}
+
+absl::StatusOr<std::unique_ptr<ConsoleChannel>> LibvirtHypervisor::OpenConsole(const std::string& name,
+                                                                                ConsoleCallbacks callbacks) {
+  auto dom = Lookup(name);
+  if (!dom.ok()) return dom.status();
+  int state = VIR_DOMAIN_NOSTATE, reason = 0;
+  if (virDomainGetState(dom->get(), &state, &reason, 0) < 0) {
+    return LastLibvirtError(absl::StrCat("read the state of domain ", name));
+  }
+  if (state != VIR_DOMAIN_RUNNING && state != VIR_DOMAIN_PAUSED && state != VIR_DOMAIN_BLOCKED) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: it has no console now"));
+  }
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  return OpenLibvirtConsole(conn->get(), dom->get(), name, std::move(callbacks));
 }
 
 void LibvirtHypervisor::SetEventSink(EventSink sink) {

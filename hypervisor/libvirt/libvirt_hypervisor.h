@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "hypervisor/console.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/libvirt/capabilities.h"
 
@@ -25,7 +26,7 @@ namespace hvagent::hv {
 
 class LibvirtEventLoop;
 
-class LibvirtHypervisor final : public Hypervisor {
+class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
  public:
   struct Options {
     std::string uri = "test:///default";
@@ -71,6 +72,10 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
+  // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
+  // paused.
+  absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,
+                                                              ConsoleCallbacks callbacks) override;
 
   // Test hook: behaves as if libvirt reported the connection closed.
   void SimulateConnectionLoss();

@@ -16,15 +16,6 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-std::string RequestIdOf(const grpc::ServerContextBase* ctx) {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find("x-request-id");
-  if (it != md.end() && !it->second.empty() && it->second.size() <= 64) {
-    return std::string(it->second.data(), it->second.size());
-  }
-  return log::NewRequestId();
-}
-
 std::optional<std::string> IdempotencyKeyOf(const grpc::ServerContext* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find("idempotency-key");
@@ -52,6 +43,15 @@ grpc::Status Unary(const ops::Pipeline& pipeline, grpc::ServerContext* ctx, absl
 }
 
 }  // namespace
+
+std::string RequestIdOf(const grpc::ServerContextBase* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("x-request-id");
+  if (it != md.end() && !it->second.empty() && it->second.size() <= 64) {
+    return std::string(it->second.data(), it->second.size());
+  }
+  return log::NewRequestId();
+}
 
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer* authz) {
   if (authz == nullptr) return auth::Caller{"-", auth::Role::kController};

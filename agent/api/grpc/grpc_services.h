@@ -112,5 +112,7 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
 // The caller of a gRPC call (its client certificate, verified and resolved by `authz`; the
 // controller "-" without an authorizer).
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer* authz);
+// The call's request id: the client's "x-request-id" metadata when given, else a new one.
+std::string RequestIdOf(const grpc::ServerContextBase* ctx);
 
 }  // namespace hvagent::api

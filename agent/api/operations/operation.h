@@ -5,7 +5,7 @@
 // that turns the request into agent/service calls. gRPC services and REST routes only find the
 // row and hand it a request; Pipeline (pipeline.h) does everything else the same way for both.
 //
-// Streams (EventService/Watch, MetricsService/Watch) and the Prometheus page are rows too, so
+// Streams (EventService/Watch, MetricsService/Watch, ConsoleService/Attach) and the Prometheus page are rows too, so
 // that authorization reads one table, but they have no unary handler: their transport serves them.
 
 #include "absl/strings/string_view.h"
@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "agent/api/auth/authorizer.h"
+#include "agent/service/console_sessions.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
 #include "agent/service/journal.h"
@@ -34,9 +35,10 @@ struct Services {
   service::StorageService* storage = nullptr;
   service::MetricsCollector* metrics = nullptr;
   const service::Journal* journal = nullptr;
+  service::ConsoleSessions* consoles = nullptr;
 };
 
-enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal };
+enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kConsoles };
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/api/convert.h"
 #include "agent/api/operations/operation.h"
+#include "hvagent/v1/console.pb.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
@@ -248,6 +249,9 @@ const std::vector<Operation>& Table() {
                                                   Needs::kStorage),
       Unary<v1::ListOperationsRequest, v1::ListOperationsResponse, ListOperations>(
           "hvagent.v1.OperationService/ListOperations", Role::kOperator, kReads, Needs::kJournal),
+      // A guest's console: an operator's (and a controller's) way in when the network is not.
+      // Attaching is audited by the stream itself (it names the domain and whether it writes).
+      Stream<v1::ConsoleInput>("hvagent.v1.ConsoleService/Attach", Role::kOperator, Needs::kConsoles),
       // The lifecycle an operator runs by hand.
       Unary<v1::DomainRef, v1::Domain, StartDomain>("hvagent.v1.DomainService/StartDomain", Role::kOperator,
                                                     kChanges, Needs::kDomains),
@@ -303,6 +307,7 @@ bool Available(const Operation& op, const Services& s) {
     case Needs::kStorage: return s.storage != nullptr;
     case Needs::kMetrics: return s.metrics != nullptr;
     case Needs::kJournal: return s.journal != nullptr;
+    case Needs::kConsoles: return s.consoles != nullptr;
   }
   return false;
 }
