@@ -42,4 +42,8 @@ class ConsoleOpener {
                                                                       ConsoleCallbacks callbacks) = 0;
 };
 
+// Where a domain's console log lives under the configured directory (`name` is a validated
+// domain name: no '/' and no "..").
+inline std::string ConsoleLogPath(const std::string& dir, const std::string& name) { return dir + "/" + name + ".log"; }
+
 }  // namespace hvagent::hv

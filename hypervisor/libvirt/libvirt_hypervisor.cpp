@@ -540,7 +540,11 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
     target = SelectGuestTarget(caps_, spec.arch);
   }
   if (!target.ok()) return target.status();
-  auto xml = DomainXmlBuilder::Build(spec, *target);
+  DomainSpec logged = spec;
+  if (spec.serial_console && !options_.console_log_dir.empty() && target->os_type != "xen") {
+    logged.console_log_path = ConsoleLogPath(options_.console_log_dir, spec.name);
+  }
+  auto xml = DomainXmlBuilder::Build(logged, *target);
   if (!xml.ok()) return xml.status();
   Log()->debug("defining domain {}:\n{}", spec.name, *xml);
   virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());

@@ -41,6 +41,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
     // Statistics and listings through per-domain calls even where the driver has the bulk
     // call. Off in production; tests turn it on to compare the two paths on one driver.
     bool force_per_domain_stats = false;
+    // QEMU/KVM: each serial console logged to ConsoleLogPath(console_log_dir, name). Empty: none.
+    std::string console_log_dir;
   };
 
   // Tries to connect once; if that fails the agent still starts and keeps retrying.

@@ -3,8 +3,13 @@ the agent under QEMU TCG through real libvirtd; keystrokes go in over the gRPC s
 guest's shell echoes them back through libvirt's console stream. One guest serves the class."""
 
 import os
+import base64
 import queue
+import random
+import shutil
 import re
+import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -91,10 +96,20 @@ def token():
 
 
 class ConsoleTest(AgentTestCase):
+    TTL = 3  # seconds: short, so that the expiry test waits little
+
     @classmethod
     def agent_config(cls):
         cls.kernel, cls.initrd = test_guest()
-        return with_security(None, kernel_dirs=[os.path.dirname(cls.kernel)])
+        cls.log_dir = tempfile.mkdtemp(prefix="hvcon-logs-")
+        cls.port_min = random.randrange(30000, 39000)
+        return with_security(f"""[console]
+ticket_ttl_seconds = {cls.TTL}
+tcp_listen = "127.0.0.1"
+tcp_port_min = {cls.port_min}
+tcp_port_max = {cls.port_min + 19}
+log_dir = "{cls.log_dir}/logs"
+""", kernel_dirs=[os.path.dirname(cls.kernel)])
 
     @classmethod
     def setUpClass(cls):
@@ -122,6 +137,7 @@ class ConsoleTest(AgentTestCase):
     def tearDownClass(cls):
         virsh("destroy", cls.guest, check=False)
         virsh("undefine", cls.guest, check=False)
+        shutil.rmtree(cls.log_dir, ignore_errors=True)
         super().tearDownClass()
 
     def attach(self, **kw):
@@ -176,6 +192,95 @@ class ConsoleTest(AgentTestCase):
             self.assertIn("not running", off.error.details())
         finally:
             virsh("undefine", stopped, check=False)
+
+    # ---- tickets and the raw TCP endpoint (what nova-serialproxy connects to) ----
+
+    def tcp_ticket(self):
+        status, body = self.agent.rest("POST", f"/v1/domains/{self.guest}/console-tickets",
+                                       {"kind": "CONSOLE_KIND_SERIAL_TCP"})
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["domain_name"], self.guest)
+        self.assertEqual(body["host"], "127.0.0.1")
+        self.assertTrue(self.port_min <= body["port"] <= self.port_min + 19, body)
+        self.assertGreaterEqual(len(body["ticket"]), 43)
+        return body
+
+    def test_tcp_ticket_types_and_reads_once_then_the_port_is_closed(self):
+        t = self.tcp_ticket()
+        word = token()
+        with socket.create_connection((t["host"], t["port"]), timeout=10) as c:
+            got = b""
+            deadline = time.time() + 30
+            next_type = 0
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                self.assertLess(time.time(), deadline, got[-2000:])
+                if time.time() >= next_type:
+                    c.sendall(f"echo {word}\n".encode())
+                    next_type = time.time() + 3
+                c.settimeout(0.5)
+                try:
+                    chunk = c.recv(65536)
+                    self.assertNotEqual(chunk, b"", "the agent closed the connection")
+                    got += chunk
+                except socket.timeout:
+                    pass
+            # Exactly one connection per ticket: the listener is gone.
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection((t["host"], t["port"]), timeout=5).close()
+
+    def test_tcp_ticket_unused_until_it_expires_is_closed(self):
+        t = self.tcp_ticket()
+        time.sleep(self.TTL + 0.7)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection((t["host"], t["port"]), timeout=5).close()
+
+    def test_tcp_ticket_over_grpc_too(self):
+        t = self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+            domain_name=self.guest, kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
+        self.assertGreater(t.port, 0)
+        self.assertGreater(t.expire_time.seconds, time.time())
+        self.assertLessEqual(t.expire_time.seconds, time.time() + self.TTL + 1)
+        with socket.create_connection((t.host, t.port), timeout=10):
+            pass
+
+    def test_ticket_requests_that_are_wrong_are_refused_by_name(self):
+        path = f"/v1/domains/{self.guest}/console-tickets"
+        status, body = self.agent.rest("POST", path, {})
+        self.assertEqual(status, 400, body)
+        self.assertIn("kind", body["message"])
+        status, body = self.agent.rest("POST", path, {"kind": "CONSOLE_KIND_VNC"})
+        self.assertEqual(status, 501, body)
+        self.assertIn("kind: vnc", body["message"])
+        status, body = self.agent.rest("POST", f"/v1/domains/{GUEST_PREFIX}absent/console-tickets",
+                                       {"kind": "CONSOLE_KIND_SERIAL_TCP"})
+        self.assertEqual(status, 404, body)
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+                kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("domain_name", e.exception.details())
+
+    # ---- the console log ----
+
+    def test_console_log_holds_what_the_guest_printed(self):
+        writer = self.attach(write=True)
+        word = token()
+        writer.wait_for_line(word, retype=f"echo {word}\n")
+        deadline = time.time() + 10
+        while True:
+            status, body = self.agent.rest("GET", f"/v1/domains/{self.guest}/console-log?tail_bytes=65536")
+            self.assertEqual(status, 200, body)
+            text = base64.b64decode(body.get("data", "")).decode(errors="replace")
+            if re.search(r"(^|[\r\n])" + word + r"\r?\n", text):
+                break
+            self.assertLess(time.time(), deadline, text[-2000:])
+            time.sleep(0.2)
+        self.assertGreaterEqual(int(body["size_bytes"]), len(text))
+        status, body = self.agent.rest("GET", f"/v1/domains/{self.guest}/console-log?tail_bytes=2000000")
+        self.assertEqual(status, 400, body)
+        self.assertIn("tail_bytes", body["message"])
+        status, body = self.agent.rest("GET", f"/v1/domains/{GUEST_PREFIX}absent/console-log")
+        self.assertEqual(status, 404, body)
 
 
 if __name__ == "__main__":

@@ -176,4 +176,19 @@ Reactor* ConsoleGrpcService::Attach(grpc::CallbackServerContext* ctx) {
                             std::move(*slot), std::move(request_id));
 }
 
+grpc::ServerUnaryReactor* ConsoleGrpcService::IssueConsoleTicket(grpc::CallbackServerContext* ctx,
+                                                                 const v1::IssueConsoleTicketRequest* req,
+                                                                 v1::ConsoleTicket* out) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/IssueConsoleTicket", *req, out));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ConsoleGrpcService::GetConsoleLog(grpc::CallbackServerContext* ctx,
+                                                            const v1::GetConsoleLogRequest* req, v1::ConsoleLog* out) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/GetConsoleLog", *req, out));
+  return reactor;
+}
+
 }  // namespace hvagent::api

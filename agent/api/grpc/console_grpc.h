@@ -14,6 +14,12 @@ class ConsoleGrpcService final : public v1::ConsoleService::CallbackService {
  public:
   explicit ConsoleGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::ServerBidiReactor<v1::ConsoleInput, v1::ConsoleOutput>* Attach(grpc::CallbackServerContext* ctx) override;
+  // The unary calls run inline on gRPC's callback thread: they are short (a lookup, a ticket,
+  // a bounded file read).
+  grpc::ServerUnaryReactor* IssueConsoleTicket(grpc::CallbackServerContext* ctx, const v1::IssueConsoleTicketRequest* req,
+                                               v1::ConsoleTicket* out) override;
+  grpc::ServerUnaryReactor* GetConsoleLog(grpc::CallbackServerContext* ctx, const v1::GetConsoleLogRequest* req,
+                                          v1::ConsoleLog* out) override;
 
  private:
   ops::Pipeline pipeline_;

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "agent/api/auth/authorizer.h"
+#include "agent/service/console_access.h"
 #include "agent/service/console_sessions.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
@@ -36,9 +37,10 @@ struct Services {
   service::MetricsCollector* metrics = nullptr;
   const service::Journal* journal = nullptr;
   service::ConsoleSessions* consoles = nullptr;
+  service::ConsoleAccess* console_access = nullptr;
 };
 
-enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kConsoles };
+enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kConsoles, kConsoleAccess };
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
 

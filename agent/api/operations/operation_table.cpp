@@ -198,6 +198,42 @@ absl::Status ListOperations(const Services& s, const v1::ListOperationsRequest& 
   return absl::OkStatus();
 }
 
+// ---- ConsoleService ----
+
+absl::StatusOr<service::ConsoleKind> KindFromProto(v1::ConsoleKind k) {
+  switch (k) {
+    case v1::CONSOLE_KIND_SERIAL_WS: return service::ConsoleKind::kSerialWs;
+    case v1::CONSOLE_KIND_SERIAL_TCP: return service::ConsoleKind::kSerialTcp;
+    case v1::CONSOLE_KIND_VNC: return service::ConsoleKind::kVnc;
+    default: return absl::InvalidArgumentError("kind: must be CONSOLE_KIND_SERIAL_WS, CONSOLE_KIND_SERIAL_TCP or CONSOLE_KIND_VNC");
+  }
+}
+
+absl::Status IssueConsoleTicket(const Services& s, const v1::IssueConsoleTicketRequest& req, v1::ConsoleTicket* out) {
+  if (req.domain_name().empty()) return absl::InvalidArgumentError("domain_name: is required");
+  auto kind = KindFromProto(req.kind());
+  if (!kind.ok()) return kind.status();
+  auto t = s.console_access->Issue(req.domain_name(), *kind);
+  if (!t.ok()) return t.status();
+  out->set_ticket(t->ticket);
+  out->set_domain_name(t->domain);
+  out->set_kind(req.kind());
+  *out->mutable_expire_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t->expires.time_since_epoch()).count());
+  out->set_host(t->host);
+  out->set_port(static_cast<uint32_t>(t->port));
+  return absl::OkStatus();
+}
+
+absl::Status GetConsoleLog(const Services& s, const v1::GetConsoleLogRequest& req, v1::ConsoleLog* out) {
+  if (req.domain_name().empty()) return absl::InvalidArgumentError("domain_name: is required");
+  auto tail = s.console_access->Log(req.domain_name(), req.tail_bytes());
+  if (!tail.ok()) return tail.status();
+  out->set_data(std::move(tail->data));
+  out->set_size_bytes(tail->size);
+  return absl::OkStatus();
+}
+
 // ---- the table ----
 
 template <typename Req, typename Resp, absl::Status (*F)(const Services&, const Req&, Resp*)>
@@ -252,6 +288,11 @@ const std::vector<Operation>& Table() {
       // A guest's console: an operator's (and a controller's) way in when the network is not.
       // Attaching is audited by the stream itself (it names the domain and whether it writes).
       Stream<v1::ConsoleInput>("hvagent.v1.ConsoleService/Attach", Role::kOperator, Needs::kConsoles),
+      Unary<v1::GetConsoleLogRequest, v1::ConsoleLog, GetConsoleLog>("hvagent.v1.ConsoleService/GetConsoleLog",
+                                                                     Role::kOperator, kReads, Needs::kConsoleAccess),
+      // A ticket opens a console to whoever holds it: a change, audited.
+      Unary<v1::IssueConsoleTicketRequest, v1::ConsoleTicket, IssueConsoleTicket>(
+          "hvagent.v1.ConsoleService/IssueConsoleTicket", Role::kOperator, kChanges, Needs::kConsoleAccess),
       // The lifecycle an operator runs by hand.
       Unary<v1::DomainRef, v1::Domain, StartDomain>("hvagent.v1.DomainService/StartDomain", Role::kOperator,
                                                     kChanges, Needs::kDomains),
@@ -308,6 +349,7 @@ bool Available(const Operation& op, const Services& s) {
     case Needs::kMetrics: return s.metrics != nullptr;
     case Needs::kJournal: return s.journal != nullptr;
     case Needs::kConsoles: return s.consoles != nullptr;
+    case Needs::kConsoleAccess: return s.console_access != nullptr;
   }
   return false;
 }
