@@ -4,6 +4,9 @@ guest's shell echoes them back through libvirt's console stream. One guest serve
 
 import os
 import base64
+import pty
+import select
+import subprocess
 import queue
 import random
 import shutil
@@ -259,6 +262,37 @@ log_dir = "{cls.log_dir}/logs"
                 kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("domain_name", e.exception.details())
+
+    # ---- hvctl console, in a pseudo-terminal as a person would run it ----
+
+    def test_hvctl_console_types_in_raw_mode_and_ctrl_bracket_detaches(self):
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([hvctl, "--server", self.agent.grpc_addr, "console", self.guest],
+                                stdin=slave, stdout=slave, stderr=subprocess.PIPE, close_fds=True)
+        os.close(slave)
+        try:
+            word = token()
+            got = b""
+            deadline = time.time() + 30
+            next_type = 0
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                self.assertLess(time.time(), deadline, got[-2000:])
+                if time.time() >= next_type:
+                    os.write(master, f"echo {word}\n".encode())
+                    next_type = time.time() + 3
+                if select.select([master], [], [], 0.2)[0]:
+                    got += os.read(master, 65536)
+            os.write(master, b"\x1d")  # Ctrl-]
+            code = proc.wait(timeout=10)
+            err = proc.stderr.read()
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"detached", err)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
 
     # ---- the console log ----
 
