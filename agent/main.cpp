@@ -21,6 +21,8 @@
 #include <grpcpp/server_builder.h>
 
 #include "agent/api/auth/authorizer.h"
+#include "agent/api/auth/audit.h"
+#include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
@@ -211,7 +213,7 @@ sigset_t BlockStopSignals() {
 struct GrpcFront {
   GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events)
       : host(pipeline), domains(pipeline), events(events, pipeline), storage(pipeline), metrics(pipeline),
-        operations(pipeline), images(pipeline) {}
+        operations(pipeline), images(pipeline), consoles(pipeline) {}
   api::HostGrpcService host;
   api::DomainGrpcService domains;
   api::EventGrpcService events;
@@ -219,6 +221,7 @@ struct GrpcFront {
   api::MetricsGrpcService metrics;
   api::OperationGrpcService operations;
   api::ImageGrpcService images;
+  api::ConsoleGrpcService consoles;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -234,6 +237,7 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, 
   builder.RegisterService(&front->host).RegisterService(&front->domains).RegisterService(&front->events);
   builder.RegisterService(&front->storage).RegisterService(&front->metrics).RegisterService(&front->operations);
   builder.RegisterService(&front->images);
+  builder.RegisterService(&front->consoles);
   front->server = builder.BuildAndStart();
   if (!front->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("grpc.listen ", cfg.grpc_listen, ": cannot listen (address in use?)"));
@@ -272,7 +276,17 @@ int Run(const config::Config& cfg) {
   }
 
   // The service layer.
-  hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri});
+  if (!cfg.console_log_dir.empty()) {
+    // QEMU (or virtlogd) writes the logs; only root reads them, through the agent.
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.console_log_dir, ec);
+    if (ec) {
+      logger->critical("console.log_dir {}: {}", cfg.console_log_dir, ec.message());
+      return 1;
+    }
+    std::filesystem::permissions(cfg.console_log_dir, std::filesystem::perms::owner_all, ec);
+  }
+  hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir});
   SystemClock clock;
   service::EventHub events;
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
@@ -337,10 +351,21 @@ int Run(const config::Config& cfg) {
     logger->warn("DEVELOPMENT MODE: plain text on loopback, no authentication, every caller is a controller");
   }
   service::OperationGate gate(cfg.max_operations_in_flight);
+  // Guests' consoles, shared among the callers attached to each (closed with the last one).
+  service::ConsoleSessions consoles(hypervisor, {});
+  service::ConsoleTickets console_tickets(clock, cfg.console_ticket_ttl);
+  service::ConsoleTcpEndpoints console_tcp(
+      consoles, console_tickets,
+      {.address = cfg.console_tcp_listen, .port_min = cfg.console_tcp_port_min, .port_max = cfg.console_tcp_port_max},
+      [](const std::string& domain, const absl::Status& why) {
+        api::auth::Audit(api::auth::Caller{"serial-tcp-client", std::nullopt}, "serial-tcp connect",
+                         absl::StrCat("{\"domain_name\":\"", domain, "\"}"), why, {});
+      });
+  service::ConsoleAccess console_access(hypervisor, console_tickets, &console_tcp, {.log_dir = cfg.console_log_dir});
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
       {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get(),
-       .images = &images},
+       .images = &images, .consoles = &consoles, .console_access = &console_access},
       {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
 
   // The two fronts. REST first: it loads (and so checks) the TLS files that both servers use.

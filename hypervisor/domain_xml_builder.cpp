@@ -179,12 +179,14 @@ void WriteCpuAndFeatures(XmlWriter& w, const DomainSpec& spec, const GuestTarget
   }
 }
 
-void WriteConsole(XmlWriter& w, const GuestTarget& target) {
+void WriteConsole(XmlWriter& w, const GuestTarget& target, const std::string& log_path) {
   if (target.os_type == "xen") {
     w.Open("console", {{"type", "pty"}}).Leaf("target", {}, {{"type", "xen"}, {"port", "0"}}).Close();
     return;
   }
-  w.Open("serial", {{"type", "pty"}}).Leaf("target", {}, {{"port", "0"}}).Close();
+  w.Open("serial", {{"type", "pty"}});
+  if (!log_path.empty()) w.Leaf("log", {}, {{"file", log_path}, {"append", "off"}});
+  w.Leaf("target", {}, {{"port", "0"}}).Close();
   w.Open("console", {{"type", "pty"}}).Leaf("target", {}, {{"type", "serial"}, {"port", "0"}}).Close();
 }
 
@@ -227,7 +229,7 @@ absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, cons
   w.Open("devices");
   for (const auto& disk : spec.disks) WriteDisk(w, disk, target);
   for (const auto& nic : spec.nics) WriteNic(w, nic, target);
-  if (spec.serial_console) WriteConsole(w, target);
+  if (spec.serial_console) WriteConsole(w, target, spec.console_log_path);
   w.Close();
   w.Close();
   return w.Finish();

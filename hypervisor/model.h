@@ -54,6 +54,10 @@ struct DomainSpec {
   std::vector<DiskSpec> disks;
   std::vector<NicSpec> nics;
   bool serial_console = false;
+  // Set by the agent, never by a caller: where QEMU keeps everything the guest writes to its
+  // serial console (libvirt's chardev <log>, truncated at each start and rotated by virtlogd).
+  // Empty: no log. Ignored on Xen (xenconsoled keeps its own).
+  std::string console_log_path;
   // QEMU/KVM only (rejected on Xen). Empty: "host" passthrough on KVM, "max" under TCG.
   std::string cpu_model;
   // aarch64 QEMU/KVM only: "2", "3" or "host". Empty: "host" on KVM, "3" under TCG.

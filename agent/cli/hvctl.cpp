@@ -25,6 +25,7 @@
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/create_channel.h>
 
+#include "agent/cli/hvctl_console.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
@@ -49,6 +50,7 @@ int Usage() {
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
+               "  console NAME [--read-only] [--take-over]  (the guest's serial console; Ctrl-] detaches)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
                "  images POOL | image-delete POOL NAME (a delete of an importing image cancels it)\n"
                "  image-import POOL NAME raw|qcow2 URL|FILE [--sha256 HEX] [--sha512 HEX] [--wait]\n"
@@ -485,6 +487,22 @@ int main(int argc, char** argv) {
       }
       Table({"NAME", "STATE", "CPU", "MEMORY", "DISKS", "NICS"}, rows);
     });
+  }
+  if (cmd == "console") {
+    if (args.size() < 2) return Usage();
+    bool read_only = false, take_over = false;
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--read-only") {
+        read_only = true;
+      } else if (args[i] == "--take-over") {
+        take_over = true;
+      } else {
+        return Usage();
+      }
+    }
+    auto consoles = v1::ConsoleService::NewStub(channel);
+    grpc::Status s = cli::AttachConsole(*consoles, ctx, args[1], !read_only, take_over && !read_only);
+    return s.ok() ? kOk : Failed(s);
   }
   if (cmd == "watch") {
     auto events = v1::EventService::NewStub(channel);

@@ -190,6 +190,20 @@ const std::vector<Key>& Keys() {
       Integer("reliability", "reconcile_interval_seconds", &Config::reconcile_interval, 10, 86400,
               "must be 0 (only at start) or 10-86400", /*zero_too=*/true),
       Plain("reliability", "release_orphans", &Config::release_orphans),
+      Integer("console", "ticket_ttl_seconds", &Config::console_ticket_ttl, 1, 3600),
+      Plain("console", "tcp_listen", &Config::console_tcp_listen),
+      Integer("console", "tcp_port_min", &Config::console_tcp_port_min, 1024, 65535),
+      Integer("console", "tcp_port_max", &Config::console_tcp_port_max, 1024, 65535),
+      {"console", "log_dir",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         if (!v->empty() && ((*v)[0] != '/' || v->find("..") != std::string::npos)) {
+           return Invalid(field, "must be an absolute path without '..'");
+         }
+         c.console_log_dir = *v;
+         return absl::OkStatus();
+       }},
   };
   return keys;
 }
@@ -480,6 +494,10 @@ absl::Status Validate(const Config& c) {
   if (auto s = ValidateListen("grpc.listen", c.grpc_listen, !tls); !s.ok()) return s;
   if (auto s = ValidateListen("rest.listen", c.rest_listen, !tls); !s.ok()) return s;
   if (c.grpc_listen == c.rest_listen) return Invalid("rest.listen", "must differ from grpc.listen");
+  if (c.console_tcp_port_min > c.console_tcp_port_max) {
+    return Invalid("console.tcp_port_max", "must not be below console.tcp_port_min");
+  }
+  if (c.console_tcp_listen.empty()) return Invalid("console.tcp_listen", "is required (an IP address)");
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error"};
   if (!levels.contains(c.log_level)) {
     return Invalid("log.level", absl::StrCat("must be one of ", absl::StrJoin(levels, ", ")));

@@ -86,6 +86,15 @@ struct Config {
   // (0: only at start). release_orphans clears a stale owner record (never deletes data).
   std::chrono::seconds reconcile_interval{300};
   bool release_orphans = false;
+
+  // [console] (docs/consoles.md): one-time tickets live this long; serial-tcp tickets listen on
+  // tcp_listen (the address console proxies reach) at a port of [tcp_port_min, tcp_port_max];
+  // log_dir: where QEMU keeps each guest's serial console log (empty: none).
+  std::chrono::seconds console_ticket_ttl{60};
+  std::string console_tcp_listen = "127.0.0.1";
+  int console_tcp_port_min = 10000;
+  int console_tcp_port_max = 10099;
+  std::string console_log_dir;
 };
 
 struct CommandLine {

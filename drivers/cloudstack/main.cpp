@@ -507,8 +507,11 @@ std::string Lower(std::string s) {
   return s;
 }
 
+// CloudStack wants VNC (host, port, one-time password) or a URL a browser can open; the agent
+// has neither yet (its consoles are the gRPC stream and raw TCP tickets, docs/consoles.md).
 int GetConsole(const Payload&, const Agent&) {
-  return Fail("getconsole: hvagent exposes no console endpoint (VNC/URL) yet; use the serial console on the host",
+  return Fail("getconsole: hvagent has no console endpoint CloudStack can hand out yet (no VNC, no web "
+              "terminal); on the host, `hvctl console NAME` attaches to the guest's serial console",
               "UNIMPLEMENTED");
 }
 

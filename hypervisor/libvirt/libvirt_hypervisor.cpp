@@ -16,6 +16,7 @@
 #include "hypervisor/libvirt/domain_stats.h"
 #include "hypervisor/libvirt/domain_xml_reader.h"
 #include "hypervisor/libvirt/event_loop.h"
+#include "hypervisor/libvirt/libvirt_console.h"
 #include "hypervisor/libvirt/libvirt_error.h"
 
 namespace hvagent::hv {
@@ -539,7 +540,11 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
     target = SelectGuestTarget(caps_, spec.arch);
   }
   if (!target.ok()) return target.status();
-  auto xml = DomainXmlBuilder::Build(spec, *target);
+  DomainSpec logged = spec;
+  if (spec.serial_console && !options_.console_log_dir.empty() && target->os_type != "xen") {
+    logged.console_log_path = ConsoleLogPath(options_.console_log_dir, spec.name);
+  }
+  auto xml = DomainXmlBuilder::Build(logged, *target);
   if (!xml.ok()) return xml.status();
   Log()->debug("defining domain {}:\n{}", spec.name, *xml);
   virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());
@@ -760,6 +765,22 @@ absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSp
              : std::string(s.message());
   Log()->warn("{}: {}", what, reason);
   return absl::AbortedError(absl::StrCat(what, ": ", reason));
+}
+
+absl::StatusOr<std::unique_ptr<ConsoleChannel>> LibvirtHypervisor::OpenConsole(const std::string& name,
+                                                                                ConsoleCallbacks callbacks) {
+  auto dom = Lookup(name);
+  if (!dom.ok()) return dom.status();
+  int state = VIR_DOMAIN_NOSTATE, reason = 0;
+  if (virDomainGetState(dom->get(), &state, &reason, 0) < 0) {
+    return LastLibvirtError(absl::StrCat("read the state of domain ", name));
+  }
+  if (state != VIR_DOMAIN_RUNNING && state != VIR_DOMAIN_PAUSED && state != VIR_DOMAIN_BLOCKED) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: it has no console now"));
+  }
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  return OpenLibvirtConsole(conn->get(), dom->get(), name, std::move(callbacks));
 }
 
 void LibvirtHypervisor::SetEventSink(EventSink sink) {

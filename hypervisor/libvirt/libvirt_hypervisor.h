@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "hypervisor/console.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/libvirt/capabilities.h"
 
@@ -25,7 +26,7 @@ namespace hvagent::hv {
 
 class LibvirtEventLoop;
 
-class LibvirtHypervisor final : public Hypervisor {
+class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
  public:
   struct Options {
     std::string uri = "test:///default";
@@ -40,6 +41,8 @@ class LibvirtHypervisor final : public Hypervisor {
     // Statistics and listings through per-domain calls even where the driver has the bulk
     // call. Off in production; tests turn it on to compare the two paths on one driver.
     bool force_per_domain_stats = false;
+    // QEMU/KVM: each serial console logged to ConsoleLogPath(console_log_dir, name). Empty: none.
+    std::string console_log_dir;
   };
 
   // Tries to connect once; if that fails the agent still starts and keeps retrying.
@@ -71,6 +74,10 @@ class LibvirtHypervisor final : public Hypervisor {
   absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
+  // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
+  // paused.
+  absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,
+                                                              ConsoleCallbacks callbacks) override;
 
   // Test hook: behaves as if libvirt reported the connection closed.
   void SimulateConnectionLoss();

@@ -172,6 +172,11 @@ class Conformance(LoopPoolsTestCase):
     pool_image_bytes = 128 * MiB
 
     @classmethod
+    def extra_config(cls):
+        # Console logs, so that GET .../console-log has something to answer.
+        return f'[console]\nlog_dir = "{cls.workdir}/console-logs"\n\n'
+
+    @classmethod
     def setUpClass(cls):
         cls.doc = load_doc()
         cls.strict = closed(cls.doc)
@@ -406,8 +411,23 @@ scratch_dir = "{cls.scratch}"
         self.check(item, "DELETE", {"pool": "vg", "name": "oa-lv"}, expect=202)
         self.wait_volume_gone("vg", "oa-lv")
 
+        # Consoles: a ticket needs a running domain; a log exists once the domain has started.
+        tickets, log = "/v1/domains/{name}/console-tickets", "/v1/domains/{name}/console-log"
+        serial_tcp = {"kind": "CONSOLE_KIND_SERIAL_TCP"}
+        self.check(tickets, "POST", d, body=serial_tcp, expect=409)
+        self.check(tickets, "POST", d, body={"kind": "CONSOLE_KIND_VNC"}, expect=501)
+        self.check(tickets, "POST", g, body=serial_tcp, expect=404)
+        self.check(log, "GET", g, expect=404)
+        never = unique_name("oa-never")
+        self.check("/v1/domains", "POST", body={"spec": small_spec_json(never)}, expect=201)
+        self.check(log, "GET", {"name": never}, expect=409)
+        self.check("/v1/domains/{name}", "DELETE", {"name": never}, expect=204)
+
         # Delete: refused while running without force; flags are true/false/1/0.
         self.check("/v1/domains/{name}:start", "POST", d, expect=200)
+        ticket = self.check(tickets, "POST", d, body=serial_tcp, expect=201)
+        self.assertGreater(ticket["port"], 0)
+        self.check(log, "GET", d, query={"tail_bytes": "4096"}, expect=200)
         self.check("/v1/domains/{name}", "DELETE", d, expect=409)
         self.check("/v1/domains/{name}", "DELETE", d, query={"force": "maybe"}, expect=400)
         self.check("/v1/domains/{name}", "DELETE", d, query={"force": "true", "delete_volumes": "false"},
@@ -462,7 +482,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 33)
+        self.assertEqual(len(operations), 35)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

@@ -16,16 +16,7 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-std::string RequestIdOf(const grpc::ServerContextBase* ctx) {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find("x-request-id");
-  if (it != md.end() && !it->second.empty() && it->second.size() <= 64) {
-    return std::string(it->second.data(), it->second.size());
-  }
-  return log::NewRequestId();
-}
-
-std::optional<std::string> IdempotencyKeyOf(const grpc::ServerContext* ctx) {
+std::optional<std::string> IdempotencyKeyOf(const grpc::ServerContextBase* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find("idempotency-key");
   if (it == md.end()) return std::nullopt;
@@ -39,8 +30,9 @@ const ops::Operation& OperationNamed(absl::string_view name) {
   return *op;
 }
 
-// One unary RPC: the pipeline does the work; this only carries metadata in and out.
-grpc::Status Unary(const ops::Pipeline& pipeline, grpc::ServerContext* ctx, absl::string_view operation,
+}  // namespace
+
+grpc::Status Unary(const ops::Pipeline& pipeline, grpc::ServerContextBase* ctx, absl::string_view operation,
                    const google::protobuf::Message& request, google::protobuf::Message* response) {
   log::ScopedRequestId rid(RequestIdOf(ctx));
   ctx->AddInitialMetadata("x-request-id", std::string(log::CurrentRequestId()));
@@ -51,7 +43,14 @@ grpc::Status Unary(const ops::Pipeline& pipeline, grpc::ServerContext* ctx, absl
   return ToGrpcStatus(s);
 }
 
-}  // namespace
+std::string RequestIdOf(const grpc::ServerContextBase* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("x-request-id");
+  if (it != md.end() && !it->second.empty() && it->second.size() <= 64) {
+    return std::string(it->second.data(), it->second.size());
+  }
+  return log::NewRequestId();
+}
 
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer* authz) {
   if (authz == nullptr) return auth::Caller{"-", auth::Role::kController};

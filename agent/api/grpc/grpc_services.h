@@ -126,5 +126,11 @@ class MetricsGrpcService final : public v1::MetricsService::Service {
 // The caller of a gRPC call (its client certificate, verified and resolved by `authz`; the
 // controller "-" without an authorizer).
 absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const auth::Authorizer* authz);
+// One unary RPC, for sync and callback services alike: the pipeline does the work; this only
+// carries metadata in and out.
+grpc::Status Unary(const ops::Pipeline& pipeline, grpc::ServerContextBase* ctx, absl::string_view operation,
+                   const google::protobuf::Message& request, google::protobuf::Message* response);
+// The call's request id: the client's "x-request-id" metadata when given, else a new one.
+std::string RequestIdOf(const grpc::ServerContextBase* ctx);
 
 }  // namespace hvagent::api

@@ -5,7 +5,7 @@
 // that turns the request into agent/service calls. gRPC services and REST routes only find the
 // row and hand it a request; Pipeline (pipeline.h) does everything else the same way for both.
 //
-// Streams (EventService/Watch, MetricsService/Watch) and the Prometheus page are rows too, so
+// Streams (EventService/Watch, MetricsService/Watch, ConsoleService/Attach) and the Prometheus page are rows too, so
 // that authorization reads one table, but they have no unary handler: their transport serves them.
 
 #include "absl/strings/string_view.h"
@@ -15,6 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "agent/api/auth/authorizer.h"
+#include "agent/service/console_access.h"
+#include "agent/service/console_sessions.h"
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
 #include "agent/service/image_service.h"
@@ -36,9 +38,11 @@ struct Services {
   service::MetricsCollector* metrics = nullptr;
   const service::Journal* journal = nullptr;
   service::ImageService* images = nullptr;
+  service::ConsoleSessions* consoles = nullptr;
+  service::ConsoleAccess* console_access = nullptr;
 };
 
-enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kImages };
+enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kImages, kConsoles, kConsoleAccess };
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
 

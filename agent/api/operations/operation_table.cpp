@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/api/convert.h"
 #include "agent/api/operations/operation.h"
+#include "hvagent/v1/console.pb.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
@@ -302,6 +303,42 @@ absl::Status GetOperation(const Services& s, const v1::GetOperationRequest& req,
   return OperationById(s, id, out);
 }
 
+// ---- ConsoleService ----
+
+absl::StatusOr<service::ConsoleKind> KindFromProto(v1::ConsoleKind k) {
+  switch (k) {
+    case v1::CONSOLE_KIND_SERIAL_WS: return service::ConsoleKind::kSerialWs;
+    case v1::CONSOLE_KIND_SERIAL_TCP: return service::ConsoleKind::kSerialTcp;
+    case v1::CONSOLE_KIND_VNC: return service::ConsoleKind::kVnc;
+    default: return absl::InvalidArgumentError("kind: must be CONSOLE_KIND_SERIAL_WS, CONSOLE_KIND_SERIAL_TCP or CONSOLE_KIND_VNC");
+  }
+}
+
+absl::Status IssueConsoleTicket(const Services& s, const v1::IssueConsoleTicketRequest& req, v1::ConsoleTicket* out) {
+  if (req.domain_name().empty()) return absl::InvalidArgumentError("domain_name: is required");
+  auto kind = KindFromProto(req.kind());
+  if (!kind.ok()) return kind.status();
+  auto t = s.console_access->Issue(req.domain_name(), *kind);
+  if (!t.ok()) return t.status();
+  out->set_ticket(t->ticket);
+  out->set_domain_name(t->domain);
+  out->set_kind(req.kind());
+  *out->mutable_expire_time() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t->expires.time_since_epoch()).count());
+  out->set_host(t->host);
+  out->set_port(static_cast<uint32_t>(t->port));
+  return absl::OkStatus();
+}
+
+absl::Status GetConsoleLog(const Services& s, const v1::GetConsoleLogRequest& req, v1::ConsoleLog* out) {
+  if (req.domain_name().empty()) return absl::InvalidArgumentError("domain_name: is required");
+  auto tail = s.console_access->Log(req.domain_name(), req.tail_bytes());
+  if (!tail.ok()) return tail.status();
+  out->set_data(std::move(tail->data));
+  out->set_size_bytes(tail->size);
+  return absl::OkStatus();
+}
+
 // ---- the table ----
 
 template <typename Req, typename Resp, absl::Status (*F)(const Services&, const Req&, Resp*)>
@@ -359,6 +396,14 @@ const std::vector<Operation>& Table() {
                                                Needs::kImages),
       Unary<v1::ListImagesRequest, v1::ListImagesResponse, ListImages>("hvagent.v1.ImageService/ListImages",
                                                                        Role::kOperator, kReads, Needs::kImages),
+      // A guest's console: an operator's (and a controller's) way in when the network is not.
+      // Attaching is audited by the stream itself (it names the domain and whether it writes).
+      Stream<v1::ConsoleInput>("hvagent.v1.ConsoleService/Attach", Role::kOperator, Needs::kConsoles),
+      Unary<v1::GetConsoleLogRequest, v1::ConsoleLog, GetConsoleLog>("hvagent.v1.ConsoleService/GetConsoleLog",
+                                                                     Role::kOperator, kReads, Needs::kConsoleAccess),
+      // A ticket opens a console to whoever holds it: a change, audited.
+      Unary<v1::IssueConsoleTicketRequest, v1::ConsoleTicket, IssueConsoleTicket>(
+          "hvagent.v1.ConsoleService/IssueConsoleTicket", Role::kOperator, kChanges, Needs::kConsoleAccess),
       // The lifecycle an operator runs by hand.
       Unary<v1::DomainRef, v1::Domain, StartDomain>("hvagent.v1.DomainService/StartDomain", Role::kOperator,
                                                     kChanges, Needs::kDomains),
@@ -420,6 +465,8 @@ bool Available(const Operation& op, const Services& s) {
     case Needs::kMetrics: return s.metrics != nullptr;
     case Needs::kJournal: return s.journal != nullptr;
     case Needs::kImages: return s.images != nullptr && s.journal != nullptr;
+    case Needs::kConsoles: return s.consoles != nullptr;
+    case Needs::kConsoleAccess: return s.console_access != nullptr;
   }
   return false;
 }

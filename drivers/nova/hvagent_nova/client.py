@@ -4,7 +4,7 @@ import grpc
 
 from nova import exception
 
-from hvagent.v1 import (domain_pb2_grpc, host_pb2_grpc, metrics_pb2_grpc,
+from hvagent.v1 import (console_pb2_grpc, domain_pb2_grpc, host_pb2_grpc, metrics_pb2_grpc,
                         storage_pb2_grpc)
 
 
@@ -55,6 +55,7 @@ class Agent(object):
         self.domains = domain_pb2_grpc.DomainServiceStub(channel)
         self.storage = storage_pb2_grpc.StorageServiceStub(channel)
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(channel)
+        self.consoles = console_pb2_grpc.ConsoleServiceStub(channel)
 
     def call(self, method, request, instance=None, extra_timeout=0):
         """Runs one unary call; agent errors become nova exceptions (see to_nova)."""

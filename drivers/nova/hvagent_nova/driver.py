@@ -36,6 +36,7 @@ from oslo_utils import versionutils
 
 from nova.compute import power_state
 from nova import conf as nova_conf
+from nova.console import type as console_type
 from nova import exception
 from nova.image import glance
 from nova.network import model as network_model
@@ -43,7 +44,7 @@ from nova.objects import fields
 from nova.virt import driver
 from nova.virt import hardware
 
-from hvagent.v1 import (domain_pb2, host_pb2, storage_pb2)
+from hvagent.v1 import (console_pb2, domain_pb2, host_pb2, storage_pb2)
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
@@ -678,3 +679,37 @@ class HvagentDriver(driver.ComputeDriver):
         the device raises DeviceDetachFailed after the retries, and the volume stays attached."""
         self._detach(instance, self._agent_volume(connection_info))
 
+    # -- consoles ---------------------------------------------------------------------------
+
+    # What Nova's own libvirt driver hands back at most from a console log.
+    MAX_CONSOLE_BYTES = 100 * units.Ki
+
+    def get_console_output(self, context, instance):
+        """The end of the guest's serial console log, kept by the agent ([console] log_dir), as
+        text (Nova's API hands it to users as a string)."""
+        try:
+            log = self.agent.consoles.GetConsoleLog(
+                console_pb2.GetConsoleLogRequest(domain_name=instance.name,
+                                                 tail_bytes=self.MAX_CONSOLE_BYTES),
+                timeout=self.agent.timeout)
+        except grpc.RpcError as e:
+            if client.code_of(e) == grpc.StatusCode.FAILED_PRECONDITION:
+                # No log (yet): Nova's libvirt driver answers "" for a console file not present.
+                LOG.info("no console output for %s: %s", instance.name, e.details())
+                return ""
+            raise client.to_nova(e, self.agent.address, instance) from None
+        return log.data.decode("utf-8", errors="replace")
+
+    def get_serial_console(self, context, instance):
+        """A serial-tcp ticket: the agent listens on host:port for nova-serialproxy's one
+        connection, for the ticket's lifetime ([console] ticket_ttl_seconds)."""
+        try:
+            t = self.agent.consoles.IssueConsoleTicket(
+                console_pb2.IssueConsoleTicketRequest(
+                    domain_name=instance.name, kind=console_pb2.CONSOLE_KIND_SERIAL_TCP),
+                timeout=self.agent.timeout)
+        except grpc.RpcError as e:
+            if client.code_of(e) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                raise exception.ConsoleTypeUnavailable(console_type="serial") from None
+            raise client.to_nova(e, self.agent.address, instance) from None
+        return console_type.ConsoleSerial(host=t.host, port=t.port)

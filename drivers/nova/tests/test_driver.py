@@ -1,6 +1,7 @@
 """HvagentDriver against a real hvagentd (libvirt's test:///default): what each Nova call does
 on the agent, error mapping, placement inventory, configuration errors."""
 
+import socket
 import time
 import unittest
 import unittest.mock
@@ -139,6 +140,37 @@ class DriverTestCase(test.TestCase):
         inst = self.instance(root_gb=0)
         self.spawn(inst)
         self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_serial_console_is_a_port_for_one_connection(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        self.spawn(inst)
+        c = self.drv.get_serial_console(self.ctxt, inst)
+        self.assertEqual("127.0.0.1", c.host)
+        self.assertGreater(c.port, 0)
+        socket.create_connection((c.host, c.port), timeout=5).close()
+        deadline = time.time() + 5
+        while True:  # the listener closes right after its one connection
+            try:
+                socket.create_connection((c.host, c.port), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            self.assertLess(time.time(), deadline, "a second connection was accepted")
+            time.sleep(0.1)
+        self.drv.power_off(inst)
+        self.assertRaises(exception.ConsoleTypeUnavailable, self.drv.get_serial_console, self.ctxt, inst)
+        self.assertRaises(exception.InstanceNotFound, self.drv.get_serial_console, self.ctxt,
+                          self.instance(root_gb=0))
+
+    def test_console_output_without_a_log_is_empty(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        self.spawn(inst)
+        # The fixture's agent keeps no console logs ([console] log_dir unset): "" as Nova's
+        # libvirt driver answers for a console file not present.
+        self.assertEqual("", self.drv.get_console_output(self.ctxt, inst))
+        self.assertRaises(exception.InstanceNotFound, self.drv.get_console_output, self.ctxt,
+                          self.instance(root_gb=0))
 
     def test_ovs_vif_refused(self):
         inst = self.instance(root_gb=0)

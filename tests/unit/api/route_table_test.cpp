@@ -15,6 +15,7 @@
 
 #include "agent/api/operations/operation.h"
 #include "agent/api/rest/route_table.h"
+#include "hvagent/v1/console.pb.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
@@ -31,7 +32,7 @@ using google::protobuf::DescriptorPool;
 constexpr const char* kServices[] = {"hvagent.v1.HostService", "hvagent.v1.DomainService",
                                      "hvagent.v1.EventService", "hvagent.v1.StorageService",
                                      "hvagent.v1.MetricsService", "hvagent.v1.OperationService",
-                                     "hvagent.v1.ImageService"};
+                                     "hvagent.v1.ImageService", "hvagent.v1.ConsoleService"};
 
 TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   // Linking the messages in makes their files known to the generated pool.
@@ -42,6 +43,7 @@ TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   (void)v1::MetricsSample::default_instance();
   (void)v1::Operation::default_instance();
   (void)v1::Image::default_instance();
+  (void)v1::ConsoleInput::default_instance();
   size_t methods = 0;
   for (const char* name : kServices) {
     const auto* service = DescriptorPool::generated_pool()->FindServiceByName(name);
@@ -54,7 +56,7 @@ TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
       ASSERT_NE(op, nullptr) << "no row in operation_table.cpp";
       ASSERT_NE(op->request, nullptr);
       EXPECT_EQ(op->request->GetDescriptor(), m->input_type());
-      if (m->server_streaming()) {
+      if (m->server_streaming() || m->client_streaming()) {
         EXPECT_EQ(op->kind, ops::Kind::kStream);
       } else {
         EXPECT_EQ(op->kind, ops::Kind::kUnary);

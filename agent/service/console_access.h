@@ -1,0 +1,54 @@
+#pragma once
+// ConsoleAccess: the console operations of the API apart from the stream itself: one-time
+// tickets (issued here, redeemed by the endpoint of their kind), and the console log. Called by
+// the operation handlers; knows nothing of transports.
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "agent/service/console_tcp.h"
+#include "agent/service/console_tickets.h"
+#include "hypervisor/hypervisor.h"
+
+namespace hvagent::service {
+
+class ConsoleAccess {
+ public:
+  struct Options {
+    std::string log_dir;  // the hypervisor's console log directory; empty: no logs kept
+  };
+  ConsoleAccess(hv::Hypervisor& hypervisor, ConsoleTickets& tickets, ConsoleTcpEndpoints* tcp, Options options)
+      : hypervisor_(hypervisor), tickets_(tickets), tcp_(tcp), options_(std::move(options)) {}
+
+  struct Ticket {
+    std::string ticket;
+    std::string domain;
+    ConsoleKind kind;
+    std::chrono::system_clock::time_point expires;
+    std::string host;  // serial-tcp: where its one connection is awaited
+    int port = 0;
+  };
+  // NotFound (no such domain), FailedPrecondition (not running), Unimplemented (a kind this
+  // agent has no endpoint for).
+  absl::StatusOr<Ticket> Issue(const std::string& domain, ConsoleKind kind);
+
+  struct LogTail {
+    std::string data;
+    uint64_t size = 0;
+  };
+  static constexpr uint64_t kDefaultTail = 64 * 1024;
+  static constexpr uint64_t kMaxTail = 1024 * 1024;
+  // The last `tail_bytes` (0: kDefaultTail) of the domain's console log. InvalidArgument over
+  // kMaxTail; NotFound (no such domain); FailedPrecondition when no log is kept for it.
+  absl::StatusOr<LogTail> Log(const std::string& domain, uint64_t tail_bytes);
+
+ private:
+  hv::Hypervisor& hypervisor_;
+  ConsoleTickets& tickets_;
+  ConsoleTcpEndpoints* tcp_;
+  const Options options_;
+};
+
+}  // namespace hvagent::service

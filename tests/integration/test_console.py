@@ -1,0 +1,321 @@
+"""ConsoleService against a real guest: the shared busybox test guest (tests/guest) booted by
+the agent under QEMU TCG through real libvirtd; keystrokes go in over the gRPC stream and the
+guest's shell echoes them back through libvirt's console stream. One guest serves the class."""
+
+import os
+import base64
+import pty
+import select
+import subprocess
+import queue
+import random
+import shutil
+import re
+import socket
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+
+import grpc
+
+from agent_harness import AgentTestCase, virsh, small_spec, with_security, test_guest
+from hvagent.v1 import console_pb2, console_pb2_grpc, domain_pb2
+
+GUEST_PREFIX = "hvcon-"  # not hvit-: AgentTestCase.tearDown removes those after every test
+
+
+class ConsoleStream:
+    """One Attach stream: keystrokes queued in, output collected by a reader thread."""
+
+    def __init__(self, stub, name, write=False, take_over=False, first=None):
+        self.inputs = queue.Queue()
+        self.inputs.put(first or console_pb2.ConsoleInput(
+            attach=console_pb2.ConsoleAttach(domain_name=name, write=write, take_over=take_over)))
+        self.lock = threading.Lock()
+        self.output = b""
+        self.dropped = 0
+        self.error = None
+        self.done = threading.Event()
+        self.call = stub.Attach(self._requests())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _requests(self):
+        while True:
+            item = self.inputs.get()
+            if item is None:
+                return
+            yield item
+
+    def _read(self):
+        try:
+            for out in self.call:
+                with self.lock:
+                    self.output += out.data
+                    self.dropped += out.dropped_bytes
+        except grpc.RpcError as e:
+            self.error = e
+        finally:
+            self.done.set()
+
+    def type(self, text):
+        self.inputs.put(console_pb2.ConsoleInput(data=text.encode()))
+
+    def text(self):
+        with self.lock:
+            return self.output.decode(errors="replace")
+
+    def wait_for_line(self, line, timeout=30, retype=None):
+        """Waits until `line` is a whole line of output (the guest's echo, not the typed
+        command); `retype` is typed again every 3 s meanwhile (a shell still starting)."""
+        pattern = re.compile(r"(^|[\r\n])" + re.escape(line) + r"\r?\n")
+        deadline = time.time() + timeout
+        next_type = 0
+        while time.time() < deadline:
+            if pattern.search(self.text()):
+                return
+            if self.done.is_set():
+                raise AssertionError(f"stream ended ({self.error}) before {line!r}; output: {self.text()[-2000:]!r}")
+            if retype and time.time() >= next_type:
+                self.type(retype)
+                next_type = time.time() + 3
+            time.sleep(0.05)
+        raise AssertionError(f"no line {line!r} within {timeout} s; output: {self.text()[-2000:]!r}")
+
+    def wait_end(self, timeout=10):
+        if not self.done.wait(timeout):
+            raise AssertionError("stream did not end")
+        return self.error.code() if self.error else grpc.StatusCode.OK
+
+    def close(self):
+        self.inputs.put(None)
+        self.call.cancel()
+        self.done.wait(5)
+
+
+def token():
+    return "hv-" + uuid.uuid4().hex[:10]
+
+
+class ConsoleTest(AgentTestCase):
+    TTL = 3  # seconds: short, so that the expiry test waits little
+
+    @classmethod
+    def agent_config(cls):
+        cls.kernel, cls.initrd = test_guest()
+        cls.log_dir = tempfile.mkdtemp(prefix="hvcon-logs-")
+        cls.port_min = random.randrange(30000, 39000)
+        return with_security(f"""[console]
+ticket_ttl_seconds = {cls.TTL}
+tcp_listen = "127.0.0.1"
+tcp_port_min = {cls.port_min}
+tcp_port_max = {cls.port_min + 19}
+log_dir = "{cls.log_dir}/logs"
+""", kernel_dirs=[os.path.dirname(cls.kernel)])
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.guest = GUEST_PREFIX + uuid.uuid4().hex[:8]
+        try:
+            spec = domain_pb2.DomainSpec(name=cls.guest, vcpus=1, memory_mib=256, serial_console=True)
+            spec.kernel.kernel_path = cls.kernel
+            spec.kernel.initrd_path = cls.initrd
+            spec.kernel.cmdline = "console=ttyS0 quiet"
+            cls.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+            cls.stub = console_pb2_grpc.ConsoleServiceStub(cls.agent.channel)
+            # The shell is up once it answers; until then keep typing (boot takes seconds).
+            s = ConsoleStream(cls.stub, cls.guest, write=True)
+            try:
+                word = token()
+                s.wait_for_line(word, timeout=120, retype=f"echo {word}\n")
+            finally:
+                s.close()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        virsh("destroy", cls.guest, check=False)
+        virsh("undefine", cls.guest, check=False)
+        shutil.rmtree(cls.log_dir, ignore_errors=True)
+        super().tearDownClass()
+
+    def attach(self, **kw):
+        s = ConsoleStream(self.stub, kw.pop("name", self.guest), **kw)
+        self.addCleanup(s.close)
+        return s
+
+    def test_typed_line_is_echoed_to_the_writer_and_every_reader(self):
+        reader = self.attach()
+        writer = self.attach(write=True)
+        word = token()
+        time.sleep(0.3)  # both attached before the guest answers
+        writer.type(f"echo {word}\n")
+        writer.wait_for_line(word)
+        reader.wait_for_line(word)
+        self.assertEqual(writer.dropped, 0)
+
+    def test_second_writer_is_refused_and_take_over_ends_the_first(self):
+        first = self.attach(write=True)
+        word = token()
+        first.wait_for_line(word, retype=f"echo {word}\n")  # attached and working
+        second = self.attach(write=True)
+        self.assertEqual(second.wait_end(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("take_over", second.error.details())
+        self.assertFalse(first.done.is_set())
+        third = self.attach(write=True, take_over=True)
+        self.assertEqual(first.wait_end(), grpc.StatusCode.ABORTED)
+        word = token()
+        third.wait_for_line(word, retype=f"echo {word}\n")
+
+    def test_a_reader_cannot_type(self):
+        reader = self.attach()
+        reader.type("echo sneaky\n")
+        self.assertEqual(reader.wait_end(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("data:", reader.error.details())
+
+    def test_bad_attach_requests_name_what_is_wrong(self):
+        missing = self.attach(name=GUEST_PREFIX + "absent")
+        self.assertEqual(missing.wait_end(), grpc.StatusCode.NOT_FOUND)
+        no_attach = self.attach(first=console_pb2.ConsoleInput(data=b"ls\n"))
+        self.assertEqual(no_attach.wait_end(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("attach", no_attach.error.details())
+        empty = self.attach(name="")
+        self.assertEqual(empty.wait_end(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("attach.domain_name", empty.error.details())
+        stopped = GUEST_PREFIX + uuid.uuid4().hex[:8]
+        spec = small_spec(stopped)
+        self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=False))
+        try:
+            off = self.attach(name=stopped, write=True)
+            self.assertEqual(off.wait_end(), grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("not running", off.error.details())
+        finally:
+            virsh("undefine", stopped, check=False)
+
+    # ---- tickets and the raw TCP endpoint (what nova-serialproxy connects to) ----
+
+    def tcp_ticket(self):
+        status, body = self.agent.rest("POST", f"/v1/domains/{self.guest}/console-tickets",
+                                       {"kind": "CONSOLE_KIND_SERIAL_TCP"})
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["domain_name"], self.guest)
+        self.assertEqual(body["host"], "127.0.0.1")
+        self.assertTrue(self.port_min <= body["port"] <= self.port_min + 19, body)
+        self.assertGreaterEqual(len(body["ticket"]), 43)
+        return body
+
+    def test_tcp_ticket_types_and_reads_once_then_the_port_is_closed(self):
+        t = self.tcp_ticket()
+        word = token()
+        with socket.create_connection((t["host"], t["port"]), timeout=10) as c:
+            got = b""
+            deadline = time.time() + 30
+            next_type = 0
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                self.assertLess(time.time(), deadline, got[-2000:])
+                if time.time() >= next_type:
+                    c.sendall(f"echo {word}\n".encode())
+                    next_type = time.time() + 3
+                c.settimeout(0.5)
+                try:
+                    chunk = c.recv(65536)
+                    self.assertNotEqual(chunk, b"", "the agent closed the connection")
+                    got += chunk
+                except socket.timeout:
+                    pass
+            # Exactly one connection per ticket: the listener is gone.
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection((t["host"], t["port"]), timeout=5).close()
+
+    def test_tcp_ticket_unused_until_it_expires_is_closed(self):
+        t = self.tcp_ticket()
+        time.sleep(self.TTL + 0.7)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection((t["host"], t["port"]), timeout=5).close()
+
+    def test_tcp_ticket_over_grpc_too(self):
+        t = self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+            domain_name=self.guest, kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
+        self.assertGreater(t.port, 0)
+        self.assertGreater(t.expire_time.seconds, time.time())
+        self.assertLessEqual(t.expire_time.seconds, time.time() + self.TTL + 1)
+        with socket.create_connection((t.host, t.port), timeout=10):
+            pass
+
+    def test_ticket_requests_that_are_wrong_are_refused_by_name(self):
+        path = f"/v1/domains/{self.guest}/console-tickets"
+        status, body = self.agent.rest("POST", path, {})
+        self.assertEqual(status, 400, body)
+        self.assertIn("kind", body["message"])
+        status, body = self.agent.rest("POST", path, {"kind": "CONSOLE_KIND_VNC"})
+        self.assertEqual(status, 501, body)
+        self.assertIn("kind: vnc", body["message"])
+        status, body = self.agent.rest("POST", f"/v1/domains/{GUEST_PREFIX}absent/console-tickets",
+                                       {"kind": "CONSOLE_KIND_SERIAL_TCP"})
+        self.assertEqual(status, 404, body)
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+                kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("domain_name", e.exception.details())
+
+    # ---- hvctl console, in a pseudo-terminal as a person would run it ----
+
+    def test_hvctl_console_types_in_raw_mode_and_ctrl_bracket_detaches(self):
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([hvctl, "--server", self.agent.grpc_addr, "console", self.guest],
+                                stdin=slave, stdout=slave, stderr=subprocess.PIPE, close_fds=True)
+        os.close(slave)
+        try:
+            word = token()
+            got = b""
+            deadline = time.time() + 30
+            next_type = 0
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                self.assertLess(time.time(), deadline, got[-2000:])
+                if time.time() >= next_type:
+                    os.write(master, f"echo {word}\n".encode())
+                    next_type = time.time() + 3
+                if select.select([master], [], [], 0.2)[0]:
+                    got += os.read(master, 65536)
+            os.write(master, b"\x1d")  # Ctrl-]
+            code = proc.wait(timeout=10)
+            err = proc.stderr.read()
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"detached", err)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+
+    # ---- the console log ----
+
+    def test_console_log_holds_what_the_guest_printed(self):
+        writer = self.attach(write=True)
+        word = token()
+        writer.wait_for_line(word, retype=f"echo {word}\n")
+        deadline = time.time() + 10
+        while True:
+            status, body = self.agent.rest("GET", f"/v1/domains/{self.guest}/console-log?tail_bytes=65536")
+            self.assertEqual(status, 200, body)
+            text = base64.b64decode(body.get("data", "")).decode(errors="replace")
+            if re.search(r"(^|[\r\n])" + word + r"\r?\n", text):
+                break
+            self.assertLess(time.time(), deadline, text[-2000:])
+            time.sleep(0.2)
+        self.assertGreaterEqual(int(body["size_bytes"]), len(text))
+        status, body = self.agent.rest("GET", f"/v1/domains/{self.guest}/console-log?tail_bytes=2000000")
+        self.assertEqual(status, 400, body)
+        self.assertIn("tail_bytes", body["message"])
+        status, body = self.agent.rest("GET", f"/v1/domains/{GUEST_PREFIX}absent/console-log")
+        self.assertEqual(status, 404, body)
+
+
+if __name__ == "__main__":
+    unittest.main()
