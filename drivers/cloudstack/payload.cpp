@@ -236,11 +236,10 @@ std::vector<std::string> DomainCandidates(const Payload& p) {
   return out;
 }
 
-v1::DomainSpec BuildDomainSpec(const Payload& p) {
-  RefuseHostFilesFromUserDetails(p);
-  v1::DomainSpec spec;
-  spec.set_name(VmName(p));
-  if (auto uuid = InstanceUuid(p); !uuid.empty()) spec.set_uuid(uuid);
+namespace {
+
+// vCPUs and memory from the offering, as CloudStack sends them (bytes, not MiB).
+void SetSize(const Payload& p, v1::DomainSpec& spec) {
   uint64_t cpus = ParseUnsigned(Field(p.vm, "cpus"), "cloudstack.vm.details.cpus");
   if (cpus < 1 || cpus > 4096) throw PayloadError("cloudstack.vm.details.cpus: must be 1..4096");
   spec.set_vcpus(static_cast<uint32_t>(cpus));
@@ -250,8 +249,10 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
   if (ram == 0) ram = ParseUnsigned(Field(p.vm, "minRam"), "cloudstack.vm.details.minRam");
   if (ram < kMiB) throw PayloadError("cloudstack.vm.details.maxRam/minRam: must be at least 1 MiB (bytes)");
   spec.set_memory_mib((ram + kMiB - 1) / kMiB);
-  spec.set_serial_console(true);
+}
 
+// Architecture, machine type, CPU model and GIC version: optional settings, each a plain token.
+void SetMachine(const Payload& p, v1::DomainSpec& spec) {
   for (const auto& [key, setter] : std::initializer_list<std::pair<const char*, void (v1::DomainSpec::*)(const std::string&)>>{
            {"arch", &v1::DomainSpec::set_arch}, {"machine", &v1::DomainSpec::set_machine},
            {"cpu_model", &v1::DomainSpec::set_cpu_model}, {"gic_version", &v1::DomainSpec::set_gic_version}}) {
@@ -261,8 +262,10 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
       throw PayloadError(std::string(key) + ": '" + v + "' is not allowed");
     (spec.*setter)(v);
   }
+}
 
-  // Boot: direct kernel boot when a kernel is named, else firmware.
+// Direct kernel boot when a kernel is named, else firmware.
+void SetBoot(const Payload& p, v1::DomainSpec& spec) {
   if (auto kernel = HostFileSetting(p, "kernel_path"); !kernel.empty()) {
     if (!ValidAbsolutePath(kernel)) throw PayloadError("kernel_path: must be an absolute path");
     auto* k = spec.mutable_kernel();
@@ -290,8 +293,10 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
       f->set_loader_path(loader);
     }
   }
+}
 
-  // Root disk: a new volume in an agent storage pool, or an existing image/device path.
+// The root disk: a new volume in an agent storage pool, or an existing image/device path.
+void AddRootDisk(const Payload& p, v1::DomainSpec& spec) {
   std::string target = Setting(p, "disk_target", "vdh");
   if (target.empty()) target = "vda";
   if (target.size() > 8 || !AllOf(target, [](char c) { return std::islower(static_cast<unsigned char>(c)) != 0; }))
@@ -316,9 +321,11 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
     if (!format.empty() && format != "raw" && format != "qcow2") throw PayloadError("disk_format: raw or qcow2");
     d->set_format(format);
   }
+}
 
-  // NICs: MAC from CloudStack; VLAN N -> the host's bridge for VLAN N; untagged -> network_bridge
-  // or the libvirt network `network`.
+// NICs: MAC from CloudStack; VLAN N -> the host's bridge for VLAN N; untagged -> network_bridge
+// or the libvirt network `network`. Any other broadcast URI is refused (VlanFromBroadcastUri).
+void AddNics(const Payload& p, v1::DomainSpec& spec) {
   std::string nic_model = Setting(p, "nic_model", "vdh");
   if (!nic_model.empty() && !ValidBridgeName(nic_model)) throw PayloadError("nic_model: invalid");
   if (p.vm.has_field("nics") && !p.vm.at("nics").is_null()) {
@@ -358,6 +365,24 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
       }
     }
   }
+}
+
+}  // namespace
+
+// CloudStack's VM (cloudstack.vm.details) and the settings of its template, offering, host and
+// extension (Setting) as the agent's DomainSpec, one part of the spec per function above.
+// Throws PayloadError naming the field.
+v1::DomainSpec BuildDomainSpec(const Payload& p) {
+  RefuseHostFilesFromUserDetails(p);
+  v1::DomainSpec spec;
+  spec.set_name(VmName(p));
+  if (auto uuid = InstanceUuid(p); !uuid.empty()) spec.set_uuid(uuid);
+  SetSize(p, spec);
+  spec.set_serial_console(true);
+  SetMachine(p, spec);
+  SetBoot(p, spec);
+  AddRootDisk(p, spec);
+  AddNics(p, spec);
   return spec;
 }
 
