@@ -172,11 +172,6 @@ class Conformance(LoopPoolsTestCase):
     pool_image_bytes = 128 * MiB
 
     @classmethod
-    def extra_config(cls):
-        # Console logs, so that GET .../console-log has something to answer.
-        return f'[console]\nlog_dir = "{cls.workdir}/console-logs"\n\n'
-
-    @classmethod
     def setUpClass(cls):
         cls.doc = load_doc()
         cls.strict = closed(cls.doc)
@@ -197,7 +192,12 @@ class Conformance(LoopPoolsTestCase):
 
     @classmethod
     def extra_config(cls):
+        # Console logs, so that GET .../console-log has something to answer; image sources, so
+        # that an import can be refused for its source rather than for a missing setting.
         return f"""
+[console]
+log_dir = "{cls.workdir}/console-logs"
+
 [images]
 allowed_sources = ["http://127.0.0.1:9/images/"]
 import_dirs = ["{cls.importdir}"]
