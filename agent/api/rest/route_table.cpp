@@ -30,6 +30,7 @@ const std::vector<Route>& Table() {
       {"POST", "/v1/domains/{name}:reboot", "hvagent.v1.DomainService/RebootDomain"},
       {"POST", "/v1/domains/{name}:suspend", "hvagent.v1.DomainService/SuspendDomain"},
       {"POST", "/v1/domains/{name}:resume", "hvagent.v1.DomainService/ResumeDomain"},
+      {"POST", "/v1/domains/{name}:managed-save", "hvagent.v1.DomainService/ManagedSaveDomain"},
       {"GET", "/v1/pools", "hvagent.v1.StorageService/ListPools"},
       {"GET", "/v1/pools/{pool=name}", "hvagent.v1.StorageService/GetPool"},
       {"GET", "/v1/pools/{pool}/volumes", "hvagent.v1.StorageService/ListVolumes"},
