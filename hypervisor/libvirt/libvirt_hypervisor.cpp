@@ -564,8 +564,11 @@ absl::Status LibvirtHypervisor::UndefineDomain(const std::string& name) {
                          VIR_DOMAIN_UNDEFINE_NVRAM;
   if (virDomainUndefineFlags(d->get(), flags) == 0) return absl::OkStatus();
   absl::Status s = LastLibvirtError(absl::StrCat("undefine domain ", name));
-  // Some drivers (e.g. test) reject flags they have nothing to clean up for.
+  // Some drivers (e.g. test) reject flags they have nothing to clean up for. The managed-save
+  // flag is tried alone before none: without it libvirt refuses to undefine a saved domain.
   if (absl::IsInvalidArgument(s) || absl::IsUnimplemented(s)) {
+    if (virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) == 0) return absl::OkStatus();
+    virResetLastError();
     if (virDomainUndefine(d->get()) == 0) return absl::OkStatus();
     return LastLibvirtError(absl::StrCat("undefine domain ", name));
   }
