@@ -40,6 +40,9 @@ class Hypervisor {
   virtual absl::Status RebootDomain(const std::string& name) = 0;
   virtual absl::Status SuspendDomain(const std::string& name) = 0;
   virtual absl::Status ResumeDomain(const std::string& name) = 0;
+  // Saves the running (or paused) guest's memory to the hypervisor's managed-save file and
+  // stops it; the next StartDomain restores it (libvirt does this inside virDomainCreate).
+  virtual absl::Status ManagedSaveDomain(const std::string& name) = 0;
 
   // The disks of the domain's persistent definition (source, target, bus, type), followed by
   // any disk only the running guest still has (a detach the guest has not completed).

@@ -89,6 +89,8 @@ struct HostInfo {
   std::string hostname;
   std::string arch;
   std::string cpu_model;
+  std::string cpu_vendor;                 // from libvirt's capabilities; empty when unnamed
+  std::vector<std::string> cpu_features;  // likewise ("vmx", "aes", ...)
   uint32_t cpus = 0;
   uint32_t cpu_mhz = 0;
   uint32_t sockets = 0;

@@ -118,6 +118,8 @@ v1::Host ToProto(const hv::HostInfo& h, bool connected) {
   p.set_hostname(h.hostname);
   p.set_arch(h.arch);
   p.set_cpu_model(h.cpu_model);
+  p.set_cpu_vendor(h.cpu_vendor);
+  for (const auto& f : h.cpu_features) p.add_cpu_features(f);
   p.set_cpus(h.cpus);
   p.set_cpu_mhz(h.cpu_mhz);
   p.mutable_topology()->set_sockets(h.sockets);

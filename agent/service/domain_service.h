@@ -96,6 +96,9 @@ class DomainService {
   absl::StatusOr<hv::DomainInfo> Reboot(const std::string& name);
   absl::StatusOr<hv::DomainInfo> Suspend(const std::string& name);
   absl::StatusOr<hv::DomainInfo> Resume(const std::string& name);
+  // Suspend to disk: the guest's memory goes to the hypervisor's managed-save file and the
+  // domain stops; Start restores it. Unimplemented on Xen on Arm, which cannot save a guest.
+  absl::StatusOr<hv::DomainInfo> ManagedSave(const std::string& name);
   // Volumes attached to the domain are released afterwards; with `delete_volumes`, the ones it
   // owns (created with it) are deleted instead. A borrowed volume is never deleted here.
   absl::Status Delete(const std::string& name, bool force, bool delete_volumes = false);

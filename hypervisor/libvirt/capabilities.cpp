@@ -1,8 +1,9 @@
 #include "hypervisor/libvirt/capabilities.h"
 
+#include <algorithm>
 #include <memory>
 
-
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 #include "hypervisor/libvirt/xml_read.h"
@@ -15,6 +16,17 @@ using xml::Child;
 using xml::DocDeleter;
 using xml::Is;
 using xml::Text;
+
+uint32_t Count(const xmlNode* n, const char* attr) {
+  uint32_t v = 0;
+  if (n == nullptr || !absl::SimpleAtoi(Attr(n, attr), &v)) return 0;
+  return v;
+}
+
+void AddFeature(std::vector<std::string>& out, std::string name) {
+  if (name.empty() || std::find(out.begin(), out.end(), name) != out.end()) return;
+  out.push_back(std::move(name));
+}
 
 int DomainTypeRank(absl::string_view t) {
   if (t == "kvm") return 0;
@@ -40,6 +52,18 @@ absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view xml) {
     if (const xmlNode* cpu = Child(host, "cpu")) {
       caps.host_arch = Text(Child(cpu, "arch"));
       caps.host_cpu_model = Text(Child(cpu, "model"));
+      caps.host_cpu_vendor = Text(Child(cpu, "vendor"));
+      const xmlNode* topo = Child(cpu, "topology");
+      caps.host_sockets = Count(topo, "sockets");
+      caps.host_cores = Count(topo, "cores");
+      caps.host_threads = Count(topo, "threads");
+      for (const xmlNode* f = cpu->children; f != nullptr; f = f->next) {
+        if (Is(f, "feature")) AddFeature(caps.host_cpu_features, Attr(f, "name"));
+        if (!Is(f, "features")) continue;
+        for (const xmlNode* g = f->children; g != nullptr; g = g->next) {
+          if (g->type == XML_ELEMENT_NODE) AddFeature(caps.host_cpu_features, reinterpret_cast<const char*>(g->name));
+        }
+      }
     }
   }
   for (const xmlNode* g = root->children; g != nullptr; g = g->next) {

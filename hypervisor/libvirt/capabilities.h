@@ -2,9 +2,11 @@
 // Capabilities: the parts of libvirt's capabilities XML the agent needs (host arch, which
 // guest os types / archs / domain types the hypervisor offers), and the choice of GuestTarget.
 
+#include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "hypervisor/model.h"
@@ -19,6 +21,12 @@ struct Capabilities {
   };
   std::string host_arch;
   std::string host_cpu_model;  // may be empty (e.g. the test driver)
+  std::string host_cpu_vendor;  // "Intel", "AMD"; empty where libvirt names none (Arm, test)
+  // <topology sockets= cores= threads=> of the host CPU; 0 when libvirt reports none.
+  uint32_t host_sockets = 0, host_cores = 0, host_threads = 0;
+  // CPU flags as libvirt names them: <feature name='vmx'/> (QEMU hosts) and the children of
+  // <features> (older drivers, the test driver's <pae/>), in document order, without duplicates.
+  std::vector<std::string> host_cpu_features;
   std::vector<Guest> guests;
 };
 

@@ -397,6 +397,15 @@ absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
     std::lock_guard lock(mu_);
     h.arch = caps_.host_arch;
     if (!caps_.host_cpu_model.empty()) h.cpu_model = caps_.host_cpu_model;
+    h.cpu_vendor = caps_.host_cpu_vendor;
+    h.cpu_features = caps_.host_cpu_features;
+    // The capabilities' topology is the CPU's own (what a guest CPU model is built from);
+    // virNodeGetInfo's counts NUMA nodes into sockets and is kept where libvirt gives none.
+    if (caps_.host_sockets && caps_.host_cores && caps_.host_threads) {
+      h.sockets = caps_.host_sockets;
+      h.cores_per_socket = caps_.host_cores;
+      h.threads_per_core = caps_.host_threads;
+    }
   }
   h.uri = options_.uri;
   return h;
@@ -560,8 +569,11 @@ absl::Status LibvirtHypervisor::UndefineDomain(const std::string& name) {
                          VIR_DOMAIN_UNDEFINE_NVRAM;
   if (virDomainUndefineFlags(d->get(), flags) == 0) return absl::OkStatus();
   absl::Status s = LastLibvirtError(absl::StrCat("undefine domain ", name));
-  // Some drivers (e.g. test) reject flags they have nothing to clean up for.
+  // Some drivers (e.g. test) reject flags they have nothing to clean up for. The managed-save
+  // flag is tried alone before none: without it libvirt refuses to undefine a saved domain.
   if (absl::IsInvalidArgument(s) || absl::IsUnimplemented(s)) {
+    if (virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) == 0) return absl::OkStatus();
+    virResetLastError();
     if (virDomainUndefine(d->get()) == 0) return absl::OkStatus();
     return LastLibvirtError(absl::StrCat("undefine domain ", name));
   }
@@ -617,6 +629,11 @@ absl::Status LibvirtHypervisor::SuspendDomain(const std::string& name) {
 
 absl::Status LibvirtHypervisor::ResumeDomain(const std::string& name) {
   return Transition(name, "resume", {DomainState::kPaused}, virDomainResume);
+}
+
+absl::Status LibvirtHypervisor::ManagedSaveDomain(const std::string& name) {
+  return Transition(name, "managed-save", {DomainState::kRunning, DomainState::kBlocked, DomainState::kPaused},
+                    [](virDomainPtr d) { return virDomainManagedSave(d, 0); });
 }
 
 absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::DisksOf(virDomainPtr dom, bool live, const std::string& name) {

@@ -61,6 +61,7 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::Status RebootDomain(const std::string& name) override;
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
+  absl::Status ManagedSaveDomain(const std::string& name) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
   // One virConnectGetAllDomainStats over all domains (kDomainStatsGroups). Drivers without it
   // (libvirt 9.0's libxl) get the per-domain fallback, PerDomainStats; which path served the

@@ -32,6 +32,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   std::function<void(const std::string& name)> before_start;
 
   std::vector<std::string> calls;  // "define web1", "start web1", ...
+  std::string host_type = "Fake";  // GetHostInfo's hypervisor_type ("Xen": a Xen on Arm host)
 
   absl::StatusOr<hv::HostInfo> GetHostInfo() override {
     if (auto s = Up(); !s.ok()) return s;
@@ -42,7 +43,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     h.cpus = 8;
     h.memory_bytes = 16ULL << 30;
     h.free_memory_bytes = 12ULL << 30;
-    h.hypervisor_type = "Fake";
+    h.hypervisor_type = host_type;
     h.uri = "fake:///";
     return h;
   }
@@ -154,6 +155,9 @@ class FakeHypervisor final : public hv::Hypervisor {
   }
   absl::Status ResumeDomain(const std::string& name) override {
     return Transition(name, "resume", hv::DomainState::kPaused, hv::DomainState::kRunning, absl::OkStatus());
+  }
+  absl::Status ManagedSaveDomain(const std::string& name) override {
+    return Transition(name, "managed-save", hv::DomainState::kRunning, hv::DomainState::kShutoff, absl::OkStatus());
   }
 
   absl::StatusOr<std::vector<hv::DiskSpec>> GetDomainDisks(const std::string& name) override {

@@ -348,8 +348,14 @@ scratch_dir = "{cls.scratch}"
         self.check("/v1/domains/{name}:start", "POST", d, expect=200)
         self.check("/v1/domains/{name}:start", "POST", d, expect=409)
         self.check("/v1/domains/{name}:reboot", "POST", d, expect=200)
+        # Managed save: memory to disk, the domain stops; starting it restores the saved guest.
+        saved = self.check("/v1/domains/{name}:managed-save", "POST", d, expect=200)
+        self.assertEqual(saved["state"], "DOMAIN_STATE_SHUTOFF")
+        self.check("/v1/domains/{name}:managed-save", "POST", d, expect=409)  # not running
+        self.assertEqual(self.check("/v1/domains/{name}:start", "POST", d, expect=200)["state"],
+                         "DOMAIN_STATE_RUNNING")
         self.check("/v1/domains/{name}:destroy", "POST", d, body={"name": dom}, expect=200)
-        for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
+        for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume", "managed-save"):
             self.check(f"/v1/domains/{{name}}:{action}", "POST", g, expect=404)
 
         # Pools and volumes (the domain is shut off now: volumes attach to its definition).
@@ -482,7 +488,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 35)
+        self.assertEqual(len(operations), 36)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

@@ -44,6 +44,7 @@ class DomainGrpcService final : public v1::DomainService::Service {
   grpc::Status RebootDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status SuspendDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status ManagedSaveDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
 
  private:

@@ -97,6 +97,10 @@ absl::Status ResumeDomain(const Services& s, const v1::DomainRef& req, v1::Domai
   return Into(out, s.domains->Resume(req.name()));
 }
 
+absl::Status ManagedSaveDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
+  return Into(out, s.domains->ManagedSave(req.name()));
+}
+
 absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req, v1::DeleteDomainResponse*) {
   return s.domains->Delete(req.name(), req.force(), req.delete_volumes());
 }
@@ -417,6 +421,8 @@ const std::vector<Operation>& Table() {
                                                       kChanges, Needs::kDomains),
       Unary<v1::DomainRef, v1::Domain, ResumeDomain>("hvagent.v1.DomainService/ResumeDomain", Role::kOperator,
                                                      kChanges, Needs::kDomains),
+      Unary<v1::DomainRef, v1::Domain, ManagedSaveDomain>("hvagent.v1.DomainService/ManagedSaveDomain",
+                                                          Role::kOperator, kChanges, Needs::kDomains),
       // What only a controller does.
       Unary<v1::CreateDomainRequest, v1::Domain, CreateDomain>("hvagent.v1.DomainService/CreateDomain",
                                                                Role::kController, kChanges, Needs::kDomains),

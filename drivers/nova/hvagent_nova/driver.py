@@ -27,6 +27,7 @@ import grpc
 from grpc import experimental as grpc_experimental
 import os_resource_classes as orc
 import os_traits
+from oslo_config import cfg
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
@@ -233,12 +234,14 @@ class HvagentDriver(driver.ComputeDriver):
                 cap.hypervisor_version or host.hypervisor_version)
         except Exception:
             hv_version = 0
-        topo = cap.topology
+        # As the libvirt driver: the host CPU as libvirt's capabilities describe it (vendor
+        # and model empty where libvirt names none, e.g. on Arm).
+        topo = host.topology if host.HasField("topology") else cap.topology
         cpu_info = {
-            "arch": arch, "model": host.cpu_model, "vendor": "",
+            "arch": arch, "model": host.cpu_model, "vendor": host.cpu_vendor,
             "topology": {"sockets": topo.sockets, "cores": topo.cores_per_socket,
                          "threads": topo.threads_per_core},
-            "features": [],
+            "features": sorted(set(host.cpu_features)),
         }
         return {
             "vcpus": cap.cpus,
@@ -257,32 +260,71 @@ class HvagentDriver(driver.ComputeDriver):
             "pci_passthrough_devices": None,
         }
 
+    @staticmethod
+    def _configured(name):
+        """True when nova.conf (or an override) sets option `name` of [DEFAULT]."""
+        return CONF.get_location(name).location != cfg.Locations.opt_default
+
+    def _ratios(self, provider_tree, nodename, pol):
+        """Allocation ratio per resource class, as the libvirt driver chooses it: nova.conf's
+        *_allocation_ratio overrides everything; with initial_*_allocation_ratio set, that is
+        the first value and what placement holds afterwards is kept. When nova.conf sets
+        neither, the agent's own ratios (its [capacity], by which it admits domains) are used,
+        so that placement never promises what the agent would refuse."""
+        agent = {orc.VCPU: pol.cpu_allocation_ratio or 1.0,
+                 orc.MEMORY_MB: pol.memory_allocation_ratio or 1.0,
+                 orc.DISK_GB: 1.0}  # thick volumes: the agent never overcommits a pool
+        try:
+            current = provider_tree.data(nodename).inventory
+        except ValueError:
+            current = {}
+        out = {}
+        for res, rc in (("cpu", orc.VCPU), ("ram", orc.MEMORY_MB), ("disk", orc.DISK_GB)):
+            name = "%s_allocation_ratio" % res
+            if getattr(CONF, name):
+                out[rc] = getattr(CONF, name)
+            elif self._configured("initial_" + name):
+                ratio = current.get(rc, {}).get("allocation_ratio")
+                out[rc] = ratio if ratio else getattr(CONF, "initial_" + name)
+            else:
+                out[rc] = agent[rc]
+        return out
+
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
-        """Inventory exactly as the agent computes capacity: its totals, its reservations and
-        its allocation ratios (Capacity.policy), so placement and the agent agree."""
+        """Inventory of the agent's host. Ratios: see _ratios. Reserved: nova.conf's
+        reserved_host_cpus / reserved_host_memory_mb / reserved_host_disk_mb where set (as the
+        libvirt driver), else the agent's own reservations ([capacity]) and none on disk."""
         cap = self._capacity()
         pol = cap.policy
         cpus = cap.cpus
         mem_mb = cap.memory_total_bytes // units.Mi
+        ratios = self._ratios(provider_tree, nodename, pol)
+        reserved_cpus = (CONF.reserved_host_cpus if self._configured("reserved_host_cpus")
+                         else pol.reserved_cpus)
+        reserved_mb = (CONF.reserved_host_memory_mb if self._configured("reserved_host_memory_mb")
+                       else pol.reserved_memory_bytes // units.Mi)
         inv = {
             orc.VCPU: {
-                "total": cpus, "min_unit": 1, "max_unit": max(cpus - pol.reserved_cpus, 1),
-                "step_size": 1, "reserved": min(pol.reserved_cpus, cpus),
-                "allocation_ratio": pol.cpu_allocation_ratio or 1.0,
+                "total": cpus, "min_unit": 1, "max_unit": max(cpus - reserved_cpus, 1),
+                "step_size": 1, "reserved": min(reserved_cpus, cpus),
+                "allocation_ratio": ratios[orc.VCPU],
             },
             orc.MEMORY_MB: {
                 "total": mem_mb, "min_unit": 1,
-                "max_unit": max(mem_mb - pol.reserved_memory_bytes // units.Mi, 1),
-                "step_size": 1, "reserved": min(pol.reserved_memory_bytes // units.Mi, mem_mb),
-                "allocation_ratio": pol.memory_allocation_ratio or 1.0,
+                "max_unit": max(mem_mb - reserved_mb, 1),
+                "step_size": 1, "reserved": min(reserved_mb, mem_mb),
+                "allocation_ratio": ratios[orc.MEMORY_MB],
             },
         }
         total_gb, _ = self._pool_gb(cap)
         if total_gb > 0:
-            # Thick volumes: no overcommit; the agent reserves nothing in a pool.
+            # The agent reserves nothing in a pool; nova.conf may (whole GiB, rounded up as the
+            # libvirt driver does).
+            reserved_gb = min(-(-CONF.reserved_host_disk_mb // units.Ki), total_gb)
             inv[orc.DISK_GB] = {
-                "total": total_gb, "min_unit": 1, "max_unit": total_gb, "step_size": 1,
-                "reserved": 0, "allocation_ratio": 1.0,
+                "total": total_gb, "min_unit": 1, "max_unit": max(total_gb - reserved_gb, 1),
+                "step_size": 1, "reserved": reserved_gb,
+                "allocation_ratio": ratios[orc.DISK_GB],
             }
         provider_tree.update_inventory(nodename, inv)
         traits = set()
@@ -534,13 +576,43 @@ class HvagentDriver(driver.ComputeDriver):
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):
-        if reboot_type == "SOFT":
-            try:
-                self._act(self.agent.domains.RebootDomain, instance)
-                return
-            except exception.InstanceInvalidState:
-                LOG.info("soft reboot refused (not running): hard reboot", instance=instance)
+        if reboot_type == "SOFT" and self._soft_reboot(instance):
+            return
         self._hard_reboot(instance)
+
+    def _soft_reboot(self, instance):
+        """As Nova's libvirt driver: ask the guest to shut down, wait up to [libvirt]
+        wait_soft_reboot_seconds for it to stop, then start it again. True when the guest
+        stopped by itself (and is started again); False when it is not running, or it ignored
+        the request and the agent destroyed it at the deadline: the caller hard-reboots.
+        virDomainReboot is not used: it returns before the guest acts, and a guest that
+        ignores ACPI would leave Nova believing it rebooted."""
+        wait = CONF.libvirt.wait_soft_reboot_seconds
+        if wait <= 0:
+            # As the libvirt driver: no time to wait means a hard reboot (and the agent reads a
+            # ShutdownDomain timeout of 0 as its own default, which is not what was asked).
+            return False
+        if self._get_domain(instance).state not in (DS.DOMAIN_STATE_RUNNING,
+                                                    DS.DOMAIN_STATE_BLOCKED):
+            LOG.info("soft reboot of an instance that is not running: hard reboot",
+                     instance=instance)
+            return False
+        try:
+            resp = self.agent.call(
+                self.agent.domains.ShutdownDomain,
+                DS.ShutdownDomainRequest(name=instance.name, timeout_seconds=wait),
+                instance, extra_timeout=wait)
+        except exception.InstanceInvalidState:
+            LOG.info("soft reboot refused (not running): hard reboot", instance=instance)
+            return False
+        if resp.forced:
+            LOG.warning("the guest did not shut down within %d seconds "
+                        "([libvirt] wait_soft_reboot_seconds): hard reboot", wait,
+                        instance=instance)
+            return False
+        self._act(self.agent.domains.StartDomain, instance)
+        LOG.info("soft reboot: the guest shut down and was started again", instance=instance)
+        return True
 
     def _hard_reboot(self, instance):
         dom = self._get_domain(instance)
@@ -575,19 +647,30 @@ class HvagentDriver(driver.ComputeDriver):
         self._act(self.agent.domains.SuspendDomain, instance)
 
     def unpause(self, instance):
+        # Only a paused guest is unpaused: a suspended (saved, shut off) one stays saved.
         if self._get_domain(instance).state == DS.DOMAIN_STATE_PAUSED:
             self._act(self.agent.domains.ResumeDomain, instance)
 
     def suspend(self, context, instance):
-        # The agent has no managed save: a suspended guest stays paused in host memory.
-        self._act(self.agent.domains.SuspendDomain, instance)
+        """Managed save, as the libvirt driver: the guest's memory goes to disk and its host
+        memory is freed; the saved state survives a host reboot. Where the hypervisor cannot
+        save a guest (Xen 4.17 on Arm) the agent answers UNIMPLEMENTED, raised here as
+        NotImplementedError with the agent's reason."""
+        self._act(self.agent.domains.ManagedSaveDomain, instance)
 
     def resume(self, context, instance, network_info, block_device_info=None):
-        if self._get_domain(instance).state == DS.DOMAIN_STATE_PAUSED:
+        """Starting a managed-saved domain restores it (libvirt does so in virDomainCreate). A
+        guest left paused (suspended by an older driver, which only paused) is unpaused; a
+        running one is left alone."""
+        state = self._get_domain(instance).state
+        if state in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
+            self._act(self.agent.domains.StartDomain, instance)
+        elif state == DS.DOMAIN_STATE_PAUSED:
             self._act(self.agent.domains.ResumeDomain, instance)
 
     def poll_rebooting_instances(self, timeout, instances):
-        # Reboots are synchronous agent calls: nothing is left pending to poll.
+        # Reboots are synchronous agent calls (a soft one waits for the guest within the call):
+        # nothing is left pending to poll.
         pass
 
     # -- volumes ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import unittest.mock
 import grpc
 import os_resource_classes as orc
 import os_traits
+from oslo_serialization import jsonutils
 
 from nova.compute import power_state
 from nova.compute import provider_tree
@@ -107,12 +108,41 @@ class DriverTestCase(test.TestCase):
         self.drv.reboot(self.ctxt, inst, None, "HARD")
         self.assertEqual(power_state.RUNNING, self.state(inst))
         self.drv.reboot(self.ctxt, inst, None, "SOFT")
+        self.assertEqual(power_state.RUNNING, self.state(inst))
         self.drv.power_off(inst, timeout=5)  # graceful: ShutdownDomain
         self.assertEqual(power_state.SHUTDOWN, self.state(inst))
         self.drv.destroy(self.ctxt, inst, None)
         self.assertFalse(self.drv.instance_exists(inst))
         self.assertFalse([n for n in self.volumes() if n.startswith(inst.uuid)])
         self.drv.destroy(self.ctxt, inst, None)  # gone already: fine
+
+    def test_soft_reboot_is_shutdown_and_start_when_the_guest_stops(self):
+        # libvirt's test driver stops a domain at once on a shutdown request: the guest
+        # "cooperates", so no hard reboot follows.
+        self.need_pool()
+        self.flags(wait_soft_reboot_seconds=5, group="libvirt")
+        inst = self.instance()
+        self.spawn(inst)
+        with unittest.mock.patch.object(self.drv, "_hard_reboot") as hard:
+            self.drv.reboot(self.ctxt, inst, None, "SOFT")
+        hard.assert_not_called()
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_suspend_is_managed_save_and_resume_restores(self):
+        self.need_pool()
+        inst = self.instance()
+        self.spawn(inst)
+        self.drv.suspend(self.ctxt, inst)
+        # Saved to disk: the domain no longer runs (nor sits paused in host memory).
+        self.assertEqual(power_state.SHUTDOWN, self.state(inst))
+        self.drv.unpause(inst)  # only unpauses: a saved guest stays saved
+        self.assertEqual(power_state.SHUTDOWN, self.state(inst))
+        self.drv.resume(self.ctxt, inst, None)
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+        self.drv.resume(self.ctxt, inst, None)  # running: nothing to do
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+        self.drv.power_off(inst)
+        self.assertRaises(exception.InstanceInvalidState, self.drv.suspend, self.ctxt, inst)
 
     def test_spawn_stopped_and_twice(self):
         self.need_pool()
@@ -228,9 +258,47 @@ class DriverTestCase(test.TestCase):
             self.assertNotIn(orc.DISK_GB, inv)
         self.assertIn(os_traits.HW_ARCH_I686, pt.data("node1").traits)  # test:///default
 
+    def test_provider_tree_honours_nova_conf(self):
+        self.flags(cpu_allocation_ratio=3.0, reserved_host_cpus=1, reserved_host_memory_mb=64,
+                   reserved_host_disk_mb=1500, initial_ram_allocation_ratio=1.5,
+                   initial_disk_allocation_ratio=2.0)
+        pt = provider_tree.ProviderTree()
+        pt.new_root("node1", "uuid-node1")
+        self.drv.update_provider_tree(pt, "node1")
+        inv = pt.data("node1").inventory
+        self.assertEqual(3.0, inv[orc.VCPU]["allocation_ratio"])
+        self.assertEqual(1, inv[orc.VCPU]["reserved"])
+        self.assertEqual(1.5, inv[orc.MEMORY_MB]["allocation_ratio"])
+        self.assertEqual(64, inv[orc.MEMORY_MB]["reserved"])
+        if self.agent.pool:
+            self.assertEqual(2, inv[orc.DISK_GB]["reserved"])  # 1500 MB, rounded up
+            self.assertEqual(2.0, inv[orc.DISK_GB]["allocation_ratio"])
+        # initial_*: only the first value; what placement holds afterwards is kept, while
+        # [DEFAULT] cpu_allocation_ratio overrides whatever placement holds.
+        mem = dict(inv[orc.MEMORY_MB], allocation_ratio=1.25)
+        vcpu = dict(inv[orc.VCPU], allocation_ratio=9.0)
+        pt.update_inventory("node1", dict(inv, **{orc.MEMORY_MB: mem, orc.VCPU: vcpu}))
+        self.drv.update_provider_tree(pt, "node1")
+        inv = pt.data("node1").inventory
+        self.assertEqual(1.25, inv[orc.MEMORY_MB]["allocation_ratio"])
+        self.assertEqual(3.0, inv[orc.VCPU]["allocation_ratio"])
+
     def test_available_resource(self):
         res = self.drv.get_available_resource("node1")
         self.assertEqual("test", res["hypervisor_type"])
+        cpu = jsonutils.loads(res["cpu_info"])
+        host = self.drv.agent.host.GetHost(host_pb2.GetHostRequest())
+        # libvirt's test driver: <features><pae/><nonpae/></features>, no vendor, and the
+        # topology of its node info (2 NUMA cells x 2 sockets x 2 cores x 2 threads).
+        self.assertEqual(["nonpae", "pae"], cpu["features"])
+        self.assertEqual(list(host.cpu_features), ["pae", "nonpae"])
+        self.assertEqual("", cpu["vendor"])
+        self.assertEqual("i686", cpu["arch"])
+        self.assertEqual({"sockets": host.topology.sockets,
+                          "cores": host.topology.cores_per_socket,
+                          "threads": host.topology.threads_per_core}, cpu["topology"])
+        self.assertEqual(host.cpus, cpu["topology"]["sockets"] * cpu["topology"]["cores"]
+                         * cpu["topology"]["threads"])
         self.assertIsInstance(res["hypervisor_version"], int)
         self.assertEqual([self.drv.agent.host.GetHost(host_pb2.GetHostRequest()).hostname],
                          self.drv.get_available_nodes())
@@ -293,6 +361,110 @@ class FakeAgent(object):
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise client.to_nova(e, self.address, instance) from None
+
+
+class ScriptedDomains(object):
+    """The driver's view of the agent for reboot and suspend: GetDomain answers `state`,
+    ShutdownDomain answers forced=`forced` (True: the guest ignored the request and the agent
+    destroyed it at the deadline), `errors` maps a method to the RpcError it raises, and every
+    call is recorded with its request."""
+
+    timeout = 5
+    address = "agent:1"
+
+    def __init__(self, state, forced=False, errors=None):
+        self.state, self.forced, self.errors = state, forced, errors or {}
+        self.calls = []
+        names = ("GetDomain", "ShutdownDomain", "DestroyDomain", "StartDomain", "ResumeDomain",
+                 "ManagedSaveDomain", "SuspendDomain", "RebootDomain")
+        self.domains = type("D", (), {n: staticmethod(self._stub(n)) for n in names})
+
+    def _stub(self, name):
+        return lambda request, timeout=None: self._call(name, request, timeout)
+
+    def _call(self, name, request, timeout):
+        self.calls.append((name, request))
+        if name in self.errors:
+            raise self.errors[name]
+        if name == "GetDomain":
+            return domain_pb2.Domain(name=request.name, state=self.state)
+        if name == "ShutdownDomain":
+            self.state = domain_pb2.DOMAIN_STATE_SHUTOFF
+            return domain_pb2.ShutdownDomainResponse(forced=self.forced)
+        if name == "DestroyDomain":
+            self.state = domain_pb2.DOMAIN_STATE_SHUTOFF
+        if name == "StartDomain":
+            self.state = domain_pb2.DOMAIN_STATE_RUNNING
+        return domain_pb2.Domain(name=request.name, state=self.state)
+
+    def names(self):
+        return [n for n, _ in self.calls]
+
+    call = FakeAgent.call
+
+
+class RebootSuspendTestCase(test.NoDBTestCase):
+    """Soft reboot's fallback and suspend's refusal, against a scripted agent: a guest that
+    ignores ACPI cannot be made on libvirt's test driver (tests/integration has a real one)."""
+
+    RUNNING = domain_pb2.DOMAIN_STATE_RUNNING
+
+    def setUp(self):
+        super().setUp()
+        self.flags(wait_soft_reboot_seconds=7, group="libvirt")
+        self.drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        self.inst = type("I", (), {"name": "instance-1", "uuid": "u-1"})()
+
+    def agent(self, *args, **kwargs):
+        self.drv._agent = ScriptedDomains(*args, **kwargs)
+        return self.drv._agent
+
+    def test_soft_reboot_of_a_guest_that_shuts_down_starts_it_again(self):
+        a = self.agent(self.RUNNING, forced=False)
+        self.drv.reboot(None, self.inst, None, "SOFT")
+        self.assertEqual(["GetDomain", "ShutdownDomain", "StartDomain"], a.names())
+        self.assertEqual(7, a.calls[1][1].timeout_seconds)
+
+    def test_soft_reboot_of_a_guest_that_ignores_it_is_a_hard_reboot(self):
+        a = self.agent(self.RUNNING, forced=True)
+        self.drv.reboot(None, self.inst, None, "SOFT")
+        # The agent destroyed the guest at the deadline; the hard reboot starts it.
+        self.assertEqual(["GetDomain", "ShutdownDomain", "GetDomain", "StartDomain"], a.names())
+        self.assertEqual(7, a.calls[1][1].timeout_seconds)
+        self.assertEqual(self.RUNNING, a.state)
+
+    def test_soft_reboot_without_time_to_wait_is_a_hard_reboot(self):
+        self.flags(wait_soft_reboot_seconds=0, group="libvirt")
+        a = self.agent(self.RUNNING)
+        self.drv.reboot(None, self.inst, None, "SOFT")
+        self.assertEqual(["GetDomain", "DestroyDomain", "StartDomain"], a.names())
+
+    def test_soft_reboot_of_a_stopped_instance_starts_it(self):
+        a = self.agent(domain_pb2.DOMAIN_STATE_SHUTOFF)
+        self.drv.reboot(None, self.inst, None, "SOFT")
+        self.assertNotIn("ShutdownDomain", a.names())
+        self.assertEqual(["GetDomain", "GetDomain", "StartDomain"], a.names())
+
+    def test_suspend_where_the_host_cannot_save_is_not_implemented_with_the_reason(self):
+        why = "managed save of domain 'instance-1': Xen 4.17 on Arm has no save/restore"
+        a = self.agent(self.RUNNING, errors={
+            "ManagedSaveDomain": RpcError(grpc.StatusCode.UNIMPLEMENTED, why)})
+        e = self.assertRaises(NotImplementedError, self.drv.suspend, None, self.inst)
+        self.assertIn("Xen 4.17 on Arm has no save/restore", str(e))
+        self.assertEqual(["ManagedSaveDomain"], a.names())  # no pause instead
+
+    def test_resume_starts_a_saved_guest_and_unpauses_a_paused_one(self):
+        a = self.agent(domain_pb2.DOMAIN_STATE_SHUTOFF)
+        self.drv.resume(None, self.inst, None)
+        self.assertEqual(["GetDomain", "StartDomain"], a.names())
+        a = self.agent(domain_pb2.DOMAIN_STATE_PAUSED)
+        self.drv.resume(None, self.inst, None)
+        self.assertEqual(["GetDomain", "ResumeDomain"], a.names())
+
+    def test_unpause_only_unpauses(self):
+        a = self.agent(domain_pb2.DOMAIN_STATE_SHUTOFF)
+        self.drv.unpause(self.inst)
+        self.assertEqual(["GetDomain"], a.names())
 
 
 class DetachTestCase(test.NoDBTestCase):

@@ -29,6 +29,29 @@ TEST(CapabilitiesTest, ParsesHostAndGuests) {
   EXPECT_THAT(caps->guests[1].domain_types, ::testing::ElementsAre("qemu", "kvm"));
 }
 
+TEST(CapabilitiesTest, ParsesCpuVendorTopologyAndFeatures) {
+  auto caps = ParseCapabilities(R"(<capabilities><host><cpu><arch>x86_64</arch><model>Skylake</model>
+    <vendor>Intel</vendor><topology sockets='1' dies='1' cores='4' threads='2'/>
+    <feature name='vmx'/><feature name='aes'/><feature name='vmx'/><pages unit='KiB' size='4'/>
+    </cpu></host></capabilities>)");
+  ASSERT_TRUE(caps.ok()) << caps.status();
+  EXPECT_EQ(caps->host_cpu_vendor, "Intel");
+  EXPECT_EQ(caps->host_sockets, 1u);
+  EXPECT_EQ(caps->host_cores, 4u);
+  EXPECT_EQ(caps->host_threads, 2u);
+  EXPECT_THAT(caps->host_cpu_features, ::testing::ElementsAre("vmx", "aes"));
+}
+
+TEST(CapabilitiesTest, OldStyleFeaturesAndNoVendor) {
+  // The test driver's shape: flags as children of <features>, no vendor, no topology.
+  auto caps = ParseCapabilities(
+      "<capabilities><host><cpu><arch>i686</arch><features><pae/><nonpae/></features></cpu></host></capabilities>");
+  ASSERT_TRUE(caps.ok()) << caps.status();
+  EXPECT_EQ(caps->host_cpu_vendor, "");
+  EXPECT_EQ(caps->host_sockets, 0u);
+  EXPECT_THAT(caps->host_cpu_features, ::testing::ElementsAre("pae", "nonpae"));
+}
+
 TEST(CapabilitiesTest, PrefersKvmForHostArchAndQemuForForeignArch) {
   auto caps = *ParseCapabilities(kKvmX86);
   auto host = SelectGuestTarget(caps, "");

@@ -102,6 +102,23 @@ TEST_F(LibvirtHypervisorTest, FullLifecycle) {
   EXPECT_EQ(hv_.GetDomain(name).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(LibvirtHypervisorTest, ManagedSaveStopsStartRestoresAndUndefineDropsTheImage) {
+  const std::string name = Unique("saved");
+  ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());
+  EXPECT_EQ(hv_.ManagedSaveDomain(name).code(), absl::StatusCode::kFailedPrecondition);  // not running
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  ASSERT_TRUE(hv_.ManagedSaveDomain(name).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kShutoff);
+  ASSERT_TRUE(hv_.StartDomain(name).ok());  // restores the saved guest
+  EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kRunning);
+  // A saved domain can still be deleted: libvirt refuses unless told to drop the image.
+  ASSERT_TRUE(hv_.ManagedSaveDomain(name).ok());
+  auto s = hv_.UndefineDomain(name);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(hv_.GetDomain(name).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv_.ManagedSaveDomain(name).code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(LibvirtHypervisorTest, ListIncludesDefinedDomains) {
   const std::string name = Unique("list");
   ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());

@@ -149,6 +149,31 @@ TEST_F(DomainServiceTest, SuspendResume_ChangeState) {
   EXPECT_EQ(svc_.Start("web1")->state, hv::DomainState::kRunning);
 }
 
+TEST_F(DomainServiceTest, ManagedSave_StopsTheDomainAndStartRestoresIt) {
+  ASSERT_TRUE(svc_.Create(Spec("web1"), true).ok());
+  auto d = svc_.ManagedSave("web1");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->state, hv::DomainState::kShutoff);
+  EXPECT_EQ(svc_.Start("web1")->state, hv::DomainState::kRunning);
+  EXPECT_THAT(hv_.calls, ElementsAre("define web1", "start web1", "managed-save web1", "start web1"));
+  EXPECT_EQ(svc_.ManagedSave("ghost").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DomainServiceTest, ManagedSave_OfStoppedDomainIsFailedPrecondition) {
+  ASSERT_TRUE(svc_.Create(Spec("web1"), false).ok());
+  EXPECT_EQ(svc_.ManagedSave("web1").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(DomainServiceTest, ManagedSave_OnXenOnArmIsUnimplementedAndTouchesNothing) {
+  ASSERT_TRUE(svc_.Create(Spec("web1"), true).ok());
+  hv_.host_type = "Xen";  // the fake host is aarch64
+  auto d = svc_.ManagedSave("web1");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(d.status().message(), HasSubstr("Xen 4.17 on Arm has no save/restore"));
+  EXPECT_THAT(hv_.calls, ElementsAre("define web1", "start web1"));
+  EXPECT_EQ(svc_.Get("web1")->state, hv::DomainState::kRunning);
+}
+
 TEST_F(DomainServiceTest, Delete_RunningWithoutForceIsRefusedAndChangesNothing) {
   ASSERT_TRUE(svc_.Create(Spec("web1"), true).ok());
   auto s = svc_.Delete("web1", false);
