@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/api/auth/audit.h"
 #include "agent/api/grpc/grpc_services.h"
+#include "agent/api/grpc/one_write_at_a_time.h"
 #include "agent/api/status_mapping.h"
 #include "common/log.h"
 
@@ -28,10 +29,9 @@ class RefusedConsole final : public Reactor {
 };
 
 // One attached caller. Reads: the attach message, then keystrokes, one read outstanding at a
-// time. Writes: Pump() sends what the attachment buffered when no write is in flight; the
-// attachment's listener calls it when output arrives. Finish is never started under a write in
-// flight (FinishWhenIdle). gRPC calls are made outside mu_.
-class ConsoleReactor final : public Reactor {
+// time. Writes (one at a time, one_write_at_a_time.h): what the attachment buffered; its
+// listener calls Pump() when output arrives.
+class ConsoleReactor final : public OneWriteAtATime<Reactor, v1::ConsoleOutput> {
  public:
   ConsoleReactor(service::ConsoleSessions& consoles, auth::Caller caller, auth::RateLimiter::StreamSlot slot,
                  std::string rid)
@@ -50,24 +50,6 @@ class ConsoleReactor final : public Reactor {
     absl::Status s = attachment_ == nullptr ? AttachFrom(in_) : Input(in_);
     if (!s.ok()) return FinishWhenIdle(ToGrpcStatus(s));
     StartRead(&in_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::optional<grpc::Status> finish;
-    {
-      std::lock_guard lock(mu_);
-      writing_ = false;
-      if (!ok && !finish_pending_) finish_pending_ = grpc::Status::OK;  // the client went away
-      if (finish_pending_ && !finished_) {
-        finished_ = true;
-        finish = std::move(*finish_pending_);
-      }
-    }
-    if (finish) {
-      Finish(std::move(*finish));
-    } else {
-      Pump();
-    }
   }
 
   void OnCancel() override { FinishWhenIdle(grpc::Status::CANCELLED); }
@@ -110,40 +92,17 @@ class ConsoleReactor final : public Reactor {
     return s;
   }
 
-  void Pump() {
-    std::optional<grpc::Status> finish;
-    {
-      std::lock_guard lock(mu_);
-      if (writing_ || finished_) return;
-      if (auto out = attachment_->TryNext()) {
-        current_.set_data(std::move(out->data));
-        current_.set_dropped_bytes(out->dropped_before);
-        writing_ = true;
-      } else if (auto ended = attachment_->ended()) {
-        finished_ = true;
-        finish = ToGrpcStatus(*ended);
-      } else {
-        return;
-      }
+  Step Next(v1::ConsoleOutput& out, grpc::Status& finish) override {
+    if (auto next = attachment_->TryNext()) {
+      out.set_data(std::move(next->data));
+      out.set_dropped_bytes(next->dropped_before);
+      return Step::kWrite;
     }
-    if (finish) {
-      Finish(std::move(*finish));
-    } else {
-      StartWrite(&current_);
+    if (auto ended = attachment_->ended()) {
+      finish = ToGrpcStatus(*ended);
+      return Step::kFinish;
     }
-  }
-
-  void FinishWhenIdle(grpc::Status s) {
-    {
-      std::lock_guard lock(mu_);
-      if (finished_) return;
-      if (writing_) {
-        if (!finish_pending_) finish_pending_ = std::move(s);
-        return;
-      }
-      finished_ = true;
-    }
-    Finish(std::move(s));
+    return Step::kWait;
   }
 
   service::ConsoleSessions& consoles_;
@@ -153,11 +112,6 @@ class ConsoleReactor final : public Reactor {
   v1::ConsoleInput in_;  // the read in flight; touched only by OnReadDone
   std::shared_ptr<service::ConsoleSessions::Attachment> attachment_;  // set once, by OnReadDone
   bool write_ = false;
-  std::mutex mu_;
-  bool writing_ = false;
-  bool finished_ = false;
-  std::optional<grpc::Status> finish_pending_;
-  v1::ConsoleOutput current_;  // the write in flight
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "agent/api/convert.h"
+#include "agent/api/grpc/one_write_at_a_time.h"
 #include "agent/api/status_mapping.h"
 #include "common/log.h"
 
@@ -110,11 +111,11 @@ class RefusedStream final : public grpc::ServerWriteReactor<v1::DomainEvent> {
   void OnDone() override { delete this; }
 };
 
-// One Watch stream. At most one write is outstanding: Pump() starts the next when the last
-// is done, taking events from the subscription, which wakes it (listener) when one arrives.
-// Lock order: the subscription's listener lock, then mu_, then the subscription's queue lock.
-// gRPC calls (StartWrite, Finish) are made outside mu_.
-class WatchReactor final : public grpc::ServerWriteReactor<v1::DomainEvent> {
+// One Watch stream (one write at a time, one_write_at_a_time.h): Next takes events from the
+// subscription, which wakes the stream (listener) when one arrives.
+// Lock order: the subscription's listener lock, then the pump's lock, then the subscription's
+// queue lock.
+class WatchReactor final : public OneWriteAtATime<grpc::ServerWriteReactor<v1::DomainEvent>, v1::DomainEvent> {
  public:
   WatchReactor(std::shared_ptr<service::EventHub::Subscription> sub, auth::RateLimiter::StreamSlot slot,
                std::string rid)
@@ -123,24 +124,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::DomainEvent> {
     StartSendInitialMetadata();
     sub_->SetListener([this] { Pump(); });
     Pump();
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::optional<grpc::Status> finish;
-    {
-      std::lock_guard lock(mu_);
-      writing_ = false;
-      if (!ok && !finish_pending_) finish_pending_ = grpc::Status::OK;  // the client went away
-      if (finish_pending_ && !finished_) {
-        finished_ = true;
-        finish = std::move(*finish_pending_);
-      }
-    }
-    if (finish) {
-      Finish(std::move(*finish));
-    } else {
-      Pump();
-    }
   }
 
   void OnCancel() override { FinishWhenIdle(grpc::Status::CANCELLED); }
@@ -153,49 +136,21 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::DomainEvent> {
   }
 
  private:
-  void Pump() {
-    bool finish = false;
-    {
-      std::lock_guard lock(mu_);
-      if (writing_ || finished_) return;
-      if (auto e = sub_->TryNext()) {
-        current_ = ToProto(*e);
-        writing_ = true;
-      } else if (sub_->closed()) {
-        finished_ = finish = true;  // the hub closed (agent shutdown): end the stream
-      } else {
-        return;
-      }
+  Step Next(v1::DomainEvent& out, grpc::Status& finish) override {
+    if (auto e = sub_->TryNext()) {
+      out = ToProto(*e);
+      return Step::kWrite;
     }
-    if (finish) {
-      Finish(grpc::Status::OK);
-    } else {
-      StartWrite(&current_);
+    if (sub_->closed()) {
+      finish = grpc::Status::OK;  // the hub closed (agent shutdown): end the stream
+      return Step::kFinish;
     }
-  }
-
-  // Finish now, or after the write in flight (Finish is not started under an outstanding write).
-  void FinishWhenIdle(grpc::Status s) {
-    {
-      std::lock_guard lock(mu_);
-      if (finished_) return;
-      if (writing_) {
-        if (!finish_pending_) finish_pending_ = std::move(s);
-        return;
-      }
-      finished_ = true;
-    }
-    Finish(std::move(s));
+    return Step::kWait;
   }
 
   const std::shared_ptr<service::EventHub::Subscription> sub_;
   const auth::RateLimiter::StreamSlot slot_;  // the caller's stream count, held while open
   const std::string rid_;
-  std::mutex mu_;
-  bool writing_ = false;
-  bool finished_ = false;
-  std::optional<grpc::Status> finish_pending_;
-  v1::DomainEvent current_;  // the write in flight
 };
 
 }  // namespace
