@@ -22,7 +22,7 @@ DOM0_PACKAGES=(
 # hvagentd's runtime libraries (readelf -d build-arm64/agent/hvagentd | grep NEEDED), by package.
 AGENT_RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libcpprest2.10 libspdlog1.10 libfmt9 libabsl20220623
-  libvirt0 libxml2 libtomlplusplus3 libssl3 libxenmisc4.17 libxentoollog1 libsystemd0 libstdc++6
+  libvirt0 libxml2 libtomlplusplus3 libssl3 libcurl4 libxenmisc4.17 libxentoollog1 libsystemd0 libstdc++6
 )
 EXTRA_PACKAGES=(${HVAGENT_XEN_EXTRA_PACKAGES:-})
 
