@@ -12,6 +12,15 @@ bool IsRunning(hv::DomainState s) {
   return s != hv::DomainState::kShutoff && s != hv::DomainState::kCrashed && s != hv::DomainState::kUnknown;
 }
 
+// Xen's control domain runs the host itself: what it holds is what [capacity] reserved_cpus and
+// reserved_memory_mib keep back, not a guest's claim (libvirt's libxl driver lists it as
+// "Domain-0", with the whole host's memory as its maximum, which would leave room for nothing).
+// Name and the all-zero UUID together, on a Xen host only: a guest cannot pass for it.
+bool IsXenControlDomain(const hv::HostInfo& host, const hv::DomainInfo& d) {
+  return host.hypervisor_type == "Xen" && d.name == "Domain-0" &&
+         d.uuid == "00000000-0000-0000-0000-000000000000";
+}
+
 // floor(x * ratio), clamped to [0, max]; x and ratio are non-negative.
 template <typename T>
 T Scaled(uint64_t x, double ratio, T max) {
@@ -44,6 +53,7 @@ Capacity ComputeCapacity(const hv::HostInfo& host, const std::vector<hv::DomainI
 
   c.domains_total = static_cast<uint32_t>(domains.size());
   for (const auto& d : domains) {
+    if (IsXenControlDomain(host, d)) continue;
     uint64_t bytes = d.memory_mib * 1024 * 1024;
     c.defined_vcpus += d.vcpus;
     c.defined_memory_bytes += bytes;

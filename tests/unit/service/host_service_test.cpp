@@ -92,6 +92,32 @@ TEST(CapacityTest, StoppedDomainsKeepTheirClaimRunningOnesAreAllocated) {
   EXPECT_EQ(c.domains_running, 2u);
 }
 
+// Found by the Xen ARM64 system tier: dom0, listed with the host's whole memory as its maximum,
+// left room for no guest. Only the real control domain is left out; a guest named like it is not.
+TEST(CapacityTest, XensControlDomainIsTheHostsReservationNotAGuest) {
+  CapacityPolicy p{.cpu_allocation_ratio = 1.0, .memory_allocation_ratio = 1.0, .reserved_cpus = 0,
+                   .reserved_memory_bytes = 0};
+  hv::HostInfo xen = Host(2, 2ULL << 30);
+  xen.hypervisor_type = "Xen";
+  hv::DomainInfo dom0 = Dom(2, 2048, hv::DomainState::kRunning);
+  dom0.name = "Domain-0";
+  dom0.uuid = "00000000-0000-0000-0000-000000000000";
+  hv::DomainInfo guest = Dom(1, 256, hv::DomainState::kRunning);
+  guest.name = "g1";
+  guest.uuid = "6f1c2a8e-5b1d-4a51-9d7e-0c3b2e1f4a55";
+  Capacity c = ComputeCapacity(xen, {dom0, guest}, p);
+  EXPECT_EQ(c.defined_memory_bytes, 256ULL << 20);
+  EXPECT_EQ(c.allocated_vcpus, 1u);
+  EXPECT_EQ(c.memory_available_bytes, (2ULL << 30) - (256ULL << 20));
+
+  hv::DomainInfo impostor = dom0;
+  impostor.uuid = "11111111-2222-4333-8444-555555555555";
+  EXPECT_EQ(ComputeCapacity(xen, {impostor}, p).defined_memory_bytes, 2ULL << 30);
+  hv::HostInfo kvm = Host(2, 2ULL << 30);
+  kvm.hypervisor_type = "QEMU";
+  EXPECT_EQ(ComputeCapacity(kvm, {dom0}, p).defined_memory_bytes, 2ULL << 30);
+}
+
 TEST(CapacityTest, OvercommittedHostReportsZeroAvailableNotAWrappedNumber) {
   CapacityPolicy p{.cpu_allocation_ratio = 1.0, .memory_allocation_ratio = 1.0, .reserved_cpus = 8,
                    .reserved_memory_bytes = 16ULL << 30};
