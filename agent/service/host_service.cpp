@@ -8,10 +8,6 @@
 namespace hvagent::service {
 namespace {
 
-bool IsRunning(hv::DomainState s) {
-  return s != hv::DomainState::kShutoff && s != hv::DomainState::kCrashed && s != hv::DomainState::kUnknown;
-}
-
 // Xen's control domain runs the host itself: what it holds is what [capacity] reserved_cpus and
 // reserved_memory_mib keep back, not a guest's claim (libvirt's libxl driver lists it as
 // "Domain-0", with the whole host's memory as its maximum, which would leave room for nothing).
@@ -57,7 +53,7 @@ Capacity ComputeCapacity(const hv::HostInfo& host, const std::vector<hv::DomainI
     uint64_t bytes = d.memory_mib * 1024 * 1024;
     c.defined_vcpus += d.vcpus;
     c.defined_memory_bytes += bytes;
-    if (!IsRunning(d.state)) continue;
+    if (!hv::IsActive(d.state)) continue;
     ++c.domains_running;
     c.allocated_vcpus += d.vcpus;
     c.allocated_memory_bytes += bytes;
