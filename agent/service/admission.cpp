@@ -55,14 +55,22 @@ void ComputeAdmission::Hold::Release() {
   owner_ = nullptr;
 }
 
-absl::Status ComputeAdmission::Check(const Capacity& c, uint32_t vcpus, uint64_t memory_bytes, bool running,
-                                     absl::string_view what) {
+absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::DomainInfo>& domains, uint32_t vcpus,
+                                     uint64_t memory_bytes, bool running, absl::string_view what) {
   // What is taken: defined domains for a new definition, running ones for a start, plus the
-  // holds of the same kind still in flight.
+  // holds of the same kind still in flight. A hold whose domain the hypervisor already lists in
+  // that state (its start returned, its caller has not yet released it) is in the figures once
+  // already and is not counted twice.
   uint64_t used_vcpus = running ? c.allocated_vcpus : c.defined_vcpus;
   uint64_t used_memory = running ? c.allocated_memory_bytes : c.defined_memory_bytes;
+  auto listed = [&](const std::string& name) {
+    return std::any_of(domains.begin(), domains.end(), [&](const hv::DomainInfo& d) {
+      return d.name == name && (!running || hv::IsActive(d.state));
+    });
+  };
   for (const Claim& h : holds_) {
     if (running ? !h.runs : !h.defines) continue;
+    if (listed(h.name)) continue;
     used_vcpus += h.vcpus;
     used_memory += h.memory_bytes;
   }
@@ -89,7 +97,8 @@ absl::Status ComputeAdmission::Check(const Capacity& c, uint32_t vcpus, uint64_t
   return absl::OkStatus();
 }
 
-absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(uint32_t vcpus, uint64_t memory_mib, bool start) {
+absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(const std::string& name, uint32_t vcpus,
+                                                                      uint64_t memory_mib, bool start) {
   std::lock_guard lock(mu_);
   auto host = hv_.GetHostInfo();
   if (!host.ok()) return host.status();
@@ -97,10 +106,10 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(uint32_t vc
   if (!domains.ok()) return domains.status();
   const Capacity c = ComputeCapacity(*host, *domains, policy_);
   const uint64_t memory_bytes = memory_mib * kMiB;
-  if (auto s = Check(c, vcpus, memory_bytes, /*running=*/false, "spec"); !s.ok()) return s;
+  if (auto s = Check(c, *domains, vcpus, memory_bytes, /*running=*/false, "spec"); !s.ok()) return s;
   // Defined covers running (every running domain is defined), so a create that fits the first
   // also fits the second; it still holds "running" so that a concurrent start counts it.
-  holds_.push_back({vcpus, memory_bytes, /*defines=*/true, /*runs=*/start});
+  holds_.push_back({name, vcpus, memory_bytes, /*defines=*/true, /*runs=*/start});
   return Hold(this, std::prev(holds_.end()));
 }
 
@@ -114,10 +123,10 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitStart(const std::s
   if (it == domains->end() || hv::IsActive(it->state)) return Hold();
   const Capacity c = ComputeCapacity(*host, *domains, policy_);
   const uint64_t memory_bytes = it->memory_mib * kMiB;
-  if (auto s = Check(c, it->vcpus, memory_bytes, /*running=*/true, absl::StrCat("domain '", name, "'")); !s.ok()) {
+  if (auto s = Check(c, *domains, it->vcpus, memory_bytes, /*running=*/true, absl::StrCat("domain '", name, "'")); !s.ok()) {
     return s;
   }
-  holds_.push_back({it->vcpus, memory_bytes, /*defines=*/false, /*runs=*/true});
+  holds_.push_back({name, it->vcpus, memory_bytes, /*defines=*/false, /*runs=*/true});
   return Hold(this, std::prev(holds_.end()));
 }
 

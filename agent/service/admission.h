@@ -34,6 +34,7 @@ const char* CapacityKindName(CapacityKind kind);
 class ComputeAdmission {
  private:
   struct Claim {
+    std::string name;  // the domain; once the hypervisor lists it as claimed, the hold stops counting
     uint32_t vcpus = 0;
     uint64_t memory_bytes = 0;
     bool defines = false;  // a new definition (counts against "defined")
@@ -64,7 +65,7 @@ class ComputeAdmission {
   // A new domain of `vcpus` and `memory_mib`: every defined domain plus the holds of creates in
   // flight plus this one must fit the schedulable figures. With `start` the hold also counts as
   // running, for concurrent starts.
-  absl::StatusOr<Hold> AdmitCreate(uint32_t vcpus, uint64_t memory_mib, bool start);
+  absl::StatusOr<Hold> AdmitCreate(const std::string& name, uint32_t vcpus, uint64_t memory_mib, bool start);
   // Starting the defined domain `name`: the running domains plus the holds of starts in flight
   // plus this one must fit. A domain defined behind the agent's back (or before a policy
   // change) is admitted here, at start. A domain that is unknown or already active is not
@@ -74,7 +75,8 @@ class ComputeAdmission {
   const CapacityPolicy& policy() const { return policy_; }
 
  private:
-  absl::Status Check(const Capacity& c, uint32_t vcpus, uint64_t memory_bytes, bool running, absl::string_view what);
+  absl::Status Check(const Capacity& c, const std::vector<hv::DomainInfo>& domains, uint32_t vcpus,
+                     uint64_t memory_bytes, bool running, absl::string_view what);
 
   hv::Hypervisor& hv_;
   const CapacityPolicy policy_;

@@ -153,7 +153,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   // admission counts this hold meanwhile.
   ComputeAdmission::Hold hold;
   if (admission_ != nullptr) {
-    auto h = admission_->AdmitCreate(spec.vcpus, spec.memory_mib, start);
+    auto h = admission_->AdmitCreate(spec.name, spec.vcpus, spec.memory_mib, start);
     if (!h.ok()) {
       // A retried create of a domain that fills the host hears AlreadyExists, which is what
       // CloudStack's and Nova's retries look for, not a capacity refusal.
