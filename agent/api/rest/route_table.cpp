@@ -113,11 +113,36 @@ bool SegmentsMatch(const SplitPath& pattern, const SplitPath& path, std::map<std
   return true;
 }
 
+absl::Status NotAWholeNumber(const std::string& key, absl::string_view want) {
+  return absl::InvalidArgumentError(absl::StrCat(key, ": must be ", want));
+}
+
+}  // namespace
+
+bool QueryTypeSupported(const google::protobuf::FieldDescriptor& field) {
+  using FD = google::protobuf::FieldDescriptor;
+  if (field.is_repeated()) return false;
+  switch (field.cpp_type()) {
+    case FD::CPPTYPE_BOOL:
+    case FD::CPPTYPE_INT32:
+    case FD::CPPTYPE_UINT32:
+    case FD::CPPTYPE_INT64:
+    case FD::CPPTYPE_UINT64:
+    case FD::CPPTYPE_ENUM:
+    case FD::CPPTYPE_STRING: return true;
+    default: return false;
+  }
+}
+
+namespace {
+
 absl::Status SetFromQuery(const std::string& key, const std::string& value, google::protobuf::Message* m) {
   const auto* field = m->GetDescriptor()->FindFieldByName(key);
   const auto* refl = m->GetReflection();
   using FD = google::protobuf::FieldDescriptor;
-  if (field == nullptr || field->is_repeated()) return absl::InternalError(absl::StrCat(key, ": not a request field"));
+  if (field == nullptr || !QueryTypeSupported(*field)) {
+    return absl::InternalError(absl::StrCat(key, ": not a request field a query parameter can set"));
+  }
   switch (field->cpp_type()) {
     case FD::CPPTYPE_BOOL:
       if (value == "true" || value == "1") {
@@ -128,15 +153,41 @@ absl::Status SetFromQuery(const std::string& key, const std::string& value, goog
         return absl::InvalidArgumentError(absl::StrCat(key, ": must be true or false"));
       }
       return absl::OkStatus();
+    case FD::CPPTYPE_INT32: {
+      int32_t v = 0;
+      if (!absl::SimpleAtoi(value, &v)) return NotAWholeNumber(key, "a whole number that fits 32 bits");
+      refl->SetInt32(m, field, v);
+      return absl::OkStatus();
+    }
     case FD::CPPTYPE_UINT32: {
       uint32_t v = 0;
-      if (!absl::SimpleAtoi(value, &v)) return absl::InvalidArgumentError(absl::StrCat(key, ": must be a number"));
+      if (!absl::SimpleAtoi(value, &v)) return NotAWholeNumber(key, "a whole number from 0 to 4294967295");
       refl->SetUInt32(m, field, v);
       return absl::OkStatus();
     }
+    case FD::CPPTYPE_INT64: {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(value, &v)) return NotAWholeNumber(key, "a whole number that fits 64 bits");
+      refl->SetInt64(m, field, v);
+      return absl::OkStatus();
+    }
+    case FD::CPPTYPE_UINT64: {
+      uint64_t v = 0;
+      if (!absl::SimpleAtoi(value, &v)) return NotAWholeNumber(key, "a whole number from 0 to 18446744073709551615");
+      refl->SetUInt64(m, field, v);
+      return absl::OkStatus();
+    }
+    case FD::CPPTYPE_ENUM: {
+      // The value's name, as in a JSON body ("DOMAIN_STATE_RUNNING").
+      const auto* e = field->enum_type()->FindValueByName(value);
+      if (e == nullptr) return absl::InvalidArgumentError(absl::StrCat(key, ": not a ", field->enum_type()->name(), " value"));
+      refl->SetEnum(m, field, e);
+      return absl::OkStatus();
+    }
     case FD::CPPTYPE_STRING: refl->SetString(m, field, value); return absl::OkStatus();
-    default: return absl::InternalError(absl::StrCat(key, ": query parameters of this type are not supported"));
+    default: break;
   }
+  return absl::InternalError(absl::StrCat(key, ": not a request field a query parameter can set"));
 }
 
 }  // namespace

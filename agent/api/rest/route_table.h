@@ -46,6 +46,10 @@ struct RouteMatch {
 RouteMatch MatchRoute(absl::string_view method, absl::string_view path,
                       const std::function<bool(const Route&)>& served = nullptr);
 
+// Whether a query parameter can set `field`: singular bool, integers, enums (by value name) and
+// strings. RouteTableTest holds every row's query list to it.
+bool QueryTypeSupported(const google::protobuf::FieldDescriptor& field);
+
 // Fills `request` (a fresh message of the route's operation) from the HTTP request.
 // INVALID_ARGUMENT naming the field or parameter for anything that does not fit.
 absl::Status BindRequest(const Route& route, const std::map<std::string, std::string>& params,
