@@ -458,17 +458,17 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
     return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size_bytes, " is smaller than image '", image,
                                                    "' (", virtual_size, " bytes)"));
   }
-  auto volume = storage_.CreateVolume(pool, {name, size_bytes});
+  auto volume = storage_.CreateVolumeFilled(
+      pool, {name, size_bytes}, absl::StrCat("image '", image, "'"), [&](const storage::VolumeInfo& v) -> absl::Status {
+        auto copied = img::CopyDevice(src->path, v.path, virtual_size, nullptr, nullptr, false);
+        if (copied.ok()) return absl::OkStatus();
+        return absl::Status(copied.status().code(),
+                            absl::StrCat("copying image '", image, "' onto volume '", name,
+                                         "': ", copied.status().message(), " (the volume is deleted again)"));
+      });
   if (!volume.ok()) return volume.status();
-  auto copied = img::CopyDevice(src->path, volume->volume.path, virtual_size, nullptr, nullptr, false);
-  if (!copied.ok()) {
-    (void)storage_.DeleteVolume(pool, name);  // wiped and removed in the background
-    return absl::Status(copied.status().code(),
-                        absl::StrCat("copying image '", image, "' onto volume '", name, "': ", copied.status().message(),
-                                     " (the volume is deleted again)"));
-  }
   Log()->info("volume {}/{} created from image {} ({} bytes copied)", pool, name, image, virtual_size);
-  return storage_.GetVolume(pool, name);
+  return volume;
 }
 
 std::optional<Transfer> ImageService::TransferOf(uint64_t id) const {

@@ -63,6 +63,9 @@ absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& po
 
 absl::Status StorageService::RefuseDeleting(const std::string& pool, const std::string& name) const {
   std::lock_guard lock(deleting_mu_);
+  if (auto it = filling_.find(Key(pool, name)); it != filling_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being written from ", it->second));
+  }
   if (!deleting_.contains(Key(pool, name))) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
 }
@@ -226,6 +229,40 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& poo
   if (!v.ok()) return v.status();
   Log()->info("created volume {}/{} ({} bytes)", pool_name, v->name, v->size_bytes);
   return StatusOf(*v);
+}
+
+absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
+    const std::string& pool_name, const storage::VolumeSpec& spec, absl::string_view source,
+    const std::function<absl::Status(const storage::VolumeInfo&)>& fill) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  const std::string key = Key(pool_name, spec.name);
+  storage::VolumeInfo volume;
+  {
+    std::lock_guard lock((*pool)->mu);
+    if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, "size_bytes"); !s.ok()) return s;
+    auto v = (*pool)->backend->CreateVolume(spec);
+    if (!v.ok()) return v.status();
+    volume = *std::move(v);
+    // Fenced before the pool's lock is let go: no call sees the volume unwritten and free.
+    std::lock_guard dl(deleting_mu_);
+    filling_[key] = std::string(source);
+  }
+  absl::Status filled = fill(volume);
+  {
+    std::lock_guard dl(deleting_mu_);
+    filling_.erase(key);
+  }
+  if (!filled.ok()) {
+    // Nobody could have attached or claimed it meanwhile, so the delete cannot be refused for
+    // that; if it fails otherwise the volume stays and the log says so.
+    if (auto d = DeleteVolume(pool_name, spec.name); !d.ok()) {
+      Log()->error("volume {} could not be written and not deleted again: {}", key, d.status().message());
+    }
+    return filled;
+  }
+  Log()->info("created volume {}/{} ({} bytes) from {}", pool_name, volume.name, volume.size_bytes, source);
+  return GetVolume(pool_name, spec.name);
 }
 
 absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& pool_name, const std::string& name,

@@ -12,6 +12,7 @@
 // deleted are refused (FailedPrecondition) until it is gone or its wipe failed.
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -70,6 +71,13 @@ class StorageService {
   absl::StatusOr<std::vector<VolumeStatus>> ListVolumes(const std::string& pool);
   absl::StatusOr<VolumeStatus> GetVolume(const std::string& pool, const std::string& name);
   absl::StatusOr<VolumeStatus> CreateVolume(const std::string& pool, const storage::VolumeSpec& spec);
+  // Creates the volume and writes it with fill(volume) before anything else may use it: until
+  // fill returns, attach, resize, claim and delete of it are refused (FailedPrecondition "is
+  // being written from <source>"), and the pool's lock is not held, so a long copy stops no
+  // other volume. A failing fill deletes the volume again (in the background, as DeleteVolume).
+  absl::StatusOr<VolumeStatus> CreateVolumeFilled(const std::string& pool, const storage::VolumeSpec& spec,
+                                                  absl::string_view source,
+                                                  const std::function<absl::Status(const storage::VolumeInfo&)>& fill);
   absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
   // Returns at once with state kDeleting; the wipe and removal run in the background.
   absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);
@@ -148,7 +156,7 @@ class StorageService {
 
   absl::StatusOr<Pool*> Find(const std::string& pool);
   absl::StatusOr<Held> Hold(const std::string& pool, const std::string& name, Fence fence);
-  // FailedPrecondition while the volume is being deleted.
+  // FailedPrecondition while the volume is being deleted or written by CreateVolumeFilled.
   absl::Status RefuseDeleting(const std::string& pool, const std::string& name) const;
   // Admission (admission.h): whether `asked_bytes` more fit the pool above its floor. Called
   // with the pool's lock held, which serialises every change to it. A thin pool's volumes take
@@ -162,6 +170,7 @@ class StorageService {
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex deleting_mu_;
   std::map<std::string, Deleting> deleting_;
+  std::map<std::string, std::string> filling_;  // volume key -> what it is written from; guarded by deleting_mu_
   struct Worker {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;

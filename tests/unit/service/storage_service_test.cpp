@@ -146,6 +146,46 @@ TEST_F(StorageServiceTest, AFailedWipeKeepsTheVolumeAndLiftsTheFence) {
   EXPECT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
 }
 
+TEST_F(StorageServiceTest, AVolumeBeingWrittenIsFencedAndThePoolServes) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"other", 1 << 20}).ok());
+  std::string seen_path;
+  auto v = svc_->CreateVolumeFilled("vg0", {"fresh", 1 << 20}, "image 'deb12'", [&](const storage::VolumeInfo& info) {
+    seen_path = info.path;
+    // Nothing may use the volume before it holds the image: a guest would boot half a disk.
+    for (const absl::Status& s : {svc_->AttachVolume("vg0", "fresh", "web1", "", false).status(),
+                                  svc_->ResizeVolume("vg0", "fresh", 2 << 20).status(),
+                                  svc_->DeleteVolume("vg0", "fresh").status(),
+                                  svc_->ClaimVolume({"vg0", "fresh", 0}, "web1").status()}) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr("'fresh' is being written from image 'deb12'"));
+    }
+    // The pool's lock is not held meanwhile: the pool's other volumes go on.
+    EXPECT_TRUE(svc_->AttachVolume("vg0", "other", "web1", "", false).ok());
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(seen_path, "/dev/fake/fresh");
+  EXPECT_EQ(v->state, VolumeState::kAvailable);
+  EXPECT_TRUE(svc_->AttachVolume("vg0", "fresh", "web1", "", false).ok());  // the fence is lifted
+}
+
+TEST_F(StorageServiceTest, AVolumeWhoseWriteFailsIsDeletedAgain) {
+  auto v = svc_->CreateVolumeFilled("vg0", {"fresh", 1 << 20}, "image 'deb12'", [](const storage::VolumeInfo&) {
+    return absl::DataLossError("read error on the image");
+  });
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kDataLoss);
+  svc_->WaitForDeletes();
+  EXPECT_EQ(svc_->GetVolume("vg0", "fresh").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StorageServiceTest, AVolumeToBeWrittenStillKeepsThePoolsRules) {
+  auto v = svc_->CreateVolumeFilled("nope", {"fresh", 1 << 20}, "image 'deb12'", [](const storage::VolumeInfo&) {
+    ADD_FAILURE() << "nothing to write into";
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(StorageServiceTest, ManyDeletesReuseNoStaleState) {
   for (int i = 0; i < 20; ++i) {
     const std::string name = "v" + std::to_string(i);
