@@ -87,6 +87,7 @@ struct WipeProgress {
 struct DeletePlan {
   VolumeInfo volume;  // volume.path is the device the wipe clears
   uint32_t partition_number = 0;  // partition pools: the table entry FinishDelete removes
+  bool image = false;             // an image slot's delete (BeginDeleteImageSlot), not a volume's
 };
 
 }  // namespace hvagent::storage

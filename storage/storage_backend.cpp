@@ -13,6 +13,6 @@ absl::Status NoImages(const PoolConfig& c) {
 absl::StatusOr<std::vector<ImageSlot>> StorageBackend::ListImageSlots() { return NoImages(config()); }
 absl::StatusOr<ImageSlot> StorageBackend::CreateImageSlot(const std::string&, uint64_t) { return NoImages(config()); }
 absl::Status StorageBackend::SealImageSlot(const std::string&) { return NoImages(config()); }
-absl::Status StorageBackend::DeleteImageSlot(const std::string&, const ProgressFn&) { return NoImages(config()); }
+absl::StatusOr<DeletePlan> StorageBackend::BeginDeleteImageSlot(const std::string&) { return NoImages(config()); }
 
 }  // namespace hvagent::storage

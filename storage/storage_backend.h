@@ -68,8 +68,17 @@ class StorageBackend {
   virtual absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes);
   // Marks the slot ready: one metadata change, after its bytes and record are on disk.
   virtual absl::Status SealImageSlot(const std::string& name);
-  // Wipes (per WipeMode) and removes the slot, ready or not.
-  virtual absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress);
+  // The first step of a slot's delete, ready or not: the slot is marked not ready (a copy from
+  // it is refused from here, and a crash during the wipe leaves an unfinished slot that recovery
+  // removes), then WipeForDelete and FinishDelete go on as for a volume.
+  virtual absl::StatusOr<DeletePlan> BeginDeleteImageSlot(const std::string& name);
+  // The three in a row, for callers that have the pool to themselves (tests).
+  absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) {
+    auto plan = BeginDeleteImageSlot(name);
+    if (!plan.ok()) return plan.status();
+    if (auto s = WipeForDelete(*plan, progress); !s.ok()) return s;
+    return FinishDelete(*plan);
+  }
 };
 
 }  // namespace hvagent::storage

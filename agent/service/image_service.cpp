@@ -387,7 +387,7 @@ ImageStatus ImageService::StatusOf(const storage::ImageSlot& slot) {
 }
 
 absl::Status ImageService::DeleteSlot(const std::string& pool, const std::string& name) {
-  return storage_.WithBackend(pool, [&](storage::StorageBackend& b) { return b.DeleteImageSlot(name, nullptr); });
+  return storage_.DeleteImageSlot(pool, name);
 }
 
 absl::StatusOr<std::vector<ImageStatus>> ImageService::List(const std::string& pool) {
@@ -422,8 +422,17 @@ absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const 
           absl::StrCat("image '", name, "' is being copied onto a new volume; delete it afterwards"));
     }
     copying_.erase(Key(pool, name));
+    // From here no copy starts from it (CreateVolumeFromImage checks this under the same lock).
+    if (!deleting_.insert(Key(pool, name)).second) {
+      return absl::FailedPreconditionError(absl::StrCat("image '", name, "' is being deleted"));
+    }
   }
-  if (auto s = DeleteSlot(pool, name); !s.ok()) return s;
+  absl::Status deleted = DeleteSlot(pool, name);
+  {
+    std::lock_guard lock(mu_);
+    deleting_.erase(Key(pool, name));
+  }
+  if (!deleted.ok()) return deleted;
   Log()->info("deleted image {}/{}", pool, name);
   return *image;
 }
@@ -432,6 +441,9 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
                                                                  uint64_t size_bytes, const std::string& image) {
   {
     std::lock_guard lock(mu_);
+    if (deleting_.contains(Key(pool, image))) {
+      return absl::FailedPreconditionError(absl::StrCat("image: '", image, "' is being deleted"));
+    }
     ++copying_[Key(pool, image)];  // before the image is read: a delete now waits for the copy
   }
   struct Release {

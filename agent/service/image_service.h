@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -124,6 +125,7 @@ class ImageService {
   std::map<std::string, std::shared_ptr<Running>> running_;   // by pool/name
   std::map<uint64_t, Transfer> transfers_;                    // the last Journal::kHistory ended ones
   std::map<std::string, int> copying_;                        // copies from pool/image under way
+  std::set<std::string> deleting_;                            // pool/image being wiped and removed
   // Import threads; an ended one is joined by the next Import (or WaitForImports).
   std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads_;
   std::condition_variable idle_;

@@ -84,6 +84,21 @@ absl::StatusOr<StorageService::Held> StorageService::Hold(const std::string& poo
   return held;
 }
 
+absl::Status StorageService::DeleteImageSlot(const std::string& pool_name, const std::string& name) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  Pool* p = *pool;
+  absl::StatusOr<storage::DeletePlan> plan;
+  {
+    std::lock_guard lock(p->mu);
+    plan = p->backend->BeginDeleteImageSlot(name);
+  }
+  if (!plan.ok()) return plan.status();
+  if (auto s = p->backend->WipeForDelete(*plan, nullptr); !s.ok()) return s;
+  std::lock_guard lock(p->mu);
+  return p->backend->FinishDelete(*plan);
+}
+
 std::vector<std::string> StorageService::PoolNames() const {
   std::vector<std::string> names;
   for (const auto& [name, pool] : pools_) names.push_back(name);

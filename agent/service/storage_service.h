@@ -132,6 +132,9 @@ class StorageService {
     return fn(*(*p)->backend);
   }
   std::vector<std::string> PoolNames() const;
+  // For ImageService: an image slot's delete in a volume's three steps, the wipe (minutes on a
+  // big image) without the pool's lock. The caller keeps other calls off the slot meanwhile.
+  absl::Status DeleteImageSlot(const std::string& pool, const std::string& name);
 
  private:
   struct Pool {

@@ -374,12 +374,12 @@ absl::StatusOr<DeletePlan> PartitionBackend::BeginDelete(const std::string& name
 absl::Status PartitionBackend::WipeForDelete(const DeletePlan& plan, const ProgressFn& progress) {
   absl::Status s = wiper_.Wipe(plan.volume.path, config_.wipe, progress);
   if (s.ok()) return s;
-  return absl::Status(s.code(),
-                      absl::StrCat("wiping volume '", plan.volume.name, "' (", plan.volume.path, "): ", s.message()));
+  return absl::Status(s.code(), absl::StrCat("wiping ", plan.image ? "image" : "volume", " '", plan.volume.name, "' (",
+                                             plan.volume.path, "): ", s.message()));
 }
 
 absl::Status PartitionBackend::FinishDelete(const DeletePlan& plan) {
-  const std::string what = absl::StrCat("volume '", plan.volume.name, "'");
+  const std::string what = absl::StrCat(plan.image ? "image '" : "volume '", plan.volume.name, "'");
   if (auto s = RemovePartition(what, plan.volume.path, plan.partition_number); !s.ok()) return s;
   Log()->info("pool {}: deleted {} ({}, wiped)", config_.name, what, plan.volume.path);
   return absl::OkStatus();
@@ -503,21 +503,22 @@ absl::Status PartitionBackend::SealImageSlot(const std::string& name) {
                      gpt::MakeImageLabel(name, true)});
 }
 
-absl::Status PartitionBackend::DeleteImageSlot(const std::string& name, const ProgressFn& progress) {
+absl::StatusOr<DeletePlan> PartitionBackend::BeginDeleteImageSlot(const std::string& name) {
   if (auto s = CheckConfig(); !s.ok()) return s;
   if (auto s = CheckName(name); !s.ok()) return s;
   auto found = FindImage(name);
   if (!found.ok()) return found.status();
-  const std::string path = gpt::PartitionPath(config_.disk, found->second.number);
-  // Wiped within this one call, so under the pool's lock, unlike a volume's delete (whose wipe
-  // runs outside it): image deletes are rare; splitting this one the same way is still to do.
-  if (auto s = wiper_.Wipe(path, config_.wipe, progress); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("wiping image '", name, "' (", path, "): ", s.message()));
+  const auto& [table, partition] = *found;
+  if (partition.name != gpt::MakeImageLabel(name, false)) {
+    if (auto s = RunChecked({options_.parted, "-s", config_.disk, "name", absl::StrCat(partition.number),
+                             gpt::MakeImageLabel(name, false)});
+        !s.ok()) {
+      return s;
+    }
   }
-  const std::string what = absl::StrCat("image '", name, "'");
-  if (auto s = RemovePartition(what, path, found->second.number); !s.ok()) return s;
-  Log()->info("pool {}: deleted {} ({}, wiped)", config_.name, what, path);
-  return absl::OkStatus();
+  VolumeInfo slot{.pool = config_.name, .name = name, .path = gpt::PartitionPath(config_.disk, partition.number),
+                  .size_bytes = partition.size * table.sector_size};
+  return DeletePlan{.volume = std::move(slot), .partition_number = partition.number, .image = true};
 }
 
 }  // namespace hvagent::storage

@@ -80,7 +80,7 @@ class PartitionBackend final : public StorageBackend {
   absl::StatusOr<std::vector<ImageSlot>> ListImageSlots() override;
   absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes) override;
   absl::Status SealImageSlot(const std::string& name) override;
-  absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) override;
+  absl::StatusOr<DeletePlan> BeginDeleteImageSlot(const std::string& name) override;
 
  private:
   struct Found {

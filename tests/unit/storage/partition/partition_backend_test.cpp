@@ -635,18 +635,22 @@ TEST_F(PartitionBackendTest, ImageSlotOfAnExistingNameIsAlreadyExistsAndChangesN
   EXPECT_EQ(runner.calls().size(), 1u);
 }
 
-TEST_F(PartitionBackendTest, SealRenamesTheSlotOnceAndDeleteWipesBeforeRemoving) {
+TEST_F(PartitionBackendTest, SealRenamesTheSlotOnceAndDeleteUnsealsAndWipesBeforeRemoving) {
   ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage~deb12"}}));
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
   ASSERT_TRUE(Make()->SealImageSlot("deb12").ok());
   EXPECT_EQ(runner.calls()[1], (Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvimage:deb12"}));
   ExpectList(samples::SfdiskJson({{1, 2048, 4096, "hvimage:deb12"}}));
+  runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
   runner.Expect({"/usr/bin/partx"}, FakeCommandRunner::Ok());
   runner.Expect({"/usr/sbin/parted"}, FakeCommandRunner::Ok());
   ASSERT_TRUE(Make()->DeleteImageSlot("deb12", nullptr).ok());
+  // Unsealed before the wipe: no copy starts from a half-wiped image, and a crash mid-wipe
+  // leaves an unfinished slot that recovery removes.
+  EXPECT_EQ(runner.calls()[3], (Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "name", "1", "hvimage~deb12"}));
   ASSERT_EQ(wiper.wipes.size(), 1u);
   EXPECT_EQ(wiper.wipes[0].device, "/dev/loop0p1");
-  EXPECT_EQ(wiper.wipes[0].commands_before, 3u);  // list, name, list: wiped before partx and rm
+  EXPECT_EQ(wiper.wipes[0].commands_before, 4u);  // list, name, list, unseal: wiped before partx and rm
   EXPECT_EQ(runner.calls().back(), (Argv{"/usr/sbin/parted", "-s", "/dev/loop0", "rm", "1"}));
 }
 
