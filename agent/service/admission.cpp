@@ -70,7 +70,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
   };
   for (const Claim& h : holds_) {
     if (running ? !h.runs : !h.defines) continue;
-    if (listed(h.name)) continue;
+    if (!h.growth && listed(h.name)) continue;
     used_vcpus += h.vcpus;
     used_memory += h.memory_bytes;
   }
@@ -79,7 +79,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
     uint64_t available = c.vcpus_schedulable > used_vcpus ? c.vcpus_schedulable - used_vcpus : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what == "spec" ? "spec.vcpus" : what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
+        absl::StrCat(what == "spec" ? "spec.vcpus" : what == "growth" ? "vcpus" : what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
                      c.vcpus_schedulable, " (", used_vcpus, " ", taken, "; ", c.cpus, " CPUs, ",
                      policy_.reserved_cpus, " reserved, cpu_allocation_ratio ", Ratio(policy_.cpu_allocation_ratio),
                      ")"));
@@ -88,7 +88,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
     uint64_t available = c.memory_schedulable_bytes > used_memory ? c.memory_schedulable_bytes - used_memory : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what == "spec" ? "spec.memory_mib" : what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
+        absl::StrCat(what == "spec" ? "spec.memory_mib" : what == "growth" ? "memory_mib" : what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
                      available / kMiB, " MiB of a limit of ", c.memory_schedulable_bytes / kMiB, " MiB (",
                      used_memory / kMiB, " MiB ", taken, "; ", c.memory_total_bytes / kMiB, " MiB total, ",
                      policy_.reserved_memory_bytes / kMiB, " MiB reserved, memory_allocation_ratio ",
@@ -127,6 +127,25 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitStart(const std::s
     return s;
   }
   holds_.push_back({name, it->vcpus, memory_bytes, /*defines=*/false, /*runs=*/true});
+  return Hold(this, std::prev(holds_.end()));
+}
+
+absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitGrowth(const std::string& name, uint32_t vcpus,
+                                                                      uint64_t memory_mib, bool running) {
+  if (vcpus == 0 && memory_mib == 0) return Hold();
+  std::lock_guard lock(mu_);
+  auto host = hv_.GetHostInfo();
+  if (!host.ok()) return host.status();
+  auto domains = hv_.ListDomains();
+  if (!domains.ok()) return domains.status();
+  const Capacity c = ComputeCapacity(*host, *domains, policy_);
+  const uint64_t memory_bytes = memory_mib * kMiB;
+  for (bool r : {false, true}) {
+    if (r && !running) continue;
+    // "growth" names the request's own fields (UpdateDomainRequest.vcpus / memory_mib).
+    if (auto s = Check(c, *domains, vcpus, memory_bytes, r, "growth"); !s.ok()) return s;
+  }
+  holds_.push_back({name, vcpus, memory_bytes, /*defines=*/true, /*runs=*/running, /*growth=*/true});
   return Hold(this, std::prev(holds_.end()));
 }
 
