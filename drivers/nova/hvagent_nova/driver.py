@@ -568,7 +568,7 @@ class HvagentDriver(driver.ComputeDriver):
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
-        if instance.task_state == task_states.RESIZE_REVERTING:
+        if getattr(instance, "task_state", None) == task_states.RESIZE_REVERTING:
             # A revert calls destroy on the resize's destination before finish_revert_migration
             # on the source. Resizes here are on one host and keep one domain and its volumes
             # (no copy exists to go back to): only the guest stops; the revert restores its size.

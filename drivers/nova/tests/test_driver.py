@@ -14,6 +14,7 @@ from oslo_serialization import jsonutils
 from nova.compute import power_state
 from nova.compute import provider_tree
 from nova import exception
+from nova import objects
 from nova import test
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import utils as test_utils
@@ -145,9 +146,8 @@ class DriverTestCase(test.TestCase):
         self.assertRaises(exception.InstanceInvalidState, self.drv.suspend, self.ctxt, inst)
 
     def _flavor(self, vcpus, memory_mb, root_gb=1, ephemeral_gb=0):
-        return test_utils.get_test_flavor(options={
-            "vcpus": vcpus, "memory_mb": memory_mb, "root_gb": root_gb,
-            "ephemeral_gb": ephemeral_gb, "swap": 0, "flavorid": "f%d" % vcpus})
+        return objects.Flavor(vcpus=vcpus, memory_mb=memory_mb, root_gb=root_gb,
+                              ephemeral_gb=ephemeral_gb, swap=0, extra_specs={})
 
     def _dom(self, inst):
         return self.drv.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=inst.name))
@@ -196,9 +196,10 @@ class DriverTestCase(test.TestCase):
                 (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=1), exception.ResizeError),
                 (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=2, ephemeral_gb=1),
                  exception.ResizeError)):
-            with self.assertRaises(exception.InstanceFaultRollback) as ctx:
-                self.drv.migrate_disk_and_power_off(self.ctxt, inst, dest, flavor, None)
-            self.assertIsInstance(ctx.exception.inner_exception, cause)
+            err = self.assertRaises(exception.InstanceFaultRollback,
+                                    self.drv.migrate_disk_and_power_off,
+                                    self.ctxt, inst, dest, flavor, None)
+            self.assertIsInstance(err.inner_exception, cause)
             self.assertEqual(power_state.RUNNING, self.state(inst))
 
     def test_resize_past_the_hosts_capacity_is_refused_and_changes_nothing(self):
