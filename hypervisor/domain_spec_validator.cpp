@@ -204,6 +204,10 @@ absl::Status ValidateDomainSpec(const DomainSpec& spec) {
   if (spec.vcpus < 1 || spec.vcpus > kMaxVcpus) {
     return Invalid("spec.vcpus", absl::StrCat("must be between 1 and ", kMaxVcpus, ", got ", spec.vcpus));
   }
+  if (spec.max_vcpus != 0 && (spec.max_vcpus < spec.vcpus || spec.max_vcpus > kMaxVcpus)) {
+    return Invalid("spec.max_vcpus", absl::StrCat("must be 0 or between vcpus (", spec.vcpus, ") and ", kMaxVcpus,
+                                                  ", got ", spec.max_vcpus));
+  }
   if (spec.memory_mib < kMinMemoryMib || spec.memory_mib > kMaxMemoryMib) {
     return Invalid("spec.memory_mib", absl::StrCat("must be between ", kMinMemoryMib, " and ", kMaxMemoryMib,
                                                    ", got ", spec.memory_mib));

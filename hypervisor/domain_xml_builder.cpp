@@ -220,7 +220,12 @@ absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, cons
   const std::string mem = std::to_string(spec.memory_mib);
   w.Leaf("memory", mem, {{"unit", "MiB"}});
   w.Leaf("currentMemory", mem, {{"unit", "MiB"}});
-  w.Leaf("vcpu", std::to_string(spec.vcpus));
+  if (spec.max_vcpus > spec.vcpus) {
+    // Headroom for hot-plug: the guest boots with `current` and UpdateDomain may raise it live.
+    w.Leaf("vcpu", std::to_string(spec.max_vcpus), {{"current", std::to_string(spec.vcpus)}});
+  } else {
+    w.Leaf("vcpu", std::to_string(spec.vcpus));
+  }
   WriteOs(w, spec, target);
   WriteCpuAndFeatures(w, spec, target);
   w.Leaf("on_poweroff", "destroy");

@@ -44,6 +44,14 @@ class Hypervisor {
   // stops it; the next StartDomain restores it (libvirt does this inside virDomainCreate).
   virtual absl::Status ManagedSaveDomain(const std::string& name) = 0;
 
+  // The domain's vCPUs and memory now, and the maximums a running domain may be raised to.
+  virtual absl::StatusOr<DomainResources> GetDomainResources(const std::string& name) = 0;
+  // Resizes the domain. Shut off: its persistent definition (maximums follow the new size).
+  // Running: the guest and its definition together, within the running maximums, else
+  // FailedPrecondition naming the field; the hypervisor's own refusal (a guest that cannot
+  // hot-plug) comes back as it reported it. Callers validate ranges first.
+  virtual absl::Status SetDomainResources(const std::string& name, const ResourceChange& change) = 0;
+
   // The disks of the domain's persistent definition (source, target, bus, type), followed by
   // any disk only the running guest still has (a detach the guest has not completed).
   virtual absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) = 0;

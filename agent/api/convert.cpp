@@ -49,6 +49,7 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
   s.name = p.name();
   s.uuid = p.uuid();
   s.vcpus = p.vcpus();
+  s.max_vcpus = p.max_vcpus();
   s.memory_mib = p.memory_mib();
   s.arch = p.arch();
   s.machine = p.machine();

@@ -46,6 +46,7 @@ int Usage() {
                "  host | capacity | stats | pools | volumes POOL\n"
                "  list | get NAME\n"
                "  start | shutdown | destroy | reboot | suspend | resume NAME\n"
+               "  resize NAME [--vcpus N] [--memory-mib M]  (running: within its maximums)\n"
                "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
@@ -291,6 +292,31 @@ int main(int argc, char** argv) {
                      : cmd == "suspend" ? domains->SuspendDomain(&ctx, ref, &d)
                                         : domains->ResumeDomain(&ctx, ref, &d);
     return Render(json, s, d, [&] { std::cout << d.name() << ": " << State(d.state()) << "\n"; });
+  }
+  if (cmd == "resize" && !arg1.empty()) {
+    deadline(ctx, 120);
+    v1::UpdateDomainRequest req;
+    req.set_name(arg1);
+    for (size_t i = 2; i + 1 < args.size(); i += 2) {
+      // Digits only: the agent names the field for a value out of range, hvctl for garbage.
+      if (args[i + 1].empty() || args[i + 1].find_first_not_of("0123456789") != std::string::npos ||
+          args[i + 1].size() > 12) {
+        return Usage();
+      }
+      const uint64_t n = std::stoull(args[i + 1]);
+      if (args[i] == "--vcpus" && n <= UINT32_MAX) {
+        req.set_vcpus(static_cast<uint32_t>(n));
+      } else if (args[i] == "--memory-mib") {
+        req.set_memory_mib(n);
+      } else {
+        return Usage();
+      }
+    }
+    if (args.size() % 2 != 0) return Usage();
+    v1::Domain d;
+    return Render(json, domains->UpdateDomain(&ctx, req, &d), d, [&] {
+      std::cout << d.name() << ": " << d.vcpus() << " vCPU, " << d.memory_mib() << " MiB, " << State(d.state()) << "\n";
+    });
   }
   if (cmd == "shutdown" && !arg1.empty()) {
     deadline(ctx, 3700);

@@ -63,14 +63,15 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
   // already and is not counted twice.
   uint64_t used_vcpus = running ? c.allocated_vcpus : c.defined_vcpus;
   uint64_t used_memory = running ? c.allocated_memory_bytes : c.defined_memory_bytes;
-  auto listed = [&](const std::string& name) {
+  auto listed = [&](const Claim& h) {
     return std::any_of(domains.begin(), domains.end(), [&](const hv::DomainInfo& d) {
-      return d.name == name && (!running || hv::IsActive(d.state));
+      if (d.name != h.name || (running && !hv::IsActive(d.state))) return false;
+      return !h.growth || (d.vcpus >= h.to_vcpus && d.memory_mib >= h.to_memory_mib);
     });
   };
   for (const Claim& h : holds_) {
     if (running ? !h.runs : !h.defines) continue;
-    if (listed(h.name)) continue;
+    if (listed(h)) continue;
     used_vcpus += h.vcpus;
     used_memory += h.memory_bytes;
   }
@@ -79,7 +80,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
     uint64_t available = c.vcpus_schedulable > used_vcpus ? c.vcpus_schedulable - used_vcpus : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what == "spec" ? "spec.vcpus" : what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
+        absl::StrCat(what == "spec" ? "spec.vcpus" : what == "growth" ? "vcpus" : what, ": not enough vCPUs on this host: asked ", vcpus, ", available ", available, " of a limit of ",
                      c.vcpus_schedulable, " (", used_vcpus, " ", taken, "; ", c.cpus, " CPUs, ",
                      policy_.reserved_cpus, " reserved, cpu_allocation_ratio ", Ratio(policy_.cpu_allocation_ratio),
                      ")"));
@@ -88,7 +89,7 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
     uint64_t available = c.memory_schedulable_bytes > used_memory ? c.memory_schedulable_bytes - used_memory : 0;
     return CapacityExhausted(
         CapacityKind::kCompute,
-        absl::StrCat(what == "spec" ? "spec.memory_mib" : what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
+        absl::StrCat(what == "spec" ? "spec.memory_mib" : what == "growth" ? "memory_mib" : what, ": not enough memory on this host: asked ", memory_bytes / kMiB, " MiB, available ",
                      available / kMiB, " MiB of a limit of ", c.memory_schedulable_bytes / kMiB, " MiB (",
                      used_memory / kMiB, " MiB ", taken, "; ", c.memory_total_bytes / kMiB, " MiB total, ",
                      policy_.reserved_memory_bytes / kMiB, " MiB reserved, memory_allocation_ratio ",
@@ -127,6 +128,34 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitStart(const std::s
     return s;
   }
   holds_.push_back({name, it->vcpus, memory_bytes, /*defines=*/false, /*runs=*/true});
+  return Hold(this, std::prev(holds_.end()));
+}
+
+absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitGrowth(const std::string& name, uint32_t vcpus,
+                                                                      uint64_t memory_mib, bool running) {
+  if (vcpus == 0 && memory_mib == 0) return Hold();
+  std::lock_guard lock(mu_);
+  auto host = hv_.GetHostInfo();
+  if (!host.ok()) return host.status();
+  auto domains = hv_.ListDomains();
+  if (!domains.ok()) return domains.status();
+  const Capacity c = ComputeCapacity(*host, *domains, policy_);
+  const uint64_t memory_bytes = memory_mib * kMiB;
+  for (bool r : {false, true}) {
+    if (r && !running) continue;
+    // "growth" names the request's own fields (UpdateDomainRequest.vcpus / memory_mib).
+    if (auto s = Check(c, *domains, vcpus, memory_bytes, r, "growth"); !s.ok()) return s;
+  }
+  Claim claim{name, vcpus, memory_bytes, /*defines=*/true, /*runs=*/running, /*growth=*/true};
+  auto it = std::find_if(domains->begin(), domains->end(), [&](const hv::DomainInfo& d) { return d.name == name; });
+  if (it != domains->end()) {
+    claim.to_vcpus = it->vcpus + vcpus;
+    claim.to_memory_mib = it->memory_mib + memory_mib;
+  } else {
+    claim.to_vcpus = UINT32_MAX;  // not listed: counts until released
+    claim.to_memory_mib = UINT64_MAX;
+  }
+  holds_.push_back(std::move(claim));
   return Hold(this, std::prev(holds_.end()));
 }
 

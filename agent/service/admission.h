@@ -39,6 +39,11 @@ class ComputeAdmission {
     uint64_t memory_bytes = 0;
     bool defines = false;  // a new definition (counts against "defined")
     bool runs = false;     // a domain about to run (counts against "running")
+    // A resize of a listed domain: only the growth is held, and it counts until the hypervisor
+    // lists the domain at the size it grows to (or the hold is released).
+    bool growth = false;
+    uint32_t to_vcpus = 0;       // growth: the size the domain grows to
+    uint64_t to_memory_mib = 0;
   };
 
  public:
@@ -71,6 +76,11 @@ class ComputeAdmission {
   // change) is admitted here, at start. A domain that is unknown or already active is not
   // checked: the hypervisor answers NotFound / FailedPrecondition as before.
   absl::StatusOr<Hold> AdmitStart(const std::string& name);
+
+  // Growing the listed domain `name` by `vcpus` and `memory_mib` (UpdateDomain): the defined
+  // domains plus the holds in flight plus the growth must fit, and so must the running ones when
+  // `running`. Zero growth is not checked.
+  absl::StatusOr<Hold> AdmitGrowth(const std::string& name, uint32_t vcpus, uint64_t memory_mib, bool running);
 
   const CapacityPolicy& policy() const { return policy_; }
 

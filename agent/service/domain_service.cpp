@@ -282,6 +282,41 @@ absl::StatusOr<hv::DomainInfo> DomainService::ManagedSave(const std::string& nam
   return Apply(name, &hv::Hypervisor::ManagedSaveDomain);
 }
 
+absl::StatusOr<hv::DomainInfo> DomainService::Update(const std::string& name, const hv::ResourceChange& change) {
+  if (auto s = hv::ValidateDomainName("name", name); !s.ok()) return s;
+  if (!change.vcpus && !change.memory_mib) {
+    return absl::InvalidArgumentError("vcpus, memory_mib: give at least one (an unset field stays as it is)");
+  }
+  if (change.vcpus && (*change.vcpus < 1 || *change.vcpus > hv::kMaxVcpus)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vcpus: must be between 1 and ", hv::kMaxVcpus, ", got ", *change.vcpus));
+  }
+  if (change.memory_mib && (*change.memory_mib < hv::kMinMemoryMib || *change.memory_mib > hv::kMaxMemoryMib)) {
+    return absl::InvalidArgumentError(absl::StrCat("memory_mib: must be between ", hv::kMinMemoryMib, " and ",
+                                                   hv::kMaxMemoryMib, ", got ", *change.memory_mib));
+  }
+  // One resize (or create/delete) at a time: the sizes read below are still true when applied.
+  std::lock_guard lock(define_mu_);
+  auto now = hv_.GetDomainResources(name);
+  if (!now.ok()) return now.status();
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr) {
+    // Only growth is admitted: shrinking always fits. Capacity counts a domain's vCPUs and its
+    // maximum memory (what it may balloon back to), so memory is compared with the maximum.
+    const uint32_t more_vcpus = change.vcpus && *change.vcpus > now->vcpus ? *change.vcpus - now->vcpus : 0;
+    const uint64_t more_memory =
+        change.memory_mib && *change.memory_mib > now->max_memory_mib ? *change.memory_mib - now->max_memory_mib : 0;
+    auto h = admission_->AdmitGrowth(name, more_vcpus, more_memory, now->active);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
+  }
+  if (auto s = hv_.SetDomainResources(name, change); !s.ok()) return s;
+  Log()->info("resized domain {} ({}): vcpus {} -> {}, memory {} -> {} MiB", name, now->active ? "live" : "offline",
+              now->vcpus, change.vcpus.value_or(now->vcpus), now->memory_mib,
+              change.memory_mib.value_or(now->memory_mib));
+  return hv_.GetDomain(name);
+}
+
 absl::StatusOr<ShutdownResult> DomainService::Shutdown(const std::string& name, std::chrono::seconds timeout) {
   if (timeout.count() == 0) timeout = options_.default_shutdown_timeout;
   if (timeout > options_.max_shutdown_timeout) {

@@ -99,6 +99,11 @@ class DomainService {
   // Suspend to disk: the guest's memory goes to the hypervisor's managed-save file and the
   // domain stops; Start restores it. Unimplemented on Xen on Arm, which cannot save a guest.
   absl::StatusOr<hv::DomainInfo> ManagedSave(const std::string& name);
+  // Resize in place (UpdateDomain). Unset fields stay. Ranges are checked first (INVALID_ARGUMENT
+  // naming `vcpus` / `memory_mib`), then growth is admitted (RESOURCE_EXHAUSTED, compute); the
+  // hypervisor applies it (a running domain within its maximums, else FAILED_PRECONDITION).
+  // Nothing changes when any check fails.
+  absl::StatusOr<hv::DomainInfo> Update(const std::string& name, const hv::ResourceChange& change);
   // Volumes attached to the domain are released afterwards; with `delete_volumes`, the ones it
   // owns (created with it) are deleted instead. A borrowed volume is never deleted here.
   absl::Status Delete(const std::string& name, bool force, bool delete_volumes = false);

@@ -636,6 +636,106 @@ absl::Status LibvirtHypervisor::ManagedSaveDomain(const std::string& name) {
                     [](virDomainPtr d) { return virDomainManagedSave(d, 0); });
 }
 
+namespace {
+
+absl::StatusOr<DomainResources> ResourcesOf(virDomainPtr dom, const std::string& name) {
+  DomainResources r;
+  r.active = virDomainIsActive(dom) == 1;
+  const unsigned scope = r.active ? VIR_DOMAIN_AFFECT_LIVE : VIR_DOMAIN_AFFECT_CONFIG;
+  int vcpus = virDomainGetVcpusFlags(dom, scope);
+  int max_vcpus = virDomainGetVcpusFlags(dom, scope | VIR_DOMAIN_VCPU_MAXIMUM);
+  virDomainInfo vi{};
+  if (vcpus < 0 || max_vcpus < 0 || virDomainGetInfo(dom, &vi) < 0) {
+    return LastLibvirtError(absl::StrCat("read vCPUs and memory of domain ", name));
+  }
+  r.vcpus = static_cast<uint32_t>(vcpus);
+  r.max_vcpus = static_cast<uint32_t>(max_vcpus);
+  r.memory_mib = vi.memory / 1024;
+  r.max_memory_mib = vi.maxMem / 1024;
+  return r;
+}
+
+// The two steps of a resize of a shut-off domain, ordered so that the current value never
+// exceeds the maximum in between (libvirt refuses that).
+absl::Status SetOffline(virDomainPtr dom, int (*set)(virDomainPtr, unsigned long, unsigned), unsigned long value,
+                        unsigned long old_max, unsigned maximum_flag) {
+  const unsigned config = VIR_DOMAIN_AFFECT_CONFIG;
+  if (value > old_max) {
+    if (set(dom, value, config | maximum_flag) < 0 || set(dom, value, config) < 0) return absl::InternalError("");
+  } else {
+    if (set(dom, value, config) < 0) return absl::InternalError("");
+  }
+  return absl::OkStatus();
+}
+
+int SetVcpus(virDomainPtr d, unsigned long n, unsigned flags) {
+  return virDomainSetVcpusFlags(d, static_cast<unsigned>(n), flags);
+}
+int SetMemory(virDomainPtr d, unsigned long kib, unsigned flags) { return virDomainSetMemoryFlags(d, kib, flags); }
+
+}  // namespace
+
+absl::StatusOr<DomainResources> LibvirtHypervisor::GetDomainResources(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  return ResourcesOf(d->get(), name);
+}
+
+absl::Status LibvirtHypervisor::SetDomainResources(const std::string& name, const ResourceChange& change) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto now = ResourcesOf(d->get(), name);
+  if (!now.ok()) return now.status();
+  virDomainPtr dom = d->get();
+  if (now->active) {
+    // Beyond the running maximums only a restart helps; libvirt's own refusal would not say so.
+    if (change.vcpus && *change.vcpus > now->max_vcpus) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("vcpus: domain '", name, "' is running with at most ", now->max_vcpus,
+                       " vCPUs (spec.max_vcpus); shut it off to give it ", *change.vcpus));
+    }
+    if (change.memory_mib && *change.memory_mib > now->max_memory_mib) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("memory_mib: domain '", name, "' is running with at most ", now->max_memory_mib,
+                       " MiB; shut it off to give it ", *change.memory_mib, " MiB"));
+    }
+    const unsigned both = VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG;
+    if (change.vcpus && *change.vcpus != now->vcpus && virDomainSetVcpusFlags(dom, *change.vcpus, both) < 0) {
+      return LastLibvirtError(absl::StrCat("set vCPUs of running domain ", name));
+    }
+    if (change.memory_mib && virDomainSetMemoryFlags(dom, *change.memory_mib * 1024, both) < 0) {
+      absl::Status s = LastLibvirtError(absl::StrCat("set memory of running domain ", name));
+      // vCPUs were changed above: put them back so a refused request changes nothing.
+      if (change.vcpus && *change.vcpus != now->vcpus) virDomainSetVcpusFlags(dom, now->vcpus, both);
+      return s;
+    }
+    return absl::OkStatus();
+  }
+  if (change.vcpus && *change.vcpus != now->vcpus) {
+    if (!SetOffline(dom, SetVcpus, *change.vcpus, now->max_vcpus, VIR_DOMAIN_VCPU_MAXIMUM).ok()) {
+      return LastLibvirtError(absl::StrCat("set vCPUs of domain ", name));
+    }
+  }
+  if (change.memory_mib) {
+    const unsigned long kib = *change.memory_mib * 1024;
+    absl::Status s = SetOffline(dom, SetMemory, kib, now->max_memory_mib * 1024, VIR_DOMAIN_MEM_MAXIMUM);
+    // A shut-off domain's memory is its maximum (the agent defines both the same): lower it too.
+    if (s.ok() && kib < now->max_memory_mib * 1024 &&
+        virDomainSetMemoryFlags(dom, kib, static_cast<unsigned>(VIR_DOMAIN_AFFECT_CONFIG) | VIR_DOMAIN_MEM_MAXIMUM) < 0) {
+      s = absl::InternalError("");
+    }
+    if (!s.ok()) {
+      s = LastLibvirtError(absl::StrCat("set memory of domain ", name));
+      if (change.vcpus && *change.vcpus != now->vcpus) {
+        SetOffline(dom, SetVcpus, now->vcpus, std::max(now->max_vcpus, *change.vcpus), VIR_DOMAIN_VCPU_MAXIMUM)
+            .IgnoreError();
+      }
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::DisksOf(virDomainPtr dom, bool live, const std::string& name) {
   char* xml = virDomainGetXMLDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE);
   if (xml == nullptr) {

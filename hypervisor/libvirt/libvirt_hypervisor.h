@@ -63,6 +63,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::Status ResumeDomain(const std::string& name) override;
   absl::Status ManagedSaveDomain(const std::string& name) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
+  absl::StatusOr<DomainResources> GetDomainResources(const std::string& name) override;
+  absl::Status SetDomainResources(const std::string& name, const ResourceChange& change) override;
   // One virConnectGetAllDomainStats over all domains (kDomainStatsGroups). Drivers without it
   // (libvirt 9.0's libxl) get the per-domain fallback, PerDomainStats; which path served the
   // last call is per_domain_stats().

@@ -25,6 +25,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::Status fail_undefine;
   absl::Status fail_attach;
   absl::Status fail_detach;            // DetachDisk answers this and the disk stays (a guest that keeps it)
+  absl::Status fail_resize;            // SetDomainResources answers this and changes nothing
   bool connected = true;
   // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
   std::function<void(const std::string& name)> before_define;
@@ -109,6 +110,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.info.vcpus = spec.vcpus;
     d.info.memory_mib = spec.memory_mib;
     d.info.persistent = true;
+    d.max_vcpus = std::max(spec.vcpus, spec.max_vcpus);
     d.disks = spec.disks;
     domains_[spec.name] = d;
     return absl::OkStatus();
@@ -160,6 +162,39 @@ class FakeHypervisor final : public hv::Hypervisor {
     return Transition(name, "managed-save", hv::DomainState::kRunning, hv::DomainState::kShutoff, absl::OkStatus());
   }
 
+  // Like libvirt: a running domain changes within its maximums; a shut-off one takes any size.
+  absl::StatusOr<hv::DomainResources> GetDomainResources(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    return ResourcesOf(**d);
+  }
+  absl::Status SetDomainResources(const std::string& name, const hv::ResourceChange& change) override {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat("resize ", name, " ", change.vcpus.value_or(0), " ", change.memory_mib.value_or(0)));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (!fail_resize.ok()) return fail_resize;
+    const hv::DomainResources r = ResourcesOf(**d);
+    if (r.active && change.vcpus && *change.vcpus > r.max_vcpus) return absl::FailedPreconditionError("vcpus: above max");
+    if (r.active && change.memory_mib && *change.memory_mib > r.max_memory_mib) {
+      return absl::FailedPreconditionError("memory_mib: above max");
+    }
+    if (change.vcpus) {
+      (*d)->info.vcpus = *change.vcpus;
+      if (!r.active) (*d)->max_vcpus = std::max((*d)->max_vcpus, *change.vcpus);
+    }
+    if (change.memory_mib) {
+      if (r.active) {
+        (*d)->balloon_mib = *change.memory_mib;
+      } else {
+        (*d)->info.memory_mib = *change.memory_mib;
+        (*d)->balloon_mib = 0;
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<std::vector<hv::DiskSpec>> GetDomainDisks(const std::string& name) override {
     std::lock_guard lock(mu_);
     auto d = Find(name);
@@ -209,7 +244,19 @@ class FakeHypervisor final : public hv::Hypervisor {
     hv::DomainInfo info;
     std::vector<hv::DiskSpec> disks;
     int shutdown_countdown = 0;
+    uint32_t max_vcpus = 0;
+    uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none
   };
+
+  static hv::DomainResources ResourcesOf(const Domain& d) {
+    hv::DomainResources r;
+    r.active = hv::IsActive(d.info.state);
+    r.vcpus = d.info.vcpus;
+    r.max_vcpus = std::max(d.max_vcpus, d.info.vcpus);
+    r.max_memory_mib = d.info.memory_mib;
+    r.memory_mib = d.balloon_mib != 0 ? d.balloon_mib : d.info.memory_mib;
+    return r;
+  }
 
   absl::Status Up() const {
     return connected ? absl::OkStatus() : absl::UnavailableError("hypervisor connection is down");

@@ -68,6 +68,55 @@ class GrpcLifecycleTest(AgentTestCase):
             d.GetDomain(domain_pb2.GetDomainRequest(name=name))
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+    def test_resize_in_place_stopped_then_running(self):
+        """UpdateDomain on real QEMU: a shut-off domain takes any size in its definition; a
+        running one hot-plugs vCPUs up to spec.max_vcpus and balloons memory down, live and in
+        its definition; past its maximums, or with bad input, nothing changes (checked with
+        virsh)."""
+        d = self.agent.domains
+        name = unique_name("rsz")
+        spec = small_spec(name)
+        spec.max_vcpus = 2
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec))
+        self.assertEqual(virsh("vcpucount", name, "--config", "--maximum").stdout.strip(), "2")
+
+        got = d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, vcpus=2, memory_mib=128))
+        self.assertEqual((got.vcpus, got.memory_mib, got.state), (2, 128, domain_pb2.DOMAIN_STATE_SHUTOFF))
+        info = virsh("dominfo", name).stdout
+        self.assertRegex(info, r"CPU\(s\):\s+2\n")
+        self.assertRegex(info, r"Max memory:\s+131072 KiB")
+        self.assertRegex(info, r"Used memory:\s+131072 KiB")
+        got = d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, vcpus=1, memory_mib=96))
+        self.assertEqual((got.vcpus, got.memory_mib), (1, 96))
+        self.assertRegex(virsh("dominfo", name).stdout, r"Max memory:\s+98304 KiB")
+
+        for bad, field in ((dict(vcpus=0), "vcpus"), (dict(memory_mib=8), "memory_mib"), ({}, "vcpus")):
+            with self.assertRaises(grpc.RpcError) as ctx:
+                d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, **bad))
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, bad)
+            self.assertIn(field, ctx.exception.details())
+        self.assertEqual(virsh("vcpucount", name, "--config", "--current").stdout.strip(), "1")
+
+        ref = domain_pb2.DomainRef(name=name)
+        d.StartDomain(ref)
+        got = d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, vcpus=2))
+        self.assertEqual((got.vcpus, got.state), (2, domain_pb2.DOMAIN_STATE_RUNNING))
+        self.assertEqual(virsh("vcpucount", name, "--live", "--current").stdout.strip(), "2")
+        self.assertEqual(virsh("vcpucount", name, "--config", "--current").stdout.strip(), "2")
+        for bad, field in ((dict(vcpus=3), "vcpus"), (dict(memory_mib=256), "memory_mib")):
+            with self.assertRaises(grpc.RpcError) as ctx:
+                d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, **bad))
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.FAILED_PRECONDITION, bad)
+            self.assertIn(field, ctx.exception.details())
+        self.assertEqual(virsh("vcpucount", name, "--live", "--current").stdout.strip(), "2")
+        self.assertRegex(virsh("dominfo", name).stdout, r"Max memory:\s+98304 KiB")
+
+        # Memory down within the maximum: the balloon's target, live and in the definition.
+        d.UpdateDomain(domain_pb2.UpdateDomainRequest(name=name, memory_mib=80))
+        self.assertIn("<currentMemory unit='KiB'>81920</currentMemory>",
+                      virsh("dumpxml", name, "--inactive").stdout)
+        d.DeleteDomain(domain_pb2.DeleteDomainRequest(name=name, force=True))
+
     def test_listing_matches_libvirt_for_defined_running_and_transient_domains(self):
         """ListDomains reads state, vCPUs and memory from one bulk call on QEMU: every field must
         still be what virsh says, including persistence (a transient domain made with virsh)."""

@@ -31,6 +31,12 @@ class HvctlTest(AgentTestCase):
         self.assertEqual(code, 0)
         listed = {d["name"]: d for d in json.loads(out)["domains"]}
         self.assertEqual(listed[name]["state"], "DOMAIN_STATE_SHUTOFF")
+        code, out, _ = self.hvctl("resize", name, "--vcpus", "2", "--memory-mib", "96")
+        self.assertEqual((code, out.strip()), (0, f"{name}: 2 vCPU, 96 MiB, shutoff"))
+        code, _, err = self.hvctl("resize", name, "--vcpus", "0")
+        self.assertEqual(code, 1)
+        self.assertIn("vcpus", err)
+        self.assertEqual(self.hvctl("resize", name, "--vcpus", "two")[0], 2)
         code, out, _ = self.hvctl("start", name)
         self.assertEqual((code, out.strip()), (0, f"{name}: running"))
         code, out, _ = self.hvctl("--json", "get", name)

@@ -354,7 +354,13 @@ scratch_dir = "{cls.scratch}"
         self.check("/v1/domains/{name}:managed-save", "POST", d, expect=409)  # not running
         self.assertEqual(self.check("/v1/domains/{name}:start", "POST", d, expect=200)["state"],
                          "DOMAIN_STATE_RUNNING")
+        # Resize in place: a running domain only within its maximums (409), a stopped one freely.
+        self.check("/v1/domains/{name}:resize", "POST", d, body={"vcpus": 64}, expect=409)
         self.check("/v1/domains/{name}:destroy", "POST", d, body={"name": dom}, expect=200)
+        resized = self.check("/v1/domains/{name}:resize", "POST", d, body={"vcpus": 2, "memory_mib": "96"}, expect=200)
+        self.assertEqual((resized["vcpus"], resized["memory_mib"]), (2, "96"))
+        self.check("/v1/domains/{name}:resize", "POST", d, body={"vcpus": 0}, expect=400)
+        self.check("/v1/domains/{name}:resize", "POST", g, body={"vcpus": 1}, expect=404)
         for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume", "managed-save"):
             self.check(f"/v1/domains/{{name}}:{action}", "POST", g, expect=404)
 
@@ -488,7 +494,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 36)
+        self.assertEqual(len(operations), 37)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

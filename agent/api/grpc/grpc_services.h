@@ -42,6 +42,7 @@ class DomainGrpcService final : public v1::DomainService::Service {
                               v1::ShutdownDomainResponse*) override;
   grpc::Status DestroyDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status RebootDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status UpdateDomain(grpc::ServerContext*, const v1::UpdateDomainRequest*, v1::Domain*) override;
   grpc::Status SuspendDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ManagedSaveDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;

@@ -101,6 +101,13 @@ absl::Status ManagedSaveDomain(const Services& s, const v1::DomainRef& req, v1::
   return Into(out, s.domains->ManagedSave(req.name()));
 }
 
+absl::Status UpdateDomain(const Services& s, const v1::UpdateDomainRequest& req, v1::Domain* out) {
+  hv::ResourceChange change;
+  if (req.has_vcpus()) change.vcpus = req.vcpus();
+  if (req.has_memory_mib()) change.memory_mib = req.memory_mib();
+  return Into(out, s.domains->Update(req.name(), change));
+}
+
 absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req, v1::DeleteDomainResponse*) {
   return s.domains->Delete(req.name(), req.force(), req.delete_volumes());
 }
@@ -425,6 +432,9 @@ const std::vector<Operation>& Table() {
                                                           Role::kOperator, kChanges, Needs::kDomains),
       // What only a controller does.
       Unary<v1::CreateDomainRequest, v1::Domain, CreateDomain>("hvagent.v1.DomainService/CreateDomain",
+                                                               Role::kController, kChanges, Needs::kDomains),
+      // A resize takes host capacity as a create does: the controller's call.
+      Unary<v1::UpdateDomainRequest, v1::Domain, UpdateDomain>("hvagent.v1.DomainService/UpdateDomain",
                                                                Role::kController, kChanges, Needs::kDomains),
       Unary<v1::DeleteDomainRequest, v1::DeleteDomainResponse, DeleteDomain>(
           "hvagent.v1.DomainService/DeleteDomain", Role::kController, kChanges, Needs::kDomains),

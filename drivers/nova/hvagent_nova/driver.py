@@ -35,7 +35,9 @@ from oslo_utils import excutils
 from oslo_utils import units
 from oslo_utils import versionutils
 
+from nova import block_device
 from nova.compute import power_state
+from nova.compute import task_states
 from nova import conf as nova_conf
 from nova.console import type as console_type
 from nova import exception
@@ -374,9 +376,10 @@ class HvagentDriver(driver.ComputeDriver):
             nics.append(DS.Nic(mac=vif["address"], bridge=bridge, model=model))
         return nics
 
-    def _local_disks(self, instance, block_device_info):
-        """[(suffix, size_bytes)] of the local disks: root, ephemerals, swap."""
-        flavor = instance.flavor
+    def _local_disks(self, instance, block_device_info, flavor=None):
+        """[(suffix, size_bytes)] of the local disks: root, ephemerals, swap (of `flavor`,
+        by default the instance's)."""
+        flavor = flavor or instance.flavor
         disks = []
         root_in_bdm = bool(driver.block_device_info_get_mapping(block_device_info)) and any(
             bdm.get("boot_index") == 0 for bdm in
@@ -565,6 +568,15 @@ class HvagentDriver(driver.ComputeDriver):
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
+        if getattr(instance, "task_state", None) == task_states.RESIZE_REVERTING:
+            # A revert calls destroy on the resize's destination before finish_revert_migration
+            # on the source. Resizes here are on one host and keep one domain and its volumes
+            # (no copy exists to go back to): only the guest stops; the revert restores its size.
+            try:
+                self.power_off(instance)
+            except exception.InstanceNotFound:
+                pass
+            return
         self._teardown(instance, block_device_info, destroy_disks)
 
     def cleanup(self, context, instance, network_info, block_device_info=None,
@@ -573,6 +585,83 @@ class HvagentDriver(driver.ComputeDriver):
         # A failed spawn, a migration's rollback, an evacuated instance: Nova's volumes may
         # still be attached, and they are detached exactly as on destroy.
         self._teardown(instance, block_device_info, destroy_disks)
+
+    # -- resize (flavor change) on this host -----------------------------------------------
+
+    def _is_this_host(self, dest):
+        return dest in (CONF.my_ip, CONF.host, self.get_host_ip_addr(), "127.0.0.1", "::1", "localhost")
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
+                                   block_device_info=None, timeout=0, retry_interval=0):
+        """First half of a resize, on this host only: the domain and its volumes stay where they
+        are (nothing to copy), so the guest is only stopped. Everything that would make the
+        second half fail is refused here, before the guest is touched, as InstanceFaultRollback
+        (Nova then leaves the instance as it was), like the libvirt driver: a disk that would
+        shrink, a local disk the old flavor did not have, another host."""
+        if not self._is_this_host(dest):
+            # Moving pool volumes between hosts is migration proper, which the agent does not
+            # offer yet; the libvirt driver refuses LVM-backed instances the same way.
+            raise exception.InstanceFaultRollback(exception.MigrationPreCheckError(
+                reason="hvagent: resize to another host (%s) needs migration of the instance's "
+                       "pool volumes, which this driver does not do; resize on the same host "
+                       "(allow_resize_to_same_host)" % dest))
+        old = dict(self._local_disks(instance, block_device_info))
+        eph_old = (block_device.get_bdm_ephemeral_disk_size(
+            driver.block_device_info_get_ephemerals(block_device_info))
+            or instance.flavor.ephemeral_gb)
+        new = self._local_disks(instance, block_device_info, flavor)
+        if (("root" in old and flavor.root_gb < instance.flavor.root_gb)
+                or flavor.ephemeral_gb < eph_old):
+            raise exception.InstanceFaultRollback(
+                exception.ResizeError(reason="Unable to resize disk down."))
+        added = [s for s, _ in new if s not in old]
+        if added:
+            raise exception.InstanceFaultRollback(exception.ResizeError(
+                reason="hvagent: the new flavor adds local disks the instance does not have "
+                       "(%s); a resize grows existing disks only" % ", ".join(added)))
+        if any(size < old[s] for s, size in new):
+            raise exception.InstanceFaultRollback(
+                exception.ResizeError(reason="Unable to resize disk down."))
+        self.power_off(instance, timeout, retry_interval)
+        return jsonutils.dumps([])
+
+    def _resize_domain(self, instance, flavor):
+        self.agent.call(self.agent.domains.UpdateDomain, DS.UpdateDomainRequest(
+            name=instance.name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mb), instance)
+
+    def finish_migration(self, context, migration, instance, disk_info, network_info,
+                         image_meta, resize_instance, allocations, block_device_info=None,
+                         power_on=True):
+        """Second half: the stopped domain takes the new flavor's vCPUs and memory
+        (UpdateDomain; the agent admits the growth), then its local disks grow
+        (ResizeVolume, grow only), then it starts if it ran before."""
+        if resize_instance:
+            self._resize_domain(instance, instance.flavor)
+            pool = CONF.hvagent.storage_pool
+            for suffix, size in self._local_disks(instance, block_device_info):
+                name = self._volume_name(instance, suffix)
+                vol = self.agent.call(self.agent.storage.GetVolume,
+                                      storage_pb2.VolumeRef(pool=pool, name=name))
+                if vol.size_bytes < size:
+                    self.agent.call(self.agent.storage.ResizeVolume, storage_pb2.ResizeVolumeRequest(
+                        pool=pool, name=name, size_bytes=size))
+        if power_on:
+            self.power_on(context, instance, network_info, block_device_info)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        """Nothing to remove: a resize on this host keeps one domain and no copy."""
+
+    def finish_revert_migration(self, context, instance, network_info, migration,
+                                block_device_info=None, power_on=True):
+        """The domain goes back to the old flavor's vCPUs and memory (instance.flavor is the old
+        one again by now). Disks that grew stay grown, with their data: a volume never shrinks
+        (the libvirt driver keeps a copy of the old disk instead; pool volumes have none)."""
+        dom = self._get_domain(instance)
+        if dom.state not in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
+            self._act(self.agent.domains.DestroyDomain, instance)
+        self._resize_domain(instance, instance.flavor)
+        if power_on:
+            self.power_on(context, instance, network_info, block_device_info)
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):

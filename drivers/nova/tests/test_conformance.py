@@ -1,7 +1,8 @@
 """Nova's own virt-driver conformance suite (nova/tests/unit/virt/test_virt_drivers.py as
 shipped in Debian's python3-nova) run against HvagentDriver with a real hvagentd behind it.
 
-Only two inputs of the suite are changed, both where the agent cannot do what the suite's
+Only two inputs of the suite are changed (and test_migrate_disk_and_power_off, which resizes to
+another host, also checks the refusal and a resize on this host), both where the agent cannot do what the suite's
 fakes ask for:
 - its VIF is Open vSwitch without hybrid plugging; the agent wires Linux bridges only, so
   _get_running_instance hands the driver the same VIF as type 'bridge';
@@ -18,6 +19,8 @@ from unittest import mock
 import grpc
 from oslo_utils import importutils
 
+from nova.compute import power_state
+from nova import exception
 from nova import objects
 from nova import test
 from nova.tests.unit import fake_block_device
@@ -168,6 +171,20 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
             self.connection.detach_volume(mock.sentinel.context, connection_info,
                                           instance_ref, '/dev/sda')
         self.assertEqual("", self._attached_to("data1"))
+
+    # The suite resizes to 'dest_host', a host that is not this one: the driver resizes on its
+    # own host only, and refuses another host before touching the guest, as Nova expects
+    # (InstanceFaultRollback). Both halves are checked here instead of a silent pass.
+    def test_migrate_disk_and_power_off(self):
+        instance_ref, network_info = self._get_running_instance()
+        flavor_ref = test_utils.get_test_flavor()
+        self.assertRaises(exception.InstanceFaultRollback,
+                          self.connection.migrate_disk_and_power_off,
+                          self.ctxt, instance_ref, 'dest_host', flavor_ref, network_info)
+        self.assertEqual(power_state.RUNNING, self.connection.get_info(instance_ref).state)
+        self.connection.migrate_disk_and_power_off(
+            self.ctxt, instance_ref, hv_driver.CONF.my_ip, flavor_ref, network_info)
+        self.assertEqual(power_state.SHUTDOWN, self.connection.get_info(instance_ref).state)
 
     def _check_available_resource_fields(self, host_status):
         super()._check_available_resource_fields(host_status)

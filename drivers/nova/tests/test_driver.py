@@ -14,6 +14,7 @@ from oslo_serialization import jsonutils
 from nova.compute import power_state
 from nova.compute import provider_tree
 from nova import exception
+from nova import objects
 from nova import test
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import utils as test_utils
@@ -143,6 +144,74 @@ class DriverTestCase(test.TestCase):
         self.assertEqual(power_state.RUNNING, self.state(inst))
         self.drv.power_off(inst)
         self.assertRaises(exception.InstanceInvalidState, self.drv.suspend, self.ctxt, inst)
+
+    def _flavor(self, vcpus, memory_mb, root_gb=1, ephemeral_gb=0):
+        return objects.Flavor(vcpus=vcpus, memory_mb=memory_mb, root_gb=root_gb,
+                              ephemeral_gb=ephemeral_gb, swap=0, extra_specs={})
+
+    def _dom(self, inst):
+        return self.drv.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=inst.name))
+
+    def test_resize_on_this_host_then_revert(self):
+        """Nova's resize on one host: migrate_disk_and_power_off stops the guest, then
+        finish_migration (instance.flavor is the new flavor by then) resizes the domain and grows
+        the root volume and starts it; a revert's destroy only stops it and
+        finish_revert_migration gives it the old size back, its volumes kept."""
+        self.need_pool()
+        inst = self.instance(root_gb=1)
+        self.spawn(inst)
+        old, new = inst.flavor, self._flavor(3, 512, root_gb=2)
+        disk_info = self.drv.migrate_disk_and_power_off(self.ctxt, inst, hv_driver.CONF.my_ip,
+                                                        new, None)
+        self.assertEqual([], jsonutils.loads(disk_info))
+        self.assertEqual(power_state.SHUTDOWN, self.state(inst))
+        inst.old_flavor, inst.flavor = old, new
+        self.drv.finish_migration(self.ctxt, None, inst, disk_info, None, None, True, {})
+        dom = self._dom(inst)
+        self.assertEqual((3, 512, domain_pb2.DOMAIN_STATE_RUNNING),
+                         (dom.vcpus, dom.memory_mib, dom.state))
+        self.assertEqual(2 << 30, self.volumes()[inst.uuid + "-root"].size_bytes)
+        self.drv.confirm_migration(self.ctxt, None, inst, None)  # nothing to remove
+        self.assertTrue(self.drv.instance_exists(inst))
+
+        inst.flavor, inst.task_state = old, "resize_reverting"
+        self.drv.destroy(self.ctxt, inst, None, None, True)
+        self.assertTrue(self.drv.instance_exists(inst))
+        self.assertIn(inst.uuid + "-root", self.volumes())
+        self.drv.finish_revert_migration(self.ctxt, inst, None, None, power_on=True)
+        dom = self._dom(inst)
+        self.assertEqual((2, 256, domain_pb2.DOMAIN_STATE_RUNNING),
+                         (dom.vcpus, dom.memory_mib, dom.state))
+        # A volume never shrinks: the grown root disk stays, with its data.
+        self.assertEqual(2 << 30, self.volumes()[inst.uuid + "-root"].size_bytes)
+
+    def test_resize_refusals_leave_the_instance_running(self):
+        """Another host, a shrinking disk, a disk the old flavor lacked: InstanceFaultRollback
+        before the guest is touched."""
+        self.need_pool()
+        inst = self.instance(root_gb=2)
+        self.spawn(inst)
+        for dest, flavor, cause in (
+                ("192.0.2.99", self._flavor(2, 256, root_gb=2), exception.MigrationPreCheckError),
+                (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=1), exception.ResizeError),
+                (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=2, ephemeral_gb=1),
+                 exception.ResizeError)):
+            err = self.assertRaises(exception.InstanceFaultRollback,
+                                    self.drv.migrate_disk_and_power_off,
+                                    self.ctxt, inst, dest, flavor, None)
+            self.assertIsInstance(err.inner_exception, cause)
+            self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_resize_past_the_hosts_capacity_is_refused_and_changes_nothing(self):
+        self.need_pool()
+        inst = self.instance()
+        self.spawn(inst, power_on=False)
+        huge = self._flavor(4, 8 << 20)  # 8 TiB: more than any test host, within the API's range
+        inst.flavor = huge
+        self.assertRaises(exception.ComputeResourcesUnavailable, self.drv.finish_migration,
+                          self.ctxt, None, inst, "[]", None, None, True, {})
+        dom = self._dom(inst)
+        self.assertEqual((2, 256), (dom.vcpus, dom.memory_mib))
 
     def test_spawn_stopped_and_twice(self):
         self.need_pool()

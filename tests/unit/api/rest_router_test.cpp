@@ -259,3 +259,38 @@ TEST(RestRouterGateTest, ChangingRequestsPastTheBoundAre503WithRetryAfter) {
 
 }  // namespace
 }  // namespace hvagent::api
+
+namespace hvagent::api {
+namespace {
+
+// POST /v1/domains/{name}:resize (UpdateDomain): an absent field stays, an explicit 0 is 400
+// naming the field, a running domain past its maximum is 409, and each refusal changes nothing.
+TEST_F(RestRouterTest, Resize_StoppedDomainThenRefusalsNameTheField) {
+  ASSERT_EQ(Call("POST", "/v1/domains",
+                 R"({"spec":{"name":"web1","vcpus":1,"max_vcpus":2,"memory_mib":256,"firmware":{"type":"TYPE_BIOS"}}})")
+                .status,
+            201);
+  auto r = Call("POST", "/v1/domains/web1:resize", R"({"vcpus": 2, "memory_mib": "512"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("vcpus":2)"));
+  EXPECT_THAT(r.body, HasSubstr(R"("memory_mib":"512")"));
+  r = Call("POST", "/v1/domains/web1:resize", R"({"vcpus": 0})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("vcpus: must be between 1"));
+  r = Call("POST", "/v1/domains/web1:resize", R"({"memory_mib": "4"})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("memory_mib: must be between 16"));
+  EXPECT_EQ(Call("POST", "/v1/domains/web1:resize", "{}").status, 400);
+  EXPECT_EQ(Call("POST", "/v1/domains/web1:resize", R"({"name": "other", "vcpus": 1})").status, 400);
+  EXPECT_EQ(Call("POST", "/v1/domains/ghost:resize", R"({"vcpus": 1})").status, 404);
+  ASSERT_EQ(Call("POST", "/v1/domains/web1:start").status, 200);
+  r = Call("POST", "/v1/domains/web1:resize", R"({"vcpus": 3})");
+  EXPECT_EQ(r.status, 409);
+  EXPECT_THAT(r.body, HasSubstr("vcpus"));
+  r = Call("GET", "/v1/domains/web1");
+  EXPECT_THAT(r.body, HasSubstr(R"("vcpus":2)"));
+  EXPECT_THAT(r.body, HasSubstr(R"("memory_mib":"512")"));
+}
+
+}  // namespace
+}  // namespace hvagent::api

@@ -176,3 +176,31 @@ TEST(DomainXmlBuilderTest, DefaultBusFollowsTargetPrefix) {
 
 }  // namespace
 }  // namespace hvagent::hv
+
+namespace hvagent::hv {
+namespace {
+
+// max_vcpus leaves hot-plug headroom: the guest boots with `current`, UpdateDomain raises it.
+TEST(DomainXmlBuilderTest, MaxVcpusBecomesTheVcpuCeilingWithCurrent) {
+  DomainSpec s = Base();
+  s.vcpus = 1;
+  s.max_vcpus = 4;
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  EXPECT_EQ(x.Get("/domain/vcpu"), "4");
+  EXPECT_EQ(x.Get("/domain/vcpu/@current"), "1");
+  s.max_vcpus = 0;  // none: one figure, no attribute
+  Xml plain(*DomainXmlBuilder::Build(s, kQemuX86));
+  EXPECT_EQ(plain.Get("/domain/vcpu"), "1");
+  EXPECT_EQ(plain.Get("/domain/vcpu/@current"), "");
+  s.max_vcpus = 0;
+  s.vcpus = 2;
+  s.max_vcpus = 1;  // below vcpus
+  auto bad = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("spec.max_vcpus"));
+}
+
+}  // namespace
+}  // namespace hvagent::hv

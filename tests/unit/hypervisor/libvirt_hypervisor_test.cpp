@@ -11,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 namespace hvagent::hv {
 namespace {
 
@@ -117,6 +119,41 @@ TEST_F(LibvirtHypervisorTest, ManagedSaveStopsStartRestoresAndUndefineDropsTheIm
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(hv_.GetDomain(name).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(hv_.ManagedSaveDomain(name).code(), absl::StatusCode::kNotFound);
+}
+
+// The libvirt calls of UpdateDomain: a shut-off domain's definition takes any size (its
+// maximums follow), a running one changes within its maximums and is refused past them.
+TEST_F(LibvirtHypervisorTest, SetDomainResourcesOfflineThenLiveWithinTheMaximums) {
+  const std::string name = Unique("resize");
+  DomainSpec spec = Spec(name);
+  spec.max_vcpus = 2;
+  ASSERT_TRUE(hv_.DefineDomain(spec).ok());
+  auto r = hv_.GetDomainResources(name);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((std::tuple{r->active, r->vcpus, r->max_vcpus, r->max_memory_mib}), (std::tuple{false, 1u, 2u, 64ull}));
+
+  auto s = hv_.SetDomainResources(name, {.vcpus = 3, .memory_mib = 128});
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(hv_.GetDomain(name)->vcpus, 3u);
+  EXPECT_EQ(hv_.GetDomain(name)->memory_mib, 128u);
+  s = hv_.SetDomainResources(name, {.vcpus = 1, .memory_mib = 96});  // shrinking lowers the memory maximum too
+  ASSERT_TRUE(s.ok()) << s;
+  r = hv_.GetDomainResources(name);
+  EXPECT_EQ((std::tuple{r->vcpus, r->max_vcpus, r->memory_mib, r->max_memory_mib}), (std::tuple{1u, 3u, 96ull, 96ull}));
+
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  s = hv_.SetDomainResources(name, {.vcpus = 4});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("vcpus"));
+  s = hv_.SetDomainResources(name, {.memory_mib = 97});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("memory_mib"));
+  s = hv_.SetDomainResources(name, {.vcpus = 2});
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(hv_.GetDomainResources(name)->vcpus, 2u);
+  EXPECT_EQ(hv_.GetDomainResources("ghost").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
 }
 
 TEST_F(LibvirtHypervisorTest, ListIncludesDefinedDomains) {
