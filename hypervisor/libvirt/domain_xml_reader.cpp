@@ -71,7 +71,7 @@ NicSpec NicOf(const xmlNode* d) {
     nic.bridge = Attr(source, "bridge");
   }
   nic.model = Attr(Child(d, "model"), "type");
-  absl::SimpleAtoi(Attr(Child(d, "mtu"), "size"), &nic.mtu);
+  if (!absl::SimpleAtoi(Attr(Child(d, "mtu"), "size"), &nic.mtu)) nic.mtu = 0;
   return nic;
 }
 
