@@ -306,7 +306,10 @@ int Run(const config::Config& cfg) {
                                        .reserved_memory_bytes = cfg.reserved_memory_mib << 20};
   service::DomainService domains(
       hypervisor, clock,
-      {.default_shutdown_timeout = cfg.shutdown_timeout, .host_paths = host_paths->get(), .admission = policy},
+      {.default_shutdown_timeout = cfg.shutdown_timeout,
+       .host_paths = host_paths->get(),
+       .admission = policy,
+       .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges}},
       &storage, state->journal.get());
   // Imports: files only from [images] import_dirs, under the same rules as [security] image_dirs.
   auto import_dirs = HostPathPolicy::Open({.image_dirs = cfg.image_import_dirs});

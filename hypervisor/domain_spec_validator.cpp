@@ -148,27 +148,56 @@ absl::Status ValidateNics(const DomainSpec& spec) {
   for (size_t i = 0; i < spec.nics.size(); ++i) {
     const NicSpec& n = spec.nics[i];
     std::string field = absl::StrCat("spec.nics[", i, "]");
-    if (!n.mac.empty()) {
-      if (!IsMac(n.mac)) return Invalid(field + ".mac", "must be a unicast MAC like 52:54:00:12:34:56");
-      if (!macs.insert(absl::AsciiStrToLower(n.mac)).second) return Invalid(field + ".mac", "is used twice");
-    }
-    if (n.network.empty() == n.bridge.empty()) {
-      return Invalid(field, "exactly one of network or bridge is required");
-    }
-    if (!n.network.empty() && !IsSimpleName(n.network, 64)) {
-      return Invalid(field + ".network", "must be 1-64 of [A-Za-z0-9._-]");
-    }
-    if (!n.bridge.empty() && !IsSimpleName(n.bridge, 15)) {
-      return Invalid(field + ".bridge", "must be 1-15 of [A-Za-z0-9._-] (a Linux interface name)");
-    }
-    if (!n.model.empty() && !OneOf(n.model, {"virtio", "e1000", "e1000e", "rtl8139", "netfront"})) {
-      return Invalid(field + ".model", "must be one of virtio, e1000, e1000e, rtl8139, netfront");
+    if (auto s = ValidateNicSpec(field, n); !s.ok()) return s;
+    if (!n.mac.empty() && !macs.insert(absl::AsciiStrToLower(n.mac)).second) {
+      return Invalid(field + ".mac", "is used twice");
     }
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::Status ValidateMac(absl::string_view field, absl::string_view mac) {
+  if (!IsMac(mac)) return Invalid(field, "must be a unicast MAC like 52:54:00:12:34:56");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateNicSpec(absl::string_view field_prefix, const NicSpec& n) {
+  const std::string field(field_prefix);
+  if (!n.mac.empty() && !IsMac(n.mac)) return Invalid(field + ".mac", "must be a unicast MAC like 52:54:00:12:34:56");
+  const int kinds = !n.network.empty() + !n.bridge.empty() + !n.ovs_bridge.empty();
+  if (kinds != 1) return Invalid(field, "exactly one of network, bridge or ovs is required");
+  if (!n.network.empty() && !IsSimpleName(n.network, 64)) {
+    return Invalid(field + ".network", "must be 1-64 of [A-Za-z0-9._-]");
+  }
+  // Interface names reach the kernel and ovs-vsctl: the kernel's 15 bytes (IFNAMSIZ - 1), and
+  // no '/', whitespace, shell or control characters.
+  constexpr absl::string_view kIfName = "must be 1-15 of [A-Za-z0-9._-], starting with a letter or digit (a Linux "
+                                        "interface name)";
+  if (!n.bridge.empty() && !IsSimpleName(n.bridge, 15)) return Invalid(field + ".bridge", kIfName);
+  if (!n.ovs_bridge.empty() && !IsSimpleName(n.ovs_bridge, 15)) return Invalid(field + ".ovs.bridge", kIfName);
+  if (n.ovs_bridge.empty()) {
+    if (!n.interface_id.empty()) return Invalid(field + ".ovs.interface_id", "only an ovs NIC has one");
+    if (n.vlan.has_value()) return Invalid(field + ".ovs.vlan", "only an ovs NIC has one");
+  } else {
+    if (n.interface_id.empty()) return Invalid(field + ".ovs.interface_id", "is required");
+    if (!IsCanonicalUuid(n.interface_id)) {
+      return Invalid(field + ".ovs.interface_id", "must be a canonical UUID (8-4-4-4-12 hex digits)");
+    }
+    // 0 is "priority tag only" and 4095 is reserved by 802.1Q.
+    if (n.vlan.has_value() && (*n.vlan < kMinVlan || *n.vlan > kMaxVlan)) {
+      return Invalid(field + ".ovs.vlan", absl::StrCat("must be ", kMinVlan, "-", kMaxVlan));
+    }
+  }
+  if (n.mtu != 0 && (n.mtu < kMinMtu || n.mtu > kMaxMtu)) {
+    return Invalid(field + ".mtu", absl::StrCat("must be ", kMinMtu, "-", kMaxMtu, " (or 0: the bridge's)"));
+  }
+  if (!n.model.empty() && !OneOf(n.model, {"virtio", "e1000", "e1000e", "rtl8139", "netfront"})) {
+    return Invalid(field + ".model", "must be one of virtio, e1000, e1000e, rtl8139, netfront");
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateDiskSpec(absl::string_view field_prefix, const DiskSpec& d) {
   std::string field(field_prefix);

@@ -15,11 +15,25 @@ inline constexpr uint64_t kMinMemoryMib = 16;
 inline constexpr uint64_t kMaxMemoryMib = 16ULL * 1024 * 1024;  // 16 TiB
 inline constexpr size_t kMaxDisks = 64;
 inline constexpr size_t kMaxNics = 32;
+// 802.1Q: 0 is a priority tag, 4095 reserved.
+inline constexpr uint32_t kMinVlan = 1;
+inline constexpr uint32_t kMaxVlan = 4094;
+// 576: the smallest datagram every IPv4 host must take (RFC 791), well above the kernel's 68;
+// 65535: the largest a tap and QEMU's virtio-net host_mtu take (ETH_MAX_MTU).
+inline constexpr uint32_t kMinMtu = 576;
+inline constexpr uint32_t kMaxMtu = 65535;
 
 absl::Status ValidateDomainSpec(const DomainSpec& spec);
 
 // One disk on its own (hot-plug); `field` prefixes error messages ("disk").
 absl::Status ValidateDiskSpec(absl::string_view field, const DiskSpec& disk);
+
+// One NIC on its own (hot-plug); `field` prefixes error messages ("nic"). Names of the ovs
+// fields follow the API ("nic.ovs.vlan").
+absl::Status ValidateNicSpec(absl::string_view field, const NicSpec& nic);
+
+// A unicast MAC written as six colon-separated hex pairs.
+absl::Status ValidateMac(absl::string_view field, absl::string_view mac);
 
 // A domain name: 1-64 of [A-Za-z0-9._-], starting with a letter or digit.
 absl::Status ValidateDomainName(absl::string_view field, absl::string_view name);

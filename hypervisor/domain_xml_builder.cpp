@@ -141,15 +141,29 @@ void WriteDisk(XmlWriter& w, const DiskSpec& d, const GuestTarget& target) {
 }
 
 void WriteNic(XmlWriter& w, const NicSpec& n, const GuestTarget& target) {
-  const bool bridge = !n.bridge.empty();
-  w.Open("interface", {{"type", bridge ? "bridge" : "network"}});
+  // An OVS port is a bridge interface with a virtualport: libvirt adds the tap to the OVS bridge
+  // with ovs-vsctl and sets external_ids:iface-id (and the tag) itself.
+  const bool network = !n.network.empty();
+  const std::string& bridge = n.ovs_bridge.empty() ? n.bridge : n.ovs_bridge;
+  w.Open("interface", {{"type", network ? "network" : "bridge"}});
   if (!n.mac.empty()) w.Leaf("mac", {}, {{"address", n.mac}});
-  w.Leaf("source", {}, {{bridge ? "bridge" : "network", bridge ? n.bridge : n.network}});
+  w.Leaf("source", {}, {{network ? "network" : "bridge", network ? n.network : bridge}});
+  if (!n.ovs_bridge.empty()) {
+    if (n.vlan.has_value()) {
+      w.Open("vlan");
+      w.Leaf("tag", {}, {{"id", std::to_string(*n.vlan)}});
+      w.Close();
+    }
+    w.Open("virtualport", {{"type", "openvswitch"}});
+    w.Leaf("parameters", {}, {{"interfaceid", n.interface_id}});
+    w.Close();
+  }
   if (!n.model.empty()) {
     w.Leaf("model", {}, {{"type", n.model}});
   } else if (IsQemu(target) && IsArm(target)) {
     w.Leaf("model", {}, {{"type", "virtio"}});  // the virt machine has no emulated NIC worth using
   }
+  if (n.mtu != 0) w.Leaf("mtu", {}, {{"size", std::to_string(n.mtu)}});
   w.Close();
 }
 
@@ -203,6 +217,16 @@ absl::StatusOr<std::string> DomainXmlBuilder::BuildDisk(const DiskSpec& disk, co
   if (auto s = ValidateDiskSpec("disk", disk); !s.ok()) return s;
   XmlWriter w;
   WriteDisk(w, disk, target);
+  return w.Finish();
+}
+
+absl::StatusOr<std::string> DomainXmlBuilder::BuildNic(const NicSpec& nic, const GuestTarget& target) {
+  if (auto s = ValidateNicSpec("nic", nic); !s.ok()) return s;
+  if (target.os_type == "xen" && !nic.model.empty() && nic.model != "netfront") {
+    return Invalid("nic.model", "Xen on ARM guests have paravirtual NICs only (netfront); leave it empty");
+  }
+  XmlWriter w;
+  WriteNic(w, nic, target);
   return w.Finish();
 }
 

@@ -18,6 +18,9 @@ class DomainXmlBuilder {
   // A single <disk> element for hot-plug (virDomainAttachDeviceFlags).
   static absl::StatusOr<std::string> BuildDisk(const DiskSpec& disk, const GuestTarget& target);
 
+  // A single <interface> element for hot-plug and unplug (virDomain{At,De}tachDeviceFlags).
+  static absl::StatusOr<std::string> BuildNic(const NicSpec& nic, const GuestTarget& target);
+
   // The bus implied by a disk target's prefix: xvd -> xen, vd -> virtio, sd -> scsi, hd -> ide.
   static std::string DefaultBus(const std::string& target);
 };

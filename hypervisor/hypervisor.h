@@ -65,6 +65,16 @@ class Hypervisor {
   // the disk while the guest keeps it, and a later call retries the guest side only.
   virtual absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) = 0;
 
+  // The NICs of the domain's persistent definition, followed by any NIC only the running guest
+  // has. Kinds the agent does not model (direct, user...) are listed with their MAC only.
+  virtual absl::StatusOr<std::vector<NicSpec>> GetDomainNics(const std::string& name) = 0;
+  // Adds a NIC (its MAC set by the caller) to the persistent definition and, when the domain
+  // runs, hot-plugs it. InvalidArgument for a bad NIC, AlreadyExists if the MAC is taken.
+  virtual absl::Status AttachNic(const std::string& name, const NicSpec& nic) = 0;
+  // Removes the NIC with this MAC from the definition and, when running, from the guest.
+  // NotFound when neither has it (or no such domain).
+  virtual absl::Status DetachNic(const std::string& name, const std::string& mac) = 0;
+
   // Statistics of every domain from one bulk call (never a loop of per-domain calls).
   virtual absl::StatusOr<std::vector<DomainStats>> GetAllDomainStats() = 0;
 

@@ -35,11 +35,16 @@ struct DiskSpec {
   std::string format;  // empty: "raw"
 };
 
+// Where a NIC plugs in: exactly one of network, bridge (Linux) or ovs_bridge (Open vSwitch).
 struct NicSpec {
-  std::string mac;      // empty: libvirt generates one
-  std::string network;  // exactly one of network / bridge
-  std::string bridge;
+  std::string mac;      // empty: libvirt generates one (the agent's AttachNic always sets one)
+  std::string network;  // a libvirt network
+  std::string bridge;   // a Linux bridge
   std::string model;    // empty: hypervisor default
+  std::string ovs_bridge;             // an Open vSwitch bridge
+  std::string interface_id;           // ovs only: external_ids:iface-id, a UUID
+  std::optional<uint32_t> vlan;       // ovs only: access tag 1-4094; none: no tag
+  uint32_t mtu = 0;                   // 0: the bridge's
 };
 
 struct DomainSpec {

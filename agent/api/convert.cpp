@@ -86,10 +86,54 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
     }
     s.disks.push_back(std::move(disk));
   }
-  for (const auto& n : p.nics()) {
-    s.nics.push_back(hv::NicSpec{n.mac(), n.network(), n.bridge(), n.model()});
+  for (int i = 0; i < p.nics_size(); ++i) {
+    auto nic = FromProto(absl::StrCat("spec.nics[", i, "]"), p.nics(i));
+    if (!nic.ok()) return nic.status();
+    s.nics.push_back(std::move(*nic));
   }
   return s;
+}
+
+absl::StatusOr<hv::NicSpec> FromProto(absl::string_view field, const v1::Nic& n) {
+  hv::NicSpec nic;
+  nic.mac = n.mac();
+  nic.model = n.model();
+  nic.mtu = n.mtu();
+  switch (n.attachment_case()) {
+    case v1::Nic::kNetwork: nic.network = n.network(); break;
+    case v1::Nic::kBridge: nic.bridge = n.bridge(); break;
+    case v1::Nic::kOvs:
+      if (n.ovs().bridge().empty()) return absl::InvalidArgumentError(absl::StrCat(field, ".ovs.bridge: is required"));
+      nic.ovs_bridge = n.ovs().bridge();
+      nic.interface_id = n.ovs().interface_id();
+      if (n.ovs().has_vlan()) nic.vlan = n.ovs().vlan();
+      break;
+    case v1::Nic::kVlan:
+      // The contract has room for agent-made VLAN networks; this agent does not make them yet.
+      return absl::UnimplementedError(absl::StrCat(
+          field, ".vlan: this agent does not create VLAN networks yet; use ovs with a vlan tag, or a bridge"));
+    case v1::Nic::ATTACHMENT_NOT_SET:
+      return absl::InvalidArgumentError(absl::StrCat(field, ": exactly one of network, bridge or ovs is required"));
+  }
+  return nic;
+}
+
+v1::Nic ToProto(const hv::NicSpec& n) {
+  v1::Nic p;
+  p.set_mac(n.mac);
+  p.set_model(n.model);
+  p.set_mtu(n.mtu);
+  if (!n.ovs_bridge.empty()) {
+    v1::OvsPort* ovs = p.mutable_ovs();
+    ovs->set_bridge(n.ovs_bridge);
+    ovs->set_interface_id(n.interface_id);
+    if (n.vlan.has_value()) ovs->set_vlan(*n.vlan);
+  } else if (!n.bridge.empty()) {
+    p.set_bridge(n.bridge);
+  } else {
+    p.set_network(n.network);
+  }
+  return p;
 }
 
 std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& p) {

@@ -10,6 +10,7 @@
 //   3  the agent could not be reached (UNAVAILABLE, DEADLINE_EXCEEDED)
 // Without --ca it speaks plain text (an agent in --plaintext-loopback development mode).
 
+#include <charconv>
 #include <chrono>
 #include <functional>
 #include <fstream>
@@ -49,6 +50,9 @@ int Usage() {
                "  resize NAME [--vcpus N] [--memory-mib M]  (running: within its maximums)\n"
                "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
+               "  nic-attach NAME (--bridge BR | --network NET | --ovs BR --iface-id UUID [--vlan N])\n"
+               "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running)\n"
+               "  nic-detach NAME MAC\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
                "  console NAME [--read-only] [--take-over]  (the guest's serial console; Ctrl-] detaches)\n"
@@ -326,6 +330,51 @@ int main(int argc, char** argv) {
     return Render(json, domains->ShutdownDomain(&ctx, req, &r), r, [&] {
       std::cout << r.domain().name() << ": " << State(r.domain().state()) << (r.forced() ? " (forced off)" : "") << "\n";
     });
+  }
+  if (cmd == "nic-attach" && !arg1.empty()) {
+    v1::AttachNicRequest req;
+    req.set_domain(arg1);
+    v1::Nic* nic = req.mutable_nic();
+    for (size_t i = 2; i < args.size(); i += 2) {
+      if (i + 1 >= args.size()) return Usage();
+      const std::string& flag = args[i];
+      const std::string& value = args[i + 1];
+      uint32_t n = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      const bool number = ec == std::errc() && end == value.data() + value.size();
+      if (flag == "--bridge") {
+        nic->set_bridge(value);
+      } else if (flag == "--network") {
+        nic->set_network(value);
+      } else if (flag == "--ovs") {
+        nic->mutable_ovs()->set_bridge(value);
+      } else if (flag == "--iface-id") {
+        nic->mutable_ovs()->set_interface_id(value);
+      } else if (flag == "--vlan" && number) {
+        nic->mutable_ovs()->set_vlan(n);
+      } else if (flag == "--mtu" && number) {
+        nic->set_mtu(n);
+      } else if (flag == "--mac") {
+        nic->set_mac(value);
+      } else if (flag == "--model") {
+        nic->set_model(value);
+      } else {
+        return Usage();
+      }
+    }
+    deadline(ctx, 60);
+    v1::Nic r;
+    return Render(json, domains->AttachNic(&ctx, req, &r), r,
+                  [&] { std::cout << arg1 << ": NIC " << r.mac() << " attached\n"; });
+  }
+  if (cmd == "nic-detach" && args.size() >= 3) {
+    deadline(ctx, 60);
+    v1::DetachNicRequest req;
+    req.set_domain(arg1);
+    req.set_mac(args[2]);
+    v1::DetachNicResponse r;
+    return Render(json, domains->DetachNic(&ctx, req, &r), r,
+                  [&] { std::cout << arg1 << ": NIC " << req.mac() << " detached\n"; });
   }
   if (cmd == "delete" && !arg1.empty()) {
     deadline(ctx, 120);

@@ -100,6 +100,29 @@ Key Directories(const char* section, const char* name, std::vector<std::string> 
           }};
 }
 
+// [network] bridges / ovs_bridges: interface names (1-15 of [A-Za-z0-9._-], as NICs name them).
+template <typename M>
+Key InterfaceNames(const char* section, const char* name, M Config::*member) {
+  return {section, name, [member](const toml::node& n, const std::string& field, Config& c) {
+            const toml::array* list = n.as_array();
+            if (list == nullptr) return Invalid(field, "must be an array of interface names");
+            std::vector<std::string> names;
+            for (size_t i = 0; i < list->size(); ++i) {
+              const std::string item = absl::StrCat(field, "[", i, "]");
+              auto v = (*list)[i].value<std::string>();
+              if (!v || !(*list)[i].is_string()) return Invalid(item, "must be a string");
+              if (v->empty() || v->size() > 15 || !std::isalnum(static_cast<unsigned char>((*v)[0])) ||
+                  v->find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+                      std::string::npos) {
+                return Invalid(item, "must be 1-15 of [A-Za-z0-9._-], starting with a letter or digit");
+              }
+              names.push_back(*v);
+            }
+            c.*member = std::move(names);
+            return absl::OkStatus();
+          }};
+}
+
 const std::vector<Key>& Keys() {
   using std::chrono::milliseconds;
   using std::chrono::seconds;
@@ -204,6 +227,8 @@ const std::vector<Key>& Keys() {
          c.console_log_dir = *v;
          return absl::OkStatus();
        }},
+      InterfaceNames("network", "bridges", &Config::network_bridges),
+      InterfaceNames("network", "ovs_bridges", &Config::network_ovs_bridges),
   };
   return keys;
 }

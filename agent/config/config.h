@@ -95,6 +95,11 @@ struct Config {
   int console_tcp_port_min = 10000;
   int console_tcp_port_max = 10099;
   std::string console_log_dir;
+
+  // [network] (docs/networking.md): the Linux bridges NICs may join (unset: any, as before the
+  // key existed) and the Open vSwitch bridges (none unless listed).
+  std::optional<std::vector<std::string>> network_bridges;
+  std::vector<std::string> network_ovs_bridges;
 };
 
 struct CommandLine {

@@ -140,6 +140,9 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   if (auto s = CheckVolumes(spec, volumes); !s.ok()) return s;
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
   if (auto s = CheckHostPaths(options_.host_paths, request, VolumeDisks(volumes)); !s.ok()) return s;
+  for (size_t i = 0; i < spec.nics.size(); ++i) {
+    if (auto s = CheckNic(options_.networks, absl::StrCat("spec.nics[", i, "]"), spec.nics[i]); !s.ok()) return s;
+  }
   std::lock_guard lock(define_mu_);
   if (!volumes.empty()) {
     // Volumes come first, so a name that is taken must be refused before any is created.
@@ -244,6 +247,59 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
 absl::StatusOr<hv::DomainInfo> DomainService::Get(const std::string& name) { return hv_.GetDomain(name); }
 
 absl::StatusOr<std::vector<hv::DomainInfo>> DomainService::List() { return hv_.ListDomains(); }
+
+namespace {
+
+// 52:54:00 (QEMU's prefix) has the locally-administered bit set and the multicast bit clear.
+std::string RandomMac() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  uint64_t r;
+  {
+    std::lock_guard lock(mu);
+    r = rng();
+  }
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", static_cast<unsigned>(r & 0xff),
+                static_cast<unsigned>((r >> 8) & 0xff), static_cast<unsigned>((r >> 16) & 0xff));
+  return buf;
+}
+
+}  // namespace
+
+absl::StatusOr<hv::NicSpec> DomainService::AttachNic(const std::string& domain, hv::NicSpec nic) {
+  if (auto s = hv::ValidateDomainName("domain", domain); !s.ok()) return s;
+  if (auto s = hv::ValidateNicSpec("nic", nic); !s.ok()) return s;
+  if (auto s = CheckNic(options_.networks, "nic", nic); !s.ok()) return s;
+  auto existing = hv_.GetDomainNics(domain);
+  if (!existing.ok()) return existing.status();
+  auto taken = [&](const std::string& mac) {
+    return std::any_of(existing->begin(), existing->end(),
+                       [&](const hv::NicSpec& n) { return absl::EqualsIgnoreCase(n.mac, mac); });
+  };
+  if (nic.mac.empty()) {
+    // 2^24 addresses against at most kMaxNics in use: a few tries always find a free one.
+    for (int i = 0; i < 64 && (nic.mac.empty() || taken(nic.mac)); ++i) nic.mac = RandomMac();
+  } else if (taken(nic.mac)) {
+    return absl::AlreadyExistsError(absl::StrCat("nic.mac: ", nic.mac, " is already used by domain '", domain, "'"));
+  }
+  if (existing->size() >= hv::kMaxNics) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain '", domain, "' already has ", existing->size(), " NICs (at most ", hv::kMaxNics, ")"));
+  }
+  if (auto s = hv_.AttachNic(domain, nic); !s.ok()) return s;
+  Log()->info("domain {}: NIC {} attached", domain, nic.mac);
+  return nic;
+}
+
+absl::Status DomainService::DetachNic(const std::string& domain, const std::string& mac) {
+  if (auto s = hv::ValidateDomainName("domain", domain); !s.ok()) return s;
+  if (mac.empty()) return absl::InvalidArgumentError("mac: is required");
+  if (auto s = hv::ValidateMac("mac", mac); !s.ok()) return s;
+  if (auto s = hv_.DetachNic(domain, mac); !s.ok()) return s;
+  Log()->info("domain {}: NIC {} detached", domain, mac);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<hv::DomainInfo> DomainService::Apply(const std::string& name, Op op) {
   if (auto s = (hv_.*op)(name); !s.ok()) return s;

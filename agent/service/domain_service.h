@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "agent/service/admission.h"
 #include "agent/service/journal.h"
+#include "agent/service/network_policy.h"
 #include "agent/service/storage_service.h"
 #include "common/clock.h"
 #include "common/host_path_policy.h"
@@ -46,6 +47,8 @@ class DomainService {
     // The capacity policy creates and starts are admitted by (admission.h). The agent always
     // sets it; unset only in unit tests of other behaviour.
     std::optional<CapacityPolicy> admission;
+    // Which bridges NICs may join ([network]); the default allows any Linux bridge, no OVS.
+    NetworkPolicy networks;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
@@ -107,6 +110,14 @@ class DomainService {
   // Volumes attached to the domain are released afterwards; with `delete_volumes`, the ones it
   // owns (created with it) are deleted instead. A borrowed volume is never deleted here.
   absl::Status Delete(const std::string& name, bool force, bool delete_volumes = false);
+
+  // Adds a NIC to the definition and, when the domain runs, to the guest. Without a MAC one is
+  // generated: locally administered (52:54:00:xx:xx:xx), unused by the domain. The answer is the
+  // NIC as attached. InvalidArgument (field "nic..."), PermissionDenied for a bridge the policy
+  // does not allow, AlreadyExists for a MAC the domain has, NotFound for no such domain.
+  absl::StatusOr<hv::NicSpec> AttachNic(const std::string& domain, hv::NicSpec nic);
+  // NotFound (field "mac") when the domain has no NIC with this MAC.
+  absl::Status DetachNic(const std::string& domain, const std::string& mac);
 
  private:
   using Op = absl::Status (hv::Hypervisor::*)(const std::string&);

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "absl/strings/numbers.h"
 #include "hypervisor/libvirt/xml_read.h"
 
 namespace hvagent::hv {
@@ -43,6 +44,50 @@ absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view xml) {
     disks.push_back(std::move(disk));
   }
   return disks;
+}
+
+namespace {
+
+std::string Dump(xmlDoc* doc, const xmlNode* node) {
+  std::unique_ptr<xmlBuffer, decltype(&xmlBufferFree)> buf(xmlBufferCreate(), &xmlBufferFree);
+  if (!buf || xmlNodeDump(buf.get(), doc, const_cast<xmlNode*>(node), 0, 0) < 0) return {};
+  return reinterpret_cast<const char*>(xmlBufferContent(buf.get()));
+}
+
+NicSpec NicOf(const xmlNode* d) {
+  NicSpec nic;
+  nic.mac = Attr(Child(d, "mac"), "address");
+  const std::string type = Attr(d, "type");
+  const xmlNode* source = Child(d, "source");
+  const xmlNode* port = Child(d, "virtualport");
+  if (type == "network") {
+    nic.network = Attr(source, "network");
+  } else if (type == "bridge" && Attr(port, "type") == "openvswitch") {
+    nic.ovs_bridge = Attr(source, "bridge");
+    nic.interface_id = Attr(Child(port, "parameters"), "interfaceid");
+    uint32_t tag = 0;
+    if (absl::SimpleAtoi(Attr(Child(Child(d, "vlan"), "tag"), "id"), &tag)) nic.vlan = tag;
+  } else if (type == "bridge") {
+    nic.bridge = Attr(source, "bridge");
+  }
+  nic.model = Attr(Child(d, "model"), "type");
+  if (!absl::SimpleAtoi(Attr(Child(d, "mtu"), "size"), &nic.mtu)) nic.mtu = 0;
+  return nic;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  xmlDoc* doc = parsed->get();
+  const xmlNode* devices = Child(xmlDocGetRootElement(doc), "devices");
+  std::vector<DomainNic> out;
+  for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
+    if (!Is(d, "interface")) continue;
+    out.push_back({NicOf(d), Dump(doc, d)});
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view xml) {

@@ -13,6 +13,16 @@ namespace hvagent::hv {
 // The <disk device='disk'> elements: source (file or dev), target, bus, type, readonly, format.
 absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view domain_xml);
 
+// One <interface> as libvirt stores it: what the agent models of it, and the element itself
+// (libvirt finds the device to detach by the MAC of the XML it is given).
+struct DomainNic {
+  NicSpec spec;
+  std::string xml;
+};
+// The <interface> elements, in document order: mac, network / bridge / Open vSwitch bridge with
+// interface id and VLAN tag, model, MTU. Other kinds carry their MAC only.
+absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view domain_xml);
+
 // The host-side device of each <interface> (<target dev='vif3.0'/>, 'vnet0'), in document order;
 // interfaces without a target (a domain that is not running) are left out.
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view domain_xml);

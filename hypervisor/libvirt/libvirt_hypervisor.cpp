@@ -783,13 +783,13 @@ absl::StatusOr<GuestTarget> LibvirtHypervisor::TargetFor(virDomainPtr dom) {
   return target;
 }
 
-absl::Status LibvirtHypervisor::AttachDevice(const std::string& name, const std::string& xml) {
+absl::Status LibvirtHypervisor::AttachDevice(const std::string& name, const std::string& xml, const char* what) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
   unsigned flags = VIR_DOMAIN_AFFECT_CONFIG;
   if (virDomainIsActive(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_LIVE;
   if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags) < 0) {
-    return LastLibvirtError(absl::StrCat("attach disk to domain ", name));
+    return LastLibvirtError(absl::StrCat("attach ", what, " to domain ", name));
   }
   return absl::OkStatus();
 }
@@ -882,6 +882,98 @@ absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSp
              : std::string(s.message());
   Log()->warn("{}: {}", what, reason);
   return absl::AbortedError(absl::StrCat(what, ": ", reason));
+}
+
+absl::StatusOr<std::vector<DomainNic>> LibvirtHypervisor::NicsOf(virDomainPtr dom, bool live, const std::string& name) {
+  char* xml = virDomainGetXMLDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE);
+  if (xml == nullptr) {
+    return LastLibvirtError(absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
+  }
+  auto nics = ParseDomainNics(xml);
+  free(xml);
+  return nics;
+}
+
+namespace {
+
+const DomainNic* FindNic(const std::vector<DomainNic>& nics, const std::string& mac) {
+  auto it = std::find_if(nics.begin(), nics.end(),
+                         [&](const DomainNic& n) { return absl::EqualsIgnoreCase(n.spec.mac, mac); });
+  return it == nics.end() ? nullptr : &*it;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<NicSpec>> LibvirtHypervisor::GetDomainNics(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto persistent = NicsOf(d->get(), /*live=*/false, name);
+  if (!persistent.ok()) return persistent.status();
+  std::vector<DomainNic> live;
+  if (virDomainIsActive(d->get()) == 1) {
+    auto l = NicsOf(d->get(), /*live=*/true, name);
+    if (!l.ok()) return l.status();
+    live = std::move(*l);
+  }
+  std::vector<NicSpec> out;
+  for (const DomainNic& n : *persistent) out.push_back(n.spec);
+  for (const DomainNic& n : live) {
+    if (FindNic(*persistent, n.spec.mac) == nullptr) out.push_back(n.spec);
+  }
+  return out;
+}
+
+absl::Status LibvirtHypervisor::AttachNic(const std::string& name, const NicSpec& nic) {
+  if (nic.mac.empty()) return absl::InvalidArgumentError("nic.mac: is required to attach a NIC");
+  if (auto s = ValidateNicSpec("nic", nic); !s.ok()) return s;
+  auto existing = GetDomainNics(name);
+  if (!existing.ok()) return existing.status();
+  for (const NicSpec& n : *existing) {
+    if (absl::EqualsIgnoreCase(n.mac, nic.mac)) {
+      return absl::AlreadyExistsError(absl::StrCat("nic.mac: ", nic.mac, " is already used by domain '", name, "'"));
+    }
+  }
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto target = TargetFor(d->get());
+  if (!target.ok()) return target.status();
+  auto xml = DomainXmlBuilder::BuildNic(nic, *target);
+  if (!xml.ok()) return xml.status();
+  return AttachDevice(name, *xml, "NIC");
+}
+
+absl::Status LibvirtHypervisor::DetachNic(const std::string& name, const std::string& mac) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto persistent = NicsOf(d->get(), /*live=*/false, name);
+  if (!persistent.ok()) return persistent.status();
+  const bool running = virDomainIsActive(d->get()) == 1;
+  std::vector<DomainNic> live;
+  if (running) {
+    auto l = NicsOf(d->get(), /*live=*/true, name);
+    if (!l.ok()) return l.status();
+    live = std::move(*l);
+  }
+  const DomainNic* in_definition = FindNic(*persistent, mac);
+  const DomainNic* in_guest = FindNic(live, mac);
+  if (in_definition == nullptr && in_guest == nullptr) {
+    return absl::NotFoundError(absl::StrCat("mac: domain '", name, "' has no NIC ", mac));
+  }
+  if (in_definition != nullptr &&
+      virDomainDetachDeviceFlags(d->get(), in_definition->xml.c_str(), VIR_DOMAIN_AFFECT_CONFIG) < 0) {
+    return LastLibvirtError(absl::StrCat("detach NIC ", mac, " from the definition of domain ", name));
+  }
+  if (in_guest == nullptr) return absl::OkStatus();
+  const int rc = virDomainDetachDeviceFlags(d->get(), in_guest->xml.c_str(), VIR_DOMAIN_AFFECT_LIVE);
+  absl::Status s = rc < 0 ? LastLibvirtError(absl::StrCat("detach NIC ", mac, " from running domain ", name))
+                          : absl::OkStatus();
+  // As for disks: the running guest's XML says whether the device is gone, whatever the answer.
+  auto after = NicsOf(d->get(), /*live=*/true, name);
+  if (!after.ok()) return absl::IsNotFound(after.status()) ? absl::OkStatus() : (s.ok() ? after.status() : s);
+  if (FindNic(*after, mac) == nullptr) return absl::OkStatus();
+  if (!s.ok()) return s;
+  return absl::AbortedError(absl::StrCat("domain '", name, "': the guest did not release NIC ", mac,
+                                         " within libvirt's wait (it may still do so; detach again to retry)"));
 }
 
 absl::StatusOr<std::unique_ptr<ConsoleChannel>> LibvirtHypervisor::OpenConsole(const std::string& name,

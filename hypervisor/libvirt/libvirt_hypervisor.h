@@ -17,6 +17,7 @@
 
 #include "hypervisor/console.h"
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/libvirt/domain_xml_reader.h"
 #include "hypervisor/libvirt/capabilities.h"
 
 typedef struct _virConnect* virConnectPtr;
@@ -75,6 +76,12 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   // the request still pending; libxl: an error). Whether the guest still has the disk is read
   // back from the live XML, never taken from the call's answer.
   absl::Status DetachDisk(const std::string& name, const DiskSpec& disk) override;
+  absl::StatusOr<std::vector<NicSpec>> GetDomainNics(const std::string& name) override;
+  // Live and persistent at once when the domain runs (libvirt plugs the tap into the bridge or
+  // the OVS port before the guest sees the device).
+  absl::Status AttachNic(const std::string& name, const NicSpec& nic) override;
+  // The definition first, then the running guest; the guest's side is read back from its XML.
+  absl::Status DetachNic(const std::string& name, const std::string& mac) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
   // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
@@ -97,7 +104,9 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::StatusOr<DomRef> Lookup(const std::string& name);
   absl::StatusOr<GuestTarget> TargetFor(virDomainPtr dom);
   // Adds a device to the definition and, when the domain is active, to the guest.
-  absl::Status AttachDevice(const std::string& name, const std::string& xml);
+  absl::Status AttachDevice(const std::string& name, const std::string& xml, const char* what = "disk");
+  // The <interface> elements of `dom`: its persistent definition (live false) or the running guest's.
+  absl::StatusOr<std::vector<DomainNic>> NicsOf(virDomainPtr dom, bool live, const std::string& name);
   // The disks of `dom`: its persistent definition (live false) or the running guest's.
   absl::StatusOr<std::vector<DiskSpec>> DisksOf(virDomainPtr dom, bool live, const std::string& name);
   // One virDomainDetachDeviceFlags of `disk` with `flags` (AFFECT_CONFIG or AFFECT_LIVE).

@@ -112,6 +112,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.info.persistent = true;
     d.max_vcpus = std::max(spec.vcpus, spec.max_vcpus);
     d.disks = spec.disks;
+    d.nics = spec.nics;
     domains_[spec.name] = d;
     return absl::OkStatus();
   }
@@ -228,6 +229,38 @@ class FakeHypervisor final : public hv::Hypervisor {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<std::vector<hv::NicSpec>> GetDomainNics(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    return (*d)->nics;
+  }
+  absl::Status AttachNic(const std::string& name, const hv::NicSpec& nic) override {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat("attach-nic ", name, " ", nic.mac));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (nic.mac.empty()) return absl::InvalidArgumentError("nic.mac: is required");
+    if (auto s = hv::ValidateNicSpec("nic", nic); !s.ok()) return s;
+    if (!fail_attach.ok()) return fail_attach;
+    for (const auto& existing : (*d)->nics) {
+      if (existing.mac == nic.mac) return absl::AlreadyExistsError("nic.mac: in use");
+    }
+    (*d)->nics.push_back(nic);
+    return absl::OkStatus();
+  }
+  absl::Status DetachNic(const std::string& name, const std::string& mac) override {
+    std::lock_guard lock(mu_);
+    calls.push_back(absl::StrCat("detach-nic ", name, " ", mac));
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    auto& nics = (*d)->nics;
+    auto it = std::find_if(nics.begin(), nics.end(), [&](const auto& x) { return x.mac == mac; });
+    if (it == nics.end()) return absl::NotFoundError(absl::StrCat("mac: no NIC ", mac));
+    nics.erase(it);
+    return absl::OkStatus();
+  }
+
   void SetEventSink(EventSink sink) override { sink_ = std::move(sink); }
   bool Connected() const override { return connected; }
 
@@ -243,6 +276,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   struct Domain {
     hv::DomainInfo info;
     std::vector<hv::DiskSpec> disks;
+    std::vector<hv::NicSpec> nics;
     int shutdown_countdown = 0;
     uint32_t max_vcpus = 0;
     uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none

@@ -364,6 +364,20 @@ scratch_dir = "{cls.scratch}"
         for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume", "managed-save"):
             self.check(f"/v1/domains/{{name}}:{action}", "POST", g, expect=404)
 
+        # NICs (the domain is shut off: they go into its definition only, so the Linux bridge
+        # need not exist; this agent's config has no [network] bridges key, so any is allowed).
+        nics, port = "/v1/domains/{name}/nics", "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+        nic = self.check(nics, "POST", d, body={"nic": {"bridge": "hvoa0", "mtu": 1400}}, expect=201)
+        self.assertEqual((nic["bridge"], nic["mtu"], nic["mac"][:9]), ("hvoa0", 1400, "52:54:00:"), nic)
+        self.check(nics, "POST", d, body={"nic": {"bridge": "hvoa0", "mac": nic["mac"]}}, expect=409)
+        self.check(nics, "POST", d, body={"nic": {"ovs": {"bridge": "br-int", "interface_id": port, "vlan": 0}}},
+                   expect=400)
+        self.check(nics, "POST", d, body={"nic": {"ovs": {"bridge": "br-int", "interface_id": port}}}, expect=403)
+        self.check(nics, "POST", g, body={"nic": {"bridge": "hvoa0"}}, expect=404)
+        self.check(nics + ":detach", "POST", d, body={"mac": "nope"}, expect=400)
+        self.check(nics + ":detach", "POST", d, body={"mac": nic["mac"]}, expect=200)
+        self.check(nics + ":detach", "POST", d, body={"mac": nic["mac"]}, expect=404)
+
         # Pools and volumes (the domain is shut off now: volumes attach to its definition).
         pools = self.check("/v1/pools", "GET", expect=200)
         self.assertEqual(sorted(p["name"] for p in pools["pools"]), ["disk1", "vg"])
@@ -494,7 +508,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 37)
+        self.assertEqual(len(operations), 39)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

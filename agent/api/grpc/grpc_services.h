@@ -47,6 +47,8 @@ class DomainGrpcService final : public v1::DomainService::Service {
   grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ManagedSaveDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
+  grpc::Status AttachNic(grpc::ServerContext*, const v1::AttachNicRequest*, v1::Nic*) override;
+  grpc::Status DetachNic(grpc::ServerContext*, const v1::DetachNicRequest*, v1::DetachNicResponse*) override;
 
  private:
   ops::Pipeline pipeline_;

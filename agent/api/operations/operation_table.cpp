@@ -112,6 +112,20 @@ absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req,
   return s.domains->Delete(req.name(), req.force(), req.delete_volumes());
 }
 
+absl::Status AttachNic(const Services& s, const v1::AttachNicRequest& req, v1::Nic* out) {
+  if (!req.has_nic()) return absl::InvalidArgumentError("nic: is required");
+  auto nic = FromProto("nic", req.nic());
+  if (!nic.ok()) return nic.status();
+  auto attached = s.domains->AttachNic(req.domain(), std::move(*nic));
+  if (!attached.ok()) return attached.status();
+  *out = ToProto(*attached);
+  return absl::OkStatus();
+}
+
+absl::Status DetachNic(const Services& s, const v1::DetachNicRequest& req, v1::DetachNicResponse*) {
+  return s.domains->DetachNic(req.domain(), req.mac());
+}
+
 // ---- StorageService ----
 
 absl::Status ListPools(const Services& s, const v1::ListPoolsRequest&, v1::ListPoolsResponse* out) {
@@ -438,6 +452,11 @@ const std::vector<Operation>& Table() {
                                                                Role::kController, kChanges, Needs::kDomains),
       Unary<v1::DeleteDomainRequest, v1::DeleteDomainResponse, DeleteDomain>(
           "hvagent.v1.DomainService/DeleteDomain", Role::kController, kChanges, Needs::kDomains),
+      // Which network a guest is on is the controller's decision, as at creation.
+      Unary<v1::AttachNicRequest, v1::Nic, AttachNic>("hvagent.v1.DomainService/AttachNic", Role::kController,
+                                                      kChanges, Needs::kDomains),
+      Unary<v1::DetachNicRequest, v1::DetachNicResponse, DetachNic>("hvagent.v1.DomainService/DetachNic",
+                                                                    Role::kController, kChanges, Needs::kDomains),
       Unary<v1::CreateVolumeRequest, v1::Volume, CreateVolume>("hvagent.v1.StorageService/CreateVolume",
                                                                Role::kController, kChanges, Needs::kStorage),
       Unary<v1::ResizeVolumeRequest, v1::Volume, ResizeVolume>("hvagent.v1.StorageService/ResizeVolume",

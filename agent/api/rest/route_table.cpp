@@ -36,6 +36,9 @@ const std::vector<Route>& Table() {
        {"tail_bytes"}},
       {"POST", "/v1/domains/{name}:managed-save", "hvagent.v1.DomainService/ManagedSaveDomain"},
       {"POST", "/v1/domains/{name}:resize", "hvagent.v1.DomainService/UpdateDomain"},
+      // A MAC has colons, which a path segment reserves for verbs: it goes in the body.
+      {"POST", "/v1/domains/{name=domain}/nics", "hvagent.v1.DomainService/AttachNic", 201},
+      {"POST", "/v1/domains/{name=domain}/nics:detach", "hvagent.v1.DomainService/DetachNic"},
       {"GET", "/v1/pools", "hvagent.v1.StorageService/ListPools"},
       {"GET", "/v1/pools/{pool=name}", "hvagent.v1.StorageService/GetPool"},
       {"GET", "/v1/pools/{pool}/volumes", "hvagent.v1.StorageService/ListVolumes"},

@@ -112,6 +112,30 @@ shutdown_timeout_seconds = 15
   EXPECT_EQ(c->shutdown_timeout, std::chrono::seconds(15));
 }
 
+TEST(ParseConfigToml, NetworkBridgesAreInterfaceNamesAndAbsentMeansAnyLinuxBridgeNoOvs) {
+  auto none = ParseConfigToml("");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->network_bridges.has_value());
+  EXPECT_TRUE(none->network_ovs_bridges.empty());
+  auto c = ParseConfigToml(R"(
+[network]
+bridges = ["br0", "cloudbr0"]
+ovs_bridges = ["br-int"]
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c->network_bridges, (std::vector<std::string>{"br0", "cloudbr0"}));
+  EXPECT_EQ(c->network_ovs_bridges, (std::vector<std::string>{"br-int"}));
+  auto empty = ParseConfigToml("[network]\nbridges = []\n");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->network_bridges.has_value() && empty->network_bridges->empty());
+  for (const char* bad : {R"(ovs_bridges = ["br;x"])", R"(ovs_bridges = ["0123456789abcdef"])",
+                          R"(bridges = ["a/b"])", R"(bridges = "br0")", R"(bridges = [1])"}) {
+    auto r = ParseConfigToml(std::string("[network]\n") + bad + "\n");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(Msg(r.status()), HasSubstr("network.")) << bad;
+  }
+}
+
 TEST(ConfigDefaults, HostFilesOnlyFromDebiansFirmwareDirectories) {
   Config c;
   EXPECT_TRUE(c.image_dirs.empty());
