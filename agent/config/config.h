@@ -95,6 +95,10 @@ struct Config {
   int console_tcp_port_min = 10000;
   int console_tcp_port_max = 10099;
   std::string console_log_dir;
+  // serial-ws: the browser console listener ("HOST:PORT"; empty: none), TLS as the REST
+  // listener; ws_public_host: the host its URLs name (what browsers and console proxies reach).
+  std::string console_ws_listen;
+  std::string console_ws_public_host;
 };
 
 struct CommandLine {

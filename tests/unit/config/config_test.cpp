@@ -890,3 +890,23 @@ TEST(ConfigKeysTest, TheDocumentedExampleListsExactlyTheKeyTable) {
 
 }  // namespace
 }  // namespace hvagent::config
+
+// The browser console listener: off by default; on loopback only in the development mode (it is
+// plain text there, like REST); a wildcard address needs the host its URLs name.
+TEST(Validate, ConsoleWsListenFollowsTheRestListenerRules) {
+  EXPECT_TRUE(Dev().console_ws_listen.empty());
+  Config c = Dev();
+  c.console_ws_listen = "127.0.0.1:8781";
+  EXPECT_TRUE(Validate(c).ok());
+  c.console_ws_listen = "10.0.0.5:8781";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("console.ws_listen"));
+  c.console_ws_listen = c.rest_listen;
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("must differ"));
+  c = Dev();
+  c.console_ws_public_host = "console.example";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("needs console.ws_listen"));
+  c.console_ws_listen = "127.0.0.1:8781";
+  EXPECT_TRUE(Validate(c).ok());
+  c.console_ws_public_host = "evil.example/x?";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("console.ws_public_host"));
+}
