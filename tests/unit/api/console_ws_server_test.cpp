@@ -72,7 +72,7 @@ class ConsoleWsServerTest : public ::testing::Test {
     beast::flat_buffer buf;
     http::response<http::string_body> res;
     http::read(sock, buf, res);
-    return {static_cast<int>(res.result_int()), res.body(), std::string(res[http::field::content_security_policy])};
+    return {static_cast<int>(res.result_int()), res.body(), std::string(res["Content-Security-Policy"])};
   }
 
   // A WebSocket client; `status` is the HTTP status of the upgrade's answer (101 when open).
