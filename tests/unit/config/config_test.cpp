@@ -708,9 +708,6 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
   }
 }
 
-}  // namespace
-}  // namespace hvagent::config
-
 namespace hvagent::config {
 namespace {
 
@@ -910,3 +907,6 @@ TEST(Validate, ConsoleWsListenFollowsTheRestListenerRules) {
   c.console_ws_public_host = "evil.example/x?";
   EXPECT_THAT(Msg(Validate(c)), HasSubstr("console.ws_public_host"));
 }
+
+}  // namespace
+}  // namespace hvagent::config
