@@ -191,8 +191,11 @@ class WsSession : public std::enable_shared_from_this<WsSession<Stream>> {
 
   void Accept(const Request& req) {
     Tcp(ws_.next_layer()).expires_never();
-    // Pings an idle browser and drops one that neither answers nor closes.
-    ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    // A quiet console is normal (an idle guest, a person reading): ping the browser when nothing
+    // moved for half the idle timeout, and drop it only when it does not answer.
+    auto timeouts = websocket::stream_base::timeout::suggested(beast::role_type::server);
+    timeouts.keep_alive_pings = true;
+    ws_.set_option(timeouts);
     ws_.read_message_max(kMaxKeystrokeMessage);
     ws_.binary(true);
     ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
