@@ -22,6 +22,7 @@
 
 #include "agent/api/auth/authorizer.h"
 #include "agent/api/auth/audit.h"
+#include "agent/api/console_ws/console_ws_server.h"
 #include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/rest/rest_server.h"
@@ -247,12 +248,18 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, 
 
 // Serves until SIGINT or SIGTERM (returned); SIGHUP reloads the TLS files without dropping a
 // listener: REST at once, gRPC within tls.reload_seconds.
-int WaitForStop(const sigset_t& signals, api::RestServer& rest, api::auth::CertVerifier* verifier) {
+int WaitForStop(const sigset_t& signals, api::RestServer& rest, api::ConsoleWsServer* console_ws,
+                api::auth::CertVerifier* verifier) {
   auto logger = log::ComponentLogger("main");
   int sig = 0;
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
     sd_notify(0, "RELOADING=1");
     if (auto s = rest.ReloadTls(); !s.ok()) logger->error("SIGHUP: TLS files not reloaded: {}", s.message());
+    if (console_ws) {
+      if (auto s = console_ws->ReloadTls(); !s.ok()) {
+        logger->error("SIGHUP: console listener's TLS files not reloaded: {}", s.message());
+      }
+    }
     if (verifier) {
       if (auto s = verifier->Reload(); !s.ok()) logger->error("SIGHUP: client CA not reloaded: {}", s.message());
     }
@@ -364,7 +371,31 @@ int Run(const config::Config& cfg) {
         api::auth::Audit(api::auth::Caller{"serial-tcp-client", std::nullopt}, "serial-tcp connect",
                          absl::StrCat("{\"domain_name\":\"", domain, "\"}"), why, {});
       });
-  service::ConsoleAccess console_access(hypervisor, console_tickets, &console_tcp, {.log_dir = cfg.console_log_dir});
+  // The browser's way in ([console] ws_listen): TLS with the agent's own certificate, plain
+  // only in the development mode (loopback, as REST).
+  std::unique_ptr<api::ConsoleWsServer> console_ws;
+  service::ConsoleAccess::Options access_options{.log_dir = cfg.console_log_dir};
+  if (!cfg.console_ws_listen.empty()) {
+    std::optional<api::ConsoleWsTls> ws_tls;
+    if (!cfg.plaintext_loopback) ws_tls = api::ConsoleWsTls{cfg.tls_cert_file, cfg.tls_key_file};
+    console_ws = std::make_unique<api::ConsoleWsServer>(
+        consoles, console_tickets, api::ConsoleWsServer::Options{.listen = cfg.console_ws_listen, .tls = ws_tls},
+        [](const std::string& domain, const absl::Status& why) {
+          api::auth::Audit(api::auth::Caller{"serial-ws-client", std::nullopt}, "serial-ws connect",
+                           absl::StrCat("{\"domain_name\":\"", domain, "\"}"), why, {});
+        });
+    if (auto s = console_ws->Start(); !s.ok()) {
+      logger->critical("{}", s.message());
+      return 1;
+    }
+    const size_t colon = cfg.console_ws_listen.rfind(':');
+    access_options.ws_host =
+        cfg.console_ws_public_host.empty() ? cfg.console_ws_listen.substr(0, colon) : cfg.console_ws_public_host;
+    access_options.ws_port = console_ws->port();
+    access_options.ws_base_url = absl::StrCat(cfg.plaintext_loopback ? "http://" : "https://", access_options.ws_host,
+                                              ":", access_options.ws_port);
+  }
+  service::ConsoleAccess console_access(hypervisor, console_tickets, &console_tcp, access_options);
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
       {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get(),
@@ -396,7 +427,7 @@ int Run(const config::Config& cfg) {
   sd_notifyf(0, "READY=1\nSTATUS=serving gRPC %s, REST %s, hypervisor %s\nMAINPID=%d", cfg.grpc_listen.c_str(),
              cfg.rest_listen.c_str(), cfg.hypervisor_uri.c_str(), static_cast<int>(getpid()));
 
-  const int sig = WaitForStop(signals, rest, verifier.get());
+  const int sig = WaitForStop(signals, rest, console_ws.get(), verifier.get());
   logger->info("signal {} received, shutting down", sig);
   sd_notify(0, "STOPPING=1");
   // Take no new work on either API, let the changing operations in flight finish (a create or
@@ -417,6 +448,7 @@ int Run(const config::Config& cfg) {
   }
   (*grpc_front)->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   rest.Stop();  // waits for the REST reads still being answered
+  if (console_ws) console_ws->Stop();  // browsers' consoles detach
   metrics.Stop();
   logger->info("stopped");
   return 0;

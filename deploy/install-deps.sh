@@ -8,7 +8,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
-  libabsl-dev libcpprest-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev libcurl4-openssl-dev
+  libabsl-dev libcpprest-dev libboost1.74-dev libspdlog-dev libfmt-dev libssl-dev libtomlplusplus-dev libcurl4-openssl-dev
   libvirt-dev libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libgtest-dev libgmock-dev
   lvm2 fdisk parted util-linux
@@ -25,6 +25,7 @@ test_pkgs=(
   python3-wsgi-intercept python3-requests-mock python3-testscenarios python3-osprofiler
   openapi-specification python3-jsonschema python3-yaml
   openvswitch-switch
+  libjs-xterm python3-websocket
   python3-pip python3-wheel python3-setuptools
 )
 

@@ -24,7 +24,8 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_STRIP_FILES ON)  # debug info stays in the build tree
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux")
+# libjs-xterm: the browser console's terminal (xterm.js), served from /usr/share/javascript/xterm.
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux, libjs-xterm")
 # qemu-utils: qemu-img converts qcow2 images on import (raw imports need nothing).
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "libvirt-daemon-system, qemu-utils")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/deploy/debian/conffiles

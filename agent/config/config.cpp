@@ -217,6 +217,8 @@ const std::vector<Key>& Keys() {
       Plain("console", "tcp_listen", &Config::console_tcp_listen),
       Integer("console", "tcp_port_min", &Config::console_tcp_port_min, 1024, 65535),
       Integer("console", "tcp_port_max", &Config::console_tcp_port_max, 1024, 65535),
+      Plain("console", "ws_listen", &Config::console_ws_listen),
+      Plain("console", "ws_public_host", &Config::console_ws_public_host),
       {"console", "log_dir",
        [](const toml::node& n, const std::string& field, Config& c) {
          auto v = n.value<std::string>();
@@ -523,6 +525,24 @@ absl::Status Validate(const Config& c) {
     return Invalid("console.tcp_port_max", "must not be below console.tcp_port_min");
   }
   if (c.console_tcp_listen.empty()) return Invalid("console.tcp_listen", "is required (an IP address)");
+  if (!c.console_ws_listen.empty()) {
+    if (auto s = ValidateListen("console.ws_listen", c.console_ws_listen, !tls); !s.ok()) return s;
+    if (c.console_ws_listen == c.grpc_listen || c.console_ws_listen == c.rest_listen) {
+      return Invalid("console.ws_listen", "must differ from grpc.listen and rest.listen");
+    }
+    const std::string host = c.console_ws_listen.substr(0, c.console_ws_listen.rfind(':'));
+    if (c.console_ws_public_host.empty() && (host == "0.0.0.0" || host == "[::]")) {
+      return Invalid("console.ws_public_host",
+                     "is required when console.ws_listen is a wildcard address: console URLs must name a host "
+                     "browsers reach");
+    }
+    // It goes into URLs as the host: a name or an address, nothing that could end the host part.
+    if (c.console_ws_public_host.find_first_of("/?#@ \t\\") != std::string::npos) {
+      return Invalid("console.ws_public_host", "must be a host name or IP address (v6 in brackets)");
+    }
+  } else if (!c.console_ws_public_host.empty()) {
+    return Invalid("console.ws_public_host", "needs console.ws_listen");
+  }
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error"};
   if (!levels.contains(c.log_level)) {
     return Invalid("log.level", absl::StrCat("must be one of ", absl::StrJoin(levels, ", ")));

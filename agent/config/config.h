@@ -100,6 +100,10 @@ struct Config {
   // key existed) and the Open vSwitch bridges (none unless listed).
   std::optional<std::vector<std::string>> network_bridges;
   std::vector<std::string> network_ovs_bridges;
+  // serial-ws: the browser console listener ("HOST:PORT"; empty: none), TLS as the REST
+  // listener; ws_public_host: the host its URLs name (what browsers and console proxies reach).
+  std::string console_ws_listen;
+  std::string console_ws_public_host;
 };
 
 struct CommandLine {

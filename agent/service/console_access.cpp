@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -11,11 +12,31 @@
 #include "hypervisor/console.h"
 
 namespace hvagent::service {
+namespace {
+
+std::string PercentEncode(const std::string& s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '.' || c == '-' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& domain, ConsoleKind kind) {
-  if (kind != ConsoleKind::kSerialTcp || tcp_ == nullptr) {
-    return absl::UnimplementedError(
-        absl::StrCat("kind: ", ConsoleKindName(kind), " consoles have no endpoint in this agent yet"));
+  const bool served = (kind == ConsoleKind::kSerialTcp && tcp_ != nullptr) ||
+                      (kind == ConsoleKind::kSerialWs && !options_.ws_base_url.empty());
+  if (!served) {
+    return absl::UnimplementedError(absl::StrCat("kind: ", ConsoleKindName(kind), " consoles have no endpoint in this agent",
+                                                 kind == ConsoleKind::kSerialWs ? " ([console] ws_listen is not set)" : ""));
   }
   auto info = hypervisor_.GetDomain(domain);
   if (!info.ok()) return info.status();
@@ -25,18 +46,30 @@ absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& do
   }
   auto issued = tickets_.Issue(domain, kind);
   if (!issued.ok()) return issued.status();
+  const auto left = issued->expires - std::chrono::steady_clock::now();
+  Ticket t{issued->ticket,
+           domain,
+           kind,
+           std::chrono::system_clock::now() + std::chrono::duration_cast<std::chrono::system_clock::duration>(left),
+           {},
+           0,
+           {}};
+  if (kind == ConsoleKind::kSerialWs) {
+    // The WebSocket listener is always there; the ticket is redeemed when the page's socket
+    // opens. A domain defined outside the agent may have any name: percent-encoded.
+    t.host = options_.ws_host;
+    t.port = options_.ws_port;
+    t.url = absl::StrCat(options_.ws_base_url, "/console/", PercentEncode(info->name), "?ticket=", issued->ticket);
+    return t;
+  }
   auto port = tcp_->Open(domain, issued->ticket, issued->expires);
   if (!port.ok()) {
     tickets_.Revoke(issued->ticket);
     return port.status();
   }
-  const auto left = issued->expires - std::chrono::steady_clock::now();
-  return Ticket{issued->ticket,
-                domain,
-                kind,
-                std::chrono::system_clock::now() + std::chrono::duration_cast<std::chrono::system_clock::duration>(left),
-                tcp_->options().address,
-                *port};
+  t.host = tcp_->options().address;
+  t.port = *port;
+  return t;
 }
 
 absl::StatusOr<ConsoleAccess::LogTail> ConsoleAccess::Log(const std::string& domain, uint64_t tail_bytes) {

@@ -18,6 +18,11 @@ class ConsoleAccess {
  public:
   struct Options {
     std::string log_dir;  // the hypervisor's console log directory; empty: no logs kept
+    // serial-ws: where browsers reach the WebSocket listener, "https://HOST:PORT" (the
+    // configured proxy-facing address, never the caller's); empty: no serial-ws endpoint.
+    std::string ws_base_url;
+    std::string ws_host;
+    int ws_port = 0;
   };
   ConsoleAccess(hv::Hypervisor& hypervisor, ConsoleTickets& tickets, ConsoleTcpEndpoints* tcp, Options options)
       : hypervisor_(hypervisor), tickets_(tickets), tcp_(tcp), options_(std::move(options)) {}
@@ -27,8 +32,9 @@ class ConsoleAccess {
     std::string domain;
     ConsoleKind kind;
     std::chrono::system_clock::time_point expires;
-    std::string host;  // serial-tcp: where its one connection is awaited
+    std::string host;  // serial-tcp: where its one connection is awaited; serial-ws: the listener
     int port = 0;
+    std::string url;  // serial-ws: the web terminal page, ticket included
   };
   // NotFound (no such domain), FailedPrecondition (not running), Unimplemented (a kind this
   // agent has no endpoint for).

@@ -23,6 +23,7 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include "hvagent/v1/console.grpc.pb.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
@@ -129,6 +130,7 @@ class Agent {
     host = v1::HostService::NewStub(channel);
     metrics = v1::MetricsService::NewStub(channel);
     storage = v1::StorageService::NewStub(channel);
+    consoles = v1::ConsoleService::NewStub(channel);
   }
 
   // A fresh context with the call's deadline.
@@ -150,6 +152,7 @@ class Agent {
   std::unique_ptr<v1::HostService::Stub> host;
   std::unique_ptr<v1::MetricsService::Stub> metrics;
   std::unique_ptr<v1::StorageService::Stub> storage;
+  std::unique_ptr<v1::ConsoleService::Stub> consoles;
 
  private:
   std::string address_;
@@ -507,12 +510,34 @@ std::string Lower(std::string s) {
   return s;
 }
 
-// CloudStack wants VNC (host, port, one-time password) or a URL a browser can open; the agent
-// has neither yet (its consoles are the gRPC stream and raw TCP tickets, docs/consoles.md).
-int GetConsole(const Payload&, const Agent&) {
-  return Fail("getconsole: hvagent has no console endpoint CloudStack can hand out yet (no VNC, no web "
-              "terminal); on the host, `hvctl console NAME` attaches to the guest's serial console",
-              "UNIMPLEMENTED");
+// CloudStack wants VNC (host, port, one-time password) or a URL a browser can open. The agent
+// serves the guest's serial console as a web terminal: a serial-ws ticket's URL, on the agent's
+// proxy-facing address ([console] ws_public_host), good once within [console]
+// ticket_ttl_seconds; CloudStack hands it to the user as a "direct" console.
+int GetConsole(const Payload& p, const Agent& a) {
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+  if (!r.exists) {
+    return Fail("getconsole: instance " + VmName(p) + " has no domain on this host", "NOT_FOUND");
+  }
+  v1::IssueConsoleTicketRequest req;
+  req.set_domain_name(r.name);
+  req.set_kind(v1::CONSOLE_KIND_SERIAL_WS);
+  v1::ConsoleTicket t;
+  auto s = a.consoles->IssueConsoleTicket(a.Context().get(), req, &t);
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    return Fail("getconsole: the agent serves no web console ([console] ws_listen is not set on the host); "
+                "on the host, `hvctl console " + r.name + "` attaches to the guest's serial console",
+                "UNIMPLEMENTED");
+  }
+  if (!s.ok()) return a.Error(s, "issuing a console ticket for " + r.name);
+  value console = value::object();
+  console["url"] = value::string(t.url());
+  console["protocol"] = value::string("direct");
+  value out = value::object();
+  out["status"] = value::string("success");
+  out["console"] = console;
+  return Emit(out, 0);
 }
 
 // Every action this extension answers, and how. An action missing here is refused by name; no

@@ -19,8 +19,10 @@ import unittest
 import uuid
 
 import grpc
+import http.client
+import websocket  # python3-websocket (websocket-client)
 
-from agent_harness import AgentTestCase, virsh, small_spec, with_security, test_guest
+from agent_harness import AgentTestCase, virsh, small_spec, with_security, test_guest, free_port
 from hvagent.v1 import console_pb2, console_pb2_grpc, domain_pb2
 
 GUEST_PREFIX = "hvcon-"  # not hvit-: AgentTestCase.tearDown removes those after every test
@@ -106,8 +108,10 @@ class ConsoleTest(AgentTestCase):
         cls.kernel, cls.initrd = test_guest()
         cls.log_dir = tempfile.mkdtemp(prefix="hvcon-logs-")
         cls.port_min = random.randrange(30000, 39000)
+        cls.ws_port = free_port()
         return with_security(f"""[console]
 ticket_ttl_seconds = {cls.TTL}
+ws_listen = "127.0.0.1:{cls.ws_port}"
 tcp_listen = "127.0.0.1"
 tcp_port_min = {cls.port_min}
 tcp_port_max = {cls.port_min + 19}
@@ -262,6 +266,112 @@ log_dir = "{cls.log_dir}/logs"
                 kind=console_pb2.CONSOLE_KIND_SERIAL_TCP))
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("domain_name", e.exception.details())
+
+    # ---- the browser's way: serial-ws tickets, the WebSocket and the page ----
+
+    def ws_ticket(self, name=None):
+        status, body = self.agent.rest("POST", f"/v1/domains/{name or self.guest}/console-tickets",
+                                       {"kind": "CONSOLE_KIND_SERIAL_WS"})
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["port"], self.ws_port)
+        self.assertTrue(body["url"].startswith(f"http://127.0.0.1:{self.ws_port}/console/{name or self.guest}?ticket="),
+                        body)
+        return body
+
+    def ws_connect(self, query, name=None):
+        return websocket.create_connection(
+            f"ws://127.0.0.1:{self.ws_port}/console/{name or self.guest}/ws?{query}", timeout=10)
+
+    def ws_refusal(self, query, name=None):
+        """The HTTP status of a refused upgrade."""
+        with self.assertRaises(websocket.WebSocketBadStatusException) as e:
+            self.ws_connect(query, name).close()
+        return e.exception.status_code
+
+    def http_get(self, path, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.ws_port, timeout=10)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, r.read(), dict(r.getheaders())
+        finally:
+            conn.close()
+
+    def test_websocket_types_into_the_guest_and_every_reader_sees_the_echo(self):
+        grpc_reader = self.attach()
+        ws = self.ws_connect("ticket=" + self.ws_ticket()["ticket"])
+        try:
+            got = b""
+            word = token()
+            deadline = time.time() + 30
+            next_type = 0
+            ws.settimeout(0.5)
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                self.assertLess(time.time(), deadline, got[-2000:])
+                if time.time() >= next_type:
+                    ws.send_binary(f"echo {word}\n".encode())
+                    next_type = time.time() + 3
+                try:
+                    opcode, data = ws.recv_data()
+                    self.assertEqual(opcode, websocket.ABNF.OPCODE_BINARY)
+                    got += data
+                except websocket.WebSocketTimeoutException:
+                    pass
+            # The same line reached the gRPC Attach reader: one console, shared.
+            grpc_reader.wait_for_line(word)
+        finally:
+            ws.close()
+
+    def test_websocket_ticket_is_refused_401_when_reused_expired_or_for_another_domain(self):
+        t = self.ws_ticket()["ticket"]
+        self.ws_connect("read_only=1&ticket=" + t).close()
+        self.assertEqual(self.ws_refusal("ticket=" + t), 401)  # used
+        self.assertEqual(self.ws_refusal("ticket="), 401)
+        self.assertEqual(self.ws_refusal("read_only=1"), 401)
+        expiring = self.ws_ticket()["ticket"]
+        time.sleep(self.TTL + 0.5)
+        self.assertEqual(self.ws_refusal("ticket=" + expiring), 401)
+        # A ticket for this guest presented for another (running or not) is refused and burnt.
+        other = self.ws_ticket()["ticket"]
+        self.assertEqual(self.ws_refusal("ticket=" + other, name=GUEST_PREFIX + "absent"), 401)
+        self.assertEqual(self.ws_refusal("ticket=" + other), 401)
+        tcp = self.tcp_ticket()["ticket"]
+        self.assertEqual(self.ws_refusal("ticket=" + tcp), 401)  # a serial-tcp ticket is not serial-ws
+        self.assertIn("serial-ws connect", self.agent.log_text())  # audited
+
+    def test_websocket_second_writer_is_409_unless_it_takes_over(self):
+        first = self.ws_connect("ticket=" + self.ws_ticket()["ticket"])
+        try:
+            self.assertEqual(self.ws_refusal("ticket=" + self.ws_ticket()["ticket"]), 409)
+            taker = self.ws_connect("take_over=1&ticket=" + self.ws_ticket()["ticket"])
+            taker.close()
+            first.settimeout(10)
+            with self.assertRaises(websocket.WebSocketConnectionClosedException):
+                while True:
+                    opcode, data = first.recv_data(control_frame=True)
+                    if opcode == websocket.ABNF.OPCODE_CLOSE:
+                        self.assertEqual(int.from_bytes(data[:2], "big"), 4001, data)
+                        raise websocket.WebSocketConnectionClosedException()
+        finally:
+            first.close()
+
+    def test_page_and_xterm_are_served_and_nothing_else(self):
+        status, body, headers = self.http_get(f"/console/{self.guest}?ticket=anything")
+        self.assertEqual(status, 200)
+        self.assertIn(b"/console/static/xterm.js", body)
+        self.assertEqual(headers.get("Referrer-Policy"), "no-referrer")
+        status, body, _ = self.http_get("/console/static/xterm.js")
+        self.assertEqual(status, 200)
+        with open("/usr/share/javascript/xterm/xterm.js", "rb") as f:
+            self.assertEqual(body, f.read())  # Debian's libjs-xterm, as installed
+        self.assertEqual(self.http_get("/console/static/xterm.css")[0], 200)
+        for path in ("/console/static/addons", "/console/static/../../../etc/passwd",
+                     "/console/static/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/usr/share/javascript/xterm/xterm.js", "/"):
+            self.assertEqual(self.http_get(path)[0], 404, path)
+        # The socket's path without an upgrade: 400, and the ticket is not spent by it.
+        t = self.ws_ticket()["ticket"]
+        self.assertEqual(self.http_get(f"/console/{self.guest}/ws?ticket={t}")[0], 400)
+        self.ws_connect("read_only=1&ticket=" + t).close()
 
     # ---- hvctl console, in a pseudo-terminal as a person would run it ----
 

@@ -5,6 +5,7 @@ PERMISSION_DENIED (401 / 403) and change nothing; plain text is refused unless a
 then only on loopback."""
 
 import hashlib
+import http.client
 import os
 import shutil
 import signal
@@ -54,7 +55,9 @@ class SecurityTest(AgentTestCase):
         tokens = "".join(f'[[auth.tokens]]\nname = "{r}-token"\nsha256 = "{sha}"\nrole = "{r}"\n'
                          for r, (_, sha) in cls.tokens.items())
         bulk = (f'[[auth.tokens]]\nname = "bulk"\nsha256 = "{cls.bulk_sha}"\nrole = "monitor"\n')
-        return (f'[tls]\ncert_file = "{cls.pem("server.crt")}"\nkey_file = "{cls.pem("server.key")}"\n'
+        cls.ws_port = free_port()
+        return (f'[console]\nws_listen = "127.0.0.1:{cls.ws_port}"\n'
+                f'[tls]\ncert_file = "{cls.pem("server.crt")}"\nkey_file = "{cls.pem("server.key")}"\n'
                 f'client_ca_file = "{cls.pem("ca.crt")}"\n[limits]\nrequests_per_second = 0.2\nburst = 30\n'
                 f'max_streams_per_caller = 2\n{identities}{tokens}{bulk}')
 
@@ -79,6 +82,34 @@ class SecurityTest(AgentTestCase):
         except grpc.RpcError as e:
             return e.code(), e.details()
         return grpc.StatusCode.OK, ""
+
+    # ---- the browser console listener: TLS with the agent's own certificate ----
+
+    def test_web_console_listener_is_tls_with_the_agents_certificate(self):
+        # No client certificate: a browser has none; the ticket is the credential.
+        ctx = ssl.create_default_context(cafile=self.pem("ca.crt"))
+
+        def get(path, headers=None):  # one request per connection, as the listener answers
+            conn = http.client.HTTPSConnection("127.0.0.1", self.ws_port, timeout=10, context=ctx)
+            try:
+                conn.request("GET", path, headers=headers or {})
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+
+        status, body = get("/console/some-vm?ticket=x")
+        self.assertEqual(status, 200)
+        self.assertIn(b"xterm.js", body)
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        self.assertEqual(get("/console/some-vm/ws?ticket=made-up", upgrade)[0], 401)
+        # Plain HTTP gets no answer from a TLS listener.
+        plain = http.client.HTTPConnection("127.0.0.1", self.ws_port, timeout=10)
+        with self.assertRaises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/console/some-vm?ticket=x")
+            plain.getresponse()
+        plain.close()
 
     # ---- gRPC: identity from the client certificate ----
 

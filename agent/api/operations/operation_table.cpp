@@ -352,6 +352,7 @@ absl::Status IssueConsoleTicket(const Services& s, const v1::IssueConsoleTicketR
       std::chrono::duration_cast<std::chrono::milliseconds>(t->expires.time_since_epoch()).count());
   out->set_host(t->host);
   out->set_port(static_cast<uint32_t>(t->port));
+  out->set_url(t->url);
   return absl::OkStatus();
 }
 

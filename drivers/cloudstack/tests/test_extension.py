@@ -2,15 +2,17 @@
 CloudStack calls, with payloads shaped as the management server writes them (fixtures/), and the
 error paths (bad payloads, unknown action, unreachable agent, TLS failure). ctest -L cloudstack"""
 
+import http.client
 import os
 import shutil
+import urllib.parse
 import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
-from extension_harness import Agent, Extension
+from extension_harness import Agent, Extension, free_port
 
 VM = "i-2-100-VM"
 VM_UUID = "3b7e2f0e-8d6a-4a51-9c3e-5a7d1c2b9e40"
@@ -131,8 +133,9 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(self.ext.run("STATUSES", "statuses.json")[0], 0)
 
     def test_getconsole_unsupported(self):
+        # This agent has no [console] ws_listen: nothing a browser could open.
         self.ok("create", "create.json")
-        self.fails("getconsole", "getconsole.json", "no console", "UNIMPLEMENTED")
+        self.fails("getconsole", "getconsole.json", "no web console", "UNIMPLEMENTED")
 
     # ---- custom actions ------------------------------------------------------------------
 
@@ -431,3 +434,85 @@ class AdmissionTest(unittest.TestCase):
         self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
         self.assertIn("spec.memory_mib: not enough memory on this host: asked 102400 MiB", out["error"])
         self.assertEqual(self.agent.domains(), before)
+
+
+class GetConsoleTest(unittest.TestCase):
+    """getconsole against an agent serving the web console: a "direct" console whose URL names
+    the agent's configured proxy-facing host, never the caller's, and holds a one-time serial-ws
+    ticket for this instance's domain."""
+
+    PUBLIC_HOST = "console.example.test"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ws_port = free_port()
+        cls.agent = Agent("test:///default", config_toml=f"""[console]
+ws_listen = "127.0.0.1:{cls.ws_port}"
+ws_public_host = "{cls.PUBLIC_HOST}"
+""")
+        cls.ext = Extension(cls.agent.grpc_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ext.cleanup()
+        cls.agent.stop()
+
+    def tearDown(self):
+        if VM in self.agent.domains():
+            self.agent.rest("DELETE", f"/v1/domains/{VM}?force=true")
+
+    def getconsole(self):
+        code, out = self.ext.run("getconsole", "getconsole.json")
+        return code, out
+
+    def upgrade(self, path_and_query):
+        """A WebSocket upgrade request to the agent's console listener; its HTTP status."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ws_port, timeout=10)
+        try:
+            conn.request("GET", path_and_query, headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def test_getconsole_gives_a_direct_url_with_a_one_time_ticket(self):
+        code, out = self.ext.run("create", "create.json")
+        self.assertEqual(code, 0, out)
+        code, out = self.getconsole()
+        self.assertEqual(code, 0, out)
+        self.assertEqual(out["status"], "success", out)
+        self.assertEqual(out["console"]["protocol"], "direct")
+        url = urllib.parse.urlsplit(out["console"]["url"])
+        self.assertEqual(url.hostname, self.PUBLIC_HOST)  # the configured host, not 127.0.0.1
+        self.assertEqual(url.port, self.ws_port)
+        self.assertEqual(url.path, f"/console/{VM}")
+        ticket = urllib.parse.parse_qs(url.query)["ticket"][0]
+        self.assertGreaterEqual(len(ticket), 40)
+        # The page itself is served by the agent and spends nothing.
+        conn = http.client.HTTPConnection("127.0.0.1", self.ws_port, timeout=10)
+        conn.request("GET", f"{url.path}?{url.query}")
+        page = conn.getresponse()
+        self.assertEqual(page.status, 200)
+        self.assertIn(b"/console/static/xterm.js", page.read())
+        conn.close()
+        # A made-up ticket is refused before any upgrade; the real one is taken once (what follows
+        # the ticket depends on whether test:///default has a console), then refused.
+        self.assertEqual(self.upgrade(f"/console/{VM}/ws?ticket=made-up"), 401)
+        self.assertNotEqual(self.upgrade(f"/console/{VM}/ws?ticket={ticket}"), 401)
+        self.assertEqual(self.upgrade(f"/console/{VM}/ws?ticket={ticket}"), 401)
+        # Each getconsole is a new ticket.
+        code, again = self.getconsole()
+        self.assertEqual(code, 0, again)
+        self.assertNotEqual(again["console"]["url"], out["console"]["url"])
+
+    def test_getconsole_of_a_missing_or_stopped_vm_fails(self):
+        code, out = self.getconsole()
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "NOT_FOUND", out)
+        self.assertEqual(self.ext.run("create", "create.json")[0], 0)
+        self.assertEqual(self.ext.run("stop", "stop.json")[0], 0)
+        code, out = self.getconsole()
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "FAILED_PRECONDITION", out)
+        self.assertIn("not running", out["error"])

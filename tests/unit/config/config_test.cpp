@@ -732,9 +732,6 @@ TEST(StoragePools, RejectsHostileOrAmbiguousPoolsNamingTheKey) {
   }
 }
 
-}  // namespace
-}  // namespace hvagent::config
-
 namespace hvagent::config {
 namespace {
 
@@ -910,6 +907,29 @@ TEST(ConfigKeysTest, TheDocumentedExampleListsExactlyTheKeyTable) {
   std::vector<std::string> keys = ConfigKeys();
   EXPECT_EQ(documented, std::set<std::string>(keys.begin(), keys.end()));
   EXPECT_GE(keys.size(), 30u);
+}
+
+}  // namespace
+}  // namespace hvagent::config
+
+// The browser console listener: off by default; on loopback only in the development mode (it is
+// plain text there, like REST); a wildcard address needs the host its URLs name.
+TEST(Validate, ConsoleWsListenFollowsTheRestListenerRules) {
+  EXPECT_TRUE(Dev().console_ws_listen.empty());
+  Config c = Dev();
+  c.console_ws_listen = "127.0.0.1:8781";
+  EXPECT_TRUE(Validate(c).ok());
+  c.console_ws_listen = "10.0.0.5:8781";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("console.ws_listen"));
+  c.console_ws_listen = c.rest_listen;
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("must differ"));
+  c = Dev();
+  c.console_ws_public_host = "console.example";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("needs console.ws_listen"));
+  c.console_ws_listen = "127.0.0.1:8781";
+  EXPECT_TRUE(Validate(c).ok());
+  c.console_ws_public_host = "evil.example/x?";
+  EXPECT_THAT(Msg(Validate(c)), HasSubstr("console.ws_public_host"));
 }
 
 }  // namespace
