@@ -67,16 +67,21 @@ class DomainViewConsistencyTest(AgentTestCase):
         return (domain_pb2.DomainState.Name(d.state), d.vcpus, d.memory_mib, d.persistent)
 
     def settle(self, name, what):
-        """Waits until the agent agrees with virsh about `name`; returns the seconds it took."""
+        """Waits until the agent agrees with virsh about `name`; returns the seconds it took.
+        Each thread owns its domains, so what virsh says right after the change stays true: it
+        is read once, and the clock measures only the agent catching up (virsh's own run time
+        under load would otherwise dominate), then virsh is asked again to confirm."""
+        truth = virsh_view(name)
         t0 = time.monotonic()
         while True:
-            truth = virsh_view(name)
             seen = self.agent_view(name)
             if seen == truth:
-                return time.monotonic() - t0
+                took = time.monotonic() - t0
+                self.assertEqual(self.agent_view(name), virsh_view(name), f"after {what}")
+                return took
             if time.monotonic() - t0 > SETTLE_SECONDS:
                 raise AssertionError(f"after {what}: agent says {seen}, virsh says {truth}")
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def one_domain_life(self, rng, name, latencies, errors):
         try:
@@ -138,8 +143,9 @@ class DomainViewConsistencyTest(AgentTestCase):
         self.assertEqual(errors, [], f"seed {seed}")
         self.assertGreaterEqual(len(latencies), 30)
         worst = max(latencies, key=lambda x: x[1])
-        print(f"\ndomain view: {len(latencies)} changes settled, max latency {worst[1] * 1000:.1f} ms ({worst[0]}), "
-              f"seed {seed}")
+        median = sorted(t for _, t in latencies)[len(latencies) // 2]
+        print(f"\ndomain view: {len(latencies)} changes settled, median {median * 1000:.1f} ms, max latency "
+              f"{worst[1] * 1000:.1f} ms ({worst[0]}), seed {seed}")
 
     def test_no_stale_answer_across_a_libvirtd_restart(self):
         r = subprocess.run([FIXTURE, "pid"], capture_output=True, text=True)
