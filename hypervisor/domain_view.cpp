@@ -46,12 +46,20 @@ bool HasUptime(DomainState s) {
 }  // namespace
 
 DomainView::DomainView(Hypervisor& inner, Options options) : inner_(inner), options_(options) {
-  inner_.SetEventSink([this](const DomainEvent& e) { OnEvent(e); });
+  relay_->view = this;
+  inner_.SetEventSink([relay = relay_](const DomainEvent& e) {
+    std::lock_guard lock(relay->mu);
+    if (relay->view != nullptr) relay->view->OnEvent(e);
+  });
   worker_ = std::thread([this] { WorkerLoop(); });
 }
 
 DomainView::~DomainView() {
   inner_.SetEventSink(nullptr);
+  {
+    std::lock_guard lock(relay_->mu);
+    relay_->view = nullptr;
+  }
   {
     std::lock_guard lock(mu_);
     stopping_ = true;

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -126,6 +127,14 @@ class DomainView final : public Hypervisor {
 
   std::mutex sink_mu_;
   EventSink sink_;
+
+  // What the inner hypervisor's sink holds: it may be mid-call on another thread when the view
+  // goes, so the destructor detaches under this lock and waits for such a call to finish.
+  struct Relay {
+    std::mutex mu;
+    DomainView* view = nullptr;
+  };
+  std::shared_ptr<Relay> relay_ = std::make_shared<Relay>();
 
   std::thread worker_;
 };
