@@ -36,6 +36,7 @@
 #include "common/host_path_policy.h"
 #include "common/periodic_thread.h"
 #include "common/log.h"
+#include "hypervisor/domain_view.h"
 #include "hypervisor/libvirt/libvirt_hypervisor.h"
 #include "hypervisor/xen/xenctrl_probe.h"
 #include "storage/exec/subprocess_runner.h"
@@ -293,7 +294,11 @@ int Run(const config::Config& cfg) {
     }
     std::filesystem::permissions(cfg.console_log_dir, std::filesystem::perms::owner_all, ec);
   }
-  hv::LibvirtHypervisor hypervisor({.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir});
+  hv::LibvirtHypervisor libvirt({.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir});
+  // Every service reads domains through the event-fed view (hypervisor/domain_view.h): state,
+  // listings and capacity from memory, everything else passed to libvirt. Consoles open on the
+  // libvirt connection itself.
+  hv::DomainView hypervisor(libvirt);
   SystemClock clock;
   service::EventHub events;
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
@@ -362,7 +367,7 @@ int Run(const config::Config& cfg) {
   }
   service::OperationGate gate(cfg.max_operations_in_flight);
   // Guests' consoles, shared among the callers attached to each (closed with the last one).
-  service::ConsoleSessions consoles(hypervisor, {});
+  service::ConsoleSessions consoles(libvirt, {});
   service::ConsoleTickets console_tickets(clock, cfg.console_ticket_ttl);
   service::ConsoleTcpEndpoints console_tcp(
       consoles, console_tickets,

@@ -6,6 +6,7 @@
 // FailedPrecondition (wrong state), Unimplemented (driver lacks the operation),
 // Unavailable (connection down). They never run a shell.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -84,6 +85,10 @@ class Hypervisor {
 
   // False while the connection is down and being re-opened.
   virtual bool Connected() const = 0;
+  // Counts the connections opened so far: a caller holding state read from the hypervisor
+  // (DomainView) sees from a changed value that a reconnect happened, even one too quick for
+  // Connected() to be seen false.
+  virtual uint64_t ConnectionGeneration() const = 0;
 };
 
 }  // namespace hvagent::hv

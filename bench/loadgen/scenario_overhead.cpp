@@ -2,6 +2,7 @@
 // calls made directly, interleaved in one run.
 
 #include <functional>
+#include <thread>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -59,6 +60,18 @@ bool DirectGetCapacity(virConnectPtr c) {
   (void)virConnectGetLibVersion(c, &v);
   free(virConnectGetHostname(c));
   return DirectListDomains(c);
+}
+
+// /metrics: the one bulk statistics call the collector makes.
+bool DirectAllStats(virConnectPtr c) {
+  virDomainStatsRecordPtr* records = nullptr;
+  int n = virConnectGetAllDomainStats(
+      c, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_CPU_TOTAL | VIR_DOMAIN_STATS_BALLOON | VIR_DOMAIN_STATS_VCPU |
+             VIR_DOMAIN_STATS_INTERFACE | VIR_DOMAIN_STATS_BLOCK,
+      &records, 0);
+  if (n < 0) return false;
+  virDomainStatsRecordListFree(records);
+  return true;
 }
 
 struct Way {
@@ -120,13 +133,11 @@ absl::Status RunOverhead(const Settings& s, Report& report) {
   if (conn == nullptr) {
     return absl::UnavailableError(absl::StrCat("virConnectOpen ", uri, ": ", virGetLastErrorMessage()));
   }
-  const int extra_domains = 9;  // with the test driver's own "test": ten domains to list
-  if (daemon) {
-    if (auto st = DefineTestDomains(conn, "bench-ovh-", extra_domains); !st.ok()) {
-      virConnectClose(conn);
-      return st;
-    }
-  }
+  // Ten domains (the test driver's own "test" and nine more), then a thousand: the view answers
+  // from memory either way, libvirt's cost grows with the count. An agent we did not start is
+  // measured on what it has.
+  std::vector<int> totals = daemon ? std::vector<int>{10, 1000} : std::vector<int>{0};
+  if (s.smoke && daemon) totals = {10, 30};
 
   auto channel = MakeChannels(grpc_address, 1)[0];
   auto domains = v1::DomainService::NewStub(channel);
@@ -147,64 +158,85 @@ absl::Status RunOverhead(const Settings& s, Report& report) {
       return r.ok() && r->status == 200;
     };
   };
-  std::vector<Operation> ops;
-  ops.push_back({"GetDomain",
-                 {{"direct libvirt", [&] { return DirectGetDomain(conn, "test"); }, {}},
-                  {"gRPC",
-                   GrpcWay<v1::Domain>(
-                       cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncGetDomain(ctx, get_req, q); }),
-                   {}},
-                  {"REST", rest("/v1/domains/test"), {}}}});
-  ops.push_back(
-      {"ListDomains",
-       {{"direct libvirt", [&] { return DirectListDomains(conn); }, {}},
-        {"gRPC",
-         GrpcWay<v1::ListDomainsResponse>(
-             cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncListDomains(ctx, list_req, q); }),
-         {}},
-        {"REST", rest("/v1/domains"), {}}}});
-  ops.push_back({"GetCapacity",
-                 {{"direct libvirt", [&] { return DirectGetCapacity(conn); }, {}},
-                  {"gRPC",
-                   GrpcWay<v1::Capacity>(
-                       cq, [&](auto* ctx, auto* q, size_t) { return host->PrepareAsyncGetCapacity(ctx, cap_req, q); }),
-                   {}},
-                  {"REST", rest("/v1/host/capacity"), {}}}});
-
-  // Interleaved: every iteration makes each call once, in an order that rotates, so drift in
-  // the machine's load lands on all paths alike.
-  const int warmup = s.smoke ? 3 : 100;
-  const int iterations = s.smoke ? 20 : 3000;
-  int failures = 0;
-  for (int it = -warmup; it < iterations; ++it) {
-    for (Operation& op : ops) {
-      for (size_t k = 0; k < op.ways.size(); ++k) {
-        Way& w = op.ways[(k + static_cast<size_t>(it + warmup)) % op.ways.size()];
-        auto t0 = Clock::now();
-        bool ok = w.call();
-        auto t = Clock::now() - t0;
-        if (!ok) ++failures;
-        if (it >= 0 && ok) w.lat.Add(t);
+  int defined = 1;  // the test driver's "test"
+  for (int total : totals) {
+    if (daemon && total > defined) {
+      if (auto st = DefineTestDomains(conn, absl::StrCat("bench-ovh-", total, "-"), total - defined); !st.ok()) {
+        virConnectClose(conn);
+        return st;
+      }
+      defined = total;
+      // The agent's view learns of them by their events: wait until it lists them all.
+      for (int tries = 0; tries < 500; ++tries) {
+        grpc::ClientContext ctx;
+        v1::ListDomainsResponse out;
+        if (domains->ListDomains(&ctx, list_req, &out).ok() && out.domains_size() >= total) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     }
-  }
-  for (Operation& op : ops) {
-    Way& direct = op.ways[0];
-    for (Way& w : op.ways) {
-      bool base = &w == &direct;
-      report.Row({op.name, w.name, Cell(w.lat.p50(), 0), Cell(w.lat.p99(), 0),
-                  base ? Cell("") : Cell(w.lat.p50() / direct.lat.p50(), 2),
-                  base ? Cell("") : Cell(w.lat.p99() / direct.lat.p99(), 2), static_cast<uint64_t>(w.lat.count())});
+    const std::string suffix = total > 0 ? absl::StrCat(" (", total, " domains)") : "";
+    std::vector<Operation> ops;
+    ops.push_back({"GetDomain" + suffix,
+                   {{"direct libvirt", [&] { return DirectGetDomain(conn, "test"); }, {}},
+                    {"gRPC",
+                     GrpcWay<v1::Domain>(
+                         cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncGetDomain(ctx, get_req, q); }),
+                     {}},
+                    {"REST", rest("/v1/domains/test"), {}}}});
+    ops.push_back(
+        {"ListDomains" + suffix,
+         {{"direct libvirt", [&] { return DirectListDomains(conn); }, {}},
+          {"gRPC",
+           GrpcWay<v1::ListDomainsResponse>(
+               cq, [&](auto* ctx, auto* q, size_t) { return domains->PrepareAsyncListDomains(ctx, list_req, q); }),
+           {}},
+          {"REST", rest("/v1/domains"), {}}}});
+    ops.push_back({"GetCapacity" + suffix,
+                   {{"direct libvirt", [&] { return DirectGetCapacity(conn); }, {}},
+                    {"gRPC",
+                     GrpcWay<v1::Capacity>(
+                         cq, [&](auto* ctx, auto* q, size_t) { return host->PrepareAsyncGetCapacity(ctx, cap_req, q); }),
+                     {}},
+                    {"REST", rest("/v1/host/capacity"), {}}}});
+    ops.push_back({"/metrics" + suffix,
+                   {{"direct libvirt", [&] { return DirectAllStats(conn); }, {}}, {"REST", rest("/metrics"), {}}}});
+
+    // Interleaved: every iteration makes each call once, in an order that rotates, so drift in
+    // the machine's load lands on all paths alike. A thousand direct listings cost ~0.1 s each.
+    const int warmup = s.smoke ? 3 : (total >= 1000 ? 10 : 100);
+    const int iterations = s.smoke ? 20 : (total >= 1000 ? 200 : 3000);
+    int failures = 0;
+    for (int it = -warmup; it < iterations; ++it) {
+      for (Operation& op : ops) {
+        for (size_t k = 0; k < op.ways.size(); ++k) {
+          Way& w = op.ways[(k + static_cast<size_t>(it + warmup)) % op.ways.size()];
+          auto t0 = Clock::now();
+          bool ok = w.call();
+          auto t = Clock::now() - t0;
+          if (!ok) ++failures;
+          if (it >= 0 && ok) w.lat.Add(t);
+        }
+      }
     }
+    for (Operation& op : ops) {
+      Way& direct = op.ways[0];
+      for (Way& w : op.ways) {
+        bool base = &w == &direct;
+        report.Row({op.name, w.name, Cell(w.lat.p50(), 0), Cell(w.lat.p99(), 0),
+                    base ? Cell("") : Cell(w.lat.p50() / direct.lat.p50(), 2),
+                    base ? Cell("") : Cell(w.lat.p99() / direct.lat.p99(), 2), static_cast<uint64_t>(w.lat.count())});
+      }
+    }
+    report.Note(absl::StrCat("libvirt: ",
+                             daemon ? "a private libvirtd (test driver, test+unix:///default) that the "
+                                      "agent and the direct calls both reach over its unix socket"
+                                    : uri,
+                             "; ", total > 0 ? absl::StrCat(total, " running domains; ") : "", "one call at a time, ",
+                             iterations, " interleaved iterations after ", warmup, " warm-up; failed calls: ", failures));
   }
-  report.Note(absl::StrCat("libvirt: ",
-                           daemon ? "a private libvirtd (test driver, test+unix:///default) that the "
-                                    "agent and the direct calls both reach over its unix socket"
-                                  : uri,
-                           "; ", extra_domains + 1, " running domains; one call at a time, ", iterations,
-                           " interleaved iterations after ", warmup, " warm-up; failed calls: ", failures));
-  report.Note("direct = the libvirt calls the agent itself makes for that answer, from the benchmark process");
-  report.Note("targets: gRPC p50 <= 1.2x direct, REST p50 <= 1.5x direct");
+  report.Note("direct = the libvirt calls the agent made for that answer before the domain view, from the benchmark "
+              "process (/metrics: the one bulk statistics call)");
+  report.Note("targets (issue 25): p50 <= 0.5x direct, p99 <= 2x direct; /metrics and GetCapacity <= 50 ms at 1000");
   virConnectClose(conn);
   return absl::OkStatus();
 }

@@ -84,6 +84,7 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::Status DetachNic(const std::string& name, const std::string& mac) override;
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
+  uint64_t ConnectionGeneration() const override { return connection_generation(); }
   // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
   // paused.
   absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,

@@ -4,6 +4,7 @@
 // test inject failures and decide whether guests honour a graceful shutdown.
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -22,11 +23,13 @@ class FakeHypervisor final : public hv::Hypervisor {
   int shutdown_polls = 2;
   absl::Status fail_start;             // returned by StartDomain when not ok
   absl::Status fail_define;
+  absl::Status fail_list;              // returned by ListDomains when not ok
   absl::Status fail_undefine;
   absl::Status fail_attach;
   absl::Status fail_detach;            // DetachDisk answers this and the disk stays (a guest that keeps it)
   absl::Status fail_resize;            // SetDomainResources answers this and changes nothing
-  bool connected = true;
+  std::atomic<bool> connected{true};
+  std::atomic<uint64_t> generation{1};  // a test bumps it to stand for a reconnect
   // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
   std::function<void(const std::string& name)> before_define;
   // Runs at the start of StartDomain, outside the fake's lock (admission races).
@@ -52,6 +55,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::StatusOr<std::vector<hv::DomainInfo>> ListDomains() override {
     std::lock_guard lock(mu_);
     if (auto s = Up(); !s.ok()) return s;
+    if (!fail_list.ok()) return fail_list;
     std::vector<hv::DomainInfo> out;
     for (auto& [name, d] : domains_) out.push_back(d.info);
     return out;
@@ -263,6 +267,7 @@ class FakeHypervisor final : public hv::Hypervisor {
 
   void SetEventSink(EventSink sink) override { sink_ = std::move(sink); }
   bool Connected() const override { return connected; }
+  uint64_t ConnectionGeneration() const override { return generation; }
 
   void Emit(const hv::DomainEvent& e) {
     if (sink_) sink_(e);
