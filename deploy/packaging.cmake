@@ -24,10 +24,12 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_STRIP_FILES ON)  # debug info stays in the build tree
-# libjs-xterm: the browser console's terminal (xterm.js), served from /usr/share/javascript/xterm.
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux, libjs-xterm")
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux")
 # qemu-utils: qemu-img converts qcow2 images on import (raw imports need nothing).
-set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "libvirt-daemon-system, qemu-utils")
+# libjs-xterm: the browser console's terminal (xterm.js, served from /usr/share/javascript/xterm)
+# when [console] ws_listen is set; an agent without the web console (Xen dom0s, the default)
+# does not need it.
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "libvirt-daemon-system, qemu-utils, libjs-xterm")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/deploy/debian/conffiles
                                        ${PROJECT_SOURCE_DIR}/deploy/debian/postrm)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
