@@ -98,16 +98,23 @@ absl::Status ComputeAdmission::Check(const Capacity& c, const std::vector<hv::Do
   return absl::OkStatus();
 }
 
-absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(const std::string& name, uint32_t vcpus,
-                                                                      uint64_t memory_mib, bool start) {
-  std::lock_guard lock(mu_);
+absl::StatusOr<std::pair<Capacity, std::vector<hv::DomainInfo>>> ComputeAdmission::ReadHost() {
   auto host = hv_.GetHostInfo();
   if (!host.ok()) return host.status();
   auto domains = hv_.ListDomains();
   if (!domains.ok()) return domains.status();
-  const Capacity c = ComputeCapacity(*host, *domains, policy_);
+  Capacity c = ComputeCapacity(*host, *domains, policy_);
+  return std::make_pair(std::move(c), *std::move(domains));
+}
+
+absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(const std::string& name, uint32_t vcpus,
+                                                                      uint64_t memory_mib, bool start) {
+  std::lock_guard lock(mu_);
+  auto now = ReadHost();
+  if (!now.ok()) return now.status();
+  const auto& [c, domains] = *now;
   const uint64_t memory_bytes = memory_mib * kMiB;
-  if (auto s = Check(c, *domains, vcpus, memory_bytes, /*running=*/false, "spec"); !s.ok()) return s;
+  if (auto s = Check(c, domains, vcpus, memory_bytes, /*running=*/false, "spec"); !s.ok()) return s;
   // Defined covers running (every running domain is defined), so a create that fits the first
   // also fits the second; it still holds "running" so that a concurrent start counts it.
   holds_.push_back({name, vcpus, memory_bytes, /*defines=*/true, /*runs=*/start});
@@ -116,15 +123,13 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitCreate(const std::
 
 absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitStart(const std::string& name) {
   std::lock_guard lock(mu_);
-  auto host = hv_.GetHostInfo();
-  if (!host.ok()) return host.status();
-  auto domains = hv_.ListDomains();
-  if (!domains.ok()) return domains.status();
-  auto it = std::find_if(domains->begin(), domains->end(), [&](const hv::DomainInfo& d) { return d.name == name; });
-  if (it == domains->end() || hv::IsActive(it->state)) return Hold();
-  const Capacity c = ComputeCapacity(*host, *domains, policy_);
+  auto now = ReadHost();
+  if (!now.ok()) return now.status();
+  const auto& [c, domains] = *now;
+  auto it = std::find_if(domains.begin(), domains.end(), [&](const hv::DomainInfo& d) { return d.name == name; });
+  if (it == domains.end() || hv::IsActive(it->state)) return Hold();
   const uint64_t memory_bytes = it->memory_mib * kMiB;
-  if (auto s = Check(c, *domains, it->vcpus, memory_bytes, /*running=*/true, absl::StrCat("domain '", name, "'")); !s.ok()) {
+  if (auto s = Check(c, domains, it->vcpus, memory_bytes, /*running=*/true, absl::StrCat("domain '", name, "'")); !s.ok()) {
     return s;
   }
   holds_.push_back({name, it->vcpus, memory_bytes, /*defines=*/false, /*runs=*/true});
@@ -135,20 +140,18 @@ absl::StatusOr<ComputeAdmission::Hold> ComputeAdmission::AdmitGrowth(const std::
                                                                       uint64_t memory_mib, bool running) {
   if (vcpus == 0 && memory_mib == 0) return Hold();
   std::lock_guard lock(mu_);
-  auto host = hv_.GetHostInfo();
-  if (!host.ok()) return host.status();
-  auto domains = hv_.ListDomains();
-  if (!domains.ok()) return domains.status();
-  const Capacity c = ComputeCapacity(*host, *domains, policy_);
+  auto now = ReadHost();
+  if (!now.ok()) return now.status();
+  const auto& [c, domains] = *now;
   const uint64_t memory_bytes = memory_mib * kMiB;
   for (bool r : {false, true}) {
     if (r && !running) continue;
     // "growth" names the request's own fields (UpdateDomainRequest.vcpus / memory_mib).
-    if (auto s = Check(c, *domains, vcpus, memory_bytes, r, "growth"); !s.ok()) return s;
+    if (auto s = Check(c, domains, vcpus, memory_bytes, r, "growth"); !s.ok()) return s;
   }
   Claim claim{name, vcpus, memory_bytes, /*defines=*/true, /*runs=*/running, /*growth=*/true};
-  auto it = std::find_if(domains->begin(), domains->end(), [&](const hv::DomainInfo& d) { return d.name == name; });
-  if (it != domains->end()) {
+  auto it = std::find_if(domains.begin(), domains.end(), [&](const hv::DomainInfo& d) { return d.name == name; });
+  if (it != domains.end()) {
     claim.to_vcpus = it->vcpus + vcpus;
     claim.to_memory_mib = it->memory_mib + memory_mib;
   } else {

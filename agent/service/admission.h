@@ -14,6 +14,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -85,6 +87,8 @@ class ComputeAdmission {
   const CapacityPolicy& policy() const { return policy_; }
 
  private:
+  // The capacity figures and the listing they were computed from, read once per admission.
+  absl::StatusOr<std::pair<Capacity, std::vector<hv::DomainInfo>>> ReadHost();
   absl::Status Check(const Capacity& c, const std::vector<hv::DomainInfo>& domains, uint32_t vcpus,
                      uint64_t memory_bytes, bool running, absl::string_view what);
 
