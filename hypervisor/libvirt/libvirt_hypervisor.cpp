@@ -4,6 +4,9 @@
 #include <libvirt/virterror.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -137,8 +140,29 @@ class LibvirtHypervisor::DomRef {
   virDomainPtr d_;
 };
 
+namespace {
+// Live LibvirtHypervisor objects by callback key (see callback_key_ in the header).
+std::mutex g_callback_mu;
+std::map<std::uintptr_t, LibvirtHypervisor*> g_callback_targets;
+std::uintptr_t g_next_callback_key = 1;
+
+// Runs `fn` on the object `opaque` names, if it is still alive, holding the registry's lock.
+template <typename Fn>
+void WithCallbackTarget(void* opaque, Fn&& fn) {
+  std::lock_guard lock(g_callback_mu);
+  auto it = g_callback_targets.find(reinterpret_cast<std::uintptr_t>(opaque));
+  if (it != g_callback_targets.end()) fn(*it->second);
+}
+}  // namespace
+
 LibvirtHypervisor::LibvirtHypervisor(Options options) : options_(std::move(options)) {
   SilenceLibvirtErrorPrinting();
+  {
+    std::lock_guard lock(g_callback_mu);
+    std::uintptr_t key = g_next_callback_key++;
+    g_callback_targets.emplace(key, this);
+    callback_key_ = reinterpret_cast<void*>(key);
+  }
   loop_ = LibvirtEventLoop::Acquire();
   if (auto s = OpenConnection(); !s.ok()) {
     Log()->warn("cannot connect to {} yet, will keep trying: {}", options_.uri, s.message());
@@ -156,6 +180,8 @@ LibvirtHypervisor::~LibvirtHypervisor() {
   cv_.notify_all();
   reconnect_thread_.join();
   DropConnection();
+  std::lock_guard lock(g_callback_mu);  // waits for a callback libvirt is still running
+  g_callback_targets.erase(reinterpret_cast<std::uintptr_t>(callback_key_));
 }
 
 absl::Status LibvirtHypervisor::OpenConnection() {
@@ -179,9 +205,9 @@ absl::Status LibvirtHypervisor::OpenConnection() {
     Log()->debug("no keepalive on {} ({})", options_.uri, k);
   }
   int cb_id = virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                               VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), this, nullptr);
+                                               VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), callback_key_, nullptr);
   if (cb_id < 0) Log()->warn("{}", LastLibvirtError("register lifecycle events").message());
-  if (virConnectRegisterCloseCallback(c, CloseCallback, this, nullptr) < 0) {
+  if (virConnectRegisterCloseCallback(c, CloseCallback, callback_key_, nullptr) < 0) {
     Log()->warn("{}", LastLibvirtError("register close callback").message());
   }
   std::lock_guard lock(mu_);
@@ -255,7 +281,7 @@ void LibvirtHypervisor::AnnounceResync() {
 }
 
 void LibvirtHypervisor::CloseCallback(virConnectPtr, int reason, void* opaque) {
-  static_cast<LibvirtHypervisor*>(opaque)->OnConnectionClosed(reason);
+  WithCallbackTarget(opaque, [&](LibvirtHypervisor& self) { self.OnConnectionClosed(reason); });
 }
 
 void LibvirtHypervisor::OnConnectionClosed(int reason) {
@@ -998,7 +1024,7 @@ void LibvirtHypervisor::SetEventSink(EventSink sink) {
 }
 
 int LibvirtHypervisor::LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
-  static_cast<LibvirtHypervisor*>(opaque)->OnLifecycleEvent(dom, event, detail);
+  WithCallbackTarget(opaque, [&](LibvirtHypervisor& self) { self.OnLifecycleEvent(dom, event, detail); });
   return 0;
 }
 

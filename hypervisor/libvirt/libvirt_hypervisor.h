@@ -134,8 +134,14 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   void OnLifecycleEvent(virDomainPtr dom, int event, int detail);
   void OnConnectionClosed(int reason);
 
+  // libvirt runs callbacks on the event-loop thread and does not wait for one in flight when it
+  // is deregistered. So a callback's opaque is this object's `callback_key_`, never a pointer to
+  // it: the callback looks the key up in a process-wide registry and runs with the registry's
+  // lock held, and the destructor removes the key under that lock, which waits for a callback
+  // already running. Keys are never reused, so a late callback finds nothing.
   static int LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
   static void CloseCallback(virConnectPtr, int reason, void* opaque);
+  void* callback_key_ = nullptr;
 
   const Options options_;
   std::shared_ptr<LibvirtEventLoop> loop_;
