@@ -101,9 +101,9 @@ void MetricsCollector::WatchEventChannels(const MetricsSample& s) {
   }
 }
 
-std::shared_ptr<const MetricsSample> MetricsCollector::Latest() {
-  auto fresh = [this](const std::shared_ptr<const MetricsSample>& s) {
-    return s != nullptr && clock_.Now() - s->taken_at < options_.max_age;
+std::shared_ptr<const MetricsSample> MetricsCollector::Latest(const std::shared_ptr<const MetricsSample>& not_this) {
+  auto fresh = [&](const std::shared_ptr<const MetricsSample>& s) {
+    return s != nullptr && s != not_this && clock_.Now() - s->taken_at < options_.max_age;
   };
   {
     std::lock_guard l(latest_mu_);

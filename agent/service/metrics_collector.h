@@ -67,8 +67,9 @@ class MetricsCollector {
                    hv::EventChannelProbe* evtchn = nullptr, hv::Hypervisor::EventSink events = {});
   ~MetricsCollector();
 
-  // A sample no older than max_age (collecting one when needed).
-  std::shared_ptr<const MetricsSample> Latest();
+  // A sample no older than max_age (collecting one when needed). A stream that must never send
+  // the same sample twice passes the one it sent last as `not_this`: that one is never returned.
+  std::shared_ptr<const MetricsSample> Latest(const std::shared_ptr<const MetricsSample>& not_this = nullptr);
 
   // Samples every `interval` in a background thread (so the event-channel watch fires with no
   // reader), until Stop() or destruction. Uses the real time, not the Clock.

@@ -737,6 +737,13 @@ absl::Status LibvirtHypervisor::SetDomainResources(const std::string& name, cons
     }
     return absl::OkStatus();
   }
+  // A suspended (managed-saved) guest restores the memory image of the size it was saved with;
+  // a definition changed under it would not match what it restores into.
+  if (virDomainHasManagedSaveImage(dom, 0) == 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name,
+                                                      "' is suspended to disk (managed save); resume it before resizing"));
+  }
+  virResetLastError();
   if (change.vcpus && *change.vcpus != now->vcpus) {
     if (!SetOffline(dom, SetVcpus, *change.vcpus, now->max_vcpus, VIR_DOMAIN_VCPU_MAXIMUM).ok()) {
       return LastLibvirtError(absl::StrCat("set vCPUs of domain ", name));

@@ -183,9 +183,13 @@ grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::Watch
   }
   Log()->info("metrics Watch opened (every {} s)", interval);
   auto next = std::chrono::steady_clock::now();
+  // A cached sample can be younger than the interval; sending it twice would report no change
+  // over a whole interval, so each write takes a sample the stream has not sent.
+  std::shared_ptr<const service::MetricsSample> sent;
   while (!ctx->IsCancelled() && !closed_) {
     if (std::chrono::steady_clock::now() >= next) {
-      if (!writer->Write(ToProto(*pipeline_.services().metrics->Latest()))) break;  // client went away
+      sent = pipeline_.services().metrics->Latest(sent);
+      if (!writer->Write(ToProto(*sent))) break;  // client went away
       next += std::chrono::seconds(interval);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -113,6 +113,13 @@ TEST_F(LibvirtHypervisorTest, ManagedSaveStopsStartRestoresAndUndefineDropsTheIm
   EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kShutoff);
   ASSERT_TRUE(hv_.StartDomain(name).ok());  // restores the saved guest
   EXPECT_EQ(hv_.GetDomain(name)->state, DomainState::kRunning);
+  // A saved guest cannot be resized: it restores at the size it was saved with.
+  ASSERT_TRUE(hv_.ManagedSaveDomain(name).ok());
+  auto resize = hv_.SetDomainResources(name, {.vcpus = 2});
+  EXPECT_EQ(resize.code(), absl::StatusCode::kFailedPrecondition) << resize;
+  EXPECT_THAT(std::string(resize.message()), testing::HasSubstr("resume it before resizing"));
+  EXPECT_EQ(hv_.GetDomain(name)->vcpus, 1u);
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
   // A saved domain can still be deleted: libvirt refuses unless told to drop the image.
   ASSERT_TRUE(hv_.ManagedSaveDomain(name).ok());
   auto s = hv_.UndefineDomain(name);

@@ -45,6 +45,18 @@ TEST_F(MetricsCollectorTest, OneSampleServesEveryReaderWithinMaxAge) {
   EXPECT_EQ(hv_.stats_calls, 2);
 }
 
+// A Watch stream passes the sample it sent last: it gets a new one even within max_age, so two
+// writes an interval apart never carry the same sample.
+TEST_F(MetricsCollectorTest, AStreamNeverGetsTheSampleItSentAgain) {
+  auto sent = metrics_.Latest();
+  clock_.SleepFor(500ms);
+  auto next = metrics_.Latest(sent);
+  EXPECT_NE(sent.get(), next.get());
+  EXPECT_EQ(hv_.stats_calls, 2);
+  EXPECT_EQ(metrics_.Latest().get(), next.get());  // other readers share the new one
+  EXPECT_EQ(hv_.stats_calls, 2);
+}
+
 TEST_F(MetricsCollectorTest, ConcurrentReadersOfAStaleSampleShareOneCollection) {
   std::vector<std::thread> readers;
   std::vector<const MetricsSample*> seen(8);
