@@ -141,10 +141,14 @@ class Agent {
     operations = v1::OperationService::NewStub(channel);
   }
 
-  // A fresh context with the call's deadline.
+  // A fresh context with the call's deadline: what is left of the action's time (at least 1 s),
+  // so that an action of several calls (an image import, then a copy, then the domain) still ends
+  // before CloudStack stops waiting.
   std::unique_ptr<grpc::ClientContext> Context(int extra_seconds = 0) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_ + extra_seconds));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end_ - std::chrono::steady_clock::now());
+    left = std::clamp(left, std::chrono::milliseconds(1000), std::chrono::milliseconds(timeout_ * 1000LL));
+    ctx->set_deadline(std::chrono::system_clock::now() + left + std::chrono::seconds(extra_seconds));
     return ctx;
   }
 
@@ -534,7 +538,11 @@ int Delete(const Payload& p, const Agent& a) {
   std::vector<std::string> image_roots;
   std::string pool;
   if (req.delete_volumes() && found.exists) {
-    if (auto img = TemplateImageOf(p)) pool = img->pool;
+    try {
+      if (auto img = TemplateImageOf(p)) pool = img->pool;
+    } catch (const PayloadError&) {
+      // A template whose image details went bad since must not keep its VMs from being deleted.
+    }
     if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
     if (!pool.empty() && ValidDomainName(pool)) {
       for (const auto& name : {RootVolumeName(found.name), AlternateRootVolumeName(found.name)}) {

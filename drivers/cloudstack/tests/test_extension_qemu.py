@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -246,7 +247,8 @@ class QemuRoundTripTest(unittest.TestCase):
         xml = virsh("dumpxml", self.name)
         self.assertIn(second["path"], xml)
         self.assertNotIn(first["path"], xml)
-        self.assertRegex(xml, rf"<source dev='{second['path']}'( index='\d+')?/>\s*<target dev='vda'")
+        # The new volume is the guest's vda (within one <disk> element).
+        self.assertRegex(xml, re.compile(rf"<source dev='{second['path']}'(?:(?!</disk>).)*<target dev='vda'", re.S))
         with open(second["path"], "rb") as f:
             self.assertEqual(f.read(len(data)), data, "the new root volume is not the image")
         deadline = time.time() + 60
