@@ -246,6 +246,38 @@ max_virtual_size_mib = 64
         self.assertEqual(self.volumes(), {})
         self.assertIn(f"cs-{sha256[:17]}", self.images())
 
+    def test_twenty_concurrent_first_creates_on_room_for_ten(self):
+        """Issue 23's capacity test with a template image: one fetch for all twenty, exactly ten
+        admitted (6 vCPUs each of the 62 the test driver's host has free), and each refused one's
+        root volume, already copied from the image, deleted again: nothing half-made."""
+        url, sha256, _ = self.image_file("deb-e.raw")
+        template = {"image_url": url, "image_checksum": sha256}
+        numbers = list(range(51, 71))
+
+        def create(n):
+            def edit(doc):
+                self.vm(n, **template)(doc)
+                doc["cloudstack.vm.details"].update(cpus=6)
+            return self.ext.run("create", "create.json", wait="240", edit=edit)
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = dict(zip(numbers, pool.map(create, numbers)))
+        created = [n for n, (code, _) in results.items() if code == 0]
+        refused = {n: out for n, (code, out) in results.items() if code != 0}
+        self.assertEqual(len(created), 10, results)
+        for n, out in refused.items():
+            self.assertEqual(out.get("code"), "RESOURCE_EXHAUSTED", out)
+            self.assertIn("not enough vCPUs on this host: asked 6", out["error"])
+            self.assertIn(f"its root volume disk1/i-2-{n}-VM-root was deleted again", out["error"])
+        self.assertEqual(self.server.gets.get("deb-e.raw"), 1, "the image was fetched more than once")
+        domains = self.agent.domains()
+        self.assertEqual({n for n in domains if n.startswith("i-2-")}, {f"i-2-{n}-VM" for n in created})
+        self.assertEqual(set(self.volumes()), {f"i-2-{n}-VM-root" for n in created})
+        for n in created:
+            self.assertEqual(self.root_of(f"i-2-{n}-VM")["name"], f"i-2-{n}-VM-root")
+        # The GPT table holds the image and the ten root volumes, nothing else.
+        parts = self.partitions()
+        self.assertEqual(len(parts), 11, parts)
+
     def test_importimage_preseeds_and_image_names_it(self):
         url, sha256, sha512 = self.image_file("deb-b.raw")
         host_payload = lambda doc: doc["externaldetails"]["host"].update(storage_pool="disk1")
