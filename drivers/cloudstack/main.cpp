@@ -16,6 +16,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpc/support/log.h>
@@ -26,7 +27,9 @@
 #include "hvagent/v1/console.grpc.pb.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
+#include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 #include "payload.h"
 
@@ -109,7 +112,10 @@ bool ReadFile(const std::string& path, std::string* out) {
 
 class Agent {
  public:
-  Agent(const AgentTarget& t, int timeout_seconds) : address_(t.address), timeout_(timeout_seconds) {
+  Agent(const AgentTarget& t, int timeout_seconds)
+      : address_(t.address),
+        timeout_(timeout_seconds),
+        end_(std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds)) {
     std::shared_ptr<grpc::ChannelCredentials> creds;
     grpc::ChannelArguments args;
     if (t.plaintext) {
@@ -131,16 +137,24 @@ class Agent {
     metrics = v1::MetricsService::NewStub(channel);
     storage = v1::StorageService::NewStub(channel);
     consoles = v1::ConsoleService::NewStub(channel);
+    images = v1::ImageService::NewStub(channel);
+    operations = v1::OperationService::NewStub(channel);
   }
 
-  // A fresh context with the call's deadline.
+  // A fresh context with the call's deadline: what is left of the action's time (at least 1 s),
+  // so that an action of several calls (an image import, then a copy, then the domain) still ends
+  // before CloudStack stops waiting.
   std::unique_ptr<grpc::ClientContext> Context(int extra_seconds = 0) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_ + extra_seconds));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end_ - std::chrono::steady_clock::now());
+    left = std::clamp(left, std::chrono::milliseconds(1000), std::chrono::milliseconds(timeout_ * 1000LL));
+    ctx->set_deadline(std::chrono::system_clock::now() + left + std::chrono::seconds(extra_seconds));
     return ctx;
   }
 
   int timeout() const { return timeout_; }
+  // The whole action's end: a wait on an import must stop here, whatever the calls took.
+  bool Expired() const { return std::chrono::steady_clock::now() >= end_; }
   const std::string& address() const { return address_; }
 
   int Error(const grpc::Status& s, const std::string& what) const {
@@ -153,10 +167,13 @@ class Agent {
   std::unique_ptr<v1::MetricsService::Stub> metrics;
   std::unique_ptr<v1::StorageService::Stub> storage;
   std::unique_ptr<v1::ConsoleService::Stub> consoles;
+  std::unique_ptr<v1::ImageService::Stub> images;
+  std::unique_ptr<v1::OperationService::Stub> operations;
 
  private:
   std::string address_;
   int timeout_;
+  std::chrono::steady_clock::time_point end_;
 };
 
 grpc::Status GetDomain(const Agent& a, const std::string& name, v1::Domain* d) {
@@ -215,6 +232,144 @@ grpc::Status Resolve(const Payload& p, const Agent& a, Resolved* r) {
 
 bool IsFalse(const std::string& s) { return s == "false" || s == "0" || s == "no" || s == "off"; }
 
+// ---- images ------------------------------------------------------------------------------
+
+std::string Ref(const std::string& pool, const std::string& name) { return pool + "/" + name; }
+
+bool Ended(v1::OperationState s) {
+  return s != v1::OPERATION_STATE_RUNNING && s != v1::OPERATION_STATE_UNSPECIFIED;
+}
+
+// Follows an import until it ends or the action's time is up. NOT_FOUND from the agent (the
+// operation aged out of its list, or the agent restarted) ends the wait too: the caller reads
+// the image again, which is what counts.
+grpc::Status WaitOperation(const Agent& a, uint64_t id, const TemplateImage& img, v1::Operation* op) {
+  v1::GetOperationRequest req;
+  req.set_id(std::to_string(id));
+  while (true) {
+    auto s = a.operations->GetOperation(a.Context().get(), req, op);
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      op->set_state(v1::OPERATION_STATE_UNSPECIFIED);
+      return grpc::Status::OK;
+    }
+    if (!s.ok()) return s;
+    if (Ended(op->state())) return grpc::Status::OK;
+    if (a.Expired()) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "image " + Ref(img.pool, img.name) + " is still being imported (operation " +
+                              std::to_string(id) + ", " + std::to_string(op->bytes_done()) + " of " +
+                              std::to_string(op->bytes_total()) +
+                              " bytes); the agent goes on with it: retry later, or pre-seed the host with the "
+                              "importimage action and a longer timeout");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
+// The image READY on the agent, imported from the template's URL when the host has none yet.
+// Creates of the first VMs of a template race here: the agent lets one ImportImage through and
+// answers the others ALREADY_EXISTS (the name is taken while importing), and those then wait on
+// the import under way instead of failing or importing twice.
+grpc::Status EnsureImage(const Agent& a, const TemplateImage& img, v1::Image* out) {
+  v1::ImageRef ref;
+  ref.set_pool(img.pool);
+  ref.set_name(img.name);
+  bool ours = false;     // this call started an import
+  int failures = 0;      // imports seen failing (another's first: then one of our own)
+  while (true) {
+    if (a.Expired()) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "image " + Ref(img.pool, img.name) + " is not ready within the action's timeout");
+    }
+    v1::Image im;
+    auto s = a.images->GetImage(a.Context().get(), ref, &im);
+    if (s.ok() && im.state() == v1::IMAGE_STATE_READY) {
+      // For a raw sha256 import, the image's own sha256 (of its raw bytes) is the template's: a
+      // different image under this name is not silently used.
+      if (!img.url.empty() && !img.qcow2 && !img.sha256.empty() && im.sha256() != img.sha256) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "image " + Ref(img.pool, img.name) + " on the host has sha256 " + im.sha256() +
+                                ", not the template's " + img.sha256);
+      }
+      *out = im;
+      return grpc::Status::OK;
+    }
+    if (s.ok() && im.state() == v1::IMAGE_STATE_IMPORTING) {
+      v1::Operation op;
+      if (auto w = WaitOperation(a, im.operation_id(), img, &op); !w.ok()) return w;
+      if (op.state() == v1::OPERATION_STATE_FAILED || op.state() == v1::OPERATION_STATE_CANCELLED) {
+        if (++failures > 1) {
+          return grpc::Status(grpc::StatusCode::ABORTED, "import of image " + Ref(img.pool, img.name) +
+                                                             " failed: " + op.message());
+        }
+      } else if (op.state() == v1::OPERATION_STATE_UNSPECIFIED) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+      continue;
+    }
+    if (s.error_code() != grpc::StatusCode::NOT_FOUND) return s;
+    if (img.url.empty()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "image " + Ref(img.pool, img.name) + " (the template's `image`) is not on this host: import "
+                          "it first (the importimage action, or hvctl image-import)");
+    }
+    if (ours) {
+      return grpc::Status(grpc::StatusCode::ABORTED,
+                          "image " + Ref(img.pool, img.name) + " vanished after its import ended (deleted meanwhile?)");
+    }
+    v1::ImportImageRequest req;
+    req.set_pool(img.pool);
+    req.set_name(img.name);
+    req.set_format(img.qcow2 ? v1::IMAGE_FORMAT_QCOW2 : v1::IMAGE_FORMAT_RAW);
+    req.set_url(img.url);
+    if (!img.sha256.empty()) req.set_sha256(img.sha256);
+    if (!img.sha512.empty()) req.set_sha512(img.sha512);
+    v1::Operation op;
+    s = a.images->ImportImage(a.Context().get(), req, &op);
+    if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) continue;  // another create's import: wait on it
+    if (!s.ok()) return s;
+    ours = true;
+    if (auto w = WaitOperation(a, op.id(), img, &op); !w.ok()) return w;
+    if (op.state() == v1::OPERATION_STATE_FAILED || op.state() == v1::OPERATION_STATE_CANCELLED) {
+      return grpc::Status(grpc::StatusCode::ABORTED,
+                          "import of image " + Ref(img.pool, img.name) + " from " + img.url + " failed: " + op.message());
+    }
+  }
+}
+
+// A volume made from the image, at least the image's size.
+grpc::Status VolumeFromImage(const Agent& a, const TemplateImage& img, const v1::Image& im, const std::string& name,
+                             uint64_t size, v1::Volume* v) {
+  v1::CreateVolumeRequest req;
+  req.set_pool(img.pool);
+  req.set_name(name);
+  req.set_size_bytes(std::max(size, im.virtual_size_bytes()));
+  req.set_image(img.name);
+  return a.storage->CreateVolume(a.Context().get(), req, v);
+}
+
+grpc::Status GetVolume(const Agent& a, const std::string& pool, const std::string& name, v1::Volume* v) {
+  v1::VolumeRef ref;
+  ref.set_pool(pool);
+  ref.set_name(name);
+  return a.storage->GetVolume(a.Context().get(), ref, v);
+}
+
+grpc::Status DeleteVolume(const Agent& a, const std::string& pool, const std::string& name) {
+  v1::VolumeRef ref;
+  ref.set_pool(pool);
+  ref.set_name(name);
+  v1::Volume v;
+  auto s = a.storage->DeleteVolume(a.Context().get(), ref, &v);
+  return s.error_code() == grpc::StatusCode::NOT_FOUND ? grpc::Status::OK : s;
+}
+
+value ImageJson(const v1::Image& im) {
+  value m = ProtoToJson(im);
+  m["template_detail"] = value::string("image=" + im.pool() + "/" + im.name());
+  return m;
+}
+
 // ---- actions -----------------------------------------------------------------------------
 
 int PrintMessage(const value& message);
@@ -259,11 +414,44 @@ int Prepare(const Payload& p, const Agent& a) {
 
 int Create(const Payload& p, const Agent& a) {
   auto spec = BuildDomainSpec(p);
+  // With a template image the root volume is made here, from the image (imported once per host),
+  // and the domain is created on it. A domain that is not created takes its volume with it.
+  std::string made;  // pool/name of that volume while the domain does not exist yet
+  std::string made_pool;
+  if (auto img = TemplateImageOf(p)) {
+    v1::Domain existing;
+    auto gs = GetDomain(a, spec.name(), &existing);
+    if (gs.error_code() == grpc::StatusCode::NOT_FOUND) {
+      v1::Image im;
+      if (auto s = EnsureImage(a, *img, &im); !s.ok()) return a.Error(s, "preparing the template's image");
+      const std::string root = RootVolumeName(spec.name());
+      v1::Volume v;
+      auto s = VolumeFromImage(a, *img, im, root, RootDiskSize(p), &v);
+      if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+        return Fail("root volume " + Ref(img->pool, root) + " exists already, with no domain " + spec.name() +
+                        " (left by an interrupted create?): delete it on the host first; nothing was changed",
+                    "ALREADY_EXISTS");
+      }
+      if (!s.ok()) return a.Error(s, "creating root volume " + Ref(img->pool, root) + " from image " + img->name);
+      made = root;
+      made_pool = img->pool;
+    } else if (!gs.ok()) {
+      return a.Error(gs, "checking domain " + spec.name());
+    }  // else: a retried create, answered below
+  }
+  auto undo = [&](const grpc::Status& s, const std::string& what) {
+    if (made.empty()) return a.Error(s, what);
+    auto ds = DeleteVolume(a, made_pool, made);
+    return a.Error(s, what + (ds.ok() ? " (its root volume " + Ref(made_pool, made) + " was deleted again)"
+                                      : " (and deleting its root volume " + Ref(made_pool, made) +
+                                            " failed: " + ds.error_message() + ")"));
+  };
   v1::CreateDomainRequest req;
   *req.mutable_spec() = spec;
   req.set_start(true);
   v1::Domain d;
   auto s = a.domains->CreateDomain(a.Context().get(), req, &d);
+  if (!s.ok() && !made.empty()) return undo(s, "creating domain " + spec.name());
   if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS && !spec.uuid().empty()) {
     // A retried create of the same instance (same CloudStack uuid): make sure it runs.
     v1::Domain existing;
@@ -344,10 +532,37 @@ int Delete(const Payload& p, const Agent& a) {
   // The agent deletes only the volumes the VM owns (its root volume, created with it); volumes an
   // operator attached are borrowed and only released (docs/cloudstack.md, "What delete removes").
   req.set_delete_volumes(!IsFalse(Setting(p, "delete_volumes", "vdhe")));
+  // A root volume made from a template image was made by the extension, before the domain, so
+  // the agent records it as borrowed and DeleteDomain only releases it: the extension deletes it
+  // after the domain, and only the one attached to this very domain.
+  std::vector<std::string> image_roots;
+  std::string pool;
+  if (req.delete_volumes() && found.exists) {
+    try {
+      if (auto img = TemplateImageOf(p)) pool = img->pool;
+    } catch (const PayloadError&) {
+      // A template whose image details went bad since must not keep its VMs from being deleted.
+    }
+    if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
+    if (!pool.empty() && ValidDomainName(pool)) {
+      for (const auto& name : {RootVolumeName(found.name), AlternateRootVolumeName(found.name)}) {
+        v1::Volume v;
+        if (GetVolume(a, pool, name, &v).ok() && v.attached_to() == found.name &&
+            v.ownership() == v1::VOLUME_OWNERSHIP_BORROWED) {
+          image_roots.push_back(name);
+        }
+      }
+    }
+  }
   v1::DeleteDomainResponse r;
   auto s = a.domains->DeleteDomain(a.Context().get(), req, &r);
   if (s.error_code() == grpc::StatusCode::NOT_FOUND) return Emit(Success("Instance deleted (not present on host)"), 0);
   if (!s.ok()) return a.Error(s, "deleting domain " + req.name());
+  for (const auto& name : image_roots) {
+    if (auto ds = DeleteVolume(a, pool, name); !ds.ok()) {
+      return a.Error(ds, "instance deleted, but deleting its root volume " + Ref(pool, name));
+    }
+  }
   return Emit(Success("Instance deleted"), 0);
 }
 
@@ -382,15 +597,95 @@ int PauseOrResume(const Payload& p, const Agent& a, bool suspend) {
   return PrintMessage(m);
 }
 
-// reinstall (custom action): re-clone the root volume from the template's image. The agent has
-// no images yet, so this is refused before anything is touched.
+// reinstall (custom action): a new root volume from the template's image takes the old one's
+// place on the stopped VM. The new volume is made under the other of the two root names, put in
+// the old one's place, and only then is the old one deleted; any step that fails puts the VM
+// back as it was and deletes the new volume.
 int Reinstall(const Payload& p, const Agent& a) {
   Resolved r;
   if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
-  return Fail("reinstall: not available yet: the agent keeps no template images to re-clone instance " + r.name +
-                  "'s root volume from; nothing was changed",
-              "UNIMPLEMENTED");
+  if (!r.exists) return Fail("reinstall: instance " + r.name + " is not defined on this host", "NOT_FOUND");
+  auto img = TemplateImageOf(p);
+  if (!img) {
+    return Fail("reinstall: the template names no image (external detail image, or image_url and image_checksum) "
+                "to rebuild instance " + r.name + "'s root volume from; nothing was changed",
+                "FAILED_PRECONDITION");
+  }
+  if (r.domain.state() != v1::DOMAIN_STATE_SHUTOFF) {
+    return Fail("reinstall: instance " + r.name + " is " + v1::DomainState_Name(r.domain.state()) +
+                    ": stop it first (the root volume is replaced only on a stopped VM); nothing was changed",
+                "FAILED_PRECONDITION");
+  }
+  // The current root volume: whichever of the two names is attached to this domain.
+  const std::string names[2] = {RootVolumeName(r.name), AlternateRootVolumeName(r.name)};
+  v1::Volume old_volume;
+  int current = -1;
+  for (int i = 0; i < 2 && current < 0; ++i) {
+    v1::Volume v;
+    auto s = GetVolume(a, img->pool, names[i], &v);
+    if (s.ok() && v.attached_to() == r.name) {
+      old_volume = v;
+      current = i;
+    } else if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND) {
+      return a.Error(s, "reading volume " + Ref(img->pool, names[i]));
+    }
+  }
+  if (current < 0) {
+    return Fail("reinstall: instance " + r.name + " has no root volume " + Ref(img->pool, names[0]) + " (or " +
+                    names[1] + ") attached; nothing was changed",
+                "FAILED_PRECONDITION");
+  }
+  const std::string old_name = names[current], new_name = names[1 - current];
+  v1::Image im;
+  if (auto s = EnsureImage(a, *img, &im); !s.ok()) return a.Error(s, "reinstall: preparing the template's image");
+  v1::Volume fresh;
+  if (auto s = VolumeFromImage(a, *img, im, new_name, old_volume.size_bytes(), &fresh); !s.ok()) {
+    return a.Error(s, "reinstall: creating " + Ref(img->pool, new_name) + " from image " + img->name +
+                          " (nothing was changed)");
+  }
+  std::string target = Setting(p, "disk_target", "vdh");
+  if (target.empty()) target = "vda";
+  auto attach = [&](const std::string& name) {
+    v1::AttachVolumeRequest req;
+    req.set_pool(img->pool);
+    req.set_name(name);
+    req.set_domain(r.name);
+    req.set_target(target);
+    v1::Volume v;
+    return a.storage->AttachVolume(a.Context().get(), req, &v);
+  };
+  auto undo = [&](const grpc::Status& s, const std::string& what, bool reattach) {
+    std::string how = "; the VM was left as it was";
+    if (reattach) {
+      if (auto rs = attach(old_name); !rs.ok()) how = "; re-attaching " + old_name + " failed too: " + rs.error_message();
+    }
+    if (auto ds = DeleteVolume(a, img->pool, new_name); !ds.ok()) how += "; deleting " + new_name + " failed: " + ds.error_message();
+    return a.Error(s, "reinstall: " + what + how);
+  };
+  v1::DetachVolumeRequest detach;
+  detach.set_pool(img->pool);
+  detach.set_name(old_name);
+  v1::Volume detached;
+  if (auto s = a.storage->DetachVolume(a.Context().get(), detach, &detached); !s.ok()) {
+    return undo(s, "detaching " + Ref(img->pool, old_name), false);
+  }
+  if (auto s = attach(new_name); !s.ok()) return undo(s, "attaching " + Ref(img->pool, new_name), true);
+  value m = value::object();
+  m["domain"] = value::string(r.name);
+  m["root_volume"] = value::string(Ref(img->pool, new_name));
+  m["image"] = value::string(Ref(img->pool, img->name));
+  if (auto s = DeleteVolume(a, img->pool, old_name); !s.ok()) {
+    // The VM runs on its new disk; the old one is free and only takes space.
+    m["warning"] = value::string("the old root volume " + Ref(img->pool, old_name) + " could not be deleted: " +
+                                 s.error_message());
+  }
+  return PrintMessage(m);
 }
+
+// importimage (custom action on Host): the image a template's image_url names, imported now so
+// that the first VMs need not wait for it. Parameters image_url, image_checksum, image_format,
+// pool (default: the host's or extension's storage_pool); the name is the one create derives.
+int ImportImageAction(const Payload& p, const Agent& a);
 
 // CloudStack's instance names: i-<account>-<id>-VM for guests, r-/s-/v-<id>-VM for its system
 // VMs. Only these can be keys of `statuses`: CloudStack looks its VMs up there by that name.
@@ -503,6 +798,16 @@ int ResizeVolume(const Payload& p, const Agent& a) {
   return PrintMessage(ProtoToJson(v));
 }
 
+int ImportImageAction(const Payload& p, const Agent& a) {
+  std::string pool = Parameter(p, "pool");
+  if (pool.empty()) pool = Setting(p, "storage_pool", "he");
+  auto img = ImageFromUrl(Parameter(p, "image_url"), Parameter(p, "image_checksum"), Parameter(p, "image_format"),
+                          pool, "importimage: ");
+  v1::Image im;
+  if (auto s = EnsureImage(a, img, &im); !s.ok()) return a.Error(s, "importing image " + Ref(img.pool, img.name));
+  return PrintMessage(ImageJson(im));
+}
+
 void DropGrpcLog(gpr_log_func_args*) {}
 
 std::string Lower(std::string s) {
@@ -563,6 +868,7 @@ constexpr Action kActions[] = {
     {"hostcapacity", false, [](const Payload&, const Agent& a) { return HostCapacity(a); }},
     {"eventchannels", false, [](const Payload&, const Agent& a) { return EventChannels(a); }},
     {"resizevolume", false, ResizeVolume},
+    {"importimage", false, ImportImageAction},
 };
 
 int Run(int argc, char** argv) {

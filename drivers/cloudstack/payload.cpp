@@ -84,7 +84,7 @@ std::string BridgeForVlan(const Payload& p, int vlan) {
                      ": set the host detail vlan_bridge_format (e.g. br{vlan}) or vlan_bridge_map");
 }
 
-uint64_t RootDiskSize(const Payload& p) {
+uint64_t RootDiskSizeOf(const Payload& p) {
   if (auto b = Setting(p, "root_disk_size_bytes", "vd"); !b.empty()) return ParseUnsigned(b, "root_disk_size_bytes");
   if (auto g = Setting(p, "root_disk_size_gb", "vd"); !g.empty()) {
     uint64_t gb = ParseUnsigned(g, "root_disk_size_gb");
@@ -111,6 +111,11 @@ constexpr const char* kHostFileKeys[] = {"disk_path", "disk_format", "kernel_pat
 
 std::string HostFileSetting(const Payload& p, const std::string& key) { return Setting(p, key, "vhe"); }
 
+// What the root disk is made from: only the template's external details name it. In a user's
+// hands these would make the agent fetch a URL, or copy an image of the operator's, of the
+// user's choosing.
+constexpr const char* kTemplateImageKeys[] = {"image", "image_url", "image_checksum", "image_format"};
+
 // One in the instance's details is refused, whether or not it would have been used, so the
 // attempt is seen rather than silently ignored.
 void RefuseHostFilesFromUserDetails(const Payload& p) {
@@ -120,9 +125,105 @@ void RefuseHostFilesFromUserDetails(const Payload& p) {
                        "which its user can set; host files are named only in the template's, host's or extension's "
                        "external details");
   }
+  for (const char* key : kTemplateImageKeys) {
+    if (Field(p.vm_params, key).empty()) continue;
+    throw PayloadError(std::string(key) + ": not taken from the instance's details (cloudstack.vm.details.details), "
+                       "which its user can set; the root disk's image is named only in the template's external details");
+  }
+}
+
+bool IsHex(const std::string& s) {
+  return !s.empty() && AllOf(s, [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
 }
 
 }  // namespace
+
+uint64_t RootDiskSize(const Payload& p) { return RootDiskSizeOf(p); }
+
+std::string RootVolumeName(const std::string& domain) { return domain + "-root"; }
+std::string AlternateRootVolumeName(const std::string& domain) { return domain + "-root2"; }
+
+void ParseImageChecksum(const std::string& text, const std::string& field, TemplateImage* out) {
+  std::string algo, hex;
+  const std::string l = Lower(text);
+  if (l.starts_with("sha256:") || l.starts_with("sha512:")) {
+    algo = l.substr(0, 6);
+    hex = l.substr(7);
+  } else if (l.starts_with("{sha-256}") || l.starts_with("{sha-512}")) {
+    algo = l.substr(1, 3) + l.substr(5, 3);
+    hex = l.substr(9);
+  } else if (l.find_first_of(":{") == std::string::npos) {
+    hex = l;
+    algo = hex.size() == 64 ? "sha256" : hex.size() == 128 ? "sha512" : "";
+  }
+  const size_t want = algo == "sha256" ? 64 : algo == "sha512" ? 128 : 0;
+  if (want == 0 || hex.size() != want || !IsHex(hex)) {
+    throw PayloadError(field + ": '" + text.substr(0, 140) +
+                       "' is not a sha256 or sha512 checksum (sha256:<64 hex>, sha512:<128 hex>, {SHA-256}<hex>, "
+                       "or bare hex of 64 or 128 digits; MD5 is not accepted)");
+  }
+  out->sha256.clear();
+  out->sha512.clear();
+  (algo == "sha256" ? out->sha256 : out->sha512) = hex;
+}
+
+std::string ImageNameForChecksum(const TemplateImage& img) {
+  const std::string& hex = img.sha256.empty() ? img.sha512 : img.sha256;
+  return "cs-" + hex.substr(0, 17);
+}
+
+TemplateImage ImageFromUrl(const std::string& url, const std::string& checksum, const std::string& format,
+                           const std::string& pool, const std::string& where) {
+  TemplateImage img;
+  const std::string lurl = Lower(url.substr(0, 8));
+  if (url.size() > 2048 || !(lurl.starts_with("http://") || lurl.starts_with("https://")) ||
+      std::any_of(url.begin(), url.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; })) {
+    throw PayloadError(where + "image_url: '" + url.substr(0, 120) + "' is not an http:// or https:// URL");
+  }
+  if (checksum.empty()) throw PayloadError(where + "image_checksum: required with image_url (sha256 or sha512)");
+  ParseImageChecksum(checksum, where + "image_checksum", &img);
+  const std::string f = Lower(format);
+  if (!f.empty() && f != "raw" && f != "qcow2") {
+    throw PayloadError(where + "image_format: '" + format.substr(0, 40) + "' is neither raw nor qcow2");
+  }
+  img.qcow2 = f == "qcow2";
+  if (pool.empty()) throw PayloadError(where + "image_url: no pool to import the image into: set storage_pool");
+  if (!ValidDomainName(pool)) throw PayloadError("storage_pool: '" + pool + "' is not a valid pool name");
+  img.pool = pool;
+  img.url = url;
+  img.name = ImageNameForChecksum(img);
+  return img;
+}
+
+std::optional<TemplateImage> TemplateImageOf(const Payload& p) {
+  const std::string named = Field(p.ext_vm, "image");
+  const std::string url = Field(p.ext_vm, "image_url");
+  const std::string pool = Setting(p, "storage_pool", "vdh");
+  if (named.empty() && url.empty()) {
+    for (const char* key : {"image_checksum", "image_format"}) {
+      if (!Field(p.ext_vm, key).empty()) throw PayloadError(std::string(key) + ": set without image_url");
+    }
+    return std::nullopt;
+  }
+  if (!named.empty() && !url.empty()) throw PayloadError("image and image_url: the template names both; give one");
+  if (!url.empty()) {
+    return ImageFromUrl(url, Field(p.ext_vm, "image_checksum"), Field(p.ext_vm, "image_format"), pool,
+                        "externaldetails.virtualmachine.");
+  }
+  TemplateImage img;
+  if (auto slash = named.find('/'); slash != std::string::npos) {
+    img.pool = named.substr(0, slash);
+    img.name = named.substr(slash + 1);
+  }
+  if (!ValidDomainName(img.pool) || !ValidDomainName(img.name)) {
+    throw PayloadError("image: '" + named.substr(0, 140) + "' is not POOL/NAME (each 1-64 of A-Za-z0-9._-)");
+  }
+  if (!pool.empty() && pool != img.pool) {
+    throw PayloadError("image: pool '" + img.pool + "' is not storage_pool '" + pool +
+                       "': a volume is made from an image of its own pool");
+  }
+  return img;
+}
 
 Payload LoadPayload(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -301,15 +402,23 @@ void AddRootDisk(const Payload& p, v1::DomainSpec& spec) {
   if (target.empty()) target = "vda";
   if (target.size() > 8 || !AllOf(target, [](char c) { return std::islower(static_cast<unsigned char>(c)) != 0; }))
     throw PayloadError("disk_target: '" + target + "' is not a disk name like vda or xvda");
-  if (auto pool = Setting(p, "storage_pool", "vdh"); !pool.empty()) {
+  if (auto img = TemplateImageOf(p)) {
+    // The extension makes this volume from the image before it creates the domain (the agent's
+    // CreateDomain makes blank volumes only); the domain is created on it.
+    auto* d = spec.add_disks();
+    d->set_target(target);
+    auto* vol = d->mutable_volume();
+    vol->set_pool(img->pool);
+    vol->set_name(RootVolumeName(spec.name()));
+  } else if (auto pool = Setting(p, "storage_pool", "vdh"); !pool.empty()) {
     if (!ValidDomainName(pool)) throw PayloadError("storage_pool: '" + pool + "' is not a valid pool name");
-    uint64_t size = RootDiskSize(p);
+    uint64_t size = RootDiskSizeOf(p);
     if (size == 0) throw PayloadError("storage_pool is set but the root disk size is not: set root_disk_size_gb");
     auto* d = spec.add_disks();
     d->set_target(target);
     auto* vol = d->mutable_volume();
     vol->set_pool(pool);
-    vol->set_name(spec.name() + "-root");
+    vol->set_name(RootVolumeName(spec.name()));
     vol->set_create_size_bytes(size);
   } else if (auto path = HostFileSetting(p, "disk_path"); !path.empty()) {
     if (!ValidAbsolutePath(path)) throw PayloadError("disk_path: must be an absolute path");

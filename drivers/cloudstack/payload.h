@@ -75,6 +75,47 @@ inline constexpr char kDomainDetail[] = "hvagent_domain";
 inline constexpr char kRootVolumeDetail[] = "hvagent_root_volume";
 inline constexpr char kAgentDetail[] = "hvagent_agent_address";
 
+// The template's image: the root volume is made from it (CreateVolumeRequest.image) instead of
+// blank. Read from the template's external details only (externaldetails.virtualmachine, set by
+// administrators): `image` ("pool/name", an image the agent has), or `image_url` +
+// `image_checksum` (+ `image_format`, raw or qcow2), imported by the agent once per host under a
+// name derived from the checksum, so every later VM of any template with the same bytes reuses it.
+struct TemplateImage {
+  std::string pool;    // the image's pool; the root volume is made in it
+  std::string name;    // the image's name on the agent
+  std::string url;     // empty: `image` named an existing image
+  std::string sha256;  // lowercase hex; exactly one of sha256 / sha512 with a url
+  std::string sha512;
+  bool qcow2 = false;
+};
+
+// "sha256:<64 hex>", "sha512:<128 hex>", CloudStack's own "{SHA-256}<hex>" / "{SHA-512}<hex>",
+// or bare hex (64 digits: sha256, 128: sha512). MD5 (CloudStack's unprefixed default, 32 digits)
+// and anything else are refused: the agent checks sha256 or sha512 only. Fills sha256/sha512.
+void ParseImageChecksum(const std::string& text, const std::string& field, TemplateImage* out);
+
+// The image name for a url import: "cs-" and the checksum's first 17 hex digits (68 bits): the
+// agent's image names are at most 20 characters. Within one host's few images a clash of 68 bits
+// is not to be expected; a raw sha256 import is checked against the whole checksum anyway.
+std::string ImageNameForChecksum(const TemplateImage& img);
+
+// From a url, checksum, format and pool (the template's details, or importimage's parameters).
+// Throws PayloadError naming `where`'s field.
+TemplateImage ImageFromUrl(const std::string& url, const std::string& checksum, const std::string& format,
+                           const std::string& pool, const std::string& where);
+
+// The template's image, or nullopt when its details name none. Throws PayloadError.
+std::optional<TemplateImage> TemplateImageOf(const Payload& p);
+
+// The root volume's name for a domain, and the name a reinstall builds the next one under (the
+// two alternate, so the old one stays until the new one is in place).
+std::string RootVolumeName(const std::string& domain);
+std::string AlternateRootVolumeName(const std::string& domain);
+
+// The root disk's size in bytes from the template / instance (root_disk_size_bytes,
+// root_disk_size_gb, else the ROOT entry of disks[]); 0 when none is given.
+uint64_t RootDiskSize(const Payload& p);
+
 // The whole DomainSpec for `create` (validated here as far as the extension can: names, MACs,
 // VLANs, sizes, paths). Throws PayloadError.
 v1::DomainSpec BuildDomainSpec(const Payload& p);

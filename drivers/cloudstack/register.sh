@@ -60,7 +60,8 @@ actions=(
   "resizevolume|VirtualMachine|120|Admin|pool:STRING:false,volume:STRING:false,size_gb:INTEGER:true|Grow a volume of an agent pool (default: the VM's root volume)"
   "suspend|VirtualMachine|60|Admin,DomainAdmin,User||Pause the VM in memory"
   "resume|VirtualMachine|60|Admin,DomainAdmin,User||Continue a paused VM"
-  "reinstall|VirtualMachine|60|Admin||Re-clone the root volume from the template's image (refused until the agent keeps images)"
+  "reinstall|VirtualMachine|900|Admin||Rebuild the stopped VM's root volume from its template's image (the old one is deleted once the new one is in place)"
+  "importimage|Host|3600|Admin|image_url:STRING:true,image_checksum:STRING:true,image_format:STRING:false,pool:STRING:false|Import a template's image onto the host now, so that its first VMs need not wait (the name create derives from the checksum)"
 )
 
 placeholder="@EXTENSION_ID@"  # printed in place of the id createExtension returns

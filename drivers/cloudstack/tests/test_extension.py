@@ -177,10 +177,85 @@ class ExtensionTest(unittest.TestCase):
         self.ok("delete", "delete.json")
         self.fails("suspend", "create.json", "is not defined on this host", "NOT_FOUND")
 
-    def test_reinstall_is_refused_until_images_exist(self):
+    def test_reinstall_needs_a_template_image_and_a_stopped_vm(self):
         self.ok("create", "create.json")
-        out = self.fails("reinstall", "create.json", "reinstall: not available yet", "UNIMPLEMENTED")
+        out = self.fails("reinstall", "create.json", "the template names no image", "FAILED_PRECONDITION")
         self.assertIn("nothing was changed", out["error"])  # fails() checked the host is unchanged
+
+        def with_image(doc):
+            doc["externaldetails"]["virtualmachine"]["image"] = "disk1/deb12"
+        out = self.fails("reinstall", "create.json", "DOMAIN_STATE_RUNNING: stop it first", "FAILED_PRECONDITION",
+                         edit=with_image)
+        self.assertIn("nothing was changed", out["error"])
+        self.fails("reinstall", "status.json", "is not defined on this host", "NOT_FOUND",
+                   edit=lambda d: (with_image(d), d["cloudstack.vm.details"].update(
+                       name="i-2-999-VM", uuid="00000000-0000-4000-8000-000000000999")))
+
+    def test_template_image_details_are_checked_before_the_agent(self):
+        """image / image_url / image_checksum / image_format: each bad form refused naming the
+        key, for prepare and create alike, with nothing sent to the agent."""
+        sha = "ab" * 32
+        cases = [
+            ({"image_url": "http://img.example/deb.raw"}, "image_checksum: required with image_url"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": "d41d8cd98f00b204e9800998ecf8427e"},
+             "MD5 is not accepted"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": "sha256:" + "ab" * 31},
+             "is not a sha256 or sha512 checksum"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": "sha512:" + sha},
+             "is not a sha256 or sha512 checksum"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": "sha256:" + "zz" * 32},
+             "is not a sha256 or sha512 checksum"),
+            ({"image_url": "ftp://img.example/deb.raw", "image_checksum": sha}, "is not an http:// or https:// URL"),
+            ({"image_url": "file:///etc/shadow", "image_checksum": sha}, "is not an http:// or https:// URL"),
+            ({"image_url": "http://img.example/a b", "image_checksum": sha}, "is not an http:// or https:// URL"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": sha, "image_format": "vmdk"},
+             "image_format: 'vmdk' is neither raw nor qcow2"),
+            ({"image_url": "http://img.example/deb.raw", "image_checksum": sha},
+             "no pool to import the image into: set storage_pool"),
+            ({"image": "deb12"}, "image: 'deb12' is not POOL/NAME"),
+            ({"image": "disk1/../x"}, "is not POOL/NAME"),
+            ({"image": "disk1/deb12", "image_url": "http://img.example/deb.raw", "image_checksum": sha},
+             "the template names both"),
+            ({"image": "disk1/deb12", "storage_pool": "vg0"}, "is not storage_pool 'vg0'"),
+            ({"image_checksum": sha}, "image_checksum: set without image_url"),
+        ]
+        for details, expect in cases:
+            def edit(doc, details=details):
+                doc["externaldetails"]["virtualmachine"].update(details)
+            for action in ("prepare", "create"):
+                with self.subTest(details=details, action=action):
+                    self.fails(action, "create.json", expect, "INVALID_ARGUMENT", edit=edit)
+        # Named by the instance's own details (its user's): refused whatever the template says.
+        for key in ("image", "image_url", "image_checksum", "image_format"):
+            def user(doc, key=key):
+                doc["cloudstack.vm.details"]["details"][key] = "disk1/deb12"
+            with self.subTest(user_detail=key):
+                self.fails("create", "create.json", f"{key}: not taken from the instance's details",
+                           "INVALID_ARGUMENT", edit=user)
+
+    def test_template_image_on_a_host_without_it(self):
+        """test:///default has no pools: the agent's own answer comes back, nothing is made."""
+        def edit(doc):
+            doc["externaldetails"]["virtualmachine"].update(image="disk1/deb12")
+        self.fails("create", "create.json", "disk1", "NOT_FOUND", edit=edit)
+        def url(doc):
+            doc["externaldetails"]["virtualmachine"].update(
+                image_url="https://img.example/deb.raw", image_checksum="{SHA-256}" + "AB" * 32, storage_pool="disk1")
+        # The agent's own policy: only URLs under its [images] allowed_sources (none here).
+        self.fails("create", "create.json", "allowed_sources", "PERMISSION_DENIED", edit=url)
+
+    def test_importimage_parameters(self):
+        def params(**p):
+            return lambda doc: doc.update(parameters=p)
+        self.fails("importimage", "hostcapacity.json", "importimage: image_url: '' is not an http", "INVALID_ARGUMENT",
+                   edit=params())
+        self.fails("importimage", "hostcapacity.json", "importimage: image_checksum: required", "INVALID_ARGUMENT",
+                   edit=params(image_url="https://img.example/deb.raw"))
+        self.fails("importimage", "hostcapacity.json", "no pool to import the image into", "INVALID_ARGUMENT",
+                   edit=params(image_url="https://img.example/deb.raw", image_checksum="ab" * 64))
+        # A pool the agent does not have: its answer, nothing made.
+        self.fails("importimage", "hostcapacity.json", "disk1",
+                   edit=params(image_url="https://img.example/deb.raw", image_checksum="ab" * 64, pool="disk1"))
 
     # ---- names: CloudStack's instance name vs the agent's domain --------------------------
 

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -64,8 +65,12 @@ class QemuRoundTripTest(unittest.TestCase):
             f.truncate(256 << 20)
         cls.loop = subprocess.run(["losetup", "--find", "--show", "--partscan", cls.image], check=True,
                                   capture_output=True, text=True).stdout.strip()
+        # Golden images the reinstall test imports from a host file.
+        cls.importdir = tempfile.mkdtemp(prefix="hvit-cs-import-")
         cls.agent = Agent(URI, f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{cls.loop}"\n'
-                               'wipe = "zero"\n', image_dirs=[cls.workdir])
+                               f'wipe = "zero"\n\n[images]\nimport_dirs = ["{cls.importdir}"]\n'
+                               f'scratch_dir = "{cls.workdir}/scratch"\nmax_virtual_size_mib = 64\n',
+                          image_dirs=[cls.workdir])
         cls.ext = Extension(cls.agent.grpc_port)
 
     @classmethod
@@ -78,6 +83,7 @@ class QemuRoundTripTest(unittest.TestCase):
                 ip("link", "del", br, check=False)
             subprocess.run(["losetup", "-d", cls.loop], capture_output=True)
             shutil.rmtree(cls.workdir, ignore_errors=True)
+            shutil.rmtree(cls.importdir, ignore_errors=True)
             cls.lock.close()
 
     def setUp(self):
@@ -187,6 +193,76 @@ class QemuRoundTripTest(unittest.TestCase):
         with open(kept["path"], "rb") as f:
             self.assertEqual(hashlib.sha256(payload).hexdigest(), hashlib.sha256(f.read(len(payload))).hexdigest())
         self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/csdata")[0], 202)
+
+    def import_image(self, name, data):
+        path = os.path.join(self.importdir, name + ".raw")
+        with open(path, "wb") as f:
+            f.write(data)
+        status, op = self.agent.rest("POST", "/v1/pools/disk1/images",
+                                     {"name": name, "format": "IMAGE_FORMAT_RAW", "host_file": path})
+        self.assertEqual(status, 202, op)
+        deadline = time.time() + 120
+        while op["state"] == "OPERATION_STATE_RUNNING":
+            self.assertLess(time.time(), deadline, op)
+            time.sleep(0.2)
+            op = self.agent.rest("GET", f"/v1/operations/{op['id']}")[1]
+        self.assertEqual(op["state"], "OPERATION_STATE_SUCCEEDED", op)
+
+    def test_reinstall_rebuilds_the_root_volume_from_the_templates_image(self):
+        # "<vm>-root2" and "<vm>" share a GPT partition name's 27 characters.
+        self.name = f"hvcs{uuid.uuid4().hex[:5]}"
+        image = f"csimg{uuid.uuid4().hex[:6]}"
+        data = os.urandom(8 << 20)
+        self.import_image(image, data)
+        self.addCleanup(self.agent.rest, "DELETE", f"/v1/pools/disk1/images/{image}")
+
+        def from_image(doc):
+            self.edit(doc)
+            vm = doc["externaldetails"].get("virtualmachine")
+            if vm is not None:
+                vm.pop("disk_path", None)
+                vm.update(image=f"disk1/{image}", root_disk_size_bytes=str(12 << 20))
+
+        def run_ok(action, fixture="create.json"):
+            code, out = self.ext.run(action, fixture, wait="120", edit=from_image)
+            self.assertEqual((code, out.get("status")), (0, "success"), f"{out}\n{self.agent.log_text()[-4000:]}")
+            return out
+
+        run_ok("create")
+        self.assertEqual(virsh("domstate", self.name), "running")
+        status, first = self.volume(self.name + "-root")
+        self.assertEqual((status, first["attached_to"], first["size_bytes"]), (200, self.name, str(12 << 20)), first)
+        self.assertIn(first["path"], virsh("dumpxml", self.name))
+        with open(first["path"], "r+b") as f:
+            self.assertEqual(f.read(len(data)), data)
+            f.seek(0)
+            f.write(b"the guest wrote this")
+
+        run_ok("stop", "stop.json")
+        out = run_ok("reinstall")
+        self.assertEqual(out["message"]["root_volume"], f"disk1/{self.name}-root2")
+        status, second = self.volume(self.name + "-root2")
+        self.assertEqual((status, second["attached_to"], second["size_bytes"]), (200, self.name, str(12 << 20)),
+                         second)
+        xml = virsh("dumpxml", self.name)
+        self.assertIn(second["path"], xml)
+        self.assertNotIn(first["path"], xml)
+        # The new volume is the guest's vda (within one <disk> element).
+        self.assertRegex(xml, re.compile(rf"<source dev='{second['path']}'(?:(?!</disk>).)*<target dev='vda'", re.S))
+        with open(second["path"], "rb") as f:
+            self.assertEqual(f.read(len(data)), data, "the new root volume is not the image")
+        deadline = time.time() + 60
+        while self.volume(self.name + "-root")[0] != 404:
+            self.assertLess(time.time(), deadline, "the old root volume is still there")
+            time.sleep(0.1)
+
+        run_ok("start", "start.json")
+        self.assertEqual(virsh("domstate", self.name), "running")
+        run_ok("delete", "delete.json")
+        deadline = time.time() + 60
+        while self.volume(self.name + "-root2")[0] != 404:
+            self.assertLess(time.time(), deadline, "delete left the image-made root volume")
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

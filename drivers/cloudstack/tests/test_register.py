@@ -42,7 +42,8 @@ RESOURCE_TYPES = {"VirtualMachine", "Host"}
 ROLE_TYPES = {"Admin", "ResourceAdmin", "DomainAdmin", "User"}
 # What each action acts on: the host's actions carry host details only.
 EXPECTED = {"hostcapacity": "Host", "eventchannels": "Host", "resizevolume": "VirtualMachine",
-            "suspend": "VirtualMachine", "resume": "VirtualMachine", "reinstall": "VirtualMachine"}
+            "suspend": "VirtualMachine", "resume": "VirtualMachine", "reinstall": "VirtualMachine",
+            "importimage": "Host"}
 CLUSTER = "3b7e2f0e-8d6a-4a51-9c3e-5a7d1c2b9e40"
 
 
@@ -109,6 +110,17 @@ class RegisterTest(unittest.TestCase):
                          ("size_gb", "INTEGER", "true"))
         # A user may resize any volume of a pool by name: administrators only.
         self.assertEqual(r["allowedroletypes"], "Admin")
+        # importimage makes the agent fetch a URL into a pool: administrators only, with the two
+        # parameters create's template details carry, and time for a whole image.
+        i = actions["importimage"]
+        self.assertEqual(i["allowedroletypes"], "Admin")
+        self.assertEqual([(i[f"parameters[{n}].name"], i[f"parameters[{n}].type"], i[f"parameters[{n}].required"])
+                          for n in range(4)],
+                         [("image_url", "STRING", "true"), ("image_checksum", "STRING", "true"),
+                          ("image_format", "STRING", "false"), ("pool", "STRING", "false")])
+        self.assertGreaterEqual(int(i["timeout"]), 600)
+        # reinstall copies a whole image too.
+        self.assertGreaterEqual(int(actions["reinstall"]["timeout"]), 300)
 
     def test_every_registered_action_is_one_the_extension_answers(self):
         binary = os.environ["HVAGENT_CLOUDSTACK"]
@@ -139,7 +151,7 @@ class RegisterTest(unittest.TestCase):
             with open(log) as f:
                 calls = [json.loads(line) for line in f]
         self.assertEqual(calls[0][:3], ["-o", "json", "createExtension"])
-        self.assertEqual([c[0] for c in calls[1:]], ["addCustomAction"] * 6 + ["registerExtension"])
+        self.assertEqual([c[0] for c in calls[1:]], ["addCustomAction"] * len(EXPECTED) + ["registerExtension"])
         for c in calls[1:]:
             self.assertIn("extensionid=11111111-2222-4333-8444-555555555555", c)
         self.assertIn(f"resourceid={CLUSTER}", calls[-1])
