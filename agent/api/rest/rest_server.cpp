@@ -107,10 +107,6 @@ constexpr size_t kUploadChunk = 1 << 20;
 class CpprestUploadBody final : public service::UploadBody {
  public:
   explicit CpprestUploadBody(concurrency::streams::istream stream) : stream_(std::move(stream)) {}
-  ~CpprestUploadBody() override {
-    // An upload that ended early (refused, failed): stop cpprestsdk taking the rest of the body.
-    if (!ended_) Close();
-  }
 
   absl::StatusOr<bool> Next(std::string* chunk) override {
     try {
@@ -126,6 +122,7 @@ class CpprestUploadBody final : public service::UploadBody {
         std::mutex mu;
         std::condition_variable done_cv;
         bool done = false;
+        size_t count = 0;
         std::exception_ptr error;
         concurrency::streams::container_buffer<std::string> buf;
       };
@@ -133,7 +130,7 @@ class CpprestUploadBody final : public service::UploadBody {
       stream_.read(r->buf, kUploadChunk).then([r](pplx::task<size_t> t) {
         std::lock_guard lock(r->mu);
         try {
-          t.get();
+          r->count = t.get();
         } catch (...) {
           r->error = std::current_exception();
         }
@@ -148,29 +145,27 @@ class CpprestUploadBody final : public service::UploadBody {
                                                         kUploadStall.count(), " s"));
       }
       if (r->error) std::rethrow_exception(r->error);
+      if (r->count == 0) return false;  // the body's end
       std::string& got = r->buf.collection();
-      if (got.empty()) {
-        ended_ = true;
-        return false;
-      }
+      got.resize(r->count);  // the container may hold more than the bytes read
       chunk->swap(got);
       return true;
     } catch (const std::exception& e) {
-      ended_ = true;
       return absl::CancelledError(absl::StrCat("body: the client's connection failed: ", e.what()));
     }
   }
 
  private:
+  // Makes cpprestsdk's next write into the body fail, which ends the connection: no more of the
+  // body is taken into memory. Only for a body that runs away or stalls (a refused upload's
+  // small remainder is left to cpprestsdk, which must finish reading it to write the reply).
   void Close() {
     try {
       stream_.streambuf().close(std::ios_base::in | std::ios_base::out).wait();
     } catch (const std::exception&) {
     }
-    ended_ = true;
   }
   concurrency::streams::istream stream_;
-  bool ended_ = false;
 };
 
 }  // namespace
