@@ -27,6 +27,7 @@
 #include <grpcpp/create_channel.h>
 
 #include "agent/cli/hvctl_console.h"
+#include "agent/cli/hvctl_image_upload.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
@@ -60,6 +61,8 @@ int Usage() {
                "  images POOL | image-delete POOL NAME (a delete of an importing image cancels it)\n"
                "  image-import POOL NAME raw|qcow2 URL|FILE [--sha256 HEX] [--sha512 HEX] [--wait]\n"
                "                                       (--wait draws the import's progress until it ends)\n"
+               "  image-upload POOL NAME FILE [--format raw|qcow2] [--sha256 HEX] [--sha512 HEX]\n"
+               "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
   return kUsage;
@@ -547,6 +550,28 @@ int main(int argc, char** argv) {
                 << (op.message().empty() ? "" : ": " + op.message()) << "\n";
     }
     return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
+  }
+  if (cmd == "image-upload" && args.size() >= 4) {
+    auto images = v1::ImageService::NewStub(channel);
+    cli::UploadArgs up{.pool = arg1, .name = args[2], .file = args[3], .progress = !json};
+    for (size_t i = 4; i < args.size(); ++i) {
+      if (i + 1 >= args.size()) return Usage();
+      const std::string& value = args[++i];
+      if (args[i - 1] == "--format" && (value == "raw" || value == "qcow2")) {
+        up.format = value == "raw" ? v1::IMAGE_FORMAT_RAW : v1::IMAGE_FORMAT_QCOW2;
+      } else if (args[i - 1] == "--sha256") {
+        up.sha256 = value;
+      } else if (args[i - 1] == "--sha512") {
+        up.sha512 = value;
+      } else {
+        return Usage();
+      }
+    }
+    v1::Image image;
+    return Render(json, cli::UploadImage(*images, ctx, up, &image), image, [&] {
+      std::cout << image.pool() << "/" << image.name() << ": ready (" << Bytes(image.virtual_size_bytes())
+                << ", sha256 " << image.sha256() << ")\n";
+    });
   }
   if (cmd == "stats") {
     deadline(ctx, 60);

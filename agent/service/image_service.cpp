@@ -112,7 +112,7 @@ void ImageService::WaitForImports() {
   for (auto& [job, t] : threads) t.join();
 }
 
-absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
+absl::StatusOr<ImportRequest> ImageService::CheckCommon(const ImportRequest& r) const {
   if (!storage::gpt::IsVolumeName(r.name)) {
     return absl::InvalidArgumentError(absl::StrCat("name: '", r.name, "' must be 1-", storage::gpt::kMaxVolumeName,
                                                    " of [A-Za-z0-9._-], starting with a letter or digit"));
@@ -131,6 +131,14 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
     if (!h.ok()) return h.status();
     req.sha512 = *h;
   }
+  return req;
+}
+
+absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
+  auto checked = CheckCommon(r);
+  if (!checked.ok()) return checked.status();
+  ImportRequest req = std::move(*checked);
+  req.upload = nullptr;  // a stream comes only through Upload()
   if (req.url.empty() == req.host_file.empty()) {
     return absl::InvalidArgumentError("source: give exactly one of url and host_file");
   }
@@ -148,6 +156,46 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
   if (req.format == ImageFormat::kQcow2 && options_.scratch_dir.empty()) {
     return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
   }
+  auto job = Begin(req);
+  if (!job.ok()) return job.status();
+  std::lock_guard lock(mu_);
+  // Threads of ended imports are past their last use of mu_: joining them here cannot block.
+  std::erase_if(threads_, [](auto& entry) {
+    if (!entry.first->finished) return false;
+    entry.second.join();
+    return true;
+  });
+  threads_.emplace_back(*job, std::thread([this, job = *job, req] { (void)Run(job, req); }));
+  Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, (*job)->id,
+              FormatName(req.format), req.url.empty() ? req.host_file : req.url);
+  return (*job)->id;
+}
+
+absl::StatusOr<ImageStatus> ImageService::Upload(const UploadRequest& u, UploadBody& body) {
+  ImportRequest r{.pool = u.pool, .name = u.name, .format = u.format, .sha256 = u.sha256, .sha512 = u.sha512};
+  auto checked = CheckCommon(r);
+  if (!checked.ok()) return checked.status();
+  ImportRequest req = std::move(*checked);
+  if (u.size_bytes == 0) return absl::InvalidArgumentError("size_bytes: the upload's length is required (over 0)");
+  if (u.size_bytes > options_.max_virtual_size) {
+    return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", u.size_bytes,
+                                                   " is over [images] max_virtual_size_mib (",
+                                                   options_.max_virtual_size, " bytes)"));
+  }
+  if (req.format == ImageFormat::kQcow2 && options_.scratch_dir.empty()) {
+    return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
+  }
+  req.upload = &body;
+  req.upload_size = u.size_bytes;
+  auto job = Begin(req);
+  if (!job.ok()) return job.status();
+  Log()->info("upload of {}/{} started (operation {}, {} bytes of {})", req.pool, req.name, (*job)->id,
+              u.size_bytes, FormatName(req.format));
+  if (auto s = Run(*job, req); !s.ok()) return s;
+  return Get(req.pool, req.name);
+}
+
+absl::StatusOr<std::shared_ptr<ImageService::Running>> ImageService::Begin(const ImportRequest& req) {
   // Refused here rather than by the operation: an image of this name exists or is on its way.
   auto slots = storage_.WithBackend(req.pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
   if (!slots.ok()) return slots.status();
@@ -172,20 +220,38 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
   job->pool = req.pool;
   job->name = req.name;
   running_[Key(req.pool, req.name)] = job;
-  // Threads of ended imports are past their last use of mu_: joining them here cannot block.
-  std::erase_if(threads_, [](auto& entry) {
-    if (!entry.first->finished) return false;
-    entry.second.join();
-    return true;
-  });
-  threads_.emplace_back(job, std::thread([this, job, req] { Run(job, req); }));
-  Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, *id, FormatName(req.format),
-              req.url.empty() ? req.host_file : req.url);
-  return *id;
+  return job;
+}
+
+absl::Status ImageService::StreamUpload(Running& job, const ImportRequest& r,
+                                        const std::function<absl::Status(absl::string_view, int64_t)>& sink) {
+  const uint64_t size = r.upload_size;
+  job.total = size;
+  std::string chunk;
+  uint64_t got = 0;
+  for (;;) {
+    if (job.cancel) return absl::CancelledError("cancelled");
+    auto more = r.upload->Next(&chunk);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    if (chunk.size() > size - got) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk: the upload holds more than the ", size,
+                                                     " bytes its size_bytes announced"));
+    }
+    got += chunk.size();
+    if (chunk.empty()) continue;
+    if (auto s = sink(chunk, static_cast<int64_t>(size)); !s.ok()) return s;
+  }
+  if (got != size) {
+    return absl::DataLossError(absl::StrCat("size_bytes: the upload ended after ", got, " of the ", size,
+                                            " bytes announced (truncated; nothing was kept)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ImageService::StreamSource(Running& job, const ImportRequest& r,
                                         const std::function<absl::Status(absl::string_view, int64_t)>& sink) {
+  if (r.upload != nullptr) return StreamUpload(job, r, sink);
   if (!r.url.empty()) return img::FetchUrl(r.url, sink, &job.cancel);
   // O_NOFOLLOW: the policy checked a path without links; a link put there since is refused.
   int fd = open(r.host_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -328,10 +394,10 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
   return img::HashFile(slot->path, info->virtual_size, &job.cancel);
 }
 
-void ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
+absl::Status ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
   std::optional<storage::ImageSlot> slot;
   img::ImageRecord record{.source_format = FormatName(r.format),
-                          .source = r.url.empty() ? r.host_file : r.url,
+                          .source = r.upload != nullptr ? "upload" : r.url.empty() ? r.host_file : r.url,
                           .created_unix_ms = NowUnixMs()};
   auto sha = RunSteps(*job, r, slot, record);
   absl::Status status = sha.status();
@@ -369,6 +435,7 @@ void ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
   running_.erase(Key(r.pool, r.name));
   job->finished = true;
   idle_.notify_all();
+  return status;
 }
 
 ImageStatus ImageService::StatusOf(const storage::ImageSlot& slot) {

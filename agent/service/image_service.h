@@ -11,6 +11,10 @@
 // importing) wipes and removes the slot and the scratch file: nothing is left. A crash leaves an
 // unfinished journal entry and an unsealed slot, which Recover() removes at the next start.
 //
+// Upload is the same import with the caller's stream as its source, run on the caller's thread
+// (the gRPC or REST handler that reads the stream): it answers once the image is ready or the
+// import has failed and cleaned up.
+//
 // CreateVolumeFromImage copies a ready image onto a new volume (O_DIRECT, 4 MiB blocks, every
 // block written); an image is not deleted while a copy from it runs.
 
@@ -36,6 +40,15 @@ namespace hvagent::service {
 
 enum class ImageFormat { kUnspecified, kRaw, kQcow2 };
 
+// The bytes of an upload, as the caller sends them (gRPC chunks, a REST body).
+class UploadBody {
+ public:
+  virtual ~UploadBody() = default;
+  // Puts the next chunk in *chunk; false at the end of the stream. An error when the caller went
+  // away (Cancelled) or sent something that is no chunk (InvalidArgument naming the field).
+  virtual absl::StatusOr<bool> Next(std::string* chunk) = 0;
+};
+
 struct ImportRequest {
   std::string pool;
   std::string name;
@@ -43,6 +56,18 @@ struct ImportRequest {
   std::string url;        // one of url and host_file
   std::string host_file;
   std::string sha256;     // of the source's bytes; one of them required for a URL
+  std::string sha512;
+  // Upload only (Upload() sets them): the caller's stream and the exact length it announced.
+  UploadBody* upload = nullptr;
+  uint64_t upload_size = 0;
+};
+
+struct UploadRequest {
+  std::string pool;
+  std::string name;
+  ImageFormat format = ImageFormat::kUnspecified;
+  uint64_t size_bytes = 0;  // exactly what the body holds; at most max_virtual_size
+  std::string sha256;       // optional, of the body's bytes
   std::string sha512;
 };
 
@@ -77,6 +102,12 @@ class ImageService {
   // Validates everything it can before anything starts (InvalidArgument / PermissionDenied
   // naming the field, NotFound for the pool, AlreadyExists), then returns the operation's id.
   absl::StatusOr<uint64_t> Import(const ImportRequest& request);
+  // Imports the caller's `body` on this thread: the same checks as Import (and size_bytes: 1 to
+  // max_virtual_size), the same operation and journal entry, the same cleanup. Returns the ready
+  // image, or the import's error with nothing left: DataLoss for a body shorter than size_bytes,
+  // InvalidArgument for a longer one, FailedPrecondition for a checksum mismatch, Cancelled when
+  // the caller went away or the upload was deleted.
+  absl::StatusOr<ImageStatus> Upload(const UploadRequest& request, UploadBody& body);
   absl::StatusOr<ImageStatus> Get(const std::string& pool, const std::string& name);
   absl::StatusOr<std::vector<ImageStatus>> List(const std::string& pool);
   // A ready image is wiped and removed (FailedPrecondition while a copy from it runs); an
@@ -106,12 +137,19 @@ class ImageService {
     std::atomic<bool> finished{false};
   };
 
-  void Run(std::shared_ptr<Running> job, ImportRequest request);
+  // Name, format and checksums (normalized), shared by Import and Upload.
+  absl::StatusOr<ImportRequest> CheckCommon(const ImportRequest& request) const;
+  // Refuses an existing name, journals the operation and registers it as running.
+  absl::StatusOr<std::shared_ptr<Running>> Begin(const ImportRequest& request);
+  // The import from start to end (cleanup included); its outcome, also recorded in the journal.
+  absl::Status Run(std::shared_ptr<Running> job, ImportRequest request);
   // Wipes and removes an image slot (under the pool's lock, StorageService::WithBackend).
   absl::Status DeleteSlot(const std::string& pool, const std::string& name);
   absl::StatusOr<std::string> RunSteps(Running& job, const ImportRequest& request,
                                        std::optional<storage::ImageSlot>& slot, storage::image::ImageRecord& record);
   absl::Status StreamSource(Running& job, const ImportRequest& request,
+                            const std::function<absl::Status(absl::string_view, int64_t)>& sink);
+  absl::Status StreamUpload(Running& job, const ImportRequest& request,
                             const std::function<absl::Status(absl::string_view, int64_t)>& sink);
   ImageStatus StatusOf(const storage::ImageSlot& slot);
   std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }

@@ -1,6 +1,9 @@
 #pragma once
 // FakeStorageBackend: an in-memory pool for service-level tests, with failure injection.
 
+#include <unistd.h>
+
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -19,6 +22,9 @@ class FakeStorageBackend final : public storage::StorageBackend {
   absl::Status fail_wipe;
   std::function<void()> during_wipe;
   std::vector<std::string> calls;
+  // Set: the pool holds images, each slot a regular file of this directory (ext4 takes the
+  // O_DIRECT writes the image code does). Empty: images are refused as by a backend without them.
+  std::string image_dir;
 
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
@@ -67,14 +73,55 @@ class FakeStorageBackend final : public storage::StorageBackend {
   // Runs on the service's delete worker, beside other calls: touches nothing of the fake's but
   // `during_wipe`, which a test sets before the delete starts.
   absl::Status WipeForDelete(const storage::DeletePlan& plan, const ProgressFn& progress) override {
-    progress({plan.volume.size_bytes / 2, plan.volume.size_bytes});
+    if (progress) progress({plan.volume.size_bytes / 2, plan.volume.size_bytes});
     if (during_wipe) during_wipe();
-    progress({plan.volume.size_bytes, plan.volume.size_bytes});
+    if (progress) progress({plan.volume.size_bytes, plan.volume.size_bytes});
     return fail_wipe;
   }
   absl::Status FinishDelete(const storage::DeletePlan& plan) override {
+    if (plan.image) {
+      calls.push_back("delete-image " + plan.volume.name);
+      unlink(plan.volume.path.c_str());
+      slots_.erase(plan.volume.name);
+      return absl::OkStatus();
+    }
     volumes_.erase(plan.volume.name);
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<storage::ImageSlot>> ListImageSlots() override {
+    if (image_dir.empty()) return StorageBackend::ListImageSlots();
+    std::vector<storage::ImageSlot> out;
+    for (auto& [n, s] : slots_) out.push_back(s);
+    return out;
+  }
+  absl::StatusOr<storage::ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes) override {
+    if (image_dir.empty()) return StorageBackend::CreateImageSlot(name, size_bytes);
+    calls.push_back("create-image " + name);
+    if (slots_.contains(name)) return absl::AlreadyExistsError("image exists");
+    if (size_bytes > GetPool()->free_bytes) return absl::ResourceExhaustedError("pool full");
+    size_bytes = (size_bytes + (1 << 20) - 1) & ~uint64_t{(1 << 20) - 1};  // 1 MiB, as partitions
+    storage::ImageSlot slot{config_.name, name, image_dir + "/" + name, size_bytes, false};
+    std::ofstream(slot.path).close();
+    if (truncate(slot.path.c_str(), static_cast<off_t>(size_bytes)) != 0) return absl::InternalError("truncate");
+    slots_[name] = slot;
+    return slot;
+  }
+  absl::Status SealImageSlot(const std::string& name) override {
+    if (image_dir.empty()) return StorageBackend::SealImageSlot(name);
+    calls.push_back("seal-image " + name);
+    auto it = slots_.find(name);
+    if (it == slots_.end()) return absl::NotFoundError("image not found");
+    it->second.ready = true;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<storage::DeletePlan> BeginDeleteImageSlot(const std::string& name) override {
+    if (image_dir.empty()) return StorageBackend::BeginDeleteImageSlot(name);
+    auto it = slots_.find(name);
+    if (it == slots_.end()) return absl::NotFoundError("image not found");
+    it->second.ready = false;
+    return storage::DeletePlan{.volume = {config_.name, name, it->second.path, it->second.size_bytes, ""},
+                               .image = true};
   }
   // Follows the contract: one record of domain and ownership, another domain refused.
   absl::Status SetAttachment(const std::string& name, const std::string& domain,
@@ -99,6 +146,7 @@ class FakeStorageBackend final : public storage::StorageBackend {
   storage::PoolConfig config_;
   uint64_t capacity_;
   std::map<std::string, storage::VolumeInfo> volumes_;
+  std::map<std::string, storage::ImageSlot> slots_;
 };
 
 }  // namespace hvagent::testing

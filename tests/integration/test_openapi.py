@@ -26,6 +26,7 @@ devices, as test_storage_vms does, so the storage paths are exercised, not only 
   documented ones, must answer 404 or 405 with the Error body."""
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -490,6 +491,17 @@ scratch_dir = "{cls.scratch}"
         self.check("/v1/pools/{pool}/images/{name}", "GET", {**ni, "name": "ghost"}, expect=404)
         self.check("/v1/pools/{pool}/images/{name}", "DELETE", ni, expect=200)
         self.check("/v1/pools/{pool}/images/{name}", "DELETE", ni, expect=404)
+        # An upload: the body is the image's bytes (over max_body_bytes, which it is exempt from).
+        data = os.urandom(MiB + 1)
+        up, raw_q = {**ni, "name": "oa-up"}, {"format": "IMAGE_FORMAT_RAW"}
+        image = self.check("/v1/pools/{pool}/images/{name}", "PUT", up,
+                           query={**raw_q, "sha256": hashlib.sha256(data).hexdigest()}, raw=data, expect=201)
+        self.assertEqual((image["state"], image["virtual_size_bytes"]), ("IMAGE_STATE_READY", str(len(data))))
+        self.check("/v1/pools/{pool}/images/{name}", "PUT", up, query=raw_q, raw=data, expect=409)
+        self.check("/v1/pools/{pool}/images/{name}", "PUT", {**ni, "name": "oa-up2"},
+                   query={**raw_q, "sha256": "0" * 64}, raw=data, expect=409)  # checksum mismatch
+        self.check("/v1/pools/{pool}/images/{name}", "PUT", {**ni, "name": "oa-up3"}, raw=b"abc", expect=400)
+        self.check("/v1/pools/{pool}/images/{name}", "DELETE", up, expect=200)
 
         # Operations: this test's create and delete of the domain, newest first.
         ops = self.check("/v1/operations", "GET", expect=200)["operations"]
@@ -508,7 +520,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 39)
+        self.assertEqual(len(operations), 40)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

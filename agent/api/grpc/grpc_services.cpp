@@ -107,6 +107,55 @@ HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
 
 namespace {
 
+// The chunks after the header, handed to the import as it asks for them: one message in memory.
+class GrpcUploadBody final : public service::UploadBody {
+ public:
+  GrpcUploadBody(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadImageRequest>* reader)
+      : ctx_(ctx), reader_(reader) {}
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (!reader_->Read(&message_)) {
+      // The stream ends either way; only a cancel is the caller's giving up.
+      if (ctx_->IsCancelled()) return absl::CancelledError("the caller cancelled the upload");
+      return false;
+    }
+    if (message_.part_case() != v1::UploadImageRequest::kChunk) {
+      return absl::InvalidArgumentError("chunk: every message after the header must carry a chunk");
+    }
+    chunk->swap(*message_.mutable_chunk());
+    return true;
+  }
+
+ private:
+  grpc::ServerContext* ctx_;
+  grpc::ServerReader<v1::UploadImageRequest>* reader_;
+  v1::UploadImageRequest message_;
+};
+
+}  // namespace
+
+grpc::Status ImageGrpcService::UploadImage(grpc::ServerContext* ctx,
+                                           grpc::ServerReader<v1::UploadImageRequest>* reader, v1::Image* out) {
+  log::ScopedRequestId rid(RequestIdOf(ctx));
+  ctx->AddInitialMetadata("x-request-id", std::string(log::CurrentRequestId()));
+  v1::UploadImageRequest first;
+  if (!reader->Read(&first) || first.part_case() != v1::UploadImageRequest::kHeader) {
+    return ToGrpcStatus(absl::InvalidArgumentError("header: the first message of an upload must carry its header"));
+  }
+  ops::Pipeline::Call call{CallerOf(ctx, pipeline_.authorizer()), std::nullopt};
+  GrpcUploadBody body(ctx, reader);
+  absl::Status s = pipeline_.RunUpload(
+      OperationNamed("hvagent.v1.ImageService/UploadImage"), call,
+      [&](google::protobuf::Message* header) {
+        header->CopyFrom(first.header());
+        return absl::OkStatus();
+      },
+      body, out);
+  if (call.retry_after) ctx->AddTrailingMetadata("retry-after", std::to_string(call.retry_after->count()));
+  return ToGrpcStatus(s);
+}
+
+namespace {
+
 // A stream refused before it began (authorization, the per-caller stream cap).
 class RefusedStream final : public grpc::ServerWriteReactor<v1::DomainEvent> {
  public:

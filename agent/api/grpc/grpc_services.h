@@ -69,6 +69,8 @@ class ImageGrpcService final : public v1::ImageService::Service {
  public:
   explicit ImageGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status ImportImage(grpc::ServerContext*, const v1::ImportImageRequest*, v1::Operation*) override;
+  // Holds its thread while the upload runs (the import is written as the chunks are read).
+  grpc::Status UploadImage(grpc::ServerContext*, grpc::ServerReader<v1::UploadImageRequest>*, v1::Image*) override;
   grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
   grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*, v1::ListImagesResponse*) override;
   grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;

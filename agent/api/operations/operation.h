@@ -45,11 +45,15 @@ struct Services {
 enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kImages, kConsoles, kConsoleAccess };
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
+// An upload: a header message, then the body the transport reads as the handler pulls it.
+using UploadHandler = absl::Status (*)(const Services&, const Message& header, service::UploadBody& body,
+                                       Message* response);
 
 enum class Kind {
   kUnary,   // request in, response out: Pipeline::Run
   kStream,  // served by the transport after Pipeline::AdmitStream
   kPage,    // REST only, not a proto message (GET /metrics): Pipeline::Admit, then the route renders
+  kUpload,  // a header, then a stream of bytes from the caller: Pipeline::RunUpload
 };
 
 struct Operation {
@@ -61,6 +65,7 @@ struct Operation {
   const Message* request = nullptr;   // prototype (default instance); null for pages
   const Message* response = nullptr;  // prototype; null for streams and pages
   Handler handler = nullptr;          // kUnary only
+  UploadHandler upload = nullptr;     // kUpload only (request is the header's prototype)
 };
 
 // Every operation, in the order of proto/hvagent/v1/*.proto.

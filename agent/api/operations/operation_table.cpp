@@ -214,12 +214,16 @@ v1::Image ToImage(const service::ImageStatus& st) {
 absl::Status OperationById(const Services& s, uint64_t id, v1::Operation* out);
 void AddTransfer(const Services& s, v1::Operation* o);
 
+service::ImageFormat FormatOf(v1::ImageFormat f) {
+  return f == v1::IMAGE_FORMAT_RAW     ? service::ImageFormat::kRaw
+         : f == v1::IMAGE_FORMAT_QCOW2 ? service::ImageFormat::kQcow2
+                                       : service::ImageFormat::kUnspecified;
+}
+
 absl::Status ImportImage(const Services& s, const v1::ImportImageRequest& req, v1::Operation* out) {
   service::ImportRequest r{.pool = req.pool(),
                            .name = req.name(),
-                           .format = req.format() == v1::IMAGE_FORMAT_RAW     ? service::ImageFormat::kRaw
-                                     : req.format() == v1::IMAGE_FORMAT_QCOW2 ? service::ImageFormat::kQcow2
-                                                                              : service::ImageFormat::kUnspecified,
+                           .format = FormatOf(req.format()),
                            .url = req.url(),
                            .host_file = req.host_file(),
                            .sha256 = req.sha256(),
@@ -227,6 +231,20 @@ absl::Status ImportImage(const Services& s, const v1::ImportImageRequest& req, v
   auto id = s.images->Import(r);
   if (!id.ok()) return id.status();
   return OperationById(s, *id, out);
+}
+
+absl::Status UploadImage(const Services& s, const v1::UploadImageHeader& h, service::UploadBody& body,
+                         v1::Image* out) {
+  auto st = s.images->Upload({.pool = h.pool(),
+                              .name = h.name(),
+                              .format = FormatOf(h.format()),
+                              .size_bytes = h.size_bytes(),
+                              .sha256 = h.sha256(),
+                              .sha512 = h.sha512()},
+                             body);
+  if (!st.ok()) return st.status();
+  *out = ToImage(*st);
+  return absl::OkStatus();
 }
 
 absl::Status GetImage(const Services& s, const v1::ImageRef& req, v1::Image* out) {
@@ -378,6 +396,20 @@ Operation Unary(absl::string_view name, Role role, bool mutating, Needs needs) {
           &Erased<Req, Resp, F>};
 }
 
+template <typename Req, typename Resp,
+          absl::Status (*F)(const Services&, const Req&, service::UploadBody&, Resp*)>
+absl::Status ErasedUpload(const Services& s, const Message& req, service::UploadBody& body, Message* resp) {
+  return F(s, static_cast<const Req&>(req), body, static_cast<Resp*>(resp));
+}
+
+// The request prototype is the header's: what the transport binds before the body flows.
+template <typename Header, typename Resp,
+          absl::Status (*F)(const Services&, const Header&, service::UploadBody&, Resp*)>
+Operation Upload(absl::string_view name, Role role, Needs needs) {
+  return {name,    role, true, Kind::kUpload, needs, &Header::default_instance(), &Resp::default_instance(),
+          nullptr, &ErasedUpload<Header, Resp, F>};
+}
+
 template <typename Req>
 Operation Stream(absl::string_view name, Role role, Needs needs) {
   return {name, role, false, Kind::kStream, needs, &Req::default_instance()};
@@ -473,6 +505,9 @@ const std::vector<Operation>& Table() {
       // An import fetches from the network or reads a host file: a controller's call.
       Unary<v1::ImportImageRequest, v1::Operation, ImportImage>("hvagent.v1.ImageService/ImportImage",
                                                                 Role::kController, kChanges, Needs::kImages),
+      // An upload writes what the caller sends onto the host's disks: a controller's call too.
+      Upload<v1::UploadImageHeader, v1::Image, UploadImage>("hvagent.v1.ImageService/UploadImage",
+                                                            Role::kController, Needs::kImages),
       Unary<v1::ImageRef, v1::Image, DeleteImage>("hvagent.v1.ImageService/DeleteImage", Role::kController, kChanges,
                                                   Needs::kImages),
   };

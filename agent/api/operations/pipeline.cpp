@@ -104,6 +104,43 @@ absl::Status Pipeline::RunOne(const Operation& op, Call& call, const Message* pa
   return s;
 }
 
+absl::Status Pipeline::RunUpload(const Operation& op, Call& call, const Binder& bind, service::UploadBody& body,
+                                 Message* response) const {
+  const auto start = std::chrono::steady_clock::now();
+  auth::Caller caller = options_.authz == nullptr ? auth::Caller{"-", auth::Role::kController}
+                                                  : call.caller.value_or(auth::Caller{});
+  absl::Status s;
+  if (options_.authz != nullptr) s = call.caller.ok() ? options_.authz->Admit(caller, op.name) : call.caller.status();
+  call.admitted = s.ok();
+  std::unique_ptr<Message> header;
+  if (call.admitted && (op.kind != Kind::kUpload || !Available(op, services_))) {
+    s = absl::UnimplementedError(absl::StrCat(op.name, ": not served by this agent"));
+  } else if (call.admitted) {
+    header.reset(op.request->New());
+    s = bind(header.get());
+  }
+  if (call.admitted && s.ok()) {
+    std::optional<service::OperationGate::Slot> slot;
+    if (options_.gate != nullptr) {
+      auto entered = options_.gate->Enter();
+      if (!entered.ok()) {
+        call.retry_after = options_.gate->retry_after();
+        s = entered.status();
+      } else {
+        slot.emplace(std::move(*entered));
+      }
+    }
+    if (s.ok()) s = op.upload(services_, *header, body, response);
+  }
+  if (s.ok()) {
+    Log()->info("{} ok", op.name);
+  } else {
+    Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
+  }
+  auth::Audit(caller, op.name, ArgumentsOf(header.get()), s, std::chrono::steady_clock::now() - start);
+  return s;
+}
+
 absl::Status Pipeline::Execute(const Operation& op, Call& call, const Message& request, Message* response) const {
   if (options_.gate == nullptr || !op.mutating) return Once(op, call, request, response);
   auto slot = options_.gate->Enter();

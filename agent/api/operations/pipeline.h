@@ -51,6 +51,12 @@ class Pipeline {
   // The same, with the request built by `bind` (into a fresh message of op.request's type).
   absl::Status Run(const Operation& op, Call& call, const Binder& bind, Message* response) const;
 
+  // Runs upload operation `op` (Kind::kUpload): its header built by `bind` once the caller is
+  // admitted, then the handler with the caller's `body`. The same admission, gate, log and
+  // audit as Run. No idempotency: a body is no fingerprint.
+  absl::Status RunUpload(const Operation& op, Call& call, const Binder& bind, service::UploadBody& body,
+                         Message* response) const;
+
   // Admission alone, for pages (GET /metrics): role and rate limit; refusals audited.
   absl::Status Admit(const Operation& op, const absl::StatusOr<auth::Caller>& caller) const;
   // Admission for a stream, and a stream slot held while it is open.

@@ -2,6 +2,7 @@
 // Transport-neutral HTTP request/response, so REST resources are plain functions that unit
 // tests call directly; RestServer adapts cpprestsdk to these.
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@ struct HttpRequest {
   std::string body;
   std::string authorization;  // the Authorization header, "" when absent
   std::optional<std::string> idempotency_key;  // the Idempotency-Key header
+  std::optional<uint64_t> content_length;      // the Content-Length header (uploads are sized by it)
 };
 
 struct HttpResponse {

@@ -22,6 +22,22 @@ HttpResponse Refused(const absl::Status& s, bool rate_limited) {
   return r;
 }
 
+// A body already in memory, handed over in one chunk.
+class StringBody final : public service::UploadBody {
+ public:
+  explicit StringBody(const std::string& bytes) : bytes_(bytes) {}
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (done_ || bytes_.empty()) return false;
+    done_ = true;
+    *chunk = bytes_;
+    return true;
+  }
+
+ private:
+  const std::string& bytes_;
+  bool done_ = false;
+};
+
 }  // namespace
 
 RestRouter::RestRouter(const ops::Pipeline& pipeline) : pipeline_(pipeline) {
@@ -61,9 +77,7 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) const {
     if (req.method != "GET") return NoRoute(req, {"-", auth::Role::kMonitor});
     return HandleHealth(*services.host);
   }
-  const auth::Authorizer* authz = pipeline_.authorizer();
-  const auth::Caller caller =
-      authz != nullptr ? authz->FromBearerToken(req.authorization) : auth::Caller{"-", auth::Role::kController};
+  const auth::Caller caller = CallerOf(req);
   RouteMatch match = MatchRoute(req.method, req.path, [&](const Route& r) { return Served(r); });
   const ops::Operation* op = match.route != nullptr ? ops::Find(match.route->operation) : nullptr;
   if (op == nullptr) return NoRoute(req, caller);
@@ -72,22 +86,68 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) const {
     if (auto s = pipeline_.Admit(*op, caller); !s.ok()) return Refused(s, absl::IsResourceExhausted(s));
     return HandlePrometheus(*services.metrics);
   }
+  if (op->kind == ops::Kind::kUpload) {  // a body already gathered (unit tests, small bodies)
+    StringBody body(req.body);
+    HttpRequest head = req;
+    head.body.clear();
+    if (!head.content_length) head.content_length = req.body.size();
+    return HandleUpload(head, body);
+  }
   std::unique_ptr<google::protobuf::Message> response(op->response->New());
   ops::Pipeline::Call call{caller, req.idempotency_key};
   absl::Status s = pipeline_.Run(
       *op, call, [&](google::protobuf::Message* m) { return BindRequest(*match.route, match.params, req, m); },
       response.get());
+  return Render(s, call, *match.route, *response);
+}
+
+auth::Caller RestRouter::CallerOf(const HttpRequest& req) const {
+  const auth::Authorizer* authz = pipeline_.authorizer();
+  return authz != nullptr ? authz->FromBearerToken(req.authorization) : auth::Caller{"-", auth::Role::kController};
+}
+
+HttpResponse RestRouter::Render(const absl::Status& s, const ops::Pipeline::Call& call, const Route& route,
+                                const google::protobuf::Message& response) const {
   HttpResponse out;
   if (!s.ok()) {
     out = Refused(s, !call.admitted && absl::IsResourceExhausted(s));
     if (call.retry_after) out.headers["Retry-After"] = std::to_string(call.retry_after->count());
-  } else if (match.route->ok_status == 204) {
+  } else if (route.ok_status == 204) {
     out = {204, ""};
   } else {
-    out = JsonResponse(match.route->ok_status, *response);
+    out = JsonResponse(route.ok_status, response);
   }
   if (call.replayed) out.headers["Idempotent-Replay"] = "true";
   return out;
+}
+
+bool RestRouter::IsUpload(const std::string& method, const std::string& path) const {
+  RouteMatch match = MatchRoute(method, path, [&](const Route& r) { return Served(r); });
+  const ops::Operation* op = match.route != nullptr ? ops::Find(match.route->operation) : nullptr;
+  return op != nullptr && op->kind == ops::Kind::kUpload;
+}
+
+HttpResponse RestRouter::HandleUpload(const HttpRequest& req, service::UploadBody& body) const {
+  const auth::Caller caller = CallerOf(req);
+  RouteMatch match = MatchRoute(req.method, req.path, [&](const Route& r) { return Served(r); });
+  const ops::Operation* op = match.route != nullptr ? ops::Find(match.route->operation) : nullptr;
+  if (op == nullptr || op->kind != ops::Kind::kUpload) return NoRoute(req, caller);
+  std::unique_ptr<google::protobuf::Message> response(op->response->New());
+  ops::Pipeline::Call call{caller, std::nullopt};
+  auto bind = [&](google::protobuf::Message* m) -> absl::Status {
+    HttpRequest head = req;
+    head.body.clear();  // the bytes are the image, not a JSON request
+    if (auto s = BindRequest(*match.route, match.params, head, m); !s.ok()) return s;
+    if (!req.content_length) {
+      return absl::InvalidArgumentError("Content-Length: an upload must announce its length (no chunked bodies)");
+    }
+    const auto* size = m->GetDescriptor()->FindFieldByName("size_bytes");
+    if (size == nullptr) return absl::InternalError("upload header without size_bytes");
+    m->GetReflection()->SetUInt64(m, size, *req.content_length);
+    return absl::OkStatus();
+  };
+  absl::Status s = pipeline_.RunUpload(*op, call, bind, body, response.get());
+  return Render(s, call, *match.route, *response);
 }
 
 }  // namespace hvagent::api

@@ -17,9 +17,19 @@ class RestRouter {
   // 401 / 403 before a body is parsed. Unknown paths answer 404/405 to authenticated callers
   // only. Changes and refusals are audited (by the pipeline).
   HttpResponse Handle(const HttpRequest& request) const;
+  // Whether `method path` is an upload (its body is an image's bytes, read as a stream by the
+  // transport rather than gathered: exempt from max_body_bytes, bounded by Content-Length).
+  bool IsUpload(const std::string& method, const std::string& path) const;
+  // An upload: path and query bind the header, Content-Length is its size_bytes, and the bytes
+  // come from `body` as the import asks for them (request.body is not read).
+  HttpResponse HandleUpload(const HttpRequest& request, service::UploadBody& body) const;
 
  private:
   HttpResponse NoRoute(const HttpRequest& request, const auth::Caller& caller) const;
+  auth::Caller CallerOf(const HttpRequest& request) const;
+  // The HTTP answer to an operation's outcome.
+  HttpResponse Render(const absl::Status& s, const ops::Pipeline::Call& call, const Route& route,
+                      const google::protobuf::Message& response) const;
   // Whether this agent serves the route (its operation's subsystem exists).
   bool Served(const Route& route) const { return served_[&route - Routes().data()]; }
   const ops::Pipeline pipeline_;

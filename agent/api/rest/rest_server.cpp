@@ -11,9 +11,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 // After spdlog/fmt: cpprestsdk's U() macro must not leak into them.
 #include <boost/asio/ssl.hpp>
+#include <cpprest/containerstream.h>
 #include <cpprest/http_listener.h>
 #include <cpprest/uri.h>
 
@@ -91,6 +93,81 @@ absl::StatusOr<std::shared_ptr<const TlsMaterial>> LoadTls(const RestTls& files)
   return std::shared_ptr<const TlsMaterial>(std::move(m));
 }
 
+// How long an upload waits for the client's next bytes, and how far the body may run ahead of
+// the pool. cpprestsdk reads a body off the socket as fast as it arrives into an unbounded
+// buffer (it has no flow control to the reader), so a client faster than the pool would pile
+// the image up in memory: past kMaxAhead bytes waiting the upload is failed and the body's
+// buffer closed, which makes cpprestsdk drop the connection instead of reading on.
+constexpr auto kUploadStall = std::chrono::seconds(60);
+constexpr size_t kMaxAhead = 64 << 20;
+constexpr size_t kUploadChunk = 1 << 20;
+
+// A REST upload's body, read from cpprestsdk's stream on the upload's own thread (never a
+// cpprestsdk pool thread: that one waits here for the pool to fill the buffer).
+class CpprestUploadBody final : public service::UploadBody {
+ public:
+  explicit CpprestUploadBody(concurrency::streams::istream stream) : stream_(std::move(stream)) {}
+
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    try {
+      if (static_cast<size_t>(stream_.streambuf().in_avail()) > kMaxAhead) {
+        Close();
+        return absl::ResourceExhaustedError(
+            absl::StrCat("body: arrives faster than the pool takes it (over ", kMaxAhead >> 20,
+                         " MiB waiting); upload over gRPC (ImageService.UploadImage), whose flow control paces "
+                         "the sender"));
+      }
+      // The read's outcome, shared with its continuation, which may outlive a timed-out wait.
+      struct Read {
+        std::mutex mu;
+        std::condition_variable done_cv;
+        bool done = false;
+        size_t count = 0;
+        std::exception_ptr error;
+        concurrency::streams::container_buffer<std::string> buf;
+      };
+      auto r = std::make_shared<Read>();
+      stream_.read(r->buf, kUploadChunk).then([r](pplx::task<size_t> t) {
+        std::lock_guard lock(r->mu);
+        try {
+          r->count = t.get();
+        } catch (...) {
+          r->error = std::current_exception();
+        }
+        r->done = true;
+        r->done_cv.notify_all();
+      });
+      std::unique_lock lock(r->mu);
+      if (!r->done_cv.wait_for(lock, kUploadStall, [&] { return r->done; })) {
+        lock.unlock();
+        Close();
+        return absl::DeadlineExceededError(absl::StrCat("body: no bytes from the client for ",
+                                                        kUploadStall.count(), " s"));
+      }
+      if (r->error) std::rethrow_exception(r->error);
+      if (r->count == 0) return false;  // the body's end
+      std::string& got = r->buf.collection();
+      got.resize(r->count);  // the container may hold more than the bytes read
+      chunk->swap(got);
+      return true;
+    } catch (const std::exception& e) {
+      return absl::CancelledError(absl::StrCat("body: the client's connection failed: ", e.what()));
+    }
+  }
+
+ private:
+  // Makes cpprestsdk's next write into the body fail, which ends the connection: no more of the
+  // body is taken into memory. Only for a body that runs away or stalls (a refused upload's
+  // small remainder is left to cpprestsdk, which must finish reading it to write the reply).
+  void Close() {
+    try {
+      stream_.streambuf().close(std::ios_base::in | std::ios_base::out).wait();
+    } catch (const std::exception&) {
+    }
+  }
+  concurrency::streams::istream stream_;
+};
+
 }  // namespace
 
 struct RestServer::Impl {
@@ -125,6 +202,8 @@ struct RestServer::Impl {
   static int OnHandshake(SSL* ssl, void* arg);
 
   void Serve(http::http_request request);
+  // PUT of an image: runs on a thread of its own, reading the body as the import writes it.
+  void ServeUpload(http::http_request request, const std::string& rid);
   std::optional<HttpResponse> TooLarge(const http::http_request& request) const;
   HttpResponse Dispatch(const http::http_request& request, std::string body);
   void Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp);
@@ -139,7 +218,10 @@ std::optional<HttpResponse> RestServer::Impl::TooLarge(const http::http_request&
   return std::nullopt;
 }
 
-HttpResponse RestServer::Impl::Dispatch(const http::http_request& request, std::string body) {
+namespace {
+
+// Method, path, query and the headers the router reads; no body. Throws on a malformed URI.
+HttpRequest HeadOf(const http::http_request& request) {
   HttpRequest req;
   req.method = request.method();
   const web::uri& uri = request.relative_uri();
@@ -147,16 +229,39 @@ HttpResponse RestServer::Impl::Dispatch(const http::http_request& request, std::
   for (const auto& [k, v] : web::uri::split_query(uri.query())) {
     req.query[web::uri::decode(k)] = web::uri::decode(v);
   }
+  const auto& headers = request.headers();
+  if (headers.has(http::header_names::authorization)) req.authorization = headers.find(http::header_names::authorization)->second;
+  if (auto it = headers.find("Idempotency-Key"); it != headers.end()) req.idempotency_key = it->second;
+  if (headers.has(http::header_names::content_length)) req.content_length = headers.content_length();
+  return req;
+}
+
+}  // namespace
+
+HttpResponse RestServer::Impl::Dispatch(const http::http_request& request, std::string body) {
+  HttpRequest req = HeadOf(request);
   // Chunked bodies have no length up front: read, then check.
   if (body.size() > max_body) {
     return {413, ErrorBody("RESOURCE_EXHAUSTED",
                            absl::StrCat("request body: over the limit of ", max_body, " bytes"))};
   }
   req.body = std::move(body);
-  const auto& headers = request.headers();
-  if (headers.has(http::header_names::authorization)) req.authorization = headers.find(http::header_names::authorization)->second;
-  if (auto it = headers.find("Idempotency-Key"); it != headers.end()) req.idempotency_key = it->second;
   return router.Handle(req);
+}
+
+void RestServer::Impl::ServeUpload(http::http_request request, const std::string& rid) {
+  std::thread([this, request, rid]() mutable {
+    log::ScopedRequestId scoped(rid);
+    HttpResponse resp;
+    try {
+      CpprestUploadBody body(request.body());
+      resp = router.HandleUpload(HeadOf(request), body);
+    } catch (const std::exception& e) {
+      resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
+    }
+    Reply(request, rid, resp);
+    HandlerDone();
+  }).detach();
 }
 
 // Never blocks a cpprestsdk thread on cpprestsdk: reading the body and writing the reply need
@@ -167,6 +272,16 @@ void RestServer::Impl::Serve(http::http_request request) {
   std::string rid = request.headers().has("X-Request-Id") ? request.headers()["X-Request-Id"] : "";
   if (!ValidRequestId(rid)) rid = log::NewRequestId();
   if (!Admit(request, rid)) return;
+  bool upload = false;
+  try {
+    upload = router.IsUpload(request.method(), web::uri::decode(request.relative_uri().path()));
+  } catch (const std::exception&) {
+    // A malformed path: Dispatch answers it as for any request.
+  }
+  if (upload) {  // exempt from max_body_bytes: bounded by its Content-Length and the image limits
+    ServeUpload(std::move(request), rid);
+    return;
+  }
   if (auto too_large = TooLarge(request)) {
     Reply(request, rid, *too_large);
     HandlerDone();

@@ -55,6 +55,9 @@ const std::vector<Route>& Table() {
       {"GET", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ListImages"},
       {"GET", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/GetImage"},
       {"DELETE", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/DeleteImage"},
+      // The body is the image's bytes (streamed, not JSON), its Content-Length the image's size.
+      {"PUT", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/UploadImage", 201,
+       {"format", "sha256", "sha512"}},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
       {"GET", "/v1/operations/{id}", "hvagent.v1.OperationService/GetOperation"},
   };

@@ -2,6 +2,12 @@
 // starts, naming the field, with nothing journalled and no backend change.
 #include "agent/service/image_service.h"
 
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -100,6 +106,181 @@ TEST_F(ImageServiceTest, VolumeFromAMissingImageIsRefusedAndCreatesNoVolume) {
   auto volumes = storage_->ListVolumes("vg0");
   ASSERT_TRUE(volumes.ok());
   EXPECT_TRUE(volumes->empty());
+}
+
+// ---- Upload: the caller's stream through the same import, on a pool whose slots are files ----
+
+// The chunks a caller sends, then how its stream ends (OK: it closed; an error: it went away).
+class ChunksBody final : public UploadBody {
+ public:
+  explicit ChunksBody(std::vector<std::string> chunks, absl::Status end = absl::OkStatus())
+      : chunks_(std::move(chunks)), end_(std::move(end)) {}
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (before_chunk) before_chunk(next_);
+    if (next_ < chunks_.size()) {
+      *chunk = chunks_[next_++];
+      return true;
+    }
+    if (!end_.ok()) return end_;
+    return false;
+  }
+  std::function<void(size_t)> before_chunk;
+
+ private:
+  std::vector<std::string> chunks_;
+  absl::Status end_;
+  size_t next_ = 0;
+};
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    seed = seed * 1103515245u + 12345u;
+    out[i] = static_cast<char>(seed >> 16);
+  }
+  return out;
+}
+
+std::string Sha256(absl::string_view bytes) {
+  auto d = *storage::image::Digest::Create("sha256");
+  d->Update(bytes);
+  return d->HexFinal();
+}
+
+class ImageUploadTest : public ImageServiceTest {
+ protected:
+  void SetUp() override {
+    ImageServiceTest::SetUp();
+    char tmpl[] = "/var/tmp/hvagent-upload-XXXXXX";  // ext4 here, not tmpfs: O_DIRECT works
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    backend_->image_dir = dir_;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  UploadRequest Header(uint64_t size) {
+    return UploadRequest{.pool = "vg0", .name = "up1", .format = ImageFormat::kRaw, .size_bytes = size};
+  }
+  // A failed upload leaves no slot, no file, and its operation ended as `state` with `why`.
+  void ExpectNothingLeft(v1::OperationState state, const std::string& why) {
+    auto slots = images_->List("vg0");
+    ASSERT_TRUE(slots.ok());
+    EXPECT_TRUE(slots->empty());
+    EXPECT_TRUE(std::filesystem::is_empty(dir_));
+    EXPECT_TRUE(journal_->Unfinished().empty());
+    auto ended = journal_->Recent();
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].state, state);
+    EXPECT_THAT(ended[0].message, HasSubstr(why));
+  }
+  std::string dir_;
+};
+
+TEST_F(ImageUploadTest, RawUploadLandsByteForByteAndIsReadyWithItsSha256) {
+  // Chunks of odd sizes that straddle the writer's 4 MiB blocks and end off a 4 KiB boundary.
+  const std::string data = RandomBytes((5 << 20) + 12345, 7);
+  std::vector<std::string> chunks = {data.substr(0, 1000), data.substr(1000, 4 << 20), data.substr(1000 + (4 << 20))};
+  ChunksBody body(chunks);
+  UploadRequest h = Header(data.size());
+  h.sha256 = Sha256(data);
+  std::transform(h.sha256.begin(), h.sha256.end(), h.sha256.begin(), ::toupper);  // either case is accepted
+  auto image = images_->Upload(h, body);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_TRUE(image->ready);
+  ASSERT_TRUE(image->record.has_value());
+  EXPECT_EQ(image->record->sha256, Sha256(data));
+  EXPECT_EQ(image->record->virtual_size, data.size());
+  EXPECT_EQ(image->record->source, "upload");
+  std::ifstream in(image->path, std::ios::binary);
+  std::string on_disk(data.size(), '\0');
+  in.read(on_disk.data(), static_cast<std::streamsize>(on_disk.size()));
+  EXPECT_TRUE(on_disk == data) << "the slot's bytes differ from the upload";
+  auto ended = journal_->Recent();
+  ASSERT_EQ(ended.size(), 1u);
+  EXPECT_EQ(ended[0].state, v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(ended[0].op.begin.type(), v1::OPERATION_KIND_IMPORT_IMAGE);
+  auto transfer = images_->TransferOf(ended[0].op.id);
+  ASSERT_TRUE(transfer.has_value());
+  EXPECT_EQ(transfer->done, data.size());
+  EXPECT_EQ(transfer->total, data.size());
+}
+
+TEST_F(ImageUploadTest, AStreamEndingShortOfSizeBytesIsDataLossAndLeavesNothing) {
+  ChunksBody body({RandomBytes(300000, 1)});
+  auto image = images_->Upload(Header(1 << 20), body);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(image.status().message(), HasSubstr("size_bytes: the upload ended after 300000 of the 1048576"));
+  ExpectNothingLeft(v1::OPERATION_STATE_FAILED, "truncated");
+}
+
+TEST_F(ImageUploadTest, MoreBytesThanSizeBytesIsInvalidArgumentAndLeavesNothing) {
+  ChunksBody body({RandomBytes(600000, 1), RandomBytes(600000, 2)});
+  auto image = images_->Upload(Header(1 << 20), body);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("chunk: the upload holds more than the 1048576 bytes"));
+  ExpectNothingLeft(v1::OPERATION_STATE_FAILED, "more than");
+}
+
+TEST_F(ImageUploadTest, AChecksumMismatchIsFailedPreconditionAndLeavesNothing) {
+  const std::string data = RandomBytes(200000, 3);
+  ChunksBody body({data});
+  UploadRequest h = Header(data.size());
+  h.sha256 = Sha256(data + "x");
+  auto image = images_->Upload(h, body);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(image.status().message(), HasSubstr("checksum mismatch"));
+  ExpectNothingLeft(v1::OPERATION_STATE_FAILED, "checksum mismatch");
+}
+
+TEST_F(ImageUploadTest, ACallerGoneMidStreamIsCancelledAndLeavesNothing) {
+  ChunksBody body({RandomBytes(100000, 4)}, absl::CancelledError("the caller cancelled the upload"));
+  auto image = images_->Upload(Header(1 << 20), body);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kCancelled);
+  ExpectNothingLeft(v1::OPERATION_STATE_CANCELLED, "the caller cancelled");
+}
+
+TEST_F(ImageUploadTest, DeletingTheImageWhileItUploadsCancelsIt) {
+  ChunksBody body({RandomBytes(100000, 5), RandomBytes(100000, 6), RandomBytes(100000, 7)});
+  body.before_chunk = [&](size_t i) {
+    if (i != 2) return;
+    auto st = images_->Get("vg0", "up1");
+    ASSERT_TRUE(st.ok());
+    EXPECT_FALSE(st->ready);
+    EXPECT_NE(st->operation_id, 0u);  // an operation a caller can follow
+    ASSERT_TRUE(images_->Delete("vg0", "up1").ok());
+  };
+  auto image = images_->Upload(Header(300000), body);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kCancelled);
+  ExpectNothingLeft(v1::OPERATION_STATE_CANCELLED, "cancelled");
+}
+
+TEST_F(ImageUploadTest, SizeBytesIsRequiredAndCappedAndNothingStartsWithoutIt) {
+  ChunksBody body({"abc"});
+  auto zero = images_->Upload(Header(0), body);
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(zero.status().message(), HasSubstr("size_bytes"));
+  auto huge = images_->Upload(Header((64ull << 30) + 1), body);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge.status().message(), HasSubstr("size_bytes: 68719476737 is over [images] max_virtual_size_mib"));
+  UploadRequest bad = Header(3);
+  bad.sha256 = "xyz";
+  EXPECT_THAT(images_->Upload(bad, body).status().message(), HasSubstr("sha256"));
+  bad = Header(3);
+  bad.name = "../etc";
+  EXPECT_THAT(images_->Upload(bad, body).status().message(), HasSubstr("name"));
+  ExpectNothingStarted();
+  EXPECT_TRUE(backend_->calls.empty());
+}
+
+TEST_F(ImageUploadTest, AnExistingImageNameIsAlreadyExistsAndTheBodyIsNotRead) {
+  const std::string data = RandomBytes(5000, 8);
+  ChunksBody first({data});
+  ASSERT_TRUE(images_->Upload(Header(data.size()), first).ok());
+  bool read = false;
+  ChunksBody second({data});
+  second.before_chunk = [&](size_t) { read = true; };
+  auto again = images_->Upload(Header(data.size()), second);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_FALSE(read);
 }
 
 }  // namespace
