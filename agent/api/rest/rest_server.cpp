@@ -155,10 +155,21 @@ class CpprestUploadBody final : public service::UploadBody {
     }
   }
 
+  // Reads what is left of the body and drops it. A refused upload (a bad header, a name that
+  // exists) is answered only once cpprestsdk has the whole body, which it would otherwise gather
+  // in memory however large the announced image; read here, at most a chunk is held at a time.
+  void DiscardRest() {
+    std::string chunk;
+    for (;;) {
+      auto more = Next(&chunk);
+      if (!more.ok() || !*more) return;
+    }
+  }
+
  private:
   // Makes cpprestsdk's next write into the body fail, which ends the connection: no more of the
   // body is taken into memory. Only for a body that runs away or stalls (a refused upload's
-  // small remainder is left to cpprestsdk, which must finish reading it to write the reply).
+  // remainder is read and dropped instead: cpprestsdk must finish reading it to write a reply).
   void Close() {
     try {
       stream_.streambuf().close(std::ios_base::in | std::ios_base::out).wait();
@@ -256,6 +267,7 @@ void RestServer::Impl::ServeUpload(http::http_request request, const std::string
     try {
       CpprestUploadBody body(request.body());
       resp = router.HandleUpload(HeadOf(request), body);
+      if (resp.status >= 400) body.DiscardRest();
     } catch (const std::exception& e) {
       resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
     }
