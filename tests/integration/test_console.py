@@ -434,7 +434,6 @@ log_dir = "{cls.log_dir}/logs"
         chromium = shutil.which("chromium")
         if chromium is None:
             self.fail("chromium is not installed (deploy/install-deps.sh --test installs it)")
-        url = self.ws_ticket()["url"]
         profile = tempfile.mkdtemp(prefix="hvcon-chromium-")
         self.addCleanup(shutil.rmtree, profile, ignore_errors=True)
         proc = subprocess.Popen(
@@ -452,7 +451,8 @@ log_dir = "{cls.log_dir}/logs"
         self.addCleanup(cdp.close)
         started = time.time()
         cdp.call("Page.enable")
-        cdp.call("Page.navigate", url=url)
+        # Issued only now: this class's tickets live TTL (3) seconds, less than a browser's start.
+        cdp.call("Page.navigate", url=self.ws_ticket()["url"])
         # The page has loaded, connected its socket and shows the console.
         cdp.wait_true("window.hvConsole !== undefined && hvConsole.socket.readyState === 1", 20)
         renderer = cdp.eval("hvConsole.renderer")
