@@ -67,7 +67,11 @@ def virsh_path(name, rounds):
         return measure(lambda b: os.write(master, b), received, rounds)
     finally:
         os.write(master, b"\x1d")  # Ctrl-]: virsh detaches
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         os.close(master)
 
 
