@@ -384,10 +384,14 @@ int Run(const config::Config& cfg) {
     std::optional<api::ConsoleWsTls> ws_tls;
     if (!cfg.plaintext_loopback) ws_tls = api::ConsoleWsTls{cfg.tls_cert_file, cfg.tls_key_file};
     console_ws = std::make_unique<api::ConsoleWsServer>(
-        consoles, console_tickets, api::ConsoleWsServer::Options{.listen = cfg.console_ws_listen, .tls = ws_tls},
-        [](const std::string& domain, const absl::Status& why) {
-          api::auth::Audit(api::auth::Caller{"serial-ws-client", std::nullopt}, "serial-ws connect",
-                           absl::StrCat("{\"domain_name\":\"", domain, "\"}"), why, {});
+        consoles, console_tickets,
+        api::ConsoleWsServer::Options{.listen = cfg.console_ws_listen,
+                                      .tls = ws_tls,
+                                      // REST's limiter and limits, the peer's address as the caller.
+                                      .limiter = cfg.plaintext_loopback ? nullptr : &limiter},
+        [](const std::string& domain, const std::string& peer, const absl::Status& why) {
+          api::auth::Audit(api::auth::Caller{absl::StrCat("serial-ws-client ", peer), std::nullopt},
+                           "serial-ws connect", absl::StrCat("{\"domain_name\":\"", domain, "\"}"), why, {});
         });
     if (auto s = console_ws->Start(); !s.ok()) {
       logger->critical("{}", s.message());

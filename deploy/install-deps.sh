@@ -25,7 +25,7 @@ test_pkgs=(
   python3-wsgi-intercept python3-requests-mock python3-testscenarios python3-osprofiler
   openapi-specification python3-jsonschema python3-yaml
   openvswitch-switch
-  libjs-xterm python3-websocket
+  libjs-xterm python3-websocket chromium
   python3-pip python3-wheel python3-setuptools
 )
 

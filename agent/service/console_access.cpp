@@ -32,14 +32,27 @@ std::string PercentEncode(const std::string& s) {
 }  // namespace
 
 absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& domain, ConsoleKind kind) {
+  // The domain first, whatever the kind: "no such guest" is the more useful answer (and the one
+  // Nova expects before "console type unavailable").
+  auto info = hypervisor_.GetDomain(domain);
+  if (!info.ok()) return info.status();
+  if (kind == ConsoleKind::kVnc) {
+    // Xen on Arm emulates no display at all: a Xen guest's one console is the PV console. Say
+    // so, rather than "not built", so that a controller offers the text console instead.
+    auto host = hypervisor_.GetHostInfo();
+    if (host.ok() && host->hypervisor_type == "Xen") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "kind: vnc: domain '", domain,
+          "' has no graphical console (a Xen guest's console is its PV console, hvc0): ask for serial-ws or "
+          "serial-tcp"));
+    }
+  }
   const bool served = (kind == ConsoleKind::kSerialTcp && tcp_ != nullptr) ||
                       (kind == ConsoleKind::kSerialWs && !options_.ws_base_url.empty());
   if (!served) {
     return absl::UnimplementedError(absl::StrCat("kind: ", ConsoleKindName(kind), " consoles have no endpoint in this agent",
                                                  kind == ConsoleKind::kSerialWs ? " ([console] ws_listen is not set)" : ""));
   }
-  auto info = hypervisor_.GetDomain(domain);
-  if (!info.ok()) return info.status();
   if (info->state != hv::DomainState::kRunning && info->state != hv::DomainState::kPaused &&
       info->state != hv::DomainState::kBlocked) {
     return absl::FailedPreconditionError(absl::StrCat("domain '", domain, "' is not running: it has no console now"));

@@ -36,7 +36,8 @@ class ConsoleAccess {
     int port = 0;
     std::string url;  // serial-ws: the web terminal page, ticket included
   };
-  // NotFound (no such domain), FailedPrecondition (not running), Unimplemented (a kind this
+  // NotFound (no such domain, whatever the kind), FailedPrecondition (not running; vnc on a Xen
+  // host, whose guests have no display), Unimplemented (a kind this
   // agent has no endpoint for).
   absl::StatusOr<Ticket> Issue(const std::string& domain, ConsoleKind kind);
 

@@ -20,6 +20,7 @@ import uuid
 
 import grpc
 import http.client
+import json
 import websocket  # python3-websocket (websocket-client)
 
 from agent_harness import AgentTestCase, virsh, small_spec, with_security, test_guest, free_port
@@ -94,6 +95,60 @@ class ConsoleStream:
         self.inputs.put(None)
         self.call.cancel()
         self.done.wait(5)
+
+
+class Devtools:
+    """A minimal Chrome DevTools protocol client over python3-websocket: one page target,
+    commands answered in order, events skipped."""
+
+    def __init__(self, proc, timeout=20):
+        # Chromium prints its browser endpoint on stderr; the page target is found through it.
+        deadline = time.time() + timeout
+        line = b""
+        while b"DevTools listening on" not in line:
+            if time.time() > deadline or proc.poll() is not None:
+                raise AssertionError(f"chromium did not start its DevTools endpoint: {line!r}")
+            line = proc.stderr.readline()
+        port = int(re.search(rb"ws://[^:]+:(\d+)/", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/json/list")
+        pages = [t for t in json.loads(conn.getresponse().read()) if t["type"] == "page"]
+        conn.close()
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=timeout,
+                                              suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expression):
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise AssertionError(f"{expression}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def wait_true(self, expression, timeout):
+        deadline = time.time() + timeout
+        while not self.eval(expression):
+            if time.time() > deadline:
+                raise AssertionError(f"not true within {timeout} s: {expression}; page: "
+                                     f"{self.eval('document.body ? document.body.innerText : null')!r}")
+            time.sleep(0.1)
+
+    def type_keys(self, text):
+        for ch in text:
+            self.call("Input.dispatchKeyEvent", type="keyDown", key=ch, text=ch)
+            self.call("Input.dispatchKeyEvent", type="keyUp", key=ch)
+
+    def close(self):
+        self.ws.close()
 
 
 def token():
@@ -372,6 +427,63 @@ log_dir = "{cls.log_dir}/logs"
         t = self.ws_ticket()["ticket"]
         self.assertEqual(self.http_get(f"/console/{self.guest}/ws?ticket={t}")[0], 400)
         self.ws_connect("read_only=1&ticket=" + t).close()
+
+    # ---- the web terminal in a real browser (headless Chromium over the DevTools protocol) ----
+
+    def test_web_terminal_in_headless_chromium_types_and_shows_the_echo(self):
+        chromium = shutil.which("chromium")
+        if chromium is None:
+            self.fail("chromium is not installed (deploy/install-deps.sh --test installs it)")
+        profile = tempfile.mkdtemp(prefix="hvcon-chromium-")
+        self.addCleanup(shutil.rmtree, profile, ignore_errors=True)
+        proc = subprocess.Popen(
+            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-extensions", "--disable-background-networking", "--remote-debugging-port=0",
+             "--remote-allow-origins=*", f"--user-data-dir={profile}", "--window-size=900,600", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def stop_browser():
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        self.addCleanup(stop_browser)
+        cdp = Devtools(proc)
+        self.addCleanup(cdp.close)
+        started = time.time()
+        cdp.call("Page.enable")
+        # Issued only now: this class's tickets live TTL (3) seconds, less than a browser's start.
+        cdp.call("Page.navigate", url=self.ws_ticket()["url"])
+        # The page has loaded, connected its socket and shows the console.
+        cdp.wait_true("window.hvConsole !== undefined && hvConsole.socket.readyState === 1", 20)
+        renderer = cdp.eval("hvConsole.renderer")
+        # The ticket left the address bar before the socket spent it.
+        self.assertNotIn("ticket", cdp.eval("location.href"))
+        word = token()
+        deadline = time.time() + 30
+        pattern = re.compile(r"(^|\n)" + re.escape(word) + r"[ ]*(\n|$)")
+        screen = ""
+        while not pattern.search(screen):
+            self.assertLess(time.time(), deadline, f"no {word!r} on the terminal; it shows: {screen[-2000:]!r}")
+            cdp.type_keys(f"echo {word}")  # key events into the focused terminal, as a person types
+            cdp.call("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter",
+                     windowsVirtualKeyCode=13, text="\r")
+            cdp.call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+            retry = time.time() + 3
+            while time.time() < retry and not pattern.search(screen):
+                time.sleep(0.2)
+                screen = cdp.eval("hvConsole.screen()")
+        # What the page rendered (not only what its socket received) holds the typed command and
+        # the guest's answer on a line of its own.
+        dom = cdp.eval("document.getElementById('terminal').innerText")
+        self.assertIn(f"echo {word}", dom)
+        self.assertRegex(dom, r"(^|\n)" + re.escape(word) + r"[ ]*(\n|$)")
+        shot = cdp.call("Page.captureScreenshot", format="png")["data"]
+        out_dir = os.environ.get("HVAGENT_ARTIFACT_DIR") or tempfile.gettempdir()
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "console-web-terminal.png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot))
+        print(f"\nweb terminal ({renderer}) showed {word} in {time.time() - started:.1f} s; screenshot: {path}")
 
     # ---- hvctl console, in a pseudo-terminal as a person would run it ----
 

@@ -266,6 +266,31 @@ max_virtual_size_mib = 512
         self.assertIn("sha256", err["message"])
         self.assertEqual(self.state(), before)
 
+    def test_a_refused_rest_put_does_not_gather_its_body_in_memory(self):
+        # A refused upload is answered only after its body has been read (HTTP): 512 MiB sent to
+        # a name that is not a valid name must be read and dropped, not held by the agent.
+        import socket
+        def hwm_kib():
+            with open(f"/proc/{self.agent.proc.pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        before, hwm = self.state(), hwm_kib()
+        host, port = self.agent.rest_addr.rsplit(":", 1)
+        size = 512 * MiB
+        with socket.create_connection((host, int(port)), timeout=60) as s:
+            s.sendall((f"PUT /v1/pools/disk1/images/Bad~Name?format=IMAGE_FORMAT_RAW HTTP/1.1\r\n"
+                       f"Host: {self.agent.rest_addr}\r\nContent-Type: application/octet-stream\r\n"
+                       f"Content-Length: {size}\r\n\r\n").encode())
+            block = b"\0" * MiB
+            for _ in range(size // MiB):
+                s.sendall(block)
+            reply = s.recv(4096).decode(errors="replace")
+        self.assertTrue(reply.startswith("HTTP/1.1 400"), reply)
+        self.assertIn("name", reply)
+        grown_mib = (hwm_kib() - hwm) // 1024
+        print(f"agent peak RSS grew {grown_mib} MiB over a refused 512 MiB upload")
+        self.assertLess(grown_mib, 200)
+        self.assertEqual(self.state(), before)
+
     def test_rest_put_cut_short_by_the_client_leaves_nothing(self):
         import socket
         before = self.state()

@@ -9,6 +9,7 @@ namespace hvagent::api::auth {
 absl::Status RateLimiter::Allow(const std::string& caller) {
   std::lock_guard lock(mu_);
   const auto now = clock_.Now();
+  if (buckets_.size() >= kSweepAt) Sweep(now);
   auto [it, fresh] = buckets_.try_emplace(caller, Bucket{options_.burst, now});
   Bucket& b = it->second;
   if (!fresh) {
@@ -23,6 +24,20 @@ absl::Status RateLimiter::Allow(const std::string& caller) {
   }
   b.tokens -= 1;
   return absl::OkStatus();
+}
+
+void RateLimiter::Sweep(Clock::TimePoint now) {
+  // A bucket that has refilled says nothing a fresh one would not: forgetting it changes no
+  // answer, and keeps callers that come once (peer addresses of the console listener) from
+  // growing the map without bound.
+  for (auto it = buckets_.begin(); it != buckets_.end();) {
+    double elapsed = std::chrono::duration<double>(now - it->second.at).count();
+    if (it->second.tokens + elapsed * options_.requests_per_second >= options_.burst) {
+      it = buckets_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 RateLimiter::StreamSlot RateLimiter::OpenStream(const std::string& caller) {

@@ -46,7 +46,15 @@ class RateLimiter {
   };
   StreamSlot OpenStream(const std::string& caller);
 
+  // Callers with a bucket (for tests): full buckets are forgotten once there are kSweepAt.
+  size_t tracked_callers() {
+    std::lock_guard lock(mu_);
+    return buckets_.size();
+  }
+  static constexpr size_t kSweepAt = 4096;
+
  private:
+  void Sweep(Clock::TimePoint now);  // drops every bucket that has refilled; mu_ held
   struct Bucket {
     double tokens;
     Clock::TimePoint at;

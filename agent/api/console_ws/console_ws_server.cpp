@@ -70,6 +70,7 @@ struct Shared {
   ConsoleWsServer::RefusalSink refused;
   std::string asset_dir;
   int max_connections;
+  auth::RateLimiter* limiter;
   std::atomic<int> connections{0};
   std::shared_ptr<PostGate> gate = std::make_shared<PostGate>();
 };
@@ -299,8 +300,9 @@ template <class Stream>
 class HttpConnection : public std::enable_shared_from_this<HttpConnection<Stream>> {
  public:
   HttpConnection(Stream&& stream, std::shared_ptr<asio::ssl::context> tls, std::unique_ptr<ConnectionSlot> slot,
-                 Shared& shared)
-      : tls_(std::move(tls)), slot_(std::move(slot)), shared_(shared), stream_(std::move(stream)) {}
+                 Shared& shared, std::string peer)
+      : tls_(std::move(tls)), slot_(std::move(slot)), shared_(shared), stream_(std::move(stream)),
+        peer_(std::move(peer)) {}
 
   void Start() {
     Tcp(stream_).expires_after(kRequestTimeout);
@@ -326,6 +328,15 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection<Stream
   }
 
   void Route(Request req) {
+    if (shared_.limiter != nullptr) {
+      // Before anything else, so that guessing tickets (or hammering the page) is bounded per peer.
+      if (absl::Status s = shared_.limiter->Allow("serial-ws " + peer_); !s.ok()) {
+        const Target t = ParseTarget(std::string_view(req.target().data(), req.target().size()));
+        const bool names_domain = t.segments.size() >= 2 && t.segments[0] == "console" && t.segments[1] != "static";
+        if (shared_.refused) shared_.refused(names_domain ? ForAudit(t.segments[1]) : "", peer_, s);
+        return Reply(http::status::too_many_requests, "text/plain", absl::StrCat(s.message(), "\n"));
+      }
+    }
     if (req.method() != http::verb::get) {
       return Reply(http::status::method_not_allowed, "text/plain", "only GET is served here\n");
     }
@@ -359,11 +370,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection<Stream
     auto ticket = t.query.find("ticket");
     if (ticket == t.query.end() || ticket->second.empty()) {
       absl::Status why = absl::UnauthenticatedError("ticket: is required (a serial-ws ticket, query parameter)");
-      if (shared_.refused) shared_.refused(ForAudit(domain), why);
+      if (shared_.refused) shared_.refused(ForAudit(domain), peer_, why);
       return Reply(http::status::unauthorized, "text/plain", absl::StrCat(why.message(), "\n"));
     }
     if (absl::Status s = shared_.tickets.Redeem(ticket->second, domain, service::ConsoleKind::kSerialWs); !s.ok()) {
-      if (shared_.refused) shared_.refused(ForAudit(domain), s);
+      if (shared_.refused) shared_.refused(ForAudit(domain), peer_, s);
       return Reply(http::status::unauthorized, "text/plain", absl::StrCat(s.message(), "\n"));
     }
     const bool write = !Flag(t, "read_only");
@@ -405,6 +416,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection<Stream
   Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::empty_body>> parser_;
+  const std::string peer_;  // the remote IP address: the rate limit's caller and the audit's
 };
 
 absl::StatusOr<std::shared_ptr<asio::ssl::context>> LoadTls(const ConsoleWsTls& files) {
@@ -448,7 +460,7 @@ absl::StatusOr<tcp::endpoint> ParseListen(const std::string& listen) {
 
 struct ConsoleWsServer::Impl {
   Impl(service::ConsoleSessions& sessions, service::ConsoleTickets& tickets, Options o, RefusalSink refused)
-      : options(std::move(o)), shared{sessions, tickets, std::move(refused), options.asset_dir, options.max_connections} {}
+      : options(std::move(o)), shared{sessions, tickets, std::move(refused), options.asset_dir, options.max_connections, options.limiter} {}
 
   void Accept() {
     acceptor->async_accept([this](beast::error_code ec, tcp::socket socket) {
@@ -463,6 +475,10 @@ struct ConsoleWsServer::Impl {
       Log()->warn("serial-ws: {} connections already; one refused", shared.max_connections);
       return;  // closed as it goes out of scope
     }
+    beast::error_code ec;
+    const tcp::endpoint remote = socket.remote_endpoint(ec);
+    if (ec) return;  // already gone
+    std::string peer = remote.address().to_string();
     auto slot = std::make_unique<ConnectionSlot>(shared);
     std::shared_ptr<asio::ssl::context> ctx;
     {
@@ -470,10 +486,12 @@ struct ConsoleWsServer::Impl {
       ctx = tls_context;
     }
     if (ctx) {
-      std::make_shared<HttpConnection<TlsStream>>(TlsStream(std::move(socket), *ctx), ctx, std::move(slot), shared)
+      std::make_shared<HttpConnection<TlsStream>>(TlsStream(std::move(socket), *ctx), ctx, std::move(slot), shared,
+                                                 std::move(peer))
           ->Start();
     } else {
-      std::make_shared<HttpConnection<PlainStream>>(PlainStream(std::move(socket)), nullptr, std::move(slot), shared)
+      std::make_shared<HttpConnection<PlainStream>>(PlainStream(std::move(socket)), nullptr, std::move(slot), shared,
+                                                 std::move(peer))
           ->Start();
     }
   }

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "agent/api/auth/rate_limiter.h"
 #include "agent/service/console_sessions.h"
 #include "agent/service/console_tickets.h"
 
@@ -38,9 +39,15 @@ class ConsoleWsServer {
     std::optional<ConsoleWsTls> tls;
     std::string asset_dir = "/usr/share/javascript/xterm";  // libjs-xterm's; fixed by the agent
     int max_connections = 256;  // beyond it: 503
+    // Per-caller request limit: a token per HTTP request (page, file or upgrade; not keystrokes),
+    // the caller being the peer's IP address, since a ticket is all a browser presents. Over
+    // it: 429 before the ticket is looked at. Null: no limit (the development mode, as REST).
+    auth::RateLimiter* limiter = nullptr;
   };
-  // Called for each request refused for its ticket (domain, why): the audit trail.
-  using RefusalSink = std::function<void(const std::string& domain, const absl::Status& why)>;
+  // Called for each request refused for its ticket or its rate (domain, the peer's address, why):
+  // the audit trail of who tried which domain.
+  using RefusalSink =
+      std::function<void(const std::string& domain, const std::string& peer, const absl::Status& why)>;
 
   ConsoleWsServer(service::ConsoleSessions& sessions, service::ConsoleTickets& tickets, Options options,
                   RefusalSink refused);

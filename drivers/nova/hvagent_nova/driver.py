@@ -885,3 +885,20 @@ class HvagentDriver(driver.ComputeDriver):
                 raise exception.ConsoleTypeUnavailable(console_type="serial") from None
             raise client.to_nova(e, self.agent.address, instance) from None
         return console_type.ConsoleSerial(host=t.host, port=t.port)
+
+    def get_vnc_console(self, context, instance):
+        """A VNC ticket: host and port of the guest's display for nova-novncproxy. The agent
+        has no VNC endpoint yet (UNIMPLEMENTED) and a Xen guest has no display at all
+        (FAILED_PRECONDITION): both are Nova's ConsoleTypeUnavailable, which its API answers
+        400 rather than 500, so a user is pointed to the serial console."""
+        try:
+            t = self.agent.consoles.IssueConsoleTicket(
+                console_pb2.IssueConsoleTicketRequest(
+                    domain_name=instance.name, kind=console_pb2.CONSOLE_KIND_VNC),
+                timeout=self.agent.timeout)
+        except grpc.RpcError as e:
+            if client.code_of(e) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                LOG.info("no VNC console for %s: %s", instance.name, e.details())
+                raise exception.ConsoleTypeUnavailable(console_type="vnc") from None
+            raise client.to_nova(e, self.agent.address, instance) from None
+        return console_type.ConsoleVNC(host=t.host, port=t.port)

@@ -261,6 +261,16 @@ class DriverTestCase(test.TestCase):
         self.assertRaises(exception.InstanceNotFound, self.drv.get_serial_console, self.ctxt,
                           self.instance(root_gb=0))
 
+    def test_vnc_console_is_unavailable_rather_than_an_error(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        self.spawn(inst)
+        # The agent serves no VNC yet: Nova's "console type unavailable" (its API's 400), not
+        # NotImplementedError (500).
+        self.assertRaises(exception.ConsoleTypeUnavailable, self.drv.get_vnc_console, self.ctxt, inst)
+        self.assertRaises(exception.InstanceNotFound, self.drv.get_vnc_console, self.ctxt,
+                          self.instance(root_gb=0))
+
     def test_console_output_without_a_log_is_empty(self):
         self.flags(storage_pool=None, group="hvagent")
         inst = self.instance(root_gb=0)

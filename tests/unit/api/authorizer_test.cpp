@@ -192,6 +192,20 @@ TEST(RateLimiterTest, BucketRefillsPerCallerAndStreamsAreCapped) {
   EXPECT_TRUE(limiter.OpenStream("a").status().ok());  // released with the slot
 }
 
+TEST(RateLimiterTest, RefilledBucketsAreForgottenButAnEmptyOneIsKept) {
+  testing::FakeClock clock;
+  RateLimiter limiter({.requests_per_second = 1, .burst = 2}, clock);
+  EXPECT_TRUE(limiter.Allow("drained").ok());
+  EXPECT_TRUE(limiter.Allow("drained").ok());
+  for (size_t i = 0; i + 1 < RateLimiter::kSweepAt; ++i) EXPECT_TRUE(limiter.Allow("once-" + std::to_string(i)).ok());
+  EXPECT_EQ(limiter.tracked_callers(), RateLimiter::kSweepAt);
+  clock.SleepFor(std::chrono::milliseconds(1500));  // the one-timers refill; "drained" does not
+  EXPECT_TRUE(limiter.Allow("new").ok());  // sweeps first
+  EXPECT_EQ(limiter.tracked_callers(), 2u);  // "drained" and "new"
+  EXPECT_TRUE(limiter.Allow("drained").ok());
+  EXPECT_FALSE(limiter.Allow("drained").ok());  // its debt survived the sweep
+}
+
 TEST(RateLimiterTest, RestAnswers429WhenTheCallerIsOverItsLimit) {
   testing::FakeHypervisor hv;
   testing::FakeClock clock;

@@ -47,11 +47,25 @@ class ConsoleWsServerTest : public ::testing::Test {
     std::ofstream(assets / "secret.txt") << "not to be served";
     server = std::make_unique<ConsoleWsServer>(
         sessions, tickets, ConsoleWsServer::Options{.listen = "127.0.0.1:0", .asset_dir = assets.string()},
-        [this](const std::string& domain, const absl::Status& why) {
+        [this](const std::string& domain, const std::string& peer, const absl::Status& why) {
           std::lock_guard lock(mu);
           refusals.push_back(domain + ": " + std::string(why.message()));
+          peers.push_back(peer);
         });
     EXPECT_TRUE(server->Start().ok());
+  }
+  // The server again, now with a per-caller limit.
+  void RestartWithLimiter(auth::RateLimiter* limiter) {
+    server->Stop();
+    server = std::make_unique<ConsoleWsServer>(
+        sessions, tickets,
+        ConsoleWsServer::Options{.listen = "127.0.0.1:0", .asset_dir = assets.string(), .limiter = limiter},
+        [this](const std::string& domain, const std::string& peer, const absl::Status& why) {
+          std::lock_guard lock(mu);
+          refusals.push_back(domain + ": " + std::string(why.message()));
+          peers.push_back(peer);
+        });
+    ASSERT_TRUE(server->Start().ok());
   }
   ~ConsoleWsServerTest() override {
     server->Stop();
@@ -138,6 +152,7 @@ class ConsoleWsServerTest : public ::testing::Test {
   std::filesystem::path assets;
   std::mutex mu;
   std::vector<std::string> refusals;
+  std::vector<std::string> peers;
   std::unique_ptr<ConsoleWsServer> server;
 };
 
@@ -192,6 +207,32 @@ TEST_F(ConsoleWsServerTest, ConsoleWs_BadTicketsAre401BeforeTheUpgradeAndAudited
   std::lock_guard lock(mu);
   ASSERT_EQ(refusals.size(), 5u);
   EXPECT_THAT(refusals[0], HasSubstr("web1: ticket: is required"));
+  for (const std::string& p : peers) EXPECT_EQ(p, "127.0.0.1");  // who tried, for the audit line
+}
+
+TEST_F(ConsoleWsServerTest, ConsoleWs_CallerOverItsRateIs429BeforeTheTicketIsLookedAt) {
+  auth::RateLimiter limiter({.requests_per_second = 1, .burst = 3}, clock);
+  RestartWithLimiter(&limiter);
+  EXPECT_EQ(Get("/console/web1?ticket=x").status, 200);
+  EXPECT_EQ(Refused("/console/web1/ws?ticket=guess-1").status, 401);
+  EXPECT_EQ(Refused("/console/web1/ws?ticket=guess-2").status, 401);
+  // The bucket is empty: even a good ticket is refused, and not spent.
+  const std::string good = Ticket("web1");
+  Reply limited = Refused("/console/web1/ws?ticket=" + good);
+  EXPECT_EQ(limited.status, 429);
+  EXPECT_THAT(limited.body, HasSubstr("rate limit: 'serial-ws 127.0.0.1'"));
+  EXPECT_EQ(Get("/console/static/console.js").status, 429);  // every request counts
+  EXPECT_EQ(tickets.outstanding(), 1u);
+  {
+    std::lock_guard lock(mu);
+    ASSERT_EQ(refusals.size(), 4u);  // two bad tickets, two over the rate: each audited
+    EXPECT_THAT(refusals[2], HasSubstr("web1: rate limit"));
+    EXPECT_THAT(refusals[3], HasSubstr(": rate limit"));
+    EXPECT_EQ(peers[3], "127.0.0.1");
+  }
+  clock.SleepFor(std::chrono::seconds(1));  // one token back
+  auto c = Connect("/console/web1/ws?ticket=" + good);
+  EXPECT_EQ(c->status, 101);
 }
 
 TEST_F(ConsoleWsServerTest, ConsoleWs_TicketIsGoodOnce) {

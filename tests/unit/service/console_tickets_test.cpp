@@ -127,6 +127,19 @@ TEST_F(ConsoleAccessTest, ConsoleAccess_KindsWithoutAnEndpointAreUnimplemented) 
   EXPECT_EQ(tickets.outstanding(), 0u);
 }
 
+TEST_F(ConsoleAccessTest, ConsoleAccess_VncOnXenSaysThereIsNoGraphicalConsole) {
+  hv.host_type = "Xen";
+  ConsoleAccess access(hv, tickets, nullptr, {});
+  auto t = access.Issue("web1", ConsoleKind::kVnc);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(t.status().message(), HasSubstr("kind: vnc: domain 'web1' has no graphical console"));
+  EXPECT_THAT(t.status().message(), HasSubstr("serial-ws"));
+  EXPECT_EQ(access.Issue("absent", ConsoleKind::kVnc).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(tickets.outstanding(), 0u);
+  hv.host_type = "QEMU";  // QEMU/KVM: VNC is not built yet, which is another answer
+  EXPECT_EQ(access.Issue("web1", ConsoleKind::kVnc).status().code(), absl::StatusCode::kUnimplemented);
+}
+
 TEST_F(ConsoleAccessTest, ConsoleAccess_LogTailIsTheEndOfTheFile) {
   std::ofstream(dir / "web1.log") << "boot line\nhv-abc\n";
   ConsoleAccess access(hv, tickets, nullptr, {.log_dir = dir.string()});
