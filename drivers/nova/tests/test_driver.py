@@ -216,10 +216,12 @@ class DriverTestCase(test.TestCase):
     # -- flavor extra specs ----------------------------------------------------------------
 
     def _tuned_instance(self, vcpus, extra_specs):
-        flavor = test_utils.get_test_flavor(options={
-            "root_gb": 0, "ephemeral_gb": 0, "swap": 0, "vcpus": vcpus, "memory_mb": 256,
-            "extra_specs": extra_specs})
-        return test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
+        # A flavor object of its own (get_test_flavor hands back the first flavor it stored
+        # under its fixed id, extra specs and all).
+        inst = test_utils.get_test_instance(self.ctxt, obj=True)
+        inst.flavor = objects.Flavor(name="tuned", vcpus=vcpus, memory_mb=256, root_gb=0,
+                                     ephemeral_gb=0, swap=0, extra_specs=dict(extra_specs))
+        return inst
 
     def _spawn_recording(self, inst):
         """Spawns `inst`; returns the DomainSpec the driver sent (the real agent took it)."""
@@ -268,7 +270,7 @@ class DriverTestCase(test.TestCase):
         self.assertIn("hw:cpu_policy=dedicated, hw:mem_page_size=large, "
                       "quota:disk_read_bytes_sec=1000", str(e))
         self.assertNotIn("trait:", str(e))
-        self.assertNotIn("cpu_sockets", str(e))
+        self.assertNotIn("hw:cpu_sockets=2", str(e))
         self.assertNotIn(inst.name, self.drv.list_instances())
 
     def test_bad_shares_and_impossible_topologies_are_refused(self):
@@ -278,10 +280,17 @@ class DriverTestCase(test.TestCase):
             e = self.assertRaises(exception.InvalidInput, self.spawn, inst)
             self.assertIn("quota:cpu_shares=%s" % specs["quota:cpu_shares"], str(e))
             self.assertNotIn(inst.name, self.drv.list_instances())
-        # Three sockets cannot hold 4 vCPUs: Nova's own topology code refuses.
-        inst = self._tuned_instance(4, {"hw:cpu_sockets": "3"})
-        self.assertRaises(exception.Invalid, self.spawn, inst)
+        # Limits that hold no 4-vCPU topology: Nova's own topology code refuses, as it does for
+        # the libvirt driver.
+        inst = self._tuned_instance(4, {"hw:cpu_max_sockets": "1", "hw:cpu_max_cores": "1",
+                                        "hw:cpu_max_threads": "1"})
+        self.assertRaises(exception.ImageVCPULimitsRangeImpossible, self.spawn, inst)
         self.assertNotIn(inst.name, self.drv.list_instances())
+        # A preferred count that does not divide the vCPUs is only a preference there: Nova picks
+        # another topology (4 sockets), and the agent gets one that covers every vCPU.
+        spec = self._spawn_recording(self._tuned_instance(4, {"hw:cpu_sockets": "3"}))
+        self.assertEqual((4, 1, 1), (spec.cpu_topology.sockets, spec.cpu_topology.cores,
+                                     spec.cpu_topology.threads))
 
     def test_resize_that_changes_cpu_tuning_is_refused_before_the_guest_is_touched(self):
         inst = self._tuned_instance(2, {"hw:cpu_sockets": "2"})
