@@ -138,8 +138,7 @@ class GrpcLifecycleTest(AgentTestCase):
         spec.vcpus = 4
         spec.cpu_topology.sockets, spec.cpu_topology.cores, spec.cpu_topology.threads = 2, 1, 2
         spec.cpu_shares = 2048
-        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
-        self.addCleanup(d.DeleteDomain, domain_pb2.DeleteDomainRequest(name=name, force=True))
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))  # tearDown removes it
         xml = virsh("dumpxml", name, "--inactive").stdout
         self.assertIn("<topology sockets='2'", xml)
         self.assertIn("cores='1' threads='2'/>", xml)
