@@ -1,5 +1,6 @@
 #include "hypervisor/domain_spec_validator.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -225,6 +226,30 @@ absl::Status ValidateDomainName(absl::string_view field, absl::string_view name)
   return absl::OkStatus();
 }
 
+// libvirt refuses a topology whose product differs from the vCPU maximum; saying so here names
+// the field, where libvirt's own message would come back from define with no field at all.
+static absl::Status ValidateCpuTune(const DomainSpec& spec) {
+  if (spec.cpu_topology) {
+    const GuestCpuTopology& t = *spec.cpu_topology;
+    if (t.sockets < 1 || t.cores < 1 || t.threads < 1) {
+      return Invalid("spec.cpu_topology", absl::StrCat("sockets, cores and threads must each be at least 1, got ",
+                                                       t.sockets, "x", t.cores, "x", t.threads));
+    }
+    const uint64_t product = uint64_t{t.sockets} * t.cores * t.threads;
+    const uint32_t vcpu_max = std::max(spec.vcpus, spec.max_vcpus);
+    if (product != vcpu_max) {
+      return Invalid("spec.cpu_topology",
+                     absl::StrCat("sockets x cores x threads (", t.sockets, "x", t.cores, "x", t.threads, " = ",
+                                  product, ") must equal the vCPU maximum (", vcpu_max, ")"));
+    }
+  }
+  if (spec.cpu_shares > kMaxCpuShares) {
+    return Invalid("spec.cpu_shares",
+                   absl::StrCat("must be 0 (default) or between 1 and ", kMaxCpuShares, ", got ", spec.cpu_shares));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateDomainSpec(const DomainSpec& spec) {
   if (auto s = ValidateDomainName("spec.name", spec.name); !s.ok()) return s;
   if (!spec.uuid.empty() && !IsCanonicalUuid(spec.uuid)) {
@@ -250,6 +275,7 @@ absl::Status ValidateDomainSpec(const DomainSpec& spec) {
   if (!spec.gic_version.empty() && !OneOf(spec.gic_version, {"2", "3", "host"})) {
     return Invalid("spec.gic_version", "must be 2, 3 or host");
   }
+  if (auto s = ValidateCpuTune(spec); !s.ok()) return s;
   if (!spec.machine.empty() && !IsSimpleName(spec.machine, 64)) {
     return Invalid("spec.machine", "must be 1-64 of [A-Za-z0-9._-]");
   }

@@ -11,6 +11,8 @@
 namespace hvagent::hv {
 
 inline constexpr uint32_t kMaxVcpus = 4096;
+// cgroup v1 cpu.shares maximum (libvirt passes <cputune><shares> through to it).
+inline constexpr uint32_t kMaxCpuShares = 262144;
 inline constexpr uint64_t kMinMemoryMib = 16;
 inline constexpr uint64_t kMaxMemoryMib = 16ULL * 1024 * 1024;  // 16 TiB
 inline constexpr size_t kMaxDisks = 64;

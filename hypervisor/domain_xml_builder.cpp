@@ -10,6 +10,10 @@ namespace {
 
 bool IsQemu(const GuestTarget& t) { return t.domain_type == "qemu" || t.domain_type == "kvm"; }
 
+// libvirt's test driver keeps whatever QEMU-style CPU tuning it is given (so Nova's tests can
+// exercise it); libxl has none.
+bool TakesCpuTuning(const GuestTarget& t) { return IsQemu(t) || t.domain_type == "test"; }
+
 bool IsArm(const GuestTarget& t) { return t.arch == "aarch64" || t.arch == "armv7l"; }
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
@@ -58,6 +62,14 @@ absl::Status CheckTarget(const DomainSpec& spec, const GuestTarget& target) {
   if (fw != nullptr && fw->type == FirmwareType::kBios && target.arch != "x86_64" && target.arch != "i686") {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.firmware.type: BIOS is not available on ", target.arch, "; use UEFI"));
+  }
+  // libxl has neither a guest topology nor cgroup shares (Xen weighs domains with its
+  // scheduler's own weight): refused rather than written into XML that libxl would ignore.
+  if (!TakesCpuTuning(target) && spec.cpu_topology) {
+    return Invalid("spec.cpu_topology", absl::StrCat("only for QEMU/KVM guests, not ", target.domain_type));
+  }
+  if (!TakesCpuTuning(target) && spec.cpu_shares != 0) {
+    return Invalid("spec.cpu_shares", absl::StrCat("only for QEMU/KVM guests, not ", target.domain_type));
   }
   if (target.domain_type == "xen") {
     for (size_t i = 0; i < spec.disks.size(); ++i) {
@@ -169,13 +181,14 @@ void WriteNic(XmlWriter& w, const NicSpec& n, const GuestTarget& target) {
 
 // QEMU/KVM: the CPU model and, on ARM, the interrupt controller; ACPI where it works.
 void WriteCpuAndFeatures(XmlWriter& w, const DomainSpec& spec, const GuestTarget& target) {
-  if (!IsQemu(target)) return;
+  if (!TakesCpuTuning(target)) return;
+  const bool qemu = IsQemu(target);
   const bool kvm = target.domain_type == "kvm";
   const bool arm = IsArm(target);
   // ACPI lets a graceful shutdown reach the guest's power button handler; on ARM, QEMU's virt
   // machine offers ACPI tables only through UEFI.
-  const bool acpi = target.os_type == "hvm" && (!arm || UsesUefi(spec));
-  if (acpi || arm) {
+  const bool acpi = qemu && target.os_type == "hvm" && (!arm || UsesUefi(spec));
+  if (acpi || (qemu && arm)) {
     w.Open("features");
     if (acpi) w.Leaf("acpi");
     if (arm) {
@@ -185,12 +198,27 @@ void WriteCpuAndFeatures(XmlWriter& w, const DomainSpec& spec, const GuestTarget
     w.Close();
   }
   // x86 keeps libvirt's default CPU unless asked; ARM needs one named (no host-model there).
-  std::string model = !spec.cpu_model.empty() ? spec.cpu_model : !arm ? "" : kvm ? "host" : "max";
+  std::string model = !qemu ? "" : !spec.cpu_model.empty() ? spec.cpu_model : !arm ? "" : kvm ? "host" : "max";
+  if (model.empty() && !spec.cpu_topology) return;
   if (model == "host") {
-    w.Leaf("cpu", {}, {{"mode", "host-passthrough"}});
+    w.Open("cpu", {{"mode", "host-passthrough"}});
   } else if (!model.empty()) {
-    w.Open("cpu", {{"mode", "custom"}, {"match", "exact"}}).Leaf("model", model, {{"fallback", "forbid"}}).Close();
+    w.Open("cpu", {{"mode", "custom"}, {"match", "exact"}}).Leaf("model", model, {{"fallback", "forbid"}});
+  } else {
+    w.Open("cpu");  // libvirt's default CPU, only shaped
   }
+  if (spec.cpu_topology) {
+    const GuestCpuTopology& t = *spec.cpu_topology;
+    w.Leaf("topology", {}, {{"sockets", std::to_string(t.sockets)},
+                            {"cores", std::to_string(t.cores)},
+                            {"threads", std::to_string(t.threads)}});
+  }
+  w.Close();
+}
+
+void WriteCpuTune(XmlWriter& w, const DomainSpec& spec) {
+  if (spec.cpu_shares == 0) return;
+  w.Open("cputune").Leaf("shares", std::to_string(spec.cpu_shares)).Close();
 }
 
 void WriteConsole(XmlWriter& w, const GuestTarget& target, const std::string& log_path) {
@@ -250,6 +278,7 @@ absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, cons
   } else {
     w.Leaf("vcpu", std::to_string(spec.vcpus));
   }
+  WriteCpuTune(w, spec);
   WriteOs(w, spec, target);
   WriteCpuAndFeatures(w, spec, target);
   w.Leaf("on_poweroff", "destroy");

@@ -55,6 +55,11 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
   s.machine = p.machine();
   s.cpu_model = p.cpu_model();
   s.gic_version = p.gic_version();
+  if (p.has_cpu_topology()) {
+    s.cpu_topology = hv::GuestCpuTopology{p.cpu_topology().sockets(), p.cpu_topology().cores(),
+                                          p.cpu_topology().threads()};
+  }
+  s.cpu_shares = p.cpu_shares();
   s.serial_console = p.serial_console();
   switch (p.boot_case()) {
     case v1::DomainSpec::kKernel:

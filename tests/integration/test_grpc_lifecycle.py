@@ -117,6 +117,41 @@ class GrpcLifecycleTest(AgentTestCase):
                       virsh("dumpxml", name, "--inactive").stdout)
         d.DeleteDomain(domain_pb2.DeleteDomainRequest(name=name, force=True))
 
+    def test_cpu_topology_and_shares_reach_qemu(self):
+        """Nova's hw:cpu_sockets/cores/threads and quota:cpu_shares as the agent writes them:
+        libvirt's definition holds them, QEMU runs with that -smp topology and libvirt reports
+        the shares it gave the guest's cgroup. A topology that does not cover the vCPUs is
+        refused naming the field, and nothing is defined."""
+        d = self.agent.domains
+        bad = unique_name("topo")
+        spec = small_spec(bad)
+        spec.vcpus = 4
+        spec.cpu_topology.sockets, spec.cpu_topology.cores, spec.cpu_topology.threads = 3, 1, 1
+        with self.assertRaises(grpc.RpcError) as ctx:
+            d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("spec.cpu_topology", ctx.exception.details())
+        self.assertNotEqual(virsh("dominfo", bad, check=False).returncode, 0)
+
+        name = unique_name("topo")
+        spec = small_spec(name)
+        spec.vcpus = 4
+        spec.cpu_topology.sockets, spec.cpu_topology.cores, spec.cpu_topology.threads = 2, 1, 2
+        spec.cpu_shares = 2048
+        d.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))  # tearDown removes it
+        xml = virsh("dumpxml", name, "--inactive").stdout
+        self.assertIn("<topology sockets='2'", xml)
+        self.assertIn("cores='1' threads='2'/>", xml)
+        self.assertIn("<shares>2048</shares>", xml)
+        with open("/run/libvirt/qemu/%s.pid" % name) as f:
+            pid = int(f.read().strip())
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        smp = argv[argv.index(b"-smp") + 1].decode()
+        self.assertIn("sockets=2", smp)
+        self.assertIn("threads=2", smp)
+        self.assertRegex(virsh("schedinfo", name).stdout, r"cpu_shares\s*:\s*2048")
+
     def test_listing_matches_libvirt_for_defined_running_and_transient_domains(self):
         """ListDomains reads state, vCPUs and memory from one bulk call on QEMU: every field must
         still be what virsh says, including persistence (a transient domain made with virsh)."""

@@ -43,6 +43,7 @@ from nova.console import type as console_type
 from nova import exception
 from nova.image import glance
 from nova.network import model as network_model
+from nova import objects
 from nova.objects import fields
 from nova.virt import driver
 from nova.virt import hardware
@@ -52,6 +53,7 @@ from hvagent.v1 import (console_pb2, domain_pb2, host_pb2, storage_pb2)
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
 from hvagent_nova import events
+from hvagent_nova import extra_specs
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
@@ -443,6 +445,8 @@ class HvagentDriver(driver.ComputeDriver):
                              memory_mib=instance.flavor.memory_mb, serial_console=True)
         if props.get("hw_architecture"):
             spec.arch = props.hw_architecture
+        # Before anything is created: an extra spec the agent cannot express is refused.
+        extra_specs.apply(spec, instance.flavor, image_meta)
         letters = iter("abcdefghijklmnopqrstuvwxyz")
         root_target = None
         for suffix, size in local:
@@ -622,8 +626,26 @@ class HvagentDriver(driver.ComputeDriver):
         if any(size < old[s] for s, size in new):
             raise exception.InstanceFaultRollback(
                 exception.ResizeError(reason="Unable to resize disk down."))
+        self._check_resize_tuning(instance, flavor)
         self.power_off(instance, timeout, retry_interval)
         return jsonutils.dumps([])
+
+    @staticmethod
+    def _check_resize_tuning(instance, flavor):
+        """UpdateDomain changes vCPUs and memory only: a new flavor whose extra specs the
+        driver cannot honour, or whose CPU topology or shares differ from the instance's (the
+        topology must match the vCPU count), is refused before the guest is touched."""
+        image_meta = objects.ImageMeta.from_instance(instance)
+        try:
+            new = extra_specs.cpu_tuning(flavor, image_meta)
+            old = extra_specs.cpu_tuning(instance.flavor, image_meta)
+        except exception.Invalid as e:
+            raise exception.InstanceFaultRollback(exception.ResizeError(reason=str(e)))
+        if new != old:
+            raise exception.InstanceFaultRollback(exception.ResizeError(
+                reason="hvagent: the new flavor changes the CPU topology or quota:cpu_shares "
+                       "(%s -> %s, as (sockets, cores, threads), shares), which a resize in "
+                       "place cannot change" % (old, new)))
 
     def _resize_domain(self, instance, flavor):
         self.agent.call(self.agent.domains.UpdateDomain, DS.UpdateDomainRequest(

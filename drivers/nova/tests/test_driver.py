@@ -213,6 +213,107 @@ class DriverTestCase(test.TestCase):
         dom = self._dom(inst)
         self.assertEqual((2, 256), (dom.vcpus, dom.memory_mib))
 
+    # -- flavor extra specs ----------------------------------------------------------------
+
+    def _tuned_instance(self, vcpus, extra_specs):
+        # A flavor object of its own (get_test_flavor hands back the first flavor it stored
+        # under its fixed id, extra specs and all).
+        inst = test_utils.get_test_instance(self.ctxt, obj=True)
+        inst.flavor = objects.Flavor(name="tuned", vcpus=vcpus, memory_mb=256, root_gb=0,
+                                     ephemeral_gb=0, swap=0, extra_specs=dict(extra_specs))
+        return inst
+
+    def _spawn_recording(self, inst):
+        """Spawns `inst`; returns the DomainSpec the driver sent (the real agent took it)."""
+        sent = []
+        real = self.drv.agent.call
+
+        def record(method, request, *args, **kwargs):
+            if isinstance(request, domain_pb2.CreateDomainRequest):
+                sent.append(request.spec)
+            return real(method, request, *args, **kwargs)
+        with unittest.mock.patch.object(self.drv.agent, "call", side_effect=record):
+            self.spawn(inst)
+        self.assertEqual(1, len(sent))
+        return sent[0]
+
+    def test_flavor_cpu_topology_and_shares_reach_the_agent(self):
+        inst = self._tuned_instance(4, {"hw:cpu_sockets": "2", "hw:cpu_threads": "2",
+                                        "quota:cpu_shares": "2048", "hw:cpu_policy": "shared",
+                                        "trait:HW_CPU_X86_AVX": "required",
+                                        "resources:VGPU": "0"})
+        spec = self._spawn_recording(inst)
+        self.assertEqual((2, 1, 2), (spec.cpu_topology.sockets, spec.cpu_topology.cores,
+                                     spec.cpu_topology.threads))
+        self.assertEqual(2048, spec.cpu_shares)
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+        self.assertEqual(4, self._dom(inst).vcpus)
+
+    def test_image_cpu_limits_shape_the_topology_as_nova_chooses_it(self):
+        # hw:cpu_max_sockets=1 alone: Nova's get_best_cpu_topology puts the 4 vCPUs in cores.
+        inst = self._tuned_instance(4, {"hw:cpu_max_sockets": "1"})
+        spec = self._spawn_recording(inst)
+        self.assertEqual((1, 4, 1), (spec.cpu_topology.sockets, spec.cpu_topology.cores,
+                                     spec.cpu_topology.threads))
+
+    def test_flavor_without_tuning_keeps_the_hypervisors_defaults(self):
+        spec = self._spawn_recording(self._tuned_instance(2, {}))
+        self.assertFalse(spec.HasField("cpu_topology"))  # so the vCPU count can change later
+        self.assertEqual(0, spec.cpu_shares)
+
+    def test_extra_specs_the_agent_cannot_express_are_refused_naming_them(self):
+        inst = self._tuned_instance(2, {"hw:mem_page_size": "large", "hw:cpu_sockets": "2",
+                                        "quota:disk_read_bytes_sec": "1000",
+                                        "hw:cpu_policy": "dedicated",
+                                        "trait:HW_CPU_X86_AVX": "required"})
+        e = self.assertRaises(exception.InvalidInput, self.spawn, inst)
+        self.assertIn("hw:cpu_policy=dedicated, hw:mem_page_size=large, "
+                      "quota:disk_read_bytes_sec=1000", str(e))
+        self.assertNotIn("trait:", str(e))
+        self.assertNotIn("hw:cpu_sockets=2", str(e))
+        self.assertNotIn(inst.name, self.drv.list_instances())
+
+    def test_bad_shares_and_impossible_topologies_are_refused(self):
+        for specs in ({"quota:cpu_shares": "lots"}, {"quota:cpu_shares": "0"},
+                      {"quota:cpu_shares": "262145"}):
+            inst = self._tuned_instance(2, specs)
+            e = self.assertRaises(exception.InvalidInput, self.spawn, inst)
+            self.assertIn("quota:cpu_shares=%s" % specs["quota:cpu_shares"], str(e))
+            self.assertNotIn(inst.name, self.drv.list_instances())
+        # Limits that hold no 4-vCPU topology: Nova's own topology code refuses, as it does for
+        # the libvirt driver.
+        inst = self._tuned_instance(4, {"hw:cpu_max_sockets": "1", "hw:cpu_max_cores": "1",
+                                        "hw:cpu_max_threads": "1"})
+        self.assertRaises(exception.ImageVCPULimitsRangeImpossible, self.spawn, inst)
+        self.assertNotIn(inst.name, self.drv.list_instances())
+        # A preferred count that does not divide the vCPUs is only a preference there: Nova picks
+        # another topology (4 sockets), and the agent gets one that covers every vCPU.
+        spec = self._spawn_recording(self._tuned_instance(4, {"hw:cpu_sockets": "3"}))
+        self.assertEqual((4, 1, 1), (spec.cpu_topology.sockets, spec.cpu_topology.cores,
+                                     spec.cpu_topology.threads))
+
+    def test_resize_that_changes_cpu_tuning_is_refused_before_the_guest_is_touched(self):
+        inst = self._tuned_instance(2, {"hw:cpu_sockets": "2"})
+        self.spawn(inst)
+        for flavor in (
+                # The topology must cover every vCPU: 4 vCPUs would need another one.
+                objects.Flavor(vcpus=4, memory_mb=256, root_gb=0, ephemeral_gb=0, swap=0,
+                               extra_specs={"hw:cpu_sockets": "2"}),
+                objects.Flavor(vcpus=2, memory_mb=512, root_gb=0, ephemeral_gb=0, swap=0,
+                               extra_specs={"hw:cpu_sockets": "2", "quota:cpu_shares": "100"}),
+                objects.Flavor(vcpus=2, memory_mb=512, root_gb=0, ephemeral_gb=0, swap=0,
+                               extra_specs={"hw:cpu_sockets": "2", "hw:numa_nodes": "1"})):
+            err = self.assertRaises(exception.InstanceFaultRollback,
+                                    self.drv.migrate_disk_and_power_off,
+                                    self.ctxt, inst, hv_driver.CONF.my_ip, flavor, None)
+            self.assertIsInstance(err.inner_exception, exception.ResizeError)
+            self.assertEqual(power_state.RUNNING, self.state(inst))
+        # Same tuning, more memory: allowed.
+        same = objects.Flavor(vcpus=2, memory_mb=512, root_gb=0, ephemeral_gb=0, swap=0,
+                              extra_specs={"hw:cpu_sockets": "2"})
+        self.drv.migrate_disk_and_power_off(self.ctxt, inst, hv_driver.CONF.my_ip, same, None)
+        self.assertEqual(power_state.SHUTDOWN, self.state(inst))
+
     def test_spawn_stopped_and_twice(self):
         self.need_pool()
         inst = self.instance()

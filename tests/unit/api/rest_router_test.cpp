@@ -292,5 +292,26 @@ TEST_F(RestRouterTest, Resize_StoppedDomainThenRefusalsNameTheField) {
   EXPECT_THAT(r.body, HasSubstr(R"("memory_mib":"512")"));
 }
 
+// Nova's hw:cpu_* and quota:cpu_shares arrive as spec.cpu_topology / spec.cpu_shares: a topology
+// that does not cover the vCPUs, or shares out of range, is 400 naming the field and creates
+// nothing; a consistent one is created.
+TEST_F(RestRouterTest, Create_CpuTopologyAndSharesAreCheckedNamingTheField) {
+  auto r = Call("POST", "/v1/domains",
+                R"({"spec":{"name":"web1","vcpus":4,"memory_mib":256,"firmware":{"type":"TYPE_BIOS"},)"
+                R"("cpu_topology":{"sockets":2,"cores":1,"threads":1}}})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("spec.cpu_topology"));
+  r = Call("POST", "/v1/domains",
+           R"({"spec":{"name":"web1","vcpus":4,"memory_mib":256,"firmware":{"type":"TYPE_BIOS"},)"
+           R"("cpu_shares":300000}})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("spec.cpu_shares"));
+  EXPECT_EQ(Call("GET", "/v1/domains/web1").status, 404);
+  r = Call("POST", "/v1/domains",
+           R"({"spec":{"name":"web1","vcpus":4,"memory_mib":256,"firmware":{"type":"TYPE_BIOS"},)"
+           R"("cpu_topology":{"sockets":2,"cores":1,"threads":2},"cpu_shares":2048}})");
+  EXPECT_EQ(r.status, 201) << r.body;
+}
+
 }  // namespace
 }  // namespace hvagent::api

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "hypervisor/domain_spec_validator.h"
 #include "tests/unit/hypervisor/xml_test_util.h"
 
 namespace hvagent::hv {
@@ -200,6 +201,73 @@ TEST(DomainXmlBuilderTest, MaxVcpusBecomesTheVcpuCeilingWithCurrent) {
   auto bad = DomainXmlBuilder::Build(s, kQemuX86);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("spec.max_vcpus"));
+}
+
+// Nova's hw:cpu_sockets/cores/threads: the topology lands in <cpu>, with or without a model.
+TEST(DomainXmlBuilderTest, CpuTopologyShapesTheGuestCpu) {
+  DomainSpec s = Base();
+  s.vcpus = 4;
+  s.cpu_topology = GuestCpuTopology{2, 1, 2};
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  EXPECT_EQ(x.Get("/domain/cpu/topology/@sockets"), "2");
+  EXPECT_EQ(x.Get("/domain/cpu/topology/@cores"), "1");
+  EXPECT_EQ(x.Get("/domain/cpu/topology/@threads"), "2");
+  EXPECT_EQ(x.Get("/domain/cpu/@mode"), "");  // libvirt's default CPU, only shaped
+  s.cpu_model = "qemu64";
+  Xml custom(*DomainXmlBuilder::Build(s, kQemuX86));
+  EXPECT_EQ(custom.Get("/domain/cpu/model"), "qemu64");
+  EXPECT_EQ(custom.Get("/domain/cpu/topology/@sockets"), "2");
+  s.cpu_model.clear();
+  s.cpu_topology.reset();
+  Xml none(*DomainXmlBuilder::Build(s, kQemuX86));
+  EXPECT_EQ(none.Count("/domain/cpu"), 0);
+}
+
+// With hot-plug headroom the topology describes the maximum, as libvirt requires.
+TEST(DomainXmlBuilderTest, CpuTopologyMustMatchTheVcpuMaximum) {
+  DomainSpec s = Base();
+  s.vcpus = 2;
+  s.cpu_topology = GuestCpuTopology{2, 2, 1};
+  auto bad = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("spec.cpu_topology"));
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("(2)"));
+  s.max_vcpus = 4;
+  EXPECT_TRUE(DomainXmlBuilder::Build(s, kQemuX86).ok());
+  s.cpu_topology = GuestCpuTopology{0, 2, 2};
+  auto zero = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_THAT(std::string(zero.status().message()), HasSubstr("spec.cpu_topology: sockets, cores and threads"));
+}
+
+// Nova's quota:cpu_shares: <cputune><shares>, bounded, QEMU/KVM only.
+TEST(DomainXmlBuilderTest, CpuSharesBecomeCputune) {
+  DomainSpec s = Base();
+  s.cpu_shares = 2048;
+  Xml x(*DomainXmlBuilder::Build(s, kQemuX86));
+  EXPECT_EQ(x.Get("/domain/cputune/shares"), "2048");
+  s.cpu_shares = 0;
+  Xml none(*DomainXmlBuilder::Build(s, kQemuX86));
+  EXPECT_EQ(none.Count("/domain/cputune"), 0);
+  s.cpu_shares = kMaxCpuShares + 1;
+  auto big = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(big.status().message()), HasSubstr("spec.cpu_shares"));
+}
+
+// libxl ignores both: refused with the field's name rather than silently dropped.
+TEST(DomainXmlBuilderTest, CpuTopologyAndSharesAreRefusedOnXen) {
+  DomainSpec s = Base();
+  s.boot = DirectKernelBoot{"/var/lib/hvagent/Image", "", "console=hvc0"};
+  s.cpu_topology = GuestCpuTopology{1, 2, 1};
+  auto topo = DomainXmlBuilder::Build(s, kXenArm);
+  EXPECT_EQ(topo.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(topo.status().message()), HasSubstr("spec.cpu_topology: only for QEMU/KVM"));
+  s.cpu_topology.reset();
+  s.cpu_shares = 512;
+  auto shares = DomainXmlBuilder::Build(s, kXenArm);
+  EXPECT_THAT(std::string(shares.status().message()), HasSubstr("spec.cpu_shares: only for QEMU/KVM"));
 }
 
 }  // namespace

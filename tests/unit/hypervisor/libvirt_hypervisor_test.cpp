@@ -10,6 +10,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <libvirt/libvirt.h>
 
 #include <tuple>
 
@@ -160,6 +161,37 @@ TEST_F(LibvirtHypervisorTest, SetDomainResourcesOfflineThenLiveWithinTheMaximums
   EXPECT_EQ(hv_.GetDomainResources(name)->vcpus, 2u);
   EXPECT_EQ(hv_.GetDomainResources("ghost").status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+// The CPU topology and shares reach libvirt's definition (read back with libvirt's own call, on
+// a connection of its own), so Nova's hw:cpu_* and quota:cpu_shares are not lost on the way.
+TEST_F(LibvirtHypervisorTest, CpuTopologyAndSharesAreInTheDefinition) {
+  const std::string name = Unique("tuned");
+  DomainSpec spec = Spec(name);
+  spec.vcpus = 4;
+  spec.cpu_topology = GuestCpuTopology{2, 1, 2};
+  spec.cpu_shares = 2048;
+  ASSERT_TRUE(hv_.DefineDomain(spec).ok());
+  virConnectPtr conn = virConnectOpen("test:///default");
+  ASSERT_NE(conn, nullptr);
+  virDomainPtr dom = virDomainLookupByName(conn, name.c_str());
+  ASSERT_NE(dom, nullptr);
+  char* xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+  ASSERT_NE(xml, nullptr);
+  const std::string text(xml);
+  free(xml);  // NOLINT: libvirt's allocation
+  virDomainFree(dom);
+  virConnectClose(conn);
+  EXPECT_THAT(text, HasSubstr("<topology sockets='2'"));
+  EXPECT_THAT(text, HasSubstr("cores='1' threads='2'/>"));
+  EXPECT_THAT(text, HasSubstr("<shares>2048</shares>"));
+  spec.name = Unique("tuned-bad");
+  spec.cpu_topology = GuestCpuTopology{3, 1, 1};  // 3 != 4 vCPUs: refused before libvirt
+  auto bad = hv_.DefineDomain(spec);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("spec.cpu_topology"));
+  EXPECT_EQ(hv_.GetDomain(spec.name).status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(hv_.UndefineDomain(name).ok());
 }
 
