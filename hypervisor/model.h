@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <variant>
@@ -69,6 +70,9 @@ struct DomainSpec {
   std::string cpu_model;
   // aarch64 QEMU/KVM only: "2", "3" or "host". Empty: "host" on KVM, "3" under TCG.
   std::string gic_version;
+  // A caller's own key/value notes on the domain (a controller's name for it, say), kept in the
+  // domain's <metadata> so they live as long as the definition. See ValidateDomainLabels.
+  std::map<std::string, std::string> labels;
 };
 
 enum class DomainState {
@@ -90,6 +94,8 @@ struct DomainInfo {
   bool persistent = false;
   // Known only for domains the agent saw start.
   std::optional<std::chrono::seconds> uptime;
+  // The labels the domain was defined with (empty for a domain the agent did not define).
+  std::map<std::string, std::string> labels;
 };
 
 // A domain's size as UpdateDomain sees it: what it has and, for a running domain, the most it
