@@ -119,7 +119,8 @@ absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::strin
   if (!parsed.ok()) return parsed.status();
   const xmlNode* root = xmlDocGetRootElement(parsed->get());
   const xmlNode* labels = nullptr;
-  if (root != nullptr && Is(root, "labels") && InLabelsNamespace(root)) {
+  if (root != nullptr && Is(root, "labels") && (root->ns == nullptr || InLabelsNamespace(root))) {
+    // virDomainGetMetadata picked the element by our namespace and returns it stripped of it.
     labels = root;
   } else {
     const xmlNode* metadata = Child(root, "metadata");
@@ -132,7 +133,7 @@ absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::strin
   }
   std::map<std::string, std::string> out;
   for (const xmlNode* c = labels ? labels->children : nullptr; c != nullptr; c = c->next) {
-    if (!Is(c, "label") || !InLabelsNamespace(c) || out.size() == kMaxLabels) continue;
+    if (!Is(c, "label") || (c->ns != labels->ns && !InLabelsNamespace(c)) || out.size() == kMaxLabels) continue;
     std::map<std::string, std::string> one{{Attr(c, "key"), Attr(c, "value")}};
     if (ValidateDomainLabels(one).ok()) out.insert(*one.begin());
   }

@@ -29,7 +29,8 @@ absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view domain_
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view domain_xml);
 
 // The labels in the agent's <metadata> element (namespace kLabelsNamespace). Takes either a
-// whole <domain> document or the element alone (as virDomainGetMetadata returns it). A domain
+// whole <domain> document or the element alone (virDomainGetMetadata returns it with the
+// namespace stripped). A domain
 // without the element has none. Entries another writer put there that the agent would not have
 // accepted (bad key, over-long or control-laden value, beyond kMaxLabels) are left out, so a
 // hand-edited definition cannot make a listing carry what a caller could not have sent.

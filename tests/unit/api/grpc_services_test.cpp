@@ -97,6 +97,10 @@ TEST_F(GrpcServicesTest, CreateReturnsDomainAndEchoesRequestId) {
   EXPECT_EQ(std::string(it->second.data(), it->second.size()), "req-42");
 }
 
+std::map<std::string, std::string> LabelsOf(const v1::Domain& d) {
+  return std::map<std::string, std::string>(d.labels().begin(), d.labels().end());
+}
+
 // Labels cross the API edge both ways: CreateDomain's spec to the hypervisor, and back in
 // CreateDomain's answer, GetDomain and ListDomains. A bad one is INVALID_ARGUMENT naming the
 // label, and nothing is defined.
@@ -112,22 +116,21 @@ TEST_F(GrpcServicesTest, LabelsGoInWithTheSpecAndComeBackFromEveryRead) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(domains_stub_->CreateDomain(&ctx, req, &d).ok());
   }
-  const std::map<std::string, std::string> want{{"cloudstack.instance", "i-2-100-VM"}, {"note", "<a & b>"}};
-  EXPECT_EQ(std::map<std::string, std::string>(d.labels().begin(), d.labels().end()), want);
+  const std::map<std::string, std::string> want = {{"cloudstack.instance", "i-2-100-VM"}, {"note", "<a & b>"}};
+  EXPECT_EQ(LabelsOf(d), want);
   {
     grpc::ClientContext ctx;
     v1::GetDomainRequest get;
     get.set_name("web1");
     ASSERT_TRUE(domains_stub_->GetDomain(&ctx, get, &d).ok());
-    EXPECT_EQ(std::map<std::string, std::string>(d.labels().begin(), d.labels().end()), want);
+    EXPECT_EQ(LabelsOf(d), want);
   }
   {
     grpc::ClientContext ctx;
     v1::ListDomainsResponse list;
     ASSERT_TRUE(domains_stub_->ListDomains(&ctx, {}, &list).ok());
     ASSERT_EQ(list.domains_size(), 1);
-    EXPECT_EQ(std::map<std::string, std::string>(list.domains(0).labels().begin(), list.domains(0).labels().end()),
-              want);
+    EXPECT_EQ(LabelsOf(list.domains(0)), want);
   }
   req.mutable_spec()->set_name("web2");
   (*req.mutable_spec()->mutable_labels())["Bad Key"] = "x";

@@ -218,7 +218,7 @@ TEST(DomainSpecLabelsTest, RejectsBadKeysNamingThem) {
 
 TEST(DomainSpecLabelsTest, RejectsBadValuesNamingTheKey) {
   ExpectRejected(WithLabels({{"big", std::string(257, 'x')}}), "spec.labels[\"big\"]: value must be at most 256");
-  for (const std::string value :
+  for (const std::string& value :
        {std::string("a\nb"), std::string("tab\t"), std::string(1, '\0'), std::string("del\x7f"),
         std::string("\xc2\x85"),        // C1 control (NEL)
         std::string("\xc3"),            // truncated sequence

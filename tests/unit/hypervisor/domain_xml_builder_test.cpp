@@ -105,7 +105,7 @@ TEST(DomainXmlBuilderTest, LabelsAreEscapedIntoMetadataAndRoundTrip) {
   auto xml = DomainXmlBuilder::Build(s, kQemuX86);
   ASSERT_TRUE(xml.ok()) << xml.status();
   EXPECT_THAT(*xml, ::testing::Not(HasSubstr("<name>evil")));
-  EXPECT_THAT(*xml, HasSubstr("xmlns:hvagent=\"urn:hvagent:labels:1\""));
+  EXPECT_THAT(*xml, HasSubstr("xmlns:hvagent='urn:hvagent:labels:1'"));
   Xml x(*xml);
   ASSERT_TRUE(x.ok());
   EXPECT_EQ(x.Get("/domain/name"), "web1");  // the injected <name> did not become one
@@ -125,15 +125,19 @@ TEST(DomainXmlBuilderTest, NoLabelsNoMetadata) {
   EXPECT_TRUE(back->empty());
 }
 
-// What virDomainGetMetadata returns is the element alone, possibly with another prefix; other
+// The element alone (another prefix, or none as virDomainGetMetadata returns it); other
 // namespaces' elements and entries the agent would refuse are not labels.
 TEST(DomainXmlReaderTest, LabelsFromTheMetadataElementAlone) {
   auto labels = ParseDomainLabels(
       "<x:labels xmlns:x='urn:hvagent:labels:1'><x:label key='a' value='1'/><x:label key='Bad' value='2'/>"
-      "<x:label key='c' value='line&#10;break'/><label key='d' value='no namespace'/>"
+      "<x:label key='c' value='line&#10;break'/><y:label xmlns:y='urn:other' key='d' value='foreign'/>"
       "<x:label key='e' value='&lt;ok&gt;'/></x:labels>");
   ASSERT_TRUE(labels.ok()) << labels.status();
   EXPECT_EQ(*labels, (std::map<std::string, std::string>{{"a", "1"}, {"e", "<ok>"}}));
+  // libvirt's own answer for our namespace: the element with the namespace stripped.
+  auto stripped = ParseDomainLabels("<labels>\n  <label key=\"a\" value=\"b\"/>\n</labels>\n");
+  ASSERT_TRUE(stripped.ok()) << stripped.status();
+  EXPECT_EQ(*stripped, (std::map<std::string, std::string>{{"a", "b"}}));
   auto foreign = ParseDomainLabels(
       "<domain><metadata><y:labels xmlns:y='urn:someone-else'><y:label key='a' value='1'/></y:labels>"
       "</metadata></domain>");
