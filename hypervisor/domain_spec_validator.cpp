@@ -218,6 +218,76 @@ absl::Status ValidateDiskSpec(absl::string_view field_prefix, const DiskSpec& d)
   return absl::OkStatus();
 }
 
+namespace {
+
+bool IsLabelKey(absl::string_view k) {
+  if (k.empty() || k.size() > kMaxLabelKeyBytes) return false;
+  auto lower_or_digit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!lower_or_digit(k[0])) return false;
+  for (char c : k) {
+    if (!lower_or_digit(c) && c != '.' && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
+// Well-formed UTF-8 (shortest forms, no surrogates) with no C0/C1 control characters or DEL:
+// the value becomes XML text, which cannot hold most controls, and is shown to operators.
+bool IsPrintableUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    if (b < 0x80) {
+      if (b < 0x20 || b == 0x7f) return false;
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if ((b & 0xe0) == 0xc0) {
+      len = 2, cp = b & 0x1f;
+    } else if ((b & 0xf0) == 0xe0) {
+      len = 3, cp = b & 0x0f;
+    } else if ((b & 0xf8) == 0xf0) {
+      len = 4, cp = b & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (size_t j = 1; j < len; ++j) {
+      const auto c = static_cast<unsigned char>(s[i + j]);
+      if ((c & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    static constexpr uint32_t kMinOfLength[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMinOfLength[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    if (cp >= 0x80 && cp <= 0x9f) return false;  // C1 controls
+    i += len;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status ValidateDomainLabels(const std::map<std::string, std::string>& labels) {
+  if (labels.size() > kMaxLabels) {
+    return Invalid("spec.labels", absl::StrCat("at most ", kMaxLabels, " labels, got ", labels.size()));
+  }
+  for (const auto& [key, value] : labels) {
+    // The key is quoted only once it is known to be harmless; a bad one is shown truncated.
+    if (!IsLabelKey(key)) {
+      std::string shown = IsPrintableUtf8(key) ? key.substr(0, 64) : std::string("?");
+      return Invalid(absl::StrCat("spec.labels[\"", shown, "\"]"),
+                     "key must match [a-z0-9][a-z0-9._-]{0,62}");
+    }
+    const std::string field = absl::StrCat("spec.labels[\"", key, "\"]");
+    if (value.size() > kMaxLabelValueBytes) {
+      return Invalid(field, absl::StrCat("value must be at most ", kMaxLabelValueBytes, " bytes, got ", value.size()));
+    }
+    if (!IsPrintableUtf8(value)) return Invalid(field, "value must be UTF-8 text without control characters");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateDomainName(absl::string_view field, absl::string_view name) {
   if (name.empty()) return Invalid(field, "is required");
   if (!IsSimpleName(name, 64)) {
@@ -279,6 +349,7 @@ absl::Status ValidateDomainSpec(const DomainSpec& spec) {
   if (!spec.machine.empty() && !IsSimpleName(spec.machine, 64)) {
     return Invalid("spec.machine", "must be 1-64 of [A-Za-z0-9._-]");
   }
+  if (auto s = ValidateDomainLabels(spec.labels); !s.ok()) return s;
   if (auto s = ValidateBoot(spec); !s.ok()) return s;
   if (auto s = ValidateDisks(spec); !s.ok()) return s;
   return ValidateNics(spec);

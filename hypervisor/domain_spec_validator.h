@@ -24,6 +24,10 @@ inline constexpr uint32_t kMaxVlan = 4094;
 // 65535: the largest a tap and QEMU's virtio-net host_mtu take (ETH_MAX_MTU).
 inline constexpr uint32_t kMinMtu = 576;
 inline constexpr uint32_t kMaxMtu = 65535;
+// Labels: few and small, so a listing that carries them stays cheap.
+inline constexpr size_t kMaxLabels = 16;
+inline constexpr size_t kMaxLabelKeyBytes = 63;
+inline constexpr size_t kMaxLabelValueBytes = 256;
 
 absl::Status ValidateDomainSpec(const DomainSpec& spec);
 
@@ -38,6 +42,10 @@ absl::Status ValidateNicSpec(absl::string_view field, const NicSpec& nic);
 absl::Status ValidateMac(absl::string_view field, absl::string_view mac);
 
 // A domain name: 1-64 of [A-Za-z0-9._-], starting with a letter or digit.
+// At most kMaxLabels; keys [a-z0-9][a-z0-9._-]{0,62}; values at most kMaxLabelValueBytes of
+// UTF-8 without control characters. The field named is spec.labels["key"].
+absl::Status ValidateDomainLabels(const std::map<std::string, std::string>& labels);
+
 absl::Status ValidateDomainName(absl::string_view field, absl::string_view name);
 
 }  // namespace hvagent::hv

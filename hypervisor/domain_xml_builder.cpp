@@ -232,6 +232,16 @@ void WriteConsole(XmlWriter& w, const GuestTarget& target, const std::string& lo
   w.Open("console", {{"type", "pty"}}).Leaf("target", {}, {{"type", "serial"}, {"port", "0"}}).Close();
 }
 
+// <metadata><hvagent:labels xmlns:hvagent="..."><hvagent:label key="k" value="v"/>...
+// The value is an attribute, not text: libvirt re-indents <metadata> when it formats it, which
+// could change a value made of spaces. Both go through XmlWriter's escaping.
+void WriteLabels(XmlWriter& w, const std::map<std::string, std::string>& labels) {
+  if (labels.empty()) return;
+  w.Open("metadata").Open("hvagent:labels", {{"xmlns:hvagent", kLabelsNamespace}});
+  for (const auto& [key, value] : labels) w.Leaf("hvagent:label", {}, {{"key", key}, {"value", value}});
+  w.Close().Close();
+}
+
 }  // namespace
 
 std::string DomainXmlBuilder::DefaultBus(const std::string& target) {
@@ -269,6 +279,7 @@ absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, cons
   w.Open("domain", {{"type", target.domain_type}});
   w.Leaf("name", spec.name);
   if (!spec.uuid.empty()) w.Leaf("uuid", spec.uuid);
+  WriteLabels(w, spec.labels);
   const std::string mem = std::to_string(spec.memory_mib);
   w.Leaf("memory", mem, {{"unit", "MiB"}});
   w.Leaf("currentMemory", mem, {{"unit", "MiB"}});

@@ -10,6 +10,11 @@
 
 namespace hvagent::hv {
 
+// The XML namespace of the agent's element in a domain's <metadata>: libvirt keeps one element
+// per namespace URI untouched, and virDomainGetMetadata finds it by this URI. Changing it would
+// orphan the labels of every domain already defined.
+inline constexpr char kLabelsNamespace[] = "urn:hvagent:labels:1";
+
 class DomainXmlBuilder {
  public:
   // InvalidArgument (naming the field) if the spec is invalid or cannot run on `target`.

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <variant>
@@ -80,6 +81,9 @@ struct DomainSpec {
   std::optional<GuestCpuTopology> cpu_topology;
   // QEMU/KVM only: <cputune><shares>, the relative CPU weight; 0: the hypervisor's default.
   uint32_t cpu_shares = 0;
+  // A caller's own key/value notes on the domain (a controller's name for it, say), kept in the
+  // domain's <metadata> so they live as long as the definition. See ValidateDomainLabels.
+  std::map<std::string, std::string> labels;
 };
 
 enum class DomainState {
@@ -101,6 +105,8 @@ struct DomainInfo {
   bool persistent = false;
   // Known only for domains the agent saw start.
   std::optional<std::chrono::seconds> uptime;
+  // The labels the domain was defined with (empty for a domain the agent did not define).
+  std::map<std::string, std::string> labels;
 };
 
 // A domain's size as UpdateDomain sees it: what it has and, for a running domain, the most it

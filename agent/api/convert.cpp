@@ -60,6 +60,7 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
                                           p.cpu_topology().threads()};
   }
   s.cpu_shares = p.cpu_shares();
+  s.labels.insert(p.labels().begin(), p.labels().end());
   s.serial_console = p.serial_console();
   switch (p.boot_case()) {
     case v1::DomainSpec::kKernel:
@@ -159,6 +160,7 @@ v1::Domain ToProto(const hv::DomainInfo& info) {
   d.set_vcpus(info.vcpus);
   d.set_memory_mib(info.memory_mib);
   d.set_persistent(info.persistent);
+  d.mutable_labels()->insert(info.labels.begin(), info.labels.end());
   if (info.uptime) d.mutable_uptime()->set_seconds(info.uptime->count());
   return d;
 }

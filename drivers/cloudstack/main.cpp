@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -708,15 +709,29 @@ int Statuses(const Agent& a) {
   v1::ListDomainsResponse r;
   auto s = a.domains->ListDomains(a.Context().get(), {}, &r);
   if (!s.ok()) return a.Error(s, "listing domains");
-  // Keys are CloudStack's instance names. A domain named otherwise (a vm_name override, or a
-  // domain of another controller) cannot be mapped back from this payload, which names no VM:
-  // it is listed apart, and CloudStack's per-VM `status` resolves it (Resolve).
+  // Keys are CloudStack's instance names: the cloudstack.instance label create set (a domain
+  // renamed by vm_name carries it), else the domain's own name when it is one. Labelled domains
+  // are keyed first, so an unlabelled domain that merely bears the name cannot take the key of
+  // the VM CloudStack made. Domains of other controllers, and a second claim to a key, are
+  // listed apart.
   value states = value::object();
   value others = value::array();
+  std::set<std::string> keyed;
   size_t n = 0;
+  auto key = [&](const std::string& name, const v1::Domain& d) {
+    if (keyed.insert(name).second) {
+      states[name] = value::string(PowerState(d.state()));
+    } else {
+      others[n++] = value::string(d.name());
+    }
+  };
   for (const auto& d : r.domains()) {
+    if (auto it = d.labels().find(kInstanceLabel); it != d.labels().end()) key(it->second, d);
+  }
+  for (const auto& d : r.domains()) {
+    if (d.labels().contains(kInstanceLabel)) continue;
     if (IsInstanceName(d.name())) {
-      states[d.name()] = value::string(PowerState(d.state()));
+      key(d.name(), d);
     } else {
       others[n++] = value::string(d.name());
     }

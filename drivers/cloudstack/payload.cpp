@@ -486,6 +486,7 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
   v1::DomainSpec spec;
   spec.set_name(VmName(p));
   if (auto uuid = InstanceUuid(p); !uuid.empty()) spec.set_uuid(uuid);
+  if (auto instance = InstanceName(p); !instance.empty()) (*spec.mutable_labels())[kInstanceLabel] = instance;
   SetSize(p, spec);
   spec.set_serial_console(true);
   SetMachine(p, spec);

@@ -72,6 +72,9 @@ std::vector<std::string> DomainCandidates(const Payload& p);
 
 // The details `prepare` hands back for CloudStack to persist with the VM.
 inline constexpr char kDomainDetail[] = "hvagent_domain";
+// The domain label create sets to CloudStack's instance name: `statuses`, whose payload names no
+// VM, keys a domain renamed by vm_name by it.
+inline constexpr char kInstanceLabel[] = "cloudstack.instance";
 inline constexpr char kRootVolumeDetail[] = "hvagent_root_volume";
 inline constexpr char kAgentDetail[] = "hvagent_agent_address";
 

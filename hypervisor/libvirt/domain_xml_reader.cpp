@@ -4,6 +4,8 @@
 #include <memory>
 
 #include "absl/strings/numbers.h"
+#include "hypervisor/domain_spec_validator.h"
+#include "hypervisor/domain_xml_builder.h"
 #include "hypervisor/libvirt/xml_read.h"
 
 namespace hvagent::hv {
@@ -99,6 +101,41 @@ absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view
     if (!Is(d, "interface")) continue;
     std::string dev = Attr(Child(d, "target"), "dev");
     if (!dev.empty()) out.push_back(std::move(dev));
+  }
+  return out;
+}
+
+namespace {
+
+bool InLabelsNamespace(const xmlNode* n) {
+  return n != nullptr && n->type == XML_ELEMENT_NODE && n->ns != nullptr && n->ns->href != nullptr &&
+         xmlStrcmp(n->ns->href, reinterpret_cast<const xmlChar*>(kLabelsNamespace)) == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const xmlNode* root = xmlDocGetRootElement(parsed->get());
+  const xmlNode* labels = nullptr;
+  if (root != nullptr && Is(root, "labels") && (root->ns == nullptr || InLabelsNamespace(root))) {
+    // virDomainGetMetadata picked the element by our namespace and returns it stripped of it.
+    labels = root;
+  } else {
+    const xmlNode* metadata = Child(root, "metadata");
+    for (const xmlNode* c = metadata ? metadata->children : nullptr; c != nullptr; c = c->next) {
+      if (Is(c, "labels") && InLabelsNamespace(c)) {
+        labels = c;
+        break;
+      }
+    }
+  }
+  std::map<std::string, std::string> out;
+  for (const xmlNode* c = labels ? labels->children : nullptr; c != nullptr; c = c->next) {
+    if (!Is(c, "label") || (c->ns != labels->ns && !InLabelsNamespace(c)) || out.size() == kMaxLabels) continue;
+    std::map<std::string, std::string> one{{Attr(c, "key"), Attr(c, "value")}};
+    if (ValidateDomainLabels(one).ok()) out.insert(*one.begin());
   }
   return out;
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Reads back what the agent needs from a domain's XML as libvirt stores it (disks today).
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,13 @@ absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view domain_
 // The host-side device of each <interface> (<target dev='vif3.0'/>, 'vnet0'), in document order;
 // interfaces without a target (a domain that is not running) are left out.
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view domain_xml);
+
+// The labels in the agent's <metadata> element (namespace kLabelsNamespace). Takes either a
+// whole <domain> document or the element alone (virDomainGetMetadata returns it with the
+// namespace stripped). A domain
+// without the element has none. Entries another writer put there that the agent would not have
+// accepted (bad key, over-long or control-laden value, beyond kMaxLabels) are left out, so a
+// hand-edited definition cannot make a listing carry what a caller could not have sent.
+absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::string_view xml);
 
 }  // namespace hvagent::hv

@@ -101,6 +101,21 @@ std::string UuidOf(virDomainPtr d) {
   return uuid;
 }
 
+// The domain's labels: one virDomainGetMetadata call that returns only the agent's element, not
+// the whole definition. None when the domain has no such element (libvirt's
+// VIR_ERR_NO_DOMAIN_METADATA), or libvirt cannot say (the domain vanished meanwhile).
+std::map<std::string, std::string> LabelsOf(virDomainPtr d) {
+  char* xml = virDomainGetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, kLabelsNamespace, VIR_DOMAIN_AFFECT_CURRENT);
+  if (xml == nullptr) {
+    virResetLastError();
+    return {};
+  }
+  std::string doc(xml);
+  free(xml);
+  auto labels = ParseDomainLabels(doc);
+  return labels.ok() ? std::move(*labels) : std::map<std::string, std::string>{};
+}
+
 // One record of virConnectGetAllDomainStats, with the domain's id while it runs.
 DomainStats StatsOfRecord(const virDomainStatsRecord& r) {
   DomainStats st = ParseDomainStats(NameOf(r.dom), UuidOf(r.dom), r.params, r.nparams);
@@ -339,6 +354,7 @@ DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
     virResetLastError();  // e.g. the domain vanished meanwhile; report what we have
   }
   info.persistent = virDomainIsPersistent(dom) == 1;
+  info.labels = LabelsOf(dom);
   FillUptime(info);
   return info;
 }
@@ -353,10 +369,12 @@ void LibvirtHypervisor::FillUptime(DomainInfo& info) {
   }
 }
 
-// Two round trips whatever the number of domains: one bulk call for state, vCPUs and memory,
-// one listing of the transient domains. A record the driver leaves incomplete (libvirt's test
-// driver reports only the state) is completed with per-domain calls; nullopt when the driver
-// has no bulk call (libxl) or the transient listing fails: then the caller goes per domain.
+// Two round trips plus one per domain: one bulk call for state, vCPUs and memory, one listing
+// of the transient domains, and each domain's labels (libvirt has no bulk metadata call; the
+// DomainView cache answers listings, so this runs on rebuilds only). A record the driver leaves
+// incomplete (libvirt's test driver reports only the state) is completed with per-domain calls;
+// nullopt when the driver has no bulk call (libxl) or the transient listing fails: then the
+// caller goes per domain.
 std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virConnectPtr conn) {
   if (options_.force_per_domain_stats || bulk_stats_unsupported_.load()) return std::nullopt;
   auto transient = AllDomains(conn, VIR_CONNECT_LIST_DOMAINS_TRANSIENT, "list transient domains");
@@ -386,6 +404,7 @@ std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virCon
     info.vcpus = *st.vcpus;
     info.memory_mib = *st.balloon_maximum_kib / 1024;
     info.persistent = !transient_uuids.contains(st.uuid);
+    info.labels = LabelsOf(records[i]->dom);
     FillUptime(info);
     out.push_back(std::move(info));
   }

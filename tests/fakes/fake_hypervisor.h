@@ -114,6 +114,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.info.vcpus = spec.vcpus;
     d.info.memory_mib = spec.memory_mib;
     d.info.persistent = true;
+    d.info.labels = spec.labels;
     d.max_vcpus = std::max(spec.vcpus, spec.max_vcpus);
     d.disks = spec.disks;
     d.nics = spec.nics;

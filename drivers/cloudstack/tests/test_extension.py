@@ -279,6 +279,8 @@ class ExtensionTest(unittest.TestCase):
         self.ok("create", "create.json", edit=override("web-eu-1"))
         self.assertIn("web-eu-1", self.agent.domains())
         self.assertNotIn(VM, self.agent.domains())
+        # The domain carries CloudStack's name for it, which statuses keys it by.
+        self.assertEqual(self.agent.domains()["web-eu-1"]["labels"], {"cloudstack.instance": VM})
         try:
             # The template's vm_name changed since: the persisted detail still leads to the domain.
             later = override("renamed", persisted="web-eu-1")
@@ -287,11 +289,15 @@ class ExtensionTest(unittest.TestCase):
             out = self.ok("stop", "stop.json", edit=later)
             self.assertEqual(out["message"], "Instance stopped")
             self.assertEqual(self.agent.domains()["web-eu-1"]["state"], "DOMAIN_STATE_SHUTOFF")
-            # statuses names no VM: a renamed domain cannot be keyed by the instance's name, so it
-            # is listed apart (never under a name CloudStack would take for another VM).
+            # statuses names no VM: the renamed domain is keyed by the instance name its label
+            # holds, never by its own name, and is not listed apart.
             out = self.ok("statuses", "statuses.json")
-            self.assertNotIn("web-eu-1", out["power_state"])
-            self.assertIn("web-eu-1", out["other_domains"])
+            self.assertEqual(out["power_state"], {VM: "poweroff"})
+            self.assertNotIn("web-eu-1", out["other_domains"])
+            self.assertEqual(out["other_domains"], ["test"])
+            self.assertEqual(self.ok("start", "start.json", edit=later)["message"], "Instance started")
+            self.assertEqual(self.ok("statuses", "statuses.json")["power_state"], {VM: "poweron"})
+            self.assertEqual(self.ok("stop", "stop.json", edit=later)["message"], "Instance stopped")
             self.assertEqual(self.ok("status", "status.json", edit=later)["power_state"], "poweroff")
             self.assertEqual(self.ok("start", "start.json", edit=later)["message"], "Instance started")
             self.assertEqual(self.ok("reboot", "reboot.json", edit=later)["message"], "Instance rebooted")
@@ -301,6 +307,33 @@ class ExtensionTest(unittest.TestCase):
             self.assertNotIn("web-eu-1", self.agent.domains())
         finally:
             self.agent.rest("DELETE", "/v1/domains/web-eu-1?force=true")
+
+    def test_statuses_key_belongs_to_the_labelled_domain(self):
+        """A domain merely named like an instance (made outside CloudStack) cannot take the
+        statuses key of the instance CloudStack created under another name: the labelled one
+        answers for it, the other is listed apart."""
+        def renamed(doc):
+            doc["externaldetails"]["virtualmachine"]["vm_name"] = "web-eu-2"
+            vm = doc.setdefault("cloudstack.vm.details", {})
+            vm.setdefault("name", VM)
+            vm.setdefault("uuid", VM_UUID)
+        self.ok("create", "create.json", edit=renamed)
+        try:
+            status, body = self.agent.rest("POST", "/v1/domains", {
+                "spec": {"name": VM, "vcpus": 1, "memory_mib": 64, "firmware": {"type": "TYPE_BIOS"}}})
+            self.assertEqual(status, 201, body)
+            self.assertEqual(self.agent.domains()[VM]["labels"], {})
+            out = self.ok("statuses", "statuses.json")
+            self.assertEqual(out["power_state"], {VM: "poweron"})  # web-eu-2 runs; the impostor is off
+            self.assertEqual(sorted(out["other_domains"]), sorted([VM, "test"]))
+            # A label the agent would not accept is refused at the edge, naming it.
+            status, body = self.agent.rest("POST", "/v1/domains", {
+                "spec": {"name": "x1", "vcpus": 1, "memory_mib": 64, "labels": {"Cloudstack": "i-1-1-VM"}}})
+            self.assertEqual(status, 400, body)
+            self.assertIn('spec.labels["Cloudstack"]', body["message"])
+            self.assertNotIn("x1", self.agent.domains())
+        finally:
+            self.agent.rest("DELETE", "/v1/domains/web-eu-2?force=true")
 
     def test_persisted_name_of_another_instance_is_refused(self):
         """hvagent_domain sits among the VM's details, which its user can edit: pointing it at

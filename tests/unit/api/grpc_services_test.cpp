@@ -2,6 +2,7 @@
 #include "agent/api/grpc/grpc_services.h"
 
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include <grpcpp/create_channel.h>
@@ -94,6 +95,50 @@ TEST_F(GrpcServicesTest, CreateReturnsDomainAndEchoesRequestId) {
   auto it = md.find("x-request-id");
   ASSERT_NE(it, md.end());
   EXPECT_EQ(std::string(it->second.data(), it->second.size()), "req-42");
+}
+
+std::map<std::string, std::string> LabelsOf(const v1::Domain& d) {
+  return std::map<std::string, std::string>(d.labels().begin(), d.labels().end());
+}
+
+// Labels cross the API edge both ways: CreateDomain's spec to the hypervisor, and back in
+// CreateDomain's answer, GetDomain and ListDomains. A bad one is INVALID_ARGUMENT naming the
+// label, and nothing is defined.
+TEST_F(GrpcServicesTest, LabelsGoInWithTheSpecAndComeBackFromEveryRead) {
+  v1::CreateDomainRequest req;
+  req.mutable_spec()->set_name("web1");
+  req.mutable_spec()->set_vcpus(1);
+  req.mutable_spec()->set_memory_mib(64);
+  (*req.mutable_spec()->mutable_labels())["cloudstack.instance"] = "i-2-100-VM";
+  (*req.mutable_spec()->mutable_labels())["note"] = "<a & b>";
+  v1::Domain d;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(domains_stub_->CreateDomain(&ctx, req, &d).ok());
+  }
+  const std::map<std::string, std::string> want = {{"cloudstack.instance", "i-2-100-VM"}, {"note", "<a & b>"}};
+  EXPECT_EQ(LabelsOf(d), want);
+  {
+    grpc::ClientContext ctx;
+    v1::GetDomainRequest get;
+    get.set_name("web1");
+    ASSERT_TRUE(domains_stub_->GetDomain(&ctx, get, &d).ok());
+    EXPECT_EQ(LabelsOf(d), want);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ListDomainsResponse list;
+    ASSERT_TRUE(domains_stub_->ListDomains(&ctx, {}, &list).ok());
+    ASSERT_EQ(list.domains_size(), 1);
+    EXPECT_EQ(LabelsOf(list.domains(0)), want);
+  }
+  req.mutable_spec()->set_name("web2");
+  (*req.mutable_spec()->mutable_labels())["Bad Key"] = "x";
+  grpc::ClientContext ctx;
+  grpc::Status s = domains_stub_->CreateDomain(&ctx, req, &d);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("spec.labels[\"Bad Key\"]"));
+  EXPECT_FALSE(hv_.GetDomain("web2").ok());
 }
 
 TEST_F(GrpcServicesTest, ErrorCodes) {

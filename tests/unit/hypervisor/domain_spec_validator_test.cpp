@@ -176,3 +176,59 @@ TEST(DomainSpecValidatorTest, RejectsBadNics) {
 
 }  // namespace
 }  // namespace hvagent::hv
+
+namespace hvagent::hv {
+namespace {
+
+DomainSpec WithLabels(std::map<std::string, std::string> labels) {
+  DomainSpec s = Valid();
+  s.labels = std::move(labels);
+  return s;
+}
+
+TEST(DomainSpecLabelsTest, AcceptsTheLimits) {
+  std::map<std::string, std::string> labels;
+  for (int i = 0; i < 16; ++i) labels["k" + std::to_string(i)] = "v";
+  labels["k0"] = std::string(256, 'x');
+  labels["k1"] = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 <&>\"'";  // UTF-8 and markup: escaped later
+  labels["k2"] = "";
+  labels.erase("k3");
+  labels[std::string("a") + std::string(62, '.')] = "63-byte key";
+  EXPECT_TRUE(ValidateDomainSpec(WithLabels(labels)).ok()) << ValidateDomainSpec(WithLabels(labels));
+  EXPECT_TRUE(ValidateDomainSpec(WithLabels({{"cloudstack.instance", "i-2-100-VM"}, {"0_a-b.c", "x"}})).ok());
+}
+
+TEST(DomainSpecLabelsTest, RejectsTooManyLabels) {
+  std::map<std::string, std::string> labels;
+  for (int i = 0; i < 17; ++i) labels["k" + std::to_string(i)] = "v";
+  ExpectRejected(WithLabels(labels), "spec.labels: at most 16 labels, got 17");
+}
+
+TEST(DomainSpecLabelsTest, RejectsBadKeysNamingThem) {
+  for (const std::string key : {"Upper", "-lead", ".lead", "_lead", "sp ace", "a/b", "a:b", "\xc3\xa9"}) {
+    ExpectRejected(WithLabels({{key, "v"}}), "spec.labels[\"");
+  }
+  ExpectRejected(WithLabels({{"Upper", "v"}}), "spec.labels[\"Upper\"]: key must match");
+  ExpectRejected(WithLabels({{"", "v"}}), "spec.labels[\"\"]");
+  ExpectRejected(WithLabels({{std::string("a") + std::string(63, 'b'), "v"}}), "key must match");
+  // A key that is itself not printable is not echoed back.
+  auto st = ValidateDomainSpec(WithLabels({{std::string("a\nb"), "v"}}));
+  EXPECT_EQ(std::string(st.message()), "spec.labels[\"?\"]: key must match [a-z0-9][a-z0-9._-]{0,62}");
+}
+
+TEST(DomainSpecLabelsTest, RejectsBadValuesNamingTheKey) {
+  ExpectRejected(WithLabels({{"big", std::string(257, 'x')}}), "spec.labels[\"big\"]: value must be at most 256");
+  for (const std::string& value :
+       {std::string("a\nb"), std::string("tab\t"), std::string(1, '\0'), std::string("del\x7f"),
+        std::string("\xc2\x85"),        // C1 control (NEL)
+        std::string("\xc3"),            // truncated sequence
+        std::string("\xc0\xaf"),        // overlong '/'
+        std::string("\xed\xa0\x80"),    // UTF-16 surrogate
+        std::string("\xf4\x90\x80\x80"),  // beyond U+10FFFF
+        std::string("\xff")}) {
+    ExpectRejected(WithLabels({{"v", value}}), "spec.labels[\"v\"]: value must be UTF-8 text without control");
+  }
+}
+
+}  // namespace
+}  // namespace hvagent::hv

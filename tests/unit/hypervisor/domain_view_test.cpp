@@ -66,6 +66,32 @@ TEST(DomainView, FilledAtConnectByOneListing) {
   EXPECT_TRUE(view.Connected());
 }
 
+// Labels travel in DomainInfo: the listing that fills the view, the re-read after a write and
+// the one after an event all carry them, so the cache never answers without them.
+TEST(DomainView, LabelsAreCarriedByEveryWayIntoTheCache) {
+  FakeHypervisor fake;
+  DomainSpec a = Spec("a");
+  a.labels = {{"cloudstack.instance", "i-2-1-VM"}};
+  ASSERT_TRUE(fake.DefineDomain(a).ok());
+  DomainView view(fake);
+  ASSERT_TRUE(view.ListDomains().ok());
+  EXPECT_EQ(view.GetDomain("a")->labels, a.labels);  // from the first listing
+  DomainSpec b = Spec("b");
+  b.labels = {{"team", "web"}};
+  ASSERT_TRUE(view.DefineDomain(b).ok());
+  const uint64_t refreshes = view.refreshes();
+  EXPECT_EQ(view.GetDomain("b")->labels, b.labels);  // from the re-read after the write
+  ASSERT_TRUE(view.StartDomain("b").ok());
+  fake.Emit(Event("b", DomainEventType::kStarted));
+  ASSERT_TRUE(Eventually([&] { return view.refreshes() > refreshes + 1; }));
+  auto list = view.ListDomains();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].labels, a.labels);
+  EXPECT_EQ((*list)[1].labels, b.labels);  // still there after the event's re-read
+  EXPECT_EQ((*list)[1].state, DomainState::kRunning);
+}
+
 TEST(DomainView, ReadsAnswerFromMemoryUntilAnEventSaysOtherwise) {
   FakeHypervisor fake;
   ASSERT_TRUE(fake.DefineDomain(Spec("web")).ok());

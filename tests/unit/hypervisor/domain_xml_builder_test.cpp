@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "hypervisor/domain_spec_validator.h"
+#include "hypervisor/libvirt/domain_xml_reader.h"
 #include "tests/unit/hypervisor/xml_test_util.h"
 
 namespace hvagent::hv {
@@ -91,6 +92,59 @@ TEST(DomainXmlBuilderTest, KernelCmdlineIsEscapedAndRoundTrips) {
   ASSERT_TRUE(x.ok());
   EXPECT_EQ(x.Get("/domain/os/cmdline"), cmdline);
   EXPECT_EQ(x.Count("/domain/devices/*"), 0);
+}
+
+// Labels live in <metadata> under the agent's namespace, escaped, and read back unchanged
+// (markup, quotes, spaces at either end, non-ASCII) from the domain document.
+TEST(DomainXmlBuilderTest, LabelsAreEscapedIntoMetadataAndRoundTrip) {
+  DomainSpec s = Base();
+  s.labels = {{"cloudstack.instance", "i-2-100-VM"},
+              {"markup", "</hvagent:label><name>evil</name> & \"q\" 'a'"},
+              {"spaces", "  two  "},
+              {"empty", ""},
+              {"utf8", "caf\xc3\xa9"}};
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  EXPECT_THAT(*xml, ::testing::Not(HasSubstr("<name>evil")));
+  EXPECT_THAT(*xml, HasSubstr("xmlns:hvagent='urn:hvagent:labels:1'"));
+  Xml x(*xml);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(x.Get("/domain/name"), "web1");  // the injected <name> did not become one
+  EXPECT_EQ(x.Count("/domain/name"), 1);
+  EXPECT_EQ(x.Count("/domain/metadata/*"), 1);
+  auto back = ParseDomainLabels(*xml);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, s.labels);
+}
+
+TEST(DomainXmlBuilderTest, NoLabelsNoMetadata) {
+  auto xml = DomainXmlBuilder::Build(Base(), kQemuX86);
+  ASSERT_TRUE(xml.ok());
+  EXPECT_THAT(*xml, ::testing::Not(HasSubstr("metadata")));
+  auto back = ParseDomainLabels(*xml);
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE(back->empty());
+}
+
+// The element alone (another prefix, or none as virDomainGetMetadata returns it); other
+// namespaces' elements and entries the agent would refuse are not labels.
+TEST(DomainXmlReaderTest, LabelsFromTheMetadataElementAlone) {
+  auto labels = ParseDomainLabels(
+      "<x:labels xmlns:x='urn:hvagent:labels:1'><x:label key='a' value='1'/><x:label key='Bad' value='2'/>"
+      "<x:label key='c' value='line&#10;break'/><y:label xmlns:y='urn:other' key='d' value='foreign'/>"
+      "<x:label key='e' value='&lt;ok&gt;'/></x:labels>");
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_EQ(*labels, (std::map<std::string, std::string>{{"a", "1"}, {"e", "<ok>"}}));
+  // libvirt's own answer for our namespace: the element with the namespace stripped.
+  auto stripped = ParseDomainLabels("<labels>\n  <label key=\"a\" value=\"b\"/>\n</labels>\n");
+  ASSERT_TRUE(stripped.ok()) << stripped.status();
+  EXPECT_EQ(*stripped, (std::map<std::string, std::string>{{"a", "b"}}));
+  auto foreign = ParseDomainLabels(
+      "<domain><metadata><y:labels xmlns:y='urn:someone-else'><y:label key='a' value='1'/></y:labels>"
+      "</metadata></domain>");
+  ASSERT_TRUE(foreign.ok());
+  EXPECT_TRUE(foreign->empty());
+  EXPECT_FALSE(ParseDomainLabels("<domain><metadata>").ok());
 }
 
 TEST(DomainXmlBuilderTest, XenPvGuestWithoutKernelIsRejected) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -204,6 +205,49 @@ TEST_F(LibvirtHypervisorTest, ListIncludesDefinedDomains) {
   for (const auto& d : *list) found |= d.name == name;
   EXPECT_TRUE(found);
   ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+// Labels go into the definition's <metadata> and come back from every read path: by name,
+// by uuid, the bulk listing, the per-domain listing, and after a start (the live definition).
+TEST_F(LibvirtHypervisorTest, LabelsSurviveTheDefinitionAndEveryReadPath) {
+  const std::string name = Unique("labels");
+  DomainSpec s = Spec(name);
+  s.labels = {{"cloudstack.instance", "i-2-100-VM"}, {"note", "  a <b> & \"c\" 'd' \u00e9  "}};
+  ASSERT_TRUE(hv_.DefineDomain(s).ok());
+  auto check = [&](const char* how, const std::map<std::string, std::string>& got) {
+    EXPECT_EQ(got, s.labels) << how;
+  };
+  auto one = hv_.GetDomain(name);
+  ASSERT_TRUE(one.ok()) << one.status();
+  check("by name", one->labels);
+  auto by_uuid = hv_.GetDomainByUuid(one->uuid);
+  ASSERT_TRUE(by_uuid.ok());
+  check("by uuid", by_uuid->labels);
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  LibvirtHypervisor per_domain({.uri = "test:///default", .force_per_domain_stats = true});
+  for (LibvirtHypervisor* h : {&hv_, &per_domain}) {
+    auto list = h->ListDomains();
+    ASSERT_TRUE(list.ok());
+    auto mine = std::find_if(list->begin(), list->end(), [&](const DomainInfo& d) { return d.name == name; });
+    ASSERT_NE(mine, list->end());
+    check(h == &hv_ ? "bulk listing" : "per-domain listing", mine->labels);
+    // A domain defined without labels (the driver's own "test") has none, not an error.
+    auto other = std::find_if(list->begin(), list->end(), [&](const DomainInfo& d) { return d.name == "test"; });
+    ASSERT_NE(other, list->end());
+    EXPECT_TRUE(other->labels.empty());
+  }
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+TEST_F(LibvirtHypervisorTest, BadLabelsAreRefusedBeforeLibvirt) {
+  const std::string name = Unique("badlabels");
+  DomainSpec s = Spec(name);
+  s.labels = {{"Upper", "x"}};
+  auto st = hv_.DefineDomain(s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("spec.labels[\"Upper\"]"));
+  EXPECT_TRUE(absl::IsNotFound(hv_.GetDomain(name).status()));
 }
 
 TEST_F(LibvirtHypervisorTest, DuplicateNameOrUuidIsAlreadyExists) {
