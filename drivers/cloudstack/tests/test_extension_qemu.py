@@ -124,8 +124,11 @@ class QemuRoundTripTest(unittest.TestCase):
         # The image is the host's file: libvirt is told never to chown it.
         self.assertRegex(xml, rf"<source file='{self.disk}'( index='\d+')?>\s*<seclabel model='dac' relabel='no'/>")
         self.assertEqual(self.run_ok("status", "status.json")["power_state"], "poweron")
-        # statuses keys only CloudStack instance names (i-N-N-VM); this domain's is another.
-        self.assertIn(self.name, self.run_ok("statuses", "statuses.json")["other_domains"])
+        # statuses keys the domain by CloudStack's instance name (the fixture's), which create
+        # put on it as a label, though vm_name named the domain otherwise.
+        statuses = self.run_ok("statuses", "statuses.json")
+        self.assertEqual(statuses["power_state"].get("i-2-100-VM"), "poweron", statuses)
+        self.assertNotIn(self.name, statuses["other_domains"])
 
         out = self.run_ok("stop", "stop.json")
         self.assertTrue(out["forced"])  # SeaBIOS without an OS ignores ACPI
