@@ -18,6 +18,14 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
+void LogOutcome(const Operation& op, const absl::Status& s, bool replayed) {
+  if (s.ok()) {
+    Log()->info("{} ok{}", op.name, replayed ? " (replayed)" : "");
+  } else {
+    Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
+  }
+}
+
 std::string ArgumentsOf(const Message* request) {
   if (request == nullptr) return "";
   std::string json;
@@ -75,17 +83,13 @@ absl::Status Pipeline::Run(const Operation& op, Call& call, const Binder& bind, 
 absl::Status Pipeline::RunOne(const Operation& op, Call& call, const Message* parsed, const Binder* bind,
                               Message* response) const {
   const auto start = std::chrono::steady_clock::now();
-  auth::Caller caller = options_.authz == nullptr ? auth::Caller{"-", auth::Role::kController}
-                                                  : call.caller.value_or(auth::Caller{});
-  absl::Status s;
-  if (options_.authz != nullptr) s = call.caller.ok() ? options_.authz->Admit(caller, op.name) : call.caller.status();
-  const bool admitted = s.ok();
-  call.admitted = admitted;
+  auth::Caller caller;
+  absl::Status s = AdmitCall(op, call, caller);
   std::unique_ptr<Message> bound;  // REST's request, built only for an admitted caller
   const Message* request = parsed;  // gRPC's, as it arrived: no copy
-  if (admitted && (op.kind != Kind::kUnary || !Available(op, services_))) {
+  if (call.admitted && (op.kind != Kind::kUnary || !Available(op, services_))) {
     s = absl::UnimplementedError(absl::StrCat(op.name, ": not served by this agent"));
-  } else if (admitted) {
+  } else if (call.admitted) {
     if (request == nullptr) {
       bound.reset(op.request->New());
       s = (*bind)(bound.get());
@@ -93,12 +97,8 @@ absl::Status Pipeline::RunOne(const Operation& op, Call& call, const Message* pa
     }
     if (s.ok()) s = Execute(op, call, *request, response);
   }
-  if (s.ok()) {
-    Log()->info("{} ok{}", op.name, call.replayed ? " (replayed)" : "");
-  } else {
-    Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
-  }
-  if (!admitted || op.mutating) {
+  LogOutcome(op, s, call.replayed);
+  if (!call.admitted || op.mutating) {
     auth::Audit(caller, op.name, ArgumentsOf(request), s, std::chrono::steady_clock::now() - start);
   }
   return s;
@@ -107,11 +107,8 @@ absl::Status Pipeline::RunOne(const Operation& op, Call& call, const Message* pa
 absl::Status Pipeline::RunUpload(const Operation& op, Call& call, const Binder& bind, service::UploadBody& body,
                                  Message* response) const {
   const auto start = std::chrono::steady_clock::now();
-  auth::Caller caller = options_.authz == nullptr ? auth::Caller{"-", auth::Role::kController}
-                                                  : call.caller.value_or(auth::Caller{});
-  absl::Status s;
-  if (options_.authz != nullptr) s = call.caller.ok() ? options_.authz->Admit(caller, op.name) : call.caller.status();
-  call.admitted = s.ok();
+  auth::Caller caller;
+  absl::Status s = AdmitCall(op, call, caller);
   std::unique_ptr<Message> header;
   if (call.admitted && (op.kind != Kind::kUpload || !Available(op, services_))) {
     s = absl::UnimplementedError(absl::StrCat(op.name, ": not served by this agent"));
@@ -120,34 +117,36 @@ absl::Status Pipeline::RunUpload(const Operation& op, Call& call, const Binder& 
     s = bind(header.get());
   }
   if (call.admitted && s.ok()) {
-    std::optional<service::OperationGate::Slot> slot;
-    if (options_.gate != nullptr) {
-      auto entered = options_.gate->Enter();
-      if (!entered.ok()) {
-        call.retry_after = options_.gate->retry_after();
-        s = entered.status();
-      } else {
-        slot.emplace(std::move(*entered));
-      }
-    }
-    if (s.ok()) s = op.upload(services_, *header, body, response);
+    auto slot = EnterGate(call);
+    s = slot.ok() ? op.upload(services_, *header, body, response) : slot.status();
   }
-  if (s.ok()) {
-    Log()->info("{} ok", op.name);
-  } else {
-    Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
-  }
+  LogOutcome(op, s, false);
   auth::Audit(caller, op.name, ArgumentsOf(header.get()), s, std::chrono::steady_clock::now() - start);
   return s;
 }
 
-absl::Status Pipeline::Execute(const Operation& op, Call& call, const Message& request, Message* response) const {
-  if (options_.gate == nullptr || !op.mutating) return Once(op, call, request, response);
+absl::Status Pipeline::AdmitCall(const Operation& op, Call& call, auth::Caller& caller) const {
+  caller = options_.authz == nullptr ? auth::Caller{"-", auth::Role::kController} : call.caller.value_or(auth::Caller{});
+  absl::Status s;
+  if (options_.authz != nullptr) s = call.caller.ok() ? options_.authz->Admit(caller, op.name) : call.caller.status();
+  call.admitted = s.ok();
+  return s;
+}
+
+absl::StatusOr<std::optional<service::OperationGate::Slot>> Pipeline::EnterGate(Call& call) const {
+  if (options_.gate == nullptr) return std::optional<service::OperationGate::Slot>();
   auto slot = options_.gate->Enter();
   if (!slot.ok()) {
     call.retry_after = options_.gate->retry_after();
     return slot.status();
   }
+  return std::optional<service::OperationGate::Slot>(std::move(*slot));
+}
+
+absl::Status Pipeline::Execute(const Operation& op, Call& call, const Message& request, Message* response) const {
+  if (!op.mutating) return Once(op, call, request, response);
+  auto slot = EnterGate(call);  // held until the call returns
+  if (!slot.ok()) return slot.status();
   return Once(op, call, request, response);
 }
 

@@ -70,6 +70,11 @@ class Pipeline {
   // Run, with the request either `parsed` (gRPC) or built by `bind` (REST) once admitted.
   absl::Status RunOne(const Operation& op, Call& call, const Message* parsed, const Binder* bind,
                       Message* response) const;
+  // The caller `call` names (a controller when there is no authorizer) and whether the
+  // authorizer lets it run `op`; sets call.admitted.
+  absl::Status AdmitCall(const Operation& op, Call& call, auth::Caller& caller) const;
+  // A slot of the in-flight bound (none when there is no bound); when full, sets call.retry_after.
+  absl::StatusOr<std::optional<service::OperationGate::Slot>> EnterGate(Call& call) const;
   absl::Status Execute(const Operation& op, Call& call, const Message& request, Message* response) const;
   absl::Status Once(const Operation& op, Call& call, const Message& request, Message* response) const;
 
