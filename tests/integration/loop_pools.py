@@ -3,6 +3,7 @@ a GPT disk ("disk1", partition pool) and an lvm2 VG ("vg"), made before the agen
 removed (VG, PVs, loops, files) after it stops. Subclasses add their own config with
 extra_config() and may override pool_image_bytes."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +46,20 @@ def attach_loop(path):
 
 class LoopPoolsTestCase(AgentTestCase):
     pool_image_bytes = 256 * MiB
+
+    def image_pool_state(self, scratch):
+        """What a failed image import or upload must leave as it was: disk1's partitions, the
+        kernel's block devices of the disk, the pool's images and volumes, the files in the
+        agent's scratch directory `scratch`, and no operation still running."""
+        table = json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"].get("partitions", [])
+        lsblk = run(["lsblk", "-rno", "NAME", self.disk]).stdout.split()
+        status, images = self.agent.rest("GET", "/v1/pools/disk1/images")
+        self.assertEqual(status, 200, images)
+        status, volumes = self.agent.rest("GET", "/v1/pools/disk1/volumes")
+        self.assertEqual(status, 200, volumes)
+        status, running = self.agent.rest("GET", "/v1/operations?running_only=true")
+        return {"table": [(p["node"], p.get("name")) for p in table], "lsblk": lsblk, "images": images["images"],
+                "volumes": volumes["volumes"], "scratch": os.listdir(scratch), "running": running["operations"]}
 
     @classmethod
     def setUpClass(cls):

@@ -76,15 +76,7 @@ max_virtual_size_mib = 512
 """
 
     def state(self):
-        table = json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"].get("partitions", [])
-        lsblk = run(["lsblk", "-rno", "NAME", self.disk]).stdout.split()
-        status, images = self.agent.rest("GET", "/v1/pools/disk1/images")
-        self.assertEqual(status, 200, images)
-        status, volumes = self.agent.rest("GET", "/v1/pools/disk1/volumes")
-        self.assertEqual(status, 200, volumes)
-        status, running = self.agent.rest("GET", "/v1/operations?running_only=true")
-        return {"table": [(p["node"], p.get("name")) for p in table], "lsblk": lsblk, "images": images["images"],
-                "volumes": volumes["volumes"], "scratch": os.listdir(self.scratch), "running": running["operations"]}
+        return self.image_pool_state(self.scratch)
 
     def header(self, name, size, fmt=image_pb2.IMAGE_FORMAT_RAW, **checksums):
         return image_pb2.UploadImageHeader(pool="disk1", name=name, format=fmt, size_bytes=size, **checksums)

@@ -137,18 +137,7 @@ max_virtual_size_mib = 512
         return path
 
     def state(self):
-        """What must be as it was after a failed import: the pool's partitions, the kernel's
-        block devices of the disk, the pool's images and volumes, the scratch directory, and no
-        operation still running."""
-        table = json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"].get("partitions", [])
-        lsblk = run(["lsblk", "-rno", "NAME", self.disk]).stdout.split()
-        status, images = self.agent.rest("GET", "/v1/pools/disk1/images")
-        self.assertEqual(status, 200, images)
-        status, volumes = self.agent.rest("GET", "/v1/pools/disk1/volumes")
-        self.assertEqual(status, 200, volumes)
-        status, running = self.agent.rest("GET", "/v1/operations?running_only=true")
-        return {"table": [(p["node"], p.get("name")) for p in table], "lsblk": lsblk, "images": images["images"],
-                "volumes": volumes["volumes"], "scratch": os.listdir(self.scratch), "running": running["operations"]}
+        return self.image_pool_state(self.scratch)
 
     def wait_operation(self, op_id, timeout=120):
         deadline = time.time() + timeout
