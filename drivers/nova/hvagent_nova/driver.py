@@ -897,15 +897,7 @@ class HvagentDriver(driver.ComputeDriver):
     def get_serial_console(self, context, instance):
         """A serial-tcp ticket: the agent listens on host:port for nova-serialproxy's one
         connection, for the ticket's lifetime ([console] ticket_ttl_seconds)."""
-        try:
-            t = self.agent.consoles.IssueConsoleTicket(
-                console_pb2.IssueConsoleTicketRequest(
-                    domain_name=instance.name, kind=console_pb2.CONSOLE_KIND_SERIAL_TCP),
-                timeout=self.agent.timeout)
-        except grpc.RpcError as e:
-            if client.code_of(e) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
-                raise exception.ConsoleTypeUnavailable(console_type="serial") from None
-            raise client.to_nova(e, self.agent.address, instance) from None
+        t = self._console_ticket(instance, console_pb2.CONSOLE_KIND_SERIAL_TCP, "serial")
         return console_type.ConsoleSerial(host=t.host, port=t.port)
 
     def get_vnc_console(self, context, instance):
@@ -913,14 +905,19 @@ class HvagentDriver(driver.ComputeDriver):
         has no VNC endpoint yet (UNIMPLEMENTED) and a Xen guest has no display at all
         (FAILED_PRECONDITION): both are Nova's ConsoleTypeUnavailable, which its API answers
         400 rather than 500, so a user is pointed to the serial console."""
+        t = self._console_ticket(instance, console_pb2.CONSOLE_KIND_VNC, "vnc")
+        return console_type.ConsoleVNC(host=t.host, port=t.port)
+
+    def _console_ticket(self, instance, kind, nova_type):
+        """The agent's ticket of `kind` for the instance. A console the agent does not serve
+        (UNIMPLEMENTED) or the guest cannot have (FAILED_PRECONDITION) is Nova's
+        ConsoleTypeUnavailable for `nova_type`."""
         try:
-            t = self.agent.consoles.IssueConsoleTicket(
-                console_pb2.IssueConsoleTicketRequest(
-                    domain_name=instance.name, kind=console_pb2.CONSOLE_KIND_VNC),
+            return self.agent.consoles.IssueConsoleTicket(
+                console_pb2.IssueConsoleTicketRequest(domain_name=instance.name, kind=kind),
                 timeout=self.agent.timeout)
         except grpc.RpcError as e:
             if client.code_of(e) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
-                LOG.info("no VNC console for %s: %s", instance.name, e.details())
-                raise exception.ConsoleTypeUnavailable(console_type="vnc") from None
+                LOG.info("no %s console for %s: %s", nova_type, instance.name, e.details())
+                raise exception.ConsoleTypeUnavailable(console_type=nova_type) from None
             raise client.to_nova(e, self.agent.address, instance) from None
-        return console_type.ConsoleVNC(host=t.host, port=t.port)
