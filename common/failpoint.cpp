@@ -12,7 +12,7 @@
 namespace hvagent::failpoint {
 
 bool CompiledIn() {
-#ifdef HVAGENT_FAILPOINTS_ENABLED
+#if HVAGENT_FAILPOINTS_ENABLED
   return true;
 #else
   return false;

@@ -13,6 +13,8 @@
 //                                                                   its failure path, as when the
 //                                                                   outside world says no)
 
+#include "common/failpoint_build.h"
+
 namespace hvagent::failpoint {
 
 // True when this binary was built with failpoints (hvagentd --version says so).
@@ -26,7 +28,7 @@ bool Fails(const char* name);
 
 }  // namespace hvagent::failpoint
 
-#ifdef HVAGENT_FAILPOINTS_ENABLED
+#if HVAGENT_FAILPOINTS_ENABLED
 #define HVAGENT_FAILPOINT(name) ::hvagent::failpoint::Hit(name)
 #define HVAGENT_FAILPOINT_FAILS(name) ::hvagent::failpoint::Fails(name)
 #else
