@@ -13,6 +13,13 @@ _volume_name). Nova's volumes (connection_info type ``hvagent``) are borrowed: d
 detach them first and raise when that fails, and the agent itself never deletes a borrowed
 volume with a domain, so a data volume survives every path that removes an instance.
 
+Networking: Nova's VIFs become agent NICs (_nic): type 'bridge' a Linux bridge NIC, 'ovs' with
+hybrid plugging the qbr bridge os-vif makes, 'ovs' without it (Open vSwitch or OVN) an agent
+Open vSwitch port whose iface-id is the Neutron port id, with the network's MTU. VIFs that need
+host-side plumbing before the guest exists (Linux bridge, OVS hybrid) are plugged with os-vif
+first, the way Nova's libvirt driver does; Neutron's network-vif-plugged events are awaited
+around the start (vif_plugging_timeout, vif_plugging_is_fatal).
+
 Lifecycle events: while Nova listens (register_event_listener), the agent's EventService.Watch
 stream is followed and turned into nova.virt.event.LifecycleEvent (events.py).
 """
@@ -23,10 +30,13 @@ import shutil
 import tempfile
 import time
 
+import eventlet
 import grpc
 from grpc import experimental as grpc_experimental
 import os_resource_classes as orc
 import os_traits
+import os_vif
+from os_vif import exception as osv_exception
 from oslo_config import cfg
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -43,6 +53,7 @@ from nova.console import type as console_type
 from nova import exception
 from nova.image import glance
 from nova.network import model as network_model
+from nova.network import os_vif_util
 from nova import objects
 from nova.objects import fields
 from nova.virt import driver
@@ -100,7 +111,7 @@ class HvagentDriver(driver.ComputeDriver):
         driver.ComputeDriver.capabilities,
         has_imagecache=False,
         supports_evacuate=False,
-        supports_attach_interface=False,
+        supports_attach_interface=True,
         supports_device_tagging=False,
         supports_extend_volume=False,
         supports_multiattach=False,
@@ -118,6 +129,9 @@ class HvagentDriver(driver.ComputeDriver):
         self._host = None
         self._watcher = None
         self._pool_types = {}
+        # Loads os-vif's plugins (linux_bridge, ovs, noop) once per process, as Nova's libvirt
+        # driver does before it plugs anything.
+        os_vif.initialize()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -357,26 +371,105 @@ class HvagentDriver(driver.ComputeDriver):
         return hardware.InstanceInfo(state=POWER_STATE.get(dom.state, power_state.NOSTATE),
                                      internal_id=dom.uuid)
 
-    def _nics(self, network_info):
-        """Agent NICs for nova's VIFs: Linux bridges only (the agent's API has no Open vSwitch
-        virtualport), i.e. VIF type 'bridge', and 'ovs' with hybrid plugging (qbr bridge)."""
-        nics = []
-        for vif in network_info or []:
-            vtype = vif.get("type")
-            if vtype == network_model.VIF_TYPE_BRIDGE:
-                bridge = vif["network"]["bridge"]
-            elif vtype == network_model.VIF_TYPE_OVS and vif.is_hybrid_plug_enabled():
-                bridge = ("qbr" + vif["id"])[:14]
-            else:
-                bridge = None
-            if not bridge:
+    def _nic(self, vif):
+        """The agent NIC for one of Nova's VIFs (nothing is created here: a VIF the agent
+        cannot wire is refused before any host or agent state changes).
+        - 'bridge': the network's Linux bridge;
+        - 'ovs' with hybrid plugging: the per-port qbr Linux bridge os-vif makes (and wires to
+          the OVS bridge through a veth pair);
+        - 'ovs' without it (Open vSwitch firewall or OVN): an agent Open vSwitch port on the
+          network's bridge; libvirt creates it with external_ids:iface-id = the port id, which
+          Neutron's OVS and OVN agents bind. No VLAN tag: Neutron's agent sets the port's tag.
+        - 'vhostuser' and every other type are refused."""
+        vtype = vif.get("type")
+        network = vif.get("network") or {}
+        if vtype == network_model.VIF_TYPE_BRIDGE:
+            if not network.get("bridge"):
                 raise exception.VirtualInterfaceCreateException(
-                    "hvagent: VIF %s of type %s cannot be wired: the agent attaches guests to "
-                    "Linux bridges only (VIF type 'bridge', or 'ovs' with hybrid plugging)"
-                    % (vif.get("id"), vtype))
-            model = "netfront" if self._disk_prefix() == "xvd" else "virtio"
-            nics.append(DS.Nic(mac=vif["address"], bridge=bridge, model=model))
-        return nics
+                    "hvagent: VIF %s of type bridge names no bridge" % vif.get("id"))
+            nic = DS.Nic(bridge=network["bridge"])
+        elif vtype == network_model.VIF_TYPE_OVS and vif.is_hybrid_plug_enabled():
+            # The name os-vif gives the bridge it plugs (nova_to_osvif_vif's VIFBridge).
+            nic = DS.Nic(bridge=("qbr" + vif["id"])[:network_model.NIC_NAME_LEN])
+        elif vtype == network_model.VIF_TYPE_OVS:
+            if not network.get("bridge"):
+                raise exception.VirtualInterfaceCreateException(
+                    "hvagent: Open vSwitch VIF %s names no integration bridge" % vif.get("id"))
+            # As Nova's libvirt driver: ovs_interfaceid when Neutron set one, else the port id.
+            nic = DS.Nic(ovs=DS.OvsPort(bridge=network["bridge"],
+                                        interface_id=vif.get("ovs_interfaceid") or vif["id"]))
+        elif vtype == network_model.VIF_TYPE_VHOSTUSER:
+            raise exception.VirtualInterfaceCreateException(
+                "hvagent: VIF %s is vhost-user (OVS-DPDK): the agent gives guests tap devices "
+                "only, not vhost-user sockets with shared hugepage memory" % vif.get("id"))
+        else:
+            raise exception.VirtualInterfaceCreateException(
+                "hvagent: VIF %s of type %s cannot be wired: the agent attaches guests to Linux "
+                "bridges (type 'bridge', 'ovs' with hybrid plugging) and Open vSwitch ports "
+                "('ovs', OVN)" % (vif.get("id"), vtype))
+        nic.mac = vif["address"]
+        nic.model = "netfront" if self._disk_prefix() == "xvd" else "virtio"
+        mtu = (network.get("meta") or {}).get("mtu")
+        if mtu:
+            nic.mtu = int(mtu)
+        return nic
+
+    def _nics(self, network_info):
+        return [self._nic(vif) for vif in network_info or []]
+
+    @staticmethod
+    def _needs_os_vif(vif):
+        """Linux bridge and OVS hybrid VIFs need host plumbing before the guest's tap exists
+        (a bridge, for hybrid also the veth pair into OVS). A plain OVS port is created by
+        libvirt itself (virtualport) when the guest starts."""
+        return (vif.get("type") == network_model.VIF_TYPE_BRIDGE
+                or (vif.get("type") == network_model.VIF_TYPE_OVS
+                    and vif.is_hybrid_plug_enabled()))
+
+    def _os_vif(self, verb, instance, vif):
+        """os_vif.plug / os_vif.unplug (verb) of one VIF; os-vif's errors become InternalError,
+        as in Nova's libvirt driver."""
+        try:
+            getattr(os_vif, verb)(os_vif_util.nova_to_osvif_vif(vif),
+                                  os_vif_util.nova_to_osvif_instance(instance))
+        except osv_exception.ExceptionBase as e:
+            raise exception.InternalError(
+                "hvagent: os-vif %s of VIF %s failed: %s" % (verb, vif["id"], e))
+
+    def plug_vifs(self, instance, network_info):
+        """Plugs the VIFs that need it (idempotent: os-vif leaves what exists)."""
+        for vif in network_info or []:
+            if self._needs_os_vif(vif):
+                self._os_vif("plug", instance, vif)
+
+    def _unplug_vifs(self, instance, network_info, ignore_errors):
+        for vif in network_info or []:
+            if not self._needs_os_vif(vif):
+                continue
+            try:
+                self._os_vif("unplug", instance, vif)
+            except exception.NovaException:
+                if not ignore_errors:
+                    raise
+                LOG.warning("unplugging VIF %s failed", vif["id"], instance=instance,
+                            exc_info=True)
+
+    def unplug_vifs(self, instance, network_info):
+        self._unplug_vifs(instance, network_info, False)
+
+    @staticmethod
+    def _neutron_events(network_info):
+        """As Nova's libvirt driver: network-vif-plugged of each VIF that is not active yet
+        (an active one will not go down->up again; a stale cache entry counts as active)."""
+        return [("network-vif-plugged", vif["id"]) for vif in network_info or []
+                if vif.get("active", True) is False
+                and vif.get("vnic_type") != network_model.VNIC_TYPE_REMOTE_MANAGED]
+
+    @staticmethod
+    def _neutron_failed_callback(event_name, instance):
+        LOG.error("Neutron reported failure on event %s", event_name, instance=instance)
+        if CONF.vif_plugging_is_fatal:
+            raise exception.VirtualInterfaceCreateException()
 
     def _local_disks(self, instance, block_device_info, flavor=None):
         """[(suffix, size_bytes)] of the local disks: root, ephemerals, swap (of `flavor`,
@@ -480,16 +573,47 @@ class HvagentDriver(driver.ComputeDriver):
         else:
             spec.firmware.type = DS.FirmwareBoot.TYPE_UNSPECIFIED
 
-        self.agent.call(self.agent.domains.CreateDomain,
-                        DS.CreateDomainRequest(spec=spec, start=False), instance)
+        # As Nova's libvirt driver: wait for Neutron's network-vif-plugged (of VIFs not active
+        # yet) around plugging and starting, only when the guest starts. The agent cannot start
+        # a guest paused, so it is paused right after the start (before it gets far enough to
+        # ask for an address) and resumed once the ports are up. The deadline runs from the end
+        # of the block.
+        timeout = CONF.vif_plugging_timeout
+        events = self._neutron_events(network_info) if power_on and timeout else []
+        pause = bool(events)
+        created = False
         try:
-            if root_target and instance.image_ref:
-                self._write_image(context, instance, image_meta)
-            if power_on:
-                self._act(self.agent.domains.StartDomain, instance)
+            with self.virtapi.wait_for_instance_event(
+                    instance, events, deadline=timeout,
+                    error_callback=self._neutron_failed_callback):
+                self.plug_vifs(instance, network_info)
+                self.agent.call(self.agent.domains.CreateDomain,
+                                DS.CreateDomainRequest(spec=spec, start=False), instance)
+                created = True
+                if root_target and instance.image_ref:
+                    self._write_image(context, instance, image_meta)
+                if power_on:
+                    self._act(self.agent.domains.StartDomain, instance)
+                    if pause:
+                        self._act(self.agent.domains.SuspendDomain, instance)
+        except eventlet.timeout.Timeout:
+            LOG.warning("timed out after %d seconds waiting for %s", timeout,
+                        ", ".join("%s-%s" % e for e in events), instance=instance)
+            if CONF.vif_plugging_is_fatal:
+                self._spawn_failed(instance, network_info, created)
+                raise exception.VirtualInterfaceCreateException()
         except Exception:
             with excutils.save_and_reraise_exception():
-                self._delete(instance, destroy_disks=True)
+                self._spawn_failed(instance, network_info, created)
+        if pause:
+            self._act(self.agent.domains.ResumeDomain, instance)
+
+    def _spawn_failed(self, instance, network_info, created):
+        """Undoes a spawn: the domain and its local disks (only when this spawn created it: a
+        name that already existed is somebody's instance), then the VIFs plugged for it."""
+        if created:
+            self._delete(instance, destroy_disks=True)
+        self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     def _write_image(self, context, instance, image_meta):
         """Copies the image onto the root volume's block device (raw; qcow2 converted)."""
@@ -582,6 +706,7 @@ class HvagentDriver(driver.ComputeDriver):
                 pass
             return
         self._teardown(instance, block_device_info, destroy_disks)
+        self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     def cleanup(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, migrate_data=None, destroy_vifs=True,
@@ -589,6 +714,8 @@ class HvagentDriver(driver.ComputeDriver):
         # A failed spawn, a migration's rollback, an evacuated instance: Nova's volumes may
         # still be attached, and they are detached exactly as on destroy.
         self._teardown(instance, block_device_info, destroy_disks)
+        if destroy_vifs:
+            self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     # -- resize (flavor change) on this host -----------------------------------------------
 
@@ -689,6 +816,7 @@ class HvagentDriver(driver.ComputeDriver):
                block_device_info=None, bad_volumes_callback=None, accel_info=None):
         if reboot_type == "SOFT" and self._soft_reboot(instance):
             return
+        self.plug_vifs(instance, network_info)
         self._hard_reboot(instance)
 
     def _soft_reboot(self, instance):
@@ -746,6 +874,9 @@ class HvagentDriver(driver.ComputeDriver):
                  accel_info=None):
         state = self._get_domain(instance).state
         if state in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
+            # As the libvirt driver's hard reboot: the bridges os-vif made do not survive a
+            # host reboot, and a guest cannot start without them (os-vif keeps what exists).
+            self.plug_vifs(instance, network_info)
             self._act(self.agent.domains.StartDomain, instance)
         elif state == DS.DOMAIN_STATE_PAUSED:
             self._act(self.agent.domains.ResumeDomain, instance)
@@ -872,6 +1003,44 @@ class HvagentDriver(driver.ComputeDriver):
         """A volume that is not attached (any more) is detached; a guest that does not release
         the device raises DeviceDetachFailed after the retries, and the volume stays attached."""
         self._detach(instance, self._agent_volume(connection_info))
+
+    # -- interfaces -------------------------------------------------------------------------
+
+    def attach_interface(self, context, instance, image_meta, vif):
+        """Plugs the VIF (os-vif, where needed) and adds its NIC to the domain (AttachNic: the
+        persistent definition, and the guest when it runs). When the agent refuses, the VIF is
+        unplugged again and the agent's error raised (Nova then frees the port)."""
+        nic = self._nic(vif)
+        self.plug_vifs(instance, [vif])
+        try:
+            self.agent.call(self.agent.domains.AttachNic,
+                            DS.AttachNicRequest(domain=instance.name, nic=nic), instance)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.error("attaching VIF %s failed", vif["id"], instance=instance)
+                self._unplug_vifs(instance, [vif], ignore_errors=True)
+
+    def detach_interface(self, context, instance, vif):
+        """Removes the NIC with the VIF's MAC (DetachNic), then unplugs the VIF. A NIC or domain
+        already gone is only logged (and the VIF unplugged). A guest that keeps the device
+        raises InterfaceDetachFailed and the VIF stays plugged: the guest still uses it and
+        Nova keeps the port attached (the definition is already without the NIC: detach again
+        to retry). Nova's libvirt driver unplugs even then, cutting a NIC the guest holds."""
+        try:
+            self.agent.domains.DetachNic(
+                DS.DetachNicRequest(domain=instance.name, mac=vif["address"]),
+                timeout=self.agent.timeout)
+        except grpc.RpcError as e:
+            code = client.code_of(e)
+            if code == grpc.StatusCode.ABORTED:
+                LOG.warning("the guest has not released interface %s: %s", vif["address"],
+                            e.details(), instance=instance)
+                raise exception.InterfaceDetachFailed(instance_uuid=instance.uuid) from None
+            if code != grpc.StatusCode.NOT_FOUND:
+                raise client.to_nova(e, self.agent.address, instance) from None
+            LOG.warning("detaching interface %s: %s", vif["address"], e.details(),
+                        instance=instance)
+        self._unplug_vifs(instance, [vif], ignore_errors=False)
 
     # -- consoles ---------------------------------------------------------------------------
 

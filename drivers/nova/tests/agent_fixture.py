@@ -74,6 +74,10 @@ class AgentProcess(object):
             # admits by capacity on every driver: deploy/test-driver.toml says why.
             with open(TEST_DRIVER_CONFIG) as f:
                 config = f.read() + "\n"
+            # Open vSwitch bridges the agent may put ports on (closed by default): Nova's fake
+            # network info names br0; br-int is Neutron's usual integration bridge. On
+            # test:///default nothing reaches a real switch.
+            config += '[network]\novs_bridges = ["br0", "br-int"]\n'
             config += self._make_pool() if with_pool else ""
             if pki:
                 config += self._tls_config()

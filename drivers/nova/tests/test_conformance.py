@@ -1,11 +1,11 @@
 """Nova's own virt-driver conformance suite (nova/tests/unit/virt/test_virt_drivers.py as
 shipped in Debian's python3-nova) run against HvagentDriver with a real hvagentd behind it.
 
-Only two inputs of the suite are changed (and test_migrate_disk_and_power_off, which resizes to
-another host, also checks the refusal and a resize on this host), both where the agent cannot do what the suite's
-fakes ask for:
-- its VIF is Open vSwitch without hybrid plugging; the agent wires Linux bridges only, so
-  _get_running_instance hands the driver the same VIF as type 'bridge';
+The suite's VIF is used as Nova makes it (Open vSwitch without hybrid plugging, on br0, not
+active yet): the driver gives the agent an Open vSwitch port with the Neutron port id (the
+fixture's agent allows br0 in [network] ovs_bridges). One input is changed, where the agent
+cannot do what the suite's fakes ask for (and test_migrate_disk_and_power_off, which resizes to
+another host, also checks the refusal and a resize on this host):
 - its volumes are of driver_volume_type 'fake'; the attach/detach tests use a volume of the
   agent's pool ('hvagent') instead.
 An operation the driver declares unsupported (NotImplementedError) makes its test SKIP with the
@@ -116,7 +116,6 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
         instance_ref = test_utils.get_test_instance(obj=obj)
         network_info = test_utils.get_test_network_info()
         network_info[0]['network']['subnets'][0]['meta']['dhcp_server'] = '1.1.1.1'
-        network_info[0]['type'] = 'bridge'  # the suite's OVS VIF, as a Linux bridge
         image_meta = test_utils.get_test_image_object(None, instance_ref)
         self.connection.spawn(self.ctxt, instance_ref, image_meta,
                               [], 'herp', {}, network_info=network_info)

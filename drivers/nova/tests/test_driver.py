@@ -1,11 +1,13 @@
 """HvagentDriver against a real hvagentd (libvirt's test:///default): what each Nova call does
 on the agent, error mapping, placement inventory, configuration errors."""
 
+import contextlib
 import socket
 import time
 import unittest
 import unittest.mock
 
+import eventlet
 import grpc
 import os_resource_classes as orc
 import os_traits
@@ -382,11 +384,247 @@ class DriverTestCase(test.TestCase):
         self.assertRaises(exception.InstanceNotFound, self.drv.get_console_output, self.ctxt,
                           self.instance(root_gb=0))
 
-    def test_ovs_vif_refused(self):
+    # -- VIFs ----------------------------------------------------------------------------
+
+    def vif(self, vif_type="ovs", hybrid=False, mtu=None, active=False, **extra):
+        vif = test_utils.get_test_network_info()[0]
+        vif["type"] = vif_type
+        vif["active"] = active
+        if hybrid:
+            vif["details"] = {"port_filter": False, "ovs_hybrid_plug": True}
+        if mtu:
+            vif["network"]["meta"]["mtu"] = mtu
+        vif.update(extra)
+        return vif
+
+    def record_creates(self):
+        """The CreateDomain requests the driver sends (passed on to the real agent)."""
+        sent = []
+        real = self.drv.agent.domains.CreateDomain
+
+        def create(request, **kw):
+            sent.append(request)
+            return real(request, **kw)
+        self.drv.agent.domains.CreateDomain = create
+        return sent
+
+    def test_vif_to_nic(self):
+        vif = self.vif("bridge", mtu=1450)
+        nic = self.drv._nic(vif)
+        self.assertEqual(("bridge", "br0", vif["address"], 1450, "virtio"),
+                         (nic.WhichOneof("attachment"), nic.bridge, nic.mac, nic.mtu, nic.model))
+        # OVS without hybrid plugging (the Open vSwitch firewall, OVN): an agent OVS port on the
+        # network's bridge, iface-id = the Neutron port id; no tag (Neutron's agent sets it).
+        nic = self.drv._nic(self.vif("ovs", mtu=1442))
+        self.assertEqual(("ovs", "br0", vif["id"], False, 1442),
+                         (nic.WhichOneof("attachment"), nic.ovs.bridge, nic.ovs.interface_id,
+                          nic.ovs.HasField("vlan"), nic.mtu))
+        nic = self.drv._nic(self.vif("ovs", ovs_interfaceid="0d4c5f43-4a0c-4b8e-9c52-0e8a3f1d2b7a"))
+        self.assertEqual("0d4c5f43-4a0c-4b8e-9c52-0e8a3f1d2b7a", nic.ovs.interface_id)
+        # OVS hybrid: the qbr bridge os-vif makes, named as os-vif names it.
+        hybrid = self.vif("ovs", hybrid=True)
+        nic = self.drv._nic(hybrid)
+        self.assertEqual(("bridge", "qbr" + vif["id"][:11], 0),
+                         (nic.WhichOneof("attachment"), nic.bridge, nic.mtu))
+        osvif = hv_driver.os_vif_util.nova_to_osvif_vif(hybrid)
+        self.assertEqual(osvif.bridge_name, nic.bridge)
+
+    def test_vifs_the_agent_cannot_wire_are_refused(self):
+        e = self.assertRaises(exception.VirtualInterfaceCreateException, self.drv._nic,
+                              self.vif("vhostuser"))
+        self.assertIn("vhost-user", str(e))
+        e = self.assertRaises(exception.VirtualInterfaceCreateException, self.drv._nic,
+                              self.vif("macvtap"))
+        self.assertIn("of type macvtap cannot be wired", str(e))
+        bad = self.vif("ovs")
+        bad["network"]["bridge"] = None
+        e = self.assertRaises(exception.VirtualInterfaceCreateException, self.drv._nic, bad)
+        self.assertIn("no integration bridge", str(e))
+        # At spawn: refused before anything exists, nothing plugged.
         inst = self.instance(root_gb=0)
-        e = self.assertRaises(exception.VirtualInterfaceCreateException, self.spawn, inst, "ovs")
-        self.assertIn("Linux bridges only", str(e))
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug") as plug:
+            self.assertRaises(exception.VirtualInterfaceCreateException, self.spawn, inst,
+                              "vhostuser")
+        plug.assert_not_called()
         self.assertNotIn(inst.name, self.drv.list_instances())
+
+    def test_ovs_vif_spawns_as_an_ovs_port(self):
+        self.flags(storage_pool=None, group="hvagent")
+        sent = self.record_creates()
+        inst = self.instance(root_gb=0)
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug") as plug:
+            self.spawn(inst, "ovs")
+        plug.assert_not_called()  # libvirt creates a plain OVS port itself
+        nic = sent[0].spec.nics[0]
+        self.assertEqual(("br0", test_utils.get_test_network_info()[0]["id"]),
+                         (nic.ovs.bridge, nic.ovs.interface_id))
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_ovs_bridge_not_allowed_is_refused_by_the_agent(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        vif = self.vif("ovs")
+        vif["network"]["bridge"] = "br-ex"  # not in the fixture's [network] ovs_bridges
+        image = test_utils.get_test_image_object(None, inst)
+        e = self.assertRaises(exception.Forbidden, self.drv.spawn, self.ctxt, inst, image, [],
+                              None, {}, network_info=[vif])
+        self.assertIn("ovs.bridge", str(e))
+        self.assertNotIn(inst.name, self.drv.list_instances())
+
+    def test_linux_bridge_and_hybrid_vifs_are_plugged_with_os_vif(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        nw = [self.vif("bridge"), self.vif("ovs", hybrid=True, id="1d2e3f40-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+                                           address="de:ad:be:ef:ca:01")]
+        order = []
+        real = self.drv.agent.domains.CreateDomain
+        self.drv.agent.domains.CreateDomain = lambda r, **kw: (order.append("create"), real(r, **kw))[1]
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug",
+                                        side_effect=lambda v, i: order.append(v)) as plug, \
+                unittest.mock.patch.object(hv_driver.os_vif, "unplug") as unplug:
+            self.drv.spawn(self.ctxt, inst, test_utils.get_test_image_object(None, inst), [],
+                           None, {}, network_info=nw)
+            # Plugged before the domain exists, with os-vif's own objects.
+            self.assertEqual(3, len(order))
+            self.assertEqual("create", order[2])
+            self.assertEqual(("VIFBridge", "br0", nw[0]["id"]),
+                             (type(order[0]).__name__, order[0].bridge_name, order[0].id))
+            self.assertEqual(("VIFBridge", "qbr1d2e3f40-5a", "ovs"),
+                             (type(order[1]).__name__, order[1].bridge_name, order[1].plugin))
+            self.assertEqual(inst.uuid, plug.call_args[0][1].uuid)
+            unplug.assert_not_called()
+            self.drv.destroy(self.ctxt, inst, nw)
+            self.assertEqual([nw[0]["id"], nw[1]["id"]], [c[0][0].id for c in unplug.call_args_list])
+        self.assertFalse(self.drv.instance_exists(inst))
+
+    def test_os_vif_failure_leaves_nothing(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        err = hv_driver.osv_exception.PlugException(vif="x", err="no bridge", plugin="linux_bridge")
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug", side_effect=err), \
+                unittest.mock.patch.object(hv_driver.os_vif, "unplug") as unplug:
+            e = self.assertRaises(exception.InternalError, self.spawn, inst, "bridge")
+        self.assertIn("os-vif plug", str(e))
+        unplug.assert_called_once()
+        self.assertNotIn(inst.name, self.drv.list_instances())
+
+    class VirtAPI(fake.FakeVirtAPI):
+        """Records what the driver waits for; `outcome` is what Neutron does."""
+        def __init__(self, outcome=None):
+            self.waits = []
+            self.outcome = outcome
+
+        @contextlib.contextmanager
+        def wait_for_instance_event(self, instance, event_names, deadline=300,
+                                    error_callback=None):
+            self.waits.append((list(event_names), deadline))
+            yield
+            if event_names and self.outcome == "timeout":
+                raise eventlet.timeout.Timeout()
+            if event_names and self.outcome == "failed":
+                error_callback(event_names[0][0], instance)
+
+    def driver_with(self, virtapi):
+        drv = hv_driver.HvagentDriver(virtapi)
+        drv.init_host("myhostname")
+        self.drv = drv
+        return drv
+
+    def test_waits_for_network_vif_plugged_of_inactive_vifs(self):
+        self.flags(storage_pool=None, group="hvagent")
+        self.flags(vif_plugging_timeout=42)
+        api = self.VirtAPI()
+        self.driver_with(api)
+        inst = self.instance(root_gb=0)
+        nw = [self.vif("ovs"), self.vif("ovs", active=True, id="1d2e3f40-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+                                        address="de:ad:be:ef:ca:01")]
+        self.drv.spawn(self.ctxt, inst, test_utils.get_test_image_object(None, inst), [], None,
+                       {}, network_info=nw)
+        self.assertEqual([([("network-vif-plugged", nw[0]["id"])], 42)], api.waits)
+        self.assertEqual(power_state.RUNNING, self.state(inst))  # paused meanwhile, resumed
+        # Not started: nothing to wait for (as the libvirt driver).
+        inst2 = self.instance(root_gb=0)
+        self.drv.spawn(self.ctxt, inst2, test_utils.get_test_image_object(None, inst2), [],
+                       None, {}, network_info=nw, power_on=False)
+        self.assertEqual([], api.waits[1][0])
+        self.assertEqual(power_state.SHUTDOWN, self.state(inst2))
+
+    def test_vif_plugging_timeout_fatal_cleans_up(self):
+        self.need_pool()
+        self.driver_with(self.VirtAPI("timeout"))
+        inst = self.instance()
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug"), \
+                unittest.mock.patch.object(hv_driver.os_vif, "unplug") as unplug:
+            self.assertRaises(exception.VirtualInterfaceCreateException, self.spawn, inst,
+                              "bridge")
+        unplug.assert_called_once()
+        self.assertNotIn(inst.name, self.drv.list_instances())
+        self.assertFalse([n for n in self.volumes() if n.startswith(inst.uuid)])
+
+    def test_vif_plugging_timeout_not_fatal_starts_the_guest(self):
+        self.flags(storage_pool=None, group="hvagent")
+        self.flags(vif_plugging_is_fatal=False)
+        self.driver_with(self.VirtAPI("timeout"))
+        inst = self.instance(root_gb=0)
+        self.spawn(inst, "ovs")
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_neutron_reported_failure_cleans_up(self):
+        self.flags(storage_pool=None, group="hvagent")
+        self.driver_with(self.VirtAPI("failed"))
+        inst = self.instance(root_gb=0)
+        self.assertRaises(exception.VirtualInterfaceCreateException, self.spawn, inst, "ovs")
+        self.assertNotIn(inst.name, self.drv.list_instances())
+
+    def test_attach_and_detach_interface(self):
+        """libvirt's test driver cannot hotplug (virDomainAttachDeviceFlags unsupported): here
+        the calls the driver makes and its cleanup when the agent refuses; nova_roundtrip
+        (integration tier) attaches and detaches on a real QEMU guest. The test driver also
+        answers virDomainGetOSType "linux" for every domain, which the agent's hotplug reads as
+        a Xen PV guest (netfront only): the driver is told it runs Xen guests here."""
+        self.flags(storage_pool=None, disk_prefix="xvd", group="hvagent")
+        self.assertTrue(self.drv.capabilities["supports_attach_interface"])
+        inst = self.instance(root_gb=0)
+        self.spawn(inst, "ovs")
+        image = test_utils.get_test_image_object(None, inst)
+        extra = self.vif("bridge", id="1d2e3f40-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+                         address="de:ad:be:ef:ca:02", mtu=1450)
+        sent = []
+        real_attach = self.drv.agent.domains.AttachNic
+        self.drv.agent.domains.AttachNic = lambda r, **kw: (sent.append(r), real_attach(r, **kw))[1]
+        with unittest.mock.patch.object(hv_driver.os_vif, "plug") as plug, \
+                unittest.mock.patch.object(hv_driver.os_vif, "unplug") as unplug:
+            # The agent refuses (UNIMPLEMENTED on this driver): the VIF plugged for the attach
+            # is unplugged again and the agent's error raised.
+            self.assertRaises(NotImplementedError, self.drv.attach_interface, self.ctxt,
+                              inst, image, extra)
+            self.assertEqual((1, 1), (plug.call_count, unplug.call_count))
+            self.assertEqual((inst.name, "br0", "de:ad:be:ef:ca:02", 1450),
+                             (sent[0].domain, sent[0].nic.bridge, sent[0].nic.mac,
+                              sent[0].nic.mtu))
+            # A VIF the agent cannot wire: refused before anything is plugged or sent.
+            self.assertRaises(exception.VirtualInterfaceCreateException,
+                              self.drv.attach_interface, self.ctxt, inst, image,
+                              self.vif("vhostuser"))
+            self.assertEqual((1, 1), (plug.call_count, len(sent)))
+            # No NIC with that MAC: the agent's NOT_FOUND is only logged, the VIF unplugged.
+            self.drv.detach_interface(self.ctxt, inst, extra)
+            self.assertEqual(2, unplug.call_count)
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_detach_interface_the_guest_keeps(self):
+        self.flags(storage_pool=None, group="hvagent")
+        inst = self.instance(root_gb=0)
+        self.spawn(inst, "bridge")
+        vif = self.vif("bridge")
+        err = grpc.RpcError()
+        err.code = lambda: grpc.StatusCode.ABORTED
+        err.details = lambda: "the guest did not release the device"
+        with unittest.mock.patch.object(self.drv.agent.domains, "DetachNic", side_effect=err), \
+                unittest.mock.patch.object(hv_driver.os_vif, "unplug") as unplug:
+            self.assertRaises(exception.InterfaceDetachFailed, self.drv.detach_interface,
+                              self.ctxt, inst, vif)
+        unplug.assert_not_called()  # the guest still uses it
 
     def test_foreign_domains_not_listed(self):
         names = [d.name for d in self.drv.agent.domains.ListDomains(

@@ -22,16 +22,22 @@ from nova.tests.unit import utils as test_utils
 from nova.virt import event as virtevent
 from nova.virt import fake
 
+import os_vif
+from vif_plug_linux_bridge import privsep as lb_privsep
+from vif_plug_ovs import privsep as ovs_privsep
+
 from hvagent.v1 import storage_pb2
 
 import agent_fixture
 import agent_harness
 from agent_harness import virsh
 from hvagent_nova import driver as hv_driver
+from test_networking import OVS_RUN, OvsDaemons, ovs
 
 MiB = 1 << 20
 POOL = "nova"
 MARKER = b"hvagent-nova round trip image\n"
+OVS_BRIDGE = "hvbr-int"  # made and removed by the test
 
 
 def run(argv):
@@ -216,6 +222,125 @@ class RoundTripTestCase(test.TestCase):
             self.assertLess(time.time(), deadline, "lifecycle events: %s" % [
                 e.get_name() for e in self.events])
             time.sleep(0.1)
+
+    # -- VIFs through os-vif on a real Open vSwitch --------------------------------------------
+
+    def vif(self, port_id, mac):
+        """An OVS hybrid VIF (Neutron's iptables firewall) on the test's bridge, userspace
+        datapath, MTU 1400."""
+        vif = test_utils.get_test_network_info()[0]
+        vif.update(id=port_id, address=mac, active=True,
+                   details={"port_filter": False, "ovs_hybrid_plug": True,
+                            "datapath_type": "netdev"})
+        vif["network"]["bridge"] = OVS_BRIDGE
+        vif["network"]["meta"]["mtu"] = 1400
+        return vif
+
+    def taps(self, name):
+        """The guest's NICs as libvirt sees them: {mac: host tap device}."""
+        xml = ET.fromstring(virsh("dumpxml", name).stdout)
+        return {i.find("mac").get("address"): i.find("target").get("dev")
+                for i in xml.findall("./devices/interface")}
+
+    def test_ovs_hybrid_vifs_plugged_and_unplugged_with_os_vif(self):
+        """spawn, attach_interface, detach_interface and destroy with real os-vif (its ovs
+        plugin, hybrid: qbr bridge + qvb/qvo veth pair into OVS) and a real QEMU guest: every
+        step is checked in the kernel (sysfs) and in OVS's database, and host networking and
+        OVS are as found afterwards."""
+        links_before = run(["ip", "-d", "link"])
+        daemons = OvsDaemons()
+        self.addCleanup(daemons.stop)
+        ovs("--may-exist", "add-br", OVS_BRIDGE, "--", "set", "bridge", OVS_BRIDGE,
+            "datapath_type=netdev")
+        self.addCleanup(ovs, "--if-exists", "del-br", OVS_BRIDGE, check=False)
+        ovs_before = ovs("show")
+        # os-vif as nova-compute would run it, but its privileged helpers in this (root)
+        # process instead of a privsep daemon started through sudo, and its OVS database at
+        # the socket of the daemons above (read when its plugins load: reloaded).
+        for ctx in (ovs_privsep.vif_plug, lb_privsep.vif_plug):
+            ctx.set_client_mode(False)
+            self.addCleanup(ctx.set_client_mode, True)
+        self.flags(ovsdb_connection="unix:%s/db.sock" % OVS_RUN, group="os_vif_ovs")
+        os_vif.initialize(reset=True)
+        self.addCleanup(os_vif.initialize, reset=True)
+
+        flavor = test_utils.get_test_flavor(options={
+            "root_gb": 0, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 64})
+        inst = test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
+        inst.image_ref = ""
+        image_meta = objects.ImageMeta.from_dict({"disk_format": "raw", "properties": {}})
+        first = self.vif("5f0c1e2d-3b4a-4c5d-8e6f-7a8b9c0d1e2f", "fa:16:3e:00:00:01")
+        second = self.vif("6a1d2f3e-4c5b-4d6e-9f70-8b9cad0e1f30", "fa:16:3e:00:00:02")
+
+        def remove_links():
+            # Only after a failure: what os-vif made for this test's VIFs (tearDown, which runs
+            # first, has removed the guest).
+            for vif in (first, second):
+                for p in ("qvb", "qbr"):
+                    dev = (p + vif["id"])[:14]
+                    if os.path.exists("/sys/class/net/" + dev):
+                        subprocess.run(["ip", "link", "del", dev], capture_output=True)
+        self.addCleanup(remove_links)
+
+        def plugged(vif, tap):
+            qbr, qvb, qvo = [(p + vif["id"])[:14] for p in ("qbr", "qvb", "qvo")]
+            self.assertEqual(qbr, os.path.basename(os.readlink("/sys/class/net/%s/master" % tap)))
+            self.assertEqual(qbr, os.path.basename(os.readlink("/sys/class/net/%s/master" % qvb)))
+            for dev in (tap, qvb, qvo):
+                # cat: Nova's test base forbids open() under /sys.
+                self.assertEqual("1400", run(["cat", "/sys/class/net/%s/mtu" % dev]).strip(), dev)
+            self.assertEqual(OVS_BRIDGE, ovs("port-to-br", qvo))
+            self.assertEqual('"%s"' % vif["id"],
+                             ovs("get", "Interface", qvo, "external_ids:iface-id"))
+            self.assertEqual('"%s"' % vif["address"],
+                             ovs("get", "Interface", qvo, "external_ids:attached-mac"))
+
+        def gone(vif):
+            for p in ("qbr", "qvb", "qvo"):
+                self.assertFalse(os.path.exists("/sys/class/net/" + (p + vif["id"])[:14]), p)
+            self.assertEqual("", ovs("--bare", "--columns=name", "find", "Interface",
+                                     "external_ids:iface-id=" + vif["id"]))
+
+        self.drv.spawn(self.ctxt, inst, image_meta, [], None, {}, network_info=[first])
+        self.wait_state(inst.name, "running")
+        taps = self.taps(inst.name)
+        self.assertEqual([first["address"]], list(taps))
+        plugged(first, taps[first["address"]])
+
+        # Hot-plug into the running guest.
+        self.drv.attach_interface(self.ctxt, inst, image_meta, second)
+        taps = self.taps(inst.name)
+        self.assertEqual(sorted([first["address"], second["address"]]), sorted(taps))
+        plugged(second, taps[second["address"]])
+        # SeaBIOS without an OS ignores the ACPI eject: the guest keeps the NIC, so the detach
+        # fails and the VIF stays plugged (the guest still uses it); the persistent definition
+        # is already without it.
+        self.assertRaises(exception.InterfaceDetachFailed, self.drv.detach_interface,
+                          self.ctxt, inst, second)
+        plugged(second, taps[second["address"]])
+        # Stopped, the guest holds nothing: detaching again finds no NIC (logged) and unplugs.
+        self.drv.power_off(inst)
+        self.drv.detach_interface(self.ctxt, inst, second)
+        gone(second)
+        # power_on plugs again what the instance has (os-vif keeps what exists) and starts it
+        # with its one NIC.
+        self.drv.power_on(self.ctxt, inst, [first])
+        self.wait_state(inst.name, "running")
+        taps = self.taps(inst.name)
+        self.assertEqual([first["address"]], list(taps))
+        plugged(first, taps[first["address"]])
+        gone(second)
+
+        self.drv.destroy(self.ctxt, inst, [first])
+        self.assertNotIn(inst.name, domain_names())
+        gone(first)
+        self.assertEqual(ovs_before, ovs("show"))
+        ovs("del-br", OVS_BRIDGE)
+        daemons.stop()
+        deadline = time.time() + 20  # ovs-vswitchd removes its netdev taps as it exits
+        while run(["ip", "-d", "link"]) != links_before and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(links_before, run(["ip", "-d", "link"]))
 
 
 if __name__ == "__main__":
