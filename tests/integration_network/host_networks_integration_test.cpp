@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/service/host_networks.h"
 #include "storage/exec/subprocess_runner.h"
@@ -27,7 +28,7 @@ namespace {
 
 constexpr char kIp[] = "/usr/sbin/ip";
 
-storage::CommandResult Run(std::vector<std::string> argv) {
+storage::CommandResult RunArgv(std::vector<std::string> argv) {
   storage::SubprocessRunner runner;
   storage::Command c;
   c.argv = std::move(argv);
@@ -37,7 +38,7 @@ storage::CommandResult Run(std::vector<std::string> argv) {
 }
 
 void MustRun(std::vector<std::string> argv) {
-  auto r = Run(argv);
+  auto r = RunArgv(argv);
   ASSERT_EQ(r.exit_code, 0) << argv[1] << " " << argv[2] << ": " << r.stderr_text;
 }
 
@@ -104,17 +105,26 @@ class HostNetworksIntegration : public ::testing::Test {
       MustRun({kIp, "-n", ns, "link", "set", "dev", "phys0", "up"});
       MustRun({kIp, "-n", ns, "link", "set", "dev", "lo", "up"});
     }
+    // The veth's carrier comes up asynchronously: wait for it, so the "before" picture of the
+    // links is a settled one.
+    for (int i = 0; i < 50; ++i) {
+      if (absl::StrContains(RunArgv({kIp, "-n", a_, "link", "show", "dev", "phys0"}).stdout_text, "state UP") &&
+          absl::StrContains(RunArgv({kIp, "-n", b_, "link", "show", "dev", "phys0"}).stdout_text, "state UP")) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   void TearDown() override {
     if (a_.empty()) return;
-    Run({kIp, "netns", "del", a_});
-    Run({kIp, "netns", "del", b_});
+    RunArgv({kIp, "netns", "del", a_});
+    RunArgv({kIp, "netns", "del", b_});
   }
   static std::string Links(const std::string& ns) {
     std::vector<std::string> argv{kIp};
     if (!ns.empty()) argv.insert(argv.end(), {"-n", ns});
     argv.insert(argv.end(), {"-d", "link", "show"});
-    return Run(argv).stdout_text;
+    return RunArgv(argv).stdout_text;
   }
   absl::StatusOr<bool> Ensure(const std::string& ns, uint32_t vni) {
     absl::StatusOr<bool> r = absl::UnknownError("not run");
@@ -146,7 +156,7 @@ TEST_F(HostNetworksIntegration, SameVniReachesAnotherVniDoesNotAndTeardownRestor
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_FALSE(*again) << "a second Ensure makes nothing";
 
-  const std::string made_a = Run({kIp, "-n", a_, "-d", "link", "show", "dev", "vxlan100"}).stdout_text;
+  const std::string made_a = RunArgv({kIp, "-n", a_, "-d", "link", "show", "dev", "vxlan100"}).stdout_text;
   EXPECT_NE(made_a.find("vxlan id 100"), std::string::npos) << made_a;
   EXPECT_NE(made_a.find("group 239.0.0.100"), std::string::npos) << made_a;
   EXPECT_NE(made_a.find("master brvx100"), std::string::npos) << made_a;

@@ -2,6 +2,7 @@
 // ownership (the alias), removal when the last domain using a network goes, rollback, and the
 // bad input that must leave the host alone. `ip` is a small in-memory model of the kernel's
 // links behind the fake runner (the real one runs in tests/integration/host_networks).
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -63,7 +64,7 @@ class IpModel {
       return FakeCommandRunner::Ok("[" + absl::StrJoin(out, ",") + "]\n");
     }
     if (a[1] == "link" && a[2] == "add") {
-      const std::string name = a[3] == "name" ? a[4] : a[5];
+      const std::string name = *(std::find(a.begin(), a.end(), "name") + 1);
       if (links.count(name) != 0) return FakeCommandRunner::Fail(2, "RTNETLINK answers: File exists");
       links[name] = {};
       return FakeCommandRunner::Ok();
