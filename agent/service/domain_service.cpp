@@ -377,10 +377,10 @@ absl::Status DomainService::DetachNic(const std::string& domain, const std::stri
   if (auto s = hv::ValidateDomainName("domain", domain); !s.ok()) return s;
   if (mac.empty()) return absl::InvalidArgumentError("mac: is required");
   if (auto s = hv::ValidateMac("mac", mac); !s.ok()) return s;
-  std::unique_lock<std::mutex> lock(define_mu_, std::defer_lock);
+  // The NIC's bridge, when it is one the agent may have made: then the detach and the release
+  // run under the lock creates and deletes take (a detach waits for the guest, so only then).
   std::vector<std::string> bridges;
   if (options_.host_networks != nullptr) {
-    lock.lock();
     if (auto nics = hv_.GetDomainNics(domain); nics.ok()) {
       for (const hv::NicSpec& n : *nics) {
         if (absl::EqualsIgnoreCase(n.mac, mac) && options_.host_networks->LooksOwned(n.bridge)) {
@@ -389,6 +389,8 @@ absl::Status DomainService::DetachNic(const std::string& domain, const std::stri
       }
     }
   }
+  std::unique_lock<std::mutex> lock(define_mu_, std::defer_lock);
+  if (!bridges.empty()) lock.lock();
   if (auto s = hv_.DetachNic(domain, mac); !s.ok()) return s;
   Log()->info("domain {}: NIC {} detached", domain, mac);
   ReleaseHostNetworks(bridges);
