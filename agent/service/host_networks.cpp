@@ -105,6 +105,28 @@ absl::StatusOr<std::vector<std::pair<std::string, bool>>> HostNetworks::Ports(co
   return ports;
 }
 
+absl::StatusOr<std::vector<std::string>> HostNetworks::OwnedBridges() {
+  storage::Command c;
+  c.argv = {options_.ip, "-j", "link", "show", "type", "bridge"};
+  auto r = storage::RunTool(runner_, c, "ip link show type bridge");
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return storage::ToolFailed("ip link show type bridge", *r, IpErrors());
+  google::protobuf::ListValue list;
+  if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok()) {
+    return absl::InternalError("ip link show type bridge: unreadable answer");
+  }
+  std::vector<std::string> out;
+  for (const auto& v : list.values()) {
+    const auto& fields = v.struct_value().fields();
+    auto name = fields.find("ifname");
+    auto alias = fields.find("ifalias");
+    if (name != fields.end() && alias != fields.end() && alias->second.string_value() == kHostNetworkAlias) {
+      out.push_back(name->second.string_value());
+    }
+  }
+  return out;
+}
+
 void HostNetworks::Delete(const std::string& dev) {
   if (auto s = Ip({"link", "del", "dev", dev}); !s.ok()) Log()->error("removing {} failed: {}", dev, s.message());
 }

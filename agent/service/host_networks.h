@@ -58,6 +58,9 @@ class HostNetworks {
   // agent did not make; otherwise leaves it (Ok). The caller has checked no domain uses it.
   absl::Status RemoveIfOwned(const std::string& bridge);
 
+  // The bridges on the host that carry the agent's alias (for the sweep at recovery).
+  absl::StatusOr<std::vector<std::string>> OwnedBridges();
+
   // True when `bridge` is named like one of the agent's bridges (a cheap pre-filter).
   bool LooksOwned(const std::string& bridge) const;
 

@@ -36,6 +36,7 @@ class IpModel {
     std::string master;
     std::string mtu = "1500";
     bool up = false;
+    bool bridge = false;
   };
   std::map<std::string, Link> links;
   // A command whose argv joined by spaces contains this fails (exit 2).
@@ -56,6 +57,13 @@ class IpModel {
       if (it == links.end()) return FakeCommandRunner::Fail(1, "Device \"" + a[5] + "\" does not exist.");
       return FakeCommandRunner::Ok("[" + Json(it->first, it->second) + "]\n");
     }
+    if (a.size() == 6 && a[1] == "-j" && a[4] == "type") {
+      std::vector<std::string> out;
+      for (const auto& [name, l] : links) {
+        if (l.bridge) out.push_back(Json(name, l));
+      }
+      return FakeCommandRunner::Ok("[" + absl::StrJoin(out, ",") + "]\n");
+    }
     if (a.size() == 6 && a[1] == "-j" && a[4] == "master") {
       std::vector<std::string> out;
       for (const auto& [name, l] : links) {
@@ -67,6 +75,7 @@ class IpModel {
       const std::string name = *(std::find(a.begin(), a.end(), "name") + 1);
       if (links.count(name) != 0) return FakeCommandRunner::Fail(2, "RTNETLINK answers: File exists");
       links[name] = {};
+      links[name].bridge = a.back() == "bridge";
       return FakeCommandRunner::Ok();
     }
     if (a[1] == "link" && a[2] == "set" && a.size() >= 5) {
@@ -320,6 +329,17 @@ TEST_F(DomainHostNetworksTest, AttachNic_HypervisorFailureRemovesTheNetwork) {
   nic.host_network = Vlan(12);
   EXPECT_FALSE(svc_.AttachNic("a", nic).ok());
   EXPECT_EQ(ip_.links.size(), 1u);
+}
+
+TEST_F(DomainHostNetworksTest, Recover_RemovesTheAgentsNetworksNoDomainUses) {
+  ASSERT_TRUE(svc_.Create(Spec("a", {Vlan(100)}), false).ok());
+  ASSERT_TRUE(nets_.Ensure("nic", Vxlan(9)).ok());  // as a crash before the define leaves it
+  ip_.links["br0"] = {.bridge = true};               // the operator's: never the agent's to remove
+  svc_.Recover();
+  EXPECT_EQ(ip_.links.count("brvx9"), 0u);
+  EXPECT_EQ(ip_.links.count("vxlan9"), 0u);
+  EXPECT_EQ(ip_.links.count("brvlan100"), 1u) << "domain a uses it";
+  EXPECT_EQ(ip_.links.count("br0"), 1u);
 }
 
 TEST(HostNetworksNoAgentNetworks, VlanNicIsPermissionDeniedWithoutHostNetworks) {
