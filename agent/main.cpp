@@ -316,12 +316,17 @@ int Run(const config::Config& cfg) {
                                        .memory_allocation_ratio = cfg.memory_allocation_ratio,
                                        .reserved_cpus = cfg.reserved_cpus,
                                        .reserved_memory_bytes = cfg.reserved_memory_mib << 20};
+  service::HostNetworks host_networks(runner, {.physical_interfaces = cfg.network_physical_interfaces,
+                                               .vlan_bridge_prefix = cfg.network_vlan_bridge_prefix,
+                                               .vxlan_bridge_prefix = cfg.network_vxlan_bridge_prefix,
+                                               .mtu = cfg.network_mtu});
   service::DomainService domains(
       hypervisor, clock,
       {.default_shutdown_timeout = cfg.shutdown_timeout,
        .host_paths = host_paths->get(),
        .admission = policy,
-       .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges}},
+       .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges},
+       .host_networks = &host_networks},
       &storage, state->journal.get());
   // Imports: files only from [images] import_dirs, under the same rules as [security] image_dirs.
   auto import_dirs = HostPathPolicy::Open({.image_dirs = cfg.image_import_dirs});

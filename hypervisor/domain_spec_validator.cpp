@@ -167,8 +167,9 @@ absl::Status ValidateMac(absl::string_view field, absl::string_view mac) {
 absl::Status ValidateNicSpec(absl::string_view field_prefix, const NicSpec& n) {
   const std::string field(field_prefix);
   if (!n.mac.empty() && !IsMac(n.mac)) return Invalid(field + ".mac", "must be a unicast MAC like 52:54:00:12:34:56");
-  const int kinds = !n.network.empty() + !n.bridge.empty() + !n.ovs_bridge.empty();
-  if (kinds != 1) return Invalid(field, "exactly one of network, bridge or ovs is required");
+  // A host network's bridge is filled in by the agent, so it counts as that one kind.
+  const int kinds = !n.network.empty() + (!n.bridge.empty() || n.host_network.has_value()) + !n.ovs_bridge.empty();
+  if (kinds != 1) return Invalid(field, "exactly one of network, bridge, ovs, vlan or vxlan is required");
   if (!n.network.empty() && !IsSimpleName(n.network, 64)) {
     return Invalid(field + ".network", "must be 1-64 of [A-Za-z0-9._-]");
   }
@@ -177,6 +178,22 @@ absl::Status ValidateNicSpec(absl::string_view field_prefix, const NicSpec& n) {
   constexpr absl::string_view kIfName = "must be 1-15 of [A-Za-z0-9._-], starting with a letter or digit (a Linux "
                                         "interface name)";
   if (!n.bridge.empty() && !IsSimpleName(n.bridge, 15)) return Invalid(field + ".bridge", kIfName);
+  if (n.host_network.has_value()) {
+    const HostNetwork& h = *n.host_network;
+    const bool vlan = h.kind == HostNetwork::Kind::kVlan;
+    const std::string sub = field + (vlan ? ".vlan" : ".vxlan");
+    if (h.physical.empty()) return Invalid(sub + ".physical", "is required");
+    if (!IsSimpleName(h.physical, 15)) return Invalid(sub + ".physical", kIfName);
+    if (vlan && (h.id < kMinVlan || h.id > kMaxVlan)) {
+      // 0 is 802.1Q's priority tag and 4095 is reserved.
+      return Invalid(sub + ".id", absl::StrCat("must be ", kMinVlan, "-", kMaxVlan));
+    }
+    if (!vlan && (h.id < 1 || h.id > kMaxVni)) return Invalid(sub + ".id", absl::StrCat("must be 1-", kMaxVni));
+    // The sub-interface is named <physical>.<id>, which must fit the kernel's 15 bytes too.
+    if (vlan && h.physical.size() + 1 + std::to_string(h.id).size() > 15) {
+      return Invalid(sub + ".physical", "with '.<id>' appended must fit 15 bytes (the VLAN interface's name)");
+    }
+  }
   if (!n.ovs_bridge.empty() && !IsSimpleName(n.ovs_bridge, 15)) return Invalid(field + ".ovs.bridge", kIfName);
   if (n.ovs_bridge.empty()) {
     if (!n.interface_id.empty()) return Invalid(field + ".ovs.interface_id", "only an ovs NIC has one");

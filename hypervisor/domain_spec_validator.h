@@ -20,6 +20,7 @@ inline constexpr size_t kMaxNics = 32;
 // 802.1Q: 0 is a priority tag, 4095 reserved.
 inline constexpr uint32_t kMinVlan = 1;
 inline constexpr uint32_t kMaxVlan = 4094;
+inline constexpr uint32_t kMaxVni = 16777215;  // VXLAN's 24-bit network identifier
 // 576: the smallest datagram every IPv4 host must take (RFC 791), well above the kernel's 68;
 // 65535: the largest a tap and QEMU's virtio-net host_mtu take (ETH_MAX_MTU).
 inline constexpr uint32_t kMinMtu = 576;

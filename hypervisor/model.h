@@ -36,7 +36,18 @@ struct DiskSpec {
   std::string format;  // empty: "raw"
 };
 
-// Where a NIC plugs in: exactly one of network, bridge (Linux) or ovs_bridge (Open vSwitch).
+// A network the agent makes on the host for a NIC (agent/service/host_networks.h): a VLAN
+// sub-interface or a VXLAN device on `physical`, enslaved to a bridge of the agent's own.
+struct HostNetwork {
+  enum class Kind { kVlan, kVxlan };
+  Kind kind = Kind::kVlan;
+  std::string physical;
+  uint32_t id = 0;  // VLAN id 1-4094 / VNI 1-16777215
+  bool operator==(const HostNetwork&) const = default;
+};
+
+// Where a NIC plugs in: exactly one of network, bridge (Linux), ovs_bridge (Open vSwitch) or
+// host_network (then `bridge` is the agent's bridge for it, filled in before defining).
 struct NicSpec {
   std::string mac;      // empty: libvirt generates one (the agent's AttachNic always sets one)
   std::string network;  // a libvirt network
@@ -46,6 +57,7 @@ struct NicSpec {
   std::string interface_id;           // ovs only: external_ids:iface-id, a UUID
   std::optional<uint32_t> vlan;       // ovs only: access tag 1-4094; none: no tag
   uint32_t mtu = 0;                   // 0: the bridge's
+  std::optional<HostNetwork> host_network;
 };
 
 // A guest's CPU topology as the guest sees it; sockets * cores * threads == the vCPU maximum.

@@ -115,11 +115,14 @@ absl::StatusOr<hv::NicSpec> FromProto(absl::string_view field, const v1::Nic& n)
       if (n.ovs().has_vlan()) nic.vlan = n.ovs().vlan();
       break;
     case v1::Nic::kVlan:
-      // The contract has room for agent-made VLAN networks; this agent does not make them yet.
-      return absl::UnimplementedError(absl::StrCat(
-          field, ".vlan: this agent does not create VLAN networks yet; use ovs with a vlan tag, or a bridge"));
+      nic.host_network = hv::HostNetwork{hv::HostNetwork::Kind::kVlan, n.vlan().physical(), n.vlan().id()};
+      break;
+    case v1::Nic::kVxlan:
+      nic.host_network = hv::HostNetwork{hv::HostNetwork::Kind::kVxlan, n.vxlan().physical(), n.vxlan().id()};
+      break;
     case v1::Nic::ATTACHMENT_NOT_SET:
-      return absl::InvalidArgumentError(absl::StrCat(field, ": exactly one of network, bridge or ovs is required"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": exactly one of network, bridge, ovs, vlan or vxlan is required"));
   }
   return nic;
 }
@@ -134,6 +137,15 @@ v1::Nic ToProto(const hv::NicSpec& n) {
     ovs->set_bridge(n.ovs_bridge);
     ovs->set_interface_id(n.interface_id);
     if (n.vlan.has_value()) ovs->set_vlan(*n.vlan);
+  } else if (n.host_network.has_value()) {
+    const hv::HostNetwork& h = *n.host_network;
+    if (h.kind == hv::HostNetwork::Kind::kVlan) {
+      p.mutable_vlan()->set_physical(h.physical);
+      p.mutable_vlan()->set_id(h.id);
+    } else {
+      p.mutable_vxlan()->set_physical(h.physical);
+      p.mutable_vxlan()->set_id(h.id);
+    }
   } else if (!n.bridge.empty()) {
     p.set_bridge(n.bridge);
   } else {

@@ -20,7 +20,7 @@ namespace hvagent::api {
 // Disks given as `volume` keep an empty source_path; VolumesFromProto lists their volumes.
 absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& spec);
 std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& spec);
-// One NIC; `field` prefixes errors ("spec.nics[0]", "nic"). UNIMPLEMENTED for a vlan NIC.
+// One NIC; `field` prefixes errors ("spec.nics[0]", "nic").
 absl::StatusOr<hv::NicSpec> FromProto(absl::string_view field, const v1::Nic& nic);
 v1::Nic ToProto(const hv::NicSpec& nic);
 

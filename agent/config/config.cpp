@@ -123,6 +123,23 @@ Key InterfaceNames(const char* section, const char* name, M Config::*member) {
           }};
 }
 
+// A bridge name prefix: letters and digits, short enough that the prefix and the largest id
+// (`digits` of them) fit the kernel's 15-byte interface names.
+Key BridgePrefix(const char* name, std::string Config::*member, size_t digits) {
+  return {"network", name, [=](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<std::string>();
+            if (!v || !n.is_string()) return WrongType(field);
+            const size_t max = 15 - digits;
+            if (v->empty() || v->size() > max || !std::isalpha(static_cast<unsigned char>((*v)[0])) ||
+                v->find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-") !=
+                    std::string::npos) {
+              return Invalid(field, absl::StrCat("must be 1-", max, " of [A-Za-z0-9-], starting with a letter"));
+            }
+            c.*member = *v;
+            return absl::OkStatus();
+          }};
+}
+
 const std::vector<Key>& Keys() {
   using std::chrono::milliseconds;
   using std::chrono::seconds;
@@ -231,6 +248,10 @@ const std::vector<Key>& Keys() {
        }},
       InterfaceNames("network", "bridges", &Config::network_bridges),
       InterfaceNames("network", "ovs_bridges", &Config::network_ovs_bridges),
+      InterfaceNames("network", "physical_interfaces", &Config::network_physical_interfaces),
+      BridgePrefix("vlan_bridge_prefix", &Config::network_vlan_bridge_prefix, 4),
+      BridgePrefix("vxlan_bridge_prefix", &Config::network_vxlan_bridge_prefix, 8),
+      Integer("network", "mtu", &Config::network_mtu, 576, 65535, "must be 576-65535 (or 0: the kernel's)", true),
   };
   return keys;
 }

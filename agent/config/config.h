@@ -100,6 +100,12 @@ struct Config {
   // key existed) and the Open vSwitch bridges (none unless listed).
   std::optional<std::vector<std::string>> network_bridges;
   std::vector<std::string> network_ovs_bridges;
+  // The interfaces vlan/vxlan NICs may make networks on (none unless listed), the agent's
+  // bridges' name prefixes (the id follows) and the MTU it sets on them (0: the kernel's).
+  std::vector<std::string> network_physical_interfaces;
+  std::string network_vlan_bridge_prefix = "brvlan";
+  std::string network_vxlan_bridge_prefix = "brvx";
+  uint32_t network_mtu = 0;
   // serial-ws: the browser console listener ("HOST:PORT"; empty: none), TLS as the REST
   // listener; ws_public_host: the host its URLs name (what browsers and console proxies reach).
   std::string console_ws_listen;

@@ -88,6 +88,15 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
     if (r.state != v1::OPERATION_STATE_FAILED) EndOp(op.id, r.state, absl::StrCat("recovery: ", r.outcome));
     out.push_back(std::move(r));
   }
+  // Networks the agent made that no domain uses any more: left by a crash between making one
+  // and defining its domain, or by an undo that could not finish. Same rules as a delete.
+  if (options_.host_networks != nullptr) {
+    if (auto owned = options_.host_networks->OwnedBridges(); owned.ok()) {
+      ReleaseHostNetworks(*owned);
+    } else {
+      Log()->error("recovery: the agent's networks cannot be listed: {}", owned.status().message());
+    }
+  }
   return out;
 }
 

@@ -143,6 +143,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
   for (size_t i = 0; i < spec.nics.size(); ++i) {
     if (auto s = CheckNic(options_.networks, absl::StrCat("spec.nics[", i, "]"), spec.nics[i]); !s.ok()) return s;
   }
+  if (auto s = ResolveHostNetworks("spec.nics", spec.nics); !s.ok()) return s;
   std::lock_guard lock(define_mu_);
   if (!volumes.empty()) {
     // Volumes come first, so a name that is taken must be refused before any is created.
@@ -211,6 +212,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     spec.disks[v.disk].source_path = volume->path;
     claimed.push_back(v);
   }
+  // Networks come after the volumes and right before the define: what fails first undoes least.
+  std::vector<std::string> made_networks;
+  if (auto s = EnsureHostNetworks("spec.nics", spec.nics, &made_networks); !s.ok()) {
+    ReleaseClaims(claimed, spec.name);
+    return s;
+  }
   absl::Status s = journal_->Step(op, StepOf("define"));
   if (s.ok()) s = hv_.DefineDomain(spec);
   if (absl::IsUnavailable(s)) {
@@ -219,6 +226,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     return s;
   }
   if (!s.ok()) {
+    ReleaseHostNetworks(made_networks);
     ReleaseClaims(claimed, spec.name);
     return s;
   }
@@ -234,6 +242,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
         Log()->error("rollback of {} failed: {}", spec.name, u.message());
         *settled = false;
       } else {
+        ReleaseHostNetworks(made_networks);
         ReleaseClaims(claimed, spec.name);
       }
       return s;
@@ -242,6 +251,66 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     Log()->info("started domain {}", spec.name);
   }
   return hv_.GetDomain(spec.name);
+}
+
+absl::Status DomainService::ResolveHostNetworks(const std::string& field_prefix,
+                                                std::vector<hv::NicSpec>& nics) const {
+  for (size_t i = 0; i < nics.size(); ++i) {
+    hv::NicSpec& n = nics[i];
+    if (!n.host_network.has_value()) continue;
+    const std::string field = nics.size() == 1 && field_prefix == "nic" ? "nic" : absl::StrCat(field_prefix, "[", i, "]");
+    if (options_.host_networks == nullptr) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          field, n.host_network->kind == hv::HostNetwork::Kind::kVlan ? ".vlan" : ".vxlan",
+          ": this agent makes no host networks"));
+    }
+    auto bridge = options_.host_networks->BridgeFor(field, *n.host_network);
+    if (!bridge.ok()) return bridge.status();
+    n.bridge = *bridge;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DomainService::EnsureHostNetworks(const std::string& field_prefix, const std::vector<hv::NicSpec>& nics,
+                                               std::vector<std::string>* made) {
+  for (size_t i = 0; i < nics.size(); ++i) {
+    if (!nics[i].host_network.has_value()) continue;
+    const std::string field = field_prefix == "nic" ? "nic" : absl::StrCat(field_prefix, "[", i, "]");
+    auto m = options_.host_networks->Ensure(field, *nics[i].host_network);
+    if (!m.ok()) {
+      ReleaseHostNetworks(*made);
+      made->clear();
+      return m.status();
+    }
+    if (*m) made->push_back(nics[i].bridge);
+  }
+  return absl::OkStatus();
+}
+
+void DomainService::ReleaseHostNetworks(const std::vector<std::string>& bridges) {
+  if (bridges.empty() || options_.host_networks == nullptr) return;
+  // Every domain libvirt has counts, the agent's and foreign ones alike.
+  std::set<std::string> in_use;
+  auto domains = hv_.ListDomains();
+  if (!domains.ok()) {
+    Log()->error("host networks kept: domains cannot be listed: {}", domains.status().message());
+    return;
+  }
+  for (const hv::DomainInfo& d : *domains) {
+    auto nics = hv_.GetDomainNics(d.name);
+    if (!nics.ok()) {
+      if (absl::IsNotFound(nics.status())) continue;  // gone meanwhile
+      Log()->error("host networks kept: NICs of {} cannot be read: {}", d.name, nics.status().message());
+      return;
+    }
+    for (const hv::NicSpec& n : *nics) in_use.insert(n.bridge);
+  }
+  for (const std::string& b : std::set<std::string>(bridges.begin(), bridges.end())) {
+    if (in_use.count(b) != 0) continue;
+    if (auto s = options_.host_networks->RemoveIfOwned(b); !s.ok()) {
+      Log()->error("host network {} could not be removed: {}", b, s.message());
+    }
+  }
 }
 
 absl::StatusOr<hv::DomainInfo> DomainService::Get(const std::string& name) { return hv_.GetDomain(name); }
@@ -271,6 +340,13 @@ absl::StatusOr<hv::NicSpec> DomainService::AttachNic(const std::string& domain, 
   if (auto s = hv::ValidateDomainName("domain", domain); !s.ok()) return s;
   if (auto s = hv::ValidateNicSpec("nic", nic); !s.ok()) return s;
   if (auto s = CheckNic(options_.networks, "nic", nic); !s.ok()) return s;
+  std::vector<hv::NicSpec> one{nic};
+  if (auto s = ResolveHostNetworks("nic", one); !s.ok()) return s;
+  nic = one[0];
+  // A host network is made and released under the lock creates and deletes take, so its users
+  // are counted while none is being added or removed.
+  std::unique_lock<std::mutex> lock(define_mu_, std::defer_lock);
+  if (nic.host_network.has_value()) lock.lock();
   auto existing = hv_.GetDomainNics(domain);
   if (!existing.ok()) return existing.status();
   auto taken = [&](const std::string& mac) {
@@ -287,7 +363,12 @@ absl::StatusOr<hv::NicSpec> DomainService::AttachNic(const std::string& domain, 
     return absl::FailedPreconditionError(
         absl::StrCat("domain '", domain, "' already has ", existing->size(), " NICs (at most ", hv::kMaxNics, ")"));
   }
-  if (auto s = hv_.AttachNic(domain, nic); !s.ok()) return s;
+  std::vector<std::string> made;
+  if (auto s = EnsureHostNetworks("nic", one, &made); !s.ok()) return s;
+  if (auto s = hv_.AttachNic(domain, nic); !s.ok()) {
+    ReleaseHostNetworks(made);
+    return s;
+  }
   Log()->info("domain {}: NIC {} attached", domain, nic.mac);
   return nic;
 }
@@ -296,8 +377,23 @@ absl::Status DomainService::DetachNic(const std::string& domain, const std::stri
   if (auto s = hv::ValidateDomainName("domain", domain); !s.ok()) return s;
   if (mac.empty()) return absl::InvalidArgumentError("mac: is required");
   if (auto s = hv::ValidateMac("mac", mac); !s.ok()) return s;
+  // The NIC's bridge, when it is one the agent may have made: then the detach and the release
+  // run under the lock creates and deletes take (a detach waits for the guest, so only then).
+  std::vector<std::string> bridges;
+  if (options_.host_networks != nullptr) {
+    if (auto nics = hv_.GetDomainNics(domain); nics.ok()) {
+      for (const hv::NicSpec& n : *nics) {
+        if (absl::EqualsIgnoreCase(n.mac, mac) && options_.host_networks->LooksOwned(n.bridge)) {
+          bridges.push_back(n.bridge);
+        }
+      }
+    }
+  }
+  std::unique_lock<std::mutex> lock(define_mu_, std::defer_lock);
+  if (!bridges.empty()) lock.lock();
   if (auto s = hv_.DetachNic(domain, mac); !s.ok()) return s;
   Log()->info("domain {}: NIC {} detached", domain, mac);
+  ReleaseHostNetworks(bridges);
   return absl::OkStatus();
 }
 
@@ -441,8 +537,18 @@ absl::Status DomainService::DeleteJournalled(uint64_t op, const hv::DomainInfo& 
     if (auto s = hv_.DestroyDomain(name); !s.ok()) return s;
     HVAGENT_FAILPOINT("delete.after_destroy");
   }
+  // The bridges it used, read before it goes: the ones the agent made may go with it.
+  std::vector<std::string> bridges;
+  if (options_.host_networks != nullptr) {
+    if (auto nics = hv_.GetDomainNics(name); nics.ok()) {
+      for (const hv::NicSpec& n : *nics) {
+        if (!n.bridge.empty() && options_.host_networks->LooksOwned(n.bridge)) bridges.push_back(n.bridge);
+      }
+    }
+  }
   if (auto s = journal_->Step(op, StepOf("undefine")); !s.ok()) return s;
   if (auto s = hv_.UndefineDomain(name); !s.ok()) return s;
+  ReleaseHostNetworks(bridges);
   HVAGENT_FAILPOINT("delete.after_undefine");
   Log()->info("deleted domain {}", name);
   for (const storage::VolumeInfo& v : volumes) {

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "agent/service/admission.h"
+#include "agent/service/host_networks.h"
 #include "agent/service/journal.h"
 #include "agent/service/network_policy.h"
 #include "agent/service/storage_service.h"
@@ -49,6 +50,9 @@ class DomainService {
     std::optional<CapacityPolicy> admission;
     // Which bridges NICs may join ([network]); the default allows any Linux bridge, no OVS.
     NetworkPolicy networks;
+    // Makes the VLAN/VXLAN networks vlan and vxlan NICs ask for (host_networks.h). Null: such
+    // NICs are refused (PERMISSION_DENIED).
+    HostNetworks* host_networks = nullptr;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
@@ -134,6 +138,17 @@ class DomainService {
                                                   const std::vector<DiskVolume>& volumes, bool* settled);
   absl::Status DeleteJournalled(uint64_t op, const hv::DomainInfo& info, bool force, bool delete_volumes,
                                 const std::vector<storage::VolumeInfo>& volumes);
+  // Fills in the agent's bridge of every vlan/vxlan NIC (PermissionDenied naming the field for
+  // a physical interface the configuration does not list).
+  absl::Status ResolveHostNetworks(const std::string& field_prefix, std::vector<hv::NicSpec>& nics) const;
+  // Makes the networks of `nics` (Ensure); `made` gets the bridges this call made. All or
+  // nothing: on failure, what it made is removed again.
+  absl::Status EnsureHostNetworks(const std::string& field_prefix, const std::vector<hv::NicSpec>& nics,
+                                  std::vector<std::string>* made);
+  // Removes each of `bridges` the agent made when no domain's definition names it any more
+  // (the domains' definitions are the reference count, so it holds across restarts). When the
+  // domains cannot be listed nothing is removed. Best effort, logged.
+  void ReleaseHostNetworks(const std::vector<std::string>& bridges);
   Recovery RecoverCreate(const Journal::Operation& op);
   Recovery RecoverDelete(const Journal::Operation& op);
   // The domain `name` if it exists and carries `uuid`; nullopt when it does not exist or is

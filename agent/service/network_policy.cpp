@@ -25,7 +25,8 @@ absl::Status CheckNic(const NetworkPolicy& policy, absl::string_view field, cons
   if (!nic.ovs_bridge.empty() && !Listed(policy.ovs_bridges, nic.ovs_bridge)) {
     return NotAllowed(absl::StrCat(field, ".ovs.bridge"), nic.ovs_bridge, "ovs_bridges", policy.ovs_bridges);
   }
-  if (!nic.bridge.empty() && policy.bridges.has_value() && !Listed(*policy.bridges, nic.bridge)) {
+  // A vlan/vxlan NIC's bridge is the agent's own (host_networks.h), not a `bridges` entry.
+  if (!nic.bridge.empty() && !nic.host_network.has_value() && policy.bridges.has_value() && !Listed(*policy.bridges, nic.bridge)) {
     return NotAllowed(absl::StrCat(field, ".bridge"), nic.bridge, "bridges", *policy.bridges);
   }
   return absl::OkStatus();

@@ -432,8 +432,10 @@ void AddRootDisk(const Payload& p, v1::DomainSpec& spec) {
   }
 }
 
-// NICs: MAC from CloudStack; VLAN N -> the host's bridge for VLAN N; untagged -> network_bridge
-// or the libvirt network `network`. Any other broadcast URI is refused (VlanFromBroadcastUri).
+// NICs: MAC from CloudStack; VLAN N -> the host's bridge for VLAN N (vlan_bridge_map /
+// vlan_bridge_format) or else the agent's own VLAN network on physical_interface; VXLAN N -> the
+// agent's VXLAN network on physical_interface; untagged -> network_bridge or the libvirt network
+// `network`. Any other broadcast URI is refused (IsolationFromBroadcastUri).
 void AddNics(const Payload& p, v1::DomainSpec& spec) {
   std::string nic_model = Setting(p, "nic_model", "vdh");
   if (!nic_model.empty() && !ValidBridgeName(nic_model)) throw PayloadError("nic_model: invalid");
@@ -460,9 +462,32 @@ void AddNics(const Payload& p, v1::DomainSpec& spec) {
         nic->set_mac(mac);
       }
       if (!nic_model.empty()) nic->set_model(nic_model);
-      auto vlan = VlanFromBroadcastUri(Field(n, "broadcastUri"));
-      if (vlan) {
-        nic->set_bridge(BridgeForVlan(p, *vlan));
+      const Isolation iso = IsolationFromBroadcastUri(Field(n, "broadcastUri"));
+      // The agent's own VLAN/VXLAN networks on this physical interface (it must be in the
+      // agent's [network] physical_interfaces); a pre-made bridge from vlan_bridge_map /
+      // vlan_bridge_format overrides it for a VLAN.
+      const std::string physical = Setting(p, "physical_interface", "he");
+      if (!physical.empty() && !ValidBridgeName(physical)) {
+        throw PayloadError("physical_interface: '" + physical + "' is not a valid interface name");
+      }
+      if (iso.kind == Isolation::Kind::kVxlan) {
+        if (physical.empty()) {
+          throw PayloadError("broadcastUri '" + Field(n, "broadcastUri").substr(0, 64) + "' (" + where +
+                             "): needs the host detail physical_interface (the agent makes the VXLAN network on it)");
+        }
+        nic->mutable_vxlan()->set_physical(physical);
+        nic->mutable_vxlan()->set_id(iso.id);
+      } else if (iso.kind == Isolation::Kind::kVlan) {
+        // A bridge the operator made for this VLAN (vlan_bridge_map, vlan_bridge_format) wins.
+        const std::string map_text = Setting(p, "vlan_bridge_map", "he");
+        const bool premade = !Setting(p, "vlan_bridge_format", "he").empty() ||
+                             (!map_text.empty() && ParseVlanMap(map_text).count(static_cast<int>(iso.id)) != 0);
+        if (!physical.empty() && !premade) {
+          nic->mutable_vlan()->set_physical(physical);
+          nic->mutable_vlan()->set_id(iso.id);
+        } else {
+          nic->set_bridge(BridgeForVlan(p, static_cast<int>(iso.id)));
+        }
       } else if (auto br = Setting(p, "network_bridge", "he"); !br.empty()) {
         if (!ValidBridgeName(br)) throw PayloadError("network_bridge: '" + br + "' is not a valid bridge name");
         nic->set_bridge(br);
@@ -553,28 +578,34 @@ bool IsLoopbackAddress(const std::string& address) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "[::1]";
 }
 
-std::optional<int> VlanFromBroadcastUri(const std::string& uri) {
+Isolation IsolationFromBroadcastUri(const std::string& uri) {
   // No URI at all: a NIC of an untagged network (basic zones send none).
-  if (uri.empty()) return std::nullopt;
-  // Anything hvagent cannot honour exactly is refused: an isolated network (vxlan://, pvlan://,
-  // lswitch:, ...) put on the untagged bridge would join the tenant to the shared network.
-  const std::string prefix = "vlan://";
-  if (Lower(uri.substr(0, prefix.size())) != prefix) {
+  if (uri.empty()) return {};
+  // Anything hvagent cannot honour exactly is refused: an isolated network (pvlan://, lswitch:,
+  // ...) put on the untagged bridge would join the tenant to the shared network.
+  const std::string lower = Lower(uri);
+  const bool vlan = lower.rfind("vlan://", 0) == 0;
+  const bool vxlan = lower.rfind("vxlan://", 0) == 0;
+  if (!vlan && !vxlan) {
     auto colon = uri.find(':');
     std::string scheme = colon == std::string::npos ? uri : uri.substr(0, colon);
     if (scheme.size() > 32) scheme = scheme.substr(0, 32) + "...";
     throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': the '" + scheme +
-                       "' isolation is not supported by hvagent (only vlan://N and vlan://untagged); refused rather "
-                       "than put the NIC on the untagged bridge");
+                       "' isolation is not supported by hvagent (only vlan://N, vlan://untagged and vxlan://N); "
+                       "refused rather than put the NIC on the untagged bridge");
   }
-  std::string rest = uri.substr(prefix.size());
-  if (Lower(rest) == "untagged") return std::nullopt;
-  int vlan = 0;
-  auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), vlan);
-  if (rest.empty() || ec != std::errc() || ptr != rest.data() + rest.size() || vlan < 1 || vlan > 4094)
-    throw PayloadError("broadcastUri '" + uri.substr(0, 64) + "': VLAN must be 1..4094 or untagged");
-  return vlan;
+  std::string rest = uri.substr(vlan ? 7 : 8);
+  if (vlan && Lower(rest) == "untagged") return {};
+  const uint32_t max = vlan ? 4094 : 16777215;
+  uint32_t id = 0;
+  auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), id);
+  if (rest.empty() || ec != std::errc() || ptr != rest.data() + rest.size() || id < 1 || id > max) {
+    throw PayloadError("broadcastUri '" + uri.substr(0, 64) +
+                       (vlan ? "': VLAN must be 1..4094 or untagged" : "': VNI must be 1..16777215"));
+  }
+  return {vlan ? Isolation::Kind::kVlan : Isolation::Kind::kVxlan, id};
 }
+
 
 uint64_t ParseUnsigned(const std::string& text, const std::string& field) {
   if (text.empty()) throw PayloadError(field + ": missing");

@@ -132,10 +132,18 @@ bool ValidAbsolutePath(const std::string& s);
 bool ValidAddress(const std::string& s);
 bool IsLoopbackAddress(const std::string& address);
 
-// "vlan://100" -> 100; "vlan://untagged" or "" -> nullopt (untagged). Throws PayloadError for
-// any other scheme (vxlan://, pvlan://, lswitch:, ...) and for a VLAN outside 1..4094: a network
-// the extension cannot isolate exactly must never fall back to the untagged bridge.
-std::optional<int> VlanFromBroadcastUri(const std::string& uri);
+// A NIC's isolation as its broadcastUri says: untagged, a VLAN or a VXLAN segment.
+struct Isolation {
+  enum class Kind { kUntagged, kVlan, kVxlan };
+  Kind kind = Kind::kUntagged;
+  uint32_t id = 0;  // VLAN 1..4094 / VNI 1..16777215
+};
+
+// "vlan://100" -> VLAN 100; "vxlan://5000" -> VNI 5000; "vlan://untagged" or "" -> untagged.
+// Throws PayloadError for any other scheme (pvlan://, lswitch:, ...) and for an id out of range:
+// a network the extension cannot isolate exactly must never fall back to the untagged bridge.
+Isolation IsolationFromBroadcastUri(const std::string& uri);
+
 
 // Parses an unsigned decimal (string or JSON number text); throws PayloadError naming `field`.
 uint64_t ParseUnsigned(const std::string& text, const std::string& field);

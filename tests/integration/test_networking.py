@@ -219,8 +219,20 @@ class OvsNetworkingTest(AgentTestCase):
             (ovs_nic(interface_id="not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT, "ovs.interface_id"),
             (ovs_nic(bridge="hvovs9"), grpc.StatusCode.PERMISSION_DENIED, "ovs.bridge"),
             (domain_pb2.Nic(bridge="br0"), grpc.StatusCode.PERMISSION_DENIED, "bridge"),
+            # The agent makes VLAN/VXLAN networks only on [network] physical_interfaces (none
+            # here), and checks the ids and names before that.
             (domain_pb2.Nic(vlan=domain_pb2.VlanNetwork(physical="eth0", id=100)),
-             grpc.StatusCode.UNIMPLEMENTED, "vlan"),
+             grpc.StatusCode.PERMISSION_DENIED, "vlan.physical"),
+            (domain_pb2.Nic(vxlan=domain_pb2.VxlanNetwork(physical="eth0", id=100)),
+             grpc.StatusCode.PERMISSION_DENIED, "vxlan.physical"),
+            (domain_pb2.Nic(vlan=domain_pb2.VlanNetwork(physical="eth0", id=0)),
+             grpc.StatusCode.INVALID_ARGUMENT, "vlan.id"),
+            (domain_pb2.Nic(vlan=domain_pb2.VlanNetwork(physical="eth0", id=4095)),
+             grpc.StatusCode.INVALID_ARGUMENT, "vlan.id"),
+            (domain_pb2.Nic(vxlan=domain_pb2.VxlanNetwork(physical="eth0", id=16777216)),
+             grpc.StatusCode.INVALID_ARGUMENT, "vxlan.id"),
+            (domain_pb2.Nic(vlan=domain_pb2.VlanNetwork(physical="eth0;reboot", id=10)),
+             grpc.StatusCode.INVALID_ARGUMENT, "vlan.physical"),
         ]
         for nic, code, field in cases:
             with self.subTest(nic=str(nic).replace("\n", " "), via="AttachNic"):

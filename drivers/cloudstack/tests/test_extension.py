@@ -378,7 +378,7 @@ class ExtensionTest(unittest.TestCase):
             def edit(doc):
                 doc["cloudstack.vm.details"]["nics"][0]["broadcastUri"] = uri
             return edit
-        for uri in ("vxlan://5000", "pvlan://100-i200", "lswitch:3f2a", "ovs://42", "vlan://", "vlan://0",
+        for uri in ("pvlan://100-i200", "lswitch:3f2a", "ovs://42", "vlan://", "vlan://0",
                     "vlan://4095", "vlan://100-i200", "vlan:// 100", "http://x"):
             for action in ("prepare", "create"):
                 with self.subTest(uri=uri, action=action):
@@ -391,6 +391,36 @@ class ExtensionTest(unittest.TestCase):
                 self.ok("create", "create.json", edit=nic0(uri))
                 self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
                 self.ok("delete", "delete.json")
+
+    def test_vlan_and_vxlan_become_the_agents_own_networks_on_physical_interface(self):
+        """Issue 21 item 6: with the host detail physical_interface, vxlan://N and vlan://N (when
+        no pre-made bridge is configured for N) become the agent's own VXLAN/VLAN networks. This
+        agent's configuration lists no physical interfaces, so the agent itself refuses them
+        naming the NIC's field: the NIC reached it as a vxlan/vlan NIC, and nothing was made."""
+        def nic0(uri, physical="eth1", premade=True):
+            def edit(doc):
+                doc["cloudstack.vm.details"]["nics"][0]["broadcastUri"] = uri
+                host = doc["externaldetails"]["host"]
+                if physical:
+                    host["physical_interface"] = physical
+                if not premade:
+                    del host["vlan_bridge_format"]
+            return edit
+        self.fails("create", "create.json", "spec.nics[0].vxlan.physical", "PERMISSION_DENIED",
+                   edit=nic0("vxlan://5000"))
+        self.fails("create", "create.json", "spec.nics[0].vlan.physical", "PERMISSION_DENIED",
+                   edit=nic0("vlan://300", premade=False))
+        # Without physical_interface there is nowhere to make a VXLAN: refused before the agent.
+        self.fails("create", "create.json", "broadcastUri 'vxlan://5000'", "INVALID_ARGUMENT",
+                   edit=nic0("vxlan://5000", physical=""))
+        self.fails("create", "create.json", "VNI must be 1..16777215", "INVALID_ARGUMENT",
+                   edit=nic0("vxlan://16777216"))
+        self.fails("create", "create.json", "physical_interface", "INVALID_ARGUMENT",
+                   edit=nic0("vxlan://5000", physical="eth1;reboot"))
+        # A pre-made bridge (vlan_bridge_format) still wins over the agent's own network.
+        self.ok("create", "create.json", edit=nic0("vlan://200"))
+        self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
+        self.ok("delete", "delete.json")
 
     def test_host_files_never_come_from_the_instance_details(self):
         """A tenant sets `details` on its own VM (deployVirtualMachine / updateVirtualMachine):

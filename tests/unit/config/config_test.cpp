@@ -136,6 +136,32 @@ ovs_bridges = ["br-int"]
   }
 }
 
+// The networks the agent makes: which interfaces, the bridges' prefixes, the MTU.
+TEST(ConfigNetwork, HostNetworkKeys) {
+  auto none = ParseConfigToml("");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->network_physical_interfaces.empty());  // none unless listed
+  EXPECT_EQ(none->network_vlan_bridge_prefix, "brvlan");
+  EXPECT_EQ(none->network_vxlan_bridge_prefix, "brvx");
+  EXPECT_EQ(none->network_mtu, 0u);
+  auto c = ParseConfigToml(
+      "[network]\nphysical_interfaces = [\"eth1\"]\nvlan_bridge_prefix = \"vl\"\nvxlan_bridge_prefix = \"vx\"\n"
+      "mtu = 9000\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->network_physical_interfaces, (std::vector<std::string>{"eth1"}));
+  EXPECT_EQ(c->network_vlan_bridge_prefix, "vl");
+  EXPECT_EQ(c->network_vxlan_bridge_prefix, "vx");
+  EXPECT_EQ(c->network_mtu, 9000u);
+  // A VXLAN bridge is the prefix and up to 8 digits in 15 bytes: at most 7 bytes of prefix.
+  for (const char* bad : {R"(physical_interfaces = ["eth1;x"])", R"(vxlan_bridge_prefix = "brvxlan1")",
+                          R"(vlan_bridge_prefix = "br/")", R"(vlan_bridge_prefix = "")", "mtu = 100",
+                          "mtu = 100000"}) {
+    auto r = ParseConfigToml(std::string("[network]\n") + bad + "\n");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(Msg(r.status()), HasSubstr("network.")) << bad;
+  }
+}
+
 TEST(ConfigDefaults, HostFilesOnlyFromDebiansFirmwareDirectories) {
   Config c;
   EXPECT_TRUE(c.image_dirs.empty());
