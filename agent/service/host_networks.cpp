@@ -66,63 +66,46 @@ absl::Status HostNetworks::Ip(std::vector<std::string> args) {
   return storage::RunChecked(runner_, c, absl::StrCat("ip ", label), IpErrors());
 }
 
-absl::StatusOr<HostNetworks::Link> HostNetworks::Show(const std::string& dev) {
+absl::StatusOr<std::vector<HostNetworks::Link>> HostNetworks::Links(const std::vector<std::string>& selector) {
   storage::Command c;
-  c.argv = {options_.ip, "-j", "link", "show", "dev", dev};
-  auto r = storage::RunTool(runner_, c, absl::StrCat("ip link show dev ", dev));
+  c.argv = {options_.ip, "-j", "link", "show"};
+  c.argv.insert(c.argv.end(), selector.begin(), selector.end());
+  const std::string label = absl::StrCat("ip link show ", absl::StrJoin(selector, " "));
+  auto r = storage::RunTool(runner_, c, label);
   if (!r.ok()) return r.status();
   if (r->exit_code != 0) {
-    if (absl::StrContains(r->stderr_text, "does not exist")) return Link{};
-    return storage::ToolFailed(absl::StrCat("ip link show dev ", dev), *r, IpErrors());
+    if (absl::StrContains(r->stderr_text, "does not exist")) return absl::NotFoundError(label);
+    return storage::ToolFailed(label, *r, IpErrors());
   }
-  google::protobuf::ListValue list;
-  if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok() || list.values_size() != 1) {
-    return absl::InternalError(absl::StrCat("ip link show dev ", dev, ": unreadable answer"));
-  }
-  const auto& fields = list.values(0).struct_value().fields();
-  auto alias = fields.find("ifalias");
-  return Link{true, alias != fields.end() && alias->second.string_value() == kHostNetworkAlias};
-}
-
-absl::StatusOr<std::vector<std::pair<std::string, bool>>> HostNetworks::Ports(const std::string& bridge) {
-  storage::Command c;
-  c.argv = {options_.ip, "-j", "link", "show", "master", bridge};
-  auto r = storage::RunTool(runner_, c, absl::StrCat("ip link show master ", bridge));
-  if (!r.ok()) return r.status();
-  if (r->exit_code != 0) return storage::ToolFailed(absl::StrCat("ip link show master ", bridge), *r, IpErrors());
   google::protobuf::ListValue list;
   if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok()) {
-    return absl::InternalError(absl::StrCat("ip link show master ", bridge, ": unreadable answer"));
+    return absl::InternalError(absl::StrCat(label, ": unreadable answer"));
   }
-  std::vector<std::pair<std::string, bool>> ports;
+  std::vector<Link> links;
   for (const auto& v : list.values()) {
     const auto& fields = v.struct_value().fields();
     auto name = fields.find("ifname");
     auto alias = fields.find("ifalias");
-    ports.emplace_back(name == fields.end() ? std::string() : name->second.string_value(),
-                       alias != fields.end() && alias->second.string_value() == kHostNetworkAlias);
+    links.push_back({name == fields.end() ? std::string() : name->second.string_value(),
+                     alias != fields.end() && alias->second.string_value() == kHostNetworkAlias});
   }
-  return ports;
+  return links;
+}
+
+absl::StatusOr<std::optional<HostNetworks::Link>> HostNetworks::Show(const std::string& dev) {
+  auto links = Links({"dev", dev});
+  if (absl::IsNotFound(links.status())) return std::nullopt;
+  if (!links.ok()) return links.status();
+  if (links->size() != 1) return absl::InternalError(absl::StrCat("ip link show dev ", dev, ": unreadable answer"));
+  return links->front();
 }
 
 absl::StatusOr<std::vector<std::string>> HostNetworks::OwnedBridges() {
-  storage::Command c;
-  c.argv = {options_.ip, "-j", "link", "show", "type", "bridge"};
-  auto r = storage::RunTool(runner_, c, "ip link show type bridge");
-  if (!r.ok()) return r.status();
-  if (r->exit_code != 0) return storage::ToolFailed("ip link show type bridge", *r, IpErrors());
-  google::protobuf::ListValue list;
-  if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok()) {
-    return absl::InternalError("ip link show type bridge: unreadable answer");
-  }
+  auto links = Links({"type", "bridge"});
+  if (!links.ok()) return links.status();
   std::vector<std::string> out;
-  for (const auto& v : list.values()) {
-    const auto& fields = v.struct_value().fields();
-    auto name = fields.find("ifname");
-    auto alias = fields.find("ifalias");
-    if (name != fields.end() && alias != fields.end() && alias->second.string_value() == kHostNetworkAlias) {
-      out.push_back(name->second.string_value());
-    }
+  for (const Link& l : *links) {
+    if (l.ours && !l.name.empty()) out.push_back(l.name);
   }
   return out;
 }
@@ -140,7 +123,7 @@ absl::StatusOr<bool> HostNetworks::Ensure(absl::string_view field, const hv::Hos
   auto up = Show(uplink);
   if (!up.ok()) return up.status();
   for (const auto& [name, link] : {std::pair{*bridge, *br}, std::pair{uplink, *up}}) {
-    if (link.exists && !link.ours) {
+    if (link.has_value() && !link->ours) {
       return absl::FailedPreconditionError(absl::StrCat(
           field, ": interface '", name, "' exists and was not made by this agent; it is left alone"));
     }
@@ -148,12 +131,12 @@ absl::StatusOr<bool> HostNetworks::Ensure(absl::string_view field, const hv::Hos
   bool made_bridge = false;
   bool made_uplink = false;
   auto step = [&]() -> absl::Status {
-    if (!br->exists) {
+    if (!br->has_value()) {
       if (auto s = Ip({"link", "add", "name", *bridge, "type", "bridge"}); !s.ok()) return s;
       made_bridge = true;
       if (auto s = Ip({"link", "set", "dev", *bridge, "alias", std::string(kHostNetworkAlias)}); !s.ok()) return s;
     }
-    if (!up->exists) {
+    if (!up->has_value()) {
       absl::Status s =
           IsVlan(net)
               ? Ip({"link", "add", "link", net.physical, "name", uplink, "type", "vlan", "id", std::to_string(net.id)})
@@ -185,17 +168,17 @@ absl::StatusOr<bool> HostNetworks::Ensure(absl::string_view field, const hv::Hos
 absl::Status HostNetworks::RemoveIfOwned(const std::string& bridge) {
   auto br = Show(bridge);
   if (!br.ok()) return br.status();
-  if (!br->exists || !br->ours) return absl::OkStatus();
-  auto ports = Ports(bridge);
+  if (!br->has_value() || !(*br)->ours) return absl::OkStatus();
+  auto ports = Links({"master", bridge});
   if (!ports.ok()) return ports.status();
-  for (const auto& [name, ours] : *ports) {
-    if (!ours) {
-      Log()->info("host network {} kept: port {} is not the agent's", bridge, name);
+  for (const Link& port : *ports) {
+    if (!port.ours) {
+      Log()->info("host network {} kept: port {} is not the agent's", bridge, port.name);
       return absl::OkStatus();
     }
   }
-  for (const auto& [name, ours] : *ports) {
-    if (auto s = Ip({"link", "del", "dev", name}); !s.ok()) return s;
+  for (const Link& port : *ports) {
+    if (auto s = Ip({"link", "del", "dev", port.name}); !s.ok()) return s;
   }
   if (auto s = Ip({"link", "del", "dev", bridge}); !s.ok()) return s;
   Log()->info("removed host network {}", bridge);

@@ -12,6 +12,7 @@
 // remove a bridge only when none uses it; a bridge with any port the agent did not make (a
 // foreign guest's tap, an operator's interface) is kept too.
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,13 +66,16 @@ class HostNetworks {
   bool LooksOwned(const std::string& bridge) const;
 
  private:
+  // A device `ip -j link show` lists: its name, and whether it carries the agent's alias.
   struct Link {
-    bool exists = false;
+    std::string name;
     bool ours = false;
   };
-  absl::StatusOr<Link> Show(const std::string& dev);
-  // Names and ownership of the ports enslaved to `bridge`.
-  absl::StatusOr<std::vector<std::pair<std::string, bool>>> Ports(const std::string& bridge);
+  // `ip -j link show <selector...>` read into Links. A device it names that does not exist is
+  // NOT_FOUND; any other failure is the tool's.
+  absl::StatusOr<std::vector<Link>> Links(const std::vector<std::string>& selector);
+  // `dev`, or nullopt when there is no such device.
+  absl::StatusOr<std::optional<Link>> Show(const std::string& dev);
   absl::Status Ip(std::vector<std::string> args);
   void Delete(const std::string& dev);
 
