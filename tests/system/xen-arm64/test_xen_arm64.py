@@ -254,7 +254,17 @@ class XenArm64(unittest.TestCase):
     def test_23b_guest_statistics(self):
         """libxl has no bulk statistics call: these come from the agent's per-domain fallback."""
         self.need_agent()
-        stats = self.api("GET", f"/v1/stats/domains/{GUEST}")
+        # The agent hands out one sample for up to [metrics] max_age (1 s), so a read just after
+        # the marker can return a sample taken while the guest's dd was still running (seen in
+        # CI: 397312 of 1048576 bytes). Ask again until blkback's count has reached the guest's
+        # read, or 20 s have passed; the assertions below then judge the last answer.
+        deadline = time.monotonic() + 20
+        while True:
+            stats = self.api("GET", f"/v1/stats/domains/{GUEST}")
+            disks = (stats.get("domains") or [{}])[0].get("disks") or [{}]
+            if int(disks[0].get("read_bytes", 0)) >= 1 << 20 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         doms = stats.get("domains", [])
         self.assertEqual([d.get("name") for d in doms], [GUEST], stats)
         g = doms[0]
