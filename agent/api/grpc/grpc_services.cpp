@@ -64,6 +64,15 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const 
   return authz->FromPeerCertificate(leaf, chain);
 }
 
+// The callback form of the same call, run inline (see DomainServiceBase for which RPCs may).
+#define HVAGENT_INLINE_UNARY(Service, Method, Request, Response)                                     \
+  grpc::ServerUnaryReactor* Service##GrpcService::Method(grpc::CallbackServerContext* ctx, const Request* req, \
+                                                          Response* out) {                         \
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();                                     \
+    reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1." #Service "Service/" #Method, *req, out));  \
+    return reactor;                                                                                \
+  }
+
 #define HVAGENT_UNARY(Service, Method, Request, Response)                                                  \
   grpc::Status Service##GrpcService::Method(grpc::ServerContext* ctx, const Request* req, Response* out) { \
     return Unary(pipeline_, ctx, "hvagent.v1." #Service "Service/" #Method, *req, out);                  \
@@ -72,8 +81,8 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const 
 HVAGENT_UNARY(Host, GetHost, v1::GetHostRequest, v1::Host)
 HVAGENT_UNARY(Host, GetCapacity, v1::GetCapacityRequest, v1::Capacity)
 HVAGENT_UNARY(Domain, CreateDomain, v1::CreateDomainRequest, v1::Domain)
-HVAGENT_UNARY(Domain, GetDomain, v1::GetDomainRequest, v1::Domain)
-HVAGENT_UNARY(Domain, ListDomains, v1::ListDomainsRequest, v1::ListDomainsResponse)
+HVAGENT_INLINE_UNARY(Domain, GetDomain, v1::GetDomainRequest, v1::Domain)
+HVAGENT_INLINE_UNARY(Domain, ListDomains, v1::ListDomainsRequest, v1::ListDomainsResponse)
 HVAGENT_UNARY(Domain, StartDomain, v1::DomainRef, v1::Domain)
 HVAGENT_UNARY(Domain, ShutdownDomain, v1::ShutdownDomainRequest, v1::ShutdownDomainResponse)
 HVAGENT_UNARY(Domain, DestroyDomain, v1::DomainRef, v1::Domain)

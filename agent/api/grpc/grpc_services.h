@@ -31,12 +31,24 @@ class HostGrpcService final : public v1::HostService::Service {
   ops::Pipeline pipeline_;
 };
 
-class DomainGrpcService final : public v1::DomainService::Service {
+// GetDomain and ListDomains are answered from the event-fed domain view (hypervisor/
+// domain_view.h), in memory, so they run on gRPC's callback API, inline on the thread that read
+// the request. On the synchronous server's thread pool they waited for its dispatch, which
+// stalled about 90 ms every 2 s or so (issue 25; docs/performance.md has the measurement). Only
+// reads that never wait on libvirt or a tool belong here: a callback that blocks holds up gRPC's
+// own I/O. The one wait left is the view's rebuild after a libvirtd reconnect (at most
+// DomainView::Options::rebuild_wait, 2 s), after which the read answers UNAVAILABLE.
+using DomainServiceBase = v1::DomainService::WithCallbackMethod_GetDomain<
+    v1::DomainService::WithCallbackMethod_ListDomains<v1::DomainService::Service>>;
+
+class DomainGrpcService final : public DomainServiceBase {
  public:
   explicit DomainGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
   grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
-  grpc::Status GetDomain(grpc::ServerContext*, const v1::GetDomainRequest*, v1::Domain*) override;
-  grpc::Status ListDomains(grpc::ServerContext*, const v1::ListDomainsRequest*, v1::ListDomainsResponse*) override;
+  grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext*, const v1::GetDomainRequest*,
+                                      v1::Domain*) override;
+  grpc::ServerUnaryReactor* ListDomains(grpc::CallbackServerContext*, const v1::ListDomainsRequest*,
+                                        v1::ListDomainsResponse*) override;
   grpc::Status StartDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ShutdownDomain(grpc::ServerContext*, const v1::ShutdownDomainRequest*,
                               v1::ShutdownDomainResponse*) override;

@@ -97,6 +97,40 @@ TEST_F(GrpcServicesTest, CreateReturnsDomainAndEchoesRequestId) {
   EXPECT_EQ(std::string(it->second.data(), it->second.size()), "req-42");
 }
 
+// GetDomain and ListDomains run on the callback API (DomainServiceBase): the same pipeline, so
+// the same request id, answers and error codes as every other RPC.
+TEST_F(GrpcServicesTest, InlineReadsEchoRequestIdAndAnswerLikeTheOthers) {
+  v1::Domain d;
+  ASSERT_TRUE(Create("web1", 1, 64, true, &d).ok());
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("x-request-id", "req-get");
+  v1::GetDomainRequest get;
+  get.set_name("web1");
+  v1::Domain got;
+  ASSERT_TRUE(domains_stub_->GetDomain(&ctx, get, &got).ok());
+  EXPECT_EQ(got.name(), "web1");
+  EXPECT_EQ(got.state(), v1::DOMAIN_STATE_RUNNING);
+  auto md = ctx.GetServerInitialMetadata();
+  auto it = md.find("x-request-id");
+  ASSERT_NE(it, md.end());
+  EXPECT_EQ(std::string(it->second.data(), it->second.size()), "req-get");
+
+  grpc::ClientContext lctx;
+  lctx.AddMetadata("x-request-id", "req-list");
+  v1::ListDomainsResponse list;
+  ASSERT_TRUE(domains_stub_->ListDomains(&lctx, v1::ListDomainsRequest(), &list).ok());
+  ASSERT_EQ(list.domains_size(), 1);
+  EXPECT_EQ(list.domains(0).name(), "web1");
+  auto lmd = lctx.GetServerInitialMetadata();
+  ASSERT_NE(lmd.find("x-request-id"), lmd.end());
+  EXPECT_EQ(std::string(lmd.find("x-request-id")->second.data(), lmd.find("x-request-id")->second.size()), "req-list");
+
+  grpc::ClientContext bad;
+  get.set_name("bad name");
+  grpc::Status s = domains_stub_->GetDomain(&bad, get, &got);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+}
+
 std::map<std::string, std::string> LabelsOf(const v1::Domain& d) {
   return std::map<std::string, std::string>(d.labels().begin(), d.labels().end());
 }
