@@ -165,6 +165,50 @@ class OvsNetworkingTest(AgentTestCase):
         self.assertFalse(self.run_on("a", "ping -c 3 -W 2 10.77.0.3"), "a reached c across VLANs")
         self.assertFalse(self.run_on("c", "ping -c 3 -W 2 10.77.0.2"), "c reached b across VLANs")
 
+    def test_trunk_uplink_in_another_namespace_sees_the_agent_s_tags(self):
+        # A veth pair: one end an untagged (trunk) port of the OVS bridge, as a host's uplink to
+        # the physical network would be; the other end in a namespace of its own, where tcpdump
+        # reads the frames the switch sends out. Broadcast ARP for an address nobody has is
+        # flooded to the trunk, so each guest's frames show up there with its port's tag.
+        ns = "hvnet-trk-" + uuid.uuid4().hex[:6]
+        host_end, ns_end = "hvtrk" + uuid.uuid4().hex[:4], "hvtrp" + uuid.uuid4().hex[:4]
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        dump = None
+        try:
+            subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end,
+                            "netns", ns], check=True)
+            subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", ns_end, "up"], check=True)
+            ovs("add-port", BRIDGE, host_end)
+            self.assertEqual(ovs("get", "Port", host_end, "tag"), "[]")
+            dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", ns_end, "-e", "-n",
+                                     "-l", "--immediate-mode", "-Z", "root"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(2)  # tcpdump has the socket open before the guests send
+            self.run_on("a", "ping -c 3 -W 1 10.77.0.201")
+            self.run_on("c", "ping -c 3 -W 1 10.77.0.203")
+            time.sleep(1)
+            dump.terminate()
+            out, err = dump.communicate(timeout=20)
+        finally:
+            if dump and dump.poll() is None:
+                dump.kill()
+                dump.wait()
+            ovs("--if-exists", "del-port", BRIDGE, host_end, check=False)
+            subprocess.run(["ip", "link", "del", host_end], check=False)
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        from_a = [l for l in out.splitlines() if "who-has 10.77.0.201 tell 10.77.0.1" in l]
+        from_c = [l for l in out.splitlines() if "who-has 10.77.0.203 tell 10.77.0.3" in l]
+        self.assertTrue(from_a, f"no ARP from guest a on the trunk: {out[-2000:]!r} {err[-500:]!r}")
+        self.assertTrue(from_c, f"no ARP from guest c on the trunk: {out[-2000:]!r}")
+        # Every one of them tagged: 802.1Q with a's port tag (100) and c's (200), none untagged.
+        for line in from_a:
+            self.assertIn("ethertype 802.1Q (0x8100)", line)
+            self.assertRegex(line, r"vlan 100,")
+        for line in from_c:
+            self.assertIn("ethertype 802.1Q (0x8100)", line)
+            self.assertRegex(line, r"vlan 200,")
+
     def test_hotplug_into_a_running_guest_and_unplug(self):
         c = self.names["c"]
         iface_id = str(uuid.uuid4())
