@@ -24,7 +24,7 @@ test_pkgs=(
   python3-nova python3-os-vif python3-oslotest python3-fixtures python3-testtools python3-ddt
   python3-wsgi-intercept python3-requests-mock python3-testscenarios python3-osprofiler
   openapi-specification python3-jsonschema python3-yaml
-  openvswitch-switch
+  openvswitch-switch tcpdump
   libjs-xterm python3-websocket chromium
   python3-pip python3-wheel python3-setuptools
 )

@@ -17,6 +17,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -51,8 +52,10 @@ int Usage() {
                "  resize NAME [--vcpus N] [--memory-mib M]  (running: within its maximums)\n"
                "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
                "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
-               "  nic-attach NAME (--bridge BR | --network NET | --ovs BR --iface-id UUID [--vlan N])\n"
-               "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running)\n"
+               "  nic-attach NAME (--bridge BR | --network NET | --ovs BR --iface-id UUID [--vlan N]\n"
+               "                   | --vlan-physical IF --vlan-id N | --vxlan-id N --vxlan-physical IF)\n"
+               "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
+               "             the agent makes the network on IF, one of its [network] physical_interfaces)\n"
                "  nic-detach NAME MAC\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
@@ -338,6 +341,9 @@ int main(int argc, char** argv) {
     v1::AttachNicRequest req;
     req.set_domain(arg1);
     v1::Nic* nic = req.mutable_nic();
+    // The Nic's attachment is a oneof: flags of two kinds (--bridge with --vlan-id, say) would
+    // silently keep only the last kind, so they are a usage error instead.
+    std::set<std::string> kinds;
     for (size_t i = 2; i < args.size(); i += 2) {
       if (i + 1 >= args.size()) return Usage();
       const std::string& flag = args[i];
@@ -346,15 +352,32 @@ int main(int argc, char** argv) {
       const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
       const bool number = ec == std::errc() && end == value.data() + value.size();
       if (flag == "--bridge") {
+        kinds.insert("bridge");
         nic->set_bridge(value);
       } else if (flag == "--network") {
+        kinds.insert("network");
         nic->set_network(value);
       } else if (flag == "--ovs") {
+        kinds.insert("ovs");
         nic->mutable_ovs()->set_bridge(value);
       } else if (flag == "--iface-id") {
+        kinds.insert("ovs");
         nic->mutable_ovs()->set_interface_id(value);
       } else if (flag == "--vlan" && number) {
+        kinds.insert("ovs");
         nic->mutable_ovs()->set_vlan(n);
+      } else if (flag == "--vlan-physical") {
+        kinds.insert("vlan");
+        nic->mutable_vlan()->set_physical(value);
+      } else if (flag == "--vlan-id" && number) {
+        kinds.insert("vlan");
+        nic->mutable_vlan()->set_id(n);
+      } else if (flag == "--vxlan-physical") {
+        kinds.insert("vxlan");
+        nic->mutable_vxlan()->set_physical(value);
+      } else if (flag == "--vxlan-id" && number) {
+        kinds.insert("vxlan");
+        nic->mutable_vxlan()->set_id(n);
       } else if (flag == "--mtu" && number) {
         nic->set_mtu(n);
       } else if (flag == "--mac") {
@@ -364,6 +387,12 @@ int main(int argc, char** argv) {
       } else {
         return Usage();
       }
+    }
+    if (kinds.size() > 1) {
+      std::string got;
+      for (const std::string& k : kinds) got += (got.empty() ? "" : ", ") + k;
+      std::cerr << "hvctl: nic-attach: one of --bridge, --network, --ovs, --vlan-*, --vxlan-* (got " << got << ")\n";
+      return Usage();
     }
     deadline(ctx, 60);
     v1::Nic r;

@@ -489,13 +489,19 @@ void AddNics(const Payload& p, v1::DomainSpec& spec) {
           nic->set_bridge(BridgeForVlan(p, static_cast<int>(iso.id)));
         }
       } else if (auto br = Setting(p, "network_bridge", "he"); !br.empty()) {
+        // Untagged (vlan://untagged or no URI) is the host's one shared network: the operator's
+        // network_bridge (CloudStack's guest bridge, cloudbr0), else the libvirt network. Never
+        // physical_interface: the agent would have to enslave the host's own uplink to a bridge
+        // of its making, taking the host's addresses off it, and it makes only tagged networks.
         if (!ValidBridgeName(br)) throw PayloadError("network_bridge: '" + br + "' is not a valid bridge name");
         nic->set_bridge(br);
       } else if (auto net = Setting(p, "network", "he"); !net.empty()) {
         if (!ValidDomainName(net)) throw PayloadError("network: '" + net + "' is not a valid network name");
         nic->set_network(net);
       } else {
-        throw PayloadError(where + ": untagged NIC but the host has neither network_bridge nor network");
+        throw PayloadError(where + ": untagged NIC (broadcastUri '" + Field(n, "broadcastUri").substr(0, 64) +
+                           "') but the host has neither network_bridge nor network (physical_interface is "
+                           "only for vlan://N and vxlan://N)");
       }
     }
   }

@@ -165,6 +165,87 @@ class OvsNetworkingTest(AgentTestCase):
         self.assertFalse(self.run_on("a", "ping -c 3 -W 2 10.77.0.3"), "a reached c across VLANs")
         self.assertFalse(self.run_on("c", "ping -c 3 -W 2 10.77.0.2"), "c reached b across VLANs")
 
+    def capture_on_trunk(self, act):
+        """A veth pair: one end an untagged (trunk) port of the OVS bridge, as a host's uplink to
+        the physical network would be; the other end in a namespace of its own, where tcpdump
+        reads what the switch sends out while act(ns, ns_end) runs. Returns tcpdump's lines."""
+        ns = "hvnet-trk-" + uuid.uuid4().hex[:6]
+        host_end, ns_end = "hvtrk" + uuid.uuid4().hex[:4], "hvtrp" + uuid.uuid4().hex[:4]
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        dump = None
+        try:
+            subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end,
+                            "netns", ns], check=True)
+            subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", ns_end, "up"], check=True)
+            ovs("add-port", BRIDGE, host_end)
+            self.assertEqual(ovs("get", "Port", host_end, "tag"), "[]")
+            dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", ns_end, "-e", "-n",
+                                     "-l", "--immediate-mode", "-Z", "root"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(2)  # tcpdump has its socket open before anything is sent
+            act(ns, ns_end)
+            time.sleep(1)
+            dump.terminate()
+            out, err = dump.communicate(timeout=20)
+        finally:
+            if dump and dump.poll() is None:
+                dump.kill()
+                dump.wait()
+            ovs("--if-exists", "del-port", BRIDGE, host_end, check=False)
+            subprocess.run(["ip", "link", "del", host_end], check=False)
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        self.assertIn("listening on", err)
+        return out.splitlines()
+
+    def test_trunk_uplink_in_another_namespace_sees_the_agent_s_tags(self):
+        # Broadcast ARP for an address nobody has is flooded to the trunk, so each guest's frames
+        # show up there with its port's tag.
+        def act(ns, ns_end):
+            self.run_on("a", "ping -c 3 -W 1 10.77.0.201")
+            self.run_on("c", "ping -c 3 -W 1 10.77.0.203")
+        lines = self.capture_on_trunk(act)
+        from_a = [l for l in lines if "who-has 10.77.0.201 tell 10.77.0.1" in l]
+        from_c = [l for l in lines if "who-has 10.77.0.203 tell 10.77.0.3" in l]
+        self.assertTrue(from_a, f"no ARP from guest a on the trunk: {lines[-30:]}")
+        self.assertTrue(from_c, f"no ARP from guest c on the trunk: {lines[-30:]}")
+        # Every one of them tagged: 802.1Q with a's port tag (100) and c's (200), none untagged.
+        for line in from_a:
+            self.assertIn("ethertype 802.1Q (0x8100)", line)
+            self.assertRegex(line, r"vlan 100,")
+        for line in from_c:
+            self.assertIn("ethertype 802.1Q (0x8100)", line)
+            self.assertRegex(line, r"vlan 200,")
+
+    def test_tagged_frames_from_the_trunk_reach_only_that_vlan_s_guests(self):
+        # The other way: ARP requests sent into the trunk with an 802.1Q header (a raw socket in
+        # the namespace; this kernel has no VLAN devices). Guest b (VLAN 100) answers one tagged
+        # 100 for its address and c (VLAN 200) one tagged 200 for its own; asked for b's address
+        # on VLAN 200, or for c's on VLAN 100, nobody answers.
+        sender = os.path.join(os.path.dirname(os.path.abspath(__file__)), "send_tagged_arp.py")
+        asks = [(100, "10.77.0.2", "02:00:00:77:00:64"), (200, "10.77.0.2", "02:00:00:77:00:c8"),
+                (100, "10.77.0.3", "02:00:00:77:01:64"), (200, "10.77.0.3", "02:00:00:77:01:c8")]
+
+        def act(ns, ns_end):
+            for _ in range(3):  # the userspace datapath under TCG can drop the first
+                for vlan, target, mac in asks:
+                    subprocess.run(["ip", "netns", "exec", ns, "python3", sender, ns_end, str(vlan), mac,
+                                    "10.77.0.254", target], check=True, timeout=30)
+                time.sleep(1)
+        lines = self.capture_on_trunk(act)
+        replies = [l for l in lines if "Reply 10.77.0." in l]
+        b_on_100 = [l for l in replies if "Reply 10.77.0.2 is-at" in l and "> 02:00:00:77:00:64" in l]
+        self.assertTrue(b_on_100, f"guest b did not answer on VLAN 100: {lines[-30:]}")
+        for line in b_on_100:
+            self.assertRegex(line, r"ethertype 802\.1Q \(0x8100\).*vlan 100,")
+        # The control: VLAN 200's frames do get through, to c.
+        c_on_200 = [l for l in replies if "Reply 10.77.0.3 is-at" in l and "> 02:00:00:77:01:c8" in l]
+        self.assertTrue(c_on_200, f"guest c did not answer on VLAN 200: {lines[-30:]}")
+        for line in c_on_200:
+            self.assertRegex(line, r"ethertype 802\.1Q \(0x8100\).*vlan 200,")
+        self.assertFalse([l for l in replies if "> 02:00:00:77:00:c8" in l], "b answered on VLAN 200")
+        self.assertFalse([l for l in replies if "> 02:00:00:77:01:64" in l], "c answered on VLAN 100")
+
     def test_hotplug_into_a_running_guest_and_unplug(self):
         c = self.names["c"]
         iface_id = str(uuid.uuid4())

@@ -422,6 +422,28 @@ class ExtensionTest(unittest.TestCase):
         self.assertEqual(self.agent.domains()[VM]["state"], "DOMAIN_STATE_RUNNING")
         self.ok("delete", "delete.json")
 
+    def test_vlan_untagged_without_network_bridge_is_refused_even_with_physical_interface(self):
+        """Issue 21 item 6: vlan://untagged (and no URI) is the host's shared untagged network,
+        network_bridge (else the libvirt network `network`). physical_interface is no fallback:
+        the agent makes only tagged networks and never puts the host's own uplink into a bridge.
+        (That untagged lands on network_bridge with physical_interface set is checked on real
+        libvirt in test_extension_qemu's round trip.)"""
+        def untagged(uri):
+            def edit(doc):
+                doc["cloudstack.vm.details"]["nics"][0]["broadcastUri"] = uri
+                host = doc["externaldetails"]["host"]
+                host["physical_interface"] = "eth1"
+                del host["network_bridge"]
+            return edit
+        for uri in ("vlan://untagged", ""):
+            for action in ("prepare", "create"):
+                with self.subTest(uri=uri, action=action):
+                    out = self.fails(action, "create.json", "neither network_bridge nor network",
+                                     "INVALID_ARGUMENT", edit=untagged(uri))
+                    self.assertIn(f"broadcastUri '{uri}'", out["error"])
+                    self.assertIn("physical_interface is only for vlan://N and vxlan://N", out["error"])
+                    self.assertNotIn(VM, self.agent.domains())
+
     def test_host_files_never_come_from_the_instance_details(self):
         """A tenant sets `details` on its own VM (deployVirtualMachine / updateVirtualMachine):
         a host path there would hand the guest the host's disk or files. Refused before the agent

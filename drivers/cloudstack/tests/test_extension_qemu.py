@@ -99,7 +99,11 @@ class QemuRoundTripTest(unittest.TestCase):
     def edit(self, doc):
         """The fixture, pointed at this guest and this host's bridges."""
         host = doc["externaldetails"]["host"]
-        host.update(network_bridge=BRIDGE_UNTAGGED, vlan_bridge_format="hvcsbr{vlan}", stop_timeout="3")
+        # physical_interface set as on a host where the agent makes VLAN/VXLAN networks: the
+        # pre-made VLAN bridge still wins, and vlan://untagged still goes to network_bridge (the
+        # agent makes no untagged network; lo is not in its physical_interfaces either way).
+        host.update(network_bridge=BRIDGE_UNTAGGED, vlan_bridge_format="hvcsbr{vlan}", stop_timeout="3",
+                    physical_interface="lo")
         if "cloudstack.vm.details" not in doc:
             return  # statuses: a host-level payload
         doc["externaldetails"]["virtualmachine"].update(
