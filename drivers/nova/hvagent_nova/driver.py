@@ -522,10 +522,12 @@ class HvagentDriver(driver.ComputeDriver):
     # -- the image cache (image_cache.py) ---------------------------------------------------
 
     def _images_pool(self):
-        """storage_pool when it can hold agent images (partition pools today; docs/images.md),
-        else None: root disks are then written by this host (_write_image)."""
+        """storage_pool when [hvagent] image_cache is on and the pool can hold agent images
+        (partition pools today; docs/images.md), else None: root disks are then written by
+        this host (_write_image)."""
         pool = CONF.hvagent.storage_pool
-        if pool and self._pool_type(pool) == storage_pb2.POOL_TYPE_PARTITION:
+        if (CONF.hvagent.image_cache and pool
+                and self._pool_type(pool) == storage_pb2.POOL_TYPE_PARTITION):
             return pool
         return None
 

@@ -2,9 +2,8 @@
 test:///default) with a partition pool on a real loop device: Glance images are streamed to the
 agent's ImageService.UploadImage once per host, root volumes are made from them by the agent,
 and manage_image_cache removes only the driver's unused, old images. Glance is Nova's
-GlanceFixture with a download that streams the image in pieces, yielding to other green threads
-between them as a real Glance download does. Root only (losetup); the pure-Python parts run
-everywhere."""
+GlanceFixture, its download streaming the image in pieces (agent_fixture.stream_glance_downloads).
+Root only (losetup); the pure-Python parts run everywhere."""
 
 import hashlib
 import http.client
@@ -31,7 +30,6 @@ from hvagent_nova import image_cache
 MiB = 1 << 20
 POOL = agent_fixture.POOL
 IMAGE_BYTES = 3 * MiB
-PIECE = 64 * 1024
 
 
 class PartitionPoolAgent(agent_fixture.AgentProcess):
@@ -94,28 +92,12 @@ class ImageCacheTestCase(test.TestCase):
         self.drv.init_host("myhostname")
         self.ctxt = test_utils.get_test_admin_context()
         self.trace = []
-        self.downloads = 0
-        self.glance_download = self.glance.download
-        self.glance.download = self._download  # this test's fixture only
+        agent_fixture.stream_glance_downloads(self.glance, self.trace)
         self.addCleanup(self._cleanup)
 
-    # ---- Glance ----
-
-    def _download(self, context, image_id, data=None, dst_path=None, trusted_certs=None):
-        """As nova.image.glance's download without a destination: an iterator of the image's
-        bytes, which yields to other green threads between pieces (a network read would)."""
-        if data is not None or dst_path is not None:
-            return self.glance_download(context, image_id, data=data, dst_path=dst_path)
-        self.downloads += 1
-        blob = self.glance._imagedata.get(image_id, b"")
-
-        def pieces():
-            self.trace.append("download-start")
-            for i in range(0, len(blob), PIECE):
-                eventlet.sleep(0.001)
-                yield blob[i:i + PIECE]
-            self.trace.append("download-end")
-        return pieces()
+    @property
+    def downloads(self):
+        return self.trace.count("download-start")
 
     def glance_image(self, blob, sha512=None, md5=None, disk_format="raw"):
         """A Glance image holding `blob`, with Glance's multihash (sha512, right unless given)
