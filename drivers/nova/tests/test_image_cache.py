@@ -252,6 +252,15 @@ class ImageCacheTestCase(test.TestCase):
         self.glance._imagedata[image_id] = blob[:-1000]  # Glance's size says more
         self.assert_spawn_leaves_nothing(image_id, "size_bytes")
 
+    def test_an_image_of_a_size_no_sector_divides_reaches_the_root_volume(self):
+        blob = os.urandom(MiB + 1234)
+        image_id = self.glance_image(blob)
+        inst = self.instance(image_id)
+        self.spawn(inst)
+        self.assertEqual(len(blob), self.images()[image_cache.image_name(image_id)]
+                         .virtual_size_bytes)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), self.root_sha256(inst, len(blob)))
+
     def test_an_image_larger_than_the_flavors_root_disk_is_refused(self):
         image_id = self.glance_image(os.urandom(IMAGE_BYTES))
         inst = self.instance(image_id)
