@@ -216,7 +216,7 @@ class RoundTripTestCase(test.TestCase):
         # The image stays cached for the next spawn, until manage_image_cache finds it unused
         # for [image_cache] remove_unused_original_minimum_age_seconds.
         cached = image_cache.image_name(image_id)
-        self.assertEqual([cached], [i.name for i in self.agent.images.ListImages(
+        self.assertEqual([cached], [i.name for i in self.drv.agent.images.ListImages(
             image_pb2.ListImagesRequest(pool=POOL)).images])
         self.assertEqual(1, self.partitions())
         self.flags(remove_unused_original_minimum_age_seconds=0, group="image_cache")
