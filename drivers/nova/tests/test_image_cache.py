@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import os
 import subprocess
+import time
 import unittest
 import unittest.mock
 import uuid
@@ -251,6 +252,28 @@ class ImageCacheTestCase(test.TestCase):
         image_id = self.glance_image(blob)
         self.glance._imagedata[image_id] = blob[:-1000]  # Glance's size says more
         self.assert_spawn_leaves_nothing(image_id, "size_bytes")
+
+    def test_a_glance_stream_that_breaks_fails_the_spawn_and_leaves_nothing(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob)
+        before = self.partitions()
+
+        def broken(context, image_id, data=None, dst_path=None, trusted_certs=None):
+            def pieces():
+                yield blob[:MiB]
+                eventlet.sleep(0.2)  # the agent has the first MiB by now
+                raise ConnectionResetError("Glance went away")
+            return pieces()
+        self.glance.download = broken
+        inst = self.instance(image_id)
+        self.assertRaises(ConnectionResetError, self.spawn, inst)
+        self.assertFalse(self.drv.instance_exists(inst))
+        self.assertEqual({}, self.volumes())
+        # The killed child's stream reads as cancelled: the agent wipes and drops the image.
+        deadline = time.monotonic() + 30
+        while self.images() or self.partitions() != before:
+            self.assertLess(time.monotonic(), deadline, "left: %s" % self.images())
+            time.sleep(0.1)
 
     def test_an_image_of_a_size_no_sector_divides_reaches_the_root_volume(self):
         blob = os.urandom(MiB + 1234)
