@@ -28,6 +28,18 @@ OPTS = [
     cfg.IntOpt("rpc_timeout", default=120, min=1,
                help="Deadline in seconds for each call to the agent (shutdown calls add their "
                     "own timeout)."),
+    cfg.BoolOpt("image_cache", default=True,
+                help="Keep each Glance image once per host as an agent image of storage_pool "
+                     "(uploaded from Glance through the agent's API, so nova-compute need not "
+                     "run on the agent's host) and make root disks from it. Needs a pool that "
+                     "holds images (a partition pool). False, or another pool kind: each "
+                     "spawn writes the image onto its root volume from this host, which must "
+                     "then be the agent's host."),
+    cfg.IntOpt("image_timeout", default=3600, min=1,
+               help="Seconds an image may take to reach the agent: the upload of a Glance "
+                    "image into the agent's image cache (storage_pool a partition pool), the "
+                    "wait for another process's import of it, and the copy of the image onto a "
+                    "root volume each get this deadline."),
     cfg.FloatOpt("lifecycle_event_delay", default=15.0, min=0,
                  help="Seconds a STOPPED lifecycle event from the agent is held back before "
                       "it reaches Nova; dropped when another event for the instance follows "

@@ -65,6 +65,7 @@ from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
 from hvagent_nova import events
 from hvagent_nova import extra_specs
+from hvagent_nova import image_cache
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
@@ -109,7 +110,8 @@ class HvagentDriver(driver.ComputeDriver):
 
     capabilities = dict(
         driver.ComputeDriver.capabilities,
-        has_imagecache=False,
+        # Glance images are kept as agent images of a partition pool (image_cache.py).
+        has_imagecache=True,
         supports_evacuate=False,
         supports_attach_interface=True,
         supports_device_tagging=False,
@@ -129,6 +131,7 @@ class HvagentDriver(driver.ComputeDriver):
         self._host = None
         self._watcher = None
         self._pool_types = {}
+        self._images = image_cache.ImageCache(lambda: self.agent, CONF)
         # Loads os-vif's plugins (linux_bridge, ovs, noop) once per process, as Nova's libvirt
         # driver does before it plugs anything.
         os_vif.initialize()
@@ -516,6 +519,97 @@ class HvagentDriver(driver.ComputeDriver):
                                                              instance.name))
         return instance.uuid.replace("-", "")[:digits] + code
 
+    # -- the image cache (image_cache.py) ---------------------------------------------------
+
+    def _images_pool(self):
+        """storage_pool when [hvagent] image_cache is on and the pool can hold agent images
+        (partition pools today; docs/images.md), else None: root disks are then written by
+        this host (_write_image)."""
+        pool = CONF.hvagent.storage_pool
+        if (CONF.hvagent.image_cache and pool
+                and self._pool_type(pool) == storage_pb2.POOL_TYPE_PARTITION):
+            return pool
+        return None
+
+    @staticmethod
+    def _image_id(instance, image_meta):
+        if image_meta.obj_attr_is_set("id") and image_meta.id:
+            return image_meta.id
+        return instance.image_ref
+
+    def _root_image(self, instance, image_meta, local):
+        """True when the root disk is to be made from the image cache: a local root disk, a
+        disk image (not a kernel or ramdisk) and a pool that holds images."""
+        fmt = image_meta.disk_format if image_meta.obj_attr_is_set("disk_format") else "raw"
+        return bool("root" in dict(local) and instance.image_ref and fmt not in ("aki", "ari")
+                    and self._images_pool())
+
+    def _root_from_image(self, context, instance, image_meta, size):
+        """Makes sure the agent has the Glance image (one upload per host), then has the agent
+        make the root volume from it at the flavor's root_gb (a copy of every block today; a
+        thin clone where the pool makes one)."""
+        pool = CONF.hvagent.storage_pool
+        image_id = self._image_id(instance, image_meta)
+        with self._images.using(image_id):
+            image, uploaded = self._images.ensure(context, pool, image_id)
+            if image.virtual_size_bytes > size:
+                raise exception.FlavorDiskSmallerThanImage(
+                    flavor_size=size, image_size=image.virtual_size_bytes)
+            name = self._volume_name(instance, "root")
+            self.agent.call(self.agent.storage.CreateVolume, storage_pb2.CreateVolumeRequest(
+                pool=pool, name=name, size_bytes=size, image=image.name),
+                extra_timeout=CONF.hvagent.image_timeout)
+            LOG.info("root volume %s/%s made from agent image %s (%s)", pool, name, image.name,
+                     "uploaded now" if uploaded else "cached", instance=instance)
+
+    def _delete_image_root(self, instance):
+        """Deletes the root volume a spawn made from the image cache: the domain only borrows
+        it, so DeleteDomain releases it and leaves it. Only a free volume of this instance's
+        root name, or one still attached to this very instance, is deleted."""
+        pool = self._images_pool()
+        if not pool:
+            return
+        try:
+            name = self._volume_name(instance, "root")
+            vol = self.agent.call(self.agent.storage.GetVolume,
+                                  storage_pb2.VolumeRef(pool=pool, name=name))
+        except (exception.NotFound, exception.InstanceDeployFailure):
+            return
+        if vol.attached_to and vol.attached_to != instance.name:
+            LOG.warning("volume %s/%s is attached to %s, not to this instance: left alone",
+                        pool, name, vol.attached_to, instance=instance)
+            return
+        try:
+            self.agent.call(self.agent.storage.DeleteVolume,
+                            storage_pb2.VolumeRef(pool=pool, name=name))
+        except exception.NotFound:
+            pass
+
+    def manage_image_cache(self, context, all_instances):
+        """Removes this driver's agent images (named nova-...) that no instance of this host
+        uses and that have been unused for [image_cache]
+        remove_unused_original_minimum_age_seconds, as seen by this nova-compute (a restart
+        starts the count again: an image is never removed early). Images somebody else
+        imported, images still importing, and images the agent refuses to delete (a volume is
+        being made from one) are left. [image_cache] remove_unused_base_images = false keeps
+        everything."""
+        pool = self._images_pool()
+        if not pool or not CONF.image_cache.remove_unused_base_images:
+            return
+        used = [getattr(i, "image_ref", None) for i in all_instances]
+        self._images.sweep(pool, used,
+                           CONF.image_cache.remove_unused_original_minimum_age_seconds)
+
+    def cache_image(self, context, image_id):
+        """Pre-caches an image (nova's aggregate cache-images): True when it was uploaded now,
+        False when the agent had it."""
+        pool = self._images_pool()
+        if not pool:
+            raise NotImplementedError(
+                "hvagent: [hvagent] storage_pool is no partition pool, which alone holds images")
+        with self._images.using(image_id):
+            return self._images.ensure(context, pool, image_id)[1]
+
     def _download(self, context, image_id, path):
         glance.API().download(context, image_id, dest_path=path)
         return path
@@ -542,12 +636,16 @@ class HvagentDriver(driver.ComputeDriver):
         extra_specs.apply(spec, instance.flavor, image_meta)
         letters = iter("abcdefghijklmnopqrstuvwxyz")
         root_target = None
+        root_image = self._root_image(instance, image_meta, local)
         for suffix, size in local:
             target = prefix + next(letters)
             if suffix == "root":
                 root_target = target
+            # A root disk from the image cache is made before the domain (and so borrowed by
+            # it: _delete removes it); every other local disk is created with the domain.
+            create = 0 if suffix == "root" and root_image else size
             spec.disks.add(target=target, volume=DS.DiskVolume(
-                pool=pool, name=self._volume_name(instance, suffix), create_size_bytes=size))
+                pool=pool, name=self._volume_name(instance, suffix), create_size_bytes=create))
         for bdm in driver.block_device_info_get_mapping(block_device_info):
             data = self._agent_volume(bdm["connection_info"])
             spec.disks.add(target=prefix + next(letters),
@@ -582,7 +680,11 @@ class HvagentDriver(driver.ComputeDriver):
         events = self._neutron_events(network_info) if power_on and timeout else []
         pause = bool(events)
         created = False
+        root_made = False
         try:
+            if root_image:
+                self._root_from_image(context, instance, image_meta, dict(local)["root"])
+                root_made = True
             with self.virtapi.wait_for_instance_event(
                     instance, events, deadline=timeout,
                     error_callback=self._neutron_failed_callback):
@@ -590,7 +692,7 @@ class HvagentDriver(driver.ComputeDriver):
                 self.agent.call(self.agent.domains.CreateDomain,
                                 DS.CreateDomainRequest(spec=spec, start=False), instance)
                 created = True
-                if root_target and instance.image_ref:
+                if root_target and instance.image_ref and not root_image:
                     self._write_image(context, instance, image_meta)
                 if power_on:
                     self._act(self.agent.domains.StartDomain, instance)
@@ -600,19 +702,22 @@ class HvagentDriver(driver.ComputeDriver):
             LOG.warning("timed out after %d seconds waiting for %s", timeout,
                         ", ".join("%s-%s" % e for e in events), instance=instance)
             if CONF.vif_plugging_is_fatal:
-                self._spawn_failed(instance, network_info, created)
+                self._spawn_failed(instance, network_info, created, root_made)
                 raise exception.VirtualInterfaceCreateException()
         except Exception:
             with excutils.save_and_reraise_exception():
-                self._spawn_failed(instance, network_info, created)
+                self._spawn_failed(instance, network_info, created, root_made)
         if pause:
             self._act(self.agent.domains.ResumeDomain, instance)
 
-    def _spawn_failed(self, instance, network_info, created):
+    def _spawn_failed(self, instance, network_info, created, root_made=False):
         """Undoes a spawn: the domain and its local disks (only when this spawn created it: a
-        name that already existed is somebody's instance), then the VIFs plugged for it."""
+        name that already existed is somebody's instance), the root volume it made from the
+        image cache when no domain took it, then the VIFs plugged for it."""
         if created:
             self._delete(instance, destroy_disks=True)
+        elif root_made:
+            self._delete_image_root(instance)
         self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     def _write_image(self, context, instance, image_meta):
@@ -664,6 +769,8 @@ class HvagentDriver(driver.ComputeDriver):
                 name=instance.name, force=True, delete_volumes=destroy_disks), instance)
         except exception.InstanceNotFound:
             pass
+        if destroy_disks:
+            self._delete_image_root(instance)
         shutil.rmtree(self._instance_dir(instance), ignore_errors=True)
 
     def _agent_volumes(self, instance, block_device_info):

@@ -4,6 +4,7 @@ instance's root disk on a partition pool of a loop device. Every step is checked
 driver (get_info) and, independently, through libvirt (virsh), the QEMU process and the disk.
 Root only; serialized with the other integration tests by agent_harness.lock_libvirtd()."""
 
+import hashlib
 import io
 import os
 import shutil
@@ -26,12 +27,13 @@ import os_vif
 from vif_plug_linux_bridge import privsep as lb_privsep
 from vif_plug_ovs import privsep as ovs_privsep
 
-from hvagent.v1 import storage_pb2
+from hvagent.v1 import image_pb2, storage_pb2
 
 import agent_fixture
 import agent_harness
 from agent_harness import virsh
 from hvagent_nova import driver as hv_driver
+from hvagent_nova import image_cache
 from test_networking import OVS_RUN, OvsDaemons, ovs
 
 MiB = 1 << 20
@@ -105,6 +107,7 @@ class RoundTripTestCase(test.TestCase):
     def setUp(self):
         super().setUp()
         self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
+        agent_fixture.stream_glance_downloads(self.glance)
         # hvit-: the integration fixture removes leftovers of that name.
         self.flags(instance_name_template="hvit-nova-%08x",
                    instances_path=os.path.join(self.tmp, "instances"))
@@ -146,9 +149,13 @@ class RoundTripTestCase(test.TestCase):
         flavor = test_utils.get_test_flavor(options={
             "root_gb": 1, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 64})
         inst = test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
+        # The image reaches the agent's image cache (one upload, md5 checked by the driver) and
+        # the root volume is made from it by the agent.
+        blob = MARKER.ljust(MiB, b"\0")
         image_id = self.glance.create(self.ctxt, {
             "name": "roundtrip", "disk_format": "raw", "container_format": "bare",
-            "status": "active", "size": len(MARKER)}, data=io.BytesIO(MARKER))["id"]
+            "status": "active", "size": len(blob), "checksum": hashlib.md5(blob).hexdigest()},
+            data=io.BytesIO(blob))["id"]
         inst.image_ref = image_id
         image_meta = objects.ImageMeta.from_dict({
             "id": image_id, "disk_format": "raw", "container_format": "bare",
@@ -206,7 +213,18 @@ class RoundTripTestCase(test.TestCase):
             self.assertLess(time.time(), deadline, "volume left: %s" % self.volumes())
             time.sleep(0.1)
         self.assertEqual({}, self.volumes())
-        self.assertEqual(0, self.partitions())
+        # The image stays cached for the next spawn, until manage_image_cache finds it unused
+        # for [image_cache] remove_unused_original_minimum_age_seconds.
+        cached = image_cache.image_name(image_id)
+        self.assertEqual([cached], [i.name for i in self.drv.agent.images.ListImages(
+            image_pb2.ListImagesRequest(pool=POOL)).images])
+        self.assertEqual(1, self.partitions())
+        self.flags(remove_unused_original_minimum_age_seconds=0, group="image_cache")
+        self.drv.manage_image_cache(self.ctxt, [])
+        deadline = time.time() + 60
+        while self.partitions():
+            self.assertLess(time.time(), deadline, "image partition left")
+            time.sleep(0.1)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "instances", inst.uuid)))
 
         # The same steps reached Nova as lifecycle events from the agent's stream.

@@ -108,7 +108,11 @@ class VolumeSafetyTestCase(test.TestCase):
         self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
         self.flags(instance_name_template="hvit-nova-%08x",
                    instances_path=os.path.join(self.tmp, "instances"))
-        self.flags(device_detach_attempts=2, device_detach_timeout=1, group="hvagent")
+        # The root volume here is one the domain owns (created with it), whose deletion by the
+        # agent, also across an agent crash, these tests check; a root made from the image
+        # cache is the driver's to delete (test_roundtrip, test_image_cache).
+        self.flags(device_detach_attempts=2, device_detach_timeout=1, image_cache=False,
+                   group="hvagent")
         self.ctxt = test_utils.get_test_admin_context()
         self.connect()
         self.addCleanup(self.remove_everything)

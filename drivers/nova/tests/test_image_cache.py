@@ -1,0 +1,353 @@
+"""The driver's image cache (issue 18, item 5) against a real hvagentd (libvirt's
+test:///default) with a partition pool on a real loop device: Glance images are streamed to the
+agent's ImageService.UploadImage once per host, root volumes are made from them by the agent,
+and manage_image_cache removes only the driver's unused, old images. Glance is Nova's
+GlanceFixture, its download streaming the image in pieces (agent_fixture.stream_glance_downloads).
+Root only (losetup); the pure-Python parts run everywhere."""
+
+import hashlib
+import http.client
+import os
+import subprocess
+import time
+import unittest
+import unittest.mock
+import uuid
+
+import eventlet
+
+from nova import exception
+from nova import test
+from nova.tests import fixtures as nova_fixtures
+from nova.tests.unit import utils as test_utils
+from nova.virt import fake
+
+from hvagent.v1 import domain_pb2, image_pb2, storage_pb2
+
+import agent_fixture
+from hvagent_nova import driver as hv_driver
+from hvagent_nova import image_cache
+
+MiB = 1 << 20
+POOL = agent_fixture.POOL
+IMAGE_BYTES = 3 * MiB
+
+
+class PartitionPoolAgent(agent_fixture.AgentProcess):
+    """The fixture's agent with a partition pool (the kind that holds images) on a sparse
+    loop device instead of the LVM one; its journal in its own directory."""
+
+    def _make_pool(self):
+        disk = os.path.join(self.tmp, "disk.img")
+        with open(disk, "wb") as f:
+            f.truncate(4096 * MiB)  # sparse: two 1 GiB roots and a few small images
+        self.loop = subprocess.run(["losetup", "--find", "--show", "--partscan", disk],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+        self.pool = POOL
+        return ('[reliability]\nstate_dir = "%s"\n'
+                '[[storage.pools]]\nname = "%s"\ntype = "partition"\ndisk = "%s"\n'
+                'wipe = "none"\n' % (os.path.join(self.tmp, "state"), POOL, self.loop))
+
+
+class NamesTestCase(unittest.TestCase):
+
+    def test_image_name_is_the_prefix_and_15_hex_digits_of_the_glance_id(self):
+        self.assertEqual("nova-0123456789abcde",
+                         image_cache.image_name("01234567-89AB-CDEF-0123-456789abcdef"))
+        self.assertLessEqual(len(image_cache.image_name(str(uuid.uuid4()))), 20)
+
+    def test_md5_check_passes_every_piece_when_it_matches(self):
+        pieces = [b"a" * 10, b"b" * 10, b"c"]
+        check = image_cache.Md5Check(iter(pieces), hashlib.md5(b"".join(pieces)).hexdigest())
+        self.assertEqual(pieces, list(check))
+        self.assertTrue(check.ok)
+
+    def test_md5_check_holds_the_last_piece_back_on_a_mismatch(self):
+        pieces = [b"a" * 10, b"b" * 10, b"c"]
+        check = image_cache.Md5Check(iter(pieces), hashlib.md5(b"other").hexdigest())
+        self.assertEqual(pieces[:-1], list(check))
+        self.assertFalse(check.ok)
+
+
+@unittest.skipIf(agent_fixture.pool_possible(), agent_fixture.pool_possible())
+class ImageCacheTestCase(test.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.agent = PartitionPoolAgent(with_pool=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.agent.stop()
+        super().tearDownClass()
+        agent_fixture.assert_clean_exit(code)
+
+    def setUp(self):
+        super().setUp()
+        self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
+        self.flags(address=self.agent.grpc_addr, plaintext=True, storage_pool=POOL,
+                   lifecycle_event_delay=0, group="hvagent")
+        self.flags(remove_unused_original_minimum_age_seconds=3600, group="image_cache")
+        self.drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        self.drv.init_host("myhostname")
+        self.ctxt = test_utils.get_test_admin_context()
+        self.trace = []
+        agent_fixture.stream_glance_downloads(self.glance, self.trace)
+        self.addCleanup(self._cleanup)
+
+    @property
+    def downloads(self):
+        return self.trace.count("download-start")
+
+    def glance_image(self, blob, sha512=None, md5=None, disk_format="raw"):
+        """A Glance image holding `blob`, with Glance's multihash (sha512, right unless given)
+        or only an md5 `checksum` when `md5` is given."""
+        meta = {"id": str(uuid.uuid4()), "name": "img", "status": "active",
+                "disk_format": disk_format, "container_format": "bare", "size": len(blob),
+                "properties": {}}
+        if md5 is not None:
+            meta["checksum"] = md5
+        else:
+            meta["checksum"] = hashlib.md5(blob).hexdigest()
+            meta["os_hash_algo"] = "sha512"
+            meta["os_hash_value"] = sha512 or hashlib.sha512(blob).hexdigest()
+        self.glance.create(None, meta)
+        self.glance._imagedata[meta["id"]] = blob
+        return meta["id"]
+
+    # ---- agent ----
+
+    def _cleanup(self):
+        a = self.drv.agent
+        for d in a.domains.ListDomains(domain_pb2.ListDomainsRequest()).domains:
+            if d.name.startswith("instance-"):
+                a.domains.DeleteDomain(domain_pb2.DeleteDomainRequest(
+                    name=d.name, force=True, delete_volumes=True))
+        for v in self.volumes().values():
+            a.storage.DeleteVolume(storage_pb2.VolumeRef(pool=POOL, name=v.name))
+        for i in self.images().values():
+            a.images.DeleteImage(image_pb2.ImageRef(pool=POOL, name=i.name))
+
+    def volumes(self):
+        vols = self.drv.agent.storage.ListVolumes(storage_pb2.ListVolumesRequest(pool=POOL))
+        return {v.name: v for v in vols.volumes if v.state != storage_pb2.VOLUME_STATE_DELETING}
+
+    def images(self):
+        return {i.name: i for i in self.drv.agent.images.ListImages(
+            image_pb2.ListImagesRequest(pool=POOL)).images}
+
+    def partitions(self):
+        out = subprocess.run(["lsblk", "-rno", "NAME", self.agent.loop], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return sorted(out)
+
+    def operator_image(self, name, blob):
+        """An image somebody else put on the host (REST PUT, as an operator's curl would)."""
+        host, port = self.agent.rest_addr.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("PUT", "/v1/pools/%s/images/%s?format=IMAGE_FORMAT_RAW" % (POOL, name),
+                     body=blob, headers={"Content-Length": str(len(blob))})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        self.assertEqual(201, resp.status, body)
+
+    # ---- Nova ----
+
+    def instance(self, image_id, root_gb=1):
+        flavor = test_utils.get_test_flavor(options={
+            "root_gb": root_gb, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 128})
+        inst = test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
+        inst.uuid = str(uuid.uuid4())
+        inst.image_ref = image_id
+        return inst
+
+    def spawn(self, inst):
+        image = test_utils.get_test_image_object(self.ctxt, inst)
+        self.drv.spawn(self.ctxt, inst, image, [], None, {}, network_info=[])
+
+    def root_sha256(self, inst, size):
+        vol = self.volumes()[self.drv._volume_name(inst, "root")]
+        with open(vol.path, "rb") as f:
+            return hashlib.sha256(f.read(size)).hexdigest()
+
+    # ---- tests ----
+
+    def test_two_spawns_of_one_image_upload_it_once(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob)
+        a, b = self.instance(image_id), self.instance(image_id)
+        real_ensure = self.drv._images.ensure
+
+        def ensure(*args, **kwargs):
+            self.trace.append("ensure")
+            return real_ensure(*args, **kwargs)
+        self.drv._images.ensure = ensure
+        spawns = [eventlet.spawn(self.spawn, inst) for inst in (a, b)]
+        for s in spawns:
+            s.wait()
+
+        # Both asked for the image before the one upload finished: the second waited for it.
+        self.assertEqual(["ensure", "download-start", "ensure", "download-end"],
+                         self.trace[:4], self.trace)
+        self.assertEqual(1, self.downloads)
+        self.assertEqual(1, self.drv._images.uploads)
+        name = image_cache.image_name(image_id)
+        images = self.images()
+        self.assertEqual([name], list(images))
+        self.assertEqual(image_pb2.IMAGE_STATE_READY, images[name].state)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), images[name].sha256)
+        self.assertEqual(IMAGE_BYTES, images[name].virtual_size_bytes)
+        vols = self.volumes()
+        for inst in (a, b):
+            root = vols[self.drv._volume_name(inst, "root")]
+            self.assertEqual(1 << 30, root.size_bytes)  # the flavor's root_gb, not the image's
+            self.assertEqual(inst.name, root.attached_to)
+            self.assertEqual(hashlib.sha256(blob).hexdigest(), self.root_sha256(inst, len(blob)))
+
+        # A third spawn later finds the image and uploads nothing.
+        c = self.instance(image_id)
+        self.spawn(c)
+        self.assertEqual(1, self.downloads)
+
+        # destroy deletes the root volume the spawn made (borrowed by the domain); the image
+        # stays for the next spawn.
+        for inst in (a, b, c):
+            self.drv.destroy(self.ctxt, inst, [])
+        self.assertEqual({}, self.volumes())
+        self.assertEqual([name], list(self.images()))
+
+    def assert_spawn_leaves_nothing(self, image_id, message):
+        before = self.partitions()
+        inst = self.instance(image_id)
+        e = self.assertRaises(exception.ImageUnacceptable, self.spawn, inst)
+        self.assertIn(message, str(e))
+        self.assertFalse(self.drv.instance_exists(inst))
+        self.assertEqual({}, self.volumes())
+        self.assertEqual({}, self.images())
+        self.assertEqual(before, self.partitions())
+
+    def test_a_sha512_mismatch_fails_the_spawn_and_leaves_nothing(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob, sha512=hashlib.sha512(b"other bytes").hexdigest())
+        self.assert_spawn_leaves_nothing(image_id, "FAILED_PRECONDITION")
+        self.assertEqual(1, self.downloads)
+
+    def test_an_md5_mismatch_fails_the_spawn_and_leaves_nothing(self):
+        # Glance without a multihash: the driver checks the md5 and holds the last piece back.
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob, md5=hashlib.md5(b"other bytes").hexdigest())
+        self.assert_spawn_leaves_nothing(image_id, "md5")
+
+    def test_an_md5_match_is_uploaded(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob, md5=hashlib.md5(blob).hexdigest())
+        inst = self.instance(image_id)
+        self.spawn(inst)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), self.root_sha256(inst, len(blob)))
+
+    def test_a_short_glance_stream_fails_the_spawn_and_leaves_nothing(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob)
+        self.glance._imagedata[image_id] = blob[:-1000]  # Glance's size says more
+        self.assert_spawn_leaves_nothing(image_id, "size_bytes")
+
+    def test_a_glance_stream_that_breaks_fails_the_spawn_and_leaves_nothing(self):
+        blob = os.urandom(IMAGE_BYTES)
+        image_id = self.glance_image(blob)
+        before = self.partitions()
+
+        def broken(context, image_id, data=None, dst_path=None, trusted_certs=None):
+            def pieces():
+                yield blob[:MiB]
+                eventlet.sleep(0.2)  # the agent has the first MiB by now
+                raise ConnectionResetError("Glance went away")
+            return pieces()
+        self.glance.download = broken
+        inst = self.instance(image_id)
+        self.assertRaises(ConnectionResetError, self.spawn, inst)
+        self.assertFalse(self.drv.instance_exists(inst))
+        self.assertEqual({}, self.volumes())
+        # The killed child's stream reads as cancelled: the agent wipes and drops the image.
+        deadline = time.monotonic() + 30
+        while self.images() or self.partitions() != before:
+            self.assertLess(time.monotonic(), deadline, "left: %s" % self.images())
+            time.sleep(0.1)
+
+    def test_an_image_of_a_size_no_sector_divides_reaches_the_root_volume(self):
+        blob = os.urandom(MiB + 1234)
+        image_id = self.glance_image(blob)
+        inst = self.instance(image_id)
+        self.spawn(inst)
+        self.assertEqual(len(blob), self.images()[image_cache.image_name(image_id)]
+                         .virtual_size_bytes)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), self.root_sha256(inst, len(blob)))
+
+    def test_an_image_larger_than_the_flavors_root_disk_is_refused(self):
+        image_id = self.glance_image(os.urandom(IMAGE_BYTES))
+        inst = self.instance(image_id)
+        with unittest.mock.patch.object(hv_driver.HvagentDriver, "_local_disks",
+                                        return_value=[("root", 1 * MiB)]):
+            self.assertRaises(exception.FlavorDiskSmallerThanImage, self.spawn, inst)
+        self.assertFalse(self.drv.instance_exists(inst))
+        self.assertEqual({}, self.volumes())
+
+    def test_manage_image_cache_removes_only_unused_old_driver_images(self):
+        used_id = self.glance_image(os.urandom(MiB))
+        unused_id = self.glance_image(os.urandom(MiB))
+        used, unused = image_cache.image_name(used_id), image_cache.image_name(unused_id)
+        inst = self.instance(used_id)
+        self.spawn(inst)
+        self.assertTrue(self.drv.cache_image(self.ctxt, unused_id))   # uploaded now
+        self.assertFalse(self.drv.cache_image(self.ctxt, unused_id))  # the agent has it
+        self.operator_image("golden1", os.urandom(MiB))  # not the driver's
+        now = [1000.0]
+        self.drv._images._clock = lambda: now[0]
+
+        # Unused, but not for long enough yet.
+        self.drv.manage_image_cache(self.ctxt, [inst])
+        self.assertEqual({used, unused, "golden1"}, set(self.images()))
+        now[0] += 3599
+        self.drv.manage_image_cache(self.ctxt, [inst])
+        self.assertEqual({used, unused, "golden1"}, set(self.images()))
+        # [image_cache] remove_unused_base_images = false keeps everything.
+        now[0] += 2
+        self.flags(remove_unused_base_images=False, group="image_cache")
+        self.drv.manage_image_cache(self.ctxt, [inst])
+        self.assertEqual({used, unused, "golden1"}, set(self.images()))
+        self.flags(remove_unused_base_images=True, group="image_cache")
+        self.drv.manage_image_cache(self.ctxt, [inst])
+        self.assertEqual({used, "golden1"}, set(self.images()))
+
+        # The instance goes: its image is unused from the next pass on, and removed once old.
+        self.drv.destroy(self.ctxt, inst, [])
+        self.drv.manage_image_cache(self.ctxt, [])
+        self.assertEqual({used, "golden1"}, set(self.images()))
+        now[0] += 3600
+        self.drv.manage_image_cache(self.ctxt, [])
+        self.assertEqual({"golden1"}, set(self.images()))
+
+    def test_an_image_a_spawn_is_using_is_never_removed(self):
+        self.flags(remove_unused_original_minimum_age_seconds=0, group="image_cache")
+        image_id = self.glance_image(os.urandom(MiB))
+        self.drv.cache_image(self.ctxt, image_id)
+        with self.drv._images.using(image_id):
+            # The instance is not in the list yet (nova passes what its database holds).
+            self.drv.manage_image_cache(self.ctxt, [])
+            self.assertEqual([image_cache.image_name(image_id)], list(self.images()))
+        self.drv.manage_image_cache(self.ctxt, [])
+        self.assertEqual({}, self.images())
+
+
+class UploaderTestCase(unittest.TestCase):
+
+    def test_the_upload_child_runs_without_eventlet(self):
+        # What image_upload.py relies on: nothing it imports monkey-patches threading.
+        out = subprocess.run(
+            ["/usr/bin/python3", "-c",
+             "import hvagent_nova.image_upload, threading, eventlet.patcher as p; "
+             "print(p.is_monkey_patched('thread'))"],
+            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        self.assertEqual("False", out)
+
