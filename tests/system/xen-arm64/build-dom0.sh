@@ -272,6 +272,7 @@ cat > "$G/init" <<'EOF'
 #!/bin/sh
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 insmod /xen-blkfront.ko
 insmod /xen-netfront.ko
 n=0
