@@ -65,7 +65,8 @@ dpkg -x "$CACHE/$KDEB" "$WORK/kernel"
 KVER=$(ls "$WORK/kernel/lib/modules")
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 MODS=(virtio_mmio virtio_blk virtio_net virtio_console dax xen-evtchn xen-gntdev xen-gntalloc
-      xen-privcmd xenfs xen-blkback dm-mod)
+      xen-privcmd xenfs xen-blkback dm-mod
+      8021q bridge xen-netback dummy)  # the agent's VLAN networks: 802.1Q uplink, bridge, the guest's vif
 MDIR=$WORK/kernel/lib/modules/$KVER
 # The package ships no modules.dep (its postinst runs depmod): dependencies come from each
 # module's .modinfo "depends=" (binutils' readelf reads arm64 objects on any host).
@@ -120,6 +121,9 @@ for applet in sh ip udhcpc ifconfig route poweroff reboot insmod modprobe mount 
   [ -n "$found" ] || ln -sf /bin/busybox "$ROOT/usr/local/busybox/$applet"
 done
 [ -e "$ROOT/bin/sh" ] || ln -s bash "$ROOT/bin/sh"
+# Debian 12 merges /usr (/sbin -> usr/sbin), so iproute2's /sbin/ip is /usr/sbin/ip there, the
+# path the agent runs; dpkg -x makes no such merge, so the link is made here.
+[ -e "$ROOT/usr/sbin/ip" ] || ln -s /bin/ip "$ROOT/usr/sbin/ip"
 
 # --- files dpkg's maintainer scripts would have made -------------------------------------
 rm -rf "$ROOT/var/run" "$ROOT/var/lock"
@@ -227,6 +231,18 @@ reserved_memory_mib = 0
 [event_channels]
 interval_seconds = 2
 
+# dummy0 (the dummy module's own device) stands in for a NIC cabled to a trunk: the VLAN test
+# needs a real 802.1Q device on something, and dom0's one real NIC carries the test's traffic.
+[network]
+physical_interfaces = ["dummy0"]
+
+# Serial TCP tickets listen where QEMU's user-mode network delivers the host's forwarded ports
+# (run_xen.py forwards 8790-8791): the ticket, not the address, is the credential.
+[console]
+tcp_listen = "10.0.2.15"
+tcp_port_min = 8790
+tcp_port_max = 8791
+
 [[storage.pools]]
 name = "$POOL"
 type = "lvm"
@@ -247,16 +263,29 @@ for a in sh mount sleep echo cat insmod dd; do ln -s busybox "$G/bin/$a"; done
 BLKFRONT=${MODPATH[xen_blkfront]:-}
 [ -n "$BLKFRONT" ] || { log "xen-blkfront.ko not found in $KVER"; exit 1; }
 cp "$MDIR/$BLKFRONT" "$G/xen-blkfront.ko"
+# xen-netfront (no dependencies either): the guest connects its vif, so the VLAN test sees the
+# backend in dom0 the way a real guest leaves it, and the guest says which NICs it has.
+NETFRONT=${MODPATH[xen_netfront]:-}
+[ -n "$NETFRONT" ] || { log "xen-netfront.ko not found in $KVER"; exit 1; }
+cp "$MDIR/$NETFRONT" "$G/xen-netfront.ko"
 cat > "$G/init" <<'EOF'
 #!/bin/sh
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 insmod /xen-blkfront.ko
+insmod /xen-netfront.ko
 n=0
 while [ ! -b /dev/xvda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 dd if=/dev/xvda of=/dev/null bs=64k count=16 2>/dev/null && echo "HVAGENT-GUEST-READ 1048576" > /dev/hvc0
+# netfront registers eth0 only once it has talked to the backend (seconds under TCG), so a guest
+# that has a vif on xenbus waits for it; one without (sysguest1) does not.
+n=0
+while [ -e /sys/bus/xen/devices/vif-0 ] && [ ! -e /sys/class/net/eth0 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+for n in /sys/class/net/eth*; do [ -e "$n" ] && echo "HVAGENT-GUEST-NIC ${n##*/}" > /dev/hvc0; done
 echo "HVAGENT-GUEST-UP $(cat /proc/sys/kernel/osrelease)" > /dev/hvc0
-while :; do sleep 3600; done
+# A shell on the PV console: what the console test types into through the agent.
+while :; do sh -i < /dev/hvc0 > /dev/hvc0 2>&1; sleep 1; done
 EOF
 chmod 0755 "$G/init"
 # Linux's Xen shutdown watcher runs /sbin/poweroff: a graceful shutdown then really ends the guest.

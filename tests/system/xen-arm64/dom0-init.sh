@@ -105,11 +105,17 @@ ctl_loop &
 net_up() {
   local ifc
   ip link set lo up
-  ifc=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+  # The virtio NIC: the only interface with a device behind it (dummy0 has none).
+  for ifc in /sys/class/net/*; do [ -e "$ifc/device" ] && break; done
+  ifc=${ifc##*/}
+  [ -e "/sys/class/net/$ifc/device" ] || ifc=""
   [ -n "$ifc" ] || { echo "no network interface"; return 1; }
   ip link set "$ifc" up && ip addr add 10.0.2.15/24 dev "$ifc" && ip route add default via 10.0.2.2
 }
 step network net_up
+# The agent's VLAN networks go on dummy0 ([network] physical_interfaces); up, so that the 802.1Q
+# devices on it have a carrier as they would on a cabled trunk.
+step uplink ip link set dummy0 up
 
 # --- libvirt -------------------------------------------------------------------------------------
 step virtlogd virtlogd -d

@@ -18,6 +18,7 @@ DOM0_PACKAGES=(
   xen-hypervisor-4.17-arm64 xen-utils-4.17 xenstore-utils
   libvirt-daemon libvirt-daemon-driver-xen libvirt-clients
   lvm2 dmsetup bash coreutils util-linux busybox-static socat
+  iproute2
 )
 # hvagentd's runtime libraries (readelf -d build-arm64/agent/hvagentd | grep NEEDED), by package.
 AGENT_RUNTIME_PACKAGES=(

@@ -53,6 +53,8 @@ class XenMachine:
         self.ctl_path = os.path.join(workdir, "ctl.sock")
         self.grpc_port = free_port()
         self.rest_port = free_port()
+        # dom0's serial TCP ticket ports ([console] tcp_port_min..max in build-dom0.sh) -> host
+        self.console_ports = {port: free_port() for port in (8790, 8791)}
         self.disk_size = disk_size
         self.hard_timeout = hard_timeout
         self.memory = memory
@@ -79,7 +81,8 @@ class XenMachine:
             "-drive", f"if=none,id=disk0,file={self.disk},format=raw,cache=unsafe",
             "-device", "virtio-blk-device,drive=disk0",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.grpc_port}-10.0.2.15:50051,"
-                       f"hostfwd=tcp:127.0.0.1:{self.rest_port}-10.0.2.15:8780",
+                       f"hostfwd=tcp:127.0.0.1:{self.rest_port}-10.0.2.15:8780"
+                       + "".join(f",hostfwd=tcp:127.0.0.1:{h}-10.0.2.15:{g}" for g, h in self.console_ports.items()),
             "-device", "virtio-net-device,netdev=net0",
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=ctl,path={self.ctl_path},server=on,wait=off",

@@ -35,10 +35,18 @@ GUEST = "sysguest1"
 VOLUME = "sysguest1-root"
 VOLUME_BYTES = 64 << 20
 MARKER = "HVAGENT-GUEST-UP"
+# The VLAN guest: no disk, one NIC on an agent-made 802.1Q network on dom0's dummy0
+# (build-dom0.sh: [network] physical_interfaces = ["dummy0"]).
+VGUEST = "sysguest2"
+PHYS = "dummy0"
+VLAN = 100
+FOREIGN_BRIDGE = "brvlan200"   # named like the agent's, made by the test: never the agent's to touch
 # API checks whose failure does not stop the guest's life cycle from going on.
 NON_BLOCKING = {"test_23b_guest_statistics", "test_24b_event_channels_name_domains"}
 DOM0_LOGS = ["/var/log/hvagentd.log", "/var/log/libvirt/libxl/libxl-driver.log",
              f"/var/log/libvirt/libxl/{GUEST}.log", f"/var/log/xen/console/guest-{GUEST}.log",
+             f"/var/log/libvirt/libxl/{VGUEST}.log", f"/var/log/xen/console/guest-{VGUEST}.log",
+             "/var/log/xen/xen-hotplug.log",
              "/var/log/socat-rest.log", "/run/hvagent-steps"]
 
 
@@ -73,6 +81,9 @@ class XenArm64(unittest.TestCase):
     boot_error = None
     agent_missing = None     # why the API steps cannot run, or None
     broken = None            # the first failed API step: later ones are skipped, naming it
+    vlan_broken = None       # the same for the VLAN guest's steps (test_3*), a chain of its own
+    links_before = None      # dom0's links before the VLAN guest (names and kinds)
+    vlan_t0 = None
     timings = {}
     event_channels = None
 
@@ -134,8 +145,11 @@ class XenArm64(unittest.TestCase):
         failed = getattr(result, "failures", []) + getattr(result, "errors", [])
         if any(getattr(t, "test_case", t) is self for t, _ in failed):
             type(self).failed = True
-            if self.id().split(".")[-1].startswith("test_2") and self.id().split(".")[-1] not in NON_BLOCKING:
-                type(self).broken = type(self).broken or self.id().split(".")[-1]
+            name = self.id().split(".")[-1]
+            if name.startswith("test_2") and name not in NON_BLOCKING:
+                type(self).broken = type(self).broken or name
+            if name.startswith("test_3"):
+                type(self).vlan_broken = type(self).vlan_broken or name
 
     def dom0(self, *argv, timeout=60):
         rc, out, err = self.machine.run(list(argv), timeout=timeout)
@@ -178,12 +192,12 @@ class XenArm64(unittest.TestCase):
         self.dom0("test", "-b", "/dev/vda")
 
     # --- through the agent's API ------------------------------------------------------------------
-    def need_agent(self):
+    def need_agent(self, chain="broken"):
         if self.agent_missing:
             print(f"\n  {self.agent_missing}", file=sys.stderr)
             self.skipTest(self.agent_missing)
-        if self.broken:
-            self.skipTest(f"an earlier API step failed: {self.broken}")
+        if getattr(self, chain):
+            self.skipTest(f"an earlier API step failed: {getattr(self, chain)}")
 
     def api(self, method, path, body=None, expect=200):
         status, obj = rest(self.machine.rest_port, method, path, body)
@@ -365,6 +379,150 @@ class XenArm64(unittest.TestCase):
         with open(self.machine.disk, "rb") as f:
             f.seek(offset)
             return f.read(length)
+
+    # --- 802.1Q networks the agent makes, and the guest's PV console (issues 21 and 20) -------------
+    # Only here: Debian's kernel has 8021q (the development host's kernel does not).
+    def links(self):
+        """dom0's links as {name: (kind, master, vlan id, alias)}, from iproute2's JSON."""
+        out = json.loads(self.dom0("ip", "-d", "-j", "link", "show"))
+        got = {}
+        for link in out:
+            info = link.get("linkinfo", {})
+            got[link["ifname"]] = (info.get("info_kind", ""), link.get("master", ""),
+                                   info.get("info_data", {}).get("id") if info.get("info_kind") == "vlan" else None,
+                                   link.get("ifalias", ""))
+        return got
+
+    def vlan_spec(self, physical=PHYS, vlan=VLAN, name=VGUEST):
+        return {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
+                "kernel": {"kernel_path": "/srv/guest/vmlinuz", "initrd_path": "/srv/guest/initrd.gz",
+                           "cmdline": "console=hvc0 rdinit=/init quiet"},
+                "nics": [{"vlan": {"physical": physical, "id": vlan}}]}
+
+    def test_30_vlan_refusals_change_nothing(self):
+        self.need_agent("vlan_broken")
+        type(self).vlan_t0 = time.monotonic()
+        self.step_ok("uplink")
+        # An operator's bridge that happens to carry the agent's naming scheme.
+        self.dom0("ip", "link", "add", "name", FOREIGN_BRIDGE, "type", "bridge")
+        before = self.links()
+        type(self).links_before = before
+        self.assertEqual(before[PHYS][0], "dummy", before)
+        cases = [
+            ("VLAN 4095 (802.1Q reserves it)", self.vlan_spec(vlan=4095), 400, "nics[0].vlan.id"),
+            ("VLAN 0 (the priority tag)", self.vlan_spec(vlan=0), 400, "nics[0].vlan.id"),
+            ("a physical interface not in [network] physical_interfaces", self.vlan_spec(physical="eth0"),
+             403, "nics[0].vlan.physical"),
+            ("a bridge by the agent's name that the agent did not make", self.vlan_spec(vlan=200),
+             409, "nics[0]"),
+        ]
+        for what, spec, code, field in cases:
+            with self.subTest(what):
+                status, obj = rest(self.machine.rest_port, "POST", "/v1/domains", {"spec": spec, "start": True})
+                self.assertEqual(status, code, f"{what}: {status} {obj}")
+                self.assertIn(field, obj.get("message", "") if isinstance(obj, dict) else obj, obj)
+                self.assertEqual(self.links(), before, f"{what}: dom0's links changed")
+                self.api("GET", f"/v1/domains/{VGUEST}", expect=404)
+        print(f"\n  refused: {[c[0] for c in cases]}", file=sys.stderr)
+
+    def test_31_vlan_guest_joins_an_agent_made_8021q_bridge(self):
+        self.need_agent("vlan_broken")
+        t = time.monotonic()
+        self.api("POST", "/v1/domains", {"spec": self.vlan_spec(), "start": True}, expect=201)
+        self.timings["vlan_guest_create_start_s"] = round(time.monotonic() - t, 1)
+        uplink, bridge = f"{PHYS}.{VLAN}", f"brvlan{VLAN}"
+        detail = json.loads(self.dom0("ip", "-d", "-j", "link", "show", "dev", uplink))[0]
+        info = detail["linkinfo"]
+        self.assertEqual(info["info_kind"], "vlan", detail)
+        self.assertEqual(info["info_data"]["protocol"], "802.1Q", detail)
+        self.assertEqual(info["info_data"]["id"], VLAN, detail)
+        self.assertEqual(detail.get("link"), PHYS, detail)
+        self.assertEqual(detail.get("master"), bridge, detail)
+        self.assertEqual(detail.get("ifalias"), "hvagent-managed", detail)
+        br = json.loads(self.dom0("ip", "-d", "-j", "link", "show", "dev", bridge))[0]
+        self.assertEqual(br["linkinfo"]["info_kind"], "bridge", br)
+        self.assertEqual(br.get("ifalias"), "hvagent-managed", br)
+        self.assertIn(f"<source bridge='{bridge}'/>", self.dom0("virsh", "-c", "xen:///system", "dumpxml", VGUEST))
+        # The backend (vif<domid>.0) exists once libxl has run vif-bridge, which enslaves it.
+        domid = int(self.dom0("xl", "domid", VGUEST).strip())
+        vif = f"vif{domid}.0"
+        deadline = time.monotonic() + 60
+        while self.links().get(vif, ("", "", None, ""))[1] != bridge:
+            if time.monotonic() > deadline:
+                self.fail(f"{vif} is not a port of {bridge} after 60 s: {self.links()}")
+            time.sleep(1)
+        ports = [l["ifname"] for l in json.loads(self.dom0("ip", "-j", "link", "show", "master", bridge))]
+        self.assertEqual(sorted(ports), sorted([uplink, vif]), ports)
+        # The guest's netfront connects to it: the guest names its NIC on hvc0 before its marker.
+        log = f"/var/log/xen/console/guest-{VGUEST}.log"
+        deadline = time.monotonic() + 120
+        while MARKER not in (out := self.machine.run(["cat", log])[1]):
+            if time.monotonic() > deadline:
+                self.fail(f"'{MARKER}' not in {log} within 120 s: {out[-500:]!r}")
+            time.sleep(2)
+        self.assertIn("HVAGENT-GUEST-NIC eth0", out)
+        netlist = self.dom0("xl", "network-list", VGUEST)
+        print(f"\n  {uplink} id {VLAN} under {bridge}, ports {ports}; xl network-list:\n{netlist}", file=sys.stderr)
+        # Columns: Idx BE Mac Handle State ...; 4 = XenbusStateConnected (netfront attached).
+        self.assertRegex(netlist, r"(?m)^0\s+0\s+\S+\s+\d+\s+4\s", netlist)
+
+    def test_32_console_echo_through_the_agent_on_hvc0(self):
+        self.need_agent("vlan_broken")
+        status, obj = rest(self.machine.rest_port, "POST", f"/v1/domains/{VGUEST}/console-tickets",
+                           {"kind": "CONSOLE_KIND_VNC"})
+        self.assertEqual(status, 409, obj)    # Xen on Arm emulates no display
+        self.assertIn("no graphical console", obj.get("message", ""), obj)
+        t = self.api("POST", f"/v1/domains/{VGUEST}/console-tickets", {"kind": "CONSOLE_KIND_SERIAL_TCP"},
+                     expect=201)
+        self.assertEqual(t["domain_name"], VGUEST, t)
+        self.assertEqual(t["host"], "10.0.2.15", t)
+        self.assertIn(t["port"], self.machine.console_ports, t)
+        word = "hv-" + os.urandom(5).hex()
+        start = time.monotonic()
+        got = b""
+        with socket.create_connection(("127.0.0.1", self.machine.console_ports[t["port"]]), timeout=10) as c:
+            deadline = time.monotonic() + 60
+            next_type = 0
+            # The echo of the typed line is "echo hv-…"; the shell's answer is the word alone on a line.
+            while not re.search(rb"(^|[\r\n])" + word.encode() + rb"\r?\n", got):
+                if time.monotonic() > deadline:
+                    self.fail(f"no '{word}' line from hvc0 within 60 s: {got[-1000:]!r}")
+                if time.monotonic() >= next_type:
+                    c.sendall(f"echo {word}\n".encode())
+                    next_type = time.monotonic() + 5
+                c.settimeout(0.5)
+                try:
+                    chunk = c.recv(65536)
+                except socket.timeout:
+                    continue
+                self.assertNotEqual(chunk, b"", f"the agent closed the console connection: {got[-1000:]!r}")
+                got += chunk
+        self.timings["hvc0_echo_s"] = round(time.monotonic() - start, 2)
+        print(f"\n  hvc0 echo of {word} through a serial-tcp ticket in {self.timings['hvc0_echo_s']} s", file=sys.stderr)
+        # xenconsoled logs the same session (--log=guest).
+        deadline = time.monotonic() + 20
+        while word not in self.machine.run(["cat", f"/var/log/xen/console/guest-{VGUEST}.log"])[1]:
+            if time.monotonic() > deadline:
+                self.fail(f"'{word}' not in xenconsoled's log of {VGUEST}")
+            time.sleep(1)
+
+    def test_33_delete_vlan_guest_removes_its_network_only(self):
+        self.need_agent("vlan_broken")
+        domid = int(self.dom0("xl", "domid", VGUEST).strip())
+        self.api("DELETE", f"/v1/domains/{VGUEST}?force=true", expect=204)
+        self.api("GET", f"/v1/domains/{VGUEST}", expect=404)
+        deadline = time.monotonic() + 40
+        while f"vif{domid}.0" in (after := self.links()):
+            if time.monotonic() > deadline:
+                self.fail(f"vif{domid}.0 still there 40 s after the delete: {after}")
+            time.sleep(1)
+        self.assertNotIn(f"{PHYS}.{VLAN}", after)
+        self.assertNotIn(f"brvlan{VLAN}", after)
+        self.assertIn(FOREIGN_BRIDGE, after, "the operator's bridge was removed")
+        self.assertEqual(after, self.links_before, "dom0's links differ from before the VLAN guest")
+        self.dom0("ip", "link", "del", "dev", FOREIGN_BRIDGE)
+        # What this chain (test_30..33) adds to the tier.
+        self.timings["vlan_and_console_s"] = round(time.monotonic() - self.vlan_t0, 1)
 
     # --- the end ----------------------------------------------------------------------------------
     def test_99_dom0_poweroff(self):
