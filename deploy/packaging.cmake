@@ -2,8 +2,8 @@
 # `ninja -C build package`. hvagentd, hvctl and the CloudStack extension, the example config as a
 # conffile under /etc/hvagent/, the systemd unit, the Prometheus examples and the docs.
 # Depends: computed by dpkg-shlibdeps from what the binaries really link, plus the tools the
-# agent runs (lvm2, parted, fdisk, util-linux); libvirtd itself is only recommended (the agent
-# may talk to a remote one).
+# agent runs (lvm2, parted, fdisk, util-linux, and iproute2's ip for the VLAN and VXLAN networks
+# it makes); libvirtd itself is only recommended (the agent may talk to a remote one).
 include(GNUInstallDirs)
 install(FILES deploy/hvagent.toml DESTINATION /etc/hvagent)
 install(FILES deploy/systemd/hvagentd.service DESTINATION /lib/systemd/system)
@@ -24,7 +24,7 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_STRIP_FILES ON)  # debug info stays in the build tree
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux")
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "lvm2, parted, fdisk, util-linux, iproute2")
 # qemu-utils: qemu-img converts qcow2 images on import (raw imports need nothing).
 # libjs-xterm: the browser console's terminal (xterm.js, served from /usr/share/javascript/xterm)
 # when [console] ws_listen is set; an agent without the web console (Xen dom0s, the default)
