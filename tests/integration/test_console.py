@@ -617,6 +617,21 @@ vnc_listen = "127.0.0.1"
         self.assertFalse(ok, "an expired password still opens the display")
 
     def test_the_display_is_locked_before_any_ticket_and_the_password_is_kept_nowhere(self):
+        # A fresh guest: no ticket yet, and the definition's password (expired) opens nothing.
+        fresh = self.guest + "-fresh"
+        spec = domain_pb2.DomainSpec(name=fresh, vcpus=1, memory_mib=128, vnc=True)
+        spec.kernel.kernel_path = self.kernel
+        spec.kernel.initrd_path = self.initrd
+        self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+        self.addCleanup(virsh, "undefine", fresh, check=False)
+        self.addCleanup(virsh, "destroy", fresh, check=False)
+        display = virsh("vncdisplay", fresh).stdout.strip()  # "127.0.0.1:N"
+        host, n = display.rsplit(":", 1)
+        fresh_def = virsh("dumpxml", "--inactive", "--security-info", fresh).stdout
+        fresh_locked = re.search(r"passwd='([^']*)'", fresh_def).group(1)
+        self.assertRegex(fresh_locked, r"^[A-Za-z0-9]{8}$")
+        self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), fresh_locked)[0], "the locked password opens the display")
+        self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), "")[0], "an empty password opens the display")
         # Over REST too: the same answer shape, the password in JSON.
         status, body = self.agent.rest("POST", f"/v1/domains/{self.guest}/console-tickets",
                                        {"kind": "CONSOLE_KIND_VNC"})
