@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
@@ -624,7 +625,13 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
   }
   auto xml = DomainXmlBuilder::Build(logged, *target);
   if (!xml.ok()) return xml.status();
-  Log()->debug("defining domain {}:\n{}", spec.name, *xml);
+  if (logged.vnc_locked_password.empty()) {
+    Log()->debug("defining domain {}:\n{}", spec.name, *xml);
+  } else {
+    // The locked password has expired before the guest starts, but a log is no place for it.
+    Log()->debug("defining domain {}:\n{}", spec.name,
+                 absl::StrReplaceAll(*xml, {{"passwd='" + logged.vnc_locked_password + "'", "passwd='(hidden)'"}}));
+  }
   virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());
   if (d == nullptr) return LastLibvirtError(absl::StrCat("define domain ", spec.name));
   virDomainFree(d);

@@ -632,6 +632,8 @@ vnc_listen = "127.0.0.1"
         self.assertRegex(fresh_locked, r"^[A-Za-z0-9]{8}$")
         self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), fresh_locked)[0], "the locked password opens the display")
         self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), "")[0], "an empty password opens the display")
+        self.assertIn("passwd='(hidden)'", self.agent.log_text())  # the debug line of the definition
+        self.assertNotIn(fresh_locked, self.agent.log_text())
         # Over REST too: the same answer shape, the password in JSON.
         status, body = self.agent.rest("POST", f"/v1/domains/{self.guest}/console-tickets",
                                        {"kind": "CONSOLE_KIND_VNC"})
