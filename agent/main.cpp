@@ -294,7 +294,8 @@ int Run(const config::Config& cfg) {
     }
     std::filesystem::permissions(cfg.console_log_dir, std::filesystem::perms::owner_all, ec);
   }
-  hv::LibvirtHypervisor libvirt({.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir});
+  hv::LibvirtHypervisor libvirt(
+      {.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir, .vnc_listen = cfg.console_vnc_listen});
   // Every service reads domains through the event-fed view (hypervisor/domain_view.h): state,
   // listings and capacity from memory, everything else passed to libvirt. Consoles open on the
   // libvirt connection itself.
@@ -385,6 +386,7 @@ int Run(const config::Config& cfg) {
   // only in the development mode (loopback, as REST).
   std::unique_ptr<api::ConsoleWsServer> console_ws;
   service::ConsoleAccess::Options access_options{.log_dir = cfg.console_log_dir};
+  access_options.vnc_ttl = cfg.console_ticket_ttl;
   if (!cfg.console_ws_listen.empty()) {
     std::optional<api::ConsoleWsTls> ws_tls;
     if (!cfg.plaintext_loopback) ws_tls = api::ConsoleWsTls{cfg.tls_cert_file, cfg.tls_key_file};

@@ -26,6 +26,7 @@ test_pkgs=(
   openapi-specification python3-jsonschema python3-yaml
   openvswitch-switch tcpdump
   libjs-xterm python3-websocket chromium
+  python3-cryptography
   python3-pip python3-wheel python3-setuptools
 )
 

@@ -92,6 +92,12 @@ class DomainView final : public Hypervisor {
     return inner_.DetachNic(name, mac);
   }
 
+  // A live password changes nothing the view holds: straight through.
+  absl::StatusOr<VncDisplay> SetVncPassword(const std::string& name, const std::string& password,
+                                            std::chrono::system_clock::time_point valid_until) override {
+    return inner_.SetVncPassword(name, password, valid_until);
+  }
+
   void SetEventSink(EventSink sink) override;
   // The inner connection is up and the view was built on it.
   bool Connected() const override;

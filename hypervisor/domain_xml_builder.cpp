@@ -71,6 +71,11 @@ absl::Status CheckTarget(const DomainSpec& spec, const GuestTarget& target) {
   if (!TakesCpuTuning(target) && spec.cpu_shares != 0) {
     return Invalid("spec.cpu_shares", absl::StrCat("only for QEMU/KVM guests, not ", target.domain_type));
   }
+  if (spec.vnc && !TakesCpuTuning(target)) {  // QEMU/KVM, and libvirt's test driver
+
+    return Invalid("spec.vnc", absl::StrCat("only for QEMU/KVM guests: a ", target.domain_type,
+                                            " guest has no emulated display (its console is the PV console, hvc0)"));
+  }
   if (target.domain_type == "xen") {
     for (size_t i = 0; i < spec.disks.size(); ++i) {
       if (spec.disks[i].format == "qcow2") {
@@ -232,6 +237,23 @@ void WriteConsole(XmlWriter& w, const GuestTarget& target, const std::string& lo
   w.Open("console", {{"type", "pty"}}).Leaf("target", {}, {{"type", "serial"}, {"port", "0"}}).Close();
 }
 
+// The VNC display, locked: a password that expired long ago. libvirt then starts QEMU with
+// password authentication on and expires the password at once (QEMU's expire_password "now"),
+// so no one gets in until a ticket sets a live password (virDomainUpdateDeviceFlags). Without a
+// password in the definition QEMU would serve the display to anyone reaching the port, and
+// would refuse later passwords. The port is QEMU's pick (autoport) on the configured address.
+void WriteVnc(XmlWriter& w, const DomainSpec& spec) {
+  const std::string listen = spec.vnc_listen.empty() ? "127.0.0.1" : spec.vnc_listen;
+  w.Open("graphics", {{"type", "vnc"},
+                      {"port", "-1"},
+                      {"autoport", "yes"},
+                      {"listen", listen},
+                      {"passwd", spec.vnc_locked_password},
+                      {"passwdValidTo", "2000-01-01T00:00:00"}});
+  w.Leaf("listen", {}, {{"type", "address"}, {"address", listen}});
+  w.Close();
+}
+
 // <metadata><hvagent:labels xmlns:hvagent="..."><hvagent:label key="k" value="v"/>...
 // The value is an attribute, not text: libvirt re-indents <metadata> when it formats it, which
 // could change a value made of spaces. Both go through XmlWriter's escaping.
@@ -299,6 +321,7 @@ absl::StatusOr<std::string> DomainXmlBuilder::Build(const DomainSpec& spec, cons
   for (const auto& disk : spec.disks) WriteDisk(w, disk, target);
   for (const auto& nic : spec.nics) WriteNic(w, nic, target);
   if (spec.serial_console) WriteConsole(w, target, spec.console_log_path);
+  if (spec.vnc) WriteVnc(w, spec);
   w.Close();
   w.Close();
   return w.Finish();

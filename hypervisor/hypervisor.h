@@ -6,6 +6,7 @@
 // FailedPrecondition (wrong state), Unimplemented (driver lacks the operation),
 // Unavailable (connection down). They never run a shell.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -81,6 +82,17 @@ class Hypervisor {
 
   // Lifecycle events, including changes made behind the agent's back. The sink is called from
   // the hypervisor's event thread and must not block. Set once, before events matter.
+  // Sets the password of the running domain's VNC display, valid until `valid_until` (UTC; the
+  // display refuses it afterwards), replacing any earlier one; the definition is not changed.
+  // Returns where the display listens. NotFound (no such domain), FailedPrecondition (not
+  // running; no VNC display; a display without password authentication), Unimplemented (a
+  // hypervisor without displays).
+  virtual absl::StatusOr<VncDisplay> SetVncPassword(const std::string& name, const std::string& password,
+                                                    std::chrono::system_clock::time_point valid_until) {
+    (void)name, (void)password, (void)valid_until;
+    return absl::UnimplementedError("this hypervisor has no VNC displays");
+  }
+
   virtual void SetEventSink(EventSink sink) = 0;
 
   // False while the connection is down and being re-opened.

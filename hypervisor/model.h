@@ -81,6 +81,15 @@ struct DomainSpec {
   std::vector<DiskSpec> disks;
   std::vector<NicSpec> nics;
   bool serial_console = false;
+  // QEMU/KVM only (refused on Xen, whose ARM guests have no emulated display): a VNC display,
+  // <graphics type='vnc'> on vnc_listen, locked by a password that has expired before the
+  // guest starts, so the display opens only with a password a console ticket sets live.
+  bool vnc = false;
+  // Set by the agent, never by a caller: the address the VNC server listens on ([console]
+  // vnc_listen) and the definition's throwaway password (random, expired, never handed out:
+  // QEMU accepts a live password only when it started with password authentication on).
+  std::string vnc_listen;
+  std::string vnc_locked_password;
   // Set by the agent, never by a caller: where QEMU keeps everything the guest writes to its
   // serial console (libvirt's chardev <log>, truncated at each start and rotated by virtlogd).
   // Empty: no log. Ignored on Xen (xenconsoled keeps its own).
@@ -96,6 +105,12 @@ struct DomainSpec {
   // A caller's own key/value notes on the domain (a controller's name for it, say), kept in the
   // domain's <metadata> so they live as long as the definition. See ValidateDomainLabels.
   std::map<std::string, std::string> labels;
+};
+
+// Where a running domain's VNC display listens.
+struct VncDisplay {
+  std::string listen;  // the address in its live definition
+  int port = 0;
 };
 
 enum class DomainState {

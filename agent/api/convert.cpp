@@ -62,6 +62,7 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
   s.cpu_shares = p.cpu_shares();
   s.labels.insert(p.labels().begin(), p.labels().end());
   s.serial_console = p.serial_console();
+  s.vnc = p.vnc();
   switch (p.boot_case()) {
     case v1::DomainSpec::kKernel:
       s.boot = hv::DirectKernelBoot{p.kernel().kernel_path(), p.kernel().initrd_path(), p.kernel().cmdline()};

@@ -236,6 +236,19 @@ const std::vector<Key>& Keys() {
       Integer("console", "tcp_port_max", &Config::console_tcp_port_max, 1024, 65535),
       Plain("console", "ws_listen", &Config::console_ws_listen),
       Plain("console", "ws_public_host", &Config::console_ws_public_host),
+      {"console", "vnc_listen",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         // An address only: libvirt writes it into QEMU's -vnc option and the ticket hands it
+         // to the console proxy, so a name or a port here would be wrong in both.
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         unsigned char buf[16];
+         if (inet_pton(AF_INET, v->c_str(), buf) != 1 && inet_pton(AF_INET6, v->c_str(), buf) != 1) {
+           return Invalid(field, "must be an IP address (no port, no name)");
+         }
+         c.console_vnc_listen = *v;
+         return absl::OkStatus();
+       }},
       {"console", "log_dir",
        [](const toml::node& n, const std::string& field, Config& c) {
          auto v = n.value<std::string>();

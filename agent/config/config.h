@@ -95,6 +95,9 @@ struct Config {
   int console_tcp_port_min = 10000;
   int console_tcp_port_max = 10099;
   std::string console_log_dir;
+  // Where QEMU/KVM domains defined with a VNC display (DomainSpec.vnc) listen: the address the
+  // console proxy reaches (CloudStack's console proxy VM, nova-novncproxy).
+  std::string console_vnc_listen = "127.0.0.1";
 
   // [network] (docs/networking.md): the Linux bridges NICs may join (unset: any, as before the
   // key existed) and the Open vSwitch bridges (none unless listed).

@@ -8,6 +8,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include "absl/strings/str_cat.h"
 #include "hypervisor/console.h"
 
@@ -29,7 +32,47 @@ std::string PercentEncode(const std::string& s) {
   return out;
 }
 
+// 8 characters (all VNC authentication reads of a password) from 62 letters and digits, about
+// 47.6 bits, from OpenSSL's CSPRNG. Rejection sampling keeps every character equally likely.
+absl::StatusOr<std::string> VncPassword() {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  constexpr unsigned kLetters = sizeof kAlphabet - 1;             // 62
+  constexpr unsigned kBelow = 256 - 256 % kLetters;               // 248: bytes above are redrawn
+  std::string out;
+  while (out.size() < 8) {
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof raw) != 1) return absl::InternalError("vnc: the random generator failed");
+    for (unsigned char c : raw) {
+      if (c < kBelow && out.size() < 8) out += kAlphabet[c % kLetters];
+    }
+    OPENSSL_cleanse(raw, sizeof raw);
+  }
+  return out;
+}
+
 }  // namespace
+
+absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::IssueVnc(const hv::DomainInfo& info) {
+  if (info.state != hv::DomainState::kRunning && info.state != hv::DomainState::kPaused &&
+      info.state != hv::DomainState::kBlocked) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", info.name, "' is not running: it has no display now"));
+  }
+  auto password = VncPassword();
+  if (!password.ok()) return password.status();
+  const auto expires = std::chrono::system_clock::now() + options_.vnc_ttl;
+  // The new password replaces the last ticket's at once: at most one password opens a display.
+  auto display = hypervisor_.SetVncPassword(info.name, *password, expires);
+  if (!display.ok()) return display.status();
+  Ticket t;
+  t.domain = info.name;
+  t.kind = ConsoleKind::kVnc;
+  // libvirt's expiry has whole seconds: the answer says the second it ends, never later.
+  t.expires = std::chrono::time_point_cast<std::chrono::seconds>(expires);
+  t.host = display->listen;
+  t.port = display->port;
+  t.password = std::move(*password);
+  return t;
+}
 
 absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& domain, ConsoleKind kind) {
   // The domain first, whatever the kind: "no such guest" is the more useful answer (and the one
@@ -46,6 +89,7 @@ absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& do
           "' has no graphical console (a Xen guest's console is its PV console, hvc0): ask for serial-ws or "
           "serial-tcp"));
     }
+    return IssueVnc(*info);
   }
   const bool served = (kind == ConsoleKind::kSerialTcp && tcp_ != nullptr) ||
                       (kind == ConsoleKind::kSerialWs && !options_.ws_base_url.empty());

@@ -23,6 +23,8 @@ class ConsoleAccess {
     std::string ws_base_url;
     std::string ws_host;
     int ws_port = 0;
+    // vnc: how long a ticket's password opens the display ([console] ticket_ttl_seconds).
+    std::chrono::seconds vnc_ttl{60};
   };
   ConsoleAccess(hv::Hypervisor& hypervisor, ConsoleTickets& tickets, ConsoleTcpEndpoints* tcp, Options options)
       : hypervisor_(hypervisor), tickets_(tickets), tcp_(tcp), options_(std::move(options)) {}
@@ -35,10 +37,14 @@ class ConsoleAccess {
     std::string host;  // serial-tcp: where its one connection is awaited; serial-ws: the listener
     int port = 0;
     std::string url;  // serial-ws: the web terminal page, ticket included
+    // vnc: the display's password until `expires` (8 characters, the most VNC authentication
+    // uses). A vnc ticket has no `ticket`: the password is the credential (the RFB protocol has
+    // no tickets).
+    std::string password;
   };
   // NotFound (no such domain, whatever the kind), FailedPrecondition (not running; vnc on a Xen
-  // host, whose guests have no display), Unimplemented (a kind this
-  // agent has no endpoint for).
+  // host, whose guests have no display, or on a domain without a VNC display), Unimplemented (a
+  // kind this agent has no endpoint for).
   absl::StatusOr<Ticket> Issue(const std::string& domain, ConsoleKind kind);
 
   struct LogTail {
@@ -52,6 +58,8 @@ class ConsoleAccess {
   absl::StatusOr<LogTail> Log(const std::string& domain, uint64_t tail_bytes);
 
  private:
+  absl::StatusOr<Ticket> IssueVnc(const hv::DomainInfo& domain);
+
   hv::Hypervisor& hypervisor_;
   ConsoleTickets& tickets_;
   ConsoleTcpEndpoints* tcp_;

@@ -830,10 +830,14 @@ std::string Lower(std::string s) {
   return s;
 }
 
-// CloudStack wants VNC (host, port, one-time password) or a URL a browser can open. The agent
-// serves the guest's serial console as a web terminal: a serial-ws ticket's URL, on the agent's
-// proxy-facing address ([console] ws_public_host), good once within [console]
-// ticket_ttl_seconds; CloudStack hands it to the user as a "direct" console.
+// CloudStack wants VNC (host, port, password) or a URL a browser can open. A guest with a VNC
+// display (QEMU/KVM, `vnc=true`) gets a vnc ticket: a fresh password on the display until
+// [console] ticket_ttl_seconds, replaced by the next getconsole, at the host's [console]
+// vnc_listen, which the console proxy VM must reach; CloudStack's orchestrator reads host, port
+// (as text), password and passwordonetimeuseonly (a new viewer session per getconsole, since the
+// old password stops working). Any other guest (no display; a Xen host) gets its serial console
+// as a web terminal: a serial-ws ticket's URL on the agent's proxy-facing address ([console]
+// ws_public_host), good once, handed to the user as a "direct" console.
 int GetConsole(const Payload& p, const Agent& a) {
   Resolved r;
   if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
@@ -842,9 +846,28 @@ int GetConsole(const Payload& p, const Agent& a) {
   }
   v1::IssueConsoleTicketRequest req;
   req.set_domain_name(r.name);
-  req.set_kind(v1::CONSOLE_KIND_SERIAL_WS);
+  req.set_kind(v1::CONSOLE_KIND_VNC);
   v1::ConsoleTicket t;
   auto s = a.consoles->IssueConsoleTicket(a.Context().get(), req, &t);
+  if (s.ok()) {
+    value console = value::object();
+    console["host"] = value::string(t.host());
+    console["port"] = value::string(std::to_string(t.port()));
+    console["password"] = value::string(t.password());
+    console["passwordonetimeuseonly"] = value::boolean(true);
+    console["protocol"] = value::string("vnc");
+    value out = value::object();
+    out["status"] = value::string("success");
+    out["console"] = console;
+    return Emit(out, 0);
+  }
+  // No display (or not running, which the serial console says again): the text console.
+  if (s.error_code() != grpc::StatusCode::FAILED_PRECONDITION && s.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
+    return a.Error(s, "issuing a VNC console ticket for " + r.name);
+  }
+  req.set_kind(v1::CONSOLE_KIND_SERIAL_WS);
+  t.Clear();
+  s = a.consoles->IssueConsoleTicket(a.Context().get(), req, &t);
   if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
     return Fail("getconsole: the agent serves no web console ([console] ws_listen is not set on the host); "
                 "on the host, `hvctl console " + r.name + "` attaches to the guest's serial console",

@@ -365,6 +365,15 @@ void SetMachine(const Payload& p, v1::DomainSpec& spec) {
   }
 }
 
+// A VNC display (QEMU/KVM hosts) when `vnc` is true; getconsole then hands out VNC. Off by
+// default: Xen on Arm has no display, and the agent refuses one there.
+void SetDisplay(const Payload& p, v1::DomainSpec& spec) {
+  const std::string v = Lower(Setting(p, "vnc"));
+  if (v.empty() || v == "false") return;
+  if (v != "true") throw PayloadError("vnc: must be true or false, got '" + v + "'");
+  spec.set_vnc(true);
+}
+
 // Direct kernel boot when a kernel is named, else firmware.
 void SetBoot(const Payload& p, v1::DomainSpec& spec) {
   if (auto kernel = HostFileSetting(p, "kernel_path"); !kernel.empty()) {
@@ -520,6 +529,7 @@ v1::DomainSpec BuildDomainSpec(const Payload& p) {
   if (auto instance = InstanceName(p); !instance.empty()) (*spec.mutable_labels())[kInstanceLabel] = instance;
   SetSize(p, spec);
   spec.set_serial_console(true);
+  SetDisplay(p, spec);
   SetMachine(p, spec);
   SetBoot(p, spec);
   AddRootDisk(p, spec);

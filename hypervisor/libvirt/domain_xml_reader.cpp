@@ -140,4 +140,35 @@ absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::strin
   return out;
 }
 
+
+absl::StatusOr<std::optional<VncPasswordUpdate>> VncPasswordUpdateXml(absl::string_view xml,
+                                                                      const std::string& password,
+                                                                      const std::string& valid_to) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  xmlDoc* doc = parsed->get();
+  const xmlNode* devices = Child(xmlDocGetRootElement(doc), "devices");
+  for (const xmlNode* g = devices ? devices->children : nullptr; g != nullptr; g = g->next) {
+    if (!Is(g, "graphics") || Attr(g, "type") != "vnc") continue;
+    VncPasswordUpdate out;
+    // The address: the element's own attribute, else its first <listen type='address'>.
+    out.display.listen = Attr(g, "listen");
+    if (out.display.listen.empty()) out.display.listen = Attr(Child(g, "listen"), "address");
+    if (!absl::SimpleAtoi(Attr(g, "port"), &out.display.port) || out.display.port <= 0) {
+      return absl::FailedPreconditionError("the VNC display has no port yet");
+    }
+    // The copy is changed, the parsed document stays as libvirt wrote it.
+    xmlNode* copy = xmlDocCopyNode(const_cast<xmlNode*>(g), doc, 1);
+    if (copy == nullptr) return absl::InternalError("copying the graphics element failed");
+    xmlSetProp(copy, reinterpret_cast<const xmlChar*>("passwd"), reinterpret_cast<const xmlChar*>(password.c_str()));
+    xmlSetProp(copy, reinterpret_cast<const xmlChar*>("passwdValidTo"),
+               reinterpret_cast<const xmlChar*>(valid_to.c_str()));
+    out.device_xml = Dump(doc, copy);
+    xmlFreeNode(copy);
+    if (out.device_xml.empty()) return absl::InternalError("writing the graphics element failed");
+    return std::optional<VncPasswordUpdate>(std::move(out));
+  }
+  return std::optional<VncPasswordUpdate>();
+}
+
 }  // namespace hvagent::hv

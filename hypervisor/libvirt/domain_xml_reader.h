@@ -2,6 +2,7 @@
 // Reads back what the agent needs from a domain's XML as libvirt stores it (disks today).
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,5 +36,17 @@ absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view
 // accepted (bad key, over-long or control-laden value, beyond kMaxLabels) are left out, so a
 // hand-edited definition cannot make a listing carry what a caller could not have sent.
 absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::string_view xml);
+
+// The first <graphics type='vnc'> of a running domain's XML, as virDomainUpdateDeviceFlags
+// wants it to change the password: the element as libvirt wrote it (listen, port, keymap
+// unchanged, or libvirt refuses the update) with passwd and passwdValidTo set. nullopt when the
+// domain has no VNC display.
+struct VncPasswordUpdate {
+  VncDisplay display;
+  std::string device_xml;
+};
+absl::StatusOr<std::optional<VncPasswordUpdate>> VncPasswordUpdateXml(absl::string_view live_domain_xml,
+                                                                      const std::string& password,
+                                                                      const std::string& valid_to);
 
 }  // namespace hvagent::hv

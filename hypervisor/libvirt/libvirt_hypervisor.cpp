@@ -3,7 +3,12 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -11,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
@@ -24,6 +30,19 @@
 
 namespace hvagent::hv {
 namespace {
+
+// The throwaway password a VNC display is defined with (expired before the guest starts; see
+// WriteVnc). From the kernel's CSPRNG all the same: it should not be guessable either.
+absl::StatusOr<std::string> LockedVncPassword() {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  unsigned char raw[8];
+  if (getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw)) {
+    return absl::InternalError(absl::StrCat("spec.vnc: the random generator failed: ", std::strerror(errno)));
+  }
+  std::string out;
+  for (unsigned char c : raw) out += kAlphabet[c % (sizeof kAlphabet - 1)];
+  return out;
+}
 
 std::shared_ptr<spdlog::logger> Log() {
   static auto logger = log::ComponentLogger("hypervisor");
@@ -598,13 +617,62 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
   if (spec.serial_console && !options_.console_log_dir.empty() && target->os_type != "xen") {
     logged.console_log_path = ConsoleLogPath(options_.console_log_dir, spec.name);
   }
+  if (spec.vnc) {
+    logged.vnc_listen = options_.vnc_listen;
+    auto locked = LockedVncPassword();
+    if (!locked.ok()) return locked.status();
+    logged.vnc_locked_password = *locked;
+  }
   auto xml = DomainXmlBuilder::Build(logged, *target);
   if (!xml.ok()) return xml.status();
-  Log()->debug("defining domain {}:\n{}", spec.name, *xml);
+  if (logged.vnc_locked_password.empty()) {
+    Log()->debug("defining domain {}:\n{}", spec.name, *xml);
+  } else {
+    // The locked password has expired before the guest starts, but a log is no place for it.
+    Log()->debug("defining domain {}:\n{}", spec.name,
+                 absl::StrReplaceAll(*xml, {{"passwd='" + logged.vnc_locked_password + "'", "passwd='(hidden)'"}}));
+  }
   virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());
   if (d == nullptr) return LastLibvirtError(absl::StrCat("define domain ", spec.name));
   virDomainFree(d);
   return absl::OkStatus();
+}
+
+absl::StatusOr<VncDisplay> LibvirtHypervisor::SetVncPassword(const std::string& name, const std::string& password,
+                                                             std::chrono::system_clock::time_point valid_until) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainIsActive(d->get()) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: it has no display now"));
+  }
+  // The live XML without VIR_DOMAIN_XML_SECURE: it carries no password, and none is read back.
+  char* xml = virDomainGetXMLDesc(d->get(), 0);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read running guest of domain ", name));
+  const std::time_t t = std::chrono::system_clock::to_time_t(valid_until);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char valid_to[32];
+  std::strftime(valid_to, sizeof valid_to, "%Y-%m-%dT%H:%M:%S", &tm);  // libvirt's passwdValidTo, UTC
+  auto update = VncPasswordUpdateXml(xml, password, valid_to);
+  free(xml);
+  if (!update.ok()) return update.status();
+  if (!update->has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "kind: vnc: domain '", name, "' has no VNC display (define it with spec.vnc): ask for serial-ws or serial-tcp"));
+  }
+  // Live only: the definition keeps its expired password, so neither this password nor its
+  // expiry outlives the running guest, and `virsh dumpxml --inactive --security-info` never shows it.
+  if (virDomainUpdateDeviceFlags(d->get(), (*update)->device_xml.c_str(), VIR_DOMAIN_AFFECT_LIVE) < 0) {
+    // libvirt's message names the operation, never the password. A display started without
+    // password authentication (defined outside the agent) ends here too.
+    int code = 0;
+    absl::Status s = LastLibvirtError(absl::StrCat("set the VNC password of domain ", name), &code);
+    if (code == VIR_ERR_OPERATION_FAILED || code == VIR_ERR_OPERATION_UNSUPPORTED || code == VIR_ERR_INTERNAL_ERROR) {
+      return absl::FailedPreconditionError(s.message());
+    }
+    return s;
+  }
+  return (*update)->display;
 }
 
 absl::Status LibvirtHypervisor::UndefineDomain(const std::string& name) {

@@ -44,6 +44,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
     bool force_per_domain_stats = false;
     // QEMU/KVM: each serial console logged to ConsoleLogPath(console_log_dir, name). Empty: none.
     std::string console_log_dir;
+    // QEMU/KVM: where a domain's VNC display listens (DomainSpec.vnc).
+    std::string vnc_listen = "127.0.0.1";
   };
 
   // Tries to connect once; if that fails the agent still starts and keeps retrying.
@@ -85,6 +87,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   void SetEventSink(EventSink sink) override;
   bool Connected() const override;
   uint64_t ConnectionGeneration() const override { return connection_generation(); }
+  absl::StatusOr<VncDisplay> SetVncPassword(const std::string& name, const std::string& password,
+                                            std::chrono::system_clock::time_point valid_until) override;
   // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
   // paused.
   absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,

@@ -118,6 +118,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.max_vcpus = std::max(spec.vcpus, spec.max_vcpus);
     d.disks = spec.disks;
     d.nics = spec.nics;
+    d.vnc = spec.vnc;
     domains_[spec.name] = d;
     return absl::OkStatus();
   }
@@ -270,6 +271,20 @@ class FakeHypervisor final : public hv::Hypervisor {
   bool Connected() const override { return connected; }
   uint64_t ConnectionGeneration() const override { return generation; }
 
+  // The last password set on each domain's display and its end; a display at 127.0.0.1:5900.
+  std::map<std::string, std::pair<std::string, std::chrono::system_clock::time_point>> vnc_passwords;
+  absl::StatusOr<hv::VncDisplay> SetVncPassword(const std::string& name, const std::string& password,
+                                                std::chrono::system_clock::time_point valid_until) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("vnc-password " + name);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    if (!hv::IsActive((*d)->info.state)) return absl::FailedPreconditionError("not running");
+    if (!(*d)->vnc) return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' has no VNC display"));
+    vnc_passwords[name] = {password, valid_until};
+    return hv::VncDisplay{"127.0.0.1", 5900};
+  }
+
   void Emit(const hv::DomainEvent& e) {
     if (sink_) sink_(e);
   }
@@ -286,6 +301,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     int shutdown_countdown = 0;
     uint32_t max_vcpus = 0;
     uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none
+    bool vnc = false;
   };
 
   static hv::DomainResources ResourcesOf(const Domain& d) {

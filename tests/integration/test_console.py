@@ -23,6 +23,7 @@ import http.client
 import json
 import websocket  # python3-websocket (websocket-client)
 
+from rfb import rfb_vnc_auth
 from agent_harness import AgentTestCase, virsh, small_spec, with_security, test_guest, free_port
 from hvagent.v1 import console_pb2, console_pb2_grpc, domain_pb2
 
@@ -310,9 +311,11 @@ log_dir = "{cls.log_dir}/logs"
         status, body = self.agent.rest("POST", path, {})
         self.assertEqual(status, 400, body)
         self.assertIn("kind", body["message"])
+        # This guest was defined without spec.vnc: no display, said as such (409), not "not built".
         status, body = self.agent.rest("POST", path, {"kind": "CONSOLE_KIND_VNC"})
-        self.assertEqual(status, 501, body)
+        self.assertEqual(status, 409, body)
         self.assertIn("kind: vnc", body["message"])
+        self.assertIn("has no VNC display", body["message"])
         status, body = self.agent.rest("POST", f"/v1/domains/{GUEST_PREFIX}absent/console-tickets",
                                        {"kind": "CONSOLE_KIND_SERIAL_TCP"})
         self.assertEqual(status, 404, body)
@@ -541,3 +544,123 @@ log_dir = "{cls.log_dir}/logs"
 
 if __name__ == "__main__":
     unittest.main()
+
+
+
+class VncConsoleTest(AgentTestCase):
+    """CONSOLE_KIND_VNC on a real QEMU guest defined with spec.vnc: each ticket sets a fresh
+    password on the live display until its expiry; a small RFB client checks what QEMU's VNC
+    server accepts."""
+
+    TTL = 4  # seconds: the expiry test waits this long
+
+    @classmethod
+    def agent_config(cls):
+        cls.kernel, cls.initrd = test_guest()
+        return with_security(f"""[console]
+ticket_ttl_seconds = {cls.TTL}
+vnc_listen = "127.0.0.1"
+""", kernel_dirs=[os.path.dirname(cls.kernel)])
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.guest = GUEST_PREFIX + "vnc-" + uuid.uuid4().hex[:8]
+        try:
+            spec = domain_pb2.DomainSpec(name=cls.guest, vcpus=1, memory_mib=256, vnc=True)
+            spec.kernel.kernel_path = cls.kernel
+            spec.kernel.initrd_path = cls.initrd
+            spec.kernel.cmdline = "quiet"
+            cls.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+            cls.stub = console_pb2_grpc.ConsoleServiceStub(cls.agent.channel)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for name in (cls.guest, cls.guest + "-off"):
+            virsh("destroy", name, check=False)
+            virsh("undefine", name, check=False)
+        super().tearDownClass()
+
+    def ticket(self):
+        t = self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+            domain_name=self.guest, kind=console_pb2.CONSOLE_KIND_VNC))
+        self.assertEqual(t.host, "127.0.0.1")
+        self.assertGreaterEqual(t.port, 5900)
+        self.assertRegex(t.password, r"^[A-Za-z0-9]{8}$")
+        self.assertEqual(t.ticket, "")
+        left = t.expire_time.ToDatetime().timestamp() - time.time()
+        self.assertTrue(self.TTL - 2 < left <= self.TTL + 1, left)
+        return t
+
+    def test_the_tickets_password_opens_the_display_and_a_wrong_or_replaced_one_does_not(self):
+        first = self.ticket()
+        self.assertEqual(rfb_vnc_auth(first.host, first.port, first.password), (True, ""))
+        # Still good within its lifetime (VNC has no ticket: the password is not spent by use).
+        self.assertTrue(rfb_vnc_auth(first.host, first.port, first.password)[0])
+        wrong = "".join("b" if c == "a" else "a" for c in first.password)
+        ok, reason = rfb_vnc_auth(first.host, first.port, wrong)
+        self.assertFalse(ok)
+        second = self.ticket()
+        self.assertNotEqual(second.password, first.password)
+        self.assertEqual(second.port, first.port)
+        self.assertFalse(rfb_vnc_auth(first.host, first.port, first.password)[0], "the replaced password still opens it")
+        self.assertTrue(rfb_vnc_auth(second.host, second.port, second.password)[0])
+
+    def test_the_password_stops_working_when_it_expires(self):
+        t = self.ticket()
+        self.assertTrue(rfb_vnc_auth(t.host, t.port, t.password)[0])
+        time.sleep(self.TTL + 2)
+        ok, reason = rfb_vnc_auth(t.host, t.port, t.password)
+        self.assertFalse(ok, "an expired password still opens the display")
+
+    def test_the_display_is_locked_before_any_ticket_and_the_password_is_kept_nowhere(self):
+        # A fresh guest: no ticket yet, and the definition's password (expired) opens nothing.
+        fresh = self.guest + "-fresh"
+        spec = domain_pb2.DomainSpec(name=fresh, vcpus=1, memory_mib=128, vnc=True)
+        spec.kernel.kernel_path = self.kernel
+        spec.kernel.initrd_path = self.initrd
+        self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+        self.addCleanup(virsh, "undefine", fresh, check=False)
+        self.addCleanup(virsh, "destroy", fresh, check=False)
+        display = virsh("vncdisplay", fresh).stdout.strip()  # "127.0.0.1:N"
+        host, n = display.rsplit(":", 1)
+        fresh_def = virsh("dumpxml", "--inactive", "--security-info", fresh).stdout
+        fresh_locked = re.search(r"passwd='([^']*)'", fresh_def).group(1)
+        self.assertRegex(fresh_locked, r"^[A-Za-z0-9]{8}$")
+        self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), fresh_locked)[0], "the locked password opens the display")
+        self.assertFalse(rfb_vnc_auth(host, 5900 + int(n), "")[0], "an empty password opens the display")
+        self.assertIn("passwd='(hidden)'", self.agent.log_text())  # the debug line of the definition
+        self.assertNotIn(fresh_locked, self.agent.log_text())
+        # Over REST too: the same answer shape, the password in JSON.
+        status, body = self.agent.rest("POST", f"/v1/domains/{self.guest}/console-tickets",
+                                       {"kind": "CONSOLE_KIND_VNC"})
+        self.assertEqual(status, 201, body)
+        password = body["password"]
+        self.assertTrue(rfb_vnc_auth("127.0.0.1", body["port"], password)[0])
+        definition = virsh("dumpxml", "--inactive", "--security-info", self.guest).stdout
+        self.assertIn("<graphics type='vnc'", definition)
+        self.assertNotIn(password, definition)
+        # The definition's own password expired in 2000: it opens nothing.
+        locked = re.search(r"passwd='([^']*)'", definition).group(1)
+        self.assertIn("passwdValidTo='2000-01-01T00:00:00'", definition)
+        self.assertFalse(rfb_vnc_auth("127.0.0.1", body["port"], locked)[0])
+        # The live XML a reader without secrets sees carries no password either.
+        self.assertNotIn(password, virsh("dumpxml", self.guest).stdout)
+        # Neither the log nor the audit lines (both in the agent's output) have it.
+        log = self.agent.log_text()
+        self.assertIn("IssueConsoleTicket", log)
+        self.assertNotIn(password, log)
+
+    def test_a_stopped_domain_has_no_display_now(self):
+        spec = domain_pb2.DomainSpec(name=self.guest + "-off", vcpus=1, memory_mib=128, vnc=True)
+        spec.kernel.kernel_path = self.kernel
+        spec.kernel.initrd_path = self.initrd
+        self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=False))
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.IssueConsoleTicket(console_pb2.IssueConsoleTicketRequest(
+                domain_name=self.guest + "-off", kind=console_pb2.CONSOLE_KIND_VNC))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("not running", e.exception.details())

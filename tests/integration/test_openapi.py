@@ -442,7 +442,8 @@ scratch_dir = "{cls.scratch}"
         tickets, log = "/v1/domains/{name}/console-tickets", "/v1/domains/{name}/console-log"
         serial_tcp = {"kind": "CONSOLE_KIND_SERIAL_TCP"}
         self.check(tickets, "POST", d, body=serial_tcp, expect=409)
-        self.check(tickets, "POST", d, body={"kind": "CONSOLE_KIND_VNC"}, expect=501)
+        self.check(tickets, "POST", d, body={"kind": "CONSOLE_KIND_VNC"}, expect=409)  # stopped: no display now
+        self.check(tickets, "POST", d, body={"kind": "CONSOLE_KIND_SERIAL_WS"}, expect=501)  # no ws_listen here
         self.check(tickets, "POST", g, body=serial_tcp, expect=404)
         self.check(log, "GET", g, expect=404)
         never = unique_name("oa-never")

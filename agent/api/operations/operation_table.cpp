@@ -371,6 +371,7 @@ absl::Status IssueConsoleTicket(const Services& s, const v1::IssueConsoleTicketR
   out->set_host(t->host);
   out->set_port(static_cast<uint32_t>(t->port));
   out->set_url(t->url);
+  out->set_password(t->password);
   return absl::OkStatus();
 }
 

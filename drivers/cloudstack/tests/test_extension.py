@@ -233,6 +233,13 @@ class ExtensionTest(unittest.TestCase):
                 self.fails("create", "create.json", f"{key}: not taken from the instance's details",
                            "INVALID_ARGUMENT", edit=user)
 
+    def test_a_vnc_detail_that_is_not_a_boolean_is_refused(self):
+        def edit(doc):
+            doc["externaldetails"]["virtualmachine"]["vnc"] = "maybe"
+        before = self.agent.domains()
+        self.fails("create", "create.json", "vnc: must be true or false, got 'maybe'", "INVALID_ARGUMENT", edit=edit)
+        self.assertEqual(self.agent.domains(), before)
+
     def test_template_image_on_a_host_without_it(self):
         """test:///default has no pools: the agent's own answer comes back, nothing is made."""
         def edit(doc):

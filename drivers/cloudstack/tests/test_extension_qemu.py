@@ -20,6 +20,7 @@ import unittest
 import uuid
 
 from extension_harness import Agent, Extension
+from rfb import rfb_vnc_auth  # tests/integration/rfb.py (PYTHONPATH from CTest)
 
 URI = "qemu:///system"
 TESTS_LOCK = "/run/hvagent-tests/tests.lock"  # shared with tests/integration (one class at a time)
@@ -147,6 +148,40 @@ class QemuRoundTripTest(unittest.TestCase):
         self.run_ok("delete", "delete.json")
         self.assertNotIn(self.name, virsh("list", "--all", "--name").split())
         self.assertIn("not present", self.run_ok("delete", "delete.json")["message"])
+
+    def test_getconsole_of_a_vm_with_a_display_is_vnc_with_a_password_per_call(self):
+        def with_vnc(doc):
+            self.edit(doc)
+            doc["externaldetails"]["host"]["vnc"] = "true"
+        code, out = self.ext.run("create", "create.json", wait="120", edit=with_vnc)
+        self.assertEqual((code, out.get("status")), (0, "success"), out)
+        self.assertIn("<graphics type='vnc'", virsh("dumpxml", self.name))
+        code, first = self.ext.run("getconsole", "getconsole.json", edit=self.edit)
+        self.assertEqual(code, 0, first)
+        console = first["console"]
+        self.assertEqual(console["protocol"], "vnc")
+        self.assertIs(console["passwordonetimeuseonly"], True)
+        self.assertEqual(console["host"], "127.0.0.1")  # the agent's [console] vnc_listen default
+        self.assertIsInstance(console["port"], str)  # CloudStack reads it as text
+        self.assertRegex(console["password"], r"^[A-Za-z0-9]{8}$")
+        self.assertTrue(rfb_vnc_auth(console["host"], int(console["port"]), console["password"])[0])
+        # The next getconsole replaces the password: the first no longer opens the display.
+        code, second = self.ext.run("getconsole", "getconsole.json", edit=self.edit)
+        self.assertEqual(code, 0, second)
+        self.assertNotEqual(second["console"]["password"], console["password"])
+        self.assertFalse(rfb_vnc_auth(console["host"], int(console["port"]), console["password"])[0])
+        self.assertTrue(rfb_vnc_auth(console["host"], int(console["port"]), second["console"]["password"])[0])
+        # Nothing of it in the extension's or the agent's output but the answers themselves.
+        self.assertNotIn(console["password"], self.agent.log_text())
+
+    def test_getconsole_of_a_vm_without_a_display_falls_back_to_the_serial_console(self):
+        self.run_ok("create", "create.json")
+        code, out = self.ext.run("getconsole", "getconsole.json", edit=self.edit)
+        # This agent has no [console] ws_listen: the serial console's web terminal is not served
+        # either, which is said (before VNC, a "no display" would have been the answer).
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.get("code"), "UNIMPLEMENTED", out)
+        self.assertIn("ws_listen", out["error"])
 
     def volume(self, name):
         return self.agent.rest("GET", f"/v1/pools/disk1/volumes/{name}")

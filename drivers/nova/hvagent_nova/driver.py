@@ -1177,10 +1177,17 @@ class HvagentDriver(driver.ComputeDriver):
         return console_type.ConsoleSerial(host=t.host, port=t.port)
 
     def get_vnc_console(self, context, instance):
-        """A VNC ticket: host and port of the guest's display for nova-novncproxy. The agent
-        has no VNC endpoint yet (UNIMPLEMENTED) and a Xen guest has no display at all
-        (FAILED_PRECONDITION): both are Nova's ConsoleTypeUnavailable, which its API answers
-        400 rather than 500, so a user is pointed to the serial console."""
+        """A VNC ticket: host and port of the guest's display, for nova-novncproxy.
+
+        Nova has no way to hand a VNC password to novncproxy: ConsoleVNC carries host, port and
+        an access path only, and novncproxy (Nova 26) always runs its RFB security proxy, which
+        speaks to the compute host with the [vnc] auth_schemes "none" or "vencrypt" (x509, no
+        password) and refuses a server offering only VNC authentication. The agent's displays
+        are locked by a per-ticket password, so this driver spawns guests without one (no
+        spec.vnc): for them, and for Xen guests, the answer is ConsoleTypeUnavailable (Nova's
+        API: 400), and users take the serial console (get_serial_console). A guest given a
+        display otherwise gets its ConsoleVNC, which novncproxy cannot open without a password
+        (docs/openstack.md)."""
         t = self._console_ticket(instance, console_pb2.CONSOLE_KIND_VNC, "vnc")
         return console_type.ConsoleVNC(host=t.host, port=t.port)
 

@@ -368,8 +368,8 @@ class DriverTestCase(test.TestCase):
         self.flags(storage_pool=None, group="hvagent")
         inst = self.instance(root_gb=0)
         self.spawn(inst)
-        # The agent serves no VNC yet: Nova's "console type unavailable" (its API's 400), not
-        # NotImplementedError (500).
+        # Nova's guests have no display (novncproxy could not give the per-ticket password):
+        # Nova's "console type unavailable" (its API's 400), not NotImplementedError (500).
         self.assertRaises(exception.ConsoleTypeUnavailable, self.drv.get_vnc_console, self.ctxt, inst)
         self.assertRaises(exception.InstanceNotFound, self.drv.get_vnc_console, self.ctxt,
                           self.instance(root_gb=0))

@@ -112,6 +112,23 @@ shutdown_timeout_seconds = 15
   EXPECT_EQ(c->shutdown_timeout, std::chrono::seconds(15));
 }
 
+TEST(ParseConfigToml, VncListenIsAnIpAddressDefaultingToLoopback) {
+  auto none = ParseConfigToml("");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->console_vnc_listen, "127.0.0.1");
+  for (const char* good : {"192.0.2.7", "::1", "0.0.0.0"}) {
+    auto c = ParseConfigToml(std::string("[console]\nvnc_listen = \"") + good + "\"\n");
+    ASSERT_TRUE(c.ok()) << good << ": " << c.status();
+    EXPECT_EQ(c->console_vnc_listen, good);
+  }
+  // Names and ports would reach QEMU's -vnc option and the console proxy wrong.
+  for (const char* bad : {R"("host.example")", R"("127.0.0.1:5900")", R"("")", R"("127.0.0.1,x=y")", "5900"}) {
+    auto r = ParseConfigToml(std::string("[console]\nvnc_listen = ") + bad + "\n");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(Msg(r.status()), HasSubstr("console.vnc_listen")) << bad;
+  }
+}
+
 TEST(ParseConfigToml, NetworkBridgesAreInterfaceNamesAndAbsentMeansAnyLinuxBridgeNoOvs) {
   auto none = ParseConfigToml("");
   ASSERT_TRUE(none.ok());

@@ -147,6 +147,76 @@ TEST(DomainXmlReaderTest, LabelsFromTheMetadataElementAlone) {
   EXPECT_FALSE(ParseDomainLabels("<domain><metadata>").ok());
 }
 
+// The display is locked from the start: a password that expired in 2000, so QEMU starts with
+// password authentication on and nobody gets in before a ticket sets a live one.
+TEST(DomainXmlBuilderTest, VncDisplayListensOnTheGivenAddressLockedByAnExpiredPassword) {
+  DomainSpec s = Base();
+  s.vnc = true;
+  s.vnc_listen = "192.0.2.10";
+  s.vnc_locked_password = "Xy12ab9Q";
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  EXPECT_EQ(x.Count("/domain/devices/graphics"), 1);
+  EXPECT_EQ(x.Get("/domain/devices/graphics/@type"), "vnc");
+  EXPECT_EQ(x.Get("/domain/devices/graphics/@autoport"), "yes");
+  EXPECT_EQ(x.Get("/domain/devices/graphics/@listen"), "192.0.2.10");
+  EXPECT_EQ(x.Get("/domain/devices/graphics/listen/@address"), "192.0.2.10");
+  EXPECT_EQ(x.Get("/domain/devices/graphics/@passwd"), "Xy12ab9Q");
+  EXPECT_EQ(x.Get("/domain/devices/graphics/@passwdValidTo"), "2000-01-01T00:00:00");
+  auto valid = ValidateWithLibvirtSchema(*xml);
+  EXPECT_TRUE(valid.ok() || absl::IsFailedPrecondition(valid)) << valid;
+  // Without spec.vnc: no display at all.
+  EXPECT_THAT(*DomainXmlBuilder::Build(Base(), kQemuX86), ::testing::Not(HasSubstr("graphics")));
+}
+
+TEST(DomainXmlBuilderTest, VncOnXenIsRefusedNamingTheField) {
+  DomainSpec s = Base();
+  s.boot = DirectKernelBoot{"/boot/vmlinuz", "", ""};
+  s.vnc = true;
+  auto xml = DomainXmlBuilder::Build(s, kXenArm);
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(xml.status().message(), HasSubstr("spec.vnc: only for QEMU/KVM guests"));
+}
+
+// The update keeps the live element as libvirt wrote it (listen, port, keymap) and sets the
+// password and its end; a domain without VNC (a SPICE display only) has nothing to update.
+TEST(DomainXmlReaderTest, VncPasswordUpdateKeepsTheLiveElementAndSetsThePassword) {
+  const std::string live =
+      "<domain><devices><graphics type='spice' port='5930'/>"
+      "<graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1' keymap='de'>"
+      "<listen type='address' address='127.0.0.1'/></graphics></devices></domain>";
+  auto u = VncPasswordUpdateXml(live, "pa&ss'1", "2030-01-02T03:04:05");
+  ASSERT_TRUE(u.ok()) << u.status();
+  ASSERT_TRUE(u->has_value());
+  EXPECT_EQ((*u)->display.listen, "127.0.0.1");
+  EXPECT_EQ((*u)->display.port, 5901);
+  Xml x((*u)->device_xml);
+  ASSERT_TRUE(x.ok()) << (*u)->device_xml;
+  EXPECT_EQ(x.Get("/graphics/@type"), "vnc");
+  EXPECT_EQ(x.Get("/graphics/@port"), "5901");
+  EXPECT_EQ(x.Get("/graphics/@keymap"), "de");
+  EXPECT_EQ(x.Get("/graphics/listen/@address"), "127.0.0.1");
+  EXPECT_EQ(x.Get("/graphics/@passwd"), "pa&ss'1");  // escaped on the way out, intact on the way in
+  EXPECT_EQ(x.Get("/graphics/@passwdValidTo"), "2030-01-02T03:04:05");
+  // The listen address from <listen> when the element has no attribute.
+  auto nested = VncPasswordUpdateXml(
+      "<domain><devices><graphics type='vnc' port='5902'><listen type='address' address='10.0.0.5'/>"
+      "</graphics></devices></domain>",
+      "x", "2030-01-02T03:04:05");
+  ASSERT_TRUE(nested.ok() && nested->has_value());
+  EXPECT_EQ((*nested)->display.listen, "10.0.0.5");
+  auto none = VncPasswordUpdateXml("<domain><devices><graphics type='spice' port='5930'/></devices></domain>", "x",
+                                   "2030-01-02T03:04:05");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  // A display whose port is not known yet (autoport, not started) cannot be handed out.
+  auto no_port = VncPasswordUpdateXml(
+      "<domain><devices><graphics type='vnc' port='-1' autoport='yes'/></devices></domain>", "x",
+      "2030-01-02T03:04:05");
+  EXPECT_EQ(no_port.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(DomainXmlBuilderTest, XenPvGuestWithoutKernelIsRejected) {
   DomainSpec s = Base();
   auto xml = DomainXmlBuilder::Build(s, kXenArm);

@@ -3,6 +3,7 @@
 
 #include "agent/service/console_tickets.h"
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -119,7 +120,7 @@ class ConsoleAccessTest : public ::testing::Test {
 
 TEST_F(ConsoleAccessTest, ConsoleAccess_KindsWithoutAnEndpointAreUnimplemented) {
   ConsoleAccess access(hv, tickets, nullptr, {});
-  for (ConsoleKind k : {ConsoleKind::kSerialWs, ConsoleKind::kVnc, ConsoleKind::kSerialTcp}) {
+  for (ConsoleKind k : {ConsoleKind::kSerialWs, ConsoleKind::kSerialTcp}) {
     auto t = access.Issue("web1", k);
     EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
     EXPECT_THAT(t.status().message(), HasSubstr("kind: "));
@@ -136,8 +137,55 @@ TEST_F(ConsoleAccessTest, ConsoleAccess_VncOnXenSaysThereIsNoGraphicalConsole) {
   EXPECT_THAT(t.status().message(), HasSubstr("serial-ws"));
   EXPECT_EQ(access.Issue("absent", ConsoleKind::kVnc).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(tickets.outstanding(), 0u);
-  hv.host_type = "QEMU";  // QEMU/KVM: VNC is not built yet, which is another answer
-  EXPECT_EQ(access.Issue("web1", ConsoleKind::kVnc).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_TRUE(hv.vnc_passwords.empty());
+}
+
+TEST_F(ConsoleAccessTest, ConsoleAccess_VncSetsAFreshEightCharacterPasswordUntilTheTtl) {
+  hv.host_type = "QEMU";
+  hv::DomainSpec spec;
+  spec.name = "desk1";
+  spec.vcpus = 1;
+  spec.memory_mib = 256;
+  spec.vnc = true;
+  ASSERT_TRUE(hv.DefineDomain(spec).ok());
+  ConsoleAccess access(hv, tickets, nullptr, {.vnc_ttl = std::chrono::seconds(30)});
+  // Stopped: no display now, and nothing was set.
+  auto stopped = access.Issue("desk1", ConsoleKind::kVnc);
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(stopped.status().message(), HasSubstr("not running"));
+  EXPECT_TRUE(hv.vnc_passwords.empty());
+  ASSERT_TRUE(hv.StartDomain("desk1").ok());
+  const auto before = std::chrono::system_clock::now();
+  auto t = access.Issue("desk1", ConsoleKind::kVnc);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->password.size(), 8u);
+  for (char c : t->password) EXPECT_TRUE(std::isalnum(static_cast<unsigned char>(c))) << t->password;
+  EXPECT_EQ(hv.vnc_passwords["desk1"].first, t->password);
+  EXPECT_EQ(t->host, "127.0.0.1");
+  EXPECT_EQ(t->port, 5900);
+  EXPECT_TRUE(t->ticket.empty());  // the password is the credential
+  EXPECT_GE(t->expires, std::chrono::time_point_cast<std::chrono::seconds>(before + std::chrono::seconds(29)));
+  EXPECT_LE(t->expires, hv.vnc_passwords["desk1"].second);
+  EXPECT_LE(hv.vnc_passwords["desk1"].second, std::chrono::system_clock::now() + std::chrono::seconds(30));
+  // The next ticket replaces the password; a hundred tickets give a hundred passwords.
+  std::set<std::string> seen{t->password};
+  for (int i = 0; i < 100; ++i) {
+    auto next = access.Issue("desk1", ConsoleKind::kVnc);
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_EQ(hv.vnc_passwords["desk1"].first, next->password);
+    seen.insert(next->password);
+  }
+  EXPECT_EQ(seen.size(), 101u);
+  EXPECT_EQ(tickets.outstanding(), 0u);
+}
+
+TEST_F(ConsoleAccessTest, ConsoleAccess_VncOnADomainWithoutADisplayIsAClearError) {
+  hv.host_type = "QEMU";
+  ASSERT_TRUE(hv.StartDomain("web1").ok());
+  ConsoleAccess access(hv, tickets, nullptr, {});
+  auto t = access.Issue("web1", ConsoleKind::kVnc);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(t.status().message(), HasSubstr("has no VNC display"));
 }
 
 TEST_F(ConsoleAccessTest, ConsoleAccess_LogTailIsTheEndOfTheFile) {
