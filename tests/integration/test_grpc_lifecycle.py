@@ -1,6 +1,7 @@
 """A guest's whole life through the gRPC API (Python grpcio client), checked with virsh."""
 
 import os
+import time
 import unittest
 
 import grpc
@@ -167,7 +168,14 @@ class GrpcLifecycleTest(AgentTestCase):
         with open(path, "w") as f:
             f.write(xml)
         virsh("create", path)  # running, never defined: transient
-        listed = {x.name: x for x in d.ListDomains(domain_pb2.ListDomainsRequest()).domains}
+        # The agent answers from its event-fed view: a domain made behind its back (virsh) is
+        # listed once libvirt's lifecycle event has reached it, within the event latency.
+        deadline = time.monotonic() + 10
+        while True:
+            listed = {x.name: x for x in d.ListDomains(domain_pb2.ListDomainsRequest()).domains}
+            if transient in listed or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         for name in (stopped, running, transient):
             self.assertIn(name, listed)
             info = dict(line.split(":", 1) for line in virsh("dominfo", name).stdout.splitlines() if ":" in line)
