@@ -66,6 +66,10 @@ struct Operation {
   const Message* response = nullptr;  // prototype; null for streams and pages
   Handler handler = nullptr;          // kUnary only
   UploadHandler upload = nullptr;     // kUpload only (request is the header's prototype)
+  // The reply carries a secret (a console ticket, a VNC password): it is never stored for an
+  // idempotency key, which would keep it on disk and hand it out again on a replay, so a call
+  // that sends a key is refused (INVALID_ARGUMENT naming idempotency-key) before it runs.
+  bool secret_reply = false;
 };
 
 // Every operation, in the order of proto/hvagent/v1/*.proto.

@@ -419,6 +419,11 @@ Operation Stream(absl::string_view name, Role role, Needs needs) {
 constexpr bool kReads = false;
 constexpr bool kChanges = true;
 
+Operation WithSecretReply(Operation op) {
+  op.secret_reply = true;
+  return op;
+}
+
 const std::vector<Operation>& Table() {
   // Built on first use, after the generated messages' default instances exist.
   static const std::vector<Operation> table = {
@@ -460,9 +465,9 @@ const std::vector<Operation>& Table() {
       Stream<v1::ConsoleInput>("hvagent.v1.ConsoleService/Attach", Role::kOperator, Needs::kConsoles),
       Unary<v1::GetConsoleLogRequest, v1::ConsoleLog, GetConsoleLog>("hvagent.v1.ConsoleService/GetConsoleLog",
                                                                      Role::kOperator, kReads, Needs::kConsoleAccess),
-      // A ticket opens a console to whoever holds it: a change, audited.
-      Unary<v1::IssueConsoleTicketRequest, v1::ConsoleTicket, IssueConsoleTicket>(
-          "hvagent.v1.ConsoleService/IssueConsoleTicket", Role::kOperator, kChanges, Needs::kConsoleAccess),
+      // A ticket opens a console to whoever holds it: a change, audited, and never stored.
+      WithSecretReply(Unary<v1::IssueConsoleTicketRequest, v1::ConsoleTicket, IssueConsoleTicket>(
+          "hvagent.v1.ConsoleService/IssueConsoleTicket", Role::kOperator, kChanges, Needs::kConsoleAccess)),
       // The lifecycle an operator runs by hand.
       Unary<v1::DomainRef, v1::Domain, StartDomain>("hvagent.v1.DomainService/StartDomain", Role::kOperator,
                                                     kChanges, Needs::kDomains),

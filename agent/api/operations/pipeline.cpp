@@ -154,6 +154,11 @@ absl::Status Pipeline::Execute(const Operation& op, Call& call, const Message& r
 // replay answers with the first call's status and reply.
 absl::Status Pipeline::Once(const Operation& op, Call& call, const Message& request, Message* response) const {
   auto run = [&] { return op.handler(services_, request, response); };
+  if (call.idempotency_key && op.secret_reply) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "idempotency-key: not accepted by ", op.name,
+        ": its reply holds a secret, which the agent never stores; send the request again without a key"));
+  }
   if (!call.idempotency_key || options_.idem == nullptr || !op.mutating) return run();
   if (auto s = service::IdempotencyStore::ValidateKey(*call.idempotency_key); !s.ok()) return s;
   auto outcome = options_.idem->Run(*call.idempotency_key, std::string(op.name), Fingerprint(op, request), [&] {

@@ -114,6 +114,43 @@ TEST_F(ApiEdgeTest, SameKeyForAnotherRequestIsRefusedOverEitherApi) {
   EXPECT_EQ(hv_.domain_count(), 1u);
 }
 
+int secret_runs = 0;
+absl::Status IssueSecret(const ops::Services&, const google::protobuf::Message&, google::protobuf::Message* out) {
+  ++secret_runs;
+  static_cast<v1::Domain*>(out)->set_name("secret-" + std::to_string(secret_runs));
+  return absl::OkStatus();
+}
+
+// A reply holding a secret (console tickets, VNC passwords) is never kept for an idempotency
+// key: a call with a key is refused before it runs, one without runs every time.
+TEST_F(ApiEdgeTest, AnOperationWithASecretReplyRefusesAnIdempotencyKeyAndStoresNothing) {
+  const ops::Operation* ticket = ops::Find("hvagent.v1.ConsoleService/IssueConsoleTicket");
+  ASSERT_NE(ticket, nullptr);
+  EXPECT_TRUE(ticket->secret_reply);
+  for (const ops::Operation& op : ops::All()) {
+    if (op.name != ticket->name) {
+      EXPECT_FALSE(op.secret_reply) << op.name;
+    }
+  }
+  ops::Operation secret{"hvagent.test/IssueSecret", auth::Role::kOperator, true, ops::Kind::kUnary,
+                        ops::Needs::kDomains, &v1::DomainRef::default_instance(), &v1::Domain::default_instance(),
+                        &IssueSecret};
+  secret.secret_reply = true;
+  secret_runs = 0;
+  ops::Pipeline::Call keyed{auth::Caller{"-", auth::Role::kController}, std::string("key-s")};
+  v1::Domain out;
+  absl::Status s = pipeline_.Run(secret, keyed, v1::DomainRef(), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("idempotency-key"));
+  EXPECT_EQ(secret_runs, 0);
+  for (int i = 1; i <= 2; ++i) {
+    ops::Pipeline::Call plain{auth::Caller{"-", auth::Role::kController}, std::nullopt};
+    ASSERT_TRUE(pipeline_.Run(secret, plain, v1::DomainRef(), &out).ok());
+    EXPECT_EQ(out.name(), "secret-" + std::to_string(i));
+    EXPECT_FALSE(plain.replayed);
+  }
+}
+
 TEST_F(ApiEdgeTest, ListOperationsIsTheSameOverBothApis) {
   ASSERT_EQ(RestCreate(CreateJson("web6"), "key-6").status, 201);
   ASSERT_TRUE(domains_.Delete("web6", /*force=*/true).ok());
