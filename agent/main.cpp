@@ -425,6 +425,7 @@ int Run(const config::Config& cfg) {
     rest_tls = api::RestTls{cfg.tls_cert_file, cfg.tls_key_file,
                             cfg.rest_require_client_cert ? cfg.tls_client_ca_file : std::string()};
   }
+  router.SetStarting(true);  // /healthz: 503 until gRPC listens as well
   api::RestServer rest(cfg.rest_listen, router, cfg.rest_max_body_bytes, rest_tls);
   if (auto s = rest.Start(); !s.ok()) {
     logger->critical("{}", s.message());
@@ -436,6 +437,7 @@ int Run(const config::Config& cfg) {
     return 1;
   }
   auto health = ReportHealth((*grpc_front)->server->GetHealthCheckService(), hypervisor);
+  router.SetStarting(false);
   logger->info("hvagentd {} serving: gRPC {} ({}) | REST {}://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
                cfg.plaintext_loopback ? "plain text" : "mTLS", cfg.plaintext_loopback ? "http" : "https",
                cfg.rest_listen, cfg.hypervisor_uri);

@@ -75,6 +75,7 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) const {
   // whether the agent serves.
   if (req.path == "/healthz" && services.host != nullptr) {
     if (req.method != "GET") return NoRoute(req, {"-", auth::Role::kMonitor});
+    if (starting_.load()) return {503, R"({"status":"STARTING","hypervisor_connected":false})"};
     return HandleHealth(*services.host);
   }
   const auth::Caller caller = CallerOf(req);

@@ -4,6 +4,8 @@
 // through the operations pipeline (operations/pipeline.h) that gRPC uses too; then it renders
 // the answer as protobuf's JSON. Pure: no sockets, so the whole REST surface is unit-testable.
 
+#include <atomic>
+
 #include "agent/api/operations/pipeline.h"
 #include "agent/api/rest/http_types.h"
 #include "agent/api/rest/route_table.h"
@@ -23,6 +25,10 @@ class RestRouter {
   // An upload: path and query bind the header, Content-Length is its size_bytes, and the bytes
   // come from `body` as the import asks for them (request.body is not read).
   HttpResponse HandleUpload(const HttpRequest& request, service::UploadBody& body) const;
+  // While starting, /healthz answers 503 "STARTING": REST listens first (it checks the TLS files
+  // both servers use), so it must not call the agent healthy before gRPC listens too. main()
+  // sets it before the REST listener opens and clears it once every listener serves.
+  void SetStarting(bool starting) { starting_.store(starting); }
 
  private:
   HttpResponse NoRoute(const HttpRequest& request, const auth::Caller& caller) const;
@@ -34,6 +40,7 @@ class RestRouter {
   bool Served(const Route& route) const { return served_[&route - Routes().data()]; }
   const ops::Pipeline pipeline_;
   std::vector<bool> served_;  // per row of Routes(), fixed by the services this agent runs
+  std::atomic<bool> starting_{false};
 };
 
 // The pages that are not proto messages, one file each.

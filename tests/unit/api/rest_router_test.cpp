@@ -38,6 +38,16 @@ TEST_F(RestRouterTest, Healthz_ReflectsHypervisorConnection) {
   EXPECT_THAT(r.body, HasSubstr("NOT_SERVING"));
 }
 
+// REST listens before gRPC: until main() says every listener serves, /healthz is not healthy.
+TEST_F(RestRouterTest, Healthz_IsStartingUntilEveryListenerServes) {
+  router_.SetStarting(true);
+  auto r = Call("GET", "/healthz");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_THAT(r.body, HasSubstr("STARTING"));
+  router_.SetStarting(false);
+  EXPECT_EQ(Call("GET", "/healthz").status, 200);
+}
+
 TEST_F(RestRouterTest, GetHost_UsesProtoFieldNames) {
   auto r = Call("GET", "/v1/host");
   EXPECT_EQ(r.status, 200);
