@@ -8,10 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include <openssl/crypto.h>
-#include <openssl/rand.h>
-
 #include "absl/strings/str_cat.h"
+#include "common/random_text.h"
 #include "hypervisor/console.h"
 
 namespace hvagent::service {
@@ -32,24 +30,6 @@ std::string PercentEncode(const std::string& s) {
   return out;
 }
 
-// 8 characters (all VNC authentication reads of a password) from 62 letters and digits, about
-// 47.6 bits, from OpenSSL's CSPRNG. Rejection sampling keeps every character equally likely.
-absl::StatusOr<std::string> VncPassword() {
-  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  constexpr unsigned kLetters = sizeof kAlphabet - 1;             // 62
-  constexpr unsigned kBelow = 256 - 256 % kLetters;               // 248: bytes above are redrawn
-  std::string out;
-  while (out.size() < 8) {
-    unsigned char raw[16];
-    if (RAND_bytes(raw, sizeof raw) != 1) return absl::InternalError("vnc: the random generator failed");
-    for (unsigned char c : raw) {
-      if (c < kBelow && out.size() < 8) out += kAlphabet[c % kLetters];
-    }
-    OPENSSL_cleanse(raw, sizeof raw);
-  }
-  return out;
-}
-
 }  // namespace
 
 absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::IssueVnc(const hv::DomainInfo& info) {
@@ -57,7 +37,8 @@ absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::IssueVnc(const hv::DomainIn
       info.state != hv::DomainState::kBlocked) {
     return absl::FailedPreconditionError(absl::StrCat("domain '", info.name, "' is not running: it has no display now"));
   }
-  auto password = VncPassword();
+  // 8 characters: all VNC authentication reads of a password (about 47.6 bits here).
+  auto password = RandomAlphanumeric(8);
   if (!password.ok()) return password.status();
   const auto expires = std::chrono::system_clock::now() + options_.vnc_ttl;
   // The new password replaces the last ticket's at once: at most one password opens a display.

@@ -3,13 +3,9 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
-#include <sys/random.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <ctime>
 #include <cstdint>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <set>
@@ -19,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "common/random_text.h"
 #include "hypervisor/domain_spec_validator.h"
 #include "hypervisor/domain_xml_builder.h"
 #include "hypervisor/libvirt/backoff.h"
@@ -30,19 +27,6 @@
 
 namespace hvagent::hv {
 namespace {
-
-// The throwaway password a VNC display is defined with (expired before the guest starts; see
-// WriteVnc). From the kernel's CSPRNG all the same: it should not be guessable either.
-absl::StatusOr<std::string> LockedVncPassword() {
-  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  unsigned char raw[8];
-  if (getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw)) {
-    return absl::InternalError(absl::StrCat("spec.vnc: the random generator failed: ", std::strerror(errno)));
-  }
-  std::string out;
-  for (unsigned char c : raw) out += kAlphabet[c % (sizeof kAlphabet - 1)];
-  return out;
-}
 
 std::shared_ptr<spdlog::logger> Log() {
   static auto logger = log::ComponentLogger("hypervisor");
@@ -619,7 +603,9 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
   }
   if (spec.vnc) {
     logged.vnc_listen = options_.vnc_listen;
-    auto locked = LockedVncPassword();
+    // The throwaway password the display is defined with (expired before the guest starts; see
+    // WriteVnc): random all the same, it should not be guessable either.
+    auto locked = RandomAlphanumeric(8);
     if (!locked.ok()) return locked.status();
     logged.vnc_locked_password = *locked;
   }
