@@ -212,10 +212,14 @@ sigset_t BlockStopSignals() {
 }
 
 // The gRPC server: one thin service per proto service, all over the same pipeline.
+// Unary calls run on `workers` (grpc_services.h); it is declared first so that it outlives the
+// services and the server, whose shutdown waits for the calls the pool is running.
 struct GrpcFront {
-  GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events)
-      : host(pipeline), domains(pipeline), events(events, pipeline), storage(pipeline), metrics(pipeline),
-        operations(pipeline), images(pipeline), consoles(pipeline) {}
+  GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events, std::size_t worker_threads)
+      : workers(worker_threads), host(pipeline, workers), domains(pipeline, workers), events(events, pipeline),
+        storage(pipeline, workers), metrics(pipeline, workers), operations(pipeline, workers),
+        images(pipeline, workers), consoles(pipeline, workers) {}
+  WorkerPool workers;
   api::HostGrpcService host;
   api::DomainGrpcService domains;
   api::EventGrpcService events;
@@ -229,7 +233,7 @@ struct GrpcFront {
 
 absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, const api::ops::Pipeline& pipeline,
                                                      service::EventHub& events) {
-  auto front = std::make_unique<GrpcFront>(pipeline, events);
+  auto front = std::make_unique<GrpcFront>(pipeline, events, static_cast<std::size_t>(cfg.grpc_workers));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

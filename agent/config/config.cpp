@@ -146,6 +146,7 @@ const std::vector<Key>& Keys() {
   static const std::vector<Key> keys = {
       Plain("hypervisor", "uri", &Config::hypervisor_uri),
       Plain("grpc", "listen", &Config::grpc_listen),
+      Integer("grpc", "workers", &Config::grpc_workers, 1, 1024),
       Plain("rest", "listen", &Config::rest_listen),
       Integer("rest", "max_body_bytes", &Config::rest_max_body_bytes, 1024, 64 << 20, "must be 1 KiB to 64 MiB"),
       Plain("rest", "require_client_cert", &Config::rest_require_client_cert),

@@ -17,6 +17,9 @@ namespace hvagent::config {
 struct Config {
   std::string hypervisor_uri = "test:///default";
   std::string grpc_listen = "127.0.0.1:50051";
+  // Threads that run unary gRPC calls (agent/api/grpc/grpc_services.h), started as calls need
+  // them: the most calls that wait on libvirt or a tool at once; more queue.
+  int grpc_workers = 64;
   std::string rest_listen = "127.0.0.1:8780";
   size_t rest_max_body_bytes = 1 << 20;
   std::string log_level = "info";  // trace, debug, info, warn, error

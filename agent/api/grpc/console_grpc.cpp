@@ -134,14 +134,18 @@ grpc::ServerUnaryReactor* ConsoleGrpcService::IssueConsoleTicket(grpc::CallbackS
                                                                  const v1::IssueConsoleTicketRequest* req,
                                                                  v1::ConsoleTicket* out) {
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/IssueConsoleTicket", *req, out));
+  workers_.Post([this, ctx, req, out, reactor] {
+    reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/IssueConsoleTicket", *req, out));
+  });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* ConsoleGrpcService::GetConsoleLog(grpc::CallbackServerContext* ctx,
                                                             const v1::GetConsoleLogRequest* req, v1::ConsoleLog* out) {
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/GetConsoleLog", *req, out));
+  workers_.Post([this, ctx, req, out, reactor] {
+    reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1.ConsoleService/GetConsoleLog", *req, out));
+  });
   return reactor;
 }
 

@@ -6,16 +6,17 @@
 // buffers, at most one write in flight.
 
 #include "agent/api/operations/pipeline.h"
+#include "common/worker_pool.h"
 #include "hvagent/v1/console.grpc.pb.h"
 
 namespace hvagent::api {
 
 class ConsoleGrpcService final : public v1::ConsoleService::CallbackService {
  public:
-  explicit ConsoleGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
+  ConsoleGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
   grpc::ServerBidiReactor<v1::ConsoleInput, v1::ConsoleOutput>* Attach(grpc::CallbackServerContext* ctx) override;
-  // The unary calls run inline on gRPC's callback thread: they are short (a lookup, a ticket,
-  // a bounded file read).
+  // The unary calls run on the agent's worker pool (grpc_services.h says why): a VNC ticket
+  // changes the live guest through libvirt, and a console log is read from disk.
   grpc::ServerUnaryReactor* IssueConsoleTicket(grpc::CallbackServerContext* ctx, const v1::IssueConsoleTicketRequest* req,
                                                v1::ConsoleTicket* out) override;
   grpc::ServerUnaryReactor* GetConsoleLog(grpc::CallbackServerContext* ctx, const v1::GetConsoleLogRequest* req,
@@ -23,6 +24,7 @@ class ConsoleGrpcService final : public v1::ConsoleService::CallbackService {
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
 }  // namespace hvagent::api

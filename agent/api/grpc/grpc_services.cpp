@@ -64,7 +64,8 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const 
   return authz->FromPeerCertificate(leaf, chain);
 }
 
-// The callback form of the same call, run inline (see DomainServiceBase for which RPCs may).
+// A unary RPC answered from memory, run inline on gRPC's thread (see grpc_services.h for which
+// may).
 #define HVAGENT_INLINE_UNARY(Service, Method, Request, Response)                                     \
   grpc::ServerUnaryReactor* Service##GrpcService::Method(grpc::CallbackServerContext* ctx, const Request* req, \
                                                           Response* out) {                         \
@@ -73,9 +74,16 @@ absl::StatusOr<auth::Caller> CallerOf(const grpc::ServerContextBase* ctx, const 
     return reactor;                                                                                \
   }
 
-#define HVAGENT_UNARY(Service, Method, Request, Response)                                                  \
-  grpc::Status Service##GrpcService::Method(grpc::ServerContext* ctx, const Request* req, Response* out) { \
-    return Unary(pipeline_, ctx, "hvagent.v1." #Service "Service/" #Method, *req, out);                  \
+// Every other unary RPC: handed to the worker pool, whose thread runs it and finishes the call.
+// gRPC keeps ctx, req and out alive until Finish.
+#define HVAGENT_UNARY(Service, Method, Request, Response)                                               \
+  grpc::ServerUnaryReactor* Service##GrpcService::Method(grpc::CallbackServerContext* ctx, const Request* req, \
+                                                          Response* out) {                              \
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();                                          \
+    workers_.Post([this, ctx, req, out, reactor] {                                                     \
+      reactor->Finish(Unary(pipeline_, ctx, "hvagent.v1." #Service "Service/" #Method, *req, out));     \
+    });                                                                                                 \
+    return reactor;                                                                                     \
   }
 
 HVAGENT_UNARY(Host, GetHost, v1::GetHostRequest, v1::Host)
@@ -113,6 +121,7 @@ HVAGENT_UNARY(Image, GetImage, v1::ImageRef, v1::Image)
 HVAGENT_UNARY(Image, ListImages, v1::ListImagesRequest, v1::ListImagesResponse)
 HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
 #undef HVAGENT_UNARY
+#undef HVAGENT_INLINE_UNARY
 
 namespace {
 

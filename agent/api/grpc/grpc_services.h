@@ -9,6 +9,7 @@
 
 #include "agent/api/operations/pipeline.h"
 #include "agent/service/event_hub.h"
+#include "common/worker_pool.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
@@ -21,74 +22,96 @@ namespace hvagent::api {
 
 // Every unary RPC is one line: find its operation, run it through the pipeline
 // (operations/pipeline.h), which authorizes, limits, deduplicates and audits it.
-class HostGrpcService final : public v1::HostService::Service {
+//
+// Unary RPCs use gRPC's callback API. The synchronous server's dispatch stalled about 90 ms
+// every 2 s or so, whatever the handler did (issue 25; docs/performance.md has the measurement),
+// so no unary RPC is served by it. A callback runs on one of gRPC's own threads, which must not
+// block, so:
+//  - reads answered from memory (the event-fed domain view, hypervisor/domain_view.h) run inline
+//    on that thread: GetDomain, ListDomains. The one wait left there is the view's rebuild after
+//    a libvirtd reconnect (at most DomainView::Options::rebuild_wait, 2 s), after which the read
+//    answers UNAVAILABLE;
+//  - every other unary RPC (it may wait on libvirt, a storage tool or the disk) is handed to the
+//    agent's worker pool (common/worker_pool.h), whose thread runs the pipeline and finishes the
+//    call.
+// Streaming RPCs that hold a thread for their whole life (UploadImage, MetricsService.Watch)
+// stay on the synchronous server, which is why some bases below are composed per method.
+class HostGrpcService final : public v1::HostService::CallbackService {
  public:
-  explicit HostGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status GetHost(grpc::ServerContext*, const v1::GetHostRequest*, v1::Host*) override;
-  grpc::Status GetCapacity(grpc::ServerContext*, const v1::GetCapacityRequest*, v1::Capacity*) override;
+  HostGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext*, const v1::GetHostRequest*, v1::Host*) override;
+  grpc::ServerUnaryReactor* GetCapacity(grpc::CallbackServerContext*, const v1::GetCapacityRequest*,
+                                        v1::Capacity*) override;
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
-// GetDomain and ListDomains are answered from the event-fed domain view (hypervisor/
-// domain_view.h), in memory, so they run on gRPC's callback API, inline on the thread that read
-// the request. On the synchronous server's thread pool they waited for its dispatch, which
-// stalled about 90 ms every 2 s or so (issue 25; docs/performance.md has the measurement). Only
-// reads that never wait on libvirt or a tool belong here: a callback that blocks holds up gRPC's
-// own I/O. The one wait left is the view's rebuild after a libvirtd reconnect (at most
-// DomainView::Options::rebuild_wait, 2 s), after which the read answers UNAVAILABLE.
-using DomainServiceBase = v1::DomainService::WithCallbackMethod_GetDomain<
-    v1::DomainService::WithCallbackMethod_ListDomains<v1::DomainService::Service>>;
-
-class DomainGrpcService final : public DomainServiceBase {
+class DomainGrpcService final : public v1::DomainService::CallbackService {
  public:
-  explicit DomainGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status CreateDomain(grpc::ServerContext*, const v1::CreateDomainRequest*, v1::Domain*) override;
+  DomainGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* CreateDomain(grpc::CallbackServerContext*, const v1::CreateDomainRequest*,
+                                         v1::Domain*) override;
   grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext*, const v1::GetDomainRequest*,
                                       v1::Domain*) override;
   grpc::ServerUnaryReactor* ListDomains(grpc::CallbackServerContext*, const v1::ListDomainsRequest*,
                                         v1::ListDomainsResponse*) override;
-  grpc::Status StartDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status ShutdownDomain(grpc::ServerContext*, const v1::ShutdownDomainRequest*,
-                              v1::ShutdownDomainResponse*) override;
-  grpc::Status DestroyDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status RebootDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status UpdateDomain(grpc::ServerContext*, const v1::UpdateDomainRequest*, v1::Domain*) override;
-  grpc::Status SuspendDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status ManagedSaveDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
-  grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
-  grpc::Status AttachNic(grpc::ServerContext*, const v1::AttachNicRequest*, v1::Nic*) override;
-  grpc::Status DetachNic(grpc::ServerContext*, const v1::DetachNicRequest*, v1::DetachNicResponse*) override;
+  grpc::ServerUnaryReactor* StartDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::ServerUnaryReactor* ShutdownDomain(grpc::CallbackServerContext*, const v1::ShutdownDomainRequest*,
+                                           v1::ShutdownDomainResponse*) override;
+  grpc::ServerUnaryReactor* DestroyDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::ServerUnaryReactor* RebootDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::ServerUnaryReactor* UpdateDomain(grpc::CallbackServerContext*, const v1::UpdateDomainRequest*,
+                                         v1::Domain*) override;
+  grpc::ServerUnaryReactor* SuspendDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::ServerUnaryReactor* ResumeDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::ServerUnaryReactor* ManagedSaveDomain(grpc::CallbackServerContext*, const v1::DomainRef*,
+                                              v1::Domain*) override;
+  grpc::ServerUnaryReactor* DeleteDomain(grpc::CallbackServerContext*, const v1::DeleteDomainRequest*,
+                                         v1::DeleteDomainResponse*) override;
+  grpc::ServerUnaryReactor* AttachNic(grpc::CallbackServerContext*, const v1::AttachNicRequest*, v1::Nic*) override;
+  grpc::ServerUnaryReactor* DetachNic(grpc::CallbackServerContext*, const v1::DetachNicRequest*,
+                                      v1::DetachNicResponse*) override;
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
-class OperationGrpcService final : public v1::OperationService::Service {
+class OperationGrpcService final : public v1::OperationService::CallbackService {
  public:
-  explicit OperationGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status ListOperations(grpc::ServerContext*, const v1::ListOperationsRequest*,
-                              v1::ListOperationsResponse*) override;
-  grpc::Status GetOperation(grpc::ServerContext*, const v1::GetOperationRequest*, v1::Operation*) override;
+  OperationGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* ListOperations(grpc::CallbackServerContext*, const v1::ListOperationsRequest*,
+                                           v1::ListOperationsResponse*) override;
+  grpc::ServerUnaryReactor* GetOperation(grpc::CallbackServerContext*, const v1::GetOperationRequest*,
+                                         v1::Operation*) override;
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
-class ImageGrpcService final : public v1::ImageService::Service {
+// UploadImage stays synchronous (see above); the other four are callbacks.
+using ImageServiceBase = v1::ImageService::WithCallbackMethod_ImportImage<
+    v1::ImageService::WithCallbackMethod_GetImage<v1::ImageService::WithCallbackMethod_ListImages<
+        v1::ImageService::WithCallbackMethod_DeleteImage<v1::ImageService::Service>>>>;
+
+class ImageGrpcService final : public ImageServiceBase {
  public:
-  explicit ImageGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status ImportImage(grpc::ServerContext*, const v1::ImportImageRequest*, v1::Operation*) override;
+  ImageGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* ImportImage(grpc::CallbackServerContext*, const v1::ImportImageRequest*,
+                                        v1::Operation*) override;
   // Holds its thread while the upload runs (the import is written as the chunks are read).
   grpc::Status UploadImage(grpc::ServerContext*, grpc::ServerReader<v1::UploadImageRequest>*, v1::Image*) override;
-  grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
-  grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*, v1::ListImagesResponse*) override;
-  grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
+  grpc::ServerUnaryReactor* GetImage(grpc::CallbackServerContext*, const v1::ImageRef*, v1::Image*) override;
+  grpc::ServerUnaryReactor* ListImages(grpc::CallbackServerContext*, const v1::ListImagesRequest*,
+                                       v1::ListImagesResponse*) override;
+  grpc::ServerUnaryReactor* DeleteImage(grpc::CallbackServerContext*, const v1::ImageRef*, v1::Image*) override;
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
 // Watch streams use gRPC's callback API: an open stream holds no thread, it is a reactor that
@@ -105,39 +128,52 @@ class EventGrpcService final : public v1::EventService::CallbackService {
   ops::Pipeline pipeline_;
 };
 
-class StorageGrpcService final : public v1::StorageService::Service {
+class StorageGrpcService final : public v1::StorageService::CallbackService {
  public:
-  explicit StorageGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status ListPools(grpc::ServerContext*, const v1::ListPoolsRequest*, v1::ListPoolsResponse*) override;
-  grpc::Status GetPool(grpc::ServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
-  grpc::Status ListVolumes(grpc::ServerContext*, const v1::ListVolumesRequest*, v1::ListVolumesResponse*) override;
-  grpc::Status GetVolume(grpc::ServerContext*, const v1::VolumeRef*, v1::Volume*) override;
-  grpc::Status CreateVolume(grpc::ServerContext*, const v1::CreateVolumeRequest*, v1::Volume*) override;
-  grpc::Status ResizeVolume(grpc::ServerContext*, const v1::ResizeVolumeRequest*, v1::Volume*) override;
-  grpc::Status DeleteVolume(grpc::ServerContext*, const v1::VolumeRef*, v1::Volume*) override;
-  grpc::Status AttachVolume(grpc::ServerContext*, const v1::AttachVolumeRequest*, v1::Volume*) override;
-  grpc::Status DetachVolume(grpc::ServerContext*, const v1::DetachVolumeRequest*, v1::Volume*) override;
-  grpc::Status ReleaseVolumeOwnership(grpc::ServerContext*, const v1::ReleaseVolumeOwnershipRequest*,
-                                      v1::ReleaseVolumeOwnershipResponse*) override;
+  StorageGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext*, const v1::ListPoolsRequest*,
+                                      v1::ListPoolsResponse*) override;
+  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext*, const v1::GetPoolRequest*, v1::Pool*) override;
+  grpc::ServerUnaryReactor* ListVolumes(grpc::CallbackServerContext*, const v1::ListVolumesRequest*,
+                                        v1::ListVolumesResponse*) override;
+  grpc::ServerUnaryReactor* GetVolume(grpc::CallbackServerContext*, const v1::VolumeRef*, v1::Volume*) override;
+  grpc::ServerUnaryReactor* CreateVolume(grpc::CallbackServerContext*, const v1::CreateVolumeRequest*,
+                                         v1::Volume*) override;
+  grpc::ServerUnaryReactor* ResizeVolume(grpc::CallbackServerContext*, const v1::ResizeVolumeRequest*,
+                                         v1::Volume*) override;
+  grpc::ServerUnaryReactor* DeleteVolume(grpc::CallbackServerContext*, const v1::VolumeRef*, v1::Volume*) override;
+  grpc::ServerUnaryReactor* AttachVolume(grpc::CallbackServerContext*, const v1::AttachVolumeRequest*,
+                                         v1::Volume*) override;
+  grpc::ServerUnaryReactor* DetachVolume(grpc::CallbackServerContext*, const v1::DetachVolumeRequest*,
+                                         v1::Volume*) override;
+  grpc::ServerUnaryReactor* ReleaseVolumeOwnership(grpc::CallbackServerContext*,
+                                                   const v1::ReleaseVolumeOwnershipRequest*,
+                                                   v1::ReleaseVolumeOwnershipResponse*) override;
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
-class MetricsGrpcService final : public v1::MetricsService::Service {
+// Watch stays synchronous (see above); the two reads are callbacks.
+using MetricsServiceBase = v1::MetricsService::WithCallbackMethod_GetDomainStats<
+    v1::MetricsService::WithCallbackMethod_GetEventChannels<v1::MetricsService::Service>>;
+
+class MetricsGrpcService final : public MetricsServiceBase {
  public:
-  explicit MetricsGrpcService(const ops::Pipeline& pipeline) : pipeline_(pipeline) {}
-  grpc::Status GetDomainStats(grpc::ServerContext*, const v1::GetDomainStatsRequest*,
-                              v1::GetDomainStatsResponse*) override;
+  MetricsGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* GetDomainStats(grpc::CallbackServerContext*, const v1::GetDomainStatsRequest*,
+                                           v1::GetDomainStatsResponse*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchMetricsRequest*,
                      grpc::ServerWriter<v1::MetricsSample>*) override;
-  grpc::Status GetEventChannels(grpc::ServerContext*, const v1::GetEventChannelsRequest*,
-                                v1::EventChannels*) override;
+  grpc::ServerUnaryReactor* GetEventChannels(grpc::CallbackServerContext*, const v1::GetEventChannelsRequest*,
+                                             v1::EventChannels*) override;
   // Ends every Watch stream (shutdown).
   void Close() { closed_ = true; }
 
  private:
   ops::Pipeline pipeline_;
+  WorkerPool& workers_;
   std::atomic<bool> closed_{false};
 };
 

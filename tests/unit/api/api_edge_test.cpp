@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "agent/api/grpc/grpc_services.h"
+#include "common/worker_pool.h"
 #include "agent/api/rest/rest_router.h"
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
@@ -67,8 +68,9 @@ class ApiEdgeTest : public ::testing::Test {
   service::DomainService domains_{hv_, clock_, {}, nullptr, journal_.get()};
   service::HostService host_{hv_};
   ops::Pipeline pipeline_{{.host = &host_, .domains = &domains_, .journal = journal_.get()}, {.idem = idem_.get()}};
-  DomainGrpcService domain_svc_{pipeline_};
-  OperationGrpcService operation_svc_{pipeline_};
+  WorkerPool workers_{8};  // before the services: it outlives them
+  DomainGrpcService domain_svc_{pipeline_, workers_};
+  OperationGrpcService operation_svc_{pipeline_, workers_};
   RestRouter router_{pipeline_};
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::DomainService::Stub> domains_stub_;

@@ -1,5 +1,6 @@
 // The gRPC services in-process, over the real service layer and a fake hypervisor.
 #include "agent/api/grpc/grpc_services.h"
+#include "common/worker_pool.h"
 
 #include <filesystem>
 #include <map>
@@ -52,8 +53,9 @@ class GrpcServicesTest : public ::testing::Test {
   service::DomainService domains_{hv_, clock_, {}};
   service::HostService hostsvc_{hv_};
   ops::Pipeline pipeline_{{.host = &hostsvc_, .domains = &domains_}, {}};
-  HostGrpcService host_svc_{pipeline_};
-  DomainGrpcService domain_svc_{pipeline_};
+  WorkerPool workers_{8};  // before the services: it outlives them
+  HostGrpcService host_svc_{pipeline_, workers_};
+  DomainGrpcService domain_svc_{pipeline_, workers_};
   EventGrpcService event_svc_{hub_, pipeline_};
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::HostService::Stub> host_;
