@@ -389,7 +389,8 @@ int Run(const config::Config& cfg) {
   // The browser's way in ([console] ws_listen): TLS with the agent's own certificate, plain
   // only in the development mode (loopback, as REST).
   std::unique_ptr<api::ConsoleWsServer> console_ws;
-  service::ConsoleAccess::Options access_options{.log_dir = cfg.console_log_dir};
+  service::ConsoleAccess::Options access_options{.log_dir = cfg.console_log_dir,
+                                                .xen_log_dir = cfg.console_xen_log_dir};
   access_options.vnc_ttl = cfg.console_ticket_ttl;
   if (!cfg.console_ws_listen.empty()) {
     std::optional<api::ConsoleWsTls> ws_tls;

@@ -47,6 +47,19 @@ Key Plain(const char* section, const char* name, T Config::*member) {
           }};
 }
 
+// [console] NAME: an absolute directory path without '..', or empty (none).
+Key LogDirectory(const char* name, std::string Config::*member) {
+  return {"console", name, [member](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<std::string>();
+            if (!v) return WrongType(field);
+            if (!v->empty() && ((*v)[0] != '/' || v->find("..") != std::string::npos)) {
+              return Invalid(field, "must be an absolute path without '..'");
+            }
+            c.*member = *v;
+            return absl::OkStatus();
+          }};
+}
+
 // An integer in [lo, hi] (or 0 when `zero_too`), into an integer or std::chrono member.
 template <typename M>
 Key Integer(const char* section, const char* name, M Config::*member, int64_t lo, int64_t hi,
@@ -250,16 +263,8 @@ const std::vector<Key>& Keys() {
          c.console_vnc_listen = *v;
          return absl::OkStatus();
        }},
-      {"console", "log_dir",
-       [](const toml::node& n, const std::string& field, Config& c) {
-         auto v = n.value<std::string>();
-         if (!v) return WrongType(field);
-         if (!v->empty() && ((*v)[0] != '/' || v->find("..") != std::string::npos)) {
-           return Invalid(field, "must be an absolute path without '..'");
-         }
-         c.console_log_dir = *v;
-         return absl::OkStatus();
-       }},
+      LogDirectory("log_dir", &Config::console_log_dir),
+      LogDirectory("xen_log_dir", &Config::console_xen_log_dir),
       InterfaceNames("network", "bridges", &Config::network_bridges),
       InterfaceNames("network", "ovs_bridges", &Config::network_ovs_bridges),
       InterfaceNames("network", "physical_interfaces", &Config::network_physical_interfaces),

@@ -98,6 +98,9 @@ struct Config {
   int console_tcp_port_min = 10000;
   int console_tcp_port_max = 10099;
   std::string console_log_dir;
+  // Xen: where xenconsoled keeps each guest's console log (guest-NAME.log; it runs with
+  // --log=guest); empty: Xen console logs are not served.
+  std::string console_xen_log_dir = "/var/log/xen/console";
   // Where QEMU/KVM domains defined with a VNC display (DomainSpec.vnc) listen: the address the
   // console proxy reaches (CloudStack's console proxy VM, nova-novncproxy).
   std::string console_vnc_listen = "127.0.0.1";

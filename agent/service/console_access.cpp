@@ -110,6 +110,24 @@ absl::StatusOr<ConsoleAccess::Ticket> ConsoleAccess::Issue(const std::string& do
   return t;
 }
 
+// QEMU/KVM guests log through libvirt's chardev <log> into the agent's directory; Xen guests'
+// consoles are xenconsoled's, which logs each to guest-NAME.log in its own directory. The name
+// is a domain's (it was found first), so it cannot climb out of either directory.
+absl::StatusOr<std::string> ConsoleAccess::LogPath(const std::string& name) {
+  auto host = hypervisor_.GetHostInfo();
+  if (!host.ok()) return host.status();
+  if (host->hypervisor_type == "Xen") {
+    if (options_.xen_log_dir.empty()) {
+      return absl::FailedPreconditionError("console logs are not served on this Xen host ([console] xen_log_dir is empty)");
+    }
+    return absl::StrCat(options_.xen_log_dir, "/guest-", name, ".log");
+  }
+  if (options_.log_dir.empty()) {
+    return absl::FailedPreconditionError("console logs are not kept by this agent ([console] log_dir is empty)");
+  }
+  return hv::ConsoleLogPath(options_.log_dir, name);
+}
+
 absl::StatusOr<ConsoleAccess::LogTail> ConsoleAccess::Log(const std::string& domain, uint64_t tail_bytes) {
   if (tail_bytes > kMaxTail) {
     return absl::InvalidArgumentError(absl::StrCat("tail_bytes: at most ", kMaxTail, ", got ", tail_bytes));
@@ -118,11 +136,9 @@ absl::StatusOr<ConsoleAccess::LogTail> ConsoleAccess::Log(const std::string& dom
   // The domain first: a name that is no domain never reaches the file system.
   auto info = hypervisor_.GetDomain(domain);
   if (!info.ok()) return info.status();
-  if (options_.log_dir.empty()) {
-    return absl::FailedPreconditionError("console logs are not kept by this agent ([console] log_dir is empty)");
-  }
-  const std::string path = hv::ConsoleLogPath(options_.log_dir, info->name);
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  auto path = LogPath(info->name);
+  if (!path.ok()) return path.status();
+  int fd = open(path->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0 && errno == ENOENT) {
     return absl::FailedPreconditionError(
         absl::StrCat("domain '", domain, "' has no console log (defined without one, or never started)"));

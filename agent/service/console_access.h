@@ -17,7 +17,9 @@ namespace hvagent::service {
 class ConsoleAccess {
  public:
   struct Options {
-    std::string log_dir;  // the hypervisor's console log directory; empty: no logs kept
+    std::string log_dir;  // QEMU/KVM: the agent's console log directory; empty: no logs kept
+    // Xen: xenconsoled's log directory (its --log-dir, guest-NAME.log); empty: not served.
+    std::string xen_log_dir;
     // serial-ws: where browsers reach the WebSocket listener, "https://HOST:PORT" (the
     // configured proxy-facing address, never the caller's); empty: no serial-ws endpoint.
     std::string ws_base_url;
@@ -54,11 +56,13 @@ class ConsoleAccess {
   static constexpr uint64_t kDefaultTail = 64 * 1024;
   static constexpr uint64_t kMaxTail = 1024 * 1024;
   // The last `tail_bytes` (0: kDefaultTail) of the domain's console log. InvalidArgument over
-  // kMaxTail; NotFound (no such domain); FailedPrecondition when no log is kept for it.
+  // kMaxTail; NotFound (no such domain); FailedPrecondition when no log is kept for it. On a Xen
+  // host the log is xenconsoled's (Options::xen_log_dir).
   absl::StatusOr<LogTail> Log(const std::string& domain, uint64_t tail_bytes);
 
  private:
   absl::StatusOr<Ticket> IssueVnc(const hv::DomainInfo& domain);
+  absl::StatusOr<std::string> LogPath(const std::string& name);
 
   hv::Hypervisor& hypervisor_;
   ConsoleTickets& tickets_;

@@ -11,6 +11,7 @@ HVAGENT_XEN_BOOT_TIMEOUT (seconds to dom0 ready, default 300).
 Run as root: /usr/bin/python3 -m unittest -v test_xen_arm64
 """
 
+import base64
 import json
 import os
 import re
@@ -499,12 +500,18 @@ class XenArm64(unittest.TestCase):
                 got += chunk
         self.timings["hvc0_echo_s"] = round(time.monotonic() - start, 2)
         print(f"\n  hvc0 echo of {word} through a serial-tcp ticket in {self.timings['hvc0_echo_s']} s", file=sys.stderr)
-        # xenconsoled logs the same session (--log=guest).
+        # xenconsoled logs the same session (--log=guest), and the agent serves its log.
         deadline = time.monotonic() + 20
-        while word not in self.machine.run(["cat", f"/var/log/xen/console/guest-{VGUEST}.log"])[1]:
+        while True:
+            log = self.api("GET", f"/v1/domains/{VGUEST}/console-log?tail_bytes=65536")
+            text = base64.b64decode(log.get("data", "")).decode(errors="replace")
+            if word in text:
+                break
             if time.monotonic() > deadline:
-                self.fail(f"'{word}' not in xenconsoled's log of {VGUEST}")
+                self.fail(f"'{word}' not in the agent's console log of {VGUEST}: {text[-500:]!r}")
             time.sleep(1)
+        self.assertIn(word, self.machine.run(["cat", f"/var/log/xen/console/guest-{VGUEST}.log"])[1])
+        self.assertGreaterEqual(int(log["size_bytes"]), len(text.encode()), log)
 
     def test_33_delete_vlan_guest_removes_its_network_only(self):
         self.need_agent("vlan_broken")

@@ -214,5 +214,22 @@ TEST_F(ConsoleAccessTest, ConsoleAccess_LogRefusals) {
   EXPECT_FALSE(access.Log("../secret", 0).ok());
 }
 
+// On a Xen host the log is xenconsoled's guest-NAME.log in its own directory, not the agent's.
+TEST_F(ConsoleAccessTest, ConsoleAccess_XenLogIsXenconsoledsGuestLog) {
+  hv.host_type = "Xen";
+  std::filesystem::create_directories(dir / "xen");
+  std::ofstream(dir / "xen" / "guest-web1.log") << "xen boot\nhv-xen\n";
+  std::ofstream(dir / "web1.log") << "not this one\n";
+  ConsoleAccess access(hv, tickets, nullptr, {.log_dir = dir.string(), .xen_log_dir = (dir / "xen").string()});
+  auto tail = access.Log("web1", 7);
+  ASSERT_TRUE(tail.ok()) << tail.status();
+  EXPECT_EQ(tail->data, "hv-xen\n");
+  EXPECT_EQ(tail->size, 16u);
+  ConsoleAccess no_xen_dir(hv, tickets, nullptr, {.log_dir = dir.string()});
+  auto refused = no_xen_dir.Log("web1", 0);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("xen_log_dir"));
+}
+
 }  // namespace
 }  // namespace hvagent::service
