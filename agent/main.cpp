@@ -299,7 +299,10 @@ int Run(const config::Config& cfg) {
     std::filesystem::permissions(cfg.console_log_dir, std::filesystem::perms::owner_all, ec);
   }
   hv::LibvirtHypervisor libvirt(
-      {.uri = cfg.hypervisor_uri, .console_log_dir = cfg.console_log_dir, .vnc_listen = cfg.console_vnc_listen});
+      {.uri = cfg.hypervisor_uri,
+       .domain_type = cfg.hypervisor_domain_type,
+       .console_log_dir = cfg.console_log_dir,
+       .vnc_listen = cfg.console_vnc_listen});
   // Every service reads domains through the event-fed view (hypervisor/domain_view.h): state,
   // listings and capacity from memory, everything else passed to libvirt. Consoles open on the
   // libvirt connection itself.

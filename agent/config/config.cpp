@@ -158,6 +158,16 @@ const std::vector<Key>& Keys() {
   using std::chrono::seconds;
   static const std::vector<Key> keys = {
       Plain("hypervisor", "uri", &Config::hypervisor_uri),
+      {"hypervisor", "domain_type",
+       [](const toml::node& n, const std::string& field, Config& c) {
+         auto v = n.value<std::string>();
+         if (!v) return WrongType(field);
+         if (!v->empty() && *v != "kvm" && *v != "qemu" && *v != "xen") {
+           return Invalid(field, "must be kvm, qemu, xen or empty (the best the hypervisor offers)");
+         }
+         c.hypervisor_domain_type = *v;
+         return absl::OkStatus();
+       }},
       Plain("grpc", "listen", &Config::grpc_listen),
       Integer("grpc", "workers", &Config::grpc_workers, 1, 1024),
       Plain("rest", "listen", &Config::rest_listen),

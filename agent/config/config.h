@@ -16,6 +16,9 @@ namespace hvagent::config {
 
 struct Config {
   std::string hypervisor_uri = "test:///default";
+  // The libvirt domain type every guest is defined with: "kvm", "qemu" (TCG emulation, e.g. on a
+  // host whose /dev/kvm does not run guests) or "xen"; empty: the best offered (kvm > xen > qemu).
+  std::string hypervisor_domain_type;
   std::string grpc_listen = "127.0.0.1:50051";
   // Threads that run unary gRPC calls (agent/api/grpc/grpc_services.h), started as calls need
   // them: the most calls that wait on libvirt or a tool at once; more queue.

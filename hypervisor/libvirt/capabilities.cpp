@@ -79,14 +79,18 @@ absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view xml) {
   return caps;
 }
 
-absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::string_view arch) {
+absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::string_view arch,
+                                              absl::string_view domain_type) {
   std::string want = arch.empty() ? caps.host_arch : std::string(arch);
+  bool arch_offered = false;
   bool found = false;
   GuestTarget chosen;
   int best_score = 1 << 30;
   for (const auto& g : caps.guests) {
     if (g.arch != want) continue;
+    arch_offered = arch_offered || !g.domain_types.empty();
     for (const auto& dt : g.domain_types) {
+      if (!domain_type.empty() && dt != domain_type) continue;
       int score = (g.os_type == "hvm" ? 0 : 10) + DomainTypeRank(dt);
       if (score < best_score) {
         best_score = score;
@@ -95,10 +99,12 @@ absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::st
       }
     }
   }
-  if (!found) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.arch: ", want, " is not offered by this hypervisor"));
+  if (found) return chosen;
+  if (arch_offered) {
+    return absl::FailedPreconditionError(absl::StrCat("hypervisor.domain_type: '", domain_type,
+                                                      "' is not offered by this hypervisor for ", want));
   }
-  return chosen;
+  return absl::InvalidArgumentError(absl::StrCat("spec.arch: ", want, " is not offered by this hypervisor"));
 }
 
 }  // namespace hvagent::hv

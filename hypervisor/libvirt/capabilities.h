@@ -34,7 +34,11 @@ struct Capabilities {
 absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view xml);
 
 // Picks os type and domain type for `arch` (the host arch when empty): HVM before Xen PV,
-// and kvm > xen > qemu > test. InvalidArgument naming spec.arch if nothing offers it.
-absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::string_view arch);
+// and kvm > xen > qemu > test. A non-empty `domain_type` (the agent's [hypervisor] domain_type,
+// e.g. "qemu" where /dev/kvm exists but does not run guests) is the only type considered.
+// InvalidArgument naming spec.arch if nothing offers the arch; FailedPrecondition naming
+// hypervisor.domain_type if the arch is offered but not with that type.
+absl::StatusOr<GuestTarget> SelectGuestTarget(const Capabilities& caps, absl::string_view arch,
+                                              absl::string_view domain_type = "");
 
 }  // namespace hvagent::hv

@@ -594,7 +594,7 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
   absl::StatusOr<GuestTarget> target;
   {
     std::lock_guard lock(mu_);
-    target = SelectGuestTarget(caps_, spec.arch);
+    target = SelectGuestTarget(caps_, spec.arch, options_.domain_type);
   }
   if (!target.ok()) return target.status();
   DomainSpec logged = spec;
@@ -883,7 +883,7 @@ absl::StatusOr<GuestTarget> LibvirtHypervisor::TargetFor(virDomainPtr dom) {
   std::string os(os_type);
   free(os_type);
   std::lock_guard lock(mu_);
-  auto target = SelectGuestTarget(caps_, "");
+  auto target = SelectGuestTarget(caps_, "", options_.domain_type);
   if (!target.ok()) return target.status();
   if (os == "xen" || os == "linux") target->os_type = "xen";
   return target;

@@ -42,6 +42,9 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
     // Statistics and listings through per-domain calls even where the driver has the bulk
     // call. Off in production; tests turn it on to compare the two paths on one driver.
     bool force_per_domain_stats = false;
+    // The only libvirt domain type guests are defined with ("kvm", "qemu", "xen"); empty: the
+    // best the hypervisor offers (SelectGuestTarget).
+    std::string domain_type;
     // QEMU/KVM: each serial console logged to ConsoleLogPath(console_log_dir, name). Empty: none.
     std::string console_log_dir;
     // QEMU/KVM: where a domain's VNC display listens (DomainSpec.vnc).

@@ -120,6 +120,17 @@ def with_security(config_toml, **dirs):
     return f"[security]\n{lines}" + config_toml
 
 
+def with_tcg(config_toml):
+    """`config_toml` with [hypervisor] domain_type = "qemu": guests under TCG, never KVM. A host
+    may have a /dev/kvm that libvirt offers but that does not run guests (nested virtualisation
+    without the CPU's extensions: QEMU aborts on an MSR, or the guest never prints), and the tests
+    must not depend on it."""
+    config_toml = config_toml or ""
+    if "[hypervisor]\n" in config_toml:
+        return config_toml.replace("[hypervisor]\n", '[hypervisor]\ndomain_type = "qemu"\n', 1)
+    return '[hypervisor]\ndomain_type = "qemu"\n\n' + config_toml
+
+
 class Agent:
     """One hvagentd process on free loopback ports."""
 
@@ -152,6 +163,8 @@ class Agent:
                 config_toml = f.read() + "\n" + (config_toml or "")
         if image_dirs:
             config_toml = with_security(config_toml, image_dirs=image_dirs)
+        if uri.startswith("qemu"):
+            config_toml = with_tcg(config_toml)
         if config_toml is not None:
             self.config = tempfile.NamedTemporaryFile("w", prefix="hvagentd-", suffix=".toml", delete=False)
             self.config.write(config_toml)

@@ -46,6 +46,10 @@ class Agent:
         if image_dirs:
             config_toml = (config_toml or "") + "\n[security]\nimage_dirs = [%s]\n" % ", ".join(
                 json.dumps(d) for d in image_dirs)
+        if uri.startswith("qemu"):
+            # Guests under TCG, never KVM: a /dev/kvm that libvirt offers may still not run guests
+            # (nested virtualisation without the CPU's extensions); tests/integration/agent_harness.py.
+            config_toml = '[hypervisor]\ndomain_type = "qemu"\n\n' + (config_toml or "")
         if config_toml is not None:
             with tempfile.NamedTemporaryFile("w", prefix="hvagentd-cs-", suffix=".toml", delete=False) as f:
                 f.write(config_toml)

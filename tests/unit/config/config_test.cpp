@@ -112,6 +112,25 @@ shutdown_timeout_seconds = 15
   EXPECT_EQ(c->shutdown_timeout, std::chrono::seconds(15));
 }
 
+TEST(ParseConfigToml, DomainTypeAndGrpcWorkersAndXenConsoleLogs) {
+  Config d;
+  EXPECT_EQ(d.hypervisor_domain_type, "");
+  EXPECT_EQ(d.grpc_workers, 64);
+  EXPECT_EQ(d.console_xen_log_dir, "/var/log/xen/console");
+  auto c = ParseConfigToml(
+      "[hypervisor]\ndomain_type = \"qemu\"\n[grpc]\nworkers = 8\n[console]\nxen_log_dir = \"\"\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hypervisor_domain_type, "qemu");
+  EXPECT_EQ(c->grpc_workers, 8);
+  EXPECT_EQ(c->console_xen_log_dir, "");
+  auto bad_type = ParseConfigToml("[hypervisor]\ndomain_type = \"lxc\"\n");
+  EXPECT_THAT(std::string(bad_type.status().message()), HasSubstr("hypervisor.domain_type"));
+  auto no_workers = ParseConfigToml("[grpc]\nworkers = 0\n");
+  EXPECT_THAT(std::string(no_workers.status().message()), HasSubstr("grpc.workers"));
+  auto relative = ParseConfigToml("[console]\nxen_log_dir = \"var/log\"\n");
+  EXPECT_THAT(std::string(relative.status().message()), HasSubstr("console.xen_log_dir"));
+}
+
 TEST(ParseConfigToml, VncListenIsAnIpAddressDefaultingToLoopback) {
   auto none = ParseConfigToml("");
   ASSERT_TRUE(none.ok());

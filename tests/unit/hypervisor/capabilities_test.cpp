@@ -84,5 +84,22 @@ TEST(CapabilitiesTest, MalformedXmlIsRejected) {
   EXPECT_FALSE(ParseCapabilities("<domain/>").ok());
 }
 
+// [hypervisor] domain_type: the operator's choice is the only type considered (TCG on a host
+// whose /dev/kvm does not run guests), and a type the hypervisor lacks is a clear error.
+TEST(CapabilitiesTest, AConfiguredDomainTypeIsTheOnlyOneConsidered) {
+  auto caps = *ParseCapabilities(kKvmX86);
+  auto tcg = SelectGuestTarget(caps, "", "qemu");
+  ASSERT_TRUE(tcg.ok()) << tcg.status();
+  EXPECT_EQ(tcg->domain_type, "qemu");
+  EXPECT_EQ(tcg->arch, "x86_64");
+  auto arm_kvm = SelectGuestTarget(caps, "aarch64", "kvm");
+  EXPECT_EQ(arm_kvm.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(arm_kvm.status().message()), ::testing::HasSubstr("hypervisor.domain_type"));
+  auto xen_on_kvm_host = SelectGuestTarget(caps, "", "xen");
+  EXPECT_EQ(xen_on_kvm_host.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto nothing = SelectGuestTarget(*ParseCapabilities(kXenArm), "x86_64", "qemu");
+  EXPECT_EQ(nothing.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace hvagent::hv
