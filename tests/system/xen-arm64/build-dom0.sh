@@ -67,7 +67,7 @@ cp "$WORK/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 MODS=(virtio_mmio virtio_blk virtio_net virtio_console dax xen-evtchn xen-gntdev xen-gntalloc
       xen-privcmd xenfs xen-blkback dm-mod
       8021q bridge xen-netback dummy   # the agent's VLAN networks: 802.1Q uplink, bridge, the guest's vif
-      crc32c_generic dm-thin-pool loop)  # the thin pool of images and clones, on a loop device (dom0-init.sh)
+      crc32c_generic dm-thin-pool dm-snapshot loop)  # images and thin clones, on a loop device (dom0-init.sh)
 # crc32c_generic first: libcrc32c (dm-persistent-data's) asks the crypto API for "crc32c" when it
 # loads (a softdep, not in depends=), and without it fails with ENOENT ("Unknown symbol" in insmod).
 MDIR=$WORK/kernel/lib/modules/$KVER
