@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,10 @@ struct PoolInfo {
   uint32_t volume_count = 0;
   WipeMode wipe = WipeMode::kZero;
   uint32_t orphaned_volume_count = 0;  // set by StorageService from the last reconciliation
+  // LVM pools with a thin pool: how full its data and metadata are (lvs data_percent,
+  // metadata_percent), 0-100. A full thin pool errors or pauses every guest on it.
+  std::optional<double> thin_data_percent;
+  std::optional<double> thin_metadata_percent;
 };
 
 // What a volume attached to a domain is to it. kOwned: created as part of the domain (a root

@@ -72,6 +72,11 @@ class StorageBackend {
   // it is refused from here, and a crash during the wipe leaves an unfinished slot that recovery
   // removes), then WipeForDelete and FinishDelete go on as for a volume.
   virtual absl::StatusOr<DeletePlan> BeginDeleteImageSlot(const std::string& name);
+  // A new volume that shares the ready image slot's blocks (copy-on-write), of spec.size_bytes
+  // (at least the slot's size; the caller checks). Unimplemented when the backend cannot share
+  // blocks (the caller then copies the image onto a new volume); otherwise as CreateVolume, and
+  // NotFound / FailedPrecondition for a slot that is missing or not ready.
+  virtual absl::StatusOr<VolumeInfo> CloneImageSlot(const std::string& image, const VolumeSpec& spec);
   // The three in a row, for callers that have the pool to themselves (tests).
   absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) {
     auto plan = BeginDeleteImageSlot(name);

@@ -250,6 +250,8 @@ v1::Pool ToProto(const storage::PoolInfo& p) {
   out.set_free_bytes(p.free_bytes);
   out.set_volume_count(p.volume_count);
   out.set_orphaned_volume_count(p.orphaned_volume_count);
+  if (p.thin_data_percent) out.set_thin_data_percent(*p.thin_data_percent);
+  if (p.thin_metadata_percent) out.set_thin_metadata_percent(*p.thin_metadata_percent);
   switch (p.wipe) {
     case storage::WipeMode::kZero: out.set_wipe(v1::WIPE_MODE_ZERO); break;
     case storage::WipeMode::kDiscard: out.set_wipe(v1::WIPE_MODE_DISCARD); break;

@@ -96,6 +96,19 @@ const char* StateLabel(hv::DomainState s) {
   return "unknown";
 }
 
+// Thin pools only: a thin pool whose data or metadata fills up errors or pauses every guest on
+// it, long before the VG looks full (deploy/prometheus/hvagent-rules.yml: HvagentThinPoolNearlyFull).
+void ThinPools(Exposition& e, const std::vector<storage::PoolInfo>& pools) {
+  e.Family("hvagent_pool_thin_data_percent", "gauge", "How full a thin pool's data space is, in percent.");
+  e.Family("hvagent_pool_thin_metadata_percent", "gauge", "How full a thin pool's metadata space is, in percent.");
+  for (const storage::PoolInfo& p : pools) {
+    if (!p.thin_data_percent || !p.thin_metadata_percent) continue;
+    Labels l = {{"pool", p.name}};
+    e.Add("hvagent_pool_thin_data_percent", l, *p.thin_data_percent);
+    e.Add("hvagent_pool_thin_metadata_percent", l, *p.thin_metadata_percent);
+  }
+}
+
 void Host(Exposition& e, const service::MetricsSample& s) {
   if (!s.capacity.ok()) return;
   const service::Capacity& c = *s.capacity;
@@ -143,6 +156,7 @@ void Host(Exposition& e, const service::MetricsSample& s) {
     e.Add("hvagent_pool_volumes", l, p.volume_count);
     e.Add("hvagent_pool_orphaned_volumes", l, p.orphaned_volume_count);
   }
+  ThinPools(e, c.pools);
 }
 
 void Domains(Exposition& e, const service::MetricsSample& s) {

@@ -537,6 +537,12 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
     return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size_bytes, " is smaller than image '", image,
                                                    "' (", virtual_size, " bytes)"));
   }
+  // A pool that shares blocks makes the volume a copy-on-write clone; the others copy.
+  auto cloned = storage_.CreateVolumeCloned(pool, {name, size_bytes}, image);
+  if (!absl::IsUnimplemented(cloned.status())) {
+    if (cloned.ok()) Log()->info("volume {}/{} created as a clone of image {}", pool, name, image);
+    return cloned;
+  }
   auto volume = storage_.CreateVolumeFilled(
       pool, {name, size_bytes}, absl::StrCat("image '", image, "'"), [&](const storage::VolumeInfo& v) -> absl::Status {
         auto copied = img::CopyDevice(src->path, v.path, virtual_size, nullptr, nullptr, false);

@@ -15,8 +15,9 @@
 // (the gRPC or REST handler that reads the stream): it answers once the image is ready or the
 // import has failed and cleaned up.
 //
-// CreateVolumeFromImage copies a ready image onto a new volume (O_DIRECT, 4 MiB blocks, every
-// block written); an image is not deleted while a copy from it runs.
+// CreateVolumeFromImage makes a volume from a ready image: a copy-on-write clone where the pool
+// can share blocks (thin LVM pools), otherwise a copy (O_DIRECT, 4 MiB blocks, every block
+// written); an image is not deleted while a copy from it runs.
 
 #include <atomic>
 #include <condition_variable>

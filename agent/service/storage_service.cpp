@@ -280,6 +280,19 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
   return GetVolume(pool_name, spec.name);
 }
 
+absl::StatusOr<VolumeStatus> StorageService::CreateVolumeCloned(const std::string& pool_name,
+                                                                const storage::VolumeSpec& spec,
+                                                                const std::string& image) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, "size_bytes"); !s.ok()) return s;
+  auto v = (*pool)->backend->CloneImageSlot(image, spec);
+  if (!v.ok()) return v.status();
+  Log()->info("created volume {}/{} ({} bytes) as a clone of image {}", pool_name, v->name, v->size_bytes, image);
+  return StatusOf(*v);
+}
+
 absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& pool_name, const std::string& name,
                                                           uint64_t size) {
   auto pool = Find(pool_name);

@@ -78,6 +78,11 @@ class StorageService {
   absl::StatusOr<VolumeStatus> CreateVolumeFilled(const std::string& pool, const storage::VolumeSpec& spec,
                                                   absl::string_view source,
                                                   const std::function<absl::Status(const storage::VolumeInfo&)>& fill);
+  // A volume sharing the image's blocks (StorageBackend::CloneImageSlot: thin LVM pools), made
+  // under the pool's lock in one backend call, so it is whole or absent. Unimplemented when the
+  // pool cannot share blocks (the caller copies instead, CreateVolumeFilled).
+  absl::StatusOr<VolumeStatus> CreateVolumeCloned(const std::string& pool, const storage::VolumeSpec& spec,
+                                                  const std::string& image);
   absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
   // Returns at once with state kDeleting; the wipe and removal run in the background.
   absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);

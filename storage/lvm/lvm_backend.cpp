@@ -272,6 +272,8 @@ absl::StatusOr<PoolInfo> LvmBackend::GetPool() {
     info.capacity_bytes = tp->size_bytes;
     double used = static_cast<double>(tp->size_bytes) * tp->data_percent.value_or(0.0) / 100.0;
     info.free_bytes = tp->size_bytes - std::min(tp->size_bytes, static_cast<uint64_t>(used));
+    info.thin_data_percent = tp->data_percent.value_or(0.0);
+    info.thin_metadata_percent = tp->metadata_percent.value_or(0.0);
   }
   for (const lvm::LvRow& lv : r.lvs) {
     if (lv.HasTag(kOwnerTag)) ++info.volume_count;
@@ -355,6 +357,10 @@ absl::StatusOr<VolumeInfo> LvmBackend::CreateVolume(const VolumeSpec& spec) {
   if (absl::IsResourceExhausted(status) || absl::IsAlreadyExists(status) || absl::IsInvalidArgument(status)) {
     return status;
   }
+  return RemoveLeftover(spec.name, kOwnerTag, status);
+}
+
+absl::Status LvmBackend::RemoveLeftover(const std::string& lv, const std::string& tag, absl::Status status) {
   // Killed or failed midway: lvm2 commits metadata atomically, so the LV exists fully or not at
   // all. Look, and remove it if it is there.
   auto fresh = Report(/*fresh=*/true);
@@ -362,16 +368,14 @@ absl::StatusOr<VolumeInfo> LvmBackend::CreateVolume(const VolumeSpec& spec) {
     return absl::Status(status.code(), absl::StrCat(status.message(), "; could not check for a partly created LV: ",
                                                     fresh.status().message()));
   }
-  bool left = std::any_of((*fresh)->lvs.begin(), (*fresh)->lvs.end(), [&](const lvm::LvRow& lv) {
-    return lv.name == spec.name && lv.HasTag(kOwnerTag);
-  });
+  bool left = std::any_of((*fresh)->lvs.begin(), (*fresh)->lvs.end(),
+                          [&](const lvm::LvRow& row) { return row.name == lv && row.HasTag(tag); });
   if (!left) return status;
-  absl::Status cleanup = RunLvmChecked("lvremove", {"--yes", LvId(spec.name)});
+  absl::Status cleanup = RunLvmChecked("lvremove", {"--yes", LvId(lv)});
   if (!cleanup.ok()) {
-    Log()->error("pool '{}': could not remove partly created {}: {}", config_.name, LvId(spec.name),
-                 cleanup.message());
-    return absl::Status(status.code(), absl::StrCat(status.message(), "; removing the partly created LV ",
-                                                    LvId(spec.name), " failed too: ", cleanup.message()));
+    Log()->error("pool '{}': could not remove partly created {}: {}", config_.name, LvId(lv), cleanup.message());
+    return absl::Status(status.code(), absl::StrCat(status.message(), "; removing the partly created LV ", LvId(lv),
+                                                    " failed too: ", cleanup.message()));
   }
   return absl::Status(status.code(), absl::StrCat(status.message(), "; the partly created LV was removed"));
 }
@@ -432,13 +436,14 @@ absl::Status LvmBackend::WipeForDelete(const DeletePlan& plan, const ProgressFn&
   if (config_.wipe == WipeMode::kNone) return absl::OkStatus();
   absl::Status wiped = wiper_.Wipe(plan.volume.path, config_.wipe, progress);
   if (wiped.ok()) return wiped;
-  return absl::Status(wiped.code(), absl::StrCat("wiping volume '", plan.volume.name,
+  return absl::Status(wiped.code(), absl::StrCat("wiping ", plan.image ? "image" : "volume", " '", plan.volume.name,
                                                  "' failed, the volume was kept: ", wiped.message()));
 }
 
 absl::Status LvmBackend::FinishDelete(const DeletePlan& plan) {
-  if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(plan.volume.name)}); !s.ok()) return s;
-  Log()->info("pool '{}': deleted volume {}", config_.name, plan.volume.name);
+  const std::string lv = plan.image ? ImageLv(plan.volume.name) : plan.volume.name;
+  if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(lv)}); !s.ok()) return s;
+  Log()->info("pool '{}': deleted {} {}", config_.name, plan.image ? "image" : "volume", plan.volume.name);
   return absl::OkStatus();
 }
 
@@ -483,5 +488,169 @@ absl::Status LvmBackend::SetAttachment(const std::string& name, const std::strin
                              : absl::StrCat("attached to ", domain, " (", OwnershipName(ownership), ")"));
   return absl::OkStatus();
 }
+
+// --- golden images -------------------------------------------------------------------------
+
+absl::Status LvmBackend::CheckImageCall(const std::string& name) const {
+  if (auto s = CheckConfig(); !s.ok()) return s;
+  if (!dm_available_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "pool: '", config_.name,
+        "' cannot hold images on this host: device-mapper is unavailable, so an image LV could be neither written "
+        "nor read"));
+  }
+  if (name.empty()) return absl::OkStatus();  // listing
+  if (auto s = lvm::CheckVolumeName(name); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("image: '", name, "' is not a valid image name"));
+  }
+  return absl::OkStatus();
+}
+
+ImageSlot LvmBackend::Slot(const std::string& name, const lvm::LvRow& lv) const {
+  return ImageSlot{.pool = config_.name,
+                   .name = name,
+                   .path = lv.path.empty() ? LvPath(lv.name) : lv.path,
+                   .size_bytes = lv.size_bytes,
+                   .ready = lv.HasTag(kImageTag) && !lv.HasTag(kImportingTag)};
+}
+
+absl::StatusOr<lvm::LvRow> LvmBackend::FindImage(const std::string& name) {
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  const std::string lv_name = ImageLv(name);
+  for (const lvm::LvRow& lv : (*report)->lvs) {
+    if (lv.name == lv_name && (lv.HasTag(kImageTag) || lv.HasTag(kImportingTag))) return lv;
+  }
+  return absl::NotFoundError(absl::StrCat("image '", name, "' not found in pool '", config_.name, "'"));
+}
+
+absl::StatusOr<std::vector<ImageSlot>> LvmBackend::ListImageSlots() {
+  if (auto s = CheckImageCall(""); !s.ok()) return s;
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  std::vector<ImageSlot> out;
+  for (const lvm::LvRow& lv : (*report)->lvs) {
+    if (!absl::StartsWith(lv.name, kImageLvPrefix)) continue;
+    if (!lv.HasTag(kImageTag) && !lv.HasTag(kImportingTag)) continue;
+    out.push_back(Slot(lv.name.substr(sizeof(kImageLvPrefix) - 1), lv));
+  }
+  std::sort(out.begin(), out.end(), [](const ImageSlot& a, const ImageSlot& b) { return a.name < b.name; });
+  return out;
+}
+
+absl::StatusOr<ImageSlot> LvmBackend::CreateImageSlot(const std::string& name, uint64_t size_bytes) {
+  if (auto s = CheckImageCall(name); !s.ok()) return s;
+  if (auto s = CheckSize(size_bytes); !s.ok()) return s;
+  auto report = Report();
+  if (!report.ok()) return report.status();
+  const lvm::Report& r = **report;
+  const std::string lv = ImageLv(name);
+  for (const lvm::LvRow& row : r.lvs) {
+    if (row.name == lv) {
+      return absl::AlreadyExistsError(absl::StrCat("image '", name, "' already exists in pool '", config_.name, "'"));
+    }
+  }
+  auto size = RoundSize(size_bytes, r.vg.extent_size);
+  if (!size.ok()) return size.status();
+  std::vector<std::string> args = {"--yes", "-n", lv, "--addtag", kImportingTag};
+  if (config_.thin_pool.empty()) {
+    if (*size > r.vg.free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("pool '", config_.name, "' is full: image '", name, "' needs ",
+                                                       *size, " bytes, volume group '", config_.volume_group,
+                                                       "' has ", r.vg.free_bytes, " bytes free"));
+    }
+    for (std::string a : {std::string("-L"), Bytes(*size), config_.volume_group}) args.push_back(std::move(a));
+  } else {
+    if (ThinPool(r) == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("pool '", config_.name, "': thin pool ",
+                                                        LvId(config_.thin_pool), " does not exist (not prepared)"));
+    }
+    for (std::string a : {std::string("-V"), Bytes(*size), std::string("--thin"), LvId(config_.thin_pool)}) {
+      args.push_back(std::move(a));
+    }
+  }
+  absl::Status status = RunLvmChecked("lvcreate", std::move(args));
+  if (!status.ok()) {
+    if (absl::IsResourceExhausted(status) || absl::IsAlreadyExists(status)) return status;
+    return RemoveLeftover(lv, kImportingTag, status);
+  }
+  Log()->info("pool '{}': created image LV {} ({} bytes) for an import", config_.name, LvId(lv), *size);
+  return ImageSlot{.pool = config_.name, .name = name, .path = LvPath(lv), .size_bytes = *size, .ready = false};
+}
+
+absl::Status LvmBackend::SealImageSlot(const std::string& name) {
+  if (auto s = CheckImageCall(name); !s.ok()) return s;
+  auto lv = FindImage(name);
+  if (!lv.ok()) return lv.status();
+  if (Slot(name, *lv).ready) return absl::OkStatus();
+  std::vector<std::string> args = {"--permission", "r", "--deltag", kImportingTag, "--addtag", kImageTag,
+                                   LvId(lv->name)};
+  if (auto s = RunLvmChecked("lvchange", std::move(args)); !s.ok()) return s;
+  Log()->info("pool '{}': image {} is ready (read-only)", config_.name, name);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeletePlan> LvmBackend::BeginDeleteImageSlot(const std::string& name) {
+  if (auto s = CheckImageCall(name); !s.ok()) return s;
+  auto lv = FindImage(name);
+  if (!lv.ok()) return lv.status();
+  // Writable (the wipe writes it) and importing again (a crash from here leaves an unfinished
+  // image, which recovery removes), in one metadata change; then active for the wipe.
+  std::vector<std::string> args;
+  if (lv->HasTag(kImageTag)) args.insert(args.end(), {"--deltag", kImageTag});
+  if (!lv->HasTag(kImportingTag)) args.insert(args.end(), {"--addtag", kImportingTag});
+  if (lv->attr.size() > 1 && lv->attr[1] == 'r') args.insert(args.end(), {"--permission", "rw"});
+  if (!args.empty()) {
+    args.push_back(LvId(lv->name));
+    if (auto s = RunLvmChecked("lvchange", std::move(args)); !s.ok()) return s;
+  }
+  if (config_.wipe != WipeMode::kNone && !IsActive(*lv)) {
+    if (auto s = RunLvmChecked("lvchange", {"-ay", "-K", LvId(lv->name)}); !s.ok()) return s;
+  }
+  VolumeInfo slot{.pool = config_.name, .name = name, .path = Slot(name, *lv).path, .size_bytes = lv->size_bytes};
+  return DeletePlan{.volume = std::move(slot), .image = true};
+}
+
+absl::StatusOr<VolumeInfo> LvmBackend::CloneImageSlot(const std::string& image, const VolumeSpec& spec) {
+  if (config_.thin_pool.empty()) {
+    return absl::UnimplementedError(absl::StrCat("pool '", config_.name, "' has no thin pool: images are copied"));
+  }
+  if (auto s = CheckImageCall(image); !s.ok()) return s;
+  if (auto s = lvm::CheckVolumeName(spec.name); !s.ok()) return s;
+  if (auto s = CheckSize(spec.size_bytes); !s.ok()) return s;
+  auto lv = FindImage(image);
+  if (!lv.ok()) return lv.status();
+  if (!Slot(image, *lv).ready) {
+    return absl::FailedPreconditionError(absl::StrCat("image: '", image, "' is not ready (its import is under way)"));
+  }
+  const lvm::Report& r = cache_->report;  // FindImage just filled the cache
+  for (const lvm::LvRow& row : r.lvs) {
+    if (row.name == spec.name) {
+      return absl::AlreadyExistsError(absl::StrCat("volume '", spec.name, "' already exists in pool '", config_.name,
+                                                   "' (or the name is taken by an LV the agent does not manage)"));
+    }
+  }
+  auto size = RoundSize(spec.size_bytes, r.vg.extent_size);
+  if (!size.ok()) return size.status();
+  // A thin snapshot: no size (it shares the origin's blocks), activation skip off so it activates
+  // and reactivates as any volume does, writable although its origin is read-only.
+  absl::Status status = RunLvmChecked("lvcreate", {"--yes", "-s", "--setactivationskip", "n", "--permission", "rw",
+                                                   "-n", spec.name, "--addtag", kOwnerTag, LvId(lv->name)});
+  if (!status.ok()) {
+    if (absl::IsResourceExhausted(status) || absl::IsAlreadyExists(status)) return status;
+    return RemoveLeftover(spec.name, kOwnerTag, status);
+  }
+  uint64_t have = lv->size_bytes;
+  if (*size > have) {
+    if (auto s = RunLvmChecked("lvextend", {"-L", Bytes(*size), LvId(spec.name)}); !s.ok()) {
+      return RemoveLeftover(spec.name, kOwnerTag, absl::Status(s.code(), absl::StrCat("growing clone '", spec.name,
+                                                                                      "': ", s.message())));
+    }
+    have = *size;
+  }
+  Log()->info("pool '{}': volume {} is a thin snapshot of image {} ({} bytes)", config_.name, spec.name, image, have);
+  return VolumeInfo{.pool = config_.name, .name = spec.name, .path = LvPath(spec.name), .size_bytes = have};
+}
+
 
 }  // namespace hvagent::storage

@@ -17,6 +17,20 @@
 // deleting is refused (FailedPrecondition) unless the pool's WipeMode is kNone; a thin pool
 // cannot be created.
 //
+// Golden images (docs/images.md): an image is an LV named "hvimage+<image>" ('+' is never in a
+// volume name, so the two namespaces cannot meet) carrying the tag "hvagent_image_importing"
+// while its import runs and "hvagent_image" once sealed, and never the "hvagent" tag: it is not
+// a volume, so it is never listed, attached, resized or deleted as one. Its record (format,
+// virtual size, sha256, source) sits in the LV's last 4 KiB, written by storage/image as on
+// partitions: the VG is its own database. Sealing is one lvchange that swaps the tags and makes
+// the LV read-only (`--permission r`); a delete first makes it writable again and marks it
+// importing, so a crash mid-wipe leaves an unfinished image that recovery removes. With a thin
+// pool the image is a thin LV in it, and CloneImageSlot makes a volume a thin snapshot of it
+// (`lvcreate -s`, no data copied, activation skip off so it activates like any volume), grown
+// with lvextend when asked larger; a thick pool answers Unimplemented and the caller copies.
+// Images need device-mapper (they are written and read through the LV's device): without it,
+// every image call is FailedPrecondition "cannot hold images".
+//
 // Reads come from one `lvm fullreport` of the VG (VG size/free/extent size and every LV),
 // cached for Options::cache_ttl and dropped after every change. lvm2 invocations per call
 // (cold cache / warm cache), asserted in the unit tests and measured against real lvm2 in the
@@ -51,6 +65,9 @@ class LvmBackend final : public StorageBackend {
   static constexpr char kOwnerTag[] = "hvagent";
   static constexpr char kVmTagPrefix[] = "hvagent_vm_";
   static constexpr char kOwnedByTagPrefix[] = "hvagent_owned_by_";
+  static constexpr char kImageTag[] = "hvagent_image";
+  static constexpr char kImportingTag[] = "hvagent_image_importing";
+  static constexpr char kImageLvPrefix[] = "hvimage+";
   // Largest size accepted from the API (lvm2's own limit is 8 EiB).
   static constexpr uint64_t kMaxVolumeBytes = uint64_t{1} << 62;
 
@@ -86,12 +103,32 @@ class LvmBackend final : public StorageBackend {
   // deleting the vm and owned_by tags together; none when the tags already say so.
   absl::Status SetAttachment(const std::string& name, const std::string& domain, Ownership ownership) override;
 
+  absl::StatusOr<std::vector<ImageSlot>> ListImageSlots() override;
+  // Thick: `lvcreate -L`; thin: a thin LV of the thin pool. Tagged importing by the lvcreate
+  // itself; a create that fails midway is removed as for a volume.
+  absl::StatusOr<ImageSlot> CreateImageSlot(const std::string& name, uint64_t size_bytes) override;
+  // One `lvchange --permission r --deltag hvagent_image_importing --addtag hvagent_image`.
+  absl::Status SealImageSlot(const std::string& name) override;
+  absl::StatusOr<DeletePlan> BeginDeleteImageSlot(const std::string& name) override;
+  // Thin pools only (Unimplemented otherwise): `lvcreate -s` of the image LV tagged "hvagent",
+  // then `lvextend` when spec.size_bytes is larger than the image LV.
+  absl::StatusOr<VolumeInfo> CloneImageSlot(const std::string& image, const VolumeSpec& spec) override;
+
   bool device_mapper_available() const { return dm_available_; }
   // True when the open of /dev/mapper/control succeeds.
   static bool ProbeDeviceMapper();
 
  private:
   absl::Status CheckConfig() const;
+  // CheckConfig, the image name rule and device-mapper (images are read and written through it).
+  absl::Status CheckImageCall(const std::string& name) const;
+  // The image LV of that name, ready or not; NotFound naming the image.
+  absl::StatusOr<lvm::LvRow> FindImage(const std::string& name);
+  ImageSlot Slot(const std::string& name, const lvm::LvRow& lv) const;
+  // Removes an LV a failed lvcreate may have left (lvm2 commits metadata atomically, so it is
+  // there whole or not at all), and says so in the returned status.
+  absl::Status RemoveLeftover(const std::string& lv, const std::string& tag, absl::Status status);
+  static std::string ImageLv(const std::string& image) { return std::string(kImageLvPrefix) + image; }
   std::vector<std::string> Argv(const std::string& subcommand, std::vector<std::string> args) const;
   Command LvmCommand(const std::string& subcommand, std::vector<std::string> args) const;
   // Runs lvm2 (storage/exec/run_checked.h, statuses quoting lvm2) and drops the cached report.

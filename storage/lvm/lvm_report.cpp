@@ -109,8 +109,9 @@ class Parser {
       auto path = Str(row, "lv_path");
       auto attr = Str(row, "lv_attr");
       auto percent = Percent(row, "data_percent");
-      for (const absl::Status& s :
-           {lv_name.status(), lv_size.status(), tags.status(), path.status(), attr.status(), percent.status()}) {
+      auto meta = Percent(row, "metadata_percent");
+      for (const absl::Status& s : {lv_name.status(), lv_size.status(), tags.status(), path.status(), attr.status(),
+                                    percent.status(), meta.status()}) {
         if (!s.ok()) return s;
       }
       if (lv_name->empty()) return Bad("an lv row has an empty lv_name");
@@ -122,6 +123,7 @@ class Parser {
       lv.path = *path;
       lv.attr = *attr;
       lv.data_percent = *percent;
+      lv.metadata_percent = *meta;
       report.lvs.push_back(std::move(lv));
     }
     return report;

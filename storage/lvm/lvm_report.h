@@ -26,7 +26,8 @@ struct LvRow {
   std::vector<std::string> tags;
   std::string path;  // empty when lvm2 does not know it (e.g. hidden LVs)
   std::string attr;  // lv_attr, e.g. "-wi-a-----"
-  std::optional<double> data_percent;  // thin pools and thin volumes only
+  std::optional<double> data_percent;      // thin pools and thin volumes only
+  std::optional<double> metadata_percent;  // thin pools only
 
   bool HasTag(const std::string& tag) const;
 };
@@ -38,7 +39,7 @@ struct Report {
 
 // Fields requested per sub-report, in the order passed to `-o`.
 inline constexpr char kVgFields[] = "vg_name,vg_size,vg_free,vg_extent_size";
-inline constexpr char kLvFields[] = "lv_name,lv_size,lv_tags,lv_path,lv_attr,data_percent";
+inline constexpr char kLvFields[] = "lv_name,lv_size,lv_tags,lv_path,lv_attr,data_percent,metadata_percent";
 
 // Parses the report of VG `vg_name`. NotFound when the output is a valid report without that
 // VG; Internal for garbage.

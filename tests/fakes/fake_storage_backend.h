@@ -25,6 +25,9 @@ class FakeStorageBackend final : public storage::StorageBackend {
   // Set: the pool holds images, each slot a regular file of this directory (ext4 takes the
   // O_DIRECT writes the image code does). Empty: images are refused as by a backend without them.
   std::string image_dir;
+  // Set: CloneImageSlot makes a volume sharing the image's blocks, as a thin LVM pool does
+  // (recorded as "clone-image <image> <volume>"); unset: Unimplemented, the caller copies.
+  bool can_clone = false;
 
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
@@ -122,6 +125,18 @@ class FakeStorageBackend final : public storage::StorageBackend {
     it->second.ready = false;
     return storage::DeletePlan{.volume = {config_.name, name, it->second.path, it->second.size_bytes, ""},
                                .image = true};
+  }
+  absl::StatusOr<storage::VolumeInfo> CloneImageSlot(const std::string& image,
+                                                      const storage::VolumeSpec& spec) override {
+    if (!can_clone) return StorageBackend::CloneImageSlot(image, spec);
+    calls.push_back(absl::StrCat("clone-image ", image, " ", spec.name));
+    auto it = slots_.find(image);
+    if (it == slots_.end()) return absl::NotFoundError("image not found");
+    if (!it->second.ready) return absl::FailedPreconditionError("image: not ready");
+    if (volumes_.contains(spec.name)) return absl::AlreadyExistsError("volume.name: exists");
+    storage::VolumeInfo v{config_.name, spec.name, "/dev/fake/" + spec.name, spec.size_bytes, ""};
+    volumes_[spec.name] = v;
+    return v;
   }
   // Follows the contract: one record of domain and ownership, another domain refused.
   absl::Status SetAttachment(const std::string& name, const std::string& domain,

@@ -2,6 +2,7 @@
 (sd_notify over a NOTIFY_SOCKET this test listens on, as systemd would), the unit file through
 `systemd-analyze verify`, and the Prometheus example config and alert rules through promtool."""
 
+import json
 import os
 import shutil
 import signal
@@ -64,12 +65,49 @@ class DeployTest(unittest.TestCase):
                     if "hvagentd.service" in l or "Unknown" in l or "error" in l.lower()]
         self.assertEqual((r.returncode, problems), (0, []))
 
+    def test_thin_pool_alert_fires_on_data_or_metadata_and_not_before(self):
+        """promtool's own rule tests: the thin-pool alert fires after 5 minutes over 90% of data
+        or of metadata, for that pool only, and not for a pool at 89%."""
+        rules = os.path.join(REPO, "deploy", "prometheus", "hvagent-rules.yml")
+        shutil.copy(rules, self.dir)
+        tests = {
+            "rule_files": ["hvagent-rules.yml"],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'hvagent_pool_thin_data_percent{instance="h1",pool="thin"}', "values": "50+5x10"},
+                    {"series": 'hvagent_pool_thin_metadata_percent{instance="h1",pool="thin"}', "values": "10x10"},
+                    {"series": 'hvagent_pool_thin_data_percent{instance="h1",pool="meta"}', "values": "5x10"},
+                    {"series": 'hvagent_pool_thin_metadata_percent{instance="h1",pool="meta"}', "values": "95x10"},
+                    {"series": 'hvagent_pool_thin_data_percent{instance="h1",pool="calm"}', "values": "89x10"},
+                    {"series": 'hvagent_pool_thin_metadata_percent{instance="h1",pool="calm"}', "values": "89x10"},
+                ],
+                "alert_rule_test": [
+                    # meta: over 90% from minute 0, so firing from minute 5; thin: 95% at minute 9
+                    # (50 + 5 * 9), pending only.
+                    {"eval_time": "4m", "alertname": "HvagentThinPoolNearlyFull", "exp_alerts": []},
+                    {"eval_time": "6m", "alertname": "HvagentThinPoolNearlyFull", "exp_alerts": [
+                        {"exp_labels": {"severity": "critical", "instance": "h1", "pool": "meta"},
+                         "exp_annotations": {"summary": "thin pool of storage pool meta on h1 is over 90% full "
+                                                        "(data or metadata)"}}]},
+                ],
+            }],
+        }
+        path = os.path.join(self.dir, "thin-alert-test.yml")
+        with open(path, "w") as f:
+            json.dump(tests, f)  # JSON is YAML
+        r = subprocess.run(["promtool", "test", "rules", path], capture_output=True, text=True, timeout=60,
+                           cwd=self.dir)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS", r.stdout + r.stderr)
+
     def test_prometheus_example_config_and_rules(self):
         prom_dir = os.path.join(REPO, "deploy", "prometheus")
         r = subprocess.run(["promtool", "check", "rules", os.path.join(prom_dir, "hvagent-rules.yml")],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 4 rules found", r.stdout)
+        self.assertIn("SUCCESS: 5 rules found", r.stdout)
         # The config names files on the Prometheus host; give promtool stand-ins for them.
         with open(os.path.join(prom_dir, "prometheus.yml")) as f:
             config = f.read()

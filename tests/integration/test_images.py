@@ -414,7 +414,8 @@ max_virtual_size_mib = 512
                 status, err = self.agent.rest("POST", "/v1/pools/disk1/images", body)
                 self.assertEqual(status, want, err)
                 self.assertTrue(err["message"].startswith(field), err)
-        # An LVM pool holds no images.
+        # An LVM pool on this host (no device-mapper: an image LV could be neither written nor read)
+        # holds no images.
         status, err = self.agent.rest("POST", "/v1/pools/vg/images", {"name": "x", "format": "IMAGE_FORMAT_RAW",
                                                                       "url": self.base + "x.raw", "sha256": "0" * 64})
         self.assertEqual(status, 409, err)

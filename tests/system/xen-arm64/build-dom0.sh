@@ -66,7 +66,10 @@ KVER=$(ls "$WORK/kernel/lib/modules")
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 MODS=(virtio_mmio virtio_blk virtio_net virtio_console dax xen-evtchn xen-gntdev xen-gntalloc
       xen-privcmd xenfs xen-blkback dm-mod
-      8021q bridge xen-netback dummy)  # the agent's VLAN networks: 802.1Q uplink, bridge, the guest's vif
+      8021q bridge xen-netback dummy   # the agent's VLAN networks: 802.1Q uplink, bridge, the guest's vif
+      crc32c_generic dm-thin-pool dm-snapshot loop)  # images and thin clones, on a loop device (dom0-init.sh)
+# crc32c_generic first: libcrc32c (dm-persistent-data's) asks the crypto API for "crc32c" when it
+# loads (a softdep, not in depends=), and without it fails with ENOENT ("Unknown symbol" in insmod).
 MDIR=$WORK/kernel/lib/modules/$KVER
 # The package ships no modules.dep (its postinst runs depmod): dependencies come from each
 # module's .modinfo "depends=" (binutils' readelf reads arm64 objects on any host).
@@ -113,7 +116,7 @@ BB=$ROOT/bin/busybox
 mkdir -p "$ROOT/usr/local/busybox"
 for applet in sh ip udhcpc ifconfig route poweroff reboot insmod modprobe mount umount sleep \
               base64 cat ls ps kill mkdir ln grep sed awk tr head tail wc dd free uptime \
-              mknod hostname timeout seq dmesg sync find xargs vi less tee env pidof nc; do
+              mknod hostname timeout seq dmesg sync find xargs vi less tee env pidof nc losetup; do
   found=""
   for d in bin sbin usr/bin usr/sbin; do
     if [ -e "$ROOT/$d/$applet" ] || [ -L "$ROOT/$d/$applet" ]; then found=1; fi
@@ -249,6 +252,16 @@ type = "lvm"
 volume_group = "$VG"
 physical_volumes = ["$PV"]
 wipe = "zero"
+
+# Images and their thin clones (issue 18): a VG of its own on /dev/loop0, a sparse file in dom0's
+# RAM that dom0-init.sh attaches before the agent starts; the agent makes the thin pool in it.
+[[storage.pools]]
+name = "thin0"
+type = "lvm"
+volume_group = "hvagent_thin"
+physical_volumes = ["/dev/loop0"]
+thin_pool = "tpool"
+wipe = "discard"
 EOF
 
 install -m 0755 "$HERE/dom0-init.sh" "$ROOT/init"
@@ -257,7 +270,7 @@ install -m 0755 "$HERE/dom0-init.sh" "$ROOT/init"
 G=$WORK/guest
 mkdir -p "$G/bin" "$G/dev" "$G/proc" "$G/sys"
 cp "$BB" "$G/bin/busybox"
-for a in sh mount sleep echo cat insmod dd; do ln -s busybox "$G/bin/$a"; done
+for a in sh mount sleep echo cat insmod dd sync; do ln -s busybox "$G/bin/$a"; done
 # xen-blkfront is a module in Debian's kernel (no dependencies): with it the guest reads 1 MiB
 # of its LV, which the agent's statistics must then show (blkback counts it in dom0).
 BLKFRONT=${MODPATH[xen_blkfront]:-}
@@ -278,6 +291,14 @@ insmod /xen-netfront.ko
 n=0
 while [ ! -b /dev/xvda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 dd if=/dev/xvda of=/dev/null bs=64k count=16 2>/dev/null && echo "HVAGENT-GUEST-READ 1048576" > /dev/hvc0
+# hvmark=WORD on the kernel line (the clones of the thin-pool test): write "HVMARK-WORD\n" at
+# 16 MiB of the disk, flushed, so the test can find exactly which bytes the guest changed.
+MARK=""
+for w in $(cat /proc/cmdline); do case "$w" in hvmark=*) MARK=${w#hvmark=} ;; esac; done
+if [ -n "$MARK" ]; then
+  echo "HVMARK-$MARK" | dd of=/dev/xvda bs=1M seek=16 conv=notrunc,fsync 2>/dev/null && sync &&
+    echo "HVAGENT-GUEST-MARKED $MARK" > /dev/hvc0
+fi
 # netfront registers eth0 only once it has talked to the backend (seconds under TCG), so a guest
 # that has a vif on xenbus waits for it; one without (sysguest1) does not.
 n=0

@@ -131,6 +131,13 @@ virsh_caps() {
 }
 step libvirt-xen virsh_caps
 
+# --- the thin pool's disk: a 1 GiB sparse file in RAM on /dev/loop0 (only written blocks cost) ---
+thin_disk() {
+  [ -b /dev/loop0 ] || mknod /dev/loop0 b 7 0
+  truncate -s 1G /run/hvthin.img && losetup /dev/loop0 /run/hvthin.img
+}
+step thin-disk thin_disk
+
 # --- the agent -------------------------------------------------------------------------------
 if [ -x /usr/local/bin/hvagentd ]; then
   start_agent() {

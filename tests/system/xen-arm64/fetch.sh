@@ -19,6 +19,7 @@ DOM0_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-xen libvirt-clients
   lvm2 dmsetup bash coreutils util-linux busybox-static socat
   iproute2
+  thin-provisioning-tools   # thin_check: lvm2 runs it before it activates a thin pool
 )
 # hvagentd's runtime libraries (readelf -d build-arm64/agent/hvagentd | grep NEEDED), by package.
 AGENT_RUNTIME_PACKAGES=(

@@ -12,8 +12,10 @@ Run as root: /usr/bin/python3 -m unittest -v test_xen_arm64
 """
 
 import base64
+import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -42,12 +44,24 @@ VGUEST = "sysguest2"
 PHYS = "dummy0"
 VLAN = 100
 FOREIGN_BRIDGE = "brvlan200"   # named like the agent's, made by the test: never the agent's to touch
+# Images and thin clones (issue 18): pool thin0 (build-dom0.sh) is a thin pool in VG hvagent_thin on
+# dom0's /dev/loop0. The image is random bytes the test makes; each clone's guest writes its own
+# marker at MARK_OFFSET of its disk (the guest's init, hvmark= on its kernel line).
+THIN_POOL = "thin0"
+THIN_VG = "hvagent_thin"
+IMAGE_NAME = "golden"
+IMAGE_BYTES = 32 << 20
+CLONE_BYTES = 64 << 20
+CLONES = [f"sysclone{i}" for i in (1, 2, 3)]
+MARK_OFFSET = 16 << 20
+CHUNK = 1 << 20
 # API checks whose failure does not stop the guest's life cycle from going on.
 NON_BLOCKING = {"test_23b_guest_statistics", "test_24b_event_channels_name_domains"}
 DOM0_LOGS = ["/var/log/hvagentd.log", "/var/log/libvirt/libxl/libxl-driver.log",
              f"/var/log/libvirt/libxl/{GUEST}.log", f"/var/log/xen/console/guest-{GUEST}.log",
              f"/var/log/libvirt/libxl/{VGUEST}.log", f"/var/log/xen/console/guest-{VGUEST}.log",
              "/var/log/xen/xen-hotplug.log",
+             *[f"/var/log/xen/console/guest-{c}.log" for c in CLONES],
              "/var/log/socat-rest.log", "/run/hvagent-steps"]
 
 
@@ -83,6 +97,9 @@ class XenArm64(unittest.TestCase):
     agent_missing = None     # why the API steps cannot run, or None
     broken = None            # the first failed API step: later ones are skipped, naming it
     vlan_broken = None       # the same for the VLAN guest's steps (test_3*), a chain of its own
+    thin_broken = None       # the same for the image and thin-clone steps (test_4*)
+    image = None             # the bytes imported as IMAGE_NAME
+    marks = {}               # clone -> the marker its guest wrote
     links_before = None      # dom0's links before the VLAN guest (names and kinds)
     vlan_t0 = None
     timings = {}
@@ -92,7 +109,7 @@ class XenArm64(unittest.TestCase):
     def setUpClass(cls):
         cls.t0 = time.monotonic()
         cls.failed = False
-        cls.machine = XenMachine(IMAGE, WORKDIR, hard_timeout=BOOT_TIMEOUT + 480)
+        cls.machine = XenMachine(IMAGE, WORKDIR, hard_timeout=BOOT_TIMEOUT + 780)
         try:
             cls.timings["boot_to_dom0_ready_s"] = round(cls.machine.boot(BOOT_TIMEOUT), 1)
             cls.machine.wait_ctl()
@@ -151,6 +168,8 @@ class XenArm64(unittest.TestCase):
                 type(self).broken = type(self).broken or name
             if name.startswith("test_3"):
                 type(self).vlan_broken = type(self).vlan_broken or name
+            if name.startswith("test_4"):
+                type(self).thin_broken = type(self).thin_broken or name
 
     def dom0(self, *argv, timeout=60):
         rc, out, err = self.machine.run(list(argv), timeout=timeout)
@@ -530,6 +549,155 @@ class XenArm64(unittest.TestCase):
         self.dom0("ip", "link", "del", "dev", FOREIGN_BRIDGE)
         # What this chain (test_30..33) adds to the tier.
         self.timings["vlan_and_console_s"] = round(time.monotonic() - self.vlan_t0, 1)
+
+    # --- golden images on a thin pool, and copy-on-write clones of them (issue 18) ------------------
+    # Only here: the dev host's kernel has no device-mapper, so no thin pool can be activated there.
+    def upload(self, pool, name, data, sha256):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.machine.rest_port}/v1/pools/{pool}/images/{name}"
+            f"?format=IMAGE_FORMAT_RAW&sha256={sha256}",
+            data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as r:
+                return r.status, json.loads(r.read().decode())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def lvs(self, *fields):
+        """{lv_name: [field values]} of the thin VG, from lvm2's own JSON."""
+        out = json.loads(self.dom0("lvs", "--reportformat", "json", "-o", ",".join(("lv_name",) + fields), THIN_VG))
+        return {lv["lv_name"]: [lv[f] for f in fields] for lv in out["report"][0]["lv"]}
+
+    def chunk_hashes(self, device, length):
+        """sha256 of each 1 MiB of `device`'s first `length` bytes, read in dom0 with O_DIRECT (the
+        device's own bytes, not a page cache of them)."""
+        script = (f'for i in $(seq 0 {length // CHUNK - 1}); do '
+                  f'dd if="$1" bs={CHUNK} skip=$i count=1 iflag=direct status=none | sha256sum | cut -c1-64; done')
+        out = self.dom0("bash", "-c", script, "hashes", device, timeout=240)
+        return out.split()
+
+    def test_40_thin_pool_made_by_the_agent(self):
+        self.need_agent("thin_broken")
+        pool = self.api("GET", f"/v1/pools/{THIN_POOL}")
+        print(f"\n  thin pool: {json.dumps(pool)}", file=sys.stderr)
+        self.assertEqual(pool["type"], "POOL_TYPE_LVM", pool)
+        self.assertIn("thin_data_percent", pool, "a thin pool's usage is missing from GetPool")
+        self.assertIn("thin_metadata_percent", pool)
+        self.assertLess(float(pool["thin_data_percent"]), 1.0, pool)  # nothing written yet
+        attrs = self.lvs("lv_attr")
+        self.assertTrue(attrs["tpool"][0].startswith("t"), attrs)      # a real, active thin pool
+        self.assertEqual(attrs["tpool"][0][4], "a", attrs)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{self.machine.rest_port}/metrics", timeout=60).read().decode()
+        self.assertRegex(metrics, rf'(?m)^hvagent_pool_thin_data_percent{{pool="{THIN_POOL}"}} ')
+        self.assertRegex(metrics, rf'(?m)^hvagent_pool_thin_metadata_percent{{pool="{THIN_POOL}"}} ')
+        self.assertNotRegex(metrics, rf'hvagent_pool_thin_data_percent{{pool="{POOL}"}}')
+
+    def test_41_import_image_onto_the_thin_pool(self):
+        self.need_agent("thin_broken")
+        data = random.Random(18).randbytes(IMAGE_BYTES)
+        digest = hashlib.sha256(data).hexdigest()
+        t = time.monotonic()
+        status, image = self.upload(THIN_POOL, IMAGE_NAME, data, digest)
+        self.timings["image_upload_s"] = round(time.monotonic() - t, 1)
+        self.assertEqual(status, 201, image)
+        type(self).image = data
+        self.assertEqual(image["state"], "IMAGE_STATE_READY", image)
+        self.assertEqual(image["sha256"], digest, image)
+        self.assertEqual(int(image["virtual_size_bytes"]), IMAGE_BYTES, image)
+        lv = f"hvimage+{IMAGE_NAME}"
+        self.assertEqual(image["path"], f"/dev/{THIN_VG}/{lv}", image)
+        got = self.lvs("lv_attr", "lv_tags", "pool_lv")[lv]
+        self.assertEqual(got[0][0], "V", got)        # a thin LV...
+        self.assertEqual(got[0][1], "r", got)        # ...made read-only when sealed
+        self.assertEqual(got[1], "hvagent_image", got)
+        self.assertEqual(got[2], "tpool", got)
+        # An image is never a volume.
+        volumes = self.api("GET", f"/v1/pools/{THIN_POOL}/volumes").get("volumes", [])
+        self.assertEqual(volumes, [], volumes)
+        # Its bytes in dom0, straight off the LV, are the upload's.
+        head = self.dom0("bash", "-c", f'dd if="$1" bs={CHUNK} count={IMAGE_BYTES // CHUNK} iflag=direct status=none '
+                         f'| sha256sum | cut -c1-64', "sum", image["path"], timeout=120).strip()
+        self.assertEqual(head, digest)
+
+    def test_42_three_thin_clones_copy_nothing(self):
+        self.need_agent("thin_broken")
+        for name in CLONES:
+            t = time.monotonic()
+            vol = self.api("POST", f"/v1/pools/{THIN_POOL}/volumes",
+                           {"name": name, "size_bytes": str(CLONE_BYTES), "image": IMAGE_NAME}, expect=201)
+            took = time.monotonic() - t
+            self.timings[f"clone_{name}_s"] = round(took, 2)
+            print(f"\n  clone {name} of {IMAGE_BYTES >> 20} MiB image, grown to {CLONE_BYTES >> 20} MiB: "
+                  f"request to volume ready {took * 1000:.0f} ms", file=sys.stderr)
+            self.assertEqual(int(vol["size_bytes"]), CLONE_BYTES, vol)
+        lvs = self.lvs("origin", "lv_size", "lv_tags")
+        for name in CLONES:
+            self.assertEqual(lvs[name][0], f"hvimage+{IMAGE_NAME}", lvs)   # a thin snapshot of the image
+            self.assertEqual(lvs[name][2], "hvagent", lvs)
+        pool = self.api("GET", f"/v1/pools/{THIN_POOL}")
+        used = float(pool["thin_data_percent"]) / 100 * int(pool["capacity_bytes"])
+        print(f"\n  thin pool after import + 3 clones: {used / (1 << 20):.1f} MiB of data", file=sys.stderr)
+        # Copies would hold four images' worth; clones share the one.
+        self.assertLess(used, 1.5 * IMAGE_BYTES, pool)
+        self.assertGreaterEqual(used, IMAGE_BYTES * 0.95, pool)
+
+    def test_43_boot_each_clone_and_write_a_marker(self):
+        self.need_agent("thin_broken")
+        for name in CLONES:
+            mark = f"{name}-{random.getrandbits(48):012x}"
+            type(self).marks[name] = mark
+            spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
+                    "kernel": {"kernel_path": "/srv/guest/vmlinuz", "initrd_path": "/srv/guest/initrd.gz",
+                               "cmdline": f"console=hvc0 rdinit=/init quiet hvmark={mark}"},
+                    "disks": [{"target": "xvda", "volume": {"pool": THIN_POOL, "name": name}}]}
+            self.api("POST", "/v1/domains", {"spec": spec, "start": True}, expect=201)
+        t = time.monotonic()
+        pending = set(CLONES)
+        deadline = t + 240
+        while pending:
+            for name in sorted(pending):
+                rc, out, _ = self.machine.run(["cat", f"/var/log/xen/console/guest-{name}.log"])
+                if f"HVAGENT-GUEST-MARKED {self.marks[name]}" in out:
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                self.fail(f"no marker written by {sorted(pending)} within 240 s")
+            time.sleep(2)
+        self.timings["clones_marked_s"] = round(time.monotonic() - t, 1)
+        for name in CLONES:
+            self.api("DELETE", f"/v1/domains/{name}?force=true", expect=204)
+
+    def test_44_copy_on_write_image_unchanged_clones_differ_only_where_written(self):
+        self.need_agent("thin_broken")
+        data = self.image
+        want = [hashlib.sha256(data[i:i + CHUNK]).hexdigest() for i in range(0, IMAGE_BYTES, CHUNK)]
+        image_lv = f"/dev/{THIN_VG}/hvimage+{IMAGE_NAME}"
+        self.assertEqual(self.chunk_hashes(image_lv, IMAGE_BYTES), want, "the image LV changed")
+        self.assertEqual(self.api("GET", f"/v1/pools/{THIN_POOL}/images/{IMAGE_NAME}")["sha256"],
+                         hashlib.sha256(data).hexdigest())
+        k = MARK_OFFSET // CHUNK
+        for name in CLONES:
+            written = f"HVMARK-{self.marks[name]}\n".encode()
+            expect = list(want)
+            chunk = bytearray(data[k * CHUNK:(k + 1) * CHUNK])
+            chunk[:len(written)] = written
+            expect[k] = hashlib.sha256(bytes(chunk)).hexdigest()
+            got = self.chunk_hashes(f"/dev/{THIN_VG}/{name}", IMAGE_BYTES)
+            differ = [i for i in range(len(want)) if got[i] != expect[i]]
+            self.assertEqual(differ, [], f"{name}: MiB {differ} are neither the image's nor its own marker")
+            self.assertNotEqual(got[k], want[k], f"{name}: its marker did not land")
+
+    def test_45_delete_clones_then_the_image(self):
+        self.need_agent("thin_broken")
+        for name in CLONES:
+            self.api("DELETE", f"/v1/pools/{THIN_POOL}/volumes/{name}", expect=202)
+        deadline = time.monotonic() + 120
+        while set(CLONES) & set(self.lvs("lv_attr")):
+            if time.monotonic() > deadline:
+                self.fail(f"clones still there: {self.lvs('lv_attr')}")
+            time.sleep(1)
+        self.api("DELETE", f"/v1/pools/{THIN_POOL}/images/{IMAGE_NAME}")
+        self.api("GET", f"/v1/pools/{THIN_POOL}/images/{IMAGE_NAME}", expect=404)
+        self.assertEqual(sorted(self.lvs("lv_attr")), ["tpool"])
 
     # --- the end ----------------------------------------------------------------------------------
     def test_99_dom0_poweroff(self):

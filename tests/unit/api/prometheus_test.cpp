@@ -108,6 +108,20 @@ TEST(PrometheusTest, WhatWasNotReadIsAbsentNotZero) {
   EXPECT_THAT(text, Not(HasSubstr("hvagent_domains{")));
 }
 
+TEST(PrometheusTest, ThinPoolUsageIsReportedForThinPoolsOnly) {
+  service::MetricsSample s = Sample();
+  s.capacity->pools.push_back({.name = "thin", .type = storage::PoolType::kLvm, .capacity_bytes = 100,
+                               .free_bytes = 12, .thin_data_percent = 88.5, .thin_metadata_percent = 4.25});
+  Parsed p = Parse(RenderPrometheus(s));
+  EXPECT_EQ(p.types["hvagent_pool_thin_data_percent"], "gauge");
+  EXPECT_EQ(p.types["hvagent_pool_thin_metadata_percent"], "gauge");
+  EXPECT_EQ(p.samples[R"(hvagent_pool_thin_data_percent{pool="thin"})"], "88.5");
+  EXPECT_EQ(p.samples[R"(hvagent_pool_thin_metadata_percent{pool="thin"})"], "4.25");
+  // vg0 is thick: no thin figures at all, rather than a zero that would look like an empty pool.
+  EXPECT_EQ(p.samples.count(R"(hvagent_pool_thin_data_percent{pool="vg0"})"), 0u);
+  EXPECT_EQ(p.samples.count(R"(hvagent_pool_thin_metadata_percent{pool="vg0"})"), 0u);
+}
+
 TEST(PrometheusTest, EachFamilyOnceWithHelpAndTypeAndItsSamplesTogether) {
   std::string text = RenderPrometheus(Sample());
   Parsed p = Parse(text);

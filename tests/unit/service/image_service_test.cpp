@@ -283,5 +283,38 @@ TEST_F(ImageUploadTest, AnExistingImageNameIsAlreadyExistsAndTheBodyIsNotRead) {
   EXPECT_FALSE(read);
 }
 
+TEST_F(ImageUploadTest, APoolThatSharesBlocksClonesTheImageAndCopiesNothing) {
+  const std::string data = RandomBytes(5000, 9);
+  ChunksBody body({data});
+  ASSERT_TRUE(images_->Upload(Header(data.size()), body).ok());
+  backend_->can_clone = true;
+  backend_->calls.clear();
+  auto v = images_->CreateVolumeFromImage("vg0", "web1-root", 64 << 20, "up1");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->volume.name, "web1-root");
+  EXPECT_EQ(v->volume.size_bytes, 64u << 20);
+  // One backend call made the volume: no create-then-copy (a copy onto /dev/fake/... would fail).
+  EXPECT_EQ(backend_->calls, std::vector<std::string>{"clone-image up1 web1-root"});
+  auto small = images_->CreateVolumeFromImage("vg0", "web2-root", 100, "up1");
+  EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(small.status().message(), HasSubstr("size_bytes: "));
+  EXPECT_EQ(backend_->calls.size(), 1u);
+}
+
+TEST_F(ImageUploadTest, APoolThatCannotShareBlocksCopiesTheImage) {
+  const std::string data = RandomBytes(5000, 10);
+  ChunksBody body({data});
+  ASSERT_TRUE(images_->Upload(Header(data.size()), body).ok());
+  backend_->calls.clear();
+  // The fake's volumes are no devices: the copy fails, and the volume it made is deleted again.
+  auto v = images_->CreateVolumeFromImage("vg0", "web1-root", 0, "up1");
+  EXPECT_FALSE(v.ok());
+  storage_->WaitForDeletes();
+  ASSERT_FALSE(backend_->calls.empty());
+  EXPECT_EQ(backend_->calls[0], "create web1-root");
+  EXPECT_EQ(std::count(backend_->calls.begin(), backend_->calls.end(), "clone-image up1 web1-root"), 0);
+  EXPECT_FALSE(backend_->GetVolume("web1-root").ok());
+}
+
 }  // namespace
 }  // namespace hvagent::service

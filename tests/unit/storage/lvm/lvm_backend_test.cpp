@@ -48,13 +48,14 @@ struct Lv {
   std::string attr = "-wi-XX----";
   std::string path;  // default /dev/vg0/<name>
   std::string data_percent;
+  std::string metadata_percent;
 };
 
 std::string LvJson(const Lv& lv) {
   std::string path = lv.path.empty() ? absl::StrCat("/dev/vg0/", lv.name) : lv.path;
   return absl::StrCat(R"({"lv_name":")", lv.name, R"(", "lv_size":")", lv.size, R"(", "lv_tags":")", lv.tags,
                       R"(", "lv_path":")", path, R"(", "lv_attr":")", lv.attr, R"(", "data_percent":")",
-                      lv.data_percent, R"("})");
+                      lv.data_percent, R"(", "metadata_percent":")", lv.metadata_percent, R"("})");
 }
 
 // What `lvm fullreport` prints for vg0 (numbers as strings, as lvm2 does).
@@ -105,7 +106,7 @@ Argv ReportArgv(bool dm = false) {
   return WithLvm("fullreport",
                  {"--reportformat", "json", "--units", "b", "--nosuffix",
                   "--configreport", "vg", "-o", "vg_name,vg_size,vg_free,vg_extent_size",
-                  "--configreport", "lv", "-o", "lv_name,lv_size,lv_tags,lv_path,lv_attr,data_percent",
+                  "--configreport", "lv", "-o", "lv_name,lv_size,lv_tags,lv_path,lv_attr,data_percent,metadata_percent",
                   "--configreport", "pv", "-o", "pv_name",
                   "--configreport", "pvseg", "-o", "pvseg_start", "-S", "pvseg_start<0",
                   "--configreport", "seg", "-o", "seg_start", "-S", "seg_start<0", "vg0"},
@@ -829,6 +830,233 @@ TEST_F(LvmBackendTest, PrepareRefusesAThinPoolNameTakenByAnotherLv) {
   ServeReports();
   EXPECT_EQ(Backend(/*dm=*/true).Prepare().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Sub("lvcreate"), 0);
+}
+
+// --- golden images and thin clones ------------------------------------------------------------
+
+class LvmImageTest : public LvmBackendTest {
+ protected:
+  LvmImageTest() {
+    report_ = ReportJson(256 * kMiB, 200 * kMiB,
+                         {{.name = "hvimage+deb12", .size = 12 * kMiB, .tags = "hvagent_image", .attr = "-ri-a-----"},
+                          {.name = "hvimage+half", .tags = "hvagent_image_importing", .attr = "-wi-a-----"},
+                          {.name = "hvimage+stray", .tags = ""},
+                          {.name = "b2", .size = 12 * kMiB}});
+  }
+  void Thin() {
+    config_.thin_pool = "tp";
+    report_ = ReportJson(
+        256 * kMiB, 0,
+        {{.name = "tp", .size = 200 * kMiB, .tags = "", .attr = "twi-aotz--", .data_percent = "12.50",
+          .metadata_percent = "3.25"},
+         {.name = "hvimage+deb12", .size = 12 * kMiB, .tags = "hvagent_image", .attr = "Vri-a-tz--"},
+         {.name = "hvimage+half", .tags = "hvagent_image_importing", .attr = "Vwi-a-tz--"}});
+  }
+};
+
+TEST_F(LvmImageTest, ImagesWithoutDeviceMapperAreRefusedBeforeAnyCommand) {
+  ServeReports();
+  LvmBackend& b = Backend(/*dm=*/false);
+  for (absl::Status s : {b.ListImageSlots().status(), b.CreateImageSlot("deb12", kMiB).status(),
+                         b.SealImageSlot("deb12"), b.BeginDeleteImageSlot("deb12").status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(s.message(), HasSubstr("pool: 'p1' cannot hold images"));
+    EXPECT_THAT(s.message(), HasSubstr("device-mapper"));
+  }
+  EXPECT_EQ(Lvm(), 0);
+}
+
+TEST_F(LvmImageTest, ListShowsTaggedImageLvsOnlyAndNeverAsVolumes) {
+  ServeReports();
+  LvmBackend& b = Backend(/*dm=*/true);
+  auto slots = b.ListImageSlots();
+  ASSERT_TRUE(slots.ok()) << slots.status();
+  ASSERT_EQ(slots->size(), 2u);  // hvimage+stray carries no image tag: not ours
+  EXPECT_EQ((*slots)[0].name, "deb12");
+  EXPECT_EQ((*slots)[0].path, "/dev/vg0/hvimage+deb12");
+  EXPECT_EQ((*slots)[0].size_bytes, 12 * kMiB);
+  EXPECT_TRUE((*slots)[0].ready);
+  EXPECT_EQ((*slots)[1].name, "half");
+  EXPECT_FALSE((*slots)[1].ready);
+  auto volumes = b.ListVolumes();
+  ASSERT_TRUE(volumes.ok());
+  ASSERT_EQ(volumes->size(), 1u);
+  EXPECT_EQ((*volumes)[0].name, "b2");
+  EXPECT_EQ(b.GetPool()->volume_count, 1u);
+  // The image's LV name is no volume name: it cannot be attached, resized or deleted as one.
+  EXPECT_EQ(b.GetVolume("hvimage+deb12").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b.SetAttachment("hvimage+deb12", "dom1", Ownership::kBorrowed).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b.BeginDelete("hvimage+deb12").status().code(), absl::StatusCode::kInvalidArgument);
+  // And a volume of the image's own name is another object.
+  EXPECT_EQ(b.GetVolume("deb12").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Sub("lvchange") + Sub("lvremove"), 0);
+}
+
+TEST_F(LvmImageTest, CreateThickSlotIsOneTaggedLvcreateRoundedToExtents) {
+  ServeReports();
+  runner_.Expect({kLvm, "lvcreate"}, FakeCommandRunner::Ok());
+  auto slot = Backend(/*dm=*/true).CreateImageSlot("deb13", 9 * kMiB + 4096);
+  ASSERT_TRUE(slot.ok()) << slot.status();
+  EXPECT_EQ(Last(), WithLvm("lvcreate", {"--yes", "-n", "hvimage+deb13", "--addtag", "hvagent_image_importing", "-L",
+                                         "12582912b", "vg0"}, true));
+  EXPECT_EQ(slot->path, "/dev/vg0/hvimage+deb13");
+  EXPECT_EQ(slot->size_bytes, 12 * kMiB);
+  EXPECT_FALSE(slot->ready);
+}
+
+TEST_F(LvmImageTest, CreateThinSlotIsAThinLvOfTheThinPool) {
+  Thin();
+  ServeReports();
+  runner_.Expect({kLvm, "lvcreate"}, FakeCommandRunner::Ok());
+  auto slot = Backend(/*dm=*/true).CreateImageSlot("deb13", 300 * kMiB);
+  ASSERT_TRUE(slot.ok()) << slot.status();
+  EXPECT_EQ(Last(), WithLvm("lvcreate", {"--yes", "-n", "hvimage+deb13", "--addtag", "hvagent_image_importing", "-V",
+                                         "314572800b", "--thin", "vg0/tp"}, true));
+}
+
+TEST_F(LvmImageTest, CreateSlotRefusesTakenNamesBadNamesAndNoRoomBeforeLvcreate) {
+  ServeReports();
+  LvmBackend& b = Backend(/*dm=*/true);
+  EXPECT_EQ(b.CreateImageSlot("deb12", kMiB).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(b.CreateImageSlot("half", kMiB).status().code(), absl::StatusCode::kAlreadyExists);
+  auto bad = b.CreateImageSlot("a;b", kMiB);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("image: "));
+  auto full = b.CreateImageSlot("big", 201 * kMiB);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.status().message(), HasSubstr("image 'big' needs"));
+  EXPECT_EQ(Sub("lvcreate"), 0);
+}
+
+TEST_F(LvmImageTest, CreateSlotKilledMidwayRemovesTheLvItLeft) {
+  ServeReports();
+  runner_.Always({kLvm, "lvcreate"}, [this](const Command&) -> absl::StatusOr<CommandResult> {
+    report_ = ReportJson(256 * kMiB, 188 * kMiB, {{.name = "hvimage+deb13", .tags = "hvagent_image_importing"}});
+    return absl::DeadlineExceededError("killed");
+  });
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  auto slot = Backend(/*dm=*/true).CreateImageSlot("deb13", kMiB);
+  EXPECT_EQ(slot.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(slot.status().message(), HasSubstr("the partly created LV was removed"));
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvimage+deb13"}, true));
+}
+
+TEST_F(LvmImageTest, SealMakesTheLvReadOnlyAndReadyInOneLvchange) {
+  ServeReports();
+  runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Ok());
+  LvmBackend& b = Backend(/*dm=*/true);
+  ASSERT_TRUE(b.SealImageSlot("half").ok());
+  EXPECT_EQ(Last(), WithLvm("lvchange", {"--permission", "r", "--deltag", "hvagent_image_importing", "--addtag",
+                                         "hvagent_image", "vg0/hvimage+half"}, true));
+  EXPECT_EQ(Sub("lvchange"), 1);
+  ASSERT_TRUE(b.SealImageSlot("deb12").ok());  // already sealed: nothing to do
+  EXPECT_EQ(Sub("lvchange"), 1);
+  EXPECT_EQ(b.SealImageSlot("nope").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LvmImageTest, DeleteOfASealedImageUnsealsWipesAndRemovesIt) {
+  config_.wipe = WipeMode::kZero;
+  ServeReports();
+  runner_.Expect({kLvm, "lvchange"}, FakeCommandRunner::Ok());
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Backend(/*dm=*/true).DeleteImageSlot("deb12", nullptr).ok());
+  EXPECT_THAT(runner_.calls(),
+              ElementsAre(ReportArgv(true),
+                          WithLvm("lvchange", {"--deltag", "hvagent_image", "--addtag", "hvagent_image_importing",
+                                               "--permission", "rw", "vg0/hvimage+deb12"}, true),
+                          WithLvm("lvremove", {"--yes", "vg0/hvimage+deb12"}, true)));
+  EXPECT_THAT(wiper_.devices, ElementsAre("/dev/vg0/hvimage+deb12"));
+}
+
+TEST_F(LvmImageTest, DeleteOfAnUnfinishedImageNeedsNoLvchange) {
+  ServeReports();
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  auto plan = Backend(/*dm=*/true).BeginDeleteImageSlot("half");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->image);
+  EXPECT_EQ(plan->volume.name, "half");
+  ASSERT_TRUE(backend_->FinishDelete(*plan).ok());
+  EXPECT_EQ(Sub("lvchange"), 0);
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvimage+half"}, true));
+}
+
+TEST_F(LvmImageTest, ThinCloneIsASnapshotOfTheImageLvWithNoDataCopied) {
+  Thin();
+  ServeReports();
+  runner_.Expect({kLvm, "lvcreate"}, FakeCommandRunner::Ok());
+  auto v = Backend(/*dm=*/true).CloneImageSlot("deb12", {.name = "web1", .size_bytes = 12 * kMiB});
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(Last(), WithLvm("lvcreate", {"--yes", "-s", "--setactivationskip", "n", "--permission", "rw", "-n", "web1",
+                                         "--addtag", "hvagent", "vg0/hvimage+deb12"}, true));
+  EXPECT_EQ(v->path, "/dev/vg0/web1");
+  EXPECT_EQ(v->size_bytes, 12 * kMiB);
+  EXPECT_EQ(Sub("lvextend"), 0);  // the image's size was asked: nothing to grow
+  EXPECT_TRUE(wiper_.devices.empty());
+}
+
+TEST_F(LvmImageTest, ThinCloneLargerThanTheImageIsGrown) {
+  Thin();
+  ServeReports();
+  runner_.Expect({kLvm, "lvcreate"}, FakeCommandRunner::Ok());
+  runner_.Expect({kLvm, "lvextend"}, FakeCommandRunner::Ok());
+  auto v = Backend(/*dm=*/true).CloneImageSlot("deb12", {.name = "web1", .size_bytes = 1024 * kMiB + 1});
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(Last(), WithLvm("lvextend", {"-L", "1077936128b", "vg0/web1"}, true));
+  EXPECT_EQ(v->size_bytes, 1077936128u);
+}
+
+TEST_F(LvmImageTest, ThinCloneThatCannotBeGrownIsRemovedAgain) {
+  Thin();
+  ServeReports();
+  runner_.Always({kLvm, "lvcreate"}, [this](const Command&) -> absl::StatusOr<CommandResult> {
+    report_ = ReportJson(256 * kMiB, 0, {{.name = "tp", .tags = "", .attr = "twi-aotz--"}, {.name = "web1"}});
+    return FakeCommandRunner::Ok();
+  });
+  runner_.Expect({kLvm, "lvextend"}, FakeCommandRunner::Fail(5, "  Thin pool vg0/tp is full.\n"));
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  auto v = Backend(/*dm=*/true).CloneImageSlot("deb12", {.name = "web1", .size_bytes = 64 * kMiB});
+  EXPECT_FALSE(v.ok());
+  EXPECT_THAT(v.status().message(), HasSubstr("growing clone 'web1'"));
+  EXPECT_THAT(v.status().message(), HasSubstr("the partly created LV was removed"));
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/web1"}, true));
+}
+
+TEST_F(LvmImageTest, CloneRefusalsRunNoLvcreate) {
+  Thin();
+  ServeReports();
+  LvmBackend& b = Backend(/*dm=*/true);
+  auto importing = b.CloneImageSlot("half", {.name = "web1", .size_bytes = 12 * kMiB});
+  EXPECT_EQ(importing.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(importing.status().message(), HasSubstr("image: 'half' is not ready"));
+  EXPECT_EQ(b.CloneImageSlot("nope", {.name = "web1", .size_bytes = kMiB}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(b.CloneImageSlot("deb12", {.name = "tp", .size_bytes = 12 * kMiB}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(b.CloneImageSlot("deb12", {.name = "-x", .size_bytes = 12 * kMiB}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Sub("lvcreate"), 0);
+}
+
+TEST_F(LvmImageTest, ThickPoolsDoNotCloneTheCallerCopies) {
+  ServeReports();
+  auto v = Backend(/*dm=*/true).CloneImageSlot("deb12", {.name = "web1", .size_bytes = 12 * kMiB});
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(Lvm(), 0);
+}
+
+TEST_F(LvmImageTest, ThinPoolDataAndMetadataUsageAreInThePoolInfo) {
+  Thin();
+  ServeReports();
+  auto pool = Backend(/*dm=*/true).GetPool();
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(pool->thin_data_percent, 12.5);
+  EXPECT_EQ(pool->thin_metadata_percent, 3.25);
+  config_.thin_pool.clear();
+  report_ = ReportJson(256 * kMiB, 200 * kMiB);
+  auto thick = Backend(/*dm=*/true).GetPool();
+  ASSERT_TRUE(thick.ok());
+  EXPECT_FALSE(thick->thin_data_percent.has_value());
+  EXPECT_FALSE(thick->thin_metadata_percent.has_value());
 }
 
 TEST(LvmBackendProbeTest, ProbeMatchesOpeningDeviceMapperControl) {
