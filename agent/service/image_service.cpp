@@ -505,7 +505,8 @@ absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const 
 }
 
 absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::string& pool, const std::string& name,
-                                                                 uint64_t size_bytes, const std::string& image) {
+                                                                 uint64_t size_bytes, const std::string& image,
+                                                                 const std::string& owner) {
   {
     std::lock_guard lock(mu_);
     if (deleting_.contains(Key(pool, image))) {
@@ -534,7 +535,8 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
   const uint64_t virtual_size = src->record->virtual_size;
   if (size_bytes == 0) size_bytes = virtual_size;
   if (size_bytes < virtual_size) {
-    return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size_bytes, " is smaller than image '", image,
+    return absl::InvalidArgumentError(absl::StrCat(owner.empty() ? "size_bytes" : "create_size_bytes", ": ",
+                                                   size_bytes, " is smaller than image '", image,
                                                    "' (", virtual_size, " bytes)"));
   }
   auto volume = storage_.CreateVolumeFilled(
@@ -544,7 +546,8 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
         return absl::Status(copied.status().code(),
                             absl::StrCat("copying image '", image, "' onto volume '", name,
                                          "': ", copied.status().message(), " (the volume is deleted again)"));
-      });
+      },
+      owner);
   if (!volume.ok()) return volume.status();
   Log()->info("volume {}/{} created from image {} ({} bytes copied)", pool, name, image, virtual_size);
   return volume;
