@@ -328,14 +328,6 @@ int Run(const config::Config& cfg) {
                                                .vlan_bridge_prefix = cfg.network_vlan_bridge_prefix,
                                                .vxlan_bridge_prefix = cfg.network_vxlan_bridge_prefix,
                                                .mtu = cfg.network_mtu});
-  service::DomainService domains(
-      hypervisor, clock,
-      {.default_shutdown_timeout = cfg.shutdown_timeout,
-       .host_paths = host_paths->get(),
-       .admission = policy,
-       .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges},
-       .host_networks = &host_networks},
-      &storage, state->journal.get());
   // Imports: files only from [images] import_dirs, under the same rules as [security] image_dirs.
   auto import_dirs = HostPathPolicy::Open({.image_dirs = cfg.image_import_dirs});
   if (!import_dirs.ok()) {
@@ -347,6 +339,15 @@ int Run(const config::Config& cfg) {
                                 .import_dirs = import_dirs->get(),
                                 .scratch_dir = cfg.image_scratch_dir,
                                 .max_virtual_size = cfg.image_max_virtual_size_mib << 20});
+  service::DomainService domains(
+      hypervisor, clock,
+      {.default_shutdown_timeout = cfg.shutdown_timeout,
+       .host_paths = host_paths->get(),
+       .admission = policy,
+       .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges},
+       .host_networks = &host_networks,
+       .images = &images},
+      &storage, state->journal.get());
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
   RecoverBeforeServing(domains, *state->journal, hypervisor);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);

@@ -7,8 +7,11 @@ A GPT disk on a loop device is the agent's partition pool (test:///default: no l
 random raw file of MiB is imported (raw, from a host file) and as qcow2, then copied to a new
 volume; the baselines write the same bytes onto a volume of the same size with
 `dd bs=4M oflag=direct` and `qemu-img convert -n -t none` directly. Each figure is the best of 3.
+Also: a domain whose root CreateDomain makes from the image (DiskVolume.image), request to
+answer, and the agent's resident set (VmRSS, sampled every 5 ms) before and at its peak during a
+raw import, so that runs at two sizes show whether it grows with the image.
 Prints figures only; docs/performance.md has a run."""
-import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
 
 MiB = 1 << 20
 
@@ -43,6 +46,36 @@ def best(fn, cleanup):
     return min(out)
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakRss:
+    """The highest VmRSS of `pid` while the with-block runs."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def __enter__(self):
+        self.before = rss_kib(self.pid)
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 def main():
     binary, size = sys.argv[1], int(sys.argv[2]) * MiB if len(sys.argv) > 2 else 256 * MiB
     work = tempfile.mkdtemp(prefix="hvbench-img-")
@@ -60,7 +93,9 @@ def main():
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2])
     cfg = os.path.join(work, "agent.toml")
     with open(cfg, "w") as f:
-        f.write(f'[images]\nimport_dirs = ["{imports}"]\nscratch_dir = "{work}/scratch"\n'
+        # test:///default's own domain defines 8 GiB: room for the benchmark's small one.
+        f.write(f'[capacity]\nmemory_allocation_ratio = 16\n'
+                f'[images]\nimport_dirs = ["{imports}"]\nscratch_dir = "{work}/scratch"\n'
                 f'[[storage.pools]]\nname = "p"\ntype = "partition"\ndisk = "{loop}"\nwipe = "none"\n')
     port = free_port()
     agent = subprocess.Popen([binary, "--plaintext-loopback", "--hypervisor-uri", "test:///default", "--config", cfg,
@@ -121,12 +156,29 @@ def main():
             s, v = call(port, "POST", "/v1/pools/p/volumes", {"name": "copy", "image": "img"})
             assert s == 201, v
         rows.append(("volume from image (copy)", best(copy, lambda: drop_volume("copy"))))
+
+        def domain():
+            spec = {"name": "bench-dom", "vcpus": 1, "memory_mib": 64,
+                    "disks": [{"target": "vda", "volume": {"pool": "p", "name": "droot", "image": "img"}}]}
+            s, d = call(port, "POST", "/v1/domains", {"spec": spec, "start": False})
+            assert s == 201, d
+
+        def drop_domain():
+            s, d = call(port, "DELETE", "/v1/domains/bench-dom?force=true&delete_volumes=true")
+            assert s in (200, 204), d
+            while call(port, "GET", "/v1/pools/p/volumes/droot")[0] != 404:
+                time.sleep(0.05)
+        rows.append(("CreateDomain, root made from the image (owned)", best(domain, drop_domain)))
         rows.append(("dd bs=4M iflag=direct oflag=direct, image -> volume", best(
             lambda: run(["dd", f"if={image['path']}", f"of={target}", "bs=4M", f"count={size // (4 * MiB)}",
                          "iflag=direct", "oflag=direct", "status=none"]), lambda: None)))
+        drop_image()
+        with PeakRss(agent.pid) as rss:
+            import_image("IMAGE_FORMAT_RAW", raw)
         print(f"{size // MiB} MiB image, best of 3 (s, MiB/s):")
         for name, secs in rows:
             print(f"  {name:55s} {secs:7.3f} s  {size / MiB / secs:8.1f} MiB/s")
+        print(f"  agent VmRSS before a raw import {rss.before / 1024:.1f} MiB, peak during it {rss.peak / 1024:.1f} MiB")
     finally:
         agent.terminate(); agent.wait()
         subprocess.run(["losetup", "-d", loop])

@@ -160,7 +160,7 @@ std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& p) {
   for (int i = 0; i < p.disks_size(); ++i) {
     if (!p.disks(i).has_volume()) continue;
     const auto& v = p.disks(i).volume();
-    out.push_back({static_cast<size_t>(i), {v.pool(), v.name(), v.create_size_bytes()}});
+    out.push_back({static_cast<size_t>(i), {v.pool(), v.name(), v.create_size_bytes(), v.image()}});
   }
   return out;
 }

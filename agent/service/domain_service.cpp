@@ -13,6 +13,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
+#include "storage/partition/gpt_layout.h"
 
 namespace hvagent::service {
 namespace {
@@ -123,11 +124,50 @@ absl::Status DomainService::CheckVolumes(hv::DomainSpec& spec, const std::vector
   return absl::OkStatus();
 }
 
+absl::Status DomainService::CheckImages(const std::vector<DiskVolume>& volumes) {
+  for (const DiskVolume& v : volumes) {
+    if (v.claim.image.empty()) continue;
+    const std::string field = absl::StrCat("spec.disks[", v.disk, "].volume.image");
+    if (options_.images == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(field, ": this agent makes no volumes from images"));
+    }
+    // Image names are volume names (ImageService::Import): anything else can name no image.
+    if (!storage::gpt::IsVolumeName(v.claim.image)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": must be 1-", storage::gpt::kMaxVolumeName,
+                                                     " of [A-Za-z0-9._-], starting with a letter or digit"));
+    }
+    auto image = options_.images->Get(v.claim.pool, v.claim.image);
+    if (absl::IsNotFound(image.status())) {
+      return absl::NotFoundError(
+          absl::StrCat(field, ": '", v.claim.image, "' is no image of pool '", v.claim.pool, "'"));
+    }
+    if (!image.ok()) return image.status();
+    if (!image->ready || !image->record.has_value()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(field, ": image '", v.claim.image, "' is not ready (its import is under way)"));
+    }
+    if (v.claim.create_size_bytes != 0 && v.claim.create_size_bytes < image->record->virtual_size) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.disks[", v.disk, "].volume.create_size_bytes: ",
+                                                     v.claim.create_size_bytes, " is smaller than image '",
+                                                     v.claim.image, "' (", image->record->virtual_size, " bytes)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<storage::VolumeInfo> DomainService::ClaimOne(const DiskVolume& v, const std::string& domain) {
+  if (v.claim.image.empty()) return storage_->ClaimVolume(v.claim, domain);
+  auto made = options_.images->CreateVolumeFromImage(v.claim.pool, v.claim.name, v.claim.create_size_bytes,
+                                                     v.claim.image, domain);
+  if (!made.ok()) return made.status();
+  return made->volume;
+}
+
 void DomainService::ReleaseClaims(const std::vector<DiskVolume>& claimed, const std::string& domain) {
   for (auto it = claimed.rbegin(); it != claimed.rend(); ++it) {
     const VolumeClaim& c = it->claim;
     // A volume this create made is owned by the domain: deleted again. One it was given is kept.
-    if (auto s = storage_->ReleaseVolume(c.pool, c.name, domain, /*delete_if_owned=*/c.create_size_bytes > 0);
+    if (auto s = storage_->ReleaseVolume(c.pool, c.name, domain, /*delete_if_owned=*/c.Creates());
         !s.ok()) {
       Log()->error("rollback: releasing volume {}/{} failed: {}", c.pool, c.name, s.message());
     }
@@ -152,6 +192,8 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
     } else if (!absl::IsNotFound(existing.status())) {
       return existing.status();
     }
+    // After the name: a retried create hears AlreadyExists whatever its images became since.
+    if (auto s = CheckImages(volumes); !s.ok()) return s;
   }
   // Held until the create is over: by then the domain is listed (or undone), and a concurrent
   // admission counts this hold meanwhile.
@@ -193,13 +235,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
                                                                const std::vector<DiskVolume>& volumes, bool* settled) {
   std::vector<DiskVolume> claimed;
   for (const DiskVolume& v : volumes) {
-    auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name,
-                                                                          v.claim.create_size_bytes > 0)));
+    auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name, v.claim.Creates())));
     if (!step.ok()) {
       ReleaseClaims(claimed, spec.name);
       return step;
     }
-    auto volume = storage_->ClaimVolume(v.claim, spec.name);
+    auto volume = ClaimOne(v, spec.name);
     if (!volume.ok()) {
       ReleaseClaims(claimed, spec.name);
       absl::Status s(volume.status().code(),

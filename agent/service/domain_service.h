@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "agent/service/admission.h"
 #include "agent/service/host_networks.h"
+#include "agent/service/image_service.h"
 #include "agent/service/journal.h"
 #include "agent/service/network_policy.h"
 #include "agent/service/storage_service.h"
@@ -53,6 +54,9 @@ class DomainService {
     // Makes the VLAN/VXLAN networks vlan and vxlan NICs ask for (host_networks.h). Null: such
     // NICs are refused (PERMISSION_DENIED).
     HostNetworks* host_networks = nullptr;
+    // Makes the volumes of disks that name an image (DiskVolume.image). Null: such disks are
+    // refused (FAILED_PRECONDITION).
+    ImageService* images = nullptr;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
@@ -129,6 +133,11 @@ class DomainService {
   // Checks the claims against the spec and fills their disks with a placeholder block path so
   // that the spec can be validated before any volume exists.
   absl::Status CheckVolumes(hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) const;
+  // Disks made from images: the image is a ready one of the volume's pool and fits the size
+  // asked. Checked before anything is made; the copy checks again (the image may go meanwhile).
+  absl::Status CheckImages(const std::vector<DiskVolume>& volumes);
+  // Makes (from an image, or empty) or claims the volume of one disk, owned by `domain` when made.
+  absl::StatusOr<storage::VolumeInfo> ClaimOne(const DiskVolume& v, const std::string& domain);
   // Undoes claimed volumes of `domain` in reverse order (best effort, logged): the ones the
   // create made are deleted, the ones it was given released.
   void ReleaseClaims(const std::vector<DiskVolume>& claimed, const std::string& domain);

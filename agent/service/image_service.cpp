@@ -505,7 +505,8 @@ absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const 
 }
 
 absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::string& pool, const std::string& name,
-                                                                 uint64_t size_bytes, const std::string& image) {
+                                                                 uint64_t size_bytes, const std::string& image,
+                                                                 const std::string& owner) {
   {
     std::lock_guard lock(mu_);
     if (deleting_.contains(Key(pool, image))) {
@@ -534,11 +535,12 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
   const uint64_t virtual_size = src->record->virtual_size;
   if (size_bytes == 0) size_bytes = virtual_size;
   if (size_bytes < virtual_size) {
-    return absl::InvalidArgumentError(absl::StrCat("size_bytes: ", size_bytes, " is smaller than image '", image,
+    return absl::InvalidArgumentError(absl::StrCat(owner.empty() ? "size_bytes" : "create_size_bytes", ": ",
+                                                   size_bytes, " is smaller than image '", image,
                                                    "' (", virtual_size, " bytes)"));
   }
   // A pool that shares blocks makes the volume a copy-on-write clone; the others copy.
-  auto cloned = storage_.CreateVolumeCloned(pool, {name, size_bytes}, image);
+  auto cloned = storage_.CreateVolumeCloned(pool, {name, size_bytes}, image, owner);
   if (!absl::IsUnimplemented(cloned.status())) {
     if (cloned.ok()) Log()->info("volume {}/{} created as a clone of image {}", pool, name, image);
     return cloned;
@@ -550,7 +552,8 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
         return absl::Status(copied.status().code(),
                             absl::StrCat("copying image '", image, "' onto volume '", name,
                                          "': ", copied.status().message(), " (the volume is deleted again)"));
-      });
+      },
+      owner);
   if (!volume.ok()) return volume.status();
   Log()->info("volume {}/{} created from image {} ({} bytes copied)", pool, name, image, virtual_size);
   return volume;

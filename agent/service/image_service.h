@@ -116,8 +116,11 @@ class ImageService {
   absl::StatusOr<ImageStatus> Delete(const std::string& pool, const std::string& name);
   // A new volume holding the image's bytes: size_bytes 0 takes the image's size; smaller than
   // the image is InvalidArgument. Fails with nothing left (the volume is deleted again).
+  // `owner` not empty (DomainService, DiskVolume.image): the volume is owned by that domain from
+  // its creation on (StorageService::CreateVolumeFilled), and a size refusal names create_size_bytes.
   absl::StatusOr<VolumeStatus> CreateVolumeFromImage(const std::string& pool, const std::string& name,
-                                                     uint64_t size_bytes, const std::string& image);
+                                                     uint64_t size_bytes, const std::string& image,
+                                                     const std::string& owner = "");
 
   // Bytes done of total for operation `id`, while this agent runs it or ran it.
   std::optional<Transfer> TransferOf(uint64_t id) const;

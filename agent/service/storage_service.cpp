@@ -248,20 +248,33 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& poo
 
 absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
     const std::string& pool_name, const storage::VolumeSpec& spec, absl::string_view source,
-    const std::function<absl::Status(const storage::VolumeInfo&)>& fill) {
+    const std::function<absl::Status(const storage::VolumeInfo&)>& fill, const std::string& owner) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
   const std::string key = Key(pool_name, spec.name);
   storage::VolumeInfo volume;
+  absl::Status recorded;
   {
     std::lock_guard lock((*pool)->mu);
-    if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, "size_bytes"); !s.ok()) return s;
+    if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, owner.empty() ? "size_bytes" : "create_size_bytes");
+        !s.ok()) {
+      return s;
+    }
     auto v = (*pool)->backend->CreateVolume(spec);
     if (!v.ok()) return v.status();
     volume = *std::move(v);
-    // Fenced before the pool's lock is let go: no call sees the volume unwritten and free.
-    std::lock_guard dl(deleting_mu_);
-    filling_[key] = std::string(source);
+    if (!owner.empty()) recorded = (*pool)->backend->SetAttachment(spec.name, owner, storage::Ownership::kOwned);
+    if (recorded.ok()) {
+      // Fenced before the pool's lock is let go: no call sees the volume unwritten and free.
+      std::lock_guard dl(deleting_mu_);
+      filling_[key] = std::string(source);
+    }
+  }
+  if (!recorded.ok()) {
+    if (auto d = DeleteVolume(pool_name, spec.name); !d.ok()) {
+      Log()->error("rollback: deleting new volume {} failed: {}", key, d.status().message());
+    }
+    return recorded;
   }
   absl::Status filled = fill(volume);
   {
@@ -271,9 +284,9 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
   if (!filled.ok()) {
     // Nobody could have attached or claimed it meanwhile, so the delete cannot be refused for
     // that; if it fails otherwise the volume stays and the log says so.
-    if (auto d = DeleteVolume(pool_name, spec.name); !d.ok()) {
-      Log()->error("volume {} could not be written and not deleted again: {}", key, d.status().message());
-    }
+    absl::Status d = owner.empty() ? DeleteVolume(pool_name, spec.name).status()
+                                   : ReleaseVolume(pool_name, spec.name, owner, /*delete_if_owned=*/true);
+    if (!d.ok()) Log()->error("volume {} could not be written and not deleted again: {}", key, d.message());
     return filled;
   }
   Log()->info("created volume {}/{} ({} bytes) from {}", pool_name, volume.name, volume.size_bytes, source);
@@ -282,13 +295,26 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
 
 absl::StatusOr<VolumeStatus> StorageService::CreateVolumeCloned(const std::string& pool_name,
                                                                 const storage::VolumeSpec& spec,
-                                                                const std::string& image) {
+                                                                const std::string& image, const std::string& owner) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
-  std::lock_guard lock((*pool)->mu);
-  if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, "size_bytes"); !s.ok()) return s;
+  std::unique_lock lock((*pool)->mu);
+  if (auto s = AdmitSpace(**pool, pool_name, spec.size_bytes, owner.empty() ? "size_bytes" : "create_size_bytes");
+      !s.ok()) {
+    return s;
+  }
   auto v = (*pool)->backend->CloneImageSlot(image, spec);
   if (!v.ok()) return v.status();
+  if (!owner.empty()) {
+    // Owned from its creation on, as CreateVolumeFilled's: else the clone is deleted again.
+    if (auto recorded = (*pool)->backend->SetAttachment(spec.name, owner, storage::Ownership::kOwned); !recorded.ok()) {
+      lock.unlock();
+      if (auto d = DeleteVolume(pool_name, spec.name); !d.ok()) {
+        Log()->error("rollback: deleting new clone {} failed: {}", Key(pool_name, spec.name), d.status().message());
+      }
+      return recorded;
+    }
+  }
   Log()->info("created volume {}/{} ({} bytes) as a clone of image {}", pool_name, v->name, v->size_bytes, image);
   return StatusOf(*v);
 }

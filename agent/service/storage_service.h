@@ -51,6 +51,10 @@ struct VolumeClaim {
   std::string pool;
   std::string name;
   uint64_t create_size_bytes = 0;  // > 0: create the volume; 0: an existing, free volume
+  // Not empty: make the volume from this ready image of the same pool (ImageService), of
+  // create_size_bytes (0: the image's size). Such a volume is created, so owned, like one with a size.
+  std::string image;
+  bool Creates() const { return create_size_bytes > 0 || !image.empty(); }
 };
 
 class StorageService {
@@ -75,14 +79,17 @@ class StorageService {
   // fill returns, attach, resize, claim and delete of it are refused (FailedPrecondition "is
   // being written from <source>"), and the pool's lock is not held, so a long copy stops no
   // other volume. A failing fill deletes the volume again (in the background, as DeleteVolume).
+  // `owner` not empty: the volume is recorded as owned by that domain from its creation on
+  // (before the fill), so a crash mid-fill leaves a volume the domain's journalled create undoes.
   absl::StatusOr<VolumeStatus> CreateVolumeFilled(const std::string& pool, const storage::VolumeSpec& spec,
                                                   absl::string_view source,
-                                                  const std::function<absl::Status(const storage::VolumeInfo&)>& fill);
+                                                  const std::function<absl::Status(const storage::VolumeInfo&)>& fill,
+                                                  const std::string& owner = "");
   // A volume sharing the image's blocks (StorageBackend::CloneImageSlot: thin LVM pools), made
   // under the pool's lock in one backend call, so it is whole or absent. Unimplemented when the
-  // pool cannot share blocks (the caller copies instead, CreateVolumeFilled).
+  // pool cannot share blocks (the caller copies instead, CreateVolumeFilled). `owner` as above.
   absl::StatusOr<VolumeStatus> CreateVolumeCloned(const std::string& pool, const storage::VolumeSpec& spec,
-                                                  const std::string& image);
+                                                  const std::string& image, const std::string& owner = "");
   absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
   // Returns at once with state kDeleting; the wipe and removal run in the background.
   absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);

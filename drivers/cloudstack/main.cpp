@@ -415,44 +415,30 @@ int Prepare(const Payload& p, const Agent& a) {
 
 int Create(const Payload& p, const Agent& a) {
   auto spec = BuildDomainSpec(p);
-  // With a template image the root volume is made here, from the image (imported once per host),
-  // and the domain is created on it. A domain that is not created takes its volume with it.
-  std::string made;  // pool/name of that volume while the domain does not exist yet
-  std::string made_pool;
+  // With a template image the agent makes the root volume from the image (imported once per
+  // host) inside CreateDomain (DiskVolume.image): the domain owns it, and a create that fails
+  // or is cut short leaves no volume.
   if (auto img = TemplateImageOf(p)) {
     v1::Domain existing;
     auto gs = GetDomain(a, spec.name(), &existing);
     if (gs.error_code() == grpc::StatusCode::NOT_FOUND) {
       v1::Image im;
       if (auto s = EnsureImage(a, *img, &im); !s.ok()) return a.Error(s, "preparing the template's image");
-      const std::string root = RootVolumeName(spec.name());
-      v1::Volume v;
-      auto s = VolumeFromImage(a, *img, im, root, RootDiskSize(p), &v);
-      if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
-        return Fail("root volume " + Ref(img->pool, root) + " exists already, with no domain " + spec.name() +
-                        " (left by an interrupted create?): delete it on the host first; nothing was changed",
-                    "ALREADY_EXISTS");
+      for (auto& disk : *spec.mutable_disks()) {
+        if (disk.volume().image().empty()) continue;
+        // At least the image's size: a template's root_disk_size below it means "the image's".
+        disk.mutable_volume()->set_create_size_bytes(
+            std::max(disk.volume().create_size_bytes(), im.virtual_size_bytes()));
       }
-      if (!s.ok()) return a.Error(s, "creating root volume " + Ref(img->pool, root) + " from image " + img->name);
-      made = root;
-      made_pool = img->pool;
     } else if (!gs.ok()) {
       return a.Error(gs, "checking domain " + spec.name());
     }  // else: a retried create, answered below
   }
-  auto undo = [&](const grpc::Status& s, const std::string& what) {
-    if (made.empty()) return a.Error(s, what);
-    auto ds = DeleteVolume(a, made_pool, made);
-    return a.Error(s, what + (ds.ok() ? " (its root volume " + Ref(made_pool, made) + " was deleted again)"
-                                      : " (and deleting its root volume " + Ref(made_pool, made) +
-                                            " failed: " + ds.error_message() + ")"));
-  };
   v1::CreateDomainRequest req;
   *req.mutable_spec() = spec;
   req.set_start(true);
   v1::Domain d;
   auto s = a.domains->CreateDomain(a.Context().get(), req, &d);
-  if (!s.ok() && !made.empty()) return undo(s, "creating domain " + spec.name());
   if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS && !spec.uuid().empty()) {
     // A retried create of the same instance (same CloudStack uuid): make sure it runs.
     v1::Domain existing;
@@ -533,9 +519,10 @@ int Delete(const Payload& p, const Agent& a) {
   // The agent deletes only the volumes the VM owns (its root volume, created with it); volumes an
   // operator attached are borrowed and only released (docs/cloudstack.md, "What delete removes").
   req.set_delete_volumes(!IsFalse(Setting(p, "delete_volumes", "vdhe")));
-  // A root volume made from a template image was made by the extension, before the domain, so
-  // the agent records it as borrowed and DeleteDomain only releases it: the extension deletes it
-  // after the domain, and only the one attached to this very domain.
+  // A root volume made from a template image is owned by its domain (DiskVolume.image) and goes
+  // with it. VMs created by an extension before that have it borrowed (the extension made it
+  // before the domain): DeleteDomain only releases such a root, so it is deleted here afterwards,
+  // and only the one attached to this very domain.
   std::vector<std::string> image_roots;
   std::string pool;
   if (req.delete_volumes() && found.exists) {

@@ -412,13 +412,15 @@ void AddRootDisk(const Payload& p, v1::DomainSpec& spec) {
   if (target.size() > 8 || !AllOf(target, [](char c) { return std::islower(static_cast<unsigned char>(c)) != 0; }))
     throw PayloadError("disk_target: '" + target + "' is not a disk name like vda or xvda");
   if (auto img = TemplateImageOf(p)) {
-    // The extension makes this volume from the image before it creates the domain (the agent's
-    // CreateDomain makes blank volumes only); the domain is created on it.
+    // The agent makes this volume from the image as part of CreateDomain, which owns it; the
+    // extension raises the size to at least the image's once it knows the image (main.cpp).
     auto* d = spec.add_disks();
     d->set_target(target);
     auto* vol = d->mutable_volume();
     vol->set_pool(img->pool);
     vol->set_name(RootVolumeName(spec.name()));
+    vol->set_image(img->name);
+    vol->set_create_size_bytes(RootDiskSizeOf(p));
   } else if (auto pool = Setting(p, "storage_pool", "vdh"); !pool.empty()) {
     if (!ValidDomainName(pool)) throw PayloadError("storage_pool: '" + pool + "' is not a valid pool name");
     uint64_t size = RootDiskSizeOf(p);

@@ -22,8 +22,9 @@ class FakeStorageBackend final : public storage::StorageBackend {
   absl::Status fail_wipe;
   std::function<void()> during_wipe;
   std::vector<std::string> calls;
-  // Set: the pool holds images, each slot a regular file of this directory (ext4 takes the
-  // O_DIRECT writes the image code does). Empty: images are refused as by a backend without them.
+  // Set: the pool holds images, each slot (and each volume) a regular file of this directory
+  // (ext4 takes the O_DIRECT writes the image code does). Empty: images are refused as by a
+  // backend without them, and volumes are names only.
   std::string image_dir;
   // Set: CloneImageSlot makes a volume sharing the image's blocks, as a thin LVM pool does
   // (recorded as "clone-image <image> <volume>"); unset: Unimplemented, the caller copies.
@@ -53,6 +54,12 @@ class FakeStorageBackend final : public storage::StorageBackend {
     if (volumes_.contains(spec.name)) return absl::AlreadyExistsError("volume.name: exists");
     if (spec.size_bytes > GetPool()->free_bytes) return absl::ResourceExhaustedError("pool full");
     storage::VolumeInfo v{config_.name, spec.name, "/dev/fake/" + spec.name, spec.size_bytes, ""};
+    if (!image_dir.empty()) {
+      // A pool with images: volumes are files beside the slots, so copies onto them are real.
+      v.path = image_dir + "/volume-" + spec.name;
+      std::ofstream(v.path).close();
+      if (truncate(v.path.c_str(), static_cast<off_t>(spec.size_bytes)) != 0) return absl::InternalError("truncate");
+    }
     volumes_[spec.name] = v;
     return v;
   }
@@ -88,6 +95,7 @@ class FakeStorageBackend final : public storage::StorageBackend {
       slots_.erase(plan.volume.name);
       return absl::OkStatus();
     }
+    if (!image_dir.empty()) unlink(plan.volume.path.c_str());
     volumes_.erase(plan.volume.name);
     return absl::OkStatus();
   }

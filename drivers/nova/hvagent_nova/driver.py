@@ -9,9 +9,11 @@ Local disks (root, ephemeral, swap) are volumes of ``[hvagent] storage_pool``, c
 domain in one CreateDomain call (the agent undoes everything when a step fails), so the domain
 owns them and they are deleted with it (DeleteDomain delete_volumes). Volumes are named
 ``<instance uuid>-root`` / ``-eph<N>`` / ``-swap`` (shorter on partition pools: see
-_volume_name). Nova's volumes (connection_info type ``hvagent``) are borrowed: destroy and cleanup
-detach them first and raise when that fails, and the agent itself never deletes a borrowed
-volume with a domain, so a data volume survives every path that removes an instance.
+_volume_name). A root disk from the image cache (image_cache.py) is made in that same call from
+the agent's copy of the Glance image (DiskVolume.image), so it is owned like the others. Nova's
+volumes (connection_info type ``hvagent``) are borrowed: destroy and cleanup detach them first
+and raise when that fails, and the agent itself never deletes a borrowed volume with a domain,
+so a data volume survives every path that removes an instance.
 
 Networking: Nova's VIFs become agent NICs (_nic): type 'bridge' a Linux bridge NIC, 'ovs' with
 hybrid plugging the qbr bridge os-vif makes, 'ovs' without it (Open vSwitch or OVN) an agent
@@ -24,6 +26,7 @@ Lifecycle events: while Nova listens (register_event_listener), the agent's Even
 stream is followed and turned into nova.virt.event.LifecycleEvent (events.py).
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,6 +34,8 @@ import tempfile
 import time
 
 import eventlet
+from eventlet import semaphore as green_semaphore
+from eventlet import tpool
 import grpc
 from grpc import experimental as grpc_experimental
 import os_resource_classes as orc
@@ -59,7 +64,7 @@ from nova.objects import fields
 from nova.virt import driver
 from nova.virt import hardware
 
-from hvagent.v1 import (console_pb2, domain_pb2, host_pb2, storage_pb2)
+from hvagent.v1 import (console_pb2, domain_pb2, domain_pb2_grpc, host_pb2, storage_pb2)
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
@@ -132,6 +137,8 @@ class HvagentDriver(driver.ComputeDriver):
         self._watcher = None
         self._pool_types = {}
         self._images = image_cache.ImageCache(lambda: self.agent, CONF)
+        # One CreateDomain that copies an image at a time (_create_domain says why).
+        self._copy_lock = green_semaphore.Semaphore(1)
         # Loads os-vif's plugins (linux_bridge, ovs, noop) once per process, as Nova's libvirt
         # driver does before it plugs anything.
         os_vif.initialize()
@@ -544,46 +551,51 @@ class HvagentDriver(driver.ComputeDriver):
         return bool("root" in dict(local) and instance.image_ref and fmt not in ("aki", "ari")
                     and self._images_pool())
 
-    def _root_from_image(self, context, instance, image_meta, size):
-        """Makes sure the agent has the Glance image (one upload per host), then has the agent
-        make the root volume from it at the flavor's root_gb (a copy of every block today; a
-        thin clone where the pool makes one)."""
-        pool = CONF.hvagent.storage_pool
-        image_id = self._image_id(instance, image_meta)
-        with self._images.using(image_id):
-            image, uploaded = self._images.ensure(context, pool, image_id)
-            if image.virtual_size_bytes > size:
-                raise exception.FlavorDiskSmallerThanImage(
-                    flavor_size=size, image_size=image.virtual_size_bytes)
-            name = self._volume_name(instance, "root")
-            self.agent.call(self.agent.storage.CreateVolume, storage_pb2.CreateVolumeRequest(
-                pool=pool, name=name, size_bytes=size, image=image.name),
-                extra_timeout=CONF.hvagent.image_timeout)
-            LOG.info("root volume %s/%s made from agent image %s (%s)", pool, name, image.name,
-                     "uploaded now" if uploaded else "cached", instance=instance)
+    def _root_image_name(self, context, instance, image_meta, size):
+        """Makes sure the agent has the Glance image (one upload per host) and that it fits the
+        flavor's root disk; returns the agent image's name, from which CreateDomain makes the
+        root volume (DiskVolume.image: owned by the domain, deleted with it). The caller holds
+        self._images.using(image id) until CreateDomain returned, so that manage_image_cache
+        leaves the image alone meanwhile."""
+        image, uploaded = self._images.ensure(context, CONF.hvagent.storage_pool,
+                                              self._image_id(instance, image_meta))
+        if image.virtual_size_bytes > size:
+            raise exception.FlavorDiskSmallerThanImage(
+                flavor_size=size, image_size=image.virtual_size_bytes)
+        LOG.info("root volume from agent image %s (%s)", image.name,
+                 "uploaded now" if uploaded else "cached", instance=instance)
+        return image.name
 
-    def _delete_image_root(self, instance):
-        """Deletes the root volume a spawn made from the image cache: the domain only borrows
-        it, so DeleteDomain releases it and leaves it. Only a free volume of this instance's
-        root name, or one still attached to this very instance, is deleted."""
-        pool = self._images_pool()
-        if not pool:
-            return
+    def _create_domain(self, instance, spec, root_image):
+        """CreateDomain. With a root made from an image the agent copies the image as part of
+        the call (seconds to minutes): the call then runs on a native thread (eventlet's tpool)
+        on a channel of its own, so that nova-compute's other greenthreads go on meanwhile.
+        Under eventlet grpc's Python locks are green: two native threads on one channel, or a
+        native thread and the hub on one, hang on them (found with two concurrent spawns), so
+        each such call gets its own channel, and one at a time (the agent makes one domain at a
+        time anyway). NOT_FOUND names something the spec refers to (a pool, a volume, an
+        image), never the instance: InstanceDeployFailure with the agent's words."""
+        request = DS.CreateDomainRequest(spec=spec, start=False)
         try:
-            name = self._volume_name(instance, "root")
-            vol = self.agent.call(self.agent.storage.GetVolume,
-                                  storage_pb2.VolumeRef(pool=pool, name=name))
-        except (exception.NotFound, exception.InstanceDeployFailure):
-            return
-        if vol.attached_to and vol.attached_to != instance.name:
-            LOG.warning("volume %s/%s is attached to %s, not to this instance: left alone",
-                        pool, name, vol.attached_to, instance=instance)
-            return
+            if not root_image:
+                return self.agent.domains.CreateDomain(request, timeout=self.agent.timeout)
+            with self._copy_lock:
+                return tpool.execute(self._create_on_own_channel, request,
+                                     self.agent.timeout + CONF.hvagent.image_timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                raise exception.InstanceDeployFailure(reason="hvagent: %s" % e.details()) from None
+            raise client.to_nova(e, self.agent.address, instance) from None
+
+    @staticmethod
+    def _create_on_own_channel(request, timeout):
+        """Runs on a native thread: CreateDomain on a channel nothing else uses."""
+        channel = client.make_channel(CONF.hvagent)
         try:
-            self.agent.call(self.agent.storage.DeleteVolume,
-                            storage_pb2.VolumeRef(pool=pool, name=name))
-        except exception.NotFound:
-            pass
+            return domain_pb2_grpc.DomainServiceStub(channel).CreateDomain(request,
+                                                                          timeout=timeout)
+        finally:
+            channel.close()
 
     def manage_image_cache(self, context, all_instances):
         """Removes this driver's agent images (named nova-...) that no instance of this host
@@ -641,11 +653,10 @@ class HvagentDriver(driver.ComputeDriver):
             target = prefix + next(letters)
             if suffix == "root":
                 root_target = target
-            # A root disk from the image cache is made before the domain (and so borrowed by
-            # it: _delete removes it); every other local disk is created with the domain.
-            create = 0 if suffix == "root" and root_image else size
+            # Every local disk is created with the domain, which owns it; a root from the image
+            # cache is made from the agent's image (its name is filled in below).
             spec.disks.add(target=target, volume=DS.DiskVolume(
-                pool=pool, name=self._volume_name(instance, suffix), create_size_bytes=create))
+                pool=pool, name=self._volume_name(instance, suffix), create_size_bytes=size))
         for bdm in driver.block_device_info_get_mapping(block_device_info):
             data = self._agent_volume(bdm["connection_info"])
             spec.disks.add(target=prefix + next(letters),
@@ -679,45 +690,47 @@ class HvagentDriver(driver.ComputeDriver):
         timeout = CONF.vif_plugging_timeout
         events = self._neutron_events(network_info) if power_on and timeout else []
         pause = bool(events)
-        created = False
-        root_made = False
-        try:
-            if root_image:
-                self._root_from_image(context, instance, image_meta, dict(local)["root"])
-                root_made = True
-            with self.virtapi.wait_for_instance_event(
-                    instance, events, deadline=timeout,
-                    error_callback=self._neutron_failed_callback):
-                self.plug_vifs(instance, network_info)
-                self.agent.call(self.agent.domains.CreateDomain,
-                                DS.CreateDomainRequest(spec=spec, start=False), instance)
-                created = True
-                if root_target and instance.image_ref and not root_image:
-                    self._write_image(context, instance, image_meta)
-                if power_on:
-                    self._act(self.agent.domains.StartDomain, instance)
-                    if pause:
-                        self._act(self.agent.domains.SuspendDomain, instance)
-        except eventlet.timeout.Timeout:
-            LOG.warning("timed out after %d seconds waiting for %s", timeout,
-                        ", ".join("%s-%s" % e for e in events), instance=instance)
-            if CONF.vif_plugging_is_fatal:
-                self._spawn_failed(instance, network_info, created, root_made)
-                raise exception.VirtualInterfaceCreateException()
-        except Exception:
-            with excutils.save_and_reraise_exception():
-                self._spawn_failed(instance, network_info, created, root_made)
+        # The cached image is marked in use from before it is looked up until the spawn is
+        # over, so that manage_image_cache leaves it alone while CreateDomain copies it.
+        using = (self._images.using(self._image_id(instance, image_meta)) if root_image
+                 else contextlib.nullcontext())
+        with using:
+            created = False
+            try:
+                if root_image:
+                    name = self._root_image_name(context, instance, image_meta,
+                                                 dict(local)["root"])
+                    next(d for d in spec.disks if d.target == root_target).volume.image = name
+                with self.virtapi.wait_for_instance_event(
+                        instance, events, deadline=timeout,
+                        error_callback=self._neutron_failed_callback):
+                    self.plug_vifs(instance, network_info)
+                    self._create_domain(instance, spec, root_image)
+                    created = True
+                    if root_target and instance.image_ref and not root_image:
+                        self._write_image(context, instance, image_meta)
+                    if power_on:
+                        self._act(self.agent.domains.StartDomain, instance)
+                        if pause:
+                            self._act(self.agent.domains.SuspendDomain, instance)
+            except eventlet.timeout.Timeout:
+                LOG.warning("timed out after %d seconds waiting for %s", timeout,
+                            ", ".join("%s-%s" % e for e in events), instance=instance)
+                if CONF.vif_plugging_is_fatal:
+                    self._spawn_failed(instance, network_info, created)
+                    raise exception.VirtualInterfaceCreateException()
+            except Exception:
+                with excutils.save_and_reraise_exception():
+                    self._spawn_failed(instance, network_info, created)
         if pause:
             self._act(self.agent.domains.ResumeDomain, instance)
 
-    def _spawn_failed(self, instance, network_info, created, root_made=False):
-        """Undoes a spawn: the domain and its local disks (only when this spawn created it: a
-        name that already existed is somebody's instance), the root volume it made from the
-        image cache when no domain took it, then the VIFs plugged for it."""
+    def _spawn_failed(self, instance, network_info, created):
+        """Undoes a spawn: the domain and its local disks, the root made from an image among
+        them (only when this spawn created it: a name that already existed is somebody's
+        instance; a CreateDomain that failed left nothing), then the VIFs plugged for it."""
         if created:
             self._delete(instance, destroy_disks=True)
-        elif root_made:
-            self._delete_image_root(instance)
         self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     def _write_image(self, context, instance, image_meta):
@@ -764,14 +777,36 @@ class HvagentDriver(driver.ComputeDriver):
     def _delete(self, instance, destroy_disks=True):
         """DeleteDomain: with destroy_disks the agent deletes the volumes the domain owns (its
         local disks) and releases the borrowed ones; it never deletes a borrowed volume."""
+        legacy_root = self._legacy_image_root(instance) if destroy_disks else None
         try:
             self.agent.call(self.agent.domains.DeleteDomain, DS.DeleteDomainRequest(
                 name=instance.name, force=True, delete_volumes=destroy_disks), instance)
         except exception.InstanceNotFound:
             pass
-        if destroy_disks:
-            self._delete_image_root(instance)
+        if legacy_root:
+            try:
+                self.agent.call(self.agent.storage.DeleteVolume, legacy_root)
+            except exception.NotFound:
+                pass
         shutil.rmtree(self._instance_dir(instance), ignore_errors=True)
+
+    def _legacy_image_root(self, instance):
+        """The root volume of an instance spawned by a driver before roots were made inside
+        CreateDomain: made first and only borrowed by the domain, so DeleteDomain releases it
+        and the driver deletes it afterwards. Only this instance's root name, and only while it
+        is borrowed by this very instance; None otherwise (today's roots are owned)."""
+        pool = self._images_pool()
+        if not pool:
+            return None
+        try:
+            ref = storage_pb2.VolumeRef(pool=pool, name=self._volume_name(instance, "root"))
+            vol = self.agent.call(self.agent.storage.GetVolume, ref)
+        except (exception.NotFound, exception.InstanceDeployFailure):
+            return None
+        if (vol.attached_to == instance.name
+                and vol.ownership == storage_pb2.VOLUME_OWNERSHIP_BORROWED):
+            return ref
+        return None
 
     def _agent_volumes(self, instance, block_device_info):
         """connection_info['data'] of the instance's agent volumes; other types (which attach

@@ -228,13 +228,12 @@ class DriverTestCase(test.TestCase):
     def _spawn_recording(self, inst):
         """Spawns `inst`; returns the DomainSpec the driver sent (the real agent took it)."""
         sent = []
-        real = self.drv.agent.call
+        real = self.drv.agent.domains.CreateDomain
 
-        def record(method, request, *args, **kwargs):
-            if isinstance(request, domain_pb2.CreateDomainRequest):
-                sent.append(request.spec)
-            return real(method, request, *args, **kwargs)
-        with unittest.mock.patch.object(self.drv.agent, "call", side_effect=record):
+        def record(request, **kwargs):
+            sent.append(request.spec)
+            return real(request, **kwargs)
+        with unittest.mock.patch.object(self.drv.agent.domains, "CreateDomain", side_effect=record):
             self.spawn(inst)
         self.assertEqual(1, len(sent))
         return sent[0]

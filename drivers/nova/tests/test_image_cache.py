@@ -204,6 +204,8 @@ class ImageCacheTestCase(test.TestCase):
             root = vols[self.drv._volume_name(inst, "root")]
             self.assertEqual(1 << 30, root.size_bytes)  # the flavor's root_gb, not the image's
             self.assertEqual(inst.name, root.attached_to)
+            # CreateDomain made it from the image: the domain owns it.
+            self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_OWNED, root.ownership)
             self.assertEqual(hashlib.sha256(blob).hexdigest(), self.root_sha256(inst, len(blob)))
 
         # A third spawn later finds the image and uploads nothing.
@@ -211,7 +213,7 @@ class ImageCacheTestCase(test.TestCase):
         self.spawn(c)
         self.assertEqual(1, self.downloads)
 
-        # destroy deletes the root volume the spawn made (borrowed by the domain); the image
+        # destroy's DeleteDomain deletes the root volume with the domain that owns it; the image
         # stays for the next spawn.
         for inst in (a, b, c):
             self.drv.destroy(self.ctxt, inst, [])
@@ -292,6 +294,101 @@ class ImageCacheTestCase(test.TestCase):
             self.assertRaises(exception.FlavorDiskSmallerThanImage, self.spawn, inst)
         self.assertFalse(self.drv.instance_exists(inst))
         self.assertEqual({}, self.volumes())
+
+    def test_a_spawn_failing_after_create_domain_leaves_no_root_volume(self):
+        blob = os.urandom(MiB)
+        image_id = self.glance_image(blob)
+        inst = self.instance(image_id)
+        self.drv.cache_image(self.ctxt, image_id)  # the image's own partition is no leftover
+        before = self.partitions()
+        real_act = self.drv._act
+
+        def act(method, instance):
+            if method == self.drv.agent.domains.StartDomain:
+                raise exception.InstanceDeployFailure(reason="start refused by the test")
+            return real_act(method, instance)
+        with unittest.mock.patch.object(self.drv, "_act", side_effect=act):
+            self.assertRaises(exception.InstanceDeployFailure, self.spawn, inst)
+        self.assertFalse(self.drv.instance_exists(inst))
+        deadline = time.monotonic() + 30
+        while self.volumes() or self.partitions() != before:
+            self.assertLess(time.monotonic(), deadline, "left: %s" % self.volumes())
+            time.sleep(0.1)
+        self.assertEqual([image_cache.image_name(image_id)], list(self.images()))
+
+    def test_a_spawn_whose_image_the_agent_refuses_leaves_no_domain_or_volume(self):
+        # The image vanishes between the driver's check and CreateDomain: the agent refuses the
+        # disk (NOT_FOUND naming spec.disks[0].volume.image) with nothing made.
+        image_id = self.glance_image(os.urandom(MiB))
+        inst = self.instance(image_id)
+        real = self.drv._root_image_name
+
+        def gone(*args, **kwargs):
+            name = real(*args, **kwargs)
+            self.drv.agent.images.DeleteImage(image_pb2.ImageRef(pool=POOL, name=name))
+            return name
+        before = self.partitions()
+        with unittest.mock.patch.object(self.drv, "_root_image_name", side_effect=gone):
+            e = self.assertRaises(exception.InstanceDeployFailure, self.spawn, inst)
+        self.assertIn("spec.disks[0].volume.image", str(e))
+        self.assertFalse(self.drv.instance_exists(inst))
+        self.assertEqual({}, self.volumes())
+        self.assertEqual(before, self.partitions())
+
+    def test_other_greenthreads_run_while_create_domain_copies(self):
+        # The copy runs inside CreateDomain. Made slow here with a blocking (unpatched) sleep
+        # around the real call: on eventlet's hub thread it would stop every greenthread.
+        image_id = self.glance_image(os.urandom(MiB))
+        inst = self.instance(image_id)
+        real_create = self.drv._create_on_own_channel
+        blocking_sleep = eventlet.patcher.original("time").sleep
+        ticks = []
+        during = []
+
+        def slow_create(request, timeout):
+            start = len(ticks)
+            blocking_sleep(1.0)
+            during.append(len(ticks) - start)
+            return real_create(request, timeout)
+
+        def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                eventlet.sleep(0.05)
+        t = eventlet.spawn(ticker)
+        try:
+            with unittest.mock.patch.object(self.drv, "_create_on_own_channel",
+                                            side_effect=slow_create):
+                self.spawn(inst)
+        finally:
+            t.kill()
+        self.assertEqual(1, len(during))
+        self.assertGreaterEqual(during[0], 5, "the event loop stood still during CreateDomain")
+        root = self.volumes()[self.drv._volume_name(inst, "root")]
+        self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_OWNED, root.ownership)
+
+    def test_destroy_still_deletes_a_borrowed_root_an_older_driver_made(self):
+        # Before roots were made inside CreateDomain the driver made them first and the domain
+        # borrowed them: such an instance's destroy must not leave its root behind.
+        image_id = self.glance_image(os.urandom(MiB))
+        inst = self.instance(image_id)
+        self.drv.cache_image(self.ctxt, image_id)
+        name = self.drv._volume_name(inst, "root")
+        a = self.drv.agent
+        a.storage.CreateVolume(storage_pb2.CreateVolumeRequest(
+            pool=POOL, name=name, size_bytes=1 << 30, image=image_cache.image_name(image_id)),
+            timeout=120)
+        spec = domain_pb2.DomainSpec(name=inst.name, uuid=inst.uuid, vcpus=1, memory_mib=128)
+        spec.firmware.type = domain_pb2.FirmwareBoot.TYPE_UNSPECIFIED
+        spec.disks.add(target="vda", volume=domain_pb2.DiskVolume(pool=POOL, name=name))
+        a.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec), timeout=60)
+        self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_BORROWED, self.volumes()[name].ownership)
+        self.drv.destroy(self.ctxt, inst, [])
+        self.assertFalse(self.drv.instance_exists(inst))
+        deadline = time.monotonic() + 30
+        while self.volumes():
+            self.assertLess(time.monotonic(), deadline, "left: %s" % self.volumes())
+            time.sleep(0.1)
 
     def test_manage_image_cache_removes_only_unused_old_driver_images(self):
         used_id = self.glance_image(os.urandom(MiB))

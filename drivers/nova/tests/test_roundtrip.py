@@ -172,6 +172,8 @@ class RoundTripTestCase(test.TestCase):
         self.assertEqual(1, len(vols), self.volumes())
         root = vols[0]
         self.assertEqual(1 << 30, root.size_bytes)
+        # Made by CreateDomain from the agent's image: the domain owns it (deleted with it).
+        self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_OWNED, root.ownership)
         self.assertTrue(root.path.startswith(self.loop + "p"), root.path)
         disk = ET.fromstring(virsh("dumpxml", name).stdout).find("./devices/disk")
         self.assertEqual("block", disk.get("type"))
