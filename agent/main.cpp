@@ -339,7 +339,8 @@ int Run(const config::Config& cfg) {
                                {.allowed_sources = cfg.image_allowed_sources,
                                 .import_dirs = import_dirs->get(),
                                 .scratch_dir = cfg.image_scratch_dir,
-                                .max_virtual_size = cfg.image_max_virtual_size_mib << 20});
+                                .max_virtual_size = cfg.image_max_virtual_size_mib << 20,
+                                .hypervisor = &hypervisor});
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
   RecoverBeforeServing(domains, *state->journal, hypervisor);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);

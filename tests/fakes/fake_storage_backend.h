@@ -25,6 +25,8 @@ class FakeStorageBackend final : public storage::StorageBackend {
   // Set: the pool holds images, each slot a regular file of this directory (ext4 takes the
   // O_DIRECT writes the image code does). Empty: images are refused as by a backend without them.
   std::string image_dir;
+  // Set: volumes are sparse files there ("vol-<name>"), which tests read and write.
+  std::string volume_dir;
 
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
@@ -50,6 +52,11 @@ class FakeStorageBackend final : public storage::StorageBackend {
     if (volumes_.contains(spec.name)) return absl::AlreadyExistsError("volume.name: exists");
     if (spec.size_bytes > GetPool()->free_bytes) return absl::ResourceExhaustedError("pool full");
     storage::VolumeInfo v{config_.name, spec.name, "/dev/fake/" + spec.name, spec.size_bytes, ""};
+    if (!volume_dir.empty()) {
+      v.path = volume_dir + "/vol-" + spec.name;
+      std::ofstream(v.path).close();
+      if (truncate(v.path.c_str(), static_cast<off_t>(spec.size_bytes)) != 0) return absl::InternalError("truncate");
+    }
     volumes_[spec.name] = v;
     return v;
   }

@@ -86,6 +86,8 @@ class ImageGrpcService final : public v1::ImageService::Service {
   grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
   grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*, v1::ListImagesResponse*) override;
   grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRef*, v1::Image*) override;
+  grpc::Status CreateImageFromVolume(grpc::ServerContext*, const v1::CreateImageFromVolumeRequest*,
+                                     v1::CreateImageFromVolumeResponse*) override;
 
  private:
   ops::Pipeline pipeline_;
@@ -119,6 +121,10 @@ class StorageGrpcService final : public v1::StorageService::Service {
   grpc::Status DetachVolume(grpc::ServerContext*, const v1::DetachVolumeRequest*, v1::Volume*) override;
   grpc::Status ReleaseVolumeOwnership(grpc::ServerContext*, const v1::ReleaseVolumeOwnershipRequest*,
                                       v1::ReleaseVolumeOwnershipResponse*) override;
+  // Holds its thread while the export streams; gRPC's flow control paces the reads to the
+  // caller, and a caller gone (a failed Write, or the call cancelled) stops them.
+  grpc::Status ExportVolume(grpc::ServerContext*, const v1::ExportVolumeRequest*,
+                            grpc::ServerWriter<v1::ExportVolumeChunk>*) override;
 
  private:
   ops::Pipeline pipeline_;
