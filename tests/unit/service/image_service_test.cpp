@@ -318,7 +318,7 @@ class VolumeExportTest : public ImageUploadTest {
 class StringSink final : public storage::image::ExportSink {
  public:
   absl::Status Data(absl::string_view b) override {
-    out.append(b);
+    out.append(b.data(), b.size());
     return absl::OkStatus();
   }
   absl::Status Zeros(uint64_t n) override {

@@ -135,7 +135,7 @@ class RecordingSink final : public ExportSink {
   absl::Status Data(absl::string_view b) override {
     pieces.push_back(b.size());
     max_data = std::max(max_data, b.size());
-    out.append(b);
+    out.append(b.data(), b.size());
     return ++calls == stop_after ? absl::CancelledError("caller gone") : absl::OkStatus();
   }
   absl::Status Zeros(uint64_t n) override {
