@@ -121,8 +121,8 @@ class SnapshotTestCase(test.TestCase):
         image_id, meta, sha, size = self.uploads[0]
         self.assertEqual(snap["id"], image_id)
         self.assertEqual((root_sha, 1 << 30), (sha, size))  # the whole raw root disk
-        self.assertEqual(hashlib.sha256(blob).hexdigest(),
-                         hashlib.sha256(open(root.path, "rb").read(len(blob))).hexdigest())
+        with open(root.path, "rb") as f:
+            self.assertEqual(hashlib.sha256(blob).hexdigest(), hashlib.sha256(f.read(len(blob))).hexdigest())
         self.assertEqual(("raw", "snap-1", "active"),
                          (meta["disk_format"], meta["name"], meta["status"]))
         self.assertEqual("snapshot", meta["properties"]["image_location"])
