@@ -305,7 +305,9 @@ class VolumeExportTest : public ImageUploadTest {
     auto v = storage_->CreateVolume("vg0", {name, data.size()});
     ASSERT_TRUE(v.ok()) << v.status();
     std::ofstream(v->volume.path, std::ios::binary | std::ios::in | std::ios::out).write(data.data(), data.size());
-    if (!domain.empty()) ASSERT_TRUE(backend_->SetAttachment(name, domain, storage::Ownership::kBorrowed).ok());
+    if (!domain.empty()) {
+      ASSERT_TRUE(backend_->SetAttachment(name, domain, storage::Ownership::kBorrowed).ok());
+    }
   }
   void RunningDomain(const std::string& name) {
     ASSERT_TRUE(hv_.DefineDomain(hv::DomainSpec{.name = name, .vcpus = 1, .memory_mib = 64}).ok());
