@@ -338,7 +338,8 @@ int Run(const config::Config& cfg) {
                                {.allowed_sources = cfg.image_allowed_sources,
                                 .import_dirs = import_dirs->get(),
                                 .scratch_dir = cfg.image_scratch_dir,
-                                .max_virtual_size = cfg.image_max_virtual_size_mib << 20});
+                                .max_virtual_size = cfg.image_max_virtual_size_mib << 20,
+                                .hypervisor = &hypervisor});
   service::DomainService domains(
       hypervisor, clock,
       {.default_shutdown_timeout = cfg.shutdown_timeout,

@@ -29,6 +29,7 @@
 
 #include "agent/cli/hvctl_console.h"
 #include "agent/cli/hvctl_image_upload.h"
+#include "agent/cli/hvctl_volume_export.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
 #include "hvagent/v1/host.grpc.pb.h"
@@ -65,6 +66,8 @@ int Usage() {
                "  image-import POOL NAME raw|qcow2 URL|FILE [--sha256 HEX] [--sha512 HEX] [--wait]\n"
                "                                       (--wait draws the import's progress until it ends)\n"
                "  image-upload POOL NAME FILE [--format raw|qcow2] [--sha256 HEX] [--sha512 HEX]\n"
+               "  volume-export POOL NAME FILE [--image] [--quiesced]   (sparse FILE, sha256 checked)\n"
+               "  image-from-volume POOL VOLUME IMAGE   (pauses a running domain for the copy)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -452,9 +455,11 @@ int main(int argc, char** argv) {
     return Render(json, operations->ListOperations(&ctx, req, &r), r, [&] {
       std::vector<std::vector<std::string>> rows;
       for (const auto& o : r.operations()) {
-        std::string kind = o.kind() == v1::OPERATION_KIND_CREATE_DOMAIN   ? "create"
-                           : o.kind() == v1::OPERATION_KIND_DELETE_DOMAIN ? "delete"
-                                                                          : "?";
+        std::string kind = o.kind() == v1::OPERATION_KIND_CREATE_DOMAIN       ? "create"
+                           : o.kind() == v1::OPERATION_KIND_DELETE_DOMAIN     ? "delete"
+                           : o.kind() == v1::OPERATION_KIND_IMPORT_IMAGE      ? "import"
+                           : o.kind() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ? "image-from-volume"
+                                                                              : "?";
         std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
         rows.push_back({std::to_string(o.id()), kind, o.domain(), state,
                         google::protobuf::util::TimeUtil::ToString(o.start_time()),
@@ -600,6 +605,38 @@ int main(int argc, char** argv) {
     return Render(json, cli::UploadImage(*images, ctx, up, &image), image, [&] {
       std::cout << image.pool() << "/" << image.name() << ": ready (" << Bytes(image.virtual_size_bytes())
                 << ", sha256 " << image.sha256() << ")\n";
+    });
+  }
+  if (cmd == "volume-export" && args.size() >= 4) {
+    cli::ExportArgs ex{.pool = arg1, .name = args[2], .file = args[3], .progress = !json};
+    for (size_t i = 4; i < args.size(); ++i) {
+      if (args[i] == "--image") {
+        ex.image = true;
+      } else if (args[i] == "--quiesced") {
+        ex.domain_quiesced = true;
+      } else {
+        return Usage();
+      }
+    }
+    v1::ExportTrailer trailer;
+    uint64_t received = 0;
+    return Render(json, cli::ExportVolume(*storage, ctx, ex, &trailer, &received), trailer, [&] {
+      std::cout << ex.pool << "/" << ex.name << " -> " << ex.file << ": " << Bytes(trailer.size_bytes()) << " ("
+                << Bytes(received) << " sent as data, " << Bytes(trailer.zero_bytes())
+                << " as zero runs), sha256 " << trailer.sha256() << " checked\n";
+    });
+  }
+  if (cmd == "image-from-volume" && args.size() == 4) {
+    auto images = v1::ImageService::NewStub(channel);
+    v1::CreateImageFromVolumeRequest req;
+    req.set_pool(arg1);
+    req.set_volume(args[2]);
+    req.set_name(args[3]);
+    v1::CreateImageFromVolumeResponse r;
+    return Render(json, images->CreateImageFromVolume(&ctx, req, &r), r, [&] {
+      std::cout << r.image().pool() << "/" << r.image().name() << ": ready (" << Bytes(r.image().virtual_size_bytes())
+                << ", sha256 " << r.image().sha256() << ")"
+                << (r.paused() ? ", domain paused " + std::to_string(r.paused_ms()) + " ms" : std::string()) << "\n";
     });
   }
   if (cmd == "stats") {

@@ -81,7 +81,10 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
   std::vector<Recovery> out;
   for (const Journal::Operation& op : journal_->Unfinished()) {
     // Image imports are ImageService's to recover; they are no domain operation.
-    if (op.begin.type() == v1::OPERATION_KIND_IMPORT_IMAGE) continue;
+    if (op.begin.type() == v1::OPERATION_KIND_IMPORT_IMAGE ||
+        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
+      continue;
+    }
     Recovery r = op.begin.type() == v1::OPERATION_KIND_DELETE_DOMAIN ? RecoverDelete(op) : RecoverCreate(op);
     Log()->warn("recovery: interrupted {} of domain {} (operation {}): {}", r.kind, r.domain, op.id, r.outcome);
     // A failed recovery stays open in the journal: the next start tries again.

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -87,6 +89,90 @@ absl::Status WriteFd(int fd, absl::string_view bytes) {
     bytes.remove_prefix(static_cast<size_t>(w));
   }
   return absl::OkStatus();
+}
+
+// A volume's bytes as an upload body: read with O_DIRECT in kBlockBytes blocks. The first read
+// pauses the running domain it is attached to (when given); the end of the stream, or the
+// body's end on a failure, resumes it.
+class VolumeBody final : public UploadBody {
+ public:
+  VolumeBody(std::string path, uint64_t size, hv::Hypervisor* hv, std::string domain)
+      : path_(std::move(path)), size_(size), hv_(hv), domain_(std::move(domain)) {}
+  ~VolumeBody() override {
+    (void)Resume();
+    if (fd_ >= 0) close(fd_);
+    std::free(buf_);
+  }
+
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (fd_ < 0) {
+      if (auto s = Open(); !s.ok()) return s;
+    }
+    if (done_ >= size_) {
+      if (auto s = Resume(); !s.ok()) return s;
+      return false;
+    }
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(img::kBlockBytes, size_ - done_));
+    ssize_t got = pread(fd_, buf_, (want + 4095) / 4096 * 4096, static_cast<off_t>(done_));
+    if (got < static_cast<ssize_t>(want)) {
+      return absl::DataLossError(absl::StrCat("volume: reading ", path_, " at ", done_, ": ",
+                                              got < 0 ? std::strerror(errno) : "ended early"));
+    }
+    chunk->assign(buf_, want);
+    done_ += want;
+    return true;
+  }
+
+  bool paused() const { return was_paused_; }
+  uint64_t paused_ms() const { return paused_ms_; }
+
+ private:
+  absl::Status Open() {
+    void* v = nullptr;
+    if (posix_memalign(&v, 4096, img::kBlockBytes) != 0) return absl::ResourceExhaustedError("no memory for a block");
+    buf_ = static_cast<char*>(v);
+    if (hv_ != nullptr && !domain_.empty()) {
+      if (auto s = hv_->SuspendDomain(domain_); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("pausing domain '", domain_, "' for the copy: ", s.message()));
+      }
+      paused_at_ = std::chrono::steady_clock::now();
+      was_paused_ = true;
+    }
+    fd_ = open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd_ < 0) return absl::InternalError(absl::StrCat("volume: opening ", path_, ": ", std::strerror(errno)));
+    return absl::OkStatus();
+  }
+  absl::Status Resume() {
+    if (!paused_at_) return absl::OkStatus();
+    auto s = hv_->ResumeDomain(domain_);
+    paused_ms_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::steady_clock::now() - *paused_at_)
+                                           .count());
+    paused_at_.reset();
+    if (!s.ok()) {
+      Log()->error("resuming domain '{}' after the copy of its volume failed: {}", domain_, s.message());
+      return absl::Status(s.code(), absl::StrCat("resuming domain '", domain_, "': ", s.message()));
+    }
+    Log()->info("domain '{}' was paused {} ms for the copy of its volume", domain_, paused_ms_);
+    return absl::OkStatus();
+  }
+
+  const std::string path_;
+  const uint64_t size_;
+  hv::Hypervisor* const hv_;
+  const std::string domain_;
+  int fd_ = -1;
+  char* buf_ = nullptr;
+  uint64_t done_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> paused_at_;
+  uint64_t paused_ms_ = 0;
+  bool was_paused_ = false;
+};
+
+absl::Status CheckObjectName(const std::string& field, const std::string& name) {
+  if (storage::gpt::IsVolumeName(name)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, ": '", name, "' must be 1-", storage::gpt::kMaxVolumeName,
+                                                 " of [A-Za-z0-9._-], starting with a letter or digit"));
 }
 
 }  // namespace
@@ -209,7 +295,7 @@ absl::StatusOr<std::shared_ptr<ImageService::Running>> ImageService::Begin(const
     return absl::AlreadyExistsError(absl::StrCat("image '", req.name, "' is being imported into pool '", req.pool, "'"));
   }
   internal::JournalBegin begin;
-  begin.set_type(v1::OPERATION_KIND_IMPORT_IMAGE);
+  begin.set_type(req.from_volume.empty() ? v1::OPERATION_KIND_IMPORT_IMAGE : v1::OPERATION_KIND_IMAGE_FROM_VOLUME);
   begin.set_pool(req.pool);
   begin.set_image(req.name);
   begin.set_unix_ms(NowUnixMs());
@@ -397,7 +483,10 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
 absl::Status ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
   std::optional<storage::ImageSlot> slot;
   img::ImageRecord record{.source_format = FormatName(r.format),
-                          .source = r.upload != nullptr ? "upload" : r.url.empty() ? r.host_file : r.url,
+                          .source = !r.from_volume.empty() ? absl::StrCat("volume:", r.pool, "/", r.from_volume)
+                                    : r.upload != nullptr ? "upload"
+                                    : r.url.empty()       ? r.host_file
+                                                          : r.url,
                           .created_unix_ms = NowUnixMs()};
   auto sha = RunSteps(*job, r, slot, record);
   absl::Status status = sha.status();
@@ -486,7 +575,7 @@ absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const 
     }
     if (copying_[Key(pool, name)] > 0) {
       return absl::FailedPreconditionError(
-          absl::StrCat("image '", name, "' is being copied onto a new volume; delete it afterwards"));
+          absl::StrCat("image '", name, "' is being read (a copy onto a volume or an export runs); delete it afterwards"));
     }
     copying_.erase(Key(pool, name));
     // From here no copy starts from it (CreateVolumeFromImage checks this under the same lock).
@@ -571,7 +660,10 @@ std::optional<Transfer> ImageService::TransferOf(uint64_t id) const {
 std::vector<std::string> ImageService::Recover() {
   std::vector<std::string> done;
   for (const Journal::Operation& op : journal_.Unfinished()) {
-    if (op.begin.type() != v1::OPERATION_KIND_IMPORT_IMAGE) continue;
+    if (op.begin.type() != v1::OPERATION_KIND_IMPORT_IMAGE &&
+        op.begin.type() != v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
+      continue;
+    }
     const std::string& pool = op.begin.pool();
     const std::string& name = op.begin.image();
     std::string outcome = "nothing had been written";
@@ -607,6 +699,105 @@ std::vector<std::string> ImageService::Recover() {
     }
   }
   return done;
+}
+
+}  // namespace hvagent::service
+
+namespace hvagent::service {
+
+bool ImageService::DomainRuns(const std::string& domain) const {
+  if (options_.hypervisor == nullptr) return true;
+  auto info = options_.hypervisor->GetDomain(domain);
+  if (!info.ok()) return !absl::IsNotFound(info.status());
+  return hv::IsActive(info->state) && info->state != hv::DomainState::kPaused;
+}
+
+absl::StatusOr<std::pair<std::string, uint64_t>> ImageService::ExportSource(const ExportRequest& r,
+                                                                             std::string* held) {
+  if (auto s = CheckObjectName("name", r.name); !s.ok()) return s;
+  if (r.image) {
+    {
+      std::lock_guard lock(mu_);
+      if (deleting_.contains(Key(r.pool, r.name))) {
+        return absl::FailedPreconditionError(absl::StrCat("name: image '", r.name, "' is being deleted"));
+      }
+      ++copying_[Key(r.pool, r.name)];  // a delete now waits for the export
+      *held = Key(r.pool, r.name);
+    }
+    auto image = Get(r.pool, r.name);
+    if (!image.ok()) return image.status();
+    if (!image->ready || !image->record) {
+      return absl::FailedPreconditionError(absl::StrCat("name: image '", r.name, "' is not ready (importing)"));
+    }
+    return std::make_pair(image->path, image->record->virtual_size);
+  }
+  auto volume = storage_.GetVolume(r.pool, r.name);
+  if (!volume.ok()) return volume.status();
+  if (auto s = storage_.RefuseBusy(r.pool, r.name); !s.ok()) return s;
+  const std::string& domain = volume->volume.attached_to;
+  if (!domain.empty() && !r.domain_quiesced && DomainRuns(domain)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("name: volume '", r.name, "' is attached to running domain '", domain,
+                     "'; pause or freeze it and set domain_quiesced, or make an image of it "
+                     "(CreateImageFromVolume pauses it for the copy) and export that"));
+  }
+  return std::make_pair(volume->volume.path, volume->volume.size_bytes);
+}
+
+absl::StatusOr<img::ExportResult> ImageService::Export(const ExportRequest& r, img::ExportSink& sink,
+                                                       const std::function<absl::Status(uint64_t)>& on_size,
+                                                       const img::CancelFlag* cancel) {
+  std::string held;
+  struct Release {
+    ImageService* self;
+    std::string* key;
+    ~Release() {
+      if (key->empty()) return;
+      std::lock_guard lock(self->mu_);
+      --self->copying_[*key];
+    }
+  } release{this, &held};
+  auto source = ExportSource(r, &held);
+  if (!source.ok()) return source.status();
+  if (auto s = on_size(source->second); !s.ok()) return s;
+  Log()->info("export of {} {}/{} started ({} bytes)", r.image ? "image" : "volume", r.pool, r.name, source->second);
+  auto result = img::ExportDevice(source->first, source->second, sink, cancel);
+  if (!result.ok()) {
+    Log()->warn("export of {}/{} stopped: {}", r.pool, r.name, result.status().message());
+    return result.status();
+  }
+  Log()->info("exported {}/{}: {} bytes ({} as zero runs), sha256 {}", r.pool, r.name, result->bytes,
+              result->zero_bytes, result->sha256);
+  return result;
+}
+
+absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::string& pool, const std::string& volume,
+                                                                const std::string& name) {
+  if (auto s = CheckObjectName("volume", volume); !s.ok()) return s;
+  auto vol = storage_.GetVolume(pool, volume);
+  if (!vol.ok()) {
+    if (absl::IsNotFound(vol.status())) return absl::NotFoundError(absl::StrCat("volume: ", vol.status().message()));
+    return vol.status();
+  }
+  if (auto s = storage_.RefuseBusy(pool, volume); !s.ok()) return s;
+  const std::string& domain = vol->volume.attached_to;
+  const bool pause = !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
+  VolumeBody body(vol->volume.path, vol->volume.size_bytes, pause ? options_.hypervisor : nullptr,
+                  pause ? domain : "");
+  ImportRequest r{.pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume};
+  auto checked = CheckCommon(r);
+  if (!checked.ok()) return checked.status();
+  checked->upload = &body;
+  checked->upload_size = vol->volume.size_bytes;
+  auto job = Begin(*checked);
+  if (!job.ok()) return job.status();
+  const uint64_t id = (*job)->id;
+  Log()->info("image {}/{} from volume {} started (operation {}, {} bytes{})", pool, name, volume, id,
+              vol->volume.size_bytes, pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");
+  if (auto s = Run(*job, *checked); !s.ok()) return s;
+  auto image = Get(pool, name);
+  if (!image.ok()) return image.status();
+  return FromVolumeResult{.image = *image, .paused = body.paused(), .paused_ms = body.paused_ms(), .operation_id = id};
 }
 
 }  // namespace hvagent::service

@@ -15,6 +15,11 @@
 // (the gRPC or REST handler that reads the stream): it answers once the image is ready or the
 // import has failed and cleaned up.
 //
+// Export streams a volume or a ready image out (storage::image::ExportDevice: O_DIRECT, zero
+// runs apart, sha256 of the whole); it changes nothing on the host. CreateFromVolume is an
+// upload whose body is a volume of the same pool read with O_DIRECT: the same operation,
+// checks and cleanup; a running domain the volume is attached to is paused while it is read.
+//
 // CreateVolumeFromImage makes a volume from a ready image: a copy-on-write clone where the pool
 // can share blocks (thin LVM pools), otherwise a copy (O_DIRECT, 4 MiB blocks, every block
 // written); an image is not deleted while a copy from it runs.
@@ -33,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "agent/service/journal.h"
 #include "agent/service/storage_service.h"
+#include "hypervisor/hypervisor.h"
 #include "common/host_path_policy.h"
 #include "storage/exec/command_runner.h"
 #include "storage/image/image_io.h"
@@ -58,6 +64,7 @@ struct ImportRequest {
   std::string host_file;
   std::string sha256;     // of the source's bytes; one of them required for a URL
   std::string sha512;
+  std::string from_volume;  // CreateFromVolume: the volume read (recorded as the source)
   // Upload only (Upload() sets them): the caller's stream and the exact length it announced.
   UploadBody* upload = nullptr;
   uint64_t upload_size = 0;
@@ -81,6 +88,20 @@ struct ImageStatus {
   uint64_t operation_id = 0;                          // the import, while importing
 };
 
+struct ExportRequest {
+  std::string pool;
+  std::string name;
+  bool image = false;            // name is an image, not a volume
+  bool domain_quiesced = false;  // the caller paused or froze the volume's running domain
+};
+
+struct FromVolumeResult {
+  ImageStatus image;
+  bool paused = false;
+  uint64_t paused_ms = 0;
+  uint64_t operation_id = 0;
+};
+
 // How far an import is (for OperationService).
 struct Transfer {
   uint64_t done = 0;
@@ -95,6 +116,9 @@ class ImageService {
     std::string scratch_dir;                         // qcow2 landing place; made 0700
     uint64_t max_virtual_size = 64ull << 30;         // bytes; also bounds a scratch file
     std::string qemu_img = "/usr/bin/qemu-img";
+    // To pause a running domain while its volume is copied (CreateFromVolume) and to refuse an
+    // export of a running domain's volume. Null: every attached volume counts as running.
+    hv::Hypervisor* hypervisor = nullptr;
   };
 
   ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options);
@@ -121,6 +145,18 @@ class ImageService {
   absl::StatusOr<VolumeStatus> CreateVolumeFromImage(const std::string& pool, const std::string& name,
                                                      uint64_t size_bytes, const std::string& image,
                                                      const std::string& owner = "");
+
+  // Streams the volume (or ready image) `r` names into `sink`; `on_size` is told its size
+  // before the first byte. NotFound for an unknown pool, volume or image; InvalidArgument
+  // naming `name` for a name that is no volume name (path characters); FailedPrecondition for
+  // an image still importing, a volume being deleted or written, or a volume of a running
+  // domain without domain_quiesced. An image is not deleted while an export of it runs.
+  absl::StatusOr<storage::image::ExportResult> Export(const ExportRequest& r, storage::image::ExportSink& sink,
+                                                      const std::function<absl::Status(uint64_t)>& on_size,
+                                                      const storage::image::CancelFlag* cancel);
+  // A ready image `name` holding the bytes of volume `volume` of the same pool (see above).
+  absl::StatusOr<FromVolumeResult> CreateFromVolume(const std::string& pool, const std::string& volume,
+                                                    const std::string& name);
 
   // Bytes done of total for operation `id`, while this agent runs it or ran it.
   std::optional<Transfer> TransferOf(uint64_t id) const;
@@ -157,6 +193,10 @@ class ImageService {
                             const std::function<absl::Status(absl::string_view, int64_t)>& sink);
   ImageStatus StatusOf(const storage::ImageSlot& slot);
   std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
+  // Whether `domain` has a guest that runs (not paused). True when it cannot be told.
+  bool DomainRuns(const std::string& domain) const;
+  // The device and size of what an export reads, with an image held against deletes (`held`).
+  absl::StatusOr<std::pair<std::string, uint64_t>> ExportSource(const ExportRequest& r, std::string* held);
 
   StorageService& storage_;
   Journal& journal_;

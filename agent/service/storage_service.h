@@ -144,6 +144,11 @@ class StorageService {
     return fn(*(*p)->backend);
   }
   std::vector<std::string> PoolNames() const;
+  // FailedPrecondition while the volume is being deleted or written (CreateVolumeFilled): for
+  // ImageService, which reads volumes (Export, CreateFromVolume).
+  absl::Status RefuseBusy(const std::string& pool, const std::string& name) const {
+    return RefuseDeleting(pool, name);
+  }
   // For ImageService: an image slot's delete in a volume's three steps, the wipe (minutes on a
   // big image) without the pool's lock. The caller keeps other calls off the slot meanwhile.
   absl::Status DeleteImageSlot(const std::string& pool, const std::string& name);

@@ -810,6 +810,48 @@ int ImportImageAction(const Payload& p, const Agent& a) {
   return PrintMessage(ImageJson(im));
 }
 
+// createtemplate (custom action on VirtualMachine): a READY image of the pool made from the VM's
+// root volume (ImageService.CreateImageFromVolume; a running VM is paused for the copy only).
+// Parameters: name (string, required: the image's name), pool (string, default: the
+// template's image pool, else the storage_pool detail). The answer's template_detail
+// (image=pool/name) is what a new template's external details take.
+int CreateTemplate(const Payload& p, const Agent& a) {
+  const std::string name = Parameter(p, "name");
+  if (name.empty()) return Fail("createtemplate: parameter name (the new image's name) is missing", "INVALID_ARGUMENT");
+  std::string pool = Parameter(p, "pool");
+  if (pool.empty()) {
+    if (auto img = TemplateImageOf(p)) pool = img->pool;
+  }
+  if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
+  if (pool.empty()) return Fail("createtemplate: parameter pool is missing (and no storage_pool detail)", "INVALID_ARGUMENT");
+  if (!ValidDomainName(pool)) return Fail("createtemplate: pool '" + pool + "' is not a valid name", "INVALID_ARGUMENT");
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+  if (!r.exists) return Fail("createtemplate: instance " + r.name + " is not defined on this host", "NOT_FOUND");
+  // The root volume: whichever of its two names (reinstall alternates them) is attached here.
+  std::string root;
+  for (const auto& candidate : {RootVolumeName(r.name), AlternateRootVolumeName(r.name)}) {
+    v1::Volume v;
+    if (GetVolume(a, pool, candidate, &v).ok() && v.attached_to() == r.name) root = candidate;
+  }
+  if (root.empty()) {
+    return Fail("createtemplate: instance " + r.name + " has no root volume " + Ref(pool, RootVolumeName(r.name)) +
+                    " attached; nothing was made",
+                "FAILED_PRECONDITION");
+  }
+  v1::CreateImageFromVolumeRequest req;
+  req.set_pool(pool);
+  req.set_volume(root);
+  req.set_name(name);
+  v1::CreateImageFromVolumeResponse made;
+  auto s = a.images->CreateImageFromVolume(a.Context().get(), req, &made);
+  if (!s.ok()) return a.Error(s, "making image " + Ref(pool, name) + " from " + Ref(pool, root));
+  value m = ImageJson(made.image());
+  m["paused"] = value::boolean(made.paused());
+  m["paused_ms"] = value::number(static_cast<double>(made.paused_ms()));
+  return PrintMessage(m);
+}
+
 void DropGrpcLog(gpr_log_func_args*) {}
 
 std::string Lower(std::string s) {
@@ -894,6 +936,7 @@ constexpr Action kActions[] = {
     {"eventchannels", false, [](const Payload&, const Agent& a) { return EventChannels(a); }},
     {"resizevolume", false, ResizeVolume},
     {"importimage", false, ImportImageAction},
+    {"createtemplate", true, CreateTemplate},
 };
 
 int Run(int argc, char** argv) {

@@ -260,6 +260,100 @@ absl::StatusOr<std::string> HashFile(const std::string& path, uint64_t bytes, co
   return digest->HexFinal();
 }
 
+namespace {
+
+bool AllZero(const char* p, size_t n) {
+  // The first byte zero and the buffer equal to itself shifted by one: all bytes equal to it.
+  return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
+}
+
+// Splits blocks into zero runs and data pieces for an ExportSink, hashing everything.
+class ExportSplitter {
+ public:
+  explicit ExportSplitter(ExportSink& sink) : sink_(sink), digest_(*Digest::Create("sha256")) {}
+
+  absl::Status Block(const char* p, size_t n) {
+    size_t data_start = 0;
+    for (size_t at = 0; at < n; at += kZeroGranuleBytes) {
+      const size_t len = std::min(kZeroGranuleBytes, n - at);
+      if (!AllZero(p + at, len)) continue;
+      if (auto s = SendData(p + data_start, at - data_start); !s.ok()) return s;
+      pending_zeros_ += len;
+      data_start = at + len;
+    }
+    return SendData(p + data_start, n - data_start);
+  }
+
+  absl::StatusOr<ExportResult> Finish() {
+    if (auto s = FlushZeros(); !s.ok()) return s;
+    result_.sha256 = digest_->HexFinal();
+    return result_;
+  }
+
+ private:
+  absl::Status SendData(const char* p, size_t n) {
+    if (n == 0) return absl::OkStatus();
+    if (auto s = FlushZeros(); !s.ok()) return s;
+    digest_->Update(absl::string_view(p, n));
+    result_.bytes += n;
+    for (size_t at = 0; at < n; at += kExportChunkBytes) {
+      if (auto s = sink_.Data(absl::string_view(p + at, std::min(kExportChunkBytes, n - at))); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status FlushZeros() {
+    if (pending_zeros_ == 0) return absl::OkStatus();
+    static const std::string kZeros(kZeroGranuleBytes, '\0');
+    for (uint64_t left = pending_zeros_; left > 0;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, kZeroGranuleBytes));
+      digest_->Update(absl::string_view(kZeros.data(), n));
+      left -= n;
+    }
+    result_.bytes += pending_zeros_;
+    result_.zero_bytes += pending_zeros_;
+    const uint64_t run = pending_zeros_;
+    pending_zeros_ = 0;
+    return sink_.Zeros(run);
+  }
+
+  ExportSink& sink_;
+  std::unique_ptr<Digest> digest_;
+  uint64_t pending_zeros_ = 0;
+  ExportResult result_;
+};
+
+}  // namespace
+
+absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
+                                          const CancelFlag* cancel) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return Errno(absl::StrCat("opening ", path));
+  AlignedBuffer buf(kBlockBytes);
+  ExportSplitter splitter(sink);
+  absl::Status status = buf.p == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer") : absl::OkStatus();
+  for (uint64_t done = 0; status.ok() && done < bytes;) {
+    if (Cancelled(cancel)) {
+      status = absl::CancelledError("cancelled");
+      break;
+    }
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - done)));
+    auto got = ReadFull(fd, buf.p, want, done, path);
+    if (!got.ok()) {
+      status = got.status();
+    } else if (*got < std::min<uint64_t>(want, bytes - done)) {
+      status = absl::DataLossError(absl::StrCat(path, " ends at ", done + *got, " bytes, before ", bytes));
+    } else {
+      const size_t useful = static_cast<size_t>(std::min<uint64_t>(want, bytes - done));
+      status = splitter.Block(buf.p, useful);
+      done += useful;
+    }
+  }
+  close(fd);
+  if (!status.ok()) return status;
+  return splitter.Finish();
+}
+
 absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r) {
   auto text = EncodeRecord(r);
   if (!text.ok()) return text.status();

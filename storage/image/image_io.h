@@ -84,6 +84,27 @@ absl::StatusOr<std::string> CopyDevice(const std::string& from, const std::strin
                                        const ProgressFn& progress, const CancelFlag* cancel, bool hash);
 // sha256 of the first `bytes` of a file or device (read in kBlockBytes blocks).
 absl::StatusOr<std::string> HashFile(const std::string& path, uint64_t bytes, const CancelFlag* cancel);
+// Where an export's bytes go, in order (ExportDevice). An error (Cancelled when the caller
+// went away) stops the export.
+class ExportSink {
+ public:
+  virtual ~ExportSink() = default;
+  virtual absl::Status Data(absl::string_view bytes) = 0;  // at most kExportChunkBytes
+  virtual absl::Status Zeros(uint64_t bytes) = 0;          // a run of zero bytes
+};
+inline constexpr size_t kZeroGranuleBytes = 64 << 10;  // the unit a zero run is made of
+inline constexpr size_t kExportChunkBytes = 1 << 20;   // the largest Data piece
+struct ExportResult {
+  uint64_t bytes = 0;
+  uint64_t zero_bytes = 0;  // handed over as Zeros
+  std::string sha256;       // of all the bytes, zeros included
+};
+// Reads the first `bytes` of `path` with O_DIRECT in kBlockBytes blocks and hands them to
+// `sink`: each run of all-zero granules as one Zeros (runs join across blocks), the rest as
+// Data pieces. Cancelled when *cancel turns true.
+absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
+                                          const CancelFlag* cancel);
+
 // Writes / reads the record block at `offset` (the slot's size minus kRecordBytes).
 absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r);
 absl::StatusOr<ImageRecord> ReadRecord(const std::string& device, uint64_t offset);

@@ -29,6 +29,8 @@ class FakeStorageBackend final : public storage::StorageBackend {
   // Set: CloneImageSlot makes a volume sharing the image's blocks, as a thin LVM pool does
   // (recorded as "clone-image <image> <volume>"); unset: Unimplemented, the caller copies.
   bool can_clone = false;
+  // Set: volumes are sparse files there ("vol-<name>"), which tests read and write.
+  std::string volume_dir;
 
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
@@ -54,9 +56,10 @@ class FakeStorageBackend final : public storage::StorageBackend {
     if (volumes_.contains(spec.name)) return absl::AlreadyExistsError("volume.name: exists");
     if (spec.size_bytes > GetPool()->free_bytes) return absl::ResourceExhaustedError("pool full");
     storage::VolumeInfo v{config_.name, spec.name, "/dev/fake/" + spec.name, spec.size_bytes, ""};
-    if (!image_dir.empty()) {
-      // A pool with images: volumes are files beside the slots, so copies onto them are real.
-      v.path = image_dir + "/volume-" + spec.name;
+    if (!volume_dir.empty() || !image_dir.empty()) {
+      // Volumes as sparse files: of their own directory, or beside the image slots of a pool with
+      // images, so copies onto them and exports of them are real.
+      v.path = !volume_dir.empty() ? volume_dir + "/vol-" + spec.name : image_dir + "/volume-" + spec.name;
       std::ofstream(v.path).close();
       if (truncate(v.path.c_str(), static_cast<off_t>(spec.size_bytes)) != 0) return absl::InternalError("truncate");
     }
@@ -95,7 +98,7 @@ class FakeStorageBackend final : public storage::StorageBackend {
       slots_.erase(plan.volume.name);
       return absl::OkStatus();
     }
-    if (!image_dir.empty()) unlink(plan.volume.path.c_str());
+    if (!image_dir.empty() || !volume_dir.empty()) unlink(plan.volume.path.c_str());
     volumes_.erase(plan.volume.name);
     return absl::OkStatus();
   }

@@ -120,6 +120,7 @@ HVAGENT_UNARY(Image, ImportImage, v1::ImportImageRequest, v1::Operation)
 HVAGENT_UNARY(Image, GetImage, v1::ImageRef, v1::Image)
 HVAGENT_UNARY(Image, ListImages, v1::ListImagesRequest, v1::ListImagesResponse)
 HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
+HVAGENT_UNARY(Image, CreateImageFromVolume, v1::CreateImageFromVolumeRequest, v1::CreateImageFromVolumeResponse)
 #undef HVAGENT_UNARY
 #undef HVAGENT_INLINE_UNARY
 
@@ -235,6 +236,63 @@ grpc::ServerWriteReactor<v1::DomainEvent>* EventGrpcService::Watch(grpc::Callbac
   auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
   Log()->debug("Watch opened ({} domain filter(s))", req->domain_names_size());
   return new WatchReactor(std::move(sub), std::move(*slot), std::move(request_id));
+}
+
+namespace {
+
+// An export's pieces as stream messages; a failed Write is the caller gone.
+class GrpcExportSink final : public storage::image::ExportSink {
+ public:
+  GrpcExportSink(grpc::ServerContext* ctx, grpc::ServerWriter<v1::ExportVolumeChunk>* writer)
+      : ctx_(ctx), writer_(writer) {}
+  absl::Status Data(absl::string_view bytes) override {
+    chunk_.set_data(bytes.data(), bytes.size());
+    return Send();
+  }
+  absl::Status Zeros(uint64_t bytes) override {
+    chunk_.set_zeros(bytes);
+    return Send();
+  }
+  absl::Status Header(uint64_t size) {
+    chunk_.mutable_header()->set_size_bytes(size);
+    return Send();
+  }
+
+ private:
+  absl::Status Send() {
+    if (ctx_->IsCancelled() || !writer_->Write(chunk_)) {
+      return absl::CancelledError("the caller went away (export stopped)");
+    }
+    return absl::OkStatus();
+  }
+  grpc::ServerContext* ctx_;
+  grpc::ServerWriter<v1::ExportVolumeChunk>* writer_;
+  v1::ExportVolumeChunk chunk_;
+};
+
+}  // namespace
+
+grpc::Status StorageGrpcService::ExportVolume(grpc::ServerContext* ctx, const v1::ExportVolumeRequest* req,
+                                              grpc::ServerWriter<v1::ExportVolumeChunk>* writer) {
+  log::ScopedRequestId rid(RequestIdOf(ctx));
+  ctx->AddInitialMetadata("x-request-id", std::string(log::CurrentRequestId()));
+  const ops::Operation& op = OperationNamed("hvagent.v1.StorageService/ExportVolume");
+  if (!ops::Available(op, pipeline_.services())) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this agent has no image service");
+  }
+  auto slot = pipeline_.AdmitStream(op, CallerOf(ctx, pipeline_.authorizer()));
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
+  GrpcExportSink sink(ctx, writer);
+  auto result = pipeline_.services().images->Export(
+      {.pool = req->pool(), .name = req->name(), .image = req->image(), .domain_quiesced = req->domain_quiesced()},
+      sink, [&](uint64_t size) { return sink.Header(size); }, nullptr);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  v1::ExportVolumeChunk last;
+  last.mutable_trailer()->set_sha256(result->sha256);
+  last.mutable_trailer()->set_size_bytes(result->bytes);
+  last.mutable_trailer()->set_zero_bytes(result->zero_bytes);
+  if (!writer->Write(last)) return grpc::Status::CANCELLED;
+  return grpc::Status::OK;
 }
 
 grpc::Status MetricsGrpcService::Watch(grpc::ServerContext* ctx, const v1::WatchMetricsRequest* req,

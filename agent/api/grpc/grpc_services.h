@@ -34,8 +34,9 @@ namespace hvagent::api {
 //  - every other unary RPC (it may wait on libvirt, a storage tool or the disk) is handed to the
 //    agent's worker pool (common/worker_pool.h), whose thread runs the pipeline and finishes the
 //    call.
-// Streaming RPCs that hold a thread for their whole life (UploadImage, MetricsService.Watch)
-// stay on the synchronous server, which is why some bases below are composed per method.
+// Streaming RPCs that hold a thread for their whole life (UploadImage, ExportVolume,
+// MetricsService.Watch) stay on the synchronous server, which is why some bases below are
+// composed per method.
 class HostGrpcService final : public v1::HostService::CallbackService {
  public:
   HostGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
@@ -92,10 +93,11 @@ class OperationGrpcService final : public v1::OperationService::CallbackService 
   WorkerPool& workers_;
 };
 
-// UploadImage stays synchronous (see above); the other four are callbacks.
+// UploadImage stays synchronous (see above); the others are callbacks.
 using ImageServiceBase = v1::ImageService::WithCallbackMethod_ImportImage<
     v1::ImageService::WithCallbackMethod_GetImage<v1::ImageService::WithCallbackMethod_ListImages<
-        v1::ImageService::WithCallbackMethod_DeleteImage<v1::ImageService::Service>>>>;
+        v1::ImageService::WithCallbackMethod_DeleteImage<v1::ImageService::WithCallbackMethod_CreateImageFromVolume<
+            v1::ImageService::Service>>>>>;
 
 class ImageGrpcService final : public ImageServiceBase {
  public:
@@ -108,6 +110,8 @@ class ImageGrpcService final : public ImageServiceBase {
   grpc::ServerUnaryReactor* ListImages(grpc::CallbackServerContext*, const v1::ListImagesRequest*,
                                        v1::ListImagesResponse*) override;
   grpc::ServerUnaryReactor* DeleteImage(grpc::CallbackServerContext*, const v1::ImageRef*, v1::Image*) override;
+  grpc::ServerUnaryReactor* CreateImageFromVolume(grpc::CallbackServerContext*, const v1::CreateImageFromVolumeRequest*,
+                                                  v1::CreateImageFromVolumeResponse*) override;
 
  private:
   ops::Pipeline pipeline_;
@@ -128,7 +132,16 @@ class EventGrpcService final : public v1::EventService::CallbackService {
   ops::Pipeline pipeline_;
 };
 
-class StorageGrpcService final : public v1::StorageService::CallbackService {
+// ExportVolume stays synchronous (see above); the unary calls are callbacks.
+using StorageServiceBase = v1::StorageService::WithCallbackMethod_ListPools<
+    v1::StorageService::WithCallbackMethod_GetPool<v1::StorageService::WithCallbackMethod_ListVolumes<
+        v1::StorageService::WithCallbackMethod_GetVolume<v1::StorageService::WithCallbackMethod_CreateVolume<
+            v1::StorageService::WithCallbackMethod_ResizeVolume<v1::StorageService::WithCallbackMethod_DeleteVolume<
+                v1::StorageService::WithCallbackMethod_AttachVolume<v1::StorageService::WithCallbackMethod_DetachVolume<
+                    v1::StorageService::WithCallbackMethod_ReleaseVolumeOwnership<
+                        v1::StorageService::Service>>>>>>>>>>;
+
+class StorageGrpcService final : public StorageServiceBase {
  public:
   StorageGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
   grpc::ServerUnaryReactor* ListPools(grpc::CallbackServerContext*, const v1::ListPoolsRequest*,
@@ -149,6 +162,10 @@ class StorageGrpcService final : public v1::StorageService::CallbackService {
   grpc::ServerUnaryReactor* ReleaseVolumeOwnership(grpc::CallbackServerContext*,
                                                    const v1::ReleaseVolumeOwnershipRequest*,
                                                    v1::ReleaseVolumeOwnershipResponse*) override;
+  // Holds its thread while the export streams; gRPC's flow control paces the reads to the
+  // caller, and a caller gone (a failed Write, or the call cancelled) stops them.
+  grpc::Status ExportVolume(grpc::ServerContext*, const v1::ExportVolumeRequest*,
+                            grpc::ServerWriter<v1::ExportVolumeChunk>*) override;
 
  private:
   ops::Pipeline pipeline_;

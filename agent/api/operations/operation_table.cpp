@@ -261,6 +261,17 @@ absl::Status ListImages(const Services& s, const v1::ListImagesRequest& req, v1:
   return absl::OkStatus();
 }
 
+absl::Status CreateImageFromVolume(const Services& s, const v1::CreateImageFromVolumeRequest& req,
+                                   v1::CreateImageFromVolumeResponse* out) {
+  auto r = s.images->CreateFromVolume(req.pool(), req.volume(), req.name());
+  if (!r.ok()) return r.status();
+  *out->mutable_image() = ToImage(r->image);
+  out->set_paused(r->paused);
+  out->set_paused_ms(r->paused_ms);
+  out->set_operation_id(r->operation_id);
+  return absl::OkStatus();
+}
+
 absl::Status DeleteImage(const Services& s, const v1::ImageRef& req, v1::Image* out) {
   auto st = s.images->Delete(req.pool(), req.name());
   if (!st.ok()) return st.status();
@@ -516,6 +527,11 @@ const std::vector<Operation>& Table() {
                                                             Role::kController, Needs::kImages),
       Unary<v1::ImageRef, v1::Image, DeleteImage>("hvagent.v1.ImageService/DeleteImage", Role::kController, kChanges,
                                                   Needs::kImages),
+      // A template from a VM's disk: it may pause the VM, and writes a new image.
+      Unary<v1::CreateImageFromVolumeRequest, v1::CreateImageFromVolumeResponse, CreateImageFromVolume>(
+          "hvagent.v1.ImageService/CreateImageFromVolume", Role::kController, kChanges, Needs::kImages),
+      // A disk's whole content leaves the host: a controller's call, as uploading one in is.
+      Stream<v1::ExportVolumeRequest>("hvagent.v1.StorageService/ExportVolume", Role::kController, Needs::kImages),
   };
   return table;
 }

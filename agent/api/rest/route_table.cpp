@@ -58,6 +58,8 @@ const std::vector<Route>& Table() {
       // The body is the image's bytes (streamed, not JSON), its Content-Length the image's size.
       {"PUT", "/v1/pools/{pool}/images/{name}", "hvagent.v1.ImageService/UploadImage", 201,
        {"format", "sha256", "sha512"}},
+      // Answers once the image is READY (the copy runs within the request; an operation meanwhile).
+      {"POST", "/v1/pools/{pool}/volumes/{volume}:create-image", "hvagent.v1.ImageService/CreateImageFromVolume", 201},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
       {"GET", "/v1/operations/{id}", "hvagent.v1.OperationService/GetOperation"},
   };

@@ -302,6 +302,33 @@ max_virtual_size_mib = 64
         self.assertEqual(int(root["size_bytes"]), 16 * MiB)
         self.assertEqual(sha256_of(root["path"], IMAGE_BYTES), sha256)
 
+    def test_createtemplate_makes_an_image_of_the_vms_root_that_a_new_vm_gets(self):
+        url, _, sha512 = self.image_file("deb-t.raw")
+        first = self.vm(31, image_url=url, image_checksum=sha512)
+        self.run_ok("create", first)
+        root = self.root_of("i-2-31-VM")
+        with open(root["path"], "r+b") as f:  # what the VM wrote since: the image must have it
+            f.write(b"written-by-vm-31")
+        want = sha256_of(root["path"], int(root["size_bytes"]))
+        state = self.agent.domains()["i-2-31-VM"]["state"]
+
+        def with_params(edit, **params):
+            return lambda d: (edit(d), d.update(parameters=params))
+        out = self.run_ok("createtemplate", with_params(first, name="tmpl-31"))
+        msg = out["message"]
+        self.assertEqual((msg["name"], msg["state"], msg["sha256"], msg["template_detail"]),
+                         ("tmpl-31", "IMAGE_STATE_READY", want, "image=disk1/tmpl-31"))
+        self.assertEqual(msg["source"], f"volume:disk1/{root['name']}")
+        self.assertEqual(msg["paused"], state == "DOMAIN_STATE_RUNNING")
+        self.assertEqual(self.agent.domains()["i-2-31-VM"]["state"], state)  # resumed
+        # A VM of a template naming that image starts with the first VM's bytes.
+        self.run_ok("create", self.vm(32, image="disk1/tmpl-31"))
+        self.assertEqual(sha256_of(self.root_of("i-2-32-VM")["path"], int(root["size_bytes"])), want)
+        # Bad input: a clear error and the host as it was.
+        self.run_fails("createtemplate", with_params(first), "parameter name", "INVALID_ARGUMENT")
+        self.run_fails("createtemplate", with_params(first, name="../x"), "name: '../x'", "INVALID_ARGUMENT")
+        self.run_fails("createtemplate", with_params(first, name="tmpl-31"), "already exists", "ALREADY_EXISTS")
+
     def test_reinstall_that_fails_leaves_the_vm_as_it_was(self):
         """libvirt's test driver cannot detach a disk: reinstall gets as far as the new root volume,
         fails to swap it in, and must put everything back: the old root volume attached with the

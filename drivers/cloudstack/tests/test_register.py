@@ -43,7 +43,7 @@ ROLE_TYPES = {"Admin", "ResourceAdmin", "DomainAdmin", "User"}
 # What each action acts on: the host's actions carry host details only.
 EXPECTED = {"hostcapacity": "Host", "eventchannels": "Host", "resizevolume": "VirtualMachine",
             "suspend": "VirtualMachine", "resume": "VirtualMachine", "reinstall": "VirtualMachine",
-            "importimage": "Host"}
+            "importimage": "Host", "createtemplate": "VirtualMachine"}
 CLUSTER = "3b7e2f0e-8d6a-4a51-9c3e-5a7d1c2b9e40"
 
 
@@ -119,6 +119,12 @@ class RegisterTest(unittest.TestCase):
                          [("image_url", "STRING", "true"), ("image_checksum", "STRING", "true"),
                           ("image_format", "STRING", "false"), ("pool", "STRING", "false")])
         self.assertGreaterEqual(int(i["timeout"]), 600)
+        # createtemplate copies a whole root volume into a new image: administrators only.
+        t = actions["createtemplate"]
+        self.assertEqual(t["allowedroletypes"], "Admin")
+        self.assertEqual([(t[f"parameters[{n}].name"], t[f"parameters[{n}].type"], t[f"parameters[{n}].required"])
+                          for n in range(2)], [("name", "STRING", "true"), ("pool", "STRING", "false")])
+        self.assertGreaterEqual(int(t["timeout"]), 600)
         # reinstall copies a whole image too.
         self.assertGreaterEqual(int(actions["reinstall"]["timeout"]), 300)
 

@@ -71,6 +71,7 @@ from hvagent_nova import conf as hv_conf
 from hvagent_nova import events
 from hvagent_nova import extra_specs
 from hvagent_nova import image_cache
+from hvagent_nova import snapshot as hv_snapshot
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
@@ -1026,6 +1027,20 @@ class HvagentDriver(driver.ComputeDriver):
     def resume_state_on_host_boot(self, context, instance, network_info,
                                   block_device_info=None):
         self.power_on(context, instance, network_info, block_device_info)
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """The root volume, copied by the agent into a temporary image (a running guest is
+        paused for the copy only), streamed into Glance's upload (snapshot.py)."""
+        try:
+            self._get_domain(instance)
+        except exception.InstanceNotFound:
+            raise exception.InstanceNotRunning(instance_id=instance.uuid) from None
+        pool = CONF.hvagent.storage_pool
+        if not pool or self._pool_type(pool) != storage_pb2.POOL_TYPE_PARTITION:
+            raise NotImplementedError("snapshots need [hvagent] storage_pool to be a partition "
+                                      "pool: the agent keeps images there only (docs/images.md)")
+        hv_snapshot.snapshot(self, context, instance, image_id, update_task_state, pool,
+                             self._volume_name(instance, "root"), CONF)
 
     def pause(self, instance):
         self._act(self.agent.domains.SuspendDomain, instance)

@@ -3,6 +3,7 @@
 #include "agent/service/image_service.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -314,6 +315,154 @@ TEST_F(ImageUploadTest, APoolThatCannotShareBlocksCopiesTheImage) {
   EXPECT_EQ(backend_->calls[0], "create web1-root");
   EXPECT_EQ(std::count(backend_->calls.begin(), backend_->calls.end(), "clone-image up1 web1-root"), 0);
   EXPECT_FALSE(backend_->GetVolume("web1-root").ok());
+}
+
+// Export and CreateFromVolume read volumes: here sparse files of their own directory.
+class VolumeExportTest : public ImageUploadTest {
+ protected:
+  void SetUp() override {
+    ImageUploadTest::SetUp();
+    char tmpl[] = "/var/tmp/hvagent-vols-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    vol_dir_ = tmpl;
+    backend_->volume_dir = vol_dir_;
+    images_ = std::make_unique<ImageService>(*storage_, *journal_, runner_,
+                                             ImageService::Options{.scratch_dir = "/nonexistent", .hypervisor = &hv_});
+  }
+  void TearDown() override {
+    std::filesystem::remove_all(vol_dir_);
+    ImageUploadTest::TearDown();
+  }
+  // A volume of `data` (its size a multiple of 4 KiB), attached to `domain` when given.
+  void MakeVolume(const std::string& name, const std::string& data, const std::string& domain = "") {
+    auto v = storage_->CreateVolume("vg0", {name, data.size()});
+    ASSERT_TRUE(v.ok()) << v.status();
+    std::ofstream(v->volume.path, std::ios::binary | std::ios::in | std::ios::out).write(data.data(), data.size());
+    if (!domain.empty()) {
+      ASSERT_TRUE(backend_->SetAttachment(name, domain, storage::Ownership::kBorrowed).ok());
+    }
+  }
+  void RunningDomain(const std::string& name) {
+    ASSERT_TRUE(hv_.DefineDomain(hv::DomainSpec{.name = name, .vcpus = 1, .memory_mib = 64}).ok());
+    ASSERT_TRUE(hv_.StartDomain(name).ok());
+  }
+  std::string vol_dir_;
+};
+
+// Collects an export as the caller would rebuild it.
+class StringSink final : public storage::image::ExportSink {
+ public:
+  absl::Status Data(absl::string_view b) override {
+    out.append(b.data(), b.size());
+    return absl::OkStatus();
+  }
+  absl::Status Zeros(uint64_t n) override {
+    out.append(n, '\0');
+    return absl::OkStatus();
+  }
+  std::string out;
+};
+
+absl::StatusOr<storage::image::ExportResult> ExportOf(ImageService& images, ExportRequest r, StringSink& sink,
+                                                      uint64_t* size = nullptr) {
+  return images.Export(
+      r, sink,
+      [&](uint64_t n) {
+        if (size != nullptr) *size = n;
+        return absl::OkStatus();
+      },
+      nullptr);
+}
+
+TEST_F(VolumeExportTest, ExportOfAFreeVolumeRebuildsItsBytesAndHashesThem) {
+  std::string data = RandomBytes(1 << 20, 3) + std::string(6 << 20, '\0') + RandomBytes(1 << 20, 4);
+  MakeVolume("data1", data);
+  StringSink sink;
+  uint64_t size = 0;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "data1"}, sink, &size);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(size, data.size());
+  EXPECT_TRUE(sink.out == data);
+  EXPECT_EQ(r->sha256, Sha256(data));
+  EXPECT_EQ(r->zero_bytes, 6u << 20);
+}
+
+TEST_F(VolumeExportTest, ExportOfARunningDomainsVolumeIsRefusedUnlessTheCallerQuiescedIt) {
+  RunningDomain("web1");
+  MakeVolume("root1", RandomBytes(64 << 10, 5), "web1");
+  StringSink sink;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "root1"}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("running domain 'web1'"));
+  EXPECT_TRUE(sink.out.empty());
+  auto quiesced = ExportOf(*images_, {.pool = "vg0", .name = "root1", .domain_quiesced = true}, sink);
+  EXPECT_TRUE(quiesced.ok()) << quiesced.status();
+  // A paused domain's volume needs no promise.
+  ASSERT_TRUE(hv_.SuspendDomain("web1").ok());
+  StringSink again;
+  EXPECT_TRUE(ExportOf(*images_, {.pool = "vg0", .name = "root1"}, again).ok());
+}
+
+TEST_F(VolumeExportTest, UnknownNamesAndPathCharactersAreClearErrorsBeforeAnyRead) {
+  StringSink sink;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "../../etc/shadow"}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("name: '../../etc/shadow'"));
+  r = ExportOf(*images_, {.pool = "vg0", .name = "nosuch"}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  r = ExportOf(*images_, {.pool = "vg0", .name = "nosuch", .image = true}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  r = ExportOf(*images_, {.pool = "nopool", .name = "x"}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(sink.out.empty());
+}
+
+TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumePausesItForTheCopyAndResumesIt) {
+  RunningDomain("web1");
+  const std::string data = RandomBytes(3 << 20, 9) + std::string(2 << 20, '\0');
+  MakeVolume("root1", data, "web1");
+  hv_.calls.clear();
+  auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->paused);
+  EXPECT_THAT(hv_.calls, ::testing::ElementsAre("suspend web1", "resume web1"));
+  EXPECT_EQ(hv_.GetDomain("web1")->state, hv::DomainState::kRunning);
+  EXPECT_TRUE(r->image.ready);
+  ASSERT_TRUE(r->image.record.has_value());
+  EXPECT_EQ(r->image.record->sha256, Sha256(data));
+  EXPECT_EQ(r->image.record->source, "volume:vg0/root1");
+  auto ended = journal_->Recent();
+  ASSERT_EQ(ended.size(), 1u);
+  EXPECT_EQ(ended[0].op.begin.type(), v1::OPERATION_KIND_IMAGE_FROM_VOLUME);
+  // The image exports to the same bytes.
+  StringSink sink;
+  auto out = ExportOf(*images_, {.pool = "vg0", .name = "tmpl1", .image = true}, sink);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(sink.out == data);
+}
+
+TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoImage) {
+  RunningDomain("web1");
+  MakeVolume("data1", RandomBytes(1 << 20, 2));
+  hv_.calls.clear();
+  auto r = images_->CreateFromVolume("vg0", "data1", "img1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->paused);
+  EXPECT_TRUE(hv_.calls.empty());
+  // The same name again: refused before anything is read; an unknown volume names the field.
+  EXPECT_EQ(images_->CreateFromVolume("vg0", "data1", "img1").status().code(), absl::StatusCode::kAlreadyExists);
+  auto missing = images_->CreateFromVolume("vg0", "nosuch", "img2");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("volume: "));
+  // A volume shorter on disk than recorded: the read fails, the partial image is removed.
+  MakeVolume("short1", RandomBytes(1 << 20, 6));
+  ASSERT_EQ(truncate((vol_dir_ + "/vol-short1").c_str(), 4096), 0);
+  auto failed = images_->CreateFromVolume("vg0", "short1", "img3");
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kDataLoss);
+  auto all = images_->List("vg0");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].name, "img1");
 }
 
 }  // namespace

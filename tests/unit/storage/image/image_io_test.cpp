@@ -3,6 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+
 #include "storage/image/image_io.h"
 #include "storage/image/image_sources.h"
 #include "tests/fakes/fake_command_runner.h"
@@ -119,6 +125,102 @@ TEST(QemuImgTest, AFileQemuImgCannotReadIsInvalidArgumentNamingFormat) {
   auto info = QemuImg(runner).Info("/scratch/x");
   EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(info.status().message(), HasSubstr("format: "));
+}
+
+// ---- export ----
+
+// Records what an export hands over, and stops it when told to.
+class RecordingSink final : public ExportSink {
+ public:
+  absl::Status Data(absl::string_view b) override {
+    pieces.push_back(b.size());
+    max_data = std::max(max_data, b.size());
+    out.append(b.data(), b.size());
+    return ++calls == stop_after ? absl::CancelledError("caller gone") : absl::OkStatus();
+  }
+  absl::Status Zeros(uint64_t n) override {
+    zero_runs.push_back(n);
+    out.append(n, '\0');
+    return ++calls == stop_after ? absl::CancelledError("caller gone") : absl::OkStatus();
+  }
+  std::string out;
+  std::vector<size_t> pieces;
+  std::vector<uint64_t> zero_runs;
+  size_t max_data = 0;
+  int calls = 0;
+  int stop_after = -1;
+};
+
+class ExportDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/var/tmp/hvagent-export-XXXXXX";  // ext4, not tmpfs: O_DIRECT reads work
+    int fd = mkstemp(tmpl);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    path_ = tmpl;
+  }
+  void TearDown() override { unlink(path_.c_str()); }
+  void Write(const std::string& data) {
+    std::ofstream(path_, std::ios::binary | std::ios::trunc).write(data.data(), data.size());
+  }
+  static std::string Bytes(size_t n, char seed) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7 + 1) | 1;  // never zero
+    return s;
+  }
+  static std::string Sha(const std::string& b) {
+    auto d = *Digest::Create("sha256");
+    d->Update(b);
+    return d->HexFinal();
+  }
+  std::string path_;
+};
+
+TEST_F(ExportDeviceTest, ZeroRunsGoApartJoinedAcrossBlocksAndTheHashCoversEverything) {
+  // 3 MiB of data, 6 MiB of zeros straddling the 4 MiB block boundary, data ending off 4 KiB.
+  const std::string data = Bytes(3 << 20, 1) + std::string(6 << 20, '\0') + Bytes((2 << 20) + 1234, 2);
+  Write(data);
+  RecordingSink sink;
+  auto r = ExportDevice(path_, data.size(), sink, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(sink.out == data) << "the pieces do not rebuild the device";
+  EXPECT_EQ(r->bytes, data.size());
+  EXPECT_EQ(r->sha256, Sha(data));
+  EXPECT_EQ(sink.zero_runs, std::vector<uint64_t>{6u << 20});  // one run, not one per block
+  EXPECT_EQ(r->zero_bytes, 6u << 20);
+  EXPECT_LE(sink.max_data, kExportChunkBytes);
+}
+
+TEST_F(ExportDeviceTest, AGranuleWithOneNonZeroByteIsSentAsData) {
+  std::string data(1 << 20, '\0');
+  data[700000] = 'x';
+  Write(data);
+  RecordingSink sink;
+  auto r = ExportDevice(path_, data.size(), sink, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(sink.out == data);
+  EXPECT_EQ(r->zero_bytes, (1u << 20) - kZeroGranuleBytes);
+  EXPECT_EQ(sink.pieces, std::vector<size_t>{kZeroGranuleBytes});
+}
+
+TEST_F(ExportDeviceTest, ASinkErrorStopsTheReadingAndIsReturned) {
+  Write(Bytes(12 << 20, 3));
+  RecordingSink sink;
+  sink.stop_after = 2;
+  auto r = ExportDevice(path_, 12 << 20, sink, nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(sink.calls, 2);
+  CancelFlag cancel{true};
+  RecordingSink other;
+  EXPECT_EQ(ExportDevice(path_, 12 << 20, other, &cancel).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(other.calls, 0);
+}
+
+TEST_F(ExportDeviceTest, ADeviceShorterThanAskedIsDataLoss) {
+  Write(Bytes(1 << 20, 4));
+  RecordingSink sink;
+  EXPECT_EQ(ExportDevice(path_, 2 << 20, sink, nullptr).status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -1,0 +1,139 @@
+#include "agent/cli/hvctl_volume_export.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+#include <memory>
+
+namespace hvagent::cli {
+namespace {
+
+std::string Hex(const unsigned char* md, unsigned int n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+// The local file and the hash of what went into it.
+class ExportFile {
+ public:
+  explicit ExportFile(const std::string& path) : path_(path), md_(EVP_MD_CTX_new()) {
+    fd_ = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
+  }
+  ~ExportFile() {
+    if (fd_ >= 0) close(fd_);
+    EVP_MD_CTX_free(md_);
+    if (!kept_) unlink(path_.c_str());
+  }
+  bool ok() const { return fd_ >= 0; }
+  bool Data(const std::string& b) {
+    EVP_DigestUpdate(md_, b.data(), b.size());
+    for (size_t at = 0; at < b.size();) {
+      ssize_t w = pwrite(fd_, b.data() + at, b.size() - at, static_cast<off_t>(offset_ + at));
+      if (w <= 0) return false;
+      at += static_cast<size_t>(w);
+    }
+    offset_ += b.size();
+    return true;
+  }
+  void Zeros(uint64_t n) {
+    static const std::string kZeros(64 << 10, '\0');
+    for (uint64_t left = n; left > 0;) {
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(left, kZeros.size()));
+      EVP_DigestUpdate(md_, kZeros.data(), k);
+      left -= k;
+    }
+    offset_ += n;  // a hole: nothing written
+  }
+  // Sets the length (a trailing zero run is a hole too) and syncs; keeps the file.
+  bool Keep() {
+    if (ftruncate(fd_, static_cast<off_t>(offset_)) != 0 || fsync(fd_) != 0) return false;
+    kept_ = true;
+    return true;
+  }
+  std::string HexFinal() {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(md_, md, &n);
+    return Hex(md, n);
+  }
+  uint64_t offset() const { return offset_; }
+
+ private:
+  std::string path_;
+  EVP_MD_CTX* md_;
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  bool kept_ = false;
+};
+
+void DrawProgress(uint64_t done, uint64_t size) {
+  if (size == 0) return;
+  const int width = 40;
+  const int filled = static_cast<int>(width * std::min(done, size) / size);
+  std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << done << " of "
+            << size << " bytes" << std::flush;
+}
+
+grpc::Status Bad(const std::string& why) { return grpc::Status(grpc::StatusCode::DATA_LOSS, why); }
+
+}  // namespace
+
+grpc::Status ExportVolume(v1::StorageService::Stub& stub, grpc::ClientContext& ctx, const ExportArgs& args,
+                          v1::ExportTrailer* out, uint64_t* received) {
+  ExportFile file(args.file);
+  if (!file.ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "FILE: cannot create " + args.file + ": " + std::strerror(errno));
+  }
+  v1::ExportVolumeRequest req;
+  req.set_pool(args.pool);
+  req.set_name(args.name);
+  req.set_image(args.image);
+  req.set_domain_quiesced(args.domain_quiesced);
+  auto reader = stub.ExportVolume(&ctx, req);
+  v1::ExportVolumeChunk chunk;
+  uint64_t size = 0;
+  bool trailer = false;
+  *received = 0;
+  while (reader->Read(&chunk)) {
+    if (chunk.has_header()) size = chunk.header().size_bytes();
+    if (chunk.part_case() == v1::ExportVolumeChunk::kData) {
+      *received += chunk.data().size();
+      if (!file.Data(chunk.data())) {
+        ctx.TryCancel();
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "FILE: writing " + args.file + " failed");
+      }
+    }
+    if (chunk.part_case() == v1::ExportVolumeChunk::kZeros) file.Zeros(chunk.zeros());
+    if (chunk.has_trailer()) {
+      *out = chunk.trailer();
+      trailer = true;
+    }
+    if (args.progress) DrawProgress(file.offset(), size);
+  }
+  if (args.progress) std::cerr << "\n";
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return s;
+  if (!trailer) return Bad("the stream ended without its sha256 trailer (file removed)");
+  if (file.offset() != size || out->size_bytes() != size) {
+    return Bad("the stream carried " + std::to_string(file.offset()) + " of " + std::to_string(size) +
+               " bytes (file removed)");
+  }
+  const std::string got = file.HexFinal();
+  if (got != out->sha256()) return Bad("sha256 mismatch: wrote " + got + ", agent sent " + out->sha256() + " (file removed)");
+  if (!file.Keep()) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "FILE: finishing " + args.file + " failed");
+  return grpc::Status::OK;
+}
+
+}  // namespace hvagent::cli

@@ -1,0 +1,265 @@
+"""Volumes streamed out (StorageService.ExportVolume) and images made from volumes
+(ImageService.CreateImageFromVolume) on a real partition pool: a GPT disk on a loop device.
+
+- A 1 GiB volume that is 90% zeros moves about 10% of its size over gRPC as data (the rest as
+  zero-run messages); the stream's sha256 trailer is the device's, and so is the hash of the
+  bytes the client rebuilt. The figures are printed.
+- An export cancelled half-way leaves nothing (no partition, volume, image, operation or file)
+  and the next export works; unknown volumes and names with path characters are clear errors.
+- hvctl volume-export writes a sparse file whose sha256 it checked against the trailer.
+- An image made from a running QEMU guest's volume pauses that guest for the copy only (it runs
+  again after) and boots another guest, which reads the same bytes from its disk."""
+
+import hashlib
+import os
+import re
+import select
+import subprocess
+import tempfile
+import time
+
+import grpc
+
+from hvagent.v1 import image_pb2, image_pb2_grpc, storage_pb2, storage_pb2_grpc
+from agent_harness import test_guest, unique_name, domstate
+from loop_pools import LoopPoolsTestCase, run
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def sha256_device(path, length):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = length
+        while left:
+            b = f.read(min(left, 8 * MiB))
+            if not b:
+                raise AssertionError(f"{path} ended {left} bytes early")
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+class VolumeExportTest(LoopPoolsTestCase):
+    pool_image_bytes = 1536 * MiB  # a 1 GiB volume, and room for small volumes and images
+
+    @classmethod
+    def setUpClass(cls):
+        cls.kernel, cls.initrd = test_guest()
+        cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        super().setUpClass()
+        cls.storage = storage_pb2_grpc.StorageServiceStub(cls.agent.channel)
+        cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
+
+    @classmethod
+    def extra_config(cls):
+        return f"""
+[security]
+kernel_dirs = ["{os.path.dirname(cls.kernel)}"]
+
+[images]
+scratch_dir = "{cls.scratch}"
+max_virtual_size_mib = 1100
+"""
+
+    # ---- helpers ----
+
+    def volume(self, name, size, fill):
+        """A volume of `size` bytes, zeroed (blkdiscard -z: the loop file keeps its holes), then
+        fill(fd) writes what it wants."""
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": name, "size_bytes": str(size)})
+        self.assertEqual(status, 201, vol)
+        self.addCleanup(self.delete_volume, name)
+        run(["blkdiscard", "-z", vol["path"]])
+        fd = os.open(vol["path"], os.O_WRONLY)
+        try:
+            fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return vol
+
+    def delete_volume(self, name):
+        """Deletes until gone (a domain being deleted may still hold it for a moment)."""
+        deadline = time.time() + 120
+        while self.agent.rest("GET", f"/v1/pools/disk1/volumes/{name}")[0] != 404 and time.time() < deadline:
+            self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{name}")
+            time.sleep(0.2)
+
+    def export(self, name, **kw):
+        """Reads a whole export: (rebuilt bytes' sha256, data bytes received, messages, trailer)."""
+        h = hashlib.sha256()
+        data = zeros = messages = 0
+        header = trailer = None
+        for chunk in self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(pool="disk1", name=name, **kw),
+                                               timeout=300):
+            messages += 1
+            part = chunk.WhichOneof("part")
+            if part == "header":
+                header = chunk.header
+            elif part == "data":
+                h.update(chunk.data)
+                data += len(chunk.data)
+            elif part == "zeros":
+                zeros += chunk.zeros
+                left = chunk.zeros
+                while left:
+                    n = min(left, 8 * MiB)
+                    h.update(bytes(n))
+                    left -= n
+            else:
+                trailer = chunk.trailer
+        self.assertIsNotNone(header)
+        self.assertIsNotNone(trailer, "no trailer")
+        self.assertEqual(data + zeros, header.size_bytes)
+        self.assertEqual(zeros, trailer.zero_bytes)
+        return h.hexdigest(), data, messages, trailer
+
+    def pool_state(self):
+        return self.image_pool_state(self.scratch)
+
+    # ---- export ----
+
+    def test_a_1gib_volume_of_90_percent_zeros_moves_about_10_percent_and_its_sha256_matches(self):
+        def fill(fd):
+            # 1 MiB of random data at the start of every 10 MiB: 103 MiB of the 1024.
+            for off in range(0, GiB, 10 * MiB):
+                os.pwrite(fd, os.urandom(MiB), off)
+
+        vol = self.volume("big", GiB, fill)
+        device_sha = sha256_device(vol["path"], GiB)
+        t0 = time.monotonic()
+        rebuilt, data, messages, trailer = self.export("big")
+        took = time.monotonic() - t0
+        print(f"\nexport of 1 GiB (90% zeros): {data} bytes received as data ({100 * data / GiB:.1f}%), "
+              f"{trailer.zero_bytes} as zero runs, {messages} messages, {took:.2f} s", flush=True)
+        self.assertEqual(trailer.sha256, device_sha)
+        self.assertEqual(rebuilt, device_sha)
+        self.assertEqual(trailer.size_bytes, GiB)
+        self.assertEqual(data, 103 * MiB)  # only the random MiBs crossed as bytes
+        self.assertLess(messages, 103 * 2 + 10)
+
+    def test_an_export_cancelled_half_way_leaves_nothing_and_the_next_one_works(self):
+        vol = self.volume("half", 256 * MiB, lambda fd: [os.pwrite(fd, os.urandom(MiB), o)
+                                                        for o in range(0, 256 * MiB, 2 * MiB)])
+        before = self.pool_state()
+        call = self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(pool="disk1", name="half"), timeout=120)
+        received = 0
+        for chunk in call:
+            received += len(chunk.data)
+            if received >= 64 * MiB:
+                call.cancel()
+                break
+        with self.assertRaises(grpc.RpcError) as e:
+            for _ in call:
+                pass
+        self.assertEqual(e.exception.code(), grpc.StatusCode.CANCELLED)
+        deadline = time.time() + 10
+        while "the caller went away" not in self.agent.log_text() and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertIn("export of disk1/half stopped", self.agent.log_text())
+        self.assertEqual(self.pool_state(), before)
+        rebuilt, _, _, trailer = self.export("half")
+        self.assertEqual(rebuilt, sha256_device(vol["path"], 256 * MiB))
+
+    def test_unknown_volumes_and_path_characters_are_clear_errors(self):
+        before = self.pool_state()
+        cases = [(dict(name="nosuch"), grpc.StatusCode.NOT_FOUND, "nosuch"),
+                 (dict(name="nosuch", image=True), grpc.StatusCode.NOT_FOUND, "nosuch"),
+                 (dict(name="../../etc/shadow"), grpc.StatusCode.INVALID_ARGUMENT, "name: '../../etc/shadow'"),
+                 (dict(name="a/b", image=True), grpc.StatusCode.INVALID_ARGUMENT, "name: 'a/b'")]
+        for kw, code, text in cases:
+            with self.subTest(**kw), self.assertRaises(grpc.RpcError) as e:
+                list(self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(pool="disk1", **kw), timeout=30))
+            self.assertEqual(e.exception.code(), code, e.exception.details())
+            self.assertIn(text, e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(pool="nopool", name="x"), timeout=30))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as e:
+            self.images.CreateImageFromVolume(image_pb2.CreateImageFromVolumeRequest(
+                pool="disk1", volume="../x", name="t"), timeout=30)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("volume: ", e.exception.details())
+        self.assertEqual(self.pool_state(), before)
+
+    def test_hvctl_writes_a_sparse_file_and_checks_its_sha256(self):
+        vol = self.volume("cli", 64 * MiB, lambda fd: os.pwrite(fd, os.urandom(3 * MiB), 5 * MiB))
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cli.raw")
+            r = subprocess.run([hvctl, "--server", self.agent.grpc_addr, "volume-export", "disk1", "cli", out],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("sha256", r.stdout)
+            self.assertIn("] 67108864 of 67108864 bytes", r.stderr)  # the bar, full
+            self.assertEqual(os.path.getsize(out), 64 * MiB)
+            self.assertLess(os.stat(out).st_blocks * 512, 8 * MiB, "the zero runs were written, not skipped")
+            self.assertEqual(sha256_device(out, 64 * MiB), sha256_device(vol["path"], 64 * MiB))
+            missing = os.path.join(d, "none.raw")
+            r = subprocess.run([hvctl, "--server", self.agent.grpc_addr, "volume-export", "disk1", "nosuch", missing],
+                               capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertFalse(os.path.exists(missing), "a failed export left its file")
+
+    # ---- images from volumes ----
+
+    def boot(self, name, volume):
+        spec = {"name": name, "vcpus": 1, "memory_mib": 256, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": volume}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
+        self.assertEqual(status, 201, dom)
+        self.addCleanup(self.agent.rest, "DELETE", f"/v1/domains/{name}?force=true")
+
+    def console_sha256(self, name):
+        tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+        try:
+            self.console_until(fd, b"hv-guest-ready", 300)
+            os.write(fd, b"\nsha256sum /dev/vda\n")
+            out = self.console_until(fd, b"  /dev/vda", 60)
+        finally:
+            os.close(fd)
+        return [f.decode() for f in re.findall(rb"([0-9a-f]{64})  /dev/vda", out)][-1]
+
+    def console_until(self, fd, marker, timeout):
+        out = b""
+        deadline = time.time() + timeout
+        while marker not in out:
+            left = deadline - time.time()
+            if left <= 0:
+                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                out += os.read(fd, 65536)
+        return out
+
+    def test_an_image_of_a_running_guests_volume_boots_another_guest(self):
+        src = self.volume("src-root", 8 * MiB, lambda fd: os.pwrite(fd, os.urandom(6 * MiB), 0))
+        digest = sha256_device(src["path"], 8 * MiB)
+        first = unique_name("exp")
+        self.boot(first, "src-root")
+        self.assertEqual(domstate(first), "running")
+        r = self.images.CreateImageFromVolume(image_pb2.CreateImageFromVolumeRequest(
+            pool="disk1", volume="src-root", name="tmpl"), timeout=120)
+        self.addCleanup(self.agent.rest, "DELETE", "/v1/pools/disk1/images/tmpl")
+        print(f"\nimage of a running guest's 8 MiB volume: paused {r.paused_ms} ms", flush=True)
+        self.assertTrue(r.paused)
+        self.assertEqual(domstate(first), "running")  # resumed
+        self.assertEqual(r.image.state, image_pb2.IMAGE_STATE_READY)
+        self.assertEqual(r.image.sha256, digest)
+        self.assertEqual(r.image.source, "volume:disk1/src-root")
+        # The first guest is done with: one TCG guest at a time boots faster on a busy host.
+        status, body = self.agent.rest("DELETE", f"/v1/domains/{first}?force=true")
+        self.assertEqual(status, 204, body)
+        status, vol = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "copy-root", "image": "tmpl"})
+        self.assertEqual(status, 201, vol)
+        self.addCleanup(self.delete_volume, "copy-root")
+        second = unique_name("exp")
+        self.boot(second, "copy-root")
+        self.assertEqual(self.console_sha256(second), digest)
+        # The image exports to the same bytes.
+        rebuilt, _, _, trailer = self.export("tmpl", image=True)
+        self.assertEqual((rebuilt, trailer.sha256), (digest, digest))
