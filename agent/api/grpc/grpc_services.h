@@ -58,6 +58,8 @@ class DomainGrpcService final : public DomainServiceBase {
   grpc::Status SuspendDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ResumeDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status ManagedSaveDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
+  grpc::Status RescueDomain(grpc::ServerContext*, const v1::RescueDomainRequest*, v1::Domain*) override;
+  grpc::Status UnrescueDomain(grpc::ServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::Status DeleteDomain(grpc::ServerContext*, const v1::DeleteDomainRequest*, v1::DeleteDomainResponse*) override;
   grpc::Status AttachNic(grpc::ServerContext*, const v1::AttachNicRequest*, v1::Nic*) override;
   grpc::Status DetachNic(grpc::ServerContext*, const v1::DetachNicRequest*, v1::DetachNicResponse*) override;
