@@ -172,10 +172,11 @@ std::unique_ptr<PeriodicThread> Reconcile(service::DomainService& domains, std::
 struct State {
   std::unique_ptr<service::Journal> journal;
   std::unique_ptr<service::IdempotencyStore> requests;
+  std::unique_ptr<service::RescueRecords> rescues;
 };
 absl::StatusOr<State> OpenState(const config::Config& cfg) {
   auto logger = log::ComponentLogger("main");
-  std::string journal_path, requests_path;
+  std::string journal_path, requests_path, rescues_path;
   if (cfg.state_dir.empty()) {
     logger->warn("no [reliability] state_dir: no crash recovery, idempotency keys kept in memory only");
   } else {
@@ -185,6 +186,7 @@ absl::StatusOr<State> OpenState(const config::Config& cfg) {
     std::filesystem::permissions(cfg.state_dir, std::filesystem::perms::owner_all, ec);
     journal_path = cfg.state_dir + "/journal";
     requests_path = cfg.state_dir + "/requests";
+    rescues_path = cfg.state_dir + "/rescues";
   }
   State st;
   auto journal = service::Journal::Open(journal_path);
@@ -197,6 +199,9 @@ absl::StatusOr<State> OpenState(const config::Config& cfg) {
       requests_path, {.window = cfg.idempotency_window, .max_entries = cfg.idempotency_max_entries});
   if (!requests.ok()) return absl::FailedPreconditionError(absl::StrCat("reliability.state_dir: ", requests.status().message()));
   st.requests = std::move(*requests);
+  auto rescues = service::RescueRecords::Open(rescues_path);
+  if (!rescues.ok()) return absl::FailedPreconditionError(absl::StrCat("reliability.state_dir: ", rescues.status().message()));
+  st.rescues = std::move(*rescues);
   return st;
 }
 
@@ -340,6 +345,13 @@ int Run(const config::Config& cfg) {
                                 .scratch_dir = cfg.image_scratch_dir,
                                 .max_virtual_size = cfg.image_max_virtual_size_mib << 20,
                                 .hypervisor = &hypervisor});
+  // A rescue disk is a volume made from a ready image, like any other volume from an image.
+  auto volume_from_image = [&images](const std::string& pool, const std::string& volume,
+                                     const std::string& image) -> absl::StatusOr<std::string> {
+    auto v = images.CreateVolumeFromImage(pool, volume, 0, image);
+    if (!v.ok()) return v.status();
+    return v->volume.path;
+  };
   service::DomainService domains(
       hypervisor, clock,
       {.default_shutdown_timeout = cfg.shutdown_timeout,
@@ -347,7 +359,9 @@ int Run(const config::Config& cfg) {
        .admission = policy,
        .networks = {.bridges = cfg.network_bridges, .ovs_bridges = cfg.network_ovs_bridges},
        .host_networks = &host_networks,
-       .images = &images},
+       .images = &images,
+       .volume_from_image = volume_from_image,
+       .rescues = state->rescues.get()},
       &storage, state->journal.get());
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
   RecoverBeforeServing(domains, *state->journal, hypervisor);

@@ -35,11 +35,11 @@ jobs=$(nproc)
 # count). A tier that runs fewer fails, whatever the cause: a lost label, a test binary that no
 # longer lists its tests, a cache with BUILD_TESTING=OFF, tests that started skipping.
 # Raise a floor in the commit that adds tests; lower it only in the commit that removes some.
-# arm64 is unit less the 22 tests build-arm64.sh excludes under qemu-user. A tier not listed
+# arm64 is unit less the 33 tests build-arm64.sh excludes under qemu-user. A tier not listed
 # (static, scripts) is one check: it must pass.
 declare -A floor=(
-  [unit]=800 [cloudstack]=2 [nova]=7 [bench]=2 [asan]=800 [fuzz]=5 [integration]=29
-  [package]=2 [arm64]=778 [system]=25
+  [unit]=812 [cloudstack]=2 [nova]=7 [bench]=2 [asan]=812 [fuzz]=5 [integration]=30
+  [package]=2 [arm64]=779 [system]=25
 )
 
 tiers=(static unit cloudstack nova bench asan fuzz integration package scripts arm64 system)

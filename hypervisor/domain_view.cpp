@@ -209,6 +209,9 @@ absl::Status DomainView::AfterWrite(const std::string& name, absl::Status s) {
 absl::Status DomainView::DefineDomain(const DomainSpec& spec) {
   return AfterWrite(spec.name, inner_.DefineDomain(spec));
 }
+absl::Status DomainView::RedefineDomain(const DomainSpec& spec) {
+  return AfterWrite(spec.name, inner_.RedefineDomain(spec));
+}
 absl::Status DomainView::UndefineDomain(const std::string& name) {
   return AfterWrite(name, inner_.UndefineDomain(name));
 }
@@ -226,6 +229,9 @@ absl::Status DomainView::SuspendDomain(const std::string& name) {
 absl::Status DomainView::ResumeDomain(const std::string& name) { return AfterWrite(name, inner_.ResumeDomain(name)); }
 absl::Status DomainView::ManagedSaveDomain(const std::string& name) {
   return AfterWrite(name, inner_.ManagedSaveDomain(name));
+}
+absl::Status DomainView::RestoreDomainDefinition(const std::string& name, const std::string& definition) {
+  return AfterWrite(name, inner_.RestoreDomainDefinition(name, definition));
 }
 absl::Status DomainView::SetDomainResources(const std::string& name, const ResourceChange& change) {
   return AfterWrite(name, inner_.SetDomainResources(name, change));

@@ -60,6 +60,7 @@ class DomainView final : public Hypervisor {
 
   absl::Status DefineDomain(const DomainSpec& spec) override;
   absl::Status UndefineDomain(const std::string& name) override;
+  absl::Status RedefineDomain(const DomainSpec& spec) override;
   absl::Status StartDomain(const std::string& name) override;
   absl::Status RequestShutdown(const std::string& name) override;
   absl::Status DestroyDomain(const std::string& name) override;
@@ -67,6 +68,10 @@ class DomainView final : public Hypervisor {
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
   absl::Status ManagedSaveDomain(const std::string& name) override;
+  absl::StatusOr<std::string> GetDomainDefinition(const std::string& name) override {
+    return inner_.GetDomainDefinition(name);
+  }
+  absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) override;
 
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override {
     return inner_.GetDomainDisks(name);

@@ -33,6 +33,10 @@ class Hypervisor {
   // Defines (does not start) a persistent domain. AlreadyExists if the name or uuid is taken.
   virtual absl::Status DefineDomain(const DomainSpec& spec) = 0;
   virtual absl::Status UndefineDomain(const std::string& name) = 0;
+  // Replaces the persistent definition of the shut-off domain spec.name by `spec`, whose uuid
+  // must be the domain's (InvalidArgument naming spec.uuid otherwise). NotFound, and
+  // FailedPrecondition when it runs. Firmware variables and managed-save state are kept.
+  virtual absl::Status RedefineDomain(const DomainSpec& spec) = 0;
 
   virtual absl::Status StartDomain(const std::string& name) = 0;
   // Asks the guest to power off (ACPI / PV shutdown) and returns without waiting.
@@ -45,6 +49,16 @@ class Hypervisor {
   // Saves the running (or paused) guest's memory to the hypervisor's managed-save file and
   // stops it; the next StartDomain restores it (libvirt does this inside virDomainCreate).
   virtual absl::Status ManagedSaveDomain(const std::string& name) = 0;
+
+  // The domain's persistent definition as the hypervisor keeps it (libvirt: its inactive XML,
+  // secure parts included), opaque to callers: kept to be given back to
+  // RestoreDomainDefinition, which is how a rescue puts the original domain back exactly.
+  virtual absl::StatusOr<std::string> GetDomainDefinition(const std::string& name) = 0;
+  // Defines `name` from a definition GetDomainDefinition returned, replacing a shut-off domain
+  // of that name and uuid, or defining it anew when none exists. FailedPrecondition when the
+  // domain runs; InvalidArgument when the text is no definition of `name`. Never given text a
+  // caller sent: only what the agent read itself.
+  virtual absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) = 0;
 
   // The domain's vCPUs and memory now, and the maximums a running domain may be raised to.
   virtual absl::StatusOr<DomainResources> GetDomainResources(const std::string& name) = 0;

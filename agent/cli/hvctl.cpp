@@ -58,6 +58,9 @@ int Usage() {
                "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
                "             the agent makes the network on IF, one of its [network] physical_interfaces)\n"
                "  nic-detach NAME MAC\n"
+               "  rescue NAME [--image POOL IMAGE] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
+               "                                       (boots it from the rescue disk/kernel, root as vdb)\n"
+               "  unrescue NAME                        (restores its definition and starts it)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...]                      (follows the event stream)\n"
                "  console NAME [--read-only] [--take-over]  (the guest's serial console; Ctrl-] detaches)\n"
@@ -411,6 +414,37 @@ int main(int argc, char** argv) {
     return Render(json, domains->DetachNic(&ctx, req, &r), r,
                   [&] { std::cout << arg1 << ": NIC " << req.mac() << " detached\n"; });
   }
+  if (cmd == "rescue" && !arg1.empty()) {
+    v1::RescueDomainRequest req;
+    req.set_name(arg1);
+    for (size_t i = 2; i < args.size(); i += 2) {
+      if (args[i] == "--image" && i + 2 < args.size()) {
+        req.mutable_image()->set_pool(args[i + 1]);
+        req.mutable_image()->set_image(args[i + 2]);
+        ++i;
+      } else if (args[i] == "--kernel" && i + 1 < args.size()) {
+        req.mutable_kernel()->set_kernel_path(args[i + 1]);
+      } else if (args[i] == "--initrd" && i + 1 < args.size()) {
+        req.mutable_kernel()->set_initrd_path(args[i + 1]);
+      } else if (args[i] == "--cmdline" && i + 1 < args.size()) {
+        req.mutable_kernel()->set_cmdline(args[i + 1]);
+      } else {
+        return Usage();
+      }
+    }
+    deadline(ctx, 600);  // a rescue disk is copied from its image first
+    v1::Domain d;
+    return Render(json, domains->RescueDomain(&ctx, req, &d), d,
+                  [&] { std::cout << d.name() << ": rescued, " << State(d.state()) << "\n"; });
+  }
+  if (cmd == "unrescue" && !arg1.empty()) {
+    deadline(ctx, 120);
+    v1::DomainRef ref;
+    ref.set_name(arg1);
+    v1::Domain d;
+    return Render(json, domains->UnrescueDomain(&ctx, ref, &d), d,
+                  [&] { std::cout << d.name() << ": unrescued, " << State(d.state()) << "\n"; });
+  }
   if (cmd == "delete" && !arg1.empty()) {
     deadline(ctx, 120);
     v1::DeleteDomainRequest req;
@@ -459,6 +493,8 @@ int main(int argc, char** argv) {
                            : o.kind() == v1::OPERATION_KIND_DELETE_DOMAIN     ? "delete"
                            : o.kind() == v1::OPERATION_KIND_IMPORT_IMAGE      ? "import"
                            : o.kind() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ? "image-from-volume"
+                           : o.kind() == v1::OPERATION_KIND_RESCUE_DOMAIN     ? "rescue"
+                           : o.kind() == v1::OPERATION_KIND_UNRESCUE_DOMAIN   ? "unrescue"
                                                                               : "?";
         std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
         rows.push_back({std::to_string(o.id()), kind, o.domain(), state,

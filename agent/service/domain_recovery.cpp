@@ -85,7 +85,13 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
         op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
       continue;
     }
-    Recovery r = op.begin.type() == v1::OPERATION_KIND_DELETE_DOMAIN ? RecoverDelete(op) : RecoverCreate(op);
+    Recovery r;
+    switch (op.begin.type()) {
+      case v1::OPERATION_KIND_DELETE_DOMAIN: r = RecoverDelete(op); break;
+      case v1::OPERATION_KIND_RESCUE_DOMAIN: r = RecoverRescue(op); break;
+      case v1::OPERATION_KIND_UNRESCUE_DOMAIN: r = RecoverUnrescue(op); break;
+      default: r = RecoverCreate(op); break;
+    }
     Log()->warn("recovery: interrupted {} of domain {} (operation {}): {}", r.kind, r.domain, op.id, r.outcome);
     // A failed recovery stays open in the journal: the next start tries again.
     if (r.state != v1::OPERATION_STATE_FAILED) EndOp(op.id, r.state, absl::StrCat("recovery: ", r.outcome));
@@ -197,6 +203,9 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
     if (!s.ok()) {
       return Failed(std::move(r), absl::StrCat("release ", v.pool(), "/", v.name(), ": ", s.message()));
     }
+  }
+  if (b.has_rescue() && !name_is_another_domains) {
+    if (auto s = ForgetRescue(b.rescue()); !s.ok()) return Failed(std::move(r), std::string(s.message()));
   }
   r.state = v1::OPERATION_STATE_RECOVERED;
   r.outcome = "completed";

@@ -77,11 +77,16 @@ std::set<size_t> VolumeDisks(const std::vector<DiskVolume>& volumes) {
 
 DomainService::DomainService(hv::Hypervisor& hypervisor, Clock& clock, Options options, StorageService* storage,
                              Journal* journal)
-    : hv_(hypervisor), clock_(clock), options_(options), storage_(storage), journal_(journal) {
+    : hv_(hypervisor), clock_(clock), options_(options), storage_(storage), journal_(journal),
+      rescues_(options_.rescues) {
   if (options_.admission.has_value()) admission_ = std::make_unique<ComputeAdmission>(hv_, *options_.admission);
   if (journal_ == nullptr) {
     own_journal_ = std::move(*Journal::Open(""));  // in memory: cannot fail
     journal_ = own_journal_.get();
+  }
+  if (rescues_ == nullptr) {
+    own_rescues_ = std::move(*RescueRecords::Open(""));  // in memory: cannot fail
+    rescues_ = own_rescues_.get();
   }
 }
 
@@ -560,12 +565,15 @@ absl::Status DomainService::Delete(const std::string& name, bool force, bool del
   begin.set_uuid(info->uuid);
   begin.set_delete_volumes(delete_volumes);
   // Ownership as the volumes' records show it now: recovery deletes only what was owned.
+  const auto rescue = rescues_->Find(name);
   for (const auto& v : volumes) {
     *begin.add_volumes() = JournalVolumeOf(v.pool, v.name, false, v.ownership == storage::Ownership::kOwned);
   }
+  if (rescue.has_value()) *begin.mutable_rescue() = *rescue;
   auto op = journal_->Begin(std::move(begin));
   if (!op.ok()) return op.status();
   absl::Status s = DeleteJournalled(*op, *info, force, delete_volumes, volumes);
+  if (s.ok() && rescue.has_value()) s = ForgetRescue(*rescue);
   EndOp(*op, s.ok() ? v1::OPERATION_STATE_SUCCEEDED : v1::OPERATION_STATE_FAILED, std::string(s.message()));
   return s;
 }
@@ -592,7 +600,10 @@ absl::Status DomainService::DeleteJournalled(uint64_t op, const hv::DomainInfo& 
   ReleaseHostNetworks(bridges);
   HVAGENT_FAILPOINT("delete.after_undefine");
   Log()->info("deleted domain {}", name);
+  const auto rescue = rescues_->Find(name);
   for (const storage::VolumeInfo& v : volumes) {
+    // The rescue's disk is always deleted with the domain (ForgetRescue): it is nobody's data.
+    if (rescue.has_value() && rescue->volume().pool() == v.pool && rescue->volume().name() == v.name) continue;
     const bool owned = v.ownership == storage::Ownership::kOwned;
     if (auto s = journal_->Step(op, StepOf("release-volume", JournalVolumeOf(v.pool, v.name, false, owned)));
         !s.ok()) {

@@ -7,6 +7,7 @@
 // each interrupted one either complete or fully undone (docs/reliability.md).
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -19,6 +20,7 @@
 #include "agent/service/image_service.h"
 #include "agent/service/journal.h"
 #include "agent/service/network_policy.h"
+#include "agent/service/rescue_records.h"
 #include "agent/service/storage_service.h"
 #include "common/clock.h"
 #include "common/host_path_policy.h"
@@ -30,6 +32,14 @@ namespace hvagent::service {
 struct DiskVolume {
   size_t disk = 0;
   VolumeClaim claim;
+};
+
+// What a rescue boots: a rescue disk made from a READY image (pool + image) and/or a kernel pair.
+struct RescueBoot {
+  std::string pool;
+  std::string image;
+  std::string volume;  // the rescue volume's name; empty: <domain>-rescue
+  std::optional<hv::DirectKernelBoot> kernel;
 };
 
 struct ShutdownResult {
@@ -57,6 +67,14 @@ class DomainService {
     // Makes the volumes of disks that name an image (DiskVolume.image). Null: such disks are
     // refused (FAILED_PRECONDITION).
     ImageService* images = nullptr;
+    // Makes the free volume `volume` in `pool` holding the READY image `image` of that pool and
+    // returns its device path (ImageService::CreateVolumeFromImage). Null: rescue from an image
+    // is refused (FAILED_PRECONDITION).
+    std::function<absl::StatusOr<std::string>(const std::string& pool, const std::string& volume,
+                                              const std::string& image)>
+        volume_from_image;
+    // Where rescued domains' original definitions are kept. Null: in memory.
+    RescueRecords* rescues = nullptr;
   };
 
   // `storage` may be null (no pools): then disks cannot name volumes. `journal` may be null:
@@ -116,8 +134,23 @@ class DomainService {
   // Nothing changes when any check fails.
   absl::StatusOr<hv::DomainInfo> Update(const std::string& name, const hv::ResourceChange& change);
   // Volumes attached to the domain are released afterwards; with `delete_volumes`, the ones it
-  // owns (created with it) are deleted instead. A borrowed volume is never deleted here.
+  // owns (created with it) are deleted instead. A borrowed volume is never deleted here. A
+  // rescued domain's rescue volume is deleted whatever `delete_volumes` says, and its kept
+  // original definition forgotten.
   absl::Status Delete(const std::string& name, bool force, bool delete_volumes = false);
+
+  // Rescue (domain_rescue.cpp): keeps the domain's definition (RescueRecords, journalled as
+  // OPERATION_KIND_RESCUE_DOMAIN), powers the guest off and boots it from the rescue disk (the
+  // volume `<name>-rescue` made from the image, owned by the rescue) and/or the kernel pair, with
+  // the domain's first disk attached second (vdb, xvdb on Xen). Everything is checked first
+  // (INVALID_ARGUMENT naming the field, PERMISSION_DENIED for a kernel outside the allowed
+  // directories, FAILED_PRECONDITION when rescued already or without a disk); a failing step
+  // puts the original back (definition, and running if it ran).
+  absl::StatusOr<hv::DomainInfo> Rescue(const std::string& name, const RescueBoot& boot);
+  // Destroys the rescue boot, restores the original definition exactly, deletes the rescue
+  // volume, forgets the rescue and starts the domain. FAILED_PRECONDITION when not rescued.
+  absl::StatusOr<hv::DomainInfo> Unrescue(const std::string& name);
+  bool Rescued(const std::string& name) const { return rescues_->Find(name).has_value(); }
 
   // Adds a NIC to the definition and, when the domain runs, to the guest. Without a MAC one is
   // generated: locally administered (52:54:00:xx:xx:xx), unused by the domain. The answer is the
@@ -158,6 +191,22 @@ class DomainService {
   // (the domains' definitions are the reference count, so it holds across restarts). When the
   // domains cannot be listed nothing is removed. Best effort, logged.
   void ReleaseHostNetworks(const std::vector<std::string>& bridges);
+  absl::Status CheckRescueBoot(const std::string& name, const RescueBoot& boot) const;
+  // The rescue definition: the domain's name, uuid, size, labels and NICs; the rescue disk (its
+  // path a placeholder) and the root as the second disk; the kernel pair. Validated.
+  absl::StatusOr<hv::DomainSpec> RescueSpec(const hv::DomainInfo& info, const RescueBoot& boot);
+  absl::StatusOr<hv::DomainInfo> RescueJournalled(uint64_t op, const internal::RescueRecord& rec, hv::DomainSpec spec,
+                                                  const RescueBoot& boot, bool* settled);
+  // Puts the domain back as `rec` recorded it: the original definition (when `touched_domain`;
+  // started again if it ran), the rescue volume deleted (when `made_volume`), the record erased.
+  absl::Status UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume);
+  // Deletes the rescue's volume (released from the domain first). NotFound counts as done.
+  absl::Status DeleteRescueVolume(const internal::RescueRecord& rec);
+  // For a deleted domain: deletes its rescue volume and erases the record.
+  absl::Status ForgetRescue(const internal::RescueRecord& rec);
+  absl::Status UnrescueJournalled(uint64_t op, const internal::RescueRecord& rec);
+  Recovery RecoverRescue(const Journal::Operation& op);
+  Recovery RecoverUnrescue(const Journal::Operation& op);
   Recovery RecoverCreate(const Journal::Operation& op);
   Recovery RecoverDelete(const Journal::Operation& op);
   // The domain `name` if it exists and carries `uuid`; nullopt when it does not exist or is
@@ -171,6 +220,8 @@ class DomainService {
   StorageService* storage_;
   std::unique_ptr<Journal> own_journal_;
   Journal* journal_;
+  std::unique_ptr<RescueRecords> own_rescues_;
+  RescueRecords* rescues_;
   std::unique_ptr<ComputeAdmission> admission_;  // null: not admitted (unit tests only)
   // Serializes create/delete so "exists?" and "define" cannot interleave between requests.
   std::mutex define_mu_;

@@ -591,6 +591,27 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
       return existing.status();
     }
   }
+  return DefineXml(conn->get(), spec);
+}
+
+absl::Status LibvirtHypervisor::RedefineDomain(const DomainSpec& spec) {
+  if (auto s = ValidateDomainSpec(spec); !s.ok()) return s;
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  auto d = Lookup(spec.name);
+  if (!d.ok()) return d.status();
+  if (virDomainIsActive(d->get()) == 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", spec.name, "' is running: it is not redefined"));
+  }
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  if (virDomainGetUUIDString(d->get(), uuid) != 0) return LastLibvirtError("read domain uuid");
+  if (!absl::EqualsIgnoreCase(uuid, spec.uuid)) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.uuid: domain '", spec.name, "' has uuid ", uuid));
+  }
+  return DefineXml(conn->get(), spec);
+}
+
+absl::Status LibvirtHypervisor::DefineXml(virConnectPtr conn, const DomainSpec& spec) {
   absl::StatusOr<GuestTarget> target;
   {
     std::lock_guard lock(mu_);
@@ -618,8 +639,38 @@ absl::Status LibvirtHypervisor::DefineDomain(const DomainSpec& spec) {
     Log()->debug("defining domain {}:\n{}", spec.name,
                  absl::StrReplaceAll(*xml, {{"passwd='" + logged.vnc_locked_password + "'", "passwd='(hidden)'"}}));
   }
-  virDomainPtr d = virDomainDefineXML(conn->get(), xml->c_str());
+  virDomainPtr d = virDomainDefineXML(conn, xml->c_str());
   if (d == nullptr) return LastLibvirtError(absl::StrCat("define domain ", spec.name));
+  virDomainFree(d);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> LibvirtHypervisor::GetDomainDefinition(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  // SECURE: a definition given back without its secrets (a VNC password) would not be the same.
+  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
+  std::string out(xml);
+  free(xml);
+  return out;
+}
+
+absl::Status LibvirtHypervisor::RestoreDomainDefinition(const std::string& name, const std::string& definition) {
+  if (auto s = ValidateDomainName("name", name); !s.ok()) return s;
+  auto conn = Connection();
+  if (!conn.ok()) return conn.status();
+  // The name is checked before libvirt sees the text: restoring must never define another domain.
+  if (!absl::StrContains(definition, absl::StrCat("<name>", name, "</name>"))) {
+    return absl::InvalidArgumentError(absl::StrCat("definition: not a definition of domain '", name, "'"));
+  }
+  if (auto d = Lookup(name); d.ok() && virDomainIsActive(d->get()) == 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is running: its definition is not replaced"));
+  } else if (!d.ok() && !absl::IsNotFound(d.status())) {
+    return d.status();
+  }
+  virDomainPtr d = virDomainDefineXML(conn->get(), definition.c_str());
+  if (d == nullptr) return LastLibvirtError(absl::StrCat("restore the definition of domain ", name));
   virDomainFree(d);
   return absl::OkStatus();
 }

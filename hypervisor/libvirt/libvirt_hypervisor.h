@@ -60,6 +60,7 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::StatusOr<DomainInfo> GetDomain(const std::string& name) override;
   absl::StatusOr<DomainInfo> GetDomainByUuid(const std::string& uuid) override;
   absl::Status DefineDomain(const DomainSpec& spec) override;
+  absl::Status RedefineDomain(const DomainSpec& spec) override;
   absl::Status UndefineDomain(const std::string& name) override;
   absl::Status StartDomain(const std::string& name) override;
   absl::Status RequestShutdown(const std::string& name) override;
@@ -68,6 +69,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::Status SuspendDomain(const std::string& name) override;
   absl::Status ResumeDomain(const std::string& name) override;
   absl::Status ManagedSaveDomain(const std::string& name) override;
+  absl::StatusOr<std::string> GetDomainDefinition(const std::string& name) override;
+  absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;
   absl::StatusOr<DomainResources> GetDomainResources(const std::string& name) override;
   absl::Status SetDomainResources(const std::string& name, const ResourceChange& change) override;
@@ -110,6 +113,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
 
   absl::StatusOr<ConnRef> Connection() const;
   absl::StatusOr<DomRef> Lookup(const std::string& name);
+  // Builds the XML of a validated spec and defines it (a new domain, or over one by its name+uuid).
+  absl::Status DefineXml(virConnectPtr conn, const DomainSpec& spec);
   absl::StatusOr<GuestTarget> TargetFor(virDomainPtr dom);
   // Adds a device to the definition and, when the domain is active, to the guest.
   absl::Status AttachDevice(const std::string& name, const std::string& xml, const char* what = "disk");

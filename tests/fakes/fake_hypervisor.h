@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <variant>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::Status fail_attach;
   absl::Status fail_detach;            // DetachDisk answers this and the disk stays (a guest that keeps it)
   absl::Status fail_resize;            // SetDomainResources answers this and changes nothing
+  absl::Status fail_restore;           // RestoreDomainDefinition answers this and changes nothing
   std::atomic<bool> connected{true};
   std::atomic<uint64_t> generation{1};  // a test bumps it to stand for a reconnect
   // Runs at the start of DefineDomain, outside the fake's lock: a test can hold a create there.
@@ -119,7 +121,57 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.disks = spec.disks;
     d.nics = spec.nics;
     d.vnc = spec.vnc;
+    d.boot = spec.boot;
     domains_[spec.name] = d;
+    return absl::OkStatus();
+  }
+
+  // A definition is a token for a copy of the domain as it was defined (its state dropped).
+  absl::StatusOr<std::string> GetDomainDefinition(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    const std::string token = absl::StrCat("fake-definition:", name, ":", definitions_.size());
+    definitions_[token] = **d;
+    return token;
+  }
+  absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("restore " + name);
+    if (auto s = Up(); !s.ok()) return s;
+    if (!fail_restore.ok()) return fail_restore;
+    auto saved = definitions_.find(definition);
+    if (saved == definitions_.end() || saved->second.info.name != name) {
+      return absl::InvalidArgumentError(absl::StrCat("definition: not a definition of domain '", name, "'"));
+    }
+    if (auto it = domains_.find(name); it != domains_.end() && hv::IsActive(it->second.info.state)) {
+      return absl::FailedPreconditionError("running");
+    }
+    Domain d = saved->second;
+    d.info.state = hv::DomainState::kShutoff;
+    d.shutdown_countdown = 0;
+    d.balloon_mib = 0;
+    domains_[name] = d;
+    return absl::OkStatus();
+  }
+
+  absl::Status RedefineDomain(const hv::DomainSpec& spec) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("redefine " + spec.name);
+    if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
+    auto d = Find(spec.name);
+    if (!d.ok()) return d.status();
+    if (!fail_define.ok()) return fail_define;
+    if (hv::IsActive((*d)->info.state)) return absl::FailedPreconditionError("running");
+    if ((*d)->info.uuid != spec.uuid) return absl::InvalidArgumentError("spec.uuid: not the domain's");
+    (*d)->info.vcpus = spec.vcpus;
+    (*d)->info.memory_mib = spec.memory_mib;
+    (*d)->info.labels = spec.labels;
+    (*d)->max_vcpus = std::max(spec.vcpus, spec.max_vcpus);
+    (*d)->disks = spec.disks;
+    (*d)->nics = spec.nics;
+    (*d)->vnc = spec.vnc;
+    (*d)->boot = spec.boot;
     return absl::OkStatus();
   }
 
@@ -288,6 +340,11 @@ class FakeHypervisor final : public hv::Hypervisor {
   void Emit(const hv::DomainEvent& e) {
     if (sink_) sink_(e);
   }
+  // The boot of the domain's definition (a rescue's kernel pair), for tests.
+  std::variant<std::monostate, hv::DirectKernelBoot, hv::FirmwareBoot> BootOf(const std::string& name) {
+    std::lock_guard lock(mu_);
+    return domains_.at(name).boot;
+  }
   size_t domain_count() {
     std::lock_guard lock(mu_);
     return domains_.size();
@@ -302,7 +359,9 @@ class FakeHypervisor final : public hv::Hypervisor {
     uint32_t max_vcpus = 0;
     uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none
     bool vnc = false;
+    std::variant<std::monostate, hv::DirectKernelBoot, hv::FirmwareBoot> boot;
   };
+  std::map<std::string, Domain> definitions_;  // GetDomainDefinition's tokens
 
   static hv::DomainResources ResourcesOf(const Domain& d) {
     hv::DomainResources r;

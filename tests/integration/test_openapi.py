@@ -41,7 +41,7 @@ import urllib.request
 import jsonschema
 import yaml
 
-from agent_harness import small_spec_json, unique_name
+from agent_harness import small_spec_json, test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,6 +181,7 @@ class Conformance(LoopPoolsTestCase):
         cls.seen = set()
         cls.importdir = tempfile.mkdtemp(prefix="hvit-import-")  # root's alone (0700)
         cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        cls.kernel, cls.initrd = test_guest()  # what :rescue boots
         super().setUpClass()
 
     @classmethod
@@ -196,6 +197,9 @@ class Conformance(LoopPoolsTestCase):
         # Console logs, so that GET .../console-log has something to answer; image sources, so
         # that an import can be refused for its source rather than for a missing setting.
         return f"""
+[security]
+kernel_dirs = ["{os.path.dirname(cls.kernel)}"]
+
 [console]
 log_dir = "{cls.workdir}/console-logs"
 
@@ -364,6 +368,20 @@ scratch_dir = "{cls.scratch}"
         self.check("/v1/domains/{name}:resize", "POST", g, body={"vcpus": 1}, expect=404)
         for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume", "managed-save"):
             self.check(f"/v1/domains/{{name}}:{action}", "POST", g, expect=404)
+        # Rescue: the shared test guest's kernel, the domain's disk second; unrescue puts it back.
+        rescue = {"kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}}
+        self.check("/v1/domains/{name}:rescue", "POST", d, body={}, expect=400)
+        self.check("/v1/domains/{name}:rescue", "POST", d, body={"kernel": {"kernel_path": "/etc/passwd"}},
+                   expect=403)
+        self.check("/v1/domains/{name}:rescue", "POST", g, body=rescue, expect=404)
+        self.check("/v1/domains/{name}:unrescue", "POST", d, expect=409)  # not rescued
+        self.assertEqual(self.check("/v1/domains/{name}:rescue", "POST", d, body=rescue, expect=200)["state"],
+                         "DOMAIN_STATE_RUNNING")
+        self.check("/v1/domains/{name}:rescue", "POST", d, body=rescue, expect=409)  # rescued already
+        self.check("/v1/domains/{name}:unrescue", "POST", g, expect=404)
+        self.assertEqual(self.check("/v1/domains/{name}:unrescue", "POST", d, body={}, expect=200)["state"],
+                         "DOMAIN_STATE_RUNNING")
+        self.check("/v1/domains/{name}:destroy", "POST", d, expect=200)
 
         # NICs (the domain is shut off: they go into its definition only, so the Linux bridge
         # need not exist; this agent's config has no [network] bridges key, so any is allowed).
@@ -521,7 +539,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 40)
+        self.assertEqual(len(operations), 42)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")

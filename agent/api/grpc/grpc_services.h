@@ -69,6 +69,9 @@ class DomainGrpcService final : public v1::DomainService::CallbackService {
   grpc::ServerUnaryReactor* ResumeDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::ServerUnaryReactor* ManagedSaveDomain(grpc::CallbackServerContext*, const v1::DomainRef*,
                                               v1::Domain*) override;
+  grpc::ServerUnaryReactor* RescueDomain(grpc::CallbackServerContext*, const v1::RescueDomainRequest*,
+                                         v1::Domain*) override;
+  grpc::ServerUnaryReactor* UnrescueDomain(grpc::CallbackServerContext*, const v1::DomainRef*, v1::Domain*) override;
   grpc::ServerUnaryReactor* DeleteDomain(grpc::CallbackServerContext*, const v1::DeleteDomainRequest*,
                                          v1::DeleteDomainResponse*) override;
   grpc::ServerUnaryReactor* AttachNic(grpc::CallbackServerContext*, const v1::AttachNicRequest*, v1::Nic*) override;

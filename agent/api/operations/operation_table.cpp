@@ -112,6 +112,23 @@ absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req,
   return s.domains->Delete(req.name(), req.force(), req.delete_volumes());
 }
 
+absl::Status RescueDomain(const Services& s, const v1::RescueDomainRequest& req, v1::Domain* out) {
+  service::RescueBoot boot;
+  boot.pool = req.image().pool();
+  boot.image = req.image().image();
+  boot.volume = req.image().volume();
+  if (req.has_kernel()) {
+    boot.kernel = hv::DirectKernelBoot{.kernel_path = req.kernel().kernel_path(),
+                                       .initrd_path = req.kernel().initrd_path(),
+                                       .cmdline = req.kernel().cmdline()};
+  }
+  return Into(out, s.domains->Rescue(req.name(), boot));
+}
+
+absl::Status UnrescueDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
+  return Into(out, s.domains->Unrescue(req.name()));
+}
+
 absl::Status AttachNic(const Services& s, const v1::AttachNicRequest& req, v1::Nic* out) {
   if (!req.has_nic()) return absl::InvalidArgumentError("nic: is required");
   auto nic = FromProto("nic", req.nic());
@@ -502,6 +519,11 @@ const std::vector<Operation>& Table() {
                                                                Role::kController, kChanges, Needs::kDomains),
       Unary<v1::DeleteDomainRequest, v1::DeleteDomainResponse, DeleteDomain>(
           "hvagent.v1.DomainService/DeleteDomain", Role::kController, kChanges, Needs::kDomains),
+      // A rescue makes a volume from an image and reboots the guest into it: Nova's call.
+      Unary<v1::RescueDomainRequest, v1::Domain, RescueDomain>("hvagent.v1.DomainService/RescueDomain",
+                                                               Role::kController, kChanges, Needs::kDomains),
+      Unary<v1::DomainRef, v1::Domain, UnrescueDomain>("hvagent.v1.DomainService/UnrescueDomain", Role::kController,
+                                                       kChanges, Needs::kDomains),
       // Which network a guest is on is the controller's decision, as at creation.
       Unary<v1::AttachNicRequest, v1::Nic, AttachNic>("hvagent.v1.DomainService/AttachNic", Role::kController,
                                                       kChanges, Needs::kDomains),

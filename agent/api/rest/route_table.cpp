@@ -36,6 +36,8 @@ const std::vector<Route>& Table() {
        {"tail_bytes"}},
       {"POST", "/v1/domains/{name}:managed-save", "hvagent.v1.DomainService/ManagedSaveDomain"},
       {"POST", "/v1/domains/{name}:resize", "hvagent.v1.DomainService/UpdateDomain"},
+      {"POST", "/v1/domains/{name}:rescue", "hvagent.v1.DomainService/RescueDomain"},
+      {"POST", "/v1/domains/{name}:unrescue", "hvagent.v1.DomainService/UnrescueDomain"},
       // A MAC has colons, which a path segment reserves for verbs: it goes in the body.
       {"POST", "/v1/domains/{name=domain}/nics", "hvagent.v1.DomainService/AttachNic", 201},
       {"POST", "/v1/domains/{name=domain}/nics:detach", "hvagent.v1.DomainService/DetachNic"},

@@ -8,6 +8,7 @@ import unittest
 import unittest.mock
 
 import eventlet
+import fixtures
 import grpc
 import os_resource_classes as orc
 import os_traits
@@ -793,7 +794,8 @@ class ScriptedDomains(object):
         self.state, self.forced, self.errors = state, forced, errors or {}
         self.calls = []
         names = ("GetDomain", "ShutdownDomain", "DestroyDomain", "StartDomain", "ResumeDomain",
-                 "ManagedSaveDomain", "SuspendDomain", "RebootDomain")
+                 "ManagedSaveDomain", "SuspendDomain", "RebootDomain", "RescueDomain",
+                 "UnrescueDomain")
         self.domains = type("D", (), {n: staticmethod(self._stub(n)) for n in names})
 
     def _stub(self, name):
@@ -882,6 +884,101 @@ class RebootSuspendTestCase(test.NoDBTestCase):
         a = self.agent(domain_pb2.DOMAIN_STATE_SHUTOFF)
         self.drv.unpause(self.inst)
         self.assertEqual(["GetDomain"], a.names())
+
+
+class RescueInstance(object):
+    name = "instance-00000001"
+    uuid = "1f9e2b1c-7d3a-4c55-9e8f-0a1b2c3d4e5f"
+    image_ref = "own-image"
+    kernel_id = None
+    ramdisk_id = None
+
+    def obj_attr_is_set(self, attr):
+        return hasattr(self, attr)
+
+
+class FakeImageCache(object):
+    """The image cache's two calls rescue makes: `using` (a context) and `ensure`."""
+
+    def __init__(self):
+        self.ensured = []
+
+    @contextlib.contextmanager
+    def using(self, image_id):
+        yield
+
+    def ensure(self, context, pool, image_id):
+        self.ensured.append((pool, image_id))
+        return type("Image", (), {"name": "nova-" + image_id})(), False
+
+
+class RescueTestCase(test.NoDBTestCase):
+    """What rescue and unrescue ask of the agent, against a scripted one (the agent's side is
+    tested in tests/unit/service/domain_rescue_test.cpp and on QEMU in tests/integration)."""
+
+    def setUp(self):
+        super().setUp()
+        self.flags(storage_pool="disk1", group="hvagent")
+        self.drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        self.agent = self.drv._agent = ScriptedDomains(domain_pb2.DOMAIN_STATE_RUNNING)
+        self.drv._images = FakeImageCache()
+        self.inst = RescueInstance()
+        self.useFixture(fixtures_patch(self.drv, "_pool_type", storage_pb2.POOL_TYPE_PARTITION))
+        self.useFixture(fixtures_patch(self.drv, "_disk_prefix", "vd"))
+
+    def rescue(self, image_id="5ee4d1a2-2b8c-4d0e-9f1a-3c6b7e8d9f00"):
+        meta = objects.ImageMeta.from_dict({"id": image_id} if image_id else {})
+        self.drv.rescue(None, self.inst, None, meta, "generated-password", None)
+
+    def test_rescue_boots_the_rescue_image_brought_in_by_the_image_cache(self):
+        with unittest.mock.patch.object(self.drv, "_images_pool", return_value="disk1"):
+            self.rescue()
+        self.assertEqual([("disk1", "5ee4d1a2-2b8c-4d0e-9f1a-3c6b7e8d9f00")], self.drv._images.ensured)
+        self.assertEqual(["RescueDomain"], self.agent.names())
+        req = self.agent.calls[0][1]
+        self.assertEqual("instance-00000001", req.name)
+        self.assertEqual(("disk1", "nova-5ee4d1a2-2b8c-4d0e-9f1a-3c6b7e8d9f00"), (req.image.pool, req.image.image))
+        # A partition pool's names are short: the UUID's first hex digits and x (rescue).
+        self.assertEqual("1f9e2b1c7x", req.image.volume)
+        self.assertFalse(req.HasField("kernel"))
+
+    def test_rescue_without_a_rescue_image_uses_the_instances_own(self):
+        with unittest.mock.patch.object(self.drv, "_images_pool", return_value="disk1"):
+            self.rescue(None)
+        self.assertEqual([("disk1", "own-image")], self.drv._images.ensured)
+
+    def test_rescue_with_the_instances_kernel_pair_boots_it(self):
+        self.inst.kernel_id, self.inst.ramdisk_id = "k-1", "r-1"
+        self.flags(instances_path=self.useFixture(fixtures.TempDir()).path)
+        got = []
+        with unittest.mock.patch.object(self.drv, "_images_pool", return_value=None), \
+                unittest.mock.patch.object(self.drv, "_download",
+                                           side_effect=lambda c, i, p: got.append(i) or p):
+            self.rescue()
+        self.assertEqual(["k-1", "r-1"], got)
+        req = self.agent.calls[0][1]
+        self.assertTrue(req.kernel.kernel_path.endswith(self.inst.uuid + "/kernel.rescue"))
+        self.assertTrue(req.kernel.initrd_path.endswith(self.inst.uuid + "/ramdisk.rescue"))
+        self.assertFalse(req.HasField("image"), "no image pool: the kernel pair alone")
+
+    def test_rescue_with_nothing_to_boot_is_not_implemented_and_asks_nothing(self):
+        with unittest.mock.patch.object(self.drv, "_images_pool", return_value=None):
+            e = self.assertRaises(NotImplementedError, self.rescue)
+        self.assertIn("partition pool", str(e))
+        self.assertEqual([], self.agent.names())
+
+    def test_unrescue_asks_the_agent_and_leaves_an_instance_not_in_rescue_as_it_is(self):
+        self.drv.unrescue(None, self.inst)
+        self.assertEqual(["UnrescueDomain"], self.agent.names())
+        self.agent.errors["UnrescueDomain"] = RpcError(
+            grpc.StatusCode.FAILED_PRECONDITION, "domain 'instance-00000001' is not rescued")
+        self.drv.unrescue(None, self.inst)  # a retried unrescue: done already
+        self.agent.errors["UnrescueDomain"] = RpcError(grpc.StatusCode.FAILED_PRECONDITION, "busy")
+        self.assertRaises(exception.InstanceInvalidState, self.drv.unrescue, None, self.inst)
+
+
+def fixtures_patch(obj, name, value):
+    return fixtures.MockPatchObject(obj, name, return_value=value)
 
 
 class DetachTestCase(test.NoDBTestCase):

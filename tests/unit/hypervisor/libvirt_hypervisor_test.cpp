@@ -130,6 +130,45 @@ TEST_F(LibvirtHypervisorTest, ManagedSaveStopsStartRestoresAndUndefineDropsTheIm
   EXPECT_EQ(hv_.ManagedSaveDomain(name).code(), absl::StatusCode::kNotFound);
 }
 
+// What a rescue does to a domain: its definition is read, replaced by another one of the same
+// name and uuid, and given back exactly.
+TEST_F(LibvirtHypervisorTest, RedefineThenRestoreGivesTheOriginalDefinitionBack) {
+  const std::string name = Unique("rescued");
+  DomainSpec spec = Spec(name);
+  spec.labels = {{"owner", "nova"}};
+  ASSERT_TRUE(hv_.DefineDomain(spec).ok());
+  auto original = hv_.GetDomainDefinition(name);
+  ASSERT_TRUE(original.ok()) << original.status();
+  const std::string uuid = hv_.GetDomain(name)->uuid;
+
+  DomainSpec rescue = Spec(name);
+  rescue.uuid = uuid;
+  rescue.vcpus = 2;
+  rescue.boot = DirectKernelBoot{.kernel_path = "/boot/rescue-kernel"};
+  ASSERT_TRUE(hv_.RedefineDomain(rescue).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->vcpus, 2u);
+  EXPECT_THAT(*hv_.GetDomainDefinition(name), HasSubstr("/boot/rescue-kernel"));
+
+  DomainSpec other = rescue;
+  other.uuid = "11111111-2222-4333-8444-555555555555";
+  EXPECT_EQ(hv_.RedefineDomain(other).code(), absl::StatusCode::kInvalidArgument) << "another uuid";
+  EXPECT_EQ(hv_.RestoreDomainDefinition("someone-else", *original).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(hv_.StartDomain(name).ok());
+  EXPECT_EQ(hv_.RestoreDomainDefinition(name, *original).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(hv_.RedefineDomain(rescue).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(hv_.DestroyDomain(name).ok());
+
+  ASSERT_TRUE(hv_.RestoreDomainDefinition(name, *original).ok());
+  EXPECT_EQ(*hv_.GetDomainDefinition(name), *original);
+  EXPECT_EQ(hv_.GetDomain(name)->uuid, uuid);
+  EXPECT_EQ(hv_.GetDomain(name)->labels.at("owner"), "nova");
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+  // Restoring defines it again when it is gone (recovery after a crash between two steps).
+  ASSERT_TRUE(hv_.RestoreDomainDefinition(name, *original).ok());
+  EXPECT_EQ(hv_.GetDomain(name)->uuid, uuid);
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
 // The libvirt calls of UpdateDomain: a shut-off domain's definition takes any size (its
 // maximums follow), a running one changes within its maximums and is refused past them.
 TEST_F(LibvirtHypervisorTest, SetDomainResourcesOfflineThenLiveWithinTheMaximums) {

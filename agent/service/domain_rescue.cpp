@@ -1,0 +1,358 @@
+// DomainService's rescue: booting a domain from a rescue disk and/or kernel pair with its own
+// root attached second, and putting it back exactly (docs/rescue.md). Each rescue and unrescue
+// is journalled step by step; the original definition is kept in RescueRecords for as long as
+// the domain is rescued. Recovery of both is at the end of this file.
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/host_paths.h"
+#include "common/failpoint.h"
+#include "common/log.h"
+#include "hypervisor/domain_spec_validator.h"
+
+namespace hvagent::service {
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = log::ComponentLogger("service");
+  return logger;
+}
+
+// Stands in for the rescue volume's path while the rescue definition is validated.
+constexpr char kPendingRescuePath[] = "/dev/hvagent-pending-rescue";
+
+internal::JournalStep Step(const char* name) {
+  internal::JournalStep s;
+  s.set_name(name);
+  return s;
+}
+
+bool HasStep(const Journal::Operation& op, absl::string_view name) {
+  return std::any_of(op.steps.begin(), op.steps.end(), [&](const internal::JournalStep& s) { return s.name() == name; });
+}
+
+bool HasVolume(const internal::RescueRecord& rec) { return !rec.volume().pool().empty(); }
+
+}  // namespace
+
+absl::Status DomainService::CheckRescueBoot(const std::string& name, const RescueBoot& boot) const {
+  if (auto s = hv::ValidateDomainName("name", name); !s.ok()) return s;
+  const bool image = !boot.pool.empty() || !boot.image.empty();
+  if (!image && !boot.kernel.has_value()) {
+    return absl::InvalidArgumentError("image, kernel: give a rescue image, a kernel, or both");
+  }
+  if (image) {
+    if (boot.pool.empty()) return absl::InvalidArgumentError("image.pool: required");
+    if (boot.image.empty()) return absl::InvalidArgumentError("image.image: required");
+    if (storage_ == nullptr || !options_.volume_from_image) {
+      return absl::FailedPreconditionError("image: this agent has no storage pools to make a rescue disk in");
+    }
+    // The names themselves are the pool's to judge (each backend has its rule): a bad one is
+    // refused by the volume's creation, the first step that can fail after the record is kept.
+  }
+  if (boot.kernel.has_value()) {
+    if (boot.kernel->kernel_path.empty()) return absl::InvalidArgumentError("kernel.kernel_path: required");
+    hv::DomainSpec only_boot;
+    only_boot.boot = *boot.kernel;
+    if (auto s = CheckHostPaths(options_.host_paths, only_boot, {}); !s.ok()) {
+      // The policy names the fields of a CreateDomain spec; here they are the request's own.
+      std::string msg(s.message());
+      if (absl::StartsWith(msg, "spec.")) msg = msg.substr(5);
+      return absl::Status(s.code(), msg);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<hv::DomainSpec> DomainService::RescueSpec(const hv::DomainInfo& info, const RescueBoot& boot) {
+  auto host = hv_.GetHostInfo();
+  if (!host.ok()) return host.status();
+  const bool xen = absl::AsciiStrToLower(host->hypervisor_type) == "xen";
+  auto disks = hv_.GetDomainDisks(info.name);
+  if (!disks.ok()) return disks.status();
+  if (disks->empty() || (*disks)[0].source_path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", info.name, "' has no root disk to rescue"));
+  }
+  auto nics = hv_.GetDomainNics(info.name);
+  if (!nics.ok()) return nics.status();
+  hv::DomainSpec spec;
+  spec.name = info.name;
+  spec.uuid = info.uuid;
+  spec.vcpus = info.vcpus;
+  spec.memory_mib = info.memory_mib;
+  spec.labels = info.labels;
+  spec.serial_console = true;  // a rescue is worked on through its console
+  if (!boot.pool.empty()) {
+    hv::DiskSpec rescue;
+    rescue.source_path = kPendingRescuePath;
+    rescue.type = hv::DiskType::kBlock;
+    rescue.format = "raw";
+    rescue.target = xen ? "xvda" : "vda";
+    spec.disks.push_back(rescue);
+  }
+  // The root keeps its source, type, format and read-only flag; only its place changes.
+  hv::DiskSpec root = (*disks)[0];
+  root.target = xen ? "xvdb" : "vdb";
+  root.bus.clear();
+  spec.disks.push_back(root);
+  // NICs the agent models come along (a rescue often needs the network); others cannot be
+  // expressed in a DomainSpec and stay only in the kept definition.
+  for (const hv::NicSpec& n : *nics) {
+    if (hv::ValidateNicSpec("nic", n).ok()) spec.nics.push_back(n);
+  }
+  if (boot.kernel.has_value()) spec.boot = *boot.kernel;
+  if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", info.name, "' cannot be rescued: ", s.message()));
+  }
+  return spec;
+}
+
+absl::StatusOr<hv::DomainInfo> DomainService::Rescue(const std::string& name, const RescueBoot& boot) {
+  if (auto s = CheckRescueBoot(name, boot); !s.ok()) return s;
+  std::lock_guard lock(define_mu_);
+  if (rescues_->Find(name).has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is already rescued; unrescue it first"));
+  }
+  auto info = hv_.GetDomain(name);
+  if (!info.ok()) return info.status();
+  auto spec = RescueSpec(*info, boot);
+  if (!spec.ok()) return spec.status();
+  // A rescue of a shut-off domain starts it: admitted like a start (one that runs keeps its room).
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr && !hv::IsActive(info->state)) {
+    auto h = admission_->AdmitStart(name);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
+  }
+  auto definition = hv_.GetDomainDefinition(name);
+  if (!definition.ok()) return definition.status();
+  internal::RescueRecord rec;
+  rec.set_domain(name);
+  rec.set_uuid(info->uuid);
+  rec.set_definition(*definition);
+  rec.set_was_active(hv::IsActive(info->state));
+  if (!boot.pool.empty()) {
+    rec.mutable_volume()->set_pool(boot.pool);
+    rec.mutable_volume()->set_name(boot.volume.empty() ? absl::StrCat(name, "-rescue") : boot.volume);
+    rec.mutable_volume()->set_created(true);
+    rec.mutable_volume()->set_owned(true);
+  }
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_RESCUE_DOMAIN);
+  begin.set_domain(name);
+  begin.set_uuid(info->uuid);
+  *begin.mutable_rescue() = rec;
+  auto op = journal_->Begin(std::move(begin));
+  if (!op.ok()) return op.status();  // nothing done yet
+  bool settled = true;
+  auto r = RescueJournalled(*op, rec, std::move(*spec), boot, &settled);
+  // Unsettled: it failed and its undo could not be done; the operation stays open for Recover.
+  if (settled) {
+    EndOp(*op, r.ok() ? v1::OPERATION_STATE_SUCCEEDED : v1::OPERATION_STATE_FAILED, std::string(r.status().message()));
+  }
+  return r;
+}
+
+absl::StatusOr<hv::DomainInfo> DomainService::RescueJournalled(uint64_t op, const internal::RescueRecord& rec,
+                                                               hv::DomainSpec spec, const RescueBoot& boot,
+                                                               bool* settled) {
+  const std::string& name = rec.domain();
+  if (auto s = journal_->Step(op, Step("save-rescue")); !s.ok()) return s;
+  if (auto s = rescues_->Put(rec); !s.ok()) return s;
+  HVAGENT_FAILPOINT("rescue.after_save");
+  bool made_volume = false, touched = false;
+  auto fail = [&](absl::Status s) -> absl::Status {
+    if (auto u = UndoRescue(rec, touched, made_volume); !u.ok()) {
+      Log()->error("rescue of {} failed and could not be undone now ({}); left to recovery", name, u.message());
+      *settled = false;
+    }
+    return s;
+  };
+  if (HasVolume(rec)) {
+    internal::JournalStep step = Step("create-volume");
+    *step.mutable_volume() = rec.volume();
+    if (auto s = journal_->Step(op, step); !s.ok()) return fail(s);
+    made_volume = true;
+    auto path = options_.volume_from_image(boot.pool, rec.volume().name(), boot.image);
+    if (!path.ok()) {
+      made_volume = !absl::IsAlreadyExists(path.status());  // never delete a volume someone else made
+      return fail(absl::Status(path.status().code(), absl::StrCat("image: ", path.status().message())));
+    }
+    auto claimed = storage_->ClaimVolume({.pool = boot.pool, .name = rec.volume().name()}, name);
+    if (!claimed.ok()) return fail(claimed.status());
+    spec.disks[0].source_path = claimed->path;
+    HVAGENT_FAILPOINT("rescue.after_volume");
+  }
+  if (rec.was_active()) {
+    if (auto s = journal_->Step(op, Step("destroy")); !s.ok()) return fail(s);
+    touched = true;
+    if (auto s = hv_.DestroyDomain(name); !s.ok()) return fail(s);
+  }
+  if (auto s = journal_->Step(op, Step("define-rescue")); !s.ok()) return fail(s);
+  touched = true;
+  if (auto s = hv_.RedefineDomain(spec); !s.ok()) return fail(s);
+  HVAGENT_FAILPOINT("rescue.after_define");
+  if (auto s = journal_->Step(op, Step("start")); !s.ok()) return fail(s);
+  if (auto s = hv_.StartDomain(name); !s.ok()) return fail(s);
+  Log()->info("domain {} rescued ({}{})", name, HasVolume(rec) ? "rescue disk " + rec.volume().name() : "",
+              boot.kernel.has_value() ? " kernel " + boot.kernel->kernel_path : "");
+  return hv_.GetDomain(name);
+}
+
+absl::Status DomainService::DeleteRescueVolume(const internal::RescueRecord& rec) {
+  if (!HasVolume(rec) || storage_ == nullptr) return absl::OkStatus();
+  const internal::JournalVolume& v = rec.volume();
+  // Released first (it is recorded as attached to the domain), then deleted: it is the rescue's.
+  if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), rec.domain(), /*delete_if_owned=*/false);
+      !s.ok() && !absl::IsNotFound(s)) {
+    return s;
+  }
+  if (auto d = storage_->DeleteVolume(v.pool(), v.name()); !d.ok() && !absl::IsNotFound(d.status())) {
+    return d.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DomainService::UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume) {
+  const std::string& name = rec.domain();
+  if (touched_domain) {
+    if (auto d = hv_.GetDomain(name); d.ok() && hv::IsActive(d->state)) {
+      if (auto s = hv_.DestroyDomain(name); !s.ok()) return s;
+    }
+    if (auto s = hv_.RestoreDomainDefinition(name, rec.definition()); !s.ok()) return s;
+  }
+  if (made_volume) {
+    if (auto s = DeleteRescueVolume(rec); !s.ok()) return s;
+  }
+  if (auto s = rescues_->Erase(name); !s.ok()) return s;
+  if (touched_domain && rec.was_active()) {
+    if (auto s = hv_.StartDomain(name); !s.ok()) {
+      // The definition is back; only the restart failed, which the caller can retry.
+      Log()->error("rescue of {} undone, but it could not be started again: {}", name, s.message());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DomainService::ForgetRescue(const internal::RescueRecord& rec) {
+  if (auto s = DeleteRescueVolume(rec); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("domain '", rec.domain(), "' deleted, but its rescue volume ",
+                                               rec.volume().pool(), "/", rec.volume().name(), " was not: ", s.message()));
+  }
+  return rescues_->Erase(rec.domain());
+}
+
+absl::StatusOr<hv::DomainInfo> DomainService::Unrescue(const std::string& name) {
+  if (auto s = hv::ValidateDomainName("name", name); !s.ok()) return s;
+  std::lock_guard lock(define_mu_);
+  auto info = hv_.GetDomain(name);  // no such domain: NotFound before "not rescued"
+  if (!info.ok()) return info.status();
+  auto rec = rescues_->Find(name);
+  if (!rec.has_value()) return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not rescued"));
+  ComputeAdmission::Hold hold;
+  if (admission_ != nullptr && !hv::IsActive(info->state)) {
+    auto h = admission_->AdmitStart(name);
+    if (!h.ok()) return h.status();
+    hold = std::move(*h);
+  }
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_UNRESCUE_DOMAIN);
+  begin.set_domain(name);
+  begin.set_uuid(rec->uuid());
+  *begin.mutable_rescue() = *rec;
+  auto op = journal_->Begin(std::move(begin));
+  if (!op.ok()) return op.status();
+  absl::Status s = UnrescueJournalled(*op, *rec);
+  EndOp(*op, s.ok() ? v1::OPERATION_STATE_SUCCEEDED : v1::OPERATION_STATE_FAILED, std::string(s.message()));
+  if (!s.ok()) return s;
+  return hv_.GetDomain(name);
+}
+
+// Every step can be run again: a failed unrescue is retried by calling it again (the record
+// stays until the definition is back and the volume gone), and recovery does just that.
+absl::Status DomainService::UnrescueJournalled(uint64_t op, const internal::RescueRecord& rec) {
+  const std::string& name = rec.domain();
+  auto info = hv_.GetDomain(name);
+  if (!info.ok()) return info.status();
+  if (hv::IsActive(info->state)) {
+    if (auto s = journal_->Step(op, Step("destroy")); !s.ok()) return s;
+    if (auto s = hv_.DestroyDomain(name); !s.ok()) return s;
+  }
+  if (auto s = journal_->Step(op, Step("restore-definition")); !s.ok()) return s;
+  if (auto s = hv_.RestoreDomainDefinition(name, rec.definition()); !s.ok()) return s;
+  HVAGENT_FAILPOINT("unrescue.after_restore");
+  if (HasVolume(rec)) {
+    internal::JournalStep step = Step("delete-volume");
+    *step.mutable_volume() = rec.volume();
+    if (auto s = journal_->Step(op, step); !s.ok()) return s;
+    if (auto s = DeleteRescueVolume(rec); !s.ok()) return s;
+  }
+  if (auto s = journal_->Step(op, Step("forget")); !s.ok()) return s;
+  if (auto s = rescues_->Erase(name); !s.ok()) return s;
+  if (auto s = journal_->Step(op, Step("start")); !s.ok()) return s;
+  if (auto s = hv_.StartDomain(name); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("domain '", name, "' is unrescued but did not start: ", s.message()));
+  }
+  Log()->info("domain {} unrescued", name);
+  return absl::OkStatus();
+}
+
+// An interrupted rescue is undone (a rescue that got as far as its start is kept: it is
+// complete); an interrupted unrescue is carried through.
+DomainService::Recovery DomainService::RecoverRescue(const Journal::Operation& op) {
+  const internal::RescueRecord& rec = op.begin.rescue();
+  Recovery r{rec.domain(), "rescue"};
+  auto dom = Ours(rec.domain(), rec.uuid());
+  if (!dom.ok()) {
+    r.state = v1::OPERATION_STATE_FAILED;
+    r.outcome = absl::StrCat("failed: ", dom.status().message());
+    return r;
+  }
+  if (dom->has_value() && HasStep(op, "start") && hv::IsActive((*dom)->state) && rescues_->Find(rec.domain())) {
+    r.state = v1::OPERATION_STATE_RECOVERED;
+    r.outcome = "completed";
+    return r;
+  }
+  const bool touched = dom->has_value() && (HasStep(op, "destroy") || HasStep(op, "define-rescue"));
+  if (auto s = UndoRescue(rec, touched, HasStep(op, "create-volume")); !s.ok()) {
+    r.state = v1::OPERATION_STATE_FAILED;
+    r.outcome = absl::StrCat("failed: ", s.message());
+    return r;
+  }
+  r.state = v1::OPERATION_STATE_ROLLED_BACK;
+  r.outcome = "rolled back (original definition restored)";
+  return r;
+}
+
+DomainService::Recovery DomainService::RecoverUnrescue(const Journal::Operation& op) {
+  const internal::RescueRecord& rec = op.begin.rescue();
+  Recovery r{rec.domain(), "unrescue"};
+  auto dom = Ours(rec.domain(), rec.uuid());
+  absl::Status s = dom.status();
+  if (s.ok() && !dom->has_value()) {
+    // Deleted meanwhile (or never ours): nothing to restore, only the rescue's own leftovers.
+    s = ForgetRescue(rec);
+    r.state = s.ok() ? v1::OPERATION_STATE_RECOVERED : v1::OPERATION_STATE_FAILED;
+    r.outcome = s.ok() ? "domain gone; rescue volume deleted" : absl::StrCat("failed: ", s.message());
+    return r;
+  }
+  if (s.ok() && HasStep(op, "start") && hv::IsActive((**dom).state)) {
+    r.state = v1::OPERATION_STATE_RECOVERED;
+    r.outcome = "completed";
+    return r;
+  }
+  if (s.ok()) s = UnrescueJournalled(op.id, rec);
+  if (!s.ok()) {
+    r.state = v1::OPERATION_STATE_FAILED;
+    r.outcome = absl::StrCat("failed: ", s.message());
+    return r;
+  }
+  r.state = v1::OPERATION_STATE_RECOVERED;
+  r.outcome = "completed (original definition restored, started)";
+  return r;
+}
+
+}  // namespace hvagent::service

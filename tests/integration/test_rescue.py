@@ -1,0 +1,199 @@
+"""Rescue and unrescue on real libvirtd + QEMU (TCG) with real partition volumes: a guest whose
+root is a volume of a GPT pool on a loop device is rescued with a rescue disk made from an image
+(raw, random bytes, imported from a host file) and the shared busybox kernel; on its serial
+console the rescue guest sees the rescue disk as vda (its bytes are the image's: sha256sum)
+and the root volume as vdb. Unrescue boots the original definition: the root alone as vda. The
+rescue volume is gone afterwards, the root volume still owned. Refusals (rescue twice, unrescue
+of a domain not rescued, a kernel outside kernel_dirs) change nothing."""
+
+import hashlib
+import os
+import re
+import select
+import shutil
+import tempfile
+import time
+
+from hvagent.v1 import image_pb2, image_pb2_grpc
+from agent_harness import test_guest, unique_name
+from loop_pools import LoopPoolsTestCase, run
+
+MiB = 1 << 20
+ROOT_MIB = 16
+IMAGE_MIB = 4
+
+
+class RescueTest(LoopPoolsTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.importdir = tempfile.mkdtemp(prefix="hvit-import-")
+        cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        cls.kernel, cls.initrd = test_guest()
+        super().setUpClass()
+        cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            for d in (cls.importdir, cls.scratch):
+                shutil.rmtree(d, ignore_errors=True)
+
+    @classmethod
+    def extra_config(cls):
+        return f"""
+[security]
+kernel_dirs = ["{os.path.dirname(cls.kernel)}"]
+
+[images]
+import_dirs = ["{cls.importdir}"]
+scratch_dir = "{cls.scratch}"
+max_virtual_size_mib = 64
+"""
+
+    # ---- helpers ----
+
+    def import_image(self, name, size):
+        path = os.path.join(self.importdir, name + ".raw")
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        op = self.images.ImportImage(image_pb2.ImportImageRequest(
+            pool="disk1", name=name, format=image_pb2.IMAGE_FORMAT_RAW, host_file=path, sha256=digest), timeout=60)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            status, done = self.agent.rest("GET", f"/v1/operations/{op.id}")
+            self.assertEqual(status, 200, done)
+            if done["state"] != "OPERATION_STATE_RUNNING":
+                self.assertEqual(done["state"], "OPERATION_STATE_SUCCEEDED", done)
+                return digest
+            time.sleep(0.1)
+        self.fail("the import did not end")
+
+    def console(self, name, command, marker, fresh, timeout=300):
+        """Types `command` on the guest's serial console (a new pty after every boot) and
+        returns what it printed up to `marker`; `fresh`: a guest just started, whose shell is
+        waited for first (hv-guest-ready)."""
+        tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+        try:
+            if fresh:
+                self.until(fd, b"hv-guest-ready", timeout)
+            os.write(fd, b"\n" + command.encode() + b"\n")
+            return self.until(fd, marker.encode(), 60).decode(errors="replace")
+        finally:
+            os.close(fd)
+
+    def until(self, fd, marker, timeout):
+        out = b""
+        deadline = time.time() + timeout
+        while marker not in out:
+            left = deadline - time.time()
+            if left <= 0:
+                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                out += os.read(fd, 65536)
+        return out
+
+    def partitions(self, name):
+        """{device: size in KiB} of the /proc/partitions of a guest just started."""
+        out = self.console(name, "cat /proc/partitions; echo parts-done", "\nparts-done", fresh=True)
+        return {m.group(2): int(m.group(1)) for m in re.finditer(r"\d+\s+\d+\s+(\d+)\s+(vd[a-z])\b", out)}
+
+    def volume(self, name):
+        return self.agent.rest("GET", f"/v1/pools/disk1/volumes/{name}")
+
+    def wait_gone(self, name):
+        deadline = time.time() + 60
+        while self.volume(name)[0] != 404:
+            self.assertLess(time.time(), deadline, f"volume {name} still there")
+            time.sleep(0.2)
+
+    # ---- the test ----
+
+    def test_rescue_boots_the_rescue_disk_with_the_root_second_and_unrescue_boots_the_original(self):
+        digest = self.import_image("rescue", IMAGE_MIB * MiB)
+        name = unique_name("rsc")
+        spec = {"name": name, "vcpus": 1, "memory_mib": 256, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsc-root",
+                                                       "create_size_bytes": str(ROOT_MIB * MiB)}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
+        self.assertEqual(status, 201, dom)
+        try:
+            self.assertEqual(self.partitions(name), {"vda": ROOT_MIB * 1024})
+            # Bad input first: nothing changes.
+            status, err = self.agent.rest("POST", f"/v1/domains/{name}:rescue",
+                                          {"kernel": {"kernel_path": "/etc/passwd"}})
+            self.assertEqual(status, 403, err)
+            self.assertIn("kernel.kernel_path", err["message"])
+            status, err = self.agent.rest("POST", f"/v1/domains/{name}:unrescue", {})
+            self.assertEqual(status, 409, err)
+            self.assertIn("is not rescued", err["message"])
+
+            rescue = {"image": {"pool": "disk1", "image": "rescue", "volume": "rsc-resc"},
+                      "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}}
+            status, dom = self.agent.rest("POST", f"/v1/domains/{name}:rescue", rescue)
+            self.assertEqual(status, 200, dom)
+            self.assertEqual(dom["state"], "DOMAIN_STATE_RUNNING")
+            self.assertEqual(self.partitions(name), {"vda": IMAGE_MIB * 1024, "vdb": ROOT_MIB * 1024})
+            out = self.console(name, "sha256sum /dev/vda", "  /dev/vda", fresh=False)
+            self.assertEqual(re.findall(r"([0-9a-f]{64})  /dev/vda", out)[-1:], [digest], out[-2000:])
+            status, vol = self.volume("rsc-resc")
+            self.assertEqual(status, 200, vol)
+            self.assertEqual(vol["attached_to"], name)
+            status, err = self.agent.rest("POST", f"/v1/domains/{name}:rescue", rescue)
+            self.assertEqual(status, 409, err)
+            self.assertIn("already rescued", err["message"])
+
+            status, dom = self.agent.rest("POST", f"/v1/domains/{name}:unrescue", {})
+            self.assertEqual(status, 200, dom)
+            self.assertEqual(self.partitions(name), {"vda": ROOT_MIB * 1024})
+            self.wait_gone("rsc-resc")
+            status, root = self.volume("rsc-root")
+            self.assertEqual(status, 200, root)
+            self.assertEqual((root["ownership"], root["attached_to"]), ("VOLUME_OWNERSHIP_OWNED", name))
+            self.assertEqual(self.agent.rest("POST", f"/v1/domains/{name}:unrescue", {})[0], 409)
+        finally:
+            self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
+            for v in ("rsc-root", "rsc-resc"):
+                if self.volume(v)[0] == 200:
+                    self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{v}")
+                self.wait_gone(v)
+            self.agent.rest("DELETE", "/v1/pools/disk1/images/rescue")
+
+    def test_deleting_a_rescued_domain_deletes_the_rescue_volume_and_only_owned_volumes(self):
+        self.import_image("rescue2", IMAGE_MIB * MiB)
+        status, data = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "rsc-data", "size_bytes": str(MiB)})
+        self.assertEqual(status, 201, data)
+        name = unique_name("rsd")
+        spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsd-root",
+                                                       "create_size_bytes": str(ROOT_MIB * MiB)}},
+                          {"target": "vdb", "volume": {"pool": "disk1", "name": "rsc-data"}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": False})
+        self.assertEqual(status, 201, dom)
+        try:
+            status, dom = self.agent.rest("POST", f"/v1/domains/{name}:rescue", {
+                "image": {"pool": "disk1", "image": "rescue2", "volume": "rsd-resc"},
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}})
+            self.assertEqual(status, 200, dom)
+            status, body = self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
+            self.assertEqual(status, 204, body)
+            self.wait_gone("rsd-resc")
+            self.wait_gone("rsd-root")
+            status, data = self.volume("rsc-data")
+            self.assertEqual(status, 200, "a borrowed volume is never deleted with its domain")
+            self.assertEqual(data.get("attached_to", ""), "", data)
+        finally:
+            self.agent.rest("DELETE", f"/v1/domains/{name}?force=true")
+            for v in ("rsd-root", "rsd-resc", "rsc-data"):
+                if self.volume(v)[0] == 200:
+                    self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{v}")
+                self.wait_gone(v)
+            self.agent.rest("DELETE", "/v1/pools/disk1/images/rescue2")

@@ -1,0 +1,285 @@
+// DomainService's rescue and unrescue: the rescue boots the rescue disk and/or kernel with the
+// domain's root second, unrescue puts the original back exactly, every refusal changes nothing,
+// a failed step is undone, a delete takes the rescue volume along, and recovery finishes what a
+// crash interrupted.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "agent/service/domain_service.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+#include "tests/fakes/fake_storage_backend.h"
+
+namespace hvagent::service {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class DomainRescueTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "hvagent-rescue-XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    kernel_ = dir_ + "/vmlinuz";
+    std::ofstream(kernel_) << "kernel";
+    chmod(kernel_.c_str(), 0644);
+    auto p = HostPathPolicy::Open({.kernel_dirs = {dir_}, .trusted_owner = geteuid()});
+    ASSERT_TRUE(p.ok()) << p.status();
+    policy_ = std::move(*p);
+    std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+    auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"}, 1ULL << 30);
+    pool_ = b.get();
+    backends.push_back(std::move(b));
+    storage_ = std::make_unique<StorageService>(hv_, std::move(backends));
+    auto r = RescueRecords::Open(dir_ + "/rescues");
+    ASSERT_TRUE(r.ok()) << r.status();
+    rescues_ = std::move(*r);
+    domains_ = NewService();
+    // web1: a root volume it owns, a data volume it borrows, running.
+    ASSERT_TRUE(storage_->CreateVolume("vg0", {"data", 16 << 20}).ok());
+    hv::DomainSpec spec{.name = "web1", .vcpus = 2, .memory_mib = 256};
+    spec.disks = {{.target = "vda"}, {.target = "vdc"}};
+    spec.nics = {{.mac = "52:54:00:00:00:01", .bridge = "br0"}};
+    spec.labels = {{"nova", "i-1"}};
+    auto d = domains_->Create(spec, true, {{0, {"vg0", "root", 64 << 20}}, {1, {"vg0", "data", 0}}});
+    ASSERT_TRUE(d.ok()) << d.status();
+    hv_.calls.clear();
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::unique_ptr<DomainService> NewService() {
+    DomainService::Options o;
+    o.host_paths = policy_.get();
+    o.volume_from_image = [this](const std::string& pool, const std::string& volume,
+                                 const std::string& image) -> absl::StatusOr<std::string> {
+      images_made_.push_back(pool + "/" + volume + " from " + image);
+      if (image != "rescue-img") return absl::NotFoundError("image '" + image + "' not found");
+      auto v = storage_->CreateVolume(pool, {volume, 32 << 20});
+      if (!v.ok()) return v.status();
+      return v->volume.path;
+    };
+    o.rescues = rescues_.get();
+    return std::make_unique<DomainService>(hv_, clock_, o, storage_.get(), &journal_);
+  }
+  RescueBoot Kernel() const { return {.kernel = hv::DirectKernelBoot{.kernel_path = kernel_}}; }
+  static RescueBoot Image() { return {.pool = "vg0", .image = "rescue-img"}; }
+  std::optional<storage::VolumeInfo> Volume(const std::string& name) {
+    auto v = storage_->GetVolume("vg0", name);
+    if (!v.ok()) return std::nullopt;
+    return v->volume;
+  }
+  std::vector<std::string> Disks(const std::string& domain) {
+    std::vector<std::string> out;
+    auto disks = hv_.GetDomainDisks(domain);
+    if (!disks.ok()) return {disks.status().ToString()};
+    for (const auto& d : *disks) out.push_back(d.target + "=" + d.source_path);
+    return out;
+  }
+  bool Running(const std::string& domain) { return hv::IsActive(hv_.GetDomain(domain)->state); }
+
+  std::string dir_, kernel_;
+  std::unique_ptr<HostPathPolicy> policy_;
+  testing::FakeHypervisor hv_;
+  testing::FakeClock clock_;
+  testing::FakeStorageBackend* pool_ = nullptr;
+  std::unique_ptr<StorageService> storage_;
+  std::unique_ptr<Journal> journal_owner_ = std::move(*Journal::Open(""));
+  Journal& journal_ = *journal_owner_;
+  std::unique_ptr<RescueRecords> rescues_;
+  std::unique_ptr<DomainService> domains_;
+  std::vector<std::string> images_made_;
+};
+
+TEST_F(DomainRescueTest, Rescue_KernelBootsWithTheRootAsTheSecondDisk) {
+  auto d = domains_->Rescue("web1", Kernel());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(Running("web1"));
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vdb=/dev/fake/root"));
+  auto boot = hv_.BootOf("web1");
+  ASSERT_TRUE(std::holds_alternative<hv::DirectKernelBoot>(boot));
+  EXPECT_EQ(std::get<hv::DirectKernelBoot>(boot).kernel_path, kernel_);
+  EXPECT_EQ(d->labels.at("nova"), "i-1") << "the rescue keeps the domain's labels";
+  auto nics = hv_.GetDomainNics("web1");
+  ASSERT_EQ(nics->size(), 1u) << "the rescue keeps the NICs";
+  EXPECT_EQ((*nics)[0].mac, "52:54:00:00:00:01");
+  EXPECT_EQ((*nics)[0].bridge, "br0");
+  EXPECT_TRUE(domains_->Rescued("web1"));
+  EXPECT_THAT(hv_.calls, ::testing::ElementsAre("destroy web1", "redefine web1", "start web1"));
+}
+
+TEST_F(DomainRescueTest, Rescue_ImageMakesARescueVolumeBootedFirstWithTheRootSecond) {
+  auto d = domains_->Rescue("web1", Image());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_THAT(images_made_, ::testing::ElementsAre("vg0/web1-rescue from rescue-img"));
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/web1-rescue", "vdb=/dev/fake/root"));
+  ASSERT_TRUE(Volume("web1-rescue").has_value());
+  EXPECT_EQ(Volume("web1-rescue")->attached_to, "web1");
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(hv_.BootOf("web1"))) << "it boots from the rescue disk";
+}
+
+TEST_F(DomainRescueTest, Unrescue_RestoresTheOriginalExactlyAndDeletesTheRescueVolume) {
+  const auto before = Disks("web1");
+  ASSERT_TRUE(domains_->Rescue("web1", Image()).ok());
+  auto d = domains_->Unrescue("web1");
+  ASSERT_TRUE(d.ok()) << d.status();
+  storage_->WaitForDeletes();
+  EXPECT_TRUE(Running("web1"));
+  EXPECT_EQ(Disks("web1"), before);
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(hv_.BootOf("web1")));
+  EXPECT_FALSE(Volume("web1-rescue").has_value()) << "the rescue volume is deleted";
+  EXPECT_EQ(Volume("root")->ownership, storage::Ownership::kOwned) << "an owned root stays owned";
+  EXPECT_EQ(Volume("data")->ownership, storage::Ownership::kBorrowed);
+  EXPECT_EQ(Volume("root")->attached_to, "web1");
+  EXPECT_FALSE(domains_->Rescued("web1"));
+}
+
+TEST_F(DomainRescueTest, Refusals_ChangeNothing) {
+  struct Case {
+    std::string name;
+    RescueBoot boot;
+    absl::StatusCode code;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"web1", {}, absl::StatusCode::kInvalidArgument, "image, kernel"},
+      {"web1", {.image = "rescue-img"}, absl::StatusCode::kInvalidArgument, "image.pool"},
+      {"web1", {.pool = "vg0"}, absl::StatusCode::kInvalidArgument, "image.image"},
+      {"web1", {.kernel = hv::DirectKernelBoot{}}, absl::StatusCode::kInvalidArgument, "kernel.kernel_path"},
+      {"web1", {.kernel = hv::DirectKernelBoot{.kernel_path = "/etc/passwd"}}, absl::StatusCode::kPermissionDenied,
+       "kernel.kernel_path"},
+      {"web<1>", Kernel(), absl::StatusCode::kInvalidArgument, "name"},
+      {"nosuch", Kernel(), absl::StatusCode::kNotFound, "nosuch"},
+      {"web1", {.pool = "vg0", .image = "missing"}, absl::StatusCode::kNotFound, "image: "},
+  };
+  for (const Case& c : cases) {
+    auto d = domains_->Rescue(c.name, c.boot);
+    EXPECT_EQ(d.status().code(), c.code) << c.says << ": " << d.status();
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr(c.says));
+    EXPECT_FALSE(domains_->Rescued("web1")) << c.says;
+    EXPECT_TRUE(Running("web1")) << c.says;
+    EXPECT_THAT(hv_.calls, Not(Contains("redefine web1"))) << c.says;
+  }
+  auto u = domains_->Unrescue("web1");
+  EXPECT_EQ(u.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(u.status().message()), HasSubstr("is not rescued"));
+  DomainService without_images(hv_, clock_, {}, storage_.get());
+  EXPECT_EQ(without_images.Rescue("web1", Image()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Disks("web1").size(), 2u);
+}
+
+TEST_F(DomainRescueTest, Rescue_OfARescuedDomainIsRefused) {
+  ASSERT_TRUE(domains_->Rescue("web1", Kernel()).ok());
+  hv_.calls.clear();
+  auto again = domains_->Rescue("web1", Image());
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(again.status().message()), HasSubstr("already rescued"));
+  EXPECT_TRUE(images_made_.empty());
+  EXPECT_TRUE(hv_.calls.empty());
+}
+
+TEST_F(DomainRescueTest, Rescue_FailingDefinePutsTheOriginalBackRunningWithoutTheRescueVolume) {
+  hv_.fail_define = absl::InternalError("libvirt says no");
+  auto d = domains_->Rescue("web1", Image());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInternal);
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-rescue").has_value());
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/root", "vdc=/dev/fake/data"));
+  EXPECT_TRUE(Running("web1")) << "it ran before the rescue";
+  EXPECT_FALSE(domains_->Rescued("web1"));
+  EXPECT_THAT(hv_.calls, Contains("restore web1"));
+}
+
+TEST_F(DomainRescueTest, Delete_OfARescuedDomainDeletesTheRescueVolumeAndKeepsBorrowedOnes) {
+  ASSERT_TRUE(domains_->Rescue("web1", Image()).ok());
+  ASSERT_TRUE(domains_->Delete("web1", /*force=*/true, /*delete_volumes=*/false).ok());
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-rescue").has_value()) << "deleted whatever delete_volumes says";
+  ASSERT_TRUE(Volume("root").has_value()) << "owned, but delete_volumes was not set";
+  EXPECT_EQ(Volume("root")->attached_to, "");
+  EXPECT_EQ(Volume("data")->attached_to, "");
+  EXPECT_FALSE(domains_->Rescued("web1"));
+}
+
+TEST_F(DomainRescueTest, Delete_WithVolumesOfARescuedDomainDeletesOwnedOnly) {
+  ASSERT_TRUE(domains_->Rescue("web1", Image()).ok());
+  ASSERT_TRUE(domains_->Delete("web1", /*force=*/true, /*delete_volumes=*/true).ok());
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-rescue").has_value());
+  EXPECT_FALSE(Volume("root").has_value());
+  ASSERT_TRUE(Volume("data").has_value()) << "borrowed: never deleted";
+}
+
+TEST_F(DomainRescueTest, RescueRecords_SurviveARestart) {
+  ASSERT_TRUE(domains_->Rescue("web1", Kernel()).ok());
+  auto reopened = RescueRecords::Open(dir_ + "/rescues");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  auto rec = (*reopened)->Find("web1");
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_TRUE(rec->was_active());
+  EXPECT_FALSE(rec->definition().empty());
+  rescues_ = std::move(*reopened);
+  domains_ = NewService();
+  ASSERT_TRUE(domains_->Unrescue("web1").ok());
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/root", "vdc=/dev/fake/data"));
+}
+
+// A crash after the rescue definition replaced the original, before the start: recovery puts the
+// original back (running, as it was), deletes the rescue volume and forgets the rescue.
+TEST_F(DomainRescueTest, Recover_InterruptedRescueIsRolledBack) {
+  // The start fails as a dropped connection would, and so does the undo: the operation stays
+  // open, as a crash between the two would leave it.
+  hv_.fail_start = absl::UnavailableError("connection dropped");
+  hv_.fail_restore = absl::UnavailableError("connection dropped");
+  ASSERT_FALSE(domains_->Rescue("web1", Image()).ok());
+  ASSERT_EQ(journal_.Unfinished().size(), 1u) << "an undo that could not be done is left to recovery";
+  EXPECT_FALSE(Running("web1"));
+  hv_.fail_start = absl::OkStatus();
+  hv_.fail_restore = absl::OkStatus();
+  auto recovered = NewService()->Recover();
+  ASSERT_EQ(recovered.size(), 1u);
+  EXPECT_EQ(recovered[0].state, v1::OPERATION_STATE_ROLLED_BACK) << recovered[0].outcome;
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/root", "vdc=/dev/fake/data"));
+  EXPECT_TRUE(Running("web1"));
+  EXPECT_FALSE(Volume("web1-rescue").has_value());
+  EXPECT_FALSE(rescues_->Find("web1").has_value());
+  EXPECT_TRUE(journal_.Unfinished().empty());
+}
+
+TEST_F(DomainRescueTest, Recover_InterruptedUnrescueIsCarriedThrough) {
+  ASSERT_TRUE(domains_->Rescue("web1", Image()).ok());
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_UNRESCUE_DOMAIN);
+  b.set_domain("web1");
+  b.set_uuid(hv_.GetDomain("web1")->uuid);
+  *b.mutable_rescue() = *rescues_->Find("web1");
+  auto op = journal_.Begin(b);
+  internal::JournalStep s;
+  s.set_name("destroy");
+  ASSERT_TRUE(journal_.Step(*op, s).ok());
+  ASSERT_TRUE(hv_.DestroyDomain("web1").ok());  // the step ran, then the crash
+  auto recovered = NewService()->Recover();
+  ASSERT_EQ(recovered.size(), 1u);
+  EXPECT_EQ(recovered[0].state, v1::OPERATION_STATE_RECOVERED) << recovered[0].outcome;
+  storage_->WaitForDeletes();
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/root", "vdc=/dev/fake/data"));
+  EXPECT_TRUE(Running("web1"));
+  EXPECT_FALSE(Volume("web1-rescue").has_value());
+  EXPECT_FALSE(rescues_->Find("web1").has_value());
+}
+
+}  // namespace
+}  // namespace hvagent::service
