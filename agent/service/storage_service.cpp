@@ -316,7 +316,9 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeCloned(const std::strin
     }
   }
   Log()->info("created volume {}/{} ({} bytes) as a clone of image {}", pool_name, v->name, v->size_bytes, image);
-  return StatusOf(*v);
+  if (owner.empty()) return StatusOf(*v);
+  lock.unlock();
+  return GetVolume(pool_name, spec.name);  // with its owner
 }
 
 absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& pool_name, const std::string& name,
