@@ -642,7 +642,11 @@ class XenArm64(unittest.TestCase):
         self.assertGreaterEqual(used, IMAGE_BYTES * 0.95, pool)
 
     def test_43_boot_each_clone_and_write_a_marker(self):
+        # One guest at a time: three booting at once in this emulated dom0 made a create wait
+        # past the API call's timeout. Each clone keeps its marker after its domain is deleted
+        # (the volumes are borrowed: test_42 made them).
         self.need_agent("thin_broken")
+        t = time.monotonic()
         for name in CLONES:
             mark = f"{name}-{random.getrandbits(48):012x}"
             type(self).marks[name] = mark
@@ -651,20 +655,16 @@ class XenArm64(unittest.TestCase):
                                "cmdline": f"console=hvc0 rdinit=/init quiet hvmark={mark}"},
                     "disks": [{"target": "xvda", "volume": {"pool": THIN_POOL, "name": name}}]}
             self.api("POST", "/v1/domains", {"spec": spec, "start": True}, expect=201)
-        t = time.monotonic()
-        pending = set(CLONES)
-        deadline = t + 240
-        while pending:
-            for name in sorted(pending):
+            deadline = time.monotonic() + 240
+            while True:
                 rc, out, _ = self.machine.run(["cat", f"/var/log/xen/console/guest-{name}.log"])
-                if f"HVAGENT-GUEST-MARKED {self.marks[name]}" in out:
-                    pending.discard(name)
-            if pending and time.monotonic() > deadline:
-                self.fail(f"no marker written by {sorted(pending)} within 240 s")
-            time.sleep(2)
-        self.timings["clones_marked_s"] = round(time.monotonic() - t, 1)
-        for name in CLONES:
+                if f"HVAGENT-GUEST-MARKED {mark}" in out:
+                    break
+                if time.monotonic() > deadline:
+                    self.fail(f"no marker written by {name} within 240 s: {out[-500:]!r}")
+                time.sleep(2)
             self.api("DELETE", f"/v1/domains/{name}?force=true", expect=204)
+        self.timings["clones_marked_s"] = round(time.monotonic() - t, 1)
 
     def test_44_copy_on_write_image_unchanged_clones_differ_only_where_written(self):
         self.need_agent("thin_broken")
