@@ -521,6 +521,17 @@ scratch_dir = "{cls.scratch}"
                    query={**raw_q, "sha256": "0" * 64}, raw=data, expect=409)  # checksum mismatch
         self.check("/v1/pools/{pool}/images/{name}", "PUT", {**ni, "name": "oa-up3"}, raw=b"abc", expect=400)
         self.check("/v1/pools/{pool}/images/{name}", "DELETE", up, expect=200)
+        # An image made from a volume of the pool (a template from a VM's disk).
+        self.check(vols, "POST", p1, body={"name": "oa-src", "size_bytes": str(2 * MiB)}, expect=201)
+        from_vol, src = "/v1/pools/{pool}/volumes/{volume}:create-image", {"pool": "disk1", "volume": "oa-src"}
+        made = self.check(from_vol, "POST", src, body={"name": "oa-fromvol"}, expect=201)
+        self.assertEqual((made["image"]["state"], made["image"]["name"]), ("IMAGE_STATE_READY", "oa-fromvol"), made)
+        self.check(from_vol, "POST", src, body={"name": "oa-fromvol"}, expect=409)  # the image exists
+        self.check(from_vol, "POST", {**src, "volume": "oa-ghost"}, body={"name": "oa-x"}, expect=404)
+        self.check(from_vol, "POST", src, body={"name": "a;b"}, expect=400)
+        self.check("/v1/pools/{pool}/images/{name}", "DELETE", {**ni, "name": "oa-fromvol"}, expect=200)
+        self.check(item, "DELETE", {"pool": "disk1", "name": "oa-src"}, expect=202)
+        self.wait_volume_gone("disk1", "oa-src")
 
         # Operations: this test's create and delete of the domain, newest first.
         ops = self.check("/v1/operations", "GET", expect=200)["operations"]
@@ -539,7 +550,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 42)
+        self.assertEqual(len(operations), 43)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")
@@ -558,7 +569,7 @@ scratch_dir = "{cls.scratch}"
             self.validate(json.loads(data), {"$ref": "#/components/schemas/Error"}, what)
 
     def test_no_undocumented_path_or_method_answers(self):
-        samples = {"name": unique_name("ghost"), "pool": "disk1", "id": "7"}
+        samples = {"name": unique_name("ghost"), "volume": unique_name("ghost"), "pool": "disk1", "id": "7"}
         probed = 0
         for template, item in self.doc["paths"].items():
             path = template
