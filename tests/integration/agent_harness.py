@@ -6,6 +6,7 @@ argv list, never through a shell."""
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -62,6 +63,22 @@ def test_guest():
         raise AssertionError(f"build-guest.sh failed: {r.stderr.strip()}")
     out = r.stdout.strip().splitlines()[-1]
     return os.path.join(out, "vmlinuz"), os.path.join(out, "initrd.img")
+
+
+def console_until(fd, marker, timeout):
+    """Reads a guest's console (a pty's fd) until `marker` (bytes) has appeared; returns all
+    that was read. AssertionError with the console's tail after `timeout` seconds."""
+    out = b""
+    deadline = time.time() + timeout
+    while marker not in out:
+        left = deadline - time.time()
+        if left <= 0:
+            raise AssertionError(f"no {marker!r} on the console within {timeout} s:\n"
+                                 f"{out[-3000:].decode(errors='replace')}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            out += os.read(fd, 65536)
+    return out
 
 
 def free_port():

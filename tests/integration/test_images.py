@@ -7,7 +7,6 @@ table, lsblk, the pool's listings, the scratch directory, no operation left runn
 
 import hashlib
 import re
-import select
 import http.server
 import json
 import os
@@ -18,7 +17,7 @@ import threading
 import time
 
 from hvagent.v1 import image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
-from agent_harness import Agent, test_guest, unique_name
+from agent_harness import console_until, Agent, test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
 MiB = 1 << 20
@@ -296,9 +295,9 @@ state_dir = "{cls.statedir}"
             tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
             fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
             try:
-                out = self.console_until(fd, b"hv-guest-ready", 180)
+                out = console_until(fd, b"hv-guest-ready", 180)
                 os.write(fd, b"\nsha256sum /dev/vda\n")
-                out = self.console_until(fd, b"  /dev/vda", 60)
+                out = console_until(fd, b"  /dev/vda", 60)
             finally:
                 os.close(fd)
             found = re.findall(rb"([0-9a-f]{64})  /dev/vda", out)
@@ -373,17 +372,6 @@ state_dir = "{cls.statedir}"
         cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)
         cls.operations = operation_pb2_grpc.OperationServiceStub(cls.agent.channel)
 
-    def console_until(self, fd, marker, timeout):
-        out = b""
-        deadline = time.time() + timeout
-        while marker not in out:
-            left = deadline - time.time()
-            if left <= 0:
-                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                out += os.read(fd, 65536)
-        return out
 
     # ---- imports that fail, leaving nothing ----
 

@@ -9,13 +9,12 @@ of a domain not rescued, a kernel outside kernel_dirs) change nothing."""
 import hashlib
 import os
 import re
-import select
 import shutil
 import tempfile
 import time
 
 from hvagent.v1 import image_pb2, image_pb2_grpc
-from agent_harness import test_guest, unique_name
+from agent_harness import console_until, test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
 MiB = 1 << 20
@@ -81,23 +80,12 @@ max_virtual_size_mib = 64
         fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
         try:
             if fresh:
-                self.until(fd, b"hv-guest-ready", timeout)
+                console_until(fd, b"hv-guest-ready", timeout)
             os.write(fd, b"\n" + command.encode() + b"\n")
-            return self.until(fd, marker.encode(), 60).decode(errors="replace")
+            return console_until(fd, marker.encode(), 60).decode(errors="replace")
         finally:
             os.close(fd)
 
-    def until(self, fd, marker, timeout):
-        out = b""
-        deadline = time.time() + timeout
-        while marker not in out:
-            left = deadline - time.time()
-            if left <= 0:
-                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                out += os.read(fd, 65536)
-        return out
 
     def partitions(self, name):
         """{device: size in KiB} of the /proc/partitions of a guest just started."""

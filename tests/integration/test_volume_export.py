@@ -13,7 +13,6 @@
 import hashlib
 import os
 import re
-import select
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ import time
 import grpc
 
 from hvagent.v1 import image_pb2, image_pb2_grpc, storage_pb2, storage_pb2_grpc
-from agent_harness import test_guest, unique_name, domstate
+from agent_harness import console_until, test_guest, unique_name, domstate
 from loop_pools import LoopPoolsTestCase, run
 
 MiB = 1 << 20
@@ -217,24 +216,13 @@ max_virtual_size_mib = 1100
         tty = run(["virsh", "-c", "qemu:///system", "ttyconsole", name]).stdout.strip()
         fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
         try:
-            self.console_until(fd, b"hv-guest-ready", 300)
+            console_until(fd, b"hv-guest-ready", 300)
             os.write(fd, b"\nsha256sum /dev/vda\n")
-            out = self.console_until(fd, b"  /dev/vda", 60)
+            out = console_until(fd, b"  /dev/vda", 60)
         finally:
             os.close(fd)
         return [f.decode() for f in re.findall(rb"([0-9a-f]{64})  /dev/vda", out)][-1]
 
-    def console_until(self, fd, marker, timeout):
-        out = b""
-        deadline = time.time() + timeout
-        while marker not in out:
-            left = deadline - time.time()
-            if left <= 0:
-                self.fail(f"no {marker!r} on the console within {timeout} s:\n{out[-3000:].decode(errors='replace')}")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                out += os.read(fd, 65536)
-        return out
 
     def test_an_image_of_a_running_guests_volume_boots_another_guest(self):
         src = self.volume("src-root", 8 * MiB, lambda fd: os.pwrite(fd, os.urandom(6 * MiB), 0))
