@@ -156,6 +156,25 @@ def token():
     return "hv-" + uuid.uuid4().hex[:10]
 
 
+def start_shell_guest(agent, name, kernel, initrd, timeout=120):
+    """Creates and starts the busybox test guest `name` with a serial console through `agent`;
+    returns a ConsoleService stub once its shell answers on that console."""
+    spec = domain_pb2.DomainSpec(name=name, vcpus=1, memory_mib=256, serial_console=True)
+    spec.kernel.kernel_path = kernel
+    spec.kernel.initrd_path = initrd
+    spec.kernel.cmdline = "console=ttyS0 quiet"
+    agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+    stub = console_pb2_grpc.ConsoleServiceStub(agent.channel)
+    # The shell is up once it answers; until then keep typing (boot takes seconds).
+    s = ConsoleStream(stub, name, write=True)
+    try:
+        word = token()
+        s.wait_for_line(word, timeout=timeout, retype=f"echo {word}\n")
+    finally:
+        s.close()
+    return stub
+
+
 class ConsoleTest(AgentTestCase):
     TTL = 3  # seconds: short, so that the expiry test waits little
 
@@ -179,19 +198,7 @@ log_dir = "{cls.log_dir}/logs"
         super().setUpClass()
         cls.guest = GUEST_PREFIX + uuid.uuid4().hex[:8]
         try:
-            spec = domain_pb2.DomainSpec(name=cls.guest, vcpus=1, memory_mib=256, serial_console=True)
-            spec.kernel.kernel_path = cls.kernel
-            spec.kernel.initrd_path = cls.initrd
-            spec.kernel.cmdline = "console=ttyS0 quiet"
-            cls.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
-            cls.stub = console_pb2_grpc.ConsoleServiceStub(cls.agent.channel)
-            # The shell is up once it answers; until then keep typing (boot takes seconds).
-            s = ConsoleStream(cls.stub, cls.guest, write=True)
-            try:
-                word = token()
-                s.wait_for_line(word, timeout=120, retype=f"echo {word}\n")
-            finally:
-                s.close()
+            cls.stub = start_shell_guest(cls.agent, cls.guest, cls.kernel, cls.initrd)
         except BaseException:
             cls.tearDownClass()
             raise
@@ -542,10 +549,6 @@ log_dir = "{cls.log_dir}/logs"
         self.assertEqual(status, 404, body)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 
 class VncConsoleTest(AgentTestCase):
     """CONSOLE_KIND_VNC on a real QEMU guest defined with spec.vnc: each ticket sets a fresh
@@ -664,3 +667,7 @@ vnc_listen = "127.0.0.1"
                 domain_name=self.guest + "-off", kind=console_pb2.CONSOLE_KIND_VNC))
         self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
         self.assertIn("not running", e.exception.details())
+
+
+if __name__ == "__main__":
+    unittest.main()
