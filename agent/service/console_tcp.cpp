@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -54,6 +55,17 @@ int ListenOn(const std::string& address, int port) {
     return -1;
   }
   return fd;
+}
+
+// An interactive console connection: keystroke echoes go out at once (no Nagle), and the kernel
+// queues little for a client that stops reading (a few KiB instead of tcp_wmem's megabytes), so
+// the attachment's drop-oldest buffer, not the socket, decides what a slow client misses: it
+// gets the guest's newest output and a marker, not megabytes of stale output.
+void TuneConsoleSocket(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  int send_buffer = 32 * 1024;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof send_buffer);
 }
 
 bool SendAll(int fd, std::string_view bytes) {
@@ -135,6 +147,7 @@ void ConsoleTcpEndpoints::Serve(int listen_fd, std::string domain, std::string t
     close(fd);
     return;
   }
+  TuneConsoleSocket(fd);
   Relay(fd, domain);
   close(fd);
 }

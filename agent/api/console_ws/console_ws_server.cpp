@@ -479,6 +479,9 @@ struct ConsoleWsServer::Impl {
     const tcp::endpoint remote = socket.remote_endpoint(ec);
     if (ec) return;  // already gone
     std::string peer = remote.address().to_string();
+    // Keystroke echoes are single small frames: send each at once rather than after the
+    // client's delayed ACK of the one before (Nagle).
+    socket.set_option(tcp::no_delay(true), ec);
     auto slot = std::make_unique<ConnectionSlot>(shared);
     std::shared_ptr<asio::ssl::context> ctx;
     {
