@@ -214,8 +214,10 @@ tcp_port_max = {cls.port_min}
     # ---- a guest flooding its console ----
 
     def flood(self, mib, word):
-        """The shell command that prints `mib` MiB of 'x' (no newline), then `word` on a line."""
-        return f"dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | tr '\\000' x; echo; echo {word}\n"
+        """The shell command that prints `mib` MiB of 'x' (no newline), then `word` on a line.
+        The word is typed with '' inside it: the command's echo, however the terminal wraps it,
+        never holds the word alone on a line."""
+        return f"dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | tr '\\000' x; echo; echo {word[:3]}''{word[3:]}\n"
 
     def tcp_writer(self):
         """A serial-tcp ticket's connection (the console's writer) whose receive buffer is
