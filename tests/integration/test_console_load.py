@@ -157,7 +157,7 @@ tcp_port_max = {cls.port_min}
                 writer.close()
             # Every stream is attached and live: the line typed reached each of them.
             pattern = re.compile(rb"(^|[\r\n])" + word.encode() + rb"\r?\n")
-            for i, call in enumerate(calls):
+            for call in calls:
                 got = b""
                 while not pattern.search(got):
                     got += next(call).data  # StopIteration / RpcError: that stream ended
