@@ -68,9 +68,17 @@ void TuneConsoleSocket(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof send_buffer);
 }
 
-bool SendAll(int fd, std::string_view bytes) {
+// Sends all of `bytes`; false when the client is gone or the agent is stopping. Waits for room
+// kPollMs at a time, so that a client that stopped reading never keeps the agent from stopping.
+bool SendAll(int fd, std::string_view bytes, const std::atomic<bool>& stopping) {
   while (!bytes.empty()) {
-    ssize_t n = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (stopping) return false;
+    ssize_t n = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd p{fd, POLLOUT, 0};
+      poll(&p, 1, kPollMs);
+      continue;
+    }
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     bytes.remove_prefix(static_cast<size_t>(n));
@@ -155,7 +163,7 @@ void ConsoleTcpEndpoints::Serve(int listen_fd, std::string domain, std::string t
 void ConsoleTcpEndpoints::Relay(int fd, const std::string& domain) {
   auto attached = sessions_.Attach(domain, /*write=*/true, /*take_over=*/true);
   if (!attached.ok()) {
-    SendAll(fd, absl::StrCat("hvagent: ", attached.status().message(), "\r\n"));
+    SendAll(fd, absl::StrCat("hvagent: ", attached.status().message(), "\r\n"), stopping_);
     return;
   }
   auto& a = **attached;
@@ -172,11 +180,12 @@ void ConsoleTcpEndpoints::Relay(int fd, const std::string& domain) {
     // Output first: whatever is buffered goes out before we wait again.
     while (auto out = a.TryNext()) {
       if (out->dropped_before > 0 &&
-          !SendAll(fd, absl::StrCat("\r\n[hvagent: ", out->dropped_before, " bytes of console output dropped]\r\n"))) {
+          !SendAll(fd, absl::StrCat("\r\n[hvagent: ", out->dropped_before, " bytes of console output dropped]\r\n"),
+                   stopping_)) {
         open = false;
         break;
       }
-      if (!SendAll(fd, out->data)) {
+      if (!SendAll(fd, out->data, stopping_)) {
         open = false;
         break;
       }

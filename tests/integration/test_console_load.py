@@ -302,3 +302,14 @@ tcp_port_max = {cls.port_min}
         # SLOW_READERS + 1 times.
         self.assertLess(peak[0] - rss_before, (SLOW_READERS + 1) * mib / 2,
                         f"VmRSS {rss_before:.1f} MiB before, peak {peak[0]:.1f} MiB")
+
+    # Last (it stops the class's agent): a serial-tcp client that reads nothing while the guest
+    # floods must not keep the agent from stopping.
+    def test_z_the_agent_stops_promptly_under_a_flood_with_a_serial_tcp_client_that_does_not_read(self):
+        tcp = self.tcp_writer()
+        tcp.sendall(self.flood(FLOOD_MIB, token()).encode())
+        time.sleep(5)  # by now the agent's sends to it wait: 4 KiB receive buffer, small send buffer
+        t = time.monotonic()
+        code = self.agent.stop()  # SIGTERM; SIGKILL after 10 s
+        print(f"  the agent stopped in {time.monotonic() - t:.1f} s with {code}", flush=True)
+        self.assertEqual(code, 0, "the agent did not stop on SIGTERM within 10 s")
