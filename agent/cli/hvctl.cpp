@@ -27,6 +27,7 @@
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/create_channel.h>
 
+#include "absl/strings/numbers.h"
 #include "agent/cli/hvctl_console.h"
 #include "agent/cli/hvctl_image_upload.h"
 #include "agent/cli/hvctl_volume_export.h"
@@ -71,6 +72,8 @@ int Usage() {
                "  image-upload POOL NAME FILE [--format raw|qcow2] [--sha256 HEX] [--sha512 HEX]\n"
                "  volume-export POOL NAME FILE [--image] [--quiesced]   (sparse FILE, sha256 checked)\n"
                "  image-from-volume POOL VOLUME IMAGE   (pauses a running domain for the copy)\n"
+               "  volume-from-image POOL IMAGE VOLUME [--size-mib N] [--wait]\n"
+               "                                       (a clone or a copy; --wait draws its progress)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -217,6 +220,34 @@ int Render(bool json, const grpc::Status& s, const google::protobuf::Message& re
 // Long on purpose: one branch per command, each a single RPC and how its answer is printed, read
 // top to bottom like the usage text above; the helpers (Render, Table, KeyValues) hold what
 // the branches share.
+// Polls operation `op` until it ends, drawing its progress (bytes done of total) on stderr
+// unless `json`; then prints how it ended under `label`. kOk when it SUCCEEDED.
+int FollowOperation(v1::OperationService::Stub& operations, v1::Operation op, bool json, const std::string& label) {
+  v1::GetOperationRequest get;
+  get.set_id(std::to_string(op.id()));
+  while (op.state() == v1::OPERATION_STATE_RUNNING) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    grpc::ClientContext poll;
+    poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    if (grpc::Status s = operations.GetOperation(&poll, get, &op); !s.ok()) return Failed(s);
+    if (!json) {
+      const int width = 40;
+      const uint64_t total = op.bytes_total();
+      const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
+      std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
+                << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
+    }
+  }
+  if (json) {
+    std::cout << Json(op) << "\n";
+  } else {
+    std::cerr << "\n";
+    std::cout << label << ": " << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
+              << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+  }
+  return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
+}
+
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::map<std::string, std::string> opts = {{"--server", "127.0.0.1:50051"}};
@@ -495,6 +526,7 @@ int main(int argc, char** argv) {
                            : o.kind() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ? "image-from-volume"
                            : o.kind() == v1::OPERATION_KIND_RESCUE_DOMAIN     ? "rescue"
                            : o.kind() == v1::OPERATION_KIND_UNRESCUE_DOMAIN   ? "unrescue"
+                           : o.kind() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE ? "volume-from-image"
                                                                               : "?";
         std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
         rows.push_back({std::to_string(o.id()), kind, o.domain(), state,
@@ -595,31 +627,30 @@ int main(int argc, char** argv) {
       std::cout << (json ? Json(op) : "operation " + std::to_string(op.id()) + ": importing") << "\n";
       return kOk;
     }
-    v1::GetOperationRequest get;
-    get.set_id(std::to_string(op.id()));
-    while (op.state() == v1::OPERATION_STATE_RUNNING) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      grpc::ClientContext poll;
-      deadline(poll, 30);
-      s = operations->GetOperation(&poll, get, &op);
-      if (!s.ok()) return Failed(s);
-      if (!json) {
-        const int width = 40;
-        const uint64_t total = op.bytes_total();
-        const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
-        std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
-                  << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
-      }
+    return FollowOperation(*operations, op, json, req.pool() + "/" + req.name());
+  }
+  if (cmd == "volume-from-image" && args.size() >= 4) {
+    auto images = v1::ImageService::NewStub(channel);
+    auto operations = v1::OperationService::NewStub(channel);
+    deadline(ctx, 60);
+    v1::CreateVolumeFromImageRequest req;
+    req.set_pool(arg1);
+    req.set_image(args[2]);
+    req.set_volume(args[3]);
+    for (size_t i = 4; i < args.size(); ++i) {
+      if (args[i] == "--wait") continue;
+      uint64_t mib = 0;
+      if (args[i] != "--size-mib" || i + 1 >= args.size() || !absl::SimpleAtoi(args[i + 1], &mib)) return Usage();
+      req.set_size_bytes(mib << 20);
+      ++i;
     }
-    if (json) {
-      std::cout << Json(op) << "\n";
-    } else {
-      std::cerr << "\n";
-      std::cout << req.pool() << "/" << req.name() << ": "
-                << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
-                << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+    v1::Operation op;
+    if (grpc::Status s = images->CreateVolumeFromImage(&ctx, req, &op); !s.ok()) return Failed(s);
+    if (!has_flag("--wait")) {
+      std::cout << (json ? Json(op) : "operation " + std::to_string(op.id()) + ": making the volume") << "\n";
+      return kOk;
     }
-    return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
+    return FollowOperation(*operations, op, json, req.pool() + "/" + req.volume());
   }
   if (cmd == "image-upload" && args.size() >= 4) {
     auto images = v1::ImageService::NewStub(channel);

@@ -80,17 +80,15 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
   std::lock_guard lock(define_mu_);
   std::vector<Recovery> out;
   for (const Journal::Operation& op : journal_->Unfinished()) {
-    // Image imports are ImageService's to recover; they are no domain operation.
-    if (op.begin.type() == v1::OPERATION_KIND_IMPORT_IMAGE ||
-        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
-      continue;
-    }
     Recovery r;
     switch (op.begin.type()) {
+      // UNSPECIFIED: an entry naming no kind at all (the journal maps the old `kind` strings).
+      case v1::OPERATION_KIND_UNSPECIFIED:
+      case v1::OPERATION_KIND_CREATE_DOMAIN: r = RecoverCreate(op); break;
       case v1::OPERATION_KIND_DELETE_DOMAIN: r = RecoverDelete(op); break;
       case v1::OPERATION_KIND_RESCUE_DOMAIN: r = RecoverRescue(op); break;
       case v1::OPERATION_KIND_UNRESCUE_DOMAIN: r = RecoverUnrescue(op); break;
-      default: r = RecoverCreate(op); break;
+      default: continue;  // no domain operation (images, volumes): its own service recovers it
     }
     Log()->warn("recovery: interrupted {} of domain {} (operation {}): {}", r.kind, r.domain, op.id, r.outcome);
     // A failed recovery stays open in the journal: the next start tries again.

@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "storage/image/image_sources.h"
 #include "storage/partition/gpt_layout.h"
@@ -184,6 +185,7 @@ ImageService::~ImageService() {
   {
     std::lock_guard lock(mu_);
     for (auto& [key, job] : running_) job->cancel = true;
+    for (auto& [key, job] : copies_) job->cancel = true;
   }
   WaitForImports();
 }
@@ -192,7 +194,7 @@ void ImageService::WaitForImports() {
   std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads;
   {
     std::unique_lock lock(mu_);
-    idle_.wait(lock, [this] { return running_.empty(); });
+    idle_.wait(lock, [this] { return running_.empty() && copies_.empty(); });
     threads.swap(threads_);
   }
   for (auto& [job, t] : threads) t.join();
@@ -245,16 +247,20 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
   auto job = Begin(req);
   if (!job.ok()) return job.status();
   std::lock_guard lock(mu_);
-  // Threads of ended imports are past their last use of mu_: joining them here cannot block.
+  ReapEndedLocked();
+  threads_.emplace_back(*job, std::thread([this, job = *job, req] { (void)Run(job, req); }));
+  Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, (*job)->id,
+              FormatName(req.format), req.url.empty() ? req.host_file : req.url);
+  return (*job)->id;
+}
+
+void ImageService::ReapEndedLocked() {
+  // Threads of ended imports and copies are past their last use of mu_: joining cannot block.
   std::erase_if(threads_, [](auto& entry) {
     if (!entry.first->finished) return false;
     entry.second.join();
     return true;
   });
-  threads_.emplace_back(*job, std::thread([this, job = *job, req] { (void)Run(job, req); }));
-  Log()->info("import of {}/{} started (operation {}, {} from {})", req.pool, req.name, (*job)->id,
-              FormatName(req.format), req.url.empty() ? req.host_file : req.url);
-  return (*job)->id;
 }
 
 absl::StatusOr<ImageStatus> ImageService::Upload(const UploadRequest& u, UploadBody& body) {
@@ -593,9 +599,38 @@ absl::StatusOr<ImageStatus> ImageService::Delete(const std::string& pool, const 
   return *image;
 }
 
+absl::StatusOr<std::pair<ImageStatus, uint64_t>> ImageService::SourceImage(const std::string& pool,
+                                                                            const std::string& image,
+                                                                            uint64_t size_bytes,
+                                                                            absl::string_view size_field) {
+  auto src = Get(pool, image);
+  if (!src.ok()) {
+    if (absl::IsNotFound(src.status())) {
+      return absl::NotFoundError(absl::StrCat("image: '", image, "' is no image of pool '", pool, "'"));
+    }
+    return src.status();
+  }
+  if (!src->ready || !src->record) {
+    return absl::FailedPreconditionError(absl::StrCat("image: '", image, "' is not ready (its import is under way)"));
+  }
+  const uint64_t virtual_size = src->record->virtual_size;
+  if (size_bytes == 0) size_bytes = virtual_size;
+  if (size_bytes < virtual_size) {
+    return absl::InvalidArgumentError(absl::StrCat(size_field, ": ", size_bytes, " is smaller than image '", image,
+                                                   "' (", virtual_size, " bytes)"));
+  }
+  return std::make_pair(*std::move(src), size_bytes);
+}
+
 absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::string& pool, const std::string& name,
                                                                  uint64_t size_bytes, const std::string& image,
                                                                  const std::string& owner) {
+  return MakeVolume(pool, name, size_bytes, image, owner, nullptr);
+}
+
+absl::StatusOr<VolumeStatus> ImageService::MakeVolume(const std::string& pool, const std::string& name,
+                                                      uint64_t size_bytes, const std::string& image,
+                                                      const std::string& owner, Running* job) {
   {
     std::lock_guard lock(mu_);
     if (deleting_.contains(Key(pool, image))) {
@@ -611,55 +646,142 @@ absl::StatusOr<VolumeStatus> ImageService::CreateVolumeFromImage(const std::stri
       --self->copying_[key];
     }
   } release{this, Key(pool, image)};
-  auto src = Get(pool, image);
-  if (!src.ok()) {
-    if (absl::IsNotFound(src.status())) {
-      return absl::NotFoundError(absl::StrCat("image: '", image, "' is no image of pool '", pool, "'"));
-    }
-    return src.status();
-  }
-  if (!src->ready || !src->record) {
-    return absl::FailedPreconditionError(absl::StrCat("image: '", image, "' is not ready (its import is under way)"));
-  }
-  const uint64_t virtual_size = src->record->virtual_size;
-  if (size_bytes == 0) size_bytes = virtual_size;
-  if (size_bytes < virtual_size) {
-    return absl::InvalidArgumentError(absl::StrCat(owner.empty() ? "size_bytes" : "create_size_bytes", ": ",
-                                                   size_bytes, " is smaller than image '", image,
-                                                   "' (", virtual_size, " bytes)"));
-  }
+  auto source = SourceImage(pool, image, size_bytes, owner.empty() ? "size_bytes" : "create_size_bytes");
+  if (!source.ok()) return source.status();
+  const auto& [src, size] = *source;
+  const uint64_t virtual_size = src.record->virtual_size;
+  if (job != nullptr) job->total = virtual_size;
+  // Journalled before the volume exists, so that recovery deletes one a crash leaves half written.
+  auto journal_step = [&] {
+    if (job == nullptr) return;
+    internal::JournalStep step;
+    step.set_name("create-volume");
+    step.mutable_volume()->set_pool(pool);
+    step.mutable_volume()->set_name(name);
+    (void)journal_.Step(job->id, step);
+  };
+  journal_step();
   // A pool that shares blocks makes the volume a copy-on-write clone; the others copy.
-  auto cloned = storage_.CreateVolumeCloned(pool, {name, size_bytes}, image, owner);
+  auto cloned = storage_.CreateVolumeCloned(pool, {name, size}, image, owner);
   if (!absl::IsUnimplemented(cloned.status())) {
     if (cloned.ok()) Log()->info("volume {}/{} created as a clone of image {}", pool, name, image);
+    if (cloned.ok() && job != nullptr) job->done = virtual_size;
     return cloned;
   }
+  img::ProgressFn progress;
+  if (job != nullptr) {
+    progress = [job](uint64_t done) {
+      job->done = done;
+      HVAGENT_FAILPOINT("volume_from_image.mid_copy");  // tests: a crash, or a pause to cancel in
+    };
+  }
   auto volume = storage_.CreateVolumeFilled(
-      pool, {name, size_bytes}, absl::StrCat("image '", image, "'"), [&](const storage::VolumeInfo& v) -> absl::Status {
-        auto copied = img::CopyDevice(src->path, v.path, virtual_size, nullptr, nullptr, false);
+      pool, {name, size}, absl::StrCat("image '", image, "'"),
+      [&](const storage::VolumeInfo& v) -> absl::Status {
+        auto copied = img::CopyDevice(src.path, v.path, virtual_size, progress, job ? &job->cancel : nullptr, false);
         if (copied.ok()) return absl::OkStatus();
+        if (absl::IsCancelled(copied.status())) return absl::CancelledError("cancelled (the volume is deleted again)");
         return absl::Status(copied.status().code(),
                             absl::StrCat("copying image '", image, "' onto volume '", name,
                                          "': ", copied.status().message(), " (the volume is deleted again)"));
       },
-      owner);
+      owner, job ? &job->cancel : nullptr);
   if (!volume.ok()) return volume.status();
   Log()->info("volume {}/{} created from image {} ({} bytes copied)", pool, name, image, virtual_size);
   return volume;
 }
 
+absl::StatusOr<uint64_t> ImageService::StartVolumeFromImage(const VolumeFromImageRequest& r) {
+  if (auto s = CheckObjectName("volume", r.volume); !s.ok()) return s;
+  if (r.image.empty()) return absl::InvalidArgumentError("image: is required");
+  auto source = SourceImage(r.pool, r.image, r.size_bytes, "size_bytes");
+  if (!source.ok()) return source.status();
+  if (auto s = storage_.CheckRoomFor(r.pool, r.volume, source->second, "volume", "size_bytes"); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  if (copies_.contains(Key(r.pool, r.volume))) {
+    return absl::AlreadyExistsError(absl::StrCat("volume: '", r.volume, "' is being made in pool '", r.pool, "'"));
+  }
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_VOLUME_FROM_IMAGE);
+  begin.set_pool(r.pool);
+  begin.set_image(r.image);
+  auto* target = begin.add_volumes();
+  target->set_pool(r.pool);
+  target->set_name(r.volume);
+  begin.set_unix_ms(NowUnixMs());
+  auto id = journal_.Begin(begin);
+  if (!id.ok()) return id.status();
+  auto job = std::make_shared<Running>();
+  job->id = *id;
+  job->pool = r.pool;
+  job->name = r.volume;
+  job->total = source->first.record->virtual_size;
+  copies_[Key(r.pool, r.volume)] = job;
+  ReapEndedLocked();
+  threads_.emplace_back(job, std::thread([this, job, r] { RunVolumeFromImage(job, r); }));
+  Log()->info("volume {}/{} from image {} started (operation {})", r.pool, r.volume, r.image, job->id);
+  return job->id;
+}
+
+void ImageService::RunVolumeFromImage(std::shared_ptr<Running> job, VolumeFromImageRequest r) {
+  auto made = MakeVolume(r.pool, r.volume, r.size_bytes, r.image, "", job.get());
+  absl::Status status = made.status();
+  v1::OperationState state = v1::OPERATION_STATE_SUCCEEDED;
+  if (!status.ok()) {
+    state = absl::IsCancelled(status) ? v1::OPERATION_STATE_CANCELLED : v1::OPERATION_STATE_FAILED;
+    Log()->warn("volume {}/{} from image {} (operation {}): {}", r.pool, r.volume, r.image, job->id, status.message());
+  }
+  (void)journal_.End(job->id, state, std::string(status.message()));
+  std::lock_guard lock(mu_);
+  transfers_[job->id] = Transfer{job->done, job->total};
+  while (transfers_.size() > Journal::kHistory) transfers_.erase(transfers_.begin());
+  copies_.erase(Key(r.pool, r.volume));
+  job->finished = true;
+  idle_.notify_all();
+}
+
 std::optional<Transfer> ImageService::TransferOf(uint64_t id) const {
   std::lock_guard lock(mu_);
-  for (const auto& [key, job] : running_) {
-    if (job->id == id) return Transfer{job->done, job->total};
+  for (const auto* jobs : {&running_, &copies_}) {
+    for (const auto& [key, job] : *jobs) {
+      if (job->id == id) return Transfer{job->done, job->total};
+    }
   }
   if (auto it = transfers_.find(id); it != transfers_.end()) return it->second;
   return std::nullopt;
 }
 
+std::string ImageService::RecoverVolumeFromImage(const Journal::Operation& op) {
+  std::string outcome = "nothing had been written";
+  v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
+  std::string pool, volume;
+  for (const auto& step : op.steps) {
+    if (step.name() != "create-volume") continue;
+    pool = step.volume().pool();
+    volume = step.volume().name();
+  }
+  if (!volume.empty()) {
+    if (auto v = storage_.GetVolume(pool, volume); !v.ok()) {
+      outcome = "the volume had not been made";
+    } else if (auto d = storage_.DeleteVolume(pool, volume); d.ok()) {
+      outcome = "the partial volume is wiped and deleted";
+    } else {
+      outcome = absl::StrCat("deleting the partial volume failed: ", d.status().message());
+      state = v1::OPERATION_STATE_FAILED;
+    }
+  }
+  (void)journal_.End(op.id, state, absl::StrCat("recovery: ", outcome));
+  return absl::StrCat("volume from image ", op.begin.pool(), "/", op.begin.image(), " (operation ", op.id,
+                      "): ", outcome);
+}
+
 std::vector<std::string> ImageService::Recover() {
   std::vector<std::string> done;
   for (const Journal::Operation& op : journal_.Unfinished()) {
+    if (op.begin.type() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE) {
+      done.push_back(RecoverVolumeFromImage(op));
+      continue;
+    }
     if (op.begin.type() != v1::OPERATION_KIND_IMPORT_IMAGE &&
         op.begin.type() != v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
       continue;

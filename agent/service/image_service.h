@@ -102,6 +102,14 @@ struct FromVolumeResult {
   uint64_t operation_id = 0;
 };
 
+// ImageService::StartVolumeFromImage: a new volume `volume` of `pool` from its ready `image`.
+struct VolumeFromImageRequest {
+  std::string pool;
+  std::string image;
+  std::string volume;
+  uint64_t size_bytes = 0;  // 0: the image's size
+};
+
 // How far an import is (for OperationService).
 struct Transfer {
   uint64_t done = 0;
@@ -146,6 +154,13 @@ class ImageService {
                                                      uint64_t size_bytes, const std::string& image,
                                                      const std::string& owner = "");
 
+  // The same volume as an operation (OPERATION_KIND_VOLUME_FROM_IMAGE) on a thread of its own:
+  // everything CreateVolumeFromImage would refuse (and a volume name in use, a pool too full) is
+  // refused here, naming the request's field, before the operation's id is returned. Progress
+  // through TransferOf; DeleteVolume of the volume cancels it; a failed or cancelled copy deletes
+  // the volume; Recover() deletes one a crash cut short.
+  absl::StatusOr<uint64_t> StartVolumeFromImage(const VolumeFromImageRequest& request);
+
   // Streams the volume (or ready image) `r` names into `sink`; `on_size` is told its size
   // before the first byte. NotFound for an unknown pool, volume or image; InvalidArgument
   // naming `name` for a name that is no volume name (path characters); FailedPrecondition for
@@ -177,6 +192,19 @@ class ImageService {
     std::atomic<bool> finished{false};
   };
 
+  // CreateVolumeFromImage's work; `job` not null: its progress, cancel flag and journal entry.
+  absl::StatusOr<VolumeStatus> MakeVolume(const std::string& pool, const std::string& name, uint64_t size_bytes,
+                                          const std::string& image, const std::string& owner, Running* job);
+  // The ready image a volume is to be made from and the volume's size (0: the image's);
+  // InvalidArgument naming `size_field` when smaller than the image.
+  absl::StatusOr<std::pair<ImageStatus, uint64_t>> SourceImage(const std::string& pool, const std::string& image,
+                                                               uint64_t size_bytes, absl::string_view size_field);
+  // The copy StartVolumeFromImage started, from start to end; its outcome in the journal.
+  void RunVolumeFromImage(std::shared_ptr<Running> job, VolumeFromImageRequest r);
+  // At start: deletes the volume an interrupted StartVolumeFromImage made; a line for the log.
+  std::string RecoverVolumeFromImage(const Journal::Operation& op);
+  // Joins the threads of ended imports and copies; called with mu_ held.
+  void ReapEndedLocked();
   // Name, format and checksums (normalized), shared by Import and Upload.
   absl::StatusOr<ImportRequest> CheckCommon(const ImportRequest& request) const;
   // Refuses an existing name, journals the operation and registers it as running.
@@ -205,10 +233,11 @@ class ImageService {
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Running>> running_;   // by pool/name
+  std::map<std::string, std::shared_ptr<Running>> copies_;    // volumes being made, by pool/volume
   std::map<uint64_t, Transfer> transfers_;                    // the last Journal::kHistory ended ones
   std::map<std::string, int> copying_;                        // copies from pool/image under way
   std::set<std::string> deleting_;                            // pool/image being wiped and removed
-  // Import threads; an ended one is joined by the next Import (or WaitForImports).
+  // Import and copy threads; an ended one is joined by the next start (or WaitForImports).
   std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads_;
   std::condition_variable idle_;
 };

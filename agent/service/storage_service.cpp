@@ -64,7 +64,7 @@ absl::StatusOr<StorageService::Pool*> StorageService::Find(const std::string& po
 absl::Status StorageService::RefuseDeleting(const std::string& pool, const std::string& name) const {
   std::lock_guard lock(deleting_mu_);
   if (auto it = filling_.find(Key(pool, name)); it != filling_.end()) {
-    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being written from ", it->second));
+    return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being written from ", it->second.source));
   }
   if (!deleting_.contains(Key(pool, name))) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat("volume '", name, "' is being deleted"));
@@ -248,7 +248,8 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolume(const std::string& poo
 
 absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
     const std::string& pool_name, const storage::VolumeSpec& spec, absl::string_view source,
-    const std::function<absl::Status(const storage::VolumeInfo&)>& fill, const std::string& owner) {
+    const std::function<absl::Status(const storage::VolumeInfo&)>& fill, const std::string& owner,
+    std::atomic<bool>* cancel) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
   const std::string key = Key(pool_name, spec.name);
@@ -267,7 +268,7 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
     if (recorded.ok()) {
       // Fenced before the pool's lock is let go: no call sees the volume unwritten and free.
       std::lock_guard dl(deleting_mu_);
-      filling_[key] = std::string(source);
+      filling_[key] = Filling{std::string(source), cancel};
     }
   }
   if (!recorded.ok()) {
@@ -291,6 +292,28 @@ absl::StatusOr<VolumeStatus> StorageService::CreateVolumeFilled(
   }
   Log()->info("created volume {}/{} ({} bytes) from {}", pool_name, volume.name, volume.size_bytes, source);
   return GetVolume(pool_name, spec.name);
+}
+
+absl::Status StorageService::CheckRoomFor(const std::string& pool_name, const std::string& name, uint64_t bytes,
+                                          absl::string_view name_field, absl::string_view size_field) {
+  auto pool = Find(pool_name);
+  if (!pool.ok()) return pool.status();
+  std::lock_guard lock((*pool)->mu);
+  if (auto v = (*pool)->backend->GetVolume(name); v.ok()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(name_field, ": volume '", name, "' already exists in pool '", pool_name, "'"));
+  }
+  // Unlike AdmitSpace, more than the pool has free is refused here: the backend that would say
+  // so is called only later, when the caller has been answered. Thin pools allocate on write.
+  if ((*pool)->backend->config().thin_pool.empty()) {
+    auto info = (*pool)->backend->GetPool();
+    if (!info.ok()) return info.status();
+    if (bytes > info->free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(size_field, ": ", bytes, " bytes asked, pool '", pool_name,
+                                                       "' has ", info->free_bytes, " free"));
+    }
+  }
+  return AdmitSpace(**pool, pool_name, bytes, size_field);
 }
 
 absl::StatusOr<VolumeStatus> StorageService::CreateVolumeCloned(const std::string& pool_name,
@@ -341,6 +364,17 @@ absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& poo
   Pool* p = *pool;
   const std::string key = Key(pool_name, name);
   std::unique_lock lock(p->mu);
+  {
+    // A volume written by a fill that can be cancelled: cancel it; its writer deletes it.
+    std::lock_guard dl(deleting_mu_);
+    if (auto it = filling_.find(key); it != filling_.end() && it->second.cancel != nullptr) {
+      auto v = p->backend->GetVolume(name);
+      if (!v.ok()) return v.status();
+      it->second.cancel->store(true);
+      Log()->info("delete of volume {} cancels its writing from {}", key, it->second.source);
+      return VolumeStatus{*v, VolumeState::kDeleting, {0, v->size_bytes}};
+    }
+  }
   if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
   auto plan = p->backend->BeginDelete(name);
   if (!plan.ok()) return plan.status();

@@ -81,10 +81,18 @@ class StorageService {
   // other volume. A failing fill deletes the volume again (in the background, as DeleteVolume).
   // `owner` not empty: the volume is recorded as owned by that domain from its creation on
   // (before the fill), so a crash mid-fill leaves a volume the domain's journalled create undoes.
+  // `cancel` not null: a DeleteVolume of the volume while it is written sets it (and answers
+  // with the volume as DELETING) instead of being refused; fill is to stop with Cancelled.
   absl::StatusOr<VolumeStatus> CreateVolumeFilled(const std::string& pool, const storage::VolumeSpec& spec,
                                                   absl::string_view source,
                                                   const std::function<absl::Status(const storage::VolumeInfo&)>& fill,
-                                                  const std::string& owner = "");
+                                                  const std::string& owner = "", std::atomic<bool>* cancel = nullptr);
+  // AlreadyExists naming `name_field` when the pool has a volume `name`; the pool's free space
+  // must hold `bytes` (thick pools) and stay above the configured floor (RESOURCE_EXHAUSTED
+  // naming `size_field`). A check made before a long operation starts, so that its caller hears
+  // of the refusal at once.
+  absl::Status CheckRoomFor(const std::string& pool, const std::string& name, uint64_t bytes,
+                            absl::string_view name_field, absl::string_view size_field);
   // A volume sharing the image's blocks (StorageBackend::CloneImageSlot: thin LVM pools), made
   // under the pool's lock in one backend call, so it is whole or absent. Unimplemented when the
   // pool cannot share blocks (the caller copies instead, CreateVolumeFilled). `owner` as above.
@@ -190,7 +198,11 @@ class StorageService {
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex deleting_mu_;
   std::map<std::string, Deleting> deleting_;
-  std::map<std::string, std::string> filling_;  // volume key -> what it is written from; guarded by deleting_mu_
+  struct Filling {
+    std::string source;                    // what the volume is written from
+    std::atomic<bool>* cancel = nullptr;   // set by DeleteVolume; null: the fill cannot be cancelled
+  };
+  std::map<std::string, Filling> filling_;  // by volume key; guarded by deleting_mu_
   struct Worker {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;

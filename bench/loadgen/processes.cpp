@@ -25,6 +25,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "bench/loadgen/http_client.h"
 
@@ -73,6 +74,16 @@ std::optional<uint64_t> KibField(const std::string& line, absl::string_view key)
 }
 
 }  // namespace
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::vector<std::string> f = absl::StrSplit(stat.substr(paren + 2), ' ');
+  if (f.size() < 13) return 0;  // utime and stime are fields 14 and 15 of stat(5)
+  return (std::stod(f[11]) + std::stod(f[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
 
 ProcFacts ReadProcFacts(pid_t pid) {
   ProcFacts f;

@@ -30,6 +30,9 @@ struct ProcFacts {
 };
 ProcFacts ReadProcFacts(pid_t pid);
 
+// utime + stime of a process so far, in seconds (clock-tick resolution).
+double CpuSeconds(pid_t pid);
+
 class ChildProcess {
  public:
   struct Options {

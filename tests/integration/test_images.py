@@ -356,6 +356,90 @@ state_dir = "{cls.statedir}"
                             "the domain was defined")
         self.agent.rest("DELETE", "/v1/pools/disk1/images/fp")
 
+    def test_a_volume_from_an_image_is_an_operation_a_delete_cancels_and_a_crash_rolls_back(self):
+        """ImageService.CreateVolumeFromImage answers at once with an operation that copies the
+        image onto a new volume (a partition pool copies); the volume's bytes are the image's.
+        Refusals come before anything starts. With failpoints: a DeleteVolume mid-copy cancels
+        it, and a SIGKILL mid-copy leaves a volume the next start deletes."""
+        size = 12 * MiB + 4096
+        raw = self.random_file(self.importdir, "vfi.raw", size)
+        digest = sha256_file(raw)
+        op = self.import_grpc("vfi", image_pb2.IMAGE_FORMAT_RAW, host_file=raw, sha256=digest)
+        self.assertEqual(self.wait_operation(op.id)["state"], "OPERATION_STATE_SUCCEEDED")
+        before = self.state()
+
+        status, op = self.agent.rest("POST", "/v1/pools/disk1/images/vfi:create-volume",
+                                     {"volume": "vfi-root", "size_bytes": str(16 * MiB)})
+        self.assertEqual(status, 202, op)
+        self.assertEqual((op["kind"], op["pool"], op["image"], op["volume"]),
+                         ("OPERATION_KIND_VOLUME_FROM_IMAGE", "disk1", "vfi", "vfi-root"))
+        done = self.wait_operation(op["id"])
+        self.assertEqual(done["state"], "OPERATION_STATE_SUCCEEDED", done)
+        self.assertEqual((done["bytes_done"], done["bytes_total"]), (str(size), str(size)))
+        status, vol = self.agent.rest("GET", "/v1/pools/disk1/volumes/vfi-root")
+        self.assertEqual((status, vol["size_bytes"]), (200, str(16 * MiB)), vol)
+        self.assertEqual(sha256_file(vol["path"], size), digest)
+
+        # Refused before anything starts, naming the field.
+        for body, code, says in (({"volume": "vfi-root"}, 409, "volume: volume 'vfi-root' already exists"),
+                                 ({"volume": "x", "size_bytes": str(MiB)}, 400, "size_bytes: "),
+                                 ({"volume": "a/b"}, 400, "volume: 'a/b'")):
+            status, err = self.agent.rest("POST", "/v1/pools/disk1/images/vfi:create-volume", body)
+            self.assertEqual(status, code, err)
+            self.assertIn(says, err["message"])
+        status, err = self.agent.rest("POST", "/v1/pools/disk1/images/nope:create-volume", {"volume": "x"})
+        self.assertEqual(status, 404, err)
+        self.assertIn("image: 'nope'", err["message"])
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/vfi-root")[0], 202)
+        self.wait_volume_gone("vfi-root")
+        self.assertEqual(self.state(), before)
+
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        r = subprocess.run([hvctl, "--server", self.agent.grpc_addr, "volume-from-image", "disk1", "vfi", "vfi-cli",
+                            "--wait"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("disk1/vfi-cli: SUCCEEDED", r.stdout)
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/volumes/vfi-cli")[0], 202)
+        self.wait_volume_gone("vfi-cli")
+
+        out = subprocess.run([os.environ["HVAGENTD"], "--version"], capture_output=True, text=True, timeout=10).stdout
+        if "failpoints" not in out:
+            self.skipTest("hvagentd built without -DHVAGENT_FAILPOINTS=ON: cancel and crash not exercised")
+        # Cancel: the copy pauses after its first block; the volume's delete cancels it.
+        self.restart_agent(env={"HVAGENT_FAILPOINTS": "volume_from_image.mid_copy=sleep:3000"})
+        status, op = self.agent.rest("POST", "/v1/pools/disk1/images/vfi:create-volume", {"volume": "vfi-cancel"})
+        self.assertEqual(status, 202, op)
+        deadline = time.time() + 30
+        while int(self.agent.rest("GET", f"/v1/operations/{op['id']}")[1]["bytes_done"]) == 0:
+            self.assertLess(time.time(), deadline, "the copy never started writing")
+            time.sleep(0.05)
+        status, vol = self.agent.rest("DELETE", "/v1/pools/disk1/volumes/vfi-cancel")
+        self.assertEqual((status, vol.get("state")), (202, "VOLUME_STATE_DELETING"), vol)
+        done = self.wait_operation(op["id"])
+        self.assertEqual(done["state"], "OPERATION_STATE_CANCELLED", done)
+        self.wait_volume_gone("vfi-cancel")
+        self.assertEqual(self.state(), before)
+
+        # Crash: SIGKILL after the first block; the next start deletes the half-written volume.
+        self.restart_agent(env={"HVAGENT_FAILPOINTS": "volume_from_image.mid_copy"})
+        try:
+            self.agent.rest("POST", "/v1/pools/disk1/images/vfi:create-volume", {"volume": "vfi-crash"})
+        except Exception:  # the answer may not arrive before the kill
+            pass
+        try:
+            self.agent.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.fail(f"the agent did not reach its failpoint:\n{self.agent.log_text()[-3000:]}")
+        self.assertEqual(self.agent.proc.returncode, -9, self.agent.log_text()[-3000:])
+        names = [p.get("name", "") for p in
+                 json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
+        self.assertTrue(any("vfi-crash" in n for n in names), f"no half-written volume to recover: {names}")
+        self.restart_agent()
+        self.assertIn("the partial volume is wiped and deleted", self.agent.log_text())
+        self.wait_volume_gone("vfi-crash")
+        self.assertEqual(self.state(), before)
+        self.agent.rest("DELETE", "/v1/pools/disk1/images/vfi")
+
     def restart_agent(self, env=None):
         """Stops the agent (or reaps one a failpoint killed) and starts a new one on the same
         pools and state directory."""

@@ -281,6 +281,16 @@ scratch_dir = "{cls.scratch}"
         self.validate(parsed, schema, f"{what} -> {status}")
         return parsed
 
+    def wait_operation_ends(self, op_id, timeout=60):
+        """Polls GET /v1/operations/{id} until the operation ends; it must have SUCCEEDED."""
+        deadline = time.time() + timeout
+        while True:
+            ended = self.check("/v1/operations/{id}", "GET", {"id": op_id}, expect=200)
+            if ended["state"] != "OPERATION_STATE_RUNNING" or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(ended["state"], "OPERATION_STATE_SUCCEEDED", ended)
+
     def wait_volume_gone(self, pool, name, timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -492,13 +502,7 @@ scratch_dir = "{cls.scratch}"
         self.check("/v1/pools/{pool}/images", "POST", pi, body={**body, "name": "oa-x", "host_file": "/etc/shadow"},
                    expect=403)
         self.check("/v1/pools/{pool}/images", "POST", pi, body={"name": "oa-x", "host_file": raw}, expect=400)
-        deadline = time.time() + 60
-        while True:
-            ended = self.check("/v1/operations/{id}", "GET", {"id": op["id"]}, expect=200)
-            if ended["state"] != "OPERATION_STATE_RUNNING" or time.time() > deadline:
-                break
-            time.sleep(0.1)
-        self.assertEqual(ended["state"], "OPERATION_STATE_SUCCEEDED", ended)
+        self.wait_operation_ends(op["id"])
         self.check("/v1/operations/{id}", "GET", {"id": "999999"}, expect=404)
         self.check("/v1/operations/{id}", "GET", {"id": "seven"}, expect=400)
         self.check("/v1/pools/{pool}/images", "POST", pi, body=body, expect=409)
@@ -529,6 +533,17 @@ scratch_dir = "{cls.scratch}"
         self.check(from_vol, "POST", src, body={"name": "oa-fromvol"}, expect=409)  # the image exists
         self.check(from_vol, "POST", {**src, "volume": "oa-ghost"}, body={"name": "oa-x"}, expect=404)
         self.check(from_vol, "POST", src, body={"name": "a;b"}, expect=400)
+        # A volume from that image, as an operation (202), and its refusals.
+        to_vol, img = "/v1/pools/{pool}/images/{image}:create-volume", {"pool": "disk1", "image": "oa-fromvol"}
+        op = self.check(to_vol, "POST", img, body={"volume": "oa-copy"}, expect=202)
+        self.assertEqual((op["kind"], op["volume"]), ("OPERATION_KIND_VOLUME_FROM_IMAGE", "oa-copy"), op)
+        self.wait_operation_ends(op["id"])
+        self.check(to_vol, "POST", img, body={"volume": "oa-copy"}, expect=409)  # the volume exists
+        self.check(to_vol, "POST", img, body={"volume": "oa-big", "size_bytes": str(1 << 50)}, expect=507)
+        self.check(to_vol, "POST", img, body={"volume": "oa-small", "size_bytes": "512"}, expect=400)
+        self.check(to_vol, "POST", {**img, "image": "oa-ghost"}, body={"volume": "oa-x"}, expect=404)
+        self.check(item, "DELETE", {"pool": "disk1", "name": "oa-copy"}, expect=202)
+        self.wait_volume_gone("disk1", "oa-copy")
         self.check("/v1/pools/{pool}/images/{name}", "DELETE", {**ni, "name": "oa-fromvol"}, expect=200)
         self.check(item, "DELETE", {"pool": "disk1", "name": "oa-src"}, expect=202)
         self.wait_volume_gone("disk1", "oa-src")
@@ -550,7 +565,7 @@ scratch_dir = "{cls.scratch}"
                 if m in it:
                     documented |= {(path, m.upper(), s) for s in it[m]["responses"] if s != "default"}
         operations = {(p, m) for p, m, _ in documented}
-        self.assertEqual(len(operations), 43)
+        self.assertEqual(len(operations), 44)
         self.assertEqual(operations, {(p, m) for p, m, _ in self.seen})
         missing = documented - self.seen - set(UNREACHABLE)
         self.assertEqual(missing, set(), "documented statuses this test never saw")
@@ -569,7 +584,8 @@ scratch_dir = "{cls.scratch}"
             self.validate(json.loads(data), {"$ref": "#/components/schemas/Error"}, what)
 
     def test_no_undocumented_path_or_method_answers(self):
-        samples = {"name": unique_name("ghost"), "volume": unique_name("ghost"), "pool": "disk1", "id": "7"}
+        samples = {"name": unique_name("ghost"), "volume": unique_name("ghost"), "image": unique_name("ghost"),
+                   "pool": "disk1", "id": "7"}
         probed = 0
         for template, item in self.doc["paths"].items():
             path = template

@@ -123,6 +123,7 @@ HVAGENT_UNARY(Image, GetImage, v1::ImageRef, v1::Image)
 HVAGENT_UNARY(Image, ListImages, v1::ListImagesRequest, v1::ListImagesResponse)
 HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
 HVAGENT_UNARY(Image, CreateImageFromVolume, v1::CreateImageFromVolumeRequest, v1::CreateImageFromVolumeResponse)
+HVAGENT_UNARY(Image, CreateVolumeFromImage, v1::CreateVolumeFromImageRequest, v1::Operation)
 #undef HVAGENT_UNARY
 #undef HVAGENT_INLINE_UNARY
 

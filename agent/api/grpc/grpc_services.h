@@ -100,7 +100,7 @@ class OperationGrpcService final : public v1::OperationService::CallbackService 
 using ImageServiceBase = v1::ImageService::WithCallbackMethod_ImportImage<
     v1::ImageService::WithCallbackMethod_GetImage<v1::ImageService::WithCallbackMethod_ListImages<
         v1::ImageService::WithCallbackMethod_DeleteImage<v1::ImageService::WithCallbackMethod_CreateImageFromVolume<
-            v1::ImageService::Service>>>>>;
+            v1::ImageService::WithCallbackMethod_CreateVolumeFromImage<v1::ImageService::Service>>>>>>;
 
 class ImageGrpcService final : public ImageServiceBase {
  public:
@@ -115,6 +115,8 @@ class ImageGrpcService final : public ImageServiceBase {
   grpc::ServerUnaryReactor* DeleteImage(grpc::CallbackServerContext*, const v1::ImageRef*, v1::Image*) override;
   grpc::ServerUnaryReactor* CreateImageFromVolume(grpc::CallbackServerContext*, const v1::CreateImageFromVolumeRequest*,
                                                   v1::CreateImageFromVolumeResponse*) override;
+  grpc::ServerUnaryReactor* CreateVolumeFromImage(grpc::CallbackServerContext*, const v1::CreateVolumeFromImageRequest*,
+                                                  v1::Operation*) override;
 
  private:
   ops::Pipeline pipeline_;

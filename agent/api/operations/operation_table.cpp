@@ -289,6 +289,14 @@ absl::Status CreateImageFromVolume(const Services& s, const v1::CreateImageFromV
   return absl::OkStatus();
 }
 
+absl::Status CreateVolumeFromImage(const Services& s, const v1::CreateVolumeFromImageRequest& req,
+                                   v1::Operation* out) {
+  auto id = s.images->StartVolumeFromImage(
+      {.pool = req.pool(), .image = req.image(), .volume = req.volume(), .size_bytes = req.size_bytes()});
+  if (!id.ok()) return id.status();
+  return OperationById(s, *id, out);
+}
+
 absl::Status DeleteImage(const Services& s, const v1::ImageRef& req, v1::Image* out) {
   auto st = s.images->Delete(req.pool(), req.name());
   if (!st.ok()) return st.status();
@@ -309,6 +317,9 @@ v1::Operation ToOperation(const service::Journal::Operation& op) {
   o.set_domain(op.begin.domain());
   o.set_pool(op.begin.pool());
   o.set_image(op.begin.image());
+  if (op.begin.type() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE && op.begin.volumes_size() > 0) {
+    o.set_volume(op.begin.volumes(0).name());
+  }
   o.set_state(v1::OPERATION_STATE_RUNNING);
   *o.mutable_start_time() = FromUnixMs(op.begin.unix_ms());
   for (const auto& step : op.steps) {
@@ -552,6 +563,9 @@ const std::vector<Operation>& Table() {
       // A template from a VM's disk: it may pause the VM, and writes a new image.
       Unary<v1::CreateImageFromVolumeRequest, v1::CreateImageFromVolumeResponse, CreateImageFromVolume>(
           "hvagent.v1.ImageService/CreateImageFromVolume", Role::kController, kChanges, Needs::kImages),
+      // Writes a new volume (for long, when it copies): a controller's call, as CreateVolume is.
+      Unary<v1::CreateVolumeFromImageRequest, v1::Operation, CreateVolumeFromImage>(
+          "hvagent.v1.ImageService/CreateVolumeFromImage", Role::kController, kChanges, Needs::kImages),
       // A disk's whole content leaves the host: a controller's call, as uploading one in is.
       Stream<v1::ExportVolumeRequest>("hvagent.v1.StorageService/ExportVolume", Role::kController, Needs::kImages),
   };

@@ -62,6 +62,8 @@ const std::vector<Route>& Table() {
        {"format", "sha256", "sha512"}},
       // Answers once the image is READY (the copy runs within the request; an operation meanwhile).
       {"POST", "/v1/pools/{pool}/volumes/{volume}:create-image", "hvagent.v1.ImageService/CreateImageFromVolume", 201},
+      // 202: the copy runs on; the answer is its operation.
+      {"POST", "/v1/pools/{pool}/images/{image}:create-volume", "hvagent.v1.ImageService/CreateVolumeFromImage", 202},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
       {"GET", "/v1/operations/{id}", "hvagent.v1.OperationService/GetOperation"},
   };

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 
@@ -316,6 +317,137 @@ TEST_F(ImageUploadTest, APoolThatCannotShareBlocksCopiesTheImage) {
   std::ifstream copied(v->volume.path, std::ios::binary);
   std::string got((std::istreambuf_iterator<char>(copied)), std::istreambuf_iterator<char>());
   EXPECT_EQ(got.substr(0, data.size()), data);
+}
+
+// StartVolumeFromImage: the same volume as CreateVolumeFromImage, as an operation.
+class VolumeFromImageTest : public ImageUploadTest {
+ protected:
+  void SetUp() override {
+    ImageUploadTest::SetUp();
+    data_ = RandomBytes((9 << 20) + 4321, 11);  // three 4 MiB blocks of the copy, the last one short
+    ChunksBody body({data_});
+    ASSERT_TRUE(images_->Upload(Header(data_.size()), body).ok());
+    backend_->calls.clear();
+  }
+  // The operation's end as the journal recorded it (the upload's comes after it, newest first).
+  Journal::Ended EndOf(uint64_t id) {
+    for (const auto& e : journal_->Recent()) {
+      if (e.op.id == id) return e;
+    }
+    ADD_FAILURE() << "operation " << id << " has not ended";
+    return {};
+  }
+  std::string data_;
+};
+
+TEST_F(VolumeFromImageTest, ACopyRunsAsAnOperationAndEndsWithTheImagesBytesOnTheVolume) {
+  auto id = images_->StartVolumeFromImage({.pool = "vg0", .image = "up1", .volume = "web1-root"});
+  ASSERT_TRUE(id.ok()) << id.status();
+  images_->WaitForImports();
+  Journal::Ended ended = EndOf(*id);
+  EXPECT_EQ(ended.state, v1::OPERATION_STATE_SUCCEEDED) << ended.message;
+  EXPECT_EQ(ended.op.begin.type(), v1::OPERATION_KIND_VOLUME_FROM_IMAGE);
+  EXPECT_EQ(ended.op.begin.image(), "up1");
+  ASSERT_EQ(ended.op.steps.size(), 1u);
+  EXPECT_EQ(ended.op.steps[0].name(), "create-volume");
+  EXPECT_EQ(ended.op.steps[0].volume().name(), "web1-root");
+  auto transfer = images_->TransferOf(*id);
+  ASSERT_TRUE(transfer.has_value());
+  EXPECT_EQ(transfer->done, data_.size());
+  EXPECT_EQ(transfer->total, data_.size());
+  auto v = storage_->GetVolume("vg0", "web1-root");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->state, VolumeState::kAvailable);
+  std::ifstream copied(v->volume.path, std::ios::binary);
+  std::string got((std::istreambuf_iterator<char>(copied)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(got.substr(0, data_.size()) == data_) << "the volume's bytes differ from the image's";
+}
+
+TEST_F(VolumeFromImageTest, BadRequestsAreRefusedNamingTheFieldBeforeAnythingStarts) {
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"taken", 1 << 20}).ok());
+  backend_->calls.clear();
+  const size_t journalled = journal_->Recent().size();
+  struct Case {
+    VolumeFromImageRequest r;
+    absl::StatusCode code;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{.pool = "vg0", .image = "nope", .volume = "v1"}, absl::StatusCode::kNotFound, "image: 'nope'"},
+      {{.pool = "vg0", .image = "", .volume = "v1"}, absl::StatusCode::kInvalidArgument, "image: is required"},
+      {{.pool = "vg0", .image = "up1", .volume = "../v1"}, absl::StatusCode::kInvalidArgument, "volume: '../v1'"},
+      {{.pool = "vg0", .image = "up1", .volume = "taken"}, absl::StatusCode::kAlreadyExists, "volume: volume 'taken'"},
+      {{.pool = "vg0", .image = "up1", .volume = "v1", .size_bytes = 4096}, absl::StatusCode::kInvalidArgument,
+       "size_bytes: 4096 is smaller than image 'up1'"},
+      {{.pool = "nopool", .image = "up1", .volume = "v1"}, absl::StatusCode::kNotFound, "nopool"},
+  };
+  for (const Case& c : cases) {
+    auto id = images_->StartVolumeFromImage(c.r);
+    EXPECT_EQ(id.status().code(), c.code) << c.says << ": " << id.status();
+    EXPECT_THAT(id.status().message(), HasSubstr(c.says));
+  }
+  EXPECT_TRUE(journal_->Unfinished().empty());
+  EXPECT_EQ(journal_->Recent().size(), journalled);
+  for (const std::string& call : backend_->calls) EXPECT_EQ(call.rfind("create", 0), std::string::npos) << call;
+}
+
+TEST_F(VolumeFromImageTest, ACloneEndsAtOnceWithNothingCopied) {
+  backend_->can_clone = true;
+  auto id = images_->StartVolumeFromImage({.pool = "vg0", .image = "up1", .volume = "web2-root", .size_bytes = 64 << 20});
+  ASSERT_TRUE(id.ok()) << id.status();
+  images_->WaitForImports();
+  EXPECT_EQ(EndOf(*id).state, v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(backend_->calls, std::vector<std::string>{"clone-image up1 web2-root"});
+  EXPECT_EQ(images_->TransferOf(*id)->done, data_.size());
+}
+
+TEST_F(VolumeFromImageTest, RecoveryDeletesTheVolumeACrashLeftHalfWritten) {
+  // What a crash mid-copy leaves: the operation begun, its volume made, no end.
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_VOLUME_FROM_IMAGE);
+  begin.set_pool("vg0");
+  begin.set_image("up1");
+  auto id = journal_->Begin(begin);
+  ASSERT_TRUE(id.ok());
+  internal::JournalStep step;
+  step.set_name("create-volume");
+  step.mutable_volume()->set_pool("vg0");
+  step.mutable_volume()->set_name("half");
+  ASSERT_TRUE(journal_->Step(*id, step).ok());
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"half", 16 << 20}).ok());
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"other", 1 << 20}).ok());
+  auto lines = images_->Recover();
+  storage_->WaitForDeletes();
+  ASSERT_FALSE(lines.empty());
+  EXPECT_THAT(lines[0], HasSubstr("the partial volume is wiped and deleted"));
+  EXPECT_EQ(storage_->GetVolume("vg0", "half").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(storage_->GetVolume("vg0", "other").ok()) << "recovery deleted a volume it did not make";
+  EXPECT_TRUE(journal_->Unfinished().empty());
+  EXPECT_EQ(EndOf(*id).state, v1::OPERATION_STATE_ROLLED_BACK);
+}
+
+TEST_F(VolumeFromImageTest, DeletingAVolumeWhileItIsFilledCancelsTheFillAndTheVolumeGoes) {
+  std::atomic<bool> cancel{false};
+  bool deleting_seen = false;
+  auto v = storage_->CreateVolumeFilled(
+      "vg0", {"filling", 1 << 20}, "a test",
+      [&](const storage::VolumeInfo&) -> absl::Status {
+        auto d = storage_->DeleteVolume("vg0", "filling");
+        EXPECT_TRUE(d.ok()) << d.status();
+        deleting_seen = d.ok() && d->state == VolumeState::kDeleting;
+        return cancel ? absl::CancelledError("cancelled") : absl::OkStatus();
+      },
+      "", &cancel);
+  EXPECT_TRUE(deleting_seen);
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kCancelled);
+  storage_->WaitForDeletes();
+  EXPECT_EQ(storage_->GetVolume("vg0", "filling").status().code(), absl::StatusCode::kNotFound);
+  // Without a cancel flag a delete during the fill is refused, as before.
+  auto kept = storage_->CreateVolumeFilled("vg0", {"filling2", 1 << 20}, "a test", [&](const storage::VolumeInfo&) {
+    EXPECT_EQ(storage_->DeleteVolume("vg0", "filling2").status().code(), absl::StatusCode::kFailedPrecondition);
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(kept.ok()) << kept.status();
 }
 
 // Export and CreateFromVolume read volumes: here sparse files of their own directory.
