@@ -1,7 +1,6 @@
 #include "agent/cli/hvctl_volume_export.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,34 +9,24 @@
 #include <iostream>
 #include <memory>
 
+#include "common/digest.h"
+
 namespace hvagent::cli {
 namespace {
-
-std::string Hex(const unsigned char* md, unsigned int n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
 
 // The local file and the hash of what went into it.
 class ExportFile {
  public:
-  explicit ExportFile(const std::string& path) : path_(path), md_(EVP_MD_CTX_new()) {
+  explicit ExportFile(const std::string& path) : path_(path), md_(*Digest::Create("sha256")) {
     fd_ = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
   }
   ~ExportFile() {
     if (fd_ >= 0) close(fd_);
-    EVP_MD_CTX_free(md_);
     if (!kept_) unlink(path_.c_str());
   }
   bool ok() const { return fd_ >= 0; }
   bool Data(const std::string& b) {
-    EVP_DigestUpdate(md_, b.data(), b.size());
+    md_->Update(b);
     for (size_t at = 0; at < b.size();) {
       ssize_t w = pwrite(fd_, b.data() + at, b.size() - at, static_cast<off_t>(offset_ + at));
       if (w <= 0) return false;
@@ -50,7 +39,7 @@ class ExportFile {
     static const std::string kZeros(64 << 10, '\0');
     for (uint64_t left = n; left > 0;) {
       const size_t k = static_cast<size_t>(std::min<uint64_t>(left, kZeros.size()));
-      EVP_DigestUpdate(md_, kZeros.data(), k);
+      md_->Update(absl::string_view(kZeros.data(), k));
       left -= k;
     }
     offset_ += n;  // a hole: nothing written
@@ -61,17 +50,12 @@ class ExportFile {
     kept_ = true;
     return true;
   }
-  std::string HexFinal() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    EVP_DigestFinal_ex(md_, md, &n);
-    return Hex(md, n);
-  }
+  std::string HexFinal() { return md_->HexFinal(); }
   uint64_t offset() const { return offset_; }
 
  private:
   std::string path_;
-  EVP_MD_CTX* md_;
+  std::unique_ptr<Digest> md_;
   int fd_ = -1;
   uint64_t offset_ = 0;
   bool kept_ = false;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "common/digest.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -35,17 +36,8 @@ absl::StatusOr<std::string> EncodeRecord(const ImageRecord& r);
 // NotFound when the block holds no record (an image whose import never finished).
 absl::StatusOr<ImageRecord> DecodeRecord(absl::string_view block);
 
-// A running digest: "sha256" or "sha512".
-class Digest {
- public:
-  static absl::StatusOr<std::unique_ptr<Digest>> Create(const std::string& algorithm);
-  ~Digest();
-  void Update(absl::string_view bytes);
-  std::string HexFinal();  // lowercase hex; once
- private:
-  Digest() = default;
-  void* ctx_ = nullptr;  // EVP_MD_CTX
-};
+// A running digest: "sha256" or "sha512" (common/digest.h; hvctl checks exports with it too).
+using Digest = ::hvagent::Digest;
 
 // A whole hex digest of `algorithm`'s length, case-insensitively; lowercased. InvalidArgument
 // naming `field` otherwise.
