@@ -52,6 +52,7 @@ from oslo_utils import versionutils
 
 from nova import block_device
 from nova.compute import power_state
+from nova.compute import utils as compute_utils
 from nova.compute import task_states
 from nova import conf as nova_conf
 from nova.console import type as console_type
@@ -68,6 +69,7 @@ from hvagent.v1 import (console_pb2, domain_pb2, domain_pb2_grpc, host_pb2, stor
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
+from hvagent_nova import diagnostics
 from hvagent_nova import events
 from hvagent_nova import extra_specs
 from hvagent_nova import image_cache
@@ -1232,6 +1234,29 @@ class HvagentDriver(driver.ComputeDriver):
         """A volume that is not attached (any more) is detached; a guest that does not release
         the device raises DeviceDetachFailed after the retries, and the volume stays attached."""
         self._detach(instance, self._agent_volume(connection_info))
+
+    def get_device_name_for_instance(self, instance, bdms, block_device_obj):
+        """The next free guest device, in this host's naming (vd* on QEMU/KVM, xvd* on Xen):
+        after the local disks spawn made (root, ephemerals, swap, in that order from a) and
+        the devices of the instance's block device mappings."""
+        prefix = self._disk_prefix()
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        used = ["/dev/%s%s" % (prefix, letters[i])
+                for i in range(len(self._local_disks(instance, None)))]
+        used += [bdm.device_name for bdm in bdms if bdm.device_name]
+        return compute_utils.get_next_device_name(instance, used, "/dev/%sa" % prefix)
+
+    def get_instance_disk_info(self, instance, block_device_info=None):
+        return diagnostics.instance_disk_info(self, instance, CONF.hvagent.storage_pool)
+
+    def block_stats(self, instance, disk_id):
+        return diagnostics.block_stats(self, instance, disk_id)
+
+    def get_diagnostics(self, instance):
+        return diagnostics.legacy_diagnostics(self, instance)
+
+    def get_instance_diagnostics(self, instance):
+        return diagnostics.instance_diagnostics(self, instance, POWER_STATE)
 
     # -- interfaces -------------------------------------------------------------------------
 
