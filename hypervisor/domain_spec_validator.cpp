@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -231,6 +232,12 @@ absl::Status ValidateDiskSpec(absl::string_view field_prefix, const DiskSpec& d)
   }
   if (d.type == DiskType::kBlock && d.format == "qcow2") {
     return Invalid(field + ".format", "block devices are raw");
+  }
+  // virtio-blk and Xen's PV disks have no CD-ROM kind: the drive sits on an emulated bus.
+  const std::string bus = d.bus.empty() ? (absl::StartsWith(d.target, "hd") ? "ide" : absl::StartsWith(d.target, "sd") ? "scsi" : "")
+                                        : d.bus;
+  if (d.cdrom && !OneOf(bus, {"ide", "sata", "scsi"})) {
+    return Invalid(field + ".device", "a CD-ROM sits on an ide, sata or scsi bus: use a target like hdc or sda");
   }
   return absl::OkStatus();
 }

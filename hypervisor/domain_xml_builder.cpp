@@ -42,6 +42,10 @@ absl::Status CheckXenArm(const DomainSpec& spec) {
       return Invalid(field + ".target", absl::StrCat("Xen guests see xvd* disks, got '", d.target, "'"));
     }
     if (!d.bus.empty() && d.bus != "xen") return Invalid(field + ".bus", "Xen guests use the xen bus");
+    if (d.cdrom) {
+      return Invalid(field + ".device",
+                     "Xen on ARM guests have no emulated CD-ROM; attach the image as a read-only disk");
+    }
   }
   for (size_t i = 0; i < spec.nics.size(); ++i) {
     const NicSpec& n = spec.nics[i];
@@ -134,7 +138,7 @@ void WriteOs(XmlWriter& w, const DomainSpec& spec, const GuestTarget& target) {
 
 void WriteDisk(XmlWriter& w, const DiskSpec& d, const GuestTarget& target) {
   const bool block = d.type == DiskType::kBlock;
-  w.Open("disk", {{"type", block ? "block" : "file"}, {"device", "disk"}});
+  w.Open("disk", {{"type", block ? "block" : "file"}, {"device", d.cdrom ? "cdrom" : "disk"}});
   const std::string format = d.format.empty() ? "raw" : d.format;
   if (IsQemu(target)) {
     w.Leaf("driver", {}, {{"name", "qemu"}, {"type", format}, {"cache", "none"}});
@@ -153,7 +157,7 @@ void WriteDisk(XmlWriter& w, const DiskSpec& d, const GuestTarget& target) {
   }
   const std::string bus = d.bus.empty() ? DomainXmlBuilder::DefaultBus(d.target) : d.bus;
   w.Leaf("target", {}, {{"dev", d.target}, {"bus", bus}});
-  if (d.readonly) w.Leaf("readonly");
+  if (d.readonly || d.cdrom) w.Leaf("readonly");
   w.Close();
 }
 

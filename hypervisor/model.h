@@ -34,6 +34,8 @@ struct DiskSpec {
   std::string bus;     // empty: derived from the target prefix
   bool readonly = false;
   std::string format;  // empty: "raw"
+  // A CD-ROM drive (QEMU/KVM), read-only whatever `readonly` says; else a disk.
+  bool cdrom = false;
 };
 
 // A network the agent makes on the host for a NIC (agent/service/host_networks.h): a VLAN
@@ -144,6 +146,8 @@ struct DomainResources {
   uint32_t max_vcpus = 0;
   uint64_t memory_mib = 0;      // current (the balloon's target while running)
   uint64_t max_memory_mib = 0;
+  // A shut-off domain whose memory is saved to disk (managed save): the next start restores it.
+  bool managed_save = false;
 };
 
 // A resize: unset fields stay as they are.
@@ -169,6 +173,15 @@ struct HostInfo {
   std::string hypervisor_version;
   std::string libvirt_version;
   std::string uri;
+  // Time all host CPUs together spent by kind since boot (virNodeGetCPUStats), nanoseconds;
+  // nullopt where the driver reports none (libvirt's libxl driver).
+  struct CpuTimes {
+    uint64_t kernel_ns = 0, user_ns = 0, idle_ns = 0, iowait_ns = 0;
+  };
+  std::optional<CpuTimes> cpu_times;
+  // Since the machine the agent runs on booted: not the hypervisor's to say, filled in by
+  // agent/service (HostService::GetHost, from /proc/uptime).
+  std::optional<std::chrono::seconds> uptime;
 };
 
 // One domain's counters from the bulk statistics call (virConnectGetAllDomainStats). Counters

@@ -91,6 +91,12 @@ absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& p) {
       case v1::Disk::TYPE_BLOCK: disk.type = hv::DiskType::kBlock; break;
       default: return absl::InvalidArgumentError(absl::StrCat("spec.disks[", i, "].type: unknown value"));
     }
+    switch (d.device()) {
+      case v1::Disk::DEVICE_UNSPECIFIED:
+      case v1::Disk::DEVICE_DISK: break;
+      case v1::Disk::DEVICE_CDROM: disk.cdrom = disk.readonly = true; break;
+      default: return absl::InvalidArgumentError(absl::StrCat("spec.disks[", i, "].device: unknown value"));
+    }
     s.disks.push_back(std::move(disk));
   }
   for (int i = 0; i < p.nics_size(); ++i) {
@@ -195,6 +201,13 @@ v1::Host ToProto(const hv::HostInfo& h, bool connected) {
   p.set_hypervisor_version(h.hypervisor_version);
   p.set_libvirt_version(h.libvirt_version);
   p.set_uri(h.uri);
+  if (h.cpu_times) {
+    p.mutable_cpu_times()->set_kernel_ns(h.cpu_times->kernel_ns);
+    p.mutable_cpu_times()->set_user_ns(h.cpu_times->user_ns);
+    p.mutable_cpu_times()->set_idle_ns(h.cpu_times->idle_ns);
+    p.mutable_cpu_times()->set_iowait_ns(h.cpu_times->iowait_ns);
+  }
+  if (h.uptime) p.mutable_uptime()->set_seconds(h.uptime->count());
   p.set_agent_version(kAgentVersion);
   p.set_connected(connected);
   return p;

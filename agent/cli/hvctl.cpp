@@ -314,7 +314,7 @@ int main(int argc, char** argv) {
     return Render(json, domains->ListDomains(&ctx, {}, &r), r, [&] {
       std::vector<std::vector<std::string>> rows;
       for (const auto& d : r.domains()) {
-        rows.push_back({d.name(), State(d.state()), std::to_string(d.vcpus()),
+        rows.push_back({d.name(), State(d.state()) + (d.rescued() ? " (rescued)" : ""), std::to_string(d.vcpus()),
                         std::to_string(d.memory_mib()) + " MiB", d.uuid()});
       }
       Table({"NAME", "STATE", "VCPUS", "MEMORY", "UUID"}, rows);

@@ -180,6 +180,9 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
   const bool name_is_another_domains = !dom->has_value() && hv_.GetDomain(b.domain()).ok();
   for (const internal::JournalVolume& v : b.volumes()) {
     if (storage_ == nullptr) break;
+    // The rescue's disk is deleted below (ForgetRescue) whatever delete_volumes says, as the
+    // uninterrupted delete does: never merely released.
+    if (b.has_rescue() && b.rescue().volume().pool() == v.pool() && b.rescue().volume().name() == v.name()) continue;
     auto st = storage_->GetVolume(v.pool(), v.name());
     if (absl::IsNotFound(st.status())) continue;  // already deleted
     if (!st.ok()) {

@@ -67,6 +67,20 @@ absl::Status DomainService::CheckRescueBoot(const std::string& name, const Rescu
   return absl::OkStatus();
 }
 
+// A domain suspended to disk holds a memory image of its own definition: a rescue would either
+// restore that guest (not the rescue) at its start, or have libvirt drop the image with the
+// guest's unsaved state. The caller resumes (starts) the domain or discards the image first.
+absl::Status DomainService::RefuseManagedSave(const std::string& name) {
+  auto res = hv_.GetDomainResources(name);
+  if (!res.ok()) return res.status();
+  if (res->managed_save) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain '", name, "' is suspended to disk (managed save): a rescue would lose or restore that state; "
+        "resume (start) it first"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<hv::DomainSpec> DomainService::RescueSpec(const hv::DomainInfo& info, const RescueBoot& boot) {
   auto host = hv_.GetHostInfo();
   if (!host.ok()) return host.status();
@@ -118,6 +132,7 @@ absl::StatusOr<hv::DomainInfo> DomainService::Rescue(const std::string& name, co
   }
   auto info = hv_.GetDomain(name);
   if (!info.ok()) return info.status();
+  if (auto s = RefuseManagedSave(name); !s.ok()) return s;
   auto spec = RescueSpec(*info, boot);
   if (!spec.ok()) return spec.status();
   // A rescue of a shut-off domain starts it: admitted like a start (one that runs keeps its room).

@@ -204,6 +204,8 @@ class DomainService {
   absl::Status DeleteRescueVolume(const internal::RescueRecord& rec);
   // For a deleted domain: deletes its rescue volume and erases the record.
   absl::Status ForgetRescue(const internal::RescueRecord& rec);
+  // FAILED_PRECONDITION when the domain has a managed-save image (Rescue refuses it).
+  absl::Status RefuseManagedSave(const std::string& name);
   absl::Status UnrescueJournalled(uint64_t op, const internal::RescueRecord& rec);
   Recovery RecoverRescue(const Journal::Operation& op);
   Recovery RecoverUnrescue(const Journal::Operation& op);

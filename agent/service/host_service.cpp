@@ -1,6 +1,7 @@
 #include "agent/service/host_service.h"
 
 #include <cmath>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "agent/service/storage_service.h"
@@ -62,6 +63,19 @@ Capacity ComputeCapacity(const hv::HostInfo& host, const std::vector<hv::DomainI
   c.memory_available_bytes =
       c.memory_schedulable_bytes > c.defined_memory_bytes ? c.memory_schedulable_bytes - c.defined_memory_bytes : 0;
   return c;
+}
+
+std::optional<std::chrono::seconds> ReadUptime(const std::string& path) {
+  std::ifstream in(path);
+  double seconds = -1;
+  if (!(in >> seconds) || !std::isfinite(seconds) || seconds < 0) return std::nullopt;
+  return std::chrono::seconds(static_cast<int64_t>(seconds));
+}
+
+absl::StatusOr<hv::HostInfo> HostService::GetHost() {
+  auto host = hv_.GetHostInfo();
+  if (host.ok()) host->uptime = ReadUptime(uptime_file_);
+  return host;
 }
 
 absl::StatusOr<Capacity> HostService::GetCapacity() {

@@ -10,7 +10,9 @@
 // be started again at any time (Nova and CloudStack count stopped instances the same way).
 // "allocated" sums the running domains only: what the hypervisor gives out right now.
 
+#include <chrono>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -68,7 +70,10 @@ class HostService {
  public:
   explicit HostService(hv::Hypervisor& hypervisor, CapacityPolicy policy = {}, StorageService* storage = nullptr)
       : hv_(hypervisor), policy_(policy), storage_(storage) {}
-  absl::StatusOr<hv::HostInfo> GetHost() { return hv_.GetHostInfo(); }
+  // The hypervisor's host description, with the uptime of the machine the agent runs on.
+  absl::StatusOr<hv::HostInfo> GetHost();
+  // Where the uptime is read (tests point it elsewhere).
+  void SetUptimeFile(std::string path) { uptime_file_ = std::move(path); }
   absl::StatusOr<Capacity> GetCapacity();
   bool HypervisorConnected() const { return hv_.Connected(); }
 
@@ -76,6 +81,11 @@ class HostService {
   hv::Hypervisor& hv_;
   const CapacityPolicy policy_;
   StorageService* storage_;
+  std::string uptime_file_ = "/proc/uptime";
 };
+
+// Whole seconds since boot from a /proc/uptime text ("12345.67 54321.00"); nullopt when the
+// file cannot be read or does not start with a number.
+std::optional<std::chrono::seconds> ReadUptime(const std::string& path);
 
 }  // namespace hvagent::service

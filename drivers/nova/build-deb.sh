@@ -49,7 +49,7 @@ Section: python
 Priority: optional
 Maintainer: hvagent developers <hvagent@localhost>
 Installed-Size: $size
-Depends: python3:any, python3-nova, python3-os-vif, python3-grpcio, python3-protobuf, python3-oslo.config
+Depends: python3:any, python3-nova, python3-os-vif, python3-grpcio, python3-protobuf, python3-oslo.config, genisoimage
 Recommends: qemu-utils
 Description: OpenStack Nova compute driver for hosts run by hvagent
  nova-compute drives an ARM64 Xen (or KVM) host through the hvagent agent's

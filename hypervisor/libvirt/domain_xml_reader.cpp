@@ -34,8 +34,9 @@ absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view xml) {
   const xmlNode* devices = Child(xmlDocGetRootElement(doc.get()), "devices");
   std::vector<DiskSpec> disks;
   for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
-    if (!Is(d, "disk") || Attr(d, "device") != "disk") continue;
+    if (!Is(d, "disk") || (Attr(d, "device") != "disk" && Attr(d, "device") != "cdrom")) continue;
     DiskSpec disk;
+    disk.cdrom = Attr(d, "device") == "cdrom";
     disk.type = Attr(d, "type") == "block" ? DiskType::kBlock : DiskType::kFile;
     const xmlNode* source = Child(d, "source");
     disk.source_path = Attr(source, disk.type == DiskType::kBlock ? "dev" : "file");

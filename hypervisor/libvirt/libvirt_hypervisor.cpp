@@ -415,6 +415,37 @@ std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virCon
   return out;
 }
 
+namespace {
+// The host's CPU times summed over all CPUs (virNodeGetCPUStats with VIR_NODE_CPU_STATS_ALL_CPUS).
+// nullopt where the driver has no such call (libxl) or names none of the four kinds.
+std::optional<HostInfo::CpuTimes> NodeCpuTimes(virConnectPtr c) {
+  int n = 0;
+  if (virNodeGetCPUStats(c, VIR_NODE_CPU_STATS_ALL_CPUS, nullptr, &n, 0) < 0 || n <= 0) {
+    virResetLastError();
+    return std::nullopt;
+  }
+  std::vector<virNodeCPUStats> params(static_cast<size_t>(n));
+  if (virNodeGetCPUStats(c, VIR_NODE_CPU_STATS_ALL_CPUS, params.data(), &n, 0) < 0) {
+    virResetLastError();
+    return std::nullopt;
+  }
+  HostInfo::CpuTimes t;
+  bool any = false;
+  for (int i = 0; i < n; ++i) {
+    const std::string field = params[i].field;
+    uint64_t* to = field == VIR_NODE_CPU_STATS_KERNEL ? &t.kernel_ns
+                   : field == VIR_NODE_CPU_STATS_USER ? &t.user_ns
+                   : field == VIR_NODE_CPU_STATS_IDLE ? &t.idle_ns
+                   : field == VIR_NODE_CPU_STATS_IOWAIT ? &t.iowait_ns : nullptr;
+    if (to != nullptr) {
+      *to = params[i].value;
+      any = true;
+    }
+  }
+  return any ? std::optional(t) : std::nullopt;
+}
+}  // namespace
+
 absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
   auto conn = Connection();
   if (!conn.ok()) return conn.status();
@@ -456,6 +487,7 @@ absl::StatusOr<HostInfo> LibvirtHypervisor::GetHostInfo() {
     }
   }
   h.uri = options_.uri;
+  h.cpu_times = NodeCpuTimes(c);
   return h;
 }
 
@@ -802,6 +834,8 @@ absl::StatusOr<DomainResources> ResourcesOf(virDomainPtr dom, const std::string&
   r.max_vcpus = static_cast<uint32_t>(max_vcpus);
   r.memory_mib = vi.memory / 1024;
   r.max_memory_mib = vi.maxMem / 1024;
+  r.managed_save = virDomainHasManagedSaveImage(dom, 0) == 1;
+  virResetLastError();  // a driver without managed save (libxl on Arm) has none
   return r;
 }
 

@@ -359,6 +359,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     uint32_t max_vcpus = 0;
     uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none
     bool vnc = false;
+    bool managed_save = false;  // set by ManagedSaveDomain, cleared by the start that restores it
     std::variant<std::monostate, hv::DirectKernelBoot, hv::FirmwareBoot> boot;
   };
   std::map<std::string, Domain> definitions_;  // GetDomainDefinition's tokens
@@ -370,6 +371,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     r.max_vcpus = std::max(d.max_vcpus, d.info.vcpus);
     r.max_memory_mib = d.info.memory_mib;
     r.memory_mib = d.balloon_mib != 0 ? d.balloon_mib : d.info.memory_mib;
+    r.managed_save = d.managed_save;
     return r;
   }
 
@@ -394,6 +396,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     if (!injected.ok()) return injected;
     if ((*d)->info.state != from) return absl::FailedPreconditionError(absl::StrCat("cannot ", op, " in this state"));
     (*d)->info.state = to;
+    (*d)->managed_save = std::string_view(op) == "managed-save";
     return absl::OkStatus();
   }
 

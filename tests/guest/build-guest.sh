@@ -9,6 +9,7 @@
 # Leaves OUT/vmlinuz and OUT/initrd.img; prints OUT. A second run with the same inputs does
 # nothing (OUT/stamp records the package versions and this script's hash).
 #
+# The guest reads a CD-ROM on the IDE bus as /dev/sr0 (ata_piix, sr_mod, isofs).
 # The guest's /init reads from the kernel command line:
 #   hv.ip=ADDR/PREFIX   configures eth0 (first virtio NIC) with that address
 #   hv.ip2=ADDR/PREFIX  configures eth1 likewise
@@ -58,8 +59,10 @@ for applet in sh mount ip insmod cat echo sleep setsid cttyhack ls dd sha256sum 
 done
 # Debian builds these as modules; order is dependency order (the kernel package carries no
 # modules.dep: depmod runs at install time; each .ko names its own in "depends=").
+# The last seven read a CD-ROM on the PC's IDE bus (a config drive: mount -t iso9660 /dev/sr0).
 mods=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-      failover net_failover virtio_net virtio_console)
+      failover net_failover virtio_net virtio_console
+      scsi_common scsi_mod cdrom sr_mod libata ata_piix isofs)
 : > "$root/lib/modules/order"
 for m in "${mods[@]}"; do
   f=$(find "$moddir" -name "$m.ko" -o -name "$m.ko.xz" | head -1)

@@ -128,6 +128,12 @@ max_virtual_size_mib = 64
             status, dom = self.agent.rest("POST", f"/v1/domains/{name}:rescue", rescue)
             self.assertEqual(status, 200, dom)
             self.assertEqual(dom["state"], "DOMAIN_STATE_RUNNING")
+            self.assertTrue(dom.get("rescued"), dom)
+            status, listed = self.agent.rest("GET", "/v1/domains")
+            self.assertEqual([True], [d.get("rescued") for d in listed["domains"] if d["name"] == name])
+            hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+            listing = run([hvctl, "--server", self.agent.grpc_addr, "list"]).stdout
+            self.assertIn("running (rescued)", listing)
             self.assertEqual(self.partitions(name), {"vda": IMAGE_MIB * 1024, "vdb": ROOT_MIB * 1024})
             out = self.console(name, "sha256sum /dev/vda", "  /dev/vda", fresh=False)
             self.assertEqual(re.findall(r"([0-9a-f]{64})  /dev/vda", out)[-1:], [digest], out[-2000:])
@@ -140,6 +146,7 @@ max_virtual_size_mib = 64
 
             status, dom = self.agent.rest("POST", f"/v1/domains/{name}:unrescue", {})
             self.assertEqual(status, 200, dom)
+            self.assertFalse(dom.get("rescued", False), dom)
             self.assertEqual(self.partitions(name), {"vda": ROOT_MIB * 1024})
             self.wait_gone("rsc-resc")
             status, root = self.volume("rsc-root")

@@ -38,6 +38,19 @@ absl::Status AddAll(absl::StatusOr<std::vector<T>> r, Add add) {
   return absl::OkStatus();
 }
 
+// A domain as the API shows it: the hypervisor's view and what only the agent knows of it.
+v1::Domain DomainProto(const Services& s, const hv::DomainInfo& d) {
+  v1::Domain p = ToProto(d);
+  p.set_rescued(s.domains->Rescued(d.name));
+  return p;
+}
+
+absl::Status IntoDomain(const Services& s, v1::Domain* out, absl::StatusOr<hv::DomainInfo> r) {
+  if (!r.ok()) return r.status();
+  *out = DomainProto(s, *r);
+  return absl::OkStatus();
+}
+
 // ---- HostService ----
 
 absl::Status GetHost(const Services& s, const v1::GetHostRequest&, v1::Host* out) {
@@ -57,55 +70,58 @@ absl::Status CreateDomain(const Services& s, const v1::CreateDomainRequest& req,
   if (!req.has_spec()) return absl::InvalidArgumentError("spec: is required");
   auto spec = FromProto(req.spec());
   if (!spec.ok()) return spec.status();
-  return Into(out, s.domains->Create(*spec, req.start(), VolumesFromProto(req.spec())));
+  return IntoDomain(s, out, s.domains->Create(*spec, req.start(), VolumesFromProto(req.spec())));
 }
 
 absl::Status GetDomain(const Services& s, const v1::GetDomainRequest& req, v1::Domain* out) {
-  return Into(out, s.domains->Get(req.name()));
+  return IntoDomain(s, out, s.domains->Get(req.name()));
 }
 
 absl::Status ListDomains(const Services& s, const v1::ListDomainsRequest&, v1::ListDomainsResponse* out) {
-  return AddAll(s.domains->List(), [out] { return out->add_domains(); });
+  auto domains = s.domains->List();
+  if (!domains.ok()) return domains.status();
+  for (const auto& d : *domains) *out->add_domains() = DomainProto(s, d);
+  return absl::OkStatus();
 }
 
 absl::Status StartDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Start(req.name()));
+  return IntoDomain(s, out, s.domains->Start(req.name()));
 }
 
 absl::Status ShutdownDomain(const Services& s, const v1::ShutdownDomainRequest& req,
                             v1::ShutdownDomainResponse* out) {
   auto r = s.domains->Shutdown(req.name(), std::chrono::seconds(req.timeout_seconds()));
   if (!r.ok()) return r.status();
-  *out->mutable_domain() = ToProto(r->domain);
+  *out->mutable_domain() = DomainProto(s, r->domain);
   out->set_forced(r->forced);
   return absl::OkStatus();
 }
 
 absl::Status DestroyDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Destroy(req.name()));
+  return IntoDomain(s, out, s.domains->Destroy(req.name()));
 }
 
 absl::Status RebootDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Reboot(req.name()));
+  return IntoDomain(s, out, s.domains->Reboot(req.name()));
 }
 
 absl::Status SuspendDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Suspend(req.name()));
+  return IntoDomain(s, out, s.domains->Suspend(req.name()));
 }
 
 absl::Status ResumeDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Resume(req.name()));
+  return IntoDomain(s, out, s.domains->Resume(req.name()));
 }
 
 absl::Status ManagedSaveDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->ManagedSave(req.name()));
+  return IntoDomain(s, out, s.domains->ManagedSave(req.name()));
 }
 
 absl::Status UpdateDomain(const Services& s, const v1::UpdateDomainRequest& req, v1::Domain* out) {
   hv::ResourceChange change;
   if (req.has_vcpus()) change.vcpus = req.vcpus();
   if (req.has_memory_mib()) change.memory_mib = req.memory_mib();
-  return Into(out, s.domains->Update(req.name(), change));
+  return IntoDomain(s, out, s.domains->Update(req.name(), change));
 }
 
 absl::Status DeleteDomain(const Services& s, const v1::DeleteDomainRequest& req, v1::DeleteDomainResponse*) {
@@ -122,11 +138,11 @@ absl::Status RescueDomain(const Services& s, const v1::RescueDomainRequest& req,
                                        .initrd_path = req.kernel().initrd_path(),
                                        .cmdline = req.kernel().cmdline()};
   }
-  return Into(out, s.domains->Rescue(req.name(), boot));
+  return IntoDomain(s, out, s.domains->Rescue(req.name(), boot));
 }
 
 absl::Status UnrescueDomain(const Services& s, const v1::DomainRef& req, v1::Domain* out) {
-  return Into(out, s.domains->Unrescue(req.name()));
+  return IntoDomain(s, out, s.domains->Unrescue(req.name()));
 }
 
 absl::Status AttachNic(const Services& s, const v1::AttachNicRequest& req, v1::Nic* out) {

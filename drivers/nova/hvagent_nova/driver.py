@@ -52,6 +52,7 @@ from oslo_utils import versionutils
 
 from nova import block_device
 from nova.compute import power_state
+from nova.compute import utils as compute_utils
 from nova.compute import task_states
 from nova import conf as nova_conf
 from nova.console import type as console_type
@@ -68,6 +69,8 @@ from hvagent.v1 import (console_pb2, domain_pb2, domain_pb2_grpc, host_pb2, stor
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
+from hvagent_nova import config_drive
+from hvagent_nova import diagnostics
 from hvagent_nova import events
 from hvagent_nova import extra_specs
 from hvagent_nova import image_cache
@@ -237,6 +240,28 @@ class HvagentDriver(driver.ComputeDriver):
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
+
+    def get_host_uptime(self):
+        """What the libvirt driver returns (the first part of `uptime`'s line): the time of
+        day and how long the agent's host has been up (its /proc/uptime; dom0's on Xen)."""
+        host = self._host_info(refresh=True)
+        if not host.HasField("uptime"):
+            raise NotImplementedError("hvagent: the agent could not read its host's uptime")
+        days, rest = divmod(host.uptime.seconds, 86400)
+        return " %s up %d days, %2d:%02d" % (time.strftime("%H:%M:%S"), days, rest // 3600,
+                                              rest % 3600 // 60)
+
+    def get_host_cpu_stats(self):
+        """The host's CPU times summed over its CPUs (ns) and its clock (MHz), as the libvirt
+        driver reports them (virNodeGetCPUStats through the agent). A hypervisor whose libvirt
+        driver has none (libxl) raises NotImplementedError naming it."""
+        host = self._host_info(refresh=True)
+        if not host.HasField("cpu_times"):
+            raise NotImplementedError("hvagent: the %s hypervisor reports no host CPU times"
+                                      % host.hypervisor_type)
+        t = host.cpu_times
+        return {"kernel": t.kernel_ns, "idle": t.idle_ns, "user": t.user_ns,
+                "iowait": t.iowait_ns, "frequency": host.cpu_mhz}
 
     def get_available_nodes(self, refresh=False):
         return [self._host_info(refresh).hostname]
@@ -517,7 +542,7 @@ class HvagentDriver(driver.ComputeDriver):
         pool = CONF.hvagent.storage_pool
         if self._pool_type(pool) != storage_pb2.POOL_TYPE_PARTITION:
             return "%s-%s" % (instance.uuid, suffix)
-        code = {"root": "r", "swap": "s", "rescue": "x"}.get(suffix) or "e" + suffix[len("eph"):]
+        code = {"root": "r", "swap": "s", "rescue": "x", "config": "c"}.get(suffix) or "e" + suffix[len("eph"):]
         digits = min(PARTITION_VOLUME_MAX, PARTITION_NAME_ROOM - len(instance.name)) - len(code)
         if digits < 6:
             raise exception.InstanceDeployFailure(
@@ -706,7 +731,15 @@ class HvagentDriver(driver.ComputeDriver):
                         instance, events, deadline=timeout,
                         error_callback=self._neutron_failed_callback):
                     self.plug_vifs(instance, network_info)
-                    self._create_domain(instance, spec, root_image)
+                    config_image = self._add_config_drive(instance, spec, letters,
+                                                          injected_files, admin_password,
+                                                          network_info)
+                    try:
+                        self._create_domain(instance, spec, root_image or config_image)
+                    finally:
+                        if config_image:
+                            config_drive.delete_image(self.agent, CONF.hvagent.storage_pool,
+                                                      config_image)
                     created = True
                     if root_target and instance.image_ref and not root_image:
                         self._write_image(context, instance, image_meta)
@@ -725,6 +758,31 @@ class HvagentDriver(driver.ComputeDriver):
                     self._spawn_failed(instance, network_info, created)
         if pause:
             self._act(self.agent.domains.ResumeDomain, instance)
+
+    def _add_config_drive(self, instance, spec, letters, injected_files,
+                          admin_password, network_info):
+        """When the instance needs a config drive (config_drive.py): uploads it as a temporary
+        agent image and adds the read-only disk made from it to `spec` (a CD-ROM on QEMU/KVM:
+        hdd on x86, sda on ARM; the next xvd disk on Xen). Returns the image's name (deleted by
+        the caller once CreateDomain returned), or None."""
+        pool = CONF.hvagent.storage_pool if self._pool_holds_images() else None
+        image = config_drive.prepare(self.agent, instance, injected_files,
+                                     admin_password, network_info, CONF, pool)
+        if not image:
+            return None
+        xen = self._disk_prefix() == "xvd"
+        arch = spec.arch or self._host_info().arch
+        target = (self._disk_prefix() + next(letters) if xen
+                  else "sda" if arch == "aarch64" else "hdd")
+        spec.disks.append(config_drive.disk(pool, self._volume_name(instance, "config"), image,
+                                            target, xen))
+        return image
+
+    def _pool_holds_images(self):
+        """Whether storage_pool holds agent images, image cache or not (partition pools, as
+        for the image cache: docs/images.md)."""
+        pool = CONF.hvagent.storage_pool
+        return bool(pool) and self._pool_type(pool) == storage_pb2.POOL_TYPE_PARTITION
 
     def _spawn_failed(self, instance, network_info, created):
         """Undoes a spawn: the domain and its local disks, the root made from an image among
@@ -1232,6 +1290,29 @@ class HvagentDriver(driver.ComputeDriver):
         """A volume that is not attached (any more) is detached; a guest that does not release
         the device raises DeviceDetachFailed after the retries, and the volume stays attached."""
         self._detach(instance, self._agent_volume(connection_info))
+
+    def get_device_name_for_instance(self, instance, bdms, block_device_obj):
+        """The next free guest device, in this host's naming (vd* on QEMU/KVM, xvd* on Xen):
+        after the local disks spawn made (root, ephemerals, swap, in that order from a) and
+        the devices of the instance's block device mappings."""
+        prefix = self._disk_prefix()
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        used = ["/dev/%s%s" % (prefix, letters[i])
+                for i in range(len(self._local_disks(instance, None)))]
+        used += [bdm.device_name for bdm in bdms if bdm.device_name]
+        return compute_utils.get_next_device_name(instance, used, "/dev/%sa" % prefix)
+
+    def get_instance_disk_info(self, instance, block_device_info=None):
+        return diagnostics.instance_disk_info(self, instance, CONF.hvagent.storage_pool)
+
+    def block_stats(self, instance, disk_id):
+        return diagnostics.block_stats(self, instance, disk_id)
+
+    def get_diagnostics(self, instance):
+        return diagnostics.legacy_diagnostics(self, instance)
+
+    def get_instance_diagnostics(self, instance):
+        return diagnostics.instance_diagnostics(self, instance, POWER_STATE)
 
     # -- interfaces -------------------------------------------------------------------------
 

@@ -167,7 +167,7 @@ class ImageCache(object):
         """An agent image found under the derived name must be this Glance image: same raw
         size, and the same sha256 where Glance has one (the agent records the raw disk's)."""
         algo, value = _glance_hash(meta)
-        size = meta.get("size") or 0
+        size = int(meta.get("size") or 0)  # an int from Glance; a string from Nova's fixture
         raw = FORMATS.get(meta.get("disk_format") or "raw") == image_pb2.IMAGE_FORMAT_RAW
         if ((raw and size and image.virtual_size_bytes != size)
                 or (raw and algo == "sha256" and image.sha256 != value)):
@@ -184,7 +184,7 @@ class ImageCache(object):
             raise exception.ImageUnacceptable(
                 image_id=image_id, reason="hvagent: disk format %s cannot be imported (raw, "
                                           "ami and qcow2 can)" % fmt)
-        size = meta.get("size") or 0
+        size = int(meta.get("size") or 0)  # an int from Glance; a string from Nova's fixture
         if not size:
             raise exception.ImageUnacceptable(
                 image_id=image_id, reason="hvagent: Glance gives the image no size, and the "

@@ -61,6 +61,21 @@ def stream_glance_downloads(glance, record=None):
     glance.download = download
 
 
+def with_metadata_fields(inst):
+    """Sets what Nova's InstanceMetadata (config drives) lazy-loads from the database, which a
+    test instance is not in: no key pairs, no device metadata or NUMA topology, EC2 ids."""
+    from nova import objects
+    inst.keypairs = objects.KeyPairList(objects=[])
+    if not inst.obj_attr_is_set("metadata"):
+        inst.metadata = {}
+    inst.device_metadata = None
+    inst.hostname = inst.hostname or "hv-test"
+    inst.numa_topology = None
+    inst.ec2_ids = objects.EC2Ids(instance_id="i-00000001", ami_id="ami-00000001",
+                                  kernel_id=None, ramdisk_id=None)
+    return inst
+
+
 def assert_clean_exit(code):
     """Each test class requires its hvagentd to have exited 0 on SIGTERM (None: never started)."""
     if code not in (0, None):

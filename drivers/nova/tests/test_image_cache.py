@@ -26,6 +26,7 @@ from hvagent.v1 import domain_pb2, image_pb2, storage_pb2
 
 import agent_fixture
 from hvagent_nova import driver as hv_driver
+from hvagent_nova import config_drive
 from hvagent_nova import image_cache
 
 MiB = 1 << 20
@@ -37,10 +38,12 @@ class PartitionPoolAgent(agent_fixture.AgentProcess):
     """The fixture's agent with a partition pool (the kind that holds images) on a sparse
     loop device instead of the LVM one; its journal in its own directory."""
 
+    DISK_MIB = 4096  # sparse: two 1 GiB roots and a few small images
+
     def _make_pool(self):
         disk = os.path.join(self.tmp, "disk.img")
         with open(disk, "wb") as f:
-            f.truncate(4096 * MiB)  # sparse: two 1 GiB roots and a few small images
+            f.truncate(self.DISK_MIB * MiB)
         self.loop = subprocess.run(["losetup", "--find", "--show", "--partscan", disk],
                                    check=True, capture_output=True, text=True).stdout.strip()
         self.pool = POOL
@@ -94,6 +97,10 @@ class ImageCacheTestCase(test.TestCase):
         self.ctxt = test_utils.get_test_admin_context()
         self.trace = []
         agent_fixture.stream_glance_downloads(self.glance, self.trace)
+        # InstanceMetadata (config drives) asks Neutron for the instance's security groups;
+        # there is no Neutron here: none.
+        self.stub_out("nova.network.security_group_api.get_instance_security_groups",
+                      lambda context, instance, detailed=False: [])
         self.addCleanup(self._cleanup)
 
     @property
@@ -173,6 +180,57 @@ class ImageCacheTestCase(test.TestCase):
             return hashlib.sha256(f.read(size)).hexdigest()
 
     # ---- tests ----
+
+    def iso_file(self, device, path):
+        """A file of the ISO 9660 image on `device` (Rock Ridge names), read with isoinfo."""
+        return subprocess.run(["isoinfo", "-R", "-i", device, "-x", path], check=True,
+                              capture_output=True).stdout
+
+    def test_config_drive_is_made_by_nova_uploaded_and_attached_as_an_owned_volume(self):
+        """Nova's ConfigDriveBuilder makes the ISO; the agent's copy of it is a volume the
+        domain owns, holding meta_data.json (uuid, admin password, injected file); the
+        temporary image is gone after the spawn, the volume after the destroy."""
+        blob = os.urandom(IMAGE_BYTES)
+        inst = self.instance(self.glance_image(blob))
+        inst.config_drive = "True"
+        agent_fixture.with_metadata_fields(inst)
+        image = test_utils.get_test_image_object(self.ctxt, inst)
+        self.drv.spawn(self.ctxt, inst, image, [("/etc/motd", b"hello from nova")], "pw-1234",
+                       {}, network_info=[])
+        vols = self.volumes()
+        cfg = vols[self.drv._volume_name(inst, "config")]
+        self.assertEqual(inst.name, cfg.attached_to)
+        self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_OWNED, cfg.ownership)
+        meta = self.iso_file(cfg.path, "/openstack/latest/meta_data.json").decode()
+        self.assertIn('"uuid": "%s"' % inst.uuid, meta)
+        self.assertIn('"admin_pass": "pw-1234"', meta)
+        self.assertIn('"path": "/etc/motd"', meta)
+        self.assertEqual(b"hello from nova", self.iso_file(cfg.path, "/openstack/content/0000"))
+        self.assertNotIn(config_drive.image_name(inst), self.images())
+        self.drv.destroy(self.ctxt, inst, [])
+        deadline = time.time() + 30
+        while cfg.name in self.volumes():
+            self.assertLess(time.time(), deadline, "config volume left")
+            time.sleep(0.05)
+
+    def test_config_drive_image_is_deleted_when_create_domain_fails(self):
+        """A CreateDomain the agent refuses (the name is taken) leaves neither the temporary
+        image nor a config volume."""
+        blob = os.urandom(IMAGE_BYTES)
+        inst = self.instance(self.glance_image(blob))
+        self.drv.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(
+            spec=domain_pb2.DomainSpec(name=inst.name, vcpus=1, memory_mib=64)))
+        inst.config_drive = "True"
+        agent_fixture.with_metadata_fields(inst)
+        before = set(self.volumes())
+        self.assertRaises(exception.InstanceExists, self.spawn, inst)
+        self.assertNotIn(config_drive.image_name(inst), self.images())
+        self.assertEqual(before, set(self.volumes()))
+
+    def test_no_config_drive_unless_required(self):
+        inst = self.instance(self.glance_image(os.urandom(IMAGE_BYTES)))
+        self.spawn(inst)
+        self.assertNotIn(self.drv._volume_name(inst, "config"), self.volumes())
 
     def test_two_spawns_of_one_image_upload_it_once(self):
         blob = os.urandom(IMAGE_BYTES)

@@ -31,8 +31,9 @@ from hvagent.v1 import image_pb2, storage_pb2
 
 import agent_fixture
 import agent_harness
-from agent_harness import virsh
+from agent_harness import console_until, virsh
 from hvagent_nova import driver as hv_driver
+from hvagent_nova import config_drive
 from hvagent_nova import image_cache
 from test_networking import OVS_RUN, OvsDaemons, ovs
 
@@ -80,9 +81,13 @@ class RoundTripTestCase(test.TestCase):
         cls.lock = None
         try:
             cls.lock = agent_harness.lock_libvirtd()
-            cls.agent = agent_harness.Agent(
+            # The instances' kernels (test_config_drive_...) are downloaded under
+            # instances_path, which the agent's kernel policy must name.
+            os.makedirs(os.path.join(cls.tmp, "instances"))
+            cls.agent = agent_harness.Agent(agent_harness.with_security(
                 '[[storage.pools]]\nname = "%s"\ntype = "partition"\ndisk = "%s"\n'
-                'wipe = "none"\n' % (POOL, cls.loop))
+                'wipe = "none"\n' % (POOL, cls.loop),
+                kernel_dirs=[os.path.join(cls.tmp, "instances")]))
         except BaseException:
             cls._release()
             raise
@@ -108,6 +113,10 @@ class RoundTripTestCase(test.TestCase):
         super().setUp()
         self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
         agent_fixture.stream_glance_downloads(self.glance)
+        # InstanceMetadata (config drives) asks Neutron for the instance's security groups;
+        # there is no Neutron here: none.
+        self.stub_out("nova.network.security_group_api.get_instance_security_groups",
+                      lambda context, instance, detailed=False: [])
         # hvit-: the integration fixture removes leftovers of that name.
         self.flags(instance_name_template="hvit-nova-%08x",
                    instances_path=os.path.join(self.tmp, "instances"))
@@ -143,6 +152,69 @@ class RoundTripTestCase(test.TestCase):
             if got == want:
                 return
             self.assertLess(time.time(), deadline, "%s is %r, want %r" % (name, got, want))
+            time.sleep(0.1)
+
+    def glance_file(self, name, path, disk_format):
+        with open(path, "rb") as f:
+            blob = f.read()
+        return self.glance.create(self.ctxt, {
+            "name": name, "disk_format": disk_format, "container_format": disk_format,
+            "status": "active", "size": len(blob), "checksum": hashlib.md5(blob).hexdigest()},
+            data=io.BytesIO(blob))["id"]
+
+    def test_config_drive_meta_data_is_readable_in_the_guest(self):
+        """An instance with config_drive boots the busybox test guest (its kernel pair from
+        Glance, no root disk); the CD-ROM Nova's ConfigDriveBuilder made is mounted on the
+        guest's console: meta_data.json names the instance and carries the admin password,
+        and the injected file is there. The temporary agent image is gone once the domain
+        exists; the config volume is the domain's and goes with it."""
+        kernel, initrd = agent_harness.test_guest()
+        flavor = test_utils.get_test_flavor(options={
+            "root_gb": 0, "ephemeral_gb": 0, "swap": 0, "vcpus": 1, "memory_mb": 256})
+        inst = test_utils.get_test_instance(self.ctxt, flavor=flavor, obj=True)
+        inst.kernel_id = self.glance_file("kernel", kernel, "aki")
+        inst.ramdisk_id = self.glance_file("ramdisk", initrd, "ari")
+        inst.config_drive = "True"
+        agent_fixture.with_metadata_fields(inst)
+        image_meta = objects.ImageMeta.from_dict({
+            "id": inst.kernel_id, "disk_format": "aki", "container_format": "aki",
+            "properties": {"os_command_line": "console=ttyS0"}})
+        name = inst.name
+        self.drv.spawn(self.ctxt, inst, image_meta, [("/etc/hv-injected", b"hv-injected-bytes")],
+                       "hv-admin-pass", {}, network_info=[])
+        self.addCleanup(self.drv.destroy, self.ctxt, inst, [])
+        self.wait_state(name, "running")
+        cd = [d for d in ET.fromstring(virsh("dumpxml", name).stdout).findall("./devices/disk")
+              if d.get("device") == "cdrom"]
+        self.assertEqual(1, len(cd), virsh("dumpxml", name).stdout)
+        self.assertIsNotNone(cd[0].find("readonly"))
+        self.assertEqual("ide", cd[0].find("target").get("bus"))
+        vols = [v for v in self.volumes().values() if v.attached_to == name]
+        self.assertEqual(1, len(vols), self.volumes())
+        self.assertEqual(storage_pb2.VOLUME_OWNERSHIP_OWNED, vols[0].ownership)
+        self.assertEqual(vols[0].path, cd[0].find("source").get("dev"))
+        self.assertNotIn(config_drive.image_name(inst), [i.name for i in self.drv.agent.images.ListImages(
+            image_pb2.ListImagesRequest(pool=POOL)).images], "the temporary image is deleted")
+
+        tty = virsh("ttyconsole", name).stdout.strip()
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+        try:
+            console_until(fd, b"hv-guest-ready", 300)
+            os.write(fd, b"\nmkdir -p /mnt/cd; mount -t iso9660 -o ro /dev/sr0 /mnt/cd; "
+                         b"cat /mnt/cd/openstack/latest/meta_data.json; echo; "
+                         b"cat /mnt/cd/openstack/content/0000; echo; echo cd-done\n")
+            out = console_until(fd, b"\ncd-done", 60).decode(errors="replace")
+        finally:
+            os.close(fd)
+        self.assertIn('"uuid": "%s"' % inst.uuid, out)
+        self.assertIn('"admin_pass": "hv-admin-pass"', out)
+        self.assertIn('"path": "/etc/hv-injected"', out)
+        self.assertIn("hv-injected-bytes", out)
+
+        self.drv.destroy(self.ctxt, inst, [])
+        deadline = time.time() + 60
+        while vols[0].name in self.volumes():
+            self.assertLess(time.time(), deadline, "config volume left: %s" % self.volumes())
             time.sleep(0.1)
 
     def test_spawn_power_off_power_on_destroy(self):

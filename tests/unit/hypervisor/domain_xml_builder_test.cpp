@@ -81,6 +81,47 @@ TEST(DomainXmlBuilderTest, XenArmGuestBootsKernelWithPhyDiskAndXenConsole) {
   EXPECT_EQ(x.Count("/domain/devices/serial"), 0);
 }
 
+// A config drive on QEMU/KVM: a CD-ROM drive on an emulated bus, read-only, read back as one.
+TEST(DomainXmlBuilderTest, CdromIsAReadOnlyDriveOnAnEmulatedBusAndReadsBack) {
+  DomainSpec s = Base();
+  s.disks.push_back({"/dev/vg0/web1", DiskType::kBlock, "vda", "", false, ""});
+  DiskSpec cd{"/dev/vg0/web1-config", DiskType::kBlock, "hdd", "", false, ""};
+  cd.cdrom = true;
+  s.disks.push_back(cd);
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  Xml x(*xml);
+  EXPECT_EQ(x.Get("/domain/devices/disk[2]/@device"), "cdrom");
+  EXPECT_EQ(x.Get("/domain/devices/disk[2]/target/@bus"), "ide");
+  EXPECT_EQ(x.Count("/domain/devices/disk[2]/readonly"), 1) << "read-only even without readonly set";
+  EXPECT_EQ(x.Get("/domain/devices/disk[1]/@device"), "disk");
+  EXPECT_EQ(x.Count("/domain/devices/disk[1]/readonly"), 0);
+  auto disks = ParseDomainDisks(*xml);
+  ASSERT_TRUE(disks.ok()) << disks.status();
+  ASSERT_EQ(disks->size(), 2u);
+  EXPECT_FALSE((*disks)[0].cdrom);
+  EXPECT_TRUE((*disks)[1].cdrom);
+  EXPECT_TRUE((*disks)[1].readonly);
+  EXPECT_EQ((*disks)[1].target, "hdd");
+}
+
+TEST(DomainXmlBuilderTest, CdromOnAVirtioTargetOrOnXenArmIsRefusedNamingTheField) {
+  DomainSpec s = Base();
+  DiskSpec cd{"/dev/vg0/web1-config", DiskType::kBlock, "vdb", "", true, ""};
+  cd.cdrom = true;
+  s.disks.push_back(cd);
+  auto virtio = DomainXmlBuilder::Build(s, kQemuX86);
+  EXPECT_EQ(virtio.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(virtio.status().message()), HasSubstr("spec.disks[0].device"));
+  s.disks[0].target = "sda";
+  EXPECT_TRUE(DomainXmlBuilder::Build(s, kKvmArm).ok()) << "scsi on ARM";
+  s.boot = DirectKernelBoot{"/var/lib/hvagent/Image", "", ""};
+  s.disks[0].target = "xvdb";
+  auto xen = DomainXmlBuilder::Build(s, kXenArm);
+  EXPECT_EQ(xen.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(xen.status().message()), HasSubstr("spec.disks[0].device"));
+}
+
 TEST(DomainXmlBuilderTest, KernelCmdlineIsEscapedAndRoundTrips) {
   DomainSpec s = Base();
   const std::string cmdline = "init=/bin/sh x='<devices>' y=\"a&b\"";

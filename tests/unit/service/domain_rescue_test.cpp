@@ -190,6 +190,19 @@ TEST_F(DomainRescueTest, Rescue_OfARescuedDomainIsRefused) {
   EXPECT_TRUE(hv_.calls.empty());
 }
 
+TEST_F(DomainRescueTest, Rescue_OfADomainSuspendedToDiskIsRefused) {
+  ASSERT_TRUE(domains_->ManagedSave("web1").ok());
+  hv_.calls.clear();
+  auto r = domains_->Rescue("web1", Image());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("managed save"));
+  EXPECT_TRUE(images_made_.empty());
+  EXPECT_TRUE(hv_.calls.empty()) << "nothing changed";
+  EXPECT_FALSE(domains_->Rescued("web1"));
+  ASSERT_TRUE(domains_->Start("web1").ok()) << "the saved state is still there to restore";
+  EXPECT_TRUE(domains_->Rescue("web1", Kernel()).ok()) << "once resumed, the rescue goes ahead";
+}
+
 TEST_F(DomainRescueTest, Rescue_FailingDefinePutsTheOriginalBackRunningWithoutTheRescueVolume) {
   hv_.fail_define = absl::InternalError("libvirt says no");
   auto d = domains_->Rescue("web1", Image());
@@ -257,6 +270,39 @@ TEST_F(DomainRescueTest, Recover_InterruptedRescueIsRolledBack) {
   EXPECT_FALSE(Volume("web1-rescue").has_value());
   EXPECT_FALSE(rescues_->Find("web1").has_value());
   EXPECT_TRUE(journal_.Unfinished().empty());
+}
+
+// A crash after the undefine of a rescued domain, before its volumes were seen to: recovery
+// deletes the rescue volume (not only releases it), releases the rest by the usual rule.
+TEST_F(DomainRescueTest, Recover_InterruptedDeleteOfARescuedDomainDeletesTheRescueVolume) {
+  ASSERT_TRUE(domains_->Rescue("web1", Image()).ok());
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_DELETE_DOMAIN);
+  b.set_domain("web1");
+  b.set_uuid(hv_.GetDomain("web1")->uuid);
+  b.set_delete_volumes(false);
+  for (const char* v : {"web1-rescue", "root"}) {
+    auto* jv = b.add_volumes();
+    jv->set_pool("vg0");
+    jv->set_name(v);
+    jv->set_owned(true);
+  }
+  *b.mutable_rescue() = *rescues_->Find("web1");
+  auto op = journal_.Begin(b);
+  ASSERT_TRUE(op.ok()) << op.status();
+  internal::JournalStep s;
+  s.set_name("undefine");
+  ASSERT_TRUE(journal_.Step(*op, s).ok());
+  ASSERT_TRUE(hv_.DestroyDomain("web1").ok());
+  ASSERT_TRUE(hv_.UndefineDomain("web1").ok());  // the step ran, then the crash
+  auto recovered = NewService()->Recover();
+  ASSERT_EQ(recovered.size(), 1u);
+  EXPECT_EQ(recovered[0].state, v1::OPERATION_STATE_RECOVERED) << recovered[0].outcome;
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-rescue").has_value()) << "the rescue volume is deleted, not released";
+  ASSERT_TRUE(Volume("root").has_value()) << "owned, but delete_volumes was not set";
+  EXPECT_EQ(Volume("root")->attached_to, "");
+  EXPECT_FALSE(rescues_->Find("web1").has_value());
 }
 
 TEST_F(DomainRescueTest, Recover_InterruptedUnrescueIsCarriedThrough) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "agent/service/domain_service.h"
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
@@ -42,6 +44,32 @@ TEST(HostServiceTest, ReportsConnectionState) {
   hv.connected = false;
   EXPECT_FALSE(host.HypervisorConnected());
   EXPECT_EQ(host.GetCapacity().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(HostServiceTest, GetHost_UptimeFromTheUptimeFile) {
+  testing::FakeHypervisor hv;
+  HostService host(hv);
+  const std::string path = ::testing::TempDir() + "/uptime-ok";
+  std::ofstream(path) << "86461.93 170000.10\n";
+  host.SetUptimeFile(path);
+  auto h = host.GetHost();
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_TRUE(h->uptime.has_value());
+  EXPECT_EQ(h->uptime->count(), 86461);
+}
+
+TEST(HostServiceTest, GetHost_NoUptimeWhenTheFileIsMissingOrGarbage) {
+  testing::FakeHypervisor hv;
+  HostService host(hv);
+  host.SetUptimeFile(::testing::TempDir() + "/uptime-absent");
+  auto h = host.GetHost();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_FALSE(h->uptime.has_value());
+  const std::string path = ::testing::TempDir() + "/uptime-bad";
+  std::ofstream(path) << "up 3 days\n";
+  EXPECT_FALSE(ReadUptime(path).has_value());
+  std::ofstream(path) << "-5 1\n";
+  EXPECT_FALSE(ReadUptime(path).has_value());
 }
 
 }  // namespace
