@@ -82,8 +82,9 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
   for (const Journal::Operation& op : journal_->Unfinished()) {
     // Image imports are ImageService's to recover; they are no domain operation.
     if (op.begin.type() == v1::OPERATION_KIND_IMPORT_IMAGE ||
-        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
-      continue;
+        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ||
+        op.begin.type() == v1::OPERATION_KIND_MIGRATE_DOMAIN || op.begin.type() == v1::OPERATION_KIND_MIGRATE_IN) {
+      continue;  // and migrations are MigrationService's and IncomingMigrations'
     }
     Recovery r;
     switch (op.begin.type()) {
