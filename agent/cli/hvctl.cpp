@@ -35,6 +35,7 @@
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/migration.grpc.pb.h"
 #include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
@@ -71,6 +72,8 @@ int Usage() {
                "  image-upload POOL NAME FILE [--format raw|qcow2] [--sha256 HEX] [--sha512 HEX]\n"
                "  volume-export POOL NAME FILE [--image] [--quiesced]   (sparse FILE, sha256 checked)\n"
                "  image-from-volume POOL VOLUME IMAGE   (pauses a running domain for the copy)\n"
+               "  migrate NAME --to HOST:PORT [--shutdown [--shutdown-timeout S]] [--pool POOL] [--no-wait]\n"
+               "                                       (cold: owned volumes streamed; a progress bar until it ends)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -111,6 +114,37 @@ int Failed(const grpc::Status& s) {
     return kUnreachable;
   }
   return kRefused;
+}
+
+std::string Bytes(uint64_t b);
+
+// Polls a running operation until it ends, drawing bytes_done of bytes_total on stderr; prints
+// how it ended (`what` names it) and answers kOk only when it succeeded.
+int FollowOperation(v1::OperationService::Stub& operations, v1::Operation& op, bool json, const std::string& what) {
+  v1::GetOperationRequest get;
+  get.set_id(std::to_string(op.id()));
+  while (op.state() == v1::OPERATION_STATE_RUNNING) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    grpc::ClientContext poll;
+    poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Status s = operations.GetOperation(&poll, get, &op);
+    if (!s.ok()) return Failed(s);
+    if (!json) {
+      const int width = 40;
+      const uint64_t total = op.bytes_total();
+      const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
+      std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
+                << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
+    }
+  }
+  if (json) {
+    std::cout << Json(op) << "\n";
+  } else {
+    std::cerr << "\n";
+    std::cout << what << ": " << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
+              << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+  }
+  return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
 }
 
 // A plain table: columns as wide as their widest cell.
@@ -494,6 +528,8 @@ int main(int argc, char** argv) {
                            : o.kind() == v1::OPERATION_KIND_IMPORT_IMAGE      ? "import"
                            : o.kind() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ? "image-from-volume"
                            : o.kind() == v1::OPERATION_KIND_RESCUE_DOMAIN     ? "rescue"
+                           : o.kind() == v1::OPERATION_KIND_MIGRATE_DOMAIN    ? "migrate"
+                           : o.kind() == v1::OPERATION_KIND_MIGRATE_IN        ? "migrate-in"
                            : o.kind() == v1::OPERATION_KIND_UNRESCUE_DOMAIN   ? "unrescue"
                                                                               : "?";
         std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
@@ -595,31 +631,43 @@ int main(int argc, char** argv) {
       std::cout << (json ? Json(op) : "operation " + std::to_string(op.id()) + ": importing") << "\n";
       return kOk;
     }
-    v1::GetOperationRequest get;
-    get.set_id(std::to_string(op.id()));
-    while (op.state() == v1::OPERATION_STATE_RUNNING) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      grpc::ClientContext poll;
-      deadline(poll, 30);
-      s = operations->GetOperation(&poll, get, &op);
-      if (!s.ok()) return Failed(s);
-      if (!json) {
-        const int width = 40;
-        const uint64_t total = op.bytes_total();
-        const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
-        std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
-                  << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
+    return FollowOperation(*operations, op, json, req.pool() + "/" + req.name());
+  }
+  if (cmd == "migrate" && !arg1.empty()) {
+    v1::MigrateDomainRequest req;
+    req.set_name(arg1);
+    bool wait = true;
+    for (size_t i = 2; i < args.size(); ++i) {
+      const bool has_value = i + 1 < args.size();
+      if (args[i] == "--to" && has_value) {
+        req.set_destination(args[++i]);
+      } else if (args[i] == "--pool" && has_value) {
+        req.set_destination_pool(args[++i]);
+      } else if (args[i] == "--shutdown-timeout" && has_value) {
+        req.set_shutdown_timeout_seconds(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
+      } else if (args[i] == "--shutdown") {
+        req.set_running_policy(v1::RUNNING_POLICY_SHUTDOWN);
+      } else if (args[i] == "--no-wait") {
+        wait = false;
+      } else {
+        return Usage();
       }
     }
-    if (json) {
-      std::cout << Json(op) << "\n";
-    } else {
-      std::cerr << "\n";
-      std::cout << req.pool() << "/" << req.name() << ": "
-                << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
-                << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+    if (req.destination().empty()) return Usage();
+    deadline(ctx, 60);
+    auto migration = v1::MigrationService::NewStub(channel);
+    v1::MigrateDomainResponse r;
+    grpc::Status s = migration->MigrateDomain(&ctx, req, &r);
+    if (!s.ok()) return Failed(s);
+    if (!wait) {
+      std::cout << (json ? Json(r) : "operation " + std::to_string(r.operation_id()) + ": migrating") << "\n";
+      return kOk;
     }
-    return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
+    auto operations = v1::OperationService::NewStub(channel);
+    v1::Operation op;
+    op.set_id(r.operation_id());
+    op.set_state(v1::OPERATION_STATE_RUNNING);
+    return FollowOperation(*operations, op, json, arg1 + " -> " + req.destination());
   }
   if (cmd == "image-upload" && args.size() >= 4) {
     auto images = v1::ImageService::NewStub(channel);
