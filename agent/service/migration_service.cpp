@@ -253,8 +253,10 @@ void MigrationService::Run(std::shared_ptr<Job> job) {
                        absl::StrCat("the domain runs on ", job->request.destination,
                                     "; removing it here failed: ", s.message()));
   } else {
-    // A second connection for the abort: the first may be the one that broke.
-    auto peer = connect_(job->request.destination);
+    // A second connection for the abort (the first may be the one that broke); none is needed
+    // when no transfer was opened.
+    absl::StatusOr<std::unique_ptr<MigrationPeer>> peer = absl::UnavailableError("no transfer");
+    if (!transfer.empty()) peer = connect_(job->request.destination);
     std::string notes = Undo(*job, peer.ok() ? peer->get() : nullptr, transfer, shut_down);
     const bool cancelled = job->cancel.load();
     (void)journal_.End(job->id, cancelled ? v1::OPERATION_STATE_CANCELLED : v1::OPERATION_STATE_FAILED,

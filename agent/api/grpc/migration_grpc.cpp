@@ -86,9 +86,16 @@ namespace {
 class GrpcSendSink final : public storage::image::ExportSink {
  public:
   explicit GrpcSendSink(grpc::ClientWriter<v1::ReceiveVolumeChunk>& writer) : writer_(writer) {}
+  // An export piece is up to 1 MiB; a message must stay under the destination's receive limit
+  // (rest.max_body_bytes, 1 MiB by default, framing included), so pieces go in slices.
+  static constexpr size_t kSliceBytes = 256 << 10;
   absl::Status Data(absl::string_view bytes) override {
-    chunk_.set_data(bytes.data(), bytes.size());
-    return Send();
+    for (size_t at = 0; at < bytes.size(); at += kSliceBytes) {
+      const absl::string_view slice = bytes.substr(at, kSliceBytes);
+      chunk_.set_data(slice.data(), slice.size());
+      if (auto s = Send(); !s.ok()) return s;
+    }
+    return absl::OkStatus();
   }
   absl::Status Zeros(uint64_t bytes) override {
     chunk_.set_zeros(bytes);
@@ -218,7 +225,7 @@ service::MigrationPeerFactory GrpcPeerFactory(PeerTls tls, std::string self) {
     args.SetMaxSendMessageSize(4 << 20);
     auto channel = grpc::CreateCustomChannel(target, creds, args);
     // Fail fast when nobody answers, rather than at the first call's deadline.
-    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(15))) {
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
       return absl::UnavailableError(absl::StrCat("destination: cannot connect to ", target));
     }
     return std::unique_ptr<service::MigrationPeer>(new GrpcMigrationPeer(channel, self));
