@@ -157,10 +157,24 @@ absl::StatusOr<uint64_t> MigrationService::Migrate(const MigrateRequest& r) {
   if (!id.ok()) return id.status();
   (*job)->id = *id;
   jobs_[*id] = *job;
+  ForgetOldJobs();
   threads_.emplace_back([this, j = *job] { Run(j); });
   Log()->info("migrating domain {} to {} (operation {}, {} volume(s), {} bytes)", r.name, r.destination, *id,
               (*job)->volumes.size(), (*job)->total);
   return *id;
+}
+
+void MigrationService::ForgetOldJobs() {
+  size_t ended = 0;
+  for (const auto& [id, job] : jobs_) ended += job->ended ? 1 : 0;
+  for (auto it = jobs_.begin(); it != jobs_.end() && ended > Journal::kHistory;) {
+    if (it->second->ended) {
+      it = jobs_.erase(it);
+      --ended;
+    } else {
+      ++it;
+    }
+  }
 }
 
 absl::Status MigrationService::Step(Job& job, const std::string& name, const storage::VolumeInfo* volume) {

@@ -77,6 +77,8 @@ class MigrationService {
   // The plan the destination gets: the domain's spec with every disk a volume it owns.
   absl::StatusOr<std::shared_ptr<Job>> Plan(const MigrateRequest& request);
   void Run(std::shared_ptr<Job> job);
+  // Keeps the progress of the last Journal::kHistory ended migrations (mu_ held).
+  void ForgetOldJobs();
   absl::Status Steps(Job& job, std::string& transfer, bool& shut_down);
   absl::Status SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer);
   absl::Status Step(Job& job, const std::string& name, const storage::VolumeInfo* volume = nullptr);
@@ -90,7 +92,7 @@ class MigrationService {
   const MigrationPeerFactory connect_;
 
   mutable std::mutex mu_;
-  std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // running and the last ended ones
+  std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // running and the last ended ones, by id
   std::vector<std::thread> threads_;
 };
 
