@@ -19,7 +19,12 @@ import time
 import unittest
 import uuid
 
+import grpc
+
 from agent_harness import Agent
+from hvagent.v1 import host_pb2, migration_pb2, migration_pb2_grpc
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MiB = 1 << 20
 
@@ -52,7 +57,8 @@ def vol(name):
 class Host:
     """One agent with its own embedded QEMU driver, state directory and loop-device pools."""
 
-    def __init__(self, name, pools):
+    def __init__(self, name, pools, extra_config="", agent_options=None):
+        self.agent_options = agent_options or {}
         self.dir = tempfile.mkdtemp(prefix=f"hvit-mig-{name}-")
         self.loops = []
         config = f'[reliability]\nstate_dir = "{self.dir}/state"\n'
@@ -63,13 +69,13 @@ class Host:
             loop = run(["losetup", "--find", "--show", "--partscan", img]).strip()
             self.loops.append(loop)
             config += f'[[storage.pools]]\nname = "{pool}"\ntype = "partition"\ndisk = "{loop}"\nwipe = "none"\n'
-        self.config = config
+        self.config = config + extra_config
         self.uri = f"qemu:///embed?root={self.dir}/libvirt"
         self.agent = None
         self.start()
 
     def start(self):
-        self.agent = Agent(self.config, uri=self.uri)
+        self.agent = Agent(self.config, uri=self.uri, **self.agent_options)
 
     def kill(self):
         self.agent.proc.send_signal(signal.SIGKILL)
@@ -219,6 +225,83 @@ class MigrationTest(unittest.TestCase):
         self.assertEqual(status, 404, out)
         status, out = self.src.agent.rest("POST", "/v1/migrations/99999:cancel", {})
         self.assertEqual(status, 404, out)
+
+
+
+class PeerTlsTest(unittest.TestCase):
+    """The same move with real mutual TLS: the source agent presents its own client certificate
+    (CN hvagent-peer), which the destination maps to the peer role; a controller asks over gRPC.
+    The peer certificate reaches nothing but the incoming calls."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = tempfile.mkdtemp(prefix="hvit-mig-pki-")
+        subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), cls.pki], check=True, capture_output=True)
+        pem = lambda n: os.path.join(cls.pki, n)
+        tls = (f'[tls]\ncert_file = "{pem("server.crt")}"\nkey_file = "{pem("server.key")}"\n'
+               f'client_ca_file = "{pem("ca.crt")}"\n'
+               f'[migration]\ncert_file = "{pem("peer.crt")}"\nkey_file = "{pem("peer.key")}"\n'
+               '[[auth.identities]]\nname = "hvagent-controller"\nrole = "controller"\n'
+               '[[auth.identities]]\nname = "hvagent-operator"\nrole = "operator"\n'
+               '[[auth.identities]]\nname = "hvagent-peer"\nrole = "peer"\n')
+        cls.client = staticmethod(lambda name: (pem("ca.crt"), pem(f"{name}.crt"), pem(f"{name}.key")))
+        opts = {"plaintext": False, "client_tls": cls.client("controller")}
+        cls.src = Host("tsrc", [("disk1", 128 * MiB)], tls, opts)
+        try:
+            cls.dst = Host("tdst", [("disk1", 128 * MiB)], tls, opts)
+        except BaseException:
+            cls.src.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.src.close()
+        cls.dst.close()
+        shutil.rmtree(cls.pki, ignore_errors=True)
+
+    def test_a_domain_moves_over_mutual_tls_and_the_peer_may_only_hand_over(self):
+        name = f"hvit-t{uuid.uuid4().hex[:6]}"
+        from hvagent.v1 import domain_pb2
+        spec = domain_pb2.DomainSpec(name=name, vcpus=1, memory_mib=64)
+        disk = spec.disks.add(target="vda")
+        disk.volume.pool, disk.volume.name, disk.volume.create_size_bytes = "disk1", vol(name), 8 * MiB
+        self.src.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec), timeout=60)
+        migration = migration_pb2_grpc.MigrationServiceStub(self.src.agent.channel)
+        op = migration.MigrateDomain(migration_pb2.MigrateDomainRequest(
+            name=name, destination=self.dst.agent.grpc_addr), timeout=30)
+        from hvagent.v1 import operation_pb2, operation_pb2_grpc
+        ops = operation_pb2_grpc.OperationServiceStub(self.src.agent.channel)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            o = ops.GetOperation(operation_pb2.GetOperationRequest(id=str(op.operation_id)), timeout=10)
+            if o.state != operation_pb2.OPERATION_STATE_RUNNING:
+                break
+            time.sleep(0.1)
+        self.assertEqual(o.state, operation_pb2.OPERATION_STATE_SUCCEEDED, o.message)
+        self.assertEqual(self.dst.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=name), timeout=10).name,
+                         name)
+        # The peer's certificate on the destination: the incoming calls answer (here NOT_FOUND
+        # for an unknown transfer), everything else is PERMISSION_DENIED.
+        peer = self.dst.agent.grpc_channel(self.client("peer"))
+        incoming = migration_pb2_grpc.MigrationServiceStub(peer)
+        with self.assertRaises(grpc.RpcError) as e:
+            incoming.AbortIncoming(migration_pb2.IncomingRef(transfer_id="nope"), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        from hvagent.v1 import host_pb2_grpc
+        for call in (lambda: host_pb2_grpc.HostServiceStub(peer).GetHost(host_pb2.GetHostRequest(), timeout=10),
+                     lambda: incoming.MigrateDomain(migration_pb2.MigrateDomainRequest(name=name,
+                                                                                        destination="a:1"),
+                                                    timeout=10)):
+            with self.assertRaises(grpc.RpcError) as e:
+                call()
+            self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn("'hvagent-peer' is peer", e.exception.details())
+        # An operator cannot pose as a peer.
+        operator = migration_pb2_grpc.MigrationServiceStub(self.dst.agent.grpc_channel(self.client("operator")))
+        with self.assertRaises(grpc.RpcError) as e:
+            operator.AbortIncoming(migration_pb2.IncomingRef(transfer_id="nope"), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        peer.close()
 
 
 if __name__ == "__main__":
