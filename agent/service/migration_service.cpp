@@ -306,13 +306,23 @@ std::vector<std::string> MigrationService::Recover() {
   std::vector<std::string> done;
   for (const Journal::Operation& op : journal_.Unfinished()) {
     if (op.begin.type() != v1::OPERATION_KIND_MIGRATE_DOMAIN) continue;
-    bool shut_down = false, removing = false;
+    bool shut_down = false, finishing = false, removing = false;
     for (const auto& step : op.steps) {
       shut_down = shut_down || step.name() == "shutdown";
+      finishing = finishing || step.name() == "finish";
       removing = removing || step.name() == "remove-source";
     }
     std::string line = absl::StrCat("migration of ", op.begin.domain(), " (operation ", op.id, "): ");
     v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
+    if (finishing && !removing) {
+      // The destination may have defined (and started) the domain before the crash: starting
+      // it here too could run it twice. It stays shut off here for an operator to decide.
+      absl::StrAppend(&line, "cut short at finish: the domain is kept here shut off; ", op.begin.peer(),
+                      " may hold it as well (check there before starting either)");
+      (void)journal_.End(op.id, v1::OPERATION_STATE_FAILED, absl::StrCat("recovery: ", line));
+      done.push_back(std::move(line));
+      continue;
+    }
     if (removing) {
       absl::Status s = domains_.Delete(op.begin.domain(), true, true);
       if (absl::IsNotFound(s)) s = absl::OkStatus();

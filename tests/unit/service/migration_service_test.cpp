@@ -497,5 +497,28 @@ TEST_F(MigrationTest, RecoveryOnTheSourceBeforeRemovalKeepsTheDomainAndStartsItA
   EXPECT_TRUE(src_->journal->Unfinished().empty());
 }
 
+TEST_F(MigrationTest, RecoveryCutShortAtFinishNeverStartsTheSourceGuestAgain) {
+  MakeDomain(true);
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_MIGRATE_DOMAIN);
+  b.set_domain("web1");
+  b.set_peer("dst.example:50051");
+  auto op = src_->journal->Begin(b);
+  ASSERT_TRUE(op.ok());
+  for (const char* name : {"shutdown", "prepare", "send-volume", "finish"}) {
+    internal::JournalStep s;
+    s.set_name(name);
+    ASSERT_TRUE(src_->journal->Step(*op, s).ok());
+  }
+  ASSERT_TRUE(src_->hv.DestroyDomain("web1").ok());
+  auto lines = migrations_->Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("dst.example:50051 may hold it as well"));
+  EXPECT_FALSE(hv::IsActive(src_->hv.GetDomain("web1")->state));  // kept, not started
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
+  ASSERT_FALSE(src_->journal->Recent().empty());
+  EXPECT_EQ(src_->journal->Recent().front().state, v1::OPERATION_STATE_FAILED);
+}
+
 }  // namespace
 }  // namespace hvagent::service
