@@ -216,6 +216,22 @@ class MigrationTest(unittest.TestCase):
         self.assertTrue(rolled, ended)
         self.assertEqual(rolled[0]["state"], "OPERATION_STATE_ROLLED_BACK", rolled)
 
+    def test_5_hvctl_migrate_draws_progress_and_reports_the_end(self):
+        size = 16 * MiB
+        name, uuid_, path, sha = self.make_domain(size, data_at=(0, 8 * MiB))
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        r = subprocess.run([hvctl, "--server", self.src.agent.grpc_addr, "migrate", name, "--to",
+                            self.dst.agent.grpc_addr], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"{name} -> {self.dst.agent.grpc_addr}: SUCCEEDED", r.stdout)
+        self.assertIn("[########################################] 16.0 MiB of 16.0 MiB", r.stderr)
+        self.assertEqual(sha256_of(self.dst.volumes()[vol(name)]["path"], size), sha)
+        # A usage error (no --to) is exit 2 and asks nothing of the agent.
+        r = subprocess.run([hvctl, "--server", self.src.agent.grpc_addr, "migrate", name], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 2)
+        self.dst.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true", expect=204)
+
     def test_4_bad_requests_are_refused_naming_the_field(self):
         name, _, _, _ = self.make_domain(4 * MiB, data_at=(0,), tag="run")
         status, out = self.src.agent.rest("POST", f"/v1/domains/{name}:migrate", {"destination": "nohost"})
