@@ -25,11 +25,14 @@
 #include "agent/api/console_ws/console_ws_server.h"
 #include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
+#include "agent/api/grpc/migration_peer_client.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
 #include "agent/service/idempotency.h"
 #include "agent/service/image_service.h"
+#include "agent/service/incoming_migrations.h"
 #include "agent/service/journal.h"
+#include "agent/service/migration_service.h"
 #include "agent/version.h"
 #include "common/clock.h"
 #include "common/failpoint.h"
@@ -58,7 +61,8 @@ std::unique_ptr<PeriodicThread> ReportHealth(grpc::HealthCheckServiceInterface* 
     bool serving = hv.Connected();
     for (const char* service : {"", "hvagent.v1.HostService", "hvagent.v1.DomainService", "hvagent.v1.EventService",
                                 "hvagent.v1.StorageService", "hvagent.v1.MetricsService",
-                                "hvagent.v1.OperationService", "hvagent.v1.ImageService"}) {
+                                "hvagent.v1.OperationService", "hvagent.v1.ImageService",
+                                "hvagent.v1.MigrationService"}) {
       health->SetServingStatus(service, serving);
     }
   };
@@ -96,6 +100,24 @@ std::vector<std::unique_ptr<storage::StorageBackend>> MakeBackends(const config:
 }
 
 // libxenctrl on Xen URIs; everywhere else the explicit "unsupported" probe.
+// How this agent reaches a destination agent: its [migration] client certificate (plain text
+// only in the development mode, where both agents are on loopback). Without a certificate every
+// migration fails at its first step, saying so; the agent still serves (and receives).
+service::MigrationPeerFactory MakePeerFactory(const config::Config& cfg) {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  if (cfg.plaintext_loopback) return api::GrpcPeerFactory({.plaintext = true}, host);
+  if (cfg.migration_cert_file.empty()) return api::GrpcPeerFactory({}, host);
+  auto tls = api::LoadPeerTls(cfg.migration_cert_file, cfg.migration_key_file,
+                              cfg.migration_ca_file.empty() ? cfg.tls_client_ca_file : cfg.migration_ca_file);
+  if (!tls.ok()) {
+    return [why = tls.status()](const std::string&) -> absl::StatusOr<std::unique_ptr<service::MigrationPeer>> {
+      return why;
+    };
+  }
+  return api::GrpcPeerFactory(std::move(*tls), host);
+}
+
 std::unique_ptr<hv::EventChannelProbe> MakeEventChannelProbe(const config::Config& cfg) {
   const std::string& uri = cfg.hypervisor_uri;
   std::string scheme = uri.substr(0, uri.find(':'));
@@ -223,7 +245,7 @@ struct GrpcFront {
   GrpcFront(const api::ops::Pipeline& pipeline, service::EventHub& events, std::size_t worker_threads)
       : workers(worker_threads), host(pipeline, workers), domains(pipeline, workers), events(events, pipeline),
         storage(pipeline, workers), metrics(pipeline, workers), operations(pipeline, workers),
-        images(pipeline, workers), consoles(pipeline, workers) {}
+        images(pipeline, workers), consoles(pipeline, workers), migrations(pipeline, workers) {}
   WorkerPool workers;
   api::HostGrpcService host;
   api::DomainGrpcService domains;
@@ -233,6 +255,7 @@ struct GrpcFront {
   api::OperationGrpcService operations;
   api::ImageGrpcService images;
   api::ConsoleGrpcService consoles;
+  api::MigrationGrpcService migrations;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -249,6 +272,7 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> StartGrpc(const config::Config& cfg, 
   builder.RegisterService(&front->storage).RegisterService(&front->metrics).RegisterService(&front->operations);
   builder.RegisterService(&front->images);
   builder.RegisterService(&front->consoles);
+  builder.RegisterService(&front->migrations);
   front->server = builder.BuildAndStart();
   if (!front->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("grpc.listen ", cfg.grpc_listen, ": cannot listen (address in use?)"));
@@ -365,6 +389,15 @@ int Run(const config::Config& cfg) {
       &storage, state->journal.get());
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
   RecoverBeforeServing(domains, *state->journal, hypervisor);
+  // Migrations after domains: a define an incoming transfer began is a create recovery undid.
+  service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg));
+  service::IncomingMigrations incoming(
+      domains, storage, hypervisor, *state->journal, clock,
+      {.idle_timeout = std::chrono::seconds(cfg.migration_incoming_idle_seconds)});
+  for (const std::string& line : migrations.Recover()) logger->warn("recovery: {}", line);
+  for (const std::string& line : incoming.Recover()) logger->warn("recovery: {}", line);
+  // An incoming transfer whose source went silent (crashed, cut off) is undone after its idle time.
+  PeriodicThread incoming_expiry(std::chrono::seconds(30), [&incoming] { incoming.ExpireIdle(); });
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor, policy, &storage);
   auto evtchn = MakeEventChannelProbe(cfg);
@@ -439,7 +472,8 @@ int Run(const config::Config& cfg) {
   // One pipeline for both APIs: the same checks, limits, idempotency and audit (operations/).
   const api::ops::Pipeline pipeline(
       {.host = &host, .domains = &domains, .storage = &storage, .metrics = &metrics, .journal = state->journal.get(),
-       .images = &images, .consoles = &consoles, .console_access = &console_access},
+       .images = &images, .consoles = &consoles, .console_access = &console_access, .migrations = &migrations,
+       .incoming = &incoming},
       {.authz = &authz, .idem = state->requests.get(), .gate = &gate});
 
   // The two fronts. REST first: it loads (and so checks) the TLS files that both servers use.

@@ -3,7 +3,8 @@
 #   ca.crt/key            the CA that signs the server and the clients
 #   server.crt/key        the agent (SAN: localhost, 127.0.0.1, ::1 and this host's name)
 #   <role>.crt/key        client certificates, CN = hvagent-<role>, for controller, operator,
-#                         monitor and nobody (an identity with no role in the config)
+#                         monitor, peer (another agent handing a domain over) and nobody (an
+#                         identity with no role in the config)
 #   expired.crt/key       a controller certificate that expired in 2020
 #   rogue-ca.crt, rogue.crt/key  a client signed by another CA
 #   tokens.txt            REST bearer tokens per role, and their SHA-256 for the config
@@ -37,7 +38,7 @@ printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedK
   "$(hostname)" > server.ext
 printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' > client.ext
 sign server hvagent-server server.ext
-for role in controller operator monitor nobody; do sign "$role" "hvagent-$role" client.ext; done
+for role in controller operator monitor peer nobody; do sign "$role" "hvagent-$role" client.ext; done
 
 # A client from another CA.
 if [[ ! -f rogue-ca.crt ]]; then

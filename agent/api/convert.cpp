@@ -171,6 +171,63 @@ std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& p) {
   return out;
 }
 
+namespace {
+void BootToProto(const hv::DomainSpec& s, v1::DomainSpec& p) {
+  if (const auto* k = std::get_if<hv::DirectKernelBoot>(&s.boot)) {
+    p.mutable_kernel()->set_kernel_path(k->kernel_path);
+    p.mutable_kernel()->set_initrd_path(k->initrd_path);
+    p.mutable_kernel()->set_cmdline(k->cmdline);
+  } else if (const auto* f = std::get_if<hv::FirmwareBoot>(&s.boot)) {
+    p.mutable_firmware()->set_type(f->type == hv::FirmwareType::kBios   ? v1::FirmwareBoot::TYPE_BIOS
+                                   : f->type == hv::FirmwareType::kUefi ? v1::FirmwareBoot::TYPE_UEFI
+                                                                        : v1::FirmwareBoot::TYPE_UNSPECIFIED);
+    p.mutable_firmware()->set_loader_path(f->loader_path);
+  }
+}
+}  // namespace
+
+v1::DomainSpec ToProto(const hv::DomainSpec& s, const std::vector<service::DiskVolume>& volumes) {
+  v1::DomainSpec p;
+  p.set_name(s.name);
+  p.set_uuid(s.uuid);
+  p.set_vcpus(s.vcpus);
+  p.set_max_vcpus(s.max_vcpus);
+  p.set_memory_mib(s.memory_mib);
+  p.set_arch(s.arch);
+  p.set_machine(s.machine);
+  p.set_cpu_model(s.cpu_model);
+  p.set_gic_version(s.gic_version);
+  if (s.cpu_topology) {
+    p.mutable_cpu_topology()->set_sockets(s.cpu_topology->sockets);
+    p.mutable_cpu_topology()->set_cores(s.cpu_topology->cores);
+    p.mutable_cpu_topology()->set_threads(s.cpu_topology->threads);
+  }
+  p.set_cpu_shares(s.cpu_shares);
+  p.mutable_labels()->insert(s.labels.begin(), s.labels.end());
+  p.set_serial_console(s.serial_console);
+  p.set_vnc(s.vnc);
+  BootToProto(s, p);
+  for (const hv::DiskSpec& d : s.disks) {
+    v1::Disk* disk = p.add_disks();
+    disk->set_source_path(d.source_path);
+    disk->set_type(d.type == hv::DiskType::kBlock ? v1::Disk::TYPE_BLOCK : v1::Disk::TYPE_FILE);
+    disk->set_target(d.target);
+    disk->set_bus(d.bus);
+    disk->set_readonly(d.readonly);
+    disk->set_format(d.format);
+  }
+  for (const service::DiskVolume& v : volumes) {
+    if (v.disk >= static_cast<size_t>(p.disks_size())) continue;
+    v1::DiskVolume* dv = p.mutable_disks(static_cast<int>(v.disk))->mutable_volume();
+    dv->set_pool(v.claim.pool);
+    dv->set_name(v.claim.name);
+    dv->set_create_size_bytes(v.claim.create_size_bytes);
+    dv->set_image(v.claim.image);
+  }
+  for (const hv::NicSpec& n : s.nics) *p.add_nics() = ToProto(n);
+  return p;
+}
+
 v1::Domain ToProto(const hv::DomainInfo& info) {
   v1::Domain d;
   d.set_name(info.name);

@@ -20,6 +20,8 @@ namespace hvagent::api {
 // Disks given as `volume` keep an empty source_path; VolumesFromProto lists their volumes.
 absl::StatusOr<hv::DomainSpec> FromProto(const v1::DomainSpec& spec);
 std::vector<service::DiskVolume> VolumesFromProto(const v1::DomainSpec& spec);
+// The reverse of FromProto + VolumesFromProto (a migration's plan sent to the destination).
+v1::DomainSpec ToProto(const hv::DomainSpec& spec, const std::vector<service::DiskVolume>& volumes);
 // One NIC; `field` prefixes errors ("spec.nics[0]", "nic").
 absl::StatusOr<hv::NicSpec> FromProto(absl::string_view field, const v1::Nic& nic);
 v1::Nic ToProto(const hv::NicSpec& nic);

@@ -36,6 +36,7 @@
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/migration.grpc.pb.h"
 #include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
@@ -74,6 +75,8 @@ int Usage() {
                "  image-from-volume POOL VOLUME IMAGE   (pauses a running domain for the copy)\n"
                "  volume-from-image POOL IMAGE VOLUME [--size-mib N] [--wait]\n"
                "                                       (a clone or a copy; --wait draws its progress)\n"
+               "  migrate NAME --to HOST:PORT [--shutdown [--shutdown-timeout S]] [--pool POOL] [--no-wait]\n"
+               "                                       (cold: owned volumes streamed; a progress bar until it ends)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -114,6 +117,37 @@ int Failed(const grpc::Status& s) {
     return kUnreachable;
   }
   return kRefused;
+}
+
+std::string Bytes(uint64_t b);
+
+// Polls a running operation until it ends, drawing bytes_done of bytes_total on stderr; prints
+// how it ended (`what` names it) and answers kOk only when it succeeded.
+int FollowOperation(v1::OperationService::Stub& operations, v1::Operation& op, bool json, const std::string& what) {
+  v1::GetOperationRequest get;
+  get.set_id(std::to_string(op.id()));
+  while (op.state() == v1::OPERATION_STATE_RUNNING) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    grpc::ClientContext poll;
+    poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Status s = operations.GetOperation(&poll, get, &op);
+    if (!s.ok()) return Failed(s);
+    if (!json) {
+      const int width = 40;
+      const uint64_t total = op.bytes_total();
+      const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
+      std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
+                << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
+    }
+  }
+  if (json) {
+    std::cout << Json(op) << "\n";
+  } else {
+    std::cerr << "\n";
+    std::cout << what << ": " << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
+              << (op.message().empty() ? "" : ": " + op.message()) << "\n";
+  }
+  return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
 }
 
 // A plain table: columns as wide as their widest cell.
@@ -220,34 +254,6 @@ int Render(bool json, const grpc::Status& s, const google::protobuf::Message& re
 // Long on purpose: one branch per command, each a single RPC and how its answer is printed, read
 // top to bottom like the usage text above; the helpers (Render, Table, KeyValues) hold what
 // the branches share.
-// Polls operation `op` until it ends, drawing its progress (bytes done of total) on stderr
-// unless `json`; then prints how it ended under `label`. kOk when it SUCCEEDED.
-int FollowOperation(v1::OperationService::Stub& operations, v1::Operation op, bool json, const std::string& label) {
-  v1::GetOperationRequest get;
-  get.set_id(std::to_string(op.id()));
-  while (op.state() == v1::OPERATION_STATE_RUNNING) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    grpc::ClientContext poll;
-    poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    if (grpc::Status s = operations.GetOperation(&poll, get, &op); !s.ok()) return Failed(s);
-    if (!json) {
-      const int width = 40;
-      const uint64_t total = op.bytes_total();
-      const int filled = total > 0 ? static_cast<int>(width * std::min(op.bytes_done(), total) / total) : 0;
-      std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] "
-                << Bytes(op.bytes_done()) << (total > 0 ? " of " + Bytes(total) : std::string()) << std::flush;
-    }
-  }
-  if (json) {
-    std::cout << Json(op) << "\n";
-  } else {
-    std::cerr << "\n";
-    std::cout << label << ": " << v1::OperationState_Name(op.state()).substr(sizeof("OPERATION_STATE_") - 1)
-              << (op.message().empty() ? "" : ": " + op.message()) << "\n";
-  }
-  return op.state() == v1::OPERATION_STATE_SUCCEEDED ? kOk : kRefused;
-}
-
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::map<std::string, std::string> opts = {{"--server", "127.0.0.1:50051"}};
@@ -525,6 +531,8 @@ int main(int argc, char** argv) {
                            : o.kind() == v1::OPERATION_KIND_IMPORT_IMAGE      ? "import"
                            : o.kind() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ? "image-from-volume"
                            : o.kind() == v1::OPERATION_KIND_RESCUE_DOMAIN     ? "rescue"
+                           : o.kind() == v1::OPERATION_KIND_MIGRATE_DOMAIN    ? "migrate"
+                           : o.kind() == v1::OPERATION_KIND_MIGRATE_IN        ? "migrate-in"
                            : o.kind() == v1::OPERATION_KIND_UNRESCUE_DOMAIN   ? "unrescue"
                            : o.kind() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE ? "volume-from-image"
                                                                               : "?";
@@ -651,6 +659,42 @@ int main(int argc, char** argv) {
       return kOk;
     }
     return FollowOperation(*operations, op, json, req.pool() + "/" + req.volume());
+  }
+  if (cmd == "migrate" && !arg1.empty()) {
+    v1::MigrateDomainRequest req;
+    req.set_name(arg1);
+    bool wait = true;
+    for (size_t i = 2; i < args.size(); ++i) {
+      const bool has_value = i + 1 < args.size();
+      if (args[i] == "--to" && has_value) {
+        req.set_destination(args[++i]);
+      } else if (args[i] == "--pool" && has_value) {
+        req.set_destination_pool(args[++i]);
+      } else if (args[i] == "--shutdown-timeout" && has_value) {
+        req.set_shutdown_timeout_seconds(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
+      } else if (args[i] == "--shutdown") {
+        req.set_running_policy(v1::RUNNING_POLICY_SHUTDOWN);
+      } else if (args[i] == "--no-wait") {
+        wait = false;
+      } else {
+        return Usage();
+      }
+    }
+    if (req.destination().empty()) return Usage();
+    deadline(ctx, 60);
+    auto migration = v1::MigrationService::NewStub(channel);
+    v1::MigrateDomainResponse r;
+    grpc::Status s = migration->MigrateDomain(&ctx, req, &r);
+    if (!s.ok()) return Failed(s);
+    if (!wait) {
+      std::cout << (json ? Json(r) : "operation " + std::to_string(r.operation_id()) + ": migrating") << "\n";
+      return kOk;
+    }
+    auto operations = v1::OperationService::NewStub(channel);
+    v1::Operation op;
+    op.set_id(r.operation_id());
+    op.set_state(v1::OPERATION_STATE_RUNNING);
+    return FollowOperation(*operations, op, json, arg1 + " -> " + req.destination());
   }
   if (cmd == "image-upload" && args.size() >= 4) {
     auto images = v1::ImageService::NewStub(channel);

@@ -233,6 +233,10 @@ const std::vector<Key>& Keys() {
          return absl::OkStatus();
        }},
       Integer("images", "max_virtual_size_mib", &Config::image_max_virtual_size_mib, 1, int64_t{1} << 24),
+      Plain("migration", "cert_file", &Config::migration_cert_file),
+      Plain("migration", "key_file", &Config::migration_key_file),
+      Plain("migration", "ca_file", &Config::migration_ca_file),
+      Integer("migration", "incoming_idle_seconds", &Config::migration_incoming_idle_seconds, 10, 86400),
       Array("auth", "identities"),
       Array("auth", "tokens"),
       Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,
@@ -341,7 +345,7 @@ std::string GetString(const toml::table& t, const char* key) {
 
 // [[auth.identities]] {name, role} and [[auth.tokens]] {name, sha256, role}.
 absl::Status ParseAuth(const toml::table& root, Config& c) {
-  static const std::set<std::string> roles = {"monitor", "operator", "controller"};
+  static const std::set<std::string> roles = {"monitor", "operator", "controller", "peer"};
   struct Kind {
     const char* path;
     std::set<std::string> keys;
@@ -364,7 +368,7 @@ absl::Status ParseAuth(const toml::table& root, Config& c) {
       std::string name = GetString(*t, "name"), role = GetString(*t, "role");
       if (name.empty() || name.size() > 255) return Invalid(field + ".name", "must be 1-255 characters");
       if (!seen.insert(name).second) return Invalid(field + ".name", "is used twice");
-      if (!roles.contains(role)) return Invalid(field + ".role", "must be monitor, operator or controller");
+      if (!roles.contains(role)) return Invalid(field + ".role", "must be monitor, operator, controller or peer");
       if (std::string(kind.path) == "auth.identities") {
         c.auth_identities.push_back({name, role});
       } else {

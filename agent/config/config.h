@@ -80,6 +80,14 @@ struct Config {
   std::vector<std::string> image_import_dirs;
   std::string image_scratch_dir = "/var/lib/hvagent/image-scratch";
   uint64_t image_max_virtual_size_mib = 64 << 10;
+  // [migration] (docs/migration.md): the client certificate and key this agent presents to a
+  // destination agent (which gives its name the `peer` role), the CA the destination's server
+  // certificate must chain to (empty: tls.client_ca_file), and how long an incoming transfer may
+  // sit idle before it is undone.
+  std::string migration_cert_file;
+  std::string migration_key_file;
+  std::string migration_ca_file;
+  int migration_incoming_idle_seconds = 600;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 

@@ -496,6 +496,17 @@ absl::StatusOr<VolumeStatus> StorageService::ReleaseOwnership(const std::string&
   return StatusOf(*v);
 }
 
+absl::StatusOr<storage::VolumeInfo> StorageService::AdoptOwned(Pool& pool, const VolumeClaim& claim,
+                                                               const std::string& domain) {
+  auto v = pool.backend->GetVolume(claim.name);
+  if (!v.ok()) return v.status();
+  if (v->attached_to != domain || v->ownership != storage::Ownership::kOwned) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume '", claim.name, "' is not recorded as owned by domain '", domain, "'"));
+  }
+  return *v;
+}
+
 absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClaim& claim, const std::string& domain) {
   auto pool = Find(claim.pool);
   if (!pool.ok()) return pool.status();
@@ -503,6 +514,7 @@ absl::StatusOr<storage::VolumeInfo> StorageService::ClaimVolume(const VolumeClai
   {
     std::lock_guard lock((*pool)->mu);
     if (auto s = RefuseDeleting(claim.pool, claim.name); !s.ok()) return s;
+    if (claim.adopt) return AdoptOwned(**pool, claim, domain);
     if (claim.create_size_bytes > 0) {
       if (auto s = AdmitSpace(**pool, claim.pool, claim.create_size_bytes, "create_size_bytes"); !s.ok()) return s;
     }

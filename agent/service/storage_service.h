@@ -54,6 +54,9 @@ struct VolumeClaim {
   // Not empty: make the volume from this ready image of the same pool (ImageService), of
   // create_size_bytes (0: the image's size). Such a volume is created, so owned, like one with a size.
   std::string image;
+  // An existing volume already recorded as owned by the domain (one a migration received for
+  // it, IncomingMigrations): taken as it is. Not created here, so an undo releases it.
+  bool adopt = false;
   bool Creates() const { return create_size_bytes > 0 || !image.empty(); }
 };
 
@@ -183,6 +186,8 @@ class StorageService {
   };
 
   absl::StatusOr<Pool*> Find(const std::string& pool);
+  // ClaimVolume of an `adopt` claim (the pool's lock held).
+  absl::StatusOr<storage::VolumeInfo> AdoptOwned(Pool& pool, const VolumeClaim& claim, const std::string& domain);
   absl::StatusOr<Held> Hold(const std::string& pool, const std::string& name, Fence fence);
   // FailedPrecondition while the volume is being deleted or written by CreateVolumeFilled.
   absl::Status RefuseDeleting(const std::string& pool, const std::string& name) const;

@@ -15,6 +15,7 @@ const char* RoleName(Role r) {
     case Role::kMonitor: return "monitor";
     case Role::kOperator: return "operator";
     case Role::kController: return "controller";
+    case Role::kPeer: return "peer";
   }
   return "?";
 }
@@ -23,6 +24,7 @@ std::optional<Role> ParseRole(absl::string_view name) {
   if (name == "monitor") return Role::kMonitor;
   if (name == "operator") return Role::kOperator;
   if (name == "controller") return Role::kController;
+  if (name == "peer") return Role::kPeer;
   return std::nullopt;
 }
 
@@ -109,7 +111,11 @@ absl::Status Authorizer::Check(const Caller& caller, absl::string_view operation
   if (!caller.role) {
     return absl::PermissionDeniedError(absl::StrCat(operation, ": '", caller.identity, "' has no role"));
   }
-  if (static_cast<int>(*caller.role) < static_cast<int>(*need)) {
+  // A peer may receive transfers and nothing else; those are also the controller's.
+  const bool allowed = *caller.role == Role::kPeer || *need == Role::kPeer
+                           ? *caller.role == *need || *caller.role == Role::kController
+                           : static_cast<int>(*caller.role) >= static_cast<int>(*need);
+  if (!allowed) {
     return absl::PermissionDeniedError(absl::StrCat(operation, ": '", caller.identity, "' is ",
                                                     RoleName(*caller.role), ", this needs ", RoleName(*need)));
   }

@@ -7,6 +7,9 @@
 //   operator    monitor + reading domains, pools, volumes and events + the lifecycle actions an
 //               operator runs by hand (start, shutdown, destroy, reboot, suspend, resume)
 //   controller  everything, including creating and deleting domains and volumes
+//   peer        another hvagent moving a domain here (MigrationService's *Incoming and
+//               ReceiveVolume) and nothing else; outside the ladder above: no other role may
+//               call the peer's operations but the controller
 // Operations are named like gRPC methods ("hvagent.v1.DomainService/CreateDomain"); the role
 // each needs is a column of the one operation table (agent/api/operations/operation_table.cpp),
 // which REST routes and gRPC methods both point into.
@@ -29,7 +32,8 @@
 
 namespace hvagent::api::auth {
 
-enum class Role { kMonitor = 1, kOperator = 2, kController = 3 };
+// monitor < operator < controller; peer stands apart (Check).
+enum class Role { kMonitor = 1, kOperator = 2, kController = 3, kPeer = 4 };
 const char* RoleName(Role r);
 std::optional<Role> ParseRole(absl::string_view name);
 

@@ -124,6 +124,11 @@ HVAGENT_UNARY(Image, ListImages, v1::ListImagesRequest, v1::ListImagesResponse)
 HVAGENT_UNARY(Image, DeleteImage, v1::ImageRef, v1::Image)
 HVAGENT_UNARY(Image, CreateImageFromVolume, v1::CreateImageFromVolumeRequest, v1::CreateImageFromVolumeResponse)
 HVAGENT_UNARY(Image, CreateVolumeFromImage, v1::CreateVolumeFromImageRequest, v1::Operation)
+HVAGENT_UNARY(Migration, MigrateDomain, v1::MigrateDomainRequest, v1::MigrateDomainResponse)
+HVAGENT_UNARY(Migration, CancelMigration, v1::CancelMigrationRequest, v1::CancelMigrationResponse)
+HVAGENT_UNARY(Migration, PrepareIncoming, v1::PrepareIncomingRequest, v1::PrepareIncomingResponse)
+HVAGENT_UNARY(Migration, FinishIncoming, v1::IncomingRef, v1::FinishIncomingResponse)
+HVAGENT_UNARY(Migration, AbortIncoming, v1::IncomingRef, v1::AbortIncomingResponse)
 #undef HVAGENT_UNARY
 #undef HVAGENT_INLINE_UNARY
 

@@ -15,6 +15,7 @@
 #include "hvagent/v1/host.grpc.pb.h"
 #include "hvagent/v1/image.grpc.pb.h"
 #include "hvagent/v1/metrics.grpc.pb.h"
+#include "hvagent/v1/migration.grpc.pb.h"
 #include "hvagent/v1/operation.grpc.pb.h"
 #include "hvagent/v1/storage.grpc.pb.h"
 
@@ -197,6 +198,35 @@ class MetricsGrpcService final : public MetricsServiceBase {
   ops::Pipeline pipeline_;
   WorkerPool& workers_;
   std::atomic<bool> closed_{false};
+};
+
+// ReceiveVolume (a client stream written to disk as it arrives) stays synchronous; the rest are
+// callbacks. The client side, the source agent calling a destination, is migration_peer_client.h.
+using MigrationServiceBase = v1::MigrationService::WithCallbackMethod_MigrateDomain<
+    v1::MigrationService::WithCallbackMethod_CancelMigration<v1::MigrationService::WithCallbackMethod_PrepareIncoming<
+        v1::MigrationService::WithCallbackMethod_FinishIncoming<
+            v1::MigrationService::WithCallbackMethod_AbortIncoming<v1::MigrationService::Service>>>>>;
+
+class MigrationGrpcService final : public MigrationServiceBase {
+ public:
+  MigrationGrpcService(const ops::Pipeline& pipeline, WorkerPool& workers) : pipeline_(pipeline), workers_(workers) {}
+  grpc::ServerUnaryReactor* MigrateDomain(grpc::CallbackServerContext*, const v1::MigrateDomainRequest*,
+                                          v1::MigrateDomainResponse*) override;
+  grpc::ServerUnaryReactor* CancelMigration(grpc::CallbackServerContext*, const v1::CancelMigrationRequest*,
+                                            v1::CancelMigrationResponse*) override;
+  grpc::ServerUnaryReactor* PrepareIncoming(grpc::CallbackServerContext*, const v1::PrepareIncomingRequest*,
+                                            v1::PrepareIncomingResponse*) override;
+  grpc::ServerUnaryReactor* FinishIncoming(grpc::CallbackServerContext*, const v1::IncomingRef*,
+                                           v1::FinishIncomingResponse*) override;
+  grpc::ServerUnaryReactor* AbortIncoming(grpc::CallbackServerContext*, const v1::IncomingRef*,
+                                          v1::AbortIncomingResponse*) override;
+  // Holds its thread while the volume arrives; each message is written before the next is read.
+  grpc::Status ReceiveVolume(grpc::ServerContext*, grpc::ServerReader<v1::ReceiveVolumeChunk>*,
+                             v1::ReceiveVolumeResponse*) override;
+
+ private:
+  ops::Pipeline pipeline_;
+  WorkerPool& workers_;
 };
 
 // The caller of a gRPC call (its client certificate, verified and resolved by `authz`; the

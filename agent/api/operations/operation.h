@@ -20,8 +20,10 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/host_service.h"
 #include "agent/service/image_service.h"
+#include "agent/service/incoming_migrations.h"
 #include "agent/service/journal.h"
 #include "agent/service/metrics_collector.h"
+#include "agent/service/migration_service.h"
 #include "agent/service/storage_service.h"
 
 namespace hvagent::api::ops {
@@ -40,9 +42,13 @@ struct Services {
   service::ImageService* images = nullptr;
   service::ConsoleSessions* consoles = nullptr;
   service::ConsoleAccess* console_access = nullptr;
+  service::MigrationService* migrations = nullptr;  // the source side
+  service::IncomingMigrations* incoming = nullptr;  // the destination side
 };
 
-enum class Needs { kHost, kDomains, kStorage, kMetrics, kJournal, kImages, kConsoles, kConsoleAccess };
+enum class Needs {
+  kHost, kDomains, kStorage, kMetrics, kJournal, kImages, kConsoles, kConsoleAccess, kMigrations, kIncoming
+};
 
 using Handler = absl::Status (*)(const Services&, const Message& request, Message* response);
 // An upload: a header message, then the body the transport reads as the handler pulls it.

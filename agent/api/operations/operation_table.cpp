@@ -14,6 +14,7 @@
 #include "hvagent/v1/host.pb.h"
 #include "hvagent/v1/image.pb.h"
 #include "hvagent/v1/metrics.pb.h"
+#include "hvagent/v1/migration.pb.h"
 #include "hvagent/v1/operation.pb.h"
 #include "hvagent/v1/storage.pb.h"
 
@@ -320,6 +321,59 @@ absl::Status DeleteImage(const Services& s, const v1::ImageRef& req, v1::Image* 
   return absl::OkStatus();
 }
 
+// ---- MigrationService ----
+
+absl::StatusOr<uint64_t> OperationIdOf(const std::string& text) {
+  uint64_t id = 0;
+  if (!absl::SimpleAtoi(text, &id) || id == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("operation_id: '", text, "' is not an operation id (a positive number)"));
+  }
+  return id;
+}
+
+absl::Status MigrateDomain(const Services& s, const v1::MigrateDomainRequest& req, v1::MigrateDomainResponse* out) {
+  service::MigrateRequest r{.name = req.name(), .destination = req.destination(),
+                            .shutdown_timeout = std::chrono::seconds(req.shutdown_timeout_seconds()),
+                            .destination_pool = req.destination_pool()};
+  switch (req.running_policy()) {
+    case v1::RUNNING_POLICY_UNSPECIFIED:
+    case v1::RUNNING_POLICY_REFUSE: r.running = service::RunningPolicy::kRefuse; break;
+    case v1::RUNNING_POLICY_SHUTDOWN: r.running = service::RunningPolicy::kShutdown; break;
+    default: return absl::InvalidArgumentError("running_policy: must be RUNNING_POLICY_REFUSE or RUNNING_POLICY_SHUTDOWN");
+  }
+  auto id = s.migrations->Migrate(r);
+  if (!id.ok()) return id.status();
+  out->set_operation_id(*id);
+  return absl::OkStatus();
+}
+
+absl::Status CancelMigration(const Services& s, const v1::CancelMigrationRequest& req, v1::CancelMigrationResponse*) {
+  auto id = OperationIdOf(req.operation_id());
+  if (!id.ok()) return id.status();
+  return s.migrations->Cancel(*id);
+}
+
+absl::Status PrepareIncoming(const Services& s, const v1::PrepareIncomingRequest& req,
+                             v1::PrepareIncomingResponse* out) {
+  if (!req.has_spec()) return absl::InvalidArgumentError("spec: is required");
+  auto spec = FromProto(req.spec());
+  if (!spec.ok()) return spec.status();
+  service::IncomingPlan plan{.spec = *spec, .volumes = VolumesFromProto(req.spec()), .start = req.start(),
+                             .source_host = req.source_host()};
+  auto id = s.incoming->Prepare(plan);
+  if (!id.ok()) return id.status();
+  out->set_transfer_id(*id);
+  return absl::OkStatus();
+}
+
+absl::Status FinishIncoming(const Services& s, const v1::IncomingRef& req, v1::FinishIncomingResponse* out) {
+  return Into(out->mutable_domain(), s.incoming->Finish(req.transfer_id()));
+}
+
+absl::Status AbortIncoming(const Services& s, const v1::IncomingRef& req, v1::AbortIncomingResponse*) {
+  return s.incoming->Abort(req.transfer_id());
+}
+
 // ---- OperationService ----
 
 google::protobuf::Timestamp FromUnixMs(int64_t ms) {
@@ -367,8 +421,10 @@ absl::Status ListOperations(const Services& s, const v1::ListOperationsRequest& 
 }
 
 void AddTransfer(const Services& s, v1::Operation* o) {
-  if (s.images == nullptr) return;
-  if (auto t = s.images->TransferOf(o->id())) {
+  std::optional<service::Transfer> t;
+  if (s.images != nullptr) t = s.images->TransferOf(o->id());
+  if (!t && s.migrations != nullptr) t = s.migrations->TransferOf(o->id());
+  if (t) {
     o->set_bytes_done(t->done);
     o->set_bytes_total(t->total);
   }
@@ -584,6 +640,19 @@ const std::vector<Operation>& Table() {
           "hvagent.v1.ImageService/CreateVolumeFromImage", Role::kController, kChanges, Needs::kImages),
       // A disk's whole content leaves the host: a controller's call, as uploading one in is.
       Stream<v1::ExportVolumeRequest>("hvagent.v1.StorageService/ExportVolume", Role::kController, Needs::kImages),
+      // A domain leaves the host (and may be shut down for it): the controller's call.
+      Unary<v1::MigrateDomainRequest, v1::MigrateDomainResponse, MigrateDomain>(
+          "hvagent.v1.MigrationService/MigrateDomain", Role::kController, kChanges, Needs::kMigrations),
+      Unary<v1::CancelMigrationRequest, v1::CancelMigrationResponse, CancelMigration>(
+          "hvagent.v1.MigrationService/CancelMigration", Role::kController, kChanges, Needs::kMigrations),
+      // A domain arriving from another agent: the peer role's, and only these (authorizer.h).
+      Unary<v1::PrepareIncomingRequest, v1::PrepareIncomingResponse, PrepareIncoming>(
+          "hvagent.v1.MigrationService/PrepareIncoming", Role::kPeer, kChanges, Needs::kIncoming),
+      Stream<v1::ReceiveVolumeChunk>("hvagent.v1.MigrationService/ReceiveVolume", Role::kPeer, Needs::kIncoming),
+      Unary<v1::IncomingRef, v1::FinishIncomingResponse, FinishIncoming>(
+          "hvagent.v1.MigrationService/FinishIncoming", Role::kPeer, kChanges, Needs::kIncoming),
+      Unary<v1::IncomingRef, v1::AbortIncomingResponse, AbortIncoming>("hvagent.v1.MigrationService/AbortIncoming",
+                                                                       Role::kPeer, kChanges, Needs::kIncoming),
   };
   return table;
 }
@@ -612,6 +681,8 @@ bool Available(const Operation& op, const Services& s) {
     case Needs::kImages: return s.images != nullptr && s.journal != nullptr;
     case Needs::kConsoles: return s.consoles != nullptr;
     case Needs::kConsoleAccess: return s.console_access != nullptr;
+    case Needs::kMigrations: return s.migrations != nullptr && s.journal != nullptr;
+    case Needs::kIncoming: return s.incoming != nullptr;
   }
   return false;
 }

@@ -64,6 +64,9 @@ const std::vector<Route>& Table() {
       {"POST", "/v1/pools/{pool}/volumes/{volume}:create-image", "hvagent.v1.ImageService/CreateImageFromVolume", 201},
       // 202: the copy runs on; the answer is its operation.
       {"POST", "/v1/pools/{pool}/images/{image}:create-volume", "hvagent.v1.ImageService/CreateVolumeFromImage", 202},
+      // 202: the migration runs on; the answer is its operation id (GET /v1/operations/{id}).
+      {"POST", "/v1/domains/{name}:migrate", "hvagent.v1.MigrationService/MigrateDomain", 202},
+      {"POST", "/v1/migrations/{operation_id}:cancel", "hvagent.v1.MigrationService/CancelMigration"},
       {"GET", "/v1/operations", "hvagent.v1.OperationService/ListOperations", 200, {"running_only"}},
       {"GET", "/v1/operations/{id}", "hvagent.v1.OperationService/GetOperation"},
   };

@@ -49,6 +49,31 @@ TEST(AuthorizerTest, RolesNest) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("'ops-desk' is operator, this needs controller"));
 }
 
+// A peer agent may hand over a domain and do nothing else; nobody below the controller may
+// pose as a peer.
+TEST(AuthorizerTest, PeerMayOnlyReceiveTransfers) {
+  Authorizer::Options o;
+  o.identities = {{"hv2.example", Role::kPeer}, {"nova-1", Role::kController}, {"ops-desk", Role::kOperator}};
+  Authorizer a(o);
+  const Caller peer = a.FromCertificate({"hv2.example"});
+  const Caller ctl = a.FromCertificate({"nova-1"});
+  const Caller op = a.FromCertificate({"ops-desk"});
+  for (const char* incoming : {"hvagent.v1.MigrationService/PrepareIncoming", "hvagent.v1.MigrationService/ReceiveVolume",
+                               "hvagent.v1.MigrationService/FinishIncoming", "hvagent.v1.MigrationService/AbortIncoming"}) {
+    EXPECT_TRUE(a.Check(peer, incoming).ok()) << incoming;
+    EXPECT_TRUE(a.Check(ctl, incoming).ok()) << incoming;
+    EXPECT_EQ(a.Check(op, incoming).code(), absl::StatusCode::kPermissionDenied) << incoming;
+  }
+  for (const char* other : {"hvagent.v1.HostService/GetHost", "hvagent.v1.DomainService/ListDomains",
+                            "hvagent.v1.DomainService/CreateDomain", "hvagent.v1.StorageService/ExportVolume",
+                            "hvagent.v1.MigrationService/MigrateDomain", "hvagent.v1.MetricsService/Prometheus"}) {
+    absl::Status s = a.Check(peer, other);
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << other;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("'hv2.example' is peer")) << other;
+  }
+  EXPECT_EQ(ParseRole("peer"), Role::kPeer);
+}
+
 TEST(AuthorizerTest, DefaultDeny) {
   Authorizer a = Make();
   EXPECT_EQ(a.Check(a.FromCertificate({"nova-1"}), "hvagent.v1.DomainService/Frobnicate").code(),

@@ -21,6 +21,7 @@
 #include "hvagent/v1/host.pb.h"
 #include "hvagent/v1/image.pb.h"
 #include "hvagent/v1/metrics.pb.h"
+#include "hvagent/v1/migration.pb.h"
 #include "hvagent/v1/operation.pb.h"
 #include "hvagent/v1/storage.pb.h"
 
@@ -32,7 +33,8 @@ using google::protobuf::DescriptorPool;
 constexpr const char* kServices[] = {"hvagent.v1.HostService", "hvagent.v1.DomainService",
                                      "hvagent.v1.EventService", "hvagent.v1.StorageService",
                                      "hvagent.v1.MetricsService", "hvagent.v1.OperationService",
-                                     "hvagent.v1.ImageService", "hvagent.v1.ConsoleService"};
+                                     "hvagent.v1.ImageService", "hvagent.v1.ConsoleService",
+                                     "hvagent.v1.MigrationService"};
 
 TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   // Linking the messages in makes their files known to the generated pool.
@@ -44,6 +46,7 @@ TEST(OperationTableTest, EveryProtoMethodIsAnOperationOfItsTypes) {
   (void)v1::Operation::default_instance();
   (void)v1::Image::default_instance();
   (void)v1::ConsoleInput::default_instance();
+  (void)v1::MigrateDomainRequest::default_instance();
   size_t methods = 0;
   for (const char* name : kServices) {
     const auto* service = DescriptorPool::generated_pool()->FindServiceByName(name);
@@ -127,9 +130,10 @@ TEST(RouteTableTest, EveryRouteBindsFieldsOfItsOperationsRequest) {
       EXPECT_TRUE(QueryTypeSupported(*field)) << r.pattern << " ?" << q;
     }
   }
-  // REST serves every operation but the streams.
+  // REST serves every operation but the streams and the peer's (agent to agent, gRPC only:
+  // its transfers are streams).
   for (const ops::Operation& op : ops::All()) {
-    if (op.kind != ops::Kind::kStream) {
+    if (op.kind != ops::Kind::kStream && op.role != auth::Role::kPeer) {
       EXPECT_TRUE(served.contains(std::string(op.name))) << op.name;
     }
   }

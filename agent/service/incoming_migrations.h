@@ -1,0 +1,80 @@
+#pragma once
+// IncomingMigrations: the destination side of a cold migration (MigrationService's peer).
+// Prepare checks everything the domain will need and journals the transfer
+// (OPERATION_KIND_MIGRATE_IN); Receive creates one volume owned by the incoming domain and
+// writes the sender's stream onto it (StorageService::CreateVolumeFilled: fenced while written,
+// deleted again when the stream fails or its sha256 differs); Finish defines the domain through
+// DomainService::Create on those volumes (the same validation and admission as any create);
+// Abort undoes all of it. A transfer idle for longer than `idle_timeout` (its source went away)
+// is aborted by the next call that looks, and Recover() undoes what a crash cut short, so a
+// destination is never left holding half a domain.
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/journal.h"
+#include "agent/service/migration_peer.h"
+#include "agent/service/storage_service.h"
+#include "common/clock.h"
+
+namespace hvagent::service {
+
+class IncomingMigrations {
+ public:
+  struct Options {
+    std::chrono::seconds idle_timeout{600};
+  };
+  IncomingMigrations(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
+                     Clock& clock, Options options);
+
+  // InvalidArgument naming the field (the spec as CreateDomain checks it; every volume disk must
+  // have create_size_bytes), AlreadyExists for a domain of that name or uuid here or arriving,
+  // NotFound for a pool this host lacks, ResourceExhausted when the volumes do not fit.
+  absl::StatusOr<std::string> Prepare(const IncomingPlan& plan);
+  // NotFound for an unknown transfer or disk; InvalidArgument when `size` is not the planned
+  // one; FailedPrecondition for a disk received already; DataLoss for a short stream or a
+  // sha256 that differs from the sender's (the volume is deleted again).
+  absl::StatusOr<ReceivedVolume> Receive(const std::string& transfer, size_t disk, uint64_t size,
+                                         VolumeStream& stream);
+  absl::StatusOr<hv::DomainInfo> Finish(const std::string& transfer);
+  absl::Status Abort(const std::string& transfer);
+  // At start: transfers a crash cut short are undone (their domain, if defined and not
+  // finished, and every volume received). One line per thing done, for the log.
+  std::vector<std::string> Recover();
+  // Aborts every transfer idle for longer than idle_timeout (also done by each Prepare).
+  void ExpireIdle();
+
+ private:
+  struct Transfer {
+    uint64_t op = 0;
+    IncomingPlan plan;
+    std::vector<bool> received;  // by index of plan.volumes
+    bool finished = false;
+    bool busy = false;           // a Receive runs: not expired meanwhile
+    Clock::TimePoint last_used;
+  };
+  absl::Status CheckPlan(const IncomingPlan& plan);
+  absl::StatusOr<std::shared_ptr<Transfer>> Find(const std::string& transfer);
+  // Writes the stream onto `device` (size bytes) and hashes it; the sender's sha256 must match.
+  absl::StatusOr<ReceivedVolume> WriteStream(const std::string& device, uint64_t size, VolumeStream& stream);
+  // Removes what `t` made: the domain (when `t` defined it) and the received volumes.
+  absl::Status Undo(const Transfer& t);
+  absl::Status DeleteVolume(const VolumeClaim& c, const std::string& domain);
+
+  DomainService& domains_;
+  StorageService& storage_;
+  hv::Hypervisor& hv_;
+  Journal& journal_;
+  Clock& clock_;
+  const Options options_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Transfer>> transfers_;  // by transfer id
+};
+
+}  // namespace hvagent::service

@@ -1,0 +1,343 @@
+#include "agent/service/migration_service.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/failpoint.h"
+#include "common/log.h"
+#include "hypervisor/domain_spec_validator.h"
+
+namespace hvagent::service {
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = log::ComponentLogger("migration");
+  return logger;
+}
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// "host:port" or "[v6]:port", port 1-65535; nothing that could name a path or carry options.
+absl::Status CheckDestination(const std::string& d) {
+  const size_t colon = d.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(d.substr(colon + 1), &port) || port == 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("destination: '", d, "' is not host:port"));
+  }
+  for (char c : d.substr(0, colon)) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '-' && c != '[' && c != ']' && c != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("destination: '", d, "' is not host:port"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPoolName(const std::string& pool) {
+  bool ok = pool.size() <= 64;
+  for (char c : pool) ok = ok && (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-');
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("destination_pool: '", pool, "' is no pool name"));
+}
+
+// Counts what an export hands on, for the operation's progress.
+class CountingSink final : public storage::image::ExportSink {
+ public:
+  CountingSink(storage::image::ExportSink& next, std::atomic<uint64_t>& done) : next_(next), done_(done) {}
+  absl::Status Data(absl::string_view bytes) override {
+    done_ += bytes.size();
+    return next_.Data(bytes);
+  }
+  absl::Status Zeros(uint64_t bytes) override {
+    done_ += bytes;
+    return next_.Zeros(bytes);
+  }
+
+ private:
+  storage::image::ExportSink& next_;
+  std::atomic<uint64_t>& done_;
+};
+
+}  // namespace
+
+MigrationService::MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor,
+                                   Journal& journal, MigrationPeerFactory connect)
+    : domains_(domains), storage_(storage), hv_(hypervisor), journal_(journal), connect_(std::move(connect)) {}
+
+MigrationService::~MigrationService() {
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, job] : jobs_) job->cancel = true;
+  }
+  WaitForMigrations();
+}
+
+void MigrationService::WaitForMigrations() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lock(mu_);
+    threads.swap(threads_);
+  }
+  for (auto& t : threads) t.join();
+}
+
+absl::StatusOr<std::shared_ptr<MigrationService::Job>> MigrationService::Plan(const MigrateRequest& r) {
+  auto info = hv_.GetDomain(r.name);
+  if (!info.ok()) return info.status();
+  auto job = std::make_shared<Job>();
+  job->request = r;
+  job->was_running = hv::IsActive(info->state);
+  if (job->was_running && r.running != RunningPolicy::kShutdown) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain '", r.name, "' is running: cold migration needs it shut off (running_policy SHUTDOWN does that)"));
+  }
+  auto disks = hv_.GetDomainDisks(r.name);
+  if (!disks.ok()) return disks.status();
+  auto nics = hv_.GetDomainNics(r.name);
+  if (!nics.ok()) return nics.status();
+  auto owned = storage_.VolumesOf(r.name);
+  if (!owned.ok()) return owned.status();
+  hv::DomainSpec& spec = job->plan.spec;
+  spec = {.name = info->name, .uuid = info->uuid, .vcpus = info->vcpus, .memory_mib = info->memory_mib};
+  spec.labels = info->labels;
+  spec.serial_console = true;
+  spec.nics = *nics;
+  for (size_t i = 0; i < disks->size(); ++i) {
+    hv::DiskSpec disk = (*disks)[i];
+    const storage::VolumeInfo* vol = nullptr;
+    for (const auto& v : *owned) {
+      if (v.path == disk.source_path) vol = &v;
+    }
+    if (vol == nullptr || vol->ownership != storage::Ownership::kOwned) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "disks[", i, "] (", disk.source_path, "): only pool volumes the domain owns move; this disk is ",
+          vol == nullptr ? "no pool volume" : "a borrowed volume"));
+    }
+    disk.source_path.clear();
+    disk.type = hv::DiskType::kBlock;
+    spec.disks.push_back(disk);
+    const std::string pool = r.destination_pool.empty() ? vol->pool : r.destination_pool;
+    job->plan.volumes.push_back(
+        DiskVolume{i, VolumeClaim{.pool = pool, .name = vol->name, .create_size_bytes = vol->size_bytes}});
+    job->volumes.push_back(*vol);
+    job->total += vol->size_bytes;
+  }
+  job->plan.start = job->was_running;
+  return job;
+}
+
+absl::StatusOr<uint64_t> MigrationService::Migrate(const MigrateRequest& r) {
+  if (r.name.empty()) return absl::InvalidArgumentError("name: required");
+  if (auto s = CheckDestination(r.destination); !s.ok()) return s;
+  if (r.shutdown_timeout > std::chrono::seconds(3600)) {
+    return absl::InvalidArgumentError("shutdown_timeout_seconds: at most 3600");
+  }
+  if (auto s = CheckPoolName(r.destination_pool); !s.ok()) return s;
+  auto job = Plan(r);
+  if (!job.ok()) return job.status();
+  std::lock_guard lock(mu_);
+  for (const auto& [id, other] : jobs_) {
+    if (other->request.name == r.name && !other->ended) {
+      return absl::FailedPreconditionError(absl::StrCat("domain '", r.name, "' is migrating already (operation ",
+                                                        id, ")"));
+    }
+  }
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_MIGRATE_DOMAIN);
+  begin.set_domain(r.name);
+  begin.set_uuid((*job)->plan.spec.uuid);
+  begin.set_start((*job)->was_running);
+  begin.set_peer(r.destination);
+  begin.set_unix_ms(NowUnixMs());
+  auto id = journal_.Begin(begin);
+  if (!id.ok()) return id.status();
+  (*job)->id = *id;
+  jobs_[*id] = *job;
+  ForgetOldJobs();
+  threads_.emplace_back([this, j = *job] { Run(j); });
+  Log()->info("migrating domain {} to {} (operation {}, {} volume(s), {} bytes)", r.name, r.destination, *id,
+              (*job)->volumes.size(), (*job)->total);
+  return *id;
+}
+
+void MigrationService::ForgetOldJobs() {
+  size_t ended = 0;
+  for (const auto& [id, job] : jobs_) ended += job->ended ? 1 : 0;
+  for (auto it = jobs_.begin(); it != jobs_.end() && ended > Journal::kHistory;) {
+    if (it->second->ended) {
+      it = jobs_.erase(it);
+      --ended;
+    } else {
+      ++it;
+    }
+  }
+}
+
+absl::Status MigrationService::Step(Job& job, const std::string& name, const storage::VolumeInfo* volume) {
+  internal::JournalStep step;
+  step.set_name(name);
+  if (volume != nullptr) {
+    step.mutable_volume()->set_pool(volume->pool);
+    step.mutable_volume()->set_name(volume->name);
+  }
+  return journal_.Step(job.id, step);
+}
+
+absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer) {
+  for (size_t i = 0; i < job.volumes.size(); ++i) {
+    const storage::VolumeInfo& v = job.volumes[i];
+    if (auto s = Step(job, "send-volume", &v); !s.ok()) return s;
+    if (auto s = storage_.RefuseBusy(v.pool, v.name); !s.ok()) return s;
+    std::string sent_sha;
+    auto got = peer.SendVolume(transfer, job.plan.volumes[i].disk, v.size_bytes,
+                               [&](storage::image::ExportSink& sink) -> absl::StatusOr<storage::image::ExportResult> {
+                                 CountingSink counting(sink, job.done);
+                                 auto r = storage::image::ExportDevice(v.path, v.size_bytes, counting, &job.cancel);
+                                 if (r.ok()) sent_sha = r->sha256;
+                                 return r;
+                               });
+    if (job.cancel) return absl::CancelledError("cancelled");
+    if (!got.ok()) {
+      return absl::Status(got.status().code(),
+                          absl::StrCat("volume ", v.pool, "/", v.name, ": ", got.status().message()));
+    }
+    if (got->sha256 != sent_sha || got->bytes != v.size_bytes) {
+      return absl::DataLossError(absl::StrCat("volume ", v.pool, "/", v.name, ": sent sha256 ", sent_sha,
+                                              ", the destination wrote ", got->sha256));
+    }
+    HVAGENT_FAILPOINT("migrate.after_send_volume");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MigrationService::Steps(Job& job, std::string& transfer, bool& shut_down) {
+  auto peer = connect_(job.request.destination);
+  if (!peer.ok()) return peer.status();
+  if (job.was_running) {
+    if (auto s = Step(job, "shutdown"); !s.ok()) return s;
+    shut_down = true;
+    auto r = domains_.Shutdown(job.request.name, job.request.shutdown_timeout);
+    if (!r.ok()) return r.status();
+  }
+  if (auto s = Step(job, "prepare"); !s.ok()) return s;
+  job.plan.source_host = job.request.destination;  // overwritten by the client with this host's name
+  auto t = (*peer)->Prepare(job.plan);
+  if (!t.ok()) return t.status();
+  transfer = *t;
+  if (auto s = SendVolumes(job, **peer, transfer); !s.ok()) return s;
+  if (job.cancel) return absl::CancelledError("cancelled");
+  if (auto s = Step(job, "finish"); !s.ok()) return s;
+  if (auto s = (*peer)->Finish(transfer); !s.ok()) return s;
+  job.committed = true;
+  HVAGENT_FAILPOINT("migrate.after_finish");
+  if (auto s = Step(job, "remove-source"); !s.ok()) return s;
+  return domains_.Delete(job.request.name, /*force=*/true, /*delete_volumes=*/true);
+}
+
+std::string MigrationService::Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down) {
+  std::string notes;
+  if (peer != nullptr && !transfer.empty()) {
+    if (auto s = peer->Abort(transfer); !s.ok() && !absl::IsNotFound(s)) {
+      absl::StrAppend(&notes, "; the destination's abort failed (its idle expiry or recovery removes the rest): ",
+                      s.message());
+    }
+  }
+  if (shut_down) {
+    if (auto s = domains_.Start(job.request.name); !s.ok()) {
+      absl::StrAppend(&notes, "; starting the guest again failed: ", s.status().message());
+    }
+  }
+  return notes;
+}
+
+void MigrationService::Run(std::shared_ptr<Job> job) {
+  std::string transfer;
+  bool shut_down = false;
+  absl::Status s = Steps(*job, transfer, shut_down);
+  if (s.ok()) {
+    (void)journal_.End(job->id, v1::OPERATION_STATE_SUCCEEDED);
+    Log()->info("domain {} moved to {}", job->request.name, job->request.destination);
+  } else if (job->committed) {
+    // The destination has the domain: the source's removal is what failed.
+    (void)journal_.End(job->id, v1::OPERATION_STATE_FAILED,
+                       absl::StrCat("the domain runs on ", job->request.destination,
+                                    "; removing it here failed: ", s.message()));
+  } else {
+    // A second connection for the abort (the first may be the one that broke); none is needed
+    // when no transfer was opened.
+    absl::StatusOr<std::unique_ptr<MigrationPeer>> peer = absl::UnavailableError("no transfer");
+    if (!transfer.empty()) peer = connect_(job->request.destination);
+    std::string notes = Undo(*job, peer.ok() ? peer->get() : nullptr, transfer, shut_down);
+    const bool cancelled = job->cancel.load();
+    (void)journal_.End(job->id, cancelled ? v1::OPERATION_STATE_CANCELLED : v1::OPERATION_STATE_FAILED,
+                       absl::StrCat(cancelled ? "cancelled" : s.message(), "; the domain stays here", notes));
+    Log()->warn("migration of {} to {} {}: {}{}", job->request.name, job->request.destination,
+                cancelled ? "cancelled" : "failed", s.message(), notes);
+  }
+  job->ended = true;
+}
+
+absl::Status MigrationService::Cancel(uint64_t id) {
+  std::lock_guard lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end() || it->second->ended) {
+    return absl::NotFoundError(absl::StrCat("operation_id: no migration ", id, " is running"));
+  }
+  if (it->second->committed) {
+    return absl::FailedPreconditionError(absl::StrCat("operation_id: migration ", id,
+                                                      " is past the point of no return (the destination has the domain)"));
+  }
+  it->second->cancel = true;
+  return absl::OkStatus();
+}
+
+std::optional<Transfer> MigrationService::TransferOf(uint64_t id) const {
+  std::lock_guard lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return std::nullopt;
+  return Transfer{it->second->done.load(), it->second->total};
+}
+
+std::vector<std::string> MigrationService::Recover() {
+  std::vector<std::string> done;
+  for (const Journal::Operation& op : journal_.Unfinished()) {
+    if (op.begin.type() != v1::OPERATION_KIND_MIGRATE_DOMAIN) continue;
+    bool shut_down = false, finishing = false, removing = false;
+    for (const auto& step : op.steps) {
+      shut_down = shut_down || step.name() == "shutdown";
+      finishing = finishing || step.name() == "finish";
+      removing = removing || step.name() == "remove-source";
+    }
+    std::string line = absl::StrCat("migration of ", op.begin.domain(), " (operation ", op.id, "): ");
+    v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
+    if (finishing && !removing) {
+      // The destination may have defined (and started) the domain before the crash: starting
+      // it here too could run it twice. It stays shut off here for an operator to decide.
+      absl::StrAppend(&line, "cut short at finish: the domain is kept here shut off; ", op.begin.peer(),
+                      " may hold it as well (check there before starting either)");
+      (void)journal_.End(op.id, v1::OPERATION_STATE_FAILED, absl::StrCat("recovery: ", line));
+      done.push_back(std::move(line));
+      continue;
+    }
+    if (removing) {
+      absl::Status s = domains_.Delete(op.begin.domain(), true, true);
+      if (absl::IsNotFound(s)) s = absl::OkStatus();
+      absl::StrAppend(&line, s.ok() ? "completed (the source removed)" : absl::StrCat("removal failed: ", s.message()));
+      state = s.ok() ? v1::OPERATION_STATE_RECOVERED : v1::OPERATION_STATE_FAILED;
+    } else {
+      absl::StrAppend(&line, "rolled back (the domain stays here; the destination drops its half)");
+      if (shut_down) {
+        if (auto s = domains_.Start(op.begin.domain()); !s.ok()) absl::StrAppend(&line, "; start failed: ", s.status().message());
+      }
+    }
+    if (state != v1::OPERATION_STATE_FAILED) (void)journal_.End(op.id, state, absl::StrCat("recovery: ", line));
+    done.push_back(std::move(line));
+  }
+  return done;
+}
+
+}  // namespace hvagent::service

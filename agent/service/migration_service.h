@@ -1,0 +1,99 @@
+#pragma once
+// MigrationService: the source side of a cold migration. Migrate checks the request and the
+// domain, journals an operation (OPERATION_KIND_MIGRATE_DOMAIN) and answers its id; a thread of
+// its own then runs the steps, each journalled before it is tried:
+//
+//   shutdown (only when the guest runs and the policy allows it; graceful, forced past the timeout)
+//   prepare            the destination checks and opens a transfer (MigrationPeer::Prepare)
+//   send-volume p/v    each owned volume streamed (zero runs not sent), sha256 compared both ends
+//   finish             the destination defines the domain (and starts it when it ran here)
+//   remove-source      the domain is deleted here with the volumes it owns
+//
+// Until `finish` has answered, the source is the domain's home: any failure or a cancel aborts
+// the transfer on the destination (which removes all it received) and starts the guest again
+// when the migration shut it down. A crash is undone the same way by Recover (the destination's
+// own recovery or its idle expiry removes its half). Disks that are host files, and borrowed
+// volumes, do not move: such a domain is refused before anything starts.
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/service/domain_service.h"
+#include "agent/service/image_service.h"
+#include "agent/service/journal.h"
+#include "agent/service/migration_peer.h"
+#include "agent/service/storage_service.h"
+
+namespace hvagent::service {
+
+enum class RunningPolicy { kRefuse, kShutdown };
+
+struct MigrateRequest {
+  std::string name;
+  std::string destination;  // "host:port"
+  RunningPolicy running = RunningPolicy::kRefuse;
+  std::chrono::seconds shutdown_timeout{0};  // 0: DomainService's default
+  std::string destination_pool;              // empty: the source volume's pool name
+};
+
+class MigrationService {
+ public:
+  MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
+                   MigrationPeerFactory connect);
+  ~MigrationService();  // cancels migrations under way and waits for them
+
+  // The operation's id, or a refusal with nothing started (see migration.proto).
+  absl::StatusOr<uint64_t> Migrate(const MigrateRequest& request);
+  // NotFound when no migration `id` runs; FailedPrecondition once the destination has the domain.
+  absl::Status Cancel(uint64_t id);
+  // Bytes sent of all volumes' bytes, while it runs or after.
+  std::optional<Transfer> TransferOf(uint64_t id) const;
+  // At start: migrations a crash cut short. Before `remove-source` the source is kept (and a
+  // guest the migration shut down started again); at or after it, the removal is completed.
+  std::vector<std::string> Recover();
+  void WaitForMigrations();  // tests
+
+ private:
+  struct Job {
+    uint64_t id = 0;
+    MigrateRequest request;
+    IncomingPlan plan;
+    std::vector<storage::VolumeInfo> volumes;  // by plan.volumes' order
+    bool was_running = false;
+    std::atomic<bool> cancel{false};
+    std::atomic<bool> committed{false};  // the destination has the domain: no cancel any more
+    std::atomic<bool> ended{false};
+    std::atomic<uint64_t> done{0};
+    uint64_t total = 0;
+  };
+  // The plan the destination gets: the domain's spec with every disk a volume it owns.
+  absl::StatusOr<std::shared_ptr<Job>> Plan(const MigrateRequest& request);
+  void Run(std::shared_ptr<Job> job);
+  // Keeps the progress of the last Journal::kHistory ended migrations (mu_ held).
+  void ForgetOldJobs();
+  absl::Status Steps(Job& job, std::string& transfer, bool& shut_down);
+  absl::Status SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer);
+  absl::Status Step(Job& job, const std::string& name, const storage::VolumeInfo* volume = nullptr);
+  // After a failure before `finish` answered: the destination's half removed, the guest back.
+  std::string Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down);
+
+  DomainService& domains_;
+  StorageService& storage_;
+  hv::Hypervisor& hv_;
+  Journal& journal_;
+  const MigrationPeerFactory connect_;
+
+  mutable std::mutex mu_;
+  std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // running and the last ended ones, by id
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace hvagent::service

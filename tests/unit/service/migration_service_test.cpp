@@ -1,0 +1,524 @@
+// Cold migration between two fake hosts: the source's MigrationService talks to the
+// destination's IncomingMigrations through a loopback MigrationPeer (what the gRPC client
+// carries in the agent). Every failure leaves the source as it was and the destination empty.
+#include "agent/service/migration_service.h"
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "agent/service/incoming_migrations.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_hypervisor.h"
+#include "tests/fakes/fake_storage_backend.h"
+
+namespace hvagent::service {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Bytes(size_t n, uint32_t seed) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    seed = seed * 1103515245u + 12345u;
+    out[i] = static_cast<char>(seed >> 16);
+  }
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// One host: a hypervisor, one pool "vg0" whose volumes are files of `dir`, a journal, domains.
+struct Host {
+  explicit Host(const std::string& dir, uint64_t capacity = 1ULL << 30) {
+    auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"}, capacity);
+    b->volume_dir = dir;
+    backend = b.get();
+    std::vector<std::unique_ptr<storage::StorageBackend>> backends;
+    backends.push_back(std::move(b));
+    storage = std::make_unique<StorageService>(hv, std::move(backends));
+    journal = *Journal::Open("");
+    domains = std::make_unique<DomainService>(hv, clock, DomainService::Options{}, storage.get(), journal.get());
+    incoming = std::make_unique<IncomingMigrations>(*domains, *storage, hv, *journal, clock,
+                                                    IncomingMigrations::Options{});
+  }
+  std::vector<std::string> VolumeNames() {
+    storage->WaitForDeletes();
+    std::vector<std::string> out;
+    auto all = storage->ListVolumes("vg0");
+    if (!all.ok()) return {"<" + std::string(all.status().message()) + ">"};
+    for (const auto& v : *all) out.push_back(v.volume.name);
+    return out;
+  }
+  testing::FakeHypervisor hv;
+  testing::FakeClock clock;
+  testing::FakeStorageBackend* backend = nullptr;
+  std::unique_ptr<StorageService> storage;
+  std::unique_ptr<Journal> journal;
+  std::unique_ptr<DomainService> domains;
+  std::unique_ptr<IncomingMigrations> incoming;
+};
+
+// Pieces of one volume, replayed to the destination (with faults a test asks for).
+class PieceStream final : public VolumeStream {
+ public:
+  PieceStream(std::vector<VolumePiece> pieces, size_t break_after) : pieces_(std::move(pieces)), break_after_(break_after) {}
+  absl::StatusOr<VolumePiece> Next() override {
+    if (next_ >= break_after_) return absl::CancelledError("the sender went away");
+    if (next_ >= pieces_.size()) return absl::CancelledError("stream ended without a trailer");
+    return pieces_[next_++];
+  }
+
+ private:
+  std::vector<VolumePiece> pieces_;
+  size_t break_after_;
+  size_t next_ = 0;
+};
+
+class CollectingSink final : public storage::image::ExportSink {
+ public:
+  absl::Status Data(absl::string_view b) override {
+    pieces.push_back({VolumePiece::Kind::kData, std::string(b), 0, ""});
+    return absl::OkStatus();
+  }
+  absl::Status Zeros(uint64_t n) override {
+    pieces.push_back({VolumePiece::Kind::kZeros, "", n, ""});
+    zero_pieces += n;
+    return absl::OkStatus();
+  }
+  std::vector<VolumePiece> pieces;
+  uint64_t zero_pieces = 0;
+};
+
+// The destination's IncomingMigrations as the source reaches it, with faults on demand.
+class LoopbackPeer final : public MigrationPeer {
+ public:
+  explicit LoopbackPeer(Host& dest) : dest_(dest) {}
+  size_t break_stream_after = SIZE_MAX;  // pieces delivered before the link breaks
+  bool corrupt = false;                  // flips one byte on the way
+  absl::Status fail_finish;
+  std::function<void()> before_finish;
+  std::function<void()> before_send;
+  uint64_t zero_bytes_sent = 0;
+  uint64_t data_bytes_sent = 0;
+
+  absl::StatusOr<std::string> Prepare(const IncomingPlan& plan) override { return dest_.incoming->Prepare(plan); }
+  absl::StatusOr<ReceivedVolume> SendVolume(const std::string& t, size_t disk, uint64_t size,
+                                            const Producer& produce) override {
+    if (before_send) before_send();
+    CollectingSink sink;
+    auto sent = produce(sink);
+    if (!sent.ok()) return sent.status();
+    zero_bytes_sent += sink.zero_pieces;
+    for (auto& p : sink.pieces) {
+      data_bytes_sent += p.data.size();
+      if (corrupt && !p.data.empty()) {
+        p.data[0] ^= 1;
+        corrupt = false;
+      }
+    }
+    sink.pieces.push_back({VolumePiece::Kind::kEnd, "", 0, sent->sha256});
+    PieceStream stream(std::move(sink.pieces), break_stream_after);
+    return dest_.incoming->Receive(t, disk, size, stream);
+  }
+  absl::Status Finish(const std::string& t) override {
+    if (before_finish) before_finish();
+    if (!fail_finish.ok()) return fail_finish;
+    return dest_.incoming->Finish(t).status();
+  }
+  absl::Status Abort(const std::string& t) override { return dest_.incoming->Abort(t); }
+
+ private:
+  Host& dest_;
+};
+
+// What the service owns per connection; the test keeps the peer (and its counters).
+class Forwarder final : public MigrationPeer {
+ public:
+  explicit Forwarder(MigrationPeer& p) : p_(p) {}
+  absl::StatusOr<std::string> Prepare(const IncomingPlan& plan) override { return p_.Prepare(plan); }
+  absl::StatusOr<ReceivedVolume> SendVolume(const std::string& t, size_t disk, uint64_t size,
+                                            const Producer& produce) override {
+    return p_.SendVolume(t, disk, size, produce);
+  }
+  absl::Status Finish(const std::string& t) override { return p_.Finish(t); }
+  absl::Status Abort(const std::string& t) override { return p_.Abort(t); }
+
+ private:
+  MigrationPeer& p_;
+};
+
+class MigrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (std::string* d : {&src_dir_, &dst_dir_}) {
+      char tmpl[] = "/var/tmp/hvagent-migrate-XXXXXX";  // ext4: O_DIRECT works
+      ASSERT_NE(mkdtemp(tmpl), nullptr);
+      *d = tmpl;
+    }
+    src_ = std::make_unique<Host>(src_dir_);
+    dst_ = std::make_unique<Host>(dst_dir_, dest_capacity_);
+    peer_ = std::make_unique<LoopbackPeer>(*dst_);
+    migrations_ = std::make_unique<MigrationService>(
+        *src_->domains, *src_->storage, src_->hv, *src_->journal,
+        [this](const std::string& to) -> absl::StatusOr<std::unique_ptr<MigrationPeer>> {
+          destinations_.push_back(to);
+          if (!connect_error_.ok()) return connect_error_;
+          return std::unique_ptr<MigrationPeer>(new Forwarder(*peer_));
+        });
+  }
+  void TearDown() override {
+    migrations_.reset();
+    std::filesystem::remove_all(src_dir_);
+    std::filesystem::remove_all(dst_dir_);
+  }
+  // web1 with a root volume (owned) of 1 MiB data, 6 MiB zeros, 1 MiB data.
+  void MakeDomain(bool start) {
+    hv::DomainSpec spec{.name = "web1", .uuid = "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d", .vcpus = 2, .memory_mib = 256};
+    spec.disks.push_back({.source_path = "", .target = "vda"});
+    spec.labels["tenant"] = "blue";
+    auto d = src_->domains->Create(spec, start, {{0, {.pool = "vg0", .name = "web1-root", .create_size_bytes = 8 << 20}}});
+    ASSERT_TRUE(d.ok()) << d.status();
+    content_ = Bytes(1 << 20, 3) + std::string(6 << 20, '\0') + Bytes(1 << 20, 4);
+    std::ofstream(src_dir_ + "/vol-web1-root", std::ios::binary | std::ios::in | std::ios::out)
+        .write(content_.data(), content_.size());
+  }
+  absl::StatusOr<uint64_t> Migrate(RunningPolicy policy = RunningPolicy::kRefuse) {
+    return migrations_->Migrate({.name = "web1", .destination = "dst.example:50051", .running = policy});
+  }
+  Journal::Ended Ended(uint64_t id) {
+    migrations_->WaitForMigrations();
+    for (const auto& e : src_->journal->Recent()) {
+      if (e.op.id == id) return e;
+    }
+    ADD_FAILURE() << "operation " << id << " did not end";
+    return {};
+  }
+  bool MigrationJournalled() {
+    for (const auto& e : src_->journal->Recent()) {
+      if (e.op.begin.type() == v1::OPERATION_KIND_MIGRATE_DOMAIN) return true;
+    }
+    return !src_->journal->Unfinished().empty();
+  }
+  // The source still has web1 and its root as before; the destination has neither.
+  void ExpectSourceKeptDestinationClean(bool running) {
+    auto d = src_->hv.GetDomain("web1");
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(hv::IsActive(d->state), running);
+    EXPECT_EQ(ReadFile(src_dir_ + "/vol-web1-root"), content_);
+    EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));
+    EXPECT_TRUE(absl::IsNotFound(dst_->hv.GetDomain("web1").status()));
+    EXPECT_TRUE(dst_->VolumeNames().empty());
+    EXPECT_TRUE(std::filesystem::is_empty(dst_dir_));
+    EXPECT_TRUE(dst_->journal->Unfinished().empty());
+    EXPECT_TRUE(src_->journal->Unfinished().empty());
+  }
+
+  uint64_t dest_capacity_ = 1ULL << 30;
+  std::string src_dir_, dst_dir_, content_;
+  std::unique_ptr<Host> src_, dst_;
+  std::unique_ptr<LoopbackPeer> peer_;
+  absl::Status connect_error_;
+  std::vector<std::string> destinations_;
+  std::unique_ptr<MigrationService> migrations_;
+};
+
+TEST_F(MigrationTest, StoppedDomainMovesWithItsBytesUuidAndOwnershipAndLeavesTheSource) {
+  MakeDomain(/*start=*/false);
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_SUCCEEDED) << e.message;
+  auto moved = dst_->hv.GetDomain("web1");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->uuid, "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d");
+  EXPECT_EQ(moved->vcpus, 2u);
+  EXPECT_EQ(moved->labels.at("tenant"), "blue");
+  EXPECT_FALSE(hv::IsActive(moved->state));
+  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  auto vol = dst_->storage->GetVolume("vg0", "web1-root");
+  ASSERT_TRUE(vol.ok());
+  EXPECT_EQ(vol->volume.attached_to, "web1");
+  EXPECT_EQ(vol->volume.ownership, storage::Ownership::kOwned);
+  EXPECT_EQ((*dst_->hv.GetDomainDisks("web1"))[0].source_path, dst_dir_ + "/vol-web1-root");
+  // Gone from the source, volume included.
+  EXPECT_TRUE(absl::IsNotFound(src_->hv.GetDomain("web1").status()));
+  EXPECT_TRUE(src_->VolumeNames().empty());
+  // Zero runs did not travel as bytes; progress reached the total.
+  EXPECT_EQ(peer_->zero_bytes_sent, 6u << 20);
+  EXPECT_EQ(peer_->data_bytes_sent, 2u << 20);
+  auto t = migrations_->TransferOf(*id);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->done, 8u << 20);
+  EXPECT_EQ(t->total, 8u << 20);
+  EXPECT_EQ(destinations_.front(), "dst.example:50051");
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+}
+
+TEST_F(MigrationTest, RunningDomainIsRefusedUnlessThePolicySaysShutDown) {
+  MakeDomain(/*start=*/true);
+  auto refused = Migrate();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("running_policy SHUTDOWN"));
+  EXPECT_FALSE(MigrationJournalled());
+  EXPECT_TRUE(destinations_.empty());
+  auto id = Migrate(RunningPolicy::kShutdown);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(Ended(*id).state, v1::OPERATION_STATE_SUCCEEDED);
+  auto moved = dst_->hv.GetDomain("web1");
+  ASSERT_TRUE(moved.ok());
+  EXPECT_TRUE(hv::IsActive(moved->state));  // it ran: it runs again over there
+  EXPECT_THAT(src_->hv.calls, ::testing::Contains("shutdown web1"));
+}
+
+TEST_F(MigrationTest, BadRequestsAreRefusedNamingTheFieldBeforeAnythingStarts) {
+  MakeDomain(false);
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "nohost"}).status().message(),
+              HasSubstr("destination: "));
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a:0"}).status().message(),
+              HasSubstr("destination: "));
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a/b:1"}).status().message(),
+              HasSubstr("destination: "));
+  EXPECT_THAT(migrations_->Migrate({.name = "", .destination = "a:1"}).status().message(), HasSubstr("name: "));
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a:1", .destination_pool = "../x"}).status().message(),
+              HasSubstr("destination_pool: "));
+  EXPECT_TRUE(absl::IsNotFound(migrations_->Migrate({.name = "nope", .destination = "a:1"}).status()));
+  EXPECT_FALSE(MigrationJournalled());
+  EXPECT_TRUE(destinations_.empty());
+}
+
+TEST_F(MigrationTest, BorrowedVolumeOrHostFileDiskIsRefused) {
+  ASSERT_TRUE(src_->storage->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  hv::DomainSpec spec{.name = "web1", .uuid = "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d", .vcpus = 1, .memory_mib = 128};
+  spec.disks.push_back({.source_path = "", .target = "vda"});
+  ASSERT_TRUE(src_->domains->Create(spec, false, {{0, {.pool = "vg0", .name = "data"}}}).ok());
+  auto r = Migrate();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("borrowed volume"));
+  EXPECT_TRUE(destinations_.empty());
+}
+
+TEST_F(MigrationTest, LinkBrokenMidVolumeLeavesSourceUntouchedAndDestinationEmpty) {
+  MakeDomain(false);
+  peer_->break_stream_after = 2;
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok());
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("the sender went away"));
+  EXPECT_THAT(e.message, HasSubstr("the domain stays here"));
+  ExpectSourceKeptDestinationClean(false);
+  ASSERT_FALSE(dst_->journal->Recent().empty());
+  EXPECT_EQ(dst_->journal->Recent().front().state, v1::OPERATION_STATE_CANCELLED);
+}
+
+TEST_F(MigrationTest, CorruptedBytesAreDataLossAndNothingMoves) {
+  MakeDomain(false);
+  peer_->corrupt = true;
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok());
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("sha256: the sender read"));
+  ExpectSourceKeptDestinationClean(false);
+}
+
+TEST_F(MigrationTest, DestinationPoolTooSmallIsRefusedByPrepareAndTheGuestRunsAgain) {
+  dest_capacity_ = 4 << 20;
+  SetUp();  // again, with the small destination pool
+  MakeDomain(true);
+  auto id = Migrate(RunningPolicy::kShutdown);
+  ASSERT_TRUE(id.ok());
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("the incoming volumes need"));
+  ExpectSourceKeptDestinationClean(/*running=*/true);  // shut down for the move, started again
+}
+
+TEST_F(MigrationTest, FailedDefineOnTheDestinationRemovesTheReceivedVolumes) {
+  MakeDomain(false);
+  dst_->hv.fail_define = absl::InternalError("libvirt said no");
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok());
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("libvirt said no"));
+  ExpectSourceKeptDestinationClean(false);
+}
+
+TEST_F(MigrationTest, CancelBeforeFinishIsCancelledWithNothingMoved) {
+  MakeDomain(false);
+  std::atomic<uint64_t> id{0};
+  peer_->before_send = [&] {
+    while (id == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_TRUE(migrations_->Cancel(id).ok());
+  };
+  auto r = Migrate();
+  ASSERT_TRUE(r.ok());
+  id = *r;
+  Journal::Ended e = Ended(*r);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_CANCELLED) << e.message;
+  ExpectSourceKeptDestinationClean(false);
+  EXPECT_TRUE(absl::IsNotFound(migrations_->Cancel(id)));
+}
+
+TEST_F(MigrationTest, UnreachableDestinationFailsAndKeepsTheSource) {
+  MakeDomain(false);
+  connect_error_ = absl::UnavailableError("connection refused");
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok());
+  EXPECT_THAT(Ended(*id).message, HasSubstr("connection refused"));
+  ExpectSourceKeptDestinationClean(false);
+}
+
+TEST_F(MigrationTest, SecondMigrationOfTheSameDomainIsRefusedWhileOneRuns) {
+  MakeDomain(false);
+  std::atomic<bool> release{false};
+  peer_->before_finish = [&] {
+    while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  auto first = Migrate();
+  ASSERT_TRUE(first.ok());
+  auto second = Migrate();
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("migrating already"));
+  release = true;
+  EXPECT_EQ(Ended(*first).state, v1::OPERATION_STATE_SUCCEEDED);
+}
+
+// ---- the destination alone ----
+
+class IncomingTest : public MigrationTest {
+ protected:
+  IncomingPlan Plan(uint64_t size = 1 << 20) {
+    IncomingPlan p;
+    p.spec = {.name = "web2", .uuid = "0b6f2a62-1d4e-4c4b-8f3e-7a9d2c1e5f40", .vcpus = 1, .memory_mib = 128};
+    p.spec.disks.push_back({.source_path = "", .type = hv::DiskType::kBlock, .target = "vda"});
+    p.volumes.push_back({0, {.pool = "vg0", .name = "web2-root", .create_size_bytes = size}});
+    p.source_host = "src";
+    return p;
+  }
+};
+
+TEST_F(IncomingTest, PrepareRefusesWhatCouldNotBeDefinedBeforeAnythingIsMade) {
+  IncomingPlan p = Plan();
+  p.spec.uuid.clear();
+  EXPECT_THAT(dst_->incoming->Prepare(p).status().message(), HasSubstr("spec.uuid: required"));
+  p = Plan();
+  p.volumes[0].claim.pool = "nopool";
+  EXPECT_THAT(dst_->incoming->Prepare(p).status().message(), HasSubstr("spec.disks[0].volume.pool: "));
+  p = Plan();
+  p.spec.disks[0].target = "v<da";
+  EXPECT_EQ(dst_->incoming->Prepare(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p = Plan();
+  p.spec.disks.push_back({.source_path = "/etc/shadow", .target = "vdb"});
+  EXPECT_FALSE(dst_->incoming->Prepare(p).ok());  // a host file is no volume, and no host path is allowed here
+  ASSERT_TRUE(dst_->hv.DefineDomain({.name = "web2", .vcpus = 1, .memory_mib = 64}).ok());
+  EXPECT_EQ(dst_->incoming->Prepare(Plan()).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(dst_->journal->Recent().empty());
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+  EXPECT_TRUE(dst_->VolumeNames().empty());
+}
+
+TEST_F(IncomingTest, AStreamLongerOrShorterThanAnnouncedLeavesNoVolume) {
+  auto t = dst_->incoming->Prepare(Plan(64 << 10));
+  ASSERT_TRUE(t.ok()) << t.status();
+  PieceStream longer({{VolumePiece::Kind::kZeros, "", 128 << 10, ""}}, SIZE_MAX);
+  auto r = dst_->incoming->Receive(*t, 0, 64 << 10, longer);
+  EXPECT_THAT(r.status().message(), HasSubstr("more than its"));
+  dst_->storage->WaitForDeletes();  // the failed volume is removed in the background
+  PieceStream shorter({{VolumePiece::Kind::kZeros, "", 4096, ""}, {VolumePiece::Kind::kEnd, "", 0, "x"}}, SIZE_MAX);
+  r = dst_->incoming->Receive(*t, 0, 64 << 10, shorter);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(dst_->VolumeNames().empty());
+  EXPECT_EQ(dst_->incoming->Receive(*t, 0, 4096, shorter).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dst_->incoming->Receive(*t, 3, 64 << 10, shorter).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(dst_->incoming->Finish(*t).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(dst_->incoming->Abort(*t).ok());
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+}
+
+TEST_F(IncomingTest, AnIdleTransferExpiresAndIsUndone) {
+  auto t = dst_->incoming->Prepare(Plan(64 << 10));
+  ASSERT_TRUE(t.ok());
+  PieceStream zeros({{VolumePiece::Kind::kZeros, "", 64 << 10, ""},
+                     {VolumePiece::Kind::kEnd, "", 0, [] {
+                        auto d = *storage::image::Digest::Create("sha256");
+                        d->Update(std::string(64 << 10, '\0'));
+                        return d->HexFinal();
+                      }()}},
+                    SIZE_MAX);
+  ASSERT_TRUE(dst_->incoming->Receive(*t, 0, 64 << 10, zeros).ok());
+  EXPECT_EQ(dst_->VolumeNames().size(), 1u);
+  dst_->incoming->ExpireIdle();
+  EXPECT_EQ(dst_->VolumeNames().size(), 1u);  // not idle yet
+  dst_->clock.SleepFor(std::chrono::minutes(11));
+  dst_->incoming->ExpireIdle();
+  EXPECT_TRUE(dst_->VolumeNames().empty());
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+  EXPECT_TRUE(absl::IsNotFound(dst_->incoming->Finish(*t).status()));
+}
+
+TEST_F(IncomingTest, RecoveryRemovesHalfReceivedVolumesACrashLeft) {
+  auto t = dst_->incoming->Prepare(Plan(64 << 10));
+  ASSERT_TRUE(t.ok());
+  // What a crash mid-transfer leaves: the volume made and owned, the journal open.
+  ASSERT_TRUE(dst_->storage->ClaimVolume({.pool = "vg0", .name = "web2-root", .create_size_bytes = 64 << 10}, "web2").ok());
+  IncomingMigrations restarted(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal, dst_->clock, {});
+  auto lines = restarted.Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("rolled back"));
+  EXPECT_TRUE(dst_->VolumeNames().empty());
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+}
+
+TEST_F(MigrationTest, RecoveryOnTheSourceBeforeRemovalKeepsTheDomainAndStartsItAgain) {
+  MakeDomain(true);
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_MIGRATE_DOMAIN);
+  b.set_domain("web1");
+  auto op = src_->journal->Begin(b);
+  ASSERT_TRUE(op.ok());
+  internal::JournalStep s;
+  s.set_name("shutdown");
+  ASSERT_TRUE(src_->journal->Step(*op, s).ok());
+  ASSERT_TRUE(src_->hv.DestroyDomain("web1").ok());  // the crash came after the shutdown
+  auto lines = migrations_->Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("rolled back"));
+  EXPECT_TRUE(hv::IsActive(src_->hv.GetDomain("web1")->state));
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
+}
+
+TEST_F(MigrationTest, RecoveryCutShortAtFinishNeverStartsTheSourceGuestAgain) {
+  MakeDomain(true);
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_MIGRATE_DOMAIN);
+  b.set_domain("web1");
+  b.set_peer("dst.example:50051");
+  auto op = src_->journal->Begin(b);
+  ASSERT_TRUE(op.ok());
+  for (const char* name : {"shutdown", "prepare", "send-volume", "finish"}) {
+    internal::JournalStep s;
+    s.set_name(name);
+    ASSERT_TRUE(src_->journal->Step(*op, s).ok());
+  }
+  ASSERT_TRUE(src_->hv.DestroyDomain("web1").ok());
+  auto lines = migrations_->Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("dst.example:50051 may hold it as well"));
+  EXPECT_FALSE(hv::IsActive(src_->hv.GetDomain("web1")->state));  // kept, not started
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
+  ASSERT_FALSE(src_->journal->Recent().empty());
+  EXPECT_EQ(src_->journal->Recent().front().state, v1::OPERATION_STATE_FAILED);
+}
+
+}  // namespace
+}  // namespace hvagent::service
