@@ -364,7 +364,9 @@ int Run(const config::Config& cfg) {
        .rescues = state->rescues.get()},
       &storage, state->journal.get());
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
-  RecoverBeforeServing(domains, *state->journal, hypervisor);
+  storage.SetJournal(state->journal.get());
+  RecoverBeforeServing(domains, *state->journal, hypervisor);  // waits for the hypervisor
+  for (const std::string& line : storage.RecoverSnapshots()) logger->warn("recovery: {}", line);
   auto reconciler = Reconcile(domains, cfg.reconcile_interval, cfg.release_orphans);
   service::HostService host(hypervisor, policy, &storage);
   auto evtchn = MakeEventChannelProbe(cfg);

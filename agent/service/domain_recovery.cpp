@@ -81,8 +81,11 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
   std::vector<Recovery> out;
   for (const Journal::Operation& op : journal_->Unfinished()) {
     // Image imports are ImageService's to recover; they are no domain operation.
+    // Image imports are ImageService's to recover, snapshots StorageService's.
     if (op.begin.type() == v1::OPERATION_KIND_IMPORT_IMAGE ||
-        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME) {
+        op.begin.type() == v1::OPERATION_KIND_IMAGE_FROM_VOLUME ||
+        op.begin.type() == v1::OPERATION_KIND_SNAPSHOT_VOLUME ||
+        op.begin.type() == v1::OPERATION_KIND_REVERT_SNAPSHOT) {
       continue;
     }
     Recovery r;
