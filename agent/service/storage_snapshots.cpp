@@ -133,6 +133,15 @@ absl::StatusOr<RevertOutcome> StorageService::RevertSnapshot(const std::string& 
                                                              const std::string& name) {
   auto held = Hold(pool_name, volume, Fence::kRefuseDeleting);
   if (!held.ok()) return held.status();
+  // A pool without snapshots, or a snapshot that is not there, says so first.
+  auto snapshots = held->pool->backend->ListSnapshots(volume);
+  if (!snapshots.ok()) return snapshots.status();
+  if (std::none_of(snapshots->begin(), snapshots->end(), [&](const auto& s) { return s.name == name; })) {
+    if (auto s = held->pool->backend->CheckNewSnapshot(volume, name); !s.ok() && !absl::IsFailedPrecondition(s)) {
+      return s;  // a bad name
+    }
+    return absl::NotFoundError(absl::StrCat("snapshot: '", name, "' of volume '", volume, "' not found"));
+  }
   const std::string domain = held->volume.attached_to;
   if (DomainActive(domain)) {
     return absl::FailedPreconditionError(absl::StrCat("volume: '", volume, "' is in use by running domain '", domain,
