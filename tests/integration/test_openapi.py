@@ -596,7 +596,9 @@ scratch_dir = "{cls.scratch}"
         self.check(snaps, "GET", ghost, expect=404)
         run(lvm_argv("lvcreate", "-an", "-Zn", "--yes", "-n", "hvsnap+oa-snap+keep", "-L", "4m",
                      "--addtag", "hvagent_snapshot", self.vg))
-        listed = self.check(snaps, "GET", lv, expect=200)["snapshots"]
+        deadline = time.monotonic() + 10  # the agent's lvm2 report is cached up to 5 s
+        while not (listed := self.check(snaps, "GET", lv, expect=200).get("snapshots")) and time.monotonic() < deadline:
+            time.sleep(0.5)
         self.assertEqual([x["name"] for x in listed], ["keep"])
         self.check(one + ":revert", "POST", {**lv, "name": "-x"}, expect=400)
         self.check(one + ":revert", "POST", {**lv, "name": "nosuch"}, expect=404)
@@ -610,6 +612,7 @@ scratch_dir = "{cls.scratch}"
         self.check(snaps, "POST", lv, body={"name": "keep"}, expect=409)
         run(lvm_argv("lvcreate", "-an", "-Zn", "--yes", "-n", "hvsnap+oa-snap+again", "-L", "4m",
                      "--addtag", "hvagent_snapshot", self.vg))
+        time.sleep(5.5)  # past the report cache: the agent must see "again" to delete it
         self.check(item, "DELETE", volume, query={"cascade": "true"}, expect=202)
         self.wait_volume_gone("vg", "oa-snap")
 

@@ -8,6 +8,7 @@ guest that writes, are in the Xen ARM64 dom0 tier (tests/system/xen-arm64)."""
 
 import json
 import subprocess
+import time
 
 import grpc
 
@@ -74,8 +75,13 @@ class SnapshotsTest(LoopPoolsTestCase):
         # snapshot (here a plain LV made by lvm2 itself, metadata only).
         run(lvm_argv("lvcreate", "-an", "-Zn", "--yes", "-n", "hvsnap+v2+keep", "-L", "4m",
                      "--addtag", "hvagent_snapshot", self.vg))
-        status, listed = self.agent.rest("GET", "/v1/pools/vg/volumes/v2/snapshots")
-        self.assertEqual(status, 200, listed)
+        deadline = time.monotonic() + 10  # the agent's lvm2 report is cached up to 5 s
+        while True:
+            status, listed = self.agent.rest("GET", "/v1/pools/vg/volumes/v2/snapshots")
+            self.assertEqual(status, 200, listed)
+            if listed.get("snapshots") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         self.assertEqual([s["name"] for s in listed["snapshots"]], ["keep"])
         status, volumes = self.agent.rest("GET", "/v1/pools/vg/volumes")
         names = [v["name"] for v in volumes["volumes"]]
