@@ -388,7 +388,9 @@ int Run(const config::Config& cfg) {
        .rescues = state->rescues.get()},
       &storage, state->journal.get());
   for (const std::string& line : images.Recover()) logger->warn("recovery: {}", line);
-  RecoverBeforeServing(domains, *state->journal, hypervisor);
+  storage.SetJournal(state->journal.get());
+  RecoverBeforeServing(domains, *state->journal, hypervisor);  // waits for the hypervisor
+  for (const std::string& line : storage.RecoverSnapshots()) logger->warn("recovery: {}", line);
   // Migrations after domains: a define an incoming transfer began is a create recovery undid.
   service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg));
   service::IncomingMigrations incoming(

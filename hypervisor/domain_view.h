@@ -103,6 +103,11 @@ class DomainView final : public Hypervisor {
     return inner_.SetVncPassword(name, password, valid_until);
   }
 
+  // A guest agent's freeze changes nothing the view holds: straight through.
+  absl::StatusOr<bool> HasGuestAgent(const std::string& name) override { return inner_.HasGuestAgent(name); }
+  absl::StatusOr<int> FreezeFilesystems(const std::string& name) override { return inner_.FreezeFilesystems(name); }
+  absl::Status ThawFilesystems(const std::string& name) override { return inner_.ThawFilesystems(name); }
+
   void SetEventSink(EventSink sink) override;
   // The inner connection is up and the view was built on it.
   bool Connected() const override;

@@ -107,6 +107,26 @@ class Hypervisor {
     return absl::UnimplementedError("this hypervisor has no VNC displays");
   }
 
+  // Guest-consistent snapshots (agent/service/guest_quiescer.h). Whether the domain's definition
+  // has a QEMU guest agent channel (virtio-serial, target name org.qemu.guest_agent.0); NotFound
+  // for no such domain. A hypervisor without guest agents answers false.
+  virtual absl::StatusOr<bool> HasGuestAgent(const std::string& name) {
+    (void)name;
+    return false;
+  }
+  // Flushes the running guest's mounted filesystems and blocks writes to them, through its guest
+  // agent; returns how many were frozen. FailedPrecondition (not running, no agent configured),
+  // Unavailable (the agent did not answer), Unimplemented (a hypervisor without guest agents).
+  virtual absl::StatusOr<int> FreezeFilesystems(const std::string& name) {
+    (void)name;
+    return absl::UnimplementedError("this hypervisor has no guest agent");
+  }
+  // Undoes FreezeFilesystems; harmless on a guest that is not frozen.
+  virtual absl::Status ThawFilesystems(const std::string& name) {
+    (void)name;
+    return absl::UnimplementedError("this hypervisor has no guest agent");
+  }
+
   virtual void SetEventSink(EventSink sink) = 0;
 
   // False while the connection is down and being re-opened.

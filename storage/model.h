@@ -29,6 +29,10 @@ struct PoolConfig {
   // Deadline of each lvm2 / partition tool call (a sick disk can hang them); 0: the backend's
   // default (lvm2 60 s, partition tools 30 s). Past it the tool is killed.
   std::chrono::seconds tool_timeout{0};
+  // Thick LVM pools: a classic snapshot's copy-on-write area, in percent of its volume's size
+  // (rounded up to whole extents). Once the guest has rewritten that much of the volume the
+  // snapshot is invalid: hvagent_pool_snapshot_fullest_percent and an alert watch it.
+  uint32_t snapshot_reserve_percent = 20;
 };
 
 struct PoolInfo {
@@ -43,6 +47,12 @@ struct PoolInfo {
   // metadata_percent), 0-100. A full thin pool errors or pauses every guest on it.
   std::optional<double> thin_data_percent;
   std::optional<double> thin_metadata_percent;
+  // Classic (thick LVM) snapshots: their copy-on-write areas together, how much of them is
+  // used, and the fullest one in percent (a full one is invalid: its point in time is lost).
+  uint64_t snapshot_reserve_bytes = 0;
+  uint64_t snapshot_reserve_used_bytes = 0;
+  double snapshot_fullest_percent = 0;
+  uint32_t snapshot_count = 0;
 };
 
 // What a volume attached to a domain is to it. kOwned: created as part of the domain (a root
@@ -80,6 +90,34 @@ struct ImageSlot {
   std::string path;  // block device
   uint64_t size_bytes = 0;  // the whole area, record included
   bool ready = false;
+};
+
+// A point-in-time copy of a volume (StorageBackend::CreateSnapshot). Never a volume: not listed,
+// attached or handed out as one. `thin`: shares the thin pool's blocks (no reserve); otherwise a
+// classic snapshot with a copy-on-write area of `reserve_bytes`, `reserve_used_percent` of it
+// used; `valid` false once that area overflowed (lvm2 then drops the snapshot's content).
+struct SnapshotInfo {
+  std::string pool;
+  std::string volume;
+  std::string name;
+  uint64_t size_bytes = 0;  // the volume's size when taken
+  bool thin = false;
+  uint64_t reserve_bytes = 0;
+  double reserve_used_percent = 0;
+  bool valid = true;
+};
+
+// What RevertSnapshot did: `snapshot_kept` false when the snapshot was consumed (a classic
+// snapshot is merged into its volume); `recovered` when it finished one a crash cut short.
+struct RevertResult {
+  bool snapshot_kept = true;
+};
+
+// What RecoverRevert found a crash had left of a revert, and did about it.
+struct RevertRecovery {
+  enum class Outcome { kNothing, kUndone, kFinished };
+  Outcome outcome = Outcome::kNothing;
+  std::string what;
 };
 
 // Progress of a long wipe, reported as it goes (bytes done of total).

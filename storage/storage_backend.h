@@ -77,6 +77,25 @@ class StorageBackend {
   // blocks (the caller then copies the image onto a new volume); otherwise as CreateVolume, and
   // NotFound / FailedPrecondition for a slot that is missing or not ready.
   virtual absl::StatusOr<VolumeInfo> CloneImageSlot(const std::string& image, const VolumeSpec& spec);
+  // Snapshots of a volume (docs/snapshots.md). A backend without them (partition pools) answers
+  // Unimplemented naming the pool's kind. Names: [A-Za-z0-9][A-Za-z0-9._-]{0,47}
+  // (InvalidArgument naming `snapshot`); NotFound naming `volume` or `snapshot`.
+  // The volume's snapshots, sorted by name.
+  virtual absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const std::string& volume);
+  // One metadata change: whole or absent. ResourceExhausted when a classic snapshot's reserve
+  // does not fit; AlreadyExists for a name the volume's snapshots already have.
+  virtual absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& volume, const std::string& name);
+  // Every refusal CreateSnapshot would answer before lvm2 runs (names, missing volume, taken
+  // name, no device-mapper), for a caller that must know before it pauses a guest.
+  virtual absl::Status CheckNewSnapshot(const std::string& volume, const std::string& name);
+  virtual absl::Status DeleteSnapshot(const std::string& volume, const std::string& name);
+  // The volume's content becomes the snapshot's. The caller makes sure nothing uses the volume
+  // (its domain is not running). A revert of more than one metadata change can be cut short
+  // by a crash; RecoverRevert(volume) finishes (or undoes) it from what the pool shows, and
+  // answers what it did ("" when there was nothing to do).
+  virtual absl::StatusOr<RevertResult> RevertSnapshot(const std::string& volume, const std::string& name);
+  virtual absl::StatusOr<RevertRecovery> RecoverRevert(const std::string& volume);
+
   // The three in a row, for callers that have the pool to themselves (tests).
   absl::Status DeleteImageSlot(const std::string& name, const ProgressFn& progress) {
     auto plan = BeginDeleteImageSlot(name);

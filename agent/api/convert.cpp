@@ -312,6 +312,40 @@ v1::DomainEvent ToProto(const service::SequencedEvent& e) {
   return p;
 }
 
+v1::Snapshot ToProto(const storage::SnapshotInfo& s) {
+  v1::Snapshot out;
+  out.set_pool(s.pool);
+  out.set_volume(s.volume);
+  out.set_name(s.name);
+  out.set_size_bytes(s.size_bytes);
+  out.set_thin(s.thin);
+  out.set_reserve_bytes(s.reserve_bytes);
+  out.set_reserve_used_percent(s.reserve_used_percent);
+  out.set_valid(s.valid);
+  return out;
+}
+
+v1::CreateSnapshotResponse ToProto(const service::SnapshotOutcome& o) {
+  v1::CreateSnapshotResponse out;
+  *out.mutable_snapshot() = ToProto(o.snapshot);
+  switch (o.quiesce) {
+    case service::QuiesceMode::kNone: out.set_quiesce(v1::QUIESCE_MODE_NONE); break;
+    case service::QuiesceMode::kFreeze: out.set_quiesce(v1::QUIESCE_MODE_FREEZE); break;
+    case service::QuiesceMode::kPause: out.set_quiesce(v1::QUIESCE_MODE_PAUSE); break;
+  }
+  out.set_paused_ms(o.paused_ms);
+  out.set_total_ms(o.total_ms);
+  out.set_note(o.note);
+  return out;
+}
+
+v1::RevertSnapshotResponse ToProto(const service::RevertOutcome& o) {
+  v1::RevertSnapshotResponse out;
+  *out.mutable_volume() = ToProto(o.volume);
+  out.set_snapshot_kept(o.snapshot_kept);
+  return out;
+}
+
 v1::Pool ToProto(const storage::PoolInfo& p) {
   v1::Pool out;
   out.set_name(p.name);
@@ -322,6 +356,10 @@ v1::Pool ToProto(const storage::PoolInfo& p) {
   out.set_orphaned_volume_count(p.orphaned_volume_count);
   if (p.thin_data_percent) out.set_thin_data_percent(*p.thin_data_percent);
   if (p.thin_metadata_percent) out.set_thin_metadata_percent(*p.thin_metadata_percent);
+  out.set_snapshot_count(p.snapshot_count);
+  out.set_snapshot_reserve_bytes(p.snapshot_reserve_bytes);
+  out.set_snapshot_reserve_used_bytes(p.snapshot_reserve_used_bytes);
+  out.set_snapshot_fullest_percent(p.snapshot_fullest_percent);
   switch (p.wipe) {
     case storage::WipeMode::kZero: out.set_wipe(v1::WIPE_MODE_ZERO); break;
     case storage::WipeMode::kDiscard: out.set_wipe(v1::WIPE_MODE_DISCARD); break;

@@ -32,6 +32,9 @@ v1::Capacity ToProto(const service::Capacity& c);
 v1::DomainEvent ToProto(const service::SequencedEvent& e);
 v1::Pool ToProto(const storage::PoolInfo& p);
 v1::Volume ToProto(const service::VolumeStatus& v);
+v1::Snapshot ToProto(const storage::SnapshotInfo& s);
+v1::CreateSnapshotResponse ToProto(const service::SnapshotOutcome& o);
+v1::RevertSnapshotResponse ToProto(const service::RevertOutcome& o);
 // `rates` may be null (no previous sample of this domain).
 v1::DomainStats ToProto(const hv::DomainStats& d, const service::DomainRates* rates);
 // The sample's domains (only `only_domain` when not empty); errors are left to the caller.

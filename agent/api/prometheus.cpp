@@ -109,6 +109,25 @@ void ThinPools(Exposition& e, const std::vector<storage::PoolInfo>& pools) {
   }
 }
 
+// Classic (thick LVM) snapshots: a copy-on-write reserve that fills up invalidates its snapshot
+// (deploy/prometheus/hvagent-rules.yml: HvagentSnapshotReserveNearlyFull). Every LVM pool.
+void SnapshotReserves(Exposition& e, const std::vector<storage::PoolInfo>& pools) {
+  e.Family("hvagent_pool_snapshots", "gauge", "Volume snapshots in the pool.");
+  e.Family("hvagent_pool_snapshot_reserve_bytes", "gauge",
+           "Copy-on-write reserves of the pool's classic snapshots, in bytes.");
+  e.Family("hvagent_pool_snapshot_reserve_used_bytes", "gauge", "How much of those reserves is used, in bytes.");
+  e.Family("hvagent_pool_snapshot_fullest_percent", "gauge",
+           "The fullest classic snapshot's reserve, in percent (100: a snapshot is invalid).");
+  for (const storage::PoolInfo& p : pools) {
+    if (p.type != storage::PoolType::kLvm) continue;
+    Labels l = {{"pool", p.name}};
+    e.Add("hvagent_pool_snapshots", l, p.snapshot_count);
+    e.Add("hvagent_pool_snapshot_reserve_bytes", l, static_cast<double>(p.snapshot_reserve_bytes));
+    e.Add("hvagent_pool_snapshot_reserve_used_bytes", l, static_cast<double>(p.snapshot_reserve_used_bytes));
+    e.Add("hvagent_pool_snapshot_fullest_percent", l, p.snapshot_fullest_percent);
+  }
+}
+
 void Host(Exposition& e, const service::MetricsSample& s) {
   if (!s.capacity.ok()) return;
   const service::Capacity& c = *s.capacity;
@@ -157,6 +176,7 @@ void Host(Exposition& e, const service::MetricsSample& s) {
     e.Add("hvagent_pool_orphaned_volumes", l, p.orphaned_volume_count);
   }
   ThinPools(e, c.pools);
+  SnapshotReserves(e, c.pools);
 }
 
 void Domains(Exposition& e, const service::MetricsSample& s) {

@@ -54,7 +54,10 @@ int Usage() {
                "  start | shutdown | destroy | reboot | suspend | resume NAME\n"
                "  resize NAME [--vcpus N] [--memory-mib M]  (running: within its maximums)\n"
                "  delete NAME [--force] [--volumes]     (--volumes deletes the volumes the domain owns)\n"
-               "  volume-delete POOL NAME [--wait]     (--wait shows the wipe's progress)\n"
+               "  volume-delete POOL NAME [--wait] [--cascade]  (--cascade deletes its snapshots too)\n"
+               "  snapshot-create POOL VOLUME NAME     (a running guest is frozen or paused meanwhile)\n"
+               "  snapshot-list POOL VOLUME | snapshot-delete POOL VOLUME NAME\n"
+               "  snapshot-revert POOL VOLUME NAME     (the volume's domain must be stopped)\n"
                "  nic-attach NAME (--bridge BR | --network NET | --ovs BR --iface-id UUID [--vlan N]\n"
                "                   | --vlan-physical IF --vlan-id N | --vxlan-id N --vxlan-physical IF)\n"
                "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
@@ -535,6 +538,8 @@ int main(int argc, char** argv) {
                            : o.kind() == v1::OPERATION_KIND_MIGRATE_IN        ? "migrate-in"
                            : o.kind() == v1::OPERATION_KIND_UNRESCUE_DOMAIN   ? "unrescue"
                            : o.kind() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE ? "volume-from-image"
+                           : o.kind() == v1::OPERATION_KIND_SNAPSHOT_VOLUME   ? "snapshot"
+                           : o.kind() == v1::OPERATION_KIND_REVERT_SNAPSHOT   ? "revert"
                                                                               : "?";
         std::string state = v1::OperationState_Name(o.state()).substr(sizeof("OPERATION_STATE_") - 1);
         rows.push_back({std::to_string(o.id()), kind, o.domain(), state,
@@ -560,6 +565,7 @@ int main(int argc, char** argv) {
     v1::VolumeRef ref;
     ref.set_pool(arg1);
     ref.set_name(args[2]);
+    ref.set_cascade(has_flag("--cascade"));
     v1::Volume v;
     grpc::Status s = storage->DeleteVolume(&ctx, ref, &v);
     if (!s.ok()) return Failed(s);
@@ -582,6 +588,57 @@ int main(int argc, char** argv) {
     }
     std::cout << (json ? std::string("{}") : "\n" + ref.name() + ": deleted") << "\n";
     return kOk;
+  }
+  if (cmd == "snapshot-create" && args.size() >= 4) {
+    deadline(ctx, 120);
+    v1::CreateSnapshotRequest req;
+    req.set_pool(arg1);
+    req.set_volume(args[2]);
+    req.set_name(args[3]);
+    v1::CreateSnapshotResponse r;
+    return Render(json, storage->CreateSnapshot(&ctx, req, &r), r, [&] {
+      const char* how = r.quiesce() == v1::QUIESCE_MODE_FREEZE  ? "frozen"
+                        : r.quiesce() == v1::QUIESCE_MODE_PAUSE ? "paused"
+                                                                : "not held (not running)";
+      std::cout << req.volume() << "@" << r.snapshot().name() << ": " << (r.snapshot().thin() ? "thin" : "classic")
+                << ", guest " << how << " " << r.paused_ms() << " ms, " << r.total_ms() << " ms in all"
+                << (r.note().empty() ? "" : " (" + r.note() + ")") << "\n";
+    });
+  }
+  if (cmd == "snapshot-list" && args.size() >= 3) {
+    deadline(ctx, 30);
+    v1::ListSnapshotsRequest req;
+    req.set_pool(arg1);
+    req.set_volume(args[2]);
+    v1::ListSnapshotsResponse r;
+    return Render(json, storage->ListSnapshots(&ctx, req, &r), r, [&] {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& sn : r.snapshots()) {
+        std::string reserve = sn.thin() ? "-"
+                                         : Bytes(sn.reserve_bytes()) + " (" +
+                                               std::to_string(static_cast<int>(sn.reserve_used_percent())) + "% used)";
+        rows.push_back({sn.name(), sn.thin() ? "thin" : "classic", Bytes(sn.size_bytes()), reserve,
+                        sn.valid() ? "yes" : "NO"});
+      }
+      Table({"NAME", "KIND", "SIZE", "RESERVE", "VALID"}, rows);
+    });
+  }
+  if ((cmd == "snapshot-delete" || cmd == "snapshot-revert") && args.size() >= 4) {
+    deadline(ctx, 120);
+    v1::SnapshotRef ref;
+    ref.set_pool(arg1);
+    ref.set_volume(args[2]);
+    ref.set_name(args[3]);
+    if (cmd == "snapshot-delete") {
+      v1::DeleteSnapshotResponse r;
+      return Render(json, storage->DeleteSnapshot(&ctx, ref, &r), r,
+                    [&] { std::cout << ref.volume() << "@" << ref.name() << ": deleted\n"; });
+    }
+    v1::RevertSnapshotResponse r;
+    return Render(json, storage->RevertSnapshot(&ctx, ref, &r), r, [&] {
+      std::cout << ref.volume() << ": reverted to " << ref.name()
+                << (r.snapshot_kept() ? " (the snapshot stays)" : " (merged: the snapshot is gone)") << "\n";
+    });
   }
   if (cmd == "images" && !arg1.empty()) {
     auto images = v1::ImageService::NewStub(channel);

@@ -389,7 +389,8 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
   const toml::array* pools = node->as_array();
   if (pools == nullptr) return Invalid("storage.pools", "must be an array of tables ([[storage.pools]])");
   static const std::set<std::string> keys = {"name", "type", "volume_group", "physical_volumes",
-                                             "thin_pool", "disk", "wipe", "tool_timeout_seconds"};
+                                             "thin_pool", "disk", "wipe", "tool_timeout_seconds",
+                                             "snapshot_reserve_percent"};
   std::set<std::string> names, devices;
   for (size_t i = 0; i < pools->size(); ++i) {
     std::string field = absl::StrCat("storage.pools[", i, "]");
@@ -412,6 +413,13 @@ absl::Status ParsePools(const toml::table& root, std::vector<storage::PoolConfig
       auto v = tt->value<int64_t>();
       if (!v || !tt->is_integer() || *v < 1 || *v > 3600) return Invalid(field + ".tool_timeout_seconds", "must be 1-3600");
       pool.tool_timeout = std::chrono::seconds(*v);
+    }
+    if (const toml::node* sr = t->get("snapshot_reserve_percent")) {
+      auto v = sr->value<int64_t>();
+      if (!v || !sr->is_integer() || *v < 1 || *v > 100) {
+        return Invalid(field + ".snapshot_reserve_percent", "must be 1-100");
+      }
+      pool.snapshot_reserve_percent = static_cast<uint32_t>(*v);
     }
     if (type == "lvm") {
       pool.type = storage::PoolType::kLvm;

@@ -358,7 +358,8 @@ absl::StatusOr<VolumeStatus> StorageService::ResizeVolume(const std::string& poo
   return StatusOf(*v);
 }
 
-absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& pool_name, const std::string& name) {
+absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& pool_name, const std::string& name,
+                                                          bool cascade) {
   auto pool = Find(pool_name);
   if (!pool.ok()) return pool.status();
   Pool* p = *pool;
@@ -376,6 +377,7 @@ absl::StatusOr<VolumeStatus> StorageService::DeleteVolume(const std::string& poo
     }
   }
   if (auto s = RefuseDeleting(pool_name, name); !s.ok()) return s;
+  if (auto s = DeleteSnapshotsFirst(*p, name, cascade); !s.ok()) return s;
   auto plan = p->backend->BeginDelete(name);
   if (!plan.ok()) return plan.status();
   const storage::VolumeInfo volume = plan->volume;
@@ -571,7 +573,8 @@ absl::Status StorageService::ReleaseVolume(const std::string& pool_name, const s
     return absl::OkStatus();
   }
   Log()->info("released volume {}/{} from {} (owned): deleting it", pool_name, name, domain);
-  return DeleteVolume(pool_name, name).status();
+  // Its snapshots were the domain's too.
+  return DeleteVolume(pool_name, name, /*cascade=*/true).status();
 }
 
 absl::StatusOr<std::vector<storage::VolumeInfo>> StorageService::VolumesOf(const std::string& domain) {

@@ -25,6 +25,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/service/guest_quiescer.h"
+#include "agent/service/journal.h"
 #include "hypervisor/hypervisor.h"
 #include "storage/storage_backend.h"
 
@@ -58,6 +60,20 @@ struct VolumeClaim {
   // it, IncomingMigrations): taken as it is. Not created here, so an undo releases it.
   bool adopt = false;
   bool Creates() const { return create_size_bytes > 0 || !image.empty(); }
+};
+
+// CreateSnapshot's answer: the snapshot, how the guest was held still and for how long.
+struct SnapshotOutcome {
+  storage::SnapshotInfo snapshot;
+  QuiesceMode quiesce = QuiesceMode::kNone;
+  uint64_t paused_ms = 0;
+  uint64_t total_ms = 0;
+  std::string note;
+};
+
+struct RevertOutcome {
+  VolumeStatus volume;
+  bool snapshot_kept = true;
 };
 
 class StorageService {
@@ -102,8 +118,26 @@ class StorageService {
   absl::StatusOr<VolumeStatus> CreateVolumeCloned(const std::string& pool, const storage::VolumeSpec& spec,
                                                   const std::string& image, const std::string& owner = "");
   absl::StatusOr<VolumeStatus> ResizeVolume(const std::string& pool, const std::string& name, uint64_t size);
-  // Returns at once with state kDeleting; the wipe and removal run in the background.
-  absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name);
+  // Returns at once with state kDeleting; the wipe and removal run in the background. A volume
+  // with snapshots is refused (FailedPrecondition naming them) unless `cascade`, which deletes
+  // them first (each one whole: a crash between two leaves fewer snapshots, nothing half-made).
+  absl::StatusOr<VolumeStatus> DeleteVolume(const std::string& pool, const std::string& name, bool cascade = false);
+
+  // Snapshots (storage_snapshots.cpp, docs/snapshots.md). A volume of a running domain is
+  // snapshotted with its guest held still (GuestQuiescer), under a journalled operation, with
+  // the pool's lock taken first so the hold does not wait for it.
+  absl::StatusOr<SnapshotOutcome> CreateSnapshot(const std::string& pool, const std::string& volume,
+                                                 const std::string& name);
+  absl::StatusOr<std::vector<storage::SnapshotInfo>> ListSnapshots(const std::string& pool, const std::string& volume);
+  absl::Status DeleteSnapshot(const std::string& pool, const std::string& volume, const std::string& name);
+  // FailedPrecondition while the volume's domain runs (paused counts as running). Journalled.
+  absl::StatusOr<RevertOutcome> RevertSnapshot(const std::string& pool, const std::string& volume,
+                                               const std::string& name);
+  // The journal the snapshot operations are recorded in (null: none; tests). Set before serving.
+  void SetJournal(Journal* journal) { journal_ = journal; }
+  // Finishes what a crash left of snapshot operations: resumes or thaws a held guest, finishes or
+  // undoes a revert. Returns one line per operation.
+  std::vector<std::string> RecoverSnapshots();
   // The volume is borrowed by the domain. target empty: the first free target with the prefix
   // of the domain's first disk (vd/xvd).
   absl::StatusOr<VolumeStatus> AttachVolume(const std::string& pool, const std::string& name,
@@ -198,7 +232,16 @@ class StorageService {
   VolumeStatus StatusOf(const storage::VolumeInfo& v) const;
   std::string Key(const std::string& pool, const std::string& name) const { return pool + "/" + name; }
 
+  // DeleteVolume's check of the volume's snapshots (pool lock held).
+  absl::Status DeleteSnapshotsFirst(Pool& pool, const std::string& name, bool cascade);
+  // Whether `domain` runs (paused included); false when it does not exist.
+  bool DomainActive(const std::string& domain);
+  uint64_t BeginOp(v1::OperationKind kind, const std::string& domain, const std::string& pool,
+                   const std::string& volume, const std::string& snapshot);
+  void EndOp(uint64_t op, const absl::Status& status);
+
   hv::Hypervisor& hv_;
+  Journal* journal_ = nullptr;
   const uint64_t pool_free_floor_bytes_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex deleting_mu_;

@@ -815,30 +815,40 @@ int ImportImageAction(const Payload& p, const Agent& a) {
 // Parameters: name (string, required: the image's name), pool (string, default: the
 // template's image pool, else the storage_pool detail). The answer's template_detail
 // (image=pool/name) is what a new template's external details take.
+// The VM's root volume in its pool, for the actions on it (createtemplate, *snapshot): `pool`
+// is the parameter, else the template's image pool, else the storage_pool detail. The root is
+// whichever of its two names (reinstall alternates them) is attached to the VM's domain here.
+// Returns 0 with *pool and *root set, or the exit code of the error document it printed.
+int RootVolumeOf(const Payload& p, const Agent& a, const char* action, std::string* pool, std::string* root) {
+  *pool = Parameter(p, "pool");
+  if (pool->empty()) {
+    if (auto img = TemplateImageOf(p)) *pool = img->pool;
+  }
+  if (pool->empty()) *pool = Setting(p, "storage_pool", "vdh");
+  const std::string what = std::string(action) + ": ";
+  if (pool->empty()) return Fail(what + "parameter pool is missing (and no storage_pool detail)", "INVALID_ARGUMENT");
+  if (!ValidDomainName(*pool)) return Fail(what + "pool '" + *pool + "' is not a valid name", "INVALID_ARGUMENT");
+  Resolved r;
+  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
+  if (!r.exists) return Fail(what + "instance " + r.name + " is not defined on this host", "NOT_FOUND");
+  root->clear();
+  for (const auto& candidate : {RootVolumeName(r.name), AlternateRootVolumeName(r.name)}) {
+    v1::Volume v;
+    if (GetVolume(a, *pool, candidate, &v).ok() && v.attached_to() == r.name) *root = candidate;
+  }
+  if (root->empty()) {
+    return Fail(what + "instance " + r.name + " has no root volume " + Ref(*pool, RootVolumeName(r.name)) +
+                    " attached; nothing was done",
+                "FAILED_PRECONDITION");
+  }
+  return 0;
+}
+
 int CreateTemplate(const Payload& p, const Agent& a) {
   const std::string name = Parameter(p, "name");
   if (name.empty()) return Fail("createtemplate: parameter name (the new image's name) is missing", "INVALID_ARGUMENT");
-  std::string pool = Parameter(p, "pool");
-  if (pool.empty()) {
-    if (auto img = TemplateImageOf(p)) pool = img->pool;
-  }
-  if (pool.empty()) pool = Setting(p, "storage_pool", "vdh");
-  if (pool.empty()) return Fail("createtemplate: parameter pool is missing (and no storage_pool detail)", "INVALID_ARGUMENT");
-  if (!ValidDomainName(pool)) return Fail("createtemplate: pool '" + pool + "' is not a valid name", "INVALID_ARGUMENT");
-  Resolved r;
-  if (auto s = Resolve(p, a, &r); !s.ok()) return a.Error(s, "finding the instance's domain");
-  if (!r.exists) return Fail("createtemplate: instance " + r.name + " is not defined on this host", "NOT_FOUND");
-  // The root volume: whichever of its two names (reinstall alternates them) is attached here.
-  std::string root;
-  for (const auto& candidate : {RootVolumeName(r.name), AlternateRootVolumeName(r.name)}) {
-    v1::Volume v;
-    if (GetVolume(a, pool, candidate, &v).ok() && v.attached_to() == r.name) root = candidate;
-  }
-  if (root.empty()) {
-    return Fail("createtemplate: instance " + r.name + " has no root volume " + Ref(pool, RootVolumeName(r.name)) +
-                    " attached; nothing was made",
-                "FAILED_PRECONDITION");
-  }
+  std::string pool, root;
+  if (int rc = RootVolumeOf(p, a, "createtemplate", &pool, &root); rc != 0) return rc;
   v1::CreateImageFromVolumeRequest req;
   req.set_pool(pool);
   req.set_volume(root);
@@ -849,6 +859,53 @@ int CreateTemplate(const Payload& p, const Agent& a) {
   value m = ImageJson(made.image());
   m["paused"] = value::boolean(made.paused());
   m["paused_ms"] = value::number(static_cast<double>(made.paused_ms()));
+  return PrintMessage(m);
+}
+
+// Snapshots of the VM's root volume (StorageService, docs/snapshots.md): custom actions on
+// VirtualMachine. createsnapshot, revertsnapshot and deletesnapshot take `name` (STRING,
+// required), all four `pool` (STRING, as createtemplate). A running VM is held still for a
+// snapshot (frozen through its guest agent, else paused) and must be stopped for a revert.
+int SnapshotAction(const Payload& p, const Agent& a, const std::string& action) {
+  const std::string name = Parameter(p, "name");
+  if (action != "listsnapshots" && name.empty()) {
+    return Fail(action + ": parameter name (the snapshot's name) is missing", "INVALID_ARGUMENT");
+  }
+  std::string pool, root;
+  if (int rc = RootVolumeOf(p, a, action.c_str(), &pool, &root); rc != 0) return rc;
+  const std::string what = action + " of " + Ref(pool, root);
+  if (action == "createsnapshot") {
+    v1::CreateSnapshotRequest req;
+    req.set_pool(pool);
+    req.set_volume(root);
+    req.set_name(name);
+    v1::CreateSnapshotResponse r;
+    if (auto s = a.storage->CreateSnapshot(a.Context().get(), req, &r); !s.ok()) return a.Error(s, what);
+    return PrintMessage(ProtoToJson(r));
+  }
+  if (action == "listsnapshots") {
+    v1::ListSnapshotsRequest req;
+    req.set_pool(pool);
+    req.set_volume(root);
+    v1::ListSnapshotsResponse r;
+    if (auto s = a.storage->ListSnapshots(a.Context().get(), req, &r); !s.ok()) return a.Error(s, what);
+    value m = ProtoToJson(r);
+    if (!m.has_field("snapshots")) m["snapshots"] = value::array();
+    return PrintMessage(m);
+  }
+  v1::SnapshotRef ref;
+  ref.set_pool(pool);
+  ref.set_volume(root);
+  ref.set_name(name);
+  if (action == "revertsnapshot") {
+    v1::RevertSnapshotResponse r;
+    if (auto s = a.storage->RevertSnapshot(a.Context().get(), ref, &r); !s.ok()) return a.Error(s, what);
+    return PrintMessage(ProtoToJson(r));
+  }
+  v1::DeleteSnapshotResponse r;
+  if (auto s = a.storage->DeleteSnapshot(a.Context().get(), ref, &r); !s.ok()) return a.Error(s, what);
+  value m = value::object();
+  m["deleted"] = value::string(Ref(pool, root) + "@" + name);
   return PrintMessage(m);
 }
 
@@ -937,6 +994,10 @@ constexpr Action kActions[] = {
     {"resizevolume", false, ResizeVolume},
     {"importimage", false, ImportImageAction},
     {"createtemplate", true, CreateTemplate},
+    {"createsnapshot", true, [](const Payload& p, const Agent& a) { return SnapshotAction(p, a, "createsnapshot"); }},
+    {"listsnapshots", true, [](const Payload& p, const Agent& a) { return SnapshotAction(p, a, "listsnapshots"); }},
+    {"revertsnapshot", true, [](const Payload& p, const Agent& a) { return SnapshotAction(p, a, "revertsnapshot"); }},
+    {"deletesnapshot", true, [](const Payload& p, const Agent& a) { return SnapshotAction(p, a, "deletesnapshot"); }},
 };
 
 int Run(int argc, char** argv) {

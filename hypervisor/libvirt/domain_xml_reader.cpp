@@ -106,6 +106,18 @@ absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view
   return out;
 }
 
+absl::StatusOr<bool> ParseHasGuestAgent(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const xmlNode* devices = Child(xmlDocGetRootElement(parsed->get()), "devices");
+  for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
+    if (!Is(d, "channel")) continue;
+    const xmlNode* target = Child(d, "target");
+    if (Attr(target, "type") == "virtio" && Attr(target, "name") == "org.qemu.guest_agent.0") return true;
+  }
+  return false;
+}
+
 namespace {
 
 bool InLabelsNamespace(const xmlNode* n) {

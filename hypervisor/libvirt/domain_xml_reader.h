@@ -29,6 +29,10 @@ absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view domain_
 // interfaces without a target (a domain that is not running) are left out.
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view domain_xml);
 
+// Whether the definition has a QEMU guest agent channel: <channel> with <target type='virtio'
+// name='org.qemu.guest_agent.0'/> under <devices>.
+absl::StatusOr<bool> ParseHasGuestAgent(absl::string_view domain_xml);
+
 // The labels in the agent's <metadata> element (namespace kLabelsNamespace). Takes either a
 // whole <domain> document or the element alone (virDomainGetMetadata returns it with the
 // namespace stripped). A domain

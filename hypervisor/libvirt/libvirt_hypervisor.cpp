@@ -707,6 +707,36 @@ absl::Status LibvirtHypervisor::RestoreDomainDefinition(const std::string& name,
   return absl::OkStatus();
 }
 
+absl::StatusOr<bool> LibvirtHypervisor::HasGuestAgent(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
+  std::string text(xml);
+  free(xml);
+  return ParseHasGuestAgent(text);
+}
+
+absl::StatusOr<int> LibvirtHypervisor::FreezeFilesystems(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainIsActive(d->get()) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: nothing to freeze"));
+  }
+  int frozen = virDomainFSFreeze(d->get(), nullptr, 0, 0);
+  if (frozen < 0) return LastLibvirtError(absl::StrCat("freeze the filesystems of domain ", name));
+  return frozen;
+}
+
+absl::Status LibvirtHypervisor::ThawFilesystems(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainFSThaw(d->get(), nullptr, 0, 0) < 0) {
+    return LastLibvirtError(absl::StrCat("thaw the filesystems of domain ", name));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<VncDisplay> LibvirtHypervisor::SetVncPassword(const std::string& name, const std::string& password,
                                                              std::chrono::system_clock::time_point valid_until) {
   auto d = Lookup(name);

@@ -95,6 +95,12 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   uint64_t ConnectionGeneration() const override { return connection_generation(); }
   absl::StatusOr<VncDisplay> SetVncPassword(const std::string& name, const std::string& password,
                                             std::chrono::system_clock::time_point valid_until) override;
+  // From the persistent definition's <channel> elements.
+  absl::StatusOr<bool> HasGuestAgent(const std::string& name) override;
+  // virDomainFSFreeze / virDomainFSThaw (all mounted filesystems). libvirt's own guest agent
+  // timeout bounds a guest whose agent does not answer.
+  absl::StatusOr<int> FreezeFilesystems(const std::string& name) override;
+  absl::Status ThawFilesystems(const std::string& name) override;
   // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
   // paused.
   absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,

@@ -58,6 +58,11 @@ std::vector<std::string> TagsWith(const lvm::LvRow& lv, const char* prefix) {
   return out;
 }
 
+// Ours, and not a revert's temporary LV (a '+' is never in a volume's name).
+bool IsVolumeLv(const lvm::LvRow& lv) {
+  return lv.HasTag(LvmBackend::kOwnerTag) && lv.name.find('+') == std::string::npos;
+}
+
 std::vector<std::string> VmTags(const lvm::LvRow& lv) { return TagsWith(lv, LvmBackend::kVmTagPrefix); }
 
 absl::Status CheckSize(uint64_t size) {
@@ -276,8 +281,9 @@ absl::StatusOr<PoolInfo> LvmBackend::GetPool() {
     info.thin_metadata_percent = tp->metadata_percent.value_or(0.0);
   }
   for (const lvm::LvRow& lv : r.lvs) {
-    if (lv.HasTag(kOwnerTag)) ++info.volume_count;
+    if (IsVolumeLv(lv)) ++info.volume_count;
   }
+  AddSnapshotUsage(r, info);
   return info;
 }
 
@@ -287,7 +293,7 @@ absl::StatusOr<std::vector<VolumeInfo>> LvmBackend::ListVolumes() {
   if (!report.ok()) return report.status();
   std::vector<VolumeInfo> out;
   for (const lvm::LvRow& lv : (*report)->lvs) {
-    if (lv.HasTag(kOwnerTag)) out.push_back(ToVolume(lv));
+    if (IsVolumeLv(lv)) out.push_back(ToVolume(lv));
   }
   std::sort(out.begin(), out.end(), [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
   return out;

@@ -31,6 +31,16 @@
 // Images need device-mapper (they are written and read through the LV's device): without it,
 // every image call is FailedPrecondition "cannot hold images".
 //
+// Snapshots (docs/snapshots.md): the snapshot S of volume V is the LV "hvsnap+V+S" tagged
+// "hvagent_snapshot" and never "hvagent", so it is never listed or handed out as a volume (no
+// LV whose name has a '+' is). Thin pools take thin snapshots (`lvcreate -s`, no size: shared
+// blocks, instant); thick pools classic ones with a copy-on-write reserve of
+// PoolConfig::snapshot_reserve_percent of the volume. Revert, thin: a fresh thin snapshot of
+// the snapshot "hvrevert+V" carrying V's tags, then V renamed "hvrevold+V", "hvrevert+V"
+// renamed V, "hvrevold+V" removed: the snapshot stays. RecoverRevert finishes that from
+// whichever names a crash left. Classic: one `lvconvert --merge`; the snapshot is consumed.
+// lvm2 cannot make a snapshot without device-mapper: then every create is FailedPrecondition.
+//
 // Reads come from one `lvm fullreport` of the VG (VG size/free/extent size and every LV),
 // cached for Options::cache_ttl and dropped after every change. lvm2 invocations per call
 // (cold cache / warm cache), asserted in the unit tests and measured against real lvm2 in the
@@ -68,6 +78,10 @@ class LvmBackend final : public StorageBackend {
   static constexpr char kImageTag[] = "hvagent_image";
   static constexpr char kImportingTag[] = "hvagent_image_importing";
   static constexpr char kImageLvPrefix[] = "hvimage+";
+  static constexpr char kSnapshotTag[] = "hvagent_snapshot";
+  static constexpr char kSnapshotLvPrefix[] = "hvsnap+";
+  static constexpr char kRevertLvPrefix[] = "hvrevert+";
+  static constexpr char kRevertOldLvPrefix[] = "hvrevold+";
   // Largest size accepted from the API (lvm2's own limit is 8 EiB).
   static constexpr uint64_t kMaxVolumeBytes = uint64_t{1} << 62;
 
@@ -114,6 +128,13 @@ class LvmBackend final : public StorageBackend {
   // then `lvextend` when spec.size_bytes is larger than the image LV.
   absl::StatusOr<VolumeInfo> CloneImageSlot(const std::string& image, const VolumeSpec& spec) override;
 
+  absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const std::string& volume) override;
+  absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& volume, const std::string& name) override;
+  absl::Status CheckNewSnapshot(const std::string& volume, const std::string& name) override;
+  absl::Status DeleteSnapshot(const std::string& volume, const std::string& name) override;
+  absl::StatusOr<RevertResult> RevertSnapshot(const std::string& volume, const std::string& name) override;
+  absl::StatusOr<RevertRecovery> RecoverRevert(const std::string& volume) override;
+
   bool device_mapper_available() const { return dm_available_; }
   // True when the open of /dev/mapper/control succeeds.
   static bool ProbeDeviceMapper();
@@ -129,6 +150,17 @@ class LvmBackend final : public StorageBackend {
   // there whole or not at all), and says so in the returned status.
   absl::Status RemoveLeftover(const std::string& lv, const std::string& tag, absl::Status status);
   static std::string ImageLv(const std::string& image) { return std::string(kImageLvPrefix) + image; }
+  static std::string SnapshotLv(const std::string& volume, const std::string& name) {
+    return std::string(kSnapshotLvPrefix) + volume + "+" + name;
+  }
+  // Config, the volume's name (field `volume`) and, `with_name`, the snapshot's (`snapshot`).
+  absl::Status CheckSnapshotCall(const std::string& volume, const std::string& name, bool with_name = true) const;
+  const lvm::LvRow* FindLv(const std::string& lv) const;  // in the cached report
+  SnapshotInfo ToSnapshot(const std::string& volume, const lvm::LvRow& snap, const lvm::LvRow& origin) const;
+  absl::StatusOr<lvm::LvRow> FindSnapshot(const std::string& volume, const std::string& name);
+  absl::StatusOr<RevertResult> RevertThin(const lvm::LvRow& volume, const lvm::LvRow& snap);
+  // Adds the copy-on-write reserves of classic snapshots to a pool's figures.
+  void AddSnapshotUsage(const lvm::Report& report, PoolInfo& info) const;
   std::vector<std::string> Argv(const std::string& subcommand, std::vector<std::string> args) const;
   Command LvmCommand(const std::string& subcommand, std::vector<std::string> args) const;
   // Runs lvm2 (storage/exec/run_checked.h, statuses quoting lvm2) and drops the cached report.

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <set>
 #include <mutex>
 #include <variant>
 #include <vector>
@@ -335,6 +336,29 @@ class FakeHypervisor final : public hv::Hypervisor {
     if (!(*d)->vnc) return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' has no VNC display"));
     vnc_passwords[name] = {password, valid_until};
     return hv::VncDisplay{"127.0.0.1", 5900};
+  }
+
+  // Guest agents: domains named here have one; freeze_result is what a freeze answers.
+  std::set<std::string> guest_agents;
+  absl::StatusOr<int> freeze_result = 2;
+  std::set<std::string> frozen;
+  absl::StatusOr<bool> HasGuestAgent(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    if (auto d = Find(name); !d.ok()) return d.status();
+    return guest_agents.contains(name);
+  }
+  absl::StatusOr<int> FreezeFilesystems(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("freeze " + name);
+    if (!guest_agents.contains(name)) return absl::FailedPreconditionError("QEMU guest agent is not configured");
+    if (freeze_result.ok()) frozen.insert(name);
+    return freeze_result;
+  }
+  absl::Status ThawFilesystems(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("thaw " + name);
+    frozen.erase(name);
+    return absl::OkStatus();
   }
 
   void Emit(const hv::DomainEvent& e) {

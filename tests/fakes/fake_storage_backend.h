@@ -32,6 +32,54 @@ class FakeStorageBackend final : public storage::StorageBackend {
   // Set: volumes are sparse files there ("vol-<name>"), which tests read and write.
   std::string volume_dir;
 
+  // Set: the pool takes snapshots (names only; "snapshot <volume> <name>" etc. in calls), and
+  // fail_snapshot is what a create answers; the partition pool's Unimplemented otherwise.
+  bool snapshots = false;
+  absl::Status fail_snapshot;
+  // Called inside CreateSnapshot (to look at the guest while it is held).
+  std::function<void()> during_snapshot;
+
+  absl::StatusOr<std::vector<storage::SnapshotInfo>> ListSnapshots(const std::string& volume) override {
+    if (!snapshots) return StorageBackend::ListSnapshots(volume);
+    if (!volumes_.contains(volume)) return absl::NotFoundError(absl::StrCat("volume '", volume, "' not found"));
+    std::vector<storage::SnapshotInfo> out;
+    for (const auto& [key, snap] : snaps_) {
+      if (key.first == volume) out.push_back(snap);
+    }
+    return out;
+  }
+  absl::Status CheckNewSnapshot(const std::string& volume, const std::string& name) override {
+    if (!snapshots) return StorageBackend::CheckNewSnapshot(volume, name);
+    if (name.empty() || name.find_first_of("/.") == 0 || name.find('/') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot: '", name, "' is not a valid snapshot name"));
+    }
+    if (!volumes_.contains(volume)) return absl::NotFoundError(absl::StrCat("volume '", volume, "' not found"));
+    if (snaps_.contains({volume, name})) return absl::AlreadyExistsError("snapshot: exists");
+    return absl::OkStatus();
+  }
+  absl::StatusOr<storage::SnapshotInfo> CreateSnapshot(const std::string& volume, const std::string& name) override {
+    if (auto s = CheckNewSnapshot(volume, name); !s.ok()) return s;
+    calls.push_back("snapshot " + volume + " " + name);
+    if (during_snapshot) during_snapshot();
+    if (!fail_snapshot.ok()) return fail_snapshot;
+    storage::SnapshotInfo snap{.pool = config_.name, .volume = volume, .name = name,
+                               .size_bytes = volumes_[volume].size_bytes, .thin = true};
+    snaps_[{volume, name}] = snap;
+    return snap;
+  }
+  absl::Status DeleteSnapshot(const std::string& volume, const std::string& name) override {
+    if (!snapshots) return StorageBackend::DeleteSnapshot(volume, name);
+    calls.push_back("delete-snapshot " + volume + " " + name);
+    if (snaps_.erase({volume, name}) == 0) return absl::NotFoundError("snapshot: not found");
+    return absl::OkStatus();
+  }
+  absl::StatusOr<storage::RevertResult> RevertSnapshot(const std::string& volume, const std::string& name) override {
+    if (!snapshots) return StorageBackend::RevertSnapshot(volume, name);
+    calls.push_back("revert " + volume + " " + name);
+    if (!snaps_.contains({volume, name})) return absl::NotFoundError("snapshot: not found");
+    return storage::RevertResult{.snapshot_kept = true};
+  }
+
   const storage::PoolConfig& config() const override { return config_; }
   absl::Status Prepare() override { return absl::OkStatus(); }
   absl::StatusOr<storage::PoolInfo> GetPool() override {
@@ -173,6 +221,7 @@ class FakeStorageBackend final : public storage::StorageBackend {
   uint64_t capacity_;
   std::map<std::string, storage::VolumeInfo> volumes_;
   std::map<std::string, storage::ImageSlot> slots_;
+  std::map<std::pair<std::string, std::string>, storage::SnapshotInfo> snaps_;
 };
 
 }  // namespace hvagent::testing

@@ -102,12 +102,44 @@ class DeployTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("SUCCESS", r.stdout + r.stderr)
 
+    def test_snapshot_reserve_alert_fires_after_two_minutes_over_80_percent(self):
+        """promtool's rule tests: a pool whose fullest classic snapshot reserve stays over 80% for
+        2 minutes alerts; one at 80% does not."""
+        shutil.copy(os.path.join(REPO, "deploy", "prometheus", "hvagent-rules.yml"), self.dir)
+        tests = {
+            "rule_files": ["hvagent-rules.yml"],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'hvagent_pool_snapshot_fullest_percent{instance="h1",pool="thick"}',
+                     "values": "70+5x10"},
+                    {"series": 'hvagent_pool_snapshot_fullest_percent{instance="h1",pool="calm"}', "values": "80x10"},
+                ],
+                "alert_rule_test": [
+                    # thick: 85% at minute 3, so firing from minute 5.
+                    {"eval_time": "4m", "alertname": "HvagentSnapshotReserveNearlyFull", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "HvagentSnapshotReserveNearlyFull", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "instance": "h1", "pool": "thick"},
+                         "exp_annotations": {"summary": "a snapshot reserve in storage pool thick on h1 is over "
+                                                        "80% used"}}]},
+                ],
+            }],
+        }
+        path = os.path.join(self.dir, "snapshot-alert-test.yml")
+        with open(path, "w") as f:
+            json.dump(tests, f)
+        r = subprocess.run(["promtool", "test", "rules", path], capture_output=True, text=True, timeout=60,
+                           cwd=self.dir)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS", r.stdout + r.stderr)
+
     def test_prometheus_example_config_and_rules(self):
         prom_dir = os.path.join(REPO, "deploy", "prometheus")
         r = subprocess.run(["promtool", "check", "rules", os.path.join(prom_dir, "hvagent-rules.yml")],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 5 rules found", r.stdout)
+        self.assertIn("SUCCESS: 6 rules found", r.stdout)
         # The config names files on the Prometheus host; give promtool stand-ins for them.
         with open(os.path.join(prom_dir, "prometheus.yml")) as f:
             config = f.read()

@@ -145,7 +145,11 @@ using StorageServiceBase = v1::StorageService::WithCallbackMethod_ListPools<
             v1::StorageService::WithCallbackMethod_ResizeVolume<v1::StorageService::WithCallbackMethod_DeleteVolume<
                 v1::StorageService::WithCallbackMethod_AttachVolume<v1::StorageService::WithCallbackMethod_DetachVolume<
                     v1::StorageService::WithCallbackMethod_ReleaseVolumeOwnership<
-                        v1::StorageService::Service>>>>>>>>>>;
+                        v1::StorageService::WithCallbackMethod_CreateSnapshot<
+                            v1::StorageService::WithCallbackMethod_ListSnapshots<
+                                v1::StorageService::WithCallbackMethod_DeleteSnapshot<
+                                    v1::StorageService::WithCallbackMethod_RevertSnapshot<
+                                        v1::StorageService::Service>>>>>>>>>>>>>>;
 
 class StorageGrpcService final : public StorageServiceBase {
  public:
@@ -168,6 +172,14 @@ class StorageGrpcService final : public StorageServiceBase {
   grpc::ServerUnaryReactor* ReleaseVolumeOwnership(grpc::CallbackServerContext*,
                                                    const v1::ReleaseVolumeOwnershipRequest*,
                                                    v1::ReleaseVolumeOwnershipResponse*) override;
+  grpc::ServerUnaryReactor* CreateSnapshot(grpc::CallbackServerContext*, const v1::CreateSnapshotRequest*,
+                                           v1::CreateSnapshotResponse*) override;
+  grpc::ServerUnaryReactor* ListSnapshots(grpc::CallbackServerContext*, const v1::ListSnapshotsRequest*,
+                                          v1::ListSnapshotsResponse*) override;
+  grpc::ServerUnaryReactor* DeleteSnapshot(grpc::CallbackServerContext*, const v1::SnapshotRef*,
+                                           v1::DeleteSnapshotResponse*) override;
+  grpc::ServerUnaryReactor* RevertSnapshot(grpc::CallbackServerContext*, const v1::SnapshotRef*,
+                                           v1::RevertSnapshotResponse*) override;
   // Holds its thread while the export streams; gRPC's flow control paces the reads to the
   // caller, and a caller gone (a failed Write, or the call cancelled) stops them.
   grpc::Status ExportVolume(grpc::ServerContext*, const v1::ExportVolumeRequest*,

@@ -191,7 +191,23 @@ absl::Status ResizeVolume(const Services& s, const v1::ResizeVolumeRequest& req,
 }
 
 absl::Status DeleteVolume(const Services& s, const v1::VolumeRef& req, v1::Volume* out) {
-  return Into(out, s.storage->DeleteVolume(req.pool(), req.name()));
+  return Into(out, s.storage->DeleteVolume(req.pool(), req.name(), req.cascade()));
+}
+
+absl::Status CreateSnapshot(const Services& s, const v1::CreateSnapshotRequest& req, v1::CreateSnapshotResponse* out) {
+  return Into(out, s.storage->CreateSnapshot(req.pool(), req.volume(), req.name()));
+}
+
+absl::Status ListSnapshots(const Services& s, const v1::ListSnapshotsRequest& req, v1::ListSnapshotsResponse* out) {
+  return AddAll(s.storage->ListSnapshots(req.pool(), req.volume()), [out] { return out->add_snapshots(); });
+}
+
+absl::Status DeleteSnapshot(const Services& s, const v1::SnapshotRef& req, v1::DeleteSnapshotResponse*) {
+  return s.storage->DeleteSnapshot(req.pool(), req.volume(), req.name());
+}
+
+absl::Status RevertSnapshot(const Services& s, const v1::SnapshotRef& req, v1::RevertSnapshotResponse* out) {
+  return Into(out, s.storage->RevertSnapshot(req.pool(), req.volume(), req.name()));
 }
 
 absl::Status AttachVolume(const Services& s, const v1::AttachVolumeRequest& req, v1::Volume* out) {
@@ -565,6 +581,8 @@ const std::vector<Operation>& Table() {
                                                   Needs::kStorage),
       Unary<v1::ListOperationsRequest, v1::ListOperationsResponse, ListOperations>(
           "hvagent.v1.OperationService/ListOperations", Role::kOperator, kReads, Needs::kJournal),
+      Unary<v1::ListSnapshotsRequest, v1::ListSnapshotsResponse, ListSnapshots>(
+          "hvagent.v1.StorageService/ListSnapshots", Role::kOperator, kReads, Needs::kStorage),
       Unary<v1::GetOperationRequest, v1::Operation, GetOperation>("hvagent.v1.OperationService/GetOperation",
                                                                   Role::kOperator, kReads, Needs::kJournal),
       Unary<v1::ImageRef, v1::Image, GetImage>("hvagent.v1.ImageService/GetImage", Role::kOperator, kReads,
@@ -624,6 +642,13 @@ const std::vector<Operation>& Table() {
                                                                Role::kController, kChanges, Needs::kStorage),
       Unary<v1::ReleaseVolumeOwnershipRequest, v1::ReleaseVolumeOwnershipResponse, ReleaseVolumeOwnership>(
           "hvagent.v1.StorageService/ReleaseVolumeOwnership", Role::kController, kChanges, Needs::kStorage),
+      // A snapshot may pause a guest; a revert rewrites a disk: the controller's calls.
+      Unary<v1::CreateSnapshotRequest, v1::CreateSnapshotResponse, CreateSnapshot>(
+          "hvagent.v1.StorageService/CreateSnapshot", Role::kController, kChanges, Needs::kStorage),
+      Unary<v1::SnapshotRef, v1::DeleteSnapshotResponse, DeleteSnapshot>(
+          "hvagent.v1.StorageService/DeleteSnapshot", Role::kController, kChanges, Needs::kStorage),
+      Unary<v1::SnapshotRef, v1::RevertSnapshotResponse, RevertSnapshot>(
+          "hvagent.v1.StorageService/RevertSnapshot", Role::kController, kChanges, Needs::kStorage),
       // An import fetches from the network or reads a host file: a controller's call.
       Unary<v1::ImportImageRequest, v1::Operation, ImportImage>("hvagent.v1.ImageService/ImportImage",
                                                                 Role::kController, kChanges, Needs::kImages),

@@ -47,11 +47,16 @@ const std::vector<Route>& Table() {
       {"POST", "/v1/pools/{pool}/volumes", "hvagent.v1.StorageService/CreateVolume", 201},
       {"GET", "/v1/pools/{pool}/volumes/{name}", "hvagent.v1.StorageService/GetVolume"},
       // 202: the wipe runs on; GET shows its progress until the volume is gone (404).
-      {"DELETE", "/v1/pools/{pool}/volumes/{name}", "hvagent.v1.StorageService/DeleteVolume", 202},
+      {"DELETE", "/v1/pools/{pool}/volumes/{name}", "hvagent.v1.StorageService/DeleteVolume", 202, {"cascade"}},
       {"POST", "/v1/pools/{pool}/volumes/{name}:resize", "hvagent.v1.StorageService/ResizeVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:attach", "hvagent.v1.StorageService/AttachVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:detach", "hvagent.v1.StorageService/DetachVolume"},
       {"POST", "/v1/pools/{pool}/volumes/{name}:release-ownership", "hvagent.v1.StorageService/ReleaseVolumeOwnership"},
+      {"POST", "/v1/pools/{pool}/volumes/{volume}/snapshots", "hvagent.v1.StorageService/CreateSnapshot", 201},
+      {"GET", "/v1/pools/{pool}/volumes/{volume}/snapshots", "hvagent.v1.StorageService/ListSnapshots"},
+      {"DELETE", "/v1/pools/{pool}/volumes/{volume}/snapshots/{name}", "hvagent.v1.StorageService/DeleteSnapshot",
+       204},
+      {"POST", "/v1/pools/{pool}/volumes/{volume}/snapshots/{name}:revert", "hvagent.v1.StorageService/RevertSnapshot"},
       // 202: the import runs on; the answer is its operation (GET /v1/operations/{id}).
       {"POST", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ImportImage", 202},
       {"GET", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ListImages"},

@@ -329,6 +329,23 @@ max_virtual_size_mib = 64
         self.run_fails("createtemplate", with_params(first, name="../x"), "name: '../x'", "INVALID_ARGUMENT")
         self.run_fails("createtemplate", with_params(first, name="tmpl-31"), "already exists", "ALREADY_EXISTS")
 
+    def test_snapshot_actions_reach_the_agent_and_a_partition_pool_says_it_has_none(self):
+        """The four snapshot actions resolve the VM's root volume and call StorageService; this
+        pool is a GPT disk, which has no snapshots (the real ones: tests/system/xen-arm64)."""
+        url, _, sha512 = self.image_file("deb-s.raw")
+        vm = self.vm(41, image_url=url, image_checksum=sha512)
+        self.run_ok("create", vm)
+
+        def with_params(edit, **params):
+            return lambda d: (edit(d), d.update(parameters=params))
+        for action in ("createsnapshot", "revertsnapshot", "deletesnapshot"):
+            self.run_fails(action, with_params(vm), "parameter name", "INVALID_ARGUMENT")
+            self.run_fails(action, with_params(vm, name="s1"), "partition pool", "UNIMPLEMENTED")
+        self.run_fails("listsnapshots", with_params(vm), "partition pool", "UNIMPLEMENTED")
+        self.run_fails("createsnapshot", with_params(vm, name="s1", pool="../x"), "pool '../x'", "INVALID_ARGUMENT")
+        self.run_fails("listsnapshots", with_params(self.vm(42), pool="disk1"), "not defined on this host",
+                       "NOT_FOUND")
+
     def test_reinstall_that_fails_leaves_the_vm_as_it_was(self):
         """libvirt's test driver cannot detach a disk: reinstall gets as far as the new root volume,
         fails to swap it in, and must put everything back: the old root volume attached with the

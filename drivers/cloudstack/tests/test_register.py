@@ -43,7 +43,8 @@ ROLE_TYPES = {"Admin", "ResourceAdmin", "DomainAdmin", "User"}
 # What each action acts on: the host's actions carry host details only.
 EXPECTED = {"hostcapacity": "Host", "eventchannels": "Host", "resizevolume": "VirtualMachine",
             "suspend": "VirtualMachine", "resume": "VirtualMachine", "reinstall": "VirtualMachine",
-            "importimage": "Host", "createtemplate": "VirtualMachine"}
+            "importimage": "Host", "createtemplate": "VirtualMachine", "createsnapshot": "VirtualMachine",
+            "listsnapshots": "VirtualMachine", "revertsnapshot": "VirtualMachine", "deletesnapshot": "VirtualMachine"}
 CLUSTER = "3b7e2f0e-8d6a-4a51-9c3e-5a7d1c2b9e40"
 
 
@@ -127,6 +128,16 @@ class RegisterTest(unittest.TestCase):
         self.assertGreaterEqual(int(t["timeout"]), 600)
         # reinstall copies a whole image too.
         self.assertGreaterEqual(int(actions["reinstall"]["timeout"]), 300)
+        # Snapshots of the VM's root: typed parameters, a user may take and revert their own.
+        for action in ("createsnapshot", "revertsnapshot", "deletesnapshot"):
+            t = actions[action]
+            self.assertEqual([(t[f"parameters[{n}].name"], t[f"parameters[{n}].type"],
+                               t[f"parameters[{n}].required"]) for n in range(2)],
+                             [("name", "STRING", "true"), ("pool", "STRING", "false")], action)
+            self.assertIn("User", t["allowedroletypes"])
+        t = actions["listsnapshots"]
+        self.assertEqual((t["parameters[0].name"], t["parameters[0].type"], t["parameters[0].required"]),
+                         ("pool", "STRING", "false"))
 
     def test_every_registered_action_is_one_the_extension_answers(self):
         binary = os.environ["HVAGENT_CLOUDSTACK"]

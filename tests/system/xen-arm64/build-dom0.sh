@@ -293,6 +293,9 @@ while [ ! -b /dev/xvda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 dd if=/dev/xvda of=/dev/null bs=64k count=16 2>/dev/null && echo "HVAGENT-GUEST-READ 1048576" > /dev/hvc0
 # hvmark=WORD on the kernel line (the clones of the thin-pool test): write "HVMARK-WORD\n" at
 # 16 MiB of the disk, flushed, so the test can find exactly which bytes the guest changed.
+# What is there before (the snapshot test's revert): the first line at 16 MiB, printable only.
+FOUND=$(dd if=/dev/xvda bs=1M skip=16 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9-')
+echo "HVAGENT-GUEST-FOUND [$FOUND]" > /dev/hvc0
 MARK=""
 for w in $(cat /proc/cmdline); do case "$w" in hvmark=*) MARK=${w#hvmark=} ;; esac; done
 if [ -n "$MARK" ]; then

@@ -51,7 +51,7 @@ T2=$(date +%s)
 # The test bounds each boot itself (run_xen.py kills QEMU on its hard timeout); this outer
 # limit only catches a hung test process.
 HVAGENT_XEN_IMAGE=$IMAGE HVAGENT_XEN_WORKDIR=$WORKDIR HVAGENT_XEN_ARTIFACTS=$ARTIFACTS \
-  timeout -k 10 1020 /usr/bin/python3 -m unittest -v "$HERE/test_xen_arm64.py" 2>&1 | tee "$WORKDIR/test.log"
+  timeout -k 10 1800 /usr/bin/python3 -m unittest -v "$HERE/test_xen_arm64.py" 2>&1 | tee "$WORKDIR/test.log"
 rc=${PIPESTATUS[0]}
 T3=$(date +%s)
 echo "run.sh: download $(( $(cat "$CACHE/debs/download-bytes") / 1048576 )) MiB (cached), dom0 image $(( $(cat "$IMAGE/dom0-bytes") / 1048576 )) MiB;" \

@@ -55,6 +55,10 @@ CLONE_BYTES = 64 << 20
 CLONES = [f"sysclone{i}" for i in (1, 2, 3)]
 MARK_OFFSET = 16 << 20
 CHUNK = 1 << 20
+# Snapshots (issue 19): a guest on a volume of each pool writes A, is snapshotted running, writes
+# B on its next boot, is stopped, its volume reverted, and its third boot finds A again.
+SNAP_GUEST = "syssnap1"
+SNAP_BYTES = 32 << 20
 # API checks whose failure does not stop the guest's life cycle from going on.
 NON_BLOCKING = {"test_23b_guest_statistics", "test_24b_event_channels_name_domains"}
 DOM0_LOGS = ["/var/log/hvagentd.log", "/var/log/libvirt/libxl/libxl-driver.log",
@@ -62,6 +66,7 @@ DOM0_LOGS = ["/var/log/hvagentd.log", "/var/log/libvirt/libxl/libxl-driver.log",
              f"/var/log/libvirt/libxl/{VGUEST}.log", f"/var/log/xen/console/guest-{VGUEST}.log",
              "/var/log/xen/xen-hotplug.log",
              *[f"/var/log/xen/console/guest-{c}.log" for c in CLONES],
+             f"/var/log/xen/console/guest-{SNAP_GUEST}.log",
              "/var/log/socat-rest.log", "/run/hvagent-steps"]
 
 
@@ -109,7 +114,7 @@ class XenArm64(unittest.TestCase):
     def setUpClass(cls):
         cls.t0 = time.monotonic()
         cls.failed = False
-        cls.machine = XenMachine(IMAGE, WORKDIR, hard_timeout=BOOT_TIMEOUT + 780)
+        cls.machine = XenMachine(IMAGE, WORKDIR, hard_timeout=BOOT_TIMEOUT + 1500)
         try:
             cls.timings["boot_to_dom0_ready_s"] = round(cls.machine.boot(BOOT_TIMEOUT), 1)
             cls.machine.wait_ctl()
@@ -698,6 +703,89 @@ class XenArm64(unittest.TestCase):
         self.api("DELETE", f"/v1/pools/{THIN_POOL}/images/{IMAGE_NAME}")
         self.api("GET", f"/v1/pools/{THIN_POOL}/images/{IMAGE_NAME}", expect=404)
         self.assertEqual(sorted(self.lvs("lv_attr")), ["tpool"])
+
+    # --- volume snapshots and revert (issue 19), on the thin pool and on the thick one ------------
+    def boot_snap_guest(self, pool, volume, mark=None):
+        """Boots SNAP_GUEST on the volume (borrowed), waits for what its init found at 16 MiB (and
+        for its own marker when given one), and returns what it found. The guest stays up."""
+        line = "console=hvc0 rdinit=/init quiet" + (f" hvmark={mark}" if mark else "")
+        spec = {"name": SNAP_GUEST, "vcpus": 1, "memory_mib": 128, "serial_console": True,
+                "kernel": {"kernel_path": "/srv/guest/vmlinuz", "initrd_path": "/srv/guest/initrd.gz",
+                           "cmdline": line},
+                "disks": [{"target": "xvda", "volume": {"pool": pool, "name": volume}}]}
+        log = f"/var/log/xen/console/guest-{SNAP_GUEST}.log"
+        self.machine.run(["rm", "-f", log])
+        self.api("POST", "/v1/domains", {"spec": spec, "start": True}, expect=201)
+        want = f"HVAGENT-GUEST-MARKED {mark}" if mark else "HVAGENT-GUEST-FOUND ["
+        deadline = time.monotonic() + 240
+        while True:
+            rc, out, _ = self.machine.run(["cat", log])
+            if want in out:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"{SNAP_GUEST} on {pool}/{volume}: no '{want}' within 240 s: {out[-500:]!r}")
+            time.sleep(2)
+        found = re.search(r"HVAGENT-GUEST-FOUND \[([A-Za-z0-9-]*)\]", out)
+        self.assertIsNotNone(found, out[-500:])
+        return found.group(1)
+
+    def stop_snap_guest(self):
+        self.api("DELETE", f"/v1/domains/{SNAP_GUEST}?force=true", expect=204)
+
+    def snapshot_round(self, pool, thin):
+        kind = "thin" if thin else "classic"
+        volume = f"snapvol-{kind}"
+        base = f"/v1/pools/{pool}/volumes/{volume}"
+        self.api("POST", f"/v1/pools/{pool}/volumes", {"name": volume, "size_bytes": str(SNAP_BYTES)}, expect=201)
+        a, b = (f"{kind}{c}-{random.getrandbits(32):08x}" for c in "AB")
+        self.boot_snap_guest(pool, volume, mark=a)                      # the running guest wrote A
+        t = time.monotonic()
+        snap = self.api("POST", f"{base}/snapshots", {"name": "before-b"}, expect=201)
+        wall_ms = (time.monotonic() - t) * 1000
+        print(f"\n  {kind} snapshot of a running guest: {snap['quiesce']}, paused {snap.get('paused_ms', '0')} ms, "
+              f"total {snap.get('total_ms', '0')} ms in the agent, {wall_ms:.0f} ms over REST", file=sys.stderr)
+        self.timings[f"snapshot_{kind}_paused_ms"] = int(snap.get("paused_ms", "0"))
+        self.timings[f"snapshot_{kind}_total_ms"] = int(snap.get("total_ms", "0"))
+        self.assertIn(snap["quiesce"], ("QUIESCE_MODE_PAUSE", "QUIESCE_MODE_FREEZE"), snap)
+        self.assertEqual(snap["snapshot"].get("thin", False), thin, snap)
+        dom = self.api("GET", f"/v1/domains/{SNAP_GUEST}")
+        self.assertIn(dom["state"], ("DOMAIN_STATE_RUNNING", "DOMAIN_STATE_BLOCKED"), dom)  # let go again
+        self.api("POST", f"{base}/snapshots/before-b:revert", expect=409)   # its domain runs
+        self.stop_snap_guest()
+        self.assertEqual(self.boot_snap_guest(pool, volume, mark=b), f"HVMARK-{a}")  # B over A
+        self.stop_snap_guest()
+        listed = self.api("GET", f"{base}/snapshots")["snapshots"]
+        self.assertEqual([s["name"] for s in listed], ["before-b"], listed)
+        self.assertTrue(listed[0]["valid"], listed)
+        reverted = self.api("POST", f"{base}/snapshots/before-b:revert")
+        self.assertEqual(reverted.get("snapshot_kept", False), thin, reverted)
+        self.assertEqual(self.boot_snap_guest(pool, volume), f"HVMARK-{a}")          # A is back
+        self.stop_snap_guest()
+        left = self.api("GET", f"{base}/snapshots").get("snapshots", [])
+        self.assertEqual([s["name"] for s in left], ["before-b"] if thin else [], left)
+        if left:
+            self.api("DELETE", base, expect=409)                          # snapshots, no cascade
+        self.api("DELETE", f"{base}?cascade=true", expect=202)
+        names = [v["name"] for v in self.api("GET", f"/v1/pools/{pool}/volumes").get("volumes", [])]
+        self.assertNotIn("hvsnap", " ".join(names), names)               # never listed as volumes
+
+    def test_50_snapshot_bad_input(self):
+        self.need_agent("thin_broken")
+        self.api("POST", f"/v1/pools/{THIN_POOL}/volumes/ghost/snapshots", {"name": "s1"}, expect=404)
+        self.api("POST", f"/v1/pools/{THIN_POOL}/volumes", {"name": "snapbad", "size_bytes": str(8 << 20)},
+                 expect=201)
+        for bad in ("a/b", "..", "x" * 49):
+            err = self.api("POST", f"/v1/pools/{THIN_POOL}/volumes/snapbad/snapshots", {"name": bad}, expect=400)
+            self.assertIn("snapshot", json.dumps(err), err)
+        self.api("DELETE", f"/v1/pools/{THIN_POOL}/volumes/snapbad", expect=202)
+
+    def test_51_thin_snapshot_revert_brings_a_back(self):
+        self.need_agent("thin_broken")
+        self.snapshot_round(THIN_POOL, thin=True)
+
+    def test_52_classic_snapshot_revert_brings_a_back(self):
+        self.need_agent()
+        self.snapshot_round(POOL, thin=False)
 
     # --- the end ----------------------------------------------------------------------------------
     def test_99_dom0_poweroff(self):

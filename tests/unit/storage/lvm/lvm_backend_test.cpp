@@ -1065,5 +1065,204 @@ TEST(LvmBackendProbeTest, ProbeMatchesOpeningDeviceMapperControl) {
   EXPECT_EQ(LvmBackend::ProbeDeviceMapper(), LvmBackend::ProbeDeviceMapper());
 }
 
+// --- snapshots ------------------------------------------------------------------------------
+
+class LvmSnapshotTest : public LvmBackendTest {
+ protected:
+  LvmSnapshotTest() {
+    report_ = ReportJson(256 * kMiB, 200 * kMiB,
+                         {{.name = "web1", .size = 100 * kMiB, .tags = "hvagent,hvagent_vm_d1,hvagent_owned_by_d1",
+                           .attr = "owi-a-----"},
+                          {.name = "hvsnap+web1+old", .size = 20 * kMiB, .tags = "hvagent_snapshot",
+                           .attr = "swi-a-s---", .data_percent = "35.00"},
+                          {.name = "hvsnap+web1+gone", .size = 20 * kMiB, .tags = "hvagent_snapshot",
+                           .attr = "Swi-I-s---"},
+                          {.name = "hvrevold+b2", .tags = "hvagent"}});
+  }
+  void Thin() {
+    config_.thin_pool = "tp";
+    report_ = ReportJson(256 * kMiB, 0,
+                         {{.name = "tp", .size = 200 * kMiB, .tags = "", .attr = "twi-aotz--", .data_percent = "10.00"},
+                          {.name = "web1", .size = 100 * kMiB, .tags = "hvagent,hvagent_vm_d1", .attr = "Vwi-a-tz--"},
+                          {.name = "hvsnap+web1+s1", .size = 100 * kMiB, .tags = "hvagent_snapshot",
+                           .attr = "Vwi---tz-k"}});
+  }
+  // lvcreate adds `lv` to what later reports show, as lvm2 would.
+  void CreateAdds(Lv lv) {
+    runner_.Always({kLvm, "lvcreate"}, [this, lv](const Command&) -> absl::StatusOr<CommandResult> {
+      std::string rows = report_.substr(0, report_.find("\n              ]\n              ,\n              \"pvseg\""));
+      report_ = rows + ",\n                  " + LvJson(lv) + report_.substr(rows.size());
+      return FakeCommandRunner::Ok();
+    });
+  }
+};
+
+TEST_F(LvmSnapshotTest, ThinSnapshotIsOneLvcreateWithoutASize) {
+  Thin();
+  ServeReports();
+  CreateAdds({.name = "hvsnap+web1+s2", .size = 100 * kMiB, .tags = "hvagent_snapshot", .attr = "Vwi---tz-k"});
+  auto s = Backend(/*dm=*/true).CreateSnapshot("web1", "s2");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(Sub("lvcreate"), 1);
+  for (const auto& argv : runner_.calls()) {
+    if (argv[1] != "lvcreate") continue;
+    EXPECT_EQ(argv, WithLvm("lvcreate", {"--yes", "-s", "-n", "hvsnap+web1+s2", "--addtag", "hvagent_snapshot",
+                                         "vg0/web1"}, true));
+  }
+  EXPECT_TRUE(s->thin);
+  EXPECT_EQ(s->reserve_bytes, 0u);
+  EXPECT_EQ(s->size_bytes, 100 * kMiB);
+}
+
+TEST_F(LvmSnapshotTest, ClassicSnapshotReservesThePercentOfTheVolumeInWholeExtents) {
+  config_.snapshot_reserve_percent = 10;  // 10 MiB of 100, rounded up to 12 MiB (4 MiB extents)
+  ServeReports();
+  CreateAdds({.name = "hvsnap+web1+s2", .size = 12 * kMiB, .tags = "hvagent_snapshot", .attr = "swi-a-s---",
+              .data_percent = "0.00"});
+  auto s = Backend(/*dm=*/true).CreateSnapshot("web1", "s2");
+  ASSERT_TRUE(s.ok()) << s.status();
+  bool seen = false;
+  for (const auto& argv : runner_.calls()) {
+    if (argv[1] != "lvcreate") continue;
+    seen = true;
+    EXPECT_EQ(argv, WithLvm("lvcreate", {"--yes", "-s", "-n", "hvsnap+web1+s2", "--addtag", "hvagent_snapshot", "-L",
+                                         "12582912b", "vg0/web1"}, true));
+  }
+  EXPECT_TRUE(seen);
+  EXPECT_FALSE(s->thin);
+  EXPECT_EQ(s->reserve_bytes, 12 * kMiB);
+  EXPECT_EQ(s->size_bytes, 100 * kMiB);
+}
+
+TEST_F(LvmSnapshotTest, AReserveThatDoesNotFitIsResourceExhaustedBeforeLvm2Runs) {
+  config_.snapshot_reserve_percent = 100;
+  report_ = ReportJson(256 * kMiB, 40 * kMiB,
+                       {{.name = "web1", .size = 100 * kMiB, .tags = "hvagent", .attr = "-wi-a-----"}});
+  ServeReports();
+  auto s = Backend(/*dm=*/true).CreateSnapshot("web1", "s2");
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.status().message(), HasSubstr("copy-on-write reserve of 104857600 bytes"));
+  EXPECT_EQ(Sub("lvcreate"), 0);
+}
+
+TEST_F(LvmSnapshotTest, BadNamesAndMissingVolumesAreRefusedBeforeAnyChange) {
+  ServeReports();
+  LvmBackend& b = Backend(/*dm=*/true);
+  for (const std::string& bad : std::vector<std::string>{"a/b", "..", "", "-x", std::string(49, 'a'), "x_tmeta", "a+b",
+                                                          "../../etc"}) {
+    auto s = b.CreateSnapshot("web1", bad);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.status().message(), HasSubstr("snapshot:")) << bad;
+  }
+  EXPECT_EQ(b.CreateSnapshot("web1/../x", "s").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(b.CreateSnapshot("web1/../x", "s").status().message(), HasSubstr("volume:"));
+  EXPECT_EQ(b.CreateSnapshot("ghost", "s").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(b.CreateSnapshot("web1", "old").status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(b.RevertSnapshot("web1", "nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(b.DeleteSnapshot("web1", "a/b").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Sub("lvcreate") + Sub("lvremove") + Sub("lvconvert"), 0);
+}
+
+TEST_F(LvmSnapshotTest, WithoutDeviceMapperNoSnapshotIsAttempted) {
+  ServeReports();
+  auto s = Backend(/*dm=*/false).CreateSnapshot("web1", "s2");
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.status().message(), HasSubstr("device-mapper"));
+  EXPECT_EQ(Sub("lvcreate"), 0);
+  EXPECT_TRUE(backend_->ListSnapshots("web1").ok());  // reading them needs no device-mapper
+}
+
+TEST_F(LvmSnapshotTest, SnapshotsAndRevertLeftoversAreNeverVolumes) {
+  ServeReports();
+  LvmBackend& b = Backend();
+  auto volumes = b.ListVolumes();
+  ASSERT_TRUE(volumes.ok());
+  for (const auto& v : *volumes) {
+    EXPECT_EQ(v.name.find('+'), std::string::npos) << v.name;
+  }
+  EXPECT_EQ(volumes->size(), 1u);  // web1 only
+  auto snaps = b.ListSnapshots("web1");
+  ASSERT_TRUE(snaps.ok()) << snaps.status();
+  ASSERT_EQ(snaps->size(), 2u);
+  EXPECT_EQ((*snaps)[0].name, "gone");
+  EXPECT_FALSE((*snaps)[0].valid);
+  EXPECT_EQ((*snaps)[1].name, "old");
+  EXPECT_TRUE((*snaps)[1].valid);
+  EXPECT_EQ((*snaps)[1].reserve_bytes, 20 * kMiB);
+  EXPECT_EQ((*snaps)[1].reserve_used_percent, 35.0);
+  EXPECT_EQ((*snaps)[1].size_bytes, 100 * kMiB);
+  auto pool = b.GetPool();
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ(pool->volume_count, 1u);
+  EXPECT_EQ(pool->snapshot_count, 2u);
+  EXPECT_EQ(pool->snapshot_reserve_bytes, 40 * kMiB);
+  EXPECT_EQ(pool->snapshot_reserve_used_bytes, 7 * kMiB + 20 * kMiB);
+  EXPECT_EQ(pool->snapshot_fullest_percent, 100.0);  // the invalid one
+}
+
+TEST_F(LvmSnapshotTest, ClassicRevertIsOneMergeThatConsumesTheSnapshot) {
+  ServeReports();
+  runner_.Expect({kLvm, "lvconvert"}, FakeCommandRunner::Ok());
+  auto r = Backend(/*dm=*/true).RevertSnapshot("web1", "old");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->snapshot_kept);
+  EXPECT_EQ(Last(), WithLvm("lvconvert", {"--merge", "-i", "1", "vg0/hvsnap+web1+old"}, true));
+  auto invalid = backend_->RevertSnapshot("web1", "gone");
+  EXPECT_EQ(invalid.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LvmSnapshotTest, ThinRevertSwapsInASnapshotOfTheSnapshotCarryingTheVolumesTags) {
+  Thin();
+  ServeReports();
+  runner_.Always({kLvm, "lvcreate"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  runner_.Always({kLvm, "lvrename"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  runner_.Always({kLvm, "lvremove"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  auto r = Backend(/*dm=*/true).RevertSnapshot("web1", "s1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->snapshot_kept);
+  std::vector<Argv> changes;
+  for (const auto& argv : runner_.calls()) {
+    if (argv[1] != "fullreport") changes.push_back(argv);
+  }
+  EXPECT_THAT(changes,
+              ElementsAre(WithLvm("lvcreate", {"--yes", "-s", "--setactivationskip", "n", "--permission", "rw", "-n",
+                                               "hvrevert+web1", "--addtag", "hvagent", "--addtag", "hvagent_vm_d1",
+                                               "vg0/hvsnap+web1+s1"}, true),
+                          WithLvm("lvrename", {"vg0/web1", "vg0/hvrevold+web1"}, true),
+                          WithLvm("lvrename", {"vg0/hvrevert+web1", "vg0/web1"}, true),
+                          WithLvm("lvremove", {"--yes", "vg0/hvrevold+web1"}, true)));
+}
+
+TEST_F(LvmSnapshotTest, RecoveryPutsTheRevertedVolumeInPlaceAfterACrashBetweenRenames) {
+  Thin();
+  report_ = ReportJson(256 * kMiB, 0,
+                       {{.name = "tp", .size = 200 * kMiB, .tags = "", .attr = "twi-aotz--"},
+                        {.name = "hvrevold+web1", .tags = "hvagent", .attr = "Vwi-a-tz--"},
+                        {.name = "hvrevert+web1", .tags = "hvagent", .attr = "Vwi-a-tz--"}});
+  ServeReports();
+  runner_.Always({kLvm, "lvrename"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  runner_.Always({kLvm, "lvremove"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  auto r = Backend(/*dm=*/true).RecoverRevert("web1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->outcome, RevertRecovery::Outcome::kFinished);
+  EXPECT_THAT(runner_.calls(), ::testing::Contains(WithLvm("lvrename", {"vg0/hvrevert+web1", "vg0/web1"}, true)));
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvrevold+web1"}, true));
+}
+
+TEST_F(LvmSnapshotTest, RecoveryRemovesTheHalfMadeCopyWhenTheVolumeWasNeverSwapped) {
+  Thin();
+  report_ = ReportJson(256 * kMiB, 0,
+                       {{.name = "tp", .size = 200 * kMiB, .tags = "", .attr = "twi-aotz--"},
+                        {.name = "web1", .tags = "hvagent", .attr = "Vwi-a-tz--"},
+                        {.name = "hvrevert+web1", .tags = "hvagent", .attr = "Vwi-a-tz--"}});
+  ServeReports();
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  auto r = Backend(/*dm=*/true).RecoverRevert("web1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->outcome, RevertRecovery::Outcome::kUndone);
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvrevert+web1"}, true));
+  EXPECT_EQ(Sub("lvrename"), 0);
+}
+
 }  // namespace
 }  // namespace hvagent::storage
