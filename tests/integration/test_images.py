@@ -336,17 +336,7 @@ state_dir = "{cls.statedir}"
                 "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd},
                 "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "fp-root", "image": "fp",
                                                        "create_size_bytes": str(8 * MiB)}}]}
-        try:
-            self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
-        except Exception:  # the connection drops with the agent
-            pass
-        try:
-            self.agent.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.fail(f"the agent did not reach its failpoint:\n{self.agent.log_text()[-3000:]}")
-        self.assertEqual(self.agent.proc.returncode, -9, self.agent.log_text()[-3000:])
-        names = [p.get("name", "") for p in
-                 json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
+        names = self.post_until_killed("/v1/domains", {"spec": spec, "start": True})
         self.assertIn(f"hvagent:fp-root={name}", names, "the volume was not made (owned) before the kill")
         self.restart_agent()
         self.assertIn("rolled back", self.agent.log_text())
@@ -422,23 +412,28 @@ state_dir = "{cls.statedir}"
 
         # Crash: SIGKILL after the first block; the next start deletes the half-written volume.
         self.restart_agent(env={"HVAGENT_FAILPOINTS": "volume_from_image.mid_copy"})
-        try:
-            self.agent.rest("POST", "/v1/pools/disk1/images/vfi:create-volume", {"volume": "vfi-crash"})
-        except Exception:  # the answer may not arrive before the kill
-            pass
-        try:
-            self.agent.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.fail(f"the agent did not reach its failpoint:\n{self.agent.log_text()[-3000:]}")
-        self.assertEqual(self.agent.proc.returncode, -9, self.agent.log_text()[-3000:])
-        names = [p.get("name", "") for p in
-                 json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
+        names = self.post_until_killed("/v1/pools/disk1/images/vfi:create-volume", {"volume": "vfi-crash"})
         self.assertTrue(any("vfi-crash" in n for n in names), f"no half-written volume to recover: {names}")
         self.restart_agent()
         self.assertIn("the partial volume is wiped and deleted", self.agent.log_text())
         self.wait_volume_gone("vfi-crash")
         self.assertEqual(self.state(), before)
         self.agent.rest("DELETE", "/v1/pools/disk1/images/vfi")
+
+    def post_until_killed(self, path, body):
+        """POSTs `body` to an agent armed with a SIGKILL failpoint on the request's way, checks that
+        the agent died by it, and returns the names of disk1's partitions as the kill left them."""
+        try:
+            self.agent.rest("POST", path, body)
+        except Exception:  # the connection drops with the agent
+            pass
+        try:
+            self.agent.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.fail(f"the agent did not reach its failpoint:\n{self.agent.log_text()[-3000:]}")
+        self.assertEqual(self.agent.proc.returncode, -9, self.agent.log_text()[-3000:])
+        return [p.get("name", "") for p in
+                json.loads(run(["sfdisk", "--json", self.disk]).stdout)["partitiontable"]["partitions"]]
 
     def restart_agent(self, env=None):
         """Stops the agent (or reaps one a failpoint killed) and starts a new one on the same
