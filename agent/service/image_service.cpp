@@ -648,7 +648,9 @@ absl::StatusOr<VolumeStatus> ImageService::MakeVolume(const std::string& pool, c
   } release{this, Key(pool, image)};
   auto source = SourceImage(pool, image, size_bytes, owner.empty() ? "size_bytes" : "create_size_bytes");
   if (!source.ok()) return source.status();
-  const auto& [src, size] = *source;
+  // Named, not a structured binding: clang 14 (the fuzz build) cannot capture those in a lambda.
+  const ImageStatus& src = source->first;
+  const uint64_t size = source->second;
   const uint64_t virtual_size = src.record->virtual_size;
   if (job != nullptr) job->total = virtual_size;
   // Journalled before the volume exists, so that recovery deletes one a crash leaves half written.
