@@ -304,7 +304,6 @@ absl::StatusOr<std::shared_ptr<ImageService::Running>> ImageService::Begin(const
   begin.set_type(req.from_volume.empty() ? v1::OPERATION_KIND_IMPORT_IMAGE : v1::OPERATION_KIND_IMAGE_FROM_VOLUME);
   begin.set_pool(req.pool);
   begin.set_image(req.name);
-  begin.set_unix_ms(NowUnixMs());
   auto id = journal_.Begin(begin);
   if (!id.ok()) return id.status();
   auto job = std::make_shared<Running>();
@@ -710,7 +709,6 @@ absl::StatusOr<uint64_t> ImageService::StartVolumeFromImage(const VolumeFromImag
   auto* target = begin.add_volumes();
   target->set_pool(r.pool);
   target->set_name(r.volume);
-  begin.set_unix_ms(NowUnixMs());
   auto id = journal_.Begin(begin);
   if (!id.ok()) return id.status();
   auto job = std::make_shared<Running>();

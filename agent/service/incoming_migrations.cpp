@@ -15,11 +15,6 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // Where a volume disk points while the spec is validated before its volume exists.
 constexpr char kPendingVolumePath[] = "/dev/hvagent-incoming";
 
@@ -100,7 +95,6 @@ absl::StatusOr<std::string> IncomingMigrations::Prepare(const IncomingPlan& plan
   begin.set_start(plan.start);
   begin.set_peer(plan.source_host);
   begin.set_transfer_id(*id);
-  begin.set_unix_ms(NowUnixMs());
   for (const DiskVolume& v : plan.volumes) *begin.add_volumes() = JournalVolumeOf(v.claim);
   auto op = journal_.Begin(begin);
   if (!op.ok()) return op.status();

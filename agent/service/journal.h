@@ -51,6 +51,7 @@ class Journal {
   std::vector<Operation> Unfinished() const;
   // Ended operations, newest first (at most kHistory; none survive a restart).
   std::vector<Ended> Recent() const;
+  // Stamps `begin.unix_ms` itself (callers need not).
   absl::StatusOr<uint64_t> Begin(internal::JournalBegin begin);
   absl::Status Step(uint64_t op, internal::JournalStep step);
   // Ends `op`: an end record, or, when it was the last one open, the file emptied instead

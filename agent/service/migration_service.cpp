@@ -16,11 +16,6 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // "host:port" or "[v6]:port", port 1-65535; nothing that could name a path or carry options.
 absl::Status CheckDestination(const std::string& d) {
   const size_t colon = d.rfind(':');
@@ -152,7 +147,6 @@ absl::StatusOr<uint64_t> MigrationService::Migrate(const MigrateRequest& r) {
   begin.set_uuid((*job)->plan.spec.uuid);
   begin.set_start((*job)->was_running);
   begin.set_peer(r.destination);
-  begin.set_unix_ms(NowUnixMs());
   auto id = journal_.Begin(begin);
   if (!id.ok()) return id.status();
   (*job)->id = *id;

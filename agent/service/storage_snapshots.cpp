@@ -40,9 +40,6 @@ uint64_t StorageService::BeginOp(v1::OperationKind kind, const std::string& doma
   b.set_pool(pool);
   b.set_volume(volume);
   b.set_snapshot(snapshot);
-  b.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count());
   auto op = journal_->Begin(b);
   if (!op.ok()) {
     Log()->error("journal: {}", op.status().message());
