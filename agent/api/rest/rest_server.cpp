@@ -217,7 +217,8 @@ struct RestServer::Impl {
   void ServeUpload(http::http_request request, const std::string& rid);
   std::optional<HttpResponse> TooLarge(const http::http_request& request) const;
   HttpResponse Dispatch(const http::http_request& request, std::string body);
-  void Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp);
+  // Takes the response: its body (the JSON made once from the protobuf) moves into the reply.
+  void Reply(http::http_request& request, const std::string& rid, HttpResponse resp);
 };
 
 std::optional<HttpResponse> RestServer::Impl::TooLarge(const http::http_request& request) const {
@@ -271,7 +272,7 @@ void RestServer::Impl::ServeUpload(http::http_request request, const std::string
     } catch (const std::exception& e) {
       resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
     }
-    Reply(request, rid, resp);
+    Reply(request, rid, std::move(resp));
     HandlerDone();
   }).detach();
 }
@@ -295,7 +296,7 @@ void RestServer::Impl::Serve(http::http_request request) {
     return;
   }
   if (auto too_large = TooLarge(request)) {
-    Reply(request, rid, *too_large);
+    Reply(request, rid, std::move(*too_large));
     HandlerDone();
     return;
   }
@@ -308,7 +309,7 @@ void RestServer::Impl::Serve(http::http_request request) {
       // Malformed requests surface as exceptions from cpprestsdk (bad URI encoding, body decoding).
       resp = {400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
     }
-    Reply(request, rid, resp);
+    Reply(request, rid, std::move(resp));
     HandlerDone();
   });
 }
@@ -323,7 +324,7 @@ bool RestServer::Impl::Admit(http::http_request& request, const std::string& rid
   }
   HttpResponse resp{503, ErrorBody("UNAVAILABLE", "the agent is shutting down; retry against its successor")};
   resp.headers["Retry-After"] = "1";
-  Reply(request, rid, resp);
+  Reply(request, rid, std::move(resp));
   return false;
 }
 
@@ -333,13 +334,13 @@ void RestServer::Impl::HandlerDone() {
   drain->changed.notify_all();
 }
 
-void RestServer::Impl::Reply(http::http_request& request, const std::string& rid, const HttpResponse& resp) {
+void RestServer::Impl::Reply(http::http_request& request, const std::string& rid, HttpResponse resp) {
   log::ScopedRequestId scoped(rid);
   Log()->info("{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
   http::http_response out(static_cast<http::status_code>(resp.status));
   out.headers().add("X-Request-Id", rid);
   for (const auto& [name, value] : resp.headers) out.headers().add(name, value);
-  if (!resp.body.empty()) out.set_body(resp.body, resp.content_type);
+  if (!resp.body.empty()) out.set_body(std::move(resp.body), resp.content_type);
   {
     std::lock_guard lock(drain->mu);
     ++drain->replies;
