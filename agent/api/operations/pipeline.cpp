@@ -18,9 +18,13 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
+// Changes and failures at info; a read that succeeded at debug: controllers read every VM on
+// every ping (CloudStack's status, Nova's power-state sync), and a line per read would bury the
+// changes in the log and cost each read a formatted write.
 void LogOutcome(const Operation& op, const absl::Status& s, bool replayed) {
   if (s.ok()) {
-    Log()->info("{} ok{}", op.name, replayed ? " (replayed)" : "");
+    Log()->log(op.mutating ? spdlog::level::info : spdlog::level::debug, "{} ok{}", op.name,
+               replayed ? " (replayed)" : "");
   } else {
     Log()->info("{} failed: {} {}", op.name, absl::StatusCodeToString(s.code()), s.message());
   }

@@ -336,7 +336,12 @@ void RestServer::Impl::HandlerDone() {
 
 void RestServer::Impl::Reply(http::http_request& request, const std::string& rid, HttpResponse resp) {
   log::ScopedRequestId scoped(rid);
-  Log()->info("{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
+  // The access log: a GET that succeeded at debug (the operation's own line says the rest).
+  const bool quiet = request.method() == http::methods::GET && resp.status < 400;
+  const auto level = quiet ? spdlog::level::debug : spdlog::level::info;
+  if (Log()->should_log(level)) {
+    Log()->log(level, "{} {} -> {}", request.method(), request.relative_uri().to_string(), resp.status);
+  }
   http::http_response out(static_cast<http::status_code>(resp.status));
   out.headers().add("X-Request-Id", rid);
   for (const auto& [name, value] : resp.headers) out.headers().add(name, value);
