@@ -20,6 +20,7 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_builder.h>
 
+#include "absl/synchronization/mutex.h"
 #include "agent/api/auth/authorizer.h"
 #include "agent/api/auth/audit.h"
 #include "agent/api/console_ws/console_ws_server.h"
@@ -535,6 +536,10 @@ int Run(const config::Config& cfg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Debian builds abseil without NDEBUG, so every absl::Mutex that gRPC takes also updated a
+  // lock-order graph for deadlock detection (about 1% of the agent's CPU under read load,
+  // perf, docs/performance.md). A release build of abseil has it off; so does the agent.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   auto cli = config::ParseCommandLine(std::vector<std::string>(argv + 1, argv + argc));
   if (!cli.ok()) {
     std::cerr << "hvagentd: " << cli.status().message() << "\n" << config::Usage();
