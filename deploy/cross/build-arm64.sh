@@ -40,7 +40,8 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHVAGENT_WERR
   -DHVAGENT_ARM64_SYSROOT="$sysroot" >/dev/null
 
 step "build"
-ninja -C "$build" -j "$jobs"
+# What the .deb installs and the unit tests; not the benchmarks (they run on the build machine).
+ninja -C "$build" -j "$jobs" hvagentd hvctl hvagent-cloudstack unit_tests
 
 machine=$(readelf -h "$build/agent/hvagentd" | sed -n 's/^ *Machine: *//p')
 if [[ $machine != AArch64 ]]; then
