@@ -45,6 +45,8 @@ absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphan
   if (!domains.ok()) return domains.status();  // never judge volumes without the domain list
   std::set<std::string> names;
   for (const auto& d : *domains) names.insert(d.name);
+  // A create making its volumes has not defined its domain yet: its volumes are no orphans.
+  names.insert(creating_names_.begin(), creating_names_.end());
   auto orphans = storage_->FindOrphans(names);
   if (!orphans.ok()) return orphans.status();
   std::vector<Orphan> still;
@@ -80,6 +82,7 @@ std::vector<DomainService::Recovery> DomainService::Recover() {
   std::lock_guard lock(define_mu_);
   std::vector<Recovery> out;
   for (const Journal::Operation& op : journal_->Unfinished()) {
+    if (creating_ops_.count(op.id) != 0) continue;  // a create making its volumes: not abandoned
     Recovery r;
     switch (op.begin.type()) {
       // UNSPECIFIED: an entry naming no kind at all (the journal maps the old `kind` strings).
@@ -182,7 +185,11 @@ DomainService::Recovery DomainService::RecoverDelete(const Journal::Operation& o
     if (storage_ == nullptr) break;
     // The rescue's disk is deleted below (ForgetRescue) whatever delete_volumes says, as the
     // uninterrupted delete does: never merely released.
-    if (b.has_rescue() && b.rescue().volume().pool() == v.pool() && b.rescue().volume().name() == v.name()) continue;
+    if (b.has_rescue() && ((b.rescue().volume().pool() == v.pool() && b.rescue().volume().name() == v.name()) ||
+                           (b.rescue().config_volume().pool() == v.pool() &&
+                            b.rescue().config_volume().name() == v.name()))) {
+      continue;
+    }
     auto st = storage_->GetVolume(v.pool(), v.name());
     if (absl::IsNotFound(st.status())) continue;  // already deleted
     if (!st.ok()) {

@@ -35,6 +35,10 @@ bool HasStep(const Journal::Operation& op, absl::string_view name) {
 }
 
 bool HasVolume(const internal::RescueRecord& rec) { return !rec.volume().pool().empty(); }
+bool HasConfigDrive(const internal::RescueRecord& rec) { return !rec.config_volume().pool().empty(); }
+
+// Stands in for the config drive volume's path while the rescue definition is validated.
+constexpr char kPendingConfigPath[] = "/dev/hvagent-pending-config-drive";
 
 }  // namespace
 
@@ -52,6 +56,18 @@ absl::Status DomainService::CheckRescueBoot(const std::string& name, const Rescu
     }
     // The names themselves are the pool's to judge (each backend has its rule): a bad one is
     // refused by the volume's creation, the first step that can fail after the record is kept.
+  }
+  if (boot.config_drive.has_value()) {
+    if (boot.config_drive->pool.empty()) return absl::InvalidArgumentError("config_drive.pool: required");
+    if (boot.config_drive->image.empty()) return absl::InvalidArgumentError("config_drive.image: required");
+    if (boot.config_drive->volume.empty()) return absl::InvalidArgumentError("config_drive.volume: required");
+    if (storage_ == nullptr || !options_.volume_from_image) {
+      return absl::FailedPreconditionError("config_drive: this agent has no storage pools to make it in");
+    }
+    if (image && boot.config_drive->pool == boot.pool &&
+        boot.config_drive->volume == (boot.volume.empty() ? absl::StrCat(name, "-rescue") : boot.volume)) {
+      return absl::InvalidArgumentError("config_drive.volume: the rescue disk's volume has that name");
+    }
   }
   if (boot.kernel.has_value()) {
     if (boot.kernel->kernel_path.empty()) return absl::InvalidArgumentError("kernel.kernel_path: required");
@@ -117,6 +133,13 @@ absl::StatusOr<hv::DomainSpec> DomainService::RescueSpec(const hv::DomainInfo& i
   for (const hv::NicSpec& n : *nics) {
     if (hv::ValidateNicSpec("nic", n).ok()) spec.nics.push_back(n);
   }
+  if (boot.config_drive.has_value()) {
+    // As a spawn's config drive (drivers/nova): Xen guests have no emulated CD-ROM.
+    hv::DiskSpec cfg{.source_path = kPendingConfigPath, .type = hv::DiskType::kBlock, .readonly = true, .format = "raw"};
+    cfg.cdrom = !xen;
+    cfg.target = xen ? "xvdc" : absl::StartsWith(host->arch, "aarch64") ? "sda" : "hdd";
+    spec.disks.push_back(cfg);
+  }
   if (boot.kernel.has_value()) spec.boot = *boot.kernel;
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat("domain '", info.name, "' cannot be rescued: ", s.message()));
@@ -155,6 +178,12 @@ absl::StatusOr<hv::DomainInfo> DomainService::Rescue(const std::string& name, co
     rec.mutable_volume()->set_created(true);
     rec.mutable_volume()->set_owned(true);
   }
+  if (boot.config_drive.has_value()) {
+    rec.mutable_config_volume()->set_pool(boot.config_drive->pool);
+    rec.mutable_config_volume()->set_name(boot.config_drive->volume);
+    rec.mutable_config_volume()->set_created(true);
+    rec.mutable_config_volume()->set_owned(true);
+  }
   internal::JournalBegin begin;
   begin.set_type(v1::OPERATION_KIND_RESCUE_DOMAIN);
   begin.set_domain(name);
@@ -178,9 +207,9 @@ absl::StatusOr<hv::DomainInfo> DomainService::RescueJournalled(uint64_t op, cons
   if (auto s = journal_->Step(op, Step("save-rescue")); !s.ok()) return s;
   if (auto s = rescues_->Put(rec); !s.ok()) return s;
   HVAGENT_FAILPOINT("rescue.after_save");
-  bool made_volume = false, touched = false;
+  bool made_volume = false, made_config = false, touched = false;
   auto fail = [&](absl::Status s) -> absl::Status {
-    if (auto u = UndoRescue(rec, touched, made_volume); !u.ok()) {
+    if (auto u = UndoRescue(rec, touched, made_volume, made_config); !u.ok()) {
       Log()->error("rescue of {} failed and could not be undone now ({}); left to recovery", name, u.message());
       *settled = false;
     }
@@ -190,16 +219,18 @@ absl::StatusOr<hv::DomainInfo> DomainService::RescueJournalled(uint64_t op, cons
     internal::JournalStep step = Step("create-volume");
     *step.mutable_volume() = rec.volume();
     if (auto s = journal_->Step(op, step); !s.ok()) return fail(s);
-    made_volume = true;
-    auto path = options_.volume_from_image(boot.pool, rec.volume().name(), boot.image);
-    if (!path.ok()) {
-      made_volume = !absl::IsAlreadyExists(path.status());  // never delete a volume someone else made
-      return fail(absl::Status(path.status().code(), absl::StrCat("image: ", path.status().message())));
-    }
-    auto claimed = storage_->ClaimVolume({.pool = boot.pool, .name = rec.volume().name()}, name);
-    if (!claimed.ok()) return fail(claimed.status());
-    spec.disks[0].source_path = claimed->path;
+    auto path = MakeRescueVolume(rec.volume(), boot.image, name, "image", &made_volume);
+    if (!path.ok()) return fail(path.status());
+    spec.disks[0].source_path = *path;
     HVAGENT_FAILPOINT("rescue.after_volume");
+  }
+  if (HasConfigDrive(rec)) {
+    internal::JournalStep step = Step("create-config-volume");
+    *step.mutable_volume() = rec.config_volume();
+    if (auto s = journal_->Step(op, step); !s.ok()) return fail(s);
+    auto path = MakeRescueVolume(rec.config_volume(), boot.config_drive->image, name, "config_drive", &made_config);
+    if (!path.ok()) return fail(path.status());
+    spec.disks.back().source_path = *path;
   }
   if (rec.was_active()) {
     if (auto s = journal_->Step(op, Step("destroy")); !s.ok()) return fail(s);
@@ -217,21 +248,39 @@ absl::StatusOr<hv::DomainInfo> DomainService::RescueJournalled(uint64_t op, cons
   return hv_.GetDomain(name);
 }
 
-absl::Status DomainService::DeleteRescueVolume(const internal::RescueRecord& rec) {
-  if (!HasVolume(rec) || storage_ == nullptr) return absl::OkStatus();
-  const internal::JournalVolume& v = rec.volume();
-  // Released first (it is recorded as attached to the domain), then deleted: it is the rescue's.
-  if (auto s = storage_->ReleaseVolume(v.pool(), v.name(), rec.domain(), /*delete_if_owned=*/false);
-      !s.ok() && !absl::IsNotFound(s)) {
-    return s;
+absl::StatusOr<std::string> DomainService::MakeRescueVolume(const internal::JournalVolume& v, const std::string& image,
+                                                             const std::string& domain, const char* field, bool* made) {
+  *made = true;
+  auto path = options_.volume_from_image(v.pool(), v.name(), image);
+  if (!path.ok()) {
+    *made = !absl::IsAlreadyExists(path.status());  // never delete a volume someone else made
+    return absl::Status(path.status().code(), absl::StrCat(field, ": ", path.status().message()));
   }
-  if (auto d = storage_->DeleteVolume(v.pool(), v.name()); !d.ok() && !absl::IsNotFound(d.status())) {
-    return d.status();
+  auto claimed = storage_->ClaimVolume({.pool = v.pool(), .name = v.name()}, domain);
+  if (!claimed.ok()) return claimed.status();
+  return claimed->path;
+}
+
+absl::Status DomainService::DeleteRescueVolume(const internal::RescueRecord& rec, bool rescue_disk, bool config_drive) {
+  if (storage_ == nullptr) return absl::OkStatus();
+  std::vector<const internal::JournalVolume*> volumes;
+  if (rescue_disk && HasVolume(rec)) volumes.push_back(&rec.volume());
+  if (config_drive && HasConfigDrive(rec)) volumes.push_back(&rec.config_volume());
+  for (const internal::JournalVolume* v : volumes) {
+    // Released first (it is recorded as attached to the domain), then deleted: it is the rescue's.
+    if (auto s = storage_->ReleaseVolume(v->pool(), v->name(), rec.domain(), /*delete_if_owned=*/false);
+        !s.ok() && !absl::IsNotFound(s)) {
+      return s;
+    }
+    if (auto d = storage_->DeleteVolume(v->pool(), v->name()); !d.ok() && !absl::IsNotFound(d.status())) {
+      return d.status();
+    }
   }
   return absl::OkStatus();
 }
 
-absl::Status DomainService::UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume) {
+absl::Status DomainService::UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume,
+                                       bool made_config) {
   const std::string& name = rec.domain();
   if (touched_domain) {
     if (auto d = hv_.GetDomain(name); d.ok() && hv::IsActive(d->state)) {
@@ -239,8 +288,8 @@ absl::Status DomainService::UndoRescue(const internal::RescueRecord& rec, bool t
     }
     if (auto s = hv_.RestoreDomainDefinition(name, rec.definition()); !s.ok()) return s;
   }
-  if (made_volume) {
-    if (auto s = DeleteRescueVolume(rec); !s.ok()) return s;
+  if (made_volume || made_config) {
+    if (auto s = DeleteRescueVolume(rec, made_volume, made_config); !s.ok()) return s;
   }
   if (auto s = rescues_->Erase(name); !s.ok()) return s;
   if (touched_domain && rec.was_active()) {
@@ -299,9 +348,9 @@ absl::Status DomainService::UnrescueJournalled(uint64_t op, const internal::Resc
   if (auto s = journal_->Step(op, Step("restore-definition")); !s.ok()) return s;
   if (auto s = hv_.RestoreDomainDefinition(name, rec.definition()); !s.ok()) return s;
   HVAGENT_FAILPOINT("unrescue.after_restore");
-  if (HasVolume(rec)) {
+  if (HasVolume(rec) || HasConfigDrive(rec)) {
     internal::JournalStep step = Step("delete-volume");
-    *step.mutable_volume() = rec.volume();
+    *step.mutable_volume() = HasVolume(rec) ? rec.volume() : rec.config_volume();
     if (auto s = journal_->Step(op, step); !s.ok()) return s;
     if (auto s = DeleteRescueVolume(rec); !s.ok()) return s;
   }
@@ -332,7 +381,7 @@ DomainService::Recovery DomainService::RecoverRescue(const Journal::Operation& o
     return r;
   }
   const bool touched = dom->has_value() && (HasStep(op, "destroy") || HasStep(op, "define-rescue"));
-  if (auto s = UndoRescue(rec, touched, HasStep(op, "create-volume")); !s.ok()) {
+  if (auto s = UndoRescue(rec, touched, HasStep(op, "create-volume"), HasStep(op, "create-config-volume")); !s.ok()) {
     r.state = v1::OPERATION_STATE_FAILED;
     r.outcome = absl::StrCat("failed: ", s.message());
     return r;

@@ -189,40 +189,11 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
     if (auto s = CheckNic(options_.networks, absl::StrCat("spec.nics[", i, "]"), spec.nics[i]); !s.ok()) return s;
   }
   if (auto s = ResolveHostNetworks("spec.nics", spec.nics); !s.ok()) return s;
-  std::lock_guard lock(define_mu_);
-  if (!volumes.empty()) {
-    // Volumes come first, so a name that is taken must be refused before any is created.
-    if (auto existing = hv_.GetDomain(spec.name); existing.ok()) {
-      return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
-    } else if (!absl::IsNotFound(existing.status())) {
-      return existing.status();
-    }
-    // After the name: a retried create hears AlreadyExists whatever its images became since.
-    if (auto s = CheckImages(volumes); !s.ok()) return s;
-  }
   // Held until the create is over: by then the domain is listed (or undone), and a concurrent
   // admission counts this hold meanwhile.
   ComputeAdmission::Hold hold;
-  if (admission_ != nullptr) {
-    auto h = admission_->AdmitCreate(spec.name, spec.vcpus, spec.memory_mib, start);
-    if (!h.ok()) {
-      // A retried create of a domain that fills the host hears AlreadyExists, which is what
-      // CloudStack's and Nova's retries look for, not a capacity refusal.
-      if (hv_.GetDomain(spec.name).ok()) {
-        return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
-      }
-      return h.status();
-    }
-    hold = std::move(*h);
-  }
-  if (spec.uuid.empty()) spec.uuid = NewUuid();
-  internal::JournalBegin begin;
-  begin.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
-  begin.set_domain(spec.name);
-  begin.set_uuid(spec.uuid);
-  begin.set_start(start);
-  auto op = journal_->Begin(std::move(begin));
-  if (!op.ok()) return op.status();  // nothing done yet
+  auto op = BeginCreate(spec, start, volumes, &hold);
+  if (!op.ok()) return op.status();
   bool settled = true;
   auto r = CreateJournalled(*op, std::move(spec), start, volumes, &settled);
   if (settled) {
@@ -233,21 +204,64 @@ absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& reque
     Log()->error("create of {} failed and could not be undone now; left to recovery: {}", request.name,
                  r.status().message());
   }
+  std::lock_guard lock(define_mu_);
+  creating_names_.erase(request.name);
+  creating_ops_.erase(*op);
   return r;
 }
 
-absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
-                                                               const std::vector<DiskVolume>& volumes, bool* settled) {
-  std::vector<DiskVolume> claimed;
+absl::StatusOr<uint64_t> DomainService::BeginCreate(hv::DomainSpec& spec, bool start,
+                                                    const std::vector<DiskVolume>& volumes,
+                                                    ComputeAdmission::Hold* hold) {
+  std::lock_guard lock(define_mu_);
+  const auto exists = [&] {
+    return absl::AlreadyExistsError(absl::StrCat("spec.name: domain '", spec.name, "' already exists"));
+  };
+  if (creating_names_.count(spec.name) != 0) return exists();  // another create of it is under way
+  if (!volumes.empty()) {
+    // Volumes come first, so a name that is taken must be refused before any is created.
+    if (auto existing = hv_.GetDomain(spec.name); existing.ok()) {
+      return exists();
+    } else if (!absl::IsNotFound(existing.status())) {
+      return existing.status();
+    }
+    // After the name: a retried create hears AlreadyExists whatever its images became since.
+    if (auto s = CheckImages(volumes); !s.ok()) return s;
+  }
+  if (admission_ != nullptr) {
+    auto h = admission_->AdmitCreate(spec.name, spec.vcpus, spec.memory_mib, start);
+    if (!h.ok()) {
+      // A retried create of a domain that fills the host hears AlreadyExists, which is what
+      // CloudStack's and Nova's retries look for, not a capacity refusal.
+      if (hv_.GetDomain(spec.name).ok()) return exists();
+      return h.status();
+    }
+    *hold = std::move(*h);
+  }
+  if (spec.uuid.empty()) spec.uuid = NewUuid();
+  internal::JournalBegin begin;
+  begin.set_type(v1::OPERATION_KIND_CREATE_DOMAIN);
+  begin.set_domain(spec.name);
+  begin.set_uuid(spec.uuid);
+  begin.set_start(start);
+  auto op = journal_->Begin(std::move(begin));
+  if (!op.ok()) return op.status();  // nothing done yet
+  creating_names_.insert(spec.name);
+  creating_ops_.insert(*op);
+  return op;
+}
+
+absl::Status DomainService::ClaimVolumes(uint64_t op, hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes,
+                                         std::vector<DiskVolume>* claimed) {
   for (const DiskVolume& v : volumes) {
     auto step = journal_->Step(op, StepOf("claim-volume", JournalVolumeOf(v.claim.pool, v.claim.name, v.claim.Creates())));
     if (!step.ok()) {
-      ReleaseClaims(claimed, spec.name);
+      ReleaseClaims(*claimed, spec.name);
       return step;
     }
     auto volume = ClaimOne(v, spec.name);
     if (!volume.ok()) {
-      ReleaseClaims(claimed, spec.name);
+      ReleaseClaims(*claimed, spec.name);
       absl::Status s(volume.status().code(),
                      absl::StrCat("spec.disks[", v.disk, "].volume: ", volume.status().message()));
       // Keeps what the payloads say (a capacity refusal's kind: 507 on REST).
@@ -256,8 +270,18 @@ absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::
     }
     HVAGENT_FAILPOINT("create.after_claim");
     spec.disks[v.disk].source_path = volume->path;
-    claimed.push_back(v);
+    claimed->push_back(v);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<hv::DomainInfo> DomainService::CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
+                                                               const std::vector<DiskVolume>& volumes, bool* settled) {
+  // Without the lock: copying a disk from an image may take minutes, and other creates and
+  // deletes go on meanwhile (the name is reserved by BeginCreate).
+  std::vector<DiskVolume> claimed;
+  if (auto s = ClaimVolumes(op, spec, volumes, &claimed); !s.ok()) return s;
+  std::lock_guard lock(define_mu_);
   // Networks come after the volumes and right before the define: what fails first undoes least.
   std::vector<std::string> made_networks;
   if (auto s = EnsureHostNetworks("spec.nics", spec.nics, &made_networks); !s.ok()) {
@@ -602,8 +626,11 @@ absl::Status DomainService::DeleteJournalled(uint64_t op, const hv::DomainInfo& 
   Log()->info("deleted domain {}", name);
   const auto rescue = rescues_->Find(name);
   for (const storage::VolumeInfo& v : volumes) {
-    // The rescue's disk is always deleted with the domain (ForgetRescue): it is nobody's data.
-    if (rescue.has_value() && rescue->volume().pool() == v.pool && rescue->volume().name() == v.name) continue;
+    // The rescue's disks are always deleted with the domain (ForgetRescue): they are nobody's data.
+    if (rescue.has_value() && ((rescue->volume().pool() == v.pool && rescue->volume().name() == v.name) ||
+                               (rescue->config_volume().pool() == v.pool && rescue->config_volume().name() == v.name))) {
+      continue;
+    }
     const bool owned = v.ownership == storage::Ownership::kOwned;
     if (auto s = journal_->Step(op, StepOf("release-volume", JournalVolumeOf(v.pool, v.name, false, owned)));
         !s.ok()) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,13 @@ struct RescueBoot {
   std::string image;
   std::string volume;  // the rescue volume's name; empty: <domain>-rescue
   std::optional<hv::DirectKernelBoot> kernel;
+  // A config drive for the rescue: a volume made from a READY image, attached read-only last.
+  struct ConfigDrive {
+    std::string pool;
+    std::string image;
+    std::string volume;  // required
+  };
+  std::optional<ConfigDrive> config_drive;
 };
 
 struct ShutdownResult {
@@ -94,21 +102,23 @@ class DomainService {
   // running if it was to start), otherwise it is undone (domain removed, volumes it created
   // deleted, volumes it claimed released); an interrupted delete is carried through, deleting
   // (with delete_volumes) only the volumes the journal recorded as owned by the domain. Run at
-  // start, before the APIs serve, and with every reconciliation (creates and deletes hold the
-  // same lock, so only abandoned operations are seen: a create whose undo failed because the
-  // hypervisor went away, or one that failed to recover before).
+  // start, before the APIs serve, and with every reconciliation (deletes hold the same lock and
+  // creates in flight are skipped, so only abandoned operations are seen: a create whose undo
+  // failed because the hypervisor went away, or one that failed to recover before).
   std::vector<Recovery> Recover();
 
   // Reconciliation: volumes recorded as attached to a domain the hypervisor does not have
   // (left by a crash before the journal existed, an `virsh undefine` behind the agent's back,
   // a restored backup). They are shown as orphaned in the API and metrics; with
   // `release_orphans` their stale owner record is cleared (the data is never deleted here).
-  // Holds off creates and deletes while it looks, so a volume claimed by a create in flight is
-  // never taken for an orphan.
+  // Holds off creates and deletes while it looks, and counts the names of creates still making
+  // their volumes as domains, so a volume claimed by a create in flight is never an orphan.
   absl::StatusOr<std::vector<Orphan>> Reconcile(bool release_orphans);
 
   // Refused with RESOURCE_EXHAUSTED (CapacityKindOf: compute) when the domain does not fit the
   // capacity policy, before anything is touched (no volume is created or claimed).
+  // AlreadyExists while another create of the same name is under way. The volumes are made
+  // outside the lock creates and deletes share, so a long image copy holds up no other create.
   // With `volumes`, the named disks get pool volumes recorded as attached to the new domain:
   // created when the claim asks so (owned by the domain), or existing free ones (borrowed). When
   // any step fails, every step before it is undone (volumes created here are deleted, claimed
@@ -174,6 +184,14 @@ class DomainService {
   // Undoes claimed volumes of `domain` in reverse order (best effort, logged): the ones the
   // create made are deleted, the ones it was given released.
   void ReleaseClaims(const std::vector<DiskVolume>& claimed, const std::string& domain);
+  // Under define_mu_: refuses a name that exists or is being created, checks the images, admits
+  // the domain (`hold`), journals the create and reserves its name. Returns the operation.
+  absl::StatusOr<uint64_t> BeginCreate(hv::DomainSpec& spec, bool start, const std::vector<DiskVolume>& volumes,
+                                       ComputeAdmission::Hold* hold);
+  // Makes or claims the volumes, in order, journalling each claim first (called without
+  // define_mu_: the name is reserved). On failure the ones done are undone.
+  absl::Status ClaimVolumes(uint64_t op, hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes,
+                            std::vector<DiskVolume>* claimed);
   // `settled` false: it failed and its undo could not be done (the hypervisor went away); the
   // operation is left open in the journal for Recover.
   absl::StatusOr<hv::DomainInfo> CreateJournalled(uint64_t op, hv::DomainSpec spec, bool start,
@@ -199,9 +217,15 @@ class DomainService {
                                                   const RescueBoot& boot, bool* settled);
   // Puts the domain back as `rec` recorded it: the original definition (when `touched_domain`;
   // started again if it ran), the rescue volume deleted (when `made_volume`), the record erased.
-  absl::Status UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume);
-  // Deletes the rescue's volume (released from the domain first). NotFound counts as done.
-  absl::Status DeleteRescueVolume(const internal::RescueRecord& rec);
+  absl::Status UndoRescue(const internal::RescueRecord& rec, bool touched_domain, bool made_volume,
+                          bool made_config = false);
+  // Deletes the rescue's volume and config drive volume (released from the domain first), each
+  // only when `rescue_disk` / `config_drive` (a rescue that failed deletes only what it made).
+  // NotFound counts as done.
+  absl::Status DeleteRescueVolume(const internal::RescueRecord& rec, bool rescue_disk = true, bool config_drive = true);
+  // Makes the volume `v` from `image` and claims it for the rescued domain; its path.
+  absl::StatusOr<std::string> MakeRescueVolume(const internal::JournalVolume& v, const std::string& image,
+                                               const std::string& domain, const char* field, bool* made);
   // For a deleted domain: deletes its rescue volume and erases the record.
   absl::Status ForgetRescue(const internal::RescueRecord& rec);
   // FAILED_PRECONDITION when the domain has a managed-save image (Rescue refuses it).
@@ -226,7 +250,13 @@ class DomainService {
   RescueRecords* rescues_;
   std::unique_ptr<ComputeAdmission> admission_;  // null: not admitted (unit tests only)
   // Serializes create/delete so "exists?" and "define" cannot interleave between requests.
+  // A create holds it to check and reserve its name, lets it go while its volumes are made (an
+  // image copy takes minutes) and takes it again for networks, define and start.
   std::mutex define_mu_;
+  // Creates between their name check and their end, guarded by define_mu_: a second create of
+  // the name is refused, and Recover and Reconcile leave their journal entry and volumes alone.
+  std::set<std::string> creating_names_;
+  std::set<uint64_t> creating_ops_;
 };
 
 }  // namespace hvagent::service

@@ -669,13 +669,16 @@ absl::StatusOr<VolumeStatus> ImageService::MakeVolume(const std::string& pool, c
     if (cloned.ok() && job != nullptr) job->done = virtual_size;
     return cloned;
   }
-  img::ProgressFn progress;
-  if (job != nullptr) {
-    progress = [job](uint64_t done) {
+  img::ProgressFn progress = [&, job](uint64_t done) {
+    if (job != nullptr) {
       job->done = done;
       HVAGENT_FAILPOINT("volume_from_image.mid_copy");  // tests: a crash, or a pause to cancel in
-    };
-  }
+    }
+    if (options_.on_copy_progress) {
+      options_.on_copy_progress({.operation_id = job ? job->id : 0, .pool = pool, .image = image, .volume = name,
+                                 .owner = owner, .done = done, .total = virtual_size});
+    }
+  };
   auto volume = storage_.CreateVolumeFilled(
       pool, {name, size}, absl::StrCat("image '", image, "'"),
       [&](const storage::VolumeInfo& v) -> absl::Status {

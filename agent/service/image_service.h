@@ -26,6 +26,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <set>
 #include <memory>
@@ -110,6 +111,17 @@ struct VolumeFromImageRequest {
   uint64_t size_bytes = 0;  // 0: the image's size
 };
 
+// One step of a copy of an image onto a volume (ImageService::Options::on_copy_progress).
+struct CopyProgress {
+  uint64_t operation_id = 0;  // StartVolumeFromImage's operation; 0: a synchronous copy
+  std::string pool;
+  std::string image;
+  std::string volume;
+  std::string owner;  // the domain the volume is made for (a disk of CreateDomain); else empty
+  uint64_t done = 0;
+  uint64_t total = 0;
+};
+
 // How far an import is (for OperationService).
 struct Transfer {
   uint64_t done = 0;
@@ -127,6 +139,10 @@ class ImageService {
     // To pause a running domain while its volume is copied (CreateFromVolume) and to refuse an
     // export of a running domain's volume. Null: every attached volume counts as running.
     hv::Hypervisor* hypervisor = nullptr;
+    // Told how far each copy of an image onto a volume is (CreateVolumeFromImage, and so a
+    // domain's disk, and StartVolumeFromImage, whose operation id it gets; 0 for the others),
+    // after every block, on the copying thread. It must not block for long. Null: nobody.
+    std::function<void(const CopyProgress&)> on_copy_progress;
   };
 
   ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options);

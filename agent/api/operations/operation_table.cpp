@@ -139,6 +139,10 @@ absl::Status RescueDomain(const Services& s, const v1::RescueDomainRequest& req,
                                        .initrd_path = req.kernel().initrd_path(),
                                        .cmdline = req.kernel().cmdline()};
   }
+  if (req.has_config_drive()) {
+    boot.config_drive = service::RescueBoot::ConfigDrive{
+        .pool = req.config_drive().pool(), .image = req.config_drive().image(), .volume = req.config_drive().volume()};
+  }
   return IntoDomain(s, out, s.domains->Rescue(req.name(), boot));
 }
 

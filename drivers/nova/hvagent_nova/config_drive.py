@@ -11,7 +11,7 @@ How it reaches the guest: the ISO is uploaded as a temporary agent image of the 
 CreateDomain makes the instance's config volume from it (DiskVolume.image): a copy the domain
 owns, deleted with the domain like its other local disks. The temporary image is deleted as
 soon as CreateDomain returned, whatever it answered, so nothing but the domain's own volume
-outlives the spawn. QEMU/KVM guests see a read-only CD-ROM (hdd on x86's IDE, sda on ARM's
+outlives the spawn; one a crash left is deleted at nova-compute's next start (sweep). QEMU/KVM guests see a read-only CD-ROM (hdd on x86's IDE, sda on ARM's
 SCSI); Xen on Arm guests, which have no emulated CD-ROM, a read-only xvd disk.
 """
 
@@ -93,6 +93,25 @@ def delete_image(agent, pool, name):
     except grpc.RpcError as e:
         if client.code_of(e) != grpc.StatusCode.NOT_FOUND:
             LOG.warning("config drive image %s/%s not deleted: %s", pool, name, e.details())
+
+
+def sweep(agent, pool):
+    """Deletes every temporary config drive image of `pool` (names starting with PREFIX) and
+    returns their names. Called from init_host: a config drive's image is needed only between
+    its upload and CreateDomain's (or RescueDomain's) answer, and nova-compute runs no spawn
+    or rescue before init_host returns, so every such image then is one a crash left (of
+    nova-compute between upload and delete, or of the agent, whose delete then failed). An
+    upload a crash of the agent cut short never becomes an image: the agent's own recovery
+    removes it at its start (docs/images.md)."""
+    listed = agent.images.ListImages(image_pb2.ListImagesRequest(pool=pool),
+                                     timeout=agent.timeout).images
+    gone = sorted(i.name for i in listed if i.name.startswith(PREFIX))
+    for name in gone:
+        delete_image(agent, pool, name)
+    if gone:
+        LOG.warning("config drive images left by a crash deleted from pool %s: %s",
+                    pool, ", ".join(gone))
+    return gone
 
 
 def disk(pool, volume, image, target, xen):

@@ -193,7 +193,8 @@ class HvagentDriver(driver.ComputeDriver):
     # -- host -------------------------------------------------------------------------------
 
     def init_host(self, host):
-        """Checks the agent answers and is connected to its hypervisor; checks the pool."""
+        """Checks the agent answers and is connected to its hypervisor; checks the pool and
+        deletes the config drive images a crash left in it."""
         info = self._host_info(refresh=True)
         if not info.connected:
             LOG.warning("hvagent at %s is not connected to its hypervisor (%s) yet",
@@ -206,9 +207,15 @@ class HvagentDriver(driver.ComputeDriver):
                 raise exception.InvalidConfiguration(
                     "[hvagent] storage_pool = %s: the agent at %s has no such pool"
                     % (pool, CONF.hvagent.address))
+            self._sweep_config_drives()
         LOG.info("hvagent %s at %s: %s %s on %s (%s)", info.agent_version,
                  CONF.hvagent.address, info.hypervisor_type, info.hypervisor_version,
                  info.hostname, info.arch)
+
+    def _sweep_config_drives(self):
+        """Config drive images a crash left (config_drive.sweep says why all of them)."""
+        if self._pool_holds_images():
+            config_drive.sweep(self.agent, CONF.hvagent.storage_pool)
 
     def cleanup_host(self, host):
         self._stop_watcher()
@@ -538,11 +545,13 @@ class HvagentDriver(driver.ComputeDriver):
     def _volume_name(self, instance, suffix):
         """`<uuid>-<suffix>`; on partition pools, whose GPT partition names hold at most 20
         characters of volume name and 27 of volume plus domain name, as many hex digits of
-        the UUID as fit, then r (root), e<N> (ephemeral) or s (swap)."""
+        the UUID as fit, then r (root), e<N> (ephemeral), s (swap), x (rescue), c (config
+        drive) or y (the rescue's config drive)."""
         pool = CONF.hvagent.storage_pool
         if self._pool_type(pool) != storage_pb2.POOL_TYPE_PARTITION:
             return "%s-%s" % (instance.uuid, suffix)
-        code = {"root": "r", "swap": "s", "rescue": "x", "config": "c"}.get(suffix) or "e" + suffix[len("eph"):]
+        code = {"root": "r", "swap": "s", "rescue": "x", "config": "c",
+                "rescue-config": "y"}.get(suffix) or "e" + suffix[len("eph"):]
         digits = min(PARTITION_VOLUME_MAX, PARTITION_NAME_ROOM - len(instance.name)) - len(code)
         if digits < 6:
             raise exception.InstanceDeployFailure(
@@ -947,13 +956,37 @@ class HvagentDriver(driver.ComputeDriver):
         cache (one upload per host); the agent makes the rescue volume from it, owned by the
         rescue, and deletes it at unrescue. The instance's kernel pair, when it has one, boots
         it. Without an image pool and without a kernel pair there is nothing to boot:
-        NotImplementedError names why. The rescue password reaches a guest only through a
-        config drive, as with Nova's libvirt driver when none is required; this driver makes no
-        config drive yet, so it is logged as not passed on (Nova generates one for every
-        rescue)."""
-        if rescue_password:
-            LOG.info("rescue password not passed to the guest: no config drive", instance=instance)
+        NotImplementedError names why. As Nova's libvirt driver, an instance that needs a
+        config drive gets a fresh one for the rescue carrying the rescue password (no injected
+        files), attached read-only and deleted by the agent at unrescue (_rescue_config_drive);
+        otherwise the rescue password reaches no guest, as there."""
         request = DS.RescueDomainRequest(name=instance.name)
+        config_image = self._rescue_config_drive(instance, network_info, rescue_password, request)
+        try:
+            self._rescue(context, instance, image_meta, request)
+        finally:
+            if config_image:
+                config_drive.delete_image(self.agent, CONF.hvagent.storage_pool, config_image)
+
+    def _rescue_config_drive(self, instance, network_info, rescue_password, request):
+        """When the instance needs a config drive: builds the rescue's (Nova's libvirt driver
+        regenerates it with admin_pass = the rescue password and no injected files), uploads
+        it as the temporary image config_drive.prepare makes, and names it in `request`.
+        Returns the image's name (deleted once RescueDomain answered), or None."""
+        if not config_drive.required(instance):
+            if rescue_password:
+                LOG.info("rescue password not passed to the guest: no config drive",
+                         instance=instance)
+            return None
+        pool = CONF.hvagent.storage_pool if self._pool_holds_images() else None
+        image = config_drive.prepare(self.agent, instance, None, rescue_password,
+                                     network_info, CONF, pool)
+        request.config_drive.CopyFrom(DS.RescueImage(
+            pool=pool, image=image, volume=self._volume_name(instance, "rescue-config")))
+        return image
+
+    def _rescue(self, context, instance, image_meta, request):
+        """RescueDomain with the rescue image (through the image cache) or kernel pair."""
         has_kernel = self._rescue_kernel(context, instance, request)
         pool = self._images_pool()
         image_id = self._image_id(instance, image_meta)

@@ -892,6 +892,8 @@ class RescueInstance(object):
     image_ref = "own-image"
     kernel_id = None
     ramdisk_id = None
+    config_drive = ""  # what configdrive.required_by reads: no config drive needed
+    image_meta = objects.ImageMeta.from_dict({})
 
     def obj_attr_is_set(self, attr):
         return hasattr(self, attr)

@@ -227,6 +227,51 @@ class ImageCacheTestCase(test.TestCase):
         self.assertNotIn(config_drive.image_name(inst), self.images())
         self.assertEqual(before, set(self.volumes()))
 
+    def test_init_host_deletes_config_drive_images_a_crash_left_and_nothing_else(self):
+        """nova-compute killed between the config drive's upload and CreateDomain: its cfg-
+        image stays in the pool, with an operator's image beside it. The next start
+        (init_host) deletes the cfg- image and keeps the other; a spawn then works."""
+        inst = self.instance(self.glance_image(os.urandom(IMAGE_BYTES)))
+        inst.config_drive = "True"
+        agent_fixture.with_metadata_fields(inst)
+        left = config_drive.prepare(self.drv.agent, inst, [], "pw", [], hv_driver.CONF, POOL)
+        self.operator_image("cfgless1", os.urandom(1 << 20))
+        self.assertIn(left, self.images())
+        restarted = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        restarted.init_host("myhostname")
+        images = self.images()
+        self.assertNotIn(left, images)
+        self.assertIn("cfgless1", images)
+        self.spawn(inst)
+        self.assertIn(self.drv._volume_name(inst, "config"), self.volumes())
+        self.assertNotIn(left, self.images())
+
+    def test_rescue_gets_its_own_config_drive_with_the_rescue_password_gone_at_unrescue(self):
+        """As Nova's libvirt driver: the rescue of an instance that needs a config drive boots
+        with a fresh one (admin_pass = the rescue password, no injected files) beside the
+        spawn's; the temporary image is gone at once, the rescue's volume at unrescue."""
+        inst = self.instance(self.glance_image(os.urandom(IMAGE_BYTES)))
+        inst.config_drive = "True"
+        agent_fixture.with_metadata_fields(inst)
+        image = test_utils.get_test_image_object(self.ctxt, inst)
+        self.drv.spawn(self.ctxt, inst, image, [("/etc/motd", b"spawned")], "pw-spawn", {},
+                       network_info=[])
+        self.drv.rescue(self.ctxt, inst, [], image, "pw-rescue", None)
+        vols = self.volumes()
+        cfg = vols[self.drv._volume_name(inst, "rescue-config")]
+        self.assertEqual(inst.name, cfg.attached_to)
+        meta = self.iso_file(cfg.path, "/openstack/latest/meta_data.json").decode()
+        self.assertIn('"admin_pass": "pw-rescue"', meta)
+        self.assertNotIn("/etc/motd", meta)
+        self.assertIn(self.drv._volume_name(inst, "config"), vols, "the spawn's drive stays")
+        self.assertNotIn(config_drive.image_name(inst), self.images())
+        self.drv.unrescue(self.ctxt, inst)
+        deadline = time.time() + 30
+        while cfg.name in self.volumes():
+            self.assertLess(time.time(), deadline, "the rescue's config drive outlived unrescue")
+            time.sleep(0.05)
+        self.assertIn(self.drv._volume_name(inst, "config"), self.volumes())
+
     def test_no_config_drive_unless_required(self):
         inst = self.instance(self.glance_image(os.urandom(IMAGE_BYTES)))
         self.spawn(inst)

@@ -4,7 +4,10 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -72,7 +75,11 @@ class DomainImagesTest : public ::testing::Test {
     }
     storage_ = std::make_unique<StorageService>(hv_, std::move(backends));
     journal_ = *Journal::Open("");
-    images_ = std::make_unique<ImageService>(*storage_, *journal_, runner_, ImageService::Options{});
+    ImageService::Options image_options;
+    image_options.on_copy_progress = [this](const CopyProgress& p) {
+      if (copy_hook_) copy_hook_(p);
+    };
+    images_ = std::make_unique<ImageService>(*storage_, *journal_, runner_, image_options);
     domains_ = std::make_unique<DomainService>(hv_, clock_, DomainService::Options{.images = images_.get()},
                                                storage_.get(), journal_.get());
   }
@@ -117,6 +124,7 @@ class DomainImagesTest : public ::testing::Test {
   }
 
   std::string dir_;
+  std::function<void(const CopyProgress&)> copy_hook_;  // runs after each block a copy writes
   testing::FakeHypervisor hv_;
   testing::FakeClock clock_;
   testing::FakeCommandRunner runner_;
@@ -237,6 +245,57 @@ TEST_F(DomainImagesTest, CreateDomain_StartFailureUndoesDomainAndVolume) {
   EXPECT_FALSE(d.ok());
   EXPECT_THAT(Volumes(), IsEmpty());
   EXPECT_FALSE(hv_.GetDomain("web1").ok());
+}
+
+// The copy of web1's disk is held mid-way until web2's create is over (or 10 s): with the
+// create/delete lock held for the copy, web2 would wait for web1 and the test would fail.
+TEST_F(DomainImagesTest, CreateDomain_ASecondCreateProceedsWhileADiskIsCopied) {
+  Upload("vg0", "deb12", Pattern(9 << 20, 21));  // three 4 MiB blocks
+  Upload("disk1", "alpine", Pattern(1 << 20, 22));
+  std::mutex mu;
+  std::condition_variable cv;
+  bool copying = false, others_done = false;
+  copy_hook_ = [&](const CopyProgress& p) {
+    if (p.owner != "web1") return;
+    std::unique_lock lock(mu);
+    copying = true;
+    cv.notify_all();
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return others_done; });
+  };
+  std::atomic<bool> first_over{false};
+  absl::StatusOr<hv::DomainInfo> first = absl::UnknownError("not run");
+  std::thread t([&] {
+    first = domains_->Create(Spec("web1"), false, Root("deb12"));
+    first_over = true;
+  });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return copying; })) << "the copy never began";
+  }
+  auto second = domains_->Create(Spec("web2"), false, {{0, {.pool = "disk1", .name = "web2-root", .image = "alpine"}}});
+  const bool second_beat_first = !first_over;
+  auto again = domains_->Create(Spec("web1"), false, Root("deb12", 0, "disk1"));
+  auto orphans = domains_->Reconcile(/*release_orphans=*/true);
+  const auto recovered = domains_->Recover();
+  {
+    std::lock_guard lock(mu);
+    others_done = true;
+  }
+  cv.notify_all();
+  t.join();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second_beat_first) << "web2's create waited for web1's copy";
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << "a name being created is taken";
+  ASSERT_TRUE(orphans.ok()) << orphans.status();
+  EXPECT_THAT(*orphans, IsEmpty()) << "the volume of a create in flight is no orphan";
+  EXPECT_THAT(recovered, IsEmpty()) << "a create in flight is not abandoned";
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto volumes = Volumes("vg0");
+  ASSERT_EQ(volumes.size(), 1u);
+  EXPECT_EQ(volumes[0].attached_to, "web1");
+  EXPECT_EQ(volumes[0].ownership, storage::Ownership::kOwned);
+  EXPECT_THAT(Volumes("disk1"), ::testing::SizeIs(1)) << "the refused second web1 made nothing";
+  EXPECT_TRUE(journal_->Unfinished().empty());
 }
 
 TEST_F(DomainImagesTest, CreateVolumeFilled_WithAnOwnerRecordsOwnershipBeforeTheFillAndDeletesOnFailure) {

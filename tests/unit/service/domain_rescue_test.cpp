@@ -76,6 +76,10 @@ class DomainRescueTest : public ::testing::Test {
   }
   RescueBoot Kernel() const { return {.kernel = hv::DirectKernelBoot{.kernel_path = kernel_}}; }
   static RescueBoot Image() { return {.pool = "vg0", .image = "rescue-img"}; }
+  static RescueBoot WithConfigDrive(RescueBoot boot, const std::string& volume, const std::string& image = "rescue-img") {
+    boot.config_drive = RescueBoot::ConfigDrive{.pool = "vg0", .image = image, .volume = volume};
+    return boot;
+  }
   std::optional<storage::VolumeInfo> Volume(const std::string& name) {
     auto v = storage_->GetVolume("vg0", name);
     if (!v.ok()) return std::nullopt;
@@ -146,6 +150,41 @@ TEST_F(DomainRescueTest, Unrescue_RestoresTheOriginalExactlyAndDeletesTheRescueV
   EXPECT_FALSE(domains_->Rescued("web1"));
 }
 
+// As Nova's libvirt driver: the rescue gets its own config drive (a read-only CD-ROM, last; sda
+// on the fake's aarch64 host), which unrescue deletes with the rescue disk.
+TEST_F(DomainRescueTest, Rescue_ConfigDriveIsAReadOnlyCdromThatUnrescueDeletes) {
+  const auto before = Disks("web1");
+  auto d = domains_->Rescue("web1", WithConfigDrive(Image(), "web1-cfg"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_THAT(Disks("web1"), ::testing::ElementsAre("vda=/dev/fake/web1-rescue", "vdb=/dev/fake/root",
+                                                    "sda=/dev/fake/web1-cfg"));
+  auto disks = hv_.GetDomainDisks("web1");
+  ASSERT_EQ(disks->size(), 3u);
+  EXPECT_TRUE((*disks)[2].cdrom);
+  EXPECT_TRUE((*disks)[2].readonly);
+  ASSERT_TRUE(Volume("web1-cfg").has_value());
+  EXPECT_EQ(Volume("web1-cfg")->attached_to, "web1");
+  ASSERT_TRUE(domains_->Unrescue("web1").ok());
+  storage_->WaitForDeletes();
+  EXPECT_EQ(Disks("web1"), before);
+  EXPECT_FALSE(Volume("web1-cfg").has_value()) << "the rescue's config drive is deleted at unrescue";
+  EXPECT_FALSE(Volume("web1-rescue").has_value());
+}
+
+TEST_F(DomainRescueTest, Rescue_FailingDefineDeletesTheConfigDriveAndDeleteTakesItAlong) {
+  hv_.fail_define = absl::InternalError("libvirt says no");
+  EXPECT_FALSE(domains_->Rescue("web1", WithConfigDrive(Kernel(), "web1-cfg")).ok());
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-cfg").has_value()) << "a failed rescue leaves no config drive";
+  EXPECT_FALSE(domains_->Rescued("web1"));
+  hv_.fail_define = absl::OkStatus();
+  ASSERT_TRUE(domains_->Rescue("web1", WithConfigDrive(Kernel(), "web1-cfg")).ok());
+  ASSERT_TRUE(domains_->Delete("web1", /*force=*/true, /*delete_volumes=*/false).ok());
+  storage_->WaitForDeletes();
+  EXPECT_FALSE(Volume("web1-cfg").has_value()) << "deleted with the rescued domain";
+  EXPECT_EQ(Volume("data")->attached_to, "") << "a borrowed volume is only released";
+}
+
 TEST_F(DomainRescueTest, Refusals_ChangeNothing) {
   struct Case {
     std::string name;
@@ -163,6 +202,9 @@ TEST_F(DomainRescueTest, Refusals_ChangeNothing) {
       {"web<1>", Kernel(), absl::StatusCode::kInvalidArgument, "name"},
       {"nosuch", Kernel(), absl::StatusCode::kNotFound, "nosuch"},
       {"web1", {.pool = "vg0", .image = "missing"}, absl::StatusCode::kNotFound, "image: "},
+      {"web1", WithConfigDrive(Kernel(), ""), absl::StatusCode::kInvalidArgument, "config_drive.volume"},
+      {"web1", WithConfigDrive(Image(), "web1-rescue"), absl::StatusCode::kInvalidArgument, "config_drive.volume"},
+      {"web1", WithConfigDrive(Kernel(), "web1-cfg", "missing"), absl::StatusCode::kNotFound, "config_drive: "},
   };
   for (const Case& c : cases) {
     auto d = domains_->Rescue(c.name, c.boot);
