@@ -107,6 +107,13 @@ class DomainView final : public Hypervisor {
   absl::StatusOr<bool> HasGuestAgent(const std::string& name) override { return inner_.HasGuestAgent(name); }
   absl::StatusOr<int> FreezeFilesystems(const std::string& name) override { return inner_.FreezeFilesystems(name); }
   absl::Status ThawFilesystems(const std::string& name) override { return inner_.ThawFilesystems(name); }
+  absl::Status MigrateLive(const std::string& name, const LiveMigration& m) override {
+    return inner_.MigrateLive(name, m);
+  }
+  absl::StatusOr<MigrationJob> GetMigrationJob(const std::string& name) override {
+    return inner_.GetMigrationJob(name);
+  }
+  absl::Status AbortMigrationJob(const std::string& name) override { return inner_.AbortMigrationJob(name); }
 
   void SetEventSink(EventSink sink) override;
   // The inner connection is up and the view was built on it.
