@@ -5,7 +5,8 @@ Two "hosts" (two_hosts.py): each a full libvirtd of its own in a private mount n
 namespace, its own GPT partition pool on a loop device. The destination's libvirtd also runs in
 a network namespace of its own, joined to this machine's by a veth pair: the source libvirtd
 reaches it over qemu+tcp on the veth, and QEMU's migration stream and libvirt's NBD disk copy
-cross the veth. The agents talk over loopback (the development mode), the source's libvirtd
+cross the veth under TLS (VIR_MIGRATE_TLS, the source agent's [migration] libvirt_tls) with the
+agents' own development PKI as QEMU's migrate_tls_x509_cert_dir. The agents talk over loopback (the development mode), the source's libvirtd
 stays in this machine's network namespace so the test can reach both agents.
 
 A busybox guest counting on its serial console moves live and its count goes on on the
@@ -31,14 +32,15 @@ from two_hosts import LibvirtHost, Veth, run
 
 MiB = 1 << 20
 DISK = 16 * MiB
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class AgentHost:
     """A LibvirtHost, a partition pool on a loop device of its own, and an agent in its mount
     namespace."""
 
-    def __init__(self, tag, kernel_dir, netns=None, address=None, migration=""):
-        self.lv = LibvirtHost(tag, netns=netns, address=address)
+    def __init__(self, tag, kernel_dir, netns=None, address=None, migration="", qemu_conf=""):
+        self.lv = LibvirtHost(tag, netns=netns, address=address, extra_qemu_conf=qemu_conf)
         self.dir = tempfile.mkdtemp(prefix=f"hvit-live-{tag}-")
         img = os.path.join(self.dir, "disk1.img")
         with open(img, "wb") as f:
@@ -81,23 +83,43 @@ class LiveMigrationTest(unittest.TestCase):
         tag = uuid.uuid4().hex[:4]
         cls.veth = Veth(tag, f"10.{200 + int(tag[0], 16)}.{int(tag[1:3], 16)}")
         cls.hosts = []
+        cls.pki = tempfile.mkdtemp(prefix="hvit-live-pki-")
         try:
-            cls.src = AgentHost("src", os.path.dirname(cls.kernel))
-            cls.hosts.append(cls.src)
             ip = cls.veth.peer_ip
+            qemu_tls = cls.qemu_tls_dir(ip)
+            cls.src = AgentHost("src", os.path.dirname(cls.kernel), migration="[migration]\nlibvirt_tls = true\n",
+                                qemu_conf=qemu_tls)
+            cls.hosts.append(cls.src)
             cls.dst = AgentHost("dst", os.path.dirname(cls.kernel), netns=cls.veth.netns, address=ip,
                                 migration=f'[migration]\nlibvirt_uri = "qemu+tcp://{ip}/system"\n'
-                                          f'migrate_uri = "tcp://{ip}"\n')
+                                          f'migrate_uri = "tcp://{ip}"\n', qemu_conf=qemu_tls)
             cls.hosts.append(cls.dst)
         except BaseException:
             cls.tearDownClass()
             raise
 
     @classmethod
+    def qemu_tls_dir(cls, ip):
+        """QEMU's migration TLS (VIR_MIGRATE_TLS) from the agents' own development PKI, under the
+        names qemu.conf's migrate_tls_x509_cert_dir wants: the agent CA, its server pair (valid
+        for the destination's veth address) and its [migration] client pair. Returns the
+        qemu.conf line."""
+        subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), cls.pki], check=True, capture_output=True,
+                       env={**os.environ, "HVAGENT_DEV_CERT_SANS": f"IP:{ip}"})
+        qemu = os.path.join(cls.pki, "qemu")
+        os.makedirs(qemu)
+        for ours, theirs in (("ca.crt", "ca-cert.pem"), ("server.crt", "server-cert.pem"),
+                             ("server.key", "server-key.pem"), ("peer.crt", "client-cert.pem"),
+                             ("peer.key", "client-key.pem")):
+            shutil.copy(os.path.join(cls.pki, ours), os.path.join(qemu, theirs))
+        return f'migrate_tls_x509_cert_dir = "{qemu}"\n'
+
+    @classmethod
     def tearDownClass(cls):
         for h in cls.hosts:
             h.close()
         cls.veth.close()
+        shutil.rmtree(cls.pki, ignore_errors=True)
 
     def setUp(self):
         self.veth.set_up(True)
