@@ -393,10 +393,12 @@ int Run(const config::Config& cfg) {
   RecoverBeforeServing(domains, *state->journal, hypervisor);  // waits for the hypervisor
   for (const std::string& line : storage.RecoverSnapshots()) logger->warn("recovery: {}", line);
   // Migrations after domains: a define an incoming transfer began is a create recovery undid.
-  service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg));
-  service::IncomingMigrations incoming(
-      domains, storage, hypervisor, *state->journal, clock,
-      {.idle_timeout = std::chrono::seconds(cfg.migration_incoming_idle_seconds)});
+  service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg),
+                                      {.live_tls = cfg.migration_libvirt_tls});
+  service::IncomingMigrations incoming(domains, storage, hypervisor, *state->journal, clock,
+                                       {.idle_timeout = std::chrono::seconds(cfg.migration_incoming_idle_seconds),
+                                        .libvirt_uri = cfg.migration_libvirt_uri,
+                                        .migrate_uri = cfg.migration_migrate_uri});
   for (const std::string& line : migrations.Recover()) logger->warn("recovery: {}", line);
   for (const std::string& line : incoming.Recover()) logger->warn("recovery: {}", line);
   // An incoming transfer whose source went silent (crashed, cut off) is undone after its idle time.

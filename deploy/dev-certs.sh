@@ -9,6 +9,8 @@
 #   rogue-ca.crt, rogue.crt/key  a client signed by another CA
 #   tokens.txt            REST bearer tokens per role, and their SHA-256 for the config
 # Usage: deploy/dev-certs.sh DIR   (DIR is created; existing files are kept)
+#   HVAGENT_DEV_CERT_SANS="IP:10.0.0.2,DNS:hv2"  more names for the server certificate (tests whose
+#   agents or QEMU migration channels listen on another address)
 set -euo pipefail
 dir=${1:?usage: dev-certs.sh DIR}
 mkdir -p "$dir"
@@ -34,8 +36,8 @@ sign() {
   rm -f "$name.csr"
 }
 
-printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,DNS:%s,IP:127.0.0.1,IP:::1\n' \
-  "$(hostname)" > server.ext
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,DNS:%s,IP:127.0.0.1,IP:::1%s\n' \
+  "$(hostname)" "${HVAGENT_DEV_CERT_SANS:+,$HVAGENT_DEV_CERT_SANS}" > server.ext
 printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' > client.ext
 sign server hvagent-server server.ext
 for role in controller operator monitor peer nobody; do sign "$role" "hvagent-$role" client.ext; done

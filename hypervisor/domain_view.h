@@ -115,6 +115,15 @@ class DomainView final : public Hypervisor {
   absl::StatusOr<bool> HasGuestAgent(const std::string& name) override { return inner_.HasGuestAgent(name); }
   absl::StatusOr<int> FreezeFilesystems(const std::string& name) override { return inner_.FreezeFilesystems(name); }
   absl::Status ThawFilesystems(const std::string& name) override { return inner_.ThawFilesystems(name); }
+  // A write like any other (AfterWrite): libvirt may report the source's undefine before or
+  // without an event the view would re-read on, so the view re-reads the domain itself.
+  absl::Status MigrateLive(const std::string& name, const LiveMigration& m) override {
+    return AfterWrite(name, inner_.MigrateLive(name, m));
+  }
+  absl::StatusOr<MigrationJob> GetMigrationJob(const std::string& name) override {
+    return inner_.GetMigrationJob(name);
+  }
+  absl::Status AbortMigrationJob(const std::string& name) override { return inner_.AbortMigrationJob(name); }
 
   void SetEventSink(EventSink sink) override;
   // The inner connection is up and the view was built on it.

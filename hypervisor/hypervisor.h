@@ -127,6 +127,27 @@ class Hypervisor {
     return absl::UnimplementedError("this hypervisor has no guest agent");
   }
 
+  // Live migration (agent/service/migration_service.h): moves the running domain to another
+  // host's hypervisor with its memory and its non-shared disks copied while it runs, and blocks
+  // until the move has ended. On success the domain runs and is defined there and is gone here;
+  // on failure it keeps running here. FailedPrecondition (not running; a hypervisor that cannot
+  // migrate live, such as Xen on Arm), Unimplemented (a hypervisor without migration),
+  // Cancelled (AbortMigrationJob), otherwise the hypervisor's error.
+  virtual absl::Status MigrateLive(const std::string& name, const LiveMigration& migration) {
+    (void)name, (void)migration;
+    return absl::UnimplementedError("this hypervisor cannot migrate domains live");
+  }
+  // The progress of the migration MigrateLive runs for `name`; NotFound when none runs.
+  virtual absl::StatusOr<MigrationJob> GetMigrationJob(const std::string& name) {
+    (void)name;
+    return absl::UnimplementedError("this hypervisor cannot migrate domains live");
+  }
+  // Stops the migration MigrateLive runs for `name` (it then answers Cancelled).
+  virtual absl::Status AbortMigrationJob(const std::string& name) {
+    (void)name;
+    return absl::UnimplementedError("this hypervisor cannot migrate domains live");
+  }
+
   virtual void SetEventSink(EventSink sink) = 0;
 
   // False while the connection is down and being re-opened.

@@ -115,6 +115,25 @@ struct VncDisplay {
   int port = 0;
 };
 
+// A live migration as Hypervisor::MigrateLive takes it. The destination's hypervisor is reached
+// by `destination_uri` (a libvirt URI: qemu+tls:// or qemu+tcp://, peer to peer: this host's
+// libvirtd connects there itself); each disk listed in `disk_paths` (by target) is copied into
+// the destination's device at that path, which must exist with the same size.
+struct LiveMigration {
+  std::string destination_uri;
+  std::string migrate_uri;                            // the data channel ("tcp://host"); empty: libvirt's choice
+  std::map<std::string, std::string> disk_paths;      // target ("vda") -> the destination's device
+  uint32_t max_downtime_ms = 0;                       // 0: the hypervisor's default (QEMU: 300 ms)
+  bool auto_converge = true;                          // throttle the guest's vCPUs when it dirties faster
+  bool tls = false;                                   // the hypervisor's own TLS on the data channel
+};
+// How far a live migration is: bytes of memory and disks, sent and in all (the total grows while
+// the guest dirties memory).
+struct MigrationJob {
+  uint64_t bytes_total = 0;
+  uint64_t bytes_done = 0;
+};
+
 enum class DomainState {
   kUnknown, kRunning, kBlocked, kPaused, kShuttingDown, kShutoff, kCrashed, kPmSuspended
 };

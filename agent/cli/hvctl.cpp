@@ -80,6 +80,8 @@ int Usage() {
                "                                       (a clone or a copy; --wait draws its progress)\n"
                "  migrate NAME --to HOST:PORT [--shutdown [--shutdown-timeout S]] [--pool POOL] [--no-wait]\n"
                "                                       (cold: owned volumes streamed; a progress bar until it ends)\n"
+               "  migrate NAME --to HOST:PORT --live [--max-downtime-ms MS] [--pool POOL] [--no-wait]\n"
+               "                                       (QEMU/KVM: moves running, memory and disks copied by libvirt)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -731,6 +733,10 @@ int main(int argc, char** argv) {
         req.set_shutdown_timeout_seconds(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
       } else if (args[i] == "--shutdown") {
         req.set_running_policy(v1::RUNNING_POLICY_SHUTDOWN);
+      } else if (args[i] == "--live") {
+        req.set_live(true);
+      } else if (args[i] == "--max-downtime-ms" && has_value) {
+        req.set_max_downtime_ms(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
       } else if (args[i] == "--no-wait") {
         wait = false;
       } else {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -42,6 +43,25 @@ Key Plain(const char* section, const char* name, T Config::*member) {
   return {section, name, [member](const toml::node& n, const std::string& field, Config& c) {
             auto v = n.value<T>();
             if (!v) return WrongType(field);
+            c.*member = *v;
+            return absl::OkStatus();
+          }};
+}
+
+// [migration] NAME: a URI with one of `schemes` and nothing but host-name characters, ':' and
+// '/' after it (no query, no user), as MigrationService checks it again on the source; or empty.
+Key MigrationUri(const char* name, std::string Config::*member, std::vector<std::string> schemes) {
+  return {"migration", name, [member, schemes](const toml::node& n, const std::string& field, Config& c) {
+            auto v = n.value<std::string>();
+            if (!v) return WrongType(field);
+            bool ok = v->empty();
+            for (const std::string& scheme : schemes) {
+              if (v->rfind(scheme, 0) != 0 || v->size() == scheme.size()) continue;
+              ok = std::all_of(v->begin() + scheme.size(), v->end(), [](char ch) {
+                return std::isalnum(static_cast<unsigned char>(ch)) || std::strchr(".-:[]/", ch) != nullptr;
+              });
+            }
+            if (!ok) return Invalid(field, absl::StrCat("must be ", absl::StrJoin(schemes, " or "), "HOST..."));
             c.*member = *v;
             return absl::OkStatus();
           }};
@@ -237,6 +257,9 @@ const std::vector<Key>& Keys() {
       Plain("migration", "key_file", &Config::migration_key_file),
       Plain("migration", "ca_file", &Config::migration_ca_file),
       Integer("migration", "incoming_idle_seconds", &Config::migration_incoming_idle_seconds, 10, 86400),
+      MigrationUri("libvirt_uri", &Config::migration_libvirt_uri, {"qemu+tls://", "qemu+tcp://"}),
+      MigrationUri("migrate_uri", &Config::migration_migrate_uri, {"tcp://"}),
+      Plain("migration", "libvirt_tls", &Config::migration_libvirt_tls),
       Array("auth", "identities"),
       Array("auth", "tokens"),
       Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,

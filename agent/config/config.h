@@ -88,6 +88,14 @@ struct Config {
   std::string migration_key_file;
   std::string migration_ca_file;
   int migration_incoming_idle_seconds = 600;
+  // Live migration (docs/migration.md): where other hosts' libvirtd reach this host's
+  // (qemu+tls://HOST/system, or qemu+tcp://HOST/system on a closed network; empty: this host
+  // takes no live migrations), the data channel QEMU listens on (tcp://HOST[:PORT]; empty:
+  // libvirt's migration_host), and whether the source asks libvirt for TLS on that channel
+  // (VIR_MIGRATE_TLS: qemu.conf's migrate_tls_x509_cert_dir must hold the agent's material).
+  std::string migration_libvirt_uri;
+  std::string migration_migrate_uri;
+  bool migration_libvirt_tls = false;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 

@@ -109,6 +109,74 @@ absl::StatusOr<std::string> IncomingMigrations::Prepare(const IncomingPlan& plan
   return *id;
 }
 
+absl::StatusOr<std::string> IncomingMigrations::MakeEmptyVolume(Transfer& t, size_t i) {
+  const VolumeClaim& c = t.plan.volumes[i].claim;
+  internal::JournalStep step;
+  step.set_name("make-volume");
+  *step.mutable_volume() = JournalVolumeOf(c);
+  if (auto s = journal_.Step(t.op, step); !s.ok()) return s;
+  std::string path;
+  auto v = storage_.CreateVolumeFilled(
+      c.pool, {c.name, c.create_size_bytes}, absl::StrCat("live migration from ", t.plan.source_host),
+      [&](const storage::VolumeInfo& vol) {
+        path = vol.path;  // the source's hypervisor writes every block: nothing to fill here
+        return absl::OkStatus();
+      },
+      t.plan.spec.name);
+  if (!v.ok()) return absl::Status(v.status().code(), absl::StrCat(DiskField(t.plan.volumes[i].disk), ": ",
+                                                                   v.status().message()));
+  t.received[i] = true;
+  return path;
+}
+
+absl::StatusOr<LiveTarget> IncomingMigrations::PrepareLive(const IncomingPlan& plan) {
+  if (options_.libvirt_uri.empty()) {
+    return absl::FailedPreconditionError(
+        "live: this host takes no live migrations ([migration] libvirt_uri is not set)");
+  }
+  IncomingPlan live = plan;
+  live.live = true;
+  live.start = true;
+  auto id = Prepare(live);
+  if (!id.ok()) return id.status();
+  auto t = Find(*id);
+  if (!t.ok()) return t.status();
+  LiveTarget target{.transfer = *id, .libvirt_uri = options_.libvirt_uri, .migrate_uri = options_.migrate_uri};
+  {
+    std::lock_guard lock(mu_);
+    (*t)->busy = true;
+  }
+  absl::Status failed;
+  for (size_t i = 0; i < (*t)->plan.volumes.size() && failed.ok(); ++i) {
+    auto path = MakeEmptyVolume(**t, i);
+    if (path.ok()) target.disk_paths.push_back(*path);
+    failed = path.status();
+  }
+  {
+    std::lock_guard lock(mu_);
+    (*t)->busy = false;
+    (*t)->last_used = clock_.Now();
+  }
+  if (!failed.ok()) {
+    (void)Abort(*id);
+    return failed;
+  }
+  return target;
+}
+
+absl::StatusOr<hv::DomainInfo> IncomingMigrations::FinishLive(Transfer& t) {
+  auto d = hv_.GetDomain(t.plan.spec.name);
+  if (!d.ok() || d->uuid != t.plan.spec.uuid || !hv::IsActive(d->state)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain '", t.plan.spec.name, "' has not arrived here running (live migration not done)"));
+  }
+  std::lock_guard lock(mu_);
+  t.finished = true;
+  (void)journal_.End(t.op, v1::OPERATION_STATE_SUCCEEDED);
+  Log()->info("incoming domain {} from {}: arrived live", t.plan.spec.name, t.plan.source_host);
+  return d;
+}
+
 absl::StatusOr<std::shared_ptr<IncomingMigrations::Transfer>> IncomingMigrations::Find(const std::string& id) {
   std::lock_guard lock(mu_);
   auto it = transfers_.find(id);
@@ -208,6 +276,7 @@ absl::StatusOr<hv::DomainInfo> IncomingMigrations::Finish(const std::string& id)
   auto t = Find(id);
   if (!t.ok()) return t.status();
   Transfer& tr = **t;
+  if (tr.plan.live && !tr.finished) return FinishLive(tr);
   std::vector<DiskVolume> adopt = tr.plan.volumes;
   {
     std::lock_guard lock(mu_);
@@ -282,7 +351,11 @@ void IncomingMigrations::ExpireIdle() {
   {
     std::lock_guard lock(mu_);
     for (const auto& [id, t] : transfers_) {
-      if (!t->busy && clock_.Now() - t->last_used > options_.idle_timeout) idle.push_back(id);
+      if (t->busy || clock_.Now() - t->last_used <= options_.idle_timeout) continue;
+      // A live transfer is silent while the hypervisors copy: never expired while its domain is
+      // here (arriving, or arrived and running on the volumes).
+      if (t->plan.live && hv_.GetDomainByUuid(t->plan.spec.uuid).ok()) continue;
+      idle.push_back(id);
     }
   }
   for (const std::string& id : idle) {

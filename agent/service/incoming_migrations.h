@@ -29,6 +29,10 @@ class IncomingMigrations {
  public:
   struct Options {
     std::chrono::seconds idle_timeout{600};
+    // Live migrations ([migration] libvirt_uri / migrate_uri): where a source's libvirtd reaches
+    // this host's. Empty libvirt_uri: this host takes none.
+    std::string libvirt_uri;
+    std::string migrate_uri;
   };
   IncomingMigrations(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
                      Clock& clock, Options options);
@@ -42,6 +46,13 @@ class IncomingMigrations {
   // sha256 that differs from the sender's (the volume is deleted again).
   absl::StatusOr<ReceivedVolume> Receive(const std::string& transfer, size_t disk, uint64_t size,
                                          VolumeStream& stream);
+  // A live migration's transfer: Prepare's checks, then every volume made at once, of its size
+  // and empty (the source's hypervisor copies into it), owned by the incoming domain.
+  // FailedPrecondition when this host takes no live migrations; a volume that cannot be made
+  // undoes the transfer.
+  absl::StatusOr<LiveTarget> PrepareLive(const IncomingPlan& plan);
+  // Cold: defines the domain on the received volumes. Live: checks that the domain arrived (it
+  // runs here with the transfer's uuid; FailedPrecondition otherwise) and closes the transfer.
   absl::StatusOr<hv::DomainInfo> Finish(const std::string& transfer);
   absl::Status Abort(const std::string& transfer);
   // At start: transfers a crash cut short are undone (their domain, if defined and not
@@ -60,6 +71,9 @@ class IncomingMigrations {
     Clock::TimePoint last_used;
   };
   absl::Status CheckPlan(const IncomingPlan& plan);
+  // Makes volume `i` of a live transfer, empty; its device path.
+  absl::StatusOr<std::string> MakeEmptyVolume(Transfer& t, size_t i);
+  absl::StatusOr<hv::DomainInfo> FinishLive(Transfer& t);
   absl::StatusOr<std::shared_ptr<Transfer>> Find(const std::string& transfer);
   // Writes the stream onto `device` (size bytes) and hashes it; the sender's sha256 must match.
   absl::StatusOr<ReceivedVolume> WriteStream(const std::string& device, uint64_t size, VolumeStream& stream);

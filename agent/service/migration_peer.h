@@ -21,6 +21,7 @@ struct IncomingPlan {
   hv::DomainSpec spec;
   std::vector<DiskVolume> volumes;
   bool start = false;       // it ran on the source: start it once defined
+  bool live = false;        // the source's hypervisor copies the disks (MigrationPeer::PrepareLive)
   std::string source_host;  // for logs and the journal
 };
 
@@ -39,6 +40,15 @@ class VolumeStream {
   virtual absl::StatusOr<VolumePiece> Next() = 0;
 };
 
+// What the destination of a live migration prepared: the transfer, where its hypervisor takes
+// the migration, and the device of each volume (by IncomingPlan::volumes' order).
+struct LiveTarget {
+  std::string transfer;
+  std::string libvirt_uri;   // qemu+tls://HOST/system or qemu+tcp://HOST/system
+  std::string migrate_uri;   // tcp://HOST[:PORT]; empty: the hypervisor's choice
+  std::vector<std::string> disk_paths;
+};
+
 struct ReceivedVolume {
   std::string sha256;  // of what the destination wrote
   uint64_t bytes = 0;
@@ -49,6 +59,8 @@ class MigrationPeer {
   virtual ~MigrationPeer() = default;
   // The transfer's id (PrepareIncoming).
   virtual absl::StatusOr<std::string> Prepare(const IncomingPlan& plan) = 0;
+  // A live migration's transfer (plan.live): the destination makes every volume now, empty.
+  virtual absl::StatusOr<LiveTarget> PrepareLive(const IncomingPlan& plan) = 0;
   // Streams disk `disk`'s volume: `produce` is handed the sink the bytes go to and returns what
   // it sent (ExportDevice's result); its sha256 travels as the trailer. Answers what the
   // destination wrote.

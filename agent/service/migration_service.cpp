@@ -1,6 +1,8 @@
 #include "agent/service/migration_service.h"
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -39,6 +41,43 @@ absl::Status CheckPoolName(const std::string& pool) {
   return absl::InvalidArgumentError(absl::StrCat("destination_pool: '", pool, "' is no pool name"));
 }
 
+// What a destination hands back for a live migration reaches this host's libvirtd (it connects
+// there itself): only qemu+tls:// or qemu+tcp:// to a host name, path /system, nothing else (no
+// query: libvirt's ?command= or ?socket= would run or open something here); a data channel of
+// tcp://HOST[:PORT]; and one plain absolute path per volume.
+bool HostChars(absl::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '-' && c != '[' && c != ']' && c != ':') return false;
+  }
+  return true;
+}
+
+absl::Status CheckLiveTarget(const LiveTarget& t, size_t volumes) {
+  absl::string_view uri = t.libvirt_uri;
+  const bool scheme = absl::ConsumePrefix(&uri, "qemu+tls://") || absl::ConsumePrefix(&uri, "qemu+tcp://");
+  if (!scheme || !absl::ConsumeSuffix(&uri, "/system") || !HostChars(uri)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the destination's libvirt_uri '", t.libvirt_uri, "' is not qemu+tls://HOST/system or qemu+tcp://HOST/system"));
+  }
+  absl::string_view data = t.migrate_uri;
+  if (!data.empty() && (!absl::ConsumePrefix(&data, "tcp://") || !HostChars(data))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the destination's migrate_uri '", t.migrate_uri, "' is not tcp://HOST[:PORT]"));
+  }
+  if (t.disk_paths.size() != volumes) {
+    return absl::FailedPreconditionError(absl::StrCat("the destination prepared ", t.disk_paths.size(),
+                                                      " volumes, not ", volumes));
+  }
+  for (const std::string& p : t.disk_paths) {
+    // Only the destination's libvirtd opens it; still, nothing but a plain absolute path.
+    bool ok = absl::StartsWith(p, "/") && p.find("..") == std::string::npos;
+    for (char c : p) ok = ok && (absl::ascii_isalnum(c) || c == '/' || c == '_' || c == '.' || c == '-' || c == '+');
+    if (!ok) return absl::FailedPreconditionError(absl::StrCat("the destination's disk path '", p, "' is no plain path"));
+  }
+  return absl::OkStatus();
+}
+
 // Counts what an export hands on, for the operation's progress.
 class CountingSink final : public storage::image::ExportSink {
  public:
@@ -60,8 +99,13 @@ class CountingSink final : public storage::image::ExportSink {
 }  // namespace
 
 MigrationService::MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor,
-                                   Journal& journal, MigrationPeerFactory connect)
-    : domains_(domains), storage_(storage), hv_(hypervisor), journal_(journal), connect_(std::move(connect)) {}
+                                   Journal& journal, MigrationPeerFactory connect, Options options)
+    : domains_(domains),
+      storage_(storage),
+      hv_(hypervisor),
+      journal_(journal),
+      connect_(std::move(connect)),
+      options_(options) {}
 
 MigrationService::~MigrationService() {
   {
@@ -86,7 +130,18 @@ absl::StatusOr<std::shared_ptr<MigrationService::Job>> MigrationService::Plan(co
   auto job = std::make_shared<Job>();
   job->request = r;
   job->was_running = hv::IsActive(info->state);
-  if (job->was_running && r.running != RunningPolicy::kShutdown) {
+  if (r.live) {
+    auto host = hv_.GetHostInfo();
+    if (!host.ok()) return host.status();
+    if (host->hypervisor_type == "Xen") {
+      return absl::FailedPreconditionError(
+          "live: Xen 4.17 has no live migration (nor save/restore) on Arm (Xen's SUPPORT.md lists them for x86 "
+          "only); move the domain cold (running_policy SHUTDOWN)");
+    }
+    if (!job->was_running) {
+      return absl::FailedPreconditionError(absl::StrCat("live: domain '", r.name, "' is not running; move it cold"));
+    }
+  } else if (job->was_running && r.running != RunningPolicy::kShutdown) {
     return absl::FailedPreconditionError(absl::StrCat(
         "domain '", r.name, "' is running: cold migration needs it shut off (running_policy SHUTDOWN does that)"));
   }
@@ -122,6 +177,7 @@ absl::StatusOr<std::shared_ptr<MigrationService::Job>> MigrationService::Plan(co
     job->total += vol->size_bytes;
   }
   job->plan.start = job->was_running;
+  job->plan.live = r.live;
   return job;
 }
 
@@ -132,6 +188,8 @@ absl::StatusOr<uint64_t> MigrationService::Migrate(const MigrateRequest& r) {
     return absl::InvalidArgumentError("shutdown_timeout_seconds: at most 3600");
   }
   if (auto s = CheckPoolName(r.destination_pool); !s.ok()) return s;
+  if (r.max_downtime_ms > 60000) return absl::InvalidArgumentError("max_downtime_ms: at most 60000");
+  if (!r.live && r.max_downtime_ms > 0) return absl::InvalidArgumentError("max_downtime_ms: only for a live migration");
   auto job = Plan(r);
   if (!job.ok()) return job.status();
   std::lock_guard lock(mu_);
@@ -208,9 +266,63 @@ absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const 
   return absl::OkStatus();
 }
 
+absl::Status MigrationService::RunLive(Job& job, const hv::LiveMigration& m) {
+  const std::string& name = job.request.name;
+  absl::Status result;
+  std::atomic<bool> done{false};
+  std::thread migrate([&] {
+    result = hv_.MigrateLive(name, m);
+    done = true;
+  });
+  bool aborted = false;
+  while (!done) {
+    std::this_thread::sleep_for(options_.live_poll);
+    if (job.cancel && !aborted && !done) {
+      aborted = true;
+      if (auto s = hv_.AbortMigrationJob(name); !s.ok()) Log()->warn("abort the migration of {}: {}", name, s.message());
+    }
+    if (auto j = hv_.GetMigrationJob(name); j.ok() && j->bytes_total > 0) {
+      job.total = j->bytes_total;
+      job.done = std::min(j->bytes_done, j->bytes_total);
+    }
+  }
+  migrate.join();
+  if (result.ok()) job.done = job.total.load();
+  if (aborted && !result.ok()) return absl::CancelledError("cancelled");
+  return result;
+}
+
+absl::Status MigrationService::LiveSteps(Job& job, MigrationPeer& peer, std::string& transfer) {
+  if (auto s = Step(job, "prepare"); !s.ok()) return s;
+  auto target = peer.PrepareLive(job.plan);
+  if (!target.ok()) return target.status();
+  transfer = target->transfer;
+  if (auto s = CheckLiveTarget(*target, job.plan.volumes.size()); !s.ok()) return s;
+  hv::LiveMigration m{.destination_uri = target->libvirt_uri, .migrate_uri = target->migrate_uri,
+                      .max_downtime_ms = job.request.max_downtime_ms, .tls = options_.live_tls};
+  for (size_t i = 0; i < job.plan.volumes.size(); ++i) {
+    m.disk_paths[job.plan.spec.disks[job.plan.volumes[i].disk].target] = target->disk_paths[i];
+  }
+  if (job.cancel) return absl::CancelledError("cancelled");
+  if (auto s = Step(job, "migrate-live"); !s.ok()) return s;
+  if (auto s = RunLive(job, m); !s.ok()) return s;
+  job.committed = true;  // the guest runs there now: past cancelling
+  if (auto s = Step(job, "finish"); !s.ok()) return s;
+  if (auto s = peer.Finish(transfer); !s.ok()) return s;
+  if (auto s = Step(job, "remove-source"); !s.ok()) return s;
+  absl::Status first;
+  for (const storage::VolumeInfo& v : job.volumes) {
+    absl::Status s = storage_.ReleaseVolume(v.pool, v.name, job.request.name, /*delete_if_owned=*/true);
+    if (!s.ok() && !absl::IsNotFound(s) && first.ok()) first = s;
+  }
+  return first;
+}
+
 absl::Status MigrationService::Steps(Job& job, std::string& transfer, bool& shut_down) {
   auto peer = connect_(job.request.destination);
   if (!peer.ok()) return peer.status();
+  job.plan.source_host = job.request.destination;  // overwritten by the client with this host's name
+  if (job.request.live) return LiveSteps(job, **peer, transfer);
   if (job.was_running) {
     if (auto s = Step(job, "shutdown"); !s.ok()) return s;
     shut_down = true;
@@ -234,6 +346,11 @@ absl::Status MigrationService::Steps(Job& job, std::string& transfer, bool& shut
 
 std::string MigrationService::Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down) {
   std::string notes;
+  if (job.request.live && !hv_.GetDomain(job.request.name).ok()) {
+    // The hypervisor may have moved the guest although the call failed: never undo there.
+    return absl::StrCat("; the domain is no longer here and may run on ", job.request.destination,
+                        " (its transfer there is left for an operator)");
+  }
   if (peer != nullptr && !transfer.empty()) {
     if (auto s = peer->Abort(transfer); !s.ok() && !absl::IsNotFound(s)) {
       absl::StrAppend(&notes, "; the destination's abort failed (its idle expiry or recovery removes the rest): ",
@@ -293,18 +410,23 @@ std::optional<Transfer> MigrationService::TransferOf(uint64_t id) const {
   std::lock_guard lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return std::nullopt;
-  return Transfer{it->second->done.load(), it->second->total};
+  return Transfer{it->second->done.load(), it->second->total.load()};
 }
 
 std::vector<std::string> MigrationService::Recover() {
   std::vector<std::string> done;
   for (const Journal::Operation& op : journal_.Unfinished()) {
     if (op.begin.type() != v1::OPERATION_KIND_MIGRATE_DOMAIN) continue;
-    bool shut_down = false, finishing = false, removing = false;
+    bool shut_down = false, finishing = false, removing = false, live = false;
     for (const auto& step : op.steps) {
+      live = live || step.name() == "migrate-live";
       shut_down = shut_down || step.name() == "shutdown";
       finishing = finishing || step.name() == "finish";
       removing = removing || step.name() == "remove-source";
+    }
+    if (live) {
+      done.push_back(RecoverLive(op));
+      continue;
     }
     std::string line = absl::StrCat("migration of ", op.begin.domain(), " (operation ", op.id, "): ");
     v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
@@ -332,6 +454,42 @@ std::vector<std::string> MigrationService::Recover() {
     done.push_back(std::move(line));
   }
   return done;
+}
+
+// A live migration the agent's crash cut short: the hypervisor carried on without it, so what
+// counts is where the guest is now. Still here (with this uuid): the move failed or never
+// happened; the destination's recovery or idle expiry drops its empty volumes. Gone from here
+// after `finish` was reached: it moved, and the volumes it owned here are deleted. Gone before
+// that: it may run on the destination, and nothing is deleted until an operator has looked.
+std::string MigrationService::RecoverLive(const Journal::Operation& op) {
+  const std::string& name = op.begin.domain();
+  std::string line = absl::StrCat("live migration of ", name, " (operation ", op.id, "): ");
+  bool finishing = false;
+  for (const auto& step : op.steps) finishing = finishing || step.name() == "finish";
+  auto here = hv_.GetDomain(name);
+  if (here.ok() && here->uuid == op.begin.uuid()) {
+    absl::StrAppend(&line, "rolled back (the domain still runs here; the destination drops its half)");
+    (void)journal_.End(op.id, v1::OPERATION_STATE_ROLLED_BACK, absl::StrCat("recovery: ", line));
+    return line;
+  }
+  if (!finishing) {
+    absl::StrAppend(&line, "the domain is no longer here and may run on ", op.begin.peer(),
+                    "; its volumes here are kept for an operator");
+    (void)journal_.End(op.id, v1::OPERATION_STATE_FAILED, absl::StrCat("recovery: ", line));
+    return line;
+  }
+  absl::Status first;
+  auto volumes = storage_.VolumesOf(name);
+  if (!volumes.ok()) first = volumes.status();
+  for (const storage::VolumeInfo& v : volumes.ok() ? *volumes : std::vector<storage::VolumeInfo>{}) {
+    absl::Status s = storage_.ReleaseVolume(v.pool, v.name, name, /*delete_if_owned=*/true);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  absl::StrAppend(&line, first.ok() ? "completed (the guest moved; its volumes here removed)"
+                                    : absl::StrCat("the guest moved; removing its volumes here failed: ", first.message()));
+  (void)journal_.End(op.id, first.ok() ? v1::OPERATION_STATE_RECOVERED : v1::OPERATION_STATE_FAILED,
+                     absl::StrCat("recovery: ", line));
+  return line;
 }
 
 }  // namespace hvagent::service

@@ -9,6 +9,14 @@
 //   finish             the destination defines the domain (and starts it when it ran here)
 //   remove-source      the domain is deleted here with the volumes it owns
 //
+// Live (request.live, QEMU/KVM only; refused on Xen: no live migration on Arm in Xen 4.17):
+//
+//   prepare            the destination makes every volume now, empty (MigrationPeer::PrepareLive)
+//   migrate-live       Hypervisor::MigrateLive: libvirt peer to peer, memory and disks (NBD)
+//                      copied while the guest runs; progress from the hypervisor's job
+//   finish             the destination checks that the guest arrived running
+//   remove-source      the volumes it owned here are deleted (libvirt undefined it here)
+//
 // Until `finish` has answered, the source is the domain's home: any failure or a cancel aborts
 // the transfer on the destination (which removes all it received) and starts the guest again
 // when the migration shut it down. A crash is undone the same way by Recover (the destination's
@@ -42,12 +50,21 @@ struct MigrateRequest {
   RunningPolicy running = RunningPolicy::kRefuse;
   std::chrono::seconds shutdown_timeout{0};  // 0: DomainService's default
   std::string destination_pool;              // empty: the source volume's pool name
+  bool live = false;                         // QEMU/KVM: the guest moves running (below)
+  uint32_t max_downtime_ms = 0;              // live: the switch-over's pause bound; 0: QEMU's default
 };
 
 class MigrationService {
  public:
+  struct Options {
+    bool live_tls = false;  // ask the hypervisor for TLS on a live migration's data channel
+    std::chrono::milliseconds live_poll{250};  // how often a live migration's progress is read
+  };
   MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
-                   MigrationPeerFactory connect);
+                   MigrationPeerFactory connect, Options options);
+  MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
+                   MigrationPeerFactory connect)
+      : MigrationService(domains, storage, hypervisor, journal, std::move(connect), Options{}) {}
   ~MigrationService();  // cancels migrations under way and waits for them
 
   // The operation's id, or a refusal with nothing started (see migration.proto).
@@ -72,15 +89,21 @@ class MigrationService {
     std::atomic<bool> committed{false};  // the destination has the domain: no cancel any more
     std::atomic<bool> ended{false};
     std::atomic<uint64_t> done{0};
-    uint64_t total = 0;
+    std::atomic<uint64_t> total{0};
   };
   // The plan the destination gets: the domain's spec with every disk a volume it owns.
   absl::StatusOr<std::shared_ptr<Job>> Plan(const MigrateRequest& request);
   void Run(std::shared_ptr<Job> job);
   // Keeps the progress of the last Journal::kHistory ended migrations (mu_ held).
   void ForgetOldJobs();
+  std::string RecoverLive(const Journal::Operation& op);
   absl::Status Steps(Job& job, std::string& transfer, bool& shut_down);
   absl::Status SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer);
+  // The live path: prepare, migrate-live, finish, remove-source.
+  absl::Status LiveSteps(Job& job, MigrationPeer& peer, std::string& transfer);
+  // Hypervisor::MigrateLive on a thread of its own while this one reads progress and aborts
+  // the job on cancel.
+  absl::Status RunLive(Job& job, const hv::LiveMigration& m);
   absl::Status Step(Job& job, const std::string& name, const storage::VolumeInfo* volume = nullptr);
   // After a failure before `finish` answered: the destination's half removed, the guest back.
   std::string Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down);
@@ -90,6 +113,7 @@ class MigrationService {
   hv::Hypervisor& hv_;
   Journal& journal_;
   const MigrationPeerFactory connect_;
+  const Options options_;
 
   mutable std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // running and the last ended ones, by id

@@ -24,6 +24,7 @@
 #include "hypervisor/libvirt/event_loop.h"
 #include "hypervisor/libvirt/libvirt_console.h"
 #include "hypervisor/libvirt/libvirt_error.h"
+#include "hypervisor/libvirt/migration_xml.h"
 
 namespace hvagent::hv {
 namespace {
@@ -734,6 +735,74 @@ absl::Status LibvirtHypervisor::ThawFilesystems(const std::string& name) {
   if (virDomainFSThaw(d->get(), nullptr, 0, 0) < 0) {
     return LastLibvirtError(absl::StrCat("thaw the filesystems of domain ", name));
   }
+  return absl::OkStatus();
+}
+
+// Peer to peer (this libvirtd connects to the destination's itself, so the agent's own
+// connection never needs to reach the other host), live, the non-shared disks copied by libvirt
+// over NBD into the devices the destination prepared, the definition made persistent there and
+// removed here once the guest runs there.
+absl::Status LibvirtHypervisor::MigrateLive(const std::string& name, const LiveMigration& m) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  const char* type = virConnectGetType(virDomainGetConnect(d->get()));
+  if (type != nullptr && absl::EqualsIgnoreCase(type, "xen")) {
+    return absl::FailedPreconditionError(
+        "live migration: Xen 4.17 has no live migration (nor save/restore) on Arm (Xen's SUPPORT.md lists them "
+        "for x86 only); move the domain cold");
+  }
+  if (virDomainIsActive(d->get()) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: move it cold"));
+  }
+  char* live_xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE);
+  if (live_xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
+  auto dest_xml = RetargetDisks(live_xml, m.disk_paths);
+  free(live_xml);
+  if (!dest_xml.ok()) return dest_xml.status();
+  if (m.max_downtime_ms > 0 && virDomainMigrateSetMaxDowntime(d->get(), m.max_downtime_ms, 0) < 0) {
+    return LastLibvirtError(absl::StrCat("set the migration downtime of domain ", name));
+  }
+  virTypedParameterPtr params = nullptr;
+  int n = 0, max = 0;
+  virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_DEST_XML, dest_xml->c_str());
+  if (!m.migrate_uri.empty()) virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_URI, m.migrate_uri.c_str());
+  for (const auto& [target, path] : m.disk_paths) {
+    virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_MIGRATE_DISKS, target.c_str());
+  }
+  unsigned flags = VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_LIVE | VIR_MIGRATE_PERSIST_DEST | VIR_MIGRATE_UNDEFINE_SOURCE;
+  if (!m.disk_paths.empty()) flags |= VIR_MIGRATE_NON_SHARED_DISK;
+  if (m.auto_converge) flags |= VIR_MIGRATE_AUTO_CONVERGE;
+  if (m.tls) flags |= VIR_MIGRATE_TLS;
+  int code = 0;
+  const int rc = virDomainMigrateToURI3(d->get(), m.destination_uri.c_str(), params, n, flags);
+  absl::Status s = rc < 0 ? LastLibvirtError(absl::StrCat("migrate domain ", name, " live to ", m.destination_uri), &code)
+                          : absl::OkStatus();
+  virTypedParamsFree(params, n);
+  if (code == VIR_ERR_OPERATION_ABORTED) return absl::CancelledError(s.message());
+  return s;
+}
+
+absl::StatusOr<MigrationJob> LibvirtHypervisor::GetMigrationJob(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  int type = VIR_DOMAIN_JOB_NONE, n = 0;
+  virTypedParameterPtr params = nullptr;
+  if (virDomainGetJobStats(d->get(), &type, &params, &n, 0) < 0) {
+    return LastLibvirtError(absl::StrCat("read the job of domain ", name));
+  }
+  MigrationJob job;
+  unsigned long long v = 0;  // NOLINT(runtime/int): libvirt's type
+  if (virTypedParamsGetULLong(params, n, VIR_DOMAIN_JOB_DATA_TOTAL, &v) == 1) job.bytes_total = v;
+  if (virTypedParamsGetULLong(params, n, VIR_DOMAIN_JOB_DATA_PROCESSED, &v) == 1) job.bytes_done = v;
+  virTypedParamsFree(params, n);
+  if (type == VIR_DOMAIN_JOB_NONE) return absl::NotFoundError(absl::StrCat("domain '", name, "' runs no migration"));
+  return job;
+}
+
+absl::Status LibvirtHypervisor::AbortMigrationJob(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  if (virDomainAbortJob(d->get()) < 0) return LastLibvirtError(absl::StrCat("abort the migration of domain ", name));
   return absl::OkStatus();
 }
 

@@ -101,6 +101,11 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   // timeout bounds a guest whose agent does not answer.
   absl::StatusOr<int> FreezeFilesystems(const std::string& name) override;
   absl::Status ThawFilesystems(const std::string& name) override;
+  // virDomainMigrateToURI3, peer to peer (see the .cpp); refused on Xen (no live migration on Arm
+  // in Xen 4.17). Progress from virDomainGetJobStats; abort with virDomainAbortJob.
+  absl::Status MigrateLive(const std::string& name, const LiveMigration& migration) override;
+  absl::StatusOr<MigrationJob> GetMigrationJob(const std::string& name) override;
+  absl::Status AbortMigrationJob(const std::string& name) override;
   // The domain's first console (libvirt_console.h); FailedPrecondition unless it is running or
   // paused.
   absl::StatusOr<std::unique_ptr<ConsoleChannel>> OpenConsole(const std::string& name,

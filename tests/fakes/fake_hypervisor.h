@@ -365,6 +365,46 @@ class FakeHypervisor final : public hv::Hypervisor {
     return absl::OkStatus();
   }
 
+  // Live migration: `migrate_live` stands for the destination's hypervisor (a test defines and
+  // starts the domain on the other fake there); without it MigrateLive is Unimplemented. It is
+  // called with the fake's lock free, with the domain's info and disks; on success the domain is
+  // gone here (UNDEFINE_SOURCE). `live_job` is what GetMigrationJob answers meanwhile.
+  std::function<absl::Status(const hv::DomainInfo&, const std::vector<hv::DiskSpec>&, const hv::LiveMigration&)>
+      migrate_live;
+  hv::MigrationJob live_job;
+  std::atomic<bool> live_aborted{false};
+  absl::Status MigrateLive(const std::string& name, const hv::LiveMigration& m) override {
+    hv::DomainInfo info;
+    std::vector<hv::DiskSpec> disks;
+    {
+      std::lock_guard lock(mu_);
+      calls.push_back("migrate-live " + name);
+      auto d = Find(name);
+      if (!d.ok()) return d.status();
+      if (!hv::IsActive((*d)->info.state)) return absl::FailedPreconditionError("not running");
+      info = (*d)->info;
+      disks = (*d)->disks;
+    }
+    if (!migrate_live) return absl::UnimplementedError("this hypervisor cannot migrate domains live");
+    absl::Status s = migrate_live(info, disks, m);
+    if (live_aborted) return absl::CancelledError("migration job: canceled by client");
+    if (!s.ok()) return s;
+    std::lock_guard lock(mu_);
+    domains_.erase(name);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<hv::MigrationJob> GetMigrationJob(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    if (auto d = Find(name); !d.ok()) return d.status();
+    return live_job;
+  }
+  absl::Status AbortMigrationJob(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    calls.push_back("abort-job " + name);
+    live_aborted = true;
+    return absl::OkStatus();
+  }
+
   void Emit(const hv::DomainEvent& e) {
     if (sink_) sink_(e);
   }

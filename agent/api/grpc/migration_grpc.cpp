@@ -127,6 +127,21 @@ class GrpcMigrationPeer final : public service::MigrationPeer {
     return resp.transfer_id();
   }
 
+  absl::StatusOr<service::LiveTarget> PrepareLive(const service::IncomingPlan& plan) override {
+    v1::PrepareIncomingRequest req;
+    *req.mutable_spec() = ToProto(plan.spec, plan.volumes);
+    req.set_start(true);
+    req.set_live(true);
+    req.set_source_host(self_);
+    v1::PrepareIncomingResponse resp;
+    // The destination makes every volume now (a partition or LV each): longer than a cold prepare.
+    auto ctx = Context(std::chrono::seconds(300));
+    if (auto s = FromGrpc(stub_->PrepareIncoming(ctx.get(), req, &resp)); !s.ok()) return Named("prepare", s);
+    return service::LiveTarget{.transfer = resp.transfer_id(), .libvirt_uri = resp.libvirt_uri(),
+                               .migrate_uri = resp.migrate_uri(),
+                               .disk_paths = {resp.disk_paths().begin(), resp.disk_paths().end()}};
+  }
+
   absl::StatusOr<service::ReceivedVolume> SendVolume(const std::string& transfer, size_t disk, uint64_t size,
                                                      const Producer& produce) override {
     grpc::ClientContext ctx;

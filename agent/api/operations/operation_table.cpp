@@ -354,7 +354,8 @@ absl::StatusOr<uint64_t> OperationIdOf(const std::string& text) {
 absl::Status MigrateDomain(const Services& s, const v1::MigrateDomainRequest& req, v1::MigrateDomainResponse* out) {
   service::MigrateRequest r{.name = req.name(), .destination = req.destination(),
                             .shutdown_timeout = std::chrono::seconds(req.shutdown_timeout_seconds()),
-                            .destination_pool = req.destination_pool()};
+                            .destination_pool = req.destination_pool(), .live = req.live(),
+                            .max_downtime_ms = req.max_downtime_ms()};
   switch (req.running_policy()) {
     case v1::RUNNING_POLICY_UNSPECIFIED:
     case v1::RUNNING_POLICY_REFUSE: r.running = service::RunningPolicy::kRefuse; break;
@@ -380,6 +381,15 @@ absl::Status PrepareIncoming(const Services& s, const v1::PrepareIncomingRequest
   if (!spec.ok()) return spec.status();
   service::IncomingPlan plan{.spec = *spec, .volumes = VolumesFromProto(req.spec()), .start = req.start(),
                              .source_host = req.source_host()};
+  if (req.live()) {
+    auto target = s.incoming->PrepareLive(plan);
+    if (!target.ok()) return target.status();
+    out->set_transfer_id(target->transfer);
+    out->set_libvirt_uri(target->libvirt_uri);
+    out->set_migrate_uri(target->migrate_uri);
+    for (const std::string& p : target->disk_paths) out->add_disk_paths(p);
+    return absl::OkStatus();
+  }
   auto id = s.incoming->Prepare(plan);
   if (!id.ok()) return id.status();
   out->set_transfer_id(*id);

@@ -168,6 +168,19 @@ TEST(DomainView, AWriteIsSeenByTheNextReadWithoutItsEvent) {
   EXPECT_TRUE(view.ListDomains()->empty());
 }
 
+TEST(DomainView, ALiveMigrationAwayIsSeenByTheNextReadWithoutItsEvent) {
+  FakeHypervisor fake;
+  DomainView view(fake);
+  ASSERT_TRUE(view.DefineDomain(Spec("vm")).ok());
+  ASSERT_TRUE(view.StartDomain("vm").ok());
+  fake.migrate_live = [](const DomainInfo&, const std::vector<DiskSpec>&, const LiveMigration&) {
+    return absl::OkStatus();  // the guest runs elsewhere now; libvirt sent no event yet
+  };
+  ASSERT_TRUE(view.MigrateLive("vm", LiveMigration{.destination_uri = "qemu+tcp://h2/system"}).ok());
+  EXPECT_TRUE(absl::IsNotFound(view.GetDomain("vm").status()));
+  EXPECT_TRUE(view.ListDomains()->empty());
+}
+
 TEST(DomainView, AFailedWriteLeavesTheViewAsTheHypervisorHasIt) {
   FakeHypervisor fake;
   DomainView view(fake);

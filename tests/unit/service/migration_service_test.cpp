@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -110,6 +111,12 @@ class LoopbackPeer final : public MigrationPeer {
   uint64_t data_bytes_sent = 0;
 
   absl::StatusOr<std::string> Prepare(const IncomingPlan& plan) override { return dest_.incoming->Prepare(plan); }
+  std::function<void(LiveTarget&)> tamper_live;  // a hostile destination's answer
+  absl::StatusOr<LiveTarget> PrepareLive(const IncomingPlan& plan) override {
+    auto t = dest_.incoming->PrepareLive(plan);
+    if (t.ok() && tamper_live) tamper_live(*t);
+    return t;
+  }
   absl::StatusOr<ReceivedVolume> SendVolume(const std::string& t, size_t disk, uint64_t size,
                                             const Producer& produce) override {
     if (before_send) before_send();
@@ -144,6 +151,7 @@ class Forwarder final : public MigrationPeer {
  public:
   explicit Forwarder(MigrationPeer& p) : p_(p) {}
   absl::StatusOr<std::string> Prepare(const IncomingPlan& plan) override { return p_.Prepare(plan); }
+  absl::StatusOr<LiveTarget> PrepareLive(const IncomingPlan& plan) override { return p_.PrepareLive(plan); }
   absl::StatusOr<ReceivedVolume> SendVolume(const std::string& t, size_t disk, uint64_t size,
                                             const Producer& produce) override {
     return p_.SendVolume(t, disk, size, produce);
@@ -518,6 +526,187 @@ TEST_F(MigrationTest, RecoveryCutShortAtFinishNeverStartsTheSourceGuestAgain) {
   EXPECT_TRUE(src_->journal->Unfinished().empty());
   ASSERT_FALSE(src_->journal->Recent().empty());
   EXPECT_EQ(src_->journal->Recent().front().state, v1::OPERATION_STATE_FAILED);
+}
+
+// ---- live migration (QEMU/KVM): the source's fake hypervisor stands for libvirt's peer-to-peer
+// move; it copies the disk into the device the destination prepared and defines and starts the
+// domain on the destination's fake, as libvirt would.
+class LiveMigrationTest : public MigrationTest {
+ protected:
+  void SetUp() override {
+    MigrationTest::SetUp();
+    dst_->incoming = std::make_unique<IncomingMigrations>(
+        *dst_->domains, *dst_->storage, dst_->hv, *dst_->journal, dst_->clock,
+        IncomingMigrations::Options{.libvirt_uri = "qemu+tcp://10.0.0.2/system", .migrate_uri = "tcp://10.0.0.2"});
+    src_->hv.live_job = {.bytes_total = 300 << 20, .bytes_done = 120 << 20};
+    src_->hv.migrate_live = [this](const hv::DomainInfo& info, const std::vector<hv::DiskSpec>& disks,
+                                   const hv::LiveMigration& m) -> absl::Status {
+      seen_ = m;
+      if (before_move_) {
+        if (auto s = before_move_(); !s.ok()) return s;
+      }
+      hv::DomainSpec spec{.name = info.name, .uuid = info.uuid, .vcpus = info.vcpus, .memory_mib = info.memory_mib};
+      spec.labels = info.labels;
+      for (hv::DiskSpec d : disks) {
+        std::ofstream(m.disk_paths.at(d.target), std::ios::binary | std::ios::in | std::ios::out)
+            << ReadFile(d.source_path);
+        d.source_path = m.disk_paths.at(d.target);
+        spec.disks.push_back(d);
+      }
+      if (auto s = dst_->hv.DefineDomain(spec); !s.ok()) return s;
+      return dst_->hv.StartDomain(spec.name);
+    };
+  }
+  absl::StatusOr<uint64_t> MigrateLive(uint32_t downtime = 0) {
+    return migrations_->Migrate({.name = "web1", .destination = "dst.example:50051", .live = true,
+                                 .max_downtime_ms = downtime});
+  }
+  hv::LiveMigration seen_;
+  std::function<absl::Status()> before_move_;
+};
+
+TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceVolumesGo) {
+  MakeDomain(/*start=*/true);
+  before_move_ = [] {  // a move that lasts past one progress read
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    return absl::OkStatus();
+  };
+  auto id = MigrateLive(500);
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_SUCCEEDED) << e.message;
+  // What libvirt was asked: the destination's URIs, its device per disk, the downtime bound.
+  EXPECT_EQ(seen_.destination_uri, "qemu+tcp://10.0.0.2/system");
+  EXPECT_EQ(seen_.migrate_uri, "tcp://10.0.0.2");
+  EXPECT_EQ(seen_.disk_paths.at("vda"), dst_dir_ + "/vol-web1-root");
+  EXPECT_EQ(seen_.max_downtime_ms, 500u);
+  EXPECT_TRUE(seen_.auto_converge);
+  auto moved = dst_->hv.GetDomain("web1");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_TRUE(hv::IsActive(moved->state));
+  EXPECT_EQ(moved->uuid, "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d");
+  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  auto vol = dst_->storage->GetVolume("vg0", "web1-root");
+  ASSERT_TRUE(vol.ok());
+  EXPECT_EQ(vol->volume.attached_to, "web1");
+  EXPECT_EQ(vol->volume.ownership, storage::Ownership::kOwned);
+  // The hypervisor undefined it here; the agent removed the volumes it owned.
+  EXPECT_TRUE(absl::IsNotFound(src_->hv.GetDomain("web1").status()));
+  EXPECT_TRUE(src_->VolumeNames().empty());
+  EXPECT_THAT(src_->hv.calls, ::testing::Not(::testing::Contains("shutdown web1")));
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
+  // Progress is the hypervisor job's bytes, whole at the end.
+  auto t = migrations_->TransferOf(*id);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->total, 300u << 20);
+  EXPECT_EQ(t->done, 300u << 20);
+}
+
+TEST_F(LiveMigrationTest, RefusedOnXenForAStoppedDomainAndForBadDowntimesBeforeAnythingStarts) {
+  MakeDomain(/*start=*/false);
+  auto stopped = MigrateLive();
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(stopped.status().message(), HasSubstr("not running"));
+  ASSERT_TRUE(src_->hv.StartDomain("web1").ok());
+  src_->hv.host_type = "Xen";
+  auto xen = MigrateLive();
+  EXPECT_EQ(xen.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(xen.status().message(), HasSubstr("no live migration"));
+  EXPECT_THAT(xen.status().message(), HasSubstr("Arm"));
+  src_->hv.host_type = "QEMU";
+  EXPECT_THAT(MigrateLive(60001).status().message(), HasSubstr("max_downtime_ms: "));
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a:1", .max_downtime_ms = 100}).status().message(),
+              HasSubstr("max_downtime_ms: only for a live migration"));
+  EXPECT_FALSE(MigrationJournalled());
+  EXPECT_TRUE(destinations_.empty());
+}
+
+TEST_F(LiveMigrationTest, AFailedMoveLeavesTheGuestRunningHereAndTheDestinationClean) {
+  MakeDomain(/*start=*/true);
+  before_move_ = [] { return absl::UnavailableError("unable to connect to server at '10.0.0.2:16509'"); };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("16509"));
+  EXPECT_THAT(e.message, HasSubstr("the domain stays here"));
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+TEST_F(LiveMigrationTest, ADestinationHandingBackAHostileLibvirtUriIsNeverConnectedTo) {
+  MakeDomain(/*start=*/true);
+  peer_->tamper_live = [](LiveTarget& t) { t.libvirt_uri = "qemu+ext:///system?command=/bin/sh"; };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("libvirt_uri"));
+  EXPECT_THAT(src_->hv.calls, ::testing::Not(::testing::Contains("migrate-live web1")));
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+TEST_F(LiveMigrationTest, ADestinationWithoutLibvirtUriRefusesAndMakesNothing) {
+  MakeDomain(/*start=*/true);
+  dst_->incoming = std::make_unique<IncomingMigrations>(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal,
+                                                        dst_->clock, IncomingMigrations::Options{});
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("[migration] libvirt_uri"));
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+TEST_F(LiveMigrationTest, CancelAbortsTheHypervisorsJobAndTheGuestStaysHere) {
+  MakeDomain(/*start=*/true);
+  std::atomic<bool> moving{false};
+  before_move_ = [&]() -> absl::Status {
+    moving = true;
+    while (!src_->hv.live_aborted) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return absl::CancelledError("operation aborted: migration out job: canceled by client");
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  while (!moving) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(migrations_->Cancel(*id).ok());
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_CANCELLED) << e.message;
+  EXPECT_THAT(src_->hv.calls, ::testing::Contains("abort-job web1"));
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+TEST_F(LiveMigrationTest, RecoveryAfterACrashMidMoveKeepsAGuestStillHereAndCompletesOneThatMoved) {
+  MakeDomain(/*start=*/true);
+  auto begin = [&](const std::vector<std::string>& steps) {
+    internal::JournalBegin b;
+    b.set_type(v1::OPERATION_KIND_MIGRATE_DOMAIN);
+    b.set_domain("web1");
+    b.set_uuid("6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d");
+    b.set_peer("dst.example:50051");
+    auto id = src_->journal->Begin(b);
+    for (const std::string& n : steps) {
+      internal::JournalStep st;
+      st.set_name(n);
+      (void)src_->journal->Step(*id, st);
+    }
+    return *id;
+  };
+  // Still here: rolled back, nothing deleted.
+  begin({"prepare", "migrate-live"});
+  auto lines = migrations_->Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("rolled back"));
+  EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));
+  // Gone after finish (libvirt moved it while the agent was down): its volumes here go.
+  ASSERT_TRUE(src_->hv.DestroyDomain("web1").ok());
+  ASSERT_TRUE(src_->hv.UndefineDomain("web1").ok());
+  begin({"prepare", "migrate-live", "finish"});
+  lines = migrations_->Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("completed"));
+  EXPECT_TRUE(src_->VolumeNames().empty());
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
 }
 
 }  // namespace
