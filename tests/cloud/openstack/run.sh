@@ -62,6 +62,10 @@ teardown() {
   local rc=$? i
   set +e
   stamp "teardown (exit $rc)"
+  if ((rc != 0)); then  # the log written last is most likely the one that says why
+    i=$(ls -t "$W"/log/*.log 2>/dev/null | head -n 1)
+    [[ -n $i ]] && { echo "--- last lines of $i:"; tail -n 30 "$i"; } >&2
+  fi
   if [[ -n $keep_logs ]]; then mkdir -p "$keep_logs" && cp -r "$W/log/." "$keep_logs/"; fi
   # Domains the agent still holds go with the agent's embedded libvirt; guests are its children.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
@@ -242,11 +246,13 @@ key_repository = $W/keystone/fernet
 key_repository = $W/keystone/credential
 INI
   local ks=(keystone-manage --config-file "$W/etc/keystone/keystone.conf")
-  as keystone "${ks[@]}" db_sync
-  as keystone "${ks[@]}" fernet_setup --keystone-user keystone --keystone-group keystone
-  as keystone "${ks[@]}" credential_setup --keystone-user keystone --keystone-group keystone
-  as keystone "${ks[@]}" bootstrap --bootstrap-password "$ADMIN_PW" --bootstrap-region-id RegionOne \
-    --bootstrap-admin-url "$KEYSTONE" --bootstrap-internal-url "$KEYSTONE" --bootstrap-public-url "$KEYSTONE"
+  {
+    as keystone "${ks[@]}" db_sync
+    as keystone "${ks[@]}" fernet_setup --keystone-user keystone --keystone-group keystone
+    as keystone "${ks[@]}" credential_setup --keystone-user keystone --keystone-group keystone
+    as keystone "${ks[@]}" bootstrap --bootstrap-password "$ADMIN_PW" --bootstrap-region-id RegionOne \
+      --bootstrap-admin-url "$KEYSTONE" --bootstrap-internal-url "$KEYSTONE" --bootstrap-public-url "$KEYSTONE"
+  } >"$W/log/keystone-manage.log" 2>&1
   uwsgi_app keystone keystone "$port" /usr/bin/keystone-wsgi-public \
     "OS_KEYSTONE_CONFIG_FILES=$W/etc/keystone/keystone.conf"
   export OS_AUTH_URL=$KEYSTONE OS_USERNAME=admin OS_PASSWORD=$ADMIN_PW OS_PROJECT_NAME=admin \
@@ -313,7 +319,8 @@ connection = $url
 auth_strategy = keystone
 INI
     authtoken placement "${svc_pw[placement]}"; } | conf "$W/etc/placement/placement.conf" placement
-  as placement placement-manage --config-file "$W/etc/placement/placement.conf" db sync
+  as placement placement-manage --config-file "$W/etc/placement/placement.conf" db sync \
+    >"$W/log/placement-manage.log" 2>&1
   uwsgi_app placement placement "$port" /usr/bin/placement-api "OS_PLACEMENT_CONFIG_DIR=$W/etc/placement"
   wait_for 60 Placement curl -sf "http://127.0.0.1:$port/"
 }
@@ -433,6 +440,9 @@ osapi_compute_workers = 1
 api_paste_config = /etc/nova/api-paste.ini
 compute_driver = hvagent.HvagentDriver
 allow_resize_to_same_host = true
+# The busybox guest runs no ACPI daemon: a clean shutdown (stop, resize) is forced after this
+# instead of Nova's 60 s.
+shutdown_timeout = 5
 [api]
 auth_strategy = keystone
 [api_database]
@@ -493,10 +503,12 @@ start_nova() {
   register nova compute nova "http://127.0.0.1:$port/v2.1"
   nova_conf "$api_url" "$cell0_url" "$nova_url" "$port"
   local nm=(nova-manage --config-file "$W/etc/nova/nova.conf")
-  as nova "${nm[@]}" api_db sync
-  as nova "${nm[@]}" cell_v2 map_cell0 --database_connection "$cell0_url"
-  as nova "${nm[@]}" cell_v2 create_cell --name cell1 >/dev/null
-  as nova "${nm[@]}" db sync
+  {
+    as nova "${nm[@]}" api_db sync
+    as nova "${nm[@]}" cell_v2 map_cell0 --database_connection "$cell0_url"
+    as nova "${nm[@]}" cell_v2 create_cell --name cell1
+    as nova "${nm[@]}" db sync
+  } >"$W/log/nova-manage.log" 2>&1
   local c=(--config-file "$W/etc/nova/nova.conf")
   daemon nova-api nova nova-api "${c[@]}"
   daemon nova-conductor nova nova-conductor "${c[@]}"
