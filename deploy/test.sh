@@ -13,6 +13,9 @@
 #                serves, then this script's unit tier on the same checkout (late: it builds
 #                build/ again, without tests and failpoints, as a user's first command does)
 #   arm64        the arm64 cross build and its .deb, its unit tests under qemu-aarch64
+#   openstack    a whole OpenStack from Debian's archive on this host (Keystone, Glance, Placement,
+#                Neutron, Nova with the hvagent driver's .deb) booting servers through the agent's
+#                .deb: tests/cloud/openstack/run.sh, the openstack CLI as a user types it
 #   system       real Xen 4.17 ARM64 under qemu-system-aarch64, the arm64 agent in dom0
 #
 #   deploy/test.sh                      every tier (what .ci/run runs)
@@ -39,10 +42,10 @@ jobs=$(nproc)
 # (static, scripts) is one check: it must pass.
 declare -A floor=(
   [unit]=879 [cloudstack]=2 [nova]=7 [bench]=2 [asan]=879 [fuzz]=5 [integration]=34
-  [package]=2 [arm64]=842 [system]=28
+  [package]=2 [arm64]=842 [openstack]=7 [system]=28
 )
 
-tiers=(static unit cloudstack nova bench asan fuzz integration package scripts arm64 system)
+tiers=(static unit cloudstack nova bench asan fuzz integration package scripts arm64 openstack system)
 declare -A title=(
   [static]="no shell from the sources"
   [unit]="unit tests"
@@ -55,10 +58,12 @@ declare -A title=(
   [integration]="integration tests (real libvirtd + QEMU)"
   [package]="Debian package: built by CPack, installed with apt, started, purged"
   [arm64]="arm64: cross build (sysroot from Debian's arm64 packages), .deb, unit tests under qemu-aarch64"
+  [openstack]="OpenStack on this host: Keystone, Glance, Placement, Neutron, Nova boot servers through the agent"
   [system]="system: real Xen ARM64 (qemu-system-aarch64), a guest on an LV through the agent's API"
 )
 # Tiers that test build-test/.
-declare -A needs_build=([unit]=1 [scripts]=1 [cloudstack]=1 [nova]=1 [bench]=1 [integration]=1 [package]=1)
+declare -A needs_build=([unit]=1 [scripts]=1 [cloudstack]=1 [nova]=1 [bench]=1 [integration]=1 [package]=1
+                       [openstack]=1)
 
 usage() {
   echo "usage: deploy/test.sh [--tier NAME]... | --list    (tiers: ${tiers[*]})" >&2
@@ -267,14 +272,8 @@ tier_arm64() {
   tally_junit "$xml" "$rc"
 }
 
-tier_system() {
-  # dom0 gets the agent from the arm64 .deb the arm64 tier built (its Depends checked against
-  # dom0's own Debian packages). Counted from unittest's summary ("Ran N tests", "skipped=N").
-  local log=build-test/system-xen-arm64.log rc=0 ran skip fails summary deb
-  deb=$(ls build-arm64/hvagent_*_arm64.deb) || fail "no arm64 .deb: run the arm64 tier first"
-  mkdir -p build-test
-  tests/system/xen-arm64/run.sh --agent-deb "$deb" --artifacts "$PWD/build-test/system-xen-arm64-artifacts" \
-    2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+tally_unittest() {  # tally_unittest LOG EXIT WHAT: count from unittest's summary ("Ran N tests", "skipped=N")
+  local log=$1 rc=$2 ran skip fails summary
   ran=$(sed -n 's/^Ran \([0-9][0-9]*\) tests\{0,1\} in .*/\1/p' "$log" | tail -n 1)
   summary=$(grep -E '^(OK|FAILED)( \(.*\))?$' "$log" | tail -n 1 || true)
   ran=${ran:-0} skip=0 fails=0
@@ -282,8 +281,35 @@ tier_system() {
   if [[ $summary =~ failures=([0-9]+) ]]; then fails=$((fails + BASH_REMATCH[1])); fi
   if [[ $summary =~ errors=([0-9]+) ]]; then fails=$((fails + BASH_REMATCH[1])); fi
   count $((ran - skip - fails)) "$fails" "$skip"
-  ((rc == 0)) || fail "tests/system/xen-arm64/run.sh exited $rc"
+  ((rc == 0)) || fail "$3 exited $rc"
   check_floor $((ran - skip))
+}
+
+tier_openstack() {
+  # The agent's .deb as the package tier made it (CPack in build-test/), made again here when
+  # that tier did not run or the binary is newer; run.sh builds the Nova driver's .deb itself
+  # (drivers/nova/build-deb.sh, seconds).
+  local log=build-test/openstack.log rc=0 deb
+  deb=$(ls build-test/hvagent_*_amd64.deb 2>/dev/null | head -n 1 || true)
+  if [[ -z $deb || $deb -ot build-test/agent/hvagentd ]]; then
+    (cd build-test && cpack -G DEB >/dev/null)
+    deb=$(ls build-test/hvagent_*_amd64.deb | head -n 1)
+  fi
+  rm -rf build-test/openstack-logs
+  tests/cloud/openstack/run.sh --agent-deb "$deb" --keep-logs build-test/openstack-logs \
+    2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+  tally_unittest "$log" "$rc" tests/cloud/openstack/run.sh
+}
+
+tier_system() {
+  # dom0 gets the agent from the arm64 .deb the arm64 tier built (its Depends checked against
+  # dom0's own Debian packages).
+  local log=build-test/system-xen-arm64.log rc=0 deb
+  deb=$(ls build-arm64/hvagent_*_arm64.deb) || fail "no arm64 .deb: run the arm64 tier first"
+  mkdir -p build-test
+  tests/system/xen-arm64/run.sh --agent-deb "$deb" --artifacts "$PWD/build-test/system-xen-arm64-artifacts" \
+    2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+  tally_unittest "$log" "$rc" tests/system/xen-arm64/run.sh
 }
 
 # --- run ------------------------------------------------------------------------------------------

@@ -318,7 +318,9 @@ class HvagentDriver(driver.ComputeDriver):
             "disk_available_least": free_gb,
             "supported_instances": [(arch, hv_type, fields.VMMode.HVM)],
             "numa_topology": None,
-            "pci_passthrough_devices": None,
+            # No "pci_passthrough_devices": Nova's resource tracker json-decodes that key
+            # whenever it is there (None broke every update_available_resource against real
+            # Nova, so the node never reached placement); the agent passes no devices through.
         }
 
     @staticmethod

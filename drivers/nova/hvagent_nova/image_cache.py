@@ -64,31 +64,36 @@ def _glance_hash(meta):
     return str(algo).lower(), str(value).lower()
 
 
-class Md5Check(object):
-    """Passes the pieces of an iterator on, holding the last one back until the md5 of all of
-    them is known: `ok` is False (and the last piece never given) on a mismatch."""
+class Md5Feed(object):
+    """The file nova.image.glance's download(data=...) writes the image into: each piece goes
+    on to `out` (the upload child's stdin), the last one held back until the md5 of all of them
+    is known (`expected`, Glance's checksum; None: nothing to check). `close` gives that piece
+    and closes `out` on a match; on a mismatch the stream ends short, so the agent discards the
+    image, and `ok` is False."""
 
-    def __init__(self, pieces, expected):
-        self._pieces = pieces
+    def __init__(self, out, expected):
+        self._out = out
         self._expected = expected.lower() if expected else None
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._held = None
         self.ok = True
 
-    def __iter__(self):
+    def write(self, piece):
         if not self._expected:
-            yield from self._pieces
+            self._out.write(piece)
             return
-        md5 = hashlib.md5(usedforsecurity=False)
-        held = None
-        for piece in self._pieces:
-            md5.update(piece)
-            if held is not None:
-                yield held
-            held = piece
-        if md5.hexdigest() != self._expected:
+        self._md5.update(piece)
+        if self._held is not None:
+            self._out.write(self._held)
+        self._held = piece
+
+    def close(self):
+        if self._expected and self._md5.hexdigest() != self._expected:
             self.ok = False
-            return
-        if held is not None:
-            yield held
+        elif self._held is not None:
+            self._out.write(self._held)
+        self._held = None
+        self._out.close()
 
 
 class ImageCache(object):
@@ -204,8 +209,6 @@ class ImageCache(object):
         import of that name runs (ALREADY_EXISTS): the caller waits for it."""
         header = self._header(pool, name, image_id, meta)
         algo, _ = _glance_hash(meta)
-        md5 = Md5Check(glance.API().download(context, image_id) or (),
-                       None if algo in ("sha256", "sha512") else meta.get("checksum"))
         group = self._conf.hvagent
         spec = {"channel": {k: getattr(group, k) for k in CHANNEL_OPTS},
                 "header": header, "timeout": group.image_timeout}
@@ -215,10 +218,13 @@ class ImageCache(object):
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", image_upload.__name__, json.dumps(spec)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        md5 = Md5Feed(proc.stdin, None if algo in ("sha256", "sha512") else meta.get("checksum"))
         try:
-            for piece in md5:
-                proc.stdin.write(piece)
-            proc.stdin.close()
+            # Glance writes into the pipe (data=): Nova 26's download() without a destination
+            # returns glanceclient's iterator already closed (_verify_and_write's finally), so
+            # it yields nothing and the agent got an empty upload (found against real Nova).
+            glance.API().download(context, image_id, data=md5)
+            md5.close()
         except BrokenPipeError:
             pass  # the agent ended the upload early: its answer says why
         except BaseException:

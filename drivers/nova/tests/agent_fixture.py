@@ -37,27 +37,29 @@ def free_port():
 
 
 def stream_glance_downloads(glance, record=None):
-    """Makes Nova's GlanceFixture `glance` answer a download without a destination as
-    nova.image.glance does (an iterator of the image's bytes; the fixture gives None), in 64 KiB
-    pieces that yield to other green threads as a network read would. `record`: a list that
-    gets "download-start" and "download-end"."""
+    """Makes Nova's GlanceFixture `glance` download as nova.image.glance does against a real
+    Glance: with `data`, the image is written into it in 64 KiB pieces that yield to other green
+    threads as a network read would; without a destination, Nova 26 returns glanceclient's
+    iterator after its _verify_and_write has closed it, so it yields nothing (the fixture's own
+    download gives None instead, which hid that). `record`: a list that gets "download-start"
+    and "download-end"."""
     import eventlet
     plain = glance.download
 
     def download(context, image_id, data=None, dst_path=None, trusted_certs=None):
-        if data is not None or dst_path is not None:
-            return plain(context, image_id, data=data, dst_path=dst_path)
+        if data is None:
+            if dst_path is not None:
+                return plain(context, image_id, dst_path=dst_path)
+            glance.show(context, image_id)
+            return iter(())  # closed before the caller sees it
         blob = glance._imagedata.get(image_id, b"")
-
-        def pieces():
-            if record is not None:
-                record.append("download-start")
-            for i in range(0, len(blob), 64 * 1024):
-                eventlet.sleep(0.001)
-                yield blob[i:i + 64 * 1024]
-            if record is not None:
-                record.append("download-end")
-        return pieces()
+        if record is not None:
+            record.append("download-start")
+        for i in range(0, len(blob), 64 * 1024):
+            eventlet.sleep(0.001)
+            data.write(blob[i:i + 64 * 1024])
+        if record is not None:
+            record.append("download-end")
     glance.download = download
 
 

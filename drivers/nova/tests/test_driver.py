@@ -721,6 +721,17 @@ class DriverTestCase(test.TestCase):
         self.assertEqual([self.drv.agent.host.GetHost(host_pb2.GetHostRequest()).hostname],
                          self.drv.get_available_nodes())
 
+    def test_available_resource_survives_nova_pci_tracker(self):
+        """Nova's ResourceTracker._setup_pci_tracker json-decodes pci_passthrough_devices
+        whenever the key is present: a None there failed every resource update of a real
+        nova-compute, so its node never reached placement (issue 29)."""
+        res = self.drv.get_available_resource("node1")
+        if "pci_passthrough_devices" in res:
+            self.assertEqual([], jsonutils.loads(res["pci_passthrough_devices"]))
+        for key in ("vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used",
+                    "local_gb_used", "disk_available_least"):
+            self.assertIsInstance(res[key], int, key)
+
     def test_tls_config_required(self):
         self.flags(plaintext=False, ca_file=None, group="hvagent")
         drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())

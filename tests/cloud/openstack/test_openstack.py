@@ -1,0 +1,250 @@
+"""A real OpenStack boots a server through hvagent: the openstack CLI as a user types it, against
+the cloud run.sh stood up (Keystone, Glance, Placement, Neutron, Nova with the hvagent driver).
+Each step is checked twice: by what OpenStack answers and by what the agent itself holds (hvctl
+over mutual TLS): its domain, the domain's volumes in the pool, its capacity.
+
+The tests run in name order and build on each other (one server's life); a failed step fails
+the ones after it. Needs run.sh's environment (OS_* variables, HVOS_*)."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+HVCTL = shlex.split(os.environ["HVOS_HVCTL"])
+POOL = "nova"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def run(argv, timeout=600):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def openstack(*args, timeout=600):
+    return run(["openstack", *args], timeout=timeout)
+
+
+def openstack_json(*args, timeout=600):
+    return json.loads(openstack(*args, "-f", "json", timeout=timeout))
+
+
+def hvctl(*args):
+    return json.loads(run([*HVCTL, "--json", *args]))
+
+
+def peak_rss_mib():
+    """Sum of the RSS of every process of the services run.sh started (their sessions)."""
+    total = 0
+    for leader in os.environ.get("HVOS_RSS_PIDS", "").split():
+        r = subprocess.run(["pgrep", "-s", leader], capture_output=True, text=True)
+        for pid in r.stdout.split():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                pass
+    return total // 1024
+
+
+def build_disk_image(path):
+    """A whole-disk raw image that boots by itself (firmware boot, no kernel pair in Glance):
+    a FAT file system holding the project's test guest (Debian's kernel, busybox initramfs) and
+    SYSLINUX in its boot sector, the kernel's console on the serial port."""
+    guest = run([os.path.join(REPO, "tests", "guest", "build-guest.sh"),
+                 os.environ["HVOS_GUEST_DIR"]]).strip().splitlines()[-1]
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    run(["mkfs.vfat", "-n", "HVGUEST", path])
+    cfg = os.path.join(os.path.dirname(path), "syslinux.cfg")
+    with open(cfg, "w") as f:
+        f.write("DEFAULT guest\nPROMPT 0\nTIMEOUT 1\nLABEL guest\n  LINUX /vmlinuz\n"
+                "  INITRD /initrd.img\n  APPEND console=ttyS0 quiet\n")
+    run(["mcopy", "-i", path, os.path.join(guest, "vmlinuz"), os.path.join(guest, "initrd.img"), cfg, "::/"])
+    run(["syslinux", "--install", path])
+
+
+class OpenStackThroughAgent(unittest.TestCase):
+    server = "hvos-server"
+    peak = 0
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="hvos-test-", dir=os.environ.get("HVOS_WORK"))
+        image = os.path.join(cls.tmp, "busybox.img")
+        build_disk_image(image)
+        cls.image_id = openstack_json("image", "create", "--disk-format", "raw", "--container-format",
+                                      "bare", "--file", image, "--public", "hvos-busybox")["id"]
+        cls.image_bytes = os.path.getsize(image)
+        openstack("flavor", "create", "--vcpus", "1", "--ram", "128", "--disk", "1", "hvos.small")
+        openstack("flavor", "create", "--vcpus", "2", "--ram", "192", "--disk", "2", "hvos.big")
+
+    @classmethod
+    def tearDownClass(cls):
+        print(f"services peak RSS: {max(cls.peak, peak_rss_mib())} MiB", flush=True)
+
+    def setUp(self):
+        self.t0 = time.monotonic()
+
+    def tearDown(self):
+        type(self).peak = max(type(self).peak, peak_rss_mib())
+        print(f"  ({self._testMethodName}: {time.monotonic() - self.t0:.1f} s)", flush=True)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def show(self):
+        return openstack_json("server", "show", self.server)
+
+    def domain_name(self):
+        return self.show()["OS-EXT-SRV-ATTR:instance_name"]
+
+    def agent_domain(self, name):
+        for d in hvctl("list").get("domains", []):
+            if d["name"] == name:
+                return d
+        return None
+
+    def agent_volumes(self):
+        return hvctl("volumes", POOL).get("volumes", [])
+
+    def wait(self, what, check, timeout=180):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                self.fail(f"{what}: not within {timeout} s")
+            time.sleep(2)
+
+    def wait_status(self, status, timeout=300):
+        def check():
+            s = self.show()
+            self.assertNotEqual(s["status"], "ERROR", s.get("fault"))
+            return s if s["status"] == status and not s.get("OS-EXT-STS:task_state") else None
+        return self.wait(f"server {status}", check, timeout)
+
+    def wait_agent_state(self, state, timeout=120):
+        name = self.domain_name()
+        return self.wait(f"agent domain {name} {state}",
+                         lambda: (self.agent_domain(name) or {}).get("state") == state, timeout)
+
+    def console_readies(self):
+        return openstack("console", "log", "show", self.server).count("hv-guest-ready")
+
+    # -- the server's life -------------------------------------------------------------------
+
+    def test_10_hypervisor_reports_the_agents_capacity(self):
+        cap = hvctl("capacity")
+        hv = openstack_json("hypervisor", "list", "--long")
+        self.assertEqual(len(hv), 1, hv)
+        shown = openstack_json("hypervisor", "show", str(hv[0]["ID"]))
+        self.assertEqual(shown["state"], "up")
+        self.assertEqual(shown["status"], "enabled")
+        self.assertEqual(int(shown["vcpus"]), cap["cpus"])
+        self.assertEqual(int(shown["memory_mb"]), int(cap["memory_total_bytes"]) // MiB)
+        pool = next(p for p in cap["pools"] if p["name"] == POOL)
+        self.assertEqual(int(shown["local_gb"]), int(pool["capacity_bytes"]) // GiB)
+        self.assertEqual(shown["hypervisor_type"].lower(), cap["hypervisor_type"].lower())
+        # Placement holds the same inventory, with the agent's own ratios and reservations.
+        rp = openstack_json("resource", "provider", "list")
+        self.assertEqual(len(rp), 1, rp)
+        inv = {i["resource_class"]: i for i in
+               openstack_json("resource", "provider", "inventory", "list", rp[0]["uuid"])}
+        pol = cap["policy"]
+        self.assertEqual(inv["VCPU"]["total"], cap["cpus"])
+        self.assertEqual(inv["VCPU"]["allocation_ratio"], pol["cpu_allocation_ratio"])
+        self.assertEqual(inv["VCPU"]["reserved"], pol["reserved_cpus"])
+        self.assertEqual(inv["MEMORY_MB"]["total"], int(cap["memory_total_bytes"]) // MiB)
+        self.assertEqual(inv["MEMORY_MB"]["reserved"], int(pol["reserved_memory_bytes"]) // MiB)
+        self.assertEqual(inv["DISK_GB"]["total"], int(pool["capacity_bytes"]) // GiB)
+
+    def test_20_create_boots_the_guest_on_the_agent(self):
+        # --nic none needs compute API 2.37 (auto-allocated networks); osc 6.0 otherwise hands
+        # novaclient the string "none" ("nics must be a list or a tuple").
+        s = openstack_json("--os-compute-api-version", "2.37", "server", "create", "--image", "hvos-busybox", "--flavor", "hvos.small",
+                           "--nic", "none", "--wait", self.server, timeout=900)
+        self.assertEqual(s["status"], "ACTIVE", s.get("fault"))
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        dom = self.agent_domain(name)
+        self.assertIsNotNone(dom, f"no agent domain {name}")
+        self.assertEqual(dom["state"], "DOMAIN_STATE_RUNNING")
+        self.assertEqual(dom["uuid"], s["id"])
+        self.assertEqual(dom["vcpus"], 1)
+        self.assertEqual(int(dom["memory_mib"]), 128)
+        owned = [v for v in self.agent_volumes() if v.get("attached_to") == name]
+        self.assertEqual(len(owned), 1, self.agent_volumes())  # the root disk, from the image
+        self.assertEqual(owned[0]["ownership"], "VOLUME_OWNERSHIP_OWNED")
+        self.assertEqual(int(owned[0]["size_bytes"]), 1 * GiB)
+        # The guest ran: its serial console, read through Nova, shows the init's line.
+        self.wait("hv-guest-ready in the console log", lambda: self.console_readies() >= 1, 240)
+        # Nova's view of the host follows the agent's: what its domains hold.
+        cap = hvctl("capacity")
+        self.assertEqual(cap["defined_vcpus"], 1)
+        hv = openstack_json("hypervisor", "show", str(openstack_json("hypervisor", "list")[0]["ID"]))
+        self.wait("vcpus_used in the hypervisor's record",
+                  lambda: int(openstack_json("hypervisor", "show", str(hv["id"]))["vcpus_used"]) == 1, 120)
+
+    def test_30_stop_and_start(self):
+        openstack("server", "stop", self.server)
+        self.wait_status("SHUTOFF")
+        self.wait_agent_state("DOMAIN_STATE_SHUTOFF")
+        openstack("server", "start", self.server)
+        self.wait_status("ACTIVE")
+        self.wait_agent_state("DOMAIN_STATE_RUNNING")
+        self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
+
+    def test_40_hard_reboot(self):
+        before = hvctl("get", self.domain_name())
+        openstack("server", "reboot", "--hard", "--wait", self.server)
+        self.wait_status("ACTIVE")
+        self.wait_agent_state("DOMAIN_STATE_RUNNING")
+        self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
+        self.assertEqual(hvctl("get", self.domain_name())["uuid"], before["uuid"])
+
+    def test_50_resize_on_this_host(self):
+        name = self.domain_name()
+        openstack("server", "resize", "--flavor", "hvos.big", "--wait", self.server, timeout=900)
+        self.wait_status("VERIFY_RESIZE")
+        openstack("server", "resize", "confirm", self.server)
+        s = self.wait_status("ACTIVE")
+        self.assertEqual(s["flavor"]["original_name"] if isinstance(s["flavor"], dict) else
+                         s["flavor"].split()[0], "hvos.big")
+        dom = self.agent_domain(name)
+        self.assertEqual(dom["vcpus"], 2)
+        self.assertEqual(int(dom["memory_mib"]), 192)
+        root = [v for v in self.agent_volumes() if v.get("attached_to") == name]
+        self.assertEqual([int(v["size_bytes"]) for v in root], [2 * GiB])
+
+    def test_60_snapshot_to_glance(self):
+        snap = openstack_json("server", "image", "create", "--name", "hvos-snap", "--wait", self.server,
+                              timeout=900)
+        img = openstack_json("image", "show", snap["id"])
+        self.assertEqual(img["status"], "active")
+        self.assertEqual(img["disk_format"], "raw")
+        self.assertEqual(int(img["size"]), 2 * GiB)  # the root volume, grown by the resize
+        # The agent's temporary image is gone once Glance holds the copy.
+        images = run([*HVCTL, "--json", "images", POOL])
+        self.assertNotIn("snap-", images)
+        self.wait_status("ACTIVE")
+
+    def test_70_delete_removes_domain_and_volumes(self):
+        name = self.domain_name()
+        openstack("server", "delete", "--wait", self.server)
+        self.assertNotIn(self.server, openstack("server", "list", "-f", "value", "-c", "Name").split())
+        self.assertIsNone(self.agent_domain(name))
+        self.wait("the domain's volumes deleted",
+                  lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
+
+
+if __name__ == "__main__":
+    unittest.main()
