@@ -488,7 +488,9 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
 absl::Status ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
   std::optional<storage::ImageSlot> slot;
   img::ImageRecord record{.source_format = FormatName(r.format),
-                          .source = !r.from_volume.empty() ? absl::StrCat("volume:", r.pool, "/", r.from_volume)
+                          .source = !r.from_snapshot.empty()
+                                        ? absl::StrCat("snapshot:", r.pool, "/", r.from_volume, "@", r.from_snapshot)
+                                    : !r.from_volume.empty() ? absl::StrCat("volume:", r.pool, "/", r.from_volume)
                                     : r.upload != nullptr ? "upload"
                                     : r.url.empty()       ? r.host_file
                                                           : r.url,
@@ -835,7 +837,7 @@ bool ImageService::DomainRuns(const std::string& domain) const {
 }
 
 absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::string& pool, const std::string& volume,
-                                                                const std::string& name) {
+                                                                const std::string& name, const std::string& snapshot) {
   if (auto s = CheckObjectName("volume", volume); !s.ok()) return s;
   auto vol = storage_.GetVolume(pool, volume);
   if (!vol.ok()) {
@@ -843,20 +845,27 @@ absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::strin
     return vol.status();
   }
   if (auto s = storage_.RefuseBusy(pool, volume); !s.ok()) return s;
+  std::pair<std::string, uint64_t> source{vol->volume.path, vol->volume.size_bytes};
+  if (!snapshot.empty()) {
+    auto snap = SnapshotSource({.pool = pool, .name = volume, .snapshot = snapshot});
+    if (!snap.ok()) return snap.status();
+    source = *snap;
+  }
   const std::string& domain = vol->volume.attached_to;
-  const bool pause = !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
-  VolumeBody body(vol->volume.path, vol->volume.size_bytes, pause ? options_.hypervisor : nullptr,
-                  pause ? domain : "");
-  ImportRequest r{.pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume};
+  const bool pause = snapshot.empty() && !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
+  VolumeBody body(source.first, source.second, pause ? options_.hypervisor : nullptr, pause ? domain : "");
+  ImportRequest r{
+      .pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume, .from_snapshot = snapshot};
   auto checked = CheckCommon(r);
   if (!checked.ok()) return checked.status();
   checked->upload = &body;
-  checked->upload_size = vol->volume.size_bytes;
+  checked->upload_size = source.second;
   auto job = Begin(*checked);
   if (!job.ok()) return job.status();
   const uint64_t id = (*job)->id;
-  Log()->info("image {}/{} from volume {} started (operation {}, {} bytes{})", pool, name, volume, id,
-              vol->volume.size_bytes, pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");
+  Log()->info("image {}/{} from volume {}{} started (operation {}, {} bytes{})", pool, name, volume,
+              snapshot.empty() ? "" : absl::StrCat(" snapshot ", snapshot), id, source.second,
+              pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");
   if (auto s = Run(*job, *checked); !s.ok()) return s;
   auto image = Get(pool, name);
   if (!image.ok()) return image.status();

@@ -66,6 +66,7 @@ struct ImportRequest {
   std::string sha256;     // of the source's bytes; one of them required for a URL
   std::string sha512;
   std::string from_volume;  // CreateFromVolume: the volume read (recorded as the source)
+  std::string from_snapshot;  // ... and the snapshot of it read instead, when set
   // Upload only (Upload() sets them): the caller's stream and the exact length it announced.
   UploadBody* upload = nullptr;
   uint64_t upload_size = 0;
@@ -187,9 +188,10 @@ class ImageService {
   absl::StatusOr<storage::image::ExportResult> Export(const ExportRequest& r, storage::image::ExportSink& sink,
                                                       const std::function<absl::Status(const ExportStart&)>& on_start,
                                                       const storage::image::CancelFlag* cancel);
-  // A ready image `name` holding the bytes of volume `volume` of the same pool (see above).
+  // A ready image `name` holding the bytes of volume `volume` of the same pool (see above), or,
+  // with `snapshot`, of that snapshot of it (no guest paused: a snapshot never changes).
   absl::StatusOr<FromVolumeResult> CreateFromVolume(const std::string& pool, const std::string& volume,
-                                                    const std::string& name);
+                                                    const std::string& name, const std::string& snapshot = "");
 
   // Bytes done of total for operation `id`, while this agent runs it or ran it.
   std::optional<Transfer> TransferOf(uint64_t id) const;

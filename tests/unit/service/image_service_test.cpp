@@ -739,5 +739,31 @@ TEST_F(VolumeExportTest, Qcow2WithoutAScratchDirIsRefusedBeforeAnythingRuns) {
   EXPECT_TRUE(runner_.calls().empty());
 }
 
+TEST_F(VolumeExportTest, ImageFromASnapshotOfARunningGuestsVolumePausesNothingAndHoldsTheSnapshotsBytes) {
+  backend_->snapshots = true;
+  RunningDomain("web1");
+  const std::string at_snapshot = RandomBytes(2 << 20, 16);
+  MakeVolume("root1", at_snapshot, "web1");
+  ASSERT_TRUE(storage_->CreateSnapshot("vg0", "root1", "s1").ok());
+  std::ofstream(vol_dir_ + "/vol-root1", std::ios::binary | std::ios::in | std::ios::out).write("later", 5);
+  hv_.calls.clear();
+  auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1", "s1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->paused);
+  EXPECT_TRUE(hv_.calls.empty());  // the guest ran on throughout
+  ASSERT_TRUE(r->image.record.has_value());
+  EXPECT_EQ(r->image.record->sha256, Sha256(at_snapshot));
+  EXPECT_EQ(r->image.record->source, "snapshot:vg0/root1@s1");
+  // An unknown or malformed snapshot names the field; no image is left.
+  auto missing = images_->CreateFromVolume("vg0", "root1", "tmpl2", "nosuch");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("snapshot: "));
+  auto bad = images_->CreateFromVolume("vg0", "root1", "tmpl2", "../s1");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  auto all = images_->List("vg0");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);
+}
+
 }  // namespace
 }  // namespace hvagent::service
