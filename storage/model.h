@@ -101,6 +101,7 @@ struct SnapshotInfo {
   std::string volume;
   std::string name;
   uint64_t size_bytes = 0;  // the volume's size when taken
+  std::string path;         // its block device (read by an export; never handed to a guest)
   bool thin = false;
   uint64_t reserve_bytes = 0;
   double reserve_used_percent = 0;

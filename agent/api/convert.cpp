@@ -510,4 +510,24 @@ v1::EventChannels ToProto(const hv::EventChannelReport& r, std::chrono::system_c
   return p;
 }
 
+absl::StatusOr<service::ExportRequest> ToExportRequest(const v1::ExportVolumeRequest& r) {
+  service::ExportRequest out{.pool = r.pool(), .name = r.name(), .image = r.image(),
+                             .domain_quiesced = r.domain_quiesced(), .snapshot = r.snapshot()};
+  switch (r.format()) {
+    case v1::IMAGE_FORMAT_UNSPECIFIED:
+    case v1::IMAGE_FORMAT_RAW:
+      out.format = service::ImageFormat::kRaw;
+      break;
+    case v1::IMAGE_FORMAT_QCOW2:
+      out.format = service::ImageFormat::kQcow2;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("format: unknown value ", static_cast<int>(r.format())));
+  }
+  if (r.image() && !r.snapshot().empty()) {
+    return absl::InvalidArgumentError("snapshot: an image has no snapshots (image and snapshot are exclusive)");
+  }
+  return out;
+}
+
 }  // namespace hvagent::api

@@ -6,6 +6,7 @@
 #include "agent/service/domain_service.h"
 #include "agent/service/event_hub.h"
 #include "agent/service/host_service.h"
+#include "agent/service/image_service.h"
 #include "agent/service/metrics_collector.h"
 #include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.pb.h"
@@ -35,6 +36,9 @@ v1::Volume ToProto(const service::VolumeStatus& v);
 v1::Snapshot ToProto(const storage::SnapshotInfo& s);
 v1::CreateSnapshotResponse ToProto(const service::SnapshotOutcome& o);
 v1::RevertSnapshotResponse ToProto(const service::RevertOutcome& o);
+// An export request (gRPC ExportVolume, REST GET ...:export); InvalidArgument naming `format`
+// for a value the proto does not define. UNSPECIFIED is raw.
+absl::StatusOr<service::ExportRequest> ToExportRequest(const v1::ExportVolumeRequest& r);
 // `rates` may be null (no previous sample of this domain).
 v1::DomainStats ToProto(const hv::DomainStats& d, const service::DomainRates* rates);
 // The sample's domains (only `only_domain` when not empty); errors are left to the caller.

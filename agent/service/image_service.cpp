@@ -170,13 +170,13 @@ class VolumeBody final : public UploadBody {
   bool was_paused_ = false;
 };
 
+}  // namespace
+
 absl::Status CheckObjectName(const std::string& field, const std::string& name) {
   if (storage::gpt::IsVolumeName(name)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, ": '", name, "' must be 1-", storage::gpt::kMaxVolumeName,
                                                  " of [A-Za-z0-9._-], starting with a letter or digit"));
 }
-
-}  // namespace
 
 ImageService::ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options)
     : storage_(storage), journal_(journal), runner_(runner), options_(std::move(options)) {}
@@ -488,7 +488,9 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
 absl::Status ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
   std::optional<storage::ImageSlot> slot;
   img::ImageRecord record{.source_format = FormatName(r.format),
-                          .source = !r.from_volume.empty() ? absl::StrCat("volume:", r.pool, "/", r.from_volume)
+                          .source = !r.from_snapshot.empty()
+                                        ? absl::StrCat("snapshot:", r.pool, "/", r.from_volume, "@", r.from_snapshot)
+                                    : !r.from_volume.empty() ? absl::StrCat("volume:", r.pool, "/", r.from_volume)
                                     : r.upload != nullptr ? "upload"
                                     : r.url.empty()       ? r.host_file
                                                           : r.url,
@@ -779,7 +781,7 @@ std::string ImageService::RecoverVolumeFromImage(const Journal::Operation& op) {
 }
 
 std::vector<std::string> ImageService::Recover() {
-  std::vector<std::string> done;
+  std::vector<std::string> done = RemoveExportLeftovers();
   for (const Journal::Operation& op : journal_.Unfinished()) {
     if (op.begin.type() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE) {
       done.push_back(RecoverVolumeFromImage(op));
@@ -837,67 +839,8 @@ bool ImageService::DomainRuns(const std::string& domain) const {
   return hv::IsActive(info->state) && info->state != hv::DomainState::kPaused;
 }
 
-absl::StatusOr<std::pair<std::string, uint64_t>> ImageService::ExportSource(const ExportRequest& r,
-                                                                             std::string* held) {
-  if (auto s = CheckObjectName("name", r.name); !s.ok()) return s;
-  if (r.image) {
-    {
-      std::lock_guard lock(mu_);
-      if (deleting_.contains(Key(r.pool, r.name))) {
-        return absl::FailedPreconditionError(absl::StrCat("name: image '", r.name, "' is being deleted"));
-      }
-      ++copying_[Key(r.pool, r.name)];  // a delete now waits for the export
-      *held = Key(r.pool, r.name);
-    }
-    auto image = Get(r.pool, r.name);
-    if (!image.ok()) return image.status();
-    if (!image->ready || !image->record) {
-      return absl::FailedPreconditionError(absl::StrCat("name: image '", r.name, "' is not ready (importing)"));
-    }
-    return std::make_pair(image->path, image->record->virtual_size);
-  }
-  auto volume = storage_.GetVolume(r.pool, r.name);
-  if (!volume.ok()) return volume.status();
-  if (auto s = storage_.RefuseBusy(r.pool, r.name); !s.ok()) return s;
-  const std::string& domain = volume->volume.attached_to;
-  if (!domain.empty() && !r.domain_quiesced && DomainRuns(domain)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("name: volume '", r.name, "' is attached to running domain '", domain,
-                     "'; pause or freeze it and set domain_quiesced, or make an image of it "
-                     "(CreateImageFromVolume pauses it for the copy) and export that"));
-  }
-  return std::make_pair(volume->volume.path, volume->volume.size_bytes);
-}
-
-absl::StatusOr<img::ExportResult> ImageService::Export(const ExportRequest& r, img::ExportSink& sink,
-                                                       const std::function<absl::Status(uint64_t)>& on_size,
-                                                       const img::CancelFlag* cancel) {
-  std::string held;
-  struct Release {
-    ImageService* self;
-    std::string* key;
-    ~Release() {
-      if (key->empty()) return;
-      std::lock_guard lock(self->mu_);
-      --self->copying_[*key];
-    }
-  } release{this, &held};
-  auto source = ExportSource(r, &held);
-  if (!source.ok()) return source.status();
-  if (auto s = on_size(source->second); !s.ok()) return s;
-  Log()->info("export of {} {}/{} started ({} bytes)", r.image ? "image" : "volume", r.pool, r.name, source->second);
-  auto result = img::ExportDevice(source->first, source->second, sink, cancel);
-  if (!result.ok()) {
-    Log()->warn("export of {}/{} stopped: {}", r.pool, r.name, result.status().message());
-    return result.status();
-  }
-  Log()->info("exported {}/{}: {} bytes ({} as zero runs), sha256 {}", r.pool, r.name, result->bytes,
-              result->zero_bytes, result->sha256);
-  return result;
-}
-
 absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::string& pool, const std::string& volume,
-                                                                const std::string& name) {
+                                                                const std::string& name, const std::string& snapshot) {
   if (auto s = CheckObjectName("volume", volume); !s.ok()) return s;
   auto vol = storage_.GetVolume(pool, volume);
   if (!vol.ok()) {
@@ -905,20 +848,27 @@ absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::strin
     return vol.status();
   }
   if (auto s = storage_.RefuseBusy(pool, volume); !s.ok()) return s;
+  std::pair<std::string, uint64_t> source{vol->volume.path, vol->volume.size_bytes};
+  if (!snapshot.empty()) {
+    auto snap = SnapshotSource({.pool = pool, .name = volume, .snapshot = snapshot});
+    if (!snap.ok()) return snap.status();
+    source = *snap;
+  }
   const std::string& domain = vol->volume.attached_to;
-  const bool pause = !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
-  VolumeBody body(vol->volume.path, vol->volume.size_bytes, pause ? options_.hypervisor : nullptr,
-                  pause ? domain : "");
-  ImportRequest r{.pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume};
+  const bool pause = snapshot.empty() && !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
+  VolumeBody body(source.first, source.second, pause ? options_.hypervisor : nullptr, pause ? domain : "");
+  ImportRequest r{
+      .pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume, .from_snapshot = snapshot};
   auto checked = CheckCommon(r);
   if (!checked.ok()) return checked.status();
   checked->upload = &body;
-  checked->upload_size = vol->volume.size_bytes;
+  checked->upload_size = source.second;
   auto job = Begin(*checked);
   if (!job.ok()) return job.status();
   const uint64_t id = (*job)->id;
-  Log()->info("image {}/{} from volume {} started (operation {}, {} bytes{})", pool, name, volume, id,
-              vol->volume.size_bytes, pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");
+  Log()->info("image {}/{} from volume {}{} started (operation {}, {} bytes{})", pool, name, volume,
+              snapshot.empty() ? "" : absl::StrCat(" snapshot ", snapshot), id, source.second,
+              pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");
   if (auto s = Run(*job, *checked); !s.ok()) return s;
   auto image = Get(pool, name);
   if (!image.ok()) return image.status();

@@ -66,6 +66,7 @@ struct ImportRequest {
   std::string sha256;     // of the source's bytes; one of them required for a URL
   std::string sha512;
   std::string from_volume;  // CreateFromVolume: the volume read (recorded as the source)
+  std::string from_snapshot;  // ... and the snapshot of it read instead, when set
   // Upload only (Upload() sets them): the caller's stream and the exact length it announced.
   UploadBody* upload = nullptr;
   uint64_t upload_size = 0;
@@ -94,7 +95,22 @@ struct ExportRequest {
   std::string name;
   bool image = false;            // name is an image, not a volume
   bool domain_quiesced = false;  // the caller paused or froze the volume's running domain
+  std::string snapshot;          // set: that snapshot of volume `name` instead of the volume
+  ImageFormat format = ImageFormat::kRaw;  // kQcow2: converted through [images] scratch_dir
+  // The sha256 is computed (one more read of the source) before the first byte, for a
+  // transport that must announce it up front (REST's Repr-Digest header, which cpprestsdk
+  // cannot send as a trailer); the stream is then failed (DataLoss) if its bytes differ.
+  bool digest_first = false;
 };
+
+// What an export tells its transport before the first byte.
+struct ExportStart {
+  uint64_t size_bytes = 0;  // what the data and zero runs add up to
+  std::string sha256;       // digest_first only: of those bytes
+};
+
+// InvalidArgument naming `field` unless `name` is a volume name (no path characters).
+absl::Status CheckObjectName(const std::string& field, const std::string& name);
 
 struct FromVolumeResult {
   ImageStatus image;
@@ -177,17 +193,20 @@ class ImageService {
   // the volume; Recover() deletes one a crash cut short.
   absl::StatusOr<uint64_t> StartVolumeFromImage(const VolumeFromImageRequest& request);
 
-  // Streams the volume (or ready image) `r` names into `sink`; `on_size` is told its size
-  // before the first byte. NotFound for an unknown pool, volume or image; InvalidArgument
-  // naming `name` for a name that is no volume name (path characters); FailedPrecondition for
-  // an image still importing, a volume being deleted or written, or a volume of a running
-  // domain without domain_quiesced. An image is not deleted while an export of it runs.
+  // Streams the volume, snapshot or ready image `r` names into `sink` (image_export.cpp);
+  // `on_start` is told its size (and digest) before the first byte. NotFound for an unknown
+  // pool, volume, snapshot or image; InvalidArgument naming `name` / `snapshot` for a name with
+  // path characters; FailedPrecondition for an image still importing, a volume being deleted or
+  // written, a volume of a running domain without domain_quiesced, an invalid (overflowed)
+  // snapshot, qcow2 without a scratch_dir. An image is not deleted while an export of it runs.
+  // qcow2: `qemu-img convert` into a scratch file first, which is removed whatever happens.
   absl::StatusOr<storage::image::ExportResult> Export(const ExportRequest& r, storage::image::ExportSink& sink,
-                                                      const std::function<absl::Status(uint64_t)>& on_size,
+                                                      const std::function<absl::Status(const ExportStart&)>& on_start,
                                                       const storage::image::CancelFlag* cancel);
-  // A ready image `name` holding the bytes of volume `volume` of the same pool (see above).
+  // A ready image `name` holding the bytes of volume `volume` of the same pool (see above), or,
+  // with `snapshot`, of that snapshot of it (no guest paused: a snapshot never changes).
   absl::StatusOr<FromVolumeResult> CreateFromVolume(const std::string& pool, const std::string& volume,
-                                                    const std::string& name);
+                                                    const std::string& name, const std::string& snapshot = "");
 
   // Bytes done of total for operation `id`, while this agent runs it or ran it.
   std::optional<Transfer> TransferOf(uint64_t id) const;
@@ -241,6 +260,9 @@ class ImageService {
   bool DomainRuns(const std::string& domain) const;
   // The device and size of what an export reads, with an image held against deletes (`held`).
   absl::StatusOr<std::pair<std::string, uint64_t>> ExportSource(const ExportRequest& r, std::string* held);
+  absl::StatusOr<std::pair<std::string, uint64_t>> SnapshotSource(const ExportRequest& r);
+  // Removes export-*.qcow2 files a crash left in scratch_dir; a line per file, for the log.
+  std::vector<std::string> RemoveExportLeftovers();
 
   StorageService& storage_;
   Journal& journal_;
@@ -256,6 +278,7 @@ class ImageService {
   // Import and copy threads; an ended one is joined by the next start (or WaitForImports).
   std::vector<std::pair<std::shared_ptr<Running>, std::thread>> threads_;
   std::condition_variable idle_;
+  std::atomic<uint64_t> export_seq_{0};  // names qcow2 export scratch files
 };
 
 }  // namespace hvagent::service

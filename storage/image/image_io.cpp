@@ -296,8 +296,8 @@ class ExportSplitter {
 }  // namespace
 
 absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
-                                          const CancelFlag* cancel) {
-  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+                                          const CancelFlag* cancel, bool direct) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
   if (fd < 0) return Errno(absl::StrCat("opening ", path));
   AlignedBuffer buf(kBlockBytes);
   ExportSplitter splitter(sink);

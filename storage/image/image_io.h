@@ -93,9 +93,10 @@ struct ExportResult {
 };
 // Reads the first `bytes` of `path` with O_DIRECT in kBlockBytes blocks and hands them to
 // `sink`: each run of all-zero granules as one Zeros (runs join across blocks), the rest as
-// Data pieces. Cancelled when *cancel turns true.
+// Data pieces. Cancelled when *cancel turns true. `direct` false: through the page cache (a
+// scratch file on a filesystem that refuses O_DIRECT, such as tmpfs).
 absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
-                                          const CancelFlag* cancel);
+                                          const CancelFlag* cancel, bool direct = true);
 
 // Writes / reads the record block at `offset` (the slot's size minus kRecordBytes).
 absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r);

@@ -144,4 +144,11 @@ absl::Status QemuImg::ConvertToRaw(const std::string& file, const std::string& d
   return RunChecked(runner_, cmd, "qemu-img convert", {});
 }
 
+absl::Status QemuImg::ConvertToQcow2(const std::string& device, const std::string& file) const {
+  // -T none: O_DIRECT reads of the device (no page cache churn); zero clusters stay unallocated.
+  Command cmd{.argv = {binary_, "convert", "-U", "-f", "raw", "-T", "none", "-O", "qcow2", device, file},
+              .timeout = timeout_};
+  return RunChecked(runner_, cmd, "qemu-img convert", {});
+}
+
 }  // namespace hvagent::storage::image

@@ -53,6 +53,9 @@ class QemuImg {
   absl::StatusOr<QcowInfo> Info(const std::string& file) const;
   // Writes the raw disk of `file` onto the existing `device` (-n: no create; every block written).
   absl::Status ConvertToRaw(const std::string& file, const std::string& device) const;
+  // Writes `device`'s first bytes as a new qcow2 file `file` (which must not exist; qemu-img
+  // makes it). -U: a volume a paused guest holds open is read without taking its lock.
+  absl::Status ConvertToQcow2(const std::string& device, const std::string& file) const;
 
  private:
   CommandRunner& runner_;

@@ -63,7 +63,8 @@ SnapshotInfo LvmBackend::ToSnapshot(const std::string& volume, const lvm::LvRow&
   SnapshotInfo info{.pool = config_.name,
                     .volume = volume,
                     .name = snap.name.substr(SnapshotLv(volume, "").size()),
-                    .size_bytes = snap.size_bytes};
+                    .size_bytes = snap.size_bytes,
+                    .path = snap.path.empty() ? LvPath(snap.name) : snap.path};
   if (IsClassicSnapshot(snap)) {
     // lvm2 reports a classic snapshot's own size (its copy-on-write area) as lv_size.
     info.size_bytes = origin.size_bytes;

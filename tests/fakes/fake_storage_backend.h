@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -64,6 +65,11 @@ class FakeStorageBackend final : public storage::StorageBackend {
     if (!fail_snapshot.ok()) return fail_snapshot;
     storage::SnapshotInfo snap{.pool = config_.name, .volume = volume, .name = name,
                                .size_bytes = volumes_[volume].size_bytes, .thin = true};
+    // With volume files: the snapshot is a copy of the volume's file beside it, as it was.
+    if (!volumes_[volume].path.empty() && volumes_[volume].path.rfind("/dev/", 0) != 0) {
+      snap.path = volumes_[volume].path + "@" + name;
+      std::filesystem::copy_file(volumes_[volume].path, snap.path, std::filesystem::copy_options::overwrite_existing);
+    }
     snaps_[{volume, name}] = snap;
     return snap;
   }

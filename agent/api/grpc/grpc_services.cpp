@@ -295,9 +295,10 @@ grpc::Status StorageGrpcService::ExportVolume(grpc::ServerContext* ctx, const v1
   auto slot = pipeline_.AdmitStream(op, CallerOf(ctx, pipeline_.authorizer()));
   if (!slot.ok()) return ToGrpcStatus(slot.status());
   GrpcExportSink sink(ctx, writer);
+  auto request = ToExportRequest(*req);
+  if (!request.ok()) return ToGrpcStatus(request.status());
   auto result = pipeline_.services().images->Export(
-      {.pool = req->pool(), .name = req->name(), .image = req->image(), .domain_quiesced = req->domain_quiesced()},
-      sink, [&](uint64_t size) { return sink.Header(size); }, nullptr);
+      *request, sink, [&](const service::ExportStart& start) { return sink.Header(start.size_bytes); }, nullptr);
   if (!result.ok()) return ToGrpcStatus(result.status());
   v1::ExportVolumeChunk last;
   last.mutable_trailer()->set_sha256(result->sha256);

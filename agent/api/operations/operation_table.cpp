@@ -317,7 +317,7 @@ absl::Status ListImages(const Services& s, const v1::ListImagesRequest& req, v1:
 
 absl::Status CreateImageFromVolume(const Services& s, const v1::CreateImageFromVolumeRequest& req,
                                    v1::CreateImageFromVolumeResponse* out) {
-  auto r = s.images->CreateFromVolume(req.pool(), req.volume(), req.name());
+  auto r = s.images->CreateFromVolume(req.pool(), req.volume(), req.name(), req.snapshot());
   if (!r.ok()) return r.status();
   *out->mutable_image() = ToImage(r->image);
   out->set_paused(r->paused);

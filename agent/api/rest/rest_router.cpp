@@ -87,6 +87,9 @@ HttpResponse RestRouter::Handle(const HttpRequest& req) const {
     if (auto s = pipeline_.Admit(*op, caller); !s.ok()) return Refused(s, absl::IsResourceExhausted(s));
     return HandlePrometheus(*services.metrics);
   }
+  if (op->kind == ops::Kind::kStream) {  // RestServer sends these to HandleExport (IsExport)
+    return {500, ErrorBody("INTERNAL", absl::StrCat(req.method, " ", req.path, " streams its body: HandleExport"))};
+  }
   if (op->kind == ops::Kind::kUpload) {  // a body already gathered (unit tests, small bodies)
     StringBody body(req.body);
     HttpRequest head = req;

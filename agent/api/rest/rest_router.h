@@ -5,6 +5,7 @@
 // the answer as protobuf's JSON. Pure: no sockets, so the whole REST surface is unit-testable.
 
 #include <atomic>
+#include <optional>
 
 #include "agent/api/operations/pipeline.h"
 #include "agent/api/rest/http_types.h"
@@ -25,6 +26,13 @@ class RestRouter {
   // An upload: path and query bind the header, Content-Length is its size_bytes, and the bytes
   // come from `body` as the import asks for them (request.body is not read).
   HttpResponse HandleUpload(const HttpRequest& request, service::UploadBody& body) const;
+  // Whether `method path` streams its response body (an export: GET ...:export).
+  bool IsExport(const std::string& method, const std::string& path) const;
+  // An export (export_resource.cpp): the caller admitted as for the gRPC stream (role, rate,
+  // streams per caller), the request bound from path and query, then the bytes written to
+  // `out`. Returns the answer to send when `out` was never started (a refusal, 4xx/5xx);
+  // nullopt when the body went to `out` (finished, or aborted on a failure mid-way).
+  std::optional<HttpResponse> HandleExport(const HttpRequest& request, HttpBodyWriter& out) const;
   // While starting, /healthz answers 503 "STARTING": REST listens first (it checks the TLS files
   // both servers use), so it must not call the agent healthy before gRPC listens too. main()
   // sets it before the REST listener opens and clears it once every listener serves.

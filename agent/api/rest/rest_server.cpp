@@ -17,6 +17,7 @@
 #include <boost/asio/ssl.hpp>
 #include <cpprest/containerstream.h>
 #include <cpprest/http_listener.h>
+#include <cpprest/producerconsumerstream.h>
 #include <cpprest/uri.h>
 
 namespace hvagent::api {
@@ -179,6 +180,116 @@ class CpprestUploadBody final : public service::UploadBody {
   concurrency::streams::istream stream_;
 };
 
+// An export's body: cpprestsdk pulls it from a producer_consumer_buffer as the socket takes it
+// (4 KiB chunks, chunked encoding), and Write waits while more than kExportQueued bytes are
+// waiting there, so memory stays bounded whatever the disk's size and the client's speed. A
+// client that reads nothing for kExportStall fails the export; one that went away stops it at
+// the next Write. Runs on the export's own thread (ServeExport), never a cpprestsdk pool thread.
+constexpr size_t kExportQueued = 8 << 20;
+constexpr auto kExportStall = std::chrono::seconds(60);
+constexpr auto kExportPoll = std::chrono::milliseconds(2);
+
+class CpprestBodyWriter final : public HttpBodyWriter {
+ public:
+  // `on_reply` runs when the reply has been written or failed (the shutdown bookkeeping).
+  CpprestBodyWriter(http::http_request request, std::string rid, std::function<void()> on_sent,
+                    std::function<void()> on_reply)
+      : request_(std::move(request)), rid_(std::move(rid)), on_sent_(std::move(on_sent)),
+        on_reply_(std::move(on_reply)) {}
+  ~CpprestBodyWriter() override {
+    if (started_ && !closed_) Abort("the export ended without finishing its body");
+  }
+
+  absl::Status Start(const HttpResponse& head) override {
+    try {
+      http::http_response out(static_cast<http::status_code>(head.status));
+      out.headers().add("X-Request-Id", rid_);
+      for (const auto& [name, value] : head.headers) out.headers().add(name, value);
+      out.set_body(buf_.create_istream(), head.content_type);  // no length: chunked
+      on_sent_();
+      started_ = true;
+      request_.reply(out).then([sent = sent_, on_reply = on_reply_](pplx::task<void> t) {
+        try {
+          t.get();
+        } catch (const std::exception& e) {
+          sent->failed = true;
+          Log()->warn("export body not delivered: {}", e.what());
+        }
+        sent->done = true;
+        on_reply();
+      });
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("starting the export's reply: ", e.what()));
+    }
+  }
+
+  absl::Status Write(absl::string_view bytes) override {
+    if (auto s = WaitForRoom(); !s.ok()) return s;
+    try {
+      buf_.putn_nocopy(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()).wait();
+    } catch (const std::exception& e) {
+      return absl::CancelledError(absl::StrCat("the client went away: ", e.what()));
+    }
+    return absl::OkStatus();
+  }
+
+  void Finish() override { Close(nullptr); }
+  void Abort(const std::string& why) override {
+    Log()->warn("export body cut short: {}", why);
+    Close(std::make_exception_ptr(std::runtime_error(why)));
+  }
+
+ private:
+  struct Sent {
+    std::atomic<bool> done{false};
+    std::atomic<bool> failed{false};
+  };
+
+  absl::Status WaitForRoom() {
+    size_t last = buf_.in_avail();
+    auto progress_at = std::chrono::steady_clock::now();
+    for (;;) {
+      if (sent_->done.load()) return absl::CancelledError("the client went away (export stopped)");
+      const size_t queued = buf_.in_avail();
+      if (queued <= kExportQueued) return absl::OkStatus();
+      const auto now = std::chrono::steady_clock::now();
+      if (queued != last) {
+        last = queued;
+        progress_at = now;
+      } else if (now - progress_at > kExportStall) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("the client read nothing for ", kExportStall.count(), " s (export stopped)"));
+      }
+      std::this_thread::sleep_for(kExportPoll);
+    }
+  }
+
+  // Ends the body: cleanly (the last chunk) or, with `error`, by failing cpprestsdk's next read,
+  // which closes the connection without the last chunk.
+  void Close(std::exception_ptr error) {
+    if (closed_) return;
+    closed_ = true;
+    try {
+      if (error) {
+        buf_.close(std::ios_base::out, error).wait();
+      } else {
+        buf_.close(std::ios_base::out).wait();
+      }
+    } catch (const std::exception&) {
+    }
+  }
+
+  http::http_request request_;
+  std::string rid_;
+  std::function<void()> on_sent_;
+  std::function<void()> on_reply_;
+  concurrency::streams::producer_consumer_buffer<uint8_t> buf_;
+  std::shared_ptr<Sent> sent_ = std::make_shared<Sent>();
+  bool started_ = false;
+  bool closed_ = false;
+};
+
 }  // namespace
 
 struct RestServer::Impl {
@@ -215,6 +326,8 @@ struct RestServer::Impl {
   void Serve(http::http_request request);
   // PUT of an image: runs on a thread of its own, reading the body as the import writes it.
   void ServeUpload(http::http_request request, const std::string& rid);
+  // GET of an export: runs on a thread of its own, writing the body as the disk is read.
+  void ServeExport(http::http_request request, const std::string& rid);
   std::optional<HttpResponse> TooLarge(const http::http_request& request) const;
   HttpResponse Dispatch(const http::http_request& request, std::string body);
   // Takes the response: its body (the JSON made once from the protobuf) moves into the reply.
@@ -277,6 +390,35 @@ void RestServer::Impl::ServeUpload(http::http_request request, const std::string
   }).detach();
 }
 
+void RestServer::Impl::ServeExport(http::http_request request, const std::string& rid) {
+  std::thread([this, request, rid]() mutable {
+    log::ScopedRequestId scoped(rid);
+    std::optional<HttpResponse> refused;
+    {
+      auto drain_ref = drain;
+      CpprestBodyWriter out(
+          request, rid,
+          [drain_ref] {
+            std::lock_guard lock(drain_ref->mu);
+            ++drain_ref->replies;
+          },
+          [drain_ref] {
+            std::lock_guard lock(drain_ref->mu);
+            --drain_ref->replies;
+            drain_ref->changed.notify_all();
+          });
+      try {
+        refused = router.HandleExport(HeadOf(request), out);
+        if (!refused) Log()->info("{} {} -> 200 (streamed)", request.method(), request.relative_uri().to_string());
+      } catch (const std::exception& e) {
+        refused = HttpResponse{400, ErrorBody("INVALID_ARGUMENT", absl::StrCat("malformed request: ", e.what()))};
+      }
+    }
+    if (refused) Reply(request, rid, *refused);
+    HandlerDone();
+  }).detach();
+}
+
 // Never blocks a cpprestsdk thread on cpprestsdk: reading the body and writing the reply need
 // threads of the same pool, so a handler that waited for them could, with every pool thread
 // waiting (40 concurrent requests did it), wedge the server for good. The body is handled in a
@@ -293,6 +435,15 @@ void RestServer::Impl::Serve(http::http_request request) {
   }
   if (upload) {  // exempt from max_body_bytes: bounded by its Content-Length and the image limits
     ServeUpload(std::move(request), rid);
+    return;
+  }
+  bool export_body = false;
+  try {
+    export_body = router.IsExport(request.method(), web::uri::decode(request.relative_uri().path()));
+  } catch (const std::exception&) {
+  }
+  if (export_body) {
+    ServeExport(std::move(request), rid);
     return;
   }
   if (auto too_large = TooLarge(request)) {

@@ -57,6 +57,11 @@ const std::vector<Route>& Table() {
       {"DELETE", "/v1/pools/{pool}/volumes/{volume}/snapshots/{name}", "hvagent.v1.StorageService/DeleteSnapshot",
        204},
       {"POST", "/v1/pools/{pool}/volumes/{volume}/snapshots/{name}:revert", "hvagent.v1.StorageService/RevertSnapshot"},
+      // The body is the disk's bytes, streamed (export_resource.cpp); the sha256 in Repr-Digest.
+      {"GET", "/v1/pools/{pool}/volumes/{name}:export", "hvagent.v1.StorageService/ExportVolume", 200,
+       {"domain_quiesced", "format"}},
+      {"GET", "/v1/pools/{pool}/volumes/{volume=name}/snapshots/{name=snapshot}:export",
+       "hvagent.v1.StorageService/ExportVolume", 200, {"format"}},
       // 202: the import runs on; the answer is its operation (GET /v1/operations/{id}).
       {"POST", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ImportImage", 202},
       {"GET", "/v1/pools/{pool}/images", "hvagent.v1.ImageService/ListImages"},

@@ -500,11 +500,18 @@ absl::StatusOr<storage::image::ExportResult> ExportOf(ImageService& images, Expo
                                                       uint64_t* size = nullptr) {
   return images.Export(
       r, sink,
-      [&](uint64_t n) {
-        if (size != nullptr) *size = n;
+      [&](const ExportStart& start) {
+        if (size != nullptr) *size = start.size_bytes;
         return absl::OkStatus();
       },
       nullptr);
+}
+
+// The files of a directory (none left by a qcow2 export).
+std::vector<std::string> FilesIn(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  return out;
 }
 
 TEST_F(VolumeExportTest, ExportOfAFreeVolumeRebuildsItsBytesAndHashesThem) {
@@ -596,6 +603,166 @@ TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoI
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ((*all)[0].name, "img1");
+}
+
+TEST_F(VolumeExportTest, SnapshotExportSendsTheSnapshotsBytesNotTheVolumesLaterOnes) {
+  backend_->snapshots = true;
+  const std::string before = RandomBytes(2 << 20, 11);
+  MakeVolume("data1", before);
+  ASSERT_TRUE(storage_->CreateSnapshot("vg0", "data1", "s1").ok());
+  std::ofstream(vol_dir_ + "/vol-data1", std::ios::binary | std::ios::in | std::ios::out).write("changed", 7);
+  StringSink sink;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "data1", .snapshot = "s1"}, sink);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(sink.out == before);
+  EXPECT_EQ(r->sha256, Sha256(before));
+  // Unknown and malformed snapshot names name the field; nothing is sent.
+  StringSink none;
+  auto missing = ExportOf(*images_, {.pool = "vg0", .name = "data1", .snapshot = "s2"}, none);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("snapshot: "));
+  auto bad = ExportOf(*images_, {.pool = "vg0", .name = "data1", .snapshot = "../s1"}, none);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("snapshot: '../s1'"));
+  EXPECT_TRUE(none.out.empty());
+}
+
+TEST_F(VolumeExportTest, DigestFirstAnnouncesTheSha256AndFailsAStreamWhoseBytesChanged) {
+  const std::string data = RandomBytes(5 << 20, 12);
+  MakeVolume("data1", data);
+  std::string announced;
+  StringSink sink;
+  auto ok = images_->Export({.pool = "vg0", .name = "data1", .digest_first = true}, sink,
+                            [&](const ExportStart& s) {
+                              announced = s.sha256;
+                              return absl::OkStatus();
+                            },
+                            nullptr);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(announced, Sha256(data));
+  // A writer changes the volume's last block once the first piece has gone out: the bytes sent
+  // no longer match what was announced, and the export fails rather than end as if whole.
+  class ChangingSink final : public storage::image::ExportSink {
+   public:
+    explicit ChangingSink(std::string path) : path_(std::move(path)) {}
+    absl::Status Data(absl::string_view) override {
+      if (!changed_) std::ofstream(path_, std::ios::binary | std::ios::in | std::ios::out).seekp((5 << 20) - 10).write("x", 1);
+      changed_ = true;
+      return absl::OkStatus();
+    }
+    absl::Status Zeros(uint64_t) override { return absl::OkStatus(); }
+
+   private:
+    std::string path_;
+    bool changed_ = false;
+  } changing(vol_dir_ + "/vol-data1");
+  auto r = images_->Export({.pool = "vg0", .name = "data1", .digest_first = true}, changing,
+                           [](const ExportStart&) { return absl::OkStatus(); }, nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr("changed during the export"));
+}
+
+class Qcow2ExportTest : public VolumeExportTest {
+ protected:
+  void SetUp() override {
+    VolumeExportTest::SetUp();
+    scratch_ = vol_dir_ + "/scratch";
+    images_ = std::make_unique<ImageService>(*storage_, *journal_, runner_,
+                                             ImageService::Options{.scratch_dir = scratch_, .hypervisor = &hv_});
+  }
+  // qemu-img convert, played by a copy of the source with a marker in front of it.
+  void ConvertWrites(const std::string& marker) {
+    runner_.Always({"/usr/bin/qemu-img", "convert"}, [marker](const storage::Command& c) {
+      std::ifstream in(c.argv[c.argv.size() - 2], std::ios::binary);
+      std::ofstream out(c.argv.back(), std::ios::binary);
+      out << marker << in.rdbuf();
+      return testing::FakeCommandRunner::Ok();
+    });
+  }
+  std::string scratch_;
+};
+
+TEST_F(Qcow2ExportTest, Qcow2IsConvertedIntoScratchStreamedAndTheFileRemoved) {
+  const std::string data = RandomBytes(1 << 20, 13);
+  MakeVolume("data1", data);
+  ConvertWrites("QFI\xfb");
+  StringSink sink;
+  uint64_t size = 0;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink, &size);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(sink.out == "QFI\xfb" + data);  // the converted file's bytes, not the volume's
+  EXPECT_EQ(size, data.size() + 4);
+  EXPECT_EQ(r->sha256, Sha256(sink.out));
+  auto calls = runner_.calls();
+  ASSERT_EQ(calls.size(), 1u);
+  const std::vector<std::string> head = {"/usr/bin/qemu-img", "convert", "-U", "-f", "raw", "-T", "none", "-O", "qcow2",
+                                         vol_dir_ + "/vol-data1"};
+  EXPECT_EQ(std::vector<std::string>(calls[0].begin(), calls[0].end() - 1), head);
+  EXPECT_EQ(calls[0].back().rfind(scratch_ + "/export-", 0), 0u) << calls[0].back();
+  EXPECT_TRUE(FilesIn(scratch_).empty());
+}
+
+TEST_F(Qcow2ExportTest, AFailedConversionOrACallerGoneLeavesNothingInScratch) {
+  MakeVolume("data1", RandomBytes(3 << 20, 14));
+  runner_.Expect({"/usr/bin/qemu-img", "convert"}, testing::FakeCommandRunner::Fail(1, "No space left on device"));
+  StringSink sink;
+  auto failed = ExportOf(*images_, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink);
+  EXPECT_FALSE(failed.ok());
+  EXPECT_THAT(failed.status().message(), HasSubstr("No space left"));
+  EXPECT_TRUE(sink.out.empty());
+  EXPECT_TRUE(FilesIn(scratch_).empty());
+  // The caller goes away after the first piece: the export stops, the file goes.
+  ConvertWrites("");
+  class GoneSink final : public storage::image::ExportSink {
+   public:
+    absl::Status Data(absl::string_view) override { return absl::CancelledError("the caller went away"); }
+    absl::Status Zeros(uint64_t) override { return absl::CancelledError("the caller went away"); }
+  } gone;
+  auto r = images_->Export({.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, gone,
+                           [](const ExportStart&) { return absl::OkStatus(); }, nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(FilesIn(scratch_).empty());
+  // A file a crash left is removed at the next start.
+  std::ofstream(scratch_ + "/export-999-1.qcow2") << "left";
+  auto lines = images_->Recover();
+  EXPECT_THAT(lines, ::testing::Contains(HasSubstr("export-999-1.qcow2")));
+  EXPECT_TRUE(FilesIn(scratch_).empty());
+}
+
+TEST_F(VolumeExportTest, Qcow2WithoutAScratchDirIsRefusedBeforeAnythingRuns) {
+  MakeVolume("data1", RandomBytes(1 << 20, 15));
+  ImageService no_scratch(*storage_, *journal_, runner_, ImageService::Options{.hypervisor = &hv_});
+  StringSink sink;
+  auto r = ExportOf(no_scratch, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("format: qcow2 needs [images] scratch_dir"));
+  EXPECT_TRUE(runner_.calls().empty());
+}
+
+TEST_F(VolumeExportTest, ImageFromASnapshotOfARunningGuestsVolumePausesNothingAndHoldsTheSnapshotsBytes) {
+  backend_->snapshots = true;
+  RunningDomain("web1");
+  const std::string at_snapshot = RandomBytes(2 << 20, 16);
+  MakeVolume("root1", at_snapshot, "web1");
+  ASSERT_TRUE(storage_->CreateSnapshot("vg0", "root1", "s1").ok());
+  std::ofstream(vol_dir_ + "/vol-root1", std::ios::binary | std::ios::in | std::ios::out).write("later", 5);
+  hv_.calls.clear();
+  auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1", "s1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->paused);
+  EXPECT_TRUE(hv_.calls.empty());  // the guest ran on throughout
+  ASSERT_TRUE(r->image.record.has_value());
+  EXPECT_EQ(r->image.record->sha256, Sha256(at_snapshot));
+  EXPECT_EQ(r->image.record->source, "snapshot:vg0/root1@s1");
+  // An unknown or malformed snapshot names the field; no image is left.
+  auto missing = images_->CreateFromVolume("vg0", "root1", "tmpl2", "nosuch");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("snapshot: "));
+  auto bad = images_->CreateFromVolume("vg0", "root1", "tmpl2", "../s1");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  auto all = images_->List("vg0");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);
 }
 
 }  // namespace
