@@ -853,6 +853,8 @@ int CreateTemplate(const Payload& p, const Agent& a) {
   req.set_pool(pool);
   req.set_volume(root);
   req.set_name(name);
+  // From one of the root volume's snapshots (createsnapshot): read in place, no pause.
+  req.set_snapshot(Parameter(p, "snapshot"));
   v1::CreateImageFromVolumeResponse made;
   auto s = a.images->CreateImageFromVolume(a.Context().get(), req, &made);
   if (!s.ok()) return a.Error(s, "making image " + Ref(pool, name) + " from " + Ref(pool, root));

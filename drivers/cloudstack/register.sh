@@ -62,7 +62,7 @@ actions=(
   "resume|VirtualMachine|60|Admin,DomainAdmin,User||Continue a paused VM"
   "reinstall|VirtualMachine|900|Admin||Rebuild the stopped VM's root volume from its template's image (the old one is deleted once the new one is in place)"
   "importimage|Host|3600|Admin|image_url:STRING:true,image_checksum:STRING:true,image_format:STRING:false,pool:STRING:false|Import a template's image onto the host now, so that its first VMs need not wait (the name create derives from the checksum)"
-  "createtemplate|VirtualMachine|3600|Admin|name:STRING:true,pool:STRING:false|Make an image of the host's pool from the VM's root volume (a running VM is paused for the copy only); its template_detail names it in a new template"
+  "createtemplate|VirtualMachine|3600|Admin|name:STRING:true,pool:STRING:false,snapshot:STRING:false|Make an image of the host's pool from the VM's root volume, or from one of its snapshots (a running VM is paused for a copy of the volume only); its template_detail names it in a new template"
   "createsnapshot|VirtualMachine|300|Admin,DomainAdmin,User|name:STRING:true,pool:STRING:false|Snapshot the VM's root volume (LVM pools; a running VM is frozen through its guest agent, or paused, for the snapshot only)"
   "listsnapshots|VirtualMachine|60|Admin,DomainAdmin,User|pool:STRING:false|The snapshots of the VM's root volume"
   "revertsnapshot|VirtualMachine|300|Admin,DomainAdmin,User|name:STRING:true,pool:STRING:false|Revert the stopped VM's root volume to a snapshot (a classic snapshot on a thick pool is consumed)"

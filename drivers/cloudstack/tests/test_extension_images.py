@@ -342,6 +342,11 @@ max_virtual_size_mib = 64
             self.run_fails(action, with_params(vm), "parameter name", "INVALID_ARGUMENT")
             self.run_fails(action, with_params(vm, name="s1"), "partition pool", "UNIMPLEMENTED")
         self.run_fails("listsnapshots", with_params(vm), "partition pool", "UNIMPLEMENTED")
+        # A template from a snapshot reaches the agent as one (a template of the volume itself
+        # would succeed here) and leaves no image.
+        self.run_fails("createtemplate", with_params(vm, name="tmpl-41", snapshot="s1"), "partition pool",
+                       "UNIMPLEMENTED")
+        self.assertNotIn("tmpl-41", self.images())
         self.run_fails("createsnapshot", with_params(vm, name="s1", pool="../x"), "pool '../x'", "INVALID_ARGUMENT")
         self.run_fails("listsnapshots", with_params(self.vm(42), pool="disk1"), "not defined on this host",
                        "NOT_FOUND")

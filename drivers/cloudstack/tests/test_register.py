@@ -124,7 +124,8 @@ class RegisterTest(unittest.TestCase):
         t = actions["createtemplate"]
         self.assertEqual(t["allowedroletypes"], "Admin")
         self.assertEqual([(t[f"parameters[{n}].name"], t[f"parameters[{n}].type"], t[f"parameters[{n}].required"])
-                          for n in range(2)], [("name", "STRING", "true"), ("pool", "STRING", "false")])
+                          for n in range(3)], [("name", "STRING", "true"), ("pool", "STRING", "false"),
+                                               ("snapshot", "STRING", "false")])
         self.assertGreaterEqual(int(t["timeout"]), 600)
         # reinstall copies a whole image too.
         self.assertGreaterEqual(int(actions["reinstall"]["timeout"]), 300)
