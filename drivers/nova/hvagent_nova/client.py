@@ -5,7 +5,8 @@ import grpc
 from nova import exception
 
 from hvagent.v1 import (console_pb2_grpc, domain_pb2_grpc, host_pb2_grpc, image_pb2_grpc,
-                        metrics_pb2_grpc, storage_pb2_grpc)
+                        metrics_pb2_grpc, migration_pb2_grpc, operation_pb2_grpc,
+                        storage_pb2_grpc)
 
 
 def _read(path):
@@ -57,6 +58,8 @@ class Agent(object):
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(channel)
         self.consoles = console_pb2_grpc.ConsoleServiceStub(channel)
         self.images = image_pb2_grpc.ImageServiceStub(channel)
+        self.migration = migration_pb2_grpc.MigrationServiceStub(channel)
+        self.operations = operation_pb2_grpc.OperationServiceStub(channel)
 
     def call(self, method, request, instance=None, extra_timeout=0):
         """Runs one unary call; agent errors become nova exceptions (see to_nova)."""

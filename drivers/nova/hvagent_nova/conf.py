@@ -55,6 +55,16 @@ OPTS = [
                help="Seconds each detach attempt lasts at least before the next one is triggered "
                     "(as [libvirt] device_detach_timeout): time for a guest that is slow to release "
                     "the device."),
+    cfg.PortOpt("migration_port",
+                help="gRPC port of the other hosts' agents, for moving an instance between "
+                     "hosts (cold migration, resize to another host, live migration): the "
+                     "agent of a host is reached at <that host's my_ip>:migration_port, my_ip "
+                     "being what Nova records as the migration's dest_host / source host "
+                     "address. Unset: the port of address. Every agent must accept this "
+                     "host's client certificate as a controller, and the source agent's "
+                     "[migration] certificate as a peer (docs/openstack.md)."),
+    cfg.IntOpt("migration_poll_interval", default=2, min=0,
+               help="Seconds between two looks at a migration's operation on the agent."),
     cfg.StrOpt("disk_prefix",
                help="Disk target prefix ('vd', 'xvd', 'sd'). Default: 'xvd' on Xen hosts, "
                     "'vd' elsewhere."),

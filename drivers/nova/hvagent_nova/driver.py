@@ -65,7 +65,8 @@ from nova.objects import fields
 from nova.virt import driver
 from nova.virt import hardware
 
-from hvagent.v1 import (console_pb2, domain_pb2, domain_pb2_grpc, host_pb2, storage_pb2)
+from hvagent.v1 import (console_pb2, domain_pb2, domain_pb2_grpc, host_pb2, migration_pb2,
+                        operation_pb2, storage_pb2)
 
 from hvagent_nova import client
 from hvagent_nova import conf as hv_conf
@@ -925,7 +926,13 @@ class HvagentDriver(driver.ComputeDriver):
                 destroy_secrets=True):
         # A failed spawn, a migration's rollback, an evacuated instance: Nova's volumes may
         # still be attached, and they are detached exactly as on destroy.
-        self._teardown(instance, block_device_info, destroy_disks)
+        if migrate_data is not None:
+            # The source after a live migration: the agent removed the domain and its volumes
+            # (remove-source); had the move failed, the domain here would be the guest itself.
+            LOG.debug("live migration cleanup: the agent removed the source's domain",
+                      instance=instance)
+        else:
+            self._teardown(instance, block_device_info, destroy_disks)
         if destroy_vifs:
             self._unplug_vifs(instance, network_info, ignore_errors=True)
 
@@ -1032,18 +1039,16 @@ class HvagentDriver(driver.ComputeDriver):
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
                                    block_device_info=None, timeout=0, retry_interval=0):
-        """First half of a resize, on this host only: the domain and its volumes stay where they
-        are (nothing to copy), so the guest is only stopped. Everything that would make the
-        second half fail is refused here, before the guest is touched, as InstanceFaultRollback
-        (Nova then leaves the instance as it was), like the libvirt driver: a disk that would
-        shrink, a local disk the old flavor did not have, another host."""
+        """First half of a resize or cold migration. On this host the domain and its volumes stay
+        where they are (nothing to copy), so the guest is only stopped. To another host
+        (``dest``, the destination's my_ip) the guest is stopped and the agent moves the domain
+        with its volumes to the destination's agent (_migrate_cold). Everything that would make
+        the second half fail is refused here, before the guest is touched, as
+        InstanceFaultRollback (Nova then leaves the instance as it was), like the libvirt
+        driver: a disk that would shrink, a local disk the old flavor did not have, and for
+        another host an attached Nova volume (only the instance's own volumes move)."""
         if not self._is_this_host(dest):
-            # Moving pool volumes between hosts is migration proper, which the agent does not
-            # offer yet; the libvirt driver refuses LVM-backed instances the same way.
-            raise exception.InstanceFaultRollback(exception.MigrationPreCheckError(
-                reason="hvagent: resize to another host (%s) needs migration of the instance's "
-                       "pool volumes, which this driver does not do; resize on the same host "
-                       "(allow_resize_to_same_host)" % dest))
+            self._check_movable(instance, block_device_info)
         old = dict(self._local_disks(instance, block_device_info))
         eph_old = (block_device.get_bdm_ephemeral_disk_size(
             driver.block_device_info_get_ephemerals(block_device_info))
@@ -1062,7 +1067,10 @@ class HvagentDriver(driver.ComputeDriver):
             raise exception.InstanceFaultRollback(
                 exception.ResizeError(reason="Unable to resize disk down."))
         self._check_resize_tuning(instance, flavor)
-        self.power_off(instance, timeout, retry_interval)
+        if self._is_this_host(dest):
+            self.power_off(instance, timeout, retry_interval)
+        else:
+            self._migrate_cold(instance, dest, timeout, retry_interval)
         return jsonutils.dumps([])
 
     @staticmethod
@@ -1112,13 +1120,232 @@ class HvagentDriver(driver.ComputeDriver):
                                 block_device_info=None, power_on=True):
         """The domain goes back to the old flavor's vCPUs and memory (instance.flavor is the old
         one again by now). Disks that grew stay grown, with their data: a volume never shrinks
-        (the libvirt driver keeps a copy of the old disk instead; pool volumes have none)."""
+        (the libvirt driver keeps a copy of the old disk instead; pool volumes have none).
+        After a move to another host the domain is brought back first (_migrate_back)."""
+        if self._moved_away(instance, migration):
+            self._migrate_back(instance, migration)
         dom = self._get_domain(instance)
         if dom.state not in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
             self._act(self.agent.domains.DestroyDomain, instance)
         self._resize_domain(instance, instance.flavor)
         if power_on:
             self.power_on(context, instance, network_info, block_device_info)
+
+    # -- moving an instance to another host (the agent's MigrationService; docs/openstack.md) --
+
+    def _peer_address(self, host_ip):
+        """The gRPC address of the agent on the host whose my_ip is host_ip."""
+        port = CONF.hvagent.migration_port or CONF.hvagent.address.rsplit(":", 1)[-1]
+        if ":" in host_ip and not host_ip.startswith("["):
+            host_ip = "[%s]" % host_ip
+        return "%s:%s" % (host_ip, port)
+
+    def _agent_at(self, address):
+        """A client of another host's agent, with this host's [hvagent] TLS material."""
+        group = CONF.hvagent
+        view = type("Peer", (), {k: getattr(group, k) for k in (
+            "plaintext", "ca_file", "cert_file", "key_file", "tls_server_name")})()
+        view.address = address
+        return client.Agent(client.make_channel(view), address, group.rpc_timeout)
+
+    def _check_movable(self, instance, block_device_info):
+        """Only the volumes the domain owns move: an attached Nova volume lives in this host's
+        pool, which the destination cannot reach."""
+        if self._agent_volumes(instance, block_device_info):
+            raise exception.InstanceFaultRollback(exception.MigrationPreCheckError(
+                reason="hvagent: the instance has Nova volumes of this host's agent attached; "
+                       "they cannot move to another host (detach them first)"))
+
+    def _wait_operation(self, agent, op_id, instance):
+        """Polls the agent's operation until it ends; returns it."""
+        req = operation_pb2.GetOperationRequest(id=str(op_id))
+        while True:
+            try:
+                op = agent.call(agent.operations.GetOperation, req)
+            except exception.NotFound:
+                raise exception.MigrationError(reason=(
+                    "hvagent at %s no longer knows migration operation %s (restarted?): check "
+                    "on which host the domain is" % (agent.address, op_id)))
+            if op.state != operation_pb2.OPERATION_STATE_RUNNING:
+                return op
+            eventlet.sleep(CONF.hvagent.migration_poll_interval)
+
+    @staticmethod
+    def _stayed_here(op):
+        """True when the agent undid a failed move and the domain is where it was."""
+        return (op.state in (operation_pb2.OPERATION_STATE_FAILED,
+                             operation_pb2.OPERATION_STATE_CANCELLED,
+                             operation_pb2.OPERATION_STATE_ROLLED_BACK)
+                and "the domain stays here" in op.message)
+
+    def _move(self, agent, instance, destination, live=False):
+        """MigrateDomain on `agent` to `destination` and waits for its end. Returns the ended
+        operation; a refusal before anything starts raises the mapped nova exception."""
+        req = migration_pb2.MigrateDomainRequest(
+            name=instance.name, destination=destination,
+            running_policy=migration_pb2.RUNNING_POLICY_REFUSE, live=live)
+        if live:
+            req.max_downtime_ms = min(CONF.libvirt.live_migration_downtime, 60000)
+        resp = agent.call(agent.migration.MigrateDomain, req, instance)
+        op = self._wait_operation(agent, resp.operation_id, instance)
+        LOG.info("hvagent migration %s to %s: %s %s", resp.operation_id, destination,
+                 operation_pb2.OperationState.Name(op.state), op.message, instance=instance)
+        return op
+
+    def _migrate_cold(self, instance, dest, timeout, retry_interval):
+        """Stops the guest as power_off does (Nova's timeout and retry), then the agent moves
+        the stopped domain and its volumes. A failure the agent undid starts the guest again
+        here and is InstanceFaultRollback; one that leaves the domain's place unsure is not."""
+        was_running = self._get_domain(instance).state not in (DS.DOMAIN_STATE_SHUTOFF,
+                                                               DS.DOMAIN_STATE_CRASHED)
+        self.power_off(instance, timeout, retry_interval)
+        try:
+            op = self._move(self.agent, instance, self._peer_address(dest))
+        except exception.NovaException as e:
+            self._restart_after_failed_move(instance, was_running)
+            raise exception.InstanceFaultRollback(exception.MigrationError(
+                reason="hvagent refused the move to %s: %s" % (dest, e)))
+        if op.state == operation_pb2.OPERATION_STATE_SUCCEEDED:
+            return
+        if self._stayed_here(op):
+            self._restart_after_failed_move(instance, was_running)
+            raise exception.InstanceFaultRollback(exception.MigrationError(
+                reason="hvagent: move to %s failed: %s" % (dest, op.message)))
+        raise exception.MigrationError(reason="hvagent: move to %s ended %s: %s" % (
+            dest, operation_pb2.OperationState.Name(op.state), op.message))
+
+    def _restart_after_failed_move(self, instance, was_running):
+        if not was_running:
+            return
+        try:
+            self._act(self.agent.domains.StartDomain, instance)
+        except exception.NovaException:
+            LOG.exception("could not start the guest again after a failed move",
+                          instance=instance)
+
+    def _moved_away(self, instance, migration):
+        """A revert after a move to another host: the domain is not here any more."""
+        dest = getattr(migration, "dest_host", None)
+        if not dest or self._is_this_host(dest):
+            return False
+        try:
+            self._get_domain(instance)
+            return False
+        except exception.InstanceNotFound:
+            return True
+
+    def _migrate_back(self, instance, migration):
+        """The destination's agent moves the (stopped: the revert's destroy stopped it) domain
+        back to this host's agent, asked with this host's controller credentials."""
+        there = self._peer_address(migration.dest_host)
+        op = self._move(self._agent_at(there), instance,
+                        self._peer_address(self.get_host_ip_addr()))
+        if op.state != operation_pb2.OPERATION_STATE_SUCCEEDED:
+            raise exception.MigrationError(reason=(
+                "hvagent: moving the instance back from %s failed (%s: %s); it stays on %s"
+                % (there, operation_pb2.OperationState.Name(op.state), op.message,
+                   migration.dest_host)))
+
+    # -- live migration (QEMU/KVM only; Xen 4.17 on Arm has none) ---------------------------
+
+    def _refuse_live_on_xen(self, where):
+        if self._host_info().hypervisor_type.lower() == "xen":
+            raise exception.MigrationPreCheckError(reason=(
+                "hvagent: the %s host runs Xen, which has no live migration on Arm (Xen 4.17); "
+                "use cold migration (nova migrate)" % where))
+
+    def check_can_live_migrate_destination(self, context, instance, src_compute_info,
+                                           dst_compute_info, block_migration=False,
+                                           disk_over_commit=False):
+        """On the destination: refuses on Xen; names this host's agent for the source
+        (target_connect_addr). Disks are never shared: the agent copies them (NBD)."""
+        self._refuse_live_on_xen("destination")
+        data = objects.LibvirtLiveMigrateData()
+        data.target_connect_addr = self._peer_address(self.get_host_ip_addr())
+        data.block_migration = True
+        data.is_shared_block_storage = False
+        data.is_shared_instance_path = False
+        data.graphics_listen_addr_vnc = CONF.vnc.server_listen
+        data.graphics_listen_addr_spice = CONF.spice.server_listen
+        data.serial_listen_addr = None
+        if disk_over_commit is not None:
+            data.disk_over_commit = disk_over_commit
+        return data
+
+    def cleanup_live_migration_destination_check(self, context, dest_check_data):
+        """Nothing was made by the destination check."""
+
+    def check_can_live_migrate_source(self, context, instance, dest_check_data,
+                                      block_device_info=None):
+        """On the source: refuses on Xen, for a guest that does not run, and for attached Nova
+        volumes (only the domain's own volumes move)."""
+        self._refuse_live_on_xen("source")
+        if ("target_connect_addr" not in dest_check_data
+                or not dest_check_data.target_connect_addr):
+            raise exception.MigrationPreCheckError(
+                reason="hvagent: the destination did not name its agent (not an hvagent host?)")
+        if self._get_domain(instance).state not in (DS.DOMAIN_STATE_RUNNING,
+                                                    DS.DOMAIN_STATE_BLOCKED):
+            raise exception.MigrationPreCheckError(
+                reason="hvagent: live migration needs a running guest")
+        try:
+            self._check_movable(instance, block_device_info)
+        except exception.InstanceFaultRollback as e:
+            raise e.inner_exception
+        return dest_check_data
+
+    def pre_live_migration(self, context, instance, block_device_info, network_info,
+                           disk_info, migrate_data):
+        """On the destination: the host-side network plumbing the guest's NICs need must exist
+        before libvirt starts it here (the agent's PrepareIncoming makes the volumes)."""
+        self.plug_vifs(instance, network_info)
+        return migrate_data
+
+    def live_migration(self, context, instance, dest, post_method, recover_method,
+                       block_migration=False, migrate_data=None):
+        """The source agent moves the running guest (MigrateDomain live) to the destination's
+        agent and reports how it ended: post_method on success, recover_method when it failed
+        and the agent undid it, as the libvirt driver does."""
+        target = migrate_data.target_connect_addr
+        try:
+            op = self._move(self.agent, instance, target, live=True)
+        except exception.NovaException:
+            LOG.exception("hvagent refused the live migration", instance=instance)
+            recover_method(context, instance, dest, migrate_data)
+            return
+        if op.state == operation_pb2.OPERATION_STATE_SUCCEEDED:
+            post_method(context, instance, dest, block_migration, migrate_data)
+        elif op.state == operation_pb2.OPERATION_STATE_CANCELLED:
+            recover_method(context, instance, dest, migrate_data, migration_status="cancelled")
+        elif self._stayed_here(op):
+            recover_method(context, instance, dest, migrate_data)
+        else:
+            raise exception.MigrationError(reason=(
+                "hvagent: live migration to %s ended %s: %s" % (
+                    target, operation_pb2.OperationState.Name(op.state), op.message)))
+
+    def post_live_migration(self, context, instance, block_device_info, migrate_data=None):
+        """The agent removed the domain and its volumes here already."""
+
+    def post_live_migration_at_source(self, context, instance, network_info):
+        self._unplug_vifs(instance, network_info, ignore_errors=True)
+
+    def post_live_migration_at_destination(self, context, instance, network_info,
+                                           block_migration=False, block_device_info=None):
+        """The agent's destination defined the domain persistently; only a check that it
+        runs here."""
+        self._get_domain(instance)
+
+    def rollback_live_migration_at_source(self, context, instance, migrate_data):
+        """The agent left the guest running here; nothing to undo."""
+
+    def rollback_live_migration_at_destination(self, context, instance, network_info,
+                                               block_device_info, destroy_disks=True,
+                                               migrate_data=None):
+        """The source agent aborted the destination's half (AbortIncoming deletes what it
+        made). No domain is deleted here: one of that name would be the guest itself. Only the
+        plumbing pre_live_migration made goes."""
+        self._unplug_vifs(instance, network_info, ignore_errors=True)
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):

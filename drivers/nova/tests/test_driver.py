@@ -23,7 +23,7 @@ from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import utils as test_utils
 from nova.virt import fake
 
-from hvagent.v1 import domain_pb2, host_pb2, storage_pb2
+from hvagent.v1 import domain_pb2, host_pb2, migration_pb2, operation_pb2, storage_pb2
 
 import agent_fixture
 from hvagent_nova import client
@@ -189,13 +189,12 @@ class DriverTestCase(test.TestCase):
         self.assertEqual(2 << 30, self.volumes()[inst.uuid + "-root"].size_bytes)
 
     def test_resize_refusals_leave_the_instance_running(self):
-        """Another host, a shrinking disk, a disk the old flavor lacked: InstanceFaultRollback
-        before the guest is touched."""
+        """A shrinking disk, a disk the old flavor lacked: InstanceFaultRollback before the
+        guest is touched (another host: MigrationTestCase)."""
         self.need_pool()
         inst = self.instance(root_gb=2)
         self.spawn(inst)
         for dest, flavor, cause in (
-                ("192.0.2.99", self._flavor(2, 256, root_gb=2), exception.MigrationPreCheckError),
                 (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=1), exception.ResizeError),
                 (hv_driver.CONF.my_ip, self._flavor(2, 256, root_gb=2, ephemeral_gb=1),
                  exception.ResizeError)):
@@ -204,6 +203,22 @@ class DriverTestCase(test.TestCase):
                                     self.ctxt, inst, dest, flavor, None)
             self.assertIsInstance(err.inner_exception, cause)
             self.assertEqual(power_state.RUNNING, self.state(inst))
+
+    def test_move_to_an_unreachable_host_is_undone_by_the_agent_and_rolled_back(self):
+        """A real agent's MigrateDomain to a host whose agent does not answer: the agent
+        undoes it, the guest runs here again with its volumes, Nova rolls back."""
+        self.need_pool()
+        self.flags(migration_poll_interval=0.2, migration_port=agent_fixture.free_port(),
+                   group="hvagent")
+        inst = self.instance()
+        self.spawn(inst)
+        err = self.assertRaises(exception.InstanceFaultRollback,
+                                self.drv.migrate_disk_and_power_off, self.ctxt, inst,
+                                "127.0.0.2", inst.flavor, None, None, 5, 1)
+        self.assertIsInstance(err.inner_exception, exception.MigrationError)
+        self.assertIn("the domain stays here", str(err.inner_exception))
+        self.assertEqual(power_state.RUNNING, self.state(inst))
+        self.assertIn(inst.uuid + "-root", self.volumes())
 
     def test_resize_past_the_hosts_capacity_is_refused_and_changes_nothing(self):
         self.need_pool()
@@ -1063,6 +1078,253 @@ class DetachTestCase(test.NoDBTestCase):
             self.assertRaises(exception.DeviceDetachFailed, teardown)
             self.assertEqual(["GetDomain", "DestroyDomain", "GetVolume"] + ["DetachVolume"] * 3, a.calls)
             self.assertNotIn("DeleteDomain", a.calls)
+
+
+class ScriptedMigrations(ScriptedDomains):
+    """The driver's view of one agent for moves between hosts: ScriptedDomains, plus
+    MigrateDomain (answers operation 7, or raises errors['MigrateDomain']), GetOperation
+    (RUNNING `running` times, then `final`; a SUCCEEDED one takes the domain away) and GetHost
+    (hypervisor_type `hypervisor`). `present` False: GetDomain is NOT_FOUND."""
+
+    def __init__(self, state, final=None, running=1, hypervisor="qemu", errors=None,
+                 present=True):
+        super().__init__(state, errors=errors)
+        self.final, self.running = final, running
+        self.hypervisor, self.present = hypervisor, present
+        names = ("GetDomain", "ShutdownDomain", "DestroyDomain", "StartDomain", "UpdateDomain",
+                 "DeleteDomain")
+        self.domains = type("D", (), {n: staticmethod(self._stub(n)) for n in names})
+        self.migration = type("M", (), {"MigrateDomain": staticmethod(self._stub("MigrateDomain"))})
+        self.operations = type("O", (), {"GetOperation": staticmethod(self._stub("GetOperation"))})
+        self.host = type("H", (), {"GetHost": staticmethod(self._stub("GetHost"))})
+
+    def _call(self, name, request, timeout):
+        if name == "GetDomain" and not self.present and name not in self.errors:
+            self.calls.append((name, request))
+            raise RpcError(grpc.StatusCode.NOT_FOUND, "no domain")
+        if name == "MigrateDomain" and name not in self.errors:
+            self.calls.append((name, request))
+            return migration_pb2.MigrateDomainResponse(operation_id=7)
+        if name == "GetOperation":
+            self.calls.append((name, request))
+            if self.running > 0:
+                self.running -= 1
+                return operation_pb2.Operation(id=7, state=operation_pb2.OPERATION_STATE_RUNNING)
+            if self.final.state == operation_pb2.OPERATION_STATE_SUCCEEDED:
+                self.present = not self.present
+            return self.final
+        if name == "GetHost":
+            self.calls.append((name, request))
+            return host_pb2.Host(hypervisor_type=self.hypervisor, connected=True)
+        return super()._call(name, request, timeout)
+
+    def request(self, name):
+        return [r for n, r in self.calls if n == name][-1]
+
+
+def op(state, message=""):
+    return operation_pb2.Operation(id=7, state=getattr(operation_pb2, "OPERATION_STATE_" + state),
+                                   message=message)
+
+
+STAYED = "destination unreachable; the domain stays here"
+UNSURE = "rolled back; the domain is no longer here and may run on 192.0.2.5:50051"
+
+
+class MigrationTestCase(test.NoDBTestCase):
+    """Moves between hosts, in Nova's call order, against scripted agents (the agent's side
+    of MigrateDomain is tested in tests/unit/service/migration_service_test.cpp and between
+    two hosts in tests/integration)."""
+
+    RUNNING = domain_pb2.DOMAIN_STATE_RUNNING
+    SHUTOFF = domain_pb2.DOMAIN_STATE_SHUTOFF
+
+    def setUp(self):
+        super().setUp()
+        self.flags(address="127.0.0.1:50051", migration_poll_interval=0, group="hvagent")
+        self.flags(my_ip="198.51.100.1")
+        self.drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        flavor = objects.Flavor(vcpus=2, memory_mb=256, root_gb=1, ephemeral_gb=0, swap=0,
+                                extra_specs={})
+        self.inst = type("I", (), {"name": "instance-1", "uuid": "u-1", "flavor": flavor})()
+        self.useFixture(fixtures.MockPatchObject(self.drv, "_check_resize_tuning"))
+        self.useFixture(fixtures.MockPatchObject(self.drv, "plug_vifs"))
+        self.useFixture(fixtures.MockPatchObject(self.drv, "_unplug_vifs"))
+
+    def agent(self, *args, **kwargs):
+        self.drv._agent = ScriptedMigrations(*args, **kwargs)
+        return self.drv._agent
+
+    def cold(self, timeout=30, bdi=None):
+        return self.drv.migrate_disk_and_power_off(None, self.inst, "192.0.2.5", self.inst.flavor,
+                                                   None, bdi, timeout, 2)
+
+    # -- cold migration / resize to another host ---------------------------------------------
+
+    def test_cold_move_stops_the_guest_and_the_agent_moves_it(self):
+        a = self.agent(self.RUNNING, op("SUCCEEDED"))
+        self.assertEqual([], jsonutils.loads(self.cold(timeout=30)))
+        self.assertEqual(["GetDomain", "GetDomain", "ShutdownDomain", "MigrateDomain",
+                          "GetOperation", "GetOperation"], a.names())
+        self.assertEqual(30, a.request("ShutdownDomain").timeout_seconds)
+        req = a.request("MigrateDomain")
+        self.assertEqual(("instance-1", "192.0.2.5:50051", False),
+                         (req.name, req.destination, req.live))
+        self.assertEqual(migration_pb2.RUNNING_POLICY_REFUSE, req.running_policy)
+        self.assertEqual("7", a.request("GetOperation").id)
+
+    def test_cold_move_without_time_to_shut_down_destroys_first_and_uses_migration_port(self):
+        self.flags(migration_port=6000, group="hvagent")
+        a = self.agent(self.RUNNING, op("SUCCEEDED"), running=0)
+        self.cold(timeout=0)
+        self.assertIn("DestroyDomain", a.names())
+        self.assertNotIn("ShutdownDomain", a.names())
+        self.assertEqual("192.0.2.5:6000", a.request("MigrateDomain").destination)
+
+    def test_cold_move_the_agent_undid_starts_the_guest_again_and_rolls_back(self):
+        a = self.agent(self.RUNNING, op("FAILED", STAYED))
+        err = self.assertRaises(exception.InstanceFaultRollback, self.cold)
+        self.assertIsInstance(err.inner_exception, exception.MigrationError)
+        self.assertIn("destination unreachable", str(err.inner_exception))
+        self.assertEqual("StartDomain", a.names()[-1])
+        self.assertEqual(self.RUNNING, a.state)
+
+    def test_cold_move_of_a_stopped_guest_that_fails_leaves_it_stopped(self):
+        a = self.agent(self.SHUTOFF, op("CANCELLED", "cancelled; the domain stays here"))
+        self.assertRaises(exception.InstanceFaultRollback, self.cold)
+        self.assertNotIn("StartDomain", a.names())
+
+    def test_cold_move_refused_by_the_agent_starts_the_guest_again(self):
+        a = self.agent(self.RUNNING, errors={"MigrateDomain": RpcError(
+            grpc.StatusCode.FAILED_PRECONDITION, "disk vdb is a borrowed volume")})
+        err = self.assertRaises(exception.InstanceFaultRollback, self.cold)
+        self.assertIn("borrowed volume", str(err.inner_exception))
+        self.assertNotIn("GetOperation", a.names())
+        self.assertEqual("StartDomain", a.names()[-1])
+
+    def test_cold_move_whose_end_is_unsure_starts_nothing_and_is_no_rollback(self):
+        a = self.agent(self.RUNNING, op("FAILED", UNSURE))
+        err = self.assertRaises(exception.MigrationError, self.cold)
+        self.assertIn("may run on", str(err))
+        self.assertNotIn("StartDomain", a.names())
+
+    def test_cold_move_with_an_attached_nova_volume_is_refused_before_the_guest_stops(self):
+        a = self.agent(self.RUNNING, op("SUCCEEDED"))
+        bdi = {"block_device_mapping": [{"mount_device": "/dev/vdb", "connection_info": {
+            "driver_volume_type": "hvagent", "data": {"pool": "p", "name": "v"}}}]}
+        err = self.assertRaises(exception.InstanceFaultRollback, self.cold, bdi=bdi)
+        self.assertIsInstance(err.inner_exception, exception.MigrationPreCheckError)
+        self.assertEqual([], a.names())
+
+    def test_finish_migration_on_the_destination_resizes_and_starts(self):
+        a = self.agent(self.SHUTOFF)
+        new = objects.Flavor(vcpus=3, memory_mb=512, root_gb=0, ephemeral_gb=0, swap=0,
+                             extra_specs={})
+        self.inst.flavor = new
+        self.drv.finish_migration(None, None, self.inst, "[]", None, None, True, {})
+        self.assertEqual(["UpdateDomain", "GetDomain", "StartDomain"], a.names())
+        self.assertEqual((3, 512), (a.calls[0][1].vcpus, a.calls[0][1].memory_mib))
+
+    def migration(self, dest_host="192.0.2.5"):
+        return type("Mig", (), {"dest_host": dest_host, "source_compute": "a",
+                                "dest_compute": "b"})()
+
+    def test_revert_moves_the_domain_back_from_the_destination(self):
+        here = self.agent(self.SHUTOFF, present=False)
+        there = ScriptedMigrations(self.SHUTOFF, op("SUCCEEDED"))
+        with unittest.mock.patch.object(self.drv, "_agent_at", return_value=there) as at:
+            def moved(*a, **k):
+                here.present = True
+                return op("SUCCEEDED")
+            with unittest.mock.patch.object(self.drv, "_wait_operation", side_effect=moved):
+                self.drv.finish_revert_migration(None, self.inst, None, self.migration())
+        at.assert_called_once_with("192.0.2.5:50051")
+        req = there.request("MigrateDomain")
+        self.assertEqual(("instance-1", "198.51.100.1:50051"), (req.name, req.destination))
+        self.assertEqual(["GetDomain", "GetDomain", "UpdateDomain", "GetDomain", "StartDomain"],
+                         here.names())
+
+    def test_revert_whose_move_back_fails_says_where_the_instance_stays(self):
+        self.agent(self.SHUTOFF, present=False)
+        there = ScriptedMigrations(self.SHUTOFF, op("FAILED", STAYED))
+        with unittest.mock.patch.object(self.drv, "_agent_at", return_value=there):
+            err = self.assertRaises(exception.MigrationError, self.drv.finish_revert_migration,
+                                    None, self.inst, None, self.migration())
+        self.assertIn("stays on 192.0.2.5", str(err))
+
+    # -- live migration ----------------------------------------------------------------------
+
+    def test_live_checks_on_xen_are_refused_with_the_reason(self):
+        self.agent(self.RUNNING, hypervisor="Xen")
+        err = self.assertRaises(exception.MigrationPreCheckError,
+                                self.drv.check_can_live_migrate_destination,
+                                None, self.inst, {}, {})
+        self.assertIn("no live migration on Arm", str(err))
+        data = objects.LibvirtLiveMigrateData(target_connect_addr="192.0.2.5:50051")
+        self.assertRaises(exception.MigrationPreCheckError,
+                          self.drv.check_can_live_migrate_source, None, self.inst, data)
+
+    def test_live_checks_name_the_destination_agent_and_need_a_running_guest(self):
+        self.agent(self.RUNNING)
+        data = self.drv.check_can_live_migrate_destination(None, self.inst, {}, {}, True, False)
+        self.assertIsInstance(data, objects.LibvirtLiveMigrateData)
+        self.assertEqual("198.51.100.1:50051", data.target_connect_addr)
+        self.assertFalse(data.is_shared_block_storage)
+        self.assertIs(data, self.drv.check_can_live_migrate_source(None, self.inst, data))
+        self.drv.cleanup_live_migration_destination_check(None, data)
+        self.agent(self.SHUTOFF)
+        err = self.assertRaises(exception.MigrationPreCheckError,
+                                self.drv.check_can_live_migrate_source, None, self.inst, data)
+        self.assertIn("running guest", str(err))
+        self.assertRaises(exception.MigrationPreCheckError,
+                          self.drv.check_can_live_migrate_source, None, self.inst,
+                          objects.LibvirtLiveMigrateData())
+
+    def test_pre_live_migration_plugs_the_vifs_and_keeps_the_data(self):
+        data = objects.LibvirtLiveMigrateData()
+        self.assertIs(data, self.drv.pre_live_migration(None, self.inst, None, ["vif"], None, data))
+        self.drv.plug_vifs.assert_called_once_with(self.inst, ["vif"])
+
+    def live(self, a):
+        post, recover = unittest.mock.Mock(), unittest.mock.Mock()
+        data = objects.LibvirtLiveMigrateData(target_connect_addr="192.0.2.5:50051")
+        self.drv.live_migration("ctx", self.inst, "host-b", post, recover, True, data)
+        return post, recover, data
+
+    def test_live_migration_that_succeeds_calls_post_method(self):
+        self.flags(live_migration_downtime=400, group="libvirt")
+        a = self.agent(self.RUNNING, op("SUCCEEDED"))
+        post, recover, data = self.live(a)
+        post.assert_called_once_with("ctx", self.inst, "host-b", True, data)
+        recover.assert_not_called()
+        req = a.request("MigrateDomain")
+        self.assertEqual((True, 400, "192.0.2.5:50051"),
+                         (req.live, req.max_downtime_ms, req.destination))
+
+    def test_live_migration_that_fails_or_is_cancelled_or_refused_calls_recover_method(self):
+        for kwargs, extra in (({"final": op("FAILED", STAYED)}, {}),
+                              ({"final": op("CANCELLED", "cancelled; the domain stays here")},
+                               {"migration_status": "cancelled"}),
+                              ({"errors": {"MigrateDomain": RpcError(
+                                  grpc.StatusCode.FAILED_PRECONDITION, "Xen")}}, {})):
+            post, recover, data = self.live(self.agent(self.RUNNING, **kwargs))
+            post.assert_not_called()
+            recover.assert_called_once_with("ctx", self.inst, "host-b", data, **extra)
+
+    def test_live_migration_whose_end_is_unsure_raises_and_neither_posts_nor_recovers(self):
+        self.agent(self.RUNNING, op("FAILED", UNSURE))
+        err = self.assertRaises(exception.MigrationError, self.live, None)
+        self.assertIn("may run on", str(err))
+
+    def test_rollback_at_destination_and_cleanup_at_source_delete_no_domain(self):
+        a = self.agent(self.RUNNING)
+        data = objects.LibvirtLiveMigrateData()
+        self.drv.rollback_live_migration_at_destination(None, self.inst, ["vif"], None, True, data)
+        self.drv.cleanup(None, self.inst, ["vif"], None, True, data)
+        self.drv.rollback_live_migration_at_source(None, self.inst, data)
+        self.drv.post_live_migration(None, self.inst, None, data)
+        self.assertEqual([], a.names())
+        self.assertEqual(2, self.drv._unplug_vifs.call_count)
 
 
 class ErrorMappingTestCase(unittest.TestCase):
