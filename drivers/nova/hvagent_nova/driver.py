@@ -1306,6 +1306,11 @@ class HvagentDriver(driver.ComputeDriver):
         """The source agent moves the running guest (MigrateDomain live) to the destination's
         agent and reports how it ended: post_method on success, recover_method when it failed
         and the agent undid it, as the libvirt driver does."""
+        if "target_connect_addr" not in migrate_data or not migrate_data.target_connect_addr:
+            LOG.error("live migration without a destination agent (no hvagent destination "
+                      "check ran): nothing moved", instance=instance)
+            recover_method(context, instance, dest, migrate_data)
+            return
         target = migrate_data.target_connect_addr
         try:
             op = self._move(self.agent, instance, target, live=True)

@@ -5,7 +5,7 @@ The suite's VIF is used as Nova makes it (Open vSwitch without hybrid plugging, 
 active yet): the driver gives the agent an Open vSwitch port with the Neutron port id (the
 fixture's agent allows br0 in [network] ovs_bridges). One input is changed, where the agent
 cannot do what the suite's fakes ask for (and test_migrate_disk_and_power_off, which resizes to
-another host, also checks the refusal and a resize on this host):
+another host, also checks the rollback and a resize on this host):
 - its volumes are of driver_volume_type 'fake'; the attach/detach tests use a volume of the
   agent's pool ('hvagent') instead;
 - its Glance images declare a size but hold no bytes: they are given zeros of that size, so that
@@ -193,9 +193,10 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
                                           instance_ref, '/dev/sda')
         self.assertEqual("", self._attached_to("data1"))
 
-    # The suite resizes to 'dest_host', a host that is not this one: the driver resizes on its
-    # own host only, and refuses another host before touching the guest, as Nova expects
-    # (InstanceFaultRollback). Both halves are checked here instead of a silent pass.
+    # The suite resizes to 'dest_host', a host that is not this one and whose agent the real
+    # agent here refuses as a destination: the driver starts the guest it stopped again and
+    # raises what Nova rolls back from (InstanceFaultRollback). Then a resize on this host.
+    # Both halves are checked here instead of a silent pass.
     def test_migrate_disk_and_power_off(self):
         instance_ref, network_info = self._get_running_instance()
         flavor_ref = test_utils.get_test_flavor()

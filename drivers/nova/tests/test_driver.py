@@ -1311,6 +1311,15 @@ class MigrationTestCase(test.NoDBTestCase):
             post.assert_not_called()
             recover.assert_called_once_with("ctx", self.inst, "host-b", data, **extra)
 
+    def test_live_migration_without_a_destination_agent_moves_nothing_and_recovers(self):
+        a = self.agent(self.RUNNING, op("SUCCEEDED"))
+        post, recover = unittest.mock.Mock(), unittest.mock.Mock()
+        data = objects.LibvirtLiveMigrateData()
+        self.drv.live_migration("ctx", self.inst, "host-b", post, recover, False, data)
+        recover.assert_called_once_with("ctx", self.inst, "host-b", data)
+        post.assert_not_called()
+        self.assertEqual([], a.names())
+
     def test_live_migration_whose_end_is_unsure_raises_and_neither_posts_nor_recovers(self):
         self.agent(self.RUNNING, op("FAILED", UNSURE))
         err = self.assertRaises(exception.MigrationError, self.live, None)
