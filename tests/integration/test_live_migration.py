@@ -171,7 +171,9 @@ class LiveMigrationTest(unittest.TestCase):
         o, seen = self.migrate(name, operation_pb2.OPERATION_STATE_SUCCEEDED)
         print(f"\nlive migration of a 128 MiB TCG guest with a {DISK // MiB} MiB disk over the veth: "
               f"{time.time() - t0:.1f} s (operation seen ended), {o.bytes_total / MiB:.1f} MiB moved")
-        self.assertGreater(o.bytes_total, DISK, "progress is memory and disk bytes from libvirt's job")
+        # From libvirt's job: at least the disk. Memory joins the total once its phase is sampled
+        # (every 250 ms); a short memory phase may end between two samples (seen in CI: 16 MiB).
+        self.assertGreaterEqual(o.bytes_total, DISK, "progress is the bytes of libvirt's job")
         self.assertEqual(o.bytes_done, o.bytes_total)
         self.assertTrue(any(0 < d < t for d, t in seen) or len(seen) < 3, seen)
         # Here: gone, with its volume; there: running on a volume it owns.
