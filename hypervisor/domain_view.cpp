@@ -1,6 +1,5 @@
 #include "hypervisor/domain_view.h"
 
-#include <algorithm>
 #include <set>
 #include <utility>
 
@@ -52,8 +51,7 @@ DomainView::DomainView(Hypervisor& inner, Options options) : inner_(inner), opti
     std::lock_guard lock(relay->mu);
     if (relay->view != nullptr) relay->view->OnEvent(e);
   });
-  const int threads = std::max(1, options_.threads);
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  worker_ = std::thread([this] { WorkerLoop(); });
 }
 
 DomainView::~DomainView() {
@@ -68,7 +66,7 @@ DomainView::~DomainView() {
   }
   work_cv_.notify_all();
   rebuilt_cv_.notify_all();
-  for (std::thread& t : workers_) t.join();
+  worker_.join();
 }
 
 void DomainView::SetEventSink(EventSink sink) {
@@ -285,11 +283,7 @@ void DomainView::OnEvent(const DomainEvent& e) {
       valid_ = false;
       rebuild_requested_ = true;
     }
-    auto& lane = lanes_[e.domain_name];
-    // A lane that already had events is either queued in ready_ or being run (and re-queued
-    // by its thread when it finds more): it is queued once.
-    if (lane.empty() && !running_.contains(e.domain_name)) ready_.push_back(e.domain_name);
-    lane.push_back(e);
+    pending_.push_back(e);
   }
   work_cv_.notify_one();
 }
@@ -297,71 +291,43 @@ void DomainView::OnEvent(const DomainEvent& e) {
 void DomainView::WorkerLoop() {
   std::unique_lock lock(mu_);
   while (true) {
-    std::deque<std::string>::iterator lane;
-    work_cv_.wait(lock, [&] {
-      if (stopping_ || (rebuild_requested_ && !rebuilding_)) return true;
-      // Events of no domain (kResync among them) wait for a running rebuild: a subscriber told
-      // of the resync reads the rebuilt view, as with every other event.
-      lane = std::find_if(ready_.begin(), ready_.end(),
-                          [this](const std::string& name) { return !name.empty() || !rebuilding_; });
-      return lane != ready_.end();
-    });
+    work_cv_.wait(lock, [this] { return stopping_ || rebuild_requested_ || !pending_.empty(); });
     if (stopping_) return;
-    if (rebuild_requested_ && !rebuilding_) {
-      RebuildOnWorker(lock);
-      continue;
+    std::deque<DomainEvent> batch;
+    batch.swap(pending_);
+    const bool rebuild = std::exchange(rebuild_requested_, false);
+    lock.unlock();
+
+    bool rebuilt = false;
+    if (rebuild) {
+      rebuilt = Rebuild();
+      // On a live connection the listing is tried again; on a dead one the reconnect's kResync
+      // (or a reader noticing the new generation) asks for it.
+      if (!rebuilt && inner_.Connected()) {
+        lock.lock();
+        work_cv_.wait_for(lock, options_.retry_delay, [this] { return stopping_; });
+        rebuild_requested_ = true;
+        lock.unlock();
+      }
     }
-    std::string name = std::move(*lane);
-    ready_.erase(lane);
-    RunLane(lock, name);
-  }
-}
-
-void DomainView::RebuildOnWorker(std::unique_lock<std::mutex>& lock) {
-  rebuilding_ = true;
-  rebuild_requested_ = false;
-  lock.unlock();
-  const bool rebuilt = Rebuild();
-  lock.lock();
-  rebuilding_ = false;
-  work_cv_.notify_all();  // events of no domain waited for it
-  // On a live connection the listing is tried again; on a dead one the reconnect's kResync
-  // (or a reader noticing the new generation) asks for it.
-  if (!rebuilt && inner_.Connected()) {
-    work_cv_.wait_for(lock, options_.retry_delay, [this] { return stopping_; });
-    rebuild_requested_ = true;
-    work_cv_.notify_all();
-  }
-}
-
-void DomainView::RunLane(std::unique_lock<std::mutex>& lock, const std::string& name) {
-  std::deque<DomainEvent> batch;
-  batch.swap(lanes_[name]);
-  running_.insert(name);
-  lock.unlock();
-
-  // One re-read answers for every event of the batch: it began after all of them came.
-  const bool reread = !name.empty() && std::any_of(batch.begin(), batch.end(), [](const DomainEvent& e) {
-    return ChangesDomain(e.type);
-  });
-  if (reread) Refresh(name);
-  // Passed on only now, so a subscriber that reads on an event sees its effect. Under
-  // sink_mu_: the sink is never called from two lanes at once.
-  {
-    std::lock_guard sl(sink_mu_);
-    if (sink_) {
-      for (const DomainEvent& e : batch) sink_(e);
+    // A rebuild that succeeded listed every domain after these events happened.
+    if (!rebuilt) {
+      std::set<std::string> names;
+      for (const DomainEvent& e : batch) {
+        if (!e.domain_name.empty() && ChangesDomain(e.type)) names.insert(e.domain_name);
+      }
+      for (const std::string& name : names) Refresh(name);
     }
-  }
-
-  lock.lock();
-  running_.erase(name);
-  auto it = lanes_.find(name);
-  if (it->second.empty()) {
-    lanes_.erase(it);
-  } else {
-    ready_.push_back(name);  // events that came while it ran: their turn, after other lanes'
-    work_cv_.notify_one();
+    // Passed on only now, so a subscriber that reads on an event sees its effect.
+    EventSink sink;
+    {
+      std::lock_guard sl(sink_mu_);
+      sink = sink_;
+    }
+    if (sink) {
+      for (const DomainEvent& e : batch) sink(e);
+    }
+    lock.lock();
   }
 }
 

@@ -12,13 +12,8 @@
 // - Filled by one ListDomains of the inner hypervisor (libvirt: bulk listing) when created and
 //   after every reconnect (the inner's kResync event, or a changed ConnectionGeneration()).
 // - Each lifecycle event re-reads that one domain from the inner hypervisor (one GetDomain) on
-//   one of the view's threads, then passes the event on to the sink: a subscriber that reads
-//   after an event sees at least that event's effect.
-// - Events are kept in one lane per domain: a domain's events are re-read and passed on in the
-//   order they came, one batch at a time; different domains' lanes run on different threads
-//   (Options::threads), so a re-read that waits on one domain (libvirt holds a domain's lock
-//   while QEMU starts) does not hold up the events of the others. Across domains the sink may
-//   see events in another order than they came; the sink is never called concurrently.
+//   the view's own thread, then passes the event on to the sink: a subscriber that reads after an
+//   event sees at least that event's effect.
 // - After a write (define, start, destroy...) returns, the domain has been re-read, so the
 //   caller's next read sees the write even before libvirt's event arrives.
 // - While the inner connection is down: Unavailable at once. Connected but not yet rebuilt:
@@ -36,7 +31,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,8 +46,6 @@ class DomainView final : public Hypervisor {
     std::chrono::milliseconds rebuild_wait{2000};
     // Between attempts when the rebuild's listing fails on a live connection.
     std::chrono::milliseconds retry_delay{250};
-    // Threads that re-read domains on events (at most this many domains re-read at once).
-    int threads = 4;
   };
 
   // Takes over the inner hypervisor's event sink. `inner` must outlive the view.
@@ -154,12 +146,6 @@ class DomainView final : public Hypervisor {
   bool Rebuild();
   void OnEvent(const DomainEvent& e);
   void WorkerLoop();
-  // Rebuilds and, when it failed on a live connection, asks again after retry_delay. mu_ held
-  // on entry and exit, released meanwhile.
-  void RebuildOnWorker(std::unique_lock<std::mutex>& lock);
-  // Re-reads the lane's domain if its events call for it, then passes them on. mu_ held on
-  // entry and exit, released meanwhile.
-  void RunLane(std::unique_lock<std::mutex>& lock, const std::string& name);
 
   Hypervisor& inner_;
   const Options options_;
@@ -174,12 +160,7 @@ class DomainView final : public Hypervisor {
   uint64_t seq_ = 0;
   uint64_t rebuilds_ = 0;
   uint64_t refreshes_ = 0;
-  // Events not yet passed on, by domain name ("" for events of no domain). A lane is in
-  // `ready_` when it has events and no thread is running it; in `running_` while one is.
-  std::map<std::string, std::deque<DomainEvent>> lanes_;
-  std::deque<std::string> ready_;
-  std::set<std::string> running_;
-  bool rebuilding_ = false;
+  std::deque<DomainEvent> pending_;
   bool stopping_ = false;
 
   std::mutex sink_mu_;
@@ -193,7 +174,7 @@ class DomainView final : public Hypervisor {
   };
   std::shared_ptr<Relay> relay_ = std::make_shared<Relay>();
 
-  std::vector<std::thread> workers_;
+  std::thread worker_;
 };
 
 }  // namespace hvagent::hv

@@ -37,9 +37,6 @@ class FakeHypervisor final : public hv::Hypervisor {
   std::function<void(const std::string& name)> before_define;
   // Runs at the start of StartDomain, outside the fake's lock (admission races).
   std::function<void(const std::string& name)> before_start;
-  // Runs at the start of GetDomain, outside the fake's lock: a test can make one domain's read
-  // slow (libvirt holding a domain's lock while QEMU starts).
-  std::function<void(const std::string& name)> before_get_domain;
 
   std::vector<std::string> calls;  // "define web1", "start web1", ...
   std::string host_type = "Fake";  // GetHostInfo's hypervisor_type ("Xen": a Xen on Arm host)
@@ -68,7 +65,6 @@ class FakeHypervisor final : public hv::Hypervisor {
   }
 
   absl::StatusOr<hv::DomainInfo> GetDomain(const std::string& name) override {
-    if (before_get_domain) before_get_domain(name);
     std::lock_guard lock(mu_);
     auto d = Find(name);
     if (!d.ok()) return d.status();
