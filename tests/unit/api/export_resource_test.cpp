@@ -16,6 +16,7 @@
 #include "agent/api/rest/rest_server.h"
 #include "common/digest.h"
 #include "tests/fakes/fake_command_runner.h"
+#include "tests/fakes/free_port.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
 
@@ -25,6 +26,7 @@ namespace hvagent::api {
 namespace {
 
 using ::testing::HasSubstr;
+using ::hvagent::testing::FreePort;
 
 std::string Bytes(size_t n, uint32_t seed) {
   std::mt19937 gen(seed);
@@ -156,18 +158,6 @@ TEST_F(ExportResourceTest, RefusalsAreJsonBeforeAnyByteAndAFailureMidwayAbortsTh
   EXPECT_FALSE(Export("/v1/pools/vg0/volumes/data1:export", gone).has_value());
   EXPECT_FALSE(gone.finished);
   EXPECT_THAT(gone.aborted, HasSubstr("gone"));
-}
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 TEST_F(ExportResourceTest, OverASocketTheBodyIsChunkedAndWhole) {

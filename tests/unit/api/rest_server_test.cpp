@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/fakes/fake_clock.h"
+#include "tests/fakes/free_port.h"
 #include "tests/fakes/fake_hypervisor.h"
 
 #include <cpprest/http_client.h>
@@ -23,19 +24,8 @@ namespace hvagent::api {
 namespace {
 
 using ::testing::HasSubstr;
+using ::hvagent::testing::FreePort;
 namespace http = web::http;
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 class RestServerTest : public ::testing::Test {
  protected:
