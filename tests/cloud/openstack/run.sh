@@ -213,18 +213,24 @@ uwsgi_app() {  # uwsgi_app NAME USER PORT WSGI_FILE ENV...: one process, a few t
     --buffer-size 65535 --need-app --add-header "Connection: close" "${envs[@]}"
 }
 
-authtoken() {  # authtoken USER PASSWORD: the [keystone_authtoken] section of a service
+service_auth() {  # service_auth SECTION USER PASSWORD [LINE...]: a section logging in as a service user
+  local section=$1 user=$2 pw=$3
+  shift 3
+  printf '[%s]\n' "$section"
+  (($# == 0)) || printf '%s\n' "$@"
   cat <<INI
-[keystone_authtoken]
-www_authenticate_uri = $KEYSTONE
 auth_url = $KEYSTONE
 auth_type = password
 project_domain_name = Default
 user_domain_name = Default
 project_name = service
-username = $1
-password = $2
+username = $user
+password = $pw
 INI
+}
+
+authtoken() {  # authtoken USER PASSWORD: the [keystone_authtoken] section of a service
+  service_auth keystone_authtoken "$1" "$2" "www_authenticate_uri = $KEYSTONE"
 }
 
 start_keystone() {
@@ -349,15 +355,9 @@ notify_nova_on_port_data_changes = true
 connection = $url
 [oslo_concurrency]
 lock_path = $W/neutron/lock
-[nova]
-auth_url = $KEYSTONE
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-region_name = RegionOne
-project_name = service
-username = nova
-password = ${svc_pw[nova]}
+INI
+    service_auth nova nova "${svc_pw[nova]}" "region_name = RegionOne"
+    cat <<INI
 [ml2]
 type_drivers = flat
 tenant_network_types =
@@ -456,33 +456,11 @@ workers = 1
 discover_hosts_in_cells_interval = -1
 [oslo_concurrency]
 lock_path = $W/nova/lock
-[placement]
-region_name = RegionOne
-auth_url = $KEYSTONE
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = placement
-password = ${svc_pw[placement]}
-[neutron]
-region_name = RegionOne
-auth_url = $KEYSTONE
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = neutron
-password = ${svc_pw[neutron]}
-[service_user]
-send_service_user_token = true
-auth_url = $KEYSTONE
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = nova
-password = ${svc_pw[nova]}
+INI
+    service_auth placement placement "${svc_pw[placement]}" "region_name = RegionOne"
+    service_auth neutron neutron "${svc_pw[neutron]}" "region_name = RegionOne"
+    service_auth service_user nova "${svc_pw[nova]}" "send_service_user_token = true"
+    cat <<INI
 [glance]
 region_name = RegionOne
 [hvagent]
