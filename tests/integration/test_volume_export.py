@@ -29,6 +29,12 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
+def fill_one_in_ten(fd):
+    """1 MiB of random data at the start of every 10 MiB of a 1 GiB volume: 103 MiB of the 1024."""
+    for off in range(0, GiB, 10 * MiB):
+        os.pwrite(fd, os.urandom(MiB), off)
+
+
 def sha256_device(path, length):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -123,12 +129,7 @@ max_virtual_size_mib = 1100
     # ---- export ----
 
     def test_a_1gib_volume_of_90_percent_zeros_moves_about_10_percent_and_its_sha256_matches(self):
-        def fill(fd):
-            # 1 MiB of random data at the start of every 10 MiB: 103 MiB of the 1024.
-            for off in range(0, GiB, 10 * MiB):
-                os.pwrite(fd, os.urandom(MiB), off)
-
-        vol = self.volume("big", GiB, fill)
+        vol = self.volume("big", GiB, fill_one_in_ten)
         device_sha = sha256_device(vol["path"], GiB)
         t0 = time.monotonic()
         rebuilt, data, messages, trailer = self.export("big")
@@ -194,11 +195,7 @@ max_virtual_size_mib = 1100
             return int(next(l for l in st if l.startswith("VmRSS:")).split()[1])
 
     def test_rest_export_of_the_1gib_volume_streams_all_its_bytes_with_a_checked_digest(self):
-        def fill(fd):
-            for off in range(0, GiB, 10 * MiB):
-                os.pwrite(fd, os.urandom(MiB), off)
-
-        vol = self.volume("bigrest", GiB, fill)
+        vol = self.volume("bigrest", GiB, fill_one_in_ten)
         device_sha = sha256_device(vol["path"], GiB)
         t0 = time.monotonic()
         headers, body_sha, body, wire, complete, rss_growth = self.rest_export("/v1/pools/disk1/volumes/bigrest:export")
