@@ -329,6 +329,10 @@ class AgentTestCase(unittest.TestCase):
         # here; a failed subTest is recorded under a _SubTest that points at this test.
         result = getattr(getattr(self, "_outcome", None), "result", None)
         failed = getattr(result, "failures", []) + getattr(result, "errors", [])
-        if any(getattr(test, "test_case", test) is self for test, _ in failed):
-            print(f"---- hvagentd log ({self.agent.log.name}), last 20000 characters ----\n"
-                  + self.agent.log_text()[-20000:], flush=True)
+        mine = [text for test, text in failed if getattr(test, "test_case", test) is self]
+        if mine:
+            # The failure first: CI's summary keeps a test run's head and tail, and a long log
+            # between them would push the reason out of sight.
+            print("---- why it failed ----\n" + "\n".join(t[-4000:] for t in mine), flush=True)
+            print(f"---- hvagentd log ({self.agent.log.name}), last 12000 characters ----\n"
+                  + self.agent.log_text()[-12000:], flush=True)
