@@ -123,7 +123,11 @@ class HvagentDriver(driver.ComputeDriver):
         driver.ComputeDriver.capabilities,
         # Glance images are kept as agent images of a partition pool (image_cache.py).
         has_imagecache=True,
-        supports_evacuate=False,
+        # Evacuate: Nova's default rebuild spawns the instance again from its image on the new
+        # host (pool volumes are never on shared storage: instance_on_disk is False, and with
+        # no check_instance_shared_storage_local Nova destroys the old host's disks when it
+        # comes back). Nothing reaches the dead host's agent (docs/openstack.md, "Evacuate").
+        supports_evacuate=True,
         supports_attach_interface=True,
         supports_device_tagging=False,
         supports_extend_volume=False,
