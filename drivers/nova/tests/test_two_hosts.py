@@ -39,8 +39,6 @@ from nova import test
 from nova.tests.unit import utils as test_utils
 from nova.virt import fake
 
-from hvagent.v1 import domain_pb2, storage_pb2
-
 from agent_harness import Agent, console_until, free_port, test_guest, with_security
 from two_hosts import LibvirtHost, Veth, run
 from hvagent_nova import driver as hv_driver
