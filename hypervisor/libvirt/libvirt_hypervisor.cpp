@@ -738,10 +738,27 @@ absl::Status LibvirtHypervisor::ThawFilesystems(const std::string& name) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The domain's definition (`flags`: live or inactive, always migratable) with every volume disk
+// pointed at the destination's device.
+absl::StatusOr<std::string> RetargetedXml(virDomainPtr d, unsigned flags, const std::string& name,
+                                          const std::map<std::string, std::string>& disk_paths) {
+  char* xml = virDomainGetXMLDesc(d, flags | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
+  auto out = RetargetDisks(xml, disk_paths);
+  free(xml);
+  return out;
+}
+
+}  // namespace
+
 // Peer to peer (this libvirtd connects to the destination's itself, so the agent's own
 // connection never needs to reach the other host), live, the non-shared disks copied by libvirt
 // over NBD into the devices the destination prepared, the definition made persistent there and
-// removed here once the guest runs there.
+// removed here once the guest runs there. Both the running definition (DEST_XML) and the
+// persistent one (PERSIST_XML) are retargeted: without PERSIST_XML libvirt persists the source's
+// own inactive definition, and the guest's next start there would open this host's device paths.
 absl::Status LibvirtHypervisor::MigrateLive(const std::string& name, const LiveMigration& m) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
@@ -754,17 +771,17 @@ absl::Status LibvirtHypervisor::MigrateLive(const std::string& name, const LiveM
   if (virDomainIsActive(d->get()) != 1) {
     return absl::FailedPreconditionError(absl::StrCat("domain '", name, "' is not running: move it cold"));
   }
-  char* live_xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE);
-  if (live_xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
-  auto dest_xml = RetargetDisks(live_xml, m.disk_paths);
-  free(live_xml);
+  auto dest_xml = RetargetedXml(d->get(), 0, name, m.disk_paths);
   if (!dest_xml.ok()) return dest_xml.status();
+  auto persist_xml = RetargetedXml(d->get(), VIR_DOMAIN_XML_INACTIVE, name, m.disk_paths);
+  if (!persist_xml.ok()) return persist_xml.status();
   if (m.max_downtime_ms > 0 && virDomainMigrateSetMaxDowntime(d->get(), m.max_downtime_ms, 0) < 0) {
     return LastLibvirtError(absl::StrCat("set the migration downtime of domain ", name));
   }
   virTypedParameterPtr params = nullptr;
   int n = 0, max = 0;
   virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_DEST_XML, dest_xml->c_str());
+  virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_PERSIST_XML, persist_xml->c_str());
   if (!m.migrate_uri.empty()) virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_URI, m.migrate_uri.c_str());
   for (const auto& [target, path] : m.disk_paths) {
     virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_MIGRATE_DISKS, target.c_str());

@@ -152,20 +152,23 @@ class Agent:
     """One hvagentd process on free loopback ports."""
 
     def __init__(self, config_toml=None, plaintext=True, client_tls=None, token=None, env=None, wrapper=None,
-                 uri=URI, image_dirs=()):
+                 uri=URI, image_dirs=(), listen_host="127.0.0.1", grpc_port=None):
         """`config_toml`: text of a config file (e.g. storage pools); flags set the rest.
         `plaintext`: the development mode (--plaintext-loopback); False for TLS configs, with
         `client_tls` = (ca_file, cert_file or None, key_file or None) for this harness's own
         channel and REST calls, and `token` the REST bearer token they send. `env`: extra
         environment variables (HVAGENT_FAILPOINTS). `wrapper`: an argv that runs hvagentd's argv
         appended to it (e.g. in a private mount namespace). `image_dirs`: the directories disk
-        images may come from ([security] image_dirs, added to `config_toml`)."""
+        images may come from ([security] image_dirs, added to `config_toml`). `listen_host`: the
+        loopback address both servers listen on (another 127.0.0.0/8 address stands for another
+        host's agent); `grpc_port`: the gRPC port (default: a free one), so that agents on
+        several such addresses can share one port as the hosts of a cloud do."""
         self.plaintext = plaintext
         self.client_tls = client_tls
         self.token = token
         self.binary = os.environ["HVAGENTD"]
-        self.grpc_addr = f"127.0.0.1:{free_port()}"
-        self.rest_addr = f"127.0.0.1:{free_port()}"
+        self.grpc_addr = f"{listen_host}:{grpc_port or free_port()}"
+        self.rest_addr = f"{listen_host}:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="hvagentd-", suffix=".log", delete=False)
         argv = [self.binary, "--hypervisor-uri", uri, "--grpc-listen", self.grpc_addr,
                 "--rest-listen", self.rest_addr, "--log-level", "debug"]

@@ -191,6 +191,8 @@ class LiveMigrationTest(unittest.TestCase):
         vol = self.dst.volumes()[name[5:] + "-root"]
         self.assertEqual((vol["attached_to"], vol["ownership"]), (name, "VOLUME_OWNERSHIP_OWNED"))
         self.assertIn(name, self.dst.lv.virsh("list", "--persistent", "--name").stdout.split())
+        # Its persistent definition (its next start there) names the destination's device too.
+        self.assertIn(f"'{vol['path']}'", self.dst.lv.virsh("dumpxml", "--inactive", name).stdout)
         # The count goes on there: no restart, no boot.
         fd = self.dst.console(name)
         self.addCleanup(os.close, fd)

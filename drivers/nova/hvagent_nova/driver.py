@@ -75,6 +75,7 @@ from hvagent_nova import diagnostics
 from hvagent_nova import events
 from hvagent_nova import extra_specs
 from hvagent_nova import image_cache
+from hvagent_nova import live_moves
 from hvagent_nova import snapshot as hv_snapshot
 
 LOG = logging.getLogger(__name__)
@@ -122,7 +123,11 @@ class HvagentDriver(driver.ComputeDriver):
         driver.ComputeDriver.capabilities,
         # Glance images are kept as agent images of a partition pool (image_cache.py).
         has_imagecache=True,
-        supports_evacuate=False,
+        # Evacuate: Nova's default rebuild spawns the instance again from its image on the new
+        # host (pool volumes are never on shared storage: instance_on_disk is False, and with
+        # no check_instance_shared_storage_local Nova destroys the old host's disks when it
+        # comes back). Nothing reaches the dead host's agent (docs/openstack.md, "Evacuate").
+        supports_evacuate=True,
         supports_attach_interface=True,
         supports_device_tagging=False,
         supports_extend_volume=False,
@@ -144,6 +149,8 @@ class HvagentDriver(driver.ComputeDriver):
         self._images = image_cache.ImageCache(lambda: self.agent, CONF)
         # One CreateDomain that copies an image at a time (_create_domain says why).
         self._copy_lock = green_semaphore.Semaphore(1)
+        # Live migrations this host runs as their source (abort, force-complete, deadline).
+        self._live_moves = live_moves.LiveMoves()
         # Loads os-vif's plugins (linux_bridge, ovs, noop) once per process, as Nova's libvirt
         # driver does before it plugs anything.
         os_vif.initialize()
@@ -1156,8 +1163,9 @@ class HvagentDriver(driver.ComputeDriver):
                 reason="hvagent: the instance has Nova volumes of this host's agent attached; "
                        "they cannot move to another host (detach them first)"))
 
-    def _wait_operation(self, agent, op_id, instance):
-        """Polls the agent's operation until it ends; returns it."""
+    def _wait_operation(self, agent, op_id, instance, tick=None):
+        """Polls the agent's operation until it ends; returns it. `tick`, when given, is
+        called after each look at a running operation."""
         req = operation_pb2.GetOperationRequest(id=str(op_id))
         while True:
             try:
@@ -1168,6 +1176,8 @@ class HvagentDriver(driver.ComputeDriver):
                     "on which host the domain is" % (agent.address, op_id)))
             if op.state != operation_pb2.OPERATION_STATE_RUNNING:
                 return op
+            if tick is not None:
+                tick()
             eventlet.sleep(CONF.hvagent.migration_poll_interval)
 
     @staticmethod
@@ -1180,17 +1190,55 @@ class HvagentDriver(driver.ComputeDriver):
 
     def _move(self, agent, instance, destination, live=False):
         """MigrateDomain on `agent` to `destination` and waits for its end. Returns the ended
-        operation; a refusal before anything starts raises the mapped nova exception."""
+        operation; a refusal before anything starts raises the mapped nova exception. A live
+        move is registered in _live_moves while it runs (abort, force-complete, deadline)."""
         req = migration_pb2.MigrateDomainRequest(
             name=instance.name, destination=destination,
             running_policy=migration_pb2.RUNNING_POLICY_REFUSE, live=live)
         if live:
             req.max_downtime_ms = min(CONF.libvirt.live_migration_downtime, 60000)
         resp = agent.call(agent.migration.MigrateDomain, req, instance)
-        op = self._wait_operation(agent, resp.operation_id, instance)
+        if live:
+            op = self._wait_live(agent, resp.operation_id, instance, destination)
+        else:
+            op = self._wait_operation(agent, resp.operation_id, instance)
         LOG.info("hvagent migration %s to %s: %s %s", resp.operation_id, destination,
                  operation_pb2.OperationState.Name(op.state), op.message, instance=instance)
         return op
+
+    def _wait_live(self, agent, op_id, instance, destination):
+        """Waits for a live move, keeping [libvirt] live_migration_completion_timeout (its
+        action: live_migration_timeout_action). A guest paused to force completion is resumed
+        here when the move failed, on the destination when it arrived paused."""
+        move = live_moves.LiveMove(
+            agent, op_id, instance,
+            live_moves.completion_timeout(CONF, instance, self._local_disks(instance, None)),
+            CONF.libvirt.live_migration_timeout_action)
+        post_copy = CONF.libvirt.live_migration_permit_post_copy
+        self._live_moves.add(move)
+        try:
+            op = self._wait_operation(agent, op_id, instance,
+                                      tick=lambda: move.check_deadline(post_copy))
+        finally:
+            self._live_moves.remove(move)
+        if op.state == operation_pb2.OPERATION_STATE_SUCCEEDED:
+            move.resume_there(lambda: self._agent_at(destination))
+        elif self._stayed_here(op) or op.state == operation_pb2.OPERATION_STATE_CANCELLED:
+            move.resume_here()
+        return op
+
+    def live_migration_abort(self, instance):
+        """Aborts the running live migration of `instance` (the agent's CancelMigration, which
+        aborts libvirt's job): live_migration then sees it CANCELLED and calls recover_method
+        with migration_status "cancelled". NoActiveMigrationForInstance when none runs from
+        here; the agent's refusal once the destination has the domain is raised."""
+        self._live_moves.of(instance).abort()
+
+    def live_migration_force_complete(self, instance):
+        """Pauses the migrating guest so that the copy converges (live_moves.py says why no
+        post-copy). NoActiveMigrationForInstance when no live migration runs from here."""
+        self._live_moves.of(instance).force_complete(
+            CONF.libvirt.live_migration_permit_post_copy)
 
     def _migrate_cold(self, instance, dest, timeout, retry_interval):
         """Stops the guest as power_off does (Nova's timeout and retry), then the agent moves

@@ -11,7 +11,9 @@ another host, also checks the rollback and a resize on this host):
 - its Glance images declare a size but hold no bytes: they are given zeros of that size, so that
   the agent's pool (a partition pool, which holds images) makes roots and rescue disks of them;
 - test_snapshot_running snapshots a 1 GB root rather than the suite's 40 GB one, which the
-  agent would copy byte for byte onto this machine's disk.
+  agent would copy byte for byte onto this machine's disk;
+- test_live_migration_abort / _force_complete, with no migration running, expect
+  NoActiveMigrationForInstance instead of accepting any answer.
 An operation the driver declares unsupported (NotImplementedError) makes its test SKIP with the
 driver's method named, instead of the silent pass that catch_notimplementederror gives."""
 
@@ -96,9 +98,6 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
             if not name.startswith("_") and callable(attr):
                 setattr(conn, name, _skip_unsupported(attr, name))
         self.connection = conn
-        # test_live_migration_force_complete fills libvirt's bookkeeping before it calls the
-        # driver (which then declares the operation unsupported).
-        conn.active_migrations = {}
         self.connection.init_host("myhostname")
         self.addCleanup(self._remove_everything)
 
@@ -207,6 +206,21 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
         self.connection.migrate_disk_and_power_off(
             self.ctxt, instance_ref, hv_driver.CONF.my_ip, flavor_ref, network_info)
         self.assertEqual(power_state.SHUTDOWN, self.connection.get_info(instance_ref).state)
+
+    # The suite aborts and force-completes a live migration that does not run, and counts any
+    # answer as a pass (it fills libvirt's own queue first for force-complete). Here the driver
+    # must say there is none, as Nova's API expects (NoActiveMigrationForInstance), and leave
+    # the guest running. A running migration's abort and force-complete are tested in
+    # test_driver.MigrationTestCase and, between two real agents, in nova_two_hosts.
+    def test_live_migration_abort(self):
+        instance_ref, network_info = self._get_running_instance()
+        for method in (self.connection.live_migration_abort,
+                       self.connection.live_migration_force_complete):
+            self.assertRaises(exception.NoActiveMigrationForInstance, method, instance_ref)
+        self.assertEqual(power_state.RUNNING, self.connection.get_info(instance_ref).state)
+
+    def test_live_migration_force_complete(self):
+        self.test_live_migration_abort()
 
     # The suite snapshots an instance with a 40 GB root: the agent copies a partition byte for
     # byte (docs/images.md), which is not done to this shared machine's disk. The same test with

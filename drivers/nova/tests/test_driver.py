@@ -2,6 +2,7 @@
 on the agent, error mapping, placement inventory, configuration errors."""
 
 import contextlib
+import itertools
 import socket
 import time
 import unittest
@@ -13,6 +14,7 @@ import grpc
 import os_resource_classes as orc
 import os_traits
 from oslo_serialization import jsonutils
+from oslo_utils import units
 
 from nova.compute import power_state
 from nova.compute import provider_tree
@@ -1082,19 +1084,23 @@ class DetachTestCase(test.NoDBTestCase):
 
 class ScriptedMigrations(ScriptedDomains):
     """The driver's view of one agent for moves between hosts: ScriptedDomains, plus
-    MigrateDomain (answers operation 7, or raises errors['MigrateDomain']), GetOperation
-    (RUNNING `running` times, then `final`; a SUCCEEDED one takes the domain away) and GetHost
-    (hypervisor_type `hypervisor`). `present` False: GetDomain is NOT_FOUND."""
+    MigrateDomain (answers operation 7, or raises errors['MigrateDomain']), CancelMigration,
+    SuspendDomain / ResumeDomain (pause and unpause `state`), GetOperation (RUNNING `running`
+    times, each first calling `while_running` when given, then `final`; a SUCCEEDED one takes
+    the domain away) and GetHost (hypervisor_type `hypervisor`). `present` False: GetDomain is
+    NOT_FOUND."""
 
     def __init__(self, state, final=None, running=1, hypervisor="qemu", errors=None,
-                 present=True):
+                 present=True, while_running=None):
         super().__init__(state, errors=errors)
         self.final, self.running = final, running
         self.hypervisor, self.present = hypervisor, present
+        self.while_running = while_running
         names = ("GetDomain", "ShutdownDomain", "DestroyDomain", "StartDomain", "UpdateDomain",
-                 "DeleteDomain")
+                 "DeleteDomain", "SuspendDomain", "ResumeDomain")
         self.domains = type("D", (), {n: staticmethod(self._stub(n)) for n in names})
-        self.migration = type("M", (), {"MigrateDomain": staticmethod(self._stub("MigrateDomain"))})
+        self.migration = type("M", (), {n: staticmethod(self._stub(n))
+                                        for n in ("MigrateDomain", "CancelMigration")})
         self.operations = type("O", (), {"GetOperation": staticmethod(self._stub("GetOperation"))})
         self.host = type("H", (), {"GetHost": staticmethod(self._stub("GetHost"))})
 
@@ -1109,6 +1115,8 @@ class ScriptedMigrations(ScriptedDomains):
             self.calls.append((name, request))
             if self.running > 0:
                 self.running -= 1
+                if self.while_running:
+                    self.while_running()
                 return operation_pb2.Operation(id=7, state=operation_pb2.OPERATION_STATE_RUNNING)
             if self.final.state == operation_pb2.OPERATION_STATE_SUCCEEDED:
                 self.present = not self.present
@@ -1116,6 +1124,14 @@ class ScriptedMigrations(ScriptedDomains):
         if name == "GetHost":
             self.calls.append((name, request))
             return host_pb2.Host(hypervisor_type=self.hypervisor, connected=True)
+        if name == "CancelMigration" and name not in self.errors:
+            self.calls.append((name, request))
+            return migration_pb2.CancelMigrationResponse()
+        if name in ("SuspendDomain", "ResumeDomain") and name not in self.errors:
+            self.calls.append((name, request))
+            self.state = (domain_pb2.DOMAIN_STATE_PAUSED if name == "SuspendDomain"
+                          else domain_pb2.DOMAIN_STATE_RUNNING)
+            return domain_pb2.Domain(name=request.name, state=self.state)
         return super()._call(name, request, timeout)
 
     def request(self, name):
@@ -1324,6 +1340,111 @@ class MigrationTestCase(test.NoDBTestCase):
         self.agent(self.RUNNING, op("FAILED", UNSURE))
         err = self.assertRaises(exception.MigrationError, self.live, None)
         self.assertIn("may run on", str(err))
+
+    # -- abort, force-complete, completion timeout -------------------------------------------
+
+    def test_abort_cancels_the_agents_operation_and_recovers_as_cancelled(self):
+        a = self.agent(self.RUNNING, op("CANCELLED", "cancelled; the domain stays here"),
+                       running=2, while_running=lambda: self.drv.live_migration_abort(self.inst))
+        post, recover, data = self.live(a)
+        self.assertEqual(["7", "7"], [r.operation_id for n, r in a.calls
+                                      if n == "CancelMigration"])
+        recover.assert_called_once_with("ctx", self.inst, "host-b", data,
+                                        migration_status="cancelled")
+        post.assert_not_called()
+        self.assertNotIn("ResumeDomain", a.names())
+
+    def test_abort_and_force_complete_without_a_running_migration_are_refused(self):
+        a = self.agent(self.RUNNING, op("SUCCEEDED"))
+        for method in (self.drv.live_migration_abort, self.drv.live_migration_force_complete):
+            self.assertRaises(exception.NoActiveMigrationForInstance, method, self.inst)
+        self.live(a)  # ended: nothing left registered
+        self.assertRaises(exception.NoActiveMigrationForInstance,
+                          self.drv.live_migration_abort, self.inst)
+        self.assertEqual([], [n for n in a.names() if n in ("CancelMigration", "SuspendDomain")])
+
+    def test_abort_the_agent_refuses_past_the_point_of_no_return_is_raised(self):
+        errors = {"CancelMigration": RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                                              "past the point of no return")}
+        seen = []
+
+        def abort():
+            seen.append(self.assertRaises(exception.NovaException,
+                                          self.drv.live_migration_abort, self.inst))
+        post, recover, _ = self.live(self.agent(self.RUNNING, op("SUCCEEDED"), errors=errors,
+                                                while_running=abort))
+        self.assertIn("point of no return", str(seen[0]))
+        post.assert_called_once()
+
+    def forced(self, final, peer_state=domain_pb2.DOMAIN_STATE_PAUSED):
+        a = self.agent(self.RUNNING, final, running=2, while_running=lambda:
+                       self.drv.live_migration_force_complete(self.inst))
+        there = ScriptedMigrations(peer_state)
+        with unittest.mock.patch.object(self.drv, "_agent_at", return_value=there) as at:
+            post, recover, _ = self.live(a)
+        return a, there, at, post, recover
+
+    def test_force_complete_pauses_once_and_resumes_on_the_destination(self):
+        self.flags(live_migration_permit_post_copy=True, group="libvirt")
+        a, there, at, post, recover = self.forced(op("SUCCEEDED"))
+        self.assertEqual(1, a.names().count("SuspendDomain"))
+        self.assertEqual("instance-1", a.request("SuspendDomain").name)
+        at.assert_called_once_with("192.0.2.5:50051")
+        self.assertEqual(["GetDomain", "ResumeDomain"], there.names())
+        self.assertEqual(self.RUNNING, there.state)
+        post.assert_called_once()
+
+    def test_force_complete_leaves_a_guest_that_arrived_running_alone(self):
+        _, there, _, post, _ = self.forced(op("SUCCEEDED"), peer_state=self.RUNNING)
+        self.assertEqual(["GetDomain"], there.names())
+        post.assert_called_once()
+
+    def test_force_completed_move_that_fails_resumes_the_guest_here(self):
+        a, there, at, post, recover = self.forced(op("FAILED", STAYED))
+        self.assertEqual(["SuspendDomain", "ResumeDomain"],
+                         [n for n in a.names() if n.endswith("Domain") and n != "GetDomain"
+                          and n != "MigrateDomain"])
+        self.assertEqual(self.RUNNING, a.state)
+        at.assert_not_called()
+        recover.assert_called_once()
+
+    def timed_out(self, action, timeout=1):
+        self.flags(live_migration_completion_timeout=timeout,
+                   live_migration_timeout_action=action, group="libvirt")
+        # 2 GiB of RAM (Nova's floor) + 1 GiB root: 3 s at 1 s per GiB.
+        clock = itertools.chain([0.0, 2.9], itertools.repeat(3.1))
+        with unittest.mock.patch.object(hv_driver.live_moves.time, "monotonic",
+                                        side_effect=lambda: next(clock)):
+            a = self.agent(self.RUNNING, op("CANCELLED", "cancelled; the domain stays here"),
+                           running=3)
+            self.live(a)
+        return a
+
+    def test_completion_timeout_aborts_once_after_ram_and_disk_gib_times_the_setting(self):
+        a = self.timed_out("abort")
+        names = a.names()
+        self.assertEqual(1, names.count("CancelMigration"))
+        # not at 2.9 s (first running look), but at 3.1 s (the second)
+        self.assertEqual(["GetOperation", "GetOperation", "CancelMigration"],
+                         [n for n in names if n in ("GetOperation", "CancelMigration")][:3])
+
+    def test_completion_timeout_with_force_complete_pauses_instead(self):
+        a = self.timed_out("force_complete")
+        self.assertNotIn("CancelMigration", a.names())
+        self.assertEqual(1, a.names().count("SuspendDomain"))
+        self.assertEqual(["ResumeDomain"], [n for n in a.names() if n == "ResumeDomain"])
+
+    def test_completion_timeout_zero_never_acts(self):
+        a = self.timed_out("abort", timeout=0)
+        self.assertNotIn("CancelMigration", a.names())
+
+    def test_completion_timeout_counts_ram_with_nova_floor_and_local_disks(self):
+        self.flags(live_migration_completion_timeout=800, group="libvirt")
+        self.assertEqual(2400, hv_driver.live_moves.completion_timeout(
+            hv_driver.CONF, self.inst, [("root", units.Gi)]))
+        self.inst.flavor.memory_mb = 4096
+        self.assertEqual(800 * (4 + 3), hv_driver.live_moves.completion_timeout(
+            hv_driver.CONF, self.inst, [("root", units.Gi), ("eph0", 2 * units.Gi)]))
 
     def test_rollback_at_destination_and_cleanup_at_source_delete_no_domain(self):
         a = self.agent(self.RUNNING)
