@@ -1,7 +1,8 @@
 """A real OpenStack boots a server through hvagent: the openstack CLI as a user types it, against
 the cloud run.sh stood up (Keystone, Glance, Placement, Neutron, Nova with the hvagent driver).
 Each step is checked twice: by what OpenStack answers and by what the agent itself holds (hvctl
-over mutual TLS): its domain, the domain's volumes in the pool, its capacity.
+over mutual TLS): its domain, the domain's volumes in the pool, its capacity; the server's port
+also by Open vSwitch's own database (ovs-vsctl).
 
 The tests run in name order and build on each other (one server's life); a failed step fails
 the ones after it. Needs run.sh's environment (OS_* variables, HVOS_*)."""
@@ -21,6 +22,8 @@ HVCTL = shlex.split(os.environ["HVOS_HVCTL"])
 POOL = "nova"
 MiB = 1 << 20
 GiB = 1 << 30
+NETWORK = "hvos-net"
+BRIDGE = "br-int"  # Neutron's OVS agent's integration bridge (run.sh)
 
 
 def run(argv, timeout=600):
@@ -40,6 +43,23 @@ def openstack_json(*args, timeout=600):
 
 def hvctl(*args):
     return json.loads(run([*HVCTL, "--json", *args]))
+
+
+def ovs_vsctl(*args):
+    return run(["ovs-vsctl", "--timeout=10", *args]).strip()
+
+
+def ovs_interface(iface_id):
+    """{name, mac, vm-id} of the OVS interface whose external_ids:iface-id is iface_id, or None."""
+    out = ovs_vsctl("--format=json", "--columns=name,external_ids", "find", "Interface",
+                    f"external_ids:iface-id={iface_id}")
+    rows = json.loads(out)["data"]
+    if not rows:
+        return None
+    name, (_, ids) = rows[0]
+    ids = dict(ids)
+    # libvirt's names (virNetDevOpenvswitchAddPort): attached-mac, iface-id, vm-id.
+    return {"name": name, "mac": ids.get("attached-mac"), "vm-id": ids.get("vm-id")}
 
 
 def peak_rss_mib():
@@ -87,6 +107,12 @@ class OpenStackThroughAgent(unittest.TestCase):
         cls.image_bytes = os.path.getsize(image)
         openstack("flavor", "create", "--vcpus", "1", "--ram", "128", "--disk", "1", "hvos.small")
         openstack("flavor", "create", "--vcpus", "2", "--ram", "192", "--disk", "2", "hvos.big")
+        # A flat provider network on run.sh's physnet1 (br-phys), shared; no DHCP agent runs, so
+        # its subnet has DHCP off (the port still gets a fixed address).
+        openstack("network", "create", "--provider-network-type", "flat",
+                  "--provider-physical-network", "physnet1", "--share", NETWORK)
+        openstack("subnet", "create", "--network", NETWORK, "--subnet-range", "10.99.0.0/24",
+                  "--no-dhcp", NETWORK + "-v4")
 
     @classmethod
     def tearDownClass(cls):
@@ -168,11 +194,24 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(inv["MEMORY_MB"]["reserved"], int(pol["reserved_memory_bytes"]) // MiB)
         self.assertEqual(inv["DISK_GB"]["total"], int(pool["capacity_bytes"]) // GiB)
 
+    def port(self):
+        ports = openstack_json("port", "list", "--server", self.show()["id"], "--long")
+        self.assertEqual(len(ports), 1, ports)
+        return openstack_json("port", "show", ports[0]["ID"])
+
+    def agent_nics(self, name):
+        """Host-side interface names of the agent's domain (GetDomainStats: GetDomain carries
+        no NICs)."""
+        for d in hvctl("stats").get("domains", []):
+            if d["name"] == name:
+                return [n["name"] for n in d.get("nics", [])]
+        return None
+
     def test_20_create_boots_the_guest_on_the_agent(self):
-        # --nic none needs compute API 2.37 (auto-allocated networks); osc 6.0 otherwise hands
-        # novaclient the string "none" ("nics must be a list or a tuple").
-        s = openstack_json("--os-compute-api-version", "2.37", "server", "create", "--image", "hvos-busybox", "--flavor", "hvos.small",
-                           "--nic", "none", "--wait", self.server, timeout=900)
+        # With vif_plugging_is_fatal (run.sh), ACTIVE means Neutron's OVS agent wired the port
+        # and Neutron told Nova so (network-vif-plugged) before the guest was resumed.
+        s = openstack_json("server", "create", "--image", "hvos-busybox", "--flavor", "hvos.small",
+                           "--network", NETWORK, "--wait", self.server, timeout=900)
         self.assertEqual(s["status"], "ACTIVE", s.get("fault"))
         name = s["OS-EXT-SRV-ATTR:instance_name"]
         dom = self.agent_domain(name)
@@ -193,6 +232,29 @@ class OpenStackThroughAgent(unittest.TestCase):
         hv = openstack_json("hypervisor", "show", str(openstack_json("hypervisor", "list")[0]["ID"]))
         self.wait("vcpus_used in the hypervisor's record",
                   lambda: int(openstack_json("hypervisor", "show", str(hv["id"]))["vcpus_used"]) == 1, 120)
+
+    def test_25_port_bound_on_br_int(self):
+        s = self.show()
+        port = self.port()
+        self.assertEqual(port["status"], "ACTIVE")
+        self.assertEqual(port["binding_vif_type"], "ovs")
+        self.assertEqual(port["binding_host_id"], s["OS-EXT-SRV-ATTR:host"])
+        details = port["binding_vif_details"]  # a dict or, from some osc versions, its repr
+        self.assertIn(BRIDGE, str(details))
+        self.assertNotRegex(str(details), r"ovs_hybrid_plug'?[=:] ?'?True")
+        # Open vSwitch's own record: libvirt's tap on br-int carries the port id, MAC and server.
+        iface = ovs_interface(port["id"])
+        self.assertIsNotNone(iface, f"no OVS interface with iface-id {port['id']}")
+        self.assertEqual(iface["mac"], port["mac_address"])
+        self.assertEqual(iface["vm-id"], s["id"])
+        self.assertEqual(ovs_vsctl("port-to-br", iface["name"]), BRIDGE)
+        # Neutron's agent wired it: a local VLAN tag, not the dead VLAN (4095) of unbound ports.
+        tag = ovs_vsctl("get", "Port", iface["name"], "tag")
+        self.assertRegex(tag, r"^[0-9]+$")
+        self.assertNotEqual(int(tag), 4095)
+        # And the agent's domain is the one with that interface.
+        self.assertIn(iface["name"], self.agent_nics(self.domain_name()))
+        type(self).port_id = port["id"]
 
     def test_30_stop_and_start(self):
         openstack("server", "stop", self.server)
@@ -239,11 +301,18 @@ class OpenStackThroughAgent(unittest.TestCase):
 
     def test_70_delete_removes_domain_and_volumes(self):
         name = self.domain_name()
+        port = self.port()
+        self.assertEqual(port["status"], "ACTIVE")  # still wired after stop/start, reboot, resize
+        self.assertIsNotNone(ovs_interface(port["id"]))
         openstack("server", "delete", "--wait", self.server)
         self.assertNotIn(self.server, openstack("server", "list", "-f", "value", "-c", "Name").split())
         self.assertIsNone(self.agent_domain(name))
         self.wait("the domain's volumes deleted",
                   lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
+        # The OVS port went with the guest's tap; Nova deleted the port it made.
+        self.assertIsNone(ovs_interface(port["id"]))
+        self.wait("the server's Neutron port deleted",
+                  lambda: port["id"] not in openstack("port", "list", "-f", "value", "-c", "ID"), 60)
 
 
 if __name__ == "__main__":
