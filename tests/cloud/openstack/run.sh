@@ -573,6 +573,10 @@ INI
     cat <<INI
 [glance]
 region_name = RegionOne
+[libvirt]
+# A soft reboot asks the guest to power off and waits this long before rebooting it hard; the
+# busybox guest ignores ACPI, so Nova's 120 s would be spent waiting every time.
+wait_soft_reboot_seconds = 5
 [hvagent]
 address = $AGENT_GRPC
 ca_file = $W/etc/nova/hvagent/ca.crt

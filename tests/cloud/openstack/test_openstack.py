@@ -273,6 +273,27 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
         self.assertEqual(hvctl("get", self.domain_name())["uuid"], before["uuid"])
 
+    def test_45_soft_reboot_falls_back_to_hard(self):
+        # The busybox guest ignores the ACPI power button: the driver waits [libvirt]
+        # wait_soft_reboot_seconds (run.sh: 5) for it to stop, then reboots it hard.
+        name = self.domain_name()
+        log = os.path.join(os.environ["HVOS_WORK"], "log", "nova-compute.log")
+        mark = os.path.getsize(log)
+        t0 = time.monotonic()
+        openstack("server", "reboot", "--wait", self.server)
+        self.wait_status("ACTIVE")
+        took = time.monotonic() - t0
+        self.wait_agent_state("DOMAIN_STATE_RUNNING")
+        with open(log, errors="replace") as f:
+            f.seek(mark)
+            self.assertIn("did not shut down within 5 seconds", f.read())
+        self.assertGreaterEqual(took, 5)
+        # A new boot: the agent saw the domain start after the reboot was asked for, and the
+        # console log (QEMU's, started afresh with the guest) shows the guest's init again.
+        uptime = float(hvctl("get", name)["uptime"].rstrip("s"))
+        self.assertLess(uptime, time.monotonic() - t0)
+        self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
+
     def test_50_resize_on_this_host(self):
         name = self.domain_name()
         openstack("server", "resize", "--flavor", "hvos.big", "--wait", self.server, timeout=900)
@@ -298,6 +319,23 @@ class OpenStackThroughAgent(unittest.TestCase):
         images = run([*HVCTL, "--json", "images", POOL])
         self.assertNotIn("snap-", images)
         self.wait_status("ACTIVE")
+
+    def test_65_boot_from_the_snapshot(self):
+        other = "hvos-from-snap"
+        s = openstack_json("server", "create", "--image", "hvos-snap", "--flavor", "hvos.big",
+                           "--network", NETWORK, "--wait", other, timeout=900)
+        self.assertEqual(s["status"], "ACTIVE", s.get("fault"))
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        self.assertEqual(self.agent_domain(name)["state"], "DOMAIN_STATE_RUNNING")
+        root = [v for v in self.agent_volumes() if v.get("attached_to") == name]
+        self.assertEqual([int(v["size_bytes"]) for v in root], [2 * GiB])
+        # The snapshot holds the first server's disk: the same guest boots from it.
+        self.wait("hv-guest-ready in the snapshot server's console log",
+                  lambda: "hv-guest-ready" in openstack("console", "log", "show", other), 240)
+        openstack("server", "delete", "--wait", other)
+        self.assertIsNone(self.agent_domain(name))
+        self.wait("the snapshot server's volumes deleted",
+                  lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
 
     def test_70_delete_removes_domain_and_volumes(self):
         name = self.domain_name()
