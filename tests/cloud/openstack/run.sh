@@ -400,7 +400,7 @@ ovs_ctl() {  # ovs_ctl NAME: the control socket of the running NAME (ovsdb-serve
 }
 start_ovs() {
   install -d "$W/ovs" "$OVS_RUN"
-  if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
+  if ! ovs-vsctl --timeout=15 show >/dev/null 2>&1; then  # generous: a loaded host answers late
     ovsdb-tool create "$W/ovs/conf.db" /usr/share/openvswitch/vswitch.ovsschema
     daemon ovsdb-server root ovsdb-server --remote="punix:$OVS_RUN/db.sock" \
       --pidfile="$W/ovs/ovsdb-server.pid" "$W/ovs/conf.db"

@@ -194,8 +194,8 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(inv["MEMORY_MB"]["reserved"], int(pol["reserved_memory_bytes"]) // MiB)
         self.assertEqual(inv["DISK_GB"]["total"], int(pool["capacity_bytes"]) // GiB)
 
-    def port(self):
-        ports = openstack_json("port", "list", "--server", self.show()["id"], "--long")
+    def port(self, server_id):
+        ports = openstack_json("port", "list", "--server", server_id)
         self.assertEqual(len(ports), 1, ports)
         return openstack_json("port", "show", ports[0]["ID"])
 
@@ -235,7 +235,7 @@ class OpenStackThroughAgent(unittest.TestCase):
 
     def test_25_port_bound_on_br_int(self):
         s = self.show()
-        port = self.port()
+        port = self.port(s["id"])
         self.assertEqual(port["status"], "ACTIVE")
         self.assertEqual(port["binding_vif_type"], "ovs")
         self.assertEqual(port["binding_host_id"], s["OS-EXT-SRV-ATTR:host"])
@@ -253,8 +253,7 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertRegex(tag, r"^[0-9]+$")
         self.assertNotEqual(int(tag), 4095)
         # And the agent's domain is the one with that interface.
-        self.assertIn(iface["name"], self.agent_nics(self.domain_name()))
-        type(self).port_id = port["id"]
+        self.assertIn(iface["name"], self.agent_nics(s["OS-EXT-SRV-ATTR:instance_name"]))
 
     def test_30_stop_and_start(self):
         openstack("server", "stop", self.server)
@@ -338,8 +337,9 @@ class OpenStackThroughAgent(unittest.TestCase):
                   lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
 
     def test_70_delete_removes_domain_and_volumes(self):
-        name = self.domain_name()
-        port = self.port()
+        s = self.show()
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        port = self.port(s["id"])
         self.assertEqual(port["status"], "ACTIVE")  # still wired after stop/start, reboot, resize
         self.assertIsNotNone(ovs_interface(port["id"]))
         openstack("server", "delete", "--wait", self.server)
