@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A whole OpenStack cloud on this one host, booting servers through hvagent (issue 29):
 # installs from Debian 12's archive, configures and starts MariaDB, RabbitMQ, Keystone, Glance,
-# Placement, Neutron (ML2, no agent: ports only) and Nova (api, conductor, scheduler, compute with
-# compute_driver = hvagent.HvagentDriver from the project's python3-hvagent-nova .deb), talking
+# Placement, Neutron (ML2 with the Open vSwitch agent on br-int, OVS's userspace datapath, a flat
+# provider network) and Nova (api, conductor, scheduler, compute with compute_driver =
+# hvagent.HvagentDriver from the project's python3-hvagent-nova .deb, real port binding), talking
 # over mutual TLS to hvagentd from the project's .deb, which drives libvirt's embedded QEMU driver
 # (TCG) with a GPT partition pool on a loop device. Then runs test_openstack.py (the openstack
 # CLI, as a user types it) and tears everything down, on failure too (trap).
@@ -45,6 +46,10 @@ loop=""      # the pool's loop device
 policy_rc="" # set when this script made /usr/sbin/policy-rc.d
 DBDATA=""    # MariaDB's data directory (in /dev/shm)
 ours=()      # the project's packages this run installed
+OVS_RUN=/var/run/openvswitch  # OVS's default socket directory: libvirt's ovs-vsctl calls use it
+ovs_remote="" # the ovsdb-server remote this script added (Neutron's agent's socket)
+ovs_bridges=() # the OVS bridges this script made
+sudoers=""    # the sudoers drop-in this script made (privsep for Neutron's OVS agent)
 
 # --- teardown -------------------------------------------------------------------------------------
 stop_pid() {  # stop_pid PID: SIGTERM to its process group, SIGKILL after 20 s
@@ -72,7 +77,9 @@ teardown() {
   # QEMU processes of the embedded driver run in their own session: find them by our root dir.
   for i in $(pgrep -f "$W/libvirt" || true); do kill -KILL "$i" 2>/dev/null; done
   [[ -n $loop ]] && losetup -d "$loop"
+  teardown_ovs
   [[ -n $policy_rc ]] && rm -f /usr/sbin/policy-rc.d
+  [[ -n $sudoers ]] && rm -f "$sudoers" "$sudoers.tmp"
   # The project's two packages go if this run installed them; Debian's stay (the next run's
   # apt-get then has nothing to do).
   if ((${#ours[@]})); then
@@ -124,7 +131,8 @@ as() { local user=$1; shift; runuser -u "$user" -- "$@"; }
 
 # --- 1. packages ------------------------------------------------------------------------------------
 packages=(mariadb-server rabbitmq-server keystone glance-api placement-api nova-api nova-conductor
-          nova-scheduler nova-compute neutron-server python3-openstackclient python3-osc-placement
+          nova-scheduler nova-compute neutron-server neutron-openvswitch-agent openvswitch-switch sudo
+          python3-openstackclient python3-osc-placement
           python3-pymysql uwsgi-plugin-python3 syslinux syslinux-common mtools dosfstools)
 install_packages() {
   local t=$SECONDS missing=()
@@ -376,6 +384,101 @@ INI
   wait_for 90 Neutron openstack network list
 }
 
+# --- Open vSwitch and Neutron's OVS agent ------------------------------------------------------------
+# OVS with the userspace datapath (datapath_type=netdev: no kernel module, which this host lacks).
+# Its socket is OVS's default one, because libvirt (in hvagentd) runs plain `ovs-vsctl` to add a
+# guest's tap to br-int. When an OVS already answers there (another test on this host), it is
+# used as it is and only what this script added (bridges, a remote) is removed again.
+ovs_vsctl() { ovs-vsctl --timeout=10 "$@"; }
+ovs_ctl() {  # ovs_ctl NAME: the control socket of the running NAME (ovsdb-server, ovs-vswitchd)
+  local c pid
+  for c in "$OVS_RUN/$1".*.ctl; do
+    pid=${c#"$OVS_RUN/$1."} pid=${pid%.ctl}
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && { echo "$c"; return 0; }
+  done
+  return 1
+}
+start_ovs() {
+  install -d "$W/ovs" "$OVS_RUN"
+  if ! ovs-vsctl --timeout=15 show >/dev/null 2>&1; then  # generous: a loaded host answers late
+    ovsdb-tool create "$W/ovs/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+    daemon ovsdb-server root ovsdb-server --remote="punix:$OVS_RUN/db.sock" \
+      --pidfile="$W/ovs/ovsdb-server.pid" "$W/ovs/conf.db"
+    wait_for 30 ovsdb-server ovs-vsctl --timeout=3 --no-wait init
+    daemon ovs-vswitchd root ovs-vswitchd --pidfile="$W/ovs/ovs-vswitchd.pid" "unix:$OVS_RUN/db.sock"
+    wait_for 30 ovs-vswitchd ovs_ctl ovs-vswitchd
+  else
+    stamp "Open vSwitch already runs here: using it"
+  fi
+  local br
+  for br in br-int br-phys; do
+    ovs_vsctl br-exists "$br" || ovs_bridges+=("$br")
+    ovs_vsctl --may-exist add-br "$br" -- set bridge "$br" datapath_type=netdev
+  done
+  # Neutron's agent (user neutron) talks to ovsdb-server over a socket of its own, group neutron,
+  # instead of the TCP manager (ptcp:6640) it would otherwise ask root to open to every local user.
+  ovs_remote="punix:$W/ovs/neutron.sock"
+  ovs-appctl -t "$(ovs_ctl ovsdb-server)" ovsdb-server/add-remote "$ovs_remote"
+  wait_for 10 "the neutron ovsdb socket" test -S "$W/ovs/neutron.sock"
+  chown root:neutron "$W/ovs/neutron.sock"
+  chmod 660 "$W/ovs/neutron.sock"
+}
+teardown_ovs() {  # what start_ovs added to an OVS that outlives this script (ours is gone already)
+  [[ -f $W/run/ovsdb-server.pid ]] && return 0
+  local br m
+  for br in "${ovs_bridges[@]}"; do ovs-vsctl --timeout=5 --if-exists del-br "$br"; done
+  [[ -n $ovs_remote ]] || return 0
+  ovs-appctl -t "$(ovs_ctl ovsdb-server)" ovsdb-server/remove-remote "$ovs_remote"
+  # Neutron's agent also records its connection as a Manager of the switch.
+  for m in $(ovs-vsctl --timeout=5 --bare --columns=_uuid find Manager "target=\"$ovs_remote\""); do
+    ovs-vsctl --timeout=5 remove Open_vSwitch . manager_options "$m"
+  done
+}
+
+# The OVS agent runs as neutron. What it runs as root goes through Debian's sudoers line for
+# neutron-rootwrap (ovs-ofctl, ip); its privsep daemons cannot: rootwrap's privsep filter
+# accepts only config files under /etc and only the default context, and the agent uses others
+# (link_cmd, ovs_vsctl_cmd, conntrack_cmd...). So a sudoers drop-in, made here and removed by the
+# teardown as policy-rc.d is, lets neutron start privsep-helper with this run's two config files.
+# Firewall: openvswitch (OVS's own conntrack, which the userspace datapath implements), not
+# iptables_hybrid: that needs a Linux bridge per port with br_netfilter, and ports would then be
+# bound with ovs_hybrid_plug.
+start_neutron_agent() {
+  local cfgs="--config-file $W/etc/neutron/neutron.conf --config-file $W/etc/neutron/openvswitch_agent.ini"
+  local section helper="sudo privsep-helper $cfgs"
+  sudoers=/etc/sudoers.d/hvos-neutron-privsep
+  printf 'neutron ALL = (root) NOPASSWD: /usr/bin/privsep-helper %s *\n' "$cfgs" >"$sudoers.tmp"
+  chmod 440 "$sudoers.tmp"
+  visudo -cqf "$sudoers.tmp"
+  mv "$sudoers.tmp" "$sudoers"
+  { cat <<INI
+[agent]
+root_helper = sudo neutron-rootwrap /etc/neutron/rootwrap.conf
+tunnel_types =
+[ovs]
+integration_bridge = br-int
+bridge_mappings = physnet1:br-phys
+datapath_type = netdev
+ovsdb_connection = unix:$W/ovs/neutron.sock
+of_listen_address = 127.0.0.1
+of_listen_port = $(free_port)
+[securitygroup]
+firewall_driver = openvswitch
+enable_security_group = true
+INI
+    for section in privsep privsep_link privsep_ovs_vsctl privsep_conntrack privsep_namespace \
+                   privsep_dhcp_release; do
+      printf '[%s]\nhelper_command = %s\n' "$section" "$helper"
+    done
+  } | conf "$W/etc/neutron/openvswitch_agent.ini" neutron
+  # shellcheck disable=SC2086 # $cfgs: the four words of the two --config-file options
+  daemon neutron-openvswitch-agent neutron neutron-openvswitch-agent $cfgs
+  wait_for 120 "Neutron's Open vSwitch agent" ovs_agent_alive
+}
+ovs_agent_alive() {
+  openstack network agent list --agent-type open-vswitch -f value -c Alive | grep -qx True
+}
+
 start_agent() {
   local grpc rest
   grpc=$(free_port) rest=$(free_port)
@@ -408,6 +511,9 @@ role = "controller"
 state_dir = "$W/agent/state"
 [console]
 log_dir = "$W/agent/console"
+[network]
+ovs_bridges = ["br-int"]
+bridges = []
 [[storage.pools]]
 name = "nova"
 type = "partition"
@@ -440,6 +546,10 @@ osapi_compute_workers = 1
 api_paste_config = /etc/nova/api-paste.ini
 compute_driver = hvagent.HvagentDriver
 allow_resize_to_same_host = true
+# Real port binding: a guest starts only once Neutron's OVS agent has wired its port on br-int
+# and Neutron sent network-vif-plugged; no event in this time fails the boot.
+vif_plugging_is_fatal = true
+vif_plugging_timeout = 120
 # The busybox guest runs no ACPI daemon: a clean shutdown (stop, resize) is forced after this
 # instead of Nova's 60 s.
 shutdown_timeout = 5
@@ -463,6 +573,10 @@ INI
     cat <<INI
 [glance]
 region_name = RegionOne
+[libvirt]
+# A soft reboot asks the guest to power off and waits this long before rebooting it hard; the
+# busybox guest ignores ACPI, so Nova's 120 s would be spent waiting every time.
+wait_soft_reboot_seconds = 5
 [hvagent]
 address = $AGENT_GRPC
 ca_file = $W/etc/nova/hvagent/ca.crt
@@ -527,6 +641,11 @@ svc_pw[nova]=$(secret)  # Neutron's [nova] section names it before Nova is regis
 start_glance
 start_placement
 start_neutron
+tn=$SECONDS
+start_ovs
+start_neutron_agent
+took[network]=$((SECONDS - tn))
+stamp "Open vSwitch and Neutron's OVS agent up (${took[network]} s)"
 start_agent
 start_nova
 took[services]=$((SECONDS - t))
@@ -539,5 +658,5 @@ export HVOS_HVCTL="${HVCTL[*]}" HVOS_GUEST_DIR=${HVAGENT_GUEST_DIR:-/var/cache/h
 /usr/bin/python3 -m unittest -v "$here/test_openstack.py" 2>&1 | tee "$W/log/test.log" || rc=${PIPESTATUS[0]}
 took[test]=$((SECONDS - t))
 peak=$(sed -n 's/^services peak RSS: \([0-9]*\) MiB$/\1/p' "$W/log/test.log" | tail -n 1)
-stamp "times: install ${took[install]} s, services ${took[services]} s, test ${took[test]} s; services' peak RSS ${peak:-?} MiB"
+stamp "times: install ${took[install]} s, services ${took[services]} s (OVS and its Neutron agent ${took[network]} s), test ${took[test]} s; services' peak RSS ${peak:-?} MiB"
 exit "$rc"

@@ -1,7 +1,8 @@
 """A real OpenStack boots a server through hvagent: the openstack CLI as a user types it, against
 the cloud run.sh stood up (Keystone, Glance, Placement, Neutron, Nova with the hvagent driver).
 Each step is checked twice: by what OpenStack answers and by what the agent itself holds (hvctl
-over mutual TLS): its domain, the domain's volumes in the pool, its capacity.
+over mutual TLS): its domain, the domain's volumes in the pool, its capacity; the server's port
+also by Open vSwitch's own database (ovs-vsctl).
 
 The tests run in name order and build on each other (one server's life); a failed step fails
 the ones after it. Needs run.sh's environment (OS_* variables, HVOS_*)."""
@@ -21,6 +22,8 @@ HVCTL = shlex.split(os.environ["HVOS_HVCTL"])
 POOL = "nova"
 MiB = 1 << 20
 GiB = 1 << 30
+NETWORK = "hvos-net"
+BRIDGE = "br-int"  # Neutron's OVS agent's integration bridge (run.sh)
 
 
 def run(argv, timeout=600):
@@ -40,6 +43,23 @@ def openstack_json(*args, timeout=600):
 
 def hvctl(*args):
     return json.loads(run([*HVCTL, "--json", *args]))
+
+
+def ovs_vsctl(*args):
+    return run(["ovs-vsctl", "--timeout=10", *args]).strip()
+
+
+def ovs_interface(iface_id):
+    """{name, mac, vm-id} of the OVS interface whose external_ids:iface-id is iface_id, or None."""
+    out = ovs_vsctl("--format=json", "--columns=name,external_ids", "find", "Interface",
+                    f"external_ids:iface-id={iface_id}")
+    rows = json.loads(out)["data"]
+    if not rows:
+        return None
+    name, (_, ids) = rows[0]
+    ids = dict(ids)
+    # libvirt's names (virNetDevOpenvswitchAddPort): attached-mac, iface-id, vm-id.
+    return {"name": name, "mac": ids.get("attached-mac"), "vm-id": ids.get("vm-id")}
 
 
 def peak_rss_mib():
@@ -87,6 +107,12 @@ class OpenStackThroughAgent(unittest.TestCase):
         cls.image_bytes = os.path.getsize(image)
         openstack("flavor", "create", "--vcpus", "1", "--ram", "128", "--disk", "1", "hvos.small")
         openstack("flavor", "create", "--vcpus", "2", "--ram", "192", "--disk", "2", "hvos.big")
+        # A flat provider network on run.sh's physnet1 (br-phys), shared; no DHCP agent runs, so
+        # its subnet has DHCP off (the port still gets a fixed address).
+        openstack("network", "create", "--provider-network-type", "flat",
+                  "--provider-physical-network", "physnet1", "--share", NETWORK)
+        openstack("subnet", "create", "--network", NETWORK, "--subnet-range", "10.99.0.0/24",
+                  "--no-dhcp", NETWORK + "-v4")
 
     @classmethod
     def tearDownClass(cls):
@@ -168,11 +194,24 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(inv["MEMORY_MB"]["reserved"], int(pol["reserved_memory_bytes"]) // MiB)
         self.assertEqual(inv["DISK_GB"]["total"], int(pool["capacity_bytes"]) // GiB)
 
+    def port(self, server_id):
+        ports = openstack_json("port", "list", "--server", server_id)
+        self.assertEqual(len(ports), 1, ports)
+        return openstack_json("port", "show", ports[0]["ID"])
+
+    def agent_nics(self, name):
+        """Host-side interface names of the agent's domain (GetDomainStats: GetDomain carries
+        no NICs)."""
+        for d in hvctl("stats").get("domains", []):
+            if d["name"] == name:
+                return [n["name"] for n in d.get("nics", [])]
+        return None
+
     def test_20_create_boots_the_guest_on_the_agent(self):
-        # --nic none needs compute API 2.37 (auto-allocated networks); osc 6.0 otherwise hands
-        # novaclient the string "none" ("nics must be a list or a tuple").
-        s = openstack_json("--os-compute-api-version", "2.37", "server", "create", "--image", "hvos-busybox", "--flavor", "hvos.small",
-                           "--nic", "none", "--wait", self.server, timeout=900)
+        # With vif_plugging_is_fatal (run.sh), ACTIVE means Neutron's OVS agent wired the port
+        # and Neutron told Nova so (network-vif-plugged) before the guest was resumed.
+        s = openstack_json("server", "create", "--image", "hvos-busybox", "--flavor", "hvos.small",
+                           "--network", NETWORK, "--wait", self.server, timeout=900)
         self.assertEqual(s["status"], "ACTIVE", s.get("fault"))
         name = s["OS-EXT-SRV-ATTR:instance_name"]
         dom = self.agent_domain(name)
@@ -194,6 +233,28 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.wait("vcpus_used in the hypervisor's record",
                   lambda: int(openstack_json("hypervisor", "show", str(hv["id"]))["vcpus_used"]) == 1, 120)
 
+    def test_25_port_bound_on_br_int(self):
+        s = self.show()
+        port = self.port(s["id"])
+        self.assertEqual(port["status"], "ACTIVE")
+        self.assertEqual(port["binding_vif_type"], "ovs")
+        self.assertEqual(port["binding_host_id"], s["OS-EXT-SRV-ATTR:host"])
+        details = port["binding_vif_details"]  # a dict or, from some osc versions, its repr
+        self.assertIn(BRIDGE, str(details))
+        self.assertNotRegex(str(details), r"ovs_hybrid_plug'?[=:] ?'?True")
+        # Open vSwitch's own record: libvirt's tap on br-int carries the port id, MAC and server.
+        iface = ovs_interface(port["id"])
+        self.assertIsNotNone(iface, f"no OVS interface with iface-id {port['id']}")
+        self.assertEqual(iface["mac"], port["mac_address"])
+        self.assertEqual(iface["vm-id"], s["id"])
+        self.assertEqual(ovs_vsctl("port-to-br", iface["name"]), BRIDGE)
+        # Neutron's agent wired it: a local VLAN tag, not the dead VLAN (4095) of unbound ports.
+        tag = ovs_vsctl("get", "Port", iface["name"], "tag")
+        self.assertRegex(tag, r"^[0-9]+$")
+        self.assertNotEqual(int(tag), 4095)
+        # And the agent's domain is the one with that interface.
+        self.assertIn(iface["name"], self.agent_nics(s["OS-EXT-SRV-ATTR:instance_name"]))
+
     def test_30_stop_and_start(self):
         openstack("server", "stop", self.server)
         self.wait_status("SHUTOFF")
@@ -210,6 +271,27 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.wait_agent_state("DOMAIN_STATE_RUNNING")
         self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
         self.assertEqual(hvctl("get", self.domain_name())["uuid"], before["uuid"])
+
+    def test_45_soft_reboot_falls_back_to_hard(self):
+        # The busybox guest ignores the ACPI power button: the driver waits [libvirt]
+        # wait_soft_reboot_seconds (run.sh: 5) for it to stop, then reboots it hard.
+        name = self.domain_name()
+        log = os.path.join(os.environ["HVOS_WORK"], "log", "nova-compute.log")
+        mark = os.path.getsize(log)
+        t0 = time.monotonic()
+        openstack("server", "reboot", "--wait", self.server)
+        self.wait_status("ACTIVE")
+        took = time.monotonic() - t0
+        self.wait_agent_state("DOMAIN_STATE_RUNNING")
+        with open(log, errors="replace") as f:
+            f.seek(mark)
+            self.assertIn("did not shut down within 5 seconds", f.read())
+        self.assertGreaterEqual(took, 5)
+        # A new boot: the agent saw the domain start after the reboot was asked for, and the
+        # console log (QEMU's, started afresh with the guest) shows the guest's init again.
+        uptime = float(hvctl("get", name)["uptime"].rstrip("s"))
+        self.assertLess(uptime, time.monotonic() - t0)
+        self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
 
     def test_50_resize_on_this_host(self):
         name = self.domain_name()
@@ -237,13 +319,38 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertNotIn("snap-", images)
         self.wait_status("ACTIVE")
 
+    def test_65_boot_from_the_snapshot(self):
+        other = "hvos-from-snap"
+        s = openstack_json("server", "create", "--image", "hvos-snap", "--flavor", "hvos.big",
+                           "--network", NETWORK, "--wait", other, timeout=900)
+        self.assertEqual(s["status"], "ACTIVE", s.get("fault"))
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        self.assertEqual(self.agent_domain(name)["state"], "DOMAIN_STATE_RUNNING")
+        root = [v for v in self.agent_volumes() if v.get("attached_to") == name]
+        self.assertEqual([int(v["size_bytes"]) for v in root], [2 * GiB])
+        # The snapshot holds the first server's disk: the same guest boots from it.
+        self.wait("hv-guest-ready in the snapshot server's console log",
+                  lambda: "hv-guest-ready" in openstack("console", "log", "show", other), 240)
+        openstack("server", "delete", "--wait", other)
+        self.assertIsNone(self.agent_domain(name))
+        self.wait("the snapshot server's volumes deleted",
+                  lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
+
     def test_70_delete_removes_domain_and_volumes(self):
-        name = self.domain_name()
+        s = self.show()
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        port = self.port(s["id"])
+        self.assertEqual(port["status"], "ACTIVE")  # still wired after stop/start, reboot, resize
+        self.assertIsNotNone(ovs_interface(port["id"]))
         openstack("server", "delete", "--wait", self.server)
         self.assertNotIn(self.server, openstack("server", "list", "-f", "value", "-c", "Name").split())
         self.assertIsNone(self.agent_domain(name))
         self.wait("the domain's volumes deleted",
                   lambda: not [v for v in self.agent_volumes() if v.get("attached_to") == name], 120)
+        # The OVS port went with the guest's tap; Nova deleted the port it made.
+        self.assertIsNone(ovs_interface(port["id"]))
+        self.wait("the server's Neutron port deleted",
+                  lambda: port["id"] not in openstack("port", "list", "-f", "value", "-c", "ID"), 60)
 
 
 if __name__ == "__main__":
