@@ -60,6 +60,21 @@ class Hypervisor {
   // caller sent: only what the agent read itself.
   virtual absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) = 0;
 
+  // The domain's persistent definition as a DomainSpec: every field the model expresses (boot,
+  // CPU model and topology, VNC, serial console, labels, disks, NICs), read back from what the
+  // hypervisor keeps. Fields the agent sets itself at define time (vnc_listen,
+  // vnc_locked_password, console_log_path) are left empty. NotFound for no such domain.
+  virtual absl::StatusOr<DomainSpec> GetDomainSpec(const std::string& name) {
+    (void)name;
+    return absl::UnimplementedError("this hypervisor cannot read a domain back as a spec");
+  }
+  // Whether this hypervisor could define `spec` (its guest types, arch, CPU and display rules),
+  // without defining anything: InvalidArgument naming the field it cannot honour.
+  virtual absl::Status CheckDefinable(const DomainSpec& spec) {
+    (void)spec;
+    return absl::OkStatus();
+  }
+
   // The domain's vCPUs and memory now, and the maximums a running domain may be raised to.
   virtual absl::StatusOr<DomainResources> GetDomainResources(const std::string& name) = 0;
   // Resizes the domain. Shut off: its persistent definition (maximums follow the new size).

@@ -215,6 +215,7 @@ v1::DomainSpec ToProto(const hv::DomainSpec& s, const std::vector<service::DiskV
     disk->set_bus(d.bus);
     disk->set_readonly(d.readonly);
     disk->set_format(d.format);
+    if (d.cdrom) disk->set_device(v1::Disk::DEVICE_CDROM);
   }
   for (const service::DiskVolume& v : volumes) {
     if (v.disk >= static_cast<size_t>(p.disks_size())) continue;

@@ -29,6 +29,7 @@
 
 #include "absl/strings/numbers.h"
 #include "agent/cli/hvctl_console.h"
+#include "agent/cli/hvctl_drain.h"
 #include "agent/cli/hvctl_image_upload.h"
 #include "agent/cli/hvctl_volume_export.h"
 #include "hvagent/v1/domain.grpc.pb.h"
@@ -82,6 +83,8 @@ int Usage() {
                "                                       (cold: owned volumes streamed; a progress bar until it ends)\n"
                "  migrate NAME --to HOST:PORT --live [--max-downtime-ms MS] [--pool POOL] [--no-wait]\n"
                "                                       (QEMU/KVM: moves running, memory and disks copied by libvirt)\n"
+               "  drain --to HOST:PORT [--live [--cold-fallback]] [--parallel N] [--shutdown-timeout S]\n"
+               "                                       (moves every domain; one line each; exit 1 names those left)\n"
                "                                       (streams a local file to the agent; raw by default)\n"
                "exit codes: 0 done, 1 refused by the agent, 2 usage, 3 agent unreachable\n"
                "default server: 127.0.0.1:50051\n";
@@ -758,6 +761,27 @@ int main(int argc, char** argv) {
     op.set_id(r.operation_id());
     op.set_state(v1::OPERATION_STATE_RUNNING);
     return FollowOperation(*operations, op, json, arg1 + " -> " + req.destination());
+  }
+  if (cmd == "drain") {
+    cli::DrainArgs d{.json = json};
+    for (size_t i = 1; i < args.size(); ++i) {
+      const bool has_value = i + 1 < args.size();
+      if (args[i] == "--to" && has_value) {
+        d.destination = args[++i];
+      } else if (args[i] == "--parallel" && has_value) {
+        if (!absl::SimpleAtoi(args[++i], &d.parallel) || d.parallel < 1 || d.parallel > 16) return Usage();
+      } else if (args[i] == "--shutdown-timeout" && has_value) {
+        if (!absl::SimpleAtoi(args[++i], &d.shutdown_timeout_seconds)) return Usage();
+      } else if (args[i] == "--live") {
+        d.live = true;
+      } else if (args[i] == "--cold-fallback") {
+        d.cold_fallback = true;
+      } else {
+        return Usage();
+      }
+    }
+    if (d.destination.empty() || (d.cold_fallback && !d.live)) return Usage();
+    return cli::Drain(channel, creds, d);
   }
   if (cmd == "image-upload" && args.size() >= 4) {
     auto images = v1::ImageService::NewStub(channel);

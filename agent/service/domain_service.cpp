@@ -179,6 +179,14 @@ void DomainService::ReleaseClaims(const std::vector<DiskVolume>& claimed, const 
   }
 }
 
+absl::Status DomainService::CheckHostFit(const hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes) {
+  if (auto s = CheckHostPaths(options_.host_paths, spec, VolumeDisks(volumes)); !s.ok()) return s;
+  for (size_t i = 0; i < spec.nics.size(); ++i) {
+    if (auto s = CheckNic(options_.networks, absl::StrCat("spec.nics[", i, "]"), spec.nics[i]); !s.ok()) return s;
+  }
+  return hv_.CheckDefinable(spec);
+}
+
 absl::StatusOr<hv::DomainInfo> DomainService::Create(const hv::DomainSpec& request, bool start,
                                                      const std::vector<DiskVolume>& volumes) {
   hv::DomainSpec spec = request;

@@ -126,6 +126,12 @@ class DomainService {
   absl::StatusOr<hv::DomainInfo> Create(const hv::DomainSpec& spec, bool start,
                                         const std::vector<DiskVolume>& volumes = {});
   absl::StatusOr<hv::DomainInfo> Get(const std::string& name);
+  // What Create would refuse about this host rather than the spec, checked with nothing made:
+  // host paths outside the allowed directories (a kernel, initrd or firmware), NICs on networks
+  // or bridges the agent may not use, and what the hypervisor cannot define here (its guest
+  // type, CPU models, displays). The spec itself is assumed valid (ValidateDomainSpec). A
+  // destination asks this before a migration moves any byte (IncomingMigrations).
+  absl::Status CheckHostFit(const hv::DomainSpec& spec, const std::vector<DiskVolume>& volumes);
   absl::StatusOr<std::vector<hv::DomainInfo>> List();
   // Refused with RESOURCE_EXHAUSTED (compute) when the running domains leave no room for it.
   absl::StatusOr<hv::DomainInfo> Start(const std::string& name);

@@ -63,6 +63,11 @@ absl::Status IncomingMigrations::CheckPlan(const IncomingPlan& plan) {
     }
   }
   if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
+  // The spec is valid; whether this host can honour it (its kernel directories, networks, guest
+  // type) is a property of the host: refused as a precondition, before any byte moves.
+  if (auto s = domains_.CheckHostFit(spec, plan.volumes); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("this host cannot take the domain as defined: ", s.message()));
+  }
   for (const auto& [pool, bytes] : per_pool) {
     auto info = storage_.GetPool(pool);
     if (info.ok() && info->free_bytes < bytes) {

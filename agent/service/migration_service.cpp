@@ -151,10 +151,17 @@ absl::StatusOr<std::shared_ptr<MigrationService::Job>> MigrationService::Plan(co
   if (!nics.ok()) return nics.status();
   auto owned = storage_.VolumesOf(r.name);
   if (!owned.ok()) return owned.status();
+  // The whole definition travels (boot, CPU, display, console, labels): the destination refuses
+  // what it cannot honour before any byte moves. Disks and NICs as listed below (a running
+  // guest's too); what the agent sets at define time the destination sets for itself.
+  auto defined = hv_.GetDomainSpec(r.name);
+  if (!defined.ok()) return defined.status();
   hv::DomainSpec& spec = job->plan.spec;
-  spec = {.name = info->name, .uuid = info->uuid, .vcpus = info->vcpus, .memory_mib = info->memory_mib};
-  spec.labels = info->labels;
-  spec.serial_console = true;
+  spec = std::move(*defined);
+  spec.vnc_listen.clear();
+  spec.vnc_locked_password.clear();
+  spec.console_log_path.clear();
+  spec.disks.clear();
   spec.nics = *nics;
   for (size_t i = 0; i < disks->size(); ++i) {
     hv::DiskSpec disk = (*disks)[i];

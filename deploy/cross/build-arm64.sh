@@ -85,8 +85,9 @@ step "unit tests under qemu-aarch64"
 # policy starts from "/" lands in the sysroot and the tests' directories under /tmp "do not
 # exist". They run natively in the unit and asan tiers; on arm64 the Xen system tier's dom0 agent
 # runs the policy on a real kernel (its kernel_dirs). DomainRescueTest checks rescue kernels
-# against such a policy in /tmp, so it is in the same case.
-qemu_limited='^(SubprocessRunner\.(NonexistentProgramIsAnErrorNamingIt|NonExecutableFileIsAnError)|HostPathPolicyTest\..*|HostPathsTest\..*|DomainRescueTest\..*)$'
+# against such a policy in /tmp, and WholeDefinitionTest (cold migration of a kernel-booted guest)
+# in /var/tmp, so they are in the same case.
+qemu_limited='^(SubprocessRunner\.(NonexistentProgramIsAnErrorNamingIt|NonExecutableFileIsAnError)|HostPathPolicyTest\..*|HostPathsTest\..*|DomainRescueTest\..*|WholeDefinitionTest\..*)$'
 echo "not run under qemu-user (posix_spawn cannot report exec errors there; -L redirects '/'): $qemu_limited"
 # -L in the emulator command covers ctest; QEMU_LD_PREFIX also covers arm64 children, if any.
 # --no-tests=error: ctest exits 0 when it finds no test at all.

@@ -184,4 +184,109 @@ absl::StatusOr<std::optional<VncPasswordUpdate>> VncPasswordUpdateXml(absl::stri
   return std::optional<VncPasswordUpdate>();
 }
 
+namespace {
+
+// libvirt writes <memory unit='KiB'>; other units are accepted as its schema lists them.
+bool MemoryMib(const xmlNode* n, uint64_t* mib) {
+  uint64_t v = 0;
+  if (n == nullptr || !absl::SimpleAtoi(Text(n), &v)) return false;
+  const std::string unit = Attr(n, "unit");
+  if (unit == "b" || unit == "bytes") {
+    v >>= 20;
+  } else if (unit.empty() || unit == "k" || unit == "KiB") {
+    v >>= 10;
+  } else if (unit == "G" || unit == "GiB") {
+    v <<= 10;
+  } else if (unit != "M" && unit != "MiB") {
+    return false;
+  }
+  *mib = v;
+  return true;
+}
+
+void ReadBoot(const xmlNode* os, DomainSpec& spec) {
+  if (const xmlNode* kernel = Child(os, "kernel"); kernel != nullptr) {
+    spec.boot = DirectKernelBoot{Text(kernel), Text(Child(os, "initrd")), Text(Child(os, "cmdline"))};
+  } else if (Attr(os, "firmware") == "efi") {
+    spec.boot = FirmwareBoot{FirmwareType::kUefi, ""};  // the hypervisor picks the loader
+  } else if (const xmlNode* loader = Child(os, "loader"); loader != nullptr) {
+    spec.boot = FirmwareBoot{FirmwareType::kUefi, Text(loader)};
+  }
+}
+
+void ReadCpu(const xmlNode* root, DomainSpec& spec) {
+  const xmlNode* cpu = Child(root, "cpu");
+  const std::string mode = Attr(cpu, "mode");
+  if (mode == "host-passthrough") {
+    spec.cpu_model = "host";
+  } else if (mode == "maximum") {
+    spec.cpu_model = "max";
+  } else if (cpu != nullptr) {
+    spec.cpu_model = Text(Child(cpu, "model"));
+  }
+  if (const xmlNode* t = Child(cpu, "topology"); t != nullptr) {
+    GuestCpuTopology topology;
+    if (absl::SimpleAtoi(Attr(t, "sockets"), &topology.sockets) && absl::SimpleAtoi(Attr(t, "cores"), &topology.cores) &&
+        absl::SimpleAtoi(Attr(t, "threads"), &topology.threads)) {
+      spec.cpu_topology = topology;
+    }
+  }
+  spec.gic_version = Attr(Child(Child(root, "features"), "gic"), "version");
+  if (!absl::SimpleAtoi(Text(Child(Child(root, "cputune"), "shares")), &spec.cpu_shares)) spec.cpu_shares = 0;
+}
+
+absl::Status ReadSizes(const xmlNode* root, DomainSpec& spec) {
+  if (!MemoryMib(Child(root, "memory"), &spec.memory_mib)) {
+    return absl::InternalError("domain XML from libvirt: unreadable <memory>");
+  }
+  const xmlNode* vcpu = Child(root, "vcpu");
+  uint32_t max = 0;
+  if (!absl::SimpleAtoi(Text(vcpu), &max)) return absl::InternalError("domain XML from libvirt: unreadable <vcpu>");
+  spec.vcpus = max;
+  if (uint32_t current = 0; absl::SimpleAtoi(Attr(vcpu, "current"), &current) && current < max) {
+    spec.vcpus = current;
+    spec.max_vcpus = max;
+  }
+  return absl::OkStatus();
+}
+
+void ReadDevices(const xmlNode* root, DomainSpec& spec) {
+  const xmlNode* devices = Child(root, "devices");
+  for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
+    if (Is(d, "serial") || Is(d, "console")) spec.serial_console = true;
+    if (Is(d, "graphics") && Attr(d, "type") == "vnc") spec.vnc = true;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<DomainSpec> ParseDomainSpec(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const xmlNode* root = xmlDocGetRootElement(parsed->get());
+  if (root == nullptr || !Is(root, "domain")) return absl::InternalError("domain XML from libvirt: no <domain>");
+  DomainSpec spec;
+  spec.name = Text(Child(root, "name"));
+  spec.uuid = Text(Child(root, "uuid"));
+  if (auto s = ReadSizes(root, spec); !s.ok()) return s;
+  const xmlNode* os = Child(root, "os");
+  const xmlNode* type = Child(os, "type");
+  spec.arch = Attr(type, "arch");
+  // Only full virtualization has machine types a definition may name (Xen PV/PVH: "xenpv").
+  if (Text(type) == "hvm") spec.machine = Attr(type, "machine");
+  ReadBoot(os, spec);
+  ReadCpu(root, spec);
+  ReadDevices(root, spec);
+  auto labels = ParseDomainLabels(xml);
+  if (!labels.ok()) return labels.status();
+  spec.labels = std::move(*labels);
+  auto disks = ParseDomainDisks(xml);
+  if (!disks.ok()) return disks.status();
+  spec.disks = std::move(*disks);
+  auto nics = ParseDomainNics(xml);
+  if (!nics.ok()) return nics.status();
+  for (DomainNic& n : *nics) spec.nics.push_back(std::move(n.spec));
+  return spec;
+}
+
 }  // namespace hvagent::hv

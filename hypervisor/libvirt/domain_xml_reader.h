@@ -15,6 +15,14 @@ namespace hvagent::hv {
 // The <disk device='disk'> elements: source (file or dev), target, bus, type, readonly, format.
 absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view domain_xml);
 
+// A whole definition read back as the model (a cold migration sends it to the destination):
+// name, uuid, vCPUs (and the hot-plug maximum), memory, arch and machine, direct-kernel or
+// firmware boot, CPU model (host-passthrough reads "host") and topology, GIC version, CPU shares,
+// labels, disks, NICs, serial console, VNC. What the agent sets at define time itself (the VNC
+// listen address and locked password, the console log) is left empty; a firmware of BIOS is
+// indistinguishable from the default and reads as the default.
+absl::StatusOr<DomainSpec> ParseDomainSpec(absl::string_view domain_xml);
+
 // One <interface> as libvirt stores it: what the agent models of it, and the element itself
 // (libvirt finds the device to detach by the MAC of the XML it is given).
 struct DomainNic {

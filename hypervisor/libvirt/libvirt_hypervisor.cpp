@@ -708,6 +708,31 @@ absl::Status LibvirtHypervisor::RestoreDomainDefinition(const std::string& name,
   return absl::OkStatus();
 }
 
+absl::StatusOr<DomainSpec> LibvirtHypervisor::GetDomainSpec(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
+  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
+  std::string text(xml);
+  free(xml);
+  return ParseDomainSpec(text);
+}
+
+// The XML a define would send, built and thrown away: the builder holds every rule of this
+// host's guest type (arch, Xen on Arm's limits, TCG's CPU models, displays).
+absl::Status LibvirtHypervisor::CheckDefinable(const DomainSpec& spec) {
+  if (auto s = ValidateDomainSpec(spec); !s.ok()) return s;
+  if (auto conn = Connection(); !conn.ok()) return conn.status();  // the capabilities come with it
+  absl::StatusOr<GuestTarget> target;
+  {
+    std::lock_guard lock(mu_);
+    target = SelectGuestTarget(caps_, spec.arch, options_.domain_type);
+  }
+  if (!target.ok()) return target.status();
+  auto xml = DomainXmlBuilder::Build(spec, *target);
+  return xml.status();
+}
+
 absl::StatusOr<bool> LibvirtHypervisor::HasGuestAgent(const std::string& name) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();

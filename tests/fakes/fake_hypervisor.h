@@ -25,6 +25,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   int shutdown_polls = 2;
   absl::Status fail_start;             // returned by StartDomain when not ok
   absl::Status fail_define;
+  absl::Status refuse_definable;       // returned by CheckDefinable when not ok
   absl::Status fail_list;              // returned by ListDomains when not ok
   absl::Status fail_undefine;
   absl::Status fail_attach;
@@ -123,8 +124,37 @@ class FakeHypervisor final : public hv::Hypervisor {
     d.nics = spec.nics;
     d.vnc = spec.vnc;
     d.boot = spec.boot;
+    d.spec = spec;
     domains_[spec.name] = d;
     return absl::OkStatus();
+  }
+
+  // The definition as defined, with what later calls changed (resources, disks, NICs) and
+  // without what the agent sets at define time, as the real hypervisor reads it back.
+  absl::StatusOr<hv::DomainSpec> GetDomainSpec(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    auto d = Find(name);
+    if (!d.ok()) return d.status();
+    hv::DomainSpec spec = (*d)->spec;
+    spec.name = name;
+    spec.uuid = (*d)->info.uuid;
+    spec.vcpus = (*d)->info.vcpus;
+    spec.max_vcpus = (*d)->max_vcpus > (*d)->info.vcpus ? (*d)->max_vcpus : 0;
+    spec.memory_mib = (*d)->info.memory_mib;
+    spec.labels = (*d)->info.labels;
+    spec.disks = (*d)->disks;
+    spec.nics = (*d)->nics;
+    spec.vnc = (*d)->vnc;
+    spec.boot = (*d)->boot;
+    spec.vnc_listen.clear();
+    spec.vnc_locked_password.clear();
+    spec.console_log_path.clear();
+    return spec;
+  }
+  absl::Status CheckDefinable(const hv::DomainSpec& spec) override {
+    if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
+    std::lock_guard lock(mu_);
+    return refuse_definable;
   }
 
   // A definition is a token for a copy of the domain as it was defined (its state dropped).
@@ -173,6 +203,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     (*d)->nics = spec.nics;
     (*d)->vnc = spec.vnc;
     (*d)->boot = spec.boot;
+    (*d)->spec = spec;
     return absl::OkStatus();
   }
 
@@ -425,6 +456,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     bool vnc = false;
     bool managed_save = false;  // set by ManagedSaveDomain, cleared by the start that restores it
     std::variant<std::monostate, hv::DirectKernelBoot, hv::FirmwareBoot> boot;
+    hv::DomainSpec spec;  // as defined (GetDomainSpec overlays what changed since)
   };
   std::map<std::string, Domain> definitions_;  // GetDomainDefinition's tokens
 

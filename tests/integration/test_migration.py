@@ -8,6 +8,7 @@ link-cut fault (veth down) is not exercised here. The agents talk over loopback 
 development mode, so the peer role's TLS is covered by unit tests only
 (AuthorizerTest.PeerMayOnlyReceiveTransfers)."""
 
+import base64
 import hashlib
 import json
 import os
@@ -21,8 +22,8 @@ import uuid
 
 import grpc
 
-from agent_harness import Agent
-from hvagent.v1 import host_pb2, migration_pb2, migration_pb2_grpc
+from agent_harness import Agent, free_port, test_guest, with_security
+from hvagent.v1 import host_pb2, migration_pb2, migration_pb2_grpc, operation_pb2
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,6 +61,7 @@ class Host:
     def __init__(self, name, pools, extra_config="", agent_options=None):
         self.agent_options = agent_options or {}
         self.dir = tempfile.mkdtemp(prefix=f"hvit-mig-{name}-")
+        os.chmod(self.dir, 0o755)  # QEMU, started as libvirt's qemu user, must reach its run directory in there
         self.loops = []
         config = f'[reliability]\nstate_dir = "{self.dir}/state"\n'
         for pool, size in pools:
@@ -105,9 +107,18 @@ class Host:
 class MigrationTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.src = Host("src", [("disk1", 512 * MiB)])
+        # Both hosts allow the test guest's kernel directory; the source alone also allows a
+        # directory of its own, whose kernel the destination must refuse.
+        cls.kernel, cls.initrd = test_guest()
+        cls.own_kernels = tempfile.mkdtemp(prefix="hvit-mig-kernels-")
+        os.chmod(cls.own_kernels, 0o755)
+        shutil.copy(cls.kernel, cls.own_kernels)
+        kdir = os.path.dirname(cls.kernel)
+        cls.logs = tempfile.mkdtemp(prefix="hvit-mig-logs-")
+        cls.src = Host("src", [("disk1", 512 * MiB)], with_security("", kernel_dirs=[kdir, cls.own_kernels]))
         try:
-            cls.dst = Host("dst", [("disk1", 512 * MiB), ("small", 16 * MiB)])
+            cls.dst = Host("dst", [("disk1", 512 * MiB), ("small", 16 * MiB)],
+                           with_security(f'[console]\nlog_dir = "{cls.logs}"\n', kernel_dirs=[kdir]))
         except BaseException:
             cls.src.close()
             raise
@@ -116,14 +127,16 @@ class MigrationTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.src.close()
         cls.dst.close()
+        shutil.rmtree(cls.own_kernels, ignore_errors=True)
+        shutil.rmtree(cls.logs, ignore_errors=True)
 
-    def make_domain(self, size, data_at=(), tag="mig"):
+    def make_domain(self, size, data_at=(), tag="mig", **spec_extra):
         """A shut-off domain with one owned volume of `size`, random bytes at the offsets given
         (1 MiB each, the rest zeros); returns (name, the volume's device, its sha256)."""
         name = f"hvit-{tag[0]}{uuid.uuid4().hex[:6]}"  # GPT names hold 27 characters for domain and volume
         spec = {"name": name, "vcpus": 1, "memory_mib": 64, "labels": {"tenant": "blue"},
                 "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": vol(name),
-                                                        "create_size_bytes": str(size)}}]}
+                                                        "create_size_bytes": str(size)}}], **spec_extra}
         d = self.src.rest("POST", "/v1/domains", {"spec": spec, "start": False}, expect=201)
         path = self.src.volumes()[vol(name)]["path"]
         with open(path, "r+b") as f:
@@ -232,6 +245,52 @@ class MigrationTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.dst.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true", expect=204)
 
+    def test_6_kernel_boot_and_vnc_travel_and_the_guest_boots_there(self):
+        cmdline = f"console=ttyS0 hv.mark={uuid.uuid4().hex[:8]}"
+        kernel = {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": cmdline}
+        name, uuid_, _, _ = self.make_domain(16 * MiB, tag="kvnc", kernel=kernel, vnc=True, serial_console=True,
+                                             memory_mib=128)
+        op = self.wait(self.migrate(name))
+        self.assertEqual(op["state"], "OPERATION_STATE_SUCCEEDED", op)
+        # What the destination's libvirt keeps: the source's boot and display, not its defaults.
+        with open(os.path.join(self.dst.dir, "libvirt", "etc", "qemu", f"{name}.xml")) as f:
+            stored = f.read()
+        self.assertIn(f"<kernel>{self.kernel}</kernel>", stored)
+        self.assertIn(f"<initrd>{self.initrd}</initrd>", stored)
+        self.assertIn(f"<cmdline>{cmdline}</cmdline>", stored)
+        self.assertIn("<graphics type='vnc'", stored)
+        # And it boots that kernel there: the guest's ready line on the destination's console
+        # log, and a VNC ticket for its display.
+        self.dst.rest("POST", f"/v1/domains/{name}:start", {})
+        try:
+            deadline, text = time.time() + 90, ""
+            while "hv-guest-ready" not in text:
+                self.assertLess(time.time(), deadline, text[-2000:])
+                time.sleep(0.5)
+                body = self.dst.rest("GET", f"/v1/domains/{name}/console-log?tail_bytes=65536")
+                text = base64.b64decode(body.get("data", "")).decode(errors="replace")
+            status, ticket = self.dst.agent.rest("POST", f"/v1/domains/{name}/console-tickets",
+                                                 {"kind": "CONSOLE_KIND_VNC"})
+            self.assertIn(status, (200, 201), ticket)
+            self.assertGreater(int(ticket["port"]), 0)
+        finally:
+            self.dst.rest("POST", f"/v1/domains/{name}:destroy", {})
+            self.dst.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true", expect=204)
+
+    def test_7_a_kernel_the_destination_does_not_allow_is_refused_before_any_byte_moves(self):
+        size = 16 * MiB
+        kernel = {"kernel_path": os.path.join(self.own_kernels, os.path.basename(self.kernel))}
+        name, uuid_, path, sha = self.make_domain(size, data_at=(0,), tag="kref", kernel=kernel)
+        op = self.wait(self.migrate(name))
+        self.assertEqual(op["state"], "OPERATION_STATE_FAILED", op)
+        self.assertIn("this host cannot take the domain as defined: spec.kernel.kernel_path", op["message"])
+        self.assertIn("the domain stays here", op["message"])
+        self.assertEqual(int(op.get("bytes_done", "0")), 0)
+        self.assertNotIn("send-volume", " ".join(op["steps"]))
+        self.assert_source_kept(name, uuid_, path, sha, size)
+        self.assert_destination_clean(name)
+        self.src.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true", expect=204)
+
     def test_4_bad_requests_are_refused_naming_the_field(self):
         name, _, _, _ = self.make_domain(4 * MiB, data_at=(0,), tag="run")
         status, out = self.src.agent.rest("POST", f"/v1/domains/{name}:migrate", {"destination": "nohost"})
@@ -242,6 +301,79 @@ class MigrationTest(unittest.TestCase):
         status, out = self.src.agent.rest("POST", "/v1/migrations/99999:cancel", {})
         self.assertEqual(status, 404, out)
 
+
+
+class DrainTest(unittest.TestCase):
+    """`hvctl drain` between two agents of their own: every domain the source lists moves (two
+    owned-volume guests, two at a time), one line each; a guest on a borrowed volume cannot move,
+    and the exit code and the last line name it. A destination nobody listens on is refused before
+    anything starts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.src = Host("dsrc", [("disk1", 128 * MiB)])
+        try:
+            cls.dst = Host("ddst", [("disk1", 128 * MiB)])
+        except BaseException:
+            cls.src.close()
+            raise
+        cls.hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.src.close()
+        cls.dst.close()
+
+    def drain(self, *args):
+        return subprocess.run([self.hvctl, "--server", self.src.agent.grpc_addr, "drain", *args],
+                              capture_output=True, text=True, timeout=180)
+
+    def test_drain_moves_every_movable_domain_and_names_the_rest(self):
+        movable = {}
+        for _ in range(2):
+            name = f"hvit-d{uuid.uuid4().hex[:6]}"
+            spec = {"name": name, "vcpus": 1, "memory_mib": 64, "disks": [{"target": "vda", "volume": {
+                "pool": "disk1", "name": vol(name), "create_size_bytes": str(8 * MiB)}}]}
+            self.src.rest("POST", "/v1/domains", {"spec": spec}, expect=201)
+            path = self.src.volumes()[vol(name)]["path"]
+            with open(path, "r+b") as f:
+                f.write(os.urandom(MiB))
+                os.fsync(f.fileno())
+            movable[name] = sha256_of(path, 8 * MiB)
+        stuck = f"hvit-b{uuid.uuid4().hex[:6]}"
+        self.src.rest("POST", "/v1/pools/disk1/volumes", {"name": vol(stuck), "size_bytes": str(4 * MiB)},
+                      expect=201)
+        self.src.rest("POST", "/v1/domains", {"spec": {"name": stuck, "vcpus": 1, "memory_mib": 64, "disks": [
+            {"target": "vda", "volume": {"pool": "disk1", "name": vol(stuck)}}]}}, expect=201)
+
+        # Nobody listens there: refused before any domain is asked to move.
+        r = self.drain("--to", f"127.0.0.1:{free_port()}")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("cannot be reached; nothing was moved", r.stderr)
+        self.assertEqual(set(self.src.domains()), set(movable) | {stuck})
+        self.assertEqual([o for o in self.src.rest("GET", "/v1/operations").get("operations", [])
+                          if o["kind"] == "OPERATION_KIND_MIGRATE_DOMAIN"], [])
+
+        started = time.time()
+        r = self.drain("--to", self.dst.agent.grpc_addr, "--parallel", "2")
+        print(f"drain of 3 domains: {time.time() - started:.1f} s", flush=True)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        lines = r.stdout.strip().splitlines()
+        self.assertEqual(len(lines), 3, r.stdout)
+        for name in movable:
+            self.assertTrue(any(l.startswith(f"{name} -> {self.dst.agent.grpc_addr}: SUCCEEDED (cold")
+                                for l in lines), r.stdout)
+        self.assertTrue(any(l.startswith(f"{stuck} -> ") and "REFUSED" in l and "borrowed volume" in l
+                            for l in lines), r.stdout)
+        self.assertIn(f"hvctl: not moved: {stuck}", r.stderr)
+        # Where each one is now, and the bytes that moved.
+        self.assertEqual(set(self.src.domains()), {stuck})
+        for name, sha in movable.items():
+            self.assertIn(name, self.dst.domains())
+            self.assertEqual(sha256_of(self.dst.volumes()[vol(name)]["path"], 8 * MiB), sha)
+        # A usage error asks nothing of the agents.
+        self.assertEqual(self.drain("--parallel", "2").returncode, 2)
+        self.assertEqual(self.drain("--to", "a:1", "--parallel", "0").returncode, 2)
 
 
 class PeerTlsTest(unittest.TestCase):
@@ -318,6 +450,68 @@ class PeerTlsTest(unittest.TestCase):
             operator.AbortIncoming(migration_pb2.IncomingRef(transfer_id="nope"), timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
         peer.close()
+
+    def move_from_bad_source(self, migration_cert, migration_key):
+        """A third agent with this PKI's server side but another [migration] client pair creates
+        a domain and asks to move it here; answers (the ended operation, the domain's name)."""
+        tls = self.src.config.replace(os.path.join(self.pki, "peer.crt"), migration_cert).replace(
+            os.path.join(self.pki, "peer.key"), migration_key)
+        bad = Host("tbad", [("disk1", 64 * MiB)], tls[tls.index("[tls]"):],
+                   {"plaintext": False, "client_tls": self.client("controller")})
+        try:
+            from hvagent.v1 import domain_pb2, operation_pb2, operation_pb2_grpc
+            name = f"hvit-x{uuid.uuid4().hex[:6]}"
+            spec = domain_pb2.DomainSpec(name=name, vcpus=1, memory_mib=64)
+            disk = spec.disks.add(target="vda")
+            disk.volume.pool, disk.volume.name, disk.volume.create_size_bytes = "disk1", vol(name), 4 * MiB
+            bad.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec), timeout=60)
+            r = migration_pb2_grpc.MigrationServiceStub(bad.agent.channel).MigrateDomain(
+                migration_pb2.MigrateDomainRequest(name=name, destination=self.dst.agent.grpc_addr), timeout=30)
+            ops = operation_pb2_grpc.OperationServiceStub(bad.agent.channel)
+            deadline = time.time() + 60
+            while (op := ops.GetOperation(operation_pb2.GetOperationRequest(id=str(r.operation_id)), timeout=10)
+                   ).state == operation_pb2.OPERATION_STATE_RUNNING:
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.1)
+            self.assertEqual(bad.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=name), timeout=10).name,
+                             name)
+            return op, name
+        finally:
+            bad.close()
+
+    def assert_nothing_arrived(self, name):
+        from hvagent.v1 import domain_pb2, operation_pb2, operation_pb2_grpc, storage_pb2
+        names = [d.name for d in self.dst.agent.domains.ListDomains(domain_pb2.ListDomainsRequest(), timeout=10).domains]
+        self.assertNotIn(name, names)
+        volumes = self.dst.agent.storage.ListVolumes(storage_pb2.ListVolumesRequest(pool="disk1"), timeout=10)
+        self.assertNotIn(vol(name), [v.name for v in volumes.volumes])
+        ops = operation_pb2_grpc.OperationServiceStub(self.dst.agent.channel).ListOperations(
+            operation_pb2.ListOperationsRequest(), timeout=10)
+        self.assertEqual([o for o in ops.operations if o.domain == name], [])
+
+    def test_a_source_certificate_from_another_ca_is_refused_and_nothing_arrives(self):
+        # Same names (CN hvagent-peer), another CA: the destination's TLS handshake refuses it.
+        other = tempfile.mkdtemp(prefix="hvit-mig-pki2-")
+        try:
+            subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), other], check=True, capture_output=True)
+            op, name = self.move_from_bad_source(os.path.join(other, "peer.crt"), os.path.join(other, "peer.key"))
+        finally:
+            shutil.rmtree(other, ignore_errors=True)
+        self.assertEqual(op.state, operation_pb2.OPERATION_STATE_FAILED, op)
+        self.assertIn("destination prepare: UNAUTHENTICATED: client certificate refused", op.message)
+        self.assertIn("the domain stays here", op.message)
+        self.assertNotIn("send-volume", " ".join(op.steps))
+        self.assert_nothing_arrived(name)
+
+    def test_a_source_whose_role_may_not_send_is_refused_and_nothing_arrives(self):
+        # A certificate of this CA whose identity is an operator: PrepareIncoming is not its call.
+        op, name = self.move_from_bad_source(os.path.join(self.pki, "operator.crt"),
+                                             os.path.join(self.pki, "operator.key"))
+        self.assertEqual(op.state, operation_pb2.OPERATION_STATE_FAILED, op)
+        self.assertIn("destination prepare: PERMISSION_DENIED", op.message)
+        self.assertIn("'hvagent-operator' is operator", op.message)
+        self.assertIn("the domain stays here", op.message)
+        self.assert_nothing_arrived(name)
 
 
 if __name__ == "__main__":

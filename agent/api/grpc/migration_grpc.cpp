@@ -193,7 +193,10 @@ class GrpcMigrationPeer final : public service::MigrationPeer {
   }
   static absl::Status Named(absl::string_view call, const absl::Status& s) {
     if (s.ok()) return s;
-    return absl::Status(s.code(), absl::StrCat("destination ", call, ": ", s.message()));
+    // The code travels in the text too: an operation's message is all an operator sees of it
+    // ("destination prepare: PERMISSION_DENIED: ...").
+    return absl::Status(s.code(), absl::StrCat("destination ", call, ": ", absl::StatusCodeToString(s.code()), ": ",
+                                               s.message()));
   }
   std::unique_ptr<v1::MigrationService::Stub> stub_;
   const std::string self_;

@@ -437,3 +437,95 @@ TEST(DomainXmlBuilderTest, CpuTopologyAndSharesAreRefusedOnXen) {
 
 }  // namespace
 }  // namespace hvagent::hv
+
+namespace hvagent::hv {
+namespace {
+
+// What libvirt's QEMU driver stores for a guest the builder wrote (units and defaults filled in).
+constexpr char kQemuStored[] = R"(<domain type='kvm'>
+  <name>web1</name>
+  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+  <memory unit='KiB'>524288</memory>
+  <currentMemory unit='KiB'>524288</currentMemory>
+  <vcpu placement='static' current='2'>4</vcpu>
+  <cputune><shares>300</shares></cputune>
+  <os firmware='efi'>
+    <type arch='aarch64' machine='virt-7.2'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/AAVMF/AAVMF_CODE.fd</loader>
+    <boot dev='hd'/>
+  </os>
+  <features><acpi/><gic version='3'/></features>
+  <cpu mode='host-passthrough' check='none'><topology sockets='1' dies='1' cores='2' threads='2'/></cpu>
+  <devices>
+    <emulator>/usr/bin/qemu-system-aarch64</emulator>
+    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/vg0/r'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='pty'><log file='/var/log/hvagent/console/web1.log' append='off'/><target port='0'/></serial>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1' passwd='x'/>
+  </devices>
+</domain>)";
+
+TEST(ParseDomainSpecTest, ReadsWhatLibvirtStoredIntoTheModel) {
+  auto s = ParseDomainSpec(kQemuStored);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->name, "web1");
+  EXPECT_EQ(s->memory_mib, 512u);
+  EXPECT_EQ(s->vcpus, 2u);
+  EXPECT_EQ(s->max_vcpus, 4u);
+  EXPECT_EQ(s->cpu_shares, 300u);
+  EXPECT_EQ(s->arch, "aarch64");
+  EXPECT_EQ(s->machine, "virt-7.2");
+  const auto* fw = std::get_if<FirmwareBoot>(&s->boot);
+  ASSERT_NE(fw, nullptr);  // firmware='efi': the hypervisor's pick, not the loader it wrote down
+  EXPECT_EQ(fw->type, FirmwareType::kUefi);
+  EXPECT_TRUE(fw->loader_path.empty());
+  EXPECT_EQ(s->gic_version, "3");
+  EXPECT_EQ(s->cpu_model, "host");
+  ASSERT_TRUE(s->cpu_topology.has_value());
+  EXPECT_EQ(s->cpu_topology->sockets, 1u);
+  EXPECT_EQ(s->cpu_topology->cores, 2u);
+  EXPECT_TRUE(s->serial_console);
+  EXPECT_TRUE(s->console_log_path.empty());  // the destination writes its own log
+  EXPECT_TRUE(s->vnc);
+  EXPECT_TRUE(s->vnc_locked_password.empty());
+  ASSERT_EQ(s->disks.size(), 1u);
+  EXPECT_EQ(s->disks[0].target, "vda");
+  EXPECT_TRUE(ValidateDomainSpec(*s).ok());
+}
+
+TEST(ParseDomainSpecTest, BuilderOutputRoundTripsForKernelBootOnXenAndQemu) {
+  DomainSpec in = Base();
+  in.uuid = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+  in.boot = DirectKernelBoot{"/boot/vmlinuz", "/boot/initrd.img", "root=/dev/xvda rw"};
+  in.serial_console = true;
+  in.labels = {{"k", "v"}};
+  in.disks.push_back({.source_path = "/dev/vg0/r", .type = DiskType::kBlock, .target = "xvda"});
+  auto xml = DomainXmlBuilder::Build(in, kXenArm);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  auto out = ParseDomainSpec(*xml);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->uuid, in.uuid);
+  EXPECT_EQ(out->memory_mib, 512u);
+  EXPECT_EQ(std::get<DirectKernelBoot>(out->boot).cmdline, "root=/dev/xvda rw");
+  EXPECT_EQ(std::get<DirectKernelBoot>(out->boot).initrd_path, "/boot/initrd.img");
+  EXPECT_TRUE(out->machine.empty());  // Xen on Arm takes none: a read-back must not add one
+  EXPECT_TRUE(out->cpu_model.empty());
+  EXPECT_TRUE(out->serial_console);
+  EXPECT_FALSE(out->vnc);
+  EXPECT_EQ(out->labels, in.labels);
+  EXPECT_TRUE(DomainXmlBuilder::Build(*out, kXenArm).ok());  // and it defines again there
+
+  in.disks[0].target = "vda";
+  in.vnc = true;
+  in.cpu_model = "cortex-a57";
+  auto qemu = DomainXmlBuilder::Build(in, kKvmArm);
+  ASSERT_TRUE(qemu.ok()) << qemu.status();
+  auto back = ParseDomainSpec(*qemu);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->cpu_model, "cortex-a57");
+  EXPECT_EQ(back->machine, "virt");
+  EXPECT_TRUE(back->vnc);
+  EXPECT_EQ(DomainXmlBuilder::Build(*back, kXenArm).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace hvagent::hv

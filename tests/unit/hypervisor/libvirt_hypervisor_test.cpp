@@ -235,6 +235,70 @@ TEST_F(LibvirtHypervisorTest, CpuTopologyAndSharesAreInTheDefinition) {
   ASSERT_TRUE(hv_.UndefineDomain(name).ok());
 }
 
+// A cold migration sends this spec to the destination: every field the model expresses must
+// come back from what libvirt stored, not only the ones the agent lists.
+TEST_F(LibvirtHypervisorTest, GetDomainSpecReadsBackTheWholeDefinition) {
+  const std::string name = Unique("whole");
+  DomainSpec spec = Spec(name);
+  spec.uuid = "2a7c1c8e-5d0b-4f4a-9b9e-0c1d2e3f4a5b";
+  spec.vcpus = 2;
+  spec.max_vcpus = 4;
+  spec.memory_mib = 96;
+  spec.boot = DirectKernelBoot{"/boot/vmlinuz-guest", "/boot/initrd-guest", "console=ttyS0 quiet"};
+  spec.vnc = true;
+  spec.cpu_topology = GuestCpuTopology{1, 2, 2};
+  spec.cpu_shares = 512;
+  spec.labels = {{"tenant", "blue"}, {"tier", "web"}};
+  spec.disks.push_back({.source_path = "/dev/vg0/whole-root", .type = DiskType::kBlock, .target = "vda"});
+  spec.nics.push_back({.mac = "52:54:00:12:34:56", .network = "default"});
+  ASSERT_TRUE(hv_.DefineDomain(spec).ok());
+  auto got = hv_.GetDomainSpec(name);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->name, name);
+  EXPECT_EQ(got->uuid, spec.uuid);
+  EXPECT_EQ(got->vcpus, 2u);
+  EXPECT_EQ(got->max_vcpus, 4u);
+  EXPECT_EQ(got->memory_mib, 96u);
+  const auto* kernel = std::get_if<DirectKernelBoot>(&got->boot);
+  ASSERT_NE(kernel, nullptr);
+  EXPECT_EQ(kernel->kernel_path, "/boot/vmlinuz-guest");
+  EXPECT_EQ(kernel->initrd_path, "/boot/initrd-guest");
+  EXPECT_EQ(kernel->cmdline, "console=ttyS0 quiet");
+  EXPECT_TRUE(got->vnc);
+  EXPECT_TRUE(got->vnc_listen.empty());
+  EXPECT_TRUE(got->vnc_locked_password.empty());
+  EXPECT_TRUE(got->serial_console);
+  ASSERT_TRUE(got->cpu_topology.has_value());
+  EXPECT_EQ(got->cpu_topology->cores, 2u);
+  EXPECT_EQ(got->cpu_topology->threads, 2u);
+  EXPECT_EQ(got->cpu_shares, 512u);
+  EXPECT_EQ(got->labels, spec.labels);
+  ASSERT_EQ(got->disks.size(), 1u);
+  EXPECT_EQ(got->disks[0].source_path, "/dev/vg0/whole-root");
+  ASSERT_EQ(got->nics.size(), 1u);
+  EXPECT_EQ(got->nics[0].mac, "52:54:00:12:34:56");
+  // What was read back defines the same domain again (under another name and uuid).
+  DomainSpec again = *got;
+  again.name = Unique("whole-again");
+  again.uuid.clear();
+  EXPECT_TRUE(hv_.CheckDefinable(again).ok());
+  EXPECT_TRUE(hv_.DefineDomain(again).ok());
+  EXPECT_TRUE(hv_.UndefineDomain(again.name).ok());
+  EXPECT_EQ(hv_.GetDomainSpec(Unique("none")).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(hv_.UndefineDomain(name).ok());
+}
+
+TEST_F(LibvirtHypervisorTest, CheckDefinableRefusesWhatThisHostCannotDefineAndDefinesNothing) {
+  DomainSpec spec = Spec(Unique("nodef"));
+  spec.cpu_model = "max";  // QEMU/KVM only: the test driver's guests have no CPU models
+  auto s = hv_.CheckDefinable(spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("spec.cpu_model"));
+  spec.cpu_model.clear();
+  EXPECT_TRUE(hv_.CheckDefinable(spec).ok());
+  EXPECT_EQ(hv_.GetDomain(spec.name).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(LibvirtHypervisorTest, ListIncludesDefinedDomains) {
   const std::string name = Unique("list");
   ASSERT_TRUE(hv_.DefineDomain(Spec(name)).ok());

@@ -4,6 +4,8 @@
 #include "agent/service/migration_service.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -13,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "agent/service/incoming_migrations.h"
+#include "common/host_path_policy.h"
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
@@ -38,7 +41,7 @@ std::string ReadFile(const std::string& path) {
 
 // One host: a hypervisor, one pool "vg0" whose volumes are files of `dir`, a journal, domains.
 struct Host {
-  explicit Host(const std::string& dir, uint64_t capacity = 1ULL << 30) {
+  explicit Host(const std::string& dir, uint64_t capacity = 1ULL << 30, const HostPathPolicy* paths = nullptr) {
     auto b = std::make_unique<testing::FakeStorageBackend>(storage::PoolConfig{.name = "vg0"}, capacity);
     b->volume_dir = dir;
     backend = b.get();
@@ -46,7 +49,8 @@ struct Host {
     backends.push_back(std::move(b));
     storage = std::make_unique<StorageService>(hv, std::move(backends));
     journal = *Journal::Open("");
-    domains = std::make_unique<DomainService>(hv, clock, DomainService::Options{}, storage.get(), journal.get());
+    domains = std::make_unique<DomainService>(hv, clock, DomainService::Options{.host_paths = paths}, storage.get(),
+                                              journal.get());
     incoming = std::make_unique<IncomingMigrations>(*domains, *storage, hv, *journal, clock,
                                                     IncomingMigrations::Options{});
   }
@@ -171,7 +175,7 @@ class MigrationTest : public ::testing::Test {
       ASSERT_NE(mkdtemp(tmpl), nullptr);
       *d = tmpl;
     }
-    src_ = std::make_unique<Host>(src_dir_);
+    src_ = std::make_unique<Host>(src_dir_, 1ULL << 30, src_paths_);
     dst_ = std::make_unique<Host>(dst_dir_, dest_capacity_);
     peer_ = std::make_unique<LoopbackPeer>(*dst_);
     migrations_ = std::make_unique<MigrationService>(
@@ -230,6 +234,7 @@ class MigrationTest : public ::testing::Test {
   }
 
   uint64_t dest_capacity_ = 1ULL << 30;
+  const HostPathPolicy* src_paths_ = nullptr;  // where the source's host files may come from
   std::string src_dir_, dst_dir_, content_;
   std::unique_ptr<Host> src_, dst_;
   std::unique_ptr<LoopbackPeer> peer_;
@@ -268,6 +273,110 @@ TEST_F(MigrationTest, StoppedDomainMovesWithItsBytesUuidAndOwnershipAndLeavesThe
   EXPECT_EQ(t->total, 8u << 20);
   EXPECT_EQ(destinations_.front(), "dst.example:50051");
   EXPECT_TRUE(dst_->journal->Unfinished().empty());
+}
+
+// A kernel-booted guest with VNC, a CPU model and topology, CPU shares and no serial console:
+// each field arrives as it was, none replaced by the destination's defaults.
+class WholeDefinitionTest : public MigrationTest {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/var/tmp/hvagent-kernels-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    kernels_ = tmpl;
+    chmod(kernels_.c_str(), 0755);
+    std::ofstream(kernels_ + "/vmlinuz") << "kernel";
+    std::ofstream(kernels_ + "/initrd") << "initrd";
+    auto p = HostPathPolicy::Open({.kernel_dirs = {kernels_}, .trusted_owner = geteuid()});
+    ASSERT_TRUE(p.ok()) << p.status();
+    paths_ = std::move(*p);
+    src_paths_ = paths_.get();
+    MigrationTest::SetUp();
+  }
+  void TearDown() override {
+    MigrationTest::TearDown();
+    std::filesystem::remove_all(kernels_);
+  }
+  void DestinationAllowsTheKernels() {
+    dst_ = std::make_unique<Host>(dst_dir_, dest_capacity_, paths_.get());
+    peer_ = std::make_unique<LoopbackPeer>(*dst_);
+  }
+  void MakeKernelGuest() {
+    spec_ = {.name = "web1", .uuid = "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d", .vcpus = 2, .max_vcpus = 4,
+             .memory_mib = 192, .machine = "pc"};
+    spec_.boot = hv::DirectKernelBoot{kernels_ + "/vmlinuz", kernels_ + "/initrd", "console=ttyS0 hv=1"};
+    spec_.vnc = true;
+    spec_.cpu_model = "max";
+    spec_.cpu_topology = hv::GuestCpuTopology{1, 2, 2};
+    spec_.cpu_shares = 700;
+    spec_.labels["tenant"] = "blue";
+    spec_.disks.push_back({.source_path = "", .target = "vda"});
+    auto d = src_->domains->Create(spec_, false, {{0, {.pool = "vg0", .name = "web1-root", .create_size_bytes = 8 << 20}}});
+    ASSERT_TRUE(d.ok()) << d.status();
+    content_ = Bytes(8 << 20, 9);
+    std::ofstream(src_dir_ + "/vol-web1-root", std::ios::binary | std::ios::in | std::ios::out)
+        .write(content_.data(), content_.size());
+  }
+  std::string kernels_;
+  std::unique_ptr<HostPathPolicy> paths_;
+  hv::DomainSpec spec_;
+};
+
+TEST_F(WholeDefinitionTest, KernelBootVncCpuAndConsoleArriveAsTheyWere) {
+  DestinationAllowsTheKernels();
+  MakeKernelGuest();
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  ASSERT_EQ(e.state, v1::OPERATION_STATE_SUCCEEDED) << e.message;
+  auto got = dst_->hv.GetDomainSpec("web1");
+  ASSERT_TRUE(got.ok()) << got.status();
+  const auto* kernel = std::get_if<hv::DirectKernelBoot>(&got->boot);
+  ASSERT_NE(kernel, nullptr);
+  EXPECT_EQ(kernel->kernel_path, kernels_ + "/vmlinuz");
+  EXPECT_EQ(kernel->initrd_path, kernels_ + "/initrd");
+  EXPECT_EQ(kernel->cmdline, "console=ttyS0 hv=1");
+  EXPECT_TRUE(got->vnc);
+  EXPECT_FALSE(got->serial_console);  // it had none: none is added
+  EXPECT_EQ(got->cpu_model, "max");
+  EXPECT_EQ(got->machine, "pc");
+  ASSERT_TRUE(got->cpu_topology.has_value());
+  EXPECT_EQ(got->cpu_topology->threads, 2u);
+  EXPECT_EQ(got->cpu_shares, 700u);
+  EXPECT_EQ(got->vcpus, 2u);
+  EXPECT_EQ(got->max_vcpus, 4u);
+  EXPECT_EQ(got->memory_mib, 192u);
+  EXPECT_EQ(got->uuid, spec_.uuid);
+  EXPECT_EQ(got->labels, spec_.labels);
+  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  EXPECT_TRUE(absl::IsNotFound(src_->hv.GetDomain("web1").status()));
+}
+
+TEST_F(WholeDefinitionTest, KernelOutsideTheDestinationsDirsIsRefusedBeforeAnyByteMoves) {
+  MakeKernelGuest();  // the destination allows no kernel directory
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("this host cannot take the domain as defined: spec.kernel.kernel_path"));
+  EXPECT_THAT(e.message, HasSubstr("the domain stays here"));
+  EXPECT_EQ(peer_->data_bytes_sent + peer_->zero_bytes_sent, 0u);
+  ExpectSourceKeptDestinationClean(false);
+  // The refusal is a precondition of the destination, as its PrepareIncoming answers it.
+  IncomingPlan plan{.spec = spec_, .volumes = {{0, {.pool = "vg0", .name = "web1-root", .create_size_bytes = 8 << 20}}}};
+  EXPECT_EQ(dst_->incoming->Prepare(plan).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(WholeDefinitionTest, WhatTheDestinationsHypervisorCannotDefineIsRefusedBeforeAnyByteMoves) {
+  DestinationAllowsTheKernels();
+  dst_->hv.refuse_definable = absl::InvalidArgumentError("spec.vnc: only for QEMU/KVM guests, not xen");
+  MakeKernelGuest();
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED);
+  EXPECT_THAT(e.message, HasSubstr("cannot take the domain as defined: spec.vnc"));
+  EXPECT_EQ(peer_->data_bytes_sent + peer_->zero_bytes_sent, 0u);
+  ExpectSourceKeptDestinationClean(false);
 }
 
 TEST_F(MigrationTest, RunningDomainIsRefusedUnlessThePolicySaysShutDown) {
