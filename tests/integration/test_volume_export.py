@@ -6,7 +6,9 @@
   bytes the client rebuilt. The figures are printed.
 - An export cancelled half-way leaves nothing (no partition, volume, image, operation or file)
   and the next export works; unknown volumes and names with path characters are clear errors.
-- hvctl volume-export writes a sparse file whose sha256 it checked against the trailer.
+- hvctl volume-export writes a sparse file whose sha256 it checked against the trailer, or the
+  bytes to stdout (-o -), raw or qcow2; against a Python gRPC server that sends a wrong sha256 it
+  exits non-zero (the file removed), and it passes --snapshot and --format on.
 - An image made from a running QEMU guest's volume pauses that guest for the copy only (it runs
   again after) and boots another guest, which reads the same bytes from its disk."""
 
@@ -18,6 +20,8 @@ import re
 import subprocess
 import tempfile
 import time
+
+from concurrent import futures
 
 import grpc
 
@@ -298,6 +302,73 @@ max_virtual_size_mib = 1100
                                capture_output=True, text=True, timeout=60)
             self.assertNotEqual(r.returncode, 0)
             self.assertFalse(os.path.exists(missing), "a failed export left its file")
+
+    def hvctl(self, *argv, server=None, timeout=120):
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        return subprocess.run([hvctl, "--server", server or self.agent.grpc_addr, "volume-export", *argv],
+                              capture_output=True, timeout=timeout)
+
+    def test_hvctl_exports_to_stdout_and_as_qcow2(self):
+        vol = self.volume("clio", 32 * MiB, lambda fd: os.pwrite(fd, os.urandom(2 * MiB), 9 * MiB))
+        want = sha256_device(vol["path"], 32 * MiB)
+        r = self.hvctl("disk1", "clio", "-o", "-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout), 32 * MiB)  # zero runs written as bytes: a pipe has no holes
+        self.assertEqual(hashlib.sha256(r.stdout).hexdigest(), want)
+        self.assertIn(b"-> stdout", r.stderr)
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "clio.qcow2")
+            r = self.hvctl("disk1", "clio", "--format", "qcow2", "-o", out)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(b"QFI\xfb", open(out, "rb").read(4))  # qcow2's magic
+            raw = os.path.join(d, "clio.raw")
+            run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", out, raw])
+            self.assertEqual(sha256_device(raw, 32 * MiB), want)
+            # A partition pool has no snapshots: the agent's refusal is hvctl's, and no file stays.
+            snap = os.path.join(d, "snap.raw")
+            r = self.hvctl("disk1", "clio", "--snapshot", "s1", "-o", snap)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"UNIMPLEMENTED", r.stderr)
+            self.assertFalse(os.path.exists(snap))
+            self.assertEqual(self.hvctl("disk1", "clio", "--format", "vmdk", "-o", snap).returncode, 2)
+            self.assertEqual(self.hvctl("disk1", "clio").returncode, 2)  # no output named
+        self.assertEqual(os.listdir(self.scratch), [])
+
+    def test_hvctl_exits_non_zero_when_the_sha256_does_not_match(self):
+        """A real Python gRPC server stands in for an agent whose stream is corrupt: the trailer's
+        sha256 is not that of the bytes sent. It also records the request hvctl sent."""
+        payload = os.urandom(256 << 10)
+        asked = []
+
+        class BadExport(storage_pb2_grpc.StorageServiceServicer):
+            def ExportVolume(self, request, context):
+                asked.append(request)
+                yield storage_pb2.ExportVolumeChunk(header=storage_pb2.ExportHeader(size_bytes=len(payload) + MiB))
+                yield storage_pb2.ExportVolumeChunk(data=payload)
+                yield storage_pb2.ExportVolumeChunk(zeros=MiB)
+                yield storage_pb2.ExportVolumeChunk(trailer=storage_pb2.ExportTrailer(
+                    sha256=hashlib.sha256(b"something else").hexdigest(), size_bytes=len(payload) + MiB))
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(BadExport(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        addr = f"127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "bad.raw")
+            r = self.hvctl("p9", "vol9", "--snapshot", "s9", "--format", "qcow2", "-o", out, server=addr)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"DATA_LOSS: sha256 mismatch", r.stderr)
+            self.assertFalse(os.path.exists(out), "a mismatched export left its file")
+            r = self.hvctl("p9", "vol9", "-o", "-", server=addr)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"sha256 mismatch", r.stderr)
+            self.assertIn(b"not to be used", r.stderr)
+            self.assertEqual(len(r.stdout), len(payload) + MiB)
+        self.assertEqual((asked[0].pool, asked[0].name, asked[0].snapshot, asked[0].format),
+                         ("p9", "vol9", "s9", image_pb2.IMAGE_FORMAT_QCOW2))
+        self.assertEqual((asked[1].snapshot, asked[1].format), ("", image_pb2.IMAGE_FORMAT_RAW))
 
     # ---- images from volumes ----
 
