@@ -5,7 +5,8 @@
   zero-run messages); the stream's sha256 trailer is the device's, and so is the hash of the
   bytes the client rebuilt. The figures are printed.
 - An export cancelled half-way leaves nothing (no partition, volume, image, operation or file)
-  and the next export works; unknown volumes and names with path characters are clear errors.
+  and the next export works; one cancelled while qemu-img converts it to qcow2 kills qemu-img and
+  leaves no scratch file; unknown volumes and names with path characters are clear errors.
 - hvctl volume-export writes a sparse file whose sha256 it checked against the trailer, or the
   bytes to stdout (-o -), raw or qcow2; against a Python gRPC server that sends a wrong sha256 it
   exits non-zero (the file removed), and it passes --snapshot and --format on.
@@ -262,6 +263,49 @@ max_virtual_size_mib = 1100
         self.assertEqual(self.pool_state(), before)
         rebuilt, _, _, trailer = self.export("half")
         self.assertEqual(rebuilt, sha256_device(vol["path"], 256 * MiB))
+
+    def qemu_img_into_scratch(self):
+        """Pids of qemu-img processes writing into this test's scratch directory."""
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"qemu-img") and any(a.startswith(self.scratch.encode()) for a in argv):
+                pids.append(int(pid))
+        return pids
+
+    def test_a_qcow2_export_cancelled_while_qemu_img_converts_kills_it_and_leaves_nothing(self):
+        self.volume("conv", 512 * MiB, lambda fd: [os.pwrite(fd, os.urandom(MiB), o)
+                                                   for o in range(0, 512 * MiB, 2 * MiB)])
+        before = self.pool_state()
+        call = self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(
+            pool="disk1", name="conv", format=image_pb2.IMAGE_FORMAT_QCOW2), timeout=300)
+        deadline = time.time() + 60
+        while not (pids := self.qemu_img_into_scratch()) and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(pids, "qemu-img never ran")
+        self.assertTrue(os.listdir(self.scratch), "no scratch file while converting")
+        call.cancel()
+        with self.assertRaises(grpc.RpcError) as e:
+            next(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.CANCELLED)
+        deadline = time.time() + 10
+        while (self.qemu_img_into_scratch() or os.listdir(self.scratch)) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.qemu_img_into_scratch(), [], "qemu-img still runs")
+        for pid in pids:
+            self.assertFalse(os.path.exists(f"/proc/{pid}") and
+                             open(f"/proc/{pid}/stat").read().split()[2] != "Z", f"qemu-img {pid} alive")
+        self.assertEqual(os.listdir(self.scratch), [])
+        deadline = time.time() + 10
+        while "stopped while converting" not in self.agent.log_text() and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertIn("export of volume disk1/conv stopped while converting to qcow2", self.agent.log_text())
+        self.assertIn("cancelled and killed", self.agent.log_text())
+        self.assertEqual(self.pool_state(), before)
 
     def test_unknown_volumes_and_path_characters_are_clear_errors(self):
         before = self.pool_state()
