@@ -75,7 +75,8 @@ int Usage() {
                "  image-import POOL NAME raw|qcow2 URL|FILE [--sha256 HEX] [--sha512 HEX] [--wait]\n"
                "                                       (--wait draws the import's progress until it ends)\n"
                "  image-upload POOL NAME FILE [--format raw|qcow2] [--sha256 HEX] [--sha512 HEX]\n"
-               "  volume-export POOL NAME FILE [--image] [--quiesced]   (sparse FILE, sha256 checked)\n"
+               "  volume-export POOL NAME (FILE | -o FILE|-) [--snapshot S] [--format raw|qcow2] [--image]\n"
+               "                [--quiesced]          (sparse FILE, or stdout with -; sha256 checked)\n"
                "  image-from-volume POOL VOLUME IMAGE   (pauses a running domain for the copy)\n"
                "  volume-from-image POOL IMAGE VOLUME [--size-mib N] [--wait]\n"
                "                                       (a clone or a copy; --wait draws its progress)\n"
@@ -243,6 +244,30 @@ void KeyValues(const google::protobuf::Message& m) {
     }
     std::cout << std::left << std::setw(26) << f->name() << value << "\n";
   }
+}
+
+// volume-export's arguments past POOL NAME: the output (FILE, or -o FILE, "-" for stdout) and
+// the flags. False on anything else, or on no output or two.
+bool ParseExportFlags(const std::vector<std::string>& args, cli::ExportArgs* ex) {
+  for (size_t i = 3; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const bool has_value = i + 1 < args.size();
+    if (a == "--image") {
+      ex->image = true;
+    } else if (a == "--quiesced") {
+      ex->domain_quiesced = true;
+    } else if (a == "--snapshot" && has_value) {
+      ex->snapshot = args[++i];
+    } else if (a == "--format" && has_value && (args[i + 1] == "raw" || args[i + 1] == "qcow2")) {
+      ex->format = args[++i] == "raw" ? v1::IMAGE_FORMAT_RAW : v1::IMAGE_FORMAT_QCOW2;
+    } else if ((a == "-o" && has_value) || (a.rfind("-", 0) != 0 || a == "-")) {
+      if (!ex->file.empty()) return false;
+      ex->file = a == "-o" ? args[++i] : a;
+    } else {
+      return false;
+    }
+  }
+  return !ex->file.empty();
 }
 
 // The one shape of every answer: an error (exit 1 or 3), or the reply as JSON (--json) or as
@@ -805,24 +830,24 @@ int main(int argc, char** argv) {
                 << ", sha256 " << image.sha256() << ")\n";
     });
   }
-  if (cmd == "volume-export" && args.size() >= 4) {
-    cli::ExportArgs ex{.pool = arg1, .name = args[2], .file = args[3], .progress = !json};
-    for (size_t i = 4; i < args.size(); ++i) {
-      if (args[i] == "--image") {
-        ex.image = true;
-      } else if (args[i] == "--quiesced") {
-        ex.domain_quiesced = true;
-      } else {
-        return Usage();
-      }
-    }
+  if (cmd == "volume-export" && args.size() >= 3) {
+    cli::ExportArgs ex{.pool = arg1, .name = args[2], .progress = !json};
+    if (!ParseExportFlags(args, &ex)) return Usage();
     v1::ExportTrailer trailer;
     uint64_t received = 0;
-    return Render(json, cli::ExportVolume(*storage, ctx, ex, &trailer, &received), trailer, [&] {
-      std::cout << ex.pool << "/" << ex.name << " -> " << ex.file << ": " << Bytes(trailer.size_bytes()) << " ("
-                << Bytes(received) << " sent as data, " << Bytes(trailer.zero_bytes())
-                << " as zero runs), sha256 " << trailer.sha256() << " checked\n";
-    });
+    grpc::Status s = cli::ExportVolume(*storage, ctx, ex, &trailer, &received);
+    // With the data on stdout, what is said about it goes to stderr.
+    std::ostream& said = cli::ToStdout(ex) ? std::cerr : std::cout;
+    if (!s.ok()) return Failed(s);
+    if (json) {
+      said << Json(trailer) << "\n";
+      return kOk;
+    }
+    said << ex.pool << "/" << ex.name << (ex.snapshot.empty() ? "" : "@" + ex.snapshot) << " -> "
+         << (cli::ToStdout(ex) ? "stdout" : ex.file) << ": " << Bytes(trailer.size_bytes()) << " ("
+         << Bytes(received) << " sent as data, " << Bytes(trailer.zero_bytes()) << " as zero runs), sha256 "
+         << trailer.sha256() << " checked\n";
+    return kOk;
   }
   if (cmd == "image-from-volume" && args.size() == 4) {
     auto images = v1::ImageService::NewStub(channel);

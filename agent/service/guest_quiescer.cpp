@@ -88,7 +88,7 @@ std::string GuestQuiescer::Recover(hv::Hypervisor& hv, const Journal::Operation&
       return absl::StrCat("domain '", domain, "' was not left paused");
     }
     auto s = hv.ResumeDomain(domain);
-    return s.ok() ? absl::StrCat("domain '", domain, "', paused for the snapshot, resumed")
+    return s.ok() ? absl::StrCat("domain '", domain, "', left paused by the crash, resumed")
                   : absl::StrCat("resuming domain '", domain, "': ", s.message());
   }
   return "the guest was not held";

@@ -4,8 +4,11 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/match.h"
@@ -92,6 +95,33 @@ absl::StatusOr<std::pair<std::string, uint64_t>> ImageService::ExportSource(cons
   return std::make_pair(volume->volume.path, volume->volume.size_bytes);
 }
 
+namespace {
+
+absl::StatusOr<uint64_t> StatvfsFree(const std::string& dir) {
+  // The directory may not exist yet (it is made on first use): its nearest existing parent is on
+  // the filesystem it will be made on.
+  std::filesystem::path at = std::filesystem::absolute(dir);
+  struct statvfs st {};
+  while (statvfs(at.c_str(), &st) != 0) {
+    if (errno != ENOENT || !at.has_parent_path() || at == at.parent_path()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("[images] scratch_dir: statvfs of ", at.string(), ": ", std::strerror(errno)));
+    }
+    at = at.parent_path();
+  }
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+}  // namespace
+
+absl::Status ImageService::CheckScratchRoom(uint64_t need, const std::string& what) const {
+  auto free = options_.free_space ? options_.free_space(options_.scratch_dir) : StatvfsFree(options_.scratch_dir);
+  if (!free.ok()) return free.status();
+  if (*free >= need) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat("[images] scratch_dir: ", options_.scratch_dir, " has ", *free,
+                                                   " bytes free; ", what, " needs up to ", need));
+}
+
 std::vector<std::string> ImageService::RemoveExportLeftovers() {
   std::vector<std::string> done;
   if (options_.scratch_dir.empty()) return done;
@@ -109,9 +139,11 @@ std::vector<std::string> ImageService::RemoveExportLeftovers() {
 
 namespace {
 
-// Converts `from` into a new qcow2 file of `scratch_dir` (named in `file`, which removes it).
+// Converts `from` into a new qcow2 file of `scratch_dir` (named in `file`, which removes it);
+// `cancelled` true stops qemu-img (killed) and answers Cancelled.
 absl::StatusOr<ExportFrom> ConvertForExport(const img::QemuImg& qemu, const std::string& scratch_dir,
-                                            uint64_t seq, const std::string& from, ScratchExport& file) {
+                                            uint64_t seq, const std::string& from, ScratchExport& file,
+                                            std::function<bool()> cancelled) {
   if (scratch_dir.empty()) return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
   std::error_code ec;
   std::filesystem::create_directories(scratch_dir, ec);
@@ -119,7 +151,7 @@ absl::StatusOr<ExportFrom> ConvertForExport(const img::QemuImg& qemu, const std:
   const std::string path = absl::StrCat(scratch_dir, "/", kScratchPrefix, getpid(), "-", seq, ".qcow2");
   unlink(path.c_str());  // a leftover of a dead agent whose pid this one reuses
   file.path = path;
-  if (auto s = qemu.ConvertToQcow2(from, path); !s.ok()) return s;  // ENOSPC included
+  if (auto s = qemu.ConvertToQcow2(from, path, std::move(cancelled)); !s.ok()) return s;  // ENOSPC included
   struct stat st {};
   if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return absl::InternalError(absl::StrCat("qemu-img convert made no file ", path));
@@ -155,9 +187,16 @@ absl::StatusOr<img::ExportResult> ImageService::Export(const ExportRequest& r, i
   ExportFrom from{.path = source->first, .size = source->second, .direct = true};
   ScratchExport scratch;
   if (r.format == ImageFormat::kQcow2) {
+    if (auto s = CheckScratchRoom(Qcow2Bound(from.size), absl::StrCat("a qcow2 export of ", what)); !s.ok()) {
+      return s;
+    }
+    auto cancelled = [&sink, cancel] { return (cancel != nullptr && cancel->load()) || sink.CallerGone(); };
     auto converted = ConvertForExport(img::QemuImg(runner_, options_.qemu_img), options_.scratch_dir,
-                                      ++export_seq_, from.path, scratch);
-    if (!converted.ok()) return converted.status();
+                                      ++export_seq_, from.path, scratch, cancelled);
+    if (!converted.ok()) {
+      Log()->warn("export of {} stopped while converting to qcow2: {}", what, converted.status().message());
+      return converted.status();
+    }
     from = *converted;
   }
   ExportStart start{.size_bytes = from.size};

@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "agent/service/guest_quiescer.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "storage/image/image_sources.h"
@@ -94,11 +95,18 @@ absl::Status WriteFd(int fd, absl::string_view bytes) {
 
 // A volume's bytes as an upload body: read with O_DIRECT in kBlockBytes blocks. The first read
 // pauses the running domain it is attached to (when given); the end of the stream, or the
-// body's end on a failure, resumes it.
+// body's end on a failure, resumes it. The pause is a step of the operation (Journalled),
+// recorded before it is done and closed (`released`) once the guest runs again, so that a crash
+// in between leaves a journal entry whose recovery resumes the guest (GuestQuiescer::Recover:
+// the same step names).
 class VolumeBody final : public UploadBody {
  public:
   VolumeBody(std::string path, uint64_t size, hv::Hypervisor* hv, std::string domain)
       : path_(std::move(path)), size_(size), hv_(hv), domain_(std::move(domain)) {}
+  void Journalled(Journal* journal, uint64_t op) {
+    journal_ = journal;
+    op_ = op;
+  }
   ~VolumeBody() override {
     (void)Resume();
     if (fd_ >= 0) close(fd_);
@@ -113,6 +121,7 @@ class VolumeBody final : public UploadBody {
       if (auto s = Resume(); !s.ok()) return s;
       return false;
     }
+    if (done_ > 0) HVAGENT_FAILPOINT("image_from_volume.mid_copy");  // part of the image written
     const size_t want = static_cast<size_t>(std::min<uint64_t>(img::kBlockBytes, size_ - done_));
     ssize_t got = pread(fd_, buf_, (want + 4095) / 4096 * 4096, static_cast<off_t>(done_));
     if (got < static_cast<ssize_t>(want)) {
@@ -124,6 +133,7 @@ class VolumeBody final : public UploadBody {
     return true;
   }
 
+  void Ended() override { (void)Resume(); }
   bool paused() const { return was_paused_; }
   uint64_t paused_ms() const { return paused_ms_; }
 
@@ -133,11 +143,14 @@ class VolumeBody final : public UploadBody {
     if (posix_memalign(&v, 4096, img::kBlockBytes) != 0) return absl::ResourceExhaustedError("no memory for a block");
     buf_ = static_cast<char*>(v);
     if (hv_ != nullptr && !domain_.empty()) {
+      if (auto s = Step("pause"); !s.ok()) return s;  // before the pause: a crash during it is resumed too
       if (auto s = hv_->SuspendDomain(domain_); !s.ok()) {
+        (void)Step("released");
         return absl::Status(s.code(), absl::StrCat("pausing domain '", domain_, "' for the copy: ", s.message()));
       }
       paused_at_ = std::chrono::steady_clock::now();
       was_paused_ = true;
+      HVAGENT_FAILPOINT("image_from_volume.after_pause");
     }
     fd_ = open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd_ < 0) return absl::InternalError(absl::StrCat("volume: opening ", path_, ": ", std::strerror(errno)));
@@ -154,14 +167,23 @@ class VolumeBody final : public UploadBody {
       Log()->error("resuming domain '{}' after the copy of its volume failed: {}", domain_, s.message());
       return absl::Status(s.code(), absl::StrCat("resuming domain '", domain_, "': ", s.message()));
     }
+    (void)Step("released");
     Log()->info("domain '{}' was paused {} ms for the copy of its volume", domain_, paused_ms_);
     return absl::OkStatus();
+  }
+  absl::Status Step(const char* name) {
+    if (journal_ == nullptr) return absl::OkStatus();
+    internal::JournalStep step;
+    step.set_name(name);
+    return journal_->Step(op_, step);
   }
 
   const std::string path_;
   const uint64_t size_;
   hv::Hypervisor* const hv_;
   const std::string domain_;
+  Journal* journal_ = nullptr;
+  uint64_t op_ = 0;
   int fd_ = -1;
   char* buf_ = nullptr;
   uint64_t done_ = 0;
@@ -244,6 +266,13 @@ absl::StatusOr<uint64_t> ImageService::Import(const ImportRequest& r) {
   if (req.format == ImageFormat::kQcow2 && options_.scratch_dir.empty()) {
     return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
   }
+  if (req.format == ImageFormat::kQcow2 && !req.host_file.empty()) {
+    struct stat st {};
+    if (stat(req.host_file.c_str(), &st) == 0) {
+      auto room = CheckScratchRoom(static_cast<uint64_t>(st.st_size), absl::StrCat("the qcow2 file ", req.host_file));
+      if (!room.ok()) return room;
+    }
+  }
   auto job = Begin(req);
   if (!job.ok()) return job.status();
   std::lock_guard lock(mu_);
@@ -277,6 +306,9 @@ absl::StatusOr<ImageStatus> ImageService::Upload(const UploadRequest& u, UploadB
   if (req.format == ImageFormat::kQcow2 && options_.scratch_dir.empty()) {
     return absl::FailedPreconditionError("format: qcow2 needs [images] scratch_dir");
   }
+  if (req.format == ImageFormat::kQcow2) {
+    if (auto s = CheckScratchRoom(u.size_bytes, "the uploaded qcow2 file"); !s.ok()) return s;
+  }
   req.upload = &body;
   req.upload_size = u.size_bytes;
   auto job = Begin(req);
@@ -304,6 +336,9 @@ absl::StatusOr<std::shared_ptr<ImageService::Running>> ImageService::Begin(const
   begin.set_type(req.from_volume.empty() ? v1::OPERATION_KIND_IMPORT_IMAGE : v1::OPERATION_KIND_IMAGE_FROM_VOLUME);
   begin.set_pool(req.pool);
   begin.set_image(req.name);
+  begin.set_volume(req.from_volume);
+  begin.set_snapshot(req.from_snapshot);
+  begin.set_domain(req.pause_domain);  // whose pause, if the journal shows one, recovery ends
   auto id = journal_.Begin(begin);
   if (!id.ok()) return id.status();
   auto job = std::make_shared<Running>();
@@ -449,6 +484,10 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
   }
   uint64_t landed = 0;
   auto sink = [&](absl::string_view chunk, int64_t content_length) -> absl::Status {
+    if (content_length > 0 && landed == 0 && !r.url.empty()) {  // a URL's size is known only now
+      auto room = CheckScratchRoom(static_cast<uint64_t>(content_length), absl::StrCat("the qcow2 file at ", r.url));
+      if (!room.ok()) return room;
+    }
     if (content_length > 0) job.total = static_cast<uint64_t>(content_length);
     if (chunk.size() > options_.max_virtual_size - landed) {
       return absl::InvalidArgumentError(absl::StrCat("source: larger than [images] max_virtual_size_mib (",
@@ -479,7 +518,10 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
   if (info->virtual_size == 0) return absl::InvalidArgumentError("source: the qcow2's virtual size is 0");
   if (auto s = new_slot(info->virtual_size); !s.ok()) return s;
   if (job.cancel) return absl::CancelledError("cancelled");
-  if (auto s = qemu.ConvertToRaw(scratch.path, slot->path); !s.ok()) return s;
+  // A cancel (DeleteImage) or a caller gone kills qemu-img; Run then removes the slot, and
+  // `scratch` its file.
+  auto cancelled = [&job, &r] { return job.cancel.load() || (r.upload != nullptr && r.upload->CallerGone()); };
+  if (auto s = qemu.ConvertToRaw(scratch.path, slot->path, cancelled); !s.ok()) return s;
   record.virtual_size = info->virtual_size;
   job.total = job.done = info->virtual_size;
   return img::HashFile(slot->path, info->virtual_size, &job.cancel);
@@ -496,6 +538,7 @@ absl::Status ImageService::Run(std::shared_ptr<Running> job, ImportRequest r) {
                                                           : r.url,
                           .created_unix_ms = NowUnixMs()};
   auto sha = RunSteps(*job, r, slot, record);
+  if (r.upload != nullptr) r.upload->Ended();
   absl::Status status = sha.status();
   if (status.ok() && job->cancel) status = absl::CancelledError("cancelled");
   if (status.ok()) {
@@ -795,6 +838,11 @@ std::vector<std::string> ImageService::Recover() {
     const std::string& name = op.begin.image();
     std::string outcome = "nothing had been written";
     v1::OperationState state = v1::OPERATION_STATE_ROLLED_BACK;
+    // A guest paused for the copy runs again first: it matters more than the image.
+    std::string guest;
+    if (!op.begin.domain().empty() && options_.hypervisor != nullptr) {
+      guest = absl::StrCat("; ", GuestQuiescer::Recover(*options_.hypervisor, op));
+    }
     {
       auto slots = storage_.WithBackend(pool, [](storage::StorageBackend& b) { return b.ListImageSlots(); });
       for (const auto& s : slots.ok() ? *slots : std::vector<storage::ImageSlot>{}) {
@@ -810,8 +858,8 @@ std::vector<std::string> ImageService::Recover() {
         }
       }
     }
-    (void)journal_.End(op.id, state, absl::StrCat("recovery: ", outcome));
-    done.push_back(absl::StrCat("import of ", pool, "/", name, " (operation ", op.id, "): ", outcome));
+    (void)journal_.End(op.id, state, absl::StrCat("recovery: ", outcome, guest));
+    done.push_back(absl::StrCat("import of ", pool, "/", name, " (operation ", op.id, "): ", outcome, guest));
   }
   // Unsealed slots no journal names (a crash with no state_dir): no import runs yet, so none
   // of them can be finished.
@@ -857,8 +905,12 @@ absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::strin
   const std::string& domain = vol->volume.attached_to;
   const bool pause = snapshot.empty() && !domain.empty() && options_.hypervisor != nullptr && DomainRuns(domain);
   VolumeBody body(source.first, source.second, pause ? options_.hypervisor : nullptr, pause ? domain : "");
-  ImportRequest r{
-      .pool = pool, .name = name, .format = ImageFormat::kRaw, .from_volume = volume, .from_snapshot = snapshot};
+  ImportRequest r{.pool = pool,
+                  .name = name,
+                  .format = ImageFormat::kRaw,
+                  .from_volume = volume,
+                  .from_snapshot = snapshot,
+                  .pause_domain = pause ? domain : ""};
   auto checked = CheckCommon(r);
   if (!checked.ok()) return checked.status();
   checked->upload = &body;
@@ -866,6 +918,7 @@ absl::StatusOr<FromVolumeResult> ImageService::CreateFromVolume(const std::strin
   auto job = Begin(*checked);
   if (!job.ok()) return job.status();
   const uint64_t id = (*job)->id;
+  body.Journalled(&journal_, id);
   Log()->info("image {}/{} from volume {}{} started (operation {}, {} bytes{})", pool, name, volume,
               snapshot.empty() ? "" : absl::StrCat(" snapshot ", snapshot), id, source.second,
               pause ? absl::StrCat(", domain '", domain, "' paused meanwhile") : "");

@@ -55,6 +55,12 @@ class UploadBody {
   // Puts the next chunk in *chunk; false at the end of the stream. An error when the caller went
   // away (Cancelled) or sent something that is no chunk (InvalidArgument naming the field).
   virtual absl::StatusOr<bool> Next(std::string* chunk) = 0;
+  // Whether the caller has gone away (asked once the body has been read, while qemu-img
+  // converts it). False when the transport cannot tell.
+  virtual bool CallerGone() const { return false; }
+  // The import reads no more (it succeeded or failed); called before its operation ends, so
+  // that what the body holds (a paused guest) is let go within the operation.
+  virtual void Ended() {}
 };
 
 struct ImportRequest {
@@ -67,6 +73,7 @@ struct ImportRequest {
   std::string sha512;
   std::string from_volume;  // CreateFromVolume: the volume read (recorded as the source)
   std::string from_snapshot;  // ... and the snapshot of it read instead, when set
+  std::string pause_domain;   // ... and the running domain paused while it is read (journalled)
   // Upload only (Upload() sets them): the caller's stream and the exact length it announced.
   UploadBody* upload = nullptr;
   uint64_t upload_size = 0;
@@ -159,7 +166,14 @@ class ImageService {
     // domain's disk, and StartVolumeFromImage, whose operation id it gets; 0 for the others),
     // after every block, on the copying thread. It must not block for long. Null: nobody.
     std::function<void(const CopyProgress&)> on_copy_progress;
+    // The bytes free for an unprivileged writer on the filesystem of a directory (statvfs of it,
+    // or of its nearest existing parent). Null: statvfs. Tests inject their own.
+    std::function<absl::StatusOr<uint64_t>(const std::string& dir)> free_space;
   };
+
+  // What a qcow2 file of a `size`-byte disk can take at most: every cluster allocated, plus its
+  // L2 and refcount metadata (under 1/4096 of the size with 64 KiB clusters), header and tables.
+  static uint64_t Qcow2Bound(uint64_t size) { return size + size / 4096 + (4ull << 20); }
 
   ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options);
   ~ImageService();  // cancels imports under way and waits for them (each cleans up after itself)
@@ -261,6 +275,8 @@ class ImageService {
   // The device and size of what an export reads, with an image held against deletes (`held`).
   absl::StatusOr<std::pair<std::string, uint64_t>> ExportSource(const ExportRequest& r, std::string* held);
   absl::StatusOr<std::pair<std::string, uint64_t>> SnapshotSource(const ExportRequest& r);
+  // ResourceExhausted naming [images] scratch_dir unless it has `need` bytes free for `what`.
+  absl::Status CheckScratchRoom(uint64_t need, const std::string& what) const;
   // Removes export-*.qcow2 files a crash left in scratch_dir; a line per file, for the log.
   std::vector<std::string> RemoveExportLeftovers();
 

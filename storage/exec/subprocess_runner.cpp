@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -71,6 +72,14 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
   CommandResult result;
   const auto deadline = std::chrono::steady_clock::now() + command.timeout;
   bool timed_out = false;
+  bool cancelled = false;
+  // Kills the group when the caller cancelled; true then.
+  auto cancel_now = [&] {
+    if (cancelled || !command.cancelled || !command.cancelled()) return cancelled;
+    cancelled = true;
+    kill(-pid, SIGKILL);
+    return true;
+  };
   pollfd fds[2] = {{out.fd[0], POLLIN, 0}, {err.fd[0], POLLIN, 0}};
   std::string* sinks[2] = {&result.stdout_text, &result.stderr_text};
   int open_streams = 2;
@@ -82,6 +91,8 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
       kill(-pid, SIGKILL);
       break;
     }
+    if (cancel_now()) break;
+    if (command.cancelled) left = std::min(left, std::chrono::duration_cast<std::chrono::milliseconds>(kCancelPoll));
     int n = poll(fds, 2, static_cast<int>(left.count()));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) break;
@@ -99,10 +110,10 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
   // The program may close its output and keep running: the deadline still applies.
   int status = 0;
   while (true) {
-    pid_t done = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+    pid_t done = waitpid(pid, &status, timed_out || cancelled ? 0 : WNOHANG);
     if (done == pid) break;
     if (done < 0 && errno != EINTR) break;
-    if (timed_out) continue;
+    if (timed_out || cancel_now()) continue;
     if (std::chrono::steady_clock::now() >= deadline) {
       timed_out = true;
       kill(-pid, SIGKILL);
@@ -110,6 +121,7 @@ absl::StatusOr<CommandResult> SubprocessRunner::Run(const Command& command) {
     }
     usleep(5000);
   }
+  if (cancelled) return absl::CancelledError(absl::StrCat(argv[0], " was cancelled and killed"));
   if (timed_out) {
     return absl::DeadlineExceededError(
         absl::StrCat(argv[0], " did not finish within ", command.timeout.count(), " ms and was killed"));

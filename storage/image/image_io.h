@@ -83,6 +83,9 @@ class ExportSink {
   virtual ~ExportSink() = default;
   virtual absl::Status Data(absl::string_view bytes) = 0;  // at most kExportChunkBytes
   virtual absl::Status Zeros(uint64_t bytes) = 0;          // a run of zero bytes
+  // Whether the caller has gone away before any byte was handed over (asked while a qcow2
+  // conversion runs, so that it is stopped). False when the transport cannot tell.
+  virtual bool CallerGone() const { return false; }
 };
 inline constexpr size_t kZeroGranuleBytes = 64 << 10;  // the unit a zero run is made of
 inline constexpr size_t kExportChunkBytes = 1 << 20;   // the largest Data piece

@@ -137,17 +137,21 @@ absl::StatusOr<QcowInfo> QemuImg::Info(const std::string& file) const {
   return ParseQemuImgInfo(r->stdout_text);
 }
 
-absl::Status QemuImg::ConvertToRaw(const std::string& file, const std::string& device) const {
+absl::Status QemuImg::ConvertToRaw(const std::string& file, const std::string& device,
+                                   std::function<bool()> cancelled) const {
   // -n: the target exists (the slot); -t none: O_DIRECT writes; -W would reorder, not used.
   Command cmd{.argv = {binary_, "convert", "-U", "-f", "qcow2", "-O", "raw", "-n", "-t", "none", file, device},
-              .timeout = timeout_};
+              .timeout = timeout_,
+              .cancelled = std::move(cancelled)};
   return RunChecked(runner_, cmd, "qemu-img convert", {});
 }
 
-absl::Status QemuImg::ConvertToQcow2(const std::string& device, const std::string& file) const {
+absl::Status QemuImg::ConvertToQcow2(const std::string& device, const std::string& file,
+                                     std::function<bool()> cancelled) const {
   // -T none: O_DIRECT reads of the device (no page cache churn); zero clusters stay unallocated.
   Command cmd{.argv = {binary_, "convert", "-U", "-f", "raw", "-T", "none", "-O", "qcow2", device, file},
-              .timeout = timeout_};
+              .timeout = timeout_,
+              .cancelled = std::move(cancelled)};
   return RunChecked(runner_, cmd, "qemu-img convert", {});
 }
 

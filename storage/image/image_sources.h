@@ -52,10 +52,13 @@ class QemuImg {
   // it names is never opened.
   absl::StatusOr<QcowInfo> Info(const std::string& file) const;
   // Writes the raw disk of `file` onto the existing `device` (-n: no create; every block written).
-  absl::Status ConvertToRaw(const std::string& file, const std::string& device) const;
+  // `cancelled` (optional, Command::cancelled): true kills qemu-img and answers Cancelled.
+  absl::Status ConvertToRaw(const std::string& file, const std::string& device,
+                            std::function<bool()> cancelled = {}) const;
   // Writes `device`'s first bytes as a new qcow2 file `file` (which must not exist; qemu-img
   // makes it). -U: a volume a paused guest holds open is read without taking its lock.
-  absl::Status ConvertToQcow2(const std::string& device, const std::string& file) const;
+  absl::Status ConvertToQcow2(const std::string& device, const std::string& file,
+                              std::function<bool()> cancelled = {}) const;
 
  private:
   CommandRunner& runner_;

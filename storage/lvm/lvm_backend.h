@@ -159,6 +159,9 @@ class LvmBackend final : public StorageBackend {
   SnapshotInfo ToSnapshot(const std::string& volume, const lvm::LvRow& snap, const lvm::LvRow& origin) const;
   absl::StatusOr<lvm::LvRow> FindSnapshot(const std::string& volume, const std::string& name);
   absl::StatusOr<RevertResult> RevertThin(const lvm::LvRow& volume, const lvm::LvRow& snap);
+  // A classic snapshot's copy-on-write store split off its origin (lvconvert --splitsnapshot)
+  // and wiped per the pool's wipe mode, before its lvremove (lvm_snapshots.cpp says why).
+  absl::Status WipeSnapshotStore(const lvm::LvRow& snap);
   // Adds the copy-on-write reserves of classic snapshots to a pool's figures.
   void AddSnapshotUsage(const lvm::Report& report, PoolInfo& info) const;
   std::vector<std::string> Argv(const std::string& subcommand, std::vector<std::string> args) const;

@@ -31,6 +31,10 @@ absl::Status CheckSnapshotName(const std::string& name) {
 }
 
 bool IsClassicSnapshot(const lvm::LvRow& lv) { return !lv.attr.empty() && (lv.attr[0] == 's' || lv.attr[0] == 'S'); }
+// A classic snapshot's store that a delete split off its origin and had not removed yet (a
+// crash, a failed wipe): a plain LV under the snapshot's name, holding old blocks, no content.
+bool IsSplitStore(const lvm::LvRow& lv) { return !lv.attr.empty() && lv.attr[0] == '-'; }
+bool IsActive(const lvm::LvRow& lv) { return lv.attr.size() > 4 && lv.attr[4] == 'a'; }
 
 }  // namespace
 
@@ -65,7 +69,7 @@ SnapshotInfo LvmBackend::ToSnapshot(const std::string& volume, const lvm::LvRow&
                     .name = snap.name.substr(SnapshotLv(volume, "").size()),
                     .size_bytes = snap.size_bytes,
                     .path = snap.path.empty() ? LvPath(snap.name) : snap.path};
-  if (IsClassicSnapshot(snap)) {
+  if (IsClassicSnapshot(snap) || IsSplitStore(snap)) {
     // lvm2 reports a classic snapshot's own size (its copy-on-write area) as lv_size.
     info.size_bytes = origin.size_bytes;
     info.reserve_bytes = snap.size_bytes;
@@ -156,9 +160,44 @@ absl::Status LvmBackend::DeleteSnapshot(const std::string& volume, const std::st
   if (auto origin = FindOurs(volume); !origin.ok()) return origin.status();
   auto snap = FindSnapshot(volume, name);
   if (!snap.ok()) return snap.status();
+  const bool thin = !IsClassicSnapshot(*snap) && !IsSplitStore(*snap);
+  if (!thin && config_.wipe != WipeMode::kNone) {
+    if (auto s = WipeSnapshotStore(*snap); !s.ok()) return s;
+  }
   if (auto s = RunLvmChecked("lvremove", {"--yes", LvId(snap->name)}); !s.ok()) return s;
-  Log()->info("pool '{}': deleted snapshot {} of volume {}", config_.name, name, volume);
+  Log()->info("pool '{}': deleted snapshot {} of volume {}{}", config_.name, name, volume,
+              thin || config_.wipe == WipeMode::kNone ? "" : " (its copy-on-write store wiped first)");
   return absl::OkStatus();
+}
+
+// A thin snapshot's blocks go back to the thin pool, which zeroes a block it provisions again:
+// nothing to wipe. A classic snapshot's copy-on-write store holds the volume's blocks as they
+// were before the guest rewrote them, tenant data that lvremove alone hands back to the VG as
+// free extents, where a later volume could read them (lvm2 zeroes only a new LV's start).
+// Zeros written through the snapshot device would not clear them: every write to a classic
+// snapshot allocates copy-on-write chunks of its own, so the store fills and lvm2 invalidates
+// the snapshot before the old chunks are overwritten. lvm2's own way (lvconvert(8),
+// --splitsnapshot: the LV split off "can be wiped and then destroyed with lvremove"): the store
+// becomes a plain LV of the same name, wiped here like a thick volume. A crash or a failed wipe
+// after the split leaves that LV listed as an invalid snapshot; deleting it again wipes it.
+absl::Status LvmBackend::WipeSnapshotStore(const lvm::LvRow& snap) {
+  if (!dm_available_) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot wipe snapshot LV '", snap.name, "' in pool '",
+                                                      config_.name, "': device-mapper unavailable; it was kept"));
+  }
+  if (IsClassicSnapshot(snap)) {
+    if (auto s = RunLvmChecked("lvconvert", {"--yes", "--splitsnapshot", LvId(snap.name)}); !s.ok()) return s;
+    HVAGENT_FAILPOINT("snapshot_delete.after_split");
+  }
+  if (!IsActive(snap)) {
+    if (auto s = RunLvmChecked("lvchange", {"-ay", LvId(snap.name)}); !s.ok()) return s;
+  }
+  const std::string path = snap.path.empty() ? LvPath(snap.name) : snap.path;
+  absl::Status wiped = wiper_.Wipe(path, config_.wipe, {});
+  if (wiped.ok()) return wiped;
+  return absl::Status(wiped.code(), absl::StrCat("wiping the copy-on-write store of snapshot LV '", snap.name,
+                                                 "' failed; it was kept (split off, listed as invalid): ",
+                                                 wiped.message()));
 }
 
 absl::StatusOr<RevertResult> LvmBackend::RevertSnapshot(const std::string& volume, const std::string& name) {

@@ -5,8 +5,11 @@
   zero-run messages); the stream's sha256 trailer is the device's, and so is the hash of the
   bytes the client rebuilt. The figures are printed.
 - An export cancelled half-way leaves nothing (no partition, volume, image, operation or file)
-  and the next export works; unknown volumes and names with path characters are clear errors.
-- hvctl volume-export writes a sparse file whose sha256 it checked against the trailer.
+  and the next export works; one cancelled while qemu-img converts it to qcow2 kills qemu-img and
+  leaves no scratch file; unknown volumes and names with path characters are clear errors.
+- hvctl volume-export writes a sparse file whose sha256 it checked against the trailer, or the
+  bytes to stdout (-o -), raw or qcow2; against a Python gRPC server that sends a wrong sha256 it
+  exits non-zero (the file removed), and it passes --snapshot and --format on.
 - An image made from a running QEMU guest's volume pauses that guest for the copy only (it runs
   again after) and boots another guest, which reads the same bytes from its disk."""
 
@@ -18,6 +21,8 @@ import re
 import subprocess
 import tempfile
 import time
+
+from concurrent import futures
 
 import grpc
 
@@ -259,6 +264,53 @@ max_virtual_size_mib = 1100
         rebuilt, _, _, trailer = self.export("half")
         self.assertEqual(rebuilt, sha256_device(vol["path"], 256 * MiB))
 
+    def qemu_img_into_scratch(self):
+        """Pids of qemu-img processes writing into this test's scratch directory."""
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"qemu-img") and any(a.startswith(self.scratch.encode()) for a in argv):
+                pids.append(int(pid))
+        return pids
+
+    def test_a_qcow2_export_cancelled_while_qemu_img_converts_kills_it_and_leaves_nothing(self):
+        self.volume("conv", 512 * MiB, lambda fd: [os.pwrite(fd, os.urandom(MiB), o)
+                                                   for o in range(0, 512 * MiB, 2 * MiB)])
+        before = self.pool_state()
+        call = self.storage.ExportVolume(storage_pb2.ExportVolumeRequest(
+            pool="disk1", name="conv", format=image_pb2.IMAGE_FORMAT_QCOW2), timeout=300)
+        deadline = time.time() + 60
+        while not (pids := self.qemu_img_into_scratch()) and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(pids, "qemu-img never ran")
+        self.assertTrue(os.listdir(self.scratch), "no scratch file while converting")
+        call.cancel()
+        with self.assertRaises(grpc.RpcError) as e:
+            next(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.CANCELLED)
+        deadline = time.time() + 10
+        while (self.qemu_img_into_scratch() or os.listdir(self.scratch)) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.qemu_img_into_scratch(), [], "qemu-img still runs")
+        for pid in pids:  # killed: gone, or a zombie its parent has not reaped yet
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().split()[2]
+            except OSError:
+                state = "gone"
+            self.assertIn(state, ("gone", "Z"), f"qemu-img {pid} alive")
+        self.assertEqual(os.listdir(self.scratch), [])
+        deadline = time.time() + 10
+        while "stopped while converting" not in self.agent.log_text() and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertIn("export of volume disk1/conv stopped while converting to qcow2", self.agent.log_text())
+        self.assertIn("cancelled and killed", self.agent.log_text())
+        self.assertEqual(self.pool_state(), before)
+
     def test_unknown_volumes_and_path_characters_are_clear_errors(self):
         before = self.pool_state()
         cases = [(dict(name="nosuch"), grpc.StatusCode.NOT_FOUND, "nosuch"),
@@ -298,6 +350,74 @@ max_virtual_size_mib = 1100
                                capture_output=True, text=True, timeout=60)
             self.assertNotEqual(r.returncode, 0)
             self.assertFalse(os.path.exists(missing), "a failed export left its file")
+
+    def hvctl(self, *argv, server=None, timeout=120):
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+        return subprocess.run([hvctl, "--server", server or self.agent.grpc_addr, "volume-export", *argv],
+                              capture_output=True, timeout=timeout)
+
+    def test_hvctl_exports_to_stdout_and_as_qcow2(self):
+        vol = self.volume("clio", 32 * MiB, lambda fd: os.pwrite(fd, os.urandom(2 * MiB), 9 * MiB))
+        want = sha256_device(vol["path"], 32 * MiB)
+        r = self.hvctl("disk1", "clio", "-o", "-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout), 32 * MiB)  # zero runs written as bytes: a pipe has no holes
+        self.assertEqual(hashlib.sha256(r.stdout).hexdigest(), want)
+        self.assertIn(b"-> stdout", r.stderr)
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "clio.qcow2")
+            r = self.hvctl("disk1", "clio", "--format", "qcow2", "-o", out)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(out, "rb") as f:
+                self.assertEqual(f.read(4), b"QFI\xfb")  # qcow2's magic
+            raw = os.path.join(d, "clio.raw")
+            run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", out, raw])
+            self.assertEqual(sha256_device(raw, 32 * MiB), want)
+            # A partition pool has no snapshots: the agent's refusal is hvctl's, and no file stays.
+            snap = os.path.join(d, "snap.raw")
+            r = self.hvctl("disk1", "clio", "--snapshot", "s1", "-o", snap)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"UNIMPLEMENTED", r.stderr)
+            self.assertFalse(os.path.exists(snap))
+            self.assertEqual(self.hvctl("disk1", "clio", "--format", "vmdk", "-o", snap).returncode, 2)
+            self.assertEqual(self.hvctl("disk1", "clio").returncode, 2)  # no output named
+        self.assertEqual(os.listdir(self.scratch), [])
+
+    def test_hvctl_exits_non_zero_when_the_sha256_does_not_match(self):
+        """A real Python gRPC server stands in for an agent whose stream is corrupt: the trailer's
+        sha256 is not that of the bytes sent. It also records the request hvctl sent."""
+        payload = os.urandom(256 << 10)
+        asked = []
+
+        class BadExport(storage_pb2_grpc.StorageServiceServicer):
+            def ExportVolume(self, request, context):
+                asked.append(request)
+                yield storage_pb2.ExportVolumeChunk(header=storage_pb2.ExportHeader(size_bytes=len(payload) + MiB))
+                yield storage_pb2.ExportVolumeChunk(data=payload)
+                yield storage_pb2.ExportVolumeChunk(zeros=MiB)
+                yield storage_pb2.ExportVolumeChunk(trailer=storage_pb2.ExportTrailer(
+                    sha256=hashlib.sha256(b"something else").hexdigest(), size_bytes=len(payload) + MiB))
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(BadExport(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        addr = f"127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "bad.raw")
+            r = self.hvctl("p9", "vol9", "--snapshot", "s9", "--format", "qcow2", "-o", out, server=addr)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"DATA_LOSS: sha256 mismatch", r.stderr)
+            self.assertFalse(os.path.exists(out), "a mismatched export left its file")
+            r = self.hvctl("p9", "vol9", "-o", "-", server=addr)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b"sha256 mismatch", r.stderr)
+            self.assertIn(b"not to be used", r.stderr)
+            self.assertEqual(len(r.stdout), len(payload) + MiB)
+        self.assertEqual((asked[0].pool, asked[0].name, asked[0].snapshot, asked[0].format),
+                         ("p9", "vol9", "s9", image_pb2.IMAGE_FORMAT_QCOW2))
+        self.assertEqual((asked[1].snapshot, asked[1].format), ("", image_pb2.IMAGE_FORMAT_RAW))
 
     # ---- images from volumes ----
 

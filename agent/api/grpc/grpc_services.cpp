@@ -155,6 +155,7 @@ class GrpcUploadBody final : public service::UploadBody {
     chunk->swap(*message_.mutable_chunk());
     return true;
   }
+  bool CallerGone() const override { return ctx_->IsCancelled(); }
 
  private:
   grpc::ServerContext* ctx_;
@@ -269,6 +270,7 @@ class GrpcExportSink final : public storage::image::ExportSink {
     chunk_.mutable_header()->set_size_bytes(size);
     return Send();
   }
+  bool CallerGone() const override { return ctx_->IsCancelled(); }
 
  private:
   absl::Status Send() {

@@ -7,12 +7,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/failpoint.h"
 #include "tests/fakes/fake_command_runner.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
@@ -126,7 +129,9 @@ class ChunksBody final : public UploadBody {
     if (!end_.ok()) return end_;
     return false;
   }
+  bool CallerGone() const override { return caller_gone && caller_gone(); }
   std::function<void(size_t)> before_chunk;
+  std::function<bool()> caller_gone;
 
  private:
   std::vector<std::string> chunks_;
@@ -581,6 +586,99 @@ TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumePausesItForTheCopyAndResu
   EXPECT_TRUE(sink.out == data);
 }
 
+TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumeJournalsThePauseBeforeItAndItsReleaseAfter) {
+  RunningDomain("web1");
+  MakeVolume("root1", RandomBytes(5 << 20, 28), "web1");
+  auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto ended = journal_->Recent();
+  ASSERT_EQ(ended.size(), 1u);
+  EXPECT_EQ(ended[0].op.begin.domain(), "web1");
+  EXPECT_EQ(ended[0].op.begin.volume(), "root1");
+  std::vector<std::string> steps;
+  for (const auto& step : ended[0].op.steps) steps.push_back(step.name());
+  EXPECT_THAT(steps, ::testing::ElementsAre("pause", "create-slot", "released", "seal"));
+  // From a free volume nothing is paused, nothing journalled about a guest.
+  MakeVolume("data1", RandomBytes(1 << 20, 29));
+  ASSERT_TRUE(images_->CreateFromVolume("vg0", "data1", "img2").ok());
+  EXPECT_EQ(journal_->Recent().front().op.begin.domain(), "");
+  EXPECT_THAT(journal_->Recent().front().op.steps, ::testing::SizeIs(2));  // create-slot, seal
+}
+
+// What a crash between the pause and the resume leaves, and what recovery does with it: the
+// journal's open entry (pause journalled, no release), the guest still paused in the
+// hypervisor, the partial image unsealed in the pool.
+TEST_F(VolumeExportTest, RecoveryResumesTheGuestACrashLeftPausedForAnImageAndRemovesThePartialImage) {
+  RunningDomain("web1");
+  internal::JournalBegin b;
+  b.set_type(v1::OPERATION_KIND_IMAGE_FROM_VOLUME);
+  b.set_pool("vg0");
+  b.set_image("tmpl1");
+  b.set_volume("root1");
+  b.set_domain("web1");
+  uint64_t op = *journal_->Begin(b);
+  for (const char* name : {"pause", "create-slot"}) {
+    internal::JournalStep step;
+    step.set_name(name);
+    ASSERT_TRUE(journal_->Step(op, step).ok());
+  }
+  ASSERT_TRUE(hv_.SuspendDomain("web1").ok());
+  ASSERT_TRUE(backend_->CreateImageSlot("tmpl1", 5 << 20).ok());
+  auto lines = images_->Recover();
+  EXPECT_THAT(lines, ::testing::Contains(::testing::AllOf(HasSubstr("tmpl1"), HasSubstr("resumed"),
+                                                          HasSubstr("partial image was wiped and removed"))));
+  EXPECT_EQ(hv_.GetDomain("web1")->state, hv::DomainState::kRunning);
+  EXPECT_TRUE(images_->List("vg0")->empty());
+  EXPECT_TRUE(journal_->Unfinished().empty());
+  EXPECT_EQ(journal_->Recent().front().state, v1::OPERATION_STATE_ROLLED_BACK);
+  // A guest someone else paused meanwhile, or that runs again, is left as it is.
+  uint64_t again = *journal_->Begin(b);
+  internal::JournalStep pause;
+  pause.set_name("pause");
+  ASSERT_TRUE(journal_->Step(again, pause).ok());
+  hv_.calls.clear();
+  images_->Recover();
+  EXPECT_THAT(hv_.calls, ::testing::Not(::testing::Contains("resume web1")));
+}
+
+// The same crash for real: a child process runs the copy with the failpoint armed and is
+// SIGKILLed half-way (the journal is a file, as in the agent). The pool and the hypervisor
+// outlive the agent; here they are fakes in the test's memory, so the test puts in them what
+// the dead child left there (the guest paused, the slot unsealed) before recovering.
+TEST_F(VolumeExportTest, AnAgentKilledMidCopyLeavesAJournalWhoseRecoveryResumesTheGuest) {
+  if (!failpoint::CompiledIn()) GTEST_SKIP() << "needs -DHVAGENT_FAILPOINTS=ON (the unit tier's build has them)";
+  RunningDomain("web1");
+  MakeVolume("root1", RandomBytes(6 << 20, 30), "web1");  // two blocks: the failpoint is between them
+  const std::string path = vol_dir_ + "/journal";
+  {
+    auto file_journal = Journal::Open(path);
+    ASSERT_TRUE(file_journal.ok());
+    ImageService agent(*storage_, **file_journal, runner_, ImageService::Options{.hypervisor = &hv_});
+    EXPECT_EXIT(
+        {
+          setenv("HVAGENT_FAILPOINTS", "image_from_volume.mid_copy", 1);
+          (void)agent.CreateFromVolume("vg0", "root1", "tmpl1");
+          _exit(0);
+        },
+        ::testing::KilledBySignal(SIGKILL), "failpoint image_from_volume.mid_copy reached");
+  }
+  ASSERT_TRUE(hv_.SuspendDomain("web1").ok());
+  ASSERT_TRUE(backend_->CreateImageSlot("tmpl1", 6 << 20).ok());
+  auto reopened = Journal::Open(path);
+  ASSERT_TRUE(reopened.ok());
+  auto open_ops = (*reopened)->Unfinished();
+  ASSERT_EQ(open_ops.size(), 1u);
+  std::vector<std::string> steps;
+  for (const auto& step : open_ops[0].steps) steps.push_back(step.name());
+  EXPECT_THAT(steps, ::testing::ElementsAre("pause", "create-slot"));  // no release
+  ImageService restarted(*storage_, **reopened, runner_, ImageService::Options{.hypervisor = &hv_});
+  auto lines = restarted.Recover();
+  EXPECT_THAT(lines, ::testing::Contains(HasSubstr("resumed")));
+  EXPECT_EQ(hv_.GetDomain("web1")->state, hv::DomainState::kRunning);
+  EXPECT_TRUE(restarted.List("vg0")->empty());
+  EXPECT_TRUE((*reopened)->Unfinished().empty());
+}
+
 TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoImage) {
   RunningDomain("web1");
   MakeVolume("data1", RandomBytes(1 << 20, 2));
@@ -727,6 +825,164 @@ TEST_F(Qcow2ExportTest, AFailedConversionOrACallerGoneLeavesNothingInScratch) {
   auto lines = images_->Recover();
   EXPECT_THAT(lines, ::testing::Contains(HasSubstr("export-999-1.qcow2")));
   EXPECT_TRUE(FilesIn(scratch_).empty());
+}
+
+// qemu-img convert, played by a program that writes part of its file and then runs until the
+// runner's `cancelled` says stop (as SubprocessRunner kills it then), or 10 s.
+void ConvertRunsUntilCancelled(testing::FakeCommandRunner& runner, std::atomic<bool>& converting) {
+  runner.Always({"/usr/bin/qemu-img", "convert"}, [&converting](const storage::Command& c)
+                                                       -> absl::StatusOr<storage::CommandResult> {
+    std::ofstream(c.argv.back(), std::ios::binary) << std::string(1 << 20, 'q');
+    converting = true;
+    for (int i = 0; i < 1000; ++i) {
+      if (c.cancelled && c.cancelled()) return absl::CancelledError("qemu-img was cancelled and killed");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return testing::FakeCommandRunner::Ok();
+  });
+}
+
+TEST_F(Qcow2ExportTest, ACallerGoneWhileQemuImgConvertsStopsItAndLeavesNothing) {
+  MakeVolume("data1", RandomBytes(3 << 20, 21));
+  std::atomic<bool> converting{false};
+  ConvertRunsUntilCancelled(runner_, converting);
+  class LeavingSink final : public storage::image::ExportSink {
+   public:
+    explicit LeavingSink(std::atomic<bool>& converting) : converting_(converting) {}
+    absl::Status Data(absl::string_view) override { return absl::OkStatus(); }
+    absl::Status Zeros(uint64_t) override { return absl::OkStatus(); }
+    bool CallerGone() const override { return converting_.load(); }  // gone once the convert runs
+
+   private:
+    std::atomic<bool>& converting_;
+  } leaving(converting);
+  bool started = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = images_->Export({.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, leaving,
+                           [&](const ExportStart&) {
+                             started = true;
+                             return absl::OkStatus();
+                           },
+                           nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));  // not the convert's 10 s
+  EXPECT_FALSE(started);
+  EXPECT_TRUE(FilesIn(scratch_).empty());  // the partial qcow2 file removed
+  // The caller's own cancel flag stops it the same way.
+  converting = false;
+  StringSink sink;
+  storage::image::CancelFlag cancel{false};
+  std::thread canceller([&] {
+    while (!converting) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    cancel = true;
+  });
+  auto cancelled = images_->Export({.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink,
+                                   [](const ExportStart&) { return absl::OkStatus(); }, &cancel);
+  canceller.join();
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(FilesIn(scratch_).empty());
+}
+
+TEST_F(Qcow2ExportTest, TooLittleFreeSpaceInScratchIsResourceExhaustedBeforeQemuImgRuns) {
+  MakeVolume("data1", RandomBytes(4 << 20, 22));
+  std::string probed;
+  uint64_t free_bytes = (4 << 20) + (4 << 20);  // the volume plus 4 MiB: short of the bound by its 1/4096
+  images_ = std::make_unique<ImageService>(
+      *storage_, *journal_, runner_,
+      ImageService::Options{.scratch_dir = scratch_, .hypervisor = &hv_,
+                            .free_space = [&](const std::string& dir) -> absl::StatusOr<uint64_t> {
+                              probed = dir;
+                              return free_bytes;
+                            }});
+  EXPECT_EQ(ImageService::Qcow2Bound(4 << 20), (4u << 20) + 1024 + (4u << 20));
+  StringSink sink;
+  auto r = ExportOf(*images_, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("[images] scratch_dir: " + scratch_));
+  EXPECT_THAT(r.status().message(), HasSubstr("needs up to 8389632"));
+  EXPECT_EQ(probed, scratch_);
+  EXPECT_TRUE(runner_.calls().empty());
+  EXPECT_TRUE(sink.out.empty());
+  // Raw needs no scratch room; enough room lets the qcow2 export run.
+  EXPECT_TRUE(ExportOf(*images_, {.pool = "vg0", .name = "data1"}, sink).ok());
+  free_bytes = ImageService::Qcow2Bound(4 << 20);
+  ConvertWrites("QFI\xfb");
+  StringSink again;
+  EXPECT_TRUE(ExportOf(*images_, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, again).ok());
+}
+
+TEST_F(Qcow2ExportTest, TheRealProbeReadsTheFilesystemOfTheNearestExistingDirectory) {
+  // scratch_ does not exist yet (made on first use): its parent's filesystem answers.
+  ASSERT_FALSE(std::filesystem::exists(scratch_ + "/not/yet"));
+  ImageService probe(*storage_, *journal_, runner_,
+                     ImageService::Options{.scratch_dir = scratch_ + "/not/yet", .hypervisor = &hv_});
+  MakeVolume("data1", RandomBytes(1 << 20, 23));
+  ConvertWrites("QFI\xfb");
+  StringSink sink;
+  EXPECT_TRUE(ExportOf(probe, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink).ok());
+}
+
+// The qcow2 an upload lands: `qemu-img info` describes it, `convert` is played as above.
+class Qcow2UploadTest : public ImageUploadTest {
+ protected:
+  void SetUp() override {
+    ImageUploadTest::SetUp();
+    scratch_ = dir_ + "-scratch";
+    images_ = std::make_unique<ImageService>(
+        *storage_, *journal_, runner_,
+        ImageService::Options{.scratch_dir = scratch_, .free_space = [this](const std::string&) { return free_; }});
+    runner_.Always({"/usr/bin/qemu-img", "info"}, [](const storage::Command&) {
+      return testing::FakeCommandRunner::Ok(R"({"format": "qcow2", "virtual-size": 2097152})");
+    });
+  }
+  void TearDown() override {
+    std::filesystem::remove_all(scratch_);
+    ImageUploadTest::TearDown();
+  }
+  UploadRequest Qcow2(uint64_t size) {
+    UploadRequest h = Header(size);
+    h.format = ImageFormat::kQcow2;
+    return h;
+  }
+  std::string scratch_;
+  uint64_t free_ = 1ull << 40;
+};
+
+TEST_F(Qcow2UploadTest, ACallerGoneWhileQemuImgConvertsStopsItAndLeavesNothing) {
+  std::atomic<bool> converting{false};
+  ConvertRunsUntilCancelled(runner_, converting);
+  ChunksBody body({RandomBytes(64 << 10, 24)});
+  body.caller_gone = [&] { return converting.load(); };
+  auto r = images_->Upload(Qcow2(64 << 10), body);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  ExpectNothingLeft(v1::OPERATION_STATE_CANCELLED, "cancelled");
+  EXPECT_FALSE(std::filesystem::exists(scratch_) && !std::filesystem::is_empty(scratch_));
+}
+
+TEST_F(Qcow2UploadTest, DeletingTheImageWhileQemuImgConvertsStopsItAndLeavesNothing) {
+  std::atomic<bool> converting{false};
+  ConvertRunsUntilCancelled(runner_, converting);
+  std::thread deleter([&] {
+    while (!converting) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_TRUE(images_->Delete("vg0", "up1").ok());  // an import under way: cancelled
+  });
+  ChunksBody body({RandomBytes(64 << 10, 25)});
+  auto r = images_->Upload(Qcow2(64 << 10), body);
+  deleter.join();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  ExpectNothingLeft(v1::OPERATION_STATE_CANCELLED, "cancelled");
+}
+
+TEST_F(Qcow2UploadTest, TooLittleFreeSpaceInScratchIsRefusedBeforeTheUploadStarts) {
+  free_ = (64 << 10) - 1;
+  ChunksBody body({RandomBytes(64 << 10, 26)});
+  auto r = images_->Upload(Qcow2(64 << 10), body);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("[images] scratch_dir: "));
+  ExpectNothingStarted();
+  // A raw upload does not land in scratch: no check.
+  ChunksBody raw({RandomBytes(64 << 10, 27)});
+  EXPECT_TRUE(images_->Upload(Header(64 << 10), raw).ok());
 }
 
 TEST_F(VolumeExportTest, Qcow2WithoutAScratchDirIsRefusedBeforeAnythingRuns) {

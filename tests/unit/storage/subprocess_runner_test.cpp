@@ -5,7 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -212,6 +216,61 @@ TEST(SubprocessRunner, TimeoutAppliesEvenWhenTheProgramClosesItsOutput) {
   auto elapsed = Clock::now() - start;
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
   EXPECT_LT(elapsed, std::chrono::seconds(5));
+}
+
+TEST(SubprocessRunner, CancelKillsTheRunningProgramAndItsGroupAndReturnsCancelled) {
+  // A qemu-img convert whose caller went away: the runner asks `cancelled` while it waits and
+  // kills the program's whole process group (here python and a child it started).
+  if (!Exists("/usr/bin/python3")) GTEST_SKIP() << "needs /usr/bin/python3";
+  char tmpl[] = "/tmp/hvagent-cancel-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string pids = std::string(tmpl) + "/pids";
+  SubprocessRunner runner;
+  Command c = Cmd({"/usr/bin/python3", "-c",
+                   "import os, subprocess, sys, time\n"
+                   "child = subprocess.Popen(['/bin/sleep', '30'])\n"
+                   "open(sys.argv[1], 'w').write('%d %d' % (os.getpid(), child.pid))\n"
+                   "time.sleep(30)\n",
+                   pids});
+  c.timeout = std::chrono::milliseconds(60000);
+  auto start = Clock::now();
+  int asked = 0;
+  c.cancelled = [&] {
+    ++asked;
+    return Exists(pids) && Clock::now() - start > std::chrono::milliseconds(300);
+  };
+  auto r = runner.Run(c);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("cancelled"));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
+  EXPECT_GT(asked, 1);
+  int parent = 0, child = 0;
+  FILE* f = fopen(pids.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(fscanf(f, "%d %d", &parent, &child), 2);
+  fclose(f);
+  EXPECT_NE(kill(parent, 0), 0);  // killed and reaped
+  // The grandchild got SIGKILL with the group: gone, or a zombie waiting for init to reap it.
+  auto child_state = [&] {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string pid, comm, state;
+    stat >> pid >> comm >> state;
+    return state;
+  };
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (child_state() != "" && child_state() != "Z" && Clock::now() < deadline) usleep(10000);
+  EXPECT_THAT(child_state(), ::testing::AnyOf("", "Z"));
+  unlink(pids.c_str());
+  rmdir(tmpl);
+}
+
+TEST(SubprocessRunner, ACancelThatNeverComesChangesNothing) {
+  SubprocessRunner runner;
+  Command c = Cmd({"/bin/echo", "done"});
+  c.cancelled = [] { return false; };
+  auto r = runner.Run(c);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stdout_text, "done\n");
 }
 
 TEST(SubprocessRunner, FastProgramIsNotAffectedByALongTimeout) {

@@ -31,6 +31,7 @@ const char kLvm[] = "/sbin/lvm";
 class FakeWiper final : public BlockWiper {
  public:
   absl::Status Wipe(const std::string& device, WipeMode mode, const ProgressFn& progress) override {
+    if (before) before();
     devices.push_back(device);
     modes.push_back(mode);
     if (progress) progress({kMiB, 2 * kMiB});
@@ -39,6 +40,7 @@ class FakeWiper final : public BlockWiper {
   std::vector<std::string> devices;
   std::vector<WipeMode> modes;
   absl::Status result;
+  std::function<void()> before;  // runs as the wipe starts
 };
 
 struct Lv {
@@ -1262,6 +1264,86 @@ TEST_F(LvmSnapshotTest, RecoveryRemovesTheHalfMadeCopyWhenTheVolumeWasNeverSwapp
   EXPECT_EQ(r->outcome, RevertRecovery::Outcome::kUndone);
   EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvrevert+web1"}, true));
   EXPECT_EQ(Sub("lvrename"), 0);
+}
+
+// Deleting snapshots and wiping (docs/snapshots.md, "Deleting a snapshot"). This kernel has no
+// device-mapper, so the decision is tested here through lvm2's recorded argv and the wiper's
+// calls; the real split and wipe need the Xen ARM64 dom0 tier.
+TEST_F(LvmSnapshotTest, ClassicSnapshotDeleteSplitsOffItsStoreWipesItThenRemovesIt) {
+  config_.wipe = WipeMode::kZero;
+  ServeReports();
+  size_t calls_at_wipe = 0;
+  runner_.Expect({kLvm, "lvconvert"}, FakeCommandRunner::Ok());
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  LvmBackend& b = Backend(/*dm=*/true);
+  wiper_.before = [&] { calls_at_wipe = runner_.calls().size(); };
+  ASSERT_TRUE(b.DeleteSnapshot("web1", "old").ok());
+  std::vector<Argv> changes;
+  for (const auto& argv : runner_.calls()) {
+    if (argv[1] != "fullreport") changes.push_back(argv);
+  }
+  EXPECT_THAT(changes, ElementsAre(WithLvm("lvconvert", {"--yes", "--splitsnapshot", "vg0/hvsnap+web1+old"}, true),
+                                   WithLvm("lvremove", {"--yes", "vg0/hvsnap+web1+old"}, true)));
+  // Never zeros through the snapshot device (that would fill and invalidate its store): the
+  // wipe comes after the split, of the LV split off, before the remove.
+  EXPECT_THAT(wiper_.devices, ElementsAre("/dev/vg0/hvsnap+web1+old"));
+  EXPECT_THAT(wiper_.modes, ElementsAre(WipeMode::kZero));
+  ASSERT_GT(calls_at_wipe, 0u);
+  EXPECT_EQ(runner_.calls()[calls_at_wipe - 1][1], "lvconvert");
+  EXPECT_EQ(Sub("lvremove"), 1);
+}
+
+TEST_F(LvmSnapshotTest, AnInvalidClassicSnapshotsStoreIsWipedToo) {
+  config_.wipe = WipeMode::kDiscard;
+  ServeReports();
+  runner_.Always({kLvm, "lvconvert"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  runner_.Always({kLvm, "lvchange"}, [](const Command&) { return FakeCommandRunner::Ok(); });
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Backend(/*dm=*/true).DeleteSnapshot("web1", "gone").ok());  // "Swi-I-s---": overflowed, inactive
+  EXPECT_THAT(runner_.calls(), ::testing::Contains(WithLvm("lvchange", {"-ay", "vg0/hvsnap+web1+gone"}, true)));
+  EXPECT_THAT(wiper_.devices, ElementsAre("/dev/vg0/hvsnap+web1+gone"));
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvsnap+web1+gone"}, true));
+}
+
+TEST_F(LvmSnapshotTest, AFailedWipeKeepsTheSplitStoreAndASecondDeleteFinishesIt) {
+  config_.wipe = WipeMode::kZero;
+  ServeReports();
+  runner_.Expect({kLvm, "lvconvert"}, FakeCommandRunner::Ok());
+  wiper_.result = absl::InternalError("write: Input/output error");
+  LvmBackend& b = Backend(/*dm=*/true);
+  absl::Status failed = b.DeleteSnapshot("web1", "old");
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(failed.message(), HasSubstr("it was kept"));
+  EXPECT_EQ(Sub("lvremove"), 0);
+  // lvm2 now reports the store as a plain LV under the snapshot's name: listed as invalid (it
+  // holds no content), and deleted again without another split.
+  report_ = ReportJson(256 * kMiB, 200 * kMiB,
+                       {{.name = "web1", .size = 100 * kMiB, .tags = "hvagent", .attr = "-wi-a-----"},
+                        {.name = "hvsnap+web1+old", .size = 20 * kMiB, .tags = "hvagent_snapshot",
+                         .attr = "-wi-a-----"}});
+  clock_.SleepFor(std::chrono::minutes(1));  // past the report cache
+  auto listed = b.ListSnapshots("web1");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_FALSE((*listed)[0].valid);
+  EXPECT_FALSE((*listed)[0].thin);
+  wiper_.result = absl::OkStatus();
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(b.DeleteSnapshot("web1", "old").ok());
+  EXPECT_EQ(Sub("lvconvert"), 1);
+  EXPECT_EQ(wiper_.devices.size(), 2u);
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvsnap+web1+old"}, true));
+}
+
+TEST_F(LvmSnapshotTest, ThinSnapshotsAndPoolsWithoutWipingAreRemovedOnly) {
+  Thin();
+  config_.wipe = WipeMode::kZero;
+  ServeReports();
+  runner_.Expect({kLvm, "lvremove"}, FakeCommandRunner::Ok());
+  ASSERT_TRUE(Backend(/*dm=*/true).DeleteSnapshot("web1", "s1").ok());
+  EXPECT_TRUE(wiper_.devices.empty());  // the thin pool zeroes blocks it provisions again
+  EXPECT_EQ(Sub("lvconvert"), 0);
+  EXPECT_EQ(Last(), WithLvm("lvremove", {"--yes", "vg0/hvsnap+web1+s1"}, true));
 }
 
 }  // namespace
