@@ -67,7 +67,8 @@ int Usage() {
                "                                       (boots it from the rescue disk/kernel, root as vdb)\n"
                "  unrescue NAME                        (restores its definition and starts it)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
-               "  watch [NAME...]                      (follows the event stream)\n"
+               "  watch [NAME...] [--operations|--operations-only] [--operation ID]\n"
+               "                                       (follows the event stream; operations: their progress)\n"
                "  console NAME [--read-only] [--take-over]  (the guest's serial console; Ctrl-] detaches)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
                "  images POOL | image-delete POOL NAME (a delete of an importing image cancels it)\n"
@@ -847,12 +848,32 @@ int main(int argc, char** argv) {
   if (cmd == "watch") {
     auto events = v1::EventService::NewStub(channel);
     v1::WatchEventsRequest req;
-    for (size_t i = 1; i < args.size(); ++i) req.add_domain_names(args[i]);
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--operations") {
+        req.set_operations(v1::WATCH_OPERATIONS_ALSO);
+      } else if (args[i] == "--operations-only") {
+        req.set_operations(v1::WATCH_OPERATIONS_ONLY);
+      } else if (args[i] == "--operation") {
+        uint64_t id = 0;
+        if (i + 1 >= args.size() || !absl::SimpleAtoi(args[i + 1], &id)) return Usage();
+        req.set_operation_id(id);
+        if (req.operations() == v1::WATCH_OPERATIONS_NONE) req.set_operations(v1::WATCH_OPERATIONS_ONLY);
+        ++i;
+      } else {
+        req.add_domain_names(args[i]);
+      }
+    }
     auto reader = events->Watch(&ctx, req);
     v1::DomainEvent e;
     while (reader->Read(&e)) {
       if (json) {
         std::cout << Json(e, false) << std::endl;
+      } else if (e.type() == v1::DOMAIN_EVENT_TYPE_OPERATION) {
+        const v1::Operation& op = e.operation();
+        std::cout << "operation " << op.id() << "  " << v1::OperationKind_Name(op.kind()).substr(sizeof("OPERATION_KIND_") - 1)
+                  << "  " << e.detail() << "  " << Bytes(op.bytes_done())
+                  << (op.bytes_total() > 0 ? " of " + Bytes(op.bytes_total()) : std::string())
+                  << (op.message().empty() ? "" : "  " + op.message()) << std::endl;
       } else {
         std::cout << e.domain_name() << "  " << v1::DomainEventType_Name(e.type()) << "  " << e.detail() << std::endl;
       }

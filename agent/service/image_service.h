@@ -38,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "agent/service/journal.h"
+#include "agent/service/operation_events.h"
 #include "agent/service/storage_service.h"
 #include "hypervisor/hypervisor.h"
 #include "common/host_path_policy.h"
@@ -159,6 +160,8 @@ class ImageService {
     // domain's disk, and StartVolumeFromImage, whose operation id it gets; 0 for the others),
     // after every block, on the copying thread. It must not block for long. Null: nobody.
     std::function<void(const CopyProgress&)> on_copy_progress;
+    // Told bytes done of every import and copy, for the event stream. Null: nobody.
+    OperationEvents* events = nullptr;
   };
 
   ImageService(StorageService& storage, Journal& journal, storage::CommandRunner& runner, Options options);
@@ -227,6 +230,8 @@ class ImageService {
     std::atomic<bool> finished{false};
   };
 
+  // Records how far `job` is and tells options_.events.
+  void SetDone(Running& job, uint64_t done);
   // CreateVolumeFromImage's work; `job` not null: its progress, cancel flag and journal entry.
   absl::StatusOr<VolumeStatus> MakeVolume(const std::string& pool, const std::string& name, uint64_t size_bytes,
                                           const std::string& image, const std::string& owner, Running* job);
