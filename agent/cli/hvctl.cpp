@@ -30,6 +30,7 @@
 #include "absl/strings/numbers.h"
 #include "agent/cli/hvctl_console.h"
 #include "agent/cli/hvctl_image_upload.h"
+#include "agent/cli/hvctl_rescue.h"
 #include "agent/cli/hvctl_volume_export.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
@@ -63,8 +64,10 @@ int Usage() {
                "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
                "             the agent makes the network on IF, one of its [network] physical_interfaces)\n"
                "  nic-detach NAME MAC\n"
-               "  rescue NAME [--image POOL IMAGE] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
-               "                                       (boots it from the rescue disk/kernel, root as vdb)\n"
+               "  rescue NAME [--image POOL IMAGE [--volume NAME]] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
+               "              [--config-drive-image POOL IMAGE VOLUME | --config-drive POOL FILE VOLUME]\n"
+               "                                       (boots it from the rescue disk/kernel, root as vdb; a config\n"
+               "                                       drive from a ready image, or FILE uploaded as image cfg-VOLUME)\n"
                "  unrescue NAME                        (restores its definition and starts it)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
                "  watch [NAME...] [--operations|--operations-only] [--operation ID]\n"
@@ -458,26 +461,10 @@ int main(int argc, char** argv) {
                   [&] { std::cout << arg1 << ": NIC " << req.mac() << " detached\n"; });
   }
   if (cmd == "rescue" && !arg1.empty()) {
-    v1::RescueDomainRequest req;
-    req.set_name(arg1);
-    for (size_t i = 2; i < args.size(); i += 2) {
-      if (args[i] == "--image" && i + 2 < args.size()) {
-        req.mutable_image()->set_pool(args[i + 1]);
-        req.mutable_image()->set_image(args[i + 2]);
-        ++i;
-      } else if (args[i] == "--kernel" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_kernel_path(args[i + 1]);
-      } else if (args[i] == "--initrd" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_initrd_path(args[i + 1]);
-      } else if (args[i] == "--cmdline" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_cmdline(args[i + 1]);
-      } else {
-        return Usage();
-      }
-    }
-    deadline(ctx, 600);  // a rescue disk is copied from its image first
+    auto parsed = cli::ParseRescueArgs(args);
+    if (!parsed) return Usage();
     v1::Domain d;
-    return Render(json, domains->RescueDomain(&ctx, req, &d), d,
+    return Render(json, cli::Rescue(channel, *parsed, !json, &d), d,
                   [&] { std::cout << d.name() << ": rescued, " << State(d.state()) << "\n"; });
   }
   if (cmd == "unrescue" && !arg1.empty()) {
