@@ -376,9 +376,9 @@ int Run(const config::Config& cfg) {
                                 .hypervisor = &hypervisor,
                                 .events = &operation_events});
   // A rescue disk is a volume made from a ready image, like any other volume from an image.
-  auto volume_from_image = [&images](const std::string& pool, const std::string& volume,
-                                     const std::string& image) -> absl::StatusOr<std::string> {
-    auto v = images.CreateVolumeFromImage(pool, volume, 0, image);
+  auto volume_from_image = [&images](const std::string& pool, const std::string& volume, const std::string& image,
+                                     const std::string& owner) -> absl::StatusOr<std::string> {
+    auto v = images.CreateVolumeFromImage(pool, volume, 0, image, owner);
     if (!v.ok()) return v.status();
     return v->volume.path;
   };

@@ -38,10 +38,10 @@ jobs=$(nproc)
 # count). A tier that runs fewer fails, whatever the cause: a lost label, a test binary that no
 # longer lists its tests, a cache with BUILD_TESTING=OFF, tests that started skipping.
 # Raise a floor in the commit that adds tests; lower it only in the commit that removes some.
-# arm64 is unit less the 37 tests build-arm64.sh excludes under qemu-user. A tier not listed
+# arm64 is unit less the 39 tests build-arm64.sh excludes under qemu-user. A tier not listed
 # (static, scripts) is one check: it must pass.
 declare -A floor=(
-  [unit]=900 [cloudstack]=2 [nova]=7 [bench]=2 [asan]=900 [fuzz]=5 [integration]=34
+  [unit]=902 [cloudstack]=2 [nova]=7 [bench]=2 [asan]=902 [fuzz]=5 [integration]=34
   [package]=2 [arm64]=863 [openstack]=7 [system]=28
 )
 
