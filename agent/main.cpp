@@ -340,6 +340,9 @@ int Run(const config::Config& cfg) {
   SystemClock clock;
   service::EventHub events;
   hypervisor.SetEventSink([&events](const hv::DomainEvent& e) { events.Publish(e); });
+  // Operations on the same stream (opt-in per Watch): begin and end at once, progress at most
+  // every 500 ms per operation.
+  service::OperationEvents operation_events(clock, [&events](const service::OperationEvent& e) { events.Publish(e); });
   storage::SubprocessRunner runner;
   storage::DeviceWiper wiper;
   service::StorageService storage(hypervisor, MakeBackends(cfg, runner, wiper), cfg.pool_free_floor_mib << 20);
@@ -348,6 +351,7 @@ int Run(const config::Config& cfg) {
     logger->critical("{}", state.status().message());
     return 1;
   }
+  state->journal->SetObserver(&operation_events);
   // One policy, reported by HostService and enforced by DomainService's admission, whatever
   // the hypervisor URI (test:///default included).
   const service::CapacityPolicy policy{.cpu_allocation_ratio = cfg.cpu_allocation_ratio,
@@ -369,11 +373,12 @@ int Run(const config::Config& cfg) {
                                 .import_dirs = import_dirs->get(),
                                 .scratch_dir = cfg.image_scratch_dir,
                                 .max_virtual_size = cfg.image_max_virtual_size_mib << 20,
-                                .hypervisor = &hypervisor});
+                                .hypervisor = &hypervisor,
+                                .events = &operation_events});
   // A rescue disk is a volume made from a ready image, like any other volume from an image.
-  auto volume_from_image = [&images](const std::string& pool, const std::string& volume,
-                                     const std::string& image) -> absl::StatusOr<std::string> {
-    auto v = images.CreateVolumeFromImage(pool, volume, 0, image);
+  auto volume_from_image = [&images](const std::string& pool, const std::string& volume, const std::string& image,
+                                     const std::string& owner) -> absl::StatusOr<std::string> {
+    auto v = images.CreateVolumeFromImage(pool, volume, 0, image, owner);
     if (!v.ok()) return v.status();
     return v->volume.path;
   };
@@ -394,7 +399,7 @@ int Run(const config::Config& cfg) {
   for (const std::string& line : storage.RecoverSnapshots()) logger->warn("recovery: {}", line);
   // Migrations after domains: a define an incoming transfer began is a create recovery undid.
   service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg),
-                                      {.live_tls = cfg.migration_libvirt_tls});
+                                      {.live_tls = cfg.migration_libvirt_tls, .events = &operation_events});
   service::IncomingMigrations incoming(domains, storage, hypervisor, *state->journal, clock,
                                        {.idle_timeout = std::chrono::seconds(cfg.migration_incoming_idle_seconds),
                                         .libvirt_uri = cfg.migration_libvirt_uri,

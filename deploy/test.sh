@@ -38,12 +38,12 @@ jobs=$(nproc)
 # count). A tier that runs fewer fails, whatever the cause: a lost label, a test binary that no
 # longer lists its tests, a cache with BUILD_TESTING=OFF, tests that started skipping.
 # Raise a floor in the commit that adds tests; lower it only in the commit that removes some.
-# arm64 is unit less the 40 tests build-arm64.sh excludes under qemu-user; asan and arm64 also
+# arm64 is unit less the 42 tests build-arm64.sh excludes under qemu-user; asan and arm64 also
 # skip the one failpoint death test (built without failpoints). A tier not listed
 # (static, scripts) is one check: it must pass.
 declare -A floor=(
-  [unit]=907 [cloudstack]=2 [nova]=9 [bench]=2 [asan]=906 [fuzz]=5 [integration]=34
-  [package]=2 [arm64]=866 [openstack]=10 [system]=28
+  [unit]=924 [cloudstack]=2 [nova]=9 [bench]=2 [asan]=923 [fuzz]=5 [integration]=34
+  [package]=2 [arm64]=881 [openstack]=10 [system]=28
 )
 
 tiers=(static unit cloudstack nova bench asan fuzz integration package scripts arm64 openstack system)

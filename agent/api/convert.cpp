@@ -301,6 +301,61 @@ v1::Capacity ToProto(const service::Capacity& c) {
   return p;
 }
 
+google::protobuf::Timestamp FromUnixMs(int64_t ms) {
+  return google::protobuf::util::TimeUtil::MillisecondsToTimestamp(ms);
+}
+
+v1::Operation ToOperation(const service::Journal::Operation& op) {
+  v1::Operation o;
+  o.set_id(op.id);
+  o.set_kind(op.begin.type());
+  o.set_domain(op.begin.domain());
+  o.set_pool(op.begin.pool());
+  o.set_image(op.begin.image());
+  if (op.begin.type() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE && op.begin.volumes_size() > 0) {
+    o.set_volume(op.begin.volumes(0).name());
+  }
+  o.set_state(v1::OPERATION_STATE_RUNNING);
+  *o.mutable_start_time() = FromUnixMs(op.begin.unix_ms());
+  for (const auto& step : op.steps) {
+    std::string line = step.name();
+    if (step.has_volume()) absl::StrAppend(&line, " ", step.volume().pool(), "/", step.volume().name());
+    o.add_steps(std::move(line));
+  }
+  return o;
+}
+
+namespace {
+
+std::string StateWord(v1::OperationState s) {
+  switch (s) {
+    case v1::OPERATION_STATE_RUNNING: return "running";
+    case v1::OPERATION_STATE_SUCCEEDED: return "succeeded";
+    case v1::OPERATION_STATE_FAILED: return "failed";
+    case v1::OPERATION_STATE_ROLLED_BACK: return "rolled back";
+    case v1::OPERATION_STATE_RECOVERED: return "recovered";
+    case v1::OPERATION_STATE_CANCELLED: return "cancelled";
+    default: return "unknown";
+  }
+}
+
+}  // namespace
+
+v1::Operation ToProto(const service::OperationEvent& e) {
+  v1::Operation o = ToOperation(e.op);
+  o.set_state(e.state);
+  o.set_message(e.message);
+  if (e.end_unix_ms != 0) *o.mutable_end_time() = FromUnixMs(e.end_unix_ms);
+  o.set_bytes_done(e.done);
+  o.set_bytes_total(e.total);
+  if (!e.copy_volume.empty()) {
+    o.set_pool(e.copy_pool);
+    o.set_image(e.copy_image);
+    o.set_volume(e.copy_volume);
+  }
+  return o;
+}
+
 v1::DomainEvent ToProto(const service::SequencedEvent& e) {
   v1::DomainEvent p;
   auto nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(e.event.time.time_since_epoch()).count();
@@ -310,6 +365,11 @@ v1::DomainEvent ToProto(const service::SequencedEvent& e) {
   p.set_type(EventTypeToProto(e.event.type));
   p.set_detail(e.event.detail);
   p.set_sequence(e.sequence);
+  if (e.operation != nullptr) {
+    p.set_type(v1::DOMAIN_EVENT_TYPE_OPERATION);
+    *p.mutable_operation() = ToProto(*e.operation);
+    p.set_detail(StateWord(e.operation->state));
+  }
   return p;
 }
 

@@ -8,11 +8,13 @@
 #include "agent/service/host_service.h"
 #include "agent/service/image_service.h"
 #include "agent/service/metrics_collector.h"
+#include "agent/service/operation_events.h"
 #include "agent/service/storage_service.h"
 #include "hvagent/v1/domain.pb.h"
 #include "hvagent/v1/event.pb.h"
 #include "hvagent/v1/host.pb.h"
 #include "hvagent/v1/metrics.pb.h"
+#include "hvagent/v1/operation.pb.h"
 #include "hvagent/v1/storage.pb.h"
 
 namespace hvagent::api {
@@ -31,6 +33,10 @@ v1::Domain ToProto(const hv::DomainInfo& info);
 v1::Host ToProto(const hv::HostInfo& info, bool connected);
 v1::Capacity ToProto(const service::Capacity& c);
 v1::DomainEvent ToProto(const service::SequencedEvent& e);
+// An operation as OperationService shows it (running; no bytes: the caller adds them).
+v1::Operation ToOperation(const service::Journal::Operation& op);
+v1::Operation ToProto(const service::OperationEvent& e);
+google::protobuf::Timestamp FromUnixMs(int64_t ms);
 v1::Pool ToProto(const storage::PoolInfo& p);
 v1::Volume ToProto(const service::VolumeStatus& v);
 v1::Snapshot ToProto(const storage::SnapshotInfo& s);

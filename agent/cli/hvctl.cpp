@@ -31,6 +31,7 @@
 #include "agent/cli/hvctl_console.h"
 #include "agent/cli/hvctl_drain.h"
 #include "agent/cli/hvctl_image_upload.h"
+#include "agent/cli/hvctl_rescue.h"
 #include "agent/cli/hvctl_volume_export.h"
 #include "hvagent/v1/domain.grpc.pb.h"
 #include "hvagent/v1/event.grpc.pb.h"
@@ -64,11 +65,14 @@ int Usage() {
                "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
                "             the agent makes the network on IF, one of its [network] physical_interfaces)\n"
                "  nic-detach NAME MAC\n"
-               "  rescue NAME [--image POOL IMAGE] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
-               "                                       (boots it from the rescue disk/kernel, root as vdb)\n"
+               "  rescue NAME [--image POOL IMAGE [--volume NAME]] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
+               "              [--config-drive-image POOL IMAGE VOLUME | --config-drive POOL FILE VOLUME]\n"
+               "                                       (boots it from the rescue disk/kernel, root as vdb; a config\n"
+               "                                       drive from a ready image, or FILE uploaded as image cfg-VOLUME)\n"
                "  unrescue NAME                        (restores its definition and starts it)\n"
                "  volume-keep POOL NAME                (its domain's deletion releases it, never deletes it)\n"
-               "  watch [NAME...]                      (follows the event stream)\n"
+               "  watch [NAME...] [--operations|--operations-only] [--operation ID]\n"
+               "                                       (follows the event stream; operations: their progress)\n"
                "  console NAME [--read-only] [--take-over]  (the guest's serial console; Ctrl-] detaches)\n"
                "  operations [--running]               (creates and deletes: running, then recent)\n"
                "  images POOL | image-delete POOL NAME (a delete of an importing image cancels it)\n"
@@ -485,26 +489,10 @@ int main(int argc, char** argv) {
                   [&] { std::cout << arg1 << ": NIC " << req.mac() << " detached\n"; });
   }
   if (cmd == "rescue" && !arg1.empty()) {
-    v1::RescueDomainRequest req;
-    req.set_name(arg1);
-    for (size_t i = 2; i < args.size(); i += 2) {
-      if (args[i] == "--image" && i + 2 < args.size()) {
-        req.mutable_image()->set_pool(args[i + 1]);
-        req.mutable_image()->set_image(args[i + 2]);
-        ++i;
-      } else if (args[i] == "--kernel" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_kernel_path(args[i + 1]);
-      } else if (args[i] == "--initrd" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_initrd_path(args[i + 1]);
-      } else if (args[i] == "--cmdline" && i + 1 < args.size()) {
-        req.mutable_kernel()->set_cmdline(args[i + 1]);
-      } else {
-        return Usage();
-      }
-    }
-    deadline(ctx, 600);  // a rescue disk is copied from its image first
+    auto parsed = cli::ParseRescueArgs(args);
+    if (!parsed) return Usage();
     v1::Domain d;
-    return Render(json, domains->RescueDomain(&ctx, req, &d), d,
+    return Render(json, cli::Rescue(channel, *parsed, !json, &d), d,
                   [&] { std::cout << d.name() << ": rescued, " << State(d.state()) << "\n"; });
   }
   if (cmd == "unrescue" && !arg1.empty()) {
@@ -896,12 +884,32 @@ int main(int argc, char** argv) {
   if (cmd == "watch") {
     auto events = v1::EventService::NewStub(channel);
     v1::WatchEventsRequest req;
-    for (size_t i = 1; i < args.size(); ++i) req.add_domain_names(args[i]);
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--operations") {
+        req.set_operations(v1::WATCH_OPERATIONS_ALSO);
+      } else if (args[i] == "--operations-only") {
+        req.set_operations(v1::WATCH_OPERATIONS_ONLY);
+      } else if (args[i] == "--operation") {
+        uint64_t id = 0;
+        if (i + 1 >= args.size() || !absl::SimpleAtoi(args[i + 1], &id)) return Usage();
+        req.set_operation_id(id);
+        if (req.operations() == v1::WATCH_OPERATIONS_NONE) req.set_operations(v1::WATCH_OPERATIONS_ONLY);
+        ++i;
+      } else {
+        req.add_domain_names(args[i]);
+      }
+    }
     auto reader = events->Watch(&ctx, req);
     v1::DomainEvent e;
     while (reader->Read(&e)) {
       if (json) {
         std::cout << Json(e, false) << std::endl;
+      } else if (e.type() == v1::DOMAIN_EVENT_TYPE_OPERATION) {
+        const v1::Operation& op = e.operation();
+        std::cout << "operation " << op.id() << "  " << v1::OperationKind_Name(op.kind()).substr(sizeof("OPERATION_KIND_") - 1)
+                  << "  " << e.detail() << "  " << Bytes(op.bytes_done())
+                  << (op.bytes_total() > 0 ? " of " + Bytes(op.bytes_total()) : std::string())
+                  << (op.message().empty() ? "" : "  " + op.message()) << std::endl;
       } else {
         std::cout << e.domain_name() << "  " << v1::DomainEventType_Name(e.type()) << "  " << e.detail() << std::endl;
       }

@@ -184,6 +184,14 @@ absl::StatusOr<hv::DomainInfo> DomainService::Rescue(const std::string& name, co
     rec.mutable_config_volume()->set_created(true);
     rec.mutable_config_volume()->set_owned(true);
   }
+  // A volume of either name that exists already is refused before anything is journalled, so a
+  // journalled create step names a volume this rescue made, or none (MadeByRescue).
+  if (HasVolume(rec)) {
+    if (auto s = RefuseExistingVolume(rec.volume(), "image.volume"); !s.ok()) return s;
+  }
+  if (HasConfigDrive(rec)) {
+    if (auto s = RefuseExistingVolume(rec.config_volume(), "config_drive.volume"); !s.ok()) return s;
+  }
   internal::JournalBegin begin;
   begin.set_type(v1::OPERATION_KIND_RESCUE_DOMAIN);
   begin.set_domain(name);
@@ -251,14 +259,33 @@ absl::StatusOr<hv::DomainInfo> DomainService::RescueJournalled(uint64_t op, cons
 absl::StatusOr<std::string> DomainService::MakeRescueVolume(const internal::JournalVolume& v, const std::string& image,
                                                              const std::string& domain, const char* field, bool* made) {
   *made = true;
-  auto path = options_.volume_from_image(v.pool(), v.name(), image);
+  // Owned by the domain from its creation on: the mark recovery goes by (MadeByRescue).
+  auto path = options_.volume_from_image(v.pool(), v.name(), image, domain);
   if (!path.ok()) {
     *made = !absl::IsAlreadyExists(path.status());  // never delete a volume someone else made
     return absl::Status(path.status().code(), absl::StrCat(field, ": ", path.status().message()));
   }
-  auto claimed = storage_->ClaimVolume({.pool = v.pool(), .name = v.name()}, domain);
-  if (!claimed.ok()) return claimed.status();
-  return claimed->path;
+  return *path;
+}
+
+absl::Status DomainService::RefuseExistingVolume(const internal::JournalVolume& v, absl::string_view field) {
+  if (storage_ == nullptr) return absl::OkStatus();  // CheckRescueBoot refused such a rescue already
+  auto st = storage_->GetVolume(v.pool(), v.name());
+  if (absl::IsNotFound(st.status())) return absl::OkStatus();
+  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(field, ": ", st.status().message()));
+  return absl::AlreadyExistsError(
+      absl::StrCat(field, ": volume '", v.name(), "' already exists in pool '", v.pool(), "'; name another"));
+}
+
+absl::StatusOr<bool> DomainService::MadeByRescue(const internal::JournalVolume& v, const std::string& domain) {
+  if (storage_ == nullptr) return false;
+  auto st = storage_->GetVolume(v.pool(), v.name());
+  if (absl::IsNotFound(st.status())) return false;  // never made, or already deleted
+  if (!st.ok()) return st.status();
+  if (st->volume.attached_to == domain) return true;
+  Log()->warn("recovery: volume {}/{} is not {}'s (recorded owner '{}'): made by someone else, left alone", v.pool(),
+              v.name(), domain, st->volume.attached_to);
+  return false;
 }
 
 absl::Status DomainService::DeleteRescueVolume(const internal::RescueRecord& rec, bool rescue_disk, bool config_drive) {
@@ -381,7 +408,13 @@ DomainService::Recovery DomainService::RecoverRescue(const Journal::Operation& o
     return r;
   }
   const bool touched = dom->has_value() && (HasStep(op, "destroy") || HasStep(op, "define-rescue"));
-  if (auto s = UndoRescue(rec, touched, HasStep(op, "create-volume"), HasStep(op, "create-config-volume")); !s.ok()) {
+  // A journalled create step says the volume may exist, not that this rescue made it.
+  absl::StatusOr<bool> made_volume = false, made_config = false;
+  if (HasStep(op, "create-volume")) made_volume = MadeByRescue(rec.volume(), rec.domain());
+  if (HasStep(op, "create-config-volume")) made_config = MadeByRescue(rec.config_volume(), rec.domain());
+  absl::Status s = made_volume.ok() ? made_config.status() : made_volume.status();
+  if (s.ok()) s = UndoRescue(rec, touched, *made_volume, *made_config);
+  if (!s.ok()) {
     r.state = v1::OPERATION_STATE_FAILED;
     r.outcome = absl::StrCat("failed: ", s.message());
     return r;

@@ -75,11 +75,12 @@ class DomainService {
     // Makes the volumes of disks that name an image (DiskVolume.image). Null: such disks are
     // refused (FAILED_PRECONDITION).
     ImageService* images = nullptr;
-    // Makes the free volume `volume` in `pool` holding the READY image `image` of that pool and
-    // returns its device path (ImageService::CreateVolumeFromImage). Null: rescue from an image
-    // is refused (FAILED_PRECONDITION).
+    // Makes the free volume `volume` in `pool` holding the READY image `image` of that pool,
+    // recorded as owned by domain `owner` from its creation on (before the copy), and returns its
+    // device path (ImageService::CreateVolumeFromImage). AlreadyExists for a volume of that name,
+    // which it leaves alone. Null: rescue from an image is refused (FAILED_PRECONDITION).
     std::function<absl::StatusOr<std::string>(const std::string& pool, const std::string& volume,
-                                              const std::string& image)>
+                                              const std::string& image, const std::string& owner)>
         volume_from_image;
     // Where rescued domains' original definitions are kept. Null: in memory.
     RescueRecords* rescues = nullptr;
@@ -229,6 +230,12 @@ class DomainService {
   // only when `rescue_disk` / `config_drive` (a rescue that failed deletes only what it made).
   // NotFound counts as done.
   absl::Status DeleteRescueVolume(const internal::RescueRecord& rec, bool rescue_disk = true, bool config_drive = true);
+  // AlreadyExists naming `field` when the rescue's volume `v` exists before the rescue began.
+  absl::Status RefuseExistingVolume(const internal::JournalVolume& v, absl::string_view field);
+  // Whether the rescue of `domain` made volume `v`: it exists and is recorded as that domain's
+  // (it is from its creation on; a volume that was there before was refused before the journal
+  // entry began). For recovery, which sees only that the step was journalled.
+  absl::StatusOr<bool> MadeByRescue(const internal::JournalVolume& v, const std::string& domain);
   // Makes the volume `v` from `image` and claims it for the rescued domain; its path.
   absl::StatusOr<std::string> MakeRescueVolume(const internal::JournalVolume& v, const std::string& image,
                                                const std::string& domain, const char* field, bool* made);

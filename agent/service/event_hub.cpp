@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "agent/service/operation_events.h"
+
 namespace hvagent::service {
 
 std::optional<SequencedEvent> EventHub::Subscription::Next(std::chrono::milliseconds timeout) {
@@ -41,9 +43,18 @@ bool EventHub::Subscription::closed() const {
   return closed_;
 }
 
+bool EventHub::Subscription::Wants(const SequencedEvent& e) const {
+  if (e.operation != nullptr) {
+    return ops_.mode != OperationFilter::Mode::kNone &&
+           (ops_.operation_id == 0 || ops_.operation_id == e.operation->op.id);
+  }
+  if (ops_.mode == OperationFilter::Mode::kOnly) return false;
+  // The resync marker concerns every stream of domain events (it names no domain).
+  return names_.empty() || e.event.type == hv::DomainEventType::kResync || names_.contains(e.event.domain_name);
+}
+
 void EventHub::Subscription::Push(const SequencedEvent& e) {
-  // The resync marker concerns every stream (it names no domain).
-  if (!names_.empty() && e.event.type != hv::DomainEventType::kResync && !names_.contains(e.event.domain_name)) return;
+  if (!Wants(e)) return;
   {
     std::lock_guard lock(mu_);
     if (queue_.size() >= capacity_) {
@@ -65,18 +76,28 @@ void EventHub::Subscription::Close() {
   Notify();
 }
 
-std::shared_ptr<EventHub::Subscription> EventHub::Subscribe(std::vector<std::string> domain_names) {
+std::shared_ptr<EventHub::Subscription> EventHub::Subscribe(std::vector<std::string> domain_names,
+                                                           OperationFilter operations) {
   std::shared_ptr<Subscription> sub(
-      new Subscription(std::set<std::string>(domain_names.begin(), domain_names.end()), capacity_));
+      new Subscription(std::set<std::string>(domain_names.begin(), domain_names.end()), operations, capacity_));
   std::lock_guard lock(mu_);
   if (closed_) sub->Close();
   subscribers_.push_back(sub);
   return sub;
 }
 
-void EventHub::Publish(const hv::DomainEvent& event) {
+void EventHub::Publish(const hv::DomainEvent& event) { Deliver(SequencedEvent{event, 0, nullptr}); }
+
+void EventHub::Publish(const OperationEvent& event) {
+  SequencedEvent e;
+  e.event.time = std::chrono::system_clock::now();
+  e.event.domain_name = event.op.begin.domain();
+  e.operation = std::make_shared<const OperationEvent>(event);
+  Deliver(std::move(e));
+}
+
+void EventHub::Deliver(SequencedEvent e) {
   std::vector<std::shared_ptr<Subscription>> live;
-  SequencedEvent e{event, 0};
   {
     std::lock_guard lock(mu_);
     if (closed_) return;

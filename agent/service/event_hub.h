@@ -1,5 +1,7 @@
 #pragma once
-// EventHub: fans domain lifecycle events out to any number of subscribers (gRPC Watch streams).
+// EventHub: fans domain lifecycle events, and the agent's operation events (OperationEvents),
+// out to any number of subscribers (gRPC Watch streams); operation events only to subscribers
+// that ask for them.
 // Publish never blocks: each subscriber has a bounded queue; when a slow subscriber's queue is
 // full its oldest event is dropped and the drop is counted, so one stuck client cannot stall
 // the hypervisor's event thread or the other clients.
@@ -20,9 +22,19 @@
 
 namespace hvagent::service {
 
+struct OperationEvent;  // operation_events.h
+
 struct SequencedEvent {
-  hv::DomainEvent event;
+  hv::DomainEvent event;  // a domain event; for an operation event only `time` and `domain_name`
   uint64_t sequence = 0;
+  std::shared_ptr<const OperationEvent> operation;  // set: an operation event
+};
+
+// What a subscriber wants besides domain events of its named domains.
+struct OperationFilter {
+  enum class Mode { kNone, kAlso, kOnly };  // operation events: none, with domain events, alone
+  Mode mode = Mode::kNone;
+  uint64_t operation_id = 0;  // not 0: only this operation's
 };
 
 class EventHub {
@@ -45,13 +57,16 @@ class EventHub {
 
    private:
     friend class EventHub;
-    Subscription(std::set<std::string> names, size_t capacity) : names_(std::move(names)), capacity_(capacity) {}
+    Subscription(std::set<std::string> names, OperationFilter ops, size_t capacity)
+        : names_(std::move(names)), ops_(ops), capacity_(capacity) {}
+    bool Wants(const SequencedEvent& e) const;
     void Push(const SequencedEvent& e);
     void Close();
 
     void Notify();
 
     const std::set<std::string> names_;  // empty: every domain
+    const OperationFilter ops_;
     const size_t capacity_;
     std::mutex listener_mu_;  // held while the listener runs: SetListener() waits for it
     std::function<void()> listener_;
@@ -66,13 +81,17 @@ class EventHub {
 
   // Subscribes to events of the named domains (all domains when empty). Unsubscribes when the
   // returned pointer is released.
-  std::shared_ptr<Subscription> Subscribe(std::vector<std::string> domain_names);
+  std::shared_ptr<Subscription> Subscribe(std::vector<std::string> domain_names, OperationFilter operations = {});
   void Publish(const hv::DomainEvent& event);
+  // An operation event, in the same sequence as domain events.
+  void Publish(const OperationEvent& event);
   // Wakes and ends every subscription (agent shutdown).
   void Close();
   size_t subscriber_count() const;
 
  private:
+  void Deliver(SequencedEvent e);
+
   const size_t capacity_;
   mutable std::mutex mu_;
   uint64_t next_sequence_ = 1;

@@ -454,7 +454,7 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
       digests.Update(chunk);
       if (sha256) sha256->Update(chunk);
       if (auto s = writer->Write(chunk); !s.ok()) return s;
-      job.done = writer->written();
+      SetDone(job, writer->written());
       return absl::OkStatus();
     };
     if (auto s = StreamSource(job, r, sink); !s.ok()) return s;
@@ -495,7 +495,7 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
     }
     digests.Update(chunk);
     landed += chunk.size();
-    job.done = landed;
+    SetDone(job, landed);
     return WriteFd(scratch.fd, chunk);
   };
   if (auto s = StreamSource(job, r, sink); !s.ok()) return s;
@@ -523,7 +523,8 @@ absl::StatusOr<std::string> ImageService::RunSteps(Running& job, const ImportReq
   auto cancelled = [&job, &r] { return job.cancel.load() || (r.upload != nullptr && r.upload->CallerGone()); };
   if (auto s = qemu.ConvertToRaw(scratch.path, slot->path, cancelled); !s.ok()) return s;
   record.virtual_size = info->virtual_size;
-  job.total = job.done = info->virtual_size;
+  job.total = info->virtual_size;
+  SetDone(job, info->virtual_size);
   return img::HashFile(slot->path, info->virtual_size, &job.cancel);
 }
 
@@ -711,13 +712,16 @@ absl::StatusOr<VolumeStatus> ImageService::MakeVolume(const std::string& pool, c
   auto cloned = storage_.CreateVolumeCloned(pool, {name, size}, image, owner);
   if (!absl::IsUnimplemented(cloned.status())) {
     if (cloned.ok()) Log()->info("volume {}/{} created as a clone of image {}", pool, name, image);
-    if (cloned.ok() && job != nullptr) job->done = virtual_size;
+    if (cloned.ok() && job != nullptr) SetDone(*job, virtual_size);
     return cloned;
   }
   img::ProgressFn progress = [&, job](uint64_t done) {
     if (job != nullptr) {
-      job->done = done;
+      SetDone(*job, done);
       HVAGENT_FAILPOINT("volume_from_image.mid_copy");  // tests: a crash, or a pause to cancel in
+    }
+    if (job == nullptr && !owner.empty() && options_.events != nullptr) {
+      options_.events->DiskCopyProgress(owner, pool, image, name, done, virtual_size);
     }
     if (options_.on_copy_progress) {
       options_.on_copy_progress({.operation_id = job ? job->id : 0, .pool = pool, .image = image, .volume = name,
@@ -786,6 +790,11 @@ void ImageService::RunVolumeFromImage(std::shared_ptr<Running> job, VolumeFromIm
   copies_.erase(Key(r.pool, r.volume));
   job->finished = true;
   idle_.notify_all();
+}
+
+void ImageService::SetDone(Running& job, uint64_t done) {
+  job.done = done;
+  if (options_.events != nullptr) options_.events->Progress(job.id, done, job.total);
 }
 
 std::optional<Transfer> ImageService::TransferOf(uint64_t id) const {

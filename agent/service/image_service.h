@@ -38,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "agent/service/journal.h"
+#include "agent/service/operation_events.h"
 #include "agent/service/storage_service.h"
 #include "hypervisor/hypervisor.h"
 #include "common/host_path_policy.h"
@@ -169,6 +170,8 @@ class ImageService {
     // The bytes free for an unprivileged writer on the filesystem of a directory (statvfs of it,
     // or of its nearest existing parent). Null: statvfs. Tests inject their own.
     std::function<absl::StatusOr<uint64_t>(const std::string& dir)> free_space;
+    // Told bytes done of every import and copy, for the event stream. Null: nobody.
+    OperationEvents* events = nullptr;
   };
 
   // What a qcow2 file of a `size`-byte disk can take at most: every cluster allocated, plus its
@@ -241,6 +244,8 @@ class ImageService {
     std::atomic<bool> finished{false};
   };
 
+  // Records how far `job` is and tells options_.events.
+  void SetDone(Running& job, uint64_t done);
   // CreateVolumeFromImage's work; `job` not null: its progress, cancel flag and journal entry.
   absl::StatusOr<VolumeStatus> MakeVolume(const std::string& pool, const std::string& name, uint64_t size_bytes,
                                           const std::string& image, const std::string& owner, Running* job);

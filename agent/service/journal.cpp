@@ -1,6 +1,7 @@
 #include "agent/service/journal.h"
 
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 
@@ -64,14 +65,20 @@ absl::Status Journal::Write(const internal::JournalRecord& r) {
 }
 
 absl::StatusOr<uint64_t> Journal::Begin(internal::JournalBegin begin) {
-  std::lock_guard lock(mu_);
-  begin.set_unix_ms(NowUnixMs());
-  internal::JournalRecord r;
-  r.set_op(next_id_);
-  *r.mutable_begin() = begin;
-  if (auto s = Write(r); !s.ok()) return s;
-  open_[next_id_] = Operation{next_id_, std::move(begin), {}};
-  return next_id_++;
+  Operation begun;
+  {
+    std::lock_guard lock(mu_);
+    begin.set_unix_ms(NowUnixMs());
+    internal::JournalRecord r;
+    r.set_op(next_id_);
+    *r.mutable_begin() = begin;
+    if (auto s = Write(r); !s.ok()) return s;
+    begun = Operation{next_id_, std::move(begin), {}};
+    open_[next_id_] = begun;
+    ++next_id_;
+  }
+  if (observer_ != nullptr) observer_->Begun(begun);
+  return begun.id;
 }
 
 absl::Status Journal::Step(uint64_t op, internal::JournalStep step) {
@@ -90,6 +97,14 @@ std::vector<Journal::Ended> Journal::Recent() const {
 }
 
 absl::Status Journal::End(uint64_t op, v1::OperationState state, const std::string& message) {
+  std::optional<Ended> ended;
+  if (auto s = EndRecord(op, state, message, ended); !s.ok()) return s;
+  if (observer_ != nullptr && ended) observer_->Ended(*ended);
+  return absl::OkStatus();
+}
+
+absl::Status Journal::EndRecord(uint64_t op, v1::OperationState state, const std::string& message,
+                                std::optional<Ended>& ended) {
   std::lock_guard lock(mu_);
   const bool last = open_.size() == 1 && open_.contains(op);
   if (last && file_ != nullptr) {
@@ -105,6 +120,7 @@ absl::Status Journal::End(uint64_t op, v1::OperationState state, const std::stri
   }
   if (auto it = open_.find(op); it != open_.end()) {
     recent_.push_front(Ended{std::move(it->second), state, message, NowUnixMs()});
+    ended = recent_.front();
     if (recent_.size() > kHistory) recent_.pop_back();
     open_.erase(it);
   }

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@
 #include "hvagent/internal/state.pb.h"
 
 namespace hvagent::service {
+
+class JournalObserver;
 
 class Journal {
  public:
@@ -58,6 +61,9 @@ class Journal {
   // (the log never grows beyond the operations in flight).
   // `state` is how it ended (not RUNNING); `message` says why it failed or what recovery did.
   absl::Status End(uint64_t op, v1::OperationState state, const std::string& message = "");
+  // Told of every Begin and End from now on (OperationEvents), after the record is written,
+  // outside the journal's lock, on the caller's thread. Null: nobody. Set before serving.
+  void SetObserver(JournalObserver* observer) { observer_ = observer; }
   // Lines skipped as unreadable when the file was opened (a torn last write).
   size_t skipped_on_open() const { return skipped_; }
   bool persistent() const { return file_ != nullptr; }
@@ -65,6 +71,9 @@ class Journal {
  private:
   Journal() = default;
   absl::Status Write(const internal::JournalRecord& r);
+  // End's record and bookkeeping (takes mu_); `ended` set when `op` was open.
+  absl::Status EndRecord(uint64_t op, v1::OperationState state, const std::string& message,
+                         std::optional<Ended>& ended);
 
   mutable std::mutex mu_;
   std::unique_ptr<RecordFile> file_;
@@ -72,6 +81,14 @@ class Journal {
   std::map<uint64_t, Operation> open_;
   std::deque<Ended> recent_;  // newest first
   size_t skipped_ = 0;
+  JournalObserver* observer_ = nullptr;
+};
+
+class JournalObserver {
+ public:
+  virtual ~JournalObserver() = default;
+  virtual void Begun(const Journal::Operation& op) = 0;
+  virtual void Ended(const Journal::Ended& ended) = 0;
 };
 
 }  // namespace hvagent::service

@@ -1,5 +1,7 @@
 #include "agent/service/migration_service.h"
 
+#include <functional>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
@@ -81,19 +83,23 @@ absl::Status CheckLiveTarget(const LiveTarget& t, size_t volumes) {
 // Counts what an export hands on, for the operation's progress.
 class CountingSink final : public storage::image::ExportSink {
  public:
-  CountingSink(storage::image::ExportSink& next, std::atomic<uint64_t>& done) : next_(next), done_(done) {}
+  CountingSink(storage::image::ExportSink& next, std::atomic<uint64_t>& done, std::function<void()> moved)
+      : next_(next), done_(done), moved_(std::move(moved)) {}
   absl::Status Data(absl::string_view bytes) override {
     done_ += bytes.size();
+    moved_();
     return next_.Data(bytes);
   }
   absl::Status Zeros(uint64_t bytes) override {
     done_ += bytes;
+    moved_();
     return next_.Zeros(bytes);
   }
 
  private:
   storage::image::ExportSink& next_;
   std::atomic<uint64_t>& done_;
+  const std::function<void()> moved_;  // after each count
 };
 
 }  // namespace
@@ -246,6 +252,10 @@ absl::Status MigrationService::Step(Job& job, const std::string& name, const sto
   return journal_.Step(job.id, step);
 }
 
+void MigrationService::Report(const Job& job) {
+  if (options_.events != nullptr) options_.events->Progress(job.id, job.done, job.total);
+}
+
 absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer) {
   for (size_t i = 0; i < job.volumes.size(); ++i) {
     const storage::VolumeInfo& v = job.volumes[i];
@@ -254,7 +264,7 @@ absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const 
     std::string sent_sha;
     auto got = peer.SendVolume(transfer, job.plan.volumes[i].disk, v.size_bytes,
                                [&](storage::image::ExportSink& sink) -> absl::StatusOr<storage::image::ExportResult> {
-                                 CountingSink counting(sink, job.done);
+                                 CountingSink counting(sink, job.done, [&] { Report(job); });
                                  auto r = storage::image::ExportDevice(v.path, v.size_bytes, counting, &job.cancel);
                                  if (r.ok()) sent_sha = r->sha256;
                                  return r;
@@ -291,10 +301,14 @@ absl::Status MigrationService::RunLive(Job& job, const hv::LiveMigration& m) {
     if (auto j = hv_.GetMigrationJob(name); j.ok() && j->bytes_total > 0) {
       job.total = j->bytes_total;
       job.done = std::min(j->bytes_done, j->bytes_total);
+      Report(job);
     }
   }
   migrate.join();
-  if (result.ok()) job.done = job.total.load();
+  if (result.ok()) {
+    job.done = job.total.load();
+    Report(job);
+  }
   if (aborted && !result.ok()) return absl::CancelledError("cancelled");
   return result;
 }

@@ -59,6 +59,7 @@ class MigrationService {
   struct Options {
     bool live_tls = false;  // ask the hypervisor for TLS on a live migration's data channel
     std::chrono::milliseconds live_poll{250};  // how often a live migration's progress is read
+    OperationEvents* events = nullptr;  // told bytes moved, for the event stream; null: nobody
   };
   MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
                    MigrationPeerFactory connect, Options options);
@@ -91,6 +92,8 @@ class MigrationService {
     std::atomic<uint64_t> done{0};
     std::atomic<uint64_t> total{0};
   };
+  // Tells options_.events how far `job` is.
+  void Report(const Job& job);
   // The plan the destination gets: the domain's spec with every disk a volume it owns.
   absl::StatusOr<std::shared_ptr<Job>> Plan(const MigrateRequest& request);
   void Run(std::shared_ptr<Job> job);

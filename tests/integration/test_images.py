@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from hvagent.v1 import image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
+from hvagent.v1 import event_pb2, event_pb2_grpc, image_pb2, image_pb2_grpc, operation_pb2, operation_pb2_grpc
 from agent_harness import console_until, Agent, test_guest, unique_name
 from loop_pools import LoopPoolsTestCase, run
 
@@ -247,6 +247,47 @@ state_dir = "{cls.statedir}"
         listed = self.images.ListImages(image_pb2.ListImagesRequest(pool="disk1"), timeout=30)
         self.assertEqual([i.name for i in listed.images], ["q"])
         self.images.DeleteImage(image_pb2.ImageRef(pool="disk1", name="q"), timeout=60)
+        self.assertEqual(self.state(), before)
+
+    def test_an_import_is_seen_on_watch_with_growing_bytes_and_its_end(self):
+        """EventService.Watch with operations: the import's RUNNING event, progress at most every
+        500 ms with growing bytes, and SUCCEEDED with the whole size, read by a real gRPC client
+        while the agent fetches a slow HTTP source (64 KiB every 50 ms: about 3 s for 4 MiB)."""
+        before = self.state()
+        size = 4 * MiB
+        raw = self.random_file(self.served, "watched.raw", size)
+        events = event_pb2_grpc.EventServiceStub(self.agent.channel)
+        stream = events.Watch(event_pb2.WatchEventsRequest(operations=event_pb2.WATCH_OPERATIONS_ONLY), timeout=120)
+        stream.initial_metadata()  # subscribed: every later event reaches this stream
+        op = self.import_grpc("watched", image_pb2.IMAGE_FORMAT_RAW, url=self.base + "slow/watched.raw",
+                              sha256=sha256_file(raw))
+        seen = []
+        for e in stream:
+            self.assertEqual(e.type, event_pb2.DOMAIN_EVENT_TYPE_OPERATION, e)
+            if e.operation.id != op.id:
+                continue  # another test's operation (none should run, but the stream is the host's)
+            seen.append(e)
+            if e.operation.state != operation_pb2.OPERATION_STATE_RUNNING:
+                break
+        stream.cancel()
+        states = [e.operation.state for e in seen]
+        self.assertEqual(states[0], operation_pb2.OPERATION_STATE_RUNNING)
+        self.assertEqual(states[-1], operation_pb2.OPERATION_STATE_SUCCEEDED, seen[-1])
+        self.assertEqual(seen[-1].detail, "succeeded")
+        self.assertEqual((seen[-1].operation.bytes_done, seen[-1].operation.bytes_total), (size, size))
+        self.assertEqual((seen[-1].operation.pool, seen[-1].operation.image), ("disk1", "watched"))
+        progress = [e for e in seen[1:-1] if e.operation.bytes_done > 0]
+        self.assertGreaterEqual(len(progress), 3, f"too few progress events for a 3 s import: {seen}")
+        done = [e.operation.bytes_done for e in progress]
+        self.assertEqual(done, sorted(set(done)), f"bytes did not grow: {done}")
+        self.assertLess(done[-1], size)
+        self.assertTrue(all(e.operation.bytes_total == size for e in progress))
+        # Rate: at most one progress event per 500 ms (the agent's clock stamps each event).
+        times = [e.time.ToNanoseconds() / 1e9 for e in seen[:-1]]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertTrue(all(g >= 0.45 for g in gaps), f"events closer than 500 ms: {gaps}")
+        self.assertLessEqual(len(seen), 2 + (times[-1] - times[0]) / 0.5 + 1)
+        self.assertEqual(self.agent.rest("DELETE", "/v1/pools/disk1/images/watched")[0], 200)
         self.assertEqual(self.state(), before)
 
     def test_hvctl_imports_with_a_progress_bar_and_lists_and_deletes(self):

@@ -4,12 +4,14 @@ root is a volume of a GPT pool on a loop device is rescued with a rescue disk ma
 console the rescue guest sees the rescue disk as vda (its bytes are the image's: sha256sum)
 and the root volume as vdb. Unrescue boots the original definition: the root alone as vda. The
 rescue volume is gone afterwards, the root volume still owned. Refusals (rescue twice, unrescue
-of a domain not rescued, a kernel outside kernel_dirs) change nothing."""
+of a domain not rescued, a kernel outside kernel_dirs) change nothing. `hvctl rescue
+--config-drive` uploads an ISO made by genisoimage and the rescue gets it as a read-only CD-ROM."""
 
 import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -192,3 +194,65 @@ max_virtual_size_mib = 64
                     self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{v}")
                 self.wait_gone(v)
             self.agent.rest("DELETE", "/v1/pools/disk1/images/rescue2")
+
+    def test_hvctl_rescue_with_a_config_drive_file_attaches_it_read_only(self):
+        """hvctl rescue --config-drive POOL FILE VOLUME: the ISO is uploaded as image cfg-VOLUME,
+        the rescue makes VOLUME from it (its bytes the ISO's) attached as a read-only CD-ROM, and
+        the uploaded image is gone afterwards; unrescue deletes the volume."""
+        hvctl = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
+
+        def cli(*args):
+            return subprocess.run([hvctl, "--server", self.agent.grpc_addr, *args], capture_output=True, text=True,
+                                  timeout=300)
+
+        tree = tempfile.mkdtemp(prefix="hvit-cfg-")
+        os.makedirs(os.path.join(tree, "openstack", "latest"))
+        with open(os.path.join(tree, "openstack", "latest", "meta_data.json"), "w") as f:
+            f.write('{"uuid": "hvctl-rescue"}')
+        iso = os.path.join(tree, "cfg.iso")
+        run(["genisoimage", "-quiet", "-o", iso, "-V", "config-2", "-J", "-r", os.path.join(tree, "openstack")])
+        with open(iso, "rb") as f:
+            iso_bytes = f.read()
+        name = unique_name("rsh")
+        spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsh-root",
+                                                       "create_size_bytes": str(ROOT_MIB * MiB)}}]}
+        status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": False})
+        self.assertEqual(status, 201, dom)
+        try:
+            r = cli("rescue", name, "--config-drive", "disk1", iso)  # VOLUME missing
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            r = cli("rescue", name, "--kernel", self.kernel, "--initrd", self.initrd, "--cmdline", "console=ttyS0",
+                    "--config-drive", "disk1", iso, "rsh-cfg")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn(f"{name}: rescued, running", r.stdout)
+            status, vol = self.volume("rsh-cfg")
+            self.assertEqual(status, 200, vol)
+            self.assertEqual(vol["attached_to"], name)
+            with open(vol["path"], "rb") as dev:
+                self.assertEqual(hashlib.sha256(dev.read(len(iso_bytes))).hexdigest(),
+                                 hashlib.sha256(iso_bytes).hexdigest(), "the config drive holds the ISO's bytes")
+            xml = run(["virsh", "-c", "qemu:///system", "dumpxml", name]).stdout
+            cdrom = re.search(r"<disk[^>]*device=.cdrom.*?</disk>", xml, re.S)
+            self.assertIsNotNone(cdrom, xml)
+            self.assertIn(vol["path"], cdrom.group(0))
+            self.assertIn("<readonly/>", cdrom.group(0))
+            self.assertEqual(self.agent.rest("GET", "/v1/pools/disk1/images/cfg-rsh-cfg")[0], 404,
+                             "the uploaded image is deleted once the rescue answered")
+            r = cli("unrescue", name)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.wait_gone("rsh-cfg")
+            # A config drive image that does not exist: refused, naming the field, nothing made.
+            r = cli("rescue", name, "--kernel", self.kernel, "--config-drive-image", "disk1", "nosuch", "rsh-cfg")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("config_drive", r.stderr)
+            self.assertEqual(self.volume("rsh-cfg")[0], 404)
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+            self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
+            for v in ("rsh-root", "rsh-cfg"):
+                if self.volume(v)[0] == 200:
+                    self.agent.rest("DELETE", f"/v1/pools/disk1/volumes/{v}")
+                self.wait_gone(v)
+            self.agent.rest("DELETE", "/v1/pools/disk1/images/cfg-rsh-cfg")

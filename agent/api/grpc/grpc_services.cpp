@@ -239,6 +239,25 @@ class WatchReactor final : public OneWriteAtATime<grpc::ServerWriteReactor<v1::D
 
 }  // namespace
 
+namespace {
+
+absl::StatusOr<service::OperationFilter> OperationFilterOf(const v1::WatchEventsRequest& req) {
+  service::OperationFilter f{.operation_id = req.operation_id()};
+  switch (req.operations()) {
+    case v1::WATCH_OPERATIONS_NONE: f.mode = service::OperationFilter::Mode::kNone; break;
+    case v1::WATCH_OPERATIONS_ALSO: f.mode = service::OperationFilter::Mode::kAlso; break;
+    case v1::WATCH_OPERATIONS_ONLY: f.mode = service::OperationFilter::Mode::kOnly; break;
+    default:
+      return absl::InvalidArgumentError("operations: must be WATCH_OPERATIONS_NONE, _ALSO or _ONLY");
+  }
+  if (f.operation_id != 0 && f.mode == service::OperationFilter::Mode::kNone) {
+    return absl::InvalidArgumentError("operation_id: needs operations WATCH_OPERATIONS_ALSO or WATCH_OPERATIONS_ONLY");
+  }
+  return f;
+}
+
+}  // namespace
+
 grpc::ServerWriteReactor<v1::DomainEvent>* EventGrpcService::Watch(grpc::CallbackServerContext* ctx,
                                                                    const v1::WatchEventsRequest* req) {
   std::string request_id = RequestIdOf(ctx);
@@ -246,8 +265,11 @@ grpc::ServerWriteReactor<v1::DomainEvent>* EventGrpcService::Watch(grpc::Callbac
   auto slot = pipeline_.AdmitStream(OperationNamed("hvagent.v1.EventService/Watch"),
                                     CallerOf(ctx, pipeline_.authorizer()));
   if (!slot.ok()) return new RefusedStream(ToGrpcStatus(slot.status()));
-  auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()});
-  Log()->debug("Watch opened ({} domain filter(s))", req->domain_names_size());
+  auto operations = OperationFilterOf(*req);
+  if (!operations.ok()) return new RefusedStream(ToGrpcStatus(operations.status()));
+  auto sub = hub_.Subscribe({req->domain_names().begin(), req->domain_names().end()}, *operations);
+  Log()->debug("Watch opened ({} domain filter(s), operations {})", req->domain_names_size(),
+               v1::WatchOperations_Name(req->operations()));
   return new WatchReactor(std::move(sub), std::move(*slot), std::move(request_id));
 }
 

@@ -406,30 +406,6 @@ absl::Status AbortIncoming(const Services& s, const v1::IncomingRef& req, v1::Ab
 
 // ---- OperationService ----
 
-google::protobuf::Timestamp FromUnixMs(int64_t ms) {
-  return google::protobuf::util::TimeUtil::MillisecondsToTimestamp(ms);
-}
-
-v1::Operation ToOperation(const service::Journal::Operation& op) {
-  v1::Operation o;
-  o.set_id(op.id);
-  o.set_kind(op.begin.type());
-  o.set_domain(op.begin.domain());
-  o.set_pool(op.begin.pool());
-  o.set_image(op.begin.image());
-  if (op.begin.type() == v1::OPERATION_KIND_VOLUME_FROM_IMAGE && op.begin.volumes_size() > 0) {
-    o.set_volume(op.begin.volumes(0).name());
-  }
-  o.set_state(v1::OPERATION_STATE_RUNNING);
-  *o.mutable_start_time() = FromUnixMs(op.begin.unix_ms());
-  for (const auto& step : op.steps) {
-    std::string line = step.name();
-    if (step.has_volume()) absl::StrAppend(&line, " ", step.volume().pool(), "/", step.volume().name());
-    o.add_steps(std::move(line));
-  }
-  return o;
-}
-
 absl::Status ListOperations(const Services& s, const v1::ListOperationsRequest& req,
                             v1::ListOperationsResponse* out) {
   auto running = s.journal->Unfinished();

@@ -1,5 +1,6 @@
 // The gRPC services in-process, over the real service layer and a fake hypervisor.
 #include "agent/api/grpc/grpc_services.h"
+#include "agent/service/operation_events.h"
 #include "common/worker_pool.h"
 
 #include <filesystem>
@@ -277,6 +278,59 @@ TEST_F(GrpcServicesTest, WatchStreamsFilteredEventsInOrder) {
   while (reader->Read(&ignored)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST_F(GrpcServicesTest, WatchWithOperations_CarriesTheOperationAndItsState) {
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.set_operations(v1::WATCH_OPERATIONS_ONLY);
+  req.set_operation_id(9);
+  auto reader = events_->Watch(&ctx, req);
+  reader->WaitForInitialMetadata();
+  service::OperationEvent other;
+  other.op.id = 8;
+  hub_.Publish(other);
+  hv::DomainEvent started;
+  started.domain_name = "web1";
+  started.type = hv::DomainEventType::kStarted;
+  hub_.Publish(started);
+  service::OperationEvent e;
+  e.op.id = 9;
+  e.op.begin.set_type(v1::OPERATION_KIND_IMPORT_IMAGE);
+  e.op.begin.set_pool("p0");
+  e.op.begin.set_image("golden");
+  e.state = v1::OPERATION_STATE_SUCCEEDED;
+  e.done = e.total = 4096;
+  e.end_unix_ms = 1700000000000;
+  hub_.Publish(e);
+  v1::DomainEvent got;
+  ASSERT_TRUE(reader->Read(&got));
+  EXPECT_EQ(got.type(), v1::DOMAIN_EVENT_TYPE_OPERATION);
+  EXPECT_EQ(got.detail(), "succeeded");
+  EXPECT_EQ(got.operation().id(), 9u);
+  EXPECT_EQ(got.operation().kind(), v1::OPERATION_KIND_IMPORT_IMAGE);
+  EXPECT_EQ(got.operation().state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(got.operation().image(), "golden");
+  EXPECT_EQ(got.operation().bytes_done(), 4096u);
+  EXPECT_EQ(got.operation().bytes_total(), 4096u);
+  EXPECT_EQ(got.operation().end_time().seconds(), 1700000000);
+  ctx.TryCancel();
+  while (reader->Read(&got)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST_F(GrpcServicesTest, WatchRefusesAnOperationIdWithoutOperations) {
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.set_operation_id(3);
+  auto reader = events_->Watch(&ctx, req);
+  v1::DomainEvent got;
+  EXPECT_FALSE(reader->Read(&got));
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("operation_id"), std::string::npos) << s.error_message();
+  EXPECT_EQ(hub_.subscriber_count(), 0u);
 }
 
 // Agent shutdown closes the hub: every open stream ends with OK after the events already

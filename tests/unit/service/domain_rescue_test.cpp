@@ -7,6 +7,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -60,19 +62,27 @@ class DomainRescueTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  std::unique_ptr<DomainService> NewService() {
+  // As ImageService::CreateVolumeFromImage: owned by `owner` from its creation on.
+  absl::StatusOr<std::string> MakeFromImage(const std::string& pool, const std::string& volume,
+                                            const std::string& image, const std::string& owner) {
+    images_made_.push_back(pool + "/" + volume + " from " + image);
+    if (image != "rescue-img") return absl::NotFoundError("image '" + image + "' not found");
+    auto v = storage_->CreateVolumeFilled(
+        pool, {volume, 32 << 20}, "image '" + image + "'", [](const storage::VolumeInfo&) { return absl::OkStatus(); },
+        owner);
+    if (!v.ok()) return v.status();
+    return v->volume.path;
+  }
+  DomainService::Options ServiceOptions(RescueRecords* rescues) {
     DomainService::Options o;
     o.host_paths = policy_.get();
-    o.volume_from_image = [this](const std::string& pool, const std::string& volume,
-                                 const std::string& image) -> absl::StatusOr<std::string> {
-      images_made_.push_back(pool + "/" + volume + " from " + image);
-      if (image != "rescue-img") return absl::NotFoundError("image '" + image + "' not found");
-      auto v = storage_->CreateVolume(pool, {volume, 32 << 20});
-      if (!v.ok()) return v.status();
-      return v->volume.path;
-    };
-    o.rescues = rescues_.get();
-    return std::make_unique<DomainService>(hv_, clock_, o, storage_.get(), &journal_);
+    o.volume_from_image = [this](const std::string& pool, const std::string& volume, const std::string& image,
+                                 const std::string& owner) { return MakeFromImage(pool, volume, image, owner); };
+    o.rescues = rescues;
+    return o;
+  }
+  std::unique_ptr<DomainService> NewService() {
+    return std::make_unique<DomainService>(hv_, clock_, ServiceOptions(rescues_.get()), storage_.get(), &journal_);
   }
   RescueBoot Kernel() const { return {.kernel = hv::DirectKernelBoot{.kernel_path = kernel_}}; }
   static RescueBoot Image() { return {.pool = "vg0", .image = "rescue-img"}; }
@@ -220,6 +230,84 @@ TEST_F(DomainRescueTest, Refusals_ChangeNothing) {
   DomainService without_images(hv_, clock_, {}, storage_.get());
   EXPECT_EQ(without_images.Rescue("web1", Image()).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Disks("web1").size(), 2u);
+}
+
+// A rescue volume (disk or config drive) whose name is taken is refused before the rescue is
+// journalled: nothing to undo, and nothing for recovery to mistake for its own.
+TEST_F(DomainRescueTest, Rescue_AVolumeNameInUseIsRefusedBeforeAnythingIsJournalled) {
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"web1-rescue", 8 << 20}).ok());
+  ASSERT_TRUE(storage_->CreateVolume("vg0", {"taken-cfg", 8 << 20}).ok());
+  const size_t ops_before = journal_.Recent().size();
+  auto d = domains_->Rescue("web1", Image());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kAlreadyExists) << d.status();
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("image.volume: volume 'web1-rescue' already exists"));
+  d = domains_->Rescue("web1", WithConfigDrive(Kernel(), "taken-cfg"));
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kAlreadyExists) << d.status();
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("config_drive.volume"));
+  EXPECT_EQ(journal_.Recent().size(), ops_before) << "no operation was begun";
+  EXPECT_TRUE(images_made_.empty());
+  storage_->WaitForDeletes();
+  EXPECT_TRUE(Volume("web1-rescue").has_value());
+  EXPECT_TRUE(Volume("taken-cfg").has_value());
+  EXPECT_TRUE(Running("web1"));
+  EXPECT_FALSE(domains_->Rescued("web1"));
+}
+
+// The failpoint of the last note: the agent dies right after journalling `create-volume` or
+// `create-config-volume`, while the volume of that name was made by someone else in the moment
+// between the rescue's check and its own create (so its create was refused). The crash is real
+// to recovery: the first agent is frozen at that point (its journal file and rescue records
+// copied as a SIGKILL would leave them) while a second agent recovers from the copies.
+// Recovery deletes what the rescue made (the rescue disk, owned by web1 from its creation) and
+// leaves the other volume alone.
+TEST_F(DomainRescueTest, Recover_ACrashAfterJournallingACreateKeepsTheVolumeSomeoneElseMade) {
+  for (const bool config_drive : {false, true}) {
+    SCOPED_TRACE(config_drive ? "create-config-volume" : "create-volume");
+    const std::string taken = config_drive ? "web1-cfg" : "web1-rescue";
+    const std::string state = dir_ + (config_drive ? "/cfg" : "/disk");
+    fs::create_directories(state);
+    auto journal = std::move(*Journal::Open(state + "/journal"));
+    auto records = std::move(*RescueRecords::Open(state + "/rescues"));
+    std::promise<void> crashed, released;
+    DomainService::Options o = ServiceOptions(records.get());
+    o.volume_from_image = [&](const std::string& pool, const std::string& volume, const std::string& image,
+                              const std::string& owner) -> absl::StatusOr<std::string> {
+      if (volume != taken) return MakeFromImage(pool, volume, image, owner);
+      EXPECT_TRUE(storage_->CreateVolume(pool, {volume, 8 << 20}).ok());  // someone else, just now
+      fs::copy(state, state + ".crash", fs::copy_options::recursive);     // the SIGKILL here
+      crashed.set_value();
+      released.get_future().wait();  // frozen: dead to the recovering agent
+      return absl::AlreadyExistsError("volume '" + volume + "' already exists");
+    };
+    DomainService first(hv_, clock_, o, storage_.get(), journal.get());
+    const RescueBoot boot = config_drive ? WithConfigDrive(Image(), "web1-cfg") : Image();
+    std::thread rescuing([&] { EXPECT_FALSE(first.Rescue("web1", boot).ok()); });
+    crashed.get_future().wait();
+
+    auto journal2 = std::move(*Journal::Open(state + ".crash/journal"));
+    auto records2 = std::move(*RescueRecords::Open(state + ".crash/rescues"));
+    // No ASSERT until the first agent is released: its thread must be joined.
+    EXPECT_EQ(journal2->Unfinished().size(), 1u);
+    DomainService second(hv_, clock_, ServiceOptions(records2.get()), storage_.get(), journal2.get());
+    auto recovered = second.Recover();
+    EXPECT_EQ(recovered.size(), 1u);
+    for (const auto& r : recovered) EXPECT_EQ(r.state, v1::OPERATION_STATE_ROLLED_BACK) << r.outcome;
+    storage_->WaitForDeletes();
+    EXPECT_TRUE(Volume(taken).has_value()) << "recovery deleted a volume this rescue never made";
+    EXPECT_EQ(Volume(taken).value_or(storage::VolumeInfo{.attached_to = "(gone)"}).attached_to, "");
+    if (config_drive) {
+      EXPECT_FALSE(Volume("web1-rescue").has_value()) << "the rescue disk it made is deleted";
+    }
+    EXPECT_FALSE(records2->Find("web1").has_value());
+    EXPECT_TRUE(Running("web1"));
+
+    released.set_value();
+    rescuing.join();
+    storage_->WaitForDeletes();
+    ASSERT_TRUE(Volume(taken).has_value()) << "nor does the first agent's own undo delete it";
+    ASSERT_TRUE(storage_->DeleteVolume("vg0", taken).ok());
+    storage_->WaitForDeletes();
+  }
 }
 
 TEST_F(DomainRescueTest, Rescue_OfARescuedDomainIsRefused) {
