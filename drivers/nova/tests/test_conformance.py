@@ -12,6 +12,8 @@ another host, also checks the rollback and a resize on this host):
   the agent's pool (a partition pool, which holds images) makes roots and rescue disks of them;
 - test_snapshot_running snapshots a 1 GB root rather than the suite's 40 GB one, which the
   agent would copy byte for byte onto this machine's disk.
+- test_block_stats asks for the root disk's counters rather than for disk 'someid', which no
+  guest has (and which answers None, as in Nova's libvirt driver).
 An operation the driver declares unsupported (NotImplementedError) makes its test SKIP with the
 driver's method named, instead of the silent pass that catch_notimplementederror gives."""
 
