@@ -22,7 +22,7 @@ test_pkgs=(
   prometheus systemd
   crossbuild-essential-arm64 qemu-user
   python3-nova python3-os-vif python3-oslotest python3-fixtures python3-testtools python3-ddt
-  genisoimage
+  genisoimage syslinux syslinux-common mtools dosfstools
   python3-wsgi-intercept python3-requests-mock python3-testscenarios python3-osprofiler
   openapi-specification python3-jsonschema python3-yaml
   openvswitch-switch tcpdump

@@ -65,6 +65,31 @@ def test_guest():
     return os.path.join(out, "vmlinuz"), os.path.join(out, "initrd.img")
 
 
+def bootable_disk(path, size_bytes):
+    """Makes `path` a whole-disk raw image of `size_bytes` (at least 16 MiB) that boots by itself
+    under firmware (no kernel pair): a FAT file system holding the test guest (test_guest()) and
+    SYSLINUX in its boot sector, the kernel's console on the serial port, so the guest prints
+    hv-guest-ready there. mkfs.vfat, mcopy and syslinux from Debian (deploy/install-deps.sh)."""
+    kernel, initrd = test_guest()
+    with open(path, "wb") as f:
+        f.truncate(size_bytes)
+    cfg = path + ".syslinux.cfg"
+    with open(cfg, "w") as f:
+        f.write("DEFAULT guest\nPROMPT 0\nTIMEOUT 1\nLABEL guest\n  LINUX /vmlinuz\n"
+                "  INITRD /initrd.img\n  APPEND console=ttyS0\n")
+    try:
+        for argv in (["mkfs.vfat", "-n", "HVGUEST", path],
+                     ["mcopy", "-i", path, kernel, initrd, "::/"],
+                     ["mcopy", "-i", path, cfg, "::/syslinux.cfg"],
+                     ["syslinux", "--install", path]):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise AssertionError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
+    finally:
+        os.unlink(cfg)
+    return path
+
+
 def console_until(fd, marker, timeout):
     """Reads a guest's console (a pty's fd) until `marker` (bytes) has appeared; returns all
     that was read. AssertionError with the console's tail after `timeout` seconds."""

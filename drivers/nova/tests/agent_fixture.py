@@ -95,6 +95,12 @@ def pool_possible():
 
 
 class AgentProcess(object):
+    URI = "test:///default"
+    # Open vSwitch bridges the agent may put ports on (closed by default): Nova's fake network
+    # info names br0; br-int is Neutron's usual integration bridge. On test:///default nothing
+    # reaches a real switch.
+    OVS_BRIDGES = ("br0", "br-int")
+
     def __init__(self, with_pool=True, grpc_addr=None, rest_addr=None, pki=None):
         """`grpc_addr`/`rest_addr`: listen there (an agent restarted on the same ports)
         instead of on free ports. `pki`: mutual TLS with that dev-certs.sh directory."""
@@ -106,20 +112,14 @@ class AgentProcess(object):
         self.loop = None
         self.vg = None
         self.pool = None
-        argv = [self.binary, "--hypervisor-uri", "test:///default",
+        argv = [self.binary, "--hypervisor-uri", self.URI,
                 "--grpc-listen", self.grpc_addr, "--rest-listen", self.rest_addr,
                 "--log-level", "debug"]
         if not pki:
             argv.append("--plaintext-loopback")
         try:
-            # The test driver's fake host is full before anything is created, and the agent
-            # admits by capacity on every driver: deploy/test-driver.toml says why.
-            with open(TEST_DRIVER_CONFIG) as f:
-                config = f.read() + "\n"
-            # Open vSwitch bridges the agent may put ports on (closed by default): Nova's fake
-            # network info names br0; br-int is Neutron's usual integration bridge. On
-            # test:///default nothing reaches a real switch.
-            config += '[network]\novs_bridges = ["br0", "br-int"]\n'
+            config = self._hypervisor_config()
+            config += '[network]\novs_bridges = %s\n' % json.dumps(list(self.OVS_BRIDGES))
             config += self._make_pool() if with_pool else ""
             if pki:
                 config += self._tls_config()
@@ -134,6 +134,13 @@ class AgentProcess(object):
         except BaseException:
             self.stop()
             raise
+
+    def _hypervisor_config(self):
+        """The config text that depends on URI. The test driver's fake host is full before
+        anything is created, and the agent admits by capacity on every driver:
+        deploy/test-driver.toml says why."""
+        with open(TEST_DRIVER_CONFIG) as f:
+            return f.read() + "\n"
 
     def _make_pool(self):
         image = os.path.join(self.tmp, "pool.img")
