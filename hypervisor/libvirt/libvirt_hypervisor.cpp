@@ -678,15 +678,26 @@ absl::Status LibvirtHypervisor::DefineXml(virConnectPtr conn, const DomainSpec& 
   return absl::OkStatus();
 }
 
+namespace {
+
+// The domain's XML as libvirt gives it with `flags`; `what` ("read the definition of domain
+// web1") names the call in an error.
+absl::StatusOr<std::string> XmlDesc(virDomainPtr d, unsigned flags, const std::string& what) {
+  char* xml = virDomainGetXMLDesc(d, flags);
+  if (xml == nullptr) return LastLibvirtError(what);
+  std::string out(xml);
+  free(xml);
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> LibvirtHypervisor::GetDomainDefinition(const std::string& name) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
   // SECURE: a definition given back without its secrets (a VNC password) would not be the same.
-  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
-  std::string out(xml);
-  free(xml);
-  return out;
+  return XmlDesc(d->get(), VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE,
+                 absl::StrCat("read the definition of domain ", name));
 }
 
 absl::Status LibvirtHypervisor::RestoreDomainDefinition(const std::string& name, const std::string& definition) {
@@ -711,11 +722,9 @@ absl::Status LibvirtHypervisor::RestoreDomainDefinition(const std::string& name,
 absl::StatusOr<DomainSpec> LibvirtHypervisor::GetDomainSpec(const std::string& name) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
-  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
-  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
-  std::string text(xml);
-  free(xml);
-  return ParseDomainSpec(text);
+  auto xml = XmlDesc(d->get(), VIR_DOMAIN_XML_INACTIVE, absl::StrCat("read the definition of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return ParseDomainSpec(*xml);
 }
 
 // The XML a define would send, built and thrown away: the builder holds every rule of this
@@ -736,11 +745,9 @@ absl::Status LibvirtHypervisor::CheckDefinable(const DomainSpec& spec) {
 absl::StatusOr<bool> LibvirtHypervisor::HasGuestAgent(const std::string& name) {
   auto d = Lookup(name);
   if (!d.ok()) return d.status();
-  char* xml = virDomainGetXMLDesc(d->get(), VIR_DOMAIN_XML_INACTIVE);
-  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
-  std::string text(xml);
-  free(xml);
-  return ParseHasGuestAgent(text);
+  auto xml = XmlDesc(d->get(), VIR_DOMAIN_XML_INACTIVE, absl::StrCat("read the definition of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return ParseHasGuestAgent(*xml);
 }
 
 absl::StatusOr<int> LibvirtHypervisor::FreezeFilesystems(const std::string& name) {
@@ -1069,13 +1076,10 @@ absl::Status LibvirtHypervisor::SetDomainResources(const std::string& name, cons
 }
 
 absl::StatusOr<std::vector<DiskSpec>> LibvirtHypervisor::DisksOf(virDomainPtr dom, bool live, const std::string& name) {
-  char* xml = virDomainGetXMLDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE);
-  if (xml == nullptr) {
-    return LastLibvirtError(absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
-  }
-  auto disks = ParseDomainDisks(xml);
-  free(xml);
-  return disks;
+  auto xml = XmlDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE,
+                     absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return ParseDomainDisks(*xml);
 }
 
 namespace {
@@ -1217,13 +1221,10 @@ absl::Status LibvirtHypervisor::DetachDisk(const std::string& name, const DiskSp
 }
 
 absl::StatusOr<std::vector<DomainNic>> LibvirtHypervisor::NicsOf(virDomainPtr dom, bool live, const std::string& name) {
-  char* xml = virDomainGetXMLDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE);
-  if (xml == nullptr) {
-    return LastLibvirtError(absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
-  }
-  auto nics = ParseDomainNics(xml);
-  free(xml);
-  return nics;
+  auto xml = XmlDesc(dom, live ? 0 : VIR_DOMAIN_XML_INACTIVE,
+                     absl::StrCat("read ", live ? "running guest" : "definition", " of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return ParseDomainNics(*xml);
 }
 
 namespace {
