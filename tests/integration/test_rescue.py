@@ -103,15 +103,22 @@ max_virtual_size_mib = 64
             self.assertLess(time.time(), deadline, f"volume {name} still there")
             time.sleep(0.2)
 
+    def boot(self):
+        """The test guest's direct kernel boot, for a domain's spec or a rescue."""
+        return {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}
+
+    def guest_spec(self, name, memory_mib, root, *more_disks):
+        """A kernel-booted guest with a new ROOT_MIB root volume `root` as vda, and `more_disks`."""
+        return {"name": name, "vcpus": 1, "memory_mib": memory_mib, "serial_console": True, "kernel": self.boot(),
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": root,
+                                                       "create_size_bytes": str(ROOT_MIB * MiB)}}, *more_disks]}
+
     # ---- the test ----
 
     def test_rescue_boots_the_rescue_disk_with_the_root_second_and_unrescue_boots_the_original(self):
         digest = self.import_image("rescue", IMAGE_MIB * MiB)
         name = unique_name("rsc")
-        spec = {"name": name, "vcpus": 1, "memory_mib": 256, "serial_console": True,
-                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
-                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsc-root",
-                                                       "create_size_bytes": str(ROOT_MIB * MiB)}}]}
+        spec = self.guest_spec(name, 256, "rsc-root")
         status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": True})
         self.assertEqual(status, 201, dom)
         try:
@@ -126,7 +133,7 @@ max_virtual_size_mib = 64
             self.assertIn("is not rescued", err["message"])
 
             rescue = {"image": {"pool": "disk1", "image": "rescue", "volume": "rsc-resc"},
-                      "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}}
+                      "kernel": self.boot()}
             status, dom = self.agent.rest("POST", f"/v1/domains/{name}:rescue", rescue)
             self.assertEqual(status, 200, dom)
             self.assertEqual(dom["state"], "DOMAIN_STATE_RUNNING")
@@ -168,17 +175,14 @@ max_virtual_size_mib = 64
         status, data = self.agent.rest("POST", "/v1/pools/disk1/volumes", {"name": "rsc-data", "size_bytes": str(MiB)})
         self.assertEqual(status, 201, data)
         name = unique_name("rsd")
-        spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
-                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
-                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsd-root",
-                                                       "create_size_bytes": str(ROOT_MIB * MiB)}},
-                          {"target": "vdb", "volume": {"pool": "disk1", "name": "rsc-data"}}]}
+        spec = self.guest_spec(name, 128, "rsd-root",
+                               {"target": "vdb", "volume": {"pool": "disk1", "name": "rsc-data"}})
         status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": False})
         self.assertEqual(status, 201, dom)
         try:
             status, dom = self.agent.rest("POST", f"/v1/domains/{name}:rescue", {
                 "image": {"pool": "disk1", "image": "rescue2", "volume": "rsd-resc"},
-                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"}})
+                "kernel": self.boot()})
             self.assertEqual(status, 200, dom)
             status, body = self.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
             self.assertEqual(status, 204, body)
@@ -214,10 +218,7 @@ max_virtual_size_mib = 64
         with open(iso, "rb") as f:
             iso_bytes = f.read()
         name = unique_name("rsh")
-        spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
-                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
-                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": "rsh-root",
-                                                       "create_size_bytes": str(ROOT_MIB * MiB)}}]}
+        spec = self.guest_spec(name, 128, "rsh-root")
         status, dom = self.agent.rest("POST", "/v1/domains", {"spec": spec, "start": False})
         self.assertEqual(status, 201, dom)
         try:
