@@ -35,7 +35,13 @@ def ovs(*args, check=True):
 
 
 def ovs_answers():
-    return subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True, timeout=10).returncode == 0
+    """Whether an Open vSwitch answers at the default socket. A running ovsdb-server is given
+    30 s: on a loaded host 3 s can pass before it answers, and a second server started then
+    would take its socket (and delete it when stopped)."""
+    running = subprocess.run(["pgrep", "-x", "ovsdb-server"], capture_output=True).returncode == 0
+    wait = 30 if running else 3
+    return subprocess.run(["ovs-vsctl", f"--timeout={wait}", "show"], capture_output=True,
+                          timeout=wait + 10).returncode == 0
 
 
 class OvsDaemons:
