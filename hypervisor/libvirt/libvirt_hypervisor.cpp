@@ -776,11 +776,10 @@ namespace {
 // pointed at the destination's device.
 absl::StatusOr<std::string> RetargetedXml(virDomainPtr d, unsigned flags, const std::string& name,
                                           const std::map<std::string, std::string>& disk_paths) {
-  char* xml = virDomainGetXMLDesc(d, flags | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE);
-  if (xml == nullptr) return LastLibvirtError(absl::StrCat("read the definition of domain ", name));
-  auto out = RetargetDisks(xml, disk_paths);
-  free(xml);
-  return out;
+  auto xml = XmlDesc(d, flags | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE,
+                     absl::StrCat("read the definition of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return RetargetDisks(*xml, disk_paths);
 }
 
 }  // namespace
