@@ -28,7 +28,7 @@ import grpc
 
 from agent_harness import Agent, console_until, test_guest, with_security
 from hvagent.v1 import domain_pb2, migration_pb2, migration_pb2_grpc, operation_pb2, operation_pb2_grpc
-from two_hosts import LibvirtHost, Veth, run
+from two_hosts import LibvirtHost, Veth, partition_pool
 
 MiB = 1 << 20
 DISK = 16 * MiB
@@ -42,13 +42,8 @@ class AgentHost:
     def __init__(self, tag, kernel_dir, netns=None, address=None, migration="", qemu_conf=""):
         self.lv = LibvirtHost(tag, netns=netns, address=address, extra_qemu_conf=qemu_conf)
         self.dir = tempfile.mkdtemp(prefix=f"hvit-live-{tag}-")
-        img = os.path.join(self.dir, "disk1.img")
-        with open(img, "wb") as f:
-            f.truncate(128 * MiB)
-        self.loop = run(["losetup", "--find", "--show", "--partscan", img]).stdout.strip()
-        config = (f'[reliability]\nstate_dir = "{self.dir}/state"\n'
-                  f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{self.loop}"\nwipe = "none"\n'
-                  + migration)
+        self.loop, config = partition_pool(self.dir, "disk1")
+        config += migration
         self.agent = Agent(with_security(config, kernel_dirs=[kernel_dir]), uri="qemu:///system",
                            wrapper=self.lv.wrapper)
 

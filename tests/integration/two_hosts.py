@@ -24,6 +24,18 @@ def run(argv, check=True):
     return r
 
 
+def partition_pool(directory, pool):
+    """A sparse 128 MiB image in `directory` on a loop device (partitions scanned), and the
+    agent's config for it: its state under `directory`, partition pool `pool` on the loop device,
+    no wipe. Returns (loop device, config text); the caller detaches the device."""
+    img = os.path.join(directory, f"{pool}.img")
+    with open(img, "wb") as f:
+        f.truncate(128 << 20)
+    loop = run(["losetup", "--find", "--show", "--partscan", img]).stdout.strip()
+    return loop, (f'[reliability]\nstate_dir = "{directory}/state"\n'
+                  f'[[storage.pools]]\nname = "{pool}"\ntype = "partition"\ndisk = "{loop}"\nwipe = "none"\n')
+
+
 class Veth:
     """A veth pair: one end here (HOST_IP), the other in a new named network namespace
     (PEER_IP)."""

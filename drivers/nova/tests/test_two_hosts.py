@@ -40,7 +40,7 @@ from nova.tests.unit import utils as test_utils
 from nova.virt import fake
 
 from agent_harness import Agent, console_until, free_port, test_guest, with_security
-from two_hosts import LibvirtHost, Veth, run
+from two_hosts import LibvirtHost, Veth, partition_pool
 from hvagent_nova import driver as hv_driver
 
 MiB = 1 << 20
@@ -61,13 +61,8 @@ class NovaHost(object):
         self.dir = tempfile.mkdtemp(prefix=f"hvnova-2h-{tag}-")
         self.loop = None
         try:
-            img = os.path.join(self.dir, "pool.img")
-            with open(img, "wb") as f:
-                f.truncate(128 * MiB)
-            self.loop = run(["losetup", "--find", "--show", "--partscan", img]).stdout.strip()
-            config = (f'[reliability]\nstate_dir = "{self.dir}/state"\n'
-                      f'[[storage.pools]]\nname = "nova"\ntype = "partition"\n'
-                      f'disk = "{self.loop}"\nwipe = "none"\n' + migration)
+            self.loop, config = partition_pool(self.dir, "nova")
+            config += migration
             self.agent = Agent(with_security(config, kernel_dirs=[instances_path]),
                                uri="qemu:///system", wrapper=self.lv.wrapper, listen_host=ip,
                                grpc_port=port)
