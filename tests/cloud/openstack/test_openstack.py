@@ -199,6 +199,45 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(len(ports), 1, ports)
         return openstack_json("port", "show", ports[0]["ID"])
 
+    def wait_port_wired(self, after, timeout=90):
+        """After a step that replugs the guest's tap (stop/start, reboots, resize), Neutron's OVS
+        agent sees the tap leave and come back: it reports the port DOWN, rewires it (a local
+        VLAN tag again) and reports it ACTIVE, a few seconds later and on its own polling
+        cycle; Nova's libvirt driver waits for none of that on these steps either. So the port
+        must be ACTIVE again within the bound, not at the instant the server is."""
+        s = self.show()
+        pid = self.port(s["id"])["id"]
+
+        def wired():
+            port = openstack_json("port", "show", pid)
+            iface = ovs_interface(pid)
+            if port["status"] != "ACTIVE" or iface is None:
+                return None
+            tag = ovs_vsctl("get", "Port", iface["name"], "tag")
+            return port if re.fullmatch(r"[0-9]+", tag) and int(tag) != 4095 else None
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while True:
+            port = wired()
+            if port:
+                print(f"  (port ACTIVE and tagged {time.monotonic() - t0:.1f} s after {after})",
+                      flush=True)
+                return port
+            if time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        # Say why: what Neutron's server and OVS agent logged about this port.
+        lines = []
+        for log in ("neutron-server.log", "neutron-openvswitch-agent.log"):
+            path = os.path.join(os.environ["HVOS_WORK"], "log", log)
+            try:
+                with open(path, errors="replace") as f:
+                    lines += [f"{log}: {l.rstrip()}" for l in f if pid in l][-15:]
+            except OSError as e:
+                lines.append(f"{log}: {e}")
+        self.fail(f"port {pid} not ACTIVE and tagged within {timeout} s after {after}:\n"
+                  + "\n".join(lines))
+
     def agent_nics(self, name):
         """Host-side interface names of the agent's domain (GetDomainStats: GetDomain carries
         no NICs)."""
@@ -263,6 +302,7 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.wait_status("ACTIVE")
         self.wait_agent_state("DOMAIN_STATE_RUNNING")
         self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
+        self.wait_port_wired("stop and start")
 
     def test_40_hard_reboot(self):
         before = hvctl("get", self.domain_name())
@@ -271,6 +311,7 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.wait_agent_state("DOMAIN_STATE_RUNNING")
         self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
         self.assertEqual(hvctl("get", self.domain_name())["uuid"], before["uuid"])
+        self.wait_port_wired("the hard reboot")
 
     def test_45_soft_reboot_falls_back_to_hard(self):
         # The busybox guest ignores the ACPI power button: the driver waits [libvirt]
@@ -292,6 +333,7 @@ class OpenStackThroughAgent(unittest.TestCase):
         uptime = float(hvctl("get", name)["uptime"].rstrip("s"))
         self.assertLess(uptime, time.monotonic() - t0)
         self.wait("the guest boots again", lambda: self.console_readies() >= 1, 240)
+        self.wait_port_wired("the soft reboot")
 
     def test_50_resize_on_this_host(self):
         name = self.domain_name()
@@ -306,6 +348,7 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(int(dom["memory_mib"]), 192)
         root = [v for v in self.agent_volumes() if v.get("attached_to") == name]
         self.assertEqual([int(v["size_bytes"]) for v in root], [2 * GiB])
+        self.wait_port_wired("the resize")
 
     def test_60_snapshot_to_glance(self):
         snap = openstack_json("server", "image", "create", "--name", "hvos-snap", "--wait", self.server,
@@ -339,9 +382,9 @@ class OpenStackThroughAgent(unittest.TestCase):
     def test_70_delete_removes_domain_and_volumes(self):
         s = self.show()
         name = s["OS-EXT-SRV-ATTR:instance_name"]
-        port = self.port(s["id"])
-        self.assertEqual(port["status"], "ACTIVE")  # still wired after stop/start, reboot, resize
-        self.assertIsNotNone(ovs_interface(port["id"]))
+        # Still wired after stop/start, the reboots, the resize, the snapshot and another
+        # server's life and deletion on the same network.
+        port = self.wait_port_wired("the snapshot and the second server")
         openstack("server", "delete", "--wait", self.server)
         self.assertNotIn(self.server, openstack("server", "list", "-f", "value", "-c", "Name").split())
         self.assertIsNone(self.agent_domain(name))
