@@ -55,6 +55,13 @@ OPTS = [
                help="Seconds each detach attempt lasts at least before the next one is triggered "
                     "(as [libvirt] device_detach_timeout): time for a guest that is slow to release "
                     "the device."),
+    cfg.IntOpt("port_down_timeout", default=20, min=0,
+               help="Seconds a reboot waits, after stopping the guest, for Neutron to report "
+                    "each of its ACTIVE ports down (network-vif-unplugged) before it starts the "
+                    "guest again, so that Neutron's OVS agent sees the tap leave and come back "
+                    "in two of its polling cycles rather than one (docs/openstack.md, "
+                    "'Reboots and Neutron's ports'). A port that does not go down in time is "
+                    "logged and the reboot goes on. 0: no wait (as Nova's libvirt driver)."),
     cfg.PortOpt("migration_port",
                 help="gRPC port of the other hosts' agents, for moving an instance between "
                      "hosts (cold migration, resize to another host, live migration): the "

@@ -1402,16 +1402,22 @@ class HvagentDriver(driver.ComputeDriver):
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):
-        if reboot_type == "SOFT" and self._soft_reboot(instance):
-            return
-        self.plug_vifs(instance, network_info)
-        self._hard_reboot(instance)
+        """SOFT: the guest is asked to shut down and given [libvirt] wait_soft_reboot_seconds;
+        one that ignores it is destroyed (a hard reboot). Either way it is then started again,
+        its ports kept in step with Neutron (_restart)."""
+        def stop():
+            if reboot_type == "SOFT" and self._soft_stop(instance):
+                return
+            if self._get_domain(instance).state not in (DS.DOMAIN_STATE_SHUTOFF,
+                                                        DS.DOMAIN_STATE_CRASHED):
+                self._act(self.agent.domains.DestroyDomain, instance)
+        self._restart(instance, network_info, stop)
 
-    def _soft_reboot(self, instance):
+    def _soft_stop(self, instance):
         """As Nova's libvirt driver: ask the guest to shut down, wait up to [libvirt]
-        wait_soft_reboot_seconds for it to stop, then start it again. True when the guest
-        stopped by itself (and is started again); False when it is not running, or it ignored
-        the request and the agent destroyed it at the deadline: the caller hard-reboots.
+        wait_soft_reboot_seconds for it to stop. True when the guest stopped by itself; False
+        when it is not running, or it ignored the request and the agent destroyed it at the
+        deadline: the caller makes sure it is off (a hard reboot).
         virDomainReboot is not used: it returns before the guest acts, and a guest that
         ignores ACPI would leave Nova believing it rebooted."""
         wait = CONF.libvirt.wait_soft_reboot_seconds
@@ -1437,15 +1443,63 @@ class HvagentDriver(driver.ComputeDriver):
                         "([libvirt] wait_soft_reboot_seconds): hard reboot", wait,
                         instance=instance)
             return False
-        self._act(self.agent.domains.StartDomain, instance)
-        LOG.info("soft reboot: the guest shut down and was started again", instance=instance)
+        LOG.info("soft reboot: the guest shut down by itself", instance=instance)
         return True
 
-    def _hard_reboot(self, instance):
-        dom = self._get_domain(instance)
-        if dom.state not in (DS.DOMAIN_STATE_SHUTOFF, DS.DOMAIN_STATE_CRASHED):
-            self._act(self.agent.domains.DestroyDomain, instance)
-        self._act(self.agent.domains.StartDomain, instance)
+    def _restart(self, instance, network_info, stop):
+        """Runs stop(), which leaves the guest shut off, then plugs its VIFs and starts it.
+
+        The guest's taps leave Open vSwitch's integration bridge when it stops and come back
+        when it starts. When both happen within one polling cycle of Neutron's OVS agent, the
+        agent can treat the tap's removal after its return and leave the port DOWN and unwired
+        for good (seen in the openstack tier after a hard reboot: "Ports ... removed" logged
+        after the port's rewiring in the same cycle). So each port that is ACTIVE now must go
+        DOWN (network-vif-unplugged) before the guest starts, within [hvagent]
+        port_down_timeout; then, as at spawn, the guest is held paused until the ports that
+        are down are up again (network-vif-plugged), within vif_plugging_timeout, which is
+        fatal (the guest destroyed, VirtualInterfaceCreateException) when vif_plugging_is_fatal.
+        Nova's libvirt driver waits for neither by default; Nova refreshed network_info from
+        Neutron just before calling reboot, so `active` is current."""
+        timeout = CONF.vif_plugging_timeout
+        down_wait = CONF.hvagent.port_down_timeout if timeout else 0
+        active = [vif["id"] for vif in network_info or [] if vif.get("active") is True
+                  and vif.get("vnic_type") != network_model.VNIC_TYPE_REMOTE_MANAGED]
+        went_down = []
+        if active and down_wait:
+            unplugged = [("network-vif-unplugged", v) for v in active]
+            try:
+                with self.virtapi.wait_for_instance_event(
+                        instance, unplugged, deadline=down_wait,
+                        error_callback=lambda name, inst: None):
+                    stop()
+                went_down = active
+            except eventlet.timeout.Timeout:
+                LOG.warning("Neutron did not report the ports down within %d s "
+                            "([hvagent] port_down_timeout): starting anyway", down_wait,
+                            instance=instance)
+        else:
+            stop()
+        events = (self._neutron_events(network_info)
+                  + [("network-vif-plugged", v) for v in went_down]) if timeout else []
+        try:
+            with self.virtapi.wait_for_instance_event(
+                    instance, events, deadline=timeout,
+                    error_callback=self._neutron_failed_callback):
+                self.plug_vifs(instance, network_info)
+                self._act(self.agent.domains.StartDomain, instance)
+                if events:
+                    self._act(self.agent.domains.SuspendDomain, instance)
+        except eventlet.timeout.Timeout:
+            LOG.warning("timed out after %d seconds waiting for %s", timeout,
+                        ", ".join("%s-%s" % e for e in events), instance=instance)
+            if CONF.vif_plugging_is_fatal:
+                self._act(self.agent.domains.DestroyDomain, instance)
+                raise exception.VirtualInterfaceCreateException()
+        except exception.VirtualInterfaceCreateException:
+            with excutils.save_and_reraise_exception():
+                self._act(self.agent.domains.DestroyDomain, instance)
+        if events:
+            self._act(self.agent.domains.ResumeDomain, instance)
 
     def power_off(self, instance, timeout=0, retry_interval=0):
         dom = self._get_domain(instance)

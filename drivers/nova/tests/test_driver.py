@@ -129,9 +129,11 @@ class DriverTestCase(test.TestCase):
         self.flags(wait_soft_reboot_seconds=5, group="libvirt")
         inst = self.instance()
         self.spawn(inst)
-        with unittest.mock.patch.object(self.drv, "_hard_reboot") as hard:
+        with unittest.mock.patch.object(self.drv, "_act", wraps=self.drv._act) as act:
             self.drv.reboot(self.ctxt, inst, None, "SOFT")
-        hard.assert_not_called()
+        asked = [c.args[0] for c in act.call_args_list]
+        self.assertIn(self.drv.agent.domains.StartDomain, asked)
+        self.assertNotIn(self.drv.agent.domains.DestroyDomain, asked)
         self.assertEqual(power_state.RUNNING, self.state(inst))
 
     def test_suspend_is_managed_save_and_resume_restores(self):
@@ -891,6 +893,76 @@ class RebootSuspendTestCase(test.NoDBTestCase):
         self.drv.reboot(None, self.inst, None, "SOFT")
         self.assertNotIn("ShutdownDomain", a.names())
         self.assertEqual(["GetDomain", "GetDomain", "StartDomain"], a.names())
+
+    class PortEvents(fake.FakeVirtAPI):
+        """Neutron as the reboot sees it: records each wait (its events, its deadline and the
+        agent calls made inside it); the event kinds in `late` never come in time."""
+        def __init__(self, agent, late=()):
+            self.agent, self.late, self.waits = agent, late, []
+
+        @contextlib.contextmanager
+        def wait_for_instance_event(self, instance, event_names, deadline=300,
+                                    error_callback=None):
+            first = len(self.agent.calls)
+            yield
+            self.waits.append((list(event_names), deadline,
+                               [n for n, _ in self.agent.calls[first:]]))
+            if any(kind in self.late for kind, _ in event_names):
+                raise eventlet.timeout.Timeout()
+
+    NW = [{"id": "p-up", "active": True, "vnic_type": "normal"},
+          {"id": "p-down", "active": False, "vnic_type": "normal"}]
+
+    def reboot_with_ports(self, reboot_type="HARD", late=(), nw=NW):
+        self.flags(vif_plugging_timeout=60)
+        a = self.agent(self.RUNNING)
+        self.drv.virtapi = self.PortEvents(a, late)
+        with unittest.mock.patch.object(self.drv, "plug_vifs"):
+            self.drv.reboot(None, self.inst, nw, reboot_type)
+        return a, self.drv.virtapi.waits
+
+    def test_reboot_waits_for_the_active_port_down_then_every_port_up(self):
+        a, waits = self.reboot_with_ports()
+        # Stopped inside the first wait: the start comes only once Neutron saw the tap go.
+        self.assertEqual(([("network-vif-unplugged", "p-up")], 20, ["GetDomain", "DestroyDomain"]),
+                         waits[0])
+        # Started paused inside the second, resumed once both ports are up.
+        self.assertEqual(([("network-vif-plugged", "p-down"), ("network-vif-plugged", "p-up")], 60,
+                          ["StartDomain", "SuspendDomain"]), waits[1])
+        self.assertEqual("ResumeDomain", a.names()[-1])
+        self.assertEqual(self.RUNNING, a.state)
+
+    def test_soft_reboot_of_a_guest_that_stops_waits_the_same(self):
+        a, waits = self.reboot_with_ports("SOFT")
+        self.assertEqual(["GetDomain", "ShutdownDomain"], waits[0][2])
+        self.assertEqual(["StartDomain", "SuspendDomain"], waits[1][2])
+        self.assertEqual(self.RUNNING, a.state)
+
+    def test_a_port_that_never_goes_down_is_not_awaited_up(self):
+        a, waits = self.reboot_with_ports(late=("network-vif-unplugged",))
+        # Logged and started anyway; only the port that was down is awaited up.
+        self.assertEqual([("network-vif-plugged", "p-down")], waits[1][0])
+        self.assertEqual(self.RUNNING, a.state)
+
+    def test_no_port_down_wait_when_configured_off(self):
+        self.flags(port_down_timeout=0, group="hvagent")
+        a, waits = self.reboot_with_ports()
+        self.assertEqual(1, len(waits))
+        self.assertEqual([("network-vif-plugged", "p-down")], waits[0][0])
+        self.assertEqual(["GetDomain", "DestroyDomain", "StartDomain", "SuspendDomain",
+                          "ResumeDomain"], a.names())
+
+    def test_ports_not_up_in_time_is_fatal_and_leaves_the_guest_off(self):
+        self.assertRaises(exception.VirtualInterfaceCreateException, self.reboot_with_ports,
+                          late=("network-vif-plugged",))
+        self.assertEqual("DestroyDomain", self.drv._agent.names()[-1])
+        self.assertEqual(domain_pb2.DOMAIN_STATE_SHUTOFF, self.drv._agent.state)
+
+    def test_ports_not_up_in_time_not_fatal_resumes_the_guest(self):
+        self.flags(vif_plugging_is_fatal=False)
+        a, _ = self.reboot_with_ports(late=("network-vif-plugged",))
+        self.assertEqual("ResumeDomain", a.names()[-1])
+        self.assertEqual(self.RUNNING, a.state)
 
     def test_suspend_where_the_host_cannot_save_is_not_implemented_with_the_reason(self):
         why = "managed save of domain 'instance-1': Xen 4.17 on Arm has no save/restore"
