@@ -215,12 +215,14 @@ std::string Bytes(uint64_t b) {
 }
 
 // Key/value lines for a message's fields; nested messages as compact JSON, lists as a count.
-void KeyValues(const google::protobuf::Message& m) {
+// Fields named in `skip` are left out (the caller prints them its own way).
+void KeyValues(const google::protobuf::Message& m, const std::set<std::string>& skip = {}) {
   using FD = google::protobuf::FieldDescriptor;
   const auto* d = m.GetDescriptor();
   const auto* r = m.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
     const FD* f = d->field(i);
+    if (skip.contains(f->name())) continue;
     std::string value;
     if (f->is_repeated()) {
       value = std::to_string(r->FieldSize(m, f)) + " (--json lists them)";
@@ -293,8 +295,11 @@ std::string Attachment(const v1::Nic& n) {
 
 // `get`: the domain's fields, then its NICs as a table.
 void ShowDomain(const v1::Domain& d) {
-  KeyValues(d);
-  if (d.nics().empty()) return;
+  KeyValues(d, {"nics"});
+  if (d.nics().empty()) {
+    std::cout << std::left << std::setw(26) << "nics" << "none\n";
+    return;
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& n : d.nics()) {
     rows.push_back({n.nic().mac(), Attachment(n.nic()), n.nic().model().empty() ? "-" : n.nic().model(),
