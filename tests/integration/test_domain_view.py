@@ -5,6 +5,7 @@ answer must come to equal what virsh says within a bounded wait (the event laten
 and after libvirtd is killed and restarted no answer is stale: UNAVAILABLE, or what virsh says."""
 
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import unittest
 import grpc
 
 from agent_harness import FIXTURE, URI, AgentTestCase, small_spec, unique_name, virsh
-from hvagent.v1 import domain_pb2
+from hvagent.v1 import domain_pb2, event_pb2
 
 HVCTL = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
 
@@ -202,11 +203,34 @@ class DomainViewConsistencyTest(AgentTestCase):
                                    text=True, timeout=60, check=True).stdout
             self.assertRegex(shown, rf"52:54:00:5e:00:01\s+bridge {bridge}\s+virtio\s+1400\s+{nic.host_device}")
 
+            stream = self.agent.events.Watch(event_pb2.WatchEventsRequest(domain_names=[name]), timeout=60)
+            got = queue.Queue()
+
+            def read():
+                try:
+                    for e in stream:
+                        got.put(e)
+                except grpc.RpcError:
+                    pass  # cancelled below
+
+            threading.Thread(target=read, daemon=True).start()
+            stream.initial_metadata()  # subscribed: nothing that follows is missed
             virsh("attach-interface", name, "bridge", bridge, "--mac", "52:54:00:5e:00:02", "--model", "virtio",
                   "--live")
             want = self.virsh_taps(name)
             self.assertEqual(len(want), 2, want)
             self.wait_for_nics(name, want, "virsh attach-interface --live")
+            # Watch subscribers get the hot-plug too, with libvirt's alias of the new device.
+            try:
+                ev = got.get(timeout=SETTLE_SECONDS)
+                while ev.type != event_pb2.DOMAIN_EVENT_TYPE_DEVICE_ADDED:
+                    ev = got.get(timeout=SETTLE_SECONDS)
+            except queue.Empty:
+                self.fail("no DOMAIN_EVENT_TYPE_DEVICE_ADDED on the stream")
+            finally:
+                stream.cancel()
+            self.assertEqual(ev.domain_name, name)
+            self.assertRegex(ev.detail, r"^net[0-9]+$")
 
             virsh("destroy", name)
             self.wait_for_nics(name, {"52:54:00:5e:00:01": ""}, "virsh destroy")
