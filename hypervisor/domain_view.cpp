@@ -27,6 +27,8 @@ bool ChangesDomain(DomainEventType t) {
     case DomainEventType::kShutdown:
     case DomainEventType::kPmSuspended:
     case DomainEventType::kCrashed:
+    case DomainEventType::kDeviceAdded:    // a hot-plugged NIC, or one the guest let go
+    case DomainEventType::kDeviceRemoved:
     case DomainEventType::kUnknown:  // an event libvirt added after us: re-reading is cheap
       return true;
     case DomainEventType::kEventChannelsHigh:
@@ -232,6 +234,12 @@ absl::Status DomainView::ManagedSaveDomain(const std::string& name) {
 }
 absl::Status DomainView::RestoreDomainDefinition(const std::string& name, const std::string& definition) {
   return AfterWrite(name, inner_.RestoreDomainDefinition(name, definition));
+}
+absl::Status DomainView::AttachNic(const std::string& name, const NicSpec& nic) {
+  return AfterWrite(name, inner_.AttachNic(name, nic));
+}
+absl::Status DomainView::DetachNic(const std::string& name, const std::string& mac) {
+  return AfterWrite(name, inner_.DetachNic(name, mac));
 }
 absl::Status DomainView::SetDomainResources(const std::string& name, const ResourceChange& change) {
   return AfterWrite(name, inner_.SetDomainResources(name, change));

@@ -19,6 +19,12 @@
 // - While the inner connection is down: Unavailable at once. Connected but not yet rebuilt:
 //   readers wait up to Options::rebuild_wait, then Unavailable. Never an answer from before a
 //   reconnect.
+// - NICs (DomainInfo::nics) are read from the domain's current XML with the rest; besides the
+//   events above, libvirt's DEVICE_ADDED / DEVICE_REMOVED (a hot-plug by virsh, a guest letting
+//   go of a NIC late) and the agent's own AttachNic / DetachNic re-read the domain. Why here
+//   rather than a libvirt call per GetDomain: a read stays a memory read (issue 25), and a NIC
+//   changes only by those events and writes. Where the driver sends no device events (libxl), a
+//   hot-plug made behind the agent's back shows at the domain's next event.
 // - Memory is the domain's maximum (as virDomainGetInfo's maxMem). A balloon change (`virsh
 //   setmem`) does not change it; a change of the maximum is a definition change (DEFINED event)
 //   or needs a restart (STARTED), both re-read here.
@@ -91,14 +97,13 @@ class DomainView final : public Hypervisor {
   }
   // A resize changes vCPUs and memory, which the view holds: re-read like every other write.
   absl::Status SetDomainResources(const std::string& name, const ResourceChange& change) override;
-  // NICs are not in the view: straight through.
+  // The union of definition and running guest, for the services: straight through.
   absl::StatusOr<std::vector<NicSpec>> GetDomainNics(const std::string& name) override {
     return inner_.GetDomainNics(name);
   }
-  absl::Status AttachNic(const std::string& name, const NicSpec& nic) override { return inner_.AttachNic(name, nic); }
-  absl::Status DetachNic(const std::string& name, const std::string& mac) override {
-    return inner_.DetachNic(name, mac);
-  }
+  // DomainInfo carries the NICs: a hot-plug or unplug is re-read like every other write.
+  absl::Status AttachNic(const std::string& name, const NicSpec& nic) override;
+  absl::Status DetachNic(const std::string& name, const std::string& mac) override;
 
   // A live password changes nothing the view holds: straight through.
   absl::StatusOr<VncDisplay> SetVncPassword(const std::string& name, const std::string& password,

@@ -144,6 +144,13 @@ inline bool IsActive(DomainState s) {
          s == DomainState::kShuttingDown || s == DomainState::kPmSuspended;
 }
 
+// A NIC of a domain as a read of it reports it: as defined, with the host-side device (libvirt's
+// <target dev>: "vnet3", "vif3.0") while the domain runs, empty otherwise.
+struct NicInfo {
+  NicSpec spec;
+  std::string host_device;
+};
+
 struct DomainInfo {
   std::string name;
   std::string uuid;
@@ -155,6 +162,8 @@ struct DomainInfo {
   std::optional<std::chrono::seconds> uptime;
   // The labels the domain was defined with (empty for a domain the agent did not define).
   std::map<std::string, std::string> labels;
+  // The NICs of the domain's current definition (a running guest's live one), in its order.
+  std::vector<NicInfo> nics;
 };
 
 // A domain's size as UpdateDomain sees it: what it has and, for a running domain, the most it
@@ -234,7 +243,9 @@ enum class DomainEventType {
   // Not from libvirt: the agent's event-channel watch (Xen), detail says the figures.
   kEventChannelsHigh, kEventChannelsCleared,
   // Not from libvirt: after a reconnect, "events may have been missed", then each domain's state.
-  kResync, kState
+  kResync, kState,
+  // A device hot-plugged into / released by a running guest; detail: libvirt's device alias.
+  kDeviceAdded, kDeviceRemoved
 };
 
 struct DomainEvent {

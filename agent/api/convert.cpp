@@ -37,6 +37,8 @@ v1::DomainEventType EventTypeToProto(hv::DomainEventType t) {
     case hv::DomainEventType::kEventChannelsCleared: return v1::DOMAIN_EVENT_TYPE_EVENT_CHANNELS_CLEARED;
     case hv::DomainEventType::kResync: return v1::DOMAIN_EVENT_TYPE_RESYNC;
     case hv::DomainEventType::kState: return v1::DOMAIN_EVENT_TYPE_STATE;
+    case hv::DomainEventType::kDeviceAdded: return v1::DOMAIN_EVENT_TYPE_DEVICE_ADDED;
+    case hv::DomainEventType::kDeviceRemoved: return v1::DOMAIN_EVENT_TYPE_DEVICE_REMOVED;
     case hv::DomainEventType::kUnknown: break;
   }
   return v1::DOMAIN_EVENT_TYPE_UNSPECIFIED;
@@ -155,9 +157,9 @@ v1::Nic ToProto(const hv::NicSpec& n) {
     }
   } else if (!n.bridge.empty()) {
     p.set_bridge(n.bridge);
-  } else {
+  } else if (!n.network.empty()) {
     p.set_network(n.network);
-  }
+  }  // else an interface of a kind the agent does not make: no attachment
   return p;
 }
 
@@ -239,6 +241,11 @@ v1::Domain ToProto(const hv::DomainInfo& info) {
   d.set_persistent(info.persistent);
   d.mutable_labels()->insert(info.labels.begin(), info.labels.end());
   if (info.uptime) d.mutable_uptime()->set_seconds(info.uptime->count());
+  for (const hv::NicInfo& n : info.nics) {
+    v1::DomainNic* p = d.add_nics();
+    *p->mutable_nic() = ToProto(n.spec);
+    p->set_host_device(n.host_device);
+  }
   return d;
 }
 

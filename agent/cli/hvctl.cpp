@@ -215,12 +215,14 @@ std::string Bytes(uint64_t b) {
 }
 
 // Key/value lines for a message's fields; nested messages as compact JSON, lists as a count.
-void KeyValues(const google::protobuf::Message& m) {
+// Fields named in `skip` are left out (the caller prints them its own way).
+void KeyValues(const google::protobuf::Message& m, const std::set<std::string>& skip = {}) {
   using FD = google::protobuf::FieldDescriptor;
   const auto* d = m.GetDescriptor();
   const auto* r = m.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
     const FD* f = d->field(i);
+    if (skip.contains(f->name())) continue;
     std::string value;
     if (f->is_repeated()) {
       value = std::to_string(r->FieldSize(m, f)) + " (--json lists them)";
@@ -276,6 +278,38 @@ bool ParseExportFlags(const std::vector<std::string>& args, cli::ExportArgs* ex)
 
 // The one shape of every answer: an error (exit 1 or 3), or the reply as JSON (--json) or as
 // the human form `human` prints.
+// Where a NIC plugs in, as one cell: "bridge br0", "network default", "ovs br-int port UUID vlan 5".
+std::string Attachment(const v1::Nic& n) {
+  switch (n.attachment_case()) {
+    case v1::Nic::kBridge: return "bridge " + n.bridge();
+    case v1::Nic::kNetwork: return "network " + n.network();
+    case v1::Nic::kOvs:
+      return "ovs " + n.ovs().bridge() + (n.ovs().interface_id().empty() ? "" : " port " + n.ovs().interface_id()) +
+             (n.ovs().has_vlan() ? " vlan " + std::to_string(n.ovs().vlan()) : "");
+    case v1::Nic::kVlan: return "vlan " + std::to_string(n.vlan().id()) + " on " + n.vlan().physical();
+    case v1::Nic::kVxlan: return "vxlan " + std::to_string(n.vxlan().id()) + " on " + n.vxlan().physical();
+    case v1::Nic::ATTACHMENT_NOT_SET: break;
+  }
+  return "-";
+}
+
+// `get`: the domain's fields, then its NICs as a table.
+void ShowDomain(const v1::Domain& d) {
+  KeyValues(d, {"nics"});
+  if (d.nics().empty()) {
+    std::cout << std::left << std::setw(26) << "nics" << "none\n";
+    return;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& n : d.nics()) {
+    rows.push_back({n.nic().mac(), Attachment(n.nic()), n.nic().model().empty() ? "-" : n.nic().model(),
+                    n.nic().mtu() ? std::to_string(n.nic().mtu()) : "-",
+                    n.host_device().empty() ? "-" : n.host_device()});
+  }
+  std::cout << "\n";
+  Table({"MAC", "ATTACHMENT", "MODEL", "MTU", "HOST DEVICE"}, rows);
+}
+
 int Render(bool json, const grpc::Status& s, const google::protobuf::Message& reply, const std::function<void()>& human) {
   if (!s.ok()) return Failed(s);
   if (json) {
@@ -368,7 +402,7 @@ int main(int argc, char** argv) {
     v1::GetDomainRequest req;
     req.set_name(arg1);
     v1::Domain d;
-    return show(domains->GetDomain(&ctx, req, &d), d);
+    return Render(json, domains->GetDomain(&ctx, req, &d), d, [&] { ShowDomain(d); });
   }
   if (!arg1.empty() && (cmd == "start" || cmd == "destroy" || cmd == "reboot" || cmd == "suspend" ||
                         cmd == "resume")) {

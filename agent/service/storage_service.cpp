@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/service/admission.h"
 #include "common/log.h"
+#include "hypervisor/domain_spec_validator.h"
 
 namespace hvagent::service {
 namespace {
@@ -446,7 +447,11 @@ absl::StatusOr<VolumeStatus> StorageService::AttachVolume(const std::string& poo
   return StatusOf(*v);
 }
 
-absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& pool_name, const std::string& name) {
+absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& pool_name, const std::string& name,
+                                                          const std::string& from_domain) {
+  if (!from_domain.empty()) {
+    if (auto s = hv::ValidateDomainName("domain", from_domain); !s.ok()) return s;
+  }
   // A volume being deleted is attached to nothing: the answer below (NotFound) fits it.
   auto held = Hold(pool_name, name, Fence::kAny);
   if (!held.ok()) return held.status();
@@ -455,6 +460,10 @@ absl::StatusOr<VolumeStatus> StorageService::DetachVolume(const std::string& poo
     return absl::NotFoundError(absl::StrCat("volume '", name, "' is not attached to any domain"));
   }
   const std::string domain = v->attached_to;
+  if (!from_domain.empty() && from_domain != domain) {
+    return absl::FailedPreconditionError(absl::StrCat("domain: volume '", name, "' is attached to domain '", domain,
+                                                      "', not to '", from_domain, "'; nothing was changed"));
+  }
   // The definition and the running guest both: an earlier detach the guest did not finish
   // leaves the disk in the guest only.
   auto disks = hv_.GetDomainDisks(domain);

@@ -147,8 +147,11 @@ class StorageService {
   // detach: done). Aborted: the guest did not release the device (the hot-unplug was refused or
   // did not finish in the hypervisor's wait; its reason in the message); the volume stays
   // attached, the unplug request may still complete, so retrying is right. A domain that no
-  // longer exists just releases the volume.
-  absl::StatusOr<VolumeStatus> DetachVolume(const std::string& pool, const std::string& name);
+  // longer exists just releases the volume. `from_domain` not empty: the caller's idea of the
+  // volume's domain, checked under the volume's hold (InvalidArgument for a malformed name,
+  // FailedPrecondition naming `domain` when it is attached to another one; nothing changes).
+  absl::StatusOr<VolumeStatus> DetachVolume(const std::string& pool, const std::string& name,
+                                            const std::string& from_domain = "");
   // For an operator keeping a disk its domain created (a root disk): the owned volume becomes
   // borrowed, so deleting the domain releases it instead of deleting it. A borrowed volume is
   // answered as it is; FailedPrecondition when the volume is attached to no domain.

@@ -653,6 +653,7 @@ int Reinstall(const Payload& p, const Agent& a) {
   v1::DetachVolumeRequest detach;
   detach.set_pool(img->pool);
   detach.set_name(old_name);
+  detach.set_domain(r.name);  // refused, and nothing changed, should it have moved to another VM meanwhile
   v1::Volume detached;
   if (auto s = a.storage->DetachVolume(a.Context().get(), detach, &detached); !s.ok()) {
     return undo(s, "detaching " + Ref(img->pool, old_name), false);

@@ -80,17 +80,24 @@ NicSpec NicOf(const xmlNode* d) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view xml) {
-  auto parsed = Parse(xml);
-  if (!parsed.ok()) return parsed.status();
-  xmlDoc* doc = parsed->get();
+namespace {
+
+std::vector<DomainNic> NicsIn(xmlDoc* doc) {
   const xmlNode* devices = Child(xmlDocGetRootElement(doc), "devices");
   std::vector<DomainNic> out;
   for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
     if (!Is(d, "interface")) continue;
-    out.push_back({NicOf(d), Dump(doc, d)});
+    out.push_back({NicOf(d), Dump(doc, d), Attr(Child(d, "target"), "dev")});
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  return NicsIn(parsed->get());
 }
 
 absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view xml) {
@@ -127,10 +134,9 @@ bool InLabelsNamespace(const xmlNode* n) {
 
 }  // namespace
 
-absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::string_view xml) {
-  auto parsed = Parse(xml);
-  if (!parsed.ok()) return parsed.status();
-  const xmlNode* root = xmlDocGetRootElement(parsed->get());
+namespace {
+
+std::map<std::string, std::string> LabelsIn(const xmlNode* root) {
   const xmlNode* labels = nullptr;
   if (root != nullptr && Is(root, "labels") && (root->ns == nullptr || InLabelsNamespace(root))) {
     // virDomainGetMetadata picked the element by our namespace and returns it stripped of it.
@@ -153,6 +159,22 @@ absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::strin
   return out;
 }
 
+}  // namespace
+
+absl::StatusOr<std::map<std::string, std::string>> ParseDomainLabels(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  return LabelsIn(xmlDocGetRootElement(parsed->get()));
+}
+
+absl::StatusOr<DomainXmlFacts> ParseDomainFacts(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  DomainXmlFacts facts;
+  facts.labels = LabelsIn(xmlDocGetRootElement(parsed->get()));
+  for (DomainNic& n : NicsIn(parsed->get())) facts.nics.push_back({std::move(n.spec), std::move(n.host_device)});
+  return facts;
+}
 
 absl::StatusOr<std::optional<VncPasswordUpdate>> VncPasswordUpdateXml(absl::string_view xml,
                                                                       const std::string& password,

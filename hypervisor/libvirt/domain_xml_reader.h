@@ -23,15 +23,25 @@ absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view domain_
 // indistinguishable from the default and reads as the default.
 absl::StatusOr<DomainSpec> ParseDomainSpec(absl::string_view domain_xml);
 
-// One <interface> as libvirt stores it: what the agent models of it, and the element itself
-// (libvirt finds the device to detach by the MAC of the XML it is given).
+// One <interface> as libvirt stores it: what the agent models of it, the element itself
+// (libvirt finds the device to detach by the MAC of the XML it is given), and its host-side
+// device (<target dev>, in a running guest's XML only).
 struct DomainNic {
   NicSpec spec;
   std::string xml;
+  std::string host_device;
 };
 // The <interface> elements, in document order: mac, network / bridge / Open vSwitch bridge with
-// interface id and VLAN tag, model, MTU. Other kinds carry their MAC only.
+// interface id and VLAN tag, model, MTU, target device. Other kinds carry their MAC and model
+// only.
 absl::StatusOr<std::vector<DomainNic>> ParseDomainNics(absl::string_view domain_xml);
+
+// What a read of a domain reports from its XML (DomainInfo's labels and NICs), from one parse.
+struct DomainXmlFacts {
+  std::map<std::string, std::string> labels;
+  std::vector<NicInfo> nics;
+};
+absl::StatusOr<DomainXmlFacts> ParseDomainFacts(absl::string_view domain_xml);
 
 // The host-side device of each <interface> (<target dev='vif3.0'/>, 'vnet0'), in document order;
 // interfaces without a target (a domain that is not running) are left out.

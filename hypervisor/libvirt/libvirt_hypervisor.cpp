@@ -105,19 +105,22 @@ std::string UuidOf(virDomainPtr d) {
   return uuid;
 }
 
-// The domain's labels: one virDomainGetMetadata call that returns only the agent's element, not
-// the whole definition. None when the domain has no such element (libvirt's
-// VIR_ERR_NO_DOMAIN_METADATA), or libvirt cannot say (the domain vanished meanwhile).
-std::map<std::string, std::string> LabelsOf(virDomainPtr d) {
-  char* xml = virDomainGetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, kLabelsNamespace, VIR_DOMAIN_AFFECT_CURRENT);
+// The domain's labels and NICs: one read of its current XML (a running guest's live one, whose
+// NICs name their host-side device). Why not virDomainGetMetadata for the labels: the NICs need
+// the XML anyway, and one call per domain is what the listing already paid. Without an answer
+// (the domain vanished meanwhile) the domain is reported without either.
+void FillFromXml(virDomainPtr d, DomainInfo& info) {
+  char* xml = virDomainGetXMLDesc(d, 0);
   if (xml == nullptr) {
     virResetLastError();
-    return {};
+    return;
   }
   std::string doc(xml);
   free(xml);
-  auto labels = ParseDomainLabels(doc);
-  return labels.ok() ? std::move(*labels) : std::map<std::string, std::string>{};
+  auto facts = ParseDomainFacts(doc);
+  if (!facts.ok()) return;
+  info.labels = std::move(facts->labels);
+  info.nics = std::move(facts->nics);
 }
 
 // One record of virConnectGetAllDomainStats, with the domain's id while it runs.
@@ -203,6 +206,22 @@ LibvirtHypervisor::~LibvirtHypervisor() {
   g_callback_targets.erase(reinterpret_cast<std::uintptr_t>(callback_key_));
 }
 
+// Lifecycle events, and device events: a hot-plug or unplug changes what a read of the domain
+// reports (its NICs) without a lifecycle event. A driver without device events (libxl) is left
+// to the agent's own writes, which re-read. The ids, -1 for one not registered.
+std::vector<int> LibvirtHypervisor::RegisterDomainEvents(virConnectPtr c) {
+  std::vector<int> ids;
+  ids.push_back(virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                 VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), callback_key_, nullptr));
+  if (ids.back() < 0) Log()->warn("{}", LastLibvirtError("register lifecycle events").message());
+  for (auto [id, cb] : {std::pair{VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(DeviceAddedCallback)},
+                        std::pair{VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(DeviceRemovedCallback)}}) {
+    ids.push_back(virConnectDomainEventRegisterAny(c, nullptr, id, cb, callback_key_, nullptr));
+    if (ids.back() < 0) Log()->info("{}", LastLibvirtError("register device events").message());
+  }
+  return ids;
+}
+
 absl::Status LibvirtHypervisor::OpenConnection() {
   virConnectPtr c = virConnectOpen(options_.uri.c_str());
   if (c == nullptr) return LastLibvirtError(absl::StrCat("connect to ", options_.uri));
@@ -223,9 +242,7 @@ absl::Status LibvirtHypervisor::OpenConnection() {
     virResetLastError();
     Log()->debug("no keepalive on {} ({})", options_.uri, k);
   }
-  int cb_id = virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                               VIR_DOMAIN_EVENT_CALLBACK(LifecycleCallback), callback_key_, nullptr);
-  if (cb_id < 0) Log()->warn("{}", LastLibvirtError("register lifecycle events").message());
+  std::vector<int> cb_ids = RegisterDomainEvents(c);
   if (virConnectRegisterCloseCallback(c, CloseCallback, callback_key_, nullptr) < 0) {
     Log()->warn("{}", LastLibvirtError("register close callback").message());
   }
@@ -233,7 +250,7 @@ absl::Status LibvirtHypervisor::OpenConnection() {
   conn_ = c;
   ++connection_generation_;
   bulk_stats_unsupported_ = false;  // a restarted libvirtd may be a newer one
-  lifecycle_callback_id_ = cb_id;
+  event_callback_ids_ = std::move(cb_ids);
   caps_ = std::move(*caps);
   Log()->info("connected to {} (host arch {})", options_.uri, caps_.host_arch);
   return absl::OkStatus();
@@ -241,15 +258,17 @@ absl::Status LibvirtHypervisor::OpenConnection() {
 
 void LibvirtHypervisor::DropConnection() {
   virConnectPtr c;
-  int cb_id;
+  std::vector<int> cb_ids;
   {
     std::lock_guard lock(mu_);
     c = std::exchange(conn_, nullptr);
-    cb_id = std::exchange(lifecycle_callback_id_, -1);
+    cb_ids = std::exchange(event_callback_ids_, {});
   }
   if (c == nullptr) return;
   // Failures here are expected when the peer is already gone.
-  if (cb_id >= 0) virConnectDomainEventDeregisterAny(c, cb_id);
+  for (int id : cb_ids) {
+    if (id >= 0) virConnectDomainEventDeregisterAny(c, id);
+  }
   virConnectUnregisterCloseCallback(c, CloseCallback);
   virResetLastError();
   virConnectClose(c);
@@ -358,7 +377,7 @@ DomainInfo LibvirtHypervisor::Describe(virDomainPtr dom) {
     virResetLastError();  // e.g. the domain vanished meanwhile; report what we have
   }
   info.persistent = virDomainIsPersistent(dom) == 1;
-  info.labels = LabelsOf(dom);
+  FillFromXml(dom, info);
   FillUptime(info);
   return info;
 }
@@ -374,7 +393,8 @@ void LibvirtHypervisor::FillUptime(DomainInfo& info) {
 }
 
 // Two round trips plus one per domain: one bulk call for state, vCPUs and memory, one listing
-// of the transient domains, and each domain's labels (libvirt has no bulk metadata call; the
+// of the transient domains, and each domain's XML for labels and NICs (libvirt has no bulk call
+// for either; the
 // DomainView cache answers listings, so this runs on rebuilds only). A record the driver leaves
 // incomplete (libvirt's test driver reports only the state) is completed with per-domain calls;
 // nullopt when the driver has no bulk call (libxl) or the transient listing fails: then the
@@ -408,7 +428,7 @@ std::optional<std::vector<DomainInfo>> LibvirtHypervisor::ListDomainsBulk(virCon
     info.vcpus = *st.vcpus;
     info.memory_mib = *st.balloon_maximum_kib / 1024;
     info.persistent = !transient_uuids.contains(st.uuid);
-    info.labels = LabelsOf(records[i]->dom);
+    FillFromXml(records[i]->dom, info);
     FillUptime(info);
     out.push_back(std::move(info));
   }
@@ -1332,6 +1352,32 @@ void LibvirtHypervisor::SetEventSink(EventSink sink) {
 int LibvirtHypervisor::LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
   WithCallbackTarget(opaque, [&](LibvirtHypervisor& self) { self.OnLifecycleEvent(dom, event, detail); });
   return 0;
+}
+
+void LibvirtHypervisor::DeviceAddedCallback(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+  WithCallbackTarget(opaque, [&](LibvirtHypervisor& self) { self.OnDeviceEvent(dom, DomainEventType::kDeviceAdded, alias); });
+}
+
+void LibvirtHypervisor::DeviceRemovedCallback(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+  WithCallbackTarget(opaque,
+                     [&](LibvirtHypervisor& self) { self.OnDeviceEvent(dom, DomainEventType::kDeviceRemoved, alias); });
+}
+
+void LibvirtHypervisor::OnDeviceEvent(virDomainPtr dom, DomainEventType type, const char* alias) {
+  DomainEvent ev;
+  ev.time = std::chrono::system_clock::now();
+  ev.domain_name = NameOf(dom);
+  ev.domain_uuid = UuidOf(dom);
+  ev.type = type;
+  ev.detail = alias != nullptr ? alias : "";
+  Log()->debug("event {} device {} ({})", ev.domain_name, type == DomainEventType::kDeviceAdded ? "added" : "removed",
+               ev.detail);
+  EventSink sink;
+  {
+    std::lock_guard lock(events_mu_);
+    sink = sink_;
+  }
+  if (sink) sink(ev);
 }
 
 void LibvirtHypervisor::OnLifecycleEvent(virDomainPtr dom, int event, int detail) {

@@ -153,10 +153,12 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   bool BulkCallUnsupported();
   absl::StatusOr<std::vector<DomainStats>> PerDomainStats(virConnectPtr conn);
   absl::Status OpenConnection();  // called with mu_ not held
+  std::vector<int> RegisterDomainEvents(virConnectPtr c);
   void DropConnection();          // called with mu_ not held
   void ReconnectLoop();
   void AnnounceResync();
   void OnLifecycleEvent(virDomainPtr dom, int event, int detail);
+  void OnDeviceEvent(virDomainPtr dom, DomainEventType type, const char* alias);
   void OnConnectionClosed(int reason);
 
   // libvirt runs callbacks on the event-loop thread and does not wait for one in flight when it
@@ -165,6 +167,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   // lock held, and the destructor removes the key under that lock, which waits for a callback
   // already running. Keys are never reused, so a late callback finds nothing.
   static int LifecycleCallback(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
+  static void DeviceAddedCallback(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
+  static void DeviceRemovedCallback(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
   static void CloseCallback(virConnectPtr, int reason, void* opaque);
   void* callback_key_ = nullptr;
 
@@ -174,7 +178,8 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   virConnectPtr conn_ = nullptr;
-  int lifecycle_callback_id_ = -1;
+  // Lifecycle, device added, device removed; -1: not registered.
+  std::vector<int> event_callback_ids_;
   Capabilities caps_;
   uint64_t connection_generation_ = 0;
   std::atomic<bool> bulk_stats_unsupported_{false};

@@ -61,7 +61,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     if (auto s = Up(); !s.ok()) return s;
     if (!fail_list.ok()) return fail_list;
     std::vector<hv::DomainInfo> out;
-    for (auto& [name, d] : domains_) out.push_back(d.info);
+    for (auto& [name, d] : domains_) out.push_back(InfoOf(d));
     return out;
   }
 
@@ -72,7 +72,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     if ((*d)->shutdown_countdown > 0 && --(*d)->shutdown_countdown == 0) {
       (*d)->info.state = hv::DomainState::kShutoff;
     }
-    return (*d)->info;
+    return InfoOf(**d);
   }
 
   // Stats: each domain's state plus what a test put in `stats` (by name); counts calls.
@@ -97,7 +97,7 @@ class FakeHypervisor final : public hv::Hypervisor {
   absl::StatusOr<hv::DomainInfo> GetDomainByUuid(const std::string& uuid) override {
     std::lock_guard lock(mu_);
     for (auto& [name, d] : domains_) {
-      if (d.info.uuid == uuid) return d.info;
+      if (d.info.uuid == uuid) return InfoOf(d);
     }
     return absl::NotFoundError(absl::StrCat("no domain with uuid ", uuid));
   }
@@ -111,6 +111,7 @@ class FakeHypervisor final : public hv::Hypervisor {
     if (!fail_define.ok()) return fail_define;
     if (domains_.contains(spec.name)) return absl::AlreadyExistsError("spec.name: exists");
     Domain d;
+    d.first_tap = hv::kMaxNics * defines_++;
     d.info.name = spec.name;
     d.info.uuid = spec.uuid.empty() ? absl::StrCat("00000000-0000-0000-0000-", 100000000000 + domains_.size())
                                     : spec.uuid;
@@ -455,10 +456,23 @@ class FakeHypervisor final : public hv::Hypervisor {
     uint64_t balloon_mib = 0;  // a running domain's memory below its maximum; 0: none
     bool vnc = false;
     bool managed_save = false;  // set by ManagedSaveDomain, cleared by the start that restores it
+    size_t first_tap = 0;       // the "vnet" number of its first NIC (InfoOf)
     std::variant<std::monostate, hv::DirectKernelBoot, hv::FirmwareBoot> boot;
     hv::DomainSpec spec;  // as defined (GetDomainSpec overlays what changed since)
   };
   std::map<std::string, Domain> definitions_;  // GetDomainDefinition's tokens
+
+  // What a read reports: the domain with its NICs, each with a host-side device named like
+  // QEMU's taps ("vnet<k>", k distinct across the fake's domains) while it runs.
+  static hv::DomainInfo InfoOf(const Domain& d) {
+    hv::DomainInfo info = d.info;
+    for (size_t i = 0; i < d.nics.size(); ++i) {
+      hv::NicInfo n{d.nics[i], ""};
+      if (hv::IsActive(d.info.state)) n.host_device = absl::StrCat("vnet", d.first_tap + i);
+      info.nics.push_back(std::move(n));
+    }
+    return info;
+  }
 
   static hv::DomainResources ResourcesOf(const Domain& d) {
     hv::DomainResources r;
@@ -498,6 +512,7 @@ class FakeHypervisor final : public hv::Hypervisor {
 
   std::mutex mu_;
   std::map<std::string, Domain> domains_;
+  size_t defines_ = 0;
   EventSink sink_;
 };
 

@@ -5,6 +5,7 @@ answer must come to equal what virsh says within a bounded wait (the event laten
 and after libvirtd is killed and restarted no answer is stale: UNAVAILABLE, or what virsh says."""
 
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import unittest
 import grpc
 
 from agent_harness import FIXTURE, URI, AgentTestCase, small_spec, unique_name, virsh
-from hvagent.v1 import domain_pb2
+from hvagent.v1 import domain_pb2, event_pb2
+
+HVCTL = os.path.join(os.path.dirname(os.environ["HVAGENTD"]), "hvctl")
 
 SETTLE_SECONDS = 10  # bound on the wait for an event to reach the view
 
@@ -44,6 +47,10 @@ def virsh_view(name):
         fields[key.strip()] = value.strip()
     return (STATE_FROM_VIRSH[fields["State"]], int(fields["CPU(s)"]), int(fields["Max memory"].split()[0]) // 1024,
             fields["Persistent"] == "yes")
+
+
+def uuid_hex(n):
+    return os.urandom(n).hex()[:n]
 
 
 def domain_xml(name):
@@ -146,6 +153,89 @@ class DomainViewConsistencyTest(AgentTestCase):
         median = sorted(t for _, t in latencies)[len(latencies) // 2]
         print(f"\ndomain view: {len(latencies)} changes settled, median {median * 1000:.1f} ms, max latency "
               f"{worst[1] * 1000:.1f} ms ({worst[0]}), seed {seed}")
+
+    def host_devices(self, name):
+        """{mac: host-side device} as GetDomain says."""
+        d = self.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=name), timeout=10)
+        return {n.nic.mac: n.host_device for n in d.nics}
+
+    def wait_for_nics(self, name, want, what):
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while self.host_devices(name) != want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"after {what}: agent says {self.host_devices(name)}, virsh says {want}")
+            time.sleep(0.01)
+
+    @staticmethod
+    def virsh_taps(name):
+        """{mac: tap} from virsh domiflist (its Interface column is "-" on a stopped guest)."""
+        out = {}
+        for line in virsh("domiflist", name).stdout.splitlines()[2:]:
+            cols = line.split()
+            if len(cols) == 5:
+                out[cols[4]] = "" if cols[0] == "-" else cols[0]
+        return out
+
+    def test_nics_list_their_tap_and_follow_hotplug_behind_the_agents_back(self):
+        """GetDomain lists a running QEMU guest's NICs with the tap libvirt made (the one on the
+        bridge), a NIC virsh hot-plugs behind the agent's back (libvirt's DEVICE_ADDED), and
+        no tap once the guest is stopped."""
+        bridge = "hvvb" + uuid_hex(6)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        try:
+            subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+            name = unique_name("nics")
+            spec = small_spec(name)
+            spec.nics.add(mac="52:54:00:5e:00:01", bridge=bridge, model="virtio", mtu=1400)
+            self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True), timeout=60)
+            d = self.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=name), timeout=10)
+            self.assertEqual(len(d.nics), 1, d)
+            nic = d.nics[0]
+            self.assertEqual((nic.nic.mac, nic.nic.bridge, nic.nic.model, nic.nic.mtu),
+                             ("52:54:00:5e:00:01", bridge, "virtio", 1400))
+            self.assertTrue(nic.host_device, d)
+            self.assertEqual({"52:54:00:5e:00:01": nic.host_device}, self.virsh_taps(name))
+            on_bridge = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True,
+                                       text=True, check=True).stdout
+            self.assertIn(f" {nic.host_device}:", on_bridge)
+            # hvctl get shows it in its NIC table, and --json as GetDomain says.
+            shown = subprocess.run([HVCTL, "--server", self.agent.grpc_addr, "get", name], capture_output=True,
+                                   text=True, timeout=60, check=True).stdout
+            self.assertRegex(shown, rf"52:54:00:5e:00:01\s+bridge {bridge}\s+virtio\s+1400\s+{nic.host_device}")
+
+            stream = self.agent.events.Watch(event_pb2.WatchEventsRequest(domain_names=[name]), timeout=60)
+            got = queue.Queue()
+
+            def read():
+                try:
+                    for e in stream:
+                        got.put(e)
+                except grpc.RpcError:
+                    pass  # cancelled below
+
+            threading.Thread(target=read, daemon=True).start()
+            stream.initial_metadata()  # subscribed: nothing that follows is missed
+            virsh("attach-interface", name, "bridge", bridge, "--mac", "52:54:00:5e:00:02", "--model", "virtio",
+                  "--live")
+            want = self.virsh_taps(name)
+            self.assertEqual(len(want), 2, want)
+            self.wait_for_nics(name, want, "virsh attach-interface --live")
+            # Watch subscribers get the hot-plug too, with libvirt's alias of the new device.
+            try:
+                ev = got.get(timeout=SETTLE_SECONDS)
+                while ev.type != event_pb2.DOMAIN_EVENT_TYPE_DEVICE_ADDED:
+                    ev = got.get(timeout=SETTLE_SECONDS)
+            except queue.Empty:
+                self.fail("no DOMAIN_EVENT_TYPE_DEVICE_ADDED on the stream")
+            finally:
+                stream.cancel()
+            self.assertEqual(ev.domain_name, name)
+            self.assertRegex(ev.detail, r"^net[0-9]+$")
+
+            virsh("destroy", name)
+            self.wait_for_nics(name, {"52:54:00:5e:00:01": ""}, "virsh destroy")
+        finally:
+            subprocess.run(["ip", "link", "del", bridge], check=False)
 
     def test_no_stale_answer_across_a_libvirtd_restart(self):
         r = subprocess.run([FIXTURE, "pid"], capture_output=True, text=True)

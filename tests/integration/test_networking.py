@@ -160,6 +160,10 @@ class OvsNetworkingTest(AgentTestCase):
             self.assertEqual(ovs("port-to-br", port), BRIDGE)
             link = subprocess.run(["ip", "-o", "link", "show", port], capture_output=True, text=True).stdout
             self.assertIn(f" mtu {MTU} ", link)
+            # GetDomain lists the NIC as the spec gave it, with that tap as its host device.
+            d = self.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=self.names[k]))
+            self.assertEqual([(n.nic.ovs.bridge, n.nic.ovs.interface_id, n.nic.ovs.vlan, n.nic.mtu, n.host_device)
+                              for n in d.nics], [(BRIDGE, self.ports[k], vlan, MTU, port)])
         # The guest's side of the MTU (virtio's host_mtu).
         self.assertTrue(self.run_on("a", f"grep -qx {MTU} /sys/class/net/eth0/mtu"))
 
@@ -264,6 +268,8 @@ class OvsNetworkingTest(AgentTestCase):
         port = port_of(iface_id)
         self.assertIsNotNone(port)
         self.assertEqual(ovs("get", "Port", port, "tag"), "100")
+        listed = {n.nic.mac: n for n in self.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=c)).nics}
+        self.assertEqual((listed[attached.mac].nic.ovs.interface_id, listed[attached.mac].host_device), (iface_id, port))
         # The guest sees a second interface, and it is in the persistent definition too.
         seen = any(self.run_on("c", "test -e /sys/class/net/eth1") or time.sleep(1) for _ in range(20))
         self.assertTrue(seen, "guest c never saw eth1")
@@ -277,6 +283,8 @@ class OvsNetworkingTest(AgentTestCase):
         gone = any(self.run_on("c", "test ! -e /sys/class/net/eth1") or time.sleep(1) for _ in range(30))
         self.assertTrue(gone, "eth1 still in guest c")
         self.assertIsNone(port_of(iface_id), ovs("show"))
+        nics = self.agent.domains.GetDomain(domain_pb2.GetDomainRequest(name=c)).nics
+        self.assertNotIn(attached.mac, [n.nic.mac for n in nics])
         self.assertNotIn(attached.mac, virsh("dumpxml", "--inactive", c).stdout)
         with self.assertRaises(grpc.RpcError) as e:
             self.agent.domains.DetachNic(domain_pb2.DetachNicRequest(domain=c, mac=attached.mac))

@@ -428,6 +428,9 @@ scratch_dir = "{cls.scratch}"
         nic = self.check(nics, "POST", d, body={"nic": {"bridge": "hvoa0", "mtu": 1400}}, expect=201)
         self.assertEqual((nic["bridge"], nic["mtu"], nic["mac"][:9]), ("hvoa0", 1400, "52:54:00:"), nic)
         self.check(nics, "POST", d, body={"nic": {"bridge": "hvoa0", "mac": nic["mac"]}}, expect=409)
+        listed = self.check("/v1/domains/{name}", "GET", d, expect=200)["nics"]
+        self.assertEqual([(n["nic"]["mac"], n["nic"]["bridge"], n["host_device"]) for n in listed],
+                         [(nic["mac"], "hvoa0", "")], listed)  # shut off: no tap
         self.check(nics, "POST", d, body={"nic": {"ovs": {"bridge": "br-int", "interface_id": port, "vlan": 0}}},
                    expect=400)
         self.check(nics, "POST", d, body={"nic": {"ovs": {"bridge": "br-int", "interface_id": port}}}, expect=403)
@@ -484,7 +487,10 @@ scratch_dir = "{cls.scratch}"
         self.assertEqual((kept["attached_to"], kept["ownership"]), (dom, "VOLUME_OWNERSHIP_BORROWED"))
         self.check(item + ":release-ownership", "POST", gv, expect=404)
         self.check(item, "DELETE", v, expect=409)
-        detached = self.check(item + ":detach", "POST", v, expect=200)
+        # Naming another domain is refused and changes nothing; naming its own detaches.
+        self.check(item + ":detach", "POST", v, body={"domain": ghost}, expect=409)
+        self.check(item + ":detach", "POST", v, body={"domain": "a;b"}, expect=400)
+        detached = self.check(item + ":detach", "POST", v, body={"domain": dom}, expect=200)
         self.assertEqual((detached["state"], detached["ownership"]), ("VOLUME_STATE_AVAILABLE", "VOLUME_OWNERSHIP_UNSPECIFIED"))
         self.check(item + ":detach", "POST", v, expect=404)  # not attached: nothing to detach
         self.check(item + ":release-ownership", "POST", v, expect=409)  # attached to no domain

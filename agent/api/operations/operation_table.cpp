@@ -219,7 +219,7 @@ absl::Status AttachVolume(const Services& s, const v1::AttachVolumeRequest& req,
 }
 
 absl::Status DetachVolume(const Services& s, const v1::DetachVolumeRequest& req, v1::Volume* out) {
-  return Into(out, s.storage->DetachVolume(req.pool(), req.name()));
+  return Into(out, s.storage->DetachVolume(req.pool(), req.name(), req.domain()));
 }
 
 absl::Status ReleaseVolumeOwnership(const Services& s, const v1::ReleaseVolumeOwnershipRequest& req,

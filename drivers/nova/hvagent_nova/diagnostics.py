@@ -93,8 +93,8 @@ def legacy_diagnostics(drv, instance):
 def instance_diagnostics(drv, instance, power_states):
     """nova.objects.Diagnostics from the agent's domain and its counters. `power_states` maps
     the agent's DomainState to Nova's. Per-vCPU times are not reported by the agent: one
-    CpuDiagnostics per vCPU without a time. NICs carry no MAC (the agent's counters name the
-    host-side interface)."""
+    CpuDiagnostics per vCPU without a time. Each NIC's MAC is the one GetDomain lists with the
+    host-side device that names the NIC's counters (None for a device it does not list)."""
     dom = drv._get_domain(instance)
     stats = domain_stats(drv, instance)
     uptime = None
@@ -116,7 +116,9 @@ def instance_diagnostics(drv, instance, power_states):
                        read_requests=_opt(disk, "read_requests"),
                        write_bytes=_opt(disk, "write_bytes"),
                        write_requests=_opt(disk, "write_requests"))
+    macs = {n.host_device: n.nic.mac for n in dom.nics if n.host_device}
     for nic in stats.nics:
-        diags.add_nic(rx_octets=_opt(nic, "rx_bytes"), tx_octets=_opt(nic, "tx_bytes"),
+        diags.add_nic(mac_address=macs.get(nic.name),
+                      rx_octets=_opt(nic, "rx_bytes"), tx_octets=_opt(nic, "tx_bytes"),
                       rx_packets=_opt(nic, "rx_packets"), tx_packets=_opt(nic, "tx_packets"))
     return diags

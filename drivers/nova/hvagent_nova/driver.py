@@ -1606,13 +1606,16 @@ class HvagentDriver(driver.ComputeDriver):
             pool=data["pool"], name=data["name"], domain=instance.name, target=target,
             readonly=(connection_info.get("data", {}).get("access_mode") == "ro")))
 
-    def _detach_once(self, data):
-        """One DetachVolume: None once the volume is detached (NOT_FOUND: it was not attached,
-        or does not exist), else the agent's reason why the guest still holds the device
-        (ABORTED). Other errors are raised as Nova exceptions."""
+    def _detach_once(self, instance, data):
+        """One DetachVolume from this instance's domain: None once the volume is detached
+        from it (NOT_FOUND: it was not attached, or does not exist; FAILED_PRECONDITION while
+        it is now another instance's: the agent changed nothing, and it is left alone), else
+        the agent's reason why the guest still holds the device (ABORTED). Other errors are
+        raised as Nova exceptions."""
         try:
             self.agent.storage.DetachVolume(storage_pb2.DetachVolumeRequest(
-                pool=data["pool"], name=data["name"]), timeout=self.agent.timeout)
+                pool=data["pool"], name=data["name"], domain=instance.name),
+                timeout=self.agent.timeout)
             return None
         except grpc.RpcError as e:
             code = client.code_of(e)
@@ -1620,7 +1623,24 @@ class HvagentDriver(driver.ComputeDriver):
                 return None
             if code == grpc.StatusCode.ABORTED:
                 return e.details() or code.name
+            if code == grpc.StatusCode.FAILED_PRECONDITION and not self._attached_here(instance, data):
+                return None
             raise client.to_nova(e, self.agent.address) from None
+
+    def _attached_here(self, instance, data):
+        """Whether the agent still has the volume attached to this instance (after a detach
+        naming the instance was refused: another instance may have taken it meanwhile)."""
+        try:
+            vol = self.agent.storage.GetVolume(storage_pb2.VolumeRef(
+                pool=data["pool"], name=data["name"]), timeout=self.agent.timeout)
+        except grpc.RpcError:
+            return True  # cannot tell: the detach's own error is the answer
+        if vol.attached_to != instance.name:
+            LOG.warning("volume %s/%s is now attached to %s, not to this instance: left alone",
+                        data["pool"], data["name"], vol.attached_to or "no instance",
+                        instance=instance)
+            return False
+        return True
 
     def _detach(self, instance, data):
         """Detaches an agent volume from this instance, retrying like Nova's libvirt driver
@@ -1641,7 +1661,7 @@ class HvagentDriver(driver.ComputeDriver):
         attempts = CONF.hvagent.device_detach_attempts
         for attempt in range(1, attempts + 1):
             started = time.monotonic()
-            reason = self._detach_once(data)
+            reason = self._detach_once(instance, data)
             if reason is None:
                 LOG.info("detached volume %s", device, instance=instance)
                 return

@@ -25,10 +25,11 @@ from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import utils as test_utils
 from nova.virt import fake
 
-from hvagent.v1 import domain_pb2, host_pb2, migration_pb2, operation_pb2, storage_pb2
+from hvagent.v1 import domain_pb2, host_pb2, metrics_pb2, migration_pb2, operation_pb2, storage_pb2
 
 import agent_fixture
 from hvagent_nova import client
+from hvagent_nova import diagnostics
 from hvagent_nova import driver as hv_driver
 
 
@@ -786,6 +787,7 @@ class FakeAgent(object):
         self.attached_to = attached_to
         self.answers = list(answers)
         self.calls = []
+        self.requests = []
         stub = lambda name: (lambda request, timeout=None: self._call(name, request))
         self.storage = type("S", (), {"GetVolume": staticmethod(stub("GetVolume")),
                                       "DetachVolume": staticmethod(stub("DetachVolume"))})
@@ -794,12 +796,15 @@ class FakeAgent(object):
 
     def _call(self, name, request):
         self.calls.append(name)
+        self.requests.append(request)
         if name == "GetVolume":
             return storage_pb2.Volume(pool=request.pool, name=request.name, attached_to=self.attached_to)
         if name == "GetDomain":
             return domain_pb2.Domain(name=request.name, state=domain_pb2.DOMAIN_STATE_RUNNING)
         if name == "DetachVolume":
             answer = self.answers.pop(0)
+            if callable(answer):
+                answer = answer()
             if answer is not None:
                 raise answer
         return None
@@ -1136,6 +1141,24 @@ class DetachTestCase(test.NoDBTestCase):
         self.detach()
         self.assertEqual(["GetVolume"], a.calls)
 
+    def test_the_detach_names_the_instance(self):
+        a = self.agent("instance-1", [None])
+        self.detach()
+        detach = a.requests[a.calls.index("DetachVolume")]
+        self.assertEqual(("p", "vol1", "instance-1"), (detach.pool, detach.name, detach.domain))
+
+    def test_a_volume_another_instance_took_meanwhile_is_left_alone(self):
+        # GetVolume said instance-1; before DetachVolume another instance got it: the agent
+        # refuses the detach naming instance-1 (FAILED_PRECONDITION, nothing changed), and the
+        # driver, reading the volume again, leaves it to its new instance.
+        def moved():
+            a.attached_to = "instance-2"
+            return RpcError(grpc.StatusCode.FAILED_PRECONDITION, "domain: volume 'vol1' is attached to "
+                            "domain 'instance-2', not to 'instance-1'; nothing was changed")
+        a = self.agent("instance-1", [moved])
+        self.detach()
+        self.assertEqual(["GetVolume", "DetachVolume", "GetVolume"], a.calls)
+
     def test_other_errors_are_raised_not_taken_for_detached(self):
         for code, cls in ((grpc.StatusCode.FAILED_PRECONDITION, exception.Invalid),
                           (grpc.StatusCode.UNAVAILABLE, exception.HypervisorUnavailable)):
@@ -1152,6 +1175,30 @@ class DetachTestCase(test.NoDBTestCase):
             self.assertRaises(exception.DeviceDetachFailed, teardown)
             self.assertEqual(["GetDomain", "DestroyDomain", "GetVolume"] + ["DetachVolume"] * 3, a.calls)
             self.assertNotIn("DeleteDomain", a.calls)
+
+
+class InstanceDiagnosticsNicTestCase(test.NoDBTestCase):
+    """get_instance_diagnostics gives each NIC the MAC GetDomain lists with the host-side device
+    that names its counters in GetDomainStats; a device GetDomain does not list gets None."""
+
+    def test_nics_carry_the_mac_of_their_tap(self):
+        drv = hv_driver.HvagentDriver(fake.FakeVirtAPI())
+        dom = domain_pb2.Domain(name="instance-1", state=domain_pb2.DOMAIN_STATE_RUNNING, vcpus=1,
+                                memory_mib=128)
+        dom.nics.add(nic=domain_pb2.Nic(mac="52:54:00:12:34:56", bridge="br0"), host_device="vnet7")
+        dom.nics.add(nic=domain_pb2.Nic(mac="52:54:00:12:34:57", bridge="br0"))  # no tap (yet)
+        stats = metrics_pb2.DomainStats(name="instance-1")
+        stats.nics.add(name="vnet7", rx_bytes=10, tx_bytes=20)
+        stats.nics.add(name="vnet9", rx_bytes=1)
+        inst = type("I", (), {"name": "instance-1", "uuid": "u-1",
+                              "obj_attr_is_set": lambda self, attr: False})()
+        with unittest.mock.patch.object(drv, "_get_domain", return_value=dom), \
+                unittest.mock.patch.object(diagnostics, "domain_stats", return_value=stats), \
+                unittest.mock.patch.object(diagnostics.configdrive, "required_by", return_value=False), \
+                unittest.mock.patch.object(drv, "_host_info", return_value=host_pb2.Host(hypervisor_type="QEMU")):
+            diags = drv.get_instance_diagnostics(inst)
+        self.assertEqual([("52:54:00:12:34:56", 10, 20), (None, 1, None)],
+                         [(n.mac_address, n.rx_octets, n.tx_octets) for n in diags.nic_details])
 
 
 class ScriptedMigrations(ScriptedDomains):

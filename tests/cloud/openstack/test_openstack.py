@@ -239,12 +239,9 @@ class OpenStackThroughAgent(unittest.TestCase):
                   + "\n".join(lines))
 
     def agent_nics(self, name):
-        """Host-side interface names of the agent's domain (GetDomainStats: GetDomain carries
-        no NICs)."""
-        for d in hvctl("stats").get("domains", []):
-            if d["name"] == name:
-                return [n["name"] for n in d.get("nics", [])]
-        return None
+        """{MAC: host-side interface} of the agent's domain, as GetDomain (hvctl get) lists
+        its NICs."""
+        return {n["nic"]["mac"]: n["host_device"] for n in hvctl("get", name).get("nics", [])}
 
     def test_20_create_boots_the_guest_on_the_agent(self):
         # With vif_plugging_is_fatal (run.sh), ACTIVE means Neutron's OVS agent wired the port
@@ -291,8 +288,12 @@ class OpenStackThroughAgent(unittest.TestCase):
         tag = ovs_vsctl("get", "Port", iface["name"], "tag")
         self.assertRegex(tag, r"^[0-9]+$")
         self.assertNotEqual(int(tag), 4095)
-        # And the agent's domain is the one with that interface.
-        self.assertIn(iface["name"], self.agent_nics(s["OS-EXT-SRV-ATTR:instance_name"]))
+        # And the agent's domain is the one with that interface, on the port's MAC, as an OVS
+        # port on br-int carrying Neutron's port id.
+        name = s["OS-EXT-SRV-ATTR:instance_name"]
+        self.assertEqual(self.agent_nics(name).get(port["mac_address"]), iface["name"])
+        nic = [n["nic"] for n in hvctl("get", name)["nics"] if n["nic"]["mac"] == port["mac_address"]][0]
+        self.assertEqual((nic["ovs"]["bridge"], nic["ovs"]["interface_id"]), (BRIDGE, port["id"]))
 
     def test_30_stop_and_start(self):
         openstack("server", "stop", self.server)

@@ -81,6 +81,41 @@ TEST_F(RestRouterTest, CreateGetListDelete) {
   EXPECT_EQ(Call("GET", "/v1/domains/web1").status, 404);
 }
 
+// GET /v1/domains/{name} and the listing carry the domain's NICs as the spec gave them (OVS
+// port with Neutron's port id and tag, Linux bridge, libvirt network), with the tap while it runs.
+TEST_F(RestRouterTest, GetDomain_ListsItsNicsWithTheirHostDeviceWhileRunning) {
+  service::DomainService domains{
+      hv_, clock_, {.networks = {.bridges = std::vector<std::string>{"br0"}, .ovs_bridges = {"br-int"}}}};
+  RestRouter router{ops::Pipeline({.host = &host_, .domains = &domains}, {})};
+  auto call = [&](const std::string& method, const std::string& path, const std::string& body = "") {
+    return router.Handle({method, path, {}, body});
+  };
+  auto r = call("POST", "/v1/domains", R"({"spec":{"name":"web1","vcpus":1,"memory_mib":64,"nics":[
+      {"mac":"52:54:00:00:00:01","ovs":{"bridge":"br-int","interface_id":"3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b","vlan":42}},
+      {"mac":"52:54:00:00:00:02","bridge":"br0","model":"virtio","mtu":1400},
+      {"mac":"52:54:00:00:00:03","network":"default"}]}})");
+  ASSERT_EQ(r.status, 201) << r.body;
+  r = call("GET", "/v1/domains/web1");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("nics":[{"nic":{"mac":"52:54:00:00:00:01",)"));
+  EXPECT_THAT(r.body,
+              HasSubstr(R"("ovs":{"bridge":"br-int","interface_id":"3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b","vlan":42})"));
+  EXPECT_THAT(r.body, HasSubstr(R"("bridge":"br0")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("model":"virtio")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("mtu":1400)"));
+  EXPECT_THAT(r.body, HasSubstr(R"("network":"default")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("host_device":"")"));
+  EXPECT_THAT(r.body, ::testing::Not(HasSubstr("vnet")));  // shut off: no taps
+  ASSERT_EQ(call("POST", "/v1/domains/web1:start").status, 200);
+  r = call("GET", "/v1/domains/web1");
+  EXPECT_THAT(r.body, HasSubstr(R"("host_device":"vnet0")"));
+  EXPECT_THAT(r.body, HasSubstr(R"("host_device":"vnet2")"));
+  EXPECT_THAT(call("GET", "/v1/domains").body, HasSubstr(R"("host_device":"vnet1")"));
+  // Hot-plugged: the next GET lists it.
+  ASSERT_EQ(call("POST", "/v1/domains/web1/nics", R"({"nic":{"mac":"52:54:00:00:00:04","bridge":"br0"}})").status, 201);
+  EXPECT_THAT(call("GET", "/v1/domains/web1").body, HasSubstr(R"("mac":"52:54:00:00:00:04")"));
+}
+
 TEST_F(RestRouterTest, Actions) {
   ASSERT_EQ(Call("POST", "/v1/domains", kCreateWeb1).status, 201);
   auto r = Call("POST", "/v1/domains/web1:suspend");

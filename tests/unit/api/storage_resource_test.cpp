@@ -57,6 +57,23 @@ TEST_F(StorageResourceTest, PoolsAndVolumesRoundTrip) {
   EXPECT_EQ(Call("GET", "/v1/pools/vg0/volumes/data").status, 404);
 }
 
+// :detach with {"domain": ...}: the volume's own domain detaches; another is 409 naming the
+// field, and the volume stays attached.
+TEST_F(StorageResourceTest, DetachNamingTheWrongDomainIs409AndKeepsTheAttachment) {
+  ASSERT_EQ(Call("POST", "/v1/pools/vg0/volumes", R"({"name":"data","size_bytes":"1048576"})").status, 201);
+  ASSERT_EQ(Call("POST", "/v1/pools/vg0/volumes/data:attach", R"({"domain":"web1"})").status, 200);
+  auto r = Call("POST", "/v1/pools/vg0/volumes/data:detach", R"({"domain":"web2"})");
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("code":"FAILED_PRECONDITION")"));
+  EXPECT_THAT(r.body, HasSubstr("domain: volume 'data' is attached to domain 'web1'"));
+  EXPECT_THAT(Call("GET", "/v1/pools/vg0/volumes/data").body, HasSubstr(R"("attached_to":"web1")"));
+  EXPECT_EQ(Call("POST", "/v1/pools/vg0/volumes/data:detach", R"({"domain":"no such!"})").status, 400);
+  r = Call("POST", "/v1/pools/vg0/volumes/data:detach", R"({"domain":"web1"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_THAT(r.body, HasSubstr(R"("attached_to":"")"));
+  EXPECT_EQ(Call("POST", "/v1/pools/vg0/volumes/data:detach", R"({"domain":"web1"})").status, 404);
+}
+
 TEST_F(StorageResourceTest, Errors) {
   auto r = Call("GET", "/v1/pools/nope/volumes");
   EXPECT_EQ(r.status, 404);

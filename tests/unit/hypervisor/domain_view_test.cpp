@@ -279,5 +279,73 @@ TEST(DomainView, UnrelatedEventsPassThroughWithoutRereads) {
   EXPECT_EQ(view.refreshes(), before);
 }
 
+
+NicSpec BridgeNic(const std::string& mac) {
+  NicSpec n;
+  n.mac = mac;
+  n.bridge = "br0";
+  n.model = "virtio";
+  return n;
+}
+
+std::vector<std::string> Macs(const DomainInfo& d) {
+  std::vector<std::string> out;
+  for (const NicInfo& n : d.nics) out.push_back(n.spec.mac);
+  return out;
+}
+
+// NICs travel in DomainInfo: the host-side device appears with the start that made it and goes
+// with the stop, and the agent's own hot-plug and unplug are seen by the next read.
+TEST(DomainView, NicsAndTheirTapsFollowStartStopAndTheAgentsHotPlug) {
+  FakeHypervisor fake;
+  DomainSpec spec = Spec("web");
+  spec.nics.push_back(BridgeNic("52:54:00:00:00:01"));
+  ASSERT_TRUE(fake.DefineDomain(spec).ok());
+  DomainView view(fake);
+  auto d = view.GetDomain("web");
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(d->nics.size(), 1u);
+  EXPECT_EQ(d->nics[0].spec.bridge, "br0");
+  EXPECT_EQ(d->nics[0].host_device, "");  // not running: no tap
+  ASSERT_TRUE(view.StartDomain("web").ok());
+  d = view.GetDomain("web");
+  ASSERT_EQ(d->nics.size(), 1u);
+  EXPECT_THAT(d->nics[0].host_device, ::testing::StartsWith("vnet"));
+  ASSERT_TRUE(view.AttachNic("web", BridgeNic("52:54:00:00:00:02")).ok());
+  d = view.GetDomain("web");  // no event: the write's own re-read
+  EXPECT_THAT(Macs(*d), ::testing::ElementsAre("52:54:00:00:00:01", "52:54:00:00:00:02"));
+  EXPECT_NE(d->nics[1].host_device, "");
+  EXPECT_NE(d->nics[1].host_device, d->nics[0].host_device);
+  ASSERT_TRUE(view.DetachNic("web", "52:54:00:00:00:01").ok());
+  EXPECT_THAT(Macs(*view.GetDomain("web")), ::testing::ElementsAre("52:54:00:00:00:02"));
+  ASSERT_TRUE(view.DestroyDomain("web").ok());
+  d = view.GetDomain("web");
+  ASSERT_EQ(d->nics.size(), 1u);
+  EXPECT_EQ(d->nics[0].host_device, "");
+  EXPECT_EQ(view.ListDomains()->at(0).nics.size(), 1u);
+}
+
+// A hot-plug behind the agent's back (virsh attach-interface) has no lifecycle event: libvirt's
+// DEVICE_ADDED / DEVICE_REMOVED make the view re-read, and pass on to subscribers after.
+TEST(DomainView, DeviceEventsRereadTheDomainsNics) {
+  FakeHypervisor fake;
+  ASSERT_TRUE(fake.DefineDomain(Spec("web")).ok());
+  ASSERT_TRUE(fake.StartDomain("web").ok());
+  DomainView view(fake);
+  ASSERT_TRUE(view.GetDomain("web")->nics.empty());
+  std::atomic<int> passed{0};
+  view.SetEventSink([&](const DomainEvent& e) {
+    if (e.type == DomainEventType::kDeviceAdded || e.type == DomainEventType::kDeviceRemoved) ++passed;
+  });
+  ASSERT_TRUE(fake.AttachNic("web", BridgeNic("52:54:00:00:00:09")).ok());
+  EXPECT_TRUE(view.GetDomain("web")->nics.empty());  // no event yet: memory, not libvirt
+  fake.Emit(Event("web", DomainEventType::kDeviceAdded));
+  EXPECT_TRUE(Eventually([&] { return view.GetDomain("web")->nics.size() == 1; }));
+  ASSERT_TRUE(fake.DetachNic("web", "52:54:00:00:00:09").ok());
+  fake.Emit(Event("web", DomainEventType::kDeviceRemoved));
+  EXPECT_TRUE(Eventually([&] { return view.GetDomain("web")->nics.empty(); }));
+  EXPECT_TRUE(Eventually([&] { return passed.load() == 2; }));
+}
+
 }  // namespace
 }  // namespace hvagent::hv

@@ -177,5 +177,103 @@ TEST(NicSpecTest, NicsReadBackFromDomainXml) {
   EXPECT_THAT((*nics)[1].xml, HasSubstr("<interface"));
 }
 
+
+// A running QEMU guest's XML as libvirt writes it (trimmed to what matters): the four kinds of
+// interface, each with the tap libvirt made for it, and the agent's labels.
+constexpr char kLiveXml[] = R"(<domain type='qemu' id='7'>
+  <name>web1</name>
+  <metadata>
+    <hvagent:labels xmlns:hvagent="urn:hvagent:labels:1">
+      <hvagent:label key="team" value="web"/>
+    </hvagent:labels>
+  </metadata>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:00:aa:bb:01'/>
+      <source bridge='br0'/>
+      <target dev='vnet0'/>
+      <model type='virtio'/>
+      <alias name='net0'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:bb:02'/>
+      <source network='default' portid='0c7b2bd5-4f4a-4b3e-9d7d-0e4b2f7a1c11' bridge='virbr0'/>
+      <target dev='vnet1'/>
+      <model type='e1000'/>
+    </interface>
+    <interface type='bridge'>
+      <mac address='52:54:00:aa:bb:03'/>
+      <source bridge='br-int'/>
+      <vlan>
+        <tag id='42'/>
+      </vlan>
+      <virtualport type='openvswitch'>
+        <parameters interfaceid='3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b' profileid=''/>
+      </virtualport>
+      <target dev='vnet2'/>
+      <model type='virtio'/>
+      <mtu size='1450'/>
+    </interface>
+    <interface type='user'>
+      <mac address='52:54:00:aa:bb:04'/>
+      <model type='rtl8139'/>
+    </interface>
+  </devices>
+</domain>)";
+
+TEST(DomainFactsTest, RunningGuestsNicsCarryTheirKindVlanPortIdAndTap) {
+  auto facts = ParseDomainFacts(kLiveXml);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  EXPECT_EQ(facts->labels, (std::map<std::string, std::string>{{"team", "web"}}));
+  ASSERT_EQ(facts->nics.size(), 4u);
+  const NicInfo& bridge = facts->nics[0];
+  EXPECT_EQ(bridge.spec.mac, "52:54:00:aa:bb:01");
+  EXPECT_EQ(bridge.spec.bridge, "br0");
+  EXPECT_EQ(bridge.spec.model, "virtio");
+  EXPECT_EQ(bridge.host_device, "vnet0");
+  const NicInfo& network = facts->nics[1];
+  EXPECT_EQ(network.spec.network, "default");
+  EXPECT_TRUE(network.spec.bridge.empty());  // libvirt's bridge of the network is not the NIC's
+  EXPECT_EQ(network.spec.model, "e1000");
+  EXPECT_EQ(network.host_device, "vnet1");
+  const NicInfo& ovs = facts->nics[2];
+  EXPECT_EQ(ovs.spec.ovs_bridge, "br-int");
+  EXPECT_EQ(ovs.spec.interface_id, kPort);
+  EXPECT_EQ(ovs.spec.vlan, std::optional<uint32_t>(42));
+  EXPECT_EQ(ovs.spec.mtu, 1450u);
+  EXPECT_EQ(ovs.host_device, "vnet2");
+  const NicInfo& user = facts->nics[3];  // a kind the agent does not make: MAC and model only
+  EXPECT_EQ(user.spec.mac, "52:54:00:aa:bb:04");
+  EXPECT_EQ(user.spec.model, "rtl8139");
+  EXPECT_TRUE(user.spec.bridge.empty() && user.spec.network.empty() && user.spec.ovs_bridge.empty());
+  EXPECT_TRUE(user.host_device.empty());
+}
+
+TEST(DomainFactsTest, ADefinitionHasNoHostDevices) {
+  DomainSpec s;
+  s.name = "web1";
+  s.vcpus = 1;
+  s.memory_mib = 256;
+  s.nics.push_back(Ovs(std::nullopt));
+  NicSpec net;
+  net.mac = "52:54:00:aa:bb:05";
+  net.network = "default";
+  s.nics.push_back(net);
+  auto xml = DomainXmlBuilder::Build(s, kQemuX86);
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  auto facts = ParseDomainFacts(*xml);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  ASSERT_EQ(facts->nics.size(), 2u);
+  EXPECT_EQ(facts->nics[0].spec.interface_id, kPort);
+  EXPECT_FALSE(facts->nics[0].spec.vlan.has_value());  // no tag set: none read
+  EXPECT_EQ(facts->nics[1].spec.network, "default");
+  for (const NicInfo& n : facts->nics) EXPECT_EQ(n.host_device, "") << n.spec.mac;
+  EXPECT_TRUE(facts->labels.empty());
+}
+
+TEST(DomainFactsTest, XmlThatIsNotXmlIsAnError) {
+  EXPECT_FALSE(ParseDomainFacts("<domain><devices>").ok());
+}
+
 }  // namespace
 }  // namespace hvagent::hv

@@ -236,6 +236,30 @@ TEST_F(StorageServiceTest, DetachTheGuestRefusesIsAbortedAndTheVolumeStaysAttach
   EXPECT_EQ(retried->volume.ownership, storage::Ownership::kNone);
 }
 
+// A detach that names its domain: the right one detaches as without it; another one is
+// refused naming the field, with the disk still in the guest and the record unchanged.
+TEST_F(StorageServiceTest, DetachNamingAnotherDomainIsRefusedAndChangesNothing) {
+  ASSERT_TRUE(svc_->CreateVolume("vg0", {"data", 1 << 20}).ok());
+  ASSERT_TRUE(svc_->AttachVolume("vg0", "data", "web1", "", false).ok());
+  const size_t disks = hv_.GetDomainDisks("web1")->size();
+  auto v = svc_->DetachVolume("vg0", "data", "web2");
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("domain: volume 'data' is attached to domain 'web1'"));
+  EXPECT_EQ(svc_->GetVolume("vg0", "data")->volume.attached_to, "web1");
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), disks);
+  v = svc_->DetachVolume("vg0", "data", "bad name!");
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("domain:"));
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), disks);
+
+  v = svc_->DetachVolume("vg0", "data", "web1");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->volume.attached_to.empty());
+  EXPECT_EQ(hv_.GetDomainDisks("web1")->size(), disks - 1);
+  // Not attached any more: NOT_FOUND, the domain named or not (a retry's answer).
+  EXPECT_EQ(svc_->DetachVolume("vg0", "data", "web1").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(StorageServiceTest, ReleaseOwnershipTurnsOwnedIntoBorrowedOnly) {
   ASSERT_TRUE(svc_->ClaimVolume({"vg0", "root", 1 << 20}, "web1").ok());
   EXPECT_EQ(svc_->GetVolume("vg0", "root")->volume.ownership, storage::Ownership::kOwned);
