@@ -18,7 +18,6 @@ unanswered, it aborts libvirt's job, the guest counts on here, and the destinati
 restart removes the empty partition it had made."""
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ import grpc
 
 from agent_harness import Agent, console_until, test_guest, with_security
 from hvagent.v1 import domain_pb2, migration_pb2, migration_pb2_grpc, operation_pb2, operation_pb2_grpc
-from two_hosts import LibvirtHost, Veth, partition_pool, run
+from two_hosts import LibvirtHost, Veth, partition_pool
 
 MiB = 1 << 20
 DISK = 16 * MiB
@@ -61,9 +60,10 @@ class AgentHost:
         self.agent.stop()
 
     def partitions(self):
-        """The partitions on the pool's loop device, read from its GPT (not through the agent)."""
-        out = run(["sfdisk", "--json", self.loop]).stdout
-        return json.loads(out)["partitiontable"].get("partitions", []) if out.strip() else []
+        """The partition devices of the pool's loop device as the kernel sees them (not through
+        the agent): what QEMU's NBD target is written to."""
+        dev = os.path.basename(self.loop)
+        return sorted(p for p in os.listdir(f"/sys/class/block/{dev}") if p.startswith(dev + "p"))
 
     def rest(self, method, path, body=None, expect=200):
         status, out = self.agent.rest(method, path, body)
@@ -255,18 +255,22 @@ class LiveMigrationTest(unittest.TestCase):
         get = lambda: ops.GetOperation(operation_pb2.GetOperationRequest(id=str(r.operation_id)), timeout=10)
         deadline = time.time() + 60
         o = get()
-        while o.state == operation_pb2.OPERATION_STATE_RUNNING and o.bytes_total == 0 and time.time() < deadline:
+        # libvirt copies once the step is journalled and its job reports (the plan's total is
+        # the volumes' size from the start: progress alone does not say the copy began).
+        copying = lambda o: "migrate-live" in o.steps and 0 < o.bytes_done < o.bytes_total
+        while o.state == operation_pb2.OPERATION_STATE_RUNNING and not copying(o) and time.time() < deadline:
             time.sleep(0.1)
             o = get()
         self.assertEqual(o.state, operation_pb2.OPERATION_STATE_RUNNING, f"the copy never started: {o.message}")
         # The destination made the empty partition before libvirt began copying into it.
         self.assertEqual(len(self.dst.partitions()), parts_before + 1)
+        at_kill = f"{o.bytes_done / MiB:.1f} of {o.bytes_total / MiB:.1f} MiB"
         self.dst.kill_agent()
         killed = time.time()
         while o.state == operation_pb2.OPERATION_STATE_RUNNING and time.time() < killed + 120:
             time.sleep(0.2)
             o = get()
-        print(f"\ndestination agent killed {o.bytes_done / MiB:.1f} of {o.bytes_total / MiB:.1f} MiB in; "
+        print(f"\ndestination agent killed {at_kill} into libvirt's job; "
               f"the move ended {time.time() - killed:.1f} s later: {o.message}")
         self.assertEqual(o.state, operation_pb2.OPERATION_STATE_FAILED, o.message)
         self.assertIn(f"the destination agent at {dst_addr} is unreachable", o.message)
