@@ -289,43 +289,58 @@ absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const 
   return absl::OkStatus();
 }
 
+std::string MigrationService::WatchPeer(MigrationPeer& peer, const std::string& transfer,
+                                        const std::atomic<bool>& done, const std::atomic<bool>& aborted) {
+  using Steady = std::chrono::steady_clock;
+  PeerHeartbeat heartbeat(options_.peer_heartbeat, options_.peer_heartbeat_misses, Steady::now());
+  const auto tick = std::min(options_.peer_heartbeat, std::chrono::milliseconds(50));
+  while (!done && !aborted) {
+    std::this_thread::sleep_for(tick);
+    if (!heartbeat.Due(Steady::now())) continue;
+    absl::Status answer = peer.Keep(transfer, options_.peer_heartbeat);
+    if (heartbeat.Record(Steady::now(), answer)) return heartbeat.Reason();
+  }
+  return "";
+}
+
 absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std::string& transfer,
                                       const hv::LiveMigration& m) {
-  using Steady = std::chrono::steady_clock;
   const std::string& name = job.request.name;
   absl::Status result;
-  std::atomic<bool> done{false};
+  std::atomic<bool> done{false}, aborted{false};
+  auto abort = [&](absl::string_view why) {
+    // Only while the job runs: once it completed the guest is there, and aborting is moot.
+    if (done || aborted.exchange(true)) return;
+    Log()->warn("aborting the live migration of {}: {}", name, why);
+    if (auto s = hv_.AbortMigrationJob(name); !s.ok()) Log()->warn("abort the migration of {}: {}", name, s.message());
+  };
   std::thread migrate([&] {
     result = hv_.MigrateLive(name, m);
     done = true;
   });
-  PeerHeartbeat heartbeat(options_.peer_heartbeat, options_.peer_heartbeat_misses, Steady::now());
-  const auto tick = std::min(options_.live_poll, options_.peer_heartbeat);
-  auto next_poll = Steady::now();
-  bool aborted = false;
-  auto abort = [&](absl::string_view why) {
-    // Only while the job runs: once it completed the guest is there, and aborting is moot.
-    if (aborted || done) return;
-    aborted = true;
-    Log()->warn("aborting the live migration of {}: {}", name, why);
-    if (auto s = hv_.AbortMigrationJob(name); !s.ok()) Log()->warn("abort the migration of {}: {}", name, s.message());
-  };
+  // A thread of its own: reading the job's progress can stall for seconds (libvirt's query
+  // waits on the migration's monitor), and the heartbeat must not wait with it.
+  std::string lost;
+  std::thread watch([&] {
+    lost = WatchPeer(peer, transfer, done, aborted);
+    if (!lost.empty()) abort(absl::StrCat("the destination agent is lost: ", lost));
+  });
+  const auto step = std::min(options_.live_poll, std::chrono::milliseconds(50));
   while (!done) {
-    std::this_thread::sleep_for(tick);
     if (job.cancel) abort("cancelled");
-    if (!aborted && heartbeat.Due(Steady::now()) &&
-        heartbeat.Record(Steady::now(), peer.Keep(transfer, options_.peer_heartbeat))) {
-      abort(absl::StrCat("the destination agent is lost: ", heartbeat.Reason()));
-    }
-    if (Steady::now() < next_poll) continue;
-    next_poll = Steady::now() + options_.live_poll;
     if (auto j = hv_.GetMigrationJob(name); j.ok() && j->bytes_total > 0) {
       job.total = j->bytes_total;
       job.done = std::min(j->bytes_done, j->bytes_total);
       Report(job);
     }
+    // live_poll in short steps: the job's end or a cancel is seen at once.
+    for (auto slept = std::chrono::milliseconds(0); slept < options_.live_poll && !done && (aborted || !job.cancel);
+         slept += step) {
+      std::this_thread::sleep_for(step);
+    }
   }
   migrate.join();
+  watch.join();
   if (result.ok()) {
     // Also when the destination was lost but the job completed first: the guest runs there.
     job.done = job.total.load();
@@ -333,10 +348,9 @@ absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std:
     return result;
   }
   if (aborted && job.cancel) return absl::CancelledError("cancelled");
-  if (aborted) {
+  if (aborted && !lost.empty()) {
     return absl::UnavailableError(absl::StrCat("the destination agent at ", job.request.destination,
-                                               " is unreachable (", heartbeat.Reason(),
-                                               "): the live migration was aborted"));
+                                               " is unreachable (", lost, "): the live migration was aborted"));
   }
   return result;
 }

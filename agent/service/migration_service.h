@@ -115,6 +115,10 @@ class MigrationService {
   // destination's transfer (MigrationPeer::Keep) and aborts the job on cancel or when the
   // destination agent is lost.
   absl::Status RunLive(Job& job, MigrationPeer& peer, const std::string& transfer, const hv::LiveMigration& m);
+  // RunLive's heartbeat (PeerHeartbeat over MigrationPeer::Keep) until the job is done or
+  // aborted; why the destination agent is lost, or empty.
+  std::string WatchPeer(MigrationPeer& peer, const std::string& transfer, const std::atomic<bool>& done,
+                        const std::atomic<bool>& aborted);
   absl::Status Step(Job& job, const std::string& name, const storage::VolumeInfo* volume = nullptr);
   // After a failure before `finish` answered: the destination's half removed, the guest back.
   std::string Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down);
