@@ -323,7 +323,7 @@ absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std:
   std::string lost;
   std::thread watch([&] {
     lost = WatchPeer(peer, transfer, done, aborted);
-    if (!lost.empty()) abort(absl::StrCat("the destination agent is lost: ", lost));
+    if (!lost.empty()) abort(absl::StrCat("the destination agent ", lost));
   });
   const auto step = std::min(options_.live_poll, std::chrono::milliseconds(50));
   while (!done) {
@@ -349,8 +349,8 @@ absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std:
   }
   if (aborted && job.cancel) return absl::CancelledError("cancelled");
   if (aborted && !lost.empty()) {
-    return absl::UnavailableError(absl::StrCat("the destination agent at ", job.request.destination,
-                                               " is unreachable (", lost, "): the live migration was aborted"));
+    return absl::UnavailableError(absl::StrCat("the destination agent at ", job.request.destination, " ", lost,
+                                               ": the live migration was aborted"));
   }
   return result;
 }

@@ -24,8 +24,9 @@ bool PeerHeartbeat::Record(Clock::TimePoint now, const absl::Status& answer) {
 
 std::string PeerHeartbeat::Reason() const {
   const std::string last = absl::StrCat(absl::StatusCodeToString(last_.code()), ": ", last_.message());
-  if (absl::IsNotFound(last_)) return absl::StrCat("it no longer holds the transfer (", last, ")");
-  return absl::StrCat(failed_, " heartbeat", failed_ == 1 ? "" : "s", " failed in a row (last: ", last, ")");
+  if (absl::IsNotFound(last_)) return absl::StrCat("no longer holds the transfer (", last, ")");
+  return absl::StrCat("is unreachable (", failed_, " heartbeat", failed_ == 1 ? "" : "s", " failed in a row (last: ",
+                      last, "))");
 }
 
 }  // namespace hvagent::service

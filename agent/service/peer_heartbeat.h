@@ -25,8 +25,9 @@ class PeerHeartbeat {
   // then on).
   bool Record(Clock::TimePoint now, const absl::Status& answer);
   bool lost() const { return lost_; }
-  // Why it is lost, for the operation's message: "3 heartbeats failed in a row (last:
-  // UNAVAILABLE: ...)" or "it no longer holds the transfer (NOT_FOUND: ...)".
+  // Why it is lost, to follow "the destination agent at HOST:PORT ": "is unreachable (3
+  // heartbeats failed in a row (last: UNAVAILABLE: ...))" or "no longer holds the transfer
+  // (NOT_FOUND: ...)".
   std::string Reason() const;
 
  private:

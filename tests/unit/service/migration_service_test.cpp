@@ -934,6 +934,27 @@ TEST_F(LiveMigrationTest, AJobThatCompletedAsTheLostDestinationWasAbortedIsNever
   EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));  // kept for an operator
 }
 
+// The destination let the transfer go mid-copy (its idle expiry, or a restart's rollback, deleted
+// the volumes being copied into): one NOT_FOUND is enough to abort.
+TEST_F(LiveMigrationTest, ADestinationThatNoLongerHoldsTheTransferAbortsTheJobAtTheFirstAnswer) {
+  FastHeartbeat();
+  MakeDomain(/*start=*/true);
+  before_move_ = [&]() -> absl::Status {
+    for (const Journal::Operation& op : dst_->journal->Unfinished()) {
+      if (op.begin.type() == v1::OPERATION_KIND_MIGRATE_IN) (void)dst_->incoming->Abort(op.begin.transfer_id());
+    }
+    while (!src_->hv.live_aborted) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return absl::CancelledError("operation aborted: migration out job: canceled by client");
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED) << e.message;
+  EXPECT_THAT(e.message, HasSubstr("the destination agent at dst.example:50051 no longer holds the transfer (NOT_FOUND: transfer_id: no open"));
+  EXPECT_EQ(peer_->unanswered, 0);  // answered, NOT_FOUND: no misses counted
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
 TEST_F(LiveMigrationTest, KeepIncomingAnswersOnlyWhileTheTransferIsOpen) {
   auto t = dst_->incoming->PrepareLive(LivePlan());
   ASSERT_TRUE(t.ok()) << t.status();

@@ -28,7 +28,7 @@ TEST(PeerHeartbeatTest, LostOnlyAfterTheConfiguredFailuresInARow) {
   clock.SleepFor(milliseconds(1000));
   EXPECT_TRUE(h.Record(clock.Now(), absl::UnavailableError("Socket closed")));
   EXPECT_TRUE(h.lost());
-  EXPECT_THAT(h.Reason(), HasSubstr("3 heartbeats failed in a row (last: UNAVAILABLE: Socket closed)"));
+  EXPECT_THAT(h.Reason(), HasSubstr("is unreachable (3 heartbeats failed in a row (last: UNAVAILABLE: Socket closed))"));
   clock.SleepFor(milliseconds(5000));
   EXPECT_FALSE(h.Due(clock.Now()));  // lost is final: no more calls
   EXPECT_TRUE(h.Record(clock.Now(), absl::OkStatus()));
@@ -39,7 +39,7 @@ TEST(PeerHeartbeatTest, ADestinationThatNoLongerHoldsTheTransferIsLostAtOnce) {
   PeerHeartbeat h(milliseconds(500), 3, clock.Now());
   clock.SleepFor(milliseconds(500));
   EXPECT_TRUE(h.Record(clock.Now(), absl::NotFoundError("transfer_id: no open transfer 'x'")));
-  EXPECT_THAT(h.Reason(), HasSubstr("no longer holds the transfer (NOT_FOUND: transfer_id: no open transfer"));
+  EXPECT_THAT(h.Reason(), ::testing::StartsWith("no longer holds the transfer (NOT_FOUND: transfer_id: no open transfer"));
 }
 
 TEST(PeerHeartbeatTest, TheNextCallIsDueOneIntervalAfterTheLastAnswer) {
