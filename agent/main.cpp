@@ -399,7 +399,10 @@ int Run(const config::Config& cfg) {
   for (const std::string& line : storage.RecoverSnapshots()) logger->warn("recovery: {}", line);
   // Migrations after domains: a define an incoming transfer began is a create recovery undid.
   service::MigrationService migrations(domains, storage, hypervisor, *state->journal, MakePeerFactory(cfg),
-                                      {.live_tls = cfg.migration_libvirt_tls, .events = &operation_events});
+                                      {.live_tls = cfg.migration_libvirt_tls,
+                                       .peer_heartbeat = std::chrono::milliseconds(cfg.migration_peer_heartbeat_ms),
+                                       .peer_heartbeat_misses = cfg.migration_peer_heartbeat_misses,
+                                       .events = &operation_events});
   service::IncomingMigrations incoming(domains, storage, hypervisor, *state->journal, clock,
                                        {.idle_timeout = std::chrono::seconds(cfg.migration_incoming_idle_seconds),
                                         .libvirt_uri = cfg.migration_libvirt_uri,

@@ -124,6 +124,7 @@ struct LiveMigration {
   std::string migrate_uri;                            // the data channel ("tcp://host"); empty: libvirt's choice
   std::map<std::string, std::string> disk_paths;      // target ("vda") -> the destination's device
   uint32_t max_downtime_ms = 0;                       // 0: the hypervisor's default (QEMU: 300 ms)
+  uint32_t bandwidth_mib_s = 0;                       // memory and disk copy alike; 0: unlimited
   bool auto_converge = true;                          // throttle the guest's vCPUs when it dirties faster
   bool tls = false;                                   // the hypervisor's own TLS on the data channel
 };

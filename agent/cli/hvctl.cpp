@@ -86,7 +86,7 @@ int Usage() {
                "                                       (a clone or a copy; --wait draws its progress)\n"
                "  migrate NAME --to HOST:PORT [--shutdown [--shutdown-timeout S]] [--pool POOL] [--no-wait]\n"
                "                                       (cold: owned volumes streamed; a progress bar until it ends)\n"
-               "  migrate NAME --to HOST:PORT --live [--max-downtime-ms MS] [--pool POOL] [--no-wait]\n"
+               "  migrate NAME --to HOST:PORT --live [--max-downtime-ms MS] [--max-bandwidth MIB_S] [--pool POOL] [--no-wait]\n"
                "                                       (QEMU/KVM: moves running, memory and disks copied by libvirt)\n"
                "  drain --to HOST:PORT [--live [--cold-fallback]] [--parallel N] [--shutdown-timeout S]\n"
                "                                       (moves every domain; one line each; exit 1 names those left)\n"
@@ -787,6 +787,8 @@ int main(int argc, char** argv) {
         req.set_live(true);
       } else if (args[i] == "--max-downtime-ms" && has_value) {
         req.set_max_downtime_ms(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
+      } else if (args[i] == "--max-bandwidth" && has_value) {
+        req.set_max_bandwidth_mib_s(static_cast<uint32_t>(std::strtoul(args[++i].c_str(), nullptr, 10)));
       } else if (args[i] == "--no-wait") {
         wait = false;
       } else {

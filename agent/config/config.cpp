@@ -260,6 +260,8 @@ const std::vector<Key>& Keys() {
       MigrationUri("libvirt_uri", &Config::migration_libvirt_uri, {"qemu+tls://", "qemu+tcp://"}),
       MigrationUri("migrate_uri", &Config::migration_migrate_uri, {"tcp://"}),
       Plain("migration", "libvirt_tls", &Config::migration_libvirt_tls),
+      Integer("migration", "peer_heartbeat_ms", &Config::migration_peer_heartbeat_ms, 100, 60000),
+      Integer("migration", "peer_heartbeat_misses", &Config::migration_peer_heartbeat_misses, 1, 100),
       Array("auth", "identities"),
       Array("auth", "tokens"),
       Real("limits", "requests_per_second", &Config::requests_per_second, 0, 1e6,

@@ -96,6 +96,11 @@ struct Config {
   std::string migration_libvirt_uri;
   std::string migration_migrate_uri;
   bool migration_libvirt_tls = false;
+  // Live migration out: how often the destination agent is asked whether it still holds the
+  // transfer while libvirt copies (each call with that deadline), and after how many failures in
+  // a row the move is aborted (the guest stays here).
+  int migration_peer_heartbeat_ms = 1000;
+  int migration_peer_heartbeat_misses = 3;
   // [[storage.pools]]: the only block storage the agent may touch.
   std::vector<storage::PoolConfig> storage_pools;
 

@@ -100,6 +100,7 @@ absl::StatusOr<std::string> IncomingMigrations::Prepare(const IncomingPlan& plan
   begin.set_start(plan.start);
   begin.set_peer(plan.source_host);
   begin.set_transfer_id(*id);
+  begin.set_live(plan.live);
   for (const DiskVolume& v : plan.volumes) *begin.add_volumes() = JournalVolumeOf(v.claim);
   auto op = journal_.Begin(begin);
   if (!op.ok()) return op.status();
@@ -351,6 +352,16 @@ absl::Status IncomingMigrations::Abort(const std::string& id) {
   return s;
 }
 
+absl::Status IncomingMigrations::Keep(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = transfers_.find(id);
+  if (it == transfers_.end() || it->second->finished) {
+    return absl::NotFoundError(absl::StrCat("transfer_id: no open transfer '", id, "'"));
+  }
+  it->second->last_used = clock_.Now();
+  return absl::OkStatus();
+}
+
 void IncomingMigrations::ExpireIdle() {
   std::vector<std::string> idle;
   {
@@ -383,20 +394,35 @@ void IncomingMigrations::ExpireIdle() {
 std::vector<std::string> IncomingMigrations::Recover() {
   std::vector<std::string> done;
   for (const Journal::Operation& op : journal_.Unfinished()) {
-    if (op.begin.type() != v1::OPERATION_KIND_MIGRATE_IN) continue;
-    Transfer t;
-    t.plan.spec.name = op.begin.domain();
-    t.plan.spec.uuid = op.begin.uuid();
-    for (const auto& v : op.begin.volumes()) {
-      t.plan.volumes.push_back(DiskVolume{0, VolumeClaim{.pool = v.pool(), .name = v.name()}});
-    }
-    absl::Status s = Undo(t);
-    const std::string line = absl::StrCat("incoming domain ", t.plan.spec.name, " (operation ", op.id, "): ",
-                                          s.ok() ? "rolled back" : absl::StrCat("undo failed: ", s.message()));
-    if (s.ok()) (void)journal_.End(op.id, v1::OPERATION_STATE_ROLLED_BACK, "recovery: received volumes removed");
-    done.push_back(line);
+    if (op.begin.type() == v1::OPERATION_KIND_MIGRATE_IN) done.push_back(RecoverOne(op));
   }
   return done;
+}
+
+std::string IncomingMigrations::RecoverOne(const Journal::Operation& op) {
+  const std::string line = absl::StrCat("incoming domain ", op.begin.domain(), " (operation ", op.id, "): ");
+  bool live = op.begin.live();
+  for (const auto& step : op.steps) live = live || step.name() == "make-volume";  // journals before `live`
+  if (live) {
+    // The hypervisors go on without this agent: the guest may have arrived meanwhile. Running
+    // here with its uuid, it is home (the source's libvirt undefined it there): keep it all.
+    auto d = hv_.GetDomainByUuid(op.begin.uuid());
+    if (d.ok() && (d->state == hv::DomainState::kRunning || d->state == hv::DomainState::kBlocked)) {
+      (void)journal_.End(op.id, v1::OPERATION_STATE_RECOVERED, "recovery: the domain arrived live; kept");
+      return absl::StrCat(line, "arrived live while this agent was down: kept with its volumes");
+    }
+  }
+  Transfer t;
+  t.plan.spec.name = op.begin.domain();
+  t.plan.spec.uuid = op.begin.uuid();
+  for (const auto& v : op.begin.volumes()) {
+    t.plan.volumes.push_back(DiskVolume{0, VolumeClaim{.pool = v.pool(), .name = v.name()}});
+  }
+  // Undo also removes a half-arrived (paused, incoming) domain of that uuid: the source's job
+  // then fails and its guest runs on there.
+  absl::Status s = Undo(t);
+  if (s.ok()) (void)journal_.End(op.id, v1::OPERATION_STATE_ROLLED_BACK, "recovery: received volumes removed");
+  return absl::StrCat(line, s.ok() ? "rolled back" : absl::StrCat("undo failed: ", s.message()));
 }
 
 }  // namespace hvagent::service

@@ -55,8 +55,14 @@ class IncomingMigrations {
   // runs here with the transfer's uuid; FailedPrecondition otherwise) and closes the transfer.
   absl::StatusOr<hv::DomainInfo> Finish(const std::string& transfer);
   absl::Status Abort(const std::string& transfer);
+  // The source's heartbeat during a live copy: OK while the transfer is open here (and marks it
+  // used); NotFound once it was aborted, expired, finished, or is unknown (a restart rolled it
+  // back), which tells the source to abort its hypervisor's job.
+  absl::Status Keep(const std::string& transfer);
   // At start: transfers a crash cut short are undone (their domain, if defined and not
-  // finished, and every volume received). One line per thing done, for the log.
+  // finished, and every volume received). A live transfer whose domain runs here with its uuid
+  // (the hypervisors finished the move while this agent was down) is kept whole instead. One
+  // line per thing done, for the log.
   std::vector<std::string> Recover();
   // Aborts every transfer idle for longer than idle_timeout (also done by each Prepare).
   void ExpireIdle();
@@ -80,6 +86,8 @@ class IncomingMigrations {
   // Removes what `t` made: the domain (when `t` defined it) and the received volumes.
   absl::Status Undo(const Transfer& t);
   absl::Status DeleteVolume(const VolumeClaim& c, const std::string& domain);
+  // Recover's answer for one journalled transfer.
+  std::string RecoverOne(const Journal::Operation& op);
 
   DomainService& domains_;
   StorageService& storage_;

@@ -4,6 +4,7 @@
 // migration_peer_client.h); unit tests put an IncomingMigrations of a second fake host behind
 // it. It only carries calls: every check is the destination's (IncomingMigrations).
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -69,6 +70,10 @@ class MigrationPeer {
                                                     const Producer& produce) = 0;
   virtual absl::Status Finish(const std::string& transfer) = 0;
   virtual absl::Status Abort(const std::string& transfer) = 0;
+  // A live migration's heartbeat (KeepIncoming), answered within `deadline`: OK while the
+  // destination holds the transfer open, NotFound once it does not, anything else when it could
+  // not be asked (PeerHeartbeat counts those).
+  virtual absl::Status Keep(const std::string& transfer, std::chrono::milliseconds deadline) = 0;
 };
 
 // Connects to the destination agent at "host:port".

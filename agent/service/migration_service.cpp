@@ -1,5 +1,6 @@
 #include "agent/service/migration_service.h"
 
+#include <algorithm>
 #include <functional>
 
 #include "absl/strings/ascii.h"
@@ -8,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "agent/service/peer_heartbeat.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "hypervisor/domain_spec_validator.h"
@@ -203,6 +205,10 @@ absl::StatusOr<uint64_t> MigrationService::Migrate(const MigrateRequest& r) {
   if (auto s = CheckPoolName(r.destination_pool); !s.ok()) return s;
   if (r.max_downtime_ms > 60000) return absl::InvalidArgumentError("max_downtime_ms: at most 60000");
   if (!r.live && r.max_downtime_ms > 0) return absl::InvalidArgumentError("max_downtime_ms: only for a live migration");
+  if (r.max_bandwidth_mib_s > 100000) return absl::InvalidArgumentError("max_bandwidth_mib_s: at most 100000");
+  if (!r.live && r.max_bandwidth_mib_s > 0) {
+    return absl::InvalidArgumentError("max_bandwidth_mib_s: only for a live migration");
+  }
   auto job = Plan(r);
   if (!job.ok()) return job.status();
   std::lock_guard lock(mu_);
@@ -283,33 +289,69 @@ absl::Status MigrationService::SendVolumes(Job& job, MigrationPeer& peer, const 
   return absl::OkStatus();
 }
 
-absl::Status MigrationService::RunLive(Job& job, const hv::LiveMigration& m) {
+std::string MigrationService::WatchPeer(MigrationPeer& peer, const std::string& transfer,
+                                        const std::atomic<bool>& done, const std::atomic<bool>& aborted) {
+  using Steady = std::chrono::steady_clock;
+  PeerHeartbeat heartbeat(options_.peer_heartbeat, options_.peer_heartbeat_misses, Steady::now());
+  const auto tick = std::min(options_.peer_heartbeat, std::chrono::milliseconds(50));
+  while (!done && !aborted) {
+    std::this_thread::sleep_for(tick);
+    if (!heartbeat.Due(Steady::now())) continue;
+    absl::Status answer = peer.Keep(transfer, options_.peer_heartbeat);
+    if (heartbeat.Record(Steady::now(), answer)) return heartbeat.Reason();
+  }
+  return "";
+}
+
+absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std::string& transfer,
+                                      const hv::LiveMigration& m) {
   const std::string& name = job.request.name;
   absl::Status result;
-  std::atomic<bool> done{false};
+  std::atomic<bool> done{false}, aborted{false};
+  auto abort = [&](absl::string_view why) {
+    // Only while the job runs: once it completed the guest is there, and aborting is moot.
+    if (done || aborted.exchange(true)) return;
+    Log()->warn("aborting the live migration of {}: {}", name, why);
+    if (auto s = hv_.AbortMigrationJob(name); !s.ok()) Log()->warn("abort the migration of {}: {}", name, s.message());
+  };
   std::thread migrate([&] {
     result = hv_.MigrateLive(name, m);
     done = true;
   });
-  bool aborted = false;
+  // A thread of its own: reading the job's progress can stall for seconds (libvirt's query
+  // waits on the migration's monitor), and the heartbeat must not wait with it.
+  std::string lost;
+  std::thread watch([&] {
+    lost = WatchPeer(peer, transfer, done, aborted);
+    if (!lost.empty()) abort(absl::StrCat("the destination agent ", lost));
+  });
+  const auto step = std::min(options_.live_poll, std::chrono::milliseconds(50));
   while (!done) {
-    std::this_thread::sleep_for(options_.live_poll);
-    if (job.cancel && !aborted && !done) {
-      aborted = true;
-      if (auto s = hv_.AbortMigrationJob(name); !s.ok()) Log()->warn("abort the migration of {}: {}", name, s.message());
-    }
+    if (job.cancel) abort("cancelled");
     if (auto j = hv_.GetMigrationJob(name); j.ok() && j->bytes_total > 0) {
       job.total = j->bytes_total;
       job.done = std::min(j->bytes_done, j->bytes_total);
       Report(job);
     }
+    // live_poll in short steps: the job's end or a cancel is seen at once.
+    for (auto slept = std::chrono::milliseconds(0); slept < options_.live_poll && !done && (aborted || !job.cancel);
+         slept += step) {
+      std::this_thread::sleep_for(step);
+    }
   }
   migrate.join();
+  watch.join();
   if (result.ok()) {
+    // Also when the destination was lost but the job completed first: the guest runs there.
     job.done = job.total.load();
     Report(job);
+    return result;
   }
-  if (aborted && !result.ok()) return absl::CancelledError("cancelled");
+  if (aborted && job.cancel) return absl::CancelledError("cancelled");
+  if (aborted && !lost.empty()) {
+    return absl::UnavailableError(absl::StrCat("the destination agent at ", job.request.destination, " ", lost,
+                                               ": the live migration was aborted"));
+  }
   return result;
 }
 
@@ -320,13 +362,14 @@ absl::Status MigrationService::LiveSteps(Job& job, MigrationPeer& peer, std::str
   transfer = target->transfer;
   if (auto s = CheckLiveTarget(*target, job.plan.volumes.size()); !s.ok()) return s;
   hv::LiveMigration m{.destination_uri = target->libvirt_uri, .migrate_uri = target->migrate_uri,
-                      .max_downtime_ms = job.request.max_downtime_ms, .tls = options_.live_tls};
+                      .max_downtime_ms = job.request.max_downtime_ms,
+                      .bandwidth_mib_s = job.request.max_bandwidth_mib_s, .tls = options_.live_tls};
   for (size_t i = 0; i < job.plan.volumes.size(); ++i) {
     m.disk_paths[job.plan.spec.disks[job.plan.volumes[i].disk].target] = target->disk_paths[i];
   }
   if (job.cancel) return absl::CancelledError("cancelled");
   if (auto s = Step(job, "migrate-live"); !s.ok()) return s;
-  if (auto s = RunLive(job, m); !s.ok()) return s;
+  if (auto s = RunLive(job, peer, transfer, m); !s.ok()) return s;
   job.committed = true;  // the guest runs there now: past cancelling
   if (auto s = Step(job, "finish"); !s.ok()) return s;
   if (auto s = peer.Finish(transfer); !s.ok()) return s;
@@ -372,7 +415,10 @@ std::string MigrationService::Undo(Job& job, MigrationPeer* peer, const std::str
     return absl::StrCat("; the domain is no longer here and may run on ", job.request.destination,
                         " (its transfer there is left for an operator)");
   }
-  if (peer != nullptr && !transfer.empty()) {
+  if (peer == nullptr && !transfer.empty()) {
+    absl::StrAppend(&notes, "; ", job.request.destination,
+                    " could not be reached to abort its half (its restart or idle expiry removes it)");
+  } else if (peer != nullptr && !transfer.empty()) {
     if (auto s = peer->Abort(transfer); !s.ok() && !absl::IsNotFound(s)) {
       absl::StrAppend(&notes, "; the destination's abort failed (its idle expiry or recovery removes the rest): ",
                       s.message());

@@ -13,7 +13,8 @@
 //
 //   prepare            the destination makes every volume now, empty (MigrationPeer::PrepareLive)
 //   migrate-live       Hypervisor::MigrateLive: libvirt peer to peer, memory and disks (NBD)
-//                      copied while the guest runs; progress from the hypervisor's job
+//                      copied while the guest runs; progress from the hypervisor's job; the
+//                      destination agent's heartbeat (KeepIncoming): lost, the job is aborted
 //   finish             the destination checks that the guest arrived running
 //   remove-source      the volumes it owned here are deleted (libvirt undefined it here)
 //
@@ -52,6 +53,7 @@ struct MigrateRequest {
   std::string destination_pool;              // empty: the source volume's pool name
   bool live = false;                         // QEMU/KVM: the guest moves running (below)
   uint32_t max_downtime_ms = 0;              // live: the switch-over's pause bound; 0: QEMU's default
+  uint32_t max_bandwidth_mib_s = 0;          // live: memory and disk copy, MiB/s; 0: unlimited
 };
 
 class MigrationService {
@@ -59,6 +61,11 @@ class MigrationService {
   struct Options {
     bool live_tls = false;  // ask the hypervisor for TLS on a live migration's data channel
     std::chrono::milliseconds live_poll{250};  // how often a live migration's progress is read
+    // While libvirt copies: the destination agent asked this often whether it still holds the
+    // transfer (each call with this deadline), and given up after this many failures in a row
+    // (PeerHeartbeat): the hypervisor's job is then aborted and the guest stays here.
+    std::chrono::milliseconds peer_heartbeat{1000};
+    int peer_heartbeat_misses = 3;
     OperationEvents* events = nullptr;  // told bytes moved, for the event stream; null: nobody
   };
   MigrationService(DomainService& domains, StorageService& storage, hv::Hypervisor& hypervisor, Journal& journal,
@@ -104,9 +111,14 @@ class MigrationService {
   absl::Status SendVolumes(Job& job, MigrationPeer& peer, const std::string& transfer);
   // The live path: prepare, migrate-live, finish, remove-source.
   absl::Status LiveSteps(Job& job, MigrationPeer& peer, std::string& transfer);
-  // Hypervisor::MigrateLive on a thread of its own while this one reads progress and aborts
-  // the job on cancel.
-  absl::Status RunLive(Job& job, const hv::LiveMigration& m);
+  // Hypervisor::MigrateLive on a thread of its own while this one reads progress, keeps the
+  // destination's transfer (MigrationPeer::Keep) and aborts the job on cancel or when the
+  // destination agent is lost.
+  absl::Status RunLive(Job& job, MigrationPeer& peer, const std::string& transfer, const hv::LiveMigration& m);
+  // RunLive's heartbeat (PeerHeartbeat over MigrationPeer::Keep) until the job is done or
+  // aborted; why the destination agent is lost, or empty.
+  std::string WatchPeer(MigrationPeer& peer, const std::string& transfer, const std::atomic<bool>& done,
+                        const std::atomic<bool>& aborted);
   absl::Status Step(Job& job, const std::string& name, const storage::VolumeInfo* volume = nullptr);
   // After a failure before `finish` answered: the destination's half removed, the guest back.
   std::string Undo(Job& job, MigrationPeer* peer, const std::string& transfer, bool shut_down);

@@ -834,6 +834,8 @@ absl::Status LibvirtHypervisor::MigrateLive(const std::string& name, const LiveM
   virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_DEST_XML, dest_xml->c_str());
   virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_PERSIST_XML, persist_xml->c_str());
   if (!m.migrate_uri.empty()) virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_URI, m.migrate_uri.c_str());
+  // libvirt applies it to the NBD disk copy too (its mirror jobs' speed), not only to memory.
+  if (m.bandwidth_mib_s > 0) virTypedParamsAddULLong(&params, &n, &max, VIR_MIGRATE_PARAM_BANDWIDTH, m.bandwidth_mib_s);
   for (const auto& [target, path] : m.disk_paths) {
     virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_MIGRATE_DISKS, target.c_str());
   }

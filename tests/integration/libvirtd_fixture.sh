@@ -94,10 +94,10 @@ running_pid() {
   local pid
   live_pid "$STATE/$1.pid" "$1" && return 0
   live_pid "/run/$1.pid" "$1" && return 0
+  # Only one in this mount namespace: a private libvirtd (two_hosts.py's ns_libvirtd.sh, maybe
+  # another run's, maybe left over) serves its own /run/libvirt, never qemu:///system here.
   for pid in $(pgrep -x "$1" || true); do
-    # A daemon in another mount namespace (two_hosts.py's ns_libvirtd.sh hosts) serves its own
-    # sockets, not $URI's: taking it for ours left start waiting 30 s for an answer.
-    [[ "$(readlink "/proc/$pid/ns/mnt")" == "$(readlink /proc/self/ns/mnt)" ]] || continue
+    [[ "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null)" == "$(readlink /proc/self/ns/mnt)" ]] || continue
     is_running "$pid" "$1" && { echo "$pid"; return 0; }
   done
   return 1

@@ -12,12 +12,16 @@ stays in this machine's network namespace so the test can reach both agents.
 A busybox guest counting on its serial console moves live and its count goes on on the
 destination (it never restarts, no boot banner appears there); its disk, filled with random bytes
 here, reads back the same sha256 inside the guest on the destination. The link cut (veth down)
-fails the move with the guest still counting here and nothing left on the destination."""
+fails the move with the guest still counting here and nothing left on the destination. The
+destination agent killed (SIGKILL) mid-copy: the source's heartbeat (KeepIncoming) goes
+unanswered, it aborts libvirt's job, the guest counts on here, and the destination agent's
+restart removes the empty partition it had made."""
 
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,8 +48,22 @@ class AgentHost:
         self.dir = tempfile.mkdtemp(prefix=f"hvit-live-{tag}-")
         self.loop, config = partition_pool(self.dir, "disk1")
         config += migration
-        self.agent = Agent(with_security(config, kernel_dirs=[kernel_dir]), uri="qemu:///system",
-                           wrapper=self.lv.wrapper)
+        self.config = with_security(config, kernel_dirs=[kernel_dir])
+        self.start_agent()
+
+    def start_agent(self):
+        self.agent = Agent(self.config, uri="qemu:///system", wrapper=self.lv.wrapper)
+
+    def kill_agent(self):
+        self.agent.proc.send_signal(signal.SIGKILL)
+        self.agent.proc.wait()
+        self.agent.stop()
+
+    def partitions(self):
+        """The partition devices of the pool's loop device as the kernel sees them (not through
+        the agent): what QEMU's NBD target is written to."""
+        dev = os.path.basename(self.loop)
+        return sorted(p for p in os.listdir(f"/sys/class/block/{dev}") if p.startswith(dev + "p"))
 
     def rest(self, method, path, body=None, expect=200):
         status, out = self.agent.rest(method, path, body)
@@ -224,6 +242,65 @@ class LiveMigrationTest(unittest.TestCase):
         out = console_until(fd, f"tick {max(ticks(before)) + 4}\r\n".encode(), 60)
         self.assertNotIn(b"hv-guest-ready", out)
 
+
+    def test_the_destination_agent_killed_mid_copy_aborts_the_move_and_its_restart_cleans_up(self):
+        name, _, before = self.start_counting_guest()
+        parts_before = len(self.dst.partitions())
+        dst_addr = self.dst.agent.grpc_addr
+        migration = migration_pb2_grpc.MigrationServiceStub(self.src.agent.channel)
+        # 2 MiB/s (memory and the NBD disk copy): the copy lasts well past the 3 missed heartbeats.
+        r = migration.MigrateDomain(migration_pb2.MigrateDomainRequest(
+            name=name, destination=dst_addr, live=True, max_bandwidth_mib_s=2), timeout=30)
+        ops = operation_pb2_grpc.OperationServiceStub(self.src.agent.channel)
+        get = lambda: ops.GetOperation(operation_pb2.GetOperationRequest(id=str(r.operation_id)), timeout=10)
+        deadline = time.time() + 60
+        o = get()
+        # libvirt copies once the step is journalled and its job reports (the plan's total is
+        # the volumes' size from the start: progress alone does not say the copy began).
+        copying = lambda o: "migrate-live" in o.steps and 0 < o.bytes_done < o.bytes_total
+        while o.state == operation_pb2.OPERATION_STATE_RUNNING and not copying(o) and time.time() < deadline:
+            time.sleep(0.1)
+            o = get()
+        self.assertEqual(o.state, operation_pb2.OPERATION_STATE_RUNNING, f"the copy never started: {o.message}")
+        # The destination made the empty partition before libvirt began copying into it.
+        self.assertEqual(len(self.dst.partitions()), parts_before + 1)
+        at_kill = f"{o.bytes_done / MiB:.1f} of {o.bytes_total / MiB:.1f} MiB"
+        self.dst.kill_agent()
+        killed = time.time()
+        while o.state == operation_pb2.OPERATION_STATE_RUNNING and time.time() < killed + 120:
+            time.sleep(0.2)
+            o = get()
+        print(f"\ndestination agent killed {at_kill} into libvirt's job; "
+              f"the move ended {time.time() - killed:.1f} s later: {o.message}")
+        self.assertEqual(o.state, operation_pb2.OPERATION_STATE_FAILED, o.message)
+        self.assertIn(f"the destination agent at {dst_addr} is unreachable", o.message)
+        self.assertIn("the domain stays here", o.message)
+        # The guest runs on here and its count goes on: no restart.
+        self.assertEqual(self.src.rest("GET", f"/v1/domains/{name}")["state"], "DOMAIN_STATE_RUNNING")
+        fd = self.src.console(name)
+        self.addCleanup(os.close, fd)
+        out = console_until(fd, f"tick {max(ticks(before)) + 4}\r\n".encode(), 60)
+        self.assertNotIn(b"hv-guest-ready", out)
+        self.assertEqual(ticks(out), sorted(ticks(out)), "the count went on in order")
+        # The destination's libvirtd dropped the half-arrived guest when the job was aborted.
+        deadline = time.time() + 30
+        while self.dst.lv.virsh("list", "--all", "--name").stdout.split() and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.dst.lv.virsh("list", "--all", "--name").stdout.split(), [])
+        # Its partition outlived the agent; the agent's restart finds the journalled transfer and
+        # no domain of that uuid running, and removes it.
+        self.assertEqual(len(self.dst.partitions()), parts_before + 1, "nothing left for recovery to find")
+        self.dst.start_agent()
+        deadline = time.time() + 30  # a partition is deleted in the background
+        while (name[5:] + "-root" in self.dst.volumes() or len(self.dst.partitions()) != parts_before) \
+                and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertNotIn(name[5:] + "-root", self.dst.volumes())
+        self.assertEqual(len(self.dst.partitions()), parts_before)
+        self.assertRegex(self.dst.agent.log_text(), rf"recovery: incoming domain {name} \(operation \d+\): rolled back")
+        for h in (self.src, self.dst):
+            self.assertEqual(h.rest("GET", "/v1/operations?running_only=true").get("operations", []), [])
+        self.assertEqual(self.dst.agent.rest("GET", f"/v1/domains/{name}")[0], 404)
 
 if __name__ == "__main__":
     unittest.main()

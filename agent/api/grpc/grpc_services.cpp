@@ -133,6 +133,7 @@ HVAGENT_UNARY(Migration, CancelMigration, v1::CancelMigrationRequest, v1::Cancel
 HVAGENT_UNARY(Migration, PrepareIncoming, v1::PrepareIncomingRequest, v1::PrepareIncomingResponse)
 HVAGENT_UNARY(Migration, FinishIncoming, v1::IncomingRef, v1::FinishIncomingResponse)
 HVAGENT_UNARY(Migration, AbortIncoming, v1::IncomingRef, v1::AbortIncomingResponse)
+HVAGENT_UNARY(Migration, KeepIncoming, v1::IncomingRef, v1::KeepIncomingResponse)
 #undef HVAGENT_UNARY
 #undef HVAGENT_INLINE_UNARY
 

@@ -217,7 +217,8 @@ class MetricsGrpcService final : public MetricsServiceBase {
 using MigrationServiceBase = v1::MigrationService::WithCallbackMethod_MigrateDomain<
     v1::MigrationService::WithCallbackMethod_CancelMigration<v1::MigrationService::WithCallbackMethod_PrepareIncoming<
         v1::MigrationService::WithCallbackMethod_FinishIncoming<
-            v1::MigrationService::WithCallbackMethod_AbortIncoming<v1::MigrationService::Service>>>>>;
+            v1::MigrationService::WithCallbackMethod_AbortIncoming<
+                v1::MigrationService::WithCallbackMethod_KeepIncoming<v1::MigrationService::Service>>>>>>;
 
 class MigrationGrpcService final : public MigrationServiceBase {
  public:
@@ -232,6 +233,8 @@ class MigrationGrpcService final : public MigrationServiceBase {
                                            v1::FinishIncomingResponse*) override;
   grpc::ServerUnaryReactor* AbortIncoming(grpc::CallbackServerContext*, const v1::IncomingRef*,
                                           v1::AbortIncomingResponse*) override;
+  grpc::ServerUnaryReactor* KeepIncoming(grpc::CallbackServerContext*, const v1::IncomingRef*,
+                                         v1::KeepIncomingResponse*) override;
   // Holds its thread while the volume arrives; each message is written before the next is read.
   grpc::Status ReceiveVolume(grpc::ServerContext*, grpc::ServerReader<v1::ReceiveVolumeChunk>*,
                              v1::ReceiveVolumeResponse*) override;

@@ -185,6 +185,16 @@ class GrpcMigrationPeer final : public service::MigrationPeer {
     return Named("abort", FromGrpc(stub_->AbortIncoming(ctx.get(), ref, &resp)));
   }
 
+  absl::Status Keep(const std::string& transfer, std::chrono::milliseconds deadline) override {
+    v1::IncomingRef ref;
+    ref.set_transfer_id(transfer);
+    v1::KeepIncomingResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    // Plain: PeerHeartbeat names the code in its own reason.
+    return FromGrpc(stub_->KeepIncoming(&ctx, ref, &resp));
+  }
+
  private:
   static std::unique_ptr<grpc::ClientContext> Context(std::chrono::seconds deadline) {
     auto ctx = std::make_unique<grpc::ClientContext>();

@@ -355,7 +355,8 @@ absl::Status MigrateDomain(const Services& s, const v1::MigrateDomainRequest& re
   service::MigrateRequest r{.name = req.name(), .destination = req.destination(),
                             .shutdown_timeout = std::chrono::seconds(req.shutdown_timeout_seconds()),
                             .destination_pool = req.destination_pool(), .live = req.live(),
-                            .max_downtime_ms = req.max_downtime_ms()};
+                            .max_downtime_ms = req.max_downtime_ms(),
+                            .max_bandwidth_mib_s = req.max_bandwidth_mib_s()};
   switch (req.running_policy()) {
     case v1::RUNNING_POLICY_UNSPECIFIED:
     case v1::RUNNING_POLICY_REFUSE: r.running = service::RunningPolicy::kRefuse; break;
@@ -402,6 +403,10 @@ absl::Status FinishIncoming(const Services& s, const v1::IncomingRef& req, v1::F
 
 absl::Status AbortIncoming(const Services& s, const v1::IncomingRef& req, v1::AbortIncomingResponse*) {
   return s.incoming->Abort(req.transfer_id());
+}
+
+absl::Status KeepIncoming(const Services& s, const v1::IncomingRef& req, v1::KeepIncomingResponse*) {
+  return s.incoming->Keep(req.transfer_id());
 }
 
 // ---- OperationService ----
@@ -668,6 +673,9 @@ const std::vector<Operation>& Table() {
           "hvagent.v1.MigrationService/FinishIncoming", Role::kPeer, kChanges, Needs::kIncoming),
       Unary<v1::IncomingRef, v1::AbortIncomingResponse, AbortIncoming>("hvagent.v1.MigrationService/AbortIncoming",
                                                                        Role::kPeer, kChanges, Needs::kIncoming),
+      // The source's heartbeat during a live copy: once a second, so a read (no audit line).
+      Unary<v1::IncomingRef, v1::KeepIncomingResponse, KeepIncoming>("hvagent.v1.MigrationService/KeepIncoming",
+                                                                     Role::kPeer, kReads, Needs::kIncoming),
   };
   return table;
 }

@@ -1197,6 +1197,8 @@ class HvagentDriver(driver.ComputeDriver):
             running_policy=migration_pb2.RUNNING_POLICY_REFUSE, live=live)
         if live:
             req.max_downtime_ms = min(CONF.libvirt.live_migration_downtime, 60000)
+            # Nova's own cap for libvirt's live migrations (MiB/s, 0: unlimited), the same meaning.
+            req.max_bandwidth_mib_s = min(CONF.libvirt.live_migration_bandwidth, 100000)
         resp = agent.call(agent.migration.MigrateDomain, req, instance)
         if live:
             op = self._wait_live(agent, resp.operation_id, instance, destination)

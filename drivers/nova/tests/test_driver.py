@@ -1427,14 +1427,14 @@ class MigrationTestCase(test.NoDBTestCase):
         return post, recover, data
 
     def test_live_migration_that_succeeds_calls_post_method(self):
-        self.flags(live_migration_downtime=400, group="libvirt")
+        self.flags(live_migration_downtime=400, live_migration_bandwidth=80, group="libvirt")
         a = self.agent(self.RUNNING, op("SUCCEEDED"))
         post, recover, data = self.live(a)
         post.assert_called_once_with("ctx", self.inst, "host-b", True, data)
         recover.assert_not_called()
         req = a.request("MigrateDomain")
-        self.assertEqual((True, 400, "192.0.2.5:50051"),
-                         (req.live, req.max_downtime_ms, req.destination))
+        self.assertEqual((True, 400, 80, "192.0.2.5:50051"),
+                         (req.live, req.max_downtime_ms, req.max_bandwidth_mib_s, req.destination))
 
     def test_live_migration_that_fails_or_is_cancelled_or_refused_calls_recover_method(self):
         for kwargs, extra in (({"final": op("FAILED", STAYED)}, {}),

@@ -59,7 +59,8 @@ TEST(AuthorizerTest, PeerMayOnlyReceiveTransfers) {
   const Caller ctl = a.FromCertificate({"nova-1"});
   const Caller op = a.FromCertificate({"ops-desk"});
   for (const char* incoming : {"hvagent.v1.MigrationService/PrepareIncoming", "hvagent.v1.MigrationService/ReceiveVolume",
-                               "hvagent.v1.MigrationService/FinishIncoming", "hvagent.v1.MigrationService/AbortIncoming"}) {
+                               "hvagent.v1.MigrationService/FinishIncoming", "hvagent.v1.MigrationService/AbortIncoming",
+                               "hvagent.v1.MigrationService/KeepIncoming"}) {
     EXPECT_TRUE(a.Check(peer, incoming).ok()) << incoming;
     EXPECT_TRUE(a.Check(ctl, incoming).ok()) << incoming;
     EXPECT_EQ(a.Check(op, incoming).code(), absl::StatusCode::kPermissionDenied) << incoming;

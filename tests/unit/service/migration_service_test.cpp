@@ -144,7 +144,21 @@ class LoopbackPeer final : public MigrationPeer {
     if (!fail_finish.ok()) return fail_finish;
     return dest_.incoming->Finish(t).status();
   }
-  absl::Status Abort(const std::string& t) override { return dest_.incoming->Abort(t); }
+  absl::Status Abort(const std::string& t) override {
+    if (unreachable) return absl::UnavailableError("failed to connect to all addresses");
+    return dest_.incoming->Abort(t);
+  }
+  // The destination agent gone (killed, cut off): its heartbeat answers this instead.
+  std::atomic<bool> unreachable{false};
+  std::atomic<int> keeps{0}, unanswered{0};
+  absl::Status Keep(const std::string& t, std::chrono::milliseconds) override {
+    ++keeps;
+    if (unreachable) {
+      ++unanswered;
+      return absl::DeadlineExceededError("Deadline Exceeded");
+    }
+    return dest_.incoming->Keep(t);
+  }
 
  private:
   Host& dest_;
@@ -162,6 +176,7 @@ class Forwarder final : public MigrationPeer {
   }
   absl::Status Finish(const std::string& t) override { return p_.Finish(t); }
   absl::Status Abort(const std::string& t) override { return p_.Abort(t); }
+  absl::Status Keep(const std::string& t, std::chrono::milliseconds d) override { return p_.Keep(t, d); }
 
  private:
   MigrationPeer& p_;
@@ -666,9 +681,29 @@ class LiveMigrationTest : public MigrationTest {
       return dst_->hv.StartDomain(spec.name);
     };
   }
-  absl::StatusOr<uint64_t> MigrateLive(uint32_t downtime = 0) {
+  absl::StatusOr<uint64_t> MigrateLive(uint32_t downtime = 0, uint32_t bandwidth = 0) {
     return migrations_->Migrate({.name = "web1", .destination = "dst.example:50051", .live = true,
-                                 .max_downtime_ms = downtime});
+                                 .max_downtime_ms = downtime, .max_bandwidth_mib_s = bandwidth});
+  }
+  // A source whose heartbeat runs every 5 ms (and progress likewise), given up after 3 misses.
+  void FastHeartbeat() {
+    migrations_ = std::make_unique<MigrationService>(
+        *src_->domains, *src_->storage, src_->hv, *src_->journal,
+        [this](const std::string&) -> absl::StatusOr<std::unique_ptr<MigrationPeer>> {
+          return std::unique_ptr<MigrationPeer>(new Forwarder(*peer_));
+        },
+        MigrationService::Options{.live_poll = std::chrono::milliseconds(5),
+                                  .peer_heartbeat = std::chrono::milliseconds(5), .peer_heartbeat_misses = 3});
+  }
+  // The plan of a domain web2 arriving live, as PrepareLive takes it.
+  static IncomingPlan LivePlan() {
+    IncomingPlan p;
+    p.spec = {.name = "web2", .uuid = "0b6f2a62-1d4e-4c4b-8f3e-7a9d2c1e5f40", .vcpus = 1, .memory_mib = 128};
+    p.spec.disks.push_back({.source_path = "", .type = hv::DiskType::kBlock, .target = "vda"});
+    p.volumes.push_back({0, {.pool = "vg0", .name = "web2-root", .create_size_bytes = 1 << 20}});
+    p.source_host = "src";
+    p.live = true;
+    return p;
   }
   hv::LiveMigration seen_;
   std::function<absl::Status()> before_move_;
@@ -680,7 +715,7 @@ TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceV
     std::this_thread::sleep_for(std::chrono::milliseconds(600));
     return absl::OkStatus();
   };
-  auto id = MigrateLive(500);
+  auto id = MigrateLive(500, 40);
   ASSERT_TRUE(id.ok()) << id.status();
   Journal::Ended e = Ended(*id);
   EXPECT_EQ(e.state, v1::OPERATION_STATE_SUCCEEDED) << e.message;
@@ -689,6 +724,7 @@ TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceV
   EXPECT_EQ(seen_.migrate_uri, "tcp://10.0.0.2");
   EXPECT_EQ(seen_.disk_paths.at("vda"), dst_dir_ + "/vol-web1-root");
   EXPECT_EQ(seen_.max_downtime_ms, 500u);
+  EXPECT_EQ(seen_.bandwidth_mib_s, 40u);
   EXPECT_TRUE(seen_.auto_converge);
   auto moved = dst_->hv.GetDomain("web1");
   ASSERT_TRUE(moved.ok()) << moved.status();
@@ -727,6 +763,9 @@ TEST_F(LiveMigrationTest, RefusedOnXenForAStoppedDomainAndForBadDowntimesBeforeA
   EXPECT_THAT(MigrateLive(60001).status().message(), HasSubstr("max_downtime_ms: "));
   EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a:1", .max_downtime_ms = 100}).status().message(),
               HasSubstr("max_downtime_ms: only for a live migration"));
+  EXPECT_THAT(MigrateLive(0, 100001).status().message(), HasSubstr("max_bandwidth_mib_s: at most 100000"));
+  EXPECT_THAT(migrations_->Migrate({.name = "web1", .destination = "a:1", .max_bandwidth_mib_s = 10}).status().message(),
+              HasSubstr("max_bandwidth_mib_s: only for a live migration"));
   EXPECT_FALSE(MigrationJournalled());
   EXPECT_TRUE(destinations_.empty());
 }
@@ -816,6 +855,145 @@ TEST_F(LiveMigrationTest, RecoveryAfterACrashMidMoveKeepsAGuestStillHereAndCompl
   EXPECT_THAT(lines[0], HasSubstr("completed"));
   EXPECT_TRUE(src_->VolumeNames().empty());
   EXPECT_TRUE(src_->journal->Unfinished().empty());
+}
+
+TEST_F(LiveMigrationTest, HeartbeatsTheDestinationAnswersKeepTheMoveGoing) {
+  FastHeartbeat();
+  MakeDomain(/*start=*/true);
+  before_move_ = [&]() -> absl::Status {
+    while (peer_->keeps < 5) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return absl::OkStatus();
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_SUCCEEDED) << e.message;
+  EXPECT_THAT(src_->hv.calls, ::testing::Not(::testing::Contains("abort-job web1")));
+  EXPECT_TRUE(hv::IsActive(dst_->hv.GetDomain("web1")->state));
+}
+
+// The destination agent killed mid-copy: its libvirtd would go on taking the guest, but nobody
+// there holds the transfer any more. The source aborts the job; the guest stays here; the
+// destination's restart removes the empty volumes.
+TEST_F(LiveMigrationTest, ADestinationAgentLostMidCopyAbortsTheJobAndItsRestartRemovesTheVolumes) {
+  FastHeartbeat();
+  MakeDomain(/*start=*/true);
+  std::atomic<bool> moving{false};
+  before_move_ = [&]() -> absl::Status {
+    moving = true;
+    while (!src_->hv.live_aborted) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return absl::CancelledError("operation aborted: migration out job: canceled by client");
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  while (!moving) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  peer_->unreachable = true;
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED) << e.message;
+  EXPECT_THAT(e.message, HasSubstr("the destination agent at dst.example:50051 is unreachable (3 heartbeats failed"));
+  EXPECT_THAT(e.message, HasSubstr("DEADLINE_EXCEEDED"));
+  EXPECT_THAT(e.message, HasSubstr("the domain stays here"));
+  EXPECT_EQ(peer_->unanswered, 3);  // given up at the third miss, not before, and no call after
+  EXPECT_THAT(src_->hv.calls, ::testing::Contains("abort-job web1"));
+  EXPECT_TRUE(hv::IsActive(src_->hv.GetDomain("web1")->state));
+  EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));
+  EXPECT_TRUE(src_->journal->Unfinished().empty());
+  // The destination was never told (it was dead): its restart finds the transfer and no domain.
+  EXPECT_THAT(dst_->VolumeNames(), ::testing::ElementsAre("web1-root"));
+  IncomingMigrations restarted(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal, dst_->clock, {});
+  auto lines = restarted.Recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("rolled back"));
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+// libvirt finished the move between the last miss and the abort: the guest runs there, gone from
+// here. Nothing is deleted anywhere, and the message says where the guest may be.
+TEST_F(LiveMigrationTest, AJobThatCompletedAsTheLostDestinationWasAbortedIsNeverUndone) {
+  FastHeartbeat();
+  MakeDomain(/*start=*/true);
+  before_move_ = [&]() -> absl::Status {
+    peer_->unreachable = true;
+    while (!src_->hv.live_aborted) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return absl::OkStatus();  // the fake moves the guest, then answers the abort's error
+  };
+  src_->hv.migrate_live = [this, move = src_->hv.migrate_live](const hv::DomainInfo& info,
+                                                              const std::vector<hv::DiskSpec>& disks,
+                                                              const hv::LiveMigration& m) -> absl::Status {
+    if (auto s = move(info, disks, m); !s.ok()) return s;
+    (void)src_->hv.DestroyDomain(info.name);  // libvirt's UNDEFINE_SOURCE
+    return src_->hv.UndefineDomain(info.name);
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED) << e.message;
+  EXPECT_THAT(e.message, HasSubstr("may run on dst.example:50051"));
+  EXPECT_TRUE(hv::IsActive(dst_->hv.GetDomain("web1")->state));
+  EXPECT_THAT(dst_->VolumeNames(), ::testing::ElementsAre("web1-root"));
+  EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));  // kept for an operator
+}
+
+// The destination let the transfer go mid-copy (its idle expiry, or a restart's rollback, deleted
+// the volumes being copied into): one NOT_FOUND is enough to abort.
+TEST_F(LiveMigrationTest, ADestinationThatNoLongerHoldsTheTransferAbortsTheJobAtTheFirstAnswer) {
+  FastHeartbeat();
+  MakeDomain(/*start=*/true);
+  before_move_ = [&]() -> absl::Status {
+    for (const Journal::Operation& op : dst_->journal->Unfinished()) {
+      if (op.begin.type() == v1::OPERATION_KIND_MIGRATE_IN) (void)dst_->incoming->Abort(op.begin.transfer_id());
+    }
+    while (!src_->hv.live_aborted) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return absl::CancelledError("operation aborted: migration out job: canceled by client");
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  Journal::Ended e = Ended(*id);
+  EXPECT_EQ(e.state, v1::OPERATION_STATE_FAILED) << e.message;
+  EXPECT_THAT(e.message, HasSubstr("the destination agent at dst.example:50051 no longer holds the transfer (NOT_FOUND: transfer_id: no open"));
+  EXPECT_EQ(peer_->unanswered, 0);  // answered, NOT_FOUND: no misses counted
+  ExpectSourceKeptDestinationClean(/*running=*/true);
+}
+
+TEST_F(LiveMigrationTest, KeepIncomingAnswersOnlyWhileTheTransferIsOpen) {
+  auto t = dst_->incoming->PrepareLive(LivePlan());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(dst_->incoming->Keep(t->transfer).ok());
+  EXPECT_TRUE(absl::IsNotFound(dst_->incoming->Keep("nope")));
+  IncomingMigrations restarted(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal, dst_->clock, {});
+  EXPECT_TRUE(absl::IsNotFound(restarted.Keep(t->transfer)));  // a restart forgets it
+  ASSERT_TRUE(dst_->incoming->Abort(t->transfer).ok());
+  EXPECT_THAT(dst_->incoming->Keep(t->transfer).message(), HasSubstr("transfer_id: no open transfer"));
+}
+
+TEST_F(LiveMigrationTest, RecoveryOfALiveTransferKeepsADomainThatArrivedRunningAndRemovesEmptyVolumesOtherwise) {
+  auto recover = [&] {
+    IncomingMigrations restarted(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal, dst_->clock, {});
+    return restarted.Recover();
+  };
+  // Killed mid-copy, the guest never arrived: the empty volume goes.
+  ASSERT_TRUE(dst_->incoming->PrepareLive(LivePlan()).ok());
+  dst_->incoming = std::make_unique<IncomingMigrations>(*dst_->domains, *dst_->storage, dst_->hv, *dst_->journal,
+                                                        dst_->clock, IncomingMigrations::Options{.libvirt_uri = "qemu+tcp://10.0.0.2/system"});
+  auto lines = recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("rolled back"));
+  EXPECT_TRUE(dst_->VolumeNames().empty());
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+  // Killed, and libvirt finished the move meanwhile: the guest runs here on the volume; all kept.
+  auto t = dst_->incoming->PrepareLive(LivePlan());
+  ASSERT_TRUE(t.ok()) << t.status();
+  hv::DomainSpec arrived = LivePlan().spec;
+  arrived.disks[0].source_path = t->disk_paths[0];
+  ASSERT_TRUE(dst_->hv.DefineDomain(arrived).ok());
+  ASSERT_TRUE(dst_->hv.StartDomain("web2").ok());
+  lines = recover();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("arrived live while this agent was down: kept"));
+  EXPECT_THAT(dst_->VolumeNames(), ::testing::ElementsAre("web2-root"));
+  EXPECT_TRUE(hv::IsActive(dst_->hv.GetDomain("web2")->state));
+  EXPECT_TRUE(dst_->journal->Unfinished().empty());
+  EXPECT_EQ(dst_->journal->Recent().front().state, v1::OPERATION_STATE_RECOVERED);
 }
 
 }  // namespace
