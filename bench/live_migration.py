@@ -38,8 +38,8 @@ COPY = re.compile(rb"copy-took (\d+\.\d+) (\d+\.\d+)")
 
 
 def setup_paths(binary):
-    stubs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(binary))), "proto", "py")
-    sys.path[:0] = [stubs, os.path.join(REPO, "tests", "integration")]
+    sys.path[:0] = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(binary))), "proto", "py"),
+                    os.path.join(REPO, "tests", "integration")]
     os.environ["HVAGENTD"] = os.path.abspath(binary)
 
 

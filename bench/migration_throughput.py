@@ -154,15 +154,23 @@ def dev_pki(directory, peer_ip):
            f'[migration]\ncert_file = "{pem("peer.crt")}"\nkey_file = "{pem("peer.key")}"\n'
            '[[auth.identities]]\nname = "hvagent-controller"\nrole = "controller"\n'
            '[[auth.identities]]\nname = "hvagent-peer"\nrole = "peer"\n'
-           f'[[auth.tokens]]\nname = "bench"\nsha256 = "{digest}"\nrole = "{role}"\n')
+           f'[[auth.tokens]]\nname = "bench"\nsha256 = "{digest}"\nrole = "{role}"\n'
+           # The bench polls the operation every 10 ms: above the default 50 requests a second.
+           '[limits]\nrequests_per_second = 1000\nburst = 1000\n')
     return tls, (pem("ca.crt"), pem("controller.crt"), pem("controller.key")), token
+
+
+def stubs_dir(binary):
+    """The build's Python stubs: next to HVAGENTD's build tree (build/agent/hvagentd ->
+    build/proto/py), else this checkout's build/ (a copied binary, e.g. an older one to compare)."""
+    near = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(binary))), "proto", "py")
+    return near if os.path.isdir(near) else os.path.join(REPO, "build", "proto", "py")
 
 
 def namespace_hosts(binary, work, size):
     """Two TLS agents joined by a veth: the source here, the destination in its own network
     namespace. Same answer as loopback_hosts (`link`: this end of the veth)."""
-    stubs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(binary))), "proto", "py")
-    sys.path[:0] = [stubs, INTEGRATION]
+    sys.path[:0] = [stubs_dir(binary), INTEGRATION]
     os.environ["HVAGENTD"] = os.path.abspath(binary)
     from two_hosts import Veth
     tag = uuid.uuid4().hex[:4]
