@@ -42,10 +42,18 @@ class AgentHost:
     def __init__(self, tag, kernel_dir, netns=None, address=None, migration="", qemu_conf=""):
         self.lv = LibvirtHost(tag, netns=netns, address=address, extra_qemu_conf=qemu_conf)
         self.dir = tempfile.mkdtemp(prefix=f"hvit-live-{tag}-")
-        self.loop, config = partition_pool(self.dir, "disk1")
-        config += migration
-        self.agent = Agent(with_security(config, kernel_dirs=[kernel_dir]), uri="qemu:///system",
-                           wrapper=self.lv.wrapper)
+        self.loop = None
+        try:
+            self.loop, config = partition_pool(self.dir, "disk1")
+            config += migration
+            self.agent = Agent(with_security(config, kernel_dirs=[kernel_dir]), uri="qemu:///system",
+                               wrapper=self.lv.wrapper)
+        except BaseException:  # the caller never gets a half-made host to close: close it here
+            self.lv.close()
+            if self.loop:
+                subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def rest(self, method, path, body=None, expect=200):
         status, out = self.agent.rest(method, path, body)
