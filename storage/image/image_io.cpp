@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -114,20 +115,35 @@ absl::StatusOr<std::unique_ptr<DeviceWriter>> DeviceWriter::Open(const std::stri
   std::unique_ptr<DeviceWriter> w(new DeviceWriter());
   w->fd_ = open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_EXCL);
   if (w->fd_ < 0) return Errno(absl::StrCat("opening ", device));
-  void* v = nullptr;
-  if (posix_memalign(&v, kAlign, kBlockBytes) != 0) return absl::ResourceExhaustedError("no memory for a block buffer");
-  w->buf_ = static_cast<char*>(v);
+  for (char** buf : {&w->buf_, &w->spare_}) {
+    void* v = nullptr;
+    if (posix_memalign(&v, kAlign, kBlockBytes) != 0) return absl::ResourceExhaustedError("no memory for a block buffer");
+    *buf = static_cast<char*>(v);
+  }
   w->limit_ = limit;
   return w;
 }
 
 DeviceWriter::~DeviceWriter() {
+  if (in_flight_.valid()) in_flight_.wait();  // never free a buffer or close the fd under a write
   if (fd_ >= 0) close(fd_);
   std::free(buf_);
+  std::free(spare_);
 }
 
+absl::Status DeviceWriter::WaitForBlock() {
+  return in_flight_.valid() ? in_flight_.get() : absl::OkStatus();
+}
+
+// Why a thread: a synchronous O_DIRECT write stops the caller, who would otherwise be taking
+// the next bytes off a network stream (an incoming migration, an upload) meanwhile; dd in a pipe
+// gets that overlap from the pipe.
 absl::Status DeviceWriter::Flush(size_t bytes) {
-  if (auto s = WriteAll(fd_, buf_, bytes, offset_, "image"); !s.ok()) return s;
+  if (auto s = WaitForBlock(); !s.ok()) return s;
+  in_flight_ = std::async(std::launch::async, [fd = fd_, p = buf_, bytes, at = offset_] {
+    return WriteAll(fd, p, bytes, at, "image");
+  });
+  std::swap(buf_, spare_);
   offset_ += bytes;
   fill_ = 0;
   return absl::OkStatus();
@@ -156,6 +172,7 @@ absl::Status DeviceWriter::Finish() {
     std::memset(buf_ + fill_, 0, padded - fill_);
     if (auto s = Flush(padded); !s.ok()) return s;
   }
+  if (auto s = WaitForBlock(); !s.ok()) return s;
   if (fsync(fd_) != 0) return Errno("fsync of the image");
   return absl::OkStatus();
 }
@@ -299,26 +316,36 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
                                           const CancelFlag* cancel, bool direct) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
   if (fd < 0) return Errno(absl::StrCat("opening ", path));
-  AlignedBuffer buf(kBlockBytes);
+  AlignedBuffer first(kBlockBytes), second(kBlockBytes);
+  char* buf[2] = {first.p, second.p};
   ExportSplitter splitter(sink);
-  absl::Status status = buf.p == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer") : absl::OkStatus();
-  for (uint64_t done = 0; status.ok() && done < bytes;) {
+  absl::Status status = buf[0] == nullptr || buf[1] == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer")
+                                                               : absl::OkStatus();
+  // Why a thread: the sink sends (a migration, an export over HTTP) while the next block comes
+  // off the device, as the two ends of `dd | nc` overlap; a synchronous read would stall both.
+  auto read_ahead = [&](int slot, uint64_t at) {
+    return std::async(std::launch::async, [&, slot, at] {
+      return ReadFull(fd, buf[slot], static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - at))), at, path);
+    });
+  };
+  std::future<absl::StatusOr<size_t>> next;
+  if (status.ok() && bytes > 0) next = read_ahead(0, 0);
+  for (uint64_t done = 0, slot = 0; status.ok() && done < bytes; slot ^= 1) {
+    auto got = next.get();
+    const size_t useful = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, bytes - done));
     if (Cancelled(cancel)) {
       status = absl::CancelledError("cancelled");
-      break;
-    }
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - done)));
-    auto got = ReadFull(fd, buf.p, want, done, path);
-    if (!got.ok()) {
+    } else if (!got.ok()) {
       status = got.status();
-    } else if (*got < std::min<uint64_t>(want, bytes - done)) {
+    } else if (*got < useful) {
       status = absl::DataLossError(absl::StrCat(path, " ends at ", done + *got, " bytes, before ", bytes));
     } else {
-      const size_t useful = static_cast<size_t>(std::min<uint64_t>(want, bytes - done));
-      status = splitter.Block(buf.p, useful);
+      if (done + useful < bytes) next = read_ahead(static_cast<int>(slot ^ 1), done + useful);
+      status = splitter.Block(buf[slot], useful);
       done += useful;
     }
   }
+  if (next.valid()) next.wait();  // never close the fd or free a buffer under a read
   close(fd);
   if (!status.ok()) return status;
   return splitter.Finish();

@@ -2,11 +2,13 @@
 // Image I/O for golden images (agent/service/image_service.h), free of proto and of the pools:
 // checksums computed while bytes flow (OpenSSL EVP), the image record kept in a slot's last
 // 4 KiB, and block-device writes and copies with O_DIRECT in large aligned blocks. Nothing here
-// holds a whole image in memory: every path moves at most one 4 MiB block at a time.
+// holds a whole image in memory: every path holds at most two 4 MiB blocks (a device write or
+// read in flight on one while the caller works on the other).
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,24 +50,30 @@ using ProgressFn = std::function<void(uint64_t done)>;
 
 // Writes a stream onto a block device from offset 0 with O_DIRECT, in kBlockBytes blocks
 // (the last one padded with zeros up to the 4 KiB boundary). Writes past `limit` bytes fail.
+// A full block goes to the device on a thread of its own while the caller fills the next one
+// (one block in flight at most); a failed block write is the answer of the next Write or of
+// Finish.
 class DeviceWriter {
  public:
   static absl::StatusOr<std::unique_ptr<DeviceWriter>> Open(const std::string& device, uint64_t limit);
   ~DeviceWriter();
   absl::Status Write(absl::string_view bytes);
-  // Flushes the partial block and fsyncs.
+  // Flushes the partial block, waits for every block and fsyncs.
   absl::Status Finish();
   uint64_t written() const { return written_; }
 
  private:
   DeviceWriter() = default;
   absl::Status Flush(size_t bytes);
+  absl::Status WaitForBlock();
   int fd_ = -1;
   uint64_t limit_ = 0;
   uint64_t written_ = 0;   // bytes accepted
-  uint64_t offset_ = 0;    // bytes on the device
-  char* buf_ = nullptr;    // aligned, kBlockBytes
+  uint64_t offset_ = 0;    // bytes on the device or on their way
+  char* buf_ = nullptr;    // aligned, kBlockBytes: being filled
+  char* spare_ = nullptr;  // aligned, kBlockBytes: the block in flight, if any
   size_t fill_ = 0;
+  std::future<absl::Status> in_flight_;
 };
 
 // Copies the first `bytes` of `from` onto `to` (offset 0) with O_DIRECT reads and writes in
@@ -95,7 +103,7 @@ struct ExportResult {
   std::string sha256;       // of all the bytes, zeros included
 };
 // Reads the first `bytes` of `path` with O_DIRECT in kBlockBytes blocks and hands them to
-// `sink`: each run of all-zero granules as one Zeros (runs join across blocks), the rest as
+// `sink` (the next block is read on a thread while the sink takes the current one): each run of all-zero granules as one Zeros (runs join across blocks), the rest as
 // Data pieces. Cancelled when *cancel turns true. `direct` false: through the page cache (a
 // scratch file on a filesystem that refuses O_DIRECT, such as tmpfs).
 absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,

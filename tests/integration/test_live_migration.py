@@ -46,10 +46,18 @@ class AgentHost:
     def __init__(self, tag, kernel_dir, netns=None, address=None, migration="", qemu_conf=""):
         self.lv = LibvirtHost(tag, netns=netns, address=address, extra_qemu_conf=qemu_conf)
         self.dir = tempfile.mkdtemp(prefix=f"hvit-live-{tag}-")
-        self.loop, config = partition_pool(self.dir, "disk1")
-        config += migration
-        self.config = with_security(config, kernel_dirs=[kernel_dir])
-        self.start_agent()
+        self.loop = None
+        try:
+            self.loop, config = partition_pool(self.dir, "disk1")
+            config += migration
+            self.config = with_security(config, kernel_dirs=[kernel_dir])
+            self.start_agent()
+        except BaseException:  # the caller never gets a half-made host to close: close it here
+            self.lv.close()
+            if self.loop:
+                subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def start_agent(self):
         self.agent = Agent(self.config, uri="qemu:///system", wrapper=self.lv.wrapper)

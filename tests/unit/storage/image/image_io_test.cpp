@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 
 #include "storage/image/image_io.h"
 #include "storage/image/image_sources.h"
@@ -221,6 +222,28 @@ TEST_F(ExportDeviceTest, ADeviceShorterThanAskedIsDataLoss) {
   Write(Bytes(1 << 20, 4));
   RecordingSink sink;
   EXPECT_EQ(ExportDevice(path_, 2 << 20, sink, nullptr).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(ExportDeviceTest, DeviceWriterLandsEveryBlockInOrderWhileTheNextFillsAndPadsTheTail) {
+  // Blocks go to the device behind the caller (one in flight): 2.5 blocks in uneven pieces must
+  // read back in order, the tail padded with zeros to 4 KiB, and nothing past the limit.
+  Write(std::string(12 << 20, '\x55'));  // old bytes the writer must overwrite
+  const std::string data = Bytes((10 << 20) + 1234, 5);
+  auto w = DeviceWriter::Open(path_, data.size());
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t at = 0, piece = 1; at < data.size(); at += piece, piece = piece * 3 % 1000003 + 1) {
+    ASSERT_TRUE((*w)->Write(absl::string_view(data).substr(at, piece)).ok());
+  }
+  EXPECT_EQ((*w)->Write("x").code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE((*w)->Finish().ok());
+  w->reset();
+  std::ifstream in(path_, std::ios::binary);
+  const std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(back.size(), size_t{12} << 20);
+  EXPECT_TRUE(back.compare(0, data.size(), data) == 0) << "the blocks did not land in order";
+  const size_t padded = (data.size() + 4095) / 4096 * 4096;
+  EXPECT_EQ(back.substr(data.size(), padded - data.size()), std::string(padded - data.size(), '\0'));
+  EXPECT_EQ(back.substr(padded), std::string(back.size() - padded, '\x55'));
 }
 
 }  // namespace
