@@ -18,6 +18,7 @@ import hashlib
 import os
 import socket
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -60,6 +61,7 @@ class VolumeExportTest(LoopPoolsTestCase):
     def setUpClass(cls):
         cls.kernel, cls.initrd = test_guest()
         cls.scratch = tempfile.mkdtemp(prefix="hvit-scratch-")
+        cls.addClassCleanup(shutil.rmtree, cls.scratch, ignore_errors=True)
         super().setUpClass()
         cls.storage = storage_pb2_grpc.StorageServiceStub(cls.agent.channel)
         cls.images = image_pb2_grpc.ImageServiceStub(cls.agent.channel)

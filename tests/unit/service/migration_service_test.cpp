@@ -464,7 +464,8 @@ TEST_F(MigrationTest, CorruptedBytesAreDataLossAndNothingMoves) {
 
 TEST_F(MigrationTest, DestinationPoolTooSmallIsRefusedByPrepareAndTheGuestRunsAgain) {
   dest_capacity_ = 4 << 20;
-  SetUp();  // again, with the small destination pool
+  TearDown();  // the first fixture's directories go, then again with the small destination pool
+  SetUp();
   MakeDomain(true);
   auto id = Migrate(RunningPolicy::kShutdown);
   ASSERT_TRUE(id.ok());
