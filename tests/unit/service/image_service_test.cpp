@@ -726,7 +726,9 @@ TEST_F(VolumeExportTest, SnapshotExportSendsTheSnapshotsBytesNotTheVolumesLaterO
 }
 
 TEST_F(VolumeExportTest, DigestFirstAnnouncesTheSha256AndFailsAStreamWhoseBytesChanged) {
-  const std::string data = RandomBytes(5 << 20, 12);
+  // Three 4 MiB blocks of the reader, the last one short: while the first block is sent the
+  // second is being read ahead, so only a change in the third is sure to be read back.
+  const std::string data = RandomBytes(9 << 20, 12);
   MakeVolume("data1", data);
   std::string announced;
   StringSink sink;
@@ -738,13 +740,14 @@ TEST_F(VolumeExportTest, DigestFirstAnnouncesTheSha256AndFailsAStreamWhoseBytesC
                             nullptr);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(announced, Sha256(data));
-  // A writer changes the volume's last block once the first piece has gone out: the bytes sent
-  // no longer match what was announced, and the export fails rather than end as if whole.
+  // A writer changes the volume's last block once the first piece has gone out (the third block
+  // is read only after the first has been sent): the bytes sent no longer match what was
+  // announced, and the export fails rather than end as if whole.
   class ChangingSink final : public storage::image::ExportSink {
    public:
     explicit ChangingSink(std::string path) : path_(std::move(path)) {}
     absl::Status Data(absl::string_view) override {
-      if (!changed_) std::ofstream(path_, std::ios::binary | std::ios::in | std::ios::out).seekp((5 << 20) - 10).write("x", 1);
+      if (!changed_) std::ofstream(path_, std::ios::binary | std::ios::in | std::ios::out).seekp((9 << 20) - 10).write("x", 1);
       changed_ = true;
       return absl::OkStatus();
     }
