@@ -147,6 +147,7 @@ absl::Status ValidateDisks(const DomainSpec& spec) {
 absl::Status ValidateNics(const DomainSpec& spec) {
   if (spec.nics.size() > kMaxNics) return Invalid("spec.nics", absl::StrCat("at most ", kMaxNics, " NICs"));
   std::set<std::string> macs;
+  std::set<std::string> taps;
   for (size_t i = 0; i < spec.nics.size(); ++i) {
     const NicSpec& n = spec.nics[i];
     std::string field = absl::StrCat("spec.nics[", i, "]");
@@ -154,11 +155,22 @@ absl::Status ValidateNics(const DomainSpec& spec) {
     if (!n.mac.empty() && !macs.insert(absl::AsciiStrToLower(n.mac)).second) {
       return Invalid(field + ".mac", "is used twice");
     }
+    // Two ovs ports whose ids share their first 11 characters would share a default name too.
+    if (std::string tap = TapName(n); !tap.empty() && !taps.insert(tap).second) {
+      return Invalid(field + ".target_dev", absl::StrCat("'", tap, "' is used twice"));
+    }
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+bool IsTapName(absl::string_view name) {
+  if (name.size() < 4 || name.size() > 15 || !absl::StartsWith(name, "tap")) return false;
+  return std::all_of(name.begin() + 3, name.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+}
 
 absl::Status ValidateMac(absl::string_view field, absl::string_view mac) {
   if (!IsMac(mac)) return Invalid(field, "must be a unicast MAC like 52:54:00:12:34:56");
@@ -208,6 +220,9 @@ absl::Status ValidateNicSpec(absl::string_view field_prefix, const NicSpec& n) {
     if (n.vlan.has_value() && (*n.vlan < kMinVlan || *n.vlan > kMaxVlan)) {
       return Invalid(field + ".ovs.vlan", absl::StrCat("must be ", kMinVlan, "-", kMaxVlan));
     }
+  }
+  if (!n.target_dev.empty() && !IsTapName(n.target_dev)) {
+    return Invalid(field + ".target_dev", "must be 'tap' and 1-12 of [A-Za-z0-9_-] (a tap's name, as Nova's devname)");
   }
   if (n.mtu != 0 && (n.mtu < kMinMtu || n.mtu > kMaxMtu)) {
     return Invalid(field + ".mtu", absl::StrCat("must be ", kMinMtu, "-", kMaxMtu, " (or 0: the bridge's)"));

@@ -39,6 +39,11 @@ absl::Status ValidateDiskSpec(absl::string_view field, const DiskSpec& disk);
 // fields follow the API ("nic.ovs.vlan").
 absl::Status ValidateNicSpec(absl::string_view field, const NicSpec& nic);
 
+// A name a caller may give a guest's host-side interface (NicSpec::target_dev): "tap" and 1-12
+// of [A-Za-z0-9_-]. Only taps: never a name libvirt generates (vnetN, vifN.M, macvtapN) nor any
+// other kind of host interface.
+bool IsTapName(absl::string_view name);
+
 // A unicast MAC written as six colon-separated hex pairs.
 absl::Status ValidateMac(absl::string_view field, absl::string_view mac);
 

@@ -169,6 +169,10 @@ void WriteNic(XmlWriter& w, const NicSpec& n, const GuestTarget& target) {
   w.Open("interface", {{"type", network ? "network" : "bridge"}});
   if (!n.mac.empty()) w.Leaf("mac", {}, {{"address", n.mac}});
   w.Leaf("source", {}, {{network ? "network" : "bridge", network ? n.network : bridge}});
+  // A stable tap name: Neutron's OVS agent matches a tap's removal and return in one polling
+  // cycle by name, and with libvirt's vnetN (a new name each start) it processed the return and
+  // then the removal, leaving the port unwired after a reboot or a resize.
+  if (const std::string tap = TapName(n); !tap.empty()) w.Leaf("target", {}, {{"dev", tap}});
   if (!n.ovs_bridge.empty()) {
     if (n.vlan.has_value()) {
       w.Open("vlan");

@@ -60,7 +60,17 @@ struct NicSpec {
   std::optional<uint32_t> vlan;       // ovs only: access tag 1-4094; none: no tag
   uint32_t mtu = 0;                   // 0: the bridge's
   std::optional<HostNetwork> host_network;
+  std::string target_dev;             // the host-side interface's name; empty: see TapName
 };
+
+// The name the guest's interface gets on the host: target_dev when given; for an ovs NIC without
+// one, "tap" + the first 11 characters of its interface_id (the name Nova and Neutron give a
+// port's tap, so that it is the same at every start); otherwise empty (libvirt's vnetN).
+inline std::string TapName(const NicSpec& n) {
+  if (!n.target_dev.empty()) return n.target_dev;
+  if (!n.ovs_bridge.empty() && !n.interface_id.empty()) return "tap" + n.interface_id.substr(0, 11);
+  return {};
+}
 
 // A guest's CPU topology as the guest sees it; sockets * cores * threads == the vCPU maximum.
 struct GuestCpuTopology {

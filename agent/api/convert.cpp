@@ -114,6 +114,7 @@ absl::StatusOr<hv::NicSpec> FromProto(absl::string_view field, const v1::Nic& n)
   nic.mac = n.mac();
   nic.model = n.model();
   nic.mtu = n.mtu();
+  nic.target_dev = n.target_dev();
   switch (n.attachment_case()) {
     case v1::Nic::kNetwork: nic.network = n.network(); break;
     case v1::Nic::kBridge: nic.bridge = n.bridge(); break;
@@ -141,6 +142,7 @@ v1::Nic ToProto(const hv::NicSpec& n) {
   p.set_mac(n.mac);
   p.set_model(n.model);
   p.set_mtu(n.mtu);
+  p.set_target_dev(n.target_dev);
   if (!n.ovs_bridge.empty()) {
     v1::OvsPort* ovs = p.mutable_ovs();
     ovs->set_bridge(n.ovs_bridge);

@@ -62,7 +62,8 @@ int Usage() {
                "  snapshot-revert POOL VOLUME NAME     (the volume's domain must be stopped)\n"
                "  nic-attach NAME (--bridge BR | --network NET | --ovs BR --iface-id UUID [--vlan N]\n"
                "                   | --vlan-physical IF --vlan-id N | --vxlan-id N --vxlan-physical IF)\n"
-               "             [--mtu N] [--mac MAC] [--model M]   (hot-plugged when running; vlan/vxlan:\n"
+               "             [--mtu N] [--mac MAC] [--model M] [--target-dev tapNAME]\n"
+               "                                       (hot-plugged when running; vlan/vxlan:\n"
                "             the agent makes the network on IF, one of its [network] physical_interfaces)\n"
                "  nic-detach NAME MAC\n"
                "  rescue NAME [--image POOL IMAGE [--volume NAME]] [--kernel PATH [--initrd PATH] [--cmdline TEXT]]\n"
@@ -498,6 +499,8 @@ int main(int argc, char** argv) {
         nic->set_mac(value);
       } else if (flag == "--model") {
         nic->set_model(value);
+      } else if (flag == "--target-dev") {
+        nic->set_target_dev(value);
       } else {
         return Usage();
       }

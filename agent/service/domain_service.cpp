@@ -437,6 +437,12 @@ absl::StatusOr<hv::NicSpec> DomainService::AttachNic(const std::string& domain, 
   } else if (taken(nic.mac)) {
     return absl::AlreadyExistsError(absl::StrCat("nic.mac: ", nic.mac, " is already used by domain '", domain, "'"));
   }
+  if (const std::string tap = hv::TapName(nic); !tap.empty()) {
+    if (std::any_of(existing->begin(), existing->end(), [&](const hv::NicSpec& n) { return hv::TapName(n) == tap; })) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("nic.target_dev: '", tap, "' is already used by domain '", domain, "'"));
+    }
+  }
   if (existing->size() >= hv::kMaxNics) {
     return absl::FailedPreconditionError(
         absl::StrCat("domain '", domain, "' already has ", existing->size(), " NICs (at most ", hv::kMaxNics, ")"));

@@ -75,6 +75,9 @@ NicSpec NicOf(const xmlNode* d) {
   }
   nic.model = Attr(Child(d, "model"), "type");
   if (!absl::SimpleAtoi(Attr(Child(d, "mtu"), "size"), &nic.mtu)) nic.mtu = 0;
+  // A name a caller may give (or the agent's default for an ovs port); libvirt's own vnetN and
+  // vifN.M are the running guest's, reported as DomainNic::name, not part of the spec.
+  if (std::string dev = Attr(Child(d, "target"), "dev"); IsTapName(dev)) nic.target_dev = std::move(dev);
   return nic;
 }
 
@@ -83,11 +86,16 @@ NicSpec NicOf(const xmlNode* d) {
 namespace {
 
 std::vector<DomainNic> NicsIn(xmlDoc* doc) {
-  const xmlNode* devices = Child(xmlDocGetRootElement(doc), "devices");
+  const xmlNode* root = xmlDocGetRootElement(doc);
+  const xmlNode* devices = Child(root, "devices");
+  // Only a running domain's XML carries its id; a definition's <target dev> (a name the spec
+  // gave) is no device on the host yet.
+  int id = -1;
+  const bool running = absl::SimpleAtoi(Attr(root, "id"), &id) && id >= 0;
   std::vector<DomainNic> out;
   for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
     if (!Is(d, "interface")) continue;
-    out.push_back({NicOf(d), Dump(doc, d), Attr(Child(d, "target"), "dev")});
+    out.push_back({NicOf(d), Dump(doc, d), running ? Attr(Child(d, "target"), "dev") : std::string()});
   }
   return out;
 }

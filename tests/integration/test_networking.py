@@ -156,6 +156,8 @@ class OvsNetworkingTest(AgentTestCase):
         for k, vlan in (("a", 100), ("b", 100), ("c", 200)):
             port = port_of(self.ports[k])
             self.assertIsNotNone(port, f"no OVS interface with iface-id {self.ports[k]}: {ovs('show')}")
+            # Named by its port, as Nova names a Neutron port's tap: the same at every start.
+            self.assertEqual(port, "tap" + self.ports[k][:11])
             self.assertEqual(ovs("get", "Port", port, "tag"), str(vlan))
             self.assertEqual(ovs("port-to-br", port), BRIDGE)
             link = subprocess.run(["ip", "-o", "link", "show", port], capture_output=True, text=True).stdout
@@ -290,6 +292,29 @@ class OvsNetworkingTest(AgentTestCase):
             self.agent.domains.DetachNic(domain_pb2.DetachNicRequest(domain=c, mac=attached.mac))
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+    def test_a_tap_name_a_host_interface_has_already_is_refused_and_left_alone(self):
+        """target_dev names only taps, and libvirt will not take over one that exists (an
+        operator's persistent tap here): the start fails, no domain is left, and the tap stays
+        off the bridge."""
+        tap = "taphv" + uuid.uuid4().hex[:8]
+        subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+        name = GUEST_PREFIX + "x-" + uuid.uuid4().hex[:6]
+        try:
+            spec = domain_pb2.DomainSpec(name=name, vcpus=1, memory_mib=128)
+            spec.kernel.kernel_path = self.kernel
+            spec.kernel.initrd_path = self.initrd
+            nic = spec.nics.add(model="virtio", target_dev=tap)
+            nic.ovs.bridge = BRIDGE
+            nic.ovs.interface_id = str(uuid.uuid4())
+            with self.assertRaises(grpc.RpcError) as e:
+                self.agent.domains.CreateDomain(domain_pb2.CreateDomainRequest(spec=spec, start=True))
+            self.assertIn(tap, e.exception.details())
+            self.assertNotEqual(virsh("domstate", name, check=False).returncode, 0)
+            self.assertNotIn(tap, ovs("list-ports", BRIDGE).split())
+        finally:
+            subprocess.run(["ip", "link", "del", tap], check=False)
+            virsh("undefine", name, check=False)
+
     def test_bad_input_is_refused_naming_the_field_and_changes_nothing(self):
         before_ovs, before_links = ovs("show"), self.links()
         a = self.names["a"]
@@ -354,4 +379,4 @@ class OvsNetworkingTest(AgentTestCase):
         remove unrelated links meanwhile; guests' taps are this class's alone under the lock)."""
         out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
         names = (line.split(":")[1].strip() for line in out.splitlines())
-        return sorted(n for n in names if n.startswith(("vnet", "hvovs")))
+        return sorted(n for n in names if n.startswith(("vnet", "tap", "hvovs")))

@@ -461,6 +461,12 @@ class HvagentDriver(driver.ComputeDriver):
                 "bridges (type 'bridge', 'ovs' with hybrid plugging) and Open vSwitch ports "
                 "('ovs', OVN)" % (vif.get("id"), vtype))
         nic.mac = vif["address"]
+        # As Nova's libvirt driver (<target dev>): the tap is named by the port (devname,
+        # "tap" + the port id's first 11 characters), the same at every start. Neutron's agents
+        # find a port's tap by that name, and the OVS agent recognises a tap that left and came
+        # back within one polling cycle (a reboot, a resize) only by it.
+        if vif.get("devname"):
+            nic.target_dev = vif["devname"]
         nic.model = "netfront" if self._disk_prefix() == "xvd" else "virtio"
         mtu = (network.get("meta") or {}).get("mtu")
         if mtu:

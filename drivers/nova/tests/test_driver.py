@@ -18,6 +18,7 @@ from oslo_utils import units
 
 from nova.compute import power_state
 from nova.compute import provider_tree
+from nova.network import model as network_model
 from nova import exception
 from nova import objects
 from nova import test
@@ -448,6 +449,15 @@ class DriverTestCase(test.TestCase):
                          (nic.WhichOneof("attachment"), nic.bridge, nic.mtu))
         osvif = hv_driver.os_vif_util.nova_to_osvif_vif(hybrid)
         self.assertEqual(osvif.bridge_name, nic.bridge)
+
+    def test_nics_are_named_by_the_ports_devname(self):
+        """Each kind's tap takes Nova's devname (the libvirt driver's <target dev>), so it is
+        the same at every start and Neutron's agents find it; without one the agent names it."""
+        for kind, hybrid in (("bridge", False), ("ovs", False), ("ovs", True)):
+            vif = self.vif(kind, hybrid=hybrid)
+            vif["devname"] = ("tap" + vif["id"])[:network_model.NIC_NAME_LEN]
+            self.assertEqual(vif["devname"], self.drv._nic(vif).target_dev, (kind, hybrid))
+        self.assertEqual("", self.drv._nic(self.vif("ovs")).target_dev)
 
     def test_vifs_the_agent_cannot_wire_are_refused(self):
         e = self.assertRaises(exception.VirtualInterfaceCreateException, self.drv._nic,

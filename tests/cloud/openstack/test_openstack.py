@@ -284,6 +284,9 @@ class OpenStackThroughAgent(unittest.TestCase):
         self.assertEqual(iface["mac"], port["mac_address"])
         self.assertEqual(iface["vm-id"], s["id"])
         self.assertEqual(ovs_vsctl("port-to-br", iface["name"]), BRIDGE)
+        # Named as Nova names a port's tap (devname), so it is the same after every restart:
+        # Neutron's OVS agent recognises a tap that left and came back only by its name.
+        self.assertEqual(iface["name"], ("tap" + port["id"])[:14])
         # Neutron's agent wired it: a local VLAN tag, not the dead VLAN (4095) of unbound ports.
         tag = ovs_vsctl("get", "Port", iface["name"], "tag")
         self.assertRegex(tag, r"^[0-9]+$")

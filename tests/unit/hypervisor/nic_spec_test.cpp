@@ -141,6 +141,59 @@ TEST(NicSpecTest, UntaggedOvsPortAndLinuxBridgeHaveNoVlanElement) {
   EXPECT_EQ(y.Count("/interface/virtualport"), 0);
 }
 
+TEST(NicSpecTest, TargetDevIsATapNameOnly) {
+  NicSpec n = Ovs();
+  for (const std::string good : {"tap3f2a9c1e-5b", "tapX", "tap_a-1234567b"}) {
+    n.target_dev = good;
+    EXPECT_TRUE(ValidateNicSpec("nic", n).ok()) << good;
+  }
+  // libvirt's own names, other kinds of interface, too long, path or shell characters.
+  for (const std::string bad : {"tap", "vnet0", "vif3.0", "eth0", "br-int", "tap3f2a9c1e-5b7d", "tap.1",
+                                "tap/x", "tap x", "tap;id", "TAPx", "macvtap0", "tap\n"}) {
+    n.target_dev = bad;
+    ExpectRefused(n, "nic.target_dev");
+  }
+}
+
+TEST(NicSpecTest, TwoNicsWithOneTapNameAreRefusedDefaultsIncluded) {
+  DomainSpec s;
+  s.name = "web1";
+  s.vcpus = 1;
+  s.memory_mib = 256;
+  s.nics.push_back(Ovs());
+  NicSpec same_port = Ovs();  // the same port id's first 11 characters: the same default name
+  same_port.mac = "52:54:00:aa:bb:02";
+  same_port.interface_id = "3f2a9c1e-5bff-4e8f-9a0b-1c2d3e4f5a6b";
+  s.nics.push_back(same_port);
+  absl::Status st = ValidateDomainSpec(s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("spec.nics[1].target_dev: 'tap3f2a9c1e-5b' is used twice"));
+  s.nics[1].target_dev = "tapsecond";
+  EXPECT_TRUE(ValidateDomainSpec(s).ok()) << ValidateDomainSpec(s);
+}
+
+TEST(NicSpecTest, OvsPortsTapIsNamedByItsPortAsNovaNamesItAndAGivenNameWins) {
+  // Stable across starts, so Neutron's OVS agent matches the tap's removal and return by name.
+  auto ovs = DomainXmlBuilder::BuildNic(Ovs(), kQemuX86);
+  ASSERT_TRUE(ovs.ok()) << ovs.status();
+  EXPECT_EQ(Xml(*ovs).Get("/interface/target/@dev"), "tap3f2a9c1e-5b");
+  NicSpec named = Ovs();
+  named.target_dev = "tapmine";
+  auto x = DomainXmlBuilder::BuildNic(named, kQemuX86);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(Xml(*x).Get("/interface/target/@dev"), "tapmine");
+  // A Linux bridge NIC without a name: libvirt's vnetN, no <target>.
+  NicSpec bridge;
+  bridge.bridge = "br0";
+  auto b = DomainXmlBuilder::BuildNic(bridge, kQemuX86);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(Xml(*b).Count("/interface/target"), 0);
+  bridge.target_dev = "tap1234";
+  b = DomainXmlBuilder::BuildNic(bridge, kQemuX86);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(Xml(*b).Get("/interface/target/@dev"), "tap1234");
+}
+
 TEST(NicSpecTest, InvalidNicNeverProducesXml) {
   EXPECT_EQ(DomainXmlBuilder::BuildNic(Ovs(0), kQemuX86).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -168,10 +221,12 @@ TEST(NicSpecTest, NicsReadBackFromDomainXml) {
   EXPECT_EQ(a.interface_id, kPort);
   EXPECT_EQ(a.vlan, std::optional<uint32_t>(200));
   EXPECT_EQ(a.mtu, 9000u);
+  EXPECT_EQ(a.target_dev, "tap3f2a9c1e-5b");
   EXPECT_TRUE(a.bridge.empty());
   const NicSpec& b = (*nics)[1].spec;
   EXPECT_EQ(b.bridge, "br0");
   EXPECT_FALSE(b.vlan.has_value());
+  EXPECT_EQ(b.target_dev, "");
   // The element itself, for libvirt to find the device by on detach.
   EXPECT_THAT((*nics)[1].xml, HasSubstr("52:54:00:aa:bb:02"));
   EXPECT_THAT((*nics)[1].xml, HasSubstr("<interface"));
@@ -231,6 +286,7 @@ TEST(DomainFactsTest, RunningGuestsNicsCarryTheirKindVlanPortIdAndTap) {
   EXPECT_EQ(bridge.spec.bridge, "br0");
   EXPECT_EQ(bridge.spec.model, "virtio");
   EXPECT_EQ(bridge.host_device, "vnet0");
+  EXPECT_EQ(bridge.spec.target_dev, "");  // libvirt's generated name is the guest's, not the spec's
   const NicInfo& network = facts->nics[1];
   EXPECT_EQ(network.spec.network, "default");
   EXPECT_TRUE(network.spec.bridge.empty());  // libvirt's bridge of the network is not the NIC's

@@ -52,8 +52,10 @@ TEST_F(DomainNicsTest, AttachNic_GeneratesALocallyAdministeredUnicastMac) {
   const int first = std::stoi(a->mac.substr(0, 2), nullptr, 16);
   EXPECT_EQ(first & 0x02, 0x02) << a->mac;  // locally administered
   EXPECT_EQ(first & 0x01, 0x00) << a->mac;  // unicast
-  auto b = svc_.AttachNic("web1", Ovs("br-int"));
-  ASSERT_TRUE(b.ok());
+  hv::NicSpec other = Ovs("br-int");
+  other.interface_id = "5b1e0c2d-3a4f-4e6b-8c7d-9e0f1a2b3c4d";
+  auto b = svc_.AttachNic("web1", other);
+  ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_NE(a->mac, b->mac);
   auto nics = hv_.GetDomainNics("web1");
   ASSERT_TRUE(nics.ok());
@@ -70,6 +72,24 @@ TEST_F(DomainNicsTest, AttachNic_KeepsAGivenMacAndRefusesItTwice) {
   EXPECT_EQ(a->mac, "52:54:00:12:34:56");
   n.mac = "52:54:00:12:34:56";
   EXPECT_EQ(svc_.AttachNic("web1", n).status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(DomainNicsTest, AttachNic_RefusesATapNameTheDomainUsesAlready) {
+  // The same Neutron port twice: both would be named tap3f2a9c1e-5b (Nova's devname).
+  ASSERT_TRUE(svc_.AttachNic("web1", Ovs("br-int")).ok());
+  hv_.calls.clear();
+  auto again = svc_.AttachNic("web1", Ovs("br-int"));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+  EXPECT_THAT(std::string(again.status().message()), HasSubstr("nic.target_dev: 'tap3f2a9c1e-5b'"));
+  // A bridge NIC given that name explicitly collides too; another name does not.
+  hv::NicSpec b = LinuxBridge("br0");
+  b.target_dev = "tap3f2a9c1e-5b";
+  EXPECT_EQ(svc_.AttachNic("web1", b).status().code(), absl::StatusCode::kAlreadyExists);
+  for (const std::string& c : hv_.calls) EXPECT_NE(c.rfind("attach-nic", 0), 0u) << c;  // never reached it
+  b.target_dev = "tapother";
+  auto ok = svc_.AttachNic("web1", b);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->target_dev, "tapother");
 }
 
 TEST_F(DomainNicsTest, AttachNic_BridgeNotAllowedIsPermissionDeniedNamingTheFieldAndTouchesNothing) {
