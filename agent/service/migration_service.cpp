@@ -323,7 +323,10 @@ absl::Status MigrationService::RunLive(Job& job, MigrationPeer& peer, const std:
   std::string lost;
   std::thread watch([&] {
     lost = WatchPeer(peer, transfer, done, aborted);
-    if (!lost.empty()) abort(absl::StrCat("the destination agent ", lost));
+    if (!lost.empty()) {
+      job.peer_lost = true;
+      abort(absl::StrCat("the destination agent ", lost));
+    }
   });
   const auto step = std::min(options_.live_poll, std::chrono::milliseconds(50));
   while (!done) {
@@ -417,7 +420,9 @@ std::string MigrationService::Undo(Job& job, MigrationPeer* peer, const std::str
   }
   if (peer == nullptr && !transfer.empty()) {
     absl::StrAppend(&notes, "; ", job.request.destination,
-                    " could not be reached to abort its half (its restart or idle expiry removes it)");
+                    job.peer_lost ? " was not asked to abort its half, having stopped answering"
+                                  : " could not be reached to abort its half",
+                    " (its restart or idle expiry removes it)");
   } else if (peer != nullptr && !transfer.empty()) {
     if (auto s = peer->Abort(transfer); !s.ok() && !absl::IsNotFound(s)) {
       absl::StrAppend(&notes, "; the destination's abort failed (its idle expiry or recovery removes the rest): ",
@@ -446,9 +451,10 @@ void MigrationService::Run(std::shared_ptr<Job> job) {
                                     "; removing it here failed: ", s.message()));
   } else {
     // A second connection for the abort (the first may be the one that broke); none is needed
-    // when no transfer was opened.
+    // when no transfer was opened, nor tried when the heartbeat gave the destination up (a
+    // connect to a dead agent would only wait out its timeout).
     absl::StatusOr<std::unique_ptr<MigrationPeer>> peer = absl::UnavailableError("no transfer");
-    if (!transfer.empty()) peer = connect_(job->request.destination);
+    if (!transfer.empty() && !job->peer_lost) peer = connect_(job->request.destination);
     std::string notes = Undo(*job, peer.ok() ? peer->get() : nullptr, transfer, shut_down);
     const bool cancelled = job->cancel.load();
     (void)journal_.End(job->id, cancelled ? v1::OPERATION_STATE_CANCELLED : v1::OPERATION_STATE_FAILED,

@@ -95,6 +95,9 @@ class MigrationService {
     bool was_running = false;
     std::atomic<bool> cancel{false};
     std::atomic<bool> committed{false};  // the destination has the domain: no cancel any more
+    // The heartbeat gave the destination agent up (it stopped answering, or no longer holds the
+    // transfer): the undo does not spend a connect timeout on asking it to abort.
+    std::atomic<bool> peer_lost{false};
     std::atomic<bool> ended{false};
     std::atomic<uint64_t> done{0};
     std::atomic<uint64_t> total{0};

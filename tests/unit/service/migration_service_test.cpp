@@ -691,6 +691,7 @@ class LiveMigrationTest : public MigrationTest {
     migrations_ = std::make_unique<MigrationService>(
         *src_->domains, *src_->storage, src_->hv, *src_->journal,
         [this](const std::string&) -> absl::StatusOr<std::unique_ptr<MigrationPeer>> {
+          ++connects_;
           return std::unique_ptr<MigrationPeer>(new Forwarder(*peer_));
         },
         MigrationService::Options{.live_poll = std::chrono::milliseconds(5),
@@ -708,6 +709,7 @@ class LiveMigrationTest : public MigrationTest {
   }
   hv::LiveMigration seen_;
   std::function<absl::Status()> before_move_;
+  std::atomic<int> connects_{0};  // FastHeartbeat's connections to the destination
 };
 
 TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceVolumesGo) {
@@ -895,6 +897,9 @@ TEST_F(LiveMigrationTest, ADestinationAgentLostMidCopyAbortsTheJobAndItsRestartR
   EXPECT_THAT(e.message, HasSubstr("DEADLINE_EXCEEDED"));
   EXPECT_THAT(e.message, HasSubstr("the domain stays here"));
   EXPECT_EQ(peer_->unanswered, 3);  // given up at the third miss, not before, and no call after
+  // Nor a second connection to ask the dead agent to abort (it would wait out a connect timeout).
+  EXPECT_EQ(connects_, 1);
+  EXPECT_THAT(e.message, HasSubstr("was not asked to abort its half, having stopped answering"));
   EXPECT_THAT(src_->hv.calls, ::testing::Contains("abort-job web1"));
   EXPECT_TRUE(hv::IsActive(src_->hv.GetDomain("web1")->state));
   EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));
