@@ -100,6 +100,30 @@ absl::StatusOr<std::optional<HostNetworks::Link>> HostNetworks::Show(const std::
   return links->front();
 }
 
+absl::StatusOr<std::string> HostNetworks::UnderlayOf(const std::string& dev) {
+  storage::Command c;
+  c.argv = {options_.ip, "-j", "-d", "link", "show", "dev", dev};
+  const std::string label = absl::StrCat("ip -d link show dev ", dev);
+  auto r = storage::RunTool(runner_, c, label);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return storage::ToolFailed(label, *r, IpErrors());
+  google::protobuf::ListValue list;
+  if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok() || list.values_size() != 1) {
+    return absl::InternalError(absl::StrCat(label, ": unreadable answer"));
+  }
+  // A VXLAN shows its `dev` in linkinfo.info_data.link; a VLAN its parent as "link".
+  const auto& fields = list.values(0).struct_value().fields();
+  if (auto info = fields.find("linkinfo"); info != fields.end()) {
+    const auto& li = info->second.struct_value().fields();
+    if (auto data = li.find("info_data"); data != li.end()) {
+      const auto& d = data->second.struct_value().fields();
+      if (auto link = d.find("link"); link != d.end()) return link->second.string_value();
+    }
+  }
+  if (auto link = fields.find("link"); link != fields.end()) return link->second.string_value();
+  return std::string();
+}
+
 absl::StatusOr<std::vector<std::string>> HostNetworks::OwnedBridges() {
   auto links = Links({"type", "bridge"});
   if (!links.ok()) return links.status();
@@ -127,6 +151,27 @@ absl::StatusOr<bool> HostNetworks::Ensure(absl::string_view field, const hv::Hos
       return absl::FailedPreconditionError(absl::StrCat(
           field, ": interface '", name, "' exists and was not made by this agent; it is left alone"));
     }
+  }
+  // One network per VLAN id (or VNI) on this host: its bridge and VXLAN uplink are named by the
+  // id alone, so the same id over another physical interface would join that network to this
+  // one (two physical networks' VLAN 100 bridged together) or land on the other's underlay.
+  auto conflict = [&](const std::string& over) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, IsVlan(net) ? ".vlan" : ".vxlan", ".physical: ", IsVlan(net) ? "VLAN " : "VNI ", net.id,
+        " is this host's network ", *bridge, " over ", over, " already; the agent makes one network per ",
+        IsVlan(net) ? "VLAN id" : "VNI", ", and one over '", net.physical, "' would join the two"));
+  };
+  if (br->has_value()) {
+    auto ports = Links({"master", *bridge});
+    if (!ports.ok()) return ports.status();
+    for (const Link& port : *ports) {
+      if (port.ours && port.name != uplink) return conflict(port.name);
+    }
+  }
+  if (up->has_value()) {
+    auto under = UnderlayOf(uplink);
+    if (!under.ok()) return under.status();
+    if (!under->empty() && *under != net.physical) return conflict(absl::StrCat(uplink, " on ", *under));
   }
   bool made_bridge = false;
   bool made_uplink = false;

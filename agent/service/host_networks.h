@@ -52,7 +52,8 @@ class HostNetworks {
   // Answers true when this call made the bridge (the caller undoes it with Remove if what
   // follows fails). All or nothing: a failure removes whatever this call made.
   // FailedPrecondition naming `field` when the bridge or uplink name is taken by an interface
-  // the agent did not make.
+  // the agent did not make, or when the VLAN id (VNI) is already this host's network over
+  // another physical interface (one network per id: the names carry the id alone).
   absl::StatusOr<bool> Ensure(absl::string_view field, const hv::HostNetwork& net);
 
   // Removes `bridge` and the uplinks it holds when the agent made it and it holds no port the
@@ -76,6 +77,9 @@ class HostNetworks {
   absl::StatusOr<std::vector<Link>> Links(const std::vector<std::string>& selector);
   // `dev`, or nullopt when there is no such device.
   absl::StatusOr<std::optional<Link>> Show(const std::string& dev);
+  // The interface an uplink runs over (`ip -j -d link show dev`: a VLAN's parent, a VXLAN's
+  // `dev`); empty when it names none.
+  absl::StatusOr<std::string> UnderlayOf(const std::string& dev);
   absl::Status Ip(std::vector<std::string> args);
   void Delete(const std::string& dev);
 

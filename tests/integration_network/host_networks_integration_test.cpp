@@ -20,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "agent/service/host_networks.h"
 #include "storage/exec/subprocess_runner.h"
 
@@ -183,6 +184,44 @@ TEST_F(HostNetworksIntegration, SameVniReachesAnotherVniDoesNotAndTeardownRestor
   }
   EXPECT_EQ(Links(a_), before_a);
   EXPECT_EQ(Links(b_), before_b);
+}
+
+// One network per VNI: the kernel's real VXLAN reports its underlay (`ip -d`), and the same VNI
+// over a second interface is refused without touching a link, while it stays usable over its own.
+TEST_F(HostNetworksIntegration, TheSameVniOverASecondInterfaceIsRefusedAndChangesNothing) {
+  MustRun({kIp, "-n", a_, "link", "add", "phys1", "type", "veth", "peer", "name", "phys1p"});
+  HostNetworks two{runner_, {.physical_interfaces = {"phys0", "phys1"}}};
+  absl::StatusOr<bool> first = absl::UnknownError("not run");
+  InNetns(a_, [&] { first = two.Ensure("nic", {hv::HostNetwork::Kind::kVxlan, "phys0", 700}); });
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The links' names and masters (the bridge's carrier and timers move on their own).
+  auto names = [&] {
+    std::string out;
+    for (absl::string_view line : absl::StrSplit(RunArgv({kIp, "-n", a_, "-o", "link", "show"}).stdout_text, '\n')) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (f.size() < 2) continue;
+      absl::StrAppend(&out, f[1]);
+      for (size_t i = 2; i + 1 < f.size(); ++i) {
+        if (f[i] == "master") absl::StrAppend(&out, "master ", f[i + 1]);
+      }
+      out += "\n";
+    }
+    return out;
+  };
+  const std::string before = names();
+  absl::StatusOr<bool> second = absl::UnknownError("not run");
+  InNetns(a_, [&] { second = two.Ensure("spec.nics[0]", {hv::HostNetwork::Kind::kVxlan, "phys1", 700}); });
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "brvx700 over vxlan700 on phys0 already"))
+      << second.status();
+  EXPECT_EQ(names(), before);
+  EXPECT_TRUE(absl::StrContains(RunArgv({kIp, "-n", a_, "-d", "link", "show", "dev", "vxlan700"}).stdout_text,
+                                "dev phys0 "));
+  absl::StatusOr<bool> again = absl::UnknownError("not run");
+  InNetns(a_, [&] { again = two.Ensure("nic", {hv::HostNetwork::Kind::kVxlan, "phys0", 700}); });
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  ASSERT_TRUE(Remove(a_, "brvx700").ok());
 }
 
 }  // namespace

@@ -34,6 +34,8 @@ class IpModel {
   struct Link {
     std::string alias;
     std::string master;
+    std::string underlay;  // a VLAN's parent, a VXLAN's dev
+    bool vxlan = false;
     std::string mtu = "1500";
     bool up = false;
     bool bridge = false;
@@ -51,6 +53,19 @@ class IpModel {
     const std::string line = absl::StrJoin(a, " ");
     if (!fail_when.empty() && line.find(fail_when) != std::string::npos) {
       return FakeCommandRunner::Fail(2, "RTNETLINK answers: Operation not permitted");
+    }
+    if (a.size() == 7 && a[1] == "-j" && a[2] == "-d" && a[5] == "dev") {
+      auto it = links.find(a[6]);
+      if (it == links.end()) return FakeCommandRunner::Fail(1, "Device \"" + a[6] + "\" does not exist.");
+      // As ip shows them: a VLAN's parent as "link", a VXLAN's dev inside linkinfo.
+      std::string j = Json(it->first, it->second);
+      j.pop_back();
+      if (it->second.vxlan) {
+        j += ",\"linkinfo\":{\"info_kind\":\"vxlan\",\"info_data\":{\"link\":\"" + it->second.underlay + "\"}}";
+      } else if (!it->second.underlay.empty()) {
+        j += ",\"link\":\"" + it->second.underlay + "\"";
+      }
+      return FakeCommandRunner::Ok("[" + j + "}]\n");
     }
     if (a.size() == 6 && a[1] == "-j" && a[4] == "dev") {
       auto it = links.find(a[5]);
@@ -76,6 +91,12 @@ class IpModel {
       if (links.count(name) != 0) return FakeCommandRunner::Fail(2, "RTNETLINK answers: File exists");
       links[name] = {};
       links[name].bridge = a.back() == "bridge";
+      links[name].vxlan = std::find(a.begin(), a.end(), "vxlan") != a.end();
+      for (const char* under : {"link", "dev"}) {
+        if (auto u = std::find(a.begin() + 3, a.end(), under); u != a.end() && u + 1 != a.end()) {
+          links[name].underlay = *(u + 1);
+        }
+      }
       return FakeCommandRunner::Ok();
     }
     if (a[1] == "link" && a[2] == "set" && a.size() >= 5) {
@@ -176,6 +197,32 @@ TEST_F(HostNetworksTest, Ensure_RefusesABridgeItDidNotMakeAndTouchesNothing) {
   EXPECT_THAT(made.status().message(), HasSubstr("spec.nics[0]"));
   EXPECT_THAT(made.status().message(), HasSubstr("brvlan100"));
   EXPECT_TRUE(Changes(runner_).empty());
+}
+
+// Bridges and VXLAN uplinks are named by the id alone: the same id over a second physical
+// interface would bridge two physical networks' VLAN 100 together, or ride the first's underlay.
+TEST_F(HostNetworksTest, Ensure_TheSameIdOverAnotherPhysicalInterfaceIsRefusedAndJoinsNothing) {
+  HostNetworks two{runner_, {.physical_interfaces = {"eth1", "eth2"}}};
+  ip_.links["eth2"] = {};
+  ASSERT_TRUE(two.Ensure("nic", Vlan(100)).ok());
+  ASSERT_TRUE(two.Ensure("nic", Vxlan(5000)).ok());
+  const size_t before = Changes(runner_).size();
+  auto vlan = two.Ensure("spec.nics[1]", Vlan(100, "eth2"));
+  EXPECT_EQ(vlan.status().code(), absl::StatusCode::kFailedPrecondition) << vlan.status();
+  EXPECT_THAT(vlan.status().message(),
+              HasSubstr("spec.nics[1].vlan.physical: VLAN 100 is this host's network brvlan100 over eth1.100 already"));
+  auto vx = two.Ensure("nic", Vxlan(5000, "eth2"));
+  EXPECT_EQ(vx.status().code(), absl::StatusCode::kFailedPrecondition) << vx.status();
+  EXPECT_THAT(vx.status().message(),
+              HasSubstr("nic.vxlan.physical: VNI 5000 is this host's network brvx5000 over vxlan5000 on eth1 already"));
+  EXPECT_EQ(Changes(runner_).size(), before);  // nothing made, nothing joined
+  EXPECT_EQ(ip_.links.count("eth2.100"), 0u);
+  // The same ids over their own interface again, and other ids over eth2, are fine.
+  EXPECT_TRUE(two.Ensure("nic", Vlan(100)).ok());
+  EXPECT_TRUE(two.Ensure("nic", Vxlan(5000)).ok());
+  auto other = two.Ensure("nic", Vlan(200, "eth2"));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(ip_.links["eth2.200"].master, "brvlan200");
 }
 
 TEST_F(HostNetworksTest, Ensure_FailureLeavesNothingBehind) {
