@@ -32,6 +32,20 @@ const storage::ToolErrors& IpErrors() {
   return errors;
 }
 
+// The interface a link runs over, as `ip -j -d` shows it: a VXLAN's `dev` in
+// linkinfo.info_data.link, a VLAN's parent as "link"; empty when it names none.
+std::string UnderlayIn(const google::protobuf::Map<std::string, google::protobuf::Value>& fields) {
+  if (auto info = fields.find("linkinfo"); info != fields.end()) {
+    const auto& li = info->second.struct_value().fields();
+    if (auto data = li.find("info_data"); data != li.end()) {
+      const auto& d = data->second.struct_value().fields();
+      if (auto link = d.find("link"); link != d.end()) return link->second.string_value();
+    }
+  }
+  if (auto link = fields.find("link"); link != fields.end()) return link->second.string_value();
+  return {};
+}
+
 }  // namespace
 
 std::string HostNetworks::UplinkFor(const hv::HostNetwork& net) {
@@ -68,7 +82,7 @@ absl::Status HostNetworks::Ip(std::vector<std::string> args) {
 
 absl::StatusOr<std::vector<HostNetworks::Link>> HostNetworks::Links(const std::vector<std::string>& selector) {
   storage::Command c;
-  c.argv = {options_.ip, "-j", "link", "show"};
+  c.argv = {options_.ip, "-j", "-d", "link", "show"};
   c.argv.insert(c.argv.end(), selector.begin(), selector.end());
   const std::string label = absl::StrCat("ip link show ", absl::StrJoin(selector, " "));
   auto r = storage::RunTool(runner_, c, label);
@@ -87,7 +101,8 @@ absl::StatusOr<std::vector<HostNetworks::Link>> HostNetworks::Links(const std::v
     auto name = fields.find("ifname");
     auto alias = fields.find("ifalias");
     links.push_back({name == fields.end() ? std::string() : name->second.string_value(),
-                     alias != fields.end() && alias->second.string_value() == kHostNetworkAlias});
+                     alias != fields.end() && alias->second.string_value() == kHostNetworkAlias,
+                     UnderlayIn(fields)});
   }
   return links;
 }
@@ -98,30 +113,6 @@ absl::StatusOr<std::optional<HostNetworks::Link>> HostNetworks::Show(const std::
   if (!links.ok()) return links.status();
   if (links->size() != 1) return absl::InternalError(absl::StrCat("ip link show dev ", dev, ": unreadable answer"));
   return links->front();
-}
-
-absl::StatusOr<std::string> HostNetworks::UnderlayOf(const std::string& dev) {
-  storage::Command c;
-  c.argv = {options_.ip, "-j", "-d", "link", "show", "dev", dev};
-  const std::string label = absl::StrCat("ip -d link show dev ", dev);
-  auto r = storage::RunTool(runner_, c, label);
-  if (!r.ok()) return r.status();
-  if (r->exit_code != 0) return storage::ToolFailed(label, *r, IpErrors());
-  google::protobuf::ListValue list;
-  if (!google::protobuf::util::JsonStringToMessage(r->stdout_text, &list).ok() || list.values_size() != 1) {
-    return absl::InternalError(absl::StrCat(label, ": unreadable answer"));
-  }
-  // A VXLAN shows its `dev` in linkinfo.info_data.link; a VLAN its parent as "link".
-  const auto& fields = list.values(0).struct_value().fields();
-  if (auto info = fields.find("linkinfo"); info != fields.end()) {
-    const auto& li = info->second.struct_value().fields();
-    if (auto data = li.find("info_data"); data != li.end()) {
-      const auto& d = data->second.struct_value().fields();
-      if (auto link = d.find("link"); link != d.end()) return link->second.string_value();
-    }
-  }
-  if (auto link = fields.find("link"); link != fields.end()) return link->second.string_value();
-  return std::string();
 }
 
 absl::StatusOr<std::vector<std::string>> HostNetworks::OwnedBridges() {
@@ -168,10 +159,8 @@ absl::StatusOr<bool> HostNetworks::Ensure(absl::string_view field, const hv::Hos
       if (port.ours && port.name != uplink) return conflict(port.name);
     }
   }
-  if (up->has_value()) {
-    auto under = UnderlayOf(uplink);
-    if (!under.ok()) return under.status();
-    if (!under->empty() && *under != net.physical) return conflict(absl::StrCat(uplink, " on ", *under));
+  if (up->has_value() && !(*up)->underlay.empty() && (*up)->underlay != net.physical) {
+    return conflict(absl::StrCat(uplink, " on ", (*up)->underlay));
   }
   bool made_bridge = false;
   bool made_uplink = false;

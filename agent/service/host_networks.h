@@ -67,19 +67,18 @@ class HostNetworks {
   bool LooksOwned(const std::string& bridge) const;
 
  private:
-  // A device `ip -j link show` lists: its name, and whether it carries the agent's alias.
+  // A device `ip -j -d link show` lists: its name, whether it carries the agent's alias, and the
+  // interface it runs over (a VLAN's parent, a VXLAN's `dev`; empty for others).
   struct Link {
     std::string name;
     bool ours = false;
+    std::string underlay;
   };
-  // `ip -j link show <selector...>` read into Links. A device it names that does not exist is
+  // `ip -j -d link show <selector...>` read into Links. A device it names that does not exist is
   // NOT_FOUND; any other failure is the tool's.
   absl::StatusOr<std::vector<Link>> Links(const std::vector<std::string>& selector);
   // `dev`, or nullopt when there is no such device.
   absl::StatusOr<std::optional<Link>> Show(const std::string& dev);
-  // The interface an uplink runs over (`ip -j -d link show dev`: a VLAN's parent, a VXLAN's
-  // `dev`); empty when it names none.
-  absl::StatusOr<std::string> UnderlayOf(const std::string& dev);
   absl::Status Ip(std::vector<std::string> args);
   void Delete(const std::string& dev);
 

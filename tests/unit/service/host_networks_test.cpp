@@ -54,35 +54,16 @@ class IpModel {
     if (!fail_when.empty() && line.find(fail_when) != std::string::npos) {
       return FakeCommandRunner::Fail(2, "RTNETLINK answers: Operation not permitted");
     }
+    // Reads: `ip -j -d link show {dev NAME | type bridge | master BRIDGE}`.
     if (a.size() == 7 && a[1] == "-j" && a[2] == "-d" && a[5] == "dev") {
       auto it = links.find(a[6]);
       if (it == links.end()) return FakeCommandRunner::Fail(1, "Device \"" + a[6] + "\" does not exist.");
-      // As ip shows them: a VLAN's parent as "link", a VXLAN's dev inside linkinfo.
-      std::string j = Json(it->first, it->second);
-      j.pop_back();
-      if (it->second.vxlan) {
-        j += ",\"linkinfo\":{\"info_kind\":\"vxlan\",\"info_data\":{\"link\":\"" + it->second.underlay + "\"}}";
-      } else if (!it->second.underlay.empty()) {
-        j += ",\"link\":\"" + it->second.underlay + "\"";
-      }
-      return FakeCommandRunner::Ok("[" + j + "}]\n");
-    }
-    if (a.size() == 6 && a[1] == "-j" && a[4] == "dev") {
-      auto it = links.find(a[5]);
-      if (it == links.end()) return FakeCommandRunner::Fail(1, "Device \"" + a[5] + "\" does not exist.");
       return FakeCommandRunner::Ok("[" + Json(it->first, it->second) + "]\n");
     }
-    if (a.size() == 6 && a[1] == "-j" && a[4] == "type") {
+    if (a.size() == 7 && a[1] == "-j" && a[2] == "-d" && (a[5] == "type" || a[5] == "master")) {
       std::vector<std::string> out;
       for (const auto& [name, l] : links) {
-        if (l.bridge) out.push_back(Json(name, l));
-      }
-      return FakeCommandRunner::Ok("[" + absl::StrJoin(out, ",") + "]\n");
-    }
-    if (a.size() == 6 && a[1] == "-j" && a[4] == "master") {
-      std::vector<std::string> out;
-      for (const auto& [name, l] : links) {
-        if (l.master == a[5]) out.push_back(Json(name, l));
+        if (a[5] == "type" ? l.bridge : l.master == a[6]) out.push_back(Json(name, l));
       }
       return FakeCommandRunner::Ok("[" + absl::StrJoin(out, ",") + "]\n");
     }
@@ -119,9 +100,15 @@ class IpModel {
   }
 
  private:
+  // As `ip -j -d` shows a link: a VLAN's parent as "link", a VXLAN's dev inside linkinfo.
   static std::string Json(const std::string& name, const Link& l) {
     std::string j = "{\"ifindex\":3,\"ifname\":\"" + name + "\",\"mtu\":" + l.mtu;
     if (!l.alias.empty()) j += ",\"ifalias\":\"" + l.alias + "\"";
+    if (l.vxlan) {
+      j += ",\"linkinfo\":{\"info_kind\":\"vxlan\",\"info_data\":{\"link\":\"" + l.underlay + "\"}}";
+    } else if (!l.underlay.empty()) {
+      j += ",\"link\":\"" + l.underlay + "\"";
+    }
     return j + "}";
   }
 };
