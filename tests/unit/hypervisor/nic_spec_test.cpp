@@ -25,6 +25,15 @@ NicSpec Ovs(std::optional<uint32_t> vlan = 100) {
   return n;
 }
 
+// A domain of one vCPU and 256 MiB; each test adds its NICs.
+DomainSpec Web1() {
+  DomainSpec s;
+  s.name = "web1";
+  s.vcpus = 1;
+  s.memory_mib = 256;
+  return s;
+}
+
 void ExpectRefused(const NicSpec& n, const std::string& field) {
   absl::Status s = ValidateNicSpec("nic", n);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
@@ -96,10 +105,7 @@ TEST(NicSpecTest, ExactlyOneAttachment) {
 }
 
 TEST(NicSpecTest, DomainSpecNamesTheNicIndex) {
-  DomainSpec s;
-  s.name = "web1";
-  s.vcpus = 1;
-  s.memory_mib = 256;
+  DomainSpec s = Web1();
   s.nics.push_back(Ovs());
   s.nics.push_back(Ovs(4095));
   s.nics[1].mac = "52:54:00:aa:bb:02";
@@ -156,10 +162,7 @@ TEST(NicSpecTest, TargetDevIsATapNameOnly) {
 }
 
 TEST(NicSpecTest, TwoNicsWithOneTapNameAreRefusedDefaultsIncluded) {
-  DomainSpec s;
-  s.name = "web1";
-  s.vcpus = 1;
-  s.memory_mib = 256;
+  DomainSpec s = Web1();
   s.nics.push_back(Ovs());
   NicSpec same_port = Ovs();  // the same port id's first 11 characters: the same default name
   same_port.mac = "52:54:00:aa:bb:02";
@@ -199,10 +202,7 @@ TEST(NicSpecTest, InvalidNicNeverProducesXml) {
 }
 
 TEST(NicSpecTest, NicsReadBackFromDomainXml) {
-  DomainSpec s;
-  s.name = "web1";
-  s.vcpus = 1;
-  s.memory_mib = 256;
+  DomainSpec s = Web1();
   NicSpec ovs = Ovs(200);
   ovs.mtu = 9000;
   s.nics.push_back(ovs);
@@ -306,10 +306,7 @@ TEST(DomainFactsTest, RunningGuestsNicsCarryTheirKindVlanPortIdAndTap) {
 }
 
 TEST(DomainFactsTest, ADefinitionHasNoHostDevices) {
-  DomainSpec s;
-  s.name = "web1";
-  s.vcpus = 1;
-  s.memory_mib = 256;
+  DomainSpec s = Web1();
   s.nics.push_back(Ovs(std::nullopt));
   NicSpec net;
   net.mac = "52:54:00:aa:bb:05";
