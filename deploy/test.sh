@@ -5,8 +5,8 @@
 #   cloudstack   the CloudStack extension against a real agent on test:///default
 #   nova         the Nova compute driver's tests and Nova's conformance suite
 #   bench        benchmarks once in smoke mode, so they cannot rot
-#   asan         the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
-#   fuzz         fuzz targets for a bounded number of runs (clang + libFuzzer)
+#   asan         the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang)
+#   fuzz         fuzz targets for a bounded number of runs (clang + libFuzzer, asan's tree)
 #   integration  against a real libvirtd + QEMU (the fixture starts and stops it)
 #   package      the Debian package: built, installed, started and purged
 #   scripts      README's two commands in README's order: deploy/run-dev.sh until the agent
@@ -23,7 +23,7 @@
 #                                       the install and build they need
 #   deploy/test.sh --list               the tier names
 #
-# Build folders are test.sh's own: build-test/ (unit to package), build-asan/, build-fuzz/,
+# Build folders are test.sh's own: build-test/ (unit to package), build-asan/ (asan and fuzz),
 # build-arm64/; each is configured with every option spelled out, every run. deploy/run-dev.sh
 # builds build/ with the tests off, and the two never share a CMake cache (issue 27: they did,
 # and six tiers found no tests and passed).
@@ -54,8 +54,8 @@ declare -A title=(
   [cloudstack]="CloudStack extension: every action against a real agent on test:///default"
   [nova]="Nova compute driver: its tests and Nova's conformance suite against a real agent"
   [bench]="benchmarks, smoke mode (small counts; figures only, no timing assertions)"
-  [asan]="unit tests under ASan + UBSan"
-  [fuzz]="fuzz tests (clang + libFuzzer, bounded runs)"
+  [asan]="unit tests under ASan + UBSan (clang, in the tree the fuzz tier shares)"
+  [fuzz]="fuzz tests (clang + libFuzzer, bounded runs, in build-asan/)"
   [integration]="integration tests (real libvirtd + QEMU)"
   [package]="Debian package: built by CPack, installed with apt, started, purged"
   [arm64]="arm64: cross build (sysroot from Debian's arm64 packages), .deb, unit tests under qemu-aarch64"
@@ -240,12 +240,23 @@ tier_nova() { ctest_tier build-test -L nova; }
 
 tier_bench() { ctest_tier build-test -L bench; }
 
-tier_asan() {
-  # -g1 (line tables): ASan's reports keep function, file and line, at less compile time than -g.
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON -DHVAGENT_WERROR=ON \
-    -DCMAKE_C_FLAGS_DEBUG=-g1 -DCMAKE_CXX_FLAGS_DEBUG=-g1 \
-    -DHVAGENT_SANITIZE=ON -DHVAGENT_FUZZ=OFF -DHVAGENT_FAILPOINTS=OFF -DHVAGENT_WITH_XENCTRL=ON \
+# The asan and fuzz tiers share one tree, build-asan/, compiled by clang-14 with ASan, UBSan and
+# libFuzzer's coverage instrumentation: the sources are compiled once for both tiers (they were two
+# trees, gcc's and clang's, and CI compiled the libraries twice). -O0 with -g1 (line tables): ASan's
+# reports keep function, file and line, at the least compile time.
+configure_asan() {
+  # A tree an older test.sh configured with gcc: CMake cannot switch its compiler in place.
+  if grep -q '^CMAKE_CXX_COMPILER:[A-Z]*=.*g++' build-asan/CMakeCache.txt 2>/dev/null; then
+    rm -rf build-asan
+  fi
+  CC=clang-14 CXX=clang++-14 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+    -DBUILD_TESTING=ON -DHVAGENT_WERROR=ON -DCMAKE_C_FLAGS_DEBUG=-g1 -DCMAKE_CXX_FLAGS_DEBUG=-g1 \
+    -DHVAGENT_SANITIZE=ON -DHVAGENT_FUZZ=ON -DHVAGENT_FAILPOINTS=OFF -DHVAGENT_WITH_XENCTRL=ON \
     >/dev/null
+}
+
+tier_asan() {
+  configure_asan
   ninja -C build-asan unit_tests
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0 \
@@ -254,11 +265,9 @@ tier_asan() {
 }
 
 tier_fuzz() {
-  CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DHVAGENT_FUZZ=ON -DBUILD_TESTING=ON -DHVAGENT_WERROR=ON -DHVAGENT_SANITIZE=OFF \
-    -DHVAGENT_FAILPOINTS=OFF -DHVAGENT_WITH_XENCTRL=ON >/dev/null
-  ninja -C build-fuzz fuzzers
-  ctest_tier build-fuzz -L fuzz
+  configure_asan
+  ninja -C build-asan fuzzers  # after the asan tier: the fuzzers' own files and their links
+  ctest_tier build-asan -L fuzz -j "$jobs"  # each fuzzer is one process, one core
 }
 
 tier_integration() { ctest_tier build-test -L integration; }
