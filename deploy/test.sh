@@ -246,7 +246,8 @@ tier_bench() { ctest_tier build-test -L bench; }
 # reports keep function, file and line, at the least compile time.
 configure_asan() {
   # A tree an older test.sh configured with gcc: CMake cannot switch its compiler in place.
-  if grep -q '^CMAKE_CXX_COMPILER:[A-Z]*=.*g++' build-asan/CMakeCache.txt 2>/dev/null; then
+  if [[ -e build-asan/CMakeCache.txt ]] &&
+     ! grep -q '^CMAKE_CXX_COMPILER:[A-Z]*=.*clang++-14$' build-asan/CMakeCache.txt; then
     rm -rf build-asan
   fi
   CC=clang-14 CXX=clang++-14 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
