@@ -80,6 +80,9 @@ class DomainView final : public Hypervisor {
   absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) override;
   // Definitions and dry-run checks are not in the view: straight through.
   absl::StatusOr<DomainSpec> GetDomainSpec(const std::string& name) override { return inner_.GetDomainSpec(name); }
+  absl::StatusOr<std::vector<std::string>> GetUnmodelledDevices(const std::string& name) override {
+    return inner_.GetUnmodelledDevices(name);
+  }
   absl::Status CheckDefinable(const DomainSpec& spec) override { return inner_.CheckDefinable(spec); }
 
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override {

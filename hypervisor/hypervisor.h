@@ -68,6 +68,13 @@ class Hypervisor {
     (void)name;
     return absl::UnimplementedError("this hypervisor cannot read a domain back as a spec");
   }
+  // The devices of the domain's persistent definition that GetDomainSpec's model has no field
+  // for (added behind the agent's back), described for a message: a domain defined from
+  // GetDomainSpec would not have them. Empty when there are none. NotFound for no such domain.
+  virtual absl::StatusOr<std::vector<std::string>> GetUnmodelledDevices(const std::string& name) {
+    (void)name;
+    return std::vector<std::string>{};
+  }
   // Whether this hypervisor could define `spec` (its guest types, arch, CPU and display rules),
   // without defining anything: InvalidArgument naming the field it cannot honour.
   virtual absl::Status CheckDefinable(const DomainSpec& spec) {

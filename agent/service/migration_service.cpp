@@ -8,6 +8,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/service/peer_heartbeat.h"
 #include "common/failpoint.h"
@@ -164,6 +165,18 @@ absl::StatusOr<std::shared_ptr<MigrationService::Job>> MigrationService::Plan(co
   // guest's too); what the agent sets at define time the destination sets for itself.
   auto defined = hv_.GetDomainSpec(r.name);
   if (!defined.ok()) return defined.status();
+  if (!r.live) {
+    // A live move carries libvirt's whole XML; a cold one defines the model again, which would
+    // silently lose what it has no field for.
+    auto extra = hv_.GetUnmodelledDevices(r.name);
+    if (!extra.ok()) return extra.status();
+    if (!extra->empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "domain '", r.name, "' has devices the agent's model has no field for, which a cold move would drop: ",
+          absl::StrJoin(*extra, ", "), "; detach them first",
+          job->was_running ? ", or move the guest live (KVM hosts)" : ""));
+    }
+  }
   hv::DomainSpec& spec = job->plan.spec;
   spec = std::move(*defined);
   spec.vnc_listen.clear();

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "hypervisor/domain_spec_validator.h"
 #include "hypervisor/domain_xml_builder.h"
 #include "hypervisor/libvirt/xml_read.h"
@@ -117,6 +118,45 @@ absl::StatusOr<std::vector<std::string>> ParseInterfaceDevices(absl::string_view
     if (!Is(d, "interface")) continue;
     std::string dev = Attr(Child(d, "target"), "dev");
     if (!dev.empty()) out.push_back(std::move(dev));
+  }
+  return out;
+}
+
+namespace {
+
+// Whether a define from the model gives the domain this device again: the model writes it, or
+// libvirt adds it by itself to every definition.
+bool Modelled(const xmlNode* d) {
+  for (const char* own : {"emulator", "controller", "input", "video", "memballoon", "audio", "serial", "console"}) {
+    if (Is(d, own)) return true;
+  }
+  if (Is(d, "disk")) return Attr(d, "device") == "disk" || Attr(d, "device") == "cdrom";
+  if (Is(d, "interface")) return Attr(d, "type") == "network" || Attr(d, "type") == "bridge";
+  if (Is(d, "graphics")) return Attr(d, "type") == "vnc";
+  return false;
+}
+
+std::string Describe(const xmlNode* d) {
+  std::string out = absl::StrCat("<", reinterpret_cast<const char*>(d->name));
+  for (const char* attr : {"type", "model", "device"}) {
+    if (std::string v = Attr(d, attr); !v.empty()) absl::StrAppend(&out, " ", attr, "='", v, "'");
+  }
+  absl::StrAppend(&out, ">");
+  if (std::string target = Attr(Child(d, "target"), "name"); Is(d, "channel") && !target.empty()) {
+    absl::StrAppend(&out, " ", target);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ParseUnmodelledDevices(absl::string_view xml) {
+  auto parsed = Parse(xml);
+  if (!parsed.ok()) return parsed.status();
+  const xmlNode* devices = Child(xmlDocGetRootElement(parsed->get()), "devices");
+  std::vector<std::string> out;
+  for (const xmlNode* d = devices ? devices->children : nullptr; d != nullptr; d = d->next) {
+    if (d->type == XML_ELEMENT_NODE && !Modelled(d)) out.push_back(Describe(d));
   }
   return out;
 }

@@ -23,6 +23,15 @@ absl::StatusOr<std::vector<DiskSpec>> ParseDomainDisks(absl::string_view domain_
 // indistinguishable from the default and reads as the default.
 absl::StatusOr<DomainSpec> ParseDomainSpec(absl::string_view domain_xml);
 
+// The devices of a definition that ParseDomainSpec's model has no field for, so a domain defined
+// from that model would not have them: what an operator added behind the agent's back (virsh
+// attach-device), e.g. "<rng model='virtio'>", "<channel type='unix'> org.qemu.guest_agent.0",
+// "<interface type='direct'>", "<disk device='floppy'>", "<graphics type='spice'>". Each is
+// described by its element and its type, model or device attribute (and a channel's target name).
+// Devices libvirt adds on every define by itself (the emulator, controllers, input, video,
+// memballoon, audio) and those the model carries are not listed.
+absl::StatusOr<std::vector<std::string>> ParseUnmodelledDevices(absl::string_view domain_xml);
+
 // One <interface> as libvirt stores it: what the agent models of it, the element itself
 // (libvirt finds the device to detach by the MAC of the XML it is given), and its host-side
 // device (<target dev>, in a running guest's XML only).

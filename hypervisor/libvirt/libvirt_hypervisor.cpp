@@ -747,6 +747,14 @@ absl::StatusOr<DomainSpec> LibvirtHypervisor::GetDomainSpec(const std::string& n
   return ParseDomainSpec(*xml);
 }
 
+absl::StatusOr<std::vector<std::string>> LibvirtHypervisor::GetUnmodelledDevices(const std::string& name) {
+  auto d = Lookup(name);
+  if (!d.ok()) return d.status();
+  auto xml = XmlDesc(d->get(), VIR_DOMAIN_XML_INACTIVE, absl::StrCat("read the definition of domain ", name));
+  if (!xml.ok()) return xml.status();
+  return ParseUnmodelledDevices(*xml);
+}
+
 // The XML a define would send, built and thrown away: the builder holds every rule of this
 // host's guest type (arch, Xen on Arm's limits, TCG's CPU models, displays).
 absl::Status LibvirtHypervisor::CheckDefinable(const DomainSpec& spec) {

@@ -71,6 +71,7 @@ class LibvirtHypervisor final : public Hypervisor, public ConsoleOpener {
   absl::Status ManagedSaveDomain(const std::string& name) override;
   absl::StatusOr<std::string> GetDomainDefinition(const std::string& name) override;
   absl::StatusOr<DomainSpec> GetDomainSpec(const std::string& name) override;
+  absl::StatusOr<std::vector<std::string>> GetUnmodelledDevices(const std::string& name) override;
   absl::Status CheckDefinable(const DomainSpec& spec) override;
   absl::Status RestoreDomainDefinition(const std::string& name, const std::string& definition) override;
   absl::StatusOr<std::vector<DiskSpec>> GetDomainDisks(const std::string& name) override;

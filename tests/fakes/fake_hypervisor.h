@@ -39,6 +39,9 @@ class FakeHypervisor final : public hv::Hypervisor {
   // Runs at the start of StartDomain, outside the fake's lock (admission races).
   std::function<void(const std::string& name)> before_start;
 
+  // GetUnmodelledDevices' answer per domain (devices "added with virsh" that the model lacks).
+  std::map<std::string, std::vector<std::string>> unmodelled_devices;
+
   std::vector<std::string> calls;  // "define web1", "start web1", ...
   std::string host_type = "Fake";  // GetHostInfo's hypervisor_type ("Xen": a Xen on Arm host)
 
@@ -152,6 +155,13 @@ class FakeHypervisor final : public hv::Hypervisor {
     spec.console_log_path.clear();
     return spec;
   }
+  absl::StatusOr<std::vector<std::string>> GetUnmodelledDevices(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    if (auto d = Find(name); !d.ok()) return d.status();
+    auto it = unmodelled_devices.find(name);
+    return it == unmodelled_devices.end() ? std::vector<std::string>{} : it->second;
+  }
+
   absl::Status CheckDefinable(const hv::DomainSpec& spec) override {
     if (auto s = hv::ValidateDomainSpec(spec); !s.ok()) return s;
     std::lock_guard lock(mu_);

@@ -527,5 +527,62 @@ TEST(ParseDomainSpecTest, BuilderOutputRoundTripsForKernelBootOnXenAndQemu) {
   EXPECT_EQ(DomainXmlBuilder::Build(*back, kXenArm).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An x86 guest as libvirt's QEMU driver stores it after an operator's `virsh attach-device
+// --config` of a guest agent channel, an RNG, a watchdog, a macvtap NIC, a floppy and SPICE, beside
+// what libvirt adds to every definition by itself (controllers, input, video, memballoon, audio).
+constexpr char kQemuWithExtras[] = R"(<domain type='kvm'>
+  <name>web1</name>
+  <memory unit='KiB'>524288</memory>
+  <vcpu placement='static'>1</vcpu>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='block' device='disk'><source dev='/dev/vg0/r'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><source file='/var/lib/hvagent/iso/cfg.iso'/><target dev='sda' bus='sata'/></disk>
+    <disk type='file' device='floppy'><source file='/tmp/f.img'/><target dev='fda' bus='fdc'/></disk>
+    <controller type='usb' index='0' model='qemu-xhci'/>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/><model type='virtio'/></interface>
+    <interface type='direct'><mac address='52:54:00:00:00:02'/><source dev='eth0' mode='vepa'/></interface>
+    <serial type='pty'><target type='isa-serial' port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <input type='mouse' bus='ps2'/>
+    <input type='keyboard' bus='ps2'/>
+    <graphics type='vnc' port='-1' autoport='yes'/>
+    <graphics type='spice' autoport='yes'/>
+    <audio id='1' type='none'/>
+    <video><model type='virtio' heads='1' primary='yes'/></video>
+    <watchdog model='i6300esb' action='reset'/>
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>)";
+
+TEST(ParseUnmodelledDevicesTest, ListsWhatAnOperatorAddedAndNothingLibvirtAddsByItself) {
+  auto extra = ParseUnmodelledDevices(kQemuWithExtras);
+  ASSERT_TRUE(extra.ok()) << extra.status();
+  EXPECT_THAT(*extra, ::testing::ElementsAre("<disk type='file' device='floppy'>", "<interface type='direct'>",
+                                             "<channel type='unix'> org.qemu.guest_agent.0",
+                                             "<graphics type='spice'>", "<watchdog model='i6300esb'>",
+                                             "<rng model='virtio'>"));
+  // What the agent defined, as libvirt stored it, and the builder's own output: nothing extra.
+  auto stored = ParseUnmodelledDevices(kQemuStored);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_THAT(*stored, ::testing::IsEmpty());
+  DomainSpec in = Base();
+  in.vnc = true;
+  in.serial_console = true;
+  in.disks.push_back({.source_path = "/dev/vg0/r", .type = DiskType::kBlock, .target = "vda"});
+  in.disks.push_back({.source_path = "/dev/vg0/cfg", .type = DiskType::kBlock, .target = "hdd", .cdrom = true});
+  in.nics.push_back({.mac = "52:54:00:00:00:01", .bridge = "br0"});
+  auto built = DomainXmlBuilder::Build(in, kQemuX86);
+  ASSERT_TRUE(built.ok()) << built.status();
+  auto own = ParseUnmodelledDevices(*built);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_THAT(*own, ::testing::IsEmpty());
+  EXPECT_FALSE(ParseUnmodelledDevices("<domain").ok());
+}
+
 }  // namespace
 }  // namespace hvagent::hv

@@ -426,6 +426,27 @@ TEST_F(MigrationTest, BadRequestsAreRefusedNamingTheFieldBeforeAnythingStarts) {
   EXPECT_TRUE(destinations_.empty());
 }
 
+// A cold move defines the model again on the destination: a device added behind the agent's back
+// would be silently lost, so the move is refused before the guest is shut down or a byte moves.
+TEST_F(MigrationTest, DevicesTheModelLacksAreRefusedBeforeTheGuestIsShutDown) {
+  MakeDomain(/*start=*/true);
+  src_->hv.unmodelled_devices["web1"] = {"<rng model='virtio'>", "<channel type='unix'> org.qemu.guest_agent.0"};
+  auto refused = Migrate(RunningPolicy::kShutdown);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("a cold move would drop: <rng model='virtio'>, <channel type='unix'> org.qemu.guest_agent.0"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("move the guest live"));
+  EXPECT_FALSE(MigrationJournalled());
+  EXPECT_TRUE(destinations_.empty());
+  EXPECT_THAT(src_->hv.calls, ::testing::Not(::testing::Contains("shutdown web1")));
+  EXPECT_TRUE(hv::IsActive(src_->hv.GetDomain("web1")->state));
+
+  src_->hv.unmodelled_devices.clear();  // detached: the same request moves it
+  auto id = Migrate(RunningPolicy::kShutdown);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(Ended(*id).state, v1::OPERATION_STATE_SUCCEEDED);
+}
+
 TEST_F(MigrationTest, BorrowedVolumeOrHostFileDiskIsRefused) {
   ASSERT_TRUE(src_->storage->CreateVolume("vg0", {"data", 1 << 20}).ok());
   hv::DomainSpec spec{.name = "web1", .uuid = "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d", .vcpus = 1, .memory_mib = 128};
