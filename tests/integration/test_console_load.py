@@ -142,11 +142,15 @@ tcp_port_max = {cls.port_min}
         stubs = [console_pb2_grpc.ConsoleServiceStub(c) for c in channels]
         attach = console_pb2.ConsoleInput(attach=console_pb2.ConsoleAttach(domain_name=self.guest))
         calls = []
+        readers = f"attached to the console of {self.guest} as reader"
+        readers_before = self.agent.log_text().count(readers)
         try:
             t = time.monotonic()
             calls = [stubs[i % CHANNELS].Attach(iter([attach]), timeout=600) for i in range(STREAMS)]
             opened = time.monotonic() - t
-            time.sleep(3)  # every attach message handled (one read each)
+            # Every attach message handled (one read each), as the agent logs them: a fixed 3 s
+            # wait before; the line typed below must reach every stream.
+            self.wait_for_log_count(readers, readers_before + STREAMS, 60)
             self.report(f"with {STREAMS} idle streams")
             threads, rss = self.proc.threads(), self.proc.rss_mib()
             latencies = self.other_calls()
@@ -168,8 +172,18 @@ tcp_port_max = {cls.port_min}
             for c in channels:
                 c.close()
 
+    def wait_for_log_count(self, text, count, timeout):
+        """Until the agent's log holds `text` at least `count` times; fails after `timeout` s."""
+        deadline = time.time() + timeout
+        while (n := self.agent.log_text().count(text)) < count:
+            self.assertLess(time.time(), deadline, f"{n} of {count} {text!r} in the agent's log")
+            time.sleep(0.05)
+
     def test_1000_idle_streams_cost_no_thread_each_and_everything_returns_when_they_close(self):
-        time.sleep(1)  # the class's first stream has ended in the agent too
+        # The class's first stream (start_shell_guest's writer) has ended in the agent too (a
+        # fixed 1 s wait before): as many streams closed as were attached.
+        self.wait_for_log_count("console stream closed",
+                                self.agent.log_text().count("attached to the console of"), 10)
         closed_before = self.agent.log_text().count("console stream closed")
         detached_before = self.agent.log_text().count(f"console of {self.guest} detached")
         self.report("before")
@@ -192,7 +206,10 @@ tcp_port_max = {cls.port_min}
         while self.agent.log_text().count(f"console of {self.guest} detached") <= detached_before:
             self.assertLess(time.time(), deadline, "the guest's console stayed open with no stream attached")
             time.sleep(0.2)
-        time.sleep(2)
+        # The agent's pools shrink back (a fixed 2 s wait before): polled, then checked.
+        deadline = time.time() + 10
+        while self.proc.threads() > threads_before + 8 and time.time() < deadline:
+            time.sleep(0.1)
         self.report("after they closed")
         self.assertLessEqual(self.proc.threads(), threads_before + 8)
         after = self.other_calls()

@@ -55,6 +55,27 @@ def vol(name):
     return name[5:] + "-root"
 
 
+# libvirt's embedded QEMU driver probes QEMU's capabilities in each new root, 4-10 s of an agent's
+# start here (9 starts). The probe's result depends only on the QEMU binary and libvirt, which
+# libvirt checks the cached file against, so every host after the first starts from a copy of
+# what the first probed (a changed binary still makes libvirt probe again).
+QEMU_CAPS = "cache/qemu/capabilities"
+_caps = tempfile.mkdtemp(prefix="hvit-mig-qemucaps-")
+
+
+def tearDownModule():
+    shutil.rmtree(_caps, ignore_errors=True)
+
+
+def copy_new_files(src, dst):
+    """Copies the files of directory src (if any) that dst does not have yet."""
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+        for f in os.listdir(src):
+            if not os.path.exists(os.path.join(dst, f)):
+                shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
+
+
 class Host:
     """One agent with its own embedded QEMU driver, state directory and loop-device pools."""
 
@@ -72,12 +93,15 @@ class Host:
             self.loops.append(loop)
             config += f'[[storage.pools]]\nname = "{pool}"\ntype = "partition"\ndisk = "{loop}"\nwipe = "none"\n'
         self.config = config + extra_config
-        self.uri = f"qemu:///embed?root={self.dir}/libvirt"
+        self.libvirt_root = f"{self.dir}/libvirt"
+        self.uri = f"qemu:///embed?root={self.libvirt_root}"
         self.agent = None
         self.start()
 
     def start(self):
+        copy_new_files(_caps, os.path.join(self.libvirt_root, QEMU_CAPS))
         self.agent = Agent(self.config, uri=self.uri, **self.agent_options)
+        copy_new_files(os.path.join(self.libvirt_root, QEMU_CAPS), _caps)
 
     def kill(self):
         self.agent.proc.send_signal(signal.SIGKILL)
@@ -99,6 +123,7 @@ class Host:
     def close(self):
         if self.agent is not None:
             self.agent.stop()
+        copy_new_files(os.path.join(self.libvirt_root, QEMU_CAPS), _caps)
         for loop in self.loops:
             subprocess.run(["losetup", "-d", loop], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -9,6 +9,7 @@ again; the bridge is made here and removed after."""
 
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -79,6 +80,22 @@ def port_of(iface_id):
     """The OVS interface (libvirt's tap, vnetN) whose external_ids:iface-id is iface_id."""
     out = ovs("--bare", "--columns=name", "find", "Interface", f"external_ids:iface-id={iface_id}")
     return out.split()[0] if out else None
+
+
+def tcpdump_listening(dump, timeout=20):
+    """Reads tcpdump's stderr until its 'listening on' line, which it prints once its capture
+    socket is open (a fixed 2 s wait before); returns what it read (tcpdump's exit or the
+    timeout end the wait, and the caller's check of that line fails). Read from the descriptor,
+    unbuffered, so that communicate() later gets the rest."""
+    fd, head = dump.stderr.fileno(), b""
+    deadline = time.time() + timeout
+    while b"listening on" not in head and (left := deadline - time.time()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            head += chunk
+    return head.decode(errors="replace")
 
 
 class OvsNetworkingTest(AgentTestCase):
@@ -195,11 +212,12 @@ class OvsNetworkingTest(AgentTestCase):
             dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", ns_end, "-e", "-n",
                                      "-l", "--immediate-mode", "-Z", "root"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(2)  # tcpdump has its socket open before anything is sent
+            err_head = tcpdump_listening(dump)  # its socket open before anything is sent
             act(ns, ns_end)
             time.sleep(1)
             dump.terminate()
             out, err = dump.communicate(timeout=20)
+            err = err_head + err
         finally:
             if dump and dump.poll() is None:
                 dump.kill()

@@ -35,6 +35,7 @@ from nova.tests.unit import fake_block_device
 from nova.tests.unit import utils as test_utils
 from nova.tests.unit.virt import test_virt_drivers as suite
 from nova.virt import block_device as driver_block_device
+from nova.virt import driver as virt_driver
 from nova.virt import fake
 
 from hvagent.v1 import domain_pb2, storage_pb2
@@ -176,6 +177,10 @@ class HvagentConformanceTestCase(suite._VirtDriverTestCase, test.TestCase):
         self.assertEqual("", self._attached_to("data1"))
 
     def test_swap_volume(self):
+        # Without the driver's own swap_volume, the skip comes before a guest is booted for it
+        # (on QEMU: a spawn and a whole guest boot, for nothing).
+        if hv_driver.HvagentDriver.swap_volume is virt_driver.ComputeDriver.swap_volume:
+            raise unittest.SkipTest("HvagentDriver.swap_volume unsupported")
         instance_ref, network_info = self._get_running_instance()
         self.assertIsNone(self.connection.attach_volume(
             None, self._agent_volume(), instance_ref, '/dev/sda'))
