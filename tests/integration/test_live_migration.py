@@ -251,6 +251,44 @@ class LiveMigrationTest(unittest.TestCase):
         self.assertNotIn(b"hv-guest-ready", out)
 
 
+    def test_a_device_added_with_virsh_refuses_a_cold_move_until_it_is_detached(self):
+        # A cold move defines the model again over there: an RNG an operator attached with virsh
+        # would be lost, so the source refuses before anything moves and keeps the domain as is.
+        name = f"hvit-c{uuid.uuid4().hex[:6]}"
+        spec = {"name": name, "vcpus": 1, "memory_mib": 128,
+                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
+                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": name[5:] + "-root",
+                                                       "create_size_bytes": str(DISK)}}]}
+        self.src.rest("POST", "/v1/domains", {"spec": spec, "start": False}, expect=201)
+        self.addCleanup(lambda: [h.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
+                                 for h in self.hosts])
+        rng = os.path.join(self.pki, f"{name}-rng.xml")
+        with open(rng, "w") as f:
+            f.write("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n")
+        self.src.lv.virsh("attach-device", name, rng, "--config")
+        migration = migration_pb2_grpc.MigrationServiceStub(self.src.agent.channel)
+        request = migration_pb2.MigrateDomainRequest(name=name, destination=self.dst.agent.grpc_addr)
+        with self.assertRaises(grpc.RpcError) as refused:
+            migration.MigrateDomain(request, timeout=30)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("a cold move would drop: <rng model='virtio'>", refused.exception.details())
+        self.assertIn("<rng model='virtio'>", self.src.lv.virsh("dumpxml", "--inactive", name).stdout)
+        self.assertIn(name[5:] + "-root", self.src.volumes())
+        self.assertEqual(self.dst.lv.virsh("list", "--all", "--name").stdout.split(), [])
+        self.assertNotIn(name[5:] + "-root", self.dst.volumes())
+        # Detached, the same request moves it.
+        self.src.lv.virsh("detach-device", name, rng, "--config")
+        r = migration.MigrateDomain(request, timeout=30)
+        ops = operation_pb2_grpc.OperationServiceStub(self.src.agent.channel)
+        deadline = time.time() + 120
+        while True:
+            o = ops.GetOperation(operation_pb2.GetOperationRequest(id=str(r.operation_id)), timeout=10)
+            if o.state != operation_pb2.OPERATION_STATE_RUNNING or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(o.state, operation_pb2.OPERATION_STATE_SUCCEEDED, o.message)
+        self.assertIn(name, self.dst.lv.virsh("list", "--all", "--name").stdout.split())
+
     def test_the_destination_agent_killed_mid_copy_aborts_the_move_and_its_restart_cleans_up(self):
         name, _, before = self.start_counting_guest()
         parts_before = len(self.dst.partitions())
