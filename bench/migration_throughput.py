@@ -306,6 +306,11 @@ def measure(hosts, size, label, perf_dir=None):
     src_path = src.rest("GET", "/v1/pools/disk1/volumes/benchmig-root")[1]["path"]
     subprocess.run(["dd", "if=/dev/urandom", f"of={src_path}", "bs=4M", f"count={size // (4 * MiB)}",
                     "oflag=direct", "status=none"], check=True)
+    # The fill's dirty pages sit in the loop disk's backing file (oflag=direct bypasses only the
+    # loop device's cache). Written back now: otherwise whichever fsync comes first in a timed
+    # part pays for them (on ext4, data=ordered, even an agent's journal fsync in the same
+    # filesystem), and a guest shut down before a real migration has flushed its disk.
+    os.sync()
     status, scratch = dst.rest("POST", "/v1/pools/disk1/volumes", {"name": "ddcopy", "size_bytes": str(size)})
     assert status in (200, 201), scratch
     drop_caches()
