@@ -292,6 +292,11 @@ max_virtual_size_mib = 1100
         while not (pids := self.qemu_img_into_scratch()) and time.time() < deadline:
             time.sleep(0.02)
         self.assertTrue(pids, "qemu-img never ran")
+        # qemu-img creates its output a moment after it starts (it opens and probes the source
+        # first): the poll above can see the process before the file.
+        deadline = time.time() + 10
+        while not os.listdir(self.scratch) and self.qemu_img_into_scratch() and time.time() < deadline:
+            time.sleep(0.02)
         self.assertTrue(os.listdir(self.scratch), "no scratch file while converting")
         call.cancel()
         with self.assertRaises(grpc.RpcError) as e:
