@@ -145,10 +145,10 @@ class LiveMigrationTest(unittest.TestCase):
     def setUp(self):
         self.veth.set_up(True)
 
-    def start_counting_guest(self):
-        """A running guest on the source whose disk holds random bytes, counting on its console;
-        returns (name, the disk's sha256, console fd, what the console showed)."""
-        name = f"hvit-l{uuid.uuid4().hex[:6]}"
+    def define_guest(self, prefix):
+        """A stopped busybox guest on the source with a DISK-sized volume of its own, removed from
+        both hosts at cleanup; returns its name."""
+        name = f"{prefix}{uuid.uuid4().hex[:6]}"
         spec = {"name": name, "vcpus": 1, "memory_mib": 128, "serial_console": True,
                 "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
                 "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": name[5:] + "-root",
@@ -156,6 +156,12 @@ class LiveMigrationTest(unittest.TestCase):
         self.src.rest("POST", "/v1/domains", {"spec": spec, "start": False}, expect=201)
         self.addCleanup(lambda: [h.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
                                  for h in self.hosts])
+        return name
+
+    def start_counting_guest(self):
+        """A running guest on the source whose disk holds random bytes, counting on its console;
+        returns (name, the disk's sha256, console fd, what the console showed)."""
+        name = self.define_guest("hvit-l")
         content = os.urandom(DISK)
         with open(self.src.volumes()[name[5:] + "-root"]["path"], "r+b") as f:
             f.write(content)
@@ -254,14 +260,7 @@ class LiveMigrationTest(unittest.TestCase):
     def test_a_device_added_with_virsh_refuses_a_cold_move_until_it_is_detached(self):
         # A cold move defines the model again over there: an RNG an operator attached with virsh
         # would be lost, so the source refuses before anything moves and keeps the domain as is.
-        name = f"hvit-c{uuid.uuid4().hex[:6]}"
-        spec = {"name": name, "vcpus": 1, "memory_mib": 128,
-                "kernel": {"kernel_path": self.kernel, "initrd_path": self.initrd, "cmdline": "console=ttyS0"},
-                "disks": [{"target": "vda", "volume": {"pool": "disk1", "name": name[5:] + "-root",
-                                                       "create_size_bytes": str(DISK)}}]}
-        self.src.rest("POST", "/v1/domains", {"spec": spec, "start": False}, expect=201)
-        self.addCleanup(lambda: [h.agent.rest("DELETE", f"/v1/domains/{name}?force=true&delete_volumes=true")
-                                 for h in self.hosts])
+        name = self.define_guest("hvit-c")
         rng = os.path.join(self.pki, f"{name}-rng.xml")
         with open(rng, "w") as f:
             f.write("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n")
