@@ -172,11 +172,13 @@ tcp_port_max = {cls.port_min}
             for c in channels:
                 c.close()
 
-    def wait_for_log_count(self, text, count, timeout):
-        """Until the agent's log holds `text` at least `count` times; fails after `timeout` s."""
+    def wait_for_log_count(self, text, count, timeout, why=""):
+        """Until the agent's log holds `text` at least `count` times; fails after `timeout` s,
+        saying `why` when given."""
         deadline = time.time() + timeout
         while (n := self.agent.log_text().count(text)) < count:
-            self.assertLess(time.time(), deadline, f"{n} of {count} {text!r} in the agent's log")
+            self.assertLess(time.time(), deadline,
+                            f"{why + ': ' if why else ''}{n} of {count} {text!r} in the agent's log")
             time.sleep(0.05)
 
     def test_1000_idle_streams_cost_no_thread_each_and_everything_returns_when_they_close(self):
@@ -198,14 +200,10 @@ tcp_port_max = {cls.port_min}
         # A thread per stream would be 1000 more; the agent's pools may grow by a few.
         self.assertLess(threads - threads_before, 32, f"{threads_before} threads before, {threads} with {STREAMS} streams")
         # Every stream's end reaches the agent, which then lets the guest's console go.
-        deadline = time.time() + 60
-        while self.agent.log_text().count("console stream closed") < closed_before + STREAMS + 1:
-            self.assertLess(time.time(), deadline, "the agent did not see every stream end")
-            time.sleep(0.5)
-        deadline = time.time() + 20
-        while self.agent.log_text().count(f"console of {self.guest} detached") <= detached_before:
-            self.assertLess(time.time(), deadline, "the guest's console stayed open with no stream attached")
-            time.sleep(0.2)
+        self.wait_for_log_count("console stream closed", closed_before + STREAMS + 1, 60,
+                                "the agent did not see every stream end")
+        self.wait_for_log_count(f"console of {self.guest} detached", detached_before + 1, 20,
+                                "the guest's console stayed open with no stream attached")
         # The agent's pools shrink back (a fixed 2 s wait before): polled, then checked.
         deadline = time.time() + 10
         while self.proc.threads() > threads_before + 8 and time.time() < deadline:
