@@ -203,6 +203,11 @@ class MigrationTest : public ::testing::Test {
   }
   void TearDown() override {
     migrations_.reset();
+    // An owned volume released by a move is deleted in the background; let it finish with its
+    // file before the directory goes (else both remove the same file).
+    for (Host* h : {src_.get(), dst_.get()}) {
+      if (h != nullptr) h->storage->WaitForDeletes();
+    }
     std::filesystem::remove_all(src_dir_);
     std::filesystem::remove_all(dst_dir_);
   }
