@@ -45,8 +45,10 @@ absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphan
   if (!domains.ok()) return domains.status();  // never judge volumes without the domain list
   std::set<std::string> names;
   for (const auto& d : *domains) names.insert(d.name);
-  // A create making its volumes has not defined its domain yet: its volumes are no orphans.
+  // A create making its volumes has not defined its domain yet, and a migration's domain is
+  // arriving or leaving: their volumes are no orphans.
   names.insert(creating_names_.begin(), creating_names_.end());
+  names.insert(held_names_.begin(), held_names_.end());
   auto orphans = storage_->FindOrphans(names);
   if (!orphans.ok()) return orphans.status();
   std::vector<Orphan> still;
@@ -67,6 +69,17 @@ absl::StatusOr<std::vector<Orphan>> DomainService::Reconcile(bool release_orphan
   }
   storage_->SetOrphans(still);
   return *orphans;
+}
+
+DomainService::NameHold::NameHold(DomainService& domains, std::string name)
+    : domains_(domains), name_(std::move(name)) {
+  std::lock_guard lock(domains_.define_mu_);
+  domains_.held_names_.insert(name_);
+}
+
+DomainService::NameHold::~NameHold() {
+  std::lock_guard lock(domains_.define_mu_);
+  domains_.held_names_.erase(domains_.held_names_.find(name_));
 }
 
 namespace {

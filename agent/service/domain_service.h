@@ -116,6 +116,25 @@ class DomainService {
   // their volumes as domains, so a volume claimed by a create in flight is never an orphan.
   absl::StatusOr<std::vector<Orphan>> Reconcile(bool release_orphans);
 
+  // A name a migration is bringing in or taking away. While held, Reconcile counts it as a
+  // domain, because its volumes are recorded for a domain this hypervisor does not have yet (a
+  // destination before its define, a live move's prepared disks) or not any more (a source whose
+  // domain libvirt undefined at the end of a live move, before the agent removes its volumes).
+  // Without it those volumes would show as orphans, and `release_orphans` would clear their
+  // owner: a running guest's disk free for another domain to claim. Let go on destruction.
+  class NameHold {
+   public:
+    NameHold(DomainService& domains, std::string name);
+    ~NameHold();
+    NameHold(const NameHold&) = delete;
+    NameHold& operator=(const NameHold&) = delete;
+
+   private:
+    DomainService& domains_;
+    const std::string name_;
+  };
+  std::unique_ptr<NameHold> HoldName(const std::string& name) { return std::make_unique<NameHold>(*this, name); }
+
   // Refused with RESOURCE_EXHAUSTED (CapacityKindOf: compute) when the domain does not fit the
   // capacity policy, before anything is touched (no volume is created or claimed).
   // AlreadyExists while another create of the same name is under way. The volumes are made
@@ -270,6 +289,7 @@ class DomainService {
   // the name is refused, and Recover and Reconcile leave their journal entry and volumes alone.
   std::set<std::string> creating_names_;
   std::set<uint64_t> creating_ops_;
+  std::multiset<std::string> held_names_;  // NameHold's, guarded by define_mu_
 };
 
 }  // namespace hvagent::service

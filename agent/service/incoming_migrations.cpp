@@ -109,6 +109,7 @@ absl::StatusOr<std::string> IncomingMigrations::Prepare(const IncomingPlan& plan
   t->plan = plan;
   t->received.assign(plan.volumes.size(), false);
   t->last_used = clock_.Now();
+  t->hold = domains_.HoldName(plan.spec.name);
   transfers_[*id] = t;
   Log()->info("incoming domain {} from {}: transfer opened (operation {}, {} volume(s))", plan.spec.name,
               plan.source_host, *op, plan.volumes.size());
@@ -178,6 +179,7 @@ absl::StatusOr<hv::DomainInfo> IncomingMigrations::FinishLive(Transfer& t) {
   }
   std::lock_guard lock(mu_);
   t.finished = true;
+  t.hold.reset();  // the domain is here now
   (void)journal_.End(t.op, v1::OPERATION_STATE_SUCCEEDED);
   Log()->info("incoming domain {} from {}: arrived live", t.plan.spec.name, t.plan.source_host);
   return d;
@@ -305,6 +307,7 @@ absl::StatusOr<hv::DomainInfo> IncomingMigrations::Finish(const std::string& id)
   tr.busy = false;
   if (!d.ok()) return d.status();
   tr.finished = true;
+  tr.hold.reset();  // the domain is defined now
   (void)journal_.End(tr.op, v1::OPERATION_STATE_SUCCEEDED);
   Log()->info("incoming domain {} from {}: defined{}", tr.plan.spec.name, tr.plan.source_host,
               tr.plan.start ? " and started" : "");

@@ -75,6 +75,8 @@ class IncomingMigrations {
     bool finished = false;
     bool busy = false;           // a Receive runs: not expired meanwhile
     Clock::TimePoint last_used;
+    // Until finished: the name's volumes are this transfer's, no orphans (DomainService::NameHold).
+    std::unique_ptr<DomainService::NameHold> hold;
   };
   absl::Status CheckPlan(const IncomingPlan& plan);
   // Makes volume `i` of a live transfer, empty; its device path.

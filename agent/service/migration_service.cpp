@@ -451,6 +451,8 @@ std::string MigrationService::Undo(Job& job, MigrationPeer* peer, const std::str
 }
 
 void MigrationService::Run(std::shared_ptr<Job> job) {
+  // Until the job ends: a live move's end undefines the domain here before its volumes go.
+  auto hold = domains_.HoldName(job->request.name);
   std::string transfer;
   bool shut_down = false;
   absl::Status s = Steps(*job, transfer, shut_down);

@@ -552,6 +552,35 @@ TEST_F(MigrationTest, SecondMigrationOfTheSameDomainIsRefusedWhileOneRuns) {
   EXPECT_EQ(Ended(*first).state, v1::OPERATION_STATE_SUCCEEDED);
 }
 
+// A reconciliation while the bytes are on the destination but its domain is not defined yet:
+// the volumes are the transfer's, not orphans, so even `release_orphans` keeps their owner. Once
+// the domain is defined the hold is gone, and a later undefine behind the agent's back is seen.
+TEST_F(MigrationTest, ReconcileOnTheDestinationLeavesAnArrivingDomainsVolumesAlone) {
+  MakeDomain(false);
+  absl::StatusOr<std::vector<Orphan>> mid = absl::UnknownError("never reconciled");
+  std::string owner_mid;
+  peer_->before_finish = [&] {
+    mid = dst_->domains->Reconcile(/*release_orphans=*/true);
+    auto v = dst_->storage->GetVolume("vg0", "web1-root");
+    if (v.ok()) owner_mid = v->volume.attached_to;
+  };
+  auto id = Migrate();
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(Ended(*id).state, v1::OPERATION_STATE_SUCCEEDED);
+  ASSERT_TRUE(mid.ok()) << mid.status();
+  EXPECT_TRUE(mid->empty());
+  EXPECT_EQ(owner_mid, "web1");
+  auto vol = dst_->storage->GetVolume("vg0", "web1-root");
+  ASSERT_TRUE(vol.ok());
+  EXPECT_EQ(vol->volume.attached_to, "web1");
+  EXPECT_EQ(vol->volume.ownership, storage::Ownership::kOwned);
+  ASSERT_TRUE(dst_->hv.UndefineDomain("web1").ok());
+  auto after = dst_->domains->Reconcile(/*release_orphans=*/false);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), 1u);
+  EXPECT_EQ((*after)[0].volume, "web1-root");
+}
+
 // ---- the destination alone ----
 
 class IncomingTest : public MigrationTest {
@@ -775,6 +804,26 @@ TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceV
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->total, 300u << 20);
   EXPECT_EQ(t->done, 300u << 20);
+}
+
+// Between libvirt's end of the move (the domain undefined here) and the agent's removal of the
+// source volumes, a reconciliation finds no orphan: with `release_orphans` it would otherwise
+// clear the owner, and the removal, which deletes only what the domain owns, would leave the disk.
+TEST_F(LiveMigrationTest, ReconcileOnTheSourceAfterTheHypervisorsMoveLeavesTheVolumesToTheMigration) {
+  MakeDomain(/*start=*/true);
+  absl::StatusOr<std::vector<Orphan>> mid = absl::UnknownError("never reconciled");
+  bool gone_mid = false;
+  peer_->before_finish = [&] {
+    gone_mid = absl::IsNotFound(src_->hv.GetDomain("web1").status());
+    mid = src_->domains->Reconcile(/*release_orphans=*/true);
+  };
+  auto id = MigrateLive();
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(Ended(*id).state, v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_TRUE(gone_mid);  // the window this test is about
+  ASSERT_TRUE(mid.ok()) << mid.status();
+  EXPECT_TRUE(mid->empty());
+  EXPECT_TRUE(src_->VolumeNames().empty());
 }
 
 TEST_F(LiveMigrationTest, RefusedOnXenForAStoppedDomainAndForBadDowntimesBeforeAnythingStarts) {
