@@ -5,6 +5,10 @@ the same device copied with `dd` through a plain TCP socket.
     /usr/bin/python3 bench/migration_throughput.py --namespaces HVAGENTD [MiB]
       --perf DIR   also runs each agent under `perf record -g` during the migration (DIR/perf.src.data,
                    DIR/perf.dst.data); each agent's CPU seconds in it are printed either way
+      --pin        each "host" on a core of its own, as on two machines: the source side (its agent
+                   with its embedded QEMU driver and helpers, the baseline's dd reader and Python
+                   sender) on CPU 0, the destination side (its agent, the baseline's sink and its
+                   dd) on CPU 1, for the baseline and the migration alike
 
 Two agents on this machine, each on libvirt's embedded QEMU driver (qemu:///embed?root=DIR)
 with its own GPT partition pool on a loop device. By default both are in the development mode
@@ -24,14 +28,38 @@ destination's disk before it deletes the source, so the baseline flushes too (a 
 writes sit in its backing file's page cache until then). The migration is timed from the
 request to the operation's end (prepare, stream, sha256 on both ends, fsync, define, removal of
 the source); the stream phase alone is timed from the operation's bytes_done. Page cache
-dropped before each. Prints figures only; docs/performance.md has runs."""
-import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, uuid
+dropped before each. The CPU seconds of each side are printed for both: the agents' from
+/proc/PID/stat, the baseline's from its processes' rusage.
+
+`--pin` runs each process the bench starts under `taskset` (children inherit the affinity) and
+pins the bench's own sending thread during the baseline; what it cannot pin is the kernel's share
+(the loop devices' workers, the veth's softirqs, udev) and the bench's polling of the operation
+(every 10 ms, a controller's job). Prints figures only; docs/performance.md has runs."""
+import json, os, resource, shutil, socket, subprocess, sys, tempfile, time, urllib.request, uuid
 from types import SimpleNamespace
 
 MiB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 INTEGRATION = os.path.join(REPO, "tests", "integration")
+
+
+def taskset(cpu):
+    """The argv prefix that runs a command, and every process it starts, on CPU `cpu` alone
+    ([] for None: unpinned)."""
+    return [] if cpu is None else ["taskset", "--cpu-list", str(cpu)]
+
+
+def affinity(pid):
+    """The CPUs the threads of process `pid` may run on, as text ("0", "0,1", or "0 | 1" when
+    its threads differ)."""
+    sets = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            sets.add(tuple(sorted(os.sched_getaffinity(int(tid)))))
+        except ProcessLookupError:
+            pass
+    return " | ".join(",".join(map(str, cpus)) for cpus in sorted(sets))
 
 
 def free_port():
@@ -58,7 +86,7 @@ def drop_caches():
 class LoopbackAgent:
     """An agent in the development mode (plain text on loopback)."""
 
-    def __init__(self, binary, work, name, size):
+    def __init__(self, binary, work, name, size, cpu=None):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         img = os.path.join(self.dir, "disk.img")
@@ -73,7 +101,7 @@ class LoopbackAgent:
         self.grpc, self.port = free_port(), free_port()
         self.grpc_addr = f"127.0.0.1:{self.grpc}"
         self.log = open(os.path.join(self.dir, "agent.log"), "w")
-        self.proc = subprocess.Popen([binary, "--hypervisor-uri", f"qemu:///embed?root={self.dir}/libvirt",
+        self.proc = subprocess.Popen(taskset(cpu) + [binary, "--hypervisor-uri", f"qemu:///embed?root={self.dir}/libvirt",
                                       "--grpc-listen", self.grpc_addr, "--rest-listen",
                                       f"127.0.0.1:{self.port}", "--plaintext-loopback", "--config", cfg],
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -100,30 +128,32 @@ class LoopbackAgent:
         subprocess.run(["losetup", "-d", self.loop])
 
 
-def loopback_hosts(binary, work, size):
+def loopback_hosts(binary, work, size, cpus):
     """The hosts: source, destination, the destination's netns (None here), the address the
-    baseline's receiver listens on, the link's interface here (None: loopback), what to close."""
-    src = LoopbackAgent(binary, work, "src", size + 64 * MiB)
+    baseline's receiver listens on, the link's interface here (None: loopback), the CPU of each
+    side (`cpus`), what to close."""
+    src = LoopbackAgent(binary, work, "src", size + 64 * MiB, cpus.src)
     try:
-        dst = LoopbackAgent(binary, work, "dst", 2 * size + 64 * MiB)
+        dst = LoopbackAgent(binary, work, "dst", 2 * size + 64 * MiB, cpus.dst)
     except BaseException:
         src.close()
         raise
-    return SimpleNamespace(src=src, dst=dst, netns=None, address="127.0.0.1", link=None, closing=[src, dst])
+    return SimpleNamespace(src=src, dst=dst, netns=None, address="127.0.0.1", link=None, cpus=cpus,
+                           closing=[src, dst])
 
 
 class TlsHost:
     """test_migration.Host with mutual TLS and a REST token, optionally in a network namespace
-    (the agent runs under `ip netns exec` and listens on `listen_host`)."""
+    (the agent runs under `ip netns exec` and listens on `listen_host`), optionally on CPU `cpu`."""
 
-    def __init__(self, name, pool_bytes, tls, client, token, netns=None, listen_host="127.0.0.1"):
+    def __init__(self, name, pool_bytes, tls, client, token, netns=None, listen_host="127.0.0.1", cpu=None):
         from test_migration import Host
-        opts = {"plaintext": False, "client_tls": client, "token": token, "listen_host": listen_host}
-        if netns:
-            opts["wrapper"] = ["ip", "netns", "exec", netns]
+        opts = {"plaintext": False, "client_tls": client, "token": token, "listen_host": listen_host,
+                "wrapper": (["ip", "netns", "exec", netns] if netns else []) + taskset(cpu)}
         self.host = Host(name, [("disk1", pool_bytes)], tls, opts)
         self.grpc_addr = self.host.agent.grpc_addr
-        self.pid = self.host.agent.proc.pid  # `ip netns exec` execs the agent: the same process
+        # `ip netns exec` and `taskset` exec what follows: the agent is this very process.
+        self.pid = self.host.agent.proc.pid
 
     def rest(self, method, path, body=None):
         return self.host.agent.rest(method, path, body)
@@ -167,7 +197,7 @@ def stubs_dir(binary):
     return near if os.path.isdir(near) else os.path.join(REPO, "build", "proto", "py")
 
 
-def namespace_hosts(binary, work, size):
+def namespace_hosts(binary, work, size, cpus):
     """Two TLS agents joined by a veth: the source here, the destination in its own network
     namespace. Same answer as loopback_hosts (`link`: this end of the veth)."""
     sys.path[:0] = [stubs_dir(binary), INTEGRATION]
@@ -178,25 +208,27 @@ def namespace_hosts(binary, work, size):
     closing = [veth]
     try:
         tls, client, token = dev_pki(os.path.join(work, "pki"), veth.peer_ip)
-        src = TlsHost("bsrc", size + 64 * MiB, tls, client, token)
+        src = TlsHost("bsrc", size + 64 * MiB, tls, client, token, cpu=cpus.src)
         closing.insert(0, src)
         dst = TlsHost("bdst", 2 * size + 64 * MiB, tls, client, token, netns=veth.netns,
-                      listen_host=veth.peer_ip)
+                      listen_host=veth.peer_ip, cpu=cpus.dst)
         closing.insert(0, dst)
     except BaseException:
         for c in closing:
             c.close()
         raise
     return SimpleNamespace(src=src, dst=dst, netns=veth.netns, address=veth.peer_ip, link=veth.here,
-                           closing=closing)
+                           cpus=cpus, closing=closing)
 
 
 def sink(address, dev):
     """The baseline's receiver (`--sink ADDRESS DEV`): listens on ADDRESS, prints its port, takes
-    one connection and pipes it into dd (flushed before it exits)."""
+    one connection and pipes it into dd (flushed before it exits); then prints the CPU seconds it
+    and its dd used from the connection on, and the CPUs it may run on."""
     srv = socket.socket(); srv.bind((address, 0)); srv.listen(1)
     print(srv.getsockname()[1], flush=True)
     conn, _ = srv.accept()
+    before = rusage_seconds(resource.RUSAGE_SELF)
     dd = subprocess.Popen(["dd", f"of={dev}", "bs=4M", "oflag=direct", "conv=fsync", "iflag=fullblock",
                            "status=none"], stdin=subprocess.PIPE)
     buf = bytearray(4 * MiB)
@@ -207,30 +239,51 @@ def sink(address, dev):
             break
         dd.stdin.write(view[:n])
     dd.stdin.close()
-    sys.exit(dd.wait())
+    status = dd.wait()
+    used = rusage_seconds(resource.RUSAGE_SELF) - before + rusage_seconds(resource.RUSAGE_CHILDREN)
+    print(f"{used:.3f} {affinity(os.getpid())}", flush=True)
+    sys.exit(status)
 
 
-def dd_over_tcp(src, dst, size, netns, address):
-    """Seconds to copy SRC to DST: dd reads, this process sends over a plain TCP socket to the
-    sink (in `netns` when given), whose dd writes and flushes."""
-    argv = [sys.executable, os.path.abspath(__file__), "--sink", address, dst]
-    if netns:
-        argv = ["ip", "netns", "exec", netns] + argv
-    receiver = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+def rusage_seconds(who):
+    """User and system CPU seconds of getrusage(`who`)."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def dd_over_tcp(src, dst, size, hosts):
+    """Copies SRC to DST: dd reads, this process sends over a plain TCP socket to the sink (in
+    the destination's netns when there is one), whose dd writes and flushes. With hosts.cpus
+    set, the sink runs on the destination's CPU, this thread and its dd on the source's.
+    Answers (seconds, CPU seconds of the sending side, of the receiving side, the sink's CPUs)."""
+    argv = ([] if hosts.netns is None else ["ip", "netns", "exec", hosts.netns]) + taskset(hosts.cpus.dst)
+    receiver = subprocess.Popen(argv + [sys.executable, os.path.abspath(__file__), "--sink", hosts.address, dst],
+                                stdout=subprocess.PIPE, text=True)
     port = int(receiver.stdout.readline())
-    start = time.perf_counter()
-    out = socket.create_connection((address, port))
-    reader = subprocess.Popen(["dd", f"if={src}", "bs=4M", "iflag=direct", f"count={size // (4 * MiB)}",
-                               "status=none"], stdout=subprocess.PIPE)
-    while True:
-        b = reader.stdout.read(4 * MiB)
-        if not b:
-            break
-        out.sendall(b)
-    out.close(); reader.wait()
-    if receiver.wait() != 0:
-        raise SystemExit("the baseline's receiver failed")
-    return time.perf_counter() - start
+    unpinned = os.sched_getaffinity(0)
+    if hosts.cpus.src is not None:
+        os.sched_setaffinity(0, {hosts.cpus.src})  # this thread, and the dd it starts
+    try:
+        start, thread0 = time.perf_counter(), time.thread_time()
+        out = socket.create_connection((hosts.address, port))
+        reader = subprocess.Popen(["dd", f"if={src}", "bs=4M", "iflag=direct", f"count={size // (4 * MiB)}",
+                                   "status=none"], stdout=subprocess.PIPE)
+        while True:
+            b = reader.stdout.read(4 * MiB)
+            if not b:
+                break
+            out.sendall(b)
+        out.close()
+        sender_cpu = time.thread_time() - thread0
+        _, status, usage = os.wait4(reader.pid, 0)  # wait4 for dd's rusage
+        reader.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        os.sched_setaffinity(0, unpinned)
+    sink_cpu, _, sink_cpus = receiver.stdout.readline().strip().partition(" ")
+    if receiver.wait() != 0 or reader.returncode != 0:
+        raise SystemExit("the baseline's dd or receiver failed")
+    seconds = time.perf_counter() - start
+    return seconds, sender_cpu + usage.ru_utime + usage.ru_stime, float(sink_cpu), sink_cpus
 
 
 def migrate(src, dst, size):
@@ -283,7 +336,8 @@ def profiled(hosts, perf_dir, run):
     the source, of the destination)."""
     agents = {"src": hosts.src.pid, "dst": hosts.dst.pid}
     before = {k: cpu_seconds(pid) for k, pid in agents.items()}
-    perfs = [subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(pid), "-o",
+    cpus = {"src": hosts.cpus.src, "dst": hosts.cpus.dst}  # each side's profiler on its own CPU
+    perfs = [subprocess.Popen(taskset(cpus[k]) + ["perf", "record", "-q", "-g", "-p", str(pid), "-o",
                                os.path.join(perf_dir, f"perf.{k}.data")], stderr=subprocess.DEVNULL)
              for k, pid in agents.items()] if perf_dir else []
     time.sleep(0.5 if perfs else 0)  # perf attaches to every thread before the run starts
@@ -315,7 +369,7 @@ def measure(hosts, size, label, perf_dir=None):
     assert status in (200, 201), scratch
     drop_caches()
     link0 = link_mib(hosts.link)
-    dd_s = dd_over_tcp(src_path, scratch["path"], size, hosts.netns, hosts.address)
+    dd_s, dd_src_cpu, dd_dst_cpu, sink_cpus = dd_over_tcp(src_path, scratch["path"], size, hosts)
     link1 = link_mib(hosts.link)
     dst.rest("DELETE", "/v1/pools/disk1/volumes/ddcopy")
     drop_caches()
@@ -327,6 +381,8 @@ def measure(hosts, size, label, perf_dir=None):
     print(f"dd over TCP:                 {dd_s:6.2f} s  {mib / dd_s:7.1f} MiB/s")
     print(f"hvagent cold migration:      {mig_s:6.2f} s  {mib / mig_s:7.1f} MiB/s  (request to operation end)")
     print(f"ratio (migration / dd rate): {dd_s / mig_s:.2f}x")
+    print(f"baseline's CPU (dd, Python): source {dd_src_cpu:.2f} s, destination {dd_dst_cpu:.2f} s "
+          f"(the sink ran on CPUs {sink_cpus})")
     print(f"agents' CPU in the migration: source {src_cpu:.2f} s, destination {dst_cpu:.2f} s")
     if hosts.link:
         print(f"crossed the veth:            dd {link1 - link0:.0f} MiB, migration {link3 - link2:.0f} MiB")
@@ -344,14 +400,22 @@ def main():
     p.add_argument("mib", nargs="?", type=int, default=256, help="the volume's size in MiB")
     p.add_argument("--namespaces", action="store_true", help="two hosts joined by a veth, agents with mutual TLS")
     p.add_argument("--perf", metavar="DIR", help="each agent under perf record -g during the migration")
+    p.add_argument("--pin", action="store_true",
+                   help="the source side on CPU 0, the destination side on CPU 1 (baseline and migration)")
     a = p.parse_args()
+    cpus = SimpleNamespace(src=0, dst=1) if a.pin else SimpleNamespace(src=None, dst=None)
+    if a.pin and not {0, 1} <= os.sched_getaffinity(0):
+        p.error(f"--pin needs CPUs 0 and 1; this process may use {sorted(os.sched_getaffinity(0))}")
     size = a.mib * MiB
     work = tempfile.mkdtemp(prefix="hvbench-mig-")
     hosts = None
     try:
-        hosts = (namespace_hosts if a.namespaces else loopback_hosts)(a.hvagentd, work, size)
+        hosts = (namespace_hosts if a.namespaces else loopback_hosts)(a.hvagentd, work, size, cpus)
         label = ("two network namespaces over a veth, agents with mutual TLS" if a.namespaces
                  else "loopback, plain text")
+        if a.pin:
+            label += (f"; pinned: source agent on CPUs {affinity(hosts.src.pid)}, destination agent on "
+                      f"CPUs {affinity(hosts.dst.pid)}; dd sender on CPU {cpus.src}, sink on CPU {cpus.dst}")
         measure(hosts, size, label, a.perf)
     finally:
         for c in hosts.closing if hosts else []:
