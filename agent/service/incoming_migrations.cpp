@@ -195,10 +195,9 @@ absl::StatusOr<std::shared_ptr<IncomingMigrations::Transfer>> IncomingMigrations
 
 absl::StatusOr<ReceivedVolume> IncomingMigrations::WriteStream(const std::string& device, uint64_t size,
                                                                VolumeStream& stream) {
-  auto writer = storage::image::DeviceWriter::Open(device, size);
+  // The writer's thread hashes what it writes, off this thread, which takes the stream.
+  auto writer = storage::image::DeviceWriter::Open(device, size, /*hash=*/true);
   if (!writer.ok()) return writer.status();
-  auto digest = storage::image::Digest::Create("sha256");
-  if (!digest.ok()) return digest.status();
   const std::string zeros(storage::image::kExportChunkBytes, '\0');
   uint64_t got = 0;
   for (;;) {
@@ -210,19 +209,17 @@ absl::StatusOr<ReceivedVolume> IncomingMigrations::WriteStream(const std::string
     }
     if (piece->kind == VolumePiece::Kind::kData) {
       if (auto s = (*writer)->Write(piece->data); !s.ok()) return s;
-      (*digest)->Update(piece->data);
     } else if (piece->kind == VolumePiece::Kind::kZeros) {
       // The target is never assumed zero (a thick LV or a partition keeps old bytes).
       for (uint64_t left = n; left > 0;) {
         const absl::string_view run(zeros.data(), std::min<uint64_t>(left, zeros.size()));
         if (auto s = (*writer)->Write(run); !s.ok()) return s;
-        (*digest)->Update(run);
         left -= run.size();
       }
     } else {
       if (got != size) return absl::DataLossError(absl::StrCat("the stream ended after ", got, " of ", size, " bytes"));
       if (auto s = (*writer)->Finish(); !s.ok()) return s;
-      std::string sha = (*digest)->HexFinal();
+      std::string sha = (*writer)->HexDigest();
       if (sha != piece->sha256) {
         return absl::DataLossError(absl::StrCat("sha256: the sender read ", piece->sha256, ", this host wrote ", sha));
       }

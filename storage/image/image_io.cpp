@@ -111,8 +111,14 @@ absl::StatusOr<std::string> NormalizeHex(absl::string_view field, absl::string_v
 
 // ---- device writer ----
 
-absl::StatusOr<std::unique_ptr<DeviceWriter>> DeviceWriter::Open(const std::string& device, uint64_t limit) {
+absl::StatusOr<std::unique_ptr<DeviceWriter>> DeviceWriter::Open(const std::string& device, uint64_t limit,
+                                                                  bool hash) {
   std::unique_ptr<DeviceWriter> w(new DeviceWriter());
+  if (hash) {
+    auto d = Digest::Create("sha256");
+    if (!d.ok()) return d.status();
+    w->digest_ = std::move(*d);
+  }
   w->fd_ = open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_EXCL);
   if (w->fd_ < 0) return Errno(absl::StrCat("opening ", device));
   for (char** buf : {&w->buf_, &w->spare_}) {
@@ -138,9 +144,10 @@ absl::Status DeviceWriter::WaitForBlock() {
 // Why a thread: a synchronous O_DIRECT write stops the caller, who would otherwise be taking
 // the next bytes off a network stream (an incoming migration, an upload) meanwhile; dd in a pipe
 // gets that overlap from the pipe.
-absl::Status DeviceWriter::Flush(size_t bytes) {
+absl::Status DeviceWriter::Flush(size_t bytes, size_t useful) {
   if (auto s = WaitForBlock(); !s.ok()) return s;
-  in_flight_ = std::async(std::launch::async, [fd = fd_, p = buf_, bytes, at = offset_] {
+  in_flight_ = std::async(std::launch::async, [fd = fd_, p = buf_, bytes, useful, at = offset_, d = digest_.get()] {
+    if (d != nullptr) d->Update(absl::string_view(p, useful));
     return WriteAll(fd, p, bytes, at, "image");
   });
   std::swap(buf_, spare_);
@@ -160,7 +167,7 @@ absl::Status DeviceWriter::Write(absl::string_view bytes) {
     fill_ += n;
     bytes.remove_prefix(n);
     if (fill_ == kBlockBytes) {
-      if (auto s = Flush(kBlockBytes); !s.ok()) return s;
+      if (auto s = Flush(kBlockBytes, kBlockBytes); !s.ok()) return s;
     }
   }
   return absl::OkStatus();
@@ -170,10 +177,11 @@ absl::Status DeviceWriter::Finish() {
   if (fill_ > 0) {
     size_t padded = AlignUp(fill_);
     std::memset(buf_ + fill_, 0, padded - fill_);
-    if (auto s = Flush(padded); !s.ok()) return s;
+    if (auto s = Flush(padded, fill_); !s.ok()) return s;
   }
   if (auto s = WaitForBlock(); !s.ok()) return s;
   if (fsync(fd_) != 0) return Errno("fsync of the image");
+  if (digest_ != nullptr) sha256_ = digest_->HexFinal();
   return absl::OkStatus();
 }
 
@@ -254,10 +262,10 @@ bool AllZero(const char* p, size_t n) {
   return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
 }
 
-// Splits blocks into zero runs and data pieces for an ExportSink, hashing everything.
+// Splits blocks into zero runs and data pieces for an ExportSink (ExportDevice hashes them).
 class ExportSplitter {
  public:
-  explicit ExportSplitter(ExportSink& sink) : sink_(sink), digest_(*Digest::Create("sha256")) {}
+  explicit ExportSplitter(ExportSink& sink) : sink_(sink) {}
 
   absl::Status Block(const char* p, size_t n) {
     size_t data_start = 0;
@@ -273,7 +281,6 @@ class ExportSplitter {
 
   absl::StatusOr<ExportResult> Finish() {
     if (auto s = FlushZeros(); !s.ok()) return s;
-    result_.sha256 = digest_->HexFinal();
     return result_;
   }
 
@@ -281,7 +288,6 @@ class ExportSplitter {
   absl::Status SendData(const char* p, size_t n) {
     if (n == 0) return absl::OkStatus();
     if (auto s = FlushZeros(); !s.ok()) return s;
-    digest_->Update(absl::string_view(p, n));
     result_.bytes += n;
     for (size_t at = 0; at < n; at += kExportChunkBytes) {
       if (auto s = sink_.Data(absl::string_view(p + at, std::min(kExportChunkBytes, n - at))); !s.ok()) return s;
@@ -291,12 +297,6 @@ class ExportSplitter {
 
   absl::Status FlushZeros() {
     if (pending_zeros_ == 0) return absl::OkStatus();
-    static const std::string kZeros(kZeroGranuleBytes, '\0');
-    for (uint64_t left = pending_zeros_; left > 0;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, kZeroGranuleBytes));
-      digest_->Update(absl::string_view(kZeros.data(), n));
-      left -= n;
-    }
     result_.bytes += pending_zeros_;
     result_.zero_bytes += pending_zeros_;
     const uint64_t run = pending_zeros_;
@@ -305,7 +305,6 @@ class ExportSplitter {
   }
 
   ExportSink& sink_;
-  std::unique_ptr<Digest> digest_;
   uint64_t pending_zeros_ = 0;
   ExportResult result_;
 };
@@ -319,13 +318,20 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
   AlignedBuffer first(kBlockBytes), second(kBlockBytes);
   char* buf[2] = {first.p, second.p};
   ExportSplitter splitter(sink);
-  absl::Status status = buf[0] == nullptr || buf[1] == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer")
-                                                               : absl::OkStatus();
+  auto digest = Digest::Create("sha256");
+  absl::Status status = !digest.ok() ? digest.status()
+                        : buf[0] == nullptr || buf[1] == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer")
+                                                                 : absl::OkStatus();
   // Why a thread: the sink sends (a migration, an export over HTTP) while the next block comes
-  // off the device, as the two ends of `dd | nc` overlap; a synchronous read would stall both.
+  // off the device and is hashed, as the two ends of `dd | nc` overlap; a synchronous read would
+  // stall both, and hashing on the sink's thread would slow the sending. One read at a time, in
+  // order, so the digest sees the blocks in order.
   auto read_ahead = [&](int slot, uint64_t at) {
-    return std::async(std::launch::async, [&, slot, at] {
-      return ReadFull(fd, buf[slot], static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - at))), at, path);
+    return std::async(std::launch::async, [&, slot, at]() -> absl::StatusOr<size_t> {
+      auto got = ReadFull(fd, buf[slot], static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - at))), at, path);
+      const size_t useful = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, bytes - at));
+      if (got.ok() && *got >= useful) (*digest)->Update(absl::string_view(buf[slot], useful));
+      return got;
     });
   };
   std::future<absl::StatusOr<size_t>> next;
@@ -348,7 +354,9 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
   if (next.valid()) next.wait();  // never close the fd or free a buffer under a read
   close(fd);
   if (!status.ok()) return status;
-  return splitter.Finish();
+  auto result = splitter.Finish();
+  if (result.ok()) result->sha256 = (*digest)->HexFinal();
+  return result;
 }
 
 absl::Status WriteRecord(const std::string& device, uint64_t offset, const ImageRecord& r) {

@@ -52,19 +52,24 @@ using ProgressFn = std::function<void(uint64_t done)>;
 // (the last one padded with zeros up to the 4 KiB boundary). Writes past `limit` bytes fail.
 // A full block goes to the device on a thread of its own while the caller fills the next one
 // (one block in flight at most); a failed block write is the answer of the next Write or of
-// Finish.
+// Finish. With `hash`, that thread also takes the sha256 of each block it writes (the padding
+// left out), so the caller's thread, which takes bytes off a network stream, does not.
 class DeviceWriter {
  public:
-  static absl::StatusOr<std::unique_ptr<DeviceWriter>> Open(const std::string& device, uint64_t limit);
+  static absl::StatusOr<std::unique_ptr<DeviceWriter>> Open(const std::string& device, uint64_t limit,
+                                                            bool hash = false);
   ~DeviceWriter();
   absl::Status Write(absl::string_view bytes);
   // Flushes the partial block, waits for every block and fsyncs.
   absl::Status Finish();
   uint64_t written() const { return written_; }
+  // After a successful Finish of a writer opened with `hash`: the sha256 of every byte written.
+  std::string HexDigest() const { return sha256_; }
 
  private:
   DeviceWriter() = default;
-  absl::Status Flush(size_t bytes);
+  // Sends the first `bytes` of the buffer (`useful` of them the caller's, the rest padding).
+  absl::Status Flush(size_t bytes, size_t useful);
   absl::Status WaitForBlock();
   int fd_ = -1;
   uint64_t limit_ = 0;
@@ -74,6 +79,8 @@ class DeviceWriter {
   char* spare_ = nullptr;  // aligned, kBlockBytes: the block in flight, if any
   size_t fill_ = 0;
   std::future<absl::Status> in_flight_;
+  std::unique_ptr<Digest> digest_;  // used by the block in flight only, one at a time
+  std::string sha256_;
 };
 
 // Copies the first `bytes` of `from` onto `to` (offset 0) with O_DIRECT reads and writes in
@@ -103,8 +110,8 @@ struct ExportResult {
   std::string sha256;       // of all the bytes, zeros included
 };
 // Reads the first `bytes` of `path` with O_DIRECT in kBlockBytes blocks and hands them to
-// `sink` (the next block is read on a thread while the sink takes the current one): each run of all-zero granules as one Zeros (runs join across blocks), the rest as
-// Data pieces. Cancelled when *cancel turns true. `direct` false: through the page cache (a
+// `sink` (the next block is read, and hashed, on a thread while the sink takes the current one):
+// each run of all-zero granules as one Zeros (runs join across blocks), the rest as Data pieces. Cancelled when *cancel turns true. `direct` false: through the page cache (a
 // scratch file on a filesystem that refuses O_DIRECT, such as tmpfs).
 absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
                                           const CancelFlag* cancel, bool direct = true);

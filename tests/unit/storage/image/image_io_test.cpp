@@ -246,5 +246,23 @@ TEST_F(ExportDeviceTest, DeviceWriterLandsEveryBlockInOrderWhileTheNextFillsAndP
   EXPECT_EQ(back.substr(padded), std::string(back.size() - padded, '\x55'));
 }
 
+TEST_F(ExportDeviceTest, AHashingDeviceWriterDigestsWhatItWroteWithoutThePadding) {
+  // Blocks are hashed on the writer's thread, one at a time: the digest must be the bytes given,
+  // in order, and not the zeros padding the tail. A writer without `hash` has no digest.
+  const std::string data = Bytes((9 << 20) + 777, 6);
+  auto w = DeviceWriter::Open(path_, data.size(), /*hash=*/true);
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t at = 0, piece = 5; at < data.size(); at += piece, piece = piece * 7 % 900001 + 1) {
+    ASSERT_TRUE((*w)->Write(absl::string_view(data).substr(at, piece)).ok());
+  }
+  ASSERT_TRUE((*w)->Finish().ok());
+  EXPECT_EQ((*w)->HexDigest(), Sha(data));
+  auto plain = DeviceWriter::Open(path_, 4096);
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE((*plain)->Write(std::string(4096, 'a')).ok());
+  ASSERT_TRUE((*plain)->Finish().ok());
+  EXPECT_EQ((*plain)->HexDigest(), "");
+}
+
 }  // namespace
 }  // namespace hvagent::storage::image
