@@ -1,6 +1,7 @@
 // IdempotencyStore: one execution per key, the first outcome replayed, keys bound to one
 // request, retryable failures not kept, and outcomes that survive a restart.
 #include "agent/service/idempotency.h"
+#include "tests/fakes/fresh_temp_dir.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,13 +17,7 @@ namespace {
 using ::testing::HasSubstr;
 using Outcome = IdempotencyStore::Outcome;
 
-std::string TempFile() {
-  static int n = 0;
-  auto dir = std::filesystem::temp_directory_path() /
-             ("hvagent-idem-" + std::to_string(getpid()) + "-" + std::to_string(n++));
-  std::filesystem::create_directories(dir);
-  return (dir / "requests").string();
-}
+std::string TempFile() { return testing::FreshTempDir("hvagent-idem") + "/requests"; }
 
 std::unique_ptr<IdempotencyStore> Open(const std::string& path = "", IdempotencyStore::Options o = {}) {
   auto s = IdempotencyStore::Open(path, o);

@@ -14,6 +14,7 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
+#include "tests/fakes/fresh_temp_dir.h"
 
 namespace hvagent::service {
 namespace {
@@ -22,13 +23,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
-std::string TempPath(const std::string& name) {
-  static int n = 0;
-  auto dir = std::filesystem::temp_directory_path() /
-             ("hvagent-journal-" + std::to_string(getpid()) + "-" + std::to_string(n++));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
-}
+std::string TempPath(const std::string& name) { return testing::FreshTempDir("hvagent-journal") + "/" + name; }
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path);
