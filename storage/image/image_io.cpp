@@ -114,11 +114,7 @@ absl::StatusOr<std::string> NormalizeHex(absl::string_view field, absl::string_v
 absl::StatusOr<std::unique_ptr<DeviceWriter>> DeviceWriter::Open(const std::string& device, uint64_t limit,
                                                                   bool hash) {
   std::unique_ptr<DeviceWriter> w(new DeviceWriter());
-  if (hash) {
-    auto d = Digest::Create("sha256");
-    if (!d.ok()) return d.status();
-    w->digest_ = std::move(*d);
-  }
+  if (hash) w->digest_ = *Digest::Create("sha256");
   w->fd_ = open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_EXCL);
   if (w->fd_ < 0) return Errno(absl::StrCat("opening ", device));
   for (char** buf : {&w->buf_, &w->spare_}) {
@@ -318,10 +314,9 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
   AlignedBuffer first(kBlockBytes), second(kBlockBytes);
   char* buf[2] = {first.p, second.p};
   ExportSplitter splitter(sink);
-  auto digest = Digest::Create("sha256");
-  absl::Status status = !digest.ok() ? digest.status()
-                        : buf[0] == nullptr || buf[1] == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer")
-                                                                 : absl::OkStatus();
+  auto digest = *Digest::Create("sha256");
+  absl::Status status = buf[0] == nullptr || buf[1] == nullptr ? absl::ResourceExhaustedError("no memory for a block buffer")
+                                                               : absl::OkStatus();
   // Why a thread: the sink sends (a migration, an export over HTTP) while the next block comes
   // off the device and is hashed, as the two ends of `dd | nc` overlap; a synchronous read would
   // stall both, and hashing on the sink's thread would slow the sending. One read at a time, in
@@ -330,7 +325,7 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
     return std::async(std::launch::async, [&, slot, at]() -> absl::StatusOr<size_t> {
       auto got = ReadFull(fd, buf[slot], static_cast<size_t>(std::min<uint64_t>(kBlockBytes, AlignUp(bytes - at))), at, path);
       const size_t useful = static_cast<size_t>(std::min<uint64_t>(kBlockBytes, bytes - at));
-      if (got.ok() && *got >= useful) (*digest)->Update(absl::string_view(buf[slot], useful));
+      if (got.ok() && *got >= useful) digest->Update(absl::string_view(buf[slot], useful));
       return got;
     });
   };
@@ -355,7 +350,7 @@ absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t byte
   close(fd);
   if (!status.ok()) return status;
   auto result = splitter.Finish();
-  if (result.ok()) result->sha256 = (*digest)->HexFinal();
+  if (result.ok()) result->sha256 = digest->HexFinal();
   return result;
 }
 

@@ -111,8 +111,9 @@ struct ExportResult {
 };
 // Reads the first `bytes` of `path` with O_DIRECT in kBlockBytes blocks and hands them to
 // `sink` (the next block is read, and hashed, on a thread while the sink takes the current one):
-// each run of all-zero granules as one Zeros (runs join across blocks), the rest as Data pieces. Cancelled when *cancel turns true. `direct` false: through the page cache (a
-// scratch file on a filesystem that refuses O_DIRECT, such as tmpfs).
+// each run of all-zero granules as one Zeros (runs join across blocks), the rest as Data pieces.
+// Cancelled when *cancel turns true. `direct` false: through the page cache (a scratch file on a
+// filesystem that refuses O_DIRECT, such as tmpfs).
 absl::StatusOr<ExportResult> ExportDevice(const std::string& path, uint64_t bytes, ExportSink& sink,
                                           const CancelFlag* cancel, bool direct = true);
 
