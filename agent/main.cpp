@@ -24,6 +24,7 @@
 #include "agent/api/auth/authorizer.h"
 #include "agent/api/auth/audit.h"
 #include "agent/api/console_ws/console_ws_server.h"
+#include "agent/api/volume_channel/volume_channel_server.h"
 #include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/grpc/migration_peer_client.h"
@@ -507,6 +508,23 @@ int Run(const config::Config& cfg) {
     logger->critical("{}", grpc_front.status().message());
     return 1;
   }
+  // Cold migrations' volumes come in on a channel of their own: the same TLS and checks as
+  // ReceiveVolume over gRPC, fewer copies (docs/migration.md, "The volume channel").
+  std::unique_ptr<api::VolumeChannelServer> volume_channel;
+  if (cfg.migration_data_port >= 0) {
+    std::optional<api::VolumeChannelServer::Tls> channel_tls;
+    if (!cfg.plaintext_loopback) channel_tls = api::VolumeChannelServer::Tls{cfg.tls_cert_file, cfg.tls_key_file};
+    volume_channel = std::make_unique<api::VolumeChannelServer>(
+        pipeline, api::VolumeChannelServer::Options{.host = cfg.grpc_listen.substr(0, cfg.grpc_listen.rfind(':')),
+                                                    .port = cfg.migration_data_port,
+                                                    .tls = channel_tls});
+    if (auto s = volume_channel->Start(); !s.ok()) {
+      logger->critical("{}", s.message());
+      return 1;
+    }
+    incoming.SetDataPort(volume_channel->port());
+    logger->info("volume channel for incoming migrations on port {}", volume_channel->port());
+  }
   auto health = ReportHealth((*grpc_front)->server->GetHealthCheckService(), hypervisor);
   router.SetStarting(false);
   logger->info("hvagentd {} serving: gRPC {} ({}) | REST {}://{} | hypervisor {}", kAgentVersion, cfg.grpc_listen,
@@ -538,6 +556,7 @@ int Run(const config::Config& cfg) {
   (*grpc_front)->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   rest.Stop();  // waits for the REST reads still being answered
   if (console_ws) console_ws->Stop();  // browsers' consoles detach
+  if (volume_channel) volume_channel->Stop();  // a transfer cut off here is undone as its source gone
   metrics.Stop();
   logger->info("stopped");
   return 0;

@@ -257,6 +257,7 @@ const std::vector<Key>& Keys() {
       Plain("migration", "key_file", &Config::migration_key_file),
       Plain("migration", "ca_file", &Config::migration_ca_file),
       Integer("migration", "incoming_idle_seconds", &Config::migration_incoming_idle_seconds, 10, 86400),
+      Integer("migration", "data_port", &Config::migration_data_port, -1, 65535),
       MigrationUri("libvirt_uri", &Config::migration_libvirt_uri, {"qemu+tls://", "qemu+tcp://"}),
       MigrationUri("migrate_uri", &Config::migration_migrate_uri, {"tcp://"}),
       Plain("migration", "libvirt_tls", &Config::migration_libvirt_tls),

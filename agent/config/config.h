@@ -88,6 +88,10 @@ struct Config {
   std::string migration_key_file;
   std::string migration_ca_file;
   int migration_incoming_idle_seconds = 600;
+  // The volume channel (docs/migration.md): the port on grpc.listen's address where sources
+  // send a cold transfer's volumes, under the same TLS as gRPC; 0: any free port (told to each
+  // source in PrepareIncoming's answer); -1: none, volumes come over gRPC's ReceiveVolume.
+  int migration_data_port = 0;
   // Live migration (docs/migration.md): where other hosts' libvirtd reach this host's
   // (qemu+tls://HOST/system, or qemu+tcp://HOST/system on a closed network; empty: this host
   // takes no live migrations), the data channel QEMU listens on (tcp://HOST[:PORT]; empty:

@@ -9,6 +9,7 @@
 // is aborted by the next call that looks, and Recover() undoes what a crash cut short, so a
 // destination is never left holding half a domain.
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -66,6 +67,10 @@ class IncomingMigrations {
   std::vector<std::string> Recover();
   // Aborts every transfer idle for longer than idle_timeout (also done by each Prepare).
   void ExpireIdle();
+  // The port of this agent's volume channel, told to each cold transfer's source (0: none,
+  // volumes come over gRPC). Set once the channel listens.
+  void SetDataPort(int port) { data_port_ = port; }
+  int data_port() const { return data_port_; }
 
  private:
   struct Transfer {
@@ -99,6 +104,7 @@ class IncomingMigrations {
   const Options options_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Transfer>> transfers_;  // by transfer id
+  std::atomic<int> data_port_{0};
 };
 
 }  // namespace hvagent::service

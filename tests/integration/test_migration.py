@@ -214,7 +214,26 @@ class MigrationTest(unittest.TestCase):
         self.assertNotIn(vol(name), self.src.volumes())
         steps = [s.split(" ")[0] for s in op["steps"]]
         self.assertEqual(steps, ["prepare", "send-volume", "finish", "remove-source"])
+        # The bytes took the destination's volume channel ([migration] data_port), not gRPC.
+        self.assertRegex(self.dst.agent.log_text(), rf"volume channel: transfer \S+ disk 0 received from local \({size} bytes\)")
         self.dst.rest("DELETE", f"/v1/domains/{name}?delete_volumes=true", expect=204)
+
+    def test_1b_with_the_volume_channel_off_the_bytes_go_over_grpc(self):
+        # A destination with [migration] data_port = -1 (or one from before the channel) offers
+        # none in PrepareIncoming's answer: the source streams ReceiveVolume over gRPC instead.
+        grpc_only = Host("dgrpc", [("disk1", 128 * MiB)], with_security("[migration]\ndata_port = -1\n"))
+        try:
+            size = 8 * MiB
+            name, uuid_, path, sha = self.make_domain(size, data_at=(0, 7 * MiB))
+            body = {"destination": grpc_only.agent.grpc_addr}
+            op = self.wait(self.src.rest("POST", f"/v1/domains/{name}:migrate", body, expect=202)["operation_id"])
+            self.assertEqual(op["state"], "OPERATION_STATE_SUCCEEDED", op)
+            self.assertEqual(sha256_of(grpc_only.volumes()[vol(name)]["path"], size), sha)
+            log = grpc_only.agent.log_text()
+            self.assertIn(f"incoming domain {name}: volume disk1/{vol(name)} received", log)
+            self.assertNotIn("volume channel", log)
+        finally:
+            grpc_only.close()
 
     def test_2_destination_pool_full_leaves_source_unchanged_and_destination_clean(self):
         size = 32 * MiB
@@ -475,6 +494,84 @@ class PeerTlsTest(unittest.TestCase):
             operator.AbortIncoming(migration_pb2.IncomingRef(transfer_id="nope"), timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
         peer.close()
+
+    def channel_send(self, port, client, header, frames=b""):
+        """Opens the destination's volume channel with the client pair `client` (None: plain
+        TCP), sends `header` and `frames`, and answers the ReceiveVolumeResult (None when the
+        connection ended without one)."""
+        import socket, ssl, struct
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            if client is not None:
+                ctx = ssl.create_default_context(cafile=self.client("controller")[0])
+                ctx.load_cert_chain(client[1], client[2])
+                conn = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            else:
+                conn = raw
+            body = header.SerializeToString()
+            conn.sendall(struct.pack(">I", len(body)) + body + frames)
+            got = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+                if len(got) >= 4 and len(got) >= 4 + struct.unpack(">I", got[:4])[0]:
+                    break
+            if len(got) < 4 or len(got) < 4 + struct.unpack(">I", got[:4])[0]:
+                return None
+            return migration_pb2.ReceiveVolumeResult.FromString(got[4:4 + struct.unpack(">I", got[:4])[0]])
+        except (ssl.SSLError, ConnectionError):
+            return None
+        finally:
+            raw.close()
+
+    def test_the_volume_channel_takes_a_peer_over_tls_and_nobody_else(self):
+        import struct
+        from hvagent.v1 import domain_pb2, storage_pb2
+        name = f"hvit-c{uuid.uuid4().hex[:6]}"
+        spec = domain_pb2.DomainSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mib=64)
+        disk = spec.disks.add(target="vda")
+        disk.volume.pool, disk.volume.name, disk.volume.create_size_bytes = "disk1", vol(name), MiB
+        peer = self.dst.agent.grpc_channel(self.client("peer"))
+        incoming = migration_pb2_grpc.MigrationServiceStub(peer)
+        prepared = incoming.PrepareIncoming(migration_pb2.PrepareIncomingRequest(spec=spec, source_host="test"),
+                                            timeout=30)
+        self.assertGreater(prepared.data_port, 0)
+        header = migration_pb2.ReceiveVolumeHeader(transfer_id=prepared.transfer_id, disk=0, size_bytes=MiB)
+        trailer = migration_pb2.ReceiveVolumeTrailer(sha256=hashlib.sha256(bytes(MiB)).hexdigest()).SerializeToString()
+        frames = b"Z" + struct.pack(">Q", MiB) + b"T" + struct.pack(">Q", len(trailer)) + trailer
+        try:
+            # Plain text: the TLS handshake fails, nothing is answered.
+            self.assertIsNone(self.channel_send(prepared.data_port, None, header, frames))
+            # A certificate of this CA whose identity is an operator.
+            r = self.channel_send(prepared.data_port, self.client("operator"), header, frames)
+            self.assertEqual(r.code, grpc.StatusCode.PERMISSION_DENIED.value[0], r)
+            self.assertIn("'hvagent-operator' is operator", r.message)
+            # A certificate of another CA with the peer's name.
+            other = tempfile.mkdtemp(prefix="hvit-mig-pki3-")
+            try:
+                subprocess.run([os.path.join(REPO, "deploy", "dev-certs.sh"), other], check=True, capture_output=True)
+                r = self.channel_send(prepared.data_port, (None, os.path.join(other, "peer.crt"),
+                                                           os.path.join(other, "peer.key")), header, frames)
+            finally:
+                shutil.rmtree(other, ignore_errors=True)
+            self.assertEqual(r.code, grpc.StatusCode.UNAUTHENTICATED.value[0], r)
+            self.assertIn("client certificate refused", r.message)
+            self.assertNotIn(vol(name), [v.name for v in self.dst.agent.storage.ListVolumes(
+                storage_pb2.ListVolumesRequest(pool="disk1"), timeout=10).volumes])
+            # The peer: the volume is received and its sha256 answered.
+            r = self.channel_send(prepared.data_port, self.client("peer"), header, frames)
+            self.assertEqual(r.code, 0, r)
+            self.assertEqual((r.response.sha256, r.response.size_bytes), (hashlib.sha256(bytes(MiB)).hexdigest(), MiB))
+            self.assertRegex(self.dst.agent.log_text(),
+                             rf"volume channel: transfer {prepared.transfer_id} disk 0 received from hvagent-peer")
+        finally:
+            incoming.AbortIncoming(migration_pb2.IncomingRef(transfer_id=prepared.transfer_id), timeout=60)
+            peer.close()
+        # The abort took the received volume away again.
+        self.assertNotIn(vol(name), [v.name for v in self.dst.agent.storage.ListVolumes(
+            storage_pb2.ListVolumesRequest(pool="disk1"), timeout=10).volumes])
 
     def move_from_bad_source(self, migration_cert, migration_key):
         """A third agent with this PKI's server side but another [migration] client pair creates

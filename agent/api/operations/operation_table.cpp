@@ -394,6 +394,7 @@ absl::Status PrepareIncoming(const Services& s, const v1::PrepareIncomingRequest
   auto id = s.incoming->Prepare(plan);
   if (!id.ok()) return id.status();
   out->set_transfer_id(*id);
+  out->set_data_port(static_cast<uint32_t>(s.incoming->data_port()));
   return absl::OkStatus();
 }
 
