@@ -5,6 +5,8 @@ the same device copied with `dd` through a plain TCP socket.
     /usr/bin/python3 bench/migration_throughput.py --namespaces HVAGENTD [MiB]
       --perf DIR   also runs each agent under `perf record -g` during the migration (DIR/perf.src.data,
                    DIR/perf.dst.data); each agent's CPU seconds in it are printed either way
+      --over-grpc  the destination offers no volume channel ([migration] data_port = -1): the
+                   volume goes as gRPC's ReceiveVolume stream, as before the channel
       --pin        each "host" on a core of its own, as on two machines: the source side (its agent
                    with its embedded QEMU driver and helpers, the baseline's dd reader and Python
                    sender) on CPU 0, the destination side (its agent, the baseline's sink and its
@@ -86,7 +88,7 @@ def drop_caches():
 class LoopbackAgent:
     """An agent in the development mode (plain text on loopback)."""
 
-    def __init__(self, binary, work, name, size, cpu=None):
+    def __init__(self, binary, work, name, size, cpu=None, extra_config=""):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         img = os.path.join(self.dir, "disk.img")
@@ -97,7 +99,8 @@ class LoopbackAgent:
         cfg = os.path.join(self.dir, "agent.toml")
         with open(cfg, "w") as f:
             f.write(f'[hypervisor]\ndomain_type = "qemu"\n[reliability]\nstate_dir = "{self.dir}/state"\n'
-                    f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{self.loop}"\nwipe = "none"\n')
+                    f'[[storage.pools]]\nname = "disk1"\ntype = "partition"\ndisk = "{self.loop}"\nwipe = "none"\n'
+                    + extra_config)
         self.grpc, self.port = free_port(), free_port()
         self.grpc_addr = f"127.0.0.1:{self.grpc}"
         self.log = open(os.path.join(self.dir, "agent.log"), "w")
@@ -128,13 +131,14 @@ class LoopbackAgent:
         subprocess.run(["losetup", "-d", self.loop])
 
 
-def loopback_hosts(binary, work, size, cpus):
+def loopback_hosts(binary, work, size, cpus, over_grpc=False):
     """The hosts: source, destination, the destination's netns (None here), the address the
     baseline's receiver listens on, the link's interface here (None: loopback), the CPU of each
     side (`cpus`), what to close."""
     src = LoopbackAgent(binary, work, "src", size + 64 * MiB, cpus.src)
     try:
-        dst = LoopbackAgent(binary, work, "dst", 2 * size + 64 * MiB, cpus.dst)
+        dst = LoopbackAgent(binary, work, "dst", 2 * size + 64 * MiB, cpus.dst,
+                            "[migration]\ndata_port = -1\n" if over_grpc else "")
     except BaseException:
         src.close()
         raise
@@ -197,7 +201,7 @@ def stubs_dir(binary):
     return near if os.path.isdir(near) else os.path.join(REPO, "build", "proto", "py")
 
 
-def namespace_hosts(binary, work, size, cpus):
+def namespace_hosts(binary, work, size, cpus, over_grpc=False):
     """Two TLS agents joined by a veth: the source here, the destination in its own network
     namespace. Same answer as loopback_hosts (`link`: this end of the veth)."""
     sys.path[:0] = [stubs_dir(binary), INTEGRATION]
@@ -208,6 +212,8 @@ def namespace_hosts(binary, work, size, cpus):
     closing = [veth]
     try:
         tls, client, token = dev_pki(os.path.join(work, "pki"), veth.peer_ip)
+        if over_grpc:
+            tls = tls.replace("[migration]\n", "[migration]\ndata_port = -1\n")
         src = TlsHost("bsrc", size + 64 * MiB, tls, client, token, cpu=cpus.src)
         closing.insert(0, src)
         dst = TlsHost("bdst", 2 * size + 64 * MiB, tls, client, token, netns=veth.netns,
@@ -400,6 +406,8 @@ def main():
     p.add_argument("mib", nargs="?", type=int, default=256, help="the volume's size in MiB")
     p.add_argument("--namespaces", action="store_true", help="two hosts joined by a veth, agents with mutual TLS")
     p.add_argument("--perf", metavar="DIR", help="each agent under perf record -g during the migration")
+    p.add_argument("--over-grpc", action="store_true",
+                   help="the destination offers no volume channel: the volume goes over gRPC")
     p.add_argument("--pin", action="store_true",
                    help="the source side on CPU 0, the destination side on CPU 1 (baseline and migration)")
     a = p.parse_args()
@@ -410,9 +418,10 @@ def main():
     work = tempfile.mkdtemp(prefix="hvbench-mig-")
     hosts = None
     try:
-        hosts = (namespace_hosts if a.namespaces else loopback_hosts)(a.hvagentd, work, size, cpus)
+        hosts = (namespace_hosts if a.namespaces else loopback_hosts)(a.hvagentd, work, size, cpus, a.over_grpc)
         label = ("two network namespaces over a veth, agents with mutual TLS" if a.namespaces
                  else "loopback, plain text")
+        label += "; volume over gRPC" if a.over_grpc else "; volume over the volume channel"
         if a.pin:
             label += (f"; pinned: source agent on CPUs {affinity(hosts.src.pid)}, destination agent on "
                       f"CPUs {affinity(hosts.dst.pid)}; dd sender on CPU {cpus.src}, sink on CPU {cpus.dst}")
