@@ -20,6 +20,7 @@
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
 #include "tests/fakes/fresh_temp_dir.h"
+#include "tests/fakes/test_bytes.h"
 
 namespace hvagent::api {
 namespace {
@@ -28,20 +29,6 @@ using ::testing::HasSubstr;
 namespace img = storage::image;
 
 constexpr uint64_t kSize = 3 << 20;
-
-std::string Bytes(size_t n, uint32_t seed) {
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) {
-    seed = seed * 1103515245u + 12345u;
-    out[i] = static_cast<char>(seed >> 16);
-  }
-  return out;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 class VolumeChannelTest : public ::testing::Test {
  protected:
@@ -65,7 +52,7 @@ class VolumeChannelTest : public ::testing::Test {
     ASSERT_GT(server_->port(), 0);
 
     // The source volume: data, a zero run, data (the zero run goes as one 'Z' frame).
-    content_ = Bytes(kSize, 5);
+    content_ = testing::PseudoRandomBytes(kSize, 5);
     std::fill(content_.begin() + (1 << 20), content_.begin() + (2 << 20), '\0');
     source_ = dir_ + "/source";
     std::ofstream(source_, std::ios::binary).write(content_.data(), content_.size());
@@ -123,6 +110,13 @@ class VolumeChannelTest : public ::testing::Test {
     for (const auto& v : *all) out.push_back(v.volume.name);
     return out;
   }
+  static absl::Status SendTrailer(volume_channel::Connection& c, const std::string& sha256) {
+    v1::ReceiveVolumeTrailer trailer;
+    trailer.set_sha256(sha256);
+    const std::string body = trailer.SerializeAsString();
+    if (auto s = volume_channel::WriteFrameHead(c, volume_channel::kTrailer, body.size()); !s.ok()) return s;
+    return c.WriteAll(body.data(), body.size());
+  }
   // A raw connection to the server, for senders that break the rules.
   std::unique_ptr<volume_channel::Connection> Dial() {
     raw_fd_ = socket(AF_INET, SOCK_STREAM, 0);
@@ -154,7 +148,7 @@ TEST_F(VolumeChannelTest, AVolumeCrossesWhole) {
   EXPECT_EQ(r->code(), 0u) << r->message();
   EXPECT_EQ(r->response().size_bytes(), kSize);
   EXPECT_EQ(r->response().sha256(), sent_sha_);  // what the destination wrote is what was read
-  EXPECT_EQ(ReadFile(dir_ + "/vol-web3-root"), content_);
+  EXPECT_EQ(testing::ReadWholeFile(dir_ + "/vol-web3-root"), content_);
   EXPECT_THAT(VolumeNames(), ::testing::ElementsAre("web3-root"));
 }
 
@@ -202,21 +196,17 @@ TEST_F(VolumeChannelTest, ASenderThatStopsHalfWayLeavesNoVolumeAndMayRetry) {
     EXPECT_EQ(again->code(), 0u) << again->message();
     break;
   }
-  EXPECT_EQ(ReadFile(dir_ + "/vol-web3-root"), content_);
+  EXPECT_EQ(testing::ReadWholeFile(dir_ + "/vol-web3-root"), content_);
 }
 
 TEST_F(VolumeChannelTest, ASizeThatIsNotThePreparedOneIsRefusedNamingIt) {
   const std::string t = Prepare();
   auto conn = Dial();
   ASSERT_TRUE(volume_channel::WriteMessage(*conn, Header(t, 1 << 20)).ok());
-  const std::string data = Bytes(1 << 20, 7);
+  const std::string data = testing::PseudoRandomBytes(1 << 20, 7);
   ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kData, data.size()).ok());
   ASSERT_TRUE(conn->WriteAll(data.data(), data.size()).ok());
-  v1::ReceiveVolumeTrailer trailer;
-  trailer.set_sha256(std::string(64, '0'));
-  const std::string body = trailer.SerializeAsString();
-  ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kTrailer, body.size()).ok());
-  ASSERT_TRUE(conn->WriteAll(body.data(), body.size()).ok());
+  ASSERT_TRUE(SendTrailer(*conn, std::string(64, '0')).ok());
   v1::ReceiveVolumeResult r;
   ASSERT_TRUE(volume_channel::ReadMessage(*conn, &r, "result").ok());
   EXPECT_EQ(r.code(), static_cast<uint32_t>(absl::StatusCode::kInvalidArgument));
@@ -229,11 +219,7 @@ TEST_F(VolumeChannelTest, AShaThatDiffersIsDataLossAndTheVolumeGoes) {
   auto conn = Dial();
   ASSERT_TRUE(volume_channel::WriteMessage(*conn, Header(t)).ok());
   ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kZeros, kSize).ok());
-  v1::ReceiveVolumeTrailer trailer;
-  trailer.set_sha256(std::string(64, '0'));
-  const std::string body = trailer.SerializeAsString();
-  ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kTrailer, body.size()).ok());
-  ASSERT_TRUE(conn->WriteAll(body.data(), body.size()).ok());
+  ASSERT_TRUE(SendTrailer(*conn, std::string(64, '0')).ok());
   v1::ReceiveVolumeResult r;
   ASSERT_TRUE(volume_channel::ReadMessage(*conn, &r, "result").ok());
   EXPECT_EQ(r.code(), static_cast<uint32_t>(absl::StatusCode::kDataLoss));

@@ -18,6 +18,7 @@
 #include "tests/fakes/fake_command_runner.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
+#include "tests/fakes/test_bytes.h"
 
 namespace hvagent::service {
 namespace {
@@ -42,14 +43,6 @@ class Chunks final : public UploadBody {
   size_t next_ = 0;
 };
 
-std::string Pattern(size_t n, uint32_t seed) {
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) {
-    seed = seed * 1103515245u + 12345u;
-    out[i] = static_cast<char>(seed >> 16);
-  }
-  return out;
-}
 
 std::string ReadFile(const std::string& path, size_t n) {
   std::ifstream in(path, std::ios::binary);
@@ -136,7 +129,7 @@ class DomainImagesTest : public ::testing::Test {
 };
 
 TEST_F(DomainImagesTest, CreateDomain_DiskFromAnImageHoldsItsBytesAndIsOwned) {
-  const std::string bytes = Pattern((3 << 20) + 4096, 11);
+  const std::string bytes = testing::PseudoRandomBytes((3 << 20) + 4096, 11);
   Upload("vg0", "deb12", bytes);
   auto d = domains_->Create(Spec("web1"), /*start=*/true, Root("deb12", 8 << 20));
   ASSERT_TRUE(d.ok()) << d.status();
@@ -161,7 +154,7 @@ TEST_F(DomainImagesTest, CreateDomain_DiskFromAnImageHoldsItsBytesAndIsOwned) {
 }
 
 TEST_F(DomainImagesTest, CreateDomain_SizeZeroTakesTheImagesSizeAndDeleteRemovesTheVolume) {
-  Upload("vg0", "deb12", Pattern(2 << 20, 5));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(2 << 20, 5));
   ASSERT_TRUE(domains_->Create(Spec("web1"), false, Root("deb12")).ok());
   ASSERT_EQ(Volumes().size(), 1u);
   EXPECT_EQ(Volumes()[0].size_bytes, 2u << 20);
@@ -174,20 +167,20 @@ TEST_F(DomainImagesTest, CreateDomain_SizeZeroTakesTheImagesSizeAndDeleteRemoves
 }
 
 TEST_F(DomainImagesTest, CreateDomain_UnknownImageIsNotFoundNamingTheField) {
-  Upload("vg0", "deb12", Pattern(1 << 20, 1));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(1 << 20, 1));
   auto d = domains_->Create(Spec("web1"), true, Root("centos9"));
   ExpectRefusedWithNothingMade(d.status(), absl::StatusCode::kNotFound, "spec.disks[0].volume.image");
   EXPECT_THAT(hv_.calls, IsEmpty());
 }
 
 TEST_F(DomainImagesTest, CreateDomain_ImageOfAnotherPoolIsNotFound) {
-  Upload("disk1", "deb12", Pattern(1 << 20, 2));
+  Upload("disk1", "deb12", testing::PseudoRandomBytes(1 << 20, 2));
   auto d = domains_->Create(Spec("web1"), true, Root("deb12", 0, "vg0"));
   ExpectRefusedWithNothingMade(d.status(), absl::StatusCode::kNotFound, "spec.disks[0].volume.image");
 }
 
 TEST_F(DomainImagesTest, CreateDomain_SizeSmallerThanTheImageIsInvalidArgument) {
-  Upload("vg0", "deb12", Pattern(2 << 20, 3));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(2 << 20, 3));
   auto d = domains_->Create(Spec("web1"), true, Root("deb12", 1 << 20));
   ExpectRefusedWithNothingMade(d.status(), absl::StatusCode::kInvalidArgument, "spec.disks[0].volume.create_size_bytes");
 }
@@ -199,7 +192,7 @@ TEST_F(DomainImagesTest, CreateDomain_BadImageNameIsInvalidArgument) {
 
 TEST_F(DomainImagesTest, CreateDomain_ImageStillImportingIsFailedPrecondition) {
   absl::Status during;
-  Chunks body({Pattern(1 << 20, 4), Pattern(1 << 20, 5)});
+  Chunks body({testing::PseudoRandomBytes(1 << 20, 4), testing::PseudoRandomBytes(1 << 20, 5)});
   body.before_chunk = [&](size_t i) {
     if (i == 1) during = domains_->Create(Spec("web1"), true, Root("deb12")).status();
   };
@@ -218,7 +211,7 @@ TEST_F(DomainImagesTest, CreateDomain_WithoutAnImageServiceIsFailedPrecondition)
 }
 
 TEST_F(DomainImagesTest, CreateDomain_ExistingVolumeNameIsRefusedAndTheVolumeKept) {
-  Upload("vg0", "deb12", Pattern(1 << 20, 6));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(1 << 20, 6));
   ASSERT_TRUE(storage_->CreateVolume("vg0", {"web1-root", 4 << 20}).ok());
   auto d = domains_->Create(Spec("web1"), true, Root("deb12"));
   EXPECT_EQ(d.status().code(), absl::StatusCode::kAlreadyExists) << d.status();
@@ -229,7 +222,7 @@ TEST_F(DomainImagesTest, CreateDomain_ExistingVolumeNameIsRefusedAndTheVolumeKep
 }
 
 TEST_F(DomainImagesTest, CreateDomain_DefineFailureDeletesTheVolumeMadeFromTheImage) {
-  Upload("vg0", "deb12", Pattern(1 << 20, 7));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(1 << 20, 7));
   hv_.fail_define = absl::InternalError("libvirt says no");
   auto d = domains_->Create(Spec("web1"), true, Root("deb12"));
   EXPECT_EQ(d.status().code(), absl::StatusCode::kInternal);
@@ -239,7 +232,7 @@ TEST_F(DomainImagesTest, CreateDomain_DefineFailureDeletesTheVolumeMadeFromTheIm
 }
 
 TEST_F(DomainImagesTest, CreateDomain_StartFailureUndoesDomainAndVolume) {
-  Upload("vg0", "deb12", Pattern(1 << 20, 8));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(1 << 20, 8));
   hv_.fail_start = absl::InternalError("no memory");
   auto d = domains_->Create(Spec("web1"), true, Root("deb12"));
   EXPECT_FALSE(d.ok());
@@ -250,8 +243,8 @@ TEST_F(DomainImagesTest, CreateDomain_StartFailureUndoesDomainAndVolume) {
 // The copy of web1's disk is held mid-way until web2's create is over (or 10 s): with the
 // create/delete lock held for the copy, web2 would wait for web1 and the test would fail.
 TEST_F(DomainImagesTest, CreateDomain_ASecondCreateProceedsWhileADiskIsCopied) {
-  Upload("vg0", "deb12", Pattern(9 << 20, 21));  // three 4 MiB blocks
-  Upload("disk1", "alpine", Pattern(1 << 20, 22));
+  Upload("vg0", "deb12", testing::PseudoRandomBytes(9 << 20, 21));  // three 4 MiB blocks
+  Upload("disk1", "alpine", testing::PseudoRandomBytes(1 << 20, 22));
   std::mutex mu;
   std::condition_variable cv;
   bool copying = false, others_done = false;

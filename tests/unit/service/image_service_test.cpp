@@ -19,6 +19,7 @@
 #include "tests/fakes/fake_command_runner.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
+#include "tests/fakes/test_bytes.h"
 
 namespace hvagent::service {
 namespace {
@@ -139,14 +140,6 @@ class ChunksBody final : public UploadBody {
   size_t next_ = 0;
 };
 
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) {
-    seed = seed * 1103515245u + 12345u;
-    out[i] = static_cast<char>(seed >> 16);
-  }
-  return out;
-}
 
 std::string Sha256(absl::string_view bytes) {
   auto d = *storage::image::Digest::Create("sha256");
@@ -184,7 +177,7 @@ class ImageUploadTest : public ImageServiceTest {
 
 TEST_F(ImageUploadTest, RawUploadLandsByteForByteAndIsReadyWithItsSha256) {
   // Chunks of odd sizes that straddle the writer's 4 MiB blocks and end off a 4 KiB boundary.
-  const std::string data = RandomBytes((5 << 20) + 12345, 7);
+  const std::string data = testing::PseudoRandomBytes((5 << 20) + 12345, 7);
   std::vector<std::string> chunks = {data.substr(0, 1000), data.substr(1000, 4 << 20), data.substr(1000 + (4 << 20))};
   ChunksBody body(chunks);
   UploadRequest h = Header(data.size());
@@ -212,7 +205,7 @@ TEST_F(ImageUploadTest, RawUploadLandsByteForByteAndIsReadyWithItsSha256) {
 }
 
 TEST_F(ImageUploadTest, AStreamEndingShortOfSizeBytesIsDataLossAndLeavesNothing) {
-  ChunksBody body({RandomBytes(300000, 1)});
+  ChunksBody body({testing::PseudoRandomBytes(300000, 1)});
   auto image = images_->Upload(Header(1 << 20), body);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(image.status().message(), HasSubstr("size_bytes: the upload ended after 300000 of the 1048576"));
@@ -220,7 +213,7 @@ TEST_F(ImageUploadTest, AStreamEndingShortOfSizeBytesIsDataLossAndLeavesNothing)
 }
 
 TEST_F(ImageUploadTest, MoreBytesThanSizeBytesIsInvalidArgumentAndLeavesNothing) {
-  ChunksBody body({RandomBytes(600000, 1), RandomBytes(600000, 2)});
+  ChunksBody body({testing::PseudoRandomBytes(600000, 1), testing::PseudoRandomBytes(600000, 2)});
   auto image = images_->Upload(Header(1 << 20), body);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(image.status().message(), HasSubstr("chunk: the upload holds more than the 1048576 bytes"));
@@ -228,7 +221,7 @@ TEST_F(ImageUploadTest, MoreBytesThanSizeBytesIsInvalidArgumentAndLeavesNothing)
 }
 
 TEST_F(ImageUploadTest, AChecksumMismatchIsFailedPreconditionAndLeavesNothing) {
-  const std::string data = RandomBytes(200000, 3);
+  const std::string data = testing::PseudoRandomBytes(200000, 3);
   ChunksBody body({data});
   UploadRequest h = Header(data.size());
   h.sha256 = Sha256(data + "x");
@@ -239,14 +232,14 @@ TEST_F(ImageUploadTest, AChecksumMismatchIsFailedPreconditionAndLeavesNothing) {
 }
 
 TEST_F(ImageUploadTest, ACallerGoneMidStreamIsCancelledAndLeavesNothing) {
-  ChunksBody body({RandomBytes(100000, 4)}, absl::CancelledError("the caller cancelled the upload"));
+  ChunksBody body({testing::PseudoRandomBytes(100000, 4)}, absl::CancelledError("the caller cancelled the upload"));
   auto image = images_->Upload(Header(1 << 20), body);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kCancelled);
   ExpectNothingLeft(v1::OPERATION_STATE_CANCELLED, "the caller cancelled");
 }
 
 TEST_F(ImageUploadTest, DeletingTheImageWhileItUploadsCancelsIt) {
-  ChunksBody body({RandomBytes(100000, 5), RandomBytes(100000, 6), RandomBytes(100000, 7)});
+  ChunksBody body({testing::PseudoRandomBytes(100000, 5), testing::PseudoRandomBytes(100000, 6), testing::PseudoRandomBytes(100000, 7)});
   body.before_chunk = [&](size_t i) {
     if (i != 2) return;
     auto st = images_->Get("vg0", "up1");
@@ -279,7 +272,7 @@ TEST_F(ImageUploadTest, SizeBytesIsRequiredAndCappedAndNothingStartsWithoutIt) {
 }
 
 TEST_F(ImageUploadTest, AnExistingImageNameIsAlreadyExistsAndTheBodyIsNotRead) {
-  const std::string data = RandomBytes(5000, 8);
+  const std::string data = testing::PseudoRandomBytes(5000, 8);
   ChunksBody first({data});
   ASSERT_TRUE(images_->Upload(Header(data.size()), first).ok());
   bool read = false;
@@ -291,7 +284,7 @@ TEST_F(ImageUploadTest, AnExistingImageNameIsAlreadyExistsAndTheBodyIsNotRead) {
 }
 
 TEST_F(ImageUploadTest, APoolThatSharesBlocksClonesTheImageAndCopiesNothing) {
-  const std::string data = RandomBytes(5000, 9);
+  const std::string data = testing::PseudoRandomBytes(5000, 9);
   ChunksBody body({data});
   ASSERT_TRUE(images_->Upload(Header(data.size()), body).ok());
   backend_->can_clone = true;
@@ -309,7 +302,7 @@ TEST_F(ImageUploadTest, APoolThatSharesBlocksClonesTheImageAndCopiesNothing) {
 }
 
 TEST_F(ImageUploadTest, APoolThatCannotShareBlocksCopiesTheImage) {
-  const std::string data = RandomBytes(5000, 10);
+  const std::string data = testing::PseudoRandomBytes(5000, 10);
   ChunksBody body({data});
   ASSERT_TRUE(images_->Upload(Header(data.size()), body).ok());
   backend_->calls.clear();
@@ -329,7 +322,7 @@ class VolumeFromImageTest : public ImageUploadTest {
  protected:
   void SetUp() override {
     ImageUploadTest::SetUp();
-    data_ = RandomBytes((9 << 20) + 4321, 11);  // three 4 MiB blocks of the copy, the last one short
+    data_ = testing::PseudoRandomBytes((9 << 20) + 4321, 11);  // three 4 MiB blocks of the copy, the last one short
     ChunksBody body({data_});
     ASSERT_TRUE(images_->Upload(Header(data_.size()), body).ok());
     backend_->calls.clear();
@@ -520,7 +513,7 @@ std::vector<std::string> FilesIn(const std::string& dir) {
 }
 
 TEST_F(VolumeExportTest, ExportOfAFreeVolumeRebuildsItsBytesAndHashesThem) {
-  std::string data = RandomBytes(1 << 20, 3) + std::string(6 << 20, '\0') + RandomBytes(1 << 20, 4);
+  std::string data = testing::PseudoRandomBytes(1 << 20, 3) + std::string(6 << 20, '\0') + testing::PseudoRandomBytes(1 << 20, 4);
   MakeVolume("data1", data);
   StringSink sink;
   uint64_t size = 0;
@@ -534,7 +527,7 @@ TEST_F(VolumeExportTest, ExportOfAFreeVolumeRebuildsItsBytesAndHashesThem) {
 
 TEST_F(VolumeExportTest, ExportOfARunningDomainsVolumeIsRefusedUnlessTheCallerQuiescedIt) {
   RunningDomain("web1");
-  MakeVolume("root1", RandomBytes(64 << 10, 5), "web1");
+  MakeVolume("root1", testing::PseudoRandomBytes(64 << 10, 5), "web1");
   StringSink sink;
   auto r = ExportOf(*images_, {.pool = "vg0", .name = "root1"}, sink);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -564,7 +557,7 @@ TEST_F(VolumeExportTest, UnknownNamesAndPathCharactersAreClearErrorsBeforeAnyRea
 
 TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumePausesItForTheCopyAndResumesIt) {
   RunningDomain("web1");
-  const std::string data = RandomBytes(3 << 20, 9) + std::string(2 << 20, '\0');
+  const std::string data = testing::PseudoRandomBytes(3 << 20, 9) + std::string(2 << 20, '\0');
   MakeVolume("root1", data, "web1");
   hv_.calls.clear();
   auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1");
@@ -588,7 +581,7 @@ TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumePausesItForTheCopyAndResu
 
 TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumeJournalsThePauseBeforeItAndItsReleaseAfter) {
   RunningDomain("web1");
-  MakeVolume("root1", RandomBytes(5 << 20, 28), "web1");
+  MakeVolume("root1", testing::PseudoRandomBytes(5 << 20, 28), "web1");
   auto r = images_->CreateFromVolume("vg0", "root1", "tmpl1");
   ASSERT_TRUE(r.ok()) << r.status();
   auto ended = journal_->Recent();
@@ -599,7 +592,7 @@ TEST_F(VolumeExportTest, ImageFromARunningDomainsVolumeJournalsThePauseBeforeItA
   for (const auto& step : ended[0].op.steps) steps.push_back(step.name());
   EXPECT_THAT(steps, ::testing::ElementsAre("pause", "create-slot", "released", "seal"));
   // From a free volume nothing is paused, nothing journalled about a guest.
-  MakeVolume("data1", RandomBytes(1 << 20, 29));
+  MakeVolume("data1", testing::PseudoRandomBytes(1 << 20, 29));
   ASSERT_TRUE(images_->CreateFromVolume("vg0", "data1", "img2").ok());
   EXPECT_EQ(journal_->Recent().front().op.begin.domain(), "");
   EXPECT_THAT(journal_->Recent().front().op.steps, ::testing::SizeIs(2));  // create-slot, seal
@@ -648,7 +641,7 @@ TEST_F(VolumeExportTest, RecoveryResumesTheGuestACrashLeftPausedForAnImageAndRem
 TEST_F(VolumeExportTest, AnAgentKilledMidCopyLeavesAJournalWhoseRecoveryResumesTheGuest) {
   if (!failpoint::CompiledIn()) GTEST_SKIP() << "needs -DHVAGENT_FAILPOINTS=ON (the unit tier's build has them)";
   RunningDomain("web1");
-  MakeVolume("root1", RandomBytes(6 << 20, 30), "web1");  // two blocks: the failpoint is between them
+  MakeVolume("root1", testing::PseudoRandomBytes(6 << 20, 30), "web1");  // two blocks: the failpoint is between them
   const std::string path = vol_dir_ + "/journal";
   {
     auto file_journal = Journal::Open(path);
@@ -681,7 +674,7 @@ TEST_F(VolumeExportTest, AnAgentKilledMidCopyLeavesAJournalWhoseRecoveryResumesT
 
 TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoImage) {
   RunningDomain("web1");
-  MakeVolume("data1", RandomBytes(1 << 20, 2));
+  MakeVolume("data1", testing::PseudoRandomBytes(1 << 20, 2));
   hv_.calls.clear();
   auto r = images_->CreateFromVolume("vg0", "data1", "img1");
   ASSERT_TRUE(r.ok()) << r.status();
@@ -693,7 +686,7 @@ TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoI
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(missing.status().message(), HasSubstr("volume: "));
   // A volume shorter on disk than recorded: the read fails, the partial image is removed.
-  MakeVolume("short1", RandomBytes(1 << 20, 6));
+  MakeVolume("short1", testing::PseudoRandomBytes(1 << 20, 6));
   ASSERT_EQ(truncate((vol_dir_ + "/vol-short1").c_str(), 4096), 0);
   auto failed = images_->CreateFromVolume("vg0", "short1", "img3");
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kDataLoss);
@@ -705,7 +698,7 @@ TEST_F(VolumeExportTest, ImageFromAFreeVolumePausesNothingAndAFailedOneLeavesNoI
 
 TEST_F(VolumeExportTest, SnapshotExportSendsTheSnapshotsBytesNotTheVolumesLaterOnes) {
   backend_->snapshots = true;
-  const std::string before = RandomBytes(2 << 20, 11);
+  const std::string before = testing::PseudoRandomBytes(2 << 20, 11);
   MakeVolume("data1", before);
   ASSERT_TRUE(storage_->CreateSnapshot("vg0", "data1", "s1").ok());
   std::ofstream(vol_dir_ + "/vol-data1", std::ios::binary | std::ios::in | std::ios::out).write("changed", 7);
@@ -728,7 +721,7 @@ TEST_F(VolumeExportTest, SnapshotExportSendsTheSnapshotsBytesNotTheVolumesLaterO
 TEST_F(VolumeExportTest, DigestFirstAnnouncesTheSha256AndFailsAStreamWhoseBytesChanged) {
   // Three 4 MiB blocks of the reader, the last one short: while the first block is sent the
   // second is being read ahead, so only a change in the third is sure to be read back.
-  const std::string data = RandomBytes(9 << 20, 12);
+  const std::string data = testing::PseudoRandomBytes(9 << 20, 12);
   MakeVolume("data1", data);
   std::string announced;
   StringSink sink;
@@ -784,7 +777,7 @@ class Qcow2ExportTest : public VolumeExportTest {
 };
 
 TEST_F(Qcow2ExportTest, Qcow2IsConvertedIntoScratchStreamedAndTheFileRemoved) {
-  const std::string data = RandomBytes(1 << 20, 13);
+  const std::string data = testing::PseudoRandomBytes(1 << 20, 13);
   MakeVolume("data1", data);
   ConvertWrites("QFI\xfb");
   StringSink sink;
@@ -804,7 +797,7 @@ TEST_F(Qcow2ExportTest, Qcow2IsConvertedIntoScratchStreamedAndTheFileRemoved) {
 }
 
 TEST_F(Qcow2ExportTest, AFailedConversionOrACallerGoneLeavesNothingInScratch) {
-  MakeVolume("data1", RandomBytes(3 << 20, 14));
+  MakeVolume("data1", testing::PseudoRandomBytes(3 << 20, 14));
   runner_.Expect({"/usr/bin/qemu-img", "convert"}, testing::FakeCommandRunner::Fail(1, "No space left on device"));
   StringSink sink;
   auto failed = ExportOf(*images_, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink);
@@ -846,7 +839,7 @@ void ConvertRunsUntilCancelled(testing::FakeCommandRunner& runner, std::atomic<b
 }
 
 TEST_F(Qcow2ExportTest, ACallerGoneWhileQemuImgConvertsStopsItAndLeavesNothing) {
-  MakeVolume("data1", RandomBytes(3 << 20, 21));
+  MakeVolume("data1", testing::PseudoRandomBytes(3 << 20, 21));
   std::atomic<bool> converting{false};
   ConvertRunsUntilCancelled(runner_, converting);
   class LeavingSink final : public storage::image::ExportSink {
@@ -887,7 +880,7 @@ TEST_F(Qcow2ExportTest, ACallerGoneWhileQemuImgConvertsStopsItAndLeavesNothing) 
 }
 
 TEST_F(Qcow2ExportTest, TooLittleFreeSpaceInScratchIsResourceExhaustedBeforeQemuImgRuns) {
-  MakeVolume("data1", RandomBytes(4 << 20, 22));
+  MakeVolume("data1", testing::PseudoRandomBytes(4 << 20, 22));
   std::string probed;
   uint64_t free_bytes = (4 << 20) + (4 << 20);  // the volume plus 4 MiB: short of the bound by its 1/4096
   images_ = std::make_unique<ImageService>(
@@ -919,7 +912,7 @@ TEST_F(Qcow2ExportTest, TheRealProbeReadsTheFilesystemOfTheNearestExistingDirect
   ASSERT_FALSE(std::filesystem::exists(scratch_ + "/not/yet"));
   ImageService probe(*storage_, *journal_, runner_,
                      ImageService::Options{.scratch_dir = scratch_ + "/not/yet", .hypervisor = &hv_});
-  MakeVolume("data1", RandomBytes(1 << 20, 23));
+  MakeVolume("data1", testing::PseudoRandomBytes(1 << 20, 23));
   ConvertWrites("QFI\xfb");
   StringSink sink;
   EXPECT_TRUE(ExportOf(probe, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink).ok());
@@ -954,7 +947,7 @@ class Qcow2UploadTest : public ImageUploadTest {
 TEST_F(Qcow2UploadTest, ACallerGoneWhileQemuImgConvertsStopsItAndLeavesNothing) {
   std::atomic<bool> converting{false};
   ConvertRunsUntilCancelled(runner_, converting);
-  ChunksBody body({RandomBytes(64 << 10, 24)});
+  ChunksBody body({testing::PseudoRandomBytes(64 << 10, 24)});
   body.caller_gone = [&] { return converting.load(); };
   auto r = images_->Upload(Qcow2(64 << 10), body);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
@@ -969,7 +962,7 @@ TEST_F(Qcow2UploadTest, DeletingTheImageWhileQemuImgConvertsStopsItAndLeavesNoth
     while (!converting) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     EXPECT_TRUE(images_->Delete("vg0", "up1").ok());  // an import under way: cancelled
   });
-  ChunksBody body({RandomBytes(64 << 10, 25)});
+  ChunksBody body({testing::PseudoRandomBytes(64 << 10, 25)});
   auto r = images_->Upload(Qcow2(64 << 10), body);
   deleter.join();
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
@@ -978,18 +971,18 @@ TEST_F(Qcow2UploadTest, DeletingTheImageWhileQemuImgConvertsStopsItAndLeavesNoth
 
 TEST_F(Qcow2UploadTest, TooLittleFreeSpaceInScratchIsRefusedBeforeTheUploadStarts) {
   free_ = (64 << 10) - 1;
-  ChunksBody body({RandomBytes(64 << 10, 26)});
+  ChunksBody body({testing::PseudoRandomBytes(64 << 10, 26)});
   auto r = images_->Upload(Qcow2(64 << 10), body);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
   EXPECT_THAT(r.status().message(), HasSubstr("[images] scratch_dir: "));
   ExpectNothingStarted();
   // A raw upload does not land in scratch: no check.
-  ChunksBody raw({RandomBytes(64 << 10, 27)});
+  ChunksBody raw({testing::PseudoRandomBytes(64 << 10, 27)});
   EXPECT_TRUE(images_->Upload(Header(64 << 10), raw).ok());
 }
 
 TEST_F(VolumeExportTest, Qcow2WithoutAScratchDirIsRefusedBeforeAnythingRuns) {
-  MakeVolume("data1", RandomBytes(1 << 20, 15));
+  MakeVolume("data1", testing::PseudoRandomBytes(1 << 20, 15));
   ImageService no_scratch(*storage_, *journal_, runner_, ImageService::Options{.hypervisor = &hv_});
   StringSink sink;
   auto r = ExportOf(no_scratch, {.pool = "vg0", .name = "data1", .format = ImageFormat::kQcow2}, sink);
@@ -1001,7 +994,7 @@ TEST_F(VolumeExportTest, Qcow2WithoutAScratchDirIsRefusedBeforeAnythingRuns) {
 TEST_F(VolumeExportTest, ImageFromASnapshotOfARunningGuestsVolumePausesNothingAndHoldsTheSnapshotsBytes) {
   backend_->snapshots = true;
   RunningDomain("web1");
-  const std::string at_snapshot = RandomBytes(2 << 20, 16);
+  const std::string at_snapshot = testing::PseudoRandomBytes(2 << 20, 16);
   MakeVolume("root1", at_snapshot, "web1");
   ASSERT_TRUE(storage_->CreateSnapshot("vg0", "root1", "s1").ok());
   std::ofstream(vol_dir_ + "/vol-root1", std::ios::binary | std::ios::in | std::ios::out).write("later", 5);

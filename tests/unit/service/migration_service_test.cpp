@@ -19,25 +19,13 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
+#include "tests/fakes/test_bytes.h"
 
 namespace hvagent::service {
 namespace {
 
 using ::testing::HasSubstr;
 
-std::string Bytes(size_t n, uint32_t seed) {
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) {
-    seed = seed * 1103515245u + 12345u;
-    out[i] = static_cast<char>(seed >> 16);
-  }
-  return out;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // One host: a hypervisor, one pool "vg0" whose volumes are files of `dir`, a journal, domains.
 struct Host {
@@ -218,7 +206,7 @@ class MigrationTest : public ::testing::Test {
     spec.labels["tenant"] = "blue";
     auto d = src_->domains->Create(spec, start, {{0, {.pool = "vg0", .name = "web1-root", .create_size_bytes = 8 << 20}}});
     ASSERT_TRUE(d.ok()) << d.status();
-    content_ = Bytes(1 << 20, 3) + std::string(6 << 20, '\0') + Bytes(1 << 20, 4);
+    content_ = testing::PseudoRandomBytes(1 << 20, 3) + std::string(6 << 20, '\0') + testing::PseudoRandomBytes(1 << 20, 4);
     std::ofstream(src_dir_ + "/vol-web1-root", std::ios::binary | std::ios::in | std::ios::out)
         .write(content_.data(), content_.size());
   }
@@ -244,7 +232,7 @@ class MigrationTest : public ::testing::Test {
     auto d = src_->hv.GetDomain("web1");
     ASSERT_TRUE(d.ok());
     EXPECT_EQ(hv::IsActive(d->state), running);
-    EXPECT_EQ(ReadFile(src_dir_ + "/vol-web1-root"), content_);
+    EXPECT_EQ(testing::ReadWholeFile(src_dir_ + "/vol-web1-root"), content_);
     EXPECT_THAT(src_->VolumeNames(), ::testing::ElementsAre("web1-root"));
     EXPECT_TRUE(absl::IsNotFound(dst_->hv.GetDomain("web1").status()));
     EXPECT_TRUE(dst_->VolumeNames().empty());
@@ -275,7 +263,7 @@ TEST_F(MigrationTest, StoppedDomainMovesWithItsBytesUuidAndOwnershipAndLeavesThe
   EXPECT_EQ(moved->vcpus, 2u);
   EXPECT_EQ(moved->labels.at("tenant"), "blue");
   EXPECT_FALSE(hv::IsActive(moved->state));
-  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  EXPECT_EQ(testing::ReadWholeFile(dst_dir_ + "/vol-web1-root"), content_);
   auto vol = dst_->storage->GetVolume("vg0", "web1-root");
   ASSERT_TRUE(vol.ok());
   EXPECT_EQ(vol->volume.attached_to, "web1");
@@ -332,7 +320,7 @@ class WholeDefinitionTest : public MigrationTest {
     spec_.disks.push_back({.source_path = "", .target = "vda"});
     auto d = src_->domains->Create(spec_, false, {{0, {.pool = "vg0", .name = "web1-root", .create_size_bytes = 8 << 20}}});
     ASSERT_TRUE(d.ok()) << d.status();
-    content_ = Bytes(8 << 20, 9);
+    content_ = testing::PseudoRandomBytes(8 << 20, 9);
     std::ofstream(src_dir_ + "/vol-web1-root", std::ios::binary | std::ios::in | std::ios::out)
         .write(content_.data(), content_.size());
   }
@@ -367,7 +355,7 @@ TEST_F(WholeDefinitionTest, KernelBootVncCpuAndConsoleArriveAsTheyWere) {
   EXPECT_EQ(got->memory_mib, 192u);
   EXPECT_EQ(got->uuid, spec_.uuid);
   EXPECT_EQ(got->labels, spec_.labels);
-  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  EXPECT_EQ(testing::ReadWholeFile(dst_dir_ + "/vol-web1-root"), content_);
   EXPECT_TRUE(absl::IsNotFound(src_->hv.GetDomain("web1").status()));
 }
 
@@ -729,7 +717,7 @@ class LiveMigrationTest : public MigrationTest {
       spec.labels = info.labels;
       for (hv::DiskSpec d : disks) {
         std::ofstream(m.disk_paths.at(d.target), std::ios::binary | std::ios::in | std::ios::out)
-            << ReadFile(d.source_path);
+            << testing::ReadWholeFile(d.source_path);
         d.source_path = m.disk_paths.at(d.target);
         spec.disks.push_back(d);
       }
@@ -788,7 +776,7 @@ TEST_F(LiveMigrationTest, RunningDomainMovesLiveIntoPreparedVolumesAndTheSourceV
   ASSERT_TRUE(moved.ok()) << moved.status();
   EXPECT_TRUE(hv::IsActive(moved->state));
   EXPECT_EQ(moved->uuid, "6f1c3c5e-4b39-4c1a-9d3e-2d1f0a7b8c9d");
-  EXPECT_EQ(ReadFile(dst_dir_ + "/vol-web1-root"), content_);
+  EXPECT_EQ(testing::ReadWholeFile(dst_dir_ + "/vol-web1-root"), content_);
   auto vol = dst_->storage->GetVolume("vg0", "web1-root");
   ASSERT_TRUE(vol.ok());
   EXPECT_EQ(vol->volume.attached_to, "web1");
