@@ -1,7 +1,8 @@
 // The volume channel end to end on loopback, in plain text (the development mode; TLS and the
 // peer role are the integration tier's, tests/integration/test_migration.py): the source's
 // client and the destination's server, with the destination's real IncomingMigrations on a
-// fake host whose pool's volumes are files.
+// fake host whose pool's volumes are files; and the source's gRPC peer choosing between the
+// channel and gRPC's ReceiveVolume.
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -9,9 +10,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "agent/api/grpc/grpc_services.h"
+#include "agent/api/grpc/migration_peer_client.h"
 #include "agent/api/volume_channel/connection.h"
 #include "agent/api/volume_channel/volume_channel_client.h"
 #include "agent/api/volume_channel/volume_channel_server.h"
@@ -19,6 +25,7 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_hypervisor.h"
 #include "tests/fakes/fake_storage_backend.h"
+#include "tests/fakes/free_port.h"
 #include "tests/fakes/fresh_temp_dir.h"
 #include "tests/fakes/test_bytes.h"
 
@@ -62,13 +69,16 @@ class VolumeChannelTest : public ::testing::Test {
     if (storage_) storage_->WaitForDeletes();
   }
 
-  std::string Prepare() {
+  static service::IncomingPlan Plan() {
     service::IncomingPlan p;
     p.spec = {.name = "web3", .uuid = "1a6f2a62-1d4e-4c4b-8f3e-7a9d2c1e5f41", .vcpus = 1, .memory_mib = 128};
     p.spec.disks.push_back({.source_path = "", .type = hv::DiskType::kBlock, .target = "vda"});
     p.volumes.push_back({0, {.pool = "vg0", .name = "web3-root", .create_size_bytes = kSize}});
     p.source_host = "src";
-    auto id = incoming_->Prepare(p);
+    return p;
+  }
+  std::string Prepare() {
+    auto id = incoming_->Prepare(Plan());
     EXPECT_TRUE(id.ok()) << id.status();
     return id.value_or("");
   }
@@ -140,6 +150,64 @@ class VolumeChannelTest : public ::testing::Test {
   int raw_fd_ = -1;
   const PeerTls plain_{.plaintext = true};
 };
+
+// The source's gRPC peer (migration_peer_client.h) against the destination's gRPC service,
+// whose messages may be at most `max_message` bytes.
+class PeerTest : public VolumeChannelTest {
+ protected:
+  void StartGrpc(int max_message) {
+    grpc_service_ = std::make_unique<MigrationGrpcService>(*pipeline_, workers_);
+    grpc::ServerBuilder b;
+    address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
+    int bound = 0;
+    b.AddListeningPort(address_, grpc::InsecureServerCredentials(), &bound);
+    b.SetMaxReceiveMessageSize(max_message);
+    b.RegisterService(grpc_service_.get());
+    grpc_ = b.BuildAndStart();
+    ASSERT_GT(bound, 0);
+  }
+  void TearDown() override {
+    if (grpc_) grpc_->Shutdown();
+    VolumeChannelTest::TearDown();
+  }
+  // Prepares a transfer through the peer and sends the volume; answers what the destination
+  // wrote.
+  absl::StatusOr<service::ReceivedVolume> Move() {
+    auto peer = GrpcPeerFactory(plain_, "src")(address_);
+    if (!peer.ok()) return peer.status();
+    auto t = (*peer)->Prepare(Plan());
+    if (!t.ok()) return t.status();
+    return (*peer)->SendVolume(*t, 0, kSize, Export());
+  }
+  WorkerPool workers_{4};
+  std::unique_ptr<MigrationGrpcService> grpc_service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::string address_;
+};
+
+TEST_F(PeerTest, TheBytesTakeTheChannelTheDestinationNames) {
+  // 4 KiB messages: enough for PrepareIncoming, not for one of ReceiveVolume's 256 KiB pieces,
+  // so only the channel can have carried the volume.
+  StartGrpc(4096);
+  incoming_->SetDataPort(server_->port());
+  auto got = Move();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->sha256, sent_sha_);
+  EXPECT_EQ(testing::ReadWholeFile(dir_ + "/vol-web3-root"), content_);
+}
+
+TEST_F(PeerTest, ASourceThatCannotReachTheChannelSendsOverGrpcInstead) {
+  StartGrpc(4 << 20);
+  // The destination names a port where nothing listens (a firewall that passes only gRPC
+  // looks the same to the source: no connection).
+  const int closed = server_->port();
+  server_->Stop();
+  incoming_->SetDataPort(closed);
+  auto got = Move();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->sha256, sent_sha_);
+  EXPECT_EQ(testing::ReadWholeFile(dir_ + "/vol-web3-root"), content_);
+}
 
 TEST_F(VolumeChannelTest, AVolumeCrossesWhole) {
   const std::string t = Prepare();
