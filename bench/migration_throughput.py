@@ -7,6 +7,8 @@ the same device copied with `dd` through a plain TCP socket.
                    DIR/perf.dst.data); each agent's CPU seconds in it are printed either way
       --over-grpc  the destination offers no volume channel ([migration] data_port = -1): the
                    volume goes as gRPC's ReceiveVolume stream, as before the channel
+      --keep-logs  keep each agent's log (its path is printed) for the steps' times; by default the
+                   logs go with the hosts
       --pin        each "host" on a core of its own, as on two machines: the source side (its agent
                    with its embedded QEMU driver and helpers, the baseline's dd reader and Python
                    sender) on CPU 0, the destination side (its agent, the baseline's sink and its
@@ -170,8 +172,13 @@ class TlsHost:
             operation_pb2.GetOperationRequest(id=str(op_id)), timeout=10)
         return operation_pb2.OperationState.Name(o.state), o.bytes_done, o.message
 
-    def close(self):
+    def close(self, keep_log=False):
+        log = self.host.agent.log.name
         self.host.close()
+        if keep_log:
+            print(f"agent log kept: {log}")
+        else:
+            os.unlink(log)
 
 
 def dev_pki(directory, peer_ip):
@@ -406,6 +413,7 @@ def main():
     p.add_argument("mib", nargs="?", type=int, default=256, help="the volume's size in MiB")
     p.add_argument("--namespaces", action="store_true", help="two hosts joined by a veth, agents with mutual TLS")
     p.add_argument("--perf", metavar="DIR", help="each agent under perf record -g during the migration")
+    p.add_argument("--keep-logs", action="store_true", help="keep the agents' logs (namespaces: /tmp/hvagentd-*.log)")
     p.add_argument("--over-grpc", action="store_true",
                    help="the destination offers no volume channel: the volume goes over gRPC")
     p.add_argument("--pin", action="store_true",
@@ -428,7 +436,10 @@ def main():
         measure(hosts, size, label, a.perf)
     finally:
         for c in hosts.closing if hosts else []:
-            c.close()
+            if isinstance(c, TlsHost):
+                c.close(keep_log=a.keep_logs)
+            else:
+                c.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
