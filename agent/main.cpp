@@ -24,10 +24,10 @@
 #include "agent/api/auth/authorizer.h"
 #include "agent/api/auth/audit.h"
 #include "agent/api/console_ws/console_ws_server.h"
-#include "agent/api/volume_channel/volume_channel_server.h"
 #include "agent/api/grpc/console_grpc.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/grpc/migration_peer_client.h"
+#include "agent/api/volume_channel/volume_channel_server.h"
 #include "agent/api/rest/rest_server.h"
 #include "agent/config/config.h"
 #include "agent/service/idempotency.h"
@@ -39,6 +39,7 @@
 #include "common/clock.h"
 #include "common/failpoint.h"
 #include "common/host_path_policy.h"
+#include "common/host_port.h"
 #include "common/periodic_thread.h"
 #include "common/log.h"
 #include "hypervisor/domain_view.h"
@@ -515,7 +516,7 @@ int Run(const config::Config& cfg) {
     std::optional<api::VolumeChannelServer::Tls> channel_tls;
     if (!cfg.plaintext_loopback) channel_tls = api::VolumeChannelServer::Tls{cfg.tls_cert_file, cfg.tls_key_file};
     volume_channel = std::make_unique<api::VolumeChannelServer>(
-        pipeline, api::VolumeChannelServer::Options{.host = cfg.grpc_listen.substr(0, cfg.grpc_listen.rfind(':')),
+        pipeline, api::VolumeChannelServer::Options{.host = HostOf(cfg.grpc_listen),
                                                     .port = cfg.migration_data_port,
                                                     .tls = channel_tls});
     if (auto s = volume_channel->Start(); !s.ok()) {

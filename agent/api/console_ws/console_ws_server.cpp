@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "agent/api/console_ws/console_page.h"
+#include "common/host_port.h"
 #include "common/log.h"
 
 namespace hvagent::api {
@@ -439,9 +440,8 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> LoadTls(const ConsoleWsTls& 
 absl::StatusOr<tcp::endpoint> ParseListen(const std::string& listen) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError("console.ws_listen: must be HOST:PORT");
-  std::string host = listen.substr(0, colon);
+  std::string host = HostOf(listen);
   if (host == "localhost") host = "127.0.0.1";
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   int port = 0;
   try {
     port = std::stoi(listen.substr(colon + 1));

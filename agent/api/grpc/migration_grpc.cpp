@@ -6,13 +6,13 @@
 #include <map>
 #include <sstream>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/api/convert.h"
 #include "agent/api/grpc/grpc_services.h"
 #include "agent/api/grpc/migration_peer_client.h"
 #include "agent/api/status_mapping.h"
 #include "agent/api/volume_channel/volume_channel_client.h"
+#include "common/host_port.h"
 #include "common/log.h"
 
 namespace hvagent::api {
@@ -155,7 +155,7 @@ class GrpcMigrationPeer final : public service::MigrationPeer {
 
   absl::StatusOr<service::ReceivedVolume> SendVolume(const std::string& transfer, size_t disk, uint64_t size,
                                                      const Producer& produce) override {
-    if (auto port = data_ports_.find(transfer); port != data_ports_.end() && !host_.empty()) {
+    if (auto port = data_ports_.find(transfer); port != data_ports_.end()) {
       bool connected = false;
       auto r = SendOverChannel(port->second, transfer, disk, size, produce, &connected);
       if (connected) return r;
@@ -249,18 +249,6 @@ class GrpcMigrationPeer final : public service::MigrationPeer {
   std::map<std::string, int> data_ports_;  // by transfer: where its volumes go, when not over gRPC
 };
 
-// The host part of a gRPC target ("host:port", "[v6]:port", "dns:///host:port"); empty when
-// it has none this agent can dial itself.
-std::string TargetHost(std::string target) {
-  if (absl::StartsWith(target, "dns:///")) target = target.substr(7);
-  if (target.find("://") != std::string::npos || absl::StartsWith(target, "unix:")) return "";
-  const size_t colon = target.rfind(':');
-  if (colon == std::string::npos || colon == 0) return "";
-  std::string host = target.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return host;
-}
-
 absl::StatusOr<std::string> ReadPem(const std::string& field, const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::FailedPreconditionError(absl::StrCat(field, ": cannot read '", path, "'"));
@@ -305,7 +293,7 @@ service::MigrationPeerFactory GrpcPeerFactory(PeerTls tls, std::string self) {
     if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
       return absl::UnavailableError(absl::StrCat("destination: cannot connect to ", target));
     }
-    return std::unique_ptr<service::MigrationPeer>(new GrpcMigrationPeer(channel, self, TargetHost(target), tls));
+    return std::unique_ptr<service::MigrationPeer>(new GrpcMigrationPeer(channel, self, HostOf(target), tls));
   };
 }
 

@@ -282,8 +282,7 @@ VolumeChannelServer::VolumeChannelServer(const ops::Pipeline& pipeline, Options 
 VolumeChannelServer::~VolumeChannelServer() { Stop(); }
 
 absl::Status VolumeChannelServer::Start() {
-  std::string host = impl_->options.host;
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  const std::string& host = impl_->options.host;
   const std::string where = absl::StrCat(host, " port ", impl_->options.port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;

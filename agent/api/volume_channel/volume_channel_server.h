@@ -23,7 +23,7 @@ class VolumeChannelServer {
     std::string key_file;   // connection so that a rotation needs no restart
   };
   struct Options {
-    std::string host;        // the address to bind: an IP literal (v6 with or without brackets)
+    std::string host;        // the address to bind: an IP literal (v6 without brackets: HostOf)
     int port = 0;            // 0: any free port (port() tells which)
     std::optional<Tls> tls;  // none: plain text (the development mode, loopback only)
     int max_connections = 16;  // beyond it a connection is closed at once
