@@ -43,12 +43,13 @@ class NoSigpipe {
   sigset_t pipe_, old_;
 };
 
-void PutU64(char* out, uint64_t v) {
-  for (int i = 7; i >= 0; --i, v >>= 8) out[i] = static_cast<char>(v & 0xff);
+// The wire's integers, big-endian in `n` bytes (4 for a message's length, 8 for a frame's value).
+void PutBigEndian(char* out, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; --i, v >>= 8) out[i] = static_cast<char>(v & 0xff);
 }
-uint64_t GetU64(const char* in) {
+uint64_t GetBigEndian(const char* in, int n) {
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(in[i]);
+  for (int i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(in[i]);
   return v;
 }
 
@@ -160,16 +161,14 @@ absl::Status WriteMessage(Connection& c, const google::protobuf::MessageLite& m)
   if (!m.AppendToString(&out) || out.size() - 4 > kMaxMessage) {
     return absl::InternalError("a volume channel message that does not serialize");
   }
-  const uint32_t n = static_cast<uint32_t>(out.size() - 4);
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((n >> (24 - 8 * i)) & 0xff);
+  PutBigEndian(out.data(), out.size() - 4, 4);
   return c.WriteAll(out.data(), out.size());
 }
 
 absl::Status ReadMessage(Connection& c, google::protobuf::MessageLite* m, const char* what) {
   char len[4];
   if (auto s = c.ReadFull(len, 4); !s.ok()) return s;
-  uint32_t n = 0;
-  for (char b : len) n = (n << 8) | static_cast<unsigned char>(b);
+  const uint64_t n = GetBigEndian(len, 4);
   if (n > kMaxMessage) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", n, " bytes, more than ", kMaxMessage));
   }
@@ -182,14 +181,14 @@ absl::Status ReadMessage(Connection& c, google::protobuf::MessageLite* m, const 
 absl::Status WriteFrameHead(Connection& c, char kind, uint64_t value) {
   char head[9];
   head[0] = kind;
-  PutU64(head + 1, value);
+  PutBigEndian(head + 1, value, 8);
   return c.WriteAll(head, sizeof head);
 }
 
 absl::StatusOr<FrameHead> ReadFrameHead(Connection& c) {
   char head[9];
   if (auto s = c.ReadFull(head, sizeof head); !s.ok()) return s;
-  return FrameHead{head[0], GetU64(head + 1)};
+  return FrameHead{head[0], GetBigEndian(head + 1, 8)};
 }
 
 }  // namespace hvagent::api::volume_channel

@@ -29,8 +29,10 @@ void TuneSocket(int fd);
 
 struct SslDeleter {
   void operator()(SSL* s) const { SSL_free(s); }
+  void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
 };
 using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslDeleter>;
 
 // One connection: a socket, with `ssl` on it (handshake done) or without. Owns `ssl`; the
 // socket stays the caller's to close. Reads and writes block; shutdown(2) of the socket from

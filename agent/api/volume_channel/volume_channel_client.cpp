@@ -54,14 +54,10 @@ absl::StatusOr<int> Dial(const std::string& host, int port) {
   return absl::UnavailableError(absl::StrCat("volume channel: cannot connect to ", where, ": ", why));
 }
 
-struct CtxDeleter {
-  void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
-};
-
 // The client side's TLS on `fd`: this agent's certificate, the destination's checked against
 // the CA and `host` (an IP address or a DNS name).
 absl::StatusOr<vc::SslPtr> Handshake(int fd, const std::string& host, const PeerTls& tls) {
-  std::unique_ptr<SSL_CTX, CtxDeleter> ctx(SSL_CTX_new(TLS_client_method()));
+  vc::SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
   if (!ctx) return absl::InternalError(absl::StrCat("TLS: ", vc::SslErrors()));
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   auto bio = [](const std::string& pem) {

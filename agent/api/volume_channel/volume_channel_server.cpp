@@ -35,16 +35,11 @@ void SetReceiveTimeout(int fd, int seconds) {
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 }
 
-struct CtxDeleter {
-  void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
-};
-using CtxPtr = std::unique_ptr<SSL_CTX, CtxDeleter>;
-
 // The server side's TLS: the agent's certificate, a client certificate asked for and taken
 // whatever its chain, which the Authorizer then checks (as gRPC's path does), so a refused
 // caller hears why instead of a failed handshake.
-absl::StatusOr<CtxPtr> ServerContext(const VolumeChannelServer::Tls& tls) {
-  CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+absl::StatusOr<vc::SslCtxPtr> ServerContext(const VolumeChannelServer::Tls& tls) {
+  vc::SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
   if (!ctx) return absl::InternalError(absl::StrCat("TLS: ", vc::SslErrors()));
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert_file.c_str()) != 1 ||
