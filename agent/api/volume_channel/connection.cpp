@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "hvagent/v1/migration.pb.h"
 
 namespace hvagent::api::volume_channel {
 namespace {
@@ -183,6 +184,14 @@ absl::Status WriteFrameHead(Connection& c, char kind, uint64_t value) {
   head[0] = kind;
   PutBigEndian(head + 1, value, 8);
   return c.WriteAll(head, sizeof head);
+}
+
+absl::Status WriteTrailer(Connection& c, const std::string& sha256) {
+  v1::ReceiveVolumeTrailer trailer;
+  trailer.set_sha256(sha256);
+  const std::string body = trailer.SerializeAsString();
+  if (auto s = WriteFrameHead(c, kTrailer, body.size()); !s.ok()) return s;
+  return c.WriteAll(body.data(), body.size());
 }
 
 absl::StatusOr<FrameHead> ReadFrameHead(Connection& c) {

@@ -72,6 +72,8 @@ struct FrameHead {
 };
 absl::Status WriteFrameHead(Connection& c, char kind, uint64_t value);
 absl::StatusOr<FrameHead> ReadFrameHead(Connection& c);
+// The stream's last frame: 'T' and a ReceiveVolumeTrailer carrying the sender's sha256.
+absl::Status WriteTrailer(Connection& c, const std::string& sha256);
 
 // OpenSSL's queued errors as text ("" when none), and the queue emptied.
 std::string SslErrors();

@@ -186,12 +186,7 @@ absl::StatusOr<v1::ReceiveVolumeResult> SendVolumeOverChannel(const std::string&
     conn.Abort();  // the destination sees the stream end short and undoes the volume
     return sent.status();
   }
-  v1::ReceiveVolumeTrailer trailer;
-  trailer.set_sha256(sent->sha256);
-  const std::string body = trailer.SerializeAsString();
-  absl::Status s = vc::WriteFrameHead(conn, vc::kTrailer, body.size());
-  if (s.ok()) s = conn.WriteAll(body.data(), body.size());
-  if (!s.ok()) {
+  if (absl::Status s = vc::WriteTrailer(conn, sent->sha256); !s.ok()) {
     (void)sink.Broken(s);
     if (sink.answer) return *sink.answer;
     return absl::UnavailableError(absl::StrCat("the destination went away before the trailer (", s.message(), ")"));

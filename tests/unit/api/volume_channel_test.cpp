@@ -120,13 +120,6 @@ class VolumeChannelTest : public ::testing::Test {
     for (const auto& v : *all) out.push_back(v.volume.name);
     return out;
   }
-  static absl::Status SendTrailer(volume_channel::Connection& c, const std::string& sha256) {
-    v1::ReceiveVolumeTrailer trailer;
-    trailer.set_sha256(sha256);
-    const std::string body = trailer.SerializeAsString();
-    if (auto s = volume_channel::WriteFrameHead(c, volume_channel::kTrailer, body.size()); !s.ok()) return s;
-    return c.WriteAll(body.data(), body.size());
-  }
   // A raw connection to the server, for senders that break the rules.
   std::unique_ptr<volume_channel::Connection> Dial() {
     raw_fd_ = socket(AF_INET, SOCK_STREAM, 0);
@@ -275,7 +268,7 @@ TEST_F(VolumeChannelTest, ASizeThatIsNotThePreparedOneIsRefusedNamingIt) {
   const std::string data = testing::PseudoRandomBytes(1 << 20, 7);
   ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kData, data.size()).ok());
   ASSERT_TRUE(conn->WriteAll(data.data(), data.size()).ok());
-  ASSERT_TRUE(SendTrailer(*conn, std::string(64, '0')).ok());
+  ASSERT_TRUE(volume_channel::WriteTrailer(*conn, std::string(64, '0')).ok());
   v1::ReceiveVolumeResult r;
   ASSERT_TRUE(volume_channel::ReadMessage(*conn, &r, "result").ok());
   EXPECT_EQ(r.code(), static_cast<uint32_t>(absl::StatusCode::kInvalidArgument));
@@ -288,7 +281,7 @@ TEST_F(VolumeChannelTest, AShaThatDiffersIsDataLossAndTheVolumeGoes) {
   auto conn = Dial();
   ASSERT_TRUE(volume_channel::WriteMessage(*conn, Header(t)).ok());
   ASSERT_TRUE(volume_channel::WriteFrameHead(*conn, volume_channel::kZeros, kSize).ok());
-  ASSERT_TRUE(SendTrailer(*conn, std::string(64, '0')).ok());
+  ASSERT_TRUE(volume_channel::WriteTrailer(*conn, std::string(64, '0')).ok());
   v1::ReceiveVolumeResult r;
   ASSERT_TRUE(volume_channel::ReadMessage(*conn, &r, "result").ok());
   EXPECT_EQ(r.code(), static_cast<uint32_t>(absl::StatusCode::kDataLoss));
