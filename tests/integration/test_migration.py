@@ -510,17 +510,14 @@ class PeerTlsTest(unittest.TestCase):
                 conn = raw
             body = header.SerializeToString()
             conn.sendall(struct.pack(">I", len(body)) + body + frames)
+            length = lambda b: 4 + struct.unpack(">I", b[:4])[0] if len(b) >= 4 else None
             got = b""
-            while True:
+            while length(got) is None or len(got) < length(got):
                 chunk = conn.recv(65536)
                 if not chunk:
-                    break
+                    return None
                 got += chunk
-                if len(got) >= 4 and len(got) >= 4 + struct.unpack(">I", got[:4])[0]:
-                    break
-            if len(got) < 4 or len(got) < 4 + struct.unpack(">I", got[:4])[0]:
-                return None
-            return migration_pb2.ReceiveVolumeResult.FromString(got[4:4 + struct.unpack(">I", got[:4])[0]])
+            return migration_pb2.ReceiveVolumeResult.FromString(got[4:length(got)])
         except (ssl.SSLError, ConnectionError):
             return None
         finally:
